@@ -1,0 +1,195 @@
+package tree
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"mote/wire"
+)
+
+// ErrShape is a tree publish whose payload does not fit its topic (SPEC §4).
+var ErrShape = errors.New("tree: payload does not fit topic")
+
+// ErrLimit is a tree publish that breaks a limit (SPEC §5).
+var ErrLimit = errors.New("tree: limit exceeded")
+
+// Limits bound what a tree publish may carry (SPEC §5).
+type Limits struct {
+	MaxPayload int // bytes of one tree payload
+	MaxRows    int // rows of one publish
+	MaxDepth   int // nesting of objects and arrays in a payload
+}
+
+// DefaultLimits are SPEC §5's: 100,000 rows, depth 32, and 16 MiB payloads.
+func DefaultLimits() Limits {
+	w := wire.DefaultLimits()
+	return Limits{MaxPayload: w.MaxSize, MaxRows: 100_000, MaxDepth: w.MaxDepth}
+}
+
+// Parser turns Mote publishes into Ops. It holds no mutable state and is
+// safe for concurrent use, so publishes are decoded on their connections'
+// goroutines, not on the loop that owns the Tree.
+type Parser struct {
+	dec     *wire.Decoder
+	maxRows int
+}
+
+// NewParser returns a Parser enforcing lim.
+func NewParser(lim Limits) (*Parser, error) {
+	if lim.MaxRows <= 0 {
+		return nil, fmt.Errorf("tree: max rows must be positive, got %d", lim.MaxRows)
+	}
+	dec, err := wire.NewDecoder(wire.Limits{MaxSize: lim.MaxPayload, MaxDepth: lim.MaxDepth})
+	if err != nil {
+		return nil, fmt.Errorf("tree: %w", err)
+	}
+	return &Parser{dec: dec, maxRows: lim.MaxRows}, nil
+}
+
+// Op builds the Op of one PUBLISH whose topic parsed as p: a tree publish is
+// decoded and exploded, a $set becomes a SetFilter, a plain publish one row
+// typed by SPEC §1 (a retained empty payload deletes). Whole or nothing: an
+// error means no rows.
+func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op, error) {
+	switch p.Op {
+	case wire.PubTree:
+		root, err := ps.dec.Decode(p.Codec, payload)
+		if err != nil {
+			return Op{}, err
+		}
+		rows, err := Explode(p.Topic, &root, retain, ps.maxRows)
+		if err != nil {
+			return Op{}, err
+		}
+		op := Op{Rows: rows, QoS: qos}
+		if p.Replace {
+			op.Replace = p.Topic
+			if !wire.HasWildcard(p.Topic) {
+				op.Replace += "/#"
+			}
+		}
+		return op, nil
+	case wire.PubSet:
+		op := Op{SetFilter: p.Topic, QoS: qos}
+		if len(payload) > 0 {
+			op.SetValue = wire.TypePlain(payload)
+		}
+		return op, nil
+	}
+	v := wire.TypePlain(payload)
+	if retain && len(payload) == 0 {
+		v = wire.Value{}
+	}
+	return Op{Rows: []Row{{Topic: p.Topic, Value: v, Retain: retain}}, QoS: qos}, nil
+}
+
+// Explode spreads a tree published to $tree/T into rows (SPEC §4): each '+'
+// of T consumes one level of the tree, fixed levels are kept; a trailing '#'
+// or a T without wildcards takes every remaining level, the key "/" holding
+// a node's own value; null deletes. When T's '+' levels are used up (and no
+// '#' follows) the value reached is the row's value whatever its type.
+// At most maxRows rows; an error names the path where the tree did not fit,
+// and then there are no rows.
+func Explode(t string, root *wire.Node, retain bool, maxRows int) ([]Row, error) {
+	x := exploder{levels: strings.Split(t, "/"), deep: !wire.HasWildcard(t), retain: retain, max: maxRows}
+	if err := x.walk(0, root, nil, ""); err != nil {
+		return nil, err
+	}
+	return x.rows, nil
+}
+
+type exploder struct {
+	levels []string
+	deep   bool // no wildcard at all: spread every level
+	retain bool
+	max    int
+	rows   []Row
+}
+
+// walk places node n at topic level i; topic holds the levels so far.
+func (x *exploder) walk(i int, n *wire.Node, topic []byte, path string) error {
+	for ; i < len(x.levels) && x.levels[i] != "+" && x.levels[i] != "#"; i++ {
+		topic = appendLevel(topic, len(topic) == 0 && i == 0, x.levels[i])
+	}
+	switch {
+	case i == len(x.levels) && x.deep:
+		return x.spread(n, topic, i == 0, path)
+	case i == len(x.levels):
+		return x.row(topic, n, path)
+	case x.levels[i] == "#":
+		return x.spread(n, topic, i == 0, path)
+	}
+	if !n.Obj {
+		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: want an object for '+' level %d", ErrShape, i+1)}
+	}
+	for k := range n.Kids {
+		kid := &n.Kids[k]
+		p := wire.Pointer(path, kid.Key)
+		if err := checkKey(kid.Key, p); err != nil {
+			return err
+		}
+		if err := x.walk(i+1, kid, appendLevel(topic, i == 0, kid.Key), p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// spread turns every leaf under n into a row; the key "/" is n's own value.
+// atRoot says topic is still empty (T was "#").
+func (x *exploder) spread(n *wire.Node, topic []byte, atRoot bool, path string) error {
+	if !n.Obj {
+		return x.row(topic, n, path)
+	}
+	for k := range n.Kids {
+		kid := &n.Kids[k]
+		p := wire.Pointer(path, kid.Key)
+		if kid.Key == "/" {
+			if err := x.row(topic, kid, p); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := checkKey(kid.Key, p); err != nil {
+			return err
+		}
+		if err := x.spread(kid, appendLevel(topic, atRoot, kid.Key), false, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// row adds the row of node n at topic.
+func (x *exploder) row(topic []byte, n *wire.Node, path string) error {
+	t := string(topic)
+	if len(topic) == 0 && x.levels[0] == "#" {
+		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: a value at the root of '#' has no topic", ErrShape)}
+	}
+	if len(t) > wire.MaxTopicLen {
+		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: topic of %d bytes", ErrLimit, len(t))}
+	}
+	if Reserved(t) {
+		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: %q is a reserved topic", ErrShape, t)}
+	}
+	if len(x.rows) == x.max {
+		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: more than %d rows", ErrLimit, x.max)}
+	}
+	x.rows = append(x.rows, Row{Topic: t, Value: n.AsValue(), Retain: x.retain})
+	return nil
+}
+
+// checkKey refuses a tree key that cannot be a topic level.
+func checkKey(k, path string) error {
+	if i := strings.IndexAny(k, "/+#\x00"); i >= 0 {
+		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: key %q holds %q, which a topic level cannot", ErrShape, k, k[i])}
+	}
+	return nil
+}
+
+// Reserved reports whether a row topic is the broker's own: $SYS or one of
+// Mote's verbs. No publish, plain or tree, may set such a row.
+func Reserved(topic string) bool {
+	return strings.HasPrefix(topic, "$SYS") || wire.IsMote(topic)
+}

@@ -1,0 +1,224 @@
+package tree
+
+import (
+	"fmt"
+	"slices"
+
+	"mote/wire"
+)
+
+// Apply applies a batch of ops (the publishes waiting together) in order:
+// retained rows go into the store, then every tree subscription touched by
+// any changed row gets ONE delta holding the newest value of each of its
+// changed rows, deletions as null (SPEC §2). Subscriptions sharing a filter
+// and codec share one encoded payload.
+func (t *Tree) Apply(ops []Op) Result {
+	t.gen++
+	t.changed = t.changed[:0]
+	clear(t.byTopic)
+	res := Result{Applied: make([]Applied, len(ops))}
+	for i := range ops {
+		res.Applied[i] = t.applyOp(&ops[i])
+	}
+	t.touched = t.touched[:0]
+	for ci := range t.changed {
+		t.matched = t.index.match(t.changed[ci].topic, t.matched[:0])
+		for _, g := range t.matched {
+			if g.gen != t.gen {
+				g.gen = t.gen
+				g.rows = g.rows[:0]
+				t.touched = append(t.touched, g)
+			}
+			g.rows = append(g.rows, int32(ci))
+		}
+	}
+	for _, g := range t.touched {
+		res.Deltas = t.fold(g, res.Deltas)
+	}
+	return res
+}
+
+// applyOp expands, checks and applies one op; it changes nothing if refused.
+func (t *Tree) applyOp(op *Op) Applied {
+	rows := op.Rows
+	if op.SetFilter != "" || op.Replace != "" {
+		rows = slices.Clip(rows)
+	}
+	if op.SetFilter != "" {
+		t.store.Match(op.SetFilter, func(topic string, _ wire.Value) bool {
+			rows = append(rows, Row{Topic: topic, Value: op.SetValue, Retain: true})
+			return true
+		})
+	}
+	if op.Replace != "" {
+		mentioned := make(map[string]struct{}, len(op.Rows))
+		for _, r := range op.Rows {
+			mentioned[r.Topic] = struct{}{}
+		}
+		t.store.Match(op.Replace, func(topic string, _ wire.Value) bool {
+			if _, ok := mentioned[topic]; !ok {
+				rows = append(rows, Row{Topic: topic, Retain: true})
+			}
+			return true
+		})
+	}
+	if op.Allow != nil {
+		for _, r := range rows {
+			if !op.Allow(r.Topic) {
+				return Applied{Err: fmt.Errorf("%w: write to %q", ErrDenied, r.Topic)}
+			}
+		}
+	}
+	for _, r := range rows {
+		if r.Retain {
+			t.store.Set(r.Topic, r.Value)
+		}
+		if i, ok := t.byTopic[r.Topic]; ok {
+			c := &t.changed[i]
+			c.val, c.qos = r.Value, max(c.qos, op.QoS)
+			continue
+		}
+		t.byTopic[r.Topic] = int32(len(t.changed))
+		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, qos: op.QoS})
+	}
+	return Applied{Rows: rows}
+}
+
+// rowPath is one changed row placed in a group's tree: its keys (the levels
+// the filter's wildcards matched) and its index in t.changed.
+type rowPath struct {
+	keys []string
+	row  int32
+}
+
+// fold encodes the delta of one touched group and appends it to out: once
+// for the shared subscriptions, once per private one that can read a row.
+func (t *Tree) fold(g *group, out []Delta) []Delta {
+	t.paths = t.paths[:0]
+	for _, ci := range g.rows {
+		t.paths = append(t.paths, rowPath{keys: g.keys(t.changed[ci].topic), row: ci})
+	}
+	slices.SortFunc(t.paths, func(a, b rowPath) int { return slices.Compare(a.keys, b.keys) })
+	if len(g.subs) > 0 {
+		payload, qos, _ := t.encodeDelta(g, nil)
+		out = append(out, Delta{Payload: payload, QoS: qos, Subs: slices.Clone(g.subs)})
+	}
+	for _, s := range g.private {
+		if payload, qos, ok := t.encodeDelta(g, s.Allow); ok {
+			out = append(out, Delta{Payload: payload, QoS: qos, Subs: []*Sub{s}})
+		}
+	}
+	return out
+}
+
+// keys returns the tree keys of a matching topic: one per '+' level, and
+// every level from the '#' on.
+func (g *group) keys(topic string) []string {
+	keys := make([]string, 0, g.plus+2)
+	i := 0
+	for _, l := range g.levels {
+		if l == "#" {
+			for i <= len(topic) {
+				var name string
+				name, i = nextLevel(topic, i)
+				keys = append(keys, name)
+			}
+			break
+		}
+		var name string
+		name, i = nextLevel(topic, i)
+		if l == "+" {
+			keys = append(keys, name)
+		}
+	}
+	return keys
+}
+
+// encodeDelta writes the sorted t.paths of group g as one tree. Below a '#'
+// a node takes the object form ({"/": own value, children…}) when the delta
+// or the store holds children under it or its value is an object, so a
+// client merges a delta into its copy with the same rules as a snapshot.
+// It reports false when allow hides every row.
+func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, bool) {
+	e := &t.enc
+	e.Reset(g.codec, nil)
+	var qos byte
+	wrote := false
+	if g.plus == 0 && !g.hash { // no wildcard: a bare value
+		c := &t.changed[t.paths[0].row]
+		if allow != nil && !allow(c.topic) {
+			return nil, 0, false
+		}
+		e.Value(c.val) // kind None writes null
+		out := e.Bytes()
+		e.Reset(g.codec, nil)
+		return out, c.qos, true
+	}
+	var open []string // keys of the objects open below the root
+	e.BeginObject()
+	for pi, p := range t.paths {
+		c := &t.changed[p.row]
+		if allow != nil && !allow(c.topic) {
+			continue
+		}
+		wrote = true
+		qos = max(qos, c.qos)
+		if len(p.keys) == 0 { // the own value of a top-level '#' node ("a" under "a/#"); sorts first
+			e.Key("/")
+			e.Value(c.val)
+			continue
+		}
+		// Close what p does not share, open what it needs.
+		common := 0
+		for common < len(open) && common < len(p.keys)-1 && open[common] == p.keys[common] {
+			common++
+		}
+		for ; len(open) > common; open = open[:len(open)-1] {
+			e.EndObject()
+		}
+		for _, k := range p.keys[len(open) : len(p.keys)-1] {
+			e.Key(k)
+			e.BeginObject()
+			open = append(open, k)
+		}
+		e.Key(p.keys[len(p.keys)-1])
+		if !t.objectForm(g, pi, c) {
+			e.Value(c.val)
+			continue
+		}
+		// Open this node so the rows below it, which sort right after, land inside.
+		e.BeginObject()
+		open = append(open, p.keys[len(p.keys)-1])
+		e.Key("/")
+		e.Value(c.val)
+	}
+	for range open {
+		e.EndObject()
+	}
+	e.EndObject()
+	out := e.Bytes()
+	e.Reset(g.codec, nil)
+	return out, qos, wrote
+}
+
+// objectForm reports whether the node of t.paths[pi] is written as an
+// object with its own value under "/" (SPEC §3).
+func (t *Tree) objectForm(g *group, pi int, c *change) bool {
+	p := t.paths[pi]
+	if !g.hash {
+		return false // every row sits at the same depth, as is
+	}
+	if len(p.keys) == g.plus {
+		return true // the '#' node itself is always a subtree
+	}
+	if c.val.Kind == wire.Object {
+		return true
+	}
+	if pi+1 < len(t.paths) {
+		if next := t.paths[pi+1].keys; len(next) > len(p.keys) && slices.Equal(next[:len(p.keys)], p.keys) {
+			return true
+		}
+	}
+	n := t.store.find(c.topic)
+	return n != nil && n.hasKids()
+}

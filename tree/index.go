@@ -1,0 +1,212 @@
+package tree
+
+import (
+	"strings"
+
+	"mote/wire"
+)
+
+// Sub is one tree subscription ($sync/F or $tree/F).
+type Sub struct {
+	Owner  string     // client id
+	Topic  string     // the filter exactly as subscribed; snapshots and deltas are published on it
+	Filter string     // F, the MQTT filter the tree is built from
+	Codec  wire.Codec // payload codec
+	QoS    byte       // granted QoS
+	// Allow, if not nil, is the read check: rows it denies never reach this
+	// subscription, not even as keys. A subscription with Allow gets its own
+	// encoding instead of sharing its group's.
+	Allow func(topic string) bool
+
+	group *group
+}
+
+// group is the subscriptions sharing one (filter, codec): they share one
+// encoded delta per batch.
+type group struct {
+	filter  string
+	levels  []string // filter split into levels
+	plus    int      // number of '+' levels
+	hash    bool     // the last level is '#'
+	codec   wire.Codec
+	subs    []*Sub // Allow == nil: share one encoding
+	private []*Sub // Allow != nil: encoded one by one
+
+	gen  uint64  // batch that last touched the group
+	rows []int32 // this batch's changed rows that match, as indexes
+}
+
+func newGroup(filter string, codec wire.Codec) *group {
+	g := &group{filter: filter, levels: strings.Split(filter, "/"), codec: codec}
+	for _, l := range g.levels {
+		if l == "+" {
+			g.plus++
+		}
+	}
+	g.hash = g.levels[len(g.levels)-1] == "#"
+	return g
+}
+
+func (g *group) empty() bool { return len(g.subs) == 0 && len(g.private) == 0 }
+
+// fnode is one level of the filter trie. Literal levels, "+" and "#" are
+// all children by name.
+type fnode struct {
+	kids   map[string]*fnode
+	groups []*group // groups whose filter ends here
+}
+
+// index is the subscription index: every tree subscription, in a filter
+// trie, so a changed topic finds its subscriptions by walking its levels.
+type index struct {
+	root    fnode
+	byKey   map[subKey]*Sub
+	byOwner map[string][]*Sub
+}
+
+type subKey struct{ owner, topic string }
+
+func newIndex() index {
+	return index{byKey: map[subKey]*Sub{}, byOwner: map[string][]*Sub{}}
+}
+
+// add registers s, replacing the owner's subscription on the same topic
+// [MQTT-3.8.4-3].
+func (x *index) add(s *Sub) {
+	x.remove(s.Owner, s.Topic)
+	n := &x.root
+	for i := 0; i <= len(s.Filter); {
+		var level string
+		level, i = nextLevel(s.Filter, i)
+		c := n.kids[level]
+		if c == nil {
+			if n.kids == nil {
+				n.kids = map[string]*fnode{}
+			}
+			c = &fnode{}
+			n.kids[level] = c
+		}
+		n = c
+	}
+	var g *group
+	for _, x := range n.groups {
+		if x.codec == s.Codec {
+			g = x
+			break
+		}
+	}
+	if g == nil {
+		g = newGroup(s.Filter, s.Codec)
+		n.groups = append(n.groups, g)
+	}
+	if s.Allow == nil {
+		g.subs = append(g.subs, s)
+	} else {
+		g.private = append(g.private, s)
+	}
+	s.group = g
+	x.byKey[subKey{s.Owner, s.Topic}] = s
+	x.byOwner[s.Owner] = append(x.byOwner[s.Owner], s)
+}
+
+// remove drops the owner's subscription on topic; it reports whether there was one.
+func (x *index) remove(owner, topic string) bool {
+	s := x.byKey[subKey{owner, topic}]
+	if s == nil {
+		return false
+	}
+	delete(x.byKey, subKey{owner, topic})
+	own := deleteSub(x.byOwner[owner], s)
+	if len(own) == 0 {
+		delete(x.byOwner, owner)
+	} else {
+		x.byOwner[owner] = own
+	}
+	g := s.group
+	s.group = nil
+	if s.Allow == nil {
+		g.subs = deleteSub(g.subs, s)
+	} else {
+		g.private = deleteSub(g.private, s)
+	}
+	if g.empty() {
+		x.dropGroup(g)
+	}
+	return true
+}
+
+// removeOwner drops every subscription of owner and returns how many.
+func (x *index) removeOwner(owner string) int {
+	subs := append([]*Sub(nil), x.byOwner[owner]...)
+	for _, s := range subs {
+		x.remove(owner, s.Topic)
+	}
+	return len(subs)
+}
+
+// dropGroup unlinks an empty group and prunes the trie nodes left empty.
+func (x *index) dropGroup(g *group) {
+	path := []*fnode{&x.root}
+	n := &x.root
+	for _, l := range g.levels {
+		n = n.kids[l]
+		path = append(path, n)
+	}
+	for i, y := range n.groups {
+		if y == g {
+			n.groups = append(n.groups[:i], n.groups[i+1:]...)
+			break
+		}
+	}
+	for j := len(path) - 1; j > 0; j-- {
+		c := path[j]
+		if len(c.groups) > 0 || len(c.kids) > 0 {
+			break
+		}
+		delete(path[j-1].kids, g.levels[j-1])
+	}
+}
+
+func deleteSub(list []*Sub, s *Sub) []*Sub {
+	for i, y := range list {
+		if y == s {
+			last := len(list) - 1
+			list[i] = list[last]
+			list[last] = nil
+			return list[:last]
+		}
+	}
+	return list
+}
+
+// match appends to out every group whose filter matches topic. '+' and '#'
+// at the first level do not match topics starting with '$' [MQTT-4.7.2-1].
+func (x *index) match(topic string, out []*group) []*group {
+	return x.matchFrom(&x.root, topic, 0, out)
+}
+
+// matchFrom matches topic from offset i (len(topic)+1 once used up) at n.
+func (x *index) matchFrom(n *fnode, topic string, i int, out []*group) []*group {
+	if i > len(topic) {
+		out = append(out, n.groups...)
+		if h := n.kids["#"]; h != nil { // "a/#" matches "a" itself
+			out = append(out, h.groups...)
+		}
+		return out
+	}
+	if len(n.kids) == 0 {
+		return out
+	}
+	dollar := i == 0 && strings.HasPrefix(topic, "$")
+	if h := n.kids["#"]; h != nil && !dollar {
+		out = append(out, h.groups...)
+	}
+	level, next := nextLevel(topic, i)
+	if p := n.kids["+"]; p != nil && !dollar {
+		out = x.matchFrom(p, topic, next, out)
+	}
+	if c := n.kids[level]; c != nil {
+		out = x.matchFrom(c, topic, next, out)
+	}
+	return out
+}

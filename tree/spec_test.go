@@ -1,0 +1,100 @@
+package tree
+
+import (
+	"encoding/json"
+	"maps"
+	"reflect"
+	"strings"
+	"testing"
+
+	"mote/internal/spec"
+	"mote/wire"
+)
+
+// load stores plain retained rows through Apply, as the broker does.
+func load(t testing.TB, tr *Tree, rows map[string]string) {
+	t.Helper()
+	var ops []Op
+	for topic, payload := range rows {
+		ops = append(ops, Op{Rows: []Row{{Topic: topic, Value: wire.TypePlain([]byte(payload)), Retain: true}}})
+	}
+	for _, a := range tr.Apply(ops).Applied {
+		if a.Err != nil {
+			t.Fatal(a.Err)
+		}
+	}
+}
+
+// rows returns every retained row as topic → payload.
+func rows(tr *Tree) map[string]string {
+	out := map[string]string{}
+	tr.Store().Range(func(topic string, v wire.Value) bool {
+		out[topic] = v.Data
+		return true
+	})
+	return out
+}
+
+// decodeJSON parses JSON for comparison, failing the test if it is invalid.
+func decodeJSON(t testing.TB, b []byte) any {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("invalid JSON %q: %v", b, err)
+	}
+	return v
+}
+
+func TestSpecSnapshots(t *testing.T) {
+	for _, ex := range spec.Snapshots {
+		t.Run(ex.Name, func(t *testing.T) {
+			tr := New()
+			load(t, tr, ex.Rows)
+			for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+				got := tr.Snapshot(ex.Filter, c, nil)
+				if c == wire.CodecCBOR {
+					got = cborToJSON(t, got)
+				}
+				if g, w := decodeJSON(t, got), decodeJSON(t, []byte(ex.Want)); !reflect.DeepEqual(g, w) {
+					t.Errorf("%s %s: got %s, want %s", c, ex.Filter, got, ex.Want)
+				}
+			}
+		})
+	}
+}
+
+func TestSpecPublishes(t *testing.T) {
+	ps, err := NewParser(DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ex := range spec.Publishes {
+		t.Run(ex.Name, func(t *testing.T) {
+			tr := New()
+			load(t, tr, ex.Before)
+			p, err := wire.ParsePublish(ex.Topic)
+			if err != nil {
+				t.Fatal(err)
+			}
+			op, err := ps.Op(p, []byte(ex.Payload), true, 1)
+			if err == nil {
+				err = tr.Apply([]Op{op}).Applied[0].Err
+			}
+			want := ex.After
+			if ex.Err != "" {
+				if err == nil || !strings.Contains(err.Error(), ex.Err) {
+					t.Fatalf("error %v, want one containing %q", err, ex.Err)
+				}
+				want = ex.Before
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if want == nil {
+				want = map[string]string{}
+			}
+			if got := rows(tr); !maps.Equal(got, want) {
+				t.Errorf("rows %v, want %v", got, want)
+			}
+		})
+	}
+}

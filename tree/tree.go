@@ -1,0 +1,116 @@
+package tree
+
+import (
+	"errors"
+	"fmt"
+
+	"mote/wire"
+)
+
+// ErrDenied is an op refused by its write check.
+var ErrDenied = errors.New("tree: not authorized")
+
+// Row is one row change of an incoming publish. A Value of kind None deletes
+// the row (or, for an event, is delivered as null).
+type Row struct {
+	Topic  string
+	Value  wire.Value
+	Retain bool // sets or deletes the retained row; otherwise an event only
+}
+
+// Op is one incoming publish in row form. All its rows are applied at once
+// and reach each tree subscription in one delta.
+type Op struct {
+	Rows []Row
+	QoS  byte
+
+	// SetFilter, when not empty, is a $set: every existing retained row
+	// matching it takes SetValue (kind None deletes them all).
+	SetFilter string
+	SetValue  wire.Value
+
+	// Replace, when not empty, is a filter whose retained rows that Rows
+	// does not mention are deleted (.replace).
+	Replace string
+
+	// Allow, if not nil, is the write check: the op is refused whole if it
+	// denies any row it would touch.
+	Allow func(topic string) bool
+}
+
+// Applied is what became of one Op.
+type Applied struct {
+	// Rows are the rows applied, with $set and .replace expanded; deliver
+	// each to plain subscribers, and hand the retained ones to the retainer.
+	Rows []Row
+	// Err is why the op was refused; nothing of it was applied.
+	Err error
+}
+
+// Delta is one encoded tree and the subscriptions that receive it.
+type Delta struct {
+	Payload []byte
+	QoS     byte   // highest QoS among the folded rows; cap it by each Sub.QoS
+	Subs    []*Sub // a copy: the receivers of Payload
+}
+
+// Result is the outcome of Apply.
+type Result struct {
+	Applied []Applied // one per op, in order
+	Deltas  []Delta   // one per touched group (and per touched private subscription)
+}
+
+// Tree is the tree core: the row store and the subscription index, with
+// the operations that must see both at once.
+//
+// A Tree is not safe for concurrent use: one goroutine (the broker's message
+// loop) owns it, which is what makes Subscribe atomic with respect to Apply.
+type Tree struct {
+	store Store
+	index index
+
+	gen     uint64
+	changed []change         // this batch's changed rows, newest value per topic
+	byTopic map[string]int32 // topic → index in changed
+	touched []*group
+	matched []*group
+	enc     wire.Encoder
+	paths   []rowPath
+}
+
+// change is one changed topic in a batch.
+type change struct {
+	topic string
+	val   wire.Value
+	qos   byte
+}
+
+// New returns an empty Tree.
+func New() *Tree {
+	return &Tree{index: newIndex(), byTopic: map[string]int32{}}
+}
+
+// Store returns the row store. Reading it is safe only from the Tree's owner.
+func (t *Tree) Store() *Store { return &t.store }
+
+// Subscriptions is the number of tree subscriptions.
+func (t *Tree) Subscriptions() int { return len(t.index.byKey) }
+
+// Subscribe registers s, replacing the owner's subscription on s.Topic, and
+// returns its snapshot: every retained row matching s.Filter as one tree in
+// s.Codec. No batch can fall between the two.
+func (t *Tree) Subscribe(s *Sub) ([]byte, error) {
+	if err := wire.ValidateFilter(s.Filter); err != nil {
+		return nil, fmt.Errorf("tree: subscribe %q: %w", s.Topic, err)
+	}
+	t.index.add(s)
+	return t.Snapshot(s.Filter, s.Codec, s.Allow), nil
+}
+
+// Unsubscribe removes the owner's subscription on topic and reports whether
+// there was one.
+func (t *Tree) Unsubscribe(owner, topic string) bool { return t.index.remove(owner, topic) }
+
+// RemoveOwner removes every subscription of owner (a disconnect or an
+// expired session) and returns how many there were.
+func (t *Tree) RemoveOwner(owner string) int { return t.index.removeOwner(owner) }

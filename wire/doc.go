@@ -1,0 +1,30 @@
+// Package wire is the Mote extension's surface on MQTT packets: the topic
+// prefix grammar of SPEC §2 and §4 ($sync, $tree, $set and their options),
+// the MQTT 5 user properties that say the same, the typing of row values
+// (SPEC §1), and the JSON and CBOR tree codecs in both directions.
+//
+// Everything here is a pure function or a value with no goroutines, locks or
+// I/O; the package knows nothing of sessions or sockets.
+//
+// # Decoding
+//
+// [Decode] reads a tree payload into a [Node]. JSON is read with gjson (no
+// reflection-based unmarshalling), CBOR with fxamacker/cbor. Both enforce a
+// size and a nesting-depth limit and reject duplicate keys, non-string keys,
+// invalid UTF-8, tags, NaN and infinities with an error that names the path
+// (an RFC 6901 JSON pointer) where decoding failed.
+//
+// # Encoding
+//
+// [Encoder] writes a tree, key by key, in either codec into one buffer, so a
+// tree is encoded once and the bytes shared by every subscriber that wants
+// the same filter in the same codec.
+//
+// # Caveats
+//
+// A CBOR byte string becomes a [Bytes] value and stays bytes in CBOR output;
+// JSON has no byte strings, so JSON output carries it as a base64 string
+// (standard alphabet, padded). The same applies to a byte string nested
+// inside an array or object that ends up as one row's value, which is stored
+// as JSON text.
+package wire

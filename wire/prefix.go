@@ -1,0 +1,292 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Errors of the prefix grammar and of topic validation; compare with errors.Is.
+var (
+	// ErrPrefix is a Mote prefix ($sync, $tree, $set) that does not parse.
+	ErrPrefix = errors.New("wire: malformed prefix")
+	// ErrFilter is an invalid MQTT topic filter or topic name.
+	ErrFilter = errors.New("wire: invalid topic")
+	// ErrReserved is a PUBLISH to a Mote prefix that only the broker may publish on.
+	ErrReserved = errors.New("wire: reserved topic")
+)
+
+// MaxTopicLen is the longest topic or filter MQTT can carry (a UTF-8 string
+// with a 16-bit length, [MQTT-1.5.3]).
+const MaxTopicLen = 65535
+
+// Mode says how a subscription is served.
+type Mode uint8
+
+const (
+	// Plain is an ordinary MQTT subscription.
+	Plain Mode = iota
+	// Sync is a tree subscription answered with a snapshot, then deltas ($sync).
+	Sync
+	// Tree is a tree subscription answered with deltas only ($tree).
+	Tree
+)
+
+// String names the mode as its prefix verb.
+func (m Mode) String() string {
+	switch m {
+	case Sync:
+		return "sync"
+	case Tree:
+		return "tree"
+	}
+	return "plain"
+}
+
+// Codec is the encoding of a tree payload.
+type Codec uint8
+
+const (
+	// CodecJSON is JSON text (RFC 8259), the default.
+	CodecJSON Codec = iota
+	// CodecCBOR is CBOR (RFC 8949).
+	CodecCBOR
+)
+
+// String names the codec as its prefix option.
+func (c Codec) String() string {
+	if c == CodecCBOR {
+		return "cbor"
+	}
+	return "json"
+}
+
+// ContentType is the MQTT 5 Content Type of payloads in this codec.
+func (c Codec) ContentType() string {
+	if c == CodecCBOR {
+		return "application/cbor"
+	}
+	return "application/json"
+}
+
+// ParseCodec reads a codec name as used by options and user properties.
+func ParseCodec(s string) (Codec, error) {
+	switch s {
+	case "json":
+		return CodecJSON, nil
+	case "cbor":
+		return CodecCBOR, nil
+	}
+	return 0, fmt.Errorf("%w: unknown codec %q (want json or cbor)", ErrPrefix, s)
+}
+
+// Subscription is a parsed SUBSCRIBE topic filter.
+type Subscription struct {
+	Mode   Mode   // Plain, Sync or Tree
+	Codec  Codec  // tree payload codec; CodecJSON for Plain
+	Filter string // the MQTT filter F the tree is built from (the whole filter for Plain)
+}
+
+// PubOp says what a PUBLISH asks of the broker.
+type PubOp uint8
+
+const (
+	// PubPlain is an ordinary publish.
+	PubPlain PubOp = iota
+	// PubTree is a tree publish ($tree/T): the payload is spread into rows.
+	PubTree
+	// PubSet is $set/F: every existing retained row matching F takes the payload.
+	PubSet
+)
+
+// String names the operation as its prefix verb.
+func (o PubOp) String() string {
+	switch o {
+	case PubTree:
+		return "tree"
+	case PubSet:
+		return "set"
+	}
+	return "plain"
+}
+
+// Publish is a parsed PUBLISH topic name.
+type Publish struct {
+	Op      PubOp  // PubPlain, PubTree or PubSet
+	Codec   Codec  // payload codec of a tree publish
+	Replace bool   // .replace: delete retained rows under Topic that the tree omits
+	Topic   string // T (PubTree), F (PubSet) or the plain topic name
+}
+
+// The verbs of SPEC §2 and §4.
+const (
+	verbSync = "$sync"
+	verbTree = "$tree"
+	verbSet  = "$set"
+)
+
+// splitVerb returns the verb, its options and the rest of a topic whose
+// first level is a Mote verb; ok is false for any other topic, including
+// "$synced/x" whose first level merely starts like one.
+func splitVerb(topic string) (verb string, opts []string, rest string, hasRest, ok bool) {
+	first, rest, hasRest := strings.Cut(topic, "/")
+	verb, optText, hasOpts := strings.Cut(first, ".")
+	switch verb {
+	case verbSync, verbTree, verbSet:
+	default:
+		return "", nil, "", false, false
+	}
+	if hasOpts {
+		opts = strings.Split(optText, ".")
+	}
+	return verb, opts, rest, hasRest, true
+}
+
+// IsMote reports whether a topic's first level is one of Mote's verbs
+// ($sync, $tree, $set, with or without options).
+func IsMote(topic string) bool {
+	_, _, _, _, ok := splitVerb(topic)
+	return ok
+}
+
+// ParseSubscribe parses a SUBSCRIBE topic filter. A filter whose first level
+// is not a Mote verb is returned as Plain, validated as an MQTT filter.
+func ParseSubscribe(filter string) (Subscription, error) {
+	verb, opts, rest, hasRest, ok := splitVerb(filter)
+	if !ok {
+		if err := ValidateFilter(filter); err != nil {
+			return Subscription{}, err
+		}
+		return Subscription{Mode: Plain, Filter: filter}, nil
+	}
+	s := Subscription{Filter: rest}
+	switch verb {
+	case verbSync:
+		s.Mode = Sync
+	case verbTree:
+		s.Mode = Tree
+	default:
+		return Subscription{}, fmt.Errorf("%w: %q: %s is for PUBLISH only", ErrPrefix, filter, verb)
+	}
+	var codecSet bool
+	for _, o := range opts {
+		switch o {
+		case "json", "cbor":
+			if codecSet {
+				return Subscription{}, fmt.Errorf("%w: %q: more than one codec", ErrPrefix, filter)
+			}
+			s.Codec, _ = ParseCodec(o)
+			codecSet = true
+		default:
+			return Subscription{}, fmt.Errorf("%w: %q: unknown option %q for %s (want json or cbor)", ErrPrefix, filter, o, verb)
+		}
+	}
+	if !hasRest {
+		return Subscription{}, fmt.Errorf("%w: %q: missing filter after %s/", ErrPrefix, filter, verb)
+	}
+	if err := ValidateFilter(rest); err != nil {
+		return Subscription{}, fmt.Errorf("%w: %q: %w", ErrPrefix, filter, err)
+	}
+	return s, nil
+}
+
+// ParsePublish parses a PUBLISH topic name. A topic whose first level is not
+// a Mote verb is returned as PubPlain without further checks (the MQTT
+// server validates plain topic names). $sync is reserved: the broker alone
+// publishes on it, so nobody can inject a fake snapshot or delta (SPEC §5).
+func ParsePublish(topic string) (Publish, error) {
+	verb, opts, rest, hasRest, ok := splitVerb(topic)
+	if !ok {
+		return Publish{Op: PubPlain, Topic: topic}, nil
+	}
+	p := Publish{Topic: rest}
+	switch verb {
+	case verbTree:
+		p.Op = PubTree
+	case verbSet:
+		p.Op = PubSet
+	default:
+		return Publish{}, fmt.Errorf("%w: %q: %s is for SUBSCRIBE only", ErrReserved, topic, verb)
+	}
+	var codecSet bool
+	for _, o := range opts {
+		switch {
+		case p.Op == PubTree && (o == "json" || o == "cbor"):
+			if codecSet {
+				return Publish{}, fmt.Errorf("%w: %q: more than one codec", ErrPrefix, topic)
+			}
+			p.Codec, _ = ParseCodec(o)
+			codecSet = true
+		case p.Op == PubTree && o == "replace":
+			if p.Replace {
+				return Publish{}, fmt.Errorf("%w: %q: replace given twice", ErrPrefix, topic)
+			}
+			p.Replace = true
+		case p.Op == PubSet:
+			return Publish{}, fmt.Errorf("%w: %q: $set takes no options", ErrPrefix, topic)
+		default:
+			return Publish{}, fmt.Errorf("%w: %q: unknown option %q for %s (want json, cbor or replace)", ErrPrefix, topic, o, verb)
+		}
+	}
+	if !hasRest {
+		return Publish{}, fmt.Errorf("%w: %q: missing topic after %s/", ErrPrefix, topic, verb)
+	}
+	if err := ValidateFilter(rest); err != nil {
+		return Publish{}, fmt.Errorf("%w: %q: %w", ErrPrefix, topic, err)
+	}
+	return p, nil
+}
+
+// ValidateFilter checks an MQTT topic filter: not empty, valid UTF-8 without
+// NUL, at most MaxTopicLen bytes, '+' alone in its level and '#' alone in
+// the last level.
+func ValidateFilter(f string) error {
+	if err := validateString(f); err != nil {
+		return err
+	}
+	for i := 0; i < len(f); i++ {
+		switch f[i] {
+		case '+':
+			// [MQTT-4.7.1-3] the single-level wildcard occupies an entire level.
+			if (i > 0 && f[i-1] != '/') || (i+1 < len(f) && f[i+1] != '/') {
+				return fmt.Errorf("%w: %q: '+' must fill a whole level", ErrFilter, f)
+			}
+		case '#':
+			// [MQTT-4.7.1-2] the multi-level wildcard is the last character, alone in its level.
+			if i+1 != len(f) || (i > 0 && f[i-1] != '/') {
+				return fmt.Errorf("%w: %q: '#' must be the whole last level", ErrFilter, f)
+			}
+		}
+	}
+	return nil
+}
+
+// ValidateTopic checks an MQTT topic name: a valid string with no wildcard
+// [MQTT-3.3.2-2].
+func ValidateTopic(t string) error {
+	if err := validateString(t); err != nil {
+		return err
+	}
+	if strings.ContainsAny(t, "+#") {
+		return fmt.Errorf("%w: %q: wildcard in a topic name", ErrFilter, t)
+	}
+	return nil
+}
+
+func validateString(s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%w: empty", ErrFilter) // [MQTT-4.7.3-1]
+	case len(s) > MaxTopicLen:
+		return fmt.Errorf("%w: %d bytes, more than %d", ErrFilter, len(s), MaxTopicLen)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%w: not valid UTF-8", ErrFilter) // [MQTT-1.5.3-1]
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Errorf("%w: contains NUL", ErrFilter) // [MQTT-1.5.3-2]
+	}
+	return nil
+}
+
+// HasWildcard reports whether a filter has a '+' or '#' level.
+func HasWildcard(f string) bool { return strings.ContainsAny(f, "+#") }
