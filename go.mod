@@ -1,6 +1,6 @@
 module mote
 
-go 1.26.8
+go 1.24
 
 require (
 	github.com/fxamacker/cbor/v2 v2.10.0

@@ -178,12 +178,26 @@ func jsonNode(r gjson.Result, path string) (Node, error) {
 		return Node{Null: true}, nil
 	case gjson.String:
 		return Node{Value: Value{Kind: String, Data: r.Str}}, nil
-	case gjson.Number, gjson.True, gjson.False:
+	case gjson.Number:
+		if math.IsInf(r.Num, 0) {
+			return Node{}, &PathError{Path: path, Err: fmt.Errorf("%w: number %s out of range", ErrPayload, r.Raw)}
+		}
+		return Node{Value: Value{Kind: JSON, Data: r.Raw}}, nil
+	case gjson.True, gjson.False:
 		return Node{Value: Value{Kind: JSON, Data: r.Raw}}, nil
 	}
 	raw := strings.TrimSpace(r.Raw)
 	if !r.IsObject() {
-		return Node{Value: Value{Kind: JSON, Data: raw}}, nil
+		var err error
+		i := 0
+		r.ForEach(func(_, v gjson.Result) bool { // an array: check what CBOR could not hold
+			if v.Type == gjson.Number || v.IsArray() || v.IsObject() {
+				_, err = jsonNode(v, path+"/"+strconv.Itoa(i))
+			}
+			i++
+			return err == nil
+		})
+		return Node{Value: Value{Kind: JSON, Data: raw}}, err
 	}
 	n := Node{Obj: true, Value: Value{Kind: Object, Data: raw}}
 	var seen map[string]struct{}

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"math"
 	"strconv"
 	"unicode/utf8"
 
@@ -72,6 +73,10 @@ func plainKind(s string) Kind {
 	switch r := gjson.Parse(s); r.Type {
 	case gjson.Null:
 		return String
+	case gjson.Number:
+		if math.IsInf(r.Num, 0) { // no float64 holds it: keep the text
+			return String
+		}
 	case gjson.JSON:
 		if r.IsObject() {
 			return Object

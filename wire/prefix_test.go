@@ -1,0 +1,103 @@
+package wire
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestParseSubscribe(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Subscription
+		err  error
+	}{
+		{"light/+/is_on", Subscription{Plain, CodecJSON, "light/+/is_on"}, nil},
+		{"$synced/x", Subscription{Plain, CodecJSON, "$synced/x"}, nil},
+		{"$SYS/#", Subscription{Plain, CodecJSON, "$SYS/#"}, nil},
+		{"$sync/light/+/is_on", Subscription{Sync, CodecJSON, "light/+/is_on"}, nil},
+		{"$tree.cbor/house/#", Subscription{Tree, CodecCBOR, "house/#"}, nil},
+		{"$sync.json/#", Subscription{Sync, CodecJSON, "#"}, nil},
+		{"$sync//a", Subscription{Sync, CodecJSON, "/a"}, nil},
+		{"$sync.xml/a", Subscription{}, ErrPrefix},
+		{"$sync.json.cbor/a", Subscription{}, ErrPrefix},
+		{"$sync./a", Subscription{}, ErrPrefix},
+		{"$sync.replace/a", Subscription{}, ErrPrefix},
+		{"$sync", Subscription{}, ErrPrefix},
+		{"$sync/", Subscription{}, ErrPrefix},
+		{"$sync/a/#/b", Subscription{}, ErrPrefix},
+		{"$sync/a+", Subscription{}, ErrPrefix},
+		{"$set/a", Subscription{}, ErrPrefix},
+		{"a/#/b", Subscription{}, ErrFilter},
+		{"", Subscription{}, ErrFilter},
+		{"a\x00b", Subscription{}, ErrFilter},
+		{"a/\xff", Subscription{}, ErrFilter},
+	}
+	for _, tt := range tests {
+		got, err := ParseSubscribe(tt.in)
+		if !errors.Is(err, tt.err) || got != tt.want {
+			t.Errorf("ParseSubscribe(%q) = %+v, %v; want %+v, %v", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestParsePublish(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Publish
+		err  error
+	}{
+		{"light/bedroom", Publish{Op: PubPlain, Topic: "light/bedroom"}, nil},
+		{"$tree/light/bedroom", Publish{Op: PubTree, Topic: "light/bedroom"}, nil},
+		{"$tree.cbor.replace/light/bedroom/+", Publish{Op: PubTree, Codec: CodecCBOR, Replace: true, Topic: "light/bedroom/+"}, nil},
+		{"$tree.replace.json/#", Publish{Op: PubTree, Replace: true, Topic: "#"}, nil},
+		{"$set/light/+/is_on", Publish{Op: PubSet, Topic: "light/+/is_on"}, nil},
+		{"$sync/light/x", Publish{}, ErrReserved},
+		{"$sync.cbor/light/x", Publish{}, ErrReserved},
+		{"$tree.xml/a", Publish{}, ErrPrefix},
+		{"$tree.replace.replace/a", Publish{}, ErrPrefix},
+		{"$tree.cbor.json/a", Publish{}, ErrPrefix},
+		{"$set.cbor/a", Publish{}, ErrPrefix},
+		{"$tree", Publish{}, ErrPrefix},
+		{"$tree/a/#/b", Publish{}, ErrPrefix},
+		{"$set/", Publish{}, ErrPrefix},
+	}
+	for _, tt := range tests {
+		got, err := ParsePublish(tt.in)
+		if !errors.Is(err, tt.err) || got != tt.want {
+			t.Errorf("ParsePublish(%q) = %+v, %v; want %+v, %v", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestValidateTopic(t *testing.T) {
+	for _, tt := range []struct {
+		in string
+		ok bool
+	}{
+		{"a/b", true}, {"/", true}, {"a//b", true}, {"a/+", false}, {"#", false}, {"", false}, {"a\x00", false},
+	} {
+		if err := ValidateTopic(tt.in); (err == nil) != tt.ok {
+			t.Errorf("ValidateTopic(%q) = %v", tt.in, err)
+		}
+	}
+}
+
+// FuzzParse checks that the prefix grammar never panics, and that what it
+// accepts is consistent: a tree subscription's filter is a valid filter.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"$sync/a/+/b", "$tree.cbor/#", "$tree.cbor.replace/a/+", "$set/a/#", "$sync.xml/a", "a/b", "$sync", "$tree./"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if sub, err := ParseSubscribe(s); err == nil {
+			if ValidateFilter(sub.Filter) != nil {
+				t.Fatalf("ParseSubscribe(%q) accepted invalid filter %q", s, sub.Filter)
+			}
+		}
+		if pub, err := ParsePublish(s); err == nil && pub.Op != PubPlain {
+			if ValidateFilter(pub.Topic) != nil {
+				t.Fatalf("ParsePublish(%q) accepted invalid topic %q", s, pub.Topic)
+			}
+		}
+	})
+}
