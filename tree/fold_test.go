@@ -1,0 +1,320 @@
+package tree
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"mote/wire"
+)
+
+func row(topic, payload string, retain bool) Row {
+	v := wire.TypePlain([]byte(payload))
+	if retain && payload == "" {
+		v = wire.Value{}
+	}
+	return Row{Topic: topic, Value: v, Retain: retain}
+}
+
+// deltasFor returns the JSON deltas each subscription got, by Sub.Topic+Owner.
+func deltasFor(t *testing.T, res Result) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	for _, d := range res.Deltas {
+		for _, s := range d.Subs {
+			p := d.Payload
+			if s.Codec == wire.CodecCBOR {
+				p = cborToJSON(t, p)
+			}
+			out[s.Owner+" "+s.Topic] = append(out[s.Owner+" "+s.Topic], string(p))
+		}
+	}
+	return out
+}
+
+func TestDeltas(t *testing.T) {
+	tests := []struct {
+		name   string
+		before map[string]string
+		filter string
+		ops    []Op
+		want   []string // deltas of one subscription; none if empty
+	}{
+		{"deletes as null", map[string]string{"light/a/is_on": "1", "light/b/is_on": "1"}, "light/+/is_on",
+			[]Op{{Rows: []Row{row("light/a/is_on", "", true), row("light/b/is_on", "0", true)}}},
+			[]string{`{"a":null,"b":0}`}},
+		{"publishes folded, newest wins", nil, "light/+/is_on",
+			[]Op{{Rows: []Row{row("light/a/is_on", "1", true)}}, {Rows: []Row{row("light/a/is_on", "0", true), row("light/c/is_on", "1", true)}}},
+			[]string{`{"a":0,"c":1}`}},
+		{"untouched gets nothing", nil, "door/+",
+			[]Op{{Rows: []Row{row("light/a/is_on", "1", true)}}}, nil},
+		{"event is delivered", nil, "light/+",
+			[]Op{{Rows: []Row{row("light/a", "ON", false)}}}, []string{`{"a":"ON"}`}},
+		{"bare value", map[string]string{"a/b": "1"}, "a/b",
+			[]Op{{Rows: []Row{row("a/b", "", true)}}}, []string{`null`}},
+		{"own value keeps children", map[string]string{"a/b": "1", "a/b/c": "2"}, "a/#",
+			[]Op{{Rows: []Row{row("a/b", "", true)}}}, []string{`{"b":{"/":null}}`}},
+		{"own value set with children in store", map[string]string{"a/b/c": "2"}, "a/#",
+			[]Op{{Rows: []Row{row("a/b", "5", true)}}}, []string{`{"b":{"/":5}}`}},
+		{"own value and child in one delta", nil, "a/#",
+			[]Op{{Rows: []Row{row("a/b/c", "2", true), row("a/b", "1", true), row("a", "0", true)}}}, []string{`{"/":0,"b":{"/":1,"c":2}}`}},
+		{"object under hash", nil, "z/#",
+			[]Op{{Rows: []Row{row("z/lamp", `{"state":"ON"}`, true)}}}, []string{`{"lamp":{"/":{"state":"ON"}}}`}},
+		{"plus then hash", nil, "dev/+/#",
+			[]Op{{Rows: []Row{row("dev/a", "0", true), row("dev/b/t/u", "1", true)}}}, []string{`{"a":{"/":0},"b":{"t":{"u":1}}}`}},
+		{"set expands", map[string]string{"l/a/on": "1", "l/b/on": "1", "l/b/x": "1"}, "l/+/+",
+			[]Op{{SetFilter: "l/+/on", SetValue: wire.TypePlain([]byte("0"))}}, []string{`{"a":{"on":0},"b":{"on":0}}`}},
+		{"replace deletes", map[string]string{"l/a/on": "1", "l/a/x": "1"}, "l/#",
+			[]Op{{Rows: []Row{row("l/a/on", "0", true)}, Replace: "l/a/#"}}, []string{`{"a":{"on":0,"x":null}}`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := New()
+			load(t, tr, tt.before)
+			for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+				if _, err := tr.Subscribe(&Sub{Owner: c.String(), Topic: "$tree/" + tt.filter, Filter: tt.filter, Codec: c}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := deltasFor(t, tr.Apply(tt.ops))
+			for _, c := range []string{"json", "cbor"} {
+				g := got[c+" $tree/"+tt.filter]
+				if len(g) != len(tt.want) {
+					t.Fatalf("%s: got deltas %q, want %q", c, g, tt.want)
+				}
+				for i := range g {
+					if a, b := decodeJSON(t, []byte(g[i])), decodeJSON(t, []byte(tt.want[i])); !reflect.DeepEqual(a, b) {
+						t.Errorf("%s: delta %s, want %s", c, g[i], tt.want[i])
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestEventNotInSnapshot(t *testing.T) {
+	tr := New()
+	tr.Apply([]Op{{Rows: []Row{row("a/b", "1", false)}}})
+	if s := string(tr.Snapshot("a/+", wire.CodecJSON, nil)); s != "{}" {
+		t.Errorf("snapshot %s after an event, want {}", s)
+	}
+}
+
+func TestFoldOneMessagePerSubscription(t *testing.T) {
+	tr := New()
+	tr.Subscribe(&Sub{Owner: "c", Topic: "$tree/dev/#", Filter: "dev/#"})
+	ps, _ := NewParser(DefaultLimits())
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range 1000 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"d%d":{"state":%d}`, i, i)
+	}
+	b.WriteString("}")
+	op, err := ps.Op(wire.Publish{Op: wire.PubTree, Topic: "dev"}, []byte(b.String()), true, 1)
+	if err != nil || len(op.Rows) != 1000 {
+		t.Fatalf("%d rows, %v", len(op.Rows), err)
+	}
+	res := tr.Apply([]Op{op})
+	if len(res.Deltas) != 1 || len(res.Deltas[0].Subs) != 1 {
+		t.Fatalf("%d deltas, want 1", len(res.Deltas))
+	}
+	m := decodeJSON(t, res.Deltas[0].Payload).(map[string]any)
+	if len(m) != 1000 || res.Deltas[0].QoS != 1 {
+		t.Errorf("delta has %d devices at QoS %d", len(m), res.Deltas[0].QoS)
+	}
+}
+
+func TestSharedEncoding(t *testing.T) {
+	tr := New()
+	a := &Sub{Owner: "a", Topic: "$sync/l/+", Filter: "l/+", QoS: 1}
+	b := &Sub{Owner: "b", Topic: "$tree/l/+", Filter: "l/+", QoS: 0}
+	c := &Sub{Owner: "c", Topic: "$tree.cbor/l/+", Filter: "l/+", Codec: wire.CodecCBOR}
+	for _, s := range []*Sub{a, b, c} {
+		tr.Subscribe(s)
+	}
+	res := tr.Apply([]Op{{Rows: []Row{row("l/x", "1", true)}, QoS: 2}})
+	if len(res.Deltas) != 2 {
+		t.Fatalf("%d deltas, want 2 (one per codec)", len(res.Deltas))
+	}
+	for _, d := range res.Deltas {
+		want := []*Sub{c}
+		if d.Subs[0].Codec == wire.CodecJSON {
+			want = []*Sub{a, b}
+		}
+		slices.SortFunc(d.Subs, func(x, y *Sub) int { return strings.Compare(x.Owner, y.Owner) })
+		if !reflect.DeepEqual(d.Subs, want) || d.QoS != 2 {
+			t.Errorf("delta to %v at QoS %d", d.Subs, d.QoS)
+		}
+	}
+}
+
+func TestReadCheck(t *testing.T) {
+	tr := New()
+	load(t, tr, map[string]string{"h/pub/t": "1", "h/secret/t": "2", "h/secret": "3"})
+	deny := func(topic string) bool { return !strings.HasPrefix(topic, "h/secret") }
+	for _, f := range []string{"h/+/t", "h/#", "h/secret/t", "#"} {
+		snap := string(tr.Snapshot(f, wire.CodecJSON, deny))
+		if strings.Contains(snap, "secret") || strings.Contains(snap, "2") || strings.Contains(snap, "3") {
+			t.Errorf("%s: snapshot %s shows a denied row", f, snap)
+		}
+	}
+	s := &Sub{Owner: "r", Topic: "$tree/h/#", Filter: "h/#", Allow: deny}
+	tr.Subscribe(s)
+	tr.Subscribe(&Sub{Owner: "all", Topic: "$tree/h/#", Filter: "h/#"})
+	res := tr.Apply([]Op{{Rows: []Row{row("h/secret/t", "9", true)}}})
+	got := deltasFor(t, res)
+	if len(got["r $tree/h/#"]) != 0 || len(got["all $tree/h/#"]) != 1 {
+		t.Errorf("deltas %v", got)
+	}
+	res = tr.Apply([]Op{{Rows: []Row{row("h/secret/t", "8", true), row("h/pub/t", "7", true)}}})
+	if got := deltasFor(t, res)["r $tree/h/#"]; len(got) != 1 || got[0] != `{"pub":{"t":7}}` {
+		t.Errorf("reader got %q", got)
+	}
+}
+
+func TestWriteCheckRefusesWhole(t *testing.T) {
+	tr := New()
+	load(t, tr, map[string]string{"l/a": "1", "l/secret": "1"})
+	tr.Subscribe(&Sub{Owner: "c", Topic: "$tree/#", Filter: "#"})
+	deny := func(topic string) bool { return topic != "l/secret" }
+	res := tr.Apply([]Op{
+		{SetFilter: "l/+", SetValue: wire.TypePlain([]byte("0")), Allow: deny},
+		{Rows: []Row{row("l/a", "2", true), row("l/secret", "2", true)}, Allow: deny},
+	})
+	for i, a := range res.Applied {
+		if a.Err == nil || a.Rows != nil {
+			t.Errorf("op %d: %v, rows %v", i, a.Err, a.Rows)
+		}
+	}
+	if len(res.Deltas) != 0 || rows(tr)["l/a"] != "1" {
+		t.Errorf("refused ops changed something: %v %v", res.Deltas, rows(tr))
+	}
+}
+
+func TestUnsubscribe(t *testing.T) {
+	tr := New()
+	for i, f := range []string{"a/+", "a/#", "a/b", "+/b"} {
+		tr.Subscribe(&Sub{Owner: "x", Topic: fmt.Sprint("$tree/", f), Filter: f})
+		tr.Subscribe(&Sub{Owner: fmt.Sprint("y", i), Topic: fmt.Sprint("$sync/", f), Filter: f})
+	}
+	// A second subscribe on the same topic replaces the first.
+	tr.Subscribe(&Sub{Owner: "x", Topic: "$tree/a/+", Filter: "a/+", Codec: wire.CodecCBOR})
+	if n := tr.Subscriptions(); n != 8 {
+		t.Fatalf("%d subscriptions, want 8", n)
+	}
+	if !tr.Unsubscribe("y0", "$sync/a/+") || tr.Unsubscribe("y0", "$sync/a/+") {
+		t.Error("unsubscribe reported wrongly")
+	}
+	if n := tr.RemoveOwner("x"); n != 4 {
+		t.Errorf("removed %d of x's subscriptions, want 4", n)
+	}
+	got := deltasFor(t, tr.Apply([]Op{{Rows: []Row{row("a/b", "1", true)}}}))
+	want := []string{"y1 $sync/a/#", "y2 $sync/a/b", "y3 $sync/+/b"}
+	if keys := slices.Sorted(mapsKeys(got)); !reflect.DeepEqual(keys, want) {
+		t.Errorf("deltas to %v, want %v", keys, want)
+	}
+	for i, f := range []string{"a/#", "a/b", "+/b"} {
+		tr.Unsubscribe(fmt.Sprint("y", i+1), "$sync/"+f)
+	}
+	if tr.Subscriptions() != 0 || len(tr.index.root.kids) != 0 || len(tr.index.byOwner) != 0 {
+		t.Errorf("index not empty: %d subs, %d root kids", tr.Subscriptions(), len(tr.index.root.kids))
+	}
+}
+
+func mapsKeys(m map[string][]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// TestIndexMatchesReference checks the filter trie against refMatch.
+func TestIndexMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	x := newIndex()
+	groups := map[*group]string{}
+	filters := append(slices.Clone(propFilter), "a/b/c", "+/+/+", "$s/+", "/#", "a//+")
+	for i, f := range filters {
+		s := &Sub{Owner: fmt.Sprint(i), Topic: f, Filter: f}
+		x.add(s)
+		groups[s.group] = f
+	}
+	for range 2000 {
+		topic := randTopic(r)
+		if r.IntN(5) == 0 {
+			topic = "$s/" + topic
+		}
+		var got []string
+		for _, g := range x.match(topic, nil) {
+			got = append(got, groups[g])
+		}
+		var want []string
+		for _, f := range filters {
+			if refMatch(f, topic) {
+				want = append(want, f)
+			}
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%q matched %v, want %v", topic, got, want)
+		}
+	}
+}
+
+func TestStoreMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var s Store
+	model := map[string]bool{}
+	for range 500 {
+		topic := randTopic(r)
+		if r.IntN(6) == 0 {
+			topic = "$s/" + topic
+		}
+		if r.IntN(3) == 0 {
+			s.Delete(topic)
+			delete(model, topic)
+		} else {
+			s.Set(topic, wire.Value{Kind: wire.String, Data: topic})
+			model[topic] = true
+		}
+	}
+	if s.Len() != len(model) {
+		t.Fatalf("Len %d, want %d", s.Len(), len(model))
+	}
+	for _, f := range append(slices.Clone(propFilter), "$s/+/#", "/#") {
+		var got, want []string
+		s.Match(f, func(topic string, v wire.Value) bool {
+			if v.Data != topic {
+				t.Errorf("row %q holds %q", topic, v.Data)
+			}
+			got = append(got, topic)
+			return true
+		})
+		for topic := range model {
+			if refMatch(f, topic) {
+				want = append(want, topic)
+			}
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s matched %v, want %v", f, got, want)
+		}
+	}
+	for topic := range model {
+		s.Delete(topic)
+	}
+	if s.Len() != 0 || s.root.kids != nil {
+		t.Errorf("store not empty after deleting every row")
+	}
+}
