@@ -2,6 +2,7 @@ package tree
 
 import (
 	"encoding/json"
+	"mote/wire"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
@@ -24,3 +25,5 @@ func cborToJSON(t testing.TB, b []byte) []byte {
 }
 
 var mapType = reflectMapType()
+
+func stringValue(s string) wire.Value { return wire.Value{Kind: wire.String, Data: s} }

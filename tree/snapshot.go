@@ -22,7 +22,7 @@ func (t *Tree) Snapshot(filter string, c wire.Codec, allow func(string) bool) []
 		}
 		return e.Bytes()
 	}
-	w := walker{e: e, filter: filter, allow: allow}
+	w := walker{s: &t.store, e: e, filter: filter, allow: allow}
 	if !w.emit(&t.store.root, 0) {
 		e.Reset(c, e.Bytes()[:0])
 		e.BeginObject()
@@ -35,6 +35,7 @@ func (t *Tree) Snapshot(filter string, c wire.Codec, allow func(string) bool) []
 
 // walker writes the snapshot of one filter.
 type walker struct {
+	s      *Store
 	e      *wire.Encoder
 	filter string
 	allow  func(string) bool
@@ -57,13 +58,10 @@ func (w *walker) emit(n *node, i int) bool {
 	case "#":
 		return w.subtree(n, i == 0, true)
 	case "+":
-		if n.kids == nil {
-			return false
-		}
 		start := w.e.Mark()
 		w.e.BeginObject()
 		wrote := false
-		for _, c := range n.kids.list {
+		for _, c := range n.kids {
 			if i == 0 && strings.HasPrefix(c.name, "$") {
 				continue
 			}
@@ -84,7 +82,7 @@ func (w *walker) emit(n *node, i int) bool {
 		w.e.EndObject()
 		return true
 	default:
-		c := n.child(level)
+		c := w.s.child(n, level)
 		if c == nil {
 			return false
 		}
@@ -122,21 +120,19 @@ func (w *walker) subtree(n *node, skipDollar, root bool) bool {
 		w.e.Value(n.value())
 		wrote = true
 	}
-	if n.kids != nil {
-		for _, c := range n.kids.list {
-			if skipDollar && strings.HasPrefix(c.name, "$") {
-				continue
-			}
-			m := w.e.Mark()
-			t := w.push(c.name, skipDollar)
-			w.e.Key(c.name)
-			if w.subtree(c, false, false) {
-				wrote = true
-			} else {
-				w.e.Rewind(m)
-			}
-			w.topic = t
+	for _, c := range n.kids {
+		if skipDollar && strings.HasPrefix(c.name, "$") {
+			continue
 		}
+		m := w.e.Mark()
+		t := w.push(c.name, skipDollar)
+		w.e.Key(c.name)
+		if w.subtree(c, false, false) {
+			wrote = true
+		} else {
+			w.e.Rewind(m)
+		}
+		w.topic = t
 	}
 	if !wrote {
 		w.e.Rewind(start)

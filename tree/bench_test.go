@@ -1,0 +1,184 @@
+package tree
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"testing"
+
+	"mote/wire"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// devices stores n rows dev/dNNNNNNN/state.
+func devices(b *testing.B, n int) *Tree {
+	b.Helper()
+	tr := New()
+	for i := range n {
+		tr.store.Set(fmt.Sprintf("dev/d%07d/state", i), wire.Value{Kind: wire.JSON, Data: "21.5"})
+	}
+	return tr
+}
+
+// BenchmarkSnapshot: the snapshot of dev/+/state over n rows.
+func BenchmarkSnapshot(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		tr := devices(b, n)
+		for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+			b.Run(fmt.Sprintf("rows=%d/%s", n, c), func(b *testing.B) {
+				b.ReportAllocs()
+				var size int
+				for b.Loop() {
+					size = len(tr.Snapshot("dev/+/state", c, nil))
+				}
+				b.SetBytes(int64(size))
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/row")
+			})
+		}
+	}
+}
+
+// BenchmarkStoreMemory reports the heap a stored row costs beyond its topic
+// and payload bytes (and the total per row), for 1M rows dev/dNNNNNNN/state.
+func BenchmarkStoreMemory(b *testing.B) {
+	const n = 1_000_000
+	topics := make([]string, n)
+	var raw int
+	for i := range topics {
+		topics[i] = fmt.Sprintf("dev/d%07d/state", i)
+		raw += len(topics[i]) + len("21.5")
+	}
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var s Store
+		for _, t := range topics {
+			s.Set(t, wire.Value{Kind: wire.JSON, Data: "21.5"})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		used := float64(after.HeapAlloc - before.HeapAlloc)
+		b.ReportMetric(used/n, "B/row")
+		b.ReportMetric((used-float64(raw))/n, "overhead-B/row")
+		runtime.KeepAlive(&s)
+	}
+}
+
+// BenchmarkApply: a batch of 1,000 changed rows against tree subscriptions
+// of mixed filters. subs=10k and subs=100k touch the same subscriptions
+// (the extra 90k watch other branches), so equal times show that the cost
+// follows the subscriptions touched, not all subscriptions.
+func BenchmarkApply(b *testing.B) {
+	const devs = 10_000
+	for _, total := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprintf("subs=%d", total), func(b *testing.B) {
+			tr := New()
+			r := rand.New(rand.NewPCG(1, 1))
+			for i := range total {
+				var f string
+				d := r.IntN(devs)
+				switch {
+				case i >= 10_000:
+					f = fmt.Sprintf("other/o%d/+", i) // never touched
+				case i%100 == 0:
+					f = "dev/+/state"
+				case i%100 == 1:
+					f = "dev/#"
+				case i%3 == 0:
+					f = fmt.Sprintf("dev/d%07d/state", d)
+				case i%3 == 1:
+					f = fmt.Sprintf("dev/d%07d/+", d)
+				default:
+					f = fmt.Sprintf("dev/d%07d/#", d)
+				}
+				tr.Subscribe(&Sub{Owner: fmt.Sprint("c", i), Topic: "$tree/" + f, Filter: f, Codec: wire.Codec(i % 2)})
+			}
+			ops := make([]Op, 100)
+			for i := range ops {
+				for range 10 {
+					t := fmt.Sprintf("dev/d%07d/state", r.IntN(devs))
+					ops[i].Rows = append(ops[i].Rows, Row{Topic: t, Value: wire.Value{Kind: wire.JSON, Data: fmt.Sprint(r.IntN(100))}, Retain: true})
+				}
+			}
+			b.ReportAllocs()
+			var deltas int
+			for b.Loop() {
+				deltas = len(tr.Apply(ops).Deltas)
+			}
+			b.ReportMetric(float64(deltas), "deltas")
+		})
+	}
+}
+
+// deviceTree is a 50-row device tree: 10 sensors with 5 values each.
+func deviceTree() string {
+	var sb strings.Builder
+	sb.WriteString("{")
+	for s := range 10 {
+		if s > 0 {
+			sb.WriteString(",")
+		}
+		fmt.Fprintf(&sb, `"sensor%d":{"value":%d.5,"unit":"°C","ok":true,"name":"sensor number %d","raw":[1,2,3]}`, s, s, s)
+	}
+	sb.WriteString("}")
+	return sb.String()
+}
+
+// BenchmarkExplode: decode and spread a 50-row device tree into rows.
+func BenchmarkExplode(b *testing.B) {
+	js := []byte(deviceTree())
+	var v any
+	cbor.Unmarshal(mustCBOR(b, js), &v)
+	cb := mustCBOR(b, js)
+	ps, _ := NewParser(DefaultLimits())
+	for _, c := range []struct {
+		codec   wire.Codec
+		payload []byte
+	}{{wire.CodecJSON, js}, {wire.CodecCBOR, cb}} {
+		b.Run(c.codec.String(), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(c.payload)))
+			p := wire.Publish{Op: wire.PubTree, Codec: c.codec, Topic: "dev/d1"}
+			for b.Loop() {
+				op, err := ps.Op(p, c.payload, true, 0)
+				if err != nil || len(op.Rows) != 50 {
+					b.Fatal(len(op.Rows), err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkEncode: encode the same 50-row tree in JSON and CBOR.
+func BenchmarkEncode(b *testing.B) {
+	ps, _ := NewParser(DefaultLimits())
+	op, _ := ps.Op(wire.Publish{Op: wire.PubTree, Topic: "dev/d1"}, []byte(deviceTree()), true, 0)
+	tr := New()
+	tr.Apply([]Op{op})
+	for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+		b.Run(c.String(), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(tr.Snapshot("dev/d1/#", c, nil))))
+			for b.Loop() {
+				tr.Snapshot("dev/d1/#", c, nil)
+			}
+		})
+	}
+}
+
+func mustCBOR(b *testing.B, js []byte) []byte {
+	d, _ := wire.NewDecoder(wire.DefaultLimits())
+	n, err := d.Decode(wire.CodecJSON, js)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := wire.NewEncoder(wire.CodecCBOR, nil)
+	tr := New()
+	rows, _ := Explode("x", &n, true, 1000)
+	tr.Apply([]Op{{Rows: rows}})
+	_ = e
+	return tr.Snapshot("x/#", wire.CodecCBOR, nil)
+}
