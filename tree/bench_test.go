@@ -96,6 +96,7 @@ func BenchmarkApply(b *testing.B) {
 				}
 				tr.Subscribe(&Sub{Owner: fmt.Sprint("c", i), Topic: "$tree/" + f, Filter: f, Codec: wire.Codec(i % 2)})
 			}
+			r = rand.New(rand.NewPCG(2, 2)) // the same batch for every size
 			ops := make([]Op, 100)
 			for i := range ops {
 				for range 10 {

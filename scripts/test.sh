@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The project's test command: vet, format check, race-enabled tests, a short
+# pass of every fuzz target, and one iteration of every benchmark (so none
+# rots). FUZZTIME overrides the per-target fuzz time (default 20s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fuzztime=${FUZZTIME:-20s}
+
+echo "== go vet"
+go vet ./...
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+
+echo "== go test -race"
+go test -race -count=1 ./...
+
+echo "== fuzz ($fuzztime per target)"
+for pkg in $(go list ./...); do
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+		echo "-- $pkg $target"
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" | tail -n 2
+	done
+done
+
+echo "== benchmarks (smoke: one iteration each)"
+go test -run '^$' -bench . -benchtime 1x ./... | grep -E '^(Benchmark|ok|FAIL|---)' || true
