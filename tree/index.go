@@ -17,6 +17,8 @@ type Sub struct {
 	// subscription, not even as keys. A subscription with Allow gets its own
 	// encoding instead of sharing its group's.
 	Allow func(topic string) bool
+	// Data is the owner's own state for this subscription; tree never reads it.
+	Data any
 
 	group *group
 }

@@ -290,3 +290,13 @@ func validateString(s string) error {
 
 // HasWildcard reports whether a filter has a '+' or '#' level.
 func HasWildcard(f string) bool { return strings.ContainsAny(f, "+#") }
+
+// ErrPrefixf is an ErrPrefix with a formatted detail.
+func ErrPrefixf(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrPrefix}, a...)...)
+}
+
+// ErrReservedf is an ErrReserved with a formatted detail.
+func ErrReservedf(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrReserved}, a...)...)
+}

@@ -1,0 +1,203 @@
+package broker
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/rs/zerolog"
+
+	"mote/tree"
+)
+
+// Broker is a running Mote broker.
+type Broker struct {
+	opts   Options
+	log    zerolog.Logger
+	server *mqtt.Server
+	inline *mqtt.Client // publishes rows, reports and plain retained packets into mochi
+	parser *tree.Parser
+	tree   *tree.Tree // owned by the loop goroutine
+	reqs   *requestQueue
+
+	conns    sync.Map // *mqtt.Client → *conn
+	serial   atomic.Uint64
+	treeSubs atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
+
+	tcp *tcpListener
+	ws  *wsListener
+
+	loopDone chan struct{}
+	writers  sync.WaitGroup // per-connection tree writers
+	closing  sync.Once
+
+	stats Stats
+}
+
+// Stats are the broker's counters.
+type Stats struct {
+	TreeDropped  atomic.Int64 // tree messages dropped for slow clients
+	Refused      atomic.Int64 // refused Mote publishes and subscriptions
+	Panics       atomic.Int64 // connections closed by a recovered panic
+	Batches      atomic.Int64 // batches applied by the message loop
+	OpsApplied   atomic.Int64 // publishes applied
+	DeltasQueued atomic.Int64 // tree messages queued to clients
+}
+
+// New builds a broker; Start binds its listeners.
+func New(opts Options) (*Broker, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	parser, err := tree.NewParser(opts.Limits)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumMessageExpiryInterval = 0 // mochi's 86400 would delete retained rows after a day
+	caps.MaximumPacketSize = opts.MaxPacketSize
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	b := &Broker{
+		opts:     opts,
+		log:      opts.Log,
+		parser:   parser,
+		tree:     tree.New(),
+		reqs:     newRequestQueue(opts.LoopQueue),
+		loopDone: make(chan struct{}),
+	}
+	b.server = mqtt.New(&mqtt.Options{Capabilities: caps, Logger: newSlog(opts.Log)})
+	b.inline = b.server.NewClient(nil, mqtt.LocalListener, "$mote", true)
+	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("broker: add hook: %w", err)
+	}
+	return b, nil
+}
+
+// Start binds the listeners and starts serving. It returns once clients
+// can connect.
+func (b *Broker) Start() error {
+	onPanic := func(c net.Conn) { b.connPanicked(c) }
+	if b.opts.TCP != "off" {
+		b.tcp = &tcpListener{id: "tcp", addr: b.opts.TCP, log: b.log, onPanic: onPanic}
+		if err := b.server.AddListener(b.tcp); err != nil {
+			return err
+		}
+	}
+	if b.opts.WS != "off" {
+		b.ws = &wsListener{id: "ws", addr: b.opts.WS, path: b.opts.WSPath, log: b.log, onPanic: onPanic}
+		if err := b.server.AddListener(b.ws); err != nil {
+			b.closeListeners()
+			return err
+		}
+	}
+	go b.loop()
+	if err := b.server.Serve(); err != nil {
+		return fmt.Errorf("broker: serve: %w", err)
+	}
+	ev := b.log.Info()
+	if b.tcp != nil {
+		ev = ev.Str("tcp", b.tcp.Address())
+	}
+	if b.ws != nil {
+		ev = ev.Str("ws", b.ws.Address()+b.opts.WSPath)
+	}
+	ev.Msg("mote broker listening")
+	return nil
+}
+
+// TCPAddr is the TCP listener's address ("" when off or not started).
+func (b *Broker) TCPAddr() string {
+	if b.tcp == nil || b.tcp.ln == nil {
+		return ""
+	}
+	return b.tcp.Address()
+}
+
+// WSAddr is the WebSocket listener's address, without the path.
+func (b *Broker) WSAddr() string {
+	if b.ws == nil || b.ws.ln == nil {
+		return ""
+	}
+	return b.ws.Address()
+}
+
+// Stats returns the broker's counters.
+func (b *Broker) Stats() *Stats { return &b.stats }
+
+func (b *Broker) closeListeners() {
+	for _, l := range []listeners.Listener{b.tcp, b.ws} {
+		if l != nil {
+			l.Close(func(string) {})
+		}
+	}
+}
+
+// Close stops the broker: listeners close, clients are disconnected, the
+// message loop applies what is already queued and stops, and the tree
+// writers end. It waits for all of them.
+func (b *Broker) Close() error {
+	b.closing.Do(func() {
+		b.server.Close() // closes listeners and every client connection
+		if b.tcp != nil {
+			waitTimeout(&b.tcp.wg, 5*time.Second)
+		}
+		b.reqs.close()
+		<-b.loopDone
+		b.conns.Range(func(_, v any) bool {
+			v.(*conn).close()
+			return true
+		})
+		waitTimeout(&b.writers, 5*time.Second)
+		b.log.Info().Msg("mote broker stopped")
+	})
+	return nil
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+// inject hands a publish to mochi as the broker's own client: mochi
+// retains it (if flagged) and delivers it to plain subscribers.
+func (b *Broker) inject(pk packets.Packet) {
+	pk.FixedHeader.Type = packets.Publish
+	pk.PacketID = uint16(pk.FixedHeader.Qos) // mochi's own Publish does this to pass validation
+	pk.Origin = ""
+	if err := b.server.InjectPacket(b.inline, pk); err != nil {
+		b.log.Error().Err(err).Str("topic", pk.TopicName).Msg("mochi refused an injected publish")
+	}
+}
+
+// rowPacket is the plain publish of one applied row.
+func rowPacket(r tree.Row, qos byte) packets.Packet {
+	return packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: r.Retain},
+		TopicName:   r.Topic,
+		Payload:     []byte(r.Value.Data),
+	}
+}
+
+// connPanicked cleans up after a connection whose goroutine panicked: mochi
+// never ran its disconnect hooks for it.
+func (b *Broker) connPanicked(nc net.Conn) {
+	b.stats.Panics.Add(1)
+	b.conns.Range(func(k, v any) bool {
+		if c := v.(*conn); c.cl.Net.Conn == nc {
+			b.log.Error().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).Msg("client connection closed after a panic")
+			b.dropConn(c.cl)
+			return false
+		}
+		return true
+	})
+}

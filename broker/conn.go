@@ -1,0 +1,252 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"mote/tree"
+	"mote/wire"
+)
+
+// conn is the broker's state for one client connection.
+type conn struct {
+	b   *Broker
+	cl  *mqtt.Client
+	key string // owner of this connection's tree subscriptions
+	v5  bool
+
+	// Touched only on the client's read goroutine, where mochi runs the
+	// hooks of one packet in order.
+	pending  *pendingPub // the Mote publish being read
+	subParse []wire.Subscription
+	subAcked []subReq
+
+	mu      sync.Mutex // guards out, closed, writing
+	out     []outMsg
+	closed  bool
+	writing bool
+	wake    chan struct{} // one slot: out has messages
+	done    chan struct{} // closed with the connection
+
+	dropped atomic.Int64
+}
+
+// pendingPub is a Mote publish decoded in OnPacketRead, waiting for OnPublish.
+type pendingPub struct {
+	topic string // as sent
+	op    tree.Op
+	err   error
+}
+
+// outMsg is one tree message for the client.
+type outMsg struct {
+	topic   string
+	payload []byte
+	qos     byte
+	seq     uint64
+	codec   wire.Codec
+	subID   int
+	part    string // "i/n" for a split snapshot
+}
+
+func newConn(b *Broker, cl *mqtt.Client) *conn {
+	return &conn{
+		b:    b,
+		cl:   cl,
+		key:  cl.ID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
+		v5:   cl.Properties.ProtocolVersion == 5,
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+}
+
+// enqueue queues a tree message. A bounded message finding the queue full
+// is dropped (and counted) or gets the client disconnected, per
+// Options.SlowClient; snapshots are not bounded. It never blocks.
+func (c *conn) enqueue(m outMsg, bounded bool) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if bounded && len(c.out) >= c.b.opts.TreeQueue {
+		disconnect := c.b.opts.SlowClient == SlowDisconnect
+		if disconnect {
+			c.closed = true
+		}
+		c.mu.Unlock()
+		c.slow(disconnect)
+		return
+	}
+	c.out = append(c.out, m)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	c.b.stats.DeltasQueued.Add(1)
+	if start {
+		c.b.writers.Add(1)
+		go c.writeLoop()
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// slow handles a client whose tree queue is full.
+func (c *conn) slow(disconnect bool) {
+	n := c.dropped.Add(1)
+	c.b.stats.TreeDropped.Add(1)
+	if disconnect {
+		c.b.log.Warn().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).Int("queue", c.b.opts.TreeQueue).
+			Msg("tree queue full; disconnecting slow client")
+		close(c.done)
+		c.cl.Stop(packets.ErrServerBusy)
+		return
+	}
+	if n == 1 || n%1000 == 0 {
+		c.b.log.Warn().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).Int64("dropped", n).
+			Msg("tree queue full; dropping tree messages for slow client")
+	}
+}
+
+// close stops the writer; queued messages are dropped.
+func (c *conn) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.closed = true
+		close(c.done)
+	}
+	c.out = nil
+}
+
+// writeLoop writes queued tree messages until the connection closes.
+func (c *conn) writeLoop() {
+	defer c.b.writers.Done()
+	var batch []outMsg
+	for {
+		select {
+		case <-c.wake:
+		case <-c.done:
+			return
+		}
+		for {
+			c.mu.Lock()
+			batch, c.out = c.out, batch[:0]
+			c.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			for i := range batch {
+				if err := c.write(&batch[i]); err != nil {
+					if !errors.Is(err, mqtt.ErrConnectionClosed) {
+						c.b.log.Debug().Err(err).Str("client", c.cl.ID).Msg("tree write failed")
+					}
+					c.close()
+					return
+				}
+				batch[i] = outMsg{}
+			}
+		}
+	}
+}
+
+// write sends one tree message with MQTT semantics: at QoS 1 and 2 it takes
+// a packet id and an in-flight slot from mochi's client state, so mochi
+// completes the flow and resends it to a resumed session.
+func (c *conn) write(m *outMsg) error {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos},
+		TopicName:   m.topic,
+		Payload:     m.payload,
+		Created:     time.Now().Unix(),
+	}
+	if c.v5 {
+		pk.Properties.ContentType = m.codec.ContentType()
+		pk.Properties.User = []packets.UserProperty{{Key: "mote-seq", Val: strconv.FormatUint(m.seq, 10)}}
+		if m.part != "" {
+			pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: "mote-part", Val: m.part})
+		}
+		if m.subID > 0 {
+			pk.Properties.SubscriptionIdentifier = []int{m.subID}
+		}
+	}
+	if m.qos > 0 {
+		if err := c.waitInflight(); err != nil {
+			return err
+		}
+		id, err := c.cl.NextPacketID()
+		if err != nil { // every id in flight: the client is not acknowledging
+			c.slow(false)
+			return nil
+		}
+		pk.PacketID = uint16(id)
+		if c.cl.State.Inflight.Set(pk) {
+			atomic.AddInt64(&c.b.server.Info.Inflight, 1)
+			c.cl.State.Inflight.DecreaseSendQuota()
+		}
+	}
+	return c.cl.WritePacket(pk)
+}
+
+// waitInflight waits while the client has as many QoS messages in flight
+// as it accepts (its Receive Maximum, or the broker's in-flight bound).
+func (c *conn) waitInflight() error {
+	limit := int(c.b.server.Options.Capabilities.MaximumInflight)
+	if rm := int(c.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
+		limit = rm
+	}
+	for c.cl.State.Inflight.Len() >= limit {
+		select {
+		case <-c.done:
+			return mqtt.ErrConnectionClosed
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// payloadRoom is the largest tree payload that fits one packet to this
+// client on topic, leaving room for the header and Mote's properties.
+func (c *conn) payloadRoom(topic string) int {
+	max := c.b.opts.MaxPacketSize
+	if cm := c.cl.Properties.Props.MaximumPacketSize; c.v5 && cm > 0 && cm < max {
+		max = cm
+	}
+	return int(max) - 5 - 2 - len(topic) - 2 - 160
+}
+
+// sendSnapshot queues a snapshot (mote-seq 0). One that does not fit the
+// client's maximum packet size is split by subtree for MQTT 5 clients
+// (mote-part i/n) and reported as an error to MQTT 3.1.1 clients.
+func (c *conn) sendSnapshot(st *subState, ts *tree.Sub, snap []byte) {
+	m := outMsg{topic: ts.Topic, payload: snap, qos: ts.QoS, codec: ts.Codec, subID: st.id}
+	room := c.payloadRoom(ts.Topic)
+	if len(snap) <= room {
+		c.enqueue(m, false)
+		return
+	}
+	if !c.v5 {
+		c.b.refuse(c, "subscribe", ts.Topic, fmt.Errorf("%w: snapshot of %d bytes does not fit the maximum packet size; MQTT 5 clients get it in parts", errTooLarge, len(snap)))
+		return
+	}
+	parts, err := wire.Split(ts.Codec, snap, room)
+	if err != nil {
+		c.b.refuse(c, "subscribe", ts.Topic, fmt.Errorf("%w: snapshot: %w", errTooLarge, err))
+		return
+	}
+	for i, p := range parts {
+		m.payload, m.part = p, strconv.Itoa(i+1)+"/"+strconv.Itoa(len(parts))
+		c.enqueue(m, false)
+	}
+}
+
+var errTooLarge = errors.New("broker: too large")

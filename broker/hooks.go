@@ -1,0 +1,386 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"mote/tree"
+	"mote/wire"
+)
+
+// internalPublish replaces the topic of a Mote publish once it is decoded:
+// mochi disconnects a client whose PUBLISH topic holds a wildcard.
+const internalPublish = "$mote/publish"
+
+// Property-form tree subscriptions (MQTT 5 user property mote=sync|tree)
+// are known to mochi under an internal filter that no client can send
+// ("prop" is not an option of the grammar), so a resumed session still
+// tells them from plain subscriptions to F.
+const propOption = ".prop"
+
+// hook is the mochi hook: the edge where packets enter the Mote path.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *hook) ID() string { return "mote" }
+
+func (h *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
+		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe,
+		mqtt.OnWill, mqtt.OnWillSent,
+	}, []byte{b})
+}
+
+// OnConnectAuthenticate accepts every client (authentication: a later
+// issue).
+func (h *hook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+// OnACLCheck allows every topic (per-row ACLs: a later issue; the data path
+// already carries tree.Op.Allow and tree.Sub.Allow for them).
+func (h *hook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+
+func (h *hook) conn(cl *mqtt.Client) *conn {
+	if v, ok := h.b.conns.Load(cl); ok {
+		return v.(*conn)
+	}
+	return nil
+}
+
+// OnSessionEstablished starts the connection's state and re-registers the
+// tree subscriptions of a resumed session (with a fresh snapshot: deltas
+// were missed while it was away).
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	c := newConn(h.b, cl)
+	h.b.conns.Store(cl, c)
+	var subs []subReq
+	for filter, s := range cl.State.Subscriptions.GetAll() {
+		if r, ok := resumedSub(filter, s); ok {
+			subs = append(subs, r)
+		}
+	}
+	if len(subs) > 0 {
+		h.b.reqs.push(request{kind: reqSubscribe, conn: c, subs: subs})
+	}
+}
+
+// resumedSub rebuilds the tree subscription behind a filter mochi kept.
+func resumedSub(filter string, s packets.Subscription) (subReq, bool) {
+	topic := filter
+	if verb, rest, ok := strings.Cut(filter, "/"); ok && strings.Contains(verb, propOption) {
+		filter = strings.Replace(verb, propOption, "", 1) + "/" + rest
+		topic = rest
+	}
+	p, err := wire.ParseSubscribe(filter)
+	if err != nil || p.Mode == wire.Plain {
+		return subReq{}, false
+	}
+	return subReq{topic: topic, parsed: p, qos: s.Qos, id: s.Identifier}, true
+}
+
+// OnDisconnect ends the connection's tree deliveries and subscriptions.
+func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.b.dropConn(cl)
+}
+
+func (b *Broker) dropConn(cl *mqtt.Client) {
+	v, ok := b.conns.LoadAndDelete(cl)
+	if !ok {
+		return
+	}
+	c := v.(*conn)
+	c.close()
+	b.reqs.push(request{kind: reqDetach, conn: c})
+}
+
+// OnPacketRead decodes a Mote publish before mochi validates the topic
+// (which holds wildcards in $tree/a/+ and $set/a/+/b), and stashes the op
+// for OnPublish.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return pk, nil
+	}
+	c := h.conn(cl)
+	if c == nil {
+		return pk, nil
+	}
+	c.pending = nil
+	p, isMote, err := parsePublish(pk)
+	if !isMote {
+		return pk, nil
+	}
+	pend := &pendingPub{topic: pk.TopicName, err: err}
+	if err == nil && pk.Properties.TopicAlias > 0 {
+		pend.err = errAlias
+	}
+	if pend.err == nil {
+		pend.op, pend.err = h.b.parser.Op(p, pk.Payload, pk.FixedHeader.Retain, pk.FixedHeader.Qos)
+	}
+	c.pending = pend
+	pk.TopicName = internalPublish
+	return pk, nil
+}
+
+var errAlias = errors.New("broker: a topic alias cannot be set on a Mote topic")
+
+// parsePublish reads a PUBLISH as a Mote publish: a $tree/$set/$sync
+// prefix, or (MQTT 5) the user property mote=tree on a plain topic.
+func parsePublish(pk packets.Packet) (wire.Publish, bool, error) {
+	if wire.IsMote(pk.TopicName) {
+		p, err := wire.ParsePublish(pk.TopicName)
+		return p, true, err
+	}
+	mode, ok := userProp(pk.Properties.User, "mote")
+	if !ok {
+		return wire.Publish{}, false, nil
+	}
+	if mode != "tree" {
+		return wire.Publish{}, true, wire.ErrPrefixf("user property mote=%q on a PUBLISH: want tree", mode)
+	}
+	p := wire.Publish{Op: wire.PubTree, Topic: pk.TopicName}
+	if v, ok := userProp(pk.Properties.User, "mote-codec"); ok {
+		c, err := wire.ParseCodec(v)
+		if err != nil {
+			return p, true, err
+		}
+		p.Codec = c
+	} else if pk.Properties.ContentType == wire.CodecCBOR.ContentType() {
+		p.Codec = wire.CodecCBOR
+	}
+	if v, ok := userProp(pk.Properties.User, "mote-replace"); ok {
+		p.Replace = v == "1" || v == "true"
+	}
+	if err := wire.ValidateFilter(p.Topic); err != nil {
+		return p, true, err
+	}
+	return p, true, nil
+}
+
+func userProp(props []packets.UserProperty, key string) (string, bool) {
+	for _, u := range props {
+		if u.Key == key {
+			return u.Val, true
+		}
+	}
+	return "", false
+}
+
+// OnPublish routes a publish: a Mote publish goes to the loop and is acked
+// without delivery; a plain retained one goes to the loop, which stores the
+// row and then has mochi retain and deliver it; a plain event is delivered
+// by mochi and, when tree subscriptions exist, folded into deltas too.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	c := h.conn(cl)
+	if c == nil {
+		return pk, nil
+	}
+	if pk.TopicName == internalPublish {
+		p := c.pending
+		c.pending = nil
+		if p == nil {
+			return h.b.refusePublish(c, pk, internalPublish, wire.ErrReservedf("%q is the broker's own topic", internalPublish))
+		}
+		if p.err != nil {
+			return h.b.refusePublish(c, pk, p.topic, p.err)
+		}
+		h.b.reqs.push(request{kind: reqPublish, conn: c, op: p.op, topic: p.topic, rows: true})
+		return pk, packets.CodeSuccessIgnore
+	}
+	if pk.FixedHeader.Retain {
+		cp := pk
+		cp.Properties.MessageExpiryInterval = 0 // rows never expire (SPEC §1)
+		h.b.reqs.push(request{kind: reqPublish, conn: c, op: plainOp(pk), topic: pk.TopicName, plain: &cp})
+		return pk, packets.CodeSuccessIgnore
+	}
+	if h.b.treeSubs.Load() > 0 {
+		h.b.reqs.push(request{kind: reqPublish, conn: c, op: plainOp(pk), topic: pk.TopicName})
+	}
+	return pk, nil
+}
+
+// plainOp is the op of a plain publish: one row, typed by SPEC §1.
+func plainOp(pk packets.Packet) tree.Op {
+	v := wire.TypePlain(pk.Payload)
+	if pk.FixedHeader.Retain && len(pk.Payload) == 0 {
+		v = wire.Value{}
+	}
+	return tree.Op{Rows: []tree.Row{{Topic: pk.TopicName, Value: v, Retain: pk.FixedHeader.Retain}}, QoS: pk.FixedHeader.Qos}
+}
+
+// OnSubscribe parses each filter: Mote filters are checked (a malformed
+// one is made invalid for mochi, which refuses it in the SUBACK: 0x80, MQTT
+// 5: 0x8F), and the MQTT 5 user property mote=sync|tree turns every filter
+// of the packet into a tree subscription.
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	c := h.conn(cl)
+	if c == nil {
+		return pk
+	}
+	c.subParse = c.subParse[:0]
+	c.subAcked = nil
+	propMode, propErr := subscribeProps(pk)
+	filters := make([]packets.Subscription, len(pk.Filters))
+	copy(filters, pk.Filters)
+	for i := range filters {
+		f := &filters[i]
+		var p wire.Subscription
+		var err error
+		switch {
+		case propErr != nil:
+			err = propErr
+		case propMode.Mode != wire.Plain:
+			if err = wire.ValidateFilter(f.Filter); err == nil {
+				p = wire.Subscription{Mode: propMode.Mode, Codec: propMode.Codec, Filter: f.Filter}
+				f.Filter = "$" + p.Mode.String() + propOption + "." + p.Codec.String() + "/" + f.Filter
+			}
+		default:
+			p, err = wire.ParseSubscribe(f.Filter)
+			if err != nil && !wire.IsMote(f.Filter) {
+				err = nil // a plain filter: mochi judges it
+			}
+		}
+		if err != nil {
+			h.b.refuse(c, "subscribe", pk.Filters[i].Filter, err)
+			f.Filter = "" // invalid: mochi answers 0x8F (0x80 for MQTT 3.1.1)
+		}
+		c.subParse = append(c.subParse, p)
+	}
+	pk.Filters = filters
+	return pk
+}
+
+// subscribeProps reads the MQTT 5 user properties mote and mote-codec.
+func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
+	var s wire.Subscription
+	mode, ok := userProp(pk.Properties.User, "mote")
+	if !ok {
+		return s, nil
+	}
+	switch mode {
+	case "sync":
+		s.Mode = wire.Sync
+	case "tree":
+		s.Mode = wire.Tree
+	default:
+		return s, wire.ErrPrefixf("user property mote=%q: want sync or tree", mode)
+	}
+	if v, ok := userProp(pk.Properties.User, "mote-codec"); ok {
+		c, err := wire.ParseCodec(v)
+		if err != nil {
+			return s, err
+		}
+		s.Codec = c
+	}
+	return s, nil
+}
+
+// OnSubscribed records the tree subscriptions mochi granted; they are
+// registered once the SUBACK is out (OnPacketProcessed).
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	c := h.conn(cl)
+	if c == nil || len(c.subParse) != len(pk.Filters) {
+		return
+	}
+	for i, f := range pk.Filters {
+		p := c.subParse[i]
+		if p.Mode == wire.Plain || i >= len(codes) || codes[i] >= 0x80 {
+			continue
+		}
+		topic := f.Filter
+		if strings.Contains(strings.SplitN(f.Filter, "/", 2)[0], propOption) {
+			topic = p.Filter
+		}
+		c.subAcked = append(c.subAcked, subReq{topic: topic, parsed: p, qos: codes[i], id: f.Identifier})
+	}
+}
+
+// OnPacketProcessed registers the granted tree subscriptions after mochi
+// has written the SUBACK, so the snapshot follows it.
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
+	if pk.FixedHeader.Type != packets.Subscribe {
+		return
+	}
+	c := h.conn(cl)
+	if c == nil || len(c.subAcked) == 0 {
+		return
+	}
+	subs := c.subAcked
+	c.subAcked = nil
+	if err == nil {
+		h.b.reqs.push(request{kind: reqSubscribe, conn: c, subs: subs})
+	}
+}
+
+// OnUnsubscribe removes tree subscriptions; a plain filter F that names a
+// property-form tree subscription is rewritten to mochi's internal filter.
+func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	c := h.conn(cl)
+	if c == nil {
+		return pk
+	}
+	var topics []string
+	filters := make([]packets.Subscription, len(pk.Filters))
+	copy(filters, pk.Filters)
+	for i := range filters {
+		f := &filters[i]
+		if p, err := wire.ParseSubscribe(f.Filter); err == nil && p.Mode != wire.Plain {
+			topics = append(topics, f.Filter)
+			continue
+		}
+		for _, m := range []string{"$sync", "$tree"} {
+			for _, codec := range []string{".json", ".cbor"} {
+				internal := m + propOption + codec + "/" + f.Filter
+				if _, ok := cl.State.Subscriptions.Get(internal); ok {
+					f.Filter = internal
+					topics = append(topics, pk.Filters[i].Filter)
+				}
+			}
+		}
+	}
+	pk.Filters = filters
+	if len(topics) > 0 {
+		h.b.reqs.push(request{kind: reqUnsubscribe, conn: c, topics: topics})
+	}
+	return pk
+}
+
+// OnWill turns a will on a Mote topic into a tree publish (a device's
+// last tree), delivered as rows; mochi then publishes it to nobody.
+func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if !wire.IsMote(will.TopicName) {
+		return will, nil
+	}
+	c := h.conn(cl)
+	p, err := wire.ParsePublish(will.TopicName)
+	var op tree.Op
+	if err == nil {
+		op, err = h.b.parser.Op(p, will.Payload, will.Retain, will.Qos)
+	}
+	if err != nil {
+		h.b.refuse(c, "will", will.TopicName, err)
+	} else {
+		h.b.reqs.push(request{kind: reqPublish, conn: c, op: op, topic: will.TopicName, rows: true})
+	}
+	will.TopicName, will.Retain = "", false // matches no subscription
+	return will, nil
+}
+
+// OnWillSent folds a plain will into the tree (mochi has retained and
+// delivered it itself).
+func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	if pk.TopicName == "" || (!pk.FixedHeader.Retain && h.b.treeSubs.Load() == 0) {
+		return
+	}
+	h.b.reqs.push(request{kind: reqPublish, conn: h.conn(cl), op: plainOp(pk), topic: pk.TopicName})
+}

@@ -1,0 +1,193 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/rs/zerolog"
+)
+
+// guard runs one connection's session and turns a panic inside mochi (a
+// decoder bug, say) into a log line and a closed connection, so one bad
+// packet never takes the broker down.
+func guard(log zerolog.Logger, onPanic func(net.Conn), id string, c net.Conn, establish listeners.EstablishFn) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error().Str("listener", id).Str("remote", c.RemoteAddr().String()).
+				Interface("panic", r).Bytes("stack", debug.Stack()).Msg("connection panicked; closed it")
+			c.Close()
+			if onPanic != nil {
+				onPanic(c)
+			}
+		}
+	}()
+	if err := establish(id, c); err != nil && !errors.Is(err, io.EOF) {
+		log.Debug().Str("listener", id).Str("remote", c.RemoteAddr().String()).Err(err).Msg("connection ended")
+	}
+}
+
+// tcpListener is mochi's Listener for plain TCP. It binds in Init, so a
+// busy port is an error at start and ":0" gives a real address.
+type tcpListener struct {
+	id, addr string
+	log      zerolog.Logger
+	onPanic  func(net.Conn)
+	ln       net.Listener
+	wg       sync.WaitGroup
+}
+
+func (l *tcpListener) ID() string       { return l.id }
+func (l *tcpListener) Protocol() string { return "tcp" }
+
+func (l *tcpListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.addr
+}
+
+func (l *tcpListener) Init(*slog.Logger) error {
+	ln, err := net.Listen("tcp", l.addr)
+	if err != nil {
+		return fmt.Errorf("broker: listen tcp %s: %w", l.addr, err)
+	}
+	l.ln = ln
+	return nil
+}
+
+func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				l.log.Error().Err(err).Str("listener", l.id).Msg("accept failed; listener stopped")
+			}
+			return
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			guard(l.log, l.onPanic, l.id, c, establish)
+		}()
+	}
+}
+
+func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+	if l.ln != nil {
+		l.ln.Close()
+	}
+	closeClients(l.id)
+}
+
+// wsListener serves MQTT over WebSocket (subprotocol "mqtt") on one path.
+type wsListener struct {
+	id, addr, path string
+	log            zerolog.Logger
+	onPanic        func(net.Conn)
+	ln             net.Listener
+	srv            *http.Server
+	establish      listeners.EstablishFn
+}
+
+func (l *wsListener) ID() string       { return l.id }
+func (l *wsListener) Protocol() string { return "ws" }
+
+func (l *wsListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.addr
+}
+
+func (l *wsListener) Init(*slog.Logger) error {
+	ln, err := net.Listen("tcp", l.addr)
+	if err != nil {
+		return fmt.Errorf("broker: listen websocket %s: %w", l.addr, err)
+	}
+	l.ln = ln
+	up := &websocket.Upgrader{
+		Subprotocols:    []string{"mqtt"},
+		CheckOrigin:     func(*http.Request) bool { return true }, // browsers connect from any page
+		ReadBufferSize:  4096,
+		WriteBufferSize: 4096,
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(l.path, func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return // Upgrade has answered with an HTTP error
+		}
+		guard(l.log, l.onPanic, l.id, &wsConn{Conn: ws.NetConn(), ws: ws}, l.establish)
+	})
+	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return nil
+}
+
+func (l *wsListener) Serve(establish listeners.EstablishFn) {
+	l.establish = establish
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		l.log.Error().Err(err).Str("listener", l.id).Msg("websocket listener stopped")
+	}
+}
+
+func (l *wsListener) Close(closeClients listeners.CloseFn) {
+	if l.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		l.srv.Shutdown(ctx)
+	}
+	closeClients(l.id)
+}
+
+// wsConn is a WebSocket as a byte stream: MQTT packets may span frames.
+type wsConn struct {
+	net.Conn
+	ws *websocket.Conn
+	r  io.Reader
+	mu sync.Mutex // one writer at a time
+}
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			typ, r, err := c.ws.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if typ != websocket.BinaryMessage {
+				return 0, errors.New("broker: websocket text frame") // [MQTT-6.0.0-1]
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			c.r = nil
+			if n == 0 {
+				continue
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) Close() error { return c.ws.Close() }

@@ -1,0 +1,196 @@
+package broker
+
+import (
+	"sync"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"mote/tree"
+	"mote/wire"
+)
+
+type reqKind uint8
+
+const (
+	reqPublish     reqKind = iota // apply an op
+	reqSubscribe                  // register tree subscriptions (and send snapshots)
+	reqUnsubscribe                // remove tree subscriptions by topic
+	reqDetach                     // a connection ended: remove all its tree subscriptions
+)
+
+// request is one unit of work for the message loop.
+type request struct {
+	kind   reqKind
+	conn   *conn
+	op     tree.Op
+	topic  string          // the publish topic as sent, for error reports
+	plain  *packets.Packet // a plain retained publish for mochi, once its row is applied
+	rows   bool            // deliver the applied rows to plain subscribers
+	subs   []subReq
+	topics []string
+}
+
+// subReq is a tree subscription mochi has granted.
+type subReq struct {
+	topic  string            // the filter as subscribed: the outgoing topic
+	parsed wire.Subscription // mode, codec and F
+	qos    byte              // granted QoS
+	id     int               // MQTT 5 subscription identifier, 0 if none
+}
+
+// subState is the broker's part of a tree subscription (tree.Sub.Data).
+type subState struct {
+	conn  *conn
+	mode  wire.Mode
+	codec wire.Codec
+	id    int
+	seq   uint64 // mote-seq of the last message queued; only the loop touches it
+}
+
+// requestQueue is the loop's inbox: a guarded slice, a condition to wake
+// the loop, and a bound past which publishers wait (back-pressure).
+type requestQueue struct {
+	mu     sync.Mutex
+	ready  sync.Cond // signalled when items arrive or the queue closes
+	space  sync.Cond // signalled when the loop takes items
+	items  []request
+	max    int
+	closed bool
+}
+
+func newRequestQueue(max int) *requestQueue {
+	q := &requestQueue{max: max}
+	q.ready.L = &q.mu
+	q.space.L = &q.mu
+	return q
+}
+
+// push queues r, waiting while the queue is full; it reports false once the
+// queue is closed.
+func (q *requestQueue) push(r request) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.items) >= q.max && !q.closed && r.kind == reqPublish {
+		q.space.Wait()
+	}
+	if q.closed {
+		return false
+	}
+	q.items = append(q.items, r)
+	if len(q.items) == 1 {
+		q.ready.Signal()
+	}
+	return true
+}
+
+// take waits for work and swaps it out; ok is false when the queue is
+// closed and empty.
+func (q *requestQueue) take(spare []request) (items []request, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.items) == 0 && !q.closed {
+		q.ready.Wait()
+	}
+	items, q.items = q.items, spare[:0]
+	q.space.Broadcast()
+	return items, len(items) > 0 || !q.closed
+}
+
+func (q *requestQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.ready.Broadcast()
+	q.space.Broadcast()
+}
+
+// loop is the message loop: the only goroutine that touches b.tree.
+func (b *Broker) loop() {
+	defer close(b.loopDone)
+	var items, spare []request
+	var ops []tree.Op
+	var meta []*request
+	for {
+		var ok bool
+		items, ok = b.reqs.take(spare)
+		if !ok {
+			return
+		}
+		ops, meta = ops[:0], meta[:0]
+		for i := range items {
+			r := &items[i]
+			if r.kind == reqPublish {
+				ops = append(ops, r.op)
+				meta = append(meta, r)
+				continue
+			}
+			b.apply(ops, meta) // keep order: earlier publishes first
+			ops, meta = ops[:0], meta[:0]
+			b.handle(r)
+		}
+		b.apply(ops, meta)
+		clear(items) // drop references for the GC
+		spare = items
+	}
+}
+
+// apply applies a batch of publishes and delivers what it produced.
+func (b *Broker) apply(ops []tree.Op, meta []*request) {
+	if len(ops) == 0 {
+		return
+	}
+	res := b.tree.Apply(ops)
+	b.stats.Batches.Add(1)
+	b.stats.OpsApplied.Add(int64(len(ops)))
+	for i, a := range res.Applied {
+		r := meta[i]
+		if a.Err != nil {
+			b.refuse(r.conn, "publish", r.topic, a.Err)
+			continue
+		}
+		if r.plain != nil {
+			b.inject(*r.plain)
+		}
+		if r.rows {
+			for _, row := range a.Rows {
+				b.inject(rowPacket(row, r.op.QoS))
+			}
+		}
+	}
+	for _, d := range res.Deltas {
+		for _, s := range d.Subs {
+			st := s.Data.(*subState)
+			st.seq++
+			st.conn.enqueue(outMsg{
+				topic: s.Topic, payload: d.Payload, qos: min(d.QoS, s.QoS),
+				seq: st.seq, codec: st.codec, subID: st.id,
+			}, true)
+		}
+	}
+}
+
+// handle runs a subscription request.
+func (b *Broker) handle(r *request) {
+	switch r.kind {
+	case reqSubscribe:
+		for _, s := range r.subs {
+			st := &subState{conn: r.conn, mode: s.parsed.Mode, codec: s.parsed.Codec, id: s.id}
+			ts := &tree.Sub{Owner: r.conn.key, Topic: s.topic, Filter: s.parsed.Filter, Codec: s.parsed.Codec, QoS: s.qos, Data: st}
+			snap, err := b.tree.Subscribe(ts)
+			if err != nil {
+				b.refuse(r.conn, "subscribe", s.topic, err)
+				continue
+			}
+			if s.parsed.Mode == wire.Sync {
+				r.conn.sendSnapshot(st, ts, snap)
+			}
+		}
+	case reqUnsubscribe:
+		for _, t := range r.topics {
+			b.tree.Unsubscribe(r.conn.key, t)
+		}
+	case reqDetach:
+		b.tree.RemoveOwner(r.conn.key)
+	}
+	b.treeSubs.Store(int64(b.tree.Subscriptions()))
+}

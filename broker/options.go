@@ -1,0 +1,83 @@
+package broker
+
+import (
+	"fmt"
+
+	"github.com/rs/zerolog"
+
+	"mote/tree"
+)
+
+// SlowPolicy says what happens to a client whose tree deliveries pile up.
+type SlowPolicy string
+
+const (
+	// SlowDrop drops the newest tree messages and counts them; mote-seq
+	// shows the gap to MQTT 5 clients, who re-subscribe.
+	SlowDrop SlowPolicy = "drop"
+	// SlowDisconnect closes the client's connection.
+	SlowDisconnect SlowPolicy = "disconnect"
+)
+
+// Options configure a Broker. The zero value of a field means its default.
+type Options struct {
+	TCP    string // TCP listener address; default ":1883"; "off" disables
+	WS     string // WebSocket listener address (path /mqtt); default ":1884"; "off" disables
+	WSPath string // WebSocket path; default "/mqtt"
+
+	Limits        tree.Limits // tree publish limits (SPEC §5); default tree.DefaultLimits
+	MaxPacketSize uint32      // largest packet in either direction; default 64 MiB
+
+	TreeQueue  int        // tree messages queued per client before SlowPolicy applies; default 1000
+	SlowClient SlowPolicy // default SlowDrop
+	LoopQueue  int        // publishes waiting for the message loop before publishers wait; default 100,000
+
+	Log zerolog.Logger // all logs; default: discarded
+}
+
+// Default listener addresses and sizes.
+const (
+	DefaultTCP           = ":1883"
+	DefaultWS            = ":1884"
+	DefaultWSPath        = "/mqtt"
+	DefaultMaxPacketSize = 64 << 20
+	DefaultTreeQueue     = 1000
+	DefaultLoopQueue     = 100_000
+)
+
+// withDefaults fills in defaults and checks values.
+func (o Options) withDefaults() (Options, error) {
+	if o.TCP == "" {
+		o.TCP = DefaultTCP
+	}
+	if o.WS == "" {
+		o.WS = DefaultWS
+	}
+	if o.WSPath == "" {
+		o.WSPath = DefaultWSPath
+	}
+	if o.Limits == (tree.Limits{}) {
+		o.Limits = tree.DefaultLimits()
+	}
+	if o.MaxPacketSize == 0 {
+		o.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if o.TreeQueue == 0 {
+		o.TreeQueue = DefaultTreeQueue
+	}
+	if o.SlowClient == "" {
+		o.SlowClient = SlowDrop
+	}
+	if o.LoopQueue == 0 {
+		o.LoopQueue = DefaultLoopQueue
+	}
+	switch {
+	case o.SlowClient != SlowDrop && o.SlowClient != SlowDisconnect:
+		return o, fmt.Errorf("broker: slow client policy %q: want drop or disconnect", o.SlowClient)
+	case o.TreeQueue < 1 || o.LoopQueue < 1:
+		return o, fmt.Errorf("broker: queue sizes must be positive (tree %d, loop %d)", o.TreeQueue, o.LoopQueue)
+	case o.TCP == "off" && o.WS == "off":
+		return o, fmt.Errorf("broker: every listener is off")
+	}
+	return o, nil
+}

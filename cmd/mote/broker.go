@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/rs/zerolog"
+	"gopkg.in/yaml.v3"
+
+	"mote/broker"
+	"mote/tree"
+)
+
+// config is the YAML file of `mote broker --config`; flags override it.
+type config struct {
+	Listeners struct {
+		TCP    string `yaml:"tcp"`
+		WS     string `yaml:"ws"`
+		WSPath string `yaml:"ws_path"`
+	} `yaml:"listeners"`
+	Data     string `yaml:"data"`
+	LogLevel string `yaml:"log_level"`
+	Limits   struct {
+		MaxPayload int `yaml:"max_payload"`
+		MaxRows    int `yaml:"max_rows"`
+		MaxDepth   int `yaml:"max_depth"`
+	} `yaml:"limits"`
+	MaxPacketSize uint32 `yaml:"max_packet_size"`
+	TreeQueue     int    `yaml:"tree_queue"`
+	SlowClient    string `yaml:"slow_client"`
+}
+
+func loadConfig(path string) (config, error) {
+	var c config
+	if path == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytesReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && err != io.EOF {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mote broker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	tcp := fs.String("tcp", "", "TCP listener address, or off (default "+broker.DefaultTCP+")")
+	ws := fs.String("ws", "", "WebSocket listener address, or off (default "+broker.DefaultWS+", path /mqtt)")
+	data := fs.String("data", "", "data directory (default ./data)")
+	cfgPath := fs.String("config", "", "YAML config file; flags override it")
+	level := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "mote broker: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	pick := func(flagVal, fileVal, def string) string {
+		if flagVal != "" {
+			return flagVal
+		}
+		if fileVal != "" {
+			return fileVal
+		}
+		return def
+	}
+	log, err := newLogger(stderr, pick(*level, cfg.LogLevel, "info"))
+	if err != nil {
+		return err
+	}
+	dir := pick(*data, cfg.Data, "data")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	opts := broker.Options{
+		TCP:           pick(*tcp, cfg.Listeners.TCP, ""),
+		WS:            pick(*ws, cfg.Listeners.WS, ""),
+		WSPath:        cfg.Listeners.WSPath,
+		MaxPacketSize: cfg.MaxPacketSize,
+		TreeQueue:     cfg.TreeQueue,
+		SlowClient:    broker.SlowPolicy(cfg.SlowClient),
+		Log:           log,
+	}
+	if l := cfg.Limits; l.MaxPayload != 0 || l.MaxRows != 0 || l.MaxDepth != 0 {
+		def := tree.DefaultLimits()
+		opts.Limits = tree.Limits{MaxPayload: l.MaxPayload, MaxRows: l.MaxRows, MaxDepth: l.MaxDepth}
+		if opts.Limits.MaxPayload == 0 {
+			opts.Limits.MaxPayload = def.MaxPayload
+		}
+		if opts.Limits.MaxRows == 0 {
+			opts.Limits.MaxRows = def.MaxRows
+		}
+		if opts.Limits.MaxDepth == 0 {
+			opts.Limits.MaxDepth = def.MaxDepth
+		}
+	}
+	b, err := broker.New(opts)
+	if err != nil {
+		return err
+	}
+	if err := b.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info().Msg("signal received; shutting down")
+	start := time.Now()
+	err = b.Close()
+	log.Info().Dur("took", time.Since(start)).Msg("shutdown complete")
+	return err
+}
+
+// newLogger logs to w: human-readable on a terminal, JSON lines otherwise.
+func newLogger(w io.Writer, level string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		return zerolog.Logger{}, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	if f, ok := w.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			w = zerolog.ConsoleWriter{Out: f, TimeFormat: time.TimeOnly}
+		}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}

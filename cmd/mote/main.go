@@ -1,0 +1,66 @@
+// Command mote is the Mote broker and its tools:
+//
+//	mote broker   run the broker (TCP :1883, WebSocket :1884/mqtt, data in ./data)
+//	mote pub      publish plain messages or trees
+//	mote sub      subscribe, plain or to trees ($sync / $tree)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: mote <command> [flags]
+
+commands:
+  broker   run the broker
+  pub      publish a message or a tree
+  sub      subscribe and print what arrives
+
+'mote <command> -help' lists a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case errors.Is(err, errUsage):
+		os.Exit(2)
+	default:
+		fmt.Fprintln(os.Stderr, "mote:", err)
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+// run dispatches a command line; it is main without the process.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "broker":
+		return runBroker(ctx, args[1:], stderr)
+	case "pub":
+		return runPub(ctx, args[1:], stdin, stdout, stderr)
+	case "sub":
+		return runSub(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprintf(stderr, "mote: unknown command %q\n\n%s", args[0], usage)
+	return errUsage
+}

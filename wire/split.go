@@ -1,0 +1,135 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+)
+
+// ErrTooLarge is a tree that cannot be split into parts of the size asked.
+var ErrTooLarge = errors.New("wire: tree too large")
+
+// Split cuts an encoded tree into parts of at most max bytes each, by
+// subtree: every part is a valid tree, and merging the parts key by key
+// (deeply) gives the whole tree back (SPEC §2, mote-part). A tree that
+// fits is returned as its only part. A single value larger than max
+// cannot be split: that is ErrTooLarge, naming its path.
+func Split(c Codec, tree []byte, max int) ([][]byte, error) {
+	if len(tree) <= max {
+		return [][]byte{tree}, nil
+	}
+	d, err := NewDecoder(Limits{MaxSize: math.MaxInt32, MaxDepth: 1 << 16})
+	if err != nil {
+		return nil, err
+	}
+	root, err := d.Decode(c, tree)
+	if err != nil {
+		return nil, fmt.Errorf("wire: split: %w", err)
+	}
+	if !root.Obj {
+		return nil, fmt.Errorf("%w: a bare value of %d bytes, limit %d", ErrTooLarge, len(tree), max)
+	}
+	s := splitter{codec: c, max: max}
+	if err := s.collect(&root, nil, ""); err != nil {
+		return nil, err
+	}
+	return s.pack()
+}
+
+// frag is one member placed at a path: a piece of one part.
+type frag struct {
+	path []string // keys from the root down to and including the member's own
+	node *Node
+	size int // bytes it costs in a part, path keys included (an upper bound)
+}
+
+type splitter struct {
+	codec Codec
+	max   int
+	frags []frag
+}
+
+func (s *splitter) size(n *Node) int {
+	e := NewEncoder(s.codec, nil)
+	e.node(n)
+	return e.Len()
+}
+
+// keyCost bounds what writing the keys of path (and opening their objects) costs.
+func keyCost(path []string) int {
+	n := 0
+	for _, k := range path {
+		n += 2*len(k) + 16 // quotes, escapes, colon, comma, brace / CBOR heads
+	}
+	return n
+}
+
+// collect lists the members of n (at path) as fragments, going down into a
+// member too large for one part.
+func (s *splitter) collect(n *Node, path []string, ptr string) error {
+	for i := range n.Kids {
+		kid := &n.Kids[i]
+		p := append(slices.Clip(path), kid.Key)
+		cost := s.size(kid) + keyCost(p)
+		if cost+16 <= s.max {
+			s.frags = append(s.frags, frag{path: p, node: kid, size: cost})
+			continue
+		}
+		if !kid.Obj || len(kid.Kids) == 0 {
+			return fmt.Errorf("%w: the value at %s alone takes %d bytes, limit %d", ErrTooLarge, Pointer(ptr, kid.Key), cost, s.max)
+		}
+		if err := s.collect(kid, p, Pointer(ptr, kid.Key)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pack fills parts with fragments in order, each part up to max bytes.
+func (s *splitter) pack() ([][]byte, error) {
+	var parts [][]byte
+	for start := 0; start < len(s.frags); {
+		end, total := start, 16
+		for end < len(s.frags) && total+s.frags[end].size <= s.max {
+			total += s.frags[end].size
+			end++
+		}
+		part := s.encode(s.frags[start:end])
+		if len(part) > s.max {
+			return nil, fmt.Errorf("%w: part of %d bytes over the limit %d", ErrTooLarge, len(part), s.max)
+		}
+		parts = append(parts, part)
+		start = end
+	}
+	return parts, nil
+}
+
+// encode writes fragments, sorted in tree order, as one tree, reopening the
+// objects on their paths.
+func (s *splitter) encode(frags []frag) []byte {
+	e := NewEncoder(s.codec, nil)
+	e.BeginObject()
+	var open []string
+	for _, f := range frags {
+		common := 0
+		for common < len(open) && common < len(f.path)-1 && open[common] == f.path[common] {
+			common++
+		}
+		for ; len(open) > common; open = open[:len(open)-1] {
+			e.EndObject()
+		}
+		for _, k := range f.path[len(open) : len(f.path)-1] {
+			e.Key(k)
+			e.BeginObject()
+			open = append(open, k)
+		}
+		e.Key(f.path[len(f.path)-1])
+		e.node(f.node)
+	}
+	for range open {
+		e.EndObject()
+	}
+	e.EndObject()
+	return e.Bytes()
+}
