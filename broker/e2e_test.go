@@ -1,135 +1,28 @@
 package broker
 
 import (
-	"encoding/json"
-	"fmt"
-	"reflect"
+	"context"
+	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/rs/zerolog"
+	"mote/clients/client"
+	"mote/internal/spec"
 )
-
-// start runs a broker on random loopback ports for one test.
-func start(t testing.TB, opts Options) *Broker {
-	t.Helper()
-	opts.TCP = "127.0.0.1:0"
-	opts.WS = "127.0.0.1:0"
-	if testing.Verbose() {
-		opts.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
-	}
-	b, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
-}
-
-// msg is one received message.
-type msg struct {
-	topic    string
-	payload  string
-	qos      byte
-	retained bool
-}
-
-// v3 is a paho.mqtt.golang (MQTT 3.1.1) client recording what it receives.
-type v3 struct {
-	paho.Client
-	mu   sync.Mutex
-	msgs []msg
-	got  chan struct{}
-}
-
-func dial3(t testing.TB, b *Broker, id string, clean bool) *v3 {
-	t.Helper()
-	c := &v3{got: make(chan struct{}, 1)}
-	o := paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID(id).
-		SetCleanSession(clean).SetAutoReconnect(false).SetOrderMatters(true).
-		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { c.record(m) })
-	c.Client = paho.NewClient(o)
-	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", id, tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(0) })
-	return c
-}
-
-func (c *v3) record(m paho.Message) {
-	c.mu.Lock()
-	c.msgs = append(c.msgs, msg{m.Topic(), string(m.Payload()), m.Qos(), m.Retained()})
-	c.mu.Unlock()
-	select {
-	case c.got <- struct{}{}:
-	default:
-	}
-}
-
-// wait waits until n messages arrived and returns them.
-func (c *v3) wait(t testing.TB, n int) []msg {
-	t.Helper()
-	deadline := time.After(5 * time.Second)
-	for {
-		c.mu.Lock()
-		if len(c.msgs) >= n {
-			out := append([]msg(nil), c.msgs...)
-			c.mu.Unlock()
-			return out
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.got:
-		case <-deadline:
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			t.Fatalf("got %d messages, want %d: %+v", len(c.msgs), n, c.msgs)
-		}
-	}
-}
-
-func (c *v3) sub(t testing.TB, filter string, qos byte) {
-	t.Helper()
-	tok := c.Subscribe(filter, qos, nil)
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe %s: %v", filter, tok.Error())
-	}
-}
-
-func (c *v3) pub(t testing.TB, topic string, qos byte, retain bool, payload string) {
-	t.Helper()
-	tok := c.Publish(topic, qos, retain, payload)
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("publish %s: %v", topic, tok.Error())
-	}
-}
-
-func jsonEqual(t testing.TB, got, want string) bool {
-	t.Helper()
-	var a, b any
-	if err := json.Unmarshal([]byte(got), &a); err != nil {
-		t.Fatalf("invalid JSON %q: %v", got, err)
-	}
-	json.Unmarshal([]byte(want), &b)
-	return reflect.DeepEqual(a, b)
-}
 
 func TestSyncSnapshotThenDelta(t *testing.T) {
 	b := start(t, Options{})
 	dev := dial3(t, b, "dev", true)
 	dev.pub(t, "$tree/light/bedroom", 1, true, `{"is_on":1,"brightness":55}`)
 	dev.pub(t, "light/livingroom/is_on", 1, true, `0`)
+	settle(t, b)
 	app := dial3(t, b, "app", true)
-	time.Sleep(50 * time.Millisecond) // let the loop apply both
-	app.sub(t, "$sync/light/+/is_on", 1)
+	if q := app.sub(t, "$sync/light/+/is_on", 1); q != 1 {
+		t.Fatalf("granted QoS %d", q)
+	}
 	got := app.wait(t, 1)
-	if got[0].topic != "$sync/light/+/is_on" || !jsonEqual(t, got[0].payload, `{"bedroom":1,"livingroom":0}`) {
+	if got[0].topic != "$sync/light/+/is_on" || !jsonEqual(t, got[0].payload, `{"bedroom":1,"livingroom":0}`) || got[0].retained {
 		t.Fatalf("snapshot %+v", got[0])
 	}
 	dev.pub(t, "$tree/light/+/is_on", 1, true, `{"bedroom":0,"hall":1}`)
@@ -137,15 +30,149 @@ func TestSyncSnapshotThenDelta(t *testing.T) {
 	if !jsonEqual(t, got[1].payload, `{"bedroom":0,"hall":1}`) || got[1].qos != 1 {
 		t.Fatalf("delta %+v", got[1])
 	}
+	// Rows of tree publishes are retained messages for plain subscribers.
 	plain := dial3(t, b, "plain", true)
 	plain.sub(t, "light/#", 0)
-	rows := plain.wait(t, 4)
 	want := map[string]string{"light/bedroom/is_on": "0", "light/bedroom/brightness": "55", "light/livingroom/is_on": "0", "light/hall/is_on": "1"}
-	for _, m := range rows {
+	for _, m := range plain.wait(t, len(want)) {
 		if want[m.topic] != m.payload || !m.retained {
 			t.Errorf("plain retained %+v", m)
 		}
 	}
-	fmt.Println(rows)
-	_ = strings.Contains
+	plain.quiet(t, len(want))
+	app.quiet(t, 2)
+}
+
+// TestSpecSnapshotsEndToEnd runs every snapshot example of the SPEC through
+// the broker, in JSON and CBOR via the Go client, and via a plain MQTT
+// 3.1.1 client subscribing to $sync itself.
+func TestSpecSnapshotsEndToEnd(t *testing.T) {
+	for _, ex := range spec.Snapshots {
+		t.Run(ex.Name, func(t *testing.T) {
+			b := start(t, Options{})
+			dev := dial3(t, b, "dev", true)
+			for topic, payload := range ex.Rows {
+				if strings.HasPrefix(topic, "$") { // clients may not publish there
+					loadRow(b, topic, payload)
+					continue
+				}
+				dev.pub(t, topic, 1, true, payload)
+			}
+			settle(t, b)
+			mc := mote(t, b, "app")
+			for _, codec := range []client.Codec{client.JSON, client.CBOR} {
+				col := newCollector()
+				if err := mc.Subscribe(context.Background(), ex.Filter, client.Sync, codec, 1, col.handle); err != nil {
+					t.Fatal(err)
+				}
+				m := col.wait(t, 1)[0]
+				if !m.Snapshot || !same(t, m.Tree, ex.Want) {
+					t.Errorf("%s: snapshot %v (seq %d), want %s", codec, m.Tree, m.Seq, ex.Want)
+				}
+			}
+			plain := dial3(t, b, "plain", true)
+			plain.sub(t, "$sync/"+ex.Filter, 0)
+			m := plain.wait(t, 1)[0]
+			if m.topic != "$sync/"+ex.Filter || !jsonEqual(t, m.payload, ex.Want) {
+				t.Errorf("plain $sync: %+v, want %s", m, ex.Want)
+			}
+		})
+	}
+}
+
+// TestSpecPublishesEndToEnd runs every tree publish example of the SPEC
+// through the broker and checks the retained rows plain clients then get.
+func TestSpecPublishesEndToEnd(t *testing.T) {
+	for _, ex := range spec.Publishes {
+		t.Run(ex.Name, func(t *testing.T) {
+			b := start(t, Options{})
+			dev := dial3(t, b, "dev", true)
+			for topic, payload := range ex.Before {
+				dev.pub(t, topic, 1, true, payload)
+			}
+			settle(t, b)
+			mc := mote(t, b, "pub")
+			err := mc.Publish(context.Background(), ex.Topic, []byte(ex.Payload), client.PublishOptions{QoS: 1, Retain: true})
+			want := ex.After
+			if ex.Err != "" {
+				if !errors.Is(err, client.ErrRefused) || !strings.Contains(err.Error(), ex.Err) {
+					t.Fatalf("publish: %v, want a refusal containing %q", err, ex.Err)
+				}
+				want = ex.Before
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			settle(t, b)
+			plain := dial3(t, b, "plain", true)
+			plain.sub(t, "#", 0)
+			got := map[string]string{}
+			if len(want) > 0 {
+				for _, m := range plain.wait(t, len(want)) {
+					got[m.topic] = m.payload
+				}
+			}
+			plain.quiet(t, len(want))
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("row %s = %q, want %q (all: %v)", k, got[k], v, got)
+				}
+			}
+		})
+	}
+}
+
+func TestFoldingOneMessage(t *testing.T) {
+	b := start(t, Options{})
+	app := dial3(t, b, "app", true)
+	app.sub(t, "$tree/dev/#", 1)
+	var sb strings.Builder
+	sb.WriteString("{")
+	for i := range 1000 {
+		if i > 0 {
+			sb.WriteString(",")
+		}
+		sb.WriteString(`"d` + itoa(i) + `":{"state":` + itoa(i) + `}`)
+	}
+	sb.WriteString("}")
+	dev := dial3(t, b, "dev", true)
+	dev.pub(t, "$tree/dev", 1, true, sb.String())
+	m := app.wait(t, 1)[0]
+	app.quiet(t, 1)
+	if m.topic != "$tree/dev/#" || strings.Count(m.payload, "state") != 1000 {
+		t.Fatalf("delta on %s with %d rows", m.topic, strings.Count(m.payload, "state"))
+	}
+}
+
+func itoa(i int) string {
+	if i == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; i > 0; i /= 10 {
+		b = append([]byte{byte('0' + i%10)}, b...)
+	}
+	return string(b)
+}
+
+func TestWebSocket(t *testing.T) {
+	b := start(t, Options{})
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "ws://"+b.WSAddr()+"/mqtt", client.Options{ClientID: "ws", CleanStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.PublishTree(ctx, "room", map[string]any{"t": 21.5}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Mirror(ctx, "room/+", client.JSON, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Get(func(doc any) {
+		if !same(t, doc, `{"t":21.5}`) {
+			t.Errorf("mirror %v", doc)
+		}
+	})
+	_ = time.Second
 }

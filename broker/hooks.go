@@ -114,6 +114,11 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	}
 	c.pending = nil
 	p, isMote, err := parsePublish(pk)
+	if !isMote && len(pk.TopicName) >= 4 && strings.EqualFold(pk.TopicName[:4], "$SYS") {
+		// mochi drops a client's $SYS publish without an ack, leaving QoS 1/2
+		// publishers waiting: refuse it properly instead.
+		isMote, err = true, wire.ErrReservedf("%q: $SYS topics are the broker's", pk.TopicName)
+	}
 	if !isMote {
 		return pk, nil
 	}

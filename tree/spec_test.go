@@ -16,7 +16,11 @@ func load(t testing.TB, tr *Tree, rows map[string]string) {
 	t.Helper()
 	var ops []Op
 	for topic, payload := range rows {
-		ops = append(ops, Op{Rows: []Row{{Topic: topic, Value: wire.TypePlain([]byte(payload)), Retain: true}}})
+		v := wire.TypePlain([]byte(payload))
+		if payload == "" {
+			v = wire.Value{} // an empty retained payload deletes
+		}
+		ops = append(ops, Op{Rows: []Row{{Topic: topic, Value: v, Retain: true}}})
 	}
 	for _, a := range tr.Apply(ops).Applied {
 		if a.Err != nil {

@@ -1,0 +1,231 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/rs/zerolog"
+
+	"mote/clients/client"
+)
+
+// start runs a broker on random loopback ports for one test.
+func start(t testing.TB, opts Options) *Broker {
+	t.Helper()
+	opts.TCP = "127.0.0.1:0"
+	opts.WS = "127.0.0.1:0"
+	if testing.Verbose() {
+		opts.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	}
+	b, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// settle waits until the message loop has nothing queued.
+func settle(t testing.TB, b *Broker) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		b.reqs.mu.Lock()
+		n := len(b.reqs.items)
+		b.reqs.mu.Unlock()
+		if n == 0 {
+			time.Sleep(20 * time.Millisecond) // the batch taken may still be applying
+			b.reqs.mu.Lock()
+			n = len(b.reqs.items)
+			b.reqs.mu.Unlock()
+			if n == 0 {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("message loop did not settle")
+}
+
+// msg is one received message.
+type msg struct {
+	topic    string
+	payload  string
+	qos      byte
+	retained bool
+}
+
+// v3 is a paho.mqtt.golang (MQTT 3.1.1) client recording what it receives.
+type v3 struct {
+	paho.Client
+	mu   sync.Mutex
+	msgs []msg
+	got  chan struct{}
+}
+
+func dial3(t testing.TB, b *Broker, id string, clean bool) *v3 {
+	t.Helper()
+	return dial3With(t, b, paho.NewClientOptions().SetClientID(id).SetCleanSession(clean))
+}
+
+func dial3With(t testing.TB, b *Broker, o *paho.ClientOptions) *v3 {
+	t.Helper()
+	c := &v3{got: make(chan struct{}, 1)}
+	o.AddBroker("tcp://" + b.TCPAddr()).SetAutoReconnect(false).SetOrderMatters(true).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { c.record(m) })
+	c.Client = paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", o.ClientID, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+func (c *v3) record(m paho.Message) {
+	c.mu.Lock()
+	c.msgs = append(c.msgs, msg{m.Topic(), string(m.Payload()), m.Qos(), m.Retained()})
+	c.mu.Unlock()
+	select {
+	case c.got <- struct{}{}:
+	default:
+	}
+}
+
+// wait waits until n messages arrived and returns them.
+func (c *v3) wait(t testing.TB, n int) []msg {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		c.mu.Lock()
+		if len(c.msgs) >= n {
+			out := append([]msg(nil), c.msgs...)
+			c.mu.Unlock()
+			return out
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.got:
+		case <-deadline:
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			t.Fatalf("got %d messages, want %d: %+v", len(c.msgs), n, c.msgs)
+		}
+	}
+}
+
+// quiet checks that nothing more than n messages arrives for a while.
+func (c *v3) quiet(t testing.TB, n int) {
+	t.Helper()
+	time.Sleep(200 * time.Millisecond)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.msgs) != n {
+		t.Fatalf("got %d messages, want exactly %d: %+v", len(c.msgs), n, c.msgs)
+	}
+}
+
+func (c *v3) sub(t testing.TB, filter string, qos byte) byte {
+	t.Helper()
+	tok := c.Subscribe(filter, qos, nil)
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", filter, tok.Error())
+	}
+	return tok.(*paho.SubscribeToken).Result()[filter]
+}
+
+func (c *v3) pub(t testing.TB, topic string, qos byte, retain bool, payload string) {
+	t.Helper()
+	tok := c.Publish(topic, qos, retain, payload)
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+// mote dials the Go client library.
+func mote(t testing.TB, b *Broker, id string) *client.Client {
+	t.Helper()
+	c, err := client.Dial(context.Background(), b.TCPAddr(), client.Options{ClientID: id, CleanStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// collector gathers a client subscription's messages.
+type collector struct {
+	mu   sync.Mutex
+	msgs []client.Message
+	got  chan struct{}
+}
+
+func newCollector() *collector { return &collector{got: make(chan struct{}, 1)} }
+
+func (c *collector) handle(m client.Message) {
+	c.mu.Lock()
+	c.msgs = append(c.msgs, m)
+	c.mu.Unlock()
+	select {
+	case c.got <- struct{}{}:
+	default:
+	}
+}
+
+func (c *collector) wait(t testing.TB, n int) []client.Message {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		c.mu.Lock()
+		if len(c.msgs) >= n {
+			out := append([]client.Message(nil), c.msgs...)
+			c.mu.Unlock()
+			return out
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.got:
+		case <-deadline:
+			t.Fatalf("got %d messages, want %d", len(c.msgs), n)
+		}
+	}
+}
+
+// same compares decoded trees, normalising numbers and CBOR maps via JSON.
+func same(t testing.TB, got any, want string) bool {
+	t.Helper()
+	b, err := json.Marshal(got)
+	if err != nil {
+		t.Fatalf("tree %v: %v", got, err)
+	}
+	var a, w any
+	json.Unmarshal(b, &a)
+	if err := json.Unmarshal([]byte(want), &w); err != nil {
+		t.Fatalf("want %q: %v", want, err)
+	}
+	return reflect.DeepEqual(a, w)
+}
+
+func jsonEqual(t testing.TB, got, want string) bool {
+	t.Helper()
+	var a any
+	if err := json.Unmarshal([]byte(got), &a); err != nil {
+		t.Fatalf("invalid JSON %q: %v", got, err)
+	}
+	return same(t, a, want)
+}
+
+// loadRow stores a retained row as the broker would for a plain retained
+// publish, bypassing the client-side checks (for $ topics).
+func loadRow(b *Broker, topic, payload string) {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic, Payload: []byte(payload)}
+	b.reqs.push(request{kind: reqPublish, op: plainOp(pk), topic: topic, plain: &pk})
+}
