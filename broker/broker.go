@@ -201,3 +201,4 @@ func (b *Broker) connPanicked(nc net.Conn) {
 		return true
 	})
 }
+

@@ -36,8 +36,19 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe,
-		mqtt.OnWill, mqtt.OnWillSent,
+		mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPacketEncode,
 	}, []byte{b})
+}
+
+// OnPacketEncode keeps user properties on PUBLISH packets to clients that
+// set Request Problem Information to 0: that flag only covers packets other
+// than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29], and mote-seq and
+// mote-part must reach the client.
+func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Publish {
+		pk.Mods.DisallowProblemInfo = false
+	}
+	return pk
 }
 
 // OnConnectAuthenticate accepts every client (authentication: a later

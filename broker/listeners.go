@@ -21,6 +21,7 @@ import (
 // decoder bug, say) into a log line and a closed connection, so one bad
 // packet never takes the broker down.
 func guard(log zerolog.Logger, onPanic func(net.Conn), id string, c net.Conn, establish listeners.EstablishFn) {
+	c = &deadlineConn{Conn: c, timeout: writeTimeout}
 	defer func() {
 		if r := recover(); r != nil {
 			log.Error().Str("listener", id).Str("remote", c.RemoteAddr().String()).
@@ -34,6 +35,22 @@ func guard(log zerolog.Logger, onPanic func(net.Conn), id string, c net.Conn, es
 	if err := establish(id, c); err != nil && !errors.Is(err, io.EOF) {
 		log.Debug().Str("listener", id).Str("remote", c.RemoteAddr().String()).Err(err).Msg("connection ended")
 	}
+}
+
+// writeTimeout bounds one write to a client. mochi holds the client's lock
+// while it writes, so a client that stops reading would otherwise stall
+// every goroutine that publishes to it; past this the connection closes.
+const writeTimeout = 10 * time.Second
+
+// deadlineConn sets a write deadline before every write.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(p)
 }
 
 // tcpListener is mochi's Listener for plain TCP. It binds in Init, so a

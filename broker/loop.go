@@ -16,6 +16,7 @@ const (
 	reqSubscribe                  // register tree subscriptions (and send snapshots)
 	reqUnsubscribe                // remove tree subscriptions by topic
 	reqDetach                     // a connection ended: remove all its tree subscriptions
+	reqCall                       // run call on the loop (reads of the tree: store tools, tests)
 )
 
 // request is one unit of work for the message loop.
@@ -28,6 +29,7 @@ type request struct {
 	rows   bool            // deliver the applied rows to plain subscribers
 	subs   []subReq
 	topics []string
+	call   func(*tree.Tree)
 }
 
 // subReq is a tree subscription mochi has granted.
@@ -191,6 +193,8 @@ func (b *Broker) handle(r *request) {
 		}
 	case reqDetach:
 		b.tree.RemoveOwner(r.conn.key)
+	case reqCall:
+		r.call(b.tree)
 	}
 	b.treeSubs.Store(int64(b.tree.Subscriptions()))
 }

@@ -1,0 +1,221 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	paho5 "github.com/eclipse/paho.golang/paho"
+
+	"mote/clients/client"
+	"mote/tree"
+	"mote/wire"
+)
+
+// TestSnapshotDeltaRace: a writer publishes continuously while 100 clients
+// $sync; every client's snapshot plus deltas must equal the final store.
+func TestSnapshotDeltaRace(t *testing.T) {
+	b := start(t, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	w := mote(t, b, "writer")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r := rand.New(rand.NewPCG(1, 1))
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			dev := fmt.Sprintf("d%d", r.IntN(30))
+			var err error
+			switch r.IntN(4) {
+			case 0: // a whole device tree, replacing the old one
+				err = w.PublishTree(ctx, "dev/"+dev, map[string]any{"state": i, "n": r.IntN(5)}, client.PublishOptions{QoS: 1, Retain: true, Replace: true})
+			case 1: // a plain row
+				err = w.Publish(ctx, "dev/"+dev+"/state", []byte(fmt.Sprint(i)), client.PublishOptions{QoS: 0, Retain: true})
+			case 2: // a delete
+				err = w.Publish(ctx, "dev/"+dev+"/n", nil, client.PublishOptions{QoS: 1, Retain: true})
+			case 3: // $set over all states
+				err = w.Set(ctx, "dev/+/state", []byte(fmt.Sprint(-i)), 1)
+			}
+			if err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	mirrors := make([]*client.Mirror, 100)
+	var mwg sync.WaitGroup
+	for i := range mirrors {
+		mwg.Add(1)
+		go func() {
+			defer mwg.Done()
+			c, err := client.Dial(ctx, b.TCPAddr(), client.Options{ClientID: fmt.Sprint("m", i), CleanStart: true})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			filter := []string{"dev/+/state", "dev/#", "dev/+/+"}[i%3]
+			m, err := c.Mirror(ctx, filter, client.Codec(i%2), 1, nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mirrors[i] = m
+		}()
+		time.Sleep(2 * time.Millisecond)
+	}
+	mwg.Wait()
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	// A last QoS 1 publish: once it is in every mirror, everything before it is too.
+	if err := w.PublishTree(ctx, "dev/zz", map[string]any{"state": "end", "n": 0}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, b)
+	for i, m := range mirrors {
+		filter := []string{"dev/+/state", "dev/#", "dev/+/+"}[i%3]
+		want := decodeJSON(t, b.snapshot(filter))
+		err := m.Wait(ctx, func(doc any) bool { return reflect.DeepEqual(normal(t, doc), want) })
+		if err != nil {
+			m.Get(func(doc any) { t.Fatalf("mirror %d (%s, resyncs %d): %v\nwant %v", i, filter, m.Resyncs(), normal(t, doc), want) })
+		}
+	}
+}
+
+// snapshot reads a JSON snapshot through the loop (the only owner of the tree).
+func (b *Broker) snapshot(filter string) []byte {
+	done := make(chan []byte, 1)
+	b.reqs.push(request{kind: reqCall, call: func(t *tree.Tree) { done <- t.Snapshot(filter, wire.CodecJSON, nil) }})
+	return <-done
+}
+
+func decodeJSON(t testing.TB, b []byte) any {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// normal turns a client's decoded tree into what encoding/json decodes.
+func normal(t testing.TB, doc any) any {
+	b, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return decodeJSON(t, b)
+}
+
+// TestTreeQoS1Resend: a QoS 1 delta that was not acknowledged is resent
+// when a persistent session comes back.
+func TestTreeQoS1Resend(t *testing.T) {
+	b := start(t, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	expiry := uint32(300)
+	got := make(chan *paho5.Publish, 10)
+	recv := paho5.ClientConfig{EnableManualAcknowledgment: true, OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil }, // never acked
+	}}
+	c := dial5(t, b, "keeper", recv, &paho5.Connect{CleanStart: true, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}})
+	if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "$tree/k/+", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	w := mote(t, b, "w")
+	if err := w.PublishTree(ctx, "k", map[string]any{"a": 1}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	first := <-got
+	if first.QoS != 1 || !jsonEqual(t, string(first.Payload), `{"a":1}`) {
+		t.Fatalf("delta %+v", first)
+	}
+	c.TerminateConnectionForTest()
+	time.Sleep(100 * time.Millisecond)
+	again := make(chan *paho5.Publish, 10)
+	dial5(t, b, "keeper", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { again <- p.Packet; return true, nil },
+	}}, &paho5.Connect{CleanStart: false, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}})
+	select {
+	case p := <-again:
+		if p.Topic != "$tree/k/+" || p.PacketID != first.PacketID || !jsonEqual(t, string(p.Payload), `{"a":1}`) {
+			t.Fatalf("resent %+v", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("unacknowledged delta not resent")
+	}
+	// The resumed session still has its tree subscription.
+	if err := w.PublishTree(ctx, "k", map[string]any{"b": 2}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-again:
+		if !jsonEqual(t, string(p.Payload), `{"b":2}`) {
+			t.Fatalf("delta after resume %s", p.Payload)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no delta after resume")
+	}
+}
+
+// TestSnapshotParts: a snapshot over the client's Maximum Packet Size is
+// split by subtree; the parts together are the snapshot.
+func TestSnapshotParts(t *testing.T) {
+	b := start(t, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w := mote(t, b, "w")
+	devs := map[string]any{}
+	for i := range 300 {
+		devs[fmt.Sprintf("d%03d", i)] = map[string]any{"state": fmt.Sprintf("%030d", i), "n": i}
+	}
+	if err := w.PublishTree(ctx, "dev", devs, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, b)
+	max := uint32(2000)
+	got := make(chan *paho5.Publish, 100)
+	c := dial5(t, b, "small", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
+	}}, &paho5.Connect{CleanStart: true, Properties: &paho5.ConnectProperties{MaximumPacketSize: &max}})
+	if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "$sync/dev/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	merged := map[string]any{}
+	for n, total := 0, -1; total < 0 || n < total; n++ {
+		select {
+		case p := <-got:
+			var i int
+			fmt.Sscanf(p.Properties.User.Get("mote-part"), "%d/%d", &i, &total)
+			if p.Properties.User.Get("mote-seq") != "0" || total < 2 || i != n+1 || len(p.Payload) > int(max) {
+				t.Fatalf("part %d: %q seq %q, %d bytes", n, p.Properties.User.Get("mote-part"), p.Properties.User.Get("mote-seq"), len(p.Payload))
+			}
+			var part map[string]any
+			json.Unmarshal(p.Payload, &part)
+			for k, v := range part {
+				merged[k] = v
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("parts missing")
+		}
+	}
+	if !reflect.DeepEqual(merged, normal(t, devs)) {
+		t.Errorf("merged parts differ from the rows")
+	}
+}
