@@ -201,4 +201,3 @@ func (b *Broker) connPanicked(nc net.Conn) {
 		return true
 	})
 }
-

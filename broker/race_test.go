@@ -93,7 +93,9 @@ func TestSnapshotDeltaRace(t *testing.T) {
 		want := decodeJSON(t, b.snapshot(filter))
 		err := m.Wait(ctx, func(doc any) bool { return reflect.DeepEqual(normal(t, doc), want) })
 		if err != nil {
-			m.Get(func(doc any) { t.Fatalf("mirror %d (%s, resyncs %d): %v\nwant %v", i, filter, m.Resyncs(), normal(t, doc), want) })
+			m.Get(func(doc any) {
+				t.Fatalf("mirror %d (%s, resyncs %d): %v\nwant %v", i, filter, m.Resyncs(), normal(t, doc), want)
+			})
 		}
 	}
 }
