@@ -17,7 +17,7 @@ if [ -n "$unformatted" ]; then
 fi
 
 echo "== go test -race"
-go test -race -count=1 ./...
+go test -race -count=1 -timeout 10m ./...
 
 echo "== fuzz ($fuzztime per target)"
 for pkg in $(go list ./...); do

@@ -87,13 +87,15 @@ func runPub(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		case *set:
 			return cl.Set(ctx, *topic, []byte(payload), byte(cf.qos))
 		case *asTree:
+			d := json.NewDecoder(strings.NewReader(payload))
+			d.UseNumber()
 			var v any
-			if err := json.Unmarshal([]byte(payload), &v); err != nil {
+			if err := d.Decode(&v); err != nil {
 				return fmt.Errorf("-m is not a JSON tree: %w", err)
 			}
 			var tree any = json.RawMessage(payload)
 			if codec == wire.CodecCBOR {
-				tree = v
+				tree = numbers(v)
 			}
 			return cl.PublishTree(ctx, *topic, tree, client.PublishOptions{QoS: byte(cf.qos), Retain: *retain, Codec: codec, Replace: *replace})
 		}
@@ -200,4 +202,29 @@ func printMessage(w io.Writer, m client.Message, mode client.Mode, verbose bool)
 		out = []byte(fmt.Sprintf("%#v", m.Tree))
 	}
 	fmt.Fprintf(w, "# %s %s seq %d at %s\n%s\n", m.Topic, kind, m.Seq, time.Now().Format(time.TimeOnly), out)
+}
+
+// numbers turns json.Number into int64, uint64 or float64, so integers stay
+// integers in CBOR.
+func numbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		if u, err := strconv.ParseUint(x.String(), 10, 64); err == nil {
+			return u
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		for k, e := range x {
+			x[k] = numbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = numbers(e)
+		}
+	}
+	return v
 }

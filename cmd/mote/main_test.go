@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"mote/broker"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestSIGTERM runs the real binary: SIGTERM closes the listeners, drains
+// the loop and exits 0.
+func TestSIGTERM(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "mote")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v: %s", err, out)
+	}
+	port := freePort(t)
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "broker", "--tcp", "127.0.0.1:"+strconv.Itoa(port), "--ws", "off", "--data", filepath.Join(dir, "data"))
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if i > 100 {
+			t.Fatalf("broker never listened: %s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, []string{"pub", "-p", strconv.Itoa(port), "-h", "127.0.0.1", "-t", "a", "--tree", "-m", `{"b":1}`, "-r", "-q", "1"}, nil, &out, &out); err != nil {
+		t.Fatalf("pub: %v %s", err, out.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no exit after SIGTERM\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "shutdown complete") {
+		t.Errorf("logs: %s", logs.String())
+	}
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Error("listener still open")
+	}
+}
+
+// TestPubSubCommands drives `mote pub` and `mote sub` against a broker.
+func TestPubSubCommands(t *testing.T) {
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "off"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, port, _ := net.SplitHostPort(b.TCPAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var errs bytes.Buffer
+	cmd := func(stdin string, args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(ctx, append(append([]string{args[0]}, "-h", "127.0.0.1", "-p", port), args[1:]...), strings.NewReader(stdin), &out, &errs); err != nil {
+			t.Fatalf("%v: %v %s", args, err, errs.String())
+		}
+		return out.String()
+	}
+	cmd("", "pub", "-t", "light/bedroom", "--tree", "-m", `{"is_on":1,"brightness":55}`, "-r", "-q", "1")
+	cmd("", "pub", "-t", "light/livingroom/is_on", "-m", "0", "-r", "-q", "1")
+	cmd("l/x 1\n", "pub", "-t", "lines", "-l", "-q", "1", "-r")
+	cmd("", "pub", "-t", "light/+/is_on", "--set", "-m", "1", "-q", "1")
+	cmd("", "pub", "-t", "c", "--tree", "--codec", "cbor", "-m", `{"v":[1,2]}`, "-r", "-q", "1")
+	time.Sleep(100 * time.Millisecond)
+	out := cmd("", "sub", "-t", "light/+/is_on", "--sync", "-C", "1")
+	if !strings.Contains(out, "snapshot seq 0") || !strings.Contains(out, `"bedroom": 1`) || !strings.Contains(out, `"livingroom": 1`) {
+		t.Errorf("sub --sync printed:\n%s", out)
+	}
+	out = cmd("", "sub", "-t", "#", "-v", "-C", "5")
+	for _, want := range []string{"light/bedroom/brightness 55", "lines l/x 1", "c/v [1,2]"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("sub -v printed:\n%s\nwant a line %q", out, want)
+		}
+	}
+	var usage bytes.Buffer
+	if err := run(ctx, []string{"pub", "-m", "x"}, nil, &usage, &usage); err == nil {
+		t.Error("pub without -t succeeded")
+	}
+	if err := run(ctx, []string{"nope"}, nil, &usage, &usage); err == nil || !strings.Contains(usage.String(), "unknown command") {
+		t.Errorf("unknown command: %v %s", err, usage.String())
+	}
+	_ = os.Stderr
+}
