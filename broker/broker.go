@@ -12,6 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
+	"mote/retain"
 	"mote/tree"
 )
 
@@ -24,6 +25,7 @@ type Broker struct {
 	parser *tree.Parser
 	tree   *tree.Tree // owned by the loop goroutine
 	reqs   *requestQueue
+	ret    *retain.Retainer // nil without a store
 
 	conns    sync.Map // *mqtt.Client → *conn
 	serial   atomic.Uint64
@@ -47,6 +49,7 @@ type Stats struct {
 	Batches      atomic.Int64 // batches applied by the message loop
 	OpsApplied   atomic.Int64 // publishes applied
 	DeltasQueued atomic.Int64 // tree messages queued to clients
+	Throttled    atomic.Int64 // publishes that waited for the disk
 }
 
 // New builds a broker; Start binds its listeners.
@@ -79,9 +82,15 @@ func New(opts Options) (*Broker, error) {
 	return b, nil
 }
 
-// Start binds the listeners and starts serving. It returns once clients
-// can connect.
+// Start loads the stored rows, binds the listeners and starts serving. It
+// returns once clients can connect.
 func (b *Broker) Start() error {
+	if b.opts.Store != nil {
+		if err := b.load(); err != nil {
+			return err
+		}
+		b.ret = retain.New(b.opts.Store, b.opts.Retain, b.log.With().Str("component", "retainer").Logger())
+	}
 	onPanic := func(c net.Conn) { b.connPanicked(c) }
 	if b.opts.TCP != "off" {
 		b.tcp = &tcpListener{id: "tcp", addr: b.opts.TCP, log: b.log, onPanic: onPanic}
@@ -149,6 +158,14 @@ func (b *Broker) Close() error {
 		}
 		b.reqs.close()
 		<-b.loopDone
+		if b.ret != nil {
+			if err := b.ret.Close(); err != nil {
+				b.log.Error().Err(err).Msg("retainer: final commit failed")
+			}
+			if err := b.opts.Store.Close(); err != nil {
+				b.log.Error().Err(err).Msg("closing the store")
+			}
+		}
 		b.conns.Range(func(_, v any) bool {
 			v.(*conn).close()
 			return true
@@ -157,6 +174,40 @@ func (b *Broker) Close() error {
 		b.log.Info().Msg("mote broker stopped")
 	})
 	return nil
+}
+
+// load puts every stored row into the tree core and mochi's retained
+// index, before any client can connect.
+func (b *Broker) load() error {
+	start := time.Now()
+	n := 0
+	err := b.opts.Store.Load(func(r retain.Row) error {
+		b.tree.Store().Set(r.Topic, r.Value)
+		b.server.Topics.RetainMessage(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true, Qos: r.QoS},
+			TopicName:   r.Topic,
+			Payload:     []byte(r.Value.Data),
+			Created:     start.Unix(),
+		})
+		n++
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("broker: load retained rows: %w", err)
+	}
+	b.server.Info.Retained = int64(n)
+	b.log.Info().Int("rows", n).Dur("took", time.Since(start)).Msg("retained rows loaded")
+	return nil
+}
+
+// Flush commits every row change applied so far and waits for it.
+func (b *Broker) Flush() error {
+	if b.ret == nil {
+		return nil
+	}
+	done := make(chan error, 1)
+	b.reqs.push(request{kind: reqCall, call: func(*tree.Tree) { b.ret.Add(nil, done) }})
+	return <-done
 }
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) {

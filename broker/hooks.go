@@ -210,20 +210,44 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if p.err != nil {
 			return h.b.refusePublish(c, pk, p.topic, p.err)
 		}
-		h.b.reqs.push(request{kind: reqPublish, conn: c, op: p.op, topic: p.topic, rows: true})
-		return pk, packets.CodeSuccessIgnore
+		return h.b.submit(c, pk, request{kind: reqPublish, conn: c, op: p.op, topic: p.topic, rows: true})
 	}
 	if pk.FixedHeader.Retain {
 		cp := pk
 		cp.Properties.MessageExpiryInterval = 0 // rows never expire (SPEC §1)
-		h.b.reqs.push(request{kind: reqPublish, conn: c, op: plainOp(pk), topic: pk.TopicName, plain: &cp})
-		return pk, packets.CodeSuccessIgnore
+		return h.b.submit(c, pk, request{kind: reqPublish, conn: c, op: plainOp(pk), topic: pk.TopicName, plain: &cp})
 	}
 	if h.b.treeSubs.Load() > 0 {
 		h.b.reqs.push(request{kind: reqPublish, conn: c, op: plainOp(pk), topic: pk.TopicName})
 	}
 	return pk, nil
 }
+
+// submit hands a publish that changes rows to the loop; mochi then acks it
+// without delivering it (the loop delivers). A disk that is behind makes
+// the publisher wait first. With SyncRetain, a QoS 1/2 publish is acked
+// only once its rows are committed, or refused with the reason.
+func (b *Broker) submit(c *conn, pk packets.Packet, r request) (packets.Packet, error) {
+	if b.ret != nil {
+		if b.ret.Wait() {
+			b.stats.Throttled.Add(1)
+		}
+		if b.opts.SyncRetain && pk.FixedHeader.Qos > 0 {
+			r.done = make(chan error, 1)
+		}
+	}
+	if !b.reqs.push(r) {
+		return b.refusePublish(c, pk, r.topic, errShutdown)
+	}
+	if r.done != nil {
+		if err := <-r.done; err != nil {
+			return b.refusePublish(c, pk, r.topic, err)
+		}
+	}
+	return pk, packets.CodeSuccessIgnore
+}
+
+var errShutdown = errors.New("broker: shutting down")
 
 // plainOp is the op of a plain publish: one row, typed by SPEC §1.
 func plainOp(pk packets.Packet) tree.Op {

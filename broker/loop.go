@@ -5,6 +5,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"mote/retain"
 	"mote/tree"
 	"mote/wire"
 )
@@ -30,6 +31,7 @@ type request struct {
 	subs   []subReq
 	topics []string
 	call   func(*tree.Tree)
+	done   chan error // with SyncRetain: answered once the op's rows are committed (or refused)
 }
 
 // subReq is a tree subscription mochi has granted.
@@ -144,11 +146,34 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 	res := b.tree.Apply(ops)
 	b.stats.Batches.Add(1)
 	b.stats.OpsApplied.Add(int64(len(ops)))
+	var changes []retain.Change
+	var waiters []chan error
 	for i, a := range res.Applied {
 		r := meta[i]
 		if a.Err != nil {
-			b.refuse(r.conn, "publish", r.topic, a.Err)
+			if r.done != nil {
+				r.done <- a.Err // the publisher refuses it with the reason
+			} else {
+				b.refuse(r.conn, "publish", r.topic, a.Err)
+			}
 			continue
+		}
+		if b.ret != nil {
+			n := len(changes)
+			for _, row := range a.Rows {
+				if row.Retain {
+					changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: r.op.QoS})
+				}
+			}
+			if r.done != nil {
+				if len(changes) > n {
+					waiters = append(waiters, r.done)
+				} else {
+					r.done <- nil
+				}
+			}
+		} else if r.done != nil {
+			r.done <- nil
 		}
 		if r.plain != nil {
 			b.inject(*r.plain)
@@ -158,6 +183,9 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 				b.inject(rowPacket(row, r.op.QoS))
 			}
 		}
+	}
+	if len(changes) > 0 || len(waiters) > 0 {
+		b.ret.Add(changes, waiters...) // never waits on the disk
 	}
 	for _, d := range res.Deltas {
 		for _, s := range d.Subs {

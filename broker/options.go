@@ -5,6 +5,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"mote/retain"
 	"mote/tree"
 )
 
@@ -31,6 +32,17 @@ type Options struct {
 	TreeQueue  int        // tree messages queued per client before SlowPolicy applies; default 1000
 	SlowClient SlowPolicy // default SlowDrop
 	LoopQueue  int        // publishes waiting for the message loop before publishers wait; default 100,000
+
+	// Store, if not nil, persists retained rows: they are loaded at Start,
+	// before listeners accept clients, and a retainer goroutine commits
+	// every change to it. The broker closes it.
+	Store retain.RowStore
+	// Retain tunes the retainer's commit interval and bounds.
+	Retain retain.Options
+	// SyncRetain acknowledges QoS 1 and 2 publishes that change retained
+	// rows only once their rows are committed (nothing acknowledged is lost
+	// in a crash; slower).
+	SyncRetain bool
 
 	Log zerolog.Logger // all logs; default: discarded
 }

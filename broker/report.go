@@ -7,6 +7,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"mote/retain"
 	"mote/tree"
 	"mote/wire"
 )
@@ -33,6 +34,8 @@ func reasonCode(op string, err error) packets.Code {
 	switch {
 	case errors.Is(err, tree.ErrDenied):
 		return packets.ErrNotAuthorized // 0x87
+	case errors.Is(err, errShutdown), errors.Is(err, retain.ErrClosed):
+		return packets.ErrServerShuttingDown // 0x8B
 	case op == "subscribe" && errors.Is(err, errTooLarge):
 		return packets.ErrPacketTooLarge // 0x95
 	case op == "subscribe":

@@ -300,3 +300,26 @@ func ErrPrefixf(format string, a ...any) error {
 func ErrReservedf(format string, a ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrReserved}, a...)...)
 }
+
+// Match reports whether an MQTT filter matches a topic name, '$' rule
+// included: '+' and '#' at the first level do not match topics starting
+// with '$' [MQTT-4.7.2-1].
+func Match(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		fl, frest, fmore := strings.Cut(filter, "/")
+		if fl == "#" {
+			return true
+		}
+		tl, trest, tmore := strings.Cut(topic, "/")
+		if fl != "+" && fl != tl {
+			return false
+		}
+		if !fmore || !tmore {
+			return fmore == tmore || (fmore && frest == "#") // "a/#" matches "a"
+		}
+		filter, topic = frest, trest
+	}
+}

@@ -101,3 +101,19 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestMatch(t *testing.T) {
+	for _, tt := range []struct {
+		f, t string
+		ok   bool
+	}{
+		{"a/b", "a/b", true}, {"a/+", "a/b", true}, {"a/+", "a/b/c", false}, {"a/#", "a", true},
+		{"a/#", "a/b/c", true}, {"#", "a", true}, {"#", "$SYS/x", false}, {"+/x", "$s/x", false},
+		{"$SYS/#", "$SYS/x", true}, {"a/+/c", "a//c", true}, {"+", "", true}, {"a", "a/b", false},
+		{"a/b", "a", false}, {"+/+", "/", true}, {"/#", "/a", true}, {"a/+/#", "a/b", true},
+	} {
+		if got := Match(tt.f, tt.t); got != tt.ok {
+			t.Errorf("Match(%q, %q) = %v", tt.f, tt.t, got)
+		}
+	}
+}

@@ -226,7 +226,7 @@ func (c *Client) route(pr paho.PublishReceived) (bool, error) {
 	if s == nil || s.mode == Plain {
 		s = nil
 		for _, x := range c.subs {
-			if x.mode == Plain && matches(x.filter, p.Topic) {
+			if x.mode == Plain && wire.Match(x.filter, p.Topic) {
 				plain = append(plain, x)
 			}
 		}
@@ -252,23 +252,6 @@ func (c *Client) route(pr paho.PublishReceived) (bool, error) {
 	}
 	s.handler(m)
 	return true, nil
-}
-
-// matches reports whether an MQTT filter matches a topic.
-func matches(filter, topic string) bool {
-	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
-	if strings.HasPrefix(topic, "$") && (f[0] == "+" || f[0] == "#") {
-		return false
-	}
-	for i, l := range f {
-		if l == "#" {
-			return true
-		}
-		if i >= len(t) || (l != "+" && l != t[i]) {
-			return false
-		}
-	}
-	return len(f) == len(t)
 }
 
 // Decode decodes a tree payload into Go values: objects as

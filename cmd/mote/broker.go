@@ -12,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"mote/broker"
+	"mote/retain"
 	"mote/tree"
 )
 
@@ -32,6 +33,12 @@ type config struct {
 	MaxPacketSize uint32 `yaml:"max_packet_size"`
 	TreeQueue     int    `yaml:"tree_queue"`
 	SlowClient    string `yaml:"slow_client"`
+	SyncRetain    bool   `yaml:"sync_retain"`
+	Retain        struct {
+		Interval   time.Duration `yaml:"interval"`
+		MaxBatch   int           `yaml:"max_batch"`
+		MaxPending int           `yaml:"max_pending"`
+	} `yaml:"retain"`
 }
 
 func loadConfig(path string) (config, error) {
@@ -59,6 +66,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	data := fs.String("data", "", "data directory (default ./data)")
 	cfgPath := fs.String("config", "", "YAML config file; flags override it")
 	level := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	syncRetain := fs.Bool("sync-retain", false, "ack QoS 1/2 publishes of retained rows only after their commit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,10 +92,14 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	dir := pick(*data, cfg.Data, "data")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("data directory: %w", err)
+	store, err := retain.Open(dir)
+	if err != nil {
+		return err
 	}
 	opts := broker.Options{
+		Store:         store,
+		SyncRetain:    *syncRetain || cfg.SyncRetain,
+		Retain:        retain.Options{Interval: cfg.Retain.Interval, MaxBatch: cfg.Retain.MaxBatch, MaxPending: cfg.Retain.MaxPending},
 		TCP:           pick(*tcp, cfg.Listeners.TCP, ""),
 		WS:            pick(*ws, cfg.Listeners.WS, ""),
 		WSPath:        cfg.Listeners.WSPath,
@@ -111,11 +123,14 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	b, err := broker.New(opts)
 	if err != nil {
+		store.Close()
 		return err
 	}
 	if err := b.Start(); err != nil {
+		b.Close()
 		return err
 	}
+	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
 	<-ctx.Done()
 	log.Info().Msg("signal received; shutting down")
 	start := time.Now()

@@ -3,6 +3,7 @@
 //	mote broker   run the broker (TCP :1883, WebSocket :1884/mqtt, data in ./data)
 //	mote pub      publish plain messages or trees
 //	mote sub      subscribe, plain or to trees ($sync / $tree)
+//	mote store    inspect a store offline (stats, dump)
 package main
 
 import (
@@ -22,6 +23,7 @@ commands:
   broker   run the broker
   pub      publish a message or a tree
   sub      subscribe and print what arrives
+  store    inspect a stopped broker's store: store stats|dump [-data DIR] [-t FILTER]
 
 'mote <command> -help' lists a command's flags.
 `
@@ -57,6 +59,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runPub(ctx, args[1:], stdin, stdout, stderr)
 	case "sub":
 		return runSub(ctx, args[1:], stdout, stderr)
+	case "store":
+		return runStore(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
