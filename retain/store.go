@@ -131,7 +131,6 @@ func (s *Store) Commit(changes []Change) error {
 	slices.SortFunc(changes, func(a, b Change) int { return strings.Compare(a.Topic, b.Topic) })
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		rows := tx.Bucket(bucketRows)
-		var buf []byte
 		for _, c := range changes {
 			if c.Value.Kind == wire.None {
 				if err := rows.Delete([]byte(c.Topic)); err != nil {
@@ -139,9 +138,11 @@ func (s *Store) Commit(changes []Change) error {
 				}
 				continue
 			}
-			buf = append(buf[:0], byte(c.Value.Kind)|c.QoS<<4)
-			buf = append(buf, c.Value.Data...)
-			if err := rows.Put([]byte(c.Topic), buf); err != nil {
+			// bbolt keeps the slice until the transaction commits: one per row.
+			v := make([]byte, 1+len(c.Value.Data))
+			v[0] = byte(c.Value.Kind) | c.QoS<<4
+			copy(v[1:], c.Value.Data)
+			if err := rows.Put([]byte(c.Topic), v); err != nil {
 				return err
 			}
 		}
