@@ -131,11 +131,13 @@ func (r *Retainer) run() {
 		case closed:
 			r.final()
 			return
-		case n >= r.opts.MaxBatch:
+		case n >= r.opts.MaxBatch || waiting:
+			// A full batch, or a publisher waiting for its ack (SyncRetain):
+			// commit now; whatever arrives meanwhile joins the next commit.
 			r.commit() //nolint:errcheck // logged; the rows stay pending
 			due = time.Time{}
 			continue
-		case n > 0 || waiting:
+		case n > 0:
 			if due.IsZero() {
 				due = time.Now().Add(r.opts.Interval)
 			}

@@ -30,10 +30,7 @@ func freePort(t *testing.T) int {
 // the loop and exits 0.
 func TestSIGTERM(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "mote")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v: %s", err, out)
-	}
+	bin := buildMote(t)
 	port := freePort(t)
 	var logs bytes.Buffer
 	cmd := exec.Command(bin, "broker", "--tcp", "127.0.0.1:"+strconv.Itoa(port), "--ws", "off", "--data", filepath.Join(dir, "data"))
