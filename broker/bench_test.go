@@ -3,6 +3,10 @@ package broker
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +14,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"mote/clients/client"
+	"mote/retain"
+	"mote/wire"
 )
 
 // BenchmarkDashboardLoad: a client subscribes and waits until it holds all
@@ -65,4 +71,119 @@ func BenchmarkDashboardLoad(b *testing.B) {
 			c.Disconnect(0)
 		}
 	})
+}
+
+// BenchmarkBoot: start a broker on a store of 1M rows; the listeners open
+// after every row is in the tree core and mochi's retained index.
+func BenchmarkBoot(b *testing.B) {
+	dir := b.TempDir()
+	st, err := retain.Open(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 1_000_000
+	for i := 0; i < n; i += 10_000 {
+		cs := make([]retain.Change, 10_000)
+		for j := range cs {
+			cs[j] = retain.Change{Topic: fmt.Sprintf("dev/d%07d/state", i+j), Value: wire.Value{Kind: wire.JSON, Data: "21.5"}}
+		}
+		if err := st.Commit(cs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	st.Close()
+	for b.Loop() {
+		st, err := retain.Open(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		br, err := New(Options{TCP: "127.0.0.1:0", WS: "off", Store: st})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := br.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		br.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/boot")
+}
+
+// BenchmarkLatency: publish→receive latency at a fixed moderate rate (1,000
+// retained publishes/s, QoS 0), plain and tree, persistence off and on,
+// side by side in one run.
+func BenchmarkLatency(b *testing.B) {
+	for _, persist := range []bool{false, true} {
+		for _, kind := range []string{"plain", "tree"} {
+			b.Run(fmt.Sprintf("persist=%v/%s", persist, kind), func(b *testing.B) {
+				opts := Options{}
+				if persist {
+					st, err := retain.Open(b.TempDir())
+					if err != nil {
+						b.Fatal(err)
+					}
+					opts.Store = st
+				}
+				br := start(b, opts)
+				var mu sync.Mutex
+				var lat []time.Duration
+				got := make(chan struct{}, 1)
+				sub := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + br.TCPAddr()).SetClientID("lat-sub"))
+				sub.Connect().Wait()
+				defer sub.Disconnect(0)
+				handle := func(_ paho.Client, m paho.Message) {
+					s := string(m.Payload())
+					if kind == "tree" {
+						s = strings.Trim(s, `{}"t:`)
+					}
+					ns, err := strconv.ParseInt(s, 10, 64)
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					lat = append(lat, time.Since(time.Unix(0, ns)))
+					mu.Unlock()
+					select {
+					case got <- struct{}{}:
+					default:
+					}
+				}
+				filter := "lat/t"
+				if kind == "tree" {
+					filter = "$tree/lat/+"
+				}
+				sub.Subscribe(filter, 0, handle).Wait()
+				pub := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + br.TCPAddr()).SetClientID("lat-pub"))
+				pub.Connect().Wait()
+				defer pub.Disconnect(0)
+				const rate, count = 1000, 2000
+				for b.Loop() {
+					lat = lat[:0]
+					tick := time.NewTicker(time.Second / rate)
+					for range count {
+						<-tick.C
+						now := strconv.FormatInt(time.Now().UnixNano(), 10)
+						if kind == "tree" {
+							pub.Publish("$tree/lat", 0, true, `{"t":`+now+`}`)
+						} else {
+							pub.Publish("lat/t", 0, true, now)
+						}
+					}
+					tick.Stop()
+					time.Sleep(200 * time.Millisecond)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if len(lat) == 0 {
+					b.Fatal("nothing received")
+				}
+				slices.Sort(lat)
+				b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+				b.ReportMetric(float64(len(lat)), "received")
+			})
+		}
+	}
 }

@@ -25,7 +25,8 @@ type Broker struct {
 	parser *tree.Parser
 	tree   *tree.Tree // owned by the loop goroutine
 	reqs   *requestQueue
-	ret    *retain.Retainer // nil without a store
+	ret    *retain.Retainer              // nil without a store
+	props  map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
 
 	conns    sync.Map // *mqtt.Client → *conn
 	serial   atomic.Uint64
@@ -72,6 +73,7 @@ func New(opts Options) (*Broker, error) {
 		parser:   parser,
 		tree:     tree.New(),
 		reqs:     newRequestQueue(opts.LoopQueue),
+		props:    map[string]packets.Properties{},
 		loopDone: make(chan struct{}),
 	}
 	b.server = mqtt.New(&mqtt.Options{Capabilities: caps, Logger: newSlog(opts.Log)})
@@ -176,19 +178,13 @@ func (b *Broker) Close() error {
 	return nil
 }
 
-// load puts every stored row into the tree core and mochi's retained
-// index, before any client can connect.
+// load puts every stored row into the tree core, before any client can
+// connect.
 func (b *Broker) load() error {
 	start := time.Now()
 	n := 0
 	err := b.opts.Store.Load(func(r retain.Row) error {
-		b.tree.Store().Set(r.Topic, r.Value)
-		b.server.Topics.RetainMessage(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true, Qos: r.QoS},
-			TopicName:   r.Topic,
-			Payload:     []byte(r.Value.Data),
-			Created:     start.Unix(),
-		})
+		b.tree.Store().Set(r.Topic, r.Value, r.QoS)
 		n++
 		return nil
 	})

@@ -24,9 +24,11 @@ type conn struct {
 
 	// Touched only on the client's read goroutine, where mochi runs the
 	// hooks of one packet in order.
-	pending  *pendingPub // the Mote publish being read
-	subParse []wire.Subscription
-	subAcked []subReq
+	pending    *pendingPub // the Mote publish being read
+	subParse   []wire.Subscription
+	subExisted []bool
+	subAcked   []subReq
+	retained   []retainedReq
 
 	mu      sync.Mutex // guards out, closed, writing
 	out     []outMsg
@@ -53,7 +55,9 @@ type outMsg struct {
 	seq     uint64
 	codec   wire.Codec
 	subID   int
-	part    string // "i/n" for a split snapshot
+	part    string              // "i/n" for a split snapshot
+	plain   bool                // a retained row for a plain subscription: retain flag, no Mote properties
+	props   *packets.Properties // MQTT 5 properties kept with a retained row
 }
 
 func newConn(b *Broker, cl *mqtt.Client) *conn {
@@ -164,12 +168,19 @@ func (c *conn) writeLoop() {
 // completes the flow and resends it to a resumed session.
 func (c *conn) write(m *outMsg) error {
 	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos},
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos, Retain: m.plain},
 		TopicName:   m.topic,
 		Payload:     m.payload,
 		Created:     time.Now().Unix(),
 	}
-	if c.v5 {
+	if c.v5 && m.plain {
+		if m.props != nil {
+			pk.Properties = *m.props
+		}
+		if m.subID > 0 {
+			pk.Properties.SubscriptionIdentifier = []int{m.subID}
+		}
+	} else if c.v5 {
 		pk.Properties.ContentType = m.codec.ContentType()
 		pk.Properties.User = []packets.UserProperty{{Key: "mote-seq", Val: strconv.FormatUint(m.seq, 10)}}
 		if m.part != "" {

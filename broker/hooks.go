@@ -36,9 +36,20 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe,
-		mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPacketEncode,
+		mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPacketEncode, mqtt.OnRetainMessage,
 	}, []byte{b})
 }
+
+// OnRetainMessage keeps mochi's retained index empty but for $SYS: retained
+// rows live once, in the tree core, which serves them to plain subscribers
+// (mochi would also copy its whole index every second to expire it).
+func (h *hook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, _ int64) {
+	if len(pk.Payload) > 0 && !isSys(pk.TopicName) {
+		h.b.server.Topics.RetainMessage(packets.Packet{TopicName: pk.TopicName}) // an empty payload deletes
+	}
+}
+
+func isSys(topic string) bool { return len(topic) >= 4 && strings.EqualFold(topic[:4], "$SYS") }
 
 // OnPacketEncode keeps user properties on PUBLISH packets to clients that
 // set Request Problem Information to 0: that flag only covers packets other
@@ -125,7 +136,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	}
 	c.pending = nil
 	p, isMote, err := parsePublish(pk)
-	if !isMote && len(pk.TopicName) >= 4 && strings.EqualFold(pk.TopicName[:4], "$SYS") {
+	if !isMote && isSys(pk.TopicName) {
 		// mochi drops a client's $SYS publish without an ack, leaving QoS 1/2
 		// publishers waiting: refuse it properly instead.
 		isMote, err = true, wire.ErrReservedf("%q: $SYS topics are the broker's", pk.TopicName)
@@ -268,7 +279,8 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 		return pk
 	}
 	c.subParse = c.subParse[:0]
-	c.subAcked = nil
+	c.subExisted = c.subExisted[:0]
+	c.subAcked, c.retained = nil, nil
 	propMode, propErr := subscribeProps(pk)
 	filters := make([]packets.Subscription, len(pk.Filters))
 	copy(filters, pk.Filters)
@@ -294,7 +306,9 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			h.b.refuse(c, "subscribe", pk.Filters[i].Filter, err)
 			f.Filter = "" // invalid: mochi answers 0x8F (0x80 for MQTT 3.1.1)
 		}
+		_, existed := cl.State.Subscriptions.Get(f.Filter)
 		c.subParse = append(c.subParse, p)
+		c.subExisted = append(c.subExisted, existed)
 	}
 	pk.Filters = filters
 	return pk
@@ -334,7 +348,16 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 	for i, f := range pk.Filters {
 		p := c.subParse[i]
-		if p.Mode == wire.Plain || i >= len(codes) || codes[i] >= 0x80 {
+		if i >= len(codes) || codes[i] >= 0x80 {
+			continue
+		}
+		if p.Mode == wire.Plain {
+			// Retained rows for a plain subscription [MQTT-3.3.1-9..11]: none
+			// for shared subscriptions, RetainHandling 2, or 1 on a
+			// subscription that already existed.
+			if !mqtt.IsSharedFilter(f.Filter) && f.RetainHandling != 2 && !(f.RetainHandling == 1 && c.subExisted[i]) {
+				c.retained = append(c.retained, retainedReq{filter: f.Filter, qos: codes[i], id: f.Identifier})
+			}
 			continue
 		}
 		topic := f.Filter
@@ -345,20 +368,21 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 }
 
-// OnPacketProcessed registers the granted tree subscriptions after mochi
-// has written the SUBACK, so the snapshot follows it.
+// OnPacketProcessed registers the granted tree subscriptions and queues the
+// retained rows of plain ones, after mochi has written the SUBACK, so
+// snapshots and retained messages follow it.
 func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
 	if pk.FixedHeader.Type != packets.Subscribe {
 		return
 	}
 	c := h.conn(cl)
-	if c == nil || len(c.subAcked) == 0 {
+	if c == nil || (len(c.subAcked) == 0 && len(c.retained) == 0) {
 		return
 	}
-	subs := c.subAcked
-	c.subAcked = nil
+	subs, retained := c.subAcked, c.retained
+	c.subAcked, c.retained = nil, nil
 	if err == nil {
-		h.b.reqs.push(request{kind: reqSubscribe, conn: c, subs: subs})
+		h.b.reqs.push(request{kind: reqSubscribe, conn: c, subs: subs, retained: retained})
 	}
 }
 

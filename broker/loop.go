@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -22,16 +23,17 @@ const (
 
 // request is one unit of work for the message loop.
 type request struct {
-	kind   reqKind
-	conn   *conn
-	op     tree.Op
-	topic  string          // the publish topic as sent, for error reports
-	plain  *packets.Packet // a plain retained publish for mochi, once its row is applied
-	rows   bool            // deliver the applied rows to plain subscribers
-	subs   []subReq
-	topics []string
-	call   func(*tree.Tree)
-	done   chan error // with SyncRetain: answered once the op's rows are committed (or refused)
+	kind     reqKind
+	conn     *conn
+	op       tree.Op
+	topic    string          // the publish topic as sent, for error reports
+	plain    *packets.Packet // a plain retained publish for mochi, once its row is applied
+	rows     bool            // deliver the applied rows to plain subscribers
+	subs     []subReq
+	retained []retainedReq // plain subscriptions whose retained rows to send
+	topics   []string
+	call     func(*tree.Tree)
+	done     chan error // with SyncRetain: answered once the op's rows are committed (or refused)
 }
 
 // subReq is a tree subscription mochi has granted.
@@ -40,6 +42,14 @@ type subReq struct {
 	parsed wire.Subscription // mode, codec and F
 	qos    byte              // granted QoS
 	id     int               // MQTT 5 subscription identifier, 0 if none
+}
+
+// retainedReq is a plain subscription mochi has granted whose matching
+// retained rows the loop sends (mochi's own retained index stays empty).
+type retainedReq struct {
+	filter string
+	qos    byte // granted QoS
+	id     int  // MQTT 5 subscription identifier
 }
 
 // subState is the broker's part of a tree subscription (tree.Sub.Data).
@@ -146,6 +156,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 	res := b.tree.Apply(ops)
 	b.stats.Batches.Add(1)
 	b.stats.OpsApplied.Add(int64(len(ops)))
+	atomic.StoreInt64(&b.server.Info.Retained, int64(b.tree.Store().Len()))
 	var changes []retain.Change
 	var waiters []chan error
 	for i, a := range res.Applied {
@@ -178,6 +189,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 		if r.plain != nil {
 			b.inject(*r.plain)
 		}
+		b.keepProps(r, a.Rows)
 		if r.rows {
 			for _, row := range a.Rows {
 				b.inject(rowPacket(row, r.op.QoS))
@@ -215,6 +227,17 @@ func (b *Broker) handle(r *request) {
 				r.conn.sendSnapshot(st, ts, snap)
 			}
 		}
+		for _, rr := range r.retained {
+			// Every matching row, paced by the client's writer: none dropped.
+			b.tree.Store().Match(rr.filter, func(topic string, v wire.Value, qos byte) bool {
+				m := outMsg{topic: topic, payload: []byte(v.Data), qos: min(qos, rr.qos), subID: rr.id, plain: true}
+				if p, ok := b.props[topic]; ok {
+					m.props = &p
+				}
+				r.conn.enqueue(m, false)
+				return true
+			})
+		}
 	case reqUnsubscribe:
 		for _, t := range r.topics {
 			b.tree.Unsubscribe(r.conn.key, t)
@@ -225,4 +248,28 @@ func (b *Broker) handle(r *request) {
 		r.call(b.tree)
 	}
 	b.treeSubs.Store(int64(b.tree.Subscriptions()))
+}
+
+// keepProps keeps the MQTT 5 properties of plain retained publishes (content
+// type, user properties, …) for retained delivery; any other change to the
+// row drops them. They live in memory only: the store keeps payloads.
+func (b *Broker) keepProps(r *request, rows []tree.Row) {
+	if r.plain != nil && r.plain.ProtocolVersion == 5 && len(r.plain.Payload) > 0 && hasProps(&r.plain.Properties) {
+		p := r.plain.Properties
+		p.MessageExpiryInterval, p.TopicAlias, p.TopicAliasFlag, p.SubscriptionIdentifier = 0, 0, false, nil
+		b.props[r.plain.TopicName] = p
+		return
+	}
+	if len(b.props) == 0 {
+		return
+	}
+	for _, row := range rows {
+		if row.Retain {
+			delete(b.props, row.Topic)
+		}
+	}
+}
+
+func hasProps(p *packets.Properties) bool {
+	return p.ContentType != "" || len(p.User) > 0 || p.PayloadFormatFlag || p.ResponseTopic != "" || len(p.CorrelationData) > 0
 }

@@ -17,7 +17,7 @@ func devices(b *testing.B, n int) *Tree {
 	b.Helper()
 	tr := New()
 	for i := range n {
-		tr.store.Set(fmt.Sprintf("dev/d%07d/state", i), wire.Value{Kind: wire.JSON, Data: "21.5"})
+		tr.store.Set(fmt.Sprintf("dev/d%07d/state", i), wire.Value{Kind: wire.JSON, Data: "21.5"}, 0)
 	}
 	return tr
 }
@@ -56,7 +56,7 @@ func BenchmarkStoreMemory(b *testing.B) {
 		runtime.ReadMemStats(&before)
 		var s Store
 		for _, t := range topics {
-			s.Set(t, wire.Value{Kind: wire.JSON, Data: "21.5"})
+			s.Set(t, wire.Value{Kind: wire.JSON, Data: "21.5"}, 0)
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)

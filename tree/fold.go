@@ -45,7 +45,7 @@ func (t *Tree) applyOp(op *Op) Applied {
 		rows = slices.Clip(rows)
 	}
 	if op.SetFilter != "" {
-		t.store.Match(op.SetFilter, func(topic string, _ wire.Value) bool {
+		t.store.Match(op.SetFilter, func(topic string, _ wire.Value, _ byte) bool {
 			rows = append(rows, Row{Topic: topic, Value: op.SetValue, Retain: true})
 			return true
 		})
@@ -55,7 +55,7 @@ func (t *Tree) applyOp(op *Op) Applied {
 		for _, r := range op.Rows {
 			mentioned[r.Topic] = struct{}{}
 		}
-		t.store.Match(op.Replace, func(topic string, _ wire.Value) bool {
+		t.store.Match(op.Replace, func(topic string, _ wire.Value, _ byte) bool {
 			if _, ok := mentioned[topic]; !ok {
 				rows = append(rows, Row{Topic: topic, Retain: true})
 			}
@@ -71,7 +71,7 @@ func (t *Tree) applyOp(op *Op) Applied {
 	}
 	for _, r := range rows {
 		if r.Retain {
-			t.store.Set(r.Topic, r.Value)
+			t.store.Set(r.Topic, r.Value, op.QoS)
 		}
 		if i, ok := t.byTopic[r.Topic]; ok {
 			c := &t.changed[i]

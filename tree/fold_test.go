@@ -284,7 +284,7 @@ func TestStoreMatchesReference(t *testing.T) {
 			s.Delete(topic)
 			delete(model, topic)
 		} else {
-			s.Set(topic, wire.Value{Kind: wire.String, Data: topic})
+			s.Set(topic, wire.Value{Kind: wire.String, Data: topic}, 0)
 			model[topic] = true
 		}
 	}
@@ -293,7 +293,7 @@ func TestStoreMatchesReference(t *testing.T) {
 	}
 	for _, f := range append(slices.Clone(propFilter), "$s/+/#", "/#") {
 		var got, want []string
-		s.Match(f, func(topic string, v wire.Value) bool {
+		s.Match(f, func(topic string, v wire.Value, _ byte) bool {
 			if v.Data != topic {
 				t.Errorf("row %q holds %q", topic, v.Data)
 			}

@@ -44,7 +44,7 @@ func TestStoreWideNode(t *testing.T) {
 	var s Store
 	for round := range 3 {
 		for i := range 1000 {
-			s.Set(fmt.Sprintf("w/%d", i), stringValue("x"))
+			s.Set(fmt.Sprintf("w/%d", i), stringValue("x"), 0)
 		}
 		for i := range 1000 {
 			if _, ok := s.Get(fmt.Sprintf("w/%d", i)); !ok {

@@ -254,7 +254,7 @@ func TestSnapshotMatchesRows(t *testing.T) {
 
 func rowsOf(tr *Tree) map[string]wire.Value {
 	out := map[string]wire.Value{}
-	tr.Store().Range(func(topic string, v wire.Value) bool {
+	tr.Store().Range(func(topic string, v wire.Value, _ byte) bool {
 		out[topic] = v
 		return true
 	})

@@ -32,7 +32,7 @@ func load(t testing.TB, tr *Tree, rows map[string]string) {
 // rows returns every retained row as topic → payload.
 func rows(tr *Tree) map[string]string {
 	out := map[string]string{}
-	tr.Store().Range(func(topic string, v wire.Value) bool {
+	tr.Store().Range(func(topic string, v wire.Value, _ byte) bool {
 		out[topic] = v.Data
 		return true
 	})

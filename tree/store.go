@@ -32,6 +32,7 @@ type node struct {
 	kids []*node // children, in insertion order
 	pos  int32   // index in the parent's kids
 	kind wire.Kind
+	qos  byte // QoS the row was published with (retained delivery is capped by it)
 }
 
 // indexAt is the child count above which a name index is kept; below it a
@@ -124,10 +125,10 @@ func (s *Store) Get(topic string) (wire.Value, bool) {
 	return n.value(), true
 }
 
-// Set stores a row, copying the topic and value so the caller's buffers may
-// be reused. A value of kind None deletes the row. It reports whether the
-// store changed.
-func (s *Store) Set(topic string, v wire.Value) bool {
+// Set stores a row published at QoS qos, copying the topic and value so the
+// caller's buffers may be reused. A value of kind None deletes the row. It
+// reports whether the store changed.
+func (s *Store) Set(topic string, v wire.Value, qos byte) bool {
 	if v.Kind == wire.None {
 		return s.Delete(topic)
 	}
@@ -149,10 +150,10 @@ func (s *Store) Set(topic string, v wire.Value) bool {
 	}
 	if n.kind == wire.None {
 		s.rows++
-	} else if n.kind == v.Kind && n.val == v.Data {
+	} else if n.kind == v.Kind && n.val == v.Data && n.qos == qos {
 		return false
 	}
-	n.kind, n.val = v.Kind, strings.Clone(v.Data)
+	n.kind, n.val, n.qos = v.Kind, strings.Clone(v.Data), qos
 	return true
 }
 
@@ -188,7 +189,7 @@ func (s *Store) Delete(topic string) bool {
 // Match calls fn for every row matching an MQTT filter, with the row's
 // topic, until fn returns false. '+' and '#' at the first level do not match
 // topics starting with '$' [MQTT-4.7.2-1]. The filter must be valid.
-func (s *Store) Match(filter string, fn func(topic string, v wire.Value) bool) {
+func (s *Store) Match(filter string, fn func(topic string, v wire.Value, qos byte) bool) {
 	m := matcher{s: s, filter: filter, fn: fn}
 	m.walk(&s.root, 0, nil)
 }
@@ -196,7 +197,7 @@ func (s *Store) Match(filter string, fn func(topic string, v wire.Value) bool) {
 type matcher struct {
 	s      *Store
 	filter string
-	fn     func(string, wire.Value) bool
+	fn     func(string, wire.Value, byte) bool
 	stop   bool
 }
 
@@ -208,7 +209,7 @@ func (m *matcher) walk(n *node, i int, topic []byte) {
 	}
 	if i > len(m.filter) {
 		if n.kind != wire.None {
-			m.stop = !m.fn(string(topic), n.value())
+			m.stop = !m.fn(string(topic), n.value(), n.qos)
 		}
 		return
 	}
@@ -216,7 +217,7 @@ func (m *matcher) walk(n *node, i int, topic []byte) {
 	switch level {
 	case "#":
 		if n.kind != wire.None && i > 0 { // "a/#" matches "a" itself
-			if m.stop = !m.fn(string(topic), n.value()); m.stop {
+			if m.stop = !m.fn(string(topic), n.value(), n.qos); m.stop {
 				return
 			}
 		}
@@ -247,7 +248,7 @@ func (m *matcher) all(n *node, skipDollar, first bool, topic []byte) {
 		}
 		t := appendLevel(topic, first, c.name)
 		if c.kind != wire.None {
-			if m.stop = !m.fn(string(t), c.value()); m.stop {
+			if m.stop = !m.fn(string(t), c.value(), c.qos); m.stop {
 				return
 			}
 		}
@@ -266,7 +267,7 @@ func appendLevel(topic []byte, first bool, name string) []byte {
 }
 
 // Range calls fn for every row, '$' topics included, until fn returns false.
-func (s *Store) Range(fn func(topic string, v wire.Value) bool) {
+func (s *Store) Range(fn func(topic string, v wire.Value, qos byte) bool) {
 	m := matcher{s: s, fn: fn}
 	m.all(&s.root, false, true, nil)
 }
