@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"mote/broker"
+	"mote/retain"
 )
 
 func freePort(t *testing.T) int {
@@ -124,4 +125,54 @@ func TestPubSubCommands(t *testing.T) {
 		t.Errorf("unknown command: %v %s", err, usage.String())
 	}
 	_ = os.Stderr
+}
+
+// TestStoreCommands: `mote store stats|dump` read a stopped broker's store,
+// and a damaged store stops `mote broker` with an error naming the file.
+func TestStoreCommands(t *testing.T) {
+	dir := t.TempDir()
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "off", Store: mustOpen(t, dir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(b.TCPAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, []string{"pub", "-h", "127.0.0.1", "-p", port, "-t", "house", "--tree", "-m", `{"t":21.5,"name":"home","raw":null}`, "-r", "-q", "1"}, nil, &out, &out); err != nil {
+		t.Fatal(err, out.String())
+	}
+	b.Close()
+	out.Reset()
+	if err := run(ctx, []string{"store", "stats", "-data", dir}, nil, &out, &out); err != nil {
+		t.Fatal(err, out.String())
+	}
+	if !strings.Contains(out.String(), "rows      2") || !strings.Contains(out.String(), "house/…") {
+		t.Errorf("stats:\n%s", out.String())
+	}
+	out.Reset()
+	if err := run(ctx, []string{"store", "dump", "-data", dir, "-t", "house/+"}, nil, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"topic":"house/name","kind":"string","qos":1,"payload":"home"}` + "\n" + `{"topic":"house/t","kind":"json","qos":1,"payload":"21.5"}` + "\n"
+	if out.String() != want {
+		t.Errorf("dump:\n%s\nwant\n%s", out.String(), want)
+	}
+	os.WriteFile(filepath.Join(dir, "mote.db"), bytes.Repeat([]byte("junk"), 4096), 0o600)
+	err = run(ctx, []string{"broker", "--tcp", "127.0.0.1:0", "--ws", "off", "--data", dir}, nil, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "mote.db")) {
+		t.Errorf("broker on a damaged store: %v", err)
+	}
+}
+
+func mustOpen(t *testing.T, dir string) *retain.Store {
+	t.Helper()
+	s, err := retain.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
