@@ -1,0 +1,268 @@
+package broker
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// connectPacket is a CONNECT for protocol version v (4 = 3.1.1, 5).
+func connectPacket(v byte, id string) []byte {
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: v,
+		Connect: packets.ConnectParams{
+			ProtocolName:     []byte("MQTT"),
+			Clean:            true,
+			Keepalive:        30,
+			ClientIdentifier: id,
+		},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
+}
+
+// alive checks the broker still serves: a fresh client connects,
+// subscribes and gets its own publish back.
+func alive(t *testing.T, b *Broker) {
+	t.Helper()
+	c := dial3(t, b, "probe", true)
+	c.sub(t, "probe/x", 0)
+	c.pub(t, "probe/x", 0, false, "ok")
+	c.wait(t, 1)
+	c.Disconnect(0)
+}
+
+// TestSubscribeDecodePanic: mochi v2.7.9 panics in SubscribeDecode on an
+// MQTT 5 SUBSCRIBE whose filter lacks its options byte. The broker closes
+// that connection, counts and logs it, and serves everyone else.
+func TestSubscribeDecodePanic(t *testing.T) {
+	b := start(t, Options{})
+	other := dial3(t, b, "bystander", true)
+	other.sub(t, "b/#", 0)
+	c, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(connectPacket(5, "evil"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	ack := make([]byte, 64)
+	if _, err := c.Read(ack); err != nil || ack[0] != 0x20 {
+		t.Fatalf("no CONNACK: % x %v", ack[:4], err)
+	}
+	c.Write([]byte{0x82, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61})
+	if _, err := c.Read(ack); err == nil {
+		t.Error("connection still open after the panic")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for b.stats.Panics.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b.stats.Panics.Load() != 1 {
+		t.Errorf("%d panics counted", b.stats.Panics.Load())
+	}
+	alive(t, b)
+	pub := dial3(t, b, "pub", true)
+	pub.pub(t, "b/1", 0, false, "still here")
+	other.wait(t, 1)
+}
+
+// validPackets are well-formed packets of every type a client sends, the
+// seeds the mutation test and the fuzz target start from.
+func validPackets(v byte) [][]byte {
+	enc := func(pk packets.Packet) []byte {
+		pk.ProtocolVersion = v
+		var buf bytes.Buffer
+		var err error
+		switch pk.FixedHeader.Type {
+		case packets.Publish:
+			err = pk.PublishEncode(&buf)
+		case packets.Subscribe:
+			err = pk.SubscribeEncode(&buf)
+		case packets.Unsubscribe:
+			err = pk.UnsubscribeEncode(&buf)
+		case packets.Puback:
+			err = pk.PubackEncode(&buf)
+		case packets.Pubrec:
+			err = pk.PubrecEncode(&buf)
+		case packets.Pubrel:
+			err = pk.PubrelEncode(&buf)
+		case packets.Pubcomp:
+			err = pk.PubcompEncode(&buf)
+		case packets.Pingreq:
+			err = pk.PingreqEncode(&buf)
+		case packets.Disconnect:
+			err = pk.DisconnectEncode(&buf)
+		case packets.Auth:
+			err = pk.AuthEncode(&buf)
+		}
+		if err != nil {
+			panic(err)
+		}
+		return buf.Bytes()
+	}
+	props := packets.Properties{User: []packets.UserProperty{{Key: "mote", Val: "tree"}}, ContentType: "application/json"}
+	out := [][]byte{
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/b", Payload: []byte("1")}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true}, PacketID: 7, TopicName: "$tree/a/+", Payload: []byte(`{"x":{"y":1}}`)}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: 8, TopicName: "$set/a/#", Payload: []byte(`0`)}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 9, TopicName: "t/+", Payload: []byte(`{"k":[1,2]}`), Properties: props}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 10, Filters: packets.Subscriptions{{Filter: "$sync/a/+", Qos: 1}, {Filter: "a/#", Qos: 2}}}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 11, Filters: packets.Subscriptions{{Filter: "$tree.cbor/#", Qos: 0}}}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: 12, Filters: packets.Subscriptions{{Filter: "$sync/a/+"}}}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 1}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: 1}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 8}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: 1}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}),
+	}
+	if v == 5 {
+		out = append(out, enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ReasonCode: 0x18}))
+	}
+	return out
+}
+
+// mutate flips, inserts, deletes or truncates a few bytes; half the time
+// only in the body, with the remaining length fixed up to match, so the
+// damage reaches the decoders instead of the framing.
+func mutate(r *rand.Rand, p []byte) []byte {
+	if r.IntN(2) == 0 {
+		if first, body, ok := splitFrame(p); ok {
+			body = mutateBytes(r, body)
+			return append(append([]byte{first}, varint(len(body))...), body...)
+		}
+	}
+	return mutateBytes(r, p)
+}
+
+// splitFrame splits a packet into its first byte and body.
+func splitFrame(p []byte) (byte, []byte, bool) {
+	n, mult := 0, 1
+	for i := 1; i < len(p) && i <= 4; i++ {
+		n += int(p[i]&0x7f) * mult
+		mult *= 128
+		if p[i]&0x80 == 0 {
+			return p[0], p[i+1:], n == len(p)-i-1
+		}
+	}
+	return 0, nil, false
+}
+
+func varint(n int) []byte {
+	var out []byte
+	for {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		out = append(out, b)
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+func mutateBytes(r *rand.Rand, p []byte) []byte {
+	p = append([]byte(nil), p...)
+	for range 1 + r.IntN(3) {
+		if len(p) == 0 {
+			return []byte{byte(r.IntN(256))}
+		}
+		switch i := r.IntN(len(p)); r.IntN(5) {
+		case 0, 1:
+			p[i] = byte(r.IntN(256))
+		case 2:
+			p = append(p[:i], append([]byte{byte(r.IntN(256))}, p[i:]...)...)
+		case 3:
+			p = append(p[:i], p[i+1:]...)
+		case 4:
+			p = p[:i]
+		}
+	}
+	return p
+}
+
+// TestMutatedPackets sends mutated packets of every type, MQTT 3.1.1 and 5,
+// each connection a CONNECT and a burst; afterwards the broker must serve a
+// fresh client, with goroutines back to about where they started.
+// MOTE_MUTATIONS sets the count (default 20,000; the figure in the README
+// is from 100,000).
+func TestMutatedPackets(t *testing.T) {
+	n := 20_000
+	if s := os.Getenv("MOTE_MUTATIONS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	if testing.Short() {
+		n = 2_000
+	}
+	b := start(t, Options{})
+	runtime.GC()
+	baseGoroutines := runtime.NumGoroutine()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	seeds := map[byte][][]byte{4: validPackets(4), 5: validPackets(5)}
+	const perConn, workers = 5, 16
+	deadline := time.Now().Add(3 * time.Minute)
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(seed, uint64(w)))
+			for sent.Load() < int64(n) && time.Now().Before(deadline) {
+				v := byte(4 + r.IntN(2))
+				c, err := net.Dial("tcp", b.TCPAddr())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				burst := connectPacket(v, fmt.Sprint("m", w, "-", sent.Load()))
+				for range perConn {
+					burst = append(burst, mutate(r, seeds[v][r.IntN(len(seeds[v]))])...)
+				}
+				sent.Add(perConn)
+				c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+				c.Write(burst)
+				buf := make([]byte, 4096)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						break // the broker closed it, or the deadline passed
+					}
+				}
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	alive(t, b)
+	settle(t, b)
+	var got int
+	for range 100 {
+		runtime.GC()
+		if got = runtime.NumGoroutine(); got <= baseGoroutines+10 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got > baseGoroutines+10 {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after the run, %d before\n%s", got, baseGoroutines, buf[:runtime.Stack(buf, true)])
+	}
+	t.Logf("%d mutated packets, %d connection panics recovered, goroutines %d → %d", sent.Load(), b.stats.Panics.Load(), baseGoroutines, got)
+}
