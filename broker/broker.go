@@ -93,6 +93,7 @@ func (b *Broker) Start() error {
 		}
 		b.ret = retain.New(b.opts.Store, b.opts.Retain, b.log.With().Str("component", "retainer").Logger())
 	}
+	b.localOnly()
 	onPanic := func(c net.Conn) { b.connPanicked(c) }
 	if b.opts.TCP != "off" {
 		b.tcp = &tcpListener{id: "tcp", addr: b.opts.TCP, log: b.log, onPanic: onPanic}
@@ -247,4 +248,27 @@ func (b *Broker) connPanicked(nc net.Conn) {
 		}
 		return true
 	})
+}
+
+// localOnly binds every listener to loopback when nobody is authenticated
+// and anonymous access was not asked for (as Mosquitto 2 does).
+func (b *Broker) localOnly() {
+	if b.opts.Users != nil || b.opts.AllowAnonymous {
+		return
+	}
+	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS} {
+		if *addr == "off" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(*addr)
+		if err != nil {
+			continue
+		}
+		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+			continue
+		}
+		*addr = net.JoinHostPort("127.0.0.1", port)
+	}
+	b.log.Warn().Msg("no password file and no --allow-anonymous: listening on loopback only; " +
+		"add users with 'mote passwd' and --password-file, or pass --allow-anonymous, to accept remote clients")
 }

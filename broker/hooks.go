@@ -3,11 +3,13 @@ package broker
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"mote/broker/auth"
 	"mote/tree"
 	"mote/wire"
 )
@@ -62,13 +64,73 @@ func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet 
 	return pk
 }
 
-// OnConnectAuthenticate accepts every client (authentication: a later
-// issue).
-func (h *hook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+// OnConnectAuthenticate checks the username and password against the
+// password file; a client without a username needs AllowAnonymous (or the
+// loopback-only mode of a broker with no password file).
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	user := string(pk.Connect.Username)
+	ok := false
+	switch {
+	case user == "":
+		ok = h.b.opts.AllowAnonymous || h.b.opts.Users == nil
+	case h.b.opts.Users != nil:
+		ok = h.b.opts.Users.Check(user, string(pk.Connect.Password))
+	default:
+		ok = h.b.opts.AllowAnonymous
+	}
+	if !ok {
+		h.b.log.Warn().Str("client", cl.ID).Str("user", user).Str("remote", cl.Net.Remote).Msg("authentication failed")
+	}
+	return ok
+}
 
-// OnACLCheck allows every topic (per-row ACLs: a later issue; the data path
-// already carries tree.Op.Allow and tree.Sub.Allow for them).
-func (h *hook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+// OnACLCheck enforces the ACL file for plain traffic (mochi asks on
+// SUBSCRIBE, PUBLISH and every delivery). Tree subscriptions and Mote
+// publishes pass here and are checked per row in the tree core.
+// $SYS/mote/errors/<client-id> is readable by that client only.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if !write && strings.HasPrefix(topic, ErrorTopic) {
+		rest := topic[len(ErrorTopic):]
+		return rest == cl.ID || rest == "#" || rest == "+"
+	}
+	acl := h.b.opts.ACL
+	if acl == nil || cl.Net.Inline {
+		return true
+	}
+	if topic == internalPublish || (!write && isTreeFilter(topic)) {
+		return true
+	}
+	c := auth.Client{User: string(cl.Properties.Username), ID: cl.ID}
+	if write {
+		return acl.CanWrite(c, topic)
+	}
+	return acl.CanRead(c, topic)
+}
+
+// isTreeFilter reports whether a SUBSCRIBE filter is a tree subscription
+// (either form as mochi knows it).
+func isTreeFilter(f string) bool {
+	p, err := wire.ParseSubscribe(strings.Replace(f, propOption, "", 1))
+	return err == nil && p.Mode != wire.Plain
+}
+
+// allowRead and allowWrite are the per-row checks of a client, nil without
+// an ACL.
+func (b *Broker) allowRead(cl *mqtt.Client) func(string) bool {
+	if b.opts.ACL == nil {
+		return nil
+	}
+	c := auth.Client{User: string(cl.Properties.Username), ID: cl.ID}
+	return func(topic string) bool { return b.opts.ACL.CanRead(c, topic) }
+}
+
+func (b *Broker) allowWrite(cl *mqtt.Client) func(string) bool {
+	if b.opts.ACL == nil {
+		return nil
+	}
+	c := auth.Client{User: string(cl.Properties.Username), ID: cl.ID}
+	return func(topic string) bool { return b.opts.ACL.CanWrite(c, topic) }
+}
 
 func (h *hook) conn(cl *mqtt.Client) *conn {
 	if v, ok := h.b.conns.Load(cl); ok {
@@ -150,6 +212,17 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	}
 	if pend.err == nil {
 		pend.op, pend.err = h.b.parser.Op(p, pk.Payload, pk.FixedHeader.Retain, pk.FixedHeader.Qos)
+	}
+	if pend.err == nil && h.b.opts.ACL != nil {
+		// Rows a tree publish names are checked now, so the ack can carry
+		// 0x87; $set and .replace rows are known only in the loop.
+		pend.op.Allow = h.b.allowWrite(cl)
+		for _, r := range pend.op.Rows {
+			if !pend.op.Allow(r.Topic) {
+				pend.err = fmt.Errorf("%w: write to %q", tree.ErrDenied, r.Topic)
+				break
+			}
+		}
 	}
 	c.pending = pend
 	pk.TopicName = internalPublish
@@ -246,6 +319,9 @@ func (b *Broker) submit(c *conn, pk packets.Packet, r request) (packets.Packet, 
 		if b.opts.SyncRetain && pk.FixedHeader.Qos > 0 {
 			r.done = make(chan error, 1)
 		}
+	}
+	if r.op.Allow != nil && (r.op.SetFilter != "" || r.op.Replace != "") {
+		r.done = make(chan error, 1) // the loop decides which rows a $set or .replace touches
 	}
 	if !b.reqs.push(r) {
 		return b.refusePublish(c, pk, r.topic, errShutdown)

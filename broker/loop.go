@@ -217,7 +217,8 @@ func (b *Broker) handle(r *request) {
 	case reqSubscribe:
 		for _, s := range r.subs {
 			st := &subState{conn: r.conn, mode: s.parsed.Mode, codec: s.parsed.Codec, id: s.id}
-			ts := &tree.Sub{Owner: r.conn.key, Topic: s.topic, Filter: s.parsed.Filter, Codec: s.parsed.Codec, QoS: s.qos, Data: st}
+			ts := &tree.Sub{Owner: r.conn.key, Topic: s.topic, Filter: s.parsed.Filter, Codec: s.parsed.Codec, QoS: s.qos, Data: st,
+				Allow: b.allowRead(r.conn.cl)}
 			snap, err := b.tree.Subscribe(ts)
 			if err != nil {
 				b.refuse(r.conn, "subscribe", s.topic, err)
@@ -227,9 +228,13 @@ func (b *Broker) handle(r *request) {
 				r.conn.sendSnapshot(st, ts, snap)
 			}
 		}
+		allow := b.allowRead(r.conn.cl)
 		for _, rr := range r.retained {
 			// Every matching row, paced by the client's writer: none dropped.
 			b.tree.Store().Match(rr.filter, func(topic string, v wire.Value, qos byte) bool {
+				if allow != nil && !allow(topic) {
+					return true
+				}
 				m := outMsg{topic: topic, payload: []byte(v.Data), qos: min(qos, rr.qos), subID: rr.id, plain: true}
 				if p, ok := b.props[topic]; ok {
 					m.props = &p

@@ -5,6 +5,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"mote/broker/auth"
 	"mote/retain"
 	"mote/tree"
 )
@@ -43,6 +44,16 @@ type Options struct {
 	// rows only once their rows are committed (nothing acknowledged is lost
 	// in a crash; slower).
 	SyncRetain bool
+
+	// Users, if not nil, authenticate clients by username and password
+	// (a Mosquitto password file). Without Users and without
+	// AllowAnonymous, every listener binds to loopback only.
+	Users *auth.Users
+	// AllowAnonymous accepts clients that send no username.
+	AllowAnonymous bool
+	// ACL, if not nil, is enforced for plain traffic and per row for tree
+	// publishes, $set, snapshots and deltas (SPEC §6).
+	ACL *auth.ACL
 
 	Log zerolog.Logger // all logs; default: discarded
 }

@@ -16,9 +16,13 @@ import (
 func TestRefusedPublishes(t *testing.T) {
 	b := start(t, Options{})
 	ctx := context.Background()
-	reports := dial3(t, b, "watch", true)
-	reports.sub(t, ErrorTopic+"#", 0)
+	spy := dial3(t, b, "spy", true)
+	spy.sub(t, ErrorTopic+"#", 0) // granted, but another client's reports never reach it
 	mc := mote(t, b, "dev")
+	reports := newCollector()
+	if err := mc.Subscribe(ctx, ErrorTopic+"dev", client.Plain, client.JSON, 0, reports.handle); err != nil {
+		t.Fatal(err)
+	}
 	app := dial3(t, b, "app", true)
 	app.sub(t, "$sync/#", 1)
 	app.wait(t, 1) // the snapshot
@@ -42,9 +46,10 @@ func TestRefusedPublishes(t *testing.T) {
 	// Every refusal is reported on $SYS/mote/errors/<client-id>.
 	got := reports.wait(t, 2*len(tests))
 	var r Report
-	if err := json.Unmarshal([]byte(got[2].payload), &r); err != nil || got[2].topic != ErrorTopic+"dev" {
+	if err := json.Unmarshal(got[2].Payload, &r); err != nil || got[2].Topic != ErrorTopic+"dev" {
 		t.Fatalf("report %+v: %v", got[2], err)
 	}
+	spy.quiet(t, 0)
 	if r.Client != "dev" || r.Code != 0x99 || r.Path != "/x" || r.Topic != "$tree/a/+/+" {
 		t.Errorf("report %+v", r)
 	}
@@ -63,9 +68,9 @@ func TestRefusedPublishes(t *testing.T) {
 // (3.1.1 has no reason codes) and reported.
 func TestRefused311(t *testing.T) {
 	b := start(t, Options{})
-	reports := dial3(t, b, "watch", true)
-	reports.sub(t, ErrorTopic+"old", 0)
 	old := dial3(t, b, "old", true)
+	old.sub(t, ErrorTopic+"old", 0)
+	reports := old
 	old.pub(t, "$tree/a", 1, true, `not json`)
 	old.pub(t, "$sync/a", 2, false, `1`)
 	if q := old.sub(t, "$sync.xml/a", 1); q != 0x80 {

@@ -1,0 +1,174 @@
+package auth
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+
+	"mote/wire"
+)
+
+type access uint8
+
+const (
+	accRead access = 1 << iota
+	accWrite
+	accDeny
+)
+
+type rule struct {
+	acc     access
+	filter  string
+	pattern bool // %u / %c substituted per client
+}
+
+// ACL is a parsed Mosquitto ACL file.
+type ACL struct {
+	anonymous []rule
+	users     map[string][]rule
+	patterns  []rule
+}
+
+// LoadACL reads a Mosquitto ACL file.
+func LoadACL(path string) (*ACL, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("auth: ACL file: %w", err)
+	}
+	return ParseACL(path, b)
+}
+
+// ParseACL parses ACL text; name is used in errors.
+func ParseACL(name string, text []byte) (*ACL, error) {
+	a := &ACL{users: map[string][]rule{}}
+	var user *string
+	sc := bufio.NewScanner(bytes.NewReader(text))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		word, rest, _ := strings.Cut(line, " ")
+		rest = strings.TrimSpace(rest)
+		switch word {
+		case "user":
+			if rest == "" {
+				return nil, fmt.Errorf("%w: %s:%d: user without a name", ErrFormat, name, n)
+			}
+			u := rest
+			user = &u
+			continue
+		case "topic", "pattern":
+		default:
+			return nil, fmt.Errorf("%w: %s:%d: %q: want user, topic or pattern", ErrFormat, name, n, word)
+		}
+		r := rule{acc: accRead | accWrite, pattern: word == "pattern"}
+		if kind, f, ok := strings.Cut(rest, " "); ok {
+			switch kind {
+			case "read":
+				r.acc, rest = accRead, strings.TrimSpace(f)
+			case "write":
+				r.acc, rest = accWrite, strings.TrimSpace(f)
+			case "readwrite":
+				rest = strings.TrimSpace(f)
+			case "deny":
+				r.acc, rest = accDeny, strings.TrimSpace(f)
+			}
+		}
+		r.filter = rest
+		check := rest
+		if r.pattern {
+			check = strings.NewReplacer("%u", "u", "%c", "c").Replace(rest)
+		}
+		if err := wire.ValidateFilter(check); err != nil {
+			return nil, fmt.Errorf("%w: %s:%d: %w", ErrFormat, name, n, err)
+		}
+		switch {
+		case r.pattern:
+			a.patterns = append(a.patterns, r)
+		case user == nil:
+			a.anonymous = append(a.anonymous, r)
+		default:
+			a.users[*user] = append(a.users[*user], r)
+		}
+	}
+	return a, nil
+}
+
+// Client is who asks: username ("" for anonymous) and client id.
+type Client struct {
+	User, ID string
+}
+
+// CanWrite reports whether c may publish to topic.
+func (a *ACL) CanWrite(c Client, topic string) bool { return a.allowed(c, topic, accWrite) }
+
+// CanRead reports whether c may receive topic, or subscribe to a filter
+// (allowed when a granting line covers the whole filter).
+func (a *ACL) CanRead(c Client, topicOrFilter string) bool {
+	return a.allowed(c, topicOrFilter, accRead)
+}
+
+func (a *ACL) allowed(c Client, topic string, want access) bool {
+	granted := false
+	visit := func(rules []rule) bool {
+		for _, r := range rules {
+			f := r.filter
+			if r.pattern {
+				if (strings.Contains(f, "%u") && c.User == "") || strings.ContainsAny(c.User+c.ID, "+#/") {
+					continue // a pattern never matches for names that would change its shape
+				}
+				f = strings.NewReplacer("%u", c.User, "%c", c.ID).Replace(f)
+			}
+			if r.acc&accDeny != 0 {
+				// A deny refuses a topic it matches, or a subscription it
+				// covers whole; a subscription it only overlaps is granted
+				// and the denied topics are filtered out on delivery.
+				if covers(f, topic) {
+					return false
+				}
+				continue
+			}
+			if r.acc&want != 0 && covers(f, topic) {
+				granted = true
+			}
+		}
+		return true
+	}
+	own := a.anonymous
+	if c.User != "" {
+		own = a.users[c.User]
+	}
+	if !visit(own) || !visit(a.patterns) {
+		return false
+	}
+	return granted
+}
+
+// covers reports whether ACL filter f grants all of s (a topic, or a
+// subscription filter: "a/#" covers "a/+/b", "a/+" does not cover "a/#").
+func covers(f, s string) bool {
+	if !wire.HasWildcard(s) {
+		return wire.Match(f, s)
+	}
+	fl, sl := strings.Split(f, "/"), strings.Split(s, "/")
+	for i, l := range fl {
+		if l == "#" {
+			return !(i == 0 && strings.HasPrefix(s, "$"))
+		}
+		if i >= len(sl) {
+			return false
+		}
+		switch {
+		case l == "+":
+			if sl[i] == "#" || (i == 0 && strings.HasPrefix(sl[i], "$")) {
+				return false
+			}
+		case l != sl[i]:
+			return false
+		}
+	}
+	return len(fl) == len(sl)
+}
