@@ -12,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"mote/broker"
+	"mote/broker/auth"
 	"mote/retain"
 	"mote/tree"
 )
@@ -34,6 +35,9 @@ type config struct {
 	TreeQueue     int    `yaml:"tree_queue"`
 	SlowClient    string `yaml:"slow_client"`
 	SyncRetain    bool   `yaml:"sync_retain"`
+	PasswordFile  string `yaml:"password_file"`
+	ACLFile       string `yaml:"acl_file"`
+	AllowAnon     bool   `yaml:"allow_anonymous"`
 	Retain        struct {
 		Interval   time.Duration `yaml:"interval"`
 		MaxBatch   int           `yaml:"max_batch"`
@@ -67,6 +71,9 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	cfgPath := fs.String("config", "", "YAML config file; flags override it")
 	level := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	syncRetain := fs.Bool("sync-retain", false, "ack QoS 1/2 publishes of retained rows only after their commit")
+	pwFile := fs.String("password-file", "", "Mosquitto password file (see mote passwd)")
+	aclFile := fs.String("acl-file", "", "Mosquitto ACL file")
+	anon := fs.Bool("allow-anonymous", false, "accept clients without a username (without a password file the broker otherwise listens on loopback only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -91,22 +98,37 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var users *auth.Users
+	if p := pick(*pwFile, cfg.PasswordFile, ""); p != "" {
+		if users, err = auth.LoadPasswords(p); err != nil {
+			return err
+		}
+	}
+	var acl *auth.ACL
+	if p := pick(*aclFile, cfg.ACLFile, ""); p != "" {
+		if acl, err = auth.LoadACL(p); err != nil {
+			return err
+		}
+	}
 	dir := pick(*data, cfg.Data, "data")
 	store, err := retain.Open(dir)
 	if err != nil {
 		return err
 	}
 	opts := broker.Options{
-		Store:         store,
-		SyncRetain:    *syncRetain || cfg.SyncRetain,
-		Retain:        retain.Options{Interval: cfg.Retain.Interval, MaxBatch: cfg.Retain.MaxBatch, MaxPending: cfg.Retain.MaxPending},
-		TCP:           pick(*tcp, cfg.Listeners.TCP, ""),
-		WS:            pick(*ws, cfg.Listeners.WS, ""),
-		WSPath:        cfg.Listeners.WSPath,
-		MaxPacketSize: cfg.MaxPacketSize,
-		TreeQueue:     cfg.TreeQueue,
-		SlowClient:    broker.SlowPolicy(cfg.SlowClient),
-		Log:           log,
+		Store:          store,
+		Users:          users,
+		ACL:            acl,
+		AllowAnonymous: *anon || cfg.AllowAnon,
+		SyncRetain:     *syncRetain || cfg.SyncRetain,
+		Retain:         retain.Options{Interval: cfg.Retain.Interval, MaxBatch: cfg.Retain.MaxBatch, MaxPending: cfg.Retain.MaxPending},
+		TCP:            pick(*tcp, cfg.Listeners.TCP, ""),
+		WS:             pick(*ws, cfg.Listeners.WS, ""),
+		WSPath:         cfg.Listeners.WSPath,
+		MaxPacketSize:  cfg.MaxPacketSize,
+		TreeQueue:      cfg.TreeQueue,
+		SlowClient:     broker.SlowPolicy(cfg.SlowClient),
+		Log:            log,
 	}
 	if l := cfg.Limits; l.MaxPayload != 0 || l.MaxRows != 0 || l.MaxDepth != 0 {
 		def := tree.DefaultLimits()

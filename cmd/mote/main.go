@@ -24,6 +24,7 @@ commands:
   pub      publish a message or a tree
   sub      subscribe and print what arrives
   store    inspect a stopped broker's store: store stats|dump [-data DIR] [-t FILTER]
+  passwd   manage a Mosquitto password file: passwd [-c] [-D] [-b] FILE USER [PASSWORD]
 
 'mote <command> -help' lists a command's flags.
 `
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runSub(ctx, args[1:], stdout, stderr)
 	case "store":
 		return runStore(args[1:], stdout, stderr)
+	case "passwd":
+		return runPasswd(args[1:], stdin, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -175,4 +176,77 @@ func mustOpen(t *testing.T, dir string) *retain.Store {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestPasswdWithMosquitto: a file `mote passwd` writes authenticates users
+// in Debian's mosquitto broker, and one mosquitto_passwd writes
+// authenticates them in Mote.
+func TestPasswdWithMosquitto(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "pw")
+	var out bytes.Buffer
+	ctx := context.Background()
+	if err := run(ctx, []string{"passwd", "-c", "-b", file, "alice", "al1ce"}, nil, &out, &out); err != nil {
+		t.Fatal(err, out.String())
+	}
+	if err := run(ctx, []string{"passwd", file, "bob"}, strings.NewReader("b0b\nb0b\n"), &out, &out); err != nil {
+		t.Fatal(err, out.String())
+	}
+	mosq, err := exec.LookPath("mosquitto")
+	if err != nil {
+		mosq, err = exec.LookPath("/usr/sbin/mosquitto")
+	}
+	pub, err2 := exec.LookPath("mosquitto_pub")
+	mp, err3 := exec.LookPath("mosquitto_passwd")
+	if err != nil || err2 != nil || err3 != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("mosquitto, mosquitto_pub or mosquitto_passwd missing")
+		}
+		t.Skip("mosquitto not installed")
+	}
+	port := freePort(t)
+	conf := filepath.Join(dir, "mosquitto.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("user root\nlistener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\n", port, file)), 0o644)
+	m := exec.Command(mosq, "-c", conf)
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.Process.Kill(); m.Wait() }()
+	try := func(p int, user, pw string) error {
+		var last error
+		for range 50 {
+			out, err := exec.Command(pub, "-h", "127.0.0.1", "-p", strconv.Itoa(p), "-u", user, "-P", pw, "-t", "x", "-m", "1").CombinedOutput()
+			if err == nil {
+				return nil
+			}
+			last = fmt.Errorf("%v: %s", err, out)
+			if strings.Contains(string(out), "not authori") || strings.Contains(string(out), "Connection Refused") {
+				return last
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return last
+	}
+	for _, c := range []struct {
+		user, pw string
+		ok       bool
+	}{{"alice", "al1ce", true}, {"bob", "b0b", true}, {"alice", "wrong", false}} {
+		if err := try(port, c.user, c.pw); (err == nil) != c.ok {
+			t.Errorf("mosquitto with mote's file, %s/%s: %v", c.user, c.pw, err)
+		}
+	}
+	// The other way: mosquitto_passwd's file in mote broker.
+	file2 := filepath.Join(dir, "pw2")
+	if out, err := exec.Command(mp, "-c", "-b", file2, "carol", "c4rol").CombinedOutput(); err != nil {
+		t.Fatal(err, string(out))
+	}
+	_, addr, _ := startBinary(t, filepath.Join(dir, "data"), "--password-file", file2)
+	_, mport, _ := net.SplitHostPort(addr)
+	p2, _ := strconv.Atoi(mport)
+	if err := try(p2, "carol", "c4rol"); err != nil {
+		t.Errorf("mote with mosquitto_passwd's file: %v", err)
+	}
+	if err := try(p2, "carol", "nope"); err == nil {
+		t.Error("mote accepted a wrong password")
+	}
 }
