@@ -8,7 +8,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
@@ -32,8 +31,8 @@ type Broker struct {
 	serial   atomic.Uint64
 	treeSubs atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
 
-	tcp *tcpListener
-	ws  *wsListener
+	tcp, tls *tcpListener
+	ws, wss  *wsListener
 
 	loopDone chan struct{}
 	writers  sync.WaitGroup // per-connection tree writers
@@ -108,16 +107,34 @@ func (b *Broker) Start() error {
 			return err
 		}
 	}
+	if b.opts.TLS != "" {
+		b.tls = &tcpListener{id: "tls", addr: b.opts.TLS, tls: b.opts.TLSConfig, log: b.log, onPanic: onPanic}
+		if err := b.server.AddListener(b.tls); err != nil {
+			b.closeListeners()
+			return err
+		}
+	}
+	if b.opts.WSS != "" {
+		b.wss = &wsListener{id: "wss", addr: b.opts.WSS, path: b.opts.WSPath, tls: b.opts.TLSConfig, log: b.log, onPanic: onPanic}
+		if err := b.server.AddListener(b.wss); err != nil {
+			b.closeListeners()
+			return err
+		}
+	}
 	go b.loop()
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
 	ev := b.log.Info()
-	if b.tcp != nil {
-		ev = ev.Str("tcp", b.tcp.Address())
+	for _, l := range []*tcpListener{b.tcp, b.tls} {
+		if l != nil {
+			ev = ev.Str(l.id, l.Address())
+		}
 	}
-	if b.ws != nil {
-		ev = ev.Str("ws", b.ws.Address()+b.opts.WSPath)
+	for _, l := range []*wsListener{b.ws, b.wss} {
+		if l != nil {
+			ev = ev.Str(l.id, l.Address()+b.opts.WSPath)
+		}
 	}
 	ev.Msg("mote broker listening")
 	return nil
@@ -139,13 +156,34 @@ func (b *Broker) WSAddr() string {
 	return b.ws.Address()
 }
 
+// TLSAddr is the TLS listener's address ("" when none).
+func (b *Broker) TLSAddr() string {
+	if b.tls == nil || b.tls.ln == nil {
+		return ""
+	}
+	return b.tls.Address()
+}
+
+// WSSAddr is the WebSocket-over-TLS listener's address, without the path.
+func (b *Broker) WSSAddr() string {
+	if b.wss == nil || b.wss.ln == nil {
+		return ""
+	}
+	return b.wss.Address()
+}
+
 // Stats returns the broker's counters.
 func (b *Broker) Stats() *Stats { return &b.stats }
 
 func (b *Broker) closeListeners() {
-	for _, l := range []listeners.Listener{b.tcp, b.ws} {
-		if l != nil {
+	for _, l := range []*tcpListener{b.tcp, b.tls} {
+		if l != nil && l.ln != nil {
 			l.Close(func(string) {})
+		}
+	}
+	for _, l := range []*wsListener{b.ws, b.wss} {
+		if l != nil && l.ln != nil {
+			l.ln.Close()
 		}
 	}
 }
@@ -156,8 +194,10 @@ func (b *Broker) closeListeners() {
 func (b *Broker) Close() error {
 	b.closing.Do(func() {
 		b.server.Close() // closes listeners and every client connection
-		if b.tcp != nil {
-			waitTimeout(&b.tcp.wg, 5*time.Second)
+		for _, l := range []*tcpListener{b.tcp, b.tls} {
+			if l != nil {
+				waitTimeout(&l.wg, 5*time.Second)
+			}
 		}
 		b.reqs.close()
 		<-b.loopDone
@@ -256,8 +296,8 @@ func (b *Broker) localOnly() {
 	if b.opts.Users != nil || b.opts.AllowAnonymous {
 		return
 	}
-	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS} {
-		if *addr == "off" {
+	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS} {
+		if *addr == "off" || *addr == "" {
 			continue
 		}
 		host, port, err := net.SplitHostPort(*addr)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -57,14 +58,20 @@ func (c *deadlineConn) Write(p []byte) (int, error) {
 // busy port is an error at start and ":0" gives a real address.
 type tcpListener struct {
 	id, addr string
+	tls      *tls.Config // nil for plain TCP
 	log      zerolog.Logger
 	onPanic  func(net.Conn)
 	ln       net.Listener
 	wg       sync.WaitGroup
 }
 
-func (l *tcpListener) ID() string       { return l.id }
-func (l *tcpListener) Protocol() string { return "tcp" }
+func (l *tcpListener) ID() string { return l.id }
+func (l *tcpListener) Protocol() string {
+	if l.tls != nil {
+		return "tls"
+	}
+	return "tcp"
+}
 
 func (l *tcpListener) Address() string {
 	if l.ln != nil {
@@ -76,7 +83,10 @@ func (l *tcpListener) Address() string {
 func (l *tcpListener) Init(*slog.Logger) error {
 	ln, err := net.Listen("tcp", l.addr)
 	if err != nil {
-		return fmt.Errorf("broker: listen tcp %s: %w", l.addr, err)
+		return fmt.Errorf("broker: listen %s %s: %w", l.Protocol(), l.addr, err)
+	}
+	if l.tls != nil {
+		ln = tls.NewListener(ln, l.tls)
 	}
 	l.ln = ln
 	return nil
@@ -109,6 +119,7 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 // wsListener serves MQTT over WebSocket (subprotocol "mqtt") on one path.
 type wsListener struct {
 	id, addr, path string
+	tls            *tls.Config // nil for plain WebSocket
 	log            zerolog.Logger
 	onPanic        func(net.Conn)
 	ln             net.Listener
@@ -116,8 +127,13 @@ type wsListener struct {
 	establish      listeners.EstablishFn
 }
 
-func (l *wsListener) ID() string       { return l.id }
-func (l *wsListener) Protocol() string { return "ws" }
+func (l *wsListener) ID() string { return l.id }
+func (l *wsListener) Protocol() string {
+	if l.tls != nil {
+		return "wss"
+	}
+	return "ws"
+}
 
 func (l *wsListener) Address() string {
 	if l.ln != nil {
@@ -129,7 +145,10 @@ func (l *wsListener) Address() string {
 func (l *wsListener) Init(*slog.Logger) error {
 	ln, err := net.Listen("tcp", l.addr)
 	if err != nil {
-		return fmt.Errorf("broker: listen websocket %s: %w", l.addr, err)
+		return fmt.Errorf("broker: listen %s %s: %w", l.Protocol(), l.addr, err)
+	}
+	if l.tls != nil {
+		ln = tls.NewListener(ln, l.tls)
 	}
 	l.ln = ln
 	up := &websocket.Upgrader{

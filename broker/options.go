@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"fmt"
 
 	"github.com/rs/zerolog"
@@ -26,6 +27,10 @@ type Options struct {
 	TCP    string // TCP listener address; default ":1883"; "off" disables
 	WS     string // WebSocket listener address (path /mqtt); default ":1884"; "off" disables
 	WSPath string // WebSocket path; default "/mqtt"
+	TLS    string // MQTT over TLS listener address (mqtts, 8883 by convention); "" for none
+	WSS    string // WebSocket over TLS listener address; "" for none
+	// TLSConfig serves TLS and WSS; required when either is set.
+	TLSConfig *tls.Config
 
 	Limits        tree.Limits // tree publish limits (SPEC §5); default tree.DefaultLimits
 	MaxPacketSize uint32      // largest packet in either direction; default 64 MiB
@@ -99,8 +104,19 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: slow client policy %q: want drop or disconnect", o.SlowClient)
 	case o.TreeQueue < 1 || o.LoopQueue < 1:
 		return o, fmt.Errorf("broker: queue sizes must be positive (tree %d, loop %d)", o.TreeQueue, o.LoopQueue)
-	case o.TCP == "off" && o.WS == "off":
+	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "":
 		return o, fmt.Errorf("broker: every listener is off")
+	case (o.TLS != "" || o.WSS != "") && o.TLSConfig == nil:
+		return o, fmt.Errorf("broker: TLS listeners need a certificate and key")
 	}
 	return o, nil
+}
+
+// LoadTLS builds a server TLS configuration from PEM certificate and key files.
+func LoadTLS(certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("broker: TLS certificate %s / key %s: %w", certFile, keyFile, err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }

@@ -17,6 +17,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,6 +62,7 @@ type Options struct {
 	KeepAlive  uint16        // seconds; default 30
 	CleanStart bool          // discard a previous session
 	Timeout    time.Duration // for connect and each request; default 10s
+	TLS        *tls.Config   // for tls://, mqtts:// and wss:// addresses; nil: system roots
 }
 
 // Message is one message received on a subscription.
@@ -97,7 +99,7 @@ type subscription struct {
 }
 
 // Dial connects to a broker at addr: "host:port" or a URL with scheme tcp,
-// mqtt or ws (ws://host:port/mqtt).
+// mqtt, tls, mqtts, ws or wss (ws://host:port/mqtt).
 func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 	if opts.KeepAlive == 0 {
 		opts.KeepAlive = 30
@@ -105,7 +107,7 @@ func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Second
 	}
-	nc, err := dialConn(ctx, addr, opts.Timeout)
+	nc, err := dialConn(ctx, addr, opts.Timeout, opts.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("client: dial %s: %w", addr, err)
 	}
@@ -134,7 +136,7 @@ func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 	return c, nil
 }
 
-func dialConn(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+func dialConn(ctx context.Context, addr string, timeout time.Duration, tc *tls.Config) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
 	if !strings.Contains(addr, "://") {
 		return d.DialContext(ctx, "tcp", addr)
@@ -146,10 +148,13 @@ func dialConn(ctx context.Context, addr string, timeout time.Duration) (net.Conn
 	switch u.Scheme {
 	case "tcp", "mqtt":
 		return d.DialContext(ctx, "tcp", u.Host)
-	case "ws":
-		return dialWebSocket(ctx, u, timeout)
+	case "tls", "mqtts", "ssl":
+		td := tls.Dialer{NetDialer: &d, Config: tc}
+		return td.DialContext(ctx, "tcp", u.Host)
+	case "ws", "wss":
+		return dialWebSocket(ctx, u, timeout, tc)
 	}
-	return nil, fmt.Errorf("unsupported scheme %q (want tcp, mqtt or ws)", u.Scheme)
+	return nil, fmt.Errorf("unsupported scheme %q (want tcp, mqtt, tls, mqtts, ws or wss)", u.Scheme)
 }
 
 // Close disconnects.

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -13,8 +14,8 @@ import (
 )
 
 // dialWebSocket opens MQTT over WebSocket (subprotocol "mqtt").
-func dialWebSocket(ctx context.Context, u *url.URL, timeout time.Duration) (net.Conn, error) {
-	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: timeout}
+func dialWebSocket(ctx context.Context, u *url.URL, timeout time.Duration, tc *tls.Config) (net.Conn, error) {
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: timeout, TLSClientConfig: tc}
 	ws, _, err := d.DialContext(ctx, u.String(), nil)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -23,7 +24,11 @@ type config struct {
 		TCP    string `yaml:"tcp"`
 		WS     string `yaml:"ws"`
 		WSPath string `yaml:"ws_path"`
+		TLS    string `yaml:"tls"`
+		WSS    string `yaml:"wss"`
 	} `yaml:"listeners"`
+	Cert     string `yaml:"cert"`
+	Key      string `yaml:"key"`
 	Data     string `yaml:"data"`
 	LogLevel string `yaml:"log_level"`
 	Limits   struct {
@@ -71,6 +76,10 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	cfgPath := fs.String("config", "", "YAML config file; flags override it")
 	level := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	syncRetain := fs.Bool("sync-retain", false, "ack QoS 1/2 publishes of retained rows only after their commit")
+	tlsAddr := fs.String("tls", "", "MQTT over TLS listener address (e.g. :8883); needs --cert and --key")
+	wssAddr := fs.String("wss", "", "WebSocket over TLS listener address; needs --cert and --key")
+	certFile := fs.String("cert", "", "TLS certificate (PEM)")
+	keyFile := fs.String("key", "", "TLS private key (PEM)")
 	pwFile := fs.String("password-file", "", "Mosquitto password file (see mote passwd)")
 	aclFile := fs.String("acl-file", "", "Mosquitto ACL file")
 	anon := fs.Bool("allow-anonymous", false, "accept clients without a username (without a password file the broker otherwise listens on loopback only)")
@@ -110,6 +119,17 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
+	var tlsConfig *tls.Config
+	tlsL, wssL := pick(*tlsAddr, cfg.Listeners.TLS, ""), pick(*wssAddr, cfg.Listeners.WSS, "")
+	if tlsL != "" || wssL != "" {
+		c, k := pick(*certFile, cfg.Cert, ""), pick(*keyFile, cfg.Key, "")
+		if c == "" || k == "" {
+			return fmt.Errorf("--tls and --wss need --cert and --key")
+		}
+		if tlsConfig, err = broker.LoadTLS(c, k); err != nil {
+			return err
+		}
+	}
 	dir := pick(*data, cfg.Data, "data")
 	store, err := retain.Open(dir)
 	if err != nil {
@@ -125,6 +145,9 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		TCP:            pick(*tcp, cfg.Listeners.TCP, ""),
 		WS:             pick(*ws, cfg.Listeners.WS, ""),
 		WSPath:         cfg.Listeners.WSPath,
+		TLS:            tlsL,
+		WSS:            wssL,
+		TLSConfig:      tlsConfig,
 		MaxPacketSize:  cfg.MaxPacketSize,
 		TreeQueue:      cfg.TreeQueue,
 		SlowClient:     broker.SlowPolicy(cfg.SlowClient),
