@@ -66,6 +66,12 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumMessageExpiryInterval = 0 // mochi's 86400 would delete retained rows after a day
 	caps.MaximumPacketSize = opts.MaxPacketSize
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	caps.MaximumClients = opts.MaxClients
+	caps.MaximumInflight = opts.MaxInflight
+	caps.ReceiveMaximum = opts.MaxInflight
+	// mochi allocates this queue whole for every client: 8 bytes a slot
+	// (its default 8192 costs 64 KiB per idle connection).
+	caps.MaximumClientWritesPending = opts.PlainQueue
 	b := &Broker{
 		opts:     opts,
 		log:      opts.Log,

@@ -35,9 +35,12 @@ type Options struct {
 	Limits        tree.Limits // tree publish limits (SPEC §5); default tree.DefaultLimits
 	MaxPacketSize uint32      // largest packet in either direction; default 64 MiB
 
-	TreeQueue  int        // tree messages queued per client before SlowPolicy applies; default 1000
-	SlowClient SlowPolicy // default SlowDrop
-	LoopQueue  int        // publishes waiting for the message loop before publishers wait; default 100,000
+	MaxClients  int64      // connected clients at most; default 100,000
+	MaxInflight uint16     // QoS 1/2 messages in flight per client; default 1024
+	PlainQueue  int32      // plain messages queued per client (mochi drops past it); default 1024
+	TreeQueue   int        // tree messages queued per client before SlowPolicy applies; default 1000
+	SlowClient  SlowPolicy // default SlowDrop
+	LoopQueue   int        // publishes waiting for the message loop before publishers wait; default 100,000
 
 	// Store, if not nil, persists retained rows: they are loaded at Start,
 	// before listeners accept clients, and a retainer goroutine commits
@@ -71,6 +74,9 @@ const (
 	DefaultMaxPacketSize = 64 << 20
 	DefaultTreeQueue     = 1000
 	DefaultLoopQueue     = 100_000
+	DefaultMaxClients    = 100_000
+	DefaultMaxInflight   = 1024
+	DefaultPlainQueue    = 1024
 )
 
 // withDefaults fills in defaults and checks values.
@@ -90,6 +96,15 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxPacketSize == 0 {
 		o.MaxPacketSize = DefaultMaxPacketSize
 	}
+	if o.MaxClients == 0 {
+		o.MaxClients = DefaultMaxClients
+	}
+	if o.MaxInflight == 0 {
+		o.MaxInflight = DefaultMaxInflight
+	}
+	if o.PlainQueue == 0 {
+		o.PlainQueue = DefaultPlainQueue
+	}
 	if o.TreeQueue == 0 {
 		o.TreeQueue = DefaultTreeQueue
 	}
@@ -102,7 +117,7 @@ func (o Options) withDefaults() (Options, error) {
 	switch {
 	case o.SlowClient != SlowDrop && o.SlowClient != SlowDisconnect:
 		return o, fmt.Errorf("broker: slow client policy %q: want drop or disconnect", o.SlowClient)
-	case o.TreeQueue < 1 || o.LoopQueue < 1:
+	case o.TreeQueue < 1 || o.LoopQueue < 1 || o.PlainQueue < 1 || o.MaxClients < 1:
 		return o, fmt.Errorf("broker: queue sizes must be positive (tree %d, loop %d)", o.TreeQueue, o.LoopQueue)
 	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "":
 		return o, fmt.Errorf("broker: every listener is off")

@@ -38,6 +38,9 @@ type config struct {
 	} `yaml:"limits"`
 	MaxPacketSize uint32 `yaml:"max_packet_size"`
 	TreeQueue     int    `yaml:"tree_queue"`
+	PlainQueue    int32  `yaml:"plain_queue"`
+	MaxClients    int64  `yaml:"max_clients"`
+	MaxInflight   uint16 `yaml:"max_inflight"`
 	SlowClient    string `yaml:"slow_client"`
 	SyncRetain    bool   `yaml:"sync_retain"`
 	PasswordFile  string `yaml:"password_file"`
@@ -150,6 +153,9 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		TLSConfig:      tlsConfig,
 		MaxPacketSize:  cfg.MaxPacketSize,
 		TreeQueue:      cfg.TreeQueue,
+		PlainQueue:     cfg.PlainQueue,
+		MaxClients:     cfg.MaxClients,
+		MaxInflight:    cfg.MaxInflight,
 		SlowClient:     broker.SlowPolicy(cfg.SlowClient),
 		Log:            log,
 	}

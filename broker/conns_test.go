@@ -1,0 +1,99 @@
+package broker
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// raiseFileLimit lifts the soft open-files limit to the hard one.
+func raiseFileLimit(t *testing.T, need uint64) {
+	t.Helper()
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		t.Fatal(err)
+	}
+	if l.Cur < need {
+		l.Cur = min(need, l.Max)
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l.Cur < need {
+		t.Skipf("open files limited to %d", l.Cur)
+	}
+}
+
+func heapAndStacks() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse + m.StackInuse
+}
+
+// TestTenThousandConnections holds 10,000 idle MQTT connections, opened
+// by a child process (each side needs its own 10k file descriptors), and
+// reports the broker's memory per connection.
+func TestTenThousandConnections(t *testing.T) {
+	if testing.Short() {
+		t.Skip("opens 10,000 connections")
+	}
+	const n = 10_000
+	raiseFileLimit(t, n+1000)
+	q, _ := strconv.Atoi(os.Getenv("MOTE_PLAIN_QUEUE")) // to compare with mochi's default, 8192
+	b := start(t, Options{PlainQueue: int32(q)})
+	before := heapAndStacks()
+	child := exec.Command(os.Args[0], "-test.run=^TestHelperHoldConnections$", "-test.v")
+	child.Env = append(os.Environ(), "MOTE_HOLD_ADDR="+b.TCPAddr(), "MOTE_HOLD_N="+strconv.Itoa(n))
+	stdin, _ := child.StdinPipe()
+	var out bytes.Buffer
+	child.Stdout, child.Stderr = &out, &out
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); child.Wait() }()
+	deadline := time.Now().Add(90 * time.Second)
+	for atomic.LoadInt64(&b.server.Info.ClientsConnected) < n && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := atomic.LoadInt64(&b.server.Info.ClientsConnected); got != n {
+		t.Fatalf("%d clients connected, want %d\n%s", got, n, out.String())
+	}
+	after := heapAndStacks()
+	t.Logf("%d idle connections: %.1f KiB each (broker heap + goroutine stacks)", n, float64(after-before)/n/1024)
+	alive(t, b)
+}
+
+// TestHelperHoldConnections is the child process of
+// TestTenThousandConnections: it opens MOTE_HOLD_N connections to
+// MOTE_HOLD_ADDR, sends CONNECT on each, and holds them until stdin closes.
+func TestHelperHoldConnections(t *testing.T) {
+	addr := os.Getenv("MOTE_HOLD_ADDR")
+	if addr == "" {
+		t.Skip("helper process only")
+	}
+	n, _ := strconv.Atoi(os.Getenv("MOTE_HOLD_N"))
+	raiseFileLimit(t, uint64(n)+100)
+	conns := make([]net.Conn, 0, n)
+	for i := range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.Write(connectPacket(4, fmt.Sprint("idle", i)))
+		conns = append(conns, c)
+	}
+	io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+}

@@ -1,0 +1,85 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"mote/clients/client"
+)
+
+// stalled subscribes on a raw connection and then never reads again.
+func stalled(t *testing.T, b *Broker, id, filter string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	c.Write(connectPacket(4, id))
+	sub := []byte{0x82, 0, 0, 1, 0, byte(len(filter))}
+	sub = append(append(sub, filter...), 0)
+	sub[1] = byte(len(sub) - 2)
+	c.Write(sub)
+	time.Sleep(50 * time.Millisecond)
+	return c
+}
+
+// TestSlowTreeClient: a client that stops reading neither grows the
+// broker's memory without bound nor delays the others; its tree queue
+// drops (or, by policy, it is disconnected).
+func TestSlowTreeClient(t *testing.T) {
+	for _, policy := range []SlowPolicy{SlowDrop, SlowDisconnect} {
+		t.Run(string(policy), func(t *testing.T) {
+			b := start(t, Options{TreeQueue: 100, SlowClient: policy})
+			stalled(t, b, "slow", "$tree/s/#")
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			fast := mote(t, b, "fast")
+			m, err := fast.Mirror(ctx, "s/#", client.JSON, 0, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub := mote(t, b, "pub")
+			before := heapAndStacks()
+			big := strings.Repeat("x", 8192)
+			const n = 3000
+			for i := range n {
+				if err := pub.PublishTree(ctx, "s", map[string]any{"i": i, "pad": big}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := fmt.Sprint(n - 1)
+			if err := m.Wait(ctx, func(doc any) bool { return fmt.Sprint(doc.(map[string]any)["i"]) == want }); err != nil {
+				t.Fatal("the fast client fell behind")
+			}
+			grew := int64(heapAndStacks()) - int64(before)
+			if grew > 64<<20 {
+				t.Errorf("memory grew %d MiB with a stalled client", grew>>20)
+			}
+			if policy == SlowDrop && b.stats.TreeDropped.Load() == 0 {
+				t.Error("nothing dropped for the stalled client")
+			}
+			if policy == SlowDisconnect {
+				deadline := time.Now().Add(5 * time.Second)
+				for b.connCount() > 2 && time.Now().Before(deadline) {
+					time.Sleep(20 * time.Millisecond)
+				}
+				if n := b.connCount(); n != 2 {
+					t.Errorf("%d connections left; the stalled one should be gone", n)
+				}
+			}
+			t.Logf("%s: memory grew %d KiB, %d tree messages dropped", policy, grew>>10, b.stats.TreeDropped.Load())
+		})
+	}
+}
+
+func (b *Broker) connCount() int {
+	n := 0
+	b.conns.Range(func(_, _ any) bool { n++; return true })
+	return n
+}
