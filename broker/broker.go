@@ -69,9 +69,10 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumClients = opts.MaxClients
 	caps.MaximumInflight = opts.MaxInflight
 	caps.ReceiveMaximum = opts.MaxInflight
-	// mochi allocates this queue whole for every client: 8 bytes a slot
-	// (its default 8192 costs 64 KiB per idle connection).
-	caps.MaximumClientWritesPending = opts.PlainQueue
+	// mochi allocates this queue whole for every client, 8 bytes a slot (its
+	// default 8192 costs 64 KiB per idle connection); publishes no longer go
+	// through it (deliverPlain), only mochi's own $SYS messages and wills.
+	caps.MaximumClientWritesPending = 128
 	b := &Broker{
 		opts:     opts,
 		log:      opts.Log,

@@ -31,6 +31,7 @@ type conn struct {
 	retained   []retainedReq
 
 	mu      sync.Mutex // guards out, closed, writing
+	space   sync.Cond  // on mu: signalled when the writer takes the queue
 	out     []outMsg
 	closed  bool
 	writing bool
@@ -58,10 +59,11 @@ type outMsg struct {
 	part    string              // "i/n" for a split snapshot
 	plain   bool                // a retained row for a plain subscription: retain flag, no Mote properties
 	props   *packets.Properties // MQTT 5 properties kept with a retained row
+	pk      *packets.Packet     // a plain live publish, ready but for its packet id
 }
 
 func newConn(b *Broker, cl *mqtt.Client) *conn {
-	return &conn{
+	c := &conn{
 		b:    b,
 		cl:   cl,
 		key:  cl.ID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
@@ -69,18 +71,26 @@ func newConn(b *Broker, cl *mqtt.Client) *conn {
 		wake: make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}
+	c.space.L = &c.mu
+	return c
 }
 
-// enqueue queues a tree message. A bounded message finding the queue full
-// is dropped (and counted) or gets the client disconnected, per
-// Options.SlowClient; snapshots are not bounded. It never blocks.
-func (c *conn) enqueue(m outMsg, bounded bool) {
+// enqueue queues a message. With limit > 0, a message finding that many
+// queued is dropped (and counted) or gets the client disconnected, per
+// Options.SlowClient; snapshots and retained rows have no limit. It never
+// blocks.
+func (c *conn) enqueue(m outMsg, limit int) {
 	c.mu.Lock()
+	c.pushLocked(m, limit)
+}
+
+// pushLocked is enqueue with c.mu held; it unlocks it.
+func (c *conn) pushLocked(m outMsg, limit int) {
 	if c.closed {
 		c.mu.Unlock()
 		return
 	}
-	if bounded && len(c.out) >= c.b.opts.TreeQueue {
+	if limit > 0 && len(c.out) >= limit {
 		disconnect := c.b.opts.SlowClient == SlowDisconnect
 		if disconnect {
 			c.closed = true
@@ -109,15 +119,15 @@ func (c *conn) slow(disconnect bool) {
 	n := c.dropped.Add(1)
 	c.b.stats.TreeDropped.Add(1)
 	if disconnect {
-		c.b.log.Warn().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).Int("queue", c.b.opts.TreeQueue).
-			Msg("tree queue full; disconnecting slow client")
+		c.b.log.Warn().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).
+			Msg("delivery queue full; disconnecting slow client")
 		close(c.done)
 		c.cl.Stop(packets.ErrServerBusy)
 		return
 	}
 	if n == 1 || n%1000 == 0 {
 		c.b.log.Warn().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).Int64("dropped", n).
-			Msg("tree queue full; dropping tree messages for slow client")
+			Msg("delivery queue full; dropping messages for slow client")
 	}
 }
 
@@ -130,6 +140,7 @@ func (c *conn) close() {
 		close(c.done)
 	}
 	c.out = nil
+	c.space.Broadcast()
 }
 
 // writeLoop writes queued tree messages until the connection closes.
@@ -145,6 +156,7 @@ func (c *conn) writeLoop() {
 		for {
 			c.mu.Lock()
 			batch, c.out = c.out, batch[:0]
+			c.space.Broadcast()
 			c.mu.Unlock()
 			if len(batch) == 0 {
 				break
@@ -167,6 +179,9 @@ func (c *conn) writeLoop() {
 // a packet id and an in-flight slot from mochi's client state, so mochi
 // completes the flow and resends it to a resumed session.
 func (c *conn) write(m *outMsg) error {
+	if m.pk != nil {
+		return c.send(*m.pk)
+	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos, Retain: m.plain},
 		TopicName:   m.topic,
@@ -190,7 +205,13 @@ func (c *conn) write(m *outMsg) error {
 			pk.Properties.SubscriptionIdentifier = []int{m.subID}
 		}
 	}
-	if m.qos > 0 {
+	return c.send(pk)
+}
+
+// send writes one publish; at QoS 1 and 2 it first takes a packet id and an
+// in-flight slot.
+func (c *conn) send(pk packets.Packet) error {
+	if pk.FixedHeader.Qos > 0 {
 		if err := c.waitInflight(); err != nil {
 			return err
 		}
@@ -242,7 +263,7 @@ func (c *conn) sendSnapshot(st *subState, ts *tree.Sub, snap []byte) {
 	m := outMsg{topic: ts.Topic, payload: snap, qos: ts.QoS, codec: ts.Codec, subID: st.id}
 	room := c.payloadRoom(ts.Topic)
 	if len(snap) <= room {
-		c.enqueue(m, false)
+		c.enqueue(m, 0)
 		return
 	}
 	if !c.v5 {
@@ -256,7 +277,7 @@ func (c *conn) sendSnapshot(st *subState, ts *tree.Sub, snap []byte) {
 	}
 	for i, p := range parts {
 		m.payload, m.part = p, strconv.Itoa(i+1)+"/"+strconv.Itoa(len(parts))
-		c.enqueue(m, false)
+		c.enqueue(m, 0)
 	}
 }
 

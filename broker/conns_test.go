@@ -49,8 +49,7 @@ func TestTenThousandConnections(t *testing.T) {
 	}
 	const n = 10_000
 	raiseFileLimit(t, n+1000)
-	q, _ := strconv.Atoi(os.Getenv("MOTE_PLAIN_QUEUE")) // to compare with mochi's default, 8192
-	b := start(t, Options{PlainQueue: int32(q)})
+	b := start(t, Options{})
 	before := heapAndStacks()
 	child := exec.Command(os.Args[0], "-test.run=^TestHelperHoldConnections$", "-test.v")
 	child.Env = append(os.Environ(), "MOTE_HOLD_ADDR="+b.TCPAddr(), "MOTE_HOLD_N="+strconv.Itoa(n))

@@ -273,10 +273,10 @@ func userProp(props []packets.UserProperty, key string) (string, bool) {
 	return "", false
 }
 
-// OnPublish routes a publish: a Mote publish goes to the loop and is acked
-// without delivery; a plain retained one goes to the loop, which stores the
-// row and then has mochi retain and deliver it; a plain event is delivered
-// by mochi and, when tree subscriptions exist, folded into deltas too.
+// OnPublish routes a publish; mochi only acknowledges it. A Mote publish
+// goes to the loop; a plain retained one too, which stores the row and
+// delivers it; a plain event is delivered here, through the subscribers'
+// writers, and, when tree subscriptions exist, folded into deltas too.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -304,7 +304,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if h.b.treeSubs.Load() > 0 {
 		h.b.reqs.push(request{kind: reqPublish, conn: c, op: plainOp(pk), topic: pk.TopicName})
 	}
-	return pk, nil
+	h.b.deliverPlain(pk, true) // paced, instead of mochi's dropping delivery
+	return pk, packets.CodeSuccessIgnore
 }
 
 // submit hands a publish that changes rows to the loop; mochi then acks it

@@ -187,12 +187,16 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 			r.done <- nil
 		}
 		if r.plain != nil {
-			b.inject(*r.plain)
+			b.deliverPlain(*r.plain, false)
 		}
 		b.keepProps(r, a.Rows)
 		if r.rows {
 			for _, row := range a.Rows {
-				b.inject(rowPacket(row, r.op.QoS))
+				pk := rowPacket(row, r.op.QoS)
+				if r.conn != nil {
+					pk.Origin = r.conn.cl.ID
+				}
+				b.deliverPlain(pk, false)
 			}
 		}
 	}
@@ -206,7 +210,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 			st.conn.enqueue(outMsg{
 				topic: s.Topic, payload: d.Payload, qos: min(d.QoS, s.QoS),
 				seq: st.seq, codec: st.codec, subID: st.id,
-			}, true)
+			}, b.opts.TreeQueue)
 		}
 	}
 }
@@ -239,7 +243,7 @@ func (b *Broker) handle(r *request) {
 				if p, ok := b.props[topic]; ok {
 					m.props = &p
 				}
-				r.conn.enqueue(m, false)
+				r.conn.enqueue(m, 0)
 				return true
 			})
 		}

@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/tls"
 	"fmt"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -35,12 +36,13 @@ type Options struct {
 	Limits        tree.Limits // tree publish limits (SPEC §5); default tree.DefaultLimits
 	MaxPacketSize uint32      // largest packet in either direction; default 64 MiB
 
-	MaxClients  int64      // connected clients at most; default 100,000
-	MaxInflight uint16     // QoS 1/2 messages in flight per client; default 1024
-	PlainQueue  int32      // plain messages queued per client (mochi drops past it); default 1024
-	TreeQueue   int        // tree messages queued per client before SlowPolicy applies; default 1000
-	SlowClient  SlowPolicy // default SlowDrop
-	LoopQueue   int        // publishes waiting for the message loop before publishers wait; default 100,000
+	MaxClients  int64         // connected clients at most; default 100,000
+	MaxInflight uint16        // QoS 1/2 messages in flight per client; default 1024
+	PlainQueue  int           // plain messages queued per client; default 10,000
+	PlainWait   time.Duration // how long a publisher waits for room in a full queue; default 5s
+	TreeQueue   int           // tree messages queued per client before SlowPolicy applies; default 1000
+	SlowClient  SlowPolicy    // default SlowDrop
+	LoopQueue   int           // publishes waiting for the message loop before publishers wait; default 100,000
 
 	// Store, if not nil, persists retained rows: they are loaded at Start,
 	// before listeners accept clients, and a retainer goroutine commits
@@ -76,7 +78,8 @@ const (
 	DefaultLoopQueue     = 100_000
 	DefaultMaxClients    = 100_000
 	DefaultMaxInflight   = 1024
-	DefaultPlainQueue    = 1024
+	DefaultPlainQueue    = 10_000
+	DefaultPlainWait     = 5 * time.Second
 )
 
 // withDefaults fills in defaults and checks values.
@@ -104,6 +107,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.PlainQueue == 0 {
 		o.PlainQueue = DefaultPlainQueue
+	}
+	if o.PlainWait == 0 {
+		o.PlainWait = DefaultPlainWait
 	}
 	if o.TreeQueue == 0 {
 		o.TreeQueue = DefaultTreeQueue

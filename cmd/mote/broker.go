@@ -38,7 +38,7 @@ type config struct {
 	} `yaml:"limits"`
 	MaxPacketSize uint32 `yaml:"max_packet_size"`
 	TreeQueue     int    `yaml:"tree_queue"`
-	PlainQueue    int32  `yaml:"plain_queue"`
+	PlainQueue    int    `yaml:"plain_queue"`
 	MaxClients    int64  `yaml:"max_clients"`
 	MaxInflight   uint16 `yaml:"max_inflight"`
 	SlowClient    string `yaml:"slow_client"`
