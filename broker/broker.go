@@ -43,7 +43,7 @@ type Broker struct {
 
 // Stats are the broker's counters.
 type Stats struct {
-	TreeDropped  atomic.Int64 // tree messages dropped for slow clients
+	TreeDropped  atomic.Int64 // messages (tree and plain) dropped for slow clients
 	Refused      atomic.Int64 // refused Mote publishes and subscriptions
 	Panics       atomic.Int64 // connections closed by a recovered panic
 	Batches      atomic.Int64 // batches applied by the message loop

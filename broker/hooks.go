@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
 
 	"mote/broker/auth"
 	"mote/tree"
@@ -38,8 +41,27 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe,
-		mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPacketEncode, mqtt.OnRetainMessage,
+		mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPacketEncode, mqtt.OnRetainMessage, mqtt.OnSysInfoTick,
 	}, []byte{b})
+}
+
+// OnSysInfoTick publishes Mote's counters beside mochi's $SYS topics
+// ($SYS/mote/…, retained), each time mochi publishes its own.
+func (h *hook) OnSysInfoTick(*system.Info) {
+	b := h.b
+	for topic, v := range map[string]int64{
+		"dropped":            b.stats.TreeDropped.Load(),
+		"refused":            b.stats.Refused.Load(),
+		"panics":             b.stats.Panics.Load(),
+		"throttled":          b.stats.Throttled.Load(),
+		"batches":            b.stats.Batches.Load(),
+		"publishes":          b.stats.OpsApplied.Load(),
+		"tree/messages":      b.stats.DeltasQueued.Load(),
+		"tree/subscriptions": b.treeSubs.Load(),
+		"rows":               atomic.LoadInt64(&b.server.Info.Retained),
+	} {
+		b.inject(packets.Packet{FixedHeader: packets.FixedHeader{Retain: true}, TopicName: "$SYS/mote/" + topic, Payload: []byte(strconv.FormatInt(v, 10))})
+	}
 }
 
 // OnRetainMessage keeps mochi's retained index empty but for $SYS: retained

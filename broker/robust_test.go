@@ -213,6 +213,7 @@ func TestMutatedPackets(t *testing.T) {
 	b := start(t, Options{})
 	runtime.GC()
 	baseGoroutines := runtime.NumGoroutine()
+	baseMem := heapAndStacks()
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	seeds := map[byte][][]byte{4: validPackets(4), 5: validPackets(5)}
@@ -264,5 +265,52 @@ func TestMutatedPackets(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("%d goroutines after the run, %d before\n%s", got, baseGoroutines, buf[:runtime.Stack(buf, true)])
 	}
-	t.Logf("%d mutated packets, %d connection panics recovered, goroutines %d → %d", sent.Load(), b.stats.Panics.Load(), baseGoroutines, got)
+	mem := heapAndStacks()
+	if mem > baseMem+32<<20 {
+		t.Errorf("heap and stacks grew from %d to %d KiB", baseMem>>10, mem>>10)
+	}
+	t.Logf("%d mutated packets, %d connection panics recovered, goroutines %d → %d, heap+stacks %d → %d KiB",
+		sent.Load(), b.stats.Panics.Load(), baseGoroutines, got, baseMem>>10, mem>>10)
+}
+
+// FuzzBroker drives the whole broker: a CONNECT (MQTT 3.1.1 or 5) followed
+// by arbitrary bytes on one connection. The broker must stay up and serve
+// a fresh client afterwards.
+func FuzzBroker(f *testing.F) {
+	for _, v := range []byte{4, 5} {
+		for _, p := range validPackets(v) {
+			f.Add(v, p)
+		}
+	}
+	f.Add(byte(5), []byte{0x82, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61}) // mochi's SubscribeDecode panic
+	b := start(f, Options{})
+	n := 0
+	f.Fuzz(func(t *testing.T, v byte, data []byte) {
+		v = 4 + v%2
+		c, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Millisecond))
+		c.Write(append(connectPacket(v, "fuzz"), data...))
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				break
+			}
+		}
+		if n++; n%200 == 0 {
+			p, err := net.Dial("tcp", b.TCPAddr())
+			if err != nil {
+				t.Fatalf("broker down: %v", err)
+			}
+			p.SetDeadline(time.Now().Add(5 * time.Second))
+			p.Write(connectPacket(4, "probe"))
+			if _, err := p.Read(buf); err != nil || buf[0] != 0x20 {
+				t.Fatalf("broker does not answer a fresh client: %v", err)
+			}
+			p.Close()
+		}
+	})
 }

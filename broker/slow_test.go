@@ -83,3 +83,18 @@ func (b *Broker) connCount() int {
 	b.conns.Range(func(_, _ any) bool { n++; return true })
 	return n
 }
+
+// TestSysCounters: the drop counter (and the others) show on $SYS/mote/….
+func TestSysCounters(t *testing.T) {
+	b := start(t, Options{})
+	c := dial3(t, b, "sys", true)
+	c.sub(t, "$SYS/mote/dropped", 0)
+	if m := c.wait(t, 1)[0]; m.payload != "0" || !m.retained { // retained since the start
+		t.Errorf("$SYS/mote/dropped = %+v", m)
+	}
+	b.stats.TreeDropped.Store(42)
+	(&hook{b: b}).OnSysInfoTick(nil)
+	if m := c.wait(t, 2)[1]; m.payload != "42" {
+		t.Errorf("$SYS/mote/dropped = %q", m.payload)
+	}
+}
