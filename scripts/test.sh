@@ -28,5 +28,9 @@ for pkg in $(go list ./...); do
 	done
 done
 
+echo "== mote bench -smoke (every scenario, tiny sizes, one round)"
+go build -o "${TMPDIR:-/tmp}/mote-bench-bin" ./cmd/mote
+"${TMPDIR:-/tmp}/mote-bench-bin" bench -smoke -rounds 1
+
 echo "== benchmarks (smoke: one iteration each)"
 go test -run '^$' -bench . -benchtime 1x ./... | grep -E '^(Benchmark|ok|FAIL|---)' || true

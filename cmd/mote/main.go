@@ -25,6 +25,7 @@ commands:
   sub      subscribe and print what arrives
   store    inspect a stopped broker's store: store stats|dump [-data DIR] [-t FILTER]
   passwd   manage a Mosquitto password file: passwd [-c] [-D] [-b] FILE USER [PASSWORD]
+  bench    benchmark Mote against bare mochi-mqtt and Mosquitto: bench [-smoke] [-json] [scenario …]
 
 'mote <command> -help' lists a command's flags.
 `
@@ -64,6 +65,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runStore(args[1:], stdout, stderr)
 	case "passwd":
 		return runPasswd(args[1:], stdin, stdout, stderr)
+	case "bench":
+		return runBench(ctx, args[1:], stdout, stderr)
+	case "mochi": // bare mochi-mqtt, for mote bench
+		return runMochi(ctx, args[1:], stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

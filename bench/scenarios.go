@@ -1,0 +1,471 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Sizes scale the scenarios.
+type Sizes struct {
+	FanInPubs, FanInEach    int // publishers, messages each
+	FanOutSubs, FanOutMsgs  int // subscribers, messages
+	Rows                    int // retained rows of the dashboard load
+	Devices, DeviceRows     int // boot storm
+	Dashboards, LiveDevices int // live dashboard
+	LiveRate                int // row changes per second
+	LiveFor                 time.Duration
+	LatRate, LatCount       int // latency: publishes per second, count
+}
+
+// DefaultSizes are the issue's sizes (a full run fits in 10 minutes here).
+func DefaultSizes() Sizes {
+	return Sizes{FanInPubs: 100, FanInEach: 1000, FanOutSubs: 1000, FanOutMsgs: 100, Rows: 100_000,
+		Devices: 10_000, DeviceRows: 50, Dashboards: 500, LiveDevices: 10_000, LiveRate: 5000, LiveFor: 5 * time.Second,
+		LatRate: 1000, LatCount: 3000}
+}
+
+// SmokeSizes run every scenario in seconds, so the suite cannot rot.
+func SmokeSizes() Sizes {
+	return Sizes{FanInPubs: 5, FanInEach: 100, FanOutSubs: 20, FanOutMsgs: 20, Rows: 2000,
+		Devices: 100, DeviceRows: 50, Dashboards: 5, LiveDevices: 200, LiveRate: 500, LiveFor: time.Second,
+		LatRate: 500, LatCount: 200}
+}
+
+// outcome is what one run of a scenario measured.
+type outcome struct {
+	value float64 // in the scenario's unit
+	msgs  int64   // messages clients received
+	bytes int64   // payload bytes clients received
+	sent  int64   // publishes clients sent
+	lost  int64   // messages that should have arrived and did not
+	extra map[string]float64
+}
+
+// scenario is one benchmark; variant "plain" runs on every broker, "tree"
+// and "sync" on Mote only.
+type scenario struct {
+	name, variant, unit string
+	higherBetter        bool
+	run                 func(ctx context.Context, addr string, s Sizes) (outcome, error)
+}
+
+func scenarios() []scenario {
+	return []scenario{
+		{"fan-in", "qos0", "msgs/s", true, func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 0) }},
+		{"fan-in", "qos1", "msgs/s", true, func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 1) }},
+		{"fan-out", "qos0", "msgs/s", true, fanOut},
+		{"dashboard", "plain", "s", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return dashboard(ctx, a, s, false) }},
+		{"dashboard", "sync", "s", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return dashboard(ctx, a, s, true) }},
+		{"boot-storm", "plain", "s", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return bootStorm(ctx, a, s, false) }},
+		{"boot-storm", "tree", "s", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return bootStorm(ctx, a, s, true) }},
+		{"live-dashboard", "plain", "msgs", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, false) }},
+		{"live-dashboard", "sync", "msgs", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, true) }},
+		{"latency", "plain", "p50-µs", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, false) }},
+		{"latency", "tree", "p50-µs", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, true) }},
+	}
+}
+
+func dial(addr, id string, handler paho.MessageHandler) (paho.Client, error) {
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(true).
+		SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second).
+		SetMessageChannelDepth(100_000)
+	if handler != nil {
+		o.SetDefaultPublishHandler(handler)
+	}
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
+		return nil, fmt.Errorf("bench: connect %s: %v", id, tok.Error())
+	}
+	return c, nil
+}
+
+func wait(t paho.Token) error {
+	if !t.WaitTimeout(30 * time.Second) {
+		return fmt.Errorf("bench: timed out")
+	}
+	return t.Error()
+}
+
+// await waits until n reaches want, or stops moving for idle, or ctx ends.
+func await(ctx context.Context, n *atomic.Int64, want int64, idle time.Duration) {
+	last, at := int64(-1), time.Now()
+	for n.Load() < want && time.Since(at) < idle && ctx.Err() == nil {
+		if v := n.Load(); v != last {
+			last, at = v, time.Now()
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func fanIn(ctx context.Context, addr string, s Sizes, qos byte) (outcome, error) {
+	var got, bytes atomic.Int64
+	var lastAt atomic.Int64
+	sub, err := dial(addr, "fanin-sub", func(_ paho.Client, m paho.Message) {
+		got.Add(1)
+		bytes.Add(int64(len(m.Payload())))
+		lastAt.Store(time.Now().UnixNano())
+	})
+	if err != nil {
+		return outcome{}, err
+	}
+	defer sub.Disconnect(0)
+	if err := wait(sub.Subscribe("fan/#", qos, nil)); err != nil {
+		return outcome{}, err
+	}
+	payload := strings.Repeat("x", 64)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, s.FanInPubs)
+	for p := range s.FanInPubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dial(addr, fmt.Sprint("fanin-", p), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Disconnect(500)
+			var last paho.Token
+			for range s.FanInEach {
+				last = c.Publish(fmt.Sprint("fan/", p), qos, false, payload)
+			}
+			wait(last)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return outcome{}, err
+	}
+	total := int64(s.FanInPubs * s.FanInEach)
+	await(ctx, &got, total, 2*time.Second)
+	elapsed := time.Duration(lastAt.Load() - start.UnixNano())
+	if elapsed <= 0 {
+		elapsed = time.Since(start)
+	}
+	return outcome{value: float64(got.Load()) / elapsed.Seconds(), msgs: got.Load(), bytes: bytes.Load(), sent: total, lost: total - got.Load()}, nil
+}
+
+func fanOut(ctx context.Context, addr string, s Sizes) (outcome, error) {
+	var got atomic.Int64
+	var lastAt atomic.Int64
+	subs := make([]paho.Client, 0, s.FanOutSubs)
+	defer func() {
+		for _, c := range subs {
+			c.Disconnect(0)
+		}
+	}()
+	for i := range s.FanOutSubs {
+		c, err := dial(addr, fmt.Sprint("out-", i), func(paho.Client, paho.Message) { got.Add(1); lastAt.Store(time.Now().UnixNano()) })
+		if err != nil {
+			return outcome{}, err
+		}
+		subs = append(subs, c)
+		if err := wait(c.Subscribe("out/t", 0, nil)); err != nil {
+			return outcome{}, err
+		}
+	}
+	pub, err := dial(addr, "out-pub", nil)
+	if err != nil {
+		return outcome{}, err
+	}
+	defer pub.Disconnect(0)
+	start := time.Now()
+	payload := strings.Repeat("y", 64)
+	for range s.FanOutMsgs {
+		pub.Publish("out/t", 0, false, payload)
+	}
+	total := int64(s.FanOutSubs * s.FanOutMsgs)
+	await(ctx, &got, total, 2*time.Second)
+	elapsed := time.Duration(lastAt.Load() - start.UnixNano())
+	if elapsed <= 0 {
+		elapsed = time.Since(start)
+	}
+	return outcome{value: float64(got.Load()) / elapsed.Seconds(), msgs: got.Load(), sent: int64(s.FanOutMsgs), lost: total - got.Load()}, nil
+}
+
+// loadRows publishes rows dev/dNNNNNN/state retained, over a few
+// connections, at QoS 1 so every broker has them all.
+func loadRows(addr string, rows int, prefix string) error {
+	const conns = 8
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for w := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dial(addr, fmt.Sprint(prefix, "-load-", w), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Disconnect(500)
+			var toks []paho.Token
+			for i := w; i < rows; i += conns {
+				toks = append(toks, c.Publish(fmt.Sprintf("dev/d%06d/state", i), 1, true, strconv.Itoa(i%2)))
+				if len(toks) == 1000 {
+					for _, t := range toks {
+						wait(t)
+					}
+					toks = toks[:0]
+				}
+			}
+			for _, t := range toks {
+				wait(t)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func dashboard(ctx context.Context, addr string, s Sizes, snap bool) (outcome, error) {
+	if err := loadRows(addr, s.Rows, "dash"); err != nil {
+		return outcome{}, err
+	}
+	time.Sleep(200 * time.Millisecond) // let the broker settle
+	var got, bytes atomic.Int64
+	done := make(chan struct{})
+	var once sync.Once
+	c, err := dial(addr, "dash-sub", func(_ paho.Client, m paho.Message) {
+		bytes.Add(int64(len(m.Payload())))
+		if !snap {
+			got.Add(1)
+			return
+		}
+		var tree map[string]json.RawMessage
+		if json.Unmarshal(m.Payload(), &tree) == nil {
+			got.Store(int64(len(tree)))
+			once.Do(func() { close(done) })
+		}
+	})
+	if err != nil {
+		return outcome{}, err
+	}
+	defer c.Disconnect(0)
+	filter := "dev/+/state"
+	if snap {
+		filter = "$sync/" + filter
+	}
+	start := time.Now()
+	if err := wait(c.Subscribe(filter, 0, nil)); err != nil {
+		return outcome{}, err
+	}
+	if snap {
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+		}
+	} else {
+		await(ctx, &got, int64(s.Rows), 2*time.Second)
+	}
+	el := time.Since(start)
+	return outcome{value: el.Seconds(), msgs: got.Load(), bytes: bytes.Load(), lost: int64(s.Rows) - got.Load()}, nil
+}
+
+// deviceTree is one device's rows as a JSON tree.
+func deviceTree(d, rows int) string {
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range rows {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"r%02d":%d`, i, d+i)
+	}
+	b.WriteString("}")
+	return b.String()
+}
+
+func bootStorm(ctx context.Context, addr string, s Sizes, tree bool) (outcome, error) {
+	const conns = 50
+	start := time.Now()
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for w := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dial(addr, fmt.Sprint("boot-", w), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Disconnect(500)
+			var toks []paho.Token
+			for d := w; d < s.Devices; d += conns {
+				if tree {
+					toks = append(toks, c.Publish(fmt.Sprintf("$tree/boot/d%05d", d), 1, true, deviceTree(d, s.DeviceRows)))
+					sent.Add(1)
+				} else {
+					for r := range s.DeviceRows {
+						toks = append(toks, c.Publish(fmt.Sprintf("boot/d%05d/r%02d", d, r), 1, true, strconv.Itoa(d+r)))
+						sent.Add(1)
+					}
+				}
+				if len(toks) >= 500 {
+					for _, t := range toks {
+						wait(t)
+					}
+					toks = toks[:0]
+				}
+			}
+			for _, t := range toks {
+				wait(t)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return outcome{}, err
+	}
+	el := time.Since(start)
+	// Check nothing was lost: count the retained rows.
+	var got atomic.Int64
+	c, err := dial(addr, "boot-check", func(_ paho.Client, m paho.Message) {
+		if m.Retained() { // rows still being applied may also arrive live
+			got.Add(1)
+		}
+	})
+	if err != nil {
+		return outcome{}, err
+	}
+	defer c.Disconnect(0)
+	want := int64(s.Devices * s.DeviceRows)
+	if err := wait(c.Subscribe("boot/+/+", 0, nil)); err != nil {
+		return outcome{}, err
+	}
+	await(ctx, &got, want, 2*time.Second)
+	return outcome{value: el.Seconds(), sent: sent.Load(), msgs: got.Load(), lost: want - got.Load(),
+		extra: map[string]float64{"all-stored-s": time.Since(start).Seconds()}}, nil
+}
+
+func live(ctx context.Context, addr string, s Sizes, snap bool) (outcome, error) {
+	if err := loadRows(addr, s.LiveDevices, "live"); err != nil {
+		return outcome{}, err
+	}
+	var msgs, bytes atomic.Int64
+	subs := make([]paho.Client, 0, s.Dashboards)
+	defer func() {
+		for _, c := range subs {
+			c.Disconnect(0)
+		}
+	}()
+	filter := "dev/+/state"
+	if snap {
+		filter = "$sync/" + filter
+	}
+	var ready atomic.Int64
+	for i := range s.Dashboards {
+		first := true
+		var mu sync.Mutex
+		c, err := dial(addr, fmt.Sprint("live-", i), func(_ paho.Client, m paho.Message) {
+			mu.Lock()
+			if first && snap { // the snapshot is not live traffic
+				first = false
+				mu.Unlock()
+				ready.Add(1)
+				return
+			}
+			mu.Unlock()
+			if m.Retained() {
+				return // the retained replay is not live traffic
+			}
+			msgs.Add(1)
+			bytes.Add(int64(len(m.Payload())))
+		})
+		if err != nil {
+			return outcome{}, err
+		}
+		subs = append(subs, c)
+		if err := wait(c.Subscribe(filter, 0, nil)); err != nil {
+			return outcome{}, err
+		}
+	}
+	if snap {
+		await(ctx, &ready, int64(s.Dashboards), 5*time.Second)
+	} else {
+		time.Sleep(time.Second) // let the retained replays drain
+	}
+	pub, err := dial(addr, "live-pub", nil)
+	if err != nil {
+		return outcome{}, err
+	}
+	defer pub.Disconnect(0)
+	tick := time.NewTicker(time.Second / time.Duration(s.LiveRate))
+	defer tick.Stop()
+	changes := int(s.LiveFor.Seconds() * float64(s.LiveRate))
+	for i := range changes {
+		<-tick.C
+		pub.Publish(fmt.Sprintf("dev/d%06d/state", i%s.LiveDevices), 0, true, strconv.Itoa(i))
+	}
+	time.Sleep(time.Second)
+	return outcome{value: float64(msgs.Load()), msgs: msgs.Load(), bytes: bytes.Load(), sent: int64(changes),
+		extra: map[string]float64{"rows-delivered": float64(changes * s.Dashboards)}}, nil
+}
+
+func latency(ctx context.Context, addr string, s Sizes, tree bool) (outcome, error) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	sub, err := dial(addr, "lat-sub", func(_ paho.Client, m paho.Message) {
+		p := strings.Trim(string(m.Payload()), `{}"t:`)
+		ns, err := strconv.ParseInt(p, 10, 64)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		lat = append(lat, time.Since(time.Unix(0, ns)))
+		mu.Unlock()
+	})
+	if err != nil {
+		return outcome{}, err
+	}
+	defer sub.Disconnect(0)
+	filter := "lat/t"
+	if tree {
+		filter = "$tree/lat/+"
+	}
+	if err := wait(sub.Subscribe(filter, 0, nil)); err != nil {
+		return outcome{}, err
+	}
+	pub, err := dial(addr, "lat-pub", nil)
+	if err != nil {
+		return outcome{}, err
+	}
+	defer pub.Disconnect(0)
+	tick := time.NewTicker(time.Second / time.Duration(s.LatRate))
+	defer tick.Stop()
+	for range s.LatCount {
+		<-tick.C
+		now := strconv.FormatInt(time.Now().UnixNano(), 10)
+		if tree {
+			pub.Publish("$tree/lat", 0, false, `{"t":`+now+`}`)
+		} else {
+			pub.Publish("lat/t", 0, false, now)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lat) == 0 {
+		return outcome{}, fmt.Errorf("bench: no latency samples")
+	}
+	slices.Sort(lat)
+	q := func(f float64) float64 { return float64(lat[min(len(lat)-1, int(f*float64(len(lat))))].Microseconds()) }
+	return outcome{value: q(0.5), msgs: int64(len(lat)), sent: int64(s.LatCount),
+		extra: map[string]float64{"p99-µs": q(0.99), "p999-µs": q(0.999)}}, nil
+}

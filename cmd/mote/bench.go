@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"mote/bench"
+)
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mote bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	smoke := fs.Bool("smoke", false, "tiny sizes: every scenario in seconds (CI)")
+	rounds := fs.Int("rounds", 3, "rounds per scenario and broker (A B A B …)")
+	asJSON := fs.Bool("json", false, "print every run as JSON instead of the table")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario …]\nscenarios: %v\n", bench.Names())
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("bench: own binary: %w", err)
+	}
+	brokers := []*bench.Broker{bench.Mote(self), bench.Mochi(self)}
+	if m := bench.Mosquitto(); m != nil {
+		brokers = append(brokers, m)
+	} else {
+		fmt.Fprintln(stderr, "mote bench: mosquitto is not installed (apt-get install mosquitto): running Mote and mochi only")
+	}
+	sizes := bench.DefaultSizes()
+	if *smoke {
+		sizes = bench.SmokeSizes()
+	}
+	runs, err := bench.Suite(ctx, bench.Config{Sizes: sizes, Rounds: *rounds, Scenarios: fs.Args(), Brokers: brokers, Progress: stderr})
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if jerr := enc.Encode(runs); jerr != nil {
+			return jerr
+		}
+	} else {
+		bench.Table(stdout, bench.Summarize(runs))
+		fmt.Fprintln(stdout)
+		bench.RatioTable(stdout, bench.Ratios(runs))
+	}
+	if err != nil {
+		return err
+	}
+	for _, r := range runs {
+		if r.Err != "" {
+			return fmt.Errorf("bench: %s/%s on %s: %s", r.Scenario, r.Variant, r.Broker, r.Err)
+		}
+	}
+	return nil
+}
+
+// runMochi is a bare mochi-mqtt server (no Mote hooks), what `mote bench`
+// compares Mote with: the same mochi version, its defaults, anyone allowed.
+func runMochi(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mote mochi", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("tcp", "127.0.0.1:1883", "TCP listener address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
+		return err
+	}
+	if err := s.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: *addr})); err != nil {
+		return err
+	}
+	if err := s.Serve(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return s.Close()
+}
