@@ -190,7 +190,7 @@ func (b *Broker) closeListeners() {
 	}
 	for _, l := range []*wsListener{b.ws, b.wss} {
 		if l != nil && l.ln != nil {
-			l.ln.Close()
+			l.Close(nil)
 		}
 	}
 }
@@ -200,7 +200,20 @@ func (b *Broker) closeListeners() {
 // writers end. It waits for all of them.
 func (b *Broker) Close() error {
 	b.closing.Do(func() {
-		b.server.Close() // closes listeners and every client connection
+		b.closeListeners() // no new connections
+		b.conns.Range(func(_, v any) bool {
+			v.(*conn).cl.Stop(packets.ErrServerShuttingDown) // mochi then runs OnDisconnect
+			return true
+		})
+		// mochi's Close waits for every client goroutine; one stuck in a
+		// handshake must not hold the shutdown forever.
+		closed := make(chan struct{})
+		go func() { b.server.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			b.log.Warn().Msg("mochi did not stop within 5 s; going on")
+		}
 		for _, l := range []*tcpListener{b.tcp, b.tls} {
 			if l != nil {
 				waitTimeout(&l.wg, 5*time.Second)

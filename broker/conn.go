@@ -59,7 +59,9 @@ type outMsg struct {
 	part    string              // "i/n" for a split snapshot
 	plain   bool                // a retained row for a plain subscription: retain flag, no Mote properties
 	props   *packets.Properties // MQTT 5 properties kept with a retained row
-	pk      *packets.Packet     // a plain live publish, ready but for its packet id
+	pk      *packets.Packet     // a plain live publish, shared by all its subscribers
+	retain  bool                // with pk: the retain flag this subscriber gets
+	subIDs  []int               // with pk: its subscription identifiers
 }
 
 func newConn(b *Broker, cl *mqtt.Client) *conn {
@@ -180,7 +182,7 @@ func (c *conn) writeLoop() {
 // completes the flow and resends it to a resumed session.
 func (c *conn) write(m *outMsg) error {
 	if m.pk != nil {
-		return c.send(*m.pk)
+		return c.send(m.packet())
 	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos, Retain: m.plain},

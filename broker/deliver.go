@@ -26,6 +26,7 @@ func (b *Broker) deliverPlain(pk packets.Packet, wait bool) {
 		subs.SelectShared()
 		subs.MergeSharedSelected()
 	}
+	shared := &pk // one copy of the packet for every subscriber; each adds only its flags
 	for id, sub := range subs.Subscriptions {
 		if sub.NoLocal && pk.Origin == id { // [MQTT-3.8.3-3]
 			continue
@@ -37,23 +38,34 @@ func (b *Broker) deliverPlain(pk packets.Packet, wait bool) {
 		if b.opts.ACL != nil && !b.opts.ACL.CanRead(auth.Client{User: string(cl.Properties.Username), ID: cl.ID}, pk.TopicName) {
 			continue
 		}
-		out := pk.Copy(false)
-		out.FixedHeader.Retain = pk.FixedHeader.Retain && cl.Properties.ProtocolVersion == 5 && sub.RetainAsPublished // [MQTT-3.3.1-12]
-		out.FixedHeader.Qos = min(pk.FixedHeader.Qos, sub.Qos, b.server.Options.Capabilities.MaximumQos)
-		out.Properties.SubscriptionIdentifier = nil
+		m := outMsg{
+			pk:     shared,
+			qos:    min(pk.FixedHeader.Qos, sub.Qos, b.server.Options.Capabilities.MaximumQos),
+			retain: pk.FixedHeader.Retain && cl.Properties.ProtocolVersion == 5 && sub.RetainAsPublished, // [MQTT-3.3.1-12]
+		}
 		if len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
 			for _, i := range sub.Identifiers {
-				out.Properties.SubscriptionIdentifier = append(out.Properties.SubscriptionIdentifier, i)
+				m.subIDs = append(m.subIDs, i)
 			}
-			slices.Sort(out.Properties.SubscriptionIdentifier)
+			slices.Sort(m.subIDs)
 		}
-		out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
 		if v, ok := b.conns.Load(cl); ok {
-			v.(*conn).enqueuePlain(&out, wait)
+			v.(*conn).enqueuePlain(m, wait)
 			continue
 		}
+		out := m.packet()
 		b.holdOffline(cl, &out)
 	}
+}
+
+// packet is the publish of a plain outMsg for its subscriber.
+func (m *outMsg) packet() packets.Packet {
+	out := *m.pk
+	out.FixedHeader.Qos, out.FixedHeader.Retain = m.qos, m.retain
+	out.Properties.SubscriptionIdentifier = m.subIDs
+	out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
+	out.PacketID = 0
+	return out
 }
 
 // holdOffline keeps a QoS 1/2 message for a persistent session that is
@@ -77,7 +89,7 @@ func (b *Broker) holdOffline(cl *mqtt.Client, out *packets.Packet) {
 // caller (a publisher's connection goroutine) wait for room, up to
 // Options.PlainWait; then, or at once without wait, the slow-client policy
 // applies.
-func (c *conn) enqueuePlain(pk *packets.Packet, wait bool) {
+func (c *conn) enqueuePlain(m outMsg, wait bool) {
 	limit := c.b.opts.PlainQueue
 	c.mu.Lock()
 	if wait && len(c.out) >= limit && !c.closed {
@@ -92,5 +104,5 @@ func (c *conn) enqueuePlain(pk *packets.Packet, wait bool) {
 		}
 		timer.Stop()
 	}
-	c.pushLocked(outMsg{pk: pk}, limit)
+	c.pushLocked(m, limit)
 }

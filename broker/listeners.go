@@ -109,11 +109,14 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+// Close stops accepting. It does not call mochi's closeClients: that
+// (GetByListener) read-locks mochi's client map twice, which deadlocks
+// against clients disconnecting at the same moment; the broker closes its
+// clients itself (Broker.Close).
+func (l *tcpListener) Close(listeners.CloseFn) {
 	if l.ln != nil {
 		l.ln.Close()
 	}
-	closeClients(l.id)
 }
 
 // wsListener serves MQTT over WebSocket (subprotocol "mqtt") on one path.
@@ -176,13 +179,13 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-func (l *wsListener) Close(closeClients listeners.CloseFn) {
+// Close stops accepting; see tcpListener.Close.
+func (l *wsListener) Close(listeners.CloseFn) {
 	if l.srv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		l.srv.Shutdown(ctx)
+		l.srv.Shutdown(ctx) // hijacked WebSocket connections are the broker's to close
 	}
-	closeClients(l.id)
 }
 
 // wsConn is a WebSocket as a byte stream: MQTT packets may span frames.

@@ -38,7 +38,7 @@ type Options struct {
 
 	MaxClients  int64         // connected clients at most; default 100,000
 	MaxInflight uint16        // QoS 1/2 messages in flight per client; default 1024
-	PlainQueue  int           // plain messages queued per client; default 10,000
+	PlainQueue  int           // plain messages queued per client; default 1000
 	PlainWait   time.Duration // how long a publisher waits for room in a full queue; default 5s
 	TreeQueue   int           // tree messages queued per client before SlowPolicy applies; default 1000
 	SlowClient  SlowPolicy    // default SlowDrop
@@ -78,7 +78,7 @@ const (
 	DefaultLoopQueue     = 100_000
 	DefaultMaxClients    = 100_000
 	DefaultMaxInflight   = 1024
-	DefaultPlainQueue    = 10_000
+	DefaultPlainQueue    = 1000
 	DefaultPlainWait     = 5 * time.Second
 )
 
