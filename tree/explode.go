@@ -164,8 +164,8 @@ func (x *exploder) spread(n *wire.Node, topic []byte, atRoot bool, path string) 
 // row adds the row of node n at topic.
 func (x *exploder) row(topic []byte, n *wire.Node, path string) error {
 	t := string(topic)
-	if len(topic) == 0 && x.levels[0] == "#" {
-		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: a value at the root of '#' has no topic", ErrShape)}
+	if len(topic) == 0 { // "$tree/#" with "/", or "$tree/+" with the key ""
+		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: this value would have an empty topic", ErrShape)}
 	}
 	if len(t) > wire.MaxTopicLen {
 		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: topic of %d bytes", ErrLimit, len(t))}

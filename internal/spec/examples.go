@@ -90,7 +90,8 @@ var Publishes = []Publish{
 	{Name: "invalid json", Topic: "$tree/a", Payload: `{"a":`, Err: "not valid JSON"},
 	{Name: "key with slash", Topic: "$tree/a", Payload: `{"ok":1,"b/c":1}`, Err: "at /b~1c: "},
 	{Name: "key with wildcard", Topic: "$tree/a", Payload: `{"x":{"+":1}}`, Err: "at /x/+: "},
-	{Name: "root value of hash", Topic: "$tree/#", Payload: `{"/":1}`, Err: "has no topic"},
+	{Name: "root value of hash", Topic: "$tree/#", Payload: `{"/":1}`, Err: "empty topic"},
+	{Name: "empty key as the whole topic", Topic: "$tree/+", Payload: `{"":{}}`, Err: "empty topic"},
 	{Name: "reserved row", Topic: "$tree/#", Payload: `{"$SYS":{"x":1}}`, Err: "reserved"},
 	{Name: "duplicate key", Topic: "$tree/a", Payload: `{"b":1,"b":2}`, Err: "duplicate key"},
 }
