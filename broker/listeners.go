@@ -16,6 +16,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/rs/zerolog"
+
+	"mote/internal/wsstream"
 )
 
 // guard runs one connection's session and turns a panic inside mochi (a
@@ -166,7 +168,7 @@ func (l *wsListener) Init(*slog.Logger) error {
 		if err != nil {
 			return // Upgrade has answered with an HTTP error
 		}
-		guard(l.log, l.onPanic, l.id, &wsConn{Conn: ws.NetConn(), ws: ws}, l.establish)
+		guard(l.log, l.onPanic, l.id, wsstream.New(ws, true), l.establish)
 	})
 	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return nil
@@ -187,46 +189,3 @@ func (l *wsListener) Close(listeners.CloseFn) {
 		l.srv.Shutdown(ctx) // hijacked WebSocket connections are the broker's to close
 	}
 }
-
-// wsConn is a WebSocket as a byte stream: MQTT packets may span frames.
-type wsConn struct {
-	net.Conn
-	ws *websocket.Conn
-	r  io.Reader
-	mu sync.Mutex // one writer at a time
-}
-
-func (c *wsConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			typ, r, err := c.ws.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			if typ != websocket.BinaryMessage {
-				return 0, errors.New("broker: websocket text frame") // [MQTT-6.0.0-1]
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r = nil
-			if n == 0 {
-				continue
-			}
-			err = nil
-		}
-		return n, err
-	}
-}
-
-func (c *wsConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsConn) Close() error { return c.ws.Close() }
