@@ -96,6 +96,19 @@ func wait(t paho.Token) error {
 	return t.Error()
 }
 
+// waitAll waits for the tokens once there are at least max of them (all,
+// with max 0), keeping that many publishes in flight; it returns what is
+// left to wait for.
+func waitAll(toks []paho.Token, max int) []paho.Token {
+	if len(toks) < max {
+		return toks
+	}
+	for _, t := range toks {
+		wait(t)
+	}
+	return toks[:0]
+}
+
 // await waits until n reaches want, or stops moving for idle (the first
 // arrival may take up to 30 s: a broker still storing what it acked), or
 // ctx ends.
@@ -220,16 +233,9 @@ func loadRows(addr string, rows int, prefix string) error {
 			var toks []paho.Token
 			for i := w; i < rows; i += conns {
 				toks = append(toks, c.Publish(fmt.Sprintf("dev/d%06d/state", i), 1, true, strconv.Itoa(i%2)))
-				if len(toks) == 1000 {
-					for _, t := range toks {
-						wait(t)
-					}
-					toks = toks[:0]
-				}
+				toks = waitAll(toks, 1000)
 			}
-			for _, t := range toks {
-				wait(t)
-			}
+			waitAll(toks, 0)
 		}()
 	}
 	wg.Wait()
@@ -322,16 +328,9 @@ func bootStorm(ctx context.Context, addr string, s Sizes, tree bool) (outcome, e
 						sent.Add(1)
 					}
 				}
-				if len(toks) >= 500 {
-					for _, t := range toks {
-						wait(t)
-					}
-					toks = toks[:0]
-				}
+				toks = waitAll(toks, 500)
 			}
-			for _, t := range toks {
-				wait(t)
-			}
+			waitAll(toks, 0)
 		}()
 	}
 	wg.Wait()

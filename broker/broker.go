@@ -43,7 +43,7 @@ type Broker struct {
 
 // Stats are the broker's counters.
 type Stats struct {
-	TreeDropped  atomic.Int64 // messages (tree and plain) dropped for slow clients
+	Dropped      atomic.Int64 // messages (tree and plain) dropped for slow clients
 	Refused      atomic.Int64 // refused Mote publishes and subscriptions
 	Panics       atomic.Int64 // connections closed by a recovered panic
 	Batches      atomic.Int64 // batches applied by the message loop
@@ -255,16 +255,6 @@ func (b *Broker) load() error {
 	b.server.Info.Retained = int64(n)
 	b.log.Info().Int("rows", n).Dur("took", time.Since(start)).Msg("retained rows loaded")
 	return nil
-}
-
-// Flush commits every row change applied so far and waits for it.
-func (b *Broker) Flush() error {
-	if b.ret == nil {
-		return nil
-	}
-	done := make(chan error, 1)
-	b.reqs.push(request{kind: reqCall, call: func(*tree.Tree) { b.ret.Add(nil, done) }})
-	return <-done
 }
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) {

@@ -119,7 +119,7 @@ func (c *conn) pushLocked(m outMsg, limit int) {
 // slow handles a client whose tree queue is full.
 func (c *conn) slow(disconnect bool) {
 	n := c.dropped.Add(1)
-	c.b.stats.TreeDropped.Add(1)
+	c.b.stats.Dropped.Add(1)
 	if disconnect {
 		c.b.log.Warn().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).
 			Msg("delivery queue full; disconnecting slow client")

@@ -51,7 +51,7 @@ func TestFanInQoS0NoDrops(t *testing.T) {
 	}
 	wg.Wait()
 	if n := waitCount(&got, pubs*each); n != pubs*each {
-		t.Errorf("delivered %d of %d; dropped %d", n, pubs*each, b.stats.TreeDropped.Load())
+		t.Errorf("delivered %d of %d; dropped %d", n, pubs*each, b.stats.Dropped.Load())
 	}
 	t.Logf("%d messages in %v", pubs*each, time.Since(start))
 }

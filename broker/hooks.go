@@ -50,7 +50,7 @@ func (h *hook) Provides(b byte) bool {
 func (h *hook) OnSysInfoTick(*system.Info) {
 	b := h.b
 	for topic, v := range map[string]int64{
-		"dropped":            b.stats.TreeDropped.Load(),
+		"dropped":            b.stats.Dropped.Load(),
 		"refused":            b.stats.Refused.Load(),
 		"panics":             b.stats.Panics.Load(),
 		"throttled":          b.stats.Throttled.Load(),

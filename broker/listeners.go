@@ -82,16 +82,21 @@ func (l *tcpListener) Address() string {
 	return l.addr
 }
 
-func (l *tcpListener) Init(*slog.Logger) error {
-	ln, err := net.Listen("tcp", l.addr)
+// listen binds addr, with TLS when tc is set.
+func listen(protocol, addr string, tc *tls.Config) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("broker: listen %s %s: %w", l.Protocol(), l.addr, err)
+		return nil, fmt.Errorf("broker: listen %s %s: %w", protocol, addr, err)
 	}
-	if l.tls != nil {
-		ln = tls.NewListener(ln, l.tls)
+	if tc != nil {
+		ln = tls.NewListener(ln, tc)
 	}
-	l.ln = ln
-	return nil
+	return ln, nil
+}
+
+func (l *tcpListener) Init(*slog.Logger) (err error) {
+	l.ln, err = listen(l.Protocol(), l.addr, l.tls)
+	return err
 }
 
 func (l *tcpListener) Serve(establish listeners.EstablishFn) {
@@ -148,12 +153,9 @@ func (l *wsListener) Address() string {
 }
 
 func (l *wsListener) Init(*slog.Logger) error {
-	ln, err := net.Listen("tcp", l.addr)
+	ln, err := listen(l.Protocol(), l.addr, l.tls)
 	if err != nil {
-		return fmt.Errorf("broker: listen %s %s: %w", l.Protocol(), l.addr, err)
-	}
-	if l.tls != nil {
-		ln = tls.NewListener(ln, l.tls)
+		return err
 	}
 	l.ln = ln
 	up := &websocket.Upgrader{

@@ -61,7 +61,7 @@ func TestSlowTreeClient(t *testing.T) {
 			if grew > 64<<20 {
 				t.Errorf("memory grew %d MiB with a stalled client", grew>>20)
 			}
-			if policy == SlowDrop && b.stats.TreeDropped.Load() == 0 {
+			if policy == SlowDrop && b.stats.Dropped.Load() == 0 {
 				t.Error("nothing dropped for the stalled client")
 			}
 			if policy == SlowDisconnect {
@@ -73,7 +73,7 @@ func TestSlowTreeClient(t *testing.T) {
 					t.Errorf("%d connections left; the stalled one should be gone", n)
 				}
 			}
-			t.Logf("%s: memory grew %d KiB, %d tree messages dropped", policy, grew>>10, b.stats.TreeDropped.Load())
+			t.Logf("%s: memory grew %d KiB, %d tree messages dropped", policy, grew>>10, b.stats.Dropped.Load())
 		})
 	}
 }
@@ -92,7 +92,7 @@ func TestSysCounters(t *testing.T) {
 	if m := c.wait(t, 1)[0]; m.payload != "0" || !m.retained { // retained since the start
 		t.Errorf("$SYS/mote/dropped = %+v", m)
 	}
-	b.stats.TreeDropped.Store(42)
+	b.stats.Dropped.Store(42)
 	(&hook{b: b}).OnSysInfoTick(nil)
 	if m := c.wait(t, 2)[1]; m.payload != "42" {
 		t.Errorf("$SYS/mote/dropped = %q", m.payload)

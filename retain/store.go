@@ -29,6 +29,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"mote/wire"
 )
@@ -94,7 +95,7 @@ func Open(dir string) (s *Store, err error) {
 	}()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("retain: open %s: in use by another process", path)
 		}
 		return nil, fmt.Errorf("%w: open %s: %w", ErrCorrupt, path, err)

@@ -78,14 +78,6 @@ func TestExplodeCBOR(t *testing.T) {
 	}
 }
 
-func mustDecoder(t testing.TB) *wire.Decoder {
-	d, err := wire.NewDecoder(wire.DefaultLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
 // FuzzPublish drives a whole publish, prefix to applied rows, with any topic
 // and payload: it must never panic, and an accepted publish's rows must be
 // valid topic names that are not reserved.

@@ -168,19 +168,7 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 			e.Value(c.val)
 			continue
 		}
-		// Close what p does not share, open what it needs.
-		common := 0
-		for common < len(open) && common < len(p.keys)-1 && open[common] == p.keys[common] {
-			common++
-		}
-		for ; len(open) > common; open = open[:len(open)-1] {
-			e.EndObject()
-		}
-		for _, k := range p.keys[len(open) : len(p.keys)-1] {
-			e.Key(k)
-			e.BeginObject()
-			open = append(open, k)
-		}
+		open = e.Descend(open, p.keys[:len(p.keys)-1])
 		e.Key(p.keys[len(p.keys)-1])
 		if !t.objectForm(g, pi, c) {
 			e.Value(c.val)

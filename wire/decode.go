@@ -114,9 +114,6 @@ func NewDecoder(lim Limits) (*Decoder, error) {
 	return &Decoder{lim: lim, dm: dm}, nil
 }
 
-// Limits returns the limits the decoder enforces.
-func (d *Decoder) Limits() Limits { return d.lim }
-
 // Decode reads a tree payload in the given codec.
 func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 	if len(payload) > d.lim.MaxSize {

@@ -103,6 +103,27 @@ func (e *Encoder) Key(k string) {
 	e.buf = append(e.buf, ':')
 }
 
+// Descend opens objects so that the next Key lands inside path: it closes
+// the objects of open (the keys of the objects open below the current
+// root, outermost first) that path does not share, opens the keys of path
+// it lacks, and returns the new stack. Writing paths in sorted order this
+// way turns a list of (path, value) pairs into one nested tree.
+func (e *Encoder) Descend(open, path []string) []string {
+	common := 0
+	for common < len(open) && common < len(path) && open[common] == path[common] {
+		common++
+	}
+	for ; len(open) > common; open = open[:len(open)-1] {
+		e.EndObject()
+	}
+	for _, k := range path[len(open):] {
+		e.Key(k)
+		e.BeginObject()
+		open = append(open, k)
+	}
+	return open
+}
+
 // Mark records the current point, to be given to Rewind.
 func (e *Encoder) Mark() Mark {
 	m := Mark{size: len(e.buf), depth: len(e.stack)}

@@ -112,18 +112,7 @@ func (s *splitter) encode(frags []frag) []byte {
 	e.BeginObject()
 	var open []string
 	for _, f := range frags {
-		common := 0
-		for common < len(open) && common < len(f.path)-1 && open[common] == f.path[common] {
-			common++
-		}
-		for ; len(open) > common; open = open[:len(open)-1] {
-			e.EndObject()
-		}
-		for _, k := range f.path[len(open) : len(f.path)-1] {
-			e.Key(k)
-			e.BeginObject()
-			open = append(open, k)
-		}
+		open = e.Descend(open, f.path[:len(f.path)-1])
 		e.Key(f.path[len(f.path)-1])
 		e.node(f.node)
 	}

@@ -51,9 +51,6 @@ type Value struct {
 	Data string
 }
 
-// Payload is what a plain MQTT subscriber receives for this value.
-func (v Value) Payload() []byte { return []byte(v.Data) }
-
 // TypePlain types the payload of a plain PUBLISH (SPEC §1): valid JSON text
 // becomes that JSON value, other valid UTF-8 a string, anything else bytes.
 // The JSON text "null" is typed as the string "null", because null in a tree
