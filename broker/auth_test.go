@@ -61,7 +61,7 @@ func TestPasswordAuth(t *testing.T) {
 
 func dialAs(t *testing.T, b *Broker, user string) *client.Client {
 	t.Helper()
-	c, err := client.Dial(context.Background(), b.TCPAddr(), client.Options{ClientID: user, Username: user, Password: user + "-pw", CleanStart: true})
+	c, err := client.Dial(testCtx(t), b.TCPAddr(), client.Options{ClientID: user, Username: user, Password: user + "-pw", CleanStart: true})
 	if err != nil {
 		t.Fatal(err)
 	}

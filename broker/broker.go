@@ -220,7 +220,11 @@ func (b *Broker) Close() error {
 			}
 		}
 		b.reqs.close()
-		<-b.loopDone
+		select { // the loop applies what is queued, then ends
+		case <-b.loopDone:
+		case <-time.After(10 * time.Second):
+			b.log.Error().Msg("message loop did not stop within 10 s; flushing the retainer anyway")
+		}
 		if b.ret != nil {
 			if err := b.ret.Close(); err != nil {
 				b.log.Error().Err(err).Msg("retainer: final commit failed")

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -62,7 +61,7 @@ func TestSpecSnapshotsEndToEnd(t *testing.T) {
 			mc := mote(t, b, "app")
 			for _, codec := range []client.Codec{client.JSON, client.CBOR} {
 				col := newCollector()
-				if err := mc.Subscribe(context.Background(), ex.Filter, client.Sync, codec, 1, col.handle); err != nil {
+				if err := mc.Subscribe(testCtx(t), ex.Filter, client.Sync, codec, 1, col.handle); err != nil {
 					t.Fatal(err)
 				}
 				m := col.wait(t, 1)[0]
@@ -92,7 +91,7 @@ func TestSpecPublishesEndToEnd(t *testing.T) {
 			}
 			settle(t, b)
 			mc := mote(t, b, "pub")
-			err := mc.Publish(context.Background(), ex.Topic, []byte(ex.Payload), client.PublishOptions{QoS: 1, Retain: true})
+			err := mc.Publish(testCtx(t), ex.Topic, []byte(ex.Payload), client.PublishOptions{QoS: 1, Retain: true})
 			want := ex.After
 			if ex.Err != "" {
 				if !errors.Is(err, client.ErrRefused) || !strings.Contains(err.Error(), ex.Err) {
@@ -156,7 +155,7 @@ func itoa(i int) string {
 
 func TestWebSocket(t *testing.T) {
 	b := start(t, Options{})
-	ctx := context.Background()
+	ctx := testCtx(t)
 	c, err := client.Dial(ctx, "ws://"+b.WSAddr()+"/mqtt", client.Options{ClientID: "ws", CleanStart: true})
 	if err != nil {
 		t.Fatal(err)

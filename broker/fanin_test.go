@@ -10,10 +10,11 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// waitCount waits until got reaches want or stops moving for a second.
+// waitCount waits until got reaches want or stops moving for five seconds
+// (a loaded CI machine can pause that long before the first message).
 func waitCount(got *atomic.Int64, want int64) int64 {
 	last, lastAt := int64(-1), time.Now()
-	for got.Load() < want && time.Since(lastAt) < time.Second {
+	for got.Load() < want && time.Since(lastAt) < 5*time.Second {
 		if n := got.Load(); n != last {
 			last, lastAt = n, time.Now()
 		}
@@ -33,7 +34,7 @@ func TestFanInQoS0NoDrops(t *testing.T) {
 		t.Fatal(tok.Error())
 	}
 	defer sub.Disconnect(0)
-	sub.Subscribe("fan/#", 0, func(paho.Client, paho.Message) { got.Add(1) }).Wait()
+	waitTok(t, "subscribe", sub.Subscribe("fan/#", 0, func(paho.Client, paho.Message) { got.Add(1) }))
 	const pubs, each = 10, 10_000
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -42,14 +43,16 @@ func TestFanInQoS0NoDrops(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID(fmt.Sprint("p", p)))
-			c.Connect().Wait()
+			if !waitTok(t, "connect", c.Connect()) {
+				return
+			}
 			for i := range each {
 				c.Publish(fmt.Sprint("fan/", p), 0, false, fmt.Sprintf("%064d", i))
 			}
 			c.Disconnect(1000)
 		}()
 	}
-	wg.Wait()
+	waitGroup(t, "publishers", &wg)
 	if n := waitCount(&got, pubs*each); n != pubs*each {
 		t.Errorf("delivered %d of %d; dropped %d", n, pubs*each, b.stats.Dropped.Load())
 	}
@@ -72,11 +75,11 @@ func TestRetainedReplayComplete(t *testing.T) {
 		t.Fatal(tok.Error())
 	}
 	defer sub.Disconnect(0)
-	sub.Subscribe("dev/+/state", 1, func(_ paho.Client, m paho.Message) {
+	waitTok(t, "subscribe", sub.Subscribe("dev/+/state", 1, func(_ paho.Client, m paho.Message) {
 		if m.Retained() {
 			got.Add(1)
 		}
-	}).Wait()
+	}))
 	if n := waitCount(&got, rows); n != rows {
 		t.Errorf("received %d of %d retained rows", n, rows)
 	}

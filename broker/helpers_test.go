@@ -20,7 +20,7 @@ func start(t testing.TB, opts Options) *Broker {
 	t.Helper()
 	opts.TCP = "127.0.0.1:0"
 	opts.WS = "127.0.0.1:0"
-	if testing.Verbose() {
+	if _, fuzz := t.(*testing.F); testing.Verbose() && !fuzz { // F's log is not for other goroutines
 		opts.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
 	}
 	b, err := New(opts)
@@ -153,7 +153,7 @@ func (c *v3) pub(t testing.TB, topic string, qos byte, retain bool, payload stri
 // mote dials the Go client library.
 func mote(t testing.TB, b *Broker, id string) *client.Client {
 	t.Helper()
-	c, err := client.Dial(context.Background(), b.TCPAddr(), client.Options{ClientID: id, CleanStart: true})
+	c, err := client.Dial(testCtx(t), b.TCPAddr(), client.Options{ClientID: id, CleanStart: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,4 +228,42 @@ func jsonEqual(t testing.TB, got, want string) bool {
 func loadRow(b *Broker, topic, payload string) {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic, Payload: []byte(payload)}
 	b.reqs.push(request{kind: reqPublish, op: plainOp(pk), topic: topic, plain: &pk})
+}
+
+// testTimeout bounds every wait in these tests, so a broker that stops
+// answering fails the test that waited, by name, instead of hanging the run.
+const testTimeout = 30 * time.Second
+
+// testCtx is a context that ends after testTimeout or with the test.
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitTok waits for a paho token, reporting (not stopping: callers may be
+// goroutines) a timeout or an error.
+func waitTok(t testing.TB, what string, tok paho.Token) bool {
+	t.Helper()
+	if !tok.WaitTimeout(testTimeout) {
+		t.Errorf("%s: no answer within %v", what, testTimeout)
+		return false
+	}
+	if err := tok.Error(); err != nil {
+		t.Errorf("%s: %v", what, err)
+		return false
+	}
+	return true
+}
+
+// waitGroup waits for wg, failing the test if it takes over testTimeout.
+func waitGroup(t testing.TB, what string, wg *sync.WaitGroup) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		t.Fatalf("%s: not done within %v", what, testTimeout)
+	}
 }

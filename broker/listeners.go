@@ -100,14 +100,21 @@ func (l *tcpListener) Init(*slog.Logger) (err error) {
 }
 
 func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+	var backoff time.Duration
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				l.log.Error().Err(err).Str("listener", l.id).Msg("accept failed; listener stopped")
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// Out of file descriptors (EMFILE) and the like pass: wait and
+			// accept again, as net/http does, rather than stop listening.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Error().Err(err).Str("listener", l.id).Dur("retry_in", backoff).Msg("accept failed")
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()

@@ -39,14 +39,14 @@ func hostPort(t *testing.T, addr string) (string, string) {
 func TestMosquittoSubSeesTreeRows(t *testing.T) {
 	sub := needTool(t, "mosquitto_sub")
 	b := start(t, Options{})
-	ctx := context.Background()
+	ctx := testCtx(t)
 	mc := mote(t, b, "dev")
 	if err := mc.PublishTree(ctx, "light/bedroom", map[string]any{"is_on": 1, "name": "bed room", "cfg": map[string]any{"/": 5}}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
 		t.Fatal(err)
 	}
 	settle(t, b)
 	h, p := hostPort(t, b.TCPAddr())
-	out, err := exec.Command(sub, "-h", h, "-p", p, "-t", "light/#", "-C", "3", "-W", "5", "-F", "%r %t %p").CombinedOutput()
+	out, err := exec.CommandContext(testCtx(t), sub, "-h", h, "-p", p, "-t", "light/#", "-C", "3", "-W", "5", "-F", "%r %t %p").CombinedOutput()
 	if err != nil {
 		t.Fatalf("mosquitto_sub: %v: %s", err, out)
 	}
@@ -67,7 +67,7 @@ func TestMosquittoPubRowsInTrees(t *testing.T) {
 	h, p := hostPort(t, b.TCPAddr())
 	run := func(args ...string) {
 		t.Helper()
-		if out, err := exec.Command(pub, append([]string{"-h", h, "-p", p, "-q", "1"}, args...)...).CombinedOutput(); err != nil {
+		if out, err := exec.CommandContext(testCtx(t), pub, append([]string{"-h", h, "-p", p, "-q", "1"}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("mosquitto_pub %v: %v: %s", args, err, out)
 		}
 	}
@@ -91,7 +91,7 @@ func TestMosquittoPubRowsInTrees(t *testing.T) {
 	if err := m.Wait(ctx, func(doc any) bool { return same(t, doc, `{"hall":19,"attic":30}`) }); err != nil {
 		m.Get(func(doc any) { t.Fatalf("mirror %v", doc) })
 	}
-	out, err := exec.Command(sub, "-h", h, "-p", p, "-t", "$sync/sensor/+/temp", "-C", "1", "-W", "5", "-F", "%t %p").CombinedOutput()
+	out, err := exec.CommandContext(testCtx(t), sub, "-h", h, "-p", p, "-t", "$sync/sensor/+/temp", "-C", "1", "-W", "5", "-F", "%t %p").CombinedOutput()
 	if err != nil {
 		t.Fatalf("mosquitto_sub: %v: %s", err, out)
 	}

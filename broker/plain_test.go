@@ -119,7 +119,7 @@ func TestPlain5(t *testing.T) {
 	sub := dial5(t, b, "sub5", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
 		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
 	}}, nil)
-	ctx := context.Background()
+	ctx := testCtx(t)
 	if _, err := sub.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "five/#", QoS: 2}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,11 @@ func TestPlain5(t *testing.T) {
 	if _, err := pub.Publish(ctx, &paho5.Publish{Topic: "five/r", QoS: 1, Retain: true, Payload: []byte("r"), Properties: props}); err != nil {
 		t.Fatal(err)
 	}
-	<-got
+	select {
+	case <-got:
+	case <-time.After(testTimeout):
+		t.Fatal("retained publish not delivered")
+	}
 	settle(t, b)
 	late := make(chan *paho5.Publish, 10)
 	l := dial5(t, b, "late5", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){

@@ -76,10 +76,10 @@ func TestSnapshotDeltaRace(t *testing.T) {
 		}()
 		time.Sleep(2 * time.Millisecond)
 	}
-	mwg.Wait()
+	waitGroup(t, "mirrors", &mwg)
 	time.Sleep(100 * time.Millisecond)
 	close(stop)
-	wg.Wait()
+	waitGroup(t, "writers", &wg)
 	if t.Failed() {
 		return
 	}
@@ -104,7 +104,12 @@ func TestSnapshotDeltaRace(t *testing.T) {
 func (b *Broker) snapshot(filter string) []byte {
 	done := make(chan []byte, 1)
 	b.reqs.push(request{kind: reqCall, call: func(t *tree.Tree) { done <- t.Snapshot(filter, wire.CodecJSON, nil) }})
-	return <-done
+	select {
+	case s := <-done:
+		return s
+	case <-time.After(testTimeout):
+		panic("message loop did not answer within " + testTimeout.String())
+	}
 }
 
 func decodeJSON(t testing.TB, b []byte) any {
@@ -144,7 +149,12 @@ func TestTreeQoS1Resend(t *testing.T) {
 	if err := w.PublishTree(ctx, "k", map[string]any{"a": 1}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
 		t.Fatal(err)
 	}
-	first := <-got
+	var first *paho5.Publish
+	select {
+	case first = <-got:
+	case <-time.After(testTimeout):
+		t.Fatal("no delta")
+	}
 	if first.QoS != 1 || !jsonEqual(t, string(first.Payload), `{"a":1}`) {
 		t.Fatalf("delta %+v", first)
 	}

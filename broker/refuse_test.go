@@ -15,7 +15,7 @@ import (
 
 func TestRefusedPublishes(t *testing.T) {
 	b := start(t, Options{})
-	ctx := context.Background()
+	ctx := testCtx(t)
 	spy := dial3(t, b, "spy", true)
 	spy.sub(t, ErrorTopic+"#", 0) // granted, but another client's reports never reach it
 	mc := mote(t, b, "dev")

@@ -126,7 +126,7 @@ func TestSyncRetainAcksAfterCommit(t *testing.T) {
 	}
 	slow := &slowStore{RowStore: st, release: make(chan struct{})}
 	b := start(t, Options{Store: slow, SyncRetain: true})
-	ctx := context.Background()
+	ctx := testCtx(t)
 	mc := mote(t, b, "dev")
 	acked := make(chan error, 1)
 	go func() {

@@ -250,7 +250,7 @@ func TestMutatedPackets(t *testing.T) {
 			}
 		}()
 	}
-	wg.Wait()
+	waitGroup(t, "mutators", &wg)
 	alive(t, b)
 	settle(t, b)
 	var got int

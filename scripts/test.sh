@@ -17,7 +17,22 @@ if [ -n "$unformatted" ]; then
 fi
 
 echo "== go test -race"
-go test -race -count=1 -timeout 10m ./...
+log=$(mktemp)
+if ! go test -race -count=1 -timeout 8m ./... 2>&1 | tee "$log"; then
+	# The end of a long log is what a CI page shows: repeat what matters
+	# there. For a timeout, that is the tests still running and where each
+	# goroutine of test code was waiting.
+	echo "== failure digest"
+	grep -E '^(--- FAIL|FAIL|panic:|WARNING: DATA RACE|[[:space:]]+[A-Za-z0-9_]+_test\.go:[0-9]+:)' "$log" | head -n 100 || true
+	awk '/running tests:/,/^$/' "$log"
+	awk 'BEGIN { RS = "" } /^goroutine / && /_test\.go/ { print; print "" }' "$log" | head -n 400
+	rm -f "$log"
+	exit 1
+fi
+rm -f "$log"
+
+echo "== go test (what -race skips: 10,000 connections)"
+go test -count=1 -timeout 3m -run '^TestTenThousandConnections$' -v ./broker/ | grep -E '^(---|ok|FAIL)|KiB each'
 
 echo "== fuzz ($fuzztime per target)"
 for pkg in $(go list ./...); do

@@ -185,7 +185,8 @@ func TestPasswdWithMosquitto(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "pw")
 	var out bytes.Buffer
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	if err := run(ctx, []string{"passwd", "-c", "-b", file, "alice", "al1ce"}, nil, &out, &out); err != nil {
 		t.Fatal(err, out.String())
 	}
@@ -215,7 +216,7 @@ func TestPasswdWithMosquitto(t *testing.T) {
 	try := func(p int, user, pw string) error {
 		var last error
 		for range 50 {
-			out, err := exec.Command(pub, "-h", "127.0.0.1", "-p", strconv.Itoa(p), "-u", user, "-P", pw, "-t", "x", "-m", "1").CombinedOutput()
+			out, err := exec.CommandContext(ctx, pub, "-h", "127.0.0.1", "-p", strconv.Itoa(p), "-u", user, "-P", pw, "-t", "x", "-m", "1").CombinedOutput()
 			if err == nil {
 				return nil
 			}
