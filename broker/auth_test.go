@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"errors"
 	"net"
 	"strings"
@@ -85,8 +84,7 @@ topic write house/bob/#
 		t.Fatal(err)
 	}
 	b := start(t, Options{Users: users(t), ACL: acl})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	alice, bob := dialAs(t, b, "alice"), dialAs(t, b, "bob")
 	must := func(err error) {
 		t.Helper()

@@ -30,6 +30,7 @@ type Broker struct {
 	conns    sync.Map // *mqtt.Client → *conn
 	serial   atomic.Uint64
 	treeSubs atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
+	subsSent atomic.Int64 // subscribe requests pushed, not yet handled by the loop
 
 	tcp, tls *tcpListener
 	ws, wss  *wsListener
@@ -259,6 +260,21 @@ func (b *Broker) load() error {
 	b.server.Info.Retained = int64(n)
 	b.log.Info().Int("rows", n).Dur("took", time.Since(start)).Msg("retained rows loaded")
 	return nil
+}
+
+// hasTreeSubs reports whether a plain event may concern a tree
+// subscription: one is registered, or one is on its way to the loop (its
+// SUBACK may already be out).
+func (b *Broker) hasTreeSubs() bool {
+	return b.treeSubs.Load() > 0 || b.subsSent.Load() > 0
+}
+
+// pushSubscribe hands a subscribe request to the loop.
+func (b *Broker) pushSubscribe(r request) {
+	b.subsSent.Add(1)
+	if !b.reqs.push(r) {
+		b.subsSent.Add(-1)
+	}
 }
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) {

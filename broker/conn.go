@@ -29,12 +29,14 @@ type conn struct {
 	subExisted []bool
 	subAcked   []subReq
 	retained   []retainedReq
+	subHeld    bool // the writer is held for the SUBACK being written
 
-	mu      sync.Mutex // guards out, closed, writing
+	mu      sync.Mutex // guards out, closed, writing, held
 	space   sync.Cond  // on mu: signalled when the writer takes the queue
 	out     []outMsg
 	closed  bool
 	writing bool
+	held    int           // while > 0 the writer waits: an ack mochi writes must go first
 	wake    chan struct{} // one slot: out has messages
 	done    chan struct{} // closed with the connection
 
@@ -133,6 +135,25 @@ func (c *conn) slow(disconnect bool) {
 	}
 }
 
+// hold makes the writer wait until release: what the loop queues for a
+// subscription it registered before mochi wrote the SUBACK goes out after it.
+func (c *conn) hold() {
+	c.mu.Lock()
+	c.held++
+	c.mu.Unlock()
+}
+
+// release undoes one hold and wakes the writer.
+func (c *conn) release() {
+	c.mu.Lock()
+	c.held--
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
 // close stops the writer; queued messages are dropped.
 func (c *conn) close() {
 	c.mu.Lock()
@@ -157,6 +178,10 @@ func (c *conn) writeLoop() {
 		}
 		for {
 			c.mu.Lock()
+			if c.held > 0 {
+				c.mu.Unlock()
+				break // release wakes us
+			}
 			batch, c.out = c.out, batch[:0]
 			c.space.Broadcast()
 			c.mu.Unlock()

@@ -18,9 +18,10 @@
 //   - The loop drains whatever is waiting into one batch, applies it, gives
 //     the rows of tree publishes to mochi for plain subscribers, and queues
 //     each folded delta for its subscribers.
-//   - $sync/… and $tree/… subscriptions are registered by the loop right
-//     after mochi has written the SUBACK (hook OnPacketProcessed), and the
-//     snapshot is queued first.
+//   - $sync/… and $tree/… subscriptions are handed to the loop just before
+//     mochi writes the SUBACK (hook OnSubscribed); the connection's writer
+//     is held until the SUBACK is out (hook OnPacketProcessed), so the
+//     snapshot follows it and no publish made after it is missed.
 //
 // # Concurrency
 //

@@ -267,3 +267,15 @@ func waitGroup(t testing.TB, what string, wg *sync.WaitGroup) {
 		t.Fatalf("%s: not done within %v", what, testTimeout)
 	}
 }
+
+// waitTreeSubs waits until the loop has n tree subscriptions registered.
+func waitTreeSubs(t testing.TB, b *Broker, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for b.treeSubs.Load() != n || b.subsSent.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tree subscriptions registered, want %d", b.treeSubs.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

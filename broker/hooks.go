@@ -174,7 +174,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		}
 	}
 	if len(subs) > 0 {
-		h.b.reqs.push(request{kind: reqSubscribe, conn: c, subs: subs})
+		h.b.pushSubscribe(request{kind: reqSubscribe, conn: c, subs: subs})
 	}
 }
 
@@ -323,7 +323,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		cp.Properties.MessageExpiryInterval = 0 // rows never expire (SPEC §1)
 		return h.b.submit(c, pk, request{kind: reqPublish, conn: c, op: plainOp(pk), topic: pk.TopicName, plain: &cp})
 	}
-	if h.b.treeSubs.Load() > 0 {
+	if h.b.hasTreeSubs() {
 		h.b.reqs.push(request{kind: reqPublish, conn: c, op: plainOp(pk), topic: pk.TopicName})
 	}
 	h.b.deliverPlain(pk, true) // paced, instead of mochi's dropping delivery
@@ -438,8 +438,11 @@ func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
 	return s, nil
 }
 
-// OnSubscribed records the tree subscriptions mochi granted; they are
-// registered once the SUBACK is out (OnPacketProcessed).
+// OnSubscribed registers the tree subscriptions mochi granted and queues
+// the retained rows of plain ones. mochi writes the SUBACK next: the
+// connection's writer is held until it is out (OnPacketProcessed), so
+// snapshots and retained rows follow the SUBACK, and a publish that another
+// client makes after this one got its SUBACK is never missed.
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	c := h.conn(cl)
 	if c == nil || len(c.subParse) != len(pk.Filters) {
@@ -465,23 +468,23 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 		}
 		c.subAcked = append(c.subAcked, subReq{topic: topic, parsed: p, qos: codes[i], id: f.Identifier})
 	}
+	if len(c.subAcked) == 0 && len(c.retained) == 0 {
+		return
+	}
+	c.hold()
+	c.subHeld = true
+	h.b.pushSubscribe(request{kind: reqSubscribe, conn: c, subs: c.subAcked, retained: c.retained})
+	c.subAcked, c.retained = nil, nil
 }
 
-// OnPacketProcessed registers the granted tree subscriptions and queues the
-// retained rows of plain ones, after mochi has written the SUBACK, so
-// snapshots and retained messages follow it.
-func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
+// OnPacketProcessed lets the writer go once mochi has written the SUBACK.
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
 	if pk.FixedHeader.Type != packets.Subscribe {
 		return
 	}
-	c := h.conn(cl)
-	if c == nil || (len(c.subAcked) == 0 && len(c.retained) == 0) {
-		return
-	}
-	subs, retained := c.subAcked, c.retained
-	c.subAcked, c.retained = nil, nil
-	if err == nil {
-		h.b.reqs.push(request{kind: reqSubscribe, conn: c, subs: subs, retained: retained})
+	if c := h.conn(cl); c != nil && c.subHeld {
+		c.subHeld = false
+		c.release()
 	}
 }
 
@@ -542,7 +545,7 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 // OnWillSent folds a plain will into the tree (mochi has retained and
 // delivered it itself).
 func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
-	if pk.TopicName == "" || (!pk.FixedHeader.Retain && h.b.treeSubs.Load() == 0) {
+	if pk.TopicName == "" || (!pk.FixedHeader.Retain && !h.b.hasTreeSubs()) {
 		return
 	}
 	h.b.reqs.push(request{kind: reqPublish, conn: h.conn(cl), op: plainOp(pk), topic: pk.TopicName})

@@ -257,6 +257,9 @@ func (b *Broker) handle(r *request) {
 		r.call(b.tree)
 	}
 	b.treeSubs.Store(int64(b.tree.Subscriptions()))
+	if r.kind == reqSubscribe {
+		b.subsSent.Add(-1) // after the Store: hasTreeSubs never misses it
+	}
 }
 
 // keepProps keeps the MQTT 5 properties of plain retained publishes (content

@@ -1,14 +1,12 @@
 package broker
 
 import (
-	"context"
 	"net"
 	"os"
 	"os/exec"
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"mote/clients/client"
 )
@@ -74,8 +72,7 @@ func TestMosquittoPubRowsInTrees(t *testing.T) {
 	run("-r", "-t", "sensor/kitchen/temp", "-m", "21.5")
 	run("-r", "-t", "sensor/hall/temp", "-m", "19")
 	settle(t, b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	mc := mote(t, b, "app")
 	m, err := mc.Mirror(ctx, "sensor/+/temp", client.CBOR, 1, nil)
 	if err != nil {

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"net"
 	"testing"
 	"time"
@@ -104,8 +103,7 @@ func dial5(t testing.TB, b *Broker, id string, cfg paho5.ClientConfig, cp *paho5
 		cp = &paho5.Connect{CleanStart: true}
 	}
 	cp.ClientID, cp.KeepAlive = id, 30
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	if _, err := c.Connect(ctx, cp); err != nil {
 		t.Fatal(err)
 	}

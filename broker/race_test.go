@@ -134,8 +134,7 @@ func normal(t testing.TB, doc any) any {
 // when a persistent session comes back.
 func TestTreeQoS1Resend(t *testing.T) {
 	b := start(t, Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	expiry := uint32(300)
 	got := make(chan *paho5.Publish, 10)
 	recv := paho5.ClientConfig{EnableManualAcknowledgment: true, OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
@@ -172,7 +171,10 @@ func TestTreeQoS1Resend(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("unacknowledged delta not resent")
 	}
-	// The resumed session still has its tree subscription.
+	// The resumed session still has its tree subscription, registered again
+	// just after the CONNACK (deltas are not kept for a session while it is
+	// away: its $sync subscriptions get a fresh snapshot instead).
+	waitTreeSubs(t, b, 1)
 	if err := w.PublishTree(ctx, "k", map[string]any{"b": 2}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -190,8 +192,7 @@ func TestTreeQoS1Resend(t *testing.T) {
 // split by subtree; the parts together are the snapshot.
 func TestSnapshotParts(t *testing.T) {
 	b := start(t, Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	w := mote(t, b, "w")
 	devs := map[string]any{}
 	for i := range 300 {
@@ -229,5 +230,46 @@ func TestSnapshotParts(t *testing.T) {
 	}
 	if !reflect.DeepEqual(merged, normal(t, devs)) {
 		t.Errorf("merged parts differ from the rows")
+	}
+}
+
+// TestPublishAfterSuback: a publish made after the subscriber got its
+// SUBACK reaches the new tree subscription, every time: the subscription
+// is registered before mochi writes the SUBACK (and the first one lets
+// plain events into the loop at once). Each round starts from no tree
+// subscription at all.
+func TestPublishAfterSuback(t *testing.T) {
+	b := start(t, Options{})
+	ctx := testCtx(t)
+	got := make(chan *paho5.Publish, 10)
+	sub := dial5(t, b, "sub", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
+	}}, nil)
+	pub := dial5(t, b, "pub", paho5.ClientConfig{}, nil)
+	for i := range 200 {
+		filter := fmt.Sprintf("$tree/ev%d/+", i)
+		if _, err := sub.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: filter, QoS: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		event := i%2 == 0 // alternately a plain event and a tree publish
+		topic, payload := fmt.Sprintf("ev%d/x", i), []byte("1")
+		if !event {
+			topic, payload = fmt.Sprintf("$tree/ev%d", i), []byte(`{"x":1}`)
+		}
+		if _, err := pub.Publish(ctx, &paho5.Publish{Topic: topic, QoS: 1, Payload: payload}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case p := <-got:
+			if p.Topic != filter || !jsonEqual(t, string(p.Payload), `{"x":1}`) {
+				t.Fatalf("round %d: got %s %s", i, p.Topic, p.Payload)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d (event %v): the publish after the SUBACK never arrived", i, event)
+		}
+		if _, err := sub.Unsubscribe(ctx, &paho5.Unsubscribe{Topics: []string{filter}}); err != nil {
+			t.Fatal(err)
+		}
+		waitTreeSubs(t, b, 0)
 	}
 }

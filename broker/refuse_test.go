@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -85,8 +84,7 @@ func TestRefused311(t *testing.T) {
 func TestRefusedSubscribe5(t *testing.T) {
 	b := start(t, Options{})
 	c := dial5(t, b, "s5", paho5.ClientConfig{}, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	sa, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{
 		{Topic: "$sync.xml/a", QoS: 1}, {Topic: "$sync/a/#/b", QoS: 1}, {Topic: "$sync/ok/+", QoS: 1},
 	}})
@@ -101,8 +99,7 @@ func TestRefusedSubscribe5(t *testing.T) {
 // The MQTT 5 user-property forms of SPEC §2 and §4.
 func TestUserPropertyForms(t *testing.T) {
 	b := start(t, Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	got := make(chan *paho5.Publish, 10)
 	c := dial5(t, b, "props", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
 		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"sort"
 	"strings"
 	"testing"
@@ -46,8 +45,7 @@ func allRetained(t *testing.T, b *Broker, n int) []string {
 // $sync snapshot and in plain retained delivery alike.
 func TestRestart(t *testing.T) {
 	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	b := startOn(t, dir, Options{})
 	mc := mote(t, b, "dev")
 	p := dial3(t, b, "plain", true)

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -60,8 +59,7 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := start(t, Options{TLS: "127.0.0.1:0", WSS: "127.0.0.1:0", TLSConfig: tc})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	// A plain MQTT 3.1.1 client over TLS publishes a tree...
 	o := paho.NewClientOptions().AddBroker("ssl://" + b.TLSAddr()).SetClientID("tls3").SetTLSConfig(&tls.Config{RootCAs: pool})
 	p := paho.NewClient(o)
