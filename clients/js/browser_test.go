@@ -255,4 +255,3 @@ func TestBrowser(t *testing.T) {
 		t.Logf("chromium:\n%s", logs.String())
 	}
 }
-
