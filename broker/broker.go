@@ -50,6 +50,7 @@ type Stats struct {
 	Batches      atomic.Int64 // batches applied by the message loop
 	OpsApplied   atomic.Int64 // publishes applied
 	DeltasQueued atomic.Int64 // tree messages queued to clients
+	Folded       atomic.Int64 // deltas folded into one still waiting for its client's writer
 	Throttled    atomic.Int64 // publishes that waited for the disk
 }
 

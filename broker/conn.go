@@ -31,12 +31,13 @@ type conn struct {
 	retained   []retainedReq
 	subHeld    bool // the writer is held for the SUBACK being written
 
-	mu      sync.Mutex // guards out, closed, writing, held
+	mu      sync.Mutex // guards out, closed, writing, held, gen and subState's queued, qGen, qi
 	space   sync.Cond  // on mu: signalled when the writer takes the queue
 	out     []outMsg
 	closed  bool
 	writing bool
 	held    int           // while > 0 the writer waits: an ack mochi writes must go first
+	gen     uint64        // bumped each time the writer takes the queue
 	wake    chan struct{} // one slot: out has messages
 	done    chan struct{} // closed with the connection
 
@@ -85,11 +86,48 @@ func newConn(b *Broker, cl *mqtt.Client) *conn {
 // blocks.
 func (c *conn) enqueue(m outMsg, limit int) {
 	c.mu.Lock()
-	c.pushLocked(m, limit)
+	c.pushLocked(m, limit, nil)
 }
 
-// pushLocked is enqueue with c.mu held; it unlocks it.
-func (c *conn) pushLocked(m outMsg, limit int) {
+// enqueueDelta queues delta m of st, made from batch; later deltas of st
+// fold into it while it waits (fold).
+func (c *conn) enqueueDelta(st *subState, batch []tree.Change, m outMsg, limit int) {
+	st.batch, st.rows = batch, st.rows[:0]
+	clear(st.at)
+	c.mu.Lock()
+	c.pushLocked(m, limit, st)
+}
+
+// fold folds a new delta of st, made from batch, into st's queued delta if
+// the writer has not taken that yet; it reports whether it did. The
+// message keeps its place and its mote-seq.
+func (c *conn) fold(t *tree.Tree, st *subState, s *tree.Sub, batch []tree.Change) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !st.queued || st.qGen != c.gen || c.closed || st.qi >= len(c.out) {
+		return false
+	}
+	if st.batch != nil { // the first fold: the queued delta's own rows
+		if st.at == nil {
+			st.at = make(map[string]int)
+		}
+		st.take(s, st.batch)
+		st.batch = nil
+	}
+	st.take(s, batch)
+	if payload, qos, ok := t.Fold(s, st.rows); ok {
+		m := &c.out[st.qi]
+		m.payload, m.qos = payload, min(qos, s.QoS)
+	}
+	return true
+}
+
+// pushLocked is enqueue with c.mu held; it unlocks it. A delta (st not
+// nil) is recorded as st's queued one.
+func (c *conn) pushLocked(m outMsg, limit int, st *subState) {
+	if st != nil {
+		st.queued = false
+	}
 	if c.closed {
 		c.mu.Unlock()
 		return
@@ -104,6 +142,9 @@ func (c *conn) pushLocked(m outMsg, limit int) {
 		return
 	}
 	c.out = append(c.out, m)
+	if st != nil {
+		st.queued, st.qGen, st.qi = true, c.gen, len(c.out)-1
+	}
 	start := !c.writing
 	c.writing = true
 	c.mu.Unlock()
@@ -183,6 +224,7 @@ func (c *conn) writeLoop() {
 				break // release wakes us
 			}
 			batch, c.out = c.out, batch[:0]
+			c.gen++ // queued deltas are taken: nothing folds into them now
 			c.space.Broadcast()
 			c.mu.Unlock()
 			if len(batch) == 0 {

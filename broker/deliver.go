@@ -104,5 +104,5 @@ func (c *conn) enqueuePlain(m outMsg, wait bool) {
 		}
 		timer.Stop()
 	}
-	c.pushLocked(m, limit)
+	c.pushLocked(m, limit, nil)
 }

@@ -57,6 +57,7 @@ func (h *hook) OnSysInfoTick(*system.Info) {
 		"batches":            b.stats.Batches.Load(),
 		"publishes":          b.stats.OpsApplied.Load(),
 		"tree/messages":      b.stats.DeltasQueued.Load(),
+		"tree/folded":        b.stats.Folded.Load(),
 		"tree/subscriptions": b.treeSubs.Load(),
 		"rows":               atomic.LoadInt64(&b.server.Info.Retained),
 	} {

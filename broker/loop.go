@@ -59,6 +59,51 @@ type subState struct {
 	codec wire.Codec
 	id    int
 	seq   uint64 // mote-seq of the last message queued; only the loop touches it
+
+	// The delta queued last takes in the next ones (Tree.Fold) until the
+	// writer takes it, so a client that is behind gets fewer, fuller deltas
+	// instead of a backlog. queued, qGen and qi (guarded by conn.mu) find it
+	// in the connection's queue; batch, rows and at (loop only) are what it
+	// holds: the batch it came from, until a first fold picks its rows.
+	queued bool
+	qGen   uint64
+	qi     int
+	batch  []tree.Change
+	rows   []tree.Change
+	at     map[string]int
+}
+
+// take adds the changes s matches to st.rows, newest value of each topic.
+func (st *subState) take(s *tree.Sub, changes []tree.Change) {
+	for _, ch := range changes {
+		if !s.Matches(ch.Topic) {
+			continue
+		}
+		if i, ok := st.at[ch.Topic]; ok {
+			st.rows[i].Value, st.rows[i].QoS = ch.Value, max(st.rows[i].QoS, ch.QoS)
+			continue
+		}
+		st.at[ch.Topic] = len(st.rows)
+		st.rows = append(st.rows, ch)
+	}
+}
+
+// batchChanges lists the rows a batch changed, with their publishes' QoS.
+func batchChanges(applied []tree.Applied, meta []*request) []tree.Change {
+	n := 0
+	for _, a := range applied {
+		n += len(a.Rows)
+	}
+	out := make([]tree.Change, 0, n)
+	for i, a := range applied {
+		if a.Err != nil {
+			continue
+		}
+		for _, row := range a.Rows {
+			out = append(out, tree.Change{Topic: row.Topic, Value: row.Value, QoS: meta[i].op.QoS})
+		}
+	}
+	return out
 }
 
 // requestQueue is the loop's inbox: a guarded slice, a condition to wake
@@ -203,11 +248,19 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 	if len(changes) > 0 || len(waiters) > 0 {
 		b.ret.Add(changes, waiters...) // never waits on the disk
 	}
+	var batch []tree.Change
 	for _, d := range res.Deltas {
+		if batch == nil {
+			batch = batchChanges(res.Applied, meta)
+		}
 		for _, s := range d.Subs {
 			st := s.Data.(*subState)
+			if st.conn.fold(b.tree, st, s, batch) {
+				b.stats.Folded.Add(1)
+				continue
+			}
 			st.seq++
-			st.conn.enqueue(outMsg{
+			st.conn.enqueueDelta(st, batch, outMsg{
 				topic: s.Topic, payload: d.Payload, qos: min(d.QoS, s.QoS),
 				seq: st.seq, codec: st.codec, subID: st.id,
 			}, b.opts.TreeQueue)

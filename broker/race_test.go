@@ -273,3 +273,66 @@ func TestPublishAfterSuback(t *testing.T) {
 		waitTreeSubs(t, b, 0)
 	}
 }
+
+// connOf finds the broker's connection state of a client id.
+func (b *Broker) connOf(t testing.TB, id string) *conn {
+	t.Helper()
+	var c *conn
+	b.conns.Range(func(_, v any) bool {
+		if v.(*conn).cl.ID == id {
+			c = v.(*conn)
+		}
+		return c == nil
+	})
+	if c == nil {
+		t.Fatalf("no connection for %s", id)
+	}
+	return c
+}
+
+// TestFoldQueuedDeltas: deltas that wait for a client's writer fold into
+// one: its copy ends equal to the rows, with mote-seq contiguous (no
+// resync), in one message instead of fifty.
+func TestFoldQueuedDeltas(t *testing.T) {
+	b := start(t, Options{})
+	ctx := testCtx(t)
+	w := mote(t, b, "w")
+	if err := w.PublishTree(ctx, "f", map[string]any{"a": map[string]any{"x": 1}, "b": map[string]any{"x": 2}}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	r := mote(t, b, "r")
+	var msgs int
+	var mu sync.Mutex
+	m, err := r.Mirror(ctx, "f/#", client.CBOR, 1, func(any) { mu.Lock(); msgs++; mu.Unlock() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := b.connOf(t, "r")
+	c.hold() // the writer waits: every delta below stays queued
+	for i := range 50 {
+		tree := map[string]any{"a": map[string]any{"x": i}, fmt.Sprintf("n%d", i%7): map[string]any{"y": i, "z": nil}}
+		switch i {
+		case 0:
+			tree["first"] = map[string]any{"only": true} // in the first queued delta alone
+		case 30:
+			tree["b"] = nil // a delete among them
+		}
+		if err := w.PublishTree(ctx, "f", tree, client.PublishOptions{QoS: byte(i % 2), Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle(t, b)
+	c.release()
+	want := decodeJSON(t, b.snapshot("f/#"))
+	if err := m.Wait(ctx, func(doc any) bool { return reflect.DeepEqual(normal(t, doc), want) }); err != nil {
+		m.Get(func(doc any) { t.Fatalf("copy %v\nwant %v", normal(t, doc), want) })
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if msgs != 2 || m.Resyncs() != 0 { // the snapshot and one folded delta
+		t.Errorf("%d messages (snapshot included), %d resyncs; want 2 and 0", msgs, m.Resyncs())
+	}
+	if b.stats.Folded.Load() == 0 { // (publishes waiting together in the loop fold there already)
+		t.Error("no delta folded in the queue")
+	}
+}

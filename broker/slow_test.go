@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -11,8 +10,9 @@ import (
 	"mote/clients/client"
 )
 
-// stalled subscribes on a raw connection and then never reads again.
-func stalled(t *testing.T, b *Broker, id, filter string) net.Conn {
+// stalled subscribes to filters (QoS 0) on a raw connection and then never
+// reads again.
+func stalled(t *testing.T, b *Broker, id string, filters ...string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", b.TCPAddr())
 	if err != nil {
@@ -21,24 +21,32 @@ func stalled(t *testing.T, b *Broker, id, filter string) net.Conn {
 	t.Cleanup(func() { c.Close() })
 	c.(*net.TCPConn).SetReadBuffer(4096)
 	c.Write(connectPacket(4, id))
-	sub := []byte{0x82, 0, 0, 1, 0, byte(len(filter))}
-	sub = append(append(sub, filter...), 0)
-	sub[1] = byte(len(sub) - 2)
-	c.Write(sub)
+	body := []byte{0, 1}
+	for _, f := range filters {
+		body = append(append(append(body, byte(len(f)>>8), byte(len(f))), f...), 0)
+	}
+	c.Write(append(append([]byte{0x82}, varint(len(body))...), body...))
 	time.Sleep(50 * time.Millisecond)
 	return c
 }
 
 // TestSlowTreeClient: a client that stops reading neither grows the
-// broker's memory without bound nor delays the others; its tree queue
-// drops (or, by policy, it is disconnected).
+// broker's memory without bound nor delays the others. Each of its tree
+// subscriptions keeps one queued delta, into which the next ones fold;
+// past TreeQueue messages (here: 150 subscriptions, each with a delta
+// waiting) its queue drops or, by policy, it is disconnected.
 func TestSlowTreeClient(t *testing.T) {
+	const keys = 150
+	var filters []string
+	for k := range keys {
+		filters = append(filters, fmt.Sprintf("$tree/s/k%d/#", k))
+	}
 	for _, policy := range []SlowPolicy{SlowDrop, SlowDisconnect} {
 		t.Run(string(policy), func(t *testing.T) {
 			b := start(t, Options{TreeQueue: 100, SlowClient: policy})
-			stalled(t, b, "slow", "$tree/s/#")
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
+			stalled(t, b, "slow", filters...)
+			waitTreeSubs(t, b, keys)
+			ctx := testCtx(t)
 			fast := mote(t, b, "fast")
 			m, err := fast.Mirror(ctx, "s/#", client.JSON, 0, nil)
 			if err != nil {
@@ -49,12 +57,16 @@ func TestSlowTreeClient(t *testing.T) {
 			big := strings.Repeat("x", 8192)
 			const n = 3000
 			for i := range n {
-				if err := pub.PublishTree(ctx, "s", map[string]any{"i": i, "pad": big}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+				if err := pub.PublishTree(ctx, fmt.Sprintf("s/k%d", i%keys), map[string]any{"i": i, "pad": big}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
 					t.Fatal(err)
 				}
 			}
 			want := fmt.Sprint(n - 1)
-			if err := m.Wait(ctx, func(doc any) bool { return fmt.Sprint(doc.(map[string]any)["i"]) == want }); err != nil {
+			last := fmt.Sprintf("k%d", (n-1)%keys)
+			if err := m.Wait(ctx, func(doc any) bool {
+				k, _ := doc.(map[string]any)[last].(map[string]any)
+				return fmt.Sprint(k["i"]) == want
+			}); err != nil {
 				t.Fatal("the fast client fell behind")
 			}
 			grew := int64(heapAndStacks()) - int64(before)
@@ -73,7 +85,10 @@ func TestSlowTreeClient(t *testing.T) {
 					t.Errorf("%d connections left; the stalled one should be gone", n)
 				}
 			}
-			t.Logf("%s: memory grew %d KiB, %d tree messages dropped", policy, grew>>10, b.stats.Dropped.Load())
+			if b.stats.Folded.Load() == 0 {
+				t.Error("no delta folded for the stalled client")
+			}
+			t.Logf("%s: memory grew %d KiB, %d tree messages dropped, %d deltas folded", policy, grew>>10, b.stats.Dropped.Load(), b.stats.Folded.Load())
 		})
 	}
 }

@@ -210,3 +210,38 @@ func (t *Tree) objectForm(g *group, pi int, c *change) bool {
 	n := t.store.find(c.topic)
 	return n != nil && n.hasKids()
 }
+
+// Change is one changed row as Fold takes it: the newest value of a topic
+// (kind None: deleted) and the highest QoS it came with.
+type Change struct {
+	Topic string
+	Value wire.Value
+	QoS   byte
+}
+
+// Matches reports whether a changed topic belongs in s's deltas: its filter
+// matches it and its read check, if any, allows it.
+func (s *Sub) Matches(topic string) bool {
+	return wire.Match(s.Filter, topic) && (s.Allow == nil || s.Allow(topic))
+}
+
+// Fold encodes one delta for s holding changes, as Apply would have if they
+// had all come in one batch: it is how a delta still waiting to be written
+// takes in the next ones for the same subscription. Each topic must appear
+// once, and s must match it (Sub.Matches). It reports false when there is
+// nothing to write, and must not run while an Apply result is being built
+// (it shares Apply's scratch space; Apply's results are independent of it).
+func (t *Tree) Fold(s *Sub, changes []Change) ([]byte, byte, bool) {
+	g := s.group
+	if g == nil || len(changes) == 0 {
+		return nil, 0, false
+	}
+	t.changed = t.changed[:0]
+	t.paths = t.paths[:0]
+	for i, c := range changes {
+		t.changed = append(t.changed, change{topic: c.Topic, val: c.Value, qos: c.QoS})
+		t.paths = append(t.paths, rowPath{keys: g.keys(c.Topic), row: int32(i)})
+	}
+	slices.SortFunc(t.paths, func(a, b rowPath) int { return slices.Compare(a.keys, b.keys) })
+	return t.encodeDelta(g, s.Allow)
+}

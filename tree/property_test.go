@@ -202,7 +202,13 @@ func TestSnapshotMatchesRows(t *testing.T) {
 			type client struct {
 				sub  *Sub
 				copy any
+				// folded: a second copy that merges each delta until batch
+				// split, then takes every later change in one Fold at the end.
+				folded  any
+				pending []Change
+				at      map[string]int
 			}
+			split := r.IntN(30)
 			clients := map[*Sub]*client{}
 			for i, f := range propFilter {
 				s := &Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/" + f, Filter: f, Codec: wire.Codec(i % 2)}
@@ -210,10 +216,10 @@ func TestSnapshotMatchesRows(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				clients[s] = &client{sub: s, copy: decodeTree(t, s.Codec, snap)}
+				clients[s] = &client{sub: s, copy: decodeTree(t, s.Codec, snap), folded: decodeTree(t, s.Codec, snap), at: map[string]int{}}
 			}
 			model := map[string]wire.Value{}
-			for range 30 {
+			for batch := range 30 {
 				ops := make([]Op, 1+r.IntN(4))
 				for i := range ops {
 					ops[i] = randOp(r, true)
@@ -232,7 +238,32 @@ func TestSnapshotMatchesRows(t *testing.T) {
 					for _, s := range d.Subs {
 						c := clients[s]
 						c.copy = Merge(c.copy, decodeTree(t, s.Codec, d.Payload), s.Filter)
+						if batch < split {
+							c.folded = Merge(c.folded, decodeTree(t, s.Codec, d.Payload), s.Filter)
+						}
 					}
+				}
+				if batch >= split {
+					for _, c := range clients {
+						for i, a := range res.Applied {
+							for _, row := range a.Rows {
+								if !c.sub.Matches(row.Topic) {
+									continue
+								}
+								if j, ok := c.at[row.Topic]; ok {
+									c.pending[j].Value, c.pending[j].QoS = row.Value, max(c.pending[j].QoS, ops[i].QoS)
+									continue
+								}
+								c.at[row.Topic] = len(c.pending)
+								c.pending = append(c.pending, Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS})
+							}
+						}
+					}
+				}
+			}
+			for _, c := range clients {
+				if payload, _, ok := tr.Fold(c.sub, c.pending); ok {
+					c.folded = Merge(c.folded, decodeTree(t, c.sub.Codec, payload), c.sub.Filter)
 				}
 			}
 			if got := rowsOf(tr); !reflect.DeepEqual(got, model) {
@@ -246,6 +277,9 @@ func TestSnapshotMatchesRows(t *testing.T) {
 				}
 				if !reflect.DeepEqual(c.copy, want) {
 					t.Errorf("%s: merged copy %v\nwant %v", c.sub.Filter, c.copy, want)
+				}
+				if !reflect.DeepEqual(c.folded, want) {
+					t.Errorf("%s: copy with batches %d.. folded %v\nwant %v", c.sub.Filter, split, c.folded, want)
 				}
 			}
 		})
