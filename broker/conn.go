@@ -65,6 +65,9 @@ type outMsg struct {
 	pk      *packets.Packet     // a plain live publish, shared by all its subscribers
 	retain  bool                // with pk: the retain flag this subscriber gets
 	subIDs  []int               // with pk: its subscription identifiers
+	fold    *tree.Sub           // a delta later ones folded into: encode rows for it before writing
+	rows    []tree.Change       // with fold: the rows to encode
+	skip    bool                // not to be written after all
 }
 
 func newConn(b *Broker, cl *mqtt.Client) *conn {
@@ -92,34 +95,73 @@ func (c *conn) enqueue(m outMsg, limit int) {
 // enqueueDelta queues delta m of st, made from batch; later deltas of st
 // fold into it while it waits (fold).
 func (c *conn) enqueueDelta(st *subState, batch []tree.Change, m outMsg, limit int) {
-	st.batch, st.rows = batch, st.rows[:0]
-	clear(st.at)
 	c.mu.Lock()
+	st.batch, st.rows, st.at, st.qos = batch, nil, nil, 0
 	c.pushLocked(m, limit, st)
 }
 
 // fold folds a new delta of st, made from batch, into st's queued delta if
-// the writer has not taken that yet; it reports whether it did. The
-// message keeps its place and its mote-seq.
-func (c *conn) fold(t *tree.Tree, st *subState, s *tree.Sub, batch []tree.Change) bool {
+// the writer has not taken that yet; it reports whether it did. It only
+// gathers rows: the message, which keeps its place and its mote-seq, is
+// encoded again once, when the writer takes it (encodeFolded).
+func (c *conn) fold(st *subState, s *tree.Sub, batch []tree.Change) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !st.queued || st.qGen != c.gen || c.closed || st.qi >= len(c.out) {
 		return false
 	}
 	if st.batch != nil { // the first fold: the queued delta's own rows
-		if st.at == nil {
-			st.at = make(map[string]int)
-		}
 		st.take(s, st.batch)
 		st.batch = nil
 	}
 	st.take(s, batch)
-	if payload, qos, ok := t.Fold(s, st.rows); ok {
-		m := &c.out[st.qi]
-		m.payload, m.qos = payload, min(qos, s.QoS)
-	}
+	m := &c.out[st.qi]
+	m.fold, m.qos = s, min(st.qos, s.QoS)
 	return true
+}
+
+// takeFolded moves the rows of the folded deltas in a batch the writer
+// just took from their subscriptions into the messages; c.mu is held.
+func takeFolded(batch []outMsg) (n int) {
+	for i := range batch {
+		if m := &batch[i]; m.fold != nil {
+			st := m.fold.Data.(*subState)
+			m.rows, st.rows, st.at = st.rows, nil, nil
+			n++
+		}
+	}
+	return n
+}
+
+// encodeFolded has the message loop, the owner of the tree, encode the
+// folded deltas of a batch, and waits for it. It reports false when the
+// connection or the broker is closing.
+func (c *conn) encodeFolded(batch []outMsg) bool {
+	done := make(chan struct{})
+	call := func(t *tree.Tree) {
+		defer close(done)
+		for i := range batch {
+			m := &batch[i]
+			if m.fold == nil {
+				continue
+			}
+			if payload, qos, ok := t.Fold(m.fold, m.rows); ok {
+				m.payload, m.qos = payload, min(qos, m.fold.QoS)
+			} else {
+				m.skip = true // unsubscribed meanwhile, or nothing it may read
+			}
+			m.fold, m.rows = nil, nil
+		}
+	}
+	if !c.b.reqs.push(request{kind: reqCall, call: call}) {
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	case <-c.done:
+		return false
+	}
 }
 
 // pushLocked is enqueue with c.mu held; it unlocks it. A delta (st not
@@ -225,12 +267,20 @@ func (c *conn) writeLoop() {
 			}
 			batch, c.out = c.out, batch[:0]
 			c.gen++ // queued deltas are taken: nothing folds into them now
+			folded := takeFolded(batch)
 			c.space.Broadcast()
 			c.mu.Unlock()
 			if len(batch) == 0 {
 				break
 			}
+			if folded > 0 && !c.encodeFolded(batch) {
+				return
+			}
 			for i := range batch {
+				if batch[i].skip {
+					batch[i] = outMsg{}
+					continue
+				}
 				if err := c.write(&batch[i]); err != nil {
 					if !errors.Is(err, mqtt.ErrConnectionClosed) {
 						c.b.log.Debug().Err(err).Str("client", c.cl.ID).Msg("tree write failed")

@@ -60,25 +60,30 @@ type subState struct {
 	id    int
 	seq   uint64 // mote-seq of the last message queued; only the loop touches it
 
-	// The delta queued last takes in the next ones (Tree.Fold) until the
-	// writer takes it, so a client that is behind gets fewer, fuller deltas
-	// instead of a backlog. queued, qGen and qi (guarded by conn.mu) find it
-	// in the connection's queue; batch, rows and at (loop only) are what it
-	// holds: the batch it came from, until a first fold picks its rows.
+	// The delta queued last takes in the next ones until the writer takes
+	// it, so a client that is behind gets fewer, fuller deltas instead of a
+	// backlog. All guarded by conn.mu: queued, qGen and qi find it in the
+	// connection's queue; batch is the batch it came from, rows (each topic
+	// once, at its index in at) what it holds once something folded in.
 	queued bool
 	qGen   uint64
 	qi     int
 	batch  []tree.Change
 	rows   []tree.Change
 	at     map[string]int
+	qos    byte // highest QoS among rows
 }
 
 // take adds the changes s matches to st.rows, newest value of each topic.
 func (st *subState) take(s *tree.Sub, changes []tree.Change) {
+	if st.at == nil {
+		st.at = make(map[string]int)
+	}
 	for _, ch := range changes {
 		if !s.Matches(ch.Topic) {
 			continue
 		}
+		st.qos = max(st.qos, ch.QoS)
 		if i, ok := st.at[ch.Topic]; ok {
 			st.rows[i].Value, st.rows[i].QoS = ch.Value, max(st.rows[i].QoS, ch.QoS)
 			continue
@@ -255,7 +260,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 		}
 		for _, s := range d.Subs {
 			st := s.Data.(*subState)
-			if st.conn.fold(b.tree, st, s, batch) {
+			if st.conn.fold(st, s, batch) {
 				b.stats.Folded.Add(1)
 				continue
 			}
