@@ -93,9 +93,9 @@ func TestSnapshotDeltaRace(t *testing.T) {
 		want := decodeJSON(t, b.snapshot(filter))
 		err := m.Wait(ctx, func(doc any) bool { return reflect.DeepEqual(normal(t, doc), want) })
 		if err != nil {
-			m.Get(func(doc any) {
-				t.Fatalf("mirror %d (%s, resyncs %d): %v\nwant %v", i, filter, m.Resyncs(), normal(t, doc), want)
-			})
+			var got any
+			m.Get(func(doc any) { got = normal(t, doc) }) // (no Fatal under the mirror's lock)
+			t.Fatalf("mirror %d (%s, resyncs %d): %v\nwant %v", i, filter, m.Resyncs(), got, want)
 		}
 	}
 }
