@@ -29,6 +29,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/fxamacker/cbor/v2"
 
@@ -113,7 +114,11 @@ func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 	}
 	c := &Client{timeout: opts.Timeout, subs: map[string]*subscription{}}
 	c.pc = paho.NewClient(paho.ClientConfig{
-		Conn:              nc,
+		// paho writes a packet in several Writes (header, then the rest), and
+		// its pinger writes from another goroutine: over TLS and WebSocket,
+		// where a Write is not one system call, a PINGREQ could land inside a
+		// PUBLISH. paho holds a conn's lock for a whole packet when it has one.
+		Conn:              packets.NewThreadSafeConn(nc),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){c.route},
 	})
 	cp := &paho.Connect{ClientID: opts.ClientID, KeepAlive: opts.KeepAlive, CleanStart: opts.CleanStart}
