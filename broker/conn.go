@@ -65,6 +65,7 @@ type outMsg struct {
 	pk      *packets.Packet     // a plain live publish, shared by all its subscribers
 	retain  bool                // with pk: the retain flag this subscriber gets
 	subIDs  []int               // with pk: its subscription identifiers
+	st      *subState           // a delta: its subscription
 	fold    *tree.Sub           // a delta later ones folded into: encode rows for it before writing
 	rows    []tree.Change       // with fold: the rows to encode
 	skip    bool                // not to be written after all
@@ -95,6 +96,7 @@ func (c *conn) enqueue(m outMsg, limit int) {
 // enqueueDelta queues delta m of st, made from batch; later deltas of st
 // fold into it while it waits (fold).
 func (c *conn) enqueueDelta(st *subState, batch []tree.Change, m outMsg, limit int) {
+	m.st = st
 	c.mu.Lock()
 	st.batch, st.rows, st.at, st.qos = batch, nil, nil, 0
 	c.pushLocked(m, limit, st)
@@ -121,14 +123,22 @@ func (c *conn) fold(st *subState, s *tree.Sub, batch []tree.Change) bool {
 }
 
 // takeFolded moves the rows of the folded deltas in a batch the writer
-// just took from their subscriptions into the messages; c.mu is held.
+// just took from their subscriptions into the messages, and lets go of the
+// batches behind the others (nothing folds into them now); c.mu is held.
 func takeFolded(batch []outMsg) (n int) {
 	for i := range batch {
-		if m := &batch[i]; m.fold != nil {
-			st := m.fold.Data.(*subState)
-			m.rows, st.rows, st.at = st.rows, nil, nil
+		m := &batch[i]
+		if m.st == nil {
+			continue
+		}
+		if m.st.queued && m.st.qi == i { // still its subscription's latest
+			m.st.batch = nil
+		}
+		if m.fold != nil {
+			m.rows, m.st.rows, m.st.at = m.st.rows, nil, nil
 			n++
 		}
+		m.st = nil
 	}
 	return n
 }
@@ -274,6 +284,7 @@ func (c *conn) writeLoop() {
 				break
 			}
 			if folded > 0 && !c.encodeFolded(batch) {
+				c.close() // the broker is stopping
 				return
 			}
 			for i := range batch {

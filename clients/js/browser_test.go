@@ -106,11 +106,14 @@ type result struct {
 		AfterDelta   any  `json:"afterDelta"`
 		Resubscribed bool `json:"resubscribed"`
 		AfterResync  any  `json:"afterResync"`
+		Resumed      any  `json:"resumed"`
+		Renewed      bool `json:"renewed"`
 	} `json:"mirror"`
 	Runs []struct {
 		Version   int    `json:"version"`
 		Snapshot  any    `json:"snapshot"`
 		Published any    `json:"published"`
+		Proto     bool   `json:"proto"`
 		Set       any    `json:"set"`
 		Refused   string `json:"refused"`
 		Resyncs   int    `json:"resyncs"`
@@ -221,7 +224,8 @@ func TestBrowser(t *testing.T) {
 	}
 	mr := res.Mirror
 	if !mr.Early || !reflect.DeepEqual(mr.Snapshot, doc(`{"x":1,"y":2}`)) || !reflect.DeepEqual(mr.AfterDelta, doc(`{"y":2,"z":3}`)) ||
-		!mr.Resubscribed || !reflect.DeepEqual(mr.AfterResync, doc(`{"fresh":1}`)) {
+		!mr.Resubscribed || !reflect.DeepEqual(mr.AfterResync, doc(`{"fresh":1}`)) ||
+		!reflect.DeepEqual(mr.Resumed, doc(`{"again":2}`)) || !mr.Renewed {
 		t.Errorf("Mirror logic: %+v", mr)
 	}
 	if len(res.Runs) != 2 {
@@ -233,6 +237,9 @@ func TestBrowser(t *testing.T) {
 		}
 		if !reflect.DeepEqual(r.Published, doc(`{"kitchen":1,"livingroom":0}`)) {
 			t.Errorf("MQTT %d: after the tree publishes %v", r.Version, r.Published)
+		}
+		if !r.Proto {
+			t.Errorf("MQTT %d: a row named __proto__ was not a plain key of the copy, or reached Object.prototype", r.Version)
 		}
 		if !reflect.DeepEqual(r.Set, doc(`{"kitchen":0,"livingroom":0}`)) {
 			t.Errorf("MQTT %d: after $set %v", r.Version, r.Set)

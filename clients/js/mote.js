@@ -32,6 +32,17 @@ function isObject(v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
 }
 
+// Level names are data: a row may be called "__proto__" or "constructor".
+// own and put read and write only an object's own keys, so no tree can
+// reach Object.prototype.
+function own(obj, k) {
+  return Object.prototype.hasOwnProperty.call(obj, k) ? obj[k] : undefined
+}
+
+function put(obj, k, v) {
+  Object.defineProperty(obj, k, { value: v, enumerable: true, writable: true, configurable: true })
+}
+
 // merge applies a decoded delta to a decoded copy of a subscription's tree
 // and returns the new copy (it changes doc's objects in place). filter is F,
 // the filter the tree is built from: its '+' levels are nested keys, where
@@ -62,7 +73,7 @@ function mergeLevels(m, d, left, hash) {
       if (dv === null) {
         delete m[k]
       } else {
-        m[k] = dv
+        put(m, k, dv)
       }
       continue
     }
@@ -70,7 +81,8 @@ function mergeLevels(m, d, left, hash) {
       delete m[k] // not a shape the broker sends; the row set is gone
       continue
     }
-    const child = isObject(m[k]) ? m[k] : {}
+    const cur = own(m, k)
+    const child = isObject(cur) ? cur : {}
     if (left === 1) {
       mergeSubtree(child, dv)
     } else {
@@ -79,7 +91,7 @@ function mergeLevels(m, d, left, hash) {
     if (Object.keys(child).length === 0) {
       delete m[k]
     } else {
-      m[k] = child
+      put(m, k, child)
     }
   }
 }
@@ -92,7 +104,7 @@ function mergeSubtree(m, d) {
       if (dv === null) {
         delete m[k]
       } else {
-        m[k] = dv
+        put(m, k, dv)
       }
       continue
     }
@@ -106,26 +118,26 @@ function mergeNode(parent, k, dv) {
     return
   }
   if (!isObject(dv)) {
-    parent[k] = dv
+    put(parent, k, dv)
     return
   }
-  let node = parent[k]
+  let node = own(parent, k)
   if (!isObject(node)) {
     const cur = node
     node = {}
     if (cur !== undefined) { // a bare value becomes the node's own value
-      node['/'] = cur
+      put(node, '/', cur)
     }
   }
   mergeSubtree(node, dv)
   const keys = Object.keys(node)
-  const own = node['/']
+  const value = own(node, '/')
   if (keys.length === 0) {
     delete parent[k]
-  } else if (keys.length === 1 && own !== undefined && !isObject(own)) {
-    parent[k] = own // no children left: the bare value
+  } else if (keys.length === 1 && value !== undefined && !isObject(value)) {
+    put(parent, k, value) // no children left: the bare value
   } else {
-    parent[k] = node
+    put(parent, k, node)
   }
 }
 
@@ -135,7 +147,8 @@ function mergeParts(doc, part) {
     return part
   }
   for (const [k, v] of Object.entries(part)) {
-    doc[k] = k in doc ? mergeParts(doc[k], v) : v
+    const cur = own(doc, k)
+    put(doc, k, cur !== undefined ? mergeParts(cur, v) : v)
   }
   return doc
 }
@@ -174,7 +187,26 @@ export class Mirror {
         this.handle(payload, packet)
       }
     }
+    // After a reconnect a fresh snapshot comes (the broker sends one to a
+    // resumed session; a new session subscribes again): until it is in,
+    // the copy is stale.
+    this.dropped = false
+    this.onClose = () => { this.dropped = true }
+    this.onConnect = (connack) => {
+      if (!this.dropped) {
+        return
+      }
+      this.dropped = false
+      if (connack && connack.sessionPresent) {
+        this.seq = -1
+        this.parts = null
+      } else {
+        this.subscribe().catch((err) => console.error(err))
+      }
+    }
     client.on('message', this.onMessage)
+    client.on('close', this.onClose)
+    client.on('connect', this.onConnect)
     this.subscribe().catch((err) => this.rejectReady(err))
   }
 
@@ -202,10 +234,11 @@ export class Mirror {
     const part = userProperty(packet, 'mote-part')
     if (seq === 0 || (seq === undefined && this.seq < 0)) {
       // The snapshot, or one part of it. Over MQTT 3.1.1 it is the first
-      // message after the SUBACK.
+      // message after the SUBACK (or a reconnect).
       if (this.parts === null || !part || part.startsWith('1/')) {
         this.tree = undefined
         this.parts = new Set()
+        this.seq = -1 // not a copy until the whole snapshot is in
       }
       if (!part) {
         this.tree = tree
@@ -280,6 +313,8 @@ export class Mirror {
     }
     this.closed = true
     this.client.removeListener('message', this.onMessage)
+    this.client.removeListener('close', this.onClose)
+    this.client.removeListener('connect', this.onConnect)
     await promisify((cb) => this.client.unsubscribe(this.topic, cb))
   }
 }
