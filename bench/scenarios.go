@@ -143,28 +143,14 @@ func fanIn(ctx context.Context, addr string, s Sizes, qos byte) (outcome, error)
 	}
 	payload := strings.Repeat("x", 64)
 	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, s.FanInPubs)
-	for p := range s.FanInPubs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := dial(addr, fmt.Sprint("fanin-", p), nil)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Disconnect(500)
-			var last paho.Token
-			for range s.FanInEach {
-				last = c.Publish(fmt.Sprint("fan/", p), qos, false, payload)
-			}
-			wait(last)
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	err = publishers(addr, "fanin-", s.FanInPubs, func(p int, c paho.Client) {
+		var last paho.Token
+		for range s.FanInEach {
+			last = c.Publish(fmt.Sprint("fan/", p), qos, false, payload)
+		}
+		wait(last)
+	})
+	if err != nil {
 		return outcome{}, err
 	}
 	total := int64(s.FanInPubs * s.FanInEach)
@@ -218,24 +204,33 @@ func fanOut(ctx context.Context, addr string, s Sizes) (outcome, error) {
 // connections, at QoS 1 so every broker has them all.
 func loadRows(addr string, rows int, prefix string) error {
 	const conns = 8
+	return publishers(addr, prefix+"-load-", conns, func(w int, c paho.Client) {
+		var toks []paho.Token
+		for i := w; i < rows; i += conns {
+			toks = append(toks, c.Publish(fmt.Sprintf("dev/d%06d/state", i), 1, true, strconv.Itoa(i%2)))
+			toks = waitAll(toks, 1000)
+		}
+		waitAll(toks, 0)
+	})
+}
+
+// publishers runs n load clients at once, client i connected as prefix+i
+// and handed to publish; it returns when all are done (and disconnected),
+// with the first failure to connect.
+func publishers(addr, prefix string, n int, publish func(i int, c paho.Client)) error {
 	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for w := range conns {
+	errs := make(chan error, n)
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := dial(addr, fmt.Sprint(prefix, "-load-", w), nil)
+			c, err := dial(addr, fmt.Sprint(prefix, i), nil)
 			if err != nil {
 				errs <- err
 				return
 			}
 			defer c.Disconnect(500)
-			var toks []paho.Token
-			for i := w; i < rows; i += conns {
-				toks = append(toks, c.Publish(fmt.Sprintf("dev/d%06d/state", i), 1, true, strconv.Itoa(i%2)))
-				toks = waitAll(toks, 1000)
-			}
-			waitAll(toks, 0)
+			publish(i, c)
 		}()
 	}
 	wg.Wait()
@@ -305,37 +300,23 @@ func bootStorm(ctx context.Context, addr string, s Sizes, tree bool) (outcome, e
 	const conns = 50
 	start := time.Now()
 	var sent atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for w := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := dial(addr, fmt.Sprint("boot-", w), nil)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Disconnect(500)
-			var toks []paho.Token
-			for d := w; d < s.Devices; d += conns {
-				if tree {
-					toks = append(toks, c.Publish(fmt.Sprintf("$tree/boot/d%05d", d), 1, true, deviceTree(d, s.DeviceRows)))
+	err := publishers(addr, "boot-", conns, func(w int, c paho.Client) {
+		var toks []paho.Token
+		for d := w; d < s.Devices; d += conns {
+			if tree {
+				toks = append(toks, c.Publish(fmt.Sprintf("$tree/boot/d%05d", d), 1, true, deviceTree(d, s.DeviceRows)))
+				sent.Add(1)
+			} else {
+				for r := range s.DeviceRows {
+					toks = append(toks, c.Publish(fmt.Sprintf("boot/d%05d/r%02d", d, r), 1, true, strconv.Itoa(d+r)))
 					sent.Add(1)
-				} else {
-					for r := range s.DeviceRows {
-						toks = append(toks, c.Publish(fmt.Sprintf("boot/d%05d/r%02d", d, r), 1, true, strconv.Itoa(d+r)))
-						sent.Add(1)
-					}
 				}
-				toks = waitAll(toks, 500)
 			}
-			waitAll(toks, 0)
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+			toks = waitAll(toks, 500)
+		}
+		waitAll(toks, 0)
+	})
+	if err != nil {
 		return outcome{}, err
 	}
 	el := time.Since(start)

@@ -95,7 +95,7 @@ func (c *conn) enqueue(m outMsg, limit int) {
 
 // enqueueDelta queues delta m of st, made from batch; later deltas of st
 // fold into it while it waits (fold).
-func (c *conn) enqueueDelta(st *subState, batch []tree.Change, m outMsg, limit int) {
+func (c *conn) enqueueDelta(st *subState, batch *batchRows, m outMsg, limit int) {
 	m.st = st
 	c.mu.Lock()
 	st.batch, st.rows, st.at, st.qos = batch, nil, nil, 0
@@ -106,17 +106,17 @@ func (c *conn) enqueueDelta(st *subState, batch []tree.Change, m outMsg, limit i
 // the writer has not taken that yet; it reports whether it did. It only
 // gathers rows: the message, which keeps its place and its mote-seq, is
 // encoded again once, when the writer takes it (encodeFolded).
-func (c *conn) fold(st *subState, s *tree.Sub, batch []tree.Change) bool {
+func (c *conn) fold(st *subState, s *tree.Sub, batch *batchRows) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !st.queued || st.qGen != c.gen || c.closed || st.qi >= len(c.out) {
 		return false
 	}
 	if st.batch != nil { // the first fold: the queued delta's own rows
-		st.take(s, st.batch)
+		st.take(s, st.batch.changes())
 		st.batch = nil
 	}
-	st.take(s, batch)
+	st.take(s, batch.changes())
 	m := &c.out[st.qi]
 	m.fold, m.qos = s, min(st.qos, s.QoS)
 	return true

@@ -64,12 +64,49 @@ type msg struct {
 	retained bool
 }
 
+// inbox records messages as they arrive, for a test to wait on.
+type inbox[T any] struct {
+	mu   sync.Mutex
+	msgs []T
+	got  chan struct{} // one slot: something arrived
+}
+
+func (in *inbox[T]) add(m T) {
+	in.mu.Lock()
+	in.msgs = append(in.msgs, m)
+	in.mu.Unlock()
+	select {
+	case in.got <- struct{}{}:
+	default:
+	}
+}
+
+// wait waits until n messages arrived and returns them.
+func (in *inbox[T]) wait(t testing.TB, n int) []T {
+	t.Helper()
+	deadline := time.After(testTimeout)
+	for {
+		in.mu.Lock()
+		if len(in.msgs) >= n {
+			out := append([]T(nil), in.msgs...)
+			in.mu.Unlock()
+			return out
+		}
+		in.mu.Unlock()
+		select {
+		case <-in.got:
+		case <-deadline:
+			in.mu.Lock()
+			defer in.mu.Unlock()
+			t.Fatalf("got %d messages, want %d: %+v", len(in.msgs), n, in.msgs)
+		}
+	}
+}
+
 // v3 is a paho.mqtt.golang (MQTT 3.1.1) client recording what it receives.
 type v3 struct {
 	paho.Client
-	mu   sync.Mutex
-	msgs []msg
-	got  chan struct{}
+	inbox[msg]
 }
 
 func dial3(t testing.TB, b *Broker, id string, clean bool) *v3 {
@@ -79,7 +116,7 @@ func dial3(t testing.TB, b *Broker, id string, clean bool) *v3 {
 
 func dial3With(t testing.TB, b *Broker, o *paho.ClientOptions) *v3 {
 	t.Helper()
-	c := &v3{got: make(chan struct{}, 1)}
+	c := &v3{inbox: inbox[msg]{got: make(chan struct{}, 1)}}
 	o.AddBroker("tcp://" + b.TCPAddr()).SetAutoReconnect(false).SetOrderMatters(true).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { c.record(m) })
 	c.Client = paho.NewClient(o)
@@ -91,35 +128,7 @@ func dial3With(t testing.TB, b *Broker, o *paho.ClientOptions) *v3 {
 }
 
 func (c *v3) record(m paho.Message) {
-	c.mu.Lock()
-	c.msgs = append(c.msgs, msg{m.Topic(), string(m.Payload()), m.Qos(), m.Retained()})
-	c.mu.Unlock()
-	select {
-	case c.got <- struct{}{}:
-	default:
-	}
-}
-
-// wait waits until n messages arrived and returns them.
-func (c *v3) wait(t testing.TB, n int) []msg {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		c.mu.Lock()
-		if len(c.msgs) >= n {
-			out := append([]msg(nil), c.msgs...)
-			c.mu.Unlock()
-			return out
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.got:
-		case <-deadline:
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			t.Fatalf("got %d messages, want %d: %+v", len(c.msgs), n, c.msgs)
-		}
-	}
+	c.add(msg{m.Topic(), string(m.Payload()), m.Qos(), m.Retained()})
 }
 
 // quiet checks that nothing more than n messages arrives for a while.
@@ -162,42 +171,14 @@ func mote(t testing.TB, b *Broker, id string) *client.Client {
 }
 
 // collector gathers a client subscription's messages.
-type collector struct {
-	mu   sync.Mutex
-	msgs []client.Message
-	got  chan struct{}
+type collector struct{ inbox[client.Message] }
+
+func newCollector() *collector {
+	return &collector{inbox[client.Message]{got: make(chan struct{}, 1)}}
 }
 
-func newCollector() *collector { return &collector{got: make(chan struct{}, 1)} }
-
-func (c *collector) handle(m client.Message) {
-	c.mu.Lock()
-	c.msgs = append(c.msgs, m)
-	c.mu.Unlock()
-	select {
-	case c.got <- struct{}{}:
-	default:
-	}
-}
-
-func (c *collector) wait(t testing.TB, n int) []client.Message {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		c.mu.Lock()
-		if len(c.msgs) >= n {
-			out := append([]client.Message(nil), c.msgs...)
-			c.mu.Unlock()
-			return out
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.got:
-		case <-deadline:
-			t.Fatalf("got %d messages, want %d", len(c.msgs), n)
-		}
-	}
-}
+// handle is a client.Handler.
+func (c *collector) handle(m client.Message) { c.add(m) }
 
 // same compares decoded trees, normalising numbers and CBOR maps via JSON.
 func same(t testing.TB, got any, want string) bool {

@@ -68,7 +68,7 @@ type subState struct {
 	queued bool
 	qGen   uint64
 	qi     int
-	batch  []tree.Change
+	batch  *batchRows
 	rows   []tree.Change
 	at     map[string]int
 	qos    byte // highest QoS among rows
@@ -93,22 +93,38 @@ func (st *subState) take(s *tree.Sub, changes []tree.Change) {
 	}
 }
 
-// batchChanges lists the rows a batch changed, with their publishes' QoS.
-func batchChanges(applied []tree.Applied, meta []*request) []tree.Change {
-	n := 0
-	for _, a := range applied {
-		n += len(a.Rows)
+// batchRows is the rows one batch changed, listed (with their publishes'
+// QoS) only when a delta of the batch has to fold: most never do. Only the
+// loop reads it.
+type batchRows struct {
+	applied []tree.Applied
+	qos     []byte // each op's
+	list    []tree.Change
+}
+
+func newBatchRows(applied []tree.Applied, meta []*request) *batchRows {
+	r := &batchRows{applied: applied, qos: make([]byte, len(meta))}
+	for i, m := range meta {
+		r.qos[i] = m.op.QoS
 	}
-	out := make([]tree.Change, 0, n)
-	for i, a := range applied {
+	return r
+}
+
+// changes lists the rows, the first time it is asked.
+func (r *batchRows) changes() []tree.Change {
+	if r.applied == nil {
+		return r.list
+	}
+	for i, a := range r.applied {
 		if a.Err != nil {
 			continue
 		}
 		for _, row := range a.Rows {
-			out = append(out, tree.Change{Topic: row.Topic, Value: row.Value, QoS: meta[i].op.QoS})
+			r.list = append(r.list, tree.Change{Topic: row.Topic, Value: row.Value, QoS: r.qos[i]})
 		}
 	}
-	return out
+	r.applied = nil
+	return r.list
 }
 
 // requestQueue is the loop's inbox: a guarded slice, a condition to wake
@@ -253,10 +269,10 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 	if len(changes) > 0 || len(waiters) > 0 {
 		b.ret.Add(changes, waiters...) // never waits on the disk
 	}
-	var batch []tree.Change
+	var batch *batchRows
 	for _, d := range res.Deltas {
 		if batch == nil {
-			batch = batchChanges(res.Applied, meta)
+			batch = newBatchRows(res.Applied, meta)
 		}
 		for _, s := range d.Subs {
 			st := s.Data.(*subState)

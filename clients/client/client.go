@@ -178,14 +178,7 @@ func (c *Client) ctx(parent context.Context) (context.Context, context.CancelFun
 // $tree/F, in codec). Tree messages arrive decoded, on the filter as
 // subscribed. It returns once the broker has granted the subscription.
 func (c *Client) Subscribe(ctx context.Context, filter string, mode Mode, codec Codec, qos byte, h Handler) error {
-	topic := filter
-	if mode != Plain {
-		topic = "$" + mode.String()
-		if codec != JSON {
-			topic += "." + codec.String()
-		}
-		topic += "/" + filter
-	}
+	topic := subscribeTopic(filter, mode, codec)
 	c.mu.Lock()
 	c.subs[topic] = &subscription{filter: topic, mode: mode, codec: codec, handler: h}
 	c.mu.Unlock()
@@ -204,16 +197,22 @@ func (c *Client) Subscribe(ctx context.Context, filter string, mode Mode, codec 
 	return nil
 }
 
+// subscribeTopic is the SUBSCRIBE filter for F in a mode: F itself, or
+// $sync/F, $tree.cbor/F and the like.
+func subscribeTopic(filter string, mode Mode, codec Codec) string {
+	if mode == Plain {
+		return filter
+	}
+	topic := "$" + mode.String()
+	if codec != JSON {
+		topic += "." + codec.String()
+	}
+	return topic + "/" + filter
+}
+
 // Unsubscribe ends the subscription on filter as given to Subscribe.
 func (c *Client) Unsubscribe(ctx context.Context, filter string, mode Mode, codec Codec) error {
-	topic := filter
-	if mode != Plain {
-		topic = "$" + mode.String()
-		if codec != JSON {
-			topic += "." + codec.String()
-		}
-		topic += "/" + filter
-	}
+	topic := subscribeTopic(filter, mode, codec)
 	cctx, cancel := c.ctx(ctx)
 	defer cancel()
 	_, err := c.pc.Unsubscribe(cctx, &paho.Unsubscribe{Topics: []string{topic}})
