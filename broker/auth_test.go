@@ -9,8 +9,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"mote/broker/auth"
-	"mote/clients/client"
+	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/clients/client"
 )
 
 func TestLoopbackOnlyWithoutAuth(t *testing.T) {

@@ -13,9 +13,9 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"mote/clients/client"
-	"mote/retain"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // BenchmarkDashboardLoad: a client subscribes and waits until it holds all

@@ -11,8 +11,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
-	"mote/retain"
-	"mote/tree"
+	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // Broker is a running Mote broker.

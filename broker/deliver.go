@@ -8,7 +8,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"mote/broker/auth"
+	"github.com/mote-mqtt/mote/broker/auth"
 )
 
 // deliverPlain sends a plain publish to every matching plain subscriber

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"mote/clients/client"
-	"mote/internal/spec"
+	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/internal/spec"
 )
 
 func TestSyncSnapshotThenDelta(t *testing.T) {

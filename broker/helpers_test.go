@@ -12,7 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
-	"mote/clients/client"
+	"github.com/mote-mqtt/mote/clients/client"
 )
 
 // start runs a broker on random loopback ports for one test.

@@ -12,9 +12,9 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/mochi-mqtt/server/v2/system"
 
-	"mote/broker/auth"
-	"mote/tree"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // internalPublish replaces the topic of a Mote publish once it is decoded:

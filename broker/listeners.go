@@ -17,7 +17,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/rs/zerolog"
 
-	"mote/internal/wsstream"
+	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // guard runs one connection's session and turns a panic inside mochi (a

@@ -6,9 +6,9 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"mote/retain"
-	"mote/tree"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 type reqKind uint8

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"mote/clients/client"
+	"github.com/mote-mqtt/mote/clients/client"
 )
 
 // needTool finds a command-line tool; CI (which installs them) fails

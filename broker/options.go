@@ -7,9 +7,9 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"mote/broker/auth"
-	"mote/retain"
-	"mote/tree"
+	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // SlowPolicy says what happens to a client whose tree deliveries pile up.

@@ -12,9 +12,9 @@ import (
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 
-	"mote/clients/client"
-	"mote/tree"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // TestSnapshotDeltaRace: a writer publishes continuously while 100 clients

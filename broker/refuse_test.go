@@ -9,7 +9,7 @@ import (
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 
-	"mote/clients/client"
+	"github.com/mote-mqtt/mote/clients/client"
 )
 
 func TestRefusedPublishes(t *testing.T) {

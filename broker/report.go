@@ -7,9 +7,9 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"mote/retain"
-	"mote/tree"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // ErrorTopic is where a client's refused Mote requests are reported

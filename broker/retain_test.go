@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"mote/clients/client"
-	"mote/retain"
+	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/retain"
 )
 
 // startOn runs a broker with a bbolt store in dir.

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"mote/clients/client"
+	"github.com/mote-mqtt/mote/clients/client"
 )
 
 // stalled subscribes to filters (QoS 0) on a raw connection and then never

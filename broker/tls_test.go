@@ -17,7 +17,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"mote/clients/client"
+	"github.com/mote-mqtt/mote/clients/client"
 )
 
 // testCert writes a self-signed certificate for 127.0.0.1 and returns the

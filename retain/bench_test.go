@@ -8,7 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // BenchmarkRetainerCommit: rows per second the retainer commits to bbolt,

@@ -13,7 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 func val(s string) wire.Value { return wire.Value{Kind: wire.String, Data: s} }

@@ -31,7 +31,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // Format is the store format this package writes.

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // ErrShape is a tree publish whose payload does not fit its topic (SPEC §4).

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 
 	"github.com/fxamacker/cbor/v2"
 )

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"slices"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // Apply applies a batch of ops (the publishes waiting together) in order:

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 func row(topic, payload string, retain bool) Row {

@@ -2,7 +2,7 @@ package tree
 
 import (
 	"encoding/json"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"

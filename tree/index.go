@@ -3,7 +3,7 @@ package tree
 import (
 	"strings"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // Sub is one tree subscription ($sync/F or $tree/F).

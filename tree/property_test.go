@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // refMatch is a tiny reference matcher for MQTT filters.

@@ -3,7 +3,7 @@ package tree
 import (
 	"strings"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // Snapshot encodes every retained row matching filter as one tree (SPEC §3)

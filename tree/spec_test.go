@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"mote/internal/spec"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/internal/spec"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // load stores plain retained rows through Apply, as the broker does.

@@ -4,7 +4,7 @@ import (
 	"hash/maphash"
 	"strings"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // Store is the row store: retained rows in a topic trie, one node per topic

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // ErrDenied is an op refused by its write check.

@@ -7,7 +7,7 @@ import (
 	"os"
 	"strings"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 type access uint8

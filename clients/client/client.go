@@ -33,7 +33,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/fxamacker/cbor/v2"
 
-	"mote/wire"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // Mode is how a subscription is served.

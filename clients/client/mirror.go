@@ -7,7 +7,7 @@ import (
 	"strings"
 	"sync"
 
-	"mote/tree"
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // Mirror is a local copy of a subscribed tree ($sync/F), kept equal to the

@@ -9,7 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"mote/internal/wsstream"
+	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // dialWebSocket opens MQTT over WebSocket (subprotocol "mqtt").

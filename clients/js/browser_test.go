@@ -15,10 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"mote/broker"
-	"mote/clients/client"
-	"mote/tree"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/broker"
+	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // chromium finds a Chromium binary, or skips: .ci/run installs Debian's.

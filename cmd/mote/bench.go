@@ -13,7 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
 
-	"mote/bench"
+	"github.com/mote-mqtt/mote/bench"
 )
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -12,10 +12,10 @@ import (
 	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 
-	"mote/broker"
-	"mote/broker/auth"
-	"mote/retain"
-	"mote/tree"
+	"github.com/mote-mqtt/mote/broker"
+	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // config is the YAML file of `mote broker --config`; flags override it.

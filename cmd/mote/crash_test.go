@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"mote/clients/client"
-	"mote/retain"
+	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/retain"
 )
 
 var (

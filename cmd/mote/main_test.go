@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"mote/broker"
-	"mote/retain"
+	"github.com/mote-mqtt/mote/broker"
+	"github.com/mote-mqtt/mote/retain"
 )
 
 func freePort(t *testing.T) int {

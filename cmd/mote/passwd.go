@@ -9,7 +9,7 @@ import (
 	"os"
 	"strings"
 
-	"mote/broker/auth"
+	"github.com/mote-mqtt/mote/broker/auth"
 )
 
 // runPasswd is mosquitto_passwd: it writes the same file format.

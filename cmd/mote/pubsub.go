@@ -13,8 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"mote/clients/client"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // conn are the connection flags shared by pub and sub (mosquitto's names).

@@ -9,8 +9,8 @@ import (
 	"slices"
 	"unicode/utf8"
 
-	"mote/retain"
-	"mote/wire"
+	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 func runStore(args []string, stdout, stderr io.Writer) error {
