@@ -44,9 +44,14 @@ func (t *Tree) applyOp(op *Op) Applied {
 	if op.SetFilter != "" || op.Replace != "" {
 		rows = slices.Clip(rows)
 	}
+	hidden := func(topic string) bool {
+		return op.Allow != nil && op.Visible != nil && !op.Allow(topic) && !op.Visible(topic)
+	}
 	if op.SetFilter != "" {
 		t.store.Match(op.SetFilter, func(topic string, _ wire.Value, _ byte) bool {
-			rows = append(rows, Row{Topic: topic, Value: op.SetValue, Retain: true})
+			if !hidden(topic) {
+				rows = append(rows, Row{Topic: topic, Value: op.SetValue, Retain: true})
+			}
 			return true
 		})
 	}
@@ -56,7 +61,7 @@ func (t *Tree) applyOp(op *Op) Applied {
 			mentioned[r.Topic] = struct{}{}
 		}
 		t.store.Match(op.Replace, func(topic string, _ wire.Value, _ byte) bool {
-			if _, ok := mentioned[topic]; !ok {
+			if _, ok := mentioned[topic]; !ok && !hidden(topic) {
 				rows = append(rows, Row{Topic: topic, Retain: true})
 			}
 			return true
@@ -170,7 +175,7 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 		}
 		open = e.Descend(open, p.keys[:len(p.keys)-1])
 		e.Key(p.keys[len(p.keys)-1])
-		if !t.objectForm(g, pi, c) {
+		if !t.objectForm(g, pi, c, allow) {
 			e.Value(c.val)
 			continue
 		}
@@ -190,8 +195,10 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 }
 
 // objectForm reports whether the node of t.paths[pi] is written as an
-// object with its own value under "/" (SPEC §3).
-func (t *Tree) objectForm(g *group, pi int, c *change) bool {
+// object with its own value under "/" (SPEC §3): it is the '#' node, or an
+// object value, or has children in the delta or in the store — children
+// that allow lets through, so the shape never reveals hidden rows.
+func (t *Tree) objectForm(g *group, pi int, c *change, allow func(string) bool) bool {
 	p := t.paths[pi]
 	if !g.hash {
 		return false // every row sits at the same depth, as is
@@ -202,21 +209,25 @@ func (t *Tree) objectForm(g *group, pi int, c *change) bool {
 	if c.val.Kind == wire.Object {
 		return true
 	}
-	if pi+1 < len(t.paths) {
-		if next := t.paths[pi+1].keys; len(next) > len(p.keys) && slices.Equal(next[:len(p.keys)], p.keys) {
+	for _, next := range t.paths[pi+1:] {
+		if len(next.keys) <= len(p.keys) || !slices.Equal(next.keys[:len(p.keys)], p.keys) {
+			break // sorted: no later path is below this one
+		}
+		if allow == nil || allow(t.changed[next.row].topic) {
 			return true
 		}
 	}
 	n := t.store.find(c.topic)
-	return n != nil && n.hasKids()
+	return n != nil && t.store.visibleKids(n, allow)
 }
 
 // Change is one changed row as Fold takes it: the newest value of a topic
 // (kind None: deleted) and the highest QoS it came with.
 type Change struct {
-	Topic string
-	Value wire.Value
-	QoS   byte
+	Topic  string
+	Value  wire.Value
+	QoS    byte
+	Retain bool // a retained row changed (else an event); Fold does not read it
 }
 
 // Matches reports whether a changed topic belongs in s's deltas: its filter

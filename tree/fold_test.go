@@ -1,6 +1,7 @@
 package tree
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
@@ -317,4 +318,89 @@ func TestStoreMatchesReference(t *testing.T) {
 	if s.Len() != 0 || s.root.kids != nil || len(s.big) != 0 {
 		t.Errorf("store not empty after deleting every row")
 	}
+}
+
+// TestShapeHidesChildren: a node whose children the reader may not read is
+// a leaf to that reader, in snapshots and in deltas: the "/" form would
+// tell it that hidden rows exist below.
+func TestShapeHidesChildren(t *testing.T) {
+	tr := New()
+	load(t, tr, map[string]string{"h/a": "1", "h/a/secret": "2", "h/b": "3", "h/b/c": "4"})
+	deny := func(topic string) bool { return !strings.Contains(topic, "secret") }
+	if got := string(tr.Snapshot("h/#", wire.CodecJSON, deny)); !jsonEq(t, got, `{"a":1,"b":{"/":3,"c":4}}`) {
+		t.Errorf("snapshot %s", got)
+	}
+	if got := string(tr.Snapshot("h/#", wire.CodecJSON, nil)); !jsonEq(t, got, `{"a":{"/":1,"secret":2},"b":{"/":3,"c":4}}`) {
+		t.Errorf("snapshot without a read check %s", got)
+	}
+	tr.Subscribe(&Sub{Owner: "r", Topic: "$tree/h/#", Filter: "h/#", Allow: deny})
+	res := tr.Apply([]Op{{Rows: []Row{row("h/a", "5", true), row("h/a/secret", "6", true)}}})
+	if got := deltasFor(t, res)["r $tree/h/#"]; len(got) != 1 || !jsonEq(t, got[0], `{"a":5}`) {
+		t.Errorf("reader got %q", got)
+	}
+}
+
+// TestSetSkipsInvisibleRows: $set and .replace leave alone the rows their
+// publisher may neither write nor read (refusing would reveal them), and
+// refuse rows it may read but not write.
+func TestSetSkipsInvisibleRows(t *testing.T) {
+	tr := New()
+	load(t, tr, map[string]string{"l/a": "1", "l/hidden": "1", "l/ro": "1"})
+	write := func(topic string) bool { return topic == "l/a" || topic == "l/new" }
+	read := func(topic string) bool { return topic != "l/hidden" }
+	res := tr.Apply([]Op{
+		{SetFilter: "l/a", SetValue: wire.TypePlain([]byte("2")), Allow: write, Visible: read},
+		{SetFilter: "l/+", SetValue: wire.TypePlain([]byte("3")), Allow: write, Visible: read},
+		{Rows: []Row{row("l/new", "4", true)}, Replace: "l/#", Allow: write, Visible: read},
+	})
+	if res.Applied[0].Err != nil || len(res.Applied[0].Rows) != 1 {
+		t.Errorf("$set l/a: %v %v", res.Applied[0].Err, res.Applied[0].Rows)
+	}
+	for _, i := range []int{1, 2} { // l/ro is readable, not writable
+		if !errors.Is(res.Applied[i].Err, ErrDenied) || !strings.Contains(res.Applied[i].Err.Error(), "l/ro") {
+			t.Errorf("op %d: %v", i, res.Applied[i].Err)
+		}
+	}
+	tr.Apply([]Op{{SetFilter: "l/ro", Allow: func(string) bool { return true }}}) // delete l/ro
+	res = tr.Apply([]Op{{Rows: []Row{row("l/new", "4", true)}, Replace: "l/#", Allow: write, Visible: read}})
+	if res.Applied[0].Err != nil || !reflect.DeepEqual(rows(tr), map[string]string{"l/hidden": "1", "l/new": "4"}) {
+		t.Errorf("replace: %v, rows %v", res.Applied[0].Err, rows(tr))
+	}
+}
+
+// TestRefs: a Ref reads its row as it is now, and not once it is deleted
+// (even if the topic is set again: that is a new row).
+func TestRefs(t *testing.T) {
+	tr := New()
+	load(t, tr, map[string]string{"a/x": "1", "a/y": "2", "a": "0", "b/x": "3", "$s/x": "4"})
+	refs := tr.Store().Refs("+/x", nil)
+	var got []string
+	for _, r := range refs {
+		topic, v, _, ok := r.Row()
+		got = append(got, topic+"="+v.Data+fmt.Sprint(ok))
+	}
+	slices.Sort(got)
+	if !reflect.DeepEqual(got, []string{"a/x=1true", "b/x=3true"}) {
+		t.Fatalf("refs %v", got)
+	}
+	if n := len(tr.Store().Refs("a/#", nil)); n != 3 {
+		t.Errorf("a/# has %d refs, want 3", n)
+	}
+	tr.Store().Set("a/x", wire.TypePlain([]byte("5")), 1)
+	tr.Store().Delete("b/x")
+	tr.Store().Set("b/x", wire.TypePlain([]byte("6")), 0)
+	for _, r := range refs {
+		topic, v, qos, ok := r.Row()
+		switch {
+		case ok && (topic != "a/x" || v.Data != "5" || qos != 1):
+			t.Errorf("ref reads %s=%s qos %d", topic, v.Data, qos)
+		case !ok && topic != "":
+			t.Errorf("a deleted row reads %q", topic)
+		}
+	}
+}
+
+func jsonEq(t *testing.T, got, want string) bool {
+	t.Helper()
+	return reflect.DeepEqual(decodeJSON(t, []byte(got)), decodeJSON(t, []byte(want)))
 }

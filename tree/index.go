@@ -73,8 +73,9 @@ func newIndex() index {
 }
 
 // add registers s, replacing the owner's subscription on the same topic
-// [MQTT-3.8.4-3].
-func (x *index) add(s *Sub) {
+// [MQTT-3.8.4-3], which it returns (nil if there was none).
+func (x *index) add(s *Sub) (replaced *Sub) {
+	replaced = x.byKey[subKey{s.Owner, s.Topic}]
 	x.remove(s.Owner, s.Topic)
 	n := &x.root
 	for i := 0; i <= len(s.Filter); {
@@ -109,6 +110,7 @@ func (x *index) add(s *Sub) {
 	s.group = g
 	x.byKey[subKey{s.Owner, s.Topic}] = s
 	x.byOwner[s.Owner] = append(x.byOwner[s.Owner], s)
+	return replaced
 }
 
 // remove drops the owner's subscription on topic; it reports whether there was one.

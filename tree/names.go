@@ -24,7 +24,7 @@ func (x *names) get(seed maphash.Seed, name string) *node {
 	mask := uint64(len(x.slots) - 1)
 	for i := x.slot(seed, name); ; i = (i + 1) & mask {
 		c := x.slots[i]
-		if c == nil || c.name == name {
+		if c == nil || c.name() == name {
 			return c
 		}
 	}
@@ -47,7 +47,7 @@ func (x *names) put(seed maphash.Seed, c *node) {
 
 func (x *names) insert(seed maphash.Seed, c *node) {
 	mask := uint64(len(x.slots) - 1)
-	i := x.slot(seed, c.name)
+	i := x.slot(seed, c.name())
 	for x.slots[i] != nil {
 		i = (i + 1) & mask
 	}
@@ -67,7 +67,7 @@ func (x *names) del(seed maphash.Seed, name string) {
 		if c == nil {
 			return
 		}
-		if c.name == name {
+		if c.name() == name {
 			break
 		}
 		i = (i + 1) & mask
@@ -78,7 +78,7 @@ func (x *names) del(seed maphash.Seed, name string) {
 		if c == nil {
 			break
 		}
-		home := x.slot(seed, c.name)
+		home := x.slot(seed, c.name())
 		// Move c into the hole at i unless its home lies cyclically in (i, j].
 		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
 			x.slots[i] = c

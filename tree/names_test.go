@@ -20,7 +20,7 @@ func TestNamesMatchesMap(t *testing.T) {
 			x.del(seed, name)
 			delete(model, name)
 		} else if c == nil {
-			c = &node{name: name}
+			c = &node{path: name}
 			x.put(seed, c)
 			model[name] = c
 		}

@@ -8,8 +8,9 @@ import (
 
 // Snapshot encodes every retained row matching filter as one tree (SPEC §3)
 // in codec c. A filter without wildcards gives the bare value, or null. A
-// tree with no rows is {}. allow, if not nil, hides rows it denies. The
-// filter must be valid.
+// tree with no rows is {}. allow, if not nil, hides rows it denies: not even
+// their keys, nor the "/" form a node takes for children the reader cannot
+// see. The filter must be valid.
 func (t *Tree) Snapshot(filter string, c wire.Codec, allow func(string) bool) []byte {
 	e := &t.enc
 	e.Reset(c, nil)
@@ -39,7 +40,6 @@ type walker struct {
 	e      *wire.Encoder
 	filter string
 	allow  func(string) bool
-	topic  []byte // the current node's topic, kept only when allow is set
 }
 
 // emit writes the value for node n, matched at filter offset i
@@ -47,7 +47,7 @@ type walker struct {
 // false when no row under n matches.
 func (w *walker) emit(n *node, i int) bool {
 	if i > len(w.filter) {
-		if n.kind == wire.None || !w.allowed() {
+		if n.kind == wire.None || !w.allowed(n) {
 			return false
 		}
 		w.e.Value(n.value())
@@ -62,18 +62,16 @@ func (w *walker) emit(n *node, i int) bool {
 		w.e.BeginObject()
 		wrote := false
 		for _, c := range n.kids {
-			if i == 0 && strings.HasPrefix(c.name, "$") {
+			if i == 0 && strings.HasPrefix(c.name(), "$") {
 				continue
 			}
 			m := w.e.Mark()
-			t := w.push(c.name, i == 0)
-			w.e.Key(c.name)
+			w.e.Key(c.name())
 			if w.emit(c, next) {
 				wrote = true
 			} else {
 				w.e.Rewind(m)
 			}
-			w.topic = t
 		}
 		if !wrote {
 			w.e.Rewind(start)
@@ -86,70 +84,80 @@ func (w *walker) emit(n *node, i int) bool {
 		if c == nil {
 			return false
 		}
-		t := w.push(c.name, i == 0)
-		ok := w.emit(c, next)
-		w.topic = t
-		return ok
+		return w.emit(c, next)
 	}
 }
 
 // subtree writes node n below a '#' (SPEC §3): its own value under "/" when
-// it has children or is an object, else bare. At the '#' itself (root) n is
-// always an object. skipDollar applies the '$' rule at the filter's root.
+// it has children the reader sees or is an object, else bare. At the '#'
+// itself (root) n is always an object. skipDollar applies the '$' rule at
+// the filter's root.
 func (w *walker) subtree(n *node, skipDollar, root bool) bool {
-	own := n.kind != wire.None && w.allowed()
+	own := n.kind != wire.None && w.allowed(n)
 	if !root && !n.hasKids() {
 		if !own {
 			return false
 		}
-		if n.kind == wire.Object {
-			w.e.BeginObject()
-			w.e.Key("/")
-			w.e.Value(n.value())
-			w.e.EndObject()
-		} else {
-			w.e.Value(n.value())
-		}
+		w.leaf(n)
 		return true
 	}
 	start := w.e.Mark()
 	w.e.BeginObject()
-	wrote := false
 	if own {
 		w.e.Key("/")
 		w.e.Value(n.value())
-		wrote = true
 	}
+	kids := false
 	for _, c := range n.kids {
-		if skipDollar && strings.HasPrefix(c.name, "$") {
+		if skipDollar && strings.HasPrefix(c.name(), "$") {
 			continue
 		}
 		m := w.e.Mark()
-		t := w.push(c.name, skipDollar)
-		w.e.Key(c.name)
+		w.e.Key(c.name())
 		if w.subtree(c, false, false) {
-			wrote = true
+			kids = true
 		} else {
 			w.e.Rewind(m)
 		}
-		w.topic = t
 	}
-	if !wrote {
+	switch {
+	case kids || (root && own):
+		w.e.EndObject()
+		return true
+	case own: // every child is hidden from this reader: n is a leaf to it
 		w.e.Rewind(start)
-		return false
+		w.leaf(n)
+		return true
 	}
+	w.e.Rewind(start)
+	return false
+}
+
+// leaf writes the value of a node without visible children below a '#': an
+// object value sits under "/" (SPEC §3).
+func (w *walker) leaf(n *node) {
+	if n.kind != wire.Object {
+		w.e.Value(n.value())
+		return
+	}
+	w.e.BeginObject()
+	w.e.Key("/")
+	w.e.Value(n.value())
 	w.e.EndObject()
-	return true
 }
 
-// push appends a level to the current topic when a read check needs it and
-// returns the topic to restore afterwards.
-func (w *walker) push(name string, first bool) []byte {
-	old := w.topic
-	if w.allow != nil {
-		w.topic = appendLevel(w.topic, first, name)
+func (w *walker) allowed(n *node) bool { return w.allow == nil || w.allow(n.path) }
+
+// visibleKids reports whether a row below n passes allow (any row, when
+// allow is nil).
+func (s *Store) visibleKids(n *node, allow func(string) bool) bool {
+	if allow == nil {
+		return n.hasKids()
 	}
-	return old
+	for _, c := range n.kids {
+		if (c.kind != wire.None && allow(c.path)) || s.visibleKids(c, allow) {
+			return true
+		}
+	}
+	return false
 }
-
-func (w *walker) allowed() bool { return w.allow == nil || w.allow(string(w.topic)) }

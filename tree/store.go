@@ -27,13 +27,17 @@ type Store struct {
 
 // node is one topic level. A row lives on a node whose kind is not None.
 type node struct {
-	name string  // level name: a substring of the topic that created the node
+	path string  // the node's topic: a prefix of the topic that created the node, so free
 	val  string  // row payload, when kind != wire.None
 	kids []*node // children, in insertion order
 	pos  int32   // index in the parent's kids
+	off  uint16  // where the node's own level starts in path
 	kind wire.Kind
 	qos  byte // QoS the row was published with (retained delivery is capped by it)
 }
+
+// name is the node's level name.
+func (n *node) name() string { return n.path[n.off:] }
 
 // indexAt is the child count above which a name index is kept; below it a
 // linear scan is faster and costs no memory.
@@ -44,7 +48,7 @@ func (s *Store) child(n *node, name string) *node {
 		return s.big[n].get(s.seed, name)
 	}
 	for _, c := range n.kids {
-		if c.name == name {
+		if c.name() == name {
 			return c
 		}
 	}
@@ -81,7 +85,7 @@ func (s *Store) removeChild(n, c *node) {
 	case len(n.kids) == indexAt:
 		delete(s.big, n)
 	case len(n.kids) > indexAt:
-		s.big[n].del(s.seed, c.name)
+		s.big[n].del(s.seed, c.name())
 	case len(n.kids) == 0:
 		n.kids = nil
 	}
@@ -127,13 +131,17 @@ func (s *Store) Get(topic string) (wire.Value, bool) {
 
 // Set stores a row published at QoS qos, copying the topic and value so the
 // caller's buffers may be reused. A value of kind None deletes the row. It
-// reports whether the store changed.
+// reports whether the store changed; a topic longer than wire.MaxTopicLen
+// is never stored.
 func (s *Store) Set(topic string, v wire.Value, qos byte) bool {
 	if v.Kind == wire.None {
 		return s.Delete(topic)
 	}
+	if len(topic) > wire.MaxTopicLen {
+		return false
+	}
 	n := &s.root
-	owned := "" // the topic copy that new nodes' names point into
+	owned := "" // the topic copy that new nodes' paths point into
 	for i := 0; i <= len(topic); {
 		start := i
 		var name string
@@ -143,7 +151,7 @@ func (s *Store) Set(topic string, v wire.Value, qos byte) bool {
 			if owned == "" {
 				owned = strings.Clone(topic)
 			}
-			c = &node{name: owned[start : start+len(name)]}
+			c = &node{path: owned[:start+len(name)], off: uint16(start)}
 			s.addChild(n, c)
 		}
 		n = c
@@ -190,26 +198,26 @@ func (s *Store) Delete(topic string) bool {
 // topic, until fn returns false. '+' and '#' at the first level do not match
 // topics starting with '$' [MQTT-4.7.2-1]. The filter must be valid.
 func (s *Store) Match(filter string, fn func(topic string, v wire.Value, qos byte) bool) {
-	m := matcher{s: s, filter: filter, fn: fn}
-	m.walk(&s.root, 0, nil)
+	m := matcher{s: s, filter: filter, fn: func(n *node) bool { return fn(n.path, n.value(), n.qos) }}
+	m.walk(&s.root, 0)
 }
 
 type matcher struct {
 	s      *Store
 	filter string
-	fn     func(string, wire.Value, byte) bool
+	fn     func(*node) bool
 	stop   bool
 }
 
-// walk visits node n, whose topic so far is topic, at filter offset i
-// (len(filter)+1 once the filter is used up).
-func (m *matcher) walk(n *node, i int, topic []byte) {
+// walk visits node n at filter offset i (len(filter)+1 once the filter is
+// used up).
+func (m *matcher) walk(n *node, i int) {
 	if m.stop {
 		return
 	}
 	if i > len(m.filter) {
 		if n.kind != wire.None {
-			m.stop = !m.fn(string(topic), n.value(), n.qos)
+			m.stop = !m.fn(n)
 		}
 		return
 	}
@@ -217,46 +225,73 @@ func (m *matcher) walk(n *node, i int, topic []byte) {
 	switch level {
 	case "#":
 		if n.kind != wire.None && i > 0 { // "a/#" matches "a" itself
-			if m.stop = !m.fn(string(topic), n.value(), n.qos); m.stop {
+			if m.stop = !m.fn(n); m.stop {
 				return
 			}
 		}
-		m.all(n, i == 0, i == 0, topic)
+		m.all(n, i == 0)
 	case "+":
 		for _, c := range n.kids {
-			if i == 0 && strings.HasPrefix(c.name, "$") {
+			if i == 0 && strings.HasPrefix(c.name(), "$") {
 				continue
 			}
-			m.walk(c, next, appendLevel(topic, i == 0, c.name))
+			m.walk(c, next)
 			if m.stop {
 				return
 			}
 		}
 	default:
 		if c := m.s.child(n, level); c != nil {
-			m.walk(c, next, appendLevel(topic, i == 0, c.name))
+			m.walk(c, next)
 		}
 	}
 }
 
-// all visits every row below n; skipDollar applies the '$' rule at the root,
-// first says n is the root (its children start the topic).
-func (m *matcher) all(n *node, skipDollar, first bool, topic []byte) {
+// all visits every row below n; skipDollar applies the '$' rule at the root.
+func (m *matcher) all(n *node, skipDollar bool) {
 	for _, c := range n.kids {
-		if skipDollar && strings.HasPrefix(c.name, "$") {
+		if skipDollar && strings.HasPrefix(c.name(), "$") {
 			continue
 		}
-		t := appendLevel(topic, first, c.name)
 		if c.kind != wire.None {
-			if m.stop = !m.fn(string(t), c.value(), c.qos); m.stop {
+			if m.stop = !m.fn(c); m.stop {
 				return
 			}
 		}
-		m.all(c, false, false, t)
+		m.all(c, false)
 		if m.stop {
 			return
 		}
 	}
+}
+
+// Range calls fn for every row, '$' topics included, until fn returns false.
+func (s *Store) Range(fn func(topic string, v wire.Value, qos byte) bool) {
+	m := matcher{s: s, fn: func(n *node) bool { return fn(n.path, n.value(), n.qos) }}
+	m.all(&s.root, false)
+}
+
+// Ref is a handle on one row of a Store, to read it again later: a retained
+// replay lists the rows of a filter once and reads them as its client
+// drains them. Like the Store, a Ref is read only by the Store's owner.
+type Ref struct{ n *node }
+
+// Refs appends to out a Ref to every row matching filter now (the filter
+// must be valid). 8 bytes a row.
+func (s *Store) Refs(filter string, out []Ref) []Ref {
+	m := matcher{s: s, filter: filter, fn: func(n *node) bool { out = append(out, Ref{n}); return true }}
+	m.walk(&s.root, 0)
+	return out
+}
+
+// Row reads the row behind r: its topic, value and QoS as they are now; ok
+// is false once the row has been deleted (a row set again after that is a
+// new row, which r does not see).
+func (r Ref) Row() (topic string, v wire.Value, qos byte, ok bool) {
+	if r.n == nil || r.n.kind == wire.None {
+		return "", wire.Value{}, 0, false
+	}
+	return r.n.path, r.n.value(), r.n.qos, true
 }
 
 func appendLevel(topic []byte, first bool, name string) []byte {
@@ -264,10 +299,4 @@ func appendLevel(topic []byte, first bool, name string) []byte {
 		topic = append(topic, '/')
 	}
 	return append(topic, name...)
-}
-
-// Range calls fn for every row, '$' topics included, until fn returns false.
-func (s *Store) Range(fn func(topic string, v wire.Value, qos byte) bool) {
-	m := matcher{s: s, fn: fn}
-	m.all(&s.root, false, true, nil)
 }

@@ -36,6 +36,11 @@ type Op struct {
 	// Allow, if not nil, is the write check: the op is refused whole if it
 	// denies any row it would touch.
 	Allow func(topic string) bool
+	// Visible, if not nil, is the publisher's read check. A row that a $set
+	// or .replace would touch and that the publisher may neither write nor
+	// read is left alone, as if it did not exist: refusing the op for it
+	// would tell the publisher that the row exists.
+	Visible func(topic string) bool
 }
 
 // Applied is what became of one Op.
@@ -106,6 +111,21 @@ func (t *Tree) Subscribe(s *Sub) ([]byte, error) {
 	t.index.add(s)
 	return t.Snapshot(s.Filter, s.Codec, s.Allow), nil
 }
+
+// Register registers s without a snapshot, replacing the owner's
+// subscription on s.Topic, which it returns (nil if there was none). The
+// owner takes the snapshot later, with Snapshot: deltas of the batches
+// applied in between are its to hold back or fold.
+func (t *Tree) Register(s *Sub) (replaced *Sub, err error) {
+	if err := wire.ValidateFilter(s.Filter); err != nil {
+		return nil, fmt.Errorf("tree: subscribe %q: %w", s.Topic, err)
+	}
+	return t.index.add(s), nil
+}
+
+// Active reports whether s is registered (not unsubscribed, replaced or
+// removed with its owner).
+func (s *Sub) Active() bool { return s.group != nil }
 
 // Unsubscribe removes the owner's subscription on topic and reports whether
 // there was one.
