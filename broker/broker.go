@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -20,32 +22,40 @@ type Broker struct {
 	opts   Options
 	log    zerolog.Logger
 	server *mqtt.Server
-	inline *mqtt.Client // publishes rows, reports and plain retained packets into mochi
 	parser *tree.Parser
+	access access
+	wills  wills
 	tree   *tree.Tree // owned by the loop goroutine
 	reqs   *requestQueue
 	ret    *retain.Retainer              // nil without a store
 	props  map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
 
 	conns    sync.Map // *mqtt.Client → *conn
+	byID     sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver
 	serial   atomic.Uint64
 	treeSubs atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
 	subsSent atomic.Int64 // subscribe requests pushed, not yet handled by the loop
+	lastTick atomic.Int64 // when the loop last took work (Unix ns)
 
 	tcp, tls *tcpListener
 	ws, wss  *wsListener
 
 	loopDone chan struct{}
-	writers  sync.WaitGroup // per-connection tree writers
+	stop     chan struct{}  // closed by Close: stops the $SYS ticker
+	writers  sync.WaitGroup // per-connection writers
+	tickers  sync.WaitGroup // the $SYS ticker
+	started  bool
 	closing  sync.Once
+	closeErr error
 
 	stats Stats
 }
 
 // Stats are the broker's counters.
 type Stats struct {
-	Dropped      atomic.Int64 // messages (tree and plain) dropped for slow clients
-	Refused      atomic.Int64 // refused Mote publishes and subscriptions
+	Dropped      atomic.Int64 // messages dropped for slow clients
+	TooLarge     atomic.Int64 // messages skipped: over the client's Maximum Packet Size
+	Refused      atomic.Int64 // refused publishes, subscriptions, wills and connections
 	Panics       atomic.Int64 // connections closed by a recovered panic
 	Batches      atomic.Int64 // batches applied by the message loop
 	OpsApplied   atomic.Int64 // publishes applied
@@ -54,7 +64,7 @@ type Stats struct {
 	Throttled    atomic.Int64 // publishes that waited for the disk
 }
 
-// New builds a broker; Start binds its listeners.
+// New builds a broker; Start loads its rows and binds its listeners.
 func New(opts Options) (*Broker, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -71,21 +81,29 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumClients = opts.MaxClients
 	caps.MaximumInflight = opts.MaxInflight
 	caps.ReceiveMaximum = opts.MaxInflight
-	// mochi allocates this queue whole for every client, 8 bytes a slot (its
-	// default 8192 costs 64 KiB per idle connection); publishes no longer go
-	// through it (deliverPlain), only mochi's own $SYS messages and wills.
-	caps.MaximumClientWritesPending = 128
+	// mochi allocates this queue whole for every client, 8 bytes a slot;
+	// nothing is delivered through it (every message takes the
+	// connection's writer), so it stays small.
+	caps.MaximumClientWritesPending = 16
 	b := &Broker{
 		opts:     opts,
 		log:      opts.Log,
 		parser:   parser,
+		access:   access{acl: opts.ACL},
 		tree:     tree.New(),
 		reqs:     newRequestQueue(opts.LoopQueue),
 		props:    map[string]packets.Properties{},
 		loopDone: make(chan struct{}),
+		stop:     make(chan struct{}),
 	}
-	b.server = mqtt.New(&mqtt.Options{Capabilities: caps, Logger: newSlog(opts.Log)})
-	b.inline = b.server.NewClient(nil, mqtt.LocalListener, "$mote", true)
+	b.wills = wills{b: b, delayed: map[string]*will{}}
+	b.server = mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger:       newSlog(opts.Log),
+		// The broker publishes $SYS itself (sys.go), through the door;
+		// mochi's own ticker would bypass it.
+		SysTopicResendInterval: math.MaxInt32,
+	})
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add hook: %w", err)
 	}
@@ -93,7 +111,8 @@ func New(opts Options) (*Broker, error) {
 }
 
 // Start loads the stored rows, binds the listeners and starts serving. It
-// returns once clients can connect.
+// returns once clients can connect. After a failed Start, Close releases
+// what it took.
 func (b *Broker) Start() error {
 	if b.opts.Store != nil {
 		if err := b.load(); err != nil {
@@ -102,38 +121,23 @@ func (b *Broker) Start() error {
 		b.ret = retain.New(b.opts.Store, b.opts.Retain, b.log.With().Str("component", "retainer").Logger())
 	}
 	b.localOnly()
-	onPanic := func(c net.Conn) { b.connPanicked(c) }
-	if b.opts.TCP != "off" {
-		b.tcp = &tcpListener{id: "tcp", addr: b.opts.TCP, log: b.log, onPanic: onPanic}
-		if err := b.server.AddListener(b.tcp); err != nil {
-			return err
-		}
+	if err := b.listen(); err != nil {
+		return err
 	}
-	if b.opts.WS != "off" {
-		b.ws = &wsListener{id: "ws", addr: b.opts.WS, path: b.opts.WSPath, log: b.log, onPanic: onPanic}
-		if err := b.server.AddListener(b.ws); err != nil {
-			b.closeListeners()
-			return err
-		}
-	}
-	if b.opts.TLS != "" {
-		b.tls = &tcpListener{id: "tls", addr: b.opts.TLS, tls: b.opts.TLSConfig, log: b.log, onPanic: onPanic}
-		if err := b.server.AddListener(b.tls); err != nil {
-			b.closeListeners()
-			return err
-		}
-	}
-	if b.opts.WSS != "" {
-		b.wss = &wsListener{id: "wss", addr: b.opts.WSS, path: b.opts.WSPath, tls: b.opts.TLSConfig, log: b.log, onPanic: onPanic}
-		if err := b.server.AddListener(b.wss); err != nil {
-			b.closeListeners()
-			return err
-		}
-	}
+	b.started = true
 	go b.loop()
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
+	for _, pk := range b.server.Topics.Retained.GetAll() { // mochi's first $SYS publish, before any hook ran
+		b.server.Topics.RetainMessage(packets.Packet{TopicName: pk.TopicName})
+	}
+	last := map[string]string{}
+	if err := b.publishSys(last, waitApplied); err != nil { // $SYS is there for the first client
+		return err
+	}
+	b.tickers.Add(1)
+	go b.sysTicker(last)
 	ev := b.log.Info()
 	for _, l := range []*tcpListener{b.tcp, b.tls} {
 		if l != nil {
@@ -146,6 +150,49 @@ func (b *Broker) Start() error {
 		}
 	}
 	ev.Msg("mote broker listening")
+	return nil
+}
+
+// listen adds the configured listeners to mochi (each binds at once).
+func (b *Broker) listen() error {
+	mk := func(id, addr string, tls bool) *tcpListener {
+		l := &tcpListener{id: id, addr: addr, b: b}
+		if tls {
+			l.tls = b.opts.TLSConfig
+		}
+		return l
+	}
+	mkWS := func(id, addr string, tls bool) *wsListener {
+		l := &wsListener{id: id, addr: addr, path: b.opts.WSPath, b: b}
+		if tls {
+			l.tls = b.opts.TLSConfig
+		}
+		return l
+	}
+	if b.opts.TCP != "off" {
+		b.tcp = mk("tcp", b.opts.TCP, false)
+		if err := b.server.AddListener(b.tcp); err != nil {
+			return err
+		}
+	}
+	if b.opts.WS != "off" {
+		b.ws = mkWS("ws", b.opts.WS, false)
+		if err := b.server.AddListener(b.ws); err != nil {
+			return err
+		}
+	}
+	if b.opts.TLS != "" {
+		b.tls = mk("tls", b.opts.TLS, true)
+		if err := b.server.AddListener(b.tls); err != nil {
+			return err
+		}
+	}
+	if b.opts.WSS != "" {
+		b.wss = mkWS("wss", b.opts.WSS, true)
+		if err := b.server.AddListener(b.wss); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -198,51 +245,70 @@ func (b *Broker) closeListeners() {
 }
 
 // Close stops the broker: listeners close, clients are disconnected, the
-// message loop applies what is already queued and stops, and the tree
-// writers end. It waits for all of them.
+// message loop applies what is already queued and stops, the retainer
+// commits everything and the store closes. It waits for all of them, and
+// returns an error when rows could not be stored (the caller should exit
+// non-zero: rows were lost).
 func (b *Broker) Close() error {
-	b.closing.Do(func() {
-		b.closeListeners() // no new connections
-		b.conns.Range(func(_, v any) bool {
-			v.(*conn).cl.Stop(packets.ErrServerShuttingDown) // mochi then runs OnDisconnect
-			return true
-		})
-		// mochi's Close waits for every client goroutine; one stuck in a
-		// handshake must not hold the shutdown forever.
-		closed := make(chan struct{})
-		go func() { b.server.Close(); close(closed) }()
-		select {
-		case <-closed:
-		case <-time.After(5 * time.Second):
-			b.log.Warn().Msg("mochi did not stop within 5 s; going on")
+	b.closing.Do(func() { b.closeErr = b.shutdown() })
+	return b.closeErr
+}
+
+func (b *Broker) shutdown() error {
+	close(b.stop)
+	b.closeListeners() // no new connections
+	b.conns.Range(func(k, _ any) bool {
+		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown) // mochi then runs OnWill and OnDisconnect
+		return true
+	})
+	// mochi's Close waits for every client goroutine; one stuck in a
+	// handshake must not hold the shutdown forever.
+	closed := make(chan struct{})
+	go func() { b.server.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		b.log.Warn().Msg("mochi did not stop within 5 s; going on")
+	}
+	for _, l := range []*tcpListener{b.tcp, b.tls} {
+		if l != nil {
+			waitTimeout(&l.wg, 5*time.Second)
 		}
-		for _, l := range []*tcpListener{b.tcp, b.tls} {
-			if l != nil {
-				waitTimeout(&l.wg, 5*time.Second)
-			}
-		}
-		b.reqs.close()
+	}
+	b.wills.close()
+	b.tickers.Wait()
+	b.reqs.close()
+	if b.started {
 		select { // the loop applies what is queued, then ends
 		case <-b.loopDone:
 		case <-time.After(10 * time.Second):
 			b.log.Error().Msg("message loop did not stop within 10 s; flushing the retainer anyway")
 		}
-		if b.ret != nil {
-			if err := b.ret.Close(); err != nil {
-				b.log.Error().Err(err).Msg("retainer: final commit failed")
-			}
-			if err := b.opts.Store.Close(); err != nil {
-				b.log.Error().Err(err).Msg("closing the store")
-			}
+	}
+	var errs []error
+	if b.ret != nil {
+		if err := b.ret.Close(); err != nil {
+			b.log.Error().Err(err).Msg("retainer: rows were not stored")
+			errs = append(errs, err)
 		}
-		b.conns.Range(func(_, v any) bool {
-			v.(*conn).close()
-			return true
-		})
-		waitTimeout(&b.writers, 5*time.Second)
-		b.log.Info().Msg("mote broker stopped")
+	}
+	if b.opts.Store != nil {
+		if err := b.opts.Store.Close(); err != nil {
+			b.log.Error().Err(err).Msg("closing the store")
+			errs = append(errs, err)
+		}
+	}
+	b.conns.Range(func(_, v any) bool {
+		v.(*conn).close()
+		return true
 	})
-	return nil
+	b.byID.Range(func(_, v any) bool {
+		v.(*conn).close()
+		return true
+	})
+	waitTimeout(&b.writers, 5*time.Second)
+	b.log.Info().Msg("mote broker stopped")
+	return errors.Join(errs...)
 }
 
 // load puts every stored row into the tree core, before any client can
@@ -270,14 +336,6 @@ func (b *Broker) hasTreeSubs() bool {
 	return b.treeSubs.Load() > 0 || b.subsSent.Load() > 0
 }
 
-// pushSubscribe hands a subscribe request to the loop.
-func (b *Broker) pushSubscribe(r request) {
-	b.subsSent.Add(1)
-	if !b.reqs.push(r) {
-		b.subsSent.Add(-1)
-	}
-}
-
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -287,34 +345,28 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	}
 }
 
-// inject hands a publish to mochi as the broker's own client: mochi
-// retains it (if flagged) and delivers it to plain subscribers.
-func (b *Broker) inject(pk packets.Packet) {
-	pk.FixedHeader.Type = packets.Publish
-	pk.PacketID = uint16(pk.FixedHeader.Qos) // mochi's own Publish does this to pass validation
-	pk.Origin = ""
-	if err := b.server.InjectPacket(b.inline, pk); err != nil {
-		b.log.Error().Err(err).Str("topic", pk.TopicName).Msg("mochi refused an injected publish")
+// authenticate checks a username and password against the password
+// file; a client without a username needs anonymous access. Without a
+// password file nobody is authenticated: a username is taken as given
+// (the broker then listens on loopback only, unless AllowAnonymous).
+func (b *Broker) authenticate(user string, password []byte, hasUser bool) bool {
+	switch {
+	case b.opts.Users == nil:
+		return true
+	case !hasUser || user == "":
+		return b.opts.AllowAnonymous
 	}
-}
-
-// rowPacket is the plain publish of one applied row.
-func rowPacket(r tree.Row, qos byte) packets.Packet {
-	return packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: r.Retain},
-		TopicName:   r.Topic,
-		Payload:     []byte(r.Value.Data),
-	}
+	return b.opts.Users.Check(user, string(password))
 }
 
 // connPanicked cleans up after a connection whose goroutine panicked: mochi
 // never ran its disconnect hooks for it.
 func (b *Broker) connPanicked(nc net.Conn) {
 	b.stats.Panics.Add(1)
-	b.conns.Range(func(k, v any) bool {
-		if c := v.(*conn); c.cl.Net.Conn == nc {
-			b.log.Error().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).Msg("client connection closed after a panic")
-			b.dropConn(c.cl)
+	b.conns.Range(func(k, _ any) bool {
+		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
+			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
+			b.dropConn(cl)
 			return false
 		}
 		return true
@@ -343,3 +395,7 @@ func (b *Broker) localOnly() {
 	b.log.Warn().Msg("no password file and no --allow-anonymous: listening on loopback only; " +
 		"add users with 'mote passwd' and --password-file, or pass --allow-anonymous, to accept remote clients")
 }
+
+// anonymousLocal reports whether the broker serves anonymous clients on
+// loopback only (no password file, no --allow-anonymous).
+func (b *Broker) anonymousLocal() bool { return b.opts.Users == nil && !b.opts.AllowAnonymous }

@@ -2,413 +2,230 @@ package broker
 
 import (
 	"errors"
-	"fmt"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/mote-mqtt/mote/tree"
-	"github.com/mote-mqtt/mote/wire"
 )
 
-// conn is the broker's state for one client connection.
+// conn is the broker's side of one subscriber: an MQTT connection, or a
+// session of the door. It has a queue and a writer goroutine that takes
+// messages from it and writes them to the endpoint, and it owns nothing
+// else: tree subscription state is the loop's (treeSub), plain
+// subscriptions are in mochi's topic index under id.
 type conn struct {
 	b   *Broker
-	cl  *mqtt.Client
-	key string // owner of this connection's tree subscriptions
-	v5  bool
+	p   Principal
+	key string // owner of this connection's tree subscriptions: unique per connection
+	id  string // the id its plain subscriptions are filed under in mochi's index
+	v5  bool   // MQTT 5 properties (mote-seq, Content Type, …) go out
+	q   *outQueue
+	out endpoint
 
-	// Touched only on the client's read goroutine, where mochi runs the
-	// hooks of one packet in order.
-	pending    *pendingPub // the Mote publish being read
-	subParse   []wire.Subscription
-	subExisted []bool
-	subAcked   []subReq
-	retained   []retainedReq
-	subHeld    bool // the writer is held for the SUBACK being written
-
-	mu      sync.Mutex // guards out, closed, writing, held, gen and subState's queued, qGen, qi
-	space   sync.Cond  // on mu: signalled when the writer takes the queue
-	out     []outMsg
-	closed  bool
-	writing bool
-	held    int           // while > 0 the writer waits: an ack mochi writes must go first
-	gen     uint64        // bumped each time the writer takes the queue
-	wake    chan struct{} // one slot: out has messages
-	done    chan struct{} // closed with the connection
-
+	acked   chan struct{} // one slot: an in-flight slot was freed
 	dropped atomic.Int64
+
+	// Touched only by an MQTT connection's read goroutine, where mochi runs
+	// the hooks of one packet in order and sends the will.
+	will         *will  // armed at CONNECT; handed to wills when due
+	pendingTopic string // the topic of the publish OnPacketRead took aside
+	pendingErr   error
 }
 
-// pendingPub is a Mote publish decoded in OnPacketRead, waiting for OnPublish.
-type pendingPub struct {
-	topic string // as sent
-	op    tree.Op
-	err   error
+// endpoint is where a conn's writer writes: an MQTT client, or a door
+// session's callback.
+type endpoint interface {
+	// send writes one publish. At QoS 1 and 2 an MQTT endpoint first takes
+	// a packet id and an in-flight slot, waiting (on c.acked) while the
+	// client has as many in flight as it accepts. errTooLarge: the packet
+	// exceeds what the client accepts, and nothing was written.
+	send(c *conn, pk packets.Packet) error
+	// maxPacket is the largest packet the endpoint accepts (0: no limit
+	// of its own).
+	maxPacket() uint32
+	// stop ends the connection (the writer failed, or the client is too
+	// slow); err says why.
+	stop(err error)
 }
 
-// outMsg is one tree message for the client.
-type outMsg struct {
-	topic   string
-	payload []byte
-	qos     byte
-	seq     uint64
-	codec   wire.Codec
-	subID   int
-	part    string              // "i/n" for a split snapshot
-	plain   bool                // a retained row for a plain subscription: retain flag, no Mote properties
-	props   *packets.Properties // MQTT 5 properties kept with a retained row
-	pk      *packets.Packet     // a plain live publish, shared by all its subscribers
-	retain  bool                // with pk: the retain flag this subscriber gets
-	subIDs  []int               // with pk: its subscription identifiers
-	st      *subState           // a delta: its subscription
-	fold    *tree.Sub           // a delta later ones folded into: encode rows for it before writing
-	rows    []tree.Change       // with fold: the rows to encode
-	skip    bool                // not to be written after all
-}
+// errTooLarge is a packet larger than the client's Maximum Packet Size.
+var errTooLarge = errors.New("broker: too large")
 
-func newConn(b *Broker, cl *mqtt.Client) *conn {
+func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	c := &conn{
-		b:    b,
-		cl:   cl,
-		key:  cl.ID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
-		v5:   cl.Properties.ProtocolVersion == 5,
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
+		b:     b,
+		p:     p,
+		key:   p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
+		id:    id,
+		v5:    v5,
+		q:     newOutQueue(b.opts.QueueBytes),
+		out:   out,
+		acked: make(chan struct{}, 1),
 	}
-	c.space.L = &c.mu
+	if c.id == "" {
+		c.id = c.key
+	}
+	b.writers.Add(1)
+	go c.writeLoop()
 	return c
 }
 
-// enqueue queues a message. With limit > 0, a message finding that many
-// queued is dropped (and counted) or gets the client disconnected, per
-// Options.SlowClient; snapshots and retained rows have no limit. It never
-// blocks.
-func (c *conn) enqueue(m outMsg, limit int) {
-	c.mu.Lock()
-	c.pushLocked(m, limit, nil)
-}
-
-// enqueueDelta queues delta m of st, made from batch; later deltas of st
-// fold into it while it waits (fold).
-func (c *conn) enqueueDelta(st *subState, batch *batchRows, m outMsg, limit int) {
-	m.st = st
-	c.mu.Lock()
-	st.batch, st.rows, st.at, st.qos = batch, nil, nil, 0
-	c.pushLocked(m, limit, st)
-}
-
-// fold folds a new delta of st, made from batch, into st's queued delta if
-// the writer has not taken that yet; it reports whether it did. It only
-// gathers rows: the message, which keeps its place and its mote-seq, is
-// encoded again once, when the writer takes it (encodeFolded).
-func (c *conn) fold(st *subState, s *tree.Sub, batch *batchRows) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !st.queued || st.qGen != c.gen || c.closed || st.qi >= len(c.out) {
-		return false
-	}
-	if st.batch != nil { // the first fold: the queued delta's own rows
-		st.take(s, st.batch.changes())
-		st.batch = nil
-	}
-	st.take(s, batch.changes())
-	m := &c.out[st.qi]
-	m.fold, m.qos = s, min(st.qos, s.QoS)
-	return true
-}
-
-// takeFolded moves the rows of the folded deltas in a batch the writer
-// just took from their subscriptions into the messages, and lets go of the
-// batches behind the others (nothing folds into them now); c.mu is held.
-func takeFolded(batch []outMsg) (n int) {
-	for i := range batch {
-		m := &batch[i]
-		if m.st == nil {
-			continue
-		}
-		if m.st.queued && m.st.qi == i { // still its subscription's latest
-			m.st.batch = nil
-		}
-		if m.fold != nil {
-			m.rows, m.st.rows, m.st.at = m.st.rows, nil, nil
-			n++
-		}
-		m.st = nil
-	}
-	return n
-}
-
-// encodeFolded has the message loop, the owner of the tree, encode the
-// folded deltas of a batch, and waits for it. It reports false when the
-// connection or the broker is closing.
-func (c *conn) encodeFolded(batch []outMsg) bool {
-	done := make(chan struct{})
-	call := func(t *tree.Tree) {
-		defer close(done)
-		for i := range batch {
-			m := &batch[i]
-			if m.fold == nil {
-				continue
-			}
-			if payload, qos, ok := t.Fold(m.fold, m.rows); ok {
-				m.payload, m.qos = payload, min(qos, m.fold.QoS)
-			} else {
-				m.skip = true // unsubscribed meanwhile, or nothing it may read
-			}
-			m.fold, m.rows = nil, nil
-		}
-	}
-	if !c.b.reqs.push(request{kind: reqCall, call: call}) {
-		return false
-	}
-	select {
-	case <-done:
-		return true
-	case <-c.done:
-		return false
+// enqueue queues a message the broker itself sends (the loop, a replay):
+// it never waits; a full queue applies the slow-client policy.
+func (c *conn) enqueue(m item) {
+	if !c.q.push(m, time.Time{}) {
+		c.slow()
 	}
 }
 
-// pushLocked is enqueue with c.mu held; it unlocks it. A delta (st not
-// nil) is recorded as st's queued one.
-func (c *conn) pushLocked(m outMsg, limit int, st *subState) {
-	if st != nil {
-		st.queued = false
-	}
-	if c.closed {
-		c.mu.Unlock()
+// enqueueToken queues a snapshot or replay token: tiny, and always
+// accepted (they are bounded by the number of subscriptions).
+func (c *conn) enqueueToken(m item) {
+	c.q.mu.Lock()
+	if c.q.closed {
+		c.q.mu.Unlock()
 		return
 	}
-	if limit > 0 && len(c.out) >= limit {
-		disconnect := c.b.opts.SlowClient == SlowDisconnect
-		if disconnect {
-			c.closed = true
-		}
-		c.mu.Unlock()
-		c.slow(disconnect)
-		return
-	}
-	c.out = append(c.out, m)
-	if st != nil {
-		st.queued, st.qGen, st.qi = true, c.gen, len(c.out)-1
-	}
-	start := !c.writing
-	c.writing = true
-	c.mu.Unlock()
-	c.b.stats.DeltasQueued.Add(1)
-	if start {
-		c.b.writers.Add(1)
-		go c.writeLoop()
-	}
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	c.q.items = append(c.q.items, m)
+	c.q.bytes += m.cost()
+	c.q.mu.Unlock()
+	c.q.signal()
 }
 
-// slow handles a client whose tree queue is full.
-func (c *conn) slow(disconnect bool) {
+// slow applies the slow-client policy to a message that did not fit.
+func (c *conn) slow() {
 	n := c.dropped.Add(1)
 	c.b.stats.Dropped.Add(1)
-	if disconnect {
-		c.b.log.Warn().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).
-			Msg("delivery queue full; disconnecting slow client")
-		close(c.done)
-		c.cl.Stop(packets.ErrServerBusy)
+	if c.b.opts.SlowClient == SlowDisconnect {
+		if c.q.close() {
+			c.b.log.Warn().Str("client", c.p.ClientID).Msg("queue full; disconnecting slow client")
+			c.out.stop(packets.ErrServerBusy)
+		}
 		return
 	}
 	if n == 1 || n%1000 == 0 {
-		c.b.log.Warn().Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote).Int64("dropped", n).
-			Msg("delivery queue full; dropping messages for slow client")
+		c.b.log.Warn().Str("client", c.p.ClientID).Int64("dropped", n).
+			Msg("queue full; dropping messages for slow client")
 	}
 }
 
-// hold makes the writer wait until release: what the loop queues for a
-// subscription it registered before mochi wrote the SUBACK goes out after it.
-func (c *conn) hold() {
-	c.mu.Lock()
-	c.held++
-	c.mu.Unlock()
-}
+// close ends deliveries to c: its queue drops what it holds, its writer
+// and any publisher waiting for room stop.
+func (c *conn) close() { c.q.close() }
 
-// release undoes one hold and wakes the writer.
-func (c *conn) release() {
-	c.mu.Lock()
-	c.held--
-	c.mu.Unlock()
+// inflightFreed wakes a writer waiting for an in-flight slot.
+func (c *conn) inflightFreed() {
 	select {
-	case c.wake <- struct{}{}:
+	case c.acked <- struct{}{}:
 	default:
 	}
 }
 
-// close stops the writer; queued messages are dropped.
-func (c *conn) close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.closed {
-		c.closed = true
-		close(c.done)
-	}
-	c.out = nil
-	c.space.Broadcast()
+// mqttOut is an MQTT client of mochi as an endpoint.
+type mqttOut struct {
+	b  *Broker
+	cl *mqtt.Client
 }
 
-// writeLoop writes queued tree messages until the connection closes.
-func (c *conn) writeLoop() {
-	defer c.b.writers.Done()
-	var batch []outMsg
-	for {
-		select {
-		case <-c.wake:
-		case <-c.done:
-			return
-		}
-		for {
-			c.mu.Lock()
-			if c.held > 0 {
-				c.mu.Unlock()
-				break // release wakes us
-			}
-			batch, c.out = c.out, batch[:0]
-			c.gen++ // queued deltas are taken: nothing folds into them now
-			folded := takeFolded(batch)
-			c.space.Broadcast()
-			c.mu.Unlock()
-			if len(batch) == 0 {
-				break
-			}
-			if folded > 0 && !c.encodeFolded(batch) {
-				c.close() // the broker is stopping
-				return
-			}
-			for i := range batch {
-				if batch[i].skip {
-					batch[i] = outMsg{}
-					continue
-				}
-				if err := c.write(&batch[i]); err != nil {
-					if !errors.Is(err, mqtt.ErrConnectionClosed) {
-						c.b.log.Debug().Err(err).Str("client", c.cl.ID).Msg("tree write failed")
-					}
-					c.close()
-					return
-				}
-				batch[i] = outMsg{}
-			}
-		}
+func (o mqttOut) maxPacket() uint32 {
+	if o.cl.Properties.ProtocolVersion == 5 {
+		return o.cl.Properties.Props.MaximumPacketSize
 	}
+	return 0
 }
 
-// write sends one tree message with MQTT semantics: at QoS 1 and 2 it takes
-// a packet id and an in-flight slot from mochi's client state, so mochi
-// completes the flow and resends it to a resumed session.
-func (c *conn) write(m *outMsg) error {
-	if m.pk != nil {
-		return c.send(m.packet())
-	}
-	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos, Retain: m.plain},
-		TopicName:   m.topic,
-		Payload:     m.payload,
-		Created:     time.Now().Unix(),
-	}
-	if c.v5 && m.plain {
-		if m.props != nil {
-			pk.Properties = *m.props
-		}
-		if m.subID > 0 {
-			pk.Properties.SubscriptionIdentifier = []int{m.subID}
-		}
-	} else if c.v5 {
-		pk.Properties.ContentType = m.codec.ContentType()
-		pk.Properties.User = []packets.UserProperty{{Key: "mote-seq", Val: strconv.FormatUint(m.seq, 10)}}
-		if m.part != "" {
-			pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: "mote-part", Val: m.part})
-		}
-		if m.subID > 0 {
-			pk.Properties.SubscriptionIdentifier = []int{m.subID}
-		}
-	}
-	return c.send(pk)
-}
+func (o mqttOut) stop(err error) { o.cl.Stop(err) }
 
-// send writes one publish; at QoS 1 and 2 it first takes a packet id and an
-// in-flight slot.
-func (c *conn) send(pk packets.Packet) error {
+// send writes one publish with MQTT's semantics: packet ids and in-flight
+// entries from mochi's client state, so mochi completes QoS 1 and 2 flows
+// and resends them to a resumed session; outgoing topic aliases when the
+// client allows them.
+func (o mqttOut) send(c *conn, pk packets.Packet) error {
+	cl := o.cl
 	if pk.FixedHeader.Qos > 0 {
-		if err := c.waitInflight(); err != nil {
+		if err := o.waitInflight(c); err != nil {
 			return err
 		}
-		id, err := c.cl.NextPacketID()
-		if err != nil { // every id in flight: the client is not acknowledging
-			c.slow(false)
+		if err := o.b.takeInflight(cl, &pk); err != nil {
+			c.slow() // every packet id in flight: the client does not acknowledge
 			return nil
 		}
-		pk.PacketID = uint16(id)
-		if c.cl.State.Inflight.Set(pk) {
-			atomic.AddInt64(&c.b.server.Info.Inflight, 1)
-			c.cl.State.Inflight.DecreaseSendQuota()
+	}
+	if max := cl.Properties.Props.TopicAliasMaximum; c.v5 && max > 0 && pk.TopicName != "" {
+		alias, known := cl.State.TopicAliases.Outbound.Set(pk.TopicName)
+		if alias > 0 {
+			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = alias, true
+			if known {
+				pk.TopicName = ""
+			}
 		}
 	}
-	return c.cl.WritePacket(pk)
+	err := cl.WritePacket(pk)
+	if errors.Is(err, packets.ErrPacketTooLarge) {
+		if pk.FixedHeader.Qos > 0 {
+			o.b.dropInflight(cl, pk.PacketID)
+		}
+		return errTooLarge
+	}
+	return err
 }
 
 // waitInflight waits while the client has as many QoS messages in flight
-// as it accepts (its Receive Maximum, or the broker's in-flight bound).
-func (c *conn) waitInflight() error {
-	limit := int(c.b.server.Options.Capabilities.MaximumInflight)
-	if rm := int(c.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
+// as it accepts (its Receive Maximum, or the broker's in-flight bound),
+// woken by mochi's acknowledgement hooks.
+func (o mqttOut) waitInflight(c *conn) error {
+	limit := int(o.b.opts.MaxInflight)
+	if rm := int(o.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
 		limit = rm
 	}
-	for c.cl.State.Inflight.Len() >= limit {
+	for o.cl.State.Inflight.Len() >= limit {
 		select {
-		case <-c.done:
-			return mqtt.ErrConnectionClosed
-		case <-time.After(2 * time.Millisecond):
+		case <-c.acked:
+		case <-c.q.done:
+			return errWriterStop
 		}
 	}
 	return nil
 }
 
-// payloadRoom is the largest tree payload that fits one packet to this
-// client on topic, leaving room for the header and Mote's properties.
-func (c *conn) payloadRoom(topic string) int {
-	max := c.b.opts.MaxPacketSize
-	if cm := c.cl.Properties.Props.MaximumPacketSize; c.v5 && cm > 0 && cm < max {
-		max = cm
-	}
-	return int(max) - 5 - 2 - len(topic) - 2 - 160
-}
-
-// sendSnapshot queues a snapshot (mote-seq 0). One that does not fit the
-// client's maximum packet size is split by subtree for MQTT 5 clients
-// (mote-part i/n) and reported as an error to MQTT 3.1.1 clients.
-func (c *conn) sendSnapshot(st *subState, ts *tree.Sub, snap []byte) {
-	m := outMsg{topic: ts.Topic, payload: snap, qos: ts.QoS, codec: ts.Codec, subID: st.id}
-	room := c.payloadRoom(ts.Topic)
-	if len(snap) <= room {
-		c.enqueue(m, 0)
-		return
-	}
-	if !c.v5 {
-		c.b.refuse(c, "subscribe", ts.Topic, fmt.Errorf("%w: snapshot of %d bytes does not fit the maximum packet size; MQTT 5 clients get it in parts", errTooLarge, len(snap)))
-		return
-	}
-	parts, err := wire.Split(ts.Codec, snap, room)
+// takeInflight gives a QoS 1/2 publish a packet id and records it in
+// flight in mochi's client state, which completes the flow when the client
+// acknowledges and resends it to a resumed session. It is the one place
+// packet ids are taken for deliveries.
+func (b *Broker) takeInflight(cl *mqtt.Client, pk *packets.Packet) error {
+	id, err := cl.NextPacketID()
 	if err != nil {
-		c.b.refuse(c, "subscribe", ts.Topic, fmt.Errorf("%w: snapshot: %w", errTooLarge, err))
-		return
+		return err
 	}
-	for i, p := range parts {
-		m.payload, m.part = p, strconv.Itoa(i+1)+"/"+strconv.Itoa(len(parts))
-		c.enqueue(m, 0)
+	pk.PacketID = uint16(id)
+	if pk.Created == 0 {
+		pk.Created = time.Now().Unix()
+	}
+	if cl.State.Inflight.Set(*pk) {
+		atomic.AddInt64(&b.server.Info.Inflight, 1)
+		cl.State.Inflight.DecreaseSendQuota()
+	}
+	return nil
+}
+
+// dropInflight undoes takeInflight for a publish that was not written.
+func (b *Broker) dropInflight(cl *mqtt.Client, id uint16) {
+	if cl.State.Inflight.Delete(id) {
+		atomic.AddInt64(&b.server.Info.Inflight, -1)
+		cl.State.Inflight.IncreaseSendQuota()
 	}
 }
 
-var errTooLarge = errors.New("broker: too large")
+// holdOffline keeps a QoS 1/2 message for a persistent session that is
+// away, in mochi's in-flight state, which resends it on reconnect.
+func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
+	if out.FixedHeader.Qos == 0 || cl.State.Inflight.Len() >= int(b.opts.MaxInflight) {
+		return
+	}
+	b.takeInflight(cl, &out) //nolint:errcheck // no packet id left: nothing held, as for a full in-flight window
+}
+
+// errWriterStop ends a writer quietly: its connection or the broker closed.
+var errWriterStop = errors.New("broker: writer stopped")

@@ -9,60 +9,157 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/rs/zerolog"
 
 	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // guard runs one connection's session and turns a panic inside mochi (a
 // decoder bug, say) into a log line and a closed connection, so one bad
-// packet never takes the broker down.
-func guard(log zerolog.Logger, onPanic func(net.Conn), id string, c net.Conn, establish listeners.EstablishFn) {
-	c = &deadlineConn{Conn: c, timeout: writeTimeout}
+// packet never takes the broker down. Every connection is wrapped in a
+// netConn first.
+func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
+	nc := b.wrap(c)
 	defer func() {
 		if r := recover(); r != nil {
-			log.Error().Str("listener", id).Str("remote", c.RemoteAddr().String()).
+			b.log.Error().Str("listener", id).Str("remote", c.RemoteAddr().String()).
 				Interface("panic", r).Bytes("stack", debug.Stack()).Msg("connection panicked; closed it")
-			c.Close()
-			if onPanic != nil {
-				onPanic(c)
-			}
+			nc.Close()
+			b.connPanicked(nc)
 		}
 	}()
-	if err := establish(id, c); err != nil && !errors.Is(err, io.EOF) {
-		log.Debug().Str("listener", id).Str("remote", c.RemoteAddr().String()).Err(err).Msg("connection ended")
+	if err := establish(id, nc); err != nil && !errors.Is(err, io.EOF) {
+		b.log.Debug().Str("listener", id).Str("remote", c.RemoteAddr().String()).Err(err).Msg("connection ended")
 	}
 }
 
-// writeTimeout bounds one write to a client. mochi holds the client's lock
-// while it writes, so a client that stops reading would otherwise stall
-// every goroutine that publishes to it; past this the connection closes.
+// writeTimeout bounds one write to a client: past it the write fails and
+// the writer closes the connection.
 const writeTimeout = 10 * time.Second
 
-// deadlineConn sets a write deadline before every write.
-type deadlineConn struct {
+// netConn is a client connection as mochi reads and writes it. Before mochi
+// sees a byte, it reads the MQTT fixed headers going by: a connection that
+// has not sent a whole CONNECT within ConnectTimeout is closed, a CONNECT
+// over MaxConnectSize is refused before mochi allocates it (nothing is
+// authenticated yet), and a later packet over the maximum packet size gets
+// DISCONNECT 0x95 (MQTT 5) before the connection closes. Every write has a
+// deadline, and writes never interleave.
+type netConn struct {
 	net.Conn
-	timeout time.Duration
+	maxConnect int
+	maxPacket  int
+
+	// read side: touched only by the connection's read goroutine
+	state     int // 0: header byte, 1: length bytes, 2: body
+	length    int // remaining length being read (state 1), bytes of body left (state 2)
+	shift     uint
+	packets   int  // packets whose header was read
+	connected bool // the CONNECT is complete
+	level     byte // protocol level of the CONNECT (5: MQTT 5)
+	body      int  // bytes of the CONNECT body seen (to find the level)
+
+	wmu sync.Mutex // one write at a time
 }
 
-func (c *deadlineConn) Write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+// errConnectTooLarge and errPacketTooLarge end a connection whose packet
+// declares more than the broker accepts.
+var (
+	errConnectTooLarge = errors.New("broker: CONNECT packet too large")
+	errPacketTooLarge  = errors.New("broker: packet too large")
+)
+
+func (b *Broker) wrap(c net.Conn) *netConn {
+	c.SetReadDeadline(time.Now().Add(b.opts.ConnectTimeout)) //nolint:errcheck // mochi's keep-alive deadline replaces it after CONNECT
+	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize)}
+}
+
+func (c *netConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if perr := c.scan(p[:n]); perr != nil {
+		if errors.Is(perr, errPacketTooLarge) && c.level == 5 {
+			c.Write([]byte{0xE0, 0x02, 0x95, 0x00}) //nolint:errcheck // DISCONNECT 0x95 packet too large; closing either way
+		}
+		return 0, perr
+	}
+	return n, err
+}
+
+// scan follows the packet boundaries in bytes read.
+func (c *netConn) scan(p []byte) error {
+	for i := 0; i < len(p); {
+		switch c.state {
+		case 0: // first byte of a fixed header
+			c.state, c.length, c.shift = 1, 0, 0
+			i++
+		case 1: // remaining length, 7 bits a byte
+			v := p[i]
+			i++
+			c.length |= int(v&0x7f) << c.shift
+			c.shift += 7
+			if v&0x80 != 0 {
+				if c.shift >= 28 {
+					return errPacketTooLarge // malformed: mochi would refuse it too
+				}
+				continue
+			}
+			c.packets++
+			if c.packets == 1 && c.length > c.maxConnect {
+				return fmt.Errorf("%w: %d bytes declared, limit %d", errConnectTooLarge, c.length, c.maxConnect)
+			}
+			if c.maxPacket > 0 && c.length+1 > c.maxPacket {
+				return fmt.Errorf("%w: %d bytes declared, limit %d", errPacketTooLarge, c.length, c.maxPacket)
+			}
+			c.state = 2
+			if c.length == 0 {
+				c.endPacket()
+			}
+		case 2: // body
+			k := min(c.length, len(p)-i)
+			if c.packets == 1 && !c.connected {
+				// The protocol level is the 7th byte of a CONNECT body
+				// (after the protocol name "MQTT" with its length).
+				if at := 6 - c.body; at >= 0 && at < k {
+					c.level = p[i+at]
+				}
+				c.body += k
+			}
+			c.length -= k
+			i += k
+			if c.length == 0 {
+				c.endPacket()
+			}
+		}
+	}
+	return nil
+}
+
+func (c *netConn) endPacket() {
+	c.state = 0
+	if c.packets == 1 {
+		c.connected = true
+	}
+}
+
+func (c *netConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout)) //nolint:errcheck // a failing deadline fails the write too
 	return c.Conn.Write(p)
 }
 
-// tcpListener is mochi's Listener for plain TCP. It binds in Init, so a
-// busy port is an error at start and ":0" gives a real address.
+// tcpListener is mochi's Listener for plain TCP and TLS. It binds in Init,
+// so a busy port is an error at start and ":0" gives a real address.
 type tcpListener struct {
 	id, addr string
 	tls      *tls.Config // nil for plain TCP
-	log      zerolog.Logger
-	onPanic  func(net.Conn)
+	b        *Broker
 	ln       net.Listener
 	wg       sync.WaitGroup
 }
@@ -110,15 +207,18 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 			// Out of file descriptors (EMFILE) and the like pass: wait and
 			// accept again, as net/http does, rather than stop listening.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			l.log.Error().Err(err).Str("listener", l.id).Dur("retry_in", backoff).Msg("accept failed")
+			l.b.log.Error().Err(err).Str("listener", l.id).Dur("retry_in", backoff).Msg("accept failed")
 			time.Sleep(backoff)
 			continue
 		}
 		backoff = 0
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetNoDelay(true) //nolint:errcheck // Nagle off is the default; keep it so
+		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			guard(l.log, l.onPanic, l.id, c, establish)
+			l.b.guard(l.id, c, establish)
 		}()
 	}
 }
@@ -137,8 +237,7 @@ func (l *tcpListener) Close(listeners.CloseFn) {
 type wsListener struct {
 	id, addr, path string
 	tls            *tls.Config // nil for plain WebSocket
-	log            zerolog.Logger
-	onPanic        func(net.Conn)
+	b              *Broker
 	ln             net.Listener
 	srv            *http.Server
 	establish      listeners.EstablishFn
@@ -167,7 +266,7 @@ func (l *wsListener) Init(*slog.Logger) error {
 	l.ln = ln
 	up := &websocket.Upgrader{
 		Subprotocols:    []string{"mqtt"},
-		CheckOrigin:     func(*http.Request) bool { return true }, // browsers connect from any page
+		CheckOrigin:     l.b.originAllowed,
 		ReadBufferSize:  4096,
 		WriteBufferSize: 4096,
 	}
@@ -175,9 +274,11 @@ func (l *wsListener) Init(*slog.Logger) error {
 	mux.HandleFunc(l.path, func(w http.ResponseWriter, r *http.Request) {
 		ws, err := up.Upgrade(w, r, nil)
 		if err != nil {
+			l.b.log.Debug().Err(err).Str("remote", r.RemoteAddr).Str("origin", r.Header.Get("Origin")).Msg("websocket refused")
 			return // Upgrade has answered with an HTTP error
 		}
-		guard(l.log, l.onPanic, l.id, wsstream.New(ws, true), l.establish)
+		ws.SetReadLimit(int64(l.b.opts.MaxPacketSize) + 16) // one message: a packet, or a few small ones
+		l.b.guard(l.id, wsstream.New(ws, true), l.establish)
 	})
 	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return nil
@@ -186,7 +287,7 @@ func (l *wsListener) Init(*slog.Logger) error {
 func (l *wsListener) Serve(establish listeners.EstablishFn) {
 	l.establish = establish
 	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		l.log.Error().Err(err).Str("listener", l.id).Msg("websocket listener stopped")
+		l.b.log.Error().Err(err).Str("listener", l.id).Msg("websocket listener stopped")
 	}
 }
 
@@ -197,4 +298,53 @@ func (l *wsListener) Close(listeners.CloseFn) {
 		defer cancel()
 		l.srv.Shutdown(ctx) // hijacked WebSocket connections are the broker's to close
 	}
+}
+
+// originAllowed decides whether a browser page may open a WebSocket to the
+// broker (cross-site WebSocket hijacking: any page the user opens could
+// otherwise read and write every row). A request without Origin is not
+// from a page: MQTT authentication decides. Otherwise the origin must be
+// listed in AllowedOrigins ("*": any); with none listed, the page must come
+// from the broker's own host — and when clients are anonymous, that host
+// must be a loopback name, so a DNS-rebound name cannot pass for it.
+func (b *Broker) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	for _, o := range b.opts.AllowedOrigins {
+		if o == "*" || strings.EqualFold(strings.TrimSuffix(o, "/"), origin) {
+			return true
+		}
+	}
+	if len(b.opts.AllowedOrigins) > 0 {
+		return false
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	host := hostOnly(r.Host)
+	if !strings.EqualFold(u.Hostname(), host) {
+		return false
+	}
+	if b.opts.Users == nil || b.opts.AllowAnonymous {
+		return isLoopbackName(host)
+	}
+	return true
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return strings.Trim(hostport, "[]")
+}
+
+func isLoopbackName(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -41,7 +41,8 @@ func TestAcceptRetries(t *testing.T) {
 	server, client := net.Pipe()
 	defer client.Close()
 	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
-	l := &tcpListener{id: "t", log: zerolog.Nop(), ln: &flakyListener{errs: []error{emfile, emfile, emfile}, conn: server}}
+	b := &Broker{opts: Options{ConnectTimeout: time.Second, MaxConnectSize: 1024}, log: zerolog.Nop()}
+	l := &tcpListener{id: "t", b: b, ln: &flakyListener{errs: []error{emfile, emfile, emfile}, conn: server}}
 	got := make(chan net.Conn, 1)
 	done := make(chan struct{})
 	go func() {

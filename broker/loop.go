@@ -3,109 +3,61 @@ package broker
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/tree"
-	"github.com/mote-mqtt/mote/wire"
 )
 
 type reqKind uint8
 
 const (
-	reqPublish     reqKind = iota // apply an op
-	reqSubscribe                  // register tree subscriptions (and send snapshots)
-	reqUnsubscribe                // remove tree subscriptions by topic
-	reqDetach                     // a connection ended: remove all its tree subscriptions
-	reqCall                       // run call on the loop (reads of the tree: store tools, tests)
+	reqPublish     reqKind = iota + 1 // apply an op
+	reqSubscribe                      // register a tree subscription (its snapshot follows in the queue)
+	reqUnsubscribe                    // remove an owner's tree subscriptions by topic
+	reqDetach                         // a connection ended: remove all its tree subscriptions
+	reqCall                           // run call on the loop (writers, reads of the tree, barriers)
 )
 
 // request is one unit of work for the message loop.
 type request struct {
-	kind     reqKind
-	conn     *conn
-	op       tree.Op
-	topic    string          // the publish topic as sent, for error reports
-	plain    *packets.Packet // a plain retained publish for mochi, once its row is applied
-	rows     bool            // deliver the applied rows to plain subscribers
-	subs     []subReq
-	retained []retainedReq // plain subscriptions whose retained rows to send
-	topics   []string
-	call     func(*tree.Tree)
-	done     chan error // with SyncRetain: answered once the op's rows are committed (or refused)
+	kind   reqKind
+	op     tree.Op
+	pub    *pubMeta // reqPublish
+	sub    *treeSub // reqSubscribe
+	owner  string   // reqUnsubscribe, reqDetach: the connection's key
+	topics []string // reqUnsubscribe
+	call   func()   // reqCall
 }
 
-// subReq is a tree subscription mochi has granted.
-type subReq struct {
-	topic  string            // the filter as subscribed: the outgoing topic
-	parsed wire.Subscription // mode, codec and F
-	qos    byte              // granted QoS
-	id     int               // MQTT 5 subscription identifier, 0 if none
-}
-
-// retainedReq is a plain subscription mochi has granted whose matching
-// retained rows the loop sends (mochi's own retained index stays empty).
-type retainedReq struct {
-	filter string
-	qos    byte // granted QoS
-	id     int  // MQTT 5 subscription identifier
-}
-
-// subState is the broker's part of a tree subscription (tree.Sub.Data).
-type subState struct {
-	conn  *conn
-	mode  wire.Mode
-	codec wire.Codec
-	id    int
-	seq   uint64 // mote-seq of the last message queued; only the loop touches it
-
-	// The delta queued last takes in the next ones until the writer takes
-	// it, so a client that is behind gets fewer, fuller deltas instead of a
-	// backlog. All guarded by conn.mu: queued, qGen and qi find it in the
-	// connection's queue; batch is the batch it came from, rows (each topic
-	// once, at its index in at) what it holds once something folded in.
-	queued bool
-	qGen   uint64
-	qi     int
-	batch  *batchRows
-	rows   []tree.Change
-	at     map[string]int
-	qos    byte // highest QoS among rows
-}
-
-// take adds the changes s matches to st.rows, newest value of each topic.
-func (st *subState) take(s *tree.Sub, changes []tree.Change) {
-	if st.at == nil {
-		st.at = make(map[string]int)
-	}
-	for _, ch := range changes {
-		if !s.Matches(ch.Topic) {
-			continue
-		}
-		st.qos = max(st.qos, ch.QoS)
-		if i, ok := st.at[ch.Topic]; ok {
-			st.rows[i].Value, st.rows[i].QoS = ch.Value, max(st.rows[i].QoS, ch.QoS)
-			continue
-		}
-		st.at[ch.Topic] = len(st.rows)
-		st.rows = append(st.rows, ch)
-	}
+// pubMeta is what the loop needs to know of a publish besides its op.
+type pubMeta struct {
+	p     Principal
+	topic string          // as sent, for refusal reports
+	plain *packets.Packet // a plain retained publish: delivered to plain subscribers once its row is applied
+	rows  bool            // deliver each applied row to plain subscribers (a tree publish, $set)
+	// done, if not nil, is answered once the publish is applied (with
+	// commit, once its rows are committed), or with why it was refused;
+	// without it the loop reports a refusal itself.
+	done   chan error
+	commit bool
 }
 
 // batchRows is the rows one batch changed, listed (with their publishes'
-// QoS) only when a delta of the batch has to fold: most never do. Only the
-// loop reads it.
+// QoS) only when a subscription needs them one by one — a delta that folds,
+// a snapshot that waits: most never do. Only the loop reads it.
 type batchRows struct {
 	applied []tree.Applied
 	qos     []byte // each op's
 	list    []tree.Change
 }
 
-func newBatchRows(applied []tree.Applied, meta []*request) *batchRows {
-	r := &batchRows{applied: applied, qos: make([]byte, len(meta))}
-	for i, m := range meta {
-		r.qos[i] = m.op.QoS
+func newBatchRows(applied []tree.Applied, ops []tree.Op) *batchRows {
+	r := &batchRows{applied: applied, qos: make([]byte, len(ops))}
+	for i := range ops {
+		r.qos[i] = ops[i].QoS
 	}
 	return r
 }
@@ -120,7 +72,7 @@ func (r *batchRows) changes() []tree.Change {
 			continue
 		}
 		for _, row := range a.Rows {
-			r.list = append(r.list, tree.Change{Topic: row.Topic, Value: row.Value, QoS: r.qos[i]})
+			r.list = append(r.list, tree.Change{Topic: row.Topic, Value: row.Value, QoS: r.qos[i], Retain: row.Retain})
 		}
 	}
 	r.applied = nil
@@ -145,8 +97,8 @@ func newRequestQueue(max int) *requestQueue {
 	return q
 }
 
-// push queues r, waiting while the queue is full; it reports false once the
-// queue is closed.
+// push queues r, a publish waiting while the queue is full; it reports
+// false once the queue is closed.
 func (q *requestQueue) push(r request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -184,24 +136,44 @@ func (q *requestQueue) close() {
 	q.space.Broadcast()
 }
 
-// loop is the message loop: the only goroutine that touches b.tree.
+// onLoop runs fn on the message loop and waits for it to finish. It
+// reports false, without waiting further, once done is closed or the
+// loop has stopped.
+func (b *Broker) onLoop(done <-chan struct{}, fn func()) bool {
+	fin := make(chan struct{})
+	if !b.reqs.push(request{kind: reqCall, call: func() { fn(); close(fin) }}) {
+		return false
+	}
+	select {
+	case <-fin:
+		return true
+	case <-done:
+		return false
+	case <-b.loopDone:
+		return false
+	}
+}
+
+// loop is the message loop: the only goroutine that touches b.tree, the
+// tree subscriptions' state (treeSub) and b.props.
 func (b *Broker) loop() {
 	defer close(b.loopDone)
 	var items, spare []request
 	var ops []tree.Op
-	var meta []*request
+	var meta []*pubMeta
 	for {
 		var ok bool
 		items, ok = b.reqs.take(spare)
 		if !ok {
 			return
 		}
+		b.lastTick.Store(time.Now().UnixNano())
 		ops, meta = ops[:0], meta[:0]
 		for i := range items {
 			r := &items[i]
 			if r.kind == reqPublish {
 				ops = append(ops, r.op)
-				meta = append(meta, r)
+				meta = append(meta, r.pub)
 				continue
 			}
 			b.apply(ops, meta) // keep order: earlier publishes first
@@ -215,7 +187,7 @@ func (b *Broker) loop() {
 }
 
 // apply applies a batch of publishes and delivers what it produced.
-func (b *Broker) apply(ops []tree.Op, meta []*request) {
+func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	if len(ops) == 0 {
 		return
 	}
@@ -226,43 +198,39 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 	var changes []retain.Change
 	var waiters []chan error
 	for i, a := range res.Applied {
-		r := meta[i]
+		m := meta[i]
 		if a.Err != nil {
-			if r.done != nil {
-				r.done <- a.Err // the publisher refuses it with the reason
+			if m.done != nil {
+				m.done <- a.Err // the publisher refuses it with the reason
 			} else {
-				b.refuse(r.conn, "publish", r.topic, a.Err)
+				b.refuse(m.p, "publish", m.topic, a.Err)
 			}
 			continue
 		}
+		n := len(changes)
 		if b.ret != nil {
-			n := len(changes)
 			for _, row := range a.Rows {
-				if row.Retain {
-					changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: r.op.QoS})
+				if row.Retain && !isSys(row.Topic) { // $SYS rows are the broker's live counters: not kept
+					changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS})
 				}
 			}
-			if r.done != nil {
-				if len(changes) > n {
-					waiters = append(waiters, r.done)
-				} else {
-					r.done <- nil
-				}
-			}
-		} else if r.done != nil {
-			r.done <- nil
 		}
-		if r.plain != nil {
-			b.deliverPlain(*r.plain, false)
+		switch {
+		case m.done == nil:
+		case m.commit && len(changes) > n:
+			waiters = append(waiters, m.done)
+		default:
+			m.done <- nil
 		}
-		b.keepProps(r, a.Rows)
-		if r.rows {
+		if m.plain != nil {
+			b.deliverPlain(m.plain, time.Time{})
+		}
+		b.keepProps(m.plain, a.Rows)
+		if m.rows {
 			for _, row := range a.Rows {
-				pk := rowPacket(row, r.op.QoS)
-				if r.conn != nil {
-					pk.Origin = r.conn.cl.ID
-				}
-				b.deliverPlain(pk, false)
+				pk := rowPacket(row, ops[i].QoS)
+				pk.Origin = m.p.ClientID
+				b.deliverPlain(&pk, time.Time{})
 			}
 		}
 	}
@@ -270,65 +238,47 @@ func (b *Broker) apply(ops []tree.Op, meta []*request) {
 		b.ret.Add(changes, waiters...) // never waits on the disk
 	}
 	var batch *batchRows
-	for _, d := range res.Deltas {
+	for i := range res.Deltas {
+		d := &res.Deltas[i]
 		if batch == nil {
-			batch = newBatchRows(res.Applied, meta)
+			batch = newBatchRows(res.Applied, ops)
 		}
 		for _, s := range d.Subs {
-			st := s.Data.(*subState)
-			if st.conn.fold(st, s, batch) {
-				b.stats.Folded.Add(1)
-				continue
-			}
-			st.seq++
-			st.conn.enqueueDelta(st, batch, outMsg{
-				topic: s.Topic, payload: d.Payload, qos: min(d.QoS, s.QoS),
-				seq: st.seq, codec: st.codec, subID: st.id,
-			}, b.opts.TreeQueue)
+			b.queueDelta(s.Data.(*treeSub), d, batch)
 		}
 	}
 }
 
-// handle runs a subscription request.
+// rowPacket is the plain publish of one applied row.
+func rowPacket(r tree.Row, qos byte) packets.Packet {
+	return packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: r.Retain},
+		TopicName:   r.Topic,
+		Payload:     []byte(r.Value.Data),
+		Created:     time.Now().Unix(),
+	}
+}
+
+// handle runs a request other than a publish.
 func (b *Broker) handle(r *request) {
 	switch r.kind {
 	case reqSubscribe:
-		for _, s := range r.subs {
-			st := &subState{conn: r.conn, mode: s.parsed.Mode, codec: s.parsed.Codec, id: s.id}
-			ts := &tree.Sub{Owner: r.conn.key, Topic: s.topic, Filter: s.parsed.Filter, Codec: s.parsed.Codec, QoS: s.qos, Data: st,
-				Allow: b.allowRead(r.conn.cl)}
-			snap, err := b.tree.Subscribe(ts)
-			if err != nil {
-				b.refuse(r.conn, "subscribe", s.topic, err)
-				continue
-			}
-			if s.parsed.Mode == wire.Sync {
-				r.conn.sendSnapshot(st, ts, snap)
-			}
+		st := r.sub
+		if _, err := b.tree.Register(st.ts); err != nil {
+			b.refuse(st.c.p, "subscribe", st.ts.Topic, err)
+			break
 		}
-		allow := b.allowRead(r.conn.cl)
-		for _, rr := range r.retained {
-			// Every matching row, paced by the client's writer: none dropped.
-			b.tree.Store().Match(rr.filter, func(topic string, v wire.Value, qos byte) bool {
-				if allow != nil && !allow(topic) {
-					return true
-				}
-				m := outMsg{topic: topic, payload: []byte(v.Data), qos: min(qos, rr.qos), subID: rr.id, plain: true}
-				if p, ok := b.props[topic]; ok {
-					m.props = &p
-				}
-				r.conn.enqueue(m, 0)
-				return true
-			})
+		if st.await {
+			st.c.enqueueToken(&snapshotItem{sub: st})
 		}
 	case reqUnsubscribe:
 		for _, t := range r.topics {
-			b.tree.Unsubscribe(r.conn.key, t)
+			b.tree.Unsubscribe(r.owner, t)
 		}
 	case reqDetach:
-		b.tree.RemoveOwner(r.conn.key)
+		b.tree.RemoveOwner(r.owner)
 	case reqCall:
-		r.call(b.tree)
+		r.call()
 	}
 	b.treeSubs.Store(int64(b.tree.Subscriptions()))
 	if r.kind == reqSubscribe {
@@ -336,14 +286,15 @@ func (b *Broker) handle(r *request) {
 	}
 }
 
-// keepProps keeps the MQTT 5 properties of plain retained publishes (content
-// type, user properties, …) for retained delivery; any other change to the
-// row drops them. They live in memory only: the store keeps payloads.
-func (b *Broker) keepProps(r *request, rows []tree.Row) {
-	if r.plain != nil && r.plain.ProtocolVersion == 5 && len(r.plain.Payload) > 0 && hasProps(&r.plain.Properties) {
-		p := r.plain.Properties
+// keepProps keeps the MQTT 5 properties of plain retained publishes
+// (content type, user properties, …) for retained delivery; any other
+// change to the row drops them. They live in memory only: the store keeps
+// payloads.
+func (b *Broker) keepProps(plain *packets.Packet, rows []tree.Row) {
+	if plain != nil && plain.ProtocolVersion == 5 && len(plain.Payload) > 0 && hasProps(&plain.Properties) {
+		p := plain.Properties
 		p.MessageExpiryInterval, p.TopicAlias, p.TopicAliasFlag, p.SubscriptionIdentifier = 0, 0, false, nil
-		b.props[r.plain.TopicName] = p
+		b.props[plain.TopicName] = p
 		return
 	}
 	if len(b.props) == 0 {

@@ -12,15 +12,29 @@ import (
 	"github.com/mote-mqtt/mote/tree"
 )
 
-// SlowPolicy says what happens to a client whose tree deliveries pile up.
+// SlowPolicy says what happens to a client whose queue is full.
 type SlowPolicy string
 
 const (
-	// SlowDrop drops the newest tree messages and counts them; mote-seq
-	// shows the gap to MQTT 5 clients, who re-subscribe.
+	// SlowDrop drops what does not fit and counts it; mote-seq shows the
+	// gap to MQTT 5 tree subscribers, who re-subscribe.
 	SlowDrop SlowPolicy = "drop"
 	// SlowDisconnect closes the client's connection.
 	SlowDisconnect SlowPolicy = "disconnect"
+)
+
+// TakeoverPolicy says what a client gets when it connects with the client
+// id of a session that another username created.
+type TakeoverPolicy string
+
+const (
+	// TakeoverRefuse refuses the connection (CONNACK 0x85, client
+	// identifier not valid; 0x02 for MQTT 3.1.1): a session, its queued
+	// messages and its subscriptions belong to the username that made it.
+	TakeoverRefuse TakeoverPolicy = "refuse"
+	// TakeoverFresh lets the client in with a new, empty session; the other
+	// user's session is dropped.
+	TakeoverFresh TakeoverPolicy = "fresh"
 )
 
 // Options configure a Broker. The zero value of a field means its default.
@@ -32,17 +46,55 @@ type Options struct {
 	WSS    string // WebSocket over TLS listener address; "" for none
 	// TLSConfig serves TLS and WSS; required when either is set.
 	TLSConfig *tls.Config
+	// AllowedOrigins are the web origins ("https://app.example.com") whose
+	// pages may open a WebSocket to the broker; "*" allows any. Requests
+	// without an Origin header (programs, not browsers) are always let
+	// through to MQTT's own authentication. Empty: the broker's own host
+	// only, and with anonymous access only from a loopback host name, so a
+	// web page the local user opens cannot reach a loopback broker.
+	AllowedOrigins []string
 
 	Limits        tree.Limits // tree publish limits (SPEC §5); default tree.DefaultLimits
 	MaxPacketSize uint32      // largest packet in either direction; default 64 MiB
+	// MaxTopicLen and MaxTopicLevels bound every topic and filter a client
+	// sends, and every row topic a tree publish makes; default 4096 bytes
+	// (at most 32,768, what the store can key) and 128 levels.
+	MaxTopicLen    int
+	MaxTopicLevels int
 
-	MaxClients  int64         // connected clients at most; default 100,000
-	MaxInflight uint16        // QoS 1/2 messages in flight per client; default 1024
-	PlainQueue  int           // plain messages queued per client; default 1000
-	PlainWait   time.Duration // how long a publisher waits for room in a full queue; default 5s
-	TreeQueue   int           // tree messages queued per client before SlowPolicy applies; default 1000
-	SlowClient  SlowPolicy    // default SlowDrop
-	LoopQueue   int           // publishes waiting for the message loop before publishers wait; default 100,000
+	MaxClients  int64  // connected clients at most; default 100,000
+	MaxInflight uint16 // QoS 1/2 messages in flight per client; default 1024
+	// MaxKeepAlive caps the keep-alive a client may ask for, in seconds:
+	// MQTT 5 clients are told the cap (Server Keep Alive), MQTT 3.1.1
+	// clients asking for more are refused (as Mosquitto's max_keepalive).
+	// 0: no cap.
+	MaxKeepAlive uint16
+	// ConnectTimeout closes a connection that has not sent a complete
+	// CONNECT within it; default 10s. MaxConnectSize caps that packet,
+	// read before anything is authenticated; default 64 KiB.
+	ConnectTimeout time.Duration
+	MaxConnectSize int
+
+	// QueueBytes bounds what one client may have queued, in payload bytes
+	// (snapshots and retained replays are read as the client drains them,
+	// so they do not count until then); default 8 MiB. A message that
+	// finds the queue full waits up to PublishWait if a publisher sends it
+	// (default 50ms, the most a publish waits in all, whatever its
+	// subscribers do), then SlowClient applies.
+	QueueBytes  int
+	PublishWait time.Duration
+	SlowClient  SlowPolicy // default SlowDrop
+	LoopQueue   int        // publishes waiting for the message loop before publishers wait; default 100,000
+
+	// MaxSubscriptions bounds one client's subscriptions (default 10,000),
+	// MaxSubscriptionsPerPacket the filters of one SUBSCRIBE (default
+	// 1,000); more are refused with reason 0x97 (quota exceeded).
+	MaxSubscriptions          int
+	MaxSubscriptionsPerPacket int
+
+	// Takeover decides what a client gets that connects with the client
+	// id of a session another username made; default TakeoverRefuse.
+	Takeover TakeoverPolicy
 
 	// Store, if not nil, persists retained rows: they are loaded at Start,
 	// before listeners accept clients, and a retainer goroutine commits
@@ -70,20 +122,32 @@ type Options struct {
 
 // Default listener addresses and sizes.
 const (
-	DefaultTCP           = ":1883"
-	DefaultWS            = ":1884"
-	DefaultWSPath        = "/mqtt"
-	DefaultMaxPacketSize = 64 << 20
-	DefaultTreeQueue     = 1000
-	DefaultLoopQueue     = 100_000
-	DefaultMaxClients    = 100_000
-	DefaultMaxInflight   = 1024
-	DefaultPlainQueue    = 1000
-	DefaultPlainWait     = 5 * time.Second
+	DefaultTCP                       = ":1883"
+	DefaultWS                        = ":1884"
+	DefaultWSPath                    = "/mqtt"
+	DefaultMaxPacketSize             = 64 << 20
+	DefaultMaxTopicLen               = 4096
+	DefaultMaxTopicLevels            = 128
+	DefaultLoopQueue                 = 100_000
+	DefaultMaxClients                = 100_000
+	DefaultMaxInflight               = 1024
+	DefaultConnectTimeout            = 10 * time.Second
+	DefaultMaxConnectSize            = 64 << 10
+	DefaultQueueBytes                = 8 << 20
+	DefaultPublishWait               = 50 * time.Millisecond
+	DefaultMaxSubscriptions          = 10_000
+	DefaultMaxSubscriptionsPerPacket = 1_000
+	// MaxTopicLenLimit is the largest MaxTopicLen: the store's longest key.
+	MaxTopicLenLimit = 32768 // bbolt's longest key
 )
 
 // withDefaults fills in defaults and checks values.
 func (o Options) withDefaults() (Options, error) {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
 	if o.TCP == "" {
 		o.TCP = DefaultTCP
 	}
@@ -99,36 +163,51 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxPacketSize == 0 {
 		o.MaxPacketSize = DefaultMaxPacketSize
 	}
+	def(&o.MaxTopicLen, DefaultMaxTopicLen)
+	def(&o.MaxTopicLevels, DefaultMaxTopicLevels)
 	if o.MaxClients == 0 {
 		o.MaxClients = DefaultMaxClients
 	}
 	if o.MaxInflight == 0 {
 		o.MaxInflight = DefaultMaxInflight
 	}
-	if o.PlainQueue == 0 {
-		o.PlainQueue = DefaultPlainQueue
+	if o.ConnectTimeout == 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
 	}
-	if o.PlainWait == 0 {
-		o.PlainWait = DefaultPlainWait
-	}
-	if o.TreeQueue == 0 {
-		o.TreeQueue = DefaultTreeQueue
+	def(&o.MaxConnectSize, DefaultMaxConnectSize)
+	def(&o.QueueBytes, DefaultQueueBytes)
+	if o.PublishWait == 0 {
+		o.PublishWait = DefaultPublishWait
 	}
 	if o.SlowClient == "" {
 		o.SlowClient = SlowDrop
 	}
-	if o.LoopQueue == 0 {
-		o.LoopQueue = DefaultLoopQueue
+	def(&o.LoopQueue, DefaultLoopQueue)
+	def(&o.MaxSubscriptions, DefaultMaxSubscriptions)
+	def(&o.MaxSubscriptionsPerPacket, DefaultMaxSubscriptionsPerPacket)
+	if o.Takeover == "" {
+		o.Takeover = TakeoverRefuse
 	}
 	switch {
 	case o.SlowClient != SlowDrop && o.SlowClient != SlowDisconnect:
 		return o, fmt.Errorf("broker: slow client policy %q: want drop or disconnect", o.SlowClient)
-	case o.TreeQueue < 1 || o.LoopQueue < 1 || o.PlainQueue < 1 || o.MaxClients < 1:
-		return o, fmt.Errorf("broker: queue sizes must be positive (tree %d, loop %d)", o.TreeQueue, o.LoopQueue)
+	case o.Takeover != TakeoverRefuse && o.Takeover != TakeoverFresh:
+		return o, fmt.Errorf("broker: client id takeover policy %q: want refuse or fresh", o.Takeover)
+	case o.QueueBytes < 1 || o.LoopQueue < 1 || o.MaxClients < 1 || o.MaxSubscriptions < 1 || o.MaxSubscriptionsPerPacket < 1 || o.MaxConnectSize < 1:
+		return o, fmt.Errorf("broker: sizes and counts must be positive")
+	case o.PublishWait < 0 || o.ConnectTimeout < 0:
+		return o, fmt.Errorf("broker: durations must not be negative")
+	case o.MaxTopicLen < 1 || o.MaxTopicLen > MaxTopicLenLimit:
+		return o, fmt.Errorf("broker: max topic length %d: want 1 to %d", o.MaxTopicLen, MaxTopicLenLimit)
+	case o.MaxTopicLevels < 1:
+		return o, fmt.Errorf("broker: max topic levels must be positive")
 	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "":
 		return o, fmt.Errorf("broker: every listener is off")
 	case (o.TLS != "" || o.WSS != "") && o.TLSConfig == nil:
 		return o, fmt.Errorf("broker: TLS listeners need a certificate and key")
+	}
+	if o.Limits.MaxTopicLen == 0 || o.Limits.MaxTopicLen > o.MaxTopicLen {
+		o.Limits.MaxTopicLen = o.MaxTopicLen
 	}
 	return o, nil
 }

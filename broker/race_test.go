@@ -13,7 +13,6 @@ import (
 	paho5 "github.com/eclipse/paho.golang/paho"
 
 	"github.com/mote-mqtt/mote/clients/client"
-	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
 )
 
@@ -100,16 +99,15 @@ func TestSnapshotDeltaRace(t *testing.T) {
 	}
 }
 
-// snapshot reads a JSON snapshot through the loop (the only owner of the tree).
+// snapshot reads a JSON snapshot through the door.
 func (b *Broker) snapshot(filter string) []byte {
-	done := make(chan []byte, 1)
-	b.reqs.push(request{kind: reqCall, call: func(t *tree.Tree) { done <- t.Snapshot(filter, wire.CodecJSON, nil) }})
-	select {
-	case s := <-done:
-		return s
-	case <-time.After(testTimeout):
-		panic("message loop did not answer within " + testTimeout.String())
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	s, err := b.Tree(ctx, systemPrincipal, filter, wire.CodecJSON)
+	if err != nil {
+		panic(err)
 	}
+	return s
 }
 
 func decodeJSON(t testing.TB, b []byte) any {
@@ -277,17 +275,16 @@ func TestPublishAfterSuback(t *testing.T) {
 // connOf finds the broker's connection state of a client id.
 func (b *Broker) connOf(t testing.TB, id string) *conn {
 	t.Helper()
-	var c *conn
-	b.conns.Range(func(_, v any) bool {
-		if v.(*conn).cl.ID == id {
-			c = v.(*conn)
+	deadline := time.Now().Add(testTimeout)
+	for { // a client has its CONNACK a moment before the broker files its connection
+		if c := b.connByID(id); c != nil {
+			return c
 		}
-		return c == nil
-	})
-	if c == nil {
-		t.Fatalf("no connection for %s", id)
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection for %s", id)
+		}
+		time.Sleep(time.Millisecond)
 	}
-	return c
 }
 
 // TestFoldQueuedDeltas: deltas that wait for a client's writer fold into
@@ -308,7 +305,7 @@ func TestFoldQueuedDeltas(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := b.connOf(t, "r")
-	c.hold() // the writer waits: every delta below stays queued
+	c.q.hold() // the writer waits: every delta below stays queued
 	for i := range 50 {
 		tree := map[string]any{"a": map[string]any{"x": i}, fmt.Sprintf("n%d", i%7): map[string]any{"y": i, "z": nil}}
 		switch i {
@@ -322,7 +319,7 @@ func TestFoldQueuedDeltas(t *testing.T) {
 		}
 	}
 	settle(t, b)
-	c.release()
+	c.q.release()
 	want := decodeJSON(t, b.snapshot("f/#"))
 	if err := m.Wait(ctx, func(doc any) bool { return reflect.DeepEqual(normal(t, doc), want) }); err != nil {
 		m.Get(func(doc any) { t.Fatalf("copy %v\nwant %v", normal(t, doc), want) })

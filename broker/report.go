@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"time"
@@ -13,21 +14,26 @@ import (
 )
 
 // ErrorTopic is where a client's refused Mote requests are reported
-// (SPEC §5): ErrorTopic + client id.
+// (SPEC §5): ErrorTopic + client id ('%', '+' and '#' in the id
+// percent-encoded).
 const ErrorTopic = "$SYS/mote/errors/"
 
 // Report is the JSON published on ErrorTopic+<client-id> for every refused
-// tree publish, $set or tree subscription.
+// tree publish, $set, tree subscription or will.
 type Report struct {
 	Time   time.Time `json:"time"`
 	Client string    `json:"client"`
-	Op     string    `json:"op"`    // publish, subscribe or will
+	Op     string    `json:"op"`    // publish, subscribe, will or deliver
 	Topic  string    `json:"topic"` // as the client sent it
 	Code   byte      `json:"code"`  // MQTT 5 reason code
 	Reason string    `json:"reason"`
 	Error  string    `json:"error"`
 	Path   string    `json:"path,omitempty"` // RFC 6901 pointer into the payload
 }
+
+// maxReason bounds a Reason String (and a report's topic): MQTT caps
+// strings at 65,535 bytes, and a client needs far less to know why.
+const maxReason = 1024
 
 // reasonCode maps a refusal to its MQTT 5 reason code (SPEC §5).
 func reasonCode(op string, err error) packets.Code {
@@ -36,8 +42,12 @@ func reasonCode(op string, err error) packets.Code {
 		return packets.ErrNotAuthorized // 0x87
 	case errors.Is(err, errShutdown), errors.Is(err, retain.ErrClosed):
 		return packets.ErrServerShuttingDown // 0x8B
-	case op == "subscribe" && errors.Is(err, errTooLarge):
+	case errors.Is(err, errQuota):
+		return packets.ErrQuotaExceeded // 0x97
+	case errors.Is(err, errTooLarge):
 		return packets.ErrPacketTooLarge // 0x95
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return packets.ErrUnspecifiedError
 	case op == "subscribe":
 		return packets.ErrTopicFilterInvalid // 0x8F
 	case errors.Is(err, wire.ErrReserved), errors.Is(err, wire.ErrPrefix), errors.Is(err, wire.ErrFilter), errors.Is(err, errAlias):
@@ -46,49 +56,58 @@ func reasonCode(op string, err error) packets.Code {
 	return packets.ErrPayloadFormatInvalid // 0x99
 }
 
+// errQuota is a subscription over the client's limits.
+var errQuota = errors.New("broker: quota exceeded")
+
+// errAlias is a topic alias set on a Mote topic.
+var errAlias = errors.New("broker: a topic alias cannot be set on a Mote topic")
+
+// refusal reports a refused request and returns it as a *Refusal.
+func (b *Broker) refusal(p Principal, op, topic string, err error) error {
+	var r *Refusal
+	if errors.As(err, &r) {
+		return r
+	}
+	return &Refusal{Code: b.refuse(p, op, topic, err), Topic: topic, Err: err}
+}
+
 // refuse reports a refused request: one log line and a report on the
-// client's error topic. c may be nil (the client is gone).
-func (b *Broker) refuse(c *conn, op, topic string, err error) packets.Code {
+// client's error topic. It never waits: the report is dropped for a
+// client whose queue is full.
+func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	code := reasonCode(op, err)
 	b.stats.Refused.Add(1)
-	r := Report{Time: time.Now().UTC(), Op: op, Topic: topic, Code: code.Code, Reason: code.Reason, Error: err.Error()}
+	r := Report{Time: time.Now().UTC(), Client: p.ClientID, Op: op, Topic: truncate(topic, maxReason), Code: code.Code,
+		Reason: code.Reason, Error: truncate(err.Error(), maxReason)}
 	var pe *wire.PathError
 	if errors.As(err, &pe) {
-		r.Path = pe.Path
+		r.Path = truncate(pe.Path, maxReason)
 	}
-	ev := b.log.Warn().Str("op", op).Str("topic", topic).Uint8("code", code.Code).Err(err)
-	if c != nil {
-		r.Client = c.cl.ID
-		ev = ev.Str("client", c.cl.ID).Str("remote", c.cl.Net.Remote)
+	b.log.Warn().Str("op", op).Str("topic", truncate(topic, 200)).Uint8("code", code.Code).Str("client", p.ClientID).
+		Str("error", truncate(err.Error(), 500)).Msg("refused")
+	if p.system || p.ClientID == "" {
+		return code
 	}
-	ev.Msg("refused")
-	if r.Client != "" {
-		payload, _ := json.Marshal(r)
-		b.inject(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: ErrorTopic + r.Client, Payload: payload})
+	payload, _ := json.Marshal(r)
+	pk := &packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName:   ErrorTopic + errorTopicID(p.ClientID),
+		Payload:     payload,
+		Created:     time.Now().Unix(),
 	}
+	pk.Properties.ContentType = "application/json"
+	b.deliverPlain(pk, time.Time{})
 	return code
 }
 
-// refusePublish refuses a Mote publish whole. An MQTT 5 client sending at
-// QoS 1 or 2 gets the reason code in its PUBACK or PUBREC, written here;
-// everyone else gets an ordinary ack (QoS 1/2) and the report. Nothing is
-// retained or delivered either way.
-func (b *Broker) refusePublish(c *conn, pk packets.Packet, topic string, err error) (packets.Packet, error) {
-	code := b.refuse(c, "publish", topic, err)
-	if !c.v5 || pk.FixedHeader.Qos == 0 {
-		return pk, packets.CodeSuccessIgnore
+// truncate shortens s to at most n bytes, on a UTF-8 boundary, marking the
+// cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	ack := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Puback},
-		PacketID:    pk.PacketID,
-		ReasonCode:  code.Code,
-		Properties:  packets.Properties{ReasonString: err.Error()},
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
 	}
-	if pk.FixedHeader.Qos == 2 {
-		ack.FixedHeader.Type = packets.Pubrec // a PUBREC >= 0x80 ends the QoS 2 flow
-	}
-	if werr := c.cl.WritePacket(ack); werr != nil {
-		return pk, werr
-	}
-	return pk, packets.ErrRejectPacket
+	return s[:n] + "…"
 }

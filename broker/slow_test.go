@@ -33,19 +33,22 @@ func stalled(t *testing.T, b *Broker, id string, filters ...string) net.Conn {
 // TestSlowTreeClient: a client that stops reading neither grows the
 // broker's memory without bound nor delays the others. Each of its tree
 // subscriptions keeps one queued delta, into which the next ones fold;
-// past TreeQueue messages (here: 150 subscriptions, each with a delta
-// waiting) its queue drops or, by policy, it is disconnected.
+// its plain subscription gets every row, and past QueueBytes its queue
+// drops or, by policy, it is disconnected. The fast client's one delta
+// (150 rows of 8 KiB at most) always fits.
 func TestSlowTreeClient(t *testing.T) {
 	const keys = 150
 	var filters []string
 	for k := range keys {
 		filters = append(filters, fmt.Sprintf("$tree/s/k%d/#", k))
 	}
+	filters = append(filters, "s/#")
 	for _, policy := range []SlowPolicy{SlowDrop, SlowDisconnect} {
 		t.Run(string(policy), func(t *testing.T) {
-			b := start(t, Options{TreeQueue: 100, SlowClient: policy})
+			b := start(t, Options{QueueBytes: 2 << 20, SlowClient: policy})
 			stalled(t, b, "slow", filters...)
 			waitTreeSubs(t, b, keys)
+			b.connOf(t, "slow")
 			ctx := testCtx(t)
 			fast := mote(t, b, "fast")
 			m, err := fast.Mirror(ctx, "s/#", client.JSON, 0, nil)
@@ -107,8 +110,7 @@ func TestSysCounters(t *testing.T) {
 	if m := c.wait(t, 1)[0]; m.payload != "0" || !m.retained { // retained since the start
 		t.Errorf("$SYS/mote/dropped = %+v", m)
 	}
-	b.stats.Dropped.Store(42)
-	(&hook{b: b}).OnSysInfoTick(nil)
+	b.stats.Dropped.Store(42) // the next tick publishes it
 	if m := c.wait(t, 2)[1]; m.payload != "42" {
 		t.Errorf("$SYS/mote/dropped = %q", m.payload)
 	}

@@ -19,6 +19,11 @@ type Limits struct {
 	MaxPayload int // bytes of one tree payload
 	MaxRows    int // rows of one publish
 	MaxDepth   int // nesting of objects and arrays in a payload
+	// MaxTopicLen and MaxTopicLevels bound the topic of every row a tree
+	// publish makes (and, in the broker, every topic and filter a client
+	// sends); 0 means wire.MaxTopicLen bytes, and any number of levels.
+	MaxTopicLen    int
+	MaxTopicLevels int
 }
 
 // DefaultLimits are SPEC §5's: 100,000 rows, depth 32, and 16 MiB payloads.
@@ -27,12 +32,30 @@ func DefaultLimits() Limits {
 	return Limits{MaxPayload: w.MaxSize, MaxRows: 100_000, MaxDepth: w.MaxDepth}
 }
 
+// CheckTopic refuses a topic or filter longer than MaxTopicLen bytes or of
+// more than MaxTopicLevels levels (ErrLimit and wire.ErrFilter).
+func (l Limits) CheckTopic(t string) error {
+	maxLen := l.MaxTopicLen
+	if maxLen <= 0 || maxLen > wire.MaxTopicLen {
+		maxLen = wire.MaxTopicLen
+	}
+	if len(t) > maxLen {
+		return fmt.Errorf("%w: %w: topic of %d bytes, limit %d", ErrLimit, wire.ErrFilter, len(t), maxLen)
+	}
+	if l.MaxTopicLevels > 0 {
+		if n := strings.Count(t, "/") + 1; n > l.MaxTopicLevels {
+			return fmt.Errorf("%w: %w: topic of %d levels, limit %d", ErrLimit, wire.ErrFilter, n, l.MaxTopicLevels)
+		}
+	}
+	return nil
+}
+
 // Parser turns Mote publishes into Ops. It holds no mutable state and is
 // safe for concurrent use, so publishes are decoded on their connections'
 // goroutines, not on the loop that owns the Tree.
 type Parser struct {
-	dec     *wire.Decoder
-	maxRows int
+	dec *wire.Decoder
+	lim Limits
 }
 
 // NewParser returns a Parser enforcing lim.
@@ -44,7 +67,7 @@ func NewParser(lim Limits) (*Parser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tree: %w", err)
 	}
-	return &Parser{dec: dec, maxRows: lim.MaxRows}, nil
+	return &Parser{dec: dec, lim: lim}, nil
 }
 
 // Op builds the Op of one PUBLISH whose topic parsed as p: a tree publish is
@@ -58,9 +81,16 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		if err != nil {
 			return Op{}, err
 		}
-		rows, err := Explode(p.Topic, &root, retain, ps.maxRows)
+		rows, err := Explode(p.Topic, &root, retain, ps.lim.MaxRows)
 		if err != nil {
 			return Op{}, err
+		}
+		if ps.lim.MaxTopicLen > 0 || ps.lim.MaxTopicLevels > 0 {
+			for _, r := range rows {
+				if err := ps.lim.CheckTopic(r.Topic); err != nil {
+					return Op{}, fmt.Errorf("row %.200q: %w", r.Topic, err)
+				}
+			}
 		}
 		op := Op{Rows: rows, QoS: qos}
 		if p.Replace {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -36,17 +37,26 @@ type config struct {
 		MaxRows    int `yaml:"max_rows"`
 		MaxDepth   int `yaml:"max_depth"`
 	} `yaml:"limits"`
-	MaxPacketSize uint32 `yaml:"max_packet_size"`
-	TreeQueue     int    `yaml:"tree_queue"`
-	PlainQueue    int    `yaml:"plain_queue"`
-	MaxClients    int64  `yaml:"max_clients"`
-	MaxInflight   uint16 `yaml:"max_inflight"`
-	SlowClient    string `yaml:"slow_client"`
-	SyncRetain    bool   `yaml:"sync_retain"`
-	PasswordFile  string `yaml:"password_file"`
-	ACLFile       string `yaml:"acl_file"`
-	AllowAnon     bool   `yaml:"allow_anonymous"`
-	Retain        struct {
+	MaxPacketSize             uint32        `yaml:"max_packet_size"`
+	MaxTopicLength            int           `yaml:"max_topic_length"`
+	MaxTopicLevels            int           `yaml:"max_topic_levels"`
+	QueueBytes                int           `yaml:"queue_bytes"`
+	PublishWait               time.Duration `yaml:"publish_wait"`
+	MaxClients                int64         `yaml:"max_clients"`
+	MaxInflight               uint16        `yaml:"max_inflight"`
+	MaxKeepAlive              uint16        `yaml:"max_keepalive"`
+	ConnectTimeout            time.Duration `yaml:"connect_timeout"`
+	MaxConnectSize            int           `yaml:"max_connect_size"`
+	MaxSubscriptions          int           `yaml:"max_subscriptions"`
+	MaxSubscriptionsPerPacket int           `yaml:"max_subscriptions_per_packet"`
+	ClientIDTakeover          string        `yaml:"client_id_takeover"`
+	AllowedOrigins            []string      `yaml:"allowed_origins"`
+	SlowClient                string        `yaml:"slow_client"`
+	SyncRetain                bool          `yaml:"sync_retain"`
+	PasswordFile              string        `yaml:"password_file"`
+	ACLFile                   string        `yaml:"acl_file"`
+	AllowAnon                 bool          `yaml:"allow_anonymous"`
+	Retain                    struct {
 		Interval   time.Duration `yaml:"interval"`
 		MaxBatch   int           `yaml:"max_batch"`
 		MaxPending int           `yaml:"max_pending"`
@@ -86,6 +96,9 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	pwFile := fs.String("password-file", "", "Mosquitto password file (see mote passwd)")
 	aclFile := fs.String("acl-file", "", "Mosquitto ACL file")
 	anon := fs.Bool("allow-anonymous", false, "accept clients without a username (without a password file the broker otherwise listens on loopback only)")
+	maxKeepAlive := fs.Uint("max-keepalive", 0, "largest keep-alive a client may use, in seconds (MQTT 5 clients are told; 0: no cap)")
+	var origins stringList
+	fs.Var(&origins, "allowed-origin", "a web origin whose pages may open a WebSocket (repeatable; * for any; default: the broker's own host)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -152,12 +165,31 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		WSS:            wssL,
 		TLSConfig:      tlsConfig,
 		MaxPacketSize:  cfg.MaxPacketSize,
-		TreeQueue:      cfg.TreeQueue,
-		PlainQueue:     cfg.PlainQueue,
+		MaxTopicLen:    cfg.MaxTopicLength,
+		MaxTopicLevels: cfg.MaxTopicLevels,
+		QueueBytes:     cfg.QueueBytes,
+		PublishWait:    cfg.PublishWait,
 		MaxClients:     cfg.MaxClients,
 		MaxInflight:    cfg.MaxInflight,
+		MaxKeepAlive:   cfg.MaxKeepAlive,
+		ConnectTimeout: cfg.ConnectTimeout,
+		MaxConnectSize: cfg.MaxConnectSize,
+		Takeover:       broker.TakeoverPolicy(cfg.ClientIDTakeover),
+		AllowedOrigins: cfg.AllowedOrigins,
 		SlowClient:     broker.SlowPolicy(cfg.SlowClient),
 		Log:            log,
+
+		MaxSubscriptions:          cfg.MaxSubscriptions,
+		MaxSubscriptionsPerPacket: cfg.MaxSubscriptionsPerPacket,
+	}
+	if *maxKeepAlive > 0 {
+		if *maxKeepAlive > 65535 {
+			return fmt.Errorf("--max-keepalive %d: at most 65535", *maxKeepAlive)
+		}
+		opts.MaxKeepAlive = uint16(*maxKeepAlive)
+	}
+	if len(origins) > 0 {
+		opts.AllowedOrigins = origins
 	}
 	if l := cfg.Limits; l.MaxPayload != 0 || l.MaxRows != 0 || l.MaxDepth != 0 {
 		def := tree.DefaultLimits()
@@ -178,7 +210,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if err := b.Start(); err != nil {
-		b.Close()
+		b.Close() //nolint:errcheck // Start's error says more
 		return err
 	}
 	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
@@ -189,6 +221,12 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info().Dur("took", time.Since(start)).Msg("shutdown complete")
 	return err
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 // newLogger logs to w: human-readable on a terminal, JSON lines otherwise.
 func newLogger(w io.Writer, level string) (zerolog.Logger, error) {

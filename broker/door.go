@@ -1,0 +1,262 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// Message is a publish entering the broker through its door.
+type Message struct {
+	Topic   string // a plain topic, or a Mote prefix ($tree/…, $set/…)
+	Payload []byte
+	QoS     byte
+	Retain  bool
+	// Properties are the MQTT 5 properties delivered with a plain publish;
+	// the user properties mote=tree, mote-codec and mote-replace make a
+	// plain topic a tree publish (SPEC §4).
+	Properties packets.Properties
+}
+
+// Refusal is why the broker refused a publish or a subscription: an MQTT 5
+// reason code and the cause.
+type Refusal struct {
+	Code  packets.Code
+	Topic string // as sent
+	Err   error
+}
+
+// Error says what was refused and why.
+func (r *Refusal) Error() string {
+	return fmt.Sprintf("refused %.200q (0x%02x %s): %v", r.Topic, r.Code.Code, r.Code.Reason, r.Err)
+}
+
+// Unwrap gives the cause.
+func (r *Refusal) Unwrap() error { return r.Err }
+
+// waitMode says how long a publish through the door waits.
+type waitMode uint8
+
+const (
+	waitNone    waitMode = iota // hand it in; the loop reports a refusal itself (MQTT QoS 0, wills)
+	waitAck                     // wait when the answer needs the loop or the disk (MQTT QoS 1/2)
+	waitApplied                 // wait until applied, and with SyncRetain committed (the door's API)
+)
+
+// Publish publishes m on behalf of p, with every check a client's publish
+// gets: Mote's and $SYS prefixes, topic limits, the ACL (per row for
+// trees), payload decoding and limits. It returns once the publish is
+// applied (with Options.SyncRetain, once its rows are committed; a plain
+// event, once it is queued to its subscribers), or a *Refusal.
+func (b *Broker) Publish(ctx context.Context, p Principal, m Message) error {
+	return b.publish(ctx, p, m, waitApplied)
+}
+
+// publish is the door every publish takes: MQTT clients, wills, the
+// broker's own reports and counters, and the exported API.
+func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitMode) error {
+	r, err := b.prepare(p, m)
+	if err != nil {
+		return b.refusal(p, "publish", m.Topic, err)
+	}
+	return b.dispatch(ctx, p, m, r, wait)
+}
+
+// prepared is a publish that passed every check but those only the loop
+// can make.
+type prepared struct {
+	op    tree.Op
+	mote  bool            // a tree publish or $set
+	plain *packets.Packet // the packet plain subscribers get (a plain publish)
+}
+
+// prepare checks a publish and decodes it into an op, on the caller's
+// goroutine: the loop never decodes.
+func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
+	pub, isMote, err := parsePublish(m.Topic, &m.Properties)
+	if err != nil {
+		return prepared{}, err
+	}
+	if !p.system {
+		if err := b.opts.Limits.CheckTopic(pub.Topic); err != nil {
+			return prepared{}, err
+		}
+		if !isMote && reserved(m.Topic) {
+			return prepared{}, wire.ErrReservedf("%.200q: topics starting with $SYS, $mote or a Mote verb are the broker's", m.Topic)
+		}
+	}
+	if !isMote {
+		if err := wire.ValidateTopic(m.Topic); err != nil {
+			return prepared{}, err
+		}
+		if !b.access.canWrite(p, m.Topic) {
+			return prepared{}, fmt.Errorf("%w: write to %.200q", tree.ErrDenied, m.Topic)
+		}
+		pk := &packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
+			TopicName:   m.Topic,
+			Payload:     m.Payload,
+			Properties:  m.Properties,
+			Origin:      p.ClientID,
+			Created:     time.Now().Unix(),
+		}
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag, pk.Properties.SubscriptionIdentifier = 0, false, nil
+		pk.Properties.MessageExpiryInterval = 0 // rows never expire (SPEC §1); events are delivered at once
+		pk.ProtocolVersion = 5
+		return prepared{op: b.plainOp(m), plain: pk}, nil
+	}
+	op, err := b.parser.Op(pub, m.Payload, m.Retain, m.QoS)
+	if err != nil {
+		return prepared{}, err
+	}
+	if write := b.access.writeCheck(p); write != nil {
+		// Rows a tree publish names are checked now, so the ack can say
+		// 0x87; $set and .replace rows are known only in the loop.
+		for _, r := range op.Rows {
+			if !write(r.Topic) {
+				return prepared{}, fmt.Errorf("%w: write to %.200q", tree.ErrDenied, r.Topic)
+			}
+		}
+		op.Allow, op.Visible = write, b.access.readCheck(p)
+	}
+	return prepared{op: op, mote: true}, nil
+}
+
+// plainOp is the op of a plain publish: one row, typed by SPEC §1.
+func (b *Broker) plainOp(m Message) tree.Op {
+	v := wire.TypePlain(m.Payload)
+	if m.Retain && len(m.Payload) == 0 {
+		v = wire.Value{}
+	}
+	return tree.Op{Rows: []tree.Row{{Topic: m.Topic, Value: v, Retain: m.Retain}}, QoS: m.QoS}
+}
+
+// dispatch hands a prepared publish on: a plain event is delivered on the
+// caller's goroutine (and folded into tree deltas when tree subscriptions
+// exist); anything that changes rows goes to the loop, which delivers it.
+func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepared, wait waitMode) error {
+	if !r.mote && !m.Retain {
+		if b.hasTreeSubs() {
+			b.reqs.push(request{kind: reqPublish, op: r.op, pub: &pubMeta{p: p, topic: m.Topic}})
+		}
+		b.deliverPlain(r.plain, time.Now().Add(b.opts.PublishWait))
+		return nil
+	}
+	if b.ret != nil && !p.system && b.ret.Wait() {
+		b.stats.Throttled.Add(1) // the disk is behind: the publisher waited
+	}
+	meta := &pubMeta{p: p, topic: m.Topic, rows: r.mote}
+	if !r.mote {
+		meta.plain = r.plain
+	}
+	meta.commit = b.opts.SyncRetain && b.ret != nil && (wait == waitApplied || m.QoS > 0)
+	if wait == waitApplied || (wait == waitAck && (meta.commit || r.op.SetFilter != "" || r.op.Replace != "")) {
+		// the loop decides which rows a $set or .replace touches, and so
+		// whether the ACL lets it through
+		meta.done = make(chan error, 1)
+	}
+	if !b.reqs.push(request{kind: reqPublish, op: r.op, pub: meta}) {
+		return b.refusal(p, "publish", m.Topic, errShutdown)
+	}
+	if meta.done == nil {
+		return nil
+	}
+	select {
+	case err := <-meta.done:
+		if err != nil {
+			return b.refusal(p, "publish", m.Topic, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return b.refusal(p, "publish", m.Topic, ctx.Err())
+	}
+}
+
+var errShutdown = errors.New("broker: shutting down")
+
+// parsePublish reads a publish topic: a $tree/$set prefix, or (MQTT 5)
+// the user property mote=tree on a plain topic; isMote is false for a plain
+// publish (returned with Topic set).
+func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, error) {
+	if wire.IsMote(topic) {
+		p, err := wire.ParsePublish(topic)
+		return p, true, err
+	}
+	mode, ok := userProp(props.User, "mote")
+	if !ok {
+		return wire.Publish{Topic: topic}, false, nil
+	}
+	if mode != "tree" {
+		return wire.Publish{}, true, wire.ErrPrefixf("user property mote=%q on a PUBLISH: want tree", mode)
+	}
+	p := wire.Publish{Op: wire.PubTree, Topic: topic}
+	if v, ok := userProp(props.User, "mote-codec"); ok {
+		c, err := wire.ParseCodec(v)
+		if err != nil {
+			return p, true, err
+		}
+		p.Codec = c
+	} else if props.ContentType == wire.CodecCBOR.ContentType() {
+		p.Codec = wire.CodecCBOR
+	}
+	if v, ok := userProp(props.User, "mote-replace"); ok {
+		p.Replace = v == "1" || v == "true"
+	}
+	if err := wire.ValidateFilter(p.Topic); err != nil {
+		return p, true, err
+	}
+	if reserved(p.Topic) {
+		return p, true, wire.ErrReservedf("%.200q: a tree publish cannot write the broker's topics", p.Topic)
+	}
+	return p, true, nil
+}
+
+// reserved reports whether a topic is the broker's: $SYS, $mote and Mote's
+// verbs. No client publishes there.
+func reserved(topic string) bool {
+	return isSys(topic) || wire.IsMote(topic) || topic == "$mote" || strings.HasPrefix(topic, "$mote/")
+}
+
+func isSys(topic string) bool { return len(topic) >= 4 && strings.EqualFold(topic[:4], "$SYS") }
+
+func userProp(props []packets.UserProperty, key string) (string, bool) {
+	for _, u := range props {
+		if u.Key == key {
+			return u.Val, true
+		}
+	}
+	return "", false
+}
+
+// Sync returns once every publish handed to the broker before it has been
+// applied and delivered to the queues of its subscribers: a barrier for
+// tests and front ends.
+func (b *Broker) Sync(ctx context.Context) error {
+	if !b.onLoop(ctx.Done(), func() {}) {
+		return errShutdown
+	}
+	return nil
+}
+
+// Tree returns the tree a $sync/filter snapshot would carry for p, in
+// codec c: only the rows p may read.
+func (b *Broker) Tree(ctx context.Context, p Principal, filter string, c wire.Codec) ([]byte, error) {
+	if err := wire.ValidateFilter(filter); err != nil {
+		return nil, b.refusal(p, "subscribe", filter, err)
+	}
+	if err := b.opts.Limits.CheckTopic(filter); err != nil {
+		return nil, b.refusal(p, "subscribe", filter, err)
+	}
+	var out []byte
+	if !b.onLoop(ctx.Done(), func() { out = b.tree.Snapshot(filter, c, b.access.readCheck(p)) }) {
+		return nil, b.refusal(p, "subscribe", filter, errShutdown)
+	}
+	return out, nil
+}

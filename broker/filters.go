@@ -1,0 +1,65 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// The filters mochi files subscriptions under are built and read here,
+// and nowhere else.
+//
+// A tree subscription in prefix form ($sync.cbor/F) is filed as sent. One
+// in property form (MQTT 5 user property mote=sync|tree on filter F) is
+// filed as "$sync.prop.cbor/F": no client can send that filter ("prop"
+// is no option of the grammar), so a resumed session still tells it from a
+// plain subscription to F, and from one to $sync.cbor/F.
+const propOption = "prop"
+
+// internalFilter is the filter mochi files a subscription under.
+func internalFilter(asSent string, sf wire.Subscription, prop bool) string {
+	if !prop || sf.Mode == wire.Plain {
+		return asSent
+	}
+	return "$" + sf.Mode.String() + "." + propOption + "." + sf.Codec.String() + "/" + sf.Filter
+}
+
+// parseInternal reads a filter as mochi files it; ok is false for one that
+// does not parse (it was never granted).
+func parseInternal(f string) (wire.Subscription, bool) {
+	if verb, rest, found := strings.Cut(f, "/"); found && strings.Contains(verb, "."+propOption+".") {
+		sf, err := wire.ParseSubscribe(strings.Replace(verb, "."+propOption, "", 1) + "/" + rest)
+		return sf, err == nil && sf.Mode != wire.Plain
+	}
+	sf, err := wire.ParseSubscribe(f)
+	return sf, err == nil
+}
+
+// outgoingTopic is the topic a tree subscription's messages are published
+// on: the filter exactly as the client subscribed (SPEC §2).
+func outgoingTopic(internal string, sf wire.Subscription) string {
+	if verb, _, _ := strings.Cut(internal, "/"); strings.Contains(verb, "."+propOption+".") {
+		return sf.Filter
+	}
+	return internal
+}
+
+// propFilters are the internal filters every property-form tree
+// subscription to plain filter f may be filed under.
+func propFilters(f string) []string {
+	var out []string
+	for _, m := range []wire.Mode{wire.Sync, wire.Tree} {
+		for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+			out = append(out, internalFilter(f, wire.Subscription{Mode: m, Codec: c, Filter: f}, true))
+		}
+	}
+	return out
+}
+
+func errQuotaf(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errQuota}, a...)...)
+}
+
+func isQuota(err error) bool { return errors.Is(err, errQuota) }

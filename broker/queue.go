@@ -1,0 +1,243 @@
+package broker
+
+import (
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// item is one message waiting in a connection's queue. Each kind is its own
+// type; cost is what it counts against the queue's byte bound.
+type item interface{ cost() int }
+
+// itemOverhead is what an item costs beyond its payload and topic.
+const itemOverhead = 64
+
+// plainItem is a live plain publish: the packet is shared by all its
+// subscribers (nobody changes it), the flags are this subscriber's.
+type plainItem struct {
+	pk     *packets.Packet
+	qos    byte
+	retain bool
+	subIDs []int
+}
+
+func (m *plainItem) cost() int { return len(m.pk.Payload) + len(m.pk.TopicName) + itemOverhead }
+
+// treeItem is an encoded tree message: a snapshot (or one of its parts) or
+// a delta.
+type treeItem struct {
+	topic   string // the filter as subscribed
+	payload []byte
+	qos     byte
+	seq     uint64 // mote-seq
+	codec   wire.Codec
+	subID   int
+	part    string // "i/n" for a part of a split snapshot
+}
+
+func (m *treeItem) cost() int { return len(m.payload) + len(m.topic) + itemOverhead }
+
+// deltaItem is a delta that the next deltas of its subscription fold into
+// while it waits: the loop adds their rows (folded), and the loop encodes
+// them once the writer takes it. While the item is queued, taken and the
+// folded rows belong to the queue (guarded by its mu); once taken, to the
+// writer.
+type deltaItem struct {
+	treeItem
+	sub *treeSub // the loop's; the writer only hands it back to the loop
+
+	taken  bool
+	folded []tree.Change  // every row it holds, once something folded in; nil before
+	at     map[string]int // topic → index in folded
+	from   *batchRows     // the batch the item was made from, to list its rows on the first fold
+	rowQoS byte           // highest QoS among folded rows
+	extra  int            // bytes the folded rows added to the queue
+}
+
+// snapshotItem is a $sync subscription's snapshot, encoded by the loop
+// when the writer reaches it: a client holds at most one snapshot in
+// memory however many it asked for at once.
+type snapshotItem struct{ sub *treeSub }
+
+func (*snapshotItem) cost() int { return itemOverhead }
+
+// replayItem is the retained rows a plain subscription gets, listed by the
+// loop when the writer reaches it and read as the client drains them.
+type replayItem struct {
+	filter string
+	qos    byte // granted QoS
+	subID  int
+	refs   []tree.Ref // nil until listed
+	listed bool
+	next   int
+}
+
+func (m *replayItem) cost() int { return len(m.filter) + itemOverhead }
+
+// outQueue is one connection's queue: a guarded slice of items plus a
+// one-slot channel that wakes the writer (as nats-server's ipqueue). It
+// owns nothing but order and the byte count. Producers are the message
+// loop (tree messages, retained publishes), publishers' goroutines (plain
+// events) and the connection's read goroutine (retained replays).
+type outQueue struct {
+	mu      sync.Mutex
+	items   []item
+	head    int // items[:head] are taken
+	bytes   int // cost of the items not yet taken
+	max     int
+	held    int           // while > 0 the writer waits: an ack mochi writes must go first
+	closed  bool          // no more items: the connection is gone
+	stalled bool          // a publisher gave up waiting for room; none waits again until the queue drains to half
+	room    chan struct{} // closed when the writer takes items, for publishers waiting; nil when none wait
+
+	wake chan struct{} // one slot: items, a release, an in-flight slot freed
+	done chan struct{} // closed by close
+}
+
+func newOutQueue(max int) *outQueue {
+	return &outQueue{max: max, wake: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+func (q *outQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// push queues m. A queue whose bytes would pass the bound refuses it
+// (false), unless it is empty: one message larger than the bound still
+// goes through alone. A closed queue takes nothing (true: nothing to
+// report). With a deadline, a full queue makes the caller wait for room
+// until then, unless a publisher already gave up on this queue.
+func (q *outQueue) push(m item, deadline time.Time) bool {
+	c := m.cost()
+	q.mu.Lock()
+	for !q.closed && q.bytes > 0 && q.bytes+c > q.max {
+		if deadline.IsZero() || q.stalled {
+			q.mu.Unlock()
+			return false
+		}
+		if q.room == nil {
+			q.room = make(chan struct{})
+		}
+		room := q.room
+		q.mu.Unlock()
+		d := time.Until(deadline)
+		if d <= 0 {
+			q.mu.Lock()
+			q.stalled = true
+			q.mu.Unlock()
+			return false
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-room:
+		case <-t.C:
+		case <-q.done:
+		}
+		t.Stop()
+		q.mu.Lock()
+	}
+	if q.closed {
+		q.mu.Unlock()
+		return true
+	}
+	q.items = append(q.items, m)
+	q.bytes += c
+	q.mu.Unlock()
+	q.signal()
+	return true
+}
+
+// addBytes counts bytes a fold added to an item still queued (mu held).
+func (q *outQueue) addBytesLocked(n int) { q.bytes += n }
+
+// take moves up to maxBytes worth of items (at least one) into out and
+// returns it; none while the queue is held or closed.
+func (q *outQueue) take(out []item, maxBytes int) []item {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.held > 0 || q.closed {
+		return out
+	}
+	n := 0
+	for q.head < len(q.items) && (len(out) == 0 || n < maxBytes) {
+		m := q.items[q.head]
+		q.items[q.head] = nil
+		q.head++
+		c := m.cost()
+		if d, ok := m.(*deltaItem); ok {
+			d.taken = true
+			c += d.extra
+		}
+		n += c
+		q.bytes -= c
+		out = append(out, m)
+	}
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	} else if q.head > len(q.items)/2 {
+		k := copy(q.items, q.items[q.head:])
+		clear(q.items[k:])
+		q.items, q.head = q.items[:k], 0
+	}
+	if q.stalled && q.bytes <= q.max/2 {
+		q.stalled = false
+	}
+	if len(out) > 0 && q.room != nil {
+		close(q.room)
+		q.room = nil
+	}
+	return out
+}
+
+// hold makes the writer wait until release: what is queued while mochi
+// writes a SUBACK goes out after it.
+func (q *outQueue) hold() {
+	q.mu.Lock()
+	q.held++
+	q.mu.Unlock()
+}
+
+// release undoes one hold and wakes the writer.
+func (q *outQueue) release() {
+	q.mu.Lock()
+	q.held--
+	q.mu.Unlock()
+	q.signal()
+}
+
+// close drops what is queued, wakes the writer and every waiting
+// publisher; it reports whether it closed the queue (false: already closed).
+func (q *outQueue) close() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return false
+	}
+	q.closed = true
+	clear(q.items)
+	q.items, q.head, q.bytes = nil, 0, 0
+	close(q.done)
+	if q.room != nil {
+		close(q.room)
+		q.room = nil
+	}
+	return true
+}
+
+// isClosed reports whether close has run.
+func (q *outQueue) isClosed() bool {
+	select {
+	case <-q.done:
+		return true
+	default:
+		return false
+	}
+}

@@ -1,0 +1,284 @@
+package broker
+
+import (
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// treeSub is the broker's state of one tree subscription (tree.Sub.Data).
+// Only the message loop touches it; queue items point at it only to hand
+// it back to the loop.
+type treeSub struct {
+	c    *conn
+	ts   *tree.Sub
+	mode wire.Mode
+	id   int    // MQTT 5 subscription identifier, 0 if none
+	seq  uint64 // mote-seq of the last message queued
+
+	// A $sync subscription awaits its snapshot until the writer reaches
+	// it: the snapshot then holds every retained row as it is, and events
+	// (non-retained rows) that came meanwhile are kept here, newest per
+	// topic, to follow it as one delta. Past the queue's bound they are
+	// dropped and lost is set: a mote-seq gap after the snapshot.
+	await  bool
+	events []tree.Change
+	at     map[string]int // topic → index in events
+	held   int            // bytes in events
+	lost   bool
+
+	last *deltaItem // the delta queued last: the next ones fold into it while it waits
+}
+
+// changeCost is what a held or folded row counts against a queue's bound.
+func changeCost(ch *tree.Change) int { return len(ch.Topic) + len(ch.Value.Data) + 32 }
+
+// holdEvents keeps the events among changes that st matches while it
+// awaits its snapshot; a retained change of a topic drops its held event
+// (the snapshot has it).
+func (st *treeSub) holdEvents(changes []tree.Change, limit int) {
+	for _, ch := range changes {
+		if !st.ts.Matches(ch.Topic) {
+			continue
+		}
+		i, ok := st.at[ch.Topic]
+		switch {
+		case ch.Retain && ok:
+			st.held -= changeCost(&st.events[i])
+			st.events[i].Topic = "" // dropped; skipped at the snapshot
+			delete(st.at, ch.Topic)
+		case ch.Retain || st.lost:
+		case ok:
+			st.held += len(ch.Value.Data) - len(st.events[i].Value.Data)
+			st.events[i].Value, st.events[i].QoS = ch.Value, max(st.events[i].QoS, ch.QoS)
+		case st.held+changeCost(&ch) > limit:
+			st.lost = true
+			st.events, st.at, st.held = nil, nil, 0
+		default:
+			if st.at == nil {
+				st.at = map[string]int{}
+			}
+			st.at[ch.Topic] = len(st.events)
+			st.events = append(st.events, ch)
+			st.held += changeCost(&ch)
+		}
+	}
+}
+
+// queueDelta queues delta d for st, or folds it into st's delta still in
+// the queue (loop only).
+func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
+	c := st.c
+	if st.await {
+		st.holdEvents(batch.changes(), b.opts.QueueBytes)
+		return
+	}
+	if st.last != nil && c.q.fold(st.last, st.ts, batch) {
+		b.stats.Folded.Add(1)
+		return
+	}
+	st.seq++
+	it := &deltaItem{
+		treeItem: treeItem{topic: st.ts.Topic, payload: d.Payload, qos: min(d.QoS, st.ts.QoS), seq: st.seq, codec: st.ts.Codec, subID: st.id},
+		sub:      st,
+		from:     batch,
+	}
+	if c.q.push(it, time.Time{}) {
+		st.last = it
+		b.stats.DeltasQueued.Add(1)
+		return
+	}
+	st.last = nil
+	c.slow() // the seq is spent: the gap tells an MQTT 5 client
+}
+
+// fold adds the rows of batch that s matches to delta d, if the writer has
+// not taken d yet and they fit the queue's bound; it reports whether it
+// did. d keeps its place and its mote-seq; the loop encodes it again when
+// the writer takes it (encodeFolded). Called by the loop.
+func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if d.taken || q.closed {
+		return false
+	}
+	var first []tree.Change
+	if d.folded == nil && d.from != nil {
+		first = d.from.changes()
+	}
+	next := batch.changes()
+	if grow := d.growth(s, first) + d.growth(s, next); q.bytes+grow > q.max {
+		return false
+	}
+	if first != nil {
+		d.add(s, first)
+		d.from = nil
+	}
+	n := d.add(s, next)
+	d.extra += n
+	q.bytes += n
+	return true
+}
+
+// growth is how many bytes adding changes would add to d's folded rows
+// (mu held). Topics seen twice in changes are counted twice: an upper bound.
+func (d *deltaItem) growth(s *tree.Sub, changes []tree.Change) int {
+	n := 0
+	for i := range changes {
+		ch := &changes[i]
+		if !s.Matches(ch.Topic) {
+			continue
+		}
+		if j, ok := d.at[ch.Topic]; ok {
+			n += len(ch.Value.Data) - len(d.folded[j].Value.Data)
+		} else {
+			n += changeCost(ch)
+		}
+	}
+	return n
+}
+
+// add folds the changes s matches into d, newest value of each topic, and
+// returns the bytes they added (mu held).
+func (d *deltaItem) add(s *tree.Sub, changes []tree.Change) int {
+	if d.at == nil {
+		d.at = map[string]int{}
+	}
+	n := 0
+	for _, ch := range changes {
+		if !s.Matches(ch.Topic) {
+			continue
+		}
+		d.rowQoS = max(d.rowQoS, ch.QoS)
+		if i, ok := d.at[ch.Topic]; ok {
+			n += len(ch.Value.Data) - len(d.folded[i].Value.Data)
+			d.folded[i].Value, d.folded[i].QoS = ch.Value, max(d.folded[i].QoS, ch.QoS)
+			continue
+		}
+		d.at[ch.Topic] = len(d.folded)
+		d.folded = append(d.folded, ch)
+		n += changeCost(&ch)
+	}
+	d.qos = min(d.rowQoS, s.QoS)
+	return n
+}
+
+// encodeFolded has the loop, the owner of the tree, encode a delta that
+// others folded into, now that the writer took it. It reports false when
+// there is nothing to write after all (unsubscribed meanwhile, or nothing
+// the client may read).
+func (b *Broker) encodeFolded(c *conn, d *deltaItem) (bool, error) {
+	ok := false
+	if !b.onLoop(c.q.done, func() {
+		if d.sub.ts.Active() {
+			if payload, qos, enc := b.tree.Fold(d.sub.ts, d.folded); enc {
+				d.payload, d.qos, ok = payload, min(qos, d.sub.ts.QoS), true
+			}
+		}
+		d.folded, d.at = nil, nil
+	}) {
+		return false, errWriterStop
+	}
+	return ok, nil
+}
+
+// takeSnapshot has the loop take st's snapshot now that the writer reached
+// it, with the events that came while it waited as the delta after it, and
+// cuts it into the messages that carry it.
+func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
+	var snap []byte
+	var events *treeItem
+	active := false
+	if !b.onLoop(c.q.done, func() { snap, events, active = b.snapshotOf(st) }) {
+		return nil, errWriterStop
+	}
+	if !active {
+		return nil, nil // unsubscribed or replaced meanwhile
+	}
+	ts := st.ts
+	msgs, err := c.snapshotMessages(treeItem{topic: ts.Topic, payload: snap, qos: ts.QoS, codec: ts.Codec, subID: st.id})
+	if err != nil {
+		b.refuse(c.p, "subscribe", ts.Topic, err)
+	}
+	if events != nil {
+		msgs = append(msgs, events)
+	}
+	return msgs, nil
+}
+
+// snapshotOf encodes st's snapshot and the delta of its held events, and
+// makes st live: deltas of later batches follow (loop only).
+func (b *Broker) snapshotOf(st *treeSub) (snap []byte, events *treeItem, ok bool) {
+	if !st.ts.Active() || !st.await {
+		return nil, nil, false
+	}
+	st.await = false
+	snap = b.tree.Snapshot(st.ts.Filter, st.ts.Codec, st.ts.Allow)
+	held := st.events[:0]
+	for _, ch := range st.events {
+		if ch.Topic != "" {
+			held = append(held, ch)
+		}
+	}
+	switch {
+	case st.lost:
+		st.seq++ // events were dropped: the gap says so
+	case len(held) > 0:
+		if payload, qos, enc := b.tree.Fold(st.ts, held); enc {
+			st.seq++
+			events = &treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, codec: st.ts.Codec, subID: st.id}
+		}
+	}
+	st.events, st.at, st.held, st.lost = nil, nil, 0, false
+	b.stats.DeltasQueued.Add(1)
+	return snap, events, true
+}
+
+// replay reads the next retained rows of a plain subscription's replay,
+// on the loop; done once there are no more.
+func (b *Broker) replay(c *conn, r *replayItem) (pks []packets.Packet, done bool, err error) {
+	if !b.onLoop(c.q.done, func() { pks = b.replayRows(c, r) }) {
+		return nil, true, errWriterStop
+	}
+	return pks, r.refs == nil, nil
+}
+
+// replayRows lists the rows of r's filter the first time, then returns up
+// to replayChunk of them that c may read, as retained publishes with
+// MQTT's rules: QoS capped by the row's and the subscription's, the
+// subscription identifier, the MQTT 5 properties kept with the row (loop
+// only).
+func (b *Broker) replayRows(c *conn, r *replayItem) []packets.Packet {
+	if !r.listed {
+		r.refs, r.listed = b.tree.Store().Refs(r.filter, nil), true
+	}
+	var out []packets.Packet
+	for r.next < len(r.refs) && len(out) < replayChunk {
+		topic, v, qos, ok := r.refs[r.next].Row()
+		r.next++
+		if !ok || !b.access.canRead(c.p, topic) {
+			continue
+		}
+		pk := packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: min(qos, r.qos), Retain: true},
+			TopicName:   topic,
+			Payload:     []byte(v.Data),
+		}
+		if c.v5 {
+			if p, ok := b.props[topic]; ok {
+				pk.Properties = p
+			}
+			if r.subID > 0 {
+				pk.Properties.SubscriptionIdentifier = []int{r.subID}
+			}
+		}
+		out = append(out, pk)
+	}
+	if r.next >= len(r.refs) {
+		r.refs = nil
+	}
+	return out
+}

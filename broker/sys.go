@@ -1,0 +1,90 @@
+package broker
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
+
+// sysInterval is how often the $SYS rows are refreshed.
+const sysInterval = time.Second
+
+// sysTicker publishes the broker's counters as retained rows under $SYS
+// (mochi's $SYS/broker/… and Mote's $SYS/mote/…), through the door as the
+// broker itself, so they reach plain and tree subscribers like any row
+// ($sync/$SYS/# gives them as one tree). They are not persisted. It stops
+// with Close.
+func (b *Broker) sysTicker(last map[string]string) {
+	defer b.tickers.Done()
+	t := time.NewTicker(sysInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-b.stop:
+			return
+		}
+		if b.publishSys(last, waitNone) != nil {
+			return // shutting down
+		}
+	}
+}
+
+// publishSys publishes the $SYS rows that changed since last.
+func (b *Broker) publishSys(last map[string]string, wait waitMode) error {
+	for topic, v := range b.sysValues() {
+		if last[topic] == v {
+			continue
+		}
+		last[topic] = v
+		m := Message{Topic: topic, Payload: []byte(v), Retain: true}
+		if err := b.publish(context.Background(), systemPrincipal, m, wait); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sysValues are the $SYS rows now.
+func (b *Broker) sysValues() map[string]string {
+	i := b.server.Info
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	now := time.Now().Unix()
+	n := func(v int64) string { return strconv.FormatInt(v, 10) }
+	ld := atomic.LoadInt64
+	return map[string]string{
+		"$SYS/broker/version":             "mote (mochi-mqtt " + mqtt.Version + ")",
+		"$SYS/broker/uptime":              n(now - ld(&i.Started)),
+		"$SYS/broker/started":             n(ld(&i.Started)),
+		"$SYS/broker/load/bytes/received": n(ld(&i.BytesReceived)),
+		"$SYS/broker/load/bytes/sent":     n(ld(&i.BytesSent)),
+		"$SYS/broker/clients/connected":   n(ld(&i.ClientsConnected)),
+		"$SYS/broker/clients/total":       n(int64(b.server.Clients.Len())),
+		"$SYS/broker/clients/maximum":     n(ld(&i.ClientsMaximum)),
+		"$SYS/broker/packets/received":    n(ld(&i.PacketsReceived)),
+		"$SYS/broker/packets/sent":        n(ld(&i.PacketsSent)),
+		"$SYS/broker/messages/received":   n(ld(&i.MessagesReceived)),
+		"$SYS/broker/messages/sent":       n(ld(&i.MessagesSent)),
+		"$SYS/broker/messages/inflight":   n(ld(&i.Inflight)),
+		"$SYS/broker/retained":            n(ld(&i.Retained)),
+		"$SYS/broker/subscriptions":       n(ld(&i.Subscriptions)),
+		"$SYS/broker/system/memory":       n(int64(m.HeapInuse)),
+		"$SYS/broker/system/threads":      n(int64(runtime.NumGoroutine())),
+		"$SYS/mote/dropped":               n(b.stats.Dropped.Load()),
+		"$SYS/mote/toolarge":              n(b.stats.TooLarge.Load()),
+		"$SYS/mote/refused":               n(b.stats.Refused.Load()),
+		"$SYS/mote/panics":                n(b.stats.Panics.Load()),
+		"$SYS/mote/throttled":             n(b.stats.Throttled.Load()),
+		"$SYS/mote/batches":               n(b.stats.Batches.Load()),
+		"$SYS/mote/publishes":             n(b.stats.OpsApplied.Load()),
+		"$SYS/mote/tree/messages":         n(b.stats.DeltasQueued.Load()),
+		"$SYS/mote/tree/folded":           n(b.stats.Folded.Load()),
+		"$SYS/mote/tree/subscriptions":    n(b.treeSubs.Load()),
+		"$SYS/mote/rows":                  n(ld(&i.Retained)),
+	}
+}

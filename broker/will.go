@@ -1,0 +1,125 @@
+package broker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// will is a client's will: a publish of that client, made through the door
+// with the client's own rights when the will is due.
+type will struct {
+	p     Principal
+	m     Message
+	cl    *mqtt.Client // the connection that set it
+	timer *time.Timer  // while it waits out its Will Delay Interval
+}
+
+// willOf is the will of a CONNECT packet, nil if it has none.
+func willOf(p Principal, pk *packets.Packet) *will {
+	if !pk.Connect.WillFlag {
+		return nil
+	}
+	m := Message{Topic: pk.Connect.WillTopic, Payload: pk.Connect.WillPayload, QoS: pk.Connect.WillQos, Retain: pk.Connect.WillRetain}
+	wp := pk.Connect.WillProperties
+	m.Properties = packets.Properties{
+		ContentType:       wp.ContentType,
+		PayloadFormat:     wp.PayloadFormat,
+		PayloadFormatFlag: wp.PayloadFormatFlag,
+		ResponseTopic:     wp.ResponseTopic,
+		CorrelationData:   wp.CorrelationData,
+		User:              wp.User,
+	}
+	return &will{p: p, m: m}
+}
+
+// wills holds the wills waiting out their delay. mochi's own will
+// handling is bypassed (hook OnWill): it publishes a will before it looks
+// at the Will Delay Interval, with no ACL check and past Mote's prefixes.
+type wills struct {
+	b       *Broker
+	mu      sync.Mutex
+	delayed map[string]*will // by client id
+	closed  bool
+}
+
+// due handles the will of a connection that ended without a normal
+// DISCONNECT: published at once, or after its delay — the Will Delay
+// Interval or the session's expiry, whichever is first [MQTT-3.1.3-9] —
+// unless the client connects again first.
+func (ws *wills) due(w *will, cl *mqtt.Client) {
+	w.cl = cl
+	delay := time.Duration(cl.Properties.Will.WillDelayInterval) * time.Second
+	if cl.Properties.ProtocolVersion == 5 {
+		delay = min(delay, time.Duration(cl.Properties.Props.SessionExpiryInterval)*time.Second)
+	} else {
+		delay = 0
+	}
+	if delay <= 0 {
+		ws.publish(w)
+		return
+	}
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.closed || ws.reconnected(w) {
+		return
+	}
+	if old := ws.delayed[cl.ID]; old != nil {
+		old.timer.Stop()
+	}
+	w.timer = time.AfterFunc(delay, func() { ws.fire(w) })
+	ws.delayed[cl.ID] = w
+}
+
+// reconnected reports whether the will's client id is connected again on
+// another connection.
+func (ws *wills) reconnected(w *will) bool {
+	c := ws.b.connByID(w.cl.ID)
+	return c != nil && c.out.(mqttOut).cl != w.cl
+}
+
+// fire publishes a delayed will whose time has come.
+func (ws *wills) fire(w *will) {
+	ws.mu.Lock()
+	if ws.delayed[w.cl.ID] != w || ws.closed {
+		ws.mu.Unlock()
+		return
+	}
+	delete(ws.delayed, w.cl.ID)
+	skip := ws.reconnected(w)
+	ws.mu.Unlock()
+	if !skip {
+		ws.publish(w)
+	}
+}
+
+// publish makes the will's publish, as its client, through the door.
+func (ws *wills) publish(w *will) {
+	if err := ws.b.publish(context.Background(), w.p, w.m, waitNone); err != nil {
+		ws.b.log.Debug().Err(err).Str("client", w.p.ClientID).Msg("will refused")
+	}
+}
+
+// cancel drops the delayed will of a client id that connected again.
+func (ws *wills) cancel(id string) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if w := ws.delayed[id]; w != nil {
+		w.timer.Stop()
+		delete(ws.delayed, id)
+	}
+}
+
+// close stops every delayed will: the broker is stopping.
+func (ws *wills) close() {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ws.closed = true
+	for id, w := range ws.delayed {
+		w.timer.Stop()
+		delete(ws.delayed, id)
+	}
+}

@@ -1,0 +1,193 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// takeBytes is how much the writer takes from its queue at a time: room
+// comes back to waiting publishers in steps of this size, not only once a
+// whole backlog is written.
+const takeBytes = 64 << 10
+
+// replayChunk is how many retained rows the loop reads for a replay at a
+// time.
+const replayChunk = 256
+
+// writeLoop is the connection's writer: the one path every message to the
+// client takes. It takes items in order and writes them; snapshots,
+// retained replays and folded deltas are made by the message loop when the
+// writer reaches them. It ends when the connection closes.
+func (c *conn) writeLoop() {
+	defer c.b.writers.Done()
+	var batch []item
+	for {
+		select {
+		case <-c.q.wake:
+		case <-c.q.done:
+			return
+		}
+		for {
+			batch = c.q.take(batch[:0], takeBytes)
+			if len(batch) == 0 {
+				break
+			}
+			for i, m := range batch {
+				if err := c.write(m); err != nil {
+					c.fail(err)
+					clear(batch)
+					return
+				}
+				batch[i] = nil
+			}
+		}
+	}
+}
+
+// fail ends a connection whose writer cannot go on. A write error (the
+// socket broke, or the write deadline passed) closes the connection, so a
+// client that stopped reading does not linger.
+func (c *conn) fail(err error) {
+	if !c.q.close() || errors.Is(err, errWriterStop) {
+		return
+	}
+	if !errors.Is(err, mqtt.ErrConnectionClosed) {
+		c.b.log.Debug().Err(err).Str("client", c.p.ClientID).Msg("write failed; closing the connection")
+	}
+	c.out.stop(err)
+}
+
+// write sends one item.
+func (c *conn) write(m item) error {
+	switch m := m.(type) {
+	case *plainItem:
+		return c.send(m.packet(), false)
+	case *treeItem:
+		return c.send(c.treePacket(m), true)
+	case *deltaItem:
+		if m.folded != nil {
+			ok, err := c.b.encodeFolded(c, m)
+			if err != nil || !ok {
+				return err
+			}
+		}
+		return c.send(c.treePacket(&m.treeItem), true)
+	case *snapshotItem:
+		msgs, err := c.b.takeSnapshot(c, m.sub)
+		if err != nil {
+			return err
+		}
+		for _, t := range msgs {
+			if err := c.send(c.treePacket(t), true); err != nil {
+				return err
+			}
+		}
+		return nil
+	case *replayItem:
+		for {
+			pks, done, err := c.b.replay(c, m)
+			if err != nil {
+				return err
+			}
+			for _, pk := range pks {
+				if err := c.send(pk, false); err != nil {
+					return err
+				}
+			}
+			if done {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("broker: unknown queue item %T", m)
+}
+
+// send writes one packet. One the client cannot take (over its Maximum
+// Packet Size) is skipped and counted, as MQTT 5 says [MQTT-3.1.2-25]; a
+// tree message skipped this way is also reported, and its mote-seq gap
+// tells the client to subscribe again (snapshots are split to fit).
+func (c *conn) send(pk packets.Packet, isTree bool) error {
+	err := c.out.send(c, pk)
+	if !errors.Is(err, errTooLarge) {
+		return err
+	}
+	c.b.stats.TooLarge.Add(1)
+	if isTree {
+		c.b.refuse(c.p, "deliver", pk.TopicName, fmt.Errorf("%w: a %d-byte tree message exceeds your Maximum Packet Size; it was skipped (subscribe again for a snapshot in parts)", errTooLarge, len(pk.Payload)))
+	}
+	return nil
+}
+
+// packet is the publish of a plain item for its subscriber.
+func (m *plainItem) packet() packets.Packet {
+	out := *m.pk
+	out.FixedHeader.Qos, out.FixedHeader.Retain = m.qos, m.retain
+	out.Properties.SubscriptionIdentifier = m.subIDs
+	out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
+	out.PacketID = 0
+	return out
+}
+
+// treePacket is the publish of a tree message: on MQTT 5 with mote-seq,
+// mote-part, Content Type and the subscription identifier.
+func (c *conn) treePacket(m *treeItem) packets.Packet {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos},
+		TopicName:   m.topic,
+		Payload:     m.payload,
+		Created:     time.Now().Unix(),
+	}
+	if c.v5 {
+		pk.Properties.ContentType = m.codec.ContentType()
+		pk.Properties.User = []packets.UserProperty{{Key: "mote-seq", Val: strconv.FormatUint(m.seq, 10)}}
+		if m.part != "" {
+			pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: "mote-part", Val: m.part})
+		}
+		if m.subID > 0 {
+			pk.Properties.SubscriptionIdentifier = []int{m.subID}
+		}
+	}
+	return pk
+}
+
+// payloadRoom is the largest tree payload that fits one packet to this
+// client on topic, leaving room for the header and Mote's properties.
+func (c *conn) payloadRoom(topic string) int {
+	max := c.b.opts.MaxPacketSize
+	if cm := c.out.maxPacket(); cm > 0 && cm < max {
+		max = cm
+	}
+	return int(max) - 5 - 2 - len(topic) - 2 - 160
+}
+
+// snapshotMessages cuts an encoded snapshot into the messages that carry
+// it: one if it fits, else (MQTT 5) parts split by subtree, each a valid
+// partial tree (mote-part i/n). A snapshot that does not fit an MQTT 3.1.1
+// client is reported instead.
+func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
+	room := c.payloadRoom(m.topic)
+	if len(m.payload) <= room {
+		return []*treeItem{&m}, nil
+	}
+	if !c.v5 {
+		return nil, fmt.Errorf("%w: snapshot of %d bytes does not fit the maximum packet size; MQTT 5 clients get it in parts", errTooLarge, len(m.payload))
+	}
+	parts, err := wire.Split(m.codec, m.payload, room)
+	if err != nil {
+		return nil, fmt.Errorf("%w: snapshot: %w", errTooLarge, err)
+	}
+	out := make([]*treeItem, len(parts))
+	for i, p := range parts {
+		t := m
+		t.payload, t.part = p, strconv.Itoa(i+1)+"/"+strconv.Itoa(len(parts))
+		out[i] = &t
+	}
+	return out, nil
+}
