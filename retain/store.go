@@ -26,8 +26,9 @@
 // copy-on-write pages mean the file always opens clean.
 //
 // A row the store refuses is logged, counted in Retainer.Lost, reported to
-// Options.OnReject, and answered as an error to a publisher waiting for
-// its commit; every other row of its batch is committed as usual. A commit
+// Options.OnReject, and answered as an error naming it to the waiters
+// handed in with it (Retainer.Add); every other row of its batch is
+// committed as usual, and other waiters are answered nil. A commit
 // that fails whole (I/O, disk full) is retried with a backoff of at most
 // MaxBackoff, its waiting publishers refused at once. Retainer.Close
 // commits everything first, and returns an error wrapping ErrLost if any

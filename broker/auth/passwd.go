@@ -15,16 +15,16 @@
 // stand for its username and client id). Nothing is allowed that no line
 // grants; deny wins.
 //
-// A placeholder stands for one whole name in one topic level, so a
-// username or client id that is empty or holds '/', '+' or '#' would
-// change the filter's shape. For such a client, a pattern line that uses
-// that placeholder is handled conservatively: a granting line (read,
-// write, readwrite) does not apply, as in Mosquitto; a deny line denies
-// with '+' in place of every level that holds it, so it denies at least
-// what it denies any client with a plain name, and a chosen name never
-// escapes it. (That '+', like any, does not match a first level starting
-// with '$'.) A placeholder with a plain name is substituted, and pattern
-// lines without placeholders apply to every client alike.
+// A username or client id that is empty or holds '/', '+' or '#' would
+// change the shape of a filter it is put into. For such a client, a
+// pattern line that uses that placeholder is handled conservatively: a
+// granting line (read, write, readwrite) does not apply, as in Mosquitto;
+// a deny line denies with '+' in place of every level that holds the
+// placeholder, so it denies at least what it denies any client with a
+// plain name, and choosing a name cannot escape that. (That '+', like any,
+// does not match a first level starting with '$'.) A placeholder with a
+// plain name is substituted, and pattern lines without placeholders apply
+// to every client alike.
 //
 // A shared subscription "$share/GROUP/FILTER" is checked as FILTER
 // (ACL.CanSubscribe).
