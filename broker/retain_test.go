@@ -88,7 +88,7 @@ type slowStore struct {
 	release chan struct{}
 }
 
-func (s *slowStore) Commit(cs []retain.Change) error {
+func (s *slowStore) Commit(cs []retain.Change) ([]retain.Rejected, error) {
 	<-s.release
 	return s.RowStore.Commit(cs)
 }

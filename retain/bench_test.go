@@ -57,7 +57,7 @@ func BenchmarkLoad(b *testing.B) {
 		for j := range cs {
 			cs[j] = Change{Topic: fmt.Sprintf("dev/d%07d/state", i+j), Value: wire.Value{Kind: wire.JSON, Data: "21.5"}}
 		}
-		if err := s.Commit(cs); err != nil {
+		if _, err := s.Commit(cs); err != nil {
 			b.Fatal(err)
 		}
 	}

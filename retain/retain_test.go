@@ -6,12 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -33,17 +31,17 @@ func TestStoreRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = s.Commit([]Change{
+	rej, err := s.Commit([]Change{
 		{Topic: "a/b", Value: val("x"), QoS: 1},
 		{Topic: "a/c", Value: wire.Value{Kind: wire.Bytes, Data: "\x00\xff"}},
 		{Topic: "d", Value: wire.Value{Kind: wire.Object, Data: `{"k":1}`}, QoS: 2},
 		{Topic: "gone", Value: val("y")},
 	})
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || rej != nil {
+		t.Fatal(rej, err)
 	}
-	if err := s.Commit([]Change{{Topic: "gone"}, {Topic: "never"}}); err != nil {
-		t.Fatal(err)
+	if rej, err := s.Commit([]Change{{Topic: "gone"}, {Topic: "never"}}); err != nil || rej != nil {
+		t.Fatal(rej, err)
 	}
 	s.Close()
 	s, err = Open(dir)
@@ -98,7 +96,9 @@ func TestCorruptPages(t *testing.T) {
 		for i := range 2000 {
 			cs = append(cs, Change{Topic: fmt.Sprintf("t/%d", i), Value: val(strings.Repeat("v", 50))})
 		}
-		s.Commit(cs)
+		if _, err := s.Commit(cs); err != nil {
+			t.Fatal(err)
+		}
 		s.Close()
 		f, _ := os.OpenFile(filepath.Join(dir, FileName), os.O_RDWR, 0)
 		f.WriteAt([]byte(strings.Repeat("\xde\xad\xbe\xef", 256)), offset)
@@ -114,125 +114,182 @@ func TestCorruptPages(t *testing.T) {
 	}
 }
 
-// fakeStore records commits; block, if set, holds every commit until closed.
-type fakeStore struct {
-	mu      sync.Mutex
-	rows    map[string]Change
-	commits [][]Change
-	block   chan struct{}
-	fail    atomic.Int32 // commits to fail
-}
-
-func (f *fakeStore) Commit(cs []Change) error {
-	if f.block != nil {
-		<-f.block
-	}
-	if f.fail.Add(-1) >= 0 {
-		return errors.New("disk full")
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.rows == nil {
-		f.rows = map[string]Change{}
-	}
-	for _, c := range cs {
-		if c.Value.Kind == wire.None {
-			delete(f.rows, c.Topic)
-		} else {
-			f.rows[c.Topic] = c
-		}
-	}
-	f.commits = append(f.commits, append([]Change(nil), cs...))
-	return nil
-}
-
-func (f *fakeStore) Load(func(Row) error) error { return nil }
-func (f *fakeStore) Close() error               { return nil }
-
-func TestRetainerCoalescesAndFlushes(t *testing.T) {
-	fs := &fakeStore{}
-	r := New(fs, Options{Interval: time.Hour, MaxBatch: 1 << 30}, zerolog.Nop())
-	r.Add([]Change{{Topic: "a", Value: val("1")}, {Topic: "b", Value: val("1")}})
-	r.Add([]Change{{Topic: "a", Value: val("2")}, {Topic: "b"}})
-	if err := r.Close(); err != nil {
+// TestStoreLimits: a row bbolt cannot hold is returned as Rejected and the
+// rows around it are committed in the same transaction.
+func TestStoreLimits(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fs.commits) != 1 || len(fs.commits[0]) != 2 || fs.rows["a"].Value.Data != "2" || len(fs.rows) != 1 {
-		t.Errorf("commits %v rows %v", fs.commits, fs.rows)
+	defer s.Close()
+	for _, c := range []struct {
+		name string
+		c    Change
+		want error // nil: stored (or, for a delete, applied)
+	}{
+		{"topic of MaxTopic bytes", Change{Topic: strings.Repeat("k", MaxTopic), Value: val("v")}, nil},
+		{"topic of MaxTopic+1 bytes", Change{Topic: strings.Repeat("k", MaxTopic+1), Value: val("v")}, berrors.ErrKeyTooLarge},
+		{"empty topic", Change{Topic: "", Value: val("v")}, berrors.ErrKeyRequired},
+		{"unknown kind", Change{Topic: "kind", Value: wire.Value{Kind: wire.Object + 1, Data: "v"}}, ErrUnstorable},
+		{"QoS 3", Change{Topic: "qos", Value: val("v"), QoS: 3}, ErrUnstorable},
+		{"delete of an empty topic", Change{Topic: ""}, nil},
+		{"delete of a topic over MaxTopic", Change{Topic: strings.Repeat("k", MaxTopic+1)}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before, after := "a/"+c.name, "z/"+c.name
+			rej, err := s.Commit([]Change{{Topic: after, Value: val("1")}, c.c, {Topic: before, Value: val("1")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows := rowsOf(t, s)
+			if _, ok := rows[before]; !ok {
+				t.Error("the row before it was not committed")
+			}
+			if _, ok := rows[after]; !ok {
+				t.Error("the row after it was not committed")
+			}
+			_, stored := rows[c.c.Topic]
+			switch {
+			case c.want == nil && len(rej) != 0:
+				t.Errorf("refused: %v", rej)
+			case c.want == nil && c.c.Value.Kind != wire.None && !stored:
+				t.Error("not stored")
+			case c.want != nil && (len(rej) != 1 || rej[0].Topic != c.c.Topic || !errors.Is(rej[0].Err, ErrUnstorable) || !errors.Is(rej[0].Err, c.want)):
+				t.Errorf("rejected %v, want the row, %v", rej, c.want)
+			case c.want != nil && stored:
+				t.Error("a refused row is in the store")
+			}
+		})
 	}
 }
 
-func TestRetainerWaitersAndRetry(t *testing.T) {
-	fs := &fakeStore{}
-	fs.fail.Store(2)
-	r := New(fs, Options{Interval: time.Millisecond}, zerolog.Nop())
-	done := make(chan error, 1)
-	r.Add([]Change{{Topic: "a", Value: val("1")}}, done)
-	select {
-	case err := <-done:
-		if err != nil || r.Failures.Load() != 2 || fs.rows["a"].Value.Data != "1" {
-			t.Errorf("after retries: %v, %d failures, rows %v", err, r.Failures.Load(), fs.rows)
+// TestSizeLimits: the payload limit, checked by sizes (a 2 GiB payload is
+// too big for a unit test).
+func TestSizeLimits(t *testing.T) {
+	for _, c := range []struct {
+		topic, payload int
+		want           error
+	}{
+		{1, 0, nil},
+		{MaxTopic, MaxPayload, nil},
+		{1, MaxPayload + 1, berrors.ErrValueTooLarge},
+		{MaxTopic + 1, 0, berrors.ErrKeyTooLarge},
+		{0, 0, berrors.ErrKeyRequired},
+	} {
+		err := sizeError(c.topic, c.payload)
+		if (c.want == nil) != (err == nil) || (err != nil && (!errors.Is(err, c.want) || !errors.Is(err, ErrUnstorable))) {
+			t.Errorf("topic %d, payload %d bytes: %v, want %v", c.topic, c.payload, err, c.want)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("waiter never answered")
 	}
-	r.Close()
-	late := make(chan error, 1)
-	r.Add([]Change{{Topic: "b", Value: val("1")}}, late)
-	if err := <-late; !errors.Is(err, ErrClosed) {
-		t.Errorf("add after close: %v", err)
+	if 1+MaxPayload != bolt.MaxValueSize {
+		t.Error("MaxPayload plus the flags byte is not bbolt's value limit")
 	}
 }
 
-// TestAddNeverWaits: a store stuck in a commit does not stop Add, and
-// what piles up coalesces by topic.
-func TestAddNeverWaits(t *testing.T) {
-	fs := &fakeStore{block: make(chan struct{})}
-	r := New(fs, Options{Interval: time.Millisecond, MaxBatch: 10}, zerolog.Nop())
-	r.Add([]Change{{Topic: "first", Value: val("1")}})
-	time.Sleep(20 * time.Millisecond) // the retainer is now stuck in Commit
-	added := make(chan struct{})
-	go func() {
-		for i := range 100_000 {
-			r.Add([]Change{{Topic: fmt.Sprint("t", i%100), Value: val(fmt.Sprint(i))}})
-		}
-		close(added)
-	}()
-	select {
-	case <-added:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Add waited on the store")
-	}
-	if n := r.Pending(); n != 100 {
-		t.Errorf("%d pending, want 100 coalesced rows", n)
-	}
-	close(fs.block)
-	if err := r.Close(); err != nil {
+// TestRefusedRowDropsOldValue: a refused set deletes what was stored under
+// its topic, so a restart does not bring back an older value as current.
+func TestRefusedRowDropsOldValue(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
-	if fs.rows["t99"].Value.Data != "99999" {
-		t.Errorf("t99 = %v", fs.rows["t99"])
+	defer s.Close()
+	if _, err := s.Commit([]Change{{Topic: "t", Value: val("old")}}); err != nil {
+		t.Fatal(err)
+	}
+	rej, err := s.Commit([]Change{{Topic: "t", Value: val("new"), QoS: 3}})
+	if err != nil || len(rej) != 1 {
+		t.Fatal(rej, err)
+	}
+	if rows := rowsOf(t, s); len(rows) != 0 {
+		t.Errorf("rows %v, want none", rows)
 	}
 }
 
-func TestWaitBoundsPending(t *testing.T) {
-	fs := &fakeStore{block: make(chan struct{})}
-	r := New(fs, Options{Interval: time.Millisecond, MaxBatch: 1 << 30, MaxPending: 10}, zerolog.Nop())
-	r.Add([]Change{{Topic: "x", Value: val("1")}})
-	time.Sleep(20 * time.Millisecond) // stuck committing x
-	for i := range 20 {
-		r.Add([]Change{{Topic: fmt.Sprint(i), Value: val("1")}})
+// TestTypeBytes: the type bytes are the disk format, mapped both ways.
+func TestTypeBytes(t *testing.T) {
+	for _, c := range []struct {
+		kind wire.Kind
+		b    byte
+	}{{wire.String, 1}, {wire.Bytes, 2}, {wire.JSON, 3}, {wire.Object, 4}} {
+		if b, ok := typeByte(c.kind); !ok || b != c.b {
+			t.Errorf("typeByte(%v) = %d, %v, want %d", c.kind, b, ok, c.b)
+		}
+		if k, ok := kindOf(c.b); !ok || k != c.kind {
+			t.Errorf("kindOf(%d) = %v, %v, want %v", c.b, k, ok, c.kind)
+		}
 	}
-	waited := make(chan bool, 1)
-	go func() { waited <- r.Wait() }()
-	select {
-	case <-waited:
-		t.Fatal("Wait returned with 20 rows pending and a bound of 10")
-	case <-time.After(50 * time.Millisecond):
+	if _, ok := typeByte(wire.None); ok {
+		t.Error("None has a type byte")
 	}
-	close(fs.block)
-	if !<-waited {
-		t.Error("Wait reported no wait")
+	for _, b := range []byte{0, 5, 15} {
+		if _, ok := kindOf(b); ok {
+			t.Errorf("type byte %d is known", b)
+		}
 	}
-	r.Close()
+}
+
+// TestLoadsFormat1: a store written byte for byte as format 1 stores rows
+// (before the type bytes were named) loads.
+func TestLoadsFormat1(t *testing.T) {
+	dir := t.TempDir()
+	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := map[string]string{
+		"s": "\x11hi",        // string, QoS 1
+		"b": "\x02\x00\xff",  // bytes, QoS 0
+		"j": "\x2321.5",      // JSON, QoS 2
+		"o": "\x04{\"k\":1}", // object, QoS 0
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		rows, err := tx.CreateBucket([]byte("rows"))
+		if err != nil {
+			return err
+		}
+		for k, v := range raw {
+			if err := rows.Put([]byte(k), []byte(v)); err != nil {
+				return err
+			}
+		}
+		meta, err := tx.CreateBucket([]byte("meta"))
+		if err != nil {
+			return err
+		}
+		return meta.Put([]byte("format"), []byte{1})
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got := rowsOf(t, s)
+	want := map[string]Row{
+		"s": {"s", wire.Value{Kind: wire.String, Data: "hi"}, 1},
+		"b": {"b", wire.Value{Kind: wire.Bytes, Data: "\x00\xff"}, 0},
+		"j": {"j", wire.Value{Kind: wire.JSON, Data: "21.5"}, 2},
+		"o": {"o", wire.Value{Kind: wire.Object, Data: `{"k":1}`}, 0},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("rows %v\nwant %v", got, want)
+	}
+	for k, v := range raw { // and writes the same bytes back
+		if _, err := s.Commit([]Change{{Topic: k, Value: got[k].Value, QoS: got[k].QoS}}); err != nil {
+			t.Fatal(err)
+		}
+		err := s.db.View(func(tx *bolt.Tx) error {
+			if b := tx.Bucket(bucketRows).Get([]byte(k)); string(b) != v {
+				t.Errorf("%s written as %q, format 1 has %q", k, b, v)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }

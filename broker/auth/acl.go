@@ -19,9 +19,10 @@ const (
 )
 
 type rule struct {
-	acc     access
-	filter  string
-	pattern bool // %u / %c substituted per client
+	acc      access
+	filter   string
+	pattern  bool // a pattern line: %u / %c substituted per client
+	user, id bool // the filter holds %u, %c
 }
 
 // ACL is a parsed Mosquitto ACL file.
@@ -78,6 +79,7 @@ func ParseACL(name string, text []byte) (*ACL, error) {
 			}
 		}
 		r.filter = rest
+		r.user, r.id = r.pattern && strings.Contains(rest, "%u"), r.pattern && strings.Contains(rest, "%c")
 		check := rest
 		if r.pattern {
 			check = strings.NewReplacer("%u", "u", "%c", "c").Replace(rest)
@@ -111,16 +113,32 @@ func (a *ACL) CanRead(c Client, topicOrFilter string) bool {
 	return a.allowed(c, topicOrFilter, accRead)
 }
 
+// sharePrefix starts a shared subscription's filter (MQTT 5 §4.8.2).
+const sharePrefix = "$share/"
+
+// CanSubscribe reports whether c may subscribe to filter: CanRead, applied
+// to the filter part of a shared subscription "$share/GROUP/FILTER". A
+// malformed shared subscription (empty group, a group holding '+' or '#',
+// no or an invalid filter) is refused.
+func (a *ACL) CanSubscribe(c Client, filter string) bool {
+	rest, shared := strings.CutPrefix(filter, sharePrefix)
+	if !shared {
+		return a.CanRead(c, filter)
+	}
+	group, f, ok := strings.Cut(rest, "/")
+	if !ok || group == "" || strings.ContainsAny(group, "+#") || wire.ValidateFilter(f) != nil {
+		return false
+	}
+	return a.CanRead(c, f)
+}
+
 func (a *ACL) allowed(c Client, topic string, want access) bool {
 	granted := false
 	visit := func(rules []rule) bool {
 		for _, r := range rules {
-			f := r.filter
-			if r.pattern {
-				if (strings.Contains(f, "%u") && c.User == "") || strings.ContainsAny(c.User+c.ID, "+#/") {
-					continue // a pattern never matches for names that would change its shape
-				}
-				f = strings.NewReplacer("%u", c.User, "%c", c.ID).Replace(f)
+			f, ok := r.filterFor(c)
+			if !ok {
+				continue
 			}
 			if r.acc&accDeny != 0 {
 				// A deny refuses a topic it matches, or a subscription it
@@ -145,6 +163,38 @@ func (a *ACL) allowed(c Client, topic string, want access) bool {
 		return false
 	}
 	return granted
+}
+
+// plainName reports whether a username or client id can stand for a
+// pattern's placeholder: not empty, and no '/', '+' or '#' that would
+// change the filter's shape.
+func plainName(s string) bool { return s != "" && !strings.ContainsAny(s, "/+#") }
+
+// filterFor is the filter line r stands for for client c, and whether it
+// applies. A placeholder whose name is not plainName makes an allowing
+// line not apply, and a denying line deny with "+" for each level that
+// holds such a placeholder.
+func (r rule) filterFor(c Client) (string, bool) {
+	if !r.user && !r.id {
+		return r.filter, true
+	}
+	badUser, badID := r.user && !plainName(c.User), r.id && !plainName(c.ID)
+	subst := strings.NewReplacer("%u", c.User, "%c", c.ID)
+	if !badUser && !badID {
+		return subst.Replace(r.filter), true
+	}
+	if r.acc&accDeny == 0 {
+		return "", false
+	}
+	levels := strings.Split(r.filter, "/")
+	for i, l := range levels {
+		if (badUser && strings.Contains(l, "%u")) || (badID && strings.Contains(l, "%c")) {
+			levels[i] = "+"
+		} else {
+			levels[i] = subst.Replace(l)
+		}
+	}
+	return strings.Join(levels, "/"), true
 }
 
 // covers reports whether ACL filter f grants all of s (a topic, or a

@@ -4,13 +4,30 @@
 // Password file: one "user:hash" per line; hashes "$7$iterations$salt$hash"
 // (PBKDF2-HMAC-SHA512, Mosquitto 2's default) or "$6$salt$hash" (one
 // SHA-512 of password then salt, older Mosquitto), salt and hash in base64.
-// Plain-text passwords are refused.
+// Plain-text passwords are refused, and so are iteration counts above
+// MaxIterations (a file that would make every login burn a core for
+// minutes). Users.Check verifies a dummy "$7$" hash for an unknown user, so
+// the time a login takes does not tell whether the user exists.
 //
 // ACL file: "user NAME", "topic [read|write|readwrite|deny] FILTER" (for the
 // preceding user, or anonymous clients before any user line) and
 // "pattern [read|write|readwrite|deny] FILTER" (every client; %u and %c
 // stand for its username and client id). Nothing is allowed that no line
 // grants; deny wins.
+//
+// A username or client id that is empty or holds '/', '+' or '#' would
+// change the shape of a filter it is put into. For such a client, a
+// pattern line that uses that placeholder is handled conservatively: a
+// granting line (read, write, readwrite) does not apply, as in Mosquitto;
+// a deny line denies with '+' in place of every level that holds the
+// placeholder, so it denies at least what it denies any client with a
+// plain name, and choosing a name cannot escape that. (That '+', like any,
+// does not match a first level starting with '$'.) A placeholder with a
+// plain name is substituted, and pattern lines without placeholders apply
+// to every client alike.
+//
+// A shared subscription "$share/GROUP/FILTER" is checked as FILTER
+// (ACL.CanSubscribe).
 package auth
 
 import (
@@ -32,6 +49,19 @@ import (
 // DefaultIterations is Mosquitto's PBKDF2 iteration count for "$7$" hashes.
 const DefaultIterations = 101
 
+// MaxIterations is the most PBKDF2 iterations a "$7$" hash may ask for.
+// It is about five times OWASP's 2023 advice for PBKDF2-HMAC-SHA512
+// (210,000), so any sensible setting fits, and bounds a login's cost to
+// about half a second of one core (0.45 s measured on an EPYC), where
+// "$7$2000000000$…" takes some 15 minutes.
+const MaxIterations = 1_000_000
+
+// dummyHash is verified when Check is asked about an unknown user: the
+// same cost as a hash Set writes with DefaultIterations (12-byte salt). Its
+// sum is random bytes, and Check refuses an unknown user whatever it
+// computes.
+const dummyHash = "$7$101$a0J4xm2OlDxDAJN9$xjihMGe6/qkj3JVgsStWbz7sB3ZgkdBPBxXMV4Z9JQZxILvFctxhOrnebAsN0d3IwXnq4MEOOS5T1PHRf/Aufg=="
+
 // Users are the entries of a password file.
 type Users struct {
 	hashes map[string]string
@@ -40,6 +70,9 @@ type Users struct {
 
 // ErrFormat is a password or ACL file line that does not parse.
 var ErrFormat = errors.New("auth: bad line")
+
+// ErrIterations is a PBKDF2 iteration count below 1 or above MaxIterations.
+var ErrIterations = errors.New("auth: PBKDF2 iteration count out of range")
 
 // LoadPasswords reads a Mosquitto password file.
 func LoadPasswords(path string) (*Users, error) {
@@ -90,6 +123,9 @@ func parseHash(s string) (hash, error) {
 		if err != nil || n < 1 {
 			return h, fmt.Errorf("bad iteration count %q", parts[2])
 		}
+		if err := checkIterations(n); err != nil {
+			return h, err
+		}
 		h.pbkdf2, h.iterations = true, n
 		salt, sum = parts[3], parts[4]
 	default:
@@ -116,26 +152,45 @@ func (h hash) compute(password string) []byte {
 	return d.Sum(nil)
 }
 
-// Check reports whether password is user's.
-func (u *Users) Check(user, password string) bool {
-	s, ok := u.hashes[user]
-	if !ok {
-		return false
+// checkIterations refuses an iteration count outside 1 to MaxIterations.
+func checkIterations(n int) error {
+	if n < 1 || n > MaxIterations {
+		return fmt.Errorf("%w: %d, want 1 to %d", ErrIterations, n, MaxIterations)
 	}
+	return nil
+}
+
+// hashOf is user's stored hash, or dummyHash for an unknown user.
+func (u *Users) hashOf(user string) (s string, known bool) {
+	if s, ok := u.hashes[user]; ok {
+		return s, true
+	}
+	return dummyHash, false
+}
+
+// Check reports whether password is user's. An unknown user costs as much
+// as one with a default "$7$" hash, and the comparison is constant-time.
+func (u *Users) Check(user, password string) bool {
+	s, known := u.hashOf(user)
 	h, err := parseHash(s)
 	if err != nil {
 		return false
 	}
-	return subtle.ConstantTimeCompare(h.compute(password), h.sum) == 1
+	match := subtle.ConstantTimeCompare(h.compute(password), h.sum) == 1
+	return match && known
 }
 
 // Len is the number of users.
 func (u *Users) Len() int { return len(u.hashes) }
 
-// Set sets user's password, hashed "$7$" with iterations and a fresh salt.
+// Set sets user's password, hashed "$7$" with iterations (1 to
+// MaxIterations, else an error wrapping ErrIterations) and a fresh salt.
 func (u *Users) Set(user, password string, iterations int) error {
 	if user == "" || strings.ContainsAny(user, ":\n\r") {
 		return fmt.Errorf("auth: user name %q: empty, or holds ':' or a newline", user)
+	}
+	if err := checkIterations(iterations); err != nil {
+		return fmt.Errorf("auth: user %q: %w", user, err)
 	}
 	salt := make([]byte, 12)
 	if _, err := rand.Read(salt); err != nil {

@@ -19,7 +19,7 @@ func runPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	create := fs.Bool("c", false, "create the file, overwriting one that exists")
 	del := fs.Bool("D", false, "delete the user")
 	batch := fs.Bool("b", false, "take the password from the command line")
-	iter := fs.Int("I", auth.DefaultIterations, "PBKDF2 iterations")
+	iter := fs.Int("I", auth.DefaultIterations, fmt.Sprintf("PBKDF2 iterations, 1 to %d", auth.MaxIterations))
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: mote passwd [-c | -D] [-I N] FILE USER\n       mote passwd [-c] [-I N] -b FILE USER PASSWORD")
 		fs.PrintDefaults()
@@ -31,8 +31,13 @@ func runPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if *batch {
 		want = 3
 	}
-	if fs.NArg() != want || (*create && *del) || *iter < 1 {
+	if fs.NArg() != want || (*create && *del) {
 		fs.Usage()
+		return errUsage
+	}
+	if *iter < 1 || *iter > auth.MaxIterations {
+		fmt.Fprintf(stderr, "mote passwd: -I %d: PBKDF2 iterations must be 1 to %d (Mosquitto's default is %d); more would make every login take too long\n",
+			*iter, auth.MaxIterations, auth.DefaultIterations)
 		return errUsage
 	}
 	file, user := fs.Arg(0), fs.Arg(1)

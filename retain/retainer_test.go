@@ -1,0 +1,354 @@
+package retain
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// testTimeout bounds every wait for an event; only a broken retainer
+// reaches it.
+const testTimeout = 10 * time.Second
+
+// recv is the next value on ch; the test fails if none comes within
+// testTimeout.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(testTimeout):
+		t.Fatalf("%s: nothing within %v", what, testTimeout)
+	}
+	var zero T
+	return zero
+}
+
+// closeWithin closes r, failing the test if that takes testTimeout.
+func closeWithin(t *testing.T, r *Retainer) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- r.Close() }()
+	return recv(t, done, "Close")
+}
+
+// fakeStore keeps committed rows in memory. With calls set, every Commit
+// first sends its changes on calls and then takes its outcome from
+// results: the test decides each commit's fate as it happens.
+type fakeStore struct {
+	mu      sync.Mutex
+	rows    map[string]Change
+	commits [][]Change
+	calls   chan []Change
+	results chan error
+}
+
+func scripted() *fakeStore {
+	return &fakeStore{calls: make(chan []Change), results: make(chan error)}
+}
+
+func (f *fakeStore) Commit(cs []Change) ([]Rejected, error) {
+	if f.calls != nil {
+		f.calls <- slices.Clone(cs)
+		if err := <-f.results; err != nil {
+			return nil, err
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rows == nil {
+		f.rows = map[string]Change{}
+	}
+	for _, c := range cs {
+		if c.Value.Kind == wire.None {
+			delete(f.rows, c.Topic)
+		} else {
+			f.rows[c.Topic] = c
+		}
+	}
+	f.commits = append(f.commits, slices.Clone(cs))
+	return nil, nil
+}
+
+func (f *fakeStore) Load(func(Row) error) error { return nil }
+func (f *fakeStore) Close() error               { return nil }
+
+// answerAll answers every further commit of a scripted store with err,
+// until the returned stop is called.
+func (f *fakeStore) answerAll(err error) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-f.calls:
+				f.results <- err
+			case <-quit:
+				return
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
+func (f *fakeStore) row(topic string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rows[topic].Value.Data
+}
+
+// logBuffer is a log sink safe for the retainer's goroutine and the test.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) lines(substr string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for line := range strings.Lines(l.b.String()) {
+		if strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+func TestRetainerCoalescesAndFlushes(t *testing.T) {
+	fs := &fakeStore{}
+	r := New(fs, Options{Interval: time.Hour, MaxBatch: 1 << 30}, zerolog.Nop())
+	r.Add([]Change{{Topic: "a", Value: val("1")}, {Topic: "b", Value: val("1")}})
+	r.Add([]Change{{Topic: "a", Value: val("2")}, {Topic: "b"}})
+	if err := closeWithin(t, r); err != nil {
+		t.Fatal(err)
+	}
+	if len(fs.commits) != 1 || len(fs.commits[0]) != 2 || fs.rows["a"].Value.Data != "2" || len(fs.rows) != 1 {
+		t.Errorf("commits %v rows %v", fs.commits, fs.rows)
+	}
+	late := make(chan error, 1)
+	r.Add([]Change{{Topic: "b", Value: val("1")}}, late)
+	if err := recv(t, late, "add after close"); !errors.Is(err, ErrClosed) {
+		t.Errorf("add after close: %v", err)
+	}
+}
+
+// TestRetainerIsolatesRefusedRows: rows the store refuses, between good
+// rows of one batch and in later batches, cost only themselves: every good
+// row is on disk, the waiter of a batch with a refused row gets an error
+// naming it and the others nil, and Close reports the loss.
+func TestRetainerIsolatesRefusedRows(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var logs logBuffer
+	var reported []Rejected // appended on the retainer's goroutine, read after Close
+	r := New(s, Options{Interval: time.Hour, MaxBatch: 1 << 30, OnReject: func(rej Rejected) { reported = append(reported, rej) }}, zerolog.New(&logs))
+	long := strings.Repeat("p", MaxTopic+1)
+	set := func(topics ...string) []Change {
+		var cs []Change
+		for _, tp := range topics {
+			cs = append(cs, Change{Topic: tp, Value: val("v")})
+		}
+		return cs
+	}
+
+	w1 := make(chan error, 1)
+	r.Add(set("a", long, "b"), w1)
+	err = recv(t, w1, "waiter of the batch with a refused row")
+	if !errors.Is(err, ErrUnstorable) || !errors.Is(err, berrors.ErrKeyTooLarge) || !strings.Contains(err.Error(), fmt.Sprint(MaxTopic+1, " bytes")) {
+		t.Errorf("waiter of the refused row: %v", err)
+	}
+	if len(fmt.Sprint(err)) > 600 {
+		t.Errorf("the waiter's error holds the whole topic: %d bytes", len(err.Error()))
+	}
+	w2 := make(chan error, 1)
+	r.Add(set("c"), w2)
+	if err := recv(t, w2, "waiter of a later batch"); err != nil {
+		t.Errorf("waiter of a good batch after a refused row: %v", err)
+	}
+	w3, w4 := make(chan error, 1), make(chan error, 1)
+	r.Add(set("d", "", "e"), w3) // one commit or two: the answers are the same
+	r.Add(set("f"), w4)
+	if err := recv(t, w3, "second refused batch"); !errors.Is(err, berrors.ErrKeyRequired) {
+		t.Errorf("waiter of the empty topic: %v", err)
+	}
+	if err := recv(t, w4, "good batch"); err != nil {
+		t.Errorf("waiter of a good batch: %v", err)
+	}
+	r.Add(set("g", long+"2", "h")) // no waiter: committed at close
+
+	err = closeWithin(t, r)
+	if !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "refused 3 rows") {
+		t.Errorf("Close: %v", err)
+	}
+	if r.Lost.Load() != 3 || len(reported) != 3 || r.Committed.Load() != 8 {
+		t.Errorf("lost %d, reported %d, committed %d; want 3, 3, 8", r.Lost.Load(), len(reported), r.Committed.Load())
+	}
+	rows := rowsOf(t, s)
+	for _, tp := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		if _, ok := rows[tp]; !ok {
+			t.Errorf("row %s is not on disk", tp)
+		}
+	}
+	if len(rows) != 8 {
+		t.Errorf("%d rows on disk, want 8", len(rows))
+	}
+	refused := logs.lines("refused a row")
+	if len(refused) != 3 {
+		t.Errorf("%d log lines for refused rows, want 3", len(refused))
+	}
+	for _, l := range refused {
+		if len(l) > 600 {
+			t.Errorf("a log line of %d bytes: the topic is not shortened", len(l))
+		}
+	}
+}
+
+var errDisk = errors.New("disk full")
+
+// TestRetainerCommitFails: a commit that fails whole refuses its waiters
+// at once, keeps its rows pending (newer changes win), retries, and logs
+// once per failure streak.
+func TestRetainerCommitFails(t *testing.T) {
+	fs := scripted()
+	var logs logBuffer
+	r := New(fs, Options{Interval: time.Millisecond}, zerolog.New(&logs))
+	w1 := make(chan error, 1)
+	r.Add([]Change{{Topic: "a", Value: val("1")}}, w1)
+	recv(t, fs.calls, "first commit")
+	fs.results <- errDisk
+	if err := recv(t, w1, "waiter of a failed commit"); !errors.Is(err, ErrCommit) || !errors.Is(err, errDisk) {
+		t.Errorf("waiter of a failed commit: %v", err)
+	}
+
+	w2 := make(chan error, 1)
+	r.Add([]Change{{Topic: "a", Value: val("2")}, {Topic: "b", Value: val("1")}}, w2)
+	failures := 1 // one more: w2 is in the failing retry or in the one after
+	for answered := false; !answered; {
+		select {
+		case <-fs.calls:
+			if failures > 0 {
+				failures--
+				fs.results <- errDisk
+			} else {
+				fs.results <- nil
+			}
+		case err := <-w2:
+			if err != nil && !errors.Is(err, ErrCommit) {
+				t.Errorf("second waiter: %v", err)
+			}
+			answered = true
+		case <-time.After(testTimeout):
+			t.Fatal("second waiter never answered")
+		}
+	}
+	stop := fs.answerAll(nil)
+	err := closeWithin(t, r)
+	stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs.row("a") != "2" || fs.row("b") != "1" {
+		t.Errorf("rows a=%q b=%q, want 2 and 1", fs.row("a"), fs.row("b"))
+	}
+	if r.Failures.Load() != 2 {
+		t.Errorf("%d failures, want 2", r.Failures.Load())
+	}
+	if n := len(logs.lines("commit failed")); n != 1 {
+		t.Errorf("%d log lines for one failure streak, want 1", n)
+	}
+}
+
+// TestRetainerStoreAlwaysFails: with a store that never commits, waiters
+// are still answered, Add never waits, and Close returns, reporting the
+// rows it could not commit.
+func TestRetainerStoreAlwaysFails(t *testing.T) {
+	fs := scripted()
+	stop := fs.answerAll(errDisk)
+	defer stop()
+	r := New(fs, Options{Interval: time.Millisecond}, zerolog.Nop())
+	for i := range 5 {
+		w := make(chan error, 1)
+		r.Add([]Change{{Topic: fmt.Sprint("t", i), Value: val("1")}}, w)
+		if err := recv(t, w, "waiter"); !errors.Is(err, ErrCommit) {
+			t.Errorf("waiter %d: %v", i, err)
+		}
+	}
+	err := closeWithin(t, r)
+	if !errors.Is(err, ErrLost) || !errors.Is(err, errDisk) || !strings.Contains(err.Error(), "5 rows not committed") {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+// TestAddNeverWaits: a store stuck in a commit does not stop Add, and
+// what piles up coalesces by topic.
+func TestAddNeverWaits(t *testing.T) {
+	fs := scripted()
+	r := New(fs, Options{Interval: time.Millisecond, MaxBatch: 10}, zerolog.Nop())
+	r.Add([]Change{{Topic: "first", Value: val("1")}})
+	recv(t, fs.calls, "first commit") // the retainer is now stuck in Commit
+	added := make(chan struct{})
+	go func() {
+		for i := range 100_000 {
+			r.Add([]Change{{Topic: fmt.Sprint("t", i%100), Value: val(fmt.Sprint(i))}})
+		}
+		close(added)
+	}()
+	recv(t, added, "Add while the store is stuck")
+	if n := r.Pending(); n != 100 {
+		t.Errorf("%d pending, want 100 coalesced rows", n)
+	}
+	fs.results <- nil
+	stop := fs.answerAll(nil)
+	err := closeWithin(t, r)
+	stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs.row("t99") != "99999" {
+		t.Errorf("t99 = %v", fs.row("t99"))
+	}
+}
+
+func TestWaitBoundsPending(t *testing.T) {
+	fs := scripted()
+	r := New(fs, Options{Interval: time.Millisecond, MaxBatch: 1 << 30, MaxPending: 10}, zerolog.Nop())
+	r.Add([]Change{{Topic: "x", Value: val("1")}})
+	recv(t, fs.calls, "commit of x") // stuck committing x
+	for i := range 20 {
+		r.Add([]Change{{Topic: fmt.Sprint(i), Value: val("1")}})
+	}
+	waited := make(chan bool, 1)
+	go func() { waited <- r.Wait() }()
+	select {
+	case <-waited:
+		t.Fatal("Wait returned with 20 rows pending and a bound of 10")
+	case <-time.After(50 * time.Millisecond): // can only miss a bug, never fail a good build
+	}
+	fs.results <- nil
+	stop := fs.answerAll(nil)
+	if !recv(t, waited, "Wait") {
+		t.Error("Wait reported no wait")
+	}
+	closeWithin(t, r)
+	stop()
+}
