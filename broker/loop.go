@@ -195,8 +195,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	b.stats.Batches.Add(1)
 	b.stats.OpsApplied.Add(int64(len(ops)))
 	atomic.StoreInt64(&b.server.Info.Retained, int64(b.tree.Store().Len()))
-	var changes []retain.Change
-	var waiters []chan error
+	var changes []retain.Change // of the publishes no one waits for: committed together
 	for i, a := range res.Applied {
 		m := meta[i]
 		if a.Err != nil {
@@ -207,20 +206,27 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 			}
 			continue
 		}
-		n := len(changes)
+		var own []retain.Change
 		if b.ret != nil {
 			for _, row := range a.Rows {
 				if row.Retain && !isSys(row.Topic) { // $SYS rows are the broker's live counters: not kept
-					changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS})
+					own = append(own, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS})
 				}
 			}
 		}
 		switch {
-		case m.done == nil:
-		case m.commit && len(changes) > n:
-			waiters = append(waiters, m.done)
-		default:
+		case m.done != nil && m.commit && len(own) > 0:
+			// Its own Add, in order, so the answer is about its rows only.
+			if len(changes) > 0 {
+				b.ret.Add(changes)
+				changes = nil
+			}
+			b.ret.Add(own, m.done)
+		case m.done != nil:
+			changes = append(changes, own...)
 			m.done <- nil
+		default:
+			changes = append(changes, own...)
 		}
 		if m.plain != nil {
 			b.deliverPlain(m.plain, time.Time{})
@@ -234,8 +240,8 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 			}
 		}
 	}
-	if len(changes) > 0 || len(waiters) > 0 {
-		b.ret.Add(changes, waiters...) // never waits on the disk
+	if len(changes) > 0 {
+		b.ret.Add(changes) // never waits on the disk
 	}
 	var batch *batchRows
 	for i := range res.Deltas {

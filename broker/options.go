@@ -138,7 +138,7 @@ const (
 	DefaultMaxSubscriptions          = 10_000
 	DefaultMaxSubscriptionsPerPacket = 1_000
 	// MaxTopicLenLimit is the largest MaxTopicLen: the store's longest key.
-	MaxTopicLenLimit = 32768 // bbolt's longest key
+	MaxTopicLenLimit = retain.MaxTopic
 )
 
 // withDefaults fills in defaults and checks values.

@@ -42,6 +42,10 @@ func reasonCode(op string, err error) packets.Code {
 		return packets.ErrNotAuthorized // 0x87
 	case errors.Is(err, errShutdown), errors.Is(err, retain.ErrClosed):
 		return packets.ErrServerShuttingDown // 0x8B
+	case errors.Is(err, retain.ErrUnstorable):
+		return packets.ErrImplementationSpecificError // 0x83: the store cannot keep the row
+	case errors.Is(err, retain.ErrCommit):
+		return packets.ErrUnspecifiedError // 0x80: the disk failed; the row is kept in memory and retried
 	case errors.Is(err, errQuota):
 		return packets.ErrQuotaExceeded // 0x97
 	case errors.Is(err, errTooLarge):

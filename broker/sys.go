@@ -57,7 +57,12 @@ func (b *Broker) sysValues() map[string]string {
 	now := time.Now().Unix()
 	n := func(v int64) string { return strconv.FormatInt(v, 10) }
 	ld := atomic.LoadInt64
+	lost := int64(0)
+	if b.ret != nil {
+		lost = b.ret.Lost.Load()
+	}
 	return map[string]string{
+		"$SYS/mote/lost":                  n(lost),
 		"$SYS/broker/version":             "mote (mochi-mqtt " + mqtt.Version + ")",
 		"$SYS/broker/uptime":              n(now - ld(&i.Started)),
 		"$SYS/broker/started":             n(ld(&i.Started)),
