@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"net"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -136,7 +137,13 @@ func (o mqttOut) maxPacket() uint32 {
 	return 0
 }
 
-func (o mqttOut) stop(err error) { o.cl.Stop(err) }
+func (o mqttOut) stop(err error) {
+	var ne net.Error
+	if nc, ok := o.cl.Net.Conn.(*netConn); ok && errors.As(err, &ne) && ne.Timeout() {
+		nc.abort() // a write that timed out: the client stopped reading
+	}
+	o.cl.Stop(err)
+}
 
 // send writes one publish with MQTT's semantics: packet ids and in-flight
 // entries from mochi's client state, so mochi completes QoS 1 and 2 flows

@@ -40,10 +40,6 @@ func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
 	}
 }
 
-// writeTimeout bounds one write to a client: past it the write fails and
-// the writer closes the connection.
-const writeTimeout = 10 * time.Second
-
 // netConn is a client connection as mochi reads and writes it. Before mochi
 // sees a byte, it reads the MQTT fixed headers going by: a connection that
 // has not sent a whole CONNECT within ConnectTimeout is closed, a CONNECT
@@ -53,8 +49,9 @@ const writeTimeout = 10 * time.Second
 // deadline, and writes never interleave.
 type netConn struct {
 	net.Conn
-	maxConnect int
-	maxPacket  int
+	maxConnect   int
+	maxPacket    int
+	writeTimeout time.Duration
 
 	// read side: touched only by the connection's read goroutine
 	state     int // 0: header byte, 1: length bytes, 2: body
@@ -77,7 +74,7 @@ var (
 
 func (b *Broker) wrap(c net.Conn) *netConn {
 	c.SetReadDeadline(time.Now().Add(b.opts.ConnectTimeout)) //nolint:errcheck // mochi's keep-alive deadline replaces it after CONNECT
-	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize)}
+	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout}
 }
 
 func (c *netConn) Read(p []byte) (int, error) {
@@ -150,8 +147,28 @@ func (c *netConn) endPacket() {
 func (c *netConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout)) //nolint:errcheck // a failing deadline fails the write too
+	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)) //nolint:errcheck // a failing deadline fails the write too
 	return c.Conn.Write(p)
+}
+
+// abort makes the next Close reset the connection (SO_LINGER 0) instead of
+// sending what is still buffered: for a client that stopped reading, that
+// data would only hold kernel memory, and a reset tells the client at once.
+func (c *netConn) abort() {
+	var conn net.Conn = c.Conn
+	for conn != nil {
+		switch x := conn.(type) {
+		case *net.TCPConn:
+			x.SetLinger(0) //nolint:errcheck // best effort: a plain close follows either way
+			return
+		case *wsstream.Conn:
+			conn = x.Conn
+		case interface{ NetConn() net.Conn }:
+			conn = x.NetConn()
+		default:
+			return
+		}
+	}
 }
 
 // tcpListener is mochi's Listener for plain TCP and TLS. It binds in Init,

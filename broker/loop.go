@@ -138,7 +138,8 @@ func (q *requestQueue) close() {
 
 // onLoop runs fn on the message loop and waits for it to finish. It
 // reports false, without waiting further, once done is closed or the
-// loop has stopped.
+// loop has stopped: fn may then still run later, so it must write only
+// what its caller does not read once it gave up.
 func (b *Broker) onLoop(done <-chan struct{}, fn func()) bool {
 	fin := make(chan struct{})
 	if !b.reqs.push(request{kind: reqCall, call: func() { fn(); close(fin) }}) {

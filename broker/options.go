@@ -74,6 +74,9 @@ type Options struct {
 	// read before anything is authenticated; default 64 KiB.
 	ConnectTimeout time.Duration
 	MaxConnectSize int
+	// WriteTimeout bounds one write to a client; past it the connection is
+	// closed (a client that stops reading does not linger). Default 10s.
+	WriteTimeout time.Duration
 
 	// QueueBytes bounds what one client may have queued, in payload bytes
 	// (snapshots and retained replays are read as the client drains them,
@@ -133,6 +136,7 @@ const (
 	DefaultMaxInflight               = 1024
 	DefaultConnectTimeout            = 10 * time.Second
 	DefaultMaxConnectSize            = 64 << 10
+	DefaultWriteTimeout              = 10 * time.Second
 	DefaultQueueBytes                = 8 << 20
 	DefaultPublishWait               = 50 * time.Millisecond
 	DefaultMaxSubscriptions          = 10_000
@@ -175,6 +179,9 @@ func (o Options) withDefaults() (Options, error) {
 		o.ConnectTimeout = DefaultConnectTimeout
 	}
 	def(&o.MaxConnectSize, DefaultMaxConnectSize)
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
 	def(&o.QueueBytes, DefaultQueueBytes)
 	if o.PublishWait == 0 {
 		o.PublishWait = DefaultPublishWait
@@ -195,7 +202,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: client id takeover policy %q: want refuse or fresh", o.Takeover)
 	case o.QueueBytes < 1 || o.LoopQueue < 1 || o.MaxClients < 1 || o.MaxSubscriptions < 1 || o.MaxSubscriptionsPerPacket < 1 || o.MaxConnectSize < 1:
 		return o, fmt.Errorf("broker: sizes and counts must be positive")
-	case o.PublishWait < 0 || o.ConnectTimeout < 0:
+	case o.PublishWait < 0 || o.ConnectTimeout < 0 || o.WriteTimeout < 0:
 		return o, fmt.Errorf("broker: durations must not be negative")
 	case o.MaxTopicLen < 1 || o.MaxTopicLen > MaxTopicLenLimit:
 		return o, fmt.Errorf("broker: max topic length %d: want 1 to %d", o.MaxTopicLen, MaxTopicLenLimit)
@@ -208,6 +215,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Limits.MaxTopicLen == 0 || o.Limits.MaxTopicLen > o.MaxTopicLen {
 		o.Limits.MaxTopicLen = o.MaxTopicLen
+	}
+	if o.Limits.MaxTopicLevels == 0 || o.Limits.MaxTopicLevels > o.MaxTopicLevels {
+		o.Limits.MaxTopicLevels = o.MaxTopicLevels
 	}
 	return o, nil
 }

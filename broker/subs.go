@@ -239,7 +239,8 @@ func (b *Broker) snapshotOf(st *treeSub) (snap []byte, events *treeItem, ok bool
 
 // replay reads the next retained rows of a plain subscription's replay,
 // on the loop; done once there are no more.
-func (b *Broker) replay(c *conn, r *replayItem) (pks []packets.Packet, done bool, err error) {
+func (b *Broker) replay(c *conn, r *replayItem) ([]packets.Packet, bool, error) {
+	var pks []packets.Packet // written on the loop; read only once it answered
 	if !b.onLoop(c.q.done, func() { pks = b.replayRows(c, r) }) {
 		return nil, true, errWriterStop
 	}
