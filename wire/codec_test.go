@@ -188,40 +188,6 @@ func TestJSONStringEscaping(t *testing.T) {
 	}
 }
 
-// FuzzDecodeJSON checks the JSON decoder never panics or hangs, and that
-// whatever it accepts re-encodes to valid JSON and CBOR that decode again.
-func FuzzDecodeJSON(f *testing.F) {
-	for _, s := range []string{`{"a":1}`, `{"a":{"/":1,"b":[1,{"c":null}]}}`, `"x"`, `[`, `{"a":"\u00e9\ud83d\ude00"}`, `-0`, `1e400`} {
-		f.Add([]byte(s))
-	}
-	d := mustDecoder(f)
-	f.Fuzz(func(t *testing.T, b []byte) {
-		n, err := d.Decode(CodecJSON, b)
-		if err != nil {
-			return
-		}
-		checkReencode(t, d, &n)
-	})
-}
-
-// FuzzDecodeCBOR is FuzzDecodeJSON for CBOR input.
-func FuzzDecodeCBOR(f *testing.F) {
-	em, _ := cbor.CoreDetEncOptions().EncMode()
-	for _, v := range []any{map[string]any{"a": 1}, map[string]any{"a": map[string]any{"/": 1.5, "b": []any{[]byte{1}, nil}}}, "x", -3} {
-		b, _ := em.Marshal(v)
-		f.Add(b)
-	}
-	f.Add([]byte{0xbf, 0x61, 'a', 0x01, 0xff})
-	d := mustDecoder(f)
-	f.Fuzz(func(t *testing.T, b []byte) {
-		n, err := d.Decode(CodecCBOR, b)
-		if err != nil {
-			return
-		}
-		checkReencode(t, d, &n)
-	})
-}
-
 func checkReencode(t *testing.T, d *Decoder, n *Node) {
 	t.Helper()
 	j := encodeNode(CodecJSON, n)

@@ -3,16 +3,9 @@ package wire
 import (
 	"errors"
 	"fmt"
-	"math"
-	"math/big"
-	"reflect"
-	"slices"
+	"hash/maphash"
 	"strconv"
 	"strings"
-	"unicode/utf8"
-
-	"github.com/fxamacker/cbor/v2"
-	"github.com/tidwall/gjson"
 )
 
 // ErrPayload is a tree payload that cannot be decoded or breaks a limit.
@@ -49,9 +42,15 @@ func Pointer(path, key string) string {
 type Limits struct {
 	MaxSize  int // payload bytes
 	MaxDepth int // nested objects and arrays; a scalar has depth 0
+	// MaxNodes bounds the Nodes of a decoded tree: the root and every member
+	// of its objects (arrays are leaves, so their elements do not count).
+	// A Node takes about 72 bytes, so this bounds what a payload of many tiny
+	// members costs beyond its own size. 0 means no limit.
+	MaxNodes int
 }
 
 // DefaultLimits are SPEC §5's defaults: depth 32 and a payload of 16 MiB.
+// They set no node limit, as SPEC §5 has none.
 func DefaultLimits() Limits { return Limits{MaxSize: 16 << 20, MaxDepth: 32} }
 
 // Node is one node of a decoded tree payload: null, an object with ordered
@@ -60,7 +59,7 @@ type Node struct {
 	Key   string // member key in the parent object; "" for the root
 	Null  bool   // JSON null / CBOR null
 	Obj   bool   // an object: Kids holds its members
-	Kids  []Node // members of an object, in payload order (CBOR: sorted by key)
+	Kids  []Node // members of an object, in payload order (JSON and CBOR)
 	Value Value  // the leaf value; for a JSON object, also its JSON text
 }
 
@@ -83,38 +82,40 @@ func (n *Node) AsValue() Value {
 // concurrent use.
 type Decoder struct {
 	lim Limits
-	dm  cbor.DecMode
 }
 
 // NewDecoder returns a Decoder enforcing lim.
 func NewDecoder(lim Limits) (*Decoder, error) {
-	if lim.MaxSize <= 0 || lim.MaxDepth <= 0 {
-		return nil, fmt.Errorf("wire: limits must be positive (size %d, depth %d)", lim.MaxSize, lim.MaxDepth)
+	if lim.MaxSize <= 0 || lim.MaxDepth <= 0 || lim.MaxNodes < 0 {
+		return nil, fmt.Errorf("wire: limits must be positive (size %d, depth %d, nodes %d)", lim.MaxSize, lim.MaxDepth, lim.MaxNodes)
 	}
-	rejectUndefined, err := cbor.NewSimpleValueRegistryFromDefaults(cbor.WithRejectedSimpleValue(cbor.SimpleValue(23)))
-	if err != nil {
-		return nil, fmt.Errorf("wire: cbor simple values: %w", err)
-	}
-	elems := min(max(lim.MaxSize, 16), math.MaxInt32)
-	dm, err := cbor.DecOptions{
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		MaxNestedLevels:  min(max(lim.MaxDepth+1, 4), 65535),
-		MaxArrayElements: elems,
-		MaxMapPairs:      elems,
-		TagsMd:           cbor.TagsForbidden,
-		IntDec:           cbor.IntDecConvertNone,
-		DefaultMapType:   reflect.TypeOf(map[string]any(nil)),
-		NaN:              cbor.NaNDecodeForbidden,
-		Inf:              cbor.InfDecodeForbidden,
-		SimpleValues:     rejectUndefined,
-	}.DecMode()
-	if err != nil {
-		return nil, fmt.Errorf("wire: cbor decoder: %w", err)
-	}
-	return &Decoder{lim: lim, dm: dm}, nil
+	return &Decoder{lim: lim}, nil
 }
 
-// Decode reads a tree payload in the given codec.
+// Decode reads a tree payload in the given codec, in a few linear passes:
+// work and memory are in proportion to its size whatever its shape, and
+// recursion is bounded by MaxDepth, checked before each level is entered.
+//
+// JSON must be one RFC 8259 text (see CheckJSON). Objects and arrays keep
+// their JSON text; it and strings without escapes share one copy of the
+// payload. Escapes in strings are decoded as the gjson library
+// decoded them, which this package used before: a \u escape of a UTF-16
+// surrogate followed by another \u escape takes both, giving U+FFFD if they
+// do not pair, and a lone surrogate is U+FFFD.
+//
+// CBOR (RFC 8949) may use definite or indefinite lengths and any argument
+// width; text strings must be valid UTF-8 (an indefinite one chunk by
+// chunk). Map keys must be text strings (null is not a key). Tags (so
+// big numbers), simple values other than false, true and null, NaN and
+// infinities are refused, as are bytes after the item. A declared length
+// longer than what is left of the payload fails at once, before anything
+// is allocated for it. Maps keep their members in payload order; an array
+// becomes JSON text (a byte string in it base64), as do the maps in it.
+// Strings are copied out of the payload, so a decoded tree does not keep
+// the payload alive.
+//
+// Every error wraps ErrPayload (ErrDepth for nesting). An error in what the
+// tree holds is a *PathError naming where; a syntax error names the byte.
 func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 	if len(payload) > d.lim.MaxSize {
 		return Node{}, fmt.Errorf("%w: %d bytes, limit %d", ErrPayload, len(payload), d.lim.MaxSize)
@@ -126,194 +127,245 @@ func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 }
 
 func (d *Decoder) decodeJSON(payload []byte) (Node, error) {
-	if !utf8.Valid(payload) {
-		return Node{}, fmt.Errorf("%w: JSON is not valid UTF-8", ErrPayload)
-	}
 	s := string(payload)
-	// Check the depth before gjson, whose validator recurses per level.
-	if err := jsonDepth(s, d.lim.MaxDepth); err != nil {
-		return Node{}, err
+	// The member counts size each object's Kids exactly.
+	counts := make([]uint32, 0, strings.Count(s, "{")+strings.Count(s, "["))
+	counts, bad := scanJSON(s, d.lim.MaxDepth, counts, true)
+	if bad.what != "" {
+		return Node{}, bad.err(d.lim.MaxDepth)
 	}
-	if !gjson.Valid(s) {
-		return Node{}, fmt.Errorf("%w: not valid JSON", ErrPayload)
-	}
-	return jsonNode(gjson.Parse(s), "")
+	p := jsonDecoder{s: s, counts: counts, maxNodes: d.lim.MaxNodes}
+	return p.value()
 }
 
-// jsonDepth fails if brackets outside strings nest deeper than max. It
-// tolerates malformed input: validity is checked afterwards.
-func jsonDepth(s string, max int) error {
-	depth, inStr := 0, false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if inStr {
-			switch c {
-			case '\\':
-				i++
-			case '"':
-				inStr = false
-			}
-			continue
+// jsonDecoder builds a Node from JSON text that CheckJSON accepted, so it
+// checks only what a tree cannot hold: duplicate keys, numbers beyond
+// float64 and the node limit.
+type jsonDecoder struct {
+	s        string
+	i        int
+	counts   []uint32 // members of each object and array, in the order they open
+	next     int      // the count of the next object or array
+	nodes    int
+	maxNodes int
+	at       trail    // where i is, for errors
+	keys     []string // keys read so far of the open objects, innermost last
+	buf      []byte   // an unescaped string
+}
+
+func (p *jsonDecoder) value() (Node, error) {
+	if p.nodes++; p.maxNodes > 0 && p.nodes > p.maxNodes {
+		return Node{}, p.at.errorf("%w: more than %d nodes", ErrPayload, p.maxNodes)
+	}
+	s := p.s
+	p.i = skipSpace(s, p.i)
+	start := p.i
+	switch c := s[p.i]; c {
+	case '{':
+		return p.object()
+	case '[':
+		if err := p.skim(); err != nil {
+			return Node{}, err
 		}
-		switch c {
-		case '"':
-			inStr = true
+		return Node{Value: Value{Kind: JSON, Data: s[start:p.i]}}, nil
+	case '"':
+		return Node{Value: Value{Kind: String, Data: p.str()}}, nil
+	case 'n':
+		p.i += len("null")
+		return Node{Null: true}, nil
+	case 't', 'f':
+		p.i += len(literal(c))
+		return Node{Value: Value{Kind: JSON, Data: s[start:p.i]}}, nil
+	}
+	if err := p.number(); err != nil {
+		return Node{}, err
+	}
+	return Node{Value: Value{Kind: JSON, Data: s[start:p.i]}}, nil
+}
+
+func (p *jsonDecoder) object() (Node, error) {
+	s, start := p.s, p.i
+	n := Node{Obj: true}
+	if c := p.counts[p.next]; c > 0 {
+		n.Kids = make([]Node, 0, c)
+	}
+	p.next++
+	var index keyIndex
+	keyAt := func(i int) string { return n.Kids[i].Key }
+	for p.i = skipSpace(s, p.i+1); s[p.i] != '}'; {
+		key := p.str()
+		p.i = skipSpace(s, p.i) + 1 // ':'
+		if index.dup(len(n.Kids), keyAt, key) {
+			return Node{}, p.at.with(key).errorf("%w: duplicate key", ErrPayload)
+		}
+		p.at = p.at.with(key)
+		kid, err := p.value()
+		p.at = p.at[:len(p.at)-1]
+		if err != nil {
+			return Node{}, err
+		}
+		kid.Key = key
+		n.Kids = append(n.Kids, kid)
+		if p.i = skipSpace(s, p.i); s[p.i] == ',' {
+			p.i = skipSpace(s, p.i+1)
+		}
+	}
+	p.i++
+	n.Value = Value{Kind: Object, Data: s[start:p.i]}
+	return n, nil
+}
+
+// skim passes over the array or object at p.i, a leaf's JSON text, checking
+// its numbers and keys as a tree's.
+func (p *jsonDecoder) skim() error {
+	s, open := p.s, p.s[p.i]
+	p.next++
+	base := len(p.keys)
+	var index keyIndex
+	keyAt := func(i int) string { return p.keys[base+i] }
+	for k := 0; ; k++ {
+		if p.i = skipSpace(s, p.i+1); s[p.i] == open+2 { // '}' or ']'
+			break
+		}
+		at := p.at.index(k)
+		if open == '{' {
+			key := p.str()
+			p.i = skipSpace(s, p.i) + 1 // ':'
+			at = p.at.with(key)
+			if index.dup(len(p.keys)-base, keyAt, key) {
+				return at.errorf("%w: duplicate key", ErrPayload)
+			}
+			p.keys = append(p.keys, key)
+			p.i = skipSpace(s, p.i)
+		}
+		p.at = at
+		var err error
+		switch c := s[p.i]; c {
 		case '{', '[':
-			if depth++; depth > max {
-				return fmt.Errorf("%w: nested deeper than %d at byte %d", ErrPayload, max, i)
-			}
-		case '}', ']':
-			depth--
+			err = p.skim()
+		case '"':
+			p.i, _ = stringEnd(s, p.i)
+		case 't', 'f', 'n':
+			p.i += len(literal(c))
+		default:
+			err = p.number()
 		}
+		p.at = p.at[:len(p.at)-1]
+		if err != nil {
+			return err
+		}
+		if p.i = skipSpace(s, p.i); s[p.i] != ',' {
+			break
+		}
+	}
+	p.i++
+	p.keys = p.keys[:base]
+	return nil
+}
+
+// str reads the string at p.i.
+func (p *jsonDecoder) str() string {
+	start := p.i
+	end, esc := stringEnd(p.s, start)
+	p.i = end
+	body := p.s[start+1 : end-1]
+	if !esc {
+		return body
+	}
+	p.buf = appendUnescaped(p.buf[:0], body)
+	return string(p.buf)
+}
+
+// number reads the number at p.i, refusing one beyond float64's range.
+func (p *jsonDecoder) number() error {
+	start := p.i
+	p.i = numberEnd(p.s, p.i)
+	if num := p.s[start:p.i]; floatOverflows(num) {
+		if len(num) > 40 {
+			num = num[:40] + "..."
+		}
+		return p.at.errorf("%w: number %s out of range", ErrPayload, num)
 	}
 	return nil
 }
 
-func jsonNode(r gjson.Result, path string) (Node, error) {
-	switch r.Type {
-	case gjson.Null:
-		return Node{Null: true}, nil
-	case gjson.String:
-		return Node{Value: Value{Kind: String, Data: r.Str}}, nil
-	case gjson.Number:
-		if math.IsInf(r.Num, 0) {
-			return Node{}, &PathError{Path: path, Err: fmt.Errorf("%w: number %s out of range", ErrPayload, r.Raw)}
-		}
-		return Node{Value: Value{Kind: JSON, Data: r.Raw}}, nil
-	case gjson.True, gjson.False:
-		return Node{Value: Value{Kind: JSON, Data: r.Raw}}, nil
-	}
-	raw := strings.TrimSpace(r.Raw)
-	if !r.IsObject() {
-		var err error
-		i := 0
-		r.ForEach(func(_, v gjson.Result) bool { // an array: check what CBOR could not hold
-			if v.Type == gjson.Number || v.IsArray() || v.IsObject() {
-				_, err = jsonNode(v, path+"/"+strconv.Itoa(i))
-			}
-			i++
-			return err == nil
-		})
-		return Node{Value: Value{Kind: JSON, Data: raw}}, err
-	}
-	n := Node{Obj: true, Value: Value{Kind: Object, Data: raw}}
-	var seen map[string]struct{}
-	var err error
-	r.ForEach(func(k, v gjson.Result) bool {
-		key := k.Str
-		if dupKey(n.Kids, &seen, key) {
-			err = &PathError{Path: Pointer(path, key), Err: fmt.Errorf("%w: duplicate key", ErrPayload)}
-			return false
-		}
-		var kid Node
-		if kid, err = jsonNode(v, Pointer(path, key)); err != nil {
-			return false
-		}
-		kid.Key = key
-		n.Kids = append(n.Kids, kid)
-		return true
-	})
-	return n, err
+// trail is where a decoder is in a tree: keys and array indexes from the
+// root. It becomes a JSON pointer only for an error.
+type trail []step
+
+type step struct {
+	key   string
+	index int // an array index, or -1 for key
 }
 
-// dupKey reports whether key is already among kids, scanning small objects
-// and indexing large ones in *seen.
-func dupKey(kids []Node, seen *map[string]struct{}, key string) bool {
+func (t trail) with(key string) trail { return append(t, step{key: key, index: -1}) }
+
+func (t trail) index(i int) trail { return append(t, step{index: i}) }
+
+// errorf is a *PathError at t.
+func (t trail) errorf(format string, args ...any) error {
+	var b strings.Builder
+	for _, s := range t {
+		if s.index >= 0 {
+			b.WriteString("/" + strconv.Itoa(s.index))
+		} else {
+			b.WriteString(Pointer("", s.key))
+		}
+	}
+	return &PathError{Path: b.String(), Err: fmt.Errorf(format, args...)}
+}
+
+// keyIndex finds a duplicate key among an object's members: by a scan
+// while they are few, then in an open-addressing hash table of their
+// positions, 4 bytes a slot and at most half full. The zero value is ready.
+type keyIndex struct {
+	slots []int32 // a member's position + 1; 0 is free
+	seed  maphash.Seed
+}
+
+// dup reports whether key is among the n keys that keyAt gives; if not, it
+// indexes key as key number n.
+func (x *keyIndex) dup(n int, keyAt func(int) string, key string) bool {
 	const scan = 16
-	if len(kids) < scan {
-		for i := range kids {
-			if kids[i].Key == key {
+	if n < scan {
+		for i := range n {
+			if keyAt(i) == key {
 				return true
 			}
 		}
 		return false
 	}
-	if *seen == nil {
-		*seen = make(map[string]struct{}, 2*len(kids))
-		for i := range kids {
-			(*seen)[kids[i].Key] = struct{}{}
-		}
+	if 2*(n+1) > len(x.slots) {
+		x.grow(n, keyAt)
 	}
-	if _, ok := (*seen)[key]; ok {
-		return true
-	}
-	(*seen)[key] = struct{}{}
-	return false
+	return x.put(n, keyAt, key)
 }
 
-func (d *Decoder) decodeCBOR(payload []byte) (Node, error) {
-	var v any
-	if err := d.dm.Unmarshal(payload, &v); err != nil {
-		return Node{}, fmt.Errorf("%w: CBOR: %w", ErrPayload, err)
+// put indexes key as key number n unless it finds it.
+func (x *keyIndex) put(n int, keyAt func(int) string, key string) bool {
+	mask := len(x.slots) - 1
+	for i := int(maphash.String(x.seed, key)) & mask; ; i = (i + 1) & mask {
+		switch at := x.slots[i]; {
+		case at == 0:
+			x.slots[i] = int32(n + 1)
+			return false
+		case keyAt(int(at-1)) == key:
+			return true
+		}
 	}
-	return cborNode(v, "", 0, d.lim.MaxDepth)
 }
 
-func cborNode(v any, path string, depth, maxDepth int) (Node, error) {
-	switch x := v.(type) {
-	case nil:
-		return Node{Null: true}, nil
-	case map[string]any:
-		if depth+1 > maxDepth {
-			return Node{}, &PathError{Path: path, Err: fmt.Errorf("%w: nested deeper than %d", ErrPayload, maxDepth)}
-		}
-		keys := make([]string, 0, len(x))
-		for k := range x {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		n := Node{Obj: true, Kids: make([]Node, 0, len(keys))}
-		for _, k := range keys {
-			kid, err := cborNode(x[k], Pointer(path, k), depth+1, maxDepth)
-			if err != nil {
-				return Node{}, err
-			}
-			kid.Key = k
-			n.Kids = append(n.Kids, kid)
-		}
-		n.Value.Kind = Object
-		return n, nil
-	case []any:
-		var e Encoder
-		e.Reset(CodecJSON, nil)
-		if err := e.anyValue(x, path, depth, maxDepth); err != nil {
-			return Node{}, err
-		}
-		return Node{Value: Value{Kind: JSON, Data: string(e.Bytes())}}, nil
-	case string:
-		return Node{Value: Value{Kind: String, Data: x}}, nil
-	case []byte:
-		return Node{Value: Value{Kind: Bytes, Data: string(x)}}, nil
+// grow makes the table a quarter full with the n keys it indexes.
+func (x *keyIndex) grow(n int, keyAt func(int) string) {
+	if x.slots == nil {
+		x.seed = maphash.MakeSeed()
 	}
-	text, err := scalarJSON(v)
-	if err != nil {
-		return Node{}, &PathError{Path: path, Err: err}
+	size := 64
+	for size < 4*(n+1) {
+		size *= 2
 	}
-	return Node{Value: Value{Kind: JSON, Data: text}}, nil
-}
-
-// scalarJSON is the JSON text of a decoded CBOR bool or number. A float
-// keeps a fraction or exponent ("1.0", "1e+21") so it stays a float when
-// the text is turned back into CBOR.
-func scalarJSON(v any) (string, error) {
-	switch x := v.(type) {
-	case bool:
-		return strconv.FormatBool(x), nil
-	case uint64:
-		return strconv.FormatUint(x, 10), nil
-	case int64:
-		return strconv.FormatInt(x, 10), nil
-	case big.Int:
-		return x.String(), nil
-	case float64:
-		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return "", fmt.Errorf("%w: %v has no JSON form", ErrPayload, x)
-		}
-		s := strconv.FormatFloat(x, 'g', -1, 64)
-		if !strings.ContainsAny(s, ".eE") {
-			s += ".0"
-		}
-		return s, nil
+	x.slots = make([]int32, size)
+	for i := range n {
+		x.put(i, keyAt, keyAt(i))
 	}
-	return "", fmt.Errorf("%w: unsupported CBOR item %T", ErrPayload, v)
 }

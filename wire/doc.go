@@ -8,11 +8,19 @@
 //
 // # Decoding
 //
-// [Decode] reads a tree payload into a [Node]. JSON is read with gjson (no
-// reflection-based unmarshalling), CBOR with fxamacker/cbor. Both enforce a
-// size and a nesting-depth limit and reject duplicate keys, non-string keys,
-// invalid UTF-8, tags, NaN and infinities with an error that names the path
-// (an RFC 6901 JSON pointer) where decoding failed.
+// [CheckJSON] validates JSON text (RFC 8259) in one iterative pass whose
+// memory is bounded by the depth limit, never by the text's nesting.
+// [TypePlain] types a plain payload with it (SPEC §1); JSON nested deeper
+// than the depth limit is typed as a string.
+//
+// [Decoder.Decode] reads a tree payload into a [Node], in one pass over the
+// payload in either codec (its own JSON and CBOR readers: no reflection,
+// and no recursion beyond the depth limit). Both enforce a size, a
+// nesting-depth and optionally a node limit and reject duplicate keys,
+// non-string keys, invalid UTF-8, tags, NaN and infinities with an error
+// that names the path (an RFC 6901 JSON pointer) where decoding failed.
+// Work and memory grow in proportion to the payload: a decoded Node costs
+// about 72 bytes, which [Limits].MaxNodes can bound.
 //
 // # Encoding
 //

@@ -3,15 +3,10 @@ package wire
 import (
 	"encoding/base64"
 	"encoding/binary"
-	"fmt"
 	"math"
-	"math/big"
-	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/tidwall/gjson"
 )
 
 // Encoder writes one tree into a buffer, in JSON or CBOR. Calls mirror the
@@ -189,70 +184,6 @@ func (e *Encoder) node(n *Node) {
 	}
 }
 
-// anyValue writes a value decoded from CBOR into a Go any.
-func (e *Encoder) anyValue(v any, path string, depth, maxDepth int) error {
-	switch x := v.(type) {
-	case nil:
-		e.Null()
-	case string:
-		e.Value(Value{Kind: String, Data: x})
-	case []byte:
-		e.Value(Value{Kind: Bytes, Data: string(x)})
-	case []any:
-		if depth+1 > maxDepth {
-			return &PathError{Path: path, Err: fmt.Errorf("%w: nested deeper than %d", ErrPayload, maxDepth)}
-		}
-		e.beginArray(len(x))
-		for i, el := range x {
-			if e.codec == CodecJSON && i > 0 {
-				e.buf = append(e.buf, ',')
-			}
-			if err := e.anyValue(el, path+"/"+strconv.Itoa(i), depth+1, maxDepth); err != nil {
-				return err
-			}
-		}
-		e.endArray()
-	case map[string]any:
-		if depth+1 > maxDepth {
-			return &PathError{Path: path, Err: fmt.Errorf("%w: nested deeper than %d", ErrPayload, maxDepth)}
-		}
-		keys := make([]string, 0, len(x))
-		for k := range x {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		e.BeginObject()
-		for _, k := range keys {
-			e.Key(k)
-			if err := e.anyValue(x[k], Pointer(path, k), depth+1, maxDepth); err != nil {
-				return err
-			}
-		}
-		e.EndObject()
-	default:
-		text, err := scalarJSON(v)
-		if err != nil {
-			return &PathError{Path: path, Err: err}
-		}
-		e.Value(Value{Kind: JSON, Data: text})
-	}
-	return nil
-}
-
-func (e *Encoder) beginArray(n int) {
-	if e.codec == CodecCBOR {
-		e.buf = appendHead(e.buf, 4, uint64(n))
-	} else {
-		e.buf = append(e.buf, '[')
-	}
-}
-
-func (e *Encoder) endArray() {
-	if e.codec != CodecCBOR {
-		e.buf = append(e.buf, ']')
-	}
-}
-
 // appendHead appends a CBOR head: major type and argument, shortest form.
 func appendHead(b []byte, major byte, n uint64) []byte {
 	m := major << 5
@@ -278,82 +209,122 @@ func appendCBORValue(b []byte, v Value) []byte {
 		b = appendHead(b, 2, uint64(len(v.Data)))
 		return append(b, v.Data...)
 	case JSON, Object:
-		return appendCBORJSON(b, gjson.Parse(v.Data))
+		return appendCBORJSON(b, v.Data)
 	}
 	return append(b, 0xf6)
 }
 
-// appendCBORJSON converts parsed JSON into CBOR. Integers within 64 bits
-// become CBOR integers; other numbers floats.
-func appendCBORJSON(b []byte, r gjson.Result) []byte {
-	switch r.Type {
-	case gjson.Null:
-		return append(b, 0xf6)
-	case gjson.False:
-		return append(b, 0xf4)
-	case gjson.True:
-		return append(b, 0xf5)
-	case gjson.String:
-		b = appendHead(b, 3, uint64(len(r.Str)))
-		return append(b, r.Str...)
-	case gjson.Number:
-		return appendCBORNumber(b, r.Raw)
-	}
-	if !r.IsObject() && !r.IsArray() {
+// appendCBORJSON converts JSON text into CBOR: integers within 64 bits
+// (down to -2^64) become CBOR integers, other numbers floats (float32 when
+// exact, else float64; ±Inf beyond float64's range), and strings are
+// unescaped as gjson unescapes them (see appendUnescaped).
+//
+// It takes two passes over the text, whatever its nesting: the first
+// checks it and counts the members of each object and array in the order
+// they open, and the second writes each token with the count its head
+// needs. Memory beyond the output is 4 bytes per object and array and
+// 4 per level of nesting. Text that is not JSON (which no Value made by
+// this package holds) becomes null.
+func appendCBORJSON(b []byte, text string) []byte {
+	var small [16]uint32
+	counts, bad := scanJSON(text, math.MaxInt, small[:0], true)
+	if bad.what != "" || len(text) > math.MaxInt32 {
 		return append(b, 0xf6)
 	}
-	n := 0
-	r.ForEach(func(_, _ gjson.Result) bool { n++; return true })
-	if r.IsObject() {
-		b = appendHead(b, 5, uint64(n))
-		r.ForEach(func(k, v gjson.Result) bool {
-			b = appendHead(b, 3, uint64(len(k.Str)))
-			b = append(b, k.Str...)
-			b = appendCBORJSON(b, v)
-			return true
-		})
-		return b
+	var scratch [64]byte
+	buf, k := scratch[:0], 0 // buf: an unescaped string; k: the next count
+	for i := 0; i < len(text); {
+		switch c := text[i]; c {
+		case ' ', '\t', '\n', '\r', ',', ':', ']', '}':
+			i++
+		case '{', '[':
+			major := byte(4)
+			if c == '{' {
+				major = 5
+			}
+			b = appendHead(b, major, uint64(counts[k]))
+			k++
+			i++
+		case '"':
+			end, esc := stringEnd(text, i)
+			body := text[i+1 : end-1]
+			if esc {
+				buf = appendUnescaped(buf[:0], body)
+				b = append(appendHead(b, 3, uint64(len(buf))), buf...)
+			} else {
+				b = append(appendHead(b, 3, uint64(len(body))), body...)
+			}
+			i = end
+		case 't':
+			b = append(b, 0xf5)
+			i += len("true")
+		case 'f':
+			b = append(b, 0xf4)
+			i += len("false")
+		case 'n':
+			b = append(b, 0xf6)
+			i += len("null")
+		default:
+			end := numberEnd(text, i)
+			b = appendCBORNumber(b, text[i:end])
+			i = end
+		}
 	}
-	b = appendHead(b, 4, uint64(n))
-	r.ForEach(func(_, v gjson.Result) bool {
-		b = appendCBORJSON(b, v)
-		return true
-	})
 	return b
 }
 
+// appendCBORNumber converts a valid JSON number. It does not allocate.
 func appendCBORNumber(b []byte, text string) []byte {
-	if !strings.ContainsAny(text, ".eE") {
-		if text[0] == '-' {
-			if i, err := strconv.ParseInt(text, 10, 64); err == nil {
-				if i >= 0 { // "-0"
-					return appendHead(b, 0, uint64(i))
-				}
-				return appendHead(b, 1, uint64(-(i + 1)))
+	neg := text[0] == '-'
+	digits := strings.TrimPrefix(text, "-")
+	if !strings.ContainsAny(digits, ".eE") {
+		if u, ok := parseUint64(digits); ok {
+			switch {
+			case !neg:
+				return appendHead(b, 0, u)
+			case u == 0: // "-0"
+				return appendHead(b, 0, 0)
 			}
-			var z big.Int
-			if _, ok := z.SetString(text, 10); ok && z.Cmp(minCBORNeg) >= 0 {
-				z.Neg(&z).Sub(&z, big.NewInt(1)) // -1-n
-				return appendHead(b, 1, z.Uint64())
-			}
-		} else if u, err := strconv.ParseUint(text, 10, 64); err == nil {
-			return appendHead(b, 0, u)
+			return appendHead(b, 1, u-1) // -1-n
+		}
+		if neg && digits == "18446744073709551616" { // -2^64
+			return appendHead(b, 1, math.MaxUint64)
 		}
 	}
-	f, _ := strconv.ParseFloat(text, 64) // out of range: ±Inf, still a number
+	var f float64
+	if floatOverflows(text) { // ParseFloat would allocate its error
+		f = math.Inf(1)
+		if neg {
+			f = math.Inf(-1)
+		}
+	} else {
+		f, _ = strconv.ParseFloat(text, 64)
+	}
 	if f32 := float32(f); float64(f32) == f {
 		return binary.BigEndian.AppendUint32(append(b, 0xfa), math.Float32bits(f32))
 	}
 	return binary.BigEndian.AppendUint64(append(b, 0xfb), math.Float64bits(f))
 }
 
-// minCBORNeg is -2^64, the smallest CBOR negative integer.
-var minCBORNeg = new(big.Int).Neg(new(big.Int).Lsh(big.NewInt(1), 64))
+// parseUint64 reads decimal digits that fit in 64 bits.
+func parseUint64(s string) (uint64, bool) {
+	if len(s) == 0 || len(s) > 20 {
+		return 0, false
+	}
+	var u uint64
+	for i := 0; i < len(s); i++ {
+		d := uint64(s[i] - '0')
+		if d > 9 || u > (math.MaxUint64-d)/10 {
+			return 0, false
+		}
+		u = u*10 + d
+	}
+	return u, true
+}
 
 // appendJSONString appends s as a JSON string; invalid UTF-8 is replaced by
 // U+FFFD so the output is always valid JSON.
 func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
@@ -363,19 +334,7 @@ func appendJSONString(b []byte, s string) []byte {
 			continue
 		}
 		if c < utf8.RuneSelf {
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
+			b = appendEscaped(append(b, s[start:i]...), c)
 			i++
 			start = i
 			continue
@@ -392,4 +351,21 @@ func appendJSONString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// appendEscaped appends the JSON escape of a control character, quote or
+// backslash.
+func appendEscaped(b []byte, c byte) []byte {
+	const hex = "0123456789abcdef"
+	switch c {
+	case '"', '\\':
+		return append(b, '\\', c)
+	case '\n':
+		return append(b, '\\', 'n')
+	case '\r':
+		return append(b, '\\', 'r')
+	case '\t':
+		return append(b, '\\', 't')
+	}
+	return append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 }

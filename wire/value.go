@@ -1,11 +1,8 @@
 package wire
 
 import (
-	"math"
 	"strconv"
 	"unicode/utf8"
-
-	"github.com/tidwall/gjson"
 )
 
 // Kind is the type of a row value, used when the row is put into a tree.
@@ -54,29 +51,43 @@ type Value struct {
 // TypePlain types the payload of a plain PUBLISH (SPEC §1): valid JSON text
 // becomes that JSON value, other valid UTF-8 a string, anything else bytes.
 // The JSON text "null" is typed as the string "null", because null in a tree
-// means a deleted row. An empty payload is the empty string.
-func TypePlain(payload []byte) Value {
+// means a deleted row, and so is a number beyond float64's range (1e400). An
+// empty payload is the empty string.
+//
+// JSON whose objects and arrays nest deeper than DefaultLimits().MaxDepth is
+// typed as a string: a tree could not hold it. Its bytes are delivered to
+// plain subscribers unchanged all the same. The work is one pass over the
+// payload (two if it is not JSON), and nothing is allocated but the Value's
+// copy of the payload.
+func TypePlain(payload []byte) Value { return typePlain(payload, DefaultLimits().MaxDepth) }
+
+// TypePlain is the package's TypePlain with the Decoder's depth limit.
+func (d *Decoder) TypePlain(payload []byte) Value { return typePlain(payload, d.lim.MaxDepth) }
+
+func typePlain(payload []byte, maxDepth int) Value {
 	s := string(payload)
-	return Value{Kind: plainKind(s), Data: s}
+	return Value{Kind: plainKind(s, maxDepth), Data: s}
 }
 
-func plainKind(s string) Kind {
-	if !utf8.ValidString(s) {
-		return Bytes
-	}
-	if s == "" || !gjson.Valid(s) {
+func plainKind(s string, maxDepth int) Kind {
+	if s == "" {
 		return String
 	}
-	switch r := gjson.Parse(s); r.Type {
-	case gjson.Null:
-		return String
-	case gjson.Number:
-		if math.IsInf(r.Num, 0) { // no float64 holds it: keep the text
+	if _, bad := scanJSON(s, maxDepth, nil, false); bad.what != "" {
+		if utf8.ValidString(s) {
 			return String
 		}
-	case gjson.JSON:
-		if r.IsObject() {
-			return Object
+		return Bytes
+	}
+	switch i := skipSpace(s, 0); s[i] {
+	case '{':
+		return Object
+	case 'n':
+		return String
+	case '[', '"', 't', 'f':
+	default:
+		if floatOverflows(s[i:numberEnd(s, i)]) {
+			return String
 		}
 	}
 	return JSON
