@@ -131,7 +131,7 @@ func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
 
 // plainOp is the op of a plain publish: one row, typed by SPEC §1.
 func (b *Broker) plainOp(m Message) tree.Op {
-	v := wire.TypePlain(m.Payload)
+	v := b.parser.TypePlain(m.Payload)
 	if m.Retain && len(m.Payload) == 0 {
 		v = wire.Value{}
 	}

@@ -70,6 +70,10 @@ func NewParser(lim Limits) (*Parser, error) {
 	return &Parser{dec: dec, lim: lim}, nil
 }
 
+// TypePlain types a plain payload (SPEC §1) within the Parser's depth
+// limit: JSON nested deeper is a string.
+func (ps *Parser) TypePlain(payload []byte) wire.Value { return ps.dec.TypePlain(payload) }
+
 // Op builds the Op of one PUBLISH whose topic parsed as p: a tree publish is
 // decoded and exploded, a $set becomes a SetFilter, a plain publish one row
 // typed by SPEC §1 (a retained empty payload deletes). Whole or nothing: an
@@ -103,11 +107,11 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 	case wire.PubSet:
 		op := Op{SetFilter: p.Topic, QoS: qos}
 		if len(payload) > 0 {
-			op.SetValue = wire.TypePlain(payload)
+			op.SetValue = ps.dec.TypePlain(payload)
 		}
 		return op, nil
 	}
-	v := wire.TypePlain(payload)
+	v := ps.dec.TypePlain(payload)
 	if retain && len(payload) == 0 {
 		v = wire.Value{}
 	}
