@@ -187,8 +187,8 @@ func TestWillDelay(t *testing.T) {
 		t.Helper()
 		expiry := uint32(3600)
 		cp := &paho5.Connect{ClientID: "dev", KeepAlive: 30, CleanStart: false,
-			Properties:  &paho5.ConnectProperties{SessionExpiryInterval: &expiry},
-			WillMessage: &paho5.WillMessage{Topic: "$tree/dev", Payload: []byte(`{"online":0}`), Retain: true, QoS: 1},
+			Properties:     &paho5.ConnectProperties{SessionExpiryInterval: &expiry},
+			WillMessage:    &paho5.WillMessage{Topic: "$tree/dev", Payload: []byte(`{"online":0}`), Retain: true, QoS: 1},
 			WillProperties: &paho5.WillProperties{WillDelayInterval: &delay}}
 		dial5(t, b, "dev", paho5.ClientConfig{}, cp)
 	}
@@ -441,7 +441,7 @@ func TestClientIDTakeover(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := newCollector()
-			o := paho.NewClientOptions().AddBroker("tcp://"+b.TCPAddr()).SetClientID("shared").SetUsername("bob").SetPassword("bob-pw").
+			o := paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID("shared").SetUsername("bob").SetPassword("bob-pw").
 				SetCleanSession(false).SetAutoReconnect(false).SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
 				got.add(client.Message{Topic: m.Topic()})
 			})
