@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,6 +134,54 @@ func validPackets(v byte) [][]byte {
 	if v == 5 {
 		out = append(out, enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ReasonCode: 0x18}))
 	}
+	// Hostile payloads: deep nesting in JSON and CBOR (within and far past
+	// the limit), long topics, lengths declared far beyond the bytes sent.
+	deepJSON := []byte(strings.Repeat("[", 5000) + strings.Repeat("]", 5000))
+	deepCBOR := append(bytes.Repeat([]byte{0x81}, 5000), 0x00)
+	hugeCBOR := []byte{0xa1, 0x61, 'k', 0x9b, 0, 0, 0, 1, 0, 0, 0, 0, 0} // an array of 2^32 items, none sent
+	out = append(out,
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: "deep/json", Payload: deepJSON}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 13, TopicName: "$set/deep/+", Payload: deepJSON}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 14, TopicName: "$tree/deep", Payload: []byte(strings.Repeat(`{"a":`, 40) + "1" + strings.Repeat("}", 40))}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 15, TopicName: "$tree.cbor/deep", Payload: deepCBOR}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 16, TopicName: "$tree.cbor/huge", Payload: hugeCBOR}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: strings.Repeat("long/", 2000), Payload: []byte("1")}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 17, Filters: packets.Subscriptions{{Filter: "$sync/" + strings.Repeat("x/", 3000) + "#"}}}),
+		append([]byte{0x30}, varint(60<<20)...), // a PUBLISH declaring 60 MiB
+	)
+	return out
+}
+
+// willConnects are CONNECT packets with hostile wills: Mote's and $SYS
+// prefixes, a deep tree, a delayed $set.
+func willConnects(v byte, id string) [][]byte {
+	var out [][]byte
+	for _, w := range []struct {
+		topic, payload string
+		delay          uint32
+	}{
+		{"$tree/dev", `{"online":0}`, 0},
+		{"$set/+/x", "0", 1},
+		{"$SYS/broker/version", "forged", 0},
+		{"$sync/a/#", "{}", 0},
+		{"deep/will", strings.Repeat("[", 3000) + strings.Repeat("]", 3000), 0},
+		{"$tree.cbor/w", string(append(bytes.Repeat([]byte{0xa1, 0x61, 'k'}, 40), 0x01)), 0},
+	} {
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: v,
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id,
+				WillFlag: true, WillTopic: w.topic, WillPayload: []byte(w.payload), WillQos: 1, WillRetain: true},
+		}
+		if v == 5 {
+			pk.Connect.WillProperties.WillDelayInterval = w.delay
+		}
+		var buf bytes.Buffer
+		if err := pk.ConnectEncode(&buf); err != nil {
+			panic(err)
+		}
+		out = append(out, buf.Bytes())
+	}
 	return out
 }
 
@@ -233,7 +282,16 @@ func TestMutatedPackets(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				burst := connectPacket(v, fmt.Sprint("m", w, "-", sent.Load()))
+				id := fmt.Sprint("m", w, "-", sent.Load())
+				burst := connectPacket(v, id)
+				if r.IntN(4) == 0 { // a CONNECT with a hostile will, sometimes mutated too
+					wills := willConnects(v, id)
+					burst = wills[r.IntN(len(wills))]
+					if r.IntN(2) == 0 {
+						burst = mutate(r, burst)
+					}
+					burst = append([]byte(nil), burst...)
+				}
 				for range perConn {
 					burst = append(burst, mutate(r, seeds[v][r.IntN(len(seeds[v]))])...)
 				}
@@ -274,18 +332,23 @@ func TestMutatedPackets(t *testing.T) {
 }
 
 // FuzzBroker drives the whole broker: a CONNECT (MQTT 3.1.1 or 5) followed
-// by arbitrary bytes on one connection. The broker must stay up and serve
-// a fresh client afterwards.
+// by arbitrary bytes on one connection — or, when v says so, bytes that
+// start with a CONNECT of their own (wills). The broker must stay up and
+// serve a fresh client afterwards.
 func FuzzBroker(f *testing.F) {
 	for _, v := range []byte{4, 5} {
 		for _, p := range validPackets(v) {
 			f.Add(v, p)
+		}
+		for _, w := range willConnects(v, "fuzz") {
+			f.Add(v+2, append(w, validPackets(v)[0]...))
 		}
 	}
 	f.Add(byte(5), []byte{0x82, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61}) // mochi's SubscribeDecode panic
 	b := start(f, Options{})
 	n := 0
 	f.Fuzz(func(t *testing.T, v byte, data []byte) {
+		ownConnect := v%4 >= 2
 		v = 4 + v%2
 		c, err := net.Dial("tcp", b.TCPAddr())
 		if err != nil {
@@ -293,7 +356,10 @@ func FuzzBroker(f *testing.F) {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(20 * time.Millisecond))
-		c.Write(append(connectPacket(v, "fuzz"), data...))
+		if !ownConnect {
+			data = append(connectPacket(v, "fuzz"), data...)
+		}
+		c.Write(data)
 		buf := make([]byte, 4096)
 		for {
 			if _, err := c.Read(buf); err != nil {
