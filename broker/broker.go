@@ -40,6 +40,11 @@ type Broker struct {
 	tcp, tls *tcpListener
 	ws, wss  *wsListener
 
+	rawMu     sync.Mutex            // guards raw and rawClosed
+	raw       map[*netConn]struct{} // connections being served
+	rawClosed bool                  // Close has begun: no new connection is served
+	sessions  sync.WaitGroup        // connections being served
+
 	loopDone chan struct{}
 	stop     chan struct{}  // closed by Close: stops the $SYS ticker
 	writers  sync.WaitGroup // per-connection writers
@@ -95,6 +100,7 @@ func New(opts Options) (*Broker, error) {
 		props:    map[string]packets.Properties{},
 		loopDone: make(chan struct{}),
 		stop:     make(chan struct{}),
+		raw:      map[*netConn]struct{}{},
 	}
 	b.wills = wills{b: b, delayed: map[string]*will{}}
 	b.server = mqtt.New(&mqtt.Options{
@@ -261,19 +267,15 @@ func (b *Broker) shutdown() error {
 		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown) // mochi then runs OnWill and OnDisconnect
 		return true
 	})
-	// mochi's Close waits for every client goroutine; one stuck in a
-	// handshake must not hold the shutdown forever.
+	b.closeConns() // and those still in their handshake
+	waitTimeout(&b.sessions, 5*time.Second)
+	// Every session has ended: mochi's Close cannot race a new one.
 	closed := make(chan struct{})
 	go func() { b.server.Close(); close(closed) }()
 	select {
 	case <-closed:
 	case <-time.After(5 * time.Second):
 		b.log.Warn().Msg("mochi did not stop within 5 s; going on")
-	}
-	for _, l := range []*tcpListener{b.tcp, b.tls} {
-		if l != nil {
-			waitTimeout(&l.wg, 5*time.Second)
-		}
 	}
 	b.wills.close()
 	b.tickers.Wait()

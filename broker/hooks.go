@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -325,6 +326,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			continue
 		}
 		if sf.Mode != wire.Plain {
+			h.b.dropOtherForms(cl, f.Filter, sf)
 			h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier)
 			continue
 		}
@@ -347,33 +349,38 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
 }
 
 // OnUnsubscribe removes tree subscriptions: a filter F also names the
-// property-form tree subscriptions to F, under their internal filters.
+// property-form tree subscriptions to F, under their internal filters. mochi
+// answers one reason code per filter as sent, so the first internal filter
+// found takes F's place and any other is removed here.
 func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	c := h.conn(cl)
 	if c == nil {
 		return pk
 	}
 	var topics []string
-	var filters []packets.Subscription
-	for _, f := range pk.Filters {
+	filters := make([]packets.Subscription, len(pk.Filters))
+	copy(filters, pk.Filters)
+	for i := range filters {
+		f := &filters[i]
 		asSent := f.Filter
 		if sf, err := wire.ParseSubscribe(asSent); err == nil && sf.Mode != wire.Plain {
 			topics = append(topics, asSent)
-			filters = append(filters, f)
 			continue
 		}
-		found := false
+		_, replaced := cl.State.Subscriptions.Get(asSent) // a plain subscription to F keeps F's place
 		for _, internal := range propFilters(asSent) {
-			if _, ok := cl.State.Subscriptions.Get(internal); ok {
-				g := f
-				g.Filter = internal
-				filters = append(filters, g)
-				topics = append(topics, asSent)
-				found = true
+			if _, ok := cl.State.Subscriptions.Get(internal); !ok {
+				continue
 			}
-		}
-		if !found {
-			filters = append(filters, f)
+			topics = append(topics, asSent)
+			if !replaced {
+				f.Filter, replaced = internal, true
+				continue
+			}
+			if h.b.server.Topics.Unsubscribe(internal, cl.ID) {
+				atomic.AddInt64(&h.b.server.Info.Subscriptions, -1)
+			}
+			cl.State.Subscriptions.Delete(internal)
 		}
 	}
 	pk.Filters = filters
@@ -429,6 +436,28 @@ func (h *hook) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
 
 // OnQosDropped: see OnQosComplete.
 func (h *hook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) { h.OnQosComplete(cl, packets.Packet{}) }
+
+// dropOtherForms removes from mochi the other property-form tree
+// subscriptions to the same filter: their messages go to the same topic,
+// so the tree core keeps one subscription per topic, and the newest
+// replaces the others — in mochi too, or a resumed session would bring
+// them back.
+func (b *Broker) dropOtherForms(cl *mqtt.Client, internal string, sf wire.Subscription) {
+	if outgoingTopic(internal, sf) == internal {
+		return // prefix form: its own topic
+	}
+	for _, other := range propFilters(sf.Filter) {
+		if other == internal {
+			continue
+		}
+		if _, ok := cl.State.Subscriptions.Get(other); ok {
+			if b.server.Topics.Unsubscribe(other, cl.ID) {
+				atomic.AddInt64(&b.server.Info.Subscriptions, -1)
+			}
+			cl.State.Subscriptions.Delete(other)
+		}
+	}
+}
 
 // subscribeTree hands a tree subscription mochi granted to the loop.
 func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos byte, id int) {

@@ -716,3 +716,89 @@ func TestErrorReportsForAnyID(t *testing.T) {
 		t.Errorf("another client read %d reports", len(other.msgs))
 	}
 }
+
+// TestUnsubscribePropertyForms: a mote=tree subscription to F replaces a
+// mote=sync one (both publish on F), in mochi's session too; UNSUBSCRIBE
+// of F removes it with one reason code. A ghost used to stay in mochi and
+// come back with a resumed session.
+func TestUnsubscribePropertyForms(t *testing.T) {
+	b := start(t, Options{})
+	ctx := testCtx(t)
+	expiry := uint32(600)
+	cp := &paho5.Connect{CleanStart: true, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}}
+	c := dial5(t, b, "props", paho5.ClientConfig{}, cp)
+	for _, mode := range []string{"sync", "tree"} {
+		if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "a/+"}},
+			Properties: &paho5.SubscribeProperties{User: paho5.UserProperties{{Key: "mote", Value: mode}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitTreeSubs(t, b, 1)
+	cl := b.connOf(t, "props").out.(mqttOut).cl
+	if n := cl.State.Subscriptions.Len(); n != 1 {
+		t.Errorf("%d subscriptions in the session, want 1: %v", n, cl.State.Subscriptions.GetAll())
+	}
+	ack, err := c.Unsubscribe(ctx, &paho5.Unsubscribe{Topics: []string{"a/+"}})
+	if err != nil || len(ack.Reasons) != 1 || ack.Reasons[0] != 0 {
+		t.Fatalf("UNSUBACK %+v, %v", ack, err)
+	}
+	waitTreeSubs(t, b, 0)
+	if n := cl.State.Subscriptions.Len(); n != 0 {
+		t.Errorf("%d subscriptions left in the session: %v", n, cl.State.Subscriptions.GetAll())
+	}
+}
+
+// TestStartFailureCloses: a broker whose listener cannot bind closes at
+// once (no wait for a loop that never started) and lets go of its store.
+func TestStartFailureCloses(t *testing.T) {
+	first := start(t, Options{})
+	dir := t.TempDir()
+	st, err := retain.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Options{TCP: first.TCPAddr(), WS: "off", Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err == nil {
+		t.Fatal("started on a busy port")
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Close() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close after a failed Start took more than 5 s")
+	}
+	again, err := retain.Open(dir) // bbolt's lock is free again
+	if err != nil {
+		t.Fatalf("the store is still held: %v", err)
+	}
+	again.Close()
+}
+
+// failingStore refuses every commit.
+type failingStore struct{ retain.RowStore }
+
+func (failingStore) Commit([]retain.Change) ([]retain.Rejected, error) {
+	return nil, errors.New("disk on fire")
+}
+func (failingStore) Load(func(retain.Row) error) error { return nil }
+func (failingStore) Close() error                      { return nil }
+
+// TestCloseReportsLostRows: when the last commit fails, Close says so
+// (mote broker then exits non-zero); it used to return nil.
+func TestCloseReportsLostRows(t *testing.T) {
+	b, err := New(Options{TCP: "127.0.0.1:0", WS: "off", Store: failingStore{}, Retain: retain.Options{Interval: time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	loadRow(b, "lost/row", "1")
+	if err := b.Close(); err == nil || !errors.Is(err, retain.ErrLost) {
+		t.Errorf("Close: %v, want the rows reported lost", err)
+	}
+}

@@ -27,6 +27,11 @@ import (
 // netConn first.
 func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
 	nc := b.wrap(c)
+	if !b.track(nc) {
+		c.Close() // the broker is closing
+		return
+	}
+	defer b.untrack(nc)
 	defer func() {
 		if r := recover(); r != nil {
 			b.log.Error().Str("listener", id).Str("remote", c.RemoteAddr().String()).
@@ -37,6 +42,37 @@ func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
 	}()
 	if err := establish(id, nc); err != nil && !errors.Is(err, io.EOF) {
 		b.log.Debug().Str("listener", id).Str("remote", c.RemoteAddr().String()).Err(err).Msg("connection ended")
+	}
+}
+
+// track files a connection that is about to be served, so Close can end
+// it even before its session exists; false once the broker is closing.
+func (b *Broker) track(nc *netConn) bool {
+	b.rawMu.Lock()
+	defer b.rawMu.Unlock()
+	if b.rawClosed {
+		return false
+	}
+	b.raw[nc] = struct{}{}
+	b.sessions.Add(1)
+	return true
+}
+
+func (b *Broker) untrack(nc *netConn) {
+	b.rawMu.Lock()
+	delete(b.raw, nc)
+	b.rawMu.Unlock()
+	b.sessions.Done()
+}
+
+// closeConns closes every connection being served: each session ends,
+// wills fire, and no new one starts.
+func (b *Broker) closeConns() {
+	b.rawMu.Lock()
+	defer b.rawMu.Unlock()
+	b.rawClosed = true
+	for nc := range b.raw {
+		nc.Close()
 	}
 }
 
@@ -178,7 +214,6 @@ type tcpListener struct {
 	tls      *tls.Config // nil for plain TCP
 	b        *Broker
 	ln       net.Listener
-	wg       sync.WaitGroup
 }
 
 func (l *tcpListener) ID() string { return l.id }
@@ -232,11 +267,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true) //nolint:errcheck // Nagle off is the default; keep it so
 		}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			l.b.guard(l.id, c, establish)
-		}()
+		go l.b.guard(l.id, c, establish)
 	}
 }
 

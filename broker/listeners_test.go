@@ -41,7 +41,7 @@ func TestAcceptRetries(t *testing.T) {
 	server, client := net.Pipe()
 	defer client.Close()
 	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
-	b := &Broker{opts: Options{ConnectTimeout: time.Second, MaxConnectSize: 1024, WriteTimeout: time.Second}, log: zerolog.Nop()}
+	b := &Broker{opts: Options{ConnectTimeout: time.Second, MaxConnectSize: 1024, WriteTimeout: time.Second}, log: zerolog.Nop(), raw: map[*netConn]struct{}{}}
 	l := &tcpListener{id: "t", b: b, ln: &flakyListener{errs: []error{emfile, emfile, emfile}, conn: server}}
 	got := make(chan net.Conn, 1)
 	done := make(chan struct{})

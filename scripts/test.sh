@@ -31,8 +31,8 @@ if ! go test -race -count=1 -timeout 8m ./... 2>&1 | tee "$log"; then
 fi
 rm -f "$log"
 
-echo "== go test (what -race skips: 10,000 connections)"
-go test -count=1 -timeout 3m -run '^TestTenThousandConnections$' -v ./broker/ | grep -E '^(---|ok|FAIL)|KiB each'
+echo "== go test (what -race skips or shrinks: 10,000 connections, 100,000-message fan-in)"
+go test -count=1 -timeout 3m -run '^(TestTenThousandConnections|TestFanInQoS0NoDrops)$' -v ./broker/ | grep -E '^(---|ok|FAIL)|KiB each|messages in'
 
 echo "== fuzz ($fuzztime per target)"
 for pkg in $(go list ./...); do

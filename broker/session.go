@@ -1,0 +1,167 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// Session is a subscriber of the broker that is not an MQTT connection: an
+// HTTP event stream, a translator, a cluster peer, a test. It acts as its
+// Principal (the same ACL, limits and refusals as an MQTT client) and gets
+// its messages through the same queue and writer as an MQTT client: in
+// order, one at a time, on the session's own goroutine.
+type Session struct {
+	b *Broker
+	c *conn
+
+	mu     sync.Mutex
+	plain  map[string]bool // plain filters, as filed in mochi's index
+	trees  map[string]bool // tree filters, as subscribed
+	closed bool
+}
+
+// Delivery is one message to a Session: a plain publish (a retained row
+// replayed on subscribing has Retain set), or a tree message with its
+// MQTT 5 properties (mote-seq, mote-part, Content Type).
+type Delivery struct {
+	Topic      string
+	Payload    []byte
+	QoS        byte
+	Retain     bool
+	Properties packets.Properties
+}
+
+// Seq is a tree message's mote-seq (0 for a snapshot), -1 for other
+// messages.
+func (d *Delivery) Seq() int64 {
+	if v, ok := userProp(d.Properties.User, "mote-seq"); ok {
+		var n int64
+		if _, err := fmt.Sscan(v, &n); err == nil {
+			return n
+		}
+	}
+	return -1
+}
+
+// Open starts a session acting as p; fn receives its messages until
+// Close. A slow fn holds its queue, which the slow-client policy bounds as
+// for any client.
+func (b *Broker) Open(p Principal, fn func(Delivery)) *Session {
+	s := &Session{b: b, plain: map[string]bool{}, trees: map[string]bool{}}
+	out := &funcOut{fn: fn}
+	s.c = newConn(b, p, "", true, out)
+	out.s = s
+	b.byID.Store(s.c.id, s.c)
+	return s
+}
+
+// Subscribe subscribes the session to a filter, as an MQTT SUBSCRIBE
+// would: "$sync/F" or "$tree/F" (with options, SPEC §2) for a tree, any
+// other filter for plain messages (the matching retained rows first). It
+// returns once the subscription is in place: every publish made after it
+// reaches the session. A refused filter is a *Refusal.
+func (s *Session) Subscribe(filter string, qos byte) error {
+	b, c := s.b, s.c
+	sf, err := parseFilter(filter, wire.Subscription{})
+	if err == nil {
+		err = b.opts.Limits.CheckTopic(sf.Filter)
+	}
+	if err != nil {
+		return b.refusal(c.p, "subscribe", filter, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return b.refusal(c.p, "subscribe", filter, errShutdown)
+	case !s.plain[filter] && !s.trees[filter] && len(s.plain)+len(s.trees) >= b.opts.MaxSubscriptions:
+		return b.refusal(c.p, "subscribe", filter, errQuotaf("more than %d subscriptions", b.opts.MaxSubscriptions))
+	}
+	qos = min(qos, 2)
+	if sf.Mode != wire.Plain {
+		s.trees[filter] = true
+		b.subscribeTree(c, filter, sf, qos, 0)
+		if err := b.Sync(context.Background()); err != nil { // registered: the loop took the request
+			return b.refusal(c.p, "subscribe", filter, err)
+		}
+		return nil
+	}
+	if !b.access.canSubscribe(c.p, filter) {
+		return b.refusal(c.p, "subscribe", filter, fmt.Errorf("%w: subscribe to %.200q", tree.ErrDenied, filter))
+	}
+	if b.server.Topics.Subscribe(c.id, packets.Subscription{Filter: filter, Qos: qos}) {
+		atomic.AddInt64(&b.server.Info.Subscriptions, 1)
+	}
+	s.plain[filter] = true
+	if !mqtt.IsSharedFilter(filter) {
+		c.enqueueToken(&replayItem{filter: filter, qos: qos})
+	}
+	return nil
+}
+
+// Unsubscribe ends the session's subscription to filter, as subscribed.
+func (s *Session) Unsubscribe(filter string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unsubscribeLocked(filter)
+}
+
+func (s *Session) unsubscribeLocked(filter string) {
+	b := s.b
+	if s.plain[filter] {
+		delete(s.plain, filter)
+		if b.server.Topics.Unsubscribe(filter, s.c.id) {
+			atomic.AddInt64(&b.server.Info.Subscriptions, -1)
+		}
+	}
+	if s.trees[filter] {
+		delete(s.trees, filter)
+		b.reqs.push(request{kind: reqUnsubscribe, owner: s.c.key, topics: []string{filter}})
+	}
+}
+
+// Publish publishes m as the session's principal (Broker.Publish).
+func (s *Session) Publish(ctx context.Context, m Message) error {
+	return s.b.Publish(ctx, s.c.p, m)
+}
+
+// Close ends the session: its subscriptions go, its queue is dropped.
+func (s *Session) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	for f := range s.plain {
+		s.unsubscribeLocked(f)
+	}
+	s.trees = map[string]bool{}
+	b := s.b
+	b.byID.CompareAndDelete(s.c.id, s.c)
+	s.c.close()
+	b.reqs.push(request{kind: reqDetach, owner: s.c.key})
+}
+
+// funcOut is a session's endpoint: its callback.
+type funcOut struct {
+	fn func(Delivery)
+	s  *Session
+}
+
+func (o *funcOut) send(_ *conn, pk packets.Packet) error {
+	o.fn(Delivery{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties})
+	return nil
+}
+
+func (o *funcOut) maxPacket() uint32 { return 0 }
+
+func (o *funcOut) stop(error) { go o.s.Close() } // not on the writer: Close waits for nothing, but keep the writer free
