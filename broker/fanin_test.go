@@ -35,7 +35,7 @@ func TestFanInQoS0NoDrops(t *testing.T) {
 	}
 	defer sub.Disconnect(0)
 	waitTok(t, "subscribe", sub.Subscribe("fan/#", 0, func(paho.Client, paho.Message) { got.Add(1) }))
-	pubs, each := 10, 10_000
+	pubs, each := int64(10), int64(10_000)
 	if raceEnabled {
 		each = 3_000 // the detector makes it 5× slower; scripts/test.sh runs it whole without
 	}
