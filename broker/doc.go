@@ -1,40 +1,89 @@
-// Package broker is Mote's MQTT broker: mochi-mqtt as the protocol engine,
-// and the glue that routes the Mote extension (SPEC.md) through the tree
-// core. It is the only package that imports mochi.
+// Package broker is Mote's MQTT broker: mochi-mqtt parses MQTT and keeps
+// sessions, and the broker routes everything else through one door, one
+// message loop and one delivery path. It is the only package that imports
+// mochi.
 //
-// # Data path
+// # The door
 //
-// Plain subscriptions and non-retained plain publishes stay on mochi's own
-// path. Everything that changes or reads rows goes through one message
-// loop goroutine, which owns the tree.Tree:
+// Every publish enters through Broker.publish on behalf of a Principal
+// (user and client id): MQTT clients (the hooks in hooks.go), wills when
+// they fire, the broker's own error reports and $SYS counters, Sessions
+// (front ends that are not MQTT: HTTP, translators, cluster peers, tests)
+// and Broker.Publish. There, and only there, a publish is checked: Mote's,
+// $SYS and $mote prefixes, topic length and levels, the ACL (access.go; per
+// row for trees, SPEC §6), and decoded into a tree.Op on the caller's
+// goroutine. A plain event is then delivered at once; anything that
+// changes rows goes to the message loop. Subscriptions enter through the
+// MQTT hooks or Session.Subscribe; Broker.Tree reads a tree; Broker.Sync
+// is a barrier.
 //
-//   - $tree/… and $set/… publishes are decoded and exploded on the
-//     publisher's connection goroutine (hook OnPacketRead), then handed to
-//     the loop as an op; mochi acknowledges them without delivering them.
-//   - Plain retained publishes are handed to the loop too, which stores the
-//     row and then gives the packet back to mochi (retain and deliver), so
-//     the loop is the only writer of both retained views and they cannot
-//     disagree.
-//   - The loop drains whatever is waiting into one batch, applies it, gives
-//     the rows of tree publishes to mochi for plain subscribers, and queues
-//     each folded delta for its subscribers.
-//   - $sync/… and $tree/… subscriptions are handed to the loop just before
-//     mochi writes the SUBACK (hook OnSubscribed); the connection's writer
-//     is held until the SUBACK is out (hook OnPacketProcessed), so the
-//     snapshot follows it and no publish made after it is missed.
+// # The message loop
 //
-// # Concurrency
+// One goroutine (loop.go) owns the tree core (tree.Tree: rows and tree
+// subscriptions), every tree subscription's state (treeSub: mote-seq, the
+// snapshot it awaits, the events held meanwhile, the delta it folds into)
+// and the MQTT 5 properties of retained rows. It takes whatever waits in
+// its inbox as one batch, applies it, hands the row changes to the
+// retainer (which never makes it wait), delivers applied rows to plain
+// subscribers, and queues one delta per tree subscription. Writers reach
+// it with calls (onLoop) for what only it may read: a snapshot, a page of
+// retained rows, a folded delta to encode.
 //
-// Each connection with tree subscriptions has a bounded queue and a writer
-// goroutine that writes tree messages with real MQTT semantics: packet ids
-// and in-flight entries from mochi's exported client state, so QoS 1 and 2
-// deliveries are acknowledged, and resent when a persistent session comes
-// back. The loop never waits on a client: a full queue drops (counted, and
-// visible as a gap in mote-seq) or disconnects, per Options.SlowClient.
+// # One delivery path
+//
+// Every message to a client — plain publishes, retained replays, snapshots,
+// deltas, error reports — goes through its connection's queue (queue.go:
+// typed items, bounded in bytes) and its one writer goroutine (writer.go),
+// which takes packet ids and in-flight slots from mochi's client state in
+// one place (takeInflight), waits for in-flight room on mochi's ack hooks,
+// skips what exceeds the client's Maximum Packet Size, and closes the
+// connection when a write fails or passes its deadline. A snapshot or a
+// retained replay is a token in the queue: the loop makes it when the
+// writer reaches it, so a client holds one at a time. A delta waiting in
+// the queue takes in the next ones of its subscription (folding). A full
+// queue makes a publisher wait at most PublishWait, never the loop; then
+// the slow-client policy applies.
+//
+// # What replaces mochi, and why
+//
+//   - Delivery (mochi's publishToSubscribers, its client outbound queue and
+//     retained replay): mochi drops what does not fit a fixed queue, keeps
+//     no byte bound, replays from its own retained index (which copies
+//     itself every second to expire rows) and cannot send trees. Mochi's
+//     topic index still matches plain subscriptions, and its client state
+//     keeps sessions, subscriptions and in-flight messages.
+//   - Retained messages: rows live once, in the tree core; mochi's retained
+//     index is kept empty (OnRetainMessage).
+//   - Wills (OnWill): mochi publishes a will before it looks at the Will
+//     Delay Interval, without an ACL check, past Mote's prefixes.
+//   - Authentication (OnConnect): a refused will, keep-alive or client id
+//     needs its own CONNACK reason code, decided before mochi answers.
+//   - $SYS: mochi publishes it straight into its index and queues; the
+//     broker publishes the same counters and its own through the door.
+//   - Listeners (listeners.go): connections are wrapped before mochi reads
+//     them (CONNECT deadline and size cap, DISCONNECT 0x95, write deadlines,
+//     panic recovery, WebSocket origin check).
+//
+// # Goroutines and owners
+//
+//	goroutine                    owner                          stops when
+//	mochi read loop (per client) mochi; guard() recovers it      connection closes
+//	message loop                 Broker                         Close closes its inbox, after the sessions end
+//	writer (per connection)      conn                           its queue closes (connection ends, or Close)
+//	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
+//	$SYS ticker                  Broker                         Close
+//	delayed will timers          wills                          fired, cancelled by a reconnect, or Close
+//
+//	state                               owner
+//	tree.Tree, treeSub, props           the message loop
+//	outQueue items and byte count       the queue's mutex; a taken item is its writer's
+//	conn.will, pending publish topic    the connection's read goroutine
+//	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //
 // # Caveats
 //
 // Retained rows never expire (SPEC §1): the MQTT 5 Message Expiry Interval
 // of a retained publish is not applied to the row. Topic aliases cannot
-// name a Mote topic.
+// name a Mote topic. Delayed wills still waiting when the broker stops are
+// not published.
 package broker
