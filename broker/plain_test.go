@@ -35,6 +35,7 @@ func TestPlain311Retained(t *testing.T) {
 	pub.pub(t, "r/b", 2, true, "2")
 	pub.pub(t, "r/b", 0, true, "") // deletes r/b
 	pub.pub(t, "r/c", 0, false, "not retained")
+	pub.pub(t, "r/c", 1, false, "not retained") // acknowledged: every publish before it is in too
 	settle(t, b)
 	sub := dial3(t, b, "sub", true)
 	sub.sub(t, "r/+", 2)
