@@ -17,11 +17,28 @@ type Principal struct {
 // systemPrincipal is the broker's own.
 var systemPrincipal = Principal{ClientID: "$mote", system: true}
 
-// access is the one place that decides who may read and write what: the
-// ACL file (if any) and the broker's own rules around it. Every front end
-// reaches it through the door; nothing else calls the ACL.
+// access is the one boundary where the broker decides who may connect and
+// what they may read and write: the password file, anonymous access, the
+// ACL file, and the broker's own rules around them. Every front end
+// reaches it through the door; nothing else reads the files.
 type access struct {
-	acl *auth.ACL
+	users     *auth.Users // nil: nobody is authenticated
+	acl       *auth.ACL   // nil: everything is allowed
+	anonymous bool        // clients without a username may connect
+}
+
+// authenticate checks a username and password against the password file;
+// a client without a username needs anonymous access. Without a password
+// file nobody is authenticated: a username is taken as given (the broker
+// then listens on loopback only, unless anonymous access is allowed).
+func (a access) authenticate(user string, password []byte, hasUser bool) bool {
+	switch {
+	case a.users == nil:
+		return true
+	case !hasUser || user == "":
+		return a.anonymous
+	}
+	return a.users.Check(user, string(password))
 }
 
 func (a access) client(p Principal) auth.Client { return auth.Client{User: p.User, ID: p.ClientID} }

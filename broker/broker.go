@@ -94,7 +94,7 @@ func New(opts Options) (*Broker, error) {
 		opts:     opts,
 		log:      opts.Log,
 		parser:   parser,
-		access:   access{acl: opts.ACL},
+		access:   access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous},
 		tree:     tree.New(),
 		reqs:     newRequestQueue(opts.LoopQueue),
 		props:    map[string]packets.Properties{},
@@ -345,20 +345,6 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	case <-done:
 	case <-time.After(d):
 	}
-}
-
-// authenticate checks a username and password against the password
-// file; a client without a username needs anonymous access. Without a
-// password file nobody is authenticated: a username is taken as given
-// (the broker then listens on loopback only, unless AllowAnonymous).
-func (b *Broker) authenticate(user string, password []byte, hasUser bool) bool {
-	switch {
-	case b.opts.Users == nil:
-		return true
-	case !hasUser || user == "":
-		return b.opts.AllowAnonymous
-	}
-	return b.opts.Users.Check(user, string(password))
 }
 
 // connPanicked cleans up after a connection whose goroutine panicked: mochi

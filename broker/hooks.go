@@ -61,7 +61,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		b.server.SendConnack(cl, code, false, nil) //nolint:errcheck // the connection closes either way
 		return code
 	}
-	if !b.authenticate(p.User, pk.Connect.Password, pk.Connect.UsernameFlag) {
+	if !b.access.authenticate(p.User, pk.Connect.Password, pk.Connect.UsernameFlag) {
 		return refuse(packets.ErrBadUsernameOrPassword, "authentication failed")
 	}
 	if max := b.opts.MaxKeepAlive; max > 0 && (cl.State.Keepalive > max || cl.State.Keepalive == 0) {
