@@ -34,8 +34,12 @@ type Broker struct {
 }
 
 // Mote is `mote broker` from the binary bin, persistence on.
-func Mote(bin string) *Broker {
-	return &Broker{Name: "mote", Tree: true, args: func(addr, dir string) ([]string, error) {
+func Mote(bin string) *Broker { return MoteAs("mote", bin) }
+
+// MoteAs is `mote broker` from another binary under another name: an
+// earlier build, measured side by side with this one.
+func MoteAs(name, bin string) *Broker {
+	return &Broker{Name: name, Tree: true, args: func(addr, dir string) ([]string, error) {
 		return []string{bin, "broker", "--tcp", addr, "--ws", "off", "--data", dir, "--log-level", "warn"}, nil
 	}}
 }

@@ -67,7 +67,7 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 		}
 		for round := 1; round <= cfg.Rounds; round++ {
 			for _, b := range cfg.Brokers {
-				if sc.variant != "plain" && !strings.HasPrefix(sc.variant, "qos") && !b.Tree {
+				if !sc.everywhere && !b.Tree {
 					continue // tree and sync variants are Mote's
 				}
 				if ctx.Err() != nil {
@@ -196,6 +196,10 @@ type Ratio struct {
 	What                         string
 }
 
+// Baseline names an earlier Mote build run beside this one (mote bench
+// -baseline BIN): its ratios compare the same variant.
+const Baseline = "mote-base"
+
 // Ratios pairs Mote's best variant of each scenario with every other
 // broker's plain run of the same round: the value (speed or size) and,
 // where it says more, broker CPU and messages.
@@ -216,12 +220,12 @@ func Ratios(runs []Run) []Ratio {
 	}
 	var out []Ratio
 	for _, sc := range scenarios() {
-		if sc.variant == "plain" && hasVariant(sc.name) || strings.HasPrefix(sc.variant, "qos") && sc.variant != "qos0" {
+		if sc.noRatio {
 			continue
 		}
-		for _, other := range []string{"mochi", "mosquitto"} {
+		for _, other := range []string{"mochi", "mosquitto", Baseline} {
 			otherVariant := sc.variant
-			if !strings.HasPrefix(sc.variant, "qos") {
+			if !sc.everywhere && other != Baseline {
 				otherVariant = "plain"
 			}
 			for _, what := range []string{"value", "cpu", "msgs"} {
@@ -261,15 +265,6 @@ func Ratios(runs []Run) []Ratio {
 		}
 	}
 	return out
-}
-
-func hasVariant(name string) bool {
-	for _, sc := range scenarios() {
-		if sc.name == name && sc.variant != "plain" && !strings.HasPrefix(sc.variant, "qos") {
-			return true
-		}
-	}
-	return false
 }
 
 // RatioTable writes the ratios.

@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,20 +26,22 @@ type Sizes struct {
 	LiveRate                int // row changes per second
 	LiveFor                 time.Duration
 	LatRate, LatCount       int // latency: publishes per second, count
+	StallPubs, StallEach    int // stalled subscriber: publishers, QoS 1 messages each
+	StallSubs               int // healthy subscribers beside the stalled one
 }
 
 // DefaultSizes are the sizes (a full run fits in 10 minutes here).
 func DefaultSizes() Sizes {
 	return Sizes{FanInPubs: 100, FanInEach: 1000, FanOutSubs: 1000, FanOutMsgs: 100, Rows: 100_000,
 		Devices: 10_000, DeviceRows: 50, Dashboards: 500, LiveDevices: 10_000, LiveRate: 1000, LiveFor: 3 * time.Second,
-		LatRate: 1000, LatCount: 3000}
+		LatRate: 1000, LatCount: 3000, StallPubs: 10, StallEach: 2000, StallSubs: 5}
 }
 
 // SmokeSizes run every scenario in seconds, so the suite cannot rot.
 func SmokeSizes() Sizes {
 	return Sizes{FanInPubs: 5, FanInEach: 100, FanOutSubs: 20, FanOutMsgs: 20, Rows: 2000,
 		Devices: 100, DeviceRows: 50, Dashboards: 5, LiveDevices: 200, LiveRate: 500, LiveFor: time.Second,
-		LatRate: 500, LatCount: 200}
+		LatRate: 500, LatCount: 200, StallPubs: 2, StallEach: 200, StallSubs: 2}
 }
 
 // outcome is what one run of a scenario measured.
@@ -50,27 +54,45 @@ type outcome struct {
 	extra map[string]float64
 }
 
-// scenario is one benchmark; variant "plain" runs on every broker, "tree"
-// and "sync" on Mote only.
+// scenario is one benchmark. A scenario runs on every broker when it is
+// plain MQTT (everywhere), and its ratios compare the same variant on each
+// broker; the Mote-only variants (trees, sync) are compared with the other
+// brokers' "plain" variant of the same scenario.
 type scenario struct {
 	name, variant, unit string
 	higherBetter        bool
+	everywhere          bool // plain MQTT: every broker runs it
+	noRatio             bool // no ratio line (a variant measured for itself)
 	run                 func(ctx context.Context, addr string, s Sizes) (outcome, error)
 }
 
 func scenarios() []scenario {
 	return []scenario{
-		{"fan-in", "qos0", "msgs/s", true, func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 0) }},
-		{"fan-in", "qos1", "msgs/s", true, func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 1) }},
-		{"fan-out", "qos0", "msgs/s", true, fanOut},
-		{"dashboard", "plain", "s", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return dashboard(ctx, a, s, false) }},
-		{"dashboard", "sync", "s", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return dashboard(ctx, a, s, true) }},
-		{"boot-storm", "plain", "s", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return bootStorm(ctx, a, s, false) }},
-		{"boot-storm", "tree", "s", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return bootStorm(ctx, a, s, true) }},
-		{"live-dashboard", "plain", "msgs", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, false) }},
-		{"live-dashboard", "sync", "msgs", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, true) }},
-		{"latency", "plain", "p50-µs", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, false) }},
-		{"latency", "tree", "p50-µs", false, func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, true) }},
+		{name: "fan-in", variant: "qos0", unit: "msgs/s", higherBetter: true, everywhere: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 0) }},
+		{name: "fan-in", variant: "qos1", unit: "msgs/s", higherBetter: true, everywhere: true, noRatio: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 1) }},
+		{name: "fan-out", variant: "qos0", unit: "msgs/s", higherBetter: true, everywhere: true, run: fanOut},
+		{name: "dashboard", variant: "plain", unit: "s", everywhere: true, noRatio: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return dashboard(ctx, a, s, false) }},
+		{name: "dashboard", variant: "sync", unit: "s",
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return dashboard(ctx, a, s, true) }},
+		{name: "boot-storm", variant: "plain", unit: "s", everywhere: true, noRatio: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return bootStorm(ctx, a, s, false) }},
+		{name: "boot-storm", variant: "tree", unit: "s",
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return bootStorm(ctx, a, s, true) }},
+		{name: "live-dashboard", variant: "plain", unit: "msgs", everywhere: true, noRatio: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, false) }},
+		{name: "live-dashboard", variant: "sync", unit: "msgs",
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, true) }},
+		{name: "latency", variant: "plain", unit: "p50-µs", everywhere: true, noRatio: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, false) }},
+		{name: "latency", variant: "tree", unit: "p50-µs",
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, true) }},
+		{name: "stalled-sub", variant: "healthy", unit: "pubs/s", higherBetter: true, everywhere: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return stalledSub(ctx, a, s, false) }},
+		{name: "stalled-sub", variant: "stalled", unit: "pubs/s", higherBetter: true, everywhere: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return stalledSub(ctx, a, s, true) }},
 	}
 }
 
@@ -454,4 +476,93 @@ func latency(ctx context.Context, addr string, s Sizes, tree bool) (outcome, err
 	q := func(f float64) float64 { return float64(lat[min(len(lat)-1, int(f*float64(len(lat))))].Microseconds()) }
 	return outcome{value: q(0.5), msgs: int64(len(lat)), sent: int64(s.LatCount),
 		extra: map[string]float64{"p99-µs": q(0.99), "p999-µs": q(0.999)}}, nil
+}
+
+// stalledSub measures QoS 1 publishers' throughput (acknowledged publishes
+// a second) to subscribers that keep up, with and without one more
+// subscriber that reads but never acknowledges (MQTT 5, Receive Maximum
+// 1): a broker should not make publishers wait for it. Healthy
+// subscribers must still get every message.
+func stalledSub(ctx context.Context, addr string, s Sizes, stall bool) (outcome, error) {
+	if stall {
+		c, err := stalledClient(addr, "stall/#")
+		if err != nil {
+			return outcome{}, err
+		}
+		defer c.Close()
+	}
+	var got atomic.Int64
+	var subs []paho.Client
+	defer func() {
+		for _, c := range subs {
+			c.Disconnect(0)
+		}
+	}()
+	for i := range s.StallSubs {
+		c, err := dial(addr, fmt.Sprint("stall-sub-", i), func(paho.Client, paho.Message) { got.Add(1) })
+		if err != nil {
+			return outcome{}, err
+		}
+		subs = append(subs, c)
+		if err := wait(c.Subscribe("stall/#", 1, nil)); err != nil {
+			return outcome{}, err
+		}
+	}
+	payload := strings.Repeat("s", 64)
+	start := time.Now()
+	err := publishers(addr, "stall-pub-", s.StallPubs, func(p int, c paho.Client) {
+		var toks []paho.Token
+		for range s.StallEach {
+			toks = append(toks, c.Publish(fmt.Sprint("stall/", p), 1, false, payload))
+			toks = waitAll(toks, 100)
+		}
+		waitAll(toks, 0)
+	})
+	if err != nil {
+		return outcome{}, err
+	}
+	elapsed := time.Since(start)
+	sent := int64(s.StallPubs * s.StallEach)
+	want := sent * int64(s.StallSubs)
+	await(ctx, &got, want, 2*time.Second)
+	return outcome{value: float64(sent) / elapsed.Seconds(), msgs: got.Load(), sent: sent, lost: want - got.Load()}, nil
+}
+
+// stalledClient connects a raw MQTT 5 client with Receive Maximum 1 that
+// subscribes to filter at QoS 1, reads everything and acknowledges nothing.
+func stalledClient(addr, filter string) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	id := "stalled"
+	connect := []byte{0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 60, 3, 0x21, 0, 1, 0, byte(len(id))}
+	connect = append(connect, id...)
+	sub := []byte{0, 1, 0, 0, byte(len(filter))}
+	sub = append(append(sub, filter...), 1)
+	var out []byte
+	out = append(append(append(out, 0x10), remaining(len(connect))...), connect...)
+	out = append(append(append(out, 0x82), remaining(len(sub))...), sub...)
+	if _, err := c.Write(out); err != nil {
+		c.Close()
+		return nil, err
+	}
+	go io.Copy(io.Discard, c) //nolint:errcheck // reads until closed, acknowledges nothing
+	time.Sleep(100 * time.Millisecond)
+	return c, nil
+}
+
+// remaining is an MQTT remaining-length varint.
+func remaining(n int) []byte {
+	var out []byte
+	for {
+		b := byte(n % 128)
+		if n /= 128; n > 0 {
+			b |= 0x80
+		}
+		out = append(out, b)
+		if n == 0 {
+			return out
+		}
+	}
 }

@@ -22,6 +22,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	smoke := fs.Bool("smoke", false, "tiny sizes: every scenario in seconds (CI)")
 	rounds := fs.Int("rounds", 3, "rounds per scenario and broker (A B A B …)")
 	asJSON := fs.Bool("json", false, "print every run as JSON instead of the table")
+	baseline := fs.String("baseline", "", "another mote binary (an earlier build) to run beside this one, as "+bench.Baseline)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario …]\nscenarios: %v\n", bench.Names())
 		fs.PrintDefaults()
@@ -34,6 +35,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("bench: own binary: %w", err)
 	}
 	brokers := []*bench.Broker{bench.Mote(self), bench.Mochi(self)}
+	if *baseline != "" {
+		brokers = append(brokers, bench.MoteAs(bench.Baseline, *baseline))
+	}
 	if m := bench.Mosquitto(); m != nil {
 		brokers = append(brokers, m)
 	} else {
