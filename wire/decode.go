@@ -223,22 +223,23 @@ func (p *jsonDecoder) skim() error {
 	base := len(p.keys)
 	var index keyIndex
 	keyAt := func(i int) string { return p.keys[base+i] }
+	p.at = p.at.index(0) // its last step is set for each member
+	last := len(p.at) - 1
 	for k := 0; ; k++ {
 		if p.i = skipSpace(s, p.i+1); s[p.i] == open+2 { // '}' or ']'
 			break
 		}
-		at := p.at.index(k)
+		p.at[last] = step{index: k}
 		if open == '{' {
 			key := p.str()
 			p.i = skipSpace(s, p.i) + 1 // ':'
-			at = p.at.with(key)
+			p.at[last] = step{key: key, index: -1}
 			if index.dup(len(p.keys)-base, keyAt, key) {
-				return at.errorf("%w: duplicate key", ErrPayload)
+				return p.at.errorf("%w: duplicate key", ErrPayload)
 			}
 			p.keys = append(p.keys, key)
 			p.i = skipSpace(s, p.i)
 		}
-		p.at = at
 		var err error
 		switch c := s[p.i]; c {
 		case '{', '[':
@@ -250,7 +251,6 @@ func (p *jsonDecoder) skim() error {
 		default:
 			err = p.number()
 		}
-		p.at = p.at[:len(p.at)-1]
 		if err != nil {
 			return err
 		}
@@ -259,7 +259,7 @@ func (p *jsonDecoder) skim() error {
 		}
 	}
 	p.i++
-	p.keys = p.keys[:base]
+	p.keys, p.at = p.keys[:base], p.at[:last]
 	return nil
 }
 
