@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -127,9 +128,13 @@ func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 }
 
 func (d *Decoder) decodeJSON(payload []byte) (Node, error) {
+	if len(payload) > math.MaxInt32 { // beyond what the member counts index
+		return Node{}, fmt.Errorf("%w: %d bytes of JSON, limit %d", ErrPayload, len(payload), math.MaxInt32)
+	}
 	s := string(payload)
-	// The member counts size each object's Kids exactly.
-	counts := make([]uint32, 0, strings.Count(s, "{")+strings.Count(s, "["))
+	// The member counts size each object's Kids exactly. Brackets in
+	// strings count too, but every object or array takes two bytes.
+	counts := make([]uint32, 0, min(strings.Count(s, "{")+strings.Count(s, "["), len(s)/2))
 	counts, bad := scanJSON(s, d.lim.MaxDepth, counts, true)
 	if bad.what != "" {
 		return Node{}, bad.err(d.lim.MaxDepth)

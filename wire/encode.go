@@ -226,13 +226,16 @@ func appendCBORValue(b []byte, v Value) []byte {
 // up to 16 of them) and 4 per level of nesting beyond 32. Text that is not
 // JSON (which no Value made by this package holds) becomes null.
 func appendCBORJSON(b []byte, text string) []byte {
+	if len(text) > math.MaxInt32 {
+		return append(b, 0xf6) // no MQTT payload is that long
+	}
 	var small [16]uint32
 	counts := small[:0]
 	if n := strings.Count(text, "{") + strings.Count(text, "["); n > len(small) {
-		counts = make([]uint32, 0, n)
+		counts = make([]uint32, 0, min(n, len(text)/2)) // an object or array takes two bytes
 	}
 	counts, bad := scanJSON(text, math.MaxInt, counts, true)
-	if bad.what != "" || len(text) > math.MaxInt32 {
+	if bad.what != "" {
 		return append(b, 0xf6)
 	}
 	k := 0 // the next count

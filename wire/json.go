@@ -51,7 +51,8 @@ func (b badJSON) err(maxDepth int) error {
 }
 
 // scanJSON is CheckJSON. With count set it also appends to counts the
-// member count of every object and array of s, in the order they open.
+// member count of every object and array of s, in the order they open;
+// s must then be shorter than 2^31 bytes.
 func scanJSON(s string, maxDepth int, counts []uint32, count bool) ([]uint32, badJSON) {
 	var small [32]uint32
 	open := small[:0] // open containers: index in counts << 1, | 1 for an object
