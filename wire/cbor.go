@@ -268,6 +268,8 @@ func (p *cborDecoder) array(depth int, info byte, n uint64) error {
 		return err
 	}
 	p.json.add("[")
+	p.at = p.at.index(0) // its last step is set for each item
+	last := len(p.at) - 1
 	for k := 0; ; k++ {
 		if ok, err := p.more(k, indef, n, 1, owed); !ok || err != nil {
 			if err != nil {
@@ -278,15 +280,13 @@ func (p *cborDecoder) array(depth int, info byte, n uint64) error {
 		if k > 0 {
 			p.json.add(",")
 		}
-		p.at = p.at.index(k)
-		err := p.item(depth + 1)
-		p.at = p.at[:len(p.at)-1]
-		if err != nil {
+		p.at[last].index = k
+		if err := p.item(depth + 1); err != nil {
 			return err
 		}
 	}
 	p.json.add("]")
-	p.owed = owed
+	p.owed, p.at = owed, p.at[:last]
 	return nil
 }
 
@@ -336,6 +336,16 @@ func (p *cborDecoder) jsonObject(depth int, info byte, n uint64) error {
 
 // item appends the JSON text of an item inside an array.
 func (p *cborDecoder) item(depth int) error {
+	if p.i < len(p.b) && p.b[p.i] < 24 { // a small unsigned integer, the commonest item
+		c := p.b[p.i]
+		p.i++
+		p.json.room(2)
+		if c >= 10 {
+			p.json.b = append(p.json.b, '0'+c/10)
+		}
+		p.json.b = append(p.json.b, '0'+c%10)
+		return nil
+	}
 	major, info, arg, err := p.head()
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -127,9 +128,13 @@ func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 }
 
 func (d *Decoder) decodeJSON(payload []byte) (Node, error) {
+	if len(payload) > math.MaxInt32 { // beyond what the member counts index
+		return Node{}, fmt.Errorf("%w: %d bytes of JSON, limit %d", ErrPayload, len(payload), math.MaxInt32)
+	}
 	s := string(payload)
-	// The member counts size each object's Kids exactly.
-	counts := make([]uint32, 0, strings.Count(s, "{")+strings.Count(s, "["))
+	// The member counts size each object's Kids exactly. Brackets in
+	// strings count too, but every object or array takes two bytes.
+	counts := make([]uint32, 0, min(strings.Count(s, "{")+strings.Count(s, "["), len(s)/2))
 	counts, bad := scanJSON(s, d.lim.MaxDepth, counts, true)
 	if bad.what != "" {
 		return Node{}, bad.err(d.lim.MaxDepth)
@@ -223,22 +228,23 @@ func (p *jsonDecoder) skim() error {
 	base := len(p.keys)
 	var index keyIndex
 	keyAt := func(i int) string { return p.keys[base+i] }
+	p.at = p.at.index(0) // its last step is set for each member
+	last := len(p.at) - 1
 	for k := 0; ; k++ {
 		if p.i = skipSpace(s, p.i+1); s[p.i] == open+2 { // '}' or ']'
 			break
 		}
-		at := p.at.index(k)
+		p.at[last] = step{index: k}
 		if open == '{' {
 			key := p.str()
 			p.i = skipSpace(s, p.i) + 1 // ':'
-			at = p.at.with(key)
+			p.at[last] = step{key: key, index: -1}
 			if index.dup(len(p.keys)-base, keyAt, key) {
-				return at.errorf("%w: duplicate key", ErrPayload)
+				return p.at.errorf("%w: duplicate key", ErrPayload)
 			}
 			p.keys = append(p.keys, key)
 			p.i = skipSpace(s, p.i)
 		}
-		p.at = at
 		var err error
 		switch c := s[p.i]; c {
 		case '{', '[':
@@ -250,7 +256,6 @@ func (p *jsonDecoder) skim() error {
 		default:
 			err = p.number()
 		}
-		p.at = p.at[:len(p.at)-1]
 		if err != nil {
 			return err
 		}
@@ -259,7 +264,7 @@ func (p *jsonDecoder) skim() error {
 		}
 	}
 	p.i++
-	p.keys = p.keys[:base]
+	p.keys, p.at = p.keys[:base], p.at[:last]
 	return nil
 }
 

@@ -64,7 +64,8 @@ func TestDecodeJSONAsBefore(t *testing.T) {
 // that whatever it accepts re-encodes to JSON and CBOR that decode again.
 func FuzzDecodeJSON(f *testing.F) {
 	for _, s := range append([]string{`{"a":1}`, `{"a":{"/":1,"b":[1,{"c":null}]}}`, `"x"`, `[`,
-		`{"a":"\u00e9\ud83d\ude00"}`, `-0`, `1e400`, `{"a":[{"b":1,"b":2}]}`}, jsonCorpus...) {
+		`{"a":"\u00e9\ud83d\ude00"}`, `-0`, `1e400`, `{"a":[{"b":1,"b":2}]}`,
+		strings.Repeat("[", 100000), strings.Repeat(`{"a":`, 10000)}, jsonCorpus...) {
 		f.Add([]byte(s))
 	}
 	d, old := mustDecoder(f), mustOldDecoder(f)
@@ -171,6 +172,7 @@ var cborCorpus = []string{
 	"a16161a16162a16163a16164a16165a16166a16167a16168a1616901", "a1616181818181818181818101",
 	"82a161610181a16162a1616300", "a2617a0161610262", "a16100", "0000", "a1616101ff", "",
 	"a1781861616161616161616161616161616161616161616161616101", "a17f6161ff01", "a17f6161",
+	"821b0102030405060708", "821b010203040506070800", "82f9", "a2616101",
 }
 
 func TestDecodeCBORAsBefore(t *testing.T) {
@@ -261,6 +263,10 @@ func FuzzDecodeCBOR(f *testing.F) {
 		b, _ := em.Marshal(v)
 		f.Add(b)
 	}
+	f.Add(append(bytes.Repeat([]byte{0x81}, 100000), 0))               // deep
+	f.Add(bytes.Repeat([]byte{0x9f}, 100000))                          // deep, indefinite, unterminated
+	f.Add(bytes.Repeat([]byte{0xa1, 0x61, 'a'}, 30000))                // deep maps, truncated
+	f.Add(append([]byte{0x9b, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}, 1)) // 2^64-2^32 items, 1 byte
 	d, old := mustDecoder(f), mustOldDecoder(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkCBORDecode(t, d, old, b)

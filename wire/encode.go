@@ -222,17 +222,23 @@ func appendCBORValue(b []byte, v Value) []byte {
 // It takes two passes over the text, whatever its nesting: the first
 // checks it and counts the members of each object and array in the order
 // they open, and the second writes each token with the count its head
-// needs. Memory beyond the output is 4 bytes per object and array and
-// 4 per level of nesting. Text that is not JSON (which no Value made by
-// this package holds) becomes null.
+// needs. Memory beyond the output is 4 bytes per object and array (none
+// up to 16 of them) and 4 per level of nesting beyond 32. Text that is not
+// JSON (which no Value made by this package holds) becomes null.
 func appendCBORJSON(b []byte, text string) []byte {
+	if len(text) > math.MaxInt32 {
+		return append(b, 0xf6) // no MQTT payload is that long
+	}
 	var small [16]uint32
-	counts, bad := scanJSON(text, math.MaxInt, small[:0], true)
-	if bad.what != "" || len(text) > math.MaxInt32 {
+	counts := small[:0]
+	if n := strings.Count(text, "{") + strings.Count(text, "["); n > len(small) {
+		counts = make([]uint32, 0, min(n, len(text)/2)) // an object or array takes two bytes
+	}
+	counts, bad := scanJSON(text, math.MaxInt, counts, true)
+	if bad.what != "" {
 		return append(b, 0xf6)
 	}
-	var scratch [64]byte
-	buf, k := scratch[:0], 0 // buf: an unescaped string; k: the next count
+	k := 0 // the next count
 	for i := 0; i < len(text); {
 		switch c := text[i]; c {
 		case ' ', '\t', '\n', '\r', ',', ':', ']', '}':
@@ -249,8 +255,7 @@ func appendCBORJSON(b []byte, text string) []byte {
 			end, esc := stringEnd(text, i)
 			body := text[i+1 : end-1]
 			if esc {
-				buf = appendUnescaped(buf[:0], body)
-				b = append(appendHead(b, 3, uint64(len(buf))), buf...)
+				b = appendCBORUnescaped(b, body)
 			} else {
 				b = append(appendHead(b, 3, uint64(len(body))), body...)
 			}
@@ -271,6 +276,20 @@ func appendCBORJSON(b []byte, text string) []byte {
 		}
 	}
 	return b
+}
+
+// appendCBORUnescaped appends the body of a JSON string with escapes as a
+// CBOR text string: unescaped after room for the longest head, which is
+// then written and the text moved up to it.
+func appendCBORUnescaped(b []byte, body string) []byte {
+	const room = 9
+	at := len(b)
+	b = appendUnescaped(append(b, make([]byte, room)...), body)
+	var head [room]byte
+	h := appendHead(head[:0], 3, uint64(len(b)-at-room))
+	copy(b[at:], h)
+	n := copy(b[at+len(h):], b[at+room:])
+	return b[:at+len(h)+n]
 }
 
 // appendCBORNumber converts a valid JSON number. It does not allocate.

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -50,7 +51,8 @@ func (b badJSON) err(maxDepth int) error {
 }
 
 // scanJSON is CheckJSON. With count set it also appends to counts the
-// member count of every object and array of s, in the order they open.
+// member count of every object and array of s, in the order they open;
+// s must then be shorter than 2^31 bytes.
 func scanJSON(s string, maxDepth int, counts []uint32, count bool) ([]uint32, badJSON) {
 	var small [32]uint32
 	open := small[:0] // open containers: index in counts << 1, | 1 for an object
@@ -77,6 +79,9 @@ func scanJSON(s string, maxDepth int, counts []uint32, count bool) ([]uint32, ba
 			if i < len(s) && s[i] == c+2 { // '}' or ']': empty
 				i++
 				break
+			}
+			if len(open) == cap(open) {
+				open = slices.Grow(open, len(open)) // doubling: little garbage when deep
 			}
 			open = append(open, top)
 			if count {
@@ -116,17 +121,16 @@ func scanJSON(s string, maxDepth int, counts []uint32, count bool) ([]uint32, ba
 				return counts, syntaxError(i, "unexpected end")
 			}
 			top := open[len(open)-1]
-			closer, want := byte(']'), "want ',' or ']'"
-			if top&1 == 1 {
-				closer, want = '}', "want ',' or '}'"
-			}
-			if s[i] == closer {
+			if s[i] == ']'|byte(top&1)<<5 { // ']', or '}' for an object
 				open = open[:len(open)-1]
 				i++
 				continue
 			}
 			if s[i] != ',' {
-				return counts, syntaxError(i, want)
+				if top&1 == 1 {
+					return counts, syntaxError(i, "want ',' or '}'")
+				}
+				return counts, syntaxError(i, "want ',' or ']'")
 			}
 			if count {
 				counts[top>>1]++
@@ -182,12 +186,17 @@ func scanKey(s string, i int) (int, badJSON) {
 // scanString reads the string whose opening quote is at i and returns the
 // offset after its closing quote.
 func scanString(s string, i int) (int, badJSON) {
+	start, high := i+1, byte(0) // high: the bits of every byte, for UTF-8
 	for i++; i < len(s); {
 		c := s[i]
 		switch {
-		case c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf:
+		case c >= 0x20 && c != '"' && c != '\\':
+			high |= c
 			i++
 		case c == '"':
+			if high >= utf8.RuneSelf && !utf8.ValidString(s[start:i]) {
+				return i, syntaxError(invalidUTF8(s, start), "invalid UTF-8")
+			}
 			return i + 1, badJSON{}
 		case c == '\\':
 			if i+1 >= len(s) {
@@ -206,17 +215,23 @@ func scanString(s string, i int) (int, badJSON) {
 			default:
 				return i, syntaxError(i+1, "invalid escape")
 			}
-		case c < 0x20:
-			return i, syntaxError(i, "control character in string")
 		default:
-			r, size := utf8.DecodeRuneInString(s[i:])
-			if r == utf8.RuneError && size == 1 {
-				return i, syntaxError(i, "invalid UTF-8")
-			}
-			i += size
+			return i, syntaxError(i, "control character in string")
 		}
 	}
 	return i, syntaxError(i, "unexpected end")
+}
+
+// invalidUTF8 is the offset of the first invalid UTF-8 from i on.
+func invalidUTF8(s string, i int) int {
+	for i < len(s) {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			break
+		}
+		i += size
+	}
+	return i
 }
 
 func isHex(c byte) bool { return c-'0' < 10 || (c|0x20)-'a' < 6 }
@@ -352,13 +367,20 @@ const maxFloatHalfway = "1797693134862315807937289714053034150799341327100378269
 // once and does not allocate, however long num is.
 func floatOverflows(num string) bool {
 	num = strings.TrimPrefix(num, "-")
-	mant, exp := num, 0
-	if j := strings.IndexAny(num, "eE"); j >= 0 {
-		mant, exp = num[:j], exponent(num[j+1:])
+	mant, exp, point := num, 0, -1
+	for j := 0; j < len(num); j++ {
+		if c := num[j]; c == 'e' || c == 'E' {
+			mant, exp = num[:j], exponent(num[j+1:])
+			break
+		} else if c == '.' {
+			point = j
+		}
 	}
-	point := strings.IndexByte(mant, '.')
 	if point < 0 {
 		point = len(mant)
+	}
+	if mant == num && point < len(maxFloatHalfway) { // no exponent, below 10^308
+		return false
 	}
 	// mant is 0.d1d2d3... × 10^k once its leading zeros are gone.
 	k, i := point+exp, 0

@@ -396,3 +396,12 @@ func oldPlainKind(s string) Kind {
 }
 
 func gjsonParse(s string) gjson.Result { return gjson.Parse(s) }
+
+// oldTypePlain is TypePlain as it was (not inlined, as TypePlain is not,
+// so that benchmarks of both copy the payload alike).
+//
+//go:noinline
+func oldTypePlain(payload []byte) Value {
+	s := string(payload)
+	return Value{Kind: oldPlainKind(s), Data: s}
+}
