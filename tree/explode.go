@@ -19,6 +19,10 @@ type Limits struct {
 	MaxPayload int // bytes of one tree payload
 	MaxRows    int // rows of one publish
 	MaxDepth   int // nesting of objects and arrays in a payload
+	// MaxNodes bounds the objects' members in a decoded payload (a node
+	// costs ~72 bytes whatever the codec spends on it); 0 means 10 per row
+	// of MaxRows.
+	MaxNodes int
 	// MaxTopicLen and MaxTopicLevels bound the topic of every row a tree
 	// publish makes (and, in the broker, every topic and filter a client
 	// sends); 0 means wire.MaxTopicLen bytes, and any number of levels.
@@ -63,7 +67,10 @@ func NewParser(lim Limits) (*Parser, error) {
 	if lim.MaxRows <= 0 {
 		return nil, fmt.Errorf("tree: max rows must be positive, got %d", lim.MaxRows)
 	}
-	dec, err := wire.NewDecoder(wire.Limits{MaxSize: lim.MaxPayload, MaxDepth: lim.MaxDepth})
+	if lim.MaxNodes == 0 {
+		lim.MaxNodes = 10 * lim.MaxRows
+	}
+	dec, err := wire.NewDecoder(wire.Limits{MaxSize: lim.MaxPayload, MaxDepth: lim.MaxDepth, MaxNodes: lim.MaxNodes})
 	if err != nil {
 		return nil, fmt.Errorf("tree: %w", err)
 	}

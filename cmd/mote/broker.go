@@ -36,6 +36,7 @@ type config struct {
 		MaxPayload int `yaml:"max_payload"`
 		MaxRows    int `yaml:"max_rows"`
 		MaxDepth   int `yaml:"max_depth"`
+		MaxNodes   int `yaml:"max_nodes"`
 	} `yaml:"limits"`
 	MaxPacketSize             uint32        `yaml:"max_packet_size"`
 	MaxTopicLength            int           `yaml:"max_topic_length"`
@@ -191,9 +192,9 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(origins) > 0 {
 		opts.AllowedOrigins = origins
 	}
-	if l := cfg.Limits; l.MaxPayload != 0 || l.MaxRows != 0 || l.MaxDepth != 0 {
+	if l := cfg.Limits; l.MaxPayload != 0 || l.MaxRows != 0 || l.MaxDepth != 0 || l.MaxNodes != 0 {
 		def := tree.DefaultLimits()
-		opts.Limits = tree.Limits{MaxPayload: l.MaxPayload, MaxRows: l.MaxRows, MaxDepth: l.MaxDepth}
+		opts.Limits = tree.Limits{MaxPayload: l.MaxPayload, MaxRows: l.MaxRows, MaxDepth: l.MaxDepth, MaxNodes: l.MaxNodes}
 		if opts.Limits.MaxPayload == 0 {
 			opts.Limits.MaxPayload = def.MaxPayload
 		}
