@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"strconv"
@@ -38,11 +39,14 @@ type conn struct {
 // endpoint is where a conn's writer writes: an MQTT client, or a door
 // session's callback.
 type endpoint interface {
-	// send writes one publish. At QoS 1 and 2 an MQTT endpoint first takes
-	// a packet id and an in-flight slot, waiting (on c.acked) while the
-	// client has as many in flight as it accepts. errTooLarge: the packet
-	// exceeds what the client accepts, and nothing was written.
+	// send writes one publish, or buffers it until flush. At QoS 1 and 2
+	// an MQTT endpoint first takes a packet id and an in-flight slot,
+	// waiting (on c.acked) while the client has as many in flight as it
+	// accepts. errTooLarge: the packet exceeds what the client accepts,
+	// and nothing of it was written.
 	send(c *conn, pk packets.Packet) error
+	// flush writes what send has left buffered.
+	flush() error
 	// maxPacket is the largest packet the endpoint accepts (0: no limit
 	// of its own).
 	maxPacket() uint32
@@ -124,20 +128,28 @@ func (c *conn) inflightFreed() {
 	}
 }
 
-// mqttOut is an MQTT client of mochi as an endpoint.
+// mqttOut is an MQTT client of mochi as an endpoint. Its writer encodes
+// publishes into buf and writes them at once when it has taken all it can
+// (flush): one write, one syscall, for a batch of messages. Only the
+// writer touches buf.
 type mqttOut struct {
-	b  *Broker
-	cl *mqtt.Client
+	b   *Broker
+	cl  *mqtt.Client
+	buf bytes.Buffer
+	n   int // packets in buf
 }
 
-func (o mqttOut) maxPacket() uint32 {
+// flushAt is the size past which the buffer is written at once.
+const flushAt = 64 << 10
+
+func (o *mqttOut) maxPacket() uint32 {
 	if o.cl.Properties.ProtocolVersion == 5 {
 		return o.cl.Properties.Props.MaximumPacketSize
 	}
 	return 0
 }
 
-func (o mqttOut) stop(err error) {
+func (o *mqttOut) stop(err error) {
 	var ne net.Error
 	if nc, ok := o.cl.Net.Conn.(*netConn); ok && errors.As(err, &ne) && ne.Timeout() {
 		nc.abort() // a write that timed out: the client stopped reading
@@ -145,11 +157,11 @@ func (o mqttOut) stop(err error) {
 	o.cl.Stop(err)
 }
 
-// send writes one publish with MQTT's semantics: packet ids and in-flight
-// entries from mochi's client state, so mochi completes QoS 1 and 2 flows
-// and resends them to a resumed session; outgoing topic aliases when the
-// client allows them.
-func (o mqttOut) send(c *conn, pk packets.Packet) error {
+// send encodes one publish with MQTT's semantics: a packet id and an
+// in-flight entry in mochi's client state, so mochi completes QoS 1 and 2
+// flows and resends them to a resumed session; an outgoing topic alias
+// when the client allows them; the client's Maximum Packet Size.
+func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 	cl := o.cl
 	if pk.FixedHeader.Qos > 0 {
 		if err := o.waitInflight(c); err != nil {
@@ -169,25 +181,68 @@ func (o mqttOut) send(c *conn, pk packets.Packet) error {
 			}
 		}
 	}
-	err := cl.WritePacket(pk)
-	if errors.Is(err, packets.ErrPacketTooLarge) {
+	pk.ProtocolVersion = cl.Properties.ProtocolVersion
+	pk.Mods.AllowResponseInfo = true
+	mark := o.buf.Len()
+	err := pk.PublishEncode(&o.buf)
+	if err == nil && c.v5 {
+		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && o.buf.Len()-mark > int(max) {
+			err = errTooLarge // [MQTT-3.1.2-24]
+		}
+	}
+	if err != nil {
+		o.buf.Truncate(mark)
 		if pk.FixedHeader.Qos > 0 {
 			o.b.dropInflight(cl, pk.PacketID)
 		}
-		return errTooLarge
+		return err
+	}
+	o.n++
+	if o.buf.Len() >= flushAt {
+		return o.flush()
+	}
+	return nil
+}
+
+// flush writes what send encoded, under the client's lock (mochi writes
+// its acks under it too), and counts it in mochi's figures.
+func (o *mqttOut) flush() error {
+	if o.buf.Len() == 0 {
+		return nil
+	}
+	cl := o.cl
+	if cl.Closed() || cl.Net.Conn == nil {
+		return mqtt.ErrConnectionClosed
+	}
+	cl.Lock()
+	n, err := cl.Net.Conn.Write(o.buf.Bytes())
+	cl.Unlock()
+	info := o.b.server.Info
+	atomic.AddInt64(&info.BytesSent, int64(n))
+	atomic.AddInt64(&info.PacketsSent, int64(o.n))
+	atomic.AddInt64(&info.MessagesSent, int64(o.n))
+	o.n = 0
+	if o.buf.Cap() > 4*flushAt {
+		o.buf = bytes.Buffer{} // a snapshot went through: do not keep its size
+	} else {
+		o.buf.Reset()
 	}
 	return err
 }
 
 // waitInflight waits while the client has as many QoS messages in flight
 // as it accepts (its Receive Maximum, or the broker's in-flight bound),
-// woken by mochi's acknowledgement hooks.
-func (o mqttOut) waitInflight(c *conn) error {
+// woken by mochi's acknowledgement hooks; what is encoded goes out first,
+// or the client could not acknowledge it.
+func (o *mqttOut) waitInflight(c *conn) error {
 	limit := int(o.b.opts.MaxInflight)
 	if rm := int(o.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
 		limit = rm
 	}
 	for o.cl.State.Inflight.Len() >= limit {
+		if err := o.flush(); err != nil {
+			return err
+		}
 		select {
 		case <-c.acked:
 		case <-c.q.done:

@@ -72,7 +72,7 @@ func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitM
 // prepared is a publish that passed every check but those only the loop
 // can make.
 type prepared struct {
-	op    tree.Op
+	op    tree.Op         // a Mote publish's; a plain one's is made by dispatch, when needed
 	mote  bool            // a tree publish or $set
 	plain *packets.Packet // the packet plain subscribers get (a plain publish)
 }
@@ -110,7 +110,7 @@ func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag, pk.Properties.SubscriptionIdentifier = 0, false, nil
 		pk.Properties.MessageExpiryInterval = 0 // rows never expire (SPEC §1); events are delivered at once
 		pk.ProtocolVersion = 5
-		return prepared{op: b.plainOp(m), plain: pk}, nil
+		return prepared{plain: pk}, nil // its op is made when needed (dispatch)
 	}
 	op, err := b.parser.Op(pub, m.Payload, m.Retain, m.QoS)
 	if err != nil {
@@ -143,11 +143,14 @@ func (b *Broker) plainOp(m Message) tree.Op {
 // exist); anything that changes rows goes to the loop, which delivers it.
 func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepared, wait waitMode) error {
 	if !r.mote && !m.Retain {
-		if b.hasTreeSubs() {
-			b.reqs.push(request{kind: reqPublish, op: r.op, pub: &pubMeta{p: p, topic: m.Topic}})
+		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
+			b.reqs.push(request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}})
 		}
 		b.deliverPlain(r.plain, time.Now().Add(b.opts.PublishWait))
 		return nil
+	}
+	if !r.mote {
+		r.op = b.plainOp(m)
 	}
 	if b.ret != nil && !p.system && b.ret.Wait() {
 		b.stats.Throttled.Add(1) // the disk is behind: the publisher waited

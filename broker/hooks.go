@@ -127,7 +127,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
-	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, mqttOut{b: b, cl: cl})
+	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, &mqttOut{b: b, cl: cl})
 	c.will = willOf(p, &pk)
 	b.conns.Store(cl, c)
 	b.byID.Store(cl.ID, c)
@@ -238,7 +238,7 @@ func (b *Broker) refusePublish(c *conn, pk packets.Packet, err error) (packets.P
 	if pk.FixedHeader.Qos == 2 {
 		ack.FixedHeader.Type = packets.Pubrec // a PUBREC >= 0x80 ends the QoS 2 flow
 	}
-	if werr := c.out.(mqttOut).cl.WritePacket(ack); werr != nil {
+	if werr := c.out.(*mqttOut).cl.WritePacket(ack); werr != nil {
 		return pk, werr
 	}
 	return pk, packets.ErrRejectPacket

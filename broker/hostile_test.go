@@ -154,7 +154,7 @@ func TestWillsAreChecked(t *testing.T) {
 		if _, _, err := dial5As(t, b, "alice", "alice-"+w.Topic, w, paho5.ClientConfig{}); err != nil {
 			t.Fatal(err)
 		}
-		b.connOf(t, "alice-"+w.Topic).out.(mqttOut).cl.Net.Conn.Close() // no DISCONNECT: the will fires
+		b.connOf(t, "alice-"+w.Topic).out.(*mqttOut).cl.Net.Conn.Close() // no DISCONNECT: the will fires
 		waitConnGone(t, b, "alice-"+w.Topic)
 	}
 	if err := b.Sync(ctx); err != nil {
@@ -194,7 +194,7 @@ func TestWillDelay(t *testing.T) {
 	}
 	drop := func() {
 		t.Helper()
-		b.connOf(t, "dev").out.(mqttOut).cl.Net.Conn.Close()
+		b.connOf(t, "dev").out.(*mqttOut).cl.Net.Conn.Close()
 		waitConnGone(t, b, "dev")
 	}
 	connect(3600)
@@ -734,7 +734,7 @@ func TestUnsubscribePropertyForms(t *testing.T) {
 		}
 	}
 	waitTreeSubs(t, b, 1)
-	cl := b.connOf(t, "props").out.(mqttOut).cl
+	cl := b.connOf(t, "props").out.(*mqttOut).cl
 	if n := cl.State.Subscriptions.Len(); n != 1 {
 		t.Errorf("%d subscriptions in the session, want 1: %v", n, cl.State.Subscriptions.GetAll())
 	}

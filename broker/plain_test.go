@@ -58,7 +58,7 @@ func TestPlain311Will(t *testing.T) {
 	o := paho.NewClientOptions().SetClientID("dying").SetCleanSession(true).SetWill("status/dying", "gone", 1, true)
 	dying := dial3With(t, b, o)
 	// Drop the connection without DISCONNECT: the will fires.
-	b.connOf(t, "dying").out.(mqttOut).cl.Net.Conn.Close()
+	b.connOf(t, "dying").out.(*mqttOut).cl.Net.Conn.Close()
 	_ = dying
 	if m := sub.wait(t, 1)[0]; m.topic != "status/dying" || m.payload != "gone" {
 		t.Fatalf("will %+v", m)

@@ -164,4 +164,6 @@ func (o *funcOut) send(_ *conn, pk packets.Packet) error {
 
 func (o *funcOut) maxPacket() uint32 { return 0 }
 
+func (o *funcOut) flush() error { return nil }
+
 func (o *funcOut) stop(error) { go o.s.Close() } // not on the writer: Close waits for nothing, but keep the writer free

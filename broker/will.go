@@ -78,7 +78,7 @@ func (ws *wills) due(w *will, cl *mqtt.Client) {
 // another connection.
 func (ws *wills) reconnected(w *will) bool {
 	c := ws.b.connByID(w.cl.ID)
-	return c != nil && c.out.(mqttOut).cl != w.cl
+	return c != nil && c.out.(*mqttOut).cl != w.cl
 }
 
 // fire publishes a delayed will whose time has come.

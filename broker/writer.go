@@ -47,6 +47,10 @@ func (c *conn) writeLoop() {
 				}
 				batch[i] = nil
 			}
+			if err := c.out.flush(); err != nil { // one write for the batch
+				c.fail(err)
+				return
+			}
 		}
 	}
 }
@@ -64,8 +68,17 @@ func (c *conn) fail(err error) {
 	c.out.stop(err)
 }
 
-// write sends one item.
+// write sends one item. Before it waits on the loop, what is encoded goes
+// out.
 func (c *conn) write(m item) error {
+	switch m.(type) {
+	case *snapshotItem, *replayItem, *deltaItem:
+		if d, ok := m.(*deltaItem); !ok || d.folded != nil {
+			if err := c.out.flush(); err != nil {
+				return err
+			}
+		}
+	}
 	switch m := m.(type) {
 	case *plainItem:
 		return c.send(m.packet(), false)
