@@ -89,7 +89,7 @@ func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
 			return prepared{}, err
 		}
 		if !isMote && reserved(m.Topic) {
-			return prepared{}, wire.ErrReservedf("%.200q: topics starting with $SYS, $mote or a Mote verb are the broker's", m.Topic)
+			return prepared{}, wire.ErrReservedf("%.200q: topics starting with $SYS, $mote, $hist or a Mote verb are the broker's", m.Topic)
 		}
 	}
 	if !isMote {
@@ -221,11 +221,9 @@ func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, 
 	return p, true, nil
 }
 
-// reserved reports whether a topic is the broker's: $SYS, $mote and Mote's
-// verbs. No client publishes there.
-func reserved(topic string) bool {
-	return isSys(topic) || wire.IsMote(topic) || topic == "$mote" || strings.HasPrefix(topic, "$mote/")
-}
+// reserved reports whether a topic is the broker's: no client publishes
+// there (one definition, the tree core's, for plain and tree publishes).
+func reserved(topic string) bool { return tree.Reserved(topic) }
 
 func isSys(topic string) bool { return len(topic) >= 4 && strings.EqualFold(topic[:4], "$SYS") }
 

@@ -43,5 +43,5 @@ func ExampleBroker_Open() {
 	// Output:
 	// $sync/light/+/is_on {} 0
 	// $sync/light/+/is_on {"bedroom":1} 1
-	// refused "$SYS/broker/version" (0x90 topic name invalid): wire: reserved topic: "$SYS/broker/version": topics starting with $SYS, $mote or a Mote verb are the broker's
+	// refused "$SYS/broker/version" (0x90 topic name invalid): wire: reserved topic: "$SYS/broker/version": topics starting with $SYS, $mote, $hist or a Mote verb are the broker's
 }

@@ -99,11 +99,12 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		if ps.lim.MaxTopicLen > 0 || ps.lim.MaxTopicLevels > 0 {
 			for _, r := range rows {
 				if err := ps.lim.CheckTopic(r.Topic); err != nil {
-					return Op{}, fmt.Errorf("row %.200q: %w", r.Topic, err)
+					// A limit of the tree (SPEC §5: 0x99), not a bad topic name.
+					return Op{}, fmt.Errorf("%w: row %.200q: %v", ErrLimit, r.Topic, err)
 				}
 			}
 		}
-		op := Op{Rows: rows, QoS: qos}
+		op := Op{Rows: rows, QoS: qos, MaxRows: ps.lim.MaxRows}
 		if p.Replace {
 			op.Replace = p.Topic
 			if !wire.HasWildcard(p.Topic) {
@@ -112,7 +113,7 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		}
 		return op, nil
 	case wire.PubSet:
-		op := Op{SetFilter: p.Topic, QoS: qos}
+		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows}
 		if len(payload) > 0 {
 			op.SetValue = ps.dec.TypePlain(payload)
 		}
@@ -229,8 +230,10 @@ func checkKey(k, path string) error {
 	return nil
 }
 
-// Reserved reports whether a row topic is the broker's own: $SYS or one of
-// Mote's verbs. No publish, plain or tree, may set such a row.
+// Reserved reports whether a topic is the broker's own: $SYS (any case),
+// $mote, $hist (SPEC §9) or one of Mote's verbs. No client publish, plain
+// or tree, may set such a row.
 func Reserved(topic string) bool {
-	return strings.HasPrefix(topic, "$SYS") || wire.IsMote(topic)
+	first, _, _ := strings.Cut(topic, "/")
+	return strings.EqualFold(first, "$SYS") || first == "$mote" || first == "$hist" || wire.IsMote(topic)
 }

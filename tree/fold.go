@@ -67,6 +67,9 @@ func (t *Tree) applyOp(op *Op) Applied {
 			return true
 		})
 	}
+	if op.MaxRows > 0 && len(rows) > op.MaxRows {
+		return Applied{Err: fmt.Errorf("%w: the publish would touch %d rows, more than %d", ErrLimit, len(rows), op.MaxRows)}
+	}
 	if op.Allow != nil {
 		for _, r := range rows {
 			if !op.Allow(r.Topic) {

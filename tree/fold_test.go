@@ -404,3 +404,60 @@ func jsonEq(t *testing.T, got, want string) bool {
 	t.Helper()
 	return reflect.DeepEqual(decodeJSON(t, []byte(got)), decodeJSON(t, []byte(want)))
 }
+
+// TestReservedRows: no publish may set the broker's rows — $SYS in any
+// case, $mote, $hist, Mote's verbs — whether it names them or a tree
+// spreads into them.
+func TestReservedRows(t *testing.T) {
+	ps, err := NewParser(DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ topic, payload string }{
+		{"$tree/#", `{"$mote":{"x":1}}`},
+		{"$tree/#", `{"$sys":{"x":1}}`},
+		{"$tree/#", `{"$SYS":{"x":1}}`},
+		{"$tree/#", `{"$hist":{"x":1}}`},
+		{"$tree/#", `{"$sync":{"x":1}}`},
+		{"$tree/$mote/x", `1`},
+		{"$tree/+", `{"$sYs":1}`},
+	} {
+		p, err := wire.ParsePublish(tc.topic)
+		if err == nil {
+			_, err = ps.Op(p, []byte(tc.payload), true, 0)
+		}
+		if err == nil {
+			t.Errorf("%s %s was accepted", tc.topic, tc.payload)
+		}
+	}
+	for _, topic := range []string{"$SYS", "$sys/x", "$mote", "$mote/publish", "$hist/a", "$sync/a", "$tree.cbor/a"} {
+		if !Reserved(topic) {
+			t.Errorf("%s is not reserved", topic)
+		}
+	}
+	for _, topic := range []string{"$mot", "$motel/x", "$SYSTEM/x", "sys/$SYS", "$histogram"} {
+		if Reserved(topic) {
+			t.Errorf("%s is reserved", topic)
+		}
+	}
+}
+
+// TestSetRowLimit: a $set or .replace touching more rows than the limit
+// is refused whole (SPEC §5).
+func TestSetRowLimit(t *testing.T) {
+	tr := New()
+	load(t, tr, map[string]string{"l/a": "1", "l/b": "1", "l/c": "1"})
+	res := tr.Apply([]Op{
+		{SetFilter: "l/+", SetValue: wire.TypePlain([]byte("2")), MaxRows: 2},
+		{Replace: "l/#", MaxRows: 2},
+		{SetFilter: "l/+", SetValue: wire.TypePlain([]byte("3")), MaxRows: 3},
+	})
+	for i, want := range []bool{true, true, false} {
+		if refused := errors.Is(res.Applied[i].Err, ErrLimit); refused != want {
+			t.Errorf("op %d: %v", i, res.Applied[i].Err)
+		}
+	}
+	if rows(tr)["l/a"] != "3" {
+		t.Errorf("rows %v", rows(tr))
+	}
+}

@@ -36,6 +36,10 @@ type Op struct {
 	// Allow, if not nil, is the write check: the op is refused whole if it
 	// denies any row it would touch.
 	Allow func(topic string) bool
+	// MaxRows, if positive, bounds the rows a $set or .replace touches
+	// (SPEC §5): past it the op is refused whole (ErrLimit).
+	MaxRows int
+
 	// Visible, if not nil, is the publisher's read check. A row that a $set
 	// or .replace would touch and that the publisher may neither write nor
 	// read is left alone, as if it did not exist: refusing the op for it
