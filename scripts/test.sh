@@ -17,8 +17,13 @@ if [ -n "$unformatted" ]; then
 fi
 
 echo "== go test -race"
+# Every package but internal/interop, which has a step of its own below: run
+# beside ./broker, its 37 Python processes and brokers made broker tests with
+# deadlines fail in 2 of 3 runs on the 2-core machine (TestSlowTreeClient,
+# TestRetainedReplayComplete; ./broker took 64-137 s instead of 40).
+pkgs=$(go list ./... | grep -v '/internal/interop$')
 log=$(mktemp)
-if ! go test -race -count=1 -timeout 8m ./... 2>&1 | tee "$log"; then
+if ! go test -race -count=1 -timeout 8m $pkgs 2>&1 | tee "$log"; then
 	# The end of a long log is what a CI page shows: repeat what matters
 	# there. For a timeout, that is the tests still running and where each
 	# goroutine of test code was waiting.
@@ -30,6 +35,13 @@ if ! go test -race -count=1 -timeout 8m ./... 2>&1 | tee "$log"; then
 	exit 1
 fi
 rm -f "$log"
+
+echo "== Paho interoperability suite (internal/interop: Python, a broker per test; about 1.5 min)"
+log=$(mktemp)
+if ! go test -count=1 -timeout 7m -v -run '^TestPaho$' ./internal/interop >"$log" 2>&1; then
+	cat "$log"; rm -f "$log"; exit 1
+fi
+sed -n '/Paho interoperability suite:/,$p' "$log"; rm -f "$log"
 
 echo "== go test (what -race skips or shrinks: 10,000 connections, 100,000-message fan-in)"
 go test -count=1 -timeout 3m -run '^(TestTenThousandConnections|TestFanInQoS0NoDrops)$' -v ./broker/ | grep -E '^(---|ok|FAIL)|KiB each|messages in'
