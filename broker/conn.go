@@ -163,6 +163,13 @@ func (o *mqttOut) stop(err error) {
 // when the client allows them; the client's Maximum Packet Size.
 func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 	cl := o.cl
+	if pk.Expiry > 0 { // the time it has left [MQTT-3.3.2-6]; none: it is not sent [MQTT-3.3.2-5]
+		left := pk.Expiry - time.Now().Unix()
+		if left < 1 {
+			return nil
+		}
+		pk.Properties.MessageExpiryInterval = uint32(left)
+	}
 	if pk.FixedHeader.Qos > 0 {
 		if err := o.waitInflight(c); err != nil {
 			return err

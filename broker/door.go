@@ -108,7 +108,11 @@ func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
 			Created:     time.Now().Unix(),
 		}
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag, pk.Properties.SubscriptionIdentifier = 0, false, nil
-		pk.Properties.MessageExpiryInterval = 0 // rows never expire (SPEC §1); events are delivered at once
+		if exp := m.Properties.MessageExpiryInterval; exp > 0 && !m.Retain {
+			pk.Expiry = pk.Created + int64(exp) // an event held for an offline session expires [MQTT-3.3.2-5]
+		} else {
+			pk.Properties.MessageExpiryInterval = 0 // rows never expire (SPEC §1)
+		}
 		pk.ProtocolVersion = 5
 		return prepared{plain: pk}, nil // its op is made when needed (dispatch)
 	}

@@ -64,11 +64,13 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if !b.access.authenticate(p.User, pk.Connect.Password, pk.Connect.UsernameFlag) {
 		return refuse(packets.ErrBadUsernameOrPassword, "authentication failed")
 	}
-	if max := b.opts.MaxKeepAlive; max > 0 && (cl.State.Keepalive > max || cl.State.Keepalive == 0) {
-		if !v5 {
+	if max := b.opts.MaxKeepAlive; max > 0 {
+		switch {
+		case v5 && (cl.State.Keepalive > max || cl.State.Keepalive == 0):
+			cl.State.ServerKeepalive, cl.State.Keepalive = true, max // told in CONNACK [MQTT-3.1.2-21]
+		case !v5 && cl.State.Keepalive > max: // MQTT 3.1.1 cannot be told (Mosquitto's rule; 0 is let through)
 			return refuse(packets.ErrClientIdentifierNotValid, "keep-alive above the broker's maximum")
 		}
-		cl.State.ServerKeepalive, cl.State.Keepalive = true, max // told in CONNACK [MQTT-3.1.2-21]
 	}
 	if w := willOf(p, &pk); w != nil {
 		if _, err := b.prepare(p, w.m); err != nil {
@@ -222,8 +224,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 
 // refusePublish answers a refused publish: an MQTT 5 client sending at QoS
 // 1 or 2 gets the reason code in its PUBACK or PUBREC, with a Reason
-// String; everyone else an ordinary ack (the report on its error topic
-// says why). Nothing is retained or delivered either way.
+// String unless it is 0x87; everyone else an ordinary ack (the report on
+// its error topic says why). Nothing is retained or delivered either way.
 func (b *Broker) refusePublish(c *conn, pk packets.Packet, err error) (packets.Packet, error) {
 	r, _ := err.(*Refusal)
 	if r == nil || !c.v5 || pk.FixedHeader.Qos == 0 {
@@ -233,7 +235,12 @@ func (b *Broker) refusePublish(c *conn, pk packets.Packet, err error) (packets.P
 		FixedHeader: packets.FixedHeader{Type: packets.Puback},
 		PacketID:    pk.PacketID,
 		ReasonCode:  r.Code.Code,
-		Properties:  packets.Properties{ReasonString: truncate(r.Err.Error(), maxReason)},
+	}
+	if r.Code != packets.ErrNotAuthorized {
+		// Why a tree did not decode is worth saying; a refusal by the ACL is
+		// told by its code alone (as Mosquitto does; the report on the
+		// error topic has the rest).
+		ack.Properties.ReasonString = truncate(r.Err.Error(), maxReason)
 	}
 	if pk.FixedHeader.Qos == 2 {
 		ack.FixedHeader.Type = packets.Pubrec // a PUBREC >= 0x80 ends the QoS 2 flow

@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -99,6 +100,10 @@ type netConn struct {
 	body      int  // bytes of the CONNECT body seen (to find the level)
 
 	wmu sync.Mutex // one write at a time
+
+	closeOnce sync.Once
+	closeErr  error
+	aborted   atomic.Bool // Close resets
 }
 
 // errConnectTooLarge and errPacketTooLarge end a connection whose packet
@@ -187,10 +192,38 @@ func (c *netConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// Close ends the connection gently: the broker's side is shut for writing
+// (what was written, a DISCONNECT with its reason say, still reaches the
+// client) and what the client still sends is read and dropped for a moment,
+// so it gets no reset before it has read everything. An aborted connection
+// (a client that stopped reading) is reset at once.
+func (c *netConn) Close() error {
+	c.closeOnce.Do(func() {
+		tc, ok := c.Conn.(*net.TCPConn)
+		if !ok || c.aborted.Load() || tc.CloseWrite() != nil {
+			c.closeErr = c.Conn.Close()
+			return
+		}
+		tc.SetReadDeadline(time.Now().Add(lingerFor)) //nolint:errcheck // bounds the drain below
+		go func() {
+			io.Copy(io.Discard, io.LimitReader(tc, lingerBytes)) //nolint:errcheck // dropped
+			tc.Close()
+		}()
+	})
+	return c.closeErr
+}
+
+// lingerFor and lingerBytes bound what a closed connection still reads.
+const (
+	lingerFor   = 2 * time.Second
+	lingerBytes = 1 << 20
+)
+
 // abort makes the next Close reset the connection (SO_LINGER 0) instead of
 // sending what is still buffered: for a client that stopped reading, that
 // data would only hold kernel memory, and a reset tells the client at once.
 func (c *netConn) abort() {
+	c.aborted.Store(true)
 	var conn net.Conn = c.Conn
 	for conn != nil {
 		switch x := conn.(type) {

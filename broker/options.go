@@ -65,9 +65,9 @@ type Options struct {
 	MaxClients  int64  // connected clients at most; default 100,000
 	MaxInflight uint16 // QoS 1/2 messages in flight per client; default 1024
 	// MaxKeepAlive caps the keep-alive a client may ask for, in seconds:
-	// MQTT 5 clients are told the cap (Server Keep Alive), MQTT 3.1.1
-	// clients asking for more are refused (as Mosquitto's max_keepalive).
-	// 0: no cap.
+	// MQTT 5 clients asking for more (or for none) are told the cap
+	// (Server Keep Alive), MQTT 3.1.1 clients asking for more are refused
+	// (as Mosquitto's max_keepalive). 0: no cap.
 	MaxKeepAlive uint16
 	// ConnectTimeout closes a connection that has not sent a complete
 	// CONNECT within it; default 10s. MaxConnectSize caps that packet,

@@ -21,16 +21,16 @@ import (
 	"time"
 )
 
-// The floors: what the broker passes today (commit b4bf67a, December 2026,
-// no --max-keepalive yet). client_test.py: 9 of its 10 tests
-// (test_dollar_topics fails). client_test5.py: 19 of 27 every time, plus
-// test_request_response and test_subscribe_options, which race a SUBSCRIBE on
-// one connection against a PUBLISH on another and fail in about a third of the
-// runs or more, so they are not counted on. README.md explains every
-// failure.
+// The floors: what the broker passes (December 2026): client_test.py 10 of
+// 10; client_test5.py 26 of 27 (test_subscribe_failure wants 0x80 where the
+// broker answers 0x87 Not authorized, legal in MQTT 5.0). The floor for MQTT
+// 5 is one lower: test_request_response and test_subscribe_options race a
+// SUBSCRIBE on one connection against a PUBLISH on another (a broker with a
+// goroutine per connection may handle either first) and fail in about a
+// third of the runs, each retried twice. README.md explains every failure.
 const (
-	defaultMinV311 = 9
-	defaultMinV5   = 19
+	defaultMinV311 = 10
+	defaultMinV5   = 25
 )
 
 const (
@@ -95,7 +95,7 @@ type result struct {
 // --max-keepalive 60 (test_server_keep_alive) when `mote broker -h` lists
 // that flag; a broker without it is run without.
 //
-// A failing test is run once more (MOTE_INTEROP_RETRIES, default 1): some of
+// A failing test is run twice more (MOTE_INTEROP_RETRIES, default 2): some of
 // the suite's tests race two connections against each other (a SUBSCRIBE on
 // one, a PUBLISH on the other, microseconds apart) or measure wall-clock
 // delays, and fail now and then on a loaded machine. It counts as passed
@@ -112,7 +112,7 @@ type result struct {
 //	                       "client_test5.py.test_server"); the floors are then not checked
 //	MOTE_INTEROP_COUNT     run each selected test this many times (flakiness; default 1)
 //	MOTE_INTEROP_PARALLEL  tests run at once (default 8)
-//	MOTE_INTEROP_RETRIES   runs after a failure (default 1; 0 to see every flake)
+//	MOTE_INTEROP_RETRIES   runs after a failure (default 2; 0 to see every flake)
 //	MOTE_INTEROP_BUDGET    time for the whole test, build included (default 5m20s)
 //	MOTE_INTEROP_BROKER    a mote binary to use instead of building ./cmd/mote
 //	MOTE_INTEROP_SUITE     the suite's folder (default paho/ beside this file)
@@ -146,7 +146,7 @@ func TestPaho(t *testing.T) {
 		t.Fatal(err)
 	}
 	parallel := max(1, envInt(t, "MOTE_INTEROP_PARALLEL", 8))
-	retries := envInt(t, "MOTE_INTEROP_RETRIES", 1)
+	retries := envInt(t, "MOTE_INTEROP_RETRIES", 2)
 	count := max(1, envInt(t, "MOTE_INTEROP_COUNT", 1))
 	verbose := os.Getenv("MOTE_INTEROP_VERBOSE") == "1"
 	var filter *regexp.Regexp
