@@ -323,3 +323,31 @@ func Match(filter, topic string) bool {
 		filter, topic = frest, trest
 	}
 }
+
+// Covers reports whether filter f matches every topic that s matches: s is
+// a topic (then Covers is Match) or a filter ("a/#" covers "a/+/b"; "a/+"
+// does not cover "a/#"). With Match, it is the one place wildcards are
+// understood; the tries of the tree core are indexes of the same rules.
+func Covers(f, s string) bool {
+	if !HasWildcard(s) {
+		return Match(f, s)
+	}
+	fl, sl := strings.Split(f, "/"), strings.Split(s, "/")
+	for i, l := range fl {
+		if l == "#" {
+			return !(i == 0 && strings.HasPrefix(s, "$"))
+		}
+		if i >= len(sl) {
+			return false
+		}
+		switch {
+		case l == "+":
+			if sl[i] == "#" || (i == 0 && strings.HasPrefix(sl[i], "$")) {
+				return false
+			}
+		case l != sl[i]:
+			return false
+		}
+	}
+	return len(fl) == len(sl)
+}

@@ -117,3 +117,29 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+func TestCovers(t *testing.T) {
+	for _, tc := range []struct {
+		f, s string
+		want bool
+	}{
+		{"a/#", "a/+/b", true},
+		{"a/#", "a", true},
+		{"a/+", "a/#", false},
+		{"a/+", "a/b", true},
+		{"a/+", "a/+", true},
+		{"+/b", "#", false},
+		{"#", "$SYS/x", false},
+		{"#", "$SYS/#", false},
+		{"+/x", "$SYS/x", false},
+		{"$SYS/#", "$SYS/+/x", true},
+		{"a/b", "a/+", false},
+		{"a/+/c", "a/+/c", true},
+		{"a/+/c", "a/b/c", true},
+		{"a/+/c", "a/b/d", false},
+	} {
+		if got := Covers(tc.f, tc.s); got != tc.want {
+			t.Errorf("Covers(%q, %q) = %v", tc.f, tc.s, got)
+		}
+	}
+}

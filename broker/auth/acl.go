@@ -144,12 +144,12 @@ func (a *ACL) allowed(c Client, topic string, want access) bool {
 				// A deny refuses a topic it matches, or a subscription it
 				// covers whole; a subscription it only overlaps is granted
 				// and the denied topics are filtered out on delivery.
-				if covers(f, topic) {
+				if wire.Covers(f, topic) {
 					return false
 				}
 				continue
 			}
-			if r.acc&want != 0 && covers(f, topic) {
+			if r.acc&want != 0 && wire.Covers(f, topic) {
 				granted = true
 			}
 		}
@@ -197,28 +197,3 @@ func (r rule) filterFor(c Client) (string, bool) {
 	return strings.Join(levels, "/"), true
 }
 
-// covers reports whether ACL filter f grants all of s (a topic, or a
-// subscription filter: "a/#" covers "a/+/b", "a/+" does not cover "a/#").
-func covers(f, s string) bool {
-	if !wire.HasWildcard(s) {
-		return wire.Match(f, s)
-	}
-	fl, sl := strings.Split(f, "/"), strings.Split(s, "/")
-	for i, l := range fl {
-		if l == "#" {
-			return !(i == 0 && strings.HasPrefix(s, "$"))
-		}
-		if i >= len(sl) {
-			return false
-		}
-		switch {
-		case l == "+":
-			if sl[i] == "#" || (i == 0 && strings.HasPrefix(sl[i], "$")) {
-				return false
-			}
-		case l != sl[i]:
-			return false
-		}
-	}
-	return len(fl) == len(sl)
-}
