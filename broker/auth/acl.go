@@ -196,4 +196,3 @@ func (r rule) filterFor(c Client) (string, bool) {
 	}
 	return strings.Join(levels, "/"), true
 }
-
