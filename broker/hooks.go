@@ -79,7 +79,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if old, ok := b.server.Clients.Get(cl.ID); ok && string(old.Properties.Username) != p.User {
-		if b.opts.Takeover == TakeoverRefuse {
+		// Another user's session: refused, or (TakeoverFresh) dropped if
+		// nobody is connected on it — a live connection of another user is
+		// never cut off.
+		if b.opts.Takeover == TakeoverRefuse || !old.Closed() {
 			return refuse(packets.ErrClientIdentifierNotValid, "client id in use by another user's session")
 		}
 		b.dropSession(old)
@@ -95,12 +98,9 @@ func v3Connack(code packets.Code) packets.Code {
 	return packets.Err3NotAuthorized
 }
 
-// dropSession ends another user's session on a client id that a new
-// client takes (TakeoverFresh): the new client starts clean.
+// dropSession ends another user's offline session on a client id that a
+// new client takes (TakeoverFresh): the new client starts clean.
 func (b *Broker) dropSession(old *mqtt.Client) {
-	if !old.Closed() {
-		b.server.DisconnectClient(old, packets.ErrSessionTakenOver) //nolint:errcheck // closing it either way
-	}
 	b.server.UnsubscribeClient(old)
 	old.ClearInflights()
 	b.server.Clients.Delete(old.ID)

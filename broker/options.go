@@ -33,7 +33,8 @@ const (
 	// messages and its subscriptions belong to the username that made it.
 	TakeoverRefuse TakeoverPolicy = "refuse"
 	// TakeoverFresh lets the client in with a new, empty session; the other
-	// user's session is dropped.
+	// user's session is dropped. A client id another user is connected on
+	// is refused either way.
 	TakeoverFresh TakeoverPolicy = "fresh"
 )
 
