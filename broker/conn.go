@@ -80,7 +80,7 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 // enqueue queues a message the broker itself sends (the loop, a replay):
 // it never waits; a full queue applies the slow-client policy.
 func (c *conn) enqueue(m item) {
-	if !c.q.push(m, time.Time{}) {
+	if !c.q.push(m, pubWait{}) {
 		c.slow()
 	}
 }

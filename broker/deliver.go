@@ -2,10 +2,28 @@ package broker
 
 import (
 	"slices"
-	"time"
+	"unsafe"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
+
+// message is a plain publish on its way to subscribers: what they all
+// share (nobody changes it once made). Compact where mochi's Packet is
+// 800 bytes: a queue of events holds many.
+type message struct {
+	topic   string
+	payload []byte
+	props   *packets.Properties // MQTT 5 properties; nil for none
+	origin  string              // the publisher's client id (No Local)
+	expiry  int64               // Unix seconds; 0: none
+	qos     byte
+	retain  bool
+}
+
+// bytesOf is s as bytes without a copy, for the store's own (immutable)
+// strings on their way to an encoder that only reads them. Nothing may
+// write to what it returns.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // deliverPlain sends a plain publish to every matching plain subscriber
 // through their connections' queues, with MQTT's per-subscription rules
@@ -15,14 +33,14 @@ import (
 // for room until deadline (a publisher; the loop passes none and never
 // waits), then the slow-client policy applies. A persistent session that
 // is offline keeps QoS 1/2 messages in flight, resent when it comes back.
-func (b *Broker) deliverPlain(pk *packets.Packet, deadline time.Time) {
-	subs := b.server.Topics.Subscribers(pk.TopicName)
+func (b *Broker) deliverPlain(msg *message, w pubWait) {
+	subs := b.server.Topics.Subscribers(msg.topic)
 	if len(subs.Shared) > 0 {
 		subs.SelectShared()
 		subs.MergeSharedSelected()
 	}
 	for id, sub := range subs.Subscriptions {
-		if sub.NoLocal && pk.Origin == id { // [MQTT-3.8.3-3]
+		if sub.NoLocal && msg.origin == id { // [MQTT-3.8.3-3]
 			continue
 		}
 		c := b.connByID(id)
@@ -35,13 +53,13 @@ func (b *Broker) deliverPlain(pk *packets.Packet, deadline time.Time) {
 		} else {
 			continue
 		}
-		if !b.access.canRead(p, pk.TopicName) {
+		if !b.access.canRead(p, msg.topic) {
 			continue
 		}
 		m := &plainItem{
-			pk:     pk,
-			qos:    min(pk.FixedHeader.Qos, sub.Qos),
-			retain: pk.FixedHeader.Retain && v5 && sub.RetainAsPublished, // [MQTT-3.3.1-12]
+			msg:    msg,
+			qos:    min(msg.qos, sub.Qos),
+			retain: msg.retain && v5 && sub.RetainAsPublished, // [MQTT-3.3.1-12]
 		}
 		if len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
 			for _, i := range sub.Identifiers {
@@ -50,7 +68,7 @@ func (b *Broker) deliverPlain(pk *packets.Packet, deadline time.Time) {
 			slices.Sort(m.subIDs)
 		}
 		if c != nil {
-			if !c.q.push(m, deadline) {
+			if !c.q.push(m, w) {
 				c.slow()
 			}
 			continue

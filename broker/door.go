@@ -72,9 +72,9 @@ func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitM
 // prepared is a publish that passed every check but those only the loop
 // can make.
 type prepared struct {
-	op    tree.Op         // a Mote publish's; a plain one's is made by dispatch, when needed
-	mote  bool            // a tree publish or $set
-	plain *packets.Packet // the packet plain subscribers get (a plain publish)
+	op    tree.Op  // a Mote publish's; a plain one's is made by dispatch, when needed
+	mote  bool     // a tree publish or $set
+	plain *message // what plain subscribers get (a plain publish)
 }
 
 // prepare checks a publish and decodes it into an op, on the caller's
@@ -99,22 +99,18 @@ func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
 		if !b.access.canWrite(p, m.Topic) {
 			return prepared{}, fmt.Errorf("%w: write to %.200q", tree.ErrDenied, m.Topic)
 		}
-		pk := &packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
-			TopicName:   m.Topic,
-			Payload:     m.Payload,
-			Properties:  m.Properties,
-			Origin:      p.ClientID,
-			Created:     time.Now().Unix(),
+		msg := &message{topic: m.Topic, payload: m.Payload, origin: p.ClientID, qos: m.QoS, retain: m.Retain}
+		if hasProps(&m.Properties) || m.Properties.MessageExpiryInterval > 0 {
+			props := m.Properties
+			props.TopicAlias, props.TopicAliasFlag, props.SubscriptionIdentifier = 0, false, nil
+			if exp := props.MessageExpiryInterval; exp > 0 && !m.Retain {
+				msg.expiry = time.Now().Unix() + int64(exp) // an event held for an offline session expires [MQTT-3.3.2-5]
+			} else {
+				props.MessageExpiryInterval = 0 // rows never expire (SPEC §1)
+			}
+			msg.props = &props
 		}
-		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag, pk.Properties.SubscriptionIdentifier = 0, false, nil
-		if exp := m.Properties.MessageExpiryInterval; exp > 0 && !m.Retain {
-			pk.Expiry = pk.Created + int64(exp) // an event held for an offline session expires [MQTT-3.3.2-5]
-		} else {
-			pk.Properties.MessageExpiryInterval = 0 // rows never expire (SPEC §1)
-		}
-		pk.ProtocolVersion = 5
-		return prepared{plain: pk}, nil // its op is made when needed (dispatch)
+		return prepared{plain: msg}, nil // its op is made when needed (dispatch)
 	}
 	op, err := b.parser.Op(pub, m.Payload, m.Retain, m.QoS)
 	if err != nil {
@@ -150,7 +146,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
 			b.reqs.push(request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}})
 		}
-		b.deliverPlain(r.plain, time.Now().Add(b.opts.PublishWait))
+		b.deliverPlain(r.plain, pubWait{deadline: time.Now().Add(b.opts.PublishWait)})
 		return nil
 	}
 	if !r.mote {

@@ -170,6 +170,10 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		return pk, nil
 	}
 	c.pendingTopic = ""
+	if pk.Properties.TopicAliasFlag && len(pk.TopicName) > h.b.opts.MaxTopicLen {
+		// Not kept as an alias: the door refuses the topic anyway.
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+	}
 	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) {
 		if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
 			c.pendingErr = errAlias
@@ -182,6 +186,10 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	}
 	return pk, nil
 }
+
+// maxTopicAliases is how many topic aliases a client may set (each holds
+// a topic of up to max_topic_length bytes).
+const maxTopicAliases = 256
 
 // internalPublish is the topic mochi sees for a publish OnPacketRead took
 // aside.
@@ -332,6 +340,17 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 		if !ok {
 			continue
 		}
+		if (sf.Mode == wire.Sync || (sf.Mode == wire.Plain && f.RetainHandling != 2)) && c.q.full() {
+			// A client that asks for snapshots or retained rows while it
+			// holds a full queue (it does not read) gets no more of them.
+			h.b.refuse(c.p, "subscribe", f.Filter, errQuotaf("the client's queue is full"))
+			h.b.unfile(cl, f.Filter)
+			codes[i] = packets.ErrQuotaExceeded.Code
+			if !c.v5 {
+				codes[i] = packets.ErrUnspecifiedError.Code
+			}
+			continue
+		}
 		if sf.Mode != wire.Plain {
 			h.b.dropOtherForms(cl, f.Filter, sf)
 			h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier)
@@ -384,10 +403,7 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 				f.Filter, replaced = internal, true
 				continue
 			}
-			if h.b.server.Topics.Unsubscribe(internal, cl.ID) {
-				atomic.AddInt64(&h.b.server.Info.Subscriptions, -1)
-			}
-			cl.State.Subscriptions.Delete(internal)
+			h.b.unfile(cl, internal)
 		}
 	}
 	pk.Filters = filters
@@ -419,8 +435,9 @@ func (h *hook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, _ int64) {
 // OnPacketEncode keeps user properties on PUBLISH packets to clients that
 // set Request Problem Information to 0 (that flag only covers packets other
 // than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29]: mote-seq and
-// mote-part must reach the client), and tells MQTT 5 clients the largest
-// packet the broker accepts in CONNACK [MQTT-3.2.2.3.6].
+// mote-part must reach the client), and tells MQTT 5 clients in CONNACK
+// the largest packet the broker accepts [MQTT-3.2.2.3.6] and how many
+// topic aliases they may set [MQTT-3.2.2.3.8].
 func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
@@ -428,6 +445,7 @@ func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet 
 	case packets.Connack:
 		if pk.ReasonCode < 0x80 {
 			pk.Properties.MaximumPacketSize = h.b.opts.MaxPacketSize
+			pk.Properties.TopicAliasMaximum = maxTopicAliases
 		}
 	}
 	return pk
@@ -444,6 +462,15 @@ func (h *hook) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
 // OnQosDropped: see OnQosComplete.
 func (h *hook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) { h.OnQosComplete(cl, packets.Packet{}) }
 
+// unfile removes a subscription mochi filed (one the broker refused after
+// all).
+func (b *Broker) unfile(cl *mqtt.Client, filter string) {
+	if b.server.Topics.Unsubscribe(filter, cl.ID) {
+		atomic.AddInt64(&b.server.Info.Subscriptions, -1)
+	}
+	cl.State.Subscriptions.Delete(filter)
+}
+
 // dropOtherForms removes from mochi the other property-form tree
 // subscriptions to the same filter: their messages go to the same topic,
 // so the tree core keeps one subscription per topic, and the newest
@@ -458,10 +485,7 @@ func (b *Broker) dropOtherForms(cl *mqtt.Client, internal string, sf wire.Subscr
 			continue
 		}
 		if _, ok := cl.State.Subscriptions.Get(other); ok {
-			if b.server.Topics.Unsubscribe(other, cl.ID) {
-				atomic.AddInt64(&b.server.Info.Subscriptions, -1)
-			}
-			cl.State.Subscriptions.Delete(other)
+			b.unfile(cl, other)
 		}
 	}
 }

@@ -308,6 +308,16 @@ func TestSubscribeFlood(t *testing.T) {
 	}
 	stalled(t, b, "flood", trees...)
 	stalled(t, b, "flood2", plain...)
+	// And one that subscribes again and again, one SUBSCRIBE at a time: a
+	// token each, until its queue is full; then 0x97.
+	again := stalled(t, b, "flood3")
+	var burst []byte
+	for i := range 50_000 {
+		f := []string{"$sync/#", "#"}[i%2]
+		body := append([]byte{byte(i >> 8), byte(i) | 1, 0, byte(len(f))}, f...)
+		burst = append(append(append(burst, 0x82), varint(len(body)+1)...), append(body, 0)...)
+	}
+	again.Write(burst)
 	time.Sleep(500 * time.Millisecond) // let the writers fill the sockets
 	if err := b.Sync(ctx); err != nil {
 		t.Fatal(err)

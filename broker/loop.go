@@ -35,9 +35,9 @@ type request struct {
 // pubMeta is what the loop needs to know of a publish besides its op.
 type pubMeta struct {
 	p     Principal
-	topic string          // as sent, for refusal reports
-	plain *packets.Packet // a plain retained publish: delivered to plain subscribers once its row is applied
-	rows  bool            // deliver each applied row to plain subscribers (a tree publish, $set)
+	topic string   // as sent, for refusal reports
+	plain *message // a plain retained publish: delivered to plain subscribers once its row is applied
+	rows  bool     // deliver each applied row to plain subscribers (a tree publish, $set)
 	// done, if not nil, is answered once the publish is applied (with
 	// commit, once its rows are committed), or with why it was refused;
 	// without it the loop reports a refusal itself.
@@ -230,14 +230,12 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 			changes = append(changes, own...)
 		}
 		if m.plain != nil {
-			b.deliverPlain(m.plain, time.Time{})
+			b.deliverPlain(m.plain, pubWait{})
 		}
 		b.keepProps(m.plain, a.Rows)
 		if m.rows {
 			for _, row := range a.Rows {
-				pk := rowPacket(row, ops[i].QoS)
-				pk.Origin = m.p.ClientID
-				b.deliverPlain(&pk, time.Time{})
+				b.deliverPlain(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: m.p.ClientID, qos: ops[i].QoS, retain: row.Retain}, pubWait{})
 			}
 		}
 	}
@@ -253,16 +251,6 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 		for _, s := range d.Subs {
 			b.queueDelta(s.Data.(*treeSub), d, batch)
 		}
-	}
-}
-
-// rowPacket is the plain publish of one applied row.
-func rowPacket(r tree.Row, qos byte) packets.Packet {
-	return packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: r.Retain},
-		TopicName:   r.Topic,
-		Payload:     []byte(r.Value.Data),
-		Created:     time.Now().Unix(),
 	}
 }
 
@@ -297,11 +285,9 @@ func (b *Broker) handle(r *request) {
 // (content type, user properties, …) for retained delivery; any other
 // change to the row drops them. They live in memory only: the store keeps
 // payloads.
-func (b *Broker) keepProps(plain *packets.Packet, rows []tree.Row) {
-	if plain != nil && plain.ProtocolVersion == 5 && len(plain.Payload) > 0 && hasProps(&plain.Properties) {
-		p := plain.Properties
-		p.MessageExpiryInterval, p.TopicAlias, p.TopicAliasFlag, p.SubscriptionIdentifier = 0, 0, false, nil
-		b.props[plain.TopicName] = p
+func (b *Broker) keepProps(plain *message, rows []tree.Row) {
+	if plain != nil && len(plain.payload) > 0 && plain.props != nil && hasProps(plain.props) {
+		b.props[plain.topic] = *plain.props
 		return
 	}
 	if len(b.props) == 0 {

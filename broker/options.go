@@ -79,12 +79,14 @@ type Options struct {
 	// closed (a client that stops reading does not linger). Default 10s.
 	WriteTimeout time.Duration
 
-	// QueueBytes bounds what one client may have queued, in payload bytes
+	// QueueBytes bounds what one client may have queued, in bytes
 	// (snapshots and retained replays are read as the client drains them,
 	// so they do not count until then); default 8 MiB. A message that
-	// finds the queue full waits up to PublishWait if a publisher sends it
-	// (default 50ms, the most a publish waits in all, whatever its
-	// subscribers do), then SlowClient applies.
+	// finds the queue full makes its publisher wait for room, PublishWait
+	// at most for the whole publish whatever its subscribers do (default
+	// 1s); a subscriber that made a publisher wait that long is stalled: no
+	// publisher waits for it again until its queue drains to half. Then
+	// SlowClient applies.
 	QueueBytes  int
 	PublishWait time.Duration
 	SlowClient  SlowPolicy // default SlowDrop
@@ -139,7 +141,7 @@ const (
 	DefaultMaxConnectSize            = 64 << 10
 	DefaultWriteTimeout              = 10 * time.Second
 	DefaultQueueBytes                = 8 << 20
-	DefaultPublishWait               = 50 * time.Millisecond
+	DefaultPublishWait               = time.Second
 	DefaultMaxSubscriptions          = 10_000
 	DefaultMaxSubscriptionsPerPacket = 1_000
 	// MaxTopicLenLimit is the largest MaxTopicLen: the store's longest key.
@@ -187,6 +189,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.PublishWait == 0 {
 		o.PublishWait = DefaultPublishWait
 	}
+
 	if o.SlowClient == "" {
 		o.SlowClient = SlowDrop
 	}

@@ -4,8 +4,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
-
 	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -17,16 +15,20 @@ type item interface{ cost() int }
 // itemOverhead is what an item costs beyond its payload and topic.
 const itemOverhead = 64
 
-// plainItem is a live plain publish: the packet is shared by all its
-// subscribers (nobody changes it), the flags are this subscriber's.
+// plainItem is a live plain publish: the message is shared by all its
+// subscribers, the flags are this subscriber's.
 type plainItem struct {
-	pk     *packets.Packet
+	msg    *message
 	qos    byte
 	retain bool
 	subIDs []int
 }
 
-func (m *plainItem) cost() int { return len(m.pk.Payload) + len(m.pk.TopicName) + itemOverhead }
+// messageCost is what a message costs beyond its topic and payload (the
+// message and its item); counted whole for every subscriber, though shared.
+const messageCost = 160
+
+func (m *plainItem) cost() int { return len(m.msg.payload) + len(m.msg.topic) + messageCost }
 
 // treeItem is an encoded tree message: a snapshot (or one of its parts) or
 // a delta.
@@ -64,7 +66,11 @@ type deltaItem struct {
 // memory however many it asked for at once.
 type snapshotItem struct{ sub *treeSub }
 
-func (*snapshotItem) cost() int { return itemOverhead }
+// tokenCost is what a snapshot or replay token counts: about what a
+// subscription waiting for it holds in memory.
+const tokenCost = 512
+
+func (*snapshotItem) cost() int { return tokenCost }
 
 // replayItem is the retained rows a plain subscription gets, listed by the
 // loop when the writer reaches it and read as the client drains them.
@@ -77,7 +83,7 @@ type replayItem struct {
 	next   int
 }
 
-func (m *replayItem) cost() int { return len(m.filter) + itemOverhead }
+func (m *replayItem) cost() int { return len(m.filter) + tokenCost }
 
 // outQueue is one connection's queue: a guarded slice of items plus a
 // one-slot channel that wakes the writer (as nats-server's ipqueue). It
@@ -113,13 +119,14 @@ func (q *outQueue) signal() {
 // push queues m. A queue whose bytes would pass the bound refuses it
 // (false), unless it is empty: one message larger than the bound still
 // goes through alone. A closed queue takes nothing (true: nothing to
-// report). With a deadline, a full queue makes the caller wait for room
-// until then, unless a publisher already gave up on this queue.
-func (q *outQueue) push(m item, deadline time.Time) bool {
+// report). A publisher (w not zero) waits for room until w.deadline; a
+// queue that made a publisher wait that long is stalled: no publisher
+// waits for it again until it drains to half.
+func (q *outQueue) push(m item, w pubWait) bool {
 	c := m.cost()
 	q.mu.Lock()
 	for !q.closed && q.bytes > 0 && q.bytes+c > q.max {
-		if deadline.IsZero() || q.stalled {
+		if w.deadline.IsZero() || q.stalled {
 			q.mu.Unlock()
 			return false
 		}
@@ -128,20 +135,18 @@ func (q *outQueue) push(m item, deadline time.Time) bool {
 		}
 		room := q.room
 		q.mu.Unlock()
-		d := time.Until(deadline)
-		if d <= 0 {
+		t := time.NewTimer(time.Until(w.deadline))
+		select {
+		case <-room: // the writer took items
+			t.Stop()
+		case <-q.done:
+			t.Stop()
+		case <-t.C:
 			q.mu.Lock()
 			q.stalled = true
 			q.mu.Unlock()
 			return false
 		}
-		t := time.NewTimer(d)
-		select {
-		case <-room:
-		case <-t.C:
-		case <-q.done:
-		}
-		t.Stop()
 		q.mu.Lock()
 	}
 	if q.closed {
@@ -155,8 +160,35 @@ func (q *outQueue) push(m item, deadline time.Time) bool {
 	return true
 }
 
-// addBytes counts bytes a fold added to an item still queued (mu held).
-func (q *outQueue) addBytesLocked(n int) { q.bytes += n }
+// pubWait is how long a publisher waits for room in a subscriber's queue:
+// until deadline (for the whole publish, whatever its subscribers do). The
+// zero pubWait does not wait (the loop, the broker's own messages).
+type pubWait struct {
+	deadline time.Time
+}
+
+// reserve counts n bytes the loop holds for this connection (events kept
+// for a snapshot that waits) against the queue's bound, if they fit; a
+// negative n gives them back.
+func (q *outQueue) reserve(n int) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch {
+	case q.closed: // nothing is counted any more
+	case n > 0 && q.bytes > 0 && q.bytes+n > q.max:
+		return false
+	default:
+		q.bytes += n
+	}
+	return true
+}
+
+// full reports whether the queue has reached its bound.
+func (q *outQueue) full() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.bytes >= q.max
+}
 
 // take moves up to maxBytes worth of items (at least one) into out and
 // returns it; none while the queue is held or closed.

@@ -31,6 +31,9 @@ type Report struct {
 	Path   string    `json:"path,omitempty"` // RFC 6901 pointer into the payload
 }
 
+// reportProps are the MQTT 5 properties of an error report.
+var reportProps = packets.Properties{ContentType: "application/json"}
+
 // maxReason bounds a Reason String (and a report's topic): MQTT caps
 // strings at 65,535 bytes, and a client needs far less to know why.
 const maxReason = 1024
@@ -93,14 +96,7 @@ func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 		return code
 	}
 	payload, _ := json.Marshal(r)
-	pk := &packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish},
-		TopicName:   ErrorTopic + errorTopicID(p.ClientID),
-		Payload:     payload,
-		Created:     time.Now().Unix(),
-	}
-	pk.Properties.ContentType = "application/json"
-	b.deliverPlain(pk, time.Time{})
+	b.deliverPlain(&message{topic: ErrorTopic + errorTopicID(p.ClientID), payload: payload, props: &reportProps}, pubWait{})
 	return code
 }
 

@@ -158,7 +158,10 @@ type funcOut struct {
 }
 
 func (o *funcOut) send(_ *conn, pk packets.Packet) error {
-	o.fn(Delivery{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties})
+	// A copy: the payload may be the store's own bytes, and fn may keep or
+	// change what it gets.
+	payload := append([]byte(nil), pk.Payload...)
+	o.fn(Delivery{Topic: pk.TopicName, Payload: payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties})
 	return nil
 }
 

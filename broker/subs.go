@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"time"
-
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mote-mqtt/mote/tree"
@@ -38,8 +36,10 @@ func changeCost(ch *tree.Change) int { return len(ch.Topic) + len(ch.Value.Data)
 
 // holdEvents keeps the events among changes that st matches while it
 // awaits its snapshot; a retained change of a topic drops its held event
-// (the snapshot has it).
-func (st *treeSub) holdEvents(changes []tree.Change, limit int) {
+// (the snapshot has it). What it holds counts against the connection's
+// queue bound; past it the events are dropped and lost is set.
+func (st *treeSub) holdEvents(changes []tree.Change) {
+	q := st.c.q
 	for _, ch := range changes {
 		if !st.ts.Matches(ch.Topic) {
 			continue
@@ -47,25 +47,41 @@ func (st *treeSub) holdEvents(changes []tree.Change, limit int) {
 		i, ok := st.at[ch.Topic]
 		switch {
 		case ch.Retain && ok:
-			st.held -= changeCost(&st.events[i])
+			n := changeCost(&st.events[i])
+			st.held -= n
+			q.reserve(-n)
 			st.events[i].Topic = "" // dropped; skipped at the snapshot
 			delete(st.at, ch.Topic)
 		case ch.Retain || st.lost:
 		case ok:
-			st.held += len(ch.Value.Data) - len(st.events[i].Value.Data)
+			n := len(ch.Value.Data) - len(st.events[i].Value.Data)
+			if !q.reserve(n) {
+				st.dropEvents()
+				continue
+			}
+			st.held += n
 			st.events[i].Value, st.events[i].QoS = ch.Value, max(st.events[i].QoS, ch.QoS)
-		case st.held+changeCost(&ch) > limit:
-			st.lost = true
-			st.events, st.at, st.held = nil, nil, 0
 		default:
+			n := changeCost(&ch)
+			if !q.reserve(n) {
+				st.dropEvents()
+				continue
+			}
 			if st.at == nil {
 				st.at = map[string]int{}
 			}
 			st.at[ch.Topic] = len(st.events)
 			st.events = append(st.events, ch)
-			st.held += changeCost(&ch)
+			st.held += n
 		}
 	}
+}
+
+// dropEvents lets go of the held events: the first delta after the
+// snapshot shows the gap.
+func (st *treeSub) dropEvents() {
+	st.c.q.reserve(-st.held)
+	st.events, st.at, st.held, st.lost = nil, nil, 0, true
 }
 
 // queueDelta queues delta d for st, or folds it into st's delta still in
@@ -73,7 +89,7 @@ func (st *treeSub) holdEvents(changes []tree.Change, limit int) {
 func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 	c := st.c
 	if st.await {
-		st.holdEvents(batch.changes(), b.opts.QueueBytes)
+		st.holdEvents(batch.changes())
 		return
 	}
 	if st.last != nil && c.q.fold(st.last, st.ts, batch) {
@@ -86,7 +102,7 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 		sub:      st,
 		from:     batch,
 	}
-	if c.q.push(it, time.Time{}) {
+	if c.q.push(it, pubWait{}) {
 		st.last = it
 		b.stats.DeltasQueued.Add(1)
 		return
@@ -213,6 +229,8 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 // makes st live: deltas of later batches follow (loop only).
 func (b *Broker) snapshotOf(st *treeSub) (snap []byte, events *treeItem, ok bool) {
 	if !st.ts.Active() || !st.await {
+		st.c.q.reserve(-st.held) // unsubscribed while it waited: what it held goes
+		st.events, st.at, st.held = nil, nil, 0
 		return nil, nil, false
 	}
 	st.await = false
@@ -232,54 +250,60 @@ func (b *Broker) snapshotOf(st *treeSub) (snap []byte, events *treeItem, ok bool
 			events = &treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, codec: st.ts.Codec, subID: st.id}
 		}
 	}
+	st.c.q.reserve(-st.held)
 	st.events, st.at, st.held, st.lost = nil, nil, 0, false
 	b.stats.DeltasQueued.Add(1)
 	return snap, events, true
 }
 
-// replay reads the next retained rows of a plain subscription's replay,
-// on the loop; done once there are no more.
-func (b *Broker) replay(c *conn, r *replayItem) ([]packets.Packet, bool, error) {
-	var pks []packets.Packet // written on the loop; read only once it answered
-	if !b.onLoop(c.q.done, func() { pks = b.replayRows(c, r) }) {
-		return nil, true, errWriterStop
-	}
-	return pks, r.refs == nil, nil
+// replayRow is one retained row read for a replay: the strings are the
+// store's own (immutable), nothing is copied.
+type replayRow struct {
+	topic string
+	value wire.Value
+	qos   byte
+	props *packets.Properties // MQTT 5 properties kept with the row
 }
 
-// replayRows lists the rows of r's filter the first time, then returns up
-// to replayChunk of them that c may read, as retained publishes with
-// MQTT's rules: QoS capped by the row's and the subscription's, the
-// subscription identifier, the MQTT 5 properties kept with the row (loop
-// only).
-func (b *Broker) replayRows(c *conn, r *replayItem) []packets.Packet {
+// replay reads the next retained rows of a plain subscription's replay,
+// on the loop; done once there are no more.
+func (b *Broker) replay(c *conn, r *replayItem, out []replayRow) ([]replayRow, bool, error) {
+	var rows []replayRow // written on the loop; read only once it answered
+	if !b.onLoop(c.q.done, func() { rows = b.replayRows(r, out) }) {
+		return nil, true, errWriterStop
+	}
+	return rows, r.refs == nil, nil
+}
+
+// replayRows lists the rows of r's filter the first time, then reads the
+// next of them: up to replayRows rows or replayBytes of payload, so one
+// trip to the loop serves many rows and a writer holds little (loop only).
+func (b *Broker) replayRows(r *replayItem, out []replayRow) []replayRow {
 	if !r.listed {
 		r.refs, r.listed = b.tree.Store().Refs(r.filter, nil), true
 	}
-	var out []packets.Packet
-	for r.next < len(r.refs) && len(out) < replayChunk {
+	n := 0
+	for r.next < len(r.refs) && len(out) < replayRowsMax && n < replayBytes {
 		topic, v, qos, ok := r.refs[r.next].Row()
 		r.next++
-		if !ok || !b.access.canRead(c.p, topic) {
+		if !ok {
 			continue
 		}
-		pk := packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: min(qos, r.qos), Retain: true},
-			TopicName:   topic,
-			Payload:     []byte(v.Data),
+		row := replayRow{topic: topic, value: v, qos: qos}
+		if p, ok := b.props[topic]; ok {
+			row.props = &p
 		}
-		if c.v5 {
-			if p, ok := b.props[topic]; ok {
-				pk.Properties = p
-			}
-			if r.subID > 0 {
-				pk.Properties.SubscriptionIdentifier = []int{r.subID}
-			}
-		}
-		out = append(out, pk)
+		out = append(out, row)
+		n += len(v.Data)
 	}
 	if r.next >= len(r.refs) {
 		r.refs = nil
 	}
 	return out
 }
+
+// replayRowsMax and replayBytes bound one read of a replay.
+const (
+	replayRowsMax = 4096
+	replayBytes   = 256 << 10
+)

@@ -17,10 +17,6 @@ import (
 // whole backlog is written.
 const takeBytes = 64 << 10
 
-// replayChunk is how many retained rows the loop reads for a replay at a
-// time.
-const replayChunk = 256
-
 // writeLoop is the connection's writer: the one path every message to the
 // client takes. It takes items in order and writes them; snapshots,
 // retained replays and folded deltas are made by the message loop when the
@@ -104,15 +100,21 @@ func (c *conn) write(m item) error {
 		}
 		return nil
 	case *replayItem:
+		var rows []replayRow
 		for {
-			pks, done, err := c.b.replay(c, m)
+			var done bool
+			var err error
+			rows, done, err = c.b.replay(c, m, rows[:0])
 			if err != nil {
 				return err
 			}
-			for _, pk := range pks {
-				if err := c.send(pk, false); err != nil {
-					return err
+			for i := range rows {
+				if pk, ok := c.replayPacket(m, &rows[i]); ok {
+					if err := c.send(pk, false); err != nil {
+						return err
+					}
 				}
+				rows[i] = replayRow{}
 			}
 			if done {
 				return nil
@@ -138,13 +140,46 @@ func (c *conn) send(pk packets.Packet, isTree bool) error {
 	return nil
 }
 
+// replayPacket is the retained publish of a replayed row for this
+// connection, with MQTT's rules: the reader's read check, QoS capped by the
+// row's and the subscription's, the subscription identifier, the row's
+// MQTT 5 properties. The payload is the store's string, not copied:
+// encoding only reads it.
+func (c *conn) replayPacket(r *replayItem, row *replayRow) (packets.Packet, bool) {
+	if !c.b.access.canRead(c.p, row.topic) {
+		return packets.Packet{}, false
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: min(row.qos, r.qos), Retain: true},
+		TopicName:   row.topic,
+		Payload:     bytesOf(row.value.Data),
+	}
+	if c.v5 {
+		if row.props != nil {
+			pk.Properties = *row.props
+		}
+		if r.subID > 0 {
+			pk.Properties.SubscriptionIdentifier = []int{r.subID}
+		}
+	}
+	return pk, true
+}
+
 // packet is the publish of a plain item for its subscriber.
 func (m *plainItem) packet() packets.Packet {
-	out := *m.pk
-	out.FixedHeader.Qos, out.FixedHeader.Retain = m.qos, m.retain
+	msg := m.msg
+	out := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos, Retain: m.retain},
+		TopicName:   msg.topic,
+		Payload:     msg.payload,
+		Origin:      msg.origin,
+		Expiry:      msg.expiry,
+		Created:     time.Now().Unix(),
+	}
+	if msg.props != nil {
+		out.Properties = *msg.props
+	}
 	out.Properties.SubscriptionIdentifier = m.subIDs
-	out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
-	out.PacketID = 0
 	return out
 }
 
