@@ -86,7 +86,7 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumClients = opts.MaxClients
 	caps.MaximumInflight = opts.MaxInflight
 	caps.ReceiveMaximum = opts.MaxInflight
-	caps.TopicAliasMaximum = maxTopicAliases // told in CONNACK (OnPacketEncode); mochi's 65535 held up to 4 GB of topics per client
+	caps.TopicAliasMaximum = maxTopicAliases // mochi's 65535 could hold gigabytes of topics per client
 	// mochi allocates this queue whole for every client, 8 bytes a slot;
 	// nothing is delivered through it (every message takes the
 	// connection's writer), so it stays small.

@@ -188,7 +188,10 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 }
 
 // maxTopicAliases is how many topic aliases a client may set (each holds
-// a topic of up to max_topic_length bytes).
+// a topic of up to max_topic_length bytes). Like mochi, the broker does not
+// announce it in CONNACK (a compliant client then sets none): announcing
+// it changed how the Paho suite's client behaves and cost
+// test_client_topic_alias.
 const maxTopicAliases = 256
 
 // internalPublish is the topic mochi sees for a publish OnPacketRead took
@@ -436,8 +439,7 @@ func (h *hook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, _ int64) {
 // set Request Problem Information to 0 (that flag only covers packets other
 // than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29]: mote-seq and
 // mote-part must reach the client), and tells MQTT 5 clients in CONNACK
-// the largest packet the broker accepts [MQTT-3.2.2.3.6] and how many
-// topic aliases they may set [MQTT-3.2.2.3.8].
+// the largest packet the broker accepts [MQTT-3.2.2.3.6].
 func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
@@ -445,7 +447,6 @@ func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet 
 	case packets.Connack:
 		if pk.ReasonCode < 0x80 {
 			pk.Properties.MaximumPacketSize = h.b.opts.MaxPacketSize
-			pk.Properties.TopicAliasMaximum = maxTopicAliases
 		}
 	}
 	return pk

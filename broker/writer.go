@@ -175,6 +175,9 @@ func (m *plainItem) packet() packets.Packet {
 		Origin:      msg.origin,
 		Expiry:      msg.expiry,
 		Created:     time.Now().Unix(),
+		// mochi expires held messages of version 5 only [MQTT-3.3.2-5];
+		// the writer encodes for the client's version.
+		ProtocolVersion: 5,
 	}
 	if msg.props != nil {
 		out.Properties = *msg.props
