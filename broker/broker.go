@@ -36,6 +36,7 @@ type Broker struct {
 	treeSubs atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
 	subsSent atomic.Int64 // subscribe requests pushed, not yet handled by the loop
 	lastTick atomic.Int64 // when the loop last took work (Unix ns)
+	offline  offlineHeld  // bytes held for offline persistent sessions
 
 	tcp, tls *tcpListener
 	ws, wss  *wsListener
@@ -47,6 +48,7 @@ type Broker struct {
 
 	loopDone chan struct{}
 	stop     chan struct{}  // closed by Close: stops the $SYS ticker
+	splits   chan struct{}  // snapshots being split, at most its capacity at once
 	writers  sync.WaitGroup // per-connection writers
 	tickers  sync.WaitGroup // the $SYS ticker
 	started  bool
@@ -102,6 +104,7 @@ func New(opts Options) (*Broker, error) {
 		loopDone: make(chan struct{}),
 		stop:     make(chan struct{}),
 		raw:      map[*netConn]struct{}{},
+		splits:   make(chan struct{}, 2),
 	}
 	b.wills = wills{b: b, delayed: map[string]*will{}}
 	b.server = mqtt.New(&mqtt.Options{

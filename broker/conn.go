@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,11 +30,16 @@ type conn struct {
 	acked   chan struct{} // one slot: an in-flight slot was freed
 	dropped atomic.Int64
 
+	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
+	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id
+	flightBytes int
+
 	// Touched only by an MQTT connection's read goroutine, where mochi runs
 	// the hooks of one packet in order and sends the will.
 	will         *will  // armed at CONNECT; handed to wills when due
 	pendingTopic string // the topic of the publish OnPacketRead took aside
 	pendingErr   error
+	levels       int // filter levels of the session's subscriptions, in all
 }
 
 // endpoint is where a conn's writer writes: an MQTT client, or a door
@@ -60,14 +66,15 @@ var errTooLarge = errors.New("broker: too large")
 
 func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	c := &conn{
-		b:     b,
-		p:     p,
-		key:   p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
-		id:    id,
-		v5:    v5,
-		q:     newOutQueue(b.opts.QueueBytes),
-		out:   out,
-		acked: make(chan struct{}, 1),
+		b:      b,
+		p:      p,
+		key:    p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
+		id:     id,
+		v5:     v5,
+		q:      newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
+		out:    out,
+		acked:  make(chan struct{}, 1),
+		flight: map[uint16]int{},
 	}
 	if c.id == "" {
 		c.id = c.key
@@ -120,8 +127,30 @@ func (c *conn) slow() {
 // and any publisher waiting for room stop.
 func (c *conn) close() { c.q.close() }
 
-// inflightFreed wakes a writer waiting for an in-flight slot.
-func (c *conn) inflightFreed() {
+// inFlight records a publish in flight: its bytes count against the
+// connection's queue bound until the client acknowledges it.
+func (c *conn) inFlight(id uint16, n int) {
+	c.flightMu.Lock()
+	c.flightBytes += n - c.flight[id]
+	c.flight[id] = n
+	c.flightMu.Unlock()
+}
+
+// flightLoad is what the client has in flight: bytes and publishes the
+// writer recorded.
+func (c *conn) flightLoad() int {
+	c.flightMu.Lock()
+	defer c.flightMu.Unlock()
+	return c.flightBytes
+}
+
+// inflightFreed forgets an acknowledged (or dropped) publish and wakes a
+// writer waiting for room in flight.
+func (c *conn) inflightFreed(id uint16) {
+	c.flightMu.Lock()
+	c.flightBytes -= c.flight[id]
+	delete(c.flight, id)
+	c.flightMu.Unlock()
 	select {
 	case c.acked <- struct{}{}:
 	default:
@@ -135,6 +164,7 @@ func (c *conn) inflightFreed() {
 type mqttOut struct {
 	b   *Broker
 	cl  *mqtt.Client
+	q   *outQueue // its connection's, told what was written
 	buf bytes.Buffer
 	n   int // packets in buf
 }
@@ -178,6 +208,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 			c.slow() // every packet id in flight: the client does not acknowledge
 			return nil
 		}
+		c.inFlight(pk.PacketID, len(pk.Payload)+len(pk.TopicName)+messageCost)
 	}
 	if max := cl.Properties.Props.TopicAliasMaximum; c.v5 && max > 0 && pk.TopicName != "" {
 		alias, known := cl.State.TopicAliases.Outbound.Set(pk.TopicName)
@@ -201,6 +232,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 		o.buf.Truncate(mark)
 		if pk.FixedHeader.Qos > 0 {
 			o.b.dropInflight(cl, pk.PacketID)
+			c.inflightFreed(pk.PacketID)
 		}
 		return err
 	}
@@ -224,6 +256,7 @@ func (o *mqttOut) flush() error {
 	cl.Lock()
 	n, err := cl.Net.Conn.Write(o.buf.Bytes())
 	cl.Unlock()
+	o.q.wrote(n)
 	info := o.b.server.Info
 	atomic.AddInt64(&info.BytesSent, int64(n))
 	atomic.AddInt64(&info.PacketsSent, int64(o.n))
@@ -238,15 +271,17 @@ func (o *mqttOut) flush() error {
 }
 
 // waitInflight waits while the client has as many QoS messages in flight
-// as it accepts (its Receive Maximum, or the broker's in-flight bound),
-// woken by mochi's acknowledgement hooks; what is encoded goes out first,
-// or the client could not acknowledge it.
+// as it accepts (its Receive Maximum, or the broker's in-flight bound), or
+// their bytes reach the connection's queue bound (what is in flight is
+// held for resending: a client that never acknowledges holds no more than
+// its queue's worth), woken by mochi's acknowledgement hooks; what is
+// encoded goes out first, or the client could not acknowledge it.
 func (o *mqttOut) waitInflight(c *conn) error {
 	limit := int(o.b.opts.MaxInflight)
 	if rm := int(o.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
 		limit = rm
 	}
-	for o.cl.State.Inflight.Len() >= limit {
+	for n := o.cl.State.Inflight.Len(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = o.cl.State.Inflight.Len() {
 		if err := o.flush(); err != nil {
 			return err
 		}
@@ -269,9 +304,10 @@ func (b *Broker) takeInflight(cl *mqtt.Client, pk *packets.Packet) error {
 		return err
 	}
 	pk.PacketID = uint16(id)
-	if pk.Created == 0 {
-		pk.Created = time.Now().Unix()
-	}
+	// mochi resends held messages in the order of uint16(Created) (its
+	// own second-resolution times, sorted unstably, came back shuffled):
+	// packet ids are given in order, and never two alike in flight.
+	pk.Created = int64(pk.PacketID)
 	if cl.State.Inflight.Set(*pk) {
 		atomic.AddInt64(&b.server.Info.Inflight, 1)
 		cl.State.Inflight.DecreaseSendQuota()
@@ -288,12 +324,68 @@ func (b *Broker) dropInflight(cl *mqtt.Client, id uint16) {
 }
 
 // holdOffline keeps a QoS 1/2 message for a persistent session that is
-// away, in mochi's in-flight state, which resends it on reconnect.
+// away, in mochi's in-flight state, which resends it on reconnect: at most
+// MaxInflight of them per session, and MaxOfflineBytes for all sessions
+// (every held message is a copy of mochi's 800-byte packet: many sessions
+// subscribed to much could otherwise hold gigabytes). What does not fit is
+// dropped and counted.
 func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
-	if out.FixedHeader.Qos == 0 || cl.State.Inflight.Len() >= int(b.opts.MaxInflight) {
+	if out.FixedHeader.Qos == 0 {
 		return
 	}
-	b.takeInflight(cl, &out) //nolint:errcheck // no packet id left: nothing held, as for a full in-flight window
+	n := heldCost + len(out.Payload) + len(out.TopicName)
+	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) || b.offline.bytes.Load()+int64(n) > int64(b.opts.MaxOfflineBytes) {
+		b.stats.Dropped.Add(1)
+		return
+	}
+	if b.takeInflight(cl, &out) == nil {
+		b.offline.add(cl.ID, n)
+	}
+}
+
+// heldCost is what a held message costs beyond its topic and payload.
+const heldCost = 1024
+
+// offlineHeld counts the bytes held for offline sessions, by client id.
+type offlineHeld struct {
+	mu    sync.Mutex
+	by    map[string]int64
+	bytes atomic.Int64
+}
+
+func (o *offlineHeld) add(id string, n int) {
+	o.mu.Lock()
+	if o.by == nil {
+		o.by = map[string]int64{}
+	}
+	o.by[id] += int64(n)
+	o.mu.Unlock()
+	o.bytes.Add(int64(n))
+}
+
+// forget lets go of what was held for id: the session came back (mochi
+// resends the messages), or is gone.
+func (o *offlineHeld) forget(id string) {
+	o.mu.Lock()
+	n := o.by[id]
+	delete(o.by, id)
+	o.mu.Unlock()
+	o.bytes.Add(-n)
+}
+
+// prune forgets the sessions mochi no longer has (expired).
+func (o *offlineHeld) prune(has func(string) bool) {
+	o.mu.Lock()
+	var gone []string
+	for id := range o.by {
+		if !has(id) {
+			gone = append(gone, id)
+		}
+	}
+	o.mu.Unlock()
+	for _, id := range gone {
+		o.forget(id)
+	}
 }
 
 // errWriterStop ends a writer quietly: its connection or the broker closed.

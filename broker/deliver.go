@@ -16,8 +16,18 @@ type message struct {
 	props   *packets.Properties // MQTT 5 properties; nil for none
 	origin  string              // the publisher's client id (No Local)
 	expiry  int64               // Unix seconds; 0: none
+	size    int                 // bytes of its properties
 	qos     byte
 	retain  bool
+}
+
+// propsSize is roughly what MQTT 5 properties hold in memory.
+func propsSize(p *packets.Properties) int {
+	n := len(p.ContentType) + len(p.ResponseTopic) + len(p.CorrelationData)
+	for _, u := range p.User {
+		n += len(u.Key) + len(u.Val) + 32
+	}
+	return n
 }
 
 // bytesOf is s as bytes without a copy, for the store's own (immutable)
@@ -68,6 +78,10 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 			slices.Sort(m.subIDs)
 		}
 		if c != nil {
+			if max := c.out.maxPacket(); max > 0 && minPacketSize(msg, m.qos, v5) > int(max) {
+				b.stats.TooLarge.Add(1) // it cannot fit the client [MQTT-3.1.2-25]: not queued at all
+				continue
+			}
 			if !c.q.push(m, w) {
 				c.slow()
 			}
@@ -77,6 +91,20 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 			b.holdOffline(cl, m.packet())
 		}
 	}
+}
+
+// minPacketSize is the least a publish of msg encodes to: a lower bound,
+// so a message above a client's Maximum Packet Size by it surely does not
+// fit.
+func minPacketSize(msg *message, qos byte, v5 bool) int {
+	n := 2 + 2 + len(msg.topic) + len(msg.payload)
+	if qos > 0 {
+		n += 2
+	}
+	if v5 {
+		n++
+	}
+	return n
 }
 
 // connByID is the live connection plain subscriptions are filed under id.

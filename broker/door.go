@@ -108,9 +108,12 @@ func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
 			} else {
 				props.MessageExpiryInterval = 0 // rows never expire (SPEC §1)
 			}
-			msg.props = &props
+			msg.props, msg.size = &props, propsSize(&props)
 		}
 		return prepared{plain: msg}, nil // its op is made when needed (dispatch)
+	}
+	if !p.system && reserved(pub.Topic) {
+		return prepared{}, wire.ErrReservedf("%.200q: $set and tree publishes cannot reach the broker's topics", m.Topic)
 	}
 	op, err := b.parser.Op(pub, m.Payload, m.Retain, m.QoS)
 	if err != nil {

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"strings"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -129,12 +130,16 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
-	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, &mqttOut{b: b, cl: cl})
+	out := &mqttOut{b: b, cl: cl}
+	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
+	out.q = c.q
 	c.will = willOf(p, &pk)
 	b.conns.Store(cl, c)
 	b.byID.Store(cl.ID, c)
 	b.wills.cancel(cl.ID)
+	b.offline.forget(cl.ID)
 	for filter, s := range cl.State.Subscriptions.GetAll() {
+		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
 			b.subscribeTree(c, filter, sf, s.Qos, s.Identifier)
 		}
@@ -186,6 +191,10 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	}
 	return pk, nil
 }
+
+// levelsPerSubscription is the filter levels a client may have on average
+// per subscription of its quota.
+const levelsPerSubscription = 4
 
 // maxTopicAliases is how many topic aliases a client may set (each holds
 // a topic of up to max_topic_length bytes). Like mochi, the broker does not
@@ -281,6 +290,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	filters := make([]packets.Subscription, len(pk.Filters))
 	copy(filters, pk.Filters)
 	count := cl.State.Subscriptions.Len()
+	maxLevels := levelsPerSubscription * b.opts.MaxSubscriptions
 	for i := range filters {
 		f := &filters[i]
 		asSent := f.Filter
@@ -301,8 +311,13 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			f.Filter = internalFilter(f.Filter, sf, propMode.Mode != wire.Plain)
 		}
 		_, existed := cl.State.Subscriptions.Get(f.Filter)
-		if err == nil && !existed && count >= b.opts.MaxSubscriptions {
+		levels := strings.Count(f.Filter, "/") + 1
+		switch {
+		case err != nil || existed:
+		case count >= b.opts.MaxSubscriptions:
 			err = errQuotaf("more than %d subscriptions", b.opts.MaxSubscriptions)
+		case c.levels+levels > maxLevels:
+			err = errQuotaf("more than %d filter levels in all", maxLevels)
 		}
 		if err != nil {
 			b.refuse(c.p, "subscribe", asSent, err)
@@ -311,6 +326,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 		}
 		if !existed {
 			count++
+			c.levels += levels
 		}
 		if existed && f.RetainHandling == 1 {
 			f.RetainHandling = 2 // [MQTT-3.3.1-10]: no retained rows for an existing subscription
@@ -409,6 +425,11 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 			h.b.unfile(cl, internal)
 		}
 	}
+	for _, f := range filters {
+		if _, ok := cl.State.Subscriptions.Get(f.Filter); ok {
+			c.levels -= strings.Count(f.Filter, "/") + 1
+		}
+	}
 	pk.Filters = filters
 	if len(topics) > 0 {
 		h.b.reqs.push(request{kind: reqUnsubscribe, owner: c.key, topics: topics})
@@ -454,14 +475,14 @@ func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet 
 
 // OnQosComplete and OnQosDropped free an in-flight slot: the writer may
 // be waiting for one.
-func (h *hook) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
+func (h *hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	if c := h.conn(cl); c != nil {
-		c.inflightFreed()
+		c.inflightFreed(pk.PacketID)
 	}
 }
 
 // OnQosDropped: see OnQosComplete.
-func (h *hook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) { h.OnQosComplete(cl, packets.Packet{}) }
+func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.OnQosComplete(cl, pk) }
 
 // unfile removes a subscription mochi filed (one the broker refused after
 // all).
@@ -469,7 +490,12 @@ func (b *Broker) unfile(cl *mqtt.Client, filter string) {
 	if b.server.Topics.Unsubscribe(filter, cl.ID) {
 		atomic.AddInt64(&b.server.Info.Subscriptions, -1)
 	}
-	cl.State.Subscriptions.Delete(filter)
+	if _, ok := cl.State.Subscriptions.Get(filter); ok {
+		cl.State.Subscriptions.Delete(filter)
+		if v, ok := b.conns.Load(cl); ok {
+			v.(*conn).levels -= strings.Count(filter, "/") + 1
+		}
+	}
 }
 
 // dropOtherForms removes from mochi the other property-form tree

@@ -52,12 +52,18 @@ type batchRows struct {
 	applied []tree.Applied
 	qos     []byte // each op's
 	list    []tree.Change
+	size    int // bytes of its rows: what a queued delta that holds it pins
 }
 
 func newBatchRows(applied []tree.Applied, ops []tree.Op) *batchRows {
 	r := &batchRows{applied: applied, qos: make([]byte, len(ops))}
 	for i := range ops {
 		r.qos[i] = ops[i].QoS
+	}
+	for _, a := range applied {
+		for _, row := range a.Rows {
+			r.size += len(row.Topic) + len(row.Value.Data) + 48
+		}
 	}
 	return r
 }

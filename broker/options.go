@@ -59,7 +59,7 @@ type Options struct {
 	MaxPacketSize uint32      // largest packet in either direction; default 64 MiB
 	// MaxTopicLen and MaxTopicLevels bound every topic and filter a client
 	// sends, and every row topic a tree publish makes; default 4096 bytes
-	// (at most 32,768, what the store can key) and 128 levels.
+	// (at most 32,768, what the store can key) and 64 levels.
 	MaxTopicLen    int
 	MaxTopicLevels int
 
@@ -92,7 +92,14 @@ type Options struct {
 	SlowClient  SlowPolicy // default SlowDrop
 	LoopQueue   int        // publishes waiting for the message loop before publishers wait; default 100,000
 
+	// MaxOfflineBytes bounds what the broker holds, in all, for persistent
+	// sessions whose clients are away (QoS 1/2 messages, resent when they
+	// come back; at most MaxInflight per session); default 256 MiB.
+	MaxOfflineBytes int
+
 	// MaxSubscriptions bounds one client's subscriptions (default 10,000),
+	// and their filters' levels in all to 4 per subscription (each level
+	// of a filter costs mochi's topic index ~600 bytes);
 	// MaxSubscriptionsPerPacket the filters of one SUBSCRIBE (default
 	// 1,000); more are refused with reason 0x97 (quota exceeded).
 	MaxSubscriptions          int
@@ -133,7 +140,7 @@ const (
 	DefaultWSPath                    = "/mqtt"
 	DefaultMaxPacketSize             = 64 << 20
 	DefaultMaxTopicLen               = 4096
-	DefaultMaxTopicLevels            = 128
+	DefaultMaxTopicLevels            = 64
 	DefaultLoopQueue                 = 100_000
 	DefaultMaxClients                = 100_000
 	DefaultMaxInflight               = 1024
@@ -143,6 +150,7 @@ const (
 	DefaultQueueBytes                = 8 << 20
 	DefaultPublishWait               = time.Second
 	DefaultMaxSubscriptions          = 10_000
+	DefaultMaxOfflineBytes           = 256 << 20
 	DefaultMaxSubscriptionsPerPacket = 1_000
 	// MaxTopicLenLimit is the largest MaxTopicLen: the store's longest key.
 	MaxTopicLenLimit = retain.MaxTopic
@@ -195,6 +203,7 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	def(&o.LoopQueue, DefaultLoopQueue)
 	def(&o.MaxSubscriptions, DefaultMaxSubscriptions)
+	def(&o.MaxOfflineBytes, DefaultMaxOfflineBytes)
 	def(&o.MaxSubscriptionsPerPacket, DefaultMaxSubscriptionsPerPacket)
 	if o.Takeover == "" {
 		o.Takeover = TakeoverRefuse

@@ -28,7 +28,9 @@ type plainItem struct {
 // message and its item); counted whole for every subscriber, though shared.
 const messageCost = 160
 
-func (m *plainItem) cost() int { return len(m.msg.payload) + len(m.msg.topic) + messageCost }
+func (m *plainItem) cost() int {
+	return len(m.msg.payload) + len(m.msg.topic) + m.msg.size + messageCost
+}
 
 // treeItem is an encoded tree message: a snapshot (or one of its parts) or
 // a delta.
@@ -61,6 +63,8 @@ type deltaItem struct {
 	extra  int            // bytes the folded rows added to the queue
 }
 
+func (d *deltaItem) cost() int { return d.treeItem.cost() + d.extra }
+
 // snapshotItem is a $sync subscription's snapshot, encoded by the loop
 // when the writer reaches it: a client holds at most one snapshot in
 // memory however many it asked for at once.
@@ -91,22 +95,50 @@ func (m *replayItem) cost() int { return len(m.filter) + tokenCost }
 // loop (tree messages, retained publishes), publishers' goroutines (plain
 // events) and the connection's read goroutine (retained replays).
 type outQueue struct {
-	mu      sync.Mutex
-	items   []item
-	head    int // items[:head] are taken
-	bytes   int // cost of the items not yet taken
-	max     int
-	held    int           // while > 0 the writer waits: an ack mochi writes must go first
-	closed  bool          // no more items: the connection is gone
-	stalled bool          // a publisher gave up waiting for room; none waits again until the queue drains to half
-	room    chan struct{} // closed when the writer takes items, for publishers waiting; nil when none wait
+	mu     sync.Mutex
+	items  []item
+	head   int // items[:head] are taken
+	bytes  int // cost of the items not yet taken
+	max    int
+	held   int           // while > 0 the writer waits: an ack mochi writes must go first
+	closed bool          // no more items: the connection is gone
+	room   chan struct{} // closed when the writer takes items, for publishers waiting; nil when none wait
+
+	// How long this client may hold publishers back (a token bucket of
+	// time): while any publisher waits for room, credit runs down; every
+	// creditBytes the client is written earn patience back, up to
+	// patience. A client out of credit is stalled: no publisher waits for
+	// it until the bucket is full again. A subscriber that reads slowly
+	// but steadily earns its waits; one that trickles (an acknowledgement
+	// now and then) cannot make publishers crawl at its pace.
+	patience time.Duration
+	credit   time.Duration
+	waiters  int       // publishers waiting now
+	since    time.Time // since when credit runs down (waiters > 0)
+	earned   int       // bytes written toward the next creditBytes
+	stalled  bool      // credit ran out, and has not come back whole
 
 	wake chan struct{} // one slot: items, a release, an in-flight slot freed
 	done chan struct{} // closed by close
 }
 
-func newOutQueue(max int) *outQueue {
-	return &outQueue{max: max, wake: make(chan struct{}, 1), done: make(chan struct{})}
+// creditBytes is what a client is written for each patience of credit.
+const creditBytes = 64 << 10
+
+func newOutQueue(max int, patience time.Duration) *outQueue {
+	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// spendLocked runs the credit down for the time publishers waited (mu
+// held).
+func (q *outQueue) spendLocked(now time.Time) {
+	if q.waiters > 0 {
+		q.credit -= now.Sub(q.since)
+		q.since = now
+	}
+	if q.credit <= 0 {
+		q.stalled = true
+	}
 }
 
 func (q *outQueue) signal() {
@@ -119,14 +151,15 @@ func (q *outQueue) signal() {
 // push queues m. A queue whose bytes would pass the bound refuses it
 // (false), unless it is empty: one message larger than the bound still
 // goes through alone. A closed queue takes nothing (true: nothing to
-// report). A publisher (w not zero) waits for room until w.deadline; a
-// queue that made a publisher wait that long is stalled: no publisher
-// waits for it again until it drains to half.
+// report). A publisher (w not zero) waits for room until w.deadline, and
+// while the client has credit (see outQueue).
 func (q *outQueue) push(m item, w pubWait) bool {
 	c := m.cost()
 	q.mu.Lock()
 	for !q.closed && q.bytes > 0 && q.bytes+c > q.max {
-		if w.deadline.IsZero() || q.stalled {
+		now := time.Now()
+		q.spendLocked(now)
+		if w.deadline.IsZero() || q.stalled || !now.Before(w.deadline) {
 			q.mu.Unlock()
 			return false
 		}
@@ -134,20 +167,21 @@ func (q *outQueue) push(m item, w pubWait) bool {
 			q.room = make(chan struct{})
 		}
 		room := q.room
+		if q.waiters++; q.waiters == 1 {
+			q.since = now
+		}
+		d := min(w.deadline.Sub(now), q.credit)
 		q.mu.Unlock()
-		t := time.NewTimer(time.Until(w.deadline))
+		t := time.NewTimer(d)
 		select {
 		case <-room: // the writer took items
-			t.Stop()
 		case <-q.done:
-			t.Stop()
 		case <-t.C:
-			q.mu.Lock()
-			q.stalled = true
-			q.mu.Unlock()
-			return false
 		}
+		t.Stop()
 		q.mu.Lock()
+		q.spendLocked(time.Now())
+		q.waiters--
 	}
 	if q.closed {
 		q.mu.Unlock()
@@ -206,7 +240,7 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 		c := m.cost()
 		if d, ok := m.(*deltaItem); ok {
 			d.taken = true
-			c += d.extra
+			d.from = nil // nothing folds into it now: its batch may go
 		}
 		n += c
 		q.bytes -= c
@@ -219,14 +253,26 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 		clear(q.items[k:])
 		q.items, q.head = q.items[:k], 0
 	}
-	if q.stalled && q.bytes <= q.max/2 {
-		q.stalled = false
-	}
 	if len(out) > 0 && q.room != nil {
 		close(q.room)
 		q.room = nil
 	}
 	return out
+}
+
+// wrote tells the queue the client was written n bytes, which earns
+// credit back. Only bytes written count: messages skipped (too large for
+// the client) do not make a subscriber that reads nothing look alive.
+func (q *outQueue) wrote(n int) {
+	q.mu.Lock()
+	q.spendLocked(time.Now())
+	for q.earned += n; q.earned >= creditBytes; q.earned -= creditBytes {
+		q.credit = min(q.credit+q.patience, q.patience)
+	}
+	if q.stalled && q.credit >= q.patience {
+		q.stalled = false
+	}
+	q.mu.Unlock()
 }
 
 // hold makes the writer wait until release: what is queued while mochi

@@ -157,7 +157,8 @@ type funcOut struct {
 	s  *Session
 }
 
-func (o *funcOut) send(_ *conn, pk packets.Packet) error {
+func (o *funcOut) send(c *conn, pk packets.Packet) error {
+	c.q.wrote(len(pk.Payload) + len(pk.TopicName))
 	// A copy: the payload may be the store's own bytes, and fn may keep or
 	// change what it gets.
 	payload := append([]byte(nil), pk.Payload...)

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mote-mqtt/mote/tree"
@@ -50,7 +51,7 @@ func (st *treeSub) holdEvents(changes []tree.Change) {
 			n := changeCost(&st.events[i])
 			st.held -= n
 			q.reserve(-n)
-			st.events[i].Topic = "" // dropped; skipped at the snapshot
+			st.events[i] = tree.Change{} // dropped (its value with it); skipped at the snapshot
 			delete(st.at, ch.Topic)
 		case ch.Retain || st.lost:
 		case ok:
@@ -101,6 +102,7 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 		treeItem: treeItem{topic: st.ts.Topic, payload: d.Payload, qos: min(d.QoS, st.ts.QoS), seq: st.seq, codec: st.ts.Codec, subID: st.id},
 		sub:      st,
 		from:     batch,
+		extra:    batch.size, // it pins the batch while it waits: counted
 	}
 	if c.q.push(it, pubWait{}) {
 		st.last = it
@@ -122,16 +124,20 @@ func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows) bool {
 		return false
 	}
 	var first []tree.Change
-	if d.folded == nil && d.from != nil {
-		first = d.from.changes()
+	pinned := 0
+	if d.from != nil { // the first fold: the delta's own rows, from the batch it pins
+		first, pinned = d.from.changes(), d.extra
 	}
 	next := batch.changes()
-	if grow := d.growth(s, first) + d.growth(s, next); q.bytes+grow > q.max {
+	if grow := d.growth(s, first) + d.growth(s, next) - pinned; q.bytes+grow > q.max {
 		return false
 	}
-	if first != nil {
-		d.add(s, first)
-		d.from = nil
+	if d.from != nil {
+		q.bytes -= pinned
+		d.extra, d.from = 0, nil
+		n := d.add(s, first)
+		d.extra += n
+		q.bytes += n
 	}
 	n := d.add(s, next)
 	d.extra += n
@@ -216,6 +222,9 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	}
 	ts := st.ts
 	msgs, err := c.snapshotMessages(treeItem{topic: ts.Topic, payload: snap, qos: ts.QoS, codec: ts.Codec, subID: st.id})
+	if errors.Is(err, errWriterStop) {
+		return nil, err
+	}
 	if err != nil {
 		b.refuse(c.p, "subscribe", ts.Topic, err)
 	}

@@ -31,6 +31,7 @@ func (b *Broker) sysTicker(last map[string]string) {
 		if b.publishSys(last, waitNone) != nil {
 			return // shutting down
 		}
+		b.offline.prune(func(id string) bool { _, ok := b.server.Clients.Get(id); return ok })
 	}
 }
 

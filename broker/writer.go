@@ -87,7 +87,9 @@ func (c *conn) write(m item) error {
 				return err
 			}
 		}
-		return c.send(c.treePacket(&m.treeItem), true)
+		err := c.send(c.treePacket(&m.treeItem), true)
+		m.payload = nil // its subscription still points at it (to fold): let the payload go
+		return err
 	case *snapshotItem:
 		msgs, err := c.b.takeSnapshot(c, m.sub)
 		if err != nil {
@@ -230,7 +232,15 @@ func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 	if !c.v5 {
 		return nil, fmt.Errorf("%w: snapshot of %d bytes does not fit the maximum packet size; MQTT 5 clients get it in parts", errTooLarge, len(m.payload))
 	}
+	// Splitting decodes the whole snapshot (~17× its size): a few at a time
+	// broker-wide, whatever the number of clients asking.
+	select {
+	case c.b.splits <- struct{}{}:
+	case <-c.q.done:
+		return nil, errWriterStop
+	}
 	parts, err := wire.Split(m.codec, m.payload, room)
+	<-c.b.splits
 	if err != nil {
 		return nil, fmt.Errorf("%w: snapshot: %w", errTooLarge, err)
 	}

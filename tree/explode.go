@@ -104,7 +104,7 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 				}
 			}
 		}
-		op := Op{Rows: rows, QoS: qos, MaxRows: ps.lim.MaxRows}
+		op := Op{Rows: rows, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}
 		if p.Replace {
 			op.Replace = p.Topic
 			if !wire.HasWildcard(p.Topic) {
@@ -113,7 +113,7 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		}
 		return op, nil
 	case wire.PubSet:
-		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows}
+		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}
 		if len(payload) > 0 {
 			op.SetValue = ps.dec.TypePlain(payload)
 		}
@@ -230,10 +230,11 @@ func checkKey(k, path string) error {
 	return nil
 }
 
-// Reserved reports whether a topic is the broker's own: $SYS (any case),
-// $mote, $hist (SPEC §9) or one of Mote's verbs. No client publish, plain
-// or tree, may set such a row.
+// Reserved reports whether a topic (or a filter) is the broker's own:
+// $SYS, $mote and $hist (SPEC §9) in any case, or one of Mote's verbs. No
+// client publish, plain, tree, $set or .replace, may set or delete such a
+// row.
 func Reserved(topic string) bool {
 	first, _, _ := strings.Cut(topic, "/")
-	return strings.EqualFold(first, "$SYS") || first == "$mote" || first == "$hist" || wire.IsMote(topic)
+	return strings.EqualFold(first, "$SYS") || strings.EqualFold(first, "$mote") || strings.EqualFold(first, "$hist") || wire.IsMote(topic)
 }

@@ -45,7 +45,9 @@ func (t *Tree) applyOp(op *Op) Applied {
 		rows = slices.Clip(rows)
 	}
 	hidden := func(topic string) bool {
-		return op.Allow != nil && op.Visible != nil && !op.Allow(topic) && !op.Visible(topic)
+		// The broker's own rows, and rows the publisher may neither write
+		// nor read, are not a $set's or .replace's to touch.
+		return (op.Allow != nil && op.Visible != nil && !op.Allow(topic) && !op.Visible(topic)) || (op.Protect && Reserved(topic))
 	}
 	if op.SetFilter != "" {
 		t.store.Match(op.SetFilter, func(topic string, _ wire.Value, _ byte) bool {

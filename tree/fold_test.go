@@ -461,3 +461,24 @@ func TestSetRowLimit(t *testing.T) {
 		t.Errorf("rows %v", rows(tr))
 	}
 }
+
+// TestSetLeavesReservedRows: a client's $set or .replace whose filter
+// reaches the broker's rows ($SYS/#, #) leaves them alone (the red team
+// rewrote $SYS/broker/version with $set).
+func TestSetLeavesReservedRows(t *testing.T) {
+	tr := New()
+	load(t, tr, map[string]string{"$SYS/broker/version": "mote", "$sys/x": "1", "a": "1"})
+	res := tr.Apply([]Op{
+		{SetFilter: "+/broker/version", SetValue: wire.TypePlain([]byte("spoof")), Protect: true},
+		{SetFilter: "$SYS/#", SetValue: wire.TypePlain([]byte("spoof")), Protect: true},
+		{Replace: "$sys/#", Protect: true},
+	})
+	for i, a := range res.Applied {
+		if a.Err != nil || len(a.Rows) != 0 {
+			t.Errorf("op %d: %v, rows %v", i, a.Err, a.Rows)
+		}
+	}
+	if got := rows(tr); got["$SYS/broker/version"] != "mote" || got["$sys/x"] != "1" {
+		t.Errorf("rows %v", got)
+	}
+}

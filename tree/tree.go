@@ -36,6 +36,10 @@ type Op struct {
 	// Allow, if not nil, is the write check: the op is refused whole if it
 	// denies any row it would touch.
 	Allow func(topic string) bool
+	// Protect leaves the broker's own rows (Reserved) out of a $set or
+	// .replace: set by the Parser for every client publish.
+	Protect bool
+
 	// MaxRows, if positive, bounds the rows a $set or .replace touches
 	// (SPEC §5): past it the op is refused whole (ErrLimit).
 	MaxRows int

@@ -147,6 +147,11 @@ func (a *ACL) allowed(c Client, topic string, want access) bool {
 				if wire.Covers(f, topic) {
 					return false
 				}
+				// With a name that is no plain level ('/' in it spans
+				// levels), the line also denies its literal substitution.
+				if lit, ok := r.literal(c); ok && wire.Covers(lit, topic) {
+					return false
+				}
 				continue
 			}
 			if r.acc&want != 0 && wire.Covers(f, topic) {
@@ -169,6 +174,17 @@ func (a *ACL) allowed(c Client, topic string, want access) bool {
 // pattern's placeholder: not empty, and no '/', '+' or '#' that would
 // change the filter's shape.
 func plainName(s string) bool { return s != "" && !strings.ContainsAny(s, "/+#") }
+
+// literal is a pattern line with c's names substituted as they are, when
+// a name is no plain level and the result is a valid filter: "devices/%c"
+// for client id "a/b" also stands for "devices/a/b".
+func (r rule) literal(c Client) (string, bool) {
+	if (!r.user || plainName(c.User)) && (!r.id || plainName(c.ID)) {
+		return "", false
+	}
+	f := strings.NewReplacer("%u", c.User, "%c", c.ID).Replace(r.filter)
+	return f, wire.ValidateFilter(f) == nil
+}
 
 // filterFor is the filter line r stands for for client c, and whether it
 // applies. A placeholder whose name is not plainName makes an allowing

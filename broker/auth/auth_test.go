@@ -201,7 +201,7 @@ pattern read clients/%c/+
 		{Client{"dave", ""}, []check{{false, "clients//a", false}}},
 		{Client{"eve/x", "e1"}, []check{{true, "own/eve/x/y", false}, {false, "own/eve/x/#", false}, {false, "clients/e1/a", true}}},
 		{Client{"bad/u", "b1"}, []check{
-			{false, "secret/plan", false}, {false, "home/x/locked", false}, {false, "home/bad/u/locked", true},
+			{false, "secret/plan", false}, {false, "home/x/locked", false}, {false, "home/bad/u/locked", false}, // its literal substitution too
 			{false, "home/+/locked", false}, {false, "home/x/open", true}, {true, "mixed/any/b1", false}, {true, "mixed/any/b2", true},
 		}},
 		{Client{"bad+", "b1"}, []check{{false, "secret/x", false}, {false, "home/x/locked", false}, {true, "home/x/open", true}}},
@@ -322,5 +322,33 @@ func BenchmarkCheck(b *testing.B) {
 				u.Check(c.user, c.pw)
 			}
 		})
+	}
+}
+
+// TestPatternDenyMultiLevelNames: a client id holding '/' or '+' spans
+// levels when substituted; a deny pattern still denies its literal
+// substitution (the red team wrote devices/a/b/config as id "a/b").
+func TestPatternDenyMultiLevelNames(t *testing.T) {
+	acl, err := ParseACL("acl", []byte("topic readwrite #\npattern deny devices/%c/config\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id, topic string
+		denied    bool
+	}{
+		{"x", "devices/x/config", true},
+		{"x", "devices/y/config", false},
+		{"a/b", "devices/a/b/config", true},
+		{"a/b", "devices/a/config", true}, // the '+' widening
+		{"a/+", "devices/a/z/config", true},
+		{"+", "devices/q/config", true},
+		{"#", "devices/q/config", true},
+		{"a/b", "other/a/b/config", false},
+	} {
+		c := Client{User: "", ID: tc.id}
+		if got := !acl.CanWrite(c, tc.topic); got != tc.denied {
+			t.Errorf("id %q writing %s: denied %v, want %v", tc.id, tc.topic, got, tc.denied)
+		}
 	}
 }

@@ -21,8 +21,11 @@
 // granting line (read, write, readwrite) does not apply, as in Mosquitto;
 // a deny line denies with '+' in place of every level that holds the
 // placeholder, so it denies at least what it denies any client with a
-// plain name, and choosing a name cannot escape that. (That '+', like any,
-// does not match a first level starting with '$'.) A placeholder with a
+// plain name, and also its literal substitution when that is a valid filter
+// (client id "a/b" is denied "devices/a/b/config" by "pattern deny
+// devices/%c/config", and "a/+" every "devices/a/…/config"): choosing a
+// name cannot escape a deny. (A '+', like any, does not match a first level
+// starting with '$'.) A placeholder with a
 // plain name is substituted, and pattern lines without placeholders apply
 // to every client alike.
 //

@@ -49,6 +49,7 @@ type config struct {
 	ConnectTimeout            time.Duration `yaml:"connect_timeout"`
 	MaxConnectSize            int           `yaml:"max_connect_size"`
 	MaxSubscriptions          int           `yaml:"max_subscriptions"`
+	MaxOfflineBytes           int           `yaml:"max_offline_bytes"`
 	MaxSubscriptionsPerPacket int           `yaml:"max_subscriptions_per_packet"`
 	ClientIDTakeover          string        `yaml:"client_id_takeover"`
 	AllowedOrigins            []string      `yaml:"allowed_origins"`
@@ -181,6 +182,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		Log:            log,
 
 		MaxSubscriptions:          cfg.MaxSubscriptions,
+		MaxOfflineBytes:           cfg.MaxOfflineBytes,
 		MaxSubscriptionsPerPacket: cfg.MaxSubscriptionsPerPacket,
 	}
 	if *maxKeepAlive > 0 {
