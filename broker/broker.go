@@ -30,13 +30,14 @@ type Broker struct {
 	ret    *retain.Retainer              // nil without a store
 	props  map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
 
-	conns    sync.Map // *mqtt.Client → *conn
-	byID     sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver
-	serial   atomic.Uint64
-	treeSubs atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
-	subsSent atomic.Int64 // subscribe requests pushed, not yet handled by the loop
-	lastTick atomic.Int64 // when the loop last took work (Unix ns)
-	offline  offlineHeld  // bytes held for offline persistent sessions
+	conns      sync.Map // *mqtt.Client → *conn
+	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver
+	serial     atomic.Uint64
+	treeSubs   atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
+	subsSent   atomic.Int64 // subscribe requests pushed, not yet handled by the loop
+	lastTick   atomic.Int64 // when the loop last took work (Unix ns)
+	offline    offlineHeld  // bytes held for offline persistent sessions
+	handshakes handshakes   // connections before their CONNECT
 
 	tcp, tls *tcpListener
 	ws, wss  *wsListener

@@ -30,6 +30,9 @@ type conn struct {
 	acked   chan struct{} // one slot: an in-flight slot was freed
 	dropped atomic.Int64
 
+	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)
+	snapAt     time.Time // when snapTokens was last topped up
+
 	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
 	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id
 	flightBytes int

@@ -28,6 +28,13 @@ import (
 // netConn first.
 func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
 	nc := b.wrap(c)
+	if !b.handshakes.begin(nc.host) {
+		b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
+		c.Close()
+		return
+	}
+	nc.counted = true
+	defer nc.handshakeDone()
 	if !b.track(nc) {
 		c.Close() // the broker is closing
 		return
@@ -96,6 +103,9 @@ type netConn struct {
 	shift     uint
 	packets   int  // packets whose header was read
 	connected bool // the CONNECT is complete
+	b         *Broker
+	host      string
+	counted   bool // counted in b.handshakes until the CONNECT is complete or the connection closes
 	level     byte // protocol level of the CONNECT (5: MQTT 5)
 	body      int  // bytes of the CONNECT body seen (to find the level)
 
@@ -103,6 +113,7 @@ type netConn struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	hsOnce    sync.Once
 	aborted   atomic.Bool // Close resets
 }
 
@@ -115,7 +126,55 @@ var (
 
 func (b *Broker) wrap(c net.Conn) *netConn {
 	c.SetReadDeadline(time.Now().Add(b.opts.ConnectTimeout)) //nolint:errcheck // mochi's keep-alive deadline replaces it after CONNECT
-	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout}
+	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout,
+		b: b, host: hostOf(c.RemoteAddr())}
+}
+
+func hostOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	h, _, _ := net.SplitHostPort(a.String())
+	return h
+}
+
+// Connections that have not sent a whole CONNECT yet are bounded, from one
+// host and in all: each holds a descriptor and a goroutine until
+// ConnectTimeout, and nothing is authenticated.
+const (
+	maxHandshakesPerHost = 256
+	maxHandshakes        = 4096
+)
+
+// handshakes counts the connections still before their CONNECT.
+type handshakes struct {
+	mu     sync.Mutex
+	byHost map[string]int
+	all    int
+}
+
+// begin counts one more from host; false (not counted) when over a bound.
+func (h *handshakes) begin(host string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.all >= maxHandshakes || h.byHost[host] >= maxHandshakesPerHost {
+		return false
+	}
+	if h.byHost == nil {
+		h.byHost = map[string]int{}
+	}
+	h.byHost[host]++
+	h.all++
+	return true
+}
+
+func (h *handshakes) end(host string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.byHost[host]--; h.byHost[host] <= 0 {
+		delete(h.byHost, host)
+	}
+	h.all--
 }
 
 func (c *netConn) Read(p []byte) (int, error) {
@@ -182,7 +241,17 @@ func (c *netConn) endPacket() {
 	c.state = 0
 	if c.packets == 1 {
 		c.connected = true
+		c.handshakeDone()
 	}
+}
+
+// handshakeDone stops counting the connection as one before its CONNECT.
+func (c *netConn) handshakeDone() {
+	c.hsOnce.Do(func() {
+		if c.counted {
+			c.b.handshakes.end(c.host)
+		}
+	})
 }
 
 func (c *netConn) Write(p []byte) (int, error) {
@@ -198,6 +267,7 @@ func (c *netConn) Write(p []byte) (int, error) {
 // so it gets no reset before it has read everything. An aborted connection
 // (a client that stopped reading) is reset at once.
 func (c *netConn) Close() error {
+	c.handshakeDone()
 	c.closeOnce.Do(func() {
 		tc, ok := c.Conn.(*net.TCPConn)
 		if !ok || c.aborted.Load() || tc.CloseWrite() != nil {

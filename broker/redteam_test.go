@@ -388,3 +388,56 @@ func TestOfflineSessionsBounded(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestHandshakesBounded: connections that have not sent a CONNECT are
+// bounded per host (each holds a descriptor and a goroutine until
+// connect_timeout): past 256, a new one is closed at once.
+func TestHandshakesBounded(t *testing.T) {
+	b := start(t, Options{})
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	closedAtOnce := 0
+	for range maxHandshakesPerHost + 20 {
+		c, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns[maxHandshakesPerHost:] {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == io.EOF || isReset(err) {
+			closedAtOnce++
+		}
+	}
+	if closedAtOnce < 15 {
+		t.Errorf("%d of the 20 connections past the bound were closed at once", closedAtOnce)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	deadline := time.Now().Add(testTimeout)
+	for { // the others' handshakes end as they close: a client connects again
+		c, err := net.Dial("tcp", b.TCPAddr())
+		if err == nil {
+			c.Write(connectPacket(4, "after"))
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			var buf [4]byte
+			_, err = io.ReadFull(c, buf[:])
+			c.Close()
+			if err == nil && buf[0] == 0x20 {
+				t.Logf("a client connects %v after the flood ended", time.Since(deadline.Add(-testTimeout)))
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no client connects after the flood: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -91,6 +91,9 @@ func (c *conn) write(m item) error {
 		m.payload = nil // its subscription still points at it (to fold): let the payload go
 		return err
 	case *snapshotItem:
+		if err := c.paceSnapshots(); err != nil {
+			return err
+		}
 		msgs, err := c.b.takeSnapshot(c, m.sub)
 		if err != nil {
 			return err
@@ -124,6 +127,38 @@ func (c *conn) write(m item) error {
 		}
 	}
 	return fmt.Errorf("broker: unknown queue item %T", m)
+}
+
+// Snapshots are made on the loop, at a cost the client does not pay when
+// it cannot take them (too large for it, say): a connection gets
+// snapshotBurst of them at once, then snapshotRate a second.
+const (
+	snapshotBurst = 1000
+	snapshotRate  = 100
+)
+
+// paceSnapshots waits, if the connection has taken its snapshots' worth,
+// until it may take another (a token bucket, owned by the writer).
+func (c *conn) paceSnapshots() error {
+	now := time.Now()
+	if c.snapAt.IsZero() {
+		c.snapTokens, c.snapAt = snapshotBurst, now
+	}
+	c.snapTokens = min(snapshotBurst, c.snapTokens+now.Sub(c.snapAt).Seconds()*snapshotRate)
+	c.snapAt = now
+	if c.snapTokens < 1 {
+		wait := time.Duration((1 - c.snapTokens) / snapshotRate * float64(time.Second))
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.q.done:
+			return errWriterStop
+		}
+		c.snapTokens, c.snapAt = 1, time.Now()
+	}
+	c.snapTokens--
+	return nil
 }
 
 // send writes one packet. One the client cannot take (over its Maximum
