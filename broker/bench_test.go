@@ -87,7 +87,7 @@ func BenchmarkBoot(b *testing.B) {
 		for j := range cs {
 			cs[j] = retain.Change{Topic: fmt.Sprintf("dev/d%07d/state", i+j), Value: wire.Value{Kind: wire.JSON, Data: "21.5"}}
 		}
-		if _, err := st.Commit(cs); err != nil {
+		if _, err := st.Commit(retain.Batch{Changes: cs}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -28,6 +28,7 @@ type Broker struct {
 	tree   *tree.Tree // owned by the loop goroutine
 	reqs   *requestQueue
 	ret    *retain.Retainer              // nil without a store
+	marks  markLog                       // deletion markers without a store; the loop's
 	props  map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
 
 	conns      sync.Map // *mqtt.Client → *conn
@@ -125,11 +126,27 @@ func New(opts Options) (*Broker, error) {
 // returns once clients can connect. After a failed Start, Close releases
 // what it took.
 func (b *Broker) Start() error {
+	b.marks.window = b.opts.Retain.ResumeWindow
 	if b.opts.Store != nil {
 		if err := b.load(); err != nil {
 			return err
 		}
-		b.ret = retain.New(b.opts.Store, b.opts.Retain, b.log.With().Str("component", "retainer").Logger())
+		ro := b.opts.Retain
+		m := b.opts.Store.Meta()
+		ro.Rev, ro.Floor = m.Rev, m.Floor
+		if !m.Clean && !m.Fresh {
+			// Revisions handed out since the last commit are lost: skip
+			// past them, and answer resumes from before with snapshots.
+			ro.Rev += bootRevSkip
+			ro.Floor = ro.Rev
+			b.log.Warn().Uint64("rev", ro.Rev).Msg("the store was not closed cleanly: the revision skips ahead, and clients resuming get full snapshots")
+		}
+		b.tree.SetRev(ro.Rev)
+		ret, err := retain.New(b.opts.Store, ro, b.log.With().Str("component", "retainer").Logger())
+		if err != nil {
+			return fmt.Errorf("broker: start the retainer: %w", err)
+		}
+		b.ret = ret
 	}
 	b.localOnly()
 	if err := b.listen(); err != nil {
@@ -324,7 +341,7 @@ func (b *Broker) load() error {
 	start := time.Now()
 	n := 0
 	err := b.opts.Store.Load(func(r retain.Row) error {
-		b.tree.Store().Set(r.Topic, r.Value, r.QoS)
+		b.tree.Store().Put(r.Topic, r.Value, r.QoS, tree.Stamp{Rev: r.Rev, MS: r.MS})
 		n++
 		return nil
 	})

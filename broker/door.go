@@ -264,3 +264,13 @@ func (b *Broker) Tree(ctx context.Context, p Principal, filter string, c wire.Co
 	}
 	return out, nil
 }
+
+// Rev returns the store's revision (SPEC §8): what a snapshot taken now
+// would carry as mote-rev.
+func (b *Broker) Rev(ctx context.Context) (uint64, error) {
+	var rev uint64
+	if !b.onLoop(ctx.Done(), func() { rev = b.tree.Rev() }) {
+		return 0, errShutdown
+	}
+	return rev, nil
+}

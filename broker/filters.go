@@ -50,7 +50,7 @@ func outgoingTopic(internal string, sf wire.Subscription) string {
 // subscription to plain filter f may be filed under.
 func propFilters(f string) []string {
 	var out []string
-	for _, m := range []wire.Mode{wire.Sync, wire.Tree} {
+	for _, m := range []wire.Mode{wire.Sync, wire.Tree, wire.Hist} {
 		for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
 			out = append(out, internalFilter(f, wire.Subscription{Mode: m, Codec: c, Filter: f}, true))
 		}

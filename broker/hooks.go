@@ -141,7 +141,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	for filter, s := range cl.State.Subscriptions.GetAll() {
 		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
-			b.subscribeTree(c, filter, sf, s.Qos, s.Identifier)
+			b.subscribeTree(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
 		}
 	}
 }
@@ -287,6 +287,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	c.q.hold()
 	b := h.b
 	propMode, propErr := subscribeProps(pk)
+	topts, toptsErr := readTreeOpts(pk.Properties.User)
 	filters := make([]packets.Subscription, len(pk.Filters))
 	copy(filters, pk.Filters)
 	count := cl.State.Subscriptions.Len()
@@ -306,6 +307,12 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 		}
 		if err == nil {
 			err = b.opts.Limits.CheckTopic(sf.Filter)
+		}
+		if err == nil && sf.Mode != wire.Plain { // plain subscriptions ignore Mote's properties
+			err = toptsErr
+		}
+		if err == nil {
+			err = topts.check(sf.Mode)
 		}
 		if err == nil {
 			f.Filter = internalFilter(f.Filter, sf, propMode.Mode != wire.Plain)
@@ -345,6 +352,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	if c == nil {
 		return
 	}
+	topts, _ := readTreeOpts(pk.Properties.User) // checked in OnSubscribe
 	for i, f := range pk.Filters {
 		if i >= len(codes) {
 			break
@@ -372,7 +380,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 		}
 		if sf.Mode != wire.Plain {
 			h.b.dropOtherForms(cl, f.Filter, sf)
-			h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier)
+			h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier, topts)
 			continue
 		}
 		// Retained rows for a plain subscription [MQTT-3.3.1-9..11]: none for
@@ -518,8 +526,14 @@ func (b *Broker) dropOtherForms(cl *mqtt.Client, internal string, sf wire.Subscr
 }
 
 // subscribeTree hands a tree subscription mochi granted to the loop.
-func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos byte, id int) {
-	st := &treeSub{c: c, mode: sf.Mode, id: id, await: sf.Mode == wire.Sync}
+func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) {
+	st := &treeSub{c: c, mode: sf.Mode, id: id, await: sf.Mode == wire.Sync || sf.Mode == wire.Hist}
+	switch sf.Mode {
+	case wire.Sync:
+		st.since, st.resume = o.since, o.resume
+	case wire.Hist:
+		st.hist = &o.hist
+	}
 	st.ts = &tree.Sub{Owner: c.key, Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st,
 		Allow: b.access.readCheck(c.p)}
 	b.subsSent.Add(1)
@@ -548,8 +562,10 @@ func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
 		s.Mode = wire.Sync
 	case "tree":
 		s.Mode = wire.Tree
+	case "hist":
+		s.Mode = wire.Hist
 	default:
-		return s, wire.ErrPrefixf("user property mote=%q: want sync or tree", mode)
+		return s, wire.ErrPrefixf("user property mote=%.40q: want sync, tree or hist", mode)
 	}
 	if v, ok := userProp(pk.Properties.User, "mote-codec"); ok {
 		c, err := wire.ParseCodec(v)

@@ -791,10 +791,12 @@ func TestStartFailureCloses(t *testing.T) {
 // failingStore refuses every commit.
 type failingStore struct{ retain.RowStore }
 
-func (failingStore) Commit([]retain.Change) ([]retain.Rejected, error) {
+func (failingStore) Commit(retain.Batch) ([]retain.Rejected, error) {
 	return nil, errors.New("disk on fire")
 }
 func (failingStore) Load(func(retain.Row) error) error { return nil }
+func (failingStore) Meta() retain.Meta                 { return retain.Meta{Fresh: true} }
+func (failingStore) MarkClean(uint64) error            { return nil }
 func (failingStore) Close() error                      { return nil }
 
 // TestCloseReportsLostRows: when the last commit fails, Close says so

@@ -52,11 +52,12 @@ type batchRows struct {
 	applied []tree.Applied
 	qos     []byte // each op's
 	list    []tree.Change
-	size    int // bytes of its rows: what a queued delta that holds it pins
+	size    int    // bytes of its rows: what a queued delta that holds it pins
+	rev     uint64 // the store's revision after the batch (mote-rev)
 }
 
-func newBatchRows(applied []tree.Applied, ops []tree.Op) *batchRows {
-	r := &batchRows{applied: applied, qos: make([]byte, len(ops))}
+func newBatchRows(applied []tree.Applied, ops []tree.Op, rev uint64) *batchRows {
+	r := &batchRows{applied: applied, qos: make([]byte, len(ops)), rev: rev}
 	for i := range ops {
 		r.qos[i] = ops[i].QoS
 	}
@@ -217,9 +218,11 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 		if b.ret != nil {
 			for _, row := range a.Rows {
 				if row.Retain && !isSys(row.Topic) { // $SYS rows are the broker's live counters: not kept
-					own = append(own, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS})
+					own = append(own, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS, Rev: res.Rev, MS: res.MS})
 				}
 			}
+		} else if res.Changed {
+			b.marks.note(a.Rows, res.Rev)
 		}
 		switch {
 		case m.done != nil && m.commit && len(own) > 0:
@@ -247,12 +250,14 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	}
 	if len(changes) > 0 {
 		b.ret.Add(changes) // never waits on the disk
+	} else if res.Changed && b.ret != nil {
+		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
 	}
 	var batch *batchRows
 	for i := range res.Deltas {
 		d := &res.Deltas[i]
 		if batch == nil {
-			batch = newBatchRows(res.Applied, ops)
+			batch = newBatchRows(res.Applied, ops, res.Rev)
 		}
 		for _, s := range d.Subs {
 			b.queueDelta(s.Data.(*treeSub), d, batch)

@@ -152,6 +152,7 @@ const (
 	DefaultMaxSubscriptions          = 10_000
 	DefaultMaxOfflineBytes           = 256 << 20
 	DefaultMaxSubscriptionsPerPacket = 1_000
+	DefaultResumeWindow              = 1_000_000
 	// MaxTopicLenLimit is the largest MaxTopicLen: the store's longest key.
 	MaxTopicLenLimit = retain.MaxTopic
 )
@@ -225,6 +226,17 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: every listener is off")
 	case (o.TLS != "" || o.WSS != "") && o.TLSConfig == nil:
 		return o, fmt.Errorf("broker: TLS listeners need a certificate and key")
+	}
+	if o.Retain.ResumeWindow == 0 {
+		o.Retain.ResumeWindow = DefaultResumeWindow
+	}
+	for _, h := range o.Retain.History {
+		if err := h.Validate(); err != nil {
+			return o, fmt.Errorf("broker: %w", err)
+		}
+		if h.Keep > maxHistLimit {
+			return o, fmt.Errorf("broker: history filter %q: keep %d, at most %d", h.Filter, h.Keep, maxHistLimit)
+		}
 	}
 	if o.Limits.MaxTopicLen == 0 || o.Limits.MaxTopicLen > o.MaxTopicLen {
 		o.Limits.MaxTopicLen = o.MaxTopicLen

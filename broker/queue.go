@@ -39,6 +39,8 @@ type treeItem struct {
 	payload []byte
 	qos     byte
 	seq     uint64 // mote-seq
+	rev     uint64 // mote-rev: the store revision the receiver's copy reflects once applied
+	resume  bool   // a resume delta (mote-resume = 1)
 	codec   wire.Codec
 	subID   int
 	part    string // "i/n" for a part of a split snapshot

@@ -88,9 +88,9 @@ type slowStore struct {
 	release chan struct{}
 }
 
-func (s *slowStore) Commit(cs []retain.Change) ([]retain.Rejected, error) {
+func (s *slowStore) Commit(b retain.Batch) ([]retain.Rejected, error) {
 	<-s.release
-	return s.RowStore.Commit(cs)
+	return s.RowStore.Commit(b)
 }
 
 // TestDeltasFlowWhileDiskStuck: the message loop never waits on the

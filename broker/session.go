@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -69,10 +70,53 @@ func (b *Broker) Open(p Principal, fn func(Delivery)) *Session {
 // returns once the subscription is in place: every publish made after it
 // reaches the session. A refused filter is a *Refusal.
 func (s *Session) Subscribe(filter string, qos byte) error {
+	return s.SubscribeWith(filter, qos, SubscribeOptions{})
+}
+
+// SubscribeOptions are what an MQTT 5 client says in a SUBSCRIBE's user
+// properties about a tree subscription's first message.
+type SubscribeOptions struct {
+	// Since, if not nil, resumes a $sync subscription from that revision
+	// (mote-since, SPEC §8).
+	Since *uint64
+	// From, To (Unix ms, inclusive) and Limit (pairs per row) select a
+	// $hist subscription's history (mote-from, mote-to, mote-limit, SPEC §9).
+	From, To *int64
+	Limit    int
+}
+
+// treeOpts checks and converts o.
+func (o SubscribeOptions) treeOpts() (treeOpts, error) {
+	var props []packets.UserProperty
+	if o.Since != nil {
+		props = append(props, packets.UserProperty{Key: "mote-since", Val: strconv.FormatUint(*o.Since, 10)})
+	}
+	if o.From != nil {
+		props = append(props, packets.UserProperty{Key: "mote-from", Val: strconv.FormatInt(*o.From, 10)})
+	}
+	if o.To != nil {
+		props = append(props, packets.UserProperty{Key: "mote-to", Val: strconv.FormatInt(*o.To, 10)})
+	}
+	if o.Limit != 0 {
+		props = append(props, packets.UserProperty{Key: "mote-limit", Val: strconv.Itoa(o.Limit)})
+	}
+	return readTreeOpts(props)
+}
+
+// SubscribeWith is Subscribe with the options of a tree subscription's
+// first message.
+func (s *Session) SubscribeWith(filter string, qos byte, o SubscribeOptions) error {
 	b, c := s.b, s.c
 	sf, err := parseFilter(filter, wire.Subscription{})
 	if err == nil {
 		err = b.opts.Limits.CheckTopic(sf.Filter)
+	}
+	topts, terr := o.treeOpts()
+	if err == nil {
+		err = terr
+	}
+	if err == nil {
+		err = topts.check(sf.Mode)
 	}
 	if err != nil {
 		return b.refusal(c.p, "subscribe", filter, err)
@@ -88,7 +132,7 @@ func (s *Session) Subscribe(filter string, qos byte) error {
 	qos = min(qos, 2)
 	if sf.Mode != wire.Plain {
 		s.trees[filter] = true
-		b.subscribeTree(c, filter, sf, qos, 0)
+		b.subscribeTree(c, filter, sf, qos, 0, topts)
 		if err := b.Sync(context.Background()); err != nil { // registered: the loop took the request
 			return b.refusal(c.p, "subscribe", filter, err)
 		}

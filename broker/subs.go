@@ -18,6 +18,12 @@ type treeSub struct {
 	id   int    // MQTT 5 subscription identifier, 0 if none
 	seq  uint64 // mote-seq of the last message queued
 
+	// since, with resume, is the revision a $sync subscriber asked to
+	// resume from (mote-since, SPEC §8); hist is a $hist query (SPEC §9).
+	since  uint64
+	resume bool
+	hist   *histQuery
+
 	// A $sync subscription awaits its snapshot until the writer reaches
 	// it: the snapshot then holds every retained row as it is, and events
 	// (non-retained rows) that came meanwhile are kept here, newest per
@@ -99,7 +105,7 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 	}
 	st.seq++
 	it := &deltaItem{
-		treeItem: treeItem{topic: st.ts.Topic, payload: d.Payload, qos: min(d.QoS, st.ts.QoS), seq: st.seq, codec: st.ts.Codec, subID: st.id},
+		treeItem: treeItem{topic: st.ts.Topic, payload: d.Payload, qos: min(d.QoS, st.ts.QoS), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id},
 		sub:      st,
 		from:     batch,
 		extra:    batch.size, // it pins the batch while it waits: counted
@@ -142,6 +148,7 @@ func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows) bool {
 	n := d.add(s, next)
 	d.extra += n
 	q.bytes += n
+	d.rev = batch.rev
 	return true
 }
 
@@ -211,17 +218,25 @@ func (b *Broker) encodeFolded(c *conn, d *deltaItem) (bool, error) {
 // it, with the events that came while it waited as the delta after it, and
 // cuts it into the messages that carry it.
 func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
-	var snap []byte
+	var first treeItem
 	var events *treeItem
+	var hist *histRead
 	active := false
-	if !b.onLoop(c.q.done, func() { snap, events, active = b.snapshotOf(st) }) {
+	if !b.onLoop(c.q.done, func() { first, events, hist, active = b.snapshotOf(st) }) {
 		return nil, errWriterStop
 	}
 	if !active {
 		return nil, nil // unsubscribed or replaced meanwhile
 	}
 	ts := st.ts
-	msgs, err := c.snapshotMessages(treeItem{topic: ts.Topic, payload: snap, qos: ts.QoS, codec: ts.Codec, subID: st.id})
+	if hist != nil {
+		payload, err := b.readHistory(c, hist)
+		if err != nil {
+			return nil, err
+		}
+		first.payload = payload
+	}
+	msgs, err := c.snapshotMessages(first)
 	if errors.Is(err, errWriterStop) {
 		return nil, err
 	}
@@ -234,16 +249,28 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	return msgs, nil
 }
 
-// snapshotOf encodes st's snapshot and the delta of its held events, and
-// makes st live: deltas of later batches follow (loop only).
-func (b *Broker) snapshotOf(st *treeSub) (snap []byte, events *treeItem, ok bool) {
+// snapshotOf encodes st's first message — its snapshot, its resume delta
+// (SPEC §8), or for $hist what the writer reads the history with — and
+// the delta of its held events, and makes st live: deltas of later
+// batches follow (loop only).
+func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, hist *histRead, ok bool) {
 	if !st.ts.Active() || !st.await {
 		st.c.q.reserve(-st.held) // unsubscribed while it waited: what it held goes
 		st.events, st.at, st.held = nil, nil, 0
-		return nil, nil, false
+		return first, nil, nil, false
 	}
 	st.await = false
-	snap = b.tree.Snapshot(st.ts.Filter, st.ts.Codec, st.ts.Allow)
+	rev := b.tree.Rev()
+	first = treeItem{topic: st.ts.Topic, qos: st.ts.QoS, rev: rev, codec: st.ts.Codec, subID: st.id}
+	switch {
+	case st.hist != nil:
+		hist = b.historyOf(st)
+	case st.resume:
+		first.payload, first.resume = b.resumeOf(st)
+	}
+	if first.payload == nil && hist == nil {
+		first.payload = b.tree.Snapshot(st.ts.Filter, st.ts.Codec, st.ts.Allow)
+	}
 	held := st.events[:0]
 	for _, ch := range st.events {
 		if ch.Topic != "" {
@@ -256,13 +283,13 @@ func (b *Broker) snapshotOf(st *treeSub) (snap []byte, events *treeItem, ok bool
 	case len(held) > 0:
 		if payload, qos, enc := b.tree.Fold(st.ts, held); enc {
 			st.seq++
-			events = &treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, codec: st.ts.Codec, subID: st.id}
+			events = &treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: rev, codec: st.ts.Codec, subID: st.id}
 		}
 	}
 	st.c.q.reserve(-st.held)
 	st.events, st.at, st.held, st.lost = nil, nil, 0, false
 	b.stats.DeltasQueued.Add(1)
-	return snap, events, true
+	return first, events, hist, true
 }
 
 // replayRow is one retained row read for a replay: the strings are the

@@ -224,7 +224,8 @@ func (m *plainItem) packet() packets.Packet {
 }
 
 // treePacket is the publish of a tree message: on MQTT 5 with mote-seq,
-// mote-part, Content Type and the subscription identifier.
+// mote-rev, mote-resume, mote-part, Content Type and the subscription
+// identifier.
 func (c *conn) treePacket(m *treeItem) packets.Packet {
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos},
@@ -234,7 +235,13 @@ func (c *conn) treePacket(m *treeItem) packets.Packet {
 	}
 	if c.v5 {
 		pk.Properties.ContentType = m.codec.ContentType()
-		pk.Properties.User = []packets.UserProperty{{Key: "mote-seq", Val: strconv.FormatUint(m.seq, 10)}}
+		pk.Properties.User = []packets.UserProperty{
+			{Key: "mote-seq", Val: strconv.FormatUint(m.seq, 10)},
+			{Key: "mote-rev", Val: strconv.FormatUint(m.rev, 10)},
+		}
+		if m.resume {
+			pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: "mote-resume", Val: "1"})
+		}
 		if m.part != "" {
 			pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: "mote-part", Val: m.part})
 		}
@@ -252,7 +259,7 @@ func (c *conn) payloadRoom(topic string) int {
 	if cm := c.out.maxPacket(); cm > 0 && cm < max {
 		max = cm
 	}
-	return int(max) - 5 - 2 - len(topic) - 2 - 160
+	return int(max) - 5 - 2 - len(topic) - 2 - 200
 }
 
 // snapshotMessages cuts an encoded snapshot into the messages that carry

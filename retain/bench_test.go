@@ -25,7 +25,7 @@ func BenchmarkRetainerCommit(b *testing.B) {
 			defer s.Close()
 			batch := make([]Change, 1000)
 			for b.Loop() {
-				r := New(s, Options{}, zerolog.Nop())
+				r := must(New(s, Options{}, zerolog.Nop()))
 				start := time.Now()
 				for i := 0; i < distinct; i += len(batch) {
 					for j := range batch {
@@ -57,7 +57,7 @@ func BenchmarkLoad(b *testing.B) {
 		for j := range cs {
 			cs[j] = Change{Topic: fmt.Sprintf("dev/d%07d/state", i+j), Value: wire.Value{Kind: wire.JSON, Data: "21.5"}}
 		}
-		if _, err := s.Commit(cs); err != nil {
+		if _, err := s.Commit(Batch{Changes: cs}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -31,16 +31,16 @@ func TestStoreRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rej, err := s.Commit([]Change{
+	rej, err := s.Commit(Batch{Changes: []Change{
 		{Topic: "a/b", Value: val("x"), QoS: 1},
 		{Topic: "a/c", Value: wire.Value{Kind: wire.Bytes, Data: "\x00\xff"}},
 		{Topic: "d", Value: wire.Value{Kind: wire.Object, Data: `{"k":1}`}, QoS: 2},
 		{Topic: "gone", Value: val("y")},
-	})
+	}})
 	if err != nil || rej != nil {
 		t.Fatal(rej, err)
 	}
-	if rej, err := s.Commit([]Change{{Topic: "gone"}, {Topic: "never"}}); err != nil || rej != nil {
+	if rej, err := s.Commit(Batch{Changes: []Change{{Topic: "gone"}, {Topic: "never"}}}); err != nil || rej != nil {
 		t.Fatal(rej, err)
 	}
 	s.Close()
@@ -51,9 +51,9 @@ func TestStoreRoundTrip(t *testing.T) {
 	defer s.Close()
 	got := rowsOf(t, s)
 	want := map[string]Row{
-		"a/b": {"a/b", val("x"), 1},
-		"a/c": {"a/c", wire.Value{Kind: wire.Bytes, Data: "\x00\xff"}, 0},
-		"d":   {"d", wire.Value{Kind: wire.Object, Data: `{"k":1}`}, 2},
+		"a/b": {Topic: "a/b", Value: val("x"), QoS: 1},
+		"a/c": {Topic: "a/c", Value: wire.Value{Kind: wire.Bytes, Data: "\x00\xff"}},
+		"d":   {Topic: "d", Value: wire.Value{Kind: wire.Object, Data: `{"k":1}`}, QoS: 2},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("rows %v\nwant %v", got, want)
@@ -96,7 +96,7 @@ func TestCorruptPages(t *testing.T) {
 		for i := range 2000 {
 			cs = append(cs, Change{Topic: fmt.Sprintf("t/%d", i), Value: val(strings.Repeat("v", 50))})
 		}
-		if _, err := s.Commit(cs); err != nil {
+		if _, err := s.Commit(Batch{Changes: cs}); err != nil {
 			t.Fatal(err)
 		}
 		s.Close()
@@ -137,7 +137,7 @@ func TestStoreLimits(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before, after := "a/"+c.name, "z/"+c.name
-			rej, err := s.Commit([]Change{{Topic: after, Value: val("1")}, c.c, {Topic: before, Value: val("1")}})
+			rej, err := s.Commit(Batch{Changes: []Change{{Topic: after, Value: val("1")}, c.c, {Topic: before, Value: val("1")}}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -181,8 +181,8 @@ func TestSizeLimits(t *testing.T) {
 			t.Errorf("topic %d, payload %d bytes: %v, want %v", c.topic, c.payload, err, c.want)
 		}
 	}
-	if 1+MaxPayload != bolt.MaxValueSize {
-		t.Error("MaxPayload plus the flags byte is not bbolt's value limit")
+	if rowHead+MaxPayload != bolt.MaxValueSize {
+		t.Error("MaxPayload plus the row head is not bbolt's value limit")
 	}
 }
 
@@ -194,10 +194,10 @@ func TestRefusedRowDropsOldValue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if _, err := s.Commit([]Change{{Topic: "t", Value: val("old")}}); err != nil {
+	if _, err := s.Commit(Batch{Changes: []Change{{Topic: "t", Value: val("old")}}}); err != nil {
 		t.Fatal(err)
 	}
-	rej, err := s.Commit([]Change{{Topic: "t", Value: val("new"), QoS: 3}})
+	rej, err := s.Commit(Batch{Changes: []Change{{Topic: "t", Value: val("new"), QoS: 3}}})
 	if err != nil || len(rej) != 1 {
 		t.Fatal(rej, err)
 	}
@@ -230,7 +230,7 @@ func TestTypeBytes(t *testing.T) {
 }
 
 // TestLoadsFormat1: a store written byte for byte as format 1 stores rows
-// (before the type bytes were named) loads.
+// (before revisions) loads, migrated to format 2.
 func TestLoadsFormat1(t *testing.T) {
 	dir := t.TempDir()
 	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, nil)
@@ -270,26 +270,24 @@ func TestLoadsFormat1(t *testing.T) {
 	defer s.Close()
 	got := rowsOf(t, s)
 	want := map[string]Row{
-		"s": {"s", wire.Value{Kind: wire.String, Data: "hi"}, 1},
-		"b": {"b", wire.Value{Kind: wire.Bytes, Data: "\x00\xff"}, 0},
-		"j": {"j", wire.Value{Kind: wire.JSON, Data: "21.5"}, 2},
-		"o": {"o", wire.Value{Kind: wire.Object, Data: `{"k":1}`}, 0},
+		"s": {Topic: "s", Value: wire.Value{Kind: wire.String, Data: "hi"}, QoS: 1},
+		"b": {Topic: "b", Value: wire.Value{Kind: wire.Bytes, Data: "\x00\xff"}, QoS: 0},
+		"j": {Topic: "j", Value: wire.Value{Kind: wire.JSON, Data: "21.5"}, QoS: 2},
+		"o": {Topic: "o", Value: wire.Value{Kind: wire.Object, Data: `{"k":1}`}},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("rows %v\nwant %v", got, want)
 	}
-	for k, v := range raw { // and writes the same bytes back
-		if _, err := s.Commit([]Change{{Topic: k, Value: got[k].Value, QoS: got[k].QoS}}); err != nil {
-			t.Fatal(err)
+	if m := s.Meta(); !m.Clean || m.Fresh || m.Rev != 0 {
+		t.Errorf("migrated store meta %+v", m)
+	}
+	err = s.db.View(func(tx *bolt.Tx) error { // migrated to format 2
+		if v := tx.Bucket(bucketMeta).Get(keyFormat); len(v) != 1 || v[0] != Format {
+			t.Errorf("format after migration %v", v)
 		}
-		err := s.db.View(func(tx *bolt.Tx) error {
-			if b := tx.Bucket(bucketRows).Get([]byte(k)); string(b) != v {
-				t.Errorf("%s written as %q, format 1 has %q", k, b, v)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -19,6 +19,19 @@ type Options struct {
 	MaxBatch   int           // commit at once when this many rows are pending; default 10,000
 	MaxPending int           // rows pending before Wait makes publishers wait; default 1,000,000
 
+	// ResumeWindow is how many revisions deletion markers are kept for
+	// (SPEC §8); default 1,000,000.
+	ResumeWindow uint64
+	// History names the rows whose past values are kept (SPEC §9).
+	History []HistoryRule
+	// PruneEvery is how often history is pruned by keep and max_age;
+	// default 10 s.
+	PruneEvery time.Duration
+	// Rev and Floor are the revision and marker floor the broker starts
+	// from; New records them in the store when they are above what it
+	// holds (after an unclean stop the broker skips ahead).
+	Rev, Floor uint64
+
 	// OnReject, if set, is told of every row the store refuses (after it is
 	// logged and counted in Lost). It is called on the retainer's own
 	// goroutine, never the message loop's, also from within Close, and
@@ -40,6 +53,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxPending <= 0 {
 		o.MaxPending = 1_000_000
+	}
+	if o.ResumeWindow == 0 {
+		o.ResumeWindow = 1_000_000
+	}
+	if o.PruneEvery <= 0 {
+		o.PruneEvery = 10 * time.Second
 	}
 	return o
 }
@@ -72,15 +91,24 @@ type Retainer struct {
 	opts  Options
 	log   zerolog.Logger
 
-	mu       sync.Mutex // guards pending, waiters, closed, err, lastLost
-	pending  map[string]Change
-	waiters  []waiting // answered by the commit holding what was pending when they came
-	closed   bool
-	err      error     // the last commit's error, nil once one succeeds
-	lastLost error     // the last row the store refused, named
-	room     sync.Cond // signalled after a commit, for Wait
+	mu         sync.Mutex // guards pending, hist, committing, waiters, closed, err, lastLost
+	pending    map[string]Change
+	hist       []Change          // every change of rows under a history rule, in order
+	committing map[string]Change // the batch being committed, until it is
+	waiters    []waiting         // answered by the commit holding what was pending when they came
+	closed     bool
+	err        error     // the last commit's error, nil once one succeeds
+	lastLost   error     // the last row the store refused, named
+	room       sync.Cond // signalled after a commit, for Wait
 
-	streak int // failed commits in a row; owned by the goroutine
+	streak      int       // failed commits in a row; owned by the goroutine
+	pruned      time.Time // last history prune; owned by the goroutine
+	histAdded   int       // history values committed since; owned by the goroutine
+	pruneMore   bool      // the last prune or compaction stopped at its bound; owned by the goroutine
+	compactMore bool
+
+	rev   atomic.Uint64 // the newest revision handed in
+	floor atomic.Uint64 // deletion markers at or below it may be gone
 
 	wake chan struct{} // one slot: there are changes
 	done chan struct{} // closed when the goroutine has stopped
@@ -91,8 +119,9 @@ type Retainer struct {
 	Lost      atomic.Int64 // rows the store refused (not retried)
 }
 
-// New starts a retainer writing to store.
-func New(store RowStore, opts Options, log zerolog.Logger) *Retainer {
+// New starts a retainer writing to store, first recording opts.Rev and
+// opts.Floor in it if they are above what it holds.
+func New(store RowStore, opts Options, log zerolog.Logger) (*Retainer, error) {
 	r := &Retainer{
 		store:   store,
 		opts:    opts.withDefaults(),
@@ -100,11 +129,71 @@ func New(store RowStore, opts Options, log zerolog.Logger) *Retainer {
 		pending: map[string]Change{},
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+		pruned:  time.Now(),
+	}
+	m := store.Meta()
+	r.rev.Store(max(m.Rev, opts.Rev))
+	r.floor.Store(max(m.Floor, opts.Floor))
+	if opts.Rev > m.Rev {
+		if _, err := store.Commit(Batch{Rev: opts.Rev}); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Floor > m.Floor {
+		for more := true; more; {
+			var err error
+			if more, err = store.Compact(opts.Floor, 100_000); err != nil {
+				return nil, err
+			}
+		}
 	}
 	r.room.L = &r.mu
 	go r.run()
-	return r
+	return r, nil
 }
+
+// SetRev hands in the store's revision after a batch that changed only
+// rows that are not persisted ($SYS): it is committed all the same.
+func (r *Retainer) SetRev(rev uint64) {
+	for {
+		old := r.rev.Load()
+		if rev <= old || r.rev.CompareAndSwap(old, rev) {
+			return
+		}
+	}
+}
+
+// Floor is the revision at or below which deletion markers may be gone:
+// a resume from an older revision cannot be answered.
+func (r *Retainer) Floor() uint64 { return r.floor.Load() }
+
+// Deleted calls fn for every row deleted at a revision in (since, upto]
+// that is not set again in what is pending: from the changes not yet
+// committed and from the store's markers. A topic may come more than
+// once.
+func (r *Retainer) Deleted(since, upto uint64, fn func(topic string, rev uint64) bool) error {
+	r.mu.Lock()
+	for _, m := range []map[string]Change{r.pending, r.committing} {
+		for _, c := range m {
+			if c.Value.Kind == 0 && c.Rev > since && c.Rev <= upto && !fn(c.Topic, c.Rev) {
+				r.mu.Unlock()
+				return nil
+			}
+		}
+	}
+	r.mu.Unlock()
+	return r.store.Deleted(since, upto, fn)
+}
+
+// History calls fn with the committed values of every topic matching
+// filter (see RowStore.History). Flush first to see every change handed
+// in.
+func (r *Retainer) History(filter string, fn func(topic string, pairs []Pair) bool) error {
+	return r.store.History(filter, fn)
+}
+
+// Rules are the history rules the retainer keeps values for.
+func (r *Retainer) Rules() []HistoryRule { return r.opts.History }
 
 // Add queues changes (all rows of one batch: they commit together). Each
 // waiter (a channel with room for one value) receives the outcome of the
@@ -123,6 +212,12 @@ func (r *Retainer) Add(changes []Change, waiters ...chan error) {
 	}
 	for _, c := range changes {
 		r.pending[c.Topic] = c
+		if len(r.opts.History) > 0 && RuleFor(r.opts.History, c.Topic) != nil {
+			r.hist = append(r.hist, c)
+		}
+		if c.Rev > r.rev.Load() {
+			r.SetRev(c.Rev)
+		}
 	}
 	if len(waiters) > 0 {
 		w := waiting{chans: slices.Clone(waiters), topics: make([]string, len(changes))}
@@ -142,7 +237,7 @@ func (r *Retainer) Add(changes []Change, waiters ...chan error) {
 func (r *Retainer) Pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.pending)
+	return len(r.pending) + len(r.hist)
 }
 
 // Wait blocks while more than MaxPending rows wait for the disk: publishers
@@ -152,7 +247,7 @@ func (r *Retainer) Wait() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	waited := false
-	for len(r.pending) > r.opts.MaxPending && !r.closed {
+	for len(r.pending)+len(r.hist) > r.opts.MaxPending && !r.closed {
 		if !waited {
 			r.log.Warn().Int("pending", len(r.pending)).Msg("disk behind: publishers wait for the retainer")
 		}
@@ -212,7 +307,41 @@ func (r *Retainer) run() {
 			retry = time.Now().Add(backoff)
 		} else {
 			backoff, retry = 0, time.Time{}
+			r.maintain()
 		}
+	}
+}
+
+// maintainStep bounds the markers or history values one maintenance
+// transaction drops, so a commit never waits long behind one.
+const maintainStep = 50_000
+
+// maintain compacts deletion markers older than the resume window and
+// prunes history by keep and max_age, a bounded step at a time, after a
+// commit (on the retainer's goroutine: never the message loop's).
+func (r *Retainer) maintain() {
+	w := r.opts.ResumeWindow
+	if rev := r.rev.Load(); rev > w {
+		floor := rev - w
+		if cur := r.floor.Load(); floor > cur && (floor-cur >= max(w/16, 1) || r.compactMore) {
+			r.floor.Store(floor) // first: a resume from below it is refused before its markers go
+			more, err := r.store.Compact(floor, maintainStep)
+			if err != nil {
+				r.log.Warn().Err(err).Msg("compacting deletion markers failed; retried later")
+			}
+			r.compactMore = more
+		}
+	}
+	if len(r.opts.History) == 0 || (time.Since(r.pruned) < r.opts.PruneEvery && r.histAdded < 100_000 && !r.pruneMore) {
+		return
+	}
+	more, err := r.store.Prune(r.opts.History, time.Now().UnixMilli(), maintainStep)
+	if err != nil {
+		r.log.Warn().Err(err).Msg("pruning history failed; retried later")
+	}
+	r.pruneMore = more
+	if !more {
+		r.pruned, r.histAdded = time.Now(), 0
 	}
 }
 
@@ -234,10 +363,15 @@ func (r *Retainer) final() {
 // same rows win) and refuses its waiters at once.
 func (r *Retainer) commit(closing bool) error {
 	r.mu.Lock()
-	batch, waiters := r.pending, r.waiters
-	r.pending, r.waiters = make(map[string]Change, len(batch)), nil
+	batch, hist, waiters := r.pending, r.hist, r.waiters
+	r.pending, r.hist, r.waiters = make(map[string]Change, len(batch)), nil, nil
+	r.committing = batch
 	r.mu.Unlock()
-	if len(batch) == 0 && len(waiters) == 0 {
+	rev := r.rev.Load()
+	if len(batch) == 0 && len(waiters) == 0 && !closing {
+		r.mu.Lock()
+		r.committing = nil
+		r.mu.Unlock()
 		return nil
 	}
 	changes := make([]Change, 0, len(batch))
@@ -245,12 +379,14 @@ func (r *Retainer) commit(closing bool) error {
 		changes = append(changes, c)
 	}
 	start := time.Now()
-	rejected, err := r.store.Commit(changes)
+	rejected, err := r.store.Commit(Batch{Changes: changes, History: hist, Rev: rev})
 	if err != nil {
-		r.failed(batch, waiters, err, closing)
+		r.failed(batch, hist, waiters, err, closing)
 		return err
 	}
+	r.histAdded += len(hist)
 	r.mu.Lock()
+	r.committing = nil
 	r.err = nil
 	if n := len(rejected); n > 0 {
 		r.lastLost = fmt.Errorf("%s: %w", describe(rejected[n-1].Topic), rejected[n-1].Err)
@@ -278,7 +414,7 @@ func (r *Retainer) commit(closing bool) error {
 
 // failed puts a failed commit's changes back (unless newer ones came) and
 // refuses its waiters. It logs the first failure of a streak only.
-func (r *Retainer) failed(batch map[string]Change, waiters []waiting, err error, closing bool) {
+func (r *Retainer) failed(batch map[string]Change, hist []Change, waiters []waiting, err error, closing bool) {
 	r.Failures.Add(1)
 	r.mu.Lock()
 	for t, c := range batch {
@@ -286,6 +422,8 @@ func (r *Retainer) failed(batch map[string]Change, waiters []waiting, err error,
 			r.pending[t] = c
 		}
 	}
+	r.hist = append(hist, r.hist...)
+	r.committing = nil
 	r.err = err
 	r.mu.Unlock()
 	if r.streak == 0 {
@@ -371,6 +509,8 @@ func (r *Retainer) Close() error {
 	}
 	if len(r.pending) > 0 {
 		errs = append(errs, fmt.Errorf("%w: %d rows not committed at close: %w", ErrLost, len(r.pending), r.err))
+	} else if err := r.store.MarkClean(r.rev.Load()); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

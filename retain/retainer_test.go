@@ -57,7 +57,20 @@ func scripted() *fakeStore {
 	return &fakeStore{calls: make(chan []Change), results: make(chan error)}
 }
 
-func (f *fakeStore) Commit(cs []Change) ([]Rejected, error) {
+func (f *fakeStore) Meta() Meta { return Meta{} }
+
+func (f *fakeStore) Deleted(since, upto uint64, fn func(string, uint64) bool) error { return nil }
+
+func (f *fakeStore) Compact(uint64, int) (bool, error) { return false, nil }
+
+func (f *fakeStore) History(string, func(string, []Pair) bool) error { return nil }
+
+func (f *fakeStore) Prune([]HistoryRule, int64, int) (bool, error) { return false, nil }
+
+func (f *fakeStore) MarkClean(uint64) error { return nil }
+
+func (f *fakeStore) Commit(b Batch) ([]Rejected, error) {
+	cs := b.Changes
 	if f.calls != nil {
 		f.calls <- slices.Clone(cs)
 		if err := <-f.results; err != nil {
@@ -133,7 +146,7 @@ func (l *logBuffer) lines(substr string) []string {
 
 func TestRetainerCoalescesAndFlushes(t *testing.T) {
 	fs := &fakeStore{}
-	r := New(fs, Options{Interval: time.Hour, MaxBatch: 1 << 30}, zerolog.Nop())
+	r := must(New(fs, Options{Interval: time.Hour, MaxBatch: 1 << 30}, zerolog.Nop()))
 	r.Add([]Change{{Topic: "a", Value: val("1")}, {Topic: "b", Value: val("1")}})
 	r.Add([]Change{{Topic: "a", Value: val("2")}, {Topic: "b"}})
 	if err := closeWithin(t, r); err != nil {
@@ -161,7 +174,7 @@ func TestRetainerIsolatesRefusedRows(t *testing.T) {
 	defer s.Close()
 	var logs logBuffer
 	var reported []Rejected // appended on the retainer's goroutine, read after Close
-	r := New(s, Options{Interval: time.Hour, MaxBatch: 1 << 30, OnReject: func(rej Rejected) { reported = append(reported, rej) }}, zerolog.New(&logs))
+	r := must(New(s, Options{Interval: time.Hour, MaxBatch: 1 << 30, OnReject: func(rej Rejected) { reported = append(reported, rej) }}, zerolog.New(&logs)))
 	long := strings.Repeat("p", MaxTopic+1)
 	set := func(topics ...string) []Change {
 		var cs []Change
@@ -231,7 +244,7 @@ var errDisk = errors.New("disk full")
 func TestRetainerCommitFails(t *testing.T) {
 	fs := scripted()
 	var logs logBuffer
-	r := New(fs, Options{Interval: time.Millisecond}, zerolog.New(&logs))
+	r := must(New(fs, Options{Interval: time.Millisecond}, zerolog.New(&logs)))
 	w1 := make(chan error, 1)
 	r.Add([]Change{{Topic: "a", Value: val("1")}}, w1)
 	recv(t, fs.calls, "first commit")
@@ -285,7 +298,7 @@ func TestRetainerStoreAlwaysFails(t *testing.T) {
 	fs := scripted()
 	stop := fs.answerAll(errDisk)
 	defer stop()
-	r := New(fs, Options{Interval: time.Millisecond}, zerolog.Nop())
+	r := must(New(fs, Options{Interval: time.Millisecond}, zerolog.Nop()))
 	for i := range 5 {
 		w := make(chan error, 1)
 		r.Add([]Change{{Topic: fmt.Sprint("t", i), Value: val("1")}}, w)
@@ -303,7 +316,7 @@ func TestRetainerStoreAlwaysFails(t *testing.T) {
 // what piles up coalesces by topic.
 func TestAddNeverWaits(t *testing.T) {
 	fs := scripted()
-	r := New(fs, Options{Interval: time.Millisecond, MaxBatch: 10}, zerolog.Nop())
+	r := must(New(fs, Options{Interval: time.Millisecond, MaxBatch: 10}, zerolog.Nop()))
 	r.Add([]Change{{Topic: "first", Value: val("1")}})
 	recv(t, fs.calls, "first commit") // the retainer is now stuck in Commit
 	added := make(chan struct{})
@@ -331,7 +344,7 @@ func TestAddNeverWaits(t *testing.T) {
 
 func TestWaitBoundsPending(t *testing.T) {
 	fs := scripted()
-	r := New(fs, Options{Interval: time.Millisecond, MaxBatch: 1 << 30, MaxPending: 10}, zerolog.Nop())
+	r := must(New(fs, Options{Interval: time.Millisecond, MaxBatch: 1 << 30, MaxPending: 10}, zerolog.Nop()))
 	r.Add([]Change{{Topic: "x", Value: val("1")}})
 	recv(t, fs.calls, "commit of x") // stuck committing x
 	for i := range 20 {
@@ -351,4 +364,11 @@ func TestWaitBoundsPending(t *testing.T) {
 	}
 	closeWithin(t, r)
 	stop()
+}
+
+func must(r *Retainer, err error) *Retainer {
+	if err != nil {
+		panic(err)
+	}
+	return r
 }

@@ -4,14 +4,30 @@
 //
 // # Format
 //
-// One bbolt file, two buckets. "rows": key = topic (UTF-8 bytes, so a
-// topic prefix is a key range), value = one flags byte followed by the
-// payload, byte for byte. The flags byte's low 4 bits are the row's type:
-// 1 string, 2 bytes, 3 JSON (number, boolean, JSON string or array),
-// 4 object; bits 4–5 its QoS (0–2); bits 6–7 are zero. These numbers are
-// the format, named by this package's type constants and mapped to
-// wire.Kind both ways, never stored as a wire.Kind. "meta": "format" = the
-// format version (1), so a later format can migrate on open.
+// One bbolt file, four buckets. "rows": key = topic (UTF-8 bytes, so a
+// topic prefix is a key range), value = one flags byte, the row's revision
+// (8 bytes, big-endian), the time of its last change (Unix ms, 8 bytes,
+// big-endian), then the payload, byte for byte. The flags byte's low 4 bits
+// are the row's type: 1 string, 2 bytes, 3 JSON (number, boolean, JSON
+// string or array), 4 object (0: deleted, in "hist" only); bits 4–5 its QoS
+// (0–2); bits 6–7 are zero. These numbers are the format, named by this
+// package's type constants and mapped to wire.Kind both ways, never stored
+// as a wire.Kind.
+//
+// "dead": the deletion markers of SPEC §8, key = revision (8 bytes,
+// big-endian) then the topic, empty value: a range of revisions is a key
+// range. Markers at or below the floor are compacted away.
+//
+// "hist": the past values of rows under a history rule (SPEC §9), key =
+// topic, a 0 byte, the revision of the change (8 bytes, big-endian);
+// value = flags byte, time (Unix ms, 8 bytes), payload. A topic's values
+// are one key range, oldest first.
+//
+// "meta": "format" = the format version (2; a format 1 file, whose row
+// values were the flags byte and the payload, is migrated on open), "rev"
+// = the store revision (8 bytes), "floor" = the revision at or below which
+// markers were compacted, "clean" = 1 once the broker stopped cleanly (0
+// while it runs).
 //
 // bbolt cannot keep every row: a topic must be 1 to MaxTopic bytes and a
 // payload at most MaxPayload. Store.Commit stores the rows it can and
@@ -37,6 +53,8 @@
 package retain
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -52,13 +70,22 @@ import (
 )
 
 // Format is the store format this package writes.
-const Format = 1
+const Format = 2
 
 var (
 	bucketRows = []byte("rows")
 	bucketMeta = []byte("meta")
+	bucketDead = []byte("dead")
+	bucketHist = []byte("hist")
 	keyFormat  = []byte("format")
+	keyRev     = []byte("rev")
+	keyFloor   = []byte("floor")
+	keyClean   = []byte("clean")
 )
+
+// rowHead is the bytes of a stored row value before its payload: flags,
+// revision, time.
+const rowHead = 1 + 8 + 8
 
 // ErrCorrupt is a store file that cannot be read.
 var ErrCorrupt = errors.New("retain: store unreadable")
@@ -69,13 +96,13 @@ var ErrCorrupt = errors.New("retain: store unreadable")
 // (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge).
 var ErrUnstorable = errors.New("retain: row cannot be stored")
 
-// MaxTopic is the longest topic the store keeps, in bytes (bbolt's key
-// limit).
-const MaxTopic = bolt.MaxKeySize
+// MaxTopic is the longest topic the store keeps, in bytes: bbolt's key
+// limit, less the 9 bytes a history key adds to a topic.
+const MaxTopic = bolt.MaxKeySize - 9
 
 // MaxPayload is the longest payload the store keeps, in bytes (bbolt's
-// value limit, less the flags byte).
-const MaxPayload = bolt.MaxValueSize - 1
+// value limit, less the bytes before the payload).
+const MaxPayload = bolt.MaxValueSize - rowHead
 
 // Type bytes: the low 4 bits of a stored row's flags byte. They are the
 // disk format; never renumber them.
@@ -119,18 +146,49 @@ func kindOf(t byte) (wire.Kind, bool) {
 }
 
 // Change is one row change to persist: a row set, or (Value.Kind None)
-// deleted.
+// deleted, at store revision Rev and broker time MS (Unix ms).
 type Change struct {
 	Topic string
 	Value wire.Value
 	QoS   byte
+	Rev   uint64
+	MS    int64
 }
 
-// Row is one stored row.
+// Row is one stored row, with the revision and time of its last change.
 type Row struct {
 	Topic string
 	Value wire.Value
 	QoS   byte
+	Rev   uint64
+	MS    int64
+}
+
+// Batch is one commit: the newest change of each row, every change of
+// the rows under a history rule (in order), and the store revision they
+// bring it to.
+type Batch struct {
+	Changes []Change
+	History []Change
+	Rev     uint64
+}
+
+// Meta is what a store knew when it was opened.
+type Meta struct {
+	Rev   uint64 // the store revision
+	Floor uint64 // deletion markers at or below it are gone
+	// Clean is false when the last run did not stop cleanly: revisions
+	// after Rev may have been handed out and lost.
+	Clean bool
+	Fresh bool // the file was created by this Open
+}
+
+// Pair is one value of a row's history: the revision and time of the
+// change, and the value (kind None: deleted).
+type Pair struct {
+	Rev   uint64
+	MS    int64
+	Value wire.Value
 }
 
 // Rejected is a change the store refused, and why (an error wrapping
@@ -142,12 +200,28 @@ type Rejected struct {
 
 // RowStore is what the retainer writes to.
 type RowStore interface {
-	// Commit applies changes in one transaction, except those it cannot
-	// store at all, which it returns with the reason. A non-nil err means
-	// the transaction failed and nothing was committed (retry).
-	Commit(changes []Change) (rejected []Rejected, err error)
+	// Commit applies a batch in one transaction, except the changes it
+	// cannot store at all, which it returns with the reason. A non-nil err
+	// means the transaction failed and nothing was committed (retry).
+	Commit(b Batch) (rejected []Rejected, err error)
 	// Load calls fn for every stored row, in topic order.
 	Load(fn func(Row) error) error
+	// Meta is what the store knew when it was opened.
+	Meta() Meta
+	// Deleted calls fn for every deletion marker with a revision in
+	// (since, upto], in revision order, until fn returns false.
+	Deleted(since, upto uint64, fn func(topic string, rev uint64) bool) error
+	// Compact drops up to max markers at or below revision floor and
+	// records the floor; more reports markers left to drop.
+	Compact(floor uint64, max int) (more bool, err error)
+	// History calls fn with the stored values of every topic matching
+	// filter, oldest first, until fn returns false.
+	History(filter string, fn func(topic string, pairs []Pair) bool) error
+	// Prune drops up to max history values that rules no longer keep at
+	// time now (Unix ms); more reports values left to drop.
+	Prune(rules []HistoryRule, now int64, max int) (more bool, err error)
+	// MarkClean records that every revision handed out is committed.
+	MarkClean(rev uint64) error
 	// Close closes the store.
 	Close() error
 }
@@ -156,6 +230,7 @@ type RowStore interface {
 type Store struct {
 	db   *bolt.DB
 	path string
+	meta Meta
 }
 
 // FileName is the store's file inside the data directory.
@@ -181,9 +256,12 @@ func Open(dir string) (s *Store, err error) {
 		}
 		return nil, fmt.Errorf("%w: open %s: %w", ErrCorrupt, path, err)
 	}
+	var m Meta
 	err = db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bucketRows); err != nil {
-			return err
+		for _, name := range [][]byte{bucketRows, bucketDead, bucketHist} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
 		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
@@ -191,18 +269,69 @@ func Open(dir string) (s *Store, err error) {
 		}
 		switch v := meta.Get(keyFormat); {
 		case v == nil:
-			return meta.Put(keyFormat, []byte{Format})
+			m.Fresh = true
+			if err := meta.Put(keyFormat, []byte{Format}); err != nil {
+				return err
+			}
+		case len(v) == 1 && v[0] == 1:
+			if err := migrate1(tx); err != nil {
+				return fmt.Errorf("migrating format 1: %w", err)
+			}
+			m.Clean = true // format 1 had no revisions to lose
 		case len(v) != 1 || v[0] != Format:
 			return fmt.Errorf("format %v, this build reads %d", v, Format)
+		default:
+			m.Clean = bytes.Equal(meta.Get(keyClean), []byte{1})
 		}
-		return nil
+		m.Rev, m.Floor = getUint(meta, keyRev), getUint(meta, keyFloor)
+		return meta.Put(keyClean, []byte{0})
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, path, err)
 	}
-	return &Store{db: db, path: path}, nil
+	return &Store{db: db, path: path, meta: m}, nil
 }
+
+// migrate1 rewrites format 1 rows (flags byte, payload) as format 2, with
+// revision and time 0 (unknown).
+func migrate1(tx *bolt.Tx) error {
+	rows := tx.Bucket(bucketRows)
+	var keys, vals [][]byte
+	err := rows.ForEach(func(k, v []byte) error {
+		if len(v) == 0 {
+			return fmt.Errorf("row %q has no flags byte", k)
+		}
+		nv := make([]byte, rowHead+len(v)-1)
+		nv[0] = v[0]
+		copy(nv[rowHead:], v[1:])
+		keys, vals = append(keys, slices.Clone(k)), append(vals, nv)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i := range keys {
+		if err := rows.Put(keys[i], vals[i]); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bucketMeta).Put(keyFormat, []byte{Format})
+}
+
+func getUint(b *bolt.Bucket, k []byte) uint64 {
+	if v := b.Get(k); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func putUint(b *bolt.Bucket, k []byte, n uint64) error {
+	return b.Put(k, binary.BigEndian.AppendUint64(nil, n))
+}
+
+// Meta is what the store knew when it was opened.
+func (s *Store) Meta() Meta { return s.meta }
 
 // Path is the store file.
 func (s *Store) Path() string { return s.path }
@@ -213,16 +342,25 @@ func (s *Store) Path() string { return s.path }
 // refused row whose topic is a valid key is deleted in the same
 // transaction, so a restart does not bring back an older value as current.
 // Deletes are never refused (a key bbolt cannot hold is not stored). It
-// sorts changes in place.
-func (s *Store) Commit(changes []Change) ([]Rejected, error) {
+// sorts the changes in place. A deletion leaves a marker (SPEC §8); the
+// history values go in the same transaction, and so does the revision.
+func (s *Store) Commit(b Batch) ([]Rejected, error) {
+	changes := b.Changes
 	slices.SortFunc(changes, func(a, b Change) int { return strings.Compare(a.Topic, b.Topic) })
 	var rejected []Rejected
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		rejected = rejected[:0]
-		rows := tx.Bucket(bucketRows)
+		rows, dead, hist, meta := tx.Bucket(bucketRows), tx.Bucket(bucketDead), tx.Bucket(bucketHist), tx.Bucket(bucketMeta)
+		var refused map[string]bool
 		for _, c := range changes {
 			if c.Value.Kind == wire.None {
+				if keyError(len(c.Topic)) != nil {
+					continue
+				}
 				if err := rows.Delete([]byte(c.Topic)); err != nil {
+					return err
+				}
+				if err := dead.Put(deadKey(c.Rev, c.Topic), nil); err != nil {
 					return err
 				}
 				continue
@@ -230,6 +368,10 @@ func (s *Store) Commit(changes []Change) ([]Rejected, error) {
 			v, err := encodeRow(c)
 			if err != nil {
 				rejected = append(rejected, Rejected{Change: c, Err: err})
+				if refused == nil {
+					refused = map[string]bool{}
+				}
+				refused[c.Topic] = true
 				if keyError(len(c.Topic)) == nil {
 					if err := rows.Delete([]byte(c.Topic)); err != nil {
 						return err
@@ -240,6 +382,17 @@ func (s *Store) Commit(changes []Change) ([]Rejected, error) {
 			if err := rows.Put([]byte(c.Topic), v); err != nil {
 				return err
 			}
+		}
+		for _, c := range b.History {
+			if refused[c.Topic] || keyError(len(c.Topic)) != nil || int64(len(c.Value.Data)) > MaxPayload {
+				continue
+			}
+			if err := hist.Put(histKey(c.Topic, c.Rev), histValue(c)); err != nil {
+				return err
+			}
+		}
+		if b.Rev > getUint(meta, keyRev) {
+			return putUint(meta, keyRev, b.Rev)
 		}
 		return nil
 	})
@@ -285,10 +438,34 @@ func encodeRow(c Change) ([]byte, error) {
 	if c.QoS > 2 {
 		return nil, fmt.Errorf("%w: QoS %d", ErrUnstorable, c.QoS)
 	}
-	v := make([]byte, 1+len(c.Value.Data))
+	v := make([]byte, rowHead+len(c.Value.Data))
 	v[0] = t | c.QoS<<4
-	copy(v[1:], c.Value.Data)
+	binary.BigEndian.PutUint64(v[1:], c.Rev)
+	binary.BigEndian.PutUint64(v[9:], uint64(c.MS))
+	copy(v[rowHead:], c.Value.Data)
 	return v, nil
+}
+
+// deadKey is the key of a deletion marker: revision, then topic.
+func deadKey(rev uint64, topic string) []byte {
+	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(topic)), rev), topic...)
+}
+
+// histKey is the key of a history value: topic, 0, revision.
+func histKey(topic string, rev uint64) []byte {
+	k := append(make([]byte, 0, len(topic)+9), topic...)
+	return binary.BigEndian.AppendUint64(append(k, 0), rev)
+}
+
+// histValue is the stored value of a history value: flags (type 0 for a
+// deletion), time, payload.
+func histValue(c Change) []byte {
+	t, _ := typeByte(c.Value.Kind)
+	v := make([]byte, 9+len(c.Value.Data))
+	v[0] = t
+	binary.BigEndian.PutUint64(v[1:], uint64(c.MS))
+	copy(v[9:], c.Value.Data)
+	return v
 }
 
 // Load calls fn for every row in topic order; an unreadable row is an
@@ -311,14 +488,15 @@ func (s *Store) Load(fn func(Row) error) (err error) {
 }
 
 func decodeRow(k, v []byte) (Row, error) {
-	if len(v) == 0 {
-		return Row{}, fmt.Errorf("row %q has no flags byte", k)
+	if len(v) < rowHead {
+		return Row{}, fmt.Errorf("row %q has %d bytes, less than its %d-byte head", k, len(v), rowHead)
 	}
 	kind, ok := kindOf(v[0] & 0x0f)
 	if qos := v[0] >> 4; !ok || qos > 2 {
 		return Row{}, fmt.Errorf("row %q has flags %#x", k, v[0])
 	}
-	return Row{Topic: string(k), Value: wire.Value{Kind: kind, Data: string(v[1:])}, QoS: v[0] >> 4}, nil
+	return Row{Topic: string(k), Value: wire.Value{Kind: kind, Data: string(v[rowHead:])}, QoS: v[0] >> 4,
+		Rev: binary.BigEndian.Uint64(v[1:]), MS: int64(binary.BigEndian.Uint64(v[9:]))}, nil
 }
 
 // Stats describe a store.

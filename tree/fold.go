@@ -17,9 +17,14 @@ func (t *Tree) Apply(ops []Op) Result {
 	t.changed = t.changed[:0]
 	clear(t.byTopic)
 	res := Result{Applied: make([]Applied, len(ops))}
+	t.stamp, t.dirty = Stamp{Rev: t.rev + 1, MS: t.clock()}, false
 	for i := range ops {
 		res.Applied[i] = t.applyOp(&ops[i])
 	}
+	if t.dirty {
+		t.rev++
+	}
+	res.Rev, res.Changed, res.MS = t.rev, t.dirty, t.stamp.MS
 	t.touched = t.touched[:0]
 	for ci := range t.changed {
 		t.matched = t.index.match(t.changed[ci].topic, t.matched[:0])
@@ -80,8 +85,8 @@ func (t *Tree) applyOp(op *Op) Applied {
 		}
 	}
 	for _, r := range rows {
-		if r.Retain {
-			t.store.Set(r.Topic, r.Value, op.QoS)
+		if r.Retain && t.store.Put(r.Topic, r.Value, op.QoS, t.stamp) {
+			t.dirty = true
 		}
 		if i, ok := t.byTopic[r.Topic]; ok {
 			c := &t.changed[i]

@@ -33,7 +33,9 @@ type node struct {
 	pos  int32   // index in the parent's kids
 	off  uint16  // where the node's own level starts in path
 	kind wire.Kind
-	qos  byte // QoS the row was published with (retained delivery is capped by it)
+	qos  byte   // QoS the row was published with (retained delivery is capped by it)
+	rev  uint64 // revision of the row's last change (SPEC §8)
+	ms   int64  // broker time of the row's last change, Unix ms (0: unknown)
 }
 
 // name is the node's level name.
@@ -129,11 +131,24 @@ func (s *Store) Get(topic string) (wire.Value, bool) {
 	return n.value(), true
 }
 
+// Stamp is when a row last changed: the store revision of that change
+// (SPEC §8) and the broker's time in Unix milliseconds (0: unknown).
+type Stamp struct {
+	Rev uint64
+	MS  int64
+}
+
 // Set stores a row published at QoS qos, copying the topic and value so the
 // caller's buffers may be reused. A value of kind None deletes the row. It
 // reports whether the store changed; a topic longer than wire.MaxTopicLen
-// is never stored.
+// is never stored. The row's stamp is zero: Put sets it.
 func (s *Store) Set(topic string, v wire.Value, qos byte) bool {
+	return s.Put(topic, v, qos, Stamp{})
+}
+
+// Put is Set with the stamp of the change, kept with the row when the
+// store changes.
+func (s *Store) Put(topic string, v wire.Value, qos byte, at Stamp) bool {
 	if v.Kind == wire.None {
 		return s.Delete(topic)
 	}
@@ -162,6 +177,7 @@ func (s *Store) Set(topic string, v wire.Value, qos byte) bool {
 		return false
 	}
 	n.kind, n.val, n.qos = v.Kind, strings.Clone(v.Data), qos
+	n.rev, n.ms = at.Rev, at.MS
 	return true
 }
 
@@ -182,7 +198,7 @@ func (s *Store) Delete(topic string) bool {
 	if n.kind == wire.None {
 		return false
 	}
-	n.kind, n.val = wire.None, ""
+	n.kind, n.val, n.rev, n.ms = wire.None, "", 0, 0
 	s.rows--
 	for j := len(path) - 1; j > 0; j-- {
 		c := path[j]
@@ -263,6 +279,26 @@ func (m *matcher) all(n *node, skipDollar bool) {
 			return
 		}
 	}
+}
+
+// Entry is one row as Rows reads it.
+type Entry struct {
+	Topic string
+	Value wire.Value
+	QoS   byte
+	Stamp
+}
+
+// Rows calls fn for every row matching filter (valid) changed after
+// revision since (0: every row), until fn returns false.
+func (s *Store) Rows(filter string, since uint64, fn func(Entry) bool) {
+	m := matcher{s: s, filter: filter, fn: func(n *node) bool {
+		if n.rev <= since && since > 0 {
+			return true
+		}
+		return fn(Entry{Topic: n.path, Value: n.value(), QoS: n.qos, Stamp: Stamp{Rev: n.rev, MS: n.ms}})
+	}}
+	m.walk(&s.root, 0)
 }
 
 // Range calls fn for every row, '$' topics included, until fn returns false.

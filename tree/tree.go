@@ -3,6 +3,7 @@ package tree
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -60,6 +61,10 @@ type Applied struct {
 	Err error
 }
 
+// Clock is the broker's time in Unix milliseconds, stamped on every row
+// change.
+type Clock func() int64
+
 // Delta is one encoded tree and the subscriptions that receive it.
 type Delta struct {
 	Payload []byte
@@ -71,6 +76,11 @@ type Delta struct {
 type Result struct {
 	Applied []Applied // one per op, in order
 	Deltas  []Delta   // one per touched group (and per touched private subscription)
+	// Rev is the store's revision after the batch: one more than before
+	// if it changed any row (Changed), else the same.
+	Rev     uint64
+	Changed bool
+	MS      int64 // the time stamped on the rows it changed
 }
 
 // Tree is the tree core: the row store and the subscription index, with
@@ -81,8 +91,12 @@ type Result struct {
 type Tree struct {
 	store Store
 	index index
+	rev   uint64 // the store's revision (SPEC §8)
+	clock Clock
 
 	gen     uint64
+	stamp   Stamp // of the batch being applied
+	dirty   bool  // the batch changed a row
 	changed []change         // this batch's changed rows, newest value per topic
 	byTopic map[string]int32 // topic → index in changed
 	touched []*group
@@ -98,10 +112,21 @@ type change struct {
 	qos   byte
 }
 
-// New returns an empty Tree.
+// New returns an empty Tree at revision 0, stamping changes with the
+// system clock.
 func New() *Tree {
-	return &Tree{index: newIndex(), byTopic: map[string]int32{}}
+	return &Tree{index: newIndex(), byTopic: map[string]int32{}, clock: func() int64 { return time.Now().UnixMilli() }}
 }
+
+// SetClock replaces the clock that stamps changes (tests).
+func (t *Tree) SetClock(c Clock) { t.clock = c }
+
+// Rev is the store's revision: it grows by one with every applied batch
+// that changes at least one row.
+func (t *Tree) Rev() uint64 { return t.rev }
+
+// SetRev sets the revision, when the store is loaded at boot.
+func (t *Tree) SetRev(rev uint64) { t.rev = rev }
 
 // Store returns the row store. Reading it is safe only from the Tree's owner.
 func (t *Tree) Store() *Store { return &t.store }

@@ -31,6 +31,9 @@ const (
 	Sync
 	// Tree is a tree subscription answered with deltas only ($tree).
 	Tree
+	// Hist is a tree subscription answered with the rows' history, then
+	// deltas ($hist, SPEC §9).
+	Hist
 )
 
 // String names the mode as its prefix verb.
@@ -40,6 +43,8 @@ func (m Mode) String() string {
 		return "sync"
 	case Tree:
 		return "tree"
+	case Hist:
+		return "hist"
 	}
 	return "plain"
 }
@@ -124,6 +129,7 @@ const (
 	verbSync = "$sync"
 	verbTree = "$tree"
 	verbSet  = "$set"
+	verbHist = "$hist"
 )
 
 // splitVerb returns the verb, its options and the rest of a topic whose
@@ -133,7 +139,7 @@ func splitVerb(topic string) (verb string, opts []string, rest string, hasRest, 
 	first, rest, hasRest := strings.Cut(topic, "/")
 	verb, optText, hasOpts := strings.Cut(first, ".")
 	switch verb {
-	case verbSync, verbTree, verbSet:
+	case verbSync, verbTree, verbSet, verbHist:
 	default:
 		return "", nil, "", false, false
 	}
@@ -144,7 +150,7 @@ func splitVerb(topic string) (verb string, opts []string, rest string, hasRest, 
 }
 
 // IsMote reports whether a topic's first level is one of Mote's verbs
-// ($sync, $tree, $set, with or without options).
+// ($sync, $tree, $set, $hist, with or without options).
 func IsMote(topic string) bool {
 	_, _, _, _, ok := splitVerb(topic)
 	return ok
@@ -166,6 +172,8 @@ func ParseSubscribe(filter string) (Subscription, error) {
 		s.Mode = Sync
 	case verbTree:
 		s.Mode = Tree
+	case verbHist:
+		s.Mode = Hist
 	default:
 		return Subscription{}, fmt.Errorf("%w: %q: %s is for PUBLISH only", ErrPrefix, filter, verb)
 	}

@@ -1,0 +1,198 @@
+package broker
+
+import (
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// Revisions and resume (SPEC §8). The tree core counts the store's
+// revision and stamps every row with the revision of its last change; a
+// deleted row leaves a deletion marker, kept for the resume window. With
+// a store the retainer writes the markers to disk and compacts them (the
+// loop reads them there when a client resumes); without one the loop
+// keeps them in memory (markLog).
+
+// bootRevSkip is how far the revision jumps after a stop that was not
+// clean: revisions handed out after the last commit were lost, and no
+// revision a client saw may ever mean another state. It is far more than
+// any run hands out between two commits.
+const bootRevSkip = 1 << 32
+
+// mark is one deletion marker in memory.
+type mark struct {
+	rev   uint64
+	topic string
+}
+
+// markLog is the deletion markers of a broker without a store, oldest
+// first, and the floor below which they were dropped. The loop owns it.
+type markLog struct {
+	marks  []mark
+	floor  uint64
+	window uint64
+}
+
+// note records the deletions among rows, applied at rev, and drops the
+// markers that fell out of the window.
+func (l *markLog) note(rows []tree.Row, rev uint64) {
+	for _, r := range rows {
+		if r.Retain && r.Value.Kind == wire.None && !isSys(r.Topic) {
+			l.marks = append(l.marks, mark{rev: rev, topic: r.Topic})
+		}
+	}
+	if rev <= l.window {
+		return
+	}
+	l.floor = rev - l.window
+	i := 0
+	for i < len(l.marks) && l.marks[i].rev <= l.floor {
+		i++
+	}
+	if i > 0 {
+		l.marks = append(l.marks[:0], l.marks[i:]...)
+	}
+}
+
+// markerFloor is the revision at or below which markers may be gone.
+func (b *Broker) markerFloor() uint64 {
+	if b.ret != nil {
+		return b.ret.Floor()
+	}
+	return b.marks.floor
+}
+
+// deleted calls fn for the markers in (since, upto] (loop only).
+func (b *Broker) deleted(since, upto uint64, fn func(topic string) bool) error {
+	if b.ret != nil {
+		return b.ret.Deleted(since, upto, func(topic string, _ uint64) bool { return fn(topic) })
+	}
+	for _, m := range b.marks.marks {
+		if m.rev > since && m.rev <= upto && !fn(m.topic) {
+			break
+		}
+	}
+	return nil
+}
+
+// resumeOf encodes st's resume delta: the rows matching its filter that
+// changed after st.since, deleted ones as null. ok is false when the
+// broker no longer knows every change since then (or never handed out
+// that revision): the client gets a full snapshot instead (loop only).
+func (b *Broker) resumeOf(st *treeSub) (payload []byte, ok bool) {
+	since, rev := st.since, b.tree.Rev()
+	if since < b.markerFloor() || since > rev {
+		return nil, false
+	}
+	ts := st.ts
+	if !wire.HasWildcard(ts.Filter) { // a bare value: the delta is the value itself
+		return b.tree.Snapshot(ts.Filter, ts.Codec, ts.Allow), true
+	}
+	var changes []tree.Change
+	seen := map[string]bool{}
+	b.tree.Store().Rows(ts.Filter, since, func(e tree.Entry) bool {
+		if ts.Allow == nil || ts.Allow(e.Topic) {
+			changes = append(changes, tree.Change{Topic: e.Topic, Value: e.Value, QoS: e.QoS})
+			seen[e.Topic] = true
+		}
+		return true
+	})
+	err := b.deleted(since, rev, func(topic string) bool {
+		if !seen[topic] && ts.Matches(topic) {
+			seen[topic] = true
+			changes = append(changes, tree.Change{Topic: topic})
+		}
+		return true
+	})
+	if err != nil {
+		b.log.Warn().Err(err).Msg("resume: deletion markers unreadable; sending a full snapshot")
+		return nil, false
+	}
+	if since < b.markerFloor() { // compacted while they were read
+		return nil, false
+	}
+	if payload, _, enc := b.tree.Fold(ts, changes); enc {
+		return payload, true
+	}
+	e := wire.NewEncoder(ts.Codec, nil) // nothing changed: an empty tree
+	e.BeginObject()
+	e.EndObject()
+	return e.Bytes(), true
+}
+
+// treeOpts are the MQTT 5 user properties of a SUBSCRIBE that shape a
+// tree subscription's first message: mote-since for $sync (SPEC §8),
+// mote-from, mote-to and mote-limit for $hist (SPEC §9).
+type treeOpts struct {
+	since    uint64
+	resume   bool
+	hist    histQuery
+	histSet bool // any of mote-from, mote-to, mote-limit was given
+}
+
+// readTreeOpts reads them; a value that does not parse is an error naming
+// it (the SUBSCRIBE's tree filters are refused with it).
+func readTreeOpts(props []packets.UserProperty) (treeOpts, error) {
+	o := treeOpts{hist: histQuery{from: math.MinInt64, to: math.MaxInt64}}
+	if v, ok := userProp(props, "mote-since"); ok {
+		n, err := parseDecimal(v)
+		if err != nil {
+			return o, wire.ErrPrefixf("user property mote-since=%.40q: want a revision, a decimal number", v)
+		}
+		o.since, o.resume = n, true
+	}
+	for _, k := range []string{"mote-from", "mote-to"} {
+		v, ok := userProp(props, k)
+		if !ok {
+			continue
+		}
+		n, err := parseDecimal(v)
+		if err != nil || n > math.MaxInt64 {
+			return o, wire.ErrPrefixf("user property %s=%.40q: want a time in Unix milliseconds", k, v)
+		}
+		if k == "mote-from" {
+			o.hist.from = int64(n)
+		} else {
+			o.hist.to = int64(n)
+		}
+		o.histSet = true
+	}
+	if o.hist.from > o.hist.to {
+		return o, wire.ErrPrefixf("mote-from %d is after mote-to %d", o.hist.from, o.hist.to)
+	}
+	if v, ok := userProp(props, "mote-limit"); ok {
+		n, err := parseDecimal(v)
+		if err != nil || n < 1 || n > maxHistLimit {
+			return o, wire.ErrPrefixf("user property mote-limit=%.40q: want 1 to %d", v, maxHistLimit)
+		}
+		o.hist.limit, o.histSet = int(n), true
+	}
+	return o, nil
+}
+
+// check refuses the options a tree subscription of mode m cannot use.
+func (o treeOpts) check(m wire.Mode) error {
+	switch {
+	case m == wire.Plain:
+		return nil // plain subscriptions ignore Mote's properties
+	case o.resume && m != wire.Sync:
+		return wire.ErrPrefixf("mote-since is for $sync subscriptions, not $%s", m)
+	case o.histSet && m != wire.Hist:
+		return wire.ErrPrefixf("mote-from, mote-to and mote-limit are for $hist subscriptions, not $%s", m)
+	}
+	return nil
+}
+
+// parseDecimal reads an unsigned decimal number: digits only, no sign,
+// no spaces, at most 20 of them.
+func parseDecimal(s string) (uint64, error) {
+	if s == "" || len(s) > 20 || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, strconv.ErrSyntax
+	}
+	return strconv.ParseUint(s, 10, 64)
+}

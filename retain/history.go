@@ -1,0 +1,191 @@
+package retain
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// HistoryRule names rows whose past values are kept (SPEC §9): for each
+// row matching Filter, up to Keep earlier values no older than MaxAge (0:
+// any age).
+type HistoryRule struct {
+	Filter string
+	Keep   int
+	MaxAge time.Duration
+}
+
+// Validate checks a rule, naming what is wrong.
+func (h HistoryRule) Validate() error {
+	if err := wire.ValidateFilter(h.Filter); err != nil {
+		return fmt.Errorf("history filter %q: %w", h.Filter, err)
+	}
+	if wire.IsMote(h.Filter) || strings.HasPrefix(h.Filter, "$SYS") {
+		return fmt.Errorf("history filter %q: not a filter of rows", h.Filter)
+	}
+	if h.Keep < 1 {
+		return fmt.Errorf("history filter %q: keep %d, want at least 1", h.Filter, h.Keep)
+	}
+	if h.MaxAge < 0 {
+		return fmt.Errorf("history filter %q: max_age %v is negative", h.Filter, h.MaxAge)
+	}
+	return nil
+}
+
+// RuleFor is the first rule whose filter matches topic, or nil.
+func RuleFor(rules []HistoryRule, topic string) *HistoryRule {
+	for i := range rules {
+		if wire.Match(rules[i].Filter, topic) {
+			return &rules[i]
+		}
+	}
+	return nil
+}
+
+// literalPrefix is the part of a filter before its first wildcard level:
+// every topic the filter matches starts with it.
+func literalPrefix(filter string) string {
+	if filter == "#" || filter == "+" || strings.HasPrefix(filter, "+/") {
+		return ""
+	}
+	if i := strings.Index(filter, "/+"); i >= 0 {
+		filter = filter[:i+1]
+	}
+	if i := strings.Index(filter, "/#"); i >= 0 {
+		filter = filter[:i] // "a/#" matches "a" itself
+	}
+	return filter
+}
+
+// splitHistKey splits a history key into topic and revision.
+func splitHistKey(k []byte) (string, uint64, bool) {
+	if len(k) < 10 || k[len(k)-9] != 0 {
+		return "", 0, false
+	}
+	return string(k[:len(k)-9]), binary.BigEndian.Uint64(k[len(k)-8:]), true
+}
+
+func decodePair(rev uint64, v []byte) (Pair, bool) {
+	if len(v) < 9 {
+		return Pair{}, false
+	}
+	p := Pair{Rev: rev, MS: int64(binary.BigEndian.Uint64(v[1:]))}
+	if v[0] != 0 {
+		kind, ok := kindOf(v[0] & 0x0f)
+		if !ok {
+			return Pair{}, false
+		}
+		p.Value = wire.Value{Kind: kind, Data: string(v[9:])}
+	}
+	return p, true
+}
+
+// History calls fn with the stored values of every topic matching
+// filter, oldest first, until fn returns false. It reads the key range of
+// the filter's literal prefix.
+func (s *Store) History(filter string, fn func(topic string, pairs []Pair) bool) error {
+	prefix := []byte(literalPrefix(filter))
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketHist).Cursor()
+		var cur string
+		var pairs []Pair
+		flush := func() bool {
+			if len(pairs) == 0 || !wire.Match(filter, cur) {
+				return true
+			}
+			return fn(cur, pairs)
+		}
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			topic, rev, ok := splitHistKey(k)
+			if !ok {
+				continue
+			}
+			if topic != cur {
+				if !flush() {
+					return nil
+				}
+				cur, pairs = topic, nil
+			}
+			if p, ok := decodePair(rev, v); ok {
+				pairs = append(pairs, p)
+			}
+		}
+		flush()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("retain: read history of %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// Prune drops up to max history values that rules no longer keep at time
+// now (Unix ms): beyond a row's Keep earlier values, older than MaxAge
+// (the newest value always stays), or of rows no rule names any more.
+// more reports values left to drop.
+func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		hist := tx.Bucket(bucketHist)
+		var drop [][]byte
+		var cur string
+		var group [][]byte // keys of cur, oldest first
+		var times []int64
+		judge := func() {
+			if len(group) == 0 {
+				return
+			}
+			rule := RuleFor(rules, cur)
+			for i, k := range group {
+				if len(drop) == max {
+					more = true
+					return
+				}
+				newer := len(group) - 1 - i // values after this one
+				switch {
+				case rule == nil:
+				case newer > rule.Keep:
+				case newer > 0 && rule.MaxAge > 0 && times[i] < now-rule.MaxAge.Milliseconds():
+				default:
+					continue
+				}
+				drop = append(drop, k)
+			}
+		}
+		c := hist.Cursor()
+		for k, v := c.First(); k != nil && !more; k, v = c.Next() {
+			topic, _, ok := splitHistKey(k)
+			if !ok {
+				drop = append(drop, bytes.Clone(k))
+				continue
+			}
+			if topic != cur {
+				judge()
+				cur, group, times = topic, group[:0], times[:0]
+			}
+			var ms int64
+			if len(v) >= 9 {
+				ms = int64(binary.BigEndian.Uint64(v[1:]))
+			}
+			group, times = append(group, bytes.Clone(k)), append(times, ms)
+		}
+		if !more {
+			judge()
+		}
+		for _, k := range drop {
+			if err := hist.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("retain: prune history of %s: %w", s.path, err)
+	}
+	return more, nil
+}
