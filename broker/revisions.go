@@ -129,8 +129,8 @@ func (b *Broker) resumeOf(st *treeSub) (payload []byte, ok bool) {
 // tree subscription's first message: mote-since for $sync (SPEC §8),
 // mote-from, mote-to and mote-limit for $hist (SPEC §9).
 type treeOpts struct {
-	since    uint64
-	resume   bool
+	since   uint64
+	resume  bool
 	hist    histQuery
 	histSet bool // any of mote-from, mote-to, mote-limit was given
 }

@@ -95,8 +95,8 @@ type Tree struct {
 	clock Clock
 
 	gen     uint64
-	stamp   Stamp // of the batch being applied
-	dirty   bool  // the batch changed a row
+	stamp   Stamp            // of the batch being applied
+	dirty   bool             // the batch changed a row
 	changed []change         // this batch's changed rows, newest value per topic
 	byTopic map[string]int32 // topic → index in changed
 	touched []*group
