@@ -140,6 +140,9 @@ func keepPairs(pairs []retain.Pair, rule *retain.HistoryRule, rev uint64, now in
 			i++
 		}
 		pairs = pairs[i:]
+		if n := len(pairs); n == 1 && pairs[0].Value.Kind == wire.None && pairs[0].MS < oldest {
+			return nil // deleted long ago: forgotten
+		}
 	}
 	return pairs
 }

@@ -127,8 +127,9 @@ func (s *Store) History(filter string, fn func(topic string, pairs []Pair) bool)
 
 // Prune drops up to max history values that rules no longer keep at time
 // now (Unix ms): beyond a row's Keep earlier values, older than MaxAge
-// (the newest value always stays), or of rows no rule names any more.
-// more reports values left to drop.
+// (the newest value of a row stays, unless it is a deletion older than
+// MaxAge), or of rows no rule names any more. more reports values left to
+// drop.
 func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		hist := tx.Bucket(bucketHist)
@@ -136,6 +137,7 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 		var cur string
 		var group [][]byte // keys of cur, oldest first
 		var times []int64
+		var gone bool // the newest value of cur is a deletion
 		judge := func() {
 			if len(group) == 0 {
 				return
@@ -150,7 +152,7 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 				switch {
 				case rule == nil:
 				case newer > rule.Keep:
-				case newer > 0 && rule.MaxAge > 0 && times[i] < now-rule.MaxAge.Milliseconds():
+				case (newer > 0 || gone) && rule.MaxAge > 0 && times[i] < now-rule.MaxAge.Milliseconds():
 				default:
 					continue
 				}
@@ -172,6 +174,7 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 			if len(v) >= 9 {
 				ms = int64(binary.BigEndian.Uint64(v[1:]))
 			}
+			gone = len(v) > 0 && v[0] == 0
 			group, times = append(group, bytes.Clone(k)), append(times, ms)
 		}
 		if !more {
