@@ -797,6 +797,7 @@ func (failingStore) Commit(retain.Batch) ([]retain.Rejected, error) {
 func (failingStore) Load(func(retain.Row) error) error { return nil }
 func (failingStore) Meta() retain.Meta                 { return retain.Meta{Fresh: true} }
 func (failingStore) MarkClean(uint64) error            { return nil }
+func (failingStore) MarkRunning() error                { return nil }
 func (failingStore) Close() error                      { return nil }
 
 // TestCloseReportsLostRows: when the last commit fails, Close says so

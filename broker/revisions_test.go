@@ -264,10 +264,12 @@ func TestRevisionSurvivesRestart(t *testing.T) {
 	r.Disconnect(&paho5.Disconnect{})
 	b.Close()
 
-	// An unclean stop: the store was opened (so marked running) and never
-	// marked clean.
+	// An unclean stop: the store was marked running and never clean.
 	st, err := retain.Open(dir)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.MarkRunning(); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

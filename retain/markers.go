@@ -70,6 +70,16 @@ func (s *Store) Compact(floor uint64, max int) (more bool, err error) {
 	return more, nil
 }
 
+// MarkRunning records that a retainer runs on the store: until MarkClean,
+// revisions handed out may be lost in a crash.
+func (s *Store) MarkRunning() error {
+	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyClean, []byte{0}) })
+	if err != nil {
+		return fmt.Errorf("retain: mark %s running: %w", s.path, err)
+	}
+	return nil
+}
+
 // MarkClean records the final revision and that the broker stopped
 // cleanly: every revision it handed out is committed.
 func (s *Store) MarkClean(rev uint64) error {

@@ -132,6 +132,9 @@ func New(store RowStore, opts Options, log zerolog.Logger) (*Retainer, error) {
 		pruned:  time.Now(),
 	}
 	m := store.Meta()
+	if err := store.MarkRunning(); err != nil {
+		return nil, err
+	}
 	r.rev.Store(max(m.Rev, opts.Rev))
 	r.floor.Store(max(m.Floor, opts.Floor))
 	if opts.Rev > m.Rev {

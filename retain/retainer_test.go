@@ -69,6 +69,8 @@ func (f *fakeStore) Prune([]HistoryRule, int64, int) (bool, error) { return fals
 
 func (f *fakeStore) MarkClean(uint64) error { return nil }
 
+func (f *fakeStore) MarkRunning() error { return nil }
+
 func (f *fakeStore) Commit(b Batch) ([]Rejected, error) {
 	cs := b.Changes
 	if f.calls != nil {

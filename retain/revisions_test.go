@@ -59,6 +59,9 @@ func TestMarkersAndMeta(t *testing.T) {
 	if r := rows["c"]; r.Rev != 3 || r.MS != 3000 {
 		t.Errorf("row c %+v", r)
 	}
+	if err := s.MarkRunning(); err != nil {
+		t.Fatal(err)
+	}
 	s.Close() // not marked clean: a crash, as far as the next open knows
 	s, err = Open(dir)
 	if err != nil {

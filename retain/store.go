@@ -26,8 +26,8 @@
 // "meta": "format" = the format version (2; a format 1 file, whose row
 // values were the flags byte and the payload, is migrated on open), "rev"
 // = the store revision (8 bytes), "floor" = the revision at or below which
-// markers were compacted, "clean" = 1 once the broker stopped cleanly (0
-// while it runs).
+// markers were compacted, "clean" = 0 while a retainer runs on the store,
+// 1 once it stopped cleanly (tools that only read leave it alone).
 //
 // bbolt cannot keep every row: a topic must be 1 to MaxTopic bytes and a
 // payload at most MaxPayload. Store.Commit stores the rows it can and
@@ -220,6 +220,9 @@ type RowStore interface {
 	// Prune drops up to max history values that rules no longer keep at
 	// time now (Unix ms); more reports values left to drop.
 	Prune(rules []HistoryRule, now int64, max int) (more bool, err error)
+	// MarkRunning records that revisions are being handed out: until
+	// MarkClean, a crash may lose some.
+	MarkRunning() error
 	// MarkClean records that every revision handed out is committed.
 	MarkClean(rev uint64) error
 	// Close closes the store.
@@ -284,7 +287,7 @@ func Open(dir string) (s *Store, err error) {
 			m.Clean = bytes.Equal(meta.Get(keyClean), []byte{1})
 		}
 		m.Rev, m.Floor = getUint(meta, keyRev), getUint(meta, keyFloor)
-		return meta.Put(keyClean, []byte{0})
+		return nil
 	})
 	if err != nil {
 		db.Close()

@@ -63,6 +63,37 @@ type config struct {
 		MaxBatch   int           `yaml:"max_batch"`
 		MaxPending int           `yaml:"max_pending"`
 	} `yaml:"retain"`
+	// ResumeWindow is how many revisions deletion markers are kept for
+	// (SPEC §8); History names the rows that keep past values (SPEC §9).
+	ResumeWindow *int64 `yaml:"resume_window"`
+	History      []struct {
+		Filter string        `yaml:"filter"`
+		Keep   *int          `yaml:"keep"`
+		MaxAge time.Duration `yaml:"max_age"`
+	} `yaml:"history"`
+}
+
+// retainOptions are the retainer's options from the configuration; a bad
+// value is an error naming its key.
+func (c config) retainOptions() (retain.Options, error) {
+	o := retain.Options{Interval: c.Retain.Interval, MaxBatch: c.Retain.MaxBatch, MaxPending: c.Retain.MaxPending}
+	if w := c.ResumeWindow; w != nil {
+		if *w < 1 {
+			return o, fmt.Errorf("config: resume_window %d: want at least 1", *w)
+		}
+		o.ResumeWindow = uint64(*w)
+	}
+	for i, h := range c.History {
+		if h.Keep == nil {
+			return o, fmt.Errorf("config: history[%d] (%q): keep is missing", i, h.Filter)
+		}
+		r := retain.HistoryRule{Filter: h.Filter, Keep: *h.Keep, MaxAge: h.MaxAge}
+		if err := r.Validate(); err != nil {
+			return o, fmt.Errorf("config: history[%d]: %w", i, err)
+		}
+		o.History = append(o.History, r)
+	}
+	return o, nil
 }
 
 func loadConfig(path string) (config, error) {
@@ -148,6 +179,10 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
+	retainOpts, err := cfg.retainOptions()
+	if err != nil {
+		return err
+	}
 	dir := pick(*data, cfg.Data, "data")
 	store, err := retain.Open(dir)
 	if err != nil {
@@ -159,7 +194,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		ACL:            acl,
 		AllowAnonymous: *anon || cfg.AllowAnon,
 		SyncRetain:     *syncRetain || cfg.SyncRetain,
-		Retain:         retain.Options{Interval: cfg.Retain.Interval, MaxBatch: cfg.Retain.MaxBatch, MaxPending: cfg.Retain.MaxPending},
+		Retain:         retainOpts,
 		TCP:            pick(*tcp, cfg.Listeners.TCP, ""),
 		WS:             pick(*ws, cfg.Listeners.WS, ""),
 		WSPath:         cfg.Listeners.WSPath,

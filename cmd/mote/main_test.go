@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -158,9 +159,25 @@ func TestStoreCommands(t *testing.T) {
 	if err := run(ctx, []string{"store", "dump", "-data", dir, "-t", "house/+"}, nil, &out, &out); err != nil {
 		t.Fatal(err)
 	}
-	want := `{"topic":"house/name","kind":"string","qos":1,"payload":"home"}` + "\n" + `{"topic":"house/t","kind":"json","qos":1,"payload":"21.5"}` + "\n"
-	if out.String() != want {
-		t.Errorf("dump:\n%s\nwant\n%s", out.String(), want)
+	// Each line has the row's revision and the time of its change; both
+	// rows came in one publish.
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		if m["rev"].(float64) < 1 || m["t"].(float64) < float64(time.Now().Add(-time.Minute).UnixMilli()) {
+			t.Errorf("rev and t: %s", line)
+		}
+		delete(m, "rev")
+		delete(m, "t")
+		j, _ := json.Marshal(m)
+		got = append(got, string(j))
+	}
+	want := `[{"kind":"string","payload":"home","qos":1,"topic":"house/name"} {"kind":"json","payload":"21.5","qos":1,"topic":"house/t"}]`
+	if fmt.Sprint(got) != want {
+		t.Errorf("dump:\n%s\nwant\n%s", got, want)
 	}
 	os.WriteFile(filepath.Join(dir, "mote.db"), bytes.Repeat([]byte("junk"), 4096), 0o600)
 	err = run(ctx, []string{"broker", "--tcp", "127.0.0.1:0", "--ws", "off", "--data", dir}, nil, &out, &out)

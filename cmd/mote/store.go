@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,13 +16,14 @@ import (
 
 func runStore(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "dump" && args[0] != "stats") {
-		fmt.Fprintln(stderr, "usage: mote store stats|dump [-data DIR] [-t FILTER]")
+		fmt.Fprintln(stderr, "usage: mote store stats|dump [-data DIR] [-t FILTER] [--history]")
 		return errUsage
 	}
 	fs := flag.NewFlagSet("mote store "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("data", "data", "data directory")
 	filter := fs.String("t", "#", "dump: only rows matching this filter")
+	history := fs.Bool("history", false, "dump: the stored past values of the rows (SPEC §9), one line each, oldest first")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -38,7 +40,9 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "store     %s\nformat    %d\nrows      %d\nbytes     %d (topics and payloads)\nfile      %d bytes\n", s.Path, retain.Format, s.Rows, s.Bytes, s.FileSize)
+		m := st.Meta()
+		fmt.Fprintf(stdout, "store     %s\nformat    %d\nrevision  %d (markers kept above %d; last stop clean: %v)\nrows      %d\nbytes     %d (topics and payloads)\nfile      %d bytes\n",
+			s.Path, retain.Format, m.Rev, m.Floor, m.Clean || m.Fresh, s.Rows, s.Bytes, s.FileSize)
 		levels := make([]string, 0, len(s.TopLevel))
 		for l := range s.TopLevel {
 			levels = append(levels, l)
@@ -50,22 +54,46 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	enc := json.NewEncoder(stdout)
+	if *history {
+		var werr error
+		err := st.History(*filter, func(topic string, pairs []retain.Pair) bool {
+			for _, p := range pairs {
+				if werr = enc.Encode(dumpLine(topic, p.Value, 0, p.Rev, p.MS)); werr != nil {
+					return false
+				}
+			}
+			return true
+		})
+		return errors.Join(err, werr)
+	}
 	return st.Load(func(r retain.Row) error {
 		if !wire.Match(*filter, r.Topic) {
 			return nil
 		}
-		line := struct {
-			Topic   string `json:"topic"`
-			Kind    string `json:"kind"`
-			QoS     byte   `json:"qos"`
-			Payload string `json:"payload,omitempty"`
-			Base64  string `json:"base64,omitempty"`
-		}{Topic: r.Topic, Kind: r.Value.Kind.String(), QoS: r.QoS}
-		if utf8.ValidString(r.Value.Data) {
-			line.Payload = r.Value.Data
-		} else {
-			line.Base64 = base64.StdEncoding.EncodeToString([]byte(r.Value.Data))
-		}
-		return enc.Encode(line)
+		return enc.Encode(dumpLine(r.Topic, r.Value, r.QoS, r.Rev, r.MS))
 	})
+}
+
+// storeLine is one line of mote store dump.
+type storeLine struct {
+	Topic   string `json:"topic"`
+	Kind    string `json:"kind"`
+	QoS     byte   `json:"qos"`
+	Rev     uint64 `json:"rev"`
+	T       int64  `json:"t"` // Unix ms of the change; 0 unknown
+	Payload string `json:"payload,omitempty"`
+	Base64  string `json:"base64,omitempty"`
+}
+
+func dumpLine(topic string, v wire.Value, qos byte, rev uint64, ms int64) storeLine {
+	line := storeLine{Topic: topic, Kind: v.Kind.String(), QoS: qos, Rev: rev, T: ms}
+	if v.Kind == wire.None {
+		line.Kind = "deleted"
+	}
+	if utf8.ValidString(v.Data) {
+		line.Payload = v.Data
+	} else {
+		line.Base64 = base64.StdEncoding.EncodeToString([]byte(v.Data))
+	}
+	return line
 }

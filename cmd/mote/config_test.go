@@ -1,0 +1,51 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestConfigHistory: the history and resume_window keys are read, and a
+// bad entry is an error naming its key.
+func TestConfigHistory(t *testing.T) {
+	cases := []struct {
+		yaml string
+		err  string // "" for none
+	}{
+		{"history: [{filter: \"sensor/#\", keep: 1000, max_age: 168h}]\nresume_window: 5000\n", ""},
+		{"history: [{filter: \"sensor/#\", keep: -1}]\n", "history[0]"},
+		{"history: [{filter: \"sensor/#\", keep: 0}]\n", "keep 0"},
+		{"history: [{filter: \"sensor/#\"}]\n", "keep is missing"},
+		{"history: [{filter: \"a/#/b\", keep: 1}]\n", "history[0]"},
+		{"history: [{filter: \"\", keep: 1}]\n", "history[0]"},
+		{"history: [{filter: \"$sync/a\", keep: 1}]\n", "not a filter of rows"},
+		{"history: [{filter: \"a\", keep: 1, max_age: -1h}]\n", "negative"},
+		{"history: [{filter: \"a\", keep: 1, max_age: soon}]\n", "line 1"},
+		{"resume_window: 0\n", "resume_window 0"},
+		{"resume_window: -5\n", "resume_window -5"},
+	}
+	for _, tc := range cases {
+		path := filepath.Join(t.TempDir(), "mote.yaml")
+		os.WriteFile(path, []byte(tc.yaml), 0o600)
+		cfg, err := loadConfig(path)
+		if err == nil {
+			var o any
+			o, err = cfg.retainOptions()
+			if tc.err == "" && err == nil {
+				ro, _ := cfg.retainOptions()
+				if len(ro.History) != 1 || ro.History[0].MaxAge != 168*time.Hour || ro.ResumeWindow != 5000 {
+					t.Errorf("%q: %+v", tc.yaml, o)
+				}
+			}
+		}
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%q: %v", tc.yaml, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: error %v, want one with %q", tc.yaml, err, tc.err)
+		}
+	}
+}
