@@ -82,9 +82,17 @@ func scenarios() []scenario {
 		{name: "boot-storm", variant: "tree", unit: "s",
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return bootStorm(ctx, a, s, true) }},
 		{name: "live-dashboard", variant: "plain", unit: "msgs", everywhere: true, noRatio: true,
-			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, false) }},
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, "") }},
 		{name: "live-dashboard", variant: "sync", unit: "msgs",
-			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, true) }},
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, "$sync/") }},
+		{name: "live-dashboard", variant: "paced", unit: "msgs",
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return live(ctx, a, s, "$sync.250ms/") }},
+		{name: "reconnect", variant: "plain", unit: "bytes", everywhere: true, noRatio: true,
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return reconnect(ctx, a, s, "plain") }},
+		{name: "reconnect", variant: "sync", unit: "bytes",
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return reconnect(ctx, a, s, "sync") }},
+		{name: "reconnect", variant: "resume", unit: "bytes",
+			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return reconnect(ctx, a, s, "resume") }},
 		{name: "latency", variant: "plain", unit: "p50-µs", everywhere: true, noRatio: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, false) }},
 		{name: "latency", variant: "tree", unit: "p50-µs",
@@ -362,7 +370,11 @@ func bootStorm(ctx context.Context, addr string, s Sizes, tree bool) (outcome, e
 		extra: map[string]float64{"all-stored-s": time.Since(start).Seconds()}}, nil
 }
 
-func live(ctx context.Context, addr string, s Sizes, snap bool) (outcome, error) {
+// live: Dashboards subscribers to dev/+/state (prefix "" plain, or a
+// $sync prefix, paced or not) while one publisher changes LiveRate rows a
+// second; value = the live messages they receive.
+func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, error) {
+	snap := prefix != ""
 	if err := loadRows(addr, s.LiveDevices, "live"); err != nil {
 		return outcome{}, err
 	}
@@ -373,10 +385,7 @@ func live(ctx context.Context, addr string, s Sizes, snap bool) (outcome, error)
 			c.Disconnect(0)
 		}
 	}()
-	filter := "dev/+/state"
-	if snap {
-		filter = "$sync/" + filter
-	}
+	filter := prefix + "dev/+/state"
 	var ready atomic.Int64
 	for i := range s.Dashboards {
 		first := true

@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -23,6 +25,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rounds := fs.Int("rounds", 3, "rounds per scenario and broker (A B A B …)")
 	asJSON := fs.Bool("json", false, "print every run as JSON instead of the table")
 	baseline := fs.String("baseline", "", "another mote binary (an earlier build) to run beside this one, as "+bench.Baseline)
+	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", mosquitto); default all")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario …]\nscenarios: %v\n", bench.Names())
 		fs.PrintDefaults()
@@ -42,6 +45,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		brokers = append(brokers, m)
 	} else {
 		fmt.Fprintln(stderr, "mote bench: mosquitto is not installed (apt-get install mosquitto): running Mote and mochi only")
+	}
+	if *only != "" {
+		keep := strings.Split(*only, ",")
+		brokers = slices.DeleteFunc(brokers, func(b *bench.Broker) bool { return !slices.Contains(keep, b.Name) })
+		if len(brokers) == 0 {
+			return fmt.Errorf("bench: -brokers %q names none of the brokers", *only)
+		}
 	}
 	sizes := bench.DefaultSizes()
 	if *smoke {
