@@ -29,6 +29,7 @@ type Broker struct {
 	reqs   *requestQueue
 	ret    *retain.Retainer              // nil without a store
 	props  map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
+	pace   pacer                         // paced deltas (pace.go); owned by the loop
 
 	conns      sync.Map // *mqtt.Client → *conn
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver
@@ -108,6 +109,7 @@ func New(opts Options) (*Broker, error) {
 		splits:   make(chan struct{}, 2),
 	}
 	b.wills = wills{b: b, delayed: map[string]*will{}}
+	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       newSlog(opts.Log),
