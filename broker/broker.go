@@ -30,6 +30,7 @@ type Broker struct {
 	ret    *retain.Retainer              // nil without a store
 	marks  markLog                       // deletion markers without a store; the loop's
 	props  map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
+	pace   pacer                         // paced deltas (pace.go); owned by the loop
 
 	conns      sync.Map // *mqtt.Client → *conn
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver
@@ -109,6 +110,7 @@ func New(opts Options) (*Broker, error) {
 		splits:   make(chan struct{}, 2),
 	}
 	b.wills = wills{b: b, delayed: map[string]*will{}}
+	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       newSlog(opts.Log),

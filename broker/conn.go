@@ -42,7 +42,8 @@ type conn struct {
 	will         *will  // armed at CONNECT; handed to wills when due
 	pendingTopic string // the topic of the publish OnPacketRead took aside
 	pendingErr   error
-	levels       int // filter levels of the session's subscriptions, in all
+	levels       int  // filter levels of the session's subscriptions, in all
+	pacedProps   bool // a paced property-form tree subscription was filed: see propFiled
 }
 
 // endpoint is where a conn's writer writes: an MQTT client, or a door

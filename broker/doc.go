@@ -29,6 +29,13 @@
 // it with calls (onLoop) for what only it may read: a snapshot, a page of
 // retained rows, a folded delta to encode.
 //
+// A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
+// come within its interval after its last message in its treeSub, counted
+// against its connection's queue bound. The loop's pacer (pace.go) keeps
+// the subscriptions holding changes in a heap by due time, with one timer
+// for the whole broker: when it fires it only hands a flush to the loop
+// (a call, as a writer's), which sends what is due as one delta each.
+//
 // # One delivery path
 //
 // Every message to a client — plain publishes, retained replays, snapshots,
@@ -73,9 +80,10 @@
 //	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
 //	$SYS ticker                  Broker                         Close
 //	delayed will timers          wills                          fired, cancelled by a reconnect, or Close
+//	pacer timer (one per broker) the message loop (pacer)       the loop ends; it only pushes a call to the loop
 //
 //	state                               owner
-//	tree.Tree, treeSub, props           the message loop
+//	tree.Tree, treeSub, props, pacer    the message loop
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries

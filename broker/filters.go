@@ -3,7 +3,10 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -13,9 +16,10 @@ import (
 //
 // A tree subscription in prefix form ($sync.cbor/F) is filed as sent. One
 // in property form (MQTT 5 user property mote=sync|tree on filter F) is
-// filed as "$sync.prop.cbor/F": no client can send that filter ("prop"
-// is no option of the grammar), so a resumed session still tells it from a
-// plain subscription to F, and from one to $sync.cbor/F.
+// filed as "$sync.prop.cbor/F" ("$sync.prop.cbor.250ms/F" with
+// mote-interval=250): no client can send that filter ("prop" is no option
+// of the grammar), so a resumed session still tells it from a plain
+// subscription to F, and from one to $sync.cbor/F.
 const propOption = "prop"
 
 // internalFilter is the filter mochi files a subscription under.
@@ -23,7 +27,11 @@ func internalFilter(asSent string, sf wire.Subscription, prop bool) string {
 	if !prop || sf.Mode == wire.Plain {
 		return asSent
 	}
-	return "$" + sf.Mode.String() + "." + propOption + "." + sf.Codec.String() + "/" + sf.Filter
+	opts := "." + propOption + "." + sf.Codec.String()
+	if sf.Interval > 0 {
+		opts += "." + wire.IntervalOption(sf.Interval)
+	}
+	return "$" + sf.Mode.String() + opts + "/" + sf.Filter
 }
 
 // parseInternal reads a filter as mochi files it; ok is false for one that
@@ -46,7 +54,7 @@ func outgoingTopic(internal string, sf wire.Subscription) string {
 	return internal
 }
 
-// propFilters are the internal filters every property-form tree
+// propFilters are the internal filters every unpaced property-form tree
 // subscription to plain filter f may be filed under.
 func propFilters(f string) []string {
 	var out []string
@@ -55,6 +63,31 @@ func propFilters(f string) []string {
 			out = append(out, internalFilter(f, wire.Subscription{Mode: m, Codec: c, Filter: f}, true))
 		}
 	}
+	return out
+}
+
+// propFiled lists the internal filters of cl's property-form tree
+// subscriptions to plain filter f: the unpaced forms that are filed, and,
+// if the connection ever filed a paced one, the paced ones, looked for
+// among the session's subscriptions (their interval is part of the
+// filter). Called on the connection's read goroutine.
+func (c *conn) propFiled(cl *mqtt.Client, f string) []string {
+	var out []string
+	for _, internal := range propFilters(f) {
+		if _, ok := cl.State.Subscriptions.Get(internal); ok {
+			out = append(out, internal)
+		}
+	}
+	if !c.pacedProps {
+		return out
+	}
+	n := len(out)
+	for filter := range cl.State.Subscriptions.GetAll() {
+		if sf, ok := parseInternal(filter); ok && sf.Interval > 0 && sf.Filter == f && outgoingTopic(filter, sf) != filter {
+			out = append(out, filter)
+		}
+	}
+	slices.Sort(out[n:])
 	return out
 }
 

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 
@@ -141,6 +142,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	for filter, s := range cl.State.Subscriptions.GetAll() {
 		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
+			c.pacedProps = c.pacedProps || (sf.Interval > 0 && outgoingTopic(filter, sf) != filter)
 			b.subscribeTree(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
 		}
 	}
@@ -316,6 +318,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 		}
 		if err == nil {
 			f.Filter = internalFilter(f.Filter, sf, propMode.Mode != wire.Plain)
+			c.pacedProps = c.pacedProps || (propMode.Mode != wire.Plain && sf.Interval > 0)
 		}
 		_, existed := cl.State.Subscriptions.Get(f.Filter)
 		levels := strings.Count(f.Filter, "/") + 1
@@ -379,7 +382,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			continue
 		}
 		if sf.Mode != wire.Plain {
-			h.b.dropOtherForms(cl, f.Filter, sf)
+			h.b.dropOtherForms(c, cl, f.Filter, sf)
 			h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier, topts)
 			continue
 		}
@@ -421,7 +424,7 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 			continue
 		}
 		_, replaced := cl.State.Subscriptions.Get(asSent) // a plain subscription to F keeps F's place
-		for _, internal := range propFilters(asSent) {
+		for _, internal := range c.propFiled(cl, asSent) {
 			if _, ok := cl.State.Subscriptions.Get(internal); !ok {
 				continue
 			}
@@ -511,15 +514,12 @@ func (b *Broker) unfile(cl *mqtt.Client, filter string) {
 // so the tree core keeps one subscription per topic, and the newest
 // replaces the others — in mochi too, or a resumed session would bring
 // them back.
-func (b *Broker) dropOtherForms(cl *mqtt.Client, internal string, sf wire.Subscription) {
+func (b *Broker) dropOtherForms(c *conn, cl *mqtt.Client, internal string, sf wire.Subscription) {
 	if outgoingTopic(internal, sf) == internal {
 		return // prefix form: its own topic
 	}
-	for _, other := range propFilters(sf.Filter) {
-		if other == internal {
-			continue
-		}
-		if _, ok := cl.State.Subscriptions.Get(other); ok {
+	for _, other := range c.propFiled(cl, sf.Filter) {
+		if other != internal {
 			b.unfile(cl, other)
 		}
 	}
@@ -527,7 +527,7 @@ func (b *Broker) dropOtherForms(cl *mqtt.Client, internal string, sf wire.Subscr
 
 // subscribeTree hands a tree subscription mochi granted to the loop.
 func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) {
-	st := &treeSub{c: c, mode: sf.Mode, id: id, await: sf.Mode == wire.Sync || sf.Mode == wire.Hist}
+	st := &treeSub{c: c, mode: sf.Mode, id: id, await: sf.Mode == wire.Sync || sf.Mode == wire.Hist, interval: sf.Interval}
 	switch sf.Mode {
 	case wire.Sync:
 		st.since, st.resume = o.since, o.resume
@@ -549,12 +549,16 @@ func isTreeFilter(f string) bool {
 	return ok && sf.Mode != wire.Plain
 }
 
-// subscribeProps reads the MQTT 5 user properties mote and mote-codec of a
-// SUBSCRIBE.
+// subscribeProps reads the MQTT 5 user properties mote, mote-codec and
+// mote-interval of a SUBSCRIBE.
 func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
 	var s wire.Subscription
 	mode, ok := userProp(pk.Properties.User, "mote")
+	interval, paced := userProp(pk.Properties.User, "mote-interval")
 	if !ok {
+		if paced {
+			return s, wire.ErrPrefixf("user property mote-interval without mote=sync or mote=tree")
+		}
 		return s, nil
 	}
 	switch mode {
@@ -574,6 +578,22 @@ func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
 		}
 		s.Codec = c
 	}
+	if paced {
+		n := 0
+		for _, u := range pk.Properties.User {
+			if u.Key == "mote-interval" {
+				n++
+			}
+		}
+		d, err := wire.ParseInterval(interval)
+		switch {
+		case n > 1:
+			return s, wire.ErrPrefixf("user property mote-interval given %d times", n)
+		case err != nil:
+			return s, fmt.Errorf("user property mote-interval: %w", err)
+		}
+		s.Interval = d
+	}
 	return s, nil
 }
 
@@ -588,7 +608,7 @@ func parseFilter(f string, prop wire.Subscription) (wire.Subscription, error) {
 		if _, _, shared := cutShare(f); shared {
 			return wire.Subscription{}, wire.ErrPrefixf("%.200q: a tree subscription cannot be shared", f)
 		}
-		return wire.Subscription{Mode: prop.Mode, Codec: prop.Codec, Filter: f}, nil
+		return wire.Subscription{Mode: prop.Mode, Codec: prop.Codec, Filter: f, Interval: prop.Interval}, nil
 	}
 	if _, rest, shared := cutShare(f); shared && wire.IsMote(rest) {
 		return wire.Subscription{}, wire.ErrPrefixf("%.200q: a tree subscription cannot be shared", f)

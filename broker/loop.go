@@ -166,6 +166,7 @@ func (b *Broker) onLoop(done <-chan struct{}, fn func()) bool {
 // tree subscriptions' state (treeSub) and b.props.
 func (b *Broker) loop() {
 	defer close(b.loopDone)
+	defer b.pace.stop()
 	var items, spare []request
 	var ops []tree.Op
 	var meta []*pubMeta
@@ -277,12 +278,15 @@ func (b *Broker) handle(r *request) {
 		if st.await {
 			st.c.enqueueToken(&snapshotItem{sub: st})
 		}
+		b.pace.forget(st.ts.Owner) // the subscription it replaced, if paced
 	case reqUnsubscribe:
 		for _, t := range r.topics {
 			b.tree.Unsubscribe(r.owner, t)
 		}
+		b.pace.forget(r.owner)
 	case reqDetach:
 		b.tree.RemoveOwner(r.owner)
+		b.pace.forget(r.owner)
 	case reqCall:
 		r.call()
 	}

@@ -2,6 +2,8 @@ package broker
 
 import (
 	"errors"
+	"time"
+
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mote-mqtt/mote/tree"
@@ -36,6 +38,16 @@ type treeSub struct {
 	lost   bool
 
 	last *deltaItem // the delta queued last: the next ones fold into it while it waits
+
+	// Paced deltas (SPEC §2, .<N>ms): with interval > 0, once a message
+	// left (the snapshot taken, a delta queued), the changes that come
+	// within interval are held in events as above (every matching row,
+	// retained or not) until due, when the pacer (pace.go) sends them as
+	// one delta; lost then spends a mote-seq.
+	interval time.Duration
+	sent     time.Time // when its last message left the loop
+	due      time.Time // when the changes it holds leave
+	slot     int       // 1 + its index in the pacer's heap; 0 while it holds nothing
 }
 
 // changeCost is what a held or folded row counts against a queue's bound.
@@ -60,28 +72,38 @@ func (st *treeSub) holdEvents(changes []tree.Change) {
 			st.events[i] = tree.Change{} // dropped (its value with it); skipped at the snapshot
 			delete(st.at, ch.Topic)
 		case ch.Retain || st.lost:
-		case ok:
-			n := len(ch.Value.Data) - len(st.events[i].Value.Data)
-			if !q.reserve(n) {
-				st.dropEvents()
-				continue
-			}
-			st.held += n
-			st.events[i].Value, st.events[i].QoS = ch.Value, max(st.events[i].QoS, ch.QoS)
 		default:
-			n := changeCost(&ch)
-			if !q.reserve(n) {
-				st.dropEvents()
-				continue
-			}
-			if st.at == nil {
-				st.at = map[string]int{}
-			}
-			st.at[ch.Topic] = len(st.events)
-			st.events = append(st.events, ch)
-			st.held += n
+			st.hold(ch)
 		}
 	}
+}
+
+// hold keeps ch among st's held changes, the newest value of each topic
+// with the highest QoS, counted against the connection's queue bound;
+// past it every held change is dropped and lost is set.
+func (st *treeSub) hold(ch tree.Change) {
+	q := st.c.q
+	if i, ok := st.at[ch.Topic]; ok {
+		n := len(ch.Value.Data) - len(st.events[i].Value.Data)
+		if !q.reserve(n) {
+			st.dropEvents()
+			return
+		}
+		st.held += n
+		st.events[i].Value, st.events[i].QoS = ch.Value, max(st.events[i].QoS, ch.QoS)
+		return
+	}
+	n := changeCost(&ch)
+	if !q.reserve(n) {
+		st.dropEvents()
+		return
+	}
+	if st.at == nil {
+		st.at = map[string]int{}
+	}
+	st.at[ch.Topic] = len(st.events)
+	st.events = append(st.events, ch)
+	st.held += n
 }
 
 // dropEvents lets go of the held events: the first delta after the
@@ -99,8 +121,15 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 		st.holdEvents(batch.changes())
 		return
 	}
+	if st.slot > 0 { // paced, and holding changes: these join them, after them
+		st.holdPaced(batch.changes())
+		return
+	}
 	if st.last != nil && c.q.fold(st.last, st.ts, batch) {
 		b.stats.Folded.Add(1)
+		return
+	}
+	if st.interval > 0 && b.pace.hold(st, batch) {
 		return
 	}
 	st.seq++
@@ -277,9 +306,24 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, hist
 			held = append(held, ch)
 		}
 	}
+	if st.interval > 0 {
+		st.sent = time.Now() // the snapshot left: deltas follow an interval after it
+	}
 	switch {
 	case st.lost:
 		st.seq++ // events were dropped: the gap says so
+	case len(held) > 0 && st.interval > 0:
+		// Paced: the events are held, with the changes that follow, until
+		// an interval after the snapshot.
+		clear(st.at)
+		for i := range held {
+			st.at[held[i].Topic] = i
+		}
+		clear(st.events[len(held):])
+		st.events = held
+		b.pace.add(st, st.sent.Add(st.interval), st.sent)
+		b.stats.DeltasQueued.Add(1)
+		return first, nil, hist, true
 	case len(held) > 0:
 		if payload, qos, enc := b.tree.Fold(st.ts, held); enc {
 			st.seq++

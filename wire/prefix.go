@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -88,9 +89,48 @@ func ParseCodec(s string) (Codec, error) {
 
 // Subscription is a parsed SUBSCRIBE topic filter.
 type Subscription struct {
-	Mode   Mode   // Plain, Sync or Tree
-	Codec  Codec  // tree payload codec; CodecJSON for Plain
-	Filter string // the MQTT filter F the tree is built from (the whole filter for Plain)
+	Mode     Mode          // Plain, Sync or Tree
+	Codec    Codec         // tree payload codec; CodecJSON for Plain
+	Filter   string        // the MQTT filter F the tree is built from (the whole filter for Plain)
+	Interval time.Duration // paced deltas (.<N>ms): at most one message per Interval; 0 unpaced
+}
+
+// MaxInterval is the longest pacing interval of a tree subscription:
+// 3,600,000 ms (SPEC §2).
+const MaxInterval = time.Hour
+
+// ParseInterval reads a pacing interval in milliseconds, N of the option
+// .<N>ms or of the MQTT 5 user property mote-interval (SPEC §2).
+func ParseInterval(s string) (time.Duration, error) {
+	d, ok := parseMillis(s)
+	if !ok {
+		return 0, fmt.Errorf("%w: interval %.20q: %s", ErrPrefix, s, intervalRule)
+	}
+	return d, nil
+}
+
+const intervalRule = "want 1 to 3600000 milliseconds, decimal digits without a sign or leading zero"
+
+// parseMillis reads N: decimal digits only (no sign, space or leading
+// zero), 1 ≤ N ≤ 3,600,000.
+func parseMillis(s string) (time.Duration, bool) {
+	if s == "" || len(s) > 7 || s[0] == '0' {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	d := time.Duration(n) * time.Millisecond
+	return d, d <= MaxInterval
+}
+
+// IntervalOption is the option that paces a subscription by d: "250ms".
+func IntervalOption(d time.Duration) string {
+	return fmt.Sprintf("%dms", d.Milliseconds())
 }
 
 // PubOp says what a PUBLISH asks of the broker.
@@ -179,15 +219,24 @@ func ParseSubscribe(filter string) (Subscription, error) {
 	}
 	var codecSet bool
 	for _, o := range opts {
-		switch o {
-		case "json", "cbor":
+		switch n, isInterval := strings.CutSuffix(o, "ms"); {
+		case o == "json" || o == "cbor":
 			if codecSet {
 				return Subscription{}, fmt.Errorf("%w: %q: more than one codec", ErrPrefix, filter)
 			}
 			s.Codec, _ = ParseCodec(o)
 			codecSet = true
+		case isInterval:
+			if s.Interval > 0 {
+				return Subscription{}, fmt.Errorf("%w: %q: more than one interval", ErrPrefix, filter)
+			}
+			d, ok := parseMillis(n)
+			if !ok {
+				return Subscription{}, fmt.Errorf("%w: %q: option %q: %s", ErrPrefix, filter, o, intervalRule)
+			}
+			s.Interval = d
 		default:
-			return Subscription{}, fmt.Errorf("%w: %q: unknown option %q for %s (want json or cbor)", ErrPrefix, filter, o, verb)
+			return Subscription{}, fmt.Errorf("%w: %q: unknown option %q for %s (want json, cbor or <N>ms)", ErrPrefix, filter, o, verb)
 		}
 	}
 	if !hasRest {

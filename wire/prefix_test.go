@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestParseSubscribe(t *testing.T) {
@@ -11,13 +12,13 @@ func TestParseSubscribe(t *testing.T) {
 		want Subscription
 		err  error
 	}{
-		{"light/+/is_on", Subscription{Plain, CodecJSON, "light/+/is_on"}, nil},
-		{"$synced/x", Subscription{Plain, CodecJSON, "$synced/x"}, nil},
-		{"$SYS/#", Subscription{Plain, CodecJSON, "$SYS/#"}, nil},
-		{"$sync/light/+/is_on", Subscription{Sync, CodecJSON, "light/+/is_on"}, nil},
-		{"$tree.cbor/house/#", Subscription{Tree, CodecCBOR, "house/#"}, nil},
-		{"$sync.json/#", Subscription{Sync, CodecJSON, "#"}, nil},
-		{"$sync//a", Subscription{Sync, CodecJSON, "/a"}, nil},
+		{"light/+/is_on", Subscription{Plain, CodecJSON, "light/+/is_on", 0}, nil},
+		{"$synced/x", Subscription{Plain, CodecJSON, "$synced/x", 0}, nil},
+		{"$SYS/#", Subscription{Plain, CodecJSON, "$SYS/#", 0}, nil},
+		{"$sync/light/+/is_on", Subscription{Sync, CodecJSON, "light/+/is_on", 0}, nil},
+		{"$tree.cbor/house/#", Subscription{Tree, CodecCBOR, "house/#", 0}, nil},
+		{"$sync.json/#", Subscription{Sync, CodecJSON, "#", 0}, nil},
+		{"$sync//a", Subscription{Sync, CodecJSON, "/a", 0}, nil},
 		{"$sync.xml/a", Subscription{}, ErrPrefix},
 		{"$sync.json.cbor/a", Subscription{}, ErrPrefix},
 		{"$sync./a", Subscription{}, ErrPrefix},
@@ -31,12 +32,70 @@ func TestParseSubscribe(t *testing.T) {
 		{"", Subscription{}, ErrFilter},
 		{"a\x00b", Subscription{}, ErrFilter},
 		{"a/\xff", Subscription{}, ErrFilter},
+		// Paced deltas (SPEC §2): .<N>ms, 1 ≤ N ≤ 3,600,000, options in any order, at most once.
+		{"$sync.cbor.250ms/dev/+/state", Subscription{Sync, CodecCBOR, "dev/+/state", 250 * time.Millisecond}, nil},
+		{"$sync.250ms.cbor/dev/+/state", Subscription{Sync, CodecCBOR, "dev/+/state", 250 * time.Millisecond}, nil},
+		{"$tree.1ms/#", Subscription{Tree, CodecJSON, "#", time.Millisecond}, nil},
+		{"$tree.3600000ms.json/a", Subscription{Tree, CodecJSON, "a", time.Hour}, nil},
+		{"$sync.0ms/a", Subscription{}, ErrPrefix},
+		{"$sync.3600001ms/a", Subscription{}, ErrPrefix},
+		{"$sync.99999999999999999999ms/a", Subscription{}, ErrPrefix},
+		{"$sync.0250ms/a", Subscription{}, ErrPrefix},
+		{"$sync.-5ms/a", Subscription{}, ErrPrefix},
+		{"$sync.+5ms/a", Subscription{}, ErrPrefix},
+		{"$sync. 5ms/a", Subscription{}, ErrPrefix},
+		{"$sync.5 ms/a", Subscription{}, ErrPrefix},
+		{"$sync.1e3ms/a", Subscription{}, ErrPrefix},
+		{"$sync.ms/a", Subscription{}, ErrPrefix},
+		{"$sync.250/a", Subscription{}, ErrPrefix},
+		{"$sync.250s/a", Subscription{}, ErrPrefix},
+		{"$sync.250MS/a", Subscription{}, ErrPrefix},
+		{"$sync.250ms.250ms/a", Subscription{}, ErrPrefix},
+		{"$sync.250ms.100ms/a", Subscription{}, ErrPrefix},
+		{"$sync.250ms/", Subscription{}, ErrPrefix},
+		{"$sync.250ms", Subscription{}, ErrPrefix},
 	}
 	for _, tt := range tests {
 		got, err := ParseSubscribe(tt.in)
 		if !errors.Is(err, tt.err) || got != tt.want {
 			t.Errorf("ParseSubscribe(%q) = %+v, %v; want %+v, %v", tt.in, got, err, tt.want, tt.err)
 		}
+	}
+}
+
+func TestParseInterval(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration // 0: refused
+	}{
+		{"1", time.Millisecond},
+		{"250", 250 * time.Millisecond},
+		{"3600000", time.Hour},
+		{"0", 0},
+		{"00", 0},
+		{"0250", 0},
+		{"3600001", 0},
+		{"9999999", 0},
+		{"10000000", 0},
+		{"18446744073709551617", 0},
+		{"-1", 0},
+		{"+1", 0},
+		{" 1", 0},
+		{"1 ", 0},
+		{"1.5", 0},
+		{"1e3", 0},
+		{"250ms", 0},
+		{"", 0},
+		{"٣", 0}, // not an ASCII digit
+	}
+	for _, tt := range tests {
+		got, err := ParseInterval(tt.in)
+		if got != tt.want || (err == nil) != (tt.want > 0) || (err != nil && !errors.Is(err, ErrPrefix)) {
+			t.Errorf("ParseInterval(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+	if got := IntervalOption(250 * time.Millisecond); got != "250ms" {
+		t.Errorf("IntervalOption(250ms) = %q", got)
 	}
 }
 
@@ -85,13 +144,16 @@ func TestValidateTopic(t *testing.T) {
 // FuzzParse checks that the prefix grammar never panics, and that what it
 // accepts is consistent: a tree subscription's filter is a valid filter.
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{"$sync/a/+/b", "$tree.cbor/#", "$tree.cbor.replace/a/+", "$set/a/#", "$sync.xml/a", "a/b", "$sync", "$tree./"} {
+	for _, s := range []string{"$sync/a/+/b", "$tree.cbor/#", "$sync.cbor.250ms/a/+", "$tree.0ms/a", "$tree.cbor.replace/a/+", "$set/a/#", "$sync.xml/a", "a/b", "$sync", "$tree./"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		if sub, err := ParseSubscribe(s); err == nil {
 			if ValidateFilter(sub.Filter) != nil {
 				t.Fatalf("ParseSubscribe(%q) accepted invalid filter %q", s, sub.Filter)
+			}
+			if sub.Interval < 0 || sub.Interval > MaxInterval || sub.Interval%time.Millisecond != 0 || (sub.Interval > 0 && sub.Mode == Plain) {
+				t.Fatalf("ParseSubscribe(%q) accepted interval %v", s, sub.Interval)
 			}
 		}
 		if pub, err := ParsePublish(s); err == nil && pub.Op != PubPlain {
