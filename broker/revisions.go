@@ -32,26 +32,38 @@ type mark struct {
 
 // markLog is the deletion markers of a broker without a store, oldest
 // first, and the floor below which they were dropped. The loop owns it.
+// Besides the window, its bytes are bounded (markLogBytes): past that the
+// oldest go, and the floor rises with them.
 type markLog struct {
 	marks  []mark
 	floor  uint64
 	window uint64
+	bytes  int
 }
 
-// note records the deletions among rows, applied at rev, and drops the
-// markers that fell out of the window.
+// markLogBytes bounds the memory of a markLog.
+const markLogBytes = 32 << 20
+
+// markCost is what a marker counts against markLogBytes.
+func markCost(m mark) int { return len(m.topic) + 40 }
+
+// note records the rows deleted among rows, applied at rev, and drops the
+// markers that fell out of the window or past the bound.
 func (l *markLog) note(rows []tree.Row, rev uint64) {
 	for _, r := range rows {
-		if r.Retain && r.Value.Kind == wire.None && !isSys(r.Topic) {
-			l.marks = append(l.marks, mark{rev: rev, topic: r.Topic})
+		if r.Retain && !r.Same && r.Value.Kind == wire.None && !isSys(r.Topic) {
+			m := mark{rev: rev, topic: r.Topic}
+			l.marks = append(l.marks, m)
+			l.bytes += markCost(m)
 		}
 	}
-	if rev <= l.window {
-		return
+	if rev > l.window {
+		l.floor = max(l.floor, rev-l.window)
 	}
-	l.floor = rev - l.window
 	i := 0
-	for i < len(l.marks) && l.marks[i].rev <= l.floor {
+	for i < len(l.marks) && (l.marks[i].rev <= l.floor || l.bytes > markLogBytes) {
+		l.bytes -= markCost(l.marks[i])
+		l.floor = max(l.floor, l.marks[i].rev)
 		i++
 	}
 	if i > 0 {

@@ -84,9 +84,11 @@ func (t *Tree) applyOp(op *Op) Applied {
 			}
 		}
 	}
-	for _, r := range rows {
-		if r.Retain && t.store.Put(r.Topic, r.Value, op.QoS, t.stamp) {
-			t.dirty = true
+	for i := range rows {
+		r := &rows[i]
+		if r.Retain {
+			r.Same = !t.store.Put(r.Topic, r.Value, op.QoS, t.stamp)
+			t.dirty = t.dirty || !r.Same
 		}
 		if i, ok := t.byTopic[r.Topic]; ok {
 			c := &t.changed[i]

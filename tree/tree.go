@@ -17,6 +17,9 @@ type Row struct {
 	Topic  string
 	Value  wire.Value
 	Retain bool // sets or deletes the retained row; otherwise an event only
+	// Same, set by Apply, says the store already held this: a retained
+	// row set to its value, or deleted when it was not there.
+	Same bool
 }
 
 // Op is one incoming publish in row form. All its rows are applied at once
