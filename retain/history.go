@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -63,12 +64,20 @@ func literalPrefix(filter string) string {
 	return filter
 }
 
-// splitHistKey splits a history key into topic and revision.
-func splitHistKey(k []byte) (string, uint64, bool) {
-	if len(k) < 10 || k[len(k)-9] != 0 {
-		return "", 0, false
+// splitHistKey splits a "hist" key into topic, revision and sequence.
+func splitHistKey(k []byte) (string, uint64, uint32, bool) {
+	if len(k) < 14 || k[len(k)-13] != 0 {
+		return "", 0, 0, false
 	}
-	return string(k[:len(k)-9]), binary.BigEndian.Uint64(k[len(k)-8:]), true
+	return string(k[:len(k)-13]), binary.BigEndian.Uint64(k[len(k)-12:]), binary.BigEndian.Uint32(k[len(k)-4:]), true
+}
+
+// splitLogKey splits a "hlog" key into revision, sequence and topic.
+func splitLogKey(k []byte) (uint64, uint32, string, bool) {
+	if len(k) < 13 {
+		return 0, 0, "", false
+	}
+	return binary.BigEndian.Uint64(k), binary.BigEndian.Uint32(k[8:]), string(k[12:]), true
 }
 
 func decodePair(rev uint64, v []byte) (Pair, bool) {
@@ -87,46 +96,92 @@ func decodePair(rev uint64, v []byte) (Pair, bool) {
 }
 
 // History calls fn with the stored values of every topic matching
-// filter, oldest first, until fn returns false. It reads the key range of
-// the filter's literal prefix.
+// filter, oldest first, in topic order, until fn returns false: the key
+// range of the filter's literal prefix in "hist", and the log not merged
+// yet (MergeHistory keeps it short).
 func (s *Store) History(filter string, fn func(topic string, pairs []Pair) bool) error {
 	prefix := []byte(literalPrefix(filter))
+	rows := map[string][]Pair{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHist).Cursor()
-		var cur string
-		var pairs []Pair
-		flush := func() bool {
-			if len(pairs) == 0 || !wire.Match(filter, cur) {
-				return true
-			}
-			return fn(cur, pairs)
-		}
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			topic, rev, ok := splitHistKey(k)
-			if !ok {
+			topic, rev, _, ok := splitHistKey(k)
+			if !ok || !wire.Match(filter, topic) {
 				continue
 			}
-			if topic != cur {
-				if !flush() {
-					return nil
-				}
-				cur, pairs = topic, nil
-			}
 			if p, ok := decodePair(rev, v); ok {
-				pairs = append(pairs, p)
+				rows[topic] = append(rows[topic], p)
 			}
 		}
-		flush()
+		c = tx.Bucket(bucketLog).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() { // revision order: after what "hist" holds
+			rev, _, topic, ok := splitLogKey(k)
+			if !ok || !bytes.HasPrefix(k[12:], prefix) || !wire.Match(filter, topic) {
+				continue
+			}
+			if p, ok := decodePair(rev, v); ok {
+				rows[topic] = append(rows[topic], p)
+			}
+		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("retain: read history of %s: %w", s.path, err)
 	}
+	topics := make([]string, 0, len(rows))
+	for t := range rows {
+		topics = append(topics, t)
+	}
+	slices.Sort(topics)
+	for _, t := range topics {
+		if !fn(t, rows[t]) {
+			break
+		}
+	}
 	return nil
 }
 
-// Prune drops up to max history values that rules no longer keep at time
-// now (Unix ms): beyond a row's Keep earlier values, older than MaxAge
+// MergeHistory moves up to max values from "hlog" to "hist", oldest
+// first, in one transaction with the keys sorted: a batch of many values
+// per topic writes each topic's pages once. more reports values left.
+func (s *Store) MergeHistory(max int) (more bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		hlog, hist := tx.Bucket(bucketLog), tx.Bucket(bucketHist)
+		type kv struct{ k, v []byte }
+		var moved []kv
+		var logKeys [][]byte
+		c := hlog.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(logKeys) == max {
+				more = true
+				break
+			}
+			logKeys = append(logKeys, bytes.Clone(k))
+			if rev, seq, topic, ok := splitLogKey(k); ok {
+				moved = append(moved, kv{histKey(topic, rev, seq), bytes.Clone(v)})
+			}
+		}
+		slices.SortFunc(moved, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
+		for _, m := range moved {
+			if err := hist.Put(m.k, m.v); err != nil {
+				return err
+			}
+		}
+		for _, k := range logKeys {
+			if err := hlog.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("retain: merge history of %s: %w", s.path, err)
+	}
+	return more, nil
+}
+
+// Prune drops up to max history values of "hist" (merged ones) that rules
+// no longer keep at time now (Unix ms): beyond a row's Keep earlier values, older than MaxAge
 // (the newest value of a row stays, unless it is a deletion older than
 // MaxAge), or of rows no rule names any more. more reports values left to
 // drop.
@@ -161,7 +216,7 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 		}
 		c := hist.Cursor()
 		for k, v := c.First(); k != nil && !more; k, v = c.Next() {
-			topic, _, ok := splitHistKey(k)
+			topic, _, _, ok := splitHistKey(k)
 			if !ok {
 				drop = append(drop, bytes.Clone(k))
 				continue

@@ -129,17 +129,39 @@ func TestHistoryStoreAndPrune(t *testing.T) {
 	if got := read("s/+"); got != "map[s/a:[0 1 2 3 4] s/b:[x ] s/c:[y]]" {
 		t.Errorf("history %s", got)
 	}
+	// Two values of one row in one batch (one revision) are both kept.
+	twice := []Change{{Topic: "u/x", Value: val("1"), Rev: 99, MS: now}, {Topic: "u/x", Value: val("2"), Rev: 99, MS: now}}
+	if _, err := s.Commit(Batch{History: twice, Rev: 99}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("u/#"); got != "map[u/x:[1 2]]" {
+		t.Errorf("two values in one revision: %s", got)
+	}
 	if got := read("s/a"); got != "map[s/a:[0 1 2 3 4]]" {
 		t.Errorf("history of one row %s", got)
 	}
-	rules := []HistoryRule{{Filter: "s/#", Keep: 3, MaxAge: 150 * time.Minute}}
+	// The log merged into the per-topic history reads the same, in two
+	// bounded steps.
+	if more, err := s.MergeHistory(5); err != nil || !more {
+		t.Fatal(more, err)
+	}
+	if got := read("s/+"); got != "map[s/a:[0 1 2 3 4] s/b:[x ] s/c:[y]]" {
+		t.Errorf("history half merged %s", got)
+	}
+	if more, err := s.MergeHistory(100); err != nil || more {
+		t.Fatal(more, err)
+	}
+	if got := read("s/+"); got != "map[s/a:[0 1 2 3 4] s/b:[x ] s/c:[y]]" {
+		t.Errorf("history merged %s", got)
+	}
+	rules := []HistoryRule{{Filter: "s/#", Keep: 3, MaxAge: 150 * time.Minute}, {Filter: "u/#", Keep: 5}}
 	if more, err := s.Prune(rules, now, 100); err != nil || more {
 		t.Fatal(more, err)
 	}
 	// s/a: keep 3 before the newest leaves 1..4, max_age 2.5 h leaves 3, 4;
 	// s/b's deletion is older than max_age: gone; s/c's newest value stays;
 	// t/x has no rule.
-	if got := read("#"); got != "map[s/a:[3 4] s/c:[y]]" {
+	if got := read("#"); got != "map[s/a:[3 4] s/c:[y] u/x:[1 2]]" {
 		t.Errorf("after prune %s", got)
 	}
 	if more, err := s.Prune(nil, now, 1); err != nil || !more {
