@@ -36,6 +36,13 @@
 // for the whole broker: when it fires it only hands a flush to the loop
 // (a call, as a writer's), which sends what is due as one delta each.
 //
+// The loop also owns the store's revision (SPEC §8, in the tree core) and,
+// without a store, the deletion markers (markLog); with one the retainer
+// owns them on disk, and the loop reads them there for a resume, under the
+// retainer's floor. A $hist answer (SPEC §9) is taken in two steps: the
+// loop copies the current rows and hands the retainer a flush; the
+// connection's writer waits for the flush and reads the history from disk.
+//
 // # One delivery path
 //
 // Every message to a client — plain publishes, retained replays, snapshots,

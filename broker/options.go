@@ -59,7 +59,7 @@ type Options struct {
 	MaxPacketSize uint32      // largest packet in either direction; default 64 MiB
 	// MaxTopicLen and MaxTopicLevels bound every topic and filter a client
 	// sends, and every row topic a tree publish makes; default 4096 bytes
-	// (at most 32,768, what the store can key) and 64 levels.
+	// (at most 32,755, what the store can key) and 64 levels.
 	MaxTopicLen    int
 	MaxTopicLevels int
 
