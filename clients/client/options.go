@@ -77,6 +77,14 @@ var ErrOption = errors.New("client: bad subscribe option")
 // MaxInterval is the longest pacing interval the SPEC allows.
 const MaxInterval = time.Hour
 
+// CheckOptions reports whether opts fit a subscription in mode, as
+// [Client.Subscribe] checks them, without sending anything: a program can
+// refuse bad flags before it dials.
+func CheckOptions(mode Mode, opts ...SubscribeOption) error {
+	_, err := newSubOpts(mode, opts)
+	return err
+}
+
 func newSubOpts(mode Mode, opts []SubscribeOption) (subOpts, error) {
 	var o subOpts
 	for _, f := range opts {
