@@ -478,12 +478,6 @@ func (c *Client) send(ctx context.Context, s *subscription) error {
 	return nil
 }
 
-// subscribeTopic is the SUBSCRIBE filter for F in a mode: F itself, or
-// $sync/F, $tree.cbor/F and the like.
-func subscribeTopic(filter string, mode Mode, codec Codec) string {
-	return subOpts{}.topic(filter, mode, codec)
-}
-
 // Unsubscribe ends the subscription on filter as given to Subscribe (with
 // the same options: they can change the topic, as Interval and
 // WithHistory do).

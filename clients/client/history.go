@@ -25,7 +25,9 @@ type History struct {
 // inclusive) and [HistoryLimit] (the newest n pairs per row). Rows outside
 // every history filter of the broker answer with one pair, their current
 // value. To keep a history up to date as rows change, use [Client.Mirror]
-// with [WithHistory].
+// with [WithHistory]; do not call History for a filter and codec that such
+// a Mirror of the same Client holds (they share the topic $hist/F, and
+// History unsubscribes it when done).
 func (c *Client) History(ctx context.Context, filter string, codec Codec, opts ...SubscribeOption) (*History, error) {
 	opts = append(opts[:len(opts):len(opts)], WithHistory())
 	m, err := c.Mirror(ctx, filter, codec, 1, nil, opts...)

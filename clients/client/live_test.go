@@ -192,7 +192,11 @@ func TestMirrorReconnect(t *testing.T) {
 		}
 		must(seed.PublishTree(ctx, "r", map[string]any{"a": 10, "b": nil, "d": 4}, client.PublishOptions{QoS: 1, Retain: true}))
 	})
-	<-back
+	select {
+	case <-back:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no reconnect")
+	}
 	waitCopy(t, m, `{"a":10,"c":3,"d":4}`)
 	if !c.Connected() {
 		t.Error("not connected after OnReconnect")
@@ -251,7 +255,7 @@ func TestMirrorResumeAfterReconnect(t *testing.T) {
 	}
 	p := newProxy(t, b.TCPAddr())
 	lost, back := make(chan struct{}, 10), make(chan struct{}, 10)
-	c := dial(t, p.addr(), "resumer", client.Options{AutoReconnect: true, MinBackoff: 20 * time.Millisecond,
+	c := dial(t, p.addr(), "resumer", client.Options{AutoReconnect: true, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		OnConnectionLost: func(error) { lost <- struct{}{} }, OnReconnect: func() { back <- struct{}{} }})
 	var mu sync.Mutex
 	var seen []client.Message
@@ -266,7 +270,11 @@ func TestMirrorResumeAfterReconnect(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	<-back
+	select {
+	case <-back:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no reconnect")
+	}
 	rows["k1"], rows["new"] = "one", true
 	delete(rows, "k2")
 	waitCopy(t, m, jsonOf(rows))
