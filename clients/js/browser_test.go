@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -93,6 +95,125 @@ func mergeVectors(t *testing.T) []vector {
 	return out
 }
 
+// histVectors are the Go client's answers for AppendHistory and Rows:
+// mote.js's appendHistory and rows must give the same.
+func histVectors(t *testing.T) map[string][]map[string]any {
+	appendCases := []struct {
+		filter, doc, delta string
+		limit              int
+	}{
+		{"a", `[[1,1]]`, `2`, 0},
+		{"a", `null`, `null`, 0},
+		{"a/+", `{"x":[[1,1]]}`, `{"x":2,"y":3}`, 0},
+		{"a/+", `{"x":[[1,1],[2,2]]}`, `{"x":null}`, 2},
+		{"+/+", `{}`, `{"a":{"b":1}}`, 0},
+		{"a/+/c", `{"x":[[1,{"o":1}]]}`, `{"x":{"o":2}}`, 0},
+		{"a/#", `{"b":[[1,1]]}`, `{"b":2}`, 0},
+		{"a/#", `{"b":[[1,1]]}`, `{"b":{"c":2}}`, 0},
+		{"a/#", `{"b":{"/":[[1,1]],"c":[[1,2]]}}`, `{"b":{"/":null}}`, 0},
+		{"a/#", `{"lamp":[[1,{"s":"ON"}]]}`, `{"lamp":{"/":{"s":"OFF"}}}`, 0},
+		{"a/#", `{}`, `{"/":5}`, 0},
+		{"a/#", `{"/":[[1,0]]}`, `{"x":{"y":1}}`, 1},
+		{"dev/+/#", `{"a":[[1,0]]}`, `{"a":{"/":1}}`, 0},
+		{"dev/+/#", `{"a":[[1,0]]}`, `{"a":{"t":1}}`, 0},
+		{"#", `{}`, `{"__proto__":{"x":1},"constructor":2}`, 0},
+	}
+	rowCases := []struct{ filter, tree string }{
+		{"a/b", `1`},
+		{"light/+/is_on", `{"bedroom":1,"hall":null}`},
+		{"light/+/+", `{"bedroom":{"is_on":1,"b":55}}`},
+		{"z/+", `{"lamp":{"state":"ON"}}`},
+		{"z/#", `{"lamp":{"/":{"state":"ON"}}}`},
+		{"a/#", `{"/":0,"b":{"/":1,"c":2}}`},
+		{"dev/+/#", `{"a":{"/":0,"t":1},"b":{"t":{"u":2}},"c":3}`},
+		{"#", `{"a":{"b":1},"c":2}`},
+		{"a/+/b", `{"":1,"x":2}`},
+		{"s/+", `{"t":[[1,2],[3,4]]}`},
+		{"+", `{"__proto__":1}`},
+	}
+	dec := func(s string) any {
+		v, err := client.Decode(client.JSON, []byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	enc := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	out := map[string][]map[string]any{}
+	for _, c := range appendCases {
+		want := client.AppendHistory(dec(c.doc), dec(c.delta), c.filter, 9, c.limit)
+		out["append"] = append(out["append"], map[string]any{"filter": c.filter, "doc": c.doc, "delta": c.delta, "limit": c.limit, "want": enc(want)})
+	}
+	for _, c := range rowCases {
+		out["rows"] = append(out["rows"], map[string]any{"filter": c.filter, "tree": c.tree, "want": enc(client.Rows(dec(c.tree), c.filter))})
+	}
+	return out
+}
+
+// proxy forwards TCP connections (here: WebSocket) to the broker; the
+// page asks it to cut them and to refuse new ones for a while, to take an
+// MQTT.js client offline.
+type proxy struct {
+	l       net.Listener
+	target  string
+	mu      sync.Mutex
+	conns   []net.Conn
+	blocked bool
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{l: l, target: target}
+	t.Cleanup(func() { l.Close(); p.cut(false) })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			blocked := p.blocked
+			p.mu.Unlock()
+			b, err := net.Dial("tcp", target)
+			if blocked || err != nil {
+				c.Close()
+				if b != nil {
+					b.Close()
+				}
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, b)
+			p.mu.Unlock()
+			go func() { io.Copy(b, c); b.Close(); c.Close() }()
+			go func() { io.Copy(c, b); b.Close(); c.Close() }()
+		}
+	}()
+	return p
+}
+
+// cut closes every connection; block says whether new ones are refused.
+func (p *proxy) cut(block bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.blocked = block
+	if block {
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.conns = nil
+	}
+}
+
 // result is what the page posts.
 type result struct {
 	Merge struct {
@@ -109,6 +230,39 @@ type result struct {
 		Resumed      any  `json:"resumed"`
 		Renewed      bool `json:"renewed"`
 	} `json:"mirror"`
+	Resume struct {
+		Topic         string `json:"topic"`
+		FirstProps    string `json:"firstProps"`
+		BigRev        string `json:"bigRev"`
+		GapSince      string `json:"gapSince"`
+		Force         bool   `json:"force"`
+		HalfReady     bool   `json:"halfReady"`
+		Merged        any    `json:"merged"`
+		Resumes       int    `json:"resumes"`
+		OwnSubscribes int    `json:"ownSubscribes"`
+		HeldSince     string `json:"heldSince"`
+		Replaced      any    `json:"replaced"`
+		Rev           string `json:"rev"`
+	} `json:"resume"`
+	Hist struct {
+		Total    int               `json:"total"`
+		Failures []json.RawMessage `json:"failures"`
+	} `json:"hist"`
+	Live *struct {
+		Snapshot   any     `json:"snapshot"`
+		Rev0       *string `json:"rev0"`
+		After      any     `json:"after"`
+		Rev1       *string `json:"rev1"`
+		Resumes    int     `json:"resumes"`
+		Resyncs    int     `json:"resyncs"`
+		History    any     `json:"history"`
+		HistoryAll any     `json:"historyAll"`
+		Paced      *struct {
+			Messages int    `json:"messages"`
+			Elapsed  int64  `json:"elapsed"`
+			Topic    string `json:"topic"`
+		} `json:"paced"`
+	} `json:"live"`
 	Runs []struct {
 		Version   int    `json:"version"`
 		Snapshot  any    `json:"snapshot"`
@@ -175,6 +329,13 @@ func TestBrowser(t *testing.T) {
 	mux.HandleFunc("/vectors", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(vectors)
 	})
+	hv := histVectors(t)
+	mux.HandleFunc("/histvectors", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(hv)
+	})
+	px := newProxy(t, b.WSAddr())
+	mux.HandleFunc("/cut", func(w http.ResponseWriter, r *http.Request) { px.cut(true) })
+	mux.HandleFunc("/restore", func(w http.ResponseWriter, r *http.Request) { px.cut(false) })
 	mux.HandleFunc("/result", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		select {
@@ -187,8 +348,8 @@ func TestBrowser(t *testing.T) {
 
 	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-dev-shm-usage", "--user-data-dir="+t.TempDir(),
-		srv.URL+"/?ws=ws://"+b.WSAddr()+"/mqtt")
+		"--disable-dev-shm-usage", "--enable-logging=stderr", "--user-data-dir="+t.TempDir(),
+		srv.URL+"/?ws=ws://"+b.WSAddr()+"/mqtt&wsproxy=ws://"+px.l.Addr().String()+"/mqtt")
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -210,6 +371,8 @@ func TestBrowser(t *testing.T) {
 		}
 		t.Fatalf("chromium exited before the page reported: %v\n%s", err, logs.String())
 	case <-ctx.Done():
+		cmd.Process.Kill()
+		exited <- <-exited // chromium's output is whole once it has exited
 		t.Fatalf("the page did not report within the time limit\n%s", logs.String())
 	}
 	var res result
@@ -228,6 +391,16 @@ func TestBrowser(t *testing.T) {
 		!reflect.DeepEqual(mr.Resumed, doc(`{"again":2}`)) || !mr.Renewed {
 		t.Errorf("Mirror logic: %+v", mr)
 	}
+	rs := res.Resume
+	if rs.Topic != "$sync.250ms/a/+" || rs.FirstProps != `{}` || rs.BigRev != "18446744073709551615" ||
+		rs.GapSince != "18446744073709551615" || !rs.Force || rs.HalfReady || !reflect.DeepEqual(rs.Merged, doc(`{"x":3,"z":9}`)) ||
+		rs.Resumes != 1 || rs.OwnSubscribes != 0 || rs.HeldSince != "30" || !reflect.DeepEqual(rs.Replaced, doc(`{"q":1}`)) || rs.Rev != "40" {
+		t.Errorf("Mirror resume logic: %+v", rs)
+	}
+	if res.Hist.Total != len(hv["append"])+len(hv["rows"]) || len(res.Hist.Failures) != 0 {
+		t.Errorf("history helpers: %d cases, these differ from the Go client: %s", res.Hist.Total, res.Hist.Failures)
+	}
+	checkLive(t, res)
 	if len(res.Runs) != 2 {
 		t.Fatalf("runs: %+v", res.Runs)
 	}
@@ -267,4 +440,60 @@ func TestBrowser(t *testing.T) {
 	if t.Failed() {
 		t.Logf("chromium:\n%s", logs.String())
 	}
+}
+
+// checkLive checks the page's live run: a Mirror catches up after MQTT.js
+// reconnects (always); with a resume delta, and history and paced deltas
+// work (once the broker sends mote-rev: skipped before).
+func checkLive(t *testing.T, res result) {
+	lv := res.Live
+	if lv == nil {
+		t.Error("the page made no live run")
+		return
+	}
+	if !reflect.DeepEqual(lv.Snapshot, doc(`{"a":1,"b":2,"c":3}`)) || !reflect.DeepEqual(lv.After, doc(`{"a":10,"c":3,"d":4}`)) {
+		t.Errorf("live Mirror across a reconnect: snapshot %v, after %v", lv.Snapshot, lv.After)
+	}
+	t.Run("MirrorResume", func(t *testing.T) {
+		if lv.Rev0 == nil {
+			t.Skip("the broker sends no mote-rev yet (SPEC §8 revisions not implemented): skipped until it does")
+		}
+		if lv.Resumes != 1 || lv.Rev1 == nil || *lv.Rev1 == *lv.Rev0 {
+			t.Errorf("after the reconnect: %d resume deltas (want 1), rev %v then %v", lv.Resumes, *lv.Rev0, lv.Rev1)
+		}
+	})
+	t.Run("History", func(t *testing.T) {
+		if lv.Rev0 == nil {
+			t.Skip("the broker sends no mote-rev yet (SPEC §8 revisions not implemented): skipped until it does")
+		}
+		h, _ := lv.History.(map[string]any)
+		for k, want := range map[string]float64{"a": 10, "c": 3, "d": 4} {
+			pairs, _ := h[k].([]any)
+			if len(pairs) != 1 {
+				t.Errorf("history limit 1 of %s: %v", k, h[k])
+				continue
+			}
+			if p, _ := pairs[0].([]any); len(p) != 2 || p[1] != want {
+				t.Errorf("history of %s: %v, want [t, %v]", k, pairs[0], want)
+			}
+		}
+		all, _ := lv.HistoryAll.(map[string]any)
+		if pairs, _ := all["a"].([]any); len(pairs) == 0 {
+			t.Errorf("history from 0: %v", lv.HistoryAll)
+		} else if last, _ := pairs[len(pairs)-1].([]any); len(last) != 2 || last[1] != float64(10) {
+			t.Errorf("history of a does not end with the current value: %v", pairs)
+		}
+	})
+	t.Run("Interval", func(t *testing.T) {
+		if lv.Rev0 == nil {
+			t.Skip("the broker sends no mote-rev yet (SPEC §8 revisions not implemented): skipped until it does")
+		}
+		p := lv.Paced
+		if p == nil || p.Topic != "$sync.300ms/live/+" {
+			t.Fatalf("paced: %+v", p)
+		}
+		if max := 2 + int(p.Elapsed/300); p.Messages > max {
+			t.Errorf("paced 300ms: %d messages in %d ms, want at most %d", p.Messages, p.Elapsed, max)
+		}
+	})
 }

@@ -15,8 +15,15 @@
 // ../client also speaks CBOR. The rules are those of the broker's SPEC:
 // a $sync subscription gets one snapshot, then deltas (null deletes a row);
 // over MQTT 5 every message carries mote-seq, and a gap in it (a lost QoS 0
-// delta, a queue overflow at the broker) makes the Mirror subscribe again
-// for a fresh snapshot.
+// delta, a queue overflow at the broker) makes the Mirror subscribe again.
+// Over MQTT 5 a Mirror also remembers mote-rev, the revision its copy
+// reflects, and subscribes again (after a gap, or after MQTT.js
+// reconnects) with mote-since: the broker then sends only what changed
+// (a resume delta, merged into the copy) instead of the whole tree.
+//
+//   const lights = new Mirror(client, 'light/+/is_on', { interval: 250 })  // at most 4 messages a second
+//   const temps = await history(client, 'sensor/+/temp', { from: Date.now() - 3600e3, limit: 100 })
+//   // {"kitchen":[[1767000000000,21.5],…],…}: [t, value] pairs, oldest first
 
 const decoder = new TextDecoder()
 
@@ -153,6 +160,121 @@ function mergeParts(doc, part) {
   return doc
 }
 
+// rows flattens a tree built from filter F (a snapshot, a delta or a
+// history) into its rows: { topic: value } (a null leaf, a deleted row in
+// a delta, gives null). It follows the shape rules of SPEC §3.
+export function rows(tree, filter) {
+  const levels = filter.split('/')
+  const out = {}
+  const emit = (topic, v) => put(out, topic.join('/'), v === undefined ? null : v)
+  const subtree = (node, topic, root) => {
+    if (!isObject(node)) {
+      if (!root || (node !== null && node !== undefined)) {
+        emit(topic, node)
+      }
+      return
+    }
+    for (const [k, v] of Object.entries(node)) {
+      if (k === '/') {
+        emit(topic, v)
+      } else {
+        subtree(v, [...topic, k], false)
+      }
+    }
+  }
+  const walk = (node, i, topic) => {
+    while (i < levels.length && levels[i] !== '+' && levels[i] !== '#') {
+      topic = [...topic, levels[i]]
+      i++
+    }
+    if (i === levels.length) {
+      emit(topic, node)
+    } else if (levels[i] === '#') {
+      subtree(node, topic, true)
+    } else if (isObject(node)) {
+      for (const [k, v] of Object.entries(node)) {
+        walk(v, i + 1, [...topic, k])
+      }
+    }
+  }
+  walk(tree, 0, [])
+  return out
+}
+
+// appendHistory appends a delta of plain values (what $hist sends after
+// its first message) to a history tree built from filter: every row the
+// delta names gets [t, value] at the end of its array (null for a deleted
+// row), trimmed to its newest limit pairs if limit > 0. It changes doc's
+// objects in place and returns the new tree.
+export function appendHistory(doc, delta, filter, t, limit = 0) {
+  const levels = filter.split('/')
+  const pair = (arr, v) => {
+    let a = Array.isArray(arr) ? arr : []
+    a.push([t, v === undefined ? null : v])
+    if (limit > 0 && a.length > limit) {
+      a = a.slice(a.length - limit)
+    }
+    return a
+  }
+  const subtree = (node, d, root) => {
+    if (!isObject(d)) { // a new value of the row at this node
+      if (isObject(node)) {
+        put(node, '/', pair(own(node, '/'), d))
+        return node
+      }
+      if (root) {
+        const m = {}
+        put(m, '/', pair(undefined, d))
+        return m
+      }
+      return pair(node, d)
+    }
+    let m = node
+    if (!isObject(m)) {
+      m = {}
+      if (node !== undefined && node !== null) { // a row's pairs, now with children too
+        put(m, '/', node)
+      }
+    }
+    for (const [k, dv] of Object.entries(d)) {
+      put(m, k, k === '/' ? pair(own(m, '/'), dv) : subtree(own(m, k), dv, false))
+    }
+    const keys = Object.keys(m)
+    if (!root && keys.length === 1 && keys[0] === '/' && !isObject(m['/'])) {
+      return m['/'] // no children: the bare array, as the broker writes it
+    }
+    return m
+  }
+  const at = (node, d, i) => {
+    while (i < levels.length && levels[i] !== '+' && levels[i] !== '#') {
+      i++
+    }
+    if (i === levels.length) {
+      return pair(node, d)
+    }
+    if (levels[i] === '#') {
+      return subtree(node, d, !levels.slice(0, i).includes('+'))
+    }
+    const m = isObject(node) ? node : {}
+    if (isObject(d)) {
+      for (const [k, dv] of Object.entries(d)) {
+        put(m, k, at(own(m, k), dv, i + 1))
+      }
+    }
+    return m
+  }
+  return at(doc, delta, 0)
+}
+
+// millis reads a history time option: a Date or Unix milliseconds.
+function millis(name, v) {
+  const ms = v instanceof Date ? v.getTime() : v
+  if (!Number.isSafeInteger(ms) || ms < 0) {
+    throw new RangeError(`mote: ${name}: want a Date or Unix milliseconds, got ${v}`)
+  }
+  return ms
+}
+
 // promisify runs an MQTT.js call that takes a completion callback.
 function promisify(fn) {
   return new Promise((resolve, reject) => {
@@ -162,20 +284,83 @@ function promisify(fn) {
 
 // Mirror keeps a local copy of the tree a $sync subscription describes:
 // the snapshot (all its parts), then every delta merged in.
+//
+// Revisions and resume (MQTT 5): the copy's revision is mirror.rev (the
+// last mote-rev applied, a decimal string; undefined before the first
+// snapshot or from a broker without revisions). When the Mirror subscribes
+// again it sends mote-since = rev, and a resume delta (mote-resume = 1) is
+// merged into the copy it kept; a full snapshot replaces it. That happens
+// after a gap in mote-seq, and after MQTT.js reconnects: if MQTT.js sends
+// the subscription again by itself (its resubscribe option, with
+// reconnectPeriod > 0, when the session is not resumed), it sends the
+// properties object the Mirror gave it, which the Mirror keeps current;
+// otherwise the Mirror subscribes itself on 'connect'. A resumed session
+// (sessionPresent) gets a fresh snapshot from the broker unasked. Until
+// the answer is in, the copy is stale: until() waits.
+//
+// History (options.history): the Mirror subscribes to $hist/F instead and
+// keeps a tree whose leaves are arrays of [t, value] pairs (t in Unix ms,
+// oldest first, ending with the current value); every delta appends
+// [Date.now() at receipt, value] to each row it names (null for a deleted
+// row), trimmed to history.limit pairs if set, and nothing after
+// history.to. A history Mirror has no resume: it gets its whole history
+// again when it subscribes again.
 export class Mirror {
   // client: a connected MQTT.js client; filter: F, as in $sync/F.
   // options.qos (default 1); options.onChange(tree) is called after the
-  // snapshot and after every delta, with the copy (do not change it).
-  constructor(client, filter, { qos = 1, onChange } = {}) {
+  // snapshot, after a resume and after every delta, with the copy (do not
+  // change it). options.interval: paced deltas, at most one message per
+  // that many milliseconds (1 to 3,600,000; the option .<N>ms).
+  // options.history: true, or { from, to, limit } (Dates or Unix ms;
+  // MQTT 5 only): keep the history of the rows (see above).
+  constructor(client, filter, { qos = 1, onChange, interval, history } = {}) {
+    if (interval !== undefined && (!Number.isInteger(interval) || interval < 1 || interval > 3600000)) {
+      throw new RangeError(`mote: interval ${interval}: want whole milliseconds from 1 to 3600000`)
+    }
     this.client = client
     this.filter = filter
-    this.topic = '$sync/' + filter
     this.qos = qos
     this.onChange = onChange
+    this.history = history ? (history === true ? {} : history) : null
+    // Over MQTT 3.1.1 there are no properties: no resume, no history range.
+    this.v5 = !client.options || client.options.protocolVersion === 5
+    const userProperties = {}
+    if (this.history) {
+      this.topic = '$hist/' + filter
+      const { from, to, limit } = this.history
+      if (from !== undefined) userProperties['mote-from'] = String(millis('history.from', from))
+      if (to !== undefined) userProperties['mote-to'] = String(millis('history.to', to))
+      if (limit !== undefined) {
+        if (!Number.isSafeInteger(limit) || limit < 1) {
+          throw new RangeError(`mote: history.limit ${limit}: want a positive integer`)
+        }
+        userProperties['mote-limit'] = String(limit)
+      }
+      if (interval !== undefined) userProperties['mote-interval'] = String(interval)
+      if (!this.v5 && Object.keys(userProperties).length > 0) {
+        throw new Error('mote: history from, to, limit and interval need MQTT 5')
+      }
+      this.to = to === undefined ? undefined : millis('history.to', to)
+    } else {
+      this.topic = (interval ? `$sync.${interval}ms/` : '$sync/') + filter
+    }
+    // The SUBSCRIBE properties, one object for the Mirror's life: MQTT.js
+    // keeps it for its own resubscribe, and setRev keeps mote-since in it
+    // current. mqtt-packet refuses an empty userProperties, so the
+    // property reads as undefined (left out) while there is none.
+    this.userProperties = userProperties
+    this.subscribeProperties = {}
+    Object.defineProperty(this.subscribeProperties, 'userProperties', {
+      enumerable: true,
+      get: () => (Object.keys(userProperties).length > 0 ? userProperties : undefined),
+    })
     this.tree = undefined // the copy; undefined until the snapshot is in
+    this.rev = undefined // mote-rev of the copy (a decimal string)
     this.resyncs = 0 // how many times a gap made it subscribe again
+    this.resumes = 0 // how many resume deltas it merged
     this.seq = -1 // last mote-seq merged; -1 while waiting for a snapshot
     this.parts = null
+    this.resuming = false
     this.waiters = []
     this.closed = false
     this.ready = new Promise((resolve, reject) => {
@@ -187,9 +372,6 @@ export class Mirror {
         this.handle(payload, packet)
       }
     }
-    // After a reconnect a fresh snapshot comes (the broker sends one to a
-    // resumed session; a new session subscribes again): until it is in,
-    // the copy is stale.
     this.dropped = false
     this.onClose = () => { this.dropped = true }
     this.onConnect = (connack) => {
@@ -197,12 +379,16 @@ export class Mirror {
         return
       }
       this.dropped = false
+      this.seq = -1 // stale until the broker answers; the copy and rev stay for a resume
+      this.parts = null
       if (connack && connack.sessionPresent) {
-        this.seq = -1
-        this.parts = null
-      } else {
-        this.subscribe().catch((err) => console.error(err))
+        return // the broker sends the kept subscription a fresh snapshot
       }
+      const o = client.options
+      if (o && o.resubscribe !== false && o.reconnectPeriod > 0) {
+        return // MQTT.js subscribes again, with subscribeProperties as they are now
+      }
+      this.subscribe().catch((err) => console.error(err))
     }
     client.on('message', this.onMessage)
     client.on('close', this.onClose)
@@ -210,11 +396,28 @@ export class Mirror {
     this.subscribe().catch((err) => this.rejectReady(err))
   }
 
-  // subscribe (again): the broker answers with a fresh snapshot.
+  // setRev records the revision the copy reflects, and mote-since for the
+  // next SUBSCRIBE (none for a history Mirror, or while the copy reflects
+  // no revision).
+  setRev(rev) {
+    this.rev = rev
+    const up = this.userProperties
+    if (rev === undefined || this.history) {
+      delete up['mote-since']
+    } else {
+      up['mote-since'] = rev
+    }
+  }
+
+  // subscribe (again): the broker answers with a fresh snapshot, or, given
+  // mote-since, with a resume delta. The object form with resubscribe:
+  // true makes MQTT.js send it even though it already holds the topic.
   async subscribe() {
     this.seq = -1
     this.parts = null
-    const granted = await promisify((cb) => this.client.subscribe(this.topic, { qos: this.qos }, cb))
+    const topics = { [this.topic]: { qos: this.qos, nl: false, rap: false, rh: 0 }, resubscribe: true }
+    const options = this.v5 ? { qos: this.qos, properties: this.subscribeProperties } : { qos: this.qos }
+    const granted = await promisify((cb) => this.client.subscribe(topics, options, cb))
     const refused = (granted || []).find((g) => g.qos >= 0x80)
     if (refused) {
       throw new Error(`mote: subscribe ${this.topic}: refused (reason 0x${refused.qos.toString(16)})`)
@@ -222,6 +425,9 @@ export class Mirror {
   }
 
   handle(payload, packet) {
+    if (this.closed) {
+      return
+    }
     let tree
     try {
       tree = JSON.parse(decoder.decode(payload))
@@ -232,22 +438,38 @@ export class Mirror {
     const seqText = userProperty(packet, 'mote-seq')
     const seq = seqText === undefined ? undefined : Number(seqText) // undefined over MQTT 3.1.1
     const part = userProperty(packet, 'mote-part')
+    const rev = userProperty(packet, 'mote-rev')
     if (seq === 0 || (seq === undefined && this.seq < 0)) {
-      // The snapshot, or one part of it. Over MQTT 3.1.1 it is the first
-      // message after the SUBACK (or a reconnect).
+      // The snapshot or a resume delta, or one part of it. Over MQTT 3.1.1
+      // it is the first message after the SUBACK (or a reconnect).
+      const resume = seq === 0 && userProperty(packet, 'mote-resume') === '1'
       if (this.parts === null || !part || part.startsWith('1/')) {
-        this.tree = undefined
         this.parts = new Set()
-        this.seq = -1 // not a copy until the whole snapshot is in
+        this.seq = -1 // not a copy until the whole of it is in
+        this.resuming = resume
+        if (!resume) {
+          this.tree = undefined
+          this.setRev(undefined) // half a snapshot reflects no revision
+        }
       }
-      if (!part) {
+      if (this.resuming) {
+        this.tree = merge(this.tree, tree, this.filter)
+      } else if (!part) {
         this.tree = tree
       } else {
         this.tree = mergeParts(this.tree, tree)
+      }
+      if (part) {
         this.parts.add(part)
       }
       if (!part || this.parts.size === Number(part.split('/')[1])) {
         this.seq = 0
+        if (rev !== undefined) {
+          this.setRev(rev)
+        }
+        if (this.resuming) {
+          this.resumes++
+        }
         this.resolveReady(this.tree)
         this.changed()
       }
@@ -257,9 +479,19 @@ export class Mirror {
       return // a delta before the whole snapshot: the snapshot covers it
     }
     if (seq === undefined || seq === this.seq + 1) {
-      this.tree = merge(this.tree, tree, this.filter)
+      if (this.history) {
+        const now = Date.now()
+        if (this.to === undefined || now <= this.to) {
+          this.tree = appendHistory(this.tree, tree, this.filter, now, this.history.limit || 0)
+        }
+      } else {
+        this.tree = merge(this.tree, tree, this.filter)
+      }
       if (seq !== undefined) {
         this.seq = seq
+      }
+      if (rev !== undefined) {
+        this.setRev(rev)
       }
       this.changed()
       return
@@ -316,6 +548,33 @@ export class Mirror {
     this.client.removeListener('close', this.onClose)
     this.client.removeListener('connect', this.onConnect)
     await promisify((cb) => this.client.unsubscribe(this.topic, cb))
+  }
+}
+
+// history asks the broker once for the past values of the rows matching
+// filter ($hist/F) and resolves with the answer: a tree shaped like a
+// snapshot whose leaves are arrays of [t, value] pairs, t in Unix ms,
+// oldest first, ending with the current value. options: from, to (Dates
+// or Unix ms, inclusive), limit (the newest pairs per row; all three need
+// MQTT 5), qos (default 1), timeoutMs (default 10000). Use
+// rows(tree, filter) for { topic: pairs }.
+export async function history(client, filter, { from, to, limit, qos = 1, timeoutMs = 10000 } = {}) {
+  const h = {}
+  if (from !== undefined) h.from = from
+  if (to !== undefined) h.to = to
+  if (limit !== undefined) h.limit = limit
+  const m = new Mirror(client, filter, { qos, history: h })
+  let timer
+  try {
+    return await Promise.race([
+      m.ready,
+      new Promise((resolve, reject) => {
+        timer = setTimeout(() => reject(new Error(`mote: history of ${filter}: no answer within ${timeoutMs} ms`)), timeoutMs)
+      }),
+    ])
+  } finally {
+    clearTimeout(timer)
+    await m.close()
   }
 }
 
