@@ -8,8 +8,10 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,21 +74,57 @@ func startBinary(t *testing.T, data string, extra ...string) (*exec.Cmd, string,
 // store must always open, and hold every row acknowledged before the last
 // completed commit: with the default 50 ms interval, every row acked a
 // second before the kill; with --sync-retain, every row acked at all.
+// The revision never goes back (every snapshot after a restart carries a
+// higher mote-rev than any message seen before the kill), and the history
+// stays consistent with the rows (the newest stored value of each row is
+// the row, committed in the same transaction).
 func TestCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills a broker process several times")
 	}
 	data := t.TempDir()
+	config := filepath.Join(t.TempDir(), "mote.yaml")
+	if err := os.WriteFile(config, []byte("history: [{filter: \"crash/#\", keep: 5}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
 	const keys = 50
+	var seenRev atomic.Uint64 // the highest mote-rev any client saw, over all rounds
 	for round := range 4 {
 		syncRetain := round%2 == 1
-		var extra []string
+		extra := []string{"--config", config}
 		if syncRetain {
 			extra = append(extra, "--sync-retain")
 		}
 		cmd, addr, logs := startBinary(t, data, extra...)
 		ctx, cancel := context.WithCancel(context.Background())
+		watcher, err := client.Dial(ctx, addr, client.Options{ClientID: "watch", CleanStart: true, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := seenRev.Load()
+		first := make(chan uint64, 1)
+		err = watcher.Subscribe(ctx, "crash/#", client.Sync, client.JSON, 0, func(m client.Message) {
+			if m.Seq == 0 {
+				select {
+				case first <- m.Rev:
+				default:
+				}
+			}
+			for old := seenRev.Load(); m.Rev > old && !seenRev.CompareAndSwap(old, m.Rev); old = seenRev.Load() {
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case rev := <-first:
+			if round > 0 && rev <= before {
+				t.Errorf("round %d: the first snapshot after the restart has mote-rev %d, but %d was seen before the kill", round, rev, before)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: no snapshot", round)
+		}
 		type ack struct {
 			val int
 			at  time.Time
@@ -132,13 +170,29 @@ func TestCrash(t *testing.T) {
 			t.Fatalf("round %d: store does not open after kill -9: %v\n%s", round, err, logs)
 		}
 		stored := map[int]int{}
+		rows := map[string]retain.Row{}
 		err = st.Load(func(row retain.Row) error {
 			var k int
 			if _, err := fmt.Sscanf(row.Topic, "crash/k%d", &k); err == nil {
 				stored[k], _ = strconv.Atoi(row.Value.Data)
 			}
+			rows[row.Topic] = row
+			if m := st.Meta(); row.Rev > m.Rev {
+				t.Errorf("round %d: row %s has revision %d, the store %d", round, row.Topic, row.Rev, m.Rev)
+			}
 			return nil
 		})
+		withHistory := 0
+		if err == nil {
+			err = st.History("crash/#", func(topic string, pairs []retain.Pair) bool {
+				withHistory++
+				last, row := pairs[len(pairs)-1], rows[topic]
+				if last.Rev != row.Rev || last.Value != row.Value {
+					t.Errorf("round %d: %s: newest history value %+v, row %+v", round, topic, last, row)
+				}
+				return true
+			})
+		}
 		st.Close()
 		if err != nil {
 			t.Fatalf("round %d: load: %v", round, err)
@@ -156,8 +210,8 @@ func TestCrash(t *testing.T) {
 				t.Errorf("round %d (sync-retain %v): crash/k%d stored %d, but %d was acked in time", round, syncRetain, k, stored[k], need)
 			}
 		}
-		if total == 0 {
-			t.Fatalf("round %d: nothing was published\n%s", round, logs)
+		if total == 0 || withHistory == 0 {
+			t.Fatalf("round %d: nothing was published (%d rows with history)\n%s", round, withHistory, logs)
 		}
 		t.Logf("round %d (sync-retain %v): %d publishes acked before the kill", round, syncRetain, total)
 	}
