@@ -12,9 +12,10 @@ import (
 //
 // Children keep insertion order (a removal moves the last child into the
 // gap), so iteration is deterministic and cache-friendly; a node with many
-// children is also indexed by name. A node is 64 bytes; with the index
+// children is also indexed by name. A node is 80 bytes (with the revision
+// and time of its row's last change, SPEC §8 and §9); with the index
 // entry of a parent that has many children, a row such as dev/d42/state
-// costs about 190 bytes beyond its topic and payload (BenchmarkStoreMemory).
+// costs about 200 bytes beyond its topic and payload (BenchmarkStoreMemory).
 //
 // A Store is not safe for concurrent use, and must not be copied.
 type Store struct {
