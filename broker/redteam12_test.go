@@ -1,0 +1,168 @@
+package broker
+
+import (
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	paho5 "github.com/eclipse/paho.golang/paho"
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// Red team 12: revisions, resume, history and paced deltas.
+
+// TestRedTeam12MarkLogChurn: the in-memory deletion marker log (a broker
+// without a store) must not copy every marker it keeps each time it drops
+// one. Once it is full (its byte bound, reached by one client creating and
+// deleting rows), every later deletion drops the oldest marker; the log
+// then moved all ~500,000 remaining markers down (~12 MB) per deletion, on
+// the message loop: 2,000 deletions cost seconds of loop time, and a
+// client deleting rows in a loop stalls the broker for everyone.
+func TestRedTeam12MarkLogChurn(t *testing.T) {
+	l := markLog{window: 1 << 40}
+	topic := "churn/0123456789abcdef" // 22 bytes: a marker counts 62
+	row := []tree.Row{{Topic: topic, Retain: true}}
+	rev := uint64(0)
+	for l.bytes+markCost(mark{topic: topic}) <= markLogBytes {
+		rev++
+		l.note(row, rev)
+	}
+	full := len(l.marks)
+	if full < 400_000 {
+		t.Fatalf("only %d markers before the bound", full)
+	}
+	const n = 2000
+	start := time.Now()
+	for range n {
+		rev++
+		l.note(row, rev)
+	}
+	took := time.Since(start)
+	if len(l.marks) < full-1 || l.floor == 0 || l.bytes > markLogBytes {
+		t.Fatalf("after churn: %d markers (was %d), floor %d, %d bytes", len(l.marks), full, l.floor, l.bytes)
+	}
+	if got := l.marks[len(l.marks)-1].rev; got != rev {
+		t.Fatalf("newest marker at %d, want %d", got, rev)
+	}
+	if l.marks[0].rev <= l.floor {
+		t.Fatalf("oldest marker %d at or below the floor %d", l.marks[0].rev, l.floor)
+	}
+	if took > time.Second {
+		t.Fatalf("%d deletions on a full marker log took %v (%v each): each copies all %d markers", n, took, took/n, full)
+	}
+}
+
+// TestRedTeam12StorelessRestartResume: SPEC §8, the revision "survives
+// restarts, and never goes back". A broker without a store starts again at
+// revision 0, so a client that saw revision R before the restart and
+// resumes once the new run passed R gets a resume delta (mote-resume=1)
+// computed against a different history: the rows the restart lost are
+// never reported deleted, and its copy keeps them forever.
+func TestRedTeam12StorelessRestartResume(t *testing.T) {
+	b := start(t, Options{})
+	c := dialTree5(t, b, "w")
+	c.pub(t, "k/a", "1")
+	c.pub(t, "k/b", "2")
+	settle(t, b)
+	c.subscribe(t, "$sync/k/+")
+	r0 := revOf(t, c.next(t))
+	c.Disconnect(&paho5.Disconnect{})
+	b.Close()
+
+	b = start(t, Options{}) // the restart: nothing survives but the client's copy and r0
+	c = dialTree5(t, b, "w2")
+	for i := 0; rev(t, b) <= r0+1; i++ {
+		c.pub(t, "other/"+strconv.Itoa(i), "1")
+	}
+	c.pub(t, "k/c", "3")
+	settle(t, b)
+	r := dialTree5(t, b, "r")
+	r.subscribe(t, "$sync/k/+", "mote-since", strconv.FormatUint(r0, 10))
+	p := r.next(t)
+	if p.Properties.User.Get("mote-resume") == "1" {
+		t.Fatalf("resume from revision %d of the previous run (now %d) answered as a resume delta %s: k/a and k/b stay in the client's copy", r0, revOf(t, p), p.Payload)
+	}
+	if !jsonEqual(t, string(p.Payload), `{"c":3}`) {
+		t.Fatalf("snapshot %s", p.Payload)
+	}
+}
+
+// TestRedTeam12DollarSysPrefix: isSys tests the first four bytes, not the
+// first level, so rows of a client's own "$SYSTEM/…" or "$sysfoo/…"
+// topics (not the broker's $SYS: clients may write them) are treated as the
+// broker's counters: their deletions leave no marker, and a resume misses
+// them.
+func TestRedTeam12DollarSysPrefix(t *testing.T) {
+	for _, store := range []bool{false, true} {
+		t.Run(fmt.Sprint("store=", store), func(t *testing.T) {
+			var opts Options
+			if store {
+				st, err := retain.Open(t.TempDir())
+				if err != nil {
+					t.Fatal(err)
+				}
+				opts.Store = st
+			}
+			b := start(t, opts)
+			c := dialTree5(t, b, "w")
+			c.pub(t, "$tree/$SYSTEM/+", `{"a":1,"b":2}`) // mochi refuses a plain publish to $SYS…, not a tree publish
+			settle(t, b)
+			c.subscribe(t, "$sync/$SYSTEM/+")
+			p := c.next(t)
+			if !jsonEqual(t, string(p.Payload), `{"a":1,"b":2}`) {
+				t.Fatalf("snapshot %s: the client cannot write $SYSTEM/…", p.Payload)
+			}
+			r0 := revOf(t, p)
+			c.pub(t, "$tree/$SYSTEM/+", `{"a":null}`)
+			c.next(t)
+			settle(t, b)
+			r := dialTree5(t, b, "r")
+			r.subscribe(t, "$sync/$SYSTEM/+", "mote-since", strconv.FormatUint(r0, 10))
+			p = r.next(t)
+			if p.Properties.User.Get("mote-resume") == "1" && !jsonEqual(t, string(p.Payload), `{"a":null}`) {
+				t.Fatalf("resume delta %s, want {\"a\":null}: the deletion of $SYSTEM/a left no marker", p.Payload)
+			}
+		})
+	}
+}
+
+// TestRedTeam12HistCBORBytes: a $hist.cbor answer carries a raw-bytes
+// row's values as CBOR byte strings, as $sync.cbor does (SPEC §1, §11);
+// the history is built as JSON text and transcoded, so they arrive as
+// base64 text strings.
+func TestRedTeam12HistCBORBytes(t *testing.T) {
+	st, err := retain.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Store: st, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "bin/#", Keep: 3}}}})
+	c := dialTree5(t, b, "w")
+	raw := "\xff\x00\xfe"
+	c.pub(t, "bin/x", raw)
+	settle(t, b)
+	for _, tc := range []struct{ filter string }{{"$sync.cbor/bin/+"}, {"$hist.cbor/bin/+"}} {
+		t.Run(tc.filter, func(t *testing.T) {
+			r := dialTree5(t, b, fmt.Sprint("r", time.Now().UnixNano()))
+			r.subscribe(t, tc.filter)
+			p := r.next(t)
+			var doc map[string]any
+			if err := cbor.Unmarshal(p.Payload, &doc); err != nil {
+				t.Fatal(err)
+			}
+			v := doc["x"]
+			if pairs, ok := v.([]any); ok { // $hist: [[t, value]]
+				v = pairs[len(pairs)-1].([]any)[1]
+			}
+			if got, ok := v.([]byte); !ok || string(got) != raw {
+				t.Fatalf("value %#v (%T), want the byte string %q", v, v, raw)
+			}
+		})
+	}
+}
+
+var _ = wire.None
