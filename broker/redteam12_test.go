@@ -166,3 +166,51 @@ func TestRedTeam12HistCBORBytes(t *testing.T) {
 }
 
 var _ = wire.None
+
+// TestRedTeam12HistResumedSession: a $hist subscription that comes back
+// with a resumed session (CleanStart false) is registered with a zero
+// treeOpts, whose histQuery selects times in [0, 0] (readTreeOpts sets
+// from/to to MinInt64/MaxInt64; the zero value does not): its first
+// message drops every pair with a real time, so the client's history
+// comes back empty.
+func TestRedTeam12HistResumedSession(t *testing.T) {
+	st, err := retain.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Store: st, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "sensor/#", Keep: 3}}}})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "sensor/a", "1")
+	w.pub(t, "sensor/a", "2")
+	settle(t, b)
+	expiry := uint32(600)
+	cp := func() *paho5.Connect {
+		return &paho5.Connect{CleanStart: false, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}}
+	}
+	for _, filter := range []string{"$hist/sensor/+", "$hist.cbor/sensor/+"} {
+		t.Run(filter, func(t *testing.T) {
+			got := make(chan *paho5.Publish, 10)
+			cfg := paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+				func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
+			}}
+			id := "keep" + strconv.Itoa(len(filter))
+			c := dial5(t, b, id, cfg, cp())
+			if _, err := c.Subscribe(testCtx(t), &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: filter, QoS: 1}}}); err != nil {
+				t.Fatal(err)
+			}
+			first := <-got
+			c.Disconnect(&paho5.Disconnect{})
+			waitTreeSubs(t, b, 0)
+			dial5(t, b, id, cfg, cp())
+			var again *paho5.Publish
+			select {
+			case again = <-got:
+			case <-time.After(testTimeout):
+				t.Fatal("nothing after the session resumed")
+			}
+			if string(again.Payload) != string(first.Payload) {
+				t.Fatalf("history after the session resumed %q, at subscribe %q", again.Payload, first.Payload)
+			}
+		})
+	}
+}
