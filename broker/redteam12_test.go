@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"testing"
@@ -212,5 +213,63 @@ func TestRedTeam12HistResumedSession(t *testing.T) {
 				t.Fatalf("history after the session resumed %q, at subscribe %q", again.Payload, first.Payload)
 			}
 		})
+	}
+}
+
+// TestRedTeam12ResumeReadsDiskOnLoop: a resume reads the deletion markers
+// from bbolt on the message loop (resumeOf → Retainer.Deleted →
+// Store.Deleted). A bbolt read waits behind a commit that grows the file's
+// map, and that commit waits for every read transaction still open, such
+// as a long $hist read (Store.History runs readHistory's callback inside
+// its transaction, for the whole history of the filter). So one client
+// resuming while another reads a large history stalls the loop, and every
+// client with it, for as long as the history read lasts. The history read
+// is held open here by its callback, standing for a long scan.
+func TestRedTeam12ResumeReadsDiskOnLoop(t *testing.T) {
+	st, err := retain.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Store: st, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "h/#", Keep: 3}}}})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "h/a", "1")
+	w.pub(t, "k/a", "1")
+	settle(t, b)
+	r0 := rev(t, b)
+	// Wait for the commit of h/a: a $hist read would.
+	for deadline := time.Now().Add(testTimeout); b.ret.Pending() > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("not committed")
+		}
+	}
+	inside, release := make(chan struct{}), make(chan struct{})
+	var once bool
+	go st.History("h/#", func(string, []retain.Pair) bool { // a long $hist read
+		if !once {
+			once = true
+			close(inside)
+		}
+		<-release
+		return true
+	})
+	<-inside
+	defer close(release)
+	// Rows that grow the file: the retainer's commit must remap, and waits.
+	big := string(make([]byte, 64<<10))
+	for i := range 64 {
+		w.pub(t, "big/"+strconv.Itoa(i), big)
+	}
+	settle(t, b)
+	time.Sleep(200 * time.Millisecond) // the commit is under way
+	r := dialTree5(t, b, "r")
+	s := &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "$sync/k/+", QoS: 1}},
+		Properties: &paho5.SubscribeProperties{User: paho5.UserProperties{{Key: "mote-since", Value: strconv.FormatUint(r0, 10)}}}}
+	go r.Subscribe(testCtx(t), s)
+	time.Sleep(200 * time.Millisecond) // the resume is on the loop
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := b.Rev(ctx); err != nil {
+		t.Fatalf("the message loop is stuck behind a disk read (%v after %v): a resume read bbolt on the loop while a history read held the store", err, time.Since(start))
 	}
 }
