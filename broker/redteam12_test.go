@@ -273,3 +273,33 @@ func TestRedTeam12ResumeReadsDiskOnLoop(t *testing.T) {
 		t.Fatalf("the message loop is stuck behind a disk read (%v after %v): a resume read bbolt on the loop while a history read held the store", err, time.Since(start))
 	}
 }
+
+// TestRedTeam12HistQoSOnly: republishing a row's value at another QoS
+// changes the store (tree.Store.Put compares the QoS too), so the
+// retainer records the same value again in the row's history: a device
+// that alternates QoS 0 and 1 on an unchanged value fills its keep with
+// copies and pushes its real earlier values out (SPEC §9: "earlier
+// values").
+func TestRedTeam12HistQoSOnly(t *testing.T) {
+	st, err := retain.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Store: st, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "s/#", Keep: 2}}}})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "s/a", "1")
+	w.pub(t, "s/a", "2")
+	for _, qos := range []byte{0, 1, 0, 1} {
+		if _, err := w.Publish(testCtx(t), &paho5.Publish{Topic: "s/a", QoS: qos, Retain: true, Payload: []byte("3")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.pub(t, "s/z", "0") // QoS 1: the QoS 0 ones are in before it
+	settle(t, b)
+	r := dialTree5(t, b, "r")
+	r.subscribe(t, "$hist/s/+")
+	p := r.next(t)
+	if got := trimTimes(t, p.Payload); !jsonEqual(t, got, `{"a":[1,2,3],"z":[0]}`) {
+		t.Fatalf("history %s, want the values 1, 2, 3 once each", got)
+	}
+}
