@@ -228,7 +228,12 @@ func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, 
 // there (one definition, the tree core's, for plain and tree publishes).
 func reserved(topic string) bool { return tree.Reserved(topic) }
 
-func isSys(topic string) bool { return len(topic) >= 4 && strings.EqualFold(topic[:4], "$SYS") }
+// isSys reports whether topic is under the broker's own $SYS level (not
+// a client's $SYSTEM/… or $sysfoo/…, which a tree publish may write).
+func isSys(topic string) bool {
+	first, _, _ := strings.Cut(topic, "/")
+	return strings.EqualFold(first, "$SYS")
+}
 
 func userProp(props []packets.UserProperty, key string) (string, bool) {
 	for _, u := range props {

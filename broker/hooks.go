@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"sync/atomic"
 
@@ -532,7 +533,11 @@ func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos
 	case wire.Sync:
 		st.since, st.resume = o.since, o.resume
 	case wire.Hist:
-		st.hist = &o.hist
+		q := o.hist
+		if !o.histSet { // a zero treeOpts (a resumed session's) selects no times at all
+			q = histQuery{from: math.MinInt64, to: math.MaxInt64}
+		}
+		st.hist = &q
 	}
 	st.ts = &tree.Sub{Owner: c.key, Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st,
 		Allow: b.access.readCheck(c.p)}
