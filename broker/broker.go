@@ -129,6 +129,14 @@ func New(opts Options) (*Broker, error) {
 // what it took.
 func (b *Broker) Start() error {
 	b.marks.window = b.opts.Retain.ResumeWindow
+	if b.opts.Store == nil {
+		// Nothing survives a restart: start past every revision an earlier
+		// run could have handed out (one batch a microsecond at most), and
+		// answer resumes from before with snapshots.
+		rev := uint64(time.Now().UnixMicro())
+		b.tree.SetRev(rev)
+		b.marks.floor = rev
+	}
 	if b.opts.Store != nil {
 		if err := b.load(); err != nil {
 			return err

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"strconv"
 	"time"
 
 	"github.com/mote-mqtt/mote/retain"
@@ -88,34 +87,39 @@ func (b *Broker) readHistory(c *conn, h *histRead) ([]byte, error) {
 	}
 	for topic, e := range h.current {
 		pairs := rows[topic]
-		if n := len(pairs); n > 0 && pairs[n-1].Rev == e.Rev && e.Rev != 0 {
-			continue // the newest stored value is the current one
+		if n := len(pairs); n > 0 && pairs[n-1].Value == e.Value {
+			continue // the newest stored value is the current one (a QoS-only change stores none)
 		}
 		rows[topic] = append(pairs, retain.Pair{Rev: e.Rev, MS: e.MS, Value: e.Value})
 	}
 	out := tree.New()
-	enc := wire.NewEncoder(wire.CodecJSON, nil)
+	enc := wire.NewEncoder(h.codec, nil)
 	for topic, pairs := range rows {
 		pairs = h.q.sel(pairs)
 		if len(pairs) == 0 {
 			continue
 		}
-		enc.Reset(wire.CodecJSON, enc.Bytes()[:0])
-		text := append([]byte(nil), '[')
+		// The leaf, in the subscriber's codec: [[t, value], …].
+		leaf := wire.AppendArrayHead(nil, h.codec, len(pairs))
 		for i, p := range pairs {
-			if i > 0 {
-				text = append(text, ',')
+			if i > 0 && h.codec == wire.CodecJSON {
+				leaf = append(leaf, ',')
 			}
-			enc.Reset(wire.CodecJSON, enc.Bytes()[:0])
+			leaf = wire.AppendInt(wire.AppendArrayHead(leaf, h.codec, 2), h.codec, p.MS)
+			if h.codec == wire.CodecJSON {
+				leaf = append(leaf, ',')
+			}
+			enc.Reset(h.codec, enc.Bytes()[:0])
 			enc.Value(p.Value) // kind None writes null
-			text = append(text, '[')
-			text = strconv.AppendInt(text, p.MS, 10)
-			text = append(text, ',')
-			text = append(text, enc.Bytes()...)
-			text = append(text, ']')
+			leaf = append(leaf, enc.Bytes()...)
+			if h.codec == wire.CodecJSON {
+				leaf = append(leaf, ']')
+			}
 		}
-		text = append(text, ']')
-		out.Store().Set(topic, wire.Value{Kind: wire.JSON, Data: string(text)}, 0)
+		if h.codec == wire.CodecJSON {
+			leaf = append(leaf, ']')
+		}
+		out.Store().Set(topic, wire.Value{Kind: wire.Raw, Data: string(leaf)}, 0)
 	}
 	return out.Snapshot(h.filter, h.codec, nil), nil
 }

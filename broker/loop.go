@@ -219,7 +219,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 		if b.ret != nil {
 			for _, row := range a.Rows {
 				if row.Retain && !row.Same && !isSys(row.Topic) { // $SYS rows are the broker's live counters: not kept
-					own = append(own, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS, Rev: res.Rev, MS: res.MS})
+					own = append(own, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS, Rev: res.Rev, MS: res.MS, QoSOnly: row.QoSOnly})
 				}
 			}
 		} else if res.Changed {

@@ -82,62 +82,99 @@ func (b *Broker) markerFloor() uint64 {
 	return b.marks.floor
 }
 
-// deleted calls fn for the markers in (since, upto] (loop only).
-func (b *Broker) deleted(since, upto uint64, fn func(topic string) bool) error {
-	if b.ret != nil {
-		return b.ret.Deleted(since, upto, func(topic string, _ uint64) bool { return fn(topic) })
-	}
-	for _, m := range b.marks.marks {
-		if m.rev > since && m.rev <= upto && !fn(m.topic) {
-			break
-		}
-	}
-	return nil
+
+// resumeRead is a resume delta being made: the loop lists the rows
+// changed since (resumeOf), the writer reads the deletion markers off the
+// loop and has the loop encode the delta (finishResume).
+type resumeRead struct {
+	since, rev uint64
+	changes    []tree.Change
+	seen       map[string]bool
 }
 
-// resumeOf encodes st's resume delta: the rows matching its filter that
-// changed after st.since, deleted ones as null. ok is false when the
-// broker no longer knows every change since then (or never handed out
-// that revision): the client gets a full snapshot instead (loop only).
-func (b *Broker) resumeOf(st *treeSub) (payload []byte, ok bool) {
+// resumeOf starts st's resume delta: the rows matching its filter that
+// changed after st.since. Without a store it is done at once (the markers
+// are the loop's, in memory): payload is set. With one, the markers are on
+// disk: the writer reads them (finishResume). ok is false when the broker
+// no longer knows every change since then (or never handed out that
+// revision): the client gets a full snapshot instead (loop only).
+func (b *Broker) resumeOf(st *treeSub) (payload []byte, rr *resumeRead, ok bool) {
 	since, rev := st.since, b.tree.Rev()
 	if since < b.markerFloor() || since > rev {
-		return nil, false
+		return nil, nil, false
 	}
 	ts := st.ts
 	if !wire.HasWildcard(ts.Filter) { // a bare value: the delta is the value itself
-		return b.tree.Snapshot(ts.Filter, ts.Codec, ts.Allow), true
+		return b.tree.Snapshot(ts.Filter, ts.Codec, ts.Allow), nil, true
 	}
-	var changes []tree.Change
-	seen := map[string]bool{}
+	rr = &resumeRead{since: since, rev: rev, seen: map[string]bool{}}
 	b.tree.Store().Rows(ts.Filter, since, func(e tree.Entry) bool {
 		if ts.Allow == nil || ts.Allow(e.Topic) {
-			changes = append(changes, tree.Change{Topic: e.Topic, Value: e.Value, QoS: e.QoS})
-			seen[e.Topic] = true
+			rr.changes = append(rr.changes, tree.Change{Topic: e.Topic, Value: e.Value, QoS: e.QoS})
+			rr.seen[e.Topic] = true
 		}
 		return true
 	})
-	err := b.deleted(since, rev, func(topic string) bool {
-		if !seen[topic] && ts.Matches(topic) {
-			seen[topic] = true
-			changes = append(changes, tree.Change{Topic: topic})
+	if b.ret != nil {
+		return nil, rr, true
+	}
+	for _, m := range b.marks.marks {
+		if m.rev > since && m.rev <= rev {
+			rr.add(ts, m.topic)
 		}
-		return true
-	})
-	if err != nil {
-		b.log.Warn().Err(err).Msg("resume: deletion markers unreadable; sending a full snapshot")
-		return nil, false
 	}
-	if since < b.markerFloor() { // compacted while they were read
-		return nil, false
+	return b.encodeResume(ts, rr.changes), nil, true
+}
+
+// add adds a deleted topic to the resume delta, once, if s matches it.
+func (rr *resumeRead) add(s *tree.Sub, topic string) {
+	if !rr.seen[topic] && s.Matches(topic) {
+		rr.seen[topic] = true
+		rr.changes = append(rr.changes, tree.Change{Topic: topic})
 	}
+}
+
+// encodeResume encodes a resume delta; with nothing changed, an empty
+// tree (loop only).
+func (b *Broker) encodeResume(ts *tree.Sub, changes []tree.Change) []byte {
 	if payload, _, enc := b.tree.Fold(ts, changes); enc {
-		return payload, true
+		return payload
 	}
-	e := wire.NewEncoder(ts.Codec, nil) // nothing changed: an empty tree
+	e := wire.NewEncoder(ts.Codec, nil)
 	e.BeginObject()
 	e.EndObject()
-	return e.Bytes(), true
+	return e.Bytes()
+}
+
+// finishResume reads the deletion markers of a resume delta on the
+// writer's goroutine (a disk read never holds up the loop) and has the
+// loop encode it into first. Every marker up to rr.rev was handed to the
+// retainer before the loop listed the rows, so none is missed. If the
+// markers were compacted meanwhile, first becomes a full snapshot; if st
+// was unsubscribed, first.payload stays nil.
+func (b *Broker) finishResume(c *conn, st *treeSub, rr *resumeRead, first *treeItem) error {
+	ts := st.ts
+	err := b.ret.Deleted(rr.since, rr.rev, func(topic string, _ uint64) bool {
+		rr.add(ts, topic)
+		return true
+	})
+	full := err != nil || rr.since < b.markerFloor() // compacted while they were read
+	if err != nil {
+		b.log.Warn().Err(err).Msg("resume: deletion markers unreadable; sending a full snapshot")
+	}
+	if !b.onLoop(c.q.done, func() {
+		if !ts.Active() {
+			return
+		}
+		if full {
+			first.payload, first.resume, first.rev = b.tree.Snapshot(ts.Filter, ts.Codec, ts.Allow), false, b.tree.Rev()
+			return
+		}
+		first.payload = b.encodeResume(ts, rr.changes)
+	}) {
+		return errWriterStop
+	}
+	return nil
 }
 
 // treeOpts are the MQTT 5 user properties of a SUBSCRIBE that shape a

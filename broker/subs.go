@@ -249,21 +249,29 @@ func (b *Broker) encodeFolded(c *conn, d *deltaItem) (bool, error) {
 func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	var first treeItem
 	var events *treeItem
-	var hist *histRead
+	var later firstRead
 	active := false
-	if !b.onLoop(c.q.done, func() { first, events, hist, active = b.snapshotOf(st) }) {
+	if !b.onLoop(c.q.done, func() { first, events, later, active = b.snapshotOf(st) }) {
 		return nil, errWriterStop
 	}
 	if !active {
 		return nil, nil // unsubscribed or replaced meanwhile
 	}
 	ts := st.ts
-	if hist != nil {
-		payload, err := b.readHistory(c, hist)
+	switch {
+	case later.hist != nil:
+		payload, err := b.readHistory(c, later.hist)
 		if err != nil {
 			return nil, err
 		}
 		first.payload = payload
+	case later.resume != nil:
+		if err := b.finishResume(c, st, later.resume, &first); err != nil {
+			return nil, err
+		}
+		if first.payload == nil {
+			return nil, nil // unsubscribed meanwhile
+		}
 	}
 	msgs, err := c.snapshotMessages(first)
 	if errors.Is(err, errWriterStop) {
@@ -282,22 +290,22 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 // (SPEC §8), or for $hist what the writer reads the history with — and
 // the delta of its held events, and makes st live: deltas of later
 // batches follow (loop only).
-func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, hist *histRead, ok bool) {
+func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, later firstRead, ok bool) {
 	if !st.ts.Active() || !st.await {
 		st.c.q.reserve(-st.held) // unsubscribed while it waited: what it held goes
 		st.events, st.at, st.held = nil, nil, 0
-		return first, nil, nil, false
+		return first, nil, later, false
 	}
 	st.await = false
 	rev := b.tree.Rev()
 	first = treeItem{topic: st.ts.Topic, qos: st.ts.QoS, rev: rev, codec: st.ts.Codec, subID: st.id}
 	switch {
 	case st.hist != nil:
-		hist = b.historyOf(st)
+		later.hist = b.historyOf(st)
 	case st.resume:
-		first.payload, first.resume = b.resumeOf(st)
+		first.payload, later.resume, first.resume = b.resumeOf(st)
 	}
-	if first.payload == nil && hist == nil {
+	if first.payload == nil && later.hist == nil && later.resume == nil {
 		first.payload = b.tree.Snapshot(st.ts.Filter, st.ts.Codec, st.ts.Allow)
 	}
 	held := st.events[:0]
@@ -323,7 +331,7 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, hist
 		st.events = held
 		b.pace.add(st, st.sent.Add(st.interval), st.sent)
 		b.stats.DeltasQueued.Add(1)
-		return first, nil, hist, true
+		return first, nil, later, true
 	case len(held) > 0:
 		if payload, qos, enc := b.tree.Fold(st.ts, held); enc {
 			st.seq++
@@ -333,7 +341,14 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, hist
 	st.c.q.reserve(-st.held)
 	st.events, st.at, st.held, st.lost = nil, nil, 0, false
 	b.stats.DeltasQueued.Add(1)
-	return first, events, hist, true
+	return first, events, later, true
+}
+
+// firstRead is what the writer reads off the loop to finish a first
+// message: a $hist answer, or a resume delta's deletion markers.
+type firstRead struct {
+	hist   *histRead
+	resume *resumeRead
 }
 
 // replayRow is one retained row read for a replay: the strings are the

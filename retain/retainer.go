@@ -218,7 +218,7 @@ func (r *Retainer) Add(changes []Change, waiters ...chan error) {
 	}
 	for _, c := range changes {
 		r.pending[c.Topic] = c
-		if len(r.opts.History) > 0 && RuleFor(r.opts.History, c.Topic) != nil {
+		if len(r.opts.History) > 0 && !c.QoSOnly && RuleFor(r.opts.History, c.Topic) != nil {
 			r.hist = append(r.hist, c)
 		}
 		if c.Rev > r.rev.Load() {

@@ -158,6 +158,9 @@ type Change struct {
 	QoS   byte
 	Rev   uint64
 	MS    int64
+	// QoSOnly: the row's value is the same, only its QoS changed; it is
+	// not a new value for the row's history.
+	QoSOnly bool
 }
 
 // Row is one stored row, with the revision and time of its last change.

@@ -87,8 +87,9 @@ func (t *Tree) applyOp(op *Op) Applied {
 	for i := range rows {
 		r := &rows[i]
 		if r.Retain {
-			r.Same = !t.store.Put(r.Topic, r.Value, op.QoS, t.stamp)
-			t.dirty = t.dirty || !r.Same
+			changed, value := t.store.put(r.Topic, r.Value, op.QoS, t.stamp)
+			r.Same, r.QoSOnly = !changed, changed && !value
+			t.dirty = t.dirty || changed
 		}
 		if i, ok := t.byTopic[r.Topic]; ok {
 			c := &t.changed[i]

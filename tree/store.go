@@ -150,12 +150,37 @@ func (s *Store) Set(topic string, v wire.Value, qos byte) bool {
 // Put is Set with the stamp of the change, kept with the row when the
 // store changes.
 func (s *Store) Put(topic string, v wire.Value, qos byte, at Stamp) bool {
+	changed, _ := s.put(topic, v, qos, at)
+	return changed
+}
+
+// put is Put, also reporting whether the value changed (not only the
+// QoS).
+func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, value bool) {
 	if v.Kind == wire.None {
-		return s.Delete(topic)
+		ok := s.Delete(topic)
+		return ok, ok
 	}
 	if len(topic) > wire.MaxTopicLen {
-		return false
+		return false, false
 	}
+	n := s.node(topic)
+	if n.kind == wire.None {
+		s.rows++
+	} else if n.kind == v.Kind && n.val == v.Data {
+		if n.qos == qos {
+			return false, false
+		}
+		n.qos, n.rev, n.ms = qos, at.Rev, at.MS
+		return true, false
+	}
+	n.kind, n.val, n.qos = v.Kind, strings.Clone(v.Data), qos
+	n.rev, n.ms = at.Rev, at.MS
+	return true, true
+}
+
+// node returns the node of topic, making it and its parents as needed.
+func (s *Store) node(topic string) *node {
 	n := &s.root
 	owned := "" // the topic copy that new nodes' paths point into
 	for i := 0; i <= len(topic); {
@@ -172,15 +197,9 @@ func (s *Store) Put(topic string, v wire.Value, qos byte, at Stamp) bool {
 		}
 		n = c
 	}
-	if n.kind == wire.None {
-		s.rows++
-	} else if n.kind == v.Kind && n.val == v.Data && n.qos == qos {
-		return false
-	}
-	n.kind, n.val, n.qos = v.Kind, strings.Clone(v.Data), qos
-	n.rev, n.ms = at.Rev, at.MS
-	return true
+	return n
 }
+
 
 // Delete removes a row and prunes the nodes left empty. It reports whether
 // a row was there.

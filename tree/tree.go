@@ -18,8 +18,10 @@ type Row struct {
 	Value  wire.Value
 	Retain bool // sets or deletes the retained row; otherwise an event only
 	// Same, set by Apply, says the store already held this: a retained
-	// row set to its value, or deleted when it was not there.
-	Same bool
+	// row set to its value, or deleted when it was not there. QoSOnly
+	// says only the row's QoS changed (no new value for its history).
+	Same    bool
+	QoSOnly bool
 }
 
 // Op is one incoming publish in row form. All its rows are applied at once

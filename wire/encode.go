@@ -149,6 +149,10 @@ func (e *Encoder) Null() {
 
 // Value writes a row value in the encoder's codec, keeping its type.
 func (e *Encoder) Value(v Value) {
+	if v.Kind == Raw {
+		e.buf = append(e.buf, v.Data...)
+		return
+	}
 	if e.codec == CodecCBOR {
 		e.buf = appendCBORValue(e.buf, v)
 		return
@@ -165,6 +169,26 @@ func (e *Encoder) Value(v Value) {
 	default:
 		e.buf = append(e.buf, "null"...)
 	}
+}
+
+// AppendArrayHead appends the start of an array of n items in codec c:
+// CBOR's head, or JSON's "[" (the caller writes the commas and the "]").
+func AppendArrayHead(b []byte, c Codec, n int) []byte {
+	if c == CodecCBOR {
+		return appendHead(b, 4, uint64(n))
+	}
+	return append(b, '[')
+}
+
+// AppendInt appends an integer in codec c.
+func AppendInt(b []byte, c Codec, n int64) []byte {
+	switch {
+	case c != CodecCBOR:
+		return strconv.AppendInt(b, n, 10)
+	case n >= 0:
+		return appendHead(b, 0, uint64(n))
+	}
+	return appendHead(b, 1, uint64(-1-n))
 }
 
 // node writes a decoded node: null, leaf or object.

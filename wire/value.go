@@ -19,6 +19,10 @@ const (
 	JSON
 	// Object is a JSON object; Data holds its JSON text.
 	Object
+	// Raw is a value already encoded in the codec of the tree it is put
+	// in (an answer the broker builds, such as a $hist leaf); it is never
+	// stored.
+	Raw
 )
 
 // String names the kind for logs and errors.
@@ -34,6 +38,8 @@ func (k Kind) String() string {
 		return "json"
 	case Object:
 		return "object"
+	case Raw:
+		return "raw"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
