@@ -82,7 +82,6 @@ func (b *Broker) markerFloor() uint64 {
 	return b.marks.floor
 }
 
-
 // resumeRead is a resume delta being made: the loop lists the rows
 // changed since (resumeOf), the writer reads the deletion markers off the
 // loop and has the loop encode the delta (finishResume).

@@ -200,7 +200,6 @@ func (s *Store) node(topic string) *node {
 	return n
 }
 
-
 // Delete removes a row and prunes the nodes left empty. It reports whether
 // a row was there.
 func (s *Store) Delete(topic string) bool {
