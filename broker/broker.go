@@ -19,18 +19,19 @@ import (
 
 // Broker is a running Mote broker.
 type Broker struct {
-	opts   Options
-	log    zerolog.Logger
-	server *mqtt.Server
-	parser *tree.Parser
-	access access
-	wills  wills
-	tree   *tree.Tree // owned by the loop goroutine
-	reqs   *requestQueue
-	ret    *retain.Retainer              // nil without a store
-	marks  markLog                       // deletion markers without a store; the loop's
-	props  map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
-	pace   pacer                         // paced deltas (pace.go); owned by the loop
+	opts      Options
+	log       zerolog.Logger
+	server    *mqtt.Server
+	parser    *tree.Parser
+	access    access
+	wills     wills
+	tree      *tree.Tree // owned by the loop goroutine
+	reqs      *requestQueue
+	ret       *retain.Retainer              // nil without a store
+	histReads chan struct{}                 // a semaphore: $hist answers being read from disk
+	marks     markLog                       // deletion markers without a store; the loop's
+	props     map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
+	pace      pacer                         // paced deltas (pace.go); owned by the loop
 
 	conns      sync.Map // *mqtt.Client → *conn
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver
@@ -97,17 +98,18 @@ func New(opts Options) (*Broker, error) {
 	// connection's writer), so it stays small.
 	caps.MaximumClientWritesPending = 16
 	b := &Broker{
-		opts:     opts,
-		log:      opts.Log,
-		parser:   parser,
-		access:   access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous},
-		tree:     tree.New(),
-		reqs:     newRequestQueue(opts.LoopQueue),
-		props:    map[string]packets.Properties{},
-		loopDone: make(chan struct{}),
-		stop:     make(chan struct{}),
-		raw:      map[*netConn]struct{}{},
-		splits:   make(chan struct{}, 2),
+		opts:      opts,
+		log:       opts.Log,
+		parser:    parser,
+		access:    access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous},
+		tree:      tree.New(),
+		reqs:      newRequestQueue(opts.LoopQueue),
+		props:     map[string]packets.Properties{},
+		loopDone:  make(chan struct{}),
+		stop:      make(chan struct{}),
+		raw:       map[*netConn]struct{}{},
+		splits:    make(chan struct{}, 2),
+		histReads: make(chan struct{}, 2),
 	}
 	b.wills = wills{b: b, delayed: map[string]*will{}}
 	b.pace.b = b

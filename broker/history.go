@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/mote-mqtt/mote/retain"
@@ -26,10 +28,15 @@ type histQuery struct {
 // maxHistLimit bounds mote-limit and a rule's keep.
 const maxHistLimit = 1_000_000
 
+// histReadBytes bounds the stored values one $hist answer reads; two
+// answers are read at a time broker-wide (Broker.histReads).
+const histReadBytes = 64 << 20
+
 // histRead is one $hist answer being read: taken on the loop, finished
 // by the writer.
 type histRead struct {
 	q       histQuery
+	topic   string // as subscribed, for reports
 	filter  string
 	codec   wire.Codec
 	allow   func(string) bool
@@ -41,7 +48,7 @@ type histRead struct {
 // historyOf takes what a $hist answer needs from the loop (loop only).
 func (b *Broker) historyOf(st *treeSub) *histRead {
 	ts := st.ts
-	h := &histRead{q: *st.hist, filter: ts.Filter, codec: ts.Codec, allow: ts.Allow, rev: b.tree.Rev(), current: map[string]tree.Entry{}}
+	h := &histRead{q: *st.hist, topic: ts.Topic, filter: ts.Filter, codec: ts.Codec, allow: ts.Allow, rev: b.tree.Rev(), current: map[string]tree.Entry{}}
 	b.tree.Store().Rows(ts.Filter, 0, func(e tree.Entry) bool {
 		if ts.Allow == nil || ts.Allow(e.Topic) {
 			h.current[e.Topic] = e
@@ -69,8 +76,15 @@ func (b *Broker) readHistory(c *conn, h *histRead) ([]byte, error) {
 		case <-c.q.done:
 			return nil, errWriterStop
 		}
+		// Reading decodes the filter's whole history: a few at a time
+		// broker-wide, each bounded (histReadBytes).
+		select {
+		case b.histReads <- struct{}{}:
+		case <-c.q.done:
+			return nil, errWriterStop
+		}
 		now := time.Now().UnixMilli()
-		err := b.ret.History(h.filter, func(topic string, pairs []retain.Pair) bool {
+		err := b.ret.History(h.filter, histReadBytes, func(topic string, pairs []retain.Pair) bool {
 			if h.allow != nil && !h.allow(topic) {
 				return true
 			}
@@ -81,7 +95,13 @@ func (b *Broker) readHistory(c *conn, h *histRead) ([]byte, error) {
 			rows[topic] = keepPairs(pairs, rule, h.rev, now)
 			return true
 		})
-		if err != nil {
+		<-b.histReads
+		switch {
+		case errors.Is(err, retain.ErrTooMuch):
+			clear(rows)
+			b.refuse(c.p, "subscribe", h.topic, fmt.Errorf("%w: %w; answering with current values only: narrow the filter", errQuota, err))
+		case err != nil:
+			clear(rows)
 			b.log.Warn().Err(err).Msg("history: stored values unreadable; answering with current values")
 		}
 	}

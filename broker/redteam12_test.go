@@ -244,7 +244,7 @@ func TestRedTeam12ResumeReadsDiskOnLoop(t *testing.T) {
 	}
 	inside, release := make(chan struct{}), make(chan struct{})
 	var once bool
-	go st.History("h/#", func(string, []retain.Pair) bool { // a long $hist read
+	go st.History("h/#", 0, func(string, []retain.Pair) bool { // a long $hist read
 		if !once {
 			once = true
 			close(inside)

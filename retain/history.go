@@ -3,6 +3,7 @@ package retain
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,6 +13,9 @@ import (
 
 	"github.com/mote-mqtt/mote/wire"
 )
+
+// ErrTooMuch is a history read past its bound.
+var ErrTooMuch = errors.New("retain: too much history")
 
 // HistoryRule names rows whose past values are kept (SPEC §9): for each
 // row matching Filter, up to Keep earlier values no older than MaxAge (0:
@@ -99,9 +103,21 @@ func decodePair(rev uint64, v []byte) (Pair, bool) {
 // filter, oldest first, in topic order, until fn returns false: the key
 // range of the filter's literal prefix in "hist", and the log not merged
 // yet (MergeHistory keeps it short).
-func (s *Store) History(filter string, fn func(topic string, pairs []Pair) bool) error {
+//
+// max bounds the bytes of the values read (0: no bound); past it History
+// returns an error wrapping ErrTooMuch and calls fn for nothing.
+func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pair) bool) error {
 	prefix := []byte(literalPrefix(filter))
 	rows := map[string][]Pair{}
+	size := 0
+	keep := func(topic string, p Pair) error {
+		size += len(p.Value.Data) + 48
+		if max > 0 && size > max {
+			return fmt.Errorf("%w: the history of %q is more than %d bytes", ErrTooMuch, filter, max)
+		}
+		rows[topic] = append(rows[topic], p)
+		return nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHist).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -110,7 +126,9 @@ func (s *Store) History(filter string, fn func(topic string, pairs []Pair) bool)
 				continue
 			}
 			if p, ok := decodePair(rev, v); ok {
-				rows[topic] = append(rows[topic], p)
+				if err := keep(topic, p); err != nil {
+					return err
+				}
 			}
 		}
 		c = tx.Bucket(bucketLog).Cursor()
@@ -120,7 +138,9 @@ func (s *Store) History(filter string, fn func(topic string, pairs []Pair) bool)
 				continue
 			}
 			if p, ok := decodePair(rev, v); ok {
-				rows[topic] = append(rows[topic], p)
+				if err := keep(topic, p); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -194,8 +194,8 @@ func (r *Retainer) Deleted(since, upto uint64, fn func(topic string, rev uint64)
 // History calls fn with the committed values of every topic matching
 // filter (see RowStore.History). Flush first to see every change handed
 // in.
-func (r *Retainer) History(filter string, fn func(topic string, pairs []Pair) bool) error {
-	return r.store.History(filter, fn)
+func (r *Retainer) History(filter string, max int, fn func(topic string, pairs []Pair) bool) error {
+	return r.store.History(filter, max, fn)
 }
 
 // Rules are the history rules the retainer keeps values for.

@@ -1,6 +1,7 @@
 package retain
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -115,7 +116,7 @@ func TestHistoryStoreAndPrune(t *testing.T) {
 	}
 	read := func(filter string) string {
 		out := map[string][]string{}
-		err := s.History(filter, func(topic string, pairs []Pair) bool {
+		err := s.History(filter, 0, func(topic string, pairs []Pair) bool {
 			for _, p := range pairs {
 				out[topic] = append(out[topic], p.Value.Data)
 			}
@@ -139,6 +140,11 @@ func TestHistoryStoreAndPrune(t *testing.T) {
 	}
 	if got := read("s/a"); got != "map[s/a:[0 1 2 3 4]]" {
 		t.Errorf("history of one row %s", got)
+	}
+	// A read past its bound fails, and hands out nothing.
+	called := false
+	if err := s.History("s/+", 100, func(string, []Pair) bool { called = true; return true }); !errors.Is(err, ErrTooMuch) || called {
+		t.Errorf("bounded read: %v, called %v", err, called)
 	}
 	// The log merged into the per-topic history reads the same, in two
 	// bounded steps.
@@ -192,7 +198,7 @@ func TestRetainerHistoryAndFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := 0
-	err = r.History("#", func(topic string, pairs []Pair) bool {
+	err = r.History("#", 0, func(topic string, pairs []Pair) bool {
 		if topic != "h/a" {
 			t.Errorf("history of %s", topic)
 		}

@@ -224,7 +224,9 @@ type RowStore interface {
 	Compact(floor uint64, max int) (more bool, err error)
 	// History calls fn with the stored values of every topic matching
 	// filter, oldest first, until fn returns false.
-	History(filter string, fn func(topic string, pairs []Pair) bool) error
+	// History reads at most max bytes of values (0: any), else it fails
+	// with ErrTooMuch.
+	History(filter string, max int, fn func(topic string, pairs []Pair) bool) error
 	// MergeHistory moves up to max values from the history log to the
 	// per-topic history; more reports values left in the log.
 	MergeHistory(max int) (more bool, err error)

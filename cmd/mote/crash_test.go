@@ -184,7 +184,7 @@ func TestCrash(t *testing.T) {
 		})
 		withHistory := 0
 		if err == nil {
-			err = st.History("crash/#", func(topic string, pairs []retain.Pair) bool {
+			err = st.History("crash/#", 0, func(topic string, pairs []retain.Pair) bool {
 				withHistory++
 				last, row := pairs[len(pairs)-1], rows[topic]
 				if last.Rev != row.Rev || last.Value != row.Value {

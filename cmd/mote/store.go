@@ -56,7 +56,7 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 	enc := json.NewEncoder(stdout)
 	if *history {
 		var werr error
-		err := st.History(*filter, func(topic string, pairs []retain.Pair) bool {
+		err := st.History(*filter, 0, func(topic string, pairs []retain.Pair) bool {
 			for _, p := range pairs {
 				if werr = enc.Encode(dumpLine(topic, p.Value, 0, p.Rev, p.MS)); werr != nil {
 					return false
