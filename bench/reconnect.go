@@ -16,8 +16,9 @@ const reconnectChanges = 10
 
 // reconnect measures a dashboard coming back (SPEC §8): Rows retained
 // rows, a subscriber that had them all goes away, reconnectChanges rows
-// change, and it subscribes again. value = payload bytes it receives until
-// its copy is current again; extra "ms" = how long that takes.
+// change, and it subscribes again. value = bytes it receives until its
+// copy is current again (topics and payloads of the PUBLISH packets);
+// extra "ms" = how long that takes.
 //
 //   - "plain" (every broker): a plain subscription, the retained replay of
 //     every row, as a plain client has to;
@@ -62,7 +63,7 @@ func reconnect(ctx context.Context, addr string, s Sizes, variant string) (outco
 	if variant == "plain" {
 		done := make(chan struct{})
 		c, err := dial(addr, "rc-plain", func(_ paho.Client, m paho.Message) {
-			bytes.Add(int64(len(m.Payload())))
+			bytes.Add(int64(len(m.Topic()) + len(m.Payload())))
 			if msgs.Add(1) == int64(s.Rows) {
 				close(done)
 			}
@@ -93,7 +94,7 @@ func reconnect(ctx context.Context, addr string, s Sizes, variant string) (outco
 		}
 		select {
 		case p := <-got:
-			bytes.Add(int64(len(p.Payload)))
+			bytes.Add(int64(len(p.Topic) + len(p.Payload)))
 			msgs.Add(1)
 			if variant == "resume" && p.Properties.User.Get("mote-resume") != "1" {
 				return outcome{}, fmt.Errorf("bench: resume from %s answered with a full snapshot", rev)
