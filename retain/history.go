@@ -76,14 +76,6 @@ func splitHistKey(k []byte) (string, uint64, uint32, bool) {
 	return string(k[:len(k)-13]), binary.BigEndian.Uint64(k[len(k)-12:]), binary.BigEndian.Uint32(k[len(k)-4:]), true
 }
 
-// splitLogKey splits a "hlog" key into revision, sequence and topic.
-func splitLogKey(k []byte) (uint64, uint32, string, bool) {
-	if len(k) < 13 {
-		return 0, 0, "", false
-	}
-	return binary.BigEndian.Uint64(k), binary.BigEndian.Uint32(k[8:]), string(k[12:]), true
-}
-
 func decodePair(rev uint64, v []byte) (Pair, bool) {
 	if len(v) < 9 {
 		return Pair{}, false
@@ -101,8 +93,8 @@ func decodePair(rev uint64, v []byte) (Pair, bool) {
 
 // History calls fn with the stored values of every topic matching
 // filter, oldest first, in topic order, until fn returns false: the key
-// range of the filter's literal prefix in "hist", and the log not merged
-// yet (MergeHistory keeps it short).
+// range of the filter's literal prefix. It reads them all before it calls
+// fn, so no read transaction stays open while fn runs.
 //
 // max bounds the bytes of the values read (0: no bound); past it History
 // returns an error wrapping ErrTooMuch and calls fn for nothing.
@@ -131,18 +123,6 @@ func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pa
 				}
 			}
 		}
-		c = tx.Bucket(bucketLog).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() { // revision order: after what "hist" holds
-			rev, _, topic, ok := splitLogKey(k)
-			if !ok || !bytes.HasPrefix(k[12:], prefix) || !wire.Match(filter, topic) {
-				continue
-			}
-			if p, ok := decodePair(rev, v); ok {
-				if err := keep(topic, p); err != nil {
-					return err
-				}
-			}
-		}
 		return nil
 	})
 	if err != nil {
@@ -161,47 +141,8 @@ func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pa
 	return nil
 }
 
-// MergeHistory moves up to max values from "hlog" to "hist", oldest
-// first, in one transaction with the keys sorted: a batch of many values
-// per topic writes each topic's pages once. more reports values left.
-func (s *Store) MergeHistory(max int) (more bool, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		hlog, hist := tx.Bucket(bucketLog), tx.Bucket(bucketHist)
-		type kv struct{ k, v []byte }
-		var moved []kv
-		var logKeys [][]byte
-		c := hlog.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if len(logKeys) == max {
-				more = true
-				break
-			}
-			logKeys = append(logKeys, bytes.Clone(k))
-			if rev, seq, topic, ok := splitLogKey(k); ok {
-				moved = append(moved, kv{histKey(topic, rev, seq), bytes.Clone(v)})
-			}
-		}
-		slices.SortFunc(moved, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
-		for _, m := range moved {
-			if err := hist.Put(m.k, m.v); err != nil {
-				return err
-			}
-		}
-		for _, k := range logKeys {
-			if err := hlog.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return false, fmt.Errorf("retain: merge history of %s: %w", s.path, err)
-	}
-	return more, nil
-}
-
-// Prune drops up to max history values of "hist" (merged ones) that rules
-// no longer keep at time now (Unix ms): beyond a row's Keep earlier values, older than MaxAge
+// Prune drops up to max history values that rules no longer keep at time
+// now (Unix ms): beyond a row's Keep earlier values, older than MaxAge
 // (the newest value of a row stays, unless it is a deletion older than
 // MaxAge), or of rows no rule names any more. more reports values left to
 // drop.

@@ -106,9 +106,6 @@ type Retainer struct {
 	histAdded   int       // history values committed since; owned by the goroutine
 	pruneMore   bool      // the last prune or compaction stopped at its bound; owned by the goroutine
 	compactMore bool
-	mergeMore   bool
-	logged      int       // history values appended to the log since the last merge; owned by the goroutine
-	merged      time.Time // last merge; owned by the goroutine
 
 	rev   atomic.Uint64 // the newest revision handed in
 	floor atomic.Uint64 // deletion markers at or below it may be gone
@@ -322,13 +319,6 @@ func (r *Retainer) run() {
 // transaction drops, so a commit never waits long behind one.
 const maintainStep = 50_000
 
-// History values are merged from the log when mergeAt are there, or
-// mergeEvery after the first.
-const (
-	mergeAt    = 100_000
-	mergeEvery = 5 * time.Second
-)
-
 // maintain compacts deletion markers older than the resume window and
 // prunes history by keep and max_age, a bounded step at a time, after a
 // commit (on the retainer's goroutine: never the message loop's).
@@ -347,20 +337,6 @@ func (r *Retainer) maintain() {
 	}
 	if len(r.opts.History) == 0 {
 		return
-	}
-	// History goes to a log first (cheap to append); moved to its per-topic
-	// place in large sorted batches, each topic's pages are written once
-	// for many values.
-	if r.logged >= mergeAt || r.mergeMore || (r.logged > 0 && time.Since(r.merged) >= mergeEvery) {
-		more, err := r.store.MergeHistory(maintainStep * 4)
-		if err != nil {
-			r.log.Warn().Err(err).Msg("merging history failed; retried later")
-		} else {
-			r.mergeMore, r.merged = more, time.Now()
-			if !more {
-				r.logged = 0
-			}
-		}
 	}
 	if time.Since(r.pruned) < r.opts.PruneEvery && r.histAdded < 100_000 && !r.pruneMore {
 		return
@@ -415,7 +391,6 @@ func (r *Retainer) commit(closing bool) error {
 		return err
 	}
 	r.histAdded += len(hist)
-	r.logged += len(hist)
 	r.mu.Lock()
 	r.committing = nil
 	r.err = nil

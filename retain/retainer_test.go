@@ -71,8 +71,6 @@ func (f *fakeStore) MarkClean(uint64) error { return nil }
 
 func (f *fakeStore) MarkRunning() error { return nil }
 
-func (f *fakeStore) MergeHistory(int) (bool, error) { return false, nil }
-
 func (f *fakeStore) Commit(b Batch) ([]Rejected, error) {
 	cs := b.Changes
 	if f.calls != nil {

@@ -146,20 +146,6 @@ func TestHistoryStoreAndPrune(t *testing.T) {
 	if err := s.History("s/+", 100, func(string, []Pair) bool { called = true; return true }); !errors.Is(err, ErrTooMuch) || called {
 		t.Errorf("bounded read: %v, called %v", err, called)
 	}
-	// The log merged into the per-topic history reads the same, in two
-	// bounded steps.
-	if more, err := s.MergeHistory(5); err != nil || !more {
-		t.Fatal(more, err)
-	}
-	if got := read("s/+"); got != "map[s/a:[0 1 2 3 4] s/b:[x ] s/c:[y]]" {
-		t.Errorf("history half merged %s", got)
-	}
-	if more, err := s.MergeHistory(100); err != nil || more {
-		t.Fatal(more, err)
-	}
-	if got := read("s/+"); got != "map[s/a:[0 1 2 3 4] s/b:[x ] s/c:[y]]" {
-		t.Errorf("history merged %s", got)
-	}
 	rules := []HistoryRule{{Filter: "s/#", Keep: 3, MaxAge: 150 * time.Minute}, {Filter: "u/#", Keep: 5}}
 	if more, err := s.Prune(rules, now, 100); err != nil || more {
 		t.Fatal(more, err)

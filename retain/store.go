@@ -18,14 +18,11 @@
 // big-endian) then the topic, empty value: a range of revisions is a key
 // range. Markers at or below the floor are compacted away.
 //
-// "hlog" and "hist": the past values of rows under a history rule (SPEC
-// §9). A commit appends them to "hlog", key = revision (8 bytes,
-// big-endian), sequence in the commit (4 bytes), topic: the keys only
-// grow, so a commit writes a few pages however many rows it touches. The
-// retainer moves them to "hist" in large sorted batches (MergeHistory),
-// key = topic, a 0 byte, revision, sequence: a topic's values are one key
-// range, oldest first. In both, value = flags byte, time (Unix ms, 8
-// bytes), payload.
+// "hist": the past values of rows under a history rule (SPEC §9), written
+// in the transaction of the rows, key = topic, a 0 byte, the revision of
+// the change (8 bytes, big-endian), its sequence in the commit (4 bytes):
+// a topic's values are one key range, oldest first. Value = flags byte,
+// time (Unix ms, 8 bytes), payload.
 //
 // "meta": "format" = the format version (2; a format 1 file, whose row
 // values were the flags byte and the payload, is migrated on open), "rev"
@@ -81,7 +78,6 @@ var (
 	bucketMeta = []byte("meta")
 	bucketDead = []byte("dead")
 	bucketHist = []byte("hist")
-	bucketLog  = []byte("hlog")
 	keyFormat  = []byte("format")
 	keyRev     = []byte("rev")
 	keyFloor   = []byte("floor")
@@ -227,9 +223,6 @@ type RowStore interface {
 	// History reads at most max bytes of values (0: any), else it fails
 	// with ErrTooMuch.
 	History(filter string, max int, fn func(topic string, pairs []Pair) bool) error
-	// MergeHistory moves up to max values from the history log to the
-	// per-topic history; more reports values left in the log.
-	MergeHistory(max int) (more bool, err error)
 	// Prune drops up to max history values that rules no longer keep at
 	// time now (Unix ms); more reports values left to drop.
 	Prune(rules []HistoryRule, now int64, max int) (more bool, err error)
@@ -274,7 +267,7 @@ func Open(dir string) (s *Store, err error) {
 	}
 	var m Meta
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketRows, bucketDead, bucketHist, bucketLog} {
+		for _, name := range [][]byte{bucketRows, bucketDead, bucketHist} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -366,7 +359,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	var rejected []Rejected
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		rejected = rejected[:0]
-		rows, dead, hlog, meta := tx.Bucket(bucketRows), tx.Bucket(bucketDead), tx.Bucket(bucketLog), tx.Bucket(bucketMeta)
+		rows, dead, hist, meta := tx.Bucket(bucketRows), tx.Bucket(bucketDead), tx.Bucket(bucketHist), tx.Bucket(bucketMeta)
 		var refused map[string]bool
 		for _, c := range changes {
 			if c.Value.Kind == wire.None {
@@ -399,11 +392,17 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 				return err
 			}
 		}
-		for i, c := range b.History { // appended to the log: the keys grow, so only its last pages change
+		type kv struct{ k, v []byte }
+		hs := make([]kv, 0, len(b.History))
+		for i, c := range b.History {
 			if refused[c.Topic] || keyError(len(c.Topic)) != nil || int64(len(c.Value.Data)) > MaxPayload {
 				continue
 			}
-			if err := hlog.Put(logKey(c.Rev, uint32(i), c.Topic), histValue(c)); err != nil {
+			hs = append(hs, kv{histKey(c.Topic, c.Rev, uint32(i)), histValue(c)})
+		}
+		slices.SortFunc(hs, func(a, b kv) int { return bytes.Compare(a.k, b.k) }) // bbolt writes sorted keys fastest
+		for _, h := range hs {
+			if err := hist.Put(h.k, h.v); err != nil {
 				return err
 			}
 		}
@@ -467,19 +466,12 @@ func deadKey(rev uint64, topic string) []byte {
 	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(topic)), rev), topic...)
 }
 
-// histKey is the key of a history value in "hist": topic, 0, revision,
-// sequence within the commit.
+// histKey is the key of a history value: topic, 0, revision, sequence
+// within the commit (one row may change twice in one batch).
 func histKey(topic string, rev uint64, seq uint32) []byte {
 	k := append(make([]byte, 0, len(topic)+13), topic...)
 	k = binary.BigEndian.AppendUint64(append(k, 0), rev)
 	return binary.BigEndian.AppendUint32(k, seq)
-}
-
-// logKey is the key of a history value in "hlog": revision, sequence,
-// topic.
-func logKey(rev uint64, seq uint32, topic string) []byte {
-	k := binary.BigEndian.AppendUint64(make([]byte, 0, 12+len(topic)), rev)
-	return append(binary.BigEndian.AppendUint32(k, seq), topic...)
 }
 
 // histValue is the stored value of a history value: flags (type 0 for a
