@@ -168,20 +168,7 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 	if !ok {
 		return // nothing the client may read
 	}
-	st.seq++
-	it := &deltaItem{
-		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id},
-		sub:      st,
-		from:     batch,
-		extra:    n, // it pins the held rows while it waits: counted
-	}
-	if c.q.push(it, pubWait{}) {
-		st.last = it
-		b.stats.DeltasQueued.Add(1)
-		return
-	}
-	st.last = nil
-	c.slow() // the seq is spent: the gap tells an MQTT 5 client
+	b.pushDelta(st, payload, qos, batch, n) // it pins the held rows while it waits
 }
 
 // paceHeap is a min-heap of treeSubs by due time (container/heap); each

@@ -132,20 +132,27 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 	if st.interval > 0 && b.pace.hold(st, batch) {
 		return
 	}
+	b.pushDelta(st, d.Payload, d.QoS, batch, batch.size)
+}
+
+// pushDelta queues st's next delta, made from batch (pinned: the bytes it
+// holds of it while it waits, counted), as the one later deltas fold into
+// (loop only).
+func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRows, pinned int) {
 	st.seq++
 	it := &deltaItem{
-		treeItem: treeItem{topic: st.ts.Topic, payload: d.Payload, qos: min(d.QoS, st.ts.QoS), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id},
+		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id},
 		sub:      st,
 		from:     batch,
-		extra:    batch.size, // it pins the batch while it waits: counted
+		extra:    pinned,
 	}
-	if c.q.push(it, pubWait{}) {
+	if st.c.q.push(it, pubWait{}) {
 		st.last = it
 		b.stats.DeltasQueued.Add(1)
 		return
 	}
 	st.last = nil
-	c.slow() // the seq is spent: the gap tells an MQTT 5 client
+	st.c.slow() // the seq is spent: the gap tells an MQTT 5 client
 }
 
 // fold adds the rows of batch that s matches to delta d, if the writer has
