@@ -68,12 +68,29 @@ func literalPrefix(filter string) string {
 	return filter
 }
 
-// splitHistKey splits a "hist" key into topic, revision and sequence.
-func splitHistKey(k []byte) (string, uint64, uint32, bool) {
-	if len(k) < 14 || k[len(k)-13] != 0 {
-		return "", 0, 0, false
+// splitHistKey splits a history key into epoch, topic, revision and
+// sequence.
+func splitHistKey(k []byte) (epoch uint64, topic string, rev uint64, seq uint32, ok bool) {
+	if len(k) < 22 || k[len(k)-13] != 0 {
+		return 0, "", 0, 0, false
 	}
-	return string(k[:len(k)-13]), binary.BigEndian.Uint64(k[len(k)-12:]), binary.BigEndian.Uint32(k[len(k)-4:]), true
+	return binary.BigEndian.Uint64(k), string(k[8 : len(k)-13]), binary.BigEndian.Uint64(k[len(k)-12:]), binary.BigEndian.Uint32(k[len(k)-4:]), true
+}
+
+// epochs calls fn with the cursor at the first key of each epoch whose
+// topics start with prefix, in epoch order (oldest first), and the start
+// of that key range.
+func epochs(c *bolt.Cursor, prefix []byte, fn func(start []byte) error) error {
+	for k, _ := c.First(); k != nil && len(k) >= 8; k, _ = c.Seek(binary.BigEndian.AppendUint64(nil, binary.BigEndian.Uint64(k)+1)) {
+		start := append(binary.BigEndian.AppendUint64(nil, binary.BigEndian.Uint64(k)), prefix...)
+		if err := fn(start); err != nil {
+			return err
+		}
+		if binary.BigEndian.Uint64(k) == ^uint64(0) {
+			break
+		}
+	}
+	return nil
 }
 
 func decodePair(rev uint64, v []byte) (Pair, bool) {
@@ -93,8 +110,8 @@ func decodePair(rev uint64, v []byte) (Pair, bool) {
 
 // History calls fn with the stored values of every topic matching
 // filter, oldest first, in topic order, until fn returns false: the key
-// range of the filter's literal prefix. It reads them all before it calls
-// fn, so no read transaction stays open while fn runs.
+// range of the filter's literal prefix in each epoch. It reads them all
+// before it calls fn, so no read transaction stays open while fn runs.
 //
 // max bounds the bytes of the values read (0: no bound); past it History
 // returns an error wrapping ErrTooMuch and calls fn for nothing.
@@ -112,18 +129,20 @@ func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pa
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHist).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			topic, rev, _, ok := splitHistKey(k)
-			if !ok || !wire.Match(filter, topic) {
-				continue
-			}
-			if p, ok := decodePair(rev, v); ok {
-				if err := keep(topic, p); err != nil {
-					return err
+		return epochs(c, prefix, func(start []byte) error {
+			for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, start); k, v = c.Next() {
+				_, topic, rev, _, ok := splitHistKey(k)
+				if !ok || !wire.Match(filter, topic) {
+					continue
+				}
+				if p, ok := decodePair(rev, v); ok {
+					if err := keep(topic, p); err != nil {
+						return err
+					}
 				}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("retain: read history of %s: %w", s.path, err)
@@ -149,52 +168,51 @@ func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pa
 func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		hist := tx.Bucket(bucketHist)
-		var drop [][]byte
-		var cur string
-		var group [][]byte // keys of cur, oldest first
-		var times []int64
-		var gone bool // the newest value of cur is a deletion
-		judge := func() {
-			if len(group) == 0 {
-				return
-			}
-			rule := RuleFor(rules, cur)
-			for i, k := range group {
-				if len(drop) == max {
-					more = true
-					return
+		// A topic's values are spread over the epochs: count them first.
+		type row struct {
+			n, seen int
+			gone    bool // the newest value is a deletion
+		}
+		rows := map[string]*row{}
+		c := hist.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if _, topic, _, _, ok := splitHistKey(k); ok {
+				r := rows[topic]
+				if r == nil {
+					r = &row{}
+					rows[topic] = r
 				}
-				newer := len(group) - 1 - i // values after this one
-				switch {
-				case rule == nil:
-				case newer > rule.Keep:
-				case (newer > 0 || gone) && rule.MaxAge > 0 && times[i] < now-rule.MaxAge.Milliseconds():
-				default:
-					continue
-				}
-				drop = append(drop, k)
+				r.n++
+				r.gone = len(v) > 0 && v[0] == 0
 			}
 		}
-		c := hist.Cursor()
-		for k, v := c.First(); k != nil && !more; k, v = c.Next() {
-			topic, _, _, ok := splitHistKey(k)
+		var drop [][]byte
+		for k, v := c.First(); k != nil; k, v = c.Next() { // oldest first within each topic
+			if len(drop) == max {
+				more = true
+				break
+			}
+			_, topic, _, _, ok := splitHistKey(k)
 			if !ok {
 				drop = append(drop, bytes.Clone(k))
 				continue
 			}
-			if topic != cur {
-				judge()
-				cur, group, times = topic, group[:0], times[:0]
-			}
+			r := rows[topic]
+			newer := r.n - 1 - r.seen // values of the topic after this one
+			r.seen++
 			var ms int64
 			if len(v) >= 9 {
 				ms = int64(binary.BigEndian.Uint64(v[1:]))
 			}
-			gone = len(v) > 0 && v[0] == 0
-			group, times = append(group, bytes.Clone(k)), append(times, ms)
-		}
-		if !more {
-			judge()
+			rule := RuleFor(rules, topic)
+			switch {
+			case rule == nil:
+			case newer > rule.Keep:
+			case (newer > 0 || r.gone) && rule.MaxAge > 0 && ms < now-rule.MaxAge.Milliseconds():
+			default:
+				continue
+			}
+			drop = append(drop, bytes.Clone(k))
 		}
 		for _, k := range drop {
 			if err := hist.Delete(k); err != nil {

@@ -107,6 +107,9 @@ type Retainer struct {
 	pruneMore   bool      // the last prune or compaction stopped at its bound; owned by the goroutine
 	compactMore bool
 
+	epoch      uint64 // history values go to this epoch; owned by the goroutine
+	epochBytes int    // bytes of history values in it; owned by the goroutine
+
 	rev   atomic.Uint64 // the newest revision handed in
 	floor atomic.Uint64 // deletion markers at or below it may be gone
 
@@ -136,6 +139,7 @@ func New(store RowStore, opts Options, log zerolog.Logger) (*Retainer, error) {
 		return nil, err
 	}
 	r.rev.Store(max(m.Rev, opts.Rev))
+	r.epoch = m.Epoch + 1 // a fresh epoch for every run
 	r.floor.Store(max(m.Floor, opts.Floor))
 	if opts.Rev > m.Rev {
 		if _, err := store.Commit(Batch{Rev: opts.Rev}); err != nil {
@@ -315,6 +319,11 @@ func (r *Retainer) run() {
 	}
 }
 
+// EpochBytes is the history values an epoch takes before the next one
+// starts (see the store format): the most a commit's history rewrites of
+// its epoch, against one key range per epoch for a read to seek.
+const EpochBytes = 512 << 10
+
 // maintainStep bounds the markers or history values one maintenance
 // transaction drops, so a commit never waits long behind one.
 const maintainStep = 50_000
@@ -385,7 +394,13 @@ func (r *Retainer) commit(closing bool) error {
 		changes = append(changes, c)
 	}
 	start := time.Now()
-	rejected, err := r.store.Commit(Batch{Changes: changes, History: hist, Rev: rev})
+	if r.epochBytes >= EpochBytes {
+		r.epoch, r.epochBytes = r.epoch+1, 0
+	}
+	for _, c := range hist {
+		r.epochBytes += len(c.Topic) + len(c.Value.Data) + 30
+	}
+	rejected, err := r.store.Commit(Batch{Changes: changes, History: hist, Rev: rev, Epoch: r.epoch})
 	if err != nil {
 		r.failed(batch, hist, waiters, err, closing)
 		return err

@@ -19,10 +19,13 @@
 // range. Markers at or below the floor are compacted away.
 //
 // "hist": the past values of rows under a history rule (SPEC §9), written
-// in the transaction of the rows, key = topic, a 0 byte, the revision of
-// the change (8 bytes, big-endian), its sequence in the commit (4 bytes):
-// a topic's values are one key range, oldest first. Value = flags byte,
-// time (Unix ms, 8 bytes), payload.
+// in the transaction of the rows, key = epoch (8 bytes, big-endian),
+// topic, a 0 byte, the revision of the change (8 bytes), its sequence in
+// the commit (4 bytes); value = flags byte, time (Unix ms, 8 bytes),
+// payload. The retainer starts a new epoch every EpochBytes of values: a
+// commit writes only into the current epoch, which stays small, so the
+// pages it changes do not grow with the history kept; a topic's values
+// are one key range per epoch, oldest epoch first.
 //
 // "meta": "format" = the format version (2; a format 1 file, whose row
 // values were the flags byte and the payload, is migrated on open), "rev"
@@ -98,8 +101,8 @@ var ErrCorrupt = errors.New("retain: store unreadable")
 var ErrUnstorable = errors.New("retain: row cannot be stored")
 
 // MaxTopic is the longest topic the store keeps, in bytes: bbolt's key
-// limit, less the 13 bytes a history key adds to a topic.
-const MaxTopic = bolt.MaxKeySize - 13
+// limit, less the 21 bytes a history key adds to a topic.
+const MaxTopic = bolt.MaxKeySize - 21
 
 // MaxPayload is the longest payload the store keeps, in bytes (bbolt's
 // value limit, less the bytes before the payload).
@@ -175,6 +178,7 @@ type Batch struct {
 	Changes []Change
 	History []Change
 	Rev     uint64
+	Epoch   uint64 // of the history values
 }
 
 // Meta is what a store knew when it was opened.
@@ -184,7 +188,8 @@ type Meta struct {
 	// Clean is false when the last run did not stop cleanly: revisions
 	// after Rev may have been handed out and lost.
 	Clean bool
-	Fresh bool // the file was created by this Open
+	Fresh bool   // the file was created by this Open
+	Epoch uint64 // the newest epoch of history values
 }
 
 // Pair is one value of a row's history: the revision and time of the
@@ -293,6 +298,9 @@ func Open(dir string) (s *Store, err error) {
 			m.Clean = bytes.Equal(meta.Get(keyClean), []byte{1})
 		}
 		m.Rev, m.Floor = getUint(meta, keyRev), getUint(meta, keyFloor)
+		if k, _ := tx.Bucket(bucketHist).Cursor().Last(); len(k) >= 8 {
+			m.Epoch = binary.BigEndian.Uint64(k)
+		}
 		return nil
 	})
 	if err != nil {
@@ -398,7 +406,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			if refused[c.Topic] || keyError(len(c.Topic)) != nil || int64(len(c.Value.Data)) > MaxPayload {
 				continue
 			}
-			hs = append(hs, kv{histKey(c.Topic, c.Rev, uint32(i)), histValue(c)})
+			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, uint32(i)), histValue(c)})
 		}
 		slices.SortFunc(hs, func(a, b kv) int { return bytes.Compare(a.k, b.k) }) // bbolt writes sorted keys fastest
 		for _, h := range hs {
@@ -466,10 +474,11 @@ func deadKey(rev uint64, topic string) []byte {
 	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(topic)), rev), topic...)
 }
 
-// histKey is the key of a history value: topic, 0, revision, sequence
-// within the commit (one row may change twice in one batch).
-func histKey(topic string, rev uint64, seq uint32) []byte {
-	k := append(make([]byte, 0, len(topic)+13), topic...)
+// histKey is the key of a history value: epoch, topic, 0, revision,
+// sequence within the commit (one row may change twice in one batch).
+func histKey(epoch uint64, topic string, rev uint64, seq uint32) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, len(topic)+21), epoch)
+	k = append(k, topic...)
 	k = binary.BigEndian.AppendUint64(append(k, 0), rev)
 	return binary.BigEndian.AppendUint32(k, seq)
 }
