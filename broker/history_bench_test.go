@@ -37,7 +37,9 @@ func histBroker(b *testing.B, keep int) *Broker {
 // writeHistory sets rows hist/rNNNNN values times each, all rows of a
 // round in one tree publish, and waits until the retainer has committed
 // them.
-func writeHistory(b *testing.B, br *Broker, rows, values int) { writeRounds(b, br, rows, values, false) }
+func writeHistory(b *testing.B, br *Broker, rows, values int) {
+	writeRounds(b, br, rows, values, false)
+}
 
 // writeRounds is writeHistory; with each, every round is committed before
 // the next (as when the disk keeps up): no change of a row coalesces with
