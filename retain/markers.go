@@ -33,6 +33,31 @@ func (s *Store) Deleted(since, upto uint64, fn func(topic string, rev uint64) bo
 	return nil
 }
 
+// Markers counts the deletion markers, and returns the revision of the
+// n-th oldest (0 if there are fewer).
+func (s *Store) Markers(n int) (count int, nth uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDead)
+		count = b.Stats().KeyN
+		if n < 1 || n > count {
+			return nil
+		}
+		c := b.Cursor()
+		k, _ := c.First()
+		for i := 1; i < n && k != nil; i++ {
+			k, _ = c.Next()
+		}
+		if len(k) >= 8 {
+			nth = binary.BigEndian.Uint64(k)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("retain: count deletion markers of %s: %w", s.path, err)
+	}
+	return count, nth, nil
+}
+
 // Compact drops up to max markers at or below revision floor, in one
 // transaction that also records the floor; more reports markers left.
 func (s *Store) Compact(floor uint64, max int) (more bool, err error) {

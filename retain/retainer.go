@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/rs/zerolog"
+
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // Options tune a Retainer. Zero values mean the defaults.
@@ -20,8 +22,11 @@ type Options struct {
 	MaxPending int           // rows pending before Wait makes publishers wait; default 1,000,000
 
 	// ResumeWindow is how many revisions deletion markers are kept for
-	// (SPEC §8); default 1,000,000.
+	// (SPEC §8); default 1,000,000. MaxMarkers bounds how many are kept
+	// at all (default 10,000,000, about 0.5 GB on disk): past it the
+	// oldest go, and resumes from before them get full snapshots.
 	ResumeWindow uint64
+	MaxMarkers   int
 	// History names the rows whose past values are kept (SPEC §9).
 	History []HistoryRule
 	// PruneEvery is how often history is pruned by keep and max_age;
@@ -56,6 +61,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ResumeWindow == 0 {
 		o.ResumeWindow = 1_000_000
+	}
+	if o.MaxMarkers <= 0 {
+		o.MaxMarkers = 10_000_000
 	}
 	if o.PruneEvery <= 0 {
 		o.PruneEvery = 10 * time.Second
@@ -107,6 +115,8 @@ type Retainer struct {
 	pruneMore   bool      // the last prune or compaction stopped at its bound; owned by the goroutine
 	compactMore bool
 
+	markers    int    // deletion markers in the store (about); owned by the goroutine
+	compacted  uint64 // markers at or below it are dropped; owned by the goroutine
 	epoch      uint64 // history values go to this epoch; owned by the goroutine
 	epochBytes int    // bytes of history values in it; owned by the goroutine
 
@@ -140,6 +150,11 @@ func New(store RowStore, opts Options, log zerolog.Logger) (*Retainer, error) {
 	}
 	r.rev.Store(max(m.Rev, opts.Rev))
 	r.epoch = m.Epoch + 1 // a fresh epoch for every run
+	n, _, err := store.Markers(0)
+	if err != nil {
+		return nil, err
+	}
+	r.markers, r.compacted = n, max(m.Floor, opts.Floor)
 	r.floor.Store(max(m.Floor, opts.Floor))
 	if opts.Rev > m.Rev {
 		if _, err := store.Commit(Batch{Rev: opts.Rev}); err != nil {
@@ -333,16 +348,31 @@ const maintainStep = 50_000
 // commit (on the retainer's goroutine: never the message loop's).
 func (r *Retainer) maintain() {
 	w := r.opts.ResumeWindow
+	target, over := r.floor.Load(), false
 	if rev := r.rev.Load(); rev > w {
-		floor := rev - w
-		if cur := r.floor.Load(); floor > cur && (floor-cur >= max(w/16, 1) || r.compactMore) {
-			r.floor.Store(floor) // first: a resume from below it is refused before its markers go
-			more, err := r.store.Compact(floor, maintainStep)
-			if err != nil {
-				r.log.Warn().Err(err).Msg("compacting deletion markers failed; retried later")
-			}
-			r.compactMore = more
+		target = max(target, rev-w)
+	}
+	if r.markers > r.opts.MaxMarkers {
+		// Too many markers: the oldest tenth goes, whatever the window.
+		count, nth, err := r.store.Markers(r.markers - r.opts.MaxMarkers*9/10)
+		r.markers = count
+		if err == nil && count > r.opts.MaxMarkers {
+			target, over = max(target, nth), true
 		}
+	}
+	if target > r.compacted && (target-r.compacted >= max(w/16, 1) || r.compactMore || over) {
+		r.floor.Store(target) // first: a resume from below it is refused before its markers go
+		more, err := r.store.Compact(target, maintainStep)
+		switch {
+		case err != nil:
+			r.log.Warn().Err(err).Msg("compacting deletion markers failed; retried later")
+		case !more:
+			r.compacted = target
+			if n, _, err := r.store.Markers(0); err == nil {
+				r.markers = n
+			}
+		}
+		r.compactMore = more
 	}
 	if len(r.opts.History) == 0 {
 		return
@@ -406,6 +436,11 @@ func (r *Retainer) commit(closing bool) error {
 		return err
 	}
 	r.histAdded += len(hist)
+	for _, c := range changes {
+		if c.Value.Kind == wire.None {
+			r.markers++
+		}
+	}
 	r.mu.Lock()
 	r.committing = nil
 	r.err = nil

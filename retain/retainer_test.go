@@ -63,6 +63,8 @@ func (f *fakeStore) Deleted(since, upto uint64, fn func(string, uint64) bool) er
 
 func (f *fakeStore) Compact(uint64, int) (bool, error) { return false, nil }
 
+func (f *fakeStore) Markers(int) (int, uint64, error) { return 0, 0, nil }
+
 func (f *fakeStore) History(string, int, func(string, []Pair) bool) error { return nil }
 
 func (f *fakeStore) Prune([]HistoryRule, int64, int) (bool, error) { return false, nil }

@@ -259,3 +259,33 @@ func TestHistoryEpochs(t *testing.T) {
 		t.Errorf("after prune to keep 1: %s", got)
 	}
 }
+
+// TestMaxMarkers: past MaxMarkers the oldest markers go whatever the
+// window, and the floor rises with them.
+func TestMaxMarkers(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := must(New(s, Options{Interval: time.Millisecond, MaxMarkers: 10}, zerolog.Nop()))
+	for i := uint64(1); i <= 50; i++ {
+		done := make(chan error, 1)
+		r.Add([]Change{{Topic: fmt.Sprint("d/", i), Rev: i}}, done)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n, _, err := s.Markers(0)
+	if err != nil || n > 12 || n == 0 {
+		t.Errorf("%d markers kept, want about 10 (%v)", n, err)
+	}
+	var first uint64
+	s.Deleted(0, 100, func(_ string, rev uint64) bool { first = rev; return false })
+	if f := r.Floor(); f < 30 || first <= f {
+		t.Errorf("floor %d, oldest marker %d", f, first)
+	}
+}

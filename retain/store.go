@@ -220,6 +220,9 @@ type RowStore interface {
 	// Deleted calls fn for every deletion marker with a revision in
 	// (since, upto], in revision order, until fn returns false.
 	Deleted(since, upto uint64, fn func(topic string, rev uint64) bool) error
+	// Markers counts the deletion markers, and returns the revision of
+	// the n-th oldest (0 if there are fewer).
+	Markers(n int) (count int, nth uint64, err error)
 	// Compact drops up to max markers at or below revision floor and
 	// records the floor; more reports markers left to drop.
 	Compact(floor uint64, max int) (more bool, err error)
