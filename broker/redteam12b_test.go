@@ -12,6 +12,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // Red team 12b: revisions, resume, history and paced deltas, second pass.
@@ -279,5 +280,45 @@ func TestRedTeam12bFreshStoreResume(t *testing.T) {
 	p := r.next(t)
 	if p.Properties.User.Get("mote-resume") == "1" {
 		t.Fatalf("resume from revision %d of another store (now %d) answered as a resume delta %s: k/a and k/b stay in the client's copy", r0, revOf(t, p), p.Payload)
+	}
+}
+
+// TestRedTeam12bStorelessResumeScan: without a store, a resume scans
+// every in-memory deletion marker on the message loop (resumeOf), however
+// few match its filter: with the marker log full (its 32 MiB bound, about
+// half a million deletions, which any client can make), each SUBSCRIBE
+// with mote-since holds the loop for tens of milliseconds, and one client
+// sending resumes for many filters takes the loop from everyone.
+func TestRedTeam12bStorelessResumeScan(t *testing.T) {
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "x/a", "1")
+	settle(t, b)
+	var since uint64
+	if !b.onLoop(testCtx(t).Done(), func() {
+		r := b.tree.Rev()
+		since = r - 1
+		for i := 0; b.marks.bytes < markLogBytes-100; i++ {
+			b.marks.note([]tree.Row{{Topic: "gone/" + strconv.Itoa(i), Retain: true}}, r)
+		}
+	}) {
+		t.Fatal("loop")
+	}
+	st := &treeSub{since: since, resume: true, ts: &tree.Sub{Filter: "nothing/+", Topic: "$sync/nothing/+"}}
+	var took time.Duration
+	var ok bool
+	const n = 20
+	if !b.onLoop(testCtx(t).Done(), func() {
+		start := time.Now()
+		for range n {
+			_, _, ok = b.resumeOf(st)
+		}
+		took = time.Since(start) / n
+	}) {
+		t.Fatal("loop")
+	}
+	t.Logf("%d markers; one resume of a filter matching none: %v on the loop (ok %v)", len(b.marks.marks), took, ok)
+	if ok && took > 5*time.Millisecond {
+		t.Fatalf("a resume matching no marker held the message loop %v: it scans all %d markers", took, len(b.marks.marks))
 	}
 }
