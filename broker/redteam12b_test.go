@@ -289,6 +289,17 @@ func TestRedTeam12bFreshStoreResume(t *testing.T) {
 // half a million deletions, which any client can make), each SUBSCRIBE
 // with mote-since holds the loop for tens of milliseconds, and one client
 // sending resumes for many filters takes the loop from everyone.
+//
+// Measured: 660,000 markers, 15 ms per resume without -race; a client gets
+// 1,000 snapshots at once, then 100 a second.
+//
+// NOT FIXED. Suggested fix: scan off the loop, as with a store
+// (finishResume): take the marker slice on the loop and read it on the
+// writer. markLog.note only appends past the end and reslices its front,
+// so entries below a taken slice's length are never written again once
+// note stops clear()ing dropped entries (their topics then live until the
+// next append outgrows the array: at most about twice the bound). Also
+// start at the first marker above since (sort.Search: revision order).
 func TestRedTeam12bStorelessResumeScan(t *testing.T) {
 	b := start(t, Options{})
 	w := dialTree5(t, b, "w")
