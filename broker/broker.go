@@ -146,7 +146,15 @@ func (b *Broker) Start() error {
 		ro := b.opts.Retain
 		m := b.opts.Store.Meta()
 		ro.Rev, ro.Floor = m.Rev, m.Floor
-		if !m.Clean && !m.Fresh {
+		switch {
+		case m.Fresh:
+			// A new store (a wiped or other data directory): clients may
+			// hold revisions of an earlier store. Start past any of them,
+			// as without a store, and answer resumes from before with
+			// snapshots.
+			ro.Rev = max(ro.Rev, uint64(time.Now().UnixMicro()))
+			ro.Floor = ro.Rev
+		case !m.Clean:
 			// Revisions handed out since the last commit are lost: skip
 			// past them, and answer resumes from before with snapshots.
 			ro.Rev += bootRevSkip

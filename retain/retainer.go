@@ -156,7 +156,10 @@ func New(store RowStore, opts Options, log zerolog.Logger) (*Retainer, error) {
 	}
 	r.markers, r.compacted = n, max(m.Floor, opts.Floor)
 	r.floor.Store(max(m.Floor, opts.Floor))
-	if opts.Rev > m.Rev {
+	// A fresh store records the revision with its first commit (or at a
+	// clean close): until then a crash leaves it unclean, and the next
+	// start skips ahead all the same.
+	if opts.Rev > m.Rev && !m.Fresh {
 		if _, err := store.Commit(Batch{Rev: opts.Rev}); err != nil {
 			return nil, err
 		}
