@@ -157,7 +157,10 @@ func (b *Broker) Start() error {
 		case !m.Clean:
 			// Revisions handed out since the last commit are lost: skip
 			// past them, and answer resumes from before with snapshots.
-			ro.Rev += bootRevSkip
+			// A run that started on a fresh store (at the time in µs) may
+			// have committed nothing: the time now is past all it handed
+			// out too (at most one batch a µs).
+			ro.Rev = max(ro.Rev+bootRevSkip, uint64(time.Now().UnixMicro()))
 			ro.Floor = ro.Rev
 			b.log.Warn().Uint64("rev", ro.Rev).Msg("the store was not closed cleanly: the revision skips ahead, and clients resuming get full snapshots")
 		}

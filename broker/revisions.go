@@ -2,6 +2,7 @@ package broker
 
 import (
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -31,7 +32,9 @@ type mark struct {
 }
 
 // markLog is the deletion markers of a broker without a store, oldest
-// first, and the floor below which they were dropped. The loop owns it.
+// first, and the floor below which they were dropped. The loop owns it;
+// a writer may read a slice of marks the loop handed it (entries are
+// never changed once appended).
 // Besides the window, its bytes are bounded (markLogBytes): past that the
 // oldest go, and the floor rises with them.
 type markLog struct {
@@ -68,8 +71,10 @@ func (l *markLog) note(rows []tree.Row, rev uint64) {
 	}
 	if i > 0 {
 		// Reslice, never copy what stays: the next append that outgrows the
-		// array moves only the live markers (amortized O(1) a marker).
-		clear(l.marks[:i]) // let go of the dropped topics
+		// array moves only the live markers (amortized O(1) a marker). The
+		// dropped entries are not cleared either: a resume may be reading
+		// them on a writer (finishResume), and nothing below a slice's
+		// length is ever written again; the next reallocation lets them go.
 		l.marks = l.marks[i:]
 	}
 }
@@ -89,12 +94,13 @@ type resumeRead struct {
 	since, rev uint64
 	changes    []tree.Change
 	seen       map[string]bool
+	marks      []mark // without a store: the in-memory markers, read by the writer
 }
 
 // resumeOf starts st's resume delta: the rows matching its filter that
-// changed after st.since. Without a store it is done at once (the markers
-// are the loop's, in memory): payload is set. With one, the markers are on
-// disk: the writer reads them (finishResume). ok is false when the broker
+// changed after st.since; the writer reads the deletion markers (from
+// the retainer and the disk, or the in-memory log without a store) and
+// has the loop encode it (finishResume). ok is false when the broker
 // no longer knows every change since then (or never handed out that
 // revision): the client gets a full snapshot instead (loop only).
 func (b *Broker) resumeOf(st *treeSub) (payload []byte, rr *resumeRead, ok bool) {
@@ -114,15 +120,10 @@ func (b *Broker) resumeOf(st *treeSub) (payload []byte, rr *resumeRead, ok bool)
 		}
 		return true
 	})
-	if b.ret != nil {
-		return nil, rr, true
+	if b.ret == nil {
+		rr.marks = b.marks.marks
 	}
-	for _, m := range b.marks.marks {
-		if m.rev > since && m.rev <= rev {
-			rr.add(ts, m.topic)
-		}
-	}
-	return b.encodeResume(ts, rr.changes), nil, true
+	return nil, rr, true
 }
 
 // add adds a deleted topic to the resume delta, once, if s matches it.
@@ -153,11 +154,21 @@ func (b *Broker) encodeResume(ts *tree.Sub, changes []tree.Change) []byte {
 // was unsubscribed, first.payload stays nil.
 func (b *Broker) finishResume(c *conn, st *treeSub, rr *resumeRead, first *treeItem) error {
 	ts := st.ts
-	err := b.ret.Deleted(rr.since, rr.rev, func(topic string, _ uint64) bool {
-		rr.add(ts, topic)
-		return true
-	})
-	full := err != nil || rr.since < b.markerFloor() // compacted while they were read
+	var err error
+	if b.ret != nil {
+		err = b.ret.Deleted(rr.since, rr.rev, func(topic string, _ uint64) bool {
+			rr.add(ts, topic)
+			return true
+		})
+	} else {
+		i := sort.Search(len(rr.marks), func(i int) bool { return rr.marks[i].rev > rr.since })
+		for _, m := range rr.marks[i:] {
+			if m.rev > rr.rev {
+				break
+			}
+			rr.add(ts, m.topic)
+		}
+	}
 	if err != nil {
 		b.log.Warn().Err(err).Msg("resume: deletion markers unreadable; sending a full snapshot")
 	}
@@ -165,7 +176,7 @@ func (b *Broker) finishResume(c *conn, st *treeSub, rr *resumeRead, first *treeI
 		if !ts.Active() {
 			return
 		}
-		if full {
+		if err != nil || rr.since < b.markerFloor() { // compacted while they were read: a snapshot after all
 			first.payload, first.resume, first.rev = b.tree.Snapshot(ts.Filter, ts.Codec, ts.Allow), false, b.tree.Rev()
 			return
 		}
