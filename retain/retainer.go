@@ -99,9 +99,11 @@ type Retainer struct {
 	opts  Options
 	log   zerolog.Logger
 
-	mu         sync.Mutex // guards pending, hist, committing, waiters, closed, err, lastLost
+	mu         sync.Mutex // guards pending, hist, seqRev, seq, committing, waiters, closed, err, lastLost
 	pending    map[string]Change
-	hist       []Change          // every change of rows under a history rule, in order
+	hist       []Change // every change of rows under a history rule, in order
+	seqRev     uint64   // the revision of the last history value, and its Seq
+	seq        uint32
 	committing map[string]Change // the batch being committed, until it is
 	waiters    []waiting         // answered by the commit holding what was pending when they came
 	closed     bool
@@ -238,6 +240,11 @@ func (r *Retainer) Add(changes []Change, waiters ...chan error) {
 	for _, c := range changes {
 		r.pending[c.Topic] = c
 		if len(r.opts.History) > 0 && !c.QoSOnly && RuleFor(r.opts.History, c.Topic) != nil {
+			if c.Rev != r.seqRev { // one revision may come in several Adds, and commits
+				r.seqRev, r.seq = c.Rev, 0
+			}
+			r.seq++
+			c.Seq = r.seq
 			r.hist = append(r.hist, c)
 		}
 		if c.Rev > r.rev.Load() {

@@ -130,8 +130,8 @@ func TestHistoryStoreAndPrune(t *testing.T) {
 	if got := read("s/+"); got != "map[s/a:[0 1 2 3 4] s/b:[x ] s/c:[y]]" {
 		t.Errorf("history %s", got)
 	}
-	// Two values of one row in one batch (one revision) are both kept.
-	twice := []Change{{Topic: "u/x", Value: val("1"), Rev: 99, MS: now}, {Topic: "u/x", Value: val("2"), Rev: 99, MS: now}}
+	// Two values of one row in one batch (one revision, ordered by Seq) are both kept.
+	twice := []Change{{Topic: "u/x", Value: val("1"), Rev: 99, MS: now, Seq: 1}, {Topic: "u/x", Value: val("2"), Rev: 99, MS: now, Seq: 2}}
 	if _, err := s.Commit(Batch{History: twice, Rev: 99}); err != nil {
 		t.Fatal(err)
 	}

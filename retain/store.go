@@ -160,6 +160,8 @@ type Change struct {
 	// QoSOnly: the row's value is the same, only its QoS changed; it is
 	// not a new value for the row's history.
 	QoSOnly bool
+	// Seq orders the history values of one revision (the retainer sets it).
+	Seq uint32
 }
 
 // Row is one stored row, with the revision and time of its last change.
@@ -405,11 +407,11 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		}
 		type kv struct{ k, v []byte }
 		hs := make([]kv, 0, len(b.History))
-		for i, c := range b.History {
+		for _, c := range b.History {
 			if refused[c.Topic] || keyError(len(c.Topic)) != nil || int64(len(c.Value.Data)) > MaxPayload {
 				continue
 			}
-			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, uint32(i)), histValue(c)})
+			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c)})
 		}
 		slices.SortFunc(hs, func(a, b kv) int { return bytes.Compare(a.k, b.k) }) // bbolt writes sorted keys fastest
 		for _, h := range hs {
