@@ -798,7 +798,12 @@ func (failingStore) Load(func(retain.Row) error) error { return nil }
 func (failingStore) Meta() retain.Meta                 { return retain.Meta{Fresh: true} }
 func (failingStore) MarkClean(uint64) error            { return nil }
 func (failingStore) MarkRunning() error                { return nil }
-func (failingStore) Close() error                      { return nil }
+func (failingStore) Markers(int) (int, uint64, error)  { return 0, 0, nil }
+func (failingStore) Compact(uint64, int) (bool, error) { return false, nil }
+func (failingStore) Deleted(uint64, uint64, func(string, uint64) bool) error {
+	return errors.New("disk on fire")
+}
+func (failingStore) Close() error { return nil }
 
 // TestCloseReportsLostRows: when the last commit fails, Close says so
 // (mote broker then exits non-zero); it used to return nil.
