@@ -236,23 +236,31 @@ func TestRedTeam12ResumeReadsDiskOnLoop(t *testing.T) {
 	w.pub(t, "k/a", "1")
 	settle(t, b)
 	r0 := rev(t, b)
-	// Wait for the commit of h/a: a $hist read would.
-	for deadline := time.Now().Add(testTimeout); b.ret.Pending() > 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("not committed")
-		}
+	// Wait for the commit of h/a, as a $hist read does.
+	flushed := make(chan error, 1)
+	b.ret.Add(nil, flushed)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
 	}
-	inside, release := make(chan struct{}), make(chan struct{})
+	inside, release, returned := make(chan struct{}), make(chan struct{}), make(chan error, 1)
 	var once bool
-	go st.History("h/#", 0, func(string, []retain.Pair) bool { // a long $hist read
-		if !once {
-			once = true
-			close(inside)
-		}
-		<-release
-		return true
-	})
-	<-inside
+	go func() {
+		returned <- st.History("h/#", 0, func(string, []retain.Pair) bool { // a long $hist read
+			if !once {
+				once = true
+				close(inside)
+			}
+			<-release
+			return true
+		})
+	}()
+	select {
+	case <-inside:
+	case err := <-returned:
+		t.Fatalf("the history read found nothing (%v)", err)
+	case <-time.After(testTimeout):
+		t.Fatal("the history read never called back")
+	}
 	defer close(release)
 	// Rows that grow the file: the retainer's commit must remap, and waits.
 	big := string(make([]byte, 64<<10))
