@@ -219,8 +219,6 @@ func (r *Retainer) History(filter string, max int, fn func(topic string, pairs [
 	return r.store.History(filter, max, fn)
 }
 
-// Rules are the history rules the retainer keeps values for.
-func (r *Retainer) Rules() []HistoryRule { return r.opts.History }
 
 // Add queues changes (all rows of one batch: they commit together). Each
 // waiter (a channel with room for one value) receives the outcome of the
