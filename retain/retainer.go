@@ -219,7 +219,6 @@ func (r *Retainer) History(filter string, max int, fn func(topic string, pairs [
 	return r.store.History(filter, max, fn)
 }
 
-
 // Add queues changes (all rows of one batch: they commit together). Each
 // waiter (a channel with room for one value) receives the outcome of the
 // commit that holds them: nil; an error wrapping ErrUnstorable naming a
