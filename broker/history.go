@@ -29,7 +29,8 @@ type histQuery struct {
 const maxHistLimit = 1_000_000
 
 // histReadBytes bounds the stored values one $hist answer reads; two
-// answers are read at a time broker-wide (Broker.histReads).
+// answers are made at a time broker-wide (Broker.histReads), from the
+// loop's copy of the current rows to the encoded answer.
 const histReadBytes = 64 << 20
 
 // histRead is one $hist answer being read: taken on the loop, finished
@@ -76,13 +77,6 @@ func (b *Broker) readHistory(c *conn, h *histRead) ([]byte, error) {
 		case <-c.q.done:
 			return nil, errWriterStop
 		}
-		// Reading decodes the filter's whole history: a few at a time
-		// broker-wide, each bounded (histReadBytes).
-		select {
-		case b.histReads <- struct{}{}:
-		case <-c.q.done:
-			return nil, errWriterStop
-		}
 		now := time.Now().UnixMilli()
 		err := b.ret.History(h.filter, histReadBytes, func(topic string, pairs []retain.Pair) bool {
 			if h.allow != nil && !h.allow(topic) {
@@ -95,7 +89,6 @@ func (b *Broker) readHistory(c *conn, h *histRead) ([]byte, error) {
 			rows[topic] = keepPairs(pairs, rule, h.rev, now)
 			return true
 		})
-		<-b.histReads
 		switch {
 		case errors.Is(err, retain.ErrTooMuch):
 			clear(rows)

@@ -258,6 +258,16 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	var events *treeItem
 	var later firstRead
 	active := false
+	if st.hist != nil {
+		// A $hist answer copies the current rows and decodes the stored
+		// history: a few at a time broker-wide, whoever asks.
+		select {
+		case b.histReads <- struct{}{}:
+		case <-c.q.done:
+			return nil, errWriterStop
+		}
+		defer func() { <-b.histReads }()
+	}
 	if !b.onLoop(c.q.done, func() { first, events, later, active = b.snapshotOf(st) }) {
 		return nil, errWriterStop
 	}
