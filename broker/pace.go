@@ -2,7 +2,6 @@ package broker
 
 import (
 	"container/heap"
-	"slices"
 	"time"
 
 	"github.com/mote-mqtt/mote/tree"
@@ -20,10 +19,10 @@ import (
 // it ends.
 type pacer struct {
 	b     *Broker
-	subs  paceHeap              // subscriptions holding changes, the earliest due first
-	owned map[string][]*treeSub // the same, by owner: what they hold goes with their subscriptions
-	timer *time.Timer           // nil until first needed
-	at    time.Time             // when the timer fires (or fired, its flush on the way); zero: not set
+	subs  paceHeap                         // subscriptions holding changes, the earliest due first
+	owned map[string]map[*treeSub]struct{} // the same, by owner: what they hold goes with their subscriptions
+	timer *time.Timer                      // nil until first needed
+	at    time.Time                        // when the timer fires (or fired, its flush on the way); zero: not set
 }
 
 // hold decides for a paced subscription that holds nothing whether the
@@ -56,9 +55,14 @@ func (p *pacer) add(st *treeSub, due, now time.Time) {
 	st.due = due
 	heap.Push(&p.subs, st)
 	if p.owned == nil {
-		p.owned = map[string][]*treeSub{}
+		p.owned = map[string]map[*treeSub]struct{}{}
 	}
-	p.owned[st.ts.Owner] = append(p.owned[st.ts.Owner], st)
+	set := p.owned[st.ts.Owner]
+	if set == nil {
+		set = map[*treeSub]struct{}{}
+		p.owned[st.ts.Owner] = set
+	}
+	set[st] = struct{}{}
 	p.arm(now)
 }
 
@@ -102,38 +106,27 @@ func (p *pacer) flush() {
 // (unsubscribed, replaced, their connection ended) hold, and gives back
 // the bytes it counted. Called by the loop after it removed subscriptions.
 func (p *pacer) forget(owner string) {
-	subs := p.owned[owner]
-	if len(subs) == 0 {
-		return
-	}
-	keep := subs[:0]
-	for _, st := range subs {
+	set := p.owned[owner]
+	for st := range set {
 		if st.ts.Active() {
-			keep = append(keep, st)
 			continue
 		}
+		delete(set, st)
 		heap.Remove(&p.subs, st.slot-1)
 		st.c.q.reserve(-st.held)
 		st.events, st.at, st.held, st.lost = nil, nil, 0, false
 	}
-	clear(subs[len(keep):])
-	if len(keep) == 0 {
+	if len(set) == 0 {
 		delete(p.owned, owner)
-	} else {
-		p.owned[owner] = keep
 	}
 }
 
-// disown removes st, taken out of the heap, from its owner's list.
+// disown removes st, taken out of the heap, from its owner's set.
 func (p *pacer) disown(st *treeSub) {
-	subs := p.owned[st.ts.Owner]
-	if i := slices.Index(subs, st); i >= 0 {
-		subs = slices.Delete(subs, i, i+1)
-	}
-	if len(subs) == 0 {
+	set := p.owned[st.ts.Owner]
+	delete(set, st)
+	if len(set) == 0 {
 		delete(p.owned, st.ts.Owner)
-	} else {
-		p.owned[st.ts.Owner] = subs
 	}
 }
 
