@@ -399,7 +399,7 @@ func (b *Broker) connPanicked(nc net.Conn) {
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
 			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
-			b.dropConn(cl)
+			b.dropConn(cl, false)
 			return false
 		}
 		return true

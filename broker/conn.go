@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"sync"
@@ -32,6 +33,10 @@ type conn struct {
 
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)
 	snapAt     time.Time // when snapTokens was last topped up
+
+	endMu sync.Mutex // guards ends and keep
+	ends  int        // of the writer's exit and the session's end (dropConn): see finish
+	keep  bool       // the session outlives the connection
 
 	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
 	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id
@@ -63,6 +68,9 @@ type endpoint interface {
 	// stop ends the connection (the writer failed, or the client is too
 	// slow); err says why.
 	stop(err error)
+	// leave hands the QoS 1/2 plain messages a connection did not write
+	// to its session, which outlives it.
+	leave(c *conn, left []*plainItem)
 }
 
 // errTooLarge is a packet larger than the client's Maximum Packet Size.
@@ -127,9 +135,32 @@ func (c *conn) slow() {
 	}
 }
 
-// close ends deliveries to c: its queue drops what it holds, its writer
-// and any publisher waiting for room stop.
+// close ends deliveries to c: its queue drops what it holds (but the
+// leftovers, see finish), its writer and any publisher waiting for room
+// stop.
 func (c *conn) close() { c.q.close() }
+
+// finish is called twice at the end of a connection: by its writer when it
+// exits, and when its session ends (dropConn), which says whether the
+// session outlives the connection (keep). The later call hands the QoS 1/2
+// plain messages the writer did not write (the queue's leftovers) to the
+// session when it is kept [MQTT-3.1.2-5]: a message published while the
+// client disconnects is not lost. Nothing waits for the writer.
+func (c *conn) finish(ended, keep bool) {
+	c.endMu.Lock()
+	if ended {
+		c.keep = keep
+	}
+	c.ends++
+	last, kept := c.ends == 2, c.keep
+	c.endMu.Unlock()
+	if !last {
+		return
+	}
+	if left := c.q.leftovers(); kept && len(left) > 0 {
+		c.out.leave(c, left)
+	}
+}
 
 // inFlight records a publish in flight: its bytes count against the
 // connection's queue bound until the client acknowledges it.
@@ -191,12 +222,48 @@ func (o *mqttOut) stop(err error) {
 	o.cl.Stop(err)
 }
 
+// leave hands a closed connection's leftovers to its session: to the
+// session's mochi client while it is away (held in flight, resent when it
+// comes back), or, when a client resumed it meanwhile (a takeover), to
+// that client's connection. A session resumed clean gets none.
+func (o *mqttOut) leave(c *conn, left []*plainItem) {
+	b := o.b
+	cur, ok := b.server.Clients.Get(c.id)
+	if !ok || (cur != o.cl && cur.Properties.Clean) {
+		b.stats.Dropped.Add(int64(len(left)))
+		return
+	}
+	if cur != o.cl {
+		if v, ok := b.conns.Load(cur); ok {
+			nc := v.(*conn)
+			for _, m := range left {
+				if !nc.q.push(m, pubWait{}) {
+					nc.slow()
+				}
+			}
+			return
+		}
+	}
+	for _, m := range left {
+		b.holdOffline(cur, m.packet())
+	}
+}
+
+// errEncode is a publish that could not be encoded.
+var errEncode = errors.New("broker: cannot encode")
+
 // send encodes one publish with MQTT's semantics: a packet id and an
 // in-flight entry in mochi's client state, so mochi completes QoS 1 and 2
 // flows and resends them to a resumed session; an outgoing topic alias
-// when the client allows them; the client's Maximum Packet Size.
+// when the client allows them; the client's Maximum Packet Size. An error
+// means the publish was not taken in flight.
 func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 	cl := o.cl
+	if o.buf.Len() >= flushAt { // before it is in flight: an error leaves it unsent
+		if err := o.flush(); err != nil {
+			return err
+		}
+	}
 	if pk.Expiry > 0 { // the time it has left [MQTT-3.3.2-6]; none: it is not sent [MQTT-3.3.2-5]
 		left := pk.Expiry - time.Now().Unix()
 		if left < 1 {
@@ -208,9 +275,21 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 		if err := o.waitInflight(c); err != nil {
 			return err
 		}
+		// A client taken over (mochi stops it, copies its in-flight
+		// messages to the new client, then clears them, which wakes
+		// waitInflight) must not take more: they would be lost. It stays
+		// unsent, for the session (finish). Closed after Set, it may or
+		// may not have been copied: sent twice rather than never.
+		if cl.Closed() {
+			return errWriterStop
+		}
 		if err := o.b.takeInflight(cl, &pk); err != nil {
 			c.slow() // every packet id in flight: the client does not acknowledge
 			return nil
+		}
+		if cl.Closed() {
+			o.b.dropInflight(cl, pk.PacketID)
+			return errWriterStop
 		}
 		c.inFlight(pk.PacketID, len(pk.Payload)+len(pk.TopicName)+messageCost)
 	}
@@ -238,12 +317,12 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 			o.b.dropInflight(cl, pk.PacketID)
 			c.inflightFreed(pk.PacketID)
 		}
-		return err
+		if errors.Is(err, errTooLarge) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", errEncode, err)
 	}
 	o.n++
-	if o.buf.Len() >= flushAt {
-		return o.flush()
-	}
 	return nil
 }
 

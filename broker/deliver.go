@@ -82,10 +82,13 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 				b.stats.TooLarge.Add(1) // it cannot fit the client [MQTT-3.1.2-25]: not queued at all
 				continue
 			}
-			if !c.q.push(m, w) {
+			switch c.q.put(m, w) {
+			case pushFull:
 				c.slow()
-			}
-			continue
+				continue
+			case pushed:
+				continue
+			} // pushGone: the connection just ended; its session may be away
 		}
 		if cl, ok := b.server.Clients.Get(id); ok && m.qos > 0 {
 			b.holdOffline(cl, m.packet())

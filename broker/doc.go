@@ -57,6 +57,10 @@
 // the queue takes in the next ones of its subscription (folding). A full
 // queue makes a publisher wait at most PublishWait, never the loop; then
 // the slow-client policy applies.
+// When a connection ends, the QoS 1/2 plain messages it did not write (still
+// queued, or taken by the writer and not sent) go to its session if that
+// outlives it: held in mochi's in-flight state for the session's return,
+// or queued to the client that took the session over (conn.finish).
 //
 // # What replaces mochi, and why
 //

@@ -150,11 +150,13 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnDisconnect ends the connection's deliveries and tree subscriptions.
-func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
-	h.b.dropConn(cl)
+// A session that outlives the connection (expire false) keeps the QoS 1/2
+// messages the connection did not write.
+func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	h.b.dropConn(cl, !expire)
 }
 
-func (b *Broker) dropConn(cl *mqtt.Client) {
+func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 	v, ok := b.conns.LoadAndDelete(cl)
 	if !ok {
 		return
@@ -162,6 +164,7 @@ func (b *Broker) dropConn(cl *mqtt.Client) {
 	c := v.(*conn)
 	b.byID.CompareAndDelete(cl.ID, c)
 	c.close()
+	c.finish(true, keep)
 	b.reqs.push(request{kind: reqDetach, owner: c.key})
 }
 

@@ -1,12 +1,15 @@
 package broker
 
 import (
+	"bufio"
+	"bytes"
 	"net"
 	"testing"
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // The broker behaves as a plain MQTT broker to unmodified clients.
@@ -159,4 +162,99 @@ func TestPlain5(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no retained message")
 	}
+}
+
+// TestQueuedSurviveDisconnect: QoS 1 messages queued for a persistent
+// session when its connection ends or is taken over (the client has as
+// many in flight as it accepts) are kept for the session and sent when it comes back, in
+// order [MQTT-3.1.2-5]. They used to be dropped with the queue.
+func TestQueuedSurviveDisconnect(t *testing.T) {
+	for _, takeover := range []bool{false, true} {
+		t.Run(map[bool]string{false: "reconnect", true: "takeover"}[takeover], func(t *testing.T) {
+			queuedSurvive(t, takeover)
+		})
+	}
+}
+
+// queuedSurvive leaves two messages queued for a persistent session, then
+// comes back: after its connection ended, or taking it over.
+func queuedSurvive(t *testing.T, takeover bool) {
+	b := start(t, Options{})
+	raw, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	connect := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "away"},
+		Properties:      packets.Properties{ReceiveMaximum: 1, SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true},
+	}
+	var buf bytes.Buffer
+	if err := connect.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	body := []byte{0, 1, 0, 0, 3, 'q', '/', '#', 1}
+	buf.Write(append(append([]byte{0x82}, varint(len(body))...), body...))
+	raw.Write(buf.Bytes())
+	raw.SetReadDeadline(time.Now().Add(testTimeout))
+	r := bufio.NewReader(raw)
+	for _, want := range []byte{0x20, 0x90} { // CONNACK, SUBACK
+		if h, err := readPacket(r); err != nil || h != want {
+			t.Fatalf("got packet %#x (%v), want %#x", h, err, want)
+		}
+	}
+	pub := dial5(t, b, "pub", paho5.ClientConfig{}, nil)
+	ctx := testCtx(t)
+	for i := 1; i <= 3; i++ {
+		if _, err := pub.Publish(ctx, &paho5.Publish{Topic: "q/" + itoa(i), QoS: 1, Payload: []byte{'0' + byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h, err := readPacket(r); err != nil || h&0xf0 != 0x30 { // q/1, never acknowledged: q/2 and q/3 wait
+		t.Fatalf("got packet %#x (%v), want a PUBLISH", h, err)
+	}
+	if !takeover {
+		raw.Close()
+		waitConnGone(t, b, "away")
+	}
+	expiry := uint32(300)
+
+	got := make(chan *paho5.Publish, 10)
+	dial5(t, b, "away", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
+	}}, &paho5.Connect{CleanStart: false, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}})
+	for i := 1; i <= 3; i++ {
+		select {
+		case p := <-got:
+			if p.Topic != "q/"+itoa(i) {
+				t.Errorf("message %d: %s, want q/%d", i, p.Topic, i)
+			}
+		case <-time.After(testTimeout):
+			t.Fatalf("message %d: timed out", i)
+		}
+	}
+}
+
+// readPacket reads one MQTT packet and returns its first header byte.
+func readPacket(r *bufio.Reader) (byte, error) {
+	h, err := r.ReadByte()
+	if err != nil {
+		return 0, err
+	}
+	n, shift := 0, 0
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			return 0, err
+		}
+		n |= int(b&0x7f) << shift
+		if b < 0x80 {
+			break
+		}
+		shift += 7
+	}
+	_, err = r.Discard(n)
+	return h, err
 }

@@ -97,14 +97,17 @@ func (m *replayItem) cost() int { return len(m.filter) + tokenCost }
 // loop (tree messages, retained publishes), publishers' goroutines (plain
 // events) and the connection's read goroutine (retained replays).
 type outQueue struct {
-	mu     sync.Mutex
-	items  []item
-	head   int // items[:head] are taken
-	bytes  int // cost of the items not yet taken
-	max    int
-	held   int           // while > 0 the writer waits: an ack mochi writes must go first
-	closed bool          // no more items: the connection is gone
-	room   chan struct{} // closed when the writer takes items, for publishers waiting; nil when none wait
+	mu        sync.Mutex
+	items     []item
+	head      int // items[:head] are taken
+	bytes     int // cost of the items not yet taken
+	max       int
+	held      int          // while > 0 the writer waits: an ack mochi writes must go first
+	closed    bool         // no more items: the connection is gone
+	left      []*plainItem // once closed: QoS 1/2 plain messages not written, for the session (see close)
+	leftBytes int
+	sealed    bool          // the leftovers were taken: a push answers pushGone
+	room      chan struct{} // closed when the writer takes items, for publishers waiting; nil when none wait
 
 	// How long this client may hold publishers back (a token bucket of
 	// time): while any publisher waits for room, credit runs down; every
@@ -150,12 +153,25 @@ func (q *outQueue) signal() {
 	}
 }
 
-// push queues m. A queue whose bytes would pass the bound refuses it
-// (false), unless it is empty: one message larger than the bound still
-// goes through alone. A closed queue takes nothing (true: nothing to
-// report). A publisher (w not zero) waits for room until w.deadline, and
-// while the client has credit (see outQueue).
-func (q *outQueue) push(m item, w pubWait) bool {
+// pushResult is what became of a pushed item.
+type pushResult int
+
+const (
+	pushed   pushResult = iota // queued (or, closed, kept among the leftovers, or dropped as of no use)
+	pushFull                   // refused: the queue is at its bound
+	pushGone                   // the connection ended and its leftovers were handed on: deliver elsewhere
+)
+
+// push queues m; false means the queue is full (see put).
+func (q *outQueue) push(m item, w pubWait) bool { return q.put(m, w) != pushFull }
+
+// put queues m. A queue whose bytes would pass the bound refuses it
+// (pushFull), unless it is empty: one message larger than the bound still
+// goes through alone. A closed queue keeps a QoS 1/2 plain message among
+// its leftovers (see close), drops anything else, and once the leftovers
+// were taken answers pushGone. A publisher (w not zero) waits for room
+// until w.deadline, and while the client has credit (see outQueue).
+func (q *outQueue) put(m item, w pubWait) pushResult {
 	c := m.cost()
 	q.mu.Lock()
 	for !q.closed && q.bytes > 0 && q.bytes+c > q.max {
@@ -163,7 +179,7 @@ func (q *outQueue) push(m item, w pubWait) bool {
 		q.spendLocked(now)
 		if w.deadline.IsZero() || q.stalled || !now.Before(w.deadline) {
 			q.mu.Unlock()
-			return false
+			return pushFull
 		}
 		if q.room == nil {
 			q.room = make(chan struct{})
@@ -186,14 +202,18 @@ func (q *outQueue) push(m item, w pubWait) bool {
 		q.waiters--
 	}
 	if q.closed {
-		q.mu.Unlock()
-		return true
+		defer q.mu.Unlock()
+		if q.sealed {
+			return pushGone
+		}
+		q.leaveLocked(m)
+		return pushed
 	}
 	q.items = append(q.items, m)
 	q.bytes += c
 	q.mu.Unlock()
 	q.signal()
-	return true
+	return pushed
 }
 
 // pubWait is how long a publisher waits for room in a subscriber's queue:
@@ -293,8 +313,11 @@ func (q *outQueue) release() {
 	q.signal()
 }
 
-// close drops what is queued, wakes the writer and every waiting
-// publisher; it reports whether it closed the queue (false: already closed).
+// close ends the queue: it wakes the writer and every waiting publisher,
+// and keeps, of what was not taken, the QoS 1/2 plain messages (the
+// leftovers, which a persistent session must not lose: see
+// conn.finish) and drops the rest. It reports whether it closed the queue
+// (false: already closed).
 func (q *outQueue) close() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -302,6 +325,9 @@ func (q *outQueue) close() bool {
 		return false
 	}
 	q.closed = true
+	for _, m := range q.items[q.head:] {
+		q.leaveLocked(m)
+	}
 	clear(q.items)
 	q.items, q.head, q.bytes = nil, 0, 0
 	close(q.done)
@@ -310,6 +336,45 @@ func (q *outQueue) close() bool {
 		q.room = nil
 	}
 	return true
+}
+
+// leaveLocked keeps m among the leftovers if it is a QoS 1/2 plain
+// message and they stay within the queue's bound; anything else is
+// dropped (mu held).
+func (q *outQueue) leaveLocked(m item) {
+	p, ok := m.(*plainItem)
+	if !ok || p.qos == 0 || q.sealed {
+		return
+	}
+	if c := p.cost(); q.leftBytes == 0 || q.leftBytes+c <= q.max {
+		q.left = append(q.left, p)
+		q.leftBytes += c
+	}
+}
+
+// unsent puts back, ahead of the leftovers, what the writer took but did
+// not write (it stops): they came before whatever was still queued.
+func (q *outQueue) unsent(ms []item) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	rest := q.left
+	q.left, q.leftBytes = nil, 0
+	for _, m := range ms {
+		q.leaveLocked(m)
+	}
+	for _, m := range rest {
+		q.leaveLocked(m)
+	}
+}
+
+// leftovers takes the leftovers of a closed queue, in order; from then on
+// a push answers pushGone.
+func (q *outQueue) leftovers() []*plainItem {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	left := q.left
+	q.left, q.leftBytes, q.sealed = nil, 0, true
+	return left
 }
 
 // isClosed reports whether close has run.

@@ -23,6 +23,7 @@ const takeBytes = 64 << 10
 // writer reaches them. It ends when the connection closes.
 func (c *conn) writeLoop() {
 	defer c.b.writers.Done()
+	defer c.finish(false, false)
 	var batch []item
 	for {
 		select {
@@ -38,6 +39,13 @@ func (c *conn) writeLoop() {
 			for i, m := range batch {
 				if err := c.write(m); err != nil {
 					c.fail(err)
+					// What was not written stays the session's (a failed
+					// item was not taken in flight; one that cannot be
+					// encoded never will be).
+					if errors.Is(err, errEncode) {
+						i++
+					}
+					c.q.unsent(batch[i:])
 					clear(batch)
 					return
 				}
