@@ -413,17 +413,9 @@ func (b *Broker) localOnly() {
 		return
 	}
 	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS} {
-		if *addr == "off" || *addr == "" {
-			continue
+		if *addr != "off" && *addr != "" {
+			*addr = LoopbackAddr(*addr)
 		}
-		host, port, err := net.SplitHostPort(*addr)
-		if err != nil {
-			continue
-		}
-		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
-			continue
-		}
-		*addr = net.JoinHostPort("127.0.0.1", port)
 	}
 	b.log.Warn().Msg("no password file and no --allow-anonymous: listening on loopback only; " +
 		"add users with 'mote passwd' and --password-file, or pass --allow-anonymous, to accept remote clients")

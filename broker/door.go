@@ -255,19 +255,25 @@ func (b *Broker) Sync(ctx context.Context) error {
 }
 
 // Tree returns the tree a $sync/filter snapshot would carry for p, in
-// codec c: only the rows p may read.
-func (b *Broker) Tree(ctx context.Context, p Principal, filter string, c wire.Codec) ([]byte, error) {
+// codec c: only the rows p may read; and the revision it reflects (its
+// mote-rev, SPEC §8), taken with it on the loop.
+func (b *Broker) Tree(ctx context.Context, p Principal, filter string, c wire.Codec) ([]byte, uint64, error) {
 	if err := wire.ValidateFilter(filter); err != nil {
-		return nil, b.refusal(p, "subscribe", filter, err)
+		return nil, 0, b.refusal(p, "subscribe", filter, err)
 	}
 	if err := b.opts.Limits.CheckTopic(filter); err != nil {
-		return nil, b.refusal(p, "subscribe", filter, err)
+		return nil, 0, b.refusal(p, "subscribe", filter, err)
 	}
 	var out []byte
-	if !b.onLoop(ctx.Done(), func() { out = b.tree.Snapshot(filter, c, b.access.readCheck(p)) }) {
-		return nil, b.refusal(p, "subscribe", filter, errShutdown)
+	var rev uint64
+	if !b.onLoop(ctx.Done(), func() { out, rev = b.tree.Snapshot(filter, c, b.access.readCheck(p)), b.tree.Rev() }) {
+		err := ctx.Err()
+		if err == nil {
+			err = errShutdown
+		}
+		return nil, 0, b.refusal(p, "subscribe", filter, err)
 	}
-	return out, nil
+	return out, rev, nil
 }
 
 // Rev returns the store's revision (SPEC §8): what a snapshot taken now

@@ -95,7 +95,7 @@ func TestDeepJSONPublish(t *testing.T) {
 	if err := dialAs(t, b, "alice").Set(ctx, "deep/+", []byte("alice"), 1); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := b.Tree(ctx, systemPrincipal, "deep/x", wire.CodecJSON)
+	snap, _, err := b.Tree(ctx, systemPrincipal, "deep/x", wire.CodecJSON)
 	if err != nil || !bytes.HasPrefix(snap, []byte(`"[[[`)) {
 		t.Fatalf("deep/x is %.20s…, %v; want it typed as a string", snap, err)
 	}

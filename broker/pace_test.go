@@ -36,7 +36,7 @@ func merge1(t testing.TB, doc map[string]any, payload []byte) {
 // treeNow is the tree a snapshot of filter would carry now.
 func treeNow(t testing.TB, b *Broker, filter string) map[string]any {
 	t.Helper()
-	raw, err := b.Tree(testCtx(t), systemPrincipal, filter, 0)
+	raw, _, err := b.Tree(testCtx(t), systemPrincipal, filter, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,7 +103,7 @@ func TestSnapshotDeltaRace(t *testing.T) {
 func (b *Broker) snapshot(filter string) []byte {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	s, err := b.Tree(ctx, systemPrincipal, filter, wire.CodecJSON)
+	s, _, err := b.Tree(ctx, systemPrincipal, filter, wire.CodecJSON)
 	if err != nil {
 		panic(err)
 	}

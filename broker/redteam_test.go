@@ -344,7 +344,7 @@ func TestSysRowsNotForClients(t *testing.T) {
 	if err := c.Set(ctx, "#", []byte("all"), 1); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := b.Tree(context.Background(), systemPrincipal, "$SYS/broker/version", 0); !strings.Contains(string(v), "mote") {
+	if v, _, _ := b.Tree(context.Background(), systemPrincipal, "$SYS/broker/version", 0); !strings.Contains(string(v), "mote") {
 		t.Errorf("$SYS/broker/version is %s", v)
 	}
 }

@@ -1,0 +1,47 @@
+package broker
+
+import (
+	"net"
+	"net/http"
+)
+
+// What front ends that are not MQTT (the HTTP API) need of the broker to
+// apply MQTT's rules for who may connect: the password file, anonymous
+// access, loopback-only binding and the web origin check.
+
+// Authenticate checks a username and password as a CONNECT's are checked:
+// against the password file; without a username (hasUser false or user
+// empty) the client needs anonymous access. Without a password file every
+// client passes and a username is taken as given (the broker then serves
+// loopback only, unless anonymous access is allowed: LocalOnly).
+func (b *Broker) Authenticate(user, password string, hasUser bool) bool {
+	return b.access.authenticate(user, []byte(password), hasUser)
+}
+
+// LocalOnly reports whether the broker serves loopback clients only: no
+// password file and no anonymous access asked for. Its listeners then
+// bind to loopback (LoopbackAddr), as every front end's must.
+func (b *Broker) LocalOnly() bool { return b.anonymousLocal() }
+
+// LoopbackAddr is addr ("host:port") bound to loopback: its host replaced
+// by 127.0.0.1 unless it is already a loopback address or localhost. An
+// address without a port is returned as is (binding it fails).
+func LoopbackAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || isLoopbackName(host) {
+		return addr
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// OriginAllowed decides whether a web page may act on the broker through
+// request r, as for a WebSocket (Options.AllowedOrigins): a request without
+// an Origin header is not from a page and passes.
+func (b *Broker) OriginAllowed(r *http.Request) bool { return b.originAllowed(r) }
+
+// MaxPayload is the largest publish payload the broker takes from any
+// client: the smaller of the maximum packet size and the tree payload
+// limit.
+func (b *Broker) MaxPayload() int {
+	return min(int(b.opts.MaxPacketSize), b.opts.Limits.MaxPayload)
+}
