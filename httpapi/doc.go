@@ -1,0 +1,56 @@
+// Package httpapi is the HTTP API of a Mote broker (SPEC §10): the rows of
+// the broker's store as trees, read, written and streamed over HTTP, with
+// the same users, ACLs and limits as MQTT. It is a thin front end over the
+// broker's door: every request acts as a broker.Principal (the HTTP Basic
+// user, client id "http") through Broker.Tree, Broker.Publish and broker
+// Sessions, so the broker makes every check an MQTT client's request gets.
+//
+//	GET    /api/tree/F         the tree of a $sync/F snapshot (JSON, or CBOR by Accept), header Mote-Rev
+//	GET    /api/tree/F?history=1&from=&to=&limit=   the $hist/F answer (SPEC §9)
+//	GET    /api/tree/F         with Accept: text/event-stream: snapshot, then deltas, as Server-Sent Events
+//	PUT    /api/tree/T         a retained $tree/T publish at QoS 1 (?replace=1: $tree.replace/T; CBOR body: $tree.cbor/T)
+//	DELETE /api/tree/T         $tree.replace/T with {}
+//	POST   /api/set/F          $set/F with the body as the payload
+//	GET    /metrics, /healthz  Options.Metrics, Options.Health
+//	GET    /…                  Options.Web, the web view
+//
+// F and T are MQTT filters and topics, each level path-escaped on its own
+// ('#' as %23). Errors are answered with a JSON body {"error": reason,
+// "code": "0x87"}, the code being the MQTT 5 reason code when the broker
+// refused.
+//
+// # Access
+//
+// Credentials are checked as a CONNECT's (Broker.Authenticate): without
+// them a request is anonymous, which needs anonymous access when there is
+// a password file. Without a password file and without anonymous access
+// the broker serves loopback only (Broker.LocalOnly): Listen binds to
+// loopback, Serve refuses any other listener, and requests from other
+// peers or under a Host that is not a loopback name (DNS rebinding) are
+// refused. A request with an Origin header must pass the broker's origin
+// check (Broker.OriginAllowed), as a WebSocket must, so a page of another
+// site cannot write rows with the user's browser.
+//
+// # Concurrency
+//
+// The Server owns its http.Server, the count of open event streams, and
+// a semaphore that lets a few GETs at a time have their tree made on the
+// message loop (publishes never queue behind many).
+// Each request runs on net/http's goroutine for it, which owns the
+// ResponseWriter. An event stream or a history query owns one broker
+// Session: the session's writer goroutine hands each message over an
+// unbuffered channel to the request's goroutine, which writes it with a
+// write deadline; meanwhile the session's queue (bounded in bytes, with
+// the broker's slow-client policy) holds what follows. The request closes
+// its session before it returns. Close ends every stream, then shuts the
+// http.Server down.
+//
+// # Caveats
+//
+// MessagePack (SPEC §11) is not implemented: asking for it only is
+// answered with 406. A history answer larger than the broker's maximum
+// packet size (which the broker cuts in parts) is refused with 500. A
+// request whose path has a malformed escape (%zz) is answered 400 by
+// net/http before it reaches the API, without a JSON body. The broker's
+// error reports for HTTP requests all go to $SYS/mote/errors/http.
+package httpapi

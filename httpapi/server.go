@@ -1,0 +1,374 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mote-mqtt/mote/broker"
+)
+
+// Options configure a Server. The zero value of a field means its default.
+type Options struct {
+	// Metrics serves GET /metrics (Prometheus text format); nil: 404.
+	Metrics http.Handler
+	// Health answers GET /healthz: nil is healthy (200 "ok"), an error
+	// unhealthy (503 with its text). Default: the message loop answers a
+	// barrier (Broker.Sync) within HealthTimeout.
+	Health func(context.Context) error
+	// Web serves every path outside /api, /metrics and /healthz (the web
+	// view); nil: a page saying the web view is not built in.
+	Web http.Handler
+
+	// MaxBody bounds a request body in bytes; a larger one is refused with
+	// 413 before it is read. Default: the broker's largest payload
+	// (Broker.MaxPayload).
+	MaxBody int64
+	// MaxStreams bounds the event streams open at once; past it a stream
+	// is refused with 503. Default 10,000.
+	MaxStreams int
+
+	// ReadHeaderTimeout bounds reading a request's headers (default 10s),
+	// ReadTimeout the whole request with its body (default 60s),
+	// WriteTimeout writing a response, or one event of a stream (default
+	// 60s), and IdleTimeout how long a kept-alive connection waits for its
+	// next request (default 120s).
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	// KeepAlive is how often an idle event stream gets a comment line, so
+	// proxies keep it and a vanished client is noticed; default 20s.
+	KeepAlive time.Duration
+	// HealthTimeout bounds the default health check; default 2s.
+	HealthTimeout time.Duration
+
+	Log zerolog.Logger // default: discarded
+}
+
+// Defaults.
+const (
+	// DefaultAddr is where `mote broker` serves the API and the web view.
+	DefaultAddr              = ":1885"
+	DefaultMaxStreams        = 10_000
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultReadTimeout       = 60 * time.Second
+	DefaultWriteTimeout      = 60 * time.Second
+	DefaultIdleTimeout       = 120 * time.Second
+	DefaultKeepAlive         = 20 * time.Second
+	DefaultHealthTimeout     = 2 * time.Second
+	// ClientID is the client id of every HTTP request in ACL patterns (%c).
+	ClientID = "http"
+	// maxHeaderBytes bounds a request's headers.
+	maxHeaderBytes = 64 << 10
+	// maxTreeReads bounds the GETs whose tree the message loop makes at once.
+	maxTreeReads = 4
+)
+
+// Server is the HTTP API of one broker (SPEC §10).
+type Server struct {
+	b    *broker.Broker
+	opts Options
+	log  zerolog.Logger
+	srv  *http.Server
+
+	streams atomic.Int64 // event streams open
+	// trees is a semaphore: trees being read off the message loop for
+	// GETs, a few at a time, so publishes are never queued behind many.
+	trees   chan struct{}
+	closing chan struct{} // closed by Close: event streams end
+	once    sync.Once
+}
+
+// New builds the HTTP API of b; Serve serves it, Handler is it.
+func New(b *broker.Broker, o Options) *Server {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if o.MaxBody <= 0 {
+		o.MaxBody = int64(b.MaxPayload())
+	}
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = DefaultMaxStreams
+	}
+	def(&o.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	def(&o.ReadTimeout, DefaultReadTimeout)
+	def(&o.WriteTimeout, DefaultWriteTimeout)
+	def(&o.IdleTimeout, DefaultIdleTimeout)
+	def(&o.KeepAlive, DefaultKeepAlive)
+	def(&o.HealthTimeout, DefaultHealthTimeout)
+	if o.Web == nil {
+		o.Web = http.HandlerFunc(noWeb)
+	}
+	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads)}
+	if s.opts.Health == nil {
+		s.opts.Health = s.loopHealth
+	}
+	s.srv = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: o.ReadHeaderTimeout,
+		ReadTimeout:       o.ReadTimeout,
+		WriteTimeout:      o.WriteTimeout, // event streams lift it, and bound each event instead
+		IdleTimeout:       o.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          log.New(logWriter{o.Log}, "", 0),
+	}
+	return s
+}
+
+// Handler is the API as an http.Handler, for a server of the caller's.
+func (s *Server) Handler() http.Handler { return s }
+
+// Listen binds addr for the API. When the broker serves loopback clients
+// only (Broker.LocalOnly: no password file, no anonymous access), the
+// address is bound to loopback, as the broker's own listeners are.
+func (s *Server) Listen(addr string) (net.Listener, error) {
+	if s.b.LocalOnly() {
+		addr = broker.LoopbackAddr(addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("httpapi: listen %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// Serve serves the API on l until Close; it refuses a listener that is
+// not on loopback when the broker serves loopback clients only. It returns
+// nil after Close.
+func (s *Server) Serve(l net.Listener) error {
+	if s.b.LocalOnly() && !isLoopback(l.Addr()) {
+		return fmt.Errorf("httpapi: %s is not a loopback address: without a password file and without anonymous access the broker serves loopback only", l.Addr())
+	}
+	if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("httpapi: serve: %w", err)
+	}
+	return nil
+}
+
+// Close ends every event stream, then stops serving: requests in progress
+// get up to 5 s to finish before their connections are closed.
+func (s *Server) Close() error {
+	var err error
+	s.once.Do(func() {
+		close(s.closing)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err = s.srv.Shutdown(ctx); err != nil {
+			err = s.srv.Close()
+		}
+	})
+	return err
+}
+
+// ServeHTTP routes a request (SPEC §10). Routes match the escaped path, so
+// that an escaped '/' inside a level stays inside it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			s.log.Error().Interface("panic", v).Str("method", r.Method).Str("path", r.URL.EscapedPath()).Msg("http: handler panicked")
+			writeError(w, http.StatusInternalServerError, "internal error", "")
+		}
+	}()
+	if reason := s.reachable(r); reason != "" {
+		writeError(w, http.StatusForbidden, reason, "")
+		return
+	}
+	path := r.URL.EscapedPath()
+	switch {
+	case path == "/metrics":
+		if !allow(w, r, "GET, HEAD") {
+			return
+		}
+		if s.opts.Metrics == nil {
+			writeError(w, http.StatusNotFound, "metrics are not built in", "")
+			return
+		}
+		s.opts.Metrics.ServeHTTP(w, r)
+	case path == "/healthz":
+		if allow(w, r, "GET, HEAD") {
+			s.health(w, r)
+		}
+	case path == "/api" || strings.HasPrefix(path, "/api/"):
+		s.api(w, r, path)
+	default:
+		s.opts.Web.ServeHTTP(w, r)
+	}
+}
+
+// reachable says why r may not reach the broker at all ("" if it may).
+// A broker serving loopback only (Broker.LocalOnly) answers loopback
+// peers only, and only under a loopback host name: a page whose own name
+// an attacker points at 127.0.0.1 (DNS rebinding) sends its name as Host.
+func (s *Server) reachable(r *http.Request) string {
+	if !s.b.LocalOnly() {
+		return ""
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsLoopback() {
+			return "the broker serves loopback clients only (no password file, no anonymous access)"
+		}
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	if ip := net.ParseIP(host); !strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Sprintf("host %.100q is not a loopback name: without a password file the broker answers http://localhost or http://127.0.0.1 only", r.Host)
+	}
+	return ""
+}
+
+// api serves /api/…: the tree routes, after the method, the origin and
+// the credentials are checked.
+func (s *Server) api(w http.ResponseWriter, r *http.Request, path string) {
+	var topic string
+	var ok bool
+	switch {
+	case strings.HasPrefix(path, "/api/tree/"):
+		topic, ok = strings.CutPrefix(path, "/api/tree/")
+		if !allow(w, r, "GET, HEAD, PUT, DELETE") {
+			return
+		}
+	case strings.HasPrefix(path, "/api/set/"):
+		topic, ok = strings.CutPrefix(path, "/api/set/")
+		if !allow(w, r, "POST") {
+			return
+		}
+	}
+	if !ok {
+		writeError(w, http.StatusNotFound, "no such API route: want /api/tree/<filter> or /api/set/<filter>", "")
+		return
+	}
+	if !s.b.OriginAllowed(r) {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("origin %.100q may not use the API (allowed_origins)", r.Header.Get("Origin")), "")
+		return
+	}
+	p, ok := s.authenticate(w, r)
+	if !ok {
+		return
+	}
+	t, err := parseTopic(topic)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error(), "")
+		return
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		s.get(w, r, p, t)
+	case http.MethodPut:
+		s.put(w, r, p, t)
+	case http.MethodDelete:
+		s.publish(w, r, p, broker.Message{Topic: "$tree.replace/" + t, Payload: []byte("{}"), QoS: 1, Retain: true})
+	case http.MethodPost:
+		s.set(w, r, p, t)
+	}
+}
+
+// allow answers 405 with the Allow header unless r's method is one of
+// methods ("GET, HEAD"); it reports whether it is.
+func allow(w http.ResponseWriter, r *http.Request, methods string) bool {
+	for m := range strings.SplitSeq(methods, ", ") {
+		if r.Method == m {
+			return true
+		}
+	}
+	w.Header().Set("Allow", methods)
+	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %.20s: want %s", r.Method, methods), "")
+	return false
+}
+
+// authenticate reads r's HTTP Basic credentials and checks them as an MQTT
+// CONNECT's (SPEC §10): it answers 401 and reports false when they are
+// missing or wrong.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (broker.Principal, bool) {
+	user, password, hasUser := r.BasicAuth()
+	reason := ""
+	switch {
+	case !hasUser && r.Header.Get("Authorization") != "":
+		reason = "the Authorization header is not HTTP Basic"
+	case s.b.Authenticate(user, password, hasUser):
+		return broker.Principal{User: user, ClientID: ClientID}, true
+	case !hasUser || user == "":
+		reason = "credentials required (HTTP Basic, a user of the password file)"
+	default:
+		reason = "wrong username or password"
+	}
+	w.Header().Set("WWW-Authenticate", `Basic realm="mote", charset="UTF-8"`)
+	writeError(w, http.StatusUnauthorized, reason, "")
+	return broker.Principal{}, false
+}
+
+// health answers /healthz.
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := s.opts.Health(r.Context()); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, err)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// loopHealth is the default health check: the message loop answers a
+// barrier in time.
+func (s *Server) loopHealth(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.HealthTimeout)
+	defer cancel()
+	if err := s.b.Sync(ctx); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("the message loop did not answer within %s", s.opts.HealthTimeout)
+		}
+		return fmt.Errorf("the message loop is stopped: %w", err)
+	}
+	return nil
+}
+
+// noWeb is the page served when the web view is not built in.
+func noWeb(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	fmt.Fprint(w, `<!doctype html><meta charset="utf-8"><title>Mote</title>
+<p>This Mote broker has no web view built in.
+<p>Its HTTP API is here: <code>GET /api/tree/&lt;filter&gt;</code> (try <a href="/api/tree/%23">/api/tree/%23</a>),
+<code>/metrics</code>, <code>/healthz</code>.
+`)
+}
+
+// isLoopback reports whether a listener's address is on loopback.
+func isLoopback(a net.Addr) bool {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.IP.IsLoopback()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	ip := net.ParseIP(host)
+	return err == nil && ip != nil && ip.IsLoopback()
+}
+
+// logWriter turns net/http's own log lines (TLS handshake errors, panics)
+// into debug log entries.
+type logWriter struct{ log zerolog.Logger }
+
+func (l logWriter) Write(p []byte) (int, error) {
+	l.log.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,188 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/broker"
+	"github.com/mote-mqtt/mote/clients/client"
+)
+
+// TestStream: a snapshot, then deltas after MQTT publishes, ids the
+// revisions; a reconnect with Last-Event-ID gets only what changed.
+func TestStream(t *testing.T) {
+	e := setup(t, broker.Options{}, Options{})
+	e.publish(t, admin, "$tree/s/+", `{"a":1,"b":2}`)
+	c := e.dial(t, "", "")
+	s, resp := e.openStream(t, "/api/tree/s/+")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("%s %s", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	ev := s.next(t)
+	if ev.name != "snapshot" || ev.data != `{"a":1,"b":2}` || ev.id == "" {
+		t.Fatalf("first event %+v", ev)
+	}
+	snapRev, _ := strconv.ParseUint(ev.id, 10, 64)
+	if err := c.PublishTree(testCtx(t), "s/+", map[string]any{"a": 10}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	ev = s.next(t)
+	if ev.name != "delta" || ev.data != `{"a":10}` {
+		t.Fatalf("delta %+v", ev)
+	}
+	deltaRev, _ := strconv.ParseUint(ev.id, 10, 64)
+	if deltaRev <= snapRev {
+		t.Errorf("delta id %d after snapshot id %d", deltaRev, snapRev)
+	}
+	// The delta's id is the revision an MQTT snapshot now carries (nothing
+	// else matching s/+ changed since).
+	if m := snapshot(t, c, "s/+"); m.Rev < deltaRev || !reflect.DeepEqual(norm(t, m.Tree), map[string]any{"a": 10.0, "b": 2.0}) {
+		t.Errorf("MQTT snapshot %v at %d; the stream is at %d", m.Tree, m.Rev, deltaRev)
+	}
+	s.close()
+
+	// Away: b changes, c appears, a is deleted; then the client comes back.
+	if err := c.PublishTree(testCtx(t), "s/+", map[string]any{"b": 20, "c": 3}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.publish(t, admin, "s/a", "")
+	s, _ = e.openStream(t, "/api/tree/s/+", "Last-Event-ID", ev.id)
+	ev = s.next(t)
+	if ev.name != "resume" || !reflect.DeepEqual(jsonOf(t, []byte(ev.data)), map[string]any{"a": nil, "b": 20.0, "c": 3.0}) {
+		t.Fatalf("resume %+v", ev)
+	}
+	e.publish(t, admin, "s/d", "4")
+	if ev = s.next(t); ev.name != "delta" || ev.data != `{"d":4}` {
+		t.Fatalf("delta after resume %+v", ev)
+	}
+	s.close()
+
+	// A Last-Event-ID that is not a revision, or too old, gets a snapshot.
+	for _, id := range []string{"junk", "1"} {
+		s, _ = e.openStream(t, "/api/tree/s/+", "Last-Event-ID", id)
+		if ev = s.next(t); ev.name != "snapshot" || !reflect.DeepEqual(jsonOf(t, []byte(ev.data)), map[string]any{"b": 20.0, "c": 3.0, "d": 4.0}) {
+			t.Errorf("Last-Event-ID %s: %+v", id, ev)
+		}
+		s.close()
+	}
+	// A value published with line breaks still goes out on one data line.
+	s, _ = e.openStream(t, "/api/tree/s/+")
+	s.next(t)
+	e.publish(t, admin, "s/e", "{\n  \"x\": 1\r\n}")
+	if ev = s.next(t); !reflect.DeepEqual(jsonOf(t, []byte(ev.data)), map[string]any{"e": map[string]any{"x": 1.0}}) {
+		t.Errorf("multi-line value: %+v", ev)
+	}
+	// A refused filter is an error answer, not a stream.
+	if _, resp := e.openStream(t, "/api/tree/s/%23/x"); resp.StatusCode != 400 {
+		t.Errorf("bad filter: %s", resp.Status)
+	}
+}
+
+// TestStreamHistory: with history=1 the stream starts with the history.
+func TestStreamHistory(t *testing.T) {
+	e := setup(t, broker.Options{}, Options{})
+	e.publish(t, admin, "h/a", "1")
+	s, _ := e.openStream(t, "/api/tree/h/+?history=1")
+	ev := s.next(t)
+	if ev.name != "snapshot" || !strings.HasPrefix(ev.data, `{"a":[[`) {
+		t.Fatalf("%+v", ev)
+	}
+	e.publish(t, admin, "h/a", "2")
+	if ev = s.next(t); ev.name != "delta" || ev.data != `{"a":2}` {
+		t.Fatalf("%+v", ev)
+	}
+}
+
+// TestMaxStreams: streams past the bound are refused with 503; a closed
+// one makes room.
+func TestMaxStreams(t *testing.T) {
+	e := setup(t, broker.Options{}, Options{MaxStreams: 2})
+	var open []*stream
+	for range 2 {
+		s, resp := e.openStream(t, "/api/tree/x")
+		if resp.StatusCode != 200 {
+			t.Fatal(resp.Status)
+		}
+		s.next(t)
+		open = append(open, s)
+	}
+	s, resp := e.openStream(t, "/api/tree/x")
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third stream: %s", resp.Status)
+	}
+	s.close()
+	open[0].close()
+	eventually(t, "a stream slot", func() bool { return e.s.streams.Load() < 2 })
+	s, resp = e.openStream(t, "/api/tree/x")
+	if resp.StatusCode != 200 {
+		t.Fatalf("after one closed: %s", resp.Status)
+	}
+	s.next(t)
+	// Plain GETs are not streams.
+	if resp, _ := e.do(t, "GET", "/api/tree/x", nil); resp.StatusCode != 200 {
+		t.Errorf("GET: %s", resp.Status)
+	}
+}
+
+// TestStreamClientStopsReading: a client that stops reading does not hold
+// its stream: the broker's queue bound and the write deadline end it, and
+// its session goes.
+func TestStreamClientStopsReading(t *testing.T) {
+	for _, policy := range []broker.SlowPolicy{broker.SlowDrop, broker.SlowDisconnect} {
+		t.Run(string(policy), func(t *testing.T) {
+			e := setup(t, broker.Options{QueueBytes: 1 << 20, PublishWait: 50 * time.Millisecond, SlowClient: policy},
+				Options{WriteTimeout: 200 * time.Millisecond})
+			// A raw connection that sends the request and never reads.
+			conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.(*net.TCPConn).SetReadBuffer(4096)
+			fmt.Fprintf(conn, "GET /api/tree/big/+ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+			eventually(t, "the stream", func() bool { return e.s.streams.Load() == 1 })
+			big := strings.Repeat("x", 256<<10)
+			for i := 0; e.s.streams.Load() > 0; i++ {
+				if i > 400 {
+					t.Fatalf("the stream still runs after %d MiB published to it", i/4)
+				}
+				e.publish(t, admin, "big/"+strconv.Itoa(i%8), strconv.Quote(big+strconv.Itoa(i)))
+			}
+		})
+	}
+}
+
+// TestClose: Close ends the streams.
+func TestClose(t *testing.T) {
+	e := setup(t, broker.Options{}, Options{})
+	s, _ := e.openStream(t, "/api/tree/x")
+	s.next(t)
+	done := make(chan error, 1)
+	go func() { done <- e.s.Close() }()
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		t.Fatal("Close hangs on a stream")
+	}
+	select {
+	case _, ok := <-s.events:
+		if ok {
+			t.Error("an event after Close")
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the stream still runs after Close")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.url+"/api/tree/x", nil)
+	if _, err := http.DefaultClient.Do(req); err == nil {
+		t.Error("served after Close")
+	}
+}

@@ -1,0 +1,335 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mote-mqtt/mote/broker"
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// get answers GET /api/tree/F: the tree of a $sync/F snapshot, its
+// history ($hist/F, with history=1), or an event stream of it.
+func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("query: %v", err), "")
+		return
+	}
+	hist, err := histOptions(q)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error(), "")
+		return
+	}
+	rep, err := negotiate(r.Header.Get("Accept"), r.Method == http.MethodGet)
+	if err != nil {
+		writeError(w, http.StatusNotAcceptable, err.Error(), "")
+		return
+	}
+	if rep == repStream {
+		s.stream(w, r, p, filter, hist)
+		return
+	}
+	codec := wire.CodecJSON
+	if rep == repCBOR {
+		codec = wire.CodecCBOR
+	}
+	var payload []byte
+	var rev uint64
+	select {
+	case s.trees <- struct{}{}:
+	case <-r.Context().Done():
+		return // the client went away
+	}
+	if hist != nil {
+		payload, rev, err = s.history(r.Context(), p, filter, codec, *hist)
+	} else {
+		payload, rev, err = s.b.Tree(r.Context(), p, filter, codec)
+	}
+	<-s.trees
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", codec.ContentType())
+	h.Set("Content-Length", strconv.Itoa(len(payload)))
+	h.Set("Mote-Rev", strconv.FormatUint(rev, 10))
+	h.Set("Cache-Control", "no-store")
+	h.Set("Vary", "Accept")
+	w.Write(payload) //nolint:errcheck // a client that went away has nothing to be told
+}
+
+// histOptions reads history=1 and its from, to and limit (SPEC §9); nil
+// without history.
+func histOptions(q url.Values) (*broker.SubscribeOptions, error) {
+	on, err := flag(q, "history")
+	if err != nil {
+		return nil, err
+	}
+	if !on {
+		for _, k := range []string{"from", "to", "limit"} {
+			if q.Has(k) {
+				return nil, fmt.Errorf("%s is a history query's: add history=1", k)
+			}
+		}
+		return nil, nil
+	}
+	var o broker.SubscribeOptions
+	for _, k := range []string{"from", "to"} {
+		v := q.Get(k)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%s=%.40q: want a time in Unix milliseconds", k, v)
+		}
+		if k == "from" {
+			o.From = &n
+		} else {
+			o.To = &n
+		}
+	}
+	if o.From != nil && o.To != nil && *o.From > *o.To {
+		return nil, fmt.Errorf("from %d is after to %d", *o.From, *o.To)
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("limit=%.40q: want at least 1 pair per row", v)
+		}
+		o.Limit = n // the broker checks its upper bound
+	}
+	return &o, nil
+}
+
+// flag reads a boolean query parameter: absent, 0 or false; 1 or true.
+func flag(q url.Values, key string) (bool, error) {
+	switch v := q.Get(key); v {
+	case "", "0", "false":
+		return false, nil
+	case "1", "true":
+		return true, nil
+	default:
+		return false, fmt.Errorf("%s=%.40q: want 1 or 0", key, v)
+	}
+}
+
+// put answers PUT /api/tree/T: a retained tree publish at QoS 1 ($tree/T,
+// with replace=1 $tree.replace/T, a CBOR body $tree.cbor/T).
+func (s *Server) put(w http.ResponseWriter, r *http.Request, p broker.Principal, topic string) {
+	replace, err := flag(r.URL.Query(), "replace")
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error(), "")
+		return
+	}
+	verb := "$tree"
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		switch {
+		case err != nil:
+			writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %.100q: %v", ct, err), "")
+			return
+		case mt == "application/cbor":
+			verb += ".cbor"
+		case mt == "application/msgpack" || mt == "application/x-msgpack":
+			writeError(w, http.StatusUnsupportedMediaType, errMsgpack.Error(), "")
+			return
+		}
+	}
+	if replace {
+		verb += ".replace"
+	}
+	body, ok := s.body(w, r)
+	if !ok {
+		return
+	}
+	s.publish(w, r, p, broker.Message{Topic: verb + "/" + topic, Payload: body, QoS: 1, Retain: true})
+}
+
+// set answers POST /api/set/F: $set/F with the body as the payload.
+func (s *Server) set(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string) {
+	body, ok := s.body(w, r)
+	if !ok {
+		return
+	}
+	s.publish(w, r, p, broker.Message{Topic: "$set/" + filter, Payload: body, QoS: 1, Retain: true})
+}
+
+// publish publishes m through the broker's door and answers 204 once it
+// is applied (with SyncRetain, committed).
+func (s *Server) publish(w http.ResponseWriter, r *http.Request, p broker.Principal, m broker.Message) {
+	if err := s.b.Publish(r.Context(), p, m); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// body reads a request body of at most MaxBody bytes. A larger one is
+// refused with 413: by its Content-Length before anything is read, or once
+// MaxBody bytes are read.
+func (s *Server) body(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	tooLarge := func() ([]byte, bool) {
+		w.Header().Set("Connection", "close") // what is left unread is not read
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", s.opts.MaxBody), "")
+		return nil, false
+	}
+	if r.ContentLength > s.opts.MaxBody {
+		return tooLarge()
+	}
+	// Read as it comes (no buffer sized by what the client claims).
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBody))
+	var mb *http.MaxBytesError
+	switch {
+	case errors.As(err, &mb):
+		return tooLarge()
+	case err != nil:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("reading the body: %v", err), "")
+		return nil, false
+	}
+	return b, true
+}
+
+// fail answers a request the broker refused, or that failed.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var ref *broker.Refusal
+	if !errors.As(err, &ref) {
+		var he *httpError
+		if errors.As(err, &he) {
+			writeError(w, he.status, he.msg, "")
+			return
+		}
+		s.log.Error().Err(err).Str("method", r.Method).Str("path", r.URL.EscapedPath()).Msg("http: request failed")
+		writeError(w, http.StatusInternalServerError, err.Error(), "")
+		return
+	}
+	code := fmt.Sprintf("0x%02X", ref.Code.Code)
+	status := http.StatusInternalServerError
+	switch ref.Code.Code {
+	case packets.ErrNotAuthorized.Code:
+		status = http.StatusForbidden
+	case packets.ErrPayloadFormatInvalid.Code, packets.ErrTopicFilterInvalid.Code, packets.ErrTopicNameInvalid.Code:
+		status = http.StatusBadRequest
+	case packets.ErrPacketTooLarge.Code:
+		status = http.StatusRequestEntityTooLarge
+	case packets.ErrServerShuttingDown.Code:
+		status = http.StatusServiceUnavailable
+	}
+	if status == http.StatusInternalServerError {
+		s.log.Error().Err(err).Str("method", r.Method).Str("path", r.URL.EscapedPath()).Msg("http: request failed")
+	}
+	writeError(w, status, ref.Err.Error(), code)
+}
+
+// httpError is a failure with its own HTTP status.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+// errorBody is the JSON body of every error answer.
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code,omitempty"` // the MQTT 5 reason code ("0x87") when the broker refused
+}
+
+// writeError answers with status and a JSON body giving the reason.
+func writeError(w http.ResponseWriter, status int, reason, code string) {
+	b, _ := json.Marshal(errorBody{Error: reason, Code: code})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n')) //nolint:errcheck // a client that went away has nothing to be told
+}
+
+// rep is a representation of a tree that a client may ask for.
+type rep uint8
+
+const (
+	repJSON rep = iota
+	repCBOR
+	repStream // text/event-stream
+)
+
+// errMsgpack answers a client that wants MessagePack only.
+var errMsgpack = errors.New("MessagePack (application/msgpack) is not implemented yet: ask for application/json or application/cbor")
+
+// negotiate picks what to answer with from an Accept header (RFC 9110
+// §12.5.1): the acceptable representation with the highest q, a type
+// named exactly before one matched by a wildcard, then JSON, CBOR, event
+// stream in that order. No header: JSON. An event stream only for GET.
+func negotiate(accept string, streams bool) (rep, error) {
+	if strings.TrimSpace(accept) == "" {
+		return repJSON, nil
+	}
+	types := []struct {
+		mt  string
+		rep rep
+	}{{"application/json", repJSON}, {"application/cbor", repCBOR}, {"text/event-stream", repStream}}
+	if !streams {
+		types = types[:2]
+	}
+	best, bestQ, bestSpec := repJSON, 0.0, -1
+	msgpack := false
+	for i, t := range types {
+		q, spec := -1.0, -1 // the most specific range that matches t decides its q
+		for r := range strings.SplitSeq(accept, ",") {
+			mt, params, err := mime.ParseMediaType(strings.TrimSpace(r))
+			if err != nil {
+				continue
+			}
+			rq := 1.0
+			if v, ok := params["q"]; ok {
+				if rq, err = strconv.ParseFloat(v, 64); err != nil || rq < 0 || rq > 1 {
+					continue
+				}
+			}
+			if i == 0 && rq > 0 && (mt == "application/msgpack" || mt == "application/x-msgpack") {
+				msgpack = true
+			}
+			sp := match(mt, t.mt)
+			if sp > spec {
+				q, spec = rq, sp
+			}
+		}
+		if q > bestQ || (q == bestQ && q > 0 && spec > bestSpec) {
+			best, bestQ, bestSpec = t.rep, q, spec
+		}
+	}
+	switch {
+	case bestQ > 0:
+		return best, nil
+	case msgpack:
+		return 0, errMsgpack
+	}
+	return 0, fmt.Errorf("Accept %.100q: want application/json, application/cbor or text/event-stream", accept)
+}
+
+// match says how specifically media range rng matches type mt: 2 exactly,
+// 1 by type/*, 0 by */*, -1 not at all.
+func match(rng, mt string) int {
+	switch {
+	case rng == mt:
+		return 2
+	case rng == "*/*":
+		return 0
+	case strings.HasSuffix(rng, "/*") && strings.HasPrefix(mt, rng[:len(rng)-1]):
+		return 1
+	}
+	return -1
+}
