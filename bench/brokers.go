@@ -40,8 +40,18 @@ func Mote(bin string) *Broker { return MoteAs("mote", bin) }
 // earlier build, measured side by side with this one.
 func MoteAs(name, bin string) *Broker {
 	return &Broker{Name: name, Tree: true, args: func(addr, dir string) ([]string, error) {
-		return []string{bin, "broker", "--tcp", addr, "--ws", "off", "--data", dir, "--log-level", "warn"}, nil
+		args := []string{bin, "broker", "--tcp", addr, "--ws", "off", "--data", dir, "--log-level", "warn"}
+		if hasFlag(bin, "-http") { // builds before the HTTP API have no such flag
+			args = append(args, "--http", "off")
+		}
+		return args, nil
 	}}
+}
+
+// hasFlag reports whether `bin broker -h` lists flag.
+func hasFlag(bin, flag string) bool {
+	out, _ := exec.Command(bin, "broker", "-h").CombinedOutput()
+	return strings.Contains(string(out), flag+" ")
 }
 
 // Mochi is a bare mochi-mqtt server from the binary bin (`mote mochi`).

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/mote-mqtt/mote/broker"
 	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/httpapi"
 	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/tree"
 )
@@ -27,6 +30,7 @@ type config struct {
 		WSPath string `yaml:"ws_path"`
 		TLS    string `yaml:"tls"`
 		WSS    string `yaml:"wss"`
+		HTTP   string `yaml:"http"` // the HTTP API and web view (SPEC §10)
 	} `yaml:"listeners"`
 	Cert     string `yaml:"cert"`
 	Key      string `yaml:"key"`
@@ -118,6 +122,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	tcp := fs.String("tcp", "", "TCP listener address, or off (default "+broker.DefaultTCP+")")
 	ws := fs.String("ws", "", "WebSocket listener address, or off (default "+broker.DefaultWS+", path /mqtt)")
+	httpAddr := fs.String("http", "", "HTTP API and web view address, or off (default "+httpapi.DefaultAddr+")")
 	data := fs.String("data", "", "data directory (default ./data)")
 	cfgPath := fs.String("config", "", "YAML config file; flags override it")
 	level := fs.String("log-level", "", "debug, info, warn or error (default info)")
@@ -252,12 +257,59 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
-	<-ctx.Done()
-	log.Info().Msg("signal received; shutting down")
+	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), log)
+	if err != nil {
+		b.Close() //nolint:errcheck // the listener's error says more
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		log.Info().Msg("signal received; shutting down")
+	case err = <-served:
+		log.Error().Err(err).Msg("the HTTP listener stopped; shutting down")
+	}
 	start := time.Now()
-	err = b.Close()
+	if api != nil {
+		api.Close() //nolint:errcheck // its streams end either way
+	}
+	err = errors.Join(err, b.Close())
 	log.Info().Dur("took", time.Since(start)).Msg("shutdown complete")
 	return err
+}
+
+// serveHTTP starts the HTTP API and web view on addr ("off": none), bound
+// to loopback as the broker's listeners are when it serves loopback only.
+// served reports an error if it stops serving before Close.
+func serveHTTP(b *broker.Broker, addr string, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
+	served := make(chan error, 1)
+	if addr == "off" {
+		return nil, served, nil
+	}
+	// Metrics, Health and Web are wired in by their packages.
+	api := httpapi.New(b, httpapi.Options{Log: log.With().Str("component", "http").Logger()})
+	l, err := api.Listen(addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("HTTP listener (--http, listeners.http): %w", err)
+	}
+	go func() {
+		if err := api.Serve(l); err != nil {
+			served <- err
+		}
+	}()
+	log.Info().Str("http", l.Addr().String()).Msg("web view at " + webURL(l.Addr()))
+	return api, served, nil
+}
+
+// webURL is how a person on this machine opens the web view served at a.
+func webURL(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return "http://" + a.String() + "/"
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() || ip.IsLoopback() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }
 
 // stringList is a repeatable string flag.

@@ -52,7 +52,7 @@ func startBinary(t *testing.T, data string, extra ...string) (*exec.Cmd, string,
 	port := freePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	logs := &bytes.Buffer{}
-	cmd := exec.Command(buildMote(t), append([]string{"broker", "--tcp", addr, "--ws", "off", "--data", data}, extra...)...)
+	cmd := exec.Command(buildMote(t), append([]string{"broker", "--tcp", addr, "--ws", "off", "--http", "off", "--data", data}, extra...)...)
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,6 @@
 // Command mote is the Mote broker and its tools:
 //
-//	mote broker   run the broker (TCP :1883, WebSocket :1884/mqtt, data in ./data)
+//	mote broker   run the broker (TCP :1883, WebSocket :1884/mqtt, HTTP API and web view :1885, data in ./data)
 //	mote pub      publish plain messages or trees
 //	mote sub      subscribe, plain or to trees ($sync / $tree)
 //	mote store    inspect a store offline (stats, dump)

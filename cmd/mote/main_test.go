@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +38,8 @@ func TestSIGTERM(t *testing.T) {
 	bin := buildMote(t)
 	port := freePort(t)
 	var logs bytes.Buffer
-	cmd := exec.Command(bin, "broker", "--tcp", "127.0.0.1:"+strconv.Itoa(port), "--ws", "off", "--data", filepath.Join(dir, "data"))
+	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	cmd := exec.Command(bin, "broker", "--tcp", "127.0.0.1:"+strconv.Itoa(port), "--ws", "off", "--http", httpAddr, "--data", filepath.Join(dir, "data"))
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -60,6 +63,17 @@ func TestSIGTERM(t *testing.T) {
 	if err := run(ctx, []string{"pub", "-p", strconv.Itoa(port), "-h", "127.0.0.1", "-t", "a", "--tree", "-m", `{"b":1}`, "-r", "-q", "1"}, nil, &out, &out); err != nil {
 		t.Fatalf("pub: %v %s", err, out.String())
 	}
+	// The HTTP API serves the same rows (--http).
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+httpAddr+"/api/tree/a/%23", nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Errorf("GET /api/tree: %v", err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != `{"b":1}` {
+			t.Errorf("GET /api/tree/a/%%23: %s %s", resp.Status, body)
+		}
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -72,6 +86,9 @@ func TestSIGTERM(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatalf("no exit after SIGTERM\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "web view at http://localhost:"+httpAddr[len("127.0.0.1:"):]+"/") {
+		t.Errorf("no web view line in the logs: %s", logs.String())
 	}
 	if !strings.Contains(logs.String(), "shutdown complete") {
 		t.Errorf("logs: %s", logs.String())
@@ -180,7 +197,7 @@ func TestStoreCommands(t *testing.T) {
 		t.Errorf("dump:\n%s\nwant\n%s", got, want)
 	}
 	os.WriteFile(filepath.Join(dir, "mote.db"), bytes.Repeat([]byte("junk"), 4096), 0o600)
-	err = run(ctx, []string{"broker", "--tcp", "127.0.0.1:0", "--ws", "off", "--data", dir}, nil, &out, &out)
+	err = run(ctx, []string{"broker", "--tcp", "127.0.0.1:0", "--ws", "off", "--http", "off", "--data", dir}, nil, &out, &out)
 	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "mote.db")) {
 		t.Errorf("broker on a damaged store: %v", err)
 	}

@@ -529,16 +529,20 @@ func buildMote(ctx context.Context, t *testing.T, bin string) {
 }
 
 // brokerFlags returns the flags given to every broker beyond the fixed
-// ones: --max-keepalive 60 when this mote has that flag.
+// ones: --http off and --max-keepalive 60 when this mote has those flags.
 func brokerFlags(ctx context.Context, t *testing.T, bin string) []string {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	out, _ := exec.CommandContext(ctx, bin, "broker", "-h").CombinedOutput()
+	var flags []string
+	if strings.Contains(string(out), "-http ") {
+		flags = append(flags, "--http", "off") // not the default :1885, open to all with --allow-anonymous
+	}
 	if strings.Contains(string(out), "-max-keepalive") {
-		return []string{"--max-keepalive", "60"}
+		return append(flags, "--max-keepalive", "60")
 	}
 	t.Logf("this mote has no --max-keepalive flag: test_server_keep_alive cannot pass")
-	return nil
+	return flags
 }
 
 // tail returns the last max bytes of a file.
