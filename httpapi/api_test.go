@@ -68,6 +68,11 @@ func TestGetTree(t *testing.T) {
 		})
 	}
 	sameRev(t, e, c, "light/+/is_on")
+	// HEAD: the headers of GET, never a stream.
+	resp, body := e.do(t, "HEAD", "/api/tree/light/+/is_on", nil, "Accept", "text/event-stream, application/json;q=0.1")
+	if resp.StatusCode != 200 || len(body) != 0 || resp.Header.Get("Mote-Rev") == "" || resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("HEAD: %s %v %q", resp.Status, resp.Header, body)
+	}
 	// A write moves Mote-Rev on, as it moves a snapshot's mote-rev.
 	e.publish(t, admin, "light/bedroom/is_on", "0")
 	if rev := sameRev(t, e, c, "light/+/is_on"); rev <= snap.Rev {

@@ -186,3 +186,41 @@ func TestClose(t *testing.T) {
 		t.Error("served after Close")
 	}
 }
+
+// TestStreamParts: a snapshot over the broker's maximum packet size goes
+// out as its first part (snapshot) and the others as deltas, the id on the
+// last only; together they are the tree.
+func TestStreamParts(t *testing.T) {
+	e := setup(t, broker.Options{MaxPacketSize: 4096}, Options{})
+	want := map[string]any{}
+	for i := range 40 {
+		v := strings.Repeat("v", 200)
+		e.publish(t, admin, fmt.Sprintf("p/r%02d", i), v)
+		want[fmt.Sprintf("r%02d", i)] = v
+	}
+	s, _ := e.openStream(t, "/api/tree/p/+")
+	got := map[string]any{}
+	for n := 0; ; n++ {
+		ev := s.next(t)
+		switch {
+		case n == 0 && ev.name != "snapshot", n > 0 && ev.name != "delta":
+			t.Fatalf("event %d: %+v", n, ev)
+		}
+		for k, v := range jsonOf(t, []byte(ev.data)).(map[string]any) {
+			got[k] = v
+		}
+		if ev.id != "" {
+			if n == 0 {
+				t.Fatal("the snapshot was not cut in parts")
+			}
+			break
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("the parts make %d rows, want %d", len(got), len(want))
+	}
+	// A history answer in parts is refused, not cut.
+	if resp, body := e.do(t, "GET", "/api/tree/p/+?history=1", nil); resp.StatusCode != 500 || !strings.Contains(string(body), "maximum packet size") {
+		t.Errorf("history in parts: %d %s", resp.StatusCode, body)
+	}
+}
