@@ -149,12 +149,14 @@ func TestStreamClientStopsReading(t *testing.T) {
 			fmt.Fprintf(conn, "GET /api/tree/big/+ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
 			eventually(t, "the stream", func() bool { return e.s.streams.Load() == 1 })
 			big := strings.Repeat("x", 256<<10)
-			for i := 0; e.s.streams.Load() > 0; i++ {
+			i := 0
+			for ; e.s.streams.Load() > 0; i++ {
 				if i > 400 {
 					t.Fatalf("the stream still runs after %d MiB published to it", i/4)
 				}
 				e.publish(t, admin, "big/"+strconv.Itoa(i%8), strconv.Quote(big+strconv.Itoa(i)))
 			}
+			t.Logf("the stream ended after %d MiB published to it", i/4)
 		})
 	}
 }
