@@ -324,6 +324,16 @@ func TestFoldQueuedDeltas(t *testing.T) {
 	if err := m.Wait(ctx, func(doc any) bool { return reflect.DeepEqual(normal(t, doc), want) }); err != nil {
 		m.Get(func(doc any) { t.Fatalf("copy %v\nwant %v", normal(t, doc), want) })
 	}
+	// Wait returns once the copy is whole, maybe before onChange has run
+	// for the message that made it so.
+	for deadline := time.Now().Add(testTimeout); ; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := msgs
+		mu.Unlock()
+		if n >= 2 || time.Now().After(deadline) {
+			break
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if msgs != 2 || m.Resyncs() != 0 { // the snapshot and one folded delta
