@@ -214,3 +214,18 @@ func (x *index) matchFrom(n *fnode, topic string, i int, out []*group) []*group 
 	}
 	return out
 }
+
+// setAllow changes a registered subscription's read check, moving it to
+// its group's shared or private list when the check comes or goes.
+func (x *index) setAllow(s *Sub, allow func(string) bool) {
+	if g := s.group; g != nil && (s.Allow == nil) != (allow == nil) {
+		if allow == nil {
+			g.private = deleteSub(g.private, s)
+			g.subs = append(g.subs, s)
+		} else {
+			g.subs = deleteSub(g.subs, s)
+			g.private = append(g.private, s)
+		}
+	}
+	s.Allow = allow
+}
