@@ -233,7 +233,7 @@ func (o Options) withDefaults() (Options, error) {
 		o.Retain.ResumeWindow = DefaultResumeWindow
 	}
 	if err := checkHistory(o.Retain.History); err != nil {
-		return o, err
+		return o, fmt.Errorf("broker: %w", err)
 	}
 	if o.Limits.MaxTopicLen == 0 || o.Limits.MaxTopicLen > o.MaxTopicLen {
 		o.Limits.MaxTopicLen = o.MaxTopicLen
@@ -248,10 +248,10 @@ func (o Options) withDefaults() (Options, error) {
 func checkHistory(rules []retain.HistoryRule) error {
 	for _, h := range rules {
 		if err := h.Validate(); err != nil {
-			return fmt.Errorf("broker: %w", err)
+			return err
 		}
 		if h.Keep > maxHistLimit {
-			return fmt.Errorf("broker: history filter %q: keep %d, at most %d", h.Filter, h.Keep, maxHistLimit)
+			return fmt.Errorf("history filter %q: keep %d, at most %d", h.Filter, h.Keep, maxHistLimit)
 		}
 	}
 	return nil

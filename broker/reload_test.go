@@ -45,7 +45,7 @@ topic deny house/secret/#
 `
 )
 
-func parseACL(t *testing.T, text string) *auth.ACL {
+func parseACL(t testing.TB, text string) *auth.ACL {
 	t.Helper()
 	if text == "" {
 		return nil
@@ -72,8 +72,8 @@ func stillConnected(t *testing.T, c *client.Client, who string) {
 
 // TestReloadACL: each reload's ACL applies to a connected reader from its
 // next message on — its plain subscription, the deltas of its $sync
-// subscription, the retained replay and snapshot of a new subscription,
-// its writes (0x87 once forbidden) — and it stays connected throughout,
+// subscription, the retained replay, snapshot and $hist answer of a new
+// subscription, its writes (0x87 once forbidden) — and it stays connected throughout,
 // through narrower, wider, no ACL at all and back; a refused reload
 // changes nothing.
 func TestReloadACL(t *testing.T) {
@@ -154,6 +154,13 @@ func TestReloadACL(t *testing.T) {
 		}
 		if replayed := replayOf(t, b, alice, bobP, "house/#"); strings.Contains(replayed, "house/secret/x") != step.secret || !strings.Contains(replayed, "house/a") {
 			t.Errorf("%s: retained replay %s", step.name, replayed)
+		}
+		h, err := bob.History(ctx, "house/#", client.JSON)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j, _ := json.Marshal(h.Tree); strings.Contains(string(j), "secret") != step.secret || !strings.Contains(string(j), `"a"`) {
+			t.Errorf("%s: $hist answer %s", step.name, j)
 		}
 		// bob's write: allowed, or refused with 0x87.
 		err = bob.PublishTree(ctx, "house/bob", map[string]any{"x": i}, client.PublishOptions{QoS: 1, Retain: true})
@@ -509,4 +516,55 @@ func peerCert(t *testing.T, addr string, pool *x509.CertPool) *x509.Certificate 
 	}
 	defer c.Close()
 	return c.ConnectionState().PeerCertificates[0]
+}
+
+// BenchmarkReload: one Reload that swaps the ACL of a broker holding n
+// tree subscriptions (one door session's): the time the message loop is
+// held to give each its new read check, and the access decision as each
+// publish and delivery makes it.
+func BenchmarkReload(b *testing.B) {
+	for _, n := range []int{0, 10_000} {
+		b.Run(fmt.Sprint("subs=", n), func(b *testing.B) {
+			br := start(b, Options{MaxSubscriptions: max(n, 1)})
+			s := br.Open(Principal{User: "bob", ClientID: "bench"}, func(Delivery) {})
+			defer s.Close()
+			for i := range n {
+				if err := s.Subscribe(fmt.Sprintf("$tree/house/%d/#", i), 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reloads(b, br)
+		})
+	}
+	// One filter, many sessions: the subscriptions of one group move
+	// between its shared and private encodings at each reload.
+	b.Run("subs=10000,one-filter", func(b *testing.B) {
+		br := start(b, Options{})
+		for i := range 10_000 {
+			s := br.Open(Principal{User: "bob", ClientID: fmt.Sprint("bench", i)}, func(Delivery) {})
+			defer s.Close()
+			if err := s.Subscribe("$tree/house/#", 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reloads(b, br)
+	})
+	b.Run("canRead", func(b *testing.B) {
+		br := start(b, Options{ACL: parseACL(b, narrowACL)})
+		p := Principal{User: "bob", ClientID: "bench"}
+		for b.Loop() {
+			br.access.canRead(p, "house/kitchen/temp")
+		}
+	})
+}
+
+// reloads reloads br in a loop, between no ACL and the narrow one: every
+// tree subscription gets a read check, then loses it.
+func reloads(b *testing.B, br *Broker) {
+	acls := []*auth.ACL{nil, parseACL(b, narrowACL)}
+	for i := 0; b.Loop(); i++ {
+		if err := br.Reload(Reload{ACL: acls[i%2]}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -179,7 +179,5 @@ func (t *Tree) RemoveOwner(owner string) int { return t.index.removeOwner(owner)
 // between its group's shared encoding and its own as its check comes or
 // goes.
 func (t *Tree) SetAllow(allow func(s *Sub) func(topic string) bool) {
-	for _, s := range t.index.byKey {
-		t.index.setAllow(s, allow(s))
-	}
+	t.index.root.eachGroup(func(g *group) { g.setAllow(allow) })
 }
