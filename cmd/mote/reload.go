@@ -33,7 +33,7 @@ type settings struct {
 	cfg                                config
 	pwFile, aclFile, certFile, keyFile string
 	sums                               map[string][sha256.Size]byte // content of each file read
-	cert                               *x509.Certificate           // the TLS leaf, if any
+	cert                               *x509.Certificate            // the TLS leaf, if any
 }
 
 // readSettings reads the reloadable settings of cfg (read from cfgPath),
