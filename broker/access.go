@@ -2,6 +2,7 @@ package broker
 
 import (
 	"strings"
+	"sync/atomic"
 
 	"github.com/mote-mqtt/mote/broker/auth"
 )
@@ -20,18 +21,42 @@ var systemPrincipal = Principal{ClientID: "$mote", system: true}
 // access is the one boundary where the broker decides who may connect and
 // what they may read and write: the password file, anonymous access, the
 // ACL file, and the broker's own rules around them. Every front end
-// reaches it through the door; nothing else reads the files.
+// reaches it through the door; nothing else reads the files. A value is
+// never changed once made: Broker.Reload makes a new one and swaps it in
+// whole (accessRef).
 type access struct {
 	users     *auth.Users // nil: nobody is authenticated
 	acl       *auth.ACL   // nil: everything is allowed
 	anonymous bool        // clients without a username may connect
 }
 
+// accessRef is the broker's current access rules. Every decision loads
+// them once, with one atomic load and no lock, so a decision never mixes
+// old and new rules; Broker.Reload stores new ones (on the message loop,
+// between two batches, where it also hands the tree subscriptions their
+// new read checks). Its methods are access's, on the rules current when
+// called; readCheck and writeCheck keep the rules they were made with.
+type accessRef struct{ p atomic.Pointer[access] }
+
+func (r *accessRef) load() *access   { return r.p.Load() }
+func (r *accessRef) store(a *access) { r.p.Store(a) }
+
+func (r *accessRef) authenticate(user string, password []byte, hasUser bool) bool {
+	return r.load().authenticate(user, password, hasUser)
+}
+func (r *accessRef) canWrite(p Principal, topic string) bool { return r.load().canWrite(p, topic) }
+func (r *accessRef) canRead(p Principal, topic string) bool  { return r.load().canRead(p, topic) }
+func (r *accessRef) canSubscribe(p Principal, filter string) bool {
+	return r.load().canSubscribe(p, filter)
+}
+func (r *accessRef) readCheck(p Principal) func(string) bool  { return r.load().readCheck(p) }
+func (r *accessRef) writeCheck(p Principal) func(string) bool { return r.load().writeCheck(p) }
+
 // authenticate checks a username and password against the password file;
 // a client without a username needs anonymous access. Without a password
 // file nobody is authenticated: a username is taken as given (the broker
 // then listens on loopback only, unless anonymous access is allowed).
-func (a access) authenticate(user string, password []byte, hasUser bool) bool {
+func (a *access) authenticate(user string, password []byte, hasUser bool) bool {
 	switch {
 	case a.users == nil:
 		return true
@@ -41,10 +66,10 @@ func (a access) authenticate(user string, password []byte, hasUser bool) bool {
 	return a.users.Check(user, string(password))
 }
 
-func (a access) client(p Principal) auth.Client { return auth.Client{User: p.User, ID: p.ClientID} }
+func (a *access) client(p Principal) auth.Client { return auth.Client{User: p.User, ID: p.ClientID} }
 
 // canWrite reports whether p may publish to a topic (a row topic).
-func (a access) canWrite(p Principal, topic string) bool {
+func (a *access) canWrite(p Principal, topic string) bool {
 	if p.system || a.acl == nil {
 		return true
 	}
@@ -53,7 +78,7 @@ func (a access) canWrite(p Principal, topic string) bool {
 
 // canRead reports whether p may receive a topic. A client's error reports
 // are readable by that client only, whatever the ACL says.
-func (a access) canRead(p Principal, topic string) bool {
+func (a *access) canRead(p Principal, topic string) bool {
 	if p.system {
 		return true
 	}
@@ -69,7 +94,7 @@ func (a access) canRead(p Principal, topic string) bool {
 // canSubscribe reports whether p may subscribe to a plain filter. A
 // filter reaching into the error reports is let through: each report is
 // checked on delivery (canRead), so only the client's own arrive.
-func (a access) canSubscribe(p Principal, filter string) bool {
+func (a *access) canSubscribe(p Principal, filter string) bool {
 	if p.system {
 		return true
 	}
@@ -91,7 +116,7 @@ func (a access) canSubscribe(p Principal, filter string) bool {
 
 // readCheck is p's per-row read check for the tree core, nil when
 // everything is readable.
-func (a access) readCheck(p Principal) func(string) bool {
+func (a *access) readCheck(p Principal) func(string) bool {
 	if p.system || a.acl == nil {
 		return nil
 	}
@@ -101,7 +126,7 @@ func (a access) readCheck(p Principal) func(string) bool {
 
 // writeCheck is p's per-row write check for the tree core, nil when
 // everything is writable.
-func (a access) writeCheck(p Principal) func(string) bool {
+func (a *access) writeCheck(p Principal) func(string) bool {
 	if p.system || a.acl == nil {
 		return nil
 	}

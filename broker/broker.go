@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -23,7 +24,9 @@ type Broker struct {
 	log       zerolog.Logger
 	server    *mqtt.Server
 	parser    *tree.Parser
-	access    access
+	access    accessRef                  // users and ACL: swapped whole by Reload
+	tlsConf   atomic.Pointer[tls.Config] // what TLS and WSS handshakes use: swapped by Reload
+	reloading sync.Mutex                 // one Reload at a time
 	wills     wills
 	tree      *tree.Tree // owned by the loop goroutine
 	reqs      *requestQueue
@@ -101,7 +104,6 @@ func New(opts Options) (*Broker, error) {
 		opts:      opts,
 		log:       opts.Log,
 		parser:    parser,
-		access:    access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous},
 		tree:      tree.New(),
 		reqs:      newRequestQueue(opts.LoopQueue),
 		props:     map[string]packets.Properties{},
@@ -111,6 +113,8 @@ func New(opts Options) (*Broker, error) {
 		splits:    make(chan struct{}, 2),
 		histReads: make(chan struct{}, 2),
 	}
+	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
+	b.tlsConf.Store(opts.TLSConfig)
 	b.wills = wills{b: b, delayed: map[string]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
@@ -209,14 +213,14 @@ func (b *Broker) listen() error {
 	mk := func(id, addr string, tls bool) *tcpListener {
 		l := &tcpListener{id: id, addr: addr, b: b}
 		if tls {
-			l.tls = b.opts.TLSConfig
+			l.tls = b.serverTLS()
 		}
 		return l
 	}
 	mkWS := func(id, addr string, tls bool) *wsListener {
 		l := &wsListener{id: id, addr: addr, path: b.opts.WSPath, b: b}
 		if tls {
-			l.tls = b.opts.TLSConfig
+			l.tls = b.serverTLS()
 		}
 		return l
 	}

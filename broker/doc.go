@@ -62,6 +62,28 @@
 // outlives it: held in mochi's in-flight state for the session's return,
 // or queued to the client that took the session over (conn.finish).
 //
+// # Reload
+//
+// Broker.Reload (reload.go) swaps, all or nothing, what can change without
+// a restart: the access rules (password file, ACL, anonymous access), the
+// history rules and the TLS configuration. The access rules are one
+// immutable value behind an atomic pointer (accessRef): every decision
+// loads it once, with no lock on the hot path, so publishes, subscriptions,
+// wills as they fire, plain deliveries and retained replays follow the new
+// rules from their next decision on. Tree subscriptions hold their reader's
+// read check (tree.Sub.Allow, made from the rules when the loop registers
+// them); the swap runs on the loop, between two batches, and gives every
+// one its new check at once, so snapshots, deltas (folded ones included),
+// resumes and $hist answers are made wholly under the old rules or wholly
+// under the new. Nobody is disconnected: credentials are checked at
+// CONNECT, and a connected client's rights are its username's under the
+// rules of the moment. Listeners are not rebound (a broker started
+// loopback-only stays so; one bound beyond loopback refuses a reload that
+// would need loopback). The retainer takes the history rules
+// (retain.Retainer.SetHistory) for the changes handed in after them; TLS
+// and WSS handshakes take the current configuration (serverTLS), so
+// connections already up keep their certificate.
+//
 // # What replaces mochi, and why
 //
 //   - Delivery (mochi's publishToSubscribers, its client outbound queue and
@@ -94,7 +116,8 @@
 //	pacer timer (one per broker) the message loop (pacer)       the loop ends; it only pushes a call to the loop
 //
 //	state                               owner
-//	tree.Tree, treeSub, props, pacer    the message loop
+//	tree.Tree, treeSub, props, pacer    the message loop (tree.Sub.Allow too: set at registration and by Reload)
+//	access rules, TLS configuration     Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries

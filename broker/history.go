@@ -56,7 +56,7 @@ func (b *Broker) historyOf(st *treeSub) *histRead {
 		}
 		return true
 	})
-	if b.ret != nil && len(b.opts.Retain.History) > 0 {
+	if b.ret != nil && len(b.ret.HistoryRules()) > 0 {
 		h.flushed = make(chan error, 1)
 		b.ret.Add(nil, h.flushed)
 	}
@@ -78,11 +78,12 @@ func (b *Broker) readHistory(c *conn, h *histRead) ([]byte, error) {
 			return nil, errWriterStop
 		}
 		now := time.Now().UnixMilli()
+		rules := b.ret.HistoryRules() // the rules now: a Reload may have changed them
 		err := b.ret.History(h.filter, histReadBytes, func(topic string, pairs []retain.Pair) bool {
 			if h.allow != nil && !h.allow(topic) {
 				return true
 			}
-			rule := retain.RuleFor(b.opts.Retain.History, topic)
+			rule := retain.RuleFor(rules, topic)
 			if rule == nil {
 				return true
 			}

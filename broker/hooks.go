@@ -542,8 +542,9 @@ func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos
 		}
 		st.hist = &q
 	}
-	st.ts = &tree.Sub{Owner: c.key, Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st,
-		Allow: b.access.readCheck(c.p)}
+	// Its read check (Allow) is the loop's to set, from the rules current
+	// when it registers (handle).
+	st.ts = &tree.Sub{Owner: c.key, Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st}
 	b.subsSent.Add(1)
 	if !b.reqs.push(request{kind: reqSubscribe, sub: st}) {
 		b.subsSent.Add(-1)

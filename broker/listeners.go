@@ -479,7 +479,7 @@ func (b *Broker) originAllowed(r *http.Request) bool {
 	if !strings.EqualFold(u.Hostname(), host) {
 		return false
 	}
-	if b.opts.Users == nil || b.opts.AllowAnonymous {
+	if a := b.access.load(); a.users == nil || a.anonymous {
 		return isLoopbackName(host)
 	}
 	return true

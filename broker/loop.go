@@ -271,6 +271,7 @@ func (b *Broker) handle(r *request) {
 	switch r.kind {
 	case reqSubscribe:
 		st := r.sub
+		st.ts.Allow = b.access.readCheck(st.c.p) // the rules now: a Reload sets every registered one
 		if _, err := b.tree.Register(st.ts); err != nil {
 			b.refuse(st.c.p, "subscribe", st.ts.Topic, err)
 			break

@@ -45,7 +45,8 @@ type Options struct {
 	WSPath string // WebSocket path; default "/mqtt"
 	TLS    string // MQTT over TLS listener address (mqtts, 8883 by convention); "" for none
 	WSS    string // WebSocket over TLS listener address; "" for none
-	// TLSConfig serves TLS and WSS; required when either is set.
+	// TLSConfig serves TLS and WSS; required when either is set. Each
+	// handshake reads the current one: Broker.Reload replaces it.
 	TLSConfig *tls.Config
 	// AllowedOrigins are the web origins ("https://app.example.com") whose
 	// pages may open a WebSocket to the broker; "*" allows any. Requests
@@ -127,7 +128,8 @@ type Options struct {
 	// AllowAnonymous accepts clients that send no username.
 	AllowAnonymous bool
 	// ACL, if not nil, is enforced for plain traffic and per row for tree
-	// publishes, $set, snapshots and deltas (SPEC §6).
+	// publishes, $set, snapshots and deltas (SPEC §6). Broker.Reload
+	// replaces Users, AllowAnonymous and ACL while clients stay connected.
 	ACL *auth.ACL
 
 	Log zerolog.Logger // all logs; default: discarded
@@ -230,13 +232,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Retain.ResumeWindow == 0 {
 		o.Retain.ResumeWindow = DefaultResumeWindow
 	}
-	for _, h := range o.Retain.History {
-		if err := h.Validate(); err != nil {
-			return o, fmt.Errorf("broker: %w", err)
-		}
-		if h.Keep > maxHistLimit {
-			return o, fmt.Errorf("broker: history filter %q: keep %d, at most %d", h.Filter, h.Keep, maxHistLimit)
-		}
+	if err := checkHistory(o.Retain.History); err != nil {
+		return o, fmt.Errorf("broker: %w", err)
 	}
 	if o.Limits.MaxTopicLen == 0 || o.Limits.MaxTopicLen > o.MaxTopicLen {
 		o.Limits.MaxTopicLen = o.MaxTopicLen
@@ -247,7 +244,21 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// LoadTLS builds a server TLS configuration from PEM certificate and key files.
+// checkHistory checks history rules (Options.Retain.History, Reload.History).
+func checkHistory(rules []retain.HistoryRule) error {
+	for _, h := range rules {
+		if err := h.Validate(); err != nil {
+			return err
+		}
+		if h.Keep > maxHistLimit {
+			return fmt.Errorf("history filter %q: keep %d, at most %d", h.Filter, h.Keep, maxHistLimit)
+		}
+	}
+	return nil
+}
+
+// LoadTLS builds a server TLS configuration from PEM certificate and key
+// files. Broker.Reload takes a new one: handshakes from then on use it.
 func LoadTLS(certFile, keyFile string) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {

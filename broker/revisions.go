@@ -126,9 +126,11 @@ func (b *Broker) resumeOf(st *treeSub) (payload []byte, rr *resumeRead, ok bool)
 	return nil, rr, true
 }
 
-// add adds a deleted topic to the resume delta, once, if s matches it.
+// add adds a deleted topic to the resume delta, once, if s's filter
+// matches it. It runs on the writer: s's read check is the loop's (a
+// Reload changes it), and applied there when the delta is encoded (Fold).
 func (rr *resumeRead) add(s *tree.Sub, topic string) {
-	if !rr.seen[topic] && s.Matches(topic) {
+	if !rr.seen[topic] && wire.Match(s.Filter, topic) {
 		rr.seen[topic] = true
 		rr.changes = append(rr.changes, tree.Change{Topic: topic})
 	}

@@ -27,7 +27,8 @@ type Options struct {
 	// oldest go, and resumes from before them get full snapshots.
 	ResumeWindow uint64
 	MaxMarkers   int
-	// History names the rows whose past values are kept (SPEC §9).
+	// History names the rows whose past values are kept (SPEC §9);
+	// Retainer.SetHistory replaces the rules at run time.
 	History []HistoryRule
 	// PruneEvery is how often history is pruned by keep and max_age;
 	// default 10 s.
@@ -99,10 +100,12 @@ type Retainer struct {
 	opts  Options
 	log   zerolog.Logger
 
-	mu         sync.Mutex // guards pending, hist, seqRev, seq, committing, waiters, closed, err, lastLost
+	mu         sync.Mutex // guards pending, hist, rules, rulesSet, seqRev, seq, committing, waiters, closed, err, lastLost
 	pending    map[string]Change
-	hist       []Change // every change of rows under a history rule, in order
-	seqRev     uint64   // the revision of the last history value, and its Seq
+	hist       []Change      // every change of rows under a history rule, in order
+	rules      []HistoryRule // the history rules now (Options.History, then SetHistory's); never changed in place
+	rulesSet   bool          // SetHistory handed in rules the goroutine has not pruned by yet
+	seqRev     uint64        // the revision of the last history value, and its Seq
 	seq        uint32
 	committing map[string]Change // the batch being committed, until it is
 	waiters    []waiting         // answered by the commit holding what was pending when they came
@@ -146,6 +149,7 @@ func New(store RowStore, opts Options, log zerolog.Logger) (*Retainer, error) {
 		done:    make(chan struct{}),
 		pruned:  time.Now(),
 	}
+	r.rules = r.opts.History
 	m := store.Meta()
 	if err := store.MarkRunning(); err != nil {
 		return nil, err
@@ -236,7 +240,7 @@ func (r *Retainer) Add(changes []Change, waiters ...chan error) {
 	}
 	for _, c := range changes {
 		r.pending[c.Topic] = c
-		if len(r.opts.History) > 0 && !c.QoSOnly && RuleFor(r.opts.History, c.Topic) != nil {
+		if len(r.rules) > 0 && !c.QoSOnly && RuleFor(r.rules, c.Topic) != nil {
 			if c.Rev != r.seqRev { // one revision may come in several Adds, and commits
 				r.seqRev, r.seq = c.Rev, 0
 			}
@@ -260,6 +264,29 @@ func (r *Retainer) Add(changes []Change, waiters ...chan error) {
 	case r.wake <- struct{}{}:
 	default:
 	}
+}
+
+// SetHistory hands the retainer new history rules (checked with
+// HistoryRule.Validate), as a configuration reload does. Every change Add
+// takes from then on is kept by the new rules; values already stored, or
+// handed in before, stay as they are until the next prune, which follows
+// the next commit and applies the new rules to them as a restart with
+// them would: keep and max_age as the new rules say, and the values of
+// rows no rule names any more dropped (with no rules at all, nothing is
+// pruned: what is stored stays, as at a start without rules).
+func (r *Retainer) SetHistory(rules []HistoryRule) {
+	rules = slices.Clone(rules)
+	r.mu.Lock()
+	r.rules, r.rulesSet = rules, true
+	r.mu.Unlock()
+}
+
+// HistoryRules are the history rules now. The caller must not change the
+// slice.
+func (r *Retainer) HistoryRules() []HistoryRule {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rules
 }
 
 // Pending is the number of rows waiting for a commit.
@@ -381,13 +408,17 @@ func (r *Retainer) maintain() {
 		}
 		r.compactMore = more
 	}
-	if len(r.opts.History) == 0 {
+	r.mu.Lock()
+	rules, set := r.rules, r.rulesSet
+	r.rulesSet = false
+	r.mu.Unlock()
+	if len(rules) == 0 {
+		return // as at a start without rules: what is stored stays
+	}
+	if time.Since(r.pruned) < r.opts.PruneEvery && r.histAdded < 100_000 && !r.pruneMore && !set {
 		return
 	}
-	if time.Since(r.pruned) < r.opts.PruneEvery && r.histAdded < 100_000 && !r.pruneMore {
-		return
-	}
-	more, err := r.store.Prune(r.opts.History, time.Now().UnixMilli(), maintainStep)
+	more, err := r.store.Prune(rules, time.Now().UnixMilli(), maintainStep)
 	if err != nil {
 		r.log.Warn().Err(err).Msg("pruning history failed; retried later")
 	}

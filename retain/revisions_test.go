@@ -289,3 +289,78 @@ func TestMaxMarkers(t *testing.T) {
 		t.Errorf("floor %d, oldest marker %d", f, first)
 	}
 }
+
+// TestRetainerSetHistory: rules handed in with SetHistory apply to the
+// changes added after it; the values stored before stay, and the prune
+// after the next commit applies the new keep to them (and drops the
+// values of a row no rule names any more).
+func TestRetainerSetHistory(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := must(New(s, Options{Interval: time.Hour, PruneEvery: time.Hour, History: []HistoryRule{{Filter: "a/+", Keep: 10}}}, zerolog.Nop()))
+	rev := uint64(0)
+	add := func(topics ...string) {
+		t.Helper()
+		for i := range 5 {
+			rev++
+			var cs []Change
+			for _, topic := range topics {
+				cs = append(cs, Change{Topic: topic, Value: val(fmt.Sprint(i)), Rev: rev})
+			}
+			r.Add(cs)
+		}
+		done := make(chan error, 1)
+		r.Add(nil, done)
+		if err := recv(t, done, "flush"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counts := func() map[string]int {
+		t.Helper()
+		n := map[string]int{}
+		if err := r.History("#", 0, func(topic string, pairs []Pair) bool { n[topic] = len(pairs); return true }); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	add("a/x", "b/x")
+	if got := fmt.Sprint(counts()); got != "map[a/x:5]" {
+		t.Fatalf("before: %s", got)
+	}
+	rules := []HistoryRule{{Filter: "b/+", Keep: 2}, {Filter: "a/x", Keep: 1}}
+	r.SetHistory(rules)
+	rules[0].Keep = 99 // SetHistory kept its own copy
+	if got := r.HistoryRules(); len(got) != 2 || got[0].Keep != 2 {
+		t.Fatalf("HistoryRules: %+v", got)
+	}
+	// The next commit (one: the interval is long, the waiter makes it)
+	// keeps b/x's changes, and the prune after it applies the new rules to
+	// what is stored: a/x keeps 1 earlier value, b/x 2.
+	settled := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := fmt.Sprint(counts())
+			if got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("history %s, want %s", got, want)
+			}
+			time.Sleep(5 * time.Millisecond) // the prune follows the commit on the retainer's goroutine
+		}
+	}
+	add("b/x")
+	settled("map[a/x:2 b/x:3]")
+	// No rule for a/x any more: its stored values go at the next prune;
+	// new changes of it are not kept.
+	r.SetHistory([]HistoryRule{{Filter: "b/+", Keep: 2}})
+	add("a/x", "b/x")
+	settled("map[b/x:3]")
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

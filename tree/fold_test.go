@@ -482,3 +482,54 @@ func TestSetLeavesReservedRows(t *testing.T) {
 		t.Errorf("rows %v", got)
 	}
 }
+
+// TestSetAllow: a read check set on registered subscriptions applies to
+// the next batch, and moves a subscription between its group's shared
+// encoding and its own both ways; unsubscribing afterwards finds it.
+func TestSetAllow(t *testing.T) {
+	tr := New()
+	r := &Sub{Owner: "r", Topic: "$tree/h/#", Filter: "h/#"}
+	all := &Sub{Owner: "all", Topic: "$tree/h/#", Filter: "h/#"}
+	tr.Subscribe(r)
+	tr.Subscribe(all)
+	deny := func(topic string) bool { return !strings.HasPrefix(topic, "h/secret") }
+	batch := func() map[string][]string {
+		return deltasFor(t, tr.Apply([]Op{{Rows: []Row{row("h/secret/t", "8", true), row("h/pub/t", "7", true)}}}))
+	}
+	for i, tc := range []struct {
+		allow   func(*Sub) func(string) bool
+		r, each string // r's delta, and all's
+		shared  int    // deltas in the batch
+	}{
+		{func(*Sub) func(string) bool { return nil }, `{"pub":{"t":7},"secret":{"t":8}}`, `{"pub":{"t":7},"secret":{"t":8}}`, 1},
+		{func(s *Sub) func(string) bool {
+			if s.Owner == "r" {
+				return deny
+			}
+			return nil
+		}, `{"pub":{"t":7}}`, `{"pub":{"t":7},"secret":{"t":8}}`, 2},
+		{func(*Sub) func(string) bool { return deny }, `{"pub":{"t":7}}`, `{"pub":{"t":7}}`, 2},
+		{func(*Sub) func(string) bool { return nil }, `{"pub":{"t":7},"secret":{"t":8}}`, `{"pub":{"t":7},"secret":{"t":8}}`, 1},
+	} {
+		tr.SetAllow(tc.allow)
+		got := batch()
+		if fmt.Sprint(got["r $tree/h/#"]) != "["+tc.r+"]" || fmt.Sprint(got["all $tree/h/#"]) != "["+tc.each+"]" {
+			t.Errorf("step %d: deltas %v", i, got)
+		}
+		if n := len(tr.Apply([]Op{{Rows: []Row{row("h/x", fmt.Sprint(i), true)}}}).Deltas); n != tc.shared {
+			t.Errorf("step %d: %d deltas for one visible row, want %d", i, n, tc.shared)
+		}
+	}
+	tr.SetAllow(func(s *Sub) func(string) bool {
+		if s.Owner == "r" {
+			return deny
+		}
+		return nil
+	})
+	if !tr.Unsubscribe("r", "$tree/h/#") || !tr.Unsubscribe("all", "$tree/h/#") || tr.Subscriptions() != 0 {
+		t.Fatal("unsubscribe after SetAllow")
+	}
+	if d := tr.Apply([]Op{{Rows: []Row{row("h/x", "1", true)}}}).Deltas; len(d) != 0 {
+		t.Errorf("deltas after unsubscribing: %v", d)
+	}
+}

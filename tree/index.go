@@ -214,3 +214,63 @@ func (x *index) matchFrom(n *fnode, topic string, i int, out []*group) []*group 
 	}
 	return out
 }
+
+// setAllow gives every subscription of g the read check allow returns for
+// it, and sorts them again into those sharing one encoding (no check) and
+// those encoded one by one when that changed: one pass, however many
+// share the group.
+func (g *group) setAllow(allow func(s *Sub) func(topic string) bool) {
+	shared := 0
+	for _, list := range [2][]*Sub{g.subs, g.private} {
+		for _, s := range list {
+			if s.Allow = allow(s); s.Allow == nil {
+				shared++
+			}
+		}
+	}
+	total := len(g.subs) + len(g.private)
+	switch {
+	case shared == len(g.subs) && allNil(g.subs):
+		return // nobody moved
+	case shared == 0: // all get a check (an ACL came): the lists keep their arrays
+		g.private = append(g.private, g.subs...)
+		clear(g.subs)
+		g.subs = g.subs[:0]
+		return
+	case shared == total: // none has one any more
+		g.subs = append(g.subs, g.private...)
+		clear(g.private)
+		g.private = g.private[:0]
+		return
+	}
+	subs, private := make([]*Sub, 0, shared), make([]*Sub, 0, total-shared)
+	for _, list := range [2][]*Sub{g.subs, g.private} {
+		for _, s := range list {
+			if s.Allow == nil {
+				subs = append(subs, s)
+			} else {
+				private = append(private, s)
+			}
+		}
+	}
+	g.subs, g.private = subs, private
+}
+
+func allNil(subs []*Sub) bool {
+	for _, s := range subs {
+		if s.Allow != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// eachGroup calls fn with every group of the trie from n down.
+func (n *fnode) eachGroup(fn func(*group)) {
+	for _, g := range n.groups {
+		fn(g)
+	}
+	for _, kid := range n.kids {
+		kid.eachGroup(fn)
+	}
+}

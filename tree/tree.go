@@ -172,3 +172,12 @@ func (t *Tree) Unsubscribe(owner, topic string) bool { return t.index.remove(own
 // RemoveOwner removes every subscription of owner (a disconnect or an
 // expired session) and returns how many there were.
 func (t *Tree) RemoveOwner(owner string) int { return t.index.removeOwner(owner) }
+
+// SetAllow gives every registered subscription the read check allow
+// returns for it (nil: every row), as when access rules are reloaded: the
+// deltas and snapshots made from then on apply it. A subscription moves
+// between its group's shared encoding and its own as its check comes or
+// goes.
+func (t *Tree) SetAllow(allow func(s *Sub) func(topic string) bool) {
+	t.index.root.eachGroup(func(g *group) { g.setAllow(allow) })
+}

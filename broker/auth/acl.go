@@ -99,6 +99,15 @@ func ParseACL(name string, text []byte) (*ACL, error) {
 	return a, nil
 }
 
+// Len is the number of topic and pattern lines.
+func (a *ACL) Len() int {
+	n := len(a.anonymous) + len(a.patterns)
+	for _, rules := range a.users {
+		n += len(rules)
+	}
+	return n
+}
+
 // Client is who asks: username ("" for anonymous) and client id.
 type Client struct {
 	User, ID string

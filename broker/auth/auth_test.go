@@ -96,6 +96,9 @@ pattern read clients/%c
 	if err != nil {
 		t.Fatal(err)
 	}
+	if a.Len() != 7 {
+		t.Errorf("Len %d, want 7 lines", a.Len())
+	}
 	alice, bob, anon := Client{"alice", "a1"}, Client{"bob", "b1"}, Client{"", "x"}
 	for _, c := range []struct {
 		c     Client

@@ -2,21 +2,21 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 
 	"github.com/mote-mqtt/mote/broker"
-	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/httpapi"
 	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/tree"
@@ -83,17 +83,17 @@ func (c config) retainOptions() (retain.Options, error) {
 	o := retain.Options{Interval: c.Retain.Interval, MaxBatch: c.Retain.MaxBatch, MaxPending: c.Retain.MaxPending}
 	if w := c.ResumeWindow; w != nil {
 		if *w < 1 {
-			return o, fmt.Errorf("config: resume_window %d: want at least 1", *w)
+			return o, fmt.Errorf("resume_window %d: want at least 1", *w)
 		}
 		o.ResumeWindow = uint64(*w)
 	}
 	for i, h := range c.History {
 		if h.Keep == nil {
-			return o, fmt.Errorf("config: history[%d] (%q): keep is missing", i, h.Filter)
+			return o, fmt.Errorf("history[%d] (%q): keep is missing", i, h.Filter)
 		}
 		r := retain.HistoryRule{Filter: h.Filter, Keep: *h.Keep, MaxAge: h.MaxAge}
 		if err := r.Validate(); err != nil {
-			return o, fmt.Errorf("config: history[%d]: %w", i, err)
+			return o, fmt.Errorf("history[%d]: %w", i, err)
 		}
 		o.History = append(o.History, r)
 	}
@@ -161,30 +161,15 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var users *auth.Users
-	if p := pick(*pwFile, cfg.PasswordFile, ""); p != "" {
-		if users, err = auth.LoadPasswords(p); err != nil {
-			return err
-		}
-	}
-	var acl *auth.ACL
-	if p := pick(*aclFile, cfg.ACLFile, ""); p != "" {
-		if acl, err = auth.LoadACL(p); err != nil {
-			return err
-		}
-	}
-	var tlsConfig *tls.Config
+	// The password file, the ACL file, the history rules and the TLS
+	// certificate are read here at start and again on SIGHUP (reload.go).
 	tlsL, wssL := pick(*tlsAddr, cfg.Listeners.TLS, ""), pick(*wssAddr, cfg.Listeners.WSS, "")
-	if tlsL != "" || wssL != "" {
-		c, k := pick(*certFile, cfg.Cert, ""), pick(*keyFile, cfg.Key, "")
-		if c == "" || k == "" {
-			return fmt.Errorf("--tls and --wss need --cert and --key")
-		}
-		if tlsConfig, err = broker.LoadTLS(c, k); err != nil {
-			return err
-		}
+	rf := reloadFlags{pwFile: *pwFile, aclFile: *aclFile, certFile: *certFile, keyFile: *keyFile, anon: *anon, tls: tlsL != "" || wssL != ""}
+	set, err := readSettings(cfg, *cfgPath, rf)
+	if err != nil {
+		return err
 	}
-	retainOpts, err := cfg.retainOptions()
+	retainOpts, err := cfg.retainOptions() // checked by readSettings
 	if err != nil {
 		return err
 	}
@@ -195,9 +180,9 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts := broker.Options{
 		Store:          store,
-		Users:          users,
-		ACL:            acl,
-		AllowAnonymous: *anon || cfg.AllowAnon,
+		Users:          set.reload.Users,
+		ACL:            set.reload.ACL,
+		AllowAnonymous: set.reload.AllowAnonymous,
 		SyncRetain:     *syncRetain || cfg.SyncRetain,
 		Retain:         retainOpts,
 		TCP:            pick(*tcp, cfg.Listeners.TCP, ""),
@@ -205,7 +190,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		WSPath:         cfg.Listeners.WSPath,
 		TLS:            tlsL,
 		WSS:            wssL,
-		TLSConfig:      tlsConfig,
+		TLSConfig:      set.reload.TLSConfig,
 		MaxPacketSize:  cfg.MaxPacketSize,
 		MaxTopicLen:    cfg.MaxTopicLength,
 		MaxTopicLevels: cfg.MaxTopicLevels,
@@ -252,6 +237,12 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		store.Close()
 		return err
 	}
+	// SIGHUP reloads (from before Start: it never kills the broker);
+	// ctx ends the broker (SIGINT, SIGTERM). Reloads run here, one at a
+	// time, and end with runBroker.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := b.Start(); err != nil {
 		b.Close() //nolint:errcheck // Start's error says more
 		return err
@@ -262,11 +253,17 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		b.Close() //nolint:errcheck // the listener's error says more
 		return err
 	}
-	select {
-	case <-ctx.Done():
-		log.Info().Msg("signal received; shutting down")
-	case err = <-served:
-		log.Error().Err(err).Msg("the HTTP listener stopped; shutting down")
+	for running := true; running; {
+		select {
+		case <-ctx.Done():
+			log.Info().Msg("signal received; shutting down")
+			running = false
+		case err = <-served:
+			log.Error().Err(err).Msg("the HTTP listener stopped; shutting down")
+			running = false
+		case <-hup:
+			set = reloadBroker(b, log, *cfgPath, rf, set)
+		}
 	}
 	start := time.Now()
 	if api != nil {
