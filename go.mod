@@ -1,6 +1,6 @@
 module github.com/mote-mqtt/mote
 
-go 1.24.0
+go 1.25
 
 require (
 	github.com/eclipse/paho.golang v0.23.0
@@ -15,6 +15,9 @@ require (
 )
 
 require (
+	github.com/chromedp/cdproto v0.160.1 // indirect
+	github.com/chromedp/chromedp v0.23.1 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
 	github.com/mattn/go-colorable v0.1.13 // indirect
 	github.com/mattn/go-isatty v0.0.19 // indirect
 	github.com/rs/xid v1.6.0 // indirect
