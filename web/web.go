@@ -50,9 +50,19 @@ type handler struct {
 }
 
 // The page's Content Security Policy: everything from the page's own
-// origin (WebSocket included), nothing inline.
+// origin, nothing inline. connect-src also names the WebSocket URLs of
+// the request's host: older browsers do not count ws: as 'self'.
 const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-	"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+	"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; connect-src 'self'"
+
+// cspFor is the policy for a page requested with host (the Host header:
+// named in the policy only when it is a plain host[:port]).
+func cspFor(host string) string {
+	if host == "" || strings.TrimLeft(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") != "" {
+		return csp
+	}
+	return csp + " ws://" + host + " wss://" + host
+}
 
 // Handler serves the web view: the page at /, its scripts and style, and
 // Config.MQTT at /mqtt. Any other path is 404, any method but GET and HEAD
@@ -121,7 +131,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("Referrer-Policy", "no-referrer")
 	if name == "" || name == "index.html" {
-		hd.Set("Content-Security-Policy", csp)
+		hd.Set("Content-Security-Policy", cspFor(r.Host))
 		hd.Set("X-Frame-Options", "DENY")
 	}
 	body, tag := f.body, f.etag

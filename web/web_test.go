@@ -97,8 +97,16 @@ func TestHandler(t *testing.T) {
 	if err := json.Unmarshal([]byte(html.UnescapeString(m[1])), &conf); err != nil || conf.MQTT != "mqtt" || !conf.Login || conf.Filter != `light/"</x>#` {
 		t.Errorf("configuration %q: %+v, %v", m[1], conf, err)
 	}
-	if csp := get(http.MethodGet, "/").Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") || !strings.Contains(csp, "frame-ancestors 'none'") {
+	if csp := get(http.MethodGet, "/").Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") ||
+		!strings.Contains(csp, "frame-ancestors 'none'") || !strings.HasSuffix(csp, "connect-src 'self' ws://example.com wss://example.com") {
 		t.Errorf("Content-Security-Policy %q", csp)
+	}
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.Host = "evil; script-src *"
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if csp := w.Header().Get("Content-Security-Policy"); !strings.HasSuffix(csp, "connect-src 'self'") {
+		t.Errorf("a Host header that is no host name reached the policy: %q", csp)
 	}
 	if r := get(http.MethodHead, "/app.js"); r.StatusCode != http.StatusOK || body(r) != "" || r.ContentLength == 0 {
 		t.Errorf("HEAD /app.js: %d, length %d", r.StatusCode, r.ContentLength)
@@ -125,7 +133,7 @@ func TestHandler(t *testing.T) {
 		}
 	}
 	noMQTT := web.Handler(web.Config{})
-	w := httptest.NewRecorder()
+	w = httptest.NewRecorder()
 	noMQTT.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/mqtt", nil))
 	if w.Code != http.StatusNotFound || !bytes.Contains(w.Body.Bytes(), []byte("no MQTT over WebSocket")) {
 		t.Errorf("/mqtt without a handler: %d %s", w.Code, w.Body)
@@ -135,4 +143,28 @@ func TestHandler(t *testing.T) {
 	if !strings.Contains(w.Body.String(), html.EscapeString(`"filter":"#"`)) || !strings.Contains(w.Body.String(), html.EscapeString(`"login":false`)) {
 		t.Errorf("default configuration missing: %s", w.Body)
 	}
+}
+
+// FuzzHandler: whatever the method, path and headers, the handler answers
+// with one of its statuses and never panics.
+func FuzzHandler(f *testing.F) {
+	mqtt := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	h := web.Handler(web.Config{MQTT: mqtt})
+	f.Add("GET", "/", "gzip", "")
+	f.Add("HEAD", "/app.js", "gzip;q=0, br", `"x", *`)
+	f.Add("POST", "/mqtt", "", "")
+	f.Add("GET", "/style.css", "GZIP ; q=0.000", `W/"abc"`)
+	f.Fuzz(func(t *testing.T, method, path, enc, match string) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Method, r.URL.Path = method, path
+		r.Header.Set("Accept-Encoding", enc)
+		r.Header.Set("If-None-Match", match)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		switch w.Code {
+		case http.StatusOK, http.StatusNotModified, http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusTeapot:
+		default:
+			t.Fatalf("%s %q: status %d", method, path, w.Code)
+		}
+	})
 }
