@@ -77,7 +77,8 @@ func (a *access) canWrite(p Principal, topic string) bool {
 }
 
 // canRead reports whether p may receive a topic. A client's error reports
-// are readable by that client only, whatever the ACL says.
+// are readable by that client only, whatever the ACL says (and by the other
+// clients of its user: Broker.readsUsersReport).
 func (a *access) canRead(p Principal, topic string) bool {
 	if p.system {
 		return true

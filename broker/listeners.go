@@ -415,24 +415,57 @@ func (l *wsListener) Init(*slog.Logger) error {
 		return err
 	}
 	l.ln = ln
-	up := &websocket.Upgrader{
-		Subprotocols:    []string{"mqtt"},
-		CheckOrigin:     l.b.originAllowed,
-		ReadBufferSize:  4096,
-		WriteBufferSize: 4096,
-	}
+	up := l.b.upgrader()
 	mux := http.NewServeMux()
 	mux.HandleFunc(l.path, func(w http.ResponseWriter, r *http.Request) {
-		ws, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			l.b.log.Debug().Err(err).Str("remote", r.RemoteAddr).Str("origin", r.Header.Get("Origin")).Msg("websocket refused")
-			return // Upgrade has answered with an HTTP error
-		}
-		ws.SetReadLimit(int64(l.b.opts.MaxPacketSize) + 16) // one message: a packet, or a few small ones
-		l.b.guard(l.id, wsstream.New(ws, true), l.establish)
+		l.b.serveWS(l.id, up, l.establish, w, r)
 	})
 	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return nil
+}
+
+// upgrader upgrades HTTP requests to MQTT over WebSocket, with the origin
+// check.
+func (b *Broker) upgrader() *websocket.Upgrader {
+	return &websocket.Upgrader{
+		Subprotocols:    []string{"mqtt"},
+		CheckOrigin:     b.originAllowed,
+		ReadBufferSize:  4096,
+		WriteBufferSize: 4096,
+	}
+}
+
+// serveWS upgrades one request to MQTT over WebSocket and serves the
+// connection, as one of listener id's, until it ends: the one path of
+// every WebSocket client, whichever HTTP server accepted it.
+func (b *Broker) serveWS(id string, up *websocket.Upgrader, establish listeners.EstablishFn, w http.ResponseWriter, r *http.Request) {
+	ws, err := up.Upgrade(w, r, nil)
+	if err != nil {
+		b.log.Debug().Err(err).Str("remote", r.RemoteAddr).Str("origin", r.Header.Get("Origin")).Msg("websocket refused")
+		return // Upgrade has answered with an HTTP error
+	}
+	ws.SetReadLimit(int64(b.opts.MaxPacketSize) + 16) // one message: a packet, or a few small ones
+	b.guard(id, wsstream.New(ws, true), establish)
+}
+
+// WSHandler serves MQTT over WebSocket (subprotocol "mqtt") on another
+// HTTP server, at whatever path it is mounted: the web view mounts it on
+// its own origin, so its page needs no cross-origin WebSocket. Its
+// connections are the WebSocket listener's in every way: the origin check
+// (AllowedOrigins), the CONNECT deadline and size cap, write deadlines,
+// panic recovery, and Close ends them; they count as listener "http".
+// Without a password file and without AllowAnonymous it refuses (403)
+// requests from other hosts than loopback, as the listeners bind to
+// loopback then. Mount it only once Start has returned.
+func (b *Broker) WSHandler() http.Handler {
+	up := b.upgrader()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b.anonymousLocal() && !isLoopbackName(hostOnly(r.RemoteAddr)) {
+			http.Error(w, "mote: anonymous access from loopback only", http.StatusForbidden)
+			return
+		}
+		b.serveWS("http", up, b.server.EstablishConnection, w, r)
+	})
 }
 
 func (l *wsListener) Serve(establish listeners.EstablishFn) {

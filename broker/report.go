@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -110,4 +111,27 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return s[:n] + "…"
+}
+
+// readsUsersReport reports whether topic is the error report of another
+// client that p's user may read: with a password file, an authenticated
+// user reads the reports of every client id connected under the same
+// username now, or last connected under it if its session is kept (the web
+// view shows a user the errors of all their devices). Without a password
+// file a username is only a claim: a client reads its own reports only
+// (access.canRead).
+func (b *Broker) readsUsersReport(p Principal, topic string) bool {
+	if b.opts.Users == nil || p.User == "" || p.system {
+		return false
+	}
+	rest, ok := strings.CutPrefix(topic, ErrorTopic)
+	if !ok {
+		return false
+	}
+	id := rest
+	if strings.Contains(id, "%") { // errorTopicID's inverse
+		id = strings.NewReplacer("%25", "%", "%2B", "+", "%23", "#").Replace(id)
+	}
+	cl, ok := b.server.Clients.Get(id)
+	return ok && string(cl.Properties.Username) == p.User
 }

@@ -325,7 +325,7 @@ func TestBrowser(t *testing.T) {
 	}
 	serve("/{$}", "testdata/test.html", "text/html")
 	serve("/mote.js", "mote.js", "text/javascript")
-	serve("/mqtt.esm.js", "testdata/mqtt.esm.js", "text/javascript")
+	serve("/mqtt.esm.js", "mqtt.esm.js", "text/javascript")
 	mux.HandleFunc("/vectors", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(vectors)
 	})

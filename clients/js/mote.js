@@ -164,9 +164,18 @@ function mergeParts(doc, part) {
 // history) into its rows: { topic: value } (a null leaf, a deleted row in
 // a delta, gives null). It follows the shape rules of SPEC §3.
 export function rows(tree, filter) {
-  const levels = filter.split('/')
   const out = {}
-  const emit = (topic, v) => put(out, topic.join('/'), v === undefined ? null : v)
+  eachRow(tree, filter, (topic, v) => put(out, topic, v))
+  return out
+}
+
+// eachRow calls fn(topic, value) for every row of a tree built from filter
+// F, as rows lists them, without building the object: for large trees.
+export function eachRow(tree, filter, fn) {
+  const levels = filter.split('/')
+  // A topic is built as a string; null is no level yet ("" is one empty level).
+  const join = (topic, level) => (topic === null ? level : topic + '/' + level)
+  const emit = (topic, v) => fn(topic === null ? '' : topic, v === undefined ? null : v)
   const subtree = (node, topic, root) => {
     if (!isObject(node)) {
       if (!root || (node !== null && node !== undefined)) {
@@ -174,17 +183,17 @@ export function rows(tree, filter) {
       }
       return
     }
-    for (const [k, v] of Object.entries(node)) {
+    for (const k of Object.keys(node)) {
       if (k === '/') {
-        emit(topic, v)
+        emit(topic, node[k])
       } else {
-        subtree(v, [...topic, k], false)
+        subtree(node[k], join(topic, k), false)
       }
     }
   }
   const walk = (node, i, topic) => {
     while (i < levels.length && levels[i] !== '+' && levels[i] !== '#') {
-      topic = [...topic, levels[i]]
+      topic = join(topic, levels[i])
       i++
     }
     if (i === levels.length) {
@@ -192,13 +201,12 @@ export function rows(tree, filter) {
     } else if (levels[i] === '#') {
       subtree(node, topic, true)
     } else if (isObject(node)) {
-      for (const [k, v] of Object.entries(node)) {
-        walk(v, i + 1, [...topic, k])
+      for (const k of Object.keys(node)) {
+        walk(node[k], i + 1, join(topic, k))
       }
     }
   }
-  walk(tree, 0, [])
-  return out
+  walk(tree, 0, null)
 }
 
 // appendHistory appends a delta of plain values (what $hist sends after
