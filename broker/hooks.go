@@ -371,6 +371,9 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			if refusedForQuota(&f) && c.v5 {
 				codes[i] = packets.ErrQuotaExceeded.Code
 			}
+			if f.Filter != "" && (codes[i] == packets.ErrNotAuthorized.Code || !c.v5) && !isTreeFilter(f.Filter) && !h.b.access.canSubscribe(c.p, f.Filter) {
+				h.b.countRefusal(refusedNotAuthorized) // mochi asked OnACLCheck; OnSubscribe counted those it refused
+			}
 			continue
 		}
 		sf, ok := parseInternal(f.Filter)

@@ -317,7 +317,7 @@ const (
 // retainer commit (what is pending, or an empty transaction recording
 // the revision), so an idle broker's disk is checked too; checks that
 // come together share that commit. An HTTP front end answers 200 for
-// nil, 503 with the error otherwise.
+// nil, 503 with the error otherwise. Call it once Start has returned.
 func (b *Broker) Health(ctx context.Context) error {
 	select {
 	case <-b.stop:
@@ -349,6 +349,9 @@ func (b *Broker) Health(ctx context.Context) error {
 	}
 	select {
 	case err := <-probe:
+		if errors.Is(err, retain.ErrClosed) {
+			return errors.New("broker: closed")
+		}
 		if err != nil {
 			return fmt.Errorf("broker: the store is not writable: %w", err)
 		}
