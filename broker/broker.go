@@ -62,7 +62,9 @@ type Broker struct {
 	closing  sync.Once
 	closeErr error
 
-	stats Stats
+	stats      Stats
+	meter      *meters       // Prometheus figures (metrics.go)
+	healthWait time.Duration // how long Health waits for the loop and the store
 }
 
 // Stats are the broker's counters.
@@ -124,6 +126,7 @@ func New(opts Options) (*Broker, error) {
 		// mochi's own ticker would bypass it.
 		SysTopicResendInterval: math.MaxInt32,
 	})
+	b.meter, b.healthWait = newMeters(b), healthWait
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add hook: %w", err)
 	}
@@ -169,11 +172,13 @@ func (b *Broker) Start() error {
 			b.log.Warn().Uint64("rev", ro.Rev).Msg("the store was not closed cleanly: the revision skips ahead, and clients resuming get full snapshots")
 		}
 		b.tree.SetRev(ro.Rev)
+		ro.OnCommit = b.meter.onCommit(ro.OnCommit)
 		ret, err := retain.New(b.opts.Store, ro, b.log.With().Str("component", "retainer").Logger())
 		if err != nil {
 			return fmt.Errorf("broker: start the retainer: %w", err)
 		}
 		b.ret = ret
+		b.meter.registerRetainer(ret)
 	}
 	b.localOnly()
 	if err := b.listen(); err != nil {

@@ -58,7 +58,8 @@ type endpoint interface {
 	// an MQTT endpoint first takes a packet id and an in-flight slot,
 	// waiting (on c.acked) while the client has as many in flight as it
 	// accepts. errTooLarge: the packet exceeds what the client accepts,
-	// and nothing of it was written.
+	// and nothing of it was written. errSkipped: it was not sent, and
+	// the writer goes on (expired, or dropped and counted).
 	send(c *conn, pk packets.Packet) error
 	// flush writes what send has left buffered.
 	flush() error
@@ -100,7 +101,7 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 // it never waits; a full queue applies the slow-client policy.
 func (c *conn) enqueue(m item) {
 	if !c.q.push(m, pubWait{}) {
-		c.slow()
+		c.slow(dropQueueFull)
 	}
 }
 
@@ -118,17 +119,20 @@ func (c *conn) enqueueToken(m item) {
 	c.q.signal()
 }
 
-// slow applies the slow-client policy to a message that did not fit.
-func (c *conn) slow() {
+// slow applies the slow-client policy to a message that did not fit (its
+// queue was full, or every packet id was in flight: why).
+func (c *conn) slow(why dropReason) {
 	n := c.dropped.Add(1)
-	c.b.stats.Dropped.Add(1)
+	c.b.drop(why, 1)
 	if c.b.opts.SlowClient == SlowDisconnect {
 		if c.q.close() {
+			c.b.meter.slowDisconnects.Add(1)
 			c.b.log.Warn().Str("client", c.p.ClientID).Msg("queue full; disconnecting slow client")
 			c.out.stop(packets.ErrServerBusy)
 		}
 		return
 	}
+	c.b.meter.slowDrops.Add(1)
 	if n == 1 || n%1000 == 0 {
 		c.b.log.Warn().Str("client", c.p.ClientID).Int64("dropped", n).
 			Msg("queue full; dropping messages for slow client")
@@ -230,7 +234,7 @@ func (o *mqttOut) leave(c *conn, left []*plainItem) {
 	b := o.b
 	cur, ok := b.server.Clients.Get(c.id)
 	if !ok || (cur != o.cl && cur.Properties.Clean) {
-		b.stats.Dropped.Add(int64(len(left)))
+		b.drop(dropSessionEnded, int64(len(left)))
 		return
 	}
 	if cur != o.cl {
@@ -238,7 +242,7 @@ func (o *mqttOut) leave(c *conn, left []*plainItem) {
 			nc := v.(*conn)
 			for _, m := range left {
 				if !nc.q.push(m, pubWait{}) {
-					nc.slow()
+					nc.slow(dropQueueFull)
 				}
 			}
 			return
@@ -248,6 +252,10 @@ func (o *mqttOut) leave(c *conn, left []*plainItem) {
 		b.holdOffline(cur, m.packet())
 	}
 }
+
+// errSkipped is a publish not sent, and rightly so (expired, or dropped
+// and counted): the writer goes on.
+var errSkipped = errors.New("broker: skipped")
 
 // errEncode is a publish that could not be encoded.
 var errEncode = errors.New("broker: cannot encode")
@@ -267,7 +275,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 	if pk.Expiry > 0 { // the time it has left [MQTT-3.3.2-6]; none: it is not sent [MQTT-3.3.2-5]
 		left := pk.Expiry - time.Now().Unix()
 		if left < 1 {
-			return nil
+			return errSkipped
 		}
 		pk.Properties.MessageExpiryInterval = uint32(left)
 	}
@@ -284,8 +292,8 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 			return errWriterStop
 		}
 		if err := o.b.takeInflight(cl, &pk); err != nil {
-			c.slow() // every packet id in flight: the client does not acknowledge
-			return nil
+			c.slow(dropInflightFull) // every packet id in flight: the client does not acknowledge
+			return errSkipped
 		}
 		if cl.Closed() {
 			o.b.dropInflight(cl, pk.PacketID)
@@ -418,7 +426,7 @@ func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
 	}
 	n := heldCost + len(out.Payload) + len(out.TopicName)
 	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) || b.offline.bytes.Load()+int64(n) > int64(b.opts.MaxOfflineBytes) {
-		b.stats.Dropped.Add(1)
+		b.drop(dropOfflineFull, 1)
 		return
 	}
 	if b.takeInflight(cl, &out) == nil {

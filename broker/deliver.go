@@ -84,7 +84,7 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 			}
 			switch c.q.put(m, w) {
 			case pushFull:
-				c.slow()
+				c.slow(dropQueueFull)
 				continue
 			case pushed:
 				continue

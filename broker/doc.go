@@ -121,6 +121,22 @@
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
+//	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
+//	meters.subs (by mode)               the message loop (atomics, read at scrape)
+//
+// # Metrics and health
+//
+// Broker.Metrics serves the broker's own Prometheus registry (metrics.go,
+// docs/metrics.md): counters are atomics added to where the event happens
+// — the door (messages in), Broker.refuse (refusals by reason), the
+// writer (messages out by kind), conn.slow and Broker.drop (drops by
+// reason) — and read at scrape with Stats, mochi's server.Info and the
+// retainer's counters; the loop observes one histogram sample per batch,
+// the retainer one per commit (retain.Options.OnCommit). Broker.Health
+// asks the loop for a no-op (with a store, for a commit too) and the
+// retainer for its last commit's outcome. Neither leaves a goroutine
+// running (a scrape gathers on goroutines it waits for); the HTTP server
+// that serves them is its owner's.
 //
 // # Caveats
 //

@@ -66,6 +66,16 @@ func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitM
 	if err != nil {
 		return b.refusal(p, "publish", m.Topic, err)
 	}
+	if !p.system {
+		k := inPlain
+		if r.mote {
+			k = inTree
+			if r.op.SetFilter != "" {
+				k = inSet
+			}
+		}
+		b.meter.in[k].Add(1)
+	}
 	return b.dispatch(ctx, p, m, r, wait)
 }
 

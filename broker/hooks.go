@@ -65,6 +65,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return code
 	}
 	if !b.access.authenticate(p.User, pk.Connect.Password, pk.Connect.UsernameFlag) {
+		b.countRefusal(refusedBadCredentials)
 		return refuse(packets.ErrBadUsernameOrPassword, "authentication failed")
 	}
 	if max := b.opts.MaxKeepAlive; max > 0 {
@@ -72,6 +73,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		case v5 && (cl.State.Keepalive > max || cl.State.Keepalive == 0):
 			cl.State.ServerKeepalive, cl.State.Keepalive = true, max // told in CONNACK [MQTT-3.1.2-21]
 		case !v5 && cl.State.Keepalive > max: // MQTT 3.1.1 cannot be told (Mosquitto's rule; 0 is let through)
+			b.countRefusal(refusedClientID)
 			return refuse(packets.ErrClientIdentifierNotValid, "keep-alive above the broker's maximum")
 		}
 	}
@@ -86,6 +88,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// nobody is connected on it — a live connection of another user is
 		// never cut off.
 		if b.opts.Takeover == TakeoverRefuse || !old.Closed() {
+			b.countRefusal(refusedClientID)
 			return refuse(packets.ErrClientIdentifierNotValid, "client id in use by another user's session")
 		}
 		b.dropSession(old)
@@ -367,6 +370,9 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 		if codes[i] >= 0x80 {
 			if refusedForQuota(&f) && c.v5 {
 				codes[i] = packets.ErrQuotaExceeded.Code
+			}
+			if f.Filter != "" && (codes[i] == packets.ErrNotAuthorized.Code || !c.v5) && !isTreeFilter(f.Filter) && !h.b.access.canSubscribe(c.p, f.Filter) {
+				h.b.countRefusal(refusedNotAuthorized) // mochi asked OnACLCheck; OnSubscribe counted those it refused
 			}
 			continue
 		}

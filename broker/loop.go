@@ -135,6 +135,13 @@ func (q *requestQueue) take(spare []request) (items []request, ok bool) {
 	return items, len(items) > 0 || !q.closed
 }
 
+// len is the number of requests waiting.
+func (q *requestQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
 func (q *requestQueue) close() {
 	q.mu.Lock()
 	q.closed = true
@@ -176,7 +183,8 @@ func (b *Broker) loop() {
 		if !ok {
 			return
 		}
-		b.lastTick.Store(time.Now().UnixNano())
+		start := time.Now()
+		b.lastTick.Store(start.UnixNano())
 		ops, meta = ops[:0], meta[:0]
 		for i := range items {
 			r := &items[i]
@@ -190,6 +198,8 @@ func (b *Broker) loop() {
 			b.handle(r)
 		}
 		b.apply(ops, meta)
+		b.meter.batchSize.Observe(float64(len(items)))
+		b.meter.batchSeconds.Observe(time.Since(start).Seconds())
 		clear(items) // drop references for the GC
 		spare = items
 	}
@@ -272,20 +282,27 @@ func (b *Broker) handle(r *request) {
 	case reqSubscribe:
 		st := r.sub
 		st.ts.Allow = b.access.readCheck(st.c.p) // the rules now: a Reload sets every registered one
-		if _, err := b.tree.Register(st.ts); err != nil {
+		replaced, err := b.tree.Register(st.ts)
+		if err != nil {
 			b.refuse(st.c.p, "subscribe", st.ts.Topic, err)
 			break
+		}
+		b.countSub(st, 1)
+		if replaced != nil {
+			b.countSub(replaced.Data.(*treeSub), -1)
 		}
 		if st.await {
 			st.c.enqueueToken(&snapshotItem{sub: st})
 		}
 		b.pace.forget(st.ts.Owner) // the subscription it replaced, if paced
 	case reqUnsubscribe:
+		b.uncountSubs(r.owner, r.topics, false)
 		for _, t := range r.topics {
 			b.tree.Unsubscribe(r.owner, t)
 		}
 		b.pace.forget(r.owner)
 	case reqDetach:
+		b.uncountSubs(r.owner, nil, true)
 		b.tree.RemoveOwner(r.owner)
 		b.pace.forget(r.owner)
 	case reqCall:

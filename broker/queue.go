@@ -43,10 +43,19 @@ type treeItem struct {
 	resume  bool   // a resume delta (mote-resume = 1)
 	codec   wire.Codec
 	subID   int
-	part    string // "i/n" for a part of a split snapshot
+	part    string  // "i/n" for a part of a split snapshot
+	kind    outKind // snapshot, history or delta, for the metrics; a resume says so itself
 }
 
 func (m *treeItem) cost() int { return len(m.payload) + len(m.topic) + itemOverhead }
+
+// sentAs is the kind of message m is, for the metrics.
+func (m *treeItem) sentAs() outKind {
+	if m.resume {
+		return outResume
+	}
+	return m.kind
+}
 
 // deltaItem is a delta that the next deltas of its subscription fold into
 // while it waits: the loop adds their rows (folded), and the loop encodes

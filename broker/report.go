@@ -84,7 +84,7 @@ func (b *Broker) refusal(p Principal, op, topic string, err error) error {
 // client whose queue is full.
 func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	code := reasonCode(op, err)
-	b.stats.Refused.Add(1)
+	b.countRefusal(refusalReasonOf(code, err))
 	r := Report{Time: time.Now().UTC(), Client: p.ClientID, Op: op, Topic: truncate(topic, maxReason), Code: code.Code,
 		Reason: code.Reason, Error: truncate(err.Error(), maxReason)}
 	var pe *wire.PathError
@@ -99,6 +99,12 @@ func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	payload, _ := json.Marshal(r)
 	b.deliverPlain(&message{topic: ErrorTopic + errorTopicID(p.ClientID), payload: payload, props: &reportProps}, pubWait{})
 	return code
+}
+
+// countRefusal counts a refusal (Stats.Refused, and by reason).
+func (b *Broker) countRefusal(r refusalReason) {
+	b.stats.Refused.Add(1)
+	b.meter.refused[r].Add(1)
 }
 
 // truncate shortens s to at most n bytes, on a UTF-8 boundary, marking the

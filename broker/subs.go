@@ -141,7 +141,7 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRows, pinned int) {
 	st.seq++
 	it := &deltaItem{
-		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id},
+		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id, kind: outDelta},
 		sub:      st,
 		from:     batch,
 		extra:    pinned,
@@ -152,7 +152,7 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 		return
 	}
 	st.last = nil
-	st.c.slow() // the seq is spent: the gap tells an MQTT 5 client
+	st.c.slow(dropQueueFull) // the seq is spent: the gap tells an MQTT 5 client
 }
 
 // fold adds the rows of batch that s matches to delta d, if the writer has
@@ -315,10 +315,10 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, late
 	}
 	st.await = false
 	rev := b.tree.Rev()
-	first = treeItem{topic: st.ts.Topic, qos: st.ts.QoS, rev: rev, codec: st.ts.Codec, subID: st.id}
+	first = treeItem{topic: st.ts.Topic, qos: st.ts.QoS, rev: rev, codec: st.ts.Codec, subID: st.id, kind: outSnapshot}
 	switch {
 	case st.hist != nil:
-		later.hist = b.historyOf(st)
+		later.hist, first.kind = b.historyOf(st), outHistory
 	case st.resume:
 		first.payload, later.resume, first.resume = b.resumeOf(st)
 	}
@@ -352,7 +352,7 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, late
 	case len(held) > 0:
 		if payload, qos, enc := b.tree.Fold(st.ts, held); enc {
 			st.seq++
-			events = &treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: rev, codec: st.ts.Codec, subID: st.id}
+			events = &treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: rev, codec: st.ts.Codec, subID: st.id, kind: outDelta}
 		}
 	}
 	st.c.q.reserve(-st.held)

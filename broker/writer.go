@@ -85,9 +85,9 @@ func (c *conn) write(m item) error {
 	}
 	switch m := m.(type) {
 	case *plainItem:
-		return c.send(m.packet(), false)
+		return c.send(m.packet(), outPlain)
 	case *treeItem:
-		return c.send(c.treePacket(m), true)
+		return c.send(c.treePacket(m), m.sentAs())
 	case *deltaItem:
 		if m.folded != nil {
 			ok, err := c.b.encodeFolded(c, m)
@@ -95,7 +95,7 @@ func (c *conn) write(m item) error {
 				return err
 			}
 		}
-		err := c.send(c.treePacket(&m.treeItem), true)
+		err := c.send(c.treePacket(&m.treeItem), outDelta)
 		m.payload = nil // its subscription still points at it (to fold): let the payload go
 		return err
 	case *snapshotItem:
@@ -107,7 +107,7 @@ func (c *conn) write(m item) error {
 			return err
 		}
 		for _, t := range msgs {
-			if err := c.send(c.treePacket(t), true); err != nil {
+			if err := c.send(c.treePacket(t), t.sentAs()); err != nil {
 				return err
 			}
 		}
@@ -123,7 +123,7 @@ func (c *conn) write(m item) error {
 			}
 			for i := range rows {
 				if pk, ok := c.replayPacket(m, &rows[i]); ok {
-					if err := c.send(pk, false); err != nil {
+					if err := c.send(pk, outRetained); err != nil {
 						return err
 					}
 				}
@@ -169,17 +169,24 @@ func (c *conn) paceSnapshots() error {
 	return nil
 }
 
-// send writes one packet. One the client cannot take (over its Maximum
-// Packet Size) is skipped and counted, as MQTT 5 says [MQTT-3.1.2-25]; a
-// tree message skipped this way is also reported, and its mote-seq gap
-// tells the client to subscribe again (snapshots are split to fit).
-func (c *conn) send(pk packets.Packet, isTree bool) error {
+// send writes one packet, a message of kind k, and counts it. One the
+// client cannot take (over its Maximum Packet Size) is skipped and
+// counted, as MQTT 5 says [MQTT-3.1.2-25]; a tree message skipped this
+// way is also reported, and its mote-seq gap tells the client to
+// subscribe again (snapshots are split to fit).
+func (c *conn) send(pk packets.Packet, k outKind) error {
 	err := c.out.send(c, pk)
-	if !errors.Is(err, errTooLarge) {
+	switch {
+	case err == nil:
+		c.b.meter.out[k].Add(1)
+		return nil
+	case errors.Is(err, errSkipped):
+		return nil
+	case !errors.Is(err, errTooLarge):
 		return err
 	}
 	c.b.stats.TooLarge.Add(1)
-	if isTree {
+	if k != outPlain && k != outRetained {
 		c.b.refuse(c.p, "deliver", pk.TopicName, fmt.Errorf("%w: a %d-byte tree message exceeds your Maximum Packet Size; it was skipped (subscribe again for a snapshot in parts)", errTooLarge, len(pk.Payload)))
 	}
 	return nil

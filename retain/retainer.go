@@ -43,6 +43,12 @@ type Options struct {
 	// goroutine, never the message loop's, also from within Close, and
 	// must return quickly: hand the report off, never wait on the broker.
 	OnReject func(Rejected)
+	// OnCommit, if set, is told of every commit the retainer tries: how
+	// long the store took, how many rows it was handed (changes and
+	// history values), and the error of a commit that failed whole. It is
+	// called on the retainer's goroutine after the commit, also from
+	// within Close, and must return quickly (observe a metric, no more).
+	OnCommit func(took time.Duration, rows int, err error)
 }
 
 // MaxBackoff bounds the wait between retries of a commit that failed
@@ -100,7 +106,7 @@ type Retainer struct {
 	opts  Options
 	log   zerolog.Logger
 
-	mu         sync.Mutex // guards pending, hist, rules, rulesSet, seqRev, seq, committing, waiters, closed, err, lastLost
+	mu         sync.Mutex // guards pending, hist, rules, rulesSet, seqRev, seq, committing, waiters, closed, err, lastLost, and the times below
 	pending    map[string]Change
 	hist       []Change      // every change of rows under a history rule, in order
 	rules      []HistoryRule // the history rules now (Options.History, then SetHistory's); never changed in place
@@ -113,6 +119,10 @@ type Retainer struct {
 	err        error     // the last commit's error, nil once one succeeds
 	lastLost   error     // the last row the store refused, named
 	room       sync.Cond // signalled after a commit, for Wait
+
+	waitingSince time.Time // when rows or waiters came to an idle retainer; zero once a commit takes them
+	commitSince  time.Time // when the running commit started; zero between commits
+	lastCommit   time.Time // when a commit last succeeded
 
 	streak      int       // failed commits in a row; owned by the goroutine
 	pruned      time.Time // last history prune; owned by the goroutine
@@ -238,6 +248,9 @@ func (r *Retainer) Add(changes []Change, waiters ...chan error) {
 		}
 		return
 	}
+	if r.waitingSince.IsZero() && (len(changes) > 0 || len(waiters) > 0) {
+		r.waitingSince = time.Now()
+	}
 	for _, c := range changes {
 		r.pending[c.Topic] = c
 		if len(r.rules) > 0 && !c.QoSOnly && RuleFor(r.rules, c.Topic) != nil {
@@ -294,6 +307,40 @@ func (r *Retainer) Pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.pending) + len(r.hist)
+}
+
+// Health reports whether the retainer works: nil, or why not — it has
+// stopped, its last commit failed (the rows stay pending and are retried),
+// a commit has been running for longer than stuck, or rows have waited
+// longer than stuck (past Options.Interval) without a commit taking them.
+// It does not touch the store.
+func (r *Retainer) Health(stuck time.Duration) error {
+	select {
+	case <-r.done:
+		return errors.New("retain: the retainer has stopped")
+	default:
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	switch {
+	case r.closed:
+		return ErrClosed
+	case !r.commitSince.IsZero() && now.Sub(r.commitSince) > stuck:
+		return fmt.Errorf("retain: a commit has been running for %v", now.Sub(r.commitSince).Round(time.Millisecond))
+	case r.err != nil:
+		return fmt.Errorf("retain: last commit failed (%d rows pending, retried): %w", len(r.pending)+len(r.hist)+len(r.committing), r.err)
+	case !r.waitingSince.IsZero() && now.Sub(r.waitingSince) > stuck+r.opts.Interval:
+		return fmt.Errorf("retain: %d rows have waited %v for a commit", len(r.pending)+len(r.hist), now.Sub(r.waitingSince).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// LastCommit is when a commit last succeeded (zero: none yet).
+func (r *Retainer) LastCommit() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastCommit
 }
 
 // Wait blocks while more than MaxPending rows wait for the disk: publishers
@@ -449,11 +496,13 @@ func (r *Retainer) commit(closing bool) error {
 	batch, hist, waiters := r.pending, r.hist, r.waiters
 	r.pending, r.hist, r.waiters = make(map[string]Change, len(batch)), nil, nil
 	r.committing = batch
+	start := time.Now()
+	r.waitingSince, r.commitSince = time.Time{}, start
 	r.mu.Unlock()
 	rev := r.rev.Load()
 	if len(batch) == 0 && len(waiters) == 0 && !closing {
 		r.mu.Lock()
-		r.committing = nil
+		r.committing, r.commitSince = nil, time.Time{}
 		r.mu.Unlock()
 		return nil
 	}
@@ -461,7 +510,6 @@ func (r *Retainer) commit(closing bool) error {
 	for _, c := range batch {
 		changes = append(changes, c)
 	}
-	start := time.Now()
 	if r.epochBytes >= EpochBytes {
 		r.epoch, r.epochBytes = r.epoch+1, 0
 	}
@@ -469,6 +517,10 @@ func (r *Retainer) commit(closing bool) error {
 		r.epochBytes += len(c.Topic) + len(c.Value.Data) + 30
 	}
 	rejected, err := r.store.Commit(Batch{Changes: changes, History: hist, Rev: rev, Epoch: r.epoch})
+	took := time.Since(start)
+	if r.opts.OnCommit != nil {
+		r.opts.OnCommit(took, len(changes)+len(hist), err)
+	}
 	if err != nil {
 		r.failed(batch, hist, waiters, err, closing)
 		return err
@@ -480,7 +532,7 @@ func (r *Retainer) commit(closing bool) error {
 		}
 	}
 	r.mu.Lock()
-	r.committing = nil
+	r.committing, r.commitSince, r.lastCommit = nil, time.Time{}, time.Now()
 	r.err = nil
 	if n := len(rejected); n > 0 {
 		r.lastLost = fmt.Errorf("%s: %w", describe(rejected[n-1].Topic), rejected[n-1].Err)
@@ -502,7 +554,7 @@ func (r *Retainer) commit(closing bool) error {
 		}
 	}
 	answer(waiters, rejected)
-	r.log.Debug().Int("rows", len(changes)).Dur("took", time.Since(start)).Msg("retainer committed")
+	r.log.Debug().Int("rows", len(changes)).Dur("took", took).Msg("retainer committed")
 	return nil
 }
 
@@ -517,7 +569,10 @@ func (r *Retainer) failed(batch map[string]Change, hist []Change, waiters []wait
 		}
 	}
 	r.hist = append(hist, r.hist...)
-	r.committing = nil
+	r.committing, r.commitSince = nil, time.Time{}
+	if r.waitingSince.IsZero() {
+		r.waitingSince = time.Now() // its rows wait again
+	}
 	r.err = err
 	r.mu.Unlock()
 	if r.streak == 0 {

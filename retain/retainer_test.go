@@ -376,3 +376,77 @@ func must(r *Retainer, err error) *Retainer {
 	}
 	return r
 }
+
+// TestRetainerHealth: Health says nil while commits succeed, names the
+// error of a failed commit, a commit stuck past its bound, and a closed
+// retainer; OnCommit sees every commit.
+func TestRetainerHealth(t *testing.T) {
+	type commit struct {
+		rows int
+		err  error
+	}
+	commits := make(chan commit, 16)
+	fs := scripted()
+	r := must(New(fs, Options{Interval: time.Millisecond, OnCommit: func(took time.Duration, rows int, err error) {
+		if took < 0 {
+			t.Errorf("commit took %v", took)
+		}
+		commits <- commit{rows, err}
+	}}, zerolog.Nop()))
+	if err := r.Health(time.Minute); err != nil {
+		t.Errorf("a new retainer: %v", err)
+	}
+	if !r.LastCommit().IsZero() {
+		t.Error("a last commit before any")
+	}
+
+	w := make(chan error, 1)
+	r.Add([]Change{{Topic: "a", Value: val("1")}, {Topic: "b", Value: val("1")}}, w)
+	recv(t, fs.calls, "first commit")
+	fs.results <- nil
+	recv(t, w, "waiter")
+	if c := recv(t, commits, "OnCommit"); c.rows != 2 || c.err != nil {
+		t.Errorf("OnCommit got %+v, want 2 rows, no error", c)
+	}
+	if err := r.Health(time.Minute); err != nil {
+		t.Errorf("after a commit: %v", err)
+	}
+	if r.LastCommit().IsZero() {
+		t.Error("no last commit after one")
+	}
+
+	r.Add([]Change{{Topic: "a", Value: val("2")}}, w)
+	recv(t, fs.calls, "failing commit")
+	fs.results <- errDisk
+	recv(t, w, "waiter of the failed commit")
+	if c := recv(t, commits, "OnCommit"); !errors.Is(c.err, errDisk) {
+		t.Errorf("OnCommit got %+v, want the disk error", c)
+	}
+	if err := r.Health(time.Minute); !errors.Is(err, errDisk) || !strings.Contains(err.Error(), "last commit failed") {
+		t.Errorf("after a failed commit: %v", err)
+	}
+
+	recv(t, fs.calls, "retry") // the retry is now stuck in the store
+	deadline := time.Now().Add(testTimeout)
+	for err := r.Health(time.Millisecond); ; err = r.Health(time.Millisecond) {
+		if err != nil && strings.Contains(err.Error(), "commit has been running") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a stuck commit: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	fs.results <- nil
+	recv(t, commits, "OnCommit of the retry")
+	if err := r.Health(time.Minute); err != nil {
+		t.Errorf("after the retry: %v", err)
+	}
+
+	stop := fs.answerAll(nil)
+	defer stop()
+	closeWithin(t, r)
+	if err := r.Health(time.Minute); err == nil {
+		t.Error("a closed retainer is healthy")
+	}
+}

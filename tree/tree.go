@@ -169,6 +169,10 @@ func (s *Sub) Active() bool { return s.group != nil }
 // there was one.
 func (t *Tree) Unsubscribe(owner, topic string) bool { return t.index.remove(owner, topic) }
 
+// Owned returns owner's subscriptions. The slice is the index's own: read
+// it before the next change to the subscriptions, never write it.
+func (t *Tree) Owned(owner string) []*Sub { return t.index.byOwner[owner] }
+
 // RemoveOwner removes every subscription of owner (a disconnect or an
 // expired session) and returns how many there were.
 func (t *Tree) RemoveOwner(owner string) int { return t.index.removeOwner(owner) }
