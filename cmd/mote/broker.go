@@ -20,6 +20,7 @@ import (
 	"github.com/mote-mqtt/mote/httpapi"
 	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/web"
 )
 
 // config is the YAML file of `mote broker --config`; flags override it.
@@ -248,7 +249,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
-	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), log)
+	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), opts.Users != nil, log)
 	if err != nil {
 		b.Close() //nolint:errcheck // the listener's error says more
 		return err
@@ -277,13 +278,17 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 // serveHTTP starts the HTTP API and web view on addr ("off": none), bound
 // to loopback as the broker's listeners are when it serves loopback only.
 // served reports an error if it stops serving before Close.
-func serveHTTP(b *broker.Broker, addr string, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
+func serveHTTP(b *broker.Broker, addr string, login bool, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
 	served := make(chan error, 1)
 	if addr == "off" {
 		return nil, served, nil
 	}
-	// Metrics, Health and Web are wired in by their packages.
-	api := httpapi.New(b, httpapi.Options{Log: log.With().Str("component", "http").Logger()})
+	api := httpapi.New(b, httpapi.Options{
+		Metrics: b.Metrics(),
+		Health:  b.Health,
+		Web:     web.Handler(web.Config{MQTT: b.WSHandler(), Login: login}),
+		Log:     log.With().Str("component", "http").Logger(),
+	})
 	l, err := api.Listen(addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("HTTP listener (--http, listeners.http): %w", err)
