@@ -12,6 +12,11 @@ import (
 type Principal struct {
 	User     string // username; "" for anonymous
 	ClientID string // the MQTT client id, or what a front end names itself ("http")
+	// Answered is set by a front end that gives every refusal back to its
+	// caller (HTTP answers with the reason): no report is published on
+	// $SYS/mote/errors/<ClientID>, where an MQTT client choosing the same
+	// id would read the reports of every caller.
+	Answered bool
 	system   bool   // the broker itself: reports, $SYS; never refused
 }
 

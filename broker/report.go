@@ -93,7 +93,7 @@ func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	}
 	b.log.Warn().Str("op", op).Str("topic", truncate(topic, 200)).Uint8("code", code.Code).Str("client", p.ClientID).
 		Str("error", truncate(err.Error(), 500)).Msg("refused")
-	if p.system || p.ClientID == "" {
+	if p.system || p.Answered || p.ClientID == "" {
 		return code
 	}
 	payload, _ := json.Marshal(r)

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
@@ -245,8 +246,24 @@ func TestACL(t *testing.T) {
 	if resp, b := e.do(t, "PUT", "/api/tree/own/alice/x", strings.NewReader("1"), "auth", "alice:pw"); resp.StatusCode != 204 {
 		t.Errorf("own row: %d %s", resp.StatusCode, b)
 	}
+	// An MQTT client of alice's calling itself "http" reads no report of
+	// the API's refusals (they are answered, not reported).
+	spy, err := client.Dial(testCtx(t), e.b.TCPAddr(), client.Options{Username: "alice", Password: "pw", ClientID: ClientID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spy.Close()
+	var reports atomic.Int32
+	if err := spy.Subscribe(testCtx(t), broker.ErrorTopic+"#", client.Plain, client.JSON, 0, func(client.Message) { reports.Add(1) }); err != nil {
+		t.Fatal(err)
+	}
 	if resp, b := e.do(t, "PUT", "/api/tree/own/bob/x", strings.NewReader("1"), "auth", "alice:pw"); resp.StatusCode != 403 {
 		t.Errorf("bob's row: %d %s", resp.StatusCode, b)
+	}
+	e.publish(t, admin, "pub/a", "11") // a barrier: what the refusal queued for spy comes before its snapshot below
+	snapshot(t, spy, "pub/#")
+	if n := reports.Load(); n != 0 {
+		t.Errorf("an MQTT client with id %q read %d reports of the API's refusals", ClientID, n)
 	}
 }
 

@@ -51,6 +51,8 @@
 // answered with 406. A history answer larger than the broker's maximum
 // packet size (which the broker cuts in parts) is refused with 500. A
 // request whose path has a malformed escape (%zz) is answered 400 by
-// net/http before it reaches the API, without a JSON body. The broker's
-// error reports for HTTP requests all go to $SYS/mote/errors/http.
+// net/http before it reaches the API, without a JSON body. A refusal is
+// answered in the response and logged, never reported on
+// $SYS/mote/errors/http (an MQTT client with client id "http" would read
+// every caller's reports there).
 package httpapi

@@ -303,7 +303,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (broker.Pr
 	case !hasUser && r.Header.Get("Authorization") != "":
 		reason = "the Authorization header is not HTTP Basic"
 	case s.b.Authenticate(user, password, hasUser):
-		return broker.Principal{User: user, ClientID: ClientID}, true
+		return broker.Principal{User: user, ClientID: ClientID, Answered: true}, true
 	case !hasUser || user == "":
 		reason = "credentials required (HTTP Basic, a user of the password file)"
 	default:

@@ -46,16 +46,18 @@ func TestSIGTERM(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	for i := 0; ; i++ {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
+	for _, a := range []string{addr, httpAddr} { // the HTTP listener opens after the broker's
+		for i := 0; ; i++ {
+			c, err := net.Dial("tcp", a)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if i > 100 {
+				t.Fatalf("broker never listened on %s: %s", a, logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if i > 100 {
-			t.Fatalf("broker never listened: %s", logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
