@@ -394,13 +394,21 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 }
 
 // connPanicked cleans up after a connection whose goroutine panicked: mochi
-// never ran its disconnect hooks for it.
+// never ran its disconnect hooks for it, nor ended its session if it does
+// not outlive the connection (attachClient).
 func (b *Broker) connPanicked(nc net.Conn) {
 	b.stats.Panics.Add(1)
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
 			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
-			b.dropConn(cl, false)
+			p := &cl.Properties
+			expire := (p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0) || (p.ProtocolVersion < 5 && p.Clean)
+			b.dropConn(cl, !expire)
+			if expire && !cl.IsTakenOver() {
+				cl.ClearInflights()
+				b.server.UnsubscribeClient(cl)
+				b.server.Clients.Delete(cl.ID)
+			}
 			return false
 		}
 		return true

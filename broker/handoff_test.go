@@ -489,3 +489,69 @@ func TestHeldWhileResuming(t *testing.T) {
 	publishQ(t, pub, 5)
 	wantOrder(t, in, 5)
 }
+
+// TestPanickedSessionEnds: a connection whose goroutine panicked ends as
+// mochi would have ended it: a clean session goes (it used to stay in
+// mochi's clients and index, and QoS 1/2 messages were held for it, out
+// of the offline budget of every session, for good), a persistent one
+// keeps what its connection did not write.
+func TestPanickedSessionEnds(t *testing.T) {
+	for _, persistent := range []bool{false, true} {
+		t.Run(map[bool]string{false: "clean", true: "persistent"}[persistent], func(t *testing.T) {
+			b := start(t, Options{})
+			raw, err := net.Dial("tcp", b.TCPAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			connect := packets.Packet{
+				FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+				ProtocolVersion: 5,
+				Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: !persistent, Keepalive: 30, ClientIdentifier: "evil"},
+				Properties:      packets.Properties{ReceiveMaximum: 1},
+			}
+			if persistent {
+				connect.Properties.SessionExpiryInterval, connect.Properties.SessionExpiryIntervalFlag = 300, true
+			}
+			var buf bytes.Buffer
+			if err := connect.ConnectEncode(&buf); err != nil {
+				t.Fatal(err)
+			}
+			body := []byte{0, 1, 0, 0, 3, 'p', '/', '#', 1}
+			buf.Write(append(append([]byte{0x82}, varint(len(body))...), body...))
+			raw.Write(buf.Bytes())
+			raw.SetReadDeadline(time.Now().Add(testTimeout))
+			r := bufio.NewReader(raw)
+			for _, want := range []byte{0x20, 0x90} { // CONNACK, SUBACK
+				if h, err := readPacket(r); err != nil || h != want {
+					t.Fatalf("got packet %#x (%v), want %#x", h, err, want)
+				}
+			}
+			pub := dial5(t, b, "pub", paho5.ClientConfig{}, nil)
+			p := func(topic string) {
+				t.Helper()
+				if _, err := pub.Publish(testCtx(t), &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte(topic)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p("p/1") // in flight
+			if h, err := readPacket(r); err != nil || h&0xf0 != 0x30 {
+				t.Fatalf("got packet %#x (%v), want a PUBLISH", h, err)
+			}
+			p("p/2")                                                          // queued
+			raw.Write([]byte{0x82, 0x06, 0x00, 0x02, 0x00, 0x00, 0x01, 0x61}) // mochi panics decoding it (TestSubscribeDecodePanic)
+			waitFor(t, "the panic", func() bool { return b.stats.Panics.Load() == 1 })
+			waitConnGone(t, b, "evil")
+			p("p/3")
+			cl, ok := b.server.Clients.Get("evil")
+			switch {
+			case !persistent && ok:
+				t.Fatalf("the clean session stays, holding %d messages in flight (%d bytes of the offline budget)", cl.State.Inflight.Len(), b.offline.bytes.Load())
+			case persistent && !ok:
+				t.Fatal("the persistent session went")
+			case persistent && cl.State.Inflight.Len() != 3:
+				t.Fatalf("the persistent session holds %d messages, want p/1, p/2 and p/3", cl.State.Inflight.Len())
+			}
+		})
+	}
+}
