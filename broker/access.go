@@ -17,7 +17,7 @@ type Principal struct {
 	// $SYS/mote/errors/<ClientID>, where an MQTT client choosing the same
 	// id would read the reports of every caller.
 	Answered bool
-	system   bool   // the broker itself: reports, $SYS; never refused
+	system   bool // the broker itself: reports, $SYS; never refused
 }
 
 // systemPrincipal is the broker's own.

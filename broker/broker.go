@@ -37,7 +37,8 @@ type Broker struct {
 	pace      pacer                         // paced deltas (pace.go); owned by the loop
 
 	conns      sync.Map // *mqtt.Client → *conn
-	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver
+	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
+	parked     sync.Map // *conn whose messages wait for a client taking its session over (conn.unpark)
 	serial     atomic.Uint64
 	treeSubs   atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
 	subsSent   atomic.Int64 // subscribe requests pushed, not yet handled by the loop
@@ -402,13 +403,21 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 }
 
 // connPanicked cleans up after a connection whose goroutine panicked: mochi
-// never ran its disconnect hooks for it.
+// never ran its disconnect hooks for it, nor ended its session if it does
+// not outlive the connection (attachClient).
 func (b *Broker) connPanicked(nc net.Conn) {
 	b.stats.Panics.Add(1)
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
 			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
-			b.dropConn(cl, false)
+			p := &cl.Properties
+			expire := (p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0) || (p.ProtocolVersion < 5 && p.Clean)
+			b.dropConn(cl, !expire)
+			if expire && !cl.IsTakenOver() {
+				cl.ClearInflights()
+				b.server.UnsubscribeClient(cl)
+				b.server.Clients.Delete(cl.ID)
+			}
 			return false
 		}
 		return true

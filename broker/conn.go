@@ -34,9 +34,19 @@ type conn struct {
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)
 	snapAt     time.Time // when snapTokens was last topped up
 
-	endMu sync.Mutex // guards ends and keep
-	ends  int        // of the writer's exit and the session's end (dropConn): see finish
-	keep  bool       // the session outlives the connection
+	// The hand-off of the leftovers (see finish), guarded by endMu. A
+	// connection holds endMu while it hands them on, then its successor's.
+	endMu      sync.Mutex
+	writerDone bool              // the writer exited: the leftovers are all there
+	ended      bool              // the session's end (dropConn) said whether it outlives the connection
+	keep       bool              // it does
+	expecting  *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
+	fresh      bool              // the client that took the client id starts a new session: the leftovers go
+	next       *conn             // the connection that took the session over: the leftovers go ahead of its queue
+	copied     map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
+	prev       bool              // the previous connection's leftovers are still to come ahead of this one's (its queue is held)
+	over       bool              // the leftovers were handed on
+	handed     chan struct{}     // closed when over
 
 	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
 	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id
@@ -69,9 +79,6 @@ type endpoint interface {
 	// stop ends the connection (the writer failed, or the client is too
 	// slow); err says why.
 	stop(err error)
-	// leave hands the QoS 1/2 plain messages a connection did not write
-	// to its session, which outlives it.
-	leave(c *conn, left []*plainItem)
 }
 
 // errTooLarge is a packet larger than the client's Maximum Packet Size.
@@ -88,6 +95,7 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 		out:    out,
 		acked:  make(chan struct{}, 1),
 		flight: map[uint16]int{},
+		handed: make(chan struct{}),
 	}
 	if c.id == "" {
 		c.id = c.key
@@ -144,26 +152,205 @@ func (c *conn) slow(why dropReason) {
 // stop.
 func (c *conn) close() { c.q.close() }
 
-// finish is called twice at the end of a connection: by its writer when it
-// exits, and when its session ends (dropConn), which says whether the
-// session outlives the connection (keep). The later call hands the QoS 1/2
-// plain messages the writer did not write (the queue's leftovers) to the
+// finish is called twice at the end of an MQTT connection: by its writer
+// when it exits, and when its session ends (dropConn), which says whether
+// the session outlives the connection (keep). Then the QoS 1/2 plain
+// messages the writer did not write (the queue's leftovers) go to the
 // session when it is kept [MQTT-3.1.2-5]: a message published while the
-// client disconnects is not lost. Nothing waits for the writer.
+// client disconnects is not lost. Nothing waits for the writer. A door
+// session's connection has no session to end: its leftovers go with it.
 func (c *conn) finish(ended, keep bool) {
 	c.endMu.Lock()
+	defer c.endMu.Unlock()
 	if ended {
-		c.keep = keep
+		c.ended, c.keep = true, keep
+	} else {
+		c.writerDone = true
 	}
-	c.ends++
-	last, kept := c.ends == 2, c.keep
-	c.endMu.Unlock()
-	if !last {
+	c.handOffLocked()
+}
+
+// handOffLocked hands the leftovers on once the writer exited (endMu
+// held), in the session's order:
+//
+//   - a client taking the session over has a connection (next): ahead of
+//     its queue, held until then (less what mochi copied: a message the
+//     writer took back is not given twice);
+//   - a client is taking it over but has no connection yet (expecting):
+//     they wait here (parked), and the connection stays the session's
+//     route in byID (new messages join them) until the new one adopts them
+//     (succeed) — mochi moves the old client's in-flight messages to the
+//     new one meanwhile, and would lose what came in after;
+//   - nobody, and the session outlives the connection: to its mochi
+//     client, held in flight for its return (holdOffline), before the
+//     connection leaves byID, so the messages published afterwards, held
+//     after them, are resent after them.
+//
+// A session that ended, or that a new one replaced (fresh), gets nothing.
+// Publishers that found the connection handing on wait for handed.
+func (c *conn) handOffLocked() {
+	if !c.writerDone || c.prev || c.over {
 		return
 	}
-	if left := c.q.leftovers(); kept && len(left) > 0 {
-		c.out.leave(c, left)
+	left, lost := []*plainItem(nil), 0
+	o, isMQTT := c.out.(*mqttOut)
+	switch n := c.next; {
+	case c.fresh || !isMQTT:
+		c.q.leftovers() // the session is gone: nothing is lost
+	case n != nil:
+		left, lost = c.q.leftovers()
+		lost += n.q.pushFront(notCloned(left, c.copied))
+		c.copied = nil
+	case c.expecting != nil:
+		c.b.parked.Store(c, struct{}{}) // see unpark
+		return
+	case !c.ended:
+		return
+	case !c.keep:
+		c.q.leftovers()
+	default:
+		left, lost = c.q.leftovers()
+		if cur, ok := c.b.server.Clients.Get(c.id); ok && cur == o.cl {
+			for _, m := range left {
+				c.b.holdOffline(o.cl, m.packet())
+			}
+		}
 	}
+	c.overLocked(lost)
+}
+
+// parkedLocked reports whether the leftovers wait for the connection of a
+// client taking the session over (endMu held).
+func (c *conn) parkedLocked() bool {
+	return c.writerDone && !c.prev && !c.over && !c.fresh && c.next == nil && c.expecting != nil
+}
+
+// overLocked ends the hand-off (endMu held): lost messages are counted,
+// publishers that found the connection go on, and its successor may
+// write, and hand its own leftovers on.
+func (c *conn) overLocked(lost int) {
+	c.b.drop(dropSessionEnded, int64(lost))
+	c.over = true
+	c.b.byID.CompareAndDelete(c.id, c)
+	c.b.parked.Delete(c)
+	close(c.handed)
+	if n := c.next; n != nil {
+		n.endMu.Lock()
+		n.prev = false
+		n.q.release()
+		n.handOffLocked()
+		n.endMu.Unlock()
+	}
+}
+
+// outOf is c's MQTT endpoint; false for none (nil, or a door session).
+func (c *conn) outOf() (*mqttOut, bool) {
+	if c == nil {
+		return nil, false
+	}
+	o, ok := c.out.(*mqttOut)
+	return o, ok
+}
+
+// msgRef names the message of an in-flight publish: its topic, and its
+// payload's bytes (shared with the message, not copied).
+type msgRef struct {
+	topic   string
+	payload []byte
+}
+
+// notCloned leaves out of left what mochi copied to a client taking the
+// session over (copied, by packet id): a message the writer took in
+// flight and back (takenBack) just as its client stopped may have been
+// copied.
+func notCloned(left []*plainItem, copied map[uint16]msgRef) []*plainItem {
+	out := left[:0]
+	for _, m := range left {
+		if m.pid != 0 {
+			if r, ok := copied[m.pid]; ok && r.topic == m.msg.topic && samePayload(r.payload, m.msg.payload) {
+				continue
+			}
+			m.pid = 0 // the successor's writer owns it now
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// inflightOf names cl's in-flight publishes' messages, by packet id.
+func inflightOf(cl *mqtt.Client) map[uint16]msgRef {
+	all := cl.State.Inflight.GetAll(false)
+	m := make(map[uint16]msgRef, len(all))
+	for _, pk := range all {
+		if pk.FixedHeader.Type == packets.Publish {
+			m[pk.PacketID] = msgRef{pk.TopicName, pk.Payload}
+		}
+	}
+	return m
+}
+
+func samePayload(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// expect tells a connection that cl is taking its session over (mochi is
+// about to move the session to it): the leftovers wait for cl's
+// connection (succeed) instead of going to the old client. fresh: cl
+// starts a new session, or is another user's.
+func (c *conn) expect(cl *mqtt.Client, fresh bool) {
+	c.endMu.Lock()
+	defer c.endMu.Unlock()
+	if c.over {
+		return
+	}
+	c.expecting, c.fresh = cl, c.fresh || fresh
+	c.handOffLocked()
+}
+
+// succeed makes n, the connection of the client that took c's session
+// over, its successor: c's leftovers go ahead of n's queue, which is held
+// until then (n.prev, set by the caller). c's deliveries end now (mochi
+// stopped its client): its writer stops, and n waits no longer than that.
+func (c *conn) succeed(n *conn) {
+	c.endMu.Lock()
+	if !c.over && !c.fresh {
+		// What mochi copied, before n's client acknowledges any of it:
+		// mochi reads from it once the session is established.
+		c.next, c.copied = n, inflightOf(n.out.(*mqttOut).cl)
+		c.handOffLocked()
+		c.endMu.Unlock()
+		c.close()
+		return
+	}
+	c.endMu.Unlock()
+	n.endMu.Lock()
+	n.prev = false
+	n.q.release()
+	n.handOffLocked()
+	n.endMu.Unlock()
+}
+
+// unpark hands on the leftovers of a connection that waits for a client
+// taking its session over that stopped before it had a connection (its
+// CONNACK could not be written, say): to the session's client, away now,
+// as any session's. It reports false while they still wait.
+func (c *conn) unpark() bool {
+	c.endMu.Lock()
+	defer c.endMu.Unlock()
+	if !c.parkedLocked() {
+		return true
+	}
+	if !c.expecting.Closed() {
+		return false // on its way, or established: succeed unparks
+	}
+	left, lost := c.q.leftovers()
+	if cur, ok := c.b.server.Clients.Get(c.id); ok {
+		for _, m := range notCloned(left, inflightOf(cur)) {
+			c.b.holdOffline(cur, m.packet())
+		}
+	}
+	c.overLocked(lost)
+	return true
 }
 
 // inFlight records a publish in flight: its bytes count against the
@@ -226,33 +413,6 @@ func (o *mqttOut) stop(err error) {
 	o.cl.Stop(err)
 }
 
-// leave hands a closed connection's leftovers to its session: to the
-// session's mochi client while it is away (held in flight, resent when it
-// comes back), or, when a client resumed it meanwhile (a takeover), to
-// that client's connection. A session resumed clean gets none.
-func (o *mqttOut) leave(c *conn, left []*plainItem) {
-	b := o.b
-	cur, ok := b.server.Clients.Get(c.id)
-	if !ok || (cur != o.cl && cur.Properties.Clean) {
-		b.drop(dropSessionEnded, int64(len(left)))
-		return
-	}
-	if cur != o.cl {
-		if v, ok := b.conns.Load(cur); ok {
-			nc := v.(*conn)
-			for _, m := range left {
-				if !nc.q.push(m, pubWait{}) {
-					nc.slow(dropQueueFull)
-				}
-			}
-			return
-		}
-	}
-	for _, m := range left {
-		b.holdOffline(cur, m.packet())
-	}
-}
-
 // errSkipped is a publish not sent, and rightly so (expired, or dropped
 // and counted): the writer goes on.
 var errSkipped = errors.New("broker: skipped")
@@ -287,7 +447,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 		// messages to the new client, then clears them, which wakes
 		// waitInflight) must not take more: they would be lost. It stays
 		// unsent, for the session (finish). Closed after Set, it may or
-		// may not have been copied: sent twice rather than never.
+		// may not have been copied: the hand-off looks (notCloned).
 		if cl.Closed() {
 			return errWriterStop
 		}
@@ -297,7 +457,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 		}
 		if cl.Closed() {
 			o.b.dropInflight(cl, pk.PacketID)
-			return errWriterStop
+			return &takenBack{id: pk.PacketID}
 		}
 		c.inFlight(pk.PacketID, len(pk.Payload)+len(pk.TopicName)+messageCost)
 	}
@@ -481,3 +641,11 @@ func (o *offlineHeld) prune(has func(string) bool) {
 
 // errWriterStop ends a writer quietly: its connection or the broker closed.
 var errWriterStop = errors.New("broker: writer stopped")
+
+// takenBack is errWriterStop for a publish the writer took in flight, as
+// packet id, on a client that stopped meanwhile, and took back: mochi may
+// have copied it to a client taking the session over.
+type takenBack struct{ id uint16 }
+
+func (e *takenBack) Error() string { return errWriterStop.Error() }
+func (e *takenBack) Unwrap() error { return errWriterStop }

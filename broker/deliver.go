@@ -77,23 +77,44 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 			}
 			slices.Sort(m.subIDs)
 		}
-		if c != nil {
-			if max := c.out.maxPacket(); max > 0 && minPacketSize(msg, m.qos, v5) > int(max) {
-				b.stats.TooLarge.Add(1) // it cannot fit the client [MQTT-3.1.2-25]: not queued at all
-				continue
-			}
-			switch c.q.put(m, w) {
-			case pushFull:
-				c.slow(dropQueueFull)
-				continue
-			case pushed:
-				continue
-			} // pushGone: the connection just ended; its session may be away
+		if c != nil && b.queuePlain(id, c, m, w) {
+			continue
 		}
-		if cl, ok := b.server.Clients.Get(id); ok && m.qos > 0 {
+		// Held for the session of the user it was checked for (another
+		// user's may have replaced it meanwhile: TakeoverFresh).
+		if cl, ok := b.server.Clients.Get(id); ok && m.qos > 0 && string(cl.Properties.Username) == p.User {
 			b.holdOffline(cl, m.packet())
 		}
 	}
+}
+
+// queuePlain queues m for the connection c of id; false: id has none now
+// (c ended and handed its messages on, after which m goes: see
+// conn.handOffLocked), hold m for the session.
+func (b *Broker) queuePlain(id string, c *conn, m *plainItem, w pubWait) bool {
+	for c != nil {
+		if max := c.out.maxPacket(); max > 0 && minPacketSize(m.msg, m.qos, c.v5) > int(max) {
+			b.stats.TooLarge.Add(1) // it cannot fit the client [MQTT-3.1.2-25]: not queued at all
+			return true
+		}
+		switch c.q.put(m, w) {
+		case pushFull:
+			c.slow(dropQueueFull)
+			return true
+		case pushed:
+			return true
+		}
+		<-c.handed // pushGone: c is handing its messages on; m comes after them
+		next := b.connByID(id)
+		switch {
+		case next == c:
+			next = nil
+		case next != nil && next.p.User != c.p.User:
+			return true // another user's session replaced c's (TakeoverFresh): m was for c's
+		}
+		c = next
+	}
+	return false
 }
 
 // minPacketSize is the least a publish of msg encodes to: a lower bound,

@@ -58,9 +58,16 @@
 // queue makes a publisher wait at most PublishWait, never the loop; then
 // the slow-client policy applies.
 // When a connection ends, the QoS 1/2 plain messages it did not write (still
-// queued, or taken by the writer and not sent) go to its session if that
-// outlives it: held in mochi's in-flight state for the session's return,
-// or queued to the client that took the session over (conn.finish).
+// queued, or taken by the writer and not sent: its leftovers) go to its
+// session if that outlives it, in order (conn.finish): the connection
+// stays the session's route in byID until its writer has stopped and it
+// has handed them on — to the session's mochi client, held in flight for
+// its return, or, when a client takes the session over, ahead of that
+// client's connection's queue, which waits for them (OnSessionEstablish
+// tells the old connection before mochi moves the session, whose
+// in-flight messages mochi copies; OnSessionEstablished adopts them).
+// Messages published meanwhile join the leftovers, or wait for the
+// hand-off and follow them.
 //
 // # Reload
 //
@@ -119,6 +126,7 @@
 //	tree.Tree, treeSub, props, pacer    the message loop (tree.Sub.Allow too: set at registration and by Reload)
 //	access rules, TLS configuration     Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
+//	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape

@@ -28,7 +28,7 @@ func (h *hook) ID() string { return "mote" }
 func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe,
 		mqtt.OnWill, mqtt.OnPacketEncode, mqtt.OnRetainMessage,
@@ -128,10 +128,22 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return h.b.access.canSubscribe(mqttPrincipal(cl), topic)
 }
 
+// OnSessionEstablish runs before mochi moves the session of cl's client
+// id to cl: the connection the session had (live, or handing its queued
+// messages on) keeps them for cl's (conn.expect).
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	if old := h.b.connByID(cl.ID); old != nil {
+		if o, ok := old.outOf(); ok && o.cl != cl {
+			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
+		}
+	}
+}
+
 // OnSessionEstablished starts the connection's state, cancels a will its
 // client id left waiting, and re-registers the tree subscriptions of a
 // resumed session (with a fresh snapshot: deltas were missed while it was
-// away).
+// away). The messages the session's previous connection did not write go
+// first (conn.succeed).
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
@@ -139,8 +151,19 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
 	c.will = willOf(p, &pk)
+	old := b.connByID(cl.ID)
+	if o, ok := old.outOf(); !ok || o.cl == cl {
+		old = nil
+	}
+	if old != nil {
+		c.prev = true // not yet shared
+		c.q.hold()
+	}
 	b.conns.Store(cl, c)
 	b.byID.Store(cl.ID, c)
+	if old != nil {
+		old.succeed(c)
+	}
 	b.wills.cancel(cl.ID)
 	b.offline.forget(cl.ID)
 	for filter, s := range cl.State.Subscriptions.GetAll() {
@@ -165,7 +188,9 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		return
 	}
 	c := v.(*conn)
-	b.byID.CompareAndDelete(cl.ID, c)
+	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)
+		b.byID.CompareAndDelete(cl.ID, c)
+	}
 	c.close()
 	c.finish(true, keep)
 	b.reqs.push(request{kind: reqDetach, owner: c.key})

@@ -22,6 +22,7 @@ type plainItem struct {
 	qos    byte
 	retain bool
 	subIDs []int
+	pid    uint16 // the packet id it was taken back with (takenBack); 0: none
 }
 
 // messageCost is what a message costs beyond its topic and payload (the
@@ -115,6 +116,7 @@ type outQueue struct {
 	closed    bool         // no more items: the connection is gone
 	left      []*plainItem // once closed: QoS 1/2 plain messages not written, for the session (see close)
 	leftBytes int
+	leftLost  int           // QoS 1/2 plain messages close and unsent could not keep (over the bound)
 	sealed    bool          // the leftovers were taken: a push answers pushGone
 	room      chan struct{} // closed when the writer takes items, for publishers waiting; nil when none wait
 
@@ -177,9 +179,10 @@ func (q *outQueue) push(m item, w pubWait) bool { return q.put(m, w) != pushFull
 // put queues m. A queue whose bytes would pass the bound refuses it
 // (pushFull), unless it is empty: one message larger than the bound still
 // goes through alone. A closed queue keeps a QoS 1/2 plain message among
-// its leftovers (see close), drops anything else, and once the leftovers
-// were taken answers pushGone. A publisher (w not zero) waits for room
-// until w.deadline, and while the client has credit (see outQueue).
+// its leftovers (see close; pushFull past their bound), drops anything
+// else, and once the leftovers were taken answers pushGone. A publisher (w
+// not zero) waits for room until w.deadline, and while the client has
+// credit (see outQueue).
 func (q *outQueue) put(m item, w pubWait) pushResult {
 	c := m.cost()
 	q.mu.Lock()
@@ -215,7 +218,9 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		if q.sealed {
 			return pushGone
 		}
-		q.leaveLocked(m)
+		if !q.leaveLocked(m) {
+			return pushFull
+		}
 		return pushed
 	}
 	q.items = append(q.items, m)
@@ -335,7 +340,9 @@ func (q *outQueue) close() bool {
 	}
 	q.closed = true
 	for _, m := range q.items[q.head:] {
-		q.leaveLocked(m)
+		if !q.leaveLocked(m) {
+			q.leftLost++
+		}
 	}
 	clear(q.items)
 	q.items, q.head, q.bytes = nil, 0, 0
@@ -349,16 +356,19 @@ func (q *outQueue) close() bool {
 
 // leaveLocked keeps m among the leftovers if it is a QoS 1/2 plain
 // message and they stay within the queue's bound; anything else is
-// dropped (mu held).
-func (q *outQueue) leaveLocked(m item) {
+// dropped (mu held). It reports false for a QoS 1/2 plain message it
+// could not keep.
+func (q *outQueue) leaveLocked(m item) bool {
 	p, ok := m.(*plainItem)
 	if !ok || p.qos == 0 || q.sealed {
-		return
+		return true
 	}
 	if c := p.cost(); q.leftBytes == 0 || q.leftBytes+c <= q.max {
 		q.left = append(q.left, p)
 		q.leftBytes += c
+		return true
 	}
+	return false
 }
 
 // unsent puts back, ahead of the leftovers, what the writer took but did
@@ -366,24 +376,68 @@ func (q *outQueue) leaveLocked(m item) {
 func (q *outQueue) unsent(ms []item) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.prependLocked(ms)
+}
+
+// prependLocked makes ms the first leftovers, the bound keeping the
+// earliest (mu held).
+func (q *outQueue) prependLocked(ms []item) {
 	rest := q.left
 	q.left, q.leftBytes = nil, 0
 	for _, m := range ms {
-		q.leaveLocked(m)
+		if !q.leaveLocked(m) {
+			q.leftLost++
+		}
 	}
 	for _, m := range rest {
-		q.leaveLocked(m)
+		if !q.leaveLocked(m) {
+			q.leftLost++
+		}
 	}
 }
 
-// leftovers takes the leftovers of a closed queue, in order; from then on
-// a push answers pushGone.
-func (q *outQueue) leftovers() []*plainItem {
+// leftovers takes the leftovers of a closed queue, in order, and how many
+// it could not keep; from then on a push answers pushGone.
+func (q *outQueue) leftovers() ([]*plainItem, int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	left := q.left
-	q.left, q.leftBytes, q.sealed = nil, 0, true
-	return left
+	left, lost := q.left, q.leftLost
+	q.left, q.leftBytes, q.leftLost, q.sealed = nil, 0, 0, true
+	return left, lost
+}
+
+// pushFront puts the leftovers of the connection a session had before
+// this one ahead of everything queued: they are older. They may take the
+// queue past its bound, by at most one queue's worth. A closed queue takes
+// them ahead of its own leftovers (what does not fit is counted with
+// them); it reports how many it dropped.
+func (q *outQueue) pushFront(ms []*plainItem) int {
+	if len(ms) == 0 {
+		return 0
+	}
+	q.mu.Lock()
+	if q.closed {
+		defer q.mu.Unlock()
+		if q.sealed { // not reached: a successor hands its leftovers on after its predecessor (conn.prev)
+			return len(ms)
+		}
+		items := make([]item, len(ms))
+		for i, m := range ms {
+			items[i] = m
+		}
+		q.prependLocked(items)
+		return 0
+	}
+	items := make([]item, 0, len(ms)+len(q.items)-q.head)
+	for _, m := range ms {
+		items = append(items, m)
+		q.bytes += m.cost()
+	}
+	clear(q.items[:q.head])
+	q.items, q.head = append(items, q.items[q.head:]...), 0
+	q.mu.Unlock()
+	q.signal()
+	return 0
 }
 
 // isClosed reports whether close has run.

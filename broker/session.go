@@ -218,6 +218,4 @@ func (o *funcOut) maxPacket() uint32 { return 0 }
 
 func (o *funcOut) flush() error { return nil }
 
-func (o *funcOut) leave(*conn, []*plainItem) {} // a session of the door ends with its connection
-
 func (o *funcOut) stop(error) { go o.s.Close() } // not on the writer: Close waits for nothing, but keep the writer free

@@ -42,8 +42,11 @@ func (c *conn) writeLoop() {
 					// What was not written stays the session's (a failed
 					// item was not taken in flight; one that cannot be
 					// encoded never will be).
+					var tb *takenBack
 					if errors.Is(err, errEncode) {
 						i++
+					} else if p, ok := m.(*plainItem); ok && errors.As(err, &tb) {
+						p.pid = tb.id
 					}
 					c.q.unsent(batch[i:])
 					clear(batch)
