@@ -110,7 +110,7 @@ type Retainer struct {
 	pending    map[string]Change
 	hist       []Change      // every change of rows under a history rule, in order
 	rules      []HistoryRule // the history rules now (Options.History, then SetHistory's); never changed in place
-	rulesSet   bool          // SetHistory handed in rules the goroutine has not pruned by yet
+	rulesSet   bool          // SetHistory handed in rules no commit has started since
 	seqRev     uint64        // the revision of the last history value, and its Seq
 	seq        uint32
 	committing map[string]Change // the batch being committed, until it is
@@ -405,12 +405,24 @@ func (r *Retainer) run() {
 			}
 		}
 		due = time.Time{}
+		// Rules handed in before this commit starts are pruned by after it
+		// (SetHistory's promise); rules handed in while it runs wait for
+		// the next one, so the values it writes are pruned by them too.
+		r.mu.Lock()
+		set := r.rulesSet
+		r.rulesSet = false
+		r.mu.Unlock()
 		if r.commit(false) != nil {
+			if set {
+				r.mu.Lock()
+				r.rulesSet = true
+				r.mu.Unlock()
+			}
 			backoff = min(max(2*backoff, r.opts.Interval), max(MaxBackoff, r.opts.Interval))
 			retry = time.Now().Add(backoff)
 		} else {
 			backoff, retry = 0, time.Time{}
-			r.maintain()
+			r.maintain(set)
 		}
 	}
 }
@@ -426,8 +438,9 @@ const maintainStep = 50_000
 
 // maintain compacts deletion markers older than the resume window and
 // prunes history by keep and max_age, a bounded step at a time, after a
-// commit (on the retainer's goroutine: never the message loop's).
-func (r *Retainer) maintain() {
+// commit (on the retainer's goroutine: never the message loop's). set
+// says rules were handed in since the last commit: prune now.
+func (r *Retainer) maintain(set bool) {
 	w := r.opts.ResumeWindow
 	target, over := r.floor.Load(), false
 	if rev := r.rev.Load(); rev > w {
@@ -456,8 +469,7 @@ func (r *Retainer) maintain() {
 		r.compactMore = more
 	}
 	r.mu.Lock()
-	rules, set := r.rules, r.rulesSet
-	r.rulesSet = false
+	rules := r.rules
 	r.mu.Unlock()
 	if len(rules) == 0 {
 		return // as at a start without rules: what is stored stays
