@@ -341,7 +341,13 @@ func getHTTP(ctx context.Context, addr string, isCBOR bool) ([]byte, time.Durati
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("bench: GET: %w", err)
 	}
-	body, err := io.ReadAll(resp.Body)
+	var body []byte
+	if resp.ContentLength >= 0 && resp.ContentLength <= 1<<30 { // read as the MQTT client does: into its size
+		body = make([]byte, resp.ContentLength)
+		_, err = io.ReadFull(resp.Body, body)
+	} else {
+		body, err = io.ReadAll(resp.Body)
+	}
 	el := time.Since(start)
 	if err == nil && resp.StatusCode != http.StatusOK {
 		err = fmt.Errorf("bench: GET: %s %.200s", resp.Status, body)
