@@ -244,7 +244,7 @@ func (st *streamState) keepAliveComment() bool {
 	return true
 }
 
-// stop ends the stream from deliver; st.mu is held.
+// stop ends the stream: the request returns. st.mu is held.
 func (st *streamState) stop() {
 	if !st.ended {
 		st.ended = true
