@@ -24,13 +24,24 @@ type Broker struct {
 	Name string
 	// Tree says the broker speaks the Mote extension.
 	Tree bool
-	// args returns the command line for a listener on addr, with dir for data.
-	args func(addr, dir string) ([]string, error)
+	// Web says the broker serves Mote's HTTP API and MQTT over WebSocket
+	// (the http- and sse- scenarios).
+	Web bool
+	// args returns the command line for the listeners l, with dir for data.
+	args func(l listeners, dir string) ([]string, error)
 
 	cmd  *exec.Cmd
-	addr string
+	l    listeners
 	dir  string
 	logs bytes.Buffer
+}
+
+// listeners are the addresses a broker under test listens on; WS and
+// HTTP are empty unless a scenario needs them.
+type listeners struct {
+	TCP  string // MQTT
+	WS   string // MQTT over WebSocket, path /mqtt
+	HTTP string // Mote's HTTP API (SPEC §10)
 }
 
 // Mote is `mote broker` from the binary bin, persistence on.
@@ -39,10 +50,17 @@ func Mote(bin string) *Broker { return MoteAs("mote", bin) }
 // MoteAs is `mote broker` from another binary under another name: an
 // earlier build, measured side by side with this one.
 func MoteAs(name, bin string) *Broker {
-	return &Broker{Name: name, Tree: true, args: func(addr, dir string) ([]string, error) {
-		args := []string{bin, "broker", "--tcp", addr, "--ws", "off", "--data", dir, "--log-level", "warn"}
-		if hasFlag(bin, "-http") { // builds before the HTTP API have no such flag
-			args = append(args, "--http", "off")
+	web := hasFlag(bin, "-http") // builds before the HTTP API have no such flag
+	return &Broker{Name: name, Tree: true, Web: web, args: func(l listeners, dir string) ([]string, error) {
+		or := func(a string) string {
+			if a == "" {
+				return "off"
+			}
+			return a
+		}
+		args := []string{bin, "broker", "--tcp", l.TCP, "--ws", or(l.WS), "--data", dir, "--log-level", "warn"}
+		if web {
+			args = append(args, "--http", or(l.HTTP))
 		}
 		return args, nil
 	}}
@@ -56,8 +74,8 @@ func hasFlag(bin, flag string) bool {
 
 // Mochi is a bare mochi-mqtt server from the binary bin (`mote mochi`).
 func Mochi(bin string) *Broker {
-	return &Broker{Name: "mochi", args: func(addr, _ string) ([]string, error) {
-		return []string{bin, "mochi", "--tcp", addr}, nil
+	return &Broker{Name: "mochi", args: func(l listeners, _ string) ([]string, error) {
+		return []string{bin, "mochi", "--tcp", l.TCP}, nil
 	}}
 }
 
@@ -71,8 +89,8 @@ func Mosquitto() *Broker {
 		}
 		path = "/usr/sbin/mosquitto"
 	}
-	return &Broker{Name: "mosquitto", args: func(addr, dir string) ([]string, error) {
-		host, port, _ := net.SplitHostPort(addr)
+	return &Broker{Name: "mosquitto", args: func(l listeners, dir string) ([]string, error) {
+		host, port, _ := net.SplitHostPort(l.TCP)
 		conf := filepath.Join(dir, "mosquitto.conf")
 		text := fmt.Sprintf("user root\nlistener %s %s\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n", port, host)
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
@@ -82,18 +100,36 @@ func Mosquitto() *Broker {
 	}}
 }
 
-// Start runs the broker on a free port and waits until it accepts.
-func (b *Broker) Start() error {
+// freePort is a 127.0.0.1 address with a port free at the moment.
+func freePort() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// Start runs the broker on a free port (with web, also its WebSocket and
+// HTTP listeners) and waits until it accepts.
+func (b *Broker) Start(web bool) error {
+	var err error
+	b.l = listeners{}
+	if b.l.TCP, err = freePort(); err != nil {
 		return err
 	}
-	b.addr = l.Addr().String()
-	l.Close()
+	if web {
+		if b.l.WS, err = freePort(); err != nil {
+			return err
+		}
+		if b.l.HTTP, err = freePort(); err != nil {
+			return err
+		}
+	}
 	if b.dir, err = os.MkdirTemp("", "mote-bench-"+b.Name); err != nil {
 		return err
 	}
-	args, err := b.args(b.addr, b.dir)
+	args, err := b.args(b.l, b.dir)
 	if err != nil {
 		return err
 	}
@@ -103,19 +139,29 @@ func (b *Broker) Start() error {
 	if err := b.cmd.Start(); err != nil {
 		return fmt.Errorf("bench: start %s: %w", b.Name, err)
 	}
-	for i := 0; i < 200; i++ {
-		if c, err := net.Dial("tcp", b.addr); err == nil {
-			c.Close()
-			return nil
+	for _, addr := range []string{b.l.TCP, b.l.WS, b.l.HTTP} {
+		if addr == "" {
+			continue
 		}
-		time.Sleep(25 * time.Millisecond)
+		up := false
+		for i := 0; i < 200 && !up; i++ {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				up = true
+			} else {
+				time.Sleep(25 * time.Millisecond)
+			}
+		}
+		if !up {
+			b.Stop()
+			return fmt.Errorf("bench: %s never listened on %s: %s", b.Name, addr, b.logs.String())
+		}
 	}
-	b.Stop()
-	return fmt.Errorf("bench: %s never listened on %s: %s", b.Name, b.addr, b.logs.String())
+	return nil
 }
 
-// Addr is where the running broker listens.
-func (b *Broker) Addr() string { return b.addr }
+// Addr is where the running broker listens for MQTT.
+func (b *Broker) Addr() string { return b.l.TCP }
 
 // Usage reads the running broker's CPU time and peak RSS from /proc.
 func (b *Broker) Usage() (cpu time.Duration, peakRSS int64, err error) {
@@ -136,13 +182,28 @@ func (b *Broker) Usage() (cpu time.Duration, peakRSS int64, err error) {
 	if err != nil {
 		return cpu, 0, err
 	}
+	return cpu, statusKB(status, "VmHWM:"), nil
+}
+
+// RSS reads the running broker's resident set size now (VmRSS).
+func (b *Broker) RSS() (int64, error) {
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(b.cmd.Process.Pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	return statusKB(status, "VmRSS:"), nil
+}
+
+// statusKB is the size in bytes of the field key ("VmHWM:") of a
+// /proc/PID/status file.
+func statusKB(status []byte, key string) int64 {
 	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, key); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			peakRSS = kb << 10
+			return kb << 10
 		}
 	}
-	return cpu, peakRSS, nil
+	return 0
 }
 
 // Stop ends the broker (SIGTERM, then SIGKILL) and removes its data.

@@ -61,27 +61,37 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 		}
 	}
 	var runs []Run
-	for _, sc := range scenarios() {
-		if len(cfg.Scenarios) > 0 && !slices.Contains(cfg.Scenarios, sc.name) {
+	// Round by round, every variant of a scenario on every broker, so
+	// what is compared runs side by side.
+	for _, name := range Names() {
+		if len(cfg.Scenarios) > 0 && !slices.Contains(cfg.Scenarios, name) {
 			continue
 		}
 		for round := 1; round <= cfg.Rounds; round++ {
-			for _, b := range cfg.Brokers {
-				if !sc.everywhere && !b.Tree {
-					continue // tree and sync variants are Mote's
+			for _, sc := range scenarios() {
+				if sc.name != name {
+					continue
 				}
-				if ctx.Err() != nil {
-					return runs, ctx.Err()
-				}
-				r := runOne(ctx, sc, b, cfg.Sizes, round)
-				runs = append(runs, r)
-				if cfg.Progress != nil {
-					status := fmt.Sprintf("%.4g %s", r.Value, r.Unit)
-					if r.Err != "" {
-						status = "error: " + r.Err
+				for _, b := range cfg.Brokers {
+					if !sc.everywhere && !b.Tree {
+						continue // tree and sync variants are Mote's
 					}
-					fmt.Fprintf(cfg.Progress, "[%s] %s/%s round %d on %s: %s (cpu %.2fs, rss %d MiB, lost %d)\n",
-						time.Now().Format(time.TimeOnly), sc.name, sc.variant, round, b.Name, status, r.CPU, r.PeakRSS>>20, r.Lost)
+					if sc.web != nil && !b.Web {
+						continue // a build without the HTTP API
+					}
+					if ctx.Err() != nil {
+						return runs, ctx.Err()
+					}
+					r := runOne(ctx, sc, b, cfg.Sizes, round)
+					runs = append(runs, r)
+					if cfg.Progress != nil {
+						status := fmt.Sprintf("%.4g %s", r.Value, r.Unit)
+						if r.Err != "" {
+							status = "error: " + r.Err
+						}
+						fmt.Fprintf(cfg.Progress, "[%s] %s/%s round %d on %s: %s (cpu %.2fs, rss %d MiB, lost %d)\n",
+							time.Now().Format(time.TimeOnly), sc.name, sc.variant, round, b.Name, status, r.CPU, r.PeakRSS>>20, r.Lost)
+					}
 				}
 			}
 		}
@@ -91,7 +101,7 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 
 func runOne(ctx context.Context, sc scenario, b *Broker, s Sizes, round int) Run {
 	r := Run{Scenario: sc.name, Variant: sc.variant, Broker: b.Name, Round: round, Unit: sc.unit}
-	if err := b.Start(); err != nil {
+	if err := b.Start(sc.web != nil); err != nil {
 		r.Err = err.Error()
 		return r
 	}
@@ -99,7 +109,13 @@ func runOne(ctx context.Context, sc scenario, b *Broker, s Sizes, round int) Run
 	cpu0, _, _ := b.Usage()
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	o, err := sc.run(ctx, b.Addr(), s)
+	var o outcome
+	var err error
+	if sc.web != nil {
+		o, err = sc.web(ctx, target{listeners: b.l, b: b}, s)
+	} else {
+		o, err = sc.run(ctx, b.Addr(), s)
+	}
 	cpu1, rss, _ := b.Usage()
 	if err != nil {
 		r.Err = err.Error()
@@ -220,6 +236,39 @@ func Ratios(runs []Run) []Ratio {
 	}
 	var out []Ratio
 	for _, sc := range scenarios() {
+		if sc.versus != "" {
+			// A variant measured against another of the same broker
+			// (HTTP against MQTT), round by round: the value and, where
+			// both have them, the bytes received.
+			for _, b := range []string{"mote", Baseline} {
+				for _, what := range []string{"value", "bytes"} {
+					var rs []float64
+					for round := 1; round < 100; round++ {
+						m, ok1 := by[key{sc.name, sc.variant, b, round}]
+						o, ok2 := by[key{sc.name, sc.versus, b, round}]
+						if !ok1 || !ok2 {
+							continue
+						}
+						a, c := m.Value, o.Value
+						if what == "bytes" {
+							a, c = float64(m.Bytes), float64(o.Bytes)
+						}
+						if a <= 0 || c <= 0 {
+							continue
+						}
+						if sc.higherBetter && what == "value" {
+							rs = append(rs, a/c)
+						} else {
+							rs = append(rs, c/a)
+						}
+					}
+					if len(rs) > 0 {
+						out = append(out, Ratio{Scenario: sc.name, MoteVariant: sc.variant, Other: b + "/" + sc.versus, What: what,
+							Median: median(rs), Min: slices.Min(rs), Max: slices.Max(rs)})
+					}
+				}
+			}
+		}
 		if sc.noRatio {
 			continue
 		}

@@ -28,20 +28,26 @@ type Sizes struct {
 	LatRate, LatCount       int // latency: publishes per second, count
 	StallPubs, StallEach    int // stalled subscriber: publishers, QoS 1 messages each
 	StallSubs               int // healthy subscribers beside the stalled one
+	GetReps                 int // http-get: pairs of requests per run (the value is their median)
+	FanoutChanges           int // sse-fanout: rows changed (each once) …
+	FanoutRate              int // … at this rate a second, to Dashboards watchers of LiveDevices rows
+	IdleStreams             int // sse-idle: connections held open
 }
 
 // DefaultSizes are the sizes (a full run fits in 10 minutes here).
 func DefaultSizes() Sizes {
 	return Sizes{FanInPubs: 100, FanInEach: 1000, FanOutSubs: 1000, FanOutMsgs: 100, Rows: 100_000,
 		Devices: 10_000, DeviceRows: 50, Dashboards: 500, LiveDevices: 10_000, LiveRate: 1000, LiveFor: 3 * time.Second,
-		LatRate: 1000, LatCount: 3000, StallPubs: 10, StallEach: 2000, StallSubs: 5}
+		LatRate: 1000, LatCount: 3000, StallPubs: 10, StallEach: 2000, StallSubs: 5,
+		GetReps: 9, FanoutChanges: 300, FanoutRate: 50, IdleStreams: 10_000}
 }
 
 // SmokeSizes run every scenario in seconds, so the suite cannot rot.
 func SmokeSizes() Sizes {
 	return Sizes{FanInPubs: 5, FanInEach: 100, FanOutSubs: 20, FanOutMsgs: 20, Rows: 2000,
 		Devices: 100, DeviceRows: 50, Dashboards: 5, LiveDevices: 200, LiveRate: 500, LiveFor: time.Second,
-		LatRate: 500, LatCount: 200, StallPubs: 2, StallEach: 200, StallSubs: 2}
+		LatRate: 500, LatCount: 200, StallPubs: 2, StallEach: 200, StallSubs: 2,
+		GetReps: 2, FanoutChanges: 100, FanoutRate: 200, IdleStreams: 200}
 }
 
 // outcome is what one run of a scenario measured.
@@ -63,7 +69,14 @@ type scenario struct {
 	higherBetter        bool
 	everywhere          bool // plain MQTT: every broker runs it
 	noRatio             bool // no ratio line (a variant measured for itself)
-	run                 func(ctx context.Context, addr string, s Sizes) (outcome, error)
+	// versus names the variant of the same scenario this one is compared
+	// with on the same broker (HTTP against MQTT): its ratio lines.
+	versus string
+	run    func(ctx context.Context, addr string, s Sizes) (outcome, error)
+	// web, instead of run, is a scenario of Mote's HTTP API: it runs on
+	// brokers that serve it (Broker.Web), started with HTTP and WebSocket
+	// listeners.
+	web func(ctx context.Context, t target, s Sizes) (outcome, error)
 }
 
 func scenarios() []scenario {
@@ -101,6 +114,18 @@ func scenarios() []scenario {
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return stalledSub(ctx, a, s, false) }},
 		{name: "stalled-sub", variant: "stalled", unit: "pubs/s", higherBetter: true, everywhere: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return stalledSub(ctx, a, s, true) }},
+		{name: "http-get", variant: "json", unit: "ms",
+			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return httpGet(ctx, t, s, false) }},
+		{name: "http-get", variant: "cbor", unit: "ms",
+			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return httpGet(ctx, t, s, true) }},
+		{name: "sse-fanout", variant: "mqtt-ws", unit: "cpu-s", noRatio: true,
+			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return sseFanout(ctx, t, s, false) }},
+		{name: "sse-fanout", variant: "sse", unit: "cpu-s", versus: "mqtt-ws",
+			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return sseFanout(ctx, t, s, true) }},
+		{name: "sse-idle", variant: "mqtt-ws", unit: "KiB/conn", noRatio: true,
+			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return sseIdle(ctx, t, s, false) }},
+		{name: "sse-idle", variant: "sse", unit: "KiB/conn", versus: "mqtt-ws",
+			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return sseIdle(ctx, t, s, true) }},
 	}
 }
 

@@ -44,8 +44,7 @@ type Delivery struct {
 // messages.
 func (d *Delivery) Seq() int64 {
 	if v, ok := userProp(d.Properties.User, "mote-seq"); ok {
-		var n int64
-		if _, err := fmt.Sscan(v, &n); err == nil {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
 			return n
 		}
 	}
