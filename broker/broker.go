@@ -35,6 +35,10 @@ type Broker struct {
 	marks     markLog                       // deletion markers without a store; the loop's
 	props     map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
 	pace      pacer                         // paced deltas (pace.go); owned by the loop
+	// resumeFloor is the lowest revision a resume may start from: one past
+	// the revision of the last Reload, whose copies were made under other
+	// read rules (owned by the loop).
+	resumeFloor uint64
 
 	conns      sync.Map // *mqtt.Client → *conn
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
@@ -440,5 +444,15 @@ func (b *Broker) localOnly() {
 }
 
 // anonymousLocal reports whether the broker serves anonymous clients on
-// loopback only (no password file, no --allow-anonymous).
-func (b *Broker) anonymousLocal() bool { return b.opts.Users == nil && !b.opts.AllowAnonymous }
+// loopback only under its current access rules (no password file, no
+// anonymous access): what every request asks (LocalOnly, WSHandler), so a
+// Reload that removes the password file makes the loopback-only checks
+// apply at once.
+func (b *Broker) anonymousLocal() bool {
+	a := b.access.load()
+	return a.users == nil && !a.anonymous
+}
+
+// startedLocal reports whether the broker was started without a password
+// file and without anonymous access: its listeners are bound to loopback.
+func (b *Broker) startedLocal() bool { return b.opts.Users == nil && !b.opts.AllowAnonymous }

@@ -19,8 +19,10 @@ func (b *Broker) Authenticate(user, password string, hasUser bool) bool {
 }
 
 // LocalOnly reports whether the broker serves loopback clients only: no
-// password file and no anonymous access asked for. Its listeners then
-// bind to loopback (LoopbackAddr), as every front end's must.
+// password file and no anonymous access, under the access rules of the
+// moment (a Reload may drop the password file). Its listeners then bind
+// to loopback (LoopbackAddr), as every front end's must, and a front end
+// whose listener is bound beyond it must refuse other peers per request.
 func (b *Broker) LocalOnly() bool { return b.anonymousLocal() }
 
 // LoopbackAddr is addr ("host:port") bound to loopback: its host replaced

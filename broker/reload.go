@@ -55,12 +55,17 @@ var ErrReload = errors.New("broker: reload refused")
 // to a broker started with neither leaves its listeners on loopback until
 // a restart (a warning says so); the reverse, on listeners bound beyond
 // loopback, is refused: it would let anyone who reaches them in under any
-// name.
+// name. (The HTTP API is not one of the broker's listeners: it asks
+// LocalOnly per request, and refuses other peers from then on.)
 //
 // New history rules apply to the row changes made from then on; stored
 // values are pruned by them afterwards (retain.Retainer.SetHistory). A new
 // TLS configuration serves the handshakes that follow; connections already
 // up keep theirs.
+//
+// A resume (mote-since; an event stream's Last-Event-ID) from a revision
+// up to the reload's is answered with a full snapshot: the copy it would
+// complete was made under the old read rules.
 func (b *Broker) Reload(r Reload) error {
 	b.reloading.Lock()
 	defer b.reloading.Unlock()
@@ -71,7 +76,7 @@ func (b *Broker) Reload(r Reload) error {
 		return fmt.Errorf("%w: the TLS configuration has no certificate", ErrReload)
 	}
 	local := r.Users == nil && !r.AllowAnonymous
-	if local && !b.anonymousLocal() && b.listensBeyondLoopback() {
+	if local && !b.startedLocal() && b.listensBeyondLoopback() {
 		return fmt.Errorf("%w: without a password file or anonymous access the broker listens on loopback only, "+
 			"and its listeners are bound beyond it: restart to apply this", ErrReload)
 	}
@@ -79,6 +84,10 @@ func (b *Broker) Reload(r Reload) error {
 	swap := func() {
 		b.access.store(next)
 		b.tree.SetAllow(func(s *tree.Sub) func(string) bool { return next.readCheck(s.Data.(*treeSub).c.p) })
+		// A copy that reflects a revision up to now was made under the old
+		// read rules: resuming it would miss the rows they hid and keep
+		// those the new ones hide. A full snapshot replaces it.
+		b.resumeFloor = b.tree.Rev() + 1
 	}
 	if !b.started { // no loop yet (or Start failed): nothing else reads the tree
 		swap()
@@ -91,7 +100,7 @@ func (b *Broker) Reload(r Reload) error {
 	if b.ret != nil {
 		b.ret.SetHistory(r.History)
 	}
-	if !local && b.anonymousLocal() {
+	if !local && b.startedLocal() {
 		b.log.Warn().Msg("reload: a password file or anonymous access is now set, but the listeners stay on loopback until a restart")
 	}
 	return nil

@@ -127,7 +127,7 @@ func truncate(s string, n int) string {
 // file a username is only a claim: a client reads its own reports only
 // (access.canRead).
 func (b *Broker) readsUsersReport(p Principal, topic string) bool {
-	if b.opts.Users == nil || p.User == "" || p.system {
+	if b.access.load().users == nil || p.User == "" || p.system { // the current rules: a Reload may drop the password file
 		return false
 	}
 	rest, ok := strings.CutPrefix(topic, ErrorTopic)

@@ -105,7 +105,7 @@ type resumeRead struct {
 // revision): the client gets a full snapshot instead (loop only).
 func (b *Broker) resumeOf(st *treeSub) (payload []byte, rr *resumeRead, ok bool) {
 	since, rev := st.since, b.tree.Rev()
-	if since < b.markerFloor() || since > rev {
+	if since < b.markerFloor() || since < b.resumeFloor || since > rev {
 		return nil, nil, false
 	}
 	ts := st.ts
@@ -178,7 +178,7 @@ func (b *Broker) finishResume(c *conn, st *treeSub, rr *resumeRead, first *treeI
 		if !ts.Active() {
 			return
 		}
-		if err != nil || rr.since < b.markerFloor() { // compacted while they were read: a snapshot after all
+		if err != nil || rr.since < b.markerFloor() || rr.since < b.resumeFloor { // compacted, or a Reload, while they were read: a snapshot after all
 			first.payload, first.resume, first.rev = b.tree.Snapshot(ts.Filter, ts.Codec, ts.Allow), false, b.tree.Rev()
 			return
 		}

@@ -98,13 +98,22 @@ func TestUsersReports(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		users  *auth.Users
+		drop   bool // a Reload drops the password file before the clients connect
 		shared bool // alice's clients read each other's reports
 	}{
-		{"password file", u, true},
-		{"no password file", nil, false},
+		{"password file", u, false, true},
+		{"no password file", nil, false, false},
+		// A username is only a claim once the password file is gone:
+		// anyone claiming "alice" must not read her clients' reports.
+		{"password file dropped by a reload", u, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := start(t, Options{Users: tc.users})
+			if tc.drop {
+				if err := b.Reload(Reload{}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			ctx := testCtx(t)
 			dial := func(user, id string) *client.Client {
 				c, err := client.Dial(ctx, b.TCPAddr(), client.Options{ClientID: id, Username: user, Password: user + "-pw", CleanStart: true})
