@@ -398,8 +398,8 @@ func FuzzDecodeMsgPack(f *testing.F) {
 	}
 	f.Add(append(bytes.Repeat([]byte{0x91}, 100000), 0))                 // deep
 	f.Add(bytes.Repeat([]byte{0x81, 0xa1, 'a'}, 30000))                  // deep maps, truncated
-	f.Add(binary.BigEndian.AppendUint32([]byte{0xdd}, math.MaxUint32))  // 2^32-1 items, no byte
-	f.Add(binary.BigEndian.AppendUint32([]byte{0xdf}, math.MaxUint32))  // 2^32-1 pairs
+	f.Add(binary.BigEndian.AppendUint32([]byte{0xdd}, math.MaxUint32))   // 2^32-1 items, no byte
+	f.Add(binary.BigEndian.AppendUint32([]byte{0xdf}, math.MaxUint32))   // 2^32-1 pairs
 	f.Add(append(binary.BigEndian.AppendUint32([]byte{0xc6}, 1<<30), 1)) // 1 GiB of binary, 1 byte
 	d := mustDecoder(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
