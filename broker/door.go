@@ -219,8 +219,8 @@ func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, 
 			return p, true, err
 		}
 		p.Codec = c
-	} else if props.ContentType == wire.CodecCBOR.ContentType() {
-		p.Codec = wire.CodecCBOR
+	} else if c, ok := wire.ContentTypeCodec(props.ContentType); ok {
+		p.Codec = c
 	}
 	if v, ok := userProp(props.User, "mote-replace"); ok {
 		p.Replace = v == "1" || v == "true"

@@ -43,7 +43,7 @@ func TestSyncSnapshotThenDelta(t *testing.T) {
 }
 
 // TestSpecSnapshotsEndToEnd runs every snapshot example of the SPEC through
-// the broker, in JSON and CBOR via the Go client, and via a plain MQTT
+// the broker, in JSON, CBOR and MessagePack via the Go client, and via a plain MQTT
 // 3.1.1 client subscribing to $sync itself.
 func TestSpecSnapshotsEndToEnd(t *testing.T) {
 	for _, ex := range spec.Snapshots {
@@ -59,7 +59,7 @@ func TestSpecSnapshotsEndToEnd(t *testing.T) {
 			}
 			settle(t, b)
 			mc := mote(t, b, "app")
-			for _, codec := range []client.Codec{client.JSON, client.CBOR} {
+			for _, codec := range []client.Codec{client.JSON, client.CBOR, client.MsgPack} {
 				col := newCollector()
 				if err := mc.Subscribe(testCtx(t), ex.Filter, client.Sync, codec, 1, col.handle); err != nil {
 					t.Fatal(err)

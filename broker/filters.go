@@ -59,7 +59,7 @@ func outgoingTopic(internal string, sf wire.Subscription) string {
 func propFilters(f string) []string {
 	var out []string
 	for _, m := range []wire.Mode{wire.Sync, wire.Tree, wire.Hist} {
-		for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+		for _, c := range wire.Codecs {
 			out = append(out, internalFilter(f, wire.Subscription{Mode: m, Codec: c, Filter: f}, true))
 		}
 	}

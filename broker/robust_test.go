@@ -134,17 +134,21 @@ func validPackets(v byte) [][]byte {
 	if v == 5 {
 		out = append(out, enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ReasonCode: 0x18}))
 	}
-	// Hostile payloads: deep nesting in JSON and CBOR (within and far past
+	// Hostile payloads: deep nesting in JSON, CBOR and MessagePack (within and far past
 	// the limit), long topics, lengths declared far beyond the bytes sent.
 	deepJSON := []byte(strings.Repeat("[", 5000) + strings.Repeat("]", 5000))
 	deepCBOR := append(bytes.Repeat([]byte{0x81}, 5000), 0x00)
 	hugeCBOR := []byte{0xa1, 0x61, 'k', 0x9b, 0, 0, 0, 1, 0, 0, 0, 0, 0} // an array of 2^32 items, none sent
+	deepMsgPack := append(bytes.Repeat([]byte{0x91}, 5000), 0x00)
+	hugeMsgPack := []byte{0x81, 0xa1, 'k', 0xdf, 0xff, 0xff, 0xff, 0xff} // a map of 2^32-1 pairs, none sent
 	out = append(out,
 		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: "deep/json", Payload: deepJSON}),
 		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 13, TopicName: "$set/deep/+", Payload: deepJSON}),
 		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 14, TopicName: "$tree/deep", Payload: []byte(strings.Repeat(`{"a":`, 40) + "1" + strings.Repeat("}", 40))}),
 		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 15, TopicName: "$tree.cbor/deep", Payload: deepCBOR}),
 		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 16, TopicName: "$tree.cbor/huge", Payload: hugeCBOR}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 18, TopicName: "$tree.msgpack/deep", Payload: deepMsgPack}),
+		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 19, TopicName: "$tree.msgpack/huge", Payload: hugeMsgPack}),
 		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: strings.Repeat("long/", 2000), Payload: []byte("1")}),
 		enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 17, Filters: packets.Subscriptions{{Filter: "$sync/" + strings.Repeat("x/", 3000) + "#"}}}),
 		append([]byte{0x30}, varint(60<<20)...), // a PUBLISH declaring 60 MiB
@@ -166,6 +170,7 @@ func willConnects(v byte, id string) [][]byte {
 		{"$sync/a/#", "{}", 0},
 		{"deep/will", strings.Repeat("[", 3000) + strings.Repeat("]", 3000), 0},
 		{"$tree.cbor/w", string(append(bytes.Repeat([]byte{0xa1, 0x61, 'k'}, 40), 0x01)), 0},
+		{"$tree.msgpack/w", string(append(bytes.Repeat([]byte{0x81, 0xa1, 'k'}, 40), 0x01)), 0},
 	} {
 		pk := packets.Packet{
 			FixedHeader:     packets.FixedHeader{Type: packets.Connect},

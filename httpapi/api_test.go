@@ -35,6 +35,9 @@ func TestGetTree(t *testing.T) {
 		{"json asked", "/api/tree/light/+/is_on", "application/json", "application/json", map[string]any{"bedroom": 1.0, "kitchen": 0.0}},
 		{"cbor", "/api/tree/light/+/is_on", "application/cbor", "application/cbor", map[string]any{"bedroom": 1.0, "kitchen": 0.0}},
 		{"cbor preferred", "/api/tree/light/+/is_on", "application/json;q=0.5, application/cbor", "application/cbor", map[string]any{"bedroom": 1.0, "kitchen": 0.0}},
+		{"msgpack", "/api/tree/light/+/is_on", "application/msgpack", "application/msgpack", map[string]any{"bedroom": 1.0, "kitchen": 0.0}},
+		{"msgpack preferred", "/api/tree/light/%23", "application/json;q=0.5, application/msgpack", "application/msgpack",
+			map[string]any{"bedroom": map[string]any{"is_on": 1.0, "level": 55.0}, "kitchen": map[string]any{"is_on": 0.0}}},
 		{"browser", "/api/tree/light/+/is_on", "text/html,application/xhtml+xml,*/*;q=0.8", "application/json", map[string]any{"bedroom": 1.0, "kitchen": 0.0}},
 		{"plus escaped", "/api/tree/light/%2B/is_on", "", "application/json", map[string]any{"bedroom": 1.0, "kitchen": 0.0}},
 		{"hash", "/api/tree/light/kitchen/%23", "", "application/json", map[string]any{"is_on": 0.0}},
@@ -51,13 +54,20 @@ func TestGetTree(t *testing.T) {
 				t.Errorf("Content-Type %q, want %q", ct, tc.ctype)
 			}
 			var got any
-			if tc.ctype == "application/cbor" {
+			switch tc.ctype {
+			case "application/msgpack":
+				v, err := client.Decode(client.MsgPack, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = norm(t, v)
+			case "application/cbor":
 				var v any
 				if err := cbor.Unmarshal(body, &v); err != nil {
 					t.Fatal(err)
 				}
 				got = norm(t, cborStrings(v))
-			} else {
+			default:
 				got = jsonOf(t, body)
 			}
 			if !reflect.DeepEqual(got, tc.want) {
@@ -155,9 +165,10 @@ func TestErrors(t *testing.T) {
 		{"delete denied", "DELETE", "/api/tree/ro", ``, []string{"auth", alice}, 403, "0x87", ""},
 		{"method", "POST", "/api/tree/pub/a", `1`, []string{"auth", alice}, 405, "", "want GET, HEAD, PUT, DELETE"},
 		{"method set", "GET", "/api/set/pub/a", ``, []string{"auth", alice}, 405, "", "want POST"},
-		{"msgpack", "GET", "/api/tree/pub/%23", "", []string{"auth", alice, "Accept", "application/msgpack"}, 406, "", "MessagePack"},
-		{"nothing acceptable", "GET", "/api/tree/pub/%23", "", []string{"auth", alice, "Accept", "image/png"}, 406, "", "want application/json"},
-		{"msgpack body", "PUT", "/api/tree/pub/a", `x`, []string{"auth", alice, "Content-Type", "application/msgpack"}, 415, "", "MessagePack"},
+		{"nothing acceptable", "GET", "/api/tree/pub/%23", "", []string{"auth", alice, "Accept", "image/png"}, 406, "", "want application/json, application/cbor, application/msgpack"},
+		{"bad msgpack body", "PUT", "/api/tree/pub/a", "\xdf\xff\xff\xff\xff", []string{"auth", alice, "Content-Type", "application/msgpack"}, 400, "0x99", "MessagePack: declared length"},
+		{"msgpack ext body", "PUT", "/api/tree/pub/a", "\xd6\xff\x00\x00\x00\x00", []string{"auth", alice, "Content-Type", "application/msgpack"}, 400, "0x99", "extension type"},
+		{"bad content type", "PUT", "/api/tree/pub/a", `1`, []string{"auth", alice, "Content-Type", "application/;;"}, 415, "", "Content-Type"},
 		{"too large", "PUT", "/api/tree/pub/a", `"` + strings.Repeat("x", 2000) + `"`, []string{"auth", alice}, 413, "", "larger than 1024"},
 		{"no route", "GET", "/api/trees/x", "", []string{"auth", alice}, 404, "", "no such API route"},
 		{"bad replace", "PUT", "/api/tree/pub/a?replace=yes", `1`, []string{"auth", alice}, 400, "", "replace"},
@@ -267,12 +278,13 @@ func TestACL(t *testing.T) {
 	}
 }
 
-// TestWrite: PUT, PUT ?replace=1, a CBOR PUT, POST set and DELETE, seen
+// TestWrite: PUT, PUT ?replace=1, CBOR and MessagePack PUTs, POST set and DELETE, seen
 // over MQTT.
 func TestWrite(t *testing.T) {
 	e := setup(t, broker.Options{AllowAnonymous: true, SyncRetain: true}, Options{})
 	c := e.dial(t, "", "")
 	cb, _ := cbor.Marshal(map[string]any{"c": "cbor"})
+	mp, _ := client.Encode(client.MsgPack, map[string]any{"m": "msgpack", "b": nil})
 	for _, tc := range []struct {
 		name, method, path, ctype string
 		body                      []byte
@@ -283,8 +295,9 @@ func TestWrite(t *testing.T) {
 		{"put more", "PUT", "/api/tree/dev/c/state", "", []byte(`"ON"`), "dev/+/state", map[string]any{"a": "ON", "b": "OFF", "c": "ON"}},
 		{"replace", "PUT", "/api/tree/dev/%2B/state?replace=1", "application/json", []byte(`{"a":"OFF"}`), "dev/+/state", map[string]any{"a": "OFF"}},
 		{"cbor", "PUT", "/api/tree/dev/%2B/state", "application/cbor", cb, "dev/+/state", map[string]any{"a": "OFF", "c": "cbor"}},
-		{"set", "POST", "/api/set/dev/%2B/state", "", []byte(`"ON"`), "dev/+/state", map[string]any{"a": "ON", "c": "ON"}},
-		{"set empty deletes", "POST", "/api/set/dev/c/state", "", nil, "dev/+/state", map[string]any{"a": "ON"}},
+		{"msgpack", "PUT", "/api/tree/dev/%2B/state", "application/msgpack", mp, "dev/+/state", map[string]any{"a": "OFF", "c": "cbor", "m": "msgpack"}},
+		{"set", "POST", "/api/set/dev/%2B/state", "", []byte(`"ON"`), "dev/+/state", map[string]any{"a": "ON", "c": "ON", "m": "ON"}},
+		{"set empty deletes", "POST", "/api/set/dev/c/state", "", nil, "dev/+/state", map[string]any{"a": "ON", "m": "ON"}},
 		{"deep", "PUT", "/api/tree/house", "", []byte(`{"hall":{"t":20},"/":"root"}`), "house/#", map[string]any{"/": "root", "hall": map[string]any{"t": 20.0}}},
 		{"delete", "DELETE", "/api/tree/house", "", nil, "house/#", map[string]any{}},
 		{"delete filter", "DELETE", "/api/tree/dev/%23", "", nil, "dev/#", map[string]any{}},
@@ -344,6 +357,14 @@ func TestHistory(t *testing.T) {
 	var v any
 	if err := cbor.Unmarshal(body, &v); err != nil || resp.Header.Get("Content-Type") != "application/cbor" {
 		t.Errorf("cbor history: %v %s", err, resp.Header.Get("Content-Type"))
+	}
+	resp, body = e.do(t, "GET", "/api/tree/h/%2B?history=1", nil, "Accept", "application/msgpack")
+	v, err = client.Decode(client.MsgPack, body)
+	if err != nil || resp.Header.Get("Content-Type") != "application/msgpack" {
+		t.Fatalf("msgpack history: %v %s", err, resp.Header.Get("Content-Type"))
+	}
+	if b := v.(map[string]any)["b"].([]any); len(b) != 1 || b[0].([]any)[1] != "x" || b[0].([]any)[0].(uint64) == 0 {
+		t.Errorf("msgpack history of h/b: %#v", b)
 	}
 }
 
@@ -459,8 +480,11 @@ func TestNegotiate(t *testing.T) {
 		{"application/cbor, */*", repCBOR, false},
 		{"application/json;q=0.1, application/cbor", repCBOR, false},
 		{"application/json;q=0, */*", repCBOR, false},
-		{"application/msgpack", 0, true},
-		{"application/msgpack, */*;q=0.1", repJSON, false},
+		{"application/msgpack", repMsgPack, false},
+		{"application/msgpack, */*;q=0.1", repMsgPack, false},
+		{"application/json;q=0.9, application/msgpack", repMsgPack, false},
+		{"application/cbor, application/msgpack", repCBOR, false},
+		{"application/x-msgpack", 0, true},
 		{"image/png", 0, true},
 		{"application/json;q=x", 0, true},
 		{"garbage;;;", 0, true},

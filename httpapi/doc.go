@@ -5,10 +5,10 @@
 // user, client id "http") through Broker.Tree, Broker.Publish and broker
 // Sessions, so the broker makes every check an MQTT client's request gets.
 //
-//	GET    /api/tree/F         the tree of a $sync/F snapshot (JSON, or CBOR by Accept), header Mote-Rev
+//	GET    /api/tree/F         the tree of a $sync/F snapshot (JSON, or CBOR or MessagePack by Accept), header Mote-Rev
 //	GET    /api/tree/F?history=1&from=&to=&limit=   the $hist/F answer (SPEC §9)
 //	GET    /api/tree/F         with Accept: text/event-stream: snapshot, then deltas, as Server-Sent Events
-//	PUT    /api/tree/T         a retained $tree/T publish at QoS 1 (?replace=1: $tree.replace/T; CBOR body: $tree.cbor/T)
+//	PUT    /api/tree/T         a retained $tree/T publish at QoS 1 (?replace=1: $tree.replace/T; CBOR body: $tree.cbor/T; MessagePack: $tree.msgpack/T)
 //	DELETE /api/tree/T         $tree.replace/T with {}
 //	POST   /api/set/F          $set/F with the body as the payload
 //	GET    /metrics, /healthz  Options.Metrics, Options.Health
@@ -54,8 +54,7 @@
 //
 // # Caveats
 //
-// MessagePack (SPEC §11) is not implemented: asking for it only is
-// answered with 406. A history answer larger than the broker's maximum
+// A history answer larger than the broker's maximum
 // packet size (which the broker cuts in parts) is refused with 500. A
 // request whose path has a malformed escape (%zz) is answered 400 by
 // net/http before it reaches the API, without a JSON body. A refusal is

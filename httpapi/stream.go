@@ -54,8 +54,8 @@ func (sub *subscription) close() {
 // $hist/F subscription (SPEC §9) and its mote-rev.
 func (s *Server) history(ctx context.Context, p broker.Principal, filter string, c wire.Codec, o broker.SubscribeOptions) ([]byte, uint64, error) {
 	verb := "$hist/"
-	if c == wire.CodecCBOR {
-		verb = "$hist.cbor/"
+	if c != wire.CodecJSON {
+		verb = "$hist." + c.String() + "/"
 	}
 	sub, err := s.subscribe(p, verb+filter, o)
 	if err != nil {

@@ -39,10 +39,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 		s.stream(w, r, p, filter, hist)
 		return
 	}
-	codec := wire.CodecJSON
-	if rep == repCBOR {
-		codec = wire.CodecCBOR
-	}
+	codec := rep.codec()
 	var payload []byte
 	var rev uint64
 	select {
@@ -126,7 +123,8 @@ func flag(q url.Values, key string) (bool, error) {
 }
 
 // put answers PUT /api/tree/T: a retained tree publish at QoS 1 ($tree/T,
-// with replace=1 $tree.replace/T, a CBOR body $tree.cbor/T).
+// with replace=1 $tree.replace/T, a CBOR body $tree.cbor/T, a MessagePack
+// body $tree.msgpack/T).
 func (s *Server) put(w http.ResponseWriter, r *http.Request, p broker.Principal, topic string) {
 	replace, err := flag(r.URL.Query(), "replace")
 	if err != nil {
@@ -142,9 +140,8 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, p broker.Principal,
 			return
 		case mt == "application/cbor":
 			verb += ".cbor"
-		case mt == "application/msgpack" || mt == "application/x-msgpack":
-			writeError(w, http.StatusUnsupportedMediaType, errMsgpack.Error(), "")
-			return
+		case mt == "application/msgpack" || mt == "application/x-msgpack": // the name it had before RFC 9110's registry
+			verb += ".msgpack"
 		}
 	}
 	if replace {
@@ -263,16 +260,25 @@ type rep uint8
 const (
 	repJSON rep = iota
 	repCBOR
+	repMsgPack
 	repStream // text/event-stream
 )
 
-// errMsgpack answers a client that wants MessagePack only.
-var errMsgpack = errors.New("MessagePack (application/msgpack) is not implemented yet: ask for application/json or application/cbor")
+// codec is the tree codec of a representation other than repStream.
+func (r rep) codec() wire.Codec {
+	switch r {
+	case repCBOR:
+		return wire.CodecCBOR
+	case repMsgPack:
+		return wire.CodecMsgPack
+	}
+	return wire.CodecJSON
+}
 
 // negotiate picks what to answer with from an Accept header (RFC 9110
 // §12.5.1): the acceptable representation with the highest q, a type
-// named exactly before one matched by a wildcard, then JSON, CBOR, event
-// stream in that order. No header: JSON. An event stream only for GET.
+// named exactly before one matched by a wildcard, then JSON, CBOR,
+// MessagePack, event stream in that order. No header: JSON. An event stream only for GET.
 func negotiate(accept string, streams bool) (rep, error) {
 	if strings.TrimSpace(accept) == "" {
 		return repJSON, nil
@@ -280,13 +286,12 @@ func negotiate(accept string, streams bool) (rep, error) {
 	types := []struct {
 		mt  string
 		rep rep
-	}{{"application/json", repJSON}, {"application/cbor", repCBOR}, {"text/event-stream", repStream}}
+	}{{"application/json", repJSON}, {"application/cbor", repCBOR}, {"application/msgpack", repMsgPack}, {"text/event-stream", repStream}}
 	if !streams {
-		types = types[:2]
+		types = types[:3]
 	}
 	best, bestQ, bestSpec := repJSON, 0.0, -1
-	msgpack := false
-	for i, t := range types {
+	for _, t := range types {
 		q, spec := -1.0, -1 // the most specific range that matches t decides its q
 		for r := range strings.SplitSeq(accept, ",") {
 			mt, params, err := mime.ParseMediaType(strings.TrimSpace(r))
@@ -299,9 +304,6 @@ func negotiate(accept string, streams bool) (rep, error) {
 					continue
 				}
 			}
-			if i == 0 && rq > 0 && (mt == "application/msgpack" || mt == "application/x-msgpack") {
-				msgpack = true
-			}
 			sp := match(mt, t.mt)
 			if sp > spec {
 				q, spec = rq, sp
@@ -311,13 +313,10 @@ func negotiate(accept string, streams bool) (rep, error) {
 			best, bestQ, bestSpec = t.rep, q, spec
 		}
 	}
-	switch {
-	case bestQ > 0:
+	if bestQ > 0 {
 		return best, nil
-	case msgpack:
-		return 0, errMsgpack
 	}
-	return 0, fmt.Errorf("Accept %.100q: want application/json, application/cbor or text/event-stream", accept)
+	return 0, fmt.Errorf("Accept %.100q: want application/json, application/cbor, application/msgpack or text/event-stream", accept)
 }
 
 // match says how specifically media range rng matches type mt: 2 exactly,

@@ -1,6 +1,7 @@
 package tree
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -10,6 +11,7 @@ import (
 	"github.com/mote-mqtt/mote/wire"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // devices stores n rows dev/dNNNNNNN/state.
@@ -26,7 +28,7 @@ func devices(b *testing.B, n int) *Tree {
 func BenchmarkSnapshot(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		tr := devices(b, n)
-		for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+		for _, c := range wire.Codecs {
 			b.Run(fmt.Sprintf("rows=%d/%s", n, c), func(b *testing.B) {
 				b.ReportAllocs()
 				var size int
@@ -138,7 +140,7 @@ func BenchmarkExplode(b *testing.B) {
 	for _, c := range []struct {
 		codec   wire.Codec
 		payload []byte
-	}{{wire.CodecJSON, js}, {wire.CodecCBOR, cb}} {
+	}{{wire.CodecJSON, js}, {wire.CodecCBOR, cb}, {wire.CodecMsgPack, inCodecB(b, wire.CodecMsgPack, js)}} {
 		b.Run(c.codec.String(), func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(c.payload)))
@@ -153,13 +155,13 @@ func BenchmarkExplode(b *testing.B) {
 	}
 }
 
-// BenchmarkEncode: encode the same 50-row tree in JSON and CBOR.
+// BenchmarkEncode: encode the same 50-row tree in each codec.
 func BenchmarkEncode(b *testing.B) {
 	ps, _ := NewParser(DefaultLimits())
 	op, _ := ps.Op(wire.Publish{Op: wire.PubTree, Topic: "dev/d1"}, []byte(deviceTree()), true, 0)
 	tr := New()
 	tr.Apply([]Op{op})
-	for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+	for _, c := range wire.Codecs {
 		b.Run(c.String(), func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(tr.Snapshot("dev/d1/#", c, nil))))
@@ -182,4 +184,76 @@ func mustCBOR(b *testing.B, js []byte) []byte {
 	tr.Apply([]Op{{Rows: rows}})
 	_ = e
 	return tr.Snapshot("x/#", wire.CodecCBOR, nil)
+}
+
+func inCodecB(b *testing.B, c wire.Codec, js []byte) []byte {
+	out, ok := inCodec(c, js)
+	if !ok {
+		b.Fatalf("not a tree: %.80s", js)
+	}
+	return out
+}
+
+// codecRows fills a tree with n rows dev/dNNNNNN/<field> of mixed values,
+// as a house of sensors has them: numbers, strings, booleans and small
+// objects, 5 fields a device.
+func codecRows(b *testing.B, n int) *Tree {
+	tr := New()
+	values := []string{"21.5", `"ON"`, "true", "1234", `{"x":0.3127,"y":0.329}`}
+	fields := []string{"temperature", "state", "online", "count", "color"}
+	for i := range n {
+		f := i % len(fields)
+		tr.store.Set(fmt.Sprintf("dev/d%06d/%s", i/len(fields), fields[f]), wire.TypePlain([]byte(values[f])), 0)
+	}
+	return tr
+}
+
+// BenchmarkCodecs: a 100,000-row snapshot (dev/#: 20,000 devices of 5
+// fields) encoded and decoded in each codec, side by side. bytes/op is the
+// size of the snapshot; decode is wire's Decoder (what a tree publish of
+// that snapshot costs the broker), and, for a reference, the libraries a
+// Go client decodes with into Go values (encoding/json, fxamacker/cbor,
+// vmihailenco/msgpack).
+func BenchmarkCodecs(b *testing.B) {
+	const n = 100_000
+	tr := codecRows(b, n)
+	d, _ := wire.NewDecoder(wire.Limits{MaxSize: 64 << 20, MaxDepth: 32})
+	for _, c := range wire.Codecs {
+		snap := tr.Snapshot("dev/#", c, nil)
+		b.Run("encode/"+c.String(), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				tr.Snapshot("dev/#", c, nil)
+			}
+			b.ReportMetric(float64(len(snap)), "bytes/op")
+		})
+		b.Run("decode/"+c.String(), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := d.Decode(c, snap); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(snap)), "bytes/op")
+		})
+		b.Run("lib-decode/"+c.String(), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var v any
+				var err error
+				switch c {
+				case wire.CodecCBOR:
+					err = cbor.Unmarshal(snap, &v)
+				case wire.CodecMsgPack:
+					err = msgpack.Unmarshal(snap, &v)
+				default:
+					err = json.Unmarshal(snap, &v)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(snap)), "bytes/op")
+		})
+	}
 }

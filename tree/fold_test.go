@@ -26,10 +26,7 @@ func deltasFor(t *testing.T, res Result) map[string][]string {
 	out := map[string][]string{}
 	for _, d := range res.Deltas {
 		for _, s := range d.Subs {
-			p := d.Payload
-			if s.Codec == wire.CodecCBOR {
-				p = cborToJSON(t, p)
-			}
+			p := toJSON(t, s.Codec, d.Payload)
 			out[s.Owner+" "+s.Topic] = append(out[s.Owner+" "+s.Topic], string(p))
 		}
 	}
@@ -75,14 +72,14 @@ func TestDeltas(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tr := New()
 			load(t, tr, tt.before)
-			for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR} {
+			for _, c := range wire.Codecs {
 				if _, err := tr.Subscribe(&Sub{Owner: c.String(), Topic: "$tree/" + tt.filter, Filter: tt.filter, Codec: c}); err != nil {
 					t.Fatal(err)
 				}
 			}
 			got := deltasFor(t, tr.Apply(tt.ops))
-			for _, c := range []string{"json", "cbor"} {
-				g := got[c+" $tree/"+tt.filter]
+			for _, c := range wire.Codecs {
+				g := got[c.String()+" $tree/"+tt.filter]
 				if len(g) != len(tt.want) {
 					t.Fatalf("%s: got deltas %q, want %q", c, g, tt.want)
 				}

@@ -58,14 +58,16 @@ func TestJSONRoundTrip(t *testing.T) {
 		if err := json.Unmarshal(out, &b); err != nil || !reflect.DeepEqual(a, b) {
 			t.Errorf("round trip %s → %s (%v)", in, out, err)
 		}
-		// JSON → CBOR → JSON keeps every value.
-		cn, err := d.Decode(CodecCBOR, encodeNode(CodecCBOR, &n))
-		if err != nil {
-			t.Fatalf("%s via CBOR: %v", in, err)
-		}
-		var c any
-		if err := json.Unmarshal(encodeNode(CodecJSON, &cn), &c); err != nil || !reflect.DeepEqual(a, c) {
-			t.Errorf("JSON→CBOR→JSON %s → %v", in, c)
+		// JSON → CBOR or MessagePack → JSON keeps every value.
+		for _, codec := range []Codec{CodecCBOR, CodecMsgPack} {
+			cn, err := d.Decode(codec, encodeNode(codec, &n))
+			if err != nil {
+				t.Fatalf("%s via %s: %v", in, codec, err)
+			}
+			var c any
+			if err := json.Unmarshal(encodeNode(CodecJSON, &cn), &c); err != nil || !reflect.DeepEqual(a, c) {
+				t.Errorf("JSON→%s→JSON %s → %v", codec, in, c)
+			}
 		}
 	}
 }
@@ -200,6 +202,10 @@ func checkReencode(t *testing.T, d *Decoder, n *Node) {
 	c := encodeNode(CodecCBOR, n)
 	if _, err := d.Decode(CodecCBOR, c); err != nil {
 		t.Fatalf("re-encoded CBOR %x rejected: %v", c, err)
+	}
+	m := encodeNode(CodecMsgPack, n)
+	if _, err := d.Decode(CodecMsgPack, m); err != nil {
+		t.Fatalf("re-encoded MessagePack %x rejected: %v", m, err)
 	}
 	v := n.AsValue()
 	if n.Obj && !json.Valid([]byte(v.Data)) {

@@ -58,9 +58,9 @@ func DefaultLimits() Limits { return Limits{MaxSize: 16 << 20, MaxDepth: 32} }
 // members, or a leaf value (arrays are leaves).
 type Node struct {
 	Key   string // member key in the parent object; "" for the root
-	Null  bool   // JSON null / CBOR null
+	Null  bool   // JSON null / CBOR null / MessagePack nil
 	Obj   bool   // an object: Kids holds its members
-	Kids  []Node // members of an object, in payload order (JSON and CBOR)
+	Kids  []Node // members of an object, in payload order (every codec)
 	Value Value  // the leaf value; for a JSON object, also its JSON text
 }
 
@@ -115,14 +115,23 @@ func NewDecoder(lim Limits) (*Decoder, error) {
 // Strings are copied out of the payload, so a decoded tree does not keep
 // the payload alive.
 //
+// MessagePack is read as CBOR is: strings must be valid UTF-8, map keys
+// strings, binary becomes a Bytes value (base64 in an array's JSON text);
+// extension types (timestamps included), the unused format 0xc1, NaN and
+// infinities are refused, as are bytes after the item, and a declared
+// length longer than what is left fails before anything is allocated.
+//
 // Every error wraps ErrPayload (ErrDepth for nesting). An error in what the
 // tree holds is a *PathError naming where; a syntax error names the byte.
 func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 	if len(payload) > d.lim.MaxSize {
 		return Node{}, fmt.Errorf("%w: %d bytes, limit %d", ErrPayload, len(payload), d.lim.MaxSize)
 	}
-	if c == CodecCBOR {
+	switch c {
+	case CodecCBOR:
 		return d.decodeCBOR(payload)
+	case CodecMsgPack:
+		return d.decodeMsgPack(payload)
 	}
 	return d.decodeJSON(payload)
 }

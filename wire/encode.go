@@ -9,14 +9,15 @@ import (
 	"unicode/utf8"
 )
 
-// Encoder writes one tree into a buffer, in JSON or CBOR. Calls mirror the
+// Encoder writes one tree into a buffer, in JSON, CBOR or MessagePack. Calls mirror the
 // tree: BeginObject, then Key and a value (Value, Null or a nested object)
 // per member, then EndObject. A member can be taken back with Mark and
 // Rewind, so a walker can open a key and drop it if nothing lands under it.
 //
-// CBOR maps are written with definite lengths: the head is patched when the
-// object ends, so the output is in preferred serialization except for floats
-// (float32 when exact, else float64).
+// CBOR and MessagePack maps are written with definite lengths: the head is
+// patched when the object ends, so the output is in preferred serialization
+// (MessagePack: the shortest format of each length and integer) except for
+// floats (float32 when exact, else float64).
 //
 // The zero Encoder writes JSON; Reset picks the codec and buffer.
 type Encoder struct {
@@ -26,7 +27,7 @@ type Encoder struct {
 }
 
 type frame struct {
-	start int // CBOR: offset of the map head; JSON: unused
+	start int // CBOR, MessagePack: offset of the map head; JSON: unused
 	n     int // members written so far
 }
 
@@ -56,9 +57,12 @@ func (e *Encoder) Len() int { return len(e.buf) }
 // BeginObject opens an object (a CBOR map).
 func (e *Encoder) BeginObject() {
 	e.stack = append(e.stack, frame{start: len(e.buf)})
-	if e.codec == CodecCBOR {
+	switch e.codec {
+	case CodecCBOR:
 		e.buf = append(e.buf, 0xa0) // patched by EndObject
-	} else {
+	case CodecMsgPack:
+		e.buf = append(e.buf, 0x80) // patched by EndObject
+	default:
 		e.buf = append(e.buf, '{')
 	}
 }
@@ -67,15 +71,22 @@ func (e *Encoder) BeginObject() {
 func (e *Encoder) EndObject() {
 	f := e.stack[len(e.stack)-1]
 	e.stack = e.stack[:len(e.stack)-1]
-	if e.codec != CodecCBOR {
+	var head []byte
+	switch {
+	case e.codec == CodecCBOR && f.n < 24:
+		e.buf[f.start] = 0xa0 | byte(f.n)
+		return
+	case e.codec == CodecCBOR:
+		head = appendHead(nil, 5, uint64(f.n))
+	case e.codec == CodecMsgPack && f.n < 16:
+		e.buf[f.start] = 0x80 | byte(f.n)
+		return
+	case e.codec == CodecMsgPack:
+		head = appendMsgPackHead(nil, mpMap, uint64(f.n))
+	default:
 		e.buf = append(e.buf, '}')
 		return
 	}
-	if f.n < 24 {
-		e.buf[f.start] = 0xa0 | byte(f.n)
-		return
-	}
-	head := appendHead(nil, 5, uint64(f.n))
 	extra := len(head) - 1
 	e.buf = append(e.buf, head[1:]...) // grow by extra bytes
 	copy(e.buf[f.start+1+extra:], e.buf[f.start+1:len(e.buf)-extra])
@@ -86,8 +97,13 @@ func (e *Encoder) EndObject() {
 func (e *Encoder) Key(k string) {
 	f := &e.stack[len(e.stack)-1]
 	f.n++
-	if e.codec == CodecCBOR {
+	switch e.codec {
+	case CodecCBOR:
 		e.buf = appendHead(e.buf, 3, uint64(len(k)))
+		e.buf = append(e.buf, k...)
+		return
+	case CodecMsgPack:
+		e.buf = appendMsgPackHead(e.buf, mpStr, uint64(len(k)))
 		e.buf = append(e.buf, k...)
 		return
 	}
@@ -140,9 +156,12 @@ func (e *Encoder) Rewind(m Mark) {
 
 // Null writes null (a deleted row).
 func (e *Encoder) Null() {
-	if e.codec == CodecCBOR {
+	switch e.codec {
+	case CodecCBOR:
 		e.buf = append(e.buf, 0xf6)
-	} else {
+	case CodecMsgPack:
+		e.buf = append(e.buf, 0xc0)
+	default:
 		e.buf = append(e.buf, "null"...)
 	}
 }
@@ -153,8 +172,12 @@ func (e *Encoder) Value(v Value) {
 		e.buf = append(e.buf, v.Data...)
 		return
 	}
-	if e.codec == CodecCBOR {
+	switch e.codec {
+	case CodecCBOR:
 		e.buf = appendCBORValue(e.buf, v)
+		return
+	case CodecMsgPack:
+		e.buf = appendMsgPackValue(e.buf, v)
 		return
 	}
 	switch v.Kind {
@@ -172,10 +195,14 @@ func (e *Encoder) Value(v Value) {
 }
 
 // AppendArrayHead appends the start of an array of n items in codec c:
-// CBOR's head, or JSON's "[" (the caller writes the commas and the "]").
+// CBOR's or MessagePack's head, or JSON's "[" (the caller writes the commas
+// and the "]").
 func AppendArrayHead(b []byte, c Codec, n int) []byte {
-	if c == CodecCBOR {
+	switch c {
+	case CodecCBOR:
 		return appendHead(b, 4, uint64(n))
+	case CodecMsgPack:
+		return appendMsgPackHead(b, mpArray, uint64(n))
 	}
 	return append(b, '[')
 }
@@ -183,6 +210,8 @@ func AppendArrayHead(b []byte, c Codec, n int) []byte {
 // AppendInt appends an integer in codec c.
 func AppendInt(b []byte, c Codec, n int64) []byte {
 	switch {
+	case c == CodecMsgPack:
+		return appendMsgPackInt(b, n)
 	case c != CodecCBOR:
 		return strconv.AppendInt(b, n, 10)
 	case n >= 0:
@@ -238,10 +267,14 @@ func appendCBORValue(b []byte, v Value) []byte {
 	return append(b, 0xf6)
 }
 
-// appendCBORJSON converts JSON text into CBOR: integers within 64 bits
-// (down to -2^64) become CBOR integers, other numbers floats (float32 when
-// exact, else float64; ±Inf beyond float64's range), and strings are
-// unescaped as gjson unescapes them (see appendUnescaped).
+// appendCBORJSON converts JSON text into CBOR (see appendJSONIn).
+func appendCBORJSON(b []byte, text string) []byte { return appendJSONIn(b, CodecCBOR, text) }
+
+// appendJSONIn converts JSON text into CBOR or MessagePack (c): integers
+// within 64 bits (CBOR down to -2^64, MessagePack down to -2^63) become
+// integers, other numbers floats (float32 when exact, else float64; ±Inf
+// beyond float64's range), and strings are unescaped as gjson unescapes
+// them (see appendUnescaped).
 //
 // It takes two passes over the text, whatever its nesting: the first
 // checks it and counts the members of each object and array in the order
@@ -249,9 +282,14 @@ func appendCBORValue(b []byte, v Value) []byte {
 // needs. Memory beyond the output is 4 bytes per object and array (none
 // up to 16 of them) and 4 per level of nesting beyond 32. Text that is not
 // JSON (which no Value made by this package holds) becomes null.
-func appendCBORJSON(b []byte, text string) []byte {
+func appendJSONIn(b []byte, c Codec, text string) []byte {
+	mp := c == CodecMsgPack
+	null, tru, fals := byte(0xf6), byte(0xf5), byte(0xf4)
+	if mp {
+		null, tru, fals = 0xc0, 0xc3, 0xc2
+	}
 	if len(text) > math.MaxInt32 {
-		return append(b, 0xf6) // no MQTT payload is that long
+		return append(b, null) // no MQTT payload is that long
 	}
 	var small [16]uint32
 	counts := small[:0]
@@ -260,7 +298,7 @@ func appendCBORJSON(b []byte, text string) []byte {
 	}
 	counts, bad := scanJSON(text, math.MaxInt, counts, true)
 	if bad.what != "" {
-		return append(b, 0xf6)
+		return append(b, null)
 	}
 	k := 0 // the next count
 	for i := 0; i < len(text); {
@@ -268,34 +306,48 @@ func appendCBORJSON(b []byte, text string) []byte {
 		case ' ', '\t', '\n', '\r', ',', ':', ']', '}':
 			i++
 		case '{', '[':
-			major := byte(4)
-			if c == '{' {
-				major = 5
+			switch {
+			case mp && c == '{':
+				b = appendMsgPackHead(b, mpMap, uint64(counts[k]))
+			case mp:
+				b = appendMsgPackHead(b, mpArray, uint64(counts[k]))
+			case c == '{':
+				b = appendHead(b, 5, uint64(counts[k]))
+			default:
+				b = appendHead(b, 4, uint64(counts[k]))
 			}
-			b = appendHead(b, major, uint64(counts[k]))
 			k++
 			i++
 		case '"':
 			end, esc := stringEnd(text, i)
 			body := text[i+1 : end-1]
-			if esc {
+			switch {
+			case mp && esc:
+				b = appendMsgPackUnescaped(b, body)
+			case mp:
+				b = append(appendMsgPackHead(b, mpStr, uint64(len(body))), body...)
+			case esc:
 				b = appendCBORUnescaped(b, body)
-			} else {
+			default:
 				b = append(appendHead(b, 3, uint64(len(body))), body...)
 			}
 			i = end
 		case 't':
-			b = append(b, 0xf5)
+			b = append(b, tru)
 			i += len("true")
 		case 'f':
-			b = append(b, 0xf4)
+			b = append(b, fals)
 			i += len("false")
 		case 'n':
-			b = append(b, 0xf6)
+			b = append(b, null)
 			i += len("null")
 		default:
 			end := numberEnd(text, i)
-			b = appendCBORNumber(b, text[i:end])
+			if mp {
+				b = appendMsgPackNumber(b, text[i:end])
+			} else {
+				b = appendCBORNumber(b, text[i:end])
+			}
 			i = end
 		}
 	}

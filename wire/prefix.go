@@ -58,20 +58,32 @@ const (
 	CodecJSON Codec = iota
 	// CodecCBOR is CBOR (RFC 8949).
 	CodecCBOR
+	// CodecMsgPack is MessagePack (github.com/msgpack/msgpack spec).
+	CodecMsgPack
 )
+
+// Codecs lists every codec, the default first.
+var Codecs = [...]Codec{CodecJSON, CodecCBOR, CodecMsgPack}
 
 // String names the codec as its prefix option.
 func (c Codec) String() string {
-	if c == CodecCBOR {
+	switch c {
+	case CodecCBOR:
 		return "cbor"
+	case CodecMsgPack:
+		return "msgpack"
 	}
 	return "json"
 }
 
-// ContentType is the MQTT 5 Content Type of payloads in this codec.
+// ContentType is the MQTT 5 Content Type (and HTTP media type) of payloads
+// in this codec.
 func (c Codec) ContentType() string {
-	if c == CodecCBOR {
+	switch c {
+	case CodecCBOR:
 		return "application/cbor"
+	case CodecMsgPack:
+		return "application/msgpack"
 	}
 	return "application/json"
 }
@@ -83,9 +95,25 @@ func ParseCodec(s string) (Codec, error) {
 		return CodecJSON, nil
 	case "cbor":
 		return CodecCBOR, nil
+	case "msgpack":
+		return CodecMsgPack, nil
 	}
-	return 0, fmt.Errorf("%w: unknown codec %q (want json or cbor)", ErrPrefix, s)
+	return 0, fmt.Errorf("%w: unknown codec %.40q (want json, cbor or msgpack)", ErrPrefix, s)
 }
+
+// ContentTypeCodec is the codec whose ContentType is ct; ok is false for
+// any other media type.
+func ContentTypeCodec(ct string) (c Codec, ok bool) {
+	for _, c := range Codecs {
+		if ct == c.ContentType() {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
+// isCodec reports whether an option names a codec.
+func isCodec(o string) bool { return o == "json" || o == "cbor" || o == "msgpack" }
 
 // Subscription is a parsed SUBSCRIBE topic filter.
 type Subscription struct {
@@ -220,7 +248,7 @@ func ParseSubscribe(filter string) (Subscription, error) {
 	var codecSet bool
 	for _, o := range opts {
 		switch n, isInterval := strings.CutSuffix(o, "ms"); {
-		case o == "json" || o == "cbor":
+		case isCodec(o):
 			if codecSet {
 				return Subscription{}, fmt.Errorf("%w: %q: more than one codec", ErrPrefix, filter)
 			}
@@ -236,7 +264,7 @@ func ParseSubscribe(filter string) (Subscription, error) {
 			}
 			s.Interval = d
 		default:
-			return Subscription{}, fmt.Errorf("%w: %q: unknown option %q for %s (want json, cbor or <N>ms)", ErrPrefix, filter, o, verb)
+			return Subscription{}, fmt.Errorf("%w: %q: unknown option %q for %s (want json, cbor, msgpack or <N>ms)", ErrPrefix, filter, o, verb)
 		}
 	}
 	if !hasRest {
@@ -269,7 +297,7 @@ func ParsePublish(topic string) (Publish, error) {
 	var codecSet bool
 	for _, o := range opts {
 		switch {
-		case p.Op == PubTree && (o == "json" || o == "cbor"):
+		case p.Op == PubTree && isCodec(o):
 			if codecSet {
 				return Publish{}, fmt.Errorf("%w: %q: more than one codec", ErrPrefix, topic)
 			}
@@ -283,7 +311,7 @@ func ParsePublish(topic string) (Publish, error) {
 		case p.Op == PubSet:
 			return Publish{}, fmt.Errorf("%w: %q: $set takes no options", ErrPrefix, topic)
 		default:
-			return Publish{}, fmt.Errorf("%w: %q: unknown option %q for %s (want json, cbor or replace)", ErrPrefix, topic, o, verb)
+			return Publish{}, fmt.Errorf("%w: %q: unknown option %q for %s (want json, cbor, msgpack or replace)", ErrPrefix, topic, o, verb)
 		}
 	}
 	if !hasRest {

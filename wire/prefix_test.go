@@ -18,6 +18,11 @@ func TestParseSubscribe(t *testing.T) {
 		{"$sync/light/+/is_on", Subscription{Sync, CodecJSON, "light/+/is_on", 0}, nil},
 		{"$tree.cbor/house/#", Subscription{Tree, CodecCBOR, "house/#", 0}, nil},
 		{"$sync.json/#", Subscription{Sync, CodecJSON, "#", 0}, nil},
+		{"$sync.msgpack/a/+", Subscription{Sync, CodecMsgPack, "a/+", 0}, nil},
+		{"$hist.msgpack/a/#", Subscription{Hist, CodecMsgPack, "a/#", 0}, nil},
+		{"$tree.250ms.msgpack/a", Subscription{Tree, CodecMsgPack, "a", 250 * time.Millisecond}, nil},
+		{"$sync.msgpack.cbor/a", Subscription{}, ErrPrefix},
+		{"$sync.MsgPack/a", Subscription{}, ErrPrefix},
 		{"$sync//a", Subscription{Sync, CodecJSON, "/a", 0}, nil},
 		{"$sync.xml/a", Subscription{}, ErrPrefix},
 		{"$sync.json.cbor/a", Subscription{}, ErrPrefix},
@@ -109,6 +114,9 @@ func TestParsePublish(t *testing.T) {
 		{"$tree/light/bedroom", Publish{Op: PubTree, Topic: "light/bedroom"}, nil},
 		{"$tree.cbor.replace/light/bedroom/+", Publish{Op: PubTree, Codec: CodecCBOR, Replace: true, Topic: "light/bedroom/+"}, nil},
 		{"$tree.replace.json/#", Publish{Op: PubTree, Replace: true, Topic: "#"}, nil},
+		{"$tree.msgpack.replace/a/+", Publish{Op: PubTree, Codec: CodecMsgPack, Replace: true, Topic: "a/+"}, nil},
+		{"$tree.msgpack.msgpack/a", Publish{}, ErrPrefix},
+		{"$set.msgpack/a", Publish{}, ErrPrefix},
 		{"$set/light/+/is_on", Publish{Op: PubSet, Topic: "light/+/is_on"}, nil},
 		{"$sync/light/x", Publish{}, ErrReserved},
 		{"$sync.cbor/light/x", Publish{}, ErrReserved},
@@ -125,6 +133,23 @@ func TestParsePublish(t *testing.T) {
 		if !errors.Is(err, tt.err) || got != tt.want {
 			t.Errorf("ParsePublish(%q) = %+v, %v; want %+v, %v", tt.in, got, err, tt.want, tt.err)
 		}
+	}
+}
+
+func TestCodecNames(t *testing.T) {
+	for _, c := range Codecs {
+		if got, err := ParseCodec(c.String()); got != c || err != nil {
+			t.Errorf("ParseCodec(%q) = %v, %v", c.String(), got, err)
+		}
+		if got, ok := ContentTypeCodec(c.ContentType()); got != c || !ok {
+			t.Errorf("ContentTypeCodec(%q) = %v, %v", c.ContentType(), got, ok)
+		}
+	}
+	if _, err := ParseCodec("xml"); !errors.Is(err, ErrPrefix) {
+		t.Errorf("ParseCodec(xml) = %v", err)
+	}
+	if _, ok := ContentTypeCodec("application/x-msgpack"); ok {
+		t.Error("application/x-msgpack taken for a codec")
 	}
 }
 

@@ -60,7 +60,7 @@ func (s *splitter) size(n *Node) int {
 func keyCost(path []string) int {
 	n := 0
 	for _, k := range path {
-		n += 2*len(k) + 16 // quotes, escapes, colon, comma, brace / CBOR heads
+		n += 2*len(k) + 16 // quotes, escapes, colon, comma, brace / CBOR or MessagePack heads
 	}
 	return n
 }

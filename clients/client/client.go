@@ -34,6 +34,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/eclipse/paho.golang/paho/session/state"
 	"github.com/fxamacker/cbor/v2"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -53,8 +54,9 @@ type Codec = wire.Codec
 
 // The codecs.
 const (
-	JSON = wire.CodecJSON
-	CBOR = wire.CodecCBOR
+	JSON    = wire.CodecJSON
+	CBOR    = wire.CodecCBOR
+	MsgPack = wire.CodecMsgPack
 )
 
 // Options configure Dial.
@@ -560,23 +562,70 @@ func readProperties(m *Message, up paho.UserProperties) {
 }
 
 // Decode decodes a tree payload into Go values: objects as
-// map[string]any, JSON numbers as json.Number, CBOR byte strings as []byte.
+// map[string]any, JSON numbers as json.Number, CBOR byte strings and
+// MessagePack binary as []byte, MessagePack integers as int64 (negative) or
+// uint64 and its floats as float64.
+//
+// MessagePack is checked by the broker's own decoder first (declared
+// lengths, depth up to 10,000 as encoding/json has it), because the
+// library sizes maps and binary by their declared length: a 5-byte payload
+// could cost gigabytes.
 func Decode(c Codec, payload []byte) (any, error) {
 	var v any
-	if c == CBOR {
+	switch c {
+	case CBOR:
 		dm, err := cbor.DecOptions{DefaultMapType: reflect.TypeOf(map[string]any(nil))}.DecMode()
 		if err != nil {
 			return nil, err
 		}
 		return v, dm.Unmarshal(payload, &v)
+	case MsgPack:
+		wd, err := wire.NewDecoder(wire.Limits{MaxSize: max(len(payload), 1), MaxDepth: 10000})
+		if err != nil {
+			return nil, err
+		}
+		if _, err := wd.Decode(wire.CodecMsgPack, payload); err != nil {
+			return nil, err
+		}
+		if err := msgpack.Unmarshal(payload, &v); err != nil {
+			return nil, err
+		}
+		return looseNumbers(v), nil
 	}
 	d := json.NewDecoder(bytes.NewReader(payload))
 	d.UseNumber()
 	return v, d.Decode(&v)
 }
 
+// looseNumbers turns the integers of a decoded MessagePack value into
+// uint64 (non-negative) or int64, and its floats into float64, in place.
+func looseNumbers(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = looseNumbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = looseNumbers(e)
+		}
+	case int8, int16, int32, int64:
+		n := reflect.ValueOf(x).Int()
+		if n < 0 {
+			return n
+		}
+		return uint64(n)
+	case uint8, uint16, uint32:
+		return reflect.ValueOf(x).Uint()
+	case float32:
+		return float64(x)
+	}
+	return v
+}
+
 // Encode encodes a Go value as a tree payload. A []byte or
-// json.RawMessage is taken as already encoded.
+// json.RawMessage is taken as already encoded. MessagePack integers and
+// floats take their shortest exact form.
 func Encode(c Codec, v any) ([]byte, error) {
 	switch x := v.(type) {
 	case json.RawMessage:
@@ -584,8 +633,16 @@ func Encode(c Codec, v any) ([]byte, error) {
 	case []byte:
 		return x, nil
 	}
-	if c == CBOR {
+	switch c {
+	case CBOR:
 		return cbor.Marshal(v)
+	case MsgPack:
+		var buf bytes.Buffer
+		e := msgpack.NewEncoder(&buf)
+		e.UseCompactInts(true)
+		e.UseCompactFloats(true)
+		err := e.Encode(v)
+		return buf.Bytes(), err
 	}
 	return json.Marshal(v)
 }

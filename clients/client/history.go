@@ -86,7 +86,8 @@ func Points(leaf any) ([]Point, error) {
 	return ps, nil
 }
 
-// millis reads a decoded t: a json.Number, or a CBOR integer or float.
+// millis reads a decoded t: a json.Number, or a CBOR or MessagePack
+// integer or float.
 func millis(v any) (int64, error) {
 	switch x := v.(type) {
 	case json.Number:

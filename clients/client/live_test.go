@@ -350,7 +350,7 @@ func TestHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	needRev(t, m)
-	for _, codec := range []client.Codec{client.JSON, client.CBOR} {
+	for _, codec := range []client.Codec{client.JSON, client.CBOR, client.MsgPack} {
 		h, err := c.History(ctx, "h/+", codec)
 		if err != nil {
 			t.Fatal(err)

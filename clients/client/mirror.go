@@ -32,9 +32,9 @@ import (
 // value] to every row it names (null for a deleted row), the Mirror
 // trimming each array to [HistoryLimit] if set, and appending nothing after
 // [HistoryTo]. t of an appended pair is a json.Number for JSON trees and a
-// uint64 for CBOR ones, as decoded pairs are. A history Mirror subscribes
-// again without mote-since ($hist has no resume) and gets its whole
-// history anew.
+// uint64 for CBOR and MessagePack ones, as decoded pairs are. A history
+// Mirror subscribes again without mote-since ($hist has no resume) and gets
+// its whole history anew.
 type Mirror struct {
 	c      *Client
 	sub    *subscription
@@ -208,7 +208,7 @@ func (m *Mirror) appendHistory(delta any) any {
 		return m.doc
 	}
 	var t any = json.Number(strconv.FormatInt(now.UnixMilli(), 10))
-	if m.codec == CBOR {
+	if m.codec != JSON {
 		t = uint64(now.UnixMilli())
 	}
 	return AppendHistory(m.doc, delta, m.filter, t, m.opts.limit)

@@ -51,6 +51,7 @@ func TestSubscribeOptions(t *testing.T) {
 		{"plain", Plain, JSON, nil, "a/+", "", ""},
 		{"sync", Sync, JSON, nil, "$sync/a/+", "", ""},
 		{"tree cbor", Tree, CBOR, nil, "$tree.cbor/a/+", "", ""},
+		{"sync msgpack", Sync, MsgPack, nil, "$sync.msgpack/a/+", "", ""},
 		{"since", Sync, JSON, []SubscribeOption{Since(42)}, "$sync/a/+", "mote-since=42", ""},
 		{"since 0", Sync, JSON, []SubscribeOption{Since(0)}, "$sync/a/+", "mote-since=0", ""},
 		{"since max", Sync, JSON, []SubscribeOption{Since(18446744073709551615)}, "$sync/a/+", "mote-since=18446744073709551615", ""},
@@ -383,6 +384,22 @@ func TestPoints(t *testing.T) {
 	}
 	if ps, err := Points(v); err != nil || ps[0].T != 5 || ps[1].T != 6 {
 		t.Errorf("cbor: %v %v", ps, err)
+	}
+	mp, _ := Encode(MsgPack, []any{[]any{uint64(5), "x"}, []any{int64(6), []byte{1}}, []any{7.0, -1}})
+	v, err = Decode(MsgPack, mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps, err := Points(v); err != nil || ps[0].T != 5 || ps[1].T != 6 || ps[2].T != 7 || ps[2].Value != int64(-1) {
+		t.Errorf("msgpack: %v %v", ps, err)
+	}
+	if b, ok := v.([]any)[1].([]any)[1].([]byte); !ok || len(b) != 1 {
+		t.Errorf("msgpack binary: %#v", v)
+	}
+	for _, hostile := range [][]byte{{0xdf, 0xff, 0xff, 0xff, 0xff}, {0xc6, 0xff, 0xff, 0xff, 0xff}, {0xd6, 0xff, 0, 0, 0, 0}} {
+		if _, err := Decode(MsgPack, hostile); err == nil {
+			t.Errorf("Decode(MsgPack, %x) took it", hostile)
+		}
 	}
 	for _, bad := range []string{`{}`, `[1]`, `[[1]]`, `[["x",1]]`, `[[1.5,1]]`} {
 		if _, err := Points(jsonDoc(t, bad)); err == nil {

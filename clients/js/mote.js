@@ -12,7 +12,7 @@
 //   await publishTree(client, 'light/kitchen', { is_on: 1 })
 //
 // Trees travel as JSON here (the broker's default codec); the Go client in
-// ../client also speaks CBOR. The rules are those of the broker's SPEC:
+// ../client also speaks CBOR and MessagePack. The rules are those of the broker's SPEC:
 // a $sync subscription gets one snapshot, then deltas (null deletes a row);
 // over MQTT 5 every message carries mote-seq, and a gap in it (a lost QoS 0
 // delta, a queue overflow at the broker) makes the Mirror subscribe again.

@@ -33,7 +33,7 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.user, "u", "", "username")
 	fs.StringVar(&c.pass, "P", "", "password")
 	fs.IntVar(&c.qos, "q", 0, "QoS 0, 1 or 2")
-	fs.StringVar(&c.codec, "codec", "json", "tree codec: json or cbor")
+	fs.StringVar(&c.codec, "codec", "json", "tree codec: json, cbor or msgpack")
 }
 
 func (c *connFlags) dial(ctx context.Context) (*client.Client, wire.Codec, error) {
@@ -94,7 +94,7 @@ func runPub(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 				return fmt.Errorf("-m is not a JSON tree: %w", err)
 			}
 			var tree any = json.RawMessage(payload)
-			if codec == wire.CodecCBOR {
+			if codec != wire.CodecJSON {
 				tree = numbers(v)
 			}
 			return cl.PublishTree(ctx, *topic, tree, client.PublishOptions{QoS: byte(cf.qos), Retain: *retain, Codec: codec, Replace: *replace})
@@ -308,7 +308,7 @@ func printMessage(w io.Writer, m client.Message, mode client.Mode, history, verb
 }
 
 // numbers turns json.Number into int64, uint64 or float64, so integers stay
-// integers in CBOR.
+// integers in CBOR and MessagePack.
 func numbers(v any) any {
 	switch x := v.(type) {
 	case json.Number:

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"regexp"
 	"strings"
@@ -117,5 +118,50 @@ func TestSubRevisions(t *testing.T) {
 	out = cmd("sub", "-t", "s/+", "--sync", "--every", "250ms", "-C", "1", "-W", "10s")
 	if !strings.Contains(out, "$sync.250ms/s/+ snapshot seq 0 rev") {
 		t.Errorf("sub --every printed:\n%s", out)
+	}
+}
+
+// TestPubSubCodecs: mote pub --tree and mote sub --sync in every codec
+// (SPEC §11); a tree published in one is read in the others.
+func TestPubSubCodecs(t *testing.T) {
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "off"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, port, _ := net.SplitHostPort(b.TCPAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := func(args ...string) string {
+		t.Helper()
+		var out, errs bytes.Buffer
+		if err := run(ctx, append(append([]string{args[0]}, "-h", "127.0.0.1", "-p", port), args[1:]...), nil, &out, &errs); err != nil {
+			t.Fatalf("%v: %v %s", args, err, errs.String())
+		}
+		return out.String()
+	}
+	for _, pub := range []string{"json", "cbor", "msgpack"} {
+		cmd("pub", "-t", "c/"+pub, "--tree", "--codec", pub, "-m", `{"n":-7,"f":1.5,"s":"on","big":18446744073709551615}`, "-r", "-q", "1")
+	}
+	for _, sub := range []string{"json", "cbor", "msgpack"} {
+		out := cmd("sub", "-t", "c/+/n", "--sync", "--codec", sub, "-C", "1", "-W", "10s")
+		topic := "$sync/c/+/n"
+		if sub != "json" {
+			topic = "$sync." + sub + "/c/+/n"
+		}
+		if !strings.Contains(out, "# "+topic+" snapshot seq 0") || strings.Count(out, "-7") != 3 {
+			t.Errorf("sub --codec %s printed:\n%s", sub, out)
+		}
+		out = cmd("sub", "-t", "c/msgpack/#", "--sync", "--codec", sub, "-C", "1", "-W", "10s")
+		if !strings.Contains(out, `"big": 18446744073709551615`) || !strings.Contains(out, `"f": 1.5`) || !strings.Contains(out, `"s": "on"`) {
+			t.Errorf("sub --codec %s of the MessagePack tree printed:\n%s", sub, out)
+		}
+	}
+	var errs bytes.Buffer
+	if err := run(ctx, []string{"sub", "-h", "127.0.0.1", "-p", port, "-t", "x", "--sync", "--codec", "xml"}, nil, io.Discard, &errs); err == nil || !strings.Contains(err.Error(), "msgpack") {
+		t.Errorf("--codec xml: %v", err)
 	}
 }
