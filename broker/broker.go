@@ -43,6 +43,7 @@ type Broker struct {
 	conns      sync.Map // *mqtt.Client → *conn
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
 	parked     sync.Map // *conn whose messages wait for a client taking its session over (conn.unpark)
+	arriving   arriving // messages for resumed sessions whose connection is not filed yet
 	serial     atomic.Uint64
 	treeSubs   atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
 	subsSent   atomic.Int64 // subscribe requests pushed, not yet handled by the loop

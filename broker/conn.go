@@ -393,6 +393,8 @@ type mqttOut struct {
 	q   *outQueue // its connection's, told what was written
 	buf bytes.Buffer
 	n   int // packets in buf
+
+	ids idSpaces // the client's packet ids apart from the deliveries'
 }
 
 // flushAt is the size past which the buffer is written at once.
@@ -451,7 +453,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 		if cl.Closed() {
 			return errWriterStop
 		}
-		if err := o.b.takeInflight(cl, &pk); err != nil {
+		if err := o.b.takeInflight(&o.ids, cl, &pk); err != nil {
 			c.slow(dropInflightFull) // every packet id in flight: the client does not acknowledge
 			return errSkipped
 		}
@@ -549,17 +551,16 @@ func (o *mqttOut) waitInflight(c *conn) error {
 // flight in mochi's client state, which completes the flow when the client
 // acknowledges and resends it to a resumed session. It is the one place
 // packet ids are taken for deliveries.
-func (b *Broker) takeInflight(cl *mqtt.Client, pk *packets.Packet) error {
-	id, err := cl.NextPacketID()
+func (b *Broker) takeInflight(ids *idSpaces, cl *mqtt.Client, pk *packets.Packet) error {
+	// mochi resends held messages in the order of uint16(Created) (its
+	// own second-resolution times, sorted unstably, came back shuffled):
+	// packet ids are given in order, and never two alike in flight; ids
+	// skips the one a client packet being processed carries.
+	set, err := ids.take(cl, pk)
 	if err != nil {
 		return err
 	}
-	pk.PacketID = uint16(id)
-	// mochi resends held messages in the order of uint16(Created) (its
-	// own second-resolution times, sorted unstably, came back shuffled):
-	// packet ids are given in order, and never two alike in flight.
-	pk.Created = int64(pk.PacketID)
-	if cl.State.Inflight.Set(*pk) {
+	if set {
 		atomic.AddInt64(&b.server.Info.Inflight, 1)
 		cl.State.Inflight.DecreaseSendQuota()
 	}
@@ -589,7 +590,7 @@ func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
 		b.drop(dropOfflineFull, 1)
 		return
 	}
-	if b.takeInflight(cl, &out) == nil {
+	if b.takeInflight(nil, cl, &out) == nil {
 		b.offline.add(cl.ID, n)
 	}
 }

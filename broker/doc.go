@@ -67,7 +67,10 @@
 // tells the old connection before mochi moves the session, whose
 // in-flight messages mochi copies; OnSessionEstablished adopts them).
 // Messages published meanwhile join the leftovers, or wait for the
-// hand-off and follow them.
+// hand-off and follow them. A message for a session whose client is
+// coming back, after mochi resent its in-flight messages and before its
+// connection is filed, waits for that connection (arriving.go) and goes
+// ahead of its queue.
 //
 // # Reload
 //
@@ -107,6 +110,11 @@
 //     needs its own CONNACK reason code, decided before mochi answers.
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
+//   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
+//     the broker's deliveries' in one in-flight map, so a client's QoS 1/2
+//     PUBLISH, PUBREL, SUBSCRIBE or UNSUBSCRIBE with the id of an
+//     unacknowledged delivery deleted the delivery, completed it or was
+//     refused 0x91; the read hooks keep the two spaces apart [MQTT-2.2.1-2].
 //   - Listeners (listeners.go): connections are wrapped before mochi reads
 //     them (CONNECT deadline and size cap, DISCONNECT 0x95, write deadlines,
 //     panic recovery, WebSocket origin check).
@@ -129,6 +137,8 @@
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
+//	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
+//	messages for an arriving session    arriving's mutex, until OnSessionEstablished files the connection
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
 //

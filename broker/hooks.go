@@ -160,7 +160,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.q.hold()
 	}
 	b.conns.Store(cl, c)
-	b.byID.Store(cl.ID, c)
+	b.arriving.adopt(b, cl, c) // files c under cl.ID
 	if old != nil {
 		old.succeed(c)
 	}
@@ -188,6 +188,9 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		return
 	}
 	c := v.(*conn)
+	if o, ok := c.outOf(); ok {
+		o.ids.close(cl) // before the session's messages are handed on
+	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)
 		b.byID.CompareAndDelete(cl.ID, c)
 	}
@@ -200,12 +203,18 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 // mochi's way before it validates the topic, which holds wildcards in
 // $tree/a/+ and $set/a/+/b: the topic waits in the connection for
 // OnPublish, and mochi sees the internal topic.
+//
+// It also keeps the client's packet ids apart from the deliveries'
+// (idSpaces), until OnPacketProcessed.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Publish {
-		return pk, nil
-	}
 	c := h.conn(cl)
 	if c == nil {
+		return pk, nil
+	}
+	if o, ok := c.outOf(); ok {
+		o.ids.begin(cl, &pk)
+	}
+	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
 	c.pendingTopic = ""
@@ -431,10 +440,14 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 
 // OnPacketProcessed lets the writer go once mochi has written the SUBACK.
 func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
-	if pk.FixedHeader.Type != packets.Subscribe {
+	c := h.conn(cl)
+	if c == nil {
 		return
 	}
-	if c := h.conn(cl); c != nil {
+	if o, ok := c.outOf(); ok {
+		o.ids.end(cl, &pk)
+	}
+	if pk.FixedHeader.Type == packets.Subscribe {
 		c.q.release()
 	}
 }
@@ -523,6 +536,9 @@ func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet 
 // be waiting for one.
 func (h *hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	if c := h.conn(cl); c != nil {
+		if o, ok := c.outOf(); ok && o.ids.clientAck(pk.PacketID) {
+			return // the client's own publish, not a delivery
+		}
 		c.inflightFreed(pk.PacketID)
 	}
 }

@@ -32,6 +32,7 @@ func (b *Broker) sysTicker(last map[string]string) {
 			return // shutting down
 		}
 		b.offline.prune(func(id string) bool { _, ok := b.server.Clients.Get(id); return ok })
+		b.arriving.sweep(b)
 		b.parked.Range(func(k, _ any) bool {
 			if k.(*conn).unpark() {
 				b.parked.Delete(k)

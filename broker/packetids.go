@@ -1,0 +1,163 @@
+package broker
+
+import (
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// idSpaces keeps the packet ids a client gives its own packets apart from
+// the ids the broker gives its deliveries to that client: they are
+// separate spaces [MQTT-2.2.1-2], but mochi v2.7.9 keeps both directions
+// in one in-flight map per client. There, a client's QoS 1/2 PUBLISH with
+// the id of an unacknowledged delivery deletes the delivery (which a
+// persistent session then never gets again), its PUBREL completes the
+// delivery's flow, and its SUBSCRIBE or UNSUBSCRIBE is refused 0x91
+// (packet identifier in use) — clients number from 1 as the broker does,
+// so the ids collide all the time.
+//
+// At rest, mochi's map holds the broker's deliveries only; the client's
+// QoS 2 publishes waiting for their PUBREL are kept here (inbound). While
+// mochi processes a client packet that carries id X (on the connection's
+// read goroutine, one packet at a time), X is reserved: a delivery in
+// flight under X is taken out of mochi's map (displaced) and put back
+// after, the writer takes no new delivery id X (takeInflight), and a
+// client QoS 2 publish waiting under X is put in for its PUBREL.
+//
+// Owner: the fields are guarded by mu; the read goroutine sets and clears
+// the reservation, the writer asks it.
+type idSpaces struct {
+	mu        sync.Mutex
+	reserved  uint16          // the id of the client packet being processed; 0: none
+	kind      byte            // that packet's type
+	displaced *packets.Packet // the delivery in flight under reserved, out of mochi's map meanwhile
+	inbound   map[uint16]packets.Packet
+}
+
+// clientFlow says whether a packet from the client carries an id of the
+// client's own space (its publishes and their PUBREL, its SUBSCRIBE and
+// UNSUBSCRIBE) rather than one of the broker's (PUBACK, PUBREC, PUBCOMP).
+func clientFlow(pk *packets.Packet) bool {
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		return pk.FixedHeader.Qos > 0
+	case packets.Pubrel, packets.Subscribe, packets.Unsubscribe:
+		return true
+	}
+	return false
+}
+
+// delivery says whether an in-flight entry is one of the broker's
+// deliveries (a publish waiting for PUBACK or PUBREC, or its PUBREL
+// waiting for PUBCOMP) rather than a client publish's acknowledgement.
+func delivery(pk packets.Packet) bool {
+	return pk.FixedHeader.Type == packets.Publish || pk.FixedHeader.Type == packets.Pubrel
+}
+
+// begin runs before mochi processes pk, a packet from cl, on its read
+// goroutine.
+func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
+	if !clientFlow(pk) || pk.PacketID == 0 {
+		return
+	}
+	id := pk.PacketID
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reserved, s.kind = id, pk.FixedHeader.Type
+	if cur, ok := cl.State.Inflight.Get(id); ok && delivery(cur) {
+		cl.State.Inflight.Delete(id)
+		s.displaced = &cur
+	}
+	if in, ok := s.inbound[id]; ok && (pk.FixedHeader.Type == packets.Pubrel || pk.FixedHeader.Type == packets.Publish) {
+		// Its PUBREL completes it; a resent PUBLISH finds it in use.
+		delete(s.inbound, id)
+		cl.State.Inflight.Set(in)
+	}
+}
+
+// end runs after mochi processed pk: a client QoS 2 publish now waiting
+// for its PUBREL leaves mochi's map for inbound, and the displaced
+// delivery goes back.
+func (s *idSpaces) end(cl *mqtt.Client, pk *packets.Packet) {
+	if !clientFlow(pk) || pk.PacketID == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.settleLocked(cl)
+}
+
+func (s *idSpaces) settleLocked(cl *mqtt.Client) {
+	id := s.reserved
+	if id == 0 {
+		return
+	}
+	if cur, ok := cl.State.Inflight.Get(id); ok && !delivery(cur) {
+		cl.State.Inflight.Delete(id)
+		if cur.FixedHeader.Type == packets.Pubrec {
+			if s.inbound == nil {
+				s.inbound = map[uint16]packets.Packet{}
+			}
+			s.inbound[id] = cur
+		}
+	}
+	if s.displaced != nil {
+		cl.State.Inflight.Set(*s.displaced)
+		s.displaced = nil
+	}
+	s.reserved, s.kind = 0, 0
+}
+
+// close runs when cl's connection ends, before its session's messages
+// are handed on: a delivery still displaced (mochi stopped in the middle
+// of a packet) goes back, and the client's QoS 2 publishes waiting for
+// PUBREL go back to mochi's map where no delivery holds their id, so a
+// resumed session still knows them (where one does, the PUBREL is
+// answered 0x92 and the publish, already delivered, stays delivered).
+func (s *idSpaces) close(cl *mqtt.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.settleLocked(cl)
+	for id, in := range s.inbound {
+		if _, ok := cl.State.Inflight.Get(id); !ok {
+			cl.State.Inflight.Set(in)
+		}
+	}
+	s.inbound = nil
+}
+
+// clientAck says whether an acknowledgement mochi completed with id is
+// of the client's own publish being processed (OnQosComplete is called
+// for both directions).
+func (s *idSpaces) clientAck(id uint16) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return id != 0 && id == s.reserved && (s.kind == packets.Publish || s.kind == packets.Pubrel)
+}
+
+// take gives pk a delivery packet id that is free in mochi's map and not
+// reserved (s nil: a session with no connection, nothing reserved), and
+// records pk in flight, with Created set to the id (see takeInflight). It
+// reports whether the map took it.
+func (s *idSpaces) take(cl *mqtt.Client, pk *packets.Packet) (bool, error) {
+	if s != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+	}
+	id, err := cl.NextPacketID()
+	if err != nil {
+		return false, err
+	}
+	if s != nil && uint16(id) == s.reserved {
+		if id, err = cl.NextPacketID(); err != nil {
+			return false, err
+		}
+		if uint16(id) == s.reserved { // the only id left
+			return false, packets.ErrQuotaExceeded
+		}
+	}
+	pk.PacketID = uint16(id)
+	pk.Created = int64(pk.PacketID)
+	return cl.State.Inflight.Set(*pk), nil
+}
