@@ -51,6 +51,7 @@ type Broker struct {
 	handshakes handshakes   // connections before their CONNECT
 
 	tcp, tls *tcpListener
+	orig     *tcpListener // the original dialect's (SPEC §7), if configured
 	ws, wss  *wsListener
 
 	rawMu     sync.Mutex            // guards raw and rawClosed
@@ -204,7 +205,7 @@ func (b *Broker) Start() error {
 	b.tickers.Add(1)
 	go b.sysTicker(last)
 	ev := b.log.Info()
-	for _, l := range []*tcpListener{b.tcp, b.tls} {
+	for _, l := range []*tcpListener{b.tcp, b.tls, b.orig} {
 		if l != nil {
 			ev = ev.Str(l.id, l.Address())
 		}
@@ -258,6 +259,12 @@ func (b *Broker) listen() error {
 			return err
 		}
 	}
+	if b.opts.Original != "" {
+		b.orig = mk(originalListener, b.opts.Original, false)
+		if err := b.server.AddListener(b.orig); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -267,6 +274,15 @@ func (b *Broker) TCPAddr() string {
 		return ""
 	}
 	return b.tcp.Address()
+}
+
+// OriginalAddr is the original-dialect listener's address (SPEC §7; ""
+// when none or not started).
+func (b *Broker) OriginalAddr() string {
+	if b.orig == nil || b.orig.ln == nil {
+		return ""
+	}
+	return b.orig.Address()
 }
 
 // WSAddr is the WebSocket listener's address, without the path.
@@ -297,7 +313,7 @@ func (b *Broker) WSSAddr() string {
 func (b *Broker) Stats() *Stats { return &b.stats }
 
 func (b *Broker) closeListeners() {
-	for _, l := range []*tcpListener{b.tcp, b.tls} {
+	for _, l := range []*tcpListener{b.tcp, b.tls, b.orig} {
 		if l != nil && l.ln != nil {
 			l.Close(func(string) {})
 		}
@@ -434,7 +450,7 @@ func (b *Broker) localOnly() {
 	if b.opts.Users != nil || b.opts.AllowAnonymous {
 		return
 	}
-	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS} {
+	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS, &b.opts.Original} {
 		if *addr != "off" && *addr != "" {
 			*addr = LoopbackAddr(*addr)
 		}
