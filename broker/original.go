@@ -24,6 +24,8 @@ import (
 //     go out on F itself, as the original sent them, and the newest of
 //     the two replaces the other (the original kept one per filter).
 //     UNSUBSCRIBE "F" ends either. Leaves are strings (wire.CodecOriginal).
+//     A filter under $SYS (which the original did not have) stays plain,
+//     so a dialect client can read its error reports.
 //   - Deltas go out at the subscription's granted QoS: the original never
 //     downgraded, and mote-native drops a QoS 0 PUBLISH (it has no packet
 //     id, which the app expects on every PUBLISH).
@@ -72,6 +74,11 @@ func (c *netConn) rewriteConnect(at int, b *byte) {
 // originalFilter reads a SUBSCRIBE filter of a dialect client: "/F" asks
 // for a snapshot and deltas ($sync/F), "F" for deltas ($tree/F).
 func originalFilter(f string) (wire.Subscription, error) {
+	if isSys(f) {
+		// The original had no $SYS: these stay plain MQTT subscriptions,
+		// so a dialect client can read its error reports (SPEC §5).
+		return parseFilter(f, wire.Subscription{})
+	}
 	mode := wire.Tree
 	if rest, ok := strings.CutPrefix(f, "/"); ok {
 		mode, f = wire.Sync, rest
