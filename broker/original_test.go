@@ -22,7 +22,7 @@ import (
 // F without its "/", tree publishes to "T/" at QoS 1, retained.
 
 // startOriginal runs a broker with an original-dialect listener.
-func startOriginal(t *testing.T, opts Options) *Broker {
+func startOriginal(t testing.TB, opts Options) *Broker {
 	t.Helper()
 	opts.Original = "127.0.0.1:0"
 	return start(t, opts)
@@ -490,4 +490,76 @@ func TestOriginalOnlyOnItsListener(t *testing.T) {
 func sameJSON(a, b string) bool {
 	var x, y any
 	return json.Unmarshal([]byte(a), &x) == nil && json.Unmarshal([]byte(b), &y) == nil && reflect.DeepEqual(x, y)
+}
+
+// FuzzOriginalPublish feeds the dialect's publish reader (prepareOriginal
+// and the door after it) arbitrary topics and payloads: never a panic, and
+// a tree it accepts holds only valid rows.
+func FuzzOriginalPublish(f *testing.F) {
+	for _, s := range [][2]string{
+		{"light/+/is_on/", `{"kitchen":"1","hall":"ON"}`},
+		{"light/bedroom/+/", `{"/":"+","is_on":"1"}`},
+		{"a/b/", `"x"`},
+		{"a/+", "0"},
+		{"a/#", ""},
+		{"/", `{"/":{"/":"+"}}`},
+		{"a/+/+/", `{"x":{"y":"\u0000"},"z":null}`},
+	} {
+		f.Add(s[0], []byte(s[1]), true)
+	}
+	b := startOriginal(f, Options{})
+	p := Principal{ClientID: "fuzz", original: true}
+	f.Fuzz(func(t *testing.T, topic string, payload []byte, retain bool) {
+		r, err := b.prepare(p, Message{Topic: topic, Payload: payload, QoS: 1, Retain: retain})
+		if err != nil {
+			return
+		}
+		for _, row := range r.op.Rows {
+			if b.opts.Limits.CheckTopic(row.Topic) != nil || strings.ContainsAny(row.Topic, "+#") {
+				t.Errorf("%q %q: row %q accepted", topic, payload, row.Topic)
+			}
+		}
+	})
+}
+
+// FuzzOriginalListener sends the dialect's CONNECT and then arbitrary
+// bytes to its listener: the broker stays up and serves a fresh dialect
+// client afterwards.
+func FuzzOriginalListener(f *testing.F) {
+	f.Add([]byte{0x82, 0x13, 0x00, 0x01, 0x00, 0x0e, '/', 'l', 'i', 'g', 'h', 't', '/', '+', '/', 'i', 's', '_', 'o', 'n', 0x01})
+	f.Add([]byte{0x33, 0x0a, 0x00, 0x04, 'a', '/', '+', '/', 0x00, 0x01, '{', '}'})
+	f.Add([]byte{0xa2, 0x05, 0x00, 0x01, 0x00, 0x01, 'a'})
+	b := startOriginal(f, Options{})
+	connect := func(id string) []byte {
+		body := append(append(append(str("mote"), 0, 0x02), id16(20000)...), str(id)...)
+		return append([]byte{0x10, byte(len(body))}, body...)
+	}
+	n := 0
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := net.Dial("tcp", b.OriginalAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Millisecond)) //nolint:errcheck // reads end at the deadline
+		c.Write(append(connect("fuzz"), data...))            //nolint:errcheck // the broker may close first
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				break
+			}
+		}
+		if n++; n%200 == 0 {
+			p, err := net.Dial("tcp", b.OriginalAddr())
+			if err != nil {
+				t.Fatalf("broker down: %v", err)
+			}
+			defer p.Close()
+			p.SetDeadline(time.Now().Add(5 * time.Second)) //nolint:errcheck // a hang fails the read
+			p.Write(connect("probe"))                       //nolint:errcheck // the read says
+			if _, err := p.Read(buf); err != nil || buf[0] != 0x20 || buf[3] != 0 {
+				t.Fatalf("broker does not accept a fresh dialect client: %v % x", err, buf[:4])
+			}
+		}
+	})
 }
