@@ -563,3 +563,43 @@ func FuzzOriginalListener(f *testing.F) {
 		}
 	})
 }
+
+// TestOriginalWillAndHash: a clean DISCONNECT discards the will (the
+// original had no DISCONNECT and fired it), a dropped connection fires it
+// (a will to "T/" is a dialect tree publish); a "#" filter gets the tree of
+// SPEC §3 with string leaves, and deltas (the original sent it none).
+func TestOriginalWillAndHash(t *testing.T) {
+	b := startOriginal(t, Options{})
+	withWill := func(id string) *origClient {
+		c := dialOriginal(t, b)
+		c.send(0x10, str("mote"), []byte{0, 0x02 | 0x04 | 0x20 | 0x08}, id16(20000), str(id), str("lamp/+/"), str(`{"`+id+`":"offline"}`))
+		if p := c.read(); p.head != 0x20 || p.body[1] != 0 {
+			t.Fatalf("CONNACK % x", p.body)
+		}
+		return c
+	}
+	w := dialOriginal(t, b)
+	w.mustConnect("watcher")
+	w.subscribe(1, 1, "/lamp/#")
+	wantTree(t, w.tree("lamp/#"), `{}`)
+
+	clean := withWill("clean")
+	clean.send(0xe0, nil)
+	if _, err := clean.tryRead(); err == nil {
+		t.Error("the connection stayed open after DISCONNECT")
+	}
+	dropped := withWill("dropped")
+	dropped.nc.Close()
+	wantTree(t, w.tree("lamp/#"), `{"dropped":"offline"}`)
+	settle(t, b)
+	if got := treeJSON(t, b, "lamp/+"); got != `{"dropped":"offline"}` {
+		t.Errorf("lamp rows %s: only the dropped client's will fires", got)
+	}
+
+	w.publish(2, "lamp/dropped/", `"online"`, 1, true) // no wildcard: the tree is one string
+	wantTree(t, w.tree("lamp/#"), `{"dropped":"online"}`)
+	w.publish(3, "lamp/dropped/level", "55", 1, true)
+	wantTree(t, w.tree("lamp/#"), `{"dropped":{"level":"55"}}`)
+	w.subscribe(4, 1, "/lamp/#")
+	wantTree(t, w.tree("lamp/#"), `{"dropped":{"/":"online","level":"55"}}`)
+}
