@@ -603,3 +603,27 @@ func TestOriginalWillAndHash(t *testing.T) {
 	w.subscribe(4, 1, "/lamp/#")
 	wantTree(t, w.tree("lamp/#"), `{"dropped":{"/":"online","level":"55"}}`)
 }
+
+// TestOriginalResumedSession: a dialect client with a persistent session
+// gets its subscriptions back in the dialect (string leaves on F, a fresh
+// snapshot) when it reconnects.
+func TestOriginalResumedSession(t *testing.T) {
+	b := startOriginal(t, Options{})
+	connect := func() *origClient {
+		c := dialOriginal(t, b)
+		c.send(0x10, str("MQTT"), []byte{4, 0x00}, id16(60), str("keeper")) // clean session 0
+		if p := c.read(); p.head != 0x20 || p.body[1] != 0 {
+			t.Fatalf("CONNACK % x", p.body)
+		}
+		return c
+	}
+	c := connect()
+	c.subscribe(1, 1, "/s/+")
+	wantTree(t, c.tree("s/+"), `{}`)
+	c.send(0xe0, nil)
+	c.tryRead() //nolint:errcheck // waits for the close
+	waitConnGone(t, b, "keeper")
+	loadRow(b, "s/t", "20")
+	c = connect()
+	wantTree(t, c.tree("s/+"), `{"t":"20"}`)
+}
