@@ -27,7 +27,7 @@ func TestOriginalListenerConfig(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("listeners: {original: \""+orig+"\", ws: \"off\", http: \"off\"}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
+	var logs syncBuffer
 	cmd := exec.Command(bin, "broker", "--config", cfg, "--tcp", "127.0.0.1:"+strconv.Itoa(port), "--data", filepath.Join(dir, "data"))
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
