@@ -627,3 +627,21 @@ func TestOriginalResumedSession(t *testing.T) {
 	c = connect()
 	wantTree(t, c.tree("s/+"), `{"t":"20"}`)
 }
+
+// TestOriginalConnectInPieces: mote-native's CONNECT read however the
+// bytes arrive (the rewrite to MQTT 3.1.1 goes byte by byte).
+func TestOriginalConnectInPieces(t *testing.T) {
+	b := startOriginal(t, Options{})
+	c := dialOriginal(t, b)
+	body := append(append(append(str("mote"), 0, 0x02), id16(20000)...), str("pieces")...)
+	for _, x := range append([]byte{0x10, byte(len(body))}, body...) {
+		if _, err := c.nc.Write([]byte{x}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p := c.read(); p.head != 0x20 || p.body[1] != 0 {
+		t.Fatalf("CONNACK % x", p.body)
+	}
+	c.subscribe(1, 1, "/x/+")
+	wantTree(t, c.tree("x/+"), `{}`)
+}
