@@ -52,6 +52,7 @@ type Broker struct {
 	handshakes handshakes   // connections before their CONNECT
 
 	tcp, tls *tcpListener
+	orig     *tcpListener // the original dialect's (SPEC §7), if configured
 	ws, wss  *wsListener
 
 	rawMu     sync.Mutex            // guards raw and rawClosed
@@ -205,7 +206,7 @@ func (b *Broker) Start() error {
 	b.tickers.Add(1)
 	go b.sysTicker(last)
 	ev := b.log.Info()
-	for _, l := range []*tcpListener{b.tcp, b.tls} {
+	for _, l := range []*tcpListener{b.tcp, b.tls, b.orig} {
 		if l != nil {
 			ev = ev.Str(l.id, l.Address())
 		}
@@ -259,6 +260,12 @@ func (b *Broker) listen() error {
 			return err
 		}
 	}
+	if b.opts.Original != "" {
+		b.orig = mk(originalListener, b.opts.Original, false)
+		if err := b.server.AddListener(b.orig); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -268,6 +275,15 @@ func (b *Broker) TCPAddr() string {
 		return ""
 	}
 	return b.tcp.Address()
+}
+
+// OriginalAddr is the original-dialect listener's address (SPEC §7; ""
+// when none or not started).
+func (b *Broker) OriginalAddr() string {
+	if b.orig == nil || b.orig.ln == nil {
+		return ""
+	}
+	return b.orig.Address()
 }
 
 // WSAddr is the WebSocket listener's address, without the path.
@@ -298,7 +314,7 @@ func (b *Broker) WSSAddr() string {
 func (b *Broker) Stats() *Stats { return &b.stats }
 
 func (b *Broker) closeListeners() {
-	for _, l := range []*tcpListener{b.tcp, b.tls} {
+	for _, l := range []*tcpListener{b.tcp, b.tls, b.orig} {
 		if l != nil && l.ln != nil {
 			l.Close(func(string) {})
 		}
@@ -435,7 +451,7 @@ func (b *Broker) localOnly() {
 	if b.opts.Users != nil || b.opts.AllowAnonymous {
 		return
 	}
-	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS} {
+	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS, &b.opts.Original} {
 		if *addr != "off" && *addr != "" {
 			*addr = LoopbackAddr(*addr)
 		}

@@ -94,6 +94,19 @@
 // and WSS handshakes take the current configuration (serverTLS), so
 // connections already up keep their certificate.
 //
+// # The original dialect
+//
+// Options.Original adds a TCP listener for the original Mote broker's
+// clients (SPEC §7, original.go). Its connections are marked twice: the
+// netConn, which reads mote-native's CONNECT (protocol "mote", level 0)
+// as MQTT 3.1.1, and the Principal (mqttPrincipal, from mochi's listener
+// id), which the hooks and the door consult to rewrite the dialect into
+// native forms: "/F" and "F" subscriptions into property-form $sync and
+// $tree subscriptions in wire.CodecOriginal (string leaves, on topic F),
+// trailing-"/" retained publishes into tree publishes, wildcard retained
+// publishes into $set (prepareOriginal). From there on it is the ordinary
+// path: one door, one ACL check, the same limits. No state of its own.
+//
 // # What replaces mochi, and why
 //
 //   - Delivery (mochi's publishToSubscribers, its client outbound queue and

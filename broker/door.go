@@ -90,6 +90,11 @@ type prepared struct {
 // prepare checks a publish and decodes it into an op, on the caller's
 // goroutine: the loop never decodes.
 func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
+	if p.original {
+		if r, handled, err := b.prepareOriginal(p, m); handled {
+			return r, err
+		}
+	}
 	pub, isMote, err := parsePublish(m.Topic, &m.Properties)
 	if err != nil {
 		return prepared{}, err
@@ -129,6 +134,11 @@ func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
 	if err != nil {
 		return prepared{}, err
 	}
+	return b.checkOp(p, op)
+}
+
+// checkOp is the ACL check of a tree publish or $set decoded into op.
+func (b *Broker) checkOp(p Principal, op tree.Op) (prepared, error) {
 	if write := b.access.writeCheck(p); write != nil {
 		// Rows a tree publish names are checked now, so the ack can say
 		// 0x87; $set and .replace rows are known only in the loop.

@@ -38,7 +38,7 @@ func (h *hook) Provides(b byte) bool {
 
 // mqttPrincipal is who an MQTT client acts as.
 func mqttPrincipal(cl *mqtt.Client) Principal {
-	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID}
+	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: cl.Net.Listener == originalListener}
 }
 
 func (h *hook) conn(cl *mqtt.Client) *conn {
@@ -63,6 +63,13 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 		b.server.SendConnack(cl, code, false, nil) //nolint:errcheck // the connection closes either way
 		return code
+	}
+	if p.original && v5 {
+		// The dialect has no properties to carry Mote's MQTT 5 forms, and
+		// its subscriptions would answer on topics an MQTT 5 client does
+		// not expect: it belongs on the other listeners.
+		b.countRefusal(refusedOther)
+		return refuse(packets.ErrUnsupportedProtocolVersion, "MQTT 5 on the original-dialect listener (it speaks MQTT 3.1.1 only; use the MQTT listener)")
 	}
 	if !b.access.authenticate(p.User, pk.Connect.Password, pk.Connect.UsernameFlag) {
 		b.countRefusal(refusedBadCredentials)
@@ -222,7 +229,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		// Not kept as an alias: the door refuses the topic anyway.
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}
-	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) {
+	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) || (c.p.original && wire.HasWildcard(pk.TopicName)) {
 		if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
 			c.pendingErr = errAlias
 		} else {
@@ -345,6 +352,8 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			err = errQuotaf("more than %d filters in one SUBSCRIBE", b.opts.MaxSubscriptionsPerPacket)
 		case propErr != nil:
 			err = propErr
+		case c.p.original:
+			sf, err = originalFilter(f.Filter)
 		default:
 			sf, err = parseFilter(f.Filter, propMode)
 		}
@@ -358,7 +367,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			err = topts.check(sf.Mode)
 		}
 		if err == nil {
-			f.Filter = internalFilter(f.Filter, sf, propMode.Mode != wire.Plain)
+			f.Filter = internalFilter(f.Filter, sf, propMode.Mode != wire.Plain || c.p.original)
 			c.pacedProps = c.pacedProps || (propMode.Mode != wire.Plain && sf.Interval > 0)
 		}
 		_, existed := cl.State.Subscriptions.Get(f.Filter)
@@ -467,7 +476,7 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 	for i := range filters {
 		f := &filters[i]
 		asSent := f.Filter
-		if sf, err := wire.ParseSubscribe(asSent); err == nil && sf.Mode != wire.Plain {
+		if sf, err := wire.ParseSubscribe(asSent); err == nil && sf.Mode != wire.Plain && !c.p.original {
 			topics = append(topics, asSent)
 			continue
 		}

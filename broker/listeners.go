@@ -28,6 +28,7 @@ import (
 // netConn first.
 func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
 	nc := b.wrap(c)
+	nc.original = id == originalListener
 	if !b.handshakes.begin(nc.host) {
 		b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
 		c.Close()
@@ -108,6 +109,8 @@ type netConn struct {
 	counted   bool // counted in b.handshakes until the CONNECT is complete or the connection closes
 	level     byte // protocol level of the CONNECT (5: MQTT 5)
 	body      int  // bytes of the CONNECT body seen (to find the level)
+	original  bool // the original dialect's listener: its clients' CONNECT is rewritten (original.go)
+	moteName  bool // the CONNECT so far names protocol "mote" (original.go)
 
 	wmu sync.Mutex // one write at a time
 
@@ -220,6 +223,11 @@ func (c *netConn) scan(p []byte) error {
 		case 2: // body
 			k := min(c.length, len(p)-i)
 			if c.packets == 1 && !c.connected {
+				if c.original {
+					for at := c.body; at < c.body+k && at <= 6; at++ {
+						c.rewriteConnect(at, &p[i+at-c.body])
+					}
+				}
 				// The protocol level is the 7th byte of a CONNECT body
 				// (after the protocol name "MQTT" with its length).
 				if at := 6 - c.body; at >= 0 && at < k {

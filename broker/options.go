@@ -45,6 +45,10 @@ type Options struct {
 	WSPath string // WebSocket path; default "/mqtt"
 	TLS    string // MQTT over TLS listener address (mqtts, 8883 by convention); "" for none
 	WSS    string // WebSocket over TLS listener address; "" for none
+	// Original is the address of a TCP listener that speaks the original
+	// Mote broker's dialect (SPEC §7, original.go; the original's port was
+	// 1993); "" for none. No other listener ever speaks it.
+	Original string
 	// TLSConfig serves TLS and WSS; required when either is set. Each
 	// handshake reads the current one: Broker.Reload replaces it.
 	TLSConfig *tls.Config
@@ -224,7 +228,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: max topic length %d: want 1 to %d", o.MaxTopicLen, MaxTopicLenLimit)
 	case o.MaxTopicLevels < 1:
 		return o, fmt.Errorf("broker: max topic levels must be positive")
-	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "":
+	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "" && o.Original == "":
 		return o, fmt.Errorf("broker: every listener is off")
 	case (o.TLS != "" || o.WSS != "") && o.TLSConfig == nil:
 		return o, fmt.Errorf("broker: TLS listeners need a certificate and key")

@@ -32,6 +32,8 @@ type config struct {
 		TLS    string `yaml:"tls"`
 		WSS    string `yaml:"wss"`
 		HTTP   string `yaml:"http"` // the HTTP API and web view (SPEC §10)
+		// Original speaks the original Mote broker's dialect (SPEC §7).
+		Original string `yaml:"original"`
 	} `yaml:"listeners"`
 	Cert     string `yaml:"cert"`
 	Key      string `yaml:"key"`
@@ -118,6 +120,15 @@ func loadConfig(path string) (config, error) {
 	return c, nil
 }
 
+// offNone reads "off" as no listener, for listeners that are off by
+// default.
+func offNone(addr string) string {
+	if addr == "off" {
+		return ""
+	}
+	return addr
+}
+
 func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mote broker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -130,6 +141,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	syncRetain := fs.Bool("sync-retain", false, "ack QoS 1/2 publishes of retained rows only after their commit")
 	tlsAddr := fs.String("tls", "", "MQTT over TLS listener address (e.g. :8883); needs --cert and --key")
 	wssAddr := fs.String("wss", "", "WebSocket over TLS listener address; needs --cert and --key")
+	origAddr := fs.String("original", "", "TCP listener speaking the original Mote broker's dialect (e.g. :1993; docs/protocol.md); default none")
 	certFile := fs.String("cert", "", "TLS certificate (PEM)")
 	keyFile := fs.String("key", "", "TLS private key (PEM)")
 	pwFile := fs.String("password-file", "", "Mosquitto password file (see mote passwd)")
@@ -191,6 +203,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		WSPath:         cfg.Listeners.WSPath,
 		TLS:            tlsL,
 		WSS:            wssL,
+		Original:       offNone(pick(*origAddr, cfg.Listeners.Original, "")),
 		TLSConfig:      set.reload.TLSConfig,
 		MaxPacketSize:  cfg.MaxPacketSize,
 		MaxTopicLen:    cfg.MaxTopicLength,
