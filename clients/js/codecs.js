@@ -78,6 +78,11 @@ export function loadCodec(name) {
   return loading[name]
 }
 
+/** codecLoaded reports whether decodeTree and encodeTree can use codec name now. */
+export function codecLoaded(name) {
+  return name in libs
+}
+
 function lib(name) {
   checkName(name)
   if (!(name in libs)) {
