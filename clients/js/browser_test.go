@@ -21,13 +21,14 @@ import (
 )
 
 // vector is a snapshot and the deltas that followed it, as the tree core
-// made them, and the snapshot at the end: mote.js's merge must turn the
-// first and the deltas into the last.
+// made them in one codec, and the snapshot at the end: mote.js's decoder
+// and merge must turn the first and the deltas into the last. The payloads
+// travel to the page as base64.
 type vector struct {
 	Filter   string   `json:"filter"`
-	Snapshot string   `json:"snapshot"`
-	Deltas   []string `json:"deltas"`
-	Final    string   `json:"final"`
+	Snapshot []byte   `json:"snapshot"`
+	Deltas   [][]byte `json:"deltas"`
+	Final    []byte   `json:"final"`
 }
 
 var (
@@ -36,19 +37,19 @@ var (
 	vecFilter = []string{"#", "+", "a/#", "a/+", "+/+", "a/+/#", "+/b/#", "a/b", "a/+/c", "+/#", "a/+/+/+"}
 )
 
-func mergeVectors(t *testing.T) []vector {
+func mergeVectors(t *testing.T, codec wire.Codec) []vector {
 	var out []vector
 	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 11))
 		tr := tree.New()
 		vs := map[*tree.Sub]*vector{}
 		for i, f := range vecFilter {
-			s := &tree.Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/" + f, Filter: f, Codec: wire.CodecJSON}
+			s := &tree.Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/" + f, Filter: f, Codec: codec}
 			snap, err := tr.Subscribe(s)
 			if err != nil {
 				t.Fatal(err)
 			}
-			vs[s] = &vector{Filter: f, Snapshot: string(snap), Deltas: []string{}}
+			vs[s] = &vector{Filter: f, Snapshot: snap, Deltas: [][]byte{}}
 		}
 		for range 20 {
 			var ops []tree.Op
@@ -69,12 +70,12 @@ func mergeVectors(t *testing.T) []vector {
 			}
 			for _, d := range tr.Apply(ops).Deltas {
 				for _, s := range d.Subs {
-					vs[s].Deltas = append(vs[s].Deltas, string(d.Payload))
+					vs[s].Deltas = append(vs[s].Deltas, d.Payload)
 				}
 			}
 		}
 		for s, v := range vs {
-			v.Final = string(tr.Snapshot(s.Filter, wire.CodecJSON, nil))
+			v.Final = tr.Snapshot(s.Filter, codec, nil)
 			out = append(out, *v)
 		}
 	}
@@ -297,7 +298,7 @@ func TestBrowser(t *testing.T) {
 		}
 	}
 
-	vectors := mergeVectors(t)
+	vectors := mergeVectors(t, wire.CodecJSON)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/vectors", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(vectors)
