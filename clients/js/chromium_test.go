@@ -26,8 +26,8 @@ func chromium(t *testing.T) string {
 // package beside it and the handlers of mux, opens /?query in headless
 // Chromium and returns what the page POSTs to /result, with Chromium's
 // output. It skips if Chromium cannot start here, and fails when ctx ends
-// first or Chromium exits before the page reports.
-func runPage(t *testing.T, ctx context.Context, mux *http.ServeMux, page, query string) (body []byte, logs string) {
+// first or Chromium exits before the page reports. flags go to Chromium.
+func runPage(t *testing.T, ctx context.Context, mux *http.ServeMux, page, query string, flags ...string) (body []byte, logs string) {
 	t.Helper()
 	bin := chromium(t)
 	results := make(chan []byte, 1)
@@ -53,10 +53,10 @@ func runPage(t *testing.T, ctx context.Context, mux *http.ServeMux, page, query 
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 
-	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-dev-shm-usage", "--enable-logging=stderr", "--user-data-dir="+t.TempDir(),
-		srv.URL+"/?"+query)
+		"--disable-dev-shm-usage", "--enable-logging=stderr", "--user-data-dir=" + t.TempDir()}, flags...)
+	cmd := exec.CommandContext(ctx, bin, append(args, srv.URL+"/?"+query)...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
