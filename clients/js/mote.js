@@ -457,6 +457,9 @@ export class Mirror {
     this.parts = null
     if (!codecLoaded(this.codec)) {
       await loadCodec(this.codec) // JSON's SUBSCRIBE leaves at once, as it always did
+      if (this.closed) {
+        return // closed while the codec loaded
+      }
     }
     const topics = { [this.topic]: { qos: this.qos, nl: false, rap: false, rh: 0 }, resubscribe: true }
     const options = this.v5 ? { qos: this.qos, properties: this.subscribeProperties } : { qos: this.qos }
