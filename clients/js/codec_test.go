@@ -33,8 +33,15 @@ type codecResult struct {
 		Raw      []int  `json:"raw"`
 		Hist     any    `json:"hist"`
 		Refused  string `json:"refused"`
-		Errors   int    `json:"errors"`
-		Resyncs  int    `json:"resyncs"`
+		Resume   *struct {
+			Rev0    string `json:"rev0"`
+			Rev1    string `json:"rev1"`
+			Resumes int    `json:"resumes"`
+			H       any    `json:"h"`
+			G       any    `json:"g"`
+		} `json:"resume"`
+		Errors  int `json:"errors"`
+		Resyncs int `json:"resyncs"`
 	} `json:"runs"`
 	Hostile []struct {
 		Codec string  `json:"codec"`
@@ -196,6 +203,10 @@ func TestBrowserCodecs(t *testing.T) {
 				t.Errorf("%s: history of a: %v, want [[t, 21.5]]", name, pairs)
 			} else if _, ok := p[0].(float64); !ok {
 				t.Errorf("%s: history of a: t is %T, want a number", name, p[0])
+			}
+			if rs := r.Resume; rs == nil || rs.Rev0 == "" || rs.Rev1 == "" || rs.Rev1 == rs.Rev0 || rs.Resumes != 1 ||
+				rs.H != 2.5 || !reflect.DeepEqual(rs.G, want["g"]) {
+				t.Errorf("%s: resume: %+v, want a resume delta after mote-since (rev moving on, g kept)", name, rs)
 			}
 			if !strings.Contains(r.Refused, "Payload format invalid") {
 				t.Errorf("%s: a tree the broker refuses resolved or said %q", name, r.Refused)
