@@ -33,6 +33,7 @@ type codecResult struct {
 		Raw      []int  `json:"raw"`
 		Hist     any    `json:"hist"`
 		Refused  string `json:"refused"`
+		Replaced any    `json:"replaced"`
 		Resume   *struct {
 			Rev0    string `json:"rev0"`
 			Rev1    string `json:"rev1"`
@@ -211,6 +212,9 @@ func TestBrowserCodecs(t *testing.T) {
 			if !strings.Contains(r.Refused, "Payload format invalid") {
 				t.Errorf("%s: a tree the broker refuses resolved or said %q", name, r.Refused)
 			}
+		}
+		if !reflect.DeepEqual(r.Replaced, doc(`{"only":1}`)) {
+			t.Errorf("%s: after a .replace tree publish %v", name, r.Replaced)
 		}
 		if r.Errors != 0 || r.Resyncs != 0 {
 			t.Errorf("%s: %d decode errors, %d resyncs", name, r.Errors, r.Resyncs)
