@@ -66,6 +66,14 @@ type codecResult struct {
 		UnknownCodec   string   `json:"unknownCodec"`
 		DepthOptionErr string   `json:"depthOptionErr"`
 	} `json:"mirror"`
+	Fuzz []struct {
+		Codec    string   `json:"codec"`
+		Runs     int      `json:"runs"`
+		Decoded  int      `json:"decoded"`
+		Refused  int      `json:"refused"`
+		Other    []string `json:"other"`
+		NotPlain []string `json:"notPlain"`
+	} `json:"fuzz"`
 	Error string `json:"error"`
 }
 
@@ -227,6 +235,15 @@ func TestBrowserCodecs(t *testing.T) {
 	for _, h := range res.Hostile {
 		if h.Type != "DecodeError" || !strings.HasPrefix(h.Error, "mote: "+h.Codec+": ") || h.Want == "" || !strings.Contains(h.Error, h.Want) {
 			t.Errorf("%s %s: decodeTree gave %s %q, want a DecodeError saying %q", h.Codec, h.Name, h.Type, h.Error, h.Want)
+		}
+	}
+	if len(res.Fuzz) != 3 {
+		t.Errorf("fuzz: %+v", res.Fuzz)
+	}
+	for _, f := range res.Fuzz {
+		if f.Decoded+f.Refused != f.Runs || f.Decoded == 0 || f.Refused == 0 {
+			t.Errorf("fuzz %s: of %d mutated payloads %d decoded, %d refused with a DecodeError; thrown otherwise: %q; not plain values: %q",
+				f.Codec, f.Runs, f.Decoded, f.Refused, f.Other, f.NotPlain)
 		}
 	}
 	for _, c := range []string{"json", "cbor", "msgpack"} {
