@@ -18,8 +18,8 @@
 // decode, with its own size limits set to the payload's length as well. So
 // a hostile payload costs one pass over its bytes and an error, never an
 // allocation sized by what it declares, a deep recursion, or a CBOR tag
-// handler (cbor-x would build Dates, Sets, class instances and records from
-// tags).
+// handler (cbor-x would build Dates, Sets, Maps, typed arrays, Errors,
+// RegExps and records from tags).
 //
 // Values: objects, arrays, strings, booleans, null, numbers (integers and
 // floats alike: beyond 2^53 an integer is rounded to the nearest double,
