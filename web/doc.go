@@ -5,7 +5,8 @@
 // user's own clients and the broker's figures.
 //
 // There is no build step: index.html, app.js and style.css (static/) are
-// served as they are, embedded in the binary, with mote.js and MQTT.js
+// served as they are, embedded in the binary, with mote.js (and its codecs,
+// codecs.js, cbor-x.esm.js and msgpack.esm.js) and MQTT.js
 // from package clients/js (one copy of each). The page speaks MQTT over
 // WebSocket to the broker with the user's MQTT username and password, on
 // its own origin: Config.MQTT (Broker.WSHandler) is served at /mqtt, so

@@ -87,6 +87,9 @@ func Handler(cfg Config) http.Handler {
 	}
 	h.files["mote.js"] = newFile("text/javascript; charset=utf-8", []byte(js.MoteJS))
 	h.files["mqtt.esm.js"] = newFile("text/javascript; charset=utf-8", []byte(js.MQTTJS))
+	h.files["codecs.js"] = newFile("text/javascript; charset=utf-8", []byte(js.CodecsJS))
+	h.files["cbor-x.esm.js"] = newFile("text/javascript; charset=utf-8", []byte(js.CBORXJS))
+	h.files["msgpack.esm.js"] = newFile("text/javascript; charset=utf-8", []byte(js.MsgPackJS))
 	h.files[""] = h.files["index.html"]
 	return h
 }

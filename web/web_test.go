@@ -57,6 +57,9 @@ func TestHandler(t *testing.T) {
 		{"/style.css", "text/css; charset=utf-8", `--row-h`},
 		{"/mote.js", "text/javascript; charset=utf-8", js.MoteJS},
 		{"/mqtt.esm.js", "text/javascript; charset=utf-8", js.MQTTJS},
+		{"/codecs.js", "text/javascript; charset=utf-8", js.CodecsJS},
+		{"/cbor-x.esm.js", "text/javascript; charset=utf-8", js.CBORXJS},
+		{"/msgpack.esm.js", "text/javascript; charset=utf-8", js.MsgPackJS},
 	} {
 		for _, enc := range []string{"", "gzip, deflate, br"} {
 			r := get(http.MethodGet, c.path, "Accept-Encoding", enc)
