@@ -53,6 +53,7 @@ type Broker struct {
 
 	tcp, tls *tcpListener
 	orig     *tcpListener // the original dialect's (SPEC §7), if configured
+	origWS   *wsListener  // the same over WebSocket, if configured
 	ws, wss  *wsListener
 
 	rawMu     sync.Mutex            // guards raw and rawClosed
@@ -211,7 +212,7 @@ func (b *Broker) Start() error {
 			ev = ev.Str(l.id, l.Address())
 		}
 	}
-	for _, l := range []*wsListener{b.ws, b.wss} {
+	for _, l := range []*wsListener{b.ws, b.wss, b.origWS} {
 		if l != nil {
 			ev = ev.Str(l.id, l.Address()+b.opts.WSPath)
 		}
@@ -266,6 +267,13 @@ func (b *Broker) listen() error {
 			return err
 		}
 	}
+	if b.opts.OriginalWS != "" {
+		b.origWS = mkWS(originalWSListener, b.opts.OriginalWS, false)
+		b.origWS.path = originalWSPath
+		if err := b.server.AddListener(b.origWS); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -284,6 +292,15 @@ func (b *Broker) OriginalAddr() string {
 		return ""
 	}
 	return b.orig.Address()
+}
+
+// OriginalWSAddr is the address of the original dialect's WebSocket
+// listener (path /mote/; "" when none or not started).
+func (b *Broker) OriginalWSAddr() string {
+	if b.origWS == nil || b.origWS.ln == nil {
+		return ""
+	}
+	return b.origWS.Address()
 }
 
 // WSAddr is the WebSocket listener's address, without the path.
@@ -319,7 +336,7 @@ func (b *Broker) closeListeners() {
 			l.Close(func(string) {})
 		}
 	}
-	for _, l := range []*wsListener{b.ws, b.wss} {
+	for _, l := range []*wsListener{b.ws, b.wss, b.origWS} {
 		if l != nil && l.ln != nil {
 			l.Close(nil)
 		}
@@ -451,7 +468,7 @@ func (b *Broker) localOnly() {
 	if b.opts.Users != nil || b.opts.AllowAnonymous {
 		return
 	}
-	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS, &b.opts.Original} {
+	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS, &b.opts.Original, &b.opts.OriginalWS} {
 		if *addr != "off" && *addr != "" {
 			*addr = LoopbackAddr(*addr)
 		}

@@ -96,7 +96,8 @@
 //
 // # The original dialect
 //
-// Options.Original adds a TCP listener for the original Mote broker's
+// Options.Original adds a TCP listener (Options.OriginalWS a WebSocket one,
+// at /mote/, as mote-native connects) for the original Mote broker's
 // clients (SPEC §7, original.go). Its connections are marked twice: the
 // netConn, which reads mote-native's CONNECT (protocol "mote", level 0)
 // as MQTT 3.1.1, and the Principal (mqttPrincipal, from mochi's listener

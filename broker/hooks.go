@@ -38,7 +38,7 @@ func (h *hook) Provides(b byte) bool {
 
 // mqttPrincipal is who an MQTT client acts as.
 func mqttPrincipal(cl *mqtt.Client) Principal {
-	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: cl.Net.Listener == originalListener}
+	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: isOriginal(cl.Net.Listener)}
 }
 
 func (h *hook) conn(cl *mqtt.Client) *conn {
@@ -74,6 +74,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if !b.access.authenticate(p.User, pk.Connect.Password, pk.Connect.UsernameFlag) {
 		b.countRefusal(refusedBadCredentials)
 		return refuse(packets.ErrBadUsernameOrPassword, "authentication failed")
+	}
+	if p.original {
+		cl.State.Keepalive = originalKeepalive(cl)
 	}
 	if max := b.opts.MaxKeepAlive; max > 0 {
 		switch {

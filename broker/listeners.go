@@ -28,7 +28,7 @@ import (
 // netConn first.
 func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
 	nc := b.wrap(c)
-	nc.original = id == originalListener
+	nc.original = isOriginal(id)
 	if !b.handshakes.begin(nc.host) {
 		b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
 		c.Close()

@@ -49,6 +49,10 @@ type Options struct {
 	// Mote broker's dialect (SPEC §7, original.go; the original's port was
 	// 1993); "" for none. No other listener ever speaks it.
 	Original string
+	// OriginalWS is the address of a WebSocket listener (path /mote/, as
+	// the original's app, mote-native, connects) that speaks the same
+	// dialect; "" for none.
+	OriginalWS string
 	// TLSConfig serves TLS and WSS; required when either is set. Each
 	// handshake reads the current one: Broker.Reload replaces it.
 	TLSConfig *tls.Config
@@ -228,7 +232,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: max topic length %d: want 1 to %d", o.MaxTopicLen, MaxTopicLenLimit)
 	case o.MaxTopicLevels < 1:
 		return o, fmt.Errorf("broker: max topic levels must be positive")
-	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "" && o.Original == "":
+	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "" && o.Original == "" && o.OriginalWS == "":
 		return o, fmt.Errorf("broker: every listener is off")
 	case (o.TLS != "" || o.WSS != "") && o.TLSConfig == nil:
 		return o, fmt.Errorf("broker: TLS listeners need a certificate and key")

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"strings"
 
 	"github.com/mote-mqtt/mote/tree"
@@ -40,8 +41,28 @@ import (
 // Principal.original marks a client of that listener (mqttPrincipal):
 // its publishes, wills included, are read in the dialect (prepareOriginal).
 
-// originalListener is the original dialect's listener id.
-const originalListener = "original"
+// originalListener and originalWSListener are the original dialect's
+// listener ids (TCP, and WebSocket at originalWSPath).
+const (
+	originalListener   = "original"
+	originalWSListener = "original-ws"
+	originalWSPath     = "/mote/"
+)
+
+// isOriginal says whether listener id speaks the original dialect.
+func isOriginal(id string) bool { return id == originalListener || id == originalWSListener }
+
+// originalKeepalive is the keep-alive, in seconds, of a client of the
+// dialect: mote-native names protocol "mote" and sends its keep-alive in
+// milliseconds (20000, and it pings every 20.5 s), which as seconds would
+// leave a dead connection open for 8 hours and trip max_keepalive; a
+// CONNECT naming MQTT keeps MQTT's seconds.
+func originalKeepalive(cl *mqtt.Client) uint16 {
+	if nc, ok := cl.Net.Conn.(*netConn); ok && nc.moteName {
+		return uint16((int(cl.State.Keepalive) + 999) / 1000)
+	}
+	return cl.State.Keepalive
+}
 
 // originalOption marks the internal filter of a dialect subscription
 // ("$sync.prop.original/F", filters.go): no client can send it.

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/gorilla/websocket"
+
+	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // The original dialect (SPEC §7, original.go) tested with a raw-socket
@@ -24,7 +27,7 @@ import (
 // startOriginal runs a broker with an original-dialect listener.
 func startOriginal(t testing.TB, opts Options) *Broker {
 	t.Helper()
-	opts.Original = "127.0.0.1:0"
+	opts.Original, opts.OriginalWS = "127.0.0.1:0", "127.0.0.1:0"
 	return start(t, opts)
 }
 
@@ -75,6 +78,42 @@ func dialOriginal(t *testing.T, b *Broker) *origClient {
 	nc.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // a hang fails the read
 	t.Cleanup(func() { nc.Close() })
 	return &origClient{t: t, nc: nc}
+}
+
+// dialOriginalWS connects as mote-native does: WebSocket at /mote/,
+// subprotocol mqtt, each packet a binary message.
+func dialOriginalWS(t *testing.T, b *Broker) *origClient {
+	t.Helper()
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: testTimeout}
+	ws, _, err := d.Dial("ws://"+b.OriginalWSAddr()+"/mote/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := wsstream.New(ws, true)
+	nc.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // a hang fails the read
+	t.Cleanup(func() { nc.Close() })
+	return &origClient{t: t, nc: nc}
+}
+
+// TestOriginalKeepalive: mote-native's keep-alive of 20000 means
+// milliseconds (it pings every 20.5 s): taken as 20 s, under a
+// max_keepalive it would exceed as seconds; an MQTT CONNECT on the same
+// listener keeps seconds.
+func TestOriginalKeepalive(t *testing.T) {
+	b := startOriginal(t, Options{MaxKeepAlive: 600})
+	c := dialOriginal(t, b)
+	c.mustConnect("native-ka")
+	if cl, ok := b.server.Clients.Get("native-ka"); !ok || cl.State.Keepalive != 20 {
+		t.Fatalf("keep-alive %v (%v), want 20 s", cl.State.Keepalive, ok)
+	}
+	m := dialOriginal(t, b)
+	m.send(0x10, str("MQTT"), []byte{4, 0x02}, binary.BigEndian.AppendUint16(nil, 300), str("mqtt-ka"))
+	if p := m.read(); p.head != 0x20 || p.body[1] != 0 {
+		t.Fatalf("CONNACK % x % x", p.head, p.body)
+	}
+	if cl, ok := b.server.Clients.Get("mqtt-ka"); !ok || cl.State.Keepalive != 300 {
+		t.Fatalf("MQTT keep-alive %v (%v), want 300 s", cl.State.Keepalive, ok)
+	}
 }
 
 func str(s string) []byte { return append(binary.BigEndian.AppendUint16(nil, uint16(len(s))), s...) }
@@ -270,7 +309,14 @@ func wantTree(t *testing.T, got map[string]any, want string) {
 // TestOriginalDialectFlows runs the flows of mote-native against the
 // dialect listener, with a native MQTT client on the ordinary listener
 // writing and reading the same rows.
+// TestOriginalDialectFlows runs mote-native's flows over TCP and over
+// WebSocket at /mote/, as the app itself connects (subprotocol mqtt).
 func TestOriginalDialectFlows(t *testing.T) {
+	t.Run("tcp", func(t *testing.T) { testOriginalDialectFlows(t, dialOriginal) })
+	t.Run("ws", func(t *testing.T) { testOriginalDialectFlows(t, dialOriginalWS) })
+}
+
+func testOriginalDialectFlows(t *testing.T, dial func(*testing.T, *Broker) *origClient) {
 	b := startOriginal(t, Options{})
 	native := dial3(t, b, "native", true)
 	for topic, v := range map[string]string{"light/bedroom/is_on": "1", "light/livingroom/is_on": "0", "light/bedroom/color": "#FFFFFF"} {
@@ -281,7 +327,7 @@ func TestOriginalDialectFlows(t *testing.T) {
 		t.Fatalf("native snapshot %s", m.payload)
 	}
 
-	c := dialOriginal(t, b)
+	c := dial(t, b)
 	c.mustConnect("native-1700000000000")
 
 	// addSubscription: "/F", answered on F with the snapshot, string leaves.

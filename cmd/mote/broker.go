@@ -34,6 +34,8 @@ type config struct {
 		HTTP   string `yaml:"http"` // the HTTP API and web view (SPEC §10)
 		// Original speaks the original Mote broker's dialect (SPEC §7).
 		Original string `yaml:"original"`
+		// OriginalWS is the same over WebSocket, path /mote/ (mote-native).
+		OriginalWS string `yaml:"original_ws"`
 	} `yaml:"listeners"`
 	Cert     string `yaml:"cert"`
 	Key      string `yaml:"key"`
@@ -142,6 +144,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	tlsAddr := fs.String("tls", "", "MQTT over TLS listener address (e.g. :8883); needs --cert and --key")
 	wssAddr := fs.String("wss", "", "WebSocket over TLS listener address; needs --cert and --key")
 	origAddr := fs.String("original", "", "TCP listener speaking the original Mote broker's dialect (e.g. :1993; docs/protocol.md); default none")
+	origWSAddr := fs.String("original-ws", "", "WebSocket listener (path /mote/) speaking the original Mote broker's dialect, as its app mote-native connects (e.g. :53535); default none")
 	certFile := fs.String("cert", "", "TLS certificate (PEM)")
 	keyFile := fs.String("key", "", "TLS private key (PEM)")
 	pwFile := fs.String("password-file", "", "Mosquitto password file (see mote passwd)")
@@ -204,6 +207,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		TLS:            tlsL,
 		WSS:            wssL,
 		Original:       offNone(pick(*origAddr, cfg.Listeners.Original, "")),
+		OriginalWS:     offNone(pick(*origWSAddr, cfg.Listeners.OriginalWS, "")),
 		TLSConfig:      set.reload.TLSConfig,
 		MaxPacketSize:  cfg.MaxPacketSize,
 		MaxTopicLen:    cfg.MaxTopicLength,
