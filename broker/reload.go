@@ -8,6 +8,7 @@ import (
 
 	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 )
 
@@ -26,6 +27,10 @@ type Reload struct {
 	// History replaces Options.Retain.History (nil: no rules). Without a
 	// store it is checked, and otherwise unused as at start.
 	History []retain.HistoryRule
+	// Translators replaces Options.Translators (nil: none). Publishes
+	// that pass the door after Reload returns follow them; a publish
+	// already past it is translated by the rules it found there.
+	Translators *translate.Set
 	// TLSConfig, if not nil, replaces Options.TLSConfig for every TLS and
 	// WSS handshake from then on; nil keeps the current one.
 	TLSConfig *tls.Config
@@ -97,6 +102,7 @@ func (b *Broker) Reload(r Reload) error {
 	if r.TLSConfig != nil {
 		b.tlsConf.Store(r.TLSConfig)
 	}
+	b.trans.Store(r.Translators)
 	if b.ret != nil {
 		b.ret.SetHistory(r.History)
 	}
