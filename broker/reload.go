@@ -14,10 +14,8 @@ import (
 
 // Reload is the part of a running broker's configuration that changes
 // without a restart (Broker.Reload): who may connect, what they may read
-// and write, which rows keep history, and the TLS certificate. The rest of
-// Options needs a restart. Configuration that later becomes reloadable
-// (translators, SPEC §11) joins here, checked with the rest before
-// anything is swapped.
+// and write, which rows keep history, the translators (SPEC §11) and the
+// TLS certificate. The rest of Options needs a restart.
 type Reload struct {
 	// Users, ACL and AllowAnonymous replace Options' whole: nil Users is
 	// no password file, nil ACL allows everything.

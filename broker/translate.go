@@ -42,7 +42,7 @@ func translatedBy(p Principal) Principal {
 // translation makes the translated op of a prepared publish at the door,
 // or reports false. For a $set or .replace it leaves the set for the loop
 // in r (loopTrans).
-func (b *Broker) translation(p Principal, m Message, r *prepared) (tree.Op, bool) {
+func (b *Broker) translation(p Principal, m *Message, r *prepared) (tree.Op, bool) {
 	set := b.trans.Load()
 	if set == nil || p.system {
 		return tree.Op{}, false
@@ -72,13 +72,18 @@ func (b *Broker) translation(p Principal, m Message, r *prepared) (tree.Op, bool
 }
 
 // translateRow appends row's translation to out; a translated topic past
-// the topic limits is refused, reported to p, and left out.
+// the topic limits, or one of the broker's, is refused, reported to p,
+// and left out.
 func (b *Broker) translateRow(p Principal, set *translate.Set, out []tree.Row, row tree.Row) []tree.Row {
 	to, v, ok := set.Translate(row.Topic, row.Value)
 	if !ok {
 		return out
 	}
-	if err := b.opts.Limits.CheckTopic(to); err != nil {
+	err := b.opts.Limits.CheckTopic(to)
+	if err == nil && reserved(to) { // a filled first level: "+/b" from "a/$SYS/c"
+		err = wire.ErrReservedf("%.200q is the broker's", to)
+	}
+	if err != nil {
 		b.refuse(translatedBy(p), "publish", to, fmt.Errorf("%s, translating %.200q: %w", set.Rule(row.Topic), row.Topic, err))
 		return out
 	}

@@ -220,7 +220,7 @@ func TestTranslateReload(t *testing.T) {
 // refused and reported to the publisher; the original and the other rows
 // of its tree go through.
 func TestTranslateTopicTooLong(t *testing.T) {
-	set, err := translate.New([]translate.Rule{{From: "a/+", To: "a-much-longer-prefix/+/x"}})
+	set, err := translate.New([]translate.Rule{{From: "a/+", To: "a-much-longer-prefix/+/x"}, {From: "c/+/d", To: "+/e"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,9 +239,17 @@ func TestTranslateTopicTooLong(t *testing.T) {
 	if !strings.Contains(string(r.Payload), "translate[0]") || !strings.Contains(string(r.Payload), long) {
 		t.Errorf("report %s", r.Payload)
 	}
+	// A level a + fills first can make a broker topic: refused too.
+	if err := mc.Publish(ctx, "c/$SYS/d", []byte("1"), client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	r = reports.wait(t, 2)[1]
+	if !strings.Contains(string(r.Payload), "translate[1]") || !strings.Contains(string(r.Payload), "$SYS/e") {
+		t.Errorf("report %s", r.Payload)
+	}
 	settle(t, b)
 	got, _, _ := b.Tree(ctx, Principal{ClientID: "t"}, "#", wire.CodecJSON)
-	want := `{"a":{"b":1,"` + long + `":2},"a-much-longer-prefix":{"b":{"x":1}}}`
+	want := `{"a":{"b":1,"` + long + `":2},"a-much-longer-prefix":{"b":{"x":1}},"c":{"$SYS":{"d":1}}}`
 	if !jsonEqual(t, string(got), want) {
 		t.Errorf("rows %s, want %s", got, want)
 	}
