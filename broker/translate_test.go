@@ -220,7 +220,7 @@ func TestTranslateReload(t *testing.T) {
 // refused and reported to the publisher; the original and the other rows
 // of its tree go through.
 func TestTranslateTopicTooLong(t *testing.T) {
-	set, err := translate.New([]translate.Rule{{From: "a/+", To: "a-much-longer-prefix/+/x"}, {From: "c/+/d", To: "+/e"}})
+	set, err := translate.New([]translate.Rule{{From: "a/+", To: "a-much-longer-prefix/+/x"}, {From: "c/+/d", To: "+/e/f"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +244,7 @@ func TestTranslateTopicTooLong(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = reports.wait(t, 2)[1]
-	if !strings.Contains(string(r.Payload), "translate[1]") || !strings.Contains(string(r.Payload), "$SYS/e") {
+	if !strings.Contains(string(r.Payload), "translate[1]") || !strings.Contains(string(r.Payload), "$SYS/e/f") {
 		t.Errorf("report %s", r.Payload)
 	}
 	settle(t, b)
