@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
@@ -80,8 +81,12 @@ func (b *Broker) translateRow(p Principal, set *translate.Set, out []tree.Row, r
 		return out
 	}
 	err := b.opts.Limits.CheckTopic(to)
-	if err == nil && reserved(to) { // a filled first level: "+/b" from "a/$SYS/c"
+	switch {
+	case err != nil:
+	case reserved(to): // a filled first level: "+/b" from "a/$SYS/c"
 		err = wire.ErrReservedf("%.200q is the broker's", to)
+	case strings.HasPrefix(to, "$") && !strings.HasPrefix(row.Topic, "$"):
+		err = wire.ErrReservedf("%.200q: a level starting with $ cannot become the first", to)
 	}
 	if err != nil {
 		b.refuse(translatedBy(p), "publish", to, fmt.Errorf("%s, translating %.200q: %w", set.Rule(row.Topic), row.Topic, err))

@@ -247,9 +247,16 @@ func TestTranslateTopicTooLong(t *testing.T) {
 	if !strings.Contains(string(r.Payload), "translate[1]") || !strings.Contains(string(r.Payload), "$SYS/e/f") {
 		t.Errorf("report %s", r.Payload)
 	}
+	if err := mc.Publish(ctx, "c/$x/d", []byte("1"), client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	r = reports.wait(t, 3)[2]
+	if !strings.Contains(string(r.Payload), "translate[1]") || !strings.Contains(string(r.Payload), "cannot become the first") {
+		t.Errorf("report %s", r.Payload)
+	}
 	settle(t, b)
 	got, _, _ := b.Tree(ctx, Principal{ClientID: "t"}, "#", wire.CodecJSON)
-	want := `{"a":{"b":1,"` + long + `":2},"a-much-longer-prefix":{"b":{"x":1}},"c":{"$SYS":{"d":1}}}`
+	want := `{"a":{"b":1,"` + long + `":2},"a-much-longer-prefix":{"b":{"x":1}},"c":{"$SYS":{"d":1},"$x":{"d":1}}}`
 	if !jsonEqual(t, string(got), want) {
 		t.Errorf("rows %s, want %s", got, want)
 	}
