@@ -39,7 +39,9 @@ func hundredRules(b testing.TB) *translate.Set {
 // and, for scale, with a rule matching every publish (match: each is
 // translated and delivered twice). Events (delivered by the publisher)
 // and retained rows (applied by the loop). ns/op is one publish until
-// the subscriber has it; run with -count to alternate the variants.
+// the subscriber has it; cpu-ns/op the CPU time the process (broker,
+// publishers, subscriber) spent on it, steadier than wall time on a
+// shared machine. Run with -count to alternate the variants.
 func BenchmarkTranslateFanIn(b *testing.B) {
 	type variant struct {
 		name   string
@@ -81,6 +83,7 @@ func BenchmarkTranslateFanIn(b *testing.B) {
 				var seq atomic.Int64
 				b.ReportAllocs()
 				b.ResetTimer()
+				cpu := processCPU()
 				b.RunParallel(func(pb *testing.PB) {
 					p := Principal{ClientID: "pub" + strconv.FormatInt(seq.Add(1), 10)}
 					i := 0
@@ -101,6 +104,7 @@ func BenchmarkTranslateFanIn(b *testing.B) {
 					b.Fatal("not delivered within a minute")
 				}
 				b.StopTimer()
+				b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
 				b.ReportMetric(float64(got.Load())/float64(b.N), "deliveries/op")
 			})
 		}
