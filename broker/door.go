@@ -77,10 +77,7 @@ func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitM
 		}
 		b.meter.in[k].Add(1)
 	}
-	tr, ok := b.translation(p, &m, &r) // SPEC §11 (translate.go)
-	if ok {
-		r.trans = &tr
-	}
+	r.trans = b.translation(p, &m, &r) // SPEC §11 (translate.go)
 	return b.dispatch(ctx, p, m, r, wait)
 }
 

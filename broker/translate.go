@@ -41,35 +41,35 @@ func translatedBy(p Principal) Principal {
 }
 
 // translation makes the translated op of a prepared publish at the door,
-// or reports false. For a $set or .replace it leaves the set for the loop
-// in r (loopTrans).
-func (b *Broker) translation(p Principal, m *Message, r *prepared) (tree.Op, bool) {
+// or returns nil (allocating nothing: every publish asks). For a $set or
+// .replace it leaves the set for the loop in r (loopTrans).
+func (b *Broker) translation(p Principal, m *Message, r *prepared) *tree.Op {
 	set := b.trans.Load()
 	if set == nil || p.system {
-		return tree.Op{}, false
+		return nil
 	}
+	var out []tree.Row
 	if r.mote {
 		if r.op.SetFilter != "" || r.op.Replace != "" {
 			r.loopTrans = set
-			return tree.Op{}, false
+			return nil
 		}
-		var out []tree.Row
 		for _, row := range r.op.Rows {
 			if set.Match(row.Topic) {
 				out = b.translateRow(p, set, out, row)
 			}
 		}
-		return tree.Op{Rows: dedupe(out), QoS: m.QoS}, len(out) > 0
+	} else if set.Match(m.Topic) {
+		row := tree.Row{Topic: m.Topic, Value: b.parser.TypePlain(m.Payload), Retain: m.Retain}
+		if m.Retain && len(m.Payload) == 0 {
+			row.Value = wire.Value{} // a deletion
+		}
+		out = b.translateRow(p, set, nil, row)
 	}
-	if !set.Match(m.Topic) {
-		return tree.Op{}, false
+	if len(out) == 0 {
+		return nil
 	}
-	row := tree.Row{Topic: m.Topic, Value: b.parser.TypePlain(m.Payload), Retain: m.Retain}
-	if m.Retain && len(m.Payload) == 0 {
-		row.Value = wire.Value{} // a deletion
-	}
-	out := b.translateRow(p, set, nil, row)
-	return tree.Op{Rows: out, QoS: m.QoS}, len(out) > 0
+	return &tree.Op{Rows: dedupe(out), QoS: m.QoS}
 }
 
 // translateRow appends row's translation to out; a translated topic past
