@@ -2,10 +2,12 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
@@ -267,4 +269,39 @@ func (in *inbox[T]) reset() {
 	in.mu.Lock()
 	in.msgs = nil
 	in.mu.Unlock()
+}
+
+// TestTranslateHistory: translated rows keep history under their own
+// rules (SPEC §9), as any rows do.
+func TestTranslateHistory(t *testing.T) {
+	store, err := retain.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Store: store, Translators: zigbee(t)})
+	if err := b.Reload(Reload{Translators: zigbee(t), History: []retain.HistoryRule{{Filter: "home/#", Keep: 10}}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	c := mote(t, b, "c")
+	for _, v := range []string{"ON", "OFF", "ON"} {
+		if err := c.Publish(ctx, "zigbee2mqtt/lamp/state", []byte(v), client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := c.History(ctx, "home/#", client.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := h.Rows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range rows["home/lamp/on"] {
+		got = append(got, fmt.Sprint(p.Value))
+	}
+	if strings.Join(got, " ") != "true false true" {
+		t.Errorf("history of home/lamp/on: %v (rows %v)", got, rows)
+	}
 }
