@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	paho5 "github.com/eclipse/paho.golang/paho"
 
 	"github.com/mote-mqtt/mote/clients/client"
 	"github.com/mote-mqtt/mote/retain"
@@ -303,5 +306,40 @@ func TestTranslateHistory(t *testing.T) {
 	}
 	if strings.Join(got, " ") != "true false true" {
 		t.Errorf("history of home/lamp/on: %v (rows %v)", got, rows)
+	}
+}
+
+// TestTranslateMQTT5: a translation carries none of the original's MQTT 5
+// properties (its payload may differ), and reaches a No Local subscriber
+// that published the original: it is the broker's publish.
+func TestTranslateMQTT5(t *testing.T) {
+	b := start(t, Options{Translators: zigbee(t)})
+	got := make(chan *paho5.Publish, 10)
+	c := dial5(t, b, "app5", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
+	}}, nil)
+	ctx := testCtx(t)
+	if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "home/#", QoS: 1, NoLocal: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	props := &paho5.PublishProperties{ContentType: "text/plain", User: paho5.UserProperties{{Key: "k", Value: "v"}}}
+	if _, err := c.Publish(ctx, &paho5.Publish{Topic: "zigbee2mqtt/lamp/state", QoS: 1, Payload: []byte("ON"), Properties: props}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Publish(ctx, &paho5.Publish{Topic: "home/own", QoS: 1, Payload: []byte("x")}); err != nil {
+		t.Fatal(err) // No Local: not delivered back
+	}
+	if _, err := c.Publish(ctx, &paho5.Publish{Topic: "zigbee2mqtt/hall/state", QoS: 1, Payload: []byte("OFF")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"home/lamp/on=true", "home/hall/on=false"} {
+		select {
+		case p := <-got:
+			if p.Topic+"="+string(p.Payload) != want || p.Properties.ContentType != "" || len(p.Properties.User) != 0 {
+				t.Errorf("got %s=%s %+v, want %s without properties", p.Topic, p.Payload, p.Properties, want)
+			}
+		case <-time.After(testTimeout):
+			t.Fatalf("no %s", want)
+		}
 	}
 }
