@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -113,29 +114,44 @@ func New(rules []Rule) (*Set, error) {
 		}
 		errs = append(errs, fmt.Errorf("%w: %s and %s: %s", ErrRule, rules[k[0]].name(k[0]), rules[k[1]].name(k[1]), fmt.Sprintf(format, args...)))
 	}
+	// Each direction asks an index of all sources which could match a
+	// topic its source (ambiguous) or its target (a loop) matches: no
+	// comparison of every pair.
+	var idx vnode
+	for i, d := range s.dirs {
+		idx.insert(d.src, i)
+	}
+	var hits []int
 	for i, a := range s.dirs {
-		for _, b := range s.dirs[i+1:] {
-			if w, ok := Overlap(a.src, b.src); ok {
-				if a.rule == b.rule {
-					pair(a, b, "two_way, and from and to could match the same topic (%s): which way would it go?", w)
-				} else {
-					pair(a, b, "ambiguous: %q and %q could match the same topic (%s)", join(a.src), join(b.src), w)
-				}
+		hits = idx.collect(a.src, true, hits[:0])
+		slices.Sort(hits)
+		for _, j := range hits {
+			if j <= i {
+				continue // each pair once; a source overlaps itself
+			}
+			b := s.dirs[j]
+			w, _ := Overlap(a.src, b.src)
+			if a.rule == b.rule {
+				pair(a, b, "two_way, and from and to could match the same topic (%s): which way would it go?", w)
+			} else {
+				pair(a, b, "ambiguous: %q and %q could match the same topic (%s)", join(a.src), join(b.src), w)
 			}
 		}
 	}
 	for _, a := range s.dirs {
-		for _, b := range s.dirs {
+		hits = idx.collect(a.dst, true, hits[:0])
+		slices.Sort(hits)
+		for _, j := range hits {
+			b := s.dirs[j]
 			if a.rule == b.rule && (a != b || rules[a.rule].TwoWay) {
 				continue // a rule and its own inverse; a two-way rule's from/to overlap is reported above
 			}
-			if w, ok := Overlap(a.dst, b.src); ok {
-				if a == b {
-					pair(a, b, "could loop: to %q could match from %q (%s)", join(a.dst), join(b.src), w)
-				} else {
-					pair(a, b, "could loop: %q (translated to by %s) could match %q (translated from by %s) (%s)",
-						join(a.dst), rules[a.rule].name(a.rule), join(b.src), rules[b.rule].name(b.rule), w)
-				}
+			w, _ := Overlap(a.dst, b.src)
+			if a == b {
+				pair(a, b, "could loop: to %q could match from %q (%s)", join(a.dst), join(b.src), w)
+			} else {
+				pair(a, b, "could loop: %q (translated to by %s) could match %q (translated from by %s) (%s)",
+					join(a.dst), rules[a.rule].name(a.rule), join(b.src), rules[b.rule].name(b.rule), w)
 			}
 		}
 	}
@@ -446,41 +462,52 @@ func (s *Set) Describe() []string {
 // Overlap reports whether two filters, as level lists, could match the
 // same topic, and one such topic (for messages).
 func Overlap(a, b []string) (string, bool) {
+	if !overlaps(a, b) {
+		return "", false
+	}
 	var out []string
 	for i := 0; ; i++ {
 		ai, bi := i < len(a), i < len(b)
 		switch {
 		case ai && a[i] == "#":
-			if i == 0 && bi && dollarLevel(b[i]) {
-				return "", false
-			}
 			return witness(out, b[min(i, len(b)):]), true
 		case bi && b[i] == "#":
-			if i == 0 && ai && dollarLevel(a[i]) {
-				return "", false
-			}
 			return witness(out, a[min(i, len(a)):]), true
 		case !ai || !bi:
-			if !ai && !bi {
-				return witness(out, nil), true
-			}
-			return "", false
+			return witness(out, nil), true
 		case a[i] == "+" && b[i] == "+":
 			out = append(out, "x")
 		case a[i] == "+":
-			if i == 0 && dollarLevel(b[i]) {
-				return "", false
-			}
 			out = append(out, b[i])
+		default:
+			out = append(out, a[i])
+		}
+	}
+}
+
+// overlaps is Overlap's answer without the example, allocating nothing
+// (New compares every pair of sources and targets).
+func overlaps(a, b []string) bool {
+	for i := 0; ; i++ {
+		ai, bi := i < len(a), i < len(b)
+		switch {
+		case ai && a[i] == "#":
+			return !(i == 0 && bi && dollarLevel(b[i]))
+		case bi && b[i] == "#":
+			return !(i == 0 && ai && dollarLevel(a[i]))
+		case !ai || !bi:
+			return !ai && !bi
+		case a[i] == "+" && b[i] == "+":
+		case a[i] == "+":
+			if i == 0 && dollarLevel(b[i]) {
+				return false
+			}
 		case b[i] == "+":
 			if i == 0 && dollarLevel(a[i]) {
-				return "", false
+				return false
 			}
-			out = append(out, a[i])
-		case a[i] == b[i]:
-			out = append(out, a[i])
-		default:
-			return "", false
+		case a[i] != b[i]:
+			return false
 		}
 	}
 }
@@ -504,4 +531,89 @@ func witness(prefix, rest []string) string {
 		return "x"
 	}
 	return join(out)
+}
+
+// vnode is a level of the index New checks overlaps with: several
+// sources may end at one node (those it refuses).
+type vnode struct {
+	lit  map[string]*vnode
+	plus *vnode
+	hash []int // directions whose source ends with # here
+	end  []int // directions whose source ends here
+}
+
+func (n *vnode) insert(levels []string, d int) {
+	for _, l := range levels {
+		switch l {
+		case "#":
+			n.hash = append(n.hash, d)
+			return
+		case "+":
+			if n.plus == nil {
+				n.plus = &vnode{}
+			}
+			n = n.plus
+		default:
+			if n.lit == nil {
+				n.lit = map[string]*vnode{}
+			}
+			c := n.lit[l]
+			if c == nil {
+				c = &vnode{}
+				n.lit[l] = c
+			}
+			n = c
+		}
+	}
+	n.end = append(n.end, d)
+}
+
+// collect appends the directions whose source could match a topic that
+// the filter f (its levels from this node on) matches. Each index node
+// is visited at most once, so each direction is appended at most once.
+func (n *vnode) collect(f []string, first bool, out []int) []int {
+	if len(f) == 0 {
+		return append(append(out, n.end...), n.hash...) // "a/#" matches "a"
+	}
+	l := f[0]
+	dollar := first && dollarLevel(l) // [MQTT-4.7.2-1]
+	if !dollar {
+		out = append(out, n.hash...)
+	}
+	switch l {
+	case "#":
+		return n.below(out, first)
+	case "+":
+		for k, c := range n.lit {
+			if !(first && dollarLevel(k)) {
+				out = c.collect(f[1:], false, out)
+			}
+		}
+	default:
+		if c := n.lit[l]; c != nil {
+			out = c.collect(f[1:], false, out)
+		}
+		if dollar {
+			return out
+		}
+	}
+	if n.plus != nil {
+		out = n.plus.collect(f[1:], false, out)
+	}
+	return out
+}
+
+// below appends every source that ends at this node or under it, but
+// this node's own # sources (collect has them).
+func (n *vnode) below(out []int, first bool) []int {
+	out = append(out, n.end...)
+	for k, c := range n.lit {
+		if !(first && dollarLevel(k)) {
+			out = c.below(append(out, c.hash...), false)
+		}
+	}
+	if n.plus != nil {
+		out = n.plus.below(append(out, n.plus.hash...), false)
+	}
+	return out
 }

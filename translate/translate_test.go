@@ -3,6 +3,7 @@ package translate
 import (
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -186,12 +187,55 @@ func TestOverlapReference(t *testing.T) {
 				break
 			}
 		}
+		if got := overlaps(strings.Split(a, "/"), strings.Split(b, "/")); got != want {
+			t.Fatalf("overlaps(%q, %q) = %v, want %v", a, b, got, want)
+		}
 		w, got := Overlap(strings.Split(a, "/"), strings.Split(b, "/"))
 		if got != want {
 			t.Fatalf("Overlap(%q, %q) = %v, want %v", a, b, got, want)
 		}
 		if got && !(wire.Match(a, w) && wire.Match(b, w)) {
 			t.Fatalf("Overlap(%q, %q) example %q matches not both", a, b, w)
+		}
+	}
+}
+
+// TestIndexOverlaps: the index New checks overlaps with finds exactly the
+// sources Overlap says a filter overlaps, each once.
+func TestIndexOverlaps(t *testing.T) {
+	levels := []string{"a", "b", "$x", "", "+", "#"}
+	r := rand.New(rand.NewPCG(3, 4))
+	filter := func() []string {
+		n := 1 + r.IntN(4)
+		out := make([]string, n)
+		for i := range out {
+			out[i] = levels[r.IntN(len(levels))]
+			if out[i] == "#" {
+				return out[:i+1]
+			}
+		}
+		return out
+	}
+	for range 300 {
+		var idx vnode
+		srcs := make([][]string, 1+r.IntN(20))
+		for i := range srcs {
+			srcs[i] = filter()
+			idx.insert(srcs[i], i)
+		}
+		for range 20 {
+			f := filter()
+			got := idx.collect(f, true, nil)
+			slices.Sort(got)
+			var want []int
+			for i, src := range srcs {
+				if _, ok := Overlap(f, src); ok {
+					want = append(want, i)
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("filter %q, sources %q: index %v, want %v", f, srcs, got, want)
+			}
 		}
 	}
 }
