@@ -80,7 +80,10 @@ func (b *Broker) translateRow(p Principal, set *translate.Set, out []tree.Row, r
 	if !ok {
 		return out
 	}
-	err := b.opts.Limits.CheckTopic(to)
+	err := wire.ValidateTopic(to)
+	if err == nil {
+		err = b.opts.Limits.CheckTopic(to)
+	}
 	switch {
 	case err != nil:
 	case reserved(to): // a filled first level: "+/b" from "a/$SYS/c"

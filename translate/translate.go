@@ -371,11 +371,7 @@ func (s *Set) Translate(topic string, v wire.Value) (to string, out wire.Value, 
 	if d == nil {
 		return "", v, false
 	}
-	to = d.fill(topic)
-	if to == "" {
-		return "", v, false
-	}
-	return to, d.mapValue(v), true
+	return d.fill(topic), d.mapValue(v), true // "" when to is "/#" and # matched nothing: the caller's topic check refuses it
 }
 
 // Rule names the rule that translates topic (for logs), or "".
