@@ -17,6 +17,7 @@ func FuzzTranslate(f *testing.F) {
 		{"a/+", "+/b/c", "a/$SYS"},
 		{"+/a", "b/+/c", "$x/a"},
 		{"a//+", "b/+//", "a///"},
+		{"z/#", "/#", "z"}, // fills the empty topic
 	} {
 		f.Add(s[0], s[1], s[2], "ON")
 	}
