@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 )
 
@@ -24,9 +25,10 @@ type Broker struct {
 	log       zerolog.Logger
 	server    *mqtt.Server
 	parser    *tree.Parser
-	access    accessRef                  // users and ACL: swapped whole by Reload
-	tlsConf   atomic.Pointer[tls.Config] // what TLS and WSS handshakes use: swapped by Reload
-	reloading sync.Mutex                 // one Reload at a time
+	access    accessRef                     // users and ACL: swapped whole by Reload
+	tlsConf   atomic.Pointer[tls.Config]    // what TLS and WSS handshakes use: swapped by Reload
+	reloading sync.Mutex                    // one Reload at a time
+	trans     atomic.Pointer[translate.Set] // translators (SPEC §11): swapped whole by Reload; nil for none
 	wills     wills
 	tree      *tree.Tree // owned by the loop goroutine
 	reqs      *requestQueue
@@ -125,6 +127,7 @@ func New(opts Options) (*Broker, error) {
 	}
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)
+	b.trans.Store(opts.Translators)
 	b.wills = wills{b: b, delayed: map[string]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{

@@ -13,7 +13,9 @@
 // $SYS and $mote prefixes, topic length and levels, the ACL (access.go; per
 // row for trees, SPEC §6), and decoded into a tree.Op on the caller's
 // goroutine. A plain event is then delivered at once; anything that
-// changes rows goes to the message loop. Subscriptions enter through the
+// changes rows goes to the message loop. A publish that matches a
+// translator (SPEC §11, translate.go) is translated there too, and its
+// translation handed in with it. Subscriptions enter through the
 // MQTT hooks or Session.Subscribe; Broker.Tree reads a tree; Broker.Sync
 // is a barrier.
 //
@@ -76,7 +78,7 @@
 //
 // Broker.Reload (reload.go) swaps, all or nothing, what can change without
 // a restart: the access rules (password file, ACL, anonymous access), the
-// history rules and the TLS configuration. The access rules are one
+// history rules, the translators and the TLS configuration. The access rules are one
 // immutable value behind an atomic pointer (accessRef): every decision
 // loads it once, with no lock on the hot path, so publishes, subscriptions,
 // wills as they fire, plain deliveries and retained replays follow the new
@@ -146,7 +148,7 @@
 //
 //	state                               owner
 //	tree.Tree, treeSub, props, pacer    the message loop (tree.Sub.Allow too: set at registration and by Reload)
-//	access rules, TLS configuration     Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
+//	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will, pending publish topic    the connection's read goroutine

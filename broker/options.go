@@ -9,6 +9,7 @@ import (
 
 	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 )
 
@@ -139,6 +140,9 @@ type Options struct {
 	// publishes, $set, snapshots and deltas (SPEC §6). Broker.Reload
 	// replaces Users, AllowAnonymous and ACL while clients stay connected.
 	ACL *auth.ACL
+	// Translators, if not nil, keep topic hierarchies in step (SPEC §11;
+	// translate.New validates them). Broker.Reload replaces them.
+	Translators *translate.Set
 
 	Log zerolog.Logger // all logs; default: discarded
 }

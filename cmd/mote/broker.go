@@ -80,6 +80,8 @@ type config struct {
 		Keep   *int          `yaml:"keep"`
 		MaxAge time.Duration `yaml:"max_age"`
 	} `yaml:"history"`
+	// Translate keeps topic hierarchies in step (SPEC §11; translate.go).
+	Translate []translateRule `yaml:"translate"`
 }
 
 // retainOptions are the retainer's options from the configuration; a bad
@@ -177,8 +179,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// The password file, the ACL file, the history rules and the TLS
-	// certificate are read here at start and again on SIGHUP (reload.go).
+	// The password file, the ACL file, the history rules, the translators
+	// and the TLS certificate are read here at start and again on SIGHUP (reload.go).
 	tlsL, wssL := pick(*tlsAddr, cfg.Listeners.TLS, ""), pick(*wssAddr, cfg.Listeners.WSS, "")
 	rf := reloadFlags{pwFile: *pwFile, aclFile: *aclFile, certFile: *certFile, keyFile: *keyFile, anon: *anon, tls: tlsL != "" || wssL != ""}
 	set, err := readSettings(cfg, *cfgPath, rf)
@@ -198,6 +200,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		Store:          store,
 		Users:          set.reload.Users,
 		ACL:            set.reload.ACL,
+		Translators:    set.reload.Translators,
 		AllowAnonymous: set.reload.AllowAnonymous,
 		SyncRetain:     *syncRetain || cfg.SyncRetain,
 		Retain:         retainOpts,
