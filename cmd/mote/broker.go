@@ -249,7 +249,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
-	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), opts.Users != nil, log)
+	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), log)
 	if err != nil {
 		b.Close() //nolint:errcheck // the listener's error says more
 		return err
@@ -278,7 +278,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 // serveHTTP starts the HTTP API and web view on addr ("off": none), bound
 // to loopback as the broker's listeners are when it serves loopback only.
 // served reports an error if it stops serving before Close.
-func serveHTTP(b *broker.Broker, addr string, login bool, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
+func serveHTTP(b *broker.Broker, addr string, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
 	served := make(chan error, 1)
 	if addr == "off" {
 		return nil, served, nil
@@ -286,7 +286,7 @@ func serveHTTP(b *broker.Broker, addr string, login bool, log zerolog.Logger) (*
 	api := httpapi.New(b, httpapi.Options{
 		Metrics: b.Metrics(),
 		Health:  b.Health,
-		Web:     web.Handler(web.Config{MQTT: b.WSHandler(), Login: login}),
+		Web:     web.Handler(web.Config{MQTT: b.WSHandler(), Login: b.HasUsers}), // the page follows reloads
 		Log:     log.With().Str("component", "http").Logger(),
 	})
 	l, err := api.Listen(addr)
