@@ -53,6 +53,8 @@ type config struct {
 	MaxKeepAlive              uint16        `yaml:"max_keepalive"`
 	ConnectTimeout            time.Duration `yaml:"connect_timeout"`
 	MaxConnectSize            int           `yaml:"max_connect_size"`
+	GuessLimit                int           `yaml:"guess_limit"`
+	GuessWindow               time.Duration `yaml:"guess_window"`
 	MaxSubscriptions          int           `yaml:"max_subscriptions"`
 	MaxOfflineBytes           int           `yaml:"max_offline_bytes"`
 	MaxSubscriptionsPerPacket int           `yaml:"max_subscriptions_per_packet"`
@@ -137,7 +139,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	anon := fs.Bool("allow-anonymous", false, "accept clients without a username (without a password file the broker otherwise listens on loopback only)")
 	maxKeepAlive := fs.Uint("max-keepalive", 0, "largest keep-alive a client may use, in seconds (MQTT 5 clients are told; 0: no cap)")
 	var origins stringList
-	fs.Var(&origins, "allowed-origin", "a web origin whose pages may open a WebSocket (repeatable; * for any; default: the broker's own host)")
+	fs.Var(&origins, "allowed-origin", "a web origin (scheme://host[:port]) whose pages may open a WebSocket or use the HTTP API (repeatable; * for any; default: the broker's own origin)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -202,6 +204,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxKeepAlive:   cfg.MaxKeepAlive,
 		ConnectTimeout: cfg.ConnectTimeout,
 		MaxConnectSize: cfg.MaxConnectSize,
+		GuessLimit:     cfg.GuessLimit,
+		GuessWindow:    cfg.GuessWindow,
 		Takeover:       broker.TakeoverPolicy(cfg.ClientIDTakeover),
 		AllowedOrigins: cfg.AllowedOrigins,
 		SlowClient:     broker.SlowPolicy(cfg.SlowClient),
