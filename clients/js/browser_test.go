@@ -292,7 +292,12 @@ func TestBrowser(t *testing.T) {
 	bin := chromium(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "127.0.0.1:0"})
+	// The page comes from its own server, another origin than the
+	// broker's WebSocket listener (another port): the broker lists it.
+	mux := http.NewServeMux()
+	srv := httptest.NewUnstartedServer(mux)
+	defer srv.Close()
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "127.0.0.1:0", AllowedOrigins: []string{"http://" + srv.Listener.Addr().String()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +319,6 @@ func TestBrowser(t *testing.T) {
 
 	vectors := mergeVectors(t)
 	results := make(chan []byte, 1)
-	mux := http.NewServeMux()
 	var loaded atomic.Bool // chromium asked for the page
 	serve := func(path, file, ctype string) {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
@@ -343,8 +347,7 @@ func TestBrowser(t *testing.T) {
 		default:
 		}
 	})
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
+	srv.Start()
 
 	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
