@@ -213,3 +213,44 @@ func TestOriginRule(t *testing.T) {
 		t.Error("an allowed origin without a scheme was taken")
 	}
 }
+
+// BenchmarkGuesses: what the throttle adds to a login — a blocked check
+// (every login) and, for a failure, a count — with the table full, from
+// parallel logins of many hosts. A login's password hash (PBKDF2, ~1 ms
+// at Mosquitto's default iterations) dwarfs it.
+func BenchmarkGuesses(b *testing.B) {
+	g := newGuesses(DefaultGuessLimit, DefaultGuessWindow)
+	now := time.Now()
+	hosts := make([]string, maxGuessHosts)
+	for i := range hosts {
+		hosts[i] = fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255)
+		g.fail(hosts[i], now)
+	}
+	b.Run("blocked", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				g.blocked(hosts[i%len(hosts)], now)
+				i += 7919
+			}
+		})
+	})
+	b.Run("fail", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				g.fail(hosts[i%len(hosts)], now)
+				i += 7919
+			}
+		})
+	})
+	b.Run("authenticate", func(b *testing.B) { // the check it guards, for scale: a 10-iteration hash
+		u := users(nil)
+		b.ReportAllocs()
+		for b.Loop() {
+			u.Check("alice", "wrong")
+		}
+	})
+}
