@@ -339,7 +339,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (broker.Pr
 	case err == nil:
 		return broker.Principal{User: user, ClientID: ClientID, Answered: true}, true
 	case errors.As(err, &te):
-		s.log.Debug().Str("remote", r.RemoteAddr).Str("user", user).Err(err).Msg("http: request refused")
+		s.log.Debug().Str("remote", r.RemoteAddr).Str("user", user[:min(len(user), 200)]).Err(err).Msg("http: request refused")
 		w.Header().Set("Retry-After", strconv.Itoa(int((te.RetryAfter+time.Second-1)/time.Second)))
 		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("too many failed logins from %s: try again in %s", te.Host, te.RetryAfter.Round(time.Second)), "")
 		return broker.Principal{}, false
@@ -351,7 +351,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (broker.Pr
 		reason = "credentials required (HTTP Basic, a user of the password file)"
 		s.log.Debug().Str("remote", r.RemoteAddr).Str("path", r.URL.EscapedPath()).Msg("http: " + reason)
 	} else {
-		s.log.Warn().Str("remote", r.RemoteAddr).Str("user", user).Str("path", r.URL.EscapedPath()).Msg("http: authentication failed")
+		s.log.Warn().Str("remote", r.RemoteAddr).Str("user", user[:min(len(user), 200)]).Str("path", r.URL.EscapedPath()).Msg("http: authentication failed")
 	}
 	w.Header().Set("WWW-Authenticate", `Basic realm="mote", charset="UTF-8"`)
 	writeError(w, http.StatusUnauthorized, reason, "")
