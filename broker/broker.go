@@ -52,6 +52,7 @@ type Broker struct {
 	lastTick   atomic.Int64 // when the loop last took work (Unix ns)
 	offline    offlineHeld  // bytes held for offline persistent sessions
 	handshakes handshakes   // connections before their CONNECT
+	guesses    *guesses     // failed logins per host (guesses.go)
 
 	tcp, tls *tcpListener
 	orig     *tcpListener // the original dialect's (SPEC §7), if configured
@@ -124,6 +125,7 @@ func New(opts Options) (*Broker, error) {
 		raw:       map[*netConn]struct{}{},
 		splits:    make(chan struct{}, 2),
 		histReads: make(chan struct{}, 2),
+		guesses:   newGuesses(opts.GuessLimit, opts.GuessWindow),
 	}
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)

@@ -157,6 +157,7 @@
 //	messages for an arriving session    arriving's mutex, until OnSessionEstablished files the connection
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
+//	failed logins per host (guesses)    each shard's mutex (16 shards by host; login, for every front end)
 //
 // # Metrics and health
 //

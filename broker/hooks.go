@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -71,8 +72,16 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		b.countRefusal(refusedOther)
 		return refuse(packets.ErrUnsupportedProtocolVersion, "MQTT 5 on the original-dialect listener (it speaks MQTT 3.1.1 only; use the MQTT listener)")
 	}
-	if !b.access.authenticate(p.User, pk.Connect.Password, pk.Connect.UsernameFlag) {
-		b.countRefusal(refusedBadCredentials)
+	if err := b.login(cl.Net.Remote, p.User, pk.Connect.Password, pk.Connect.UsernameFlag); err != nil {
+		if errors.Is(err, ErrThrottled) {
+			b.log.Debug().Str("client", cl.ID).Str("user", p.User).Str("remote", cl.Net.Remote).Err(err).Msg("connection refused")
+			code := packets.ErrConnectionRateExceeded
+			if !v5 {
+				code = v3Connack(code)
+			}
+			b.server.SendConnack(cl, code, false, nil) //nolint:errcheck // the connection closes either way
+			return code
+		}
 		return refuse(packets.ErrBadUsernameOrPassword, "authentication failed")
 	}
 	if p.original {

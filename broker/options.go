@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/tls"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -60,9 +61,12 @@ type Options struct {
 	// AllowedOrigins are the web origins ("https://app.example.com") whose
 	// pages may open a WebSocket to the broker; "*" allows any. Requests
 	// without an Origin header (programs, not browsers) are always let
-	// through to MQTT's own authentication. Empty: the broker's own host
-	// only, and with anonymous access only from a loopback host name, so a
-	// web page the local user opens cannot reach a loopback broker.
+	// through to MQTT's own authentication. Empty: the broker's own origin
+	// only (the scheme, host and port the request was sent to: a page on
+	// another port of the same host is another origin), and with anonymous
+	// access only from a loopback host name, so a web page the local user
+	// opens cannot reach a loopback broker. The HTTP API applies the same
+	// rule (Broker.OriginAllowed).
 	AllowedOrigins []string
 
 	Limits        tree.Limits // tree publish limits (SPEC §5); default tree.DefaultLimits
@@ -85,6 +89,12 @@ type Options struct {
 	// read before anything is authenticated; default 64 KiB.
 	ConnectTimeout time.Duration
 	MaxConnectSize int
+	// GuessLimit is how many failed logins naming a user (MQTT CONNECT,
+	// HTTP Basic) a host may make in GuessWindow; past it the host's
+	// logins are refused unchecked until the window ends (MQTT 5 CONNACK
+	// 0x9F, HTTP 429). Default 10 per minute; negative: no limit.
+	GuessLimit  int
+	GuessWindow time.Duration
 	// WriteTimeout bounds one write to a client; past it the connection is
 	// closed (a client that stops reading does not linger). Default 10s.
 	WriteTimeout time.Duration
@@ -205,6 +215,10 @@ func (o Options) withDefaults() (Options, error) {
 		o.ConnectTimeout = DefaultConnectTimeout
 	}
 	def(&o.MaxConnectSize, DefaultMaxConnectSize)
+	def(&o.GuessLimit, DefaultGuessLimit)
+	if o.GuessWindow <= 0 {
+		o.GuessWindow = DefaultGuessWindow
+	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
@@ -222,6 +236,11 @@ func (o Options) withDefaults() (Options, error) {
 	def(&o.MaxSubscriptionsPerPacket, DefaultMaxSubscriptionsPerPacket)
 	if o.Takeover == "" {
 		o.Takeover = TakeoverRefuse
+	}
+	for _, origin := range o.AllowedOrigins {
+		if _, _, ok := parseOrigin(strings.TrimSuffix(origin, "/")); !ok && origin != "*" {
+			return o, fmt.Errorf("broker: allowed origin %q: want scheme://host[:port] (http or https), or *", origin)
+		}
 	}
 	switch {
 	case o.SlowClient != SlowDrop && o.SlowClient != SlowDisconnect:

@@ -400,7 +400,7 @@ topic readwrite #
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, broker.Options{Users: users, ACL: acl}, web.Config{Login: true, Filter: "house/#"}, "admin")
+	e := newEnv(t, broker.Options{Users: users, ACL: acl}, web.Config{Login: func() bool { return true }, Filter: "house/#"}, "admin")
 	e.publish(t, "house/hall/lamp", "ON")
 	e.publish(t, "house/secret/code", "s3cret")
 

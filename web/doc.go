@@ -19,4 +19,8 @@
 //
 // Handler's answers are built once, when it is made, and only read
 // afterwards: it is safe for concurrent use and holds no other state.
+// Which of the two pages it serves at / (asking for a login first or not)
+// is Config.Login's answer for each request, so the page follows the
+// broker's access rules of the moment (a reload that adds or drops the
+// password file).
 package web

@@ -20,7 +20,7 @@ import (
 // gzip; /mqtt goes to Config.MQTT; anything else is a clear error.
 func TestHandler(t *testing.T) {
 	mqtt := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
-	h := web.Handler(web.Config{MQTT: mqtt, Login: true, Filter: `light/"</x>#`})
+	h := web.Handler(web.Config{MQTT: mqtt, Login: func() bool { return true }, Filter: `light/"</x>#`})
 	get := func(method, path string, hdr ...string) *http.Response {
 		t.Helper()
 		r := httptest.NewRequest(method, path, nil)

@@ -278,7 +278,11 @@ func doc(s string) any {
 func TestBrowser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "127.0.0.1:0"})
+	// The page comes from its own server, another origin than the
+	// broker's WebSocket listener (another port): the broker lists it.
+	srv, mux, origin := pageServer()
+	defer srv.Close()
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "127.0.0.1:0", AllowedOrigins: []string{origin}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +303,6 @@ func TestBrowser(t *testing.T) {
 	}
 
 	vectors := mergeVectors(t, wire.CodecJSON)
-	mux := http.NewServeMux()
 	mux.HandleFunc("/vectors", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(vectors)
 	})
@@ -310,7 +313,7 @@ func TestBrowser(t *testing.T) {
 	px := newProxy(t, b.WSAddr())
 	mux.HandleFunc("/cut", func(w http.ResponseWriter, r *http.Request) { px.cut(true) })
 	mux.HandleFunc("/restore", func(w http.ResponseWriter, r *http.Request) { px.cut(false) })
-	body, logs := runPage(t, ctx, mux, "test.html", "ws=ws://"+b.WSAddr()+"/mqtt&wsproxy=ws://"+px.l.Addr().String()+"/mqtt")
+	body, logs := runPage(t, ctx, srv, "test.html", "ws=ws://"+b.WSAddr()+"/mqtt&wsproxy=ws://"+px.l.Addr().String()+"/mqtt")
 	var res result
 	if err := json.Unmarshal(body, &res); err != nil {
 		t.Fatalf("page result %s: %v", body, err)

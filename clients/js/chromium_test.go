@@ -27,8 +27,18 @@ func chromium(t *testing.T) string {
 // Chromium and returns what the page POSTs to /result, with Chromium's
 // output. It skips if Chromium cannot start here, and fails when ctx ends
 // first or Chromium exits before the page reports. flags go to Chromium.
-func runPage(t *testing.T, ctx context.Context, mux *http.ServeMux, page, query string, flags ...string) (body []byte, logs string) {
+// pageServer is the unstarted server runPage serves a page from (handlers
+// go on mux first), and its origin, which a broker must allow: the page
+// comes from another port than the broker's WebSocket listener.
+func pageServer() (srv *httptest.Server, mux *http.ServeMux, origin string) {
+	mux = http.NewServeMux()
+	srv = httptest.NewUnstartedServer(mux)
+	return srv, mux, "http://" + srv.Listener.Addr().String()
+}
+
+func runPage(t *testing.T, ctx context.Context, srv *httptest.Server, page, query string, flags ...string) (body []byte, logs string) {
 	t.Helper()
+	mux := srv.Config.Handler.(*http.ServeMux)
 	bin := chromium(t)
 	results := make(chan []byte, 1)
 	var loaded atomic.Bool // chromium asked for the page
@@ -50,7 +60,7 @@ func runPage(t *testing.T, ctx context.Context, mux *http.ServeMux, page, query 
 		default:
 		}
 	})
-	srv := httptest.NewServer(mux)
+	srv.Start()
 	defer srv.Close()
 
 	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

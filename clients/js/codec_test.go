@@ -89,7 +89,11 @@ type codecResult struct {
 func TestBrowserCodecs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "127.0.0.1:0"})
+	// The page comes from its own server (another port): the broker lists
+	// its origin.
+	srv, mux, origin := pageServer()
+	defer srv.Close()
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "127.0.0.1:0", AllowedOrigins: []string{origin}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +126,6 @@ func TestBrowserCodecs(t *testing.T) {
 	for name, c := range map[string]wire.Codec{"json": wire.CodecJSON, "cbor": wire.CodecCBOR, "msgpack": wire.CodecMsgPack} {
 		vectors[name] = mergeVectors(t, c)
 	}
-	mux := http.NewServeMux()
 	mux.HandleFunc("/vectors", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(vectors)
 	})
@@ -130,7 +133,7 @@ func TestBrowserCodecs(t *testing.T) {
 	for _, r := range runs {
 		fmt.Fprintf(&q, "&run=%s_%d", r.codec, r.version)
 	}
-	body, logs := runPage(t, ctx, mux, "codecs.html", "ws=ws://"+b.WSAddr()+"/mqtt"+q.String())
+	body, logs := runPage(t, ctx, srv, "codecs.html", "ws=ws://"+b.WSAddr()+"/mqtt"+q.String())
 	defer func() {
 		if t.Failed() {
 			t.Logf("chromium:\n%s", logs)

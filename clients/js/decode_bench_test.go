@@ -74,7 +74,8 @@ func TestBrowserDecodeBench(t *testing.T) {
 	snaps := benchSnapshots(t, rows)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	mux := http.NewServeMux()
+	srv, mux, _ := pageServer()
+	defer srv.Close()
 	mux.HandleFunc("/snap/{codec}", func(w http.ResponseWriter, r *http.Request) {
 		b, ok := snaps[r.PathValue("codec")]
 		if !ok {
@@ -83,7 +84,7 @@ func TestBrowserDecodeBench(t *testing.T) {
 		}
 		w.Write(b)
 	})
-	body, logs := runPage(t, ctx, mux, "bench.html", fmt.Sprintf("rounds=%d&rows=%d", rounds, rows), "--js-flags=--expose-gc")
+	body, logs := runPage(t, ctx, srv, "bench.html", fmt.Sprintf("rounds=%d&rows=%d", rounds, rows), "--js-flags=--expose-gc")
 	var res struct {
 		Rows  map[string]int       `json:"rows"`
 		Times map[string][]float64 `json:"times"`

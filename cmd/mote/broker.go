@@ -57,6 +57,8 @@ type config struct {
 	MaxKeepAlive              uint16        `yaml:"max_keepalive"`
 	ConnectTimeout            time.Duration `yaml:"connect_timeout"`
 	MaxConnectSize            int           `yaml:"max_connect_size"`
+	GuessLimit                int           `yaml:"guess_limit"`
+	GuessWindow               time.Duration `yaml:"guess_window"`
 	MaxSubscriptions          int           `yaml:"max_subscriptions"`
 	MaxOfflineBytes           int           `yaml:"max_offline_bytes"`
 	MaxSubscriptionsPerPacket int           `yaml:"max_subscriptions_per_packet"`
@@ -154,7 +156,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	anon := fs.Bool("allow-anonymous", false, "accept clients without a username (without a password file the broker otherwise listens on loopback only)")
 	maxKeepAlive := fs.Uint("max-keepalive", 0, "largest keep-alive a client may use, in seconds (MQTT 5 clients are told; 0: no cap)")
 	var origins stringList
-	fs.Var(&origins, "allowed-origin", "a web origin whose pages may open a WebSocket (repeatable; * for any; default: the broker's own host)")
+	fs.Var(&origins, "allowed-origin", "a web origin (scheme://host[:port]) whose pages may open a WebSocket or use the HTTP API (repeatable; * for any; default: the broker's own origin)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -222,6 +224,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxKeepAlive:   cfg.MaxKeepAlive,
 		ConnectTimeout: cfg.ConnectTimeout,
 		MaxConnectSize: cfg.MaxConnectSize,
+		GuessLimit:     cfg.GuessLimit,
+		GuessWindow:    cfg.GuessWindow,
 		Takeover:       broker.TakeoverPolicy(cfg.ClientIDTakeover),
 		AllowedOrigins: cfg.AllowedOrigins,
 		SlowClient:     broker.SlowPolicy(cfg.SlowClient),
@@ -269,7 +273,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
-	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), opts.Users != nil, log)
+	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), log)
 	if err != nil {
 		b.Close() //nolint:errcheck // the listener's error says more
 		return err
@@ -298,7 +302,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 // serveHTTP starts the HTTP API and web view on addr ("off": none), bound
 // to loopback as the broker's listeners are when it serves loopback only.
 // served reports an error if it stops serving before Close.
-func serveHTTP(b *broker.Broker, addr string, login bool, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
+func serveHTTP(b *broker.Broker, addr string, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
 	served := make(chan error, 1)
 	if addr == "off" {
 		return nil, served, nil
@@ -306,7 +310,7 @@ func serveHTTP(b *broker.Broker, addr string, login bool, log zerolog.Logger) (*
 	api := httpapi.New(b, httpapi.Options{
 		Metrics: b.Metrics(),
 		Health:  b.Health,
-		Web:     web.Handler(web.Config{MQTT: b.WSHandler(), Login: login}),
+		Web:     web.Handler(web.Config{MQTT: b.WSHandler(), Login: b.HasUsers}), // the page follows reloads
 		Log:     log.With().Str("component", "http").Logger(),
 	})
 	l, err := api.Listen(addr)
