@@ -219,7 +219,7 @@ func (b *Broker) Start() error {
 	}
 	for _, l := range []*wsListener{b.ws, b.wss, b.origWS} {
 		if l != nil {
-			ev = ev.Str(l.id, l.Address()+b.opts.WSPath)
+			ev = ev.Str(l.id, l.Address()+l.path)
 		}
 	}
 	ev.Msg("mote broker listening")
