@@ -134,6 +134,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if old := h.b.connByID(cl.ID); old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
+			o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
 		}
 	}

@@ -33,6 +33,7 @@ type idSpaces struct {
 	kind      byte            // that packet's type
 	displaced *packets.Packet // the delivery in flight under reserved, out of mochi's map meanwhile
 	inbound   map[uint16]packets.Packet
+	gone      bool // the session was taken over (surrender): mochi's map is left as mochi keeps it
 }
 
 // clientFlow says whether a packet from the client carries an id of the
@@ -64,6 +65,9 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 	id := pk.PacketID
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gone {
+		return
+	}
 	s.reserved, s.kind = id, pk.FixedHeader.Type
 	if cur, ok := cl.State.Inflight.Get(id); ok && delivery(cur) {
 		cl.State.Inflight.Delete(id)
@@ -85,6 +89,9 @@ func (s *idSpaces) end(cl *mqtt.Client, pk *packets.Packet) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gone {
+		return
+	}
 	s.settleLocked(cl)
 }
 
@@ -109,6 +116,37 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 	s.reserved, s.kind = 0, 0
 }
 
+// surrender runs when another client takes cl's session over, before
+// mochi copies cl's in-flight map to it (inheritClientSession): what the
+// map lacks goes back into it — the delivery displaced by a packet being
+// processed, and the client's QoS 2 publishes waiting for PUBREL, or the
+// new client would resend none of the first and take a resent PUBLISH of
+// the second for a new message (delivered twice) [MQTT-4.3.3-10]. From
+// then on cl's packets leave the map as mochi keeps it.
+func (s *idSpaces) surrender(cl *mqtt.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.restoreLocked(cl)
+	s.reserved, s.kind = 0, 0
+	s.gone = true
+}
+
+// restoreLocked puts the displaced delivery and the inbound publishes
+// back in cl's map (mu held); an inbound publish whose id a delivery holds
+// there stays out (its PUBREL is answered 0x92; it was delivered).
+func (s *idSpaces) restoreLocked(cl *mqtt.Client) {
+	if s.displaced != nil {
+		cl.State.Inflight.Set(*s.displaced)
+		s.displaced = nil
+	}
+	for id, in := range s.inbound {
+		if _, ok := cl.State.Inflight.Get(id); !ok {
+			cl.State.Inflight.Set(in)
+		}
+	}
+	s.inbound = nil
+}
+
 // close runs when cl's connection ends, before its session's messages
 // are handed on: a delivery still displaced (mochi stopped in the middle
 // of a packet) goes back, and the client's QoS 2 publishes waiting for
@@ -118,13 +156,11 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 func (s *idSpaces) close(cl *mqtt.Client) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.settleLocked(cl)
-	for id, in := range s.inbound {
-		if _, ok := cl.State.Inflight.Get(id); !ok {
-			cl.State.Inflight.Set(in)
-		}
+	if s.gone {
+		return
 	}
-	s.inbound = nil
+	s.settleLocked(cl)
+	s.restoreLocked(cl)
 }
 
 // clientAck says whether an acknowledgement mochi completed with id is

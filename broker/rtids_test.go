@@ -1,0 +1,143 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	paho5 "github.com/eclipse/paho.golang/paho"
+)
+
+// Red team of packetids.go and arriving.go (h-rtids).
+
+// rawSession is a raw MQTT client (v 4 = 3.1.1, or 5) with a persistent
+// session; its CONNACK is read.
+type rawSession struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+	v    byte
+}
+
+func dialSession(t *testing.T, b *Broker, v byte, id string, props packets.Properties) *rawSession {
+	t.Helper()
+	conn, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: v,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id},
+		Properties:      props,
+	}
+	if v == 5 {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(testTimeout))
+	s := &rawSession{t: t, conn: conn, r: bufio.NewReader(conn), v: v}
+	s.write(buf.Bytes())
+	s.want("CONNACK", 0x20)
+	return s
+}
+
+func (s *rawSession) write(p []byte) {
+	s.t.Helper()
+	if _, err := s.conn.Write(p); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// send writes a packet of first byte h and body (an MQTT 5 body gets no
+// properties here: callers add the 0 length).
+func (s *rawSession) send(h byte, body []byte) {
+	s.t.Helper()
+	s.write(append(append([]byte{h}, varint(len(body))...), body...))
+}
+
+// want reads the next packet, of type typ (the high nibble), and returns
+// its first byte and body.
+func (s *rawSession) want(what string, typ byte) (byte, []byte) {
+	s.t.Helper()
+	h, body, err := readWhole(s.r)
+	if err != nil || h&0xf0 != typ {
+		s.t.Fatalf("%s: got packet %#x %x (%v), want %#x", what, h, body, err, typ)
+	}
+	return h, body
+}
+
+// skipTo reads packets of type skip until one of type typ.
+func (s *rawSession) skipTo(what string, typ, skip byte) (byte, []byte) {
+	s.t.Helper()
+	for {
+		h, body, err := readWhole(s.r)
+		if err == nil && h&0xf0 == typ {
+			return h, body
+		}
+		if err != nil || h&0xf0 != skip {
+			s.t.Fatalf("%s: got packet %#x %x (%v), want %#x", what, h, body, err, typ)
+		}
+	}
+}
+
+// publish is a QoS 2 PUBLISH of payload to topic with id (dup: resent).
+func (s *rawSession) publish(qos byte, dup bool, id uint16, topic, payload string) {
+	s.t.Helper()
+	h := byte(0x30) | qos<<1
+	if dup {
+		h |= 0x08
+	}
+	body := append([]byte{0, byte(len(topic))}, topic...)
+	body = append(body, byte(id>>8), byte(id))
+	if s.v == 5 {
+		body = append(body, 0)
+	}
+	s.send(h, append(body, payload...))
+}
+
+// TestInboundQoS2Takeover: a client's QoS 2 publish waiting for its PUBREL
+// is session state [MQTT-4.3.3-10]: a client that takes its session over
+// (its old connection still open: mochi copies the in-flight map then)
+// and resends the PUBLISH with DUP must not have it delivered twice.
+// idSpaces kept it in its side map, which mochi does not copy: the resend
+// was a new message.
+func TestInboundQoS2Takeover(t *testing.T) {
+	for _, v := range []byte{4, 5} {
+		t.Run(map[byte]string{4: "3.1.1", 5: "5"}[v], func(t *testing.T) {
+			b := start(t, Options{})
+			in, cfg, _ := resumeConfig("sub")
+			sub := dial5(t, b, "sub", cfg, nil)
+			if _, err := sub.Subscribe(testCtx(t), &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "d/#", QoS: 2}}}); err != nil {
+				t.Fatal(err)
+			}
+			old := dialSession(t, b, v, "q2", packets.Properties{})
+			old.publish(2, false, 7, "d/x", "once")
+			old.want("PUBREC", 0x50)
+			// The client comes back on another connection before the
+			// broker noticed the first is gone.
+			cur := dialSession(t, b, v, "q2", packets.Properties{})
+			cur.publish(2, true, 7, "d/x", "once")
+			cur.want("PUBREC", 0x50)
+			// (mochi resends the session's PUBREC too.)
+			cur.send(0x62, []byte{0, 7})
+			cur.skipTo("PUBCOMP", 0x70, 0x50)
+			cur.publish(1, false, 8, "d/end", "end")
+			cur.want("PUBACK", 0x40)
+			got := in.wait(t, 2)
+			if got[0] != "d/x" || got[1] != "d/end" {
+				t.Fatalf("the subscriber got %q, want d/x once, then d/end", got)
+			}
+		})
+	}
+}
+
+var _ = mqtt.OnQosPublish
