@@ -3,13 +3,14 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"net"
 	"testing"
 	"time"
 
+	paho5 "github.com/eclipse/paho.golang/paho"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	paho5 "github.com/eclipse/paho.golang/paho"
 )
 
 // Red team of packetids.go and arriving.go (h-rtids).
@@ -141,3 +142,105 @@ func TestInboundQoS2Takeover(t *testing.T) {
 }
 
 var _ = mqtt.OnQosPublish
+
+// resumeRaw writes a CONNECT resuming id's session (MQTT 5) on a new raw
+// connection and does not wait for the CONNACK.
+func resumeRaw(t *testing.T, b *Broker, id string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id},
+		Properties:      packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// TestArrivingStoppedQoS0: a QoS 0 message for a client coming back whose
+// connection stops before it is filed (mochi's resend or CONNACK could not
+// be written) is dropped, as for any session that is away. It was held in
+// the session's in-flight map: resent with DUP at QoS 0 on every return
+// [MQTT-3.3.1-2], never acknowledged, taking a slot of the client's
+// Receive Maximum for good.
+func TestArrivingStoppedQoS0(t *testing.T) {
+	b := start(t, Options{})
+	raw, _, old, pub := awayQueued(t, b, "away")
+	raw.Close()
+	waitConnGone(t, b, "away") // q/2 and q/3 were held in flight with q/1
+	h := addBlockHook(t, b, mqtt.OnQosPublish, func(cl *mqtt.Client) bool { return cl != old })
+	resumeRaw(t, b, "away")
+	waitClosed(t, "the resend", h.blocked)
+	if _, err := pub.Publish(testCtx(t), &paho5.Publish{Topic: "q/zero", QoS: 0, Payload: []byte("0")}); err != nil {
+		t.Fatal(err)
+	}
+	publishQ(t, pub, 4) // after q/zero: once it is held, q/zero is
+	cl, ok := b.server.Clients.Get("away")
+	if !ok || cl == old {
+		t.Fatal("the new client is not the session's")
+	}
+	cl.Stop(errors.New("test: the connection broke"))
+	close(h.release)
+	b.arriving.sweep(b)
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 0 {
+			t.Fatalf("QoS 0 %s held in flight as %d", pk.TopicName, pk.PacketID)
+		}
+	}
+	in := resume(t, b, "away")
+	wantOrder(t, in, 4)
+}
+
+// TestArrivingTakenOver: messages held for a client coming back that is
+// taken over before its connection is filed (by the same user) go to the
+// client that took the session: first, before what is published after.
+// They were put in its in-flight map, unsent while it stayed connected.
+func TestArrivingTakenOver(t *testing.T) {
+	b := start(t, Options{})
+	raw, _, old, pub := awayQueued(t, b, "away")
+	raw.Close()
+	waitConnGone(t, b, "away") // q/2 and q/3 were held in flight with q/1
+	h := addBlockHook(t, b, mqtt.OnQosPublish, func(cl *mqtt.Client) bool { return cl != old })
+	resumeRaw(t, b, "away")
+	waitClosed(t, "the resend", h.blocked) // the first client back, stopped in mochi's resend
+	publishQ(t, pub, 4)                    // held for it
+	in := resume(t, b, "away")             // another takes the session over
+	publishQ(t, pub, 5)
+	wantOrder(t, in, 5)
+}
+
+// TestArrivingTakenOverHeld: as TestArrivingTakenOver, with a message
+// published while the client that took over is coming back too: what was
+// held for the first stays, ahead (it was dropped, uncounted).
+func TestArrivingTakenOverHeld(t *testing.T) {
+	b := start(t, Options{})
+	raw, _, old, pub := awayQueued(t, b, "away")
+	raw.Close()
+	waitConnGone(t, b, "away")
+	h := addBlockHook(t, b, mqtt.OnQosPublish, func(cl *mqtt.Client) bool { return cl != old })
+	resumeRaw(t, b, "away")
+	waitClosed(t, "the first resend", h.blocked)
+	first, _ := b.server.Clients.Get("away")
+	publishQ(t, pub, 4) // held for the first
+	h2 := addBlockHook(t, b, mqtt.OnQosPublish, func(cl *mqtt.Client) bool { return cl != old && cl != first })
+	in, cfg, cp := resumeConfig("away")
+	dialed := dialAsync(t, b, "away", cfg, cp)
+	waitClosed(t, "the second resend", h2.blocked)
+	publishQ(t, pub, 5) // held for the second
+	close(h2.release)
+	waitDialed(t, dialed)
+	b.connOf(t, "away")
+	publishQ(t, pub, 6)
+	wantOrder(t, in, 6)
+}
