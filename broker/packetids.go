@@ -163,6 +163,18 @@ func (s *idSpaces) close(cl *mqtt.Client) {
 	s.restoreLocked(cl)
 }
 
+// displacedN is the number of deliveries in flight that are out of
+// mochi's map meanwhile (0 or 1): the writer counts them against the
+// client's Receive Maximum with the map's [MQTT-3.3.4-9].
+func (s *idSpaces) displacedN() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.displaced != nil {
+		return 1
+	}
+	return 0
+}
+
 // clientAck says whether an acknowledgement mochi completed with id is
 // of the client's own publish being processed (OnQosComplete is called
 // for both directions).

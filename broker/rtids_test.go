@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -243,4 +246,86 @@ func TestArrivingTakenOverHeld(t *testing.T) {
 	b.connOf(t, "away")
 	publishQ(t, pub, 6)
 	wantOrder(t, in, 6)
+}
+
+// publishedHook stops mochi in OnPublished for one client (after the
+// publish went to the door, before OnPacketProcessed), once, until
+// released.
+type publishedHook struct {
+	mqtt.HookBase
+	cl      *mqtt.Client
+	blocked chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (h *publishedHook) ID() string           { return "test-published" }
+func (h *publishedHook) Provides(b byte) bool { return b == mqtt.OnPublished }
+func (h *publishedHook) OnPublished(cl *mqtt.Client, _ packets.Packet) {
+	if cl != h.cl {
+		return
+	}
+	h.once.Do(func() {
+		close(h.blocked)
+		<-h.release
+	})
+}
+
+// writerParked says whether a connection's writer is parked waiting for
+// an in-flight slot (in waitInflight's select).
+func writerParked() bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "[select") && strings.Contains(g, ").waitInflight(") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDisplacedReceiveMaximum: while a client packet with the id of an
+// unacknowledged delivery is processed, the delivery is out of mochi's
+// map (displaced), but still in flight: a client with Receive Maximum 1
+// must not get a second message meanwhile [MQTT-3.3.4-9]. The writer
+// counted mochi's map only.
+func TestDisplacedReceiveMaximum(t *testing.T) {
+	b := start(t, Options{})
+	s := dialSession(t, b, 5, "rm1", packets.Properties{ReceiveMaximum: 1})
+	s.send(0x82, []byte{0, 1, 0, 0, 3, 'q', '/', '#', 1})
+	s.want("SUBACK", 0x90)
+	pub := dial5(t, b, "rm1-pub", paho5.ClientConfig{}, nil)
+	publishQ(t, pub, 1)
+	_, body := s.want("PUBLISH q/1", 0x30)
+	id := uint16(body[5])<<8 | uint16(body[6]) // after the topic q/1
+	c := b.connOf(t, "rm1")
+	cl := c.out.(*mqttOut).cl
+	h := &publishedHook{cl: cl, blocked: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(h.release)
+		}
+	}
+	t.Cleanup(release)
+	// The client's own QoS 1 publish, with the delivery's id, to q/own:
+	// delivered to it while mochi is held in OnPublished.
+	s.publish(1, false, id, "q/own", "own")
+	waitClosed(t, "OnPublished", h.blocked)
+	waitFor(t, "the writer to send q/own or wait", func() bool { return cl.State.Inflight.Len() > 0 || writerParked() })
+	if n := cl.State.Inflight.Len(); n > 0 {
+		release()
+		t.Fatalf("%d more in flight while the delivery %d was displaced (Receive Maximum 1)", n, id)
+	}
+	release()
+	s.want("PUBACK", 0x40)
+	s.send(0x40, []byte{byte(id >> 8), byte(id), 0, 0}) // the delivery's PUBACK
+	_, body = s.want("PUBLISH q/own", 0x30)
+	if string(body[2:7]) != "q/own" {
+		t.Fatalf("got a PUBLISH of %x, want q/own", body)
+	}
 }
