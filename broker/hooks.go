@@ -132,12 +132,16 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // id to cl: the connection the session had (live, or handing its queued
 // messages on) keeps them for cl's (conn.expect).
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	var left map[uint16]packets.Packet
 	if old := h.b.connByID(cl.ID); old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
-			o.ids.surrender(o.cl) // before mochi copies its in-flight map
+			left = o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
 		}
 	}
+	existing, _ := h.b.server.Clients.Get(cl.ID)
+	fresh := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
+	h.b.keptIn.handOver(existing, cl, fresh, left)
 }
 
 // OnSessionEstablished starts the connection's state, cancels a will its
@@ -149,6 +153,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
 	out := &mqttOut{b: b, cl: cl}
+	out.ids.adopt(cl, b.keptIn.take(cl))
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
 	c.will = willOf(p, &pk)
@@ -190,7 +195,10 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 	}
 	c := v.(*conn)
 	if o, ok := c.outOf(); ok {
-		o.ids.close(cl) // before the session's messages are handed on
+		left := o.ids.close(cl) // before the session's messages are handed on
+		if keep {
+			b.keptIn.put(cl, left)
+		}
 	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)
 		b.byID.CompareAndDelete(cl.ID, c)

@@ -123,28 +123,54 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 // new client would resend none of the first and take a resent PUBLISH of
 // the second for a new message (delivered twice) [MQTT-4.3.3-10]. From
 // then on cl's packets leave the map as mochi keeps it.
-func (s *idSpaces) surrender(cl *mqtt.Client) {
+// It returns the publishes whose id a delivery holds in the map (for
+// keptInbound).
+func (s *idSpaces) surrender(cl *mqtt.Client) map[uint16]packets.Packet {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.restoreLocked(cl)
+	left := s.restoreLocked(cl)
 	s.reserved, s.kind = 0, 0
 	s.gone = true
+	return left
 }
 
 // restoreLocked puts the displaced delivery and the inbound publishes
-// back in cl's map (mu held); an inbound publish whose id a delivery holds
-// there stays out (its PUBREL is answered 0x92; it was delivered).
-func (s *idSpaces) restoreLocked(cl *mqtt.Client) {
+// back in cl's map (mu held). It returns the inbound publishes whose id a
+// delivery holds there: they cannot go in, but are still session state (a
+// resent PUBLISH with their id is not a new message).
+func (s *idSpaces) restoreLocked(cl *mqtt.Client) map[uint16]packets.Packet {
 	if s.displaced != nil {
 		cl.State.Inflight.Set(*s.displaced)
 		s.displaced = nil
 	}
+	var left map[uint16]packets.Packet
 	for id, in := range s.inbound {
 		if _, ok := cl.State.Inflight.Get(id); !ok {
 			cl.State.Inflight.Set(in)
+		} else {
+			if left == nil {
+				left = map[uint16]packets.Packet{}
+			}
+			left[id] = in
 		}
 	}
 	s.inbound = nil
+	return left
+}
+
+// adopt starts the connection of cl, resuming its session, with its
+// client's QoS 2 publishes kept for it (keptInbound), each taking one of
+// the receive quota the broker gives the client, as in mochi's map.
+func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet) {
+	if len(kept) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inbound = kept
+	for range kept {
+		cl.State.Inflight.DecreaseReceiveQuota()
+	}
 }
 
 // close runs when cl's connection ends, before its session's messages
@@ -153,14 +179,101 @@ func (s *idSpaces) restoreLocked(cl *mqtt.Client) {
 // PUBREL go back to mochi's map where no delivery holds their id, so a
 // resumed session still knows them (where one does, the PUBREL is
 // answered 0x92 and the publish, already delivered, stays delivered).
-func (s *idSpaces) close(cl *mqtt.Client) {
+//
+// It returns the publishes whose id a delivery holds (for keptInbound).
+func (s *idSpaces) close(cl *mqtt.Client) map[uint16]packets.Packet {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gone {
-		return
+		return nil
 	}
 	s.settleLocked(cl)
-	s.restoreLocked(cl)
+	return s.restoreLocked(cl)
+}
+
+// keptInbound keeps, by client id, a persistent session's client QoS 2
+// publishes waiting for PUBREL that could not go back in mochi's in-flight
+// map when its connection ended (a delivery held their ids) until a
+// client resumes the session (its connection's idSpaces adopts them) —
+// at most the broker's Receive Maximum a session. An entry is for the
+// session of its client: a client that starts clean, or another user's,
+// or the session's end (prune) discards it.
+//
+// Owner: mu guards by; the connection hooks and the $SYS ticker take it.
+type keptInbound struct {
+	mu sync.Mutex
+	by map[string]keptIDs
+}
+
+type keptIDs struct {
+	cl  *mqtt.Client // the session's client: the one that ended, then the one taking it
+	pks map[uint16]packets.Packet
+}
+
+// put keeps pks for the session of cl, whose connection ended.
+func (k *keptInbound) put(cl *mqtt.Client, pks map[uint16]packets.Packet) {
+	if len(pks) == 0 {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.by == nil {
+		k.by = map[string]keptIDs{}
+	}
+	k.by[cl.ID] = keptIDs{cl: cl, pks: pks}
+}
+
+// handOver runs when cl takes over the session of existing (before mochi
+// moves it, OnSessionEstablish); fresh: cl starts a session of its own.
+// What was kept for existing's session, or surrendered by its live
+// connection (left), is kept for cl.
+func (k *keptInbound) handOver(existing, cl *mqtt.Client, fresh bool, left map[uint16]packets.Packet) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e, ok := k.by[cl.ID]
+	delete(k.by, cl.ID)
+	if fresh || existing == nil {
+		return
+	}
+	if !ok || e.cl != existing {
+		e = keptIDs{}
+	}
+	for id, pk := range left {
+		if e.pks == nil {
+			e.pks = map[uint16]packets.Packet{}
+		}
+		e.pks[id] = pk
+	}
+	if len(e.pks) > 0 {
+		if k.by == nil {
+			k.by = map[string]keptIDs{}
+		}
+		k.by[cl.ID] = keptIDs{cl: cl, pks: e.pks}
+	}
+}
+
+// take returns what is kept for cl (its connection is being filed).
+func (k *keptInbound) take(cl *mqtt.Client) map[uint16]packets.Packet {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e, ok := k.by[cl.ID]
+	if !ok || e.cl != cl {
+		return nil
+	}
+	delete(k.by, cl.ID)
+	return e.pks
+}
+
+// prune discards what is kept for sessions that ended: cur reports the
+// session's client for a client id, if any.
+func (k *keptInbound) prune(cur func(id string) (*mqtt.Client, bool)) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for id, e := range k.by {
+		if cl, ok := cur(id); !ok || (cl != e.cl && e.cl.Closed()) {
+			delete(k.by, id)
+		}
+	}
 }
 
 // displacedN is the number of deliveries in flight that are out of

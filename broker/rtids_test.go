@@ -329,3 +329,47 @@ func TestDisplacedReceiveMaximum(t *testing.T) {
 		t.Fatalf("got a PUBLISH of %x, want q/own", body)
 	}
 }
+
+// TestInboundQoS2Resumed: a client's QoS 2 publish waiting for PUBREL
+// when its connection ends stays session state [MQTT-4.3.3-10] even when
+// a delivery to it holds the same id: resent with DUP on the next
+// connection (the PUBREC was lost), it is not delivered again.
+func TestInboundQoS2Resumed(t *testing.T) {
+	for _, v := range []byte{4, 5} {
+		t.Run(map[byte]string{4: "3.1.1", 5: "5"}[v], func(t *testing.T) {
+			b := start(t, Options{})
+			in, cfg, _ := resumeConfig("sub")
+			sub := dial5(t, b, "sub", cfg, nil)
+			if _, err := sub.Subscribe(testCtx(t), &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "d/#", QoS: 2}}}); err != nil {
+				t.Fatal(err)
+			}
+			s := dialSession(t, b, v, "q2", packets.Properties{})
+			body := []byte{0, 1}
+			if v == 5 {
+				body = append(body, 0)
+			}
+			s.send(0x82, append(body, 0, 3, 'q', '/', '#', 1))
+			s.want("SUBACK", 0x90)
+			pub := dial5(t, b, "q2-pub", paho5.ClientConfig{}, nil)
+			publishQ(t, pub, 1)
+			_, pb := s.want("PUBLISH q/1", 0x30) // in flight, unacknowledged
+			id := uint16(pb[5])<<8 | uint16(pb[6])
+			s.publish(2, false, id, "d/x", "once")
+			s.want("PUBREC", 0x50) // lost, as far as the client knows
+			s.conn.Close()
+			waitConnGone(t, b, "q2")
+			s = dialSession(t, b, v, "q2", packets.Properties{})
+			s.want("PUBLISH q/1 again", 0x30)
+			s.publish(2, true, id, "d/x", "once")
+			s.want("PUBREC", 0x50)
+			s.send(0x62, []byte{byte(id >> 8), byte(id)})
+			s.skipTo("PUBCOMP", 0x70, 0x50)
+			s.publish(1, false, id+1, "d/end", "end")
+			s.want("PUBACK", 0x40)
+			got := in.wait(t, 2)
+			if got[0] != "d/x" || got[1] != "d/end" {
+				t.Fatalf("the subscriber got %q, want d/x once, then d/end", got)
+			}
+		})
+	}
+}
