@@ -528,9 +528,19 @@ func (h *hook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, _ int64) {
 // set Request Problem Information to 0 (that flag only covers packets other
 // than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29]: mote-seq and
 // mote-part must reach the client), and tells MQTT 5 clients in CONNACK
-// the largest packet the broker accepts [MQTT-3.2.2.3.6].
-func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+// the largest packet the broker accepts [MQTT-3.2.2.3.6]. A QoS 2 PUBLISH
+// sent again before its PUBREL is acknowledged as the first was, not
+// refused 0x91 (idSpaces.resentAck).
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
+	case packets.Pubrec:
+		if pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
+			if c := h.conn(cl); c != nil {
+				if o, ok := c.outOf(); ok && o.ids.resentAck(pk.PacketID) {
+					pk.ReasonCode, pk.Properties.ReasonString = packets.CodeSuccess.Code, ""
+				}
+			}
+		}
 	case packets.Publish:
 		pk.Mods.DisallowProblemInfo = false
 	case packets.Connack:

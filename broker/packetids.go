@@ -34,6 +34,7 @@ type idSpaces struct {
 	displaced *packets.Packet // the delivery in flight under reserved, out of mochi's map meanwhile
 	inbound   map[uint16]packets.Packet
 	gone      bool // the session was taken over (surrender): mochi's map is left as mochi keeps it
+	resent    bool // the packet being processed is a QoS 2 PUBLISH whose id waits for its PUBREL: sent again
 }
 
 // clientFlow says whether a packet from the client carries an id of the
@@ -72,6 +73,12 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 	if cur, ok := cl.State.Inflight.Get(id); ok && delivery(cur) {
 		cl.State.Inflight.Delete(id)
 		s.displaced = &cur
+	}
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2 {
+		_, s.resent = s.inbound[id]
+		if cur, ok := cl.State.Inflight.Get(id); ok && cur.FixedHeader.Type == packets.Pubrec {
+			s.resent = true
+		}
 	}
 	if in, ok := s.inbound[id]; ok && (pk.FixedHeader.Type == packets.Pubrel || pk.FixedHeader.Type == packets.Publish) {
 		// Its PUBREL completes it; a resent PUBLISH finds it in use.
@@ -113,7 +120,18 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 		cl.State.Inflight.Set(*s.displaced)
 		s.displaced = nil
 	}
-	s.reserved, s.kind = 0, 0
+	s.reserved, s.kind, s.resent = 0, 0, false
+}
+
+// resentAck says whether a PUBREC with id answers a QoS 2 PUBLISH sent
+// again before its PUBREL (the PUBREC was lost, say): mochi refuses it
+// 0x91 (packet identifier in use), which ends the flow for an MQTT 5
+// client, though the message was delivered and its PUBREC awaits a
+// PUBREL; it is acknowledged as the first was [MQTT-4.3.3-10].
+func (s *idSpaces) resentAck(id uint16) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.resent && id == s.reserved
 }
 
 // surrender runs when another client takes cl's session over, before

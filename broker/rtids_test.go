@@ -373,3 +373,25 @@ func TestInboundQoS2Resumed(t *testing.T) {
 		})
 	}
 }
+
+// TestInboundQoS2ResentV5: a QoS 2 PUBLISH sent again before its PUBREL
+// (its PUBREC was lost) gets a PUBREC as the first did [MQTT-4.3.3-10];
+// mochi refused it 0x91 (packet identifier in use), after which an MQTT 5
+// client ends the flow: no PUBREL, and the broker's PUBREC state, taking
+// one of the client's receive quota, stayed for good.
+func TestInboundQoS2ResentV5(t *testing.T) {
+	b := start(t, Options{})
+	s := dialSession(t, b, 5, "q2", packets.Properties{})
+	s.publish(2, false, 9, "d/x", "once")
+	if _, body := s.want("PUBREC", 0x50); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("PUBREC %x", body)
+	}
+	s.publish(2, true, 9, "d/x", "once")
+	if _, body := s.want("PUBREC again", 0x50); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("the resent PUBLISH got PUBREC %x, want success", body)
+	}
+	s.send(0x62, []byte{0, 9})
+	if _, body := s.want("PUBCOMP", 0x70); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("PUBCOMP %x", body)
+	}
+}
