@@ -80,6 +80,12 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 			s.resent = true
 		}
 	}
+	if s.resent {
+		// mochi refuses a publish when the receive quota is spent
+		// before it finds the id waiting (and takes no quota for it):
+		// the resend of one the quota counts is let through.
+		cl.State.Inflight.IncreaseReceiveQuota()
+	}
 	if in, ok := s.inbound[id]; ok && (pk.FixedHeader.Type == packets.Pubrel || pk.FixedHeader.Type == packets.Publish) {
 		// Its PUBREL completes it; a resent PUBLISH finds it in use.
 		delete(s.inbound, id)
@@ -119,6 +125,9 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 	if s.displaced != nil {
 		cl.State.Inflight.Set(*s.displaced)
 		s.displaced = nil
+	}
+	if s.resent {
+		cl.State.Inflight.DecreaseReceiveQuota()
 	}
 	s.reserved, s.kind, s.resent = 0, 0, false
 }
@@ -177,16 +186,22 @@ func (s *idSpaces) restoreLocked(cl *mqtt.Client) map[uint16]packets.Packet {
 }
 
 // adopt starts the connection of cl, resuming its session, with its
-// client's QoS 2 publishes kept for it (keptInbound), each taking one of
-// the receive quota the broker gives the client, as in mochi's map.
+// client's QoS 2 publishes kept for it (keptInbound). Each of them, and
+// of those in mochi's map, takes one of the receive quota the broker
+// gives the client, as on the connection that received them (mochi gives
+// a resumed session its whole quota: a client reconnecting could have the
+// broker keep up to 65,535 of them).
 func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet) {
-	if len(kept) == 0 {
-		return
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.inbound = kept
-	for range kept {
+	n := len(kept)
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type == packets.Pubrec {
+			n++
+		}
+	}
+	for range n {
 		cl.State.Inflight.DecreaseReceiveQuota()
 	}
 }

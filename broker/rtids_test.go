@@ -395,3 +395,48 @@ func TestInboundQoS2ResentV5(t *testing.T) {
 		t.Fatalf("PUBCOMP %x", body)
 	}
 }
+
+// TestInboundQoS2Bound: the client's QoS 2 publishes waiting for PUBREL,
+// kept apart from mochi's map, are bounded by the broker's Receive
+// Maximum: one more is refused (MQTT 5: DISCONNECT 0x93), in a fresh
+// connection and in one that resumed the session holding them.
+func TestInboundQoS2Bound(t *testing.T) {
+	for _, v := range []byte{4, 5} {
+		t.Run(map[byte]string{4: "3.1.1", 5: "5"}[v], func(t *testing.T) {
+			b := start(t, Options{MaxInflight: 4})
+			s := dialSession(t, b, v, "many", packets.Properties{})
+			for id := uint16(1); id <= 4; id++ {
+				s.publish(2, false, id, "d/x", "x")
+				s.want("PUBREC", 0x50)
+			}
+			c := b.connOf(t, "many")
+			o := c.out.(*mqttOut)
+			o.ids.mu.Lock()
+			n := len(o.ids.inbound)
+			o.ids.mu.Unlock()
+			if n != 4 {
+				t.Fatalf("%d publishes wait for PUBREL, want 4", n)
+			}
+			s.conn.Close()
+			waitConnGone(t, b, "many")
+			s = dialSession(t, b, v, "many", packets.Properties{})
+			// mochi resends the session's four PUBRECs.
+			for i := 0; i < 4; i++ {
+				s.want("PUBREC resent", 0x50)
+			}
+			// The client resends the first (no quota taken), completes
+			// it, and has room for one more.
+			s.publish(2, true, 1, "d/x", "x")
+			s.want("PUBREC", 0x50)
+			s.send(0x62, []byte{0, 1})
+			s.want("PUBCOMP", 0x70)
+			s.publish(2, false, 5, "d/x", "x")
+			s.want("PUBREC", 0x50)
+			s.publish(2, false, 6, "d/x", "x")
+			h, body, err := readWhole(s.r)
+			if err == nil && !(h&0xf0 == 0xe0 && (v == 4 || len(body) > 0 && body[0] == 0x93)) {
+				t.Fatalf("the publish past the quota got %#x %x, want the connection closed (0x93)", h, body)
+			}
+		})
+	}
+}
