@@ -440,3 +440,29 @@ func TestInboundQoS2Bound(t *testing.T) {
 		})
 	}
 }
+
+// TestDisplacedTakeover: a client takes the session over while its old
+// connection processes a packet with the id of an unacknowledged delivery
+// (the delivery out of mochi's map meanwhile): the new client gets the
+// delivery, with the rest, in order. mochi copied the map without it.
+func TestDisplacedTakeover(t *testing.T) {
+	b := start(t, Options{})
+	raw, _, old, pub := awayQueued(t, b, "away") // q/1 in flight; q/2, q/3 wait
+	var id uint16
+	for _, pk := range old.State.Inflight.GetAll(false) {
+		id = pk.PacketID
+	}
+	h := &publishedHook{cl: old, blocked: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer close(h.release)
+	body := append([]byte{0, 3, 'r', '/', 'x', byte(id >> 8), byte(id), 0}, "mine"...)
+	if _, err := raw.Write(append(append([]byte{0x32}, varint(len(body))...), body...)); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, "OnPublished", h.blocked)
+	in := resume(t, b, "away")
+	publishQ(t, pub, 4)
+	wantOrder(t, in, 4)
+}
