@@ -90,16 +90,24 @@ func (a *arriving) rebind(b *Broker, s *arrivingSession, cl *mqtt.Client) {
 
 // sweep hands the messages held for clients that stopped before their
 // connection was filed (a CONNACK that could not be written, say) to their
-// sessions, as held for any session that is away. The $SYS ticker calls
-// it.
+// sessions, as held for any session that is away, or to the client coming
+// back to it meanwhile. The $SYS ticker calls it.
 func (a *arriving) sweep(b *Broker) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for id, s := range a.by {
-		if s.cl.Closed() {
-			delete(a.by, id)
-			a.away(b, id, s)
+		if !s.cl.Closed() {
+			continue
 		}
+		if cur, ok := b.server.Clients.Get(id); ok && cur != s.cl && !cur.Closed() {
+			// Another client is coming back to the session: its
+			// connection, not filed yet (adopt takes the entry), gets
+			// them.
+			a.rebind(b, s, cur)
+			continue
+		}
+		delete(a.by, id)
+		a.away(b, id, s)
 	}
 }
 

@@ -171,12 +171,12 @@ func resumeRaw(t *testing.T, b *Broker, id string) net.Conn {
 	return conn
 }
 
-// TestArrivingStoppedQoS0: a QoS 0 message for a client coming back whose
+// TestArrivingStoppedQoS0: messages held for a client coming back whose
 // connection stops before it is filed (mochi's resend or CONNACK could not
-// be written) is dropped, as for any session that is away. It was held in
-// the session's in-flight map: resent with DUP at QoS 0 on every return
-// [MQTT-3.3.1-2], never acknowledged, taking a slot of the client's
-// Receive Maximum for good.
+// be written) go to the session when swept: QoS 1 held in flight for the
+// next connection, QoS 0 dropped, as for any session that is away (held
+// in flight, it would be resent with DUP at QoS 0 [MQTT-3.3.1-2] and
+// never acknowledged).
 func TestArrivingStoppedQoS0(t *testing.T) {
 	b := start(t, Options{})
 	raw, _, old, pub := awayQueued(t, b, "away")
@@ -465,4 +465,31 @@ func TestDisplacedTakeover(t *testing.T) {
 	in := resume(t, b, "away")
 	publishQ(t, pub, 4)
 	wantOrder(t, in, 4)
+}
+
+// TestArrivingSweptToArriving: messages held for a client that stopped
+// before its connection was filed, swept while another client of the
+// session is coming back, wait for that client's connection. They were
+// put in its in-flight map after mochi's resend: unsent while it stayed.
+func TestArrivingSweptToArriving(t *testing.T) {
+	b := start(t, Options{})
+	raw, _, old, pub := awayQueued(t, b, "away")
+	raw.Close()
+	waitConnGone(t, b, "away")
+	h := addBlockHook(t, b, mqtt.OnQosPublish, func(cl *mqtt.Client) bool { return cl != old })
+	resumeRaw(t, b, "away")
+	waitClosed(t, "the first resend", h.blocked)
+	first, _ := b.server.Clients.Get("away")
+	publishQ(t, pub, 4) // held for the first
+	first.Stop(errors.New("test: the connection broke"))
+	h2 := addBlockHook(t, b, mqtt.OnQosPublish, func(cl *mqtt.Client) bool { return cl != old && cl != first })
+	in, cfg, cp := resumeConfig("away")
+	dialed := dialAsync(t, b, "away", cfg, cp)
+	waitClosed(t, "the second resend", h2.blocked)
+	b.arriving.sweep(b)
+	close(h2.release)
+	waitDialed(t, dialed)
+	b.connOf(t, "away")
+	publishQ(t, pub, 5)
+	wantOrder(t, in, 5)
 }
