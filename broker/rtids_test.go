@@ -411,12 +411,13 @@ func TestInboundQoS2Bound(t *testing.T) {
 			}
 			c := b.connOf(t, "many")
 			o := c.out.(*mqttOut)
-			o.ids.mu.Lock()
-			n := len(o.ids.inbound)
-			o.ids.mu.Unlock()
-			if n != 4 {
-				t.Fatalf("%d publishes wait for PUBREL, want 4", n)
-			}
+			// (Kept apart once mochi processed the last, just after it
+			// wrote its PUBREC.)
+			waitFor(t, "four publishes waiting for PUBREL", func() bool {
+				o.ids.mu.Lock()
+				defer o.ids.mu.Unlock()
+				return len(o.ids.inbound) == 4
+			})
 			s.conn.Close()
 			waitConnGone(t, b, "many")
 			s = dialSession(t, b, v, "many", packets.Properties{})
