@@ -191,17 +191,26 @@ func (s *idSpaces) restoreLocked(cl *mqtt.Client) map[uint16]packets.Packet {
 // gives the client, as on the connection that received them (mochi gives
 // a resumed session its whole quota: a client reconnecting could have the
 // broker keep up to 65,535 of them).
+//
+// Those in mochi's map (put back when the last connection ended, and
+// resent there as PUBRECs) leave it for inbound: at rest the map holds
+// deliveries only, and the writer counts it against the client's Receive
+// Maximum.
 func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.inbound = kept
-	n := len(kept)
 	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type == packets.Pubrec {
-			n++
+		if pk.FixedHeader.Type != packets.Pubrec {
+			continue
 		}
+		if s.inbound == nil {
+			s.inbound = map[uint16]packets.Packet{}
+		}
+		cl.State.Inflight.Delete(pk.PacketID)
+		s.inbound[pk.PacketID] = pk
 	}
-	for range n {
+	for range s.inbound {
 		cl.State.Inflight.DecreaseReceiveQuota()
 	}
 }

@@ -494,3 +494,29 @@ func TestArrivingSweptToArriving(t *testing.T) {
 	publishQ(t, pub, 5)
 	wantOrder(t, in, 5)
 }
+
+// TestInboundQoS2ResumedRM1: a client's QoS 2 publish waiting for PUBREL,
+// kept with its session, does not take the slot of a client with Receive
+// Maximum 1 for deliveries: the ids are separate spaces [MQTT-2.2.1-2].
+// Back in mochi's map on the next connection, it counted as a delivery in
+// flight: nothing was sent until the client's PUBREL.
+func TestInboundQoS2ResumedRM1(t *testing.T) {
+	b := start(t, Options{})
+	s := dialSession(t, b, 5, "rm1", packets.Properties{ReceiveMaximum: 1})
+	s.send(0x82, []byte{0, 1, 0, 0, 3, 'q', '/', '#', 1})
+	s.want("SUBACK", 0x90)
+	s.publish(2, false, 3, "d/x", "x")
+	s.want("PUBREC", 0x50)
+	s.conn.Close()
+	waitConnGone(t, b, "rm1")
+	s = dialSession(t, b, 5, "rm1", packets.Properties{ReceiveMaximum: 1})
+	s.want("PUBREC resent", 0x50)
+	b.connOf(t, "rm1")
+	pub := dial5(t, b, "rm1-pub", paho5.ClientConfig{}, nil)
+	publishQ(t, pub, 1)
+	if _, body := s.want("PUBLISH q/1", 0x30); string(body[2:5]) != "q/1" {
+		t.Fatalf("got a PUBLISH of %x, want q/1", body)
+	}
+	s.send(0x62, []byte{0, 3, 0, 0})
+	s.want("PUBCOMP", 0x70)
+}
