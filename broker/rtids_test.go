@@ -520,3 +520,26 @@ func TestInboundQoS2ResumedRM1(t *testing.T) {
 	s.send(0x62, []byte{0, 3, 0, 0})
 	s.want("PUBCOMP", 0x70)
 }
+
+// TestArrivingQoS0: a QoS 0 message for a session whose client is coming
+// back (after mochi's resend, before the connection is filed) is the
+// connected client's: it waits for the connection, in order.
+func TestArrivingQoS0(t *testing.T) {
+	b := start(t, Options{})
+	raw, _, old, pub := awayQueued(t, b, "away")
+	raw.Close()
+	waitConnGone(t, b, "away")
+	h := addBlockHook(t, b, mqtt.OnQosPublish, func(cl *mqtt.Client) bool { return cl != old })
+	in, cfg, cp := resumeConfig("away")
+	dialed := dialAsync(t, b, "away", cfg, cp)
+	waitClosed(t, "the resend", h.blocked)
+	if _, err := pub.Publish(testCtx(t), &paho5.Publish{Topic: "q/4", QoS: 0, Payload: []byte("4")}); err != nil {
+		t.Fatal(err)
+	}
+	publishQ(t, pub, 5) // after q/4: once it is held, q/4 is
+	close(h.release)
+	waitDialed(t, dialed)
+	b.connOf(t, "away")
+	publishQ(t, pub, 6)
+	wantOrder(t, in, 6)
+}
