@@ -25,6 +25,13 @@ import (
 // after, the writer takes no new delivery id X (takeInflight), and a
 // client QoS 2 publish waiting under X is put in for its PUBREL.
 //
+// Across connections: a connection that ends puts its inbound back in
+// mochi's map (session state), but for ids a delivery holds there, kept
+// by keptInbound; a takeover has them put back before mochi copies the
+// map (surrender); the next connection takes them all into inbound
+// (adopt), each taking one of the receive quota. A QoS 2 PUBLISH sent
+// again before its PUBREL gets a PUBREC as the first did (resentAck).
+//
 // Owner: the fields are guarded by mu; the read goroutine sets and clears
 // the reservation, the writer asks it.
 type idSpaces struct {
