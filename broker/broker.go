@@ -42,6 +42,8 @@ type Broker struct {
 	// read rules (owned by the loop).
 	resumeFloor uint64
 
+	keptIn keptInbound // client QoS 2 publishes of persistent sessions that mochi's map could not keep
+
 	conns      sync.Map // *mqtt.Client → *conn
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
 	parked     sync.Map // *conn whose messages wait for a client taking its session over (conn.unpark)

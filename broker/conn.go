@@ -534,7 +534,8 @@ func (o *mqttOut) waitInflight(c *conn) error {
 	if rm := int(o.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
 		limit = rm
 	}
-	for n := o.cl.State.Inflight.Len(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = o.cl.State.Inflight.Len() {
+	inflight := func() int { return o.cl.State.Inflight.Len() + o.ids.displacedN() }
+	for n := inflight(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = inflight() {
 		if err := o.flush(); err != nil {
 			return err
 		}

@@ -154,6 +154,7 @@
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
+//	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
 //	messages for an arriving session    arriving's mutex, until OnSessionEstablished files the connection
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
