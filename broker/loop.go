@@ -320,7 +320,7 @@ func (b *Broker) handle(r *request) {
 // payloads.
 func (b *Broker) keepProps(plain *message, rows []tree.Row) {
 	if plain != nil && len(plain.payload) > 0 && plain.props != nil && hasProps(plain.props) {
-		b.props[plain.topic] = *plain.props
+		b.props[plain.topic] = plain.props // the message's: nobody changes it
 		return
 	}
 	if len(b.props) == 0 {
