@@ -36,6 +36,7 @@ type Broker struct {
 	props     map[string]*packets.Properties // MQTT 5 properties of plain retained rows (shared, never changed); owned by the loop
 	pace      pacer                          // paced deltas (pace.go); owned by the loop
 	bufs      bufPool                        // writers' encode buffers, lent from encode to flush (bufpool.go)
+	lists     replayLists                    // retained replays' row lists, shared by filter (replay.go); owned by the loop
 	// resumeFloor is the lowest revision a resume may start from: one past
 	// the revision of the last Reload, whose copies were made under other
 	// read rules (owned by the loop).

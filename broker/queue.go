@@ -89,12 +89,13 @@ const tokenCost = 512
 func (*snapshotItem) cost() int { return tokenCost }
 
 // replayItem is the retained rows a plain subscription gets, listed by the
-// loop when the writer reaches it and read as the client drains them.
+// loop when the writer reaches it (a list shared with the replays of the
+// same filter: replay.go) and read as the client drains them.
 type replayItem struct {
 	filter string
 	qos    byte // granted QoS
 	subID  int
-	refs   []tree.Ref // nil until listed
+	list   *replayList // the loop's; nil until listed, and once read to the end
 	listed bool
 	next   int
 }

@@ -381,22 +381,28 @@ type replayRow struct {
 // on the loop; done once there are no more.
 func (b *Broker) replay(c *conn, r *replayItem, out []replayRow) ([]replayRow, bool, error) {
 	var rows []replayRow // written on the loop; read only once it answered
-	if !b.onLoop(c.q.done, func() { rows = b.replayRows(r, out) }) {
+	var done bool
+	if !b.onLoop(c.q.done, func() { rows, done = b.replayRows(r, out) }) {
 		return nil, true, errWriterStop
 	}
-	return rows, r.refs == nil, nil
+	return rows, done, nil
 }
 
 // replayRows lists the rows of r's filter the first time, then reads the
-// next of them: up to replayRows rows or replayBytes of payload, so one
-// trip to the loop serves many rows and a writer holds little (loop only).
-func (b *Broker) replayRows(r *replayItem, out []replayRow) []replayRow {
+// next of them: up to replayRowsMax rows or replayBytes of payload, so
+// one trip to the loop serves many rows and a writer holds little (loop
+// only). done: r has no more.
+func (b *Broker) replayRows(r *replayItem, out []replayRow) ([]replayRow, bool) {
 	if !r.listed {
-		r.refs, r.listed = b.tree.Store().Refs(r.filter, nil), true
+		r.list, r.listed = b.lists.list(b.tree.Store(), r.filter), true
 	}
+	if r.list == nil {
+		return out, true
+	}
+	refs := r.list.refs
 	n := 0
-	for r.next < len(r.refs) && len(out) < replayRowsMax && n < replayBytes {
-		topic, v, qos, ok := r.refs[r.next].Row()
+	for r.next < len(refs) && len(out) < replayRowsMax && n < replayBytes {
+		topic, v, qos, ok := refs[r.next].Row()
 		r.next++
 		if !ok {
 			continue
@@ -407,14 +413,15 @@ func (b *Broker) replayRows(r *replayItem, out []replayRow) []replayRow {
 		out = append(out, replayRow{topic: topic, value: v, qos: qos, props: b.props[topic]})
 		n += len(v.Data)
 	}
-	if r.next >= len(r.refs) {
-		r.refs = nil
+	if r.next >= len(refs) {
+		r.list = nil // let the list go
+		return out, true
 	}
-	return out
+	return out, false
 }
 
 // replayRowsMax and replayBytes bound one read of a replay.
 const (
-	replayRowsMax = 4096
-	replayBytes   = 256 << 10
+	replayRowsMax = 512
+	replayBytes   = 32 << 10
 )
