@@ -37,6 +37,7 @@ type Broker struct {
 	pace      pacer                          // paced deltas (pace.go); owned by the loop
 	bufs      bufPool                        // writers' encode buffers, lent from encode to flush (bufpool.go)
 	lists     replayLists                    // retained replays' row lists, shared by filter (replay.go); owned by the loop
+	applied   atomic.Uint64                  // the store's revision once a batch is applied, stored before it is delivered (replayRows)
 	// resumeFloor is the lowest revision a resume may start from: one past
 	// the revision of the last Reload, whose copies were made under other
 	// read rules (owned by the loop).
@@ -192,6 +193,7 @@ func (b *Broker) Start() error {
 		return err
 	}
 	b.started = true
+	b.applied.Store(b.tree.Rev())
 	go b.loop()
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)

@@ -211,6 +211,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 		return
 	}
 	res := b.tree.Apply(ops)
+	b.applied.Store(b.tree.Rev()) // before its deliveries: see replayRows
 	b.stats.Batches.Add(1)
 	b.stats.OpsApplied.Add(int64(len(ops)))
 	atomic.StoreInt64(&b.server.Info.Retained, int64(b.tree.Store().Len()))

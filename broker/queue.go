@@ -98,6 +98,11 @@ type replayItem struct {
 	list   *replayList // the loop's; nil until listed, and once read to the end
 	listed bool
 	next   int
+	// from is the store's revision as of the SUBSCRIBE (read once mochi
+	// filed the subscription), drops the connection's drop count then
+	// (see replayRows).
+	from  uint64
+	drops int64
 }
 
 func (m *replayItem) cost() int { return len(m.filter) + tokenCost }

@@ -382,7 +382,7 @@ type replayRow struct {
 func (b *Broker) replay(c *conn, r *replayItem, out []replayRow) ([]replayRow, bool, error) {
 	var rows []replayRow // written on the loop; read only once it answered
 	var done bool
-	if !b.onLoop(c.q.done, func() { rows, done = b.replayRows(r, out) }) {
+	if !b.onLoop(c.q.done, func() { rows, done = b.replayRows(r, out, c.dropped.Load()) }) {
 		return nil, true, errWriterStop
 	}
 	return rows, done, nil
@@ -391,8 +391,18 @@ func (b *Broker) replay(c *conn, r *replayItem, out []replayRow) ([]replayRow, b
 // replayRows lists the rows of r's filter the first time, then reads the
 // next of them: up to replayRowsMax rows or replayBytes of payload, so
 // one trip to the loop serves many rows and a writer holds little (loop
-// only). done: r has no more.
-func (b *Broker) replayRows(r *replayItem, out []replayRow) ([]replayRow, bool) {
+// only). done: r has no more. drops is the connection's drop count.
+//
+// A row is read as it is now, not as it was at the SUBSCRIBE. A row that
+// changed after the SUBSCRIBE (its revision is past r.from) is skipped:
+// mochi filed the subscription before r.from was read, and the loop
+// stores the revision of a batch before it delivers it, so each such
+// change is a live publish to this subscriber, queued behind the replay,
+// and the subscriber sees the row's values in order (a retained 2 before
+// the live 1 and 2 would take a dashboard back). Once the connection
+// dropped a message (a full queue) that live publish may be gone, and the
+// row is replayed as it is.
+func (b *Broker) replayRows(r *replayItem, out []replayRow, drops int64) ([]replayRow, bool) {
 	if !r.listed {
 		r.list, r.listed = b.lists.list(b.tree.Store(), r.filter), true
 	}
@@ -400,11 +410,13 @@ func (b *Broker) replayRows(r *replayItem, out []replayRow) ([]replayRow, bool) 
 		return out, true
 	}
 	refs := r.list.refs
+	skipNewer := drops == r.drops // rows changed since the SUBSCRIBE come live
 	n := 0
 	for r.next < len(refs) && len(out) < replayRowsMax && n < replayBytes {
-		topic, v, qos, ok := refs[r.next].Row()
+		ref := refs[r.next]
+		topic, v, qos, ok := ref.Row()
 		r.next++
-		if !ok {
+		if !ok || skipNewer && ref.Rev() > r.from {
 			continue
 		}
 		// props are shared, not copied: a copy taken by address escaped to

@@ -357,6 +357,15 @@ func (r Ref) Row() (topic string, v wire.Value, qos byte, ok bool) {
 	return r.n.path, r.n.value(), r.n.qos, true
 }
 
+// Rev is the revision of the last change of the row behind r (SPEC §8;
+// 0 when unknown, or once the row is deleted).
+func (r Ref) Rev() uint64 {
+	if r.n == nil || r.n.kind == wire.None {
+		return 0
+	}
+	return r.n.rev
+}
+
 func appendLevel(topic []byte, first bool, name string) []byte {
 	if !first {
 		topic = append(topic, '/')
