@@ -164,7 +164,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if *pprofAddr != "" {
-		stop, err := servePprof(*pprofAddr, log)
+		_, stop, err := servePprof(*pprofAddr, log)
 		if err != nil {
 			return err
 		}

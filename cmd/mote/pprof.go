@@ -14,19 +14,19 @@ import (
 // servePprof serves Go's profiles (/debug/pprof/: heap, CPU, goroutines,
 // allocations) on addr, for `mote broker --pprof ADDR`: a listener of its
 // own, never the HTTP API's, so profiles are never exposed by accident. A
-// host-less address (":6060") is bound to loopback. The returned function
-// stops it.
-func servePprof(addr string, log zerolog.Logger) (func(), error) {
+// host-less address (":6060") is bound to loopback. It returns the
+// address it listens on and a function that stops it.
+func servePprof(addr string, log zerolog.Logger) (net.Addr, func(), error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("--pprof %q: %w", addr, err)
+		return nil, nil, fmt.Errorf("--pprof %q: %w", addr, err)
 	}
 	if host == "" {
 		host = "127.0.0.1"
 	}
 	l, err := net.Listen("tcp", net.JoinHostPort(host, port))
 	if err != nil {
-		return nil, fmt.Errorf("--pprof listener: %w", err)
+		return nil, nil, fmt.Errorf("--pprof listener: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -43,5 +43,5 @@ func servePprof(addr string, log zerolog.Logger) (func(), error) {
 		}
 	}()
 	log.Warn().Str("pprof", l.Addr().String()).Msg("profiles served at http://" + l.Addr().String() + "/debug/pprof/")
-	return func() { srv.Close(); <-done }, nil
+	return l.Addr(), func() { srv.Close(); <-done }, nil
 }
