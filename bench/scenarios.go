@@ -495,10 +495,14 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 	want := int64(changes * s.Dashboards)
 	awaitProgress(ctx, &rows, want, &arrived, liveIdle)
 	got := rows.Load()
-	return outcome{value: float64(msgs.Load()), msgs: msgs.Load(), bytes: bytes.Load(), sent: int64(changes), lost: want - got,
+	out := outcome{value: float64(msgs.Load()), msgs: msgs.Load(), bytes: bytes.Load(), sent: int64(changes), lost: want - got,
 		extra: map[string]float64{"rows-delivered": float64(got), "dups": float64(dups.Load()),
 			"retained": float64(retained.Load()), "drain-s": time.Since(end).Seconds(),
-			"disconnects": float64(dropped.Load())}}, nil
+			"disconnects": float64(dropped.Load())}}
+	if ctx.Err() != nil {
+		out.extra["timed-out"] = 1 // the run's deadline ended the wait: lost includes rows still on their way
+	}
+	return out, nil
 }
 
 // liveIdle is how long the live dashboard waits for a message before it
