@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -118,9 +119,9 @@ type outQueue struct {
 	head      int // items[:head] are taken
 	bytes     int // cost of the items not yet taken
 	max       int
-	held      int          // while > 0 the writer waits: an ack mochi writes must go first
-	closed    bool         // no more items: the connection is gone
-	left      []*plainItem // once closed: QoS 1/2 plain messages not written, for the session (see close)
+	held      int    // while > 0 the writer waits: an ack mochi writes must go first
+	closed    bool   // no more items: the connection is gone
+	left      []item // once closed: QoS 1/2 plain messages not written, for the session (see close), and QoS 1/2 replays not finished (expanded by the writer: handReplaysOn)
 	leftBytes int
 	leftLost  int           // QoS 1/2 plain messages close and unsent could not keep (over the bound)
 	sealed    bool          // the leftovers were taken: a push answers pushGone
@@ -365,16 +366,67 @@ func (q *outQueue) close() bool {
 // dropped (mu held). It reports false for a QoS 1/2 plain message it
 // could not keep.
 func (q *outQueue) leaveLocked(m item) bool {
-	p, ok := m.(*plainItem)
-	if !ok || p.qos == 0 || q.sealed {
+	if q.sealed {
 		return true
 	}
-	if c := p.cost(); q.leftBytes == 0 || q.leftBytes+c <= q.max {
-		q.left = append(q.left, p)
+	switch m := m.(type) {
+	case *plainItem:
+		if m.qos == 0 {
+			return true
+		}
+	case *replayItem:
+		if m.qos == 0 || m.listed && m.list == nil {
+			return true // nothing left to send, or nothing to keep
+		}
+	default:
+		return true
+	}
+	if c := m.cost(); q.leftBytes == 0 || q.leftBytes+c <= q.max {
+		q.left = append(q.left, m)
 		q.leftBytes += c
 		return true
 	}
 	return false
+}
+
+// leftReplays lists the unfinished QoS 1/2 replays among the leftovers of
+// a closed queue, for the writer to expand (handReplaysOn).
+func (q *outQueue) leftReplays() []*replayItem {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []*replayItem
+	for _, m := range q.left {
+		if r, ok := m.(*replayItem); ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// expand puts rows in r's place among the leftovers, within the queue's
+// bound (what does not fit is counted lost); gone, it does nothing.
+func (q *outQueue) expand(r *replayItem, rows []*plainItem) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	i := slices.IndexFunc(q.left, func(m item) bool { return m == r })
+	if i < 0 || q.sealed {
+		return
+	}
+	q.leftBytes -= r.cost()
+	n := 0
+	for _, p := range rows {
+		if c := p.cost(); q.leftBytes+c > q.max {
+			q.leftLost += len(rows) - n
+			break
+		}
+		q.leftBytes += p.cost()
+		n++
+	}
+	ms := make([]item, n)
+	for j, p := range rows[:n] {
+		ms[j] = p
+	}
+	q.left = slices.Replace(q.left, i, i+1, ms...)
 }
 
 // unsent puts back, ahead of the leftovers, what the writer took but did
@@ -403,11 +455,18 @@ func (q *outQueue) prependLocked(ms []item) {
 }
 
 // leftovers takes the leftovers of a closed queue, in order, and how many
-// it could not keep; from then on a push answers pushGone.
+// it could not keep; from then on a push answers pushGone. A replay not
+// expanded (the session does not outlive the connection) is dropped.
 func (q *outQueue) leftovers() ([]*plainItem, int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	left, lost := q.left, q.leftLost
+	var left []*plainItem
+	for _, m := range q.left {
+		if p, ok := m.(*plainItem); ok {
+			left = append(left, p)
+		}
+	}
+	lost := q.leftLost
 	q.left, q.leftBytes, q.leftLost, q.sealed = nil, 0, 0, true
 	return left, lost
 }

@@ -304,3 +304,31 @@ func TestReplayStalledSubscriber(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayHandedToSession: a persistent session whose connection ends
+// in the middle of a QoS 1 replay (Receive Maximum 1: one row in flight,
+// the rest not yet read) gets every row once when it comes back: the one
+// in flight resent, the rest handed to the session as the replay left
+// them.
+func TestReplayHandedToSession(t *testing.T) {
+	const rows = 50
+	b := start(t, Options{})
+	loadRows(t, b, rows)
+	r := dialRaw(t, b, "away", 5, false, packets.Properties{ReceiveMaximum: 1, SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true})
+	r.subscribe(1, "dev/+/state", 1)
+	first, _ := readPublish(r) // in flight, never acknowledged
+	c := b.connOf(t, "away")
+	cl := c.out.(*mqttOut).cl
+	r.c.Close()
+	waitDropped(t, b, c, cl)
+	in := resume(t, b, "away")
+	got := map[string]int{}
+	for _, topic := range in.wait(t, rows) {
+		got[topic]++
+	}
+	for i := range rows {
+		if got[rowTopic(i)] != 1 {
+			t.Errorf("%s came %d times after the return (the first, %s, was in flight)", rowTopic(i), got[rowTopic(i)], first.topic)
+		}
+	}
+}

@@ -371,6 +371,7 @@ type firstRead struct {
 // replayRow is one retained row read for a replay: the strings are the
 // store's own (immutable), nothing is copied.
 type replayRow struct {
+	at    int // its index in the replay's list
 	topic string
 	value wire.Value
 	qos   byte
@@ -422,14 +423,43 @@ func (b *Broker) replayRows(r *replayItem, out []replayRow, drops int64) ([]repl
 		// props are shared, not copied: a copy taken by address escaped to
 		// the heap for every row replayed (300 bytes each, half of what a
 		// retained replay storm allocated).
-		out = append(out, replayRow{topic: topic, value: v, qos: qos, props: b.props[topic]})
+		out = append(out, replayRow{at: r.next - 1, topic: topic, value: v, qos: qos, props: b.props[topic]})
 		n += len(v.Data)
 	}
-	if r.next >= len(refs) {
-		r.list = nil // let the list go
-		return out, true
+	return out, r.next >= len(refs) // the writer lets the list go once it sent the rows
+}
+
+// replayLeft is what is left of a QoS 1/2 replay that a persistent
+// session's connection did not finish, as plain messages for the session
+// (up to max bytes, by their cost), read as replayRows reads them (loop
+// only).
+func (b *Broker) replayLeft(c *conn, r *replayItem, max int) []*plainItem {
+	var out []*plainItem
+	n := 0
+	for n < max {
+		rows, done := b.replayRows(r, nil, c.dropped.Load())
+		for i := range rows {
+			row := &rows[i]
+			if !b.access.canRead(c.p, row.topic) {
+				continue
+			}
+			m := &plainItem{msg: &message{topic: row.topic, payload: bytesOf(row.value.Data), props: row.props, qos: row.qos, retain: true},
+				qos: min(row.qos, r.qos), retain: true}
+			if m.qos == 0 {
+				continue
+			}
+			if r.subID > 0 {
+				m.subIDs = []int{r.subID}
+			}
+			out = append(out, m)
+			n += m.cost()
+		}
+		if done {
+			break
+		}
 	}
-	return out, false
+	r.list = nil
+	return out
 }
 
 // replayRowsMax and replayBytes bound one read of a replay.
