@@ -66,8 +66,10 @@
 // queue makes a publisher wait at most PublishWait, never the loop; then
 // the slow-client policy applies.
 // When a connection ends, the QoS 1/2 plain messages it did not write (still
-// queued, or taken by the writer and not sent: its leftovers) go to its
-// session if that outlives it, in order (conn.finish): the connection
+// queued, or taken by the writer and not sent: its leftovers; what is left
+// of its QoS 1/2 retained replays, which its writer reads off the loop as
+// it exits, in their places: handReplaysOn) go to its session if that
+// outlives it, in order (conn.finish): the connection
 // stays the session's route in byID until its writer has stopped and it
 // has handed them on — to the session's mochi client, held in flight for
 // its return, or, when a client takes the session over, ahead of that
