@@ -272,9 +272,9 @@ func Ratios(runs []Run) []Ratio {
 		if sc.noRatio {
 			continue
 		}
-		for _, other := range []string{"mochi", "mosquitto", Baseline} {
+		for _, other := range []string{"mochi", "mosquitto", Baseline, Translate} {
 			otherVariant := sc.variant
-			if !sc.everywhere && other != Baseline {
+			if !sc.everywhere && other != Baseline && other != Translate {
 				otherVariant = "plain"
 			}
 			for _, what := range []string{"value", "cpu", "msgs"} {

@@ -18,6 +18,7 @@ type Principal struct {
 	// id would read the reports of every caller.
 	Answered bool
 	system   bool // the broker itself: reports, $SYS; never refused
+	original bool // a client of the original dialect's listener: its publishes are read in that dialect (original.go)
 }
 
 // systemPrincipal is the broker's own.

@@ -29,7 +29,7 @@ func TestLoopbackOnlyWithoutAuth(t *testing.T) {
 	}
 }
 
-func users(t *testing.T) *auth.Users {
+func users(t testing.TB) *auth.Users {
 	u := auth.NewUsers()
 	u.Set("alice", "alice-pw", 10)
 	u.Set("bob", "bob-pw", 10)

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 )
 
@@ -24,9 +25,10 @@ type Broker struct {
 	log       zerolog.Logger
 	server    *mqtt.Server
 	parser    *tree.Parser
-	access    accessRef                  // users and ACL: swapped whole by Reload
-	tlsConf   atomic.Pointer[tls.Config] // what TLS and WSS handshakes use: swapped by Reload
-	reloading sync.Mutex                 // one Reload at a time
+	access    accessRef                     // users and ACL: swapped whole by Reload
+	tlsConf   atomic.Pointer[tls.Config]    // what TLS and WSS handshakes use: swapped by Reload
+	reloading sync.Mutex                    // one Reload at a time
+	trans     atomic.Pointer[translate.Set] // translators (SPEC §11): swapped whole by Reload; nil for none
 	wills     wills
 	tree      *tree.Tree // owned by the loop goroutine
 	reqs      *requestQueue
@@ -43,17 +45,23 @@ type Broker struct {
 	// read rules (owned by the loop).
 	resumeFloor uint64
 
+	keptIn keptInbound // client QoS 2 publishes of persistent sessions that mochi's map could not keep
+
 	conns      sync.Map // *mqtt.Client → *conn
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
 	parked     sync.Map // *conn whose messages wait for a client taking its session over (conn.unpark)
+	arriving   arriving // messages for resumed sessions whose connection is not filed yet
 	serial     atomic.Uint64
 	treeSubs   atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
 	subsSent   atomic.Int64 // subscribe requests pushed, not yet handled by the loop
 	lastTick   atomic.Int64 // when the loop last took work (Unix ns)
 	offline    offlineHeld  // bytes held for offline persistent sessions
 	handshakes handshakes   // connections before their CONNECT
+	guesses    *guesses     // failed logins per host (guesses.go)
 
 	tcp, tls *tcpListener
+	orig     *tcpListener // the original dialect's (SPEC §7), if configured
+	origWS   *wsListener  // the same over WebSocket, if configured
 	ws, wss  *wsListener
 
 	rawMu     sync.Mutex            // guards raw and rawClosed
@@ -122,9 +130,11 @@ func New(opts Options) (*Broker, error) {
 		raw:       map[*netConn]struct{}{},
 		splits:    make(chan struct{}, 2),
 		histReads: make(chan struct{}, 2),
+		guesses:   newGuesses(opts.GuessLimit, opts.GuessWindow),
 	}
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)
+	b.trans.Store(opts.Translators)
 	b.wills = wills{b: b, delayed: map[string]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
@@ -208,14 +218,14 @@ func (b *Broker) Start() error {
 	b.tickers.Add(1)
 	go b.sysTicker(last)
 	ev := b.log.Info()
-	for _, l := range []*tcpListener{b.tcp, b.tls} {
+	for _, l := range []*tcpListener{b.tcp, b.tls, b.orig} {
 		if l != nil {
 			ev = ev.Str(l.id, l.Address())
 		}
 	}
-	for _, l := range []*wsListener{b.ws, b.wss} {
+	for _, l := range []*wsListener{b.ws, b.wss, b.origWS} {
 		if l != nil {
-			ev = ev.Str(l.id, l.Address()+b.opts.WSPath)
+			ev = ev.Str(l.id, l.Address()+l.path)
 		}
 	}
 	ev.Msg("mote broker listening")
@@ -262,6 +272,19 @@ func (b *Broker) listen() error {
 			return err
 		}
 	}
+	if b.opts.Original != "" {
+		b.orig = mk(originalListener, b.opts.Original, false)
+		if err := b.server.AddListener(b.orig); err != nil {
+			return err
+		}
+	}
+	if b.opts.OriginalWS != "" {
+		b.origWS = mkWS(originalWSListener, b.opts.OriginalWS, false)
+		b.origWS.path = originalWSPath
+		if err := b.server.AddListener(b.origWS); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -271,6 +294,24 @@ func (b *Broker) TCPAddr() string {
 		return ""
 	}
 	return b.tcp.Address()
+}
+
+// OriginalAddr is the original-dialect listener's address (SPEC §7; ""
+// when none or not started).
+func (b *Broker) OriginalAddr() string {
+	if b.orig == nil || b.orig.ln == nil {
+		return ""
+	}
+	return b.orig.Address()
+}
+
+// OriginalWSAddr is the address of the original dialect's WebSocket
+// listener (path /mote/; "" when none or not started).
+func (b *Broker) OriginalWSAddr() string {
+	if b.origWS == nil || b.origWS.ln == nil {
+		return ""
+	}
+	return b.origWS.Address()
 }
 
 // WSAddr is the WebSocket listener's address, without the path.
@@ -301,12 +342,12 @@ func (b *Broker) WSSAddr() string {
 func (b *Broker) Stats() *Stats { return &b.stats }
 
 func (b *Broker) closeListeners() {
-	for _, l := range []*tcpListener{b.tcp, b.tls} {
+	for _, l := range []*tcpListener{b.tcp, b.tls, b.orig} {
 		if l != nil && l.ln != nil {
 			l.Close(func(string) {})
 		}
 	}
-	for _, l := range []*wsListener{b.ws, b.wss} {
+	for _, l := range []*wsListener{b.ws, b.wss, b.origWS} {
 		if l != nil && l.ln != nil {
 			l.Close(nil)
 		}
@@ -438,7 +479,7 @@ func (b *Broker) localOnly() {
 	if b.opts.Users != nil || b.opts.AllowAnonymous {
 		return
 	}
-	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS} {
+	for _, addr := range []*string{&b.opts.TCP, &b.opts.WS, &b.opts.TLS, &b.opts.WSS, &b.opts.Original, &b.opts.OriginalWS} {
 		if *addr != "off" && *addr != "" {
 			*addr = LoopbackAddr(*addr)
 		}

@@ -395,6 +395,8 @@ type mqttOut struct {
 	q   *outQueue     // its connection's, told what was written
 	buf *bytes.Buffer // nil between flushes
 	n   int           // packets in buf
+
+	ids idSpaces // the client's packet ids apart from the deliveries'
 }
 
 func (o *mqttOut) maxPacket() uint32 {
@@ -453,7 +455,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 		if cl.Closed() {
 			return errWriterStop
 		}
-		if err := o.b.takeInflight(cl, &pk); err != nil {
+		if err := o.b.takeInflight(&o.ids, cl, &pk); err != nil {
 			c.slow(dropInflightFull) // every packet id in flight: the client does not acknowledge
 			return errSkipped
 		}
@@ -534,7 +536,8 @@ func (o *mqttOut) waitInflight(c *conn) error {
 	if rm := int(o.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
 		limit = rm
 	}
-	for n := o.cl.State.Inflight.Len(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = o.cl.State.Inflight.Len() {
+	inflight := func() int { return o.cl.State.Inflight.Len() + o.ids.displacedN() }
+	for n := inflight(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = inflight() {
 		if err := o.flush(); err != nil {
 			return err
 		}
@@ -551,17 +554,16 @@ func (o *mqttOut) waitInflight(c *conn) error {
 // flight in mochi's client state, which completes the flow when the client
 // acknowledges and resends it to a resumed session. It is the one place
 // packet ids are taken for deliveries.
-func (b *Broker) takeInflight(cl *mqtt.Client, pk *packets.Packet) error {
-	id, err := cl.NextPacketID()
+func (b *Broker) takeInflight(ids *idSpaces, cl *mqtt.Client, pk *packets.Packet) error {
+	// mochi resends held messages in the order of uint16(Created) (its
+	// own second-resolution times, sorted unstably, came back shuffled):
+	// packet ids are given in order, and never two alike in flight; ids
+	// skips the one a client packet being processed carries.
+	set, err := ids.take(cl, pk)
 	if err != nil {
 		return err
 	}
-	pk.PacketID = uint16(id)
-	// mochi resends held messages in the order of uint16(Created) (its
-	// own second-resolution times, sorted unstably, came back shuffled):
-	// packet ids are given in order, and never two alike in flight.
-	pk.Created = int64(pk.PacketID)
-	if cl.State.Inflight.Set(*pk) {
+	if set {
 		atomic.AddInt64(&b.server.Info.Inflight, 1)
 		cl.State.Inflight.DecreaseSendQuota()
 	}
@@ -591,7 +593,7 @@ func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
 		b.drop(dropOfflineFull, 1)
 		return
 	}
-	if b.takeInflight(cl, &out) == nil {
+	if b.takeInflight(nil, cl, &out) == nil {
 		b.offline.add(cl.ID, n)
 	}
 }

@@ -107,7 +107,10 @@ func TestHelperHoldConnections(t *testing.T) {
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
-		c.Write(connectPacket(4, fmt.Sprint("idle", i)))
+		// The longest keepalive: on a loaded machine opening 10,000
+		// connections can take longer than a short one (CI saw all of
+		// them expire before the last was open).
+		c.Write(connectPacketKeepalive(4, fmt.Sprint("idle", i), 65535))
 		conns = append(conns, c)
 	}
 	io.Copy(io.Discard, os.Stdin)

@@ -81,8 +81,16 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 			continue
 		}
 		// Held for the session of the user it was checked for (another
-		// user's may have replaced it meanwhile: TakeoverFresh).
-		if cl, ok := b.server.Clients.Get(id); ok && m.qos > 0 && string(cl.Properties.Username) == p.User {
+		// user's may have replaced it meanwhile: TakeoverFresh): for its
+		// client's connection if it is coming back, else in flight.
+		cl, ok := b.server.Clients.Get(id)
+		if !ok || string(cl.Properties.Username) != p.User {
+			continue
+		}
+		if now, held := b.arriving.hold(b, id, cl, m); held || (now != nil && b.queuePlain(id, now, m, w)) {
+			continue
+		}
+		if m.qos > 0 {
 			b.holdOffline(cl, m.packet())
 		}
 	}

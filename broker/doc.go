@@ -13,7 +13,9 @@
 // $SYS and $mote prefixes, topic length and levels, the ACL (access.go; per
 // row for trees, SPEC §6), and decoded into a tree.Op on the caller's
 // goroutine. A plain event is then delivered at once; anything that
-// changes rows goes to the message loop. Subscriptions enter through the
+// changes rows goes to the message loop. A publish that matches a
+// translator (SPEC §11, translate.go) is translated there too, and its
+// translation handed in with it. Subscriptions enter through the
 // MQTT hooks or Session.Subscribe; Broker.Tree reads a tree; Broker.Sync
 // is a barrier.
 //
@@ -77,13 +79,16 @@
 // tells the old connection before mochi moves the session, whose
 // in-flight messages mochi copies; OnSessionEstablished adopts them).
 // Messages published meanwhile join the leftovers, or wait for the
-// hand-off and follow them.
+// hand-off and follow them. A message for a session whose client is
+// coming back, after mochi resent its in-flight messages and before its
+// connection is filed, waits for that connection (arriving.go) and goes
+// ahead of its queue.
 //
 // # Reload
 //
 // Broker.Reload (reload.go) swaps, all or nothing, what can change without
 // a restart: the access rules (password file, ACL, anonymous access), the
-// history rules and the TLS configuration. The access rules are one
+// history rules, the translators and the TLS configuration. The access rules are one
 // immutable value behind an atomic pointer (accessRef): every decision
 // loads it once, with no lock on the hot path, so publishes, subscriptions,
 // wills as they fire, plain deliveries and retained replays follow the new
@@ -101,6 +106,20 @@
 // and WSS handshakes take the current configuration (serverTLS), so
 // connections already up keep their certificate.
 //
+// # The original dialect
+//
+// Options.Original adds a TCP listener (Options.OriginalWS a WebSocket one,
+// at /mote/, as mote-native connects) for the original Mote broker's
+// clients (SPEC §7, original.go). Its connections are marked twice: the
+// netConn, which reads mote-native's CONNECT (protocol "mote", level 0)
+// as MQTT 3.1.1, and the Principal (mqttPrincipal, from mochi's listener
+// id), which the hooks and the door consult to rewrite the dialect into
+// native forms: "/F" and "F" subscriptions into property-form $sync and
+// $tree subscriptions in wire.CodecOriginal (string leaves, on topic F),
+// trailing-"/" retained publishes into tree publishes, wildcard retained
+// publishes into $set (prepareOriginal). From there on it is the ordinary
+// path: one door, one ACL check, the same limits. No state of its own.
+//
 // # What replaces mochi, and why
 //
 //   - Delivery (mochi's publishToSubscribers, its client outbound queue and
@@ -117,6 +136,11 @@
 //     needs its own CONNACK reason code, decided before mochi answers.
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
+//   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
+//     the broker's deliveries' in one in-flight map, so a client's QoS 1/2
+//     PUBLISH, PUBREL, SUBSCRIBE or UNSUBSCRIBE with the id of an
+//     unacknowledged delivery deleted the delivery, completed it or was
+//     refused 0x91; the read hooks keep the two spaces apart [MQTT-2.2.1-2].
 //   - Listeners (listeners.go): connections are wrapped before mochi reads
 //     them (CONNECT deadline and size cap, DISCONNECT 0x95, write deadlines,
 //     panic recovery, WebSocket origin check).
@@ -136,13 +160,17 @@
 //	tree.Tree, treeSub, props, pacer    the message loop (tree.Sub.Allow too: set at registration and by Reload)
 //	replay lists (replayLists)          the message loop; a list is immutable once made, read by replays on the loop
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
-//	access rules, TLS configuration     Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
+//	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
+//	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
+//	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
+//	messages for an arriving session    arriving's mutex, until OnSessionEstablished files the connection
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
+//	failed logins per host (guesses)    each shard's mutex (16 shards by host; login, for every front end)
 //
 // # Metrics and health
 //

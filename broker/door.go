@@ -9,6 +9,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -76,6 +77,7 @@ func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitM
 		}
 		b.meter.in[k].Add(1)
 	}
+	r.trans = b.translation(p, &m, &r) // SPEC §11 (translate.go)
 	return b.dispatch(ctx, p, m, r, wait)
 }
 
@@ -85,11 +87,20 @@ type prepared struct {
 	op    tree.Op  // a Mote publish's; a plain one's is made by dispatch, when needed
 	mote  bool     // a tree publish or $set
 	plain *message // what plain subscribers get (a plain publish)
+	// trans is its translation, made at the door; loopTrans, for a $set
+	// or .replace, the translators the loop translates its rows with.
+	trans     *tree.Op
+	loopTrans *translate.Set
 }
 
 // prepare checks a publish and decodes it into an op, on the caller's
 // goroutine: the loop never decodes.
 func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
+	if p.original {
+		if r, handled, err := b.prepareOriginal(p, m); handled {
+			return r, err
+		}
+	}
 	pub, isMote, err := parsePublish(m.Topic, &m.Properties)
 	if err != nil {
 		return prepared{}, err
@@ -129,6 +140,11 @@ func (b *Broker) prepare(p Principal, m Message) (prepared, error) {
 	if err != nil {
 		return prepared{}, err
 	}
+	return b.checkOp(p, op)
+}
+
+// checkOp is the ACL check of a tree publish or $set decoded into op.
+func (b *Broker) checkOp(p Principal, op tree.Op) (prepared, error) {
 	if write := b.access.writeCheck(p); write != nil {
 		// Rows a tree publish names are checked now, so the ack can say
 		// 0x87; $set and .replace rows are known only in the loop.
@@ -157,9 +173,18 @@ func (b *Broker) plainOp(m Message) tree.Op {
 func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepared, wait waitMode) error {
 	if !r.mote && !m.Retain {
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
-			b.reqs.push(request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}})
+			req := request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}}
+			if r.trans != nil {
+				b.reqs.pushPair(req, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, false)})
+			} else {
+				b.reqs.push(req)
+			}
 		}
-		b.deliverPlain(r.plain, pubWait{deadline: time.Now().Add(b.opts.PublishWait)})
+		w := pubWait{deadline: time.Now().Add(b.opts.PublishWait)}
+		b.deliverPlain(r.plain, w)
+		if r.trans != nil {
+			b.deliverTranslatedEvent(*r.trans, w)
+		}
 		return nil
 	}
 	if !r.mote {
@@ -168,7 +193,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 	if b.ret != nil && !p.system && b.ret.Wait() {
 		b.stats.Throttled.Add(1) // the disk is behind: the publisher waited
 	}
-	meta := &pubMeta{p: p, topic: m.Topic, rows: r.mote}
+	meta := &pubMeta{p: p, topic: m.Topic, rows: r.mote, trans: r.loopTrans}
 	if !r.mote {
 		meta.plain = r.plain
 	}
@@ -178,7 +203,14 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 		// whether the ACL lets it through
 		meta.done = make(chan error, 1)
 	}
-	if !b.reqs.push(request{kind: reqPublish, op: r.op, pub: meta}) {
+	req := request{kind: reqPublish, op: r.op, pub: meta}
+	pushed := false
+	if r.trans != nil {
+		pushed = b.reqs.pushPair(req, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, true)})
+	} else {
+		pushed = b.reqs.push(req)
+	}
+	if !pushed {
 		return b.refusal(p, "publish", m.Topic, errShutdown)
 	}
 	if meta.done == nil {

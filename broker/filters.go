@@ -38,7 +38,14 @@ func internalFilter(asSent string, sf wire.Subscription, prop bool) string {
 // does not parse (it was never granted).
 func parseInternal(f string) (wire.Subscription, bool) {
 	if verb, rest, found := strings.Cut(f, "/"); found && strings.Contains(verb, "."+propOption+".") {
-		sf, err := wire.ParseSubscribe(strings.Replace(verb, "."+propOption, "", 1) + "/" + rest)
+		verb = strings.Replace(verb, "."+propOption, "", 1)
+		// The original dialect's codec (original.go) is no option a client
+		// can send: "$sync.prop.original/F".
+		verb, original := strings.CutSuffix(verb, "."+originalOption)
+		sf, err := wire.ParseSubscribe(verb + "/" + rest)
+		if original {
+			sf.Codec = wire.CodecOriginal
+		}
 		return sf, err == nil && sf.Mode != wire.Plain
 	}
 	sf, err := wire.ParseSubscribe(f)
@@ -62,6 +69,9 @@ func propFilters(f string) []string {
 		for _, c := range wire.Codecs {
 			out = append(out, internalFilter(f, wire.Subscription{Mode: m, Codec: c, Filter: f}, true))
 		}
+	}
+	for _, m := range []wire.Mode{wire.Sync, wire.Tree} { // the original dialect's (original.go)
+		out = append(out, internalFilter(f, wire.Subscription{Mode: m, Codec: wire.CodecOriginal, Filter: f}, true))
 	}
 	return out
 }

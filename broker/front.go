@@ -9,14 +9,25 @@ import (
 // apply MQTT's rules for who may connect: the password file, anonymous
 // access, loopback-only binding and the web origin check.
 
-// Authenticate checks a username and password as a CONNECT's are checked:
-// against the password file; without a username (hasUser false or user
-// empty) the client needs anonymous access. Without a password file every
-// client passes and a username is taken as given (the broker then serves
-// loopback only, unless anonymous access is allowed: LocalOnly).
-func (b *Broker) Authenticate(user, password string, hasUser bool) bool {
-	return b.access.authenticate(user, []byte(password), hasUser)
+// Authenticate checks a username and password as a CONNECT's are checked,
+// through the same code (login): against the password file; without a
+// username (hasUser false or user empty) the client needs anonymous
+// access. Without a password file every client passes and a username is
+// taken as given (the broker then serves loopback only, unless anonymous
+// access is allowed: LocalOnly). remote is the client's address
+// ("ip:port"): a host that made Options.GuessLimit failed guesses in
+// GuessWindow is refused unchecked with a *ThrottleError (errors.Is
+// ErrThrottled) until the window ends. Other refusals are
+// ErrBadCredentials. Every refusal is counted in the metrics; the caller
+// logs it.
+func (b *Broker) Authenticate(remote, user, password string, hasUser bool) error {
+	return b.login(remote, user, []byte(password), hasUser)
 }
+
+// HasUsers reports whether the broker authenticates users: a password
+// file is in force under the access rules of the moment (a Reload may
+// add or drop it).
+func (b *Broker) HasUsers() bool { return b.access.load().users != nil }
 
 // LocalOnly reports whether the broker serves loopback clients only: no
 // password file and no anonymous access, under the access rules of the

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -38,7 +39,7 @@ func (h *hook) Provides(b byte) bool {
 
 // mqttPrincipal is who an MQTT client acts as.
 func mqttPrincipal(cl *mqtt.Client) Principal {
-	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID}
+	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: isOriginal(cl.Net.Listener)}
 }
 
 func (h *hook) conn(cl *mqtt.Client) *conn {
@@ -64,9 +65,27 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		b.server.SendConnack(cl, code, false, nil) //nolint:errcheck // the connection closes either way
 		return code
 	}
-	if !b.access.authenticate(p.User, pk.Connect.Password, pk.Connect.UsernameFlag) {
-		b.countRefusal(refusedBadCredentials)
+	if p.original && v5 {
+		// The dialect has no properties to carry Mote's MQTT 5 forms, and
+		// its subscriptions would answer on topics an MQTT 5 client does
+		// not expect: it belongs on the other listeners.
+		b.countRefusal(refusedOther)
+		return refuse(packets.ErrUnsupportedProtocolVersion, "MQTT 5 on the original-dialect listener (it speaks MQTT 3.1.1 only; use the MQTT listener)")
+	}
+	if err := b.login(cl.Net.Remote, p.User, pk.Connect.Password, pk.Connect.UsernameFlag); err != nil {
+		if errors.Is(err, ErrThrottled) {
+			b.log.Debug().Str("client", cl.ID).Str("user", p.User).Str("remote", cl.Net.Remote).Err(err).Msg("connection refused")
+			code := packets.ErrConnectionRateExceeded
+			if !v5 {
+				code = v3Connack(code)
+			}
+			b.server.SendConnack(cl, code, false, nil) //nolint:errcheck // the connection closes either way
+			return code
+		}
 		return refuse(packets.ErrBadUsernameOrPassword, "authentication failed")
+	}
+	if p.original {
+		cl.State.Keepalive = originalKeepalive(cl)
 	}
 	if max := b.opts.MaxKeepAlive; max > 0 {
 		switch {
@@ -132,11 +151,16 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // id to cl: the connection the session had (live, or handing its queued
 // messages on) keeps them for cl's (conn.expect).
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	var left map[uint16]packets.Packet
 	if old := h.b.connByID(cl.ID); old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
+			left = o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
 		}
 	}
+	existing, _ := h.b.server.Clients.Get(cl.ID)
+	fresh := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
+	h.b.keptIn.handOver(existing, cl, fresh, left)
 }
 
 // OnSessionEstablished starts the connection's state, cancels a will its
@@ -148,6 +172,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
 	out := &mqttOut{b: b, cl: cl}
+	out.ids.adopt(cl, b.keptIn.take(cl))
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
 	c.will = willOf(p, &pk)
@@ -160,7 +185,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.q.hold()
 	}
 	b.conns.Store(cl, c)
-	b.byID.Store(cl.ID, c)
+	b.arriving.adopt(b, cl, c) // files c under cl.ID
 	if old != nil {
 		old.succeed(c)
 	}
@@ -188,6 +213,12 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		return
 	}
 	c := v.(*conn)
+	if o, ok := c.outOf(); ok {
+		left := o.ids.close(cl) // before the session's messages are handed on
+		if keep {
+			b.keptIn.put(cl, left)
+		}
+	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)
 		b.byID.CompareAndDelete(cl.ID, c)
 	}
@@ -200,12 +231,18 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 // mochi's way before it validates the topic, which holds wildcards in
 // $tree/a/+ and $set/a/+/b: the topic waits in the connection for
 // OnPublish, and mochi sees the internal topic.
+//
+// It also keeps the client's packet ids apart from the deliveries'
+// (idSpaces), until OnPacketProcessed.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Publish {
-		return pk, nil
-	}
 	c := h.conn(cl)
 	if c == nil {
+		return pk, nil
+	}
+	if o, ok := c.outOf(); ok {
+		o.ids.begin(cl, &pk)
+	}
+	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
 	c.pendingTopic = ""
@@ -213,7 +250,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		// Not kept as an alias: the door refuses the topic anyway.
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}
-	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) {
+	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) || (c.p.original && wire.HasWildcard(pk.TopicName)) {
 		if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
 			c.pendingErr = errAlias
 		} else {
@@ -336,6 +373,8 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			err = errQuotaf("more than %d filters in one SUBSCRIBE", b.opts.MaxSubscriptionsPerPacket)
 		case propErr != nil:
 			err = propErr
+		case c.p.original:
+			sf, err = originalFilter(f.Filter)
 		default:
 			sf, err = parseFilter(f.Filter, propMode)
 		}
@@ -349,7 +388,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			err = topts.check(sf.Mode)
 		}
 		if err == nil {
-			f.Filter = internalFilter(f.Filter, sf, propMode.Mode != wire.Plain)
+			f.Filter = internalFilter(f.Filter, sf, propMode.Mode != wire.Plain || c.p.original)
 			c.pacedProps = c.pacedProps || (propMode.Mode != wire.Plain && sf.Interval > 0)
 		}
 		_, existed := cl.State.Subscriptions.Get(f.Filter)
@@ -432,10 +471,14 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 
 // OnPacketProcessed lets the writer go once mochi has written the SUBACK.
 func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
-	if pk.FixedHeader.Type != packets.Subscribe {
+	c := h.conn(cl)
+	if c == nil {
 		return
 	}
-	if c := h.conn(cl); c != nil {
+	if o, ok := c.outOf(); ok {
+		o.ids.end(cl, &pk)
+	}
+	if pk.FixedHeader.Type == packets.Subscribe {
 		c.q.release()
 	}
 }
@@ -455,7 +498,7 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 	for i := range filters {
 		f := &filters[i]
 		asSent := f.Filter
-		if sf, err := wire.ParseSubscribe(asSent); err == nil && sf.Mode != wire.Plain {
+		if sf, err := wire.ParseSubscribe(asSent); err == nil && sf.Mode != wire.Plain && !c.p.original {
 			topics = append(topics, asSent)
 			continue
 		}
@@ -507,9 +550,19 @@ func (h *hook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, _ int64) {
 // set Request Problem Information to 0 (that flag only covers packets other
 // than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29]: mote-seq and
 // mote-part must reach the client), and tells MQTT 5 clients in CONNACK
-// the largest packet the broker accepts [MQTT-3.2.2.3.6].
-func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+// the largest packet the broker accepts [MQTT-3.2.2.3.6]. A QoS 2 PUBLISH
+// sent again before its PUBREL is acknowledged as the first was, not
+// refused 0x91 (idSpaces.resentAck).
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
+	case packets.Pubrec:
+		if pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
+			if c := h.conn(cl); c != nil {
+				if o, ok := c.outOf(); ok && o.ids.resentAck(pk.PacketID) {
+					pk.ReasonCode, pk.Properties.ReasonString = packets.CodeSuccess.Code, ""
+				}
+			}
+		}
 	case packets.Publish:
 		pk.Mods.DisallowProblemInfo = false
 	case packets.Connack:
@@ -524,6 +577,9 @@ func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet 
 // be waiting for one.
 func (h *hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	if c := h.conn(cl); c != nil {
+		if o, ok := c.outOf(); ok && o.ids.clientAck(pk.PacketID) {
+			return // the client's own publish, not a delivery
+		}
 		c.inflightFreed(pk.PacketID)
 	}
 }

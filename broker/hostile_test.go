@@ -382,7 +382,8 @@ func TestWebSocketOrigin(t *testing.T) {
 	for origin, ok := range map[string]bool{
 		"":                              true,
 		"http://127.0.0.1:" + port:      true,
-		"http://127.0.0.1:8080":         true, // the same host, another port: a local webapp
+		"http://127.0.0.1:8080":         false, // the same host, another port: another web application
+		"http://localhost:" + port:      false, // another host name: another origin
 		"https://evil.example":          false,
 		"http://evil.example:" + port:   false,
 		"null":                          false,

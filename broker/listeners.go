@@ -28,6 +28,7 @@ import (
 // netConn first.
 func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
 	nc := b.wrap(c)
+	nc.original = isOriginal(id)
 	if !b.handshakes.begin(nc.host) {
 		b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
 		c.Close()
@@ -108,6 +109,8 @@ type netConn struct {
 	counted   bool // counted in b.handshakes until the CONNECT is complete or the connection closes
 	level     byte // protocol level of the CONNECT (5: MQTT 5)
 	body      int  // bytes of the CONNECT body seen (to find the level)
+	original  bool // the original dialect's listener: its clients' CONNECT is rewritten (original.go)
+	moteName  bool // the CONNECT so far names protocol "mote" (original.go)
 
 	wmu sync.Mutex // one write at a time
 
@@ -220,6 +223,11 @@ func (c *netConn) scan(p []byte) error {
 		case 2: // body
 			k := min(c.length, len(p)-i)
 			if c.packets == 1 && !c.connected {
+				if c.original {
+					for at := c.body; at < c.body+k && at <= 6; at++ {
+						c.rewriteConnect(at, &p[i+at-c.body])
+					}
+				}
 				// The protocol level is the 7th byte of a CONNECT body
 				// (after the protocol name "MQTT" with its length).
 				if at := 6 - c.body; at >= 0 && at < k {
@@ -484,38 +492,76 @@ func (l *wsListener) Close(listeners.CloseFn) {
 	}
 }
 
-// originAllowed decides whether a browser page may open a WebSocket to the
-// broker (cross-site WebSocket hijacking: any page the user opens could
+// originAllowed decides whether a browser page may act on the broker
+// through request r: open a WebSocket, or use the HTTP API (cross-site
+// WebSocket hijacking, cross-site requests: any page the user opens could
 // otherwise read and write every row). A request without Origin is not
-// from a page: MQTT authentication decides. Otherwise the origin must be
-// listed in AllowedOrigins ("*": any); with none listed, the page must come
-// from the broker's own host — and when clients are anonymous, that host
-// must be a loopback name, so a DNS-rebound name cannot pass for it.
+// from a page: authentication decides. Origin "null" (a sandboxed frame,
+// a file: page) is refused. Otherwise the origin must be listed in
+// AllowedOrigins ("*": any), compared as scheme, host and port; with none
+// listed, the page must be of the broker's own origin: the same host and
+// port as the request's Host (a page on another port of the same host is
+// another web application), with scheme https on a TLS connection
+// (http or https otherwise: a proxy in front may end TLS) — and when
+// clients are anonymous, that host must be a loopback name, so a
+// DNS-rebound name cannot pass for it.
 func (b *Broker) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
 	}
+	scheme, hostport, ok := parseOrigin(origin)
+	if !ok {
+		return false
+	}
 	for _, o := range b.opts.AllowedOrigins {
-		if o == "*" || strings.EqualFold(strings.TrimSuffix(o, "/"), origin) {
+		if o == "*" {
+			return true
+		}
+		if s, hp, ok := parseOrigin(strings.TrimSuffix(o, "/")); ok && s == scheme && hp == hostport {
 			return true
 		}
 	}
 	if len(b.opts.AllowedOrigins) > 0 {
 		return false
 	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
+	own := "http"
+	if r.TLS != nil {
+		own = "https"
+		if scheme != "https" {
+			return false
+		}
 	}
-	host := hostOnly(r.Host)
-	if !strings.EqualFold(u.Hostname(), host) {
+	if hostport != withoutDefaultPort(own, strings.ToLower(r.Host)) {
 		return false
 	}
 	if a := b.access.load(); a.users == nil || a.anonymous {
-		return isLoopbackName(host)
+		return isLoopbackName(hostOnly(r.Host))
 	}
 	return true
+}
+
+// parseOrigin reads a web origin "scheme://host[:port]" (RFC 6454): its
+// scheme (http or https) and its host[:port] in lower case, without the
+// scheme's default port. "null" and anything else is not ok.
+func parseOrigin(origin string) (scheme, hostport string, ok bool) {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", "", false
+	}
+	scheme = strings.ToLower(u.Scheme)
+	if scheme != "http" && scheme != "https" {
+		return "", "", false
+	}
+	return scheme, withoutDefaultPort(scheme, strings.ToLower(u.Host)), true
+}
+
+// withoutDefaultPort is hostport without the default port of scheme.
+func withoutDefaultPort(scheme, hostport string) string {
+	if scheme == "https" {
+		return strings.TrimSuffix(hostport, ":443")
+	}
+	return strings.TrimSuffix(hostport, ":80")
 }
 
 func hostOnly(hostport string) string {

@@ -8,6 +8,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 )
 
@@ -43,6 +44,11 @@ type pubMeta struct {
 	// without it the loop reports a refusal itself.
 	done   chan error
 	commit bool
+	// translated marks the broker's translation of a publish (SPEC §11):
+	// its rows are delivered as the broker's (no No Local origin). trans,
+	// for a $set or .replace, translates the rows it applied.
+	translated bool
+	trans      *translate.Set
 }
 
 // batchRows is the rows one batch changed, listed (with their publishes'
@@ -216,6 +222,8 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	b.stats.OpsApplied.Add(int64(len(ops)))
 	atomic.StoreInt64(&b.server.Info.Retained, int64(b.tree.Store().Len()))
 	var changes []retain.Change // of the publishes no one waits for: committed together
+	var tops []tree.Op          // translations of $set and .replace, applied after
+	var tmeta []*pubMeta
 	for i, a := range res.Applied {
 		m := meta[i]
 		if a.Err != nil {
@@ -255,8 +263,17 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 		}
 		b.keepProps(m.plain, a.Rows)
 		if m.rows {
+			origin := m.p.ClientID
+			if m.translated {
+				origin = ""
+			}
 			for _, row := range a.Rows {
-				b.deliverPlain(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: m.p.ClientID, qos: ops[i].QoS, retain: row.Retain}, pubWait{})
+				b.deliverPlain(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: origin, qos: ops[i].QoS, retain: row.Retain}, pubWait{})
+			}
+		}
+		if m.trans != nil {
+			if op, tm, ok := b.translateApplied(m, a.Rows, ops[i].QoS); ok {
+				tops, tmeta = append(tops, op), append(tmeta, tm)
 			}
 		}
 	}
@@ -275,6 +292,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 			b.queueDelta(s.Data.(*treeSub), d, batch)
 		}
 	}
+	b.apply(tops, tmeta) // never translated again: no deeper
 }
 
 // handle runs a request other than a publish.

@@ -70,12 +70,14 @@ const (
 	refusedStoreFailed
 	refusedCanceled
 	refusedShutdown
+	refusedRate
 	refusalReasons
 )
 
 var refusalReasonNames = [refusalReasons]string{
 	"other", "not_authorized", "bad_credentials", "client_id_invalid", "topic_invalid", "filter_invalid",
 	"payload_invalid", "too_large", "quota", "unstorable", "store_failed", "canceled", "shutting_down",
+	"connection_rate",
 }
 
 // refusalReasonOf is the metrics label of a refusal answered with code.
@@ -101,6 +103,8 @@ func refusalReasonOf(code packets.Code, err error) refusalReason {
 		return refusedUnstorable
 	case packets.ErrServerShuttingDown.Code:
 		return refusedShutdown
+	case packets.ErrConnectionRateExceeded.Code:
+		return refusedRate
 	case packets.ErrUnspecifiedError.Code:
 		switch {
 		case errors.Is(err, retain.ErrCommit):

@@ -395,6 +395,7 @@ func TestRefusalReasons(t *testing.T) {
 		packets.ErrBadUsernameOrPassword:    "bad_credentials",
 		packets.ErrClientIdentifierNotValid: "client_id_invalid",
 		packets.ErrServerBusy:               "other",
+		packets.ErrConnectionRateExceeded:   "connection_rate",
 	}
 	for code, want := range connect {
 		if got := refusalReasonNames[refusalReasonOf(code, nil)]; got != want {

@@ -3,12 +3,14 @@ package broker
 import (
 	"crypto/tls"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 )
 
@@ -45,15 +47,26 @@ type Options struct {
 	WSPath string // WebSocket path; default "/mqtt"
 	TLS    string // MQTT over TLS listener address (mqtts, 8883 by convention); "" for none
 	WSS    string // WebSocket over TLS listener address; "" for none
+	// Original is the address of a TCP listener that speaks the original
+	// Mote broker's dialect (SPEC §7, original.go; the original's port was
+	// 1993); "" for none. No other listener ever speaks it.
+	Original string
+	// OriginalWS is the address of a WebSocket listener (path /mote/, as
+	// the original's app, mote-native, connects) that speaks the same
+	// dialect; "" for none.
+	OriginalWS string
 	// TLSConfig serves TLS and WSS; required when either is set. Each
 	// handshake reads the current one: Broker.Reload replaces it.
 	TLSConfig *tls.Config
 	// AllowedOrigins are the web origins ("https://app.example.com") whose
 	// pages may open a WebSocket to the broker; "*" allows any. Requests
 	// without an Origin header (programs, not browsers) are always let
-	// through to MQTT's own authentication. Empty: the broker's own host
-	// only, and with anonymous access only from a loopback host name, so a
-	// web page the local user opens cannot reach a loopback broker.
+	// through to MQTT's own authentication. Empty: the broker's own origin
+	// only (the scheme, host and port the request was sent to: a page on
+	// another port of the same host is another origin), and with anonymous
+	// access only from a loopback host name, so a web page the local user
+	// opens cannot reach a loopback broker. The HTTP API applies the same
+	// rule (Broker.OriginAllowed).
 	AllowedOrigins []string
 
 	Limits        tree.Limits // tree publish limits (SPEC §5); default tree.DefaultLimits
@@ -76,6 +89,12 @@ type Options struct {
 	// read before anything is authenticated; default 64 KiB.
 	ConnectTimeout time.Duration
 	MaxConnectSize int
+	// GuessLimit is how many failed logins naming a user (MQTT CONNECT,
+	// HTTP Basic) a host may make in GuessWindow; past it the host's
+	// logins are refused unchecked until the window ends (MQTT 5 CONNACK
+	// 0x9F, HTTP 429). Default 10 per minute; negative: no limit.
+	GuessLimit  int
+	GuessWindow time.Duration
 	// WriteTimeout bounds one write to a client; past it the connection is
 	// closed (a client that stops reading does not linger). Default 10s.
 	WriteTimeout time.Duration
@@ -131,6 +150,9 @@ type Options struct {
 	// publishes, $set, snapshots and deltas (SPEC §6). Broker.Reload
 	// replaces Users, AllowAnonymous and ACL while clients stay connected.
 	ACL *auth.ACL
+	// Translators, if not nil, keep topic hierarchies in step (SPEC §11;
+	// translate.New validates them). Broker.Reload replaces them.
+	Translators *translate.Set
 
 	Log zerolog.Logger // all logs; default: discarded
 }
@@ -193,6 +215,10 @@ func (o Options) withDefaults() (Options, error) {
 		o.ConnectTimeout = DefaultConnectTimeout
 	}
 	def(&o.MaxConnectSize, DefaultMaxConnectSize)
+	def(&o.GuessLimit, DefaultGuessLimit)
+	if o.GuessWindow <= 0 {
+		o.GuessWindow = DefaultGuessWindow
+	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
@@ -211,6 +237,11 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Takeover == "" {
 		o.Takeover = TakeoverRefuse
 	}
+	for _, origin := range o.AllowedOrigins {
+		if _, _, ok := parseOrigin(strings.TrimSuffix(origin, "/")); !ok && origin != "*" {
+			return o, fmt.Errorf("broker: allowed origin %q: want scheme://host[:port] (http or https), or *", origin)
+		}
+	}
 	switch {
 	case o.SlowClient != SlowDrop && o.SlowClient != SlowDisconnect:
 		return o, fmt.Errorf("broker: slow client policy %q: want drop or disconnect", o.SlowClient)
@@ -224,7 +255,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: max topic length %d: want 1 to %d", o.MaxTopicLen, MaxTopicLenLimit)
 	case o.MaxTopicLevels < 1:
 		return o, fmt.Errorf("broker: max topic levels must be positive")
-	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "":
+	case o.TCP == "off" && o.WS == "off" && o.TLS == "" && o.WSS == "" && o.Original == "" && o.OriginalWS == "":
 		return o, fmt.Errorf("broker: every listener is off")
 	case (o.TLS != "" || o.WSS != "") && o.TLSConfig == nil:
 		return o, fmt.Errorf("broker: TLS listeners need a certificate and key")

@@ -375,8 +375,11 @@ func (q *outQueue) leaveLocked(m item) bool {
 			return true
 		}
 	case *replayItem:
-		if m.qos == 0 || m.listed && m.list == nil {
-			return true // nothing left to send, or nothing to keep
+		// Only its QoS is read here: a trip to the loop that its writer
+		// gave up on may still be reading rows into it (replayLeft, on
+		// the loop after it, finds what is left).
+		if m.qos == 0 {
+			return true
 		}
 	default:
 		return true

@@ -8,15 +8,14 @@ import (
 
 	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 )
 
 // Reload is the part of a running broker's configuration that changes
 // without a restart (Broker.Reload): who may connect, what they may read
-// and write, which rows keep history, and the TLS certificate. The rest of
-// Options needs a restart. Configuration that later becomes reloadable
-// (translators, SPEC §11) joins here, checked with the rest before
-// anything is swapped.
+// and write, which rows keep history, the translators (SPEC §11) and the
+// TLS certificate. The rest of Options needs a restart.
 type Reload struct {
 	// Users, ACL and AllowAnonymous replace Options' whole: nil Users is
 	// no password file, nil ACL allows everything.
@@ -26,6 +25,10 @@ type Reload struct {
 	// History replaces Options.Retain.History (nil: no rules). Without a
 	// store it is checked, and otherwise unused as at start.
 	History []retain.HistoryRule
+	// Translators replaces Options.Translators (nil: none). Publishes
+	// that pass the door after Reload returns follow them; a publish
+	// already past it is translated by the rules it found there.
+	Translators *translate.Set
 	// TLSConfig, if not nil, replaces Options.TLSConfig for every TLS and
 	// WSS handshake from then on; nil keeps the current one.
 	TLSConfig *tls.Config
@@ -97,6 +100,7 @@ func (b *Broker) Reload(r Reload) error {
 	if r.TLSConfig != nil {
 		b.tlsConf.Store(r.TLSConfig)
 	}
+	b.trans.Store(r.Translators)
 	if b.ret != nil {
 		b.ret.SetHistory(r.History)
 	}

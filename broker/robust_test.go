@@ -19,13 +19,18 @@ import (
 
 // connectPacket is a CONNECT for protocol version v (4 = 3.1.1, 5).
 func connectPacket(v byte, id string) []byte {
+	return connectPacketKeepalive(v, id, 30)
+}
+
+// connectPacketKeepalive is connectPacket with the given keepalive (s).
+func connectPacketKeepalive(v byte, id string, keepalive uint16) []byte {
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: v,
 		Connect: packets.ConnectParams{
 			ProtocolName:     []byte("MQTT"),
 			Clean:            true,
-			Keepalive:        30,
+			Keepalive:        keepalive,
 			ClientIdentifier: id,
 		},
 	}

@@ -141,7 +141,7 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRows, pinned int) {
 	st.seq++
 	it := &deltaItem{
-		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id, kind: outDelta},
+		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: deltaQoS(st.ts, qos), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id, kind: outDelta},
 		sub:      st,
 		from:     batch,
 		extra:    pinned,
@@ -227,7 +227,7 @@ func (d *deltaItem) add(s *tree.Sub, changes []tree.Change) int {
 		d.folded = append(d.folded, ch)
 		n += changeCost(&ch)
 	}
-	d.qos = min(d.rowQoS, s.QoS)
+	d.qos = deltaQoS(s, d.rowQoS)
 	return n
 }
 
@@ -240,7 +240,7 @@ func (b *Broker) encodeFolded(c *conn, d *deltaItem) (bool, error) {
 	if !b.onLoop(c.q.done, func() {
 		if d.sub.ts.Active() {
 			if payload, qos, enc := b.tree.Fold(d.sub.ts, d.folded); enc {
-				d.payload, d.qos, ok = payload, min(qos, d.sub.ts.QoS), true
+				d.payload, d.qos, ok = payload, deltaQoS(d.sub.ts, qos), true
 			}
 		}
 		d.folded, d.at = nil, nil
@@ -352,7 +352,7 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, late
 	case len(held) > 0:
 		if payload, qos, enc := b.tree.Fold(st.ts, held); enc {
 			st.seq++
-			events = &treeItem{topic: st.ts.Topic, payload: payload, qos: min(qos, st.ts.QoS), seq: st.seq, rev: rev, codec: st.ts.Codec, subID: st.id, kind: outDelta}
+			events = &treeItem{topic: st.ts.Topic, payload: payload, qos: deltaQoS(st.ts, qos), seq: st.seq, rev: rev, codec: st.ts.Codec, subID: st.id, kind: outDelta}
 		}
 	}
 	st.c.q.reserve(-st.held)

@@ -21,19 +21,34 @@
 //
 // # Access
 //
-// Credentials are checked as a CONNECT's (Broker.Authenticate): without
-// them a request is anonymous, which needs anonymous access when there is
-// a password file. Without a password file and without anonymous access
-// the broker serves loopback only (Broker.LocalOnly): Listen binds to
-// loopback, Serve refuses any other listener, and requests from other
-// peers or under a Host that is not a loopback name (DNS rebinding) are
-// refused. A request with an Origin header must pass the broker's origin
-// check (Broker.OriginAllowed), as a WebSocket must, so a page of another
-// site cannot write rows with the user's browser.
+// Credentials are checked as a CONNECT's, by the same code
+// (Broker.Authenticate): counted in the metrics, and throttled per host in
+// one table with MQTT's — a host that made Options.GuessLimit failed
+// guesses (default 10 a minute) is answered 429 with Retry-After, its
+// password unchecked, until its window ends. Without credentials a request
+// is anonymous, which needs anonymous access when there is a password
+// file. Without a password file and without anonymous access the broker
+// serves loopback only (Broker.LocalOnly): Listen binds to loopback, Serve
+// refuses any other listener, and requests from other peers or under a
+// Host that is not a loopback name (DNS rebinding) are refused. A request
+// with an Origin header must pass the broker's origin check
+// (Broker.OriginAllowed: the request's own scheme, host and port, or an
+// allowed origin), as a WebSocket must, so a page of another site — or of
+// another port of the same host — cannot write rows with the user's
+// browser. GET /metrics takes the API's credentials (no ACL); /healthz
+// none.
+//
+// Every answer carries X-Content-Type-Options: nosniff, and every answer
+// under /api Cache-Control: no-store: it depends on the caller's
+// credentials and rights, and no cache may hand it to another caller.
+// One caller (a user of the password file; otherwise a remote host) has
+// at most MaxStreamsPerUser event streams open (429 past it), so one
+// cannot take all MaxStreams.
 //
 // # Concurrency
 //
-// The Server owns its http.Server, the count of open event streams, and
+// The Server owns its http.Server, the count of open event streams (and,
+// under callersMu, the count per caller), and
 // a semaphore that lets a few GETs at a time have their tree made on the
 // message loop (publishes never queue behind many).
 // Each request runs on net/http's goroutine for it, which owns the

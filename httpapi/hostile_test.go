@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,11 +74,11 @@ func TestHugeBody(t *testing.T) {
 	} // else the server closed the connection while the client wrote: refused too
 	runtime.ReadMemStats(&after)
 	grew := int64(after.TotalAlloc - before.TotalAlloc)
-	t.Logf("chunked: the client sent %d MiB; %.1f MiB allocated meanwhile (server and client)", sent.n>>20, float64(grew)/(1<<20))
+	t.Logf("chunked: the client sent %d MiB; %.1f MiB allocated meanwhile (server and client)", sent.n.Load()>>20, float64(grew)/(1<<20))
 	if grew > 16<<20 {
 		t.Errorf("%d MiB allocated for a refused body", grew>>20)
 	}
-	if sent.n >= huge {
+	if sent.n.Load() >= huge {
 		t.Errorf("the whole body was taken")
 	}
 }
@@ -89,14 +90,17 @@ func (zeros) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// countingReader counts what is read of r. The transport may still be
+// writing the body when the server's early answer has arrived: n is
+// atomic.
 type countingReader struct {
 	r io.ReadCloser
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 

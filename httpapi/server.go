@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,12 @@ type Options struct {
 	// MaxStreams bounds the event streams open at once; past it a stream
 	// is refused with 503. Default 10,000.
 	MaxStreams int
+	// MaxStreamsPerUser bounds the event streams one caller may have open
+	// at once: one user of the password file, or, for anonymous callers
+	// and without a password file (where a username is not proven), one
+	// remote host. Past it a stream is refused with 429. Default
+	// MaxStreams/8 (1,250), at least 1.
+	MaxStreamsPerUser int
 
 	// ReadHeaderTimeout bounds reading a request's headers (default 10s),
 	// ReadTimeout the whole request with its body (default 60s),
@@ -82,6 +89,11 @@ type Server struct {
 	srv  *http.Server
 
 	streams atomic.Int64 // event streams open
+	// callers counts the event streams open per caller (streamKey): a
+	// key is there while its count is above 0, so it holds at most
+	// MaxStreams keys.
+	callersMu sync.Mutex
+	callers   map[string]int
 	// trees is a semaphore: trees being read off the message loop for
 	// GETs, a few at a time, so publishes are never queued behind many.
 	trees   chan struct{}
@@ -102,6 +114,9 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = DefaultMaxStreams
 	}
+	if o.MaxStreamsPerUser <= 0 {
+		o.MaxStreamsPerUser = max(1, o.MaxStreams/8)
+	}
 	def(&o.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	def(&o.ReadTimeout, DefaultReadTimeout)
 	def(&o.WriteTimeout, DefaultWriteTimeout)
@@ -111,7 +126,7 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.Web == nil {
 		o.Web = http.HandlerFunc(noWeb)
 	}
-	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads)}
+	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), callers: map[string]int{}}
 	if s.opts.Health == nil {
 		s.opts.Health = s.loopHealth
 	}
@@ -184,6 +199,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusInternalServerError, "internal error", "")
 		}
 	}()
+	// No answer of this server is to be read as another type than it
+	// says (a tree whose string looks like HTML, shown as a page).
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	if reason := s.reachable(r); reason != "" {
 		writeError(w, http.StatusForbidden, reason, "")
 		return
@@ -192,6 +210,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path == "/metrics":
 		if !allow(w, r, "GET, HEAD") {
+			return
+		}
+		// The figures are the broker's, for its users (Prometheus:
+		// basic_auth): the API's credentials rule, without an ACL.
+		w.Header().Set("Cache-Control", "no-store")
+		if _, ok := s.authenticate(w, r); !ok {
 			return
 		}
 		if s.opts.Metrics == nil {
@@ -204,6 +228,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.health(w, r)
 		}
 	case path == "/api" || strings.HasPrefix(path, "/api/"):
+		// Every answer depends on the caller's credentials and rights: no
+		// cache may keep one for another caller.
+		w.Header().Set("Cache-Control", "no-store")
 		s.api(w, r, path)
 	default:
 		s.opts.Web.ServeHTTP(w, r)
@@ -294,20 +321,37 @@ func allow(w http.ResponseWriter, r *http.Request, methods string) bool {
 }
 
 // authenticate reads r's HTTP Basic credentials and checks them as an MQTT
-// CONNECT's (SPEC §10): it answers 401 and reports false when they are
-// missing or wrong.
+// CONNECT's, through the same door (Broker.Authenticate: counted, and
+// throttled per host, as a CONNECT's): it answers 401 (429 with
+// Retry-After for a host that made too many failed guesses) and reports
+// false when they are missing or wrong.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (broker.Principal, bool) {
 	user, password, hasUser := r.BasicAuth()
-	reason := ""
+	if !hasUser && r.Header.Get("Authorization") != "" {
+		s.log.Debug().Str("remote", r.RemoteAddr).Msg("http: the Authorization header is not HTTP Basic")
+		w.Header().Set("WWW-Authenticate", `Basic realm="mote", charset="UTF-8"`)
+		writeError(w, http.StatusUnauthorized, "the Authorization header is not HTTP Basic", "")
+		return broker.Principal{}, false
+	}
+	err := s.b.Authenticate(r.RemoteAddr, user, password, hasUser)
+	var te *broker.ThrottleError
 	switch {
-	case !hasUser && r.Header.Get("Authorization") != "":
-		reason = "the Authorization header is not HTTP Basic"
-	case s.b.Authenticate(user, password, hasUser):
+	case err == nil:
 		return broker.Principal{User: user, ClientID: ClientID, Answered: true}, true
-	case !hasUser || user == "":
+	case errors.As(err, &te):
+		s.log.Debug().Str("remote", r.RemoteAddr).Str("user", user[:min(len(user), 200)]).Err(err).Msg("http: request refused")
+		w.Header().Set("Retry-After", strconv.Itoa(int((te.RetryAfter+time.Second-1)/time.Second)))
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("too many failed logins from %s: try again in %s", te.Host, te.RetryAfter.Round(time.Second)), "")
+		return broker.Principal{}, false
+	}
+	reason := "wrong username or password"
+	if !hasUser || user == "" {
+		// A browser's first request, before it asks for a password: not
+		// worth a warning.
 		reason = "credentials required (HTTP Basic, a user of the password file)"
-	default:
-		reason = "wrong username or password"
+		s.log.Debug().Str("remote", r.RemoteAddr).Str("path", r.URL.EscapedPath()).Msg("http: " + reason)
+	} else {
+		s.log.Warn().Str("remote", r.RemoteAddr).Str("user", user[:min(len(user), 200)]).Str("path", r.URL.EscapedPath()).Msg("http: authentication failed")
 	}
 	w.Header().Set("WWW-Authenticate", `Basic realm="mote", charset="UTF-8"`)
 	writeError(w, http.StatusUnauthorized, reason, "")

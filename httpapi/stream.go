@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -84,6 +85,41 @@ func (s *Server) history(ctx context.Context, p broker.Principal, filter string,
 	}
 }
 
+// streamKey is who an event stream counts against (MaxStreamsPerUser):
+// its user when the broker has a password file (the user proved who it
+// is), else its remote host.
+func (s *Server) streamKey(r *http.Request, p broker.Principal) string {
+	if p.User != "" && s.b.HasUsers() {
+		return "user " + p.User
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return "host " + host
+}
+
+// openStream counts one more stream of key; false (not counted) past
+// MaxStreamsPerUser.
+func (s *Server) openStream(key string) bool {
+	s.callersMu.Lock()
+	defer s.callersMu.Unlock()
+	if s.callers[key] >= s.opts.MaxStreamsPerUser {
+		return false
+	}
+	s.callers[key]++
+	return true
+}
+
+// closeStream counts one stream of key less.
+func (s *Server) closeStream(key string) {
+	s.callersMu.Lock()
+	defer s.callersMu.Unlock()
+	if s.callers[key]--; s.callers[key] <= 0 {
+		delete(s.callers, key)
+	}
+}
+
 // stream answers GET /api/tree/F with Accept: text/event-stream (SPEC §10):
 // a $sync/F subscription ($hist/F with history=1) as Server-Sent Events.
 // The first message is event "snapshot" ("resume" for a resume delta,
@@ -101,6 +137,13 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 		return
 	}
 	defer s.streams.Add(-1)
+	key := s.streamKey(r, p)
+	if !s.openStream(key) {
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("too many event streams of one caller (%d at most); try again later", s.opts.MaxStreamsPerUser), "")
+		return
+	}
+	defer s.closeStream(key)
 	topic, o := "$sync/"+filter, broker.SubscribeOptions{}
 	if hist != nil {
 		topic, o = "$hist/"+filter, *hist // a history starts over on reconnecting

@@ -103,7 +103,7 @@ func TestStreamHistory(t *testing.T) {
 // TestMaxStreams: streams past the bound are refused with 503; a closed
 // one makes room.
 func TestMaxStreams(t *testing.T) {
-	e := setup(t, broker.Options{}, Options{MaxStreams: 2})
+	e := setup(t, broker.Options{}, Options{MaxStreams: 2, MaxStreamsPerUser: 2})
 	var open []*stream
 	for range 2 {
 		s, resp := e.openStream(t, "/api/tree/x")

@@ -92,26 +92,7 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		if err != nil {
 			return Op{}, err
 		}
-		rows, err := Explode(p.Topic, &root, retain, ps.lim.MaxRows)
-		if err != nil {
-			return Op{}, err
-		}
-		if ps.lim.MaxTopicLen > 0 || ps.lim.MaxTopicLevels > 0 {
-			for _, r := range rows {
-				if err := ps.lim.CheckTopic(r.Topic); err != nil {
-					// A limit of the tree (SPEC §5: 0x99), not a bad topic name.
-					return Op{}, fmt.Errorf("%w: row %.200q: %v", ErrLimit, r.Topic, err)
-				}
-			}
-		}
-		op := Op{Rows: rows, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}
-		if p.Replace {
-			op.Replace = p.Topic
-			if !wire.HasWildcard(p.Topic) {
-				op.Replace += "/#"
-			}
-		}
-		return op, nil
+		return ps.TreeOp(p, &root, retain, qos)
 	case wire.PubSet:
 		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}
 		if len(payload) > 0 {
@@ -124,6 +105,38 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		v = wire.Value{}
 	}
 	return Op{Rows: []Row{{Topic: p.Topic, Value: v, Retain: retain}}, QoS: qos}, nil
+}
+
+// Decode decodes a tree payload in codec c within the Parser's limits.
+func (ps *Parser) Decode(c wire.Codec, payload []byte) (wire.Node, error) {
+	return ps.dec.Decode(c, payload)
+}
+
+// TreeOp builds the Op of a tree publish p (p.Op is wire.PubTree) whose
+// payload decoded as root: exploded into rows, each row's topic within the
+// limits. Op calls it; a front end that rewrites a tree before it is
+// exploded (the original dialect's "/" flag) calls Decode and TreeOp.
+func (ps *Parser) TreeOp(p wire.Publish, root *wire.Node, retain bool, qos byte) (Op, error) {
+	rows, err := Explode(p.Topic, root, retain, ps.lim.MaxRows)
+	if err != nil {
+		return Op{}, err
+	}
+	if ps.lim.MaxTopicLen > 0 || ps.lim.MaxTopicLevels > 0 {
+		for _, r := range rows {
+			if err := ps.lim.CheckTopic(r.Topic); err != nil {
+				// A limit of the tree (SPEC §5: 0x99), not a bad topic name.
+				return Op{}, fmt.Errorf("%w: row %.200q: %v", ErrLimit, r.Topic, err)
+			}
+		}
+	}
+	op := Op{Rows: rows, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}
+	if p.Replace {
+		op.Replace = p.Topic
+		if !wire.HasWildcard(p.Topic) {
+			op.Replace += "/#"
+		}
+	}
+	return op, nil
 }
 
 // Explode spreads a tree published to $tree/T into rows (SPEC §4): each '+'

@@ -5,7 +5,8 @@
 // user's own clients and the broker's figures.
 //
 // There is no build step: index.html, app.js and style.css (static/) are
-// served as they are, embedded in the binary, with mote.js and MQTT.js
+// served as they are, embedded in the binary, with mote.js (and its codecs,
+// codecs.js, cbor-x.esm.js and msgpack.esm.js) and MQTT.js
 // from package clients/js (one copy of each). The page speaks MQTT over
 // WebSocket to the broker with the user's MQTT username and password, on
 // its own origin: Config.MQTT (Broker.WSHandler) is served at /mqtt, so
@@ -18,4 +19,8 @@
 //
 // Handler's answers are built once, when it is made, and only read
 // afterwards: it is safe for concurrent use and holds no other state.
+// Which of the two pages it serves at / (asking for a login first or not)
+// is Config.Login's answer for each request, so the page follows the
+// broker's access rules of the moment (a reload that adds or drops the
+// password file).
 package web

@@ -40,7 +40,7 @@ func TestScreenshot(t *testing.T) {
 	}
 	hist := []retain.HistoryRule{{Filter: "home/+/temperature", Keep: 100}, {Filter: "home/+/humidity", Keep: 100},
 		{Filter: "home/garden/soil", Keep: 100}, {Filter: "home/energy/power_w", Keep: 100}}
-	e := newEnv(t, broker.Options{Users: users, Store: st, Retain: retain.Options{History: hist}}, web.Config{Login: true, Filter: "home/#"}, "alice")
+	e := newEnv(t, broker.Options{Users: users, Store: st, Retain: retain.Options{History: hist}}, web.Config{Login: func() bool { return true }, Filter: "home/#"}, "alice")
 	series := func(topic string, base, amp float64, phase float64, digits int) {
 		for i := range 40 {
 			v := base + amp*math.Sin(float64(i)/5+phase) + amp/3*math.Sin(float64(i)*1.7)

@@ -26,11 +26,13 @@ type Config struct {
 	// connects to it at /mqtt on its own origin. Nil: /mqtt is 404 and
 	// the page shows that it cannot connect.
 	MQTT http.Handler
-	// Login makes the page ask for a username and password (those of
-	// MQTT) before it connects: set it when the broker has a password
-	// file. Without it the page connects without credentials, and still
-	// asks for them if the broker refuses it.
-	Login bool
+	// Login says, for each request of the page, whether it asks for a
+	// username and password (those of MQTT) before it connects: pass the
+	// broker's HasUsers, so that the page follows a reload that adds or
+	// drops the password file. When it reports false (or is nil) the page
+	// connects without credentials, and still asks for them if the broker
+	// refuses it.
+	Login func() bool
 	// Filter is the filter the page shows first; default "#". The page
 	// keeps the one typed in its address (#filter=…).
 	Filter string
@@ -46,7 +48,11 @@ type file struct {
 // handler serves the page's files and /mqtt.
 type handler struct {
 	files map[string]*file
-	mqtt  http.Handler
+	login func() bool // nil: never
+	// loginPage is the page that asks for a login first (files[""] and
+	// files["index.html"] are the one that does not).
+	loginPage *file
+	mqtt      http.Handler
 }
 
 // The page's Content Security Policy: everything from the page's own
@@ -71,22 +77,27 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Filter == "" {
 		cfg.Filter = "#"
 	}
-	conf, _ := json.Marshal(map[string]any{"mqtt": "mqtt", "login": cfg.Login, "filter": cfg.Filter}) // cannot fail: strings and a bool
-	h := &handler{files: map[string]*file{}, mqtt: cfg.MQTT}
+	h := &handler{files: map[string]*file{}, mqtt: cfg.MQTT, login: cfg.Login}
+	page := func(login bool) *file {
+		conf, _ := json.Marshal(map[string]any{"mqtt": "mqtt", "login": login, "filter": cfg.Filter}) // cannot fail: strings and a bool
+		b, _ := static.ReadFile("static/index.html")                                                  // embedded by name: the build fails without it
+		b = bytes.Replace(b, []byte(`<meta name="mote-config" content="{}">`),
+			[]byte(`<meta name="mote-config" content="`+html.EscapeString(string(conf))+`">`), 1)
+		return newFile("text/html; charset=utf-8", b)
+	}
+	h.files["index.html"], h.loginPage = page(false), page(true)
 	for name, ctype := range map[string]string{
-		"index.html": "text/html; charset=utf-8",
-		"app.js":     "text/javascript; charset=utf-8",
-		"style.css":  "text/css; charset=utf-8",
+		"app.js":    "text/javascript; charset=utf-8",
+		"style.css": "text/css; charset=utf-8",
 	} {
 		b, _ := static.ReadFile("static/" + name) // embedded by name: the build fails without it
-		if name == "index.html" {
-			b = bytes.Replace(b, []byte(`<meta name="mote-config" content="{}">`),
-				[]byte(`<meta name="mote-config" content="`+html.EscapeString(string(conf))+`">`), 1)
-		}
 		h.files[name] = newFile(ctype, b)
 	}
 	h.files["mote.js"] = newFile("text/javascript; charset=utf-8", []byte(js.MoteJS))
 	h.files["mqtt.esm.js"] = newFile("text/javascript; charset=utf-8", []byte(js.MQTTJS))
+	h.files["codecs.js"] = newFile("text/javascript; charset=utf-8", []byte(js.CodecsJS))
+	h.files["cbor-x.esm.js"] = newFile("text/javascript; charset=utf-8", []byte(js.CBORXJS))
+	h.files["msgpack.esm.js"] = newFile("text/javascript; charset=utf-8", []byte(js.MsgPackJS))
 	h.files[""] = h.files["index.html"]
 	return h
 }
@@ -115,6 +126,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f, ok := h.files[name]
+	if ok && (name == "" || name == "index.html") && h.login != nil && h.login() {
+		f = h.loginPage // its own ETag: a cached page of the other kind is not reused
+	}
 	if !ok {
 		fail(w, http.StatusNotFound, "web: no such file: "+r.URL.Path)
 		return

@@ -20,7 +20,7 @@ import (
 // gzip; /mqtt goes to Config.MQTT; anything else is a clear error.
 func TestHandler(t *testing.T) {
 	mqtt := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
-	h := web.Handler(web.Config{MQTT: mqtt, Login: true, Filter: `light/"</x>#`})
+	h := web.Handler(web.Config{MQTT: mqtt, Login: func() bool { return true }, Filter: `light/"</x>#`})
 	get := func(method, path string, hdr ...string) *http.Response {
 		t.Helper()
 		r := httptest.NewRequest(method, path, nil)
@@ -57,6 +57,9 @@ func TestHandler(t *testing.T) {
 		{"/style.css", "text/css; charset=utf-8", `--row-h`},
 		{"/mote.js", "text/javascript; charset=utf-8", js.MoteJS},
 		{"/mqtt.esm.js", "text/javascript; charset=utf-8", js.MQTTJS},
+		{"/codecs.js", "text/javascript; charset=utf-8", js.CodecsJS},
+		{"/cbor-x.esm.js", "text/javascript; charset=utf-8", js.CBORXJS},
+		{"/msgpack.esm.js", "text/javascript; charset=utf-8", js.MsgPackJS},
 	} {
 		for _, enc := range []string{"", "gzip, deflate, br"} {
 			r := get(http.MethodGet, c.path, "Accept-Encoding", enc)

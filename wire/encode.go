@@ -154,8 +154,13 @@ func (e *Encoder) Rewind(m Mark) {
 	}
 }
 
-// Null writes null (a deleted row).
+// Null writes null (a deleted row). CodecOriginal writes nothing at the
+// root: the original answered a filter without wildcards with an empty
+// payload.
 func (e *Encoder) Null() {
+	if e.codec == CodecOriginal && len(e.stack) == 0 {
+		return
+	}
 	switch e.codec {
 	case CodecCBOR:
 		e.buf = append(e.buf, 0xf6)
@@ -178,6 +183,19 @@ func (e *Encoder) Value(v Value) {
 		return
 	case CodecMsgPack:
 		e.buf = appendMsgPackValue(e.buf, v)
+		return
+	case CodecOriginal:
+		// Every leaf is a string of the payload bytes (invalid UTF-8
+		// becomes U+FFFD: the original failed on it); a bare value at the
+		// root is the payload itself.
+		switch {
+		case v.Kind == None:
+			e.Null()
+		case len(e.stack) == 0:
+			e.buf = append(e.buf, v.Data...)
+		default:
+			e.buf = appendJSONString(e.buf, v.Data)
+		}
 		return
 	}
 	switch v.Kind {

@@ -60,6 +60,13 @@ const (
 	CodecCBOR
 	// CodecMsgPack is MessagePack (github.com/msgpack/msgpack spec).
 	CodecMsgPack
+	// CodecOriginal is the original Mote broker's output (SPEC §7): JSON
+	// whose leaves are all strings, each holding the row's payload bytes
+	// as plain subscribers get them, and a filter without wildcards
+	// answered with the bare payload (empty for none). No option or
+	// property selects it: only the original-dialect listener does, so it
+	// is not in Codecs; it is never decoded.
+	CodecOriginal
 )
 
 // Codecs lists every codec, the default first.
@@ -72,6 +79,8 @@ func (c Codec) String() string {
 		return "cbor"
 	case CodecMsgPack:
 		return "msgpack"
+	case CodecOriginal:
+		return "original"
 	}
 	return "json"
 }

@@ -8,12 +8,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"os/exec"
 	"reflect"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,25 +20,15 @@ import (
 	"github.com/mote-mqtt/mote/wire"
 )
 
-// chromium finds a Chromium binary, or skips: .ci/run installs Debian's.
-func chromium(t *testing.T) string {
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Skip("no chromium on PATH (apt-get install chromium)")
-	return ""
-}
-
 // vector is a snapshot and the deltas that followed it, as the tree core
-// made them, and the snapshot at the end: mote.js's merge must turn the
-// first and the deltas into the last.
+// made them in one codec, and the snapshot at the end: mote.js's decoder
+// and merge must turn the first and the deltas into the last. The payloads
+// travel to the page as base64.
 type vector struct {
 	Filter   string   `json:"filter"`
-	Snapshot string   `json:"snapshot"`
-	Deltas   []string `json:"deltas"`
-	Final    string   `json:"final"`
+	Snapshot []byte   `json:"snapshot"`
+	Deltas   [][]byte `json:"deltas"`
+	Final    []byte   `json:"final"`
 }
 
 var (
@@ -50,19 +37,19 @@ var (
 	vecFilter = []string{"#", "+", "a/#", "a/+", "+/+", "a/+/#", "+/b/#", "a/b", "a/+/c", "+/#", "a/+/+/+"}
 )
 
-func mergeVectors(t *testing.T) []vector {
+func mergeVectors(t *testing.T, codec wire.Codec) []vector {
 	var out []vector
 	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 11))
 		tr := tree.New()
 		vs := map[*tree.Sub]*vector{}
 		for i, f := range vecFilter {
-			s := &tree.Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/" + f, Filter: f, Codec: wire.CodecJSON}
+			s := &tree.Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/" + f, Filter: f, Codec: codec}
 			snap, err := tr.Subscribe(s)
 			if err != nil {
 				t.Fatal(err)
 			}
-			vs[s] = &vector{Filter: f, Snapshot: string(snap), Deltas: []string{}}
+			vs[s] = &vector{Filter: f, Snapshot: snap, Deltas: [][]byte{}}
 		}
 		for range 20 {
 			var ops []tree.Op
@@ -83,12 +70,12 @@ func mergeVectors(t *testing.T) []vector {
 			}
 			for _, d := range tr.Apply(ops).Deltas {
 				for _, s := range d.Subs {
-					vs[s].Deltas = append(vs[s].Deltas, string(d.Payload))
+					vs[s].Deltas = append(vs[s].Deltas, d.Payload)
 				}
 			}
 		}
 		for s, v := range vs {
-			v.Final = string(tr.Snapshot(s.Filter, wire.CodecJSON, nil))
+			v.Final = tr.Snapshot(s.Filter, codec, nil)
 			out = append(out, *v)
 		}
 	}
@@ -289,10 +276,13 @@ func doc(s string) any {
 // over MQTT 5; merge agrees with the tree core on random snapshots and
 // deltas; Mirror handles mote-part and a gap in mote-seq.
 func TestBrowser(t *testing.T) {
-	bin := chromium(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "127.0.0.1:0"})
+	// The page comes from its own server, another origin than the
+	// broker's WebSocket listener (another port): the broker lists it.
+	srv, mux, origin := pageServer()
+	defer srv.Close()
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "127.0.0.1:0", AllowedOrigins: []string{origin}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,20 +302,7 @@ func TestBrowser(t *testing.T) {
 		}
 	}
 
-	vectors := mergeVectors(t)
-	results := make(chan []byte, 1)
-	mux := http.NewServeMux()
-	var loaded atomic.Bool // chromium asked for the page
-	serve := func(path, file, ctype string) {
-		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
-			loaded.Store(true)
-			w.Header().Set("Content-Type", ctype)
-			http.ServeFile(w, r, file)
-		})
-	}
-	serve("/{$}", "testdata/test.html", "text/html")
-	serve("/mote.js", "mote.js", "text/javascript")
-	serve("/mqtt.esm.js", "mqtt.esm.js", "text/javascript")
+	vectors := mergeVectors(t, wire.CodecJSON)
 	mux.HandleFunc("/vectors", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(vectors)
 	})
@@ -336,45 +313,7 @@ func TestBrowser(t *testing.T) {
 	px := newProxy(t, b.WSAddr())
 	mux.HandleFunc("/cut", func(w http.ResponseWriter, r *http.Request) { px.cut(true) })
 	mux.HandleFunc("/restore", func(w http.ResponseWriter, r *http.Request) { px.cut(false) })
-	mux.HandleFunc("/result", func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		select {
-		case results <- body:
-		default:
-		}
-	})
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-
-	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-dev-shm-usage", "--enable-logging=stderr", "--user-data-dir="+t.TempDir(),
-		srv.URL+"/?ws=ws://"+b.WSAddr()+"/mqtt&wsproxy=ws://"+px.l.Addr().String()+"/mqtt")
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Kill()
-		<-exited
-	}()
-	var body []byte
-	select {
-	case body = <-results:
-	case err := <-exited:
-		exited <- err
-		if !loaded.Load() { // the machine cannot run it: not mote.js's failure
-			t.Skipf("chromium could not start here (%v):\n%s", err, logs.String())
-		}
-		t.Fatalf("chromium exited before the page reported: %v\n%s", err, logs.String())
-	case <-ctx.Done():
-		cmd.Process.Kill()
-		exited <- <-exited // chromium's output is whole once it has exited
-		t.Fatalf("the page did not report within the time limit\n%s", logs.String())
-	}
+	body, logs := runPage(t, ctx, srv, "test.html", "ws=ws://"+b.WSAddr()+"/mqtt&wsproxy=ws://"+px.l.Addr().String()+"/mqtt")
 	var res result
 	if err := json.Unmarshal(body, &res); err != nil {
 		t.Fatalf("page result %s: %v", body, err)
@@ -438,7 +377,7 @@ func TestBrowser(t *testing.T) {
 		})
 	}
 	if t.Failed() {
-		t.Logf("chromium:\n%s", logs.String())
+		t.Logf("chromium:\n%s", logs)
 	}
 }
 

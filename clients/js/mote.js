@@ -11,8 +11,11 @@
 //   await lights.ready                      // the snapshot is in: {"bedroom":1,"livingroom":0}
 //   await publishTree(client, 'light/kitchen', { is_on: 1 })
 //
-// Trees travel as JSON here (the broker's default codec); the Go client in
-// ../client also speaks CBOR and MessagePack. The rules are those of the broker's SPEC:
+// Trees travel as JSON (the broker's default codec), or as CBOR or
+// MessagePack with the option codec: 'cbor' or 'msgpack' (codecs.js, which
+// loads the vendored cbor-x.esm.js or msgpack.esm.js beside it on first
+// use; keep the files together). Values then arrive typed as the codec
+// says: bytes as Uint8Array, numbers as numbers. The rules are those of the broker's SPEC:
 // a $sync subscription gets one snapshot, then deltas (null deletes a row);
 // over MQTT 5 every message carries mote-seq, and a gap in it (a lost QoS 0
 // delta, a queue overflow at the broker) makes the Mirror subscribe again.
@@ -24,8 +27,21 @@
 //   const lights = new Mirror(client, 'light/+/is_on', { interval: 250 })  // at most 4 messages a second
 //   const temps = await history(client, 'sensor/+/temp', { from: Date.now() - 3600e3, limit: 100 })
 //   // {"kitchen":[[1767000000000,21.5],…],…}: [t, value] pairs, oldest first
+//   const bin = new Mirror(client, 'dev/+/blob', { codec: 'msgpack', onError: (err) => show(err) })
+//   await publishTree(client, 'dev/a', { blob: new Uint8Array([1, 2]) }, { codec: 'cbor' })
 
-const decoder = new TextDecoder()
+import { codecLoaded, codecNames, decodeTree, encodeTree, loadCodec } from './codecs.js'
+
+export { codecLoaded, codecNames, decodeTree, encodeTree, loadCodec, DecodeError, defaultMaxDepth } from './codecs.js'
+
+// option returns the topic option that selects a codec ("" for JSON, the
+// default), or throws for an unknown codec.
+function codecOption(codec) {
+  if (!codecNames.includes(codec)) {
+    throw new RangeError(`mote: codec ${JSON.stringify(codec)}: want one of ${codecNames.join(', ')}`)
+  }
+  return codec === 'json' ? '' : '.' + codec
+}
 
 // userProperty returns one MQTT 5 user property of a packet, or undefined.
 function userProperty(packet, key) {
@@ -321,20 +337,32 @@ export class Mirror {
   // that many milliseconds (1 to 3,600,000; the option .<N>ms).
   // options.history: true, or { from, to, limit } (Dates or Unix ms;
   // MQTT 5 only): keep the history of the rows (see above).
-  constructor(client, filter, { qos = 1, onChange, interval, history } = {}) {
+  // options.codec: 'json' (default), 'cbor' or 'msgpack' ($sync.cbor/F).
+  // options.onError(err) is called for a message that does not decode
+  // (err: a DecodeError) or cannot be applied; default: console.error.
+  // Such a delta leaves the copy stale, so the Mirror subscribes again
+  // (counted in resyncs); such a snapshot rejects ready if it was the
+  // first, and the copy waits for the next snapshot. options.maxDepth
+  // bounds the nesting of a CBOR or MessagePack tree (defaultMaxDepth).
+  constructor(client, filter, { qos = 1, onChange, interval, history, codec = 'json', onError, maxDepth } = {}) {
     if (interval !== undefined && (!Number.isInteger(interval) || interval < 1 || interval > 3600000)) {
       throw new RangeError(`mote: interval ${interval}: want whole milliseconds from 1 to 3600000`)
     }
+    const copt = codecOption(codec)
     this.client = client
     this.filter = filter
     this.qos = qos
     this.onChange = onChange
+    this.codec = codec
+    this.onError = onError || ((err) => console.error(err))
+    this.decodeOptions = maxDepth === undefined ? {} : { maxDepth }
+    this.errors = 0 // how many messages did not decode or apply
     this.history = history ? (history === true ? {} : history) : null
     // Over MQTT 3.1.1 there are no properties: no resume, no history range.
     this.v5 = !client.options || client.options.protocolVersion === 5
     const userProperties = {}
     if (this.history) {
-      this.topic = '$hist/' + filter
+      this.topic = '$hist' + copt + '/' + filter
       const { from, to, limit } = this.history
       if (from !== undefined) userProperties['mote-from'] = String(millis('history.from', from))
       if (to !== undefined) userProperties['mote-to'] = String(millis('history.to', to))
@@ -350,7 +378,7 @@ export class Mirror {
       }
       this.to = to === undefined ? undefined : millis('history.to', to)
     } else {
-      this.topic = (interval ? `$sync.${interval}ms/` : '$sync/') + filter
+      this.topic = '$sync' + copt + (interval ? `.${interval}ms/` : '/') + filter
     }
     // The SUBSCRIBE properties, one object for the Mirror's life: MQTT.js
     // keeps it for its own resubscribe, and setRev keeps mote-since in it
@@ -375,6 +403,7 @@ export class Mirror {
       this.resolveReady = resolve
       this.rejectReady = reject
     })
+    this.ready.catch(() => {}) // its errors go to onError too: none is left unhandled
     this.onMessage = (topic, payload, packet) => {
       if (topic === this.topic) {
         this.handle(payload, packet)
@@ -396,12 +425,15 @@ export class Mirror {
       if (o && o.resubscribe !== false && o.reconnectPeriod > 0) {
         return // MQTT.js subscribes again, with subscribeProperties as they are now
       }
-      this.subscribe().catch((err) => console.error(err))
+      this.subscribe().catch((err) => this.report(err))
     }
     client.on('message', this.onMessage)
     client.on('close', this.onClose)
     client.on('connect', this.onConnect)
-    this.subscribe().catch((err) => this.rejectReady(err))
+    this.subscribe().catch((err) => {
+      this.report(err)
+      this.rejectReady(err)
+    })
   }
 
   // setRev records the revision the copy reflects, and mote-since for the
@@ -423,6 +455,12 @@ export class Mirror {
   async subscribe() {
     this.seq = -1
     this.parts = null
+    if (!codecLoaded(this.codec)) {
+      await loadCodec(this.codec) // JSON's SUBSCRIBE leaves at once, as it always did
+      if (this.closed) {
+        return // closed while the codec loaded
+      }
+    }
     const topics = { [this.topic]: { qos: this.qos, nl: false, rap: false, rh: 0 }, resubscribe: true }
     const options = this.v5 ? { qos: this.qos, properties: this.subscribeProperties } : { qos: this.qos }
     const granted = await promisify((cb) => this.client.subscribe(topics, options, cb))
@@ -438,11 +476,52 @@ export class Mirror {
     }
     let tree
     try {
-      tree = JSON.parse(decoder.decode(payload))
+      tree = decodeTree(this.codec, payload, this.decodeOptions)
     } catch (err) {
-      console.error(`mote: ${this.topic}: not a JSON tree:`, err)
+      this.failed(err, packet)
       return
     }
+    try {
+      this.apply(tree, packet)
+    } catch (err) { // a tree too deep for merge's recursion, say
+      this.failed(err, packet)
+    }
+  }
+
+  // failed reports a message that did not decode or apply. The copy is
+  // stale: after a delta the Mirror subscribes again; after (part of) a
+  // snapshot it waits for the next one (subscribing again could loop on a
+  // broker that sends only such snapshots).
+  failed(err, packet) {
+    this.errors++
+    const e = err instanceof Error ? err : new Error(String(err))
+    e.message = `mote: ${this.topic}: ${e.message.replace(/^mote: /, '')}`
+    const seq = userProperty(packet, 'mote-seq')
+    const snapshot = seq === '0' || (seq === undefined && this.seq < 0)
+    this.report(e)
+    if (!snapshot && this.seq < 0) {
+      return // a delta the Mirror would have ignored anyway
+    }
+    this.seq = -1
+    this.parts = null
+    if (snapshot) {
+      this.rejectReady(e) // a no-op once ready has resolved
+      return
+    }
+    this.resyncs++
+    this.subscribe().catch((err) => this.report(err))
+  }
+
+  report(err) {
+    try {
+      this.onError(err)
+    } catch (cbErr) {
+      console.error(cbErr)
+    }
+  }
+
+  // apply merges one decoded message into the copy.
+  apply(tree, packet) {
     const seqText = userProperty(packet, 'mote-seq')
     const seq = seqText === undefined ? undefined : Number(seqText) // undefined over MQTT 3.1.1
     const part = userProperty(packet, 'mote-part')
@@ -506,7 +585,7 @@ export class Mirror {
     }
     // A gap in mote-seq: our copy is stale.
     this.resyncs++
-    this.subscribe().catch((err) => console.error(err))
+    this.subscribe().catch((err) => this.report(err))
   }
 
   changed() {
@@ -564,14 +643,15 @@ export class Mirror {
 // snapshot whose leaves are arrays of [t, value] pairs, t in Unix ms,
 // oldest first, ending with the current value. options: from, to (Dates
 // or Unix ms, inclusive), limit (the newest pairs per row; all three need
-// MQTT 5), qos (default 1), timeoutMs (default 10000). Use
-// rows(tree, filter) for { topic: pairs }.
-export async function history(client, filter, { from, to, limit, qos = 1, timeoutMs = 10000 } = {}) {
+// MQTT 5), qos (default 1), timeoutMs (default 10000), codec ('json',
+// 'cbor' or 'msgpack': $hist.cbor/F). An answer that does not decode
+// rejects. Use rows(tree, filter) for { topic: pairs }.
+export async function history(client, filter, { from, to, limit, qos = 1, timeoutMs = 10000, codec = 'json' } = {}) {
   const h = {}
   if (from !== undefined) h.from = from
   if (to !== undefined) h.to = to
   if (limit !== undefined) h.limit = limit
-  const m = new Mirror(client, filter, { qos, history: h })
+  const m = new Mirror(client, filter, { qos, history: h, codec, onError: () => {} }) // errors reject ready
   let timer
   try {
     return await Promise.race([
@@ -589,11 +669,16 @@ export async function history(client, filter, { from, to, limit, qos = 1, timeou
 // publishTree publishes value as a tree at topic ($tree/topic): the broker
 // spreads it into rows (null deletes one) and retains them. options: qos
 // (default 1), retain (default true), replace (also delete every row under
-// topic that value does not mention). Over MQTT 5 at QoS 1 or 2 a refused
-// tree rejects with the broker's reason.
-export function publishTree(client, topic, value, { qos = 1, retain = true, replace = false } = {}) {
-  const t = (replace ? '$tree.replace/' : '$tree/') + topic
-  return promisify((cb) => client.publish(t, JSON.stringify(value), { qos, retain }, cb))
+// topic that value does not mention), codec ('json', 'cbor' or 'msgpack':
+// $tree.cbor/topic; a Uint8Array is bytes there). Over MQTT 5 at QoS 1 or
+// 2 a refused tree rejects with the broker's reason.
+export async function publishTree(client, topic, value, { qos = 1, retain = true, replace = false, codec = 'json' } = {}) {
+  const t = '$tree' + codecOption(codec) + (replace ? '.replace/' : '/') + topic
+  if (!codecLoaded(codec)) {
+    await loadCodec(codec)
+  }
+  const payload = encodeTree(codec, value)
+  return promisify((cb) => client.publish(t, payload, { qos, retain }, cb))
 }
 
 // setRows sets every existing row that filter matches ($set/F) to value:

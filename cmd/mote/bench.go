@@ -25,7 +25,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rounds := fs.Int("rounds", 3, "rounds per scenario and broker (A B A B …)")
 	asJSON := fs.Bool("json", false, "print every run as JSON instead of the table")
 	baseline := fs.String("baseline", "", "another mote binary (an earlier build) to run beside this one, as "+bench.Baseline)
-	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", mosquitto); default all")
+	translators := fs.Bool("translators", false, "also run Mote with 100 translators that match no scenario's topics, as "+bench.Translate)
+	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", mosquitto); default all")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario …]\nscenarios: %v\n", bench.Names())
 		fs.PrintDefaults()
@@ -40,6 +41,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	brokers := []*bench.Broker{bench.Mote(self), bench.Mochi(self)}
 	if *baseline != "" {
 		brokers = append(brokers, bench.MoteAs(bench.Baseline, *baseline))
+	}
+	if *translators {
+		brokers = append(brokers, bench.MoteTranslate(self))
 	}
 	if m := bench.Mosquitto(); m != nil {
 		brokers = append(brokers, m)

@@ -32,6 +32,10 @@ type config struct {
 		TLS    string `yaml:"tls"`
 		WSS    string `yaml:"wss"`
 		HTTP   string `yaml:"http"` // the HTTP API and web view (SPEC §10)
+		// Original speaks the original Mote broker's dialect (SPEC §7).
+		Original string `yaml:"original"`
+		// OriginalWS is the same over WebSocket, path /mote/ (mote-native).
+		OriginalWS string `yaml:"original_ws"`
 	} `yaml:"listeners"`
 	Cert     string `yaml:"cert"`
 	Key      string `yaml:"key"`
@@ -53,6 +57,8 @@ type config struct {
 	MaxKeepAlive              uint16        `yaml:"max_keepalive"`
 	ConnectTimeout            time.Duration `yaml:"connect_timeout"`
 	MaxConnectSize            int           `yaml:"max_connect_size"`
+	GuessLimit                int           `yaml:"guess_limit"`
+	GuessWindow               time.Duration `yaml:"guess_window"`
 	MaxSubscriptions          int           `yaml:"max_subscriptions"`
 	MaxOfflineBytes           int           `yaml:"max_offline_bytes"`
 	MaxSubscriptionsPerPacket int           `yaml:"max_subscriptions_per_packet"`
@@ -76,6 +82,8 @@ type config struct {
 		Keep   *int          `yaml:"keep"`
 		MaxAge time.Duration `yaml:"max_age"`
 	} `yaml:"history"`
+	// Translate keeps topic hierarchies in step (SPEC §11; translate.go).
+	Translate []translateRule `yaml:"translate"`
 }
 
 // retainOptions are the retainer's options from the configuration; a bad
@@ -118,6 +126,15 @@ func loadConfig(path string) (config, error) {
 	return c, nil
 }
 
+// offNone reads "off" as no listener, for listeners that are off by
+// default.
+func offNone(addr string) string {
+	if addr == "off" {
+		return ""
+	}
+	return addr
+}
+
 func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mote broker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -130,6 +147,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	syncRetain := fs.Bool("sync-retain", false, "ack QoS 1/2 publishes of retained rows only after their commit")
 	tlsAddr := fs.String("tls", "", "MQTT over TLS listener address (e.g. :8883); needs --cert and --key")
 	wssAddr := fs.String("wss", "", "WebSocket over TLS listener address; needs --cert and --key")
+	origAddr := fs.String("original", "", "TCP listener speaking the original Mote broker's dialect (e.g. :1993; docs/protocol.md); default none")
+	origWSAddr := fs.String("original-ws", "", "WebSocket listener (path /mote/) speaking the original Mote broker's dialect, as its app mote-native connects (e.g. :53535); default none")
 	certFile := fs.String("cert", "", "TLS certificate (PEM)")
 	keyFile := fs.String("key", "", "TLS private key (PEM)")
 	pwFile := fs.String("password-file", "", "Mosquitto password file (see mote passwd)")
@@ -138,7 +157,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	pprofAddr := fs.String("pprof", "", "serve Go profiles (/debug/pprof/) on this address, loopback unless a host is given (default: off)")
 	maxKeepAlive := fs.Uint("max-keepalive", 0, "largest keep-alive a client may use, in seconds (MQTT 5 clients are told; 0: no cap)")
 	var origins stringList
-	fs.Var(&origins, "allowed-origin", "a web origin whose pages may open a WebSocket (repeatable; * for any; default: the broker's own host)")
+	fs.Var(&origins, "allowed-origin", "a web origin (scheme://host[:port]) whose pages may open a WebSocket or use the HTTP API (repeatable; * for any; default: the broker's own origin)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -170,8 +189,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		defer stop()
 	}
-	// The password file, the ACL file, the history rules and the TLS
-	// certificate are read here at start and again on SIGHUP (reload.go).
+	// The password file, the ACL file, the history rules, the translators
+	// and the TLS certificate are read here at start and again on SIGHUP (reload.go).
 	tlsL, wssL := pick(*tlsAddr, cfg.Listeners.TLS, ""), pick(*wssAddr, cfg.Listeners.WSS, "")
 	rf := reloadFlags{pwFile: *pwFile, aclFile: *aclFile, certFile: *certFile, keyFile: *keyFile, anon: *anon, tls: tlsL != "" || wssL != ""}
 	set, err := readSettings(cfg, *cfgPath, rf)
@@ -191,6 +210,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		Store:          store,
 		Users:          set.reload.Users,
 		ACL:            set.reload.ACL,
+		Translators:    set.reload.Translators,
 		AllowAnonymous: set.reload.AllowAnonymous,
 		SyncRetain:     *syncRetain || cfg.SyncRetain,
 		Retain:         retainOpts,
@@ -199,6 +219,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		WSPath:         cfg.Listeners.WSPath,
 		TLS:            tlsL,
 		WSS:            wssL,
+		Original:       offNone(pick(*origAddr, cfg.Listeners.Original, "")),
+		OriginalWS:     offNone(pick(*origWSAddr, cfg.Listeners.OriginalWS, "")),
 		TLSConfig:      set.reload.TLSConfig,
 		MaxPacketSize:  cfg.MaxPacketSize,
 		MaxTopicLen:    cfg.MaxTopicLength,
@@ -210,6 +232,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxKeepAlive:   cfg.MaxKeepAlive,
 		ConnectTimeout: cfg.ConnectTimeout,
 		MaxConnectSize: cfg.MaxConnectSize,
+		GuessLimit:     cfg.GuessLimit,
+		GuessWindow:    cfg.GuessWindow,
 		Takeover:       broker.TakeoverPolicy(cfg.ClientIDTakeover),
 		AllowedOrigins: cfg.AllowedOrigins,
 		SlowClient:     broker.SlowPolicy(cfg.SlowClient),
@@ -257,7 +281,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
-	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), opts.Users != nil, log)
+	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), log)
 	if err != nil {
 		b.Close() //nolint:errcheck // the listener's error says more
 		return err
@@ -286,7 +310,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 // serveHTTP starts the HTTP API and web view on addr ("off": none), bound
 // to loopback as the broker's listeners are when it serves loopback only.
 // served reports an error if it stops serving before Close.
-func serveHTTP(b *broker.Broker, addr string, login bool, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
+func serveHTTP(b *broker.Broker, addr string, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
 	served := make(chan error, 1)
 	if addr == "off" {
 		return nil, served, nil
@@ -294,7 +318,7 @@ func serveHTTP(b *broker.Broker, addr string, login bool, log zerolog.Logger) (*
 	api := httpapi.New(b, httpapi.Options{
 		Metrics: b.Metrics(),
 		Health:  b.Health,
-		Web:     web.Handler(web.Config{MQTT: b.WSHandler(), Login: login}),
+		Web:     web.Handler(web.Config{MQTT: b.WSHandler(), Login: b.HasUsers}), // the page follows reloads
 		Log:     log.With().Str("component", "http").Logger(),
 	})
 	l, err := api.Listen(addr)

@@ -4,6 +4,7 @@
 //	mote pub      publish plain messages or trees
 //	mote sub      subscribe, plain or to trees ($sync / $tree)
 //	mote store    inspect a store offline (stats, dump)
+//	mote translate check FILE   validate a config file's translators offline
 package main
 
 import (
@@ -24,6 +25,7 @@ commands:
   pub      publish a message or a tree
   sub      subscribe and print what arrives
   store    inspect a stopped broker's store: store stats|dump [-data DIR] [-t FILTER]
+  translate validate a config file's translators offline: translate check FILE
   passwd   manage a Mosquitto password file: passwd [-c] [-D] [-b] FILE USER [PASSWORD]
   bench    benchmark Mote against bare mochi-mqtt and Mosquitto: bench [-smoke] [-json] [scenario …]
 
@@ -40,6 +42,8 @@ func main() {
 		os.Exit(0)
 	case errors.Is(err, errUsage):
 		os.Exit(2)
+	case errors.Is(err, errInvalid): // its reasons are printed
+		os.Exit(1)
 	default:
 		fmt.Fprintln(os.Stderr, "mote:", err)
 		os.Exit(1)
@@ -67,6 +71,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runPasswd(args[1:], stdin, stdout, stderr)
 	case "bench":
 		return runBench(ctx, args[1:], stdout, stderr)
+	case "translate":
+		return runTranslate(args[1:], stdout, stderr)
 	case "mochi": // bare mochi-mqtt, for mote bench
 		return runMochi(ctx, args[1:], stderr)
 	case "help", "-h", "-help", "--help":

@@ -25,9 +25,9 @@ type reloadFlags struct {
 }
 
 // settings are what `mote broker` reads again on SIGHUP — the files the
-// configuration names and its history rules, as one broker.Reload — and
-// what it read them from, to tell what a reload changed. A later
-// reloadable key (translators) is read here too.
+// configuration names, its history rules and its translators, as one
+// broker.Reload — and what it read them from, to tell what a reload
+// changed.
 type settings struct {
 	reload                             broker.Reload
 	cfg                                config
@@ -48,6 +48,12 @@ func readSettings(cfg config, cfgPath string, f reloadFlags) (settings, error) {
 		return s, err
 	}
 	s.reload.History = ro.History
+	if s.reload.Translators, err = cfg.translators(); err != nil {
+		if cfgPath != "" {
+			err = fmt.Errorf("config %s: %w", cfgPath, err)
+		}
+		return s, err
+	}
 	s.reload.AllowAnonymous = f.anon || cfg.AllowAnon
 	if s.pwFile = firstOf(f.pwFile, cfg.PasswordFile); s.pwFile != "" {
 		if s.reload.Users, err = auth.LoadPasswords(s.pwFile); err != nil {
@@ -151,6 +157,9 @@ func (s settings) describe(prev settings) (parts, changed []string) {
 		add("allow_anonymous", fmt.Sprint("allow_anonymous ", s.reload.AllowAnonymous), "", s.reload.AllowAnonymous != prev.reload.AllowAnonymous)
 	}
 	add("history", "history", count(len(s.reload.History), "rule"), !slices.Equal(s.reload.History, prev.reload.History))
+	if s.reload.Translators.Len() > 0 || prev.reload.Translators.Len() > 0 {
+		add("translate", "translate", count(s.reload.Translators.Len(), "rule"), !reflect.DeepEqual(s.reload.Translators.Rules(), prev.reload.Translators.Rules()))
+	}
 	if s.cert != nil {
 		add("tls certificate", "tls certificate "+s.certFile,
 			fmt.Sprintf("%s, serial %s, until %s", s.cert.Subject, s.cert.SerialNumber, s.cert.NotAfter.UTC().Format(time.DateOnly)),
@@ -175,7 +184,7 @@ func restartKeys(old, next config) []string {
 	for i := range ov.NumField() {
 		key, _, _ := strings.Cut(ov.Type().Field(i).Tag.Get("yaml"), ",")
 		switch key {
-		case "password_file", "acl_file", "allow_anonymous", "history", "cert", "key":
+		case "password_file", "acl_file", "allow_anonymous", "history", "translate", "cert", "key":
 			continue // reloaded
 		}
 		if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {

@@ -1,0 +1,198 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net"
+	"sync"
+	"time"
+)
+
+// Password guessing. Every front end authenticates through Broker.login:
+// a failed login that named a user (a guess) counts against the host it
+// came from, and a host with GuessLimit guesses in the current
+// GuessWindow is refused at once, without its password being checked,
+// until the window ends — MQTT with CONNACK 0x9F (connection rate
+// exceeded), HTTP with 429 and Retry-After. Refused logins (guesses or
+// not) count as bad_credentials in mote_refusals_total; refusals of a
+// blocked host as connection_rate.
+
+// Defaults of the guess throttle.
+const (
+	DefaultGuessLimit  = 10
+	DefaultGuessWindow = time.Minute
+	// maxGuessHosts bounds the hosts the throttle remembers (about 100
+	// bytes each): past it, the longest-known host is forgotten.
+	maxGuessHosts = 16_384
+	guessShards   = 16
+)
+
+// ErrBadCredentials is a login refused: the username or password is wrong,
+// or there is none and the broker needs one.
+var ErrBadCredentials = errors.New("broker: bad username or password")
+
+// ErrThrottled is a login refused unchecked: its host made too many
+// failed guesses (ThrottleError says until when).
+var ErrThrottled = errors.New("broker: too many failed logins from this host")
+
+// ThrottleError is a login refused because its host is blocked.
+type ThrottleError struct {
+	Host       string        // the host as counted (an IPv6 address as its /64)
+	RetryAfter time.Duration // when the host may try again
+}
+
+func (e *ThrottleError) Error() string {
+	return fmt.Sprintf("%v (%s): try again in %s", ErrThrottled, e.Host, e.RetryAfter.Round(time.Second))
+}
+
+// Unwrap makes errors.Is(err, ErrThrottled) hold.
+func (e *ThrottleError) Unwrap() error { return ErrThrottled }
+
+// guesses counts failed logins per host. It is sharded by host, each
+// shard under its own lock, so a login takes one shard's lock for a map
+// lookup and no lock is shared by every login.
+type guesses struct {
+	limit  int // guesses per window; < 0: no throttle
+	window time.Duration
+	seed   maphash.Seed
+	shards [guessShards]guessShard
+}
+
+// guessShard is one shard: mu guards hosts and every entry in it.
+type guessShard struct {
+	mu    sync.Mutex
+	hosts map[string]*guessEntry
+}
+
+// guessEntry is one host's guesses in its current window.
+type guessEntry struct {
+	start time.Time // the window's start: its first guess
+	n     int
+}
+
+func newGuesses(limit int, window time.Duration) *guesses {
+	return &guesses{limit: limit, window: window, seed: maphash.MakeSeed()}
+}
+
+func (g *guesses) shard(host string) *guessShard {
+	return &g.shards[maphash.String(g.seed, host)%guessShards]
+}
+
+// blocked reports how long host must wait before its next login is
+// checked; 0: it may try now.
+func (g *guesses) blocked(host string, now time.Time) time.Duration {
+	if g.limit < 0 {
+		return 0
+	}
+	s := g.shard(host)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.hosts[host]
+	if e == nil || e.n < g.limit {
+		return 0
+	}
+	if left := e.start.Add(g.window).Sub(now); left > 0 {
+		return left
+	}
+	delete(s.hosts, host) // its window is over
+	return 0
+}
+
+// fail counts a failed guess of host; it reports whether that guess
+// blocked the host.
+func (g *guesses) fail(host string, now time.Time) bool {
+	if g.limit < 0 {
+		return false
+	}
+	s := g.shard(host)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.hosts[host]
+	switch {
+	case e == nil:
+		if s.hosts == nil {
+			s.hosts = map[string]*guessEntry{}
+		}
+		s.makeRoomLocked(now, g.window)
+		e = &guessEntry{start: now}
+		s.hosts[host] = e
+	case now.Sub(e.start) >= g.window:
+		e.start, e.n = now, 0
+	}
+	e.n++
+	return e.n == g.limit
+}
+
+// makeRoomLocked keeps the shard under its share of maxGuessHosts before
+// an entry is added: it forgets the hosts whose window is over, and if
+// none is, the host whose window began first. s.mu is held.
+func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration) {
+	if len(s.hosts) < maxGuessHosts/guessShards {
+		return
+	}
+	var oldest string
+	var first time.Time
+	for h, e := range s.hosts {
+		if now.Sub(e.start) >= window {
+			delete(s.hosts, h)
+			continue
+		}
+		if oldest == "" || e.start.Before(first) {
+			oldest, first = h, e.start
+		}
+	}
+	if len(s.hosts) >= maxGuessHosts/guessShards {
+		delete(s.hosts, oldest)
+	}
+}
+
+// len is the number of hosts remembered (for tests).
+func (g *guesses) len() int {
+	n := 0
+	for i := range g.shards {
+		s := &g.shards[i]
+		s.mu.Lock()
+		n += len(s.hosts)
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// guessHost is the host a remote address ("ip:port") counts as: its IP,
+// an IPv6 address as its /64 (one machine usually holds a whole /64).
+func guessHost(remote string) string {
+	host := hostOnly(remote)
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return host
+	}
+	if ip4 := ip.To4(); ip4 != nil {
+		return ip4.String()
+	}
+	return (&net.IPNet{IP: ip.Mask(net.CIDRMask(64, 128)), Mask: net.CIDRMask(64, 128)}).String()
+}
+
+// login authenticates a client from remote (its "ip:port") for any front
+// end (MQTT CONNECT, HTTP Basic): the one place where credentials are
+// checked, counted and throttled. It returns nil, ErrBadCredentials, or
+// a *ThrottleError when remote's host is blocked (its password then is
+// not checked). Every refusal is counted in the metrics; the caller logs
+// it with what it knows of the client.
+func (b *Broker) login(remote, user string, password []byte, hasUser bool) error {
+	host := guessHost(remote)
+	now := time.Now()
+	if wait := b.guesses.blocked(host, now); wait > 0 {
+		b.countRefusal(refusedRate)
+		return &ThrottleError{Host: host, RetryAfter: wait}
+	}
+	if b.access.authenticate(user, password, hasUser) {
+		return nil
+	}
+	b.countRefusal(refusedBadCredentials)
+	if hasUser && user != "" && b.guesses.fail(host, now) {
+		b.log.Warn().Str("host", host).Int("guesses", b.guesses.limit).Dur("window", b.guesses.window).
+			Msg("too many failed logins: the host's logins are refused unchecked until its window ends")
+	}
+	return ErrBadCredentials
+}
