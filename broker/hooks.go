@@ -463,7 +463,8 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 		// Retained rows for a plain subscription [MQTT-3.3.1-9..11]: none for
 		// shared subscriptions or Retain Handling 2.
 		if !mqtt.IsSharedFilter(f.Filter) && f.RetainHandling != 2 {
-			c.enqueueToken(&replayItem{filter: f.Filter, qos: codes[i], subID: f.Identifier})
+			// Rows changed after from come as live publishes (replayRows).
+			c.enqueueToken(&replayItem{filter: f.Filter, qos: codes[i], subID: f.Identifier, from: h.b.applied.Load(), drops: c.dropped.Load()})
 		}
 	}
 }
