@@ -138,7 +138,8 @@ run_one() { # broker qos round
 	local got last rate toolrate ok
 	got=$(grep -c '^fan/kb ' "$out" || true)
 	last=$(grep '^fan/kb ' "$out" | tail -1 | cut -d' ' -f2)
-	rate=$(python3 -c "print(round($got / ($last - $start)))")
+	rate=0
+	[ "$got" -gt 0 ] && rate=$(python3 -c "print(round($got / ($last - $start)))")
 	toolrate=$(jq '.totals.total_msgs_per_sec | round' "$WORK/pub.json")
 	ok=$(jq '.totals.successes' "$WORK/pub.json")
 	printf '%s\t%s\tqos%s\t%s\t%s\t%s\t%s\t%s\t%.2f\n' "$round" "$broker" "$qos" "$rate" "$toolrate" "$got" "$ok" "$load" \
