@@ -1,0 +1,51 @@
+package broker
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/translate"
+)
+
+// TestRedTeam14TranslateRefusalFlood: a tree publish whose every row
+// translates to a topic past the limits makes one report and one log
+// line, not one per row (a 600 KB publish could make 100,000 of each).
+func TestRedTeam14TranslateRefusalFlood(t *testing.T) {
+	set, err := translate.New([]translate.Rule{{From: "a/+", To: "a-much-longer-prefix/+/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Translators: set, MaxTopicLen: 32})
+	ctx := testCtx(t)
+	mc := mote(t, b, "dev")
+	reports := newCollector()
+	if err := mc.Subscribe(ctx, ErrorTopic+"dev", client.Plain, client.JSON, 0, reports.handle); err != nil {
+		t.Fatal(err)
+	}
+	const n = 500
+	tr := map[string]any{}
+	for i := range n {
+		tr[fmt.Sprintf("%s%03d", strings.Repeat("y", 20), i)] = i
+	}
+	before := b.stats.Refused.Load()
+	if err := mc.PublishTree(ctx, "a/+", tr, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	// a marker publish refused after it: its report comes after the flood's
+	if err := mc.PublishTree(ctx, "a/+", map[string]any{"marker-key-long-enough": 1}, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, b)
+	got := reports.wait(t, 2)
+	if r := b.stats.Refused.Load() - before; r != 2 {
+		t.Errorf("%d refusals for 2 publishes", r)
+	}
+	if !strings.Contains(string(got[0].Payload), fmt.Sprintf("%d translated rows refused", n)) {
+		t.Errorf("first report %s", got[0].Payload)
+	}
+	if !strings.Contains(string(got[1].Payload), "marker-key") {
+		t.Errorf("second report %s, want the marker's", got[1].Payload)
+	}
+}
