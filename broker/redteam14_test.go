@@ -48,4 +48,16 @@ func TestRedTeam14TranslateRefusalFlood(t *testing.T) {
 	if !strings.Contains(string(got[1].Payload), "marker-key") {
 		t.Errorf("second report %s, want the marker's", got[1].Payload)
 	}
+	// A $set's rows are translated on the loop: one report there too.
+	if err := mc.Set(ctx, "a/+", []byte("7"), 1); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, b)
+	got = reports.wait(t, 3)
+	if r := b.stats.Refused.Load() - before; r != 3 {
+		t.Errorf("%d refusals for 3 publishes", r)
+	}
+	if !strings.Contains(string(got[2].Payload), fmt.Sprintf("%d translated rows refused", n+1)) {
+		t.Errorf("$set's report %s", got[2].Payload)
+	}
 }
