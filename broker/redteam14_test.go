@@ -7,6 +7,7 @@ import (
 
 	"github.com/mote-mqtt/mote/clients/client"
 	"github.com/mote-mqtt/mote/translate"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // TestRedTeam14TranslateRefusalFlood: a tree publish whose every row
@@ -59,5 +60,37 @@ func TestRedTeam14TranslateRefusalFlood(t *testing.T) {
 	}
 	if !strings.Contains(string(got[2].Payload), fmt.Sprintf("%d translated rows refused", n+1)) {
 		t.Errorf("$set's report %s", got[2].Payload)
+	}
+}
+
+// TestRedTeam14DollarRuleBothWays: a rule whose own literal first level
+// starts with $ (from "$x/+", allowed at load) translates both ways; only
+// a $ level a wildcard fills is refused as the first.
+func TestRedTeam14DollarRuleBothWays(t *testing.T) {
+	set, err := translate.New([]translate.Rule{{From: "$x/+", To: "y/+", TwoWay: true}, {From: "c/+/d", To: "+/e/f"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Translators: set})
+	ctx := testCtx(t)
+	mc := mote(t, b, "dev")
+	reports := newCollector()
+	if err := mc.Subscribe(ctx, ErrorTopic+"dev", client.Plain, client.JSON, 0, reports.handle); err != nil {
+		t.Fatal(err)
+	}
+	for _, topic := range []string{"$x/k", "y/m", "c/$z/d"} {
+		if err := mc.Publish(ctx, topic, []byte("1"), client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle(t, b)
+	if r := reports.wait(t, 1); len(r) != 1 || !strings.Contains(string(r[0].Payload), "cannot become the first") || !strings.Contains(string(r[0].Payload), "$z/e/f") {
+		t.Errorf("reports %+v, want one, about c/$z/d", r)
+	}
+	for _, topic := range []string{"$x/k", "y/k", "y/m", "$x/m"} {
+		got, _, err := b.Tree(ctx, Principal{ClientID: "t"}, topic, wire.CodecJSON)
+		if err != nil || string(got) != "1" {
+			t.Errorf("row %s: %s %v, want 1", topic, got, err)
+		}
 	}
 }

@@ -120,7 +120,7 @@ func (b *Broker) translateRow(set *translate.Set, out []tree.Row, row tree.Row, 
 	case err != nil:
 	case reserved(to): // a filled first level: "+/b" from "a/$SYS/c"
 		err = wire.ErrReservedf("%.200q is the broker's", to)
-	case strings.HasPrefix(to, "$") && !strings.HasPrefix(row.Topic, "$"):
+	case strings.HasPrefix(to, "$") && set.FillsFirst(row.Topic): // a rule's own "$x/…" is the operator's
 		err = wire.ErrReservedf("%.200q: a level starting with $ cannot become the first", to)
 	}
 	if err != nil {
