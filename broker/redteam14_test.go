@@ -94,3 +94,30 @@ func TestRedTeam14DollarRuleBothWays(t *testing.T) {
 		}
 	}
 }
+
+// TestTranslateOwnRowsWin: a tree publish that names both sides of a
+// two_way rule keeps the values it gives them (each side's translation
+// used to overwrite the other's, swapping them); a side it does not name
+// is still translated.
+func TestTranslateOwnRowsWin(t *testing.T) {
+	set, err := translate.New([]translate.Rule{{From: "dev/+/state", To: "dev/+/on", TwoWay: true,
+		Values: []translate.Pair{
+			{From: wire.Value{Kind: wire.String, Data: "ON"}, To: wire.Value{Kind: wire.JSON, Data: "true"}},
+			{From: wire.Value{Kind: wire.String, Data: "OFF"}, To: wire.Value{Kind: wire.JSON, Data: "false"}},
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Translators: set})
+	ctx := testCtx(t)
+	p := Principal{ClientID: "pub"}
+	if err := b.Publish(ctx, p, Message{Topic: "$tree/dev", Payload: []byte(`{"a":{"state":"OFF","on":true},"b":{"state":"ON"}}`), QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]string{"dev/a/state": `"OFF"`, "dev/a/on": "true", "dev/b/state": `"ON"`, "dev/b/on": "true"} {
+		got, _, err := b.Tree(ctx, Principal{ClientID: "t"}, topic, wire.CodecJSON)
+		if err != nil || string(got) != want {
+			t.Errorf("row %s: %s %v, want %s", topic, got, err, want)
+		}
+	}
+}

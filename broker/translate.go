@@ -61,6 +61,7 @@ func (b *Broker) translation(p Principal, m *Message, r *prepared) *tree.Op {
 			}
 		}
 		bad.report(b, p)
+		out = ownRowsWin(out, r.op.Rows)
 	} else if set.Match(m.Topic) {
 		row := tree.Row{Topic: m.Topic, Value: b.parser.TypePlain(m.Payload), Retain: m.Retain}
 		if m.Retain && len(m.Payload) == 0 {
@@ -128,6 +129,27 @@ func (b *Broker) translateRow(set *translate.Set, out []tree.Row, row tree.Row, 
 		return out
 	}
 	return append(out, tree.Row{Topic: to, Value: v, Retain: row.Retain})
+}
+
+// ownRowsWin leaves out of out the translated rows whose topic the
+// publish itself writes: a tree that names both sides of a two_way rule
+// keeps the values it gives them (each side's translation would
+// otherwise overwrite the other's, swapping them).
+func ownRowsWin(out, own []tree.Row) []tree.Row {
+	if len(out) == 0 || len(own) < 2 {
+		return out
+	}
+	written := make(map[string]struct{}, len(own))
+	for _, r := range own {
+		written[r.Topic] = struct{}{}
+	}
+	kept := out[:0]
+	for _, r := range out {
+		if _, ok := written[r.Topic]; !ok {
+			kept = append(kept, r)
+		}
+	}
+	return kept
 }
 
 // dedupe keeps the last of rows with the same topic (two one-way rules
