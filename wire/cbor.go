@@ -40,6 +40,26 @@ type binDecoder struct {
 	text []byte   // a scalar's text
 }
 
+// objectKey takes key, the next key of the map being written as JSON
+// text whose keys start at p.keys[base]: a duplicate is refused (format
+// names the codec in the error); else it is written with its comma and
+// colon, and the path goes into it for the value, which the caller reads
+// and then leaves.
+func (p *binDecoder) objectKey(format string, index *keyIndex, base int, keyAt func(int) string, comma bool, key string) error {
+	if index.dup(len(p.keys)-base, keyAt, key) {
+		return p.at.with(key).errorf("%w: %s: duplicate key", ErrPayload, format)
+	}
+	p.keys = append(p.keys, key)
+	p.owed--
+	if comma {
+		p.json.add(",")
+	}
+	p.json.room(jsonTextLen(key) + 1)
+	p.json.b = append(appendJSONString(p.json.b, key), ':')
+	p.at = p.at.with(key)
+	return nil
+}
+
 // cborDecoder builds a Node from CBOR in one pass. Maps become objects;
 // an array, at any depth, becomes JSON text written straight from the
 // bytes, as do the maps inside it.
@@ -317,17 +337,9 @@ func (p *cborDecoder) jsonObject(depth int, info byte, n uint64) error {
 		if err != nil {
 			return err
 		}
-		if index.dup(len(p.keys)-base, keyAt, key) {
-			return p.at.with(key).errorf("%w: CBOR: duplicate key", ErrPayload)
+		if err := p.objectKey("CBOR", &index, base, keyAt, k > 0, key); err != nil {
+			return err
 		}
-		p.keys = append(p.keys, key)
-		p.owed--
-		if k > 0 {
-			p.json.add(",")
-		}
-		p.json.room(jsonTextLen(key) + 1)
-		p.json.b = append(appendJSONString(p.json.b, key), ':')
-		p.at = p.at.with(key)
 		err = p.item(depth + 1)
 		p.at = p.at[:len(p.at)-1]
 		if err != nil {

@@ -401,17 +401,9 @@ func (p *msgpackDecoder) jsonObject(depth int, n uint64) error {
 		if err != nil {
 			return err
 		}
-		if index.dup(len(p.keys)-base, keyAt, key) {
-			return p.at.with(key).errorf("%w: MessagePack: duplicate key", ErrPayload)
+		if err := p.objectKey("MessagePack", &index, base, keyAt, k > 0, key); err != nil {
+			return err
 		}
-		p.keys = append(p.keys, key)
-		p.owed--
-		if k > 0 {
-			p.json.add(",")
-		}
-		p.json.room(jsonTextLen(key) + 1)
-		p.json.b = append(appendJSONString(p.json.b, key), ':')
-		p.at = p.at.with(key)
 		err = p.item(depth + 1)
 		p.at = p.at[:len(p.at)-1]
 		if err != nil {
