@@ -52,6 +52,12 @@ func (e *ThrottleError) Unwrap() error { return ErrThrottled }
 // guesses counts failed logins per host. It is sharded by host, each
 // shard under its own lock, so a login takes one shard's lock for a map
 // lookup and no lock is shared by every login.
+//
+// A guess is counted when its check begins (admit), not when it has
+// failed: a host has at most limit − failures guesses being checked at
+// once, and a further one waits for one of them to end (then, past the
+// limit, it is refused unchecked). Counting only failures seen would let
+// every guess in flight at once be checked: N connections, N guesses.
 type guesses struct {
 	limit  int // guesses per window; < 0: no throttle
 	window time.Duration
@@ -65,10 +71,15 @@ type guessShard struct {
 	hosts map[string]*guessEntry
 }
 
-// guessEntry is one host's guesses in its current window.
+// guessEntry is one host's guesses in its current window, and those being
+// checked now. An entry with neither is deleted.
 type guessEntry struct {
-	start time.Time // the window's start: its first guess
-	n     int
+	start   time.Time // the window's start: its first failed guess
+	n       int       // failed guesses in the window
+	pending int       // guesses being checked (admitted, not done)
+	// wake, when not nil, is closed when a pending guess is done: logins
+	// waiting for a place (admit) look again.
+	wake chan struct{}
 }
 
 func newGuesses(limit int, window time.Duration) *guesses {
@@ -88,20 +99,74 @@ func (g *guesses) blocked(host string, now time.Time) time.Duration {
 	s := g.shard(host)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return g.blockedLocked(s, host, now)
+}
+
+// blockedLocked is blocked with s.mu held. A host whose window is over
+// starts a new one.
+func (g *guesses) blockedLocked(s *guessShard, host string, now time.Time) time.Duration {
 	e := s.hosts[host]
-	if e == nil || e.n < g.limit {
+	if e == nil || e.n == 0 {
 		return 0
 	}
 	if left := e.start.Add(g.window).Sub(now); left > 0 {
-		return left
+		if e.n >= g.limit {
+			return left
+		}
+		return 0
 	}
-	delete(s.hosts, host) // its window is over
+	e.n = 0 // its window is over
+	if e.pending == 0 {
+		delete(s.hosts, host)
+	}
 	return 0
 }
 
-// fail counts a failed guess of host; it reports whether that guess
-// blocked the host.
-func (g *guesses) fail(host string, now time.Time) bool {
+// admit lets a login of host be checked now: it returns 0, and for a guess
+// (a login naming a user) counts it as pending until done is called. A
+// guess that would take the host past its limit with those pending waits
+// until one of them is done. Otherwise it returns how long the host is
+// blocked.
+func (g *guesses) admit(host string, guess bool, now time.Time) time.Duration {
+	if g.limit < 0 {
+		return 0
+	}
+	s := g.shard(host)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if wait := g.blockedLocked(s, host, now); wait > 0 || !guess {
+			return wait
+		}
+		e := s.hosts[host]
+		if e == nil {
+			if s.hosts == nil {
+				s.hosts = map[string]*guessEntry{}
+			}
+			s.makeRoomLocked(now, g.window)
+			e = &guessEntry{}
+			s.hosts[host] = e
+		}
+		if e.n+e.pending < g.limit {
+			e.pending++
+			return 0
+		}
+		// As many guesses are being checked as the host has left: wait
+		// for one (a password check, at most about half a second).
+		if e.wake == nil {
+			e.wake = make(chan struct{})
+		}
+		wake := e.wake
+		s.mu.Unlock()
+		<-wake
+		s.mu.Lock()
+		now = time.Now()
+	}
+}
+
+// done ends a guess of host that admit let be checked; failed: it was
+// wrong, and counts. It reports whether that guess blocked the host.
+func (g *guesses) done(host string, failed bool, now time.Time) bool {
 	if g.limit < 0 {
 		return false
 	}
@@ -109,6 +174,37 @@ func (g *guesses) fail(host string, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.hosts[host]
+	if e != nil {
+		e.pending = max(0, e.pending-1)
+		if e.wake != nil {
+			close(e.wake)
+			e.wake = nil
+		}
+	}
+	if !failed {
+		if e != nil && e.n == 0 && e.pending == 0 {
+			delete(s.hosts, host)
+		}
+		return false
+	}
+	return g.failLocked(s, e, host, now)
+}
+
+// fail counts a failed guess of host that was not admitted; it reports
+// whether that guess blocked the host.
+func (g *guesses) fail(host string, now time.Time) bool {
+	if g.limit < 0 {
+		return false
+	}
+	s := g.shard(host)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return g.failLocked(s, s.hosts[host], host, now)
+}
+
+// failLocked counts a failed guess of host, whose entry is e (nil: none
+// yet). s.mu is held.
+func (g *guesses) failLocked(s *guessShard, e *guessEntry, host string, now time.Time) bool {
 	switch {
 	case e == nil:
 		if s.hosts == nil {
@@ -117,7 +213,7 @@ func (g *guesses) fail(host string, now time.Time) bool {
 		s.makeRoomLocked(now, g.window)
 		e = &guessEntry{start: now}
 		s.hosts[host] = e
-	case now.Sub(e.start) >= g.window:
+	case e.n == 0 || now.Sub(e.start) >= g.window:
 		e.start, e.n = now, 0
 	}
 	e.n++
@@ -126,7 +222,9 @@ func (g *guesses) fail(host string, now time.Time) bool {
 
 // makeRoomLocked keeps the shard under its share of maxGuessHosts before
 // an entry is added: it forgets the hosts whose window is over, and if
-// none is, the host whose window began first. s.mu is held.
+// none is, the host whose window began first. Hosts with guesses being
+// checked stay (there are at most as many as logins in progress). s.mu is
+// held.
 func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration) {
 	if len(s.hosts) < maxGuessHosts/guessShards {
 		return
@@ -134,6 +232,9 @@ func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration) {
 	var oldest string
 	var first time.Time
 	for h, e := range s.hosts {
+		if e.pending > 0 {
+			continue // being checked: done finds it
+		}
 		if now.Sub(e.start) >= window {
 			delete(s.hosts, h)
 			continue
@@ -142,7 +243,7 @@ func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration) {
 			oldest, first = h, e.start
 		}
 	}
-	if len(s.hosts) >= maxGuessHosts/guessShards {
+	if len(s.hosts) >= maxGuessHosts/guessShards && oldest != "" {
 		delete(s.hosts, oldest)
 	}
 }
@@ -181,18 +282,23 @@ func guessHost(remote string) string {
 // it with what it knows of the client.
 func (b *Broker) login(remote, user string, password []byte, hasUser bool) error {
 	host := guessHost(remote)
-	now := time.Now()
-	if wait := b.guesses.blocked(host, now); wait > 0 {
+	guess := hasUser && user != ""
+	if wait := b.guesses.admit(host, guess, time.Now()); wait > 0 {
 		b.countRefusal(refusedRate)
 		return &ThrottleError{Host: host, RetryAfter: wait}
 	}
-	if b.access.authenticate(user, password, hasUser) {
+	ok := false
+	if guess {
+		defer func() { // also if the check panicked: the host's place is given back
+			if b.guesses.done(host, !ok, time.Now()) {
+				b.log.Warn().Str("host", host).Int("guesses", b.guesses.limit).Dur("window", b.guesses.window).
+					Msg("too many failed logins: the host's logins are refused unchecked until its window ends")
+			}
+		}()
+	}
+	if ok = b.access.authenticate(user, password, hasUser); ok {
 		return nil
 	}
 	b.countRefusal(refusedBadCredentials)
-	if hasUser && user != "" && b.guesses.fail(host, now) {
-		b.log.Warn().Str("host", host).Int("guesses", b.guesses.limit).Dur("window", b.guesses.window).
-			Msg("too many failed logins: the host's logins are refused unchecked until its window ends")
-	}
 	return ErrBadCredentials
 }

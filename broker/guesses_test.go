@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -233,6 +234,18 @@ func BenchmarkGuesses(b *testing.B) {
 			for pb.Next() {
 				g.blocked(hosts[i%len(hosts)], now)
 				i += 7919
+			}
+		})
+	})
+	b.Run("login-ok", func(b *testing.B) { // a right password: admitted, then done
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				h := "192.0.2." + strconv.Itoa(i&255)
+				g.admit(h, true, now)
+				g.done(h, false, now)
+				i++
 			}
 		})
 	})

@@ -1,0 +1,96 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/broker/auth"
+)
+
+// TestGuessThrottleConcurrent: a host's guesses made at once are counted
+// as they are checked, not after: of many wrong passwords sent together
+// from one host, at most GuessLimit are checked and the rest are refused
+// unchecked (ErrThrottled). The throttle used to look at the count before
+// the check and add to it after, so every login in flight at once was
+// checked: an attacker with N connections had N guesses per window, not
+// GuessLimit (this test failed with 40 of 40 checked). Many right
+// passwords at once from one host (devices behind one NAT booting
+// together) are all let in: none is refused for being concurrent.
+func TestGuessThrottleConcurrent(t *testing.T) {
+	u := auth.NewUsers()
+	// A slow hash, so the logins overlap (the count must not depend on it).
+	if err := u.Set("alice", "alice-pw", 5_000); err != nil {
+		t.Fatal(err)
+	}
+	const limit, n = 3, 40
+	b := start(t, Options{Users: u, GuessLimit: limit})
+	login := func(host, pw string) []error {
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() { errs[i] = b.Authenticate(fmt.Sprintf("%s:%d", host, 1000+i), "alice", pw, true) })
+		}
+		wg.Wait()
+		return errs
+	}
+	checked, throttled := 0, 0
+	for _, err := range login("192.0.2.1", "wrong") {
+		switch {
+		case errors.Is(err, ErrThrottled):
+			throttled++
+		case errors.Is(err, ErrBadCredentials):
+			checked++
+		default:
+			t.Errorf("a wrong password: %v", err)
+		}
+	}
+	if checked != limit || throttled != n-limit {
+		t.Errorf("%d wrong passwords at once: %d checked, %d throttled; want %d checked", n, checked, throttled, limit)
+	}
+	for i, err := range login("192.0.2.2", "alice-pw") {
+		if err != nil {
+			t.Fatalf("right password %d of %d at once: %v", i+1, n, err)
+		}
+	}
+	if got := b.guesses.len(); got != 1 {
+		t.Errorf("%d hosts remembered after one host's guesses and another's logins, want 1", got)
+	}
+}
+
+// TestGuessAdmit: the table's side of it. A guess takes a place while it
+// is checked; with the host's places all taken, the next waits, and is
+// refused if those checked fail; a right password leaves nothing behind;
+// a login naming no user takes no place.
+func TestGuessAdmit(t *testing.T) {
+	g := newGuesses(2, time.Minute)
+	t0 := time.Now()
+	for i := range 2 {
+		if wait := g.admit("h", true, t0); wait != 0 {
+			t.Fatalf("guess %d: blocked for %s", i+1, wait)
+		}
+	}
+	if wait := g.admit("h", false, t0); wait != 0 {
+		t.Fatalf("a login naming no user waited or was blocked (%s)", wait)
+	}
+	third := make(chan time.Duration, 1)
+	go func() { third <- g.admit("h", true, t0) }()
+	g.done("h", true, t0)
+	if !g.done("h", true, t0) {
+		t.Error("the second failed guess did not block the host")
+	}
+	select {
+	case wait := <-third:
+		if wait <= 0 {
+			t.Errorf("the third guess was let in after two failed")
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the third guess still waits")
+	}
+
+	if g.admit("ok", true, t0) != 0 || g.done("ok", false, t0) || g.len() != 1 {
+		t.Errorf("a right password: %d hosts remembered, want 1 (h)", g.len())
+	}
+}
