@@ -220,24 +220,32 @@ func TestStreamsPerCaller(t *testing.T) {
 // TestStreamKey: streams count per user when the broker proves users (a
 // password file), else per remote host: an anonymous caller, or any
 // username without a password file (taken as given), cannot dodge the cap
-// by naming another user.
+// by naming another user — nor by using another address of its IPv6 /64
+// or another form of its IPv4 address: the host is counted as the guess
+// throttle counts it. (Each IPv6 address used to be a host of its own, so
+// one machine with a /64 had no cap.)
 func TestStreamKey(t *testing.T) {
 	withUsers := setup(t, broker.Options{Users: testUsers(t), AllowAnonymous: true}, Options{})
 	without := setup(t, broker.Options{}, Options{})
-	r := httptest.NewRequest(http.MethodGet, "/api/tree/x", nil)
-	r.RemoteAddr = "[2001:db8::7]:4000"
 	for _, tc := range []struct {
-		e    *env
-		user string
-		want string
+		e      *env
+		remote string
+		user   string
+		want   string
 	}{
-		{withUsers, "alice", "user alice"},
-		{withUsers, "", "host 2001:db8::7"},
-		{without, "alice", "host 2001:db8::7"},
-		{without, "", "host 2001:db8::7"},
+		{withUsers, "[2001:db8::7]:4000", "alice", "user alice"},
+		{withUsers, "[2001:db8::7]:4000", "", "host 2001:db8::/64"},
+		{without, "[2001:db8::7]:4000", "alice", "host 2001:db8::/64"},
+		{without, "[2001:db8::7]:4000", "", "host 2001:db8::/64"},
+		{without, "[2001:db8::ffff:1:2]:4001", "", "host 2001:db8::/64"},
+		{without, "[2001:db8:0:1::7]:4000", "", "host 2001:db8:0:1::/64"},
+		{without, "[::ffff:192.0.2.7]:1", "", "host 192.0.2.7"},
+		{without, "192.0.2.7:2", "", "host 192.0.2.7"},
 	} {
+		r := httptest.NewRequest(http.MethodGet, "/api/tree/x", nil)
+		r.RemoteAddr = tc.remote
 		if got := tc.e.s.streamKey(r, broker.Principal{User: tc.user}); got != tc.want {
-			t.Errorf("user %q: %q, want %q", tc.user, got, tc.want)
+			t.Errorf("%s, user %q: %q, want %q", tc.remote, tc.user, got, tc.want)
 		}
 	}
 }
