@@ -44,6 +44,16 @@ type Options struct {
 	// MaxStreams/8 (1,250), at least 1.
 	MaxStreamsPerUser int
 
+	// MaxConns bounds the connections open at once (each costs some 20
+	// KiB however little its client sends); past it a new connection is
+	// closed as soon as it is accepted. Default MaxStreams + 1,000 (11,000).
+	MaxConns int
+	// MaxConnsPerHost bounds the connections open at once from one remote
+	// host (an IPv6 /64 as one), so that one host cannot take them all;
+	// loopback peers (a reverse proxy on the broker's machine) have no
+	// bound of their own. Default MaxConns/4 (2,750).
+	MaxConnsPerHost int
+
 	// ReadHeaderTimeout bounds reading a request's headers (default 10s),
 	// ReadTimeout the whole request with its body (default 60s),
 	// WriteTimeout writing a response, or one event of a stream (default
@@ -117,6 +127,12 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.MaxStreamsPerUser <= 0 {
 		o.MaxStreamsPerUser = max(1, o.MaxStreams/8)
 	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = o.MaxStreams + 1_000
+	}
+	if o.MaxConnsPerHost <= 0 {
+		o.MaxConnsPerHost = max(1, o.MaxConns/4)
+	}
 	def(&o.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	def(&o.ReadTimeout, DefaultReadTimeout)
 	def(&o.WriteTimeout, DefaultWriteTimeout)
@@ -160,12 +176,14 @@ func (s *Server) Listen(addr string) (net.Listener, error) {
 }
 
 // Serve serves the API on l until Close; it refuses a listener that is
-// not on loopback when the broker serves loopback clients only. It returns
-// nil after Close.
+// not on loopback when the broker serves loopback clients only. It keeps
+// the connections within MaxConns and MaxConnsPerHost. It returns nil
+// after Close.
 func (s *Server) Serve(l net.Listener) error {
 	if s.b.LocalOnly() && !isLoopback(l.Addr()) {
 		return fmt.Errorf("httpapi: %s is not a loopback address: without a password file and without anonymous access the broker serves loopback only", l.Addr())
 	}
+	l = newConnLimit(l, s.opts.MaxConns, s.opts.MaxConnsPerHost, s.log)
 	if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("httpapi: serve: %w", err)
 	}
