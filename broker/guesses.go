@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -261,17 +261,21 @@ func (g *guesses) len() int {
 }
 
 // guessHost is the host a remote address ("ip:port") counts as: its IP,
-// an IPv6 address as its /64 (one machine usually holds a whole /64).
+// an IPv4-mapped IPv6 address as IPv4, an IPv6 address as its /64 (one
+// machine usually holds a whole /64), without its zone (a link-local
+// peer's addresses are one host too, whatever interface it names).
 func guessHost(remote string) string {
 	host := hostOnly(remote)
-	ip := net.ParseIP(host)
-	if ip == nil {
+	a, err := netip.ParseAddr(host)
+	if err != nil {
 		return host
 	}
-	if ip4 := ip.To4(); ip4 != nil {
-		return ip4.String()
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return a.String()
 	}
-	return (&net.IPNet{IP: ip.Mask(net.CIDRMask(64, 128)), Mask: net.CIDRMask(64, 128)}).String()
+	p, _ := a.Prefix(64) // cannot fail: an IPv6 address and 64 bits
+	return p.String()
 }
 
 // login authenticates a client from remote (its "ip:port") for any front

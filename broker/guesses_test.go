@@ -78,6 +78,9 @@ func TestGuessHost(t *testing.T) {
 		"[2001:db8:1:2:3:4:5:6]:1234": "2001:db8:1:2::/64",
 		"[2001:db8:1:2:ffff::1]:99":   "2001:db8:1:2::/64",
 		"[::ffff:192.0.2.7]:1":        "192.0.2.7",
+		"[fe80::1%eth0]:1":            "fe80::/64", // a zone used to make each link-local address a host of its own
+		"[fe80::2:3%2]:1":             "fe80::/64",
+		"[::1]:7":                     "::/64",
 		"pipe":                        "pipe",
 	} {
 		if got := guessHost(remote); got != want {
