@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -257,16 +258,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // reachable says why r may not reach the broker at all ("" if it may).
 // A broker serving loopback only (Broker.LocalOnly) answers loopback
-// peers only, and only under a loopback host name: a page whose own name
+// peers only (a RemoteAddr that is not an IP address and port is not
+// one), and only under a loopback host name: a page whose own name
 // an attacker points at 127.0.0.1 (DNS rebinding) sends its name as Host.
 func (s *Server) reachable(r *http.Request) string {
 	if !s.b.LocalOnly() {
 		return ""
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if ip := net.ParseIP(host); ip != nil && !ip.IsLoopback() {
-			return "the broker serves loopback clients only (no password file, no anonymous access)"
-		}
+	// What does not read as an IP address (a zone, another network's
+	// address) is not loopback either: refused.
+	peer, _, err := net.SplitHostPort(r.RemoteAddr)
+	if a, perr := netip.ParseAddr(peer); err != nil || perr != nil || !a.WithZone("").Unmap().IsLoopback() {
+		return "the broker serves loopback clients only (no password file, no anonymous access)"
 	}
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
