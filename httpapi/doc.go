@@ -44,6 +44,9 @@
 // One caller (a user of the password file; otherwise a remote host) has
 // at most MaxStreamsPerUser event streams open (429 past it), so one
 // cannot take all MaxStreams.
+// The GET answers being written hold at most MaxAnswerBytes in all
+// (answerBudget; 503 past it), so slow readers of large trees cannot hold
+// a copy each without end.
 // Serve keeps the connections within MaxConns, and MaxConnsPerHost per
 // remote host (not loopback): one past either is closed once accepted
 // (connLimit), so idle or slowly-sent connections cannot take memory
@@ -53,7 +56,8 @@
 //
 // The Server owns its http.Server, the count of open event streams (and,
 // under callersMu, the count per caller), the count of connections (its
-// connLimit, under that one's mu), and
+// connLimit, under that one's mu), the bytes of answers being written
+// (answerBudget, under its mu), and
 // a semaphore that lets a few GETs at a time have their tree made on the
 // message loop (publishes never queue behind many).
 // Each request runs on net/http's goroutine for it, which owns the

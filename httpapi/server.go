@@ -45,6 +45,11 @@ type Options struct {
 	// MaxStreams/8 (1,250), at least 1.
 	MaxStreamsPerUser int
 
+	// MaxAnswerBytes bounds the bytes of tree and history answers (GET)
+	// held at once while they are written to slow clients: past it an
+	// answer is refused with 503 and Retry-After (one answer is always let
+	// through, however large). Default 256 MiB.
+	MaxAnswerBytes int64
 	// MaxConns bounds the connections open at once (each costs some 20
 	// KiB however little its client sends); past it a new connection is
 	// closed as soon as it is accepted. Default MaxStreams + 1,000 (11,000).
@@ -78,6 +83,7 @@ const (
 	// DefaultAddr is where `mote broker` serves the API and the web view.
 	DefaultAddr              = ":1885"
 	DefaultMaxStreams        = 10_000
+	DefaultMaxAnswerBytes    = 256 << 20
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultReadTimeout       = 60 * time.Second
 	DefaultWriteTimeout      = 60 * time.Second
@@ -108,6 +114,7 @@ type Server struct {
 	// trees is a semaphore: trees being read off the message loop for
 	// GETs, a few at a time, so publishes are never queued behind many.
 	trees   chan struct{}
+	answers answerBudget  // bytes of GET answers being written
 	closing chan struct{} // closed by Close: event streams end
 	once    sync.Once
 }
@@ -128,6 +135,9 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.MaxStreamsPerUser <= 0 {
 		o.MaxStreamsPerUser = max(1, o.MaxStreams/8)
 	}
+	if o.MaxAnswerBytes <= 0 {
+		o.MaxAnswerBytes = DefaultMaxAnswerBytes
+	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = o.MaxStreams + 1_000
 	}
@@ -143,7 +153,7 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.Web == nil {
 		o.Web = http.HandlerFunc(noWeb)
 	}
-	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), callers: map[string]int{}}
+	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), callers: map[string]int{}, answers: answerBudget{max: o.MaxAnswerBytes}}
 	if s.opts.Health == nil {
 		s.opts.Health = s.loopHealth
 	}
