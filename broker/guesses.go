@@ -26,6 +26,8 @@ const (
 	// bytes each): past it, the longest-known host is forgotten.
 	maxGuessHosts = 16_384
 	guessShards   = 16
+	// guessHostsPerShard is each shard's share of maxGuessHosts.
+	guessHostsPerShard = maxGuessHosts / guessShards
 )
 
 // ErrBadCredentials is a login refused: the username or password is wrong,
@@ -143,7 +145,11 @@ func (g *guesses) admit(host string, guess bool, now time.Time) time.Duration {
 			if s.hosts == nil {
 				s.hosts = map[string]*guessEntry{}
 			}
-			s.makeRoomLocked(now, g.window)
+			// Only hosts whose window is over make room for a login
+			// being checked: a right password from a new host must not
+			// make the table forget a blocked one. A wrong one does
+			// (done), as a guess not admitted does (failLocked).
+			s.makeRoomLocked(now, g.window, guessHostsPerShard-1, false)
 			e = &guessEntry{}
 			s.hosts[host] = e
 		}
@@ -174,6 +180,10 @@ func (g *guesses) done(host string, failed bool, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.hosts[host]
+	if failed {
+		// host's own entry is pending: it stays.
+		s.makeRoomLocked(now, g.window, guessHostsPerShard, true)
+	}
 	if e != nil {
 		e.pending = max(0, e.pending-1)
 		if e.wake != nil {
@@ -210,7 +220,7 @@ func (g *guesses) failLocked(s *guessShard, e *guessEntry, host string, now time
 		if s.hosts == nil {
 			s.hosts = map[string]*guessEntry{}
 		}
-		s.makeRoomLocked(now, g.window)
+		s.makeRoomLocked(now, g.window, guessHostsPerShard-1, true)
 		e = &guessEntry{start: now}
 		s.hosts[host] = e
 	case e.n == 0 || now.Sub(e.start) >= g.window:
@@ -220,30 +230,31 @@ func (g *guesses) failLocked(s *guessShard, e *guessEntry, host string, now time
 	return e.n == g.limit
 }
 
-// makeRoomLocked keeps the shard under its share of maxGuessHosts before
-// an entry is added: it forgets the hosts whose window is over, and if
-// none is, the host whose window began first. Hosts with guesses being
-// checked stay (there are at most as many as logins in progress). s.mu is
-// held.
-func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration) {
-	if len(s.hosts) < maxGuessHosts/guessShards {
+// makeRoomLocked keeps at most keep hosts in the shard (its share of
+// maxGuessHosts, less one before an entry is added): it forgets the hosts
+// whose window is over, then, if evict is set and that was not enough,
+// the hosts whose window began first. Hosts with guesses being checked
+// stay (there are at most as many as logins in progress). s.mu is held.
+func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration, keep int, evict bool) {
+	if len(s.hosts) <= keep {
 		return
 	}
-	var oldest string
-	var first time.Time
 	for h, e := range s.hosts {
-		if e.pending > 0 {
-			continue // being checked: done finds it
-		}
-		if now.Sub(e.start) >= window {
+		if e.pending == 0 && now.Sub(e.start) >= window {
 			delete(s.hosts, h)
-			continue
-		}
-		if oldest == "" || e.start.Before(first) {
-			oldest, first = h, e.start
 		}
 	}
-	if len(s.hosts) >= maxGuessHosts/guessShards && oldest != "" {
+	for evict && len(s.hosts) > keep {
+		var oldest string
+		var first time.Time
+		for h, e := range s.hosts {
+			if e.pending == 0 && (oldest == "" || e.start.Before(first)) {
+				oldest, first = h, e.start
+			}
+		}
+		if oldest == "" {
+			return
+		}
 		delete(s.hosts, oldest)
 	}
 }

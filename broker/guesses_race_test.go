@@ -94,3 +94,45 @@ func TestGuessAdmit(t *testing.T) {
 		t.Errorf("a right password: %d hosts remembered, want 1 (h)", g.len())
 	}
 }
+
+// TestGuessTableFullOfBlocked: with the table full of blocked hosts,
+// right passwords from new hosts do not make it forget one (a login being
+// checked takes an entry; only hosts whose window is over make room for
+// it), and a wrong one from a new host still keeps the table bounded.
+func TestGuessTableFullOfBlocked(t *testing.T) {
+	g := newGuesses(1, time.Minute)
+	t0 := time.Unix(1000, 0)
+	blocked := func(i int) string { return fmt.Sprintf("b%d", i) }
+	for i := range maxGuessHosts {
+		g.fail(blocked(i), t0)
+	}
+	// Some shards got more than their share, and forgot some: the others
+	// are full.
+	var kept []string
+	for i := range maxGuessHosts {
+		if g.blocked(blocked(i), t0) != 0 {
+			kept = append(kept, blocked(i))
+		}
+	}
+	t1 := t0.Add(time.Second)
+	for i := range 1000 {
+		h := fmt.Sprintf("ok%d", i)
+		if g.admit(h, true, t1) != 0 {
+			t.Fatalf("a new host was blocked")
+		}
+		g.done(h, false, t1)
+	}
+	for _, h := range kept {
+		if g.blocked(h, t1) == 0 {
+			t.Fatalf("host %s forgotten after right passwords from other hosts (%d of %d kept)", h, len(kept), maxGuessHosts)
+		}
+	}
+	for i := range 100 {
+		h := fmt.Sprintf("bad%d", i)
+		g.admit(h, true, t1)
+		g.done(h, true, t1)
+	}
+	if n := g.len(); n > maxGuessHosts {
+		t.Errorf("%d hosts remembered, want at most %d", n, maxGuessHosts)
+	}
+}
