@@ -145,11 +145,12 @@ func (g *guesses) admit(host string, guess bool, now time.Time) time.Duration {
 			if s.hosts == nil {
 				s.hosts = map[string]*guessEntry{}
 			}
-			// Only hosts whose window is over make room for a login
-			// being checked: a right password from a new host must not
-			// make the table forget a blocked one. A wrong one does
-			// (done), as a guess not admitted does (failLocked).
-			s.makeRoomLocked(now, g.window, guessHostsPerShard-1, false)
+			// No room is made for a login being checked (the shard holds
+			// at most as many more as logins in progress, each for as
+			// long as its check): a right password from a new host must
+			// not make the table forget a blocked one, nor scan it. A
+			// wrong one makes room (done), as a guess not admitted does
+			// (failLocked).
 			e = &guessEntry{}
 			s.hosts[host] = e
 		}
@@ -182,7 +183,7 @@ func (g *guesses) done(host string, failed bool, now time.Time) bool {
 	e := s.hosts[host]
 	if failed {
 		// host's own entry is pending: it stays.
-		s.makeRoomLocked(now, g.window, guessHostsPerShard, true)
+		s.makeRoomLocked(now, g.window, guessHostsPerShard)
 	}
 	if e != nil {
 		e.pending = max(0, e.pending-1)
@@ -220,7 +221,7 @@ func (g *guesses) failLocked(s *guessShard, e *guessEntry, host string, now time
 		if s.hosts == nil {
 			s.hosts = map[string]*guessEntry{}
 		}
-		s.makeRoomLocked(now, g.window, guessHostsPerShard-1, true)
+		s.makeRoomLocked(now, g.window, guessHostsPerShard-1)
 		e = &guessEntry{start: now}
 		s.hosts[host] = e
 	case e.n == 0 || now.Sub(e.start) >= g.window:
@@ -232,10 +233,10 @@ func (g *guesses) failLocked(s *guessShard, e *guessEntry, host string, now time
 
 // makeRoomLocked keeps at most keep hosts in the shard (its share of
 // maxGuessHosts, less one before an entry is added): it forgets the hosts
-// whose window is over, then, if evict is set and that was not enough,
-// the hosts whose window began first. Hosts with guesses being checked
+// whose window is over, then, if that was not enough, the hosts whose
+// window began first. Hosts with guesses being checked
 // stay (there are at most as many as logins in progress). s.mu is held.
-func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration, keep int, evict bool) {
+func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration, keep int) {
 	if len(s.hosts) <= keep {
 		return
 	}
@@ -244,7 +245,7 @@ func (s *guessShard) makeRoomLocked(now time.Time, window time.Duration, keep in
 			delete(s.hosts, h)
 		}
 	}
-	for evict && len(s.hosts) > keep {
+	for len(s.hosts) > keep {
 		var oldest string
 		var first time.Time
 		for h, e := range s.hosts {
