@@ -82,6 +82,30 @@ func TestNosniffNoStore(t *testing.T) {
 		t.Errorf("event stream: %s, %q", resp.Status, resp.Header)
 	}
 	s.close()
+
+	// The other refusals, and a panic.
+	small := setup(t, broker.Options{Users: testUsers(t), GuessLimit: 1}, Options{MaxBody: 4, MaxStreams: 1,
+		Metrics: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("boom") })})
+	for _, tc := range []struct {
+		method, path, body string
+		hdr                []string
+		status             int
+	}{
+		{"GET", "/api/tree/h", "", []string{"auth", alice, "Accept", "image/png"}, 406},
+		{"PUT", "/api/tree/h", "1", []string{"auth", alice, "Content-Type", "text/plain; charset=\"x"}, 415},
+		{"PUT", "/api/tree/h", "123456789", []string{"auth", alice}, 413},
+		{"GET", "/metrics", "", []string{"auth", alice}, 500},
+		{"GET", "/api/tree/h", "", []string{"auth", "bob:wrong"}, 401},
+		{"GET", "/api/tree/h", "", []string{"auth", alice}, 429},
+	} {
+		resp, body := small.do(t, tc.method, tc.path, strings.NewReader(tc.body), tc.hdr...)
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s %s: %d %s, want %d", tc.method, tc.path, resp.StatusCode, body, tc.status)
+		}
+		if resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("Cache-Control") != "no-store" {
+			t.Errorf("%s %s (%d): %q", tc.method, tc.path, resp.StatusCode, resp.Header)
+		}
+	}
 }
 
 // TestOriginOtherPort: a page on another port of the broker's host is
