@@ -200,6 +200,25 @@ func TestOriginRule(t *testing.T) {
 		{anon, "localhost:1885", false, "http://localhost:1885", true},
 		{anon, "127.0.0.1:1885", false, "http://127.0.0.1:8080", false},
 		{anon, "rebind.example:1885", false, "http://rebind.example:1885", false},
+		// Red team, round 15: forms of one origin, and near misses.
+		{anon, "[::1]:1885", false, "http://[::1]:1885", true},
+		{anon, "[::1]:1885", false, "http://[::1]:1886", false},
+		{anon, "LOCALHOST:1885", false, "http://localhost:1885", true},
+		{anon, "localhost.:1885", false, "http://localhost.:1885", false}, // not a loopback name as written
+		{anon, "localhost:1885", false, "http://localhost.:1885", false},
+		{anon, "127.0.0.1:1885", false, "http://127.0.0.1:1885.", false},
+		{anon, "127.0.0.1", false, "http://127.0.0.1:80", true},
+		{anon, "127.0.0.1:443", false, "https://127.0.0.1", false}, // plain HTTP on 443 is not https's default
+		{anon, "127.0.0.1:1885", false, "http://127.0.0.1:1885 ", false},
+		{anon, "127.0.0.1:1885", false, "http://127.0.0.1:1885, http://evil.example", false},
+		{anon, "127.0.0.1:1885", false, "NULL", false},
+		{anon, "127.0.0.1:1885", false, "file://", false},
+		{anon, "127.0.0.1:1885", false, "http://127.0.0.1%2e:1885", false},
+		{anon, "[::ffff:127.0.0.1]:1885", false, "http://[::ffff:127.0.0.1]:1885", true},
+		{b, "broker.example:1885", false, "http://broker.example.:1885", false},
+		{b, "[2001:db8::1]:1885", false, "http://[2001:DB8::1]:1885", true},
+		{b, "broker.example:1885", false, "http://broker.example:1885?x", false},
+		{b, "broker.example:1885", false, "http://broker.example:1885#x", false},
 	} {
 		r := httptest.NewRequest(http.MethodGet, "/api/tree/x", nil)
 		r.Host = tc.host
