@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
@@ -14,9 +15,13 @@ import (
 // came from, and a host with GuessLimit guesses in the current
 // GuessWindow is refused at once, without its password being checked,
 // until the window ends — MQTT with CONNACK 0x9F (connection rate
-// exceeded), HTTP with 429 and Retry-After. Refused logins (guesses or
-// not) count as bad_credentials in mote_refusals_total; refusals of a
-// blocked host as connection_rate.
+// exceeded), HTTP with 429 and Retry-After. An IPv6 host counts twice:
+// as its address, with GuessLimit, and as its /64, with guessNetFactor
+// times as many — one machine may hold a whole /64 and use a new address
+// for each guess, while on a LAN every machine shares one /64, and one
+// misconfigured device retrying a wrong password must not lock the others
+// out. Refused logins (guesses or not) count as bad_credentials in
+// mote_refusals_total; refusals of a blocked host as connection_rate.
 
 // Defaults of the guess throttle.
 const (
@@ -26,6 +31,8 @@ const (
 	// bytes each): past it, the longest-known host is forgotten.
 	maxGuessHosts = 16_384
 	guessShards   = 16
+	// guessNetFactor is how many times GuessLimit an IPv6 /64 may make.
+	guessNetFactor = 8
 	// guessHostsPerShard is each shard's share of maxGuessHosts.
 	guessHostsPerShard = maxGuessHosts / guessShards
 )
@@ -40,7 +47,7 @@ var ErrThrottled = errors.New("broker: too many failed logins from this host")
 
 // ThrottleError is a login refused because its host is blocked.
 type ThrottleError struct {
-	Host       string        // the host as counted (an IPv6 address as its /64)
+	Host       string        // the host as counted: an address, or an IPv6 /64 ("2001:db8::/64")
 	RetryAfter time.Duration // when the host may try again
 }
 
@@ -88,6 +95,15 @@ func newGuesses(limit int, window time.Duration) *guesses {
 	return &guesses{limit: limit, window: window, seed: maphash.MakeSeed()}
 }
 
+// limitOf is the guesses key may make in a window: GuessLimit for an
+// address, guessNetFactor times that for an IPv6 /64 (a key with '/').
+func (g *guesses) limitOf(key string) int {
+	if strings.Contains(key, "/") {
+		return g.limit * guessNetFactor
+	}
+	return g.limit
+}
+
 func (g *guesses) shard(host string) *guessShard {
 	return &g.shards[maphash.String(g.seed, host)%guessShards]
 }
@@ -112,7 +128,7 @@ func (g *guesses) blockedLocked(s *guessShard, host string, now time.Time) time.
 		return 0
 	}
 	if left := e.start.Add(g.window).Sub(now); left > 0 {
-		if e.n >= g.limit {
+		if e.n >= g.limitOf(host) {
 			return left
 		}
 		return 0
@@ -154,7 +170,7 @@ func (g *guesses) admit(host string, guess bool, now time.Time) time.Duration {
 			e = &guessEntry{}
 			s.hosts[host] = e
 		}
-		if e.n+e.pending < g.limit {
+		if e.n+e.pending < g.limitOf(host) {
 			e.pending++
 			return 0
 		}
@@ -228,7 +244,7 @@ func (g *guesses) failLocked(s *guessShard, e *guessEntry, host string, now time
 		e.start, e.n = now, 0
 	}
 	e.n++
-	return e.n == g.limit
+	return e.n == g.limitOf(host)
 }
 
 // makeRoomLocked keeps at most keep hosts in the shard (its share of
@@ -290,25 +306,53 @@ func guessHost(remote string) string {
 	return p.String()
 }
 
+// guessKeys are the keys a remote address ("ip:port") counts under in
+// the guess table: its address (an IPv4-mapped one as IPv4, without a
+// zone), and for IPv6 its /64 too (guessHost).
+func guessKeys(remote string) []string {
+	host := hostOnly(remote)
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return []string{host}
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return []string{a.String()}
+	}
+	return []string{a.String(), guessHost(remote)}
+}
+
 // login authenticates a client from remote (its "ip:port") for any front
 // end (MQTT CONNECT, HTTP Basic): the one place where credentials are
 // checked, counted and throttled. It returns nil, ErrBadCredentials, or
-// a *ThrottleError when remote's host is blocked (its password then is
-// not checked). Every refusal is counted in the metrics; the caller logs
-// it with what it knows of the client.
+// a *ThrottleError when remote's host (or its IPv6 /64) is blocked (its
+// password then is not checked). Every refusal is counted in the
+// metrics; the caller logs it with what it knows of the client.
 func (b *Broker) login(remote, user string, password []byte, hasUser bool) error {
-	host := guessHost(remote)
+	keys := guessKeys(remote)
 	guess := hasUser && user != ""
-	if wait := b.guesses.admit(host, guess, time.Now()); wait > 0 {
-		b.countRefusal(refusedRate)
-		return &ThrottleError{Host: host, RetryAfter: wait}
+	for i, k := range keys {
+		// The address first, then its /64: a login waiting for a place
+		// of its /64 holds one of its address, never the other way
+		// round, so none waits for another that waits for it.
+		if wait := b.guesses.admit(k, guess, time.Now()); wait > 0 {
+			if guess {
+				for _, taken := range keys[:i] {
+					b.guesses.done(taken, false, time.Now())
+				}
+			}
+			b.countRefusal(refusedRate)
+			return &ThrottleError{Host: k, RetryAfter: wait}
+		}
 	}
 	ok := false
 	if guess {
-		defer func() { // also if the check panicked: the host's place is given back
-			if b.guesses.done(host, !ok, time.Now()) {
-				b.log.Warn().Str("host", host).Int("guesses", b.guesses.limit).Dur("window", b.guesses.window).
-					Msg("too many failed logins: the host's logins are refused unchecked until its window ends")
+		defer func() { // also if the check panicked: the places are given back
+			for _, k := range keys {
+				if b.guesses.done(k, !ok, time.Now()) {
+					b.log.Warn().Str("host", k).Int("guesses", b.guesses.limitOf(k)).Dur("window", b.guesses.window).
+						Msg("too many failed logins: the host's logins are refused unchecked until its window ends")
+				}
 			}
 		}()
 	}

@@ -136,3 +136,47 @@ func TestGuessTableFullOfBlocked(t *testing.T) {
 		t.Errorf("%d hosts remembered, want at most %d", n, maxGuessHosts)
 	}
 }
+
+// TestGuessIPv6LAN: an IPv6 address is blocked at GuessLimit, its /64 at
+// guessNetFactor times that. Every machine of a LAN shares one /64: one
+// device retrying a wrong password used to block the logins of all the
+// others (the throttle counted the /64 only) — this test's second device
+// was refused before the fix. A machine using a new address of its /64
+// for each guess still gets no more than the /64's limit.
+func TestGuessIPv6LAN(t *testing.T) {
+	const limit = 3
+	b := start(t, Options{Users: users(t), GuessLimit: limit})
+	for range limit {
+		if err := b.Authenticate("[2001:db8::1]:1000", "alice", "wrong", true); !errors.Is(err, ErrBadCredentials) {
+			t.Fatalf("a wrong password: %v", err)
+		}
+	}
+	var te *ThrottleError
+	if err := b.Authenticate("[2001:db8::1]:1001", "alice", "alice-pw", true); !errors.As(err, &te) || te.Host != "2001:db8::1" {
+		t.Fatalf("the device that guessed: %v, want throttled as 2001:db8::1", err)
+	}
+	if err := b.Authenticate("[2001:db8::2]:1000", "bob", "bob-pw", true); err != nil {
+		t.Fatalf("another device of the LAN: %v", err)
+	}
+	// One guess from each of many addresses of the /64.
+	checked := limit
+	for i := 3; i < 3+limit*guessNetFactor*2; i++ {
+		err := b.Authenticate(fmt.Sprintf("[2001:db8::%x]:1000", i), "alice", "wrong", true)
+		if errors.Is(err, ErrBadCredentials) {
+			checked++
+			continue
+		}
+		if !errors.As(err, &te) || te.Host != "2001:db8::/64" {
+			t.Fatalf("address %d: %v, want throttled as 2001:db8::/64", i, err)
+		}
+	}
+	if checked != limit*guessNetFactor {
+		t.Errorf("%d guesses checked from one /64, want %d", checked, limit*guessNetFactor)
+	}
+	if err := b.Authenticate("[2001:db8::2]:1000", "bob", "bob-pw", true); !errors.As(err, &te) {
+		t.Errorf("after the /64's limit: %v, want throttled", err)
+	}
+	if err := b.Authenticate("[2001:db8:0:1::2]:1000", "bob", "bob-pw", true); err != nil {
+		t.Errorf("another /64: %v", err)
+	}
+}
