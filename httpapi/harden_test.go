@@ -178,6 +178,17 @@ func TestGuessThrottle(t *testing.T) {
 			t.Errorf("body %s", body)
 		}
 	}
+	// Naming another client in a header changes nothing: the host is the
+	// TCP peer.
+	for _, h := range []string{"X-Forwarded-For", "X-Real-IP", "Forwarded"} {
+		v := "192.0.2.99"
+		if h == "Forwarded" {
+			v = "for=192.0.2.99"
+		}
+		if resp, _ := e.do(t, "GET", "/api/tree/x", nil, "auth", "alice:alice-pw", h, v); resp.StatusCode != http.StatusTooManyRequests {
+			t.Errorf("%s from a blocked host: %s", h, resp.Status)
+		}
+	}
 	// /metrics takes the same credentials, so it is refused too.
 	if resp, _ := e.do(t, "GET", "/metrics", nil, "auth", "alice:alice-pw"); resp.StatusCode != http.StatusTooManyRequests {
 		t.Errorf("/metrics from a blocked host: %s", resp.Status)
