@@ -78,6 +78,13 @@
 //
 // # Caveats
 //
+// Serve speaks plain HTTP: Basic credentials cross the network in the
+// clear unless a TLS proxy is in front. With anonymous access, a GET
+// carries no Origin, so a DNS-rebound page reads what anonymous clients
+// may read (writes, which carry one, are refused). One slow reader of a
+// large answer may hold most of MaxAnswerBytes for up to WriteTimeout,
+// and other large GETs get 503 meanwhile.
+//
 // A history answer larger than the broker's maximum
 // packet size (which the broker cuts in parts) is refused with 500. A
 // request whose path has a malformed escape (%zz) is answered 400 by
