@@ -221,8 +221,10 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	b.stats.Batches.Add(1)
 	b.stats.OpsApplied.Add(int64(len(ops)))
 	atomic.StoreInt64(&b.server.Info.Retained, int64(b.tree.Store().Len()))
-	var changes []retain.Change // of the publishes no one waits for: committed together
-	var tops []tree.Op          // translations of $set and .replace, applied after
+	// The changes of the publishes no one waits for, committed together,
+	// in the loop's scratch slice: Retainer.Add copies what it keeps.
+	changes := b.retScratch[:0]
+	var tops []tree.Op // translations of $set and .replace, applied after
 	var tmeta []*pubMeta
 	for i, a := range res.Applied {
 		m := meta[i]
@@ -234,29 +236,26 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 			}
 			continue
 		}
-		var own []retain.Change
+		from := len(changes) // this publish's own changes are changes[from:]
 		if b.ret != nil {
 			for _, row := range a.Rows {
 				if row.Retain && !row.Same && !isSys(row.Topic) { // $SYS rows are the broker's live counters: not kept
-					own = append(own, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS, Rev: res.Rev, MS: res.MS, QoSOnly: row.QoSOnly})
+					changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS, Rev: res.Rev, MS: res.MS, QoSOnly: row.QoSOnly})
 				}
 			}
 		} else if res.Changed {
 			b.marks.note(a.Rows, res.Rev)
 		}
 		switch {
-		case m.done != nil && m.commit && len(own) > 0:
+		case m.done != nil && m.commit && len(changes) > from:
 			// Its own Add, in order, so the answer is about its rows only.
-			if len(changes) > 0 {
-				b.ret.Add(changes)
-				changes = nil
+			if from > 0 {
+				b.ret.Add(changes[:from])
 			}
-			b.ret.Add(own, m.done)
+			b.ret.Add(changes[from:], m.done)
+			changes = changes[:0]
 		case m.done != nil:
-			changes = append(changes, own...)
 			m.done <- nil
-		default:
-			changes = append(changes, own...)
 		}
 		if m.plain != nil {
 			b.deliverPlain(m.plain, pubWait{})
@@ -282,6 +281,8 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	} else if res.Changed && b.ret != nil {
 		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
 	}
+	clear(changes) // drop the rows' references for the GC
+	b.retScratch = changes[:0]
 	var batch *batchRows
 	for i := range res.Deltas {
 		d := &res.Deltas[i]

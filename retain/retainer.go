@@ -51,6 +51,10 @@ type Options struct {
 	OnCommit func(took time.Duration, rows int, err error)
 }
 
+// spareRows bounds the map kept for the next commit: one that held more
+// rows is left to the GC rather than kept at its largest.
+const spareRows = 1 << 16
+
 // MaxBackoff bounds the wait between retries of a commit that failed
 // whole. The first retry waits Options.Interval, each next one twice as
 // long, up to MaxBackoff (or Interval, if that is longer).
@@ -129,6 +133,13 @@ type Retainer struct {
 	histAdded   int       // history values committed since; owned by the goroutine
 	pruneMore   bool      // the last prune or compaction stopped at its bound; owned by the goroutine
 	compactMore bool
+
+	// spare is the map of the last commit, cleared, for the next changes
+	// to wait in (guarded by mu); scratch lists a commit's rows (owned by
+	// the goroutine). Reusing them spares a boot storm an allocation and
+	// a map's growth per commit.
+	spare   map[string]Change
+	scratch []Change
 
 	markers    int    // deletion markers in the store (about); owned by the goroutine
 	compacted  uint64 // markers at or below it are dropped; owned by the goroutine
@@ -506,7 +517,11 @@ func (r *Retainer) final() {
 func (r *Retainer) commit(closing bool) error {
 	r.mu.Lock()
 	batch, hist, waiters := r.pending, r.hist, r.waiters
-	r.pending, r.hist, r.waiters = make(map[string]Change, len(batch)), nil, nil
+	next := r.spare
+	if next == nil {
+		next = make(map[string]Change, len(batch))
+	}
+	r.pending, r.hist, r.waiters, r.spare = next, nil, nil, nil
 	r.committing = batch
 	start := time.Now()
 	r.waitingSince, r.commitSince = time.Time{}, start
@@ -518,10 +533,14 @@ func (r *Retainer) commit(closing bool) error {
 		r.mu.Unlock()
 		return nil
 	}
-	changes := make([]Change, 0, len(batch))
+	changes := slices.Grow(r.scratch[:0], len(batch))
 	for _, c := range batch {
 		changes = append(changes, c)
 	}
+	defer func() { // the slice and, once committed, the map serve the next commit
+		clear(changes)
+		r.scratch = changes[:0]
+	}()
 	if r.epochBytes >= EpochBytes {
 		r.epoch, r.epochBytes = r.epoch+1, 0
 	}
@@ -545,6 +564,10 @@ func (r *Retainer) commit(closing bool) error {
 	}
 	r.mu.Lock()
 	r.committing, r.commitSince, r.lastCommit = nil, time.Time{}, time.Now()
+	if len(batch) <= spareRows {
+		clear(batch)
+		r.spare = batch
+	}
 	r.err = nil
 	if n := len(rejected); n > 0 {
 		r.lastLost = fmt.Errorf("%s: %w", describe(rejected[n-1].Topic), rejected[n-1].Err)
