@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -224,6 +225,13 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	// The changes of the publishes no one waits for, committed together,
 	// in the loop's scratch slice: Retainer.Add copies what it keeps.
 	changes := b.retScratch[:0]
+	if b.ret != nil {
+		n := 0
+		for _, a := range res.Applied {
+			n += len(a.Rows)
+		}
+		changes = slices.Grow(changes, n) // at once, not by doubling
+	}
 	var tops []tree.Op // translations of $set and .replace, applied after
 	var tmeta []*pubMeta
 	for i, a := range res.Applied {
