@@ -237,11 +237,15 @@ func (r *Retainer) Deleted(since, upto uint64, fn func(topic string, rev uint64)
 		if m == nil {
 			continue
 		}
-		for _, c := range m.list {
-			if c.Value.Kind == 0 && c.Rev > since && c.Rev <= upto && !fn(c.Topic, c.Rev) {
-				r.mu.Unlock()
-				return nil
+		stop := false
+		m.each(func(c *Change) {
+			if !stop && c.Value.Kind == 0 && c.Rev > since && c.Rev <= upto && !fn(c.Topic, c.Rev) {
+				stop = true
 			}
+		})
+		if stop {
+			r.mu.Unlock()
+			return nil
 		}
 	}
 	r.mu.Unlock()
@@ -545,7 +549,7 @@ func (r *Retainer) commit(closing bool) error {
 		return nil
 	}
 	// A copy for the store to sort: Deleted reads batch meanwhile.
-	changes := append(r.scratch[:0], batch.list...)
+	changes := batch.appendTo(slices.Grow(r.scratch[:0], batch.len()))
 	defer func() { // the slice and, once committed, the map serve the next commit
 		clear(changes)
 		r.scratch = changes[:0]
@@ -607,11 +611,11 @@ func (r *Retainer) commit(closing bool) error {
 func (r *Retainer) failed(batch *rowSet, hist []Change, waiters []waiting, err error, closing bool) {
 	r.Failures.Add(1)
 	r.mu.Lock()
-	for _, c := range batch.list {
+	batch.each(func(c *Change) {
 		if !r.pending.has(c.Topic) {
-			r.pending.put(c)
+			r.pending.put(*c)
 		}
-	}
+	})
 	r.hist = append(hist, r.hist...)
 	r.committing, r.commitSince = nil, time.Time{}
 	if r.waitingSince.IsZero() {
