@@ -289,8 +289,11 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	} else if res.Changed && b.ret != nil {
 		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
 	}
-	clear(changes) // drop the rows' references for the GC
-	b.retScratch = changes[:0]
+	b.retScratch = nil
+	if cap(changes) <= retScratchRows { // a storm's largest batch is not kept for good
+		clear(changes) // drop the rows' references for the GC
+		b.retScratch = changes[:0]
+	}
 	var batch *batchRows
 	for i := range res.Deltas {
 		d := &res.Deltas[i]
@@ -303,6 +306,10 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	}
 	b.apply(tops, tmeta) // never translated again: no deeper
 }
+
+// retScratchRows bounds the loop's slice of retainer changes kept from
+// one batch to the next (about 300 KiB).
+const retScratchRows = 4096
 
 // handle runs a request other than a publish.
 func (b *Broker) handle(r *request) {

@@ -20,8 +20,10 @@ import (
 // connections with up to 500 publishes in flight each. The clock stops
 // once every publish is acknowledged, applied (Broker.Sync) and committed
 // to the store. It reports the process's CPU per row (the clients' share
-// included: raw packets, a small part) and per device. With -cpuprofile
-// it is the storm's profile.
+// included: raw packets, a small part) and per device; and apart, the CPU
+// per row of the check that follows (a wildcard subscriber's retained
+// replay of every row, outside the clock). With -cpuprofile it is the
+// storm's profile (and the check's).
 func BenchmarkBootStorm(b *testing.B) {
 	const devices, rows, conns = 2_000, 50, 50
 	for _, tree := range []bool{true, false} {
@@ -30,7 +32,7 @@ func BenchmarkBootStorm(b *testing.B) {
 			name = "tree"
 		}
 		b.Run(name, func(b *testing.B) {
-			var cpu float64
+			var cpu, check float64
 			for b.Loop() {
 				b.StopTimer()
 				st, err := retain.Open(b.TempDir())
@@ -41,16 +43,24 @@ func BenchmarkBootStorm(b *testing.B) {
 				b.StartTimer()
 				cpu0 := processCPU()
 				bootStorm(b, br, devices, rows, conns, tree)
-				cpu += (processCPU() - cpu0).Seconds()
+				cpu1 := processCPU()
+				cpu += (cpu1 - cpu0).Seconds()
 				b.StopTimer()
 				if n := br.tree.Store().Len(); n < devices*rows {
 					b.Fatalf("%d rows stored, want %d", n, devices*rows)
 				}
+				// The check of `mote bench`: one subscriber's retained replay
+				// of every row, apart.
+				if err := replayReader(testCtx(b), br.TCPAddr(), "check", "boot/+/+", devices*rows); err != nil {
+					b.Fatal(err)
+				}
+				check += (processCPU() - cpu1).Seconds()
 				br.Close()
 				b.StartTimer()
 			}
 			b.ReportMetric(cpu/float64(b.N*devices*rows)*1e9, "cpu-ns/row")
 			b.ReportMetric(cpu/float64(b.N*devices)*1e6, "cpu-µs/device")
+			b.ReportMetric(check/float64(b.N*devices*rows)*1e9, "check-cpu-ns/row")
 		})
 	}
 }

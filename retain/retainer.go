@@ -550,9 +550,12 @@ func (r *Retainer) commit(closing bool) error {
 	}
 	// A copy for the store to sort: Deleted reads batch meanwhile.
 	changes := batch.appendTo(slices.Grow(r.scratch[:0], batch.len()))
-	defer func() { // the slice and, once committed, the map serve the next commit
-		clear(changes)
-		r.scratch = changes[:0]
+	defer func() { // the slice (unless a storm's) and, once committed, the set serve the next commit
+		r.scratch = nil
+		if cap(changes) <= spareRows {
+			clear(changes)
+			r.scratch = changes[:0]
+		}
 	}()
 	if r.epochBytes >= EpochBytes {
 		r.epoch, r.epochBytes = r.epoch+1, 0
