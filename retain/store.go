@@ -54,6 +54,16 @@
 // commits everything first, and returns an error wrapping ErrLost if any
 // row was refused during the run or could not be committed at close, so
 // the broker can exit non-zero.
+//
+// # Concurrency
+//
+// The retainer's goroutine owns the store's transactions. The changes
+// waiting for a commit (a rowSet: the newest change per topic) belong to
+// the retainer and are guarded by its mutex: the message loop adds to
+// them (Add), the goroutine swaps them out for a commit and keeps the
+// emptied set of the previous commit for the next changes. Add copies the
+// caller's slice, and Store.Commit gives the batch's slices back when it
+// returns, so the loop and the goroutine each reuse their own.
 package retain
 
 import (
