@@ -73,6 +73,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -269,8 +270,10 @@ type Store struct {
 // platforms): a store smaller than it is never remapped as it grows. A
 // remap copies every key and value of the running transaction's changed
 // nodes to the heap (bbolt's node.dereference): a fresh store filling up
-// in a boot storm remapped a dozen times, 15% of the storm's CPU. It is
-// address space, not memory: only the pages read or written are resident.
+// in a boot storm remapped a dozen times: 8% of the storm's CPU (15% once
+// the rest was cheaper; BenchmarkBootStorm). It is
+// address space, not memory: only the pages read or written are resident
+// (not on Windows, where bbolt grows the file to the size it maps).
 const initialMmap = (strconv.IntSize / 64) << 28 // 256 MiB; 0 (bbolt's default) on 32-bit
 
 // FileName is the store's file inside the data directory.
@@ -289,7 +292,11 @@ func Open(dir string) (s *Store, err error) {
 			s, err = nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, r)
 		}
 	}()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType, InitialMmapSize: initialMmap})
+	bo := &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType}
+	if runtime.GOOS != "windows" { // there bbolt grows the file to what it maps
+		bo.InitialMmapSize = initialMmap
+	}
+	db, err := bolt.Open(path, 0o600, bo)
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("retain: open %s: in use by another process", path)
