@@ -154,8 +154,11 @@ type Retainer struct {
 	epoch      uint64 // history values go to this epoch; owned by the goroutine
 	epochBytes int    // bytes of history values in it; owned by the goroutine
 
-	rev   atomic.Uint64 // the newest revision handed in
-	floor atomic.Uint64 // deletion markers at or below it may be gone
+	rev atomic.Uint64 // the newest revision handed in
+	// committed is the revision of the last commit (the retainer's
+	// goroutine's).
+	committed uint64
+	floor     atomic.Uint64 // deletion markers at or below it may be gone
 
 	wake chan struct{} // one slot: there are changes
 	done chan struct{} // closed when the goroutine has stopped
@@ -469,7 +472,9 @@ const maintainStep = 50_000
 func (r *Retainer) maintain(set bool) {
 	w := r.opts.ResumeWindow
 	target, over := r.floor.Load(), false
-	if rev := r.rev.Load(); rev > w {
+	// The revision committed, not the newest handed in: a compaction up to
+	// changes still pending would leave their markers below the floor.
+	if rev := r.committed; rev > w {
 		target = max(target, rev-w)
 	}
 	if r.markers > r.opts.MaxMarkers {
@@ -540,8 +545,10 @@ func (r *Retainer) commit(closing bool) error {
 	r.committing = batch
 	start := time.Now()
 	r.waitingSince, r.commitSince = time.Time{}, start
-	r.mu.Unlock()
+	// Under the lock Add takes: rev is that of the batch's newest change,
+	// never one still pending (maintain compacts below what it commits).
 	rev := r.rev.Load()
+	r.mu.Unlock()
 	if batch.len() == 0 && len(waiters) == 0 && !closing {
 		r.mu.Lock()
 		r.committing, r.commitSince = nil, time.Time{}
@@ -573,6 +580,7 @@ func (r *Retainer) commit(closing bool) error {
 		return err
 	}
 	r.histAdded += len(hist)
+	r.committed = rev
 	for _, c := range changes {
 		if c.Value.Kind == wire.None {
 			r.markers++
