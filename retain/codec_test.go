@@ -51,7 +51,7 @@ func TestChangeCodec(t *testing.T) {
 	for _, bad := range [][]byte{
 		{}, {5, 'a'}, {1, 'a'}, {1, 'a', 2, 1, 0}, {1, 'a', 17, 0x0f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
 		{1, 'a', 18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'x'}, // a deletion with a payload
-		{1, 'a', 17, 0xb1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, // bit 7
+		{1, 'a', 17, 0xb1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},      // bit 7
 	} {
 		if _, _, err := ReadChange(bad); !errors.Is(err, ErrMalformed) {
 			t.Errorf("read %x: %v, want ErrMalformed", bad, err)
