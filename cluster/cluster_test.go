@@ -20,7 +20,7 @@ import (
 
 // freeAddrs are n free 127.0.0.1 addresses for cluster ports (the nodes
 // must know each other's before they start).
-func freeAddrs(t *testing.T, n int) []string {
+func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
 	var ls []net.Listener
 	var addrs []string
@@ -41,11 +41,14 @@ func freeAddrs(t *testing.T, n int) []string {
 // testCluster is n embedded nodes routed to each other, each with its own
 // connection, log handle, store and follower.
 type testCluster struct {
-	t      *testing.T
+	t      testing.TB
 	routes []string
 	dir    string
 	log    zerolog.Logger
 	nodes  []*testNode
+	// onApply, if set, is told of every batch a node applied, on its
+	// follower's goroutine.
+	onApply func(node int, seq uint64)
 }
 
 type testNode struct {
@@ -55,11 +58,12 @@ type testNode struct {
 	log    *Log
 	store  *Store
 	cancel context.CancelFunc
-	done   chan error // the follower's end
+	done   chan struct{} // closed when the follower ended, with err
+	err    error
 }
 
-func startCluster(t *testing.T, n int) *testCluster {
-	c := &testCluster{t: t, routes: freeAddrs(t, n), dir: t.TempDir(),
+func startCluster(t testing.TB, n int, onApply func(node int, seq uint64)) *testCluster {
+	c := &testCluster{t: t, routes: freeAddrs(t, n), dir: t.TempDir(), onApply: onApply,
 		log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
 	c.nodes = make([]*testNode, n)
 	var wg sync.WaitGroup
@@ -94,15 +98,25 @@ func (c *testCluster) start(i int) error {
 	}
 	ctx, cancel := context.WithTimeout(c.t.Context(), time.Minute)
 	defer cancel()
-	if tn.log, err = OpenLog(ctx, tn.nc, LogOptions{Replicas: min(3, len(c.routes)), Timeout: 3 * time.Second}); err != nil {
+	lo := LogOptions{Replicas: min(3, len(c.routes)), Timeout: 3 * time.Second,
+		OnRetry: func(err error) { c.log.Info().Err(err).Str("node", name).Msg("follow again") }}
+	if tn.log, err = OpenLog(ctx, tn.nc, lo); err != nil {
 		return err
 	}
 	if tn.store, err = OpenStore(filepath.Join(c.dir, name, "rows")); err != nil {
 		return err
 	}
 	fctx, fcancel := context.WithCancel(context.Background())
-	tn.cancel, tn.done = fcancel, make(chan error, 1)
-	go func() { tn.done <- tn.log.Follow(fctx, tn.store.Next(), tn.store.Apply) }()
+	tn.cancel, tn.done = fcancel, make(chan struct{})
+	apply := tn.store.Apply
+	if c.onApply != nil {
+		apply = func(seq uint64, changes []retain.Change) error {
+			err := tn.store.Apply(seq, changes)
+			c.onApply(i, seq)
+			return err
+		}
+	}
+	go func() { tn.err = tn.log.Follow(fctx, tn.store.Next(), apply); close(tn.done) }()
 	return nil
 }
 
@@ -115,8 +129,9 @@ func (c *testCluster) stop(i int) {
 	c.nodes[i] = nil
 	if tn.cancel != nil {
 		tn.cancel()
-		if err := <-tn.done; !errors.Is(err, context.Canceled) {
-			c.t.Errorf("node %s: follower: %v", tn.name, err)
+		<-tn.done
+		if !errors.Is(tn.err, context.Canceled) {
+			c.t.Errorf("node %s: follower: %v", tn.name, tn.err)
 		}
 	}
 	if tn.store != nil {
@@ -140,8 +155,8 @@ func (c *testCluster) caughtUp(last uint64) {
 		}
 		for tn.store.Next() <= last {
 			select {
-			case err := <-tn.done:
-				c.t.Fatalf("node %s: follower stopped at %d: %v", tn.name, tn.store.Next(), err)
+			case <-tn.done:
+				c.t.Fatalf("node %s: follower stopped at %d: %v", tn.name, tn.store.Next(), tn.err)
 			case <-ctx.Done():
 				c.t.Fatalf("node %s: at %d, want %d", tn.name, tn.store.Next()-1, last)
 			case <-time.After(5 * time.Millisecond):
@@ -151,7 +166,7 @@ func (c *testCluster) caughtUp(last uint64) {
 }
 
 // rows is a store's rows as topic → value and revision.
-func rows(t *testing.T, s *Store) map[string]retain.Row {
+func rows(t testing.TB, s *Store) map[string]retain.Row {
 	t.Helper()
 	m := map[string]retain.Row{}
 	if err := s.Load(func(r retain.Row) error { m[r.Topic] = r; return nil }); err != nil {
@@ -194,7 +209,7 @@ func TestCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("forms a JetStream cluster")
 	}
-	c := startCluster(t, 3)
+	c := startCluster(t, 3, nil)
 	for _, tn := range c.nodes {
 		if tn.node.Routes() < 2 {
 			// Routes are up once JetStream placed three replicas.
@@ -250,15 +265,23 @@ func TestCluster(t *testing.T) {
 	}
 
 	t.Run("lost node catches up", func(t *testing.T) {
+		start := time.Now()
 		c.stop(2)
+		t.Logf("stopped n2 in %v", time.Since(start).Round(time.Millisecond))
+		start = time.Now()
 		seqs, err := c.write(0, 100, "b") // two of three: a quorum
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("100 batches with 2 of 3 in %v", time.Since(start).Round(time.Millisecond))
+		start = time.Now()
 		if err := c.start(2); err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("restarted n2 in %v", time.Since(start).Round(time.Millisecond))
+		start = time.Now()
 		c.caughtUp(seqs[len(seqs)-1])
+		t.Logf("caught up in %v", time.Since(start).Round(time.Millisecond))
 		want := rows(t, c.nodes[0].store)
 		if got := rows(t, c.nodes[2].store); !equalRows(got, want) {
 			t.Errorf("restarted node differs:\n%v\n%v", got, want)

@@ -29,6 +29,8 @@ type LogOptions struct {
 	// Ready bounds how long OpenLog waits for the stream (a new cluster
 	// elects its JetStream leader first); default 30 s.
 	Ready time.Duration
+	// OnRetry, if set, is told why Follow starts again (to log it).
+	OnRetry func(error)
 }
 
 func (o LogOptions) withDefaults() LogOptions {
@@ -163,64 +165,97 @@ func (l *Log) Bounds(ctx context.Context) (first, last uint64, err error) {
 }
 
 // Follow calls fn with every batch from sequence from on, in order,
-// until ctx ends (it then returns ctx's error) or fn fails. A batch's
-// changes carry its sequence as Rev. It fails with ErrBehind if the log
-// no longer holds from (or drops a batch before it is read), ErrAhead if
-// from is past the log's end + 1, ErrCorrupt on a message that is not a
-// batch.
+// until ctx ends (it then returns ctx's error) or fn fails (its error).
+// A batch's changes carry its sequence as Rev. It fails with ErrBehind if
+// the log no longer holds from (or drops a batch before it is read),
+// ErrAhead if from is past the log's end + 1, ErrCorrupt on a message
+// that is not a batch. Other errors (no stream leader yet, a lost
+// connection) are retried from the next batch, each told to
+// LogOptions.OnRetry.
 func (l *Log) Follow(ctx context.Context, from uint64, fn func(seq uint64, changes []retain.Change) error) error {
-	from = max(from, 1)
-	first, last, err := l.Bounds(ctx)
+	next := max(from, 1)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		before := next
+		err := l.follow(ctx, &next, fn)
+		var fe fnError
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.As(err, &fe):
+			return fe.err
+		case errors.Is(err, ErrBehind), errors.Is(err, ErrAhead), errors.Is(err, ErrCorrupt):
+			return err
+		}
+		if next > before {
+			wait = 50 * time.Millisecond // it got somewhere: a new trouble
+		}
+		if l.opts.OnRetry != nil {
+			l.opts.OnRetry(err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// fnError is the error of Follow's fn, which ends it.
+type fnError struct{ err error }
+
+func (e fnError) Error() string { return e.err.Error() }
+
+// follow reads from *next on, once.
+func (l *Log) follow(ctx context.Context, next *uint64, fn func(seq uint64, changes []retain.Change) error) error {
+	try, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	first, last, err := l.Bounds(try)
 	if err != nil {
 		return err
 	}
 	switch {
-	case from < first && from <= last:
-		return fmt.Errorf("%w: next %d, log %d–%d", ErrBehind, from, first, last)
-	case from > last+1:
-		return fmt.Errorf("%w: next %d, log ends at %d", ErrAhead, from, last)
+	case *next < first && *next <= last:
+		return fmt.Errorf("%w: next %d, log %d–%d", ErrBehind, *next, first, last)
+	case *next > last+1:
+		return fmt.Errorf("%w: next %d, log ends at %d", ErrAhead, *next, last)
 	}
-	cons, err := l.js.OrderedConsumer(ctx, l.opts.Stream, jetstream.OrderedConsumerConfig{
+	cons, err := l.js.OrderedConsumer(try, l.opts.Stream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{l.opts.Subject},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    from,
+		OptStartSeq:    *next,
 	})
 	if err != nil {
-		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, from, err)
+		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, *next, err)
 	}
 	it, err := cons.Messages()
 	if err != nil {
-		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, from, err)
+		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, *next, err)
 	}
 	defer it.Stop()
-	next := from
 	for {
 		m, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("cluster: follow %s at %d: %w", l.opts.Stream, next, err)
+			return fmt.Errorf("cluster: follow %s at %d: %w", l.opts.Stream, *next, err)
 		}
 		md, err := m.Metadata()
 		if err != nil {
-			return fmt.Errorf("%w: at %d: %w", ErrCorrupt, next, err)
+			return fmt.Errorf("%w: at %d: %w", ErrCorrupt, *next, err)
 		}
 		seq := md.Sequence.Stream
 		switch {
-		case seq < next:
+		case seq < *next:
 			continue // delivered again after a consumer reset
-		case seq > next:
-			return fmt.Errorf("%w: next %d, the log gave %d", ErrBehind, next, seq)
+		case seq > *next:
+			return fmt.Errorf("%w: next %d, the log gave %d", ErrBehind, *next, seq)
 		}
 		changes, err := decodeBatch(m.Data(), seq)
 		if err != nil {
 			return fmt.Errorf("%w: sequence %d: %w", ErrCorrupt, seq, err)
 		}
 		if err := fn(seq, changes); err != nil {
-			return err
+			return fnError{err}
 		}
-		next = seq + 1
+		*next = seq + 1
 	}
 }
 
