@@ -86,8 +86,11 @@ func startCluster(t testing.TB, n int, onApply func(node int, seq uint64)) *test
 // start starts (or restarts, on its directories) node i and its follower.
 func (c *testCluster) start(i int) error {
 	name := fmt.Sprintf("n%d", i)
-	node, err := StartNode(NodeOptions{Name: name, Dir: filepath.Join(c.dir, name, "js"),
-		ClusterListen: c.routes[i], Routes: c.routes}, c.log.With().Str("node", name).Logger())
+	o := NodeOptions{Name: name, Dir: filepath.Join(c.dir, name, "js")}
+	if len(c.routes) > 1 { // a node alone has no routes: JetStream would wait for peers
+		o.ClusterListen, o.Routes = c.routes[i], c.routes
+	}
+	node, err := StartNode(o, c.log.With().Str("node", name).Logger())
 	if err != nil {
 		return err
 	}
@@ -108,15 +111,11 @@ func (c *testCluster) start(i int) error {
 	}
 	fctx, fcancel := context.WithCancel(context.Background())
 	tn.cancel, tn.done = fcancel, make(chan struct{})
-	apply := tn.store.Apply
+	var applied func(Entry)
 	if c.onApply != nil {
-		apply = func(seq uint64, changes []retain.Change) error {
-			err := tn.store.Apply(seq, changes)
-			c.onApply(i, seq)
-			return err
-		}
+		applied = func(e Entry) { c.onApply(i, e.Seq) }
 	}
-	go func() { tn.err = tn.log.Follow(fctx, tn.store.Next(), apply); close(tn.done) }()
+	go func() { tn.err = tn.store.Mirror(fctx, tn.log, applied); close(tn.done) }()
 	return nil
 }
 
@@ -296,7 +295,7 @@ func TestCluster(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = c.nodes[0].log.Follow(t.Context(), last+2, func(uint64, []retain.Change) error { return nil })
+		err = c.nodes[0].log.Follow(t.Context(), last+2, func(Entry) error { return nil })
 		if !errors.Is(err, ErrAhead) {
 			t.Fatalf("follow from %d: %v, want ErrAhead", last+2, err)
 		}

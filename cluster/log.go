@@ -164,15 +164,24 @@ func (l *Log) Bounds(ctx context.Context) (first, last uint64, err error) {
 	return st.FirstSeq, st.LastSeq, nil
 }
 
+// Entry is one batch of the log.
+type Entry struct {
+	Seq     uint64          // its sequence: the cluster revision of its rows
+	Changes []retain.Change // each with Rev = Seq
+	// Pending is how many batches the log held after this one when it was
+	// read: 0 means the follower has caught up (for now).
+	Pending uint64
+}
+
 // Follow calls fn with every batch from sequence from on, in order,
 // until ctx ends (it then returns ctx's error) or fn fails (its error).
-// A batch's changes carry its sequence as Rev. It fails with ErrBehind if
+// It fails with ErrBehind if
 // the log no longer holds from (or drops a batch before it is read),
 // ErrAhead if from is past the log's end + 1, ErrCorrupt on a message
 // that is not a batch. Other errors (no stream leader yet, a lost
 // connection) are retried from the next batch, each told to
 // LogOptions.OnRetry.
-func (l *Log) Follow(ctx context.Context, from uint64, fn func(seq uint64, changes []retain.Change) error) error {
+func (l *Log) Follow(ctx context.Context, from uint64, fn func(Entry) error) error {
 	next := max(from, 1)
 	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		before := next
@@ -206,7 +215,7 @@ type fnError struct{ err error }
 func (e fnError) Error() string { return e.err.Error() }
 
 // follow reads from *next on, once.
-func (l *Log) follow(ctx context.Context, next *uint64, fn func(seq uint64, changes []retain.Change) error) error {
+func (l *Log) follow(ctx context.Context, next *uint64, fn func(Entry) error) error {
 	try, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	first, last, err := l.Bounds(try)
@@ -252,7 +261,7 @@ func (l *Log) follow(ctx context.Context, next *uint64, fn func(seq uint64, chan
 		if err != nil {
 			return fmt.Errorf("%w: sequence %d: %w", ErrCorrupt, seq, err)
 		}
-		if err := fn(seq, changes); err != nil {
+		if err := fn(Entry{Seq: seq, Changes: changes, Pending: md.NumPending}); err != nil {
 			return fnError{err}
 		}
 		*next = seq + 1

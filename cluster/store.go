@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
 
@@ -54,17 +55,43 @@ func (s *Store) Commit(b retain.Batch) ([]retain.Rejected, error) {
 	return rej, err
 }
 
-// Apply commits one batch of the log as it is, with revision seq: the
-// way a node without a broker (a tool, a test) follows the log.
-func (s *Store) Apply(seq uint64, changes []retain.Change) error {
-	rej, err := s.Commit(retain.Batch{Changes: changes, Rev: seq})
-	if err != nil {
-		return err
-	}
-	if len(rej) > 0 {
-		return fmt.Errorf("cluster: batch %d: row %.200q: %w", seq, rej[0].Topic, rej[0].Err)
-	}
-	return nil
+// Mirror follows the log into the store without a broker (a tool, a
+// test): it commits the batches it reads, several in one transaction
+// while the log holds more (at most MaxBatch rows, as the retainer does),
+// and calls applied, if set, with each batch once it is committed. It
+// returns what Log.Follow returns, or the store's error.
+func (s *Store) Mirror(ctx context.Context, l *Log, applied func(Entry)) error {
+	const maxBatch = 10_000
+	pending := map[string]retain.Change{}
+	var done []Entry
+	return l.Follow(ctx, s.Next(), func(e Entry) error {
+		for _, c := range e.Changes {
+			pending[c.Topic] = c // the newest change of a row: what the retainer keeps too
+		}
+		done = append(done, e)
+		if e.Pending > 0 && len(pending) < maxBatch {
+			return nil
+		}
+		changes := make([]retain.Change, 0, len(pending))
+		for _, c := range pending {
+			changes = append(changes, c)
+		}
+		rej, err := s.Commit(retain.Batch{Changes: changes, Rev: e.Seq})
+		if err != nil {
+			return err
+		}
+		if len(rej) > 0 {
+			return fmt.Errorf("cluster: batch %d: row %.200q: %w", rej[0].Rev, rej[0].Topic, rej[0].Err)
+		}
+		clear(pending)
+		if applied != nil {
+			for _, d := range done {
+				applied(d)
+			}
+		}
+		done = done[:0]
+		return nil
+	})
 }
 
 var _ retain.RowStore = (*Store)(nil)
