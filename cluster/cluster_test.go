@@ -263,6 +263,8 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
+	t.Run("events", func(t *testing.T) { testEvents(t, c) })
+
 	t.Run("lost node catches up", func(t *testing.T) {
 		start := time.Now()
 		c.stop(2)
