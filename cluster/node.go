@@ -28,7 +28,8 @@ type NodeOptions struct {
 	// free port. Port -1 also means a free port.
 	Listen string
 	// ClusterListen is the address routes from other nodes come to
-	// (host:port). Empty: a node alone, without routes.
+	// (host:port). Empty: a node alone, without routes (a node alone
+	// must not have one: clustered JetStream would wait for peers).
 	ClusterListen string
 	// Routes are the other nodes' cluster addresses (host:port, or
 	// nats-route:// URLs). A node may list itself: NATS ignores it, so
