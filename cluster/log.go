@@ -173,6 +173,17 @@ type Entry struct {
 	Pending uint64
 }
 
+// ID names this log for good: its stream's name and creation time. A
+// stream deleted and created again (a new cluster) has another ID, so a
+// node's copy of the old one is not mistaken for it (Store.Bind).
+func (l *Log) ID(ctx context.Context) (string, error) {
+	s, err := l.js.Stream(ctx, l.opts.Stream)
+	if err != nil {
+		return "", fmt.Errorf("cluster: stream %s: %w", l.opts.Stream, err)
+	}
+	return l.opts.Stream + " " + s.CachedInfo().Created.UTC().Format(time.RFC3339Nano), nil
+}
+
 // Follow calls fn with every batch from sequence from on, in order,
 // until ctx ends (it then returns ctx's error) or fn fails (its error).
 // It fails with ErrBehind if

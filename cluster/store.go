@@ -2,8 +2,13 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sync/atomic"
+	"time"
 
 	"github.com/mote-mqtt/mote/retain"
 )
@@ -55,12 +60,90 @@ func (s *Store) Commit(b retain.Batch) ([]retain.Rejected, error) {
 	return rej, err
 }
 
+// ErrOtherLog is a node's copy of another log than the cluster's: its
+// data directory is from another cluster, or the stream was made anew.
+var ErrOtherLog = errors.New("cluster: the node's rows are a copy of another log")
+
+// bindFile, beside the store's file, holds the ID of the log the copy
+// follows.
+const bindFile = "cluster-log"
+
+// Bind ties the copy to the log named id (Log.ID): the first time it
+// records id; after, a different id is an error wrapping ErrOtherLog
+// (wipe the data directory to join the new log).
+func (s *Store) Bind(id string) error {
+	p := filepath.Join(filepath.Dir(s.Path()), bindFile)
+	b, err := os.ReadFile(p)
+	switch {
+	case err == nil && string(b) == id:
+		return nil
+	case err == nil:
+		return fmt.Errorf("%w: %s follows %q, the cluster's is %q", ErrOtherLog, s.Path(), b, id)
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("cluster: read %s: %w", p, err)
+	}
+	if rev := s.rev.Load(); rev > 0 {
+		return fmt.Errorf("%w: %s holds revision %d and names no log", ErrOtherLog, s.Path(), rev)
+	}
+	if err := writeSynced(p, []byte(id)); err != nil {
+		return fmt.Errorf("cluster: record the log in %s: %w", p, err)
+	}
+	return nil
+}
+
+// writeSynced writes a file and syncs it and its directory.
+func writeSynced(p string, b []byte) error {
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(p))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // Mirror follows the log into the store without a broker (a tool, a
 // test): it commits the batches it reads, several in one transaction
 // while the log holds more (at most MaxBatch rows, as the retainer does),
 // and calls applied, if set, with each batch once it is committed. It
-// returns what Log.Follow returns, or the store's error.
+// binds the copy to the log first (Bind), and returns what Bind or
+// Log.Follow returns, or the store's error.
 func (s *Store) Mirror(ctx context.Context, l *Log, applied func(Entry)) error {
+	var id string
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		try, cancel := context.WithTimeout(ctx, 5*time.Second)
+		var err error
+		id, err = l.ID(try)
+		cancel()
+		if err == nil {
+			break
+		}
+		if l.opts.OnRetry != nil {
+			l.opts.OnRetry(err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	if err := s.Bind(id); err != nil {
+		return err
+	}
 	const maxBatch = 10_000
 	pending := map[string]retain.Change{}
 	var done []Entry
