@@ -118,10 +118,12 @@ func writeSynced(p string, b []byte) error {
 
 // Mirror follows the log into the store without a broker (a tool, a
 // test): it commits the batches it reads, several in one transaction
-// while the log holds more (at most MaxBatch rows, as the retainer does),
+// while the log holds more (at most 10,000 rows, as the retainer does),
 // and calls applied, if set, with each batch once it is committed. It
-// binds the copy to the log first (Bind), and returns what Bind or
-// Log.Follow returns, or the store's error.
+// keeps no history (SPEC §9: that is the broker's retainer, by its rules).
+// It binds the copy to the log first (Bind), and returns what Bind or
+// Log.Follow returns, or the store's error (a row it cannot store stops
+// it: the broker's door never lets one into the log).
 func (s *Store) Mirror(ctx context.Context, l *Log, applied func(Entry)) error {
 	var id string
 	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
