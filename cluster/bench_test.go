@@ -138,8 +138,10 @@ func BenchmarkCatchUp(b *testing.B) {
 		if err := c.start(2); err != nil {
 			b.Fatal(err)
 		}
+		started := time.Since(start)
 		c.caughtUp(last)
 		took := time.Since(start)
+		b.ReportMetric(started.Seconds()*1000, "start-ms") // node, stream, store open
 		b.ReportMetric(took.Seconds()*1000, "catchup-ms")
 		b.ReportMetric(100_000/took.Seconds(), "changes/s")
 		b.StopTimer()

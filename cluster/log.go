@@ -68,6 +68,11 @@ var (
 	ErrCorrupt = errors.New("cluster: malformed batch in the log")
 )
 
+// tryTimeout bounds one JetStream API request of a follower: a node just
+// restarted sees its requests go unanswered until it is current with the
+// JetStream meta group, and a short try retried soon beats a long wait.
+const tryTimeout = time.Second
+
 // batchVersion is the first byte of every batch message.
 const batchVersion = 1
 
@@ -227,7 +232,7 @@ func (e fnError) Error() string { return e.err.Error() }
 
 // follow reads from *next on, once.
 func (l *Log) follow(ctx context.Context, next *uint64, fn func(Entry) error) error {
-	try, cancel := context.WithTimeout(ctx, 5*time.Second)
+	try, cancel := context.WithTimeout(ctx, tryTimeout)
 	defer cancel()
 	first, last, err := l.Bounds(try)
 	if err != nil {

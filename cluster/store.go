@@ -127,7 +127,7 @@ func writeSynced(p string, b []byte) error {
 func (s *Store) Mirror(ctx context.Context, l *Log, applied func(Entry)) error {
 	var id string
 	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		try, cancel := context.WithTimeout(ctx, 5*time.Second)
+		try, cancel := context.WithTimeout(ctx, tryTimeout)
 		var err error
 		id, err = l.ID(try)
 		cancel()
