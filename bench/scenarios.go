@@ -130,11 +130,19 @@ func scenarios() []scenario {
 }
 
 func dial(addr, id string, handler paho.MessageHandler) (paho.Client, error) {
+	return dialWith(addr, id, handler, nil)
+}
+
+// dialWith is dial with a handler for a connection lost (nil: none).
+func dialWith(addr, id string, handler paho.MessageHandler, lost func(error)) (paho.Client, error) {
 	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(true).
 		SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second).
 		SetMessageChannelDepth(100_000)
 	if handler != nil {
 		o.SetDefaultPublishHandler(handler)
+	}
+	if lost != nil {
+		o.SetConnectionLostHandler(func(_ paho.Client, err error) { lost(err) })
 	}
 	c := paho.NewClient(o)
 	tok := c.Connect()
@@ -398,12 +406,21 @@ func bootStorm(ctx context.Context, addr string, s Sizes, tree bool) (outcome, e
 // live: Dashboards subscribers to dev/+/state (prefix "" plain, or a
 // $sync prefix, paced or not) while one publisher changes LiveRate rows a
 // second; value = the live messages they receive.
+// live is the live dashboard: s.Dashboards subscribers of dev/+/state
+// (plain, or a tree subscription with prefix) while s.LiveRate changes a
+// second come for s.LiveFor, each to its own device's row. Every change
+// is a row every subscriber must get: the run waits until each has all of
+// them, or nothing arrives for liveIdle (a plain subscriber first drains
+// its retained replay), and counts the rows delivered (plain: messages;
+// trees: the rows in its deltas; each change once per subscriber), the
+// duplicates, and lost = changes × subscribers − delivered.
 func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, error) {
 	snap := prefix != ""
 	if err := loadRows(addr, s.LiveDevices, "live"); err != nil {
 		return outcome{}, err
 	}
-	var msgs, bytes atomic.Int64
+	changes := int(s.LiveFor.Seconds() * float64(s.LiveRate))
+	var msgs, bytes, rows, dups, retained, arrived, dropped atomic.Int64
 	subs := make([]paho.Client, 0, s.Dashboards)
 	defer func() {
 		for _, c := range subs {
@@ -414,22 +431,42 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 	var ready atomic.Int64
 	for i := range s.Dashboards {
 		first := true
+		seen := make([]bool, changes) // change i arrived; guarded by mu
 		var mu sync.Mutex
-		c, err := dial(addr, fmt.Sprint("live-", i), func(_ paho.Client, m paho.Message) {
+		row := func(v int64) {
+			switch {
+			case v < 0 || v >= int64(len(seen)):
+			case seen[v]:
+				dups.Add(1)
+			default:
+				seen[v] = true
+				rows.Add(1)
+			}
+		}
+		c, err := dialWith(addr, fmt.Sprint("live-", i), func(_ paho.Client, m paho.Message) {
+			arrived.Add(1)
 			mu.Lock()
+			defer mu.Unlock()
 			if first && snap { // the snapshot is not live traffic
 				first = false
-				mu.Unlock()
 				ready.Add(1)
 				return
 			}
-			mu.Unlock()
 			if m.Retained() {
+				retained.Add(1)
 				return // the retained replay is not live traffic
 			}
 			msgs.Add(1)
 			bytes.Add(int64(len(m.Payload())))
-		})
+			if !snap {
+				v, err := strconv.ParseInt(string(m.Payload()), 10, 64)
+				if err == nil {
+					row(v)
+				}
+				return
+			}
+			forLeaves(gjson.ParseBytes(m.Payload()), func(v gjson.Result) { row(v.Int()) })
+		}, func(error) { dropped.Add(1) })
 		if err != nil {
 			return outcome{}, err
 		}
@@ -441,7 +478,7 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 	if snap {
 		await(ctx, &ready, int64(s.Dashboards), 5*time.Second)
 	} else {
-		time.Sleep(time.Second) // let the retained replays drain
+		time.Sleep(time.Second) // let the retained replays start
 	}
 	pub, err := dial(addr, "live-pub", nil)
 	if err != nil {
@@ -450,14 +487,48 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 	defer pub.Disconnect(0)
 	tick := time.NewTicker(time.Second / time.Duration(s.LiveRate))
 	defer tick.Stop()
-	changes := int(s.LiveFor.Seconds() * float64(s.LiveRate))
 	for i := range changes {
 		<-tick.C
 		pub.Publish(fmt.Sprintf("dev/d%06d/state", i%s.LiveDevices), 0, true, strconv.Itoa(i))
 	}
-	time.Sleep(time.Second)
-	return outcome{value: float64(msgs.Load()), msgs: msgs.Load(), bytes: bytes.Load(), sent: int64(changes),
-		extra: map[string]float64{"rows-delivered": float64(changes * s.Dashboards)}}, nil
+	end := time.Now()
+	want := int64(changes * s.Dashboards)
+	awaitProgress(ctx, &rows, want, &arrived, liveIdle)
+	got := rows.Load()
+	out := outcome{value: float64(msgs.Load()), msgs: msgs.Load(), bytes: bytes.Load(), sent: int64(changes), lost: want - got,
+		extra: map[string]float64{"rows-delivered": float64(got), "dups": float64(dups.Load()),
+			"retained": float64(retained.Load()), "drain-s": time.Since(end).Seconds(),
+			"disconnects": float64(dropped.Load())}}
+	if ctx.Err() != nil {
+		out.extra["timed-out"] = 1 // the run's deadline ended the wait: lost includes rows still on their way
+	}
+	return out, nil
+}
+
+// liveIdle is how long the live dashboard waits for a message before it
+// counts what has not arrived as lost.
+const liveIdle = 3 * time.Second
+
+// awaitProgress waits until n reaches want, or nothing arrives (progress
+// stands still) for idle, or ctx ends.
+func awaitProgress(ctx context.Context, n *atomic.Int64, want int64, progress *atomic.Int64, idle time.Duration) {
+	last, at := int64(-1), time.Now()
+	for n.Load() < want && time.Since(at) < idle && ctx.Err() == nil {
+		if v := progress.Load(); v != last {
+			last, at = v, time.Now()
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// forLeaves calls fn with every value of a JSON tree that is not an
+// object: the rows of a tree message.
+func forLeaves(r gjson.Result, fn func(gjson.Result)) {
+	if !r.IsObject() {
+		fn(r)
+		return
+	}
+	r.ForEach(func(_, v gjson.Result) bool { forLeaves(v, fn); return true })
 }
 
 func latency(ctx context.Context, addr string, s Sizes, tree bool) (outcome, error) {

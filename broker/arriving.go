@@ -40,12 +40,14 @@ func (a *arriving) hold(b *Broker, id string, cl *mqtt.Client, m *plainItem) (c 
 		return nil, false
 	}
 	s := a.by[id]
-	if s == nil || s.cl != cl {
+	if s == nil {
 		s = &arrivingSession{cl: cl}
 		if a.by == nil {
 			a.by = map[string]*arrivingSession{}
 		}
 		a.by[id] = s
+	} else if s.cl != cl {
+		a.rebind(b, s, cl)
 	}
 	if len(s.msgs) >= int(b.opts.MaxInflight) {
 		b.drop(dropOfflineFull, 1)
@@ -62,31 +64,50 @@ func (a *arriving) adopt(b *Broker, cl *mqtt.Client, c *conn) {
 	defer a.mu.Unlock()
 	if s := a.by[cl.ID]; s != nil {
 		delete(a.by, cl.ID)
-		if s.cl == cl {
-			for _, m := range s.msgs {
-				if c.q.put(m, pubWait{}) == pushFull {
-					c.slow(dropQueueFull)
-				}
+		if s.cl != cl {
+			a.rebind(b, s, cl)
+		}
+		for _, m := range s.msgs {
+			if c.q.put(m, pubWait{}) == pushFull {
+				c.slow(dropQueueFull)
 			}
-		} else {
-			a.away(b, cl.ID, s)
 		}
 	}
 	b.byID.Store(cl.ID, c)
 }
 
+// rebind gives the messages held in s to cl, which took s's session
+// over before s's client had its connection filed (mu held): cl's client
+// has them first, before what is published after (they were checked for
+// s's user: another user's client, TakeoverFresh, gets none).
+func (a *arriving) rebind(b *Broker, s *arrivingSession, cl *mqtt.Client) {
+	if string(s.cl.Properties.Username) != string(cl.Properties.Username) {
+		b.drop(dropSessionEnded, int64(len(s.msgs)))
+		s.msgs = nil
+	}
+	s.cl = cl
+}
+
 // sweep hands the messages held for clients that stopped before their
 // connection was filed (a CONNACK that could not be written, say) to their
-// sessions, as held for any session that is away. The $SYS ticker calls
-// it.
+// sessions, as held for any session that is away, or to the client coming
+// back to it meanwhile. The $SYS ticker calls it.
 func (a *arriving) sweep(b *Broker) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for id, s := range a.by {
-		if s.cl.Closed() {
-			delete(a.by, id)
-			a.away(b, id, s)
+		if !s.cl.Closed() {
+			continue
 		}
+		if cur, ok := b.server.Clients.Get(id); ok && cur != s.cl && !cur.Closed() {
+			// Another client is coming back to the session: its
+			// connection, not filed yet (adopt takes the entry), gets
+			// them.
+			a.rebind(b, s, cur)
+			continue
+		}
+		delete(a.by, id)
+		a.away(b, id, s)
 	}
 }
 

@@ -32,15 +32,20 @@ type Broker struct {
 	wills     wills
 	tree      *tree.Tree // owned by the loop goroutine
 	reqs      *requestQueue
-	ret       *retain.Retainer              // nil without a store
-	histReads chan struct{}                 // a semaphore: $hist answers being read from disk
-	marks     markLog                       // deletion markers without a store; the loop's
-	props     map[string]packets.Properties // MQTT 5 properties of plain retained rows; owned by the loop
-	pace      pacer                         // paced deltas (pace.go); owned by the loop
+	ret       *retain.Retainer               // nil without a store
+	histReads chan struct{}                  // a semaphore: $hist answers being read from disk
+	marks     markLog                        // deletion markers without a store; the loop's
+	props     map[string]*packets.Properties // MQTT 5 properties of plain retained rows (shared, never changed); owned by the loop
+	pace      pacer                          // paced deltas (pace.go); owned by the loop
+	bufs      bufPool                        // writers' encode buffers, lent from encode to flush (bufpool.go)
+	lists     replayLists                    // retained replays' row lists, shared by filter (replay.go); owned by the loop
+	applied   atomic.Uint64                  // the store's revision once a batch is applied, stored before it is delivered (replayRows)
 	// resumeFloor is the lowest revision a resume may start from: one past
 	// the revision of the last Reload, whose copies were made under other
 	// read rules (owned by the loop).
 	resumeFloor uint64
+
+	keptIn keptInbound // client QoS 2 publishes of persistent sessions that mochi's map could not keep
 
 	conns      sync.Map // *mqtt.Client → *conn
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
@@ -119,7 +124,7 @@ func New(opts Options) (*Broker, error) {
 		parser:    parser,
 		tree:      tree.New(),
 		reqs:      newRequestQueue(opts.LoopQueue),
-		props:     map[string]packets.Properties{},
+		props:     map[string]*packets.Properties{},
 		loopDone:  make(chan struct{}),
 		stop:      make(chan struct{}),
 		raw:       map[*netConn]struct{}{},
@@ -198,6 +203,7 @@ func (b *Broker) Start() error {
 		return err
 	}
 	b.started = true
+	b.applied.Store(b.tree.Rev())
 	go b.loop()
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)

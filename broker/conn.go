@@ -385,20 +385,19 @@ func (c *conn) inflightFreed(id uint16) {
 
 // mqttOut is an MQTT client of mochi as an endpoint. Its writer encodes
 // publishes into buf and writes them at once when it has taken all it can
-// (flush): one write, one syscall, for a batch of messages. Only the
-// writer touches buf.
+// or buf is full (flush): one write, one syscall, for a batch of messages.
+// Only the writer touches buf, which it holds from its first encode to the
+// flush (then it goes back to the broker's pool: a writer with nothing to
+// write holds none).
 type mqttOut struct {
 	b   *Broker
 	cl  *mqtt.Client
-	q   *outQueue // its connection's, told what was written
-	buf bytes.Buffer
-	n   int // packets in buf
+	q   *outQueue     // its connection's, told what was written
+	buf *bytes.Buffer // nil between flushes
+	n   int           // packets in buf
 
 	ids idSpaces // the client's packet ids apart from the deliveries'
 }
-
-// flushAt is the size past which the buffer is written at once.
-const flushAt = 64 << 10
 
 func (o *mqttOut) maxPacket() uint32 {
 	if o.cl.Properties.ProtocolVersion == 5 {
@@ -429,7 +428,10 @@ var errEncode = errors.New("broker: cannot encode")
 // means the publish was not taken in flight.
 func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 	cl := o.cl
-	if o.buf.Len() >= flushAt { // before it is in flight: an error leaves it unsent
+	// A publish that would take the buffer past flushAt goes after what
+	// it holds (before it is in flight: an error leaves it unsent), so
+	// buffers keep their size.
+	if o.buf != nil && o.buf.Len() > 0 && o.buf.Len()+encodedAtLeast(&pk) > flushAt {
 		if err := o.flush(); err != nil {
 			return err
 		}
@@ -474,8 +476,11 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 	}
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion
 	pk.Mods.AllowResponseInfo = true
+	if o.buf == nil {
+		o.buf = o.b.bufs.get()
+	}
 	mark := o.buf.Len()
-	err := pk.PublishEncode(&o.buf)
+	err := pk.PublishEncode(o.buf)
 	if err == nil && c.v5 {
 		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && o.buf.Len()-mark > int(max) {
 			err = errTooLarge // [MQTT-3.1.2-24]
@@ -499,7 +504,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 // flush writes what send encoded, under the client's lock (mochi writes
 // its acks under it too), and counts it in mochi's figures.
 func (o *mqttOut) flush() error {
-	if o.buf.Len() == 0 {
+	if o.buf == nil || o.buf.Len() == 0 {
 		return nil
 	}
 	cl := o.cl
@@ -515,11 +520,8 @@ func (o *mqttOut) flush() error {
 	atomic.AddInt64(&info.PacketsSent, int64(o.n))
 	atomic.AddInt64(&info.MessagesSent, int64(o.n))
 	o.n = 0
-	if o.buf.Cap() > 4*flushAt {
-		o.buf = bytes.Buffer{} // a snapshot went through: do not keep its size
-	} else {
-		o.buf.Reset()
-	}
+	o.b.bufs.put(o.buf)
+	o.buf = nil
 	return err
 }
 
@@ -534,7 +536,8 @@ func (o *mqttOut) waitInflight(c *conn) error {
 	if rm := int(o.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
 		limit = rm
 	}
-	for n := o.cl.State.Inflight.Len(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = o.cl.State.Inflight.Len() {
+	inflight := func() int { return o.cl.State.Inflight.Len() + o.ids.displacedN() }
+	for n := inflight(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = inflight() {
 		if err := o.flush(); err != nil {
 			return err
 		}

@@ -55,13 +55,23 @@
 // skips what exceeds the client's Maximum Packet Size, and closes the
 // connection when a write fails or passes its deadline. A snapshot or a
 // retained replay is a token in the queue: the loop makes it when the
-// writer reaches it, so a client holds one at a time. A delta waiting in
+// writer reaches it, so a client holds one at a time. A replay holds no
+// copy of the rows: the loop lists a filter's rows once (8 bytes a row)
+// and every replay of that filter started while the store holds the same
+// rows shares the list (replay.go); the writer reads a few hundred rows
+// at a time off the loop as the client drains them, and encodes each
+// publish straight from the store's payload into an encode buffer lent
+// from a broker-wide pool from encode to flush (bufpool.go). Rows that
+// change after the SUBSCRIBE are left to the live publishes queued behind
+// the replay, so a row's values arrive in order. A delta waiting in
 // the queue takes in the next ones of its subscription (folding). A full
 // queue makes a publisher wait at most PublishWait, never the loop; then
 // the slow-client policy applies.
 // When a connection ends, the QoS 1/2 plain messages it did not write (still
-// queued, or taken by the writer and not sent: its leftovers) go to its
-// session if that outlives it, in order (conn.finish): the connection
+// queued, or taken by the writer and not sent: its leftovers; what is left
+// of its QoS 1/2 retained replays, which its writer reads off the loop as
+// it exits, in their places: handReplaysOn) go to its session if that
+// outlives it, in order (conn.finish): the connection
 // stays the session's route in byID until its writer has stopped and it
 // has handed them on — to the session's mochi client, held in flight for
 // its return, or, when a client takes the session over, ahead of that
@@ -148,12 +158,15 @@
 //
 //	state                               owner
 //	tree.Tree, treeSub, props, pacer    the message loop (tree.Sub.Allow too: set at registration and by Reload)
+//	replay lists (replayLists)          the message loop; a list is immutable once made, read by replays on the loop
+//	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
+//	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
 //	messages for an arriving session    arriving's mutex, until OnSessionEstablished files the connection
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)

@@ -151,11 +151,16 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // id to cl: the connection the session had (live, or handing its queued
 // messages on) keeps them for cl's (conn.expect).
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	var left map[uint16]packets.Packet
 	if old := h.b.connByID(cl.ID); old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
+			left = o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
 		}
 	}
+	existing, _ := h.b.server.Clients.Get(cl.ID)
+	fresh := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
+	h.b.keptIn.handOver(existing, cl, fresh, left)
 }
 
 // OnSessionEstablished starts the connection's state, cancels a will its
@@ -167,6 +172,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
 	out := &mqttOut{b: b, cl: cl}
+	out.ids.adopt(cl, b.keptIn.take(cl))
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
 	c.will = willOf(p, &pk)
@@ -208,7 +214,10 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 	}
 	c := v.(*conn)
 	if o, ok := c.outOf(); ok {
-		o.ids.close(cl) // before the session's messages are handed on
+		left := o.ids.close(cl) // before the session's messages are handed on
+		if keep {
+			b.keptIn.put(cl, left)
+		}
 	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)
 		b.byID.CompareAndDelete(cl.ID, c)
@@ -454,7 +463,8 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 		// Retained rows for a plain subscription [MQTT-3.3.1-9..11]: none for
 		// shared subscriptions or Retain Handling 2.
 		if !mqtt.IsSharedFilter(f.Filter) && f.RetainHandling != 2 {
-			c.enqueueToken(&replayItem{filter: f.Filter, qos: codes[i], subID: f.Identifier})
+			// Rows changed after from come as live publishes (replayRows).
+			c.enqueueToken(&replayItem{filter: f.Filter, qos: codes[i], subID: f.Identifier, from: h.b.applied.Load(), drops: c.dropped.Load()})
 		}
 	}
 }
@@ -540,9 +550,19 @@ func (h *hook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, _ int64) {
 // set Request Problem Information to 0 (that flag only covers packets other
 // than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29]: mote-seq and
 // mote-part must reach the client), and tells MQTT 5 clients in CONNACK
-// the largest packet the broker accepts [MQTT-3.2.2.3.6].
-func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+// the largest packet the broker accepts [MQTT-3.2.2.3.6]. A QoS 2 PUBLISH
+// sent again before its PUBREL is acknowledged as the first was, not
+// refused 0x91 (idSpaces.resentAck).
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
+	case packets.Pubrec:
+		if pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
+			if c := h.conn(cl); c != nil {
+				if o, ok := c.outOf(); ok && o.ids.resentAck(pk.PacketID) {
+					pk.ReasonCode, pk.Properties.ReasonString = packets.CodeSuccess.Code, ""
+				}
+			}
+		}
 	case packets.Publish:
 		pk.Mods.DisallowProblemInfo = false
 	case packets.Connack:

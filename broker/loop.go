@@ -217,6 +217,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 		return
 	}
 	res := b.tree.Apply(ops)
+	b.applied.Store(b.tree.Rev()) // before its deliveries: see replayRows
 	b.stats.Batches.Add(1)
 	b.stats.OpsApplied.Add(int64(len(ops)))
 	atomic.StoreInt64(&b.server.Info.Retained, int64(b.tree.Store().Len()))
@@ -338,7 +339,7 @@ func (b *Broker) handle(r *request) {
 // payloads.
 func (b *Broker) keepProps(plain *message, rows []tree.Row) {
 	if plain != nil && len(plain.payload) > 0 && plain.props != nil && hasProps(plain.props) {
-		b.props[plain.topic] = *plain.props
+		b.props[plain.topic] = plain.props // the message's: nobody changes it
 		return
 	}
 	if len(b.props) == 0 {

@@ -25,6 +25,13 @@ import (
 // after, the writer takes no new delivery id X (takeInflight), and a
 // client QoS 2 publish waiting under X is put in for its PUBREL.
 //
+// Across connections: a connection that ends puts its inbound back in
+// mochi's map (session state), but for ids a delivery holds there, kept
+// by keptInbound; a takeover has them put back before mochi copies the
+// map (surrender); the next connection takes them all into inbound
+// (adopt), each taking one of the receive quota. A QoS 2 PUBLISH sent
+// again before its PUBREL gets a PUBREC as the first did (resentAck).
+//
 // Owner: the fields are guarded by mu; the read goroutine sets and clears
 // the reservation, the writer asks it.
 type idSpaces struct {
@@ -33,6 +40,8 @@ type idSpaces struct {
 	kind      byte            // that packet's type
 	displaced *packets.Packet // the delivery in flight under reserved, out of mochi's map meanwhile
 	inbound   map[uint16]packets.Packet
+	gone      bool // the session was taken over (surrender): mochi's map is left as mochi keeps it
+	resent    bool // the packet being processed is a QoS 2 PUBLISH whose id waits for its PUBREL: sent again
 }
 
 // clientFlow says whether a packet from the client carries an id of the
@@ -64,10 +73,25 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 	id := pk.PacketID
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gone {
+		return
+	}
 	s.reserved, s.kind = id, pk.FixedHeader.Type
 	if cur, ok := cl.State.Inflight.Get(id); ok && delivery(cur) {
 		cl.State.Inflight.Delete(id)
 		s.displaced = &cur
+	}
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2 {
+		_, s.resent = s.inbound[id]
+		if cur, ok := cl.State.Inflight.Get(id); ok && cur.FixedHeader.Type == packets.Pubrec {
+			s.resent = true
+		}
+	}
+	if s.resent {
+		// mochi refuses a publish when the receive quota is spent
+		// before it finds the id waiting (and takes no quota for it):
+		// the resend of one the quota counts is let through.
+		cl.State.Inflight.IncreaseReceiveQuota()
 	}
 	if in, ok := s.inbound[id]; ok && (pk.FixedHeader.Type == packets.Pubrel || pk.FixedHeader.Type == packets.Publish) {
 		// Its PUBREL completes it; a resent PUBLISH finds it in use.
@@ -85,6 +109,9 @@ func (s *idSpaces) end(cl *mqtt.Client, pk *packets.Packet) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gone {
+		return
+	}
 	s.settleLocked(cl)
 }
 
@@ -106,7 +133,93 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 		cl.State.Inflight.Set(*s.displaced)
 		s.displaced = nil
 	}
+	if s.resent {
+		cl.State.Inflight.DecreaseReceiveQuota()
+	}
+	s.reserved, s.kind, s.resent = 0, 0, false
+}
+
+// resentAck says whether a PUBREC with id answers a QoS 2 PUBLISH sent
+// again before its PUBREL (the PUBREC was lost, say): mochi refuses it
+// 0x91 (packet identifier in use), which ends the flow for an MQTT 5
+// client, though the message was delivered and its PUBREC awaits a
+// PUBREL; it is acknowledged as the first was [MQTT-4.3.3-10].
+func (s *idSpaces) resentAck(id uint16) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.resent && id == s.reserved
+}
+
+// surrender runs when another client takes cl's session over, before
+// mochi copies cl's in-flight map to it (inheritClientSession): what the
+// map lacks goes back into it — the delivery displaced by a packet being
+// processed, and the client's QoS 2 publishes waiting for PUBREL, or the
+// new client would resend none of the first and take a resent PUBLISH of
+// the second for a new message (delivered twice) [MQTT-4.3.3-10]. From
+// then on cl's packets leave the map as mochi keeps it.
+// It returns the publishes whose id a delivery holds in the map (for
+// keptInbound).
+func (s *idSpaces) surrender(cl *mqtt.Client) map[uint16]packets.Packet {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	left := s.restoreLocked(cl)
 	s.reserved, s.kind = 0, 0
+	s.gone = true
+	return left
+}
+
+// restoreLocked puts the displaced delivery and the inbound publishes
+// back in cl's map (mu held). It returns the inbound publishes whose id a
+// delivery holds there: they cannot go in, but are still session state (a
+// resent PUBLISH with their id is not a new message).
+func (s *idSpaces) restoreLocked(cl *mqtt.Client) map[uint16]packets.Packet {
+	if s.displaced != nil {
+		cl.State.Inflight.Set(*s.displaced)
+		s.displaced = nil
+	}
+	var left map[uint16]packets.Packet
+	for id, in := range s.inbound {
+		if _, ok := cl.State.Inflight.Get(id); !ok {
+			cl.State.Inflight.Set(in)
+		} else {
+			if left == nil {
+				left = map[uint16]packets.Packet{}
+			}
+			left[id] = in
+		}
+	}
+	s.inbound = nil
+	return left
+}
+
+// adopt starts the connection of cl, resuming its session, with its
+// client's QoS 2 publishes kept for it (keptInbound). Each of them, and
+// of those in mochi's map, takes one of the receive quota the broker
+// gives the client, as on the connection that received them (mochi gives
+// a resumed session its whole quota: a client reconnecting could have the
+// broker keep up to 65,535 of them).
+//
+// Those in mochi's map (put back when the last connection ended, and
+// resent there as PUBRECs) leave it for inbound: at rest the map holds
+// deliveries only, and the writer counts it against the client's Receive
+// Maximum.
+func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inbound = kept
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type != packets.Pubrec {
+			continue
+		}
+		if s.inbound == nil {
+			s.inbound = map[uint16]packets.Packet{}
+		}
+		cl.State.Inflight.Delete(pk.PacketID)
+		s.inbound[pk.PacketID] = pk
+	}
+	for range s.inbound {
+		cl.State.Inflight.DecreaseReceiveQuota()
+	}
 }
 
 // close runs when cl's connection ends, before its session's messages
@@ -115,16 +228,113 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 // PUBREL go back to mochi's map where no delivery holds their id, so a
 // resumed session still knows them (where one does, the PUBREL is
 // answered 0x92 and the publish, already delivered, stays delivered).
-func (s *idSpaces) close(cl *mqtt.Client) {
+//
+// It returns the publishes whose id a delivery holds (for keptInbound).
+func (s *idSpaces) close(cl *mqtt.Client) map[uint16]packets.Packet {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gone {
+		return nil
+	}
 	s.settleLocked(cl)
-	for id, in := range s.inbound {
-		if _, ok := cl.State.Inflight.Get(id); !ok {
-			cl.State.Inflight.Set(in)
+	return s.restoreLocked(cl)
+}
+
+// keptInbound keeps, by client id, a persistent session's client QoS 2
+// publishes waiting for PUBREL that could not go back in mochi's in-flight
+// map when its connection ended (a delivery held their ids) until a
+// client resumes the session (its connection's idSpaces adopts them) —
+// at most the broker's Receive Maximum a session. An entry is for the
+// session of its client: a client that starts clean, or another user's,
+// or the session's end (prune) discards it.
+//
+// Owner: mu guards by; the connection hooks and the $SYS ticker take it.
+type keptInbound struct {
+	mu sync.Mutex
+	by map[string]keptIDs
+}
+
+type keptIDs struct {
+	cl  *mqtt.Client // the session's client: the one that ended, then the one taking it
+	pks map[uint16]packets.Packet
+}
+
+// put keeps pks for the session of cl, whose connection ended.
+func (k *keptInbound) put(cl *mqtt.Client, pks map[uint16]packets.Packet) {
+	if len(pks) == 0 {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.by == nil {
+		k.by = map[string]keptIDs{}
+	}
+	k.by[cl.ID] = keptIDs{cl: cl, pks: pks}
+}
+
+// handOver runs when cl takes over the session of existing (before mochi
+// moves it, OnSessionEstablish); fresh: cl starts a session of its own.
+// What was kept for existing's session, or surrendered by its live
+// connection (left), is kept for cl.
+func (k *keptInbound) handOver(existing, cl *mqtt.Client, fresh bool, left map[uint16]packets.Packet) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e, ok := k.by[cl.ID]
+	delete(k.by, cl.ID)
+	if fresh || existing == nil {
+		return
+	}
+	if !ok || e.cl != existing {
+		e = keptIDs{}
+	}
+	for id, pk := range left {
+		if e.pks == nil {
+			e.pks = map[uint16]packets.Packet{}
+		}
+		e.pks[id] = pk
+	}
+	if len(e.pks) > 0 {
+		if k.by == nil {
+			k.by = map[string]keptIDs{}
+		}
+		k.by[cl.ID] = keptIDs{cl: cl, pks: e.pks}
+	}
+}
+
+// take returns what is kept for cl (its connection is being filed).
+func (k *keptInbound) take(cl *mqtt.Client) map[uint16]packets.Packet {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e, ok := k.by[cl.ID]
+	if !ok || e.cl != cl {
+		return nil
+	}
+	delete(k.by, cl.ID)
+	return e.pks
+}
+
+// prune discards what is kept for sessions that ended: cur reports the
+// session's client for a client id, if any.
+func (k *keptInbound) prune(cur func(id string) (*mqtt.Client, bool)) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for id, e := range k.by {
+		if cl, ok := cur(id); !ok || (cl != e.cl && e.cl.Closed()) {
+			delete(k.by, id)
 		}
 	}
-	s.inbound = nil
+}
+
+// displacedN is the number of deliveries in flight that are out of
+// mochi's map meanwhile (0 or 1): the writer counts them against the
+// client's Receive Maximum with the map's [MQTT-3.3.4-9].
+func (s *idSpaces) displacedN() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.displaced != nil {
+		return 1
+	}
+	return 0
 }
 
 // clientAck says whether an acknowledgement mochi completed with id is

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -89,14 +90,20 @@ const tokenCost = 512
 func (*snapshotItem) cost() int { return tokenCost }
 
 // replayItem is the retained rows a plain subscription gets, listed by the
-// loop when the writer reaches it and read as the client drains them.
+// loop when the writer reaches it (a list shared with the replays of the
+// same filter: replay.go) and read as the client drains them.
 type replayItem struct {
 	filter string
 	qos    byte // granted QoS
 	subID  int
-	refs   []tree.Ref // nil until listed
+	list   *replayList // the loop's; nil until listed, and once read to the end
 	listed bool
 	next   int
+	// from is the store's revision as of the SUBSCRIBE (read once mochi
+	// filed the subscription), drops the connection's drop count then
+	// (see replayRows).
+	from  uint64
+	drops int64
 }
 
 func (m *replayItem) cost() int { return len(m.filter) + tokenCost }
@@ -112,9 +119,9 @@ type outQueue struct {
 	head      int // items[:head] are taken
 	bytes     int // cost of the items not yet taken
 	max       int
-	held      int          // while > 0 the writer waits: an ack mochi writes must go first
-	closed    bool         // no more items: the connection is gone
-	left      []*plainItem // once closed: QoS 1/2 plain messages not written, for the session (see close)
+	held      int    // while > 0 the writer waits: an ack mochi writes must go first
+	closed    bool   // no more items: the connection is gone
+	left      []item // once closed: QoS 1/2 plain messages not written, for the session (see close), and QoS 1/2 replays not finished (expanded by the writer: handReplaysOn)
 	leftBytes int
 	leftLost  int           // QoS 1/2 plain messages close and unsent could not keep (over the bound)
 	sealed    bool          // the leftovers were taken: a push answers pushGone
@@ -359,16 +366,70 @@ func (q *outQueue) close() bool {
 // dropped (mu held). It reports false for a QoS 1/2 plain message it
 // could not keep.
 func (q *outQueue) leaveLocked(m item) bool {
-	p, ok := m.(*plainItem)
-	if !ok || p.qos == 0 || q.sealed {
+	if q.sealed {
 		return true
 	}
-	if c := p.cost(); q.leftBytes == 0 || q.leftBytes+c <= q.max {
-		q.left = append(q.left, p)
+	switch m := m.(type) {
+	case *plainItem:
+		if m.qos == 0 {
+			return true
+		}
+	case *replayItem:
+		// Only its QoS is read here: a trip to the loop that its writer
+		// gave up on may still be reading rows into it (replayLeft, on
+		// the loop after it, finds what is left).
+		if m.qos == 0 {
+			return true
+		}
+	default:
+		return true
+	}
+	if c := m.cost(); q.leftBytes == 0 || q.leftBytes+c <= q.max {
+		q.left = append(q.left, m)
 		q.leftBytes += c
 		return true
 	}
 	return false
+}
+
+// leftReplays lists the unfinished QoS 1/2 replays among the leftovers of
+// a closed queue, for the writer to expand (handReplaysOn).
+func (q *outQueue) leftReplays() []*replayItem {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []*replayItem
+	for _, m := range q.left {
+		if r, ok := m.(*replayItem); ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// expand puts rows in r's place among the leftovers, within the queue's
+// bound (what does not fit is counted lost); gone, it does nothing.
+func (q *outQueue) expand(r *replayItem, rows []*plainItem) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	i := slices.IndexFunc(q.left, func(m item) bool { return m == r })
+	if i < 0 || q.sealed {
+		return
+	}
+	q.leftBytes -= r.cost()
+	n := 0
+	for _, p := range rows {
+		if c := p.cost(); q.leftBytes+c > q.max {
+			q.leftLost += len(rows) - n
+			break
+		}
+		q.leftBytes += p.cost()
+		n++
+	}
+	ms := make([]item, n)
+	for j, p := range rows[:n] {
+		ms[j] = p
+	}
+	q.left = slices.Replace(q.left, i, i+1, ms...)
 }
 
 // unsent puts back, ahead of the leftovers, what the writer took but did
@@ -397,11 +458,18 @@ func (q *outQueue) prependLocked(ms []item) {
 }
 
 // leftovers takes the leftovers of a closed queue, in order, and how many
-// it could not keep; from then on a push answers pushGone.
+// it could not keep; from then on a push answers pushGone. A replay not
+// expanded (the session does not outlive the connection) is dropped.
 func (q *outQueue) leftovers() ([]*plainItem, int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	left, lost := q.left, q.leftLost
+	var left []*plainItem
+	for _, m := range q.left {
+		if p, ok := m.(*plainItem); ok {
+			left = append(left, p)
+		}
+	}
+	lost := q.leftLost
 	q.left, q.leftBytes, q.leftLost, q.sealed = nil, 0, 0, true
 	return left, lost
 }

@@ -333,7 +333,14 @@ func TestMutatedPackets(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("%d goroutines after the run, %d before\n%s", got, baseGoroutines, buf[:runtime.Stack(buf, true)])
 	}
+	// Connections still ending (a few goroutines above the base) hold
+	// their buffers a moment longer on a loaded machine: what counts is
+	// that the memory comes back.
 	mem := heapAndStacks()
+	for i := 0; i < 100 && mem > baseMem+32<<20; i++ {
+		time.Sleep(50 * time.Millisecond)
+		mem = heapAndStacks()
+	}
 	if mem > baseMem+32<<20 {
 		t.Errorf("heap and stacks grew from %d to %d KiB", baseMem>>10, mem>>10)
 	}

@@ -145,7 +145,7 @@ func (s *Session) SubscribeWith(filter string, qos byte, o SubscribeOptions) err
 	}
 	s.plain[filter] = true
 	if !mqtt.IsSharedFilter(filter) {
-		c.enqueueToken(&replayItem{filter: filter, qos: qos})
+		c.enqueueToken(&replayItem{filter: filter, qos: qos, from: b.applied.Load(), drops: c.dropped.Load()}) // filed first: see replayRows
 	}
 	return nil
 }

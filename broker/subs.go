@@ -371,6 +371,7 @@ type firstRead struct {
 // replayRow is one retained row read for a replay: the strings are the
 // store's own (immutable), nothing is copied.
 type replayRow struct {
+	at    int // its index in the replay's list
 	topic string
 	value wire.Value
 	qos   byte
@@ -381,41 +382,88 @@ type replayRow struct {
 // on the loop; done once there are no more.
 func (b *Broker) replay(c *conn, r *replayItem, out []replayRow) ([]replayRow, bool, error) {
 	var rows []replayRow // written on the loop; read only once it answered
-	if !b.onLoop(c.q.done, func() { rows = b.replayRows(r, out) }) {
+	var done bool
+	if !b.onLoop(c.q.done, func() { rows, done = b.replayRows(r, out, c.dropped.Load()) }) {
 		return nil, true, errWriterStop
 	}
-	return rows, r.refs == nil, nil
+	return rows, done, nil
 }
 
 // replayRows lists the rows of r's filter the first time, then reads the
-// next of them: up to replayRows rows or replayBytes of payload, so one
-// trip to the loop serves many rows and a writer holds little (loop only).
-func (b *Broker) replayRows(r *replayItem, out []replayRow) []replayRow {
+// next of them: up to replayRowsMax rows or replayBytes of payload, so
+// one trip to the loop serves many rows and a writer holds little (loop
+// only). done: r has no more. drops is the connection's drop count.
+//
+// A row is read as it is now, not as it was at the SUBSCRIBE. A row that
+// changed after the SUBSCRIBE (its revision is past r.from) is skipped:
+// mochi filed the subscription before r.from was read, and the loop
+// stores the revision of a batch before it delivers it, so each such
+// change is a live publish to this subscriber, queued behind the replay,
+// and the subscriber sees the row's values in order (a retained 2 before
+// the live 1 and 2 would take a dashboard back). Once the connection
+// dropped a message (a full queue) that live publish may be gone, and the
+// row is replayed as it is.
+func (b *Broker) replayRows(r *replayItem, out []replayRow, drops int64) ([]replayRow, bool) {
 	if !r.listed {
-		r.refs, r.listed = b.tree.Store().Refs(r.filter, nil), true
+		r.list, r.listed = b.lists.list(b.tree.Store(), r.filter), true
 	}
+	if r.list == nil {
+		return out, true
+	}
+	refs := r.list.refs
+	skipNewer := drops == r.drops // rows changed since the SUBSCRIBE come live
 	n := 0
-	for r.next < len(r.refs) && len(out) < replayRowsMax && n < replayBytes {
-		topic, v, qos, ok := r.refs[r.next].Row()
+	for r.next < len(refs) && len(out) < replayRowsMax && n < replayBytes {
+		ref := refs[r.next]
+		topic, v, qos, ok := ref.Row()
 		r.next++
-		if !ok {
+		if !ok || skipNewer && ref.Rev() > r.from {
 			continue
 		}
-		row := replayRow{topic: topic, value: v, qos: qos}
-		if p, ok := b.props[topic]; ok {
-			row.props = &p
-		}
-		out = append(out, row)
+		// props are shared, not copied: a copy taken by address escaped to
+		// the heap for every row replayed (300 bytes each, half of what a
+		// retained replay storm allocated).
+		out = append(out, replayRow{at: r.next - 1, topic: topic, value: v, qos: qos, props: b.props[topic]})
 		n += len(v.Data)
 	}
-	if r.next >= len(r.refs) {
-		r.refs = nil
+	return out, r.next >= len(refs) // the writer lets the list go once it sent the rows
+}
+
+// replayLeft is what is left of a QoS 1/2 replay that a persistent
+// session's connection did not finish, as plain messages for the session
+// (up to max bytes, by their cost), read as replayRows reads them (loop
+// only).
+func (b *Broker) replayLeft(c *conn, r *replayItem, max int) []*plainItem {
+	var out []*plainItem
+	n := 0
+	for n < max {
+		rows, done := b.replayRows(r, nil, c.dropped.Load())
+		for i := range rows {
+			row := &rows[i]
+			if !b.access.canRead(c.p, row.topic) {
+				continue
+			}
+			m := &plainItem{msg: &message{topic: row.topic, payload: bytesOf(row.value.Data), props: row.props, qos: row.qos, retain: true},
+				qos: min(row.qos, r.qos), retain: true}
+			if m.qos == 0 {
+				continue
+			}
+			if r.subID > 0 {
+				m.subIDs = []int{r.subID}
+			}
+			out = append(out, m)
+			n += m.cost()
+		}
+		if done {
+			break
+		}
 	}
+	r.list = nil
 	return out
 }
 
 // replayRowsMax and replayBytes bound one read of a replay.
 const (
-	replayRowsMax = 4096
-	replayBytes   = 256 << 10
+	replayRowsMax = 512
+	replayBytes   = 32 << 10
 )

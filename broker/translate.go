@@ -54,17 +54,22 @@ func (b *Broker) translation(p Principal, m *Message, r *prepared) *tree.Op {
 			r.loopTrans = set
 			return nil
 		}
+		var bad refusedRows
 		for _, row := range r.op.Rows {
 			if set.Match(row.Topic) {
-				out = b.translateRow(p, set, out, row)
+				out = b.translateRow(set, out, row, &bad)
 			}
 		}
+		bad.report(b, p)
+		out = ownRowsWin(out, r.op.Rows)
 	} else if set.Match(m.Topic) {
 		row := tree.Row{Topic: m.Topic, Value: b.parser.TypePlain(m.Payload), Retain: m.Retain}
 		if m.Retain && len(m.Payload) == 0 {
 			row.Value = wire.Value{} // a deletion
 		}
-		out = b.translateRow(p, set, nil, row)
+		var bad refusedRows
+		out = b.translateRow(set, nil, row, &bad)
+		bad.report(b, p)
 	}
 	if len(out) == 0 {
 		return nil
@@ -72,10 +77,38 @@ func (b *Broker) translation(p Principal, m *Message, r *prepared) *tree.Op {
 	return &tree.Op{Rows: dedupe(out), QoS: m.QoS}
 }
 
+// refusedRows gathers the translated rows of one publish that were
+// refused: one publish of 100,000 rows makes one report and one log line,
+// not 100,000 (the first refusal, and how many there were).
+type refusedRows struct {
+	first error
+	to    string
+	n     int
+}
+
+// add notes a refused translated row.
+func (r *refusedRows) add(to string, err error) {
+	if r.n == 0 {
+		r.first, r.to = err, to
+	}
+	r.n++
+}
+
+// report reports the refusals gathered, if any, to p.
+func (r *refusedRows) report(b *Broker, p Principal) {
+	switch {
+	case r.n == 0:
+	case r.n == 1:
+		b.refuse(translatedBy(p), "publish", r.to, r.first)
+	default:
+		b.refuse(translatedBy(p), "publish", r.to, fmt.Errorf("%d translated rows refused, the first: %w", r.n, r.first))
+	}
+}
+
 // translateRow appends row's translation to out; a translated topic past
-// the topic limits, or one of the broker's, is refused, reported to p,
-// and left out.
-func (b *Broker) translateRow(p Principal, set *translate.Set, out []tree.Row, row tree.Row) []tree.Row {
+// the topic limits, or one of the broker's, is refused, noted in bad (for
+// the publisher's report), and left out.
+func (b *Broker) translateRow(set *translate.Set, out []tree.Row, row tree.Row, bad *refusedRows) []tree.Row {
 	to, v, ok := set.Translate(row.Topic, row.Value)
 	if !ok {
 		return out
@@ -88,14 +121,35 @@ func (b *Broker) translateRow(p Principal, set *translate.Set, out []tree.Row, r
 	case err != nil:
 	case reserved(to): // a filled first level: "+/b" from "a/$SYS/c"
 		err = wire.ErrReservedf("%.200q is the broker's", to)
-	case strings.HasPrefix(to, "$") && !strings.HasPrefix(row.Topic, "$"):
+	case strings.HasPrefix(to, "$") && set.FillsFirst(row.Topic): // a rule's own "$x/…" is the operator's
 		err = wire.ErrReservedf("%.200q: a level starting with $ cannot become the first", to)
 	}
 	if err != nil {
-		b.refuse(translatedBy(p), "publish", to, fmt.Errorf("%s, translating %.200q: %w", set.Rule(row.Topic), row.Topic, err))
+		bad.add(to, fmt.Errorf("%s, translating %.200q: %w", set.Rule(row.Topic), row.Topic, err))
 		return out
 	}
 	return append(out, tree.Row{Topic: to, Value: v, Retain: row.Retain})
+}
+
+// ownRowsWin leaves out of out the translated rows whose topic the
+// publish itself writes: a tree that names both sides of a two_way rule
+// keeps the values it gives them (each side's translation would
+// otherwise overwrite the other's, swapping them).
+func ownRowsWin(out, own []tree.Row) []tree.Row {
+	if len(out) == 0 || len(own) < 2 {
+		return out
+	}
+	written := make(map[string]struct{}, len(own))
+	for _, r := range own {
+		written[r.Topic] = struct{}{}
+	}
+	kept := out[:0]
+	for _, r := range out {
+		if _, ok := written[r.Topic]; !ok {
+			kept = append(kept, r)
+		}
+	}
+	return kept
 }
 
 // dedupe keeps the last of rows with the same topic (two one-way rules
@@ -137,11 +191,13 @@ func (b *Broker) deliverTranslatedEvent(op tree.Op, w pubWait) {
 // rows (on the loop), or false.
 func (b *Broker) translateApplied(m *pubMeta, rows []tree.Row, qos byte) (tree.Op, *pubMeta, bool) {
 	var out []tree.Row
+	var bad refusedRows
 	for _, row := range rows {
 		if m.trans.Match(row.Topic) {
-			out = b.translateRow(m.p, m.trans, out, row)
+			out = b.translateRow(m.trans, out, row, &bad)
 		}
 	}
+	bad.report(b, m.p)
 	if len(out) == 0 {
 		return tree.Op{}, nil, false
 	}

@@ -24,6 +24,7 @@ const takeBytes = 64 << 10
 func (c *conn) writeLoop() {
 	defer c.b.writers.Done()
 	defer c.finish(false, false)
+	defer c.handReplaysOn()
 	var batch []item
 	for {
 		select {
@@ -60,6 +61,34 @@ func (c *conn) writeLoop() {
 			}
 		}
 	}
+}
+
+// handReplaysOn makes plain messages, for the session, of what is left of
+// the QoS 1/2 retained replays the connection did not finish (the one
+// being written, and those still queued) when its session outlives it:
+// they take the replays' places among the leftovers, which conn.finish
+// hands on. The writer calls it as it exits, before finish: the loop,
+// which reads the rows, never waits for a writer.
+func (c *conn) handReplaysOn() {
+	o, ok := c.out.(*mqttOut)
+	if !ok || !sessionLasts(o.cl) {
+		return
+	}
+	for _, r := range c.q.leftReplays() {
+		var rows []*plainItem
+		if !c.b.onLoop(c.b.stop, func() { rows = c.b.replayLeft(c, r, c.q.max) }) {
+			return
+		}
+		c.q.expand(r, rows)
+	}
+}
+
+// sessionLasts reports whether cl's session outlives its connection.
+func sessionLasts(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
 }
 
 // fail ends a connection whose writer cannot go on. A write error (the
@@ -127,12 +156,19 @@ func (c *conn) write(m item) error {
 			for i := range rows {
 				if pk, ok := c.replayPacket(m, &rows[i]); ok {
 					if err := c.send(pk, outRetained); err != nil {
+						// The rest is the session's (handReplaysOn): from
+						// this row on, or the next if it cannot be encoded.
+						m.next = rows[i].at
+						if errors.Is(err, errEncode) {
+							m.next++
+						}
 						return err
 					}
 				}
 				rows[i] = replayRow{}
 			}
 			if done {
+				m.list = nil // let the list go
 				return nil
 			}
 		}

@@ -55,7 +55,15 @@ for pkg in $(go list ./...); do
 		# A short minimization: minimizing a large new input (the deep-nesting seeds) can outlast
 		# -fuzztime, which Go then reports as "context deadline exceeded".
 		if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" -fuzzminimizetime 5s "$pkg" >"$log" 2>&1; then
-			cat "$log"; rm -f "$log"; exit 1
+			# Go 1.26's fuzz coordinator can report its own -fuzztime deadline as a
+			# failure on a loaded machine, with no failing input (golang/go#75804,
+			# fixed in Go 1.27): that alone is not a finding. Anything else fails.
+			if grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written' "$log" &&
+				! grep -qE '^\s+(fuzz_test|.*_test)\.go:[0-9]+:|panic:|DATA RACE' "$log"; then
+				echo "   (the fuzz coordinator's own deadline race, golang/go#75804; no failing input)"
+			else
+				cat "$log"; rm -f "$log"; exit 1
+			fi
 		fi
 		tail -n 2 "$log"; rm -f "$log"
 	done

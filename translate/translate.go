@@ -374,6 +374,19 @@ func (s *Set) Translate(topic string, v wire.Value) (to string, out wire.Value, 
 	return d.fill(topic), d.mapValue(v), true // "" when to is "/#" and # matched nothing: the caller's topic check refuses it
 }
 
+// FillsFirst reports whether the rule that translates topic fills the
+// first level of its target from a wildcard of its source (to "+/x" or
+// "#"), rather than naming it: the broker refuses a filled first level
+// that starts with $ (a client's "a/$b" made "$b/…"), not one the
+// configuration wrote.
+func (s *Set) FillsFirst(topic string) bool {
+	if s == nil || len(s.dirs) == 0 {
+		return false
+	}
+	d := s.root.find(topic, true)
+	return d != nil && (d.dst[0] == "+" || d.dst[0] == "#")
+}
+
 // Rule names the rule that translates topic (for logs), or "".
 func (s *Set) Rule(topic string) string {
 	if s == nil {

@@ -262,3 +262,24 @@ func BenchmarkMatch(b *testing.B) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestFillsFirst: only a target whose first level is a wildcard is filled
+// there.
+func TestFillsFirst(t *testing.T) {
+	s, err := New([]Rule{{From: "$x/+", To: "y/+", TwoWay: true}, {From: "c/+/d", To: "+/e/f"}, {From: "g/#", To: "#"}})
+	if err == nil {
+		t.Fatal("want # first refused")
+	}
+	s, err = New([]Rule{{From: "$x/+", To: "y/+", TwoWay: true}, {From: "c/+/d", To: "+/e/f"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]bool{"$x/k": false, "y/k": false, "c/k/d": true, "none": false} {
+		if got := s.FillsFirst(topic); got != want {
+			t.Errorf("FillsFirst(%q) = %v, want %v", topic, got, want)
+		}
+	}
+	if (*Set)(nil).FillsFirst("a") {
+		t.Error("nil set fills")
+	}
+}

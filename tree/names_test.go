@@ -5,6 +5,8 @@ import (
 	"hash/maphash"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // TestNamesMatchesMap drives the child index with random puts and deletes
@@ -64,6 +66,39 @@ func TestStoreWideNode(t *testing.T) {
 		}
 		if s.Len() != 0 || len(s.big) != 0 || s.root.kids != nil {
 			t.Fatalf("round %d: store not empty", round)
+		}
+	}
+}
+
+// TestStoreGen: Gen moves when a row is added or deleted, not when a
+// row's value or QoS changes or nothing changes, and Refs lists the same
+// rows while it stands still.
+func TestStoreGen(t *testing.T) {
+	var s Store
+	v := stringValue
+	steps := []struct {
+		name  string
+		do    func()
+		moves bool
+	}{
+		{"add a", func() { s.Set("dev/a/state", v("1"), 0) }, true},
+		{"add b", func() { s.Set("dev/b/state", v("1"), 0) }, true},
+		{"change a", func() { s.Set("dev/a/state", v("2"), 0) }, false},
+		{"a's QoS", func() { s.Set("dev/a/state", v("2"), 1) }, false},
+		{"same a", func() { s.Set("dev/a/state", v("2"), 1) }, false},
+		{"delete a", func() { s.Delete("dev/a/state") }, true},
+		{"delete a again", func() { s.Delete("dev/a/state") }, false},
+		{"add a back", func() { s.Set("dev/a/state", v("3"), 0) }, true},
+		{"delete by None", func() { s.Set("dev/b/state", wire.Value{}, 0) }, true},
+	}
+	for _, st := range steps {
+		g, before := s.Gen(), len(s.Refs("dev/+/state", nil))
+		st.do()
+		if moved := s.Gen() != g; moved != st.moves {
+			t.Errorf("%s: Gen moved %v, want %v", st.name, moved, st.moves)
+		}
+		if after := len(s.Refs("dev/+/state", nil)); !st.moves && after != before {
+			t.Errorf("%s: Gen stood still but Refs went from %d to %d rows", st.name, before, after)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 type Store struct {
 	root node
 	rows int
+	gen  uint64 // rows added or deleted so far (Gen)
 	// big indexes the children of nodes with more than indexAt of them.
 	big  map[*node]*names
 	seed maphash.Seed // hashes level names in big
@@ -123,6 +124,11 @@ func (s *Store) find(topic string) *node {
 // Len is the number of rows.
 func (s *Store) Len() int { return s.rows }
 
+// Gen counts the rows added and deleted so far: while it stays the same,
+// every filter matches the same rows (Refs lists the same), whatever
+// values they changed to.
+func (s *Store) Gen() uint64 { return s.gen }
+
 // Get returns the row of a topic.
 func (s *Store) Get(topic string) (wire.Value, bool) {
 	n := s.find(topic)
@@ -167,6 +173,7 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, va
 	n := s.node(topic)
 	if n.kind == wire.None {
 		s.rows++
+		s.gen++
 	} else if n.kind == v.Kind && n.val == v.Data {
 		if n.qos == qos {
 			return false, false
@@ -219,6 +226,7 @@ func (s *Store) Delete(topic string) bool {
 	}
 	n.kind, n.val, n.rev, n.ms = wire.None, "", 0, 0
 	s.rows--
+	s.gen++
 	for j := len(path) - 1; j > 0; j-- {
 		c := path[j]
 		if c.kind != wire.None || c.hasKids() {
@@ -347,6 +355,15 @@ func (r Ref) Row() (topic string, v wire.Value, qos byte, ok bool) {
 		return "", wire.Value{}, 0, false
 	}
 	return r.n.path, r.n.value(), r.n.qos, true
+}
+
+// Rev is the revision of the last change of the row behind r (SPEC §8;
+// 0 when unknown, or once the row is deleted).
+func (r Ref) Rev() uint64 {
+	if r.n == nil || r.n.kind == wire.None {
+		return 0
+	}
+	return r.n.rev
 }
 
 func appendLevel(topic []byte, first bool, name string) []byte {

@@ -10,7 +10,7 @@ import (
 )
 
 func (d *Decoder) decodeCBOR(payload []byte) (Node, error) {
-	p := cborDecoder{b: payload, maxDepth: d.lim.MaxDepth, maxNodes: d.lim.MaxNodes}
+	p := cborDecoder{binDecoder{b: payload, maxDepth: d.lim.MaxDepth, maxNodes: d.lim.MaxNodes}}
 	n, err := p.node(0)
 	if err == nil && p.i < len(p.b) {
 		err = p.errorf("%d bytes after the item", len(p.b)-p.i)
@@ -21,24 +21,49 @@ func (d *Decoder) decodeCBOR(payload []byte) (Node, error) {
 	return n, nil
 }
 
-// cborDecoder builds a Node from CBOR in one pass. Maps become objects;
-// an array, at any depth, becomes JSON text written straight from the
-// bytes, as do the maps inside it.
-type cborDecoder struct {
+// binDecoder is the state the one-pass binary decoders (CBOR,
+// MessagePack) share.
+type binDecoder struct {
 	b        []byte
 	i        int
 	maxDepth int
 	nodes    int
 	maxNodes int
 	// owed is how many bytes the open arrays and maps still need at least
-	// after the item being read (one per item, one for a break), so that a
-	// declared length that cannot fit fails before anything is made for it.
+	// after the item being read (one per item; CBOR: one for a break), so
+	// that a declared length that cannot fit fails before anything is made
+	// for it.
 	owed int
 	at   trail    // where i is, for errors
 	keys []string // keys read so far of the open maps, innermost last
 	json textBuf  // the JSON text of the array being read
 	text []byte   // a scalar's text
 }
+
+// objectKey takes key, the next key of the map being written as JSON
+// text whose keys start at p.keys[base]: a duplicate is refused (format
+// names the codec in the error); else it is written with its comma and
+// colon, and the path goes into it for the value, which the caller reads
+// and then leaves.
+func (p *binDecoder) objectKey(format string, index *keyIndex, base int, keyAt func(int) string, comma bool, key string) error {
+	if index.dup(len(p.keys)-base, keyAt, key) {
+		return p.at.with(key).errorf("%w: %s: duplicate key", ErrPayload, format)
+	}
+	p.keys = append(p.keys, key)
+	p.owed--
+	if comma {
+		p.json.add(",")
+	}
+	p.json.room(jsonTextLen(key) + 1)
+	p.json.b = append(appendJSONString(p.json.b, key), ':')
+	p.at = p.at.with(key)
+	return nil
+}
+
+// cborDecoder builds a Node from CBOR in one pass. Maps become objects;
+// an array, at any depth, becomes JSON text written straight from the
+// bytes, as do the maps inside it.
+type cborDecoder struct{ binDecoder }
 
 // errorf is a *PathError at the decoder's place, naming the byte offset.
 func (p *cborDecoder) errorf(format string, args ...any) error {
@@ -312,17 +337,9 @@ func (p *cborDecoder) jsonObject(depth int, info byte, n uint64) error {
 		if err != nil {
 			return err
 		}
-		if index.dup(len(p.keys)-base, keyAt, key) {
-			return p.at.with(key).errorf("%w: CBOR: duplicate key", ErrPayload)
+		if err := p.objectKey("CBOR", &index, base, keyAt, k > 0, key); err != nil {
+			return err
 		}
-		p.keys = append(p.keys, key)
-		p.owed--
-		if k > 0 {
-			p.json.add(",")
-		}
-		p.json.room(jsonTextLen(key) + 1)
-		p.json.b = append(appendJSONString(p.json.b, key), ':')
-		p.at = p.at.with(key)
 		err = p.item(depth + 1)
 		p.at = p.at[:len(p.at)-1]
 		if err != nil {

@@ -171,7 +171,7 @@ func appendMsgPackUnescaped(b []byte, body string) []byte {
 }
 
 func (d *Decoder) decodeMsgPack(payload []byte) (Node, error) {
-	p := msgpackDecoder{b: payload, maxDepth: d.lim.MaxDepth, maxNodes: d.lim.MaxNodes}
+	p := msgpackDecoder{binDecoder{b: payload, maxDepth: d.lim.MaxDepth, maxNodes: d.lim.MaxNodes}}
 	n, err := p.node(0)
 	if err == nil && p.i < len(p.b) {
 		err = p.errorf("%d bytes after the item", len(p.b)-p.i)
@@ -186,21 +186,7 @@ func (d *Decoder) decodeMsgPack(payload []byte) (Node, error) {
 // cborDecoder does from CBOR: maps become objects; an array, at any depth,
 // becomes JSON text written straight from the bytes, as do the maps inside
 // it.
-type msgpackDecoder struct {
-	b        []byte
-	i        int
-	maxDepth int
-	nodes    int
-	maxNodes int
-	// owed is how many bytes the open arrays and maps still need at least
-	// after the item being read (one per item), so that a declared length
-	// that cannot fit fails before anything is made for it.
-	owed int
-	at   trail    // where i is, for errors
-	keys []string // keys read so far of the open maps, innermost last
-	json textBuf  // the JSON text of the array being read
-	text []byte   // a scalar's text
-}
+type msgpackDecoder struct{ binDecoder }
 
 // errorf is a *PathError at the decoder's place, naming the byte offset.
 func (p *msgpackDecoder) errorf(format string, args ...any) error {
@@ -415,17 +401,9 @@ func (p *msgpackDecoder) jsonObject(depth int, n uint64) error {
 		if err != nil {
 			return err
 		}
-		if index.dup(len(p.keys)-base, keyAt, key) {
-			return p.at.with(key).errorf("%w: MessagePack: duplicate key", ErrPayload)
+		if err := p.objectKey("MessagePack", &index, base, keyAt, k > 0, key); err != nil {
+			return err
 		}
-		p.keys = append(p.keys, key)
-		p.owed--
-		if k > 0 {
-			p.json.add(",")
-		}
-		p.json.room(jsonTextLen(key) + 1)
-		p.json.b = append(appendJSONString(p.json.b, key), ':')
-		p.at = p.at.with(key)
 		err = p.item(depth + 1)
 		p.at = p.at[:len(p.at)-1]
 		if err != nil {

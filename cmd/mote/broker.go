@@ -154,6 +154,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	pwFile := fs.String("password-file", "", "Mosquitto password file (see mote passwd)")
 	aclFile := fs.String("acl-file", "", "Mosquitto ACL file")
 	anon := fs.Bool("allow-anonymous", false, "accept clients without a username (without a password file the broker otherwise listens on loopback only)")
+	pprofAddr := fs.String("pprof", "", "serve Go profiles (/debug/pprof/) on this address, loopback unless a host is given (default: off)")
 	maxKeepAlive := fs.Uint("max-keepalive", 0, "largest keep-alive a client may use, in seconds (MQTT 5 clients are told; 0: no cap)")
 	var origins stringList
 	fs.Var(&origins, "allowed-origin", "a web origin (scheme://host[:port]) whose pages may open a WebSocket or use the HTTP API (repeatable; * for any; default: the broker's own origin)")
@@ -180,6 +181,13 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	log, err := newLogger(stderr, pick(*level, cfg.LogLevel, "info"))
 	if err != nil {
 		return err
+	}
+	if *pprofAddr != "" {
+		_, stop, err := servePprof(*pprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	// The password file, the ACL file, the history rules, the translators
 	// and the TLS certificate are read here at start and again on SIGHUP (reload.go).

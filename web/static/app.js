@@ -139,7 +139,7 @@ class TreeView {
     this.gen = 0
     this.cost = 0 // ms the last apply took
     this.job = null // the diff under way
-    this.pendingHistory = null // a history that came during the first diff
+    this.pendingHistory = null // a history that came before or during the first diff
     this.firstRender = 0 // ms from reset to the whole snapshot drawn
     this.firstSlice = 0 // ms from reset to its first rows drawn
     this.historyCost = 0 // ms it took to take in the history
@@ -336,7 +336,7 @@ class TreeView {
   // (the broker's, for rows that did not change while the page watched)
   // and, where the broker keeps more than one value, a sparkline.
   history(tree) {
-    if (this.job) { // after the snapshot's rows are all in
+    if (this.job || !this.loaded) { // after the snapshot's rows are all in (the history can come first)
       this.pendingHistory = tree
       return
     }
