@@ -181,6 +181,9 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 			}
 		}
 		w := pubWait{deadline: time.Now().Add(b.opts.PublishWait)}
+		if b.cl != nil && b.cl.opts.Events != nil && !p.system {
+			b.publishEvent(r.plain) // to the other nodes (SPEC §12); theirs come as the system's
+		}
 		b.deliverPlain(r.plain, w)
 		if r.trans != nil {
 			b.deliverTranslatedEvent(*r.trans, w)
@@ -198,7 +201,8 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 		meta.plain = r.plain
 	}
 	meta.commit = b.opts.SyncRetain && b.ret != nil && (wait == waitApplied || m.QoS > 0)
-	if wait == waitApplied || (wait == waitAck && (meta.commit || r.op.SetFilter != "" || r.op.Replace != "")) {
+	if wait == waitApplied || (wait == waitAck && (meta.commit || b.cl != nil || r.op.SetFilter != "" || r.op.Replace != "")) {
+		// (a cluster node answers once the log took the write, or refused it)
 		// the loop decides which rows a $set or .replace touches, and so
 		// whether the ACL lets it through
 		meta.done = make(chan error, 1)

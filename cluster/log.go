@@ -132,6 +132,13 @@ func OpenLog(ctx context.Context, nc *nats.Conn, o LogOptions) (*Log, error) {
 // ErrUnreplicated. The changes' Rev is not sent: a batch's revision is its
 // sequence.
 func (l *Log) Append(ctx context.Context, changes []retain.Change) (uint64, error) {
+	return l.AppendID(ctx, nuid.Next(), changes)
+}
+
+// AppendID is Append with the batch's id given: unique per batch (nuid),
+// handed back in its Entry, so the node that appended it knows it when
+// its follower reads it, which may be before AppendID returns.
+func (l *Log) AppendID(ctx context.Context, id string, changes []retain.Change) (uint64, error) {
 	data, err := encodeBatch(changes)
 	if err != nil {
 		return 0, err
@@ -141,7 +148,6 @@ func (l *Log) Append(ctx context.Context, changes []retain.Change) (uint64, erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.opts.Timeout)
 	defer cancel()
-	id := nuid.Next()
 	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
 		ack, err := l.js.Publish(ctx, l.opts.Subject, data, jetstream.WithMsgID(id), jetstream.WithExpectStream(l.opts.Stream))
 		if err == nil {
@@ -158,6 +164,10 @@ func (l *Log) Append(ctx context.Context, changes []retain.Change) (uint64, erro
 	}
 }
 
+// MaxBatch is the most bytes one batch may take (the NATS connection's
+// max payload).
+func (l *Log) MaxBatch() int64 { return l.nc.MaxPayload() }
+
 // Bounds are the log's first and last sequence (first is last+1, or 0,
 // when it holds none).
 func (l *Log) Bounds(ctx context.Context) (first, last uint64, err error) {
@@ -172,6 +182,7 @@ func (l *Log) Bounds(ctx context.Context) (first, last uint64, err error) {
 // Entry is one batch of the log.
 type Entry struct {
 	Seq     uint64          // its sequence: the cluster revision of its rows
+	ID      string          // the id it was appended with (AppendID)
 	Changes []retain.Change // each with Rev = Seq
 	// Pending is how many batches the log held after this one when it was
 	// read: 0 means the follower has caught up (for now).
@@ -277,7 +288,7 @@ func (l *Log) follow(ctx context.Context, next *uint64, fn func(Entry) error) er
 		if err != nil {
 			return fmt.Errorf("%w: sequence %d: %w", ErrCorrupt, seq, err)
 		}
-		if err := fn(Entry{Seq: seq, Changes: changes, Pending: md.NumPending}); err != nil {
+		if err := fn(Entry{Seq: seq, ID: m.Headers().Get(jetstream.MsgIDHeader), Changes: changes, Pending: md.NumPending}); err != nil {
 			return fnError{err}
 		}
 		*next = seq + 1
