@@ -89,13 +89,22 @@ func (b *Broker) startCluster() error {
 	cl.applied.Store(b.tree.Rev())
 	ctx, cancel := context.WithTimeout(cl.ctx, cl.opts.CatchUp)
 	defer cancel()
-	_, last, err := cl.opts.Log.Bounds(ctx)
-	for err != nil && ctx.Err() == nil { // a leader is being elected
-		time.Sleep(100 * time.Millisecond)
-		_, last, err = cl.opts.Log.Bounds(ctx)
-	}
-	if err != nil {
-		return fmt.Errorf("broker: cluster log: %w", err)
+	var last uint64
+	for {
+		// Each try is bounded: a node not yet current with the JetStream
+		// meta group leaves requests unanswered.
+		try, cancelTry := context.WithTimeout(ctx, time.Second)
+		_, l, err := cl.opts.Log.Bounds(try)
+		cancelTry()
+		if err == nil {
+			last = l
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("broker: cluster log: within %v: %w", cl.opts.CatchUp, err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	cl.wg.Add(1)
 	go func() {
@@ -228,6 +237,9 @@ func (b *Broker) flush() {
 		size, n := int64(0), 0
 		for ; n < len(cl.waiting); n++ {
 			r := &cl.waiting[n]
+			if len(f.ops) > 0 && (r.op.SetFilter != "" || r.op.Replace != "") {
+				break // planned once the flight's rows are in the tree
+			}
 			a := b.tree.Plan(&r.op)
 			if a.Err != nil {
 				b.refuseWrite(r.pub, a.Err)
@@ -240,6 +252,7 @@ func (b *Broker) flush() {
 			if len(f.ops) > 0 && size+bytes > limit {
 				break // the next flight's
 			}
+
 			size += bytes
 			f.ops = append(f.ops, tree.Op{Rows: a.Rows, QoS: r.op.QoS})
 			f.meta = append(f.meta, r.pub)
@@ -320,6 +333,30 @@ func (b *Broker) applyEntry(e cluster.Entry) {
 	}
 }
 
+// shareEvent sends a publish that changes no row (a plain event, a tree
+// publish without retain, and their translations) to the other nodes,
+// which deliver it as their own broker would (SPEC §12). A tree publish
+// goes whole, so it stays one delta there; one in the original dialect
+// (SPEC §7) stays on its node.
+func (b *Broker) shareEvent(p Principal, m Message, r *prepared) {
+	if b.cl.opts.Events == nil {
+		return
+	}
+	switch {
+	case !r.mote:
+		b.publishEvent(r.plain)
+	case isLocalOp(&r.op) && !p.original:
+		props := m.Properties
+		props.TopicAlias, props.TopicAliasFlag, props.SubscriptionIdentifier = 0, false, nil
+		b.publishEvent(&message{topic: m.Topic, payload: m.Payload, qos: m.QoS, props: &props})
+	}
+	if r.trans != nil {
+		for _, row := range r.trans.Rows {
+			b.publishEvent(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), qos: r.trans.QoS})
+		}
+	}
+}
+
 // publishEvent sends a plain event to the other nodes.
 func (b *Broker) publishEvent(m *message) {
 	e := cluster.Event{Topic: m.topic, Payload: m.payload, QoS: m.qos}
@@ -333,7 +370,8 @@ func (b *Broker) publishEvent(m *message) {
 	}
 }
 
-// errRemoteEvent is an event from another node that is not a plain topic.
+// errRemoteEvent is an event from another node that writes rows or
+// publishes to the broker's topics.
 var errRemoteEvent = errors.New("cluster: an event from another node on a topic no client may publish to")
 
 // publishRemote delivers another node's plain event here, as its own
@@ -347,14 +385,21 @@ func (b *Broker) publishRemote(origin string, e cluster.Event) {
 		}
 	}
 	r, err := b.prepare(clusterPrincipal, m)
-	if err == nil && (r.mote || reserved(e.Topic)) {
-		err = errRemoteEvent
+	if err == nil && (r.mote && !isLocalOp(&r.op) || !r.mote && reserved(e.Topic)) {
+		err = errRemoteEvent // a row write, or the broker's topics: never an event
+	}
+	for i := 0; err == nil && r.mote && i < len(r.op.Rows); i++ {
+		if reserved(r.op.Rows[i].Topic) {
+			err = errRemoteEvent
+		}
 	}
 	if err != nil {
 		b.log.Warn().Err(err).Str("node", origin).Str("topic", truncate(e.Topic, 200)).Msg("cluster: dropped an event")
 		return
 	}
-	r.plain.origin = ""
+	if r.plain != nil {
+		r.plain.origin = ""
+	}
 	if err := b.dispatch(b.cl.ctx, clusterPrincipal, m, r, waitNone); err != nil {
 		b.log.Warn().Err(err).Str("node", origin).Msg("cluster: an event was not delivered")
 	}

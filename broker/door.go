@@ -171,6 +171,9 @@ func (b *Broker) plainOp(m Message) tree.Op {
 // caller's goroutine (and folded into tree deltas when tree subscriptions
 // exist); anything that changes rows goes to the loop, which delivers it.
 func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepared, wait waitMode) error {
+	if b.cl != nil && !m.Retain && !p.system {
+		b.shareEvent(p, m, &r) // to the other nodes of a cluster (cluster.go)
+	}
 	if !r.mote && !m.Retain {
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
 			req := request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}}
@@ -181,9 +184,6 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 			}
 		}
 		w := pubWait{deadline: time.Now().Add(b.opts.PublishWait)}
-		if b.cl != nil && b.cl.opts.Events != nil && !p.system {
-			b.publishEvent(r.plain) // to the other nodes (SPEC §12); theirs come as the system's
-		}
 		b.deliverPlain(r.plain, w)
 		if r.trans != nil {
 			b.deliverTranslatedEvent(*r.trans, w)
