@@ -52,7 +52,16 @@ type clusterNode struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
-	failed  chan error // the follower's end (buffered)
+	failed  chan error            // the follower's end (buffered)
+	stopped atomic.Pointer[error] // why the follower ended, while the broker runs
+}
+
+// health is why the node is not part of the cluster any more, or nil.
+func (cl *clusterNode) health() error {
+	if err := cl.stopped.Load(); err != nil {
+		return fmt.Errorf("broker: cluster: not following the log: %w", *err)
+	}
+	return nil
 }
 
 // flight is a batch of this node's publishes on its way through the log:
@@ -116,7 +125,9 @@ func (b *Broker) startCluster() error {
 			return nil
 		})
 		if cl.ctx.Err() == nil {
-			b.log.Error().Err(err).Msg("cluster: the node stopped following the log: it serves its last state and takes no writes")
+			b.log.Error().Err(err).Msg("cluster: the node stopped following the log: it serves its last state, and its writes wait until refused")
+			cl.stopped.Store(&err)
+			b.reqs.push(request{kind: reqCall, call: func() { b.unfollowed(err) }})
 		}
 		cl.failed <- err
 	}()
@@ -141,6 +152,28 @@ func (b *Broker) startCluster() error {
 	}
 	b.log.Info().Uint64("rev", cl.applied.Load()).Uint64("from", from).Dur("took", time.Since(start)).Msg("cluster: caught up with the log")
 	return nil
+}
+
+// errUnfollowed is a write refused because the node no longer follows
+// the cluster's log.
+var errUnfollowed = fmt.Errorf("%w: the node no longer follows the log", cluster.ErrUnreplicated)
+
+// unfollowed refuses the writes of a node whose follower ended: they
+// could never be applied here.
+func (b *Broker) unfollowed(err error) {
+	cl := b.cl
+	why := fmt.Errorf("%w: %w", errUnfollowed, err)
+	if f := cl.flight; f != nil {
+		cl.flight = nil
+		for _, m := range f.meta {
+			b.refuseWrite(m, why)
+		}
+	}
+	for _, r := range cl.waiting {
+		b.refuseWrite(r.pub, why)
+	}
+	clear(cl.waiting)
+	cl.waiting = cl.waiting[:0]
 }
 
 // stopCluster stops the follower, the appenders and the events, once the
@@ -188,6 +221,10 @@ func (b *Broker) applyCluster(ops []tree.Op, meta []*pubMeta) {
 	for i := range ops {
 		if isLocalOp(&ops[i]) {
 			lops, lmeta = append(lops, ops[i]), append(lmeta, meta[i])
+			continue
+		}
+		if err := cl.stopped.Load(); err != nil {
+			b.refuseWrite(meta[i], fmt.Errorf("%w: %w", errUnfollowed, *err))
 			continue
 		}
 		if len(cl.waiting) >= cl.opts.MaxWaiting {
