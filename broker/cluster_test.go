@@ -242,6 +242,24 @@ func TestClusterNodes(t *testing.T) {
 		t.Errorf("the nodes' revisions differ after the same writes: %v", revs)
 	}
 
+	// A client resumes on another node (SPEC §8, §12): a revision seen on
+	// node 0, a change made on node 1, a resume on node 2 gets only it.
+	r0 := dialTree5(t, tn.b[0], "resumer0")
+	r0.subscribe(t, "$sync/dev/n1/+/v")
+	seen := revOf(t, r0.next(t))
+	w1 := dialNode(t, tn.b[1], "writer-resume")
+	if err := w1.PublishTree(ctx, "dev/n1/k3/v", 333, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	want["n1"].(map[string]any)["k3"].(map[string]any)["v"] = 333
+	wb, _ = json.Marshal(want)
+	waitDoc(t, "node 2 before the resume", mirrors[2], string(wb))
+	r2 := dialTree5(t, tn.b[2], "resumer2")
+	r2.subscribe(t, "$sync/dev/n1/+/v", "mote-since", fmt.Sprint(seen))
+	if p := r2.next(t); p.Properties.User.Get("mote-resume") != "1" || !jsonEqual(t, string(p.Payload), `{"k3":333}`) {
+		t.Errorf("resume on node 2 from node 0's revision %d: %s %v, want a resume delta {\"k3\":333}", seen, p.Payload, p.Properties.User)
+	}
+
 	// A $set right after the client's own tree publish sees its rows.
 	w0 := dialNode(t, tn.b[0], "setter")
 	if err := w0.PublishTree(ctx, "dev/s", map[string]any{"a": 1, "b": 2}, client.PublishOptions{QoS: 0, Retain: true}); err != nil {
@@ -271,7 +289,7 @@ func TestClusterNodes(t *testing.T) {
 	// the cluster: its copy is what it committed), writes go on with 2 of
 	// 3, node 2 restarts on its directories and catches up.
 	tn.stop(2)
-	w1 := dialNode(t, tn.b[1], "writer-late")
+	w1 = dialNode(t, tn.b[1], "writer-late")
 	for k := range 20 {
 		if err := w1.PublishTree(ctx, fmt.Sprintf("dev/late/k%d", k), k, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
 			t.Fatalf("write %d with 2 of 3 nodes: %v", k, err)
@@ -292,10 +310,10 @@ func TestClusterNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDoc(t, "node 2 restarted", m2, string(wb)) // at once: it listens only once caught up
-	r1, _ := tn.b[1].Rev(ctx)
-	r2, _ := tn.b[2].Rev(ctx)
-	if r1 != r2 {
-		t.Errorf("after catch-up: node 1 at %d, node 2 at %d", r1, r2)
+	rev1, _ := tn.b[1].Rev(ctx)
+	rev2, _ := tn.b[2].Rev(ctx)
+	if rev1 != rev2 {
+		t.Errorf("after catch-up: node 1 at %d, node 2 at %d", rev1, rev2)
 	}
 }
 

@@ -192,12 +192,26 @@ type Entry struct {
 // ID names this log for good: its stream's name and creation time. A
 // stream deleted and created again (a new cluster) has another ID, so a
 // node's copy of the old one is not mistaken for it (Store.Bind).
+//
+// Just after OpenLog, on a cluster still forming, the stream may be
+// unknown to the node asked or its request unanswered: ID asks again, a
+// second at a time, for up to LogOptions.Ready.
 func (l *Log) ID(ctx context.Context) (string, error) {
-	s, err := l.js.Stream(ctx, l.opts.Stream)
-	if err != nil {
-		return "", fmt.Errorf("cluster: stream %s: %w", l.opts.Stream, err)
+	ctx, cancel := context.WithTimeout(ctx, l.opts.Ready)
+	defer cancel()
+	for {
+		try, cancelTry := context.WithTimeout(ctx, tryTimeout)
+		s, err := l.js.Stream(try, l.opts.Stream)
+		cancelTry()
+		if err == nil {
+			return l.opts.Stream + " " + s.CachedInfo().Created.UTC().Format(time.RFC3339Nano), nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("cluster: stream %s: %w", l.opts.Stream, err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return l.opts.Stream + " " + s.CachedInfo().Created.UTC().Format(time.RFC3339Nano), nil
 }
 
 // Follow calls fn with every batch from sequence from on, in order,
