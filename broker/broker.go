@@ -33,6 +33,7 @@ type Broker struct {
 	tree      *tree.Tree // owned by the loop goroutine
 	reqs      *requestQueue
 	ret       *retain.Retainer               // nil without a store
+	cl        *clusterNode                   // nil unless a cluster node (cluster.go)
 	histReads chan struct{}                  // a semaphore: $hist answers being read from disk
 	marks     markLog                        // deletion markers without a store; the loop's
 	props     map[string]*packets.Properties // MQTT 5 properties of plain retained rows (shared, never changed); owned by the loop
@@ -135,6 +136,12 @@ func New(opts Options) (*Broker, error) {
 		histReads: make(chan struct{}, 2),
 		guesses:   newGuesses(opts.GuessLimit, opts.GuessWindow),
 	}
+	if opts.Cluster != nil {
+		if opts.Store == nil || opts.Cluster.Log == nil {
+			return nil, errors.New("broker: a cluster node needs the cluster's log and its copy as the store")
+		}
+		b.cl = newClusterNode(*opts.Cluster)
+	}
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)
 	b.trans.Store(opts.Translators)
@@ -208,6 +215,11 @@ func (b *Broker) Start() error {
 	b.started = true
 	b.applied.Store(b.tree.Rev())
 	go b.loop()
+	if b.cl != nil {
+		if err := b.startCluster(); err != nil {
+			return err
+		}
+	}
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
@@ -393,6 +405,9 @@ func (b *Broker) shutdown() error {
 		case <-time.After(10 * time.Second):
 			b.log.Error().Msg("message loop did not stop within 10 s; flushing the retainer anyway")
 		}
+	}
+	if b.cl != nil {
+		b.stopCluster()
 	}
 	var errs []error
 	if b.ret != nil {

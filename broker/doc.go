@@ -45,6 +45,27 @@
 // loop copies the current rows and hands the retainer a flush; the
 // connection's writer waits for the flush and reads the history from disk.
 //
+// # Clusters
+//
+// With Options.Cluster (cluster.go, SPEC §12, docs/cluster.md) the broker
+// is one node of a cluster on NATS JetStream. The door and its checks are
+// unchanged; what changes is where a retained write is applied. The loop
+// plans it against its tree (tree.Plan: $set and .replace expanded, the
+// ACL and limits checked) without applying it, and appends the rows of
+// its waiting publishes as one batch to the cluster's log (cluster.Log,
+// one batch in flight per node, so a $set sees its client's earlier
+// writes); every node's follower reads the log in order and the loop
+// applies each batch with tree.ApplyAt at the log's sequence (the
+// revision of SPEC §8, the same on every node) and the origin's time. The
+// node that wrote a batch knows it by its id and applies it with its
+// publishers' state (answers, MQTT 5 properties, No Local, translations);
+// a write the log did not take is refused 0x80. Events (no retained row)
+// and the broker's own $SYS rows are applied at once, without moving the
+// revision; plain events and non-retained tree publishes cross to the
+// other nodes on core NATS (cluster.Events) and enter theirs through the
+// door as the system's. Start listens only once the node has applied
+// every batch the log held when it started.
+//
 // # One delivery path
 //
 // Every message to a client — plain publishes, retained replays, snapshots,
@@ -155,6 +176,8 @@
 //	$SYS ticker                  Broker                         Close
 //	delayed will timers          wills                          fired, cancelled by a reconnect, or Close
 //	pacer timer (one per broker) the message loop (pacer)       the loop ends; it only pushes a call to the loop
+//	cluster follower             clusterNode                    Close, after the loop (its context); it applies through onLoop
+//	cluster appender (per batch) clusterNode                    its Append returns (bounded by the log's timeout, or Close)
 //
 //	state                               owner
 //	tree.Tree, treeSub, props, pacer    the message loop (tree.Sub.Allow too: set at registration and by Reload)
@@ -171,6 +194,7 @@
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
 //	failed logins per host (guesses)    each shard's mutex (16 shards by host; login, for every front end)
+//	cluster waiting writes, flight      the message loop (clusterNode); appender and follower hand results in as calls
 //
 // # Metrics and health
 //

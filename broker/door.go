@@ -171,6 +171,9 @@ func (b *Broker) plainOp(m Message) tree.Op {
 // caller's goroutine (and folded into tree deltas when tree subscriptions
 // exist); anything that changes rows goes to the loop, which delivers it.
 func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepared, wait waitMode) error {
+	if b.cl != nil && !m.Retain && !p.system {
+		b.shareEvent(p, m, &r) // to the other nodes of a cluster (cluster.go)
+	}
 	if !r.mote && !m.Retain {
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
 			req := request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}}
@@ -198,7 +201,8 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 		meta.plain = r.plain
 	}
 	meta.commit = b.opts.SyncRetain && b.ret != nil && (wait == waitApplied || m.QoS > 0)
-	if wait == waitApplied || (wait == waitAck && (meta.commit || r.op.SetFilter != "" || r.op.Replace != "")) {
+	if wait == waitApplied || (wait == waitAck && (meta.commit || b.cl != nil || r.op.SetFilter != "" || r.op.Replace != "")) {
+		// (a cluster node answers once the log took the write, or refused it)
 		// the loop decides which rows a $set or .replace touches, and so
 		// whether the ACL lets it through
 		meta.done = make(chan error, 1)

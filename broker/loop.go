@@ -212,12 +212,33 @@ func (b *Broker) loop() {
 	}
 }
 
-// apply applies a batch of publishes and delivers what it produced.
+// apply applies a batch of publishes and delivers what it produced; on a
+// cluster node, the retained ones go through the cluster's log first
+// (cluster.go).
 func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	if len(ops) == 0 {
 		return
 	}
-	res := b.tree.Apply(ops)
+	if b.cl != nil {
+		b.applyCluster(ops, meta)
+		return
+	}
+	b.applyBatch(ops, meta, nil)
+}
+
+// applyBatch applies a batch of publishes (at the stamp given, or the
+// next revision) and delivers what it produced; it reports whether the
+// batch changed a row.
+func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool {
+	if len(ops) == 0 {
+		return false
+	}
+	var res tree.Result
+	if at != nil {
+		res = b.tree.ApplyAt(ops, *at)
+	} else {
+		res = b.tree.Apply(ops)
+	}
 	b.applied.Store(b.tree.Rev()) // before its deliveries: see replayRows
 	b.stats.Batches.Add(1)
 	b.stats.OpsApplied.Add(int64(len(ops)))
@@ -305,6 +326,7 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 		}
 	}
 	b.apply(tops, tmeta) // never translated again: no deeper
+	return res.Changed
 }
 
 // retScratchRows bounds the loop's slice of retainer changes kept from

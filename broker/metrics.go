@@ -328,6 +328,11 @@ func (b *Broker) Health(ctx context.Context) error {
 		return errors.New("broker: closed")
 	default:
 	}
+	if b.cl != nil {
+		if err := b.cl.health(); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeoutCause(ctx, b.healthWait, errHealthWait)
 	defer cancel()
 	var probe chan error

@@ -135,6 +135,10 @@ type Options struct {
 	Store retain.RowStore
 	// Retain tunes the retainer's commit interval and bounds.
 	Retain retain.Options
+	// Cluster, if not nil, makes the broker one node of a cluster (SPEC
+	// §12, cluster.go); Store must then be the node's copy of the
+	// cluster's log.
+	Cluster *Cluster
 	// SyncRetain acknowledges QoS 1 and 2 publishes that change retained
 	// rows only once their rows are committed (nothing acknowledged is lost
 	// in a crash; slower).

@@ -9,6 +9,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/mote-mqtt/mote/cluster"
 	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
@@ -50,6 +51,10 @@ func reasonCode(op string, err error) packets.Code {
 		return packets.ErrImplementationSpecificError // 0x83: the store cannot keep the row
 	case errors.Is(err, retain.ErrCommit):
 		return packets.ErrUnspecifiedError // 0x80: the disk failed; the row is kept in memory and retried
+	case errors.Is(err, cluster.ErrUnreplicated):
+		return packets.ErrUnspecifiedError // 0x80: no quorum of the cluster took it (SPEC §12)
+	case errors.Is(err, cluster.ErrTooLarge):
+		return packets.ErrPacketTooLarge // 0x95: more than one batch of the cluster's log holds
 	case errors.Is(err, errQuota):
 		return packets.ErrQuotaExceeded // 0x97
 	case errors.Is(err, errTooLarge):

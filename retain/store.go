@@ -507,26 +507,40 @@ func (a *arena) take(n int) []byte {
 	return b[len(b) : len(b)+n : len(b)+n]
 }
 
-// encodeRow is the stored value of a set, taken from a: flags byte, then
-// the payload.
+// encodeRow is the stored value of a set, taken from a: flags byte,
+// revision, time, then the payload.
 func encodeRow(c Change, a *arena) ([]byte, error) {
 	if err := sizeError(len(c.Topic), len(c.Value.Data)); err != nil {
 		return nil, err
 	}
+	return appendRow(a.take(rowHead + len(c.Value.Data))[:0], c, false)
+}
+
+// appendRow appends the row value of c to dst: flags byte, revision, time,
+// payload. A deletion (kind None) has type 0, and only where deletions
+// may be written (the log, AppendChange: del true); the flags byte's bit 6
+// is QoSOnly there, never on disk.
+func appendRow(dst []byte, c Change, del bool) ([]byte, error) {
 	t, ok := typeByte(c.Value.Kind)
-	if !ok {
+	switch {
+	case !ok && !(del && c.Value.Kind == wire.None):
 		return nil, fmt.Errorf("%w: value kind %v", ErrUnstorable, c.Value.Kind)
-	}
-	if c.QoS > 2 {
+	case c.QoS > 2:
 		return nil, fmt.Errorf("%w: QoS %d", ErrUnstorable, c.QoS)
 	}
-	v := a.take(rowHead + len(c.Value.Data))
-	v[0] = t | c.QoS<<4
-	binary.BigEndian.PutUint64(v[1:], c.Rev)
-	binary.BigEndian.PutUint64(v[9:], uint64(c.MS))
-	copy(v[rowHead:], c.Value.Data)
-	return v, nil
+	f := t | c.QoS<<4
+	if del && c.QoSOnly {
+		f |= flagQoSOnly
+	}
+	dst = append(dst, f)
+	dst = binary.BigEndian.AppendUint64(dst, c.Rev)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(c.MS))
+	return append(dst, c.Value.Data...), nil
 }
+
+// flagQoSOnly is the bit of a logged change's flags byte (AppendChange)
+// that says its value did not change, only its QoS; zero on disk.
+const flagQoSOnly = 1 << 6
 
 // deadKey is the key of a deletion marker: revision, then topic.
 func deadKey(rev uint64, topic string) []byte {
@@ -573,15 +587,35 @@ func (s *Store) Load(fn func(Row) error) (err error) {
 }
 
 func decodeRow(k, v []byte) (Row, error) {
+	c, err := readRow(string(k), v, false)
+	if err != nil {
+		return Row{}, err
+	}
+	return Row{Topic: c.Topic, Value: c.Value, QoS: c.QoS, Rev: c.Rev, MS: c.MS}, nil
+}
+
+// readRow decodes a row value of topic written by appendRow (with del, a
+// logged change: type 0 is a deletion and bit 6 QoSOnly). The payload is
+// copied.
+func readRow(topic string, v []byte, del bool) (Change, error) {
 	if len(v) < rowHead {
-		return Row{}, fmt.Errorf("row %q has %d bytes, less than its %d-byte head", k, len(v), rowHead)
+		return Change{}, fmt.Errorf("row %q has %d bytes, less than its %d-byte head", topic, len(v), rowHead)
 	}
-	kind, ok := kindOf(v[0] & 0x0f)
-	if qos := v[0] >> 4; !ok || qos > 2 {
-		return Row{}, fmt.Errorf("row %q has flags %#x", k, v[0])
+	f := v[0]
+	c := Change{Topic: topic, QoS: f >> 4 & 3, Rev: binary.BigEndian.Uint64(v[1:]), MS: int64(binary.BigEndian.Uint64(v[9:]))}
+	if del {
+		c.QoSOnly = f&flagQoSOnly != 0
+		f &^= flagQoSOnly
 	}
-	return Row{Topic: string(k), Value: wire.Value{Kind: kind, Data: string(v[rowHead:])}, QoS: v[0] >> 4,
-		Rev: binary.BigEndian.Uint64(v[1:]), MS: int64(binary.BigEndian.Uint64(v[9:]))}, nil
+	kind, ok := kindOf(f & 0x0f)
+	if del && f&0x0f == 0 {
+		kind, ok = wire.None, len(v) == rowHead
+	}
+	if !ok || f>>4 > 2 {
+		return Change{}, fmt.Errorf("row %q has flags %#x", topic, v[0])
+	}
+	c.Value = wire.Value{Kind: kind, Data: string(v[rowHead:])}
+	return c, nil
 }
 
 // Stats describe a store.

@@ -13,11 +13,20 @@ import (
 // changed rows, deletions as null (SPEC §2). Subscriptions sharing a filter
 // and codec share one encoded payload.
 func (t *Tree) Apply(ops []Op) Result {
+	return t.ApplyAt(ops, Stamp{Rev: t.rev + 1, MS: t.clock()})
+}
+
+// ApplyAt is Apply with the stamp given: every row the batch changes gets
+// at (a cluster node applies the log's batch at its sequence and its
+// origin's time), and the revision becomes at.Rev if that is higher. A
+// stamp at the current revision changes rows without moving it (a
+// cluster node's own $SYS rows, which are not in the cluster's log).
+func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 	t.gen++
 	t.changed = t.changed[:0]
 	clear(t.byTopic)
 	res := Result{Applied: make([]Applied, len(ops))}
-	t.stamp, t.dirty = Stamp{Rev: t.rev + 1, MS: t.clock()}, false
+	t.stamp, t.dirty = at, false
 	// Without a tree subscription no delta is made: the changed rows need
 	// not be listed (a boot storm before any dashboard is up).
 	t.track = len(t.index.byKey) > 0
@@ -25,7 +34,7 @@ func (t *Tree) Apply(ops []Op) Result {
 		res.Applied[i] = t.applyOp(&ops[i])
 	}
 	if t.dirty {
-		t.rev++
+		t.rev = max(t.rev, at.Rev)
 	}
 	res.Rev, res.Changed, res.MS = t.rev, t.dirty, t.stamp.MS
 	t.touched = t.touched[:0]
@@ -48,6 +57,47 @@ func (t *Tree) Apply(ops []Op) Result {
 
 // applyOp expands, checks and applies one op; it changes nothing if refused.
 func (t *Tree) applyOp(op *Op) Applied {
+	rows, err := t.expand(op)
+	if err != nil {
+		return Applied{Err: err}
+	}
+	for i := range rows {
+		r := &rows[i]
+		if r.Retain {
+			changed, value := t.store.put(r.Topic, r.Value, op.QoS, t.stamp)
+			r.Same, r.QoSOnly = !changed, changed && !value
+			t.dirty = t.dirty || changed
+		}
+		if !t.track {
+			continue
+		}
+		if i, ok := t.byTopic[r.Topic]; ok {
+			c := &t.changed[i]
+			c.val, c.qos = r.Value, max(c.qos, op.QoS)
+			continue
+		}
+		t.byTopic[r.Topic] = int32(len(t.changed))
+		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, qos: op.QoS})
+	}
+	return Applied{Rows: rows}
+}
+
+// Plan expands and checks op as Apply would, against the rows the store
+// holds now, without applying it: the rows it would write ($set and
+// .replace expanded), or why it is refused. A cluster node plans a write,
+// appends the rows to the cluster's log, and applies them (with ApplyAt)
+// when the log hands them back.
+func (t *Tree) Plan(op *Op) Applied {
+	rows, err := t.expand(op)
+	if err != nil {
+		return Applied{Err: err}
+	}
+	return Applied{Rows: rows}
+}
+
+// expand lists the rows op writes, with $set and .replace expanded, or
+// refuses it whole.
+func (t *Tree) expand(op *Op) ([]Row, error) {
 	rows := op.Rows
 	if op.SetFilter != "" || op.Replace != "" {
 		rows = slices.Clip(rows)
@@ -78,34 +128,16 @@ func (t *Tree) applyOp(op *Op) Applied {
 		})
 	}
 	if op.MaxRows > 0 && len(rows) > op.MaxRows {
-		return Applied{Err: fmt.Errorf("%w: the publish would touch %d rows, more than %d", ErrLimit, len(rows), op.MaxRows)}
+		return nil, fmt.Errorf("%w: the publish would touch %d rows, more than %d", ErrLimit, len(rows), op.MaxRows)
 	}
 	if op.Allow != nil {
 		for _, r := range rows {
 			if !op.Allow(r.Topic) {
-				return Applied{Err: fmt.Errorf("%w: write to %q", ErrDenied, r.Topic)}
+				return nil, fmt.Errorf("%w: write to %q", ErrDenied, r.Topic)
 			}
 		}
 	}
-	for i := range rows {
-		r := &rows[i]
-		if r.Retain {
-			changed, value := t.store.put(r.Topic, r.Value, op.QoS, t.stamp)
-			r.Same, r.QoSOnly = !changed, changed && !value
-			t.dirty = t.dirty || changed
-		}
-		if !t.track {
-			continue
-		}
-		if i, ok := t.byTopic[r.Topic]; ok {
-			c := &t.changed[i]
-			c.val, c.qos = r.Value, max(c.qos, op.QoS)
-			continue
-		}
-		t.byTopic[r.Topic] = int32(len(t.changed))
-		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, qos: op.QoS})
-	}
-	return Applied{Rows: rows}
+	return rows, nil
 }
 
 // rowPath is one changed row placed in a group's tree: its keys (the levels

@@ -82,7 +82,8 @@ type Result struct {
 	Applied []Applied // one per op, in order
 	Deltas  []Delta   // one per touched group (and per touched private subscription)
 	// Rev is the store's revision after the batch: one more than before
-	// if it changed any row (Changed), else the same.
+	// if it changed any row (Changed), else the same (ApplyAt: its
+	// stamp's revision if higher).
 	Rev     uint64
 	Changed bool
 	MS      int64 // the time stamped on the rows it changed

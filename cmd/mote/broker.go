@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -78,7 +79,8 @@ type config struct {
 		MaxConns          int   `yaml:"max_conns"`
 		MaxConnsPerHost   int   `yaml:"max_conns_per_host"`
 	} `yaml:"http"`
-	AllowAnon bool `yaml:"allow_anonymous"`
+	Cluster   clusterConfig `yaml:"cluster"`
+	AllowAnon bool          `yaml:"allow_anonymous"`
 	Retain    struct {
 		Interval   time.Duration `yaml:"interval"`
 		MaxBatch   int           `yaml:"max_batch"`
@@ -176,6 +178,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	anon := fs.Bool("allow-anonymous", false, "accept clients without a username (without a password file the broker otherwise listens on loopback only)")
 	pprofAddr := fs.String("pprof", "", "serve Go profiles (/debug/pprof/) on this address, loopback unless a host is given (default: off)")
 	maxKeepAlive := fs.Uint("max-keepalive", 0, "largest keep-alive a client may use, in seconds (MQTT 5 clients are told; 0: no cap)")
+	clf := addClusterFlags(fs)
 	var origins stringList
 	fs.Var(&origins, "allowed-origin", "a web origin (scheme://host[:port]) whose pages may open a WebSocket or use the HTTP API (repeatable; * for any; default: the broker's own origin)")
 	if err := fs.Parse(args); err != nil {
@@ -222,12 +225,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	dir := pick(*data, cfg.Data, "data")
-	store, err := retain.Open(dir)
-	if err != nil {
-		return err
-	}
 	opts := broker.Options{
-		Store:          store,
 		Users:          set.reload.Users,
 		ACL:            set.reload.ACL,
 		Translators:    set.reload.Translators,
@@ -285,9 +283,22 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 			opts.Limits.MaxDepth = def.MaxDepth
 		}
 	}
+	if cc := clf.merge(cfg.Cluster); cc.Name != "" {
+		node, err := openCluster(ctx, cc, dir, &opts, log)
+		if err != nil {
+			return err
+		}
+		defer node.close() // after the broker's Close
+	} else {
+		store, err := retain.Open(dir)
+		if err != nil {
+			return err
+		}
+		opts.Store = store
+	}
 	b, err := broker.New(opts)
 	if err != nil {
-		store.Close()
+		opts.Store.Close()
 		return err
 	}
 	// SIGHUP reloads (from before Start: it never kills the broker);
@@ -300,7 +311,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		b.Close() //nolint:errcheck // Start's error says more
 		return err
 	}
-	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
+	log.Info().Str("store", filepath.Join(dir, retain.FileName)).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
 	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), cfg, log)
 	if err != nil {
 		b.Close() //nolint:errcheck // the listener's error says more
