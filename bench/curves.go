@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,7 +35,8 @@ import (
 //     other brokers are read the only way a plain client can, dev/+/state
 //     and its retained replay;
 //   - curve-rows: Sizes.CurveMemRows retained rows (10k … 1M): the broker's
-//     RSS, and its growth per row over the empty broker's;
+//     RSS, and its growth per row over the empty broker's, all of it and
+//     its anonymous part (without mapped files: Mote's bbolt database);
 //   - curve-idle: Sizes.CurveIdle idle MQTT connections (0, 1k, 5k: a
 //     CONNECT each, no subscription, no keep-alive): the broker's RSS and
 //     its growth per connection.
@@ -62,6 +64,10 @@ const CurvePrefix = "curve-"
 // curveIdle is how long a curve's reader waits for the next message
 // before it counts what has not arrived as lost.
 const curveIdle = 5 * time.Second
+
+// curveFirst is how long a curve's reader waits for the first row of a
+// retained replay.
+const curveFirst = 30 * time.Second
 
 // curveRung bounds one rung of a curve (a snapshot read, one level of
 // rows loaded).
@@ -129,7 +135,7 @@ func snapshotCurve(ctx context.Context, t target, s Sizes) (outcome, error) {
 func rowsCurve(ctx context.Context, t target, s Sizes) (outcome, error) {
 	const xName = "retained rows"
 	time.Sleep(s.CurveSettle)
-	rss0 := t.rss()
+	rss0, anon0 := t.rss(), t.anonRSS()
 	var pts []Point
 	loaded := 0
 	for i, n := range s.CurveMemRows {
@@ -140,12 +146,24 @@ func rowsCurve(ctx context.Context, t target, s Sizes) (outcome, error) {
 		}
 		loaded = n
 		time.Sleep(s.CurveSettle)
-		rss := t.rss()
+		rss, anon := t.rss(), t.anonRSS()
 		pts = append(pts,
 			Point{Measure: "RSS MiB", XName: xName, X: x, Y: float64(rss) / (1 << 20)},
-			Point{Measure: "RSS growth bytes/row", XName: xName, X: x, Y: float64(rss-rss0) / x})
+			Point{Measure: "RSS growth bytes/row", XName: xName, X: x, Y: float64(rss-rss0) / x},
+			Point{Measure: "anonymous RSS growth bytes/row", XName: xName, X: x, Y: float64(anon-anon0) / x})
 	}
 	return outcome{points: pts, extra: map[string]float64{"rss-empty-MiB": float64(rss0) / (1 << 20)}}, nil
+}
+
+// anonRSS is the broker's anonymous resident memory now (RssAnon: its
+// heap and stacks, without the pages of files it maps, such as a bbolt
+// database).
+func (t target) anonRSS() int64 {
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(t.b.cmd.Process.Pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	return statusKB(status, "RssAnon:")
 }
 
 // idleCurve opens the idle connections of s.CurveIdle rung by rung and
@@ -270,8 +288,8 @@ func loadRange(ctx context.Context, addr string, from, to int, prefix string) er
 // readRows connects a fresh client that subscribes to dev/+/state ($sync
 // with sync) and reads until it holds want rows: the time from the
 // SUBSCRIBE to the last byte of the last row, and the rows it got. A
-// reader that receives nothing for curveIdle stops (rows missing), as
-// does one past curveRung (an error).
+// reader that receives nothing for curveIdle (curveFirst before the first
+// row) stops (rows missing), as does one past curveRung (an error).
 func readRows(ctx context.Context, addr, id string, want int, sync bool) (time.Duration, int, error) {
 	ctx, cancel := context.WithTimeout(ctx, curveRung)
 	defer cancel()
@@ -305,7 +323,11 @@ func readRows(ctx context.Context, addr, id string, want int, sync bool) (time.D
 	got := 0
 	for got < want {
 		if got%256 == 0 {
-			dl := time.Now().Add(curveIdle)
+			idle := curveIdle
+			if got == 0 {
+				idle = curveFirst // a broker may take a while to start the replay
+			}
+			dl := time.Now().Add(idle)
 			if d, ok := ctx.Deadline(); ok && d.Before(dl) {
 				dl = d
 			}
