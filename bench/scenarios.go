@@ -212,14 +212,18 @@ func await(ctx context.Context, n *atomic.Int64, want int64, idle time.Duration)
 }
 
 func fanIn(ctx context.Context, addr string, s Sizes, qos byte) (outcome, error) {
-	return fanInN(ctx, addr, s.FanInPubs, s.FanInEach, qos, "fanin-")
+	return fanInN(ctx, addr, s.FanInPubs, s.FanInEach, qos, "fanin-", nil)
 }
 
 // fanInN is pubs publishers (client ids prefix+i) sending each messages
 // of 64 bytes at qos to one subscriber (prefix+"sub") of all of them:
 // value = messages delivered a second, from the publishers' start to the
-// last arrival.
-func fanInN(ctx context.Context, addr string, pubs, each int, qos byte, prefix string) (outcome, error) {
+// last arrival. With cpu (the broker's CPU time) the publishers connect
+// first, stagedConnects at a time, and start together once all are
+// connected; the clock starts then, and extra "cpu-s" is the broker's CPU
+// time from then to the last arrival. Without, each publishes as soon as
+// it is connected, and the clock includes the connects.
+func fanInN(ctx context.Context, addr string, pubs, each int, qos byte, prefix string, cpu func() time.Duration) (outcome, error) {
 	var got, bytes atomic.Int64
 	var lastAt atomic.Int64
 	sub, err := dial(addr, prefix+"sub", func(_ paho.Client, m paho.Message) {
@@ -235,14 +239,20 @@ func fanInN(ctx context.Context, addr string, pubs, each int, qos byte, prefix s
 		return outcome{}, err
 	}
 	payload := strings.Repeat("x", 64)
-	start := time.Now()
-	err = publishers(addr, prefix, pubs, func(p int, c paho.Client) {
+	publish := func(p int, c paho.Client) {
 		var last paho.Token
 		for range each {
 			last = c.Publish(fmt.Sprint("fan/", p), qos, false, payload)
 		}
 		wait(last)
-	})
+	}
+	start := time.Now()
+	var cpu0 time.Duration
+	if cpu != nil {
+		err = stagedPublishers(addr, prefix, pubs, func() { start, cpu0 = time.Now(), cpu() }, publish)
+	} else {
+		err = publishers(addr, prefix, pubs, publish)
+	}
 	if err != nil {
 		return outcome{}, err
 	}
@@ -252,7 +262,11 @@ func fanInN(ctx context.Context, addr string, pubs, each int, qos byte, prefix s
 	if elapsed <= 0 {
 		elapsed = time.Since(start)
 	}
-	return outcome{value: float64(got.Load()) / elapsed.Seconds(), msgs: got.Load(), bytes: bytes.Load(), sent: total, lost: total - got.Load()}, nil
+	o := outcome{value: float64(got.Load()) / elapsed.Seconds(), msgs: got.Load(), bytes: bytes.Load(), sent: total, lost: total - got.Load()}
+	if cpu != nil {
+		o.extra = map[string]float64{"cpu-s": (cpu() - cpu0).Seconds()}
+	}
+	return o, nil
 }
 
 func fanOut(ctx context.Context, addr string, s Sizes) (outcome, error) {
