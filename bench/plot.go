@@ -195,8 +195,13 @@ func xLabel(x float64) string {
 	return strconv.FormatFloat(x, 'g', 4, 64)
 }
 
-// yLabel writes a value on a log axis: 0.001, 0.1, 10, 1000, 1e+05.
-func yLabel(y float64) string { return strconv.FormatFloat(y, 'g', 3, 64) }
+// yLabel writes a value on a log axis: 0.001, 0.1, 10, 1k, 100k.
+func yLabel(y float64) string {
+	if y >= 1000 {
+		return xLabel(y)
+	}
+	return strconv.FormatFloat(y, 'g', 3, 64)
+}
 
 func (c *chart) draw(b *bytes.Buffer, ox, oy int) {
 	x0, x1 := float64(ox+marginL), float64(ox+chartW-marginR)
