@@ -44,6 +44,9 @@ type Broker struct {
 	// the revision of the last Reload, whose copies were made under other
 	// read rules (owned by the loop).
 	resumeFloor uint64
+	// retScratch is the loop's slice of row changes for the retainer,
+	// reused batch after batch (apply); owned by the loop.
+	retScratch []retain.Change
 
 	keptIn keptInbound // client QoS 2 publishes of persistent sessions that mochi's map could not keep
 

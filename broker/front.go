@@ -24,6 +24,13 @@ func (b *Broker) Authenticate(remote, user, password string, hasUser bool) error
 	return b.login(remote, user, []byte(password), hasUser)
 }
 
+// ClientHost is the host a client at remote ("ip:port") counts as, for
+// every limit kept per host (the guess throttle; the HTTP API's event
+// streams): its IP address, an IPv4-mapped IPv6 address as IPv4, an
+// IPv6 address as its /64 (one machine usually holds a whole /64, so its
+// addresses are one host), e.g. "2001:db8:1:2::/64".
+func ClientHost(remote string) string { return guessHost(remote) }
+
 // HasUsers reports whether the broker authenticates users: a password
 // file is in force under the access rules of the moment (a Reload may
 // add or drop it).

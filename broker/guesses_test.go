@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,9 @@ func TestGuessHost(t *testing.T) {
 		"[2001:db8:1:2:3:4:5:6]:1234": "2001:db8:1:2::/64",
 		"[2001:db8:1:2:ffff::1]:99":   "2001:db8:1:2::/64",
 		"[::ffff:192.0.2.7]:1":        "192.0.2.7",
+		"[fe80::1%eth0]:1":            "fe80::/64", // a zone used to make each link-local address a host of its own
+		"[fe80::2:3%2]:1":             "fe80::/64",
+		"[::1]:7":                     "::/64",
 		"pipe":                        "pipe",
 	} {
 		if got := guessHost(remote); got != want {
@@ -196,6 +200,25 @@ func TestOriginRule(t *testing.T) {
 		{anon, "localhost:1885", false, "http://localhost:1885", true},
 		{anon, "127.0.0.1:1885", false, "http://127.0.0.1:8080", false},
 		{anon, "rebind.example:1885", false, "http://rebind.example:1885", false},
+		// Red team, round 15: forms of one origin, and near misses.
+		{anon, "[::1]:1885", false, "http://[::1]:1885", true},
+		{anon, "[::1]:1885", false, "http://[::1]:1886", false},
+		{anon, "LOCALHOST:1885", false, "http://localhost:1885", true},
+		{anon, "localhost.:1885", false, "http://localhost.:1885", false}, // not a loopback name as written
+		{anon, "localhost:1885", false, "http://localhost.:1885", false},
+		{anon, "127.0.0.1:1885", false, "http://127.0.0.1:1885.", false},
+		{anon, "127.0.0.1", false, "http://127.0.0.1:80", true},
+		{anon, "127.0.0.1:443", false, "https://127.0.0.1", false}, // plain HTTP on 443 is not https's default
+		{anon, "127.0.0.1:1885", false, "http://127.0.0.1:1885 ", false},
+		{anon, "127.0.0.1:1885", false, "http://127.0.0.1:1885, http://evil.example", false},
+		{anon, "127.0.0.1:1885", false, "NULL", false},
+		{anon, "127.0.0.1:1885", false, "file://", false},
+		{anon, "127.0.0.1:1885", false, "http://127.0.0.1%2e:1885", false},
+		{anon, "[::ffff:127.0.0.1]:1885", false, "http://[::ffff:127.0.0.1]:1885", true},
+		{b, "broker.example:1885", false, "http://broker.example.:1885", false},
+		{b, "[2001:db8::1]:1885", false, "http://[2001:DB8::1]:1885", true},
+		{b, "broker.example:1885", false, "http://broker.example:1885?x", false},
+		{b, "broker.example:1885", false, "http://broker.example:1885#x", false},
 	} {
 		r := httptest.NewRequest(http.MethodGet, "/api/tree/x", nil)
 		r.Host = tc.host
@@ -233,6 +256,18 @@ func BenchmarkGuesses(b *testing.B) {
 			for pb.Next() {
 				g.blocked(hosts[i%len(hosts)], now)
 				i += 7919
+			}
+		})
+	})
+	b.Run("login-ok", func(b *testing.B) { // a right password: admitted, then done
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				h := "192.0.2." + strconv.Itoa(i&255)
+				g.admit(h, true, now)
+				g.done(h, false, now)
+				i++
 			}
 		})
 	})

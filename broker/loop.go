@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,8 +222,17 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	b.stats.Batches.Add(1)
 	b.stats.OpsApplied.Add(int64(len(ops)))
 	atomic.StoreInt64(&b.server.Info.Retained, int64(b.tree.Store().Len()))
-	var changes []retain.Change // of the publishes no one waits for: committed together
-	var tops []tree.Op          // translations of $set and .replace, applied after
+	// The changes of the publishes no one waits for, committed together,
+	// in the loop's scratch slice: Retainer.Add copies what it keeps.
+	changes := b.retScratch[:0]
+	if b.ret != nil {
+		n := 0
+		for _, a := range res.Applied {
+			n += len(a.Rows)
+		}
+		changes = slices.Grow(changes, n) // at once, not by doubling
+	}
+	var tops []tree.Op // translations of $set and .replace, applied after
 	var tmeta []*pubMeta
 	for i, a := range res.Applied {
 		m := meta[i]
@@ -234,29 +244,26 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 			}
 			continue
 		}
-		var own []retain.Change
+		from := len(changes) // this publish's own changes are changes[from:]
 		if b.ret != nil {
 			for _, row := range a.Rows {
 				if row.Retain && !row.Same && !isSys(row.Topic) { // $SYS rows are the broker's live counters: not kept
-					own = append(own, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS, Rev: res.Rev, MS: res.MS, QoSOnly: row.QoSOnly})
+					changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: ops[i].QoS, Rev: res.Rev, MS: res.MS, QoSOnly: row.QoSOnly})
 				}
 			}
 		} else if res.Changed {
 			b.marks.note(a.Rows, res.Rev)
 		}
 		switch {
-		case m.done != nil && m.commit && len(own) > 0:
+		case m.done != nil && m.commit && len(changes) > from:
 			// Its own Add, in order, so the answer is about its rows only.
-			if len(changes) > 0 {
-				b.ret.Add(changes)
-				changes = nil
+			if from > 0 {
+				b.ret.Add(changes[:from])
 			}
-			b.ret.Add(own, m.done)
+			b.ret.Add(changes[from:], m.done)
+			changes = changes[:0]
 		case m.done != nil:
-			changes = append(changes, own...)
 			m.done <- nil
-		default:
-			changes = append(changes, own...)
 		}
 		if m.plain != nil {
 			b.deliverPlain(m.plain, pubWait{})
@@ -282,6 +289,11 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	} else if res.Changed && b.ret != nil {
 		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
 	}
+	b.retScratch = nil
+	if cap(changes) <= retScratchRows { // a storm's largest batch is not kept for good
+		clear(changes) // drop the rows' references for the GC
+		b.retScratch = changes[:0]
+	}
 	var batch *batchRows
 	for i := range res.Deltas {
 		d := &res.Deltas[i]
@@ -294,6 +306,10 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 	}
 	b.apply(tops, tmeta) // never translated again: no deeper
 }
+
+// retScratchRows bounds the loop's slice of retainer changes kept from
+// one batch to the next (about 300 KiB).
+const retScratchRows = 4096
 
 // handle runs a request other than a publish.
 func (b *Broker) handle(r *request) {

@@ -72,7 +72,7 @@ func replayStorm(b *testing.B, addr string, subs, rows int) (peak, allocated flo
 	errs := make(chan error, subs)
 	for i := range subs {
 		wg.Go(func() {
-			if err := replayReader(ctx, addr, fmt.Sprintf("storm-%d", i), rows); err != nil {
+			if err := replayReader(ctx, addr, fmt.Sprintf("storm-%d", i), "dev/+/state", rows); err != nil {
 				errs <- err
 			}
 		})
@@ -88,9 +88,9 @@ func replayStorm(b *testing.B, addr string, subs, rows int) (peak, allocated flo
 	return float64(top.Load()) - float64(base), float64(sample[1].Value.Uint64() - alloc0)
 }
 
-// replayReader connects (MQTT 3.1.1, clean), subscribes dev/+/state at
-// QoS 0 and reads until rows publishes came.
-func replayReader(ctx context.Context, addr, id string, rows int) error {
+// replayReader connects (MQTT 3.1.1, clean), subscribes filter at QoS 0
+// and reads until rows publishes came.
+func replayReader(ctx context.Context, addr, id, filter string, rows int) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -101,7 +101,6 @@ func replayReader(ctx context.Context, addr, id string, rows int) error {
 		c.SetDeadline(dl) //nolint:errcheck // a failing deadline fails the reads
 	}
 	connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, byte(len(id))}, id...)
-	filter := "dev/+/state"
 	sub := append([]byte{0, 1, 0, byte(len(filter))}, filter...)
 	sub = append(sub, 0)
 	out := append(append([]byte{0x10, byte(len(connect))}, connect...), append([]byte{0x82, byte(len(sub))}, sub...)...)

@@ -44,11 +44,20 @@
 // One caller (a user of the password file; otherwise a remote host) has
 // at most MaxStreamsPerUser event streams open (429 past it), so one
 // cannot take all MaxStreams.
+// The GET answers being written hold at most MaxAnswerBytes in all
+// (answerBudget; 503 past it), so slow readers of large trees cannot hold
+// a copy each without end.
+// Serve keeps the connections within MaxConns, and MaxConnsPerHost per
+// remote host (not loopback): one past either is closed once accepted
+// (connLimit), so idle or slowly-sent connections cannot take memory
+// without end.
 //
 // # Concurrency
 //
 // The Server owns its http.Server, the count of open event streams (and,
-// under callersMu, the count per caller), and
+// under callersMu, the count per caller), the count of connections (its
+// connLimit, under that one's mu), the bytes of answers being written
+// (answerBudget, under its mu), and
 // a semaphore that lets a few GETs at a time have their tree made on the
 // message loop (publishes never queue behind many).
 // Each request runs on net/http's goroutine for it, which owns the
@@ -68,6 +77,13 @@
 // ends every stream, then shuts the http.Server down.
 //
 // # Caveats
+//
+// Serve speaks plain HTTP: Basic credentials cross the network in the
+// clear unless a TLS proxy is in front. With anonymous access, a GET
+// carries no Origin, so a DNS-rebound page reads what anonymous clients
+// may read (writes, which carry one, are refused). One slow reader of a
+// large answer may hold most of MaxAnswerBytes for up to WriteTimeout,
+// and other large GETs get 503 meanwhile.
 //
 // A history answer larger than the broker's maximum
 // packet size (which the broker cuts in parts) is refused with 500. A

@@ -82,6 +82,30 @@ func TestNosniffNoStore(t *testing.T) {
 		t.Errorf("event stream: %s, %q", resp.Status, resp.Header)
 	}
 	s.close()
+
+	// The other refusals, and a panic.
+	small := setup(t, broker.Options{Users: testUsers(t), GuessLimit: 1}, Options{MaxBody: 4, MaxStreams: 1,
+		Metrics: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("boom") })})
+	for _, tc := range []struct {
+		method, path, body string
+		hdr                []string
+		status             int
+	}{
+		{"GET", "/api/tree/h", "", []string{"auth", alice, "Accept", "image/png"}, 406},
+		{"PUT", "/api/tree/h", "1", []string{"auth", alice, "Content-Type", "text/plain; charset=\"x"}, 415},
+		{"PUT", "/api/tree/h", "123456789", []string{"auth", alice}, 413},
+		{"GET", "/metrics", "", []string{"auth", alice}, 500},
+		{"GET", "/api/tree/h", "", []string{"auth", "bob:wrong"}, 401},
+		{"GET", "/api/tree/h", "", []string{"auth", alice}, 429},
+	} {
+		resp, body := small.do(t, tc.method, tc.path, strings.NewReader(tc.body), tc.hdr...)
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s %s: %d %s, want %d", tc.method, tc.path, resp.StatusCode, body, tc.status)
+		}
+		if resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("Cache-Control") != "no-store" {
+			t.Errorf("%s %s (%d): %q", tc.method, tc.path, resp.StatusCode, resp.Header)
+		}
+	}
 }
 
 // TestOriginOtherPort: a page on another port of the broker's host is
@@ -154,6 +178,17 @@ func TestGuessThrottle(t *testing.T) {
 			t.Errorf("body %s", body)
 		}
 	}
+	// Naming another client in a header changes nothing: the host is the
+	// TCP peer.
+	for _, h := range []string{"X-Forwarded-For", "X-Real-IP", "Forwarded"} {
+		v := "192.0.2.99"
+		if h == "Forwarded" {
+			v = "for=192.0.2.99"
+		}
+		if resp, _ := e.do(t, "GET", "/api/tree/x", nil, "auth", "alice:alice-pw", h, v); resp.StatusCode != http.StatusTooManyRequests {
+			t.Errorf("%s from a blocked host: %s", h, resp.Status)
+		}
+	}
 	// /metrics takes the same credentials, so it is refused too.
 	if resp, _ := e.do(t, "GET", "/metrics", nil, "auth", "alice:alice-pw"); resp.StatusCode != http.StatusTooManyRequests {
 		t.Errorf("/metrics from a blocked host: %s", resp.Status)
@@ -220,24 +255,32 @@ func TestStreamsPerCaller(t *testing.T) {
 // TestStreamKey: streams count per user when the broker proves users (a
 // password file), else per remote host: an anonymous caller, or any
 // username without a password file (taken as given), cannot dodge the cap
-// by naming another user.
+// by naming another user — nor by using another address of its IPv6 /64
+// or another form of its IPv4 address: the host is counted as the guess
+// throttle counts it. (Each IPv6 address used to be a host of its own, so
+// one machine with a /64 had no cap.)
 func TestStreamKey(t *testing.T) {
 	withUsers := setup(t, broker.Options{Users: testUsers(t), AllowAnonymous: true}, Options{})
 	without := setup(t, broker.Options{}, Options{})
-	r := httptest.NewRequest(http.MethodGet, "/api/tree/x", nil)
-	r.RemoteAddr = "[2001:db8::7]:4000"
 	for _, tc := range []struct {
-		e    *env
-		user string
-		want string
+		e      *env
+		remote string
+		user   string
+		want   string
 	}{
-		{withUsers, "alice", "user alice"},
-		{withUsers, "", "host 2001:db8::7"},
-		{without, "alice", "host 2001:db8::7"},
-		{without, "", "host 2001:db8::7"},
+		{withUsers, "[2001:db8::7]:4000", "alice", "user alice"},
+		{withUsers, "[2001:db8::7]:4000", "", "host 2001:db8::/64"},
+		{without, "[2001:db8::7]:4000", "alice", "host 2001:db8::/64"},
+		{without, "[2001:db8::7]:4000", "", "host 2001:db8::/64"},
+		{without, "[2001:db8::ffff:1:2]:4001", "", "host 2001:db8::/64"},
+		{without, "[2001:db8:0:1::7]:4000", "", "host 2001:db8:0:1::/64"},
+		{without, "[::ffff:192.0.2.7]:1", "", "host 192.0.2.7"},
+		{without, "192.0.2.7:2", "", "host 192.0.2.7"},
 	} {
+		r := httptest.NewRequest(http.MethodGet, "/api/tree/x", nil)
+		r.RemoteAddr = tc.remote
 		if got := tc.e.s.streamKey(r, broker.Principal{User: tc.user}); got != tc.want {
-			t.Errorf("user %q: %q, want %q", tc.user, got, tc.want)
+			t.Errorf("%s, user %q: %q, want %q", tc.remote, tc.user, got, tc.want)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,21 @@ type Options struct {
 	// MaxStreams/8 (1,250), at least 1.
 	MaxStreamsPerUser int
 
+	// MaxAnswerBytes bounds the bytes of tree and history answers (GET)
+	// held at once while they are written to slow clients: past it an
+	// answer is refused with 503 and Retry-After (one answer is always let
+	// through, however large). Default 256 MiB.
+	MaxAnswerBytes int64
+	// MaxConns bounds the connections open at once (each costs some 20
+	// KiB however little its client sends); past it a new connection is
+	// closed as soon as it is accepted. Default MaxStreams + 1,000 (11,000).
+	MaxConns int
+	// MaxConnsPerHost bounds the connections open at once from one remote
+	// host (an IPv6 /64 as one), so that one host cannot take them all;
+	// loopback peers (a reverse proxy on the broker's machine) have no
+	// bound of their own. Default MaxConns/4 (2,750).
+	MaxConnsPerHost int
+
 	// ReadHeaderTimeout bounds reading a request's headers (default 10s),
 	// ReadTimeout the whole request with its body (default 60s),
 	// WriteTimeout writing a response, or one event of a stream (default
@@ -67,6 +83,7 @@ const (
 	// DefaultAddr is where `mote broker` serves the API and the web view.
 	DefaultAddr              = ":1885"
 	DefaultMaxStreams        = 10_000
+	DefaultMaxAnswerBytes    = 256 << 20
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultReadTimeout       = 60 * time.Second
 	DefaultWriteTimeout      = 60 * time.Second
@@ -97,6 +114,7 @@ type Server struct {
 	// trees is a semaphore: trees being read off the message loop for
 	// GETs, a few at a time, so publishes are never queued behind many.
 	trees   chan struct{}
+	answers answerBudget  // bytes of GET answers being written
 	closing chan struct{} // closed by Close: event streams end
 	once    sync.Once
 }
@@ -117,6 +135,15 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.MaxStreamsPerUser <= 0 {
 		o.MaxStreamsPerUser = max(1, o.MaxStreams/8)
 	}
+	if o.MaxAnswerBytes <= 0 {
+		o.MaxAnswerBytes = DefaultMaxAnswerBytes
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = o.MaxStreams + 1_000
+	}
+	if o.MaxConnsPerHost <= 0 {
+		o.MaxConnsPerHost = max(1, o.MaxConns/4)
+	}
 	def(&o.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	def(&o.ReadTimeout, DefaultReadTimeout)
 	def(&o.WriteTimeout, DefaultWriteTimeout)
@@ -126,7 +153,7 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.Web == nil {
 		o.Web = http.HandlerFunc(noWeb)
 	}
-	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), callers: map[string]int{}}
+	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), callers: map[string]int{}, answers: answerBudget{max: o.MaxAnswerBytes}}
 	if s.opts.Health == nil {
 		s.opts.Health = s.loopHealth
 	}
@@ -160,12 +187,14 @@ func (s *Server) Listen(addr string) (net.Listener, error) {
 }
 
 // Serve serves the API on l until Close; it refuses a listener that is
-// not on loopback when the broker serves loopback clients only. It returns
-// nil after Close.
+// not on loopback when the broker serves loopback clients only. It keeps
+// the connections within MaxConns and MaxConnsPerHost. It returns nil
+// after Close.
 func (s *Server) Serve(l net.Listener) error {
 	if s.b.LocalOnly() && !isLoopback(l.Addr()) {
 		return fmt.Errorf("httpapi: %s is not a loopback address: without a password file and without anonymous access the broker serves loopback only", l.Addr())
 	}
+	l = newConnLimit(l, s.opts.MaxConns, s.opts.MaxConnsPerHost, s.log)
 	if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("httpapi: serve: %w", err)
 	}
@@ -239,16 +268,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // reachable says why r may not reach the broker at all ("" if it may).
 // A broker serving loopback only (Broker.LocalOnly) answers loopback
-// peers only, and only under a loopback host name: a page whose own name
+// peers only (a RemoteAddr that is not an IP address and port is not
+// one), and only under a loopback host name: a page whose own name
 // an attacker points at 127.0.0.1 (DNS rebinding) sends its name as Host.
 func (s *Server) reachable(r *http.Request) string {
 	if !s.b.LocalOnly() {
 		return ""
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if ip := net.ParseIP(host); ip != nil && !ip.IsLoopback() {
-			return "the broker serves loopback clients only (no password file, no anonymous access)"
-		}
+	// What does not read as an IP address (a zone, another network's
+	// address) is not loopback either: refused.
+	peer, _, err := net.SplitHostPort(r.RemoteAddr)
+	if a, perr := netip.ParseAddr(peer); err != nil || perr != nil || !a.WithZone("").Unmap().IsLoopback() {
+		return "the broker serves loopback clients only (no password file, no anonymous access)"
 	}
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -87,16 +86,14 @@ func (s *Server) history(ctx context.Context, p broker.Principal, filter string,
 
 // streamKey is who an event stream counts against (MaxStreamsPerUser):
 // its user when the broker has a password file (the user proved who it
-// is), else its remote host.
+// is), else its remote host as the guess throttle counts it
+// (broker.ClientHost: an IPv6 address as its /64, whose 2^64 addresses
+// one machine may hold).
 func (s *Server) streamKey(r *http.Request, p broker.Principal) string {
 	if p.User != "" && s.b.HasUsers() {
 		return "user " + p.User
 	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	return "host " + host
+	return "host " + broker.ClientHost(r.RemoteAddr)
 }
 
 // openStream counts one more stream of key; false (not counted) past

@@ -64,8 +64,9 @@ func TestStream(t *testing.T) {
 	}
 	s.close()
 
-	// A Last-Event-ID that is not a revision, or too old, gets a snapshot.
-	for _, id := range []string{"junk", "1"} {
+	// A Last-Event-ID that is not a revision, too old, or ahead of the
+	// broker (a client of another broker, a forged one) gets a snapshot.
+	for _, id := range []string{"junk", "1", "-1", "0", "18446744073709551615", "18446744073709551616", strings.Repeat("9", 10_000)} {
 		s, _ = e.openStream(t, "/api/tree/s/+", "Last-Event-ID", id)
 		if ev = s.next(t); ev.name != "snapshot" || !reflect.DeepEqual(jsonOf(t, []byte(ev.data)), map[string]any{"b": 20.0, "c": 3.0, "d": 4.0}) {
 			t.Errorf("Last-Event-ID %s: %+v", id, ev)
@@ -224,5 +225,64 @@ func TestStreamParts(t *testing.T) {
 	// A history answer in parts is refused, not cut.
 	if resp, body := e.do(t, "GET", "/api/tree/p/+?history=1", nil); resp.StatusCode != 500 || !strings.Contains(string(body), "maximum packet size") {
 		t.Errorf("history in parts: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestStreamCountsComeBack: however a stream ends — its client resets the
+// connection mid-stream, stops reading until the write deadline passes, or
+// its request is cut before the headers go out — its places among
+// MaxStreams and its caller's MaxStreamsPerUser come back, so no caller is
+// locked out by streams that are gone.
+func TestStreamCountsComeBack(t *testing.T) {
+	e := setup(t, broker.Options{QueueBytes: 1 << 20, PublishWait: 50 * time.Millisecond},
+		Options{WriteTimeout: 200 * time.Millisecond, MaxStreams: 4, MaxStreamsPerUser: 2})
+	addr := strings.TrimPrefix(e.url, "http://")
+	empty := func() bool {
+		e.s.callersMu.Lock()
+		defer e.s.callersMu.Unlock()
+		return e.s.streams.Load() == 0 && len(e.s.callers) == 0
+	}
+	raw := func() *net.TCPConn {
+		c, err := net.DialTimeout("tcp", addr, testTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		tc := c.(*net.TCPConn)
+		tc.SetReadBuffer(4096)
+		fmt.Fprintf(tc, "GET /api/tree/v/+ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+		return tc
+	}
+	for round := range 3 {
+		// Reset mid-stream, while deltas flow.
+		c := raw()
+		eventually(t, "the stream", func() bool { return e.s.streams.Load() == 1 })
+		e.publish(t, admin, "v/a", strconv.Itoa(round))
+		c.SetLinger(0)
+		c.Close()
+		for i := 0; !empty(); i++ {
+			if i > 1000 {
+				t.Fatal("a reset stream is still counted")
+			}
+			e.publish(t, admin, "v/a", strconv.Itoa(i))
+		}
+		// A client that stops reading: the write deadline ends it.
+		raw()
+		eventually(t, "the stream", func() bool { return e.s.streams.Load() == 1 })
+		big := strings.Repeat("x", 64<<10)
+		for i := 0; !empty(); i++ {
+			if i > 1000 {
+				t.Fatal("a stream whose client stopped reading is still counted")
+			}
+			e.publish(t, admin, "v/"+strconv.Itoa(i%8), strconv.Quote(big+strconv.Itoa(i)))
+		}
+	}
+	// The caller still has both its places.
+	for range 2 {
+		s, resp := e.openStream(t, "/api/tree/v/+")
+		if resp.StatusCode != 200 {
+			t.Fatalf("after streams that ended abnormally: %s", resp.Status)
+		}
+		s.next(t)
 	}
 }

@@ -57,6 +57,13 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 		s.fail(w, r, err)
 		return
 	}
+	// The answer is held until the client has read it: bounded in all.
+	if !s.answers.take(len(payload)) {
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", s.opts.MaxAnswerBytes>>20), "")
+		return
+	}
+	defer s.answers.give(len(payload))
 	h := w.Header()
 	h.Set("Content-Type", codec.ContentType())
 	h.Set("Content-Length", strconv.Itoa(len(payload)))

@@ -51,6 +51,18 @@ type Options struct {
 	OnCommit func(took time.Duration, rows int, err error)
 }
 
+// committingLen is the number of rows being committed. r.mu must be held.
+func (r *Retainer) committingLen() int {
+	if r.committing == nil {
+		return 0
+	}
+	return r.committing.len()
+}
+
+// spareRows bounds the set kept for the next commit: one that held more
+// rows is left to the GC rather than kept at its largest.
+const spareRows = 1 << 16
+
 // MaxBackoff bounds the wait between retries of a commit that failed
 // whole. The first retry waits Options.Interval, each next one twice as
 // long, up to MaxBackoff (or Interval, if that is longer).
@@ -107,14 +119,14 @@ type Retainer struct {
 	log   zerolog.Logger
 
 	mu         sync.Mutex // guards pending, hist, rules, rulesSet, seqRev, seq, committing, waiters, closed, err, lastLost, and the times below
-	pending    map[string]Change
+	pending    *rowSet
 	hist       []Change      // every change of rows under a history rule, in order
 	rules      []HistoryRule // the history rules now (Options.History, then SetHistory's); never changed in place
 	rulesSet   bool          // SetHistory handed in rules no commit has started since
 	seqRev     uint64        // the revision of the last history value, and its Seq
 	seq        uint32
-	committing map[string]Change // the batch being committed, until it is
-	waiters    []waiting         // answered by the commit holding what was pending when they came
+	committing *rowSet   // the batch being committed, until it is
+	waiters    []waiting // answered by the commit holding what was pending when they came
 	closed     bool
 	err        error     // the last commit's error, nil once one succeeds
 	lastLost   error     // the last row the store refused, named
@@ -130,13 +142,23 @@ type Retainer struct {
 	pruneMore   bool      // the last prune or compaction stopped at its bound; owned by the goroutine
 	compactMore bool
 
+	// spare is the set of the last commit, emptied, for the next changes
+	// to wait in (guarded by mu); scratch lists a commit's rows (owned by
+	// the goroutine). Reusing them spares a boot storm an allocation and
+	// a map's growth per commit.
+	spare   *rowSet
+	scratch []Change
+
 	markers    int    // deletion markers in the store (about); owned by the goroutine
 	compacted  uint64 // markers at or below it are dropped; owned by the goroutine
 	epoch      uint64 // history values go to this epoch; owned by the goroutine
 	epochBytes int    // bytes of history values in it; owned by the goroutine
 
-	rev   atomic.Uint64 // the newest revision handed in
-	floor atomic.Uint64 // deletion markers at or below it may be gone
+	rev atomic.Uint64 // the newest revision handed in
+	// committed is the revision of the last commit (the retainer's
+	// goroutine's).
+	committed uint64
+	floor     atomic.Uint64 // deletion markers at or below it may be gone
 
 	wake chan struct{} // one slot: there are changes
 	done chan struct{} // closed when the goroutine has stopped
@@ -154,7 +176,7 @@ func New(store RowStore, opts Options, log zerolog.Logger) (*Retainer, error) {
 		store:   store,
 		opts:    opts.withDefaults(),
 		log:     log,
-		pending: map[string]Change{},
+		pending: &rowSet{},
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		pruned:  time.Now(),
@@ -214,12 +236,19 @@ func (r *Retainer) Floor() uint64 { return r.floor.Load() }
 // once.
 func (r *Retainer) Deleted(since, upto uint64, fn func(topic string, rev uint64) bool) error {
 	r.mu.Lock()
-	for _, m := range []map[string]Change{r.pending, r.committing} {
-		for _, c := range m {
-			if c.Value.Kind == 0 && c.Rev > since && c.Rev <= upto && !fn(c.Topic, c.Rev) {
-				r.mu.Unlock()
-				return nil
+	for _, m := range []*rowSet{r.pending, r.committing} {
+		if m == nil {
+			continue
+		}
+		stop := false
+		m.each(func(c *Change) {
+			if !stop && c.Value.Kind == 0 && c.Rev > since && c.Rev <= upto && !fn(c.Topic, c.Rev) {
+				stop = true
 			}
+		})
+		if stop {
+			r.mu.Unlock()
+			return nil
 		}
 	}
 	r.mu.Unlock()
@@ -252,7 +281,7 @@ func (r *Retainer) Add(changes []Change, waiters ...chan error) {
 		r.waitingSince = time.Now()
 	}
 	for _, c := range changes {
-		r.pending[c.Topic] = c
+		r.pending.put(c)
 		if len(r.rules) > 0 && !c.QoSOnly && RuleFor(r.rules, c.Topic) != nil {
 			if c.Rev != r.seqRev { // one revision may come in several Adds, and commits
 				r.seqRev, r.seq = c.Rev, 0
@@ -306,7 +335,7 @@ func (r *Retainer) HistoryRules() []HistoryRule {
 func (r *Retainer) Pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.pending) + len(r.hist)
+	return r.pending.len() + len(r.hist)
 }
 
 // Health reports whether the retainer works: nil, or why not — it has
@@ -329,9 +358,9 @@ func (r *Retainer) Health(stuck time.Duration) error {
 	case !r.commitSince.IsZero() && now.Sub(r.commitSince) > stuck:
 		return fmt.Errorf("retain: a commit has been running for %v", now.Sub(r.commitSince).Round(time.Millisecond))
 	case r.err != nil:
-		return fmt.Errorf("retain: last commit failed (%d rows pending, retried): %w", len(r.pending)+len(r.hist)+len(r.committing), r.err)
+		return fmt.Errorf("retain: last commit failed (%d rows pending, retried): %w", r.pending.len()+len(r.hist)+r.committingLen(), r.err)
 	case !r.waitingSince.IsZero() && now.Sub(r.waitingSince) > stuck+r.opts.Interval:
-		return fmt.Errorf("retain: %d rows have waited %v for a commit", len(r.pending)+len(r.hist), now.Sub(r.waitingSince).Round(time.Millisecond))
+		return fmt.Errorf("retain: %d rows have waited %v for a commit", r.pending.len()+len(r.hist), now.Sub(r.waitingSince).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -350,9 +379,9 @@ func (r *Retainer) Wait() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	waited := false
-	for len(r.pending)+len(r.hist) > r.opts.MaxPending && !r.closed {
+	for r.pending.len()+len(r.hist) > r.opts.MaxPending && !r.closed {
 		if !waited {
-			r.log.Warn().Int("pending", len(r.pending)).Msg("disk behind: publishers wait for the retainer")
+			r.log.Warn().Int("pending", r.pending.len()).Msg("disk behind: publishers wait for the retainer")
 		}
 		waited = true
 		r.room.Wait()
@@ -372,7 +401,7 @@ func (r *Retainer) run() {
 	var backoff time.Duration
 	for {
 		r.mu.Lock()
-		n, waiting, closed := len(r.pending), len(r.waiters) > 0, r.closed
+		n, waiting, closed := r.pending.len(), len(r.waiters) > 0, r.closed
 		r.mu.Unlock()
 		if closed {
 			r.final()
@@ -443,7 +472,9 @@ const maintainStep = 50_000
 func (r *Retainer) maintain(set bool) {
 	w := r.opts.ResumeWindow
 	target, over := r.floor.Load(), false
-	if rev := r.rev.Load(); rev > w {
+	// The revision committed, not the newest handed in: a compaction up to
+	// changes still pending would leave their markers below the floor.
+	if rev := r.committed; rev > w {
 		target = max(target, rev-w)
 	}
 	if r.markers > r.opts.MaxMarkers {
@@ -506,22 +537,33 @@ func (r *Retainer) final() {
 func (r *Retainer) commit(closing bool) error {
 	r.mu.Lock()
 	batch, hist, waiters := r.pending, r.hist, r.waiters
-	r.pending, r.hist, r.waiters = make(map[string]Change, len(batch)), nil, nil
+	next := r.spare
+	if next == nil {
+		next = &rowSet{}
+	}
+	r.pending, r.hist, r.waiters, r.spare = next, nil, nil, nil
 	r.committing = batch
 	start := time.Now()
 	r.waitingSince, r.commitSince = time.Time{}, start
-	r.mu.Unlock()
+	// Under the lock Add takes: rev is that of the batch's newest change,
+	// never one still pending (maintain compacts below what it commits).
 	rev := r.rev.Load()
-	if len(batch) == 0 && len(waiters) == 0 && !closing {
+	r.mu.Unlock()
+	if batch.len() == 0 && len(waiters) == 0 && !closing {
 		r.mu.Lock()
 		r.committing, r.commitSince = nil, time.Time{}
 		r.mu.Unlock()
 		return nil
 	}
-	changes := make([]Change, 0, len(batch))
-	for _, c := range batch {
-		changes = append(changes, c)
-	}
+	// A copy for the store to sort: Deleted reads batch meanwhile.
+	changes := batch.appendTo(slices.Grow(r.scratch[:0], batch.len()))
+	defer func() { // the slice (unless a storm's) and, once committed, the set serve the next commit
+		r.scratch = nil
+		if cap(changes) <= spareRows {
+			clear(changes)
+			r.scratch = changes[:0]
+		}
+	}()
 	if r.epochBytes >= EpochBytes {
 		r.epoch, r.epochBytes = r.epoch+1, 0
 	}
@@ -538,6 +580,7 @@ func (r *Retainer) commit(closing bool) error {
 		return err
 	}
 	r.histAdded += len(hist)
+	r.committed = rev
 	for _, c := range changes {
 		if c.Value.Kind == wire.None {
 			r.markers++
@@ -545,6 +588,10 @@ func (r *Retainer) commit(closing bool) error {
 	}
 	r.mu.Lock()
 	r.committing, r.commitSince, r.lastCommit = nil, time.Time{}, time.Now()
+	if batch.len() <= spareRows {
+		batch.reset()
+		r.spare = batch
+	}
 	r.err = nil
 	if n := len(rejected); n > 0 {
 		r.lastLost = fmt.Errorf("%s: %w", describe(rejected[n-1].Topic), rejected[n-1].Err)
@@ -572,14 +619,14 @@ func (r *Retainer) commit(closing bool) error {
 
 // failed puts a failed commit's changes back (unless newer ones came) and
 // refuses its waiters. It logs the first failure of a streak only.
-func (r *Retainer) failed(batch map[string]Change, hist []Change, waiters []waiting, err error, closing bool) {
+func (r *Retainer) failed(batch *rowSet, hist []Change, waiters []waiting, err error, closing bool) {
 	r.Failures.Add(1)
 	r.mu.Lock()
-	for t, c := range batch {
-		if _, newer := r.pending[t]; !newer {
-			r.pending[t] = c
+	batch.each(func(c *Change) {
+		if !r.pending.has(c.Topic) {
+			r.pending.put(*c)
 		}
-	}
+	})
 	r.hist = append(hist, r.hist...)
 	r.committing, r.commitSince = nil, time.Time{}
 	if r.waitingSince.IsZero() {
@@ -588,7 +635,7 @@ func (r *Retainer) failed(batch map[string]Change, hist []Change, waiters []wait
 	r.err = err
 	r.mu.Unlock()
 	if r.streak == 0 {
-		r.log.Error().Err(err).Int("rows", len(batch)).Msg("retainer commit failed; retrying with backoff")
+		r.log.Error().Err(err).Int("rows", batch.len()).Msg("retainer commit failed; retrying with backoff")
 	}
 	r.streak++
 	werr := fmt.Errorf("%w; the rows stay pending: %w", ErrCommit, err)
@@ -668,8 +715,8 @@ func (r *Retainer) Close() error {
 	if n := r.Lost.Load(); n > 0 {
 		errs = append(errs, fmt.Errorf("%w: the store refused %d rows during the run, the last %w", ErrLost, n, r.lastLost))
 	}
-	if len(r.pending) > 0 {
-		errs = append(errs, fmt.Errorf("%w: %d rows not committed at close: %w", ErrLost, len(r.pending), r.err))
+	if r.pending.len() > 0 {
+		errs = append(errs, fmt.Errorf("%w: %d rows not committed at close: %w", ErrLost, r.pending.len(), r.err))
 	} else if err := r.store.MarkClean(r.rev.Load()); err != nil {
 		errs = append(errs, err)
 	}

@@ -148,10 +148,34 @@ func (ps *Parser) TreeOp(p wire.Publish, root *wire.Node, retain bool, qos byte)
 // and then there are no rows.
 func Explode(t string, root *wire.Node, retain bool, maxRows int) ([]Row, error) {
 	x := exploder{levels: strings.Split(t, "/"), deep: !wire.HasWildcard(t), retain: retain, max: maxRows}
-	if err := x.walk(0, root, nil, ""); err != nil {
+	n := min(leaves(root, maxRows+1), maxRows+1)
+	x.rows, x.ends = make([]Row, 0, n), make([]int, 0, n)
+	if err := x.walk(0, root, nil); err != nil {
 		return nil, err
 	}
+	// Every row's topic is a piece of one string: one allocation a publish,
+	// not one a row (the store and the retainer copy what they keep).
+	all := string(x.topics)
+	from := 0
+	for i, end := range x.ends {
+		x.rows[i].Topic, from = all[from:end], end
+	}
 	return x.rows, nil
+}
+
+// leaves counts the values a tree holds, up to max: the rows it makes at
+// most (fewer when T's '+' levels end above a leaf).
+func leaves(n *wire.Node, max int) int {
+	if !n.Obj {
+		return 1
+	}
+	c := 0
+	for k := range n.Kids {
+		if c += leaves(&n.Kids[k], max-c); c >= max {
+			break
+		}
+	}
+	return c
 }
 
 type exploder struct {
@@ -160,85 +184,106 @@ type exploder struct {
 	retain bool
 	max    int
 	rows   []Row
+	// topics holds every row's topic, one after the other, row i's ending
+	// at ends[i]; Explode cuts them out of one string once the walk is
+	// done.
+	topics []byte
+	ends   []int
+	keys   []string // the keys from the root to the node being walked
+}
+
+// pointer is the JSON pointer of the node being walked ("" for the root),
+// made from x.keys only when an error names it: a walk of a good tree
+// makes no path strings.
+func (x *exploder) pointer() string {
+	p := ""
+	for _, k := range x.keys {
+		p = wire.Pointer(p, k)
+	}
+	return p
 }
 
 // walk places node n at topic level i; topic holds the levels so far.
-func (x *exploder) walk(i int, n *wire.Node, topic []byte, path string) error {
+func (x *exploder) walk(i int, n *wire.Node, topic []byte) error {
 	for ; i < len(x.levels) && x.levels[i] != "+" && x.levels[i] != "#"; i++ {
 		topic = appendLevel(topic, len(topic) == 0 && i == 0, x.levels[i])
 	}
 	switch {
 	case i == len(x.levels) && x.deep:
-		return x.spread(n, topic, i == 0, path)
+		return x.spread(n, topic, i == 0)
 	case i == len(x.levels):
-		return x.row(topic, n, path)
+		return x.row(topic, n)
 	case x.levels[i] == "#":
-		return x.spread(n, topic, i == 0, path)
+		return x.spread(n, topic, i == 0)
 	}
 	if !n.Obj {
-		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: want an object for '+' level %d", ErrShape, i+1)}
+		return &wire.PathError{Path: x.pointer(), Err: fmt.Errorf("%w: want an object for '+' level %d", ErrShape, i+1)}
 	}
 	for k := range n.Kids {
 		kid := &n.Kids[k]
-		p := wire.Pointer(path, kid.Key)
-		if err := checkKey(kid.Key, p); err != nil {
+		x.keys = append(x.keys, kid.Key)
+		if err := x.checkKey(kid.Key); err != nil {
 			return err
 		}
-		if err := x.walk(i+1, kid, appendLevel(topic, i == 0, kid.Key), p); err != nil {
+		if err := x.walk(i+1, kid, appendLevel(topic, i == 0, kid.Key)); err != nil {
 			return err
 		}
+		x.keys = x.keys[:len(x.keys)-1]
 	}
 	return nil
 }
 
 // spread turns every leaf under n into a row; the key "/" is n's own value.
 // atRoot says topic is still empty (T was "#").
-func (x *exploder) spread(n *wire.Node, topic []byte, atRoot bool, path string) error {
+func (x *exploder) spread(n *wire.Node, topic []byte, atRoot bool) error {
 	if !n.Obj {
-		return x.row(topic, n, path)
+		return x.row(topic, n)
 	}
 	for k := range n.Kids {
 		kid := &n.Kids[k]
-		p := wire.Pointer(path, kid.Key)
+		x.keys = append(x.keys, kid.Key)
 		if kid.Key == "/" {
-			if err := x.row(topic, kid, p); err != nil {
+			if err := x.row(topic, kid); err != nil {
 				return err
 			}
+			x.keys = x.keys[:len(x.keys)-1]
 			continue
 		}
-		if err := checkKey(kid.Key, p); err != nil {
+		if err := x.checkKey(kid.Key); err != nil {
 			return err
 		}
-		if err := x.spread(kid, appendLevel(topic, atRoot, kid.Key), false, p); err != nil {
+		if err := x.spread(kid, appendLevel(topic, atRoot, kid.Key), false); err != nil {
 			return err
 		}
+		x.keys = x.keys[:len(x.keys)-1]
 	}
 	return nil
 }
 
 // row adds the row of node n at topic.
-func (x *exploder) row(topic []byte, n *wire.Node, path string) error {
-	t := string(topic)
+func (x *exploder) row(topic []byte, n *wire.Node) error {
 	if len(topic) == 0 { // "$tree/#" with "/", or "$tree/+" with the key ""
-		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: this value would have an empty topic", ErrShape)}
+		return &wire.PathError{Path: x.pointer(), Err: fmt.Errorf("%w: this value would have an empty topic", ErrShape)}
 	}
-	if len(t) > wire.MaxTopicLen {
-		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: topic of %d bytes", ErrLimit, len(t))}
+	if len(topic) > wire.MaxTopicLen {
+		return &wire.PathError{Path: x.pointer(), Err: fmt.Errorf("%w: topic of %d bytes", ErrLimit, len(topic))}
 	}
-	if Reserved(t) {
-		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: %q is a reserved topic", ErrShape, t)}
+	if topic[0] == '$' && Reserved(string(topic)) { // every reserved topic starts with '$'
+		return &wire.PathError{Path: x.pointer(), Err: fmt.Errorf("%w: %q is a reserved topic", ErrShape, topic)}
 	}
 	if len(x.rows) == x.max {
-		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: more than %d rows", ErrLimit, x.max)}
+		return &wire.PathError{Path: x.pointer(), Err: fmt.Errorf("%w: more than %d rows", ErrLimit, x.max)}
 	}
-	x.rows = append(x.rows, Row{Topic: t, Value: n.AsValue(), Retain: x.retain})
+	x.topics = append(x.topics, topic...)
+	x.ends = append(x.ends, len(x.topics))
+	x.rows = append(x.rows, Row{Value: n.AsValue(), Retain: x.retain})
 	return nil
 }
 
 // checkKey refuses a tree key that cannot be a topic level.
-func checkKey(k, path string) error {
+func (x *exploder) checkKey(k string) error {
 	if i := strings.IndexAny(k, "/+#\x00"); i >= 0 {
-		return &wire.PathError{Path: path, Err: fmt.Errorf("%w: key %q holds %q, which a topic level cannot", ErrShape, k, k[i])}
+		return &wire.PathError{Path: x.pointer(), Err: fmt.Errorf("%w: key %q holds %q, which a topic level cannot", ErrShape, k, k[i])}
 	}
 	return nil
 }

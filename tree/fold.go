@@ -18,6 +18,9 @@ func (t *Tree) Apply(ops []Op) Result {
 	clear(t.byTopic)
 	res := Result{Applied: make([]Applied, len(ops))}
 	t.stamp, t.dirty = Stamp{Rev: t.rev + 1, MS: t.clock()}, false
+	// Without a tree subscription no delta is made: the changed rows need
+	// not be listed (a boot storm before any dashboard is up).
+	t.track = len(t.index.byKey) > 0
 	for i := range ops {
 		res.Applied[i] = t.applyOp(&ops[i])
 	}
@@ -90,6 +93,9 @@ func (t *Tree) applyOp(op *Op) Applied {
 			changed, value := t.store.put(r.Topic, r.Value, op.QoS, t.stamp)
 			r.Same, r.QoSOnly = !changed, changed && !value
 			t.dirty = t.dirty || changed
+		}
+		if !t.track {
+			continue
 		}
 		if i, ok := t.byTopic[r.Topic]; ok {
 			c := &t.changed[i]

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/mote-mqtt/mote/wire"
@@ -100,5 +101,58 @@ func TestStoreGen(t *testing.T) {
 		if after := len(s.Refs("dev/+/state", nil)); !st.moves && after != before {
 			t.Errorf("%s: Gen stood still but Refs went from %d to %d rows", st.name, before, after)
 		}
+	}
+}
+
+// TestStoreSiblingPuts: rows put one after another under the same parent
+// (a tree publish's), with the parent pruned between them, empty levels
+// and top-level rows: each lands on its own node, found by Get and Match,
+// and deleting them all leaves the store empty.
+func TestStoreSiblingPuts(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ops  []string // "+topic" sets, "-topic" deletes
+		want []string // rows left, sorted
+	}{
+		{"siblings", []string{"+a/b/c", "+a/b/d", "+a/b/e"}, []string{"a/b/c", "a/b/d", "a/b/e"}},
+		{"parent pruned between", []string{"+a/b/c", "-a/b/c", "+a/b/d"}, []string{"a/b/d"}},
+		{"deeper, then a sibling of the parent", []string{"+a/b/c", "+a/b/c/d", "+a/b/x", "+a/y"}, []string{"a/b/c", "a/b/c/d", "a/b/x", "a/y"}},
+		{"empty levels", []string{"+a//b", "+a//", "+a/", "+a"}, []string{"a", "a/", "a//", "a//b"}},
+		{"prefix that is not a parent", []string{"+ab/c", "+a/b", "+abc"}, []string{"a/b", "ab/c", "abc"}},
+		{"top level", []string{"+x", "+y", "+x/z"}, []string{"x", "x/z", "y"}},
+		{"wide parent", []string{"+p/0", "+p/1", "+p/2", "+p/3", "+p/4", "+p/5", "+p/6", "+p/7", "+p/8", "+p/9", "-p/3", "+p/10"},
+			[]string{"p/0", "p/1", "p/10", "p/2", "p/4", "p/5", "p/6", "p/7", "p/8", "p/9"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var s Store
+			for _, op := range c.ops {
+				if op[0] == '+' {
+					s.Set(op[1:], wire.Value{Kind: wire.String, Data: op[1:]}, 0)
+				} else {
+					s.Delete(op[1:])
+				}
+			}
+			var got []string
+			s.Match("#", func(topic string, v wire.Value, _ byte) bool {
+				if v.Data != topic {
+					t.Errorf("row %q holds %q", topic, v.Data)
+				}
+				got = append(got, topic)
+				return true
+			})
+			slices.Sort(got)
+			if !slices.Equal(got, c.want) || s.Len() != len(c.want) {
+				t.Errorf("rows %v (Len %d), want %v", got, s.Len(), c.want)
+			}
+			for _, topic := range c.want {
+				if v, ok := s.Get(topic); !ok || v.Data != topic {
+					t.Errorf("Get(%q) = %q, %v", topic, v.Data, ok)
+				}
+				s.Delete(topic)
+			}
+			if s.Len() != 0 || s.root.kids != nil || len(s.big) != 0 {
+				t.Error("store not empty after deleting every row")
+			}
+		})
 	}
 }

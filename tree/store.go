@@ -25,6 +25,10 @@ type Store struct {
 	// big indexes the children of nodes with more than indexAt of them.
 	big  map[*node]*names
 	seed maphash.Seed // hashes level names in big
+	// last is the parent of the node the last put reached, until a node
+	// is removed: the rows of one tree publish mostly share it, and a put
+	// under it skips the walk from the root.
+	last *node
 }
 
 // node is one topic level. A row lives on a node whose kind is not None.
@@ -79,6 +83,7 @@ func (s *Store) addChild(n, c *node) {
 }
 
 func (s *Store) removeChild(n, c *node) {
+	s.last = nil // it may be c, or above it
 	last := len(n.kids) - 1
 	moved := n.kids[last]
 	n.kids[c.pos] = moved
@@ -188,9 +193,23 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, va
 
 // node returns the node of topic, making it and its parents as needed.
 func (s *Store) node(topic string) *node {
+	if p := s.last; p != nil && len(topic) > len(p.path) && topic[len(p.path)] == '/' &&
+		strings.HasPrefix(topic, p.path) && strings.IndexByte(topic[len(p.path)+1:], '/') < 0 {
+		// A sibling of the last row: one level below the same parent.
+		name := topic[len(p.path)+1:]
+		if c := s.child(p, name); c != nil {
+			return c
+		}
+		c := &node{path: strings.Clone(topic), off: uint16(len(p.path) + 1)}
+		s.addChild(p, c)
+		return c
+	}
 	n := &s.root
 	owned := "" // the topic copy that new nodes' paths point into
 	for i := 0; i <= len(topic); {
+		if i > 0 {
+			s.last = n
+		}
 		start := i
 		var name string
 		name, i = nextLevel(topic, i)

@@ -102,6 +102,7 @@ type Tree struct {
 	gen     uint64
 	stamp   Stamp            // of the batch being applied
 	dirty   bool             // the batch changed a row
+	track   bool             // the batch lists its changed rows (there are subscriptions to match them)
 	changed []change         // this batch's changed rows, newest value per topic
 	byTopic map[string]int32 // topic → index in changed
 	touched []*group

@@ -68,8 +68,18 @@ type config struct {
 	SyncRetain                bool          `yaml:"sync_retain"`
 	PasswordFile              string        `yaml:"password_file"`
 	ACLFile                   string        `yaml:"acl_file"`
-	AllowAnon                 bool          `yaml:"allow_anonymous"`
-	Retain                    struct {
+	// HTTP bounds the HTTP API's use of the machine (docs/http.md); zero
+	// values are httpapi's defaults.
+	HTTP struct {
+		MaxBody           int64 `yaml:"max_body"`
+		MaxStreams        int   `yaml:"max_streams"`
+		MaxStreamsPerUser int   `yaml:"max_streams_per_user"`
+		MaxAnswerBytes    int64 `yaml:"max_answer_bytes"`
+		MaxConns          int   `yaml:"max_conns"`
+		MaxConnsPerHost   int   `yaml:"max_conns_per_host"`
+	} `yaml:"http"`
+	AllowAnon bool `yaml:"allow_anonymous"`
+	Retain    struct {
 		Interval   time.Duration `yaml:"interval"`
 		MaxBatch   int           `yaml:"max_batch"`
 		MaxPending int           `yaml:"max_pending"`
@@ -122,6 +132,16 @@ func loadConfig(path string) (config, error) {
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && err != io.EOF {
 		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	h := c.HTTP
+	for _, v := range []struct {
+		key string
+		n   int64
+	}{{"max_body", h.MaxBody}, {"max_streams", int64(h.MaxStreams)}, {"max_streams_per_user", int64(h.MaxStreamsPerUser)},
+		{"max_answer_bytes", h.MaxAnswerBytes}, {"max_conns", int64(h.MaxConns)}, {"max_conns_per_host", int64(h.MaxConnsPerHost)}} {
+		if v.n < 0 {
+			return c, fmt.Errorf("config %s: http.%s %d: at least 1 (or left out for the default)", path, v.key, v.n)
+		}
 	}
 	return c, nil
 }
@@ -281,7 +301,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info().Str("store", store.Path()).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
-	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), log)
+	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), cfg, log)
 	if err != nil {
 		b.Close() //nolint:errcheck // the listener's error says more
 		return err
@@ -310,7 +330,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 // serveHTTP starts the HTTP API and web view on addr ("off": none), bound
 // to loopback as the broker's listeners are when it serves loopback only.
 // served reports an error if it stops serving before Close.
-func serveHTTP(b *broker.Broker, addr string, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
+func serveHTTP(b *broker.Broker, addr string, cfg config, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
 	served := make(chan error, 1)
 	if addr == "off" {
 		return nil, served, nil
@@ -320,6 +340,13 @@ func serveHTTP(b *broker.Broker, addr string, log zerolog.Logger) (*httpapi.Serv
 		Health:  b.Health,
 		Web:     web.Handler(web.Config{MQTT: b.WSHandler(), Login: b.HasUsers}), // the page follows reloads
 		Log:     log.With().Str("component", "http").Logger(),
+
+		MaxBody:           cfg.HTTP.MaxBody,
+		MaxStreams:        cfg.HTTP.MaxStreams,
+		MaxStreamsPerUser: cfg.HTTP.MaxStreamsPerUser,
+		MaxAnswerBytes:    cfg.HTTP.MaxAnswerBytes,
+		MaxConns:          cfg.HTTP.MaxConns,
+		MaxConnsPerHost:   cfg.HTTP.MaxConnsPerHost,
 	})
 	l, err := api.Listen(addr)
 	if err != nil {

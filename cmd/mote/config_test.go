@@ -49,3 +49,30 @@ func TestConfigHistory(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigHTTP: the http block's limits are read; a negative one is an
+// error naming its key; an unknown key is refused.
+func TestConfigHTTP(t *testing.T) {
+	cases := []struct {
+		yaml string
+		err  string
+	}{
+		{"http: {max_conns: 50, max_conns_per_host: 5, max_streams: 10, max_streams_per_user: 2, max_answer_bytes: 1000000, max_body: 4096}\n", ""},
+		{"http: {max_conns: -1}\n", "http.max_conns -1"},
+		{"http: {max_answer_bytes: -5}\n", "http.max_answer_bytes -5"},
+		{"http: {max_connz: 5}\n", "max_connz"},
+	}
+	for _, tc := range cases {
+		path := filepath.Join(t.TempDir(), "mote.yaml")
+		os.WriteFile(path, []byte(tc.yaml), 0o600)
+		cfg, err := loadConfig(path)
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%q: %v", tc.yaml, err)
+		case tc.err == "" && (cfg.HTTP.MaxConns != 50 || cfg.HTTP.MaxConnsPerHost != 5 || cfg.HTTP.MaxStreams != 10 || cfg.HTTP.MaxStreamsPerUser != 2 || cfg.HTTP.MaxAnswerBytes != 1000000 || cfg.HTTP.MaxBody != 4096):
+			t.Errorf("%q: read %+v", tc.yaml, cfg.HTTP)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: %v, want an error with %q", tc.yaml, err, tc.err)
+		}
+	}
+}

@@ -1,0 +1,133 @@
+package retain
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// TestRowSet: the newest change per topic, listed in the order topics
+// first came, across chunk boundaries and after a reset.
+func TestRowSet(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		puts  []string // topic=value
+		want  []string // topic=value, in order
+		reset bool     // reset, then put again
+	}{
+		{"empty", nil, nil, false},
+		{"one", []string{"a=1"}, []string{"a=1"}, false},
+		{"newest wins, first place kept", []string{"a=1", "b=1", "a=2", "c=1", "b=3"}, []string{"a=2", "b=3", "c=1"}, false},
+		{"a deletion is a change", []string{"a=1", "a="}, []string{"a="}, false},
+		{"after a reset", []string{"x=1", "a=1", "b=2"}, []string{"x=1", "a=1", "b=2"}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var s rowSet
+			put := func() {
+				for _, p := range c.puts {
+					topic, v, _ := strings.Cut(p, "=")
+					ch := Change{Topic: topic}
+					if v != "" {
+						ch.Value = val(v)
+					}
+					s.put(ch)
+				}
+			}
+			put()
+			if c.reset {
+				s.reset()
+				if s.len() != 0 || s.has("x") {
+					t.Fatalf("after reset: %d rows", s.len())
+				}
+				put()
+			}
+			var got []string
+			s.each(func(ch *Change) { got = append(got, ch.Topic+"="+ch.Value.Data) })
+			if !slices.Equal(got, c.want) || s.len() != len(c.want) {
+				t.Errorf("got %v (len %d), want %v", got, s.len(), c.want)
+			}
+			if listed := s.appendTo(nil); len(listed) != len(c.want) {
+				t.Errorf("appendTo listed %d", len(listed))
+			}
+			for _, w := range c.want {
+				if topic, _, _ := strings.Cut(w, "="); !s.has(topic) {
+					t.Errorf("has(%q) = false", topic)
+				}
+			}
+		})
+	}
+}
+
+// TestRowSetChunks: thousands of topics, each changed twice, over several
+// chunks and two resets: every topic once, with its newest value.
+func TestRowSetChunks(t *testing.T) {
+	var s rowSet
+	for round := range 3 {
+		const n = 3*chunkRows + 7
+		for pass := range 2 {
+			for i := range n {
+				s.put(Change{Topic: fmt.Sprint("t", i), Value: val(fmt.Sprint(round, pass, i))})
+			}
+		}
+		if s.len() != n {
+			t.Fatalf("round %d: %d rows, want %d", round, s.len(), n)
+		}
+		i := 0
+		s.each(func(c *Change) {
+			if c.Topic != fmt.Sprint("t", i) || c.Value.Data != fmt.Sprint(round, 1, i) {
+				t.Fatalf("round %d: row %d is %s=%s", round, i, c.Topic, c.Value.Data)
+			}
+			i++
+		})
+		s.reset()
+	}
+}
+
+// TestCommitArena: the keys and values of one commit share one
+// allocation; rows refused or deleted among them leave the others' bytes
+// intact, whatever their sizes.
+func TestCommitArena(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := map[string]string{}
+	var cs []Change
+	for i := range 500 {
+		topic := fmt.Sprintf("dev/%d/%s", i, strings.Repeat("k", i%37))
+		v := strings.Repeat(fmt.Sprint(i%10), i%300)
+		switch i % 50 {
+		case 7: // refused: a QoS no row has
+			cs = append(cs, Change{Topic: topic, Value: val(v), QoS: 3})
+			continue
+		case 13: // an empty topic, refused
+			cs = append(cs, Change{Value: val(v)})
+			continue
+		case 21: // a deletion of a row that is not there
+			cs = append(cs, Change{Topic: topic})
+			continue
+		}
+		cs = append(cs, Change{Topic: topic, Value: val(v), QoS: byte(i % 3), Rev: uint64(i)})
+		want[topic] = v
+	}
+	rej, err := s.Commit(Batch{Changes: cs, Rev: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rej) != 20 {
+		t.Errorf("%d rows refused, want 20", len(rej))
+	}
+	got := rowsOf(t, s)
+	if len(got) != len(want) {
+		t.Errorf("%d rows stored, want %d", len(got), len(want))
+	}
+	for topic, v := range want {
+		if r, ok := got[topic]; !ok || r.Value.Data != v || r.Value.Kind != wire.String {
+			t.Errorf("%s = %q (%v), want %q", topic, r.Value.Data, ok, v)
+		}
+	}
+}
