@@ -35,7 +35,9 @@ type Run struct {
 	Sent     int64              `json:"publishes_sent"`
 	Lost     int64              `json:"lost"`
 	Extra    map[string]float64 `json:"extra,omitempty"`
-	Err      string             `json:"error,omitempty"`
+	// Points are a curve scenario's measurements, one per rung climbed.
+	Points []Point `json:"points,omitempty"`
+	Err    string  `json:"error,omitempty"`
 }
 
 // Names lists the scenarios.
@@ -55,6 +57,7 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 	if cfg.Rounds <= 0 {
 		cfg.Rounds = 3
 	}
+	cfg.Scenarios = expandCurves(cfg.Scenarios)
 	for _, n := range cfg.Scenarios {
 		if !slices.Contains(Names(), n) {
 			return nil, fmt.Errorf("bench: unknown scenario %q (have %s)", n, strings.Join(Names(), ", "))
@@ -99,15 +102,43 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 	return runs, nil
 }
 
+// expandCurves replaces "curves" in names with every curve scenario.
+func expandCurves(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if n != "curves" {
+			out = append(out, n)
+			continue
+		}
+		for _, c := range Names() {
+			if strings.HasPrefix(c, CurvePrefix) && !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
 func runOne(ctx context.Context, sc scenario, b *Broker, s Sizes, round int) Run {
 	r := Run{Scenario: sc.name, Variant: sc.variant, Broker: b.Name, Round: round, Unit: sc.unit}
+	if sc.files > 0 {
+		// Before the broker starts: a child inherits the limit.
+		if err := raiseFileLimit(sc.files); err != nil {
+			r.Err = err.Error()
+			return r
+		}
+	}
 	if err := b.Start(sc.web != nil); err != nil {
 		r.Err = err.Error()
 		return r
 	}
 	defer b.Stop()
 	cpu0, _, _ := b.Usage()
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	timeout := sc.timeout
+	if timeout == 0 {
+		timeout = 3 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var o outcome
 	var err error
@@ -123,8 +154,13 @@ func runOne(ctx context.Context, sc scenario, b *Broker, s Sizes, round int) Run
 	if err != nil {
 		r.Err = err.Error()
 	}
-	r.Value, r.Msgs, r.Bytes, r.Sent, r.Lost, r.Extra = o.value, o.msgs, o.bytes, o.sent, o.lost, o.extra
+	r.Value, r.Msgs, r.Bytes, r.Sent, r.Lost, r.Extra, r.Points = o.value, o.msgs, o.bytes, o.sent, o.lost, o.extra, o.points
 	r.CPU, r.PeakRSS = (cpu1 - cpu0).Seconds(), rss
+	for _, p := range o.points {
+		if p.Failed == "" {
+			r.Value++ // a curve's value: the points it reached
+		}
+	}
 	return r
 }
 
@@ -149,13 +185,14 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// Summarize groups runs by scenario, variant and broker.
+// Summarize groups runs by scenario, variant and broker; curves are
+// Curves'.
 func Summarize(runs []Run) []Summary {
 	type key struct{ sc, v, b string }
 	groups := map[key][]Run{}
 	var order []key
 	for _, r := range runs {
-		if r.Err != "" {
+		if r.Err != "" || len(r.Points) > 0 {
 			continue
 		}
 		k := key{r.Scenario, r.Variant, r.Broker}

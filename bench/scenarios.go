@@ -32,6 +32,15 @@ type Sizes struct {
 	FanoutChanges           int // sse-fanout: rows changed (each once) …
 	FanoutRate              int // … at this rate a second, to Dashboards watchers of LiveDevices rows
 	IdleStreams             int // sse-idle: connections held open
+	// The curves (curves.go): each a ladder of sizes, climbed in one run.
+	CurvePubs     []int // curve-fan-in: publishers at each point …
+	CurveMsgs     int   // … sharing this many QoS 0 messages
+	CurveSyncRows []int // curve-snapshot: retained rows at each point
+	CurveMemRows  []int // curve-rows: retained rows at each point
+	CurveIdle     []int // curve-idle: idle connections at each point
+	// CurveSettle is how long the memory curves let a broker settle
+	// before they read its RSS.
+	CurveSettle time.Duration
 }
 
 // DefaultSizes are the sizes (a full run fits in 10 minutes here).
@@ -39,7 +48,9 @@ func DefaultSizes() Sizes {
 	return Sizes{FanInPubs: 100, FanInEach: 1000, FanOutSubs: 1000, FanOutMsgs: 100, Rows: 100_000,
 		Devices: 10_000, DeviceRows: 50, Dashboards: 500, LiveDevices: 10_000, LiveRate: 1000, LiveFor: 3 * time.Second,
 		LatRate: 1000, LatCount: 3000, StallPubs: 10, StallEach: 2000, StallSubs: 5,
-		GetReps: 9, FanoutChanges: 300, FanoutRate: 50, IdleStreams: 10_000}
+		GetReps: 9, FanoutChanges: 300, FanoutRate: 50, IdleStreams: 10_000,
+		CurvePubs: []int{1, 10, 100, 1000}, CurveMsgs: 100_000, CurveSyncRows: []int{1000, 10_000, 100_000, 1_000_000},
+		CurveMemRows: []int{10_000, 100_000, 1_000_000}, CurveIdle: []int{0, 1000, 5000}, CurveSettle: time.Second}
 }
 
 // SmokeSizes run every scenario in seconds, so the suite cannot rot.
@@ -47,7 +58,9 @@ func SmokeSizes() Sizes {
 	return Sizes{FanInPubs: 5, FanInEach: 100, FanOutSubs: 20, FanOutMsgs: 20, Rows: 2000,
 		Devices: 100, DeviceRows: 50, Dashboards: 5, LiveDevices: 200, LiveRate: 500, LiveFor: time.Second,
 		LatRate: 500, LatCount: 200, StallPubs: 2, StallEach: 200, StallSubs: 2,
-		GetReps: 2, FanoutChanges: 100, FanoutRate: 200, IdleStreams: 200}
+		GetReps: 2, FanoutChanges: 100, FanoutRate: 200, IdleStreams: 200,
+		CurvePubs: []int{1, 10}, CurveMsgs: 200, CurveSyncRows: []int{100, 1000},
+		CurveMemRows: []int{500, 1000}, CurveIdle: []int{0, 20, 50}, CurveSettle: 50 * time.Millisecond}
 }
 
 // outcome is what one run of a scenario measured.
@@ -58,6 +71,8 @@ type outcome struct {
 	sent  int64   // publishes clients sent
 	lost  int64   // messages that should have arrived and did not
 	extra map[string]float64
+	// points are a curve scenario's measurements (curves.go).
+	points []Point
 }
 
 // scenario is one benchmark. A scenario runs on every broker when it is
@@ -78,12 +93,17 @@ type scenario struct {
 	// listeners.
 	web func(ctx context.Context, t target, s Sizes) (outcome, error)
 	// probed, instead of run, is a scenario that reads the broker's CPU
-	// time as it goes (boot-storm); it runs where run would.
+	// time or RSS as it goes (boot-storm, the curves); it runs where run
+	// would.
 	probed func(ctx context.Context, t target, s Sizes) (outcome, error)
+	// timeout bounds one run (default 3 minutes); files is how many
+	// open files this process and the broker need (0: the default).
+	timeout time.Duration
+	files   uint64
 }
 
 func scenarios() []scenario {
-	return []scenario{
+	return append([]scenario{
 		{name: "fan-in", variant: "qos0", unit: "msgs/s", higherBetter: true, everywhere: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 0) }},
 		{name: "fan-in", variant: "qos1", unit: "msgs/s", higherBetter: true, everywhere: true, noRatio: true,
@@ -129,7 +149,7 @@ func scenarios() []scenario {
 			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return sseIdle(ctx, t, s, false) }},
 		{name: "sse-idle", variant: "sse", unit: "KiB/conn", versus: "mqtt-ws",
 			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return sseIdle(ctx, t, s, true) }},
-	}
+	}, curveScenarios()...)
 }
 
 func dial(addr, id string, handler paho.MessageHandler) (paho.Client, error) {
@@ -193,9 +213,21 @@ func await(ctx context.Context, n *atomic.Int64, want int64, idle time.Duration)
 }
 
 func fanIn(ctx context.Context, addr string, s Sizes, qos byte) (outcome, error) {
+	return fanInN(ctx, addr, s.FanInPubs, s.FanInEach, qos, "fanin-", nil)
+}
+
+// fanInN is pubs publishers (client ids prefix+i) sending each messages
+// of 64 bytes at qos to one subscriber (prefix+"sub") of all of them:
+// value = messages delivered a second, from the publishers' start to the
+// last arrival. With cpu (the broker's CPU time) the publishers connect
+// first, stagedConnects at a time, and start together once all are
+// connected; the clock starts then, and extra "cpu-s" is the broker's CPU
+// time from then to the last arrival. Without, each publishes as soon as
+// it is connected, and the clock includes the connects.
+func fanInN(ctx context.Context, addr string, pubs, each int, qos byte, prefix string, cpu func() time.Duration) (outcome, error) {
 	var got, bytes atomic.Int64
 	var lastAt atomic.Int64
-	sub, err := dial(addr, "fanin-sub", func(_ paho.Client, m paho.Message) {
+	sub, err := dial(addr, prefix+"sub", func(_ paho.Client, m paho.Message) {
 		got.Add(1)
 		bytes.Add(int64(len(m.Payload())))
 		lastAt.Store(time.Now().UnixNano())
@@ -208,24 +240,34 @@ func fanIn(ctx context.Context, addr string, s Sizes, qos byte) (outcome, error)
 		return outcome{}, err
 	}
 	payload := strings.Repeat("x", 64)
-	start := time.Now()
-	err = publishers(addr, "fanin-", s.FanInPubs, func(p int, c paho.Client) {
+	publish := func(p int, c paho.Client) {
 		var last paho.Token
-		for range s.FanInEach {
+		for range each {
 			last = c.Publish(fmt.Sprint("fan/", p), qos, false, payload)
 		}
 		wait(last)
-	})
+	}
+	start := time.Now()
+	var cpu0 time.Duration
+	if cpu != nil {
+		err = stagedPublishers(addr, prefix, pubs, func() { start, cpu0 = time.Now(), cpu() }, publish)
+	} else {
+		err = publishers(addr, prefix, pubs, publish)
+	}
 	if err != nil {
 		return outcome{}, err
 	}
-	total := int64(s.FanInPubs * s.FanInEach)
+	total := int64(pubs * each)
 	await(ctx, &got, total, 2*time.Second)
 	elapsed := time.Duration(lastAt.Load() - start.UnixNano())
 	if elapsed <= 0 {
 		elapsed = time.Since(start)
 	}
-	return outcome{value: float64(got.Load()) / elapsed.Seconds(), msgs: got.Load(), bytes: bytes.Load(), sent: total, lost: total - got.Load()}, nil
+	o := outcome{value: float64(got.Load()) / elapsed.Seconds(), msgs: got.Load(), bytes: bytes.Load(), sent: total, lost: total - got.Load()}
+	if cpu != nil {
+		o.extra = map[string]float64{"cpu-s": (cpu() - cpu0).Seconds()}
+	}
+	return o, nil
 }
 
 func fanOut(ctx context.Context, addr string, s Sizes) (outcome, error) {

@@ -19,6 +19,9 @@ import (
 )
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "plot" {
+		return runBenchPlot(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("mote bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	smoke := fs.Bool("smoke", false, "tiny sizes: every scenario in seconds (CI)")
@@ -28,7 +31,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	translators := fs.Bool("translators", false, "also run Mote with 100 translators that match no scenario's topics, as "+bench.Translate)
 	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", mosquitto); default all")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario …]\nscenarios: %v\n", bench.Names())
+		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario … | curves]\n       mote bench plot -in runs.json -out curves.svg\nscenarios: %v\n", bench.Names())
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -61,7 +64,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *smoke {
 		sizes = bench.SmokeSizes()
 	}
-	runs, err := bench.Suite(ctx, bench.Config{Sizes: sizes, Rounds: *rounds, Scenarios: fs.Args(), Brokers: brokers, Progress: stderr})
+	names := fs.Args()
+	if len(names) == 0 && !*smoke {
+		// The curves take most of an hour at full size: run when named
+		// ("curves"); the smoke run has them all.
+		for _, n := range bench.Names() {
+			if !strings.HasPrefix(n, bench.CurvePrefix) {
+				names = append(names, n)
+			}
+		}
+	}
+	runs, err := bench.Suite(ctx, bench.Config{Sizes: sizes, Rounds: *rounds, Scenarios: names, Brokers: brokers, Progress: stderr})
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -72,6 +85,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		bench.Table(stdout, bench.Summarize(runs))
 		fmt.Fprintln(stdout)
 		bench.RatioTable(stdout, bench.Ratios(runs))
+		if cps := bench.Curves(runs); len(cps) > 0 {
+			fmt.Fprintln(stdout)
+			bench.CurveTable(stdout, cps)
+		}
 	}
 	if err != nil {
 		return err

@@ -27,7 +27,7 @@ commands:
   store    inspect a stopped broker's store: store stats|dump [-data DIR] [-t FILTER]
   translate validate a config file's translators offline: translate check FILE
   passwd   manage a Mosquitto password file: passwd [-c] [-D] [-b] FILE USER [PASSWORD]
-  bench    benchmark Mote against bare mochi-mqtt and Mosquitto: bench [-smoke] [-json] [scenario …]
+  bench    benchmark Mote against bare mochi-mqtt and Mosquitto: bench [-smoke] [-json] [scenario … | curves]; bench plot -in runs.json -out curves.svg
 
 'mote <command> -help' lists a command's flags.
 `
