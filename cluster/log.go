@@ -277,7 +277,10 @@ func (l *Log) follow(ctx context.Context, next *uint64, fn func(Entry) error) er
 	if err != nil {
 		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, *next, err)
 	}
-	it, err := cons.Messages()
+	// Short pulls with frequent heartbeats: a consumer lost with its node
+	// (kill -9) is noticed after 2 heartbeats and made again, rather than
+	// after the default 2 × 5 s, while every write of this node waits.
+	it, err := cons.Messages(jetstream.PullExpiry(2*time.Second), jetstream.PullHeartbeat(500*time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, *next, err)
 	}
