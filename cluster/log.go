@@ -277,10 +277,10 @@ func (l *Log) follow(ctx context.Context, next *uint64, fn func(Entry) error) er
 	if err != nil {
 		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, *next, err)
 	}
-	// Short pulls with frequent heartbeats: a consumer lost with its node
-	// (kill -9) is noticed after 2 heartbeats and made again, rather than
-	// after the default 2 × 5 s, while every write of this node waits.
-	it, err := cons.Messages(jetstream.PullExpiry(2*time.Second), jetstream.PullHeartbeat(500*time.Millisecond))
+	// Short pulls with heartbeats: a consumer lost with its server (a node
+	// killed) is noticed after two missed heartbeats, 2 s, and made again,
+	// not after the default 2 × 5 s while this node's writes wait.
+	it, err := cons.Messages(jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, *next, err)
 	}

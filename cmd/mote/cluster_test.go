@@ -97,14 +97,16 @@ type procWriter struct {
 	name string
 	c    *client.Client
 
-	mu       sync.Mutex
-	acked    map[string]int // key → last acknowledged value
-	maybe    map[string]int // key → a value sent whose PUBACK never came (it may have landed)
-	n        int            // acknowledged writes
-	failed   error
-	failedAt time.Time
-	stopping atomic.Bool
-	done     chan struct{}
+	mu         sync.Mutex
+	acked      map[string]int   // key → last acknowledged value
+	maybe      map[string][]int // key → values refused or unanswered (each may have landed)
+	n          int              // acknowledged writes
+	refused    int              // writes refused with 0x80 (the log took none within its timeout)
+	unanswered int              // writes with no PUBACK within the client's timeout
+	failed     error
+	failedAt   time.Time
+	stopping   atomic.Bool
+	done       chan struct{}
 }
 
 const procKeys = 10
@@ -116,7 +118,7 @@ func startWriter(t *testing.T, ctx context.Context, addr, name string) *procWrit
 		t.Fatalf("writer %s: %v", name, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	w := &procWriter{name: name, c: c, acked: map[string]int{}, maybe: map[string]int{}, done: make(chan struct{})}
+	w := &procWriter{name: name, c: c, acked: map[string]int{}, maybe: map[string][]int{}, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		for v := 1; !w.stopping.Load() && ctx.Err() == nil; v++ {
@@ -124,7 +126,23 @@ func startWriter(t *testing.T, ctx context.Context, addr, name string) *procWrit
 			err := c.PublishTree(ctx, "w/"+name, map[string]any{key: v}, client.PublishOptions{QoS: 1, Retain: true})
 			w.mu.Lock()
 			if err != nil {
-				w.maybe[key], w.failed, w.failedAt = v, err, time.Now()
+				w.maybe[key] = append(w.maybe[key], v)
+				if errors.Is(err, client.ErrRefused) && strings.Contains(err.Error(), "reason 0x80 cluster: cannot replicate") && !w.stopping.Load() {
+					// Refused while the stream elects a leader (a node was
+					// killed): not acknowledged, its outcome unknown.
+					w.refused++
+					w.mu.Unlock()
+					continue
+				}
+				if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil && !w.stopping.Load() {
+					// Unanswered within Paho's 10 s: a write the log took
+					// just before its leader was killed waits until this
+					// node's follower reads it from the new leader.
+					w.unanswered++
+					w.mu.Unlock()
+					continue
+				}
+				w.failed, w.failedAt = err, time.Now()
 				w.mu.Unlock()
 				return
 			}
@@ -252,11 +270,7 @@ func TestClusterProcesses(t *testing.T) {
 	t.Logf("%s: killing node 2 after %d writes", time.Now().Format(time.StampMilli), seen)
 	kill9(nodes[2])
 	for _, w := range writers[4:] {
-		select {
-		case <-w.done:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("writer %s on the killed node still writes after 30 s", w.name)
-		}
+		w.c.Close() // its publish in flight fails now, not at its timeout
 	}
 	seen = waitWrites(t, "2 of 3 nodes", writers[:4], seen, 150)
 
@@ -290,10 +304,15 @@ func TestClusterProcesses(t *testing.T) {
 			}
 			rows, _ := d[w.name].(map[string]any)
 			for k := range keys {
+				// The last acknowledged value, or one sent after it whose
+				// outcome is unknown; nothing older.
 				got, has := rows[k].(float64)
 				a, isAcked := w.acked[k]
-				m, isMaybe := w.maybe[k]
-				if !(isAcked && has && int(got) == a || isMaybe && has && int(got) == m) {
+				fine := has && isAcked && int(got) == a
+				for _, m := range w.maybe[k] {
+					fine = fine || has && int(got) == m && m > a
+				}
+				if !fine {
 					w.mu.Unlock()
 					return false
 				}
@@ -306,8 +325,11 @@ func TestClusterProcesses(t *testing.T) {
 		}
 		return true
 	}
+	refused, unanswered := 0, 0
 	for _, w := range writers {
 		total += w.count()
+		refused += w.refused
+		unanswered += w.unanswered
 		if w.failed != nil && !strings.HasPrefix(w.name, "n2w") {
 			t.Errorf("writer %s on a live node failed at %s: %v", w.name, w.failedAt.Format(time.StampMilli), w.failed)
 		}
@@ -337,7 +359,7 @@ func TestClusterProcesses(t *testing.T) {
 	if len(revs) != 1 {
 		t.Errorf("the copies' revisions differ: %v", revs)
 	}
-	t.Logf("%d writes acknowledged over the run, every one on all 3 nodes", acked)
+	t.Logf("%d writes acknowledged over the run, every one on all 3 nodes; while the stream elected a leader, %d refused with 0x80 and %d unanswered within 10 s", acked, refused, unanswered)
 	if t.Failed() {
 		for _, n := range nodes {
 			t.Logf("node %d:\n%s", n.i, warnings(n.logs.String()))
