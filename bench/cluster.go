@@ -213,6 +213,22 @@ func (c *moteCluster) stop() {
 	os.RemoveAll(c.dir)
 }
 
+// dumpLogs writes the nodes' logs to a file in the temporary directory
+// (a run that failed or lost writes) and says where.
+func (c *moteCluster) dumpLogs() string {
+	f, err := os.CreateTemp("", "mote-bench-cluster-*.log")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	for i, n := range c.nodes {
+		if n.logs != nil {
+			fmt.Fprintf(f, "== node %d (%s)\n%s\n", i, n.addr, n.logs)
+		}
+	}
+	return " (nodes' logs: " + f.Name() + ")"
+}
+
 // usage is the nodes' CPU time so far (summed, killed processes'
 // included) and the largest peak RSS of the running ones.
 func (c *moteCluster) usage() (time.Duration, int64) {
@@ -266,6 +282,9 @@ func clusterRound(ctx context.Context, b *Broker, s Sizes, round int) []Run {
 	lat := measure(run("latency", "p50-µs"), func() (outcome, error) {
 		return clusterLatency(ctx, c.nodes[0].addr, c.nodes[clusterNodes-1].addr, s)
 	})
+	if lat.Err != "" {
+		lat.Err += c.dumpLogs()
+	}
 	if lat.Extra == nil {
 		lat.Extra = map[string]float64{}
 	}
@@ -277,6 +296,12 @@ func clusterRound(ctx context.Context, b *Broker, s Sizes, round int) []Run {
 	}
 	out = append(out, measure(run("write", "writes/s"), func() (outcome, error) { return clusterWrites(ctx, addrs, s, "cw") }))
 	out = append(out, measure(run("catch-up", "s"), func() (outcome, error) { return catchUp(ctx, c, s) }))
+	for _, r := range out[1:] {
+		if r.Err != "" || r.Lost > 0 {
+			out[len(out)-1].Err += c.dumpLogs()
+			break
+		}
+	}
 	c.stop()
 
 	// The same writers on one node alone, no cluster.
@@ -302,10 +327,13 @@ func clusterRound(ctx context.Context, b *Broker, s Sizes, round int) []Run {
 	return append(out[:1], append([]Run{out[1], alone}, out[2:]...)...)
 }
 
-// clusterLatency: a tree publish (QoS 1, retained) on from, s.LatRate a
-// second, s.LatCount of them, each carrying its send time; a $sync
-// subscriber on to takes each delta's arrival. Deltas that fold several
-// publishes count the newest.
+// clusterLatency: a tree publish (QoS 1, retained) on from,
+// s.ClusterLatRate a second, s.ClusterLatCount of them, each carrying its
+// send time; a $sync subscriber on to takes each delta's arrival. Deltas
+// that fold several publishes count the newest. The rate stays below what
+// one client can write (a node answers a client's QoS 1 publishes one
+// after the other, each once it came back through the log), so the
+// figure is the path's latency, not a queue's.
 func clusterLatency(ctx context.Context, from, to string, s Sizes) (outcome, error) {
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -330,11 +358,11 @@ func clusterLatency(ctx context.Context, from, to string, s Sizes) (outcome, err
 		return outcome{}, err
 	}
 	defer pub.Disconnect(0)
-	tick := time.NewTicker(time.Second / time.Duration(s.LatRate))
+	tick := time.NewTicker(time.Second / time.Duration(s.ClusterLatRate))
 	defer tick.Stop()
 	var toks []paho.Token
 	failed := int64(0)
-	for range s.LatCount {
+	for range s.ClusterLatCount {
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
@@ -363,7 +391,7 @@ func clusterLatency(ctx context.Context, from, to string, s Sizes) (outcome, err
 	}
 	slices.Sort(lat)
 	q := func(f float64) float64 { return float64(lat[min(len(lat)-1, int(f*float64(len(lat))))].Microseconds()) }
-	return outcome{value: q(0.5), msgs: int64(len(lat)), sent: int64(s.LatCount), lost: failed,
+	return outcome{value: q(0.5), msgs: int64(len(lat)), sent: int64(s.ClusterLatCount), lost: failed,
 		extra: map[string]float64{"p99-µs": q(0.99), "max-µs": q(1)}}, nil
 }
 

@@ -21,9 +21,10 @@ type Sizes struct {
 	FanInPubs, FanInEach   int // publishers, messages each
 	FanOutSubs, FanOutMsgs int // subscribers, messages
 	Rows                   int // retained rows of the dashboard load
-	// The cluster scenario (cluster.go): writers spread over the nodes and
-	// the tree publishes they make together; rows changed while a node is
-	// down. Its latency uses LatRate and LatCount.
+	// The cluster scenario (cluster.go): its latency's publishes a second
+	// and count; writers spread over the nodes and the tree publishes they
+	// make together; rows changed while a node is down.
+	ClusterLatRate, ClusterLatCount               int
 	ClusterWriters, ClusterWrites, CatchUpChanges int
 	Devices, DeviceRows                           int // boot storm
 	Dashboards, LiveDevices                       int // live dashboard
@@ -40,7 +41,7 @@ type Sizes struct {
 
 // DefaultSizes are the sizes (a full run fits in 10 minutes here).
 func DefaultSizes() Sizes {
-	return Sizes{ClusterWriters: 12, ClusterWrites: 30_000, CatchUpChanges: 100_000,
+	return Sizes{ClusterLatRate: 100, ClusterLatCount: 1000, ClusterWriters: 12, ClusterWrites: 30_000, CatchUpChanges: 100_000,
 		FanInPubs: 100, FanInEach: 1000, FanOutSubs: 1000, FanOutMsgs: 100, Rows: 100_000,
 		Devices: 10_000, DeviceRows: 50, Dashboards: 500, LiveDevices: 10_000, LiveRate: 1000, LiveFor: 3 * time.Second,
 		LatRate: 1000, LatCount: 3000, StallPubs: 10, StallEach: 2000, StallSubs: 5,
@@ -49,7 +50,7 @@ func DefaultSizes() Sizes {
 
 // SmokeSizes run every scenario in seconds, so the suite cannot rot.
 func SmokeSizes() Sizes {
-	return Sizes{ClusterWriters: 6, ClusterWrites: 600, CatchUpChanges: 1000,
+	return Sizes{ClusterLatRate: 100, ClusterLatCount: 100, ClusterWriters: 6, ClusterWrites: 600, CatchUpChanges: 1000,
 		FanInPubs: 5, FanInEach: 100, FanOutSubs: 20, FanOutMsgs: 20, Rows: 2000,
 		Devices: 100, DeviceRows: 50, Dashboards: 5, LiveDevices: 200, LiveRate: 500, LiveFor: time.Second,
 		LatRate: 500, LatCount: 200, StallPubs: 2, StallEach: 200, StallSubs: 2,
