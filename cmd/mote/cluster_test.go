@@ -128,14 +128,14 @@ func startWriter(t *testing.T, ctx context.Context, addr, name string) *procWrit
 			w.mu.Lock()
 			if err != nil {
 				w.maybe[key] = append(w.maybe[key], v)
-				if errors.Is(err, client.ErrRefused) && strings.Contains(err.Error(), "reason 0x80 cluster: cannot replicate") && !w.stopping.Load() {
+				if errors.Is(err, client.ErrRefused) && strings.Contains(err.Error(), "reason 0x80 cluster: cannot replicate") {
 					// Refused while the stream elects a leader (a node was
 					// killed): not acknowledged, its outcome unknown.
 					w.refused++
 					w.mu.Unlock()
 					continue
 				}
-				if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil && !w.stopping.Load() {
+				if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 					// Unanswered within Paho's 10 s: a write the log took
 					// just before its leader was killed waits until this
 					// node's follower reads it from the new leader.
@@ -242,6 +242,13 @@ func TestClusterProcesses(t *testing.T) {
 	for _, n := range nodes {
 		startProc(t, n, routes)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range nodes {
+				t.Logf("node %d's log above info:\n%s", n.i, warnings(n.logs.String()))
+			}
+		}
+	})
 	for _, n := range nodes {
 		waitListen(t, n)
 	}
@@ -294,10 +301,21 @@ func TestClusterProcesses(t *testing.T) {
 
 	// Every acknowledged write is on every node; copies equal.
 	total := 0
-	ok := func(doc any) bool {
+	// mismatch says how a copy differs from the writes, "" if it does
+	// not: each key holds its last acknowledged value, or one sent after
+	// it whose outcome is unknown (nothing older); a key never
+	// acknowledged may be absent.
+	mismatch := func(doc any) string {
 		d, _ := normal(doc).(map[string]any)
 		for _, w := range writers {
 			w.mu.Lock()
+			rows, _ := d[w.name].(map[string]any)
+			for k := range rows {
+				if _, ok := w.acked[k]; !ok && w.maybe[k] == nil {
+					w.mu.Unlock()
+					return fmt.Sprintf("%s/%s: %v, never written", w.name, k, rows[k])
+				}
+			}
 			keys := map[string]bool{}
 			for k := range w.acked {
 				keys[k] = true
@@ -305,29 +323,24 @@ func TestClusterProcesses(t *testing.T) {
 			for k := range w.maybe {
 				keys[k] = true
 			}
-			rows, _ := d[w.name].(map[string]any)
 			for k := range keys {
-				// The last acknowledged value, or one sent after it whose
-				// outcome is unknown; nothing older.
 				got, has := rows[k].(float64)
 				a, isAcked := w.acked[k]
-				fine := has && isAcked && int(got) == a
+				fine := has && isAcked && int(got) == a || !has && !isAcked
 				for _, m := range w.maybe[k] {
 					fine = fine || has && int(got) == m && m > a
 				}
 				if !fine {
+					why := fmt.Sprintf("%s/%s: %v (present %v), acknowledged %d (%v), unknown outcomes %v", w.name, k, got, has, a, isAcked, w.maybe[k])
 					w.mu.Unlock()
-					return false
+					return why
 				}
-			}
-			if len(rows) != len(keys) {
-				w.mu.Unlock()
-				return false
 			}
 			w.mu.Unlock()
 		}
-		return true
+		return ""
 	}
+	ok := func(doc any) bool { return mismatch(doc) == "" }
 	refused, unanswered := 0, 0
 	for _, w := range writers {
 		total += w.count()
@@ -340,9 +353,9 @@ func TestClusterProcesses(t *testing.T) {
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer wcancel()
 	if err := mirrors[0].Wait(wctx, ok); err != nil {
-		var got any
-		mirrors[0].Get(func(doc any) { got = normal(doc) })
-		t.Fatalf("node 0's copy lacks acknowledged writes: %v\n%v", err, got)
+		var why string
+		mirrors[0].Get(func(doc any) { why = mismatch(doc) })
+		t.Fatalf("node 0's copy lacks acknowledged writes within 30 s: %v: %s", err, why)
 	}
 	var want any
 	mirrors[0].Get(func(doc any) { want = normal(doc) })
@@ -350,7 +363,9 @@ func TestClusterProcesses(t *testing.T) {
 		if err := m.Wait(wctx, func(doc any) bool { return reflect.DeepEqual(normal(doc), want) }); err != nil {
 			var got any
 			m.Get(func(doc any) { got = normal(doc) })
-			t.Fatalf("node %d's copy differs from node 0's: %v\n%v\nwant\n%v", i+1, err, got, want)
+			r0, _ := mirrors[0].Rev()
+			ri, _ := m.Rev()
+			t.Fatalf("node %d's copy (at revision %d) differs from node 0's (at %d): %v\n%v\nwant\n%v", i+1, ri, r0, err, got, want)
 		}
 	}
 	revs := map[uint64]bool{}
@@ -362,11 +377,6 @@ func TestClusterProcesses(t *testing.T) {
 		t.Errorf("the copies' revisions differ: %v", revs)
 	}
 	t.Logf("%d writes acknowledged over the run, every one on all 3 nodes; while the stream elected a leader, %d refused with 0x80 and %d unanswered within 10 s", total, refused, unanswered)
-	if t.Failed() {
-		for _, n := range nodes {
-			t.Logf("node %d:\n%s", n.i, warnings(n.logs.String()))
-		}
-	}
 
 	// A node alone refuses retained writes (0x80) and applies none.
 	kill9(nodes[0])
