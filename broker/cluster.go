@@ -124,7 +124,7 @@ func (b *Broker) startCluster() error {
 			}
 			return nil
 		})
-		if cl.ctx.Err() == nil {
+		if cl.ctx.Err() == nil && !errors.Is(err, errShutdown) {
 			b.log.Error().Err(err).Msg("cluster: the node stopped following the log: it serves its last state, and its writes wait until refused")
 			cl.stopped.Store(&err)
 			b.reqs.push(request{kind: reqCall, call: func() { b.unfollowed(err) }})
@@ -294,7 +294,9 @@ func (b *Broker) flush() {
 			f.ops = append(f.ops, tree.Op{Rows: a.Rows, QoS: r.op.QoS})
 			f.meta = append(f.meta, r.pub)
 			for _, row := range a.Rows {
-				changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: r.op.QoS, MS: f.ms})
+				if row.Retain { // a .replace without retain: its events stay here
+					changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: r.op.QoS, MS: f.ms})
+				}
 			}
 		}
 		rest := copy(cl.waiting, cl.waiting[n:])
