@@ -277,10 +277,7 @@ func (l *Log) follow(ctx context.Context, next *uint64, fn func(Entry) error) er
 	if err != nil {
 		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, *next, err)
 	}
-	// Short pulls with heartbeats: a consumer lost with its server (a node
-	// killed) is noticed after two missed heartbeats, 2 s, and made again,
-	// not after the default 2 × 5 s while this node's writes wait.
-	it, err := cons.Messages(jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
+	it, err := cons.Messages()
 	if err != nil {
 		return fmt.Errorf("cluster: follow %s from %d: %w", l.opts.Stream, *next, err)
 	}
