@@ -67,8 +67,9 @@ func startProc(t *testing.T, n *procNode, routes []string) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 }
 
-// waitListen waits (at most 30 s) until node n accepts MQTT connections:
-// a cluster node listens only once it has caught up with the log.
+// waitListen waits (at most 30 s) until node n's MQTT port accepts TCP
+// connections (a cluster node answers a CONNECT only once it has caught
+// up with the log).
 func waitListen(t *testing.T, n *procNode) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -254,7 +255,9 @@ func TestClusterProcesses(t *testing.T) {
 	}
 	mirror := func(n *procNode, id string) *client.Mirror {
 		t.Helper()
-		c, err := client.Dial(ctx, n.addr, client.Options{ClientID: id, CleanStart: true, Timeout: 10 * time.Second})
+		// A node binds its port before it has caught up, and answers a
+		// CONNECT once it has.
+		c, err := client.Dial(ctx, n.addr, client.Options{ClientID: id, CleanStart: true, Timeout: 30 * time.Second})
 		if err != nil {
 			t.Fatalf("node %d: %v", n.i, err)
 		}
@@ -284,7 +287,7 @@ func TestClusterProcesses(t *testing.T) {
 	}
 	seen = waitWrites(t, "2 of 3 nodes", writers[:4], seen, 150)
 
-	// Node 2 back on its data directory: it listens once caught up, and
+	// Node 2 back on its data directory: it answers once caught up, and
 	// takes writes again.
 	t.Logf("%s: restarting node 2 after %d writes", time.Now().Format(time.StampMilli), seen)
 	startProc(t, nodes[2], routes)
