@@ -523,9 +523,11 @@ func catchUp(ctx context.Context, c *moteCluster, s Sizes) (outcome, error) {
 	got := make(chan int64, 1)
 	var bytes atomic.Int64
 	var sub paho.Client
-	for deadline := time.Now().Add(3 * time.Minute); sub == nil; {
+	for try, deadline := 0, time.Now().Add(3*time.Minute); sub == nil; try++ {
 		var err error
-		sub, err = dial(c.nodes[last].addr, "cu-sub", func(_ paho.Client, m paho.Message) {
+		// A client id of its own each try: a CONNECT given up on may still
+		// be answered later, and would take over the id.
+		sub, err = dial(c.nodes[last].addr, fmt.Sprint("cu-sub-", try), func(_ paho.Client, m paho.Message) {
 			bytes.Add(int64(len(m.Payload())))
 			select {
 			case got <- countLeaves(gjson.ParseBytes(m.Payload())):
