@@ -27,6 +27,10 @@ type Broker struct {
 	// Web says the broker serves Mote's HTTP API and MQTT over WebSocket
 	// (the http- and sse- scenarios).
 	Web bool
+	// Cluster says the broker's binary runs `mote broker --cluster`
+	// nodes (the cluster scenario), bin.
+	Cluster bool
+	bin     string
 	// args returns the command line for the listeners l, with dir for data.
 	args func(l listeners, dir string) ([]string, error)
 
@@ -51,7 +55,7 @@ func Mote(bin string) *Broker { return MoteAs("mote", bin) }
 // earlier build, measured side by side with this one.
 func MoteAs(name, bin string) *Broker {
 	web := hasFlag(bin, "-http") // builds before the HTTP API have no such flag
-	return &Broker{Name: name, Tree: true, Web: web, args: func(l listeners, dir string) ([]string, error) {
+	return &Broker{Name: name, Tree: true, Web: web, Cluster: hasFlag(bin, "-cluster"), bin: bin, args: func(l listeners, dir string) ([]string, error) {
 		or := func(a string) string {
 			if a == "" {
 				return "off"
@@ -165,7 +169,12 @@ func (b *Broker) Addr() string { return b.l.TCP }
 
 // Usage reads the running broker's CPU time and peak RSS from /proc.
 func (b *Broker) Usage() (cpu time.Duration, peakRSS int64, err error) {
-	pid := strconv.Itoa(b.cmd.Process.Pid)
+	return procUsage(b.cmd.Process.Pid)
+}
+
+// procUsage reads process pid's CPU time and peak RSS from /proc.
+func procUsage(p int) (cpu time.Duration, peakRSS int64, err error) {
+	pid := strconv.Itoa(p)
 	stat, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
 		return 0, 0, err

@@ -82,18 +82,22 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 					if sc.web != nil && !b.Web {
 						continue // a build without the HTTP API
 					}
+					if sc.cluster && !b.Cluster {
+						continue // a cluster of this broker's nodes: Mote's
+					}
 					if ctx.Err() != nil {
 						return runs, ctx.Err()
 					}
-					r := runOne(ctx, sc, b, cfg.Sizes, round)
-					runs = append(runs, r)
-					if cfg.Progress != nil {
-						status := fmt.Sprintf("%.4g %s", r.Value, r.Unit)
-						if r.Err != "" {
-							status = "error: " + r.Err
+					for _, r := range runScenario(ctx, sc, b, cfg.Sizes, round) {
+						runs = append(runs, r)
+						if cfg.Progress != nil {
+							status := fmt.Sprintf("%.4g %s", r.Value, r.Unit)
+							if r.Err != "" {
+								status = "error: " + r.Err
+							}
+							fmt.Fprintf(cfg.Progress, "[%s] %s/%s round %d on %s: %s (cpu %.2fs, rss %d MiB, lost %d)\n",
+								time.Now().Format(time.TimeOnly), r.Scenario, r.Variant, round, b.Name, status, r.CPU, r.PeakRSS>>20, r.Lost)
 						}
-						fmt.Fprintf(cfg.Progress, "[%s] %s/%s round %d on %s: %s (cpu %.2fs, rss %d MiB, lost %d)\n",
-							time.Now().Format(time.TimeOnly), sc.name, sc.variant, round, b.Name, status, r.CPU, r.PeakRSS>>20, r.Lost)
 					}
 				}
 			}

@@ -18,20 +18,25 @@ import (
 
 // Sizes scale the scenarios.
 type Sizes struct {
-	FanInPubs, FanInEach    int // publishers, messages each
-	FanOutSubs, FanOutMsgs  int // subscribers, messages
-	Rows                    int // retained rows of the dashboard load
-	Devices, DeviceRows     int // boot storm
-	Dashboards, LiveDevices int // live dashboard
-	LiveRate                int // row changes per second
-	LiveFor                 time.Duration
-	LatRate, LatCount       int // latency: publishes per second, count
-	StallPubs, StallEach    int // stalled subscriber: publishers, QoS 1 messages each
-	StallSubs               int // healthy subscribers beside the stalled one
-	GetReps                 int // http-get: pairs of requests per run (the value is their median)
-	FanoutChanges           int // sse-fanout: rows changed (each once) …
-	FanoutRate              int // … at this rate a second, to Dashboards watchers of LiveDevices rows
-	IdleStreams             int // sse-idle: connections held open
+	FanInPubs, FanInEach   int // publishers, messages each
+	FanOutSubs, FanOutMsgs int // subscribers, messages
+	Rows                   int // retained rows of the dashboard load
+	// The cluster scenario (cluster.go): its latency's publishes a second
+	// and count; writers spread over the nodes and the tree publishes they
+	// make together; rows changed while a node is down.
+	ClusterLatRate, ClusterLatCount               int
+	ClusterWriters, ClusterWrites, CatchUpChanges int
+	Devices, DeviceRows                           int // boot storm
+	Dashboards, LiveDevices                       int // live dashboard
+	LiveRate                                      int // row changes per second
+	LiveFor                                       time.Duration
+	LatRate, LatCount                             int // latency: publishes per second, count
+	StallPubs, StallEach                          int // stalled subscriber: publishers, QoS 1 messages each
+	StallSubs                                     int // healthy subscribers beside the stalled one
+	GetReps                                       int // http-get: pairs of requests per run (the value is their median)
+	FanoutChanges                                 int // sse-fanout: rows changed (each once) …
+	FanoutRate                                    int // … at this rate a second, to Dashboards watchers of LiveDevices rows
+	IdleStreams                                   int // sse-idle: connections held open
 	// The curves (curves.go): each a ladder of sizes, climbed in one run.
 	CurvePubs     []int // curve-fan-in: publishers at each point …
 	CurveMsgs     int   // … sharing this many QoS 0 messages
@@ -45,7 +50,8 @@ type Sizes struct {
 
 // DefaultSizes are the sizes (a full run fits in 10 minutes here).
 func DefaultSizes() Sizes {
-	return Sizes{FanInPubs: 100, FanInEach: 1000, FanOutSubs: 1000, FanOutMsgs: 100, Rows: 100_000,
+	return Sizes{ClusterLatRate: 100, ClusterLatCount: 1000, ClusterWriters: 12, ClusterWrites: 30_000, CatchUpChanges: 100_000,
+		FanInPubs: 100, FanInEach: 1000, FanOutSubs: 1000, FanOutMsgs: 100, Rows: 100_000,
 		Devices: 10_000, DeviceRows: 50, Dashboards: 500, LiveDevices: 10_000, LiveRate: 1000, LiveFor: 3 * time.Second,
 		LatRate: 1000, LatCount: 3000, StallPubs: 10, StallEach: 2000, StallSubs: 5,
 		GetReps: 9, FanoutChanges: 300, FanoutRate: 50, IdleStreams: 10_000,
@@ -55,7 +61,8 @@ func DefaultSizes() Sizes {
 
 // SmokeSizes run every scenario in seconds, so the suite cannot rot.
 func SmokeSizes() Sizes {
-	return Sizes{FanInPubs: 5, FanInEach: 100, FanOutSubs: 20, FanOutMsgs: 20, Rows: 2000,
+	return Sizes{ClusterLatRate: 100, ClusterLatCount: 100, ClusterWriters: 6, ClusterWrites: 600, CatchUpChanges: 1000,
+		FanInPubs: 5, FanInEach: 100, FanOutSubs: 20, FanOutMsgs: 20, Rows: 2000,
 		Devices: 100, DeviceRows: 50, Dashboards: 5, LiveDevices: 200, LiveRate: 500, LiveFor: time.Second,
 		LatRate: 500, LatCount: 200, StallPubs: 2, StallEach: 200, StallSubs: 2,
 		GetReps: 2, FanoutChanges: 100, FanoutRate: 200, IdleStreams: 200,
@@ -100,6 +107,10 @@ type scenario struct {
 	// open files this process and the broker need (0: the default).
 	timeout time.Duration
 	files   uint64
+	// cluster, instead of run, is the cluster scenario (cluster.go): one
+	// run on a cluster of the broker's nodes measures every variant, the
+	// first entry's; clusterPart marks the others.
+	cluster, clusterPart bool
 }
 
 func scenarios() []scenario {
@@ -149,7 +160,7 @@ func scenarios() []scenario {
 			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return sseIdle(ctx, t, s, false) }},
 		{name: "sse-idle", variant: "sse", unit: "KiB/conn", versus: "mqtt-ws",
 			web: func(ctx context.Context, t target, s Sizes) (outcome, error) { return sseIdle(ctx, t, s, true) }},
-	}, curveScenarios()...)
+	}, append(curveScenarios(), clusterScenarios()...)...)
 }
 
 func dial(addr, id string, handler paho.MessageHandler) (paho.Client, error) {

@@ -16,6 +16,7 @@ const Translate = "mote-translate"
 // translators, zigbee2mqtt/devN/+/state ⇄ home/devN/+/on.
 func MoteTranslate(bin string) *Broker {
 	b := MoteAs(Translate, bin)
+	b.Cluster = false // its translators would not change what a cluster costs
 	args := b.args
 	b.args = func(l listeners, dir string) ([]string, error) {
 		a, err := args(l, dir)
