@@ -73,6 +73,10 @@ var (
 // JetStream meta group, and a short try retried soon beats a long wait.
 const tryTimeout = time.Second
 
+// stallCheck is how long a follower waits for the next batch before it
+// asks whether the log holds one (and, if so, follows again).
+const stallCheck = time.Second
+
 // batchVersion is the first byte of every batch message.
 const batchVersion = 1
 
@@ -283,7 +287,23 @@ func (l *Log) follow(ctx context.Context, next *uint64, fn func(Entry) error) er
 	}
 	defer it.Stop()
 	for {
-		m, err := it.Next(jetstream.NextContext(ctx))
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		m, err := it.Next(jetstream.NextMaxWait(stallCheck))
+		if errors.Is(err, nats.ErrTimeout) {
+			// Nothing came for a while. If the log holds the next batch,
+			// the consumer is lost (its server killed, a stream leader
+			// elected anew) and nats.go may take long to notice: start
+			// again with a new one.
+			try, cancel := context.WithTimeout(ctx, tryTimeout)
+			_, last, berr := l.Bounds(try)
+			cancel()
+			if berr == nil && last >= *next {
+				return fmt.Errorf("cluster: follow %s: nothing for %v at %d while the log ends at %d", l.opts.Stream, stallCheck, *next, last)
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("cluster: follow %s at %d: %w", l.opts.Stream, *next, err)
 		}
