@@ -196,6 +196,13 @@ func TestProcesses(t *testing.T) {
 			}
 			topic := fmt.Sprintf("w%d/%s/%d", i, tag, k)
 			seq, err := l.Append(t.Context(), []retain.Change{{Topic: topic, Value: str(fmt.Sprint(k))}})
+			if errors.Is(err, ErrUnreplicated) && !(i == 2 && tag == "a") {
+				// No quorum within the timeout: the stream is electing a
+				// leader after the kill (4–9 s). Refused, not counted (its
+				// outcome is unknown); a live node's writer goes on (the
+				// killed node's stops at its first error).
+				continue
+			}
 			if err != nil {
 				return err // not acknowledged: not counted
 			}
