@@ -35,11 +35,27 @@ type Cluster struct {
 	// batch is appended at a time); past it publishes are refused with
 	// 0x97. Default 10,000.
 	MaxWaiting int
+	// MaxWaitingBytes bounds the bytes (topics and payloads) of the
+	// retained publishes waiting for the log: past it they are refused
+	// with 0x97, unless none waits. Default 64 MiB.
+	MaxWaitingBytes int64
+}
+
+// defaultMaxWaitingBytes is Cluster.MaxWaitingBytes's default.
+const defaultMaxWaitingBytes = 64 << 20
+
+// opBytes is what a waiting publish holds, as the waiting queue counts it.
+func opBytes(op *tree.Op) int64 {
+	n := int64(len(op.SetFilter) + len(op.Replace) + 64)
+	for _, r := range op.Rows {
+		n += int64(len(r.Topic) + len(r.Value.Data) + 48)
+	}
+	return n
 }
 
 // errLogBusy is a retained publish refused because too many wait for the
 // cluster's log.
-var errLogBusy = fmt.Errorf("%w: too many writes wait for the cluster's log", errQuota)
+var errLogBusy = fmt.Errorf("%w: too many writes (or bytes) wait for the cluster's log", errQuota)
 
 // clusterNode is the broker's side of a cluster. The loop owns waiting and
 // flight; the follower and appender goroutines hand it their results as
@@ -47,6 +63,7 @@ var errLogBusy = fmt.Errorf("%w: too many writes wait for the cluster's log", er
 type clusterNode struct {
 	opts    Cluster
 	waiting []request // retained publishes not yet planned: they wait for the flight to land (loop)
+	held    int64     // opBytes of waiting (loop)
 	flight  *flight   // the batch appended to the log and not yet applied here (loop)
 	applied atomic.Uint64
 	ctx     context.Context
@@ -84,6 +101,9 @@ func newClusterNode(o Cluster) *clusterNode {
 	}
 	if o.MaxWaiting <= 0 {
 		o.MaxWaiting = 10000
+	}
+	if o.MaxWaitingBytes <= 0 {
+		o.MaxWaitingBytes = defaultMaxWaitingBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &clusterNode{opts: o, ctx: ctx, cancel: cancel, failed: make(chan error, 1)}
@@ -173,7 +193,7 @@ func (b *Broker) unfollowed(err error) {
 		b.refuseWrite(r.pub, why)
 	}
 	clear(cl.waiting)
-	cl.waiting = cl.waiting[:0]
+	cl.waiting, cl.held = cl.waiting[:0], 0
 }
 
 // stopCluster stops the follower, the appenders and the events, once the
@@ -196,7 +216,7 @@ func (b *Broker) stopCluster() {
 	for _, r := range cl.waiting {
 		answer(r.pub, errShutdown)
 	}
-	cl.flight, cl.waiting = nil, nil
+	cl.flight, cl.waiting, cl.held = nil, nil, 0
 }
 
 // answer tells a publish's waiter (if any) its outcome, never twice,
@@ -227,11 +247,13 @@ func (b *Broker) applyCluster(ops []tree.Op, meta []*pubMeta) {
 			b.refuseWrite(meta[i], fmt.Errorf("%w: %w", errUnfollowed, *err))
 			continue
 		}
-		if len(cl.waiting) >= cl.opts.MaxWaiting {
+		size := opBytes(&ops[i])
+		if len(cl.waiting) >= cl.opts.MaxWaiting || len(cl.waiting) > 0 && cl.held+size > cl.opts.MaxWaitingBytes {
 			b.refuseWrite(meta[i], errLogBusy)
 			continue
 		}
 		cl.waiting = append(cl.waiting, request{kind: reqPublish, op: ops[i], pub: meta[i]})
+		cl.held += size
 	}
 	if len(lops) > 0 {
 		b.applyBatch(lops, lmeta, &tree.Stamp{Rev: b.tree.Rev(), MS: time.Now().UnixMilli()})
@@ -298,6 +320,9 @@ func (b *Broker) flush() {
 					changes = append(changes, retain.Change{Topic: row.Topic, Value: row.Value, QoS: r.op.QoS, MS: f.ms})
 				}
 			}
+		}
+		for i := range n {
+			cl.held -= opBytes(&cl.waiting[i].op)
 		}
 		rest := copy(cl.waiting, cl.waiting[n:])
 		clear(cl.waiting[rest:])

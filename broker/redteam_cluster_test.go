@@ -1,0 +1,62 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// waitingBytes is what the node's waiting publishes hold, as the loop
+// counts them, and how many wait.
+func waitingBytes(t *testing.T, b *Broker) (held int64, n int) {
+	t.Helper()
+	if !b.onLoop(testCtx(t).Done(), func() {
+		for i := range b.cl.waiting {
+			held += opBytes(&b.cl.waiting[i].op)
+		}
+		n = len(b.cl.waiting)
+	}) {
+		t.Fatal("loop stopped")
+	}
+	return held, n
+}
+
+// TestClusterWaitingMemory: while the log is unreachable, a QoS 0 flood
+// of large retained publishes is held up to the waiting queue's byte
+// bound, not its count bound (10,000 publishes of up to the max packet
+// size: gigabytes); the rest is refused 0x97 (red team, issue 16).
+func TestClusterWaitingMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS node")
+	}
+	tn := startNodes(t, 1, time.Minute) // no Append fails within the test
+	b := tn.b[0]
+	tn.nats[0].Close() // the log is unreachable: the first flight waits
+	tn.nats[0] = nil
+	payload := make([]byte, 1<<20) // shared by every publish: the test holds 1 MiB
+	ctx := testCtx(t)
+	const n = 96
+	for i := range n {
+		m := Message{Topic: fmt.Sprintf("big/%d", i), Payload: payload, Retain: true}
+		if err := b.publish(ctx, Principal{ClientID: "flood"}, m, waitNone); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	if err := b.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	held, waiting := waitingBytes(t, b)
+	if held > defaultMaxWaitingBytes {
+		t.Errorf("%d publishes wait holding %d MiB; want at most %d MiB", waiting, held>>20, defaultMaxWaitingBytes>>20)
+	}
+	// A publisher that waits is told why.
+	err := b.Publish(ctx, Principal{ClientID: "late"}, Message{Topic: "big/late", Payload: payload, Retain: true})
+	var r *Refusal
+	if !errors.As(err, &r) || r.Code.Code != 0x97 {
+		t.Errorf("publish past the bound: %v, want 0x97", err)
+	}
+	if held, waiting = waitingBytes(t, b); held > defaultMaxWaitingBytes {
+		t.Errorf("after a refusal, %d publishes wait holding %d MiB", waiting, held>>20)
+	}
+}
