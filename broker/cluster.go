@@ -353,14 +353,25 @@ func (b *Broker) appendFlight(f *flight, changes []retain.Change) {
 }
 
 // flightFailed refuses a flight's publishes, unless the log brought it
-// back meanwhile (an Append whose acknowledgement was lost).
+// back meanwhile (an Append whose acknowledgement was lost). If no quorum
+// took it within the log's timeout, the publishes waiting behind it are
+// refused too: each would wait another timeout, the last of a long queue
+// for hours.
 func (b *Broker) flightFailed(f *flight, err error) {
-	if b.cl.flight != f {
+	cl := b.cl
+	if cl.flight != f {
 		return
 	}
-	b.cl.flight = nil
+	cl.flight = nil
 	for _, m := range f.meta {
 		b.refuseWrite(m, err)
+	}
+	if errors.Is(err, cluster.ErrUnreplicated) {
+		for _, r := range cl.waiting {
+			b.refuseWrite(r.pub, err)
+		}
+		clear(cl.waiting)
+		cl.waiting, cl.held = cl.waiting[:0], 0
 	}
 	b.flush()
 }

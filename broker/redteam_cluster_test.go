@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/mote-mqtt/mote/cluster"
 )
 
 // waitingBytes is what the node's waiting publishes hold, as the loop
@@ -58,5 +60,38 @@ func TestClusterWaitingMemory(t *testing.T) {
 	}
 	if held, waiting = waitingBytes(t, b); held > defaultMaxWaitingBytes {
 		t.Errorf("after a refusal, %d publishes wait holding %d MiB", waiting, held>>20)
+	}
+}
+
+// TestClusterUnreachableAnswers: with the log unreachable, the writes
+// waiting behind a flight are refused when it fails, not one flight (one
+// Append timeout) after another: 40 $set publishes, each its own flight,
+// kept the last publisher waiting 40 timeouts (red team, issue 16).
+func TestClusterUnreachableAnswers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS node")
+	}
+	tn := startNodes(t, 1, time.Second)
+	b := tn.b[0]
+	ctx := testCtx(t)
+	if err := b.Publish(ctx, Principal{ClientID: "w"}, Message{Topic: "light/a", Payload: []byte("1"), Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	tn.nats[0].Close()
+	tn.nats[0] = nil
+	const n = 40 // at 1 s each, more than the test's 30 s
+	for range n {
+		// Each $set is planned once the flight before it landed: a flight each.
+		if err := b.publish(ctx, Principal{ClientID: "w"}, Message{Topic: "$set/light/+", Payload: []byte("2")}, waitNone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := b.Publish(ctx, Principal{ClientID: "w"}, Message{Topic: "light/a", Payload: []byte("3"), Retain: true})
+	var r *Refusal
+	if !errors.As(err, &r) || !errors.Is(err, cluster.ErrUnreplicated) {
+		t.Fatalf("publish behind %d flights, the log unreachable: %v, want refused: cannot replicate", n, err)
+	}
+	if r.Code.Code != 0x80 {
+		t.Errorf("refused 0x%02x, want 0x80", r.Code.Code)
 	}
 }
