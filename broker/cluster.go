@@ -403,8 +403,15 @@ func (b *Broker) applyEntry(e cluster.Entry) {
 		}
 		changed = b.applyBatch(ops, meta, &tree.Stamp{Rev: e.Seq, MS: e.Changes[0].MS})
 	}
-	if !changed && b.ret != nil {
-		b.ret.SetRev(e.Seq) // where a restart resumes the log
+	if !changed {
+		// The revision is where a restart on the store's files puts it
+		// (and where the log resumes), so mote-rev is the same for the
+		// same state on every node, restarted or not.
+		b.tree.SetRev(max(b.tree.Rev(), e.Seq))
+		b.applied.Store(b.tree.Rev())
+		if b.ret != nil {
+			b.ret.SetRev(e.Seq)
+		}
 	}
 }
 

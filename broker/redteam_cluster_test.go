@@ -95,3 +95,36 @@ func TestClusterUnreachableAnswers(t *testing.T) {
 		t.Errorf("refused 0x%02x, want 0x80", r.Code.Code)
 	}
 }
+
+// TestClusterRevSameState: a batch of the log that changes nothing here
+// (a row written again with its value) leaves the node's revision where a
+// restart on its files puts it: mote-rev is the same for the same state,
+// on a node that ran on and one that restarted (red team, issue 16: it was
+// 1 before the restart and 2 after).
+func TestClusterRevSameState(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS node")
+	}
+	tn := startNodes(t, 1, 5*time.Second)
+	ctx := testCtx(t)
+	for range 2 { // the second is in the log, and changes nothing
+		if err := tn.b[0].Publish(ctx, Principal{ClientID: "w"}, Message{Topic: "light/a", Payload: []byte("1"), Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := tn.b[0].Rev(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn.stop(0)
+	if err := tn.start(0, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tn.b[0].Rev(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before != after {
+		t.Errorf("revision %d before the restart, %d after, the rows the same", before, after)
+	}
+}
