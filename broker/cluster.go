@@ -427,7 +427,7 @@ func (b *Broker) shareEvent(p Principal, m Message, r *prepared) {
 	switch {
 	case !r.mote:
 		b.publishEvent(r.plain)
-	case isLocalOp(&r.op) && !p.original:
+	case sharesEvents(&r.op) && !p.original:
 		props := m.Properties
 		props.TopicAlias, props.TopicAliasFlag, props.SubscriptionIdentifier = 0, false, nil
 		b.publishEvent(&message{topic: m.Topic, payload: m.Payload, qos: m.QoS, props: &props})
@@ -437,6 +437,18 @@ func (b *Broker) shareEvent(p Principal, m Message, r *prepared) {
 			b.publishEvent(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), qos: r.trans.QoS})
 		}
 	}
+}
+
+// sharesEvents reports whether op, a publish without retain, is events
+// the other nodes deliver: a tree publish's rows, also with .replace
+// (whose deletions of retained rows go through the log).
+func sharesEvents(op *tree.Op) bool {
+	if op.Replace != "" && op.SetFilter == "" {
+		o := *op
+		o.Replace = ""
+		return len(o.Rows) > 0 && isLocalOp(&o)
+	}
+	return isLocalOp(op)
 }
 
 // publishEvent sends a plain event to the other nodes.
@@ -467,6 +479,9 @@ func (b *Broker) publishRemote(origin string, e cluster.Event) {
 		}
 	}
 	r, err := b.prepare(clusterPrincipal, m)
+	if err == nil && r.mote && r.op.SetFilter == "" {
+		r.op.Replace = "" // a .replace's events: its deletions come through the log
+	}
 	if err == nil && (r.mote && !isLocalOp(&r.op) || !r.mote && reserved(e.Topic)) {
 		err = errRemoteEvent // a row write, or the broker's topics: never an event
 	}

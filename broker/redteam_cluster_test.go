@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mote-mqtt/mote/clients/client"
 	"github.com/mote-mqtt/mote/cluster"
 )
 
@@ -126,5 +127,30 @@ func TestClusterRevSameState(t *testing.T) {
 	}
 	if before != after {
 		t.Errorf("revision %d before the restart, %d after, the rows the same", before, after)
+	}
+}
+
+// TestClusterReplaceEvent: a tree publish with .replace and no retain
+// flag is events (and deletes the retained rows it does not mention): its
+// events reach plain subscribers on the other nodes too, as a plain tree
+// publish's do (red team, issue 16: they stayed on the publisher's node).
+func TestClusterReplaceEvent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 2-node NATS cluster")
+	}
+	tn := startNodes(t, 2, 5*time.Second)
+	ctx := testCtx(t)
+	col := newCollector()
+	c := dialNode(t, tn.b[1], "reader")
+	if err := c.Subscribe(ctx, "ev/#", client.Plain, client.JSON, 1, col.handle); err != nil {
+		t.Fatal(err)
+	}
+	m := Message{Topic: "$tree.replace/ev", Payload: []byte(`{"x":1}`), QoS: 1}
+	if err := tn.b[0].Publish(ctx, Principal{ClientID: "w"}, m); err != nil {
+		t.Fatal(err)
+	}
+	got := col.wait(t, 1)
+	if len(got) != 1 || got[0].Topic != "ev/x" || string(got[0].Payload) != "1" {
+		t.Errorf("node 1 got %v, want one event ev/x = 1", got)
 	}
 }
