@@ -185,15 +185,37 @@ func (b *Broker) unfollowed(err error) {
 	why := fmt.Errorf("%w: %w", errUnfollowed, err)
 	if f := cl.flight; f != nil {
 		cl.flight = nil
-		for _, m := range f.meta {
-			b.refuseWrite(m, why)
+		b.settle(f.ops, f.meta, why)
+	}
+	b.settleWaiting(why)
+}
+
+// settle ends publishes the log will not bring back: events (no row of
+// the cluster's) are applied here, in order; writes are refused with err.
+func (b *Broker) settle(ops []tree.Op, meta []*pubMeta, err error) {
+	var lops []tree.Op
+	var lmeta []*pubMeta
+	for i := range ops {
+		if isLocalOp(&ops[i]) {
+			lops, lmeta = append(lops, ops[i]), append(lmeta, meta[i])
+		} else {
+			b.refuseWrite(meta[i], err)
 		}
 	}
-	for _, r := range cl.waiting {
-		b.refuseWrite(r.pub, why)
+	b.applyBatch(lops, lmeta, &tree.Stamp{Rev: b.tree.Rev(), MS: time.Now().UnixMilli()})
+}
+
+// settleWaiting settles every waiting publish (settle).
+func (b *Broker) settleWaiting(err error) {
+	cl := b.cl
+	w := cl.waiting
+	cl.waiting, cl.held = nil, 0 // applying events may queue translations
+	ops := make([]tree.Op, len(w))
+	meta := make([]*pubMeta, len(w))
+	for i := range w {
+		ops[i], meta[i] = w[i].op, w[i].pub
 	}
-	clear(cl.waiting)
-	cl.waiting, cl.held = cl.waiting[:0], 0
+	b.settle(ops, meta, err)
 }
 
 // stopCluster stops the follower, the appenders and the events, once the
@@ -239,11 +261,15 @@ func (b *Broker) applyCluster(ops []tree.Op, meta []*pubMeta) {
 	var lops []tree.Op
 	var lmeta []*pubMeta
 	for i := range ops {
-		if isLocalOp(&ops[i]) {
+		local := isLocalOp(&ops[i])
+		// A client's event waits behind the writes waiting for the log, so
+		// a subscriber gets one client's publishes to a topic in order
+		// (MQTT 4.6); the broker's own ($SYS, other nodes' events) never.
+		if local && (meta[i].p.system || cl.flight == nil && len(cl.waiting) == 0) {
 			lops, lmeta = append(lops, ops[i]), append(lmeta, meta[i])
 			continue
 		}
-		if err := cl.stopped.Load(); err != nil {
+		if err := cl.stopped.Load(); err != nil && !local {
 			b.refuseWrite(meta[i], fmt.Errorf("%w: %w", errUnfollowed, *err))
 			continue
 		}
@@ -363,15 +389,9 @@ func (b *Broker) flightFailed(f *flight, err error) {
 		return
 	}
 	cl.flight = nil
-	for _, m := range f.meta {
-		b.refuseWrite(m, err)
-	}
+	b.settle(f.ops, f.meta, err)
 	if errors.Is(err, cluster.ErrUnreplicated) {
-		for _, r := range cl.waiting {
-			b.refuseWrite(r.pub, err)
-		}
-		clear(cl.waiting)
-		cl.waiting, cl.held = cl.waiting[:0], 0
+		b.settleWaiting(err)
 	}
 	b.flush()
 }

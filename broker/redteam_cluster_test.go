@@ -154,3 +154,40 @@ func TestClusterReplaceEvent(t *testing.T) {
 		t.Errorf("node 1 got %v, want one event ev/x = 1", got)
 	}
 }
+
+// TestClusterEventOrder: one client's publishes to one topic reach a
+// subscriber in the order sent (MQTT 4.6), a retained tree publish going
+// through the log and a non-retained one (an event) after it (red team,
+// issue 16: the event, applied at once, overtook the write in flight).
+func TestClusterEventOrder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS node")
+	}
+	tn := startNodes(t, 1, 5*time.Second)
+	b := tn.b[0]
+	ctx := testCtx(t)
+	col := newCollector()
+	c := dialNode(t, b, "reader")
+	if err := c.Subscribe(ctx, "ev/#", client.Plain, client.JSON, 0, col.handle); err != nil {
+		t.Fatal(err)
+	}
+	w := Principal{ClientID: "w"}
+	for _, m := range []Message{
+		{Topic: "$tree/ev", Payload: []byte(`{"a":1}`), Retain: true},
+		{Topic: "$tree/ev", Payload: []byte(`{"a":2}`)},
+		{Topic: "$tree/ev", Payload: []byte(`{"a":3}`), Retain: true},
+		{Topic: "$tree/ev", Payload: []byte(`{"a":4}`)},
+	} {
+		if err := b.publish(ctx, w, m, waitNone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := col.wait(t, 4)
+	var order string
+	for _, m := range got {
+		order += string(m.Payload)
+	}
+	if order != "1234" {
+		t.Errorf("ev/a arrived as %s, want 1234", order)
+	}
+}
