@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
 	"github.com/mote-mqtt/mote/cluster"
@@ -439,24 +440,31 @@ func (b *Broker) applyEntry(e cluster.Entry) {
 // publish without retain, and their translations) to the other nodes,
 // which deliver it as their own broker would (SPEC §12). A tree publish
 // goes whole, so it stays one delta there; one in the original dialect
-// (SPEC §7) stays on its node.
-func (b *Broker) shareEvent(p Principal, m Message, r *prepared) {
+// (SPEC §7) stays on its node. An event too large for one NATS message is
+// ErrTooLarge, sent nowhere: the publish is refused, not delivered on
+// this node alone.
+func (b *Broker) shareEvent(p Principal, m Message, r *prepared) error {
 	if b.cl.opts.Events == nil {
-		return
+		return nil
 	}
+	var err error
 	switch {
 	case !r.mote:
-		b.publishEvent(r.plain)
+		err = b.publishEvent(r.plain)
 	case sharesEvents(&r.op) && !p.original:
 		props := m.Properties
 		props.TopicAlias, props.TopicAliasFlag, props.SubscriptionIdentifier = 0, false, nil
-		b.publishEvent(&message{topic: m.Topic, payload: m.Payload, qos: m.QoS, props: &props})
+		err = b.publishEvent(&message{topic: m.Topic, payload: m.Payload, qos: m.QoS, props: &props})
+	}
+	if errors.Is(err, nats.ErrMaxPayload) {
+		return fmt.Errorf("%w: an event for the other nodes: %w", cluster.ErrTooLarge, err)
 	}
 	if r.trans != nil {
 		for _, row := range r.trans.Rows {
-			b.publishEvent(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), qos: r.trans.QoS})
+			b.publishEvent(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), qos: r.trans.QoS}) //nolint:errcheck // logged; the publish itself crossed
 		}
 	}
+	return nil
 }
 
 // sharesEvents reports whether op, a publish without retain, is events
@@ -471,8 +479,9 @@ func sharesEvents(op *tree.Op) bool {
 	return isLocalOp(op)
 }
 
-// publishEvent sends a plain event to the other nodes.
-func (b *Broker) publishEvent(m *message) {
+// publishEvent sends a plain event to the other nodes; a failure is
+// logged, and returned.
+func (b *Broker) publishEvent(m *message) error {
 	e := cluster.Event{Topic: m.topic, Payload: m.payload, QoS: m.qos}
 	if m.props != nil {
 		var buf bytes.Buffer
@@ -481,7 +490,9 @@ func (b *Broker) publishEvent(m *message) {
 	}
 	if err := b.cl.opts.Events.Publish(e); err != nil {
 		b.log.Warn().Err(err).Str("topic", truncate(m.topic, 200)).Msg("cluster: an event did not reach the other nodes")
+		return err
 	}
+	return nil
 }
 
 // errRemoteEvent is an event from another node that writes rows or

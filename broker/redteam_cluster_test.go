@@ -191,3 +191,29 @@ func TestClusterEventOrder(t *testing.T) {
 		t.Errorf("ev/a arrived as %s, want 1234", order)
 	}
 }
+
+// TestClusterEventTooLarge: an event larger than one NATS message cannot
+// reach the other nodes; it is refused 0x95 (packet too large), delivered
+// nowhere, instead of acknowledged and delivered on one node only (red
+// team, issue 16).
+func TestClusterEventTooLarge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 2-node NATS cluster")
+	}
+	tn := startNodes(t, 2, 5*time.Second)
+	ctx := testCtx(t)
+	for _, topic := range []string{"ev/big", "$tree/ev/big"} {
+		payload := make([]byte, 9<<20) // the embedded node's max payload is 8 MiB
+		if topic != "ev/big" {
+			payload = []byte(`"` + string(make([]byte, 9<<20)) + `"`)
+			for i := 1; i < len(payload)-1; i++ {
+				payload[i] = 'x'
+			}
+		}
+		err := tn.b[0].Publish(ctx, Principal{ClientID: "w"}, Message{Topic: topic, Payload: payload, QoS: 1})
+		var r *Refusal
+		if !errors.As(err, &r) || r.Code.Code != 0x95 {
+			t.Errorf("%s: a 9 MiB event: %v, want refused 0x95", topic, err)
+		}
+	}
+}
