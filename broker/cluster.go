@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
 	"github.com/mote-mqtt/mote/cluster"
@@ -35,11 +36,27 @@ type Cluster struct {
 	// batch is appended at a time); past it publishes are refused with
 	// 0x97. Default 10,000.
 	MaxWaiting int
+	// MaxWaitingBytes bounds the bytes (topics and payloads) of the
+	// retained publishes waiting for the log: past it they are refused
+	// with 0x97, unless none waits. Default 64 MiB.
+	MaxWaitingBytes int64
+}
+
+// defaultMaxWaitingBytes is Cluster.MaxWaitingBytes's default.
+const defaultMaxWaitingBytes = 64 << 20
+
+// opBytes is what a waiting publish holds, as the waiting queue counts it.
+func opBytes(op *tree.Op) int64 {
+	n := int64(len(op.SetFilter) + len(op.Replace) + 64)
+	for _, r := range op.Rows {
+		n += int64(len(r.Topic) + len(r.Value.Data) + 48)
+	}
+	return n
 }
 
 // errLogBusy is a retained publish refused because too many wait for the
 // cluster's log.
-var errLogBusy = fmt.Errorf("%w: too many writes wait for the cluster's log", errQuota)
+var errLogBusy = fmt.Errorf("%w: too many writes (or bytes) wait for the cluster's log", errQuota)
 
 // clusterNode is the broker's side of a cluster. The loop owns waiting and
 // flight; the follower and appender goroutines hand it their results as
@@ -47,6 +64,7 @@ var errLogBusy = fmt.Errorf("%w: too many writes wait for the cluster's log", er
 type clusterNode struct {
 	opts    Cluster
 	waiting []request // retained publishes not yet planned: they wait for the flight to land (loop)
+	held    int64     // opBytes of waiting (loop)
 	flight  *flight   // the batch appended to the log and not yet applied here (loop)
 	applied atomic.Uint64
 	ctx     context.Context
@@ -84,6 +102,9 @@ func newClusterNode(o Cluster) *clusterNode {
 	}
 	if o.MaxWaiting <= 0 {
 		o.MaxWaiting = 10000
+	}
+	if o.MaxWaitingBytes <= 0 {
+		o.MaxWaitingBytes = defaultMaxWaitingBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &clusterNode{opts: o, ctx: ctx, cancel: cancel, failed: make(chan error, 1)}
@@ -165,15 +186,37 @@ func (b *Broker) unfollowed(err error) {
 	why := fmt.Errorf("%w: %w", errUnfollowed, err)
 	if f := cl.flight; f != nil {
 		cl.flight = nil
-		for _, m := range f.meta {
-			b.refuseWrite(m, why)
+		b.settle(f.ops, f.meta, why)
+	}
+	b.settleWaiting(why)
+}
+
+// settle ends publishes the log will not bring back: events (no row of
+// the cluster's) are applied here, in order; writes are refused with err.
+func (b *Broker) settle(ops []tree.Op, meta []*pubMeta, err error) {
+	var lops []tree.Op
+	var lmeta []*pubMeta
+	for i := range ops {
+		if isLocalOp(&ops[i]) {
+			lops, lmeta = append(lops, ops[i]), append(lmeta, meta[i])
+		} else {
+			b.refuseWrite(meta[i], err)
 		}
 	}
-	for _, r := range cl.waiting {
-		b.refuseWrite(r.pub, why)
+	b.applyBatch(lops, lmeta, &tree.Stamp{Rev: b.tree.Rev(), MS: time.Now().UnixMilli()})
+}
+
+// settleWaiting settles every waiting publish (settle).
+func (b *Broker) settleWaiting(err error) {
+	cl := b.cl
+	w := cl.waiting
+	cl.waiting, cl.held = nil, 0 // applying events may queue translations
+	ops := make([]tree.Op, len(w))
+	meta := make([]*pubMeta, len(w))
+	for i := range w {
+		ops[i], meta[i] = w[i].op, w[i].pub
 	}
-	clear(cl.waiting)
-	cl.waiting = cl.waiting[:0]
+	b.settle(ops, meta, err)
 }
 
 // stopCluster stops the follower, the appenders and the events, once the
@@ -196,7 +239,7 @@ func (b *Broker) stopCluster() {
 	for _, r := range cl.waiting {
 		answer(r.pub, errShutdown)
 	}
-	cl.flight, cl.waiting = nil, nil
+	cl.flight, cl.waiting, cl.held = nil, nil, 0
 }
 
 // answer tells a publish's waiter (if any) its outcome, never twice,
@@ -219,19 +262,25 @@ func (b *Broker) applyCluster(ops []tree.Op, meta []*pubMeta) {
 	var lops []tree.Op
 	var lmeta []*pubMeta
 	for i := range ops {
-		if isLocalOp(&ops[i]) {
+		local := isLocalOp(&ops[i])
+		// A client's event waits behind the writes waiting for the log, so
+		// a subscriber gets one client's publishes to a topic in order
+		// (MQTT 4.6); the broker's own ($SYS, other nodes' events) never.
+		if local && (meta[i].p.system || cl.flight == nil && len(cl.waiting) == 0) {
 			lops, lmeta = append(lops, ops[i]), append(lmeta, meta[i])
 			continue
 		}
-		if err := cl.stopped.Load(); err != nil {
+		if err := cl.stopped.Load(); err != nil && !local {
 			b.refuseWrite(meta[i], fmt.Errorf("%w: %w", errUnfollowed, *err))
 			continue
 		}
-		if len(cl.waiting) >= cl.opts.MaxWaiting {
+		size := opBytes(&ops[i])
+		if len(cl.waiting) >= cl.opts.MaxWaiting || len(cl.waiting) > 0 && cl.held+size > cl.opts.MaxWaitingBytes {
 			b.refuseWrite(meta[i], errLogBusy)
 			continue
 		}
 		cl.waiting = append(cl.waiting, request{kind: reqPublish, op: ops[i], pub: meta[i]})
+		cl.held += size
 	}
 	if len(lops) > 0 {
 		b.applyBatch(lops, lmeta, &tree.Stamp{Rev: b.tree.Rev(), MS: time.Now().UnixMilli()})
@@ -299,6 +348,9 @@ func (b *Broker) flush() {
 				}
 			}
 		}
+		for i := range n {
+			cl.held -= opBytes(&cl.waiting[i].op)
+		}
 		rest := copy(cl.waiting, cl.waiting[n:])
 		clear(cl.waiting[rest:])
 		cl.waiting = cl.waiting[:rest]
@@ -328,14 +380,19 @@ func (b *Broker) appendFlight(f *flight, changes []retain.Change) {
 }
 
 // flightFailed refuses a flight's publishes, unless the log brought it
-// back meanwhile (an Append whose acknowledgement was lost).
+// back meanwhile (an Append whose acknowledgement was lost). If no quorum
+// took it within the log's timeout, the publishes waiting behind it are
+// refused too: each would wait another timeout, the last of a long queue
+// for hours.
 func (b *Broker) flightFailed(f *flight, err error) {
-	if b.cl.flight != f {
+	cl := b.cl
+	if cl.flight != f {
 		return
 	}
-	b.cl.flight = nil
-	for _, m := range f.meta {
-		b.refuseWrite(m, err)
+	cl.flight = nil
+	b.settle(f.ops, f.meta, err)
+	if errors.Is(err, cluster.ErrUnreplicated) {
+		b.settleWaiting(err)
 	}
 	b.flush()
 }
@@ -367,8 +424,15 @@ func (b *Broker) applyEntry(e cluster.Entry) {
 		}
 		changed = b.applyBatch(ops, meta, &tree.Stamp{Rev: e.Seq, MS: e.Changes[0].MS})
 	}
-	if !changed && b.ret != nil {
-		b.ret.SetRev(e.Seq) // where a restart resumes the log
+	if !changed {
+		// The revision is where a restart on the store's files puts it
+		// (and where the log resumes), so mote-rev is the same for the
+		// same state on every node, restarted or not.
+		b.tree.SetRev(max(b.tree.Rev(), e.Seq))
+		b.applied.Store(b.tree.Rev())
+		if b.ret != nil {
+			b.ret.SetRev(e.Seq)
+		}
 	}
 }
 
@@ -376,28 +440,48 @@ func (b *Broker) applyEntry(e cluster.Entry) {
 // publish without retain, and their translations) to the other nodes,
 // which deliver it as their own broker would (SPEC §12). A tree publish
 // goes whole, so it stays one delta there; one in the original dialect
-// (SPEC §7) stays on its node.
-func (b *Broker) shareEvent(p Principal, m Message, r *prepared) {
+// (SPEC §7) stays on its node. An event too large for one NATS message is
+// ErrTooLarge, sent nowhere: the publish is refused, not delivered on
+// this node alone.
+func (b *Broker) shareEvent(p Principal, m Message, r *prepared) error {
 	if b.cl.opts.Events == nil {
-		return
+		return nil
 	}
+	var err error
 	switch {
 	case !r.mote:
-		b.publishEvent(r.plain)
-	case isLocalOp(&r.op) && !p.original:
+		err = b.publishEvent(r.plain)
+	case sharesEvents(&r.op) && !p.original:
 		props := m.Properties
 		props.TopicAlias, props.TopicAliasFlag, props.SubscriptionIdentifier = 0, false, nil
-		b.publishEvent(&message{topic: m.Topic, payload: m.Payload, qos: m.QoS, props: &props})
+		err = b.publishEvent(&message{topic: m.Topic, payload: m.Payload, qos: m.QoS, props: &props})
+	}
+	if errors.Is(err, nats.ErrMaxPayload) {
+		return fmt.Errorf("%w: an event for the other nodes: %w", cluster.ErrTooLarge, err)
 	}
 	if r.trans != nil {
 		for _, row := range r.trans.Rows {
-			b.publishEvent(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), qos: r.trans.QoS})
+			b.publishEvent(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), qos: r.trans.QoS}) //nolint:errcheck // logged; the publish itself crossed
 		}
 	}
+	return nil
 }
 
-// publishEvent sends a plain event to the other nodes.
-func (b *Broker) publishEvent(m *message) {
+// sharesEvents reports whether op, a publish without retain, is events
+// the other nodes deliver: a tree publish's rows, also with .replace
+// (whose deletions of retained rows go through the log).
+func sharesEvents(op *tree.Op) bool {
+	if op.Replace != "" && op.SetFilter == "" {
+		o := *op
+		o.Replace = ""
+		return len(o.Rows) > 0 && isLocalOp(&o)
+	}
+	return isLocalOp(op)
+}
+
+// publishEvent sends a plain event to the other nodes; a failure is
+// logged, and returned.
+func (b *Broker) publishEvent(m *message) error {
 	e := cluster.Event{Topic: m.topic, Payload: m.payload, QoS: m.qos}
 	if m.props != nil {
 		var buf bytes.Buffer
@@ -406,7 +490,9 @@ func (b *Broker) publishEvent(m *message) {
 	}
 	if err := b.cl.opts.Events.Publish(e); err != nil {
 		b.log.Warn().Err(err).Str("topic", truncate(m.topic, 200)).Msg("cluster: an event did not reach the other nodes")
+		return err
 	}
+	return nil
 }
 
 // errRemoteEvent is an event from another node that writes rows or
@@ -424,6 +510,9 @@ func (b *Broker) publishRemote(origin string, e cluster.Event) {
 		}
 	}
 	r, err := b.prepare(clusterPrincipal, m)
+	if err == nil && r.mote && r.op.SetFilter == "" {
+		r.op.Replace = "" // a .replace's events: its deletions come through the log
+	}
 	if err == nil && (r.mote && !isLocalOp(&r.op) || !r.mote && reserved(e.Topic)) {
 		err = errRemoteEvent // a row write, or the broker's topics: never an event
 	}

@@ -59,7 +59,8 @@
 // revision of SPEC §8, the same on every node) and the origin's time. The
 // node that wrote a batch knows it by its id and applies it with its
 // publishers' state (answers, MQTT 5 properties, No Local, translations);
-// a write the log did not take is refused 0x80. Events (no retained row)
+// a write the log did not take is refused 0x80, and so are those waiting
+// behind it (bounded by Cluster.MaxWaiting and MaxWaitingBytes). Events (no retained row)
 // and the broker's own $SYS rows are applied at once, without moving the
 // revision; plain events and non-retained tree publishes cross to the
 // other nodes on core NATS (cluster.Events) and enter theirs through the

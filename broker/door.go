@@ -172,7 +172,9 @@ func (b *Broker) plainOp(m Message) tree.Op {
 // exist); anything that changes rows goes to the loop, which delivers it.
 func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepared, wait waitMode) error {
 	if b.cl != nil && !m.Retain && !p.system {
-		b.shareEvent(p, m, &r) // to the other nodes of a cluster (cluster.go)
+		if err := b.shareEvent(p, m, &r); err != nil { // to the other nodes of a cluster (cluster.go)
+			return b.refusal(p, "publish", m.Topic, err)
+		}
 	}
 	if !r.mote && !m.Retain {
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"math"
 	"testing"
 
 	"github.com/mote-mqtt/mote/retain"
@@ -13,7 +14,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	b, _ := encodeBatch([]retain.Change{
 		{Topic: "a/b", Value: wire.Value{Kind: wire.String, Data: "ON"}, QoS: 1, MS: 5},
 		{Topic: "gone"},
-	})
+	}, math.MaxInt64)
 	f.Add(b)
 	f.Add([]byte{batchVersion})
 	f.Add([]byte{})
@@ -22,7 +23,7 @@ func FuzzDecodeBatch(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := encodeBatch(changes)
+		again, err := encodeBatch(changes, math.MaxInt64)
 		if err != nil {
 			t.Fatalf("re-encode: %v", err)
 		}

@@ -143,12 +143,9 @@ func (l *Log) Append(ctx context.Context, changes []retain.Change) (uint64, erro
 // handed back in its Entry, so the node that appended it knows it when
 // its follower reads it, which may be before AppendID returns.
 func (l *Log) AppendID(ctx context.Context, id string, changes []retain.Change) (uint64, error) {
-	data, err := encodeBatch(changes)
+	data, err := encodeBatch(changes, l.nc.MaxPayload())
 	if err != nil {
 		return 0, err
-	}
-	if max := l.nc.MaxPayload(); int64(len(data)) > max {
-		return 0, fmt.Errorf("%w: %d rows in %d bytes, at most %d", ErrTooLarge, len(changes), len(data), max)
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.opts.Timeout)
 	defer cancel()
@@ -330,19 +327,27 @@ func (l *Log) follow(ctx context.Context, next *uint64, fn func(Entry) error) er
 }
 
 // encodeBatch is a batch message: the version byte, then each change as
-// retain.AppendChange writes it.
-func encodeBatch(changes []retain.Change) ([]byte, error) {
-	n := 1
+// retain.AppendChange writes it. A batch over max bytes is ErrTooLarge,
+// found before it is encoded whole: rows sharing one payload (a $set)
+// take little memory until they are written out one by one.
+func encodeBatch(changes []retain.Change, max int64) ([]byte, error) {
+	n := int64(1)
 	for _, c := range changes {
-		n += len(c.Topic) + len(c.Value.Data) + 32
+		n += int64(len(c.Topic) + len(c.Value.Data) + 32)
 	}
-	b := append(make([]byte, 0, n), batchVersion)
-	for _, c := range changes {
+	b := append(make([]byte, 0, min(n, max)), batchVersion)
+	for i, c := range changes {
+		if int64(len(b)+len(c.Topic)+len(c.Value.Data)) > max { // its encoding is longer still
+			return nil, fmt.Errorf("%w: %d rows, over %d bytes at row %d, at most %d", ErrTooLarge, len(changes), max, i, max)
+		}
 		c.Rev = 0
 		var err error
 		if b, err = retain.AppendChange(b, c); err != nil {
 			return nil, fmt.Errorf("cluster: row %.200q: %w", c.Topic, err)
 		}
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%w: %d rows in %d bytes, at most %d", ErrTooLarge, len(changes), len(b), max)
 	}
 	return b, nil
 }
