@@ -1,0 +1,146 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// BenchmarkRoundTrip: one QoS 0 publish → its one subscriber's receipt,
+// through real TCP on 127.0.0.1, one message at a time (each op is a whole
+// round trip: the time per op is the latency of the path, the allocations
+// per op the broker's per message, the clients allocating none). plain:
+// a plain subscriber of a plain topic; tree: a $tree publish to a $sync
+// subscriber (a delta, through the message loop).
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, kind := range []string{"plain", "tree"} {
+		b.Run(kind, func(b *testing.B) {
+			br := start(b, Options{})
+			sub := dialBench(b, br, "rt-sub")
+			pub := dialBench(b, br, "rt-pub")
+			var pks [2][]byte
+			if kind == "plain" {
+				sub.subscribe(b, "rt/t")
+				pks[0], pks[1] = publish3("rt/t", "0123456789"), publish3("rt/t", "9876543210")
+			} else {
+				pub.write(b, publish3("$tree/rt", `{"t":0}`))
+				sub.subscribe(b, "$sync/rt/+")
+				sub.readPublish(b) // the snapshot
+				pks[0], pks[1] = publish3("$tree/rt", `{"t":1}`), publish3("$tree/rt", `{"t":2}`)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				pub.write(b, pks[i&1])
+				sub.readPublish(b)
+				i++
+			}
+		})
+	}
+}
+
+// benchClient is a raw MQTT 3.1.1 client that allocates nothing per
+// message: it writes encoded packets and reads into one buffer.
+type benchClient struct {
+	c   net.Conn
+	r   *bufio.Reader
+	buf []byte
+}
+
+func dialBench(b *testing.B, br *Broker, id string) *benchClient {
+	b.Helper()
+	c, err := net.DialTimeout("tcp", br.TCPAddr(), testTimeout)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	// One deadline for the whole benchmark: a hang fails it, not the
+	// whole test binary's timeout.
+	c.SetDeadline(time.Now().Add(5 * time.Minute)) //nolint:errcheck // fails the reads if it fails
+	cl := &benchClient{c: c, r: bufio.NewReaderSize(c, 64<<10), buf: make([]byte, 0, 64<<10)}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: id}}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		b.Fatal(err)
+	}
+	cl.write(b, buf.Bytes())
+	if typ := cl.read(b); typ != packets.Connack {
+		b.Fatalf("%s: got packet type %d, want a CONNACK", id, typ)
+	}
+	return cl
+}
+
+func (c *benchClient) write(b *testing.B, p []byte) {
+	if _, err := c.c.Write(p); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// read reads one packet into c.buf and returns its type.
+func (c *benchClient) read(b *testing.B) byte {
+	h, err := c.r.ReadByte()
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, shift := 0, 0
+	for {
+		v, err := c.r.ReadByte()
+		if err != nil {
+			b.Fatal(err)
+		}
+		n |= int(v&0x7f) << shift
+		shift += 7
+		if v&0x80 == 0 {
+			break
+		}
+	}
+	if n > cap(c.buf) {
+		b.Fatalf("a %d-byte packet", n)
+	}
+	c.buf = c.buf[:n]
+	if _, err := io.ReadFull(c.r, c.buf); err != nil {
+		b.Fatal(err)
+	}
+	return h >> 4
+}
+
+// readPublish reads packets until a PUBLISH.
+func (c *benchClient) readPublish(b *testing.B) {
+	for c.read(b) != packets.Publish {
+	}
+}
+
+// subscribe subscribes at QoS 0 and waits for the SUBACK.
+func (c *benchClient) subscribe(b *testing.B, filter string) {
+	body := binary.BigEndian.AppendUint16(nil, 1)
+	body = binary.BigEndian.AppendUint16(body, uint16(len(filter)))
+	body = append(append(body, filter...), 0)
+	c.write(b, append(append([]byte{0x82}, varint(len(body))...), body...))
+	for {
+		typ := c.read(b)
+		if typ == packets.Suback {
+			if c.buf[len(c.buf)-1] >= 0x80 {
+				b.Fatalf("SUBSCRIBE %s refused", filter)
+			}
+			return
+		}
+	}
+}
+
+// publish3 is an MQTT 3.1.1 QoS 0 PUBLISH.
+func publish3(topic, payload string) []byte {
+	body := binary.BigEndian.AppendUint16(nil, uint16(len(topic)))
+	body = append(append(body, topic...), payload...)
+	if len(body) > 127 {
+		panic(fmt.Sprintf("publish3: %d bytes", len(body)))
+	}
+	return append([]byte{0x30, byte(len(body))}, body...)
+}
