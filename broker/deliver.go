@@ -49,6 +49,7 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 		subs.SelectShared()
 		subs.MergeSharedSelected()
 	}
+	direct := 0 // messages written directly (at most directPerMessage)
 	for id, sub := range subs.Subscriptions {
 		if sub.NoLocal && msg.origin == id { // [MQTT-3.8.3-3]
 			continue
@@ -76,6 +77,10 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 				m.subIDs = append(m.subIDs, i)
 			}
 			slices.Sort(m.subIDs)
+		}
+		if c != nil && direct < directPerMessage && c.tryDirect(m, m.qos) {
+			direct++
+			continue
 		}
 		if c != nil && b.queuePlain(id, c, m, w) {
 			continue

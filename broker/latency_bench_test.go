@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -21,28 +24,70 @@ import (
 // subscriber (a delta, through the message loop).
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, kind := range []string{"plain", "tree"} {
-		b.Run(kind, func(b *testing.B) {
-			br := start(b, Options{})
-			sub := dialBench(b, br, "rt-sub")
-			pub := dialBench(b, br, "rt-pub")
-			var pks [2][]byte
-			if kind == "plain" {
-				sub.subscribe(b, "rt/t")
-				pks[0], pks[1] = publish3("rt/t", "0123456789"), publish3("rt/t", "9876543210")
-			} else {
-				pub.write(b, publish3("$tree/rt", `{"t":0}`))
-				sub.subscribe(b, "$sync/rt/+")
-				sub.readPublish(b) // the snapshot
-				pks[0], pks[1] = publish3("$tree/rt", `{"t":1}`), publish3("$tree/rt", `{"t":2}`)
-			}
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				pub.write(b, pks[i&1])
-				sub.readPublish(b)
-				i++
-			}
-		})
+		b.Run(kind, func(b *testing.B) { roundTrip(b, start(b, Options{}).TCPAddr(), kind) })
+	}
+	// The same client against Mosquitto, when installed: the yardstick of
+	// issue 15 (plain only).
+	b.Run("plain-mosquitto", func(b *testing.B) { roundTrip(b, startMosquitto(b), "plain") })
+}
+
+// roundTrip measures publish → receipt on the broker at addr, one message
+// at a time.
+func roundTrip(b *testing.B, addr, kind string) {
+	sub := dialBench(b, addr, "rt-sub")
+	pub := dialBench(b, addr, "rt-pub")
+	var pks [2][]byte
+	if kind == "plain" {
+		sub.subscribe(b, "rt/t")
+		pks[0], pks[1] = publish3("rt/t", "0123456789"), publish3("rt/t", "9876543210")
+	} else {
+		pub.write(b, publish3("$tree/rt", `{"t":0}`))
+		sub.subscribe(b, "$sync/rt/+")
+		sub.readPublish(b) // the snapshot
+		pks[0], pks[1] = publish3("$tree/rt", `{"t":1}`), publish3("$tree/rt", `{"t":2}`)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		pub.write(b, pks[i&1])
+		sub.readPublish(b)
+		i++
+	}
+}
+
+// startMosquitto runs mosquitto on a free loopback port for one benchmark
+// and returns its address; it skips without mosquitto.
+func startMosquitto(b *testing.B) string {
+	path, err := exec.LookPath("mosquitto")
+	if err != nil {
+		b.Skip("mosquitto not installed")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(b.TempDir(), "mosquitto.conf")
+	if err := os.WriteFile(conf, []byte("listener "+port+" 127.0.0.1\nallow_anonymous true\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(path, "-c", conf)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() }) //nolint:errcheck // killed
+	for deadline := time.Now().Add(testTimeout); ; {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("mosquitto did not listen on %s: %v", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -54,9 +99,9 @@ type benchClient struct {
 	buf []byte
 }
 
-func dialBench(b *testing.B, br *Broker, id string) *benchClient {
+func dialBench(b *testing.B, addr, id string) *benchClient {
 	b.Helper()
-	c, err := net.DialTimeout("tcp", br.TCPAddr(), testTimeout)
+	c, err := net.DialTimeout("tcp", addr, testTimeout)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -61,6 +61,7 @@ type batchRows struct {
 	list    []tree.Change
 	size    int    // bytes of its rows: what a queued delta that holds it pins
 	rev     uint64 // the store's revision after the batch (mote-rev)
+	direct  int    // deltas of the batch written directly (direct.go)
 }
 
 func newBatchRows(applied []tree.Applied, ops []tree.Op, rev uint64) *batchRows {
