@@ -74,7 +74,9 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 		}
 		if len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
 			for _, i := range sub.Identifiers {
-				m.subIDs = append(m.subIDs, i)
+				if i > 0 { // mochi files 0 for a subscription without one
+					m.subIDs = append(m.subIDs, i)
+				}
 			}
 			slices.Sort(m.subIDs)
 		}

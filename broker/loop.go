@@ -306,16 +306,6 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 			}
 		}
 	}
-	if len(changes) > 0 {
-		b.ret.Add(changes) // never waits on the disk
-	} else if res.Changed && b.ret != nil {
-		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
-	}
-	b.retScratch = nil
-	if cap(changes) <= retScratchRows { // a storm's largest batch is not kept for good
-		clear(changes) // drop the rows' references for the GC
-		b.retScratch = changes[:0]
-	}
 	var batch *batchRows
 	for i := range res.Deltas {
 		d := &res.Deltas[i]
@@ -325,6 +315,18 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 		for _, s := range d.Subs {
 			b.queueDelta(s.Data.(*treeSub), d, batch)
 		}
+	}
+	// The retainer gets the rows once the deltas are out: waking it is
+	// not on their way (issue 15).
+	if len(changes) > 0 {
+		b.ret.Add(changes) // never waits on the disk
+	} else if res.Changed && b.ret != nil {
+		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
+	}
+	b.retScratch = nil
+	if cap(changes) <= retScratchRows { // a storm's largest batch is not kept for good
+		clear(changes) // drop the rows' references for the GC
+		b.retScratch = changes[:0]
 	}
 	b.apply(tops, tmeta) // never translated again: no deeper
 	return res.Changed

@@ -276,8 +276,10 @@ func (q *outQueue) full() bool {
 func (q *outQueue) take(out []item, maxBytes int) []item {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.role == roleDirect {
-		return out // the deliverer wakes the writer when it is done (unclaim)
+	if q.role == roleDirect || q.pending {
+		// A deliverer writes, or left bytes the writer writes first
+		// (takeOver): either wakes the writer (unclaim).
+		return out
 	}
 	if q.held > 0 || q.closed {
 		q.role = roleNone
