@@ -118,6 +118,10 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 	if err != nil {
 		o.drop()
 	}
+	c.b.stats.Direct.Add(1)
+	if o.buf != nil {
+		c.b.stats.DirectRest.Add(1)
+	}
 	c.q.unclaim(o.buf != nil)
 	if err != nil {
 		c.fail(err)

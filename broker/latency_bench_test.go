@@ -24,16 +24,20 @@ import (
 // subscriber (a delta, through the message loop).
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, kind := range []string{"plain", "tree"} {
-		b.Run(kind, func(b *testing.B) { roundTrip(b, start(b, Options{}).TCPAddr(), kind) })
+		b.Run(kind, func(b *testing.B) {
+			br := start(b, Options{})
+			roundTrip(b, br, br.TCPAddr(), kind)
+		})
 	}
 	// The same client against Mosquitto, when installed: the yardstick of
 	// issue 15 (plain only).
-	b.Run("plain-mosquitto", func(b *testing.B) { roundTrip(b, startMosquitto(b), "plain") })
+	b.Run("plain-mosquitto", func(b *testing.B) { roundTrip(b, nil, startMosquitto(b), "plain") })
 }
 
 // roundTrip measures publish → receipt on the broker at addr, one message
-// at a time.
-func roundTrip(b *testing.B, addr, kind string) {
+// at a time; for Mote (br), also the share of messages written directly
+// (direct/op: no hand-off to the connection's writer).
+func roundTrip(b *testing.B, br *Broker, addr, kind string) {
 	sub := dialBench(b, addr, "rt-sub")
 	pub := dialBench(b, addr, "rt-pub")
 	var pks [2][]byte
@@ -47,11 +51,18 @@ func roundTrip(b *testing.B, addr, kind string) {
 		pks[0], pks[1] = publish3("$tree/rt", `{"t":1}`), publish3("$tree/rt", `{"t":2}`)
 	}
 	b.ReportAllocs()
+	var direct int64
+	if br != nil {
+		direct = br.stats.Direct.Load()
+	}
 	i := 0
 	for b.Loop() {
 		pub.write(b, pks[i&1])
 		sub.readPublish(b)
 		i++
+	}
+	if br != nil {
+		b.ReportMetric(float64(br.stats.Direct.Load()-direct)/float64(i), "direct/op")
 	}
 }
 
@@ -99,16 +110,22 @@ type benchClient struct {
 	buf []byte
 }
 
-func dialBench(b *testing.B, addr, id string) *benchClient {
+func dialBench(b testing.TB, addr, id string) *benchClient {
 	b.Helper()
 	c, err := net.DialTimeout("tcp", addr, testTimeout)
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { c.Close() })
 	// One deadline for the whole benchmark: a hang fails it, not the
 	// whole test binary's timeout.
-	c.SetDeadline(time.Now().Add(5 * time.Minute)) //nolint:errcheck // fails the reads if it fails
+	return newBenchClient(b, c, id, 5*time.Minute)
+}
+
+// newBenchClient connects (MQTT 3.1.1) on c, which has deadline d.
+func newBenchClient(b testing.TB, c net.Conn, id string, d time.Duration) *benchClient {
+	b.Helper()
+	b.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(d)) //nolint:errcheck // fails the reads if it fails
 	cl := &benchClient{c: c, r: bufio.NewReaderSize(c, 64<<10), buf: make([]byte, 0, 64<<10)}
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: id}}
@@ -123,14 +140,14 @@ func dialBench(b *testing.B, addr, id string) *benchClient {
 	return cl
 }
 
-func (c *benchClient) write(b *testing.B, p []byte) {
+func (c *benchClient) write(b testing.TB, p []byte) {
 	if _, err := c.c.Write(p); err != nil {
 		b.Fatal(err)
 	}
 }
 
 // read reads one packet into c.buf and returns its type.
-func (c *benchClient) read(b *testing.B) byte {
+func (c *benchClient) read(b testing.TB) byte {
 	h, err := c.r.ReadByte()
 	if err != nil {
 		b.Fatal(err)
@@ -158,13 +175,13 @@ func (c *benchClient) read(b *testing.B) byte {
 }
 
 // readPublish reads packets until a PUBLISH.
-func (c *benchClient) readPublish(b *testing.B) {
+func (c *benchClient) readPublish(b testing.TB) {
 	for c.read(b) != packets.Publish {
 	}
 }
 
 // subscribe subscribes at QoS 0 and waits for the SUBACK.
-func (c *benchClient) subscribe(b *testing.B, filter string) {
+func (c *benchClient) subscribe(b testing.TB, filter string) {
 	body := binary.BigEndian.AppendUint16(nil, 1)
 	body = binary.BigEndian.AppendUint16(body, uint16(len(filter)))
 	body = append(append(body, filter...), 0)
