@@ -2,11 +2,7 @@ package broker
 
 import (
 	"errors"
-	"net"
-	"os"
 	"sync/atomic"
-	"syscall"
-	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 )
@@ -171,67 +167,6 @@ func (o *mqttOut) drop() {
 		o.b.bufs.put(o.buf)
 		o.buf, o.n = nil, 0
 	}
-}
-
-// rawWriter is a plain TCP connection's non-blocking write: its file
-// descriptor, and one write(2) made by a function built once (no
-// allocation per write). Guarded by the netConn's wmu.
-type rawWriter struct {
-	rc    syscall.RawConn
-	write func(fd uintptr) bool
-	p     []byte
-	n     int
-	err   error
-}
-
-// newRawWriter is c's non-blocking writer; nil for a connection that is
-// not plain TCP.
-func newRawWriter(c net.Conn) *rawWriter {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	w := &rawWriter{rc: rc}
-	w.write = func(fd uintptr) bool {
-		w.n, w.err = syscall.Write(int(fd), w.p)
-		return true // never wait for the socket to be writable
-	}
-	return w
-}
-
-// tryWrite writes as much of p as the socket takes at once, without
-// waiting: n may be short (0 when the socket buffer is full, or another
-// write is under way), and err is a real failure of the connection.
-func (c *netConn) tryWrite(p []byte) (int, error) {
-	if c.raw == nil || !c.wmu.TryLock() {
-		return 0, nil
-	}
-	defer c.wmu.Unlock()
-	w := c.raw
-	w.p = p
-	err := w.rc.Write(w.write)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		// The deadline of an earlier blocking write passed since: this
-		// write has none (the next blocking one sets its own).
-		c.Conn.SetWriteDeadline(time.Time{}) //nolint:errcheck // the retry fails too if this failed
-		err = w.rc.Write(w.write)
-	}
-	n, werr := w.n, w.err
-	w.p, w.n, w.err = nil, 0, nil
-	if err != nil {
-		return 0, err
-	}
-	switch {
-	case werr == nil:
-		return n, nil
-	case errors.Is(werr, syscall.EAGAIN), errors.Is(werr, syscall.EINTR):
-		return 0, nil
-	}
-	return 0, werr
 }
 
 // directPerMessage bounds the subscribers one plain message is written to

@@ -113,7 +113,7 @@ type netConn struct {
 	moteName  bool // the CONNECT so far names protocol "mote" (original.go)
 
 	wmu sync.Mutex // one write at a time
-	raw *rawWriter // plain TCP: non-blocking writes (direct.go), under wmu; nil otherwise
+	raw *rawIO     // plain TCP: raw reads and non-blocking writes (direct.go); nil otherwise
 
 	closeOnce sync.Once
 	closeErr  error
@@ -131,7 +131,7 @@ var (
 func (b *Broker) wrap(c net.Conn) *netConn {
 	c.SetReadDeadline(time.Now().Add(b.opts.ConnectTimeout)) //nolint:errcheck // mochi's keep-alive deadline replaces it after CONNECT
 	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout,
-		raw: newRawWriter(c), b: b, host: hostOf(c.RemoteAddr())}
+		raw: newRawIO(c), b: b, host: hostOf(c.RemoteAddr())}
 }
 
 func hostOf(a net.Addr) string {
@@ -182,7 +182,13 @@ func (h *handshakes) end(host string) {
 }
 
 func (c *netConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
+	var n int
+	var err error
+	if c.raw != nil {
+		n, err = c.readRaw(p)
+	} else {
+		n, err = c.Conn.Read(p)
+	}
 	if perr := c.scan(p[:n]); perr != nil {
 		if errors.Is(perr, errPacketTooLarge) && c.level == 5 {
 			c.Write([]byte{0xE0, 0x02, 0x95, 0x00}) //nolint:errcheck // DISCONNECT 0x95 packet too large; closing either way
