@@ -131,4 +131,3 @@ func (c *netConn) tryWrite(p []byte) (int, error) {
 	}
 	return n, nil
 }
-
