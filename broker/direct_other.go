@@ -10,6 +10,4 @@ type rawIO struct{}
 
 func newRawIO(net.Conn) *rawIO { return nil }
 
-func (c *netConn) readRaw(p []byte) (int, error) { return c.Conn.Read(p) }
-
 func (c *netConn) tryWrite([]byte) (int, error) { return 0, nil }

@@ -113,7 +113,7 @@ type netConn struct {
 	moteName  bool // the CONNECT so far names protocol "mote" (original.go)
 
 	wmu sync.Mutex // one write at a time
-	raw *rawIO     // plain TCP: raw reads and non-blocking writes (direct.go); nil otherwise
+	raw *rawIO     // plain TCP: non-blocking direct writes (direct.go); nil otherwise
 
 	closeOnce sync.Once
 	closeErr  error
@@ -182,13 +182,7 @@ func (h *handshakes) end(host string) {
 }
 
 func (c *netConn) Read(p []byte) (int, error) {
-	var n int
-	var err error
-	if c.raw != nil {
-		n, err = c.readRaw(p)
-	} else {
-		n, err = c.Conn.Read(p)
-	}
+	n, err := c.Conn.Read(p)
 	if perr := c.scan(p[:n]); perr != nil {
 		if errors.Is(perr, errPacketTooLarge) && c.level == 5 {
 			c.Write([]byte{0xE0, 0x02, 0x95, 0x00}) //nolint:errcheck // DISCONNECT 0x95 packet too large; closing either way
