@@ -98,6 +98,8 @@ type Stats struct {
 	DeltasQueued atomic.Int64 // tree messages queued to clients
 	Folded       atomic.Int64 // deltas folded into one still waiting for its client's writer
 	Throttled    atomic.Int64 // publishes that waited for the disk
+	Direct       atomic.Int64 // QoS 0 messages written by their deliverer, not handed to a writer (direct.go)
+	DirectRest   atomic.Int64 // of those, the ones the socket did not take whole: their writer wrote the rest
 }
 
 // New builds a broker; Start loads its rows and binds its listeners.

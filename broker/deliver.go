@@ -49,6 +49,7 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 		subs.SelectShared()
 		subs.MergeSharedSelected()
 	}
+	direct := 0 // messages written directly (at most directPerMessage)
 	for id, sub := range subs.Subscriptions {
 		if sub.NoLocal && msg.origin == id { // [MQTT-3.8.3-3]
 			continue
@@ -73,9 +74,15 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 		}
 		if len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
 			for _, i := range sub.Identifiers {
-				m.subIDs = append(m.subIDs, i)
+				if i > 0 { // mochi files 0 for a subscription without one
+					m.subIDs = append(m.subIDs, i)
+				}
 			}
 			slices.Sort(m.subIDs)
+		}
+		if c != nil && direct < directPerMessage && c.tryDirect(m, m.qos) {
+			direct++
+			continue
 		}
 		if c != nil && b.queuePlain(id, c, m, w) {
 			continue

@@ -25,9 +25,9 @@
 // subscriptions), every tree subscription's state (treeSub: mote-seq, the
 // snapshot it awaits, the events held meanwhile, the delta it folds into)
 // and the MQTT 5 properties of retained rows. It takes whatever waits in
-// its inbox as one batch, applies it, hands the row changes to the
-// retainer (which never makes it wait), delivers applied rows to plain
-// subscribers, and queues one delta per tree subscription. Writers reach
+// its inbox as one batch, applies it, delivers applied rows to plain
+// subscribers, queues one delta per tree subscription, and hands the row
+// changes to the retainer (which never makes it wait). Writers reach
 // it with calls (onLoop) for what only it may read: a snapshot, a page of
 // retained rows, a folded delta to encode.
 //
@@ -89,6 +89,16 @@
 // the queue takes in the next ones of its subscription (folding). A full
 // queue makes a publisher wait at most PublishWait, never the loop; then
 // the slow-client policy applies.
+//
+// The writer is the path's owner, not always its goroutine: a QoS 0 plain
+// message or delta for a plain TCP client whose writer is idle and whose
+// queue is empty (not held, not closed) is written by the goroutine
+// delivering it — the publisher's, or the loop — in one non-blocking write
+// (direct.go), for at most a few subscribers of a message or deltas of a
+// batch. It holds the connection's write role meanwhile, as the writer
+// does from a take to the next empty one, so order is kept; what the
+// socket does not take at once the writer writes, with its deadline, so
+// a deliverer never waits on a client.
 // When a connection ends, the QoS 1/2 plain messages it did not write (still
 // queued, or taken by the writer and not sent: its leftovers; what is left
 // of its QoS 1/2 retained replays, which its writer reads off the loop as
@@ -186,6 +196,8 @@
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
+//	a connection's write role, its      the queue's mutex gives it (outQueue.role); its holder (writer,
+//	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries

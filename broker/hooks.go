@@ -308,7 +308,11 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		err = h.b.publish(context.Background(), c.p, m, wait)
 	}
 	if err == nil {
-		return pk, packets.CodeSuccessIgnore
+		// Ignore tells mochi not to deliver or retain it, as
+		// CodeSuccessIgnore would, without the two allocations a struct
+		// error costs each time mochi compares it (errors.Is), twice.
+		pk.Ignore = true
+		return pk, nil
 	}
 	return h.b.refusePublish(c, pk, err)
 }

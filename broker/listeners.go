@@ -113,6 +113,7 @@ type netConn struct {
 	moteName  bool // the CONNECT so far names protocol "mote" (original.go)
 
 	wmu sync.Mutex // one write at a time
+	raw *rawIO     // plain TCP: non-blocking direct writes (direct.go); nil otherwise
 
 	closeOnce sync.Once
 	closeErr  error
@@ -130,7 +131,7 @@ var (
 func (b *Broker) wrap(c net.Conn) *netConn {
 	c.SetReadDeadline(time.Now().Add(b.opts.ConnectTimeout)) //nolint:errcheck // mochi's keep-alive deadline replaces it after CONNECT
 	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout,
-		b: b, host: hostOf(c.RemoteAddr())}
+		raw: newRawIO(c), b: b, host: hostOf(c.RemoteAddr())}
 }
 
 func hostOf(a net.Addr) string {

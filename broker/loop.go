@@ -61,6 +61,7 @@ type batchRows struct {
 	list    []tree.Change
 	size    int    // bytes of its rows: what a queued delta that holds it pins
 	rev     uint64 // the store's revision after the batch (mote-rev)
+	direct  int    // deltas of the batch written directly (direct.go)
 }
 
 func newBatchRows(applied []tree.Applied, ops []tree.Op, rev uint64) *batchRows {
@@ -305,16 +306,6 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 			}
 		}
 	}
-	if len(changes) > 0 {
-		b.ret.Add(changes) // never waits on the disk
-	} else if res.Changed && b.ret != nil {
-		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
-	}
-	b.retScratch = nil
-	if cap(changes) <= retScratchRows { // a storm's largest batch is not kept for good
-		clear(changes) // drop the rows' references for the GC
-		b.retScratch = changes[:0]
-	}
 	var batch *batchRows
 	for i := range res.Deltas {
 		d := &res.Deltas[i]
@@ -324,6 +315,18 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 		for _, s := range d.Subs {
 			b.queueDelta(s.Data.(*treeSub), d, batch)
 		}
+	}
+	// The retainer gets the rows once the deltas are out: waking it is
+	// not on their way (issue 15).
+	if len(changes) > 0 {
+		b.ret.Add(changes) // never waits on the disk
+	} else if res.Changed && b.ret != nil {
+		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
+	}
+	b.retScratch = nil
+	if cap(changes) <= retScratchRows { // a storm's largest batch is not kept for good
+		clear(changes) // drop the rows' references for the GC
+		b.retScratch = changes[:0]
 	}
 	b.apply(tops, tmeta) // never translated again: no deeper
 	return res.Changed

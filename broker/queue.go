@@ -119,9 +119,11 @@ type outQueue struct {
 	head      int // items[:head] are taken
 	bytes     int // cost of the items not yet taken
 	max       int
-	held      int    // while > 0 the writer waits: an ack mochi writes must go first
-	closed    bool   // no more items: the connection is gone
-	left      []item // once closed: QoS 1/2 plain messages not written, for the session (see close), and QoS 1/2 replays not finished (expanded by the writer: handReplaysOn)
+	held      int       // while > 0 the writer waits: an ack mochi writes must go first
+	role      writeRole // who writes to the client now (direct.go)
+	pending   bool      // a direct write left bytes for the writer (takeOver)
+	closed    bool      // no more items: the connection is gone
+	left      []item    // once closed: QoS 1/2 plain messages not written, for the session (see close), and QoS 1/2 replays not finished (expanded by the writer: handReplaysOn)
 	leftBytes int
 	leftLost  int           // QoS 1/2 plain messages close and unsent could not keep (over the bound)
 	sealed    bool          // the leftovers were taken: a push answers pushGone
@@ -268,11 +270,19 @@ func (q *outQueue) full() bool {
 }
 
 // take moves up to maxBytes worth of items (at least one) into out and
-// returns it; none while the queue is held or closed.
+// returns it; none while the queue is held or closed, or a deliverer
+// writes directly. The writer holds the write role from a take that
+// returns items to one that returns none (direct.go).
 func (q *outQueue) take(out []item, maxBytes int) []item {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.role == roleDirect || q.pending {
+		// A deliverer writes, or left bytes the writer writes first
+		// (takeOver): either wakes the writer (unclaim).
+		return out
+	}
 	if q.held > 0 || q.closed {
+		q.role = roleNone
 		return out
 	}
 	n := 0
@@ -299,6 +309,10 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 	if len(out) > 0 && q.room != nil {
 		close(q.room)
 		q.room = nil
+	}
+	q.role = roleNone
+	if len(out) > 0 {
+		q.role = roleWriter
 	}
 	return out
 }

@@ -146,6 +146,11 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 		from:     batch,
 		extra:    pinned,
 	}
+	if batch.takeDirect() && st.c.tryDirect(it, it.qos) {
+		st.last = nil // written: nothing folds into it
+		b.stats.DeltasQueued.Add(1)
+		return
+	}
 	if st.c.q.push(it, pubWait{}) {
 		st.last = it
 		b.stats.DeltasQueued.Add(1)

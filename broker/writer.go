@@ -32,6 +32,12 @@ func (c *conn) writeLoop() {
 		case <-c.q.done:
 			return
 		}
+		if c.q.takeOver() { // a direct write left bytes: they go first
+			if err := c.out.flush(); err != nil {
+				c.fail(err)
+				return
+			}
+		}
 		for {
 			batch = c.q.take(batch[:0], takeBytes)
 			if len(batch) == 0 {

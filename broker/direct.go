@@ -1,0 +1,191 @@
+package broker
+
+import (
+	"errors"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
+
+// Direct writes. A QoS 0 message for a connection whose writer is idle and
+// whose queue is empty is written at once by the goroutine that delivers
+// it (a publisher's read goroutine for a plain event, the loop for a tree
+// delta) instead of being queued for the writer: no channel send, no
+// goroutine woken, no thread woken to run it (issue 15: that hand-off was
+// the one the profile showed on the path, bench/README.md). The write is
+// one non-blocking write(2): whatever the socket does not take at once is
+// left to the writer, which takes the write role over and writes it with
+// its deadline, so the deliverer never waits on a client, as the queue's
+// rules say (a publisher waits at most PublishWait, the loop never).
+//
+// Ordering: one goroutine at a time holds a connection's write role
+// (outQueue.role): the writer from the take that finds items until the
+// take that finds none, or a deliverer from claim to unclaim. A deliverer
+// claims it only while the queue is empty, not held (a SUBACK or a
+// predecessor's leftovers go first) and not closed, so a message written
+// directly comes after everything queued before it, and whatever is queued
+// while it writes waits for it.
+
+// writeRole says who writes to a connection's client now.
+type writeRole uint8
+
+const (
+	roleNone   writeRole = iota // nobody: the writer is idle
+	roleWriter                  // the writer goroutine
+	roleDirect                  // a deliverer writing one message directly
+)
+
+// directMax is the largest message written directly: a larger one goes
+// through the writer (its encode buffer is sized for flushAt).
+const directMax = flushAt
+
+// claimLocked gives the write role to a deliverer if the writer is idle,
+// the queue empty, not held and not closed (mu held).
+func (q *outQueue) claimLocked() bool {
+	if q.role != roleNone || q.closed || q.held > 0 || q.head != len(q.items) {
+		return false
+	}
+	q.role = roleDirect
+	return true
+}
+
+// unclaim gives the write role back after a direct write. left: bytes the
+// socket did not take wait in the endpoint's buffer; the writer takes the
+// role over to write them (takeOver). The writer is woken if it has
+// anything to do.
+func (q *outQueue) unclaim(left bool) {
+	q.mu.Lock()
+	q.role = roleNone
+	wake := left || q.head != len(q.items)
+	if left {
+		q.role, q.pending = roleWriter, true
+	}
+	q.mu.Unlock()
+	if wake {
+		q.signal()
+	}
+}
+
+// takeOver reports whether a direct write left bytes for the writer to
+// write before anything it takes (it holds the write role then).
+func (q *outQueue) takeOver() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	p := q.pending
+	q.pending = false
+	return p
+}
+
+// tryDirect writes m, a QoS 0 plain message or delta, straight to c's
+// client if the write role is free (see above); false: queue it. The write
+// never waits: what the socket does not take at once is the writer's to
+// write. Only MQTT clients on plain TCP are written this way (TLS and
+// WebSocket write through their own layers, which may block; a door
+// session's callback runs on its writer).
+func (c *conn) tryDirect(m item, qos byte) bool {
+	if qos != 0 || m.cost() > directMax {
+		return false
+	}
+	o, ok := c.out.(*mqttOut)
+	if !ok {
+		return false
+	}
+	if nc, ok := o.cl.Net.Conn.(*netConn); !ok || nc.raw == nil {
+		return false
+	}
+	c.q.mu.Lock()
+	if !c.q.claimLocked() {
+		c.q.mu.Unlock()
+		return false
+	}
+	c.q.mu.Unlock()
+	var err error
+	switch m := m.(type) {
+	case *plainItem:
+		err = c.send(m.packet(), outPlain)
+	case *deltaItem:
+		err = c.send(c.treePacket(&m.treeItem), outDelta)
+	default:
+		err = errors.New("broker: no direct write for this item")
+	}
+	if err == nil {
+		err = o.tryFlush()
+	}
+	if err != nil {
+		o.drop()
+	}
+	c.b.stats.Direct.Add(1)
+	if o.buf != nil {
+		c.b.stats.DirectRest.Add(1)
+	}
+	c.q.unclaim(o.buf != nil)
+	if err != nil {
+		c.fail(err)
+	}
+	return true
+}
+
+// tryFlush writes what send encoded without waiting: as much as the
+// socket takes at once. What is left stays in buf, for flush.
+func (o *mqttOut) tryFlush() error {
+	if o.buf == nil || o.buf.Len() == 0 {
+		return nil
+	}
+	cl := o.cl
+	if cl.Closed() {
+		return mqtt.ErrConnectionClosed
+	}
+	nc, ok := cl.Net.Conn.(*netConn)
+	if !ok || !cl.TryLock() { // mochi is writing (an ack): leave it all to the writer
+		return nil
+	}
+	n, err := nc.tryWrite(o.buf.Bytes())
+	cl.Unlock()
+	if n > 0 {
+		o.q.wrote(n)
+		atomic.AddInt64(&o.b.server.Info.BytesSent, int64(n))
+		o.buf.Next(n)
+	}
+	if err != nil {
+		return err
+	}
+	if o.buf.Len() == 0 {
+		info := o.b.server.Info
+		atomic.AddInt64(&info.PacketsSent, int64(o.n))
+		atomic.AddInt64(&info.MessagesSent, int64(o.n))
+		o.n = 0
+		o.b.bufs.put(o.buf)
+		o.buf = nil
+	}
+	return nil
+}
+
+// drop lets go of what send encoded and was not written (the write
+// failed: the connection ends).
+func (o *mqttOut) drop() {
+	if o.buf != nil {
+		o.b.bufs.put(o.buf)
+		o.buf, o.n = nil, 0
+	}
+}
+
+// directPerMessage bounds the subscribers one plain message is written to
+// directly, and directPerBatch the deltas of one loop batch: one
+// goroutine's syscalls, one after the other, for a message with many
+// subscribers would make it late for the last ones and slow the
+// deliverer (the loop above all); the rest go through their writers,
+// which write in parallel, batched.
+const (
+	directPerMessage = 4
+	directPerBatch   = 4
+)
+
+// takeDirect reports whether one more delta of batch may be written
+// directly (loop only).
+func (r *batchRows) takeDirect() bool {
+	if r.direct >= directPerBatch {
+		return false
+	}
+	r.direct++
+	return true
+}

@@ -1,0 +1,208 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// BenchmarkRoundTrip: one QoS 0 publish → its one subscriber's receipt,
+// through real TCP on 127.0.0.1, one message at a time (each op is a whole
+// round trip: the time per op is the latency of the path, the allocations
+// per op the broker's per message, the clients allocating none). plain:
+// a plain subscriber of a plain topic; tree: a $tree publish to a $sync
+// subscriber (a delta, through the message loop).
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, kind := range []string{"plain", "tree"} {
+		b.Run(kind, func(b *testing.B) {
+			br := start(b, Options{})
+			roundTrip(b, br, br.TCPAddr(), kind)
+		})
+	}
+	// The same client against Mosquitto, when installed: the yardstick of
+	// issue 15 (plain only).
+	b.Run("plain-mosquitto", func(b *testing.B) { roundTrip(b, nil, startMosquitto(b), "plain") })
+}
+
+// roundTrip measures publish → receipt on the broker at addr, one message
+// at a time; for Mote (br), also the share of messages written directly
+// (direct/op: no hand-off to the connection's writer).
+func roundTrip(b *testing.B, br *Broker, addr, kind string) {
+	sub := dialBench(b, addr, "rt-sub")
+	pub := dialBench(b, addr, "rt-pub")
+	var pks [2][]byte
+	if kind == "plain" {
+		sub.subscribe(b, "rt/t")
+		pks[0], pks[1] = publish3("rt/t", "0123456789"), publish3("rt/t", "9876543210")
+	} else {
+		pub.write(b, publish3("$tree/rt", `{"t":0}`))
+		sub.subscribe(b, "$sync/rt/+")
+		sub.readPublish(b) // the snapshot
+		pks[0], pks[1] = publish3("$tree/rt", `{"t":1}`), publish3("$tree/rt", `{"t":2}`)
+	}
+	b.ReportAllocs()
+	var direct int64
+	if br != nil {
+		direct = br.stats.Direct.Load()
+	}
+	i := 0
+	for b.Loop() {
+		pub.write(b, pks[i&1])
+		sub.readPublish(b)
+		i++
+	}
+	if br != nil {
+		b.ReportMetric(float64(br.stats.Direct.Load()-direct)/float64(i), "direct/op")
+	}
+}
+
+// startMosquitto runs mosquitto on a free loopback port for one benchmark
+// and returns its address; it skips without mosquitto.
+func startMosquitto(b *testing.B) string {
+	path, err := exec.LookPath("mosquitto")
+	if err != nil {
+		b.Skip("mosquitto not installed")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(b.TempDir(), "mosquitto.conf")
+	if err := os.WriteFile(conf, []byte("listener "+port+" 127.0.0.1\nallow_anonymous true\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(path, "-c", conf)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() }) //nolint:errcheck // killed
+	for deadline := time.Now().Add(testTimeout); ; {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("mosquitto did not listen on %s: %v", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// benchClient is a raw MQTT 3.1.1 client that allocates nothing per
+// message: it writes encoded packets and reads into one buffer.
+type benchClient struct {
+	c   net.Conn
+	r   *bufio.Reader
+	buf []byte
+}
+
+func dialBench(b testing.TB, addr, id string) *benchClient {
+	b.Helper()
+	c, err := net.DialTimeout("tcp", addr, testTimeout)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// One deadline for the whole benchmark: a hang fails it, not the
+	// whole test binary's timeout.
+	return newBenchClient(b, c, id, 5*time.Minute)
+}
+
+// newBenchClient connects (MQTT 3.1.1) on c, which has deadline d.
+func newBenchClient(b testing.TB, c net.Conn, id string, d time.Duration) *benchClient {
+	b.Helper()
+	b.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(d)) //nolint:errcheck // fails the reads if it fails
+	cl := &benchClient{c: c, r: bufio.NewReaderSize(c, 64<<10), buf: make([]byte, 0, 64<<10)}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: id}}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		b.Fatal(err)
+	}
+	cl.write(b, buf.Bytes())
+	if typ := cl.read(b); typ != packets.Connack {
+		b.Fatalf("%s: got packet type %d, want a CONNACK", id, typ)
+	}
+	return cl
+}
+
+func (c *benchClient) write(b testing.TB, p []byte) {
+	if _, err := c.c.Write(p); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// read reads one packet into c.buf and returns its type.
+func (c *benchClient) read(b testing.TB) byte {
+	h, err := c.r.ReadByte()
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, shift := 0, 0
+	for {
+		v, err := c.r.ReadByte()
+		if err != nil {
+			b.Fatal(err)
+		}
+		n |= int(v&0x7f) << shift
+		shift += 7
+		if v&0x80 == 0 {
+			break
+		}
+	}
+	if n > cap(c.buf) {
+		b.Fatalf("a %d-byte packet", n)
+	}
+	c.buf = c.buf[:n]
+	if _, err := io.ReadFull(c.r, c.buf); err != nil {
+		b.Fatal(err)
+	}
+	return h >> 4
+}
+
+// readPublish reads packets until a PUBLISH.
+func (c *benchClient) readPublish(b testing.TB) {
+	for c.read(b) != packets.Publish {
+	}
+}
+
+// subscribe subscribes at QoS 0 and waits for the SUBACK.
+func (c *benchClient) subscribe(b testing.TB, filter string) {
+	body := binary.BigEndian.AppendUint16(nil, 1)
+	body = binary.BigEndian.AppendUint16(body, uint16(len(filter)))
+	body = append(append(body, filter...), 0)
+	c.write(b, append(append([]byte{0x82}, varint(len(body))...), body...))
+	for {
+		typ := c.read(b)
+		if typ == packets.Suback {
+			if c.buf[len(c.buf)-1] >= 0x80 {
+				b.Fatalf("SUBSCRIBE %s refused", filter)
+			}
+			return
+		}
+	}
+}
+
+// publish3 is an MQTT 3.1.1 QoS 0 PUBLISH.
+func publish3(topic, payload string) []byte {
+	body := binary.BigEndian.AppendUint16(nil, uint16(len(topic)))
+	body = append(append(body, topic...), payload...)
+	if len(body) > 127 {
+		panic(fmt.Sprintf("publish3: %d bytes", len(body)))
+	}
+	return append([]byte{0x30, byte(len(body))}, body...)
+}
