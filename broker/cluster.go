@@ -40,6 +40,22 @@ type Cluster struct {
 	// retained publishes waiting for the log: past it they are refused
 	// with 0x97, unless none waits. Default 64 MiB.
 	MaxWaitingBytes int64
+	// AnswerWait bounds how long a publisher waits for its write to come
+	// back through the log and be applied on its node (a follower that
+	// cannot read the log, an election): past it the write is refused
+	// 0x80, its outcome unknown (the log may still have it). Default 20
+	// s, longer than a JetStream leader election (4–9 s).
+	AnswerWait time.Duration
+}
+
+// errAnswerWait is a write not applied on its node within
+// Cluster.AnswerWait: its publisher is answered, its outcome unknown.
+var errAnswerWait = fmt.Errorf("%w: not applied on this node in time; it may still be", cluster.ErrUnreplicated)
+
+// answerWait is how long a publisher may wait for its write on a
+// cluster node (Cluster.AnswerWait), and why it was answered after.
+func (cl *clusterNode) answerWait(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, cl.opts.AnswerWait, errAnswerWait)
 }
 
 // defaultMaxWaitingBytes is Cluster.MaxWaitingBytes's default.
@@ -105,6 +121,9 @@ func newClusterNode(o Cluster) *clusterNode {
 	}
 	if o.MaxWaitingBytes <= 0 {
 		o.MaxWaitingBytes = defaultMaxWaitingBytes
+	}
+	if o.AnswerWait <= 0 {
+		o.AnswerWait = 20 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &clusterNode{opts: o, ctx: ctx, cancel: cancel, failed: make(chan error, 1)}

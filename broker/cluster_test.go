@@ -345,3 +345,45 @@ func TestClusterAlone(t *testing.T) {
 		t.Errorf("an event on a node alone: %v", err)
 	}
 }
+
+// TestClusterAnswerWait: a publisher whose write does not come back
+// through the log in time is answered (0x80, outcome unknown), never left
+// waiting; the write may still be applied after.
+func TestClusterAnswerWait(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS node")
+	}
+	tn := startNodes(t, 1, 5*time.Second)
+	b := tn.b[0]
+	b.cl.opts.AnswerWait = 300 * time.Millisecond // before any publish
+	ctx := testCtx(t)
+	release := make(chan struct{})
+	held := make(chan struct{})
+	go b.onLoop(ctx.Done(), func() { close(held); <-release }) // the loop cannot apply anything
+	<-held
+	start := time.Now()
+	err := b.Publish(ctx, Principal{ClientID: "w"}, Message{Topic: "$tree/late", Payload: []byte(`{"a":1}`), QoS: 1, Retain: true})
+	close(release)
+	var r *Refusal
+	if !errors.As(err, &r) || r.Code.Code != 0x80 || !errors.Is(err, cluster.ErrUnreplicated) {
+		t.Fatalf("a write not applied in time: %v, want a 0x80 refusal wrapping ErrUnreplicated", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("answered after %v, with AnswerWait 300 ms", took)
+	}
+	// Its outcome was unknown: here the log takes it once the loop goes on.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, _, err := b.Tree(ctx, Principal{ClientID: "r"}, "late/#", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(out) == `{"a":1}` {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the write was not applied after the loop went on: %s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -222,6 +222,11 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 	if meta.done == nil {
 		return nil
 	}
+	if b.cl != nil { // a write through the cluster's log: never an endless wait
+		var cancel context.CancelFunc
+		ctx, cancel = b.cl.answerWait(ctx)
+		defer cancel()
+	}
 	select {
 	case err := <-meta.done:
 		if err != nil {
@@ -229,7 +234,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 		}
 		return nil
 	case <-ctx.Done():
-		return b.refusal(p, "publish", m.Topic, ctx.Err())
+		return b.refusal(p, "publish", m.Topic, context.Cause(ctx))
 	}
 }
 
