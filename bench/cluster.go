@@ -69,19 +69,22 @@ func runScenario(ctx context.Context, sc scenario, b *Broker, s Sizes, round int
 	return []Run{runOne(ctx, sc, b, s, round)}
 }
 
-// lockedBuffer is a child's output: written by exec's copier, read here.
-type lockedBuffer struct {
+// LockedBuffer is a child process's output: written by exec's copier,
+// read by whoever watches the child (safe for concurrent use).
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+// String is what was written so far.
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
@@ -91,7 +94,7 @@ func (l *lockedBuffer) String() string {
 type clusterNode struct {
 	addr, route, dir string
 	cmd              *exec.Cmd
-	logs             *lockedBuffer
+	logs             *LockedBuffer
 	done             chan struct{} // closed once the process is reaped
 }
 
@@ -145,7 +148,7 @@ func startCluster(ctx context.Context, bin string) (*moteCluster, error) {
 // spawn starts node i's process (again, on its data directory).
 func (c *moteCluster) spawn(i int) error {
 	n := c.nodes[i]
-	n.logs = &lockedBuffer{}
+	n.logs = &LockedBuffer{}
 	n.cmd = exec.Command(c.bin, "broker", "--tcp", n.addr, "--ws", "off", "--http", "off", "--data", n.dir,
 		"--log-level", "warn", "--cluster", "bench", "--cluster-node", fmt.Sprint("n", i),
 		"--cluster-listen", n.route, "--cluster-routes", strings.Join(c.routes, ","))

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,27 +18,9 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/mote-mqtt/mote/bench"
 	"github.com/mote-mqtt/mote/clients/client"
 )
-
-// lockedBuffer is a child's stderr: written by exec's copier, read by the
-// test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // procNode is one `mote broker --cluster…` child process.
 type procNode struct {
@@ -47,7 +28,7 @@ type procNode struct {
 	addr, route string
 	dir         string
 	cmd         *exec.Cmd
-	logs        *lockedBuffer
+	logs        *bench.LockedBuffer
 }
 
 // startProc starts node n's process (again, on its data directory) and
@@ -55,7 +36,7 @@ type procNode struct {
 // other.
 func startProc(t *testing.T, n *procNode, routes []string) {
 	t.Helper()
-	n.logs = &lockedBuffer{}
+	n.logs = &bench.LockedBuffer{}
 	n.cmd = exec.CommandContext(t.Context(), buildMote(t), "broker", "--tcp", n.addr, "--ws", "off", "--http", "off",
 		"--data", n.dir, "--log-level", "info", "--cluster", "proc", "--cluster-node", fmt.Sprint("n", n.i),
 		"--cluster-listen", n.route, "--cluster-routes", strings.Join(routes, ","))
