@@ -27,6 +27,11 @@ type clusterConfig struct {
 	NATS       []string `yaml:"nats"`        // an external NATS cluster's URLs, instead of the embedded node
 	NATSListen string   `yaml:"nats_listen"` // the embedded node's client address (default: loopback, a free port)
 	Replicas   int      `yaml:"replicas"`    // copies of the row log (default: 3 with routes or external NATS, else 1)
+	// Bounds of the broker's side (broker.Cluster; zero: its defaults).
+	CatchUp         time.Duration `yaml:"catch_up"`          // how long a starting node may take to catch up with the log
+	AnswerWait      time.Duration `yaml:"answer_wait"`       // how long a publisher waits for its write to be applied
+	MaxWaiting      int           `yaml:"max_waiting"`       // writes waiting for the log, at most
+	MaxWaitingBytes int64         `yaml:"max_waiting_bytes"` // their topics and payloads, at most
 }
 
 // clusterFlags are the --cluster… flags.
@@ -120,6 +125,9 @@ func openCluster(ctx context.Context, c clusterConfig, dir string, opts *broker.
 			c.Replicas = 3
 		}
 	}
+	if c.CatchUp < 0 || c.AnswerWait < 0 || c.MaxWaiting < 0 || c.MaxWaitingBytes < 0 {
+		return nil, errors.New("cluster: catch_up, answer_wait, max_waiting and max_waiting_bytes cannot be negative")
+	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return nil, fmt.Errorf("--cluster-replicas %d: 1 to 5", c.Replicas)
 	}
@@ -172,7 +180,8 @@ func openCluster(ctx context.Context, c clusterConfig, dir string, opts *broker.
 		return nil, err
 	}
 	opts.Store = store
-	opts.Cluster = &broker.Cluster{Log: lg, Events: cluster.NewEvents(n.nc, "", c.Node)}
+	opts.Cluster = &broker.Cluster{Log: lg, Events: cluster.NewEvents(n.nc, "", c.Node),
+		CatchUp: c.CatchUp, AnswerWait: c.AnswerWait, MaxWaiting: c.MaxWaiting, MaxWaitingBytes: c.MaxWaitingBytes}
 	log.Info().Str("cluster", c.Name).Str("node", c.Node).Int("replicas", c.Replicas).Int("routes", len(c.Routes)).Msg("cluster: joined")
 	return n, nil
 }

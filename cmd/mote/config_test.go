@@ -76,3 +76,22 @@ func TestConfigHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigCluster: the cluster block's keys are read; an unknown one is
+// refused.
+func TestConfigCluster(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mote.yaml")
+	os.WriteFile(path, []byte("cluster: {name: home, node: a, listen: \"127.0.0.1:6222\", routes: [\"127.0.0.1:6222\"], replicas: 1, catch_up: 30s, answer_wait: 5s, max_waiting: 100, max_waiting_bytes: 1000000}\n"), 0o600)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Cluster
+	if c.Name != "home" || c.Node != "a" || len(c.Routes) != 1 || c.Replicas != 1 || c.CatchUp != 30*time.Second || c.AnswerWait != 5*time.Second || c.MaxWaiting != 100 || c.MaxWaitingBytes != 1000000 {
+		t.Errorf("read %+v", c)
+	}
+	os.WriteFile(path, []byte("cluster: {name: home, answer_wiat: 5s}\n"), 0o600)
+	if _, err := loadConfig(path); err == nil || !strings.Contains(err.Error(), "answer_wiat") {
+		t.Errorf("an unknown key: %v", err)
+	}
+}
