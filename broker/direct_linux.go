@@ -128,10 +128,6 @@ func (c *netConn) writeRestLocked() (int, error) {
 		return 0, nil
 	}
 	n, err := c.Conn.Write(c.raw.rest)
-	if err != nil {
-		c.raw.rest = c.raw.rest[:0] // the connection fails: nothing may follow a cut packet
-		return n, err
-	}
-	c.raw.rest = c.raw.rest[:0]
-	return n, nil
+	c.raw.rest = nil // short writes are rare: no buffer kept per connection (written, or the connection fails)
+	return n, err
 }
