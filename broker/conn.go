@@ -505,7 +505,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 // its acks under it too), and counts it in mochi's figures.
 func (o *mqttOut) flush() error {
 	if o.buf == nil || o.buf.Len() == 0 {
-		return nil
+		return o.flushRest()
 	}
 	cl := o.cl
 	if cl.Closed() || cl.Net.Conn == nil {

@@ -108,17 +108,19 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 	default:
 		err = errors.New("broker: no direct write for this item")
 	}
+	rest := false
 	if err == nil {
-		err = o.tryFlush()
+		rest, err = o.tryFlush()
 	}
 	if err != nil {
 		o.drop()
 	}
+	left := o.buf != nil || rest
 	c.b.stats.Direct.Add(1)
-	if o.buf != nil {
+	if left {
 		c.b.stats.DirectRest.Add(1)
 	}
-	c.q.unclaim(o.buf != nil)
+	c.q.unclaim(left)
 	if err != nil {
 		c.fail(err)
 	}
@@ -126,30 +128,33 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 }
 
 // tryFlush writes what send encoded without waiting: as much as the
-// socket takes at once. What is left stays in buf, for flush.
-func (o *mqttOut) tryFlush() error {
+// socket takes at once; the connection keeps the rest to write before
+// anything else (netConn.writeRest). All of it stays in buf, for flush,
+// when mochi or the writer is writing. rest: the connection kept some.
+func (o *mqttOut) tryFlush() (rest bool, err error) {
 	if o.buf == nil || o.buf.Len() == 0 {
-		return nil
+		return false, nil
 	}
 	cl := o.cl
 	if cl.Closed() {
-		return mqtt.ErrConnectionClosed
+		return false, mqtt.ErrConnectionClosed
 	}
 	nc, ok := cl.Net.Conn.(*netConn)
 	if !ok || !cl.TryLock() { // mochi is writing (an ack): leave it all to the writer
-		return nil
+		return false, nil
 	}
-	n, err := nc.tryWrite(o.buf.Bytes())
+	n, took, err := nc.tryWrite(o.buf.Bytes())
 	cl.Unlock()
 	if n > 0 {
 		o.q.wrote(n)
 		atomic.AddInt64(&o.b.server.Info.BytesSent, int64(n))
-		o.buf.Next(n)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
-	if o.buf.Len() == 0 {
+	rest = took && n < o.buf.Len()
+	if took { // written, or the rest kept by nc for the next write (flushRest)
+		o.buf.Reset()
 		info := o.b.server.Info
 		atomic.AddInt64(&info.PacketsSent, int64(o.n))
 		atomic.AddInt64(&info.MessagesSent, int64(o.n))
@@ -157,7 +162,7 @@ func (o *mqttOut) tryFlush() error {
 		o.b.bufs.put(o.buf)
 		o.buf = nil
 	}
-	return nil
+	return rest, nil
 }
 
 // drop lets go of what send encoded and was not written (the write
@@ -188,4 +193,23 @@ func (r *batchRows) takeDirect() bool {
 	}
 	r.direct++
 	return true
+}
+
+// flushRest writes what a direct write left (the writer's, on takeOver),
+// with the client's lock so no ack mochi writes cuts it.
+func (o *mqttOut) flushRest() error {
+	cl := o.cl
+	nc, ok := cl.Net.Conn.(*netConn)
+	if !ok || !nc.hasRest() {
+		return nil
+	}
+	if cl.Closed() {
+		return mqtt.ErrConnectionClosed
+	}
+	cl.Lock()
+	n, err := nc.writeRest()
+	cl.Unlock()
+	o.q.wrote(n)
+	atomic.AddInt64(&o.b.server.Info.BytesSent, int64(n))
+	return err
 }

@@ -28,6 +28,12 @@ type rawIO struct {
 	wp    []byte
 	wn    int
 	werr  syscall.Errno
+
+	// rest is what a non-blocking write left of the packets it began:
+	// whatever is written next to the connection, by anyone (the writer,
+	// or mochi writing an ack with the client's lock), goes after it, so
+	// no packet is ever cut by another.
+	rest []byte
 }
 
 // newRawIO is c's raw writer; nil for a connection that is not
@@ -61,11 +67,15 @@ func newRawIO(c net.Conn) *rawIO {
 }
 
 // tryWrite writes as much of p as the socket takes at once, without
-// waiting: n may be short (0 when the socket buffer is full, or another
-// write is under way), and err is a real failure of the connection.
-func (c *netConn) tryWrite(p []byte) (int, error) {
+// waiting, and keeps the rest (rawIO.rest) for the next write to the
+// connection to write first: n is how much of p it wrote, took whether
+// it took p (false when another write is under way), and err is a real
+// failure of the connection. A short write must not leave the rest to the caller: mochi
+// may write an ack between the caller's unlock and its next write, into
+// the middle of a packet (red team, TestDirectRestFirst).
+func (c *netConn) tryWrite(p []byte) (int, bool, error) {
 	if c.raw == nil || len(p) == 0 || !c.wmu.TryLock() {
-		return 0, nil
+		return 0, false, nil
 	}
 	defer c.wmu.Unlock()
 	w := c.raw
@@ -81,9 +91,43 @@ func (c *netConn) tryWrite(p []byte) (int, error) {
 	w.wp, w.wn, w.werr = nil, 0, 0
 	switch {
 	case err != nil:
-		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+		return 0, false, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	case e != 0:
-		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", e)}
+		return 0, false, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", e)}
 	}
-	return n, nil
+	if n < len(p) {
+		w.rest = append(w.rest[:0], p[n:]...)
+	}
+	return n, true, nil
+}
+
+// hasRest reports whether a non-blocking write left bytes to write
+// before anything else.
+func (c *netConn) hasRest() bool {
+	if c.raw == nil {
+		return false
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return len(c.raw.rest) > 0
+}
+
+// writeRest writes what a non-blocking write left, with the connection's
+// write deadline; n is how much of it was written.
+func (c *netConn) writeRest() (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)) //nolint:errcheck // a failing deadline fails the write too
+	return c.writeRestLocked()
+}
+
+// writeRestLocked writes what a non-blocking write left (wmu held, the
+// deadline set); n is how much of it was written.
+func (c *netConn) writeRestLocked() (int, error) {
+	if c.raw == nil || len(c.raw.rest) == 0 {
+		return 0, nil
+	}
+	n, err := c.Conn.Write(c.raw.rest)
+	c.raw.rest = nil // short writes are rare: no buffer kept per connection (written, or the connection fails)
+	return n, err
 }

@@ -98,7 +98,9 @@
 // batch. It holds the connection's write role meanwhile, as the writer
 // does from a take to the next empty one, so order is kept; what the
 // socket does not take at once the writer writes, with its deadline, so
-// a deliverer never waits on a client.
+// a deliverer never waits on a client. That rest is the connection's
+// (netConn), written before anything else written to it, so an ack mochi
+// writes meanwhile never lands inside a cut packet.
 // When a connection ends, the QoS 1/2 plain messages it did not write (still
 // queued, or taken by the writer and not sent: its leftovers; what is left
 // of its QoS 1/2 retained replays, which its writer reads off the loop as

@@ -267,6 +267,10 @@ func (c *netConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)) //nolint:errcheck // a failing deadline fails the write too
+	// A direct write's rest goes first (direct.go).
+	if _, err := c.writeRestLocked(); err != nil {
+		return 0, err
+	}
 	return c.Conn.Write(p)
 }
 
