@@ -70,9 +70,15 @@ func replayStorm(b *testing.B, addr string, subs, rows int) (peak, allocated flo
 	})
 	var wg sync.WaitGroup
 	errs := make(chan error, subs)
+	// At most 128 readers in their handshake at once: the broker closes a
+	// host's handshakes past 256 (a flood guard), which 500 readers
+	// dialling together would meet. The replays still overlap.
+	handshakes := make(chan struct{}, 128)
 	for i := range subs {
 		wg.Go(func() {
-			if err := replayReader(ctx, addr, fmt.Sprintf("storm-%d", i), "dev/+/state", rows); err != nil {
+			handshakes <- struct{}{}
+			err := replayReader(ctx, addr, fmt.Sprintf("storm-%d", i), "dev/+/state", rows, func() { <-handshakes })
+			if err != nil {
 				errs <- err
 			}
 		})
@@ -89,8 +95,14 @@ func replayStorm(b *testing.B, addr string, subs, rows int) (peak, allocated flo
 }
 
 // replayReader connects (MQTT 3.1.1, clean), subscribes filter at QoS 0
-// and reads until rows publishes came.
-func replayReader(ctx context.Context, addr, id, filter string, rows int) error {
+// and reads until rows publishes came; connected, if not nil, is called
+// once, when the handshake is over (the CONNACK, or a failure).
+func replayReader(ctx context.Context, addr, id, filter string, rows int, connected func()) error {
+	if done := connected; done != nil {
+		var once sync.Once
+		connected = func() { once.Do(done) }
+		defer connected()
+	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -120,7 +132,12 @@ func replayReader(ctx context.Context, addr, id, filter string, rows int) error 
 		if _, err := r.Discard(int(n)); err != nil {
 			return err
 		}
-		if h>>4 == 3 {
+		switch h >> 4 {
+		case 2: // CONNACK
+			if connected != nil {
+				connected()
+			}
+		case 3:
 			got++
 		}
 	}

@@ -51,7 +51,7 @@ func BenchmarkBootStorm(b *testing.B) {
 				}
 				// The check of `mote bench`: one subscriber's retained replay
 				// of every row, apart.
-				if err := replayReader(testCtx(b), br.TCPAddr(), "check", "boot/+/+", devices*rows); err != nil {
+				if err := replayReader(testCtx(b), br.TCPAddr(), "check", "boot/+/+", devices*rows, nil); err != nil {
 					b.Fatal(err)
 				}
 				check += (processCPU() - cpu1).Seconds()
