@@ -3,6 +3,7 @@ package broker
 import (
 	"net"
 	"net/http"
+	"strings"
 )
 
 // What front ends that are not MQTT (the HTTP API) need of the broker to
@@ -64,4 +65,39 @@ func (b *Broker) OriginAllowed(r *http.Request) bool { return b.originAllowed(r)
 // limit.
 func (b *Broker) MaxPayload() int {
 	return min(int(b.opts.MaxPacketSize), b.opts.Limits.MaxPayload)
+}
+
+// HostAllowed decides whether a request r that proves no user may be
+// served under the name it sent as Host. proven: r's credentials were
+// checked against a password file (a user's own browser holds them for
+// the broker's origin only, never for another name's). With anonymous
+// access, a web page whose own host name an attacker points at the
+// broker's address (DNS rebinding) is the broker's own origin to the
+// browser, and its requests carry no Origin header when they only read:
+// they would read what anonymous clients may. So a browser's request
+// that proves no user must name the broker by an IP address, a loopback
+// name, or a host of Options.AllowedOrigins ("*": any), the names its
+// operator vouches for. A browser's request is one with an Origin or a
+// Fetch Metadata header (Sec-Fetch-Site, Sec-Fetch-Mode: every current
+// browser sends them on every request, and a page cannot remove them);
+// programs send neither and pass under any name, as MQTT clients do. A
+// broker serving loopback only is stricter (LocalOnly).
+func (b *Broker) HostAllowed(r *http.Request, proven bool) bool {
+	browser := r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Site") != "" || r.Header.Get("Sec-Fetch-Mode") != ""
+	if proven || !browser {
+		return true
+	}
+	host := hostOnly(r.Host)
+	if isLoopbackName(host) || net.ParseIP(host) != nil {
+		return true
+	}
+	for _, o := range b.opts.AllowedOrigins {
+		if o == "*" {
+			return true
+		}
+		if _, hp, ok := parseOrigin(strings.TrimSuffix(o, "/")); ok && strings.EqualFold(hostOnly(hp), host) {
+			return true
+		}
+	}
+	return false
 }

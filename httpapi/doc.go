@@ -30,7 +30,10 @@
 // file. Without a password file and without anonymous access the broker
 // serves loopback only (Broker.LocalOnly): Listen binds to loopback, Serve
 // refuses any other listener, and requests from other peers or under a
-// Host that is not a loopback name (DNS rebinding) are refused. A request
+// Host that is not a loopback name (DNS rebinding) are refused. With
+// anonymous access, a browser's request that proves no user is refused
+// under a Host that is not an IP address, a loopback name or a host of
+// allowed_origins (Broker.HostAllowed: a rebound page's reads). A request
 // with an Origin header must pass the broker's origin check
 // (Broker.OriginAllowed: the request's own scheme, host and port, or an
 // allowed origin), as a WebSocket must, so a page of another site — or of

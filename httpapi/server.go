@@ -244,7 +244,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The figures are the broker's, for its users (Prometheus:
 		// basic_auth): the API's credentials rule, without an ACL.
 		w.Header().Set("Cache-Control", "no-store")
-		if _, ok := s.authenticate(w, r); !ok {
+		if p, ok := s.authenticate(w, r); !ok || !s.hostAllowed(w, r, p) {
 			return
 		}
 		if s.opts.Metrics == nil {
@@ -321,6 +321,9 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request, path string) {
 	if !ok {
 		return
 	}
+	if !s.hostAllowed(w, r, p) {
+		return
+	}
 	t, err := parseTopic(topic)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
@@ -387,6 +390,19 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (broker.Pr
 	w.Header().Set("WWW-Authenticate", `Basic realm="mote", charset="UTF-8"`)
 	writeError(w, http.StatusUnauthorized, reason, "")
 	return broker.Principal{}, false
+}
+
+// hostAllowed answers 403 and reports false when r, made as p, may not
+// be served under its Host (Broker.HostAllowed: a caller that proves no
+// user must name the broker by an address, a loopback name or a host of
+// allowed_origins, against DNS rebinding).
+func (s *Server) hostAllowed(w http.ResponseWriter, r *http.Request, p broker.Principal) bool {
+	if s.b.HostAllowed(r, s.b.HasUsers() && p.User != "") {
+		return true
+	}
+	s.log.Debug().Str("remote", r.RemoteAddr).Str("host", r.Host[:min(len(r.Host), 200)]).Msg("http: anonymous request under a host name refused")
+	writeError(w, http.StatusForbidden, fmt.Sprintf("host %.100q is not served without credentials: name the broker by an IP address or localhost, list its origin (http://%.100s) in allowed_origins, or log in (DNS rebinding)", r.Host, r.Host), "")
+	return false
 }
 
 // health answers /healthz.
