@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"net"
 	"net/http"
 	"strings"
@@ -100,4 +101,15 @@ func (b *Broker) HostAllowed(r *http.Request, proven bool) bool {
 		}
 	}
 	return false
+}
+
+// ServerTLS is the TLS configuration the broker's TLS and WSS listeners
+// serve, for another front end's listener (the HTTP API over HTTPS): every
+// handshake takes the broker's current certificate, which Reload
+// replaces. Nil when the broker has no TLS configuration.
+func (b *Broker) ServerTLS() *tls.Config {
+	if b.tlsConf.Load() == nil {
+		return nil
+	}
+	return b.serverTLS()
 }

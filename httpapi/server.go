@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -190,11 +191,31 @@ func (s *Server) Listen(addr string) (net.Listener, error) {
 // not on loopback when the broker serves loopback clients only. It keeps
 // the connections within MaxConns and MaxConnsPerHost. It returns nil
 // after Close.
-func (s *Server) Serve(l net.Listener) error {
+func (s *Server) Serve(l net.Listener) error { return s.serve(l, nil) }
+
+// ServeTLS serves the API over TLS (HTTPS, HTTP/1.1) on l, as Serve does,
+// with conf (e.g. Broker.ServerTLS, which follows reloads of the
+// certificate). A Server may serve several listeners at once (HTTP and
+// HTTPS); each listener keeps its connections within MaxConns and
+// MaxConnsPerHost of its own.
+func (s *Server) ServeTLS(l net.Listener, conf *tls.Config) error {
+	if conf == nil {
+		return errors.New("httpapi: HTTPS without a TLS configuration (a certificate and its key)")
+	}
+	return s.serve(l, conf)
+}
+
+func (s *Server) serve(l net.Listener, conf *tls.Config) error {
 	if s.b.LocalOnly() && !isLoopback(l.Addr()) {
 		return fmt.Errorf("httpapi: %s is not a loopback address: without a password file and without anonymous access the broker serves loopback only", l.Addr())
 	}
 	l = newConnLimit(l, s.opts.MaxConns, s.opts.MaxConnsPerHost, s.log)
+	if conf != nil {
+		// Inside the limit, so the server sees *tls.Conn: r.TLS is set
+		// (the origin rule wants https pages) and the handshake has the
+		// server's deadline.
+		l = tls.NewListener(l, conf)
+	}
 	if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("httpapi: serve: %w", err)
 	}

@@ -32,7 +32,8 @@ type config struct {
 		WSPath string `yaml:"ws_path"`
 		TLS    string `yaml:"tls"`
 		WSS    string `yaml:"wss"`
-		HTTP   string `yaml:"http"` // the HTTP API and web view (SPEC §10)
+		HTTP   string `yaml:"http"`  // the HTTP API and web view (SPEC §10)
+		HTTPS  string `yaml:"https"` // the same over TLS (cert, key)
 		// Original speaks the original Mote broker's dialect (SPEC §7).
 		Original string `yaml:"original"`
 		// OriginalWS is the same over WebSocket, path /mote/ (mote-native).
@@ -163,6 +164,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	tcp := fs.String("tcp", "", "TCP listener address, or off (default "+broker.DefaultTCP+")")
 	ws := fs.String("ws", "", "WebSocket listener address, or off (default "+broker.DefaultWS+", path /mqtt)")
 	httpAddr := fs.String("http", "", "HTTP API and web view address, or off (default "+httpapi.DefaultAddr+")")
+	httpsAddr := fs.String("https", "", "HTTP API and web view over TLS (e.g. :8443); needs --cert and --key; default none")
 	data := fs.String("data", "", "data directory (default ./data)")
 	cfgPath := fs.String("config", "", "YAML config file; flags override it")
 	level := fs.String("log-level", "", "debug, info, warn or error (default info)")
@@ -215,7 +217,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	// The password file, the ACL file, the history rules, the translators
 	// and the TLS certificate are read here at start and again on SIGHUP (reload.go).
 	tlsL, wssL := pick(*tlsAddr, cfg.Listeners.TLS, ""), pick(*wssAddr, cfg.Listeners.WSS, "")
-	rf := reloadFlags{pwFile: *pwFile, aclFile: *aclFile, certFile: *certFile, keyFile: *keyFile, anon: *anon, tls: tlsL != "" || wssL != ""}
+	httpsL := offNone(pick(*httpsAddr, cfg.Listeners.HTTPS, ""))
+	rf := reloadFlags{pwFile: *pwFile, aclFile: *aclFile, certFile: *certFile, keyFile: *keyFile, anon: *anon, tls: tlsL != "" || wssL != "" || httpsL != ""}
 	set, err := readSettings(cfg, *cfgPath, rf)
 	if err != nil {
 		return err
@@ -312,7 +315,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info().Str("store", filepath.Join(dir, retain.FileName)).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
-	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), cfg, log)
+	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), httpsL, cfg, log)
 	if err != nil {
 		b.Close() //nolint:errcheck // the listener's error says more
 		return err
@@ -338,12 +341,13 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-// serveHTTP starts the HTTP API and web view on addr ("off": none), bound
-// to loopback as the broker's listeners are when it serves loopback only.
-// served reports an error if it stops serving before Close.
-func serveHTTP(b *broker.Broker, addr string, cfg config, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
-	served := make(chan error, 1)
-	if addr == "off" {
+// serveHTTP starts the HTTP API and web view on addr ("off": none), and
+// over TLS on tlsAddr ("": none), bound to loopback as the broker's
+// listeners are when it serves loopback only. served reports an error if
+// either stops serving before Close.
+func serveHTTP(b *broker.Broker, addr, tlsAddr string, cfg config, log zerolog.Logger) (*httpapi.Server, <-chan error, error) {
+	served := make(chan error, 2)
+	if addr == "off" && tlsAddr == "" {
 		return nil, served, nil
 	}
 	api := httpapi.New(b, httpapi.Options{
@@ -359,29 +363,70 @@ func serveHTTP(b *broker.Broker, addr string, cfg config, log zerolog.Logger) (*
 		MaxConns:          cfg.HTTP.MaxConns,
 		MaxConnsPerHost:   cfg.HTTP.MaxConnsPerHost,
 	})
-	l, err := api.Listen(addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("HTTP listener (--http, listeners.http): %w", err)
+	type listener struct {
+		net.Listener
+		secure bool
 	}
-	go func() {
-		if err := api.Serve(l); err != nil {
-			served <- err
+	var ls []listener
+	fail := func(err error) (*httpapi.Server, <-chan error, error) {
+		for _, l := range ls {
+			l.Close()
 		}
-	}()
-	log.Info().Str("http", l.Addr().String()).Msg("web view at " + webURL(l.Addr()))
+		return nil, nil, err
+	}
+	if addr != "off" {
+		l, err := api.Listen(addr)
+		if err != nil {
+			return fail(fmt.Errorf("HTTP listener (--http, listeners.http): %w", err))
+		}
+		ls = append(ls, listener{l, false})
+	}
+	conf := b.ServerTLS()
+	if tlsAddr != "" {
+		if conf == nil {
+			return fail(errors.New("HTTPS listener (--https, listeners.https): needs a certificate (--cert and --key, or cert and key in the config)"))
+		}
+		l, err := api.Listen(tlsAddr)
+		if err != nil {
+			return fail(fmt.Errorf("HTTPS listener (--https, listeners.https): %w", err))
+		}
+		ls = append(ls, listener{l, true})
+	}
+	for _, l := range ls {
+		go func() {
+			var err error
+			if l.secure {
+				err = api.ServeTLS(l.Listener, conf)
+			} else {
+				err = api.Serve(l.Listener)
+			}
+			if err != nil {
+				served <- err
+			}
+		}()
+		kind := "http"
+		if l.secure {
+			kind = "https"
+		}
+		log.Info().Str(kind, l.Addr().String()).Msg("web view at " + webURL(l.Addr(), l.secure))
+	}
 	return api, served, nil
 }
 
 // webURL is how a person on this machine opens the web view served at a.
-func webURL(a net.Addr) string {
+func webURL(a net.Addr, secure bool) string {
+	scheme := "http://"
+	if secure {
+		scheme = "https://"
+	}
 	host, port, err := net.SplitHostPort(a.String())
 	if err != nil {
-		return "http://" + a.String() + "/"
+		return scheme + a.String() + "/"
 	}
 	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() || ip.IsLoopback() {
 		host = "localhost"
 	}
-	return "http://" + net.JoinHostPort(host, port) + "/"
+	return scheme + net.JoinHostPort(host, port) + "/"
 }
 
 // stringList is a repeatable string flag.

@@ -21,7 +21,7 @@ import (
 type reloadFlags struct {
 	pwFile, aclFile, certFile, keyFile string
 	anon                               bool
-	tls                                bool // a TLS or WSS listener is configured: it needs a certificate
+	tls                                bool // a TLS, WSS or HTTPS listener is configured: it needs a certificate
 }
 
 // settings are what `mote broker` reads again on SIGHUP — the files the
@@ -70,7 +70,7 @@ func readSettings(cfg config, cfgPath string, f reloadFlags) (settings, error) {
 	if f.tls {
 		s.certFile, s.keyFile = firstOf(f.certFile, cfg.Cert), firstOf(f.keyFile, cfg.Key)
 		if s.certFile == "" || s.keyFile == "" {
-			return s, fmt.Errorf("--tls and --wss need --cert and --key")
+			return s, fmt.Errorf("--tls, --wss and --https need --cert and --key")
 		}
 		if s.reload.TLSConfig, err = broker.LoadTLS(s.certFile, s.keyFile); err != nil {
 			return s, err
