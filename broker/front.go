@@ -78,17 +78,16 @@ func (b *Broker) MaxPayload() int {
 // they would read what anonymous clients may. So a browser's request
 // that proves no user must name the broker by an IP address, a loopback
 // name, or a host of Options.AllowedOrigins ("*": any), the names its
-// operator vouches for. A browser's request is one with an Origin or a
-// Fetch Metadata header (Sec-Fetch-Site, Sec-Fetch-Mode: every current
-// browser sends them on every request, and a page cannot remove them);
-// programs send neither and pass under any name, as MQTT clients do. A
-// broker serving loopback only is stricter (LocalOnly).
+// operator vouches for. A browser's request is one with an Origin, a
+// Fetch Metadata header (Sec-Fetch-Site, Sec-Fetch-Mode) or a browser's
+// User-Agent (fromBrowser); programs send none of them and pass under
+// any name, as MQTT clients do. A broker serving loopback only is
+// stricter (LocalOnly).
 func (b *Broker) HostAllowed(r *http.Request, proven bool) bool {
-	browser := r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Site") != "" || r.Header.Get("Sec-Fetch-Mode") != ""
-	if proven || !browser {
+	if proven || !fromBrowser(r) {
 		return true
 	}
-	host := hostOnly(r.Host)
+	host := strings.TrimSuffix(hostOnly(r.Host), ".")
 	if isLoopbackName(host) || net.ParseIP(host) != nil {
 		return true
 	}
@@ -112,4 +111,21 @@ func (b *Broker) ServerTLS() *tls.Config {
 		return nil
 	}
 	return b.serverTLS()
+}
+
+// fromBrowser reports whether r comes from a web browser, which a page
+// may drive: it has an Origin header, a Fetch Metadata header, or a
+// User-Agent that begins "Mozilla/" (every browser's does). Fetch
+// Metadata alone does not do: browsers send it only to potentially
+// trustworthy URLs (https, localhost), so Chromium's requests to a
+// rebound http:// name carry no Sec-Fetch-* header, and a read carries no
+// Origin either; its User-Agent a page cannot replace (Chromium ignores
+// one set by fetch; Firefox, which lets a page set it, is recorded by the
+// web-platform-tests as sending Fetch Metadata to http URLs too). A
+// program that calls itself Mozilla/… is taken for a browser: it names
+// the broker by address or logs in.
+func fromBrowser(r *http.Request) bool {
+	h := r.Header
+	return h.Get("Origin") != "" || h.Get("Sec-Fetch-Site") != "" || h.Get("Sec-Fetch-Mode") != "" ||
+		strings.HasPrefix(h.Get("User-Agent"), "Mozilla/")
 }
