@@ -1,0 +1,113 @@
+package web_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/mote-mqtt/mote/broker"
+	"github.com/mote-mqtt/mote/httpapi"
+	"github.com/mote-mqtt/mote/web"
+)
+
+// rebound is the name the test's Chromium resolves to 127.0.0.1, as an
+// attacker's DNS would after a rebinding.
+const rebound = "rebind.evil.example"
+
+// rebindBrowser is newBrowser whose host resolver maps rebound to
+// 127.0.0.1.
+func rebindBrowser(t *testing.T) context.Context {
+	bin := chromium(t)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.DisableGPU,
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("host-resolver-rules", "MAP "+rebound+" 127.0.0.1"))
+	if os.Geteuid() == 0 {
+		opts = append(opts, chromedp.NoSandbox)
+	}
+	whole, cancelWhole := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancelWhole)
+	actx, cancelAlloc := chromedp.NewExecAllocator(whole, opts...)
+	t.Cleanup(cancelAlloc)
+	bctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	started := make(chan error, 1)
+	go func() { started <- chromedp.Do(bctx) }()
+	select {
+	case err := <-started:
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) || strings.Contains(err.Error(), "exec") {
+				t.Skipf("chromium could not start here: %v", err)
+			}
+			t.Fatalf("start chromium: %v", err)
+		}
+	case <-time.After(stepTimeout):
+		cancelAlloc()
+		t.Fatal("chromium did not start in time")
+	}
+	return bctx
+}
+
+// TestRebindInChromium: a broker with anonymous access serves its API and
+// web view on plain HTTP; a page that Chromium loaded from a DNS-rebound
+// name (the broker's own web view here, as any page of the attacker's
+// would be) reads nothing from the API and opens no MQTT WebSocket, while
+// the same page opened as http://127.0.0.1 or http://localhost does both.
+// Chromium sends no Fetch Metadata to a plain http:// name: the API must
+// know its requests by their User-Agent.
+func TestRebindInChromium(t *testing.T) {
+	browser := rebindBrowser(t)
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "off", AllowAnonymous: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	api := httpapi.New(b, httpapi.Options{Web: web.Handler(web.Config{MQTT: b.WSHandler()})})
+	l, err := api.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- api.Serve(l) }()
+	t.Cleanup(func() {
+		api.Close()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	const read = `fetch('/api/tree/%23').then(r => r.status, e => 'failed: ' + e)`
+	const ws = `new Promise(res => { const s = new WebSocket('ws://' + location.host + '/mqtt', 'mqtt');
+		s.onopen = () => { s.close(); res('open') }; s.onerror = () => res('refused') })`
+	for _, tc := range []struct {
+		host     string
+		wantRead float64
+		wantWS   string
+	}{
+		{rebound, 403, "refused"},
+		{"127.0.0.1", 200, "open"},
+		{"localhost", 200, "open"},
+	} {
+		t.Run(tc.host, func(t *testing.T) {
+			tb := newTab(t, browser)
+			tb.do(chromedp.Navigate("http://" + tc.host + ":" + port + "/"))
+			if got := eval[any](tb, read); got != tc.wantRead {
+				t.Errorf("GET /api/tree/%%23 from http://%s: %v, want %v", tc.host, got, tc.wantRead)
+			}
+			if got := eval[string](tb, ws); got != tc.wantWS {
+				t.Errorf("WebSocket from http://%s: %s, want %s", tc.host, got, tc.wantWS)
+			}
+		})
+	}
+}
