@@ -41,6 +41,7 @@ func TestRebindPlainHTTP(t *testing.T) {
 		{"chromium, LAN address", anon, "192.168.1.5:1885", chromeUA, "", http.StatusOK},
 		{"chromium, listed name", broker.Options{AllowAnonymous: true, AllowedOrigins: []string{"http://broker.lan:1885"}}, "broker.lan:1885", chromeUA, "", http.StatusOK},
 		{"chromium, a user's credentials", broker.Options{Users: users, AllowAnonymous: true}, "broker.example:1885", chromeUA, "alice", http.StatusOK},
+		{"chromium, a username without a password file", anon, "rebind.evil.example:1885", chromeUA, "mallory", http.StatusForbidden},
 		{"curl by name", anon, "broker.example:1885", "curl/8.5.0", "", http.StatusOK},
 		{"prometheus by name", anon, "broker.example:1885", "Prometheus/3.0.0", "", http.StatusOK},
 		{"go by name", anon, "broker.example:1885", "Go-http-client/1.1", "", http.StatusOK},
