@@ -2,7 +2,14 @@ package web_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -23,12 +30,13 @@ import (
 const rebound = "rebind.evil.example"
 
 // rebindBrowser is newBrowser whose host resolver maps rebound to
-// 127.0.0.1.
-func rebindBrowser(t *testing.T) context.Context {
+// 127.0.0.1, with extra options.
+func rebindBrowser(t *testing.T, extra ...chromedp.ExecAllocatorOption) context.Context {
 	bin := chromium(t)
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.DisableGPU,
 		chromedp.Flag("disable-dev-shm-usage", true), chromedp.UserDataDir(t.TempDir()),
 		chromedp.Flag("host-resolver-rules", "MAP "+rebound+" 127.0.0.1"))
+	opts = append(opts, extra...)
 	if os.Geteuid() == 0 {
 		opts = append(opts, chromedp.NoSandbox)
 	}
@@ -110,4 +118,79 @@ func TestRebindInChromium(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWebViewHTTPS: the web view served over TLS (ServeTLS with the
+// broker's certificate, as `mote broker --https` does) opens its MQTT
+// WebSocket over wss to its own origin (the origin rule sees r.TLS and
+// wants https), and a rebound name's page reads nothing there either
+// (over https Chromium sends Fetch Metadata). The test's Chromium takes
+// the self-signed certificate.
+func TestWebViewHTTPS(t *testing.T) {
+	browser := rebindBrowser(t, chromedp.Flag("ignore-certificate-errors", true))
+	cert := selfSigned(t)
+	b, err := broker.New(broker.Options{TCP: "127.0.0.1:0", WS: "off", AllowAnonymous: true,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	api := httpapi.New(b, httpapi.Options{Web: web.Handler(web.Config{MQTT: b.WSHandler()})})
+	l, err := api.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- api.ServeTLS(l, b.ServerTLS()) }()
+	t.Cleanup(func() {
+		api.Close()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	const read = `fetch('/api/tree/%23').then(r => r.status, e => 'failed: ' + e)`
+	const ws = `new Promise(res => { const s = new WebSocket('wss://' + location.host + '/mqtt', 'mqtt');
+		s.onopen = () => { s.close(); res('open') }; s.onerror = () => res('refused') })`
+	for _, tc := range []struct {
+		host     string
+		wantRead float64
+		wantWS   string
+	}{
+		{"localhost", 200, "open"},
+		{"127.0.0.1", 200, "open"},
+		{rebound, 403, "refused"},
+	} {
+		t.Run(tc.host, func(t *testing.T) {
+			tb := newTab(t, browser)
+			tb.do(chromedp.Navigate("https://" + tc.host + ":" + port + "/"))
+			if got := eval[any](tb, read); got != tc.wantRead {
+				t.Errorf("GET /api/tree/%%23 from https://%s: %v, want %v", tc.host, got, tc.wantRead)
+			}
+			if got := eval[string](tb, ws); got != tc.wantWS {
+				t.Errorf("WebSocket from https://%s: %s, want %s", tc.host, got, tc.wantWS)
+			}
+		})
+	}
+}
+
+// selfSigned is a certificate for localhost and 127.0.0.1.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
