@@ -170,3 +170,78 @@ func TestHTTPSListener(t *testing.T) {
 		}
 	})
 }
+
+// TestConnsAcrossListeners: MaxConns bounds the connections of a Server
+// in all, over every listener it serves (`mote broker --http` and
+// `--https` together): a client may not take twice the bound, or twice
+// MaxConnsPerHost, by opening connections on both ports.
+func TestConnsAcrossListeners(t *testing.T) {
+	bo := broker.Options{TCP: "127.0.0.1:0", WS: "off", Log: logger(t), AllowAnonymous: true,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{serialCert(t, 1)}}}
+	b, err := broker.New(bo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	s := New(b, Options{MaxConns: 2, Log: logger(t)})
+	var addrs []string
+	served := make(chan error, 2)
+	for _, secure := range []bool{false, true} {
+		l, err := s.Listen("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, l.Addr().String())
+		go func() {
+			if secure {
+				served <- s.ServeTLS(l, b.ServerTLS())
+			} else {
+				served <- s.Serve(l)
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		s.Close()
+		for range 2 {
+			if err := <-served; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		}
+	})
+	client := func() *http.Client {
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a test's own certificate
+	}
+	get := func(c *http.Client, url string) error {
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
+	}
+	// One connection on each listener, answered and kept alive: both are
+	// counted once their answers have come.
+	plain, secure := client(), client()
+	defer plain.CloseIdleConnections()
+	defer secure.CloseIdleConnections()
+	if err := get(plain, "http://"+addrs[0]+"/healthz"); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(secure, "https://"+addrs[1]+"/healthz"); err != nil {
+		t.Fatal(err)
+	}
+	for _, url := range []string{"http://" + addrs[0] + "/healthz", "https://" + addrs[1] + "/healthz"} {
+		c := client()
+		if err := get(c, url); err == nil {
+			t.Errorf("%s: a third connection was served past MaxConns 2 (two listeners)", url)
+		}
+		c.CloseIdleConnections()
+	}
+}
