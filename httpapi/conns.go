@@ -19,19 +19,35 @@ import (
 // without a bound a client opening connections and sending a header line
 // every few seconds, or keeping them idle, takes memory without end. A
 // connection counts until it is closed, also once hijacked (MQTT over
-// WebSocket at /mqtt).
+// WebSocket at /mqtt). The listeners of one Server share one count
+// (connCount): HTTP and HTTPS together stay within the bounds.
 type connLimit struct {
 	net.Listener
+	*connCount
+	log zerolog.Logger
+}
+
+// connCount counts the connections open over one or more listeners.
+type connCount struct {
 	maxConns, maxPerHost int
-	log                  zerolog.Logger
 
 	mu    sync.Mutex     // guards total, hosts
 	total int            // connections open
 	hosts map[string]int // connections open per host; a host is here while it has one
 }
 
+func newConnCount(maxConns, maxPerHost int) *connCount {
+	return &connCount{maxConns: maxConns, maxPerHost: maxPerHost, hosts: map[string]int{}}
+}
+
+// newConnLimit limits l by a count of its own.
 func newConnLimit(l net.Listener, maxConns, maxPerHost int, log zerolog.Logger) *connLimit {
-	return &connLimit{Listener: l, maxConns: maxConns, maxPerHost: maxPerHost, log: log, hosts: map[string]int{}}
+	return limitBy(l, newConnCount(maxConns, maxPerHost), log)
+}
+
+// limitBy limits l by count, which other listeners may share.
+func limitBy(l net.Listener, count *connCount, log zerolog.Logger) *connLimit {
+	return &connLimit{Listener: l, connCount: count, log: log}
 }
 
 // Accept returns the next connection within the limits; it closes those
@@ -48,12 +64,12 @@ func (l *connLimit) Accept() (net.Conn, error) {
 			c.Close() //nolint:errcheck // refused either way
 			continue
 		}
-		return &limitedConn{Conn: c, l: l, host: host}, nil
+		return &limitedConn{Conn: c, l: l.connCount, host: host}, nil
 	}
 }
 
 // admit counts a connection of host; it says why not ("": counted).
-func (l *connLimit) admit(host string, local bool) string {
+func (l *connCount) admit(host string, local bool) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -68,7 +84,7 @@ func (l *connLimit) admit(host string, local bool) string {
 }
 
 // release counts a connection of host less.
-func (l *connLimit) release(host string) {
+func (l *connCount) release(host string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
@@ -78,7 +94,7 @@ func (l *connLimit) release(host string) {
 }
 
 // open is the number of connections counted (for tests).
-func (l *connLimit) open() int {
+func (l *connCount) open() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.total
@@ -95,7 +111,7 @@ func hostOf(a net.Addr) (string, bool) {
 // limitedConn is a connection counted by l until its first Close.
 type limitedConn struct {
 	net.Conn
-	l    *connLimit
+	l    *connCount
 	host string
 	once sync.Once
 }

@@ -58,8 +58,8 @@
 // # Concurrency
 //
 // The Server owns its http.Server, the count of open event streams (and,
-// under callersMu, the count per caller), the count of connections (its
-// connLimit, under that one's mu), the bytes of answers being written
+// under callersMu, the count per caller), the count of connections over
+// all its listeners (connCount, under its mu), the bytes of answers being written
 // (answerBudget, under its mu), and
 // a semaphore that lets a few GETs at a time have their tree made on the
 // message loop (publishes never queue behind many).
@@ -82,9 +82,11 @@
 // # Caveats
 //
 // Serve speaks plain HTTP: Basic credentials cross the network in the
-// clear unless a TLS proxy is in front. With anonymous access, a GET
-// carries no Origin, so a DNS-rebound page reads what anonymous clients
-// may read (writes, which carry one, are refused). One slow reader of a
+// clear unless ServeTLS or a TLS proxy is in front. With anonymous
+// access, a DNS-rebound page's GET carries no Origin, and over plain HTTP
+// no Fetch Metadata either: it is known by its browser's User-Agent
+// (Broker.HostAllowed), which a browser that lets a page replace it and
+// sends no Fetch Metadata over http would defeat. One slow reader of a
 // large answer may hold most of MaxAnswerBytes for up to WriteTimeout,
 // and other large GETs get 503 meanwhile.
 //

@@ -116,6 +116,7 @@ type Server struct {
 	// GETs, a few at a time, so publishes are never queued behind many.
 	trees   chan struct{}
 	answers answerBudget  // bytes of GET answers being written
+	conns   *connCount    // connections open over every listener (MaxConns)
 	closing chan struct{} // closed by Close: event streams end
 	once    sync.Once
 }
@@ -154,7 +155,8 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.Web == nil {
 		o.Web = http.HandlerFunc(noWeb)
 	}
-	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), callers: map[string]int{}, answers: answerBudget{max: o.MaxAnswerBytes}}
+	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), callers: map[string]int{}, answers: answerBudget{max: o.MaxAnswerBytes},
+		conns: newConnCount(o.MaxConns, o.MaxConnsPerHost)}
 	if s.opts.Health == nil {
 		s.opts.Health = s.loopHealth
 	}
@@ -196,8 +198,7 @@ func (s *Server) Serve(l net.Listener) error { return s.serve(l, nil) }
 // ServeTLS serves the API over TLS (HTTPS, HTTP/1.1) on l, as Serve does,
 // with conf (e.g. Broker.ServerTLS, which follows reloads of the
 // certificate). A Server may serve several listeners at once (HTTP and
-// HTTPS); each listener keeps its connections within MaxConns and
-// MaxConnsPerHost of its own.
+// HTTPS): MaxConns and MaxConnsPerHost bound their connections together.
 func (s *Server) ServeTLS(l net.Listener, conf *tls.Config) error {
 	if conf == nil {
 		return errors.New("httpapi: HTTPS without a TLS configuration (a certificate and its key)")
@@ -209,7 +210,7 @@ func (s *Server) serve(l net.Listener, conf *tls.Config) error {
 	if s.b.LocalOnly() && !isLoopback(l.Addr()) {
 		return fmt.Errorf("httpapi: %s is not a loopback address: without a password file and without anonymous access the broker serves loopback only", l.Addr())
 	}
-	l = newConnLimit(l, s.opts.MaxConns, s.opts.MaxConnsPerHost, s.log)
+	l = limitBy(l, s.conns, s.log)
 	if conf != nil {
 		// Inside the limit, so the server sees *tls.Conn: r.TLS is set
 		// (the origin rule wants https pages) and the handshake has the
