@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/mote-mqtt/mote/broker"
@@ -62,6 +63,9 @@ func TestRebindPlainHTTP(t *testing.T) {
 			e.s.Handler().ServeHTTP(rec, req)
 			if rec.Code != tc.want {
 				t.Errorf("HTTP %d, want %d: %s", rec.Code, tc.want, rec.Body)
+			}
+			if rec.Code == http.StatusForbidden && !strings.Contains(rec.Body.String(), "Mozilla/ User-Agent") {
+				t.Errorf("the refusal does not say what made the request a browser's: %s", rec.Body)
 			}
 		})
 	}

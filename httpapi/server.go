@@ -423,7 +423,7 @@ func (s *Server) hostAllowed(w http.ResponseWriter, r *http.Request, p broker.Pr
 		return true
 	}
 	s.log.Debug().Str("remote", r.RemoteAddr).Str("host", r.Host[:min(len(r.Host), 200)]).Msg("http: anonymous request under a host name refused")
-	writeError(w, http.StatusForbidden, fmt.Sprintf("host %.100q is not served without credentials: name the broker by an IP address or localhost, list its origin (http://%.100s) in allowed_origins, or log in (DNS rebinding)", r.Host, r.Host), "")
+	writeError(w, http.StatusForbidden, fmt.Sprintf("host %.100q is not served to a browser (an Origin, Sec-Fetch-* or Mozilla/ User-Agent header) without credentials: name the broker by an IP address or localhost, list its origin (http://%.100s) in allowed_origins, or log in (DNS rebinding)", r.Host, r.Host), "")
 	return false
 }
 
