@@ -43,6 +43,17 @@ func TestRebindPlainHTTP(t *testing.T) {
 		{"chromium, listed name", broker.Options{AllowAnonymous: true, AllowedOrigins: []string{"http://broker.lan:1885"}}, "broker.lan:1885", chromeUA, "", http.StatusOK},
 		{"chromium, a user's credentials", broker.Options{Users: users, AllowAnonymous: true}, "broker.example:1885", chromeUA, "alice", http.StatusOK},
 		{"chromium, a username without a password file", anon, "rebind.evil.example:1885", chromeUA, "mallory", http.StatusForbidden},
+		// Host forms: browsers send an IPv4 address in dotted decimal
+		// (they rewrite 2130706433 and 0x7f.1), names in lower case and
+		// punycode, no IPv6 zone; what else comes is refused, harmlessly.
+		{"chromium, decimal IPv4", anon, "2130706433:1885", chromeUA, "", http.StatusForbidden},
+		{"chromium, hex IPv4", anon, "0x7f.1:1885", chromeUA, "", http.StatusForbidden},
+		{"chromium, IPv6 zone", anon, "[fe80::1%25eth0]:1885", chromeUA, "", http.StatusForbidden},
+		{"chromium, localhost as a subdomain", anon, "localhost.evil.example:1885", chromeUA, "", http.StatusForbidden},
+		{"chromium, LOCALHOST", anon, "LOCALHOST:1885", chromeUA, "", http.StatusOK},
+		{"chromium, localhost with a trailing dot", anon, "localhost.:1885", chromeUA, "", http.StatusOK},
+		{"chromium, IPv4-mapped IPv6", anon, "[::ffff:127.0.0.1]:1885", chromeUA, "", http.StatusOK},
+		{"chromium, listed name with a trailing dot", broker.Options{AllowAnonymous: true, AllowedOrigins: []string{"http://broker.lan:1885"}}, "broker.lan.:1885", chromeUA, "", http.StatusOK},
 		{"curl by name", anon, "broker.example:1885", "curl/8.5.0", "", http.StatusOK},
 		{"prometheus by name", anon, "broker.example:1885", "Prometheus/3.0.0", "", http.StatusOK},
 		{"go by name", anon, "broker.example:1885", "Go-http-client/1.1", "", http.StatusOK},
