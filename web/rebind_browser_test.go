@@ -96,6 +96,7 @@ func TestRebindInChromium(t *testing.T) {
 	})
 	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 	const read = `fetch('/api/tree/%23').then(r => r.status, e => 'failed: ' + e)`
+	const spoof = `fetch('/api/tree/%23', {headers: {'User-Agent': 'curl/8.5.0'}}).then(r => r.status, e => 'failed: ' + e)`
 	const ws = `new Promise(res => { const s = new WebSocket('ws://' + location.host + '/mqtt', 'mqtt');
 		s.onopen = () => { s.close(); res('open') }; s.onerror = () => res('refused') })`
 	for _, tc := range []struct {
@@ -115,6 +116,11 @@ func TestRebindInChromium(t *testing.T) {
 			}
 			if got := eval[string](tb, ws); got != tc.wantWS {
 				t.Errorf("WebSocket from http://%s: %s, want %s", tc.host, got, tc.wantWS)
+			}
+			// The page cannot pass for a program: Chromium keeps its own
+			// User-Agent whatever fetch is told to send.
+			if got := eval[any](tb, spoof); got != tc.wantRead {
+				t.Errorf("GET /api/tree/%%23 from http://%s with User-Agent curl: %v, want %v", tc.host, got, tc.wantRead)
 			}
 		})
 	}
