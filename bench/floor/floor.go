@@ -169,12 +169,14 @@ var errDisconnect = errors.New("disconnect")
 
 func (s *Server) session(c *conn) error {
 	c.nc.SetReadDeadline(time.Now().Add(connectWait)) //nolint:errcheck // a read fails instead
-	typ, body, err := c.next()
+	if first, err := c.r.Peek(1); err != nil {
+		return fmt.Errorf("reading CONNECT: %w", err)
+	} else if first[0] != 0x10 {
+		return fmt.Errorf("first packet is %#x, not CONNECT", first[0])
+	}
+	_, body, err := c.next()
 	if err != nil {
 		return fmt.Errorf("reading CONNECT: %w", err)
-	}
-	if typ>>4 != 1 {
-		return fmt.Errorf("first packet is type %d, not CONNECT", typ>>4)
 	}
 	if err := s.connect(c, body); err != nil {
 		return err
