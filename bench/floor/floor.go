@@ -127,13 +127,13 @@ func (s *Server) accept() {
 	defer s.wg.Done()
 	for {
 		nc, err := s.ln.Accept()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond) // out of files: try again
-				continue
-			}
+		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if err != nil { // out of files, a connection reset before accept: try again
+			s.log.Warn("floor: accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
 		c := &conn{nc: nc, r: bufio.NewReaderSize(nc, readSize)}
 		s.mu.Lock()
