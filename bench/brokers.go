@@ -30,7 +30,10 @@ type Broker struct {
 	// Cluster says the broker's binary runs `mote broker --cluster`
 	// nodes (the cluster scenario), bin.
 	Cluster bool
-	bin     string
+	// Floor says the broker serves only the scenarios marked floor
+	// (plain QoS 0 delivery, no retained messages, no sessions): go-floor.
+	Floor bool
+	bin   string
 	// args returns the command line for the listeners l, with dir for data.
 	args func(l listeners, dir string) ([]string, error)
 
@@ -80,6 +83,17 @@ func hasFlag(bin, flag string) bool {
 func Mochi(bin string) *Broker {
 	return &Broker{Name: "mochi", args: func(l listeners, _ string) ([]string, error) {
 		return []string{bin, "mochi", "--tcp", l.TCP}, nil
+	}}
+}
+
+// FloorName is the name of the Go floor broker (GoFloor).
+const FloorName = "go-floor"
+
+// GoFloor is `mote floor` from the binary bin (package bench/floor): the
+// least MQTT 3.1.1 broker in Go, run only in the scenarios it can serve.
+func GoFloor(bin string) *Broker {
+	return &Broker{Name: FloorName, Floor: true, args: func(l listeners, _ string) ([]string, error) {
+		return []string{bin, "floor", "--tcp", l.TCP}, nil
 	}}
 }
 

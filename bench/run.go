@@ -85,6 +85,9 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 					if sc.cluster && !b.Cluster {
 						continue // a cluster of this broker's nodes: Mote's
 					}
+					if b.Floor && !sc.floor {
+						continue // needs what go-floor leaves out (retained messages, sessions, QoS 1 delivery)
+					}
 					if ctx.Err() != nil {
 						return runs, ctx.Err()
 					}

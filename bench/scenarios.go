@@ -91,6 +91,7 @@ type scenario struct {
 	higherBetter        bool
 	everywhere          bool // plain MQTT: every broker runs it
 	noRatio             bool // no ratio line (a variant measured for itself)
+	floor               bool // go-floor can serve it (Broker.Floor)
 	// versus names the variant of the same scenario this one is compared
 	// with on the same broker (HTTP against MQTT): its ratio lines.
 	versus string
@@ -115,11 +116,11 @@ type scenario struct {
 
 func scenarios() []scenario {
 	return append([]scenario{
-		{name: "fan-in", variant: "qos0", unit: "msgs/s", higherBetter: true, everywhere: true,
+		{name: "fan-in", variant: "qos0", unit: "msgs/s", higherBetter: true, everywhere: true, floor: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 0) }},
-		{name: "fan-in", variant: "qos1", unit: "msgs/s", higherBetter: true, everywhere: true, noRatio: true,
+		{name: "fan-in", variant: "qos1", unit: "msgs/s", higherBetter: true, everywhere: true, noRatio: true, floor: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return fanIn(ctx, a, s, 1) }},
-		{name: "fan-out", variant: "qos0", unit: "msgs/s", higherBetter: true, everywhere: true, run: fanOut},
+		{name: "fan-out", variant: "qos0", unit: "msgs/s", higherBetter: true, everywhere: true, floor: true, run: fanOut},
 		{name: "dashboard", variant: "plain", unit: "s", everywhere: true, noRatio: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return dashboard(ctx, a, s, false) }},
 		{name: "dashboard", variant: "sync", unit: "s",
@@ -140,7 +141,7 @@ func scenarios() []scenario {
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return reconnect(ctx, a, s, "sync") }},
 		{name: "reconnect", variant: "resume", unit: "bytes",
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return reconnect(ctx, a, s, "resume") }},
-		{name: "latency", variant: "plain", unit: "p50-µs", everywhere: true, noRatio: true,
+		{name: "latency", variant: "plain", unit: "p50-µs", everywhere: true, noRatio: true, floor: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, false) }},
 		{name: "latency", variant: "tree", unit: "p50-µs",
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, true) }},

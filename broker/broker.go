@@ -150,8 +150,9 @@ func New(opts Options) (*Broker, error) {
 	b.wills = wills{b: b, delayed: map[string]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
-		Capabilities: caps,
-		Logger:       newSlog(opts.Log),
+		Capabilities:            caps,
+		ClientNetReadBufferSize: clientReadBuffer,
+		Logger:                  newSlog(opts.Log),
 		// The broker publishes $SYS itself (sys.go), through the door;
 		// mochi's own ticker would bypass it.
 		SysTopicResendInterval: math.MaxInt32,

@@ -29,7 +29,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	asJSON := fs.Bool("json", false, "print every run as JSON instead of the table")
 	baseline := fs.String("baseline", "", "another mote binary (an earlier build) to run beside this one, as "+bench.Baseline)
 	translators := fs.Bool("translators", false, "also run Mote with 100 translators that match no scenario's topics, as "+bench.Translate)
-	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", mosquitto); default all")
+	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", mosquitto, "+bench.FloorName+"); default all but "+bench.FloorName)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario … | curves]\n       mote bench plot -in runs.json -out curves.svg\nscenarios: %v\n", bench.Names())
 		fs.PrintDefaults()
@@ -54,6 +54,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "mote bench: mosquitto is not installed (apt-get install mosquitto): running Mote and mochi only")
 	}
 	if *only != "" {
+		brokers = append(brokers, bench.GoFloor(self)) // only when named
 		keep := strings.Split(*only, ",")
 		brokers = slices.DeleteFunc(brokers, func(b *bench.Broker) bool { return !slices.Contains(keep, b.Name) })
 		if len(brokers) == 0 {

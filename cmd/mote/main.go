@@ -75,6 +75,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runTranslate(args[1:], stdout, stderr)
 	case "mochi": // bare mochi-mqtt, for mote bench
 		return runMochi(ctx, args[1:], stderr)
+	case "floor": // the least Go MQTT broker, for mote bench
+		return runFloor(ctx, args[1:], stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+	"log/slog"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mote-mqtt/mote/bench/floor"
+)
+
+// runFloor is `mote floor`: the least MQTT 3.1.1 broker in Go (package
+// bench/floor), what `mote bench` measures as go-floor: the floor a
+// goroutine-per-connection Go broker cannot go below. Not a broker to
+// run: no retained messages, no sessions, QoS 0 delivery only.
+func runFloor(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mote floor", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("tcp", "127.0.0.1:1883", "TCP listener address")
+	pprofAddr := fs.String("pprof", "", "serve Go profiles at ADDR/debug/pprof/ (off if empty)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *pprofAddr != "" {
+		_, stop, err := servePprof(*pprofAddr, zerolog.New(stderr))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	return floor.ListenAndServe(ctx, *addr, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+}
