@@ -15,8 +15,9 @@ import (
 )
 
 // conn is the broker's side of one subscriber: an MQTT connection, or a
-// session of the door. It has a queue and a writer goroutine that takes
-// messages from it and writes them to the endpoint, and it owns nothing
+// session of the door. It has a queue and a writer goroutine, running
+// while there is something to write, that takes messages from it and
+// writes them to the endpoint, and it owns nothing
 // else: tree subscription state is the loop's (treeSub), plain
 // subscriptions are in mochi's topic index under id.
 type conn struct {
@@ -100,8 +101,8 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	if c.id == "" {
 		c.id = c.key
 	}
-	b.writers.Add(1)
-	go c.writeLoop()
+	c.q.start = c.startWriter
+	b.writers.Add(1) // done by the writer that does the finishing duties
 	return c
 }
 
@@ -123,8 +124,7 @@ func (c *conn) enqueueToken(m item) {
 	}
 	c.q.items = append(c.q.items, m)
 	c.q.bytes += m.cost()
-	c.q.mu.Unlock()
-	c.q.signal()
+	c.q.unlockAndWake()
 }
 
 // slow applies the slow-client policy to a message that did not fit (its
