@@ -50,7 +50,7 @@ type conn struct {
 	handed     chan struct{}     // closed when over
 
 	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
-	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id
+	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id; nil until the first
 	flightBytes int
 
 	// Touched only by an MQTT connection's read goroutine, where mochi runs
@@ -95,7 +95,6 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 		q:      newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
 		out:    out,
 		acked:  make(chan struct{}, 1),
-		flight: map[uint16]int{},
 		handed: make(chan struct{}),
 	}
 	if c.id == "" {
@@ -357,6 +356,9 @@ func (c *conn) unpark() bool {
 // connection's queue bound until the client acknowledges it.
 func (c *conn) inFlight(id uint16, n int) {
 	c.flightMu.Lock()
+	if c.flight == nil { // most connections never have a QoS 1/2 delivery in flight
+		c.flight = map[uint16]int{}
+	}
 	c.flightBytes += n - c.flight[id]
 	c.flight[id] = n
 	c.flightMu.Unlock()
