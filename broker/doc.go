@@ -188,7 +188,7 @@
 //
 //	goroutine                    owner                          stops when
 //	mochi read loop (per client) mochi; guard() recovers it      connection closes
-//	mochi write loop (per client) mochi (Client.WriteLoop)        connection closes (it writes what mochi queues; deliveries are the writer's)
+//	mochi writer (per client)    mochi (Client.WriteLoop)       connection closes (it writes what mochi queues; deliveries are the writer's)
 //	message loop                 Broker                         Close closes its inbox, after the sessions end
 //	writer (per connection)      conn; started by a wake-up     idle for a second (the next wake-up starts another), or its queue
 //	                             when none runs (outQueue)      closes: then it does the finishing duties (handReplaysOn,
