@@ -51,7 +51,7 @@ func TestIdleConnHoldsNoWriter(t *testing.T) {
 	if got := b.stats.Writers.Load(); got != 0 {
 		t.Fatalf("%d writers run for %d connections that never had anything to write", got, n)
 	}
-	if got := writerStacks(); got != base {
+	if got := writerStacks(); got > base { // other tests' brokers may still be stopping theirs
 		t.Fatalf("%d writer goroutines for %d idle connections (%d before)", got-base, n, base)
 	}
 
@@ -67,7 +67,7 @@ func TestIdleConnHoldsNoWriter(t *testing.T) {
 		}
 	}
 	waitWriters(t, b, 0)
-	if got := writerStacks(); got != base {
+	if got := writerStacks(); got > base {
 		t.Fatalf("%d writer goroutines once the connections were idle again (%d before)", got-base, base)
 	}
 }
