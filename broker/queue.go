@@ -174,12 +174,6 @@ func (q *outQueue) spendLocked(now time.Time) {
 	}
 }
 
-// signal wakes the writer, or starts it if none runs.
-func (q *outQueue) signal() {
-	q.mu.Lock()
-	q.unlockAndWake()
-}
-
 // unlockAndWake leaves a wake-up for the writer, starting one if none
 // runs, and unlocks mu (held). The wake-up is left with mu held, so a
 // writer that finds none under mu (idle) may stop: whoever comes next
