@@ -76,11 +76,15 @@ type Broker struct {
 	loopDone chan struct{}
 	stop     chan struct{}  // closed by Close: stops the $SYS ticker
 	splits   chan struct{}  // snapshots being split, at most its capacity at once
-	writers  sync.WaitGroup // per-connection writers
+	writers  sync.WaitGroup // connections whose writer has not done its finishing duties
 	tickers  sync.WaitGroup // the $SYS ticker
 	started  bool
 	closing  sync.Once
 	closeErr error
+
+	// writerIdle is how long (ns) a writer waits for work before it exits
+	// (0: writerIdleFor, writer.go); tests shorten it.
+	writerIdle atomic.Int64
 
 	stats      Stats
 	meter      *meters       // Prometheus figures (metrics.go)
@@ -100,6 +104,7 @@ type Stats struct {
 	Throttled    atomic.Int64 // publishes that waited for the disk
 	Direct       atomic.Int64 // QoS 0 messages written by their deliverer, not handed to a writer (direct.go)
 	DirectRest   atomic.Int64 // of those, the ones the socket did not take whole: their writer wrote the rest
+	Writers      atomic.Int64 // writer goroutines running now: one runs only while its connection has something to write (writer.go)
 }
 
 // New builds a broker; Start loads its rows and binds its listeners.

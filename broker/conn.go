@@ -15,8 +15,9 @@ import (
 )
 
 // conn is the broker's side of one subscriber: an MQTT connection, or a
-// session of the door. It has a queue and a writer goroutine that takes
-// messages from it and writes them to the endpoint, and it owns nothing
+// session of the door. It has a queue and a writer goroutine, running
+// while there is something to write, that takes messages from it and
+// writes them to the endpoint, and it owns nothing
 // else: tree subscription state is the loop's (treeSub), plain
 // subscriptions are in mochi's topic index under id.
 type conn struct {
@@ -49,7 +50,7 @@ type conn struct {
 	handed     chan struct{}     // closed when over
 
 	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
-	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id
+	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id; nil until the first
 	flightBytes int
 
 	// Touched only by an MQTT connection's read goroutine, where mochi runs
@@ -94,14 +95,13 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 		q:      newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
 		out:    out,
 		acked:  make(chan struct{}, 1),
-		flight: map[uint16]int{},
 		handed: make(chan struct{}),
 	}
 	if c.id == "" {
 		c.id = c.key
 	}
-	b.writers.Add(1)
-	go c.writeLoop()
+	c.q.start = c.startWriter
+	b.writers.Add(1) // done by the writer that does the finishing duties
 	return c
 }
 
@@ -123,8 +123,7 @@ func (c *conn) enqueueToken(m item) {
 	}
 	c.q.items = append(c.q.items, m)
 	c.q.bytes += m.cost()
-	c.q.mu.Unlock()
-	c.q.signal()
+	c.q.unlockAndWake()
 }
 
 // slow applies the slow-client policy to a message that did not fit (its
@@ -357,6 +356,9 @@ func (c *conn) unpark() bool {
 // connection's queue bound until the client acknowledges it.
 func (c *conn) inFlight(id uint16, n int) {
 	c.flightMu.Lock()
+	if c.flight == nil { // most connections never have a QoS 1/2 delivery in flight
+		c.flight = map[uint16]int{}
+	}
 	c.flightBytes += n - c.flight[id]
 	c.flight[id] = n
 	c.flightMu.Unlock()

@@ -60,10 +60,11 @@ func (q *outQueue) unclaim(left bool) {
 	if left {
 		q.role, q.pending = roleWriter, true
 	}
-	q.mu.Unlock()
-	if wake {
-		q.signal()
+	if !wake {
+		q.mu.Unlock()
+		return
 	}
+	q.unlockAndWake()
 }
 
 // takeOver reports whether a direct write left bytes for the writer to

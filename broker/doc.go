@@ -72,8 +72,13 @@
 // Every message to a client — plain publishes, retained replays, snapshots,
 // deltas, error reports — goes through its connection's queue (queue.go:
 // typed items, bounded in bytes) and its one writer goroutine (writer.go),
-// which takes packet ids and in-flight slots from mochi's client state in
-// one place (takeInflight), waits for in-flight room on mochi's ack hooks,
+// which runs only while there is something to write: a wake-up (an item
+// queued, a release, a direct write's rest, the queue's close) starts it
+// if none runs, and it stops once it has found nothing for a second, so
+// an idle connection holds no writer (the queue's running flag, changed
+// under its mutex, with the wake-up left under it too, so none is lost).
+// The writer takes packet ids and in-flight slots from mochi's client
+// state in one place (takeInflight), waits for in-flight room on mochi's ack hooks,
 // skips what exceeds the client's Maximum Packet Size, and closes the
 // connection when a write fails or passes its deadline. A snapshot or a
 // retained replay is a token in the queue: the loop makes it when the
@@ -183,8 +188,11 @@
 //
 //	goroutine                    owner                          stops when
 //	mochi read loop (per client) mochi; guard() recovers it      connection closes
+//	mochi writer (per client)    mochi (Client.WriteLoop)       connection closes (it writes what mochi queues; deliveries are the writer's)
 //	message loop                 Broker                         Close closes its inbox, after the sessions end
-//	writer (per connection)      conn                           its queue closes (connection ends, or Close)
+//	writer (per connection)      conn; started by a wake-up     idle for a second (the next wake-up starts another), or its queue
+//	                             when none runs (outQueue)      closes: then it does the finishing duties (handReplaysOn,
+//	                                                            finish), and Close waits for it (Broker.writers)
 //	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
 //	$SYS ticker                  Broker                         Close
 //	delayed will timers          wills                          fired, cancelled by a reconnect, or Close
@@ -198,6 +206,7 @@
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
+//	whether a writer runs (running)     the queue's mutex: set by the wake-up that starts one, cleared by the writer stopping idle
 //	a connection's write role, its      the queue's mutex gives it (outQueue.role); its holder (writer,
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's

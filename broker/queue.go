@@ -143,8 +143,16 @@ type outQueue struct {
 	earned   int       // bytes written toward the next creditBytes
 	stalled  bool      // credit ran out, and has not come back whole
 
-	wake chan struct{} // one slot: items, a release, an in-flight slot freed
+	wake chan struct{} // one slot: items, a release, a direct write's rest (sent with mu held: see idle)
 	done chan struct{} // closed by close
+
+	// The writer goroutine runs only while there is something to write
+	// (writer.go): a wake-up starts it if it is not running (start), and
+	// it stops once it found nothing for a while (idle). Once the queue is
+	// closed a writer runs (close starts one if none does) and does its
+	// finishing duties; none starts after it.
+	running bool   // a writer goroutine runs (mu held to change it)
+	start   func() // starts the writer goroutine (the conn's); nil: none (a queue on its own, in tests)
 }
 
 // creditBytes is what a client is written for each patience of credit.
@@ -166,11 +174,37 @@ func (q *outQueue) spendLocked(now time.Time) {
 	}
 }
 
-func (q *outQueue) signal() {
+// unlockAndWake leaves a wake-up for the writer, starting one if none
+// runs, and unlocks mu (held). The wake-up is left with mu held, so a
+// writer that finds none under mu (idle) may stop: whoever comes next
+// starts another.
+func (q *outQueue) unlockAndWake() {
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
+	start := !q.running && q.start != nil
+	if start {
+		q.running = true
+	}
+	q.mu.Unlock()
+	if start {
+		q.start()
+	}
+}
+
+// idle reports whether the writer may stop, having found nothing to write
+// for a while: no wake-up waits and the queue is open (a closed queue's
+// writer does its finishing duties). From then on the next wake-up starts
+// a writer.
+func (q *outQueue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed || len(q.wake) > 0 {
+		return false
+	}
+	q.running = false
+	return true
 }
 
 // pushResult is what became of a pushed item.
@@ -234,8 +268,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 	}
 	q.items = append(q.items, m)
 	q.bytes += c
-	q.mu.Unlock()
-	q.signal()
+	q.unlockAndWake()
 	return pushed
 }
 
@@ -344,21 +377,21 @@ func (q *outQueue) hold() {
 func (q *outQueue) release() {
 	q.mu.Lock()
 	q.held--
-	q.mu.Unlock()
-	q.signal()
+	q.unlockAndWake()
 }
 
-// close ends the queue: it wakes the writer and every waiting publisher,
-// and keeps, of what was not taken, the QoS 1/2 plain messages (the
-// leftovers, which a persistent session must not lose: see
-// conn.finish) and drops the rest. It reports whether it closed the queue
-// (false: already closed).
+// close ends the queue: it wakes the writer (or starts one, for its
+// finishing duties) and every waiting publisher, and keeps, of what was
+// not taken, the QoS 1/2 plain messages (the leftovers, which a
+// persistent session must not lose: see conn.finish) and drops the rest.
+// It reports whether it closed the queue (false: already closed).
 func (q *outQueue) close() bool {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if q.closed {
+		q.mu.Unlock()
 		return false
 	}
+	defer q.unlockAndWake()
 	q.closed = true
 	for _, m := range q.items[q.head:] {
 		if !q.leaveLocked(m) {
@@ -517,8 +550,7 @@ func (q *outQueue) pushFront(ms []*plainItem) int {
 	}
 	clear(q.items[:q.head])
 	q.items, q.head = append(items, q.items[q.head:]...), 0
-	q.mu.Unlock()
-	q.signal()
+	q.unlockAndWake()
 	return 0
 }
 

@@ -17,25 +17,66 @@ import (
 // whole backlog is written.
 const takeBytes = 64 << 10
 
+// writerIdleFor is how long a writer waits for more once it found nothing
+// to write before it stops (between one and two of these): a steady
+// stream keeps one writer, an idle connection holds none (issue 15: a
+// goroutine's stack was a third of an idle connection's memory).
+const writerIdleFor = time.Second
+
+// startWriter starts the connection's writer goroutine (outQueue.start,
+// called with the queue's running flag set).
+func (c *conn) startWriter() { go c.writeLoop() }
+
 // writeLoop is the connection's writer: the one path every message to the
 // client takes. It takes items in order and writes them; snapshots,
 // retained replays and folded deltas are made by the message loop when the
-// writer reaches them. It ends when the connection closes.
+// writer reaches them. It runs while there is something to write: started
+// by a wake-up (outQueue.unlockAndWake), it stops once it has found
+// nothing for a while, or, when the connection closes, once it has done
+// its finishing duties (the leftovers' replays, handReplaysOn, and their
+// hand-off, conn.finish) — the one writer that does them, whose exit the
+// broker's Close waits for (Broker.writers).
 func (c *conn) writeLoop() {
+	c.b.stats.Writers.Add(1)
+	defer c.b.stats.Writers.Add(-1)
+	if !c.writeUntilDone() {
+		return // idle: a wake-up starts another
+	}
 	defer c.b.writers.Done()
 	defer c.finish(false, false)
-	defer c.handReplaysOn()
+	c.handReplaysOn()
+}
+
+// writeUntilDone writes what the queue holds as it comes; it returns false
+// when it may stop idle (outQueue.idle), true when the connection is done
+// (its queue closed, or a write failed).
+func (c *conn) writeUntilDone() bool {
+	d := time.Duration(c.b.writerIdle.Load())
+	if d <= 0 {
+		d = writerIdleFor
+	}
+	idle := time.NewTimer(d)
+	defer idle.Stop()
+	busy := false // woken since the timer was last set
 	var batch []item
 	for {
 		select {
 		case <-c.q.wake:
 		case <-c.q.done:
-			return
+			return true
+		case <-idle.C:
+			if !busy && c.q.idle() {
+				return false
+			}
+			busy = false
+			idle.Reset(d)
+			continue
 		}
+		busy = true
 		if c.q.takeOver() { // a direct write left bytes: they go first
 			if err := c.out.flush(); err != nil {
 				c.fail(err)
-				return
+				return true
 			}
 		}
 		for {
@@ -57,13 +98,13 @@ func (c *conn) writeLoop() {
 					}
 					c.q.unsent(batch[i:])
 					clear(batch)
-					return
+					return true
 				}
 				batch[i] = nil
 			}
 			if err := c.out.flush(); err != nil { // one write for the batch
 				c.fail(err)
-				return
+				return true
 			}
 		}
 	}
