@@ -555,7 +555,7 @@ func (r *Retainer) commit(closing bool) error {
 		r.mu.Unlock()
 		return nil
 	}
-	// A copy for the store to sort: Deleted reads batch meanwhile.
+	// One slice for the store (the set is in chunks); Deleted reads batch meanwhile.
 	changes := batch.appendTo(slices.Grow(r.scratch[:0], batch.len()))
 	defer func() { // the slice (unless a storm's) and, once committed, the set serve the next commit
 		r.scratch = nil
