@@ -78,6 +78,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -398,13 +399,14 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	changes := b.Changes
 	order := sortedOrder(changes)
 	var rejected []Rejected
-	// Every key and value of the rows lives in one arena, allocated once
-	// (bbolt keeps them until the transaction ends): a boot storm's
-	// commit of 10,000 rows makes 1 allocation here instead of 20,000.
+	// Every value of the rows lives in one arena, allocated once (bbolt
+	// keeps them until the transaction ends): a boot storm's commit of
+	// 10,000 rows makes 1 allocation here instead of 10,000. The keys are
+	// the topics' own bytes (keyOf).
 	size := 0
 	for i := range changes {
 		if c := &changes[i]; sizeError(len(c.Topic), len(c.Value.Data)) == nil {
-			size += len(c.Topic) + rowHead + len(c.Value.Data)
+			size += rowHead + len(c.Value.Data)
 		}
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -414,8 +416,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		var refused map[string]bool
 		for _, i := range order {
 			c := &changes[i]
-			key := a.take(len(c.Topic))
-			copy(key, c.Topic)
+			key := keyOf(c.Topic)
 			if c.Value.Kind == wire.None {
 				if keyError(len(c.Topic)) != nil {
 					continue
@@ -482,6 +483,14 @@ func sortedOrder(changes []Change) []int32 {
 	}
 	slices.SortFunc(order, func(a, b int32) int { return strings.Compare(changes[a].Topic, changes[b].Topic) })
 	return order
+}
+
+// keyOf is the bytes of topic as a bbolt key, without a copy: bbolt's
+// Put copies the key it keeps, and Put, Delete and Get only read it (the
+// bytes are a string's: never written). A copy of every topic was 1 of a
+// boot storm's ~10 allocations a row.
+func keyOf(topic string) []byte {
+	return unsafe.Slice(unsafe.StringData(topic), len(topic))
 }
 
 // keyError is why bbolt cannot hold a key of n bytes, or nil.
