@@ -43,7 +43,12 @@
 // Every commit is one bbolt transaction, fsynced. The retainer commits at
 // most every Options.Interval or Options.MaxBatch rows: after a crash at
 // most the rows of the last unfinished interval are lost, and bbolt's
-// copy-on-write pages mean the file always opens clean.
+// copy-on-write pages mean the file always opens clean. bbolt's freelist
+// (its list of free pages) is not written at a commit (NoFreelistSync):
+// bbolt rebuilds it from the pages at open. That changes nothing for
+// committed rows, whose pages and meta page are fsynced as ever, and the
+// file format stays bbolt's: a file with a written freelist opens, and
+// builds of bbolt that expect one rebuild it (TestFreelistNotSynced).
 //
 // A row the store refuses is logged, counted in Retainer.Lost, reported to
 // Options.OnReject, and answered as an error naming it to the waiters
