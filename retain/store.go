@@ -490,8 +490,8 @@ func sortedOrder(changes []Change) []int32 {
 
 // keyOf is the bytes of topic as a bbolt key, without a copy: bbolt's
 // Put copies the key it keeps, and Put, Delete and Get only read it (the
-// bytes are a string's: never written). A copy of every topic was 1 of a
-// boot storm's ~10 allocations a row.
+// bytes are a string's: never written). Copying every topic into the
+// commit's arena first was a second copy of each key.
 func keyOf(topic string) []byte {
 	return unsafe.Slice(unsafe.StringData(topic), len(topic))
 }
