@@ -297,7 +297,7 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 				origin = ""
 			}
 			for _, row := range a.Rows {
-				b.deliverPlain(&message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: origin, qos: ops[i].QoS, retain: row.Retain}, pubWait{})
+				b.deliverRow(message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: origin, qos: ops[i].QoS, retain: row.Retain})
 			}
 		}
 		if m.trans != nil {

@@ -32,7 +32,7 @@ func BenchmarkBootStorm(b *testing.B) {
 			name = "tree"
 		}
 		b.Run(name, func(b *testing.B) {
-			var cpu, check float64
+			var cpu, check, commits float64
 			for b.Loop() {
 				b.StopTimer()
 				st, err := retain.Open(b.TempDir())
@@ -55,12 +55,14 @@ func BenchmarkBootStorm(b *testing.B) {
 					b.Fatal(err)
 				}
 				check += (processCPU() - cpu1).Seconds()
+				commits += float64(br.ret.Commits.Load())
 				br.Close()
 				b.StartTimer()
 			}
 			b.ReportMetric(cpu/float64(b.N*devices*rows)*1e9, "cpu-ns/row")
 			b.ReportMetric(cpu/float64(b.N*devices)*1e6, "cpu-µs/device")
 			b.ReportMetric(check/float64(b.N*devices*rows)*1e9, "check-cpu-ns/row")
+			b.ReportMetric(commits/float64(b.N), "commits/op")
 		})
 	}
 }

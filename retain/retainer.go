@@ -176,7 +176,7 @@ func New(store RowStore, opts Options, log zerolog.Logger) (*Retainer, error) {
 		store:   store,
 		opts:    opts.withDefaults(),
 		log:     log,
-		pending: &rowSet{},
+		pending: newRowSet(opts.withDefaults().MaxBatch),
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		pruned:  time.Now(),
@@ -539,7 +539,7 @@ func (r *Retainer) commit(closing bool) error {
 	batch, hist, waiters := r.pending, r.hist, r.waiters
 	next := r.spare
 	if next == nil {
-		next = &rowSet{}
+		next = newRowSet(r.opts.MaxBatch)
 	}
 	r.pending, r.hist, r.waiters, r.spare = next, nil, nil, nil
 	r.committing = batch
@@ -555,7 +555,7 @@ func (r *Retainer) commit(closing bool) error {
 		r.mu.Unlock()
 		return nil
 	}
-	// A copy for the store to sort: Deleted reads batch meanwhile.
+	// One slice for the store (the set is in chunks); Deleted reads batch meanwhile.
 	changes := batch.appendTo(slices.Grow(r.scratch[:0], batch.len()))
 	defer func() { // the slice (unless a storm's) and, once committed, the set serve the next commit
 		r.scratch = nil

@@ -11,7 +11,14 @@ type rowSet struct {
 	chunks [][]Change       // each of cap chunkRows; all full but the last
 	n      int              // changes held
 	at     map[string]int32 // topic → its index (chunk×chunkRows + place)
+	// hint is the topics the map is first made for: the rows a commit
+	// usually takes (Options.MaxBatch). Grown from empty, rehashing was
+	// half of what a boot storm's rows cost here.
+	hint int
 }
+
+// newRowSet is an empty set whose map is made for hint topics.
+func newRowSet(hint int) *rowSet { return &rowSet{hint: min(hint, spareRows)} }
 
 // chunkRows is the changes of one chunk (36 KiB).
 const chunkRows = 512
@@ -23,7 +30,7 @@ func (s *rowSet) put(c Change) {
 		return
 	}
 	if s.at == nil {
-		s.at = map[string]int32{}
+		s.at = make(map[string]int32, s.hint)
 	}
 	k := s.n / chunkRows
 	if k == len(s.chunks) {
