@@ -105,7 +105,7 @@ func chartsOf(cps []CurvePoint) []*chart {
 // brokerColors are the lines' colors, the same broker the same color on
 // every chart.
 var brokerColors = map[string]string{"mote": "#1f77b4", "mochi": "#ff7f0e", "mosquitto": "#2ca02c",
-	Baseline: "#9467bd", Translate: "#8c564b"}
+	Baseline: "#9467bd", Translate: "#8c564b", Memory: "#bcbd22"}
 
 var otherColors = []string{"#d62728", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"}
 

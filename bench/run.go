@@ -319,9 +319,9 @@ func Ratios(runs []Run) []Ratio {
 		if sc.noRatio {
 			continue
 		}
-		for _, other := range []string{"mochi", "mosquitto", Baseline, Translate} {
+		for _, other := range []string{"mochi", "mosquitto", Baseline, Translate, Memory} {
 			otherVariant := sc.variant
-			if !sc.everywhere && other != Baseline && other != Translate {
+			if !sc.everywhere && other != Baseline && other != Translate && other != Memory {
 				otherVariant = "plain"
 			}
 			whats := []string{"value", "cpu", "msgs"}

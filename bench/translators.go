@@ -36,3 +36,28 @@ func MoteTranslate(bin string) *Broker {
 	}
 	return b
 }
+
+// Memory names Mote run with nothing persisted (`mote broker --data off`,
+// `mote bench -memory`), as Mosquitto runs here (persistence false): its
+// ratios against "mote" are what persisting retained rows to bbolt costs.
+const Memory = "mote-memory"
+
+// MoteMemory is `mote broker --data off` from bin.
+func MoteMemory(bin string) *Broker {
+	b := MoteAs(Memory, bin)
+	b.Cluster = false // a cluster node needs its data directory
+	args := b.args
+	b.args = func(l listeners, dir string) ([]string, error) {
+		a, err := args(l, dir)
+		if err != nil {
+			return nil, err
+		}
+		for i := range a {
+			if a[i] == "--data" && i+1 < len(a) {
+				a[i+1] = "off"
+			}
+		}
+		return a, nil
+	}
+	return b
+}

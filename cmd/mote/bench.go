@@ -29,7 +29,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	asJSON := fs.Bool("json", false, "print every run as JSON instead of the table")
 	baseline := fs.String("baseline", "", "another mote binary (an earlier build) to run beside this one, as "+bench.Baseline)
 	translators := fs.Bool("translators", false, "also run Mote with 100 translators that match no scenario's topics, as "+bench.Translate)
-	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", mosquitto, "+bench.FloorName+"); default all but "+bench.FloorName)
+	memory := fs.Bool("memory", false, "also run Mote with nothing persisted (--data off, as Mosquitto runs here), as "+bench.Memory)
+	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", "+bench.Memory+", mosquitto, "+bench.FloorName+"); default all but "+bench.FloorName)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario … | curves]\n       mote bench plot -in runs.json -out curves.svg\nscenarios: %v\n", bench.Names())
 		fs.PrintDefaults()
@@ -47,6 +48,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *translators {
 		brokers = append(brokers, bench.MoteTranslate(self))
+	}
+	if *memory {
+		brokers = append(brokers, bench.MoteMemory(self))
 	}
 	if m := bench.Mosquitto(); m != nil {
 		brokers = append(brokers, m)

@@ -165,7 +165,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	ws := fs.String("ws", "", "WebSocket listener address, or off (default "+broker.DefaultWS+", path /mqtt)")
 	httpAddr := fs.String("http", "", "HTTP API and web view address, or off (default "+httpapi.DefaultAddr+")")
 	httpsAddr := fs.String("https", "", "HTTP API and web view over TLS (e.g. :8443); needs --cert and --key; default none")
-	data := fs.String("data", "", "data directory (default ./data)")
+	data := fs.String("data", "", "data directory (default ./data); off: retained rows in memory only, lost at exit")
 	cfgPath := fs.String("config", "", "YAML config file; flags override it")
 	level := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	syncRetain := fs.Bool("sync-retain", false, "ack QoS 1/2 publishes of retained rows only after their commit")
@@ -286,13 +286,24 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 			opts.Limits.MaxDepth = def.MaxDepth
 		}
 	}
-	if cc := clf.merge(cfg.Cluster); cc.Name != "" {
+	cc := clf.merge(cfg.Cluster)
+	if dir == "off" { // in memory only, as Mosquitto's default (persistence false)
+		switch {
+		case cc.Name != "":
+			return errors.New("--data off: a cluster node keeps its copy of the rows in its data directory")
+		case opts.SyncRetain:
+			return errors.New("--data off: --sync-retain (sync_retain) waits for commits to a store; there is none")
+		case len(opts.Retain.History) > 0:
+			return errors.New("--data off: history (SPEC §9) is kept in the store; there is none")
+		}
+	}
+	if cc.Name != "" {
 		node, err := openCluster(ctx, cc, dir, &opts, log)
 		if err != nil {
 			return err
 		}
 		defer node.close() // after the broker's Close
-	} else {
+	} else if dir != "off" {
 		store, err := retain.Open(dir)
 		if err != nil {
 			return err
@@ -301,7 +312,9 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	b, err := broker.New(opts)
 	if err != nil {
-		opts.Store.Close()
+		if opts.Store != nil {
+			opts.Store.Close()
+		}
 		return err
 	}
 	// SIGHUP reloads (from before Start: it never kills the broker);
@@ -314,7 +327,11 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		b.Close() //nolint:errcheck // Start's error says more
 		return err
 	}
-	log.Info().Str("store", filepath.Join(dir, retain.FileName)).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
+	if opts.Store == nil {
+		log.Warn().Msg("--data off: retained rows are kept in memory only and lost when the broker stops")
+	} else {
+		log.Info().Str("store", filepath.Join(dir, retain.FileName)).Bool("sync_retain", opts.SyncRetain).Msg("retained rows persisted")
+	}
 	api, served, err := serveHTTP(b, pick(*httpAddr, cfg.Listeners.HTTP, httpapi.DefaultAddr), httpsL, cfg, log)
 	if err != nil {
 		b.Close() //nolint:errcheck // the listener's error says more
