@@ -109,8 +109,15 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 // it never waits; a full queue applies the slow-client policy.
 func (c *conn) enqueue(m item) {
 	if !c.q.push(m, pubWait{}) {
-		c.slow(dropQueueFull)
+		c.slowFull(fullNoWait)
 	}
+}
+
+// slowFull applies the slow-client policy to a message its queue had no
+// room for, counting why.
+func (c *conn) slowFull(why fullWhy) {
+	c.b.meter.queueFull[why].Add(1)
+	c.slow(dropQueueFull)
 }
 
 // enqueueToken queues a snapshot or replay token: tiny, and always

@@ -178,12 +178,30 @@ type pushResult int
 
 const (
 	pushed   pushResult = iota // queued (or, closed, kept among the leftovers, or dropped as of no use)
-	pushFull                   // refused: the queue is at its bound
+	pushFull                   // refused: the queue is at its bound (and the sender does not wait)
 	pushGone                   // the connection ended and its leftovers were handed on: deliver elsewhere
+	pushStalled                // refused: at its bound, and the client is stalled (out of credit)
+	pushLate                   // refused: at its bound, and the publisher's wait ended
 )
 
+// full reports whether r is a refusal for want of room, and why.
+func (r pushResult) full() (fullWhy, bool) {
+	switch r {
+	case pushFull:
+		return fullNoWait, true
+	case pushStalled:
+		return fullStalled, true
+	case pushLate:
+		return fullLate, true
+	}
+	return 0, false
+}
+
 // push queues m; false means the queue is full (see put).
-func (q *outQueue) push(m item, w pubWait) bool { return q.put(m, w) != pushFull }
+func (q *outQueue) push(m item, w pubWait) bool {
+	_, full := q.put(m, w).full()
+	return !full
+}
 
 // put queues m. A queue whose bytes would pass the bound refuses it
 // (pushFull), unless it is empty: one message larger than the bound still
@@ -200,7 +218,13 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		q.spendLocked(now)
 		if w.deadline.IsZero() || q.stalled || !now.Before(w.deadline) {
 			q.mu.Unlock()
-			return pushFull
+			switch {
+			case w.deadline.IsZero():
+				return pushFull
+			case q.stalled:
+				return pushStalled
+			}
+			return pushLate
 		}
 		if q.room == nil {
 			q.room = make(chan struct{})
