@@ -159,8 +159,8 @@ type meters struct {
 	refused         [refusalReasons]atomic.Int64
 	dropped         [dropReasons]atomic.Int64
 	queueFull       [fullWhys]atomic.Int64 // the queue_full drops, by why
-	slowDrops       atomic.Int64 // messages dropped for a slow client kept connected
-	slowDisconnects atomic.Int64 // slow clients disconnected
+	slowDrops       atomic.Int64           // messages dropped for a slow client kept connected
+	slowDisconnects atomic.Int64           // slow clients disconnected
 	// subs counts the tree subscriptions registered, by mode (Sync, Tree,
 	// Hist); subsFiled those of MQTT connections, which mochi's index
 	// also counts (server.Info.Subscriptions).

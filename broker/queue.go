@@ -177,11 +177,11 @@ func (q *outQueue) signal() {
 type pushResult int
 
 const (
-	pushed   pushResult = iota // queued (or, closed, kept among the leftovers, or dropped as of no use)
-	pushFull                   // refused: the queue is at its bound (and the sender does not wait)
-	pushGone                   // the connection ended and its leftovers were handed on: deliver elsewhere
-	pushStalled                // refused: at its bound, and the client is stalled (out of credit)
-	pushLate                   // refused: at its bound, and the publisher's wait ended
+	pushed      pushResult = iota // queued (or, closed, kept among the leftovers, or dropped as of no use)
+	pushFull                      // refused: the queue is at its bound (and the sender does not wait)
+	pushGone                      // the connection ended and its leftovers were handed on: deliver elsewhere
+	pushStalled                   // refused: at its bound, and the client is stalled (out of credit)
+	pushLate                      // refused: at its bound, and the publisher's wait ended
 )
 
 // full reports whether r is a refusal for want of room, and why.
