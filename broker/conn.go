@@ -521,7 +521,7 @@ func (o *mqttOut) flush() error {
 	cl.Lock()
 	n, err := cl.Net.Conn.Write(o.buf.Bytes())
 	cl.Unlock()
-	o.q.wrote(n)
+	o.q.wrote(n, o.n)
 	info := o.b.server.Info
 	atomic.AddInt64(&info.BytesSent, int64(n))
 	atomic.AddInt64(&info.PacketsSent, int64(o.n))

@@ -125,44 +125,110 @@ type outQueue struct {
 	closed    bool      // no more items: the connection is gone
 	left      []item    // once closed: QoS 1/2 plain messages not written, for the session (see close), and QoS 1/2 replays not finished (expanded by the writer: handReplaysOn)
 	leftBytes int
-	leftLost  int           // QoS 1/2 plain messages close and unsent could not keep (over the bound)
-	sealed    bool          // the leftovers were taken: a push answers pushGone
-	room      chan struct{} // closed when the writer takes items, for publishers waiting; nil when none wait
+	leftLost  int  // QoS 1/2 plain messages close and unsent could not keep (over the bound)
+	sealed    bool // the leftovers were taken: a push answers pushGone
+	// waitq is the publishers waiting for room, in the order they came:
+	// room goes to them in that order (admitLocked), each woken alone
+	// once its message is queued, never all at once at every take.
+	waitq []*waiter
 
 	// How long this client may hold publishers back (a token bucket of
-	// time): while any publisher waits for room, credit runs down; every
-	// creditBytes the client is written earn patience back, up to
-	// patience. A client out of credit is stalled: no publisher waits for
-	// it until the bucket is full again. A subscriber that reads slowly
-	// but steadily earns its waits; one that trickles (an acknowledgement
-	// now and then) cannot make publishers crawl at its pace.
-	patience time.Duration
-	credit   time.Duration
-	waiters  int       // publishers waiting now
-	since    time.Time // since when credit runs down (waiters > 0)
-	earned   int       // bytes written toward the next creditBytes
-	stalled  bool      // credit ran out, and has not come back whole
+	// time): while any publisher waits for room, credit runs down; what
+	// the client is written earns it back (creditBytes, creditMsg), up to
+	// patience. A client out of credit is stalled: every waiting publisher
+	// gives up, and none waits for it until the bucket is full again. A
+	// subscriber that reads steadily, at 64 messages or 64 KiB a second or
+	// more, earns its waits and slows publishers to its pace; one that
+	// trickles (an acknowledgement now and then) cannot make publishers
+	// crawl at its pace.
+	patience  time.Duration
+	credit    time.Duration
+	since     time.Time // since when credit runs down (waitq not empty)
+	stalled   bool      // credit ran out, and has not come back whole
+	lastWrote time.Time // when the client was last written something
 
 	wake chan struct{} // one slot: items, a release, an in-flight slot freed
 	done chan struct{} // closed by close
 }
 
-// creditBytes is what a client is written for each patience of credit.
-const creditBytes = 64 << 10
+// creditBytes is what a client is written for each second of credit;
+// creditMsg what one message written counts at least, so a client that
+// reads 64 small messages a second earns as much as one read 64 KiB (a
+// 64-byte message counted as its bytes earned 1/1000 of what it should:
+// a subscriber reading 500 of them a second was stalled).
+const (
+	creditBytes = 64 << 10
+	creditMsg   = 1 << 10
+)
+
+// waiter is a publisher waiting for room (outQueue.waitq): its message,
+// and, once done is closed, what became of it.
+type waiter struct {
+	m    item
+	cost int
+	res  pushResult
+	done chan struct{}
+}
 
 func newOutQueue(max int, patience time.Duration) *outQueue {
 	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// spendLocked runs the credit down for the time publishers waited (mu
-// held).
+// spendLocked runs the credit down for the time publishers waited; out
+// of credit, the client is stalled and every waiting publisher gives up
+// (mu held).
 func (q *outQueue) spendLocked(now time.Time) {
-	if q.waiters > 0 {
+	if len(q.waitq) > 0 {
 		q.credit -= now.Sub(q.since)
 		q.since = now
 	}
-	if q.credit <= 0 {
+	if q.credit <= 0 && !q.stalled {
 		q.stalled = true
+		q.answerAllLocked(pushStalled)
+	}
+}
+
+// answerAllLocked ends every publisher's wait with r (mu held).
+func (q *outQueue) answerAllLocked(r pushResult) {
+	for _, w := range q.waitq {
+		w.res = r
+		close(w.done)
+	}
+	clear(q.waitq)
+	q.waitq = q.waitq[:0]
+}
+
+// admitLocked queues the messages of waiting publishers, first come first
+// served, while they fit, and wakes each one admitted (mu held).
+func (q *outQueue) admitLocked() {
+	if len(q.waitq) == 0 || q.closed {
+		return
+	}
+	q.spendLocked(time.Now())
+	n := 0
+	for _, w := range q.waitq {
+		if q.bytes > 0 && q.bytes+w.cost > q.max {
+			break
+		}
+		q.items = append(q.items, w.m)
+		q.bytes += w.cost
+		w.res = pushed
+		close(w.done)
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	k := copy(q.waitq, q.waitq[n:])
+	clear(q.waitq[k:])
+	q.waitq = q.waitq[:k]
+	q.signal()
+}
+
+// leaveWaitLocked takes w out of the line (mu held).
+func (q *outQueue) leaveWaitLocked(w *waiter) {
+	if i := slices.Index(q.waitq, w); i >= 0 {
+		q.waitq = slices.Delete(q.waitq, i, i+1)
 	}
 }
 
@@ -207,59 +273,96 @@ func (q *outQueue) push(m item, w pubWait) bool {
 // (pushFull), unless it is empty: one message larger than the bound still
 // goes through alone. A closed queue keeps a QoS 1/2 plain message among
 // its leftovers (see close; pushFull past their bound), drops anything
-// else, and once the leftovers were taken answers pushGone. A publisher (w
-// not zero) waits for room until w.deadline, and while the client has
-// credit (see outQueue).
+// else, and once the leftovers were taken answers pushGone.
+//
+// A publisher (w not zero) waits for room instead, in line behind those
+// already waiting (first come, first served), for as long as the client
+// keeps reading: it gives up when the client is stalled (pushStalled: it
+// was written too little to earn the time publishers waited for it, see
+// outQueue), or once w.deadline passed and the client was written nothing
+// for a patience (pushLate). So a subscriber that reads steadily slows its
+// publishers to its pace and loses nothing, one that stops reading holds
+// them at most a patience, and a publish to several subscribers that do
+// not read waits at most until its deadline in all.
 func (q *outQueue) put(m item, w pubWait) pushResult {
 	c := m.cost()
 	q.mu.Lock()
-	for !q.closed && q.bytes > 0 && q.bytes+c > q.max {
-		now := time.Now()
-		q.spendLocked(now)
-		if w.deadline.IsZero() || q.stalled || !now.Before(w.deadline) {
-			q.mu.Unlock()
-			switch {
-			case w.deadline.IsZero():
-				return pushFull
-			case q.stalled:
-				return pushStalled
-			}
-			return pushLate
-		}
-		if q.room == nil {
-			q.room = make(chan struct{})
-		}
-		room := q.room
-		if q.waiters++; q.waiters == 1 {
-			q.since = now
-		}
-		d := min(w.deadline.Sub(now), q.credit)
+	if q.closed {
+		defer q.mu.Unlock()
+		return q.closedPutLocked(m)
+	}
+	fits := q.bytes == 0 || q.bytes+c <= q.max
+	if fits && (len(q.waitq) == 0 || w.deadline.IsZero()) {
+		// Room, and nobody waiting ahead (a sender that never waits may
+		// pass them: it takes room only when there is some).
+		q.items = append(q.items, m)
+		q.bytes += c
 		q.mu.Unlock()
-		t := time.NewTimer(d)
+		q.signal()
+		return pushed
+	}
+	now := time.Now()
+	q.spendLocked(now)
+	switch {
+	case w.deadline.IsZero():
+		q.mu.Unlock()
+		return pushFull
+	case q.stalled:
+		q.mu.Unlock()
+		return pushStalled
+	}
+	wt := &waiter{m: m, cost: c, done: make(chan struct{})}
+	if len(q.waitq) == 0 {
+		q.since = now
+	}
+	q.waitq = append(q.waitq, wt)
+	for {
+		// Wake when the credit would run out, or when the publish may
+		// give up, whichever comes first.
+		giveUp := w.deadline
+		if read := q.lastWrote.Add(q.patience); read.After(giveUp) {
+			giveUp = read
+		}
+		d := min(q.credit, giveUp.Sub(now))
+		q.mu.Unlock()
+		t := time.NewTimer(max(d, time.Millisecond))
 		select {
-		case <-room: // the writer took items
-		case <-q.done:
+		case <-wt.done:
 		case <-t.C:
 		}
 		t.Stop()
 		q.mu.Lock()
-		q.spendLocked(time.Now())
-		q.waiters--
-	}
-	if q.closed {
-		defer q.mu.Unlock()
-		if q.sealed {
-			return pushGone
+		select {
+		case <-wt.done:
+			q.mu.Unlock()
+			return wt.res
+		default:
 		}
-		if !q.leaveLocked(m) {
-			return pushFull
+		now = time.Now()
+		q.spendLocked(now)
+		select {
+		case <-wt.done: // stalled just now
+			q.mu.Unlock()
+			return wt.res
+		default:
 		}
-		return pushed
+		if !now.Before(w.deadline) && !now.Before(q.lastWrote.Add(q.patience)) {
+			q.leaveWaitLocked(wt)
+			q.admitLocked() // those behind it may fit
+			q.mu.Unlock()
+			return pushLate
+		}
 	}
-	q.items = append(q.items, m)
-	q.bytes += c
-	q.mu.Unlock()
-	q.signal()
+}
+
+// closedPutLocked is put on a closed queue (mu held).
+func (q *outQueue) closedPutLocked(m item) pushResult {
+	if q.sealed {
+		return pushGone
+	}
+	if !q.leaveLocked(m) {
+		return pushFull
+	}
 	return pushed
 }
 
@@ -282,6 +385,9 @@ func (q *outQueue) reserve(n int) bool {
 		return false
 	default:
 		q.bytes += n
+		if n < 0 {
+			q.admitLocked()
+		}
 	}
 	return true
 }
@@ -330,9 +436,8 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 		clear(q.items[k:])
 		q.items, q.head = q.items[:k], 0
 	}
-	if len(out) > 0 && q.room != nil {
-		close(q.room)
-		q.room = nil
+	if len(out) > 0 {
+		q.admitLocked()
 	}
 	q.role = roleNone
 	if len(out) > 0 {
@@ -341,15 +446,20 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 	return out
 }
 
-// wrote tells the queue the client was written n bytes, which earns
-// credit back. Only bytes written count: messages skipped (too large for
-// the client) do not make a subscriber that reads nothing look alive.
-func (q *outQueue) wrote(n int) {
-	q.mu.Lock()
-	q.spendLocked(time.Now())
-	for q.earned += n; q.earned >= creditBytes; q.earned -= creditBytes {
-		q.credit = min(q.credit+q.patience, q.patience)
+// wrote tells the queue the client was written n bytes in msgs
+// messages, which earns credit back (creditBytes, creditMsg). Only what
+// was written counts: messages skipped (too large for the client) do not
+// make a subscriber that reads nothing look alive.
+func (q *outQueue) wrote(n, msgs int) {
+	if n <= 0 {
+		return
 	}
+	q.mu.Lock()
+	now := time.Now()
+	q.spendLocked(now)
+	q.lastWrote = now
+	earned := int64(max(n, msgs*creditMsg)) * int64(time.Second) / creditBytes
+	q.credit = min(q.credit+time.Duration(earned), q.patience)
 	if q.stalled && q.credit >= q.patience {
 		q.stalled = false
 	}
@@ -392,10 +502,11 @@ func (q *outQueue) close() bool {
 	clear(q.items)
 	q.items, q.head, q.bytes = nil, 0, 0
 	close(q.done)
-	if q.room != nil {
-		close(q.room)
-		q.room = nil
+	for _, w := range q.waitq { // their messages join the leftovers, or not
+		w.res = q.closedPutLocked(w.m)
+		close(w.done)
 	}
+	q.waitq = nil
 	return true
 }
 
