@@ -88,8 +88,8 @@
 // the replay, so a row's values arrive in order. A delta waiting in
 // the queue takes in the next ones of its subscription (folding). A full
 // queue makes a publisher wait, never the loop: publishers wait in line
-// and get room in the order they came, each woken alone as the writer
-// takes items (no herd). A publish waits PublishWait in all, and longer
+// and get room in the order they came: as the writer takes items it wakes
+// the first, which queues its message and wakes the next (no herd). A publish waits PublishWait in all, and longer
 // only while the client is being written: a subscriber that reads
 // steadily slows its publishers to its pace and loses nothing. Each
 // client may hold publishers back PublishWait in all, earning it back as

@@ -128,8 +128,9 @@ type outQueue struct {
 	leftLost  int  // QoS 1/2 plain messages close and unsent could not keep (over the bound)
 	sealed    bool // the leftovers were taken: a push answers pushGone
 	// waitq is the publishers waiting for room, in the order they came:
-	// room goes to them in that order (admitLocked), each woken alone
-	// once its message is queued, never all at once at every take.
+	// room goes to them in that order (admitLocked): the first is woken
+	// alone when its message fits, queues it and wakes the next; never
+	// all at once at every take.
 	waitq []*waiter
 
 	// How long this client may hold publishers back (a token bucket of
@@ -161,11 +162,14 @@ const (
 	creditMsg   = 1 << 10
 )
 
-// waiter is a publisher waiting for room (outQueue.waitq): its message,
-// and, once done is closed, what became of it.
+// waiter is a publisher waiting for room (outQueue.waitq): its message;
+// turn, a one-slot wake-up when it is first in line and its message may
+// fit; and, once done is closed, what became of it (stalled, or the queue
+// closed).
 type waiter struct {
 	m    item
 	cost int
+	turn chan struct{}
 	res  pushResult
 	done chan struct{}
 }
@@ -198,31 +202,20 @@ func (q *outQueue) answerAllLocked(r pushResult) {
 	q.waitq = q.waitq[:0]
 }
 
-// admitLocked queues the messages of waiting publishers, first come first
-// served, while they fit, and wakes each one admitted (mu held).
+// admitLocked wakes the first publisher in line if its message fits
+// now (mu held): it queues its message itself and wakes the next (a
+// hand-off down the line, so the writer wakes one publisher a take, not
+// every one it makes room for).
 func (q *outQueue) admitLocked() {
 	if len(q.waitq) == 0 || q.closed {
 		return
 	}
-	q.spendLocked(time.Now())
-	n := 0
-	for _, w := range q.waitq {
-		if q.bytes > 0 && q.bytes+w.cost > q.max {
-			break
+	if w := q.waitq[0]; q.bytes == 0 || q.bytes+w.cost <= q.max {
+		select {
+		case w.turn <- struct{}{}:
+		default: // woken already
 		}
-		q.items = append(q.items, w.m)
-		q.bytes += w.cost
-		w.res = pushed
-		close(w.done)
-		n++
 	}
-	if n == 0 {
-		return
-	}
-	k := copy(q.waitq, q.waitq[n:])
-	clear(q.waitq[k:])
-	q.waitq = q.waitq[:k]
-	q.signal()
 }
 
 // leaveWaitLocked takes w out of the line (mu held).
@@ -311,7 +304,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		q.mu.Unlock()
 		return pushStalled
 	}
-	wt := &waiter{m: m, cost: c, done: make(chan struct{})}
+	wt := &waiter{m: m, cost: c, turn: make(chan struct{}, 1), done: make(chan struct{})}
 	if len(q.waitq) == 0 {
 		q.since = now
 	}
@@ -328,23 +321,27 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		t := time.NewTimer(max(d, time.Millisecond))
 		select {
 		case <-wt.done:
+		case <-wt.turn:
 		case <-t.C:
 		}
 		t.Stop()
 		q.mu.Lock()
+		now = time.Now()
+		q.spendLocked(now)
 		select {
-		case <-wt.done:
+		case <-wt.done: // stalled, or the queue closed
 			q.mu.Unlock()
 			return wt.res
 		default:
 		}
-		now = time.Now()
-		q.spendLocked(now)
-		select {
-		case <-wt.done: // stalled just now
+		if q.waitq[0] == wt && (q.bytes == 0 || q.bytes+c <= q.max) { // its turn, and room
+			q.waitq = slices.Delete(q.waitq, 0, 1)
+			q.items = append(q.items, m)
+			q.bytes += c
+			q.admitLocked() // the next in line
 			q.mu.Unlock()
-			return wt.res
-		default:
+			q.signal()
+			return pushed
 		}
 		if !now.Before(w.deadline) && !now.Before(q.lastWrote.Add(q.patience)) {
 			q.leaveWaitLocked(wt)
