@@ -68,8 +68,8 @@ func (a *arriving) adopt(b *Broker, cl *mqtt.Client, c *conn) {
 			a.rebind(b, s, cl)
 		}
 		for _, m := range s.msgs {
-			if c.q.put(m, pubWait{}) == pushFull {
-				c.slow(dropQueueFull)
+			if why, full := c.q.put(m, pubWait{}).full(); full {
+				c.slowFull(why)
 			}
 		}
 	}

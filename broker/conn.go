@@ -109,8 +109,15 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 // it never waits; a full queue applies the slow-client policy.
 func (c *conn) enqueue(m item) {
 	if !c.q.push(m, pubWait{}) {
-		c.slow(dropQueueFull)
+		c.slowFull(fullNoWait)
 	}
+}
+
+// slowFull applies the slow-client policy to a message its queue had no
+// room for, counting why.
+func (c *conn) slowFull(why fullWhy) {
+	c.b.meter.queueFull[why].Add(1)
+	c.slow(dropQueueFull)
 }
 
 // enqueueToken queues a snapshot or replay token: tiny, and always
@@ -516,7 +523,7 @@ func (o *mqttOut) flush() error {
 	cl.Lock()
 	n, err := cl.Net.Conn.Write(o.buf.Bytes())
 	cl.Unlock()
-	o.q.wrote(n)
+	o.q.wrote(n, o.n)
 	info := o.b.server.Info
 	atomic.AddInt64(&info.BytesSent, int64(n))
 	atomic.AddInt64(&info.PacketsSent, int64(o.n))

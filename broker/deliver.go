@@ -130,11 +130,12 @@ func (b *Broker) queuePlain(id string, c *conn, m *plainItem, w pubWait) bool {
 			b.stats.TooLarge.Add(1) // it cannot fit the client [MQTT-3.1.2-25]: not queued at all
 			return true
 		}
-		switch c.q.put(m, w) {
-		case pushFull:
-			c.slow(dropQueueFull)
+		r := c.q.put(m, w)
+		if why, full := r.full(); full {
+			c.slowFull(why)
 			return true
-		case pushed:
+		}
+		if r == pushed {
 			return true
 		}
 		<-c.handed // pushGone: c is handing its messages on; m comes after them

@@ -147,7 +147,11 @@ func (o *mqttOut) tryFlush() (rest bool, err error) {
 	n, took, err := nc.tryWrite(o.buf.Bytes())
 	cl.Unlock()
 	if n > 0 {
-		o.q.wrote(n)
+		msgs := 0
+		if took {
+			msgs = o.n // its messages are the connection's now (a rest is written next)
+		}
+		o.q.wrote(n, msgs)
 		atomic.AddInt64(&o.b.server.Info.BytesSent, int64(n))
 	}
 	if err != nil {
@@ -210,7 +214,7 @@ func (o *mqttOut) flushRest() error {
 	cl.Lock()
 	n, err := nc.writeRest()
 	cl.Unlock()
-	o.q.wrote(n)
+	o.q.wrote(n, 0) // its messages were counted with their first bytes (tryFlush)
 	atomic.AddInt64(&o.b.server.Info.BytesSent, int64(n))
 	return err
 }

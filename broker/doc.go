@@ -92,8 +92,18 @@
 // change after the SUBSCRIBE are left to the live publishes queued behind
 // the replay, so a row's values arrive in order. A delta waiting in
 // the queue takes in the next ones of its subscription (folding). A full
-// queue makes a publisher wait at most PublishWait, never the loop; then
-// the slow-client policy applies.
+// queue makes a publisher wait, never the loop: publishers wait in line
+// and get room in the order they came: as the writer takes items it wakes
+// the first, which queues its message and wakes the next (no herd). A
+// publish waits PublishWait in all, and longer only while the client is
+// being written, up to 5 × PublishWait (its publisher's own connection
+// is not read meanwhile): a subscriber that reads steadily slows its
+// publishers to its pace and loses nothing. Each
+// client may hold publishers back PublishWait in all, earning it back as
+// it is written (a second per 64 messages or 64 KiB); one out of credit
+// is stalled, every publisher waiting for it gives up at once and none
+// waits until its credit is whole. What gets no room meets the
+// slow-client policy.
 //
 // The writer is the path's owner, not always its goroutine: a QoS 0 plain
 // message or delta for a plain TCP client whose writer is idle and whose

@@ -185,7 +185,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 				b.reqs.push(req)
 			}
 		}
-		w := pubWait{deadline: time.Now().Add(b.opts.PublishWait)}
+		w := b.publisherWait()
 		b.deliverPlain(r.plain, w)
 		if r.trans != nil {
 			b.deliverTranslatedEvent(*r.trans, w)

@@ -131,6 +131,21 @@ const (
 
 var dropReasonNames = [dropReasons]string{"queue_full", "inflight_full", "session_ended", "offline_full"}
 
+// fullWhy is why a message found its client's queue full and was dropped
+// (a queue_full drop): the sender does not wait (the loop, the broker's
+// own messages), the client is stalled (it used up its credit of time,
+// outQueue), or the publisher's wait ended unanswered (pushLate).
+type fullWhy uint8
+
+const (
+	fullNoWait  fullWhy = iota // a sender that never waits found the queue full
+	fullStalled                // the client was stalled: no publisher waits for it
+	fullLate                   // the publisher waited publish_wait and the client read nothing meanwhile
+	fullWhys
+)
+
+var fullWhyNames = [fullWhys]string{"no_wait", "stalled", "deadline"}
+
 // meters are the broker's figures beyond Stats, and its Prometheus
 // registry. The counters are written by whichever goroutine sees the
 // event; subs only by the message loop; the histograms by the loop and
@@ -143,8 +158,9 @@ type meters struct {
 	out             [outKinds]atomic.Int64
 	refused         [refusalReasons]atomic.Int64
 	dropped         [dropReasons]atomic.Int64
-	slowDrops       atomic.Int64 // messages dropped for a slow client kept connected
-	slowDisconnects atomic.Int64 // slow clients disconnected
+	queueFull       [fullWhys]atomic.Int64 // the queue_full drops, by why
+	slowDrops       atomic.Int64           // messages dropped for a slow client kept connected
+	slowDisconnects atomic.Int64           // slow clients disconnected
 	// subs counts the tree subscriptions registered, by mode (Sync, Tree,
 	// Hist); subsFiled those of MQTT connections, which mochi's index
 	// also counts (server.Info.Subscriptions).
@@ -243,6 +259,8 @@ func newMeters(b *Broker) *meters {
 	labelled("mote_dropped_messages_total", dropHelp, "reason", dropReasonNames[:], func(i int) int64 { return m.dropped[i].Load() })
 	r.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mote_dropped_messages_total", Help: dropHelp,
 		ConstLabels: prometheus.Labels{"reason": "too_large"}}, func() float64 { return float64(b.stats.TooLarge.Load()) }))
+	labelled("mote_queue_full_drops_total", "Messages dropped because their client's queue was full (the queue_full drops), by why: no_wait (a sender that never waits: the message loop, the broker's own), stalled (the client used up its credit of publish_wait), deadline (the publisher waited publish_wait and the client was written nothing meanwhile).",
+		"why", fullWhyNames[:], func(i int) int64 { return m.queueFull[i].Load() })
 	counter("mote_slow_client_drops_total", "Messages dropped for slow clients that stay connected (slow-client policy drop).",
 		func() int64 { return m.slowDrops.Load() })
 	counter("mote_slow_client_disconnects_total", "Slow clients disconnected (slow-client policy disconnect).",

@@ -107,6 +107,7 @@ var families = map[string]string{
 	"mote_refusals_total":                   "counter",
 	"mote_dropped_messages_total":           "counter",
 	"mote_slow_client_drops_total":          "counter",
+	"mote_queue_full_drops_total":           "counter",
 	"mote_slow_client_disconnects_total":    "counter",
 	"mote_panics_recovered_total":           "counter",
 	"mote_publishes_applied_total":          "counter",
@@ -134,6 +135,7 @@ func TestMetricsFamilies(t *testing.T) {
 		`mote_refusals_total{reason="%s"}`:         refusalReasonNames[:],
 		`mote_dropped_messages_total{reason="%s"}`: append(dropReasonNames[:], "too_large"),
 		`mote_subscriptions{mode="%s"}`:            {"plain", "sync", "tree", "hist"},
+		`mote_queue_full_drops_total{why="%s"}`:    fullWhyNames[:],
 	}
 	for _, store := range []bool{false, true} {
 		t.Run(fmt.Sprint("store=", store), func(t *testing.T) {

@@ -101,12 +101,20 @@ type Options struct {
 
 	// QueueBytes bounds what one client may have queued, in bytes
 	// (snapshots and retained replays are read as the client drains them,
-	// so they do not count until then); default 8 MiB. A message that
-	// finds the queue full makes its publisher wait for room, PublishWait
-	// at most for the whole publish whatever its subscribers do (default
-	// 1s); a subscriber that made a publisher wait that long is stalled: no
-	// publisher waits for it again until its queue drains to half. Then
-	// SlowClient applies.
+	// so they do not count until then); default 8 MiB. A plain message
+	// counts its topic, payload and properties and 160 bytes (its share of
+	// memory), counted whole for every subscriber. A message that finds
+	// the queue full makes its publisher wait for room, in line behind the
+	// publishers already waiting (first come, first served): PublishWait
+	// (default 1s) for the whole publish, and longer only while the client
+	// is being written, up to 5 × PublishWait (a subscriber that reads
+	// steadily slows its publishers to its pace; a publisher's own
+	// connection is not read while it waits). Each client may hold publishers back
+	// PublishWait in all, earning it back as it is written (a second for
+	// every 64 messages or 64 KiB, whichever comes first); one that runs
+	// out is stalled: no publisher waits for it until its credit is whole
+	// again. A message that does not get room is dropped or disconnects
+	// the client: SlowClient.
 	QueueBytes  int
 	PublishWait time.Duration
 	SlowClient  SlowPolicy // default SlowDrop

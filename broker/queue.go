@@ -125,23 +125,28 @@ type outQueue struct {
 	closed    bool      // no more items: the connection is gone
 	left      []item    // once closed: QoS 1/2 plain messages not written, for the session (see close), and QoS 1/2 replays not finished (expanded by the writer: handReplaysOn)
 	leftBytes int
-	leftLost  int           // QoS 1/2 plain messages close and unsent could not keep (over the bound)
-	sealed    bool          // the leftovers were taken: a push answers pushGone
-	room      chan struct{} // closed when the writer takes items, for publishers waiting; nil when none wait
+	leftLost  int  // QoS 1/2 plain messages close and unsent could not keep (over the bound)
+	sealed    bool // the leftovers were taken: a push answers pushGone
+	// waitq is the publishers waiting for room, in the order they came:
+	// room goes to them in that order (admitLocked): the first is woken
+	// alone when its message fits, queues it and wakes the next; never
+	// all at once at every take.
+	waitq []*waiter
 
 	// How long this client may hold publishers back (a token bucket of
-	// time): while any publisher waits for room, credit runs down; every
-	// creditBytes the client is written earn patience back, up to
-	// patience. A client out of credit is stalled: no publisher waits for
-	// it until the bucket is full again. A subscriber that reads slowly
-	// but steadily earns its waits; one that trickles (an acknowledgement
-	// now and then) cannot make publishers crawl at its pace.
-	patience time.Duration
-	credit   time.Duration
-	waiters  int       // publishers waiting now
-	since    time.Time // since when credit runs down (waiters > 0)
-	earned   int       // bytes written toward the next creditBytes
-	stalled  bool      // credit ran out, and has not come back whole
+	// time): while any publisher waits for room, credit runs down; what
+	// the client is written earns it back (creditBytes, creditMsg), up to
+	// patience. A client out of credit is stalled: every waiting publisher
+	// gives up, and none waits for it until the bucket is full again. A
+	// subscriber that reads steadily, at 64 messages or 64 KiB a second or
+	// more, earns its waits and slows publishers to its pace; one that
+	// trickles (an acknowledgement now and then) cannot make publishers
+	// crawl at its pace.
+	patience  time.Duration
+	credit    time.Duration
+	since     time.Time // since when credit runs down (waitq not empty)
+	stalled   bool      // credit ran out, and has not come back whole
+	lastWrote time.Time // when the client was last written something
 
 	wake chan struct{} // one slot: items, a release, a direct write's rest (sent with mu held: see idle)
 	done chan struct{} // closed by close
@@ -155,22 +160,76 @@ type outQueue struct {
 	start   func() // starts the writer goroutine (the conn's); nil: none (a queue on its own, in tests)
 }
 
-// creditBytes is what a client is written for each patience of credit.
-const creditBytes = 64 << 10
+// creditBytes is what a client is written for each second of credit;
+// creditMsg what one message written counts at least, so a client that
+// reads 64 small messages a second earns as much as one read 64 KiB (a
+// 64-byte message counted as its bytes earned 1/1000 of what it should:
+// a subscriber reading 500 of them a second was stalled).
+const (
+	creditBytes = 64 << 10
+	creditMsg   = 1 << 10
+)
+
+// waiter is a publisher waiting for room (outQueue.waitq): its message;
+// turn, a one-slot wake-up when it is first in line and its message may
+// fit; and, once done is closed, what became of it (stalled, or the queue
+// closed).
+type waiter struct {
+	m    item
+	cost int
+	turn chan struct{}
+	res  pushResult
+	done chan struct{}
+}
 
 func newOutQueue(max int, patience time.Duration) *outQueue {
 	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// spendLocked runs the credit down for the time publishers waited (mu
-// held).
+// spendLocked runs the credit down for the time publishers waited; out
+// of credit, the client is stalled and every waiting publisher gives up
+// (mu held).
 func (q *outQueue) spendLocked(now time.Time) {
-	if q.waiters > 0 {
+	if len(q.waitq) > 0 {
 		q.credit -= now.Sub(q.since)
 		q.since = now
 	}
-	if q.credit <= 0 {
+	if q.credit <= 0 && !q.stalled {
 		q.stalled = true
+		q.answerAllLocked(pushStalled)
+	}
+}
+
+// answerAllLocked ends every publisher's wait with r (mu held).
+func (q *outQueue) answerAllLocked(r pushResult) {
+	for _, w := range q.waitq {
+		w.res = r
+		close(w.done)
+	}
+	clear(q.waitq)
+	q.waitq = q.waitq[:0]
+}
+
+// admitLocked wakes the first publisher in line if its message fits
+// now (mu held): it queues its message itself and wakes the next (a
+// hand-off down the line, so the writer wakes one publisher a take, not
+// every one it makes room for).
+func (q *outQueue) admitLocked() {
+	if len(q.waitq) == 0 || q.closed {
+		return
+	}
+	if w := q.waitq[0]; q.bytes == 0 || q.bytes+w.cost <= q.max {
+		select {
+		case w.turn <- struct{}{}:
+		default: // woken already
+		}
+	}
+}
+
+// leaveWaitLocked takes w out of the line (mu held).
+func (q *outQueue) leaveWaitLocked(w *waiter) {
+	if i := slices.Index(q.waitq, w); i >= 0 {
+		q.waitq = slices.Delete(q.waitq, i, i+1)
 	}
 }
 
@@ -211,72 +270,154 @@ func (q *outQueue) idle() bool {
 type pushResult int
 
 const (
-	pushed   pushResult = iota // queued (or, closed, kept among the leftovers, or dropped as of no use)
-	pushFull                   // refused: the queue is at its bound
-	pushGone                   // the connection ended and its leftovers were handed on: deliver elsewhere
+	pushed      pushResult = iota // queued (or, closed, kept among the leftovers, or dropped as of no use)
+	pushFull                      // refused: the queue is at its bound (and the sender does not wait)
+	pushGone                      // the connection ended and its leftovers were handed on: deliver elsewhere
+	pushStalled                   // refused: at its bound, and the client is stalled (out of credit)
+	pushLate                      // refused: at its bound, and the publisher's wait ended
 )
 
+// full reports whether r is a refusal for want of room, and why.
+func (r pushResult) full() (fullWhy, bool) {
+	switch r {
+	case pushFull:
+		return fullNoWait, true
+	case pushStalled:
+		return fullStalled, true
+	case pushLate:
+		return fullLate, true
+	}
+	return 0, false
+}
+
 // push queues m; false means the queue is full (see put).
-func (q *outQueue) push(m item, w pubWait) bool { return q.put(m, w) != pushFull }
+func (q *outQueue) push(m item, w pubWait) bool {
+	_, full := q.put(m, w).full()
+	return !full
+}
 
 // put queues m. A queue whose bytes would pass the bound refuses it
 // (pushFull), unless it is empty: one message larger than the bound still
 // goes through alone. A closed queue keeps a QoS 1/2 plain message among
 // its leftovers (see close; pushFull past their bound), drops anything
-// else, and once the leftovers were taken answers pushGone. A publisher (w
-// not zero) waits for room until w.deadline, and while the client has
-// credit (see outQueue).
+// else, and once the leftovers were taken answers pushGone.
+//
+// A publisher (w not zero) waits for room instead, in line behind those
+// already waiting (first come, first served), for as long as the client
+// keeps reading: it gives up when the client is stalled (pushStalled: it
+// was written too little to earn the time publishers waited for it, see
+// outQueue), or once w.deadline passed and the client was written nothing
+// for a patience (pushLate). So a subscriber that reads steadily slows its
+// publishers to its pace and loses nothing, one that stops reading holds
+// them at most a patience, and a publish to several subscribers that do
+// not read waits at most until its deadline in all.
 func (q *outQueue) put(m item, w pubWait) pushResult {
 	c := m.cost()
 	q.mu.Lock()
-	for !q.closed && q.bytes > 0 && q.bytes+c > q.max {
-		now := time.Now()
-		q.spendLocked(now)
-		if w.deadline.IsZero() || q.stalled || !now.Before(w.deadline) {
-			q.mu.Unlock()
-			return pushFull
-		}
-		if q.room == nil {
-			q.room = make(chan struct{})
-		}
-		room := q.room
-		if q.waiters++; q.waiters == 1 {
-			q.since = now
-		}
-		d := min(w.deadline.Sub(now), q.credit)
+	if q.closed {
+		defer q.mu.Unlock()
+		return q.closedPutLocked(m)
+	}
+	fits := q.bytes == 0 || q.bytes+c <= q.max
+	if fits && (len(q.waitq) == 0 || w.deadline.IsZero()) {
+		// Room, and nobody waiting ahead (a sender that never waits may
+		// pass them: it takes room only when there is some).
+		q.items = append(q.items, m)
+		q.bytes += c
+		q.unlockAndWake()
+		return pushed
+	}
+	now := time.Now()
+	q.spendLocked(now)
+	switch {
+	case w.deadline.IsZero():
 		q.mu.Unlock()
-		t := time.NewTimer(d)
+		return pushFull
+	case q.stalled:
+		q.mu.Unlock()
+		return pushStalled
+	}
+	wt := &waiter{m: m, cost: c, turn: make(chan struct{}, 1), done: make(chan struct{})}
+	if len(q.waitq) == 0 {
+		q.since = now
+	}
+	q.waitq = append(q.waitq, wt)
+	for {
+		// Wake when the credit would run out, or when the publish may
+		// give up, whichever comes first.
+		giveUp := w.deadline
+		if read := q.lastWrote.Add(q.patience); read.After(giveUp) {
+			giveUp = read
+		}
+		if !w.limit.IsZero() && w.limit.Before(giveUp) {
+			giveUp = w.limit
+		}
+		d := min(q.credit, giveUp.Sub(now))
+		q.mu.Unlock()
+		t := time.NewTimer(max(d, time.Millisecond))
 		select {
-		case <-room: // the writer took items
-		case <-q.done:
+		case <-wt.done:
+		case <-wt.turn:
 		case <-t.C:
 		}
 		t.Stop()
 		q.mu.Lock()
-		q.spendLocked(time.Now())
-		q.waiters--
-	}
-	if q.closed {
-		defer q.mu.Unlock()
-		if q.sealed {
-			return pushGone
+		now = time.Now()
+		q.spendLocked(now)
+		select {
+		case <-wt.done: // stalled, or the queue closed
+			q.mu.Unlock()
+			return wt.res
+		default:
 		}
-		if !q.leaveLocked(m) {
-			return pushFull
+		if q.waitq[0] == wt && (q.bytes == 0 || q.bytes+c <= q.max) { // its turn, and room
+			q.waitq = slices.Delete(q.waitq, 0, 1)
+			q.items = append(q.items, m)
+			q.bytes += c
+			q.admitLocked() // the next in line
+			q.unlockAndWake()
+			return pushed
 		}
-		return pushed
+		if !now.Before(w.deadline) && (!now.Before(q.lastWrote.Add(q.patience)) || (!w.limit.IsZero() && !now.Before(w.limit))) {
+			q.leaveWaitLocked(wt)
+			q.admitLocked() // those behind it may fit
+			q.mu.Unlock()
+			return pushLate
+		}
 	}
-	q.items = append(q.items, m)
-	q.bytes += c
-	q.unlockAndWake()
+}
+
+// closedPutLocked is put on a closed queue (mu held).
+func (q *outQueue) closedPutLocked(m item) pushResult {
+	if q.sealed {
+		return pushGone
+	}
+	if !q.leaveLocked(m) {
+		return pushFull
+	}
 	return pushed
 }
 
 // pubWait is how long a publisher waits for room in a subscriber's queue:
-// until deadline (for the whole publish, whatever its subscribers do). The
-// zero pubWait does not wait (the loop, the broker's own messages).
+// until deadline (for the whole publish, whatever its subscribers do), and
+// past it while the subscriber is being written, but never past limit
+// (zero: no limit): a publisher's connection is not read while it waits,
+// and its client expects answers to its pings. The zero pubWait does not
+// wait (the loop, the broker's own messages).
 type pubWait struct {
 	deadline time.Time
+	limit    time.Time
+}
+
+// waitLimit is how many times PublishWait a publisher waits at most for
+// a subscriber that is being written (pubWait.limit): 5 s by default,
+// within the 10 s a Paho client waits for a PINGRESP.
+const waitLimit = 5
+
+// publisherWait is the wait of a publish made now.
+func (b *Broker) publisherWait() pubWait {
+	now := time.Now()
+	return pubWait{deadline: now.Add(b.opts.PublishWait), limit: now.Add(waitLimit * b.opts.PublishWait)}
 }
 
 // reserve counts n bytes the loop holds for this connection (events kept
@@ -291,6 +432,9 @@ func (q *outQueue) reserve(n int) bool {
 		return false
 	default:
 		q.bytes += n
+		if n < 0 {
+			q.admitLocked()
+		}
 	}
 	return true
 }
@@ -339,9 +483,8 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 		clear(q.items[k:])
 		q.items, q.head = q.items[:k], 0
 	}
-	if len(out) > 0 && q.room != nil {
-		close(q.room)
-		q.room = nil
+	if len(out) > 0 {
+		q.admitLocked()
 	}
 	q.role = roleNone
 	if len(out) > 0 {
@@ -350,15 +493,20 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 	return out
 }
 
-// wrote tells the queue the client was written n bytes, which earns
-// credit back. Only bytes written count: messages skipped (too large for
-// the client) do not make a subscriber that reads nothing look alive.
-func (q *outQueue) wrote(n int) {
-	q.mu.Lock()
-	q.spendLocked(time.Now())
-	for q.earned += n; q.earned >= creditBytes; q.earned -= creditBytes {
-		q.credit = min(q.credit+q.patience, q.patience)
+// wrote tells the queue the client was written n bytes in msgs
+// messages, which earns credit back (creditBytes, creditMsg). Only what
+// was written counts: messages skipped (too large for the client) do not
+// make a subscriber that reads nothing look alive.
+func (q *outQueue) wrote(n, msgs int) {
+	if n <= 0 {
+		return
 	}
+	q.mu.Lock()
+	now := time.Now()
+	q.spendLocked(now)
+	q.lastWrote = now
+	earned := int64(max(n, msgs*creditMsg)) * int64(time.Second) / creditBytes
+	q.credit = min(q.credit+time.Duration(earned), q.patience)
 	if q.stalled && q.credit >= q.patience {
 		q.stalled = false
 	}
@@ -401,10 +549,11 @@ func (q *outQueue) close() bool {
 	clear(q.items)
 	q.items, q.head, q.bytes = nil, 0, 0
 	close(q.done)
-	if q.room != nil {
-		close(q.room)
-		q.room = nil
+	for _, w := range q.waitq { // their messages join the leftovers, or not
+		w.res = q.closedPutLocked(w.m)
+		close(w.done)
 	}
+	q.waitq = nil
 	return true
 }
 

@@ -205,7 +205,7 @@ type funcOut struct {
 }
 
 func (o *funcOut) send(c *conn, pk packets.Packet) error {
-	c.q.wrote(len(pk.Payload) + len(pk.TopicName))
+	c.q.wrote(len(pk.Payload)+len(pk.TopicName), 1)
 	// A copy: the payload may be the store's own bytes, and fn may keep or
 	// change what it gets.
 	payload := append([]byte(nil), pk.Payload...)

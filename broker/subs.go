@@ -157,7 +157,7 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 		return
 	}
 	st.last = nil
-	st.c.slow(dropQueueFull) // the seq is spent: the gap tells an MQTT 5 client
+	st.c.slowFull(fullNoWait) // the seq is spent: the gap tells an MQTT 5 client
 }
 
 // fold adds the rows of batch that s matches to delta d, if the writer has
