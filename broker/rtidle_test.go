@@ -1,0 +1,130 @@
+package broker
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Red team of the writer on demand (writer.go): with an idle time of a
+// microsecond a connection's writer stops between almost any two messages,
+// so every wake-up races a writer deciding to stop.
+
+// A persistent session taken over again and again (the same client id
+// reconnecting while the old connection's writer starts, stops, or does
+// its finishing duties) loses none of a stream of QoS 1 messages: what the
+// old connection did not write is the session's (leftovers, mochi's
+// in-flight resends), and the last connection gets all of it.
+func TestIdleWriterTakeoverStormKeepsQoS1(t *testing.T) {
+	b := start(t, Options{})
+	b.writerIdle.Store(int64(time.Microsecond))
+	const id, topic = "storm-sub", "storm/t"
+	var mu sync.Mutex
+	seen := map[int]bool{}
+	got := make(chan struct{}, 1)
+	dialSub := func() paho.Client {
+		o := paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID(id).SetCleanSession(false).
+			SetAutoReconnect(false).SetOrderMatters(true).
+			SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+				n, _ := strconv.Atoi(string(m.Payload()))
+				mu.Lock()
+				seen[n] = true
+				mu.Unlock()
+				select {
+				case got <- struct{}{}:
+				default:
+				}
+			})
+		c := paho.NewClient(o)
+		if tok := c.Connect(); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+			t.Fatalf("connect %s: %v", id, tok.Error())
+		}
+		return c
+	}
+	first := dialSub()
+	if tok := first.Subscribe(topic, 1, nil); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	pub := dial3(t, b, "storm-pub", true)
+
+	const n, takeovers = 300, 15
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range n {
+			tok := pub.Publish(topic, 1, false, strconv.Itoa(i))
+			if !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+				t.Errorf("publish %d: %v", i, tok.Error())
+				return
+			}
+		}
+	}()
+	clients := []paho.Client{first}
+	for range takeovers {
+		clients = append(clients, dialSub()) // takes the session over
+	}
+	waitGroup(t, "publisher", &wg)
+	settle(t, b)
+	defer func() {
+		for _, c := range clients {
+			c.Disconnect(0)
+		}
+	}()
+	deadline := time.After(testTimeout)
+	for {
+		mu.Lock()
+		k := len(seen)
+		mu.Unlock()
+		if k == n {
+			break
+		}
+		select {
+		case <-got:
+		case <-deadline:
+			mu.Lock()
+			var missing []int
+			for i := range n {
+				if !seen[i] {
+					missing = append(missing, i)
+				}
+			}
+			mu.Unlock()
+			t.Fatalf("%d of %d QoS 1 messages never arrived after %d takeovers: %v", len(missing), n, takeovers, missing)
+		}
+	}
+}
+
+// Broker.Close returns, with every connection's finishing duties done,
+// whether its writer ran (a message, a SUBACK) or never did, and no
+// writer stays behind.
+func TestIdleWriterCloseWithManyConns(t *testing.T) {
+	for it := range 5 {
+		b := start(t, Options{})
+		b.writerIdle.Store(int64(time.Microsecond))
+		const n = 40
+		subs := make([]*v3, n)
+		for i := range subs {
+			subs[i] = dial3(t, b, fmt.Sprint("close-", it, "-", i), i%2 == 0)
+			if i%3 != 0 {
+				subs[i].sub(t, "close/t", byte(i%3))
+			}
+		}
+		pub := dial3(t, b, fmt.Sprint("close-pub-", it), true)
+		for k := range 20 {
+			pub.Publish("close/t", byte(k%2), false, strconv.Itoa(k))
+		}
+		closed := make(chan struct{})
+		go func() { b.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(testTimeout):
+			t.Fatalf("iteration %d: Broker.Close did not return (a connection's writer never did its finishing duties)", it)
+		}
+		waitWriters(t, b, 0) // one that stopped idle may still be returning
+	}
+}
