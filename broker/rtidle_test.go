@@ -128,3 +128,71 @@ func TestIdleWriterCloseWithManyConns(t *testing.T) {
 		waitWriters(t, b, 0) // one that stopped idle may still be returning
 	}
 }
+
+// A door session's callback runs on its writer: one that closes its own
+// session (the queue closes under the running writer, which then does the
+// finishing duties itself: no second writer starts) ends it, and one that
+// publishes on (to the next session of a chain) delivers in order; many
+// times over with a writer that stops between almost any two messages.
+func TestIdleWriterDoorCallbacks(t *testing.T) {
+	b := start(t, Options{})
+	b.writerIdle.Store(int64(time.Microsecond))
+	ctx := testCtx(t)
+	for it := range 100 {
+		var s *Session
+		var mu sync.Mutex
+		var got []int
+		ready := make(chan struct{})
+		s = b.Open(Principal{ClientID: fmt.Sprint("door-self-", it)}, func(d Delivery) {
+			<-ready
+			n, _ := strconv.Atoi(string(d.Payload))
+			mu.Lock()
+			got = append(got, n)
+			mu.Unlock()
+			if n == 5 {
+				s.Close()
+			}
+		})
+		// A relay: what it gets it publishes on, from its writer.
+		relay := b.Open(Principal{ClientID: fmt.Sprint("door-relay-", it)}, func(d Delivery) {
+			if err := b.Publish(ctx, Principal{ClientID: "relay"}, Message{Topic: fmt.Sprint("door/out/", it), Payload: d.Payload}); err != nil {
+				t.Error(err)
+			}
+		})
+		if err := relay.Subscribe(fmt.Sprint("door/in/", it), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Subscribe(fmt.Sprint("door/out/", it), 0); err != nil {
+			t.Fatal(err)
+		}
+		close(ready)
+		for i := range 10 {
+			if err := b.Publish(ctx, Principal{ClientID: "p"}, Message{Topic: fmt.Sprint("door/in/", it), Payload: []byte(strconv.Itoa(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		select {
+		case <-s.c.handed:
+		case <-ctx.Done():
+			mu.Lock()
+			t.Fatalf("iteration %d: the session that closed itself never ended (got %v)", it, got)
+		}
+		relay.Close()
+		select {
+		case <-relay.c.handed:
+		case <-ctx.Done():
+			t.Fatalf("iteration %d: the relay never ended", it)
+		}
+		mu.Lock()
+		if len(got) != 6 {
+			t.Fatalf("iteration %d: got %v, want 0..5", it, got)
+		}
+		for i, n := range got {
+			if n != i {
+				t.Fatalf("iteration %d: got %v, not in order", it, got)
+			}
+		}
+		mu.Unlock()
+	}
+	waitWriters(t, b, 0)
+}
