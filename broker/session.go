@@ -205,6 +205,13 @@ type funcOut struct {
 }
 
 func (o *funcOut) send(c *conn, pk packets.Packet) error {
+	// Once the session is closed fn gets nothing more, though its writer
+	// took a batch before (a callback that closes its own session, say):
+	// what was taken stops here (at most a call already under way when
+	// Close runs elsewhere still finishes).
+	if c.q.isClosed() {
+		return errWriterStop
+	}
 	c.q.wrote(len(pk.Payload) + len(pk.TopicName))
 	// A copy: the payload may be the store's own bytes, and fn may keep or
 	// change what it gets.
