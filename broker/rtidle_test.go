@@ -196,3 +196,87 @@ func TestIdleWriterDoorCallbacks(t *testing.T) {
 	}
 	waitWriters(t, b, 0)
 }
+
+// Many publishers at once to one subscriber whose writer stops between
+// almost any two messages: every message queued as the writer decides to
+// stop, or left by a direct write (QoS 0 on plain TCP) as it exits, still
+// arrives, each publisher's in its order; on a door session (every message
+// through the writer) and on MQTT at QoS 0 and 1.
+func TestIdleWriterManyPublishersNoLostWakeup(t *testing.T) {
+	b := start(t, Options{})
+	b.writerIdle.Store(int64(time.Microsecond))
+	const pubs, per = 4, 300
+	check := func(t *testing.T, got []string) {
+		t.Helper()
+		next := make([]int, pubs)
+		for _, m := range got {
+			var p, i int
+			if _, err := fmt.Sscanf(m, "%d/%d", &p, &i); err != nil {
+				t.Fatalf("payload %q: %v", m, err)
+			}
+			if i != next[p] {
+				t.Fatalf("publisher %d: message %d arrived when %d was next", p, i, next[p])
+			}
+			next[p]++
+		}
+	}
+	publishAll := func(t *testing.T, topic string, qos byte) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for p := range pubs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := newMQTTPub(b, fmt.Sprint("many-pub-", topic, p))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer c.Disconnect(0)
+				for i := range per {
+					tok := c.Publish(topic, qos, false, fmt.Sprintf("%d/%d", p, i))
+					if qos > 0 || i == per-1 {
+						if !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+							t.Errorf("publish: %v", tok.Error())
+							return
+						}
+					}
+				}
+			}()
+		}
+		waitGroup(t, "publishers", &wg)
+	}
+	t.Run("door", func(t *testing.T) {
+		in := inbox[string]{got: make(chan struct{}, 1)}
+		s := b.Open(Principal{ClientID: "many-door"}, func(d Delivery) { in.add(string(d.Payload)) })
+		defer s.Close()
+		if err := s.Subscribe("many/door", 1); err != nil {
+			t.Fatal(err)
+		}
+		publishAll(t, "many/door", 1)
+		check(t, in.wait(t, pubs*per))
+	})
+	for _, qos := range []byte{0, 1} {
+		t.Run(fmt.Sprint("mqtt-qos", qos), func(t *testing.T) {
+			topic := fmt.Sprint("many/mqtt", qos)
+			sub := dial3(t, b, fmt.Sprint("many-sub-", qos), true)
+			sub.sub(t, topic, qos)
+			publishAll(t, topic, qos)
+			var got []string
+			for _, m := range sub.wait(t, pubs*per) {
+				got = append(got, m.payload)
+			}
+			check(t, got)
+		})
+	}
+}
+
+// newMQTTPub connects a plain paho publisher from any goroutine.
+func newMQTTPub(b *Broker, id string) (paho.Client, error) {
+	o := paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID(id).SetAutoReconnect(false).SetOrderMatters(true)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+		return nil, fmt.Errorf("connect %s: %v", id, tok.Error())
+	}
+	return c, nil
+}
