@@ -52,8 +52,10 @@ func (d *Delivery) Seq() int64 {
 }
 
 // Open starts a session acting as p; fn receives its messages until
-// Close. A slow fn holds its queue, which the slow-client policy bounds as
-// for any client.
+// Close (fn may call it: what its writer took but had not handed to fn
+// then goes no further; a call under way when Close runs elsewhere still
+// finishes). A slow fn holds its queue, which the slow-client policy
+// bounds as for any client.
 func (b *Broker) Open(p Principal, fn func(Delivery)) *Session {
 	s := &Session{b: b, plain: map[string]bool{}, trees: map[string]bool{}}
 	out := &funcOut{fn: fn}
