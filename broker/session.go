@@ -207,6 +207,10 @@ type funcOut struct {
 }
 
 func (o *funcOut) send(c *conn, pk packets.Packet) error {
+	c.q.wrote(len(pk.Payload) + len(pk.TopicName))
+	// A copy: the payload may be the store's own bytes, and fn may keep or
+	// change what it gets.
+	payload := append([]byte(nil), pk.Payload...)
 	// Once the session is closed fn gets nothing more, though its writer
 	// took a batch before (a callback that closes its own session, say):
 	// what was taken stops here (at most a call already under way when
@@ -214,10 +218,6 @@ func (o *funcOut) send(c *conn, pk packets.Packet) error {
 	if c.q.isClosed() {
 		return errWriterStop
 	}
-	c.q.wrote(len(pk.Payload) + len(pk.TopicName))
-	// A copy: the payload may be the store's own bytes, and fn may keep or
-	// change what it gets.
-	payload := append([]byte(nil), pk.Payload...)
 	o.fn(Delivery{Topic: pk.TopicName, Payload: payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties})
 	return nil
 }
