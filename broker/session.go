@@ -52,8 +52,10 @@ func (d *Delivery) Seq() int64 {
 }
 
 // Open starts a session acting as p; fn receives its messages until
-// Close. A slow fn holds its queue, which the slow-client policy bounds as
-// for any client.
+// Close (fn may call it: what its writer took but had not handed to fn
+// then goes no further; a call under way when Close runs elsewhere still
+// finishes). A slow fn holds its queue, which the slow-client policy
+// bounds as for any client.
 func (b *Broker) Open(p Principal, fn func(Delivery)) *Session {
 	s := &Session{b: b, plain: map[string]bool{}, trees: map[string]bool{}}
 	out := &funcOut{fn: fn}
@@ -209,6 +211,13 @@ func (o *funcOut) send(c *conn, pk packets.Packet) error {
 	// A copy: the payload may be the store's own bytes, and fn may keep or
 	// change what it gets.
 	payload := append([]byte(nil), pk.Payload...)
+	// Once the session is closed fn gets nothing more, though its writer
+	// took a batch before (a callback that closes its own session, say):
+	// what was taken stops here (at most a call already under way when
+	// Close runs elsewhere still finishes).
+	if c.q.isClosed() {
+		return errWriterStop
+	}
 	o.fn(Delivery{Topic: pk.TopicName, Payload: payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties})
 	return nil
 }
