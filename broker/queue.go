@@ -336,6 +336,12 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 	case q.stalled:
 		q.mu.Unlock()
 		return pushStalled
+	case q.lateLocked(w, now):
+		// Its wait is over (an earlier subscriber of the same publish
+		// used it up): refused now, not after a timer's sleep in line
+		// that would spend this client's credit too.
+		q.mu.Unlock()
+		return pushLate
 	}
 	wt := &waiter{m: m, cost: c, turn: make(chan struct{}, 1), done: make(chan struct{})}
 	if len(q.waitq) == 0 {
@@ -378,13 +384,20 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 			q.unlockAndWake()
 			return pushed
 		}
-		if !now.Before(w.deadline) && (!now.Before(q.lastWrote.Add(q.patience)) || (!w.limit.IsZero() && !now.Before(w.limit))) {
+		if q.lateLocked(w, now) {
 			q.leaveWaitLocked(wt)
 			q.admitLocked() // those behind it may fit
 			q.mu.Unlock()
 			return pushLate
 		}
 	}
+}
+
+// lateLocked reports whether a publisher waiting w must give up now: past
+// its deadline with the client written nothing for a patience, or past
+// its limit (mu held).
+func (q *outQueue) lateLocked(w pubWait, now time.Time) bool {
+	return !now.Before(w.deadline) && (!now.Before(q.lastWrote.Add(q.patience)) || (!w.limit.IsZero() && !now.Before(w.limit)))
 }
 
 // closedPutLocked is put on a closed queue (mu held).
