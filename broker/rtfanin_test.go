@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -48,5 +49,61 @@ func TestQueueSpentWaitDoesNotQueue(t *testing.T) {
 				t.Errorf("credit %v (stalled %v) after publishers with no wait left, want %v untouched", credit, stalled, q.patience)
 			}
 		})
+	}
+}
+
+// TestPublishCtxEndsWait: a publish through the door (Broker.Publish, as
+// the HTTP API makes with its request's context) waits for room in a full
+// subscriber's queue no longer than its context lives. It used to wait
+// its publish_wait, and up to 5 × publish_wait while the subscriber was
+// being written, whatever the context: an HTTP client that gave up held
+// its handler goroutine and its message in line all that time.
+func TestPublishCtxEndsWait(t *testing.T) {
+	b := start(t, Options{QueueBytes: 1000, PublishWait: time.Minute})
+	release := make(chan struct{})
+	defer close(release)
+	got := make(chan struct{}, 1)
+	s := b.Open(Principal{ClientID: "door-sub"}, func(Delivery) {
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		<-release // the subscriber's reader is stuck: its queue fills
+	})
+	defer s.Close()
+	if err := s.Subscribe("rt/ctx", 0); err != nil {
+		t.Fatal(err)
+	}
+	pub := Principal{ClientID: "door-pub"}
+	ctx := testCtx(t)
+	if err := b.Publish(ctx, pub, Message{Topic: "rt/ctx", Payload: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got: // the writer holds the first message
+	case <-ctx.Done():
+		t.Fatal("first message not delivered")
+	}
+	room := func() bool { // for one more small message (under 400 bytes)
+		s.c.q.mu.Lock()
+		defer s.c.q.mu.Unlock()
+		return s.c.q.bytes+400 <= s.c.q.max
+	}
+	for room() {
+		if err := b.Publish(ctx, pub, Message{Topic: "rt/ctx", Payload: []byte("fill")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	done := make(chan error, 1)
+	go func() { done <- b.Publish(gone, pub, Message{Topic: "rt/ctx", Payload: make([]byte, 500)}) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("a publish whose context ended waits for room in a full queue")
+	}
+	if n := b.meter.queueFull[fullLate].Load(); n != 1 {
+		t.Errorf("deadline drops %d, want 1", n)
 	}
 }
