@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"time"
@@ -336,7 +337,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 	case q.stalled:
 		q.mu.Unlock()
 		return pushStalled
-	case q.lateLocked(w, now):
+	case q.lateLocked(w, now) || w.stopped():
 		// Its wait is over (an earlier subscriber of the same publish
 		// used it up): refused now, not after a timer's sleep in line
 		// that would spend this client's credit too.
@@ -365,6 +366,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		case <-wt.done:
 		case <-wt.turn:
 		case <-t.C:
+		case <-w.stop:
 		}
 		t.Stop()
 		q.mu.Lock()
@@ -384,7 +386,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 			q.unlockAndWake()
 			return pushed
 		}
-		if q.lateLocked(w, now) {
+		if q.lateLocked(w, now) || w.stopped() {
 			q.leaveWaitLocked(wt)
 			q.admitLocked() // those behind it may fit
 			q.mu.Unlock()
@@ -420,6 +422,17 @@ func (q *outQueue) closedPutLocked(m item) pushResult {
 type pubWait struct {
 	deadline time.Time
 	limit    time.Time
+	stop     <-chan struct{} // closed: the publisher gave up (its context ended); nil: never
+}
+
+// stopped reports whether w's publisher gave up.
+func (w pubWait) stopped() bool {
+	select {
+	case <-w.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // waitLimit is how many times PublishWait a publisher waits at most for
@@ -427,10 +440,20 @@ type pubWait struct {
 // within the 10 s a Paho client waits for a PINGRESP.
 const waitLimit = 5
 
-// publisherWait is the wait of a publish made now.
-func (b *Broker) publisherWait() pubWait {
+// publisherWait is the wait of a publish made now with ctx: it ends with
+// ctx too (a door publisher that gave up, an HTTP client gone).
+func (b *Broker) publisherWait(ctx context.Context) pubWait {
 	now := time.Now()
-	return pubWait{deadline: now.Add(b.opts.PublishWait), limit: now.Add(waitLimit * b.opts.PublishWait)}
+	w := pubWait{deadline: now.Add(b.opts.PublishWait), limit: now.Add(waitLimit * b.opts.PublishWait), stop: ctx.Done()}
+	if d, ok := ctx.Deadline(); ok {
+		if d.Before(w.deadline) {
+			w.deadline = d
+		}
+		if d.Before(w.limit) {
+			w.limit = d
+		}
+	}
+	return w
 }
 
 // reserve counts n bytes the loop holds for this connection (events kept

@@ -107,3 +107,42 @@ func TestPublishCtxEndsWait(t *testing.T) {
 		t.Errorf("deadline drops %d, want 1", n)
 	}
 }
+
+// TestQueueStopMidWait: a publisher that gives up while first in line
+// (its context ends) leaves the line and hands the room it could not use
+// to the next, whose message fits: nobody behind it is left waiting.
+func TestQueueStopMidWait(t *testing.T) {
+	q := newOutQueue(1000, time.Minute)
+	defer q.close()
+	for range 4 { // 804 bytes
+		q.put(waitItem(), pubWait{})
+	}
+	ctx := testCtx(t)
+	deadline := time.Now().Add(testTimeout)
+	stop := make(chan struct{})
+	big := &plainItem{msg: &message{topic: "t", payload: make([]byte, 439)}} // 600 bytes
+	first := make(chan pushResult, 1)
+	go func() { first <- q.put(big, pubWait{deadline: deadline, stop: stop}) }()
+	awaitWaiting(t, q, 1)
+	second := make(chan pushResult, 1)
+	go func() { second <- q.put(waitItem(), pubWait{deadline: deadline}) }()
+	awaitWaiting(t, q, 2)
+	if got := len(q.take(nil, 1)); got != 1 { // 603 bytes: room for the second, not the first
+		t.Fatalf("took %d items", got)
+	}
+	close(stop)
+	for name, ch := range map[string]chan pushResult{"first": first, "second": second} {
+		want := map[string]pushResult{"first": pushLate, "second": pushed}[name]
+		select {
+		case r := <-ch:
+			if r != want {
+				t.Errorf("%s publisher: %v, want %v", name, r, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s publisher still waits", name)
+		}
+	}
+	if n := queueWaiting(q); n != 0 {
+		t.Errorf("%d left in line", n)
+	}
+}
