@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -144,5 +146,68 @@ func TestQueueStopMidWait(t *testing.T) {
 	}
 	if n := queueWaiting(q); n != 0 {
 		t.Errorf("%d left in line", n)
+	}
+}
+
+// TestQueueCloseWithWaiters: a queue that closes while publishers wait in
+// line answers every one at once, nobody is left in line: their QoS 1/2
+// messages join the leftovers for the session after what was queued, in
+// line order, while they fit the bound, a QoS 0 one is dropped as of no
+// use; from the first that does not fit on, they are told to deliver
+// elsewhere (pushGone: once the connection handed its leftovers on, to its
+// successor or the session). They were dropped: the queue was full when
+// they came, so the leftovers had room for hardly any of them, and a
+// persistent subscriber that reconnected while publishers waited lost
+// every QoS 1 message in line though its new connection had room.
+func TestQueueCloseWithWaiters(t *testing.T) {
+	q := newOutQueue(1000, time.Minute)
+	qos1 := func(p string) *plainItem {
+		return &plainItem{msg: &message{topic: "t", payload: []byte(p + strings.Repeat("x", 39))}, qos: 1}
+	}
+	for i := range 4 { // 804 bytes of QoS 1
+		q.put(qos1(strconv.Itoa(i)), pubWait{})
+	}
+	deadline := time.Now().Add(testTimeout)
+	res := make([]chan pushResult, 6)
+	for i := range res {
+		res[i] = make(chan pushResult, 1)
+		m := qos1(strconv.Itoa(4 + i))
+		if i == 1 {
+			m.qos = 0
+		}
+		go func() { res[i] <- q.put(m, pubWait{deadline: deadline}) }()
+		awaitWaiting(t, q, i+1)
+	}
+	q.take(nil, 1)        // 603 bytes: the first waiter queues its message
+	awaitWaiting(t, q, 5) // the second (1005 bytes) does not fit
+	q.close()
+	ctx := testCtx(t)
+	// Leftovers hold 1000 bytes: 1, 2, 3 and 4 (804) fit; waiter 1 is
+	// QoS 0: dropped; waiter 2 does not fit (1005): it and those after it
+	// go elsewhere.
+	want := []pushResult{pushed, pushed, pushGone, pushGone, pushGone, pushGone}
+	for i, ch := range res {
+		select {
+		case r := <-ch:
+			if r != want[i] {
+				t.Errorf("waiter %d: %v, want %v", i, r, want[i])
+			}
+		case <-ctx.Done():
+			t.Fatalf("waiter %d still waits after close", i)
+		}
+	}
+	if n := queueWaiting(q); n != 0 {
+		t.Errorf("%d left in line", n)
+	}
+	left, lost := q.leftovers()
+	var got []string
+	for _, p := range left {
+		got = append(got, string(p.msg.payload[:1]))
+	}
+	if strings.Join(got, "") != "1234" || lost != 0 {
+		t.Errorf("leftovers %v (lost %d), want 1234 (lost 0)", got, lost)
+	}
+	if r := q.put(qos1("9"), pubWait{deadline: deadline}); r != pushGone {
+		t.Errorf("put after the leftovers went: %v, want pushGone", r)
 	}
 }
