@@ -565,7 +565,7 @@ func (q *outQueue) release() {
 }
 
 // close ends the queue: it wakes the writer (or starts one, for its
-// finishing duties) and every waiting publisher, and keeps, of what was
+// finishing duties) and every waiting publisher (see below), and keeps, of what was
 // not taken, the QoS 1/2 plain messages (the leftovers, which a
 // persistent session must not lose: see conn.finish) and drops the rest.
 // It reports whether it closed the queue (false: already closed).
@@ -585,8 +585,22 @@ func (q *outQueue) close() bool {
 	clear(q.items)
 	q.items, q.head, q.bytes = nil, 0, 0
 	close(q.done)
-	for _, w := range q.waitq { // their messages join the leftovers, or not
-		w.res = q.closedPutLocked(w.m)
+	// Waiting publishers' messages join the leftovers, in line order,
+	// while they fit; from the first QoS 1/2 one that does not, they go
+	// elsewhere once the leftovers are handed on (pushGone: to the
+	// connection's successor or the session), after the leftovers: the
+	// queue was full when they came, and a session that lives on must not
+	// lose them for that.
+	gone := false
+	for _, w := range q.waitq {
+		if p, ok := w.m.(*plainItem); ok && p.qos > 0 && q.leftBytes > 0 && q.leftBytes+w.cost > q.max {
+			gone = true
+		}
+		if gone {
+			w.res = pushGone
+		} else {
+			w.res = q.closedPutLocked(w.m)
+		}
 		close(w.done)
 	}
 	q.waitq = nil
