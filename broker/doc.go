@@ -97,7 +97,8 @@
 // the first, which queues its message and wakes the next (no herd). A
 // publish waits PublishWait in all, and longer only while the client is
 // being written, up to 5 × PublishWait (its publisher's own connection
-// is not read meanwhile): a subscriber that reads steadily slows its
+// is not read meanwhile), and never past its context (Broker.Publish); a
+// wait that is over is refused at once, not queued: a subscriber that reads steadily slows its
 // publishers to its pace and loses nothing. Each
 // client may hold publishers back PublishWait in all, earning it back as
 // it is written (a second per 64 messages or 64 KiB); one out of credit
@@ -127,7 +128,8 @@
 // client's connection's queue, which waits for them (OnSessionEstablish
 // tells the old connection before mochi moves the session, whose
 // in-flight messages mochi copies; OnSessionEstablished adopts them).
-// Messages published meanwhile join the leftovers, or wait for the
+// Messages published meanwhile, or waiting in line when the queue
+// closed, join the leftovers, or (past their bound) wait for the
 // hand-off and follow them. A message for a session whose client is
 // coming back, after mochi resent its in-flight messages and before its
 // connection is filed, waits for that connection (arriving.go) and goes

@@ -185,7 +185,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 				b.reqs.push(req)
 			}
 		}
-		w := b.publisherWait()
+		w := b.publisherWait(ctx)
 		b.deliverPlain(r.plain, w)
 		if r.trans != nil {
 			b.deliverTranslatedEvent(*r.trans, w)

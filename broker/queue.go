@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"time"
@@ -336,6 +337,12 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 	case q.stalled:
 		q.mu.Unlock()
 		return pushStalled
+	case q.lateLocked(w, now) || w.stopped():
+		// Its wait is over (an earlier subscriber of the same publish
+		// used it up): refused now, not after a timer's sleep in line
+		// that would spend this client's credit too.
+		q.mu.Unlock()
+		return pushLate
 	}
 	wt := &waiter{m: m, cost: c, turn: make(chan struct{}, 1), done: make(chan struct{})}
 	if len(q.waitq) == 0 {
@@ -359,6 +366,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		case <-wt.done:
 		case <-wt.turn:
 		case <-t.C:
+		case <-w.stop:
 		}
 		t.Stop()
 		q.mu.Lock()
@@ -378,13 +386,20 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 			q.unlockAndWake()
 			return pushed
 		}
-		if !now.Before(w.deadline) && (!now.Before(q.lastWrote.Add(q.patience)) || (!w.limit.IsZero() && !now.Before(w.limit))) {
+		if q.lateLocked(w, now) || w.stopped() {
 			q.leaveWaitLocked(wt)
 			q.admitLocked() // those behind it may fit
 			q.mu.Unlock()
 			return pushLate
 		}
 	}
+}
+
+// lateLocked reports whether a publisher waiting w must give up now: past
+// its deadline with the client written nothing for a patience, or past
+// its limit (mu held).
+func (q *outQueue) lateLocked(w pubWait, now time.Time) bool {
+	return !now.Before(w.deadline) && (!now.Before(q.lastWrote.Add(q.patience)) || (!w.limit.IsZero() && !now.Before(w.limit)))
 }
 
 // closedPutLocked is put on a closed queue (mu held).
@@ -407,6 +422,17 @@ func (q *outQueue) closedPutLocked(m item) pushResult {
 type pubWait struct {
 	deadline time.Time
 	limit    time.Time
+	stop     <-chan struct{} // closed: the publisher gave up (its context ended); nil: never
+}
+
+// stopped reports whether w's publisher gave up.
+func (w pubWait) stopped() bool {
+	select {
+	case <-w.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // waitLimit is how many times PublishWait a publisher waits at most for
@@ -414,10 +440,20 @@ type pubWait struct {
 // within the 10 s a Paho client waits for a PINGRESP.
 const waitLimit = 5
 
-// publisherWait is the wait of a publish made now.
-func (b *Broker) publisherWait() pubWait {
+// publisherWait is the wait of a publish made now with ctx: it ends with
+// ctx too (a door publisher that gave up, an HTTP client gone).
+func (b *Broker) publisherWait(ctx context.Context) pubWait {
 	now := time.Now()
-	return pubWait{deadline: now.Add(b.opts.PublishWait), limit: now.Add(waitLimit * b.opts.PublishWait)}
+	w := pubWait{deadline: now.Add(b.opts.PublishWait), limit: now.Add(waitLimit * b.opts.PublishWait), stop: ctx.Done()}
+	if d, ok := ctx.Deadline(); ok {
+		if d.Before(w.deadline) {
+			w.deadline = d
+		}
+		if d.Before(w.limit) {
+			w.limit = d
+		}
+	}
+	return w
 }
 
 // reserve counts n bytes the loop holds for this connection (events kept
@@ -529,7 +565,7 @@ func (q *outQueue) release() {
 }
 
 // close ends the queue: it wakes the writer (or starts one, for its
-// finishing duties) and every waiting publisher, and keeps, of what was
+// finishing duties) and every waiting publisher (see below), and keeps, of what was
 // not taken, the QoS 1/2 plain messages (the leftovers, which a
 // persistent session must not lose: see conn.finish) and drops the rest.
 // It reports whether it closed the queue (false: already closed).
@@ -549,8 +585,22 @@ func (q *outQueue) close() bool {
 	clear(q.items)
 	q.items, q.head, q.bytes = nil, 0, 0
 	close(q.done)
-	for _, w := range q.waitq { // their messages join the leftovers, or not
-		w.res = q.closedPutLocked(w.m)
+	// Waiting publishers' messages join the leftovers, in line order,
+	// while they fit; from the first QoS 1/2 one that does not, they go
+	// elsewhere once the leftovers are handed on (pushGone: to the
+	// connection's successor or the session), after the leftovers: the
+	// queue was full when they came, and a session that lives on must not
+	// lose them for that.
+	gone := false
+	for _, w := range q.waitq {
+		if p, ok := w.m.(*plainItem); ok && p.qos > 0 && q.leftBytes > 0 && q.leftBytes+w.cost > q.max {
+			gone = true
+		}
+		if gone {
+			w.res = pushGone
+		} else {
+			w.res = q.closedPutLocked(w.m)
+		}
 		close(w.done)
 	}
 	q.waitq = nil
