@@ -20,7 +20,9 @@ func start(t testing.TB, opts Options) *Broker {
 	opts.TCP = "127.0.0.1:0"
 	opts.WS = "127.0.0.1:0"
 	if _, fuzz := t.(*testing.F); testing.Verbose() && !fuzz { // F's log is not for other goroutines
-		opts.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+		w := &testLog{w: zerolog.NewTestWriter(t)}
+		t.Cleanup(w.end) // runs after b.Close (cleanups run last first)
+		opts.Log = zerolog.New(w).Level(zerolog.DebugLevel)
 	}
 	b, err := New(opts)
 	if err != nil {
@@ -31,6 +33,30 @@ func start(t testing.TB, opts Options) *Broker {
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
+}
+
+// testLog is a test's log for its broker that drops what is written once
+// the test ends: mochi's event loop logs its halt after Server.Close has
+// returned, and a test's log panics when written after the test.
+type testLog struct {
+	mu    sync.Mutex
+	w     zerolog.TestWriter
+	ended bool
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return len(p), nil
+	}
+	return l.w.Write(p)
+}
+
+func (l *testLog) end() {
+	l.mu.Lock()
+	l.ended = true
+	l.mu.Unlock()
 }
 
 // settle waits until the message loop has applied every publish handed to

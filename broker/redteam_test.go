@@ -264,7 +264,11 @@ func TestSlowAckerCannotGatePublishers(t *testing.T) {
 	}
 	took := time.Since(start)
 	t.Logf("4000 publishes beside the gate: %v", took)
-	if took > 8*time.Second { // each queue-full (~100 publishes) used to cost ~300 ms: 12 s
+	// Each queue-full (~100 publishes) used to cost ~300 ms: 12 s or more;
+	// now 0.3 s on an idle machine, and up to 8.3 s seen on a 2-core one
+	// running a benchmark beside the race-enabled suite: the bound sits
+	// between the two.
+	if took > 11*time.Second {
 		t.Errorf("4000 publishes took %v", took)
 	}
 }
