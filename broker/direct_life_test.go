@@ -6,10 +6,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"net"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -35,15 +33,7 @@ func TestDirectWriteCutThenClose(t *testing.T) {
 	})
 	other := dial3(t, b, "other", true)
 	other.sub(t, "d/t", 0)
-	d := net.Dialer{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }) //nolint:errcheck // serr
-		return serr
-	}}
-	nc, err := d.Dial("tcp", b.TCPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := dialSmallRcvBuf(t, b)
 	slow := benchConn(t, nc, "slow")
 	slow.subscribe(t, "d/t")
 	ctx := testCtx(t)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -87,15 +86,7 @@ func TestDirectRestThenAck(t *testing.T) {
 	b := start(t, Options{QueueBytes: 64 << 20, WriteTimeout: 10 * time.Minute})
 	for round := range 5 {
 		id := "slow" + strconv.Itoa(round)
-		d := net.Dialer{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }) //nolint:errcheck // serr
-			return serr
-		}}
-		nc, err := d.Dial("tcp", b.TCPAddr())
-		if err != nil {
-			t.Fatal(err)
-		}
+		nc := dialSmallRcvBuf(t, b)
 		sub := benchConn(t, nc, id)
 		topic := "r/" + strconv.Itoa(round)
 		sub.subscribe(t, topic)

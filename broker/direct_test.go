@@ -94,15 +94,7 @@ func TestDirectWriteOrderWithQueued(t *testing.T) {
 // arrives, whole and in order.
 func TestDirectWriteRest(t *testing.T) {
 	b := start(t, Options{QueueBytes: 64 << 20, WriteTimeout: 10 * time.Minute})
-	d := net.Dialer{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }) //nolint:errcheck // serr
-		return serr
-	}}
-	nc, err := d.Dial("tcp", b.TCPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := dialSmallRcvBuf(t, b)
 	sub := benchConn(t, nc, "slow")
 	sub.subscribe(t, "d/t")
 	ctx := testCtx(t)
@@ -175,6 +167,22 @@ func TestNoDelay(t *testing.T) {
 	if conns[0].raw == nil {
 		t.Errorf("a plain TCP connection has no non-blocking writer")
 	}
+}
+
+// dialSmallRcvBuf dials b's TCP listener with a 4 KiB receive buffer, so
+// a client that does not read soon makes the broker's writes short.
+func dialSmallRcvBuf(t testing.TB, b *Broker) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }) //nolint:errcheck // serr
+		return serr
+	}}
+	nc, err := d.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc
 }
 
 // benchConn is a benchClient on a connection already dialled.
