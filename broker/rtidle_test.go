@@ -26,6 +26,41 @@ import (
 // often (3 of 16 runs) as with it, at its usual idle time or a microsecond,
 // so the writer on demand is not the cause. Not fixed here (reported by
 // h-rtidle); MOTE_RT_TAKEOVER=1 runs them.
+//
+// Cause (h-takeover, traced with temporary logging of every send, PUBACK,
+// holdOffline and in-flight map at OnSessionEstablished): the broker, not
+// the test. The Paho clients ack only after their handler ran
+// (OrderMatters), and no missing message was ever acknowledged. Two races
+// between a takeover and the broker putting messages into a session's
+// mochi client that is no longer (or is about to stop being) the
+// session's; in 4 failing runs of the away storm every missing message
+// went one of these two ways:
+//
+//  1. conn.handOffLocked, default case (the connection ended, session
+//     kept): when Clients.Get(id) is another client than the
+//     connection's (a newer client took the session over without going
+//     through this connection's expect/succeed: its CONNECT came while
+//     this connection was not, or no longer, filed in byID, e.g. a
+//     client whose CONNACK was written but whose connection was not yet
+//     filed when the next client took over), the leftovers are dropped
+//     silently: not held, not handed to the newer client, and not
+//     counted (lost stays 0). Seen: [62..69], [159..176], [247..],
+//     [211], [268], [270], [272].
+//  2. holdOffline racing mochi's inheritClientSession: a publisher (or a
+//     hand-off) finds the away session's old client in Clients, mochi
+//     meanwhile clones that client's in-flight map to the new client
+//     (OnSessionEstablish runs before the clone, Clients.Add after it),
+//     and the message is then taken in flight in the old client only
+//     (cleared by mochi, or left on a client that is no longer the
+//     session's). Seen: 199 held on the old client right after the new
+//     client's map was cloned holding 182..198; 61 after 60 made it.
+//
+// A fix needs both paths to give the message to the session's current
+// client (or its coming connection: arriving.hold) and to serialise
+// holdOffline with the clone (e.g. mark the old client in
+// OnSessionEstablish, under the lock holdOffline takes, and send its
+// later messages to arriving for the new client); not done for lack of
+// time to validate it under -race.
 func TestIdleWriterTakeoverStormKeepsQoS1(t *testing.T) { takeoverStorm(t, false) }
 
 // TestSessionAwayStormKeepsQoS1 is the storm with the session away (a
