@@ -61,6 +61,9 @@ var ErrReload = errors.New("broker: reload refused")
 // name. (The HTTP API is not one of the broker's listeners: it asks
 // LocalOnly per request, and refuses other peers from then on.)
 //
+// History rules are refused without a store (Options.Store nil: mote
+// broker --data off), which is where history is kept.
+//
 // New history rules apply to the row changes made from then on; stored
 // values are pruned by them afterwards (retain.Retainer.SetHistory). A new
 // TLS configuration serves the handshakes that follow; connections already
@@ -74,6 +77,9 @@ func (b *Broker) Reload(r Reload) error {
 	defer b.reloading.Unlock()
 	if err := checkHistory(r.History); err != nil {
 		return fmt.Errorf("%w: %w", ErrReload, err)
+	}
+	if len(r.History) > 0 && b.opts.Store == nil {
+		return fmt.Errorf("%w: history rules need a store (SPEC §9), and the broker runs without one (--data off)", ErrReload)
 	}
 	if tc := r.TLSConfig; tc != nil && len(tc.Certificates) == 0 && tc.GetCertificate == nil && tc.GetConfigForClient == nil {
 		return fmt.Errorf("%w: the TLS configuration has no certificate", ErrReload)
