@@ -538,8 +538,8 @@ func (r *Retainer) commit(closing bool) error {
 	r.mu.Lock()
 	batch, hist, waiters := r.pending, r.hist, r.waiters
 	next := r.spare
-	if next == nil {
-		next = newRowSet(r.opts.MaxBatch)
+	if next == nil { // the first commit, or one too large to keep: made for as many
+		next = newRowSet(max(r.opts.MaxBatch, batch.len()))
 	}
 	r.pending, r.hist, r.waiters, r.spare = next, nil, nil, nil
 	r.committing = batch

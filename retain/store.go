@@ -416,6 +416,8 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		rejected = rejected[:0]
 		a := arena(make([]byte, 0, size)) // afresh for a retried transaction: the failed one may hold it
 		rows, dead, hist, meta := tx.Bucket(bucketRows), tx.Bucket(bucketDead), tx.Bucket(bucketHist), tx.Bucket(bucketMeta)
+		rows.FillPercent = fillFor(rows, changes, order)
+		dead.FillPercent = appendFill // keys are revisions: always past the last
 		var refused map[string]bool
 		for _, i := range order {
 			c := &changes[i]
@@ -473,6 +475,37 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		return nil, fmt.Errorf("retain: commit %d rows to %s: %w", len(changes), s.path, err)
 	}
 	return rejected, nil
+}
+
+// appendFill is how full bbolt fills the pages it splits when keys are
+// appended past a bucket's last key: full, as no later key will land
+// between them. bbolt's default (half) suits keys that land anywhere; for
+// appends it leaves every page half empty, and a commit writes and
+// splits twice the pages (a boot storm's rows come almost in key order;
+// BenchmarkRetainerStorm).
+const appendFill = 1.0
+
+// fillFor is the FillPercent for the rows bucket in a commit of changes
+// (order: their indexes in topic order): appendFill when at least half of
+// them come after the bucket's last key, else bbolt's default. It is not
+// part of the format: a page filled either way reads the same.
+func fillFor(rows *bolt.Bucket, changes []Change, order []int32) float64 {
+	last, _ := rows.Cursor().Last()
+	if len(order) == 0 || last == nil {
+		return appendFill
+	}
+	lastTopic := string(last)
+	// The first change past the last key, by binary search over order.
+	i, _ := slices.BinarySearchFunc(order, lastTopic, func(j int32, t string) int {
+		if changes[j].Topic <= t {
+			return -1
+		}
+		return 1
+	})
+	if 2*(len(order)-i) >= len(order) {
+		return appendFill
+	}
+	return bolt.DefaultFillPercent
 }
 
 // sortedOrder is the indexes of changes in topic order. Sorting the
