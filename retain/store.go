@@ -71,6 +71,7 @@ package retain
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -508,17 +509,61 @@ func fillFor(rows *bolt.Bucket, changes []Change, order []int32) float64 {
 	return bolt.DefaultFillPercent
 }
 
-// sortedOrder is the indexes of changes in topic order. Sorting the
-// indexes, not the 72-byte changes, moves 4 bytes a swap and no pointers
-// (a sort of changes while the GC marks pays a write barrier per move):
-// sorting a boot storm's commits was 5% of its CPU.
+// sortedOrder is the indexes of changes in topic order. It sorts
+// 16-byte entries without pointers (a sort of the 72-byte changes while
+// the GC marks pays a write barrier per move): each entry holds the 8
+// bytes of its topic after the prefix every topic of the batch shares
+// (a boot storm's "boot/d0"), so almost every comparison is one of two
+// integers, not of two strings read from all over the heap; the topics
+// are compared only where those 8 bytes are equal. Sorting a storm's
+// commits this way took a third of the time of sorting indexes by topic
+// (TestSortedOrder, BenchmarkSortedOrder).
 func sortedOrder(changes []Change) []int32 {
-	order := make([]int32, len(changes))
-	for i := range order {
-		order[i] = int32(i)
+	if len(changes) == 0 {
+		return nil
 	}
-	slices.SortFunc(order, func(a, b int32) int { return strings.Compare(changes[a].Topic, changes[b].Topic) })
+	lcp := len(changes[0].Topic) // the prefix every topic shares
+	for i := 1; i < len(changes) && lcp > 0; i++ {
+		t, first := changes[i].Topic, changes[0].Topic
+		n := min(lcp, len(t))
+		j := 0
+		for j < n && t[j] == first[j] {
+			j++
+		}
+		lcp = j
+	}
+	type entry struct {
+		head uint64 // the 8 bytes after lcp, big-endian, zero-padded
+		i    int32
+	}
+	es := make([]entry, len(changes))
+	for i := range changes {
+		es[i] = entry{head8(changes[i].Topic[lcp:]), int32(i)}
+	}
+	// A topic's head is a monotone map of it (a shorter one pads with
+	// zeros, and is a prefix or compares lower at a byte before): equal
+	// heads leave the order to the whole topics.
+	slices.SortFunc(es, func(a, b entry) int {
+		if a.head != b.head {
+			return cmp.Compare(a.head, b.head)
+		}
+		return strings.Compare(changes[a.i].Topic[lcp:], changes[b.i].Topic[lcp:])
+	})
+	order := make([]int32, len(es))
+	for i, e := range es {
+		order[i] = e.i
+	}
 	return order
+}
+
+// head8 is the first 8 bytes of s as a big-endian integer, zero-padded.
+func head8(s string) uint64 {
+	if len(s) >= 8 {
+		return binary.BigEndian.Uint64(unsafe.Slice(unsafe.StringData(s), 8))
+	}
+	var b [8]byte
+	copy(b[:], s)
+	return binary.BigEndian.Uint64(b[:])
 }
 
 // keyOf is the bytes of topic as a bbolt key, without a copy: bbolt's
