@@ -143,11 +143,9 @@ type Retainer struct {
 	compactMore bool
 
 	// spare is the set of the last commit, emptied, for the next changes
-	// to wait in (guarded by mu); scratch lists a commit's rows (owned by
-	// the goroutine). Reusing them spares a boot storm an allocation and
-	// a map's growth per commit.
-	spare   *rowSet
-	scratch []Change
+	// to wait in (guarded by mu). Reusing it spares a boot storm an
+	// allocation and a map's growth per commit.
+	spare *rowSet
 
 	markers    int    // deletion markers in the store (about); owned by the goroutine
 	compacted  uint64 // markers at or below it are dropped; owned by the goroutine
@@ -555,15 +553,9 @@ func (r *Retainer) commit(closing bool) error {
 		r.mu.Unlock()
 		return nil
 	}
-	// One slice for the store (the set is in chunks); Deleted reads batch meanwhile.
-	changes := batch.appendTo(slices.Grow(r.scratch[:0], batch.len()))
-	defer func() { // the slice (unless a storm's) and, once committed, the set serve the next commit
-		r.scratch = nil
-		if cap(changes) <= spareRows {
-			clear(changes)
-			r.scratch = changes[:0]
-		}
-	}()
+	// The set's own slice: Deleted reads batch meanwhile, no one writes it
+	// until the commit is over (then, reset, it may serve the next one).
+	changes := batch.rows()
 	if r.epochBytes >= EpochBytes {
 		r.epoch, r.epochBytes = r.epoch+1, 0
 	}

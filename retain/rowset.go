@@ -1,50 +1,50 @@
 package retain
 
 // rowSet is a set of row changes, the newest per topic: what waits for a
-// commit. The changes sit in fixed-size chunks, in the order their topics
-// first came, and a map finds a topic's entry. Against a map of whole
-// changes it saves, per row, hashing and moving a Change each time the
-// map grows, and against one slice the copies of its growth: a boot storm
-// hands in hundreds of thousands of new rows between two commits. Chunks
-// are kept, emptied, for the next changes.
+// commit. The changes sit in one slice, in the order their topics first
+// came, and a map finds a topic's entry; the store commits the slice as
+// it is (rows), with no copy. Slice and map are made for as many rows as
+// the last commit took (hint): a boot storm hands in hundreds of
+// thousands of new rows between two commits, and commits of a storm are
+// alike in size, so they rarely grow; when they do the slice doubles. A
+// set of the size of the last commit, kept emptied for the next changes
+// (Retainer.spare), grows not at all.
+//
+// Against a map of whole changes it saves, per row, hashing and moving a
+// Change each time the map grows; against chunks listed into one slice
+// for the store, that copy of every change (and its write barriers while
+// the GC marks): 4% of a 500k-row storm's CPU.
 type rowSet struct {
-	chunks [][]Change       // each of cap chunkRows; all full but the last
-	n      int              // changes held
-	at     map[string]int32 // topic → its index (chunk×chunkRows + place)
-	// hint is the topics the map is first made for: the rows the last
-	// commit took, or Options.MaxBatch if more. Grown from empty,
-	// rehashing was half of what a boot storm's rows cost here; grown
-	// from MaxBatch to a storm's commits of 50k–125k rows, still a third.
-	hint int
+	list []Change
+	at   map[string]int32 // topic → its index in list
+	hint int              // the rows slice and map are first made for
 }
 
-// newRowSet is an empty set whose map is made for hint topics (at most
-// maxHint).
+// newRowSet is an empty set made for hint topics (at most maxHint).
 func newRowSet(hint int) *rowSet { return &rowSet{hint: min(hint, maxHint)} }
 
-// maxHint bounds the topics a set's map is first made for: 256k topics,
-// about 6 MiB, made only after a commit that held as many.
+// maxHint bounds the topics a set is first made for: 256k topics, about
+// 24 MiB of slice and map, made only after a commit that held as many.
 const maxHint = 1 << 18
-
-// chunkRows is the changes of one chunk (36 KiB).
-const chunkRows = 512
 
 // put adds c, replacing the change of its topic if there is one.
 func (s *rowSet) put(c Change) {
 	if i, ok := s.at[c.Topic]; ok {
-		s.chunks[i/chunkRows][i%chunkRows] = c
+		s.list[i] = c
 		return
 	}
 	if s.at == nil {
 		s.at = make(map[string]int32, s.hint)
 	}
-	k := s.n / chunkRows
-	if k == len(s.chunks) {
-		s.chunks = append(s.chunks, make([]Change, 0, chunkRows))
+	if len(s.list) == cap(s.list) {
+		// Made for hint rows, then doubled: Go's append grows a large
+		// slice by a quarter, copying it over four times as often.
+		grown := make([]Change, len(s.list), max(s.hint, 2*cap(s.list), 64))
+		copy(grown, s.list)
+		s.list = grown
 	}
-	s.chunks[k] = append(s.chunks[k], c)
-	s.at[c.Topic] = int32(s.n)
-	s.n++
+	s.list = append(s.list, c)
+	s.at[c.Topic] = int32(len(s.list) - 1)
 }
 
 // has reports whether the set holds a change of topic.
@@ -54,31 +54,22 @@ func (s *rowSet) has(topic string) bool {
 }
 
 // len is the number of topics.
-func (s *rowSet) len() int { return s.n }
+func (s *rowSet) len() int { return len(s.list) }
 
 // each calls fn with every change, in the order their topics first came.
 func (s *rowSet) each(fn func(c *Change)) {
-	for _, ch := range s.chunks {
-		for i := range ch {
-			fn(&ch[i])
-		}
+	for i := range s.list {
+		fn(&s.list[i])
 	}
 }
 
-// appendTo appends every change to out.
-func (s *rowSet) appendTo(out []Change) []Change {
-	for _, ch := range s.chunks {
-		out = append(out, ch...)
-	}
-	return out
-}
+// rows is every change, in the order their topics first came: the set's
+// own slice, valid until the next put or reset.
+func (s *rowSet) rows() []Change { return s.list }
 
-// reset empties the set, keeping its chunks for the next changes.
+// reset empties the set, keeping its slice and map for the next changes.
 func (s *rowSet) reset() {
-	for k, ch := range s.chunks {
-		clear(ch) // drop the rows' references for the GC
-		s.chunks[k] = ch[:0]
-	}
-	s.n = 0
+	clear(s.list) // drop the rows' references for the GC
+	s.list = s.list[:0]
 	clear(s.at)
 }

@@ -49,8 +49,8 @@ func TestRowSet(t *testing.T) {
 			if !slices.Equal(got, c.want) || s.len() != len(c.want) {
 				t.Errorf("got %v (len %d), want %v", got, s.len(), c.want)
 			}
-			if listed := s.appendTo(nil); len(listed) != len(c.want) {
-				t.Errorf("appendTo listed %d", len(listed))
+			if listed := s.rows(); len(listed) != len(c.want) {
+				t.Errorf("rows listed %d", len(listed))
 			}
 			for _, w := range c.want {
 				if topic, _, _ := strings.Cut(w, "="); !s.has(topic) {
@@ -61,12 +61,13 @@ func TestRowSet(t *testing.T) {
 	}
 }
 
-// TestRowSetChunks: thousands of topics, each changed twice, over several
-// chunks and two resets: every topic once, with its newest value.
-func TestRowSetChunks(t *testing.T) {
-	var s rowSet
+// TestRowSetGrows: thousands of topics, each changed twice, in a set made
+// for fewer (it grows several times) and over two resets: every topic
+// once, with its newest value.
+func TestRowSetGrows(t *testing.T) {
+	s := newRowSet(100)
 	for round := range 3 {
-		const n = 3*chunkRows + 7
+		const n = 3*512 + 7
 		for pass := range 2 {
 			for i := range n {
 				s.put(Change{Topic: fmt.Sprint("t", i), Value: val(fmt.Sprint(round, pass, i))})
