@@ -536,8 +536,8 @@ func (r *Retainer) commit(closing bool) error {
 	r.mu.Lock()
 	batch, hist, waiters := r.pending, r.hist, r.waiters
 	next := r.spare
-	if next == nil { // the first commit, or one too large to keep: made for as many
-		next = newRowSet(max(r.opts.MaxBatch, batch.len()))
+	if next == nil { // the first commit, or one too large to keep: made for twice as many
+		next = newRowSet(max(r.opts.MaxBatch, 2*batch.len()))
 	}
 	r.pending, r.hist, r.waiters, r.spare = next, nil, nil, nil
 	r.committing = batch

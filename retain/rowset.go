@@ -3,17 +3,18 @@ package retain
 // rowSet is a set of row changes, the newest per topic: what waits for a
 // commit. The changes sit in one slice, in the order their topics first
 // came, and a map finds a topic's entry; the store commits the slice as
-// it is (rows), with no copy. Slice and map are made for as many rows as
-// the last commit took (hint): a boot storm hands in hundreds of
-// thousands of new rows between two commits, and commits of a storm are
-// alike in size, so they rarely grow; when they do the slice doubles. A
-// set of the size of the last commit, kept emptied for the next changes
-// (Retainer.spare), grows not at all.
+// it is (rows), with no copy. Slice and map are first made for hint rows:
+// twice what the last commit took (Retainer.commit), as a boot storm
+// hands in hundreds of thousands of new rows between two commits, and
+// the commits of a storm are alike in size; past it the slice doubles. A
+// set no larger than spareRows is kept, emptied, for the next changes
+// (Retainer.spare), and grows not at all.
 //
 // Against a map of whole changes it saves, per row, hashing and moving a
-// Change each time the map grows; against chunks listed into one slice
-// for the store, that copy of every change (and its write barriers while
-// the GC marks): 4% of a 500k-row storm's CPU.
+// Change each time the map grows; against fixed-size chunks (no growth,
+// but listed into one slice for the store at every commit) that copy of
+// every change and its write barriers while the GC marks: 4% of a
+// 500k-row storm's CPU.
 type rowSet struct {
 	list []Change
 	at   map[string]int32 // topic → its index in list
@@ -24,7 +25,8 @@ type rowSet struct {
 func newRowSet(hint int) *rowSet { return &rowSet{hint: min(hint, maxHint)} }
 
 // maxHint bounds the topics a set is first made for: 256k topics, about
-// 24 MiB of slice and map, made only after a commit that held as many.
+// 24 MiB of slice and map, made only after a commit that held half as
+// many.
 const maxHint = 1 << 18
 
 // put adds c, replacing the change of its topic if there is one.

@@ -491,8 +491,11 @@ const appendFill = 1.0
 // them come after the bucket's last key, else bbolt's default. It is not
 // part of the format: a page filled either way reads the same.
 func fillFor(rows *bolt.Bucket, changes []Change, order []int32) float64 {
+	if len(order) == 0 {
+		return appendFill
+	}
 	last, _ := rows.Cursor().Last()
-	if len(order) == 0 || last == nil {
+	if last == nil {
 		return appendFill
 	}
 	lastTopic := string(last)
