@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // byTopic is sortedOrder's answer the plain way: indexes sorted by topic.
@@ -102,5 +103,12 @@ func BenchmarkSortedOrder(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(changes)), "ns/row")
 		})
+	}
+}
+
+// TestChangeSize: a Change fills one 64-byte cache line (its field order).
+func TestChangeSize(t *testing.T) {
+	if n := unsafe.Sizeof(Change{}); n != 64 {
+		t.Errorf("a Change is %d bytes, want 64", n)
 	}
 }
