@@ -59,8 +59,9 @@ func (r *Retainer) committingLen() int {
 	return r.committing.len()
 }
 
-// spareRows bounds the set kept for the next commit: one that held more
-// rows is left to the GC rather than kept at its largest.
+// spareRows bounds the set kept for the next commit: one made for or
+// grown to more rows (rowSet.size) is left to the GC rather than kept at
+// its largest (64k rows: 4 MiB of slice, and its map).
 const spareRows = 1 << 16
 
 // MaxBackoff bounds the wait between retries of a commit that failed
@@ -580,7 +581,7 @@ func (r *Retainer) commit(closing bool) error {
 	}
 	r.mu.Lock()
 	r.committing, r.commitSince, r.lastCommit = nil, time.Time{}, time.Now()
-	if batch.len() <= spareRows {
+	if batch.size() <= spareRows {
 		batch.reset()
 		r.spare = batch
 	}

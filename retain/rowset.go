@@ -7,8 +7,8 @@ package retain
 // twice what the last commit took (Retainer.commit), as a boot storm
 // hands in hundreds of thousands of new rows between two commits, and
 // the commits of a storm are alike in size; past it the slice doubles. A
-// set no larger than spareRows is kept, emptied, for the next changes
-// (Retainer.spare), and grows not at all.
+// set made for no more than spareRows is kept, emptied, for the next
+// changes (Retainer.spare), and grows not at all.
 //
 // Against a map of whole changes it saves, per row, hashing and moving a
 // Change each time the map grows; against fixed-size chunks (no growth,
@@ -54,6 +54,10 @@ func (s *rowSet) has(topic string) bool {
 	_, ok := s.at[topic]
 	return ok
 }
+
+// size is the rows the set has room for: its slice's capacity, or the
+// rows its map was made for if more.
+func (s *rowSet) size() int { return max(cap(s.list), s.hint) }
 
 // len is the number of topics.
 func (s *rowSet) len() int { return len(s.list) }
