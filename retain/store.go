@@ -482,11 +482,13 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 }
 
 // appendFill is how full bbolt fills the pages it splits when keys are
-// appended past a bucket's last key: full, as no later key will land
-// between them. bbolt's default (half) suits keys that land anywhere; for
-// appends it leaves every page half empty, and a commit writes and
-// splits twice the pages (a boot storm's rows come almost in key order;
-// BenchmarkRetainerStorm).
+// appended past a bucket's last key: full, as the keys that follow are
+// likely to come after them too. bbolt's default (half) suits keys that
+// land anywhere; for appends it leaves every page half empty, and a
+// commit writes and splits twice the pages (a boot storm's rows come
+// almost in key order; BenchmarkRetainerStorm, TestAppendsFillPages). A
+// full page that a later key does land in splits in two, as bbolt's
+// pages always do.
 const appendFill = 1.0
 
 // fillFor is the FillPercent for the rows bucket in a commit of changes
