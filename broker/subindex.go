@@ -32,8 +32,8 @@ import (
 //
 // Concurrency: writers (subscribe, unsubscribe) take mu and replace what
 // they change copy-on-write: a node's subscription lists are immutable
-// slices behind atomic pointers; its children are a sync.Map (lock-free
-// reads). A reader sees each node as it was at some moment: a SUBSCRIBE
+// lists behind atomic pointers (plain ones in chunks, entryList); its
+// children are a sync.Map (lock-free reads). A reader sees each node as it was at some moment: a SUBSCRIBE
 // is visible to every publish that starts after it returned.
 type subIndex struct {
 	mu      sync.Mutex // writers
@@ -46,8 +46,77 @@ type subIndex struct {
 type snode struct {
 	kids   sync.Map                      // level → *snode
 	nkids  int                           // children; under mu
-	subs   atomic.Pointer[[]subEntry]    // plain subscriptions ending here; never changed once stored
+	subs   atomic.Pointer[entryList]     // plain subscriptions ending here; never changed once stored
+	pos    map[string]int                // client → its index in subs; under mu
 	shared atomic.Pointer[[]*shareGroup] // shared groups whose filter ends here; never changed once stored
+}
+
+// listChunk is how many subscriptions an entryList chunk holds.
+const listChunk = 32
+
+// entryList is an immutable list of subscriptions, in chunks of listChunk
+// (every one full but the last): a change copies a chunk or two and the
+// chunk pointers, not the whole list, so N clients subscribing to one
+// filter cost O(N²/listChunk) copies, not O(N²). A nil list is empty.
+type entryList struct {
+	chunks [][]subEntry
+	n      int
+}
+
+func (l *entryList) len() int {
+	if l == nil {
+		return 0
+	}
+	return l.n
+}
+
+func (l *entryList) at(i int) *subEntry { return &l.chunks[i/listChunk][i%listChunk] }
+
+// with is l and e after it.
+func (l *entryList) with(e subEntry) *entryList {
+	if l == nil {
+		return &entryList{chunks: [][]subEntry{{e}}, n: 1}
+	}
+	chunks := make([][]subEntry, len(l.chunks), len(l.chunks)+1)
+	copy(chunks, l.chunks)
+	if l.n%listChunk == 0 {
+		chunks = append(chunks, []subEntry{e})
+	} else {
+		last := len(chunks) - 1
+		chunks[last] = append(slices.Clip(slices.Clone(chunks[last])), e)
+	}
+	return &entryList{chunks: chunks, n: l.n + 1}
+}
+
+// set is l with e at i.
+func (l *entryList) set(i int, e subEntry) *entryList {
+	chunks := slices.Clone(l.chunks)
+	c := slices.Clone(chunks[i/listChunk])
+	c[i%listChunk] = e
+	chunks[i/listChunk] = c
+	return &entryList{chunks: chunks, n: l.n}
+}
+
+// without is l without its entry at i, its last entry moved there; nil if
+// nothing is left.
+func (l *entryList) without(i int) *entryList {
+	if l.n == 1 {
+		return nil
+	}
+	moved := *l.at(l.n - 1)
+	chunks := slices.Clone(l.chunks)
+	last := len(chunks) - 1
+	if len(chunks[last]) == 1 {
+		chunks = chunks[:last]
+	} else {
+		chunks[last] = slices.Clip(chunks[last][:len(chunks[last])-1]) // shared, never written
+	}
+	if i != l.n-1 {
+		c := slices.Clone(chunks[i/listChunk])
+		c[i%listChunk] = moved
+		chunks[i/listChunk] = c
+	}
+	return &entryList{chunks: chunks, n: l.n - 1}
 }
 
 // subEntry is one client's subscription, as filed.
@@ -133,17 +202,17 @@ func (x *subIndex) subscribe(client string, sub packets.Subscription) bool {
 		n = v.(*snode)
 	}
 	if !shared {
-		old := loadList(&n.subs)
-		i := slices.IndexFunc(old, func(s subEntry) bool { return s.client == client })
-		list := make([]subEntry, len(old), len(old)+1)
-		copy(list, old)
-		if i >= 0 {
-			list[i] = e
-		} else {
-			list = append(list, e)
+		l := n.subs.Load()
+		if i, ok := n.pos[client]; ok {
+			n.subs.Store(l.set(i, e))
+			return false
 		}
-		n.subs.Store(&list)
-		return i < 0
+		if n.pos == nil {
+			n.pos = map[string]int{}
+		}
+		n.pos[client] = l.len()
+		n.subs.Store(l.with(e))
+		return true
 	}
 	old := loadList(&n.shared)
 	groups := slices.Clone(old)
@@ -193,15 +262,14 @@ func (x *subIndex) unsubscribe(filter, client string) bool {
 	}
 	found := false
 	if !shared {
-		old := loadList(&n.subs)
-		if i := slices.IndexFunc(old, func(s subEntry) bool { return s.client == client }); i >= 0 {
+		if i, ok := n.pos[client]; ok {
 			found = true
-			list := slices.Delete(slices.Clone(old), i, i+1)
-			if len(list) == 0 {
-				n.subs.Store(nil)
-			} else {
-				n.subs.Store(&list)
+			l := n.subs.Load()
+			if last := l.n - 1; i != last {
+				n.pos[l.at(last).client] = i
 			}
+			delete(n.pos, client)
+			n.subs.Store(l.without(i))
 		}
 	} else {
 		old := loadList(&n.shared)
@@ -234,7 +302,7 @@ func (x *subIndex) unsubscribe(filter, client string) bool {
 
 // empty reports whether n holds nothing; under mu.
 func (n *snode) empty() bool {
-	return n.nkids == 0 && len(loadList(&n.subs)) == 0 && len(loadList(&n.shared)) == 0
+	return n.nkids == 0 && n.subs.Load().len() == 0 && len(loadList(&n.shared)) == 0
 }
 
 func loadList[T any](p *atomic.Pointer[[]T]) []T {
@@ -338,9 +406,12 @@ func (x *subIndex) walk(n *snode, topic string, i int, sc *subScratch) {
 // collect adds n's subscriptions and one member of each of its shared
 // groups.
 func (sc *subScratch) collect(n *snode) {
-	subs := loadList(&n.subs)
-	for i := range subs {
-		sc.raw = append(sc.raw, &subs[i])
+	if l := n.subs.Load(); l != nil {
+		for _, c := range l.chunks {
+			for i := range c {
+				sc.raw = append(sc.raw, &c[i])
+			}
+		}
 	}
 	for _, g := range loadList(&n.shared) {
 		sc.raw = append(sc.raw, &g.members[rand.IntN(len(g.members))])

@@ -421,6 +421,16 @@ func BenchmarkSubIndex(b *testing.B) {
 			}
 		}
 	})
+	for i := range 1000 {
+		x.subscribe(fmt.Sprintf("c%d", i), packets.Subscription{Filter: "all/#"})
+	}
+	b.Run("subscribe-crowded", func(b *testing.B) { // a filter 1000 clients share: its list is copied
+		b.ReportAllocs()
+		for b.Loop() {
+			x.subscribe("z", packets.Subscription{Filter: "all/#"})
+			x.unsubscribe("all/#", "z")
+		}
+	})
 	b.Run("subscribe", func(b *testing.B) { // a new filter under a level of 1000
 		b.ReportAllocs()
 		i := 0
@@ -438,7 +448,8 @@ func (x *subIndex) dump() map[string]string {
 	out := map[string]string{}
 	var walk func(n *snode)
 	walk = func(n *snode) {
-		for _, e := range loadList(&n.subs) {
+		for i := range n.subs.Load().len() {
+			e := n.subs.Load().at(i)
 			out[e.filter] += fmt.Sprintf(" %s(id %d)", e.client, e.id)
 		}
 		for _, g := range loadList(&n.shared) {
@@ -450,4 +461,46 @@ func (x *subIndex) dump() map[string]string {
 	}
 	walk(&x.root)
 	return out
+}
+
+// TestSubIndexCrowded: many clients on a few filters, subscribing and
+// unsubscribing at random: the chunked lists (entryList) and their
+// positions stay exact across chunk boundaries.
+func TestSubIndexCrowded(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 5))
+	var x subIndex
+	m := indexModel{}
+	filters := []string{"a/#", "+/b", "a/b"}
+	for op := range 5000 {
+		c := fmt.Sprintf("c%d", r.IntN(300))
+		f := filters[r.IntN(len(filters))]
+		k := [2]string{c, f}
+		_, had := m[k]
+		if r.IntN(3) == 0 {
+			delete(m, k)
+			if got := x.unsubscribe(f, c); got != had {
+				t.Fatalf("op %d: unsubscribe(%q, %q) = %v, want %v", op, f, c, got, had)
+			}
+		} else {
+			s := packets.Subscription{Filter: f, Qos: byte(r.IntN(3)), Identifier: r.IntN(1000)}
+			m[k] = s
+			if got := x.subscribe(c, s); got == had {
+				t.Fatalf("op %d: subscribe(%q, %q) new = %v, want %v", op, c, f, got, !had)
+			}
+		}
+		if op%50 == 0 {
+			for _, topic := range []string{"a/b", "a", "x/b"} {
+				want, _ := m.match(topic)
+				if got := matchText(&x, topic); !slices.Equal(got, want) {
+					t.Fatalf("op %d: match %q: %d clients, want %d\n got %q\nwant %q", op, topic, len(got), len(want), got, want)
+				}
+			}
+		}
+	}
+	for k := range m {
+		x.unsubscribe(k[1], k[0])
+	}
+	if !x.root.empty() {
+		t.Fatal("the trie is not pruned after unsubscribing everything")
+	}
 }
