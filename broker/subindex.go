@@ -15,12 +15,12 @@ import (
 // subIndex is the broker's index of plain subscriptions, the one that
 // delivery reads (deliverPlain, deliverRow): a filter trie whose readers
 // take no lock and allocate nothing. It mirrors what is filed in mochi's
-// TopicsIndex (mochi's SUBSCRIBE and UNSUBSCRIBE handling, which still
-// writes that, reaches it through the hooks OnSubscribed and
-// OnUnsubscribed; the broker's own filings through fileSub and unfileSub),
-// and mochi's index is no longer read for delivery: Mote turned mochi's own
-// delivery, retained replay and $SYS off, so only mochi's bookkeeping
-// (subscription counts, session takeover) still uses it.
+// TopicsIndex (mochi's SUBSCRIBE, UNSUBSCRIBE and session-ending handling
+// reach it through the hooks OnSubscribed and OnUnsubscribed; the broker's
+// own filings through fileSub and unfileSub). Nothing of the broker reads
+// mochi's index any more (delivery, retained replay and $SYS are the
+// broker's); mochi's SUBSCRIBE handling still writes it, which costs a
+// little at SUBSCRIBE and nothing per message.
 //
 // Matching follows wire.Match, the project's one reading of filters ('+',
 // '#' also matching its parent, '$' topics not matched by a leading
@@ -33,8 +33,9 @@ import (
 // Concurrency: writers (subscribe, unsubscribe) take mu and replace what
 // they change copy-on-write: a node's subscription lists are immutable
 // lists behind atomic pointers (plain ones in chunks, entryList); its
-// children are a sync.Map (lock-free reads). A reader sees each node as it was at some moment: a SUBSCRIBE
-// is visible to every publish that starts after it returned.
+// children are a sync.Map (lock-free reads). A reader sees each node as it
+// was at some moment: a SUBSCRIBE is visible to every publish that starts
+// after it returned.
 type subIndex struct {
 	mu      sync.Mutex // writers
 	root    snode
@@ -237,12 +238,21 @@ func (x *subIndex) subscribe(client string, sub packets.Subscription) bool {
 // unsubscribe removes client's subscription to filter; it reports whether
 // there was one. Nodes left empty are pruned.
 func (x *subIndex) unsubscribe(filter, client string) bool {
+	return x.unsubscribeUnless(filter, client, nil)
+}
+
+// unsubscribeUnless is unsubscribe, but leaves the subscription if kept,
+// asked under the writers' lock, reports true.
+func (x *subIndex) unsubscribeUnless(filter, client string, kept func() bool) bool {
 	_, path, shared := splitShared(filter)
 	if !shared {
 		path = filter
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if kept != nil && kept() {
+		return false
+	}
 	type step struct {
 		parent *snode
 		level  string
@@ -448,11 +458,23 @@ func (b *Broker) mirrorSubscribed(cl *mqtt.Client, pk packets.Packet, codes []by
 // mirrorUnsubscribed removes from the broker's index what mochi removed
 // (OnUnsubscribed: an UNSUBSCRIBE, or a session that ends): a filter the
 // client's state no longer holds (mochi keeps it when it refused the
-// UNSUBSCRIBE).
+// UNSUBSCRIBE). A newer connection of the same client id that holds the
+// filter keeps it: the session of the old one may end (and this hook run)
+// after the new one subscribed again; asked under the index's writers'
+// lock, after which that SUBSCRIBE's own filing (mirrorSubscribed, which
+// comes after mochi's state has it) can only come later.
 func (b *Broker) mirrorUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	for _, f := range pk.Filters {
-		if _, ok := cl.State.Subscriptions.Get(f.Filter); !ok {
-			b.plainIdx.unsubscribe(f.Filter, cl.ID)
+		if _, ok := cl.State.Subscriptions.Get(f.Filter); ok {
+			continue
 		}
+		b.plainIdx.unsubscribeUnless(f.Filter, cl.ID, func() bool {
+			cur, ok := b.server.Clients.Get(cl.ID)
+			if !ok || cur == cl {
+				return false
+			}
+			_, has := cur.State.Subscriptions.Get(f.Filter)
+			return has
+		})
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // mirrorDiff compares, for each topic, the clients (and their QoS) that the
@@ -100,5 +102,33 @@ func TestSubIndexMirrorsMochi(t *testing.T) {
 	s.Close()
 	if !b.plainIdx.root.empty() {
 		t.Fatalf("the index holds %q with no subscription left", b.plainIdx.dump())
+	}
+}
+
+// TestMirrorUnsubscribedLate: the hook of an old connection's session
+// ending (mochi's UnsubscribeClient) that runs after a newer connection of
+// the same client id subscribed the filter again leaves the filter filed.
+func TestMirrorUnsubscribedLate(t *testing.T) {
+	b := start(t, Options{})
+	sub := packets.Subscription{Filter: "late/#", Qos: 1}
+	old := b.server.NewClient(nil, "t", "late", false)
+	gone := packets.Packet{Filters: packets.Subscriptions{sub}}
+
+	b.plainIdx.subscribe("late", sub) // the old connection's filing
+	b.mirrorUnsubscribed(old, gone)   // its session ends, no newer connection
+	if sc := b.plainIdx.match("late/x"); len(sc.out) != 0 {
+		t.Fatalf("late/x matches %q after the only session ended", sc.text())
+	}
+
+	cur := b.server.NewClient(nil, "t", "late", false)
+	b.server.Clients.Add(cur)
+	t.Cleanup(func() { b.server.Clients.Delete("late") })
+	cur.State.Subscriptions.Add(sub.Filter, sub)
+	b.plainIdx.subscribe("late", sub) // the newer connection's SUBSCRIBE
+	b.mirrorUnsubscribed(old, gone)   // the old session's end, late
+	sc := b.plainIdx.match("late/x")
+	defer sc.release()
+	if len(sc.out) != 1 {
+		t.Fatalf("late/x matches %q, want the newer connection's subscription", sc.text())
 	}
 }
