@@ -22,6 +22,11 @@ import (
 // broker's); mochi's SUBSCRIBE handling still writes it, which costs a
 // little at SUBSCRIBE and nothing per message.
 //
+// Neither tree's index (the loop's alone, unlocked, grouped by codec) nor
+// wire.Match (one filter at a time) could serve concurrent publishers, so
+// this trie walks topics as tree's index does (matchFrom), and its tests
+// hold it to wire.Match.
+//
 // Matching follows wire.Match, the project's one reading of filters ('+',
 // '#' also matching its parent, '$' topics not matched by a leading
 // wildcard, in shared filters too); the result per client merges its
