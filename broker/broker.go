@@ -49,6 +49,8 @@ type Broker struct {
 	// reused batch after batch (apply); owned by the loop.
 	retScratch []retain.Change
 
+	plainIdx subIndex // plain subscriptions, as delivery reads them (subindex.go)
+
 	keptIn keptInbound // client QoS 2 publishes of persistent sessions that mochi's map could not keep
 
 	conns      sync.Map // *mqtt.Client → *conn

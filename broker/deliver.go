@@ -1,10 +1,10 @@
 package broker
 
 import (
+	"math/rand/v2"
 	"slices"
 	"unsafe"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -45,31 +45,37 @@ func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)
 // waits), then the slow-client policy applies. A persistent session that
 // is offline keeps QoS 1/2 messages in flight, resent when it comes back.
 func (b *Broker) deliverPlain(msg *message, w pubWait) {
-	b.deliverTo(b.server.Topics.Subscribers(msg.topic), msg, w)
+	sc := b.plainIdx.match(msg.topic)
+	b.deliverTo(sc.out, msg, w)
+	sc.release()
 }
 
 // deliverRow is deliverPlain of a row of a tree publish: the message is
 // put on the heap only when the topic has a subscriber (a boot storm's
 // rows have none: one allocation a row less).
 func (b *Broker) deliverRow(msg message) {
-	subs := b.server.Topics.Subscribers(msg.topic)
-	if len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
-		return
+	sc := b.plainIdx.match(msg.topic)
+	if len(sc.out) > 0 {
+		m := new(message)
+		*m = msg
+		b.deliverTo(sc.out, m, pubWait{})
 	}
-	m := new(message)
-	*m = msg
-	b.deliverTo(subs, m, pubWait{})
+	sc.release()
 }
 
-// deliverTo delivers msg to subs, the subscribers of its topic.
-func (b *Broker) deliverTo(subs *mqtt.Subscribers, msg *message, w pubWait) {
-	if len(subs.Shared) > 0 {
-		subs.SelectShared()
-		subs.MergeSharedSelected()
-	}
+// deliverTo delivers msg to subs, the subscribers of its topic (one per
+// client, its matching subscriptions merged: subIndex.match). It starts at
+// a random one, so that those written directly are not always the same.
+func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 	direct := 0 // messages written directly (at most directPerMessage)
-	for id, sub := range subs.Subscriptions {
-		if sub.NoLocal && msg.origin == id { // [MQTT-3.8.3-3]
+	first := 0
+	if len(subs) > 1 {
+		first = rand.IntN(len(subs))
+	}
+	for k := range subs {
+		sub := &subs[(first+k)%len(subs)]
+		id := sub.client
+		if sub.noLocal && msg.origin == id { // [MQTT-3.8.3-3]
 			continue
 		}
 		c := b.connByID(id)
@@ -87,16 +93,11 @@ func (b *Broker) deliverTo(subs *mqtt.Subscribers, msg *message, w pubWait) {
 		}
 		m := &plainItem{
 			msg:    msg,
-			qos:    min(msg.qos, sub.Qos),
-			retain: msg.retain && v5 && sub.RetainAsPublished, // [MQTT-3.3.1-12]
+			qos:    min(msg.qos, sub.qos),
+			retain: msg.retain && v5 && sub.rap, // [MQTT-3.3.1-12]
 		}
-		if len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
-			for _, i := range sub.Identifiers {
-				if i > 0 { // mochi files 0 for a subscription without one
-					m.subIDs = append(m.subIDs, i)
-				}
-			}
-			slices.Sort(m.subIDs)
+		if len(sub.ids) > 0 { // [MQTT-3.3.4-3]: positive, sorted
+			m.subIDs = slices.Clone(sub.ids)
 		}
 		if c != nil && direct < directPerMessage && c.tryDirect(m, m.qos) {
 			direct++

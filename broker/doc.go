@@ -177,8 +177,13 @@
 //     retained replay): mochi drops what does not fit a fixed queue, keeps
 //     no byte bound, replays from its own retained index (which copies
 //     itself every second to expire rows) and cannot send trees. Mochi's
-//     topic index still matches plain subscriptions, and its client state
-//     keeps sessions, subscriptions and in-flight messages.
+//     client state keeps sessions, subscriptions and in-flight messages.
+//   - Matching plain subscriptions (subindex.go): mochi's TopicsIndex
+//     builds maps on every match; the broker's own index, a copy-on-write
+//     trie read without locks or allocations, mirrors what mochi files
+//     (OnSubscribed, OnUnsubscribed, fileSub, unfileSub), and delivery
+//     reads only it. Mochi still writes its own index, which nothing of
+//     the broker reads.
 //   - Retained messages: rows live once, in the tree core; mochi's retained
 //     index is kept empty (OnRetainMessage).
 //   - Wills (OnWill): mochi publishes a will before it looks at the Will
@@ -224,6 +229,7 @@
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will, pending publish topic    the connection's read goroutine
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
+//	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
 //	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
 //	messages for an arriving session    arriving's mutex, until OnSessionEstablished files the connection

@@ -31,7 +31,7 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
-		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe,
+		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnUnsubscribed,
 		mqtt.OnWill, mqtt.OnPacketEncode, mqtt.OnRetainMessage,
 		mqtt.OnQosComplete, mqtt.OnQosDropped,
 	}, []byte{b})
@@ -426,6 +426,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 // writes next (the writer is held); a tree subscription is registered
 // before the SUBACK is out, so no publish made after it is missed.
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	h.b.mirrorSubscribed(cl, pk, codes) // first: what follows may unfile
 	c := h.conn(cl)
 	if c == nil {
 		return
@@ -531,6 +532,12 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 	return pk
 }
 
+// OnUnsubscribed removes from the broker's index of plain subscriptions
+// what mochi removed from its own (subindex.go).
+func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	h.b.mirrorUnsubscribed(cl, pk)
+}
+
 // OnWill takes a will from mochi: the door publishes it, as its client,
 // when it is due (wills.due). mochi is left a will that reaches nobody.
 func (h *hook) OnWill(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error) {
@@ -594,7 +601,7 @@ func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.OnQosComplet
 // unfile removes a subscription mochi filed (one the broker refused after
 // all).
 func (b *Broker) unfile(cl *mqtt.Client, filter string) {
-	if b.server.Topics.Unsubscribe(filter, cl.ID) {
+	if b.unfileSub(filter, cl.ID) {
 		atomic.AddInt64(&b.server.Info.Subscriptions, -1)
 	}
 	if _, ok := cl.State.Subscriptions.Get(filter); ok {

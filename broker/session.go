@@ -142,7 +142,7 @@ func (s *Session) SubscribeWith(filter string, qos byte, o SubscribeOptions) err
 	if !b.access.canSubscribe(c.p, filter) {
 		return b.refusal(c.p, "subscribe", filter, fmt.Errorf("%w: subscribe to %.200q", tree.ErrDenied, filter))
 	}
-	if b.server.Topics.Subscribe(c.id, packets.Subscription{Filter: filter, Qos: qos}) {
+	if b.fileSub(c.id, packets.Subscription{Filter: filter, Qos: qos}) {
 		atomic.AddInt64(&b.server.Info.Subscriptions, 1)
 	}
 	s.plain[filter] = true
@@ -163,7 +163,7 @@ func (s *Session) unsubscribeLocked(filter string) {
 	b := s.b
 	if s.plain[filter] {
 		delete(s.plain, filter)
-		if b.server.Topics.Unsubscribe(filter, s.c.id) {
+		if b.unfileSub(filter, s.c.id) {
 			atomic.AddInt64(&b.server.Info.Subscriptions, -1)
 		}
 	}

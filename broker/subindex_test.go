@@ -1,0 +1,506 @@
+package broker
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// got is a match as comparable text: "client q<qos> nl rap ids…" per
+// client, sorted.
+func (sc *subScratch) text() []string {
+	var out []string
+	for _, m := range sc.out {
+		out = append(out, fmt.Sprintf("%s q%d nl=%v rap=%v %v", m.client, m.qos, m.noLocal, m.rap, m.ids))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func matchText(x *subIndex, topic string) []string {
+	sc := x.match(topic)
+	defer sc.release()
+	return sc.text()
+}
+
+func TestSubIndexTable(t *testing.T) {
+	type sub struct {
+		client string
+		packets.Subscription
+	}
+	s := func(client, filter string, qos byte, id int) sub {
+		return sub{client, packets.Subscription{Filter: filter, Qos: qos, Identifier: id}}
+	}
+	for _, tc := range []struct {
+		name  string
+		subs  []sub
+		topic string
+		want  []string
+	}{
+		{"literal", []sub{s("a", "x/y", 1, 0)}, "x/y", []string{"a q1 nl=false rap=false []"}},
+		{"no match", []sub{s("a", "x/y", 1, 0)}, "x/z", nil},
+		{"plus", []sub{s("a", "x/+", 0, 0)}, "x/y", []string{"a q0 nl=false rap=false []"}},
+		{"plus not deeper", []sub{s("a", "x/+", 0, 0)}, "x/y/z", nil},
+		{"hash", []sub{s("a", "x/#", 2, 3)}, "x/y/z", []string{"a q2 nl=false rap=false [3]"}},
+		{"hash parent", []sub{s("a", "x/#", 2, 0)}, "x", []string{"a q2 nl=false rap=false []"}},
+		{"plus hash parent", []sub{s("a", "+/#", 1, 0)}, "x", []string{"a q1 nl=false rap=false []"}},
+		{"root hash", []sub{s("a", "#", 0, 0)}, "x/y", []string{"a q0 nl=false rap=false []"}},
+		{"dollar not by hash", []sub{s("a", "#", 0, 0)}, "$SYS/x", nil},
+		{"dollar not by plus", []sub{s("a", "+/x", 0, 0)}, "$SYS/x", nil},
+		{"dollar literal", []sub{s("a", "$SYS/#", 0, 0)}, "$SYS/x", []string{"a q0 nl=false rap=false []"}},
+		{"dollar shared hash", []sub{s("a", "$share/g/#", 0, 0)}, "$SYS/x", nil},
+		{"empty levels", []sub{s("a", "+/+", 0, 0), s("b", "/#", 0, 0)}, "/", []string{"a q0 nl=false rap=false []", "b q0 nl=false rap=false []"}},
+		{"overlap merged", []sub{s("a", "x/+", 0, 5), s("a", "x/#", 2, 2), s("a", "x/y", 1, 0)}, "x/y",
+			[]string{"a q2 nl=false rap=false [2 5]"}},
+		{"replaced", []sub{s("a", "x/y", 0, 5), s("a", "x/y", 2, 0)}, "x/y", []string{"a q2 nl=false rap=false []"}},
+		{"shared one member", []sub{s("a", "$share/g/x/y", 1, 0)}, "x/y", []string{"a q1 nl=false rap=false []"}},
+		{"shared case", []sub{s("a", "$SHARE/g/x/+", 1, 0)}, "x/y", []string{"a q1 nl=false rap=false []"}},
+		{"shared and plain merged", []sub{s("a", "$share/g/x/y", 1, 7), s("a", "x/#", 0, 0)}, "x/y", []string{"a q1 nl=false rap=false [7]"}},
+		{"shared groups by filter", []sub{s("a", "$share/g/x/y", 1, 1), s("a", "$share/g/x/+", 0, 2)}, "x/y", []string{"a q1 nl=false rap=false [1 2]"}},
+		{"no local", []sub{{"a", packets.Subscription{Filter: "x", NoLocal: true}}, s("a", "#", 1, 0)}, "x", []string{"a q1 nl=true rap=false []"}},
+		{"retain as published", []sub{{"a", packets.Subscription{Filter: "x", RetainAsPublished: true}}}, "x", []string{"a q0 nl=false rap=true []"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var x subIndex
+			for _, s := range tc.subs {
+				x.subscribe(s.client, s.Subscription)
+			}
+			if got := matchText(&x, tc.topic); !slices.Equal(got, tc.want) {
+				t.Errorf("match %q = %q, want %q", tc.topic, got, tc.want)
+			}
+			for _, s := range tc.subs {
+				x.unsubscribe(s.Filter, s.client)
+			}
+			if got := matchText(&x, tc.topic); got != nil {
+				t.Errorf("after unsubscribing all, match %q = %q", tc.topic, got)
+			}
+			if !x.root.empty() {
+				t.Error("the trie is not pruned")
+			}
+		})
+	}
+}
+
+func TestSubIndexSharedPicksOne(t *testing.T) {
+	var x subIndex
+	for _, c := range []string{"a", "b", "c"} {
+		x.subscribe(c, packets.Subscription{Filter: "$share/g/t/#", Qos: 1})
+	}
+	x.subscribe("z", packets.Subscription{Filter: "$share/h/t/#"})
+	seen := map[string]bool{}
+	for range 300 {
+		got := matchText(&x, "t/1")
+		if len(got) != 2 || got[1] != "z q0 nl=false rap=false []" {
+			t.Fatalf("match = %q, want one of a, b, c and z", got)
+		}
+		seen[got[0][:1]] = true
+	}
+	if len(seen) != 3 {
+		t.Errorf("members picked: %v, want all of a, b, c over 300 messages", seen)
+	}
+	if !x.unsubscribe("$share/g/t/#", "b") || x.unsubscribe("$share/g/t/#", "b") {
+		t.Error("unsubscribe of a member: want true once, then false")
+	}
+}
+
+func TestSubIndexMatchAllocs(t *testing.T) {
+	var x subIndex
+	x.subscribe("a", packets.Subscription{Filter: "dev/+/temp", Identifier: 1})
+	x.subscribe("a", packets.Subscription{Filter: "dev/#", Identifier: 2})
+	x.subscribe("b", packets.Subscription{Filter: "$share/g/dev/#"})
+	x.subscribe("c", packets.Subscription{Filter: "dev/7/temp"})
+	x.match("dev/7/temp").release() // the pool's first scratch
+	n := testing.AllocsPerRun(1000, func() {
+		sc := x.match("dev/7/temp")
+		if len(sc.out) != 3 {
+			t.Fatalf("%d matches, want 3", len(sc.out))
+		}
+		sc.release()
+	})
+	if n != 0 && !raceEnabled { // the race detector's pool drops items at random
+		t.Errorf("%v allocations a match, want 0", n)
+	}
+}
+
+// indexModel is what subIndex must answer, by brute force: wire.Match
+// over every filed subscription.
+type indexModel map[[2]string]packets.Subscription // {client, filter}
+
+func (m indexModel) match(topic string) (plain []string, groups map[string][]string) {
+	type agg struct {
+		qos     byte
+		nl, rap bool
+		ids     []int
+	}
+	per := map[string]*agg{}
+	add := func(client string, s packets.Subscription) {
+		a := per[client]
+		if a == nil {
+			a = &agg{}
+			per[client] = a
+		}
+		a.qos = max(a.qos, s.Qos)
+		a.nl, a.rap = a.nl || s.NoLocal, a.rap || s.RetainAsPublished
+		if s.Identifier > 0 {
+			a.ids = append(a.ids, s.Identifier)
+		}
+	}
+	groups = map[string][]string{}
+	for k, s := range m {
+		if _, rest, ok := splitShared(k[1]); ok {
+			if wire.Match(rest, topic) {
+				groups[k[1]] = append(groups[k[1]], k[0])
+			}
+			continue
+		}
+		if wire.Match(k[1], topic) {
+			add(k[0], s)
+		}
+	}
+	for k, a := range per {
+		slices.Sort(a.ids)
+		plain = append(plain, fmt.Sprintf("%s q%d nl=%v rap=%v %v", k, a.qos, a.nl, a.rap, a.ids))
+	}
+	slices.Sort(plain)
+	return plain, groups
+}
+
+// randomFilter is a filter over a small alphabet, so that filters and
+// topics meet often.
+func randomFilter(r *rand.Rand, shared bool) string {
+	levels := []string{"a", "b", "", "+", "+", "$s"}
+	n := 1 + r.IntN(4)
+	var parts []string
+	for i := range n {
+		l := levels[r.IntN(len(levels))]
+		if l == "$s" && i > 0 {
+			l = "a"
+		}
+		parts = append(parts, l)
+	}
+	if r.IntN(3) == 0 {
+		parts = append(parts, "#")
+	}
+	f := strings.Join(parts, "/")
+	if f == "" {
+		f = "b" // an empty filter is not a filter (mochi refuses it)
+	}
+	if shared {
+		f = "$share/g" + fmt.Sprint(r.IntN(2)) + "/" + f
+	}
+	return f
+}
+
+func randomTopic(r *rand.Rand) string {
+	levels := []string{"a", "b", ""}
+	n := 1 + r.IntN(4)
+	var parts []string
+	for range n {
+		parts = append(parts, levels[r.IntN(len(levels))])
+	}
+	if r.IntN(5) == 0 {
+		parts[0] = "$s"
+	}
+	if t := strings.Join(parts, "/"); t != "" {
+		return t
+	}
+	return "a" // an empty topic is not a topic (the door refuses it)
+}
+
+// checkAgainstModel runs ops on a subIndex and the model and compares
+// every topic's match.
+func checkAgainstModel(t *testing.T, r *rand.Rand, ops, topics int) {
+	t.Helper()
+	var x subIndex
+	m := indexModel{}
+	var filed [][2]string
+	for range ops {
+		if len(filed) > 0 && r.IntN(4) == 0 {
+			k := filed[r.IntN(len(filed))]
+			_, had := m[k]
+			delete(m, k)
+			if got := x.unsubscribe(k[1], k[0]); got != had {
+				t.Fatalf("unsubscribe(%q, %q) = %v, want %v", k[1], k[0], got, had)
+			}
+			continue
+		}
+		c := "c" + fmt.Sprint(r.IntN(4))
+		shared := r.IntN(4) == 0
+		s := packets.Subscription{Filter: randomFilter(r, shared), Qos: byte(r.IntN(3)), Identifier: r.IntN(3),
+			RetainAsPublished: r.IntN(3) == 0}
+		if !shared {
+			s.NoLocal = r.IntN(3) == 0
+		}
+		k := [2]string{c, s.Filter}
+		_, had := m[k]
+		m[k] = s
+		filed = append(filed, k)
+		if isNew := x.subscribe(c, s); isNew == had {
+			t.Fatalf("subscribe(%q, %q) new = %v, want %v", c, s.Filter, isNew, !had)
+		}
+	}
+	for range topics {
+		topic := randomTopic(r)
+		plain, groups := m.match(topic)
+		sc := x.match(topic)
+		got := map[string]subMatch{}
+		for _, mt := range sc.out {
+			if _, dup := got[mt.client]; dup {
+				t.Fatalf("%q: client %s twice", topic, mt.client)
+			}
+			got[mt.client] = mt
+		}
+		// Without shared groups, exactly the model's answer.
+		if len(groups) == 0 {
+			if txt := sc.text(); !slices.Equal(txt, plain) {
+				t.Fatalf("match %q = %q, want %q (subscriptions %v)", topic, txt, plain, m)
+			}
+		} else {
+			// With them: every plain match is there, and each group gave
+			// exactly one of its members (checked by count: every client
+			// matched is a plain match or some group's member).
+			for _, p := range plain {
+				client, _, _ := strings.Cut(p, " ")
+				if _, ok := got[client]; !ok {
+					t.Fatalf("match %q lacks %s (want %q, groups %v)", topic, client, plain, groups)
+				}
+			}
+			for client := range got {
+				ok := slices.ContainsFunc(plain, func(p string) bool { return strings.HasPrefix(p, client+" ") })
+				for _, members := range groups {
+					ok = ok || slices.Contains(members, client)
+				}
+				if !ok {
+					t.Fatalf("match %q: %s matches nothing it subscribed", topic, client)
+				}
+			}
+		}
+		sc.release()
+	}
+	// Unsubscribing everything leaves an empty trie.
+	for k := range m {
+		if !x.unsubscribe(k[1], k[0]) {
+			t.Fatalf("unsubscribe(%q, %q): not filed", k[1], k[0])
+		}
+	}
+	if !x.root.empty() {
+		t.Fatal("the trie is not pruned after unsubscribing everything")
+	}
+}
+
+func TestSubIndexModel(t *testing.T) {
+	for seed := range uint64(300) {
+		checkAgainstModel(t, rand.New(rand.NewPCG(seed, 7)), 40, 60)
+	}
+}
+
+// TestSubIndexAgainstMochi compares the index with mochi's TopicsIndex,
+// which delivery read before: the same clients with the same QoS, No
+// Local and subscription identifiers, shared groups of one member. mochi
+// reads two cases differently from wire.Match, and the index follows
+// wire.Match (the spec): "+/#" matching the level "+" matched (mochi: not),
+// and a shared filter starting with a wildcard matching a '$' topic (mochi:
+// it does); such filters are left out here (TestSubIndexTable has them).
+// So are two shared subscriptions of one client matching a topic: mochi
+// keeps the identifier of only one of them when it merges them with the
+// client's others (Subscription.Merge takes n.Identifier, not
+// n.Identifiers); the index keeps all [MQTT-3.3.4-3].
+func TestSubIndexAgainstMochi(t *testing.T) {
+	for seed := range uint64(300) {
+		r := rand.New(rand.NewPCG(seed, 11))
+		var x subIndex
+		mi := mqtt.NewTopicsIndex()
+		id := 0
+		sharing := map[string]bool{}
+		for range 30 {
+			c := "c" + fmt.Sprint(r.IntN(4))
+			shared := r.IntN(5) == 0
+			f := randomFilter(r, false)
+			if strings.HasSuffix(f, "+/#") || (shared && (f[0] == '+' || f[0] == '#' || sharing[c])) {
+				continue
+			}
+			if shared {
+				sharing[c] = true
+				f = "$share/" + c + "/" + f // one member a group
+			}
+			id++ // each subscription its own identifier: mochi's Identifiers then name every filter matched
+			s := packets.Subscription{Filter: f, Qos: byte(r.IntN(3)), Identifier: id, NoLocal: !shared && r.IntN(3) == 0}
+			if x.subscribe(c, s) != mi.Subscribe(c, s) {
+				t.Fatalf("seed %d: subscribe %s %q: new differs", seed, c, f)
+			}
+			if r.IntN(5) == 0 {
+				if x.unsubscribe(f, c) != mi.Unsubscribe(f, c) {
+					t.Fatalf("seed %d: unsubscribe %s %q differs", seed, c, f)
+				}
+			}
+		}
+		for range 40 {
+			topic := randomTopic(r)
+			subs := mi.Subscribers(topic)
+			subs.SelectShared()
+			subs.MergeSharedSelected()
+			var want []string
+			for client, s := range subs.Subscriptions {
+				var ids []int
+				for _, i := range s.Identifiers {
+					if i > 0 {
+						ids = append(ids, i)
+					}
+				}
+				slices.Sort(ids)
+				want = append(want, fmt.Sprintf("%s q%d nl=%v %v", client, s.Qos, s.NoLocal, ids))
+			}
+			slices.Sort(want)
+			sc := x.match(topic)
+			var got []string
+			for _, m := range sc.out {
+				got = append(got, fmt.Sprintf("%s q%d nl=%v %v", m.client, m.qos, m.noLocal, m.ids))
+			}
+			sc.release()
+			slices.Sort(got)
+			if !slices.Equal(got, want) {
+				var all []string
+				for c, fs := range x.dump() {
+					all = append(all, c+":"+fs)
+				}
+				t.Fatalf("seed %d: topic %q: index %q, mochi %q; filed %q", seed, topic, got, want, all)
+			}
+		}
+	}
+}
+
+// FuzzSubIndex drives the index and the model with the fuzzer's bytes as
+// a random source.
+func FuzzSubIndex(f *testing.F) {
+	f.Add(uint64(1), uint64(2), uint8(20))
+	f.Add(uint64(99), uint64(0), uint8(200))
+	f.Fuzz(func(t *testing.T, s1, s2 uint64, ops uint8) {
+		checkAgainstModel(t, rand.New(rand.NewPCG(s1, s2)), int(ops), 30)
+	})
+}
+
+// BenchmarkSubIndex: a match of a topic against many subscriptions, this
+// index against mochi's (what delivery read before).
+func BenchmarkSubIndex(b *testing.B) {
+	var x subIndex
+	mi := mqtt.NewTopicsIndex()
+	for i := range 1000 {
+		for _, s := range []packets.Subscription{
+			{Filter: fmt.Sprintf("dev/%d/temp", i), Qos: 1},
+			{Filter: fmt.Sprintf("dev/%d/#", i)},
+		} {
+			c := fmt.Sprintf("c%d", i)
+			x.subscribe(c, s)
+			mi.Subscribe(c, s)
+		}
+	}
+	x.subscribe("dash", packets.Subscription{Filter: "dev/+/temp", Identifier: 3})
+	mi.Subscribe("dash", packets.Subscription{Filter: "dev/+/temp", Identifier: 3})
+	b.Run("mote", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			sc := x.match("dev/500/temp")
+			if len(sc.out) != 2 {
+				b.Fatal(len(sc.out))
+			}
+			sc.release()
+		}
+	})
+	b.Run("mochi", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if s := mi.Subscribers("dev/500/temp"); len(s.Subscriptions) != 2 {
+				b.Fatal(len(s.Subscriptions))
+			}
+		}
+	})
+	for i := range 1000 {
+		x.subscribe(fmt.Sprintf("c%d", i), packets.Subscription{Filter: "all/#"})
+	}
+	b.Run("subscribe-crowded", func(b *testing.B) { // a filter 1000 clients share: its list is copied
+		b.ReportAllocs()
+		for b.Loop() {
+			x.subscribe("z", packets.Subscription{Filter: "all/#"})
+			x.unsubscribe("all/#", "z")
+		}
+	})
+	b.Run("subscribe", func(b *testing.B) { // a new filter under a level of 1000
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			f := fmt.Sprintf("dev/n%d/x", i)
+			x.subscribe("z", packets.Subscription{Filter: f})
+			x.unsubscribe(f, "z")
+			i++
+		}
+	})
+}
+
+// dump lists what the index holds, for failure messages: filter → clients.
+func (x *subIndex) dump() map[string]string {
+	out := map[string]string{}
+	var walk func(n *snode)
+	walk = func(n *snode) {
+		for i := range n.subs.Load().len() {
+			e := n.subs.Load().at(i)
+			out[e.filter] += fmt.Sprintf(" %s(id %d)", e.client, e.id)
+		}
+		for _, g := range loadList(&n.shared) {
+			for _, e := range g.members {
+				out[e.filter] += fmt.Sprintf(" %s(id %d)", e.client, e.id)
+			}
+		}
+		n.kids.Range(func(_, v any) bool { walk(v.(*snode)); return true })
+	}
+	walk(&x.root)
+	return out
+}
+
+// TestSubIndexCrowded: many clients on a few filters, subscribing and
+// unsubscribing at random: the chunked lists (entryList) and their
+// positions stay exact across chunk boundaries.
+func TestSubIndexCrowded(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 5))
+	var x subIndex
+	m := indexModel{}
+	filters := []string{"a/#", "+/b", "a/b"}
+	for op := range 5000 {
+		c := fmt.Sprintf("c%d", r.IntN(300))
+		f := filters[r.IntN(len(filters))]
+		k := [2]string{c, f}
+		_, had := m[k]
+		if r.IntN(3) == 0 {
+			delete(m, k)
+			if got := x.unsubscribe(f, c); got != had {
+				t.Fatalf("op %d: unsubscribe(%q, %q) = %v, want %v", op, f, c, got, had)
+			}
+		} else {
+			s := packets.Subscription{Filter: f, Qos: byte(r.IntN(3)), Identifier: r.IntN(1000)}
+			m[k] = s
+			if got := x.subscribe(c, s); got == had {
+				t.Fatalf("op %d: subscribe(%q, %q) new = %v, want %v", op, c, f, got, !had)
+			}
+		}
+		if op%50 == 0 {
+			for _, topic := range []string{"a/b", "a", "x/b"} {
+				want, _ := m.match(topic)
+				if got := matchText(&x, topic); !slices.Equal(got, want) {
+					t.Fatalf("op %d: match %q: %d clients, want %d\n got %q\nwant %q", op, topic, len(got), len(want), got, want)
+				}
+			}
+		}
+	}
+	for k := range m {
+		x.unsubscribe(k[1], k[0])
+	}
+	if !x.root.empty() {
+		t.Fatal("the trie is not pruned after unsubscribing everything")
+	}
+}
