@@ -191,16 +191,17 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	case !filed:
 		// mochi gave the session to a newer client meanwhile: c ends,
 		// and hands what reaches it to that client (arriving.handOn);
-		// old's messages wait for that client's connection.
+		// old's messages wait for that client's connection, which
+		// cancels the will and takes the tree subscriptions.
 		c.close()
 		if old != nil {
-			old = nil
 			c.endMu.Lock()
 			c.prev = false
 			c.q.release()
 			c.handOffLocked()
 			c.endMu.Unlock()
 		}
+		return
 	case next != nil: // a client registered after cl takes the session from c
 		c.expect(next, fresh)
 	}
