@@ -91,3 +91,67 @@ func TestHandOnToNewerClient(t *testing.T) {
 		})
 	}
 }
+
+// TestAdoptWhenSuperseded: a client's connection is filed (adopt) unless
+// mochi gave the session to a newer client meanwhile; when a newer client
+// is only registered (OnSessionEstablish ran, mochi has not filed it
+// yet), the connection is filed and told to expect it; what was held for
+// the client goes ahead of its queue.
+func TestAdoptWhenSuperseded(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		registered bool // a newer client ran OnSessionEstablish
+		filed      bool // mochi filed it (Clients.Add)
+		wantFiled  bool
+		wantExpect bool
+	}{
+		{"alone", false, false, true, false},
+		{"newer registered", true, false, true, true},
+		{"newer filed", true, true, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := start(t, Options{})
+			const id = "adopt"
+			cl := b.server.NewClient(nil, "test", id, false)
+			b.server.Clients.Add(cl)
+			b.arriving.register(b, cl, false)
+			m := &plainItem{msg: &message{topic: "t", payload: []byte("held")}, qos: 1}
+			if c, ok := b.arriving.give(b, id, "", m); c != nil || !ok {
+				t.Fatalf("give: a connection %v, %v; want the message held for the arriving client", c, ok)
+			}
+			newer := b.server.NewClient(nil, "test", id, false)
+			if tc.registered {
+				b.arriving.register(b, newer, false)
+			}
+			if tc.filed {
+				b.server.Clients.Add(newer)
+			}
+			out := &mqttOut{b: b, cl: cl}
+			c := newConn(b, mqttPrincipal(cl), id, false, out)
+			out.q = c.q
+			t.Cleanup(func() { b.byID.CompareAndDelete(id, c); c.close() })
+			filed, expect, _ := b.arriving.adopt(b, cl, c)
+			if filed != tc.wantFiled || (expect == newer) != tc.wantExpect || (expect != nil && expect != newer) {
+				t.Fatalf("adopt: filed %v, expect the newer client %v; want %v, %v", filed, expect == newer, tc.wantFiled, tc.wantExpect)
+			}
+			if got := b.connByID(id) == c; got != tc.wantFiled {
+				t.Fatalf("the connection is filed: %v, want %v", got, tc.wantFiled)
+			}
+			c.q.mu.Lock()
+			queued := len(c.q.items) - c.q.head
+			c.q.mu.Unlock()
+			b.arriving.mu.Lock()
+			var waiting []*plainItem
+			if s := b.arriving.by[id]; s != nil {
+				waiting = s.msgs
+			}
+			b.arriving.mu.Unlock()
+			switch {
+			case tc.registered && (queued != 0 || len(waiting) != 1 || waiting[0] != m):
+				t.Fatalf("%d queued and %d waiting, want the held message waiting for the newer client", queued, len(waiting))
+			case !tc.registered && (queued != 1 || len(waiting) != 0):
+				t.Fatalf("%d queued and %d waiting, want the held message queued to the connection", queued, len(waiting))
+			}
+		})
+	}
+}
