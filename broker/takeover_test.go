@@ -1,9 +1,14 @@
 package broker
 
 import (
+	"fmt"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
+	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 )
 
@@ -153,5 +158,110 @@ func TestAdoptWhenSuperseded(t *testing.T) {
 				t.Fatalf("%d queued and %d waiting, want the held message queued to the connection", queued, len(waiting))
 			}
 		})
+	}
+}
+
+// TestConcurrentTakeoverStormKeepsQoS1: the takeover storm with two
+// clients of the session's id connecting at once each time (mochi moves
+// the session to both, in an order the broker does not choose; one may be
+// taken over before its CONNACK), then one last client: it gets every
+// QoS 1 message of a stream published meanwhile, none dropped. It runs
+// adopt's two other cases (a newer client registered, or filed by mochi,
+// before the broker files a client's connection) end to end.
+func TestConcurrentTakeoverStormKeepsQoS1(t *testing.T) {
+	b := start(t, Options{})
+	b.writerIdle.Store(int64(time.Microsecond))
+	const id, topic, n, rounds = "cstorm-sub", "cstorm/t", 300, 8
+	var mu sync.Mutex
+	seen := map[int]bool{}
+	got := make(chan struct{}, 1)
+	var clients []paho.Client
+	dial := func() (paho.Client, error) {
+		o := paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID(id).SetCleanSession(false).
+			SetAutoReconnect(false).SetOrderMatters(true).
+			SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+				k, _ := strconv.Atoi(string(m.Payload()))
+				mu.Lock()
+				seen[k] = true
+				mu.Unlock()
+				select {
+				case got <- struct{}{}:
+				default:
+				}
+			})
+		c := paho.NewClient(o)
+		mu.Lock()
+		clients = append(clients, c)
+		mu.Unlock()
+		tok := c.Connect()
+		if !tok.WaitTimeout(testTimeout) {
+			return nil, fmt.Errorf("connect %s: timed out", id)
+		}
+		return c, tok.Error()
+	}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range clients {
+			c.Disconnect(0)
+		}
+	}()
+	first, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := first.Subscribe(topic, 1, nil); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	pub := dial3(t, b, "cstorm-pub", true)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range n {
+			if tok := pub.Publish(topic, 1, false, strconv.Itoa(i)); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+				t.Errorf("publish %d: %v", i, tok.Error())
+				return
+			}
+		}
+	}()
+	for range rounds {
+		var both sync.WaitGroup
+		for range 2 {
+			both.Add(1)
+			go func() {
+				defer both.Done()
+				dial() //nolint:errcheck // one of the two may be taken over before its CONNACK
+			}()
+		}
+		waitGroup(t, "two clients taking the session over", &both)
+	}
+	waitGroup(t, "publisher", &wg)
+	if _, err := dial(); err != nil { // the session's last client
+		t.Fatal(err)
+	}
+	settle(t, b)
+	deadline := time.After(testTimeout)
+	for {
+		mu.Lock()
+		k := len(seen)
+		mu.Unlock()
+		if k == n {
+			break
+		}
+		select {
+		case <-got:
+		case <-deadline:
+			mu.Lock()
+			var missing []int
+			for i := range n {
+				if !seen[i] {
+					missing = append(missing, i)
+				}
+			}
+			mu.Unlock()
+			t.Fatalf("%d of %d QoS 1 messages never arrived after %d rounds of two takeovers at once: %v (broker dropped %d: session ended %d, offline full %d)", len(missing), n, rounds, missing,
+				b.stats.Dropped.Load(), b.meter.dropped[dropSessionEnded].Load(), b.meter.dropped[dropOfflineFull].Load())
+		}
 	}
 }
