@@ -134,7 +134,8 @@ func TestAdoptWhenSuperseded(t *testing.T) {
 			out := &mqttOut{b: b, cl: cl}
 			c := newConn(b, mqttPrincipal(cl), id, false, out)
 			out.q = c.q
-			t.Cleanup(func() { b.byID.CompareAndDelete(id, c); c.close() })
+			c.q.hold() // its writer takes nothing: what adopt queued stays to be counted
+			t.Cleanup(func() { b.byID.CompareAndDelete(id, c); c.q.release(); c.close() })
 			filed, expect, _ := b.arriving.adopt(b, cl, c)
 			if filed != tc.wantFiled || (expect == newer) != tc.wantExpect || (expect != nil && expect != newer) {
 				t.Fatalf("adopt: filed %v, expect the newer client %v; want %v, %v", filed, expect == newer, tc.wantFiled, tc.wantExpect)
