@@ -6,74 +6,192 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 )
 
-// arriving holds plain messages for a persistent session whose client is
-// coming back: mochi has made the client the session's (Clients.Add),
-// resent its in-flight messages and written the CONNACK, but the broker
-// has not filed its connection yet (OnSessionEstablished). Held in the
-// client's in-flight state then, as for a session that is away, a message
-// missed mochi's resend and waited there, unsent, until the next
-// reconnect. Here it waits for the connection instead, and goes ahead of
-// what is queued to it once filed (adopt).
+// arriving is the one point where the broker and mochi agree on which
+// mochi client holds a persistent session now, for every client id: the
+// broker puts a message into a session's mochi client (holdOffline), files
+// a connection (adopt) and hands a connection's leftovers to the session
+// (handOn) only under its mutex, and OnSessionEstablish registers the
+// client mochi is about to move the session to (register) under it,
+// before mochi copies the old client's in-flight messages to it and files
+// it (inheritClientSession, Clients.Add). From then on, until that
+// client's connection is filed, what is held for the session waits here
+// for it (and goes ahead of its queue once filed): held in the old
+// client's in-flight state, a message could come after mochi's copy and
+// be cleared with the old client, or left on it. Held in the new client's,
+// it would miss mochi's resend and wait there, unsent, until the next
+// reconnect.
 //
-// Owner: mu guards by; the connection is filed under mu, so a publisher
+// Owner: mu guards by, and orders every change of a session's holder the
+// broker makes or sees; a connection is filed under mu, so a publisher
 // either finds it or leaves its message here before adopt takes them.
+// Lock order: a connection's endMu, then mu (never the other way).
 type arriving struct {
 	mu sync.Mutex
 	by map[string]*arrivingSession
 }
 
 type arrivingSession struct {
-	cl   *mqtt.Client
-	msgs []*plainItem
+	cl    *mqtt.Client
+	fresh bool // cl starts a new session (or is another user's): what is held for the old one goes
+	msgs  []*plainItem
 }
 
-// hold keeps m for cl, the live client of session id that has no
-// connection filed yet; it reports false when id has one now (c, to queue
-// m to), or when cl is not live (the session is away: holdOffline).
-func (a *arriving) hold(b *Broker, id string, cl *mqtt.Client, m *plainItem) (c *conn, held bool) {
+func userOf(cl *mqtt.Client) string { return string(cl.Properties.Username) }
+
+// register makes cl, the client mochi is about to give the session of its
+// id to, the session's arriving client (OnSessionEstablish): what is held
+// for the session waits for cl's connection from now on. fresh: cl starts
+// a new session, or is another user's; what waits for the old one is
+// dropped, and counted. It returns the connection the session has now, if
+// any, which is to hand its leftovers to cl's (conn.expect).
+func (a *arriving) register(b *Broker, cl *mqtt.Client, fresh bool) *conn {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if c := b.connByID(id); c != nil {
-		return c, false
-	}
-	if cl.Closed() {
-		return nil, false
-	}
-	s := a.by[id]
+	s := a.by[cl.ID]
 	if s == nil {
-		s = &arrivingSession{cl: cl}
+		s = &arrivingSession{}
 		if a.by == nil {
 			a.by = map[string]*arrivingSession{}
 		}
-		a.by[id] = s
-	} else if s.cl != cl {
-		a.rebind(b, s, cl)
+		a.by[cl.ID] = s
 	}
-	if len(s.msgs) >= int(b.opts.MaxInflight) {
-		b.drop(dropOfflineFull, 1)
+	if fresh || (s.cl != nil && userOf(s.cl) != userOf(cl)) {
+		b.drop(dropSessionEnded, int64(len(s.msgs)))
+		s.msgs = nil
+	}
+	s.cl, s.fresh = cl, fresh
+	return b.connByID(cl.ID)
+}
+
+// give finds where a message for the session of id, checked for user,
+// goes now, and keeps it there unless that is a connection, which it
+// returns (to queue the message to): the client coming back to the
+// session (held here for its connection), or the session's mochi client,
+// away (held in flight: holdOffline). It reports false, keeping nothing,
+// when id has no session of user's (the subscriber list was older).
+func (a *arriving) give(b *Broker, id, user string, m *plainItem) (*conn, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c := b.connByID(id); c != nil {
+		return c, c.p.User == user
+	}
+	if s := a.by[id]; s != nil {
+		switch {
+		case s.fresh || userOf(s.cl) != user:
+			b.drop(dropSessionEnded, 1) // the session it was checked for is being replaced
+		case len(s.msgs) >= int(b.opts.MaxInflight):
+			b.drop(dropOfflineFull, 1)
+		default:
+			s.msgs = append(s.msgs, m)
+		}
 		return nil, true
 	}
-	s.msgs = append(s.msgs, m)
+	cur, ok := b.server.Clients.Get(id)
+	switch {
+	case !ok || userOf(cur) != user:
+		return nil, false
+	case !cur.Closed(): // live, and its connection gone or not filed yet: sweep
+		a.by[id] = &arrivingSession{cl: cur, msgs: []*plainItem{m}}
+	default:
+		b.holdOffline(cur, m.packet())
+	}
 	return nil, true
 }
 
-// adopt files c, the connection of cl, under its client id, with the
-// messages held for cl queued first.
-func (a *arriving) adopt(b *Broker, cl *mqtt.Client, c *conn) {
+// holdFor gives m to the session of id, which had no connection to queue
+// it to (see give); a connection found meanwhile queues it.
+func (b *Broker) holdFor(id, user string, m *plainItem, w pubWait) {
+	for {
+		c, ok := b.arriving.give(b, id, user, m)
+		if c == nil || !ok || b.queuePlain(id, c, m, w) {
+			return
+		}
+		// c handed its messages on meanwhile and left byID: again.
+	}
+}
+
+// handOn gives the leftovers of c, an MQTT connection whose session
+// outlives it and that has no successor (its endMu held), to the
+// session's holder now, and files c off in the same step, so a message
+// published afterwards is held after them: the connection filed for the
+// session, ahead of its queue; the client coming back to it (held here);
+// or its mochi client, away (held in flight). A client that took the
+// session over without going through c (c was not filed when it came, or
+// mochi filed it before OnSessionEstablished told c) gets them as well.
+// What mochi copied to that client is not given twice (notCloned). It
+// returns how many it could not keep: the session was replaced by a new
+// one, or ended.
+func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if s := a.by[cl.ID]; s != nil {
-		delete(a.by, cl.ID)
-		if s.cl != cl {
-			a.rebind(b, s, cl)
+	b.byID.CompareAndDelete(c.id, c)
+	if len(left) == 0 {
+		return 0
+	}
+	if n := b.connByID(c.id); n != nil {
+		if o, ok := n.outOf(); ok && n.p.User == c.p.User {
+			return n.q.pushFront(notCloned(left, inflightOf(o.cl)))
 		}
-		for _, m := range s.msgs {
-			if why, full := c.q.put(m, pubWait{}).full(); full {
-				c.slowFull(why)
-			}
+		return len(left)
+	}
+	if s := a.by[c.id]; s != nil {
+		if s.fresh || userOf(s.cl) != c.p.User {
+			return len(left)
+		}
+		s.msgs = append(notCloned(left, inflightOf(s.cl)), s.msgs...)
+		return 0
+	}
+	cur, ok := b.server.Clients.Get(c.id)
+	switch {
+	case !ok || userOf(cur) != c.p.User:
+		return len(left)
+	case !cur.Closed():
+		a.by[c.id] = &arrivingSession{cl: cur, msgs: notCloned(left, inflightOf(cur))}
+	default:
+		for _, m := range notCloned(left, inflightOf(cur)) {
+			b.holdOffline(cur, m.packet())
+		}
+	}
+	return 0
+}
+
+// adopt files c, the connection of cl, under its client id, with the
+// messages held for cl queued first, unless mochi gave the session to a
+// newer client meanwhile (superseded: c is then not filed, and ends). A
+// client registered after cl and not filed by mochi yet (expect) takes the
+// session from c: c hands its leftovers to it (conn.expect, by the
+// caller, with fresh).
+func (a *arriving) adopt(b *Broker, cl *mqtt.Client, c *conn) (filed bool, expect *mqtt.Client, fresh bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if cur, ok := b.server.Clients.Get(cl.ID); ok && cur != cl || cl.IsTakenOver() {
+		return false, nil, false
+	}
+	if s := a.by[cl.ID]; s != nil {
+		if s.cl != cl { // registered after cl: the messages wait for it
+			expect, fresh = s.cl, s.fresh
+		} else {
+			delete(a.by, cl.ID)
+			queueHeld(b, c, s.msgs)
 		}
 	}
 	b.byID.Store(cl.ID, c)
+	return true, expect, fresh
+}
+
+// queueHeld queues the messages held for a session to its connection c
+// (mu held); what c has no room for meets the slow-client policy, and
+// what it can no longer take (it handed its messages on, the session
+// replaced by a new one) is counted.
+func queueHeld(b *Broker, c *conn, msgs []*plainItem) {
+	for _, m := range msgs {
+		r := c.q.put(m, pubWait{})
+		if why, full := r.full(); full {
+			c.slowFull(why)
+		} else if r == pushGone {
+			b.drop(dropSessionEnded, 1)
+		}
+	}
 }
 
 // rebind gives the messages held in s to cl, which took s's session
@@ -81,17 +199,17 @@ func (a *arriving) adopt(b *Broker, cl *mqtt.Client, c *conn) {
 // has them first, before what is published after (they were checked for
 // s's user: another user's client, TakeoverFresh, gets none).
 func (a *arriving) rebind(b *Broker, s *arrivingSession, cl *mqtt.Client) {
-	if string(s.cl.Properties.Username) != string(cl.Properties.Username) {
+	if userOf(s.cl) != userOf(cl) {
 		b.drop(dropSessionEnded, int64(len(s.msgs)))
 		s.msgs = nil
 	}
-	s.cl = cl
+	s.cl, s.fresh = cl, false
 }
 
 // sweep hands the messages held for clients that stopped before their
 // connection was filed (a CONNACK that could not be written, say) to their
-// sessions, as held for any session that is away, or to the client coming
-// back to it meanwhile. The $SYS ticker calls it.
+// sessions: to the connection filed for it, the client coming back to it,
+// or, away, its mochi client. The $SYS ticker calls it.
 func (a *arriving) sweep(b *Broker) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -99,12 +217,24 @@ func (a *arriving) sweep(b *Broker) {
 		if !s.cl.Closed() {
 			continue
 		}
-		if cur, ok := b.server.Clients.Get(id); ok && cur != s.cl && !cur.Closed() {
-			// Another client is coming back to the session: its
-			// connection, not filed yet (adopt takes the entry), gets
-			// them.
+		cur, ok := b.server.Clients.Get(id)
+		if ok && cur != s.cl {
+			if !s.cl.IsTakenOver() && cur.Closed() {
+				continue // mochi has not filed s.cl yet: the session is still moving to it
+			}
 			a.rebind(b, s, cur)
+		}
+		if n := b.connByID(id); n != nil {
+			delete(a.by, id)
+			if _, ok := n.outOf(); !ok || n.p.User != userOf(s.cl) {
+				b.drop(dropSessionEnded, int64(len(s.msgs)))
+				continue
+			}
+			queueHeld(b, n, s.msgs)
 			continue
+		}
+		if !s.cl.Closed() {
+			continue // another client is coming back to the session: its connection, not filed yet, takes them (adopt)
 		}
 		delete(a.by, id)
 		a.away(b, id, s)
@@ -114,7 +244,7 @@ func (a *arriving) sweep(b *Broker) {
 // away holds s's messages for session id, away now (mu held).
 func (a *arriving) away(b *Broker, id string, s *arrivingSession) {
 	cur, ok := b.server.Clients.Get(id)
-	if !ok || string(cur.Properties.Username) != string(s.cl.Properties.Username) {
+	if !ok || userOf(cur) != userOf(s.cl) || s.fresh {
 		b.drop(dropSessionEnded, int64(len(s.msgs)))
 		return
 	}

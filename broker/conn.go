@@ -187,10 +187,13 @@ func (c *conn) finish(ended, keep bool) {
 //     route in byID (new messages join them) until the new one adopts them
 //     (succeed) — mochi moves the old client's in-flight messages to the
 //     new one meanwhile, and would lose what came in after;
-//   - nobody, and the session outlives the connection: to its mochi
-//     client, held in flight for its return (holdOffline), before the
-//     connection leaves byID, so the messages published afterwards, held
-//     after them, are resent after them.
+//   - nobody, and the session outlives the connection: to the session's
+//     holder now (arriving.handOn) — its mochi client, held in flight for
+//     its return (holdOffline), or a client that took it over without
+//     going through this connection (its CONNECT came while this one was
+//     not filed) — in the step that files the connection off byID, so the
+//     messages published afterwards, held after them, are resent after
+//     them.
 //
 // A session that ended, or that a new one replaced (fresh), gets nothing.
 // Publishers that found the connection handing on wait for handed.
@@ -199,7 +202,7 @@ func (c *conn) handOffLocked() {
 		return
 	}
 	left, lost := []*plainItem(nil), 0
-	o, isMQTT := c.out.(*mqttOut)
+	_, isMQTT := c.out.(*mqttOut)
 	switch n := c.next; {
 	case c.fresh || !isMQTT:
 		c.q.leftovers() // the session is gone: nothing is lost
@@ -216,11 +219,7 @@ func (c *conn) handOffLocked() {
 		c.q.leftovers()
 	default:
 		left, lost = c.q.leftovers()
-		if cur, ok := c.b.server.Clients.Get(c.id); ok && cur == o.cl {
-			for _, m := range left {
-				c.b.holdOffline(o.cl, m.packet())
-			}
-		}
+		lost += c.b.arriving.handOn(c.b, c, left)
 	}
 	c.overLocked(lost)
 }
@@ -350,11 +349,7 @@ func (c *conn) unpark() bool {
 		return false // on its way, or established: succeed unparks
 	}
 	left, lost := c.q.leftovers()
-	if cur, ok := c.b.server.Clients.Get(c.id); ok {
-		for _, m := range notCloned(left, inflightOf(cur)) {
-			c.b.holdOffline(cur, m.packet())
-		}
-	}
+	lost += c.b.arriving.handOn(c.b, c, left)
 	c.overLocked(lost)
 	return true
 }

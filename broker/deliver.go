@@ -109,16 +109,7 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 		// Held for the session of the user it was checked for (another
 		// user's may have replaced it meanwhile: TakeoverFresh): for its
 		// client's connection if it is coming back, else in flight.
-		cl, ok := b.server.Clients.Get(id)
-		if !ok || string(cl.Properties.Username) != p.User {
-			continue
-		}
-		if now, held := b.arriving.hold(b, id, cl, m); held || (now != nil && b.queuePlain(id, now, m, w)) {
-			continue
-		}
-		if m.qos > 0 {
-			b.holdOffline(cl, m.packet())
-		}
+		b.holdFor(id, p.User, m, w)
 	}
 }
 

@@ -131,9 +131,17 @@
 // Messages published meanwhile, or waiting in line when the queue
 // closed, join the leftovers, or (past their bound) wait for the
 // hand-off and follow them. A message for a session whose client is
-// coming back, after mochi resent its in-flight messages and before its
-// connection is filed, waits for that connection (arriving.go) and goes
-// ahead of its queue.
+// coming back, from OnSessionEstablish (before mochi copies the old
+// client's in-flight messages to it) until its connection is filed, waits
+// for that connection (arriving.go) and goes ahead of its queue. Which
+// mochi client holds a session has one ordering point, arriving's mutex:
+// a message is put into a client's in-flight state, a connection filed,
+// leftovers handed to a session that has no successor connection, and
+// the client mochi moves a session to registered, only under it, so a
+// message always reaches the session's holder of the moment (a newer
+// client that took the session over without going through the old
+// connection too), or is dropped and counted when the session ended or
+// was replaced by a new one.
 //
 // # Reload
 //
@@ -232,7 +240,8 @@
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
 //	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
-//	messages for an arriving session    arriving's mutex, until OnSessionEstablished files the connection
+//	messages for an arriving session,   arriving's mutex, from OnSessionEstablish until OnSessionEstablished
+//	  which client holds a session        files the connection; every hold in flight (holdOffline) under it
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
 //	failed logins per host (guesses)    each shard's mutex (16 shards by host; login, for every front end)

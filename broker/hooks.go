@@ -148,18 +148,20 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // OnSessionEstablish runs before mochi moves the session of cl's client
-// id to cl: the connection the session had (live, or handing its queued
-// messages on) keeps them for cl's (conn.expect).
+// id to cl (copies the old client's in-flight messages, files cl): from
+// now on what is held for the session waits for cl's connection
+// (arriving.register), and the connection the session had (live, or
+// handing its queued messages on) keeps them for cl's (conn.expect).
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	existing, _ := h.b.server.Clients.Get(cl.ID)
+	fresh := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
 	var left map[uint16]packets.Packet
-	if old := h.b.connByID(cl.ID); old != nil {
+	if old := h.b.arriving.register(h.b, cl, fresh); old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
 			left = o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
 		}
 	}
-	existing, _ := h.b.server.Clients.Get(cl.ID)
-	fresh := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
 	h.b.keptIn.handOver(existing, cl, fresh, left)
 }
 
@@ -185,7 +187,24 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.q.hold()
 	}
 	b.conns.Store(cl, c)
-	b.arriving.adopt(b, cl, c) // files c under cl.ID
+	switch filed, next, fresh := b.arriving.adopt(b, cl, c); { // files c under cl.ID
+	case !filed:
+		// mochi gave the session to a newer client meanwhile: c ends,
+		// and hands what reaches it to that client (arriving.handOn);
+		// old's messages wait for that client's connection, which
+		// cancels the will and takes the tree subscriptions.
+		c.close()
+		if old != nil {
+			c.endMu.Lock()
+			c.prev = false
+			c.q.release()
+			c.handOffLocked()
+			c.endMu.Unlock()
+		}
+		return
+	case next != nil: // a client registered after cl takes the session from c
+		c.expect(next, fresh)
+	}
 	if old != nil {
 		old.succeed(c)
 	}
