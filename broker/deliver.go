@@ -4,8 +4,8 @@ import (
 	"slices"
 	"unsafe"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // message is a plain publish on its way to subscribers: what they all

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mote-mqtt/mote/internal/mochi/listeners"
 
 	"github.com/mote-mqtt/mote/internal/wsstream"
 )

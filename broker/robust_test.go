@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // connectPacket is a CONNECT for protocol version v (4 = 3.1.1, 5).
