@@ -155,6 +155,8 @@ type ClientState struct {
 	open            context.Context      // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc   // cancel function for open context
 	outboundQty     int32                // number of messages currently in the outbound queue
+	writeOnDemand   bool                 // mote: WriteLoop starts on the first queued packet (set before the client is shared)
+	writing         atomic.Bool          // mote: a WriteLoop was started for the client
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -203,6 +205,20 @@ func (cl *Client) WriteLoop() {
 		case <-cl.State.open.Done():
 			return
 		}
+	}
+}
+
+// mote: startWriteLoop starts the client's WriteLoop on the first packet
+// queued to its outbound channel, for a client attached by the server
+// (writeOnDemand); it is a no-op once one was started. Mote delivers through
+// writers of its own and mochi writes its acks with WritePacket, so most
+// clients never queue a packet here: a goroutine parked on this channel for
+// every connection cost at least 4 KiB each (bench/README.md, "Mochi
+// carried in the tree (issue 15)"). The loop stops as before, when the
+// client's open context is cancelled.
+func (cl *Client) startWriteLoop() {
+	if cl.State.writeOnDemand && cl.State.writing.CompareAndSwap(false, true) {
+		go cl.WriteLoop()
 	}
 }
 
@@ -363,30 +379,46 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
 func (cl *Client) Read(packetHandler ReadFn) error {
-	var err error
-
 	for {
 		if cl.Closed() {
 			return nil
 		}
 
 		cl.refreshDeadline(cl.State.Keepalive)
-		fh := new(packets.FixedHeader)
-		err = cl.ReadFixedHeader(fh)
-		if err != nil {
-			return err
+		// mote: wait for the next packet here, in this shallow frame, and
+		// read and handle it in readOne, whose frame holds two 800-byte
+		// Packets: a connection parked between packets then uses little
+		// of its stack, and the garbage collector halves a stack only when
+		// less than a quarter of it is in use (a reader parked inside
+		// readOne kept the 16 KiB the CONNECT path had grown).
+		if cl.Net.bconn != nil {
+			if _, err := cl.Net.bconn.Peek(1); err != nil {
+				return err
+			}
 		}
-
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		err = packetHandler(cl, pk) // Process inbound packet.
-		if err != nil {
+		if err := cl.readOne(packetHandler); err != nil {
 			return err
 		}
 	}
+}
+
+// mote: readOne reads one packet and hands it to packetHandler (the body of
+// Read's loop, which waits for it).
+//
+//go:noinline
+func (cl *Client) readOne(packetHandler ReadFn) error {
+	fh := new(packets.FixedHeader)
+	err := cl.ReadFixedHeader(fh)
+	if err != nil {
+		return err
+	}
+
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -515,11 +547,28 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 	}
 
 	if err != nil {
+		cl.disconnectMalformed(err) // mote
 		return pk, err
 	}
 
 	pk, err = cl.ops.hooks.OnPacketRead(cl, pk)
 	return
+}
+
+// mote: disconnectMalformed tells an MQTT 5 client why a packet it sent
+// could not be decoded — a DISCONNECT with the decoder's reason code (0x81
+// Malformed Packet, 0x82 Protocol Error) — before the read loop ends and
+// the connection closes, as receivePacket does for a packet that decoded
+// but was refused. Without it the client saw only the connection close.
+func (cl *Client) disconnectMalformed(err error) {
+	var code packets.Code
+	if cl.Properties.ProtocolVersion != 5 || !errors.As(err, &code) || code.Code < packets.ErrUnspecifiedError.Code {
+		return
+	}
+	_ = cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+		ReasonCode:  code.Code,
+	})
 }
 
 // WritePacket encodes and writes a packet to the client.

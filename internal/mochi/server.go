@@ -401,18 +401,58 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 	return s.attachClient(cl, listener)
 }
 
+// mote: EstablishSession is EstablishConnection in two halves. It reads the
+// CONNECT and establishes the session, up to and including
+// OnSessionEstablished, and returns serve, which reads the client's packets
+// until the connection ends and then does what EstablishConnection does
+// after its read loop (the will, OnDisconnect, expiry, stopping the client);
+// serve returns EstablishConnection's error. The caller must call serve
+// exactly once, on any goroutine: until then the client counts as
+// connected and the listeners' ClientsWg waits for it. On error serve is
+// nil and the connection is already stopped.
+//
+// Mote calls serve on a fresh goroutine started from a shallow frame, so
+// the stack the CONNECT path grew (mochi's CONNECT handling is about 11 KB
+// deep before Mote's hooks run) is freed when the accepting goroutine
+// returns, and the parked reader keeps a small one.
+func (s *Server) EstablishSession(listener string, c net.Conn) (serve func() error, err error) {
+	cl := s.NewClient(c, listener, "", false)
+	return s.establishClient(cl, listener)
+}
+
 // attachClient validates an incoming client connection and if viable, attaches the client
 // to the server, performs session housekeeping, and reads incoming packets.
 func (s *Server) attachClient(cl *Client, listener string) error {
-	defer s.Listeners.ClientsWg.Done()
-	s.Listeners.ClientsWg.Add(1)
+	serve, err := s.establishClient(cl, listener) // mote: split in two (EstablishSession)
+	if err != nil {
+		return err
+	}
+	return serve()
+}
 
-	go cl.WriteLoop()
-	defer cl.Stop(nil)
+// mote: establishClient is attachClient up to OnSessionEstablished, and
+// serveClient the rest; the deferred calls of attachClient are made by
+// serveClient once the session is served, or here when the connection
+// fails (or panics) before that.
+func (s *Server) establishClient(cl *Client, listener string) (serve func() error, err error) {
+	s.Listeners.ClientsWg.Add(1)
+	connected := false
+	defer func() {
+		if serve != nil {
+			return
+		}
+		if connected {
+			atomic.AddInt64(&s.Info.ClientsConnected, -1)
+		}
+		cl.Stop(nil)
+		s.Listeners.ClientsWg.Done()
+	}()
+
+	cl.State.writeOnDemand = true // mote: no WriteLoop until a packet is queued (startWriteLoop)
 
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
-		return fmt.Errorf("read connection: %w", err)
+		return nil, fmt.Errorf("read connection: %w", err)
 	}
 
 	cl.ParseConnect(listener, pk)
@@ -423,34 +463,34 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 			s.SendConnack(cl, packets.ErrServerBusy, false, nil)
 		}
 
-		return packets.ErrServerBusy
+		return nil, packets.ErrServerBusy
 	}
 
 	code := s.validateConnect(cl, pk) // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
 	if code != packets.CodeSuccess {
 		if err := s.SendConnack(cl, code, false, nil); err != nil {
-			return fmt.Errorf("invalid connection send ack: %w", err)
+			return nil, fmt.Errorf("invalid connection send ack: %w", err)
 		}
-		return code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
+		return nil, code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
 	}
 
 	err = s.hooks.OnConnect(cl, pk)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	cl.refreshDeadline(cl.State.Keepalive)
 	if !s.hooks.OnConnectAuthenticate(cl, pk) { // [MQTT-3.1.4-2]
 		err := s.SendConnack(cl, packets.ErrBadUsernameOrPassword, false, nil)
 		if err != nil {
-			return fmt.Errorf("invalid connection send ack: %w", err)
+			return nil, fmt.Errorf("invalid connection send ack: %w", err)
 		}
 
-		return packets.ErrBadUsernameOrPassword
+		return nil, packets.ErrBadUsernameOrPassword
 	}
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
+	connected = true // mote: serveClient (or the deferred call above) takes it back
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
@@ -459,7 +499,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
-		return fmt.Errorf("ack connection packet: %w", err)
+		return nil, fmt.Errorf("ack connection packet: %w", err)
 	}
 
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
@@ -467,13 +507,25 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	if sessionPresent {
 		err = cl.ResendInflightMessages(true)
 		if err != nil {
-			return fmt.Errorf("resend inflight: %w", err)
+			return nil, fmt.Errorf("resend inflight: %w", err)
 		}
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
 
-	err = cl.Read(s.receivePacket)
+	return func() error { return s.serveClient(cl, listener) }, nil
+}
+
+// mote: serveClient is the second half of attachClient (establishClient):
+// it reads the client's packets until the connection ends, then publishes
+// the will, calls OnDisconnect and expires the session, as attachClient
+// did, with attachClient's deferred calls in the same order.
+func (s *Server) serveClient(cl *Client, listener string) error {
+	defer s.Listeners.ClientsWg.Done()
+	defer cl.Stop(nil)
+	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
+
+	err := cl.Read(s.receivePacket)
 	if err != nil {
 		s.sendLWT(cl)
 		cl.Stop(err)
@@ -1097,6 +1149,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
+	cl.startWriteLoop() // mote: the writer starts with the first queued packet
 	select {
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)

@@ -955,14 +955,16 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 			Filter: filter,
 		}
 
+		// mote: the MQTT 5 Subscription Options byte is read with
+		// decodeByte too: buf[offset] panicked (index out of range) on a
+		// filter without it at the end of the packet.
+		option, offset, err = decodeByte(buf, offset)
+		if err != nil {
+			return ErrMalformedQos
+		}
 		if pk.ProtocolVersion == 5 {
-			sub.decode(buf[offset])
-			offset += 1
+			sub.decode(option)
 		} else {
-			option, offset, err = decodeByte(buf, offset)
-			if err != nil {
-				return ErrMalformedQos
-			}
 			sub.Qos = option
 		}
 
