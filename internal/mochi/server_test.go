@@ -261,6 +261,7 @@ func TestServerAddListenerInitFailure(t *testing.T) {
 }
 
 func TestServerAddListenersFromConfig(t *testing.T) {
+	t.Skip("mote: binds :1883, :1882, :1881, :1880 on every interface and a unix socket in the package directory; Mote's tests use 127.0.0.1 and free ports only (README.md)")
 	s := newServer()
 	defer s.Close()
 	require.NotNil(t, s)
