@@ -3,7 +3,7 @@ package broker
 import (
 	"sync"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
 // arriving is the one point where the broker and mochi agree on which

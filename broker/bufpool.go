@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"sync"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // flushAt is the size of a writer's encode buffer: publishes are encoded

@@ -33,6 +33,13 @@ func raiseFileLimit(t *testing.T, need uint64) {
 	}
 }
 
+// stackInuse is the goroutine stacks' memory now (no GC).
+func stackInuse() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.StackInuse
+}
+
 func heapAndStacks() uint64 {
 	runtime.GC()
 	var m runtime.MemStats
@@ -44,6 +51,20 @@ func heapAndStacks() uint64 {
 // by a child process (each side needs its own 10k file descriptors), and
 // reports the broker's memory per connection.
 func TestTenThousandConnections(t *testing.T) {
+	holdConnections(t, false)
+}
+
+// TestTenThousandSubscribedConnections is TestTenThousandConnections with
+// a SUBSCRIBE on each connection after its CONNACK: the read goroutine's
+// stack grows while it handles a packet, and what an idle connection
+// costs then depends on how much of its stack the parked reader uses (the
+// runtime halves a stack at a GC only when less than a quarter is in use;
+// internal/mochi's Client.Read waits in a shallow frame).
+func TestTenThousandSubscribedConnections(t *testing.T) {
+	holdConnections(t, true)
+}
+
+func holdConnections(t *testing.T, subscribe bool) {
 	if testing.Short() {
 		t.Skip("opens 10,000 connections")
 	}
@@ -55,9 +76,12 @@ func TestTenThousandConnections(t *testing.T) {
 	const n = 10_000
 	raiseFileLimit(t, n+1000)
 	b := start(t, Options{})
-	before := heapAndStacks()
+	before, stacksBefore := heapAndStacks(), stackInuse()
 	child := exec.Command(os.Args[0], "-test.run=^TestHelperHoldConnections$", "-test.v")
 	child.Env = append(os.Environ(), "MOTE_HOLD_ADDR="+b.TCPAddr(), "MOTE_HOLD_N="+strconv.Itoa(n))
+	if subscribe {
+		child.Env = append(child.Env, "MOTE_HOLD_SUBSCRIBE=1")
+	}
 	stdin, _ := child.StdinPipe()
 	var out bytes.Buffer
 	child.Stdout, child.Stderr = &out, &out
@@ -86,14 +110,38 @@ func TestTenThousandConnections(t *testing.T) {
 	if got := atomic.LoadInt64(&b.server.Info.ClientsConnected); got != n {
 		t.Fatalf("%d clients connected, want %d\n%s", got, n, out.String())
 	}
-	after := heapAndStacks()
-	t.Logf("%d idle connections: %.1f KiB each (broker heap + goroutine stacks)", n, float64(after-before)/n/1024)
+	for subscribe && atomic.LoadInt64(&b.server.Info.Subscriptions) < n && time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			t.Fatalf("the child process ended early\n%s", out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if got := atomic.LoadInt64(&b.server.Info.Subscriptions); subscribe && got != n {
+		t.Fatalf("%d subscriptions, want %d\n%s", got, n, out.String())
+	}
+	if subscribe {
+		// The runtime halves a goroutine's stack at most once a GC.
+		runtime.GC()
+		runtime.GC()
+	}
+	after, stacksAfter := heapAndStacks(), stackInuse()
+	t.Logf("%d idle connections (subscribed: %v): %.1f KiB each (broker heap + goroutine stacks; stacks %.1f KiB)", n, subscribe,
+		float64(after-before)/n/1024, float64(stacksAfter-stacksBefore)/n/1024)
+	// One goroutine a connection, its reader parked with a 4 KiB stack:
+	// 8 KiB or more means a second goroutine (mochi's WriteLoop) or a
+	// reader parked too deep for the runtime to shrink its stack
+	// (internal/mochi/README.md, changes 1 and 2).
+	if per := float64(stacksAfter-stacksBefore) / n; per > 6<<10 {
+		t.Errorf("goroutine stacks %.1f KiB a connection, want about 4", per/1024)
+	}
 	alive(t, b)
 }
 
 // TestHelperHoldConnections is the child process of
 // TestTenThousandConnections: it opens MOTE_HOLD_N connections to
-// MOTE_HOLD_ADDR, sends CONNECT on each, and holds them until stdin closes.
+// MOTE_HOLD_ADDR, sends CONNECT on each (and a SUBSCRIBE with
+// MOTE_HOLD_SUBSCRIBE), and holds them until stdin closes.
 // It has at most holdWindow connections before their CONNACK at a time:
 // the broker refuses a host more than maxHandshakesPerHost connections
 // before their CONNECT, and on a loaded machine an unpaced burst of 10,000
@@ -126,6 +174,15 @@ func TestHelperHoldConnections(t *testing.T) {
 			c.SetReadDeadline(time.Now().Add(time.Minute))
 			if _, err := io.ReadFull(c, connack); err != nil || connack[0] != 0x20 || connack[3] != 0 {
 				t.Fatalf("connection %d: no CONNACK accepting it (% x): %v", i+j, connack, err)
+			}
+			if os.Getenv("MOTE_HOLD_SUBSCRIBE") != "" {
+				topic := fmt.Sprint("idle/", i+j)
+				sub := append([]byte{0x82, byte(2 + 2 + len(topic) + 1), 0, 1, 0, byte(len(topic))}, topic...)
+				c.Write(append(sub, 0))
+				suback := make([]byte, 5)
+				if _, err := io.ReadFull(c, suback); err != nil || suback[0] != 0x90 || suback[4] != 0 {
+					t.Fatalf("connection %d: no SUBACK granting QoS 0 (% x): %v", i+j, suback, err)
+				}
 			}
 			c.SetReadDeadline(time.Time{})
 		}

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"sync/atomic"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
 // Direct writes. A QoS 0 message for a connection whose writer is idle and

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // A lone subscriber's QoS 0 messages are written by the publisher's

@@ -1,7 +1,9 @@
 // Package broker is Mote's MQTT broker: mochi-mqtt parses MQTT and keeps
 // sessions, and the broker routes everything else through one door, one
 // message loop and one delivery path. It is the only package that imports
-// mochi.
+// mochi (with httpapi, for packet types), and it imports the copy carried
+// in the tree, internal/mochi (mochi v2.7.9 with Mote's changes; see "What
+// replaces mochi").
 //
 // # The door
 //
@@ -208,12 +210,29 @@
 //   - Listeners (listeners.go): connections are wrapped before mochi reads
 //     them (CONNECT deadline and size cap, DISCONNECT 0x95, write deadlines,
 //     panic recovery, WebSocket origin check).
+//   - Mochi's connection handling, in the copy in internal/mochi (its
+//     README lists every change, each marked "mote:" in the code), because
+//     an idle connection cost 26 KiB, 4× a Go broker's floor, and the
+//     module could not be changed from outside: no WriteLoop goroutine per
+//     client unless something is queued to mochi's outbound channel (Mote
+//     never does in normal operation); the CONNECT is handled on the
+//     accepting goroutine (Server.EstablishSession, in guard) and the read
+//     loop runs on a fresh goroutine (Broker.serve) that parks in a shallow
+//     frame, so its stack stays at 2–4 KiB instead of the 16 KiB the
+//     CONNECT path grows; a malformed MQTT 5 SUBSCRIBE no longer panics the
+//     decoder, and a packet that does not decode gets DISCONNECT with its
+//     reason code (MQTT 5). `mote mochi`, the bare broker `mote bench`
+//     compares with, keeps upstream mochi.
 //
 // # Goroutines and owners
 //
 //	goroutine                    owner                          stops when
-//	mochi read loop (per client) mochi; guard() recovers it      connection closes
-//	mochi writer (per client)    mochi (Client.WriteLoop)       connection closes (it writes what mochi queues; deliveries are the writer's)
+//	CONNECT (per connection)     guard(), on the listener's     the session is established (then it starts the read
+//	                             goroutine (mochi's             loop) or the connection fails; guard recovers a panic
+//	                             EstablishSession)
+//	mochi read loop (per client) serve(), started by guard      connection closes; serve recovers a panic, untracks
+//	mochi writer (per client)    mochi (Client.WriteLoop),      connection closes; started only when mochi queues a packet
+//	                             started on demand              to its outbound channel, which Mote does not (deliveries are the writer's)
 //	message loop                 Broker                         Close closes its inbox, after the sessions end
 //	writer (per connection)      conn; started by a wake-up     idle for a second (the next wake-up starts another), or its queue
 //	                             when none runs (outQueue)      closes: then it does the finishing duties (handReplaysOn,

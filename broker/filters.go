@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 
 	"github.com/mote-mqtt/mote/wire"
 )

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
 	"github.com/mote-mqtt/mote/broker/auth"
 )
@@ -597,8 +597,9 @@ func TestPanickedSessionEnds(t *testing.T) {
 			if h, err := readPacket(r); err != nil || h&0xf0 != 0x30 {
 				t.Fatalf("got packet %#x (%v), want a PUBLISH", h, err)
 			}
-			p("p/2")                                                          // queued
-			raw.Write([]byte{0x82, 0x06, 0x00, 0x02, 0x00, 0x00, 0x01, 0x61}) // mochi panics decoding it (TestSubscribeDecodePanic)
+			p("p/2") // queued
+			addPanicHook(t, b)
+			raw.Write([]byte{0x82, 0x0d, 0x00, 0x02, 0x00, 0x00, 0x07, 'p', 'a', 'n', 'i', 'c', '/', '!', 0x00}) // panicHook panics on it
 			waitFor(t, "the panic", func() bool { return b.stats.Panics.Load() == 1 })
 			waitConnGone(t, b, "evil")
 			p("p/3")

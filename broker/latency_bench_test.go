@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // BenchmarkRoundTrip: one QoS 0 publish → its one subscriber's receipt,

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mote-mqtt/mote/internal/mochi/listeners"
 
 	"github.com/mote-mqtt/mote/internal/wsstream"
 )
@@ -26,7 +26,15 @@ import (
 // decoder bug, say) into a log line and a closed connection, so one bad
 // packet never takes the broker down. Every connection is wrapped in a
 // netConn first.
-func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
+//
+// The CONNECT is handled on the calling goroutine (establish); the
+// session's read loop runs on a goroutine of its own (serve), started here
+// from a shallow frame, so the stack mochi's CONNECT path grew (16 KiB) is
+// freed when this one returns and the parked reader keeps a small one
+// (internal/mochi: Server.EstablishSession; bench/README.md, "Mochi
+// carried in the tree (issue 15)"). Whichever of the two ends the
+// connection untracks it.
+func (b *Broker) guard(id string, c net.Conn) {
 	nc := b.wrap(c)
 	nc.original = isOriginal(id)
 	if !b.handshakes.begin(nc.host) {
@@ -35,23 +43,51 @@ func (b *Broker) guard(id string, c net.Conn, establish listeners.EstablishFn) {
 		return
 	}
 	nc.counted = true
-	defer nc.handshakeDone()
 	if !b.track(nc) {
+		nc.handshakeDone()
 		c.Close() // the broker is closing
 		return
 	}
-	defer b.untrack(nc)
+	if serve := b.establish(id, nc); serve != nil {
+		go b.serve(id, nc, serve)
+	}
+}
+
+// establish reads the CONNECT and establishes the session; it returns the
+// read loop to serve, or nil when the connection ended (it is then
+// untracked).
+func (b *Broker) establish(id string, nc *netConn) (serve func() error) {
+	var err error
 	defer func() {
-		if r := recover(); r != nil {
-			b.log.Error().Str("listener", id).Str("remote", c.RemoteAddr().String()).
-				Interface("panic", r).Bytes("stack", debug.Stack()).Msg("connection panicked; closed it")
-			nc.Close()
-			b.connPanicked(nc)
+		if serve == nil {
+			b.connEnded(id, nc, recover(), err)
 		}
 	}()
-	if err := establish(id, nc); err != nil && !errors.Is(err, io.EOF) {
-		b.log.Debug().Str("listener", id).Str("remote", c.RemoteAddr().String()).Err(err).Msg("connection ended")
+	serve, err = b.server.EstablishSession(id, nc)
+	return serve
+}
+
+// serve runs an established session's read loop until the connection ends.
+func (b *Broker) serve(id string, nc *netConn, serve func() error) {
+	var err error
+	defer func() { b.connEnded(id, nc, recover(), err) }()
+	err = serve()
+}
+
+// connEnded does a connection's last duties: a panic r is logged and
+// counted and the connection closed; it is untracked and no longer counts
+// as a handshake.
+func (b *Broker) connEnded(id string, nc *netConn, r any, err error) {
+	if r != nil {
+		b.log.Error().Str("listener", id).Str("remote", nc.RemoteAddr().String()).
+			Interface("panic", r).Bytes("stack", debug.Stack()).Msg("connection panicked; closed it")
+		nc.Close()
+		b.connPanicked(nc)
+	} else if err != nil && !errors.Is(err, io.EOF) {
+		b.log.Debug().Str("listener", id).Str("remote", nc.RemoteAddr().String()).Err(err).Msg("connection ended")
 	}
+	b.untrack(nc)
+	nc.handshakeDone()
 }
 
 // track files a connection that is about to be served, so Close can end
@@ -364,7 +400,7 @@ func (l *tcpListener) Init(*slog.Logger) (err error) {
 	return err
 }
 
-func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+func (l *tcpListener) Serve(listeners.EstablishFn) { // guard establishes (Server.EstablishSession)
 	var backoff time.Duration
 	for {
 		c, err := l.ln.Accept()
@@ -383,7 +419,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true) //nolint:errcheck // Nagle off is the default; keep it so
 		}
-		go l.b.guard(l.id, c, establish)
+		go l.b.guard(l.id, c)
 	}
 }
 
@@ -404,7 +440,6 @@ type wsListener struct {
 	b              *Broker
 	ln             net.Listener
 	srv            *http.Server
-	establish      listeners.EstablishFn
 }
 
 func (l *wsListener) ID() string { return l.id }
@@ -431,7 +466,7 @@ func (l *wsListener) Init(*slog.Logger) error {
 	up := l.b.upgrader()
 	mux := http.NewServeMux()
 	mux.HandleFunc(l.path, func(w http.ResponseWriter, r *http.Request) {
-		l.b.serveWS(l.id, up, l.establish, w, r)
+		l.b.serveWS(l.id, up, w, r)
 	})
 	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return nil
@@ -451,14 +486,14 @@ func (b *Broker) upgrader() *websocket.Upgrader {
 // serveWS upgrades one request to MQTT over WebSocket and serves the
 // connection, as one of listener id's, until it ends: the one path of
 // every WebSocket client, whichever HTTP server accepted it.
-func (b *Broker) serveWS(id string, up *websocket.Upgrader, establish listeners.EstablishFn, w http.ResponseWriter, r *http.Request) {
+func (b *Broker) serveWS(id string, up *websocket.Upgrader, w http.ResponseWriter, r *http.Request) {
 	ws, err := up.Upgrade(w, r, nil)
 	if err != nil {
 		b.log.Debug().Err(err).Str("remote", r.RemoteAddr).Str("origin", r.Header.Get("Origin")).Msg("websocket refused")
 		return // Upgrade has answered with an HTTP error
 	}
 	ws.SetReadLimit(int64(b.opts.MaxPacketSize) + 16) // one message: a packet, or a few small ones
-	b.guard(id, wsstream.New(ws, true), establish)
+	b.guard(id, wsstream.New(ws, true))
 }
 
 // WSHandler serves MQTT over WebSocket (subprotocol "mqtt") on another
@@ -477,12 +512,11 @@ func (b *Broker) WSHandler() http.Handler {
 			http.Error(w, "mote: anonymous access from loopback only", http.StatusForbidden)
 			return
 		}
-		b.serveWS("http", up, b.server.EstablishConnection, w, r)
+		b.serveWS("http", up, w, r)
 	})
 }
 
-func (l *wsListener) Serve(establish listeners.EstablishFn) {
-	l.establish = establish
+func (l *wsListener) Serve(listeners.EstablishFn) { // guard establishes (Server.EstablishSession)
 	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		l.b.log.Error().Err(err).Str("listener", l.id).Msg("websocket listener stopped")
 	}

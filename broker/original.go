@@ -2,7 +2,7 @@ package broker
 
 import (
 	"fmt"
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"strings"
 
 	"github.com/mote-mqtt/mote/tree"

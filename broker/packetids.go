@@ -3,8 +3,8 @@ package broker
 import (
 	"sync"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // idSpaces keeps the packet ids a client gives its own packets apart from

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
 	"github.com/mote-mqtt/mote/clients/client"
 )

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
 	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
 	"github.com/mote-mqtt/mote/cluster"
 	"github.com/mote-mqtt/mote/retain"

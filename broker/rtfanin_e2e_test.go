@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // TestTakeoverWhilePublishersWait: a persistent subscriber (MQTT 5, QoS 1,

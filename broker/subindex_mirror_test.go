@@ -5,7 +5,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // mirrorDiff compares, for each topic, the clients (and their QoS) that the

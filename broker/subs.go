@@ -4,7 +4,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
 	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"

@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
 // sysInterval is how often the $SYS rows are refreshed.

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	mqtt "github.com/mochi-mqtt/server/v2"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
 // The two races between a takeover and the broker putting messages into a

@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
 	"github.com/mote-mqtt/mote/broker"
 	"github.com/mote-mqtt/mote/wire"

@@ -44,7 +44,7 @@ fi
 sed -n '/Paho interoperability suite:/,$p' "$log"; rm -f "$log"
 
 echo "== go test (what -race skips or shrinks: 10,000 connections, 100,000-message fan-in)"
-go test -count=1 -timeout 3m -run '^(TestTenThousandConnections|TestFanInQoS0NoDrops)$' -v ./broker/ | grep -E '^(---|ok|FAIL)|KiB each|messages in|^ +[a-z0-9_]+_test\.go:[0-9]+:'
+go test -count=1 -timeout 3m -run '^(TestTenThousandConnections|TestTenThousandSubscribedConnections|TestFanInQoS0NoDrops)$' -v ./broker/ | grep -E '^(---|ok|FAIL)|KiB each|messages in|^ +[a-z0-9_]+_test\.go:[0-9]+:'
 
 echo "== fuzz ($fuzztime per target)"
 for pkg in $(go list ./...); do

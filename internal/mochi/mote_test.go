@@ -1,0 +1,186 @@
+package mqtt
+
+// mote: tests of the changes Mote made to mochi (README.md, "Changes").
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// moteSession accepts one TCP connection on 127.0.0.1 and runs
+// EstablishSession on it; the client side is returned with the result.
+func moteSession(t *testing.T, s *Server, connect []byte) (c net.Conn, r *bufio.Reader, serve func() error, err error) {
+	t.Helper()
+	ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	defer ln.Close()
+	type result struct {
+		serve func() error
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sc, aerr := ln.Accept()
+		if aerr != nil {
+			done <- result{err: aerr}
+			return
+		}
+		serve, err := s.EstablishSession("tcp", sc)
+		done <- result{serve, err}
+	}()
+	c, lerr = net.Dial("tcp", ln.Addr().String())
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	t.Cleanup(func() { c.Close() })
+	deadline := time.Now().Add(10 * time.Second)
+	c.SetDeadline(deadline)
+	if _, werr := c.Write(connect); werr != nil {
+		t.Fatal(werr)
+	}
+	select {
+	case res := <-done:
+		return c, bufio.NewReader(c), res.serve, res.err
+	case <-time.After(time.Until(deadline)):
+		t.Fatal("EstablishSession did not return")
+	}
+	return
+}
+
+// moteReadPacket reads one packet: its first byte and its body.
+func moteReadPacket(r *bufio.Reader) (byte, []byte, error) {
+	h, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, shift := 0, 0
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			return h, nil, err
+		}
+		n |= int(b&0x7f) << shift
+		if b&0x80 == 0 {
+			break
+		}
+		shift += 7
+	}
+	body := make([]byte, n)
+	_, err = io.ReadFull(r, body)
+	return h, body, err
+}
+
+// runServe calls serve on a goroutine of its own, as Mote does, and
+// returns its result.
+func runServe(serve func() error) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- serve() }()
+	return done
+}
+
+func waitServe(t *testing.T, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not return after the connection closed")
+	}
+	return nil
+}
+
+// TestMoteWriteLoopOnDemand: an attached client has no WriteLoop until a
+// packet is queued to its outbound channel; the first one starts it and
+// is written.
+func TestMoteWriteLoopOnDemand(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	c, r, serve, err := moteSession(t, s, packets.TPacketData[packets.Connect].Get(packets.TConnectClean).RawBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := moteReadPacket(r); err != nil || h != 0x20 {
+		t.Fatalf("no CONNACK: %#x %v", h, err)
+	}
+	id := packets.TPacketData[packets.Connect].Get(packets.TConnectClean).Packet.Connect.ClientIdentifier
+	cl, ok := s.Clients.Get(id)
+	if !ok {
+		t.Fatalf("client %q not attached", id)
+	}
+	done := runServe(serve)
+	if cl.State.writing.Load() {
+		t.Fatal("a WriteLoop runs before anything was queued")
+	}
+	if !s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "a/b"}) {
+		t.Fatal("subscribe")
+	}
+	s.publishToSubscribers(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/b", Payload: []byte("x")})
+	h, body, err := moteReadPacket(r)
+	if err != nil || h&0xf0 != 0x30 || string(body[len(body)-1:]) != "x" {
+		t.Fatalf("got %#x % x %v, want the PUBLISH", h, body, err)
+	}
+	if !cl.State.writing.Load() {
+		t.Error("the PUBLISH was written but no WriteLoop is marked started")
+	}
+	c.Close()
+	waitServe(t, done)
+	if n := atomic.LoadInt64(&s.Info.ClientsConnected); n != 0 {
+		t.Errorf("%d clients connected after serve returned", n)
+	}
+	s.Listeners.ClientsWg.Wait() // serve did its Done
+}
+
+// TestMoteEstablishSessionFails: a connection that fails before its
+// session is established returns no serve, is stopped, and leaves the
+// listeners' ClientsWg and the connected count as they were.
+func TestMoteEstablishSessionFails(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	_, r, serve, err := moteSession(t, s, packets.TPacketData[packets.Pingreq].Get(packets.TPingreq).RawBytes)
+	if err == nil || serve != nil {
+		t.Fatalf("serve %v, err %v: want an error for a first packet not CONNECT", serve != nil, err)
+	}
+	if !errors.Is(err, packets.ErrProtocolViolationRequireFirstConnect) {
+		t.Errorf("err %v", err)
+	}
+	if _, err := r.ReadByte(); err == nil {
+		t.Error("connection still open")
+	}
+	if n := atomic.LoadInt64(&s.Info.ClientsConnected); n != 0 {
+		t.Errorf("%d clients connected", n)
+	}
+	s.Listeners.ClientsWg.Wait()
+}
+
+// TestMoteMalformedSubscribe: an MQTT 5 SUBSCRIBE whose filter lacks its
+// options byte made SubscribeDecode panic; now the client gets DISCONNECT
+// 0x81 and the connection ends with ErrMalformedQos.
+func TestMoteMalformedSubscribe(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	c, r, serve, err := moteSession(t, s, packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt5).RawBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := moteReadPacket(r); err != nil || h != 0x20 {
+		t.Fatalf("no CONNACK: %#x %v", h, err)
+	}
+	done := runServe(serve)
+	c.Write([]byte{0x82, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61})
+	h, body, err := moteReadPacket(r)
+	if err != nil || h != 0xE0 || len(body) == 0 || body[0] != 0x81 {
+		t.Fatalf("got %#x % x %v, want DISCONNECT 0x81", h, body, err)
+	}
+	if err := waitServe(t, done); !errors.Is(err, packets.ErrMalformedQos) {
+		t.Errorf("serve returned %v, want %v", err, packets.ErrMalformedQos)
+	}
+}

@@ -1,0 +1,57 @@
+package packets
+
+// mote: tests of the changes Mote made to mochi's decoders.
+
+import (
+	"errors"
+	"testing"
+)
+
+// TestMoteSubscribeDecodeOptions: every SUBSCRIBE body whose last filter
+// lacks its options (MQTT 5) or QoS (3.1.1) byte is refused as malformed;
+// MQTT 5 panicked.
+func TestMoteSubscribeDecodeOptions(t *testing.T) {
+	cases := []struct {
+		name    string
+		version byte
+		body    []byte
+		want    error
+	}{
+		{"v5 one filter, no options", 5, []byte{0x00, 0x01, 0x00, 0x00, 0x01, 'a'}, ErrMalformedQos},
+		{"v5 second filter, no options", 5, []byte{0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x01, 0x00, 0x01, 'b'}, ErrMalformedQos},
+		{"v4 no qos", 4, []byte{0x00, 0x01, 0x00, 0x01, 'a'}, ErrMalformedQos},
+		{"v5 ok", 5, []byte{0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x2d}, nil},
+		{"v4 ok", 4, []byte{0x00, 0x01, 0x00, 0x01, 'a', 0x01}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			pk := Packet{ProtocolVersion: c.version, FixedHeader: FixedHeader{Type: Subscribe, Qos: 1}}
+			err := pk.SubscribeDecode(c.body)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("err %v, want %v", err, c.want)
+			}
+			if c.want == nil && c.version == 5 {
+				if f := pk.Filters[0]; f.Filter != "a" || f.Qos != 1 || !f.NoLocal || !f.RetainAsPublished || f.RetainHandling != 2 {
+					t.Errorf("options decoded as %+v", f)
+				}
+			}
+		})
+	}
+}
+
+// FuzzSubscribeDecode: no SUBSCRIBE body makes the decoder panic.
+func FuzzSubscribeDecode(f *testing.F) {
+	f.Add(byte(5), []byte{0x00, 0x01, 0x00, 0x00, 0x01, 'a'})
+	f.Add(byte(5), []byte{0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x01})
+	f.Add(byte(4), []byte{0x00, 0x01, 0x00, 0x01, 'a', 0x01})
+	f.Fuzz(func(t *testing.T, v byte, body []byte) {
+		pk := Packet{ProtocolVersion: 4 + v%2, FixedHeader: FixedHeader{Type: Subscribe, Qos: 1}}
+		if err := pk.SubscribeDecode(body); err == nil {
+			for _, sub := range pk.Filters {
+				if sub.Qos > 2 {
+					t.Fatalf("QoS %d accepted", sub.Qos)
+				}
+			}
+		}
+	})
+}
