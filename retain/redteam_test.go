@@ -1,0 +1,295 @@
+package retain
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// flakyStore is a real Store whose Commit fails whole (as a full disk
+// would) every failEvery-th call, before touching the file. It checks
+// the batch it is handed is not written while it commits: the retainer
+// hands the store its pending set's own slice, with no copy.
+type flakyStore struct {
+	*Store
+	failEvery int
+	calls     atomic.Int64
+	failures  atomic.Int64
+	changed   atomic.Int64 // commits whose Changes were written during Commit
+}
+
+var errDiskFull = errors.New("simulated: no space left on device")
+
+func (f *flakyStore) Commit(b Batch) ([]Rejected, error) {
+	n := f.calls.Add(1)
+	before := slices.Clone(b.Changes)
+	defer func() {
+		if !slices.Equal(before, b.Changes) {
+			f.changed.Add(1)
+		}
+	}()
+	if f.failEvery > 0 && n%int64(f.failEvery) == 0 {
+		f.failures.Add(1)
+		return nil, errDiskFull
+	}
+	return f.Store.Commit(b)
+}
+
+// storable is whether the store keeps a set of topic (else it refuses
+// it, and deletes the row).
+func storable(topic string) bool { return keyError(len(topic)) == nil }
+
+// adversarial topics: empty, too long for a key, exactly the longest,
+// non-ASCII, prefixes that are whole topics, equal 8-byte heads past
+// the storm's common prefix, and bytes 0 and 0xff.
+func adversarialTopics() []string {
+	return []string{
+		"",
+		strings.Repeat("x", MaxTopic+1),
+		strings.Repeat("y", bolt.MaxKeySize+1),
+		strings.Repeat("z", MaxTopic),
+		"h/" + strings.Repeat("w", 100),
+		"é/ü/日本", "日本/語", "\xff\xfe", "a\x00b", "a", "a\x00", "\x00",
+		"boot", "boot/", "boot/d", "boot/d00001", "boot/d00001/", "boot/d00001/r01",
+		"boot/d00001/r01/xxxxxxxx", "boot/d00001/r01/xxxxxxxxA", "boot/d00001/r01/xxxxxxxxB",
+		"boot/d00001/r01/xxxxxxxxA0", "boot/d00001/r01\x00", "boot/d00001/r01\xff",
+		"h/a", "h/a/b", "h/日本", "h/\xff", "h/boot/d00001", "h/boot/d00001/r01",
+		"zz/last", "zzzzzzzzzzzz/last",
+	}
+}
+
+// TestRetainerStormThenRandomModel drives a retainer over a real store
+// as the message loop does: a boot storm of appended rows (pages filled
+// full), then random sets and deletes of storm rows and adversarial
+// topics (random inserts into full pages), several changes of one topic
+// in one Add (the last must win), commits failing whole now and then,
+// Deleted read concurrently. At the end the store must hold exactly the
+// newest storable value of every topic, a marker for every topic whose
+// last change is a delete and no marker for a delete never made, every
+// history value in order, and a file bbolt's check finds sound, before
+// and after a reopen.
+func TestRetainerStormThenRandomModel(t *testing.T) {
+	for _, seed := range []uint64{1, 2, 3} {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) { stormThenRandom(t, seed) })
+	}
+}
+
+func stormThenRandom(t *testing.T, seed uint64) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &flakyStore{Store: s, failEvery: 7}
+	rules := []HistoryRule{{Filter: "h/#", Keep: 1 << 20}}
+	r := must(New(fs, Options{Interval: time.Millisecond, MaxBatch: 1500, History: rules}, zerolog.Nop()))
+
+	rnd := rand.New(rand.NewPCG(seed, 99))
+	type state struct {
+		c    Change
+		sets []Change // every change in order (history)
+	}
+	model := map[string]*state{}
+	deletes := map[string]map[uint64]bool{} // topic → revisions it was deleted at
+	rev := uint64(0)
+	apply := func(cs []Change) {
+		for _, c := range cs {
+			st := model[c.Topic]
+			if st == nil {
+				st = &state{}
+				model[c.Topic] = st
+			}
+			st.c = c
+			st.sets = append(st.sets, c)
+			if c.Value.Kind == wire.None {
+				if deletes[c.Topic] == nil {
+					deletes[c.Topic] = map[uint64]bool{}
+				}
+				deletes[c.Topic][c.Rev] = true
+			}
+		}
+	}
+
+	// Concurrent readers of what is pending and committing.
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := r.Deleted(0, ^uint64(0), func(string, uint64) bool { return true }); err != nil {
+				t.Error(err)
+				return
+			}
+			r.Pending()
+		}
+	}()
+
+	// The storm: rows appended in key order, in Adds of one device each.
+	var stormTopics []string
+	for d := range 400 {
+		rev++
+		cs := make([]Change, 0, 50)
+		for k := range 50 {
+			topic := fmt.Sprintf("boot/d%05d/r%02d", d, k)
+			stormTopics = append(stormTopics, topic)
+			cs = append(cs, Change{Topic: topic, Value: val(fmt.Sprint("s", rev)), Rev: rev, MS: int64(rev)})
+		}
+		apply(cs)
+		r.Add(cs)
+	}
+	// Random changes: of storm rows (inserts into full pages) and of
+	// adversarial topics, several changes of one topic in one Add.
+	pool := append(adversarialTopics(), stormTopics...)
+	for i := range 3000 {
+		rev++
+		n := 1 + rnd.IntN(6)
+		cs := make([]Change, 0, n)
+		for range n {
+			var topic string
+			switch rnd.IntN(4) {
+			case 0:
+				topic = pool[rnd.IntN(len(adversarialTopics()))]
+			case 1: // a recent change's topic again, in the same Add
+				if len(cs) > 0 {
+					topic = cs[rnd.IntN(len(cs))].Topic
+					break
+				}
+				fallthrough
+			case 2:
+				topic = pool[rnd.IntN(len(pool))]
+			default: // a new row between stored ones
+				topic = fmt.Sprintf("boot/d%05d/r%02d/n%d", rnd.IntN(400), rnd.IntN(50), rnd.IntN(4))
+			}
+			c := Change{Topic: topic, Rev: rev, MS: int64(rev)}
+			if rnd.IntN(3) != 0 {
+				c.Value = wire.Value{Kind: wire.Bytes, Data: fmt.Sprintf("v%d.%d", rev, len(cs))}
+				c.QoS = byte(rnd.IntN(3))
+			}
+			cs = append(cs, c)
+		}
+		apply(cs)
+		if i%97 == 0 { // a publisher waiting for its rows (SyncRetain)
+			done := make(chan error, 1)
+			r.Add(cs, done)
+			recv(t, done, "commit")
+		} else {
+			r.Add(cs)
+		}
+	}
+	close(stop)
+	readers.Wait()
+	if err := closeWithin(t, r); err != nil && !errors.Is(err, ErrLost) {
+		t.Fatal(err)
+	}
+	if fs.failures.Load() == 0 {
+		t.Fatal("no commit failed: the test did not test failures")
+	}
+	if n := fs.changed.Load(); n > 0 {
+		t.Fatalf("%d commits' changes were written while the store committed them", n)
+	}
+	// Only topics bbolt cannot hold may be refused.
+	if lost := r.Lost.Load(); lost == 0 {
+		t.Fatal("no row refused: the adversarial topics were not committed")
+	}
+
+	check := func(s *Store) {
+		t.Helper()
+		rows := rowsOf(t, s)
+		for topic, st := range model {
+			row, ok := rows[topic]
+			want := st.c.Value.Kind != wire.None && storable(topic)
+			switch {
+			case want && !ok:
+				t.Errorf("row %.40q (rev %d) missing", topic, st.c.Rev)
+			case !want && ok:
+				t.Errorf("row %.40q present (rev %d), its last change at %d is a delete or unstorable", topic, row.Rev, st.c.Rev)
+			case ok && (row.Value != st.c.Value || row.QoS != st.c.QoS || row.Rev != st.c.Rev || row.MS != st.c.MS):
+				t.Errorf("row %.40q is %+v, want %+v", topic, row, st.c)
+			}
+		}
+		for topic := range rows {
+			if model[topic] == nil {
+				t.Errorf("row %.40q was never set", topic)
+			}
+		}
+		// Markers: one at the last delete of every topic that ends deleted,
+		// none for a delete never made.
+		marked := map[string]map[uint64]bool{}
+		err := s.Deleted(0, ^uint64(0), func(topic string, rev uint64) bool {
+			if !deletes[topic][rev] {
+				t.Errorf("marker %.40q at %d: no such delete", topic, rev)
+			}
+			if marked[topic] == nil {
+				marked[topic] = map[uint64]bool{}
+			}
+			marked[topic][rev] = true
+			return true
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for topic, st := range model {
+			if st.c.Value.Kind == wire.None && storable(topic) && !marked[topic][st.c.Rev] {
+				t.Errorf("no marker for %.40q deleted at %d", topic, st.c.Rev)
+			}
+		}
+		// History: every change of the rows under h/#, in order.
+		got := map[string][]Pair{}
+		if err := s.History("h/#", 0, func(topic string, pairs []Pair) bool {
+			got[topic] = slices.Clone(pairs)
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for topic, st := range model {
+			if RuleFor(rules, topic) == nil {
+				continue
+			}
+			var want []Pair
+			for _, c := range st.sets {
+				want = append(want, Pair{Rev: c.Rev, MS: c.MS, Value: c.Value})
+			}
+			if !slices.Equal(got[topic], want) {
+				t.Errorf("history of %q: %d values, want %d\n got %v\nwant %v", topic, len(got[topic]), len(want), got[topic], want)
+			}
+		}
+		if err := s.db.View(func(tx *bolt.Tx) error {
+			for err := range tx.Check() {
+				t.Errorf("bbolt check: %v", err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.Meta().Clean || s.Meta().Rev != rev {
+		t.Errorf("reopened: %+v, want clean at rev %d", s.Meta(), rev)
+	}
+	check(s)
+}
