@@ -293,3 +293,33 @@ func stormThenRandom(t *testing.T, seed uint64) {
 	}
 	check(s)
 }
+
+// FuzzSortedOrder: sortedOrder against a plain sort by topic, for topics
+// cut from the input at each '|' (distinct: a batch holds one change per
+// topic). The topics may share any prefix, be empty, or be prefixes of
+// one another.
+func FuzzSortedOrder(f *testing.F) {
+	f.Add("boot/d00001/r01|boot/d00001/r0|boot/d00001/r01\x00|boot/d00001")
+	f.Add("|a|a\x00|a\x00\x00\x00\x00\x00\x00\x00\x00|\xff\xff\xff\xff\xff\xff\xff\xff\xff")
+	f.Add("é/ü|é/ü/日本|é|日本")
+	f.Add("prefix/xxxxxxxxA|prefix/xxxxxxxxB|prefix/xxxxxxxx|prefix/xxxxxxxxA0|prefix/")
+	f.Fuzz(func(t *testing.T, in string) {
+		seen := map[string]bool{}
+		var changes []Change
+		for _, topic := range strings.Split(in, "|") {
+			if !seen[topic] {
+				seen[topic] = true
+				changes = append(changes, Change{Topic: topic})
+			}
+		}
+		got, want := sortedOrder(changes), byTopic(changes)
+		if len(got) != len(want) {
+			t.Fatalf("%d indexes, want %d", len(got), len(want))
+		}
+		for i := range got {
+			if changes[got[i]].Topic != changes[want[i]].Topic {
+				t.Fatalf("at %d: %q, want %q", i, changes[got[i]].Topic, changes[want[i]].Topic)
+			}
+		}
+	})
+}
