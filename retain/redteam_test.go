@@ -1,10 +1,15 @@
 package retain
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -322,4 +327,130 @@ func FuzzSortedOrder(f *testing.F) {
 			}
 		}
 	})
+}
+
+// crashTopic is the topic the crash child writes at index i: a storm of
+// appended rows first, then rewrites of them and, every 7th, a new row
+// between stored ones (an insert into pages filled full).
+func crashTopic(i int) string {
+	const storm = 30_000
+	j := i % storm
+	base := fmt.Sprintf("boot/d%05d/r%02d", j/50, j%50)
+	if i >= storm && i%7 == 0 {
+		return base + "/x"
+	}
+	return base
+}
+
+// crashRound separates the values of the crash child's rounds.
+const crashRound = 1_000_000
+
+// TestCrashChild is the process TestKillDuringStorm kills: it writes
+// crashTopic(i) = round×crashRound + i through a retainer, and prints "acked i" each time
+// the rows up to i are committed.
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv("MOTE_RT_CRASH_DIR")
+	if dir == "" {
+		t.Skip("run by TestKillDuringStorm")
+	}
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	round, _ := strconv.Atoi(os.Getenv("MOTE_RT_CRASH_ROUND"))
+	r := must(New(s, Options{Interval: time.Millisecond, MaxBatch: 2000}, zerolog.Nop()))
+	for i := 0; ; {
+		cs := make([]Change, 10)
+		for k := range cs {
+			cs[k] = Change{Topic: crashTopic(i), Value: val(strconv.Itoa(round*crashRound + i)), Rev: uint64(i + 1)}
+			i++
+		}
+		if i%1000 != 0 {
+			r.Add(cs)
+			continue
+		}
+		done := make(chan error, 1)
+		r.Add(cs, done)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("acked %d\n", i-1)
+	}
+}
+
+// TestKillDuringStorm kills a process writing a storm of rows through a
+// retainer (pages filled full, then rows inserted between them) with
+// SIGKILL at a random point, several rounds on one store: the store must
+// open, pass bbolt's check, and hold every row acknowledged before the
+// kill, with its acknowledged value or a later one it was set to.
+func TestKillDuringStorm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills a process several times")
+	}
+	dir := t.TempDir()
+	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 5))
+	for round := range 3 {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "MOTE_RT_CRASH_DIR="+dir, fmt.Sprint("MOTE_RT_CRASH_ROUND=", round))
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		threshold := 5_000 + rnd.IntN(60_000)
+		acked := -1
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if n, ok := strings.CutPrefix(sc.Text(), "acked "); ok {
+				acked, _ = strconv.Atoi(n)
+				if acked >= threshold {
+					break
+				}
+			}
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		cancel()
+		if acked < threshold {
+			t.Fatalf("round %d: the child stopped at %d acked: %s", round, acked, stderr.String())
+		}
+		s, err := Open(dir)
+		if err != nil {
+			t.Fatalf("round %d: store does not open after kill -9: %v", round, err)
+		}
+		rows := rowsOf(t, s)
+		last := map[string]int{} // topic → the last index ≤ acked that wrote it
+		for i := 0; i <= acked; i++ {
+			last[crashTopic(i)] = i
+		}
+		for topic, i := range last {
+			row, ok := rows[topic]
+			if !ok {
+				t.Errorf("round %d: acked row %s (index %d) missing", round, topic, i)
+				continue
+			}
+			v, err := strconv.Atoi(row.Value.Data)
+			if err != nil || v < round*crashRound+i || crashTopic(v%crashRound) != topic {
+				t.Errorf("round %d: row %s is %q, want %d or a later write of it", round, topic, row.Value.Data, round*crashRound+i)
+			}
+		}
+		if err := s.db.View(func(tx *bolt.Tx) error {
+			for err := range tx.Check() {
+				t.Errorf("round %d: bbolt check: %v", round, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if t.Failed() {
+			return
+		}
+		t.Logf("round %d: killed after %d acked, %d rows", round, acked, len(rows))
+	}
 }
