@@ -454,3 +454,52 @@ func TestKillDuringStorm(t *testing.T) {
 		t.Logf("round %d: killed after %d acked, %d rows", round, acked, len(rows))
 	}
 }
+
+// TestStormSetsNotKept: after a storm commit of 200,000 rows, the sets
+// the retainer keeps (pending, and the spare for the next commit) are
+// back to the bound within two small commits: none stays made for the
+// storm's size.
+func TestStormSetsNotKept(t *testing.T) {
+	f := scripted()
+	const maxBatch = 1000
+	r := must(New(f, Options{Interval: time.Millisecond, MaxBatch: maxBatch}, zerolog.Nop()))
+	step := func(what string, cs []Change, during func()) {
+		t.Helper()
+		done := make(chan error, 1)
+		r.Add(cs, done)
+		recv(t, f.calls, what)
+		if during != nil {
+			during()
+		}
+		f.results <- nil
+		if err := recv(t, done, what); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step("first commit", []Change{{Topic: "a", Value: val("1"), Rev: 1}}, func() {
+		for i := range 200_000 { // the storm piles up behind the running commit
+			r.Add([]Change{{Topic: fmt.Sprintf("boot/d%06d", i), Value: val("x"), Rev: uint64(i + 2)}})
+		}
+	})
+	if got := len(recv(t, f.calls, "storm commit")); got != 200_000 {
+		t.Fatalf("storm commit of %d rows", got)
+	}
+	f.results <- nil
+	for i := range 2 {
+		step("small commit", []Change{{Topic: "a", Value: val(fmt.Sprint(i)), Rev: uint64(300_000 + i)}}, nil)
+	}
+	r.mu.Lock()
+	pending, spare := r.pending.size(), 0
+	if r.spare != nil {
+		spare = r.spare.size()
+	}
+	r.mu.Unlock()
+	if pending > 2*maxBatch || spare > 2*maxBatch {
+		t.Errorf("after the storm: pending set made for %d rows, spare for %d; want at most %d", pending, spare, 2*maxBatch)
+	}
+	stop := f.answerAll(nil)
+	defer stop()
+	if err := closeWithin(t, r); err != nil {
+		t.Fatal(err)
+	}
+}
