@@ -85,12 +85,15 @@ func adversarialTopics() []string {
 // history value in order, and a file bbolt's check finds sound, before
 // and after a reopen.
 func TestRetainerStormThenRandomModel(t *testing.T) {
-	for _, seed := range []uint64{1, 2, 3} {
-		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) { stormThenRandom(t, seed) })
+	for _, tc := range []struct {
+		seed   uint64
+		window uint64 // Options.ResumeWindow: markers are compacted during the run
+	}{{1, 0}, {2, 0}, {3, 600}} {
+		t.Run(fmt.Sprint("seed ", tc.seed), func(t *testing.T) { stormThenRandom(t, tc.seed, tc.window) })
 	}
 }
 
-func stormThenRandom(t *testing.T, seed uint64) {
+func stormThenRandom(t *testing.T, seed, window uint64) {
 	dir := t.TempDir()
 	s, err := Open(dir)
 	if err != nil {
@@ -98,7 +101,7 @@ func stormThenRandom(t *testing.T, seed uint64) {
 	}
 	fs := &flakyStore{Store: s, failEvery: 7}
 	rules := []HistoryRule{{Filter: "h/#", Keep: 1 << 20}}
-	r := must(New(fs, Options{Interval: time.Millisecond, MaxBatch: 1500, History: rules}, zerolog.Nop()))
+	r := must(New(fs, Options{Interval: time.Millisecond, MaxBatch: 1500, History: rules, ResumeWindow: window}, zerolog.Nop()))
 
 	rnd := rand.New(rand.NewPCG(seed, 99))
 	type state struct {
@@ -194,6 +197,21 @@ func stormThenRandom(t *testing.T, seed uint64) {
 			done := make(chan error, 1)
 			r.Add(cs, done)
 			recv(t, done, "commit")
+			// Resume (SPEC §8): every row whose last change is a delete
+			// above the floor is reported deleted, at that revision.
+			seen := map[string]uint64{}
+			if err := r.Deleted(0, rev, func(topic string, rev uint64) bool {
+				seen[topic] = max(seen[topic], rev)
+				return true
+			}); err != nil {
+				t.Fatal(err)
+			}
+			floor := r.Floor()
+			for topic, st := range model {
+				if st.c.Value.Kind == wire.None && st.c.Rev > floor && storable(topic) && seen[topic] != st.c.Rev {
+					t.Fatalf("after rev %d: Deleted reports %.40q at %d, want its delete at %d (floor %d)", rev, topic, seen[topic], st.c.Rev, floor)
+				}
+			}
 		} else {
 			r.Add(cs)
 		}
@@ -203,6 +221,10 @@ func stormThenRandom(t *testing.T, seed uint64) {
 	if err := closeWithin(t, r); err != nil && !errors.Is(err, ErrLost) {
 		t.Fatal(err)
 	}
+	if window > 0 && r.Floor() == 0 {
+		t.Fatal("no marker compacted: the test did not test compaction")
+	}
+	t.Logf("%d commits, %d failed, %d rows refused, floor %d, rev %d", fs.calls.Load(), fs.failures.Load(), r.Lost.Load(), r.Floor(), rev)
 	if fs.failures.Load() == 0 {
 		t.Fatal("no commit failed: the test did not test failures")
 	}
@@ -250,8 +272,9 @@ func stormThenRandom(t *testing.T, seed uint64) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		floor := max(s.Meta().Floor, r.Floor())
 		for topic, st := range model {
-			if st.c.Value.Kind == wire.None && storable(topic) && !marked[topic][st.c.Rev] {
+			if st.c.Value.Kind == wire.None && storable(topic) && st.c.Rev > floor && !marked[topic][st.c.Rev] {
 				t.Errorf("no marker for %.40q deleted at %d", topic, st.c.Rev)
 			}
 		}
