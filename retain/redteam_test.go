@@ -620,3 +620,32 @@ func TestPendingSliceNotAliased(t *testing.T) {
 		}
 	}
 }
+
+// TestRowSetPastMaxHint: a set made for maxHint rows grows past it (the
+// slice doubles twice) and keeps every topic's newest change, in the
+// order the topics first came, with each topic once.
+func TestRowSetPastMaxHint(t *testing.T) {
+	s := newRowSet(1 << 30)
+	const n = 2*maxHint + 1000
+	for i := range n {
+		s.put(Change{Topic: strconv.Itoa(i), Rev: uint64(i)})
+		if i%3 == 0 && i > 0 { // overwrite an older topic, after a growth or not
+			s.put(Change{Topic: strconv.Itoa(i / 2), Rev: uint64(n + i)})
+		}
+	}
+	if s.len() != n {
+		t.Fatalf("%d topics, want %d", s.len(), n)
+	}
+	want := make([]uint64, n)
+	for i := range n {
+		want[i] = uint64(i)
+	}
+	for i := 3; i < n; i += 3 {
+		want[i/2] = uint64(n + i)
+	}
+	for i, c := range s.rows() {
+		if c.Topic != strconv.Itoa(i) || c.Rev != want[i] {
+			t.Fatalf("row %d is %s at %d, want %d at %d", i, c.Topic, c.Rev, i, want[i])
+		}
+	}
+}
