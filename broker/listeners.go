@@ -130,7 +130,8 @@ var (
 
 func (b *Broker) wrap(c net.Conn) *netConn {
 	c.SetReadDeadline(time.Now().Add(b.opts.ConnectTimeout)) //nolint:errcheck // mochi's keep-alive deadline replaces it after CONNECT
-	if err := setNotSentLowat(c); err != nil { // notsent_linux.go
+	// notsent_linux.go
+	if err := setNotSentLowat(c); err != nil {
 		b.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("TCP_NOTSENT_LOWAT not set: the kernel may buffer a replay ahead of PINGRESP")
 	}
 	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout,

@@ -23,10 +23,22 @@ import (
 // the writer's writes whole.
 const notSentLowat = flushAt
 
+// lowatMaxSeg is the largest segment size (MSS) of a connection that gets
+// notSentLowat. A client's receive window opens a segment at a time, and
+// with the bound a write waits for it: over Ethernet (1448 bytes) that is
+// steady progress, but over loopback (a 64 KiB MSS) a client reading
+// 20 KB/s let a write progress only every 3 s, and in the live dashboard
+// (500 subscribers in one busy process) 472 writes passed the 10 s
+// WriteTimeout and their clients were closed (bench/README.md, issue 15).
+// Loopback connections keep the kernel's buffering.
+const lowatMaxSeg = 8 << 10
+
 // setNotSentLowat bounds what waits unsent in the kernel for c
 // (notSentLowat), on the TCP connection under TLS or WebSocket layers
-// too; a connection that is not TCP is left as it is. A failure is only
-// logged by the caller: the connection works as before, without the bound.
+// too, when its segments are at most lowatMaxSeg; a connection that is
+// not TCP, or has larger segments (loopback), is left as it is. A failure
+// is only logged by the caller: the connection works as before, without
+// the bound.
 func setNotSentLowat(c net.Conn) error {
 	tc := tcpOf(c)
 	if tc == nil {
@@ -38,6 +50,11 @@ func setNotSentLowat(c net.Conn) error {
 	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
+		mss, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG)
+		if err != nil || mss > lowatMaxSeg {
+			serr = err
+			return
+		}
 		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
 	}); err != nil {
 		return err
