@@ -12,15 +12,16 @@ import (
 // unsent in the kernel (TCP_NOTSENT_LOWAT): past it the socket takes no
 // more and polls writable only once the client has read the rest down
 // below it. Without it the kernel took up to its send buffer's autotuned
-// size (~100 KiB a connection in the live dashboard) of a retained replay
-// the client had not read yet, and a PINGRESP, which mochi writes straight
-// to the socket, landed behind all of it: Paho drops a client whose
-// PINGRESP is 10 s late (issue 15). With it, what the client has not read
-// waits in the connection's queue, behind the writer (which reads a
-// replay's rows off the loop only as the socket takes them), and a
-// PINGRESP or an ack goes out behind at most this much, one writer flush
-// (flushAt) and the client's own receive buffer. One flush's worth keeps
-// the writer's writes whole.
+// size (4 MiB at most) of a retained replay the client had not read yet,
+// and a PINGRESP, which mochi writes straight to the socket, landed behind
+// all of it (392 KB for a slow client in TestPingrespNotBehindReplay):
+// Paho drops a client whose PINGRESP is 10 s late (issue 15). With it,
+// what the client has not read waits in the connection's queue, behind
+// the writer (which reads a replay's rows off the loop only as the socket
+// takes them), and a PINGRESP or an ack goes out behind about this much
+// (the kernel fills its last segment past it), one writer flush (flushAt)
+// and the client's own receive buffer. One flush's worth keeps the
+// writer's writes whole.
 const notSentLowat = flushAt
 
 // lowatMaxSeg is the largest segment size (MSS) of a connection that gets
