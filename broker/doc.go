@@ -209,7 +209,11 @@
 //     refused 0x91; the read hooks keep the two spaces apart [MQTT-2.2.1-2].
 //   - Listeners (listeners.go): connections are wrapped before mochi reads
 //     them (CONNECT deadline and size cap, DISCONNECT 0x95, write deadlines,
-//     panic recovery, WebSocket origin check).
+//     panic recovery, WebSocket origin check). A connection with
+//     Ethernet-sized segments gets TCP_NOTSENT_LOWAT (notsent_linux.go):
+//     what its client has not read waits in its queue, not unsent in the
+//     kernel, where an ack or a PINGRESP mochi writes would land behind
+//     it (issue 15: a 2 MB replay ahead of a slow client's PINGRESP).
 //   - Mochi's connection handling, in the copy in internal/mochi (its
 //     README lists every change, each marked "mote:" in the code), because
 //     an idle connection cost 26 KiB, 4× a Go broker's floor, and the

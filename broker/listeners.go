@@ -166,6 +166,10 @@ var (
 
 func (b *Broker) wrap(c net.Conn) *netConn {
 	c.SetReadDeadline(time.Now().Add(b.opts.ConnectTimeout)) //nolint:errcheck // mochi's keep-alive deadline replaces it after CONNECT
+	// notsent_linux.go
+	if err := setNotSentLowat(c); err != nil {
+		b.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("TCP_NOTSENT_LOWAT not set: the kernel may buffer a replay ahead of PINGRESP")
+	}
 	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout,
 		raw: newRawIO(c), b: b, host: hostOf(c.RemoteAddr())}
 }
@@ -343,20 +347,26 @@ const (
 // data would only hold kernel memory, and a reset tells the client at once.
 func (c *netConn) abort() {
 	c.aborted.Store(true)
-	var conn net.Conn = c.Conn
-	for conn != nil {
-		switch x := conn.(type) {
+	if tc := tcpOf(c.Conn); tc != nil {
+		tc.SetLinger(0) //nolint:errcheck // best effort: a plain close follows either way
+	}
+}
+
+// tcpOf is the TCP connection under c's TLS or WebSocket layers, or nil.
+func tcpOf(c net.Conn) *net.TCPConn {
+	for c != nil {
+		switch x := c.(type) {
 		case *net.TCPConn:
-			x.SetLinger(0) //nolint:errcheck // best effort: a plain close follows either way
-			return
+			return x
 		case *wsstream.Conn:
-			conn = x.Conn
+			c = x.Conn
 		case interface{ NetConn() net.Conn }:
-			conn = x.NetConn()
+			c = x.NetConn()
 		default:
-			return
+			return nil
 		}
 	}
+	return nil
 }
 
 // tcpListener is mochi's Listener for plain TCP and TLS. It binds in Init,

@@ -30,6 +30,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	baseline := fs.String("baseline", "", "another mote binary (an earlier build) to run beside this one, as "+bench.Baseline)
 	translators := fs.Bool("translators", false, "also run Mote with 100 translators that match no scenario's topics, as "+bench.Translate)
 	memory := fs.Bool("memory", false, "also run Mote with nothing persisted (--data off, as Mosquitto runs here), as "+bench.Memory)
+	dashboards := fs.Int("live-subs", 0, "live-dashboard subscribers (0: the default, 500): fewer show whether the bench's own clients keep up")
 	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", "+bench.Memory+", mosquitto, "+bench.FloorName+"); default all but "+bench.FloorName)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario … | curves]\n       mote bench plot -in runs.json -out curves.svg\nscenarios: %v\n", bench.Names())
@@ -68,6 +69,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	sizes := bench.DefaultSizes()
 	if *smoke {
 		sizes = bench.SmokeSizes()
+	}
+	if *dashboards > 0 {
+		sizes.Dashboards = *dashboards
 	}
 	names := fs.Args()
 	if len(names) == 0 && !*smoke {
