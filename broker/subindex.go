@@ -483,3 +483,14 @@ func (b *Broker) mirrorUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 		})
 	}
 }
+
+// OnClientExpired unsubscribes a session whose Session Expiry Interval
+// elapsed while its client was away [MQTT-3.1.2-23]: mochi forgets the
+// client (clearExpiredClients) but leaves its subscriptions filed, and no
+// OnUnsubscribed runs. UnsubscribeClient removes them from mochi's index
+// and, through OnUnsubscribed, from the broker's; a session taken over
+// meanwhile is left to its successor (mochi's IsTakenOver, and the newer
+// connection's filings are kept: mirrorUnsubscribed).
+func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	h.b.server.UnsubscribeClient(cl)
+}
