@@ -1,10 +1,16 @@
 package broker
 
 import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // TestSubIndexSessionExpiry: an MQTT 5 session whose Session Expiry
@@ -58,5 +64,110 @@ func TestSubIndexSessionExpiry(t *testing.T) {
 		}
 	case <-time.After(testTimeout):
 		t.Fatal("timed out waiting for mark")
+	}
+}
+
+// TestSubIndexConcurrent: publishes (match) racing many SUBSCRIBEs and
+// UNSUBSCRIBEs of the same filters see whole lists: every client that
+// stays subscribed throughout is matched exactly once, with its options,
+// however the chunked lists move entries around (an unsubscribe moves the
+// last entry into the hole: the steady clients are filed last so that
+// they move), and no client is matched twice. Run it with -race.
+func TestSubIndexConcurrent(t *testing.T) {
+	var x subIndex
+	const writers, rounds, steady = 4, 1500, 40
+	filters := []string{"a/b", "a/#", "+/b", "$share/g/a/b"}
+	for w := range writers { // filed first: their leaving moves the steady ones
+		for j := range 50 {
+			x.subscribe(fmt.Sprintf("w%d-%d", w, j), packets.Subscription{Filter: "a/b", Qos: 2})
+		}
+	}
+	steadySub := packets.Subscription{Filter: "a/b", Qos: 1, Identifier: 7, RetainAsPublished: true}
+	for i := range steady {
+		x.subscribe(fmt.Sprintf("s%02d", i), steadySub)
+	}
+	check := func(when string) {
+		sc := x.match("a/b")
+		defer sc.release()
+		seen := map[string]bool{}
+		n := 0
+		for _, m := range sc.out {
+			if m.client == "" || seen[m.client] {
+				t.Errorf("%s: client %q matched twice or empty", when, m.client)
+				return
+			}
+			seen[m.client] = true
+			if strings.HasPrefix(m.client, "s") {
+				n++
+				if m.qos != 1 || !m.rap || m.noLocal || !slices.Equal(m.ids, []int{7}) {
+					t.Errorf("%s: steady %s matched as %+v", when, m.client, m)
+					return
+				}
+			}
+		}
+		if n != steady {
+			t.Errorf("%s: %d steady clients matched, want %d", when, n, steady)
+		}
+	}
+
+	var wg, readers sync.WaitGroup
+	stop := make(chan struct{})
+	for range 2 {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				check("during the churn")
+				if t.Failed() {
+					return
+				}
+			}
+		}()
+	}
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 9))
+			for op := range rounds {
+				c := fmt.Sprintf("w%d-%d", w, r.IntN(60))
+				f := filters[r.IntN(len(filters))]
+				if r.IntN(2) == 0 {
+					x.unsubscribe(f, c)
+				} else {
+					x.subscribe(c, packets.Subscription{Filter: f, Qos: byte(r.IntN(3)), Identifier: r.IntN(5)})
+				}
+				if op%100 == 0 { // a steady client's SUBSCRIBE again: replaced in place
+					x.subscribe(fmt.Sprintf("s%02d", r.IntN(steady)), steadySub)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	readers.Wait()
+	check("after the churn")
+	for w := range writers {
+		for j := range 60 {
+			for _, f := range filters {
+				x.unsubscribe(f, fmt.Sprintf("w%d-%d", w, j))
+			}
+		}
+	}
+	if sc := x.match("a/b"); len(sc.out) != steady {
+		t.Fatalf("a/b matches %d clients after the writers left, want the %d steady ones", len(sc.out), steady)
+	} else {
+		sc.release()
+	}
+	for i := range steady {
+		x.unsubscribe("a/b", fmt.Sprintf("s%02d", i))
+	}
+	if !x.root.empty() {
+		t.Fatalf("the index holds %q with no subscription left", x.dump())
 	}
 }
