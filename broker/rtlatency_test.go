@@ -10,6 +10,7 @@ import (
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -170,4 +171,65 @@ func TestSubIndexConcurrent(t *testing.T) {
 	if !x.root.empty() {
 		t.Fatalf("the index holds %q with no subscription left", x.dump())
 	}
+}
+
+// TestSubIndexChurnLeavesNothing: a client that subscribes and
+// unsubscribes many filters in a loop (plain, deep, shared, tree; one more
+// each round refused for quota) leaves the broker's index as it found it:
+// refused filters are never filed, empty nodes are pruned, and the index
+// agrees with mochi's throughout.
+func TestSubIndexChurnLeavesNothing(t *testing.T) {
+	b := start(t, Options{MaxSubscriptions: 4})
+	c := dial3(t, b, "churn", true)
+	deep := strings.Repeat("d/", 3)
+	for i := range 150 {
+		fs := []string{
+			fmt.Sprintf("churn/%d/+/x", i),
+			fmt.Sprintf("%s%d/#", deep, i),
+			fmt.Sprintf("$share/g%d/churn/#", i),
+			fmt.Sprintf("$sync/churn/%d", i),
+		}
+		for _, f := range fs {
+			if code := subCode(t, c, f); code != 1 {
+				t.Fatalf("round %d: subscribe %s: code %#x", i, f, code)
+			}
+		}
+		over := fmt.Sprintf("over/%d", i)
+		if code := subCode(t, c, over); code != 0x80 {
+			t.Fatalf("round %d: subscribe %s over the quota: code %#x, want 0x80", i, over, code)
+		}
+		if sc := b.plainIdx.match(over); len(sc.out) != 0 {
+			t.Fatalf("round %d: %s refused but filed: %q", i, over, sc.text())
+		} else {
+			sc.release()
+		}
+		if d := mirrorDiff(b, fmt.Sprintf("churn/%d/y/x", i), fmt.Sprintf("%s%d/z", deep, i), "churn/1"); d != "" {
+			t.Fatalf("round %d: %s", i, d)
+		}
+		if tok := c.Unsubscribe(append(fs, over)...); !waitTok(t, "unsubscribe", tok) {
+			t.Fatal(tok.Error())
+		}
+		if !b.plainIdx.root.empty() {
+			t.Fatalf("round %d: the index holds %q after everything was unsubscribed", i, b.plainIdx.dump())
+		}
+	}
+}
+
+// subCode subscribes c to filter at QoS 1 and returns SUBACK's code
+// (paho keys a shared filter's by the filter without $share/G/).
+func subCode(t *testing.T, c *v3, filter string) byte {
+	t.Helper()
+	tok := c.Subscribe(filter, 1, nil)
+	if !waitTok(t, "subscribe "+filter, tok) {
+		t.Fatal(tok.Error())
+	}
+	key := filter
+	if _, rest, ok := splitShared(filter); ok {
+		key = rest
+	}
+	code, ok := tok.(*paho.SubscribeToken).Result()[key]
+	if !ok {
+		t.Fatalf("subscribe %s: no code in %v", filter, tok.(*paho.SubscribeToken).Result())
+	}
+	return code
 }
