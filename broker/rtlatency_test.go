@@ -233,3 +233,71 @@ func subCode(t *testing.T, c *v3, filter string) byte {
 	}
 	return code
 }
+
+// TestSubIndexResubscribeOptions: an MQTT 5 SUBSCRIBE to a filter the
+// client holds replaces its options in the index [MQTT-3.8.4-3] (No
+// Local, subscription identifier, QoS), and a session taken over with
+// Clean Start 0 keeps the subscription, one with Clean Start 1 loses it.
+func TestSubIndexResubscribeOptions(t *testing.T) {
+	b := start(t, Options{})
+	ctx := testCtx(t)
+	expiry := uint32(300)
+	got := make(chan *paho5.Publish, 10)
+	cfg := paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
+	}}
+	next := func(what string) *paho5.Publish {
+		t.Helper()
+		select {
+		case p := <-got:
+			return p
+		case <-time.After(testTimeout):
+			t.Fatalf("timed out waiting for %s", what)
+			return nil
+		}
+	}
+	subscribe := func(c *paho5.Client, id int, noLocal bool, qos byte) {
+		t.Helper()
+		if _, err := c.Subscribe(ctx, &paho5.Subscribe{
+			Properties:    &paho5.SubscribeProperties{SubscriptionIdentifier: &id},
+			Subscriptions: []paho5.SubscribeOptions{{Topic: "ro/#", QoS: qos, NoLocal: noLocal}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish := func(c *paho5.Client, topic string) {
+		t.Helper()
+		if _, err := c.Publish(ctx, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte(topic)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dial5(t, b, "ro", cfg, &paho5.Connect{CleanStart: true, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}})
+	subscribe(c, 5, true, 1)
+	publish(c, "ro/own") // No Local: not back to c
+	subscribe(c, 6, false, 0)
+	publish(c, "ro/back")
+	if p := next("ro/back"); p.Topic != "ro/back" || p.QoS != 0 || p.Properties.SubscriptionIdentifier == nil || *p.Properties.SubscriptionIdentifier != 6 {
+		id := -1
+		if p.Properties.SubscriptionIdentifier != nil {
+			id = *p.Properties.SubscriptionIdentifier
+		}
+		t.Fatalf("got %s at QoS %d with identifier %d, want ro/back at QoS 0 with 6 (the replacing SUBSCRIBE's)", p.Topic, p.QoS, id)
+	}
+
+	// A takeover that resumes the session, over the live connection.
+	c2 := dial5(t, b, "ro", cfg, &paho5.Connect{CleanStart: false, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}})
+	pub := dial5(t, b, "ro-pub", paho5.ClientConfig{}, nil)
+	publish(pub, "ro/resumed")
+	if p := next("ro/resumed"); p.Topic != "ro/resumed" {
+		t.Fatalf("got %s, want ro/resumed", p.Topic)
+	}
+	if d := mirrorDiff(b, "ro/x"); d != "" {
+		t.Fatal(d)
+	}
+	_ = c2
+	// A takeover with Clean Start 1: the subscription goes.
+	dial5(t, b, "ro", paho5.ClientConfig{}, &paho5.Connect{CleanStart: true})
+	if sc := b.plainIdx.match("ro/x"); len(sc.out) != 0 {
+		t.Fatalf("ro/x matches %q after a clean start", sc.text())
+	}
+}
