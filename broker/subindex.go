@@ -16,8 +16,9 @@ import (
 // delivery reads (deliverPlain, deliverRow): a filter trie whose readers
 // take no lock and allocate nothing. It mirrors what is filed in mochi's
 // TopicsIndex (mochi's SUBSCRIBE, UNSUBSCRIBE and session-ending handling
-// reach it through the hooks OnSubscribed and OnUnsubscribed; the broker's
-// own filings through fileSub and unfileSub). Nothing of the broker reads
+// reach it through the hooks OnSubscribed and OnUnsubscribed, a session
+// expiring while away through OnClientExpired; the broker's own filings
+// through fileSub and unfileSub). Nothing of the broker reads
 // mochi's index any more (delivery, retained replay and $SYS are the
 // broker's); mochi's SUBSCRIBE handling still writes it, which costs a
 // little at SUBSCRIBE and nothing per message.
