@@ -301,3 +301,27 @@ func TestSubIndexResubscribeOptions(t *testing.T) {
 		t.Fatalf("ro/x matches %q after a clean start", sc.text())
 	}
 }
+
+// TestSubIndexNoTreeFilters: tree subscriptions (prefix form, the MQTT 5
+// property form, the original dialect's) are the loop's, never filed in
+// the index of plain subscriptions that delivery reads, so no plain
+// delivery can reach them whatever topic it has.
+func TestSubIndexNoTreeFilters(t *testing.T) {
+	b := start(t, Options{})
+	c := dial3(t, b, "trees", true)
+	for _, f := range []string{"$sync/tr/#", "$tree.cbor/tr/+", "$sync.250ms/tr/x"} {
+		if code := subCode(t, c, f); code != 1 {
+			t.Fatalf("subscribe %s: code %#x", f, code)
+		}
+	}
+	c5 := dial5(t, b, "trees5", paho5.ClientConfig{}, nil)
+	if _, err := c5.Subscribe(testCtx(t), &paho5.Subscribe{
+		Properties:    &paho5.SubscribeProperties{User: paho5.UserProperties{{Key: "mote", Value: "sync"}}},
+		Subscriptions: []paho5.SubscribeOptions{{Topic: "tr/#", QoS: 1}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !b.plainIdx.root.empty() {
+		t.Fatalf("the plain index holds tree subscriptions: %q", b.plainIdx.dump())
+	}
+}
