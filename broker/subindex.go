@@ -451,11 +451,14 @@ func (b *Broker) unfileSub(filter, client string) bool {
 }
 
 // mirrorSubscribed files in the broker's index what mochi filed for a
-// SUBSCRIBE (OnSubscribed): every filter it granted (a code below 0x80),
-// as mochi filed it (the QoS as asked).
+// SUBSCRIBE (OnSubscribed): every plain filter it granted (a code below
+// 0x80), as mochi filed it (the QoS as asked). Tree filters ($sync/F,
+// $tree.cbor/F, the property form's $sync.prop.json/F) are the loop's
+// (subscribeTree): no plain delivery may reach them, so they are not
+// filed here (unfiling one that is not filed does nothing).
 func (b *Broker) mirrorSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	for i, f := range pk.Filters {
-		if i < len(codes) && codes[i] < 0x80 {
+		if i < len(codes) && codes[i] < 0x80 && !isTreeFilter(f.Filter) {
 			b.plainIdx.subscribe(cl.ID, f)
 		}
 	}
