@@ -325,3 +325,20 @@ func TestSubIndexNoTreeFilters(t *testing.T) {
 		t.Fatalf("the plain index holds tree subscriptions: %q", b.plainIdx.dump())
 	}
 }
+
+// TestSubIndexNoOriginalTreeFilters: on the original dialect's listener
+// (SPEC §7) a leading '/' asks for sync, any other filter is a tree
+// subscription of the dialect's but $SYS ones (original.go): the plain
+// index files only those.
+func TestSubIndexNoOriginalTreeFilters(t *testing.T) {
+	b := startOriginal(t, Options{})
+	c := dialOriginal(t, b)
+	c.mustConnect("orig-trees")
+	if codes := c.subscribe(1, 1, "/ot/#", "ot/tree", "$SYS/mote/errors/orig-trees"); string(codes) != "\x01\x01\x01" {
+		t.Fatalf("SUBACK codes % x, want 01 01 01", codes)
+	}
+	got := b.plainIdx.dump()
+	if len(got) != 1 || got["$SYS/mote/errors/orig-trees"] == "" {
+		t.Fatalf("the plain index holds %q, want the $SYS filter alone", got)
+	}
+}
