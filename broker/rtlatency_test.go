@@ -350,3 +350,24 @@ func (x *subIndex) isEmpty() bool {
 	defer x.mu.Unlock()
 	return x.root.empty()
 }
+
+// TestDoorSessionIDCollision: a front end's Session (Broker.Open) has an
+// id no MQTT client can take: an MQTT client that connects with the id
+// the Session would have had keeps its own subscriptions when the Session
+// subscribes the same filter and closes.
+func TestDoorSessionIDCollision(t *testing.T) {
+	b := start(t, Options{})
+	s := b.Open(Principal{ClientID: "web"}, func(Delivery) {})
+	taken := s.c.key // "web#N": a legal MQTT client id
+	m := dial3(t, b, taken, true)
+	m.sub(t, "col/#", 1)
+	if err := s.Subscribe("col/#", 1); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	sc := b.plainIdx.match("col/x")
+	defer sc.release()
+	if len(sc.out) != 1 || sc.out[0].client != taken {
+		t.Fatalf("col/x matches %q after the Session closed, want the MQTT client %q", sc.text(), taken)
+	}
+}
