@@ -191,9 +191,10 @@
 //   - Matching plain subscriptions (subindex.go): mochi's TopicsIndex
 //     builds maps on every match; the broker's own index, a copy-on-write
 //     trie read without locks or allocations, mirrors what mochi files
-//     (OnSubscribed, OnUnsubscribed, fileSub, unfileSub), and delivery
-//     reads only it. Mochi still writes its own index, which nothing of
-//     the broker reads.
+//     (OnSubscribed, OnUnsubscribed, OnClientExpired, fileSub, unfileSub),
+//     and delivery reads only it. Mochi still writes its own index, which
+//     nothing of the broker reads; mochi forgets an expired session
+//     without unsubscribing it, so OnClientExpired does.
 //   - Retained messages: rows live once, in the tree core; mochi's retained
 //     index is kept empty (OnRetainMessage).
 //   - Wills (OnWill): mochi publishes a will before it looks at the Will

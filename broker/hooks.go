@@ -33,7 +33,7 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnUnsubscribed,
 		mqtt.OnWill, mqtt.OnPacketEncode, mqtt.OnRetainMessage,
-		mqtt.OnQosComplete, mqtt.OnQosDropped,
+		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired,
 	}, []byte{b})
 }
 

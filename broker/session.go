@@ -51,6 +51,10 @@ func (d *Delivery) Seq() int64 {
 	return -1
 }
 
+// sessionIDMark starts a Session's id: U+0000, which no MQTT client id
+// holds (mochi refuses it in every UTF-8 string).
+const sessionIDMark = "\x00"
+
 // Open starts a session acting as p; fn receives its messages until
 // Close (fn may call it: what its writer took but had not handed to fn
 // then goes no further; a call under way when Close runs elsewhere still
@@ -60,6 +64,10 @@ func (b *Broker) Open(p Principal, fn func(Delivery)) *Session {
 	s := &Session{b: b, plain: map[string]bool{}, trees: map[string]bool{}}
 	out := &funcOut{fn: fn}
 	s.c = newConn(b, p, "", true, out)
+	// Its id keys its filings (subIndex) and byID, which MQTT clients'
+	// ids key too: one no client can take [MQTT-1.5.4-2] (its key alone,
+	// "web#1", is a legal client id).
+	s.c.id = sessionIDMark + s.c.key
 	out.s = s
 	b.byID.Store(s.c.id, s.c)
 	return s

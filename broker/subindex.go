@@ -16,8 +16,9 @@ import (
 // delivery reads (deliverPlain, deliverRow): a filter trie whose readers
 // take no lock and allocate nothing. It mirrors what is filed in mochi's
 // TopicsIndex (mochi's SUBSCRIBE, UNSUBSCRIBE and session-ending handling
-// reach it through the hooks OnSubscribed and OnUnsubscribed; the broker's
-// own filings through fileSub and unfileSub). Nothing of the broker reads
+// reach it through the hooks OnSubscribed and OnUnsubscribed, a session
+// expiring while away through OnClientExpired; the broker's own filings
+// through fileSub and unfileSub). Nothing of the broker reads
 // mochi's index any more (delivery, retained replay and $SYS are the
 // broker's); mochi's SUBSCRIBE handling still writes it, which costs a
 // little at SUBSCRIBE and nothing per message.
@@ -450,11 +451,14 @@ func (b *Broker) unfileSub(filter, client string) bool {
 }
 
 // mirrorSubscribed files in the broker's index what mochi filed for a
-// SUBSCRIBE (OnSubscribed): every filter it granted (a code below 0x80),
-// as mochi filed it (the QoS as asked).
+// SUBSCRIBE (OnSubscribed): every plain filter it granted (a code below
+// 0x80), as mochi filed it (the QoS as asked). Tree filters ($sync/F,
+// $tree.cbor/F, the property form's $sync.prop.json/F) are the loop's
+// (subscribeTree): no plain delivery may reach them, so they are not
+// filed here (unfiling one that is not filed does nothing).
 func (b *Broker) mirrorSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	for i, f := range pk.Filters {
-		if i < len(codes) && codes[i] < 0x80 {
+		if i < len(codes) && codes[i] < 0x80 && !isTreeFilter(f.Filter) {
 			b.plainIdx.subscribe(cl.ID, f)
 		}
 	}
@@ -482,4 +486,15 @@ func (b *Broker) mirrorUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 			return has
 		})
 	}
+}
+
+// OnClientExpired unsubscribes a session whose Session Expiry Interval
+// elapsed while its client was away [MQTT-3.1.2-23]: mochi forgets the
+// client (clearExpiredClients) but leaves its subscriptions filed, and no
+// OnUnsubscribed runs. UnsubscribeClient removes them from mochi's index
+// and, through OnUnsubscribed, from the broker's; a session taken over
+// meanwhile is left to its successor (mochi's IsTakenOver, and the newer
+// connection's filings are kept: mirrorUnsubscribed).
+func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	h.b.server.UnsubscribeClient(cl)
 }

@@ -100,7 +100,7 @@ func TestSubIndexMirrorsMochi(t *testing.T) {
 	s.Unsubscribe("x/+")
 	check("session unsubscribed")
 	s.Close()
-	if !b.plainIdx.root.empty() {
+	if !b.plainIdx.isEmpty() {
 		t.Fatalf("the index holds %q with no subscription left", b.plainIdx.dump())
 	}
 }
