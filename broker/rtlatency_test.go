@@ -11,7 +11,7 @@ import (
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // TestSubIndexSessionExpiry: an MQTT 5 session whose Session Expiry
