@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // readPacketBody reads one MQTT packet: its first header byte and body.
@@ -136,4 +139,72 @@ func TestConnectCyclesNoGoroutineLeak(t *testing.T) {
 		return got <= base+2
 	})
 	alive(t, b)
+}
+
+// gateHook holds OnSessionEstablished (inside EstablishSession, before
+// serve runs) for the client id gateID until released.
+type gateHook struct {
+	mqtt.HookBase
+	held    chan struct{}
+	release chan struct{}
+}
+
+const gateID = "gated"
+
+func (*gateHook) ID() string           { return "gate" }
+func (*gateHook) Provides(b byte) bool { return b == mqtt.OnSessionEstablished }
+func (h *gateHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if cl.ID == gateID {
+		close(h.held)
+		<-h.release
+	}
+}
+
+// TestCloseBetweenEstablishAndServe: Broker.Close while a connection's
+// session is established but its read loop (serve) has not started
+// returns, and leaves no goroutine of that connection behind; the same for
+// a client that closes its socket in that window. Close and the release
+// of the held session race on purpose: either order must end cleanly.
+func TestCloseBetweenEstablishAndServe(t *testing.T) {
+	for _, what := range []string{"client closes", "broker closes"} {
+		t.Run(what, func(t *testing.T) {
+			b := start(t, Options{})
+			alive(t, b)
+			settle(t, b)
+			runtime.GC()
+			base := runtime.NumGoroutine()
+			h := &gateHook{held: make(chan struct{}), release: make(chan struct{})}
+			if err := b.server.AddHook(h, nil); err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.Dial("tcp", b.TCPAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(connectPacket(5, gateID))
+			select {
+			case <-h.held:
+			case <-t.Context().Done():
+				t.Fatal("session not established")
+			}
+			closed := make(chan error, 1)
+			if what == "client closes" {
+				c.Close()
+				close(h.release)
+				waitConnGone(t, b, gateID)
+				waitFor(t, "the goroutines back to the base", func() bool { return runtime.NumGoroutine() <= base+2 })
+				alive(t, b)
+				return
+			}
+			go func() { closed <- b.Close() }()
+			close(h.release)
+			select {
+			case <-closed:
+			case <-time.After(testTimeout):
+				t.Fatal("Broker.Close hangs")
+			}
+			waitFor(t, "the goroutines back to the base", func() bool { return runtime.NumGoroutine() <= base })
+		})
+	}
 }
