@@ -208,3 +208,39 @@ func TestCloseBetweenEstablishAndServe(t *testing.T) {
 		})
 	}
 }
+
+// TestTakeoverV3NoDisconnectPacket: a 3.1.1 connection taken over by a
+// new one with its client id is closed without any packet: in MQTT 3.1.1
+// DISCONNECT goes from client to server only (§3.14; [MQTT-3.1.4-2] says
+// the server disconnects the existing client). An MQTT 5 one gets
+// DISCONNECT 0x8E Session taken over.
+func TestTakeoverV3NoDisconnectPacket(t *testing.T) {
+	b := start(t, Options{})
+	for _, v := range []byte{4, 5} {
+		id := "twin" + strconv.Itoa(int(v))
+		dial := func() (net.Conn, *bufio.Reader) {
+			c, err := net.Dial("tcp", b.TCPAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(testTimeout))
+			c.Write(connectPacket(v, id))
+			r := bufio.NewReader(c)
+			if h, _, err := readPacketBody(r); err != nil || h != 0x20 {
+				t.Fatalf("v%d: no CONNACK: %#x %v", v, h, err)
+			}
+			return c, r
+		}
+		first, r := dial()
+		defer first.Close()
+		second, _ := dial()
+		defer second.Close()
+		h, body, err := readPacketBody(r)
+		switch {
+		case v == 4 && err == nil:
+			t.Errorf("3.1.1: the taken-over connection got packet %#x % x, want only the close", h, body)
+		case v == 5 && (err != nil || h != 0xe0 || len(body) < 1 || body[0] != 0x8e):
+			t.Errorf("5: the taken-over connection got %#x % x %v, want DISCONNECT 0x8e", h, body, err)
+		}
+	}
+}
