@@ -410,6 +410,7 @@ func (cl *Client) readOne(packetHandler ReadFn) error {
 	fh := new(packets.FixedHeader)
 	err := cl.ReadFixedHeader(fh)
 	if err != nil {
+		cl.disconnectMalformed(err) // mote: a fixed header that does not decode (flags, QoS 3, length) is told too
 		return err
 	}
 

@@ -962,10 +962,19 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 		if err != nil {
 			return ErrMalformedQos
 		}
+		// mote: in MQTT 5 reserved bits 6-7 of the options byte make the
+		// packet malformed ([MQTT-3.8.3-5], 0x81) and Retain Handling 3
+		// is a Protocol Error (§3.8.3.1, 0x82); mochi accepted both.
 		if pk.ProtocolVersion == 5 {
+			if option&0xc0 != 0 {
+				return ErrMalformedFlags
+			}
+			if option>>4&0x03 == 3 {
+				return ErrProtocolViolation
+			}
 			sub.decode(option)
 		} else {
-			sub.Qos = option
+			sub.Qos = option // 3.1.1: any bit above QoS makes it > 2 (refused below); no reason code is sent
 		}
 
 		if len(pk.Properties.SubscriptionIdentifier) > 0 {
