@@ -281,7 +281,11 @@ func TestMutatedPackets(t *testing.T) {
 	t.Logf("seed %d", seed)
 	seeds := map[byte][][]byte{4: validPackets(4), 5: validPackets(5)}
 	const perConn, workers = 5, 16
-	deadline := time.Now().Add(3 * time.Minute)
+	// The mutators stop at n packets or at the deadline, whichever comes
+	// first, well inside waitGroup's testTimeout: on a loaded machine
+	// they send fewer, and say how many (at least a tenth of n, or the
+	// run proves little).
+	deadline := time.Now().Add(testTimeout * 2 / 3)
 	var sent atomic.Int64
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -323,6 +327,10 @@ func TestMutatedPackets(t *testing.T) {
 		}()
 	}
 	waitGroup(t, "mutators", &wg)
+	t.Logf("%d mutated packets sent", sent.Load())
+	if sent.Load() < int64(n/10) {
+		t.Errorf("only %d of %d mutated packets sent before the deadline", sent.Load(), n)
+	}
 	alive(t, b)
 	settle(t, b)
 	var got int
