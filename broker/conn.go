@@ -204,8 +204,14 @@ func (c *conn) handOffLocked() {
 	left, lost := []*plainItem(nil), 0
 	_, isMQTT := c.out.(*mqttOut)
 	switch n := c.next; {
-	case c.fresh || !isMQTT:
-		c.q.leftovers() // the session is gone: nothing is lost
+	case !isMQTT:
+		c.q.leftovers() // a door session's: they go with it
+	case c.fresh:
+		// A new session (a clean start, another user's) replaced this
+		// one: what it had queued is dropped, and counted.
+		left, lost = c.q.leftovers()
+		lost += len(left)
+		left = nil
 	case n != nil:
 		left, lost = c.q.leftovers()
 		lost += n.q.pushFront(notCloned(left, c.copied))
