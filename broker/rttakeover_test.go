@@ -1,9 +1,14 @@
 package broker
 
 import (
+	"fmt"
+	"strconv"
+	"sync"
 	"testing"
+	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // Red team of the takeover fix (arriving's mutex as the one ordering
@@ -21,5 +26,111 @@ func TestCleanStartTakeoverCountsQueued(t *testing.T) {
 	waitClosed(t, "the hand-off", c.handed)
 	if got := b.meter.dropped[dropSessionEnded].Load() - before; got < 2 {
 		t.Fatalf("session_ended grew by %d, want at least 2 (q/2 and q/3, queued on the replaced session)", got)
+	}
+}
+
+// TestTakeoverQuitStormKeepsQoS2: a stream of QoS 2 messages to an MQTT
+// 3.1.1 persistent session (clean=false) while its client id is taken
+// over again and again, every other client disconnecting at once after
+// its CONNACK (a takeover, then the session away at once): the last
+// client gets every message [MQTT-4.4.0-1]; none is dropped. Duplicates
+// are allowed (each paho client has its own store, so a PUBLISH resent
+// before its PUBREC was read is delivered again), losses are not.
+func TestTakeoverQuitStormKeepsQoS2(t *testing.T) {
+	b := start(t, Options{})
+	b.writerIdle.Store(int64(time.Microsecond))
+	const id, topic, n, rounds = "q2storm-sub", "q2storm/t", 300, 16
+	var mu sync.Mutex
+	seen := map[int]int{}
+	got := make(chan struct{}, 1)
+	var clients []paho.Client
+	dial := func() (paho.Client, error) {
+		o := paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID(id).SetCleanSession(false).
+			SetAutoReconnect(false).SetOrderMatters(true).
+			SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+				k, _ := strconv.Atoi(string(m.Payload()))
+				mu.Lock()
+				seen[k]++
+				mu.Unlock()
+				select {
+				case got <- struct{}{}:
+				default:
+				}
+			})
+		c := paho.NewClient(o)
+		mu.Lock()
+		clients = append(clients, c)
+		mu.Unlock()
+		tok := c.Connect()
+		if !tok.WaitTimeout(testTimeout) {
+			return nil, fmt.Errorf("connect %s: timed out", id)
+		}
+		return c, tok.Error()
+	}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range clients {
+			c.Disconnect(0)
+		}
+	}()
+	first, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := first.Subscribe(topic, 2, nil); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	pub := dial3(t, b, "q2storm-pub", true)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range n {
+			if tok := pub.Publish(topic, 2, false, strconv.Itoa(i)); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+				t.Errorf("publish %d: %v", i, tok.Error())
+				return
+			}
+		}
+	}()
+	for k := range rounds {
+		c, err := dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k%2 == 0 {
+			c.Disconnect(0) // took the session over, and leaves it at once
+		}
+	}
+	waitGroup(t, "publisher", &wg)
+	if _, err := dial(); err != nil { // the session's last client
+		t.Fatal(err)
+	}
+	settle(t, b)
+	deadline := time.After(testTimeout)
+	for {
+		mu.Lock()
+		k := len(seen)
+		mu.Unlock()
+		if k == n {
+			break
+		}
+		select {
+		case <-got:
+		case <-deadline:
+			mu.Lock()
+			var missing []int
+			for i := range n {
+				if seen[i] == 0 {
+					missing = append(missing, i)
+				}
+			}
+			mu.Unlock()
+			t.Fatalf("%d of %d QoS 2 messages never arrived after %d takeovers: %v (broker dropped %d: session ended %d, offline full %d)", len(missing), n, rounds, missing,
+				b.stats.Dropped.Load(), b.meter.dropped[dropSessionEnded].Load(), b.meter.dropped[dropOfflineFull].Load())
+		}
+	}
+	if d := b.stats.Dropped.Load(); d != 0 {
+		t.Fatalf("the broker dropped %d messages", d)
 	}
 }
