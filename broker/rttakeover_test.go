@@ -3,12 +3,15 @@ package broker
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/rs/zerolog"
 )
 
 // Red team of the takeover fix (arriving's mutex as the one ordering
@@ -133,4 +136,96 @@ func TestTakeoverQuitStormKeepsQoS2(t *testing.T) {
 	if d := b.stats.Dropped.Load(); d != 0 {
 		t.Fatalf("the broker dropped %d messages", d)
 	}
+}
+
+// TestCloseDuringTakeovers: Broker.Close while clients of a few
+// persistent sessions take them over again and again (MQTT 3.1.1
+// clean=false, every other one leaving at once) and QoS 1 and 2 messages
+// are published to them: Close returns, every connection it served ends
+// (none stuck on the takeover's locks), and mochi stops in time.
+func TestCloseDuringTakeovers(t *testing.T) {
+	var logBuf lockedBuffer
+	b := start(t, Options{Log: zerolog.New(&logBuf).Level(zerolog.WarnLevel)})
+	b.writerIdle.Store(int64(time.Microsecond))
+	const ids = 8
+	ctx := testCtx(t)
+	var dials sync.WaitGroup
+	var mu sync.Mutex
+	var clients []paho.Client
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range clients {
+			c.Disconnect(0)
+		}
+	}()
+	enough := make(chan struct{})
+	var dialed atomic.Int64
+	for i := range ids {
+		id := fmt.Sprint("closestorm-", i)
+		first := dial3(t, b, id, false)
+		first.sub(t, "closestorm/#", 2)
+		dials.Add(1)
+		go func() {
+			defer dials.Done()
+			for k := 0; ctx.Err() == nil; k++ {
+				o := paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID(id).SetCleanSession(false).
+					SetAutoReconnect(false).SetConnectTimeout(testTimeout)
+				c := paho.NewClient(o)
+				mu.Lock()
+				clients = append(clients, c)
+				mu.Unlock()
+				if tok := c.Connect(); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+					return // the broker closed
+				}
+				if dialed.Add(1) == 20*ids {
+					close(enough)
+				}
+				if k%2 == 0 {
+					c.Disconnect(0)
+				}
+			}
+		}()
+	}
+	var pubs sync.WaitGroup
+	pubs.Add(1)
+	go func() {
+		defer pubs.Done()
+		for i := 0; ; i++ {
+			m := Message{Topic: "closestorm/x", Payload: []byte(strconv.Itoa(i)), QoS: byte(1 + i%2)}
+			if err := b.Publish(ctx, Principal{ClientID: "closestorm-pub"}, m); err != nil {
+				return // the broker closed
+			}
+		}
+	}()
+	waitClosed(t, "takeovers", enough)
+	closed := make(chan struct{})
+	go func() { b.Close(); close(closed) }()
+	waitClosed(t, "Broker.Close", closed)
+	served := make(chan struct{})
+	go func() { b.sessions.Wait(); close(served) }()
+	waitClosed(t, "the connections Close ended", served)
+	waitGroup(t, "the clients' dialers", &dials)
+	waitGroup(t, "the publisher", &pubs)
+	if s := logBuf.String(); strings.Contains(s, "did not stop") {
+		t.Fatalf("Close gave up waiting:\n%s", s)
+	}
+}
+
+// lockedBuffer is a log written by many goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
