@@ -2,6 +2,9 @@ package broker
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -145,7 +148,10 @@ func TestTakeoverQuitStormKeepsQoS2(t *testing.T) {
 // (none stuck on the takeover's locks), and mochi stops in time.
 func TestCloseDuringTakeovers(t *testing.T) {
 	var logBuf lockedBuffer
-	b := start(t, Options{Log: zerolog.New(&logBuf).Level(zerolog.WarnLevel)})
+	// MaxInflight small: a session away holds at most 64 (mochi sorts a
+	// client's in-flight messages on every takeover; 1,024 of them for
+	// every one of 160 takeovers is slow under -race, not stuck).
+	b := start(t, Options{MaxInflight: 64, Log: zerolog.New(&logBuf).Level(zerolog.WarnLevel)})
 	b.writerIdle.Store(int64(time.Microsecond))
 	const ids = 8
 	ctx := testCtx(t)
@@ -159,7 +165,7 @@ func TestCloseDuringTakeovers(t *testing.T) {
 			c.Disconnect(0)
 		}
 	}()
-	enough := make(chan struct{})
+	enough, closing, closed := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	var dialed atomic.Int64
 	for i := range ids {
 		id := fmt.Sprint("closestorm-", i)
@@ -176,6 +182,11 @@ func TestCloseDuringTakeovers(t *testing.T) {
 				clients = append(clients, c)
 				mu.Unlock()
 				if tok := c.Connect(); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+					select {
+					case <-closing:
+					default:
+						t.Errorf("%s: connect %d before Close: %v (%d dialed)", id, k, tok.Error(), dialed.Load())
+					}
 					return // the broker closed
 				}
 				if dialed.Add(1) == 20*ids {
@@ -193,15 +204,32 @@ func TestCloseDuringTakeovers(t *testing.T) {
 		defer pubs.Done()
 		for i := 0; ; i++ {
 			m := Message{Topic: "closestorm/x", Payload: []byte(strconv.Itoa(i)), QoS: byte(1 + i%2)}
+			// A plain event published after Close is not refused (it has
+			// no loop to go through): stop when Close returned.
 			if err := b.Publish(ctx, Principal{ClientID: "closestorm-pub"}, m); err != nil {
-				return // the broker closed
+				return
+			}
+			select {
+			case <-closed:
+				return
+			default:
 			}
 		}
 	}()
-	waitClosed(t, "takeovers", enough)
-	closed := make(chan struct{})
+	select {
+	case <-enough:
+	case <-time.After(testTimeout):
+		buf := make([]byte, 16<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		os.WriteFile(filepath.Join(os.TempDir(), "closestorm-stacks.txt"), buf, 0o644)
+		close(closing)
+		t.Fatalf("the takeovers stalled at %d connections (goroutines in %s)", dialed.Load(), filepath.Join(os.TempDir(), "closestorm-stacks.txt"))
+	}
+	close(closing)
+	began := time.Now()
 	go func() { b.Close(); close(closed) }()
 	waitClosed(t, "Broker.Close", closed)
+	t.Logf("Close took %v", time.Since(began))
 	served := make(chan struct{})
 	go func() { b.sessions.Wait(); close(served) }()
 	waitClosed(t, "the connections Close ended", served)
