@@ -257,3 +257,47 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.buf.String()
 }
+
+// TestHeldForClientThatNeverConnects: a client coming back to a session
+// away that never has its connection filed (OnSessionEstablish ran, mochi
+// filed it, its CONNACK could not be written): what is published for the
+// session meanwhile waits for it, at most MaxInflight (the rest dropped,
+// counted offline_full), and is not stuck there: once the client stopped,
+// the $SYS sweep holds it in the session's in-flight state, to be resent
+// when the session comes back.
+func TestHeldForClientThatNeverConnects(t *testing.T) {
+	b := start(t, Options{MaxInflight: 8})
+	const id = "neverconnects"
+	c := dial3(t, b, id, false)
+	c.sub(t, "nc/#", 1)
+	c.Disconnect(0)
+	waitConnGone(t, b, id)
+	cl := b.server.NewClient(nil, "test", id, false)
+	cl.Properties.ProtocolVersion = 4
+	b.arriving.register(b, cl, false) // OnSessionEstablish
+	b.server.Clients.Add(cl)          // mochi's takeover
+	full := b.meter.dropped[dropOfflineFull].Load()
+	for i := range 12 {
+		if err := b.Publish(testCtx(t), Principal{ClientID: "nc-pub"}, Message{Topic: "nc/x", Payload: []byte(strconv.Itoa(i)), QoS: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.arriving.mu.Lock()
+	held := 0
+	if s := b.arriving.by[id]; s != nil {
+		held = len(s.msgs)
+	}
+	b.arriving.mu.Unlock()
+	if dropped := b.meter.dropped[dropOfflineFull].Load() - full; held != 8 || dropped != 4 {
+		t.Fatalf("%d held for the arriving client and %d dropped (offline_full), want 8 and 4", held, dropped)
+	}
+	cl.Stop(nil) // its CONNACK could not be written
+	waitFor(t, "the sweep", func() bool {
+		b.arriving.mu.Lock()
+		defer b.arriving.mu.Unlock()
+		return b.arriving.by[id] == nil
+	})
+	if n := cl.State.Inflight.Len(); n != 8 {
+		t.Fatalf("%d held in the session's in-flight state after the sweep, want 8", n)
+	}
+}
