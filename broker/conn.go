@@ -195,7 +195,8 @@ func (c *conn) finish(ended, keep bool) {
 //     messages published afterwards, held after them, are resent after
 //     them.
 //
-// A session that ended, or that a new one replaced (fresh), gets nothing.
+// A session that ended, or that a new one replaced (fresh), gets nothing
+// (a replaced session's leftovers are counted session_ended).
 // Publishers that found the connection handing on wait for handed.
 func (c *conn) handOffLocked() {
 	if !c.writerDone || c.prev || c.over {
