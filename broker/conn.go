@@ -195,7 +195,8 @@ func (c *conn) finish(ended, keep bool) {
 //     messages published afterwards, held after them, are resent after
 //     them.
 //
-// A session that ended, or that a new one replaced (fresh), gets nothing.
+// A session that ended, or that a new one replaced (fresh), gets nothing
+// (a replaced session's leftovers are counted session_ended).
 // Publishers that found the connection handing on wait for handed.
 func (c *conn) handOffLocked() {
 	if !c.writerDone || c.prev || c.over {
@@ -204,8 +205,14 @@ func (c *conn) handOffLocked() {
 	left, lost := []*plainItem(nil), 0
 	_, isMQTT := c.out.(*mqttOut)
 	switch n := c.next; {
-	case c.fresh || !isMQTT:
-		c.q.leftovers() // the session is gone: nothing is lost
+	case !isMQTT:
+		c.q.leftovers() // a door session's: they go with it
+	case c.fresh:
+		// A new session (a clean start, another user's) replaced this
+		// one: what it had queued is dropped, and counted.
+		left, lost = c.q.leftovers()
+		lost += len(left)
+		left = nil
 	case n != nil:
 		left, lost = c.q.leftovers()
 		lost += n.q.pushFront(notCloned(left, c.copied))
