@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,15 +25,21 @@ type hook struct {
 
 func (h *hook) ID() string { return "mote" }
 
+// Provides names the mochi hook methods the broker implements. A switch,
+// not a search of a slice: mochi asks it once per hook method it calls,
+// several times for every packet read (issue 15, bench/README.md "mochi's
+// read path").
 func (h *hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnUnsubscribed,
 		mqtt.OnWill, mqtt.OnPacketEncode, mqtt.OnRetainMessage,
-		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired,
-	}, []byte{b})
+		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired:
+		return true
+	}
+	return false
 }
 
 // mqttPrincipal is who an MQTT client acts as.

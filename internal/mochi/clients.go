@@ -508,9 +508,12 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
 
-	// Decode the remaining packet values using a fresh copy of the bytes,
-	// otherwise the next packet will change the data of this one.
-	px := append([]byte{}, p[:]...)
+	// mote: decode p itself. Upstream decoded a second copy (px :=
+	// append([]byte{}, p...)) so that the next packet could not change this
+	// one's data; but p is made afresh for every packet above and never
+	// written again, so the copy bought nothing and cost an allocation and
+	// a copy of the body per packet (TestReadPacketOwnsBody).
+	px := p
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(px)

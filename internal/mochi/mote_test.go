@@ -4,6 +4,7 @@ package mqtt
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -182,5 +183,120 @@ func TestMoteMalformedSubscribe(t *testing.T) {
 	}
 	if err := waitServe(t, done); !errors.Is(err, packets.ErrMalformedQos) {
 		t.Errorf("serve returned %v, want %v", err, packets.ErrMalformedQos)
+	}
+}
+
+// moteReadPublishes reads n packets with ReadFixedHeader and ReadPacket from
+// a client whose connection holds data.
+func moteReadPublishes(t *testing.T, data []byte, n int) []packets.Packet {
+	t.Helper()
+	cl, _, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	cl.Net.bconn = bufio.NewReader(bytes.NewReader(data))
+	var pks []packets.Packet
+	for range n {
+		var fh packets.FixedHeader
+		if err := cl.ReadFixedHeader(&fh); err != nil {
+			t.Fatal(err)
+		}
+		pk, err := cl.ReadPacket(&fh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pks = append(pks, pk)
+	}
+	return pks
+}
+
+// moteEncodePublish is a QoS 0 MQTT 3.1.1 PUBLISH of payload to topic.
+func moteEncodePublish(t *testing.T, topic, payload string) []byte {
+	t.Helper()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: topic, Payload: []byte(payload), ProtocolVersion: 4}
+	var buf bytes.Buffer
+	if err := pk.PublishEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestReadPacketOwnsBody: ReadPacket decodes the body it reads without a
+// second copy (README.md, change 5), and a packet it returned still holds
+// its own topic and payload (both alias the body it was decoded from)
+// after the next packets are read from the same
+// connection, through the same bufio.Reader (reading a body the same size
+// and a larger one, which would reuse the buffer if the body were shared).
+func TestReadPacketOwnsBody(t *testing.T) {
+	data := append(moteEncodePublish(t, "a/b", "first-payload"), moteEncodePublish(t, "c/d", "other-payload")...)
+	data = append(data, moteEncodePublish(t, "e/f/g/h", "a longer payload than both")...)
+	pks := moteReadPublishes(t, data, 3)
+	for i, want := range []struct{ topic, payload string }{
+		{"a/b", "first-payload"}, {"c/d", "other-payload"}, {"e/f/g/h", "a longer payload than both"},
+	} {
+		if pks[i].TopicName != want.topic || string(pks[i].Payload) != want.payload {
+			t.Errorf("packet %d: topic %q payload %q, want %q %q", i, pks[i].TopicName, pks[i].Payload, want.topic, want.payload)
+		}
+	}
+	if &pks[0].Payload[0] == &pks[1].Payload[0] {
+		t.Error("two packets share a payload buffer")
+	}
+}
+
+// TestReadPacketPublishAllocs: reading a QoS 0 PUBLISH allocates its body
+// once, nothing more (its topic and payload alias the body: decodeString is
+// unsafe.String); upstream allocated twice, the body and its second copy.
+func TestReadPacketPublishAllocs(t *testing.T) {
+	one := moteEncodePublish(t, "a/b", "0123456789")
+	const runs = 100
+	data := bytes.Repeat(one, runs+1)
+	cl, _, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	cl.Net.bconn = bufio.NewReaderSize(bytes.NewReader(data), len(data))
+	if _, err := cl.Net.bconn.Peek(len(data)); err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(runs, func() {
+		var fh packets.FixedHeader
+		if err := cl.ReadFixedHeader(&fh); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.ReadPacket(&fh); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("%.1f allocations", allocs)
+	if allocs > 1 {
+		t.Errorf("ReadPacket of a PUBLISH: %.1f allocations, want 1 (the body)", allocs)
+	}
+}
+
+// BenchmarkReadPacketPublish: mochi's read of one QoS 0 PUBLISH (fixed
+// header, body, decode, the OnPacketRead dispatch with no hooks) from
+// memory, no syscalls: the share of the read path that is mochi's code.
+func BenchmarkReadPacketPublish(b *testing.B) {
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "bench/t", Payload: []byte("0123456789"), ProtocolVersion: 4}
+	if err := pk.PublishEncode(&buf); err != nil {
+		b.Fatal(err)
+	}
+	one := buf.Bytes()
+	cl, _, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	src := bytes.NewReader(nil)
+	data := bytes.Repeat(one, 1024)
+	cl.Net.bconn = bufio.NewReaderSize(src, 4096)
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		if n%1024 == 0 {
+			src.Reset(data)
+		}
+		n++
+		var fh packets.FixedHeader
+		if err := cl.ReadFixedHeader(&fh); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := cl.ReadPacket(&fh); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
