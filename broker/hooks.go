@@ -416,7 +416,10 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			err = topts.check(sf.Mode)
 		}
 		if err == nil {
-			f.Filter = internalFilter(f.Filter, sf, propMode.Mode != wire.Plain || c.p.original)
+			// A copy: the decoded filter is a string over the SUBSCRIBE's
+			// body, which a filed filter would keep whole (user properties
+			// and all) for the subscription's life.
+			f.Filter = strings.Clone(internalFilter(f.Filter, sf, propMode.Mode != wire.Plain || c.p.original))
 			c.pacedProps = c.pacedProps || (propMode.Mode != wire.Plain && sf.Interval > 0)
 		}
 		_, existed := cl.State.Subscriptions.Get(f.Filter)

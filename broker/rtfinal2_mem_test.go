@@ -38,7 +38,7 @@ func TestSubscriptionDoesNotPinPacket(t *testing.T) {
 	for range 16 {
 		big = append(big, packets.UserProperty{Key: "k", Val: strings.Repeat("u", 65535-8)})
 	}
-	const subs = 20
+	const subs = 60
 	heap := func() uint64 {
 		runtime.GC()
 		var m runtime.MemStats
