@@ -98,3 +98,58 @@ func skipPacket(c net.Conn) (byte, error) {
 	_, err := io.CopyN(io.Discard, c, int64(n))
 	return h[0], err
 }
+
+// TestTopicAliasDoesNotPinPacket: an inbound topic alias keeps its topic,
+// not the PUBLISH that set it. mochi filed the decoded topic, a string
+// over the packet's body, so each of a client's maxTopicAliases aliases
+// could keep a whole PUBLISH (up to MaxPacketSize) alive for the
+// connection's life: 60 aliases set by 1 MiB publishes held 60 MiB.
+func TestTopicAliasDoesNotPinPacket(t *testing.T) {
+	b := start(t, Options{})
+	c, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // the reads fail if it fails
+	if _, err := c.Write(connectPacket(5, "alias")); err != nil {
+		t.Fatal(err)
+	}
+	if typ, err := skipPacket(c); err != nil || typ != 0x20 {
+		t.Fatalf("no CONNACK: %#x %v", typ, err)
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	const aliases = 60
+	payload := bytes.Repeat([]byte("p"), 1<<20)
+	before := heap()
+	for i := range aliases {
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: 1},
+			ProtocolVersion: 5,
+			PacketID:        uint16(i + 1),
+			TopicName:       fmt.Sprintf("alias/%d", i),
+			Payload:         payload,
+			Properties:      packets.Properties{TopicAlias: uint16(i + 1), TopicAliasFlag: true},
+		}
+		var out bytes.Buffer
+		if err := pk.PublishEncode(&out); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(out.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if typ, err := skipPacket(c); err != nil || typ != 0x40 {
+			t.Fatalf("PUBLISH %d: no PUBACK (type %#x, %v)", i, typ, err)
+		}
+	}
+	grown := int64(heap()) - int64(before)
+	if grown > aliases<<20/4 {
+		t.Fatalf("%d topic aliases hold %d KiB of heap (each set by a 1 MiB PUBLISH)", aliases, grown>>10)
+	}
+	t.Logf("heap grew %d KiB for %d aliases", grown>>10, aliases)
+}
