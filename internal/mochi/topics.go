@@ -59,7 +59,12 @@ func (a *InboundTopicAliases) Set(id uint16, topic string) string {
 		return existing
 	}
 
-	a.internal[id] = topic
+	// mote: file a copy: topic is a string over the PUBLISH's body, which
+	// the alias would keep whole (payload and all) for the connection's
+	// life. Not copied again while the alias keeps its topic.
+	if existing, ok := a.internal[id]; !ok || existing != topic {
+		a.internal[id] = strings.Clone(topic)
+	}
 	return topic
 }
 
