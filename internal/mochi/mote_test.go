@@ -247,22 +247,33 @@ func TestReadPacketOwnsBody(t *testing.T) {
 func TestReadPacketPublishAllocs(t *testing.T) {
 	one := moteEncodePublish(t, "a/b", "0123456789")
 	const runs = 100
-	data := bytes.Repeat(one, runs+1)
+	// AllocsPerRun counts the allocations of the whole process, and
+	// goroutines left by earlier tests (with -count) allocate too: under
+	// load it saw 8 and 93 a run. Others only add to the count, so the
+	// fewest of a few measurements is ReadPacket's own.
+	const tries = 5
+	data := bytes.Repeat(one, tries*(runs+1))
 	cl, _, _ := newTestClient()
 	defer cl.Stop(errClientStop)
 	cl.Net.bconn = bufio.NewReaderSize(bytes.NewReader(data), len(data))
 	if _, err := cl.Net.bconn.Peek(len(data)); err != nil {
 		t.Fatal(err)
 	}
-	allocs := testing.AllocsPerRun(runs, func() {
-		var fh packets.FixedHeader
-		if err := cl.ReadFixedHeader(&fh); err != nil {
-			t.Fatal(err)
+	allocs := float64(-1)
+	for i := 0; i < tries && allocs != 1; i++ {
+		a := testing.AllocsPerRun(runs, func() {
+			var fh packets.FixedHeader
+			if err := cl.ReadFixedHeader(&fh); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cl.ReadPacket(&fh); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs < 0 || a < allocs {
+			allocs = a
 		}
-		if _, err := cl.ReadPacket(&fh); err != nil {
-			t.Fatal(err)
-		}
-	})
+	}
 	t.Logf("%.1f allocations", allocs)
 	if allocs > 1 {
 		t.Errorf("ReadPacket of a PUBLISH: %.1f allocations, want 1 (the body)", allocs)
@@ -299,4 +310,41 @@ func BenchmarkReadPacketPublish(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// mote: waitFor and waitWritten replace the fixed sleeps (100 µs – 50 ms)
+// by which upstream's tests waited for another goroutine: under load the
+// goroutine had not run yet and the test read an empty stream (README.md,
+// "Changes", tests). Both are safe to call from any goroutine: on timeout
+// they report with t.Errorf and return, so the caller goes on to close its
+// pipe and the reader's assertions fail rather than hang.
+
+// waitDeadline bounds waitFor: far beyond any wait a loaded machine makes,
+// well inside go test's own timeout.
+const waitDeadline = 10 * time.Second
+
+// waitFor polls cond until it holds or waitDeadline passes.
+func waitFor(t testing.TB, what string, cond func() bool) bool {
+	t.Helper()
+	deadline := time.Now().Add(waitDeadline)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Errorf("waited %v for %s", waitDeadline, what)
+			return false
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	return true
+}
+
+// waitWritten waits until every packet queued to cl's outbound channel has
+// been written: publishToClient counts a packet in outboundQty after
+// queueing it and WriteLoop counts it out after WritePacket returned, which
+// on a net.Pipe means the reader has taken all its bytes. Call it after the
+// call that queues has returned.
+func waitWritten(t testing.TB, cl *Client) bool {
+	t.Helper()
+	return waitFor(t, "client "+cl.ID+"'s queued packets to be written", func() bool {
+		return atomic.LoadInt32(&cl.State.outboundQty) == 0
+	})
 }

@@ -316,7 +316,6 @@ func TestServerAddListenersFromConfigError(t *testing.T) {
 }
 
 func TestServerServe(t *testing.T) {
-	t.Skip("mote: timing-dependent (sleeps of 1–50 ms, no synchronisation); failed under -race on a loaded machine, upstream v2.7.9 too (README.md)")
 	s := newServer()
 	defer s.Close()
 
@@ -328,12 +327,12 @@ func TestServerServe(t *testing.T) {
 	err = s.Serve()
 	require.NoError(t, err)
 
-	time.Sleep(time.Millisecond)
-
 	require.Equal(t, 1, s.Listeners.Len())
 	listener, ok := s.Listeners.Get("t1")
 
 	require.Equal(t, true, ok)
+	// mote: wait until the listener serves (Serve starts it on a goroutine); upstream slept 1 ms, which lost the race under load.
+	waitFor(t, "listener t1 to serve", listener.(*listeners.MockListener).IsServing)
 	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
 }
 
@@ -353,12 +352,12 @@ func TestServerServeFromConfig(t *testing.T) {
 	err := s.Serve()
 	require.NoError(t, err)
 
-	time.Sleep(time.Millisecond)
-
 	require.Equal(t, 1, s.Listeners.Len())
 	listener, ok := s.Listeners.Get("mock")
 
 	require.Equal(t, true, ok)
+	// mote: wait until the listener serves (Serve starts it on a goroutine); upstream slept 1 ms, which lost the race under load.
+	waitFor(t, "listener mock to serve", listener.(*listeners.MockListener).IsServing)
 	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
 }
 
@@ -677,7 +676,6 @@ func TestEstablishConnectionInheritExisting(t *testing.T) {
 
 // See https://github.com/mochi-mqtt/server/issues/173
 func TestEstablishConnectionInheritExistingTrueTakeover(t *testing.T) {
-	t.Skip("mote: timing-dependent (sleeps of 1–50 ms, no synchronisation); failed under -race on a loaded machine, upstream v2.7.9 too (README.md)")
 	s := newServer()
 	d := new(DelayHook)
 	d.DisconnectDelay = time.Millisecond * 200
@@ -718,12 +716,25 @@ func TestEstablishConnectionInheritExistingTrueTakeover(t *testing.T) {
 	}()
 
 	// Get the first client pointer
-	time.Sleep(time.Millisecond * 50)
+	// mote: wait until the first connection is filed; upstream slept 50 ms.
+	waitFor(t, "the first connection to be filed", func() bool {
+		_, ok := s.Clients.Get("zen")
+		return ok
+	})
 	cl1, ok := s.Clients.Get(packets.TPacketData[packets.Connect].Get(packets.TConnectUserPass).Packet.Connect.ClientIdentifier)
 	require.True(t, ok)
 	cl1.State.Subscriptions.Add("a/b/c", packets.Subscription{Filter: "a/b/c", Qos: 1})
 	cl1.State.Subscriptions.Add("d/e/f", packets.Subscription{Filter: "d/e/f", Qos: 0})
 	time.Sleep(time.Millisecond * 50)
+
+	// mote: the first pointer is captured before the second connection
+	// starts; upstream captured it after, racing the takeover, which files
+	// the second client under the same ID.
+	// Capture first Client pointer
+	clp1, ok := s.Clients.Get("zen")
+	require.True(t, ok)
+	require.Empty(t, clp1.Properties.Username)
+	require.NotEmpty(t, clp1.State.Subscriptions.GetAll())
 
 	// Make the second connection
 	r2, w2 := net.Pipe()
@@ -746,17 +757,18 @@ func TestEstablishConnectionInheritExistingTrueTakeover(t *testing.T) {
 		recv2 <- buf
 	}()
 
-	// Capture first Client pointer
-	clp1, ok := s.Clients.Get("zen")
-	require.True(t, ok)
-	require.Empty(t, clp1.Properties.Username)
-	require.NotEmpty(t, clp1.State.Subscriptions.GetAll())
-
 	err1 := <-o1
 	require.Error(t, err1)
 	require.ErrorIs(t, err1, io.ErrClosedPipe)
 
 	// Capture second Client pointer
+	// mote: wait until the second connection is filed, after the takeover
+	// has moved the first one's subscriptions; upstream counted on the
+	// DelayHook's 200 ms in the first connection's OnDisconnect.
+	waitFor(t, "the second connection to be filed", func() bool {
+		cl, ok := s.Clients.Get("zen")
+		return ok && cl != clp1
+	})
 	clp2, ok := s.Clients.Get("zen")
 	require.True(t, ok)
 	require.Equal(t, []byte(".ochi"), clp2.Properties.Username)
@@ -1338,7 +1350,8 @@ func TestInjectPacketPublishAndReceive(t *testing.T) {
 		err := s.InjectPacket(sender, *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
 		require.NoError(t, err)
 		_ = w1.Close()
-		time.Sleep(time.Millisecond * 10)
+		// mote: wait until the queued packet is written; upstream slept 10 ms, which lost the race under load.
+		waitWritten(t, receiver)
 		_ = w2.Close()
 	}()
 
@@ -1375,7 +1388,8 @@ func TestServerPublishAndReceive(t *testing.T) {
 		err := s.Publish(pkx.TopicName, pkx.Payload, pkx.FixedHeader.Retain, pkx.FixedHeader.Qos)
 		require.NoError(t, err)
 		_ = w1.Close()
-		time.Sleep(time.Millisecond * 10)
+		// mote: wait until the queued packet is written; upstream slept 10 ms, which lost the race under load.
+		waitWritten(t, receiver)
 		_ = w2.Close()
 	}()
 
@@ -1439,7 +1453,8 @@ func TestServerProcessPacketPublishAndReceive(t *testing.T) {
 	go func() {
 		err := s.processPacket(sender, *packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
 		require.NoError(t, err)
-		time.Sleep(time.Millisecond * 10)
+		// mote: wait until the queued packet is written; upstream slept 10 ms, which lost the race under load.
+		waitWritten(t, receiver)
 		_ = w1.Close()
 		_ = w2.Close()
 	}()
@@ -1647,7 +1662,6 @@ func TestServerProcessPublishInvalidTopic(t *testing.T) {
 }
 
 func TestServerProcessPublishACLCheckDeny(t *testing.T) {
-	t.Skip("mote: timing-dependent (sleeps of 1–50 ms, no synchronisation); failed under -race on a loaded machine, upstream v2.7.9 too (README.md)")
 	tt := []struct {
 		name             string
 		protocolVersion  byte
@@ -1737,8 +1751,11 @@ func TestServerProcessPublishACLCheckDeny(t *testing.T) {
 				require.Equal(t, tx.expectReponse, buf)
 			}
 
-			require.Equal(t, tx.expectDisconnect, cl.Closed())
+			// mote: Closed is read once processPublish has returned; upstream
+			// read it when the pipe closed, which Stop does before it cancels
+			// the client's context (Closed), so it lost the race under load.
 			wg.Wait()
+			require.Equal(t, tx.expectDisconnect, cl.Closed())
 		})
 	}
 }
@@ -1869,7 +1886,8 @@ func TestPublishToSubscribersSelfNoLocal(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Origin = cl.ID
 		s.publishToSubscribers(pkx)
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -1921,7 +1939,10 @@ func TestPublishToSubscribers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
+		waitWritten(t, cl2)
+		waitWritten(t, cl3)
 		_ = w1.Close()
 		_ = w2.Close()
 		_ = w3.Close()
@@ -1964,7 +1985,8 @@ func TestPublishToSubscribersMessageExpiryDelta(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Created = time.Now().Unix() - 30
 		s.publishToSubscribers(pkx)
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w1.Close()
 	}()
 
@@ -1988,7 +2010,8 @@ func TestPublishToSubscribersIdentifiers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2013,7 +2036,8 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 		pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pk.Ignore = true
 		s.publishToSubscribers(pk)
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2028,7 +2052,6 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 }
 
 func TestPublishToClientServerDowngradeQos(t *testing.T) {
-	t.Skip("mote: timing-dependent (sleeps of 1–50 ms, no synchronisation); failed under -race on a loaded machine, upstream v2.7.9 too (README.md)")
 	s := newServer()
 	s.Options.Capabilities.MaximumQos = 1
 
@@ -2043,7 +2066,8 @@ func TestPublishToClientServerDowngradeQos(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 2}, pkx)
-		time.Sleep(time.Microsecond * 100)
+		// mote: wait until the queued packet is written; upstream slept 100 µs, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2058,7 +2082,6 @@ func TestPublishToClientServerDowngradeQos(t *testing.T) {
 }
 
 func TestPublishToClientSubscriptionDowngradeQos(t *testing.T) {
-	t.Skip("mote: timing-dependent (sleeps of 1–50 ms, no synchronisation); failed under -race on a loaded machine, upstream v2.7.9 too (README.md)")
 	s := newServer()
 	s.Options.Capabilities.MaximumQos = 2
 
@@ -2073,7 +2096,8 @@ func TestPublishToClientSubscriptionDowngradeQos(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 1}, pkx)
-		time.Sleep(time.Microsecond * 100)
+		// mote: wait until the queued packet is written; upstream slept 100 µs, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2140,7 +2164,8 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).Packet
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2235,7 +2260,6 @@ func TestPublishToClientNoConn(t *testing.T) {
 }
 
 func TestProcessPublishWithTopicAlias(t *testing.T) {
-	t.Skip("mote: timing-dependent (sleeps of 1–50 ms, no synchronisation); failed under -race on a loaded machine, upstream v2.7.9 too (README.md)")
 	s := newServer()
 	cl, r, w := newTestClient()
 	s.Clients.Add(cl)
@@ -2252,7 +2276,8 @@ func TestProcessPublishWithTopicAlias(t *testing.T) {
 		pkx.TopicName = ""
 		pkx.Properties.TopicAlias = 1
 		_ = s.processPacket(cl2, pkx)
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w2.Close()
 		_ = w.Close()
 	}()
@@ -2330,7 +2355,8 @@ func TestPublishRetainedToClient(t *testing.T) {
 
 	go func() {
 		s.publishRetainedToClient(cl, packets.Subscription{Filter: "a/b/c"}, false)
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2772,7 +2798,8 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 				require.NoError(t, err)
 			}
 
-			time.Sleep(time.Millisecond)
+			// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+			waitWritten(t, cl)
 			_ = w.Close()
 
 			if i != 2 {
@@ -2876,7 +2903,8 @@ func TestServerProcessSubscribeWithRetain(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribe).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2897,7 +2925,8 @@ func TestServerProcessSubscribeDowngradeQos(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMany).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2919,7 +2948,8 @@ func TestServerProcessSubscribeWithRetainHandling1(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling1).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2940,7 +2970,8 @@ func TestServerProcessSubscribeWithRetainHandling2(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling2).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2961,7 +2992,8 @@ func TestServerProcessSubscribeWithNotRetainAsPublished(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainAsPublished).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -3238,7 +3270,8 @@ func TestServerSendLWT(t *testing.T) {
 
 	go func() {
 		s.sendLWT(sender)
-		time.Sleep(time.Millisecond * 10)
+		// mote: wait until the queued packet is written; upstream slept 10 ms, which lost the race under load.
+		waitWritten(t, receiver)
 		_ = w1.Close()
 		_ = w2.Close()
 	}()
@@ -3278,7 +3311,8 @@ func TestServerSendLWTRetain(t *testing.T) {
 
 	go func() {
 		s.sendLWT(sender)
-		time.Sleep(time.Millisecond * 10)
+		// mote: wait until the queued packet is written; upstream slept 10 ms, which lost the race under load.
+		waitWritten(t, receiver)
 		_ = w1.Close()
 		_ = w2.Close()
 	}()
@@ -3313,7 +3347,8 @@ func TestServerSendLWTDelayed(t *testing.T) {
 		require.Equal(t, 1, s.loop.willDelayed.Len())
 		s.sendDelayedLWT(time.Now().Unix())
 		require.Equal(t, 0, s.loop.willDelayed.Len())
-		time.Sleep(time.Millisecond)
+		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
+		waitWritten(t, cl2)
 		_ = w.Close()
 	}()
 
@@ -3490,11 +3525,12 @@ func TestServerClose(t *testing.T) {
 		recv <- buf
 	}()
 
-	time.Sleep(time.Millisecond)
 	require.Equal(t, 1, s.Listeners.Len())
 
 	listener, ok := s.Listeners.Get("t1")
 	require.Equal(t, true, ok)
+	// mote: wait until the listener serves (Serve starts it on a goroutine); upstream slept 1 ms, which lost the race under load.
+	waitFor(t, "listener t1 to serve", listener.(*listeners.MockListener).IsServing)
 	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
 
 	_ = s.Close()
