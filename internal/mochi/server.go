@@ -468,6 +468,9 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 
 	code := s.validateConnect(cl, pk) // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
 	if code != packets.CodeSuccess {
+		if connectUnanswered(cl.Properties.ProtocolVersion, code) {
+			return nil, code // mote: [MQTT-3.1.4-1] closed without a CONNACK
+		}
 		if err := s.SendConnack(cl, code, false, nil); err != nil {
 			return nil, fmt.Errorf("invalid connection send ack: %w", err)
 		}
@@ -598,6 +601,19 @@ func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 	}
 
 	return nil
+}
+
+// mote: connectUnanswered reports whether a CONNECT refused with code is
+// closed without a CONNACK: an MQTT 3.1.1 CONNECT that does not conform to
+// §3.1 (a Malformed Packet or Protocol Error in MQTT 5's terms), for which
+// 3.1.1 has no return code [MQTT-3.1.4-1]. A protocol level 3.1.1 does not
+// serve is answered 0x01 instead [MQTT-3.1.2-2] (V5CodesToV3). Mochi sent
+// these a CONNACK with the MQTT 5 code, which 3.1.1 reserves.
+func connectUnanswered(version byte, code packets.Code) bool {
+	if version >= 5 || code == packets.ErrProtocolViolationProtocolVersion {
+		return false
+	}
+	return code.Code == packets.ErrMalformedPacket.Code || code.Code == packets.ErrProtocolViolation.Code
 }
 
 // validateConnect validates that a connect packet is compliant.
