@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -105,5 +108,99 @@ func TestConnectWillQos(t *testing.T) {
 	watcher.pub(t, "will/end", 0, false, "end")
 	if got := watcher.wait(t, 1); got[0].topic != "will/end" {
 		t.Errorf("got %+v before will/end, want no will", got)
+	}
+}
+
+// allocatedBy is the bytes allocated (by every goroutine) while f ran.
+func allocatedBy(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestShareGroupGrowth: a $share group of N members costs O(log N) bytes
+// a member added or re-subscribed, not a copy of the group: members
+// 10,000 to 20,000 of one group cost no more a member than the first
+// 10,000, and a member re-subscribing to a group of 20,000 costs a few
+// KiB. (The group's member list was copied whole on every change: O(N²)
+// to build a group, about 0.5 MiB a member at 10,000.) Bytes, not time:
+// the machine is shared.
+func TestShareGroupGrowth(t *testing.T) {
+	const half = 10_000
+	const filter = "$share/g/t"
+	x := &subIndex{}
+	add := func(from, to int) uint64 {
+		return allocatedBy(func() {
+			for i := from; i < to; i++ {
+				if !x.subscribe("c"+strconv.Itoa(i), packets.Subscription{Filter: filter}) {
+					t.Fatalf("member %d not new", i)
+				}
+			}
+		})
+	}
+	first := add(0, half)
+	second := add(half, 2*half)
+	const resubs = 1000
+	resub := allocatedBy(func() {
+		for i := range resubs {
+			if x.subscribe("c"+strconv.Itoa(i*7), packets.Subscription{Filter: filter, Qos: 1}) {
+				t.Fatalf("re-subscription %d new", i)
+			}
+		}
+	})
+	t.Logf("bytes a member: %d (members 1–10k), %d (10k–20k); a re-subscription at 20k: %d", first/half, second/half, resub/resubs)
+	if second > 2*first {
+		t.Errorf("members 10k–20k cost %d B, the first 10k %d B: growing with the group", second, first)
+	}
+	if per := second / half; per > 16<<10 {
+		t.Errorf("%d B a member added to a group of 10k–20k, want under 16 KiB", per)
+	}
+	if per := resub / resubs; per > 16<<10 {
+		t.Errorf("%d B a re-subscription to a group of 20k, want under 16 KiB", per)
+	}
+	if sc := x.match("t"); len(sc.out) != 1 {
+		t.Errorf("t matches %d clients, want 1 (one member of the group)", len(sc.out))
+	} else {
+		sc.release()
+	}
+	for i := range 2 * half {
+		if !x.unsubscribe(filter, "c"+strconv.Itoa(i)) {
+			t.Fatalf("member %d not found", i)
+		}
+	}
+	if !x.isEmpty() {
+		t.Fatalf("the index holds %q with no subscription left", x.dump())
+	}
+}
+
+// BenchmarkShareGroupBuild: N clients joining one $share group, in the
+// broker's index and in mochi's (which the broker still writes).
+func BenchmarkShareGroupBuild(b *testing.B) {
+	for _, n := range []int{10_000, 20_000} {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = "c" + strconv.Itoa(i)
+		}
+		sub := packets.Subscription{Filter: "$share/g/t"}
+		b.Run("index/members="+strconv.Itoa(n/1000)+"k", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				x := &subIndex{}
+				for _, id := range ids {
+					x.subscribe(id, sub)
+				}
+			}
+		})
+		b.Run("mochi/members="+strconv.Itoa(n/1000)+"k", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				x := mqtt.NewTopicsIndex()
+				for _, id := range ids {
+					x.Subscribe(id, sub)
+				}
+			}
+		})
 	}
 }

@@ -452,8 +452,10 @@ func (x *subIndex) dump() map[string]string {
 			e := n.subs.Load().at(i)
 			out[e.filter] += fmt.Sprintf(" %s(id %d)", e.client, e.id)
 		}
-		for _, g := range loadList(&n.shared) {
-			for _, e := range g.members {
+		for i := range n.shared.Load().len() {
+			m := (*n.shared.Load().at(i)).members.Load()
+			for j := range m.len() {
+				e := m.at(j)
 				out[e.filter] += fmt.Sprintf(" %s(id %d)", e.client, e.id)
 			}
 		}
