@@ -4,9 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -203,4 +207,209 @@ func BenchmarkShareGroupBuild(b *testing.B) {
 			}
 		})
 	}
+}
+
+// leftovers lists what the broker still holds of MQTT connections and
+// sessions ("" when nothing): the connection count, mochi's clients
+// (mote_sessions) and the broker's own registries.
+func leftovers(b *Broker) string {
+	var out []string
+	note := func(what string, n int) {
+		if n != 0 {
+			out = append(out, what+"="+strconv.Itoa(n))
+		}
+	}
+	count := func(m *sync.Map) (n int) {
+		m.Range(func(_, _ any) bool { n++; return true })
+		return n
+	}
+	note("connected", int(atomic.LoadInt64(&b.server.Info.ClientsConnected)))
+	note("mochi clients", b.server.Clients.Len())
+	note("conns", count(&b.conns))
+	note("byID", count(&b.byID))
+	note("parked", count(&b.parked))
+	b.arriving.mu.Lock()
+	note("arriving", len(b.arriving.by))
+	b.arriving.mu.Unlock()
+	b.keptIn.mu.Lock()
+	note("keptIn", len(b.keptIn.by))
+	b.keptIn.mu.Unlock()
+	b.offline.mu.Lock()
+	note("offline", len(b.offline.by))
+	b.offline.mu.Unlock()
+	b.handshakes.mu.Lock()
+	note("handshakes", b.handshakes.all)
+	b.handshakes.mu.Unlock()
+	b.rawMu.Lock()
+	note("raw", len(b.raw))
+	b.rawMu.Unlock()
+	if !b.plainIdx.isEmpty() {
+		out = append(out, "plain subscriptions")
+	}
+	return strings.Join(out, " ")
+}
+
+// waitLeftovers waits, with the test's deadline, until the broker holds
+// nothing of MQTT connections and sessions.
+func waitLeftovers(t *testing.T, b *Broker) {
+	t.Helper()
+	var got string
+	deadline := time.Now().Add(testTimeout)
+	for got = leftovers(b); got != ""; got = leftovers(b) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broker still holds: %s", got)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// connackGate holds OnSessionEstablish (after the broker's, before mochi
+// files the client and writes its CONNACK) for client ids starting with
+// "gate" until the client has reset its connection: the CONNACK write then
+// fails.
+type connackGate struct {
+	mqtt.HookBase
+	held chan *mqtt.Client
+	gone chan struct{}
+}
+
+func (*connackGate) ID() string           { return "connack-gate" }
+func (*connackGate) Provides(b byte) bool { return b == mqtt.OnSessionEstablish }
+func (h *connackGate) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if !strings.HasPrefix(cl.ID, "gate") {
+		return
+	}
+	h.held <- cl
+	<-h.gone
+	// Wait until the reset has reached this side: the CONNECT was read
+	// whole, so the raw connection's next read ends with it.
+	nc := cl.Net.Conn.(*netConn).Conn
+	nc.SetReadDeadline(time.Now().Add(testTimeout))
+	var one [1]byte
+	nc.Read(one[:]) //nolint:errcheck // an error is what it waits for
+}
+
+// resetConn closes c with a TCP reset (SO_LINGER 0): the broker's next
+// write to it fails.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// TestConnectFailureLeavesNothing: connections whose CONNECT handling
+// fails after mochi filed the client (the CONNACK write fails: the client
+// reset the connection meanwhile), or that end at any other moment around
+// the CONNECT, leave nothing behind once they are gone: no connection
+// counted, no client in mochi's list (a clean session whose CONNACK could
+// not be written stayed there, closed, for MaximumSessionExpiryInterval,
+// 136 years, and never had its OnDisconnect), and nothing in the broker's
+// registries. All sessions are clean; 127.0.0.1 only; a bounded count.
+func TestConnectFailureLeavesNothing(t *testing.T) {
+	b := start(t, Options{})
+	gate := &connackGate{held: make(chan *mqtt.Client), gone: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(testTimeout))
+		return c
+	}
+
+	t.Run("CONNACK write fails", func(t *testing.T) {
+		for _, tc := range []struct {
+			name     string
+			v        byte
+			takeover bool // a live connection of the same id is taken over
+		}{
+			{"v3", 4, false},
+			{"v5", 5, false},
+			{"v3 takeover", 4, true},
+			{"v5 takeover", 5, true},
+		} {
+			id := "gate-" + strings.ReplaceAll(tc.name, " ", "-")
+			var first net.Conn
+			if tc.takeover {
+				first = dial()
+				defer first.Close()
+				first.Write(connectPacket(tc.v, "live-"+id))
+				// filed under its own id first: the gate holds only "gate…" ids
+				if h, _, err := readPacketBody(bufio.NewReader(first)); err != nil || h != 0x20 {
+					t.Fatalf("%s: no CONNACK for the first connection: %#x %v", tc.name, h, err)
+				}
+			}
+			c := dial()
+			c.Write(connectPacket(tc.v, id))
+			select {
+			case <-gate.held:
+			case <-time.After(testTimeout):
+				t.Fatalf("%s: CONNECT not held", tc.name)
+			}
+			resetConn(c)
+			gate.gone <- struct{}{}
+			if first != nil {
+				first.Close()
+			}
+			waitLeftovers(t, b)
+		}
+	})
+
+	t.Run("killed at random", func(t *testing.T) {
+		const conns, workers = 400, 8
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(w), 17))
+				for i := w; i < conns; i += workers {
+					v := byte(4 + r.IntN(2))
+					id := "storm" + strconv.Itoa(r.IntN(12)) // shared ids: takeovers
+					c, err := net.Dial("tcp", b.TCPAddr())
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					c.SetDeadline(time.Now().Add(testTimeout))
+					pk := connectPacket(v, id)
+					switch r.IntN(6) {
+					case 0: // reset in the middle of the CONNECT
+						c.Write(pk[:1+r.IntN(len(pk)-1)])
+						resetConn(c)
+					case 1: // reset right after the CONNECT
+						c.Write(pk)
+						resetConn(c)
+					case 2: // FIN right after the CONNECT
+						c.Write(pk)
+						c.Close()
+					case 3: // reset after the CONNACK
+						c.Write(pk)
+						readPacketBody(bufio.NewReader(c)) //nolint:errcheck // may be taken over
+						resetConn(c)
+					case 4: // subscribe, then reset
+						c.Write(pk)
+						if v == 5 {
+							c.Write([]byte{0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 'x', 0x01})
+						} else {
+							c.Write([]byte{0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 'x', 0x01})
+						}
+						resetConn(c)
+					default: // a clean DISCONNECT after the CONNACK
+						c.Write(pk)
+						readPacketBody(bufio.NewReader(c)) //nolint:errcheck // may be taken over
+						c.Write([]byte{0xe0, 0x00})
+						c.Close()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		waitLeftovers(t, b)
+	})
+	alive(t, b)
+	waitLeftovers(t, b)
 }

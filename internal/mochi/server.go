@@ -500,9 +500,19 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
 
+	// mote: from here on the client is filed in s.Clients and holds the
+	// session: a failure ends the session as the end of the read loop does
+	// (endSession: the will, OnDisconnect, and a session that does not
+	// outlive its connection unsubscribed and removed from s.Clients).
+	// Upstream only stopped the client: a clean session whose CONNACK could
+	// not be written (the client reset the connection meanwhile) stayed in
+	// s.Clients, closed, for MaximumSessionExpiryInterval (136 years by
+	// default), and hooks never saw its OnDisconnect.
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
-		return nil, fmt.Errorf("ack connection packet: %w", err)
+		err = fmt.Errorf("ack connection packet: %w", err)
+		s.endSession(cl, listener, err)
+		return nil, err
 	}
 
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
@@ -510,7 +520,9 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	if sessionPresent {
 		err = cl.ResendInflightMessages(true)
 		if err != nil {
-			return nil, fmt.Errorf("resend inflight: %w", err)
+			err = fmt.Errorf("resend inflight: %w", err)
+			s.endSession(cl, listener, err)
+			return nil, err
 		}
 	}
 
