@@ -225,6 +225,7 @@ func leftovers(b *Broker) string {
 	}
 	note("connected", int(atomic.LoadInt64(&b.server.Info.ClientsConnected)))
 	note("mochi clients", b.server.Clients.Len())
+	note("mochi subscriptions", int(atomic.LoadInt64(&b.server.Info.Subscriptions)))
 	note("conns", count(&b.conns))
 	note("byID", count(&b.byID))
 	note("parked", count(&b.parked))
@@ -412,4 +413,88 @@ func TestConnectFailureLeavesNothing(t *testing.T) {
 	})
 	alive(t, b)
 	waitLeftovers(t, b)
+}
+
+// subscribeGate holds OnSubscribe (before mochi files the filters) of
+// the first SUBSCRIBE of client id "subgate" until released.
+type subscribeGate struct {
+	mqtt.HookBase
+	once    sync.Once
+	held    chan *mqtt.Client
+	release chan struct{}
+}
+
+func (*subscribeGate) ID() string           { return "subscribe-gate" }
+func (*subscribeGate) Provides(b byte) bool { return b == mqtt.OnSubscribe }
+func (h *subscribeGate) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.ID == "subgate" {
+		h.once.Do(func() {
+			h.held <- cl
+			<-h.release
+		})
+	}
+	return pk
+}
+
+// TestSubscribeDuringTakeover: a SUBSCRIBE that the old connection of a
+// client id is still handling while a new connection takes the id over
+// (clean) files nothing once the takeover has unfiled the old client's
+// subscriptions. It filed its filter in mochi's index and the broker's
+// after the takeover's UnsubscribeClient, under the client id, where no
+// one unfiled it: the new client (and every later one of that id) got
+// publishes to a filter it never subscribed to, and the index kept it for
+// good.
+func TestSubscribeDuringTakeover(t *testing.T) {
+	for _, v := range []byte{4, 5} {
+		t.Run("v"+strconv.Itoa(int(v)), func(t *testing.T) {
+			b := start(t, Options{})
+			gate := &subscribeGate{held: make(chan *mqtt.Client), release: make(chan struct{})}
+			if err := b.server.AddHook(gate, nil); err != nil {
+				t.Fatal(err)
+			}
+			dial := func() (net.Conn, *bufio.Reader) {
+				t.Helper()
+				c, err := net.Dial("tcp", b.TCPAddr())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				c.SetDeadline(time.Now().Add(testTimeout))
+				c.Write(connectPacket(v, "subgate"))
+				r := bufio.NewReader(c)
+				if h, _, err := readPacketBody(r); err != nil || h != 0x20 {
+					t.Fatalf("no CONNACK: %#x %v", h, err)
+				}
+				return c, r
+			}
+			old, _ := dial()
+			if v == 5 {
+				old.Write([]byte{0x82, 0x0c, 0x00, 0x01, 0x00, 0x00, 0x06, 'r', 'a', 'c', 'e', '/', 'x', 0x01})
+			} else {
+				old.Write([]byte{0x82, 0x0b, 0x00, 0x01, 0x00, 0x06, 'r', 'a', 'c', 'e', '/', 'x', 0x01})
+			}
+			var oldCl *mqtt.Client
+			select {
+			case oldCl = <-gate.held:
+			case <-time.After(testTimeout):
+				t.Fatal("SUBSCRIBE not held")
+			}
+			next, _ := dial() // takes the id over: the old client is unsubscribed
+			close(gate.release)
+			waitFor(t, "the old connection's end", func() bool {
+				_, ok := b.conns.Load(oldCl)
+				return !ok
+			})
+			if n := len(b.server.Topics.Subscribers("race/x").Subscriptions); n != 0 {
+				t.Errorf("race/x has %d subscribers in mochi's index with the new client connected, want none", n)
+			}
+			if sc := b.plainIdx.match("race/x"); len(sc.out) != 0 {
+				t.Errorf("race/x matches %d clients in the broker's index, want none", len(sc.out))
+			} else {
+				sc.release()
+			}
+			next.Write([]byte{0xe0, 0x00})
+			waitLeftovers(t, b)
+		})
+	}
 }

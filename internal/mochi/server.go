@@ -655,7 +655,9 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 // session is abandoned.
 func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 	if existing, ok := s.Clients.Get(cl.ID); ok {
-		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)                                   // [MQTT-3.1.4-3]
+		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+		// mote: no SUBSCRIBE of existing files after this point.
+		existing.settleSubscriptions()
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
@@ -1340,8 +1342,60 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
-	filterExisted := make([]bool, len(pk.Filters))
-	reasonCodes := make([]byte, len(pk.Filters))
+	reasonCodes, filterExisted, err := s.fileSubscribe(cl, pk, code)
+	if err != nil {
+		return err
+	}
+
+	ack := packets.Packet{ // [MQTT-3.8.4-1] [MQTT-3.8.4-5]
+		FixedHeader: packets.FixedHeader{
+			Type: packets.Suback,
+		},
+		PacketID:    pk.PacketID, // [MQTT-2.2.1-6] [MQTT-3.8.4-2]
+		ReasonCodes: reasonCodes, // [MQTT-3.8.4-6]
+		Properties: packets.Properties{
+			User: pk.Properties.User,
+		},
+	}
+
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = code.Reason
+	}
+
+	err = cl.WritePacket(ack)
+	if err != nil {
+		return err
+	}
+
+	for i, sub := range pk.Filters { // [MQTT-3.3.1-9]
+		if reasonCodes[i] >= packets.ErrUnspecifiedError.Code {
+			continue
+		}
+
+		s.publishRetainedToClient(cl, sub, filterExisted[i])
+	}
+
+	return nil
+}
+
+// mote: fileSubscribe is processSubscribe's filing, up to OnSubscribed,
+// under cl.State.subMu, and only while cl is open: a SUBSCRIBE that a
+// client's read loop handles while another goroutine takes the client
+// over (inheritClientSession) or unsubscribes it (UnsubscribeClient) files
+// its filters before that goroutine unfiles the client's subscriptions,
+// or not at all (ErrConnectionClosed: the client was stopped first, and
+// gets no SUBACK). Upstream could file them after the takeover had
+// unfiled the old client's, under the client id, where nothing unfiled
+// them: the new client got publishes to a filter it never subscribed to.
+func (s *Server) fileSubscribe(cl *Client, pk packets.Packet, code packets.Code) (reasonCodes []byte, filterExisted []bool, err error) {
+	cl.State.subMu.Lock()
+	defer cl.State.subMu.Unlock()
+	if cl.Closed() {
+		return nil, nil, ErrConnectionClosed
+	}
+
+	filterExisted = make([]bool, len(pk.Filters))
+	reasonCodes = make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters {
 		if code != packets.CodeSuccess {
 			reasonCodes[i] = code.Code // NB 3.9.3 Non-normative 0x91
@@ -1375,36 +1429,8 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		}
 	}
 
-	ack := packets.Packet{ // [MQTT-3.8.4-1] [MQTT-3.8.4-5]
-		FixedHeader: packets.FixedHeader{
-			Type: packets.Suback,
-		},
-		PacketID:    pk.PacketID, // [MQTT-2.2.1-6] [MQTT-3.8.4-2]
-		ReasonCodes: reasonCodes, // [MQTT-3.8.4-6]
-		Properties: packets.Properties{
-			User: pk.Properties.User,
-		},
-	}
-
-	if code.Code >= packets.ErrUnspecifiedError.Code {
-		ack.Properties.ReasonString = code.Reason
-	}
-
 	s.hooks.OnSubscribed(cl, pk, reasonCodes)
-	err := cl.WritePacket(ack)
-	if err != nil {
-		return err
-	}
-
-	for i, sub := range pk.Filters { // [MQTT-3.3.1-9]
-		if reasonCodes[i] >= packets.ErrUnspecifiedError.Code {
-			continue
-		}
-
-		s.publishRetainedToClient(cl, sub, filterExisted[i])
-	}
-
-	return nil
+	return reasonCodes, filterExisted, nil
 }
 
 // processUnsubscribe processes an unsubscribe packet.
@@ -1453,6 +1479,7 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 
 // UnsubscribeClient unsubscribes a client from all of their subscriptions.
 func (s *Server) UnsubscribeClient(cl *Client) {
+	cl.settleSubscriptions() // mote
 	i := 0
 	filterMap := cl.State.Subscriptions.GetAll()
 	filters := make([]packets.Subscription, len(filterMap))
