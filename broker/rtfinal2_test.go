@@ -17,7 +17,7 @@ func TestSubIndexFlapBounded(t *testing.T) {
 		t.Run(filter, func(t *testing.T) {
 			x := &subIndex{}
 			x.scratch.New = func() any { return &subScratch{x: x} }
-			const holders = 40 // past one chunk
+			const holders = 40 // past one leaf
 			for i := range holders {
 				x.subscribe(fmt.Sprint("h", i), packets.Subscription{Filter: filter})
 			}

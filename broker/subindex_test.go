@@ -466,8 +466,8 @@ func (x *subIndex) dump() map[string]string {
 }
 
 // TestSubIndexCrowded: many clients on a few filters, subscribing and
-// unsubscribing at random: the chunked lists (entryList) and their
-// positions stay exact across chunk boundaries.
+// unsubscribing at random: the lists (plist) and their positions stay
+// exact across leaf boundaries.
 func TestSubIndexCrowded(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 5))
 	var x subIndex
