@@ -225,8 +225,12 @@
 //     loop runs on a fresh goroutine (Broker.serve) that parks in a shallow
 //     frame, so its stack stays at 2–4 KiB instead of the 16 KiB the
 //     CONNECT path grows; a malformed MQTT 5 SUBSCRIBE no longer panics the
-//     decoder, and a packet that does not decode gets DISCONNECT with its
-//     reason code (MQTT 5). `mote mochi`, the bare broker `mote bench`
+//     decoder, a packet that does not decode gets DISCONNECT with its
+//     reason code (MQTT 5), and a CONNECT's Will QoS is checked as MQTT
+//     names it (3 is Malformed: CONNACK 0x81, a 3.1.1 connection closed
+//     without one); a CONNECT that fails after mochi filed its client (its
+//     CONNACK cannot be written) ends the session with OnDisconnect, and a
+//     SUBSCRIBE racing with its client's takeover files nothing behind it. `mote mochi`, the bare broker `mote bench`
 //     compares with, keeps upstream mochi.
 //
 // # Goroutines and owners

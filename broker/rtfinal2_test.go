@@ -17,7 +17,7 @@ func TestSubIndexFlapBounded(t *testing.T) {
 		t.Run(filter, func(t *testing.T) {
 			x := &subIndex{}
 			x.scratch.New = func() any { return &subScratch{x: x} }
-			const holders = 40 // past one chunk
+			const holders = 40 // past one leaf
 			for i := range holders {
 				x.subscribe(fmt.Sprint("h", i), packets.Subscription{Filter: filter})
 			}
@@ -30,11 +30,11 @@ func TestSubIndexFlapBounded(t *testing.T) {
 				}
 			}
 			n := x.node(t, "f/+/x")
-			if l := n.subs.Load(); l.len() > 0 && (len(l.chunks) != (holders+listChunk-1)/listChunk || len(n.pos) != holders) {
-				t.Fatalf("after the flaps: %d entries in %d chunks, %d positions; want %d entries", l.len(), len(l.chunks), len(n.pos), holders)
+			if l := n.subs.Load(); l.len() > 0 && (l.len() != holders || len(n.pos) != holders || l.depth != 1 || len(l.root.kids) != (holders+plistWidth-1)/plistWidth) {
+				t.Fatalf("after the flaps: %d entries (%d levels), %d positions; want %d entries", l.len(), l.depth+1, len(n.pos), holders)
 			}
-			if g := loadList(&n.shared); len(g) > 1 || (len(g) == 1 && len(g[0].members) != holders) {
-				t.Fatalf("after the flaps: %d shared groups", len(g))
+			if g := n.shared.Load(); g.len() > 1 || (g.len() == 1 && ((*g.at(0)).members.Load().len() != holders || len((*g.at(0)).pos) != holders)) {
+				t.Fatalf("after the flaps: %d shared groups", g.len())
 			}
 			if sc := x.match("f/a/x"); len(sc.out) != holders && len(sc.out) != 1 {
 				t.Fatalf("f/a/x matches %d", len(sc.out))

@@ -71,7 +71,7 @@ func TestSubIndexSessionExpiry(t *testing.T) {
 // TestSubIndexConcurrent: publishes (match) racing many SUBSCRIBEs and
 // UNSUBSCRIBEs of the same filters see whole lists: every client that
 // stays subscribed throughout is matched exactly once, with its options,
-// however the chunked lists move entries around (an unsubscribe moves the
+// however the lists (plist) move entries around (an unsubscribe moves the
 // last entry into the hole: the steady clients are filed last so that
 // they move), and no client is matched twice. Run it with -race.
 func TestSubIndexConcurrent(t *testing.T) {

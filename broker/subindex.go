@@ -37,11 +37,11 @@ import (
 // grouped by the whole filter) contributes one member, picked at random.
 //
 // Concurrency: writers (subscribe, unsubscribe) take mu and replace what
-// they change copy-on-write: a node's subscription lists are immutable
-// lists behind atomic pointers (plain ones in chunks, entryList); its
-// children are a sync.Map (lock-free reads). A reader sees each node as it
-// was at some moment: a SUBSCRIBE is visible to every publish that starts
-// after it returned.
+// they change copy-on-write: a node's plain subscriptions, its shared
+// groups and each group's members are immutable lists (plist: a change
+// copies O(log N)) behind atomic pointers; its children are a sync.Map
+// (lock-free reads). A reader sees each list as it was at some moment: a
+// SUBSCRIBE is visible to every publish that starts after it returned.
 type subIndex struct {
 	mu      sync.Mutex // writers
 	root    snode
@@ -51,79 +51,12 @@ type subIndex struct {
 // snode is one level of the trie; literal levels, "+" and "#" are
 // children by name.
 type snode struct {
-	kids   sync.Map                      // level → *snode
-	nkids  int                           // children; under mu
-	subs   atomic.Pointer[entryList]     // plain subscriptions ending here; never changed once stored
-	pos    map[string]int                // client → its index in subs; under mu
-	shared atomic.Pointer[[]*shareGroup] // shared groups whose filter ends here; never changed once stored
-}
-
-// listChunk is how many subscriptions an entryList chunk holds.
-const listChunk = 32
-
-// entryList is an immutable list of subscriptions, in chunks of listChunk
-// (every one full but the last): a change copies a chunk or two and the
-// chunk pointers, not the whole list, so N clients subscribing to one
-// filter cost O(N²/listChunk) copies, not O(N²). A nil list is empty.
-type entryList struct {
-	chunks [][]subEntry
-	n      int
-}
-
-func (l *entryList) len() int {
-	if l == nil {
-		return 0
-	}
-	return l.n
-}
-
-func (l *entryList) at(i int) *subEntry { return &l.chunks[i/listChunk][i%listChunk] }
-
-// with is l and e after it.
-func (l *entryList) with(e subEntry) *entryList {
-	if l == nil {
-		return &entryList{chunks: [][]subEntry{{e}}, n: 1}
-	}
-	chunks := make([][]subEntry, len(l.chunks), len(l.chunks)+1)
-	copy(chunks, l.chunks)
-	if l.n%listChunk == 0 {
-		chunks = append(chunks, []subEntry{e})
-	} else {
-		last := len(chunks) - 1
-		chunks[last] = append(slices.Clip(slices.Clone(chunks[last])), e)
-	}
-	return &entryList{chunks: chunks, n: l.n + 1}
-}
-
-// set is l with e at i.
-func (l *entryList) set(i int, e subEntry) *entryList {
-	chunks := slices.Clone(l.chunks)
-	c := slices.Clone(chunks[i/listChunk])
-	c[i%listChunk] = e
-	chunks[i/listChunk] = c
-	return &entryList{chunks: chunks, n: l.n}
-}
-
-// without is l without its entry at i, its last entry moved there; nil if
-// nothing is left.
-func (l *entryList) without(i int) *entryList {
-	if l.n == 1 {
-		return nil
-	}
-	moved := *l.at(l.n - 1)
-	chunks := slices.Clone(l.chunks)
-	last := len(chunks) - 1
-	if len(chunks[last]) == 1 {
-		chunks = chunks[:last]
-	} else {
-		chunks[last] = slices.Clip(chunks[last][:len(chunks[last])-1]) // shared, never written
-	}
-	if i != l.n-1 {
-		c := slices.Clone(chunks[i/listChunk])
-		c[i%listChunk] = moved
-		chunks[i/listChunk] = c
-	}
-	return &entryList{chunks: chunks, n: l.n - 1}
+	kids   sync.Map                           // level → *snode
+	nkids  int                                // children; under mu
+	subs   atomic.Pointer[plist[subEntry]]    // plain subscriptions ending here; never changed once stored
+	pos    map[string]int                     // client → its index in subs; under mu
+	shared atomic.Pointer[plist[*shareGroup]] // shared groups whose filter ends here; never changed once stored
+	gpos   map[string]int                     // group filter ($share/G/F) → its index in shared; under mu
 }
 
 // subEntry is one client's subscription, as filed.
@@ -136,11 +69,14 @@ type subEntry struct {
 	rap     bool // Retain As Published
 }
 
-// shareGroup is a shared subscription group: its members are never
-// changed once stored (a change stores a new group).
+// shareGroup is a shared subscription group ($share/G/F, grouped by the
+// whole filter). It is stored once, when its first member joins, and
+// dropped from its node's list when its last leaves; a change of members
+// stores a new list in members, never an empty one.
 type shareGroup struct {
-	filter  string // $share/G/F
-	members []subEntry
+	filter  string                          // $share/G/F
+	members atomic.Pointer[plist[subEntry]] // never changed once stored
+	pos     map[string]int                  // client → its index in members; under mu
 }
 
 // subMatch is one client's delivery of a topic: its subscriptions that
@@ -209,36 +145,59 @@ func (x *subIndex) subscribe(client string, sub packets.Subscription) bool {
 		n = v.(*snode)
 	}
 	if !shared {
-		l := n.subs.Load()
-		if i, ok := n.pos[client]; ok {
-			n.subs.Store(l.set(i, e))
-			return false
-		}
-		if n.pos == nil {
-			n.pos = map[string]int{}
-		}
-		n.pos[client] = l.len()
-		n.subs.Store(l.with(e))
+		return fileEntry(&n.subs, &n.pos, client, e)
+	}
+	groups := n.shared.Load()
+	if g, ok := n.gpos[sub.Filter]; ok {
+		grp := *groups.at(g)
+		return fileEntry(&grp.members, &grp.pos, client, e)
+	}
+	grp := &shareGroup{filter: sub.Filter}
+	fileEntry(&grp.members, &grp.pos, client, e)
+	if n.gpos == nil {
+		n.gpos = map[string]int{}
+	}
+	n.gpos[sub.Filter] = groups.len()
+	n.shared.Store(groups.with(grp))
+	return true
+}
+
+// fileEntry files e in the list *list, whose positions are *pos, replacing
+// the entry of its client if there is one; it reports whether it was new.
+// Under mu.
+func fileEntry(list *atomic.Pointer[plist[subEntry]], pos *map[string]int, client string, e subEntry) bool {
+	l := list.Load()
+	if i, ok := (*pos)[client]; ok {
+		list.Store(l.set(i, e))
+		return false
+	}
+	if *pos == nil {
+		*pos = map[string]int{}
+	}
+	(*pos)[client] = l.len()
+	list.Store(l.with(e))
+	return true
+}
+
+// unfileEntry removes client's entry from the list *list, whose positions
+// are pos, moving the last entry into its place; it reports whether there
+// was one. An entry left alone is not removed when keepLast: the caller
+// drops the whole list. Under mu.
+func unfileEntry(list *atomic.Pointer[plist[subEntry]], pos map[string]int, client string, keepLast bool) bool {
+	i, ok := pos[client]
+	if !ok {
+		return false
+	}
+	l := list.Load()
+	delete(pos, client)
+	if l.len() == 1 && keepLast {
 		return true
 	}
-	old := loadList(&n.shared)
-	groups := slices.Clone(old)
-	g := slices.IndexFunc(groups, func(s *shareGroup) bool { return s.filter == sub.Filter })
-	if g < 0 {
-		groups = append(groups, &shareGroup{filter: sub.Filter, members: []subEntry{e}})
-		n.shared.Store(&groups)
-		return true
+	if last := l.len() - 1; i != last {
+		pos[l.at(last).client] = i
 	}
-	members := slices.Clone(groups[g].members)
-	i := slices.IndexFunc(members, func(s subEntry) bool { return s.client == client })
-	if i >= 0 {
-		members[i] = e
-	} else {
-		members = append(members, e)
-	}
-	groups[g] = &shareGroup{filter: sub.Filter, members: members}
-	n.shared.Store(&groups)
-	return i < 0
+	list.Store(l.without(i))
+	return true
 }
 
 // unsubscribe removes client's subscription to filter; it reports whether
@@ -278,33 +237,19 @@ func (x *subIndex) unsubscribeUnless(filter, client string, kept func() bool) bo
 	}
 	found := false
 	if !shared {
-		if i, ok := n.pos[client]; ok {
-			found = true
-			l := n.subs.Load()
-			if last := l.n - 1; i != last {
-				n.pos[l.at(last).client] = i
+		found = unfileEntry(&n.subs, n.pos, client, false)
+	} else if g, ok := n.gpos[filter]; ok {
+		groups := n.shared.Load()
+		grp := *groups.at(g)
+		// A group's members list is never emptied (readers pick one of
+		// them): a group losing its last member leaves the node's list.
+		found = unfileEntry(&grp.members, grp.pos, client, true)
+		if found && len(grp.pos) == 0 {
+			delete(n.gpos, filter)
+			if last := groups.len() - 1; g != last {
+				n.gpos[(*groups.at(last)).filter] = g
 			}
-			delete(n.pos, client)
-			n.subs.Store(l.without(i))
-		}
-	} else {
-		old := loadList(&n.shared)
-		if g := slices.IndexFunc(old, func(s *shareGroup) bool { return s.filter == filter }); g >= 0 {
-			if i := slices.IndexFunc(old[g].members, func(s subEntry) bool { return s.client == client }); i >= 0 {
-				found = true
-				groups := slices.Clone(old)
-				members := slices.Delete(slices.Clone(old[g].members), i, i+1)
-				if len(members) == 0 {
-					groups = slices.Delete(groups, g, g+1)
-				} else {
-					groups[g] = &shareGroup{filter: filter, members: members}
-				}
-				if len(groups) == 0 {
-					n.shared.Store(nil)
-				} else {
-					n.shared.Store(&groups)
-				}
-			}
+			n.shared.Store(groups.without(g))
 		}
 	}
 	for j := len(trail) - 1; j >= 0 && n.empty(); j-- { // prune
@@ -318,14 +263,7 @@ func (x *subIndex) unsubscribeUnless(filter, client string, kept func() bool) bo
 
 // empty reports whether n holds nothing; under mu.
 func (n *snode) empty() bool {
-	return n.nkids == 0 && n.subs.Load().len() == 0 && len(loadList(&n.shared)) == 0
-}
-
-func loadList[T any](p *atomic.Pointer[[]T]) []T {
-	if l := p.Load(); l != nil {
-		return *l
-	}
-	return nil
+	return n.nkids == 0 && n.subs.Load().len() == 0 && n.shared.Load().len() == 0
 }
 
 // kid is n's child named level, or nil.
@@ -422,15 +360,12 @@ func (x *subIndex) walk(n *snode, topic string, i int, sc *subScratch) {
 // collect adds n's subscriptions and one member of each of its shared
 // groups.
 func (sc *subScratch) collect(n *snode) {
-	if l := n.subs.Load(); l != nil {
-		for _, c := range l.chunks {
-			for i := range c {
-				sc.raw = append(sc.raw, &c[i])
-			}
+	sc.raw = n.subs.Load().appendPtrs(sc.raw)
+	if groups := n.shared.Load(); groups != nil {
+		for i := range groups.len() {
+			m := (*groups.at(i)).members.Load()
+			sc.raw = append(sc.raw, m.at(rand.IntN(m.len())))
 		}
-	}
-	for _, g := range loadList(&n.shared) {
-		sc.raw = append(sc.raw, &g.members[rand.IntN(len(g.members))])
 	}
 }
 

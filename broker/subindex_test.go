@@ -452,8 +452,10 @@ func (x *subIndex) dump() map[string]string {
 			e := n.subs.Load().at(i)
 			out[e.filter] += fmt.Sprintf(" %s(id %d)", e.client, e.id)
 		}
-		for _, g := range loadList(&n.shared) {
-			for _, e := range g.members {
+		for i := range n.shared.Load().len() {
+			m := (*n.shared.Load().at(i)).members.Load()
+			for j := range m.len() {
+				e := m.at(j)
 				out[e.filter] += fmt.Sprintf(" %s(id %d)", e.client, e.id)
 			}
 		}
@@ -464,8 +466,8 @@ func (x *subIndex) dump() map[string]string {
 }
 
 // TestSubIndexCrowded: many clients on a few filters, subscribing and
-// unsubscribing at random: the chunked lists (entryList) and their
-// positions stay exact across chunk boundaries.
+// unsubscribing at random: the lists (plist) and their positions stay
+// exact across leaf boundaries.
 func TestSubIndexCrowded(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 5))
 	var x subIndex

@@ -157,6 +157,7 @@ type ClientState struct {
 	outboundQty     int32                // number of messages currently in the outbound queue
 	writeOnDemand   bool                 // mote: WriteLoop starts on the first queued packet (set before the client is shared)
 	writing         atomic.Bool          // mote: a WriteLoop was started for the client
+	subMu           sync.Mutex           // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -440,6 +441,16 @@ func (cl *Client) Stop(err error) {
 
 		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())
 	})
+}
+
+// mote: settleSubscriptions waits until a SUBSCRIBE that cl is filing
+// (fileSubscribe) has filed its filters and run OnSubscribed. Called once
+// cl is stopped, it is a barrier: cl files no SUBSCRIBE after it, so its
+// subscriptions can be copied or unfiled (inheritClientSession,
+// UnsubscribeClient) without one landing behind.
+func (cl *Client) settleSubscriptions() {
+	cl.State.subMu.Lock()
+	cl.State.subMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
 }
 
 // StopCause returns the reason the client connection was stopped, if any.

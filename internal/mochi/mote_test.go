@@ -220,7 +220,7 @@ func moteEncodePublish(t *testing.T, topic, payload string) []byte {
 }
 
 // TestReadPacketOwnsBody: ReadPacket decodes the body it reads without a
-// second copy (README.md, change 5), and a packet it returned still holds
+// second copy (README.md, change 7), and a packet it returned still holds
 // its own topic and payload (both alias the body it was decoded from)
 // after the next packets are read from the same
 // connection, through the same bufio.Reader (reading a body the same size
@@ -347,4 +347,91 @@ func waitWritten(t testing.TB, cl *Client) bool {
 	return waitFor(t, "client "+cl.ID+"'s queued packets to be written", func() bool {
 		return atomic.LoadInt32(&cl.State.outboundQty) == 0
 	})
+}
+
+// disconnectCounter counts OnDisconnect calls.
+type disconnectCounter struct {
+	HookBase
+	n atomic.Int32
+}
+
+func (*disconnectCounter) ID() string           { return "disconnect-counter" }
+func (*disconnectCounter) Provides(b byte) bool { return b == OnDisconnect }
+func (h *disconnectCounter) OnDisconnect(*Client, error, bool) {
+	h.n.Add(1)
+}
+
+// TestMoteConnackFailEndsSession: a connection whose CONNACK cannot be
+// written (its client closed it after the CONNECT) fails after its client
+// was filed in s.Clients: its session ends as a read loop's end would
+// (endSession): OnDisconnect runs once and a clean session leaves
+// s.Clients. Upstream left the client there, closed, for
+// MaximumSessionExpiryInterval, without OnDisconnect.
+func TestMoteConnackFailEndsSession(t *testing.T) {
+	v5Clean := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "zen"},
+	}
+	var buf bytes.Buffer
+	if err := v5Clean.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		pk    []byte
+		filed int // clients left in s.Clients: a session that outlives its connection stays, closed
+	}{
+		{"v3 clean", packets.TPacketData[packets.Connect].Get(packets.TConnectClean).RawBytes, 0},
+		{"v5 clean", buf.Bytes(), 0},
+		{"v5 session expiry 120 s", packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt5).RawBytes, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer()
+			defer s.Close()
+			h := new(disconnectCounter)
+			if err := s.AddHook(h, nil); err != nil {
+				t.Fatal(err)
+			}
+			r, w := net.Pipe()
+			defer r.Close()
+			type result struct {
+				serve func() error
+				err   error
+			}
+			done := make(chan result, 1)
+			go func() {
+				serve, err := s.EstablishSession("tcp", r)
+				done <- result{serve, err}
+			}()
+			if _, err := w.Write(tc.pk); err != nil { // returns once the CONNECT is read
+				t.Fatal(err)
+			}
+			w.Close()
+			var res result
+			select {
+			case res = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("EstablishSession did not return")
+			}
+			if res.serve != nil || !errors.Is(res.err, io.ErrClosedPipe) {
+				t.Fatalf("serve %v, err %v: want the CONNACK write's error", res.serve != nil, res.err)
+			}
+			if n := h.n.Load(); n != 1 {
+				t.Errorf("OnDisconnect ran %d times, want 1", n)
+			}
+			if n := s.Clients.Len(); n != tc.filed {
+				t.Errorf("%d clients filed, want %d", n, tc.filed)
+			}
+			for _, cl := range s.Clients.GetAll() {
+				if !cl.Closed() || cl.StopTime() == 0 {
+					t.Errorf("the kept session's client is not stopped")
+				}
+			}
+			if n := atomic.LoadInt64(&s.Info.ClientsConnected); n != 0 {
+				t.Errorf("%d clients connected", n)
+			}
+			s.Listeners.ClientsWg.Wait()
+		})
+	}
 }

@@ -468,6 +468,9 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 
 	code := s.validateConnect(cl, pk) // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
 	if code != packets.CodeSuccess {
+		if connectUnanswered(cl.Properties.ProtocolVersion, code) {
+			return nil, code // mote: [MQTT-3.1.4-1] closed without a CONNACK
+		}
 		if err := s.SendConnack(cl, code, false, nil); err != nil {
 			return nil, fmt.Errorf("invalid connection send ack: %w", err)
 		}
@@ -497,9 +500,19 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
 
+	// mote: from here on the client is filed in s.Clients and holds the
+	// session: a failure ends the session as the end of the read loop does
+	// (endSession: the will, OnDisconnect, and a session that does not
+	// outlive its connection unsubscribed and removed from s.Clients).
+	// Upstream only stopped the client: a clean session whose CONNACK could
+	// not be written (the client reset the connection meanwhile) stayed in
+	// s.Clients, closed, for MaximumSessionExpiryInterval (136 years by
+	// default), and hooks never saw its OnDisconnect.
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
-		return nil, fmt.Errorf("ack connection packet: %w", err)
+		err = fmt.Errorf("ack connection packet: %w", err)
+		s.endSession(cl, listener, err)
+		return nil, err
 	}
 
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
@@ -507,7 +520,9 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	if sessionPresent {
 		err = cl.ResendInflightMessages(true)
 		if err != nil {
-			return nil, fmt.Errorf("resend inflight: %w", err)
+			err = fmt.Errorf("resend inflight: %w", err)
+			s.endSession(cl, listener, err)
+			return nil, err
 		}
 	}
 
@@ -600,6 +615,19 @@ func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 	return nil
 }
 
+// mote: connectUnanswered reports whether a CONNECT refused with code is
+// closed without a CONNACK: an MQTT 3.1.1 CONNECT that does not conform to
+// §3.1 (a Malformed Packet or Protocol Error in MQTT 5's terms), for which
+// 3.1.1 has no return code [MQTT-3.1.4-1]. A protocol level 3.1.1 does not
+// serve is answered 0x01 instead [MQTT-3.1.2-2] (V5CodesToV3). Mochi sent
+// these a CONNACK with the MQTT 5 code, which 3.1.1 reserves.
+func connectUnanswered(version byte, code packets.Code) bool {
+	if version >= 5 || code == packets.ErrProtocolViolationProtocolVersion {
+		return false
+	}
+	return code.Code == packets.ErrMalformedPacket.Code || code.Code == packets.ErrProtocolViolation.Code
+}
+
 // validateConnect validates that a connect packet is compliant.
 func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 	code := pk.ConnectValidate() // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
@@ -627,7 +655,9 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 // session is abandoned.
 func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 	if existing, ok := s.Clients.Get(cl.ID); ok {
-		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)                                   // [MQTT-3.1.4-3]
+		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+		// mote: no SUBSCRIBE of existing files after this point.
+		existing.settleSubscriptions()
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
@@ -1312,8 +1342,60 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
-	filterExisted := make([]bool, len(pk.Filters))
-	reasonCodes := make([]byte, len(pk.Filters))
+	reasonCodes, filterExisted, err := s.fileSubscribe(cl, pk, code)
+	if err != nil {
+		return err
+	}
+
+	ack := packets.Packet{ // [MQTT-3.8.4-1] [MQTT-3.8.4-5]
+		FixedHeader: packets.FixedHeader{
+			Type: packets.Suback,
+		},
+		PacketID:    pk.PacketID, // [MQTT-2.2.1-6] [MQTT-3.8.4-2]
+		ReasonCodes: reasonCodes, // [MQTT-3.8.4-6]
+		Properties: packets.Properties{
+			User: pk.Properties.User,
+		},
+	}
+
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = code.Reason
+	}
+
+	err = cl.WritePacket(ack)
+	if err != nil {
+		return err
+	}
+
+	for i, sub := range pk.Filters { // [MQTT-3.3.1-9]
+		if reasonCodes[i] >= packets.ErrUnspecifiedError.Code {
+			continue
+		}
+
+		s.publishRetainedToClient(cl, sub, filterExisted[i])
+	}
+
+	return nil
+}
+
+// mote: fileSubscribe is processSubscribe's filing, up to OnSubscribed,
+// under cl.State.subMu, and only while cl is open: a SUBSCRIBE that a
+// client's read loop handles while another goroutine takes the client
+// over (inheritClientSession) or unsubscribes it (UnsubscribeClient) files
+// its filters before that goroutine unfiles the client's subscriptions,
+// or not at all (ErrConnectionClosed: the client was stopped first, and
+// gets no SUBACK). Upstream could file them after the takeover had
+// unfiled the old client's, under the client id, where nothing unfiled
+// them: the new client got publishes to a filter it never subscribed to.
+func (s *Server) fileSubscribe(cl *Client, pk packets.Packet, code packets.Code) (reasonCodes []byte, filterExisted []bool, err error) {
+	cl.State.subMu.Lock()
+	defer cl.State.subMu.Unlock()
+	if cl.Closed() {
+		return nil, nil, ErrConnectionClosed
+	}
+
+	filterExisted = make([]bool, len(pk.Filters))
+	reasonCodes = make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters {
 		if code != packets.CodeSuccess {
 			reasonCodes[i] = code.Code // NB 3.9.3 Non-normative 0x91
@@ -1347,36 +1429,8 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		}
 	}
 
-	ack := packets.Packet{ // [MQTT-3.8.4-1] [MQTT-3.8.4-5]
-		FixedHeader: packets.FixedHeader{
-			Type: packets.Suback,
-		},
-		PacketID:    pk.PacketID, // [MQTT-2.2.1-6] [MQTT-3.8.4-2]
-		ReasonCodes: reasonCodes, // [MQTT-3.8.4-6]
-		Properties: packets.Properties{
-			User: pk.Properties.User,
-		},
-	}
-
-	if code.Code >= packets.ErrUnspecifiedError.Code {
-		ack.Properties.ReasonString = code.Reason
-	}
-
 	s.hooks.OnSubscribed(cl, pk, reasonCodes)
-	err := cl.WritePacket(ack)
-	if err != nil {
-		return err
-	}
-
-	for i, sub := range pk.Filters { // [MQTT-3.3.1-9]
-		if reasonCodes[i] >= packets.ErrUnspecifiedError.Code {
-			continue
-		}
-
-		s.publishRetainedToClient(cl, sub, filterExisted[i])
-	}
-
-	return nil
+	return reasonCodes, filterExisted, nil
 }
 
 // processUnsubscribe processes an unsubscribe packet.
@@ -1425,6 +1479,7 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 
 // UnsubscribeClient unsubscribes a client from all of their subscriptions.
 func (s *Server) UnsubscribeClient(cl *Client) {
+	cl.settleSubscriptions() // mote
 	i := 0
 	filterMap := cl.State.Subscriptions.GetAll()
 	filters := make([]packets.Subscription, len(filterMap))

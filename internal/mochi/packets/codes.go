@@ -81,6 +81,7 @@ var (
 	ErrProtocolViolationRequireFirstConnect   = Code{Code: 0x82, Reason: "protocol violation: first packet must be connect"}
 	ErrProtocolViolationWillFlagNoPayload     = Code{Code: 0x82, Reason: "protocol violation: will flag no payload"}
 	ErrProtocolViolationWillFlagSurplusRetain = Code{Code: 0x82, Reason: "protocol violation: will flag surplus retain"}
+	ErrProtocolViolationWillFlagSurplusQos    = Code{Code: 0x82, Reason: "protocol violation: will flag surplus qos"} // mote: [MQTT-3.1.2-11]
 	ErrProtocolViolationSurplusWildcard       = Code{Code: 0x82, Reason: "protocol violation: topic contains wildcards"}
 	ErrProtocolViolationSurplusSubID          = Code{Code: 0x82, Reason: "protocol violation: contained subscription identifier"}
 	ErrProtocolViolationInvalidTopic          = Code{Code: 0x82, Reason: "protocol violation: invalid topic"}
@@ -139,11 +140,12 @@ var (
 	// This is required because MQTTv3 has different return byte specification.
 	// See http://docs.oasis-open.org/mqtt/mqtt/v3.1.1/os/mqtt-v3.1.1-os.html#_Toc385349257
 	V5CodesToV3 = map[Code]Code{
-		ErrUnsupportedProtocolVersion: Err3UnsupportedProtocolVersion,
-		ErrClientIdentifierNotValid:   Err3ClientIdentifierNotValid,
-		ErrServerUnavailable:          Err3ServerUnavailable,
-		ErrMalformedUsername:          ErrMalformedUsernameOrPassword,
-		ErrMalformedPassword:          ErrMalformedUsernameOrPassword,
-		ErrBadUsernameOrPassword:      Err3NotAuthorized,
+		ErrUnsupportedProtocolVersion:       Err3UnsupportedProtocolVersion,
+		ErrClientIdentifierNotValid:         Err3ClientIdentifierNotValid,
+		ErrServerUnavailable:                Err3ServerUnavailable,
+		ErrMalformedUsername:                ErrMalformedUsernameOrPassword,
+		ErrMalformedPassword:                ErrMalformedUsernameOrPassword,
+		ErrBadUsernameOrPassword:            Err3NotAuthorized,
+		ErrProtocolViolationProtocolVersion: Err3UnsupportedProtocolVersion, // mote: [MQTT-3.1.2-2]
 	}
 )

@@ -479,13 +479,21 @@ func (pk *Packet) ConnectValidate() Code {
 		return ErrClientIdentifierNotValid
 	}
 
+	// mote: a Will QoS of 3 is a Malformed Packet, with or without the Will
+	// Flag (§3.1.2.6 [MQTT-3.1.2-12]; mochi said 0x82, and only with the
+	// flag), and a Will QoS without the Will Flag a Protocol Error
+	// [MQTT-3.1.2-11] (mochi accepted both).
+	if pk.Connect.WillQos > 2 {
+		return ErrMalformedQos // [MQTT-3.1.2-12]
+	}
+
+	if !pk.Connect.WillFlag && pk.Connect.WillQos != 0 {
+		return ErrProtocolViolationWillFlagSurplusQos // [MQTT-3.1.2-11]
+	}
+
 	if pk.Connect.WillFlag {
 		if len(pk.Connect.WillPayload) == 0 || pk.Connect.WillTopic == "" {
 			return ErrProtocolViolationWillFlagNoPayload // [MQTT-3.1.2-9]
-		}
-
-		if pk.Connect.WillQos > 2 {
-			return ErrProtocolViolationQosOutOfRange // [MQTT-3.1.2-12]
 		}
 	}
 

@@ -69,6 +69,7 @@ const (
 	TConnectInvalidWillFlagNoPayload
 	TConnectInvalidWillFlagQosOutOfRange
 	TConnectInvalidWillSurplusRetain
+	TConnectInvalidWillSurplusQos // mote
 	TConnectZeroByteUsername
 	TConnectSpecInvalidUTF8D800
 	TConnectSpecInvalidUTF8DFFF
@@ -937,7 +938,7 @@ var TPacketData = map[byte]TPacketCases{
 			Case:   TConnectInvalidWillFlagQosOutOfRange,
 			Desc:   "will flag no payload",
 			Group:  "validate",
-			Expect: ErrProtocolViolationQosOutOfRange,
+			Expect: ErrMalformedQos, // mote: a Will QoS of 3 is a Malformed Packet [MQTT-3.1.2-12]
 			Packet: &Packet{
 				FixedHeader:     FixedHeader{Type: Connect},
 				ProtocolVersion: 4,
@@ -961,6 +962,20 @@ var TPacketData = map[byte]TPacketCases{
 				Connect: ConnectParams{
 					ProtocolName: []byte("MQTT"),
 					WillRetain:   true,
+				},
+			},
+		},
+		{
+			Case:   TConnectInvalidWillSurplusQos, // mote: [MQTT-3.1.2-11]
+			Desc:   "no will flag surplus qos",
+			Group:  "validate",
+			Expect: ErrProtocolViolationWillFlagSurplusQos,
+			Packet: &Packet{
+				FixedHeader:     FixedHeader{Type: Connect},
+				ProtocolVersion: 5,
+				Connect: ConnectParams{
+					ProtocolName: []byte("MQTT"),
+					WillQos:      1,
 				},
 			},
 		},
