@@ -48,6 +48,13 @@ type Broker struct {
 	// retScratch is the loop's slice of row changes for the retainer,
 	// reused batch after batch (apply); owned by the loop.
 	retScratch []retain.Change
+	// loopMu is held by whoever runs the loop's work: the loop goroutine,
+	// or a publisher running its own publish while the loop is idle
+	// (runInline). loopOps and loopMeta are its scratch, owned by its holder.
+	loopMu   sync.Mutex
+	loopLive atomic.Bool // the loop goroutine runs: runInline may stand in for it
+	loopOps  []tree.Op
+	loopMeta []*pubMeta
 
 	plainIdx subIndex // plain subscriptions, as delivery reads them (subindex.go)
 
@@ -104,6 +111,7 @@ type Stats struct {
 	DeltasQueued atomic.Int64 // tree messages queued to clients
 	Folded       atomic.Int64 // deltas folded into one still waiting for its client's writer
 	Throttled    atomic.Int64 // publishes that waited for the disk
+	Inline       atomic.Int64 // batches of one publish run by their publisher while the loop was idle (runInline)
 	Direct       atomic.Int64 // QoS 0 messages written by their deliverer, not handed to a writer (direct.go)
 	DirectRest   atomic.Int64 // of those, the ones the socket did not take whole: their writer wrote the rest
 	Writers      atomic.Int64 // writer goroutines running now: one runs only while its connection has something to write (writer.go)
@@ -224,6 +232,7 @@ func (b *Broker) Start() error {
 	}
 	b.started = true
 	b.applied.Store(b.tree.Rev())
+	b.loopLive.Store(true)
 	go b.loop()
 	if b.cl != nil {
 		if err := b.startCluster(); err != nil {

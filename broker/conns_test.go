@@ -120,6 +120,16 @@ func holdConnections(t *testing.T, subscribe bool) {
 	if got := atomic.LoadInt64(&b.server.Info.Subscriptions); subscribe && got != n {
 		t.Fatalf("%d subscriptions, want %d\n%s", got, n, out.String())
 	}
+	// Idle means no writer: each stops a second after it last wrote (a
+	// SUBACK here). On a fast machine the last connections subscribe
+	// within that second, and their writers were counted (2 of 2 runs
+	// on one machine: 7.5 KiB a connection).
+	for b.stats.Writers.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if w := b.stats.Writers.Load(); w > 0 {
+		t.Fatalf("%d writers still running: the connections never went idle", w)
+	}
 	if subscribe {
 		// The runtime halves a goroutine's stack at most once a GC.
 		runtime.GC()

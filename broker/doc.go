@@ -33,6 +33,17 @@
 // it with calls (onLoop) for what only it may read: a snapshot, a page of
 // retained rows, a folded delta to encode.
 //
+// Strictly, the owner is whoever holds the loop's mutex (loopMu), which
+// the loop holds while it runs a batch, taking the batch out of its inbox
+// under it. An MQTT client's publish that finds the loop idle — the inbox
+// empty and loopMu free — is run as a batch of one by the client's read
+// goroutine under loopMu (runInline), exactly as the loop would have run
+// it: this saves a tree publish the two goroutine wake-ups of the hop to
+// the loop and back (issue 15). Order is kept: nothing queued before it
+// can be waiting, and nothing queued after it runs before it ends. A busy
+// loop gets publishes queued, in batches, as before; other front ends
+// (wills, the door's API, cluster peers, $SYS) always queue.
+//
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted
 // against its connection's queue bound. The loop's pacer (pace.go) keeps

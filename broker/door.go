@@ -63,6 +63,19 @@ func (b *Broker) Publish(ctx context.Context, p Principal, m Message) error {
 // publish is the door every publish takes: MQTT clients, wills, the
 // broker's own reports and counters, and the exported API.
 func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitMode) error {
+	return b.enter(ctx, p, m, wait, false)
+}
+
+// publishInline is publish for a caller that holds no lock the loop's
+// work takes (an MQTT client's read goroutine, in OnPublish): while the
+// loop is idle, the publish is applied and delivered on the caller's
+// goroutine (runInline), not handed to the loop.
+func (b *Broker) publishInline(ctx context.Context, p Principal, m Message, wait waitMode) error {
+	return b.enter(ctx, p, m, wait, b.cl == nil)
+}
+
+// enter is publish, and publishInline when inline is set.
+func (b *Broker) enter(ctx context.Context, p Principal, m Message, wait waitMode, inline bool) error {
 	r, err := b.prepare(p, m)
 	if err != nil {
 		return b.refusal(p, "publish", m.Topic, err)
@@ -78,7 +91,7 @@ func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitM
 		b.meter.in[k].Add(1)
 	}
 	r.trans = b.translation(p, &m, &r) // SPEC §11 (translate.go)
-	return b.dispatch(ctx, p, m, r, wait)
+	return b.dispatch(ctx, p, m, r, wait, inline)
 }
 
 // prepared is a publish that passed every check but those only the loop
@@ -169,8 +182,9 @@ func (b *Broker) plainOp(m Message) tree.Op {
 
 // dispatch hands a prepared publish on: a plain event is delivered on the
 // caller's goroutine (and folded into tree deltas when tree subscriptions
-// exist); anything that changes rows goes to the loop, which delivers it.
-func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepared, wait waitMode) error {
+// exist); anything that changes rows goes to the loop, which delivers it
+// (with inline, the caller stands in for an idle loop: runInline).
+func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepared, wait waitMode, inline bool) error {
 	if b.cl != nil && !m.Retain && !p.system {
 		if err := b.shareEvent(p, m, &r); err != nil { // to the other nodes of a cluster (cluster.go)
 			return b.refusal(p, "publish", m.Topic, err)
@@ -180,9 +194,9 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
 			req := request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}}
 			if r.trans != nil {
-				b.reqs.pushPair(req, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, false)})
+				b.toLoop(inline, req, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, false)})
 			} else {
-				b.reqs.push(req)
+				b.toLoop(inline, req)
 			}
 		}
 		w := b.publisherWait(ctx)
@@ -210,11 +224,11 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 		meta.done = make(chan error, 1)
 	}
 	req := request{kind: reqPublish, op: r.op, pub: meta}
-	pushed := false
+	var pushed bool
 	if r.trans != nil {
-		pushed = b.reqs.pushPair(req, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, true)})
+		pushed = b.toLoop(inline, req, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, true)})
 	} else {
-		pushed = b.reqs.push(req)
+		pushed = b.toLoop(inline, req)
 	}
 	if !pushed {
 		return b.refusal(p, "publish", m.Topic, errShutdown)
@@ -239,6 +253,23 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 }
 
 var errShutdown = errors.New("broker: shutting down")
+
+// toLoop hands one publish (and its translation, as a second request) to
+// the loop: run at once by the caller when inline is set and the loop is
+// idle (runInline), queued otherwise. It reports false once the loop has
+// stopped.
+func (b *Broker) toLoop(inline bool, req request, trans ...request) bool {
+	var batch [2]request // on the stack: runInline keeps no reference
+	batch[0] = req
+	n := 1 + copy(batch[1:], trans)
+	if inline && b.runInline(batch[:n]) {
+		return true
+	}
+	if n == 2 {
+		return b.reqs.pushPair(batch[0], batch[1])
+	}
+	return b.reqs.push(req)
+}
 
 // parsePublish reads a publish topic: a $tree/$set prefix, or (MQTT 5)
 // the user property mote=tree on a plain topic; isMote is false for a plain

@@ -329,7 +329,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if m.QoS > 0 {
 			wait = waitAck
 		}
-		err = h.b.publish(context.Background(), c.p, m, wait)
+		err = h.b.publishInline(context.Background(), c.p, m, wait)
 	}
 	if err == nil {
 		// Ignore tells mochi not to deliver or retain it, as
