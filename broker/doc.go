@@ -42,7 +42,10 @@
 // the loop and back (issue 15). Order is kept: nothing queued before it
 // can be waiting, and nothing queued after it runs before it ends. A busy
 // loop gets publishes queued, in batches, as before; other front ends
-// (wills, the door's API, cluster peers, $SYS) always queue.
+// (wills, the door's API, cluster peers, $SYS) always queue. A panic in the
+// loop's work ends the process wherever it runs: run inline, it is not
+// left to the connection's recovery, which would go on from a half-applied
+// batch (runInline, inlinePanicked).
 //
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted
