@@ -264,7 +264,8 @@
 //	cluster appender (per batch) clusterNode                    its Append returns (bounded by the log's timeout, or Close)
 //
 //	state                               owner
-//	tree.Tree, treeSub, props, pacer    the message loop (tree.Sub.Allow too: set at registration and by Reload)
+//	tree.Tree, treeSub, props, pacer    the message loop: loopMu's holder, the loop goroutine or a publisher inline
+//	                                    (runInline) (tree.Sub.Allow too: set at registration and by Reload)
 //	replay lists (replayLists)          the message loop; a list is immutable once made, read by replays on the loop
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
