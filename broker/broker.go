@@ -111,7 +111,7 @@ type Stats struct {
 	DeltasQueued atomic.Int64 // tree messages queued to clients
 	Folded       atomic.Int64 // deltas folded into one still waiting for its client's writer
 	Throttled    atomic.Int64 // publishes that waited for the disk
-	Inline       atomic.Int64 // batches of one publish run by their publisher while the loop was idle (runInline)
+	Inline       atomic.Int64 // batches of one publish (and its translation) run by their publisher while the loop was idle (runInline)
 	Direct       atomic.Int64 // QoS 0 messages written by their deliverer, not handed to a writer (direct.go)
 	DirectRest   atomic.Int64 // of those, the ones the socket did not take whole: their writer wrote the rest
 	Writers      atomic.Int64 // writer goroutines running now: one runs only while its connection has something to write (writer.go)

@@ -42,7 +42,10 @@
 // the loop and back (issue 15). Order is kept: nothing queued before it
 // can be waiting, and nothing queued after it runs before it ends. A busy
 // loop gets publishes queued, in batches, as before; other front ends
-// (wills, the door's API, cluster peers, $SYS) always queue.
+// (wills, the door's API, cluster peers, $SYS) always queue. A panic in the
+// loop's work ends the process wherever it runs: run inline, it is not
+// left to the connection's recovery, which would go on from a half-applied
+// batch (runInline, inlinePanicked).
 //
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted
@@ -265,7 +268,8 @@
 //	cluster appender (per batch) clusterNode                    its Append returns (bounded by the log's timeout, or Close)
 //
 //	state                               owner
-//	tree.Tree, treeSub, props, pacer    the message loop (tree.Sub.Allow too: set at registration and by Reload)
+//	tree.Tree, treeSub, props, pacer    the message loop: loopMu's holder, the loop goroutine or a publisher inline
+//	                                    (runInline) (tree.Sub.Allow too: set at registration and by Reload)
 //	replay lists (replayLists)          the message loop; a list is immutable once made, read by replays on the loop
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -234,8 +236,39 @@ func (b *Broker) runInline(reqs []request) bool {
 		return false // the loop has work to do first, and is awake for it
 	}
 	b.stats.Inline.Add(1)
+	defer b.inlinePanicked() // before loopMu is let go
 	b.runBatch(reqs)
 	return true
+}
+
+// inlinePanicked, deferred by runInline, ends the process when the loop's
+// work panicked on a publisher's goroutine, as an unrecovered panic on the
+// loop goroutine does: the batch is half applied (rows in the tree not
+// given to the retainer, deliveries half made, a connection's write role
+// or queue perhaps left taken), so nothing may run on the loop's state
+// again. Left to the connection's recovery (serve), it would close that
+// one connection and the broker would go on from that state — or crash,
+// had the loop been busy and run the same publish. loopMu stays held, so
+// nothing touches the state while the process ends.
+func (b *Broker) inlinePanicked() {
+	r := recover()
+	if r == nil {
+		return
+	}
+	p := &loopPanic{val: r, stack: debug.Stack()}
+	go func() { panic(p) }() // nothing recovers it there: the process ends
+	select {}
+}
+
+// loopPanic is a panic of the loop's work run inline, carrying the stack
+// it happened on to the goroutine that ends the process with it.
+type loopPanic struct {
+	val   any
+	stack []byte
+}
+
+func (p *loopPanic) Error() string {
+	return fmt.Sprintf("broker: the message loop's work panicked on a publisher's goroutine (runInline): %v\n\n%s", p.val, p.stack)
 }
 
 // runBatch runs one batch of requests in order: consecutive publishes are
