@@ -1,0 +1,230 @@
+package mqtt
+
+// mote: red-team tests of README changes 9 and 10 (a CONNECT failing after
+// Clients.Add ends its session; a SUBSCRIBE never files behind its
+// client's takeover).
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// rtReadPacket reads one MQTT packet: its first byte and its body.
+func rtReadPacket(r *bufio.Reader) (byte, []byte, error) {
+	h, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, mul := 0, 1
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n += int(b&0x7f) * mul
+		if b&0x80 == 0 {
+			break
+		}
+		mul *= 128
+	}
+	body := make([]byte, n)
+	_, err = io.ReadFull(r, body)
+	return h, body, err
+}
+
+// TestMoteConnackFailKeepsInflight: a client resuming a persistent
+// session (v5, Session Expiry 120 s) takes the old client's in-flight
+// QoS 1 message and subscription, then its CONNACK cannot be written
+// (change 9 ends its session): the session, now on the failed client,
+// keeps both, and the next connection gets the message resent (DUP)
+// after its CONNACK with Session Present.
+func TestMoteConnackFailKeepsInflight(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+
+	old := s.NewClient(nil, "tcp", "zen", false)
+	old.Properties.ProtocolVersion = 5
+	old.Properties.Props.SessionExpiryInterval = 120
+	old.Stop(nil)
+	sub := packets.Subscription{Filter: "a/#", Qos: 1}
+	s.Topics.Subscribe("zen", sub)
+	old.State.Subscriptions.Add(sub.Filter, sub)
+	old.State.Inflight.Set(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		PacketID:    7, TopicName: "a/b", Payload: []byte("kept"), Created: time.Now().Unix(),
+	})
+	s.Clients.Add(old)
+
+	resume := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "zen"},
+		Properties:      packets.Properties{SessionExpiryInterval: 120, SessionExpiryIntervalFlag: true},
+	}
+	var buf bytes.Buffer
+	if err := resume.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+
+	// 1: the CONNACK cannot be written.
+	r, w := net.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		serve, err := s.EstablishSession("tcp", r)
+		if serve != nil {
+			t.Error("the first resume was served")
+		}
+		done <- err
+	}()
+	if _, err := w.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the first resume did not fail")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("EstablishSession did not return")
+	}
+	cl, ok := s.Clients.Get("zen")
+	if !ok || cl == old {
+		t.Fatalf("the session's client: %v (old %v), want the failed one", ok, cl == old)
+	}
+	if _, ok := cl.State.Inflight.Get(7); !ok {
+		t.Error("the failed client lost the session's in-flight message")
+	}
+	if _, ok := cl.State.Subscriptions.Get("a/#"); !ok {
+		t.Error("the failed client lost the session's subscription")
+	}
+
+	// 2: the next connection resumes it.
+	r2, w2 := net.Pipe()
+	defer w2.Close()
+	type result struct {
+		serve func() error
+		err   error
+	}
+	done2 := make(chan result, 1)
+	go func() {
+		serve, err := s.EstablishSession("tcp", r2)
+		done2 <- result{serve, err}
+	}()
+	w2.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := w2.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(w2)
+	h, body, err := rtReadPacket(br)
+	if err != nil || h != 0x20 || len(body) < 2 {
+		t.Fatalf("no CONNACK: %#x % x %v", h, body, err)
+	}
+	if body[0]&1 != 1 || body[1] != 0 {
+		t.Errorf("CONNACK flags %#x reason %#x, want Session Present and success", body[0], body[1])
+	}
+	h, body, err = rtReadPacket(br)
+	if err != nil || h&0xf0 != 0x30 {
+		t.Fatalf("no PUBLISH resent: %#x % x %v", h, body, err)
+	}
+	if h&0x08 == 0 || !bytes.Contains(body, []byte("kept")) {
+		t.Errorf("resent %#x % x, want the kept message with DUP", h, body)
+	}
+	var res result
+	select {
+	case res = <-done2:
+	case <-time.After(10 * time.Second):
+		t.Fatal("EstablishSession did not return")
+	}
+	if res.err != nil || res.serve == nil {
+		t.Fatalf("the second resume: %v", res.err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- res.serve() }()
+	w2.Close()
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not return")
+	}
+}
+
+// blockingSubscribed holds OnSubscribed until released, once entered.
+type blockingSubscribed struct {
+	HookBase
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (*blockingSubscribed) ID() string           { return "blocking-subscribed" }
+func (*blockingSubscribed) Provides(b byte) bool { return b == OnSubscribed }
+func (h *blockingSubscribed) OnSubscribed(*Client, packets.Packet, []byte) {
+	h.once.Do(func() {
+		close(h.entered)
+		<-h.release
+	})
+}
+
+// TestMoteExpiryWaitsForSubscribe: UnsubscribeClient (the broker's
+// OnClientExpired, a session's end) on a client whose SUBSCRIBE is being
+// filed waits for it, then unfiles what it filed: nothing is left in the
+// index under the client id.
+func TestMoteExpiryWaitsForSubscribe(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	h := &blockingSubscribed{entered: make(chan struct{}), release: make(chan struct{})}
+	if err := s.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	cl := s.NewClient(nil, "tcp", "exp", false)
+	cl.Properties.ProtocolVersion = 5
+	s.Clients.Add(cl)
+	subDone := make(chan error, 1)
+	go func() {
+		subDone <- s.processSubscribe(cl, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Subscribe},
+			PacketID:    1,
+			Filters:     packets.Subscriptions{{Filter: "x/1"}, {Filter: "$share/g/x/2"}},
+		})
+	}()
+	select {
+	case <-h.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnSubscribed not reached")
+	}
+	cl.Stop(nil)
+	unsubDone := make(chan struct{})
+	go func() {
+		s.UnsubscribeClient(cl)
+		close(unsubDone)
+	}()
+	close(h.release)
+	for _, c := range []chan struct{}{unsubDone} {
+		select {
+		case <-c:
+		case <-time.After(10 * time.Second):
+			t.Fatal("UnsubscribeClient did not return")
+		}
+	}
+	select {
+	case <-subDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("processSubscribe did not return")
+	}
+	if n := cl.State.Subscriptions.Len(); n != 0 {
+		t.Errorf("%d subscriptions left on the client", n)
+	}
+	for _, topic := range []string{"x/1", "x/2"} {
+		if subs := s.Topics.Subscribers(topic); len(subs.Subscriptions)+len(subs.Shared) != 0 {
+			t.Errorf("%s: still filed: %+v", topic, subs)
+		}
+	}
+}
