@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,5 +227,53 @@ func TestMoteExpiryWaitsForSubscribe(t *testing.T) {
 		if subs := s.Topics.Subscribers(topic); len(subs.Subscriptions)+len(subs.Shared) != 0 {
 			t.Errorf("%s: still filed: %+v", topic, subs)
 		}
+	}
+}
+
+// TestMoteUnsubscribeReportsClient: TopicsIndex.Unsubscribe reports
+// whether the client's subscription existed, not whether another client
+// still holds the filter: a client unsubscribed twice (a takeover's
+// UnsubscribeClient and the old session's end) counts
+// Info.Subscriptions down once.
+func TestMoteUnsubscribeReportsClient(t *testing.T) {
+	for _, filter := range []string{"a/b", "a/+", "$share/g/a/b", "$SHARE/g/a/#"} {
+		x := NewTopicsIndex()
+		x.Subscribe("x", packets.Subscription{Filter: filter})
+		x.Subscribe("y", packets.Subscription{Filter: filter})
+		if !x.Unsubscribe(filter, "x") {
+			t.Errorf("%s: the first unsubscribe of x found nothing", filter)
+		}
+		if x.Unsubscribe(filter, "x") {
+			t.Errorf("%s: the second unsubscribe of x found it again (y holds the filter)", filter)
+		}
+		if x.Unsubscribe(filter, "z") {
+			t.Errorf("%s: z never subscribed, unsubscribe found it", filter)
+		}
+		if !x.Unsubscribe(filter, "y") {
+			t.Errorf("%s: the unsubscribe of y found nothing", filter)
+		}
+	}
+
+	s := newServer()
+	defer s.Close()
+	for _, id := range []string{"x", "y"} {
+		cl := s.NewClient(nil, "tcp", id, false)
+		cl.Properties.ProtocolVersion = 5
+		s.Clients.Add(cl)
+		_ = s.processSubscribe(cl, packets.Packet{ // filed whether or not the SUBACK is written
+			FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "t/1"}},
+		})
+	}
+	x, _ := s.Clients.Get("x")
+	before := x.State.Subscriptions.GetAll()
+	s.UnsubscribeClient(x)
+	for f := range before { // a second unsubscribe, as a concurrent takeover's
+		if s.Topics.Unsubscribe(f, "x") {
+			atomic.AddInt64(&s.Info.Subscriptions, -1)
+		}
+	}
+	if n := atomic.LoadInt64(&s.Info.Subscriptions); n != 1 {
+		t.Errorf("Info.Subscriptions = %d with y subscribed, want 1", n)
 	}
 }
