@@ -1,14 +1,20 @@
 package broker
 
 import (
+	"bufio"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -268,4 +274,148 @@ func TestSubIndexChurnBounded(t *testing.T) {
 			t.Fatalf("position of %s is %d, which holds %s", c, i, got)
 		}
 	}
+}
+
+// subscribePacket is a SUBSCRIBE (id 1) of filters at QoS 0 (no flow
+// control: a reader that never acknowledges gets every row).
+func subscribePacket(v byte, filters []string) []byte {
+	var body []byte
+	body = append(body, 0x00, 0x01)
+	if v == 5 {
+		body = append(body, 0x00) // no properties
+	}
+	for _, f := range filters {
+		body = append(body, byte(len(f)>>8), byte(len(f)))
+		body = append(body, f...)
+		body = append(body, 0x00)
+	}
+	out := []byte{0x82}
+	for n := len(body); ; {
+		b := byte(n & 0x7f)
+		n >>= 7
+		if n > 0 {
+			out = append(out, b|0x80)
+			continue
+		}
+		out = append(out, b)
+		break
+	}
+	return append(out, body...)
+}
+
+// TestSubscribeTakeoverStorm: clean connections on four shared client ids
+// take each other over while they SUBSCRIBE to up to 31 filters (plain,
+// overlapping, $share, some twice) with a retained replay of 30 rows or
+// more, reading a little of it or none, then leave at random (reset, FIN,
+// DISCONNECT, or left open for the next takeover). Nothing deadlocks, a
+// connection reading its replay gets it (or is taken over: closed), the
+// broker still serves, and once all are gone nothing is left filed or
+// held. Before mochi serialised the takeovers of an id (README change 14)
+// two CONNECTs racing left one of them connected under an id no longer
+// its own: it had its SUBACK and then nothing, ever (2-3 connections a
+// run); and mochi's subscription count ended at -7..-77 (change 13).
+func TestSubscribeTakeoverStorm(t *testing.T) {
+	b := start(t, Options{})
+	pub := dial3(t, b, "retainer", true)
+	for i := range 300 {
+		pub.pub(t, "st/"+strconv.Itoa(i%10)+"/"+strconv.Itoa(i), 0, true, "r")
+	}
+	pub.Disconnect(0)
+	var filters []string
+	for i := range 10 {
+		filters = append(filters, "st/"+strconv.Itoa(i)+"/#", "$share/g"+strconv.Itoa(i%3)+"/st/#", "st/+/"+strconv.Itoa(i))
+	}
+	const conns, workers = 160, 6
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn // left open for a takeover; closed at the end
+	for w := range workers {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 23))
+			for i := w; i < conns; i += workers {
+				v := byte(4 + r.IntN(2))
+				c, err := net.Dial("tcp", b.TCPAddr())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				c.SetDeadline(time.Now().Add(testTimeout / 2)) // a stuck read is reported before the storm's deadline
+				id := "sst" + strconv.Itoa(r.IntN(4))
+				c.Write(connectPacket(v, id))
+				fs := slices.Clone(filters)
+				r.Shuffle(len(fs), func(i, j int) { fs[i], fs[j] = fs[j], fs[i] })
+				// st/0/# first: 30 retained rows at least, so reading up to
+				// 22 packets (CONNACK, SUBACK, rows) ends by the connection's
+				// end, not its deadline.
+				c.Write(subscribePacket(v, append([]string{"st/0/#"}, fs[:r.IntN(len(fs))]...)))
+				if r.IntN(2) == 0 {
+					br := bufio.NewReader(c)
+					want := r.IntN(22)
+					var got []byte
+					for range want {
+						h, _, err := readPacketBody(br)
+						if err != nil {
+							if ne, ok := err.(net.Error); ok && ne.Timeout() {
+								t.Errorf("conn %d (%s, v%d, %s): %d packets of %d, then nothing: % x\n%s", i, id, v, c.LocalAddr(), len(got), want, got, dumpConns(b))
+							}
+							break
+						}
+						got = append(got, h)
+					}
+				}
+				switch r.IntN(4) {
+				case 0:
+					resetConn(c)
+				case 1:
+					c.Close()
+				case 2:
+					c.Write([]byte{0xe0, 0x00})
+					c.Close()
+				default:
+					mu.Lock()
+					open = append(open, c)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		buf := make([]byte, 1<<20)
+		t.Fatalf("the storm did not end: a connection is stuck\n%s", buf[:runtime.Stack(buf, true)])
+	}
+	for _, c := range open {
+		c.Close()
+	}
+	waitLeftovers(t, b)
+	alive(t, b)
+	waitLeftovers(t, b)
+}
+
+// dumpConns describes the broker's MQTT connections and arriving
+// sessions, for a failure's message.
+func dumpConns(b *Broker) string {
+	var sb strings.Builder
+	b.conns.Range(func(k, v any) bool {
+		cl := k.(*mqtt.Client)
+		c := v.(*conn)
+		c.endMu.Lock()
+		c.q.mu.Lock()
+		cur, _ := b.server.Clients.Get(cl.ID)
+		by, _ := b.byID.Load(cl.ID)
+		fmt.Fprintf(&sb, "%s %s closed=%v cur=%v byID=%v prev=%v over=%v next=%v expecting=%v writerDone=%v held=%d items=%d qclosed=%v\n",
+			cl.ID, cl.Net.Remote, cl.Closed(), cur == cl, by == c, c.prev, c.over, c.next != nil, c.expecting != nil, c.writerDone, c.q.held, len(c.q.items), c.q.closed)
+		c.q.mu.Unlock()
+		c.endMu.Unlock()
+		return true
+	})
+	b.arriving.mu.Lock()
+	for id, s := range b.arriving.by {
+		fmt.Fprintf(&sb, "arriving %s cl=%s closed=%v msgs=%d\n", id, s.cl.Net.Remote, s.cl.Closed(), len(s.msgs))
+	}
+	b.arriving.mu.Unlock()
+	return sb.String()
 }

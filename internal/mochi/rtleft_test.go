@@ -277,3 +277,111 @@ func TestMoteUnsubscribeReportsClient(t *testing.T) {
 		t.Errorf("Info.Subscriptions = %d with y subscribed, want 1", n)
 	}
 }
+
+// establishBarrier holds OnSessionEstablish until two connections are in
+// it, then lets both go: their takeovers of one client id race.
+type establishBarrier struct {
+	HookBase
+	mu      sync.Mutex
+	n       int
+	release chan struct{}
+}
+
+func (*establishBarrier) ID() string           { return "establish-barrier" }
+func (*establishBarrier) Provides(b byte) bool { return b == OnSessionEstablish }
+func (h *establishBarrier) OnSessionEstablish(*Client, packets.Packet) {
+	h.mu.Lock()
+	h.n++
+	if h.n%2 == 0 {
+		close(h.release)
+	}
+	release := h.release
+	h.mu.Unlock()
+	<-release
+}
+
+// TestMoteConcurrentTakeoversLeaveOne: two CONNECTs of one client id that
+// reach the takeover together (a third connection holds the id) leave one
+// connection open, the one filed in s.Clients: the other is taken over
+// [MQTT-3.1.4-3]. Upstream let both look the old client up before either
+// filed itself: both disconnected the old one, the second filed replaced
+// the first in s.Clients, and the first stayed connected, its read loop
+// running, under an id that was no longer its (the broker then handed its
+// deliveries to the second: it got nothing more).
+func TestMoteConcurrentTakeoversLeaveOne(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	h := &establishBarrier{}
+	if err := s.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	connect := func(id string) []byte {
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 5,
+			Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id},
+		}
+		var buf bytes.Buffer
+		if err := pk.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	type conn struct {
+		cl    *Client
+		w     net.Conn
+		serve func() error
+	}
+	for round := range 300 {
+		old := s.NewClient(nil, "tcp", "dup", false)
+		old.Properties.ProtocolVersion = 5
+		s.Clients.Add(old)
+		h.mu.Lock()
+		h.release = make(chan struct{})
+		h.mu.Unlock()
+		conns := make(chan conn, 2)
+		for range 2 {
+			r, w := net.Pipe()
+			go func() {
+				go io.Copy(io.Discard, w) //nolint:errcheck // until closed
+				cl := s.NewClient(r, "tcp", "", false)
+				serve, _ := s.establishClient(cl, "tcp") // the one taken over may fail its CONNACK
+				conns <- conn{cl, w, serve}
+			}()
+			if _, err := w.Write(connect("dup")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []conn
+		for range 2 {
+			select {
+			case c := <-conns:
+				got = append(got, c)
+			case <-time.After(10 * time.Second):
+				t.Fatal("a CONNECT did not complete")
+			}
+		}
+		cur, _ := s.Clients.Get("dup")
+		open := 0
+		for _, c := range got {
+			if !c.cl.Closed() {
+				open++
+				if c.cl != cur {
+					t.Errorf("round %d: a connection not filed in Clients is still open", round)
+				}
+			}
+		}
+		if open != 1 {
+			t.Errorf("round %d: %d connections of one client id open, want 1", round, open)
+		}
+		for _, c := range got {
+			c.w.Close()
+			if c.serve != nil {
+				c.serve() //nolint:errcheck // ends with the pipe
+			}
+		}
+		if t.Failed() {
+			return
+		}
+	}
+}

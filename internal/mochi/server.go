@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -144,6 +145,7 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
+	connectMu    [64]sync.Mutex       // mote: a CONNECT's takeover and filing of its client id (inheritClientSession, Clients.Add), striped by id; see takeoverLock
 }
 
 // loop contains interval tickers for the system events loop.
@@ -497,8 +499,16 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
+	// mote: the takeover of the client id and the filing of cl, one
+	// CONNECT of an id at a time: two that both found the old client
+	// before either filed itself both took it over, and the second filed
+	// replaced the first in s.Clients, which nobody disconnected: it
+	// stayed connected under an id no longer its own [MQTT-3.1.4-3].
+	mu := s.takeoverLock(cl.ID)
+	mu.Lock()
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	mu.Unlock()
 
 	// mote: from here on the client is filed in s.Clients and holds the
 	// session: a failure ends the session as the end of the read loop does
@@ -648,6 +658,17 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 	}
 
 	return code
+}
+
+// mote: takeoverLock is the mutex of connectMu that serialises the
+// takeovers of client id id (FNV-1a of the id).
+func (s *Server) takeoverLock(id string) *sync.Mutex {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return &s.connectMu[h%uint32(len(s.connectMu))]
 }
 
 // inheritClientSession inherits the state of an existing client sharing the same
