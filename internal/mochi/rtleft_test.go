@@ -384,4 +384,9 @@ func TestMoteConcurrentTakeoversLeaveOne(t *testing.T) {
 			return
 		}
 	}
+	s.takeovers.mu.Lock()
+	defer s.takeovers.mu.Unlock()
+	if n := len(s.takeovers.by); n != 0 {
+		t.Errorf("%d client ids' takeover locks kept, want none", n)
+	}
 }

@@ -145,7 +145,7 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
-	connectMu    [64]sync.Mutex       // mote: a CONNECT's takeover and filing of its client id (inheritClientSession, Clients.Add), striped by id; see takeoverLock
+	takeovers    idLocks              // mote: one CONNECT at a time takes its client id over and files itself (inheritClientSession, Clients.Add)
 }
 
 // loop contains interval tickers for the system events loop.
@@ -504,11 +504,11 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	// before either filed itself both took it over, and the second filed
 	// replaced the first in s.Clients, which nobody disconnected: it
 	// stayed connected under an id no longer its own [MQTT-3.1.4-3].
-	mu := s.takeoverLock(cl.ID)
-	mu.Lock()
+	id := cl.ID
+	k := s.takeovers.lock(id)
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
-	mu.Unlock()
+	s.takeovers.unlock(id, k)
 
 	// mote: from here on the client is filed in s.Clients and holds the
 	// session: a failure ends the session as the end of the read loop does
@@ -660,15 +660,46 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 	return code
 }
 
-// mote: takeoverLock is the mutex of connectMu that serialises the
-// takeovers of client id id (FNV-1a of the id).
-func (s *Server) takeoverLock(id string) *sync.Mutex {
-	h := uint32(2166136261)
-	for i := 0; i < len(id); i++ {
-		h ^= uint32(id[i])
-		h *= 16777619
+// mote: idLocks is a mutex per client id, there while someone holds or
+// waits for it: a takeover waits only for another CONNECT of its own id
+// (whose DisconnectClient may wait up to a write's deadline on a stalled
+// old connection).
+type idLocks struct {
+	mu sync.Mutex         // guards by
+	by map[string]*idLock // id → its lock, while refs > 0
+}
+
+type idLock struct {
+	sync.Mutex
+	refs int // holders and waiters; under idLocks.mu
+}
+
+// lock locks id's mutex and returns it, for unlock.
+func (l *idLocks) lock(id string) *idLock {
+	l.mu.Lock()
+	k := l.by[id]
+	if k == nil {
+		if l.by == nil {
+			l.by = map[string]*idLock{}
+		}
+		k = &idLock{}
+		l.by[id] = k
 	}
-	return &s.connectMu[h%uint32(len(s.connectMu))]
+	k.refs++
+	l.mu.Unlock()
+	k.Lock()
+	return k
+}
+
+// unlock unlocks k, id's mutex, forgetting it once nobody wants it.
+func (l *idLocks) unlock(id string, k *idLock) {
+	k.Unlock()
+	l.mu.Lock()
+	k.refs--
+	if k.refs == 0 {
+		delete(l.by, id)
+	}
+	l.mu.Unlock()
 }
 
 // inheritClientSession inherits the state of an existing client sharing the same
