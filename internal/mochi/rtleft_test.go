@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -388,5 +389,148 @@ func TestMoteConcurrentTakeoversLeaveOne(t *testing.T) {
 	defer s.takeovers.mu.Unlock()
 	if n := len(s.takeovers.by); n != 0 {
 		t.Errorf("%d client ids' takeover locks kept, want none", n)
+	}
+}
+
+// unsubscribedGate holds the first OnUnsubscribed of client id "gone"
+// (its session's end, UnsubscribeClient) until released.
+type unsubscribedGate struct {
+	HookBase
+	held    atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (*unsubscribedGate) ID() string           { return "unsubscribed-gate" }
+func (*unsubscribedGate) Provides(b byte) bool { return b == OnUnsubscribed }
+func (h *unsubscribedGate) OnUnsubscribed(cl *Client, _ packets.Packet) {
+	if cl.ID != "gone" || !h.held.CompareAndSwap(false, true) {
+		return
+	}
+	close(h.entered)
+	<-h.release
+}
+
+// TestMoteSessionEndSparesTakeover: a clean session that ends (its read
+// loop, endSession) while a new connection of its client id takes the id
+// over leaves the new client filed in s.Clients. Its endSession checked
+// IsTakenOver, then unsubscribed and deleted the id from s.Clients: a
+// takeover in between lost its own filing, and stayed connected where no
+// later CONNECT of the id would find it.
+func TestMoteSessionEndSparesTakeover(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	h := &unsubscribedGate{entered: make(chan struct{}), release: make(chan struct{})}
+	if err := s.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	connect := func() []byte {
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 5,
+			Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "gone"},
+		}
+		var buf bytes.Buffer
+		if err := pk.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	type result struct {
+		cl    *Client
+		serve func() error
+		err   error
+	}
+	establish := func() (net.Conn, chan result) {
+		r, w := net.Pipe()
+		done := make(chan result, 1)
+		go func() {
+			cl := s.NewClient(r, "tcp", "", false)
+			serve, err := s.establishClient(cl, "tcp")
+			done <- result{cl, serve, err}
+		}()
+		w.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := w.Write(connect()); err != nil {
+			t.Fatal(err)
+		}
+		if h, _, err := rtReadPacket(bufio.NewReader(w)); err != nil || h != 0x20 {
+			t.Fatalf("no CONNACK: %#x %v", h, err)
+		}
+		return w, done
+	}
+	w1, done1 := establish()
+	first := <-done1
+	if first.err != nil {
+		t.Fatal(first.err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- first.serve() }()
+	w1.Close() // the first session ends: endSession holds in OnUnsubscribed
+	select {
+	case <-h.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first session's end did not unsubscribe")
+	}
+
+	// The second CONNECT takes the id over, or waits for the first
+	// session's end to let the id go (its takeover lock).
+	r2, w2 := net.Pipe()
+	defer w2.Close()
+	go io.Copy(io.Discard, w2) //nolint:errcheck // until closed
+	done2 := make(chan result, 1)
+	go func() {
+		cl := s.NewClient(r2, "tcp", "", false)
+		serve, err := s.establishClient(cl, "tcp")
+		done2 <- result{cl, serve, err}
+	}()
+	if _, err := w2.Write(connect()); err != nil {
+		t.Fatal(err)
+	}
+	var second result
+	deadline := time.Now().Add(10 * time.Second)
+	for got := false; !got; {
+		select {
+		case second = <-done2:
+			got = true
+		default:
+			s.takeovers.mu.Lock()
+			waiting := s.takeovers.by["gone"] != nil && s.takeovers.by["gone"].refs == 2
+			s.takeovers.mu.Unlock()
+			if waiting {
+				got = true
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the second CONNECT neither completed nor waited")
+			}
+			runtime.Gosched()
+		}
+	}
+	close(h.release)
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first session did not end")
+	}
+	if second.cl == nil {
+		select {
+		case second = <-done2:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the second CONNECT did not complete")
+		}
+	}
+	if second.err != nil {
+		t.Fatal(second.err)
+	}
+	if cur, ok := s.Clients.Get("gone"); !ok || cur != second.cl {
+		t.Errorf("s.Clients holds %v (found %v) for the id, want the second client, connected (closed %v)", cur != nil, ok, second.cl.Closed())
+	}
+	served2 := make(chan error, 1)
+	go func() { served2 <- second.serve() }() // its end lets s.Close go
+	w2.Close()
+	select {
+	case <-served2:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second session did not end")
 	}
 }

@@ -578,10 +578,20 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
-	if expire && !cl.IsTakenOver() {
-		cl.ClearInflights()
-		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+	if expire {
+		// mote: under the client id's takeover lock (change 14): a
+		// takeover that came between the IsTakenOver check and the
+		// Delete had its own client deleted from s.Clients (Delete is by
+		// id), connected but filed nowhere: no later CONNECT of the id
+		// would disconnect it.
+		id := cl.ID
+		k := s.takeovers.lock(id)
+		if !cl.IsTakenOver() {
+			cl.ClearInflights()
+			s.UnsubscribeClient(cl)
+			s.Clients.Delete(id) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+		}
+		s.takeovers.unlock(id, k)
 	}
 }
 
