@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -144,6 +145,7 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
+	takeovers    idLocks              // mote: one CONNECT at a time takes its client id over and files itself (inheritClientSession, Clients.Add)
 }
 
 // loop contains interval tickers for the system events loop.
@@ -497,8 +499,16 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
+	// mote: the takeover of the client id and the filing of cl, one
+	// CONNECT of an id at a time: two that both found the old client
+	// before either filed itself both took it over, and the second filed
+	// replaced the first in s.Clients, which nobody disconnected: it
+	// stayed connected under an id no longer its own [MQTT-3.1.4-3].
+	id := cl.ID
+	k := s.takeovers.lock(id)
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	s.takeovers.unlock(id, k)
 
 	// mote: from here on the client is filed in s.Clients and holds the
 	// session: a failure ends the session as the end of the read loop does
@@ -568,10 +578,20 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
-	if expire && !cl.IsTakenOver() {
-		cl.ClearInflights()
-		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+	if expire {
+		// mote: under the client id's takeover lock (change 14): a
+		// takeover that came between the IsTakenOver check and the
+		// Delete had its own client deleted from s.Clients (Delete is by
+		// id), connected but filed nowhere: no later CONNECT of the id
+		// would disconnect it.
+		id := cl.ID
+		k := s.takeovers.lock(id)
+		if !cl.IsTakenOver() {
+			cl.ClearInflights()
+			s.UnsubscribeClient(cl)
+			s.Clients.Delete(id) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+		}
+		s.takeovers.unlock(id, k)
 	}
 }
 
@@ -648,6 +668,48 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 	}
 
 	return code
+}
+
+// mote: idLocks is a mutex per client id, there while someone holds or
+// waits for it: a takeover waits only for another CONNECT of its own id
+// (whose DisconnectClient may wait up to a write's deadline on a stalled
+// old connection).
+type idLocks struct {
+	mu sync.Mutex         // guards by
+	by map[string]*idLock // id → its lock, while refs > 0
+}
+
+type idLock struct {
+	sync.Mutex
+	refs int // holders and waiters; under idLocks.mu
+}
+
+// lock locks id's mutex and returns it, for unlock.
+func (l *idLocks) lock(id string) *idLock {
+	l.mu.Lock()
+	k := l.by[id]
+	if k == nil {
+		if l.by == nil {
+			l.by = map[string]*idLock{}
+		}
+		k = &idLock{}
+		l.by[id] = k
+	}
+	k.refs++
+	l.mu.Unlock()
+	k.Lock()
+	return k
+}
+
+// unlock unlocks k, id's mutex, forgetting it once nobody wants it.
+func (l *idLocks) unlock(id string, k *idLock) {
+	k.Unlock()
+	l.mu.Lock()
+	k.refs--
+	if k.refs == 0 {
+		delete(l.by, id)
+	}
+	l.mu.Unlock()
 }
 
 // inheritClientSession inherits the state of an existing client sharing the same

@@ -441,15 +441,23 @@ func (x *TopicsIndex) Unsubscribe(filter, client string) bool {
 		return false
 	}
 
+	// mote: report whether client's subscription existed, as documented;
+	// upstream reported whether the filter's particle did, so a second
+	// unsubscribe of a client (a takeover's and the old session's end, say)
+	// counted Info.Subscriptions down again while other clients kept the
+	// filter: the count went below zero.
+	var existed bool
 	if shareSub {
 		group, _ := isolateParticle(filter, 1)
+		_, existed = particle.shared.Get(group, client)
 		particle.shared.Delete(group, client)
 	} else {
+		_, existed = particle.subscriptions.Get(client)
 		particle.subscriptions.Delete(client)
 	}
 
 	x.trim(particle)
-	return true
+	return existed
 }
 
 // RetainMessage saves a message payload to the end of a topic address. Returns
