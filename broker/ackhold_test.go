@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"testing"
 
+	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -81,5 +83,76 @@ func TestAcksHeldWhilePipelined(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestAcksHeldBeforeClose: a publish followed, in the same write, by a
+// packet that ends the connection (a DISCONNECT, a malformed packet, a
+// malformed PUBLISH, a second CONNECT) still gets its ack before the connection closes: an ack
+// held while the last packet waited must not be dropped with it.
+func TestAcksHeldBeforeClose(t *testing.T) {
+	b := start(t, Options{})
+	cases := []struct {
+		name string
+		last []byte
+	}{
+		{"disconnect", []byte{0xe0, 0x00}},
+		{"malformed", []byte{0x00, 0x00}},                                            // packet type 0 is reserved
+		{"malformed publish", []byte{0x36, 0x02, 0, 1}},                              // QoS 3
+		{"connect", []byte{0x10, 0x0c, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 0}}, // a second CONNECT
+	}
+	for _, v := range []byte{4, 5} {
+		for _, qos := range []byte{1, 2} {
+			for _, c := range cases {
+				t.Run(fmt.Sprintf("v%d/qos%d/%s", v, qos, c.name), func(t *testing.T) {
+					r := dialRaw(t, b, fmt.Sprintf("close%d%d%s", v, qos, c.name), v, true, packets.Properties{})
+					r.write(append(qosPublish(t, v, "$tree/close/a", qos, 7), c.last...))
+					want := byte(packets.Puback)
+					if qos == 2 {
+						want = packets.Pubrec
+					}
+					if typ, body := r.read(); typ != want || binary.BigEndian.Uint16(body) != 7 {
+						t.Fatalf("ack before close: type %d id %d, want type %d id 7", typ, binary.BigEndian.Uint16(body), want)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestAcksHeldBeforeRefusal: a publish the ACL refuses, sent right after
+// one it allows, closes an MQTT 3.1.1 connection (a refused QoS 1 publish
+// has no other answer there); the allowed publish's ack, held while the
+// refused one waited, is written before the close.
+func TestAcksHeldBeforeRefusal(t *testing.T) {
+	acl, err := auth.ParseACL("acl", []byte("user alice\ntopic readwrite house/#\ntopic deny house/secret/#\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Users: users(t), ACL: acl})
+	for _, v := range []byte{4, 5} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			c, err := net.Dial("tcp", b.TCPAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: v,
+				Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: fmt.Sprintf("refused%d", v),
+					UsernameFlag: true, Username: []byte("alice"), PasswordFlag: true, Password: []byte("alice-pw")}}
+			var buf bytes.Buffer
+			if err := pk.ConnectEncode(&buf); err != nil {
+				t.Fatal(err)
+			}
+			r := &raw{t: t, c: c, v5: v == 5}
+			r.write(buf.Bytes())
+			if typ, body := r.read(); typ != packets.Connack || body[1] != 0 {
+				t.Fatalf("CONNACK: type %d body %v", typ, body)
+			}
+			r.write(append(qosPublish(t, v, "house/a", 1, 7), qosPublish(t, v, "house/secret/a", 1, 8)...))
+			if typ, body := r.read(); typ != packets.Puback || binary.BigEndian.Uint16(body) != 7 {
+				t.Fatalf("ack of the allowed publish: type %d id %d", typ, binary.BigEndian.Uint16(body))
+			}
+		})
 	}
 }

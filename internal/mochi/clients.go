@@ -404,6 +404,7 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			}
 		}
 		if err := cl.readOne(packetHandler); err != nil {
+			_ = cl.flushHeld() // mote: the acks held for packets handled before it, before the connection closes
 			return err
 		}
 	}
@@ -613,8 +614,12 @@ func (cl *Client) writeAck(pk packets.Packet) error {
 	return cl.writePacket(pk, hold)
 }
 
-// mote: moreInput reports whether a whole packet waits in the read buffer
-// (its fixed header and all its remaining length). Read goroutine only.
+// mote: moreInput reports whether a whole PUBLISH or PUBREL waits in the
+// read buffer (its fixed header and all its remaining length): a packet
+// that is itself answered with an ack through writeAck. Any other packet
+// (a DISCONNECT, a SUBSCRIBE, a malformed one) may close the connection or
+// wait in a hook, so Read writes the held acks before it handles it.
+// Read goroutine only.
 func (cl *Client) moreInput() bool {
 	r := cl.Net.bconn
 	if r == nil {
@@ -625,6 +630,9 @@ func (cl *Client) moreInput() bool {
 		return false
 	}
 	b, _ := r.Peek(min(n, 5)) // buffered: never waits
+	if t := b[0] >> 4; t != packets.Publish && t != packets.Pubrel {
+		return false
+	}
 	length, mult := 0, 1
 	for i := 1; i < len(b); i++ {
 		length += int(b[i]&127) * mult

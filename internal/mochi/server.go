@@ -1615,6 +1615,12 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 	var err error
 	if cl.Properties.ProtocolVersion >= 5 {
 		err = cl.WritePacket(out)
+	} else {
+		// mote: the acks writeAck held go out before the close, as
+		// WritePacket writes them first for MQTT 5
+		cl.Lock()
+		_ = cl.flushOutbuf()
+		cl.Unlock()
 	}
 	if !s.Options.Capabilities.Compatibilities.PassiveClientDisconnect {
 		cl.Stop(code)
