@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
@@ -154,5 +155,75 @@ func TestAcksHeldBeforeRefusal(t *testing.T) {
 				t.Fatalf("ack of the allowed publish: type %d id %d", typ, binary.BigEndian.Uint16(body))
 			}
 		})
+	}
+}
+
+// TestAcksHeldNotBehindWait: the ack of a publish is not held while the
+// publish after it waits for room in a full subscriber's queue
+// (publish_wait): the client gets it at once, as it did before acks were
+// held, not when the wait ends (up to 5 × publish_wait).
+func TestAcksHeldNotBehindWait(t *testing.T) {
+	for _, v := range []byte{4, 5} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { ackNotBehindWait(t, v) })
+	}
+}
+
+func ackNotBehindWait(t *testing.T, v byte) {
+	b := start(t, Options{QueueBytes: 1000, PublishWait: time.Minute})
+	release := make(chan struct{})
+	released := false
+	free := func() {
+		if !released {
+			released = true
+			close(release)
+		}
+	}
+	defer free()
+	got := make(chan struct{}, 1)
+	s := b.Open(Principal{ClientID: "held-sub"}, func(Delivery) {
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		<-release // the subscriber's reader is stuck: its queue fills
+	})
+	defer s.Close()
+	if err := s.Subscribe("rt/held", 0); err != nil {
+		t.Fatal(err)
+	}
+	pub := Principal{ClientID: "held-fill"}
+	ctx := testCtx(t)
+	if err := b.Publish(ctx, pub, Message{Topic: "rt/held", Payload: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got: // the writer holds the first message
+	case <-ctx.Done():
+		t.Fatal("first message not delivered")
+	}
+	room := func() bool { // for one more small message (under 400 bytes)
+		s.c.q.mu.Lock()
+		defer s.c.q.mu.Unlock()
+		return s.c.q.bytes+400 <= s.c.q.max
+	}
+	for room() {
+		if err := b.Publish(ctx, pub, Message{Topic: "rt/held", Payload: []byte("fill")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := dialRaw(t, b, "held-pub", v, true, packets.Properties{})
+	big := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: v,
+		TopicName: "rt/held", PacketID: 2, Payload: make([]byte, 450)} // both publishes fit in the 512-byte read buffer
+	var buf bytes.Buffer
+	if err := big.PublishEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	r.write(append(qosPublish(t, v, "rt/free", 1, 1), buf.Bytes()...))
+	if typ, body := r.read(); typ != packets.Puback || binary.BigEndian.Uint16(body) != 1 {
+		t.Fatalf("ack of the publish before the waiting one: type %d id %d", typ, binary.BigEndian.Uint16(body))
+	}
+	free() // the subscriber reads: the waiting publish goes through
+	if typ, body := r.read(); typ != packets.Puback || binary.BigEndian.Uint16(body) != 2 {
+		t.Fatalf("ack of the publish that waited: type %d id %d", typ, binary.BigEndian.Uint16(body))
 	}
 }

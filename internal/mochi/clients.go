@@ -395,7 +395,7 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 		// readOne kept the 16 KiB the CONNECT path had grown).
 		if cl.Net.bconn != nil {
 			if !cl.moreInput() {
-				if err := cl.flushHeld(); err != nil { // mote: before waiting (writeAck)
+				if err := cl.FlushHeld(); err != nil { // mote: before waiting (writeAck)
 					return err
 				}
 			}
@@ -404,7 +404,7 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			}
 		}
 		if err := cl.readOne(packetHandler); err != nil {
-			_ = cl.flushHeld() // mote: the acks held for packets handled before it, before the connection closes
+			_ = cl.FlushHeld() // mote: the acks held for packets handled before it, before the connection closes
 			return err
 		}
 	}
@@ -603,7 +603,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 // another whole packet already waits in the read buffer (moreInput), the
 // ack is held in outbuf, to go out with the next ones in one write: the
 // next write of any packet flushes it first, and Read flushes what is held
-// before it waits for input (flushHeld). A client pipelining QoS 1
+// before it waits for input (FlushHeld). A client pipelining QoS 1
 // publishes got one write system call per PUBACK, a quarter of the
 // broker's CPU in a QoS 1 fan-in.
 func (cl *Client) writeAck(pk packets.Packet) error {
@@ -644,9 +644,11 @@ func (cl *Client) moreInput() bool {
 	return false
 }
 
-// mote: flushHeld writes the acks writeAck held, if no write has since.
-// Read goroutine only.
-func (cl *Client) flushHeld() error {
+// mote: FlushHeld writes the acks writeAck held, if no write has since.
+// Only the goroutine that reads cl may call it: Read, and the hooks it
+// calls (a publisher about to wait for room in a full queue writes the
+// acks of the publishes before it first: broker pubWait).
+func (cl *Client) FlushHeld() error {
 	if !cl.State.acksHeld {
 		return nil
 	}
@@ -740,7 +742,7 @@ func (cl *Client) writePacket(pk packets.Packet, hold bool) error {
 		defer cl.Unlock()
 		if hold && len(cl.State.outbound) == 0 {
 			// mote: writeAck's held ack: kept with any held before it,
-			// written once outbuf is full or by the next write or flushHeld
+			// written once outbuf is full or by the next write or FlushHeld
 			if cl.Net.outbuf == nil {
 				cl.Net.outbuf = new(bytes.Buffer)
 			}
