@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -29,7 +30,8 @@ type conn struct {
 	q   *outQueue
 	out endpoint
 
-	acked   chan struct{} // one slot: an in-flight slot was freed
+	acked   chan struct{}   // one slot: an in-flight slot was freed
+	pubCtx  context.Context // OnPublish's (the read goroutine's only): carries the mochi client's FlushHeld (heldAcksKey); nil until the first publish
 	dropped atomic.Int64
 
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)

@@ -329,7 +329,10 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if m.QoS > 0 {
 			wait = waitAck
 		}
-		err = h.b.publishInline(context.Background(), c.p, m, wait)
+		if c.pubCtx == nil {
+			c.pubCtx = context.WithValue(context.Background(), heldAcksKey{}, func() { _ = cl.FlushHeld() })
+		}
+		err = h.b.publishInline(c.pubCtx, c.p, m, wait)
 	}
 	if err == nil {
 		// Ignore tells mochi not to deliver or retain it, as

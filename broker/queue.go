@@ -361,6 +361,10 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		}
 		d := min(q.credit, giveUp.Sub(now))
 		q.mu.Unlock()
+		if w.idle != nil {
+			w.idle() // the acks of the publishes before this one go out before it waits
+			w.idle = nil
+		}
 		t := time.NewTimer(max(d, time.Millisecond))
 		select {
 		case <-wt.done:
@@ -423,7 +427,15 @@ type pubWait struct {
 	deadline time.Time
 	limit    time.Time
 	stop     <-chan struct{} // closed: the publisher gave up (its context ended); nil: never
+	idle     func()          // called once before the publisher first waits, without locks: its connection writes the acks it held (heldAcks); nil: none
 }
+
+// heldAcksKey is the context key of a publisher's func that writes the
+// acks its MQTT connection held (mochi Client.FlushHeld): hooks.go
+// OnPublish sets it, publisherWait puts it in pubWait.idle, so an ack
+// mochi held while this publish waited in its read buffer does not wait
+// with it for room in a subscriber's queue (up to 5 × publish_wait).
+type heldAcksKey struct{}
 
 // stopped reports whether w's publisher gave up.
 func (w pubWait) stopped() bool {
@@ -445,6 +457,7 @@ const waitLimit = 5
 func (b *Broker) publisherWait(ctx context.Context) pubWait {
 	now := time.Now()
 	w := pubWait{deadline: now.Add(b.opts.PublishWait), limit: now.Add(waitLimit * b.opts.PublishWait), stop: ctx.Done()}
+	w.idle, _ = ctx.Value(heldAcksKey{}).(func())
 	if d, ok := ctx.Deadline(); ok {
 		if d.Before(w.deadline) {
 			w.deadline = d

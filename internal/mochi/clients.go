@@ -157,6 +157,7 @@ type ClientState struct {
 	outboundQty     int32                // number of messages currently in the outbound queue
 	writeOnDemand   bool                 // mote: WriteLoop starts on the first queued packet (set before the client is shared)
 	writing         atomic.Bool          // mote: a WriteLoop was started for the client
+	acksHeld        bool                 // mote: writeAck held an ack in outbuf (read goroutine only)
 	subMu           sync.Mutex           // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
@@ -393,11 +394,17 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 		// less than a quarter of it is in use (a reader parked inside
 		// readOne kept the 16 KiB the CONNECT path had grown).
 		if cl.Net.bconn != nil {
+			if !cl.moreInput() {
+				if err := cl.FlushHeld(); err != nil { // mote: before waiting (writeAck)
+					return err
+				}
+			}
 			if _, err := cl.Net.bconn.Peek(1); err != nil {
 				return err
 			}
 		}
 		if err := cl.readOne(packetHandler); err != nil {
+			_ = cl.FlushHeld() // mote: the acks held for packets handled before it, before the connection closes
 			return err
 		}
 	}
@@ -588,6 +595,73 @@ func (cl *Client) disconnectMalformed(err error) {
 
 // WritePacket encodes and writes a packet to the client.
 func (cl *Client) WritePacket(pk packets.Packet) error {
+	return cl.writePacket(pk, false)
+}
+
+// mote: writeAck writes an acknowledgement of a packet the client sent
+// (PUBACK, PUBREC, PUBCOMP); only the read goroutine calls it. While
+// another whole packet already waits in the read buffer (moreInput), the
+// ack is held in outbuf, to go out with the next ones in one write: the
+// next write of any packet flushes it first, and Read flushes what is held
+// before it waits for input (FlushHeld). A client pipelining QoS 1
+// publishes got one write system call per PUBACK, a quarter of the
+// broker's CPU in a QoS 1 fan-in.
+func (cl *Client) writeAck(pk packets.Packet) error {
+	hold := cl.moreInput()
+	if hold {
+		cl.State.acksHeld = true
+	}
+	return cl.writePacket(pk, hold)
+}
+
+// mote: moreInput reports whether a whole PUBLISH or PUBREL waits in the
+// read buffer (its fixed header and all its remaining length): a packet
+// that is itself answered with an ack through writeAck. Any other packet
+// (a DISCONNECT, a SUBSCRIBE, a malformed one) may close the connection or
+// wait in a hook, so Read writes the held acks before it handles it.
+// Read goroutine only.
+func (cl *Client) moreInput() bool {
+	r := cl.Net.bconn
+	if r == nil {
+		return false
+	}
+	n := r.Buffered()
+	if n < 2 {
+		return false
+	}
+	b, _ := r.Peek(min(n, 5)) // buffered: never waits
+	if t := b[0] >> 4; t != packets.Publish && t != packets.Pubrel {
+		return false
+	}
+	length, mult := 0, 1
+	for i := 1; i < len(b); i++ {
+		length += int(b[i]&127) * mult
+		if b[i]&128 == 0 {
+			return n >= i+1+length
+		}
+		mult *= 128
+	}
+	return false
+}
+
+// mote: FlushHeld writes the acks writeAck held, if no write has since.
+// Only the goroutine that reads cl may call it: Read, and the hooks it
+// calls (a publisher about to wait for room in a full queue writes the
+// acks of the publishes before it first: broker pubWait).
+func (cl *Client) FlushHeld() error {
+	if !cl.State.acksHeld {
+		return nil
+	}
+	cl.State.acksHeld = false
+	cl.Lock()
+	defer cl.Unlock()
+	if len(cl.State.outbound) > 0 {
+		return nil // the WriteLoop flushes outbuf with what it writes next
+	}
+	return cl.flushOutbuf()
+}
+
+func (cl *Client) writePacket(pk packets.Packet, hold bool) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -666,6 +740,18 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
+		if hold && len(cl.State.outbound) == 0 {
+			// mote: writeAck's held ack: kept with any held before it,
+			// written once outbuf is full or by the next write or FlushHeld
+			if cl.Net.outbuf == nil {
+				cl.Net.outbuf = new(bytes.Buffer)
+			}
+			n, _ := cl.Net.outbuf.Write(buf.Bytes())
+			if cl.Net.outbuf.Len() < cl.ops.options.ClientNetWriteBufferSize {
+				return int64(n), nil
+			}
+			return int64(n), cl.flushOutbuf()
+		}
 		if len(cl.State.outbound) == 0 {
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)

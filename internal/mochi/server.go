@@ -1076,7 +1076,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	} else if errors.Is(err, packets.CodeSuccessIgnore) {
 		pk.Ignore = true
 	} else if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 && errors.As(err, new(packets.Code)) {
-		err = cl.WritePacket(s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code)))
+		err = cl.writeAck(s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code))) // mote: writeAck
 		if err != nil {
 			return err
 		}
@@ -1107,7 +1107,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 	}
 
-	err = cl.WritePacket(ack)
+	err = cl.writeAck(ack) // mote: held while the next packet waits (writeAck)
 	if err != nil {
 		return err
 	}
@@ -1368,7 +1368,7 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
 	cl.State.Inflight.Set(ack)
 
-	err := cl.WritePacket(ack)
+	err := cl.writeAck(ack) // mote: writeAck
 	if err != nil {
 		return err
 	}
@@ -1615,6 +1615,12 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 	var err error
 	if cl.Properties.ProtocolVersion >= 5 {
 		err = cl.WritePacket(out)
+	} else {
+		// mote: the acks writeAck held go out before the close, as
+		// WritePacket writes them first for MQTT 5
+		cl.Lock()
+		_ = cl.flushOutbuf()
+		cl.Unlock()
 	}
 	if !s.Options.Capabilities.Compatibilities.PassiveClientDisconnect {
 		cl.Stop(code)
