@@ -236,6 +236,11 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 	if meta.done == nil {
 		return nil
 	}
+	if len(meta.done) == 0 { // the answer waits for the loop, the disk or the cluster's log
+		if flush, ok := ctx.Value(heldAcksKey{}).(func()); ok {
+			flush() // the acks mochi held for this client's earlier publishes do not wait with it
+		}
+	}
 	if b.cl != nil { // a write through the cluster's log: never an endless wait
 		var cancel context.CancelFunc
 		ctx, cancel = b.cl.answerWait(ctx)
