@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
@@ -353,14 +354,31 @@ func (c *conn) treePacket(m *treeItem) packets.Packet {
 	return pk
 }
 
-// payloadRoom is the largest tree payload that fits one packet to this
-// client on topic, leaving room for the header and Mote's properties.
-func (c *conn) payloadRoom(topic string) int {
+// payloadRoom is the largest payload of snapshot m (or of each of its
+// parts) that fits one packet to this client: the packet less its fixed
+// header (at most 5 bytes), topic, packet id and, on MQTT 5, the
+// properties treePacket gives it, counted as they are encoded. A part's
+// mote-part ("i/n") is counted at its longest: n is at most the payload's
+// length. SPEC §2: only a snapshot larger than the client's Maximum
+// Packet Size is split; a flat 200 bytes kept for the properties refused
+// every snapshot to a client whose limit is small.
+func (c *conn) payloadRoom(m *treeItem) int {
 	max := c.b.opts.MaxPacketSize
 	if cm := c.out.maxPacket(); cm > 0 && cm < max {
 		max = cm
 	}
-	return int(max) - 5 - 2 - len(topic) - 2 - 200
+	room := int(max) - 5 - 2 - len(m.topic) - 2
+	if !c.v5 {
+		return room
+	}
+	user := func(k, v string) int { return 1 + 2 + len(k) + 2 + len(v) }
+	props := 1 + 2 + len(m.codec.ContentType()) +
+		user("mote-seq", strconv.FormatUint(m.seq, 10)) +
+		user("mote-rev", strconv.FormatUint(m.rev, 10)) +
+		user("mote-resume", "1") +
+		user("mote-part", strings.Repeat("9", 2*len(strconv.Itoa(len(m.payload)))+1)) +
+		1 + 4 // subscription identifier: a variable byte integer of up to 4 bytes
+	return room - 4 - props // properties length: a variable byte integer of up to 4 bytes
 }
 
 // snapshotMessages cuts an encoded snapshot into the messages that carry
@@ -368,7 +386,7 @@ func (c *conn) payloadRoom(topic string) int {
 // partial tree (mote-part i/n). A snapshot that does not fit an MQTT 3.1.1
 // client is reported instead.
 func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
-	room := c.payloadRoom(m.topic)
+	room := c.payloadRoom(&m)
 	if len(m.payload) <= room {
 		return []*treeItem{&m}, nil
 	}
