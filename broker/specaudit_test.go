@@ -175,3 +175,66 @@ func TestSpecSnapshotFitsMaxPacket(t *testing.T) {
 		})
 	}
 }
+
+// TestSpecRetainHandling: SPEC §1 "plain subscribers get retained rows on
+// SUBSCRIBE exactly as MQTT says, whichever way the row was written" —
+// MQTT 5 Retain Handling [MQTT-3.3.1-9..11]: 0 sends the retained rows at
+// every SUBSCRIBE, 1 only when the subscription is new, 2 never; here
+// for a row written by a plain publish and one written by a tree publish.
+func TestSpecRetainHandling(t *testing.T) {
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "rh/plain", "1")
+	w.pub(t, "$tree/rh", `{"tree":"x"}`)
+	settle(t, b)
+	cases := []struct {
+		handling byte
+		first    int // retained rows after the first SUBSCRIBE
+		again    int // after the same SUBSCRIBE again
+	}{
+		{0, 2, 2},
+		{1, 2, 0},
+		{2, 0, 0},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprint("handling=", tc.handling), func(t *testing.T) {
+			c := dialTree5(t, b, "rh")
+			sub := func() {
+				t.Helper()
+				s := &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "rh/+", QoS: 1, RetainHandling: tc.handling}}}
+				if _, err := c.Subscribe(testCtx(t), s); err != nil {
+					t.Fatal(err)
+				}
+				// A marker published after the SUBACK arrives after the
+				// retained rows the SUBSCRIBE sent, if any.
+				c.pub(t, "$tree/rh", `{"mark":null}`)
+			}
+			count := func() int {
+				t.Helper()
+				n := 0
+				for {
+					p := c.next(t)
+					if p.Topic == "rh/mark" {
+						return n
+					}
+					if !p.Retain {
+						t.Fatalf("%s %s not retained", p.Topic, p.Payload)
+					}
+					want := map[string]string{"rh/plain": "1", "rh/tree": "x"}[p.Topic]
+					if string(p.Payload) != want {
+						t.Fatalf("%s %q, want %q", p.Topic, p.Payload, want)
+					}
+					n++
+				}
+			}
+			sub()
+			if n := count(); n != tc.first {
+				t.Fatalf("first SUBSCRIBE: %d retained rows, want %d", n, tc.first)
+			}
+			sub()
+			if n := count(); n != tc.again {
+				t.Fatalf("SUBSCRIBE again: %d retained rows, want %d", n, tc.again)
+			}
+		})
+	}
+}
