@@ -357,12 +357,13 @@ func (c *conn) treePacket(m *treeItem) packets.Packet {
 // payloadRoom is the largest payload of snapshot m (or of each of its
 // parts) that fits one packet to this client: the packet less its fixed
 // header (at most 5 bytes), topic, packet id and, on MQTT 5, the
-// properties treePacket gives it, counted as they are encoded. A part's
-// mote-part ("i/n") is counted at its longest: n is at most the payload's
-// length. SPEC §2: only a snapshot larger than the client's Maximum
+// properties treePacket gives it, counted as they are encoded: mote-seq
+// and mote-rev at their longest, as is a part's mote-part ("i/n": n is at
+// most the payload's length). SPEC §2: only a snapshot larger than the client's Maximum
 // Packet Size is split; a flat 200 bytes kept for the properties refused
 // every snapshot to a client whose limit is small.
 func (c *conn) payloadRoom(m *treeItem) int {
+	const maxUint64 = "18446744073709551615"
 	max := c.b.opts.MaxPacketSize
 	if cm := c.out.maxPacket(); cm > 0 && cm < max {
 		max = cm
@@ -373,8 +374,8 @@ func (c *conn) payloadRoom(m *treeItem) int {
 	}
 	user := func(k, v string) int { return 1 + 2 + len(k) + 2 + len(v) }
 	props := 1 + 2 + len(m.codec.ContentType()) +
-		user("mote-seq", strconv.FormatUint(m.seq, 10)) +
-		user("mote-rev", strconv.FormatUint(m.rev, 10)) +
+		user("mote-seq", maxUint64) + // at their longest: whatever is set later
+		user("mote-rev", maxUint64) +
 		user("mote-resume", "1") +
 		user("mote-part", strings.Repeat("9", 2*len(strconv.Itoa(len(m.payload)))+1)) +
 		1 + 4 // subscription identifier: a variable byte integer of up to 4 bytes
