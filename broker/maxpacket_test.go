@@ -1,0 +1,146 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"testing"
+	"time"
+
+	paho5 "github.com/eclipse/paho.golang/paho"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// rawConnect5 connects an MQTT 5 client by hand: a session that lasts
+// (Session Expiry 300 s) and the Maximum Packet Size given. It returns
+// the connection, its reader and the CONNACK's Session Present flag.
+func rawConnect5(t *testing.T, b *Broker, id string, clean bool, maxPacket uint32) (net.Conn, *bufio.Reader, bool) {
+	t.Helper()
+	nc, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: clean, Keepalive: 30, ClientIdentifier: id},
+		Properties:      packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true, MaximumPacketSize: maxPacket},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(nc)
+	h, body, err := readPacketBody(r)
+	if err != nil || h != 0x20 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("CONNACK: %#x %x %v", h, body, err)
+	}
+	return nc, r, body[0]&1 == 1
+}
+
+// untilPong sends a PINGREQ and reads up to its PINGRESP, acknowledging
+// QoS 1 publishes, and returns the topics of the PUBLISH packets before
+// it and the size of the largest packet; an error is the connection
+// ending first.
+func untilPong(t *testing.T, nc net.Conn, r *bufio.Reader) (topics []string, largest int, err error) {
+	t.Helper()
+	if _, err := nc.Write([]byte{0xc0, 0}); err != nil {
+		return nil, 0, err
+	}
+	for {
+		h, body, err := readPacketBody(r)
+		if err != nil {
+			return topics, largest, err
+		}
+		largest = max(largest, 1+len(varint(len(body)))+len(body))
+		switch h >> 4 {
+		case packets.Pingresp:
+			return topics, largest, nil
+		case packets.Publish:
+			n := int(body[0])<<8 | int(body[1])
+			topics = append(topics, string(body[2:2+n]))
+			if h&0x06 != 0 { // QoS 1: acknowledged
+				if _, err := nc.Write([]byte{0x40, 2, body[2+n], body[3+n]}); err != nil {
+					return topics, largest, err
+				}
+			}
+		}
+	}
+}
+
+// TestHeldTooLargeForSession: a QoS 1 message held for a session that is
+// away, larger than its client's Maximum Packet Size, is discarded when
+// the client comes back, as MQTT 5 says ("Where a Packet is too large to
+// send, the Server MUST discard it without sending it and then behave as
+// if it had completed sending that Application Message", [MQTT-3.1.2-25]),
+// and the others are delivered. mochi's resend of the session's in-flight
+// messages failed on it instead and ended the connection, at every
+// reconnect while the session lasted: the client could never come back.
+// Nor does the resend strip a message's user properties to make it fit
+// (mochi drops them from any packet they would take past the limit; for a
+// PUBLISH they are the application message's).
+func TestHeldTooLargeForSession(t *testing.T) {
+	b := start(t, Options{})
+	const limit = 200
+	nc, r, _ := rawConnect5(t, b, "away", true, limit)
+	sub := []byte{0, 1, 0, 0, 3, 'h', '/', '#', 1} // packet id 1, no properties, h/# at QoS 1
+	if _, err := nc.Write(append(append([]byte{0x82}, varint(len(sub))...), sub...)); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
+		t.Fatalf("SUBACK: %#x %v", h, err)
+	}
+	nc.Close()
+	waitConnGone(t, b, "away")
+
+	pub := dial5(t, b, "pub", paho5.ClientConfig{}, nil)
+	ctx := testCtx(t)
+	for _, p := range []*paho5.Publish{
+		{Topic: "h/big", QoS: 1, Payload: bytes.Repeat([]byte("x"), 500)},
+		{Topic: "h/small", QoS: 1, Payload: []byte("1")},
+		{Topic: "h/props", QoS: 1, Payload: []byte("2"), Properties: &paho5.PublishProperties{User: paho5.UserProperties{{Key: "k", Value: string(bytes.Repeat([]byte("v"), 300))}}}},
+		{Topic: "h/last", QoS: 1, Payload: []byte("3")},
+	} {
+		if _, err := pub.Publish(ctx, p); err != nil { // held for "away" before the PUBACK
+			t.Fatal(err)
+		}
+	}
+
+	for round := range 2 { // the second: nothing is left to resend
+		nc, r, present := rawConnect5(t, b, "away", false, limit)
+		if !present {
+			t.Fatalf("round %d: no session present", round)
+		}
+		topics, largest, err := untilPong(t, nc, r)
+		if err != nil {
+			t.Fatalf("round %d: the connection ended (%v) after %q", round, err, topics)
+		}
+		want := []string{"h/small", "h/last"}
+		if round == 1 {
+			want = nil
+		}
+		if !slicesEqual(topics, want) || largest > limit {
+			t.Errorf("round %d: got %q (largest packet %d bytes), want %q", round, topics, largest, want)
+		}
+		nc.Close()
+		waitConnGone(t, b, "away")
+	}
+}
+
+func slicesEqual(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
