@@ -144,3 +144,43 @@ func slicesEqual(a, b []string) bool {
 	}
 	return true
 }
+
+// TestPlainTooLargeWithProperties: a plain message whose user properties
+// take it past the client's Maximum Packet Size is discarded, not sent
+// stripped of them [MQTT-3.1.2-25] — a retained replay and a live
+// publish; the next message arrives (the client was not disconnected).
+func TestPlainTooLargeWithProperties(t *testing.T) {
+	b := start(t, Options{})
+	ctx := testCtx(t)
+	pub := dial5(t, b, "pub", paho5.ClientConfig{}, nil)
+	big := &paho5.PublishProperties{User: paho5.UserProperties{{Key: "k", Value: string(bytes.Repeat([]byte("v"), 300))}}}
+	if _, err := pub.Publish(ctx, &paho5.Publish{Topic: "pp/kept", QoS: 1, Retain: true, Payload: []byte("1"), Properties: big}); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, b)
+	got := make(chan *paho5.Publish, 10)
+	size := uint32(200)
+	sub := dial5(t, b, "small", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
+	}}, &paho5.Connect{CleanStart: true, Properties: &paho5.ConnectProperties{MaximumPacketSize: &size}})
+	if _, err := sub.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "pp/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*paho5.Publish{
+		{Topic: "pp/live", QoS: 1, Payload: []byte("2"), Properties: big},
+		{Topic: "pp/live", QoS: 0, Payload: []byte("3"), Properties: big},
+		{Topic: "pp/marker", QoS: 1, Payload: []byte("4")},
+	} {
+		if _, err := pub.Publish(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case p := <-got:
+		if p.Topic != "pp/marker" {
+			t.Errorf("got %s=%s with %d user properties, want only pp/marker", p.Topic, p.Payload, len(p.Properties.User))
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("pp/marker never came")
+	}
+}
