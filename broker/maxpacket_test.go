@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -182,5 +184,65 @@ func TestPlainTooLargeWithProperties(t *testing.T) {
 		}
 	case <-time.After(testTimeout):
 		t.Fatal("pp/marker never came")
+	}
+}
+
+// TestDeltaTooLarge: a delta larger than the client's Maximum Packet Size
+// (deltas are not split, SPEC §2) is skipped, never sent over the limit:
+// the client gets a report (§5) and the next delta's mote-seq shows the
+// gap, and stays connected.
+func TestDeltaTooLarge(t *testing.T) {
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "dz/a", "1")
+	settle(t, b)
+	const limit = 600
+	got := make(chan *paho5.Publish, 100)
+	size := uint32(limit)
+	c := dial5(t, b, "small", paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) { got <- p.Packet; return true, nil },
+	}}, &paho5.Connect{ClientID: "small", CleanStart: true, Properties: &paho5.ConnectProperties{MaximumPacketSize: &size}})
+	ctx := testCtx(t)
+	if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: ErrorTopic + "small", QoS: 1}, {Topic: "$sync/dz/+", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	next := func() *paho5.Publish {
+		t.Helper()
+		select {
+		case p := <-got:
+			var buf bytes.Buffer
+			p.PacketID = 1
+			if _, err := p.Packet().WriteTo(&buf); err != nil {
+				t.Fatal(err)
+			}
+			if buf.Len() > limit {
+				t.Fatalf("a %d-byte packet, over the client's %d", buf.Len(), limit)
+			}
+			return p
+		case <-time.After(testTimeout):
+			t.Fatal("nothing received")
+		}
+		return nil
+	}
+	if p := next(); p.Properties.User.Get("mote-seq") != "0" {
+		t.Fatalf("first %s seq %q, want the snapshot", p.Topic, p.Properties.User.Get("mote-seq"))
+	}
+	w.pub(t, "dz/b", strconv.Quote(strings.Repeat("v", 2*limit))) // its delta cannot fit
+	w.pub(t, "dz/c", "3")
+	var report, delta *paho5.Publish
+	for report == nil || delta == nil {
+		p := next()
+		switch p.Topic {
+		case ErrorTopic + "small":
+			report = p
+		case "$sync/dz/+":
+			delta = p
+		}
+	}
+	if !strings.Contains(string(report.Payload), "Maximum Packet Size") {
+		t.Errorf("report %s", report.Payload)
+	}
+	if seq := delta.Properties.User.Get("mote-seq"); seq != "2" || !jsonEqual(t, string(delta.Payload), `{"c":3}`) {
+		t.Errorf("delta %s seq %s, want {\"c\":3} seq 2 (1 skipped)", delta.Payload, seq)
 	}
 }
