@@ -72,10 +72,12 @@ var chainCases = []chainCase{
 	// A $set translates the rows it changed, once.
 	{"$set/a/+", "S", true, []string{"a/k=S", "a/j=S", "b/k=S", "b/j=S"}},
 	{"$set/q/+", "T", true, []string{"q/k=T", "p/k=T"}}, // q/e was an event: no row
+	// A .replace translates the rows it set and those it deleted.
+	{"$tree.replace/a/+", `{"k":1}`, true, []string{"a/k=1", "a/j=", "b/k=1", "b/j="}},
 }
 
 // chainRows is what the rows are once every chain case ran.
-const chainRows = `{"a":{"k":"S","j":"S"},"b":{"k":"S","j":"S"},"c":{"k":2},"p":{"k":"T"},"q":{"k":"T"},` +
+const chainRows = `{"a":{"k":1},"b":{"k":1},"c":{"k":2},"p":{"k":"T"},"q":{"k":"T"},` +
 	`"x":{"k":12,"y":{"k":13,"y":{"k":13}}},"t":{"k":"ON"},"u":{"k":true},"v":{"k":"ON"},"n":{"k":"ON"},"m":{"/":"x"}}`
 
 // runChains publishes every chain case from pub and checks what sub, a
@@ -124,7 +126,7 @@ func runChains(t *testing.T, pub, sub *v3, cluster bool) {
 // TestTranslateChains: SPEC §11, "a publish made by a translator is never
 // translated again, so no two rules can loop": a broker with chains,
 // cycles and self-overlapping rules starts, and each publish — plain or
-// tree, retained or not, a deletion, a $set — reaches exactly its own
+// tree, retained or not, a deletion, a $set or .replace — reaches exactly its own
 // topics and their translations, one step and no more.
 func TestTranslateChains(t *testing.T) {
 	b := start(t, Options{Translators: chainRules(t)})
