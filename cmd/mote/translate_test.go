@@ -165,8 +165,8 @@ func TestSIGHUPTranslators(t *testing.T) {
 	if out := round("ON"); fmt.Sprint(out) != "[home/lamp/on=true]" {
 		t.Errorf("after the reload: %v", out)
 	}
-	hup(zigbeeYAML + "  - {from: \"x/+\", to: \"zigbee2mqtt/+/state\"}\n")
-	if line := logs.waitLog(t, "reload failed", 1); !strings.Contains(line, `translate[1] (line 6, from \"x/+\"`) {
+	hup(zigbeeYAML + "  - {from: \"zigbee2mqtt/x/+\", to: \"y/+\"}\n") // ambiguous: both match zigbee2mqtt/x/state
+	if line := logs.waitLog(t, "reload failed", 1); !strings.Contains(line, `translate[1] (line 6, from \"zigbee2mqtt/x/+\"`) || !strings.Contains(line, "ambiguous") {
 		t.Errorf("refused reload's log %s", line)
 	}
 	if out := round("OFF"); fmt.Sprint(out) != "[home/lamp/on=false]" {
