@@ -70,6 +70,7 @@ func (b *Broker) translation(p Principal, m *Message, r *prepared) *tree.Op {
 		var bad refusedRows
 		out = b.translateRow(set, nil, row, &bad)
 		bad.report(b, p)
+		out = ownRowsWin(out, []tree.Row{row})
 	}
 	if len(out) == 0 {
 		return nil
@@ -134,10 +135,21 @@ func (b *Broker) translateRow(set *translate.Set, out []tree.Row, row tree.Row, 
 // ownRowsWin leaves out of out the translated rows whose topic the
 // publish itself writes: a tree that names both sides of a two_way rule
 // keeps the values it gives them (each side's translation would
-// otherwise overwrite the other's, swapping them).
+// otherwise overwrite the other's, swapping them), and a rule that maps
+// a topic to itself ("a/+" → "a/+", or "+/x" → "x/+" for x/x) leaves the
+// publish as it is.
 func ownRowsWin(out, own []tree.Row) []tree.Row {
-	if len(out) == 0 || len(own) < 2 {
+	if len(out) == 0 || len(own) == 0 {
 		return out
+	}
+	if len(own) == 1 { // a plain publish, a tree of one row: no map
+		kept := out[:0]
+		for _, r := range out {
+			if r.Topic != own[0].Topic {
+				kept = append(kept, r)
+			}
+		}
+		return kept
 	}
 	written := make(map[string]struct{}, len(own))
 	for _, r := range own {
@@ -198,6 +210,7 @@ func (b *Broker) translateApplied(m *pubMeta, rows []tree.Row, qos byte) (tree.O
 		}
 	}
 	bad.report(b, m.p)
+	out = ownRowsWin(out, rows)
 	if len(out) == 0 {
 		return tree.Op{}, nil, false
 	}

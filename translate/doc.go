@@ -21,14 +21,17 @@
 //     the same typed value; with TwoWay, two keys mapped to the same value
 //     (the inverted map would be ambiguous);
 //   - overlap: two directions (a rule's From→To, and To→From with TwoWay)
-//     whose sources could match the same topic (ambiguous), and a
-//     direction whose target could match a source of another direction or
-//     its own (a chain that could loop). Two one-way rules may share a
-//     target.
+//     whose sources could match the same topic: which rule applies would
+//     be ambiguous. This includes a two-way rule whose From and To could
+//     match the same topic (which way would it go?).
 //
-// A translated publish is never translated again (the broker marks it),
-// so even without these checks no publish could loop; they refuse rule
-// sets whose meaning would depend on that.
+// A target may match a source, another rule's or its own: chains ("a/+"
+// → "b/+" and "b/+" → "c/+"), cycles ("a/+" → "b/+" and "b/+" → "a/+")
+// and self-overlapping rules ("x/#" → "x/y/#") are accepted. A translated
+// publish is never translated again (SPEC §11; the broker hands it to its
+// loop past the door that translates), so each publish is translated at
+// most once and nothing loops: a publish to a/x reaches b/x, not c/x. Two
+// one-way rules may share a target.
 //
 // # Values
 //

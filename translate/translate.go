@@ -115,8 +115,10 @@ func New(rules []Rule) (*Set, error) {
 		errs = append(errs, fmt.Errorf("%w: %s and %s: %s", ErrRule, rules[k[0]].name(k[0]), rules[k[1]].name(k[1]), fmt.Sprintf(format, args...)))
 	}
 	// Each direction asks an index of all sources which could match a
-	// topic its source (ambiguous) or its target (a loop) matches: no
-	// comparison of every pair.
+	// topic its source matches (ambiguous): no comparison of every pair.
+	// A target may match any source, its own too: a translated publish is
+	// never translated again (SPEC §11), so chains and cycles stop after
+	// one step.
 	var idx vnode
 	for i, d := range s.dirs {
 		idx.insert(d.src, i)
@@ -135,23 +137,6 @@ func New(rules []Rule) (*Set, error) {
 				pair(a, b, "two_way, and from and to could match the same topic (%s): which way would it go?", w)
 			} else {
 				pair(a, b, "ambiguous: %q and %q could match the same topic (%s)", join(a.src), join(b.src), w)
-			}
-		}
-	}
-	for _, a := range s.dirs {
-		hits = idx.collect(a.dst, true, hits[:0])
-		slices.Sort(hits)
-		for _, j := range hits {
-			b := s.dirs[j]
-			if a.rule == b.rule && (a != b || rules[a.rule].TwoWay) {
-				continue // a rule and its own inverse; a two-way rule's from/to overlap is reported above
-			}
-			w, _ := Overlap(a.dst, b.src)
-			if a == b {
-				pair(a, b, "could loop: to %q could match from %q (%s)", join(a.dst), join(b.src), w)
-			} else {
-				pair(a, b, "could loop: %q (translated to by %s) could match %q (translated from by %s) (%s)",
-					join(a.dst), rules[a.rule].name(a.rule), join(b.src), rules[b.rule].name(b.rule), w)
 			}
 		}
 	}

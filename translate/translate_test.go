@@ -41,14 +41,12 @@ func TestNewRefuses(t *testing.T) {
 		{"array key", []Rule{{From: "a/+", To: "b/+", Values: []Pair{{js(`[1]`), js("1")}}}}, []string{"translate[0]", "string, number or boolean"}},
 		{"duplicate key", []Rule{{From: "a/+", To: "b/+", Values: []Pair{{js("1"), str("one")}, {js("1.0"), str("uno")}}}}, []string{"translate[0]", "twice"}},
 		{"two_way not invertible", []Rule{{From: "a/+", To: "b/+", TwoWay: true, Values: []Pair{{str("ON"), js("true")}, {str("on"), js("true")}}}}, []string{"translate[0]", "way back"}},
-		{"self loop", []Rule{rule("a/#", "a/b/#")}, []string{"translate[0]", "could loop"}},
-		{"same from and to", []Rule{rule("a/+", "a/+")}, []string{"translate[0]", "could loop"}},
 		{"two_way overlapping", []Rule{{From: "a/+", To: "+/b", TwoWay: true}}, []string{"translate[0]", "which way", "a/b"}},
-		{"chain", []Rule{rule("a/+", "b/+"), rule("b/+", "c/+")}, []string{`translate[0] (from "a/+" to "b/+") and translate[1] (from "b/+" to "c/+")`, "could loop"}},
-		{"cycle via two rules", []Rule{rule("a/+", "b/+"), rule("b/+", "a/+")}, []string{"translate[0]", "translate[1]", "could loop"}},
 		{"ambiguous", []Rule{rule("a/+/s", "b/+/s"), rule("a/x/+", "c/x/+")}, []string{"translate[0]", "translate[1]", "ambiguous", "a/x/s"}},
 		{"ambiguous #", []Rule{rule("a/#", "b/#"), rule("a/c", "d/c")}, []string{"translate[0]", "translate[1]", "ambiguous"}},
-		{"two_way target of another", []Rule{z2m(true), rule("x/+", "home/+/on")}, []string{"translate[0]", "translate[1]", "could loop"}},
+		{"two_way sides ambiguous with another", []Rule{{From: "a/+", To: "b/+", TwoWay: true}, rule("b/x", "c/x")}, []string{"translate[0]", "translate[1]", "ambiguous", "b/x"}},
+		{"two_way chain: a/+ is a source of both", []Rule{{From: "a/+", To: "b/+", TwoWay: true}, {From: "c/+", To: "a/+", TwoWay: true}}, []string{"translate[0]", "translate[1]", "ambiguous"}},
+		{"cycle, two_way twice", []Rule{{From: "a/+", To: "b/+", TwoWay: true}, {From: "b/+", To: "a/+", TwoWay: true}}, []string{"translate[0]", "translate[1]", "ambiguous"}},
 		{"every problem listed", []Rule{rule("a/+", "b/+"), rule("a/+", "c/+"), rule("d/+/+", "e/+")},
 			[]string{"translate[0]", "translate[1]", "translate[2]"}},
 		{"line", []Rule{{From: "a/+", To: "b/#", Line: 7}}, []string{"translate[0] (line 7, from"}},
@@ -81,6 +79,13 @@ func TestNewAccepts(t *testing.T) {
 		{"disjoint", []Rule{rule("a/+/s", "b/+/s"), rule("a/+/t", "b/+/t")}},
 		{"hash", []Rule{{From: "z/#", To: "h/#", TwoWay: true}}},
 		{"$ topics apart", []Rule{rule("+/a", "b/+/c"), rule("$x/a", "d/e/f")}},
+		// SPEC §11: a translated publish is never translated again, so
+		// targets may match sources (chains, cycles, a rule's own).
+		{"chain", []Rule{rule("a/+", "b/+"), rule("b/+", "c/+")}},
+		{"cycle", []Rule{rule("a/+", "b/+"), rule("b/+", "a/+")}},
+		{"self-overlapping", []Rule{rule("x/#", "x/y/#")}},
+		{"same from and to", []Rule{rule("a/+", "a/+")}},
+		{"into another's two_way side", []Rule{z2m(true), rule("x/+", "home/+/on")}},
 		{"numbers and bools", []Rule{{From: "a/+", To: "b/+", TwoWay: true, Values: []Pair{{js("1"), js("true")}, {js("0"), js("false")}, {str("1"), str("one")}}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -281,5 +286,40 @@ func TestFillsFirst(t *testing.T) {
 	}
 	if (*Set)(nil).FillsFirst("a") {
 		t.Error("nil set fills")
+	}
+}
+
+// TestTranslateChains: rule sets whose targets match sources (SPEC §11:
+// a translated publish is never translated again) translate one step:
+// Translate of a topic is the rule that matches it, never followed on.
+func TestTranslateChains(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rules []Rule
+		pairs [][2]string // topic → translated topic ("" for none)
+	}{
+		{"chain", []Rule{rule("a/+", "b/+"), rule("b/+", "c/+")},
+			[][2]string{{"a/x", "b/x"}, {"b/x", "c/x"}, {"c/x", ""}}},
+		{"cycle", []Rule{rule("a/+", "b/+"), rule("b/+", "a/+")},
+			[][2]string{{"a/x", "b/x"}, {"b/x", "a/x"}}},
+		{"self-overlapping", []Rule{rule("x/#", "x/y/#")},
+			[][2]string{{"x/a", "x/y/a"}, {"x/y/a", "x/y/y/a"}, {"x", "x/y"}, {"y", ""}}},
+		{"same from and to", []Rule{rule("a/+", "a/+")},
+			[][2]string{{"a/x", "a/x"}}},
+		{"into another's two_way side", []Rule{z2m(true), rule("x/+", "home/+/on")},
+			[][2]string{{"x/l", "home/l/on"}, {"home/l/on", "zigbee2mqtt/l/state"}, {"zigbee2mqtt/l/state", "home/l/on"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := New(tc.rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range tc.pairs {
+				to, _, ok := s.Translate(p[0], str("v"))
+				if ok != (p[1] != "") || to != p[1] {
+					t.Errorf("Translate(%q) = %q, %v; want %q", p[0], to, ok, p[1])
+				}
+			}
+		})
 	}
 }

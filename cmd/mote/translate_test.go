@@ -39,8 +39,12 @@ func TestTranslateCheck(t *testing.T) {
 		{name: "zigbee", yaml: zigbeeYAML, out: []string{"OK, 1 translator", "zigbee2mqtt/+/state → home/+/on (2 values)", "home/+/on → zigbee2mqtt/+/state (2 values) [two_way]"}},
 		{name: "none", yaml: "log_level: info\n", out: []string{"OK, 0 translators"}},
 		{name: "typed keys", yaml: "translate: [{from: a/+, to: b/+, values: {1: one, \"1\": uno, true: yes, 2.5: half, 99999999999999999999: big}}]\n", out: []string{"OK, 1 translator", "(5 values)"}},
-		{name: "loop", yaml: zigbeeYAML + "  - {from: \"x/+\", to: \"zigbee2mqtt/+/state\"}\n", err: errInvalid,
-			out: []string{`translate[0] (line 2, from "zigbee2mqtt/+/state" to "home/+/on")`, `translate[1] (line 6, from "x/+"`, "could loop"}},
+		// SPEC §11: a translated publish is never translated again, so a
+		// target may match a source (a chain, a cycle, a rule's own).
+		{name: "chain", yaml: zigbeeYAML + "  - {from: \"x/+\", to: \"zigbee2mqtt/+/state\"}\n",
+			out: []string{"OK, 2 translators", `translate[1] (line 6, from "x/+" to "zigbee2mqtt/+/state"): x/+ → zigbee2mqtt/+/state`}},
+		{name: "cycle and self", yaml: "translate:\n- {from: a/+, to: b/+}\n- {from: b/+, to: a/+}\n- {from: x/#, to: x/y/#}\n", out: []string{"OK, 3 translators"}},
+		{name: "two_way overlap", yaml: "translate:\n- {from: a/+, to: +/b, two_way: true}\n", err: errInvalid, out: []string{"translate[0] (line 2", "which way"}},
 		{name: "ambiguous", yaml: "translate:\n- {from: a/+/s, to: b/+/s}\n- {from: a/x/+, to: c/x/+}\n", err: errInvalid, out: []string{"line 2", "line 3", "ambiguous"}},
 		{name: "bad wildcard", yaml: "translate:\n- {from: a/b#, to: c/#}\n", err: errInvalid, out: []string{"translate[0] (line 2", "from:"}},
 		{name: "wildcards differ", yaml: "translate:\n- {from: a/+/+, to: c/+}\n", err: errInvalid, out: []string{"translate[0]", "wildcards"}},
@@ -161,8 +165,8 @@ func TestSIGHUPTranslators(t *testing.T) {
 	if out := round("ON"); fmt.Sprint(out) != "[home/lamp/on=true]" {
 		t.Errorf("after the reload: %v", out)
 	}
-	hup(zigbeeYAML + "  - {from: \"x/+\", to: \"zigbee2mqtt/+/state\"}\n")
-	if line := logs.waitLog(t, "reload failed", 1); !strings.Contains(line, `translate[1] (line 6, from \"x/+\"`) {
+	hup(zigbeeYAML + "  - {from: \"zigbee2mqtt/x/+\", to: \"y/+\"}\n") // ambiguous: both match zigbee2mqtt/x/state
+	if line := logs.waitLog(t, "reload failed", 1); !strings.Contains(line, `translate[1] (line 6, from \"zigbee2mqtt/x/+\"`) || !strings.Contains(line, "ambiguous") {
 		t.Errorf("refused reload's log %s", line)
 	}
 	if out := round("OFF"); fmt.Sprint(out) != "[home/lamp/on=false]" {

@@ -331,6 +331,19 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 
 		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)
 		err := cl.WritePacket(tk)
+		if errors.Is(err, packets.ErrPacketTooLarge) && tk.FixedHeader.Type == packets.Publish {
+			// mote: a message held for the session that exceeds the
+			// client's Maximum Packet Size is discarded, as if its
+			// delivery were complete [MQTT-3.1.2-25], and the others are
+			// resent. Upstream returned the error, and the server ended
+			// the connection: at every reconnect, while the session lasted.
+			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+				cl.State.Inflight.IncreaseSendQuota()
+				atomic.AddInt64(&cl.ops.info.Inflight, -1)
+				cl.ops.hooks.OnQosDropped(cl, tk)
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}

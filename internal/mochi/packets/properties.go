@@ -333,7 +333,9 @@ func (p *Properties) Encode(pkt byte, mods Mods, b *bytes.Buffer, n int) {
 		}
 		// [MQTT-3.2.2-20] [MQTT-3.14.2-4] [MQTT-3.4.2-3] [MQTT-3.5.2-3]
 		// [MQTT-3.6.2-3] [MQTT-3.9.2-2] [MQTT-3.11.2-2] [MQTT-3.15.2-3]
-		if mods.MaxSize == 0 || uint32(n+pb.Len()+1) < mods.MaxSize {
+		// mote: not a PUBLISH's: its user properties are the application
+		// message's, which is sent whole or discarded [MQTT-3.1.2-25].
+		if mods.MaxSize == 0 || uint32(n+pb.Len()+1) < mods.MaxSize || pkt == Publish {
 			buf.Write(pb.Bytes())
 		}
 	}
