@@ -655,8 +655,11 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 		return code
 	}
 
+	// mote: 0x02 Identifier rejected, then the connection closes
+	// [MQTT-3.1.3-8] (mochi said 0x80, a code 3.1.1 reserves). MQTT 5
+	// assigns an id whatever Clean Start says [MQTT-3.1.3-6].
 	if cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "" {
-		return packets.ErrUnspecifiedError
+		return packets.ErrClientIdentifierNotValid // [MQTT-3.1.3-8]
 	}
 
 	if cl.Properties.ProtocolVersion < s.Options.Capabilities.MinimumProtocolVersion {
