@@ -117,8 +117,15 @@ func (c *netConn) hasRest() bool {
 func (c *netConn) writeRest() (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)) //nolint:errcheck // a failing deadline fails the write too
-	return c.writeRestLocked()
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	c.armWrite()
+	n, err := c.writeRestLocked()
+	if err != nil {
+		c.failed(err)
+	}
+	return n, err
 }
 
 // writeRestLocked writes what a non-blocking write left (wmu held, the

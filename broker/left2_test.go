@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -86,4 +87,79 @@ func TestConnectEmptyClientID(t *testing.T) {
 		})
 	}
 	alive(t, b)
+}
+
+// TestTakeoverNotBehindStalledPeer: a CONNECT that takes over a client id
+// whose connection is stalled (its client stopped reading, the socket
+// buffers full, a write under way) gets its CONNACK without waiting for
+// that write's WriteTimeout (an hour here): the takeover's DISCONNECT is
+// written within a short bound, or not at all, and the old connection is
+// closed. It waited for the DISCONNECT's write, up to WriteTimeout, under
+// the client id's takeover lock.
+func TestTakeoverNotBehindStalledPeer(t *testing.T) {
+	b := start(t, Options{WriteTimeout: time.Hour, QueueBytes: 64 << 20})
+	old, err := net.DialTCP("tcp", nil, tcpAddr(t, b.TCPAddr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	old.SetReadBuffer(4096) //nolint:errcheck // smaller is faster to fill; any size fills
+	old.SetDeadline(time.Now().Add(testTimeout))
+	old.Write(connectPacket(5, "stall"))
+	r := bufio.NewReader(old)
+	if h, _, err := readPacketBody(r); err != nil || h != 0x20 {
+		t.Fatalf("no CONNACK: %#x %v", h, err)
+	}
+	old.Write(subscribePacket(5, []string{"stall/#"}))
+	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
+		t.Fatalf("no SUBACK: %#x %v", h, err)
+	}
+	waitFor(t, "the connection filed", func() bool { return b.connByID("stall") != nil })
+	oldCl := b.connByID("stall").out.(*mqttOut).cl
+	// 16 MiB that the client never reads: a write to it waits (up to
+	// WriteTimeout) holding the client's lock, and so would any write after.
+	pub := dial3(t, b, "pub", true)
+	pub.pub(t, "stall/big", 0, false, string(make([]byte, 16<<20)))
+	waitFor(t, "a write to the stalled client under way", func() bool {
+		if oldCl.TryLock() {
+			oldCl.Unlock()
+			return false
+		}
+		return true
+	})
+
+	nc, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	nc.Write(connectPacket(5, "stall"))
+	h, body, err := readPacketBody(bufio.NewReader(nc))
+	if err != nil || h != 0x20 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("the taking-over client: %#x % x %v, want CONNACK 0 (well before WriteTimeout)", h, body, err)
+	}
+	if !oldCl.Closed() {
+		t.Error("the CONNACK came before the taken-over client was stopped")
+	}
+	if cur, ok := b.server.Clients.Get("stall"); !ok || cur == oldCl {
+		t.Errorf("the id is filed to %p (ok %v), want the new client", cur, ok)
+	}
+	// The old connection is closed: reading it comes to an end.
+	if _, err := io.Copy(io.Discard, old); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("the taken-over connection is still open: %v", err)
+		}
+	}
+	alive(t, b)
+}
+
+func tcpAddr(t *testing.T, addr string) *net.TCPAddr {
+	t.Helper()
+	a, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -715,12 +715,33 @@ func (l *idLocks) unlock(id string, k *idLock) {
 	l.mu.Unlock()
 }
 
+// mote: takeoverWriteWait bounds the writes to a connection being taken
+// over: its DISCONNECT, and a write under way before it.
+const takeoverWriteWait = 500 * time.Millisecond
+
+// mote: disconnectTakenOver writes DISCONNECT 0x8E Session taken over to
+// cl (MQTT 5) and closes its connection, for a CONNECT taking cl's client
+// id over, under the id's takeover lock (idLocks). A client that stopped
+// reading holds it takeoverWriteWait at most: the connection's writes are
+// bounded by then (SetWriteDeadline), the one under way too, which holds
+// cl's lock that the DISCONNECT waits for. Upstream waited for the write,
+// up to the connection's own write deadline (Mote's WriteTimeout, 10 s),
+// and with it the CONNECT taking over, and now any CONNECT of the id.
+// What the bound cuts short is not written at all (the broker's connection
+// writes nothing after a failed write), and the connection closes.
+func (s *Server) disconnectTakenOver(cl *Client) {
+	if cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(takeoverWriteWait))
+	}
+	_ = s.DisconnectClient(cl, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+}
+
 // inheritClientSession inherits the state of an existing client sharing the same
 // connection ID. If clean is true, the state of any previously existing client
 // session is abandoned.
 func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 	if existing, ok := s.Clients.Get(cl.ID); ok {
-		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+		s.disconnectTakenOver(existing) // [MQTT-3.1.4-3]
 		// mote: no SUBSCRIBE of existing files after this point.
 		existing.settleSubscriptions()
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
