@@ -490,7 +490,11 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 
 // connPanicked cleans up after a connection whose goroutine panicked: mochi
 // never ran its disconnect hooks for it, nor ended its session if it does
-// not outlive the connection (attachClient).
+// not outlive the connection (attachClient). The session is removed under
+// its client id's takeover lock, and only while its client is still the
+// id's (mochi's RemoveSession): removed by id, a CONNECT that had taken
+// the id over meanwhile lost its filing (connected, where no later CONNECT
+// of the id would find it) and its subscriptions.
 func (b *Broker) connPanicked(nc net.Conn) {
 	b.stats.Panics.Add(1)
 	b.conns.Range(func(k, _ any) bool {
@@ -499,10 +503,8 @@ func (b *Broker) connPanicked(nc net.Conn) {
 			p := &cl.Properties
 			expire := (p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0) || (p.ProtocolVersion < 5 && p.Clean)
 			b.dropConn(cl, !expire)
-			if expire && !cl.IsTakenOver() {
-				cl.ClearInflights()
-				b.server.UnsubscribeClient(cl)
-				b.server.Clients.Delete(cl.ID)
+			if expire {
+				b.server.RemoveSession(cl)
 			}
 			return false
 		}

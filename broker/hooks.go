@@ -129,11 +129,12 @@ func v3Connack(code packets.Code) packets.Code {
 }
 
 // dropSession ends another user's offline session on a client id that a
-// new client takes (TakeoverFresh): the new client starts clean.
+// new client takes (TakeoverFresh): the new client starts clean. Under
+// the id's takeover lock, and only while old is still the id's session
+// (mochi's RemoveSession): removed by id, a session that a CONNECT had
+// taken over meanwhile lost the new client's filing and subscriptions.
 func (b *Broker) dropSession(old *mqtt.Client) {
-	b.server.UnsubscribeClient(old)
-	old.ClearInflights()
-	b.server.Clients.Delete(old.ID)
+	b.server.RemoveSession(old)
 }
 
 // OnConnectAuthenticate lets through what OnConnect accepted.

@@ -4,11 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -162,4 +167,156 @@ func tcpAddr(t *testing.T, addr string) *net.TCPAddr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// unsubscribedGate holds the first OnUnsubscribed of client id once:
+// entered is closed when it holds, and it goes on once release is.
+type unsubscribedGate struct {
+	mqtt.HookBase
+	id      string
+	held    atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (*unsubscribedGate) ID() string { return "unsubscribed-gate" }
+func (*unsubscribedGate) Provides(b byte) bool {
+	return b == mqtt.OnUnsubscribed
+}
+func (g *unsubscribedGate) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
+	if cl.ID != g.id {
+		return
+	}
+	if g.held.CompareAndSwap(false, true) {
+		close(g.entered)
+		<-g.release
+	}
+}
+
+// blockedOnIDLock reports whether a goroutine waits for a client id's
+// takeover lock (mochi's idLocks).
+func blockedOnIDLock() bool {
+	buf := make([]byte, 4<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "[sync.Mutex.Lock") && strings.Contains(g, "(*idLocks).lock(") {
+			return true
+		}
+	}
+	return false
+}
+
+// connackOrWaiting waits until done has the CONNACK of a CONNECT taking
+// an id over, or until that CONNECT waits for the id's takeover lock.
+func connackOrWaiting(t *testing.T, done <-chan error) (got bool) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return true
+		default:
+		}
+		if blockedOnIDLock() {
+			return false
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second CONNECT neither got its CONNACK nor waited for the id")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// connectAsync connects a raw MQTT client with a CONNECT packet in a goroutine:
+// done has nil once its CONNACK (code 0) is read.
+func connectAsync(t *testing.T, b *Broker, connect []byte) (net.Conn, *bufio.Reader, <-chan error) {
+	t.Helper()
+	c, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(testTimeout))
+	r := bufio.NewReader(c)
+	done := make(chan error, 1)
+	go func() {
+		c.Write(connect)
+		h, body, err := readPacketBody(r)
+		if err == nil && (h != 0x20 || len(body) < 2 || body[1] != 0) {
+			err = fmt.Errorf("got %#x % x, want CONNACK 0", h, body)
+		}
+		done <- err
+	}()
+	return c, r, done
+}
+
+// waitConnack waits for connectAsync's CONNACK.
+func waitConnack(t *testing.T, done <-chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("no CONNACK")
+	}
+}
+
+// rawCount is how many connections the broker serves (tracked).
+func rawCount(b *Broker) int {
+	b.rawMu.Lock()
+	defer b.rawMu.Unlock()
+	return len(b.raw)
+}
+
+// TestPanicEndSparesTakeover: a clean session whose connection panicked
+// is removed (connPanicked) under its client id's takeover lock, and only
+// while its client is still the id's: a CONNECT that takes the id over
+// meanwhile keeps its filing and gets its messages. connPanicked checked
+// IsTakenOver, then deleted the id from mochi's Clients: a takeover in
+// between (held here: a hook holds the removal in OnUnsubscribed) lost its
+// filing, and stayed connected where no later CONNECT of its id would
+// find it.
+func TestPanicEndSparesTakeover(t *testing.T) {
+	b := start(t, Options{})
+	gate := &unsubscribedGate{id: "pan", entered: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	addPanicHook(t, b)
+	old, r, done := connectAsync(t, b, connectPacket(4, "pan"))
+	waitConnack(t, done)
+	old.Write([]byte{0x82, 0x0c, 0x00, 0x01, 0x00, 0x07, 'p', 'a', 'n', 'i', 'c', '/', '!', 0x00})
+	select {
+	case <-gate.entered: // connPanicked removes the session
+	case <-time.After(testTimeout):
+		t.Fatal("the panicked connection's session was not removed")
+	}
+	if _, err := readPacket(r); err == nil {
+		t.Error("the panicked connection is open")
+	}
+	next, nr, done := connectAsync(t, b, connectPacket(4, "pan"))
+	got := connackOrWaiting(t, done)
+	close(gate.release)
+	waitFor(t, "the panicked connection's end", func() bool { return rawCount(b) == 1 })
+	if !got {
+		waitConnack(t, done)
+	}
+	waitFor(t, "the new connection filed", func() bool { return b.connByID("pan") != nil })
+	cl := b.connByID("pan").out.(*mqttOut).cl
+	if cur, ok := b.server.Clients.Get("pan"); !ok || cur != cl {
+		t.Fatalf("mochi files %p for the id (ok %v), want the connected client %p", cur, ok, cl)
+	}
+	next.Write([]byte{0x82, 0x0a, 0x00, 0x01, 0x00, 0x05, 'p', 'a', 'n', '/', 'x', 0x00})
+	if h, err := readPacket(nr); err != nil || h != 0x90 {
+		t.Fatalf("no SUBACK: %#x %v", h, err)
+	}
+	pub := dial3(t, b, "pub", true)
+	pub.pub(t, "pan/x", 1, false, "hello")
+	if h, body, err := readPacketBody(nr); err != nil || h&0xf0 != 0x30 || !bytes.HasSuffix(body, []byte("hello")) {
+		t.Fatalf("got %#x % x %v, want the publish", h, body, err)
+	}
 }

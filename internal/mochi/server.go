@@ -504,11 +504,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	// before either filed itself both took it over, and the second filed
 	// replaced the first in s.Clients, which nobody disconnected: it
 	// stayed connected under an id no longer its own [MQTT-3.1.4-3].
-	id := cl.ID
-	k := s.takeovers.lock(id)
-	sessionPresent := s.inheritClientSession(pk, cl)
-	s.Clients.Add(cl) // [MQTT-4.1.0-1]
-	s.takeovers.unlock(id, k)
+	sessionPresent := s.takeOverAndFile(pk, cl)
 
 	// mote: from here on the client is filed in s.Clients and holds the
 	// session: a failure ends the session as the end of the read loop does
@@ -584,15 +580,45 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 		// Delete had its own client deleted from s.Clients (Delete is by
 		// id), connected but filed nowhere: no later CONNECT of the id
 		// would disconnect it.
-		id := cl.ID
-		k := s.takeovers.lock(id)
-		if !cl.IsTakenOver() {
-			cl.ClearInflights()
-			s.UnsubscribeClient(cl)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
-		}
-		s.takeovers.unlock(id, k)
+		s.RemoveSession(cl) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
+}
+
+// mote: takeOverAndFile takes cl's client id over from the client that
+// holds it (inheritClientSession) and files cl in s.Clients, under the
+// id's takeover lock: one CONNECT of an id at a time (change 14). The lock
+// is let go on a panic too (a hook's), or no CONNECT of the id would
+// ever get past it.
+func (s *Server) takeOverAndFile(pk packets.Packet, cl *Client) (sessionPresent bool) {
+	k := s.takeovers.lock(cl.ID)
+	defer s.takeovers.unlock(cl.ID, k)
+	sessionPresent = s.inheritClientSession(pk, cl)
+	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	return sessionPresent
+}
+
+// mote: RemoveSession ends cl's session: its in-flight messages dropped,
+// its subscriptions unfiled (UnsubscribeClient, OnUnsubscribed) and cl
+// deleted from s.Clients, under the client id's takeover lock and only
+// while cl is the client filed for its id and not taken over. It reports
+// whether it did. Every removal of a session by its id goes through the
+// lock and this check: s.Clients and the topic index are keyed by the id
+// alone, so a removal racing with a takeover (which files the new client
+// under the same id, with the same filters) deleted the new client's
+// filing or its subscriptions: it stayed connected where no later CONNECT
+// of its id would find it, or lost what it subscribed to. The session's
+// end (endSession) and Mote's own removals (a panicked connection's end,
+// another user's session dropped for a new one) call it.
+func (s *Server) RemoveSession(cl *Client) bool {
+	k := s.takeovers.lock(cl.ID)
+	defer s.takeovers.unlock(cl.ID, k)
+	if cur, ok := s.Clients.Get(cl.ID); !ok || cur != cl || cl.IsTakenOver() {
+		return false
+	}
+	cl.ClearInflights()
+	s.UnsubscribeClient(cl)
+	s.Clients.Delete(cl.ID)
+	return true
 }
 
 // readConnectionPacket reads the first incoming header for a connection, and if
@@ -1926,10 +1952,24 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			s.expireClient(id, client)
 		}
 	}
+}
+
+// mote: expireClient forgets an expired session, under its client id's
+// takeover lock and only while cl is still the client filed for the id:
+// upstream deleted the id from s.Clients (by id) after a CONNECT that had
+// taken the session over meanwhile filed itself, and that client stayed
+// connected where no later CONNECT of its id would find it (RemoveSession).
+func (s *Server) expireClient(id string, cl *Client) {
+	k := s.takeovers.lock(id)
+	defer s.takeovers.unlock(id, k)
+	if cur, ok := s.Clients.Get(id); !ok || cur != cl || cl.IsTakenOver() {
+		return
+	}
+	s.hooks.OnClientExpired(cl)
+	s.Clients.Delete(id) // [MQTT-4.1.0-2]
 }
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.
