@@ -320,3 +320,133 @@ func TestPanicEndSparesTakeover(t *testing.T) {
 		t.Fatalf("got %#x % x %v, want the publish", h, body, err)
 	}
 }
+
+// unsubscribeGate holds the first UNSUBSCRIBE of client id (in
+// OnUnsubscribe) until release is closed.
+type unsubscribeGate struct {
+	mqtt.HookBase
+	id      string
+	held    atomic.Bool
+	entered chan *mqtt.Client
+	release chan struct{}
+}
+
+func (*unsubscribeGate) ID() string { return "unsubscribe-gate" }
+func (*unsubscribeGate) Provides(b byte) bool {
+	return b == mqtt.OnUnsubscribe
+}
+func (g *unsubscribeGate) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.ID == g.id && g.held.CompareAndSwap(false, true) {
+		g.entered <- cl
+		<-g.release
+	}
+	return pk
+}
+
+// blockedIn reports whether a goroutine waits for a mutex in fn.
+func blockedIn(fn string) bool {
+	buf := make([]byte, 4<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "[sync.Mutex.Lock") && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestUnsubscribeDuringTakeover: an UNSUBSCRIBE that the old connection's
+// read loop handles while a CONNECT resumes its session (a hook holds it
+// in OnUnsubscribe) unfiles before the takeover copies the session's
+// subscriptions, or not at all: the new client's subscriptions, mochi's
+// topic index and the broker's agree. The old connection removed the
+// subscription the takeover had filed for the new client from mochi's
+// index, by filter and client id, which the new client shares: its session
+// listed race/x, mochi's index did not (the broker's index, which delivers,
+// kept it; mochi's UNSUBACK to the new client's own UNSUBSCRIBE of race/x
+// would have said 0x11 No subscription existed).
+func TestUnsubscribeDuringTakeover(t *testing.T) {
+	for _, v := range []byte{4, 5} {
+		t.Run("v"+string('0'+v), func(t *testing.T) {
+			b := start(t, Options{})
+			gate := &unsubscribeGate{id: "unsub", entered: make(chan *mqtt.Client, 1), release: make(chan struct{})}
+			if err := b.server.AddHook(gate, nil); err != nil {
+				t.Fatal(err)
+			}
+			connect := func() []byte {
+				pk := packets.Packet{
+					FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+					ProtocolVersion: v,
+					Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "unsub"},
+				}
+				if v == 5 {
+					pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+				}
+				var buf bytes.Buffer
+				if err := pk.ConnectEncode(&buf); err != nil {
+					t.Fatal(err)
+				}
+				return buf.Bytes()
+			}
+			old, r, done := connectAsync(t, b, connect())
+			waitConnack(t, done)
+			old.Write(subscribePacket(v, []string{"race/x"}))
+			if h, err := readPacket(r); err != nil || h != 0x90 {
+				t.Fatalf("no SUBACK: %#x %v", h, err)
+			}
+			unsub := []byte{0xa2, 0x0a, 0x00, 0x02, 0x00, 0x06, 'r', 'a', 'c', 'e', '/', 'x'}
+			if v == 5 {
+				unsub = []byte{0xa2, 0x0b, 0x00, 0x02, 0x00, 0x00, 0x06, 'r', 'a', 'c', 'e', '/', 'x'}
+			}
+			old.Write(unsub)
+			var oldCl *mqtt.Client
+			select {
+			case oldCl = <-gate.entered:
+			case <-time.After(testTimeout):
+				t.Fatal("UNSUBSCRIBE not held")
+			}
+			next, nr, done := connectAsync(t, b, connect())
+			got := false
+			waitFor(t, "the takeover's CONNACK, or the takeover waiting for the UNSUBSCRIBE", func() bool {
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatal(err)
+					}
+					got = true
+					return true
+				default:
+					return blockedIn("settleSubscriptions(")
+				}
+			})
+			close(gate.release)
+			if !got {
+				waitConnack(t, done)
+			}
+			waitFor(t, "the old connection's end", func() bool {
+				_, ok := b.conns.Load(oldCl)
+				return !ok
+			})
+			waitFor(t, "the new connection filed", func() bool { return b.connByID("unsub") != nil })
+			cl := b.connByID("unsub").out.(*mqttOut).cl
+			_, listed := cl.State.Subscriptions.Get("race/x")
+			_, inMochi := b.server.Topics.Subscribers("race/x").Subscriptions["unsub"]
+			inBroker := false
+			sc := b.plainIdx.match("race/x")
+			for _, m := range sc.out {
+				inBroker = inBroker || m.client == "unsub"
+			}
+			sc.release()
+			if listed != inMochi || listed != inBroker {
+				t.Fatalf("race/x: in the new session %v, in mochi's index %v, in the broker's %v: want all alike", listed, inMochi, inBroker)
+			}
+			next.Write(unsub)
+			h, body, err := readPacketBody(nr)
+			if err != nil || h != 0xb0 {
+				t.Fatalf("no UNSUBACK: %#x %v", h, err)
+			}
+			if want := byte(0x11); v == 5 && !listed && body[len(body)-1] != want || v == 5 && listed && body[len(body)-1] != 0 {
+				t.Errorf("UNSUBACK % x, subscribed %v", body, listed)
+			}
+		})
+	}
+}

@@ -1552,6 +1552,47 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
+	pk, reasonCodes, err := s.unfileUnsubscribe(cl, pk, code)
+	if err != nil {
+		return err
+	}
+
+	ack := packets.Packet{ // [MQTT-3.10.4-4]
+		FixedHeader: packets.FixedHeader{
+			Type: packets.Unsuback,
+		},
+		PacketID:    pk.PacketID, // [MQTT-2.2.1-6]  [MQTT-3.10.4-5]
+		ReasonCodes: reasonCodes, // [MQTT-3.11.3-2]
+		Properties: packets.Properties{
+			User: pk.Properties.User,
+		},
+	}
+
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = code.Reason
+	}
+
+	return cl.WritePacket(ack)
+}
+
+// mote: unfileUnsubscribe is processUnsubscribe's unfiling, from
+// OnUnsubscribe to OnUnsubscribed, under cl.State.subMu and only while cl
+// is open, as fileSubscribe files: an UNSUBSCRIBE that a client's read
+// loop handles while a CONNECT takes the client over unfiles before the
+// takeover copies the client's subscriptions (inheritClientSession waits
+// for it: settleSubscriptions), or not at all (ErrConnectionClosed: the
+// client was stopped first, and gets no UNSUBACK). Upstream could unfile
+// after the copy: the topic index files a subscription by filter and
+// client id, which the new client shares, so the old connection's
+// UNSUBSCRIBE removed the new client's (and the broker's hooks unfiled
+// by id as well), which its session still listed.
+func (s *Server) unfileUnsubscribe(cl *Client, pk packets.Packet, code packets.Code) (packets.Packet, []byte, error) {
+	cl.State.subMu.Lock()
+	defer cl.State.subMu.Unlock()
+	if cl.Closed() {
+		return pk, nil, ErrConnectionClosed
+	}
+
 	pk = s.hooks.OnUnsubscribe(cl, pk)
 	reasonCodes := make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
@@ -1570,23 +1611,8 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 		cl.State.Subscriptions.Delete(sub.Filter) // [MQTT-3.10.4-2] [MQTT-3.10.4-2] ~[MQTT-3.10.4-3]
 	}
 
-	ack := packets.Packet{ // [MQTT-3.10.4-4]
-		FixedHeader: packets.FixedHeader{
-			Type: packets.Unsuback,
-		},
-		PacketID:    pk.PacketID, // [MQTT-2.2.1-6]  [MQTT-3.10.4-5]
-		ReasonCodes: reasonCodes, // [MQTT-3.11.3-2]
-		Properties: packets.Properties{
-			User: pk.Properties.User,
-		},
-	}
-
-	if code.Code >= packets.ErrUnspecifiedError.Code {
-		ack.Properties.ReasonString = code.Reason
-	}
-
 	s.hooks.OnUnsubscribed(cl, pk)
-	return cl.WritePacket(ack)
+	return pk, reasonCodes, nil
 }
 
 // UnsubscribeClient unsubscribes a client from all of their subscriptions.
