@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -448,5 +449,82 @@ func TestUnsubscribeDuringTakeover(t *testing.T) {
 				t.Errorf("UNSUBACK % x, subscribed %v", body, listed)
 			}
 		})
+	}
+}
+
+// TestWillOnConnackFailure: a client whose CONNECT was accepted (its
+// session established, the client filed) and whose connection then ends
+// before its CONNACK could be written has its will published, as for any
+// connection closed without a DISCONNECT [MQTT-3.1.2-8]: the server
+// accepted the CONNECT [MQTT-3.1.2-7]. With a Will Delay Interval it waits
+// it out. The broker's OnWill found no connection for the client (its
+// conn is made once the CONNACK is out) and the will was lost.
+func TestWillOnConnackFailure(t *testing.T) {
+	b := start(t, Options{})
+	gate := &connackGate{held: make(chan *mqtt.Client), gone: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	watcher := dial3(t, b, "watcher", true)
+	watcher.sub(t, "will/#", 1)
+	cases := []struct {
+		name  string
+		v     byte
+		delay uint32 // Will Delay Interval (MQTT 5), with a session expiry of an hour
+	}{
+		{"v3", 4, 0},
+		{"v5", 5, 0},
+		{"v5 delayed", 5, 3600},
+	}
+	for n, tc := range cases {
+		id := "gate-will-" + strconv.Itoa(n)
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: tc.v,
+			Connect: packets.ConnectParams{
+				ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id,
+				WillFlag: true, WillQos: 1, WillTopic: "will/" + id, WillPayload: []byte("gone"),
+			},
+		}
+		if tc.delay > 0 {
+			pk.Connect.WillProperties.WillDelayInterval = tc.delay
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
+		}
+		var buf bytes.Buffer
+		if err := pk.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(testTimeout))
+		c.Write(buf.Bytes())
+		select {
+		case <-gate.held:
+		case <-time.After(testTimeout):
+			t.Fatalf("%s: CONNECT not held", tc.name)
+		}
+		resetConn(c)
+		gate.gone <- struct{}{}
+		if tc.delay > 0 {
+			// It waits out its delay (an hour): held by the broker's wills,
+			// not published; then it fires as its timer would.
+			var w *will
+			waitFor(t, tc.name+": the will held for its delay", func() bool {
+				b.wills.mu.Lock()
+				defer b.wills.mu.Unlock()
+				w = b.wills.delayed[id]
+				return w != nil
+			})
+			if got := len(watcher.wait(t, n)); got != n {
+				t.Fatalf("%s: %d wills published, want %d before the delayed one fires", tc.name, got, n)
+			}
+			b.wills.fire(w)
+		}
+		got := watcher.wait(t, n+1)
+		if m := got[n]; m.topic != "will/"+id || m.payload != "gone" {
+			t.Fatalf("%s: got %+v, want the will", tc.name, got)
+		}
 	}
 }
