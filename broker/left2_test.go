@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -526,5 +527,73 @@ func TestWillOnConnackFailure(t *testing.T) {
 		if m := got[n]; m.topic != "will/"+id || m.payload != "gone" {
 			t.Fatalf("%s: got %+v, want the will", tc.name, got)
 		}
+	}
+}
+
+// TestPanicTakeoverStorm: connections of one client id that panic right
+// after their CONNECT race with CONNECTs taking the id over, round after
+// round; then one last client connects. It takes the id over from
+// whichever client holds it, every other connection of the id is closed
+// (none stays connected under an id mochi no longer files for it), and it
+// gets its messages. A regression guard for RemoveSession under load;
+// TestPanicEndSparesTakeover holds the race open deterministically.
+func TestPanicTakeoverStorm(t *testing.T) {
+	b := start(t, Options{})
+	addPanicHook(t, b)
+	panicSub := []byte{0x82, 0x0c, 0x00, 0x01, 0x00, 0x07, 'p', 'a', 'n', 'i', 'c', '/', '!', 0x00}
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(testTimeout))
+		return c
+	}
+	for range 30 {
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if c := dial(); c != nil {
+				c.Write(append(connectPacket(4, "storm"), panicSub...))
+				io.Copy(io.Discard, c) //nolint:errcheck // until it is closed: panicked, or taken over
+			}
+		})
+		wg.Go(func() {
+			if c := dial(); c != nil {
+				c.Write(connectPacket(4, "storm"))
+				readPacketBody(bufio.NewReader(c)) //nolint:errcheck // its CONNACK, or the close of a connection taken over at once
+			}
+		})
+		wg.Wait()
+	}
+	last, r, done := connectAsync(t, b, connectPacket(4, "storm"))
+	waitConnack(t, done)
+	waitFor(t, "one connection of the id", func() bool {
+		n := 0
+		b.conns.Range(func(k, _ any) bool {
+			if cl := k.(*mqtt.Client); cl.ID == "storm" && !cl.Closed() {
+				n++
+			}
+			return true
+		})
+		return n == 1
+	})
+	waitFor(t, "the last connection filed", func() bool {
+		c := b.connByID("storm")
+		if c == nil {
+			return false
+		}
+		cur, ok := b.server.Clients.Get("storm")
+		return ok && cur == c.out.(*mqttOut).cl && !cur.Closed()
+	})
+	last.Write([]byte{0x82, 0x0c, 0x00, 0x01, 0x00, 0x07, 's', 't', 'o', 'r', 'm', '/', 'x', 0x00})
+	if h, err := readPacket(r); err != nil || h != 0x90 {
+		t.Fatalf("no SUBACK: %#x %v", h, err)
+	}
+	pub := dial3(t, b, "pub", true)
+	pub.pub(t, "storm/x", 1, false, "hello")
+	if h, body, err := readPacketBody(r); err != nil || h&0xf0 != 0x30 || !bytes.HasSuffix(body, []byte("hello")) {
+		t.Fatalf("got %#x % x %v, want the publish", h, body, err)
 	}
 }
