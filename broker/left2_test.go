@@ -3,6 +3,8 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -104,14 +106,42 @@ func TestConnectEmptyClientID(t *testing.T) {
 // closed. It waited for the DISCONNECT's write, up to WriteTimeout, under
 // the client id's takeover lock.
 func TestTakeoverNotBehindStalledPeer(t *testing.T) {
-	b := start(t, Options{WriteTimeout: time.Hour, QueueBytes: 64 << 20})
-	old, err := net.DialTCP("tcp", nil, tcpAddr(t, b.TCPAddr()))
+	for _, overTLS := range []bool{false, true} {
+		name := "tcp"
+		if overTLS {
+			name = "tls" // a TLS close writes close_notify: it must not wait either
+		}
+		t.Run(name, func(t *testing.T) { takeoverStalled(t, overTLS) })
+	}
+}
+
+func takeoverStalled(t *testing.T, overTLS bool) {
+	opts := Options{WriteTimeout: time.Hour, QueueBytes: 64 << 20}
+	var pool *x509.CertPool
+	if overTLS {
+		certFile, keyFile, p := testCert(t)
+		tc, err := LoadTLS(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.TLS, opts.TLSConfig, pool = "127.0.0.1:0", tc, p
+	}
+	b := start(t, opts)
+	addr := b.TCPAddr()
+	if overTLS {
+		addr = b.TLSAddr()
+	}
+	raw, err := net.DialTCP("tcp", nil, tcpAddr(t, addr))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer old.Close()
-	old.SetReadBuffer(4096) //nolint:errcheck // smaller is faster to fill; any size fills
-	old.SetDeadline(time.Now().Add(testTimeout))
+	defer raw.Close()
+	raw.SetReadBuffer(4096) //nolint:errcheck // smaller is faster to fill; any size fills
+	raw.SetDeadline(time.Now().Add(testTimeout))
+	var old net.Conn = raw
+	if overTLS {
+		old = tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	}
 	old.Write(connectPacket(5, "stall"))
 	r := bufio.NewReader(old)
 	if h, _, err := readPacketBody(r); err != nil || h != 0x20 {
@@ -153,7 +183,7 @@ func TestTakeoverNotBehindStalledPeer(t *testing.T) {
 		t.Errorf("the id is filed to %p (ok %v), want the new client", cur, ok)
 	}
 	// The old connection is closed: reading it comes to an end.
-	if _, err := io.Copy(io.Discard, old); err != nil {
+	if _, err := io.Copy(io.Discard, raw); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			t.Fatalf("the taken-over connection is still open: %v", err)
