@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mote-mqtt/mote/broker/auth"
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
@@ -626,4 +627,71 @@ func TestPanicTakeoverStorm(t *testing.T) {
 	if h, body, err := readPacketBody(r); err != nil || h&0xf0 != 0x30 || !bytes.HasSuffix(body, []byte("hello")) {
 		t.Fatalf("got %#x % x %v, want the publish", h, body, err)
 	}
+}
+
+// connectAs is a 3.1.1 CONNECT of id by user (password user-pw).
+func connectAs(id, user string, clean bool) []byte {
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Clean: clean, Keepalive: 30, ClientIdentifier: id,
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(user + "-pw"),
+		},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
+}
+
+// TestDropSessionSparesTakeover: another user's offline session that a
+// CONNECT drops (TakeoverFresh, dropSession) is removed under its client
+// id's takeover lock and only while it still holds the id: its own user's
+// reconnect that takes it over meanwhile (a hook holds the drop in
+// OnUnsubscribed) is not left connected under an id mochi no longer files
+// for it. dropSession deleted the id from mochi's Clients by id: both
+// users' connections stayed up on one id, one of them filed nowhere.
+func TestDropSessionSparesTakeover(t *testing.T) {
+	acl, err := auth.ParseACL("acl", []byte("user alice\ntopic readwrite #\nuser bob\ntopic readwrite #\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := auth.NewUsers()
+	u.Set("alice", "alice-pw", 10)
+	u.Set("bob", "bob-pw", 10)
+	b := start(t, Options{Users: u, ACL: acl, Takeover: TakeoverFresh})
+	gate := &unsubscribedGate{id: "shared", entered: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	first, _, done := connectAsync(t, b, connectAs("shared", "alice", false))
+	waitConnack(t, done)
+	first.Write([]byte{0xe0, 0x00}) // alice leaves; her session stays
+	waitConnGone(t, b, "shared")
+	_, _, bobDone := connectAsync(t, b, connectAs("shared", "bob", false))
+	select {
+	case <-gate.entered: // bob's CONNECT drops alice's session
+	case <-time.After(testTimeout):
+		t.Fatal("alice's session was not dropped")
+	}
+	_, _, aliceDone := connectAsync(t, b, connectAs("shared", "alice", false))
+	got := connackOrWaiting(t, aliceDone)
+	close(gate.release)
+	if !got {
+		waitConnack(t, aliceDone)
+	}
+	waitConnack(t, bobDone)
+	waitFor(t, "one live connection of the id, the one mochi files", func() bool {
+		var live []*mqtt.Client
+		b.conns.Range(func(k, _ any) bool {
+			if cl := k.(*mqtt.Client); cl.ID == "shared" && !cl.Closed() {
+				live = append(live, cl)
+			}
+			return true
+		})
+		cur, ok := b.server.Clients.Get("shared")
+		return len(live) == 1 && ok && cur == live[0]
+	})
 }
