@@ -17,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/mote-mqtt/mote/broker/auth"
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // connectEmptyID is a CONNECT with an empty client id and the given
@@ -106,17 +108,23 @@ func TestConnectEmptyClientID(t *testing.T) {
 // written within a short bound, or not at all, and the old connection is
 // closed. It waited for the DISCONNECT's write, up to WriteTimeout, under
 // the client id's takeover lock.
+//
+// Over WebSocket too: gorilla's write sets the socket's write deadline to
+// its own (none) before each frame, so the connection's deadlines reached
+// no write over WebSocket, and a stalled WebSocket client held the
+// takeover for ever (wsstream.Conn.SetWriteDeadline).
 func TestTakeoverNotBehindStalledPeer(t *testing.T) {
-	for _, overTLS := range []bool{false, true} {
-		name := "tcp"
-		if overTLS {
-			name = "tls" // a TLS close writes close_notify: it must not wait either
-		}
-		t.Run(name, func(t *testing.T) { takeoverStalled(t, overTLS) })
+	for _, transport := range []string{
+		"tcp",
+		"tls", // a TLS close writes close_notify: it must not wait either
+		"ws",
+	} {
+		t.Run(transport, func(t *testing.T) { takeoverStalled(t, transport) })
 	}
 }
 
-func takeoverStalled(t *testing.T, overTLS bool) {
+func takeoverStalled(t *testing.T, transport string) {
+	overTLS := transport == "tls"
 	opts := Options{WriteTimeout: time.Hour, QueueBytes: 64 << 20}
 	var pool *x509.CertPool
 	if overTLS {
@@ -132,6 +140,9 @@ func takeoverStalled(t *testing.T, overTLS bool) {
 	if overTLS {
 		addr = b.TLSAddr()
 	}
+	if transport == "ws" {
+		addr = b.WSAddr()
+	}
 	raw, err := net.DialTCP("tcp", nil, tcpAddr(t, addr))
 	if err != nil {
 		t.Fatal(err)
@@ -140,8 +151,20 @@ func takeoverStalled(t *testing.T, overTLS bool) {
 	raw.SetReadBuffer(4096) //nolint:errcheck // smaller is faster to fill; any size fills
 	raw.SetDeadline(time.Now().Add(testTimeout))
 	var old net.Conn = raw
-	if overTLS {
+	switch transport {
+	case "tls":
 		old = tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	case "ws":
+		d := websocket.Dialer{
+			Subprotocols:     []string{"mqtt"},
+			HandshakeTimeout: testTimeout,
+			NetDial:          func(string, string) (net.Conn, error) { return raw, nil },
+		}
+		ws, _, err := d.Dial("ws://"+addr+"/mqtt", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old = wsstream.New(ws, true)
 	}
 	old.Write(connectPacket(5, "stall"))
 	r := bufio.NewReader(old)
