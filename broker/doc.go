@@ -251,7 +251,11 @@
 //     panicked connection's, dropSession) runs under the id's takeover
 //     lock and spares a client that took the id over (RemoveSession); a
 //     takeover bounds its DISCONNECT to a stalled old connection to half a
-//     second (netConn.SetWriteDeadline), not WriteTimeout. `mote mochi`,
+//     second (netConn.SetWriteDeadline), not WriteTimeout; over
+//     WebSocket the deadlines reach gorilla's writes through
+//     wsstream.Conn.SetWriteDeadline (gorilla resets the socket's own
+//     before each frame), and after a failed write nothing is written,
+//     directly (tryWrite) or not. `mote mochi`,
 //     the bare broker `mote bench` compares with, keeps upstream mochi.
 //
 // # Goroutines and owners
