@@ -61,6 +61,7 @@ type Broker struct {
 	keptIn keptInbound // client QoS 2 publishes of persistent sessions that mochi's map could not keep
 
 	conns      sync.Map // *mqtt.Client → *conn
+	connWills  sync.Map // *mqtt.Client → *will: a CONNECT's will from OnSessionEstablish until its conn holds it (OnSessionEstablished) or it is due (OnWill)
 	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
 	parked     sync.Map // *conn whose messages wait for a client taking its session over (conn.unpark)
 	arriving   arriving // messages for resumed sessions whose connection is not filed yet
@@ -490,19 +491,27 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 
 // connPanicked cleans up after a connection whose goroutine panicked: mochi
 // never ran its disconnect hooks for it, nor ended its session if it does
-// not outlive the connection (attachClient).
+// not outlive the connection (attachClient). The session is removed under
+// its client id's takeover lock, and only while its client is still the
+// id's (mochi's RemoveSession): removed by id, a CONNECT that had taken
+// the id over meanwhile lost its filing (connected, where no later CONNECT
+// of the id would find it) and its subscriptions.
 func (b *Broker) connPanicked(nc net.Conn) {
 	b.stats.Panics.Add(1)
+	b.connWills.Range(func(k, _ any) bool {
+		if k.(*mqtt.Client).Net.Conn == nc {
+			b.connWills.Delete(k) // it panicked before its conn was made
+		}
+		return true
+	})
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
 			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
 			p := &cl.Properties
 			expire := (p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0) || (p.ProtocolVersion < 5 && p.Clean)
 			b.dropConn(cl, !expire)
-			if expire && !cl.IsTakenOver() {
-				cl.ClearInflights()
-				b.server.UnsubscribeClient(cl)
-				b.server.Clients.Delete(cl.ID)
+			if expire {
+				b.server.RemoveSession(cl)
 			}
 			return false
 		}

@@ -70,14 +70,19 @@ func newRawIO(c net.Conn) *rawIO {
 // waiting, and keeps the rest (rawIO.rest) for the next write to the
 // connection to write first: n is how much of p it wrote, took whether
 // it took p (false when another write is under way), and err is a real
-// failure of the connection. A short write must not leave the rest to the caller: mochi
-// may write an ack between the caller's unlock and its next write, into
-// the middle of a packet (red team, TestDirectRestFirst).
+// failure of the connection, or an earlier write's (netConn.failed):
+// nothing is written after a failed write (TestNoDirectWriteAfterFailedWrite).
+// A short write must not leave the rest to the caller: mochi may write an
+// ack between the caller's unlock and its next write, into the middle of
+// a packet (red team, TestDirectRestFirst).
 func (c *netConn) tryWrite(p []byte) (int, bool, error) {
 	if c.raw == nil || len(p) == 0 || !c.wmu.TryLock() {
 		return 0, false, nil
 	}
 	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return 0, false, c.werr // the failed write may have cut a packet: nothing goes after it
+	}
 	w := c.raw
 	w.wp = p
 	err := w.rc.Write(w.write)
@@ -91,9 +96,9 @@ func (c *netConn) tryWrite(p []byte) (int, bool, error) {
 	w.wp, w.wn, w.werr = nil, 0, 0
 	switch {
 	case err != nil:
-		return 0, false, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+		return 0, false, c.failed(&net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err})
 	case e != 0:
-		return 0, false, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", e)}
+		return 0, false, c.failed(&net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", e)})
 	}
 	if n < len(p) {
 		w.rest = append(w.rest[:0], p[n:]...)
@@ -117,8 +122,15 @@ func (c *netConn) hasRest() bool {
 func (c *netConn) writeRest() (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)) //nolint:errcheck // a failing deadline fails the write too
-	return c.writeRestLocked()
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	c.armWrite()
+	n, err := c.writeRestLocked()
+	if err != nil {
+		c.failed(err)
+	}
+	return n, err
 }
 
 // writeRestLocked writes what a non-blocking write left (wmu held, the

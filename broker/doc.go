@@ -243,9 +243,20 @@
 //     reason code (MQTT 5), and a CONNECT's Will QoS is checked as MQTT
 //     names it (3 is Malformed: CONNACK 0x81, a 3.1.1 connection closed
 //     without one); a CONNECT that fails after mochi filed its client (its
-//     CONNACK cannot be written) ends the session with OnDisconnect, and a
-//     SUBSCRIBE racing with its client's takeover files nothing behind it. `mote mochi`, the bare broker `mote bench`
-//     compares with, keeps upstream mochi.
+//     CONNACK cannot be written) ends the session with OnDisconnect (and
+//     the will: the broker keeps a CONNECT's will from OnSessionEstablish,
+//     connWills, until its conn holds it), and a SUBSCRIBE or UNSUBSCRIBE
+//     racing with its client's takeover files or unfiles nothing behind
+//     it; every removal of a session by client id (its end, expiry, a
+//     panicked connection's, dropSession) runs under the id's takeover
+//     lock and spares a client that took the id over (RemoveSession); a
+//     takeover bounds its DISCONNECT to a stalled old connection to half a
+//     second (netConn.SetWriteDeadline), not WriteTimeout; over
+//     WebSocket the deadlines reach gorilla's writes through
+//     wsstream.Conn.SetWriteDeadline (gorilla resets the socket's own
+//     before each frame), and after a failed write nothing is written,
+//     directly (tryWrite) or not. `mote mochi`,
+//     the bare broker `mote bench` compares with, keeps upstream mochi.
 //
 // # Goroutines and owners
 //
@@ -279,6 +290,8 @@
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will, pending publish topic    the connection's read goroutine
+//	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
+//	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer

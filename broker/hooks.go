@@ -129,11 +129,12 @@ func v3Connack(code packets.Code) packets.Code {
 }
 
 // dropSession ends another user's offline session on a client id that a
-// new client takes (TakeoverFresh): the new client starts clean.
+// new client takes (TakeoverFresh): the new client starts clean. Under
+// the id's takeover lock, and only while old is still the id's session
+// (mochi's RemoveSession): removed by id, a session that a CONNECT had
+// taken over meanwhile lost the new client's filing and subscriptions.
 func (b *Broker) dropSession(old *mqtt.Client) {
-	b.server.UnsubscribeClient(old)
-	old.ClearInflights()
-	b.server.Clients.Delete(old.ID)
+	b.server.RemoveSession(old)
 }
 
 // OnConnectAuthenticate lets through what OnConnect accepted.
@@ -157,7 +158,15 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // now on what is held for the session waits for cl's connection
 // (arriving.register), and the connection the session had (live, or
 // handing its queued messages on) keeps them for cl's (conn.expect).
+//
+// It also keeps the client's will (connWills) until its connection holds
+// it: mochi establishes the session before it writes the CONNACK, and a
+// connection that ends then, its CONNACK not written, publishes its will
+// as any connection closed without DISCONNECT [MQTT-3.1.2-8] (OnWill).
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	if w := willOf(mqttPrincipal(cl), &pk); w != nil {
+		h.b.connWills.Store(cl, w)
+	}
 	existing, _ := h.b.server.Clients.Get(cl.ID)
 	fresh := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
 	var left map[uint16]packets.Packet
@@ -182,7 +191,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	out.ids.adopt(cl, b.keptIn.take(cl))
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
-	c.will = willOf(p, &pk)
+	if w, ok := b.connWills.LoadAndDelete(cl); ok {
+		c.will = w.(*will)
+	}
 	old := b.connByID(cl.ID)
 	if o, ok := old.outOf(); !ok || o.cl == cl {
 		old = nil
@@ -570,10 +581,17 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 
 // OnWill takes a will from mochi: the door publishes it, as its client,
 // when it is due (wills.due). mochi is left a will that reaches nobody.
+// A client whose CONNACK could not be written has no connection yet: its
+// will waits in connWills. Its CONNECT was accepted and its session
+// established (mochi filed it, and took its client id over from any
+// other), so the will is due as for any connection that closed without
+// DISCONNECT [MQTT-3.1.2-7] [MQTT-3.1.2-8].
 func (h *hook) OnWill(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error) {
 	if c := h.conn(cl); c != nil && c.will != nil {
 		h.b.wills.due(c.will, cl)
 		c.will = nil
+	} else if w, ok := h.b.connWills.LoadAndDelete(cl); ok {
+		h.b.wills.due(w.(*will), cl)
 	}
 	return mqtt.Will{}, nil
 }

@@ -148,8 +148,13 @@ type netConn struct {
 	original  bool // the original dialect's listener: its clients' CONNECT is rewritten (original.go)
 	moteName  bool // the CONNECT so far names protocol "mote" (original.go)
 
-	wmu sync.Mutex // one write at a time
-	raw *rawIO     // plain TCP: non-blocking direct writes (direct.go); nil otherwise
+	wmu  sync.Mutex // one write at a time
+	raw  *rawIO     // plain TCP: non-blocking direct writes (direct.go); nil otherwise
+	werr error      // under wmu: a write failed, perhaps in the middle of a packet: nothing is written after it
+
+	dmu   sync.Mutex // guards the write deadline's setting, last and bound
+	last  time.Time  // the write deadline last set (armWrite)
+	bound time.Time  // SetWriteDeadline's: no write goes on past it (the connection is being taken over)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -303,16 +308,68 @@ func (c *netConn) handshakeDone() {
 	})
 }
 
+// Write writes p with the connection's write deadline (WriteTimeout, or
+// the bound SetWriteDeadline set if sooner). After a write that failed it
+// fails at once: the failed one may have cut a packet, and a packet
+// written after it would be read as that packet's rest.
 func (c *netConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)) //nolint:errcheck // a failing deadline fails the write too
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	c.armWrite()
 	// A direct write's rest goes first (direct.go).
 	if _, err := c.writeRestLocked(); err != nil {
-		return 0, err
+		return 0, c.failed(err)
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.failed(err)
+	}
+	return n, err
 }
+
+// failed records a write's failure (wmu held): later writes fail at once
+// and the close resets the connection (the client does not read, or is
+// gone: a TLS close would write its close_notify after the cut packet,
+// and wait for the client to take it).
+func (c *netConn) failed(err error) error {
+	c.werr = err
+	c.abort()
+	return err
+}
+
+// armWrite sets the deadline of a write about to start: WriteTimeout
+// from now, or the bound set by SetWriteDeadline if sooner.
+func (c *netConn) armWrite() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.last = time.Now().Add(c.writeTimeout)
+	if !c.bound.IsZero() && c.bound.Before(c.last) {
+		c.last = c.bound
+	}
+	c.Conn.SetWriteDeadline(c.last) //nolint:errcheck // a failing deadline fails the write too
+}
+
+// SetWriteDeadline bounds the connection's writes by t: the write under
+// way, if its own deadline is later, and every write after it. mochi sets
+// it before the DISCONNECT it writes to a connection it takes over, so a
+// client that stopped reading holds the takeover (and the CONNECT taking
+// over) that long at most, not WriteTimeout (Server.disconnectTakenOver).
+func (c *netConn) SetWriteDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.bound = t
+	if !c.last.IsZero() && c.last.Before(t) {
+		return nil // the write under way, if any, ends sooner
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline sets the read deadline (mochi's keep-alive): every write
+// has its own (armWrite), which a keep-alive must not stretch.
+func (c *netConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
 
 // Close ends the connection gently: the broker's side is shut for writing
 // (what was written, a DISCONNECT with its reason say, still reaches the
@@ -322,8 +379,15 @@ func (c *netConn) Write(p []byte) (int, error) {
 func (c *netConn) Close() error {
 	c.handshakeDone()
 	c.closeOnce.Do(func() {
+		if c.aborted.Load() {
+			if tc := tcpOf(c.Conn); tc != nil && tc != c.Conn {
+				tc.Close() // first: TLS would write its close_notify, and wait for the client to take it
+			}
+			c.closeErr = c.Conn.Close()
+			return
+		}
 		tc, ok := c.Conn.(*net.TCPConn)
-		if !ok || c.aborted.Load() || tc.CloseWrite() != nil {
+		if !ok || tc.CloseWrite() != nil {
 			c.closeErr = c.Conn.Close()
 			return
 		}

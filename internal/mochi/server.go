@@ -504,11 +504,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	// before either filed itself both took it over, and the second filed
 	// replaced the first in s.Clients, which nobody disconnected: it
 	// stayed connected under an id no longer its own [MQTT-3.1.4-3].
-	id := cl.ID
-	k := s.takeovers.lock(id)
-	sessionPresent := s.inheritClientSession(pk, cl)
-	s.Clients.Add(cl) // [MQTT-4.1.0-1]
-	s.takeovers.unlock(id, k)
+	sessionPresent := s.takeOverAndFile(pk, cl)
 
 	// mote: from here on the client is filed in s.Clients and holds the
 	// session: a failure ends the session as the end of the read loop does
@@ -584,15 +580,45 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 		// Delete had its own client deleted from s.Clients (Delete is by
 		// id), connected but filed nowhere: no later CONNECT of the id
 		// would disconnect it.
-		id := cl.ID
-		k := s.takeovers.lock(id)
-		if !cl.IsTakenOver() {
-			cl.ClearInflights()
-			s.UnsubscribeClient(cl)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
-		}
-		s.takeovers.unlock(id, k)
+		s.RemoveSession(cl) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
+}
+
+// mote: takeOverAndFile takes cl's client id over from the client that
+// holds it (inheritClientSession) and files cl in s.Clients, under the
+// id's takeover lock: one CONNECT of an id at a time (change 14). The lock
+// is let go on a panic too (a hook's), or no CONNECT of the id would
+// ever get past it.
+func (s *Server) takeOverAndFile(pk packets.Packet, cl *Client) (sessionPresent bool) {
+	k := s.takeovers.lock(cl.ID)
+	defer s.takeovers.unlock(cl.ID, k)
+	sessionPresent = s.inheritClientSession(pk, cl)
+	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	return sessionPresent
+}
+
+// mote: RemoveSession ends cl's session: its in-flight messages dropped,
+// its subscriptions unfiled (UnsubscribeClient, OnUnsubscribed) and cl
+// deleted from s.Clients, under the client id's takeover lock and only
+// while cl is the client filed for its id and not taken over. It reports
+// whether it did. Every removal of a session by its id goes through the
+// lock and this check: s.Clients and the topic index are keyed by the id
+// alone, so a removal racing with a takeover (which files the new client
+// under the same id, with the same filters) deleted the new client's
+// filing or its subscriptions: it stayed connected where no later CONNECT
+// of its id would find it, or lost what it subscribed to. The session's
+// end (endSession) and Mote's own removals (a panicked connection's end,
+// another user's session dropped for a new one) call it.
+func (s *Server) RemoveSession(cl *Client) bool {
+	k := s.takeovers.lock(cl.ID)
+	defer s.takeovers.unlock(cl.ID, k)
+	if cur, ok := s.Clients.Get(cl.ID); !ok || cur != cl || cl.IsTakenOver() {
+		return false
+	}
+	cl.ClearInflights()
+	s.UnsubscribeClient(cl)
+	s.Clients.Delete(cl.ID)
+	return true
 }
 
 // readConnectionPacket reads the first incoming header for a connection, and if
@@ -655,8 +681,11 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 		return code
 	}
 
+	// mote: 0x02 Identifier rejected, then the connection closes
+	// [MQTT-3.1.3-8] (mochi said 0x80, a code 3.1.1 reserves). MQTT 5
+	// assigns an id whatever Clean Start says [MQTT-3.1.3-6].
 	if cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "" {
-		return packets.ErrUnspecifiedError
+		return packets.ErrClientIdentifierNotValid // [MQTT-3.1.3-8]
 	}
 
 	if cl.Properties.ProtocolVersion < s.Options.Capabilities.MinimumProtocolVersion {
@@ -712,12 +741,33 @@ func (l *idLocks) unlock(id string, k *idLock) {
 	l.mu.Unlock()
 }
 
+// mote: takeoverWriteWait bounds the writes to a connection being taken
+// over: its DISCONNECT, and a write under way before it.
+const takeoverWriteWait = 500 * time.Millisecond
+
+// mote: disconnectTakenOver writes DISCONNECT 0x8E Session taken over to
+// cl (MQTT 5) and closes its connection, for a CONNECT taking cl's client
+// id over, under the id's takeover lock (idLocks). A client that stopped
+// reading holds it takeoverWriteWait at most: the connection's writes are
+// bounded by then (SetWriteDeadline), the one under way too, which holds
+// cl's lock that the DISCONNECT waits for. Upstream waited for the write,
+// up to the connection's own write deadline (Mote's WriteTimeout, 10 s),
+// and with it the CONNECT taking over, and now any CONNECT of the id.
+// What the bound cuts short is not written at all (the broker's connection
+// writes nothing after a failed write), and the connection closes.
+func (s *Server) disconnectTakenOver(cl *Client) {
+	if cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(takeoverWriteWait))
+	}
+	_ = s.DisconnectClient(cl, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+}
+
 // inheritClientSession inherits the state of an existing client sharing the same
 // connection ID. If clean is true, the state of any previously existing client
 // session is abandoned.
 func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 	if existing, ok := s.Clients.Get(cl.ID); ok {
-		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+		s.disconnectTakenOver(existing) // [MQTT-3.1.4-3]
 		// mote: no SUBSCRIBE of existing files after this point.
 		existing.settleSubscriptions()
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
@@ -1502,6 +1552,47 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
+	pk, reasonCodes, err := s.unfileUnsubscribe(cl, pk, code)
+	if err != nil {
+		return err
+	}
+
+	ack := packets.Packet{ // [MQTT-3.10.4-4]
+		FixedHeader: packets.FixedHeader{
+			Type: packets.Unsuback,
+		},
+		PacketID:    pk.PacketID, // [MQTT-2.2.1-6]  [MQTT-3.10.4-5]
+		ReasonCodes: reasonCodes, // [MQTT-3.11.3-2]
+		Properties: packets.Properties{
+			User: pk.Properties.User,
+		},
+	}
+
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = code.Reason
+	}
+
+	return cl.WritePacket(ack)
+}
+
+// mote: unfileUnsubscribe is processUnsubscribe's unfiling, from
+// OnUnsubscribe to OnUnsubscribed, under cl.State.subMu and only while cl
+// is open, as fileSubscribe files: an UNSUBSCRIBE that a client's read
+// loop handles while a CONNECT takes the client over unfiles before the
+// takeover copies the client's subscriptions (inheritClientSession waits
+// for it: settleSubscriptions), or not at all (ErrConnectionClosed: the
+// client was stopped first, and gets no UNSUBACK). Upstream could unfile
+// after the copy: the topic index files a subscription by filter and
+// client id, which the new client shares, so the old connection's
+// UNSUBSCRIBE removed the new client's (and the broker's hooks unfiled
+// by id as well), which its session still listed.
+func (s *Server) unfileUnsubscribe(cl *Client, pk packets.Packet, code packets.Code) (packets.Packet, []byte, error) {
+	cl.State.subMu.Lock()
+	defer cl.State.subMu.Unlock()
+	if cl.Closed() {
+		return pk, nil, ErrConnectionClosed
+	}
+
 	pk = s.hooks.OnUnsubscribe(cl, pk)
 	reasonCodes := make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
@@ -1520,23 +1611,8 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 		cl.State.Subscriptions.Delete(sub.Filter) // [MQTT-3.10.4-2] [MQTT-3.10.4-2] ~[MQTT-3.10.4-3]
 	}
 
-	ack := packets.Packet{ // [MQTT-3.10.4-4]
-		FixedHeader: packets.FixedHeader{
-			Type: packets.Unsuback,
-		},
-		PacketID:    pk.PacketID, // [MQTT-2.2.1-6]  [MQTT-3.10.4-5]
-		ReasonCodes: reasonCodes, // [MQTT-3.11.3-2]
-		Properties: packets.Properties{
-			User: pk.Properties.User,
-		},
-	}
-
-	if code.Code >= packets.ErrUnspecifiedError.Code {
-		ack.Properties.ReasonString = code.Reason
-	}
-
 	s.hooks.OnUnsubscribed(cl, pk)
-	return cl.WritePacket(ack)
+	return pk, reasonCodes, nil
 }
 
 // UnsubscribeClient unsubscribes a client from all of their subscriptions.
@@ -1902,10 +1978,24 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			s.expireClient(id, client)
 		}
 	}
+}
+
+// mote: expireClient forgets an expired session, under its client id's
+// takeover lock and only while cl is still the client filed for the id:
+// upstream deleted the id from s.Clients (by id) after a CONNECT that had
+// taken the session over meanwhile filed itself, and that client stayed
+// connected where no later CONNECT of its id would find it (RemoveSession).
+func (s *Server) expireClient(id string, cl *Client) {
+	k := s.takeovers.lock(id)
+	defer s.takeovers.unlock(id, k)
+	if cur, ok := s.Clients.Get(id); !ok || cur != cl || cl.IsTakenOver() {
+		return
+	}
+	s.hooks.OnClientExpired(cl)
+	s.Clients.Delete(id) // [MQTT-4.1.0-2]
 }
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.

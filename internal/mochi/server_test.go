@@ -1205,7 +1205,7 @@ func TestServerValidateConnect(t *testing.T) {
 			client:       &Client{Properties: ClientProperties{ProtocolVersion: 3}},
 			capabilities: Capabilities{},
 			packet:       packetCleanIdPacket,
-			expect:       packets.ErrUnspecifiedError,
+			expect:       packets.ErrClientIdentifierNotValid, // mote: [MQTT-3.1.3-8] 0x02 in 3.1.1
 		},
 	}
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/gorilla/websocket"
 )
@@ -16,13 +17,17 @@ import (
 var ErrText = errors.New("wsstream: websocket text frame")
 
 // Conn is a WebSocket as a net.Conn byte stream. Deadlines and addresses
-// are the underlying connection's.
+// are the underlying connection's; a write deadline reaches the writes
+// through the WebSocket too (SetWriteDeadline).
 type Conn struct {
 	net.Conn
 	ws         *websocket.Conn
 	binaryOnly bool
 	r          io.Reader  // the message being read
 	mu         sync.Mutex // one writer at a time
+
+	dmu sync.Mutex // guards wdl
+	wdl time.Time  // the write deadline: given to the WebSocket before each write
 }
 
 // New wraps ws; with binaryOnly a text frame ends the stream with ErrText.
@@ -56,14 +61,40 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 }
 
-// Write sends p as one binary message; it is safe for concurrent use.
+// Write sends p as one binary message, by the write deadline; it is safe
+// for concurrent use.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.dmu.Lock()
+	wdl := c.wdl
+	c.dmu.Unlock()
+	c.ws.SetWriteDeadline(wdl) //nolint:errcheck // it only records the deadline
 	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// SetWriteDeadline sets the deadline of the writes: of the one under way
+// (the socket's), and of every later one (the WebSocket's). gorilla's
+// websocket sets the socket's write deadline to its own before each frame
+// it writes, so a deadline set on the socket alone (the embedded
+// net.Conn's) was undone by the next write, which could wait for ever on
+// a peer that stopped reading.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.dmu.Lock()
+	c.wdl = t
+	c.dmu.Unlock()
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline sets the read and the write deadlines (SetWriteDeadline).
+func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
 }
 
 // Close closes the WebSocket.

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 )
@@ -53,5 +54,33 @@ func TestStream(t *testing.T) {
 	c.Close()
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Error("read after close succeeded")
+	}
+}
+
+// TestWriteDeadline: a write deadline set on the stream bounds every later
+// write, as a net.Conn's does. gorilla sets the socket's write deadline to
+// its own before each frame, so one set on the socket alone was undone,
+// and a write to a peer that stopped reading waited for ever.
+func TestWriteDeadline(t *testing.T) {
+	var up websocket.Upgrader
+	accepted := make(chan *Conn, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		accepted <- New(ws, true)
+	}))
+	defer srv.Close()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	c := <-accepted
+	defer c.Close()
+	c.SetWriteDeadline(time.Now().Add(-time.Second))
+	if _, err := c.Write([]byte("late")); err == nil {
+		t.Error("a write past the write deadline succeeded")
 	}
 }
