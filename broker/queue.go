@@ -133,6 +133,11 @@ type outQueue struct {
 	// alone when its message fits, queues it and wakes the next; never
 	// all at once at every take.
 	waitq []*waiter
+	// spare is waiters done with, for the next waits: a fan-in's
+	// publishers wait for one subscriber's room again and again (about
+	// one message in four in mote bench's fan-in), each wait a waiter,
+	// its channel and its timer otherwise.
+	spare []*waiter
 
 	// How long this client may hold publishers back (a token bucket of
 	// time): while any publisher waits for room, credit runs down; what
@@ -173,14 +178,58 @@ const (
 
 // waiter is a publisher waiting for room (outQueue.waitq): its message;
 // turn, a one-slot wake-up when it is first in line and its message may
-// fit; and, once done is closed, what became of it (stalled, or the queue
-// closed).
+// fit, or once it is answered; and, once answered, what became of it
+// (stalled, or the queue closed). m, res and answered are guarded by the
+// queue's mu. Once out of the line and back from put it is the queue's
+// spare, timer and channel included.
 type waiter struct {
-	m    item
-	cost int
-	turn chan struct{}
-	res  pushResult
-	done chan struct{}
+	m        item
+	cost     int
+	turn     chan struct{}
+	res      pushResult
+	answered bool
+	timer    *time.Timer // its wait's; made at its first wait, stopped after each
+}
+
+// maxSpareWaiters bounds the waiters a queue keeps for the next waits.
+const maxSpareWaiters = 128
+
+// newWaiterLocked is a waiter for m, a spare one if the queue has one
+// (mu held).
+func (q *outQueue) newWaiterLocked(m item, cost int) *waiter {
+	var w *waiter
+	if n := len(q.spare); n > 0 {
+		w = q.spare[n-1]
+		q.spare[n-1] = nil
+		q.spare = q.spare[:n-1]
+	} else {
+		w = &waiter{turn: make(chan struct{}, 1)}
+	}
+	w.m, w.cost = m, cost
+	return w
+}
+
+// spareLocked keeps w, out of the line and done with, for a next wait
+// (mu held): nobody wakes it any more, so a wake-up left in turn is
+// stale.
+func (q *outQueue) spareLocked(w *waiter) {
+	select {
+	case <-w.turn:
+	default:
+	}
+	w.m, w.res, w.answered = nil, 0, false
+	if len(q.spare) < maxSpareWaiters {
+		q.spare = append(q.spare, w)
+	}
+}
+
+// answerLocked ends w's wait with r (mu held); w is out of the line.
+func answerLocked(w *waiter, r pushResult) {
+	w.res, w.answered = r, true
+	select {
+	case w.turn <- struct{}{}:
+	default: // woken already
+	}
 }
 
 func newOutQueue(max int, patience time.Duration) *outQueue {
@@ -204,8 +253,7 @@ func (q *outQueue) spendLocked(now time.Time) {
 // answerAllLocked ends every publisher's wait with r (mu held).
 func (q *outQueue) answerAllLocked(r pushResult) {
 	for _, w := range q.waitq {
-		w.res = r
-		close(w.done)
+		answerLocked(w, r)
 	}
 	clear(q.waitq)
 	q.waitq = q.waitq[:0]
@@ -344,7 +392,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		q.mu.Unlock()
 		return pushLate
 	}
-	wt := &waiter{m: m, cost: c, turn: make(chan struct{}, 1), done: make(chan struct{})}
+	wt := q.newWaiterLocked(m, c)
 	if len(q.waitq) == 0 {
 		q.since = now
 	}
@@ -365,33 +413,40 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 			w.idle() // the acks of the publishes before this one go out before it waits
 			w.idle = nil
 		}
-		t := time.NewTimer(max(d, time.Millisecond))
+		// The timer is the waiter's, stopped after each wait: a stopped
+		// timer delivers nothing stale (Go 1.23).
+		if wt.timer == nil {
+			wt.timer = time.NewTimer(max(d, time.Millisecond))
+		} else {
+			wt.timer.Reset(max(d, time.Millisecond))
+		}
 		select {
-		case <-wt.done:
 		case <-wt.turn:
-		case <-t.C:
+		case <-wt.timer.C:
 		case <-w.stop:
 		}
-		t.Stop()
+		wt.timer.Stop()
 		q.mu.Lock()
 		now = time.Now()
 		q.spendLocked(now)
-		select {
-		case <-wt.done: // stalled, or the queue closed
+		if wt.answered { // stalled, or the queue closed
+			res := wt.res
+			q.spareLocked(wt)
 			q.mu.Unlock()
-			return wt.res
-		default:
+			return res
 		}
 		if q.waitq[0] == wt && (q.bytes == 0 || q.bytes+c <= q.max) { // its turn, and room
 			q.waitq = slices.Delete(q.waitq, 0, 1)
 			q.items = append(q.items, m)
 			q.bytes += c
+			q.spareLocked(wt)
 			q.admitLocked() // the next in line
 			q.unlockAndWake()
 			return pushed
 		}
 		if q.lateLocked(w, now) || w.stopped() {
 			q.leaveWaitLocked(wt)
+			q.spareLocked(wt)
 			q.admitLocked() // those behind it may fit
 			q.mu.Unlock()
 			return pushLate
@@ -610,11 +665,10 @@ func (q *outQueue) close() bool {
 			gone = true
 		}
 		if gone {
-			w.res = pushGone
+			answerLocked(w, pushGone)
 		} else {
-			w.res = q.closedPutLocked(w.m)
+			answerLocked(w, q.closedPutLocked(w.m))
 		}
-		close(w.done)
 	}
 	q.waitq = nil
 	return true
