@@ -342,7 +342,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			wait = waitAck
 		}
 		if c.pubCtx == nil {
-			c.pubCtx = context.WithValue(context.Background(), heldAcksKey{}, func() { _ = cl.FlushHeld() })
+			c.pubCtx = context.WithValue(context.Background(), heldAcksKey{}, &mqttPublisher{flush: func() { _ = cl.FlushHeld() }})
 		}
 		err = h.b.publishInline(c.pubCtx, c.p, m, wait)
 	}

@@ -368,7 +368,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		return q.closedPutLocked(m)
 	}
 	fits := q.bytes == 0 || q.bytes+c <= q.max
-	if fits && (len(q.waitq) == 0 || w.deadline.IsZero()) {
+	if fits && (len(q.waitq) == 0 || w.never()) {
 		// Room, and nobody waiting ahead (a sender that never waits may
 		// pass them: it takes room only when there is some).
 		q.items = append(q.items, m)
@@ -377,6 +377,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		return pushed
 	}
 	now := time.Now()
+	w = w.from(now)
 	q.spendLocked(now)
 	switch {
 	case w.deadline.IsZero():
@@ -483,14 +484,53 @@ type pubWait struct {
 	limit    time.Time
 	stop     <-chan struct{} // closed: the publisher gave up (its context ended); nil: never
 	idle     func()          // called once before the publisher first waits, without locks: its connection writes the acks it held (heldAcks); nil: none
+	// clock, for an MQTT client's publish, holds deadline and limit
+	// instead, set when one of the publish's deliveries first has to
+	// wait (from): a publish that never waits reads no clock. nil: the
+	// fields above are set.
+	clock *pubClock
 }
 
-// heldAcksKey is the context key of a publisher's func that writes the
-// acks its MQTT connection held (mochi Client.FlushHeld): hooks.go
-// OnPublish sets it, publisherWait puts it in pubWait.idle, so an ack
-// mochi held while this publish waited in its read buffer does not wait
-// with it for room in a subscriber's queue (up to 5 × publish_wait).
+// pubClock is when the wait of an MQTT client's publish for room ends,
+// set from the moment one of its deliveries first has to wait (not from
+// its start: its earlier deliveries, queued or written directly, never
+// wait, so they took microseconds), and shared by the later ones, so
+// the publish waits PublishWait in all. It is its connection's
+// (mqttPublisher), used by the read goroutine for one publish at a time.
+type pubClock struct {
+	wait            time.Duration // PublishWait
+	started         bool
+	deadline, limit time.Time
+}
+
+// never reports whether w is the zero pubWait, which does not wait.
+func (w pubWait) never() bool { return w.deadline.IsZero() && w.clock == nil }
+
+// from is w with its deadline and limit, its clock started now if it was
+// not.
+func (w pubWait) from(now time.Time) pubWait {
+	if c := w.clock; c != nil {
+		if !c.started {
+			c.started, c.deadline, c.limit = true, now.Add(c.wait), now.Add(waitLimit*c.wait)
+		}
+		w.deadline, w.limit = c.deadline, c.limit
+	}
+	return w
+}
+
+// heldAcksKey is the context key of an MQTT publisher (*mqttPublisher):
+// hooks.go OnPublish sets it, publisherWait puts its flush in
+// pubWait.idle, so an ack mochi held while this publish waited in its
+// read buffer does not wait with it for room in a subscriber's queue (up
+// to 5 × publish_wait), and its clock in pubWait.clock.
 type heldAcksKey struct{}
+
+// mqttPublisher is what an MQTT connection's read goroutine carries into
+// the door with each publish (conn.pubCtx).
+type mqttPublisher struct {
+	flush func()   // writes the acks mochi held for the client (mochi Client.FlushHeld)
+	clock pubClock // the wait of the publish being delivered
+}
 
 // stopped reports whether w's publisher gave up.
 func (w pubWait) stopped() bool {
@@ -508,11 +548,16 @@ func (w pubWait) stopped() bool {
 const waitLimit = 5
 
 // publisherWait is the wait of a publish made now with ctx: it ends with
-// ctx too (a door publisher that gave up, an HTTP client gone).
+// ctx too (a door publisher that gave up, an HTTP client gone). An MQTT
+// client's (its context has no deadline nor end) starts its clock only if
+// it waits (pubClock).
 func (b *Broker) publisherWait(ctx context.Context) pubWait {
+	if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok {
+		mp.clock = pubClock{wait: b.opts.PublishWait}
+		return pubWait{stop: ctx.Done(), idle: mp.flush, clock: &mp.clock}
+	}
 	now := time.Now()
 	w := pubWait{deadline: now.Add(b.opts.PublishWait), limit: now.Add(waitLimit * b.opts.PublishWait), stop: ctx.Done()}
-	w.idle, _ = ctx.Value(heldAcksKey{}).(func())
 	if d, ok := ctx.Deadline(); ok {
 		if d.Before(w.deadline) {
 			w.deadline = d
