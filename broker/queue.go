@@ -129,9 +129,9 @@ type outQueue struct {
 	leftLost  int  // QoS 1/2 plain messages close and unsent could not keep (over the bound)
 	sealed    bool // the leftovers were taken: a push answers pushGone
 	// waitq is the publishers waiting for room, in the order they came:
-	// room goes to them in that order (admitLocked): the first is woken
-	// alone when its message fits, queues it and wakes the next; never
-	// all at once at every take.
+	// room goes to them in that order (admitLocked): whoever makes room
+	// queues the messages of those first in line that fit, and wakes
+	// each of them once, its message queued.
 	waitq []*waiter
 	// spare is waiters done with, for the next waits: a fan-in's
 	// publishers wait for one subscriber's room again and again (about
@@ -177,9 +177,9 @@ const (
 )
 
 // waiter is a publisher waiting for room (outQueue.waitq): its message;
-// turn, a one-slot wake-up when it is first in line and its message may
-// fit, or once it is answered; and, once answered, what became of it
-// (stalled, or the queue closed). m, res and answered are guarded by the
+// turn, a one-slot wake-up once it is answered (or, first in line, when
+// its message may fit); and, once answered, what became of it (queued by
+// admitLocked, stalled, or the queue closed). m, res and answered are guarded by the
 // queue's mu. Once out of the line and back from put it is the queue's
 // spare, timer and channel included.
 type waiter struct {
@@ -259,20 +259,36 @@ func (q *outQueue) answerAllLocked(r pushResult) {
 	q.waitq = q.waitq[:0]
 }
 
-// admitLocked wakes the first publisher in line if its message fits
-// now (mu held): it queues its message itself and wakes the next (a
-// hand-off down the line, so the writer wakes one publisher a take, not
-// every one it makes room for).
-func (q *outQueue) admitLocked() {
-	if len(q.waitq) == 0 || q.closed {
-		return
+// admitLocked queues the messages of the publishers first in line, in
+// line order, while they fit, and wakes each of them with its wait
+// answered (pushed) (mu held). It reports whether it queued any, for
+// the caller to wake the writer. Each publisher is woken once, when its
+// message is queued: no herd, and no hand-off down the line either (the
+// first woken used to queue its message and wake the next, one goroutine
+// switch a message: in mote bench's fan-in, where the publishers wait
+// for one subscriber's room in turn, that chain was what refilled the
+// queue).
+func (q *outQueue) admitLocked() bool {
+	if q.closed {
+		return false
 	}
-	if w := q.waitq[0]; q.bytes == 0 || q.bytes+w.cost <= q.max {
-		select {
-		case w.turn <- struct{}{}:
-		default: // woken already
+	n := 0
+	for ; n < len(q.waitq); n++ {
+		w := q.waitq[n]
+		if q.bytes > 0 && q.bytes+w.cost > q.max {
+			break
 		}
+		q.items = append(q.items, w.m)
+		q.bytes += w.cost
+		answerLocked(w, pushed)
 	}
+	if n == 0 {
+		return false
+	}
+	k := copy(q.waitq, q.waitq[n:])
+	clear(q.waitq[k:])
+	q.waitq = q.waitq[:k]
+	return true
 }
 
 // leaveWaitLocked takes w out of the line (mu held).
@@ -430,7 +446,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		q.mu.Lock()
 		now = time.Now()
 		q.spendLocked(now)
-		if wt.answered { // stalled, or the queue closed
+		if wt.answered { // queued by admitLocked, stalled, or the queue closed
 			res := wt.res
 			q.spareLocked(wt)
 			q.mu.Unlock()
@@ -448,8 +464,11 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		if q.lateLocked(w, now) || w.stopped() {
 			q.leaveWaitLocked(wt)
 			q.spareLocked(wt)
-			q.admitLocked() // those behind it may fit
-			q.mu.Unlock()
+			if q.admitLocked() { // those behind it may fit
+				q.unlockAndWake()
+			} else {
+				q.mu.Unlock()
+			}
 			return pushLate
 		}
 	}
@@ -574,17 +593,19 @@ func (b *Broker) publisherWait(ctx context.Context) pubWait {
 // negative n gives them back.
 func (q *outQueue) reserve(n int) bool {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	switch {
 	case q.closed: // nothing is counted any more
 	case n > 0 && q.bytes > 0 && q.bytes+n > q.max:
+		q.mu.Unlock()
 		return false
 	default:
 		q.bytes += n
-		if n < 0 {
-			q.admitLocked()
+		if n < 0 && q.admitLocked() {
+			q.unlockAndWake()
+			return true
 		}
 	}
+	q.mu.Unlock()
 	return true
 }
 
@@ -632,8 +653,13 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 		clear(q.items[k:])
 		q.items, q.head = q.items[:k], 0
 	}
-	if len(out) > 0 {
-		q.admitLocked()
+	if len(out) > 0 && q.admitLocked() {
+		// The writer's next take finds them; the wake-up is for a writer
+		// that stops before it (writeUntilDone takes until empty).
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
 	}
 	q.role = roleNone
 	if len(out) > 0 {
