@@ -301,7 +301,10 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 		}
 		return
 	}
-	expiry := time.Now().Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
+	// mote: keep-alive × 1.5 in Duration, not uint16: upstream's
+	// keepalive+keepalive/2 overflowed above 43690 (65535 gave 32766 s,
+	// 43691 gave 0) and lost an odd keep-alive's half second.
+	expiry := time.Now().Add(time.Duration(keepalive) * 1500 * time.Millisecond) // [MQTT-3.1.2-22]
 	if cl.Net.deadlineSet && !cl.Net.deadline.IsZero() && !cl.Net.deadline.Before(expiry) {
 		return
 	}
