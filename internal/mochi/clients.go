@@ -281,7 +281,14 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	}
 }
 
-// refreshDeadline refreshes the read/write deadline for the net.Conn connection.
+// refreshDeadline refreshes the read deadline for the net.Conn connection.
+//
+// mote: the read deadline only, not the write deadline as well
+// (SetDeadline): the connection's writes set their own (broker netConn,
+// WriteTimeout), and this one, set by the reader, moved a blocked
+// write's deadline to keep-alive × 1.5 away, again and again while the
+// client sent: a subscriber that stopped reading but kept sending was
+// never cut off by the write timeout (TestWriteTimeoutNotMovedByKeepAlive).
 //
 // mote: the deadline is moved only when it would otherwise come before
 // keepalive × 1.5 from now, and then to deadlineSlack past that: never
@@ -297,7 +304,7 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 	if keepalive == 0 { // nil time can be used to disable deadline if keepalive = 0
 		if !cl.Net.deadlineSet || !cl.Net.deadline.IsZero() {
 			cl.Net.deadline, cl.Net.deadlineSet = time.Time{}, true
-			_ = cl.Net.Conn.SetDeadline(time.Time{})
+			_ = cl.Net.Conn.SetReadDeadline(time.Time{})
 		}
 		return
 	}
@@ -309,7 +316,7 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 		return
 	}
 	cl.Net.deadline, cl.Net.deadlineSet = expiry.Add(deadlineSlack), true
-	_ = cl.Net.Conn.SetDeadline(cl.Net.deadline) // [MQTT-3.1.2-22]
+	_ = cl.Net.Conn.SetReadDeadline(cl.Net.deadline) // [MQTT-3.1.2-22]
 }
 
 // deadlineSlack is how much later than keepalive × 1.5 a client's read

@@ -443,10 +443,15 @@ type deadlineConn struct {
 	last time.Time
 }
 
-func (c *deadlineConn) SetDeadline(t time.Time) error {
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
 	c.sets++
 	c.last = t
 	return nil
+}
+
+// SetDeadline would move the write deadline too: refreshDeadline must not.
+func (c *deadlineConn) SetDeadline(t time.Time) error {
+	panic("SetDeadline: refreshDeadline moves the read deadline only")
 }
 
 // TestRefreshDeadlineCoalesced: mote change 16. The read deadline is set
