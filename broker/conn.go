@@ -31,7 +31,7 @@ type conn struct {
 	out endpoint
 
 	acked   chan struct{}   // one slot: an in-flight slot was freed
-	pubCtx  context.Context // OnPublish's (the read goroutine's only): carries the mochi client's FlushHeld (heldAcksKey); nil until the first publish
+	pubCtx  context.Context // OnPublish's (the read goroutine's only): carries its *mqttPublisher (heldAcksKey: the mochi client's FlushHeld, the publish's wait clock); nil until the first publish
 	dropped atomic.Int64
 
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)

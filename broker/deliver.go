@@ -20,6 +20,13 @@ type message struct {
 	size    int                 // bytes of its properties
 	qos     byte
 	retain  bool
+
+	// first is the queue item of the first subscriber deliverTo gives it
+	// to, made with the message (one allocation a message less: a fan-in's
+	// messages have one subscriber each); firstUsed says it is taken.
+	// Only deliverTo, which is given a message once, touches them.
+	first     plainItem
+	firstUsed bool
 }
 
 // propsSize is roughly what MQTT 5 properties hold in memory.
@@ -66,6 +73,7 @@ func (b *Broker) deliverRow(msg message) {
 // deliverTo delivers msg to subs, the subscribers of its topic (one per
 // client, its matching subscriptions merged: subIndex.match). It starts at
 // a random one, so that those written directly are not always the same.
+// A message is given to it once.
 func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 	direct := 0 // messages written directly (at most directPerMessage)
 	first := 0
@@ -91,7 +99,12 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 		if !b.access.canRead(p, msg.topic) && !b.readsUsersReport(p, msg.topic) {
 			continue
 		}
-		m := &plainItem{
+		m := &msg.first
+		if msg.firstUsed {
+			m = new(plainItem)
+		}
+		msg.firstUsed = true
+		*m = plainItem{
 			msg:    msg,
 			qos:    min(msg.qos, sub.qos),
 			retain: msg.retain && v5 && sub.rap, // [MQTT-3.3.1-12]

@@ -109,9 +109,13 @@
 // the replay, so a row's values arrive in order. A delta waiting in
 // the queue takes in the next ones of its subscription (folding). A full
 // queue makes a publisher wait, never the loop: publishers wait in line
-// and get room in the order they came: as the writer takes items it wakes
-// the first, which queues its message and wakes the next (no herd). A
-// publish waits PublishWait in all, and longer only while the client is
+// and get room in the order they came: as the writer takes items it
+// queues the messages of those first in line that now fit, in order, and
+// wakes each of them once (no herd, and no chain of wake-ups either: a
+// waiter does not wait for the one ahead of it to run). A
+// publish waits PublishWait in all (an MQTT client's counted from its
+// first wait, so one that never waits reads no clock: pubClock), and
+// longer only while the client is
 // being written, up to 5 × PublishWait (its publisher's own connection
 // is not read meanwhile), and never past its context (Broker.Publish); a
 // wait that is over is refused at once, not queued: a subscriber that reads steadily slows its

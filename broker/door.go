@@ -237,8 +237,8 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m Message, r prepare
 		return nil
 	}
 	if len(meta.done) == 0 { // the answer waits for the loop, the disk or the cluster's log
-		if flush, ok := ctx.Value(heldAcksKey{}).(func()); ok {
-			flush() // the acks mochi held for this client's earlier publishes do not wait with it
+		if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok {
+			mp.flush() // the acks mochi held for this client's earlier publishes do not wait with it
 		}
 	}
 	if b.cl != nil { // a write through the cluster's log: never an endless wait

@@ -47,7 +47,13 @@ func mqttPrincipal(cl *mqtt.Client) Principal {
 	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: isOriginal(cl.Net.Listener)}
 }
 
+// conn is cl's connection while it is filed (Broker.conns), else nil. The
+// hooks ask it several times a packet: a client on one of the broker's
+// listeners has it on its netConn (netConn.filed), kept with the map.
 func (h *hook) conn(cl *mqtt.Client) *conn {
+	if nc, ok := cl.Net.Conn.(*netConn); ok {
+		return nc.filed.Load()
+	}
 	if v, ok := h.b.conns.Load(cl); ok {
 		return v.(*conn)
 	}
@@ -203,6 +209,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.q.hold()
 	}
 	b.conns.Store(cl, c)
+	if nc, ok := cl.Net.Conn.(*netConn); ok {
+		nc.filed.Store(c)
+	}
 	switch filed, next, fresh := b.arriving.adopt(b, cl, c); { // files c under cl.ID
 	case !filed:
 		// mochi gave the session to a newer client meanwhile: c ends,
@@ -248,6 +257,9 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		return
 	}
 	c := v.(*conn)
+	if nc, ok := cl.Net.Conn.(*netConn); ok {
+		nc.filed.CompareAndSwap(c, nil)
+	}
 	if o, ok := c.outOf(); ok {
 		left := o.ids.close(cl) // before the session's messages are handed on
 		if keep {
@@ -341,7 +353,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			wait = waitAck
 		}
 		if c.pubCtx == nil {
-			c.pubCtx = context.WithValue(context.Background(), heldAcksKey{}, func() { _ = cl.FlushHeld() })
+			c.pubCtx = context.WithValue(context.Background(), heldAcksKey{}, &mqttPublisher{flush: func() { _ = cl.FlushHeld() }})
 		}
 		err = h.b.publishInline(c.pubCtx, c.p, m, wait)
 	}

@@ -160,6 +160,11 @@ type netConn struct {
 	closeErr  error
 	hsOnce    sync.Once
 	aborted   atomic.Bool // Close resets
+
+	// filed is the broker's conn of this connection's client while it is
+	// filed in Broker.conns (attach to dropConn), nil before and after: the
+	// hooks find it here, at every packet, without a map lookup (hook.conn).
+	filed atomic.Pointer[conn]
 }
 
 // errConnectTooLarge and errPacketTooLarge end a connection whose packet

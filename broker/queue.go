@@ -129,10 +129,15 @@ type outQueue struct {
 	leftLost  int  // QoS 1/2 plain messages close and unsent could not keep (over the bound)
 	sealed    bool // the leftovers were taken: a push answers pushGone
 	// waitq is the publishers waiting for room, in the order they came:
-	// room goes to them in that order (admitLocked): the first is woken
-	// alone when its message fits, queues it and wakes the next; never
-	// all at once at every take.
+	// room goes to them in that order (admitLocked): whoever makes room
+	// queues the messages of those first in line that fit, and wakes
+	// each of them once, its message queued.
 	waitq []*waiter
+	// spare is waiters done with, for the next waits: a fan-in's
+	// publishers wait for one subscriber's room again and again (about
+	// one message in four in mote bench's fan-in), each wait a waiter,
+	// its channel and its timer otherwise.
+	spare []*waiter
 
 	// How long this client may hold publishers back (a token bucket of
 	// time): while any publisher waits for room, credit runs down; what
@@ -172,15 +177,59 @@ const (
 )
 
 // waiter is a publisher waiting for room (outQueue.waitq): its message;
-// turn, a one-slot wake-up when it is first in line and its message may
-// fit; and, once done is closed, what became of it (stalled, or the queue
-// closed).
+// turn, a one-slot wake-up once it is answered (or, first in line, when
+// its message may fit); and, once answered, what became of it (queued by
+// admitLocked, stalled, or the queue closed). m, res and answered are guarded by the
+// queue's mu. Once out of the line and back from put it is the queue's
+// spare, timer and channel included.
 type waiter struct {
-	m    item
-	cost int
-	turn chan struct{}
-	res  pushResult
-	done chan struct{}
+	m        item
+	cost     int
+	turn     chan struct{}
+	res      pushResult
+	answered bool
+	timer    *time.Timer // its wait's; made at its first wait, stopped after each
+}
+
+// maxSpareWaiters bounds the waiters a queue keeps for the next waits.
+const maxSpareWaiters = 128
+
+// newWaiterLocked is a waiter for m, a spare one if the queue has one
+// (mu held).
+func (q *outQueue) newWaiterLocked(m item, cost int) *waiter {
+	var w *waiter
+	if n := len(q.spare); n > 0 {
+		w = q.spare[n-1]
+		q.spare[n-1] = nil
+		q.spare = q.spare[:n-1]
+	} else {
+		w = &waiter{turn: make(chan struct{}, 1)}
+	}
+	w.m, w.cost = m, cost
+	return w
+}
+
+// spareLocked keeps w, out of the line and done with, for a next wait
+// (mu held): nobody wakes it any more, so a wake-up left in turn is
+// stale.
+func (q *outQueue) spareLocked(w *waiter) {
+	select {
+	case <-w.turn:
+	default:
+	}
+	w.m, w.res, w.answered = nil, 0, false
+	if len(q.spare) < maxSpareWaiters {
+		q.spare = append(q.spare, w)
+	}
+}
+
+// answerLocked ends w's wait with r (mu held); w is out of the line.
+func answerLocked(w *waiter, r pushResult) {
+	w.res, w.answered = r, true
+	select {
+	case w.turn <- struct{}{}:
+	default: // woken already
+	}
 }
 
 func newOutQueue(max int, patience time.Duration) *outQueue {
@@ -204,27 +253,42 @@ func (q *outQueue) spendLocked(now time.Time) {
 // answerAllLocked ends every publisher's wait with r (mu held).
 func (q *outQueue) answerAllLocked(r pushResult) {
 	for _, w := range q.waitq {
-		w.res = r
-		close(w.done)
+		answerLocked(w, r)
 	}
 	clear(q.waitq)
 	q.waitq = q.waitq[:0]
 }
 
-// admitLocked wakes the first publisher in line if its message fits
-// now (mu held): it queues its message itself and wakes the next (a
-// hand-off down the line, so the writer wakes one publisher a take, not
-// every one it makes room for).
-func (q *outQueue) admitLocked() {
-	if len(q.waitq) == 0 || q.closed {
-		return
+// admitLocked queues the messages of the publishers first in line, in
+// line order, while they fit, and wakes each of them with its wait
+// answered (pushed) (mu held). It reports whether it queued any, for
+// the caller to wake the writer. Each publisher is woken once, when its
+// message is queued: no herd, and no hand-off down the line either (the
+// first woken used to queue its message and wake the next, one goroutine
+// switch a message: in mote bench's fan-in, where the publishers wait
+// for one subscriber's room in turn, that chain was what refilled the
+// queue).
+func (q *outQueue) admitLocked() bool {
+	if q.closed {
+		return false
 	}
-	if w := q.waitq[0]; q.bytes == 0 || q.bytes+w.cost <= q.max {
-		select {
-		case w.turn <- struct{}{}:
-		default: // woken already
+	n := 0
+	for ; n < len(q.waitq); n++ {
+		w := q.waitq[n]
+		if q.bytes > 0 && q.bytes+w.cost > q.max {
+			break
 		}
+		q.items = append(q.items, w.m)
+		q.bytes += w.cost
+		answerLocked(w, pushed)
 	}
+	if n == 0 {
+		return false
+	}
+	k := copy(q.waitq, q.waitq[n:])
+	clear(q.waitq[k:])
+	q.waitq = q.waitq[:k]
+	return true
 }
 
 // leaveWaitLocked takes w out of the line (mu held).
@@ -320,7 +384,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		return q.closedPutLocked(m)
 	}
 	fits := q.bytes == 0 || q.bytes+c <= q.max
-	if fits && (len(q.waitq) == 0 || w.deadline.IsZero()) {
+	if fits && (len(q.waitq) == 0 || w.never()) {
 		// Room, and nobody waiting ahead (a sender that never waits may
 		// pass them: it takes room only when there is some).
 		q.items = append(q.items, m)
@@ -329,6 +393,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		return pushed
 	}
 	now := time.Now()
+	w = w.from(now)
 	q.spendLocked(now)
 	switch {
 	case w.deadline.IsZero():
@@ -344,7 +409,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		q.mu.Unlock()
 		return pushLate
 	}
-	wt := &waiter{m: m, cost: c, turn: make(chan struct{}, 1), done: make(chan struct{})}
+	wt := q.newWaiterLocked(m, c)
 	if len(q.waitq) == 0 {
 		q.since = now
 	}
@@ -365,35 +430,45 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 			w.idle() // the acks of the publishes before this one go out before it waits
 			w.idle = nil
 		}
-		t := time.NewTimer(max(d, time.Millisecond))
+		// The timer is the waiter's, stopped after each wait: a stopped
+		// timer delivers nothing stale (Go 1.23).
+		if wt.timer == nil {
+			wt.timer = time.NewTimer(max(d, time.Millisecond))
+		} else {
+			wt.timer.Reset(max(d, time.Millisecond))
+		}
 		select {
-		case <-wt.done:
 		case <-wt.turn:
-		case <-t.C:
+		case <-wt.timer.C:
 		case <-w.stop:
 		}
-		t.Stop()
+		wt.timer.Stop()
 		q.mu.Lock()
 		now = time.Now()
 		q.spendLocked(now)
-		select {
-		case <-wt.done: // stalled, or the queue closed
+		if wt.answered { // queued by admitLocked, stalled, or the queue closed
+			res := wt.res
+			q.spareLocked(wt)
 			q.mu.Unlock()
-			return wt.res
-		default:
+			return res
 		}
 		if q.waitq[0] == wt && (q.bytes == 0 || q.bytes+c <= q.max) { // its turn, and room
 			q.waitq = slices.Delete(q.waitq, 0, 1)
 			q.items = append(q.items, m)
 			q.bytes += c
+			q.spareLocked(wt)
 			q.admitLocked() // the next in line
 			q.unlockAndWake()
 			return pushed
 		}
 		if q.lateLocked(w, now) || w.stopped() {
 			q.leaveWaitLocked(wt)
-			q.admitLocked() // those behind it may fit
-			q.mu.Unlock()
+			q.spareLocked(wt)
+			if q.admitLocked() { // those behind it may fit
+				q.unlockAndWake()
+			} else {
+				q.mu.Unlock()
+			}
 			return pushLate
 		}
 	}
@@ -428,14 +503,53 @@ type pubWait struct {
 	limit    time.Time
 	stop     <-chan struct{} // closed: the publisher gave up (its context ended); nil: never
 	idle     func()          // called once before the publisher first waits, without locks: its connection writes the acks it held (heldAcks); nil: none
+	// clock, for an MQTT client's publish, holds deadline and limit
+	// instead, set when one of the publish's deliveries first has to
+	// wait (from): a publish that never waits reads no clock. nil: the
+	// fields above are set.
+	clock *pubClock
 }
 
-// heldAcksKey is the context key of a publisher's func that writes the
-// acks its MQTT connection held (mochi Client.FlushHeld): hooks.go
-// OnPublish sets it, publisherWait puts it in pubWait.idle, so an ack
-// mochi held while this publish waited in its read buffer does not wait
-// with it for room in a subscriber's queue (up to 5 × publish_wait).
+// pubClock is when the wait of an MQTT client's publish for room ends,
+// set from the moment one of its deliveries first has to wait (not from
+// its start: its earlier deliveries, queued or written directly, never
+// wait, so they took microseconds), and shared by the later ones, so
+// the publish waits PublishWait in all. It is its connection's
+// (mqttPublisher), used by the read goroutine for one publish at a time.
+type pubClock struct {
+	wait            time.Duration // PublishWait
+	started         bool
+	deadline, limit time.Time
+}
+
+// never reports whether w is the zero pubWait, which does not wait.
+func (w pubWait) never() bool { return w.deadline.IsZero() && w.clock == nil }
+
+// from is w with its deadline and limit, its clock started now if it was
+// not.
+func (w pubWait) from(now time.Time) pubWait {
+	if c := w.clock; c != nil {
+		if !c.started {
+			c.started, c.deadline, c.limit = true, now.Add(c.wait), now.Add(waitLimit*c.wait)
+		}
+		w.deadline, w.limit = c.deadline, c.limit
+	}
+	return w
+}
+
+// heldAcksKey is the context key of an MQTT publisher (*mqttPublisher):
+// hooks.go OnPublish sets it, publisherWait puts its flush in
+// pubWait.idle, so an ack mochi held while this publish waited in its
+// read buffer does not wait with it for room in a subscriber's queue (up
+// to 5 × publish_wait), and its clock in pubWait.clock.
 type heldAcksKey struct{}
+
+// mqttPublisher is what an MQTT connection's read goroutine carries into
+// the door with each publish (conn.pubCtx).
+type mqttPublisher struct {
+	flush func()   // writes the acks mochi held for the client (mochi Client.FlushHeld)
+	clock pubClock // the wait of the publish being delivered
+}
 
 // stopped reports whether w's publisher gave up.
 func (w pubWait) stopped() bool {
@@ -453,11 +567,16 @@ func (w pubWait) stopped() bool {
 const waitLimit = 5
 
 // publisherWait is the wait of a publish made now with ctx: it ends with
-// ctx too (a door publisher that gave up, an HTTP client gone).
+// ctx too (a door publisher that gave up, an HTTP client gone). An MQTT
+// client's (its context has no deadline nor end) starts its clock only if
+// it waits (pubClock).
 func (b *Broker) publisherWait(ctx context.Context) pubWait {
+	if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok {
+		mp.clock = pubClock{wait: b.opts.PublishWait}
+		return pubWait{stop: ctx.Done(), idle: mp.flush, clock: &mp.clock}
+	}
 	now := time.Now()
 	w := pubWait{deadline: now.Add(b.opts.PublishWait), limit: now.Add(waitLimit * b.opts.PublishWait), stop: ctx.Done()}
-	w.idle, _ = ctx.Value(heldAcksKey{}).(func())
 	if d, ok := ctx.Deadline(); ok {
 		if d.Before(w.deadline) {
 			w.deadline = d
@@ -474,17 +593,19 @@ func (b *Broker) publisherWait(ctx context.Context) pubWait {
 // negative n gives them back.
 func (q *outQueue) reserve(n int) bool {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	switch {
 	case q.closed: // nothing is counted any more
 	case n > 0 && q.bytes > 0 && q.bytes+n > q.max:
+		q.mu.Unlock()
 		return false
 	default:
 		q.bytes += n
-		if n < 0 {
-			q.admitLocked()
+		if n < 0 && q.admitLocked() {
+			q.unlockAndWake()
+			return true
 		}
 	}
+	q.mu.Unlock()
 	return true
 }
 
@@ -532,8 +653,13 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 		clear(q.items[k:])
 		q.items, q.head = q.items[:k], 0
 	}
-	if len(out) > 0 {
-		q.admitLocked()
+	if len(out) > 0 && q.admitLocked() {
+		// The writer's next take finds them; the wake-up is for a writer
+		// that stops before it (writeUntilDone takes until empty).
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
 	}
 	q.role = roleNone
 	if len(out) > 0 {
@@ -610,11 +736,10 @@ func (q *outQueue) close() bool {
 			gone = true
 		}
 		if gone {
-			w.res = pushGone
+			answerLocked(w, pushGone)
 		} else {
-			w.res = q.closedPutLocked(w.m)
+			answerLocked(w, q.closedPutLocked(w.m))
 		}
-		close(w.done)
 	}
 	q.waitq = nil
 	return true

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +69,57 @@ func TestQueueRoomInOrder(t *testing.T) {
 			}
 		case <-ctx.Done():
 			t.Fatalf("publisher %d not admitted", want)
+		}
+	}
+}
+
+// TestQueueRoomAtOnce: room made for several waiting publishers at once
+// goes to as many as fit, in line order, in one step: whoever made the
+// room queues their messages and wakes each (admitLocked); none waits for
+// the one ahead of it to run first.
+func TestQueueRoomAtOnce(t *testing.T) {
+	q := newOutQueue(1000, time.Minute) // room for 4 items of 201 bytes
+	defer q.close()
+	for range 4 {
+		if r := q.put(waitItem(), pubWait{}); r != pushed {
+			t.Fatalf("filling: %v", r)
+		}
+	}
+	const n = 6
+	items := make([]*plainItem, n)
+	res := make(chan pushResult, n)
+	deadline := time.Now().Add(testTimeout)
+	for i := range n {
+		items[i] = waitItem()
+		go func() { res <- q.put(items[i], pubWait{deadline: deadline}) }()
+		awaitWaiting(t, q, i+1) // i is in line before i+1 comes
+	}
+	ctx := testCtx(t)
+	for _, round := range []struct{ from, to int }{{0, 4}, {4, 6}} {
+		if got := len(q.take(nil, 1<<20)); got != 4 {
+			t.Fatalf("took %d items, want 4", got)
+		}
+		q.mu.Lock()
+		queued := slices.Clone(q.items[q.head:])
+		waiting := len(q.waitq)
+		q.mu.Unlock()
+		if len(queued) != round.to-round.from || waiting != n-round.to {
+			t.Fatalf("after a take: %d queued, %d waiting; want %d, %d", len(queued), waiting, round.to-round.from, n-round.to)
+		}
+		for i, m := range queued {
+			if m != items[round.from+i] {
+				t.Fatalf("queued item %d is not publisher %d's (line order)", i, round.from+i)
+			}
+		}
+		for range round.to - round.from {
+			select {
+			case r := <-res:
+				if r != pushed {
+					t.Fatalf("a publisher got %v, want pushed", r)
+				}
+			case <-ctx.Done():
+				t.Fatal("an admitted publisher was not woken")
+			}
 		}
 	}
 }

@@ -435,3 +435,58 @@ func TestMoteConnackFailEndsSession(t *testing.T) {
 		})
 	}
 }
+
+// deadlineConn counts the deadlines set on it and keeps the last.
+type deadlineConn struct {
+	net.Conn
+	sets int
+	last time.Time
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.sets++
+	c.last = t
+	return nil
+}
+
+// SetDeadline would move the write deadline too: refreshDeadline must not.
+func (c *deadlineConn) SetDeadline(t time.Time) error {
+	panic("SetDeadline: refreshDeadline moves the read deadline only")
+}
+
+// TestRefreshDeadlineCoalesced: mote change 16. The read deadline is set
+// once for many packets, never earlier than keepalive × 1.5 from the
+// latest packet and at most deadlineSlack later; keep-alive 0 clears it
+// once.
+func TestRefreshDeadlineCoalesced(t *testing.T) {
+	cl, r, w := newTestClient()
+	defer r.Close()
+	defer w.Close()
+	dc := &deadlineConn{Conn: w}
+	cl.Net.Conn = dc
+
+	for range 1000 {
+		before := time.Now()
+		cl.refreshDeadline(10)
+		if want := before.Add(15 * time.Second); dc.last.Before(want) {
+			t.Fatalf("deadline %v is before keepalive × 1.5 from the packet (%v)", dc.last, want)
+		}
+	}
+	if dc.last.After(time.Now().Add(15*time.Second + deadlineSlack)) {
+		t.Fatalf("deadline %v is more than %v past keepalive × 1.5", dc.last, deadlineSlack)
+	}
+	if dc.sets > 2 { // once, twice if the loop took over a second
+		t.Fatalf("%d deadlines set for 1000 packets, want 1", dc.sets)
+	}
+
+	sets := dc.sets
+	cl.refreshDeadline(0)
+	cl.refreshDeadline(0)
+	if dc.sets != sets+1 || !dc.last.IsZero() {
+		t.Fatalf("keep-alive 0: %d more deadlines set, last %v; want one, zero", dc.sets-sets, dc.last)
+	}
+	cl.refreshDeadline(10)
+	if dc.sets != sets+2 || dc.last.IsZero() {
+		t.Fatalf("keep-alive 10 after 0: %d more deadlines set, last %v; want two, not zero", dc.sets-sets, dc.last)
+	}
+}

@@ -1098,7 +1098,10 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.Expiry = pk.Created + expiry
 	}
 
-	if !cl.Net.Inline {
+	// mote: not for QoS 0, which has no packet id [MQTT-2.2.1-2]: its 0
+	// names no message in flight (ids are 1–65535), and the lookup takes
+	// the in-flight map's lock at every publish (4% of a QoS 0 fan-in).
+	if !cl.Net.Inline && pk.FixedHeader.Qos > 0 {
 		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok {
 			if pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
 				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
