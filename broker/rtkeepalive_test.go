@@ -33,7 +33,7 @@ func keepAliveDial(t *testing.T, b *Broker, v byte, id string, ka uint16) (net.C
 
 // TestKeepAliveSilentClientCut: a client that stops sending is
 // disconnected after keep-alive × 1.5 [MQTT-3.1.2-22] (the deadline is
-// set about once a second: mochi change 16, at most a second later),
+// set about once a second: mochi change 21, at most a second later),
 // never before, on MQTT 3.1.1 and 5, and with the keep-alive the server
 // imposes (MaxKeepAlive, told in CONNACK's Server Keep Alive: a client's
 // 0 or one above it). Only the lower bound is timed; the upper one is a
@@ -74,7 +74,7 @@ func TestKeepAliveSilentClientCut(t *testing.T) {
 
 // TestKeepAlivePingerNotCut: a client with keep-alive 1 s that pings
 // more often than that is never disconnected, however many seconds the
-// read deadline is moved only about once a second (mochi change 16).
+// read deadline is moved only about once a second (mochi change 21).
 func TestKeepAlivePingerNotCut(t *testing.T) {
 	for _, v := range []byte{4, 5} {
 		t.Run(string('0'+v), func(t *testing.T) {

@@ -454,7 +454,7 @@ func (c *deadlineConn) SetDeadline(t time.Time) error {
 	panic("SetDeadline: refreshDeadline moves the read deadline only")
 }
 
-// TestRefreshDeadlineCoalesced: mote change 16. The read deadline is set
+// TestRefreshDeadlineCoalesced: mote change 21. The read deadline is set
 // once for many packets, never earlier than keepalive × 1.5 from the
 // latest packet and at most deadlineSlack later; keep-alive 0 clears it
 // once.
