@@ -133,23 +133,75 @@ func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 	case CodecMsgPack:
 		return d.decodeMsgPack(payload)
 	}
-	return d.decodeJSON(payload)
+	return d.decodeJSON(payload, nil)
 }
 
-func (d *Decoder) decodeJSON(payload []byte) (Node, error) {
+// Scratch is memory that DecodeWith reuses from one payload to the next:
+// the members of a JSON payload's objects are carved out of it instead of
+// allocated object by object. A Scratch is not safe for concurrent use.
+type Scratch struct {
+	nodes  []Node
+	counts []uint32
+}
+
+// scratchMax bounds the Nodes a Scratch keeps between payloads (~4.5 MiB).
+const scratchMax = 1 << 16
+
+// DecodeWith is Decode with the members of a JSON payload's objects taken
+// from sc (CBOR and MessagePack decode as Decode does). The tree returned
+// is valid until the next DecodeWith or Release on sc: read it, or copy what
+// is kept, before that. A nil sc is Decode.
+func (d *Decoder) DecodeWith(c Codec, payload []byte, sc *Scratch) (Node, error) {
+	if c != CodecJSON || sc == nil || len(payload) > d.lim.MaxSize {
+		return d.Decode(c, payload)
+	}
+	return d.decodeJSON(payload, sc)
+}
+
+// Release clears what sc holds of the last tree decoded with it, so that
+// it pins no payload while it waits for the next one.
+func (sc *Scratch) Release() {
+	clear(sc.nodes) // its length is what the last tree used
+	sc.nodes = sc.nodes[:0]
+}
+
+func (d *Decoder) decodeJSON(payload []byte, sc *Scratch) (Node, error) {
 	if len(payload) > math.MaxInt32 { // beyond what the member counts index
 		return Node{}, fmt.Errorf("%w: %d bytes of JSON, limit %d", ErrPayload, len(payload), math.MaxInt32)
 	}
 	s := string(payload)
 	// The member counts size each object's Kids exactly. Brackets in
 	// strings count too, but every object or array takes two bytes.
-	counts := make([]uint32, 0, min(strings.Count(s, "{")+strings.Count(s, "["), len(s)/2))
+	var counts []uint32
+	if sc != nil {
+		counts = sc.counts[:0]
+	}
+	if n := min(strings.Count(s, "{")+strings.Count(s, "["), len(s)/2); cap(counts) < n {
+		counts = make([]uint32, 0, n)
+	}
 	counts, bad := scanJSON(s, d.lim.MaxDepth, counts, true)
+	if sc != nil && cap(counts) <= 4*scratchMax {
+		sc.counts = counts[:0]
+	}
 	if bad.what != "" {
 		return Node{}, bad.err(d.lim.MaxDepth)
 	}
 	p := jsonDecoder{s: s, counts: counts, maxNodes: d.lim.MaxNodes}
-	return p.value()
+	if sc != nil {
+		sc.Release()
+		p.arena = sc.nodes
+	}
+	root, err := p.value()
+	if sc == nil {
+		return root, err
+	}
+	sc.nodes = p.arena
+	if p.nodes > cap(sc.nodes) && p.nodes <= scratchMax && err == nil {
+		// Too small for this payload: the next one like it finds room.
+		// The tree just decoded is not in it, so it needs no clearing.
+		sc.nodes = make([]Node, 0, p.nodes)
+	}
+	return root, err
 }
 
 // jsonDecoder builds a Node from JSON text that CheckJSON accepted, so it
@@ -165,6 +217,7 @@ type jsonDecoder struct {
 	at       trail    // where i is, for errors
 	keys     []string // keys read so far of the open objects, innermost last
 	buf      []byte   // an unescaped string
+	arena    []Node   // where objects' members are carved from while it has room (Scratch)
 }
 
 func (p *jsonDecoder) value() (Node, error) {
@@ -200,8 +253,13 @@ func (p *jsonDecoder) value() (Node, error) {
 func (p *jsonDecoder) object() (Node, error) {
 	s, start := p.s, p.i
 	n := Node{Obj: true}
-	if c := p.counts[p.next]; c > 0 {
-		n.Kids = make([]Node, 0, c)
+	if c := int(p.counts[p.next]); c > 0 {
+		if k := len(p.arena); cap(p.arena)-k >= c {
+			p.arena = p.arena[:k+c]
+			n.Kids = p.arena[k : k : k+c]
+		} else {
+			n.Kids = make([]Node, 0, c)
+		}
 	}
 	p.next++
 	var index keyIndex
