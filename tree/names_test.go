@@ -1,11 +1,14 @@
 package tree
 
 import (
+	"bytes"
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"testing"
+	"unsafe"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -154,5 +157,37 @@ func TestStoreSiblingPuts(t *testing.T) {
 				t.Error("store not empty after deleting every row")
 			}
 		})
+	}
+}
+
+// TestStoreCopiesTopicAndValue: Set keeps copies of the topic and value
+// (one string for both when it makes the row's node), never the caller's
+// bytes, which it may reuse; an empty value included, and a row made on
+// an existing node, a sibling or a new branch.
+func TestStoreCopiesTopicAndValue(t *testing.T) {
+	var s Store
+	buf := bytes.Repeat([]byte{0}, 64) // on the heap, as a connection's buffer is
+	set := func(topic, val string) {
+		n := copy(buf, topic)
+		copy(buf[n:], val)
+		tb, vb := buf[:n:n], buf[n:n+len(val)]
+		s.Set(unsafe.String(unsafe.SliceData(tb), len(tb)), wire.Value{Kind: wire.String, Data: unsafe.String(unsafe.SliceData(vb), len(vb))}, 0)
+		clear(buf)
+	}
+	want := map[string]string{}
+	for _, r := range [][2]string{
+		{"a/b/c", "1"}, {"a/b/d", ""}, {"a/b/e", "long value"}, {"a", ""}, {"a/b", "x"},
+		{"z/y", ""}, {"z/y/x", "2"}, {"a/b/c", "3"}, {"a/b/d", "4"},
+	} {
+		set(r[0], r[1])
+		want[r[0]] = r[1]
+	}
+	got := map[string]string{}
+	s.Range(func(topic string, v wire.Value, _ byte) bool {
+		got[topic] = v.Data
+		return true
+	})
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("rows %q, want %q", got, want)
 	}
 }

@@ -29,6 +29,27 @@ type Store struct {
 	// is removed: the rows of one tree publish mostly share it, and a put
 	// under it skips the walk from the root.
 	last *node
+	// free is where new nodes are taken from: nodeChunk nodes allocated
+	// at once, so a tree publish's rows cost one allocation for every
+	// nodeChunk of them instead of one each, and the GC marks one object
+	// for them.
+	free []node
+}
+
+// nodeChunk is how many nodes are allocated together. A chunk stays in
+// memory while any of its nodes is in the store (or held by a Ref), so
+// rows deleted one by one can leave at most nodeChunk-1 dead nodes (80
+// bytes each, their topics and values dropped) beside a live one.
+const nodeChunk = 16
+
+// newNode returns a zero node from the current chunk.
+func (s *Store) newNode() *node {
+	if len(s.free) == 0 {
+		s.free = make([]node, nodeChunk)
+	}
+	n := &s.free[0]
+	s.free = s.free[1:]
+	return n
 }
 
 // node is one topic level. A row lives on a node whose kind is not None.
@@ -175,7 +196,13 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, va
 	if len(topic) > wire.MaxTopicLen {
 		return false, false
 	}
-	n := s.node(topic)
+	n, fresh := s.node(topic, v.Data)
+	if fresh { // its value is already in place, beside its topic
+		s.rows++
+		s.gen++
+		n.kind, n.qos, n.rev, n.ms = v.Kind, qos, at.Rev, at.MS
+		return true, true
+	}
 	if n.kind == wire.None {
 		s.rows++
 		s.gen++
@@ -192,20 +219,25 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, va
 }
 
 // node returns the node of topic, making it and its parents as needed.
-func (s *Store) node(topic string) *node {
+// When it makes the topic's own node (fresh), it gives it val as its
+// value: the topic and the value are copied into one string, one
+// allocation, that new nodes' paths and the value point into.
+func (s *Store) node(topic, val string) (n *node, fresh bool) {
 	if p := s.last; p != nil && len(topic) > len(p.path) && topic[len(p.path)] == '/' &&
 		strings.HasPrefix(topic, p.path) && strings.IndexByte(topic[len(p.path)+1:], '/') < 0 {
 		// A sibling of the last row: one level below the same parent.
 		name := topic[len(p.path)+1:]
 		if c := s.child(p, name); c != nil {
-			return c
+			return c, false
 		}
-		c := &node{path: strings.Clone(topic), off: uint16(len(p.path) + 1)}
+		owned := joined(topic, val)
+		c := s.newNode()
+		c.path, c.val, c.off = owned[:len(topic)], owned[len(topic):], uint16(len(p.path)+1)
 		s.addChild(p, c)
-		return c
+		return c, true
 	}
-	n := &s.root
-	owned := "" // the topic copy that new nodes' paths point into
+	n = &s.root
+	owned := "" // the topic and value copy that new nodes point into
 	for i := 0; i <= len(topic); {
 		if i > 0 {
 			s.last = n
@@ -216,14 +248,27 @@ func (s *Store) node(topic string) *node {
 		c := s.child(n, name)
 		if c == nil {
 			if owned == "" {
-				owned = strings.Clone(topic)
+				owned = joined(topic, val)
 			}
-			c = &node{path: owned[:start+len(name)], off: uint16(start)}
+			c = s.newNode()
+			c.path, c.off = owned[:start+len(name)], uint16(start)
 			s.addChild(n, c)
 		}
 		n = c
 	}
-	return n
+	if owned == "" {
+		return n, false
+	}
+	n.val = owned[len(topic):]
+	return n, true
+}
+
+// joined is a copy of topic followed by val, in one allocation.
+func joined(topic, val string) string {
+	if val == "" {
+		return strings.Clone(topic) // topic + "" would be topic itself, not a copy
+	}
+	return topic + val
 }
 
 // Delete removes a row and prunes the nodes left empty. It reports whether
@@ -252,6 +297,9 @@ func (s *Store) Delete(topic string) bool {
 			break
 		}
 		s.removeChild(path[j-1], c)
+		// Its chunk may outlive it: let go of its topic (a Ref reads
+		// kind None and stops there).
+		c.path, c.off = "", 0
 	}
 	return true
 }
