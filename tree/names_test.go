@@ -14,20 +14,30 @@ import (
 )
 
 // TestNamesMatchesMap drives the child index with random puts and deletes
-// (so probe runs wrap and shift) and checks it against a map.
+// (so probe runs wrap and shift), the children kept in a slice as a node
+// keeps them (a removal moves the last into the gap), and checks it
+// against a map.
 func TestNamesMatchesMap(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	seed := maphash.MakeSeed()
 	var x names
+	var kids []*node
 	model := map[string]*node{}
 	for step := range 20000 {
 		name := fmt.Sprint(r.IntN(300))
 		if c := model[name]; c != nil && r.IntN(2) == 0 {
-			x.del(seed, name)
+			last := len(kids) - 1
+			x.del(seed, kids, int(c.pos))
+			if int(c.pos) != last {
+				x.move(seed, kids, last, int(c.pos))
+				kids[c.pos], kids[last].pos = kids[last], c.pos
+			}
+			kids = kids[:last]
 			delete(model, name)
 		} else if c == nil {
-			c = &node{path: name}
-			x.put(seed, c)
+			c = &node{path: name, pos: int32(len(kids))}
+			kids = append(kids, c)
+			x.put(seed, kids, len(kids)-1)
 			model[name] = c
 		}
 		if x.n != len(model) {
@@ -36,7 +46,7 @@ func TestNamesMatchesMap(t *testing.T) {
 		if step%97 == 0 {
 			for i := range 300 {
 				k := fmt.Sprint(i)
-				if got := x.get(seed, k); got != model[k] {
+				if got := x.get(seed, kids, k); got != model[k] {
 					t.Fatalf("step %d: get(%s) = %v, want %v", step, k, got, model[k])
 				}
 			}
