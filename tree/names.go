@@ -43,16 +43,28 @@ func (x *names) get(seed maphash.Seed, kids []*node, name string) *node {
 	}
 }
 
+// grow makes room for n entries without growing again.
+func (x *names) grow(n int) {
+	size := max(16, len(x.slots))
+	for n*8 > size*namesLoad {
+		size *= 2
+	}
+	if size == len(x.slots) {
+		return
+	}
+	old := x.slots
+	x.slots = make([]uint64, size)
+	for _, e := range old {
+		if e != 0 {
+			x.insert(e)
+		}
+	}
+}
+
 // put indexes kids[pos], whose name must not be indexed yet.
 func (x *names) put(seed maphash.Seed, kids []*node, pos int) {
 	if (x.n+1)*8 > len(x.slots)*namesLoad {
-		old := x.slots
-		x.slots = make([]uint64, max(16, 2*len(old)))
-		for _, e := range old {
-			if e != 0 {
-				x.insert(e)
-			}
-		}
+		x.grow(2 * (x.n + 1))
 	}
 	x.insert(namesEntry(nameHash(seed, kids[pos].name()), pos))
 	x.n++

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -199,5 +201,68 @@ func TestStoreCopiesTopicAndValue(t *testing.T) {
 	})
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("rows %q, want %q", got, want)
+	}
+}
+
+// TestStoreReservesForSiblings: a tree publish's new siblings make room
+// in their parent once, for the run of them, and only in their parent.
+func TestStoreReservesForSiblings(t *testing.T) {
+	ps, err := NewParser(DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := New()
+	apply := func(topic, payload string) {
+		t.Helper()
+		p, err := wire.ParsePublish(topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		op, err := ps.Op(p, []byte(payload), true, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := tr.Apply([]Op{op}); res.Applied[0].Err != nil {
+			t.Fatal(res.Applied[0].Err)
+		}
+	}
+	s := tr.Store()
+	kids := func(topic string) (int, int) {
+		n := s.find(topic)
+		if n == nil {
+			t.Fatalf("no node %q", topic)
+		}
+		return len(n.kids), cap(n.kids)
+	}
+	var b strings.Builder
+	b.WriteString(`{"old":1`)
+	for i := range 40 {
+		fmt.Fprintf(&b, `,"r%02d":%d`, i, i)
+	}
+	b.WriteString("}")
+	apply("$tree/a/b", `{"old":0}`)
+	apply("$tree/a/b", b.String()) // 40 new siblings beside one row
+	if l, c := kids("a/b"); l != 41 || c > 48 { // 48: the size class of 41 pointers
+		t.Errorf("a/b has %d children in room for %d, want 41 in at most 48", l, c)
+	}
+	if x := s.big[s.find("a/b")]; x == nil || len(x.slots) != 64 {
+		t.Errorf("a/b's index %+v, want 64 slots", x)
+	}
+	apply("$tree/c/d", b.String()) // a new parent
+	if l, c := kids("c/d"); l != 41 || c > 48 {
+		t.Errorf("c/d has %d children in room for %d, want 41 in at most 48", l, c)
+	}
+	_, before := kids("c/d")
+	apply("$tree/#", `{"x":1,"y":2,"z":3}`) // top level: c/d, the last parent, is not theirs
+	if l, c := kids("c/d"); l != 41 || c != before {
+		t.Errorf("after top-level rows, c/d has %d children in room for %d, was %d", l, c, before)
+	}
+	if l, c := len(s.root.kids), cap(s.root.kids); l != 5 || c > 8 {
+		t.Errorf("the root has %d children in room for %d, want 5 in at most 8", l, c)
+	}
+	for i := range 40 {
+		if v, ok := s.Get(fmt.Sprintf("c/d/r%02d", i)); !ok || v.Data != strconv.Itoa(i) {
+			t.Fatalf("c/d/r%02d = %v %v", i, v, ok)
+		}
 	}
 }

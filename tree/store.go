@@ -2,6 +2,7 @@ package tree
 
 import (
 	"hash/maphash"
+	"slices"
 	"strings"
 
 	"github.com/mote-mqtt/mote/wire"
@@ -29,6 +30,10 @@ type Store struct {
 	// is removed: the rows of one tree publish mostly share it, and a put
 	// under it skips the walk from the root.
 	last *node
+	// idxNode and idx are the last node whose index was looked up, and
+	// its index: a tree publish's rows look up the same parent's.
+	idxNode *node
+	idx     *names
 	// free is where new nodes are taken from: nodeChunk nodes allocated
 	// at once, so a tree publish's rows cost one allocation for every
 	// nodeChunk of them instead of one each, and the GC marks one object
@@ -74,9 +79,17 @@ func (n *node) name() string { return n.path[n.off:] }
 // linear scan is faster and costs no memory.
 const indexAt = 8
 
+// index returns the index of n's children (n has more than indexAt).
+func (s *Store) index(n *node) *names {
+	if n != s.idxNode {
+		s.idxNode, s.idx = n, s.big[n]
+	}
+	return s.idx
+}
+
 func (s *Store) child(n *node, name string) *node {
 	if len(n.kids) > indexAt {
-		return s.big[n].get(s.seed, n.kids, name)
+		return s.index(n).get(s.seed, n.kids, name)
 	}
 	for _, c := range n.kids {
 		if c.name() == name {
@@ -96,12 +109,27 @@ func (s *Store) addChild(n, c *node) {
 			s.seed = maphash.MakeSeed()
 		}
 		idx := &names{}
+		idx.grow(cap(n.kids)) // as many as reserve expects
 		for i := range n.kids {
 			idx.put(s.seed, n.kids, i)
 		}
 		s.big[n] = idx
+		s.idxNode, s.idx = n, idx
 	case len(n.kids) > indexAt+1:
-		s.big[n].put(s.seed, n.kids, int(c.pos))
+		s.index(n).put(s.seed, n.kids, int(c.pos))
+	}
+}
+
+// reserve makes room in n for more children, so that the siblings of a
+// tree publish do not grow n's list and index a few times each.
+func (s *Store) reserve(n *node, more int) {
+	want := len(n.kids) + more
+	if more <= 0 || want <= cap(n.kids) {
+		return
+	}
+	n.kids = slices.Grow(n.kids, more)
+	if len(n.kids) > indexAt {
+		s.index(n).grow(want)
 	}
 }
 
@@ -111,8 +139,9 @@ func (s *Store) removeChild(n, c *node) {
 	switch {
 	case last == indexAt:
 		delete(s.big, n)
+		s.idxNode, s.idx = nil, nil
 	case last > indexAt: // the index reads positions in kids as they are
-		idx := s.big[n]
+		idx := s.index(n)
 		idx.del(s.seed, n.kids, int(c.pos))
 		if int(c.pos) != last {
 			idx.move(s.seed, n.kids, last, int(c.pos))
@@ -189,13 +218,15 @@ func (s *Store) Set(topic string, v wire.Value, qos byte) bool {
 // Put is Set with the stamp of the change, kept with the row when the
 // store changes.
 func (s *Store) Put(topic string, v wire.Value, qos byte, at Stamp) bool {
-	changed, _ := s.put(topic, v, qos, at)
+	changed, _ := s.put(topic, v, qos, at, 0)
 	return changed
 }
 
 // put is Put, also reporting whether the value changed (not only the
-// QoS).
-func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, value bool) {
+// QoS). siblings is how many of the rows put next (this one first) are
+// under the same parent: when this one is a new child, room is made for
+// them all at once.
+func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int) (changed, value bool) {
 	if v.Kind == wire.None {
 		ok := s.Delete(topic)
 		return ok, ok
@@ -203,7 +234,7 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, va
 	if len(topic) > wire.MaxTopicLen {
 		return false, false
 	}
-	n, fresh := s.node(topic, v.Data)
+	n, fresh := s.node(topic, v.Data, siblings)
 	if fresh { // its value is already in place, beside its topic
 		s.rows++
 		s.gen++
@@ -229,7 +260,7 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, va
 // When it makes the topic's own node (fresh), it gives it val as its
 // value: the topic and the value are copied into one string, one
 // allocation, that new nodes' paths and the value point into.
-func (s *Store) node(topic, val string) (n *node, fresh bool) {
+func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 	if p := s.last; p != nil && len(topic) > len(p.path) && topic[len(p.path)] == '/' &&
 		strings.HasPrefix(topic, p.path) && strings.IndexByte(topic[len(p.path)+1:], '/') < 0 {
 		// A sibling of the last row: one level below the same parent.
@@ -237,6 +268,7 @@ func (s *Store) node(topic, val string) (n *node, fresh bool) {
 		if c := s.child(p, name); c != nil {
 			return c, false
 		}
+		s.reserve(p, siblings)
 		owned := joined(topic, val)
 		c := s.newNode()
 		c.path, c.val, c.off = owned[:len(topic)], owned[len(topic):], uint16(len(p.path)+1)
@@ -244,11 +276,13 @@ func (s *Store) node(topic, val string) (n *node, fresh bool) {
 		return c, true
 	}
 	n = &s.root
+	parent := n
 	owned := "" // the topic and value copy that new nodes point into
 	for i := 0; i <= len(topic); {
 		if i > 0 {
 			s.last = n
 		}
+		parent = n
 		start := i
 		var name string
 		name, i = nextLevel(topic, i)
@@ -267,6 +301,7 @@ func (s *Store) node(topic, val string) (n *node, fresh bool) {
 		return n, false
 	}
 	n.val = owned[len(topic):]
+	s.reserve(parent, siblings-1)
 	return n, true
 }
 
