@@ -241,7 +241,7 @@ func TestStoreReservesForSiblings(t *testing.T) {
 	}
 	b.WriteString("}")
 	apply("$tree/a/b", `{"old":0}`)
-	apply("$tree/a/b", b.String()) // 40 new siblings beside one row
+	apply("$tree/a/b", b.String())              // 40 new siblings beside one row
 	if l, c := kids("a/b"); l != 41 || c > 48 { // 48: the size class of 41 pointers
 		t.Errorf("a/b has %d children in room for %d, want 41 in at most 48", l, c)
 	}
