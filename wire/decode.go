@@ -142,6 +142,7 @@ func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 type Scratch struct {
 	nodes  []Node
 	counts []uint32
+	tables [][]int32 // keyIndex tables
 }
 
 // scratchMax bounds the Nodes a Scratch keeps between payloads (~4.5 MiB).
@@ -189,13 +190,13 @@ func (d *Decoder) decodeJSON(payload []byte, sc *Scratch) (Node, error) {
 	p := jsonDecoder{s: s, counts: counts, maxNodes: d.lim.MaxNodes}
 	if sc != nil {
 		sc.Release()
-		p.arena = sc.nodes
+		p.arena, p.tables = sc.nodes, sc.tables
 	}
 	root, err := p.value()
 	if sc == nil {
 		return root, err
 	}
-	sc.nodes = p.arena
+	sc.nodes, sc.tables = p.arena, p.tables
 	if p.nodes > cap(sc.nodes) && p.nodes <= scratchMax && err == nil {
 		// Too small for this payload: the next one like it finds room.
 		// The tree just decoded is not in it, so it needs no clearing.
@@ -214,10 +215,33 @@ type jsonDecoder struct {
 	next     int      // the count of the next object or array
 	nodes    int
 	maxNodes int
-	at       trail    // where i is, for errors
-	keys     []string // keys read so far of the open objects, innermost last
-	buf      []byte   // an unescaped string
-	arena    []Node   // where objects' members are carved from while it has room (Scratch)
+	at       trail     // where i is, for errors
+	keys     []string  // keys read so far of the open objects, innermost last
+	buf      []byte    // an unescaped string
+	arena    []Node    // where objects' members are carved from while it has room (Scratch)
+	tables   [][]int32 // keyIndex tables no object uses now, for the next ones (Scratch)
+}
+
+// index returns a keyIndex for an object, with a table to reuse if there
+// is one.
+func (p *jsonDecoder) index() keyIndex {
+	var x keyIndex
+	if k := len(p.tables) - 1; k >= 0 {
+		x.spare, p.tables = p.tables[k], p.tables[:k]
+	}
+	return x
+}
+
+// done takes back x's table for the next object: at most 16 tables of up
+// to 4,096 slots are kept.
+func (p *jsonDecoder) done(x *keyIndex) {
+	t := x.slots
+	if t == nil {
+		t = x.spare
+	}
+	if t != nil && cap(t) <= 1<<12 && len(p.tables) < 16 {
+		p.tables = append(p.tables, t)
+	}
 }
 
 func (p *jsonDecoder) value() (Node, error) {
@@ -262,7 +286,8 @@ func (p *jsonDecoder) object() (Node, error) {
 		}
 	}
 	p.next++
-	var index keyIndex
+	index := p.index()
+	defer p.done(&index)
 	keyAt := func(i int) string { return n.Kids[i].Key }
 	for p.i = skipSpace(s, p.i+1); s[p.i] != '}'; {
 		key := p.str()
@@ -293,7 +318,8 @@ func (p *jsonDecoder) skim() error {
 	s, open := p.s, p.s[p.i]
 	p.next++
 	base := len(p.keys)
-	var index keyIndex
+	index := p.index()
+	defer p.done(&index)
 	keyAt := func(i int) string { return p.keys[base+i] }
 	p.at = p.at.index(0) // its last step is set for each member
 	last := len(p.at) - 1
@@ -393,6 +419,7 @@ func (t trail) errorf(format string, args ...any) error {
 type keyIndex struct {
 	slots []int32 // a member's position + 1; 0 is free
 	seed  maphash.Seed
+	spare []int32 // a table to use, if big enough, instead of a new one
 }
 
 // dup reports whether key is among the n keys that keyAt gives; if not, it
@@ -436,7 +463,12 @@ func (x *keyIndex) grow(n int, keyAt func(int) string) {
 	for size < 4*(n+1) {
 		size *= 2
 	}
-	x.slots = make([]int32, size)
+	if t := x.spare; cap(t) >= size { // a power of two, as every table
+		x.slots, x.spare = t[:cap(t)], nil
+		clear(x.slots)
+	} else {
+		x.slots = make([]int32, size)
+	}
 	for i := range n {
 		x.put(i, keyAt, keyAt(i))
 	}

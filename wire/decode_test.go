@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"runtime"
 	"runtime/debug"
@@ -104,8 +105,18 @@ func checkScratch(t *testing.T, d *Decoder, sc *Scratch, in []byte, n Node, err 
 func TestDecodeWithScratch(t *testing.T) {
 	d := mustDecoder(t)
 	var sc Scratch
+	wide := func(n int, last string) string { // n keys, then last (a duplicate key or not)
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, `"k%d":%d,`, i, i)
+		}
+		return "{" + b.String() + last + "}"
+	}
 	in := append([]string{`{"a":{"b":1,"c":{"d":[1],"e":{}}},"f":2}`, `{"a":1}`,
-		`{"x":{"y":{"z":1,"w":2},"v":3},"u":{"t":4}}`, `{"a":{"a":{"a":1}}}`, `{"k":"\u0041"}`}, jsonCorpus...)
+		`{"x":{"y":{"z":1,"w":2},"v":3},"u":{"t":4}}`, `{"a":{"a":{"a":1}}}`, `{"k":"\u0041"}`,
+		// Objects past keyIndex's scan, whose tables the next ones reuse.
+		wide(40, `"k7":0`), wide(40, `"x":0`), wide(20, `"k19":[{"a":1,"a":2}]`), wide(100, `"k99":0`),
+		wide(30, `"o":`+wide(30, `"k3":0`)), wide(30, `"o":`+wide(30, `"k30":0`))}, jsonCorpus...)
 	for range 2 {
 		for _, s := range in {
 			n, err := d.Decode(CodecJSON, []byte(s))
