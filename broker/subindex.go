@@ -330,6 +330,31 @@ func (x *subIndex) match(topic string) *subScratch {
 	return sc
 }
 
+// mayMatchBelow reports whether a subscription might match a topic
+// below prefix (prefix/…): false means none can, true that one may. It
+// walks prefix's levels as walk does, without collecting: a tree publish
+// asks it once for all its rows.
+func (x *subIndex) mayMatchBelow(prefix string) bool {
+	return x.mayWalk(&x.root, prefix, 0)
+}
+
+func (x *subIndex) mayWalk(n *snode, prefix string, i int) bool {
+	if i > len(prefix) {
+		return !n.empty() // conservative: anything left in the subtree
+	}
+	if n.kid("#") != nil {
+		return true
+	}
+	level, next := nextTopicLevel(prefix, i)
+	if p := n.kid("+"); p != nil && x.mayWalk(p, prefix, next) {
+		return true
+	}
+	if c := n.kid(level); c != nil && x.mayWalk(c, prefix, next) {
+		return true
+	}
+	return false
+}
+
 // walk collects the entries of n's subtree that match topic from offset
 // i (len(topic)+1 once used up), as tree's index does (matchFrom).
 func (x *subIndex) walk(n *snode, topic string, i int, sc *subScratch) {

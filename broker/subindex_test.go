@@ -10,6 +10,7 @@ import (
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
+	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
 )
 
@@ -504,5 +505,93 @@ func TestSubIndexCrowded(t *testing.T) {
 	}
 	if !x.root.empty() {
 		t.Fatal("the trie is not pruned after unsubscribing everything")
+	}
+}
+
+// TestMayMatchBelow: whenever a subscription matches a topic below a
+// prefix, mayMatchBelow(prefix) says so; and it says no where nothing is
+// subscribed below (the boot storm's case). Random filters over a small
+// alphabet, their topics enumerated.
+func TestMayMatchBelow(t *testing.T) {
+	levels := []string{"a", "b", "$c"}
+	var topics []string // every topic of 1-4 levels
+	var grow func(prefix string, depth int)
+	grow = func(prefix string, depth int) {
+		for _, l := range levels {
+			tp := l
+			if prefix != "" {
+				tp = prefix + "/" + l
+			}
+			topics = append(topics, tp)
+			if depth < 4 {
+				grow(tp, depth+1)
+			}
+		}
+	}
+	grow("", 1)
+	r := rand.New(rand.NewPCG(7, 8))
+	filterLevels := append([]string{"+"}, levels...)
+	for round := range 300 {
+		var x subIndex
+		var filters []string
+		for range r.IntN(4) {
+			n := 1 + r.IntN(4)
+			var f []string
+			for range n {
+				f = append(f, filterLevels[r.IntN(len(filterLevels))])
+			}
+			if r.IntN(4) == 0 {
+				f = append(f, "#")
+			}
+			filters = append(filters, strings.Join(f, "/"))
+			x.subscribe("c", packets.Subscription{Filter: filters[len(filters)-1]})
+		}
+		for _, prefix := range topics {
+			want := false
+			for _, tp := range topics {
+				if strings.HasPrefix(tp, prefix+"/") && len(matchText(&x, tp)) > 0 {
+					want = true
+					break
+				}
+			}
+			if got := x.mayMatchBelow(prefix); want && !got {
+				t.Fatalf("round %d: filters %q match below %q, mayMatchBelow says no", round, filters, prefix)
+			}
+		}
+	}
+	var x subIndex
+	x.subscribe("c", packets.Subscription{Filter: "boot-marker"})
+	x.subscribe("c", packets.Subscription{Filter: "boot/x/+"})
+	x.subscribe("c", packets.Subscription{Filter: "$hist/boot/d00000/r00"})
+	for prefix, want := range map[string]bool{"boot/d00001": false, "boot": true, "boot/x": true, "other": false} {
+		if got := x.mayMatchBelow(prefix); got != want {
+			t.Errorf("mayMatchBelow(%q) = %v, want %v", prefix, got, want)
+		}
+	}
+}
+
+func TestCommonLevels(t *testing.T) {
+	for _, c := range []struct {
+		topics []string
+		want   string
+	}{
+		{[]string{"boot/d1/r00", "boot/d1/r01"}, "boot/d1"},
+		{[]string{"a/b/c", "a/b/d/e"}, "a/b"},
+		{[]string{"a/b", "a/b/c"}, "a"},
+		{[]string{"a/bc/x", "a/bd/y"}, "a"},
+		{[]string{"a/b/c"}, "a/b"},
+		{[]string{"a"}, ""},
+		{[]string{"a/x", "b/x"}, ""},
+		{[]string{"/x", "/y"}, ""},
+		{[]string{"a//x", "a//y"}, "a/"},
+		{nil, ""},
+	} {
+		var rows []tree.Row
+		for _, tp := range c.topics {
+			rows = append(rows, tree.Row{Topic: tp})
+		}
+		if got := commonLevels(rows); got != c.want {
+			t.Errorf("commonLevels(%q) = %q, want %q", c.topics, got, c.want)
+		}
 	}
 }
