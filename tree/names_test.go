@@ -37,7 +37,7 @@ func TestNamesMatchesMap(t *testing.T) {
 			kids = kids[:last]
 			delete(model, name)
 		} else if c == nil {
-			c = &node{path: name, pos: int32(len(kids))}
+			c = &node{text: name, plen: uint16(len(name)), pos: int32(len(kids))}
 			kids = append(kids, c)
 			x.put(seed, kids, len(kids)-1)
 			model[name] = c
@@ -194,14 +194,32 @@ func TestStoreCopiesTopicAndValue(t *testing.T) {
 		set(r[0], r[1])
 		want[r[0]] = r[1]
 	}
-	got := map[string]string{}
-	s.Range(func(topic string, v wire.Value, _ byte) bool {
-		got[topic] = v.Data
-		return true
-	})
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("rows %q, want %q", got, want)
+	check := func() {
+		t.Helper()
+		got := map[string]string{}
+		s.Range(func(topic string, v wire.Value, _ byte) bool {
+			got[topic] = v.Data
+			return true
+		})
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("rows %q, want %q", got, want)
+		}
+		for tp, v := range want {
+			if got, ok := s.Get(tp); !ok || got.Data != v {
+				t.Fatalf("Get(%q) = %q %v, want %q", tp, got.Data, ok, v)
+			}
+		}
 	}
+	check()
+	// Rows whose nodes stay for their children, deleted and set again.
+	for _, tp := range []string{"a/b", "a", "z/y"} {
+		s.Delete(tp)
+		delete(want, tp)
+		check()
+	}
+	set("a/b", "again")
+	want["a/b"] = "again"
+	check()
 }
 
 // TestStoreReservesForSiblings: a tree publish's new siblings make room

@@ -13,10 +13,11 @@ import (
 //
 // Children keep insertion order (a removal moves the last child into the
 // gap), so iteration is deterministic and cache-friendly; a node with many
-// children is also indexed by name. A node is 80 bytes (with the revision
-// and time of its row's last change, SPEC §8 and §9); with the index
-// entry of a parent that has many children, a row such as dev/d42/state
-// costs about 200 bytes beyond its topic and payload (BenchmarkStoreMemory).
+// children is also indexed by name. A node is 72 bytes (with the revision
+// and time of its row's last change, SPEC §8 and §9), allocated nodeChunk
+// at a time; a row's topic and value are one string. With the index entry
+// of a parent that has many children, a row such as dev/d42/state costs
+// about 185 bytes beyond its topic and payload (BenchmarkStoreMemory).
 //
 // A Store is not safe for concurrent use, and must not be copied.
 type Store struct {
@@ -41,13 +42,14 @@ type Store struct {
 	free []node
 }
 
-// nodeChunk is how many nodes are allocated together: 19 80-byte nodes and
+// nodeChunk is how many nodes are allocated together: 21 72-byte nodes and
 // the 8-byte header Go puts before an object of pointers that size fill
-// its 1,536-byte size class (16 would take 1,408, 8 bytes a node lost). A
-// chunk stays in memory while any of its nodes is in the store (or held by
-// a Ref), so rows deleted one by one can leave at most nodeChunk-1 dead
-// nodes, their topics and values dropped, beside a live one.
-const nodeChunk = 19
+// 1,520 bytes of its 1,536-byte size class (16 would take 1,280 of a
+// 1,408-byte one). A chunk stays in memory while any of its nodes is in
+// the store (or held by a Ref), so rows deleted one by one can leave at
+// most nodeChunk-1 dead nodes, their topics and values dropped, beside a
+// live one.
+const nodeChunk = 21
 
 // newNode returns a zero node from the current chunk.
 func (s *Store) newNode() *node {
@@ -61,19 +63,29 @@ func (s *Store) newNode() *node {
 
 // node is one topic level. A row lives on a node whose kind is not None.
 type node struct {
-	path string  // the node's topic: a prefix of the topic that created the node, so free
-	val  string  // row payload, when kind != wire.None
+	// text is the node's topic (text[:plen]) and its row's value
+	// (text[plen:]): one string, so a node holds one pointer to text,
+	// not two. The topic is a prefix of the topic that created the node,
+	// so free; a new value copies the topic again.
+	text string
 	kids []*node // children, in insertion order
 	pos  int32   // index in the parent's kids
-	off  uint16  // where the node's own level starts in path
+	off  uint16  // where the node's own level starts in its topic
+	plen uint16  // the topic's length (wire.MaxTopicLen fits)
 	kind wire.Kind
 	qos  byte   // QoS the row was published with (retained delivery is capped by it)
 	rev  uint64 // revision of the row's last change (SPEC §8)
 	ms   int64  // broker time of the row's last change, Unix ms (0: unknown)
 }
 
+// topic is the node's topic.
+func (n *node) topic() string { return n.text[:n.plen] }
+
 // name is the node's level name.
-func (n *node) name() string { return n.path[n.off:] }
+func (n *node) name() string { return n.text[n.off:n.plen] }
+
+// val is the node's row's value (its data; "" without a row).
+func (n *node) val() string { return n.text[n.plen:] }
 
 // indexAt is the child count above which a name index is kept; below it a
 // linear scan is faster and costs no memory.
@@ -159,7 +171,7 @@ func (s *Store) removeChild(n, c *node) {
 
 func (n *node) hasKids() bool { return len(n.kids) > 0 }
 
-func (n *node) value() wire.Value { return wire.Value{Kind: n.kind, Data: n.val} }
+func (n *node) value() wire.Value { return wire.Value{Kind: n.kind, Data: n.val()} }
 
 // nextLevel splits the level starting at i off topic. It returns the level
 // and the index of the next level, len(topic)+1 after the last one.
@@ -244,14 +256,14 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int
 	if n.kind == wire.None {
 		s.rows++
 		s.gen++
-	} else if n.kind == v.Kind && n.val == v.Data {
+	} else if n.kind == v.Kind && n.val() == v.Data {
 		if n.qos == qos {
 			return false, false
 		}
 		n.qos, n.rev, n.ms = qos, at.Rev, at.MS
 		return true, false
 	}
-	n.kind, n.val, n.qos = v.Kind, strings.Clone(v.Data), qos
+	n.kind, n.text, n.qos = v.Kind, joined(n.topic(), v.Data), qos
 	n.rev, n.ms = at.Rev, at.MS
 	return true, true
 }
@@ -261,17 +273,17 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int
 // value: the topic and the value are copied into one string, one
 // allocation, that new nodes' paths and the value point into.
 func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
-	if p := s.last; p != nil && len(topic) > len(p.path) && topic[len(p.path)] == '/' &&
-		strings.HasPrefix(topic, p.path) && strings.IndexByte(topic[len(p.path)+1:], '/') < 0 {
+	if p := s.last; p != nil && len(topic) > int(p.plen) && topic[p.plen] == '/' &&
+		strings.HasPrefix(topic, p.topic()) && strings.IndexByte(topic[p.plen+1:], '/') < 0 {
 		// A sibling of the last row: one level below the same parent.
-		name := topic[len(p.path)+1:]
+		name := topic[p.plen+1:]
 		if c := s.child(p, name); c != nil {
 			return c, false
 		}
 		s.reserve(p, siblings)
 		owned := joined(topic, val)
 		c := s.newNode()
-		c.path, c.val, c.off = owned[:len(topic)], owned[len(topic):], uint16(len(p.path)+1)
+		c.text, c.plen, c.off = owned, uint16(len(topic)), p.plen+1
 		s.addChild(p, c)
 		return c, true
 	}
@@ -292,7 +304,7 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 				owned = joined(topic, val)
 			}
 			c = s.newNode()
-			c.path, c.off = owned[:start+len(name)], uint16(start)
+			c.text, c.plen, c.off = owned[:start+len(name)], uint16(start+len(name)), uint16(start)
 			s.addChild(n, c)
 		}
 		n = c
@@ -300,7 +312,7 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 	if owned == "" {
 		return n, false
 	}
-	n.val = owned[len(topic):]
+	n.text = owned // its value after its topic
 	s.reserve(parent, siblings-1)
 	return n, true
 }
@@ -330,7 +342,11 @@ func (s *Store) Delete(topic string) bool {
 	if n.kind == wire.None {
 		return false
 	}
-	n.kind, n.val, n.rev, n.ms = wire.None, "", 0, 0
+	n.kind, n.rev, n.ms = wire.None, 0, 0
+	if n.hasKids() && len(n.val()) > 0 {
+		n.text = strings.Clone(n.topic()) // it stays: let go of the value
+	}
+	n.text = n.text[:n.plen]
 	s.rows--
 	s.gen++
 	for j := len(path) - 1; j > 0; j-- {
@@ -341,7 +357,7 @@ func (s *Store) Delete(topic string) bool {
 		s.removeChild(path[j-1], c)
 		// Its chunk may outlive it: let go of its topic (a Ref reads
 		// kind None and stops there).
-		c.path, c.off = "", 0
+		c.text, c.plen, c.off = "", 0, 0
 	}
 	return true
 }
@@ -350,7 +366,7 @@ func (s *Store) Delete(topic string) bool {
 // topic, until fn returns false. '+' and '#' at the first level do not match
 // topics starting with '$' [MQTT-4.7.2-1]. The filter must be valid.
 func (s *Store) Match(filter string, fn func(topic string, v wire.Value, qos byte) bool) {
-	m := matcher{s: s, filter: filter, fn: func(n *node) bool { return fn(n.path, n.value(), n.qos) }}
+	m := matcher{s: s, filter: filter, fn: func(n *node) bool { return fn(n.topic(), n.value(), n.qos) }}
 	m.walk(&s.root, 0)
 }
 
@@ -432,14 +448,14 @@ func (s *Store) Rows(filter string, since uint64, fn func(Entry) bool) {
 		if n.rev <= since && since > 0 {
 			return true
 		}
-		return fn(Entry{Topic: n.path, Value: n.value(), QoS: n.qos, Stamp: Stamp{Rev: n.rev, MS: n.ms}})
+		return fn(Entry{Topic: n.topic(), Value: n.value(), QoS: n.qos, Stamp: Stamp{Rev: n.rev, MS: n.ms}})
 	}}
 	m.walk(&s.root, 0)
 }
 
 // Range calls fn for every row, '$' topics included, until fn returns false.
 func (s *Store) Range(fn func(topic string, v wire.Value, qos byte) bool) {
-	m := matcher{s: s, fn: func(n *node) bool { return fn(n.path, n.value(), n.qos) }}
+	m := matcher{s: s, fn: func(n *node) bool { return fn(n.topic(), n.value(), n.qos) }}
 	m.all(&s.root, false)
 }
 
@@ -463,7 +479,7 @@ func (r Ref) Row() (topic string, v wire.Value, qos byte, ok bool) {
 	if r.n == nil || r.n.kind == wire.None {
 		return "", wire.Value{}, 0, false
 	}
-	return r.n.path, r.n.value(), r.n.qos, true
+	return r.n.topic(), r.n.value(), r.n.qos, true
 }
 
 // Rev is the revision of the last change of the row behind r (SPEC §8;
