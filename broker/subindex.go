@@ -266,6 +266,18 @@ func (n *snode) empty() bool {
 	return n.nkids == 0 && n.subs.Load().len() == 0 && n.shared.Load().len() == 0
 }
 
+// occupied reports whether n holds a subscription or a child; unlike
+// empty it reads only what readers may (nkids is under mu), so it serves
+// mayMatchBelow, which runs beside SUBSCRIBE and UNSUBSCRIBE.
+func (n *snode) occupied() bool {
+	if n.subs.Load().len() > 0 || n.shared.Load().len() > 0 {
+		return true
+	}
+	kids := false
+	n.kids.Range(func(_, _ any) bool { kids = true; return false })
+	return kids
+}
+
 // kid is n's child named level, or nil.
 func (n *snode) kid(level string) *snode {
 	if v, ok := n.kids.Load(level); ok {
@@ -340,7 +352,7 @@ func (x *subIndex) mayMatchBelow(prefix string) bool {
 
 func (x *subIndex) mayWalk(n *snode, prefix string, i int) bool {
 	if i > len(prefix) {
-		return !n.empty() // conservative: anything left in the subtree
+		return n.occupied() // conservative: anything left in the subtree
 	}
 	if n.kid("#") != nil {
 		return true

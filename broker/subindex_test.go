@@ -595,3 +595,34 @@ func TestCommonLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestMayMatchBelowConcurrent: mayMatchBelow runs on the loop while
+// SUBSCRIBE and UNSUBSCRIBE change the trie (no lock on the reader's
+// side), so it must read only what readers may read (-race); and a
+// subscription filed before the walk and kept is always seen.
+func TestMayMatchBelowConcurrent(t *testing.T) {
+	var x subIndex
+	x.subscribe("keep", packets.Subscription{Filter: "p/q/keep"})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			f := fmt.Sprintf("p/q/r%d/s", i%7)
+			x.subscribe("c", packets.Subscription{Filter: f})
+			x.unsubscribe(f, "c")
+		}
+	}()
+	for n := 0; ; n++ {
+		select {
+		case <-done:
+			if n == 0 {
+				t.Fatal("no walk ran beside the writer")
+			}
+			return
+		default:
+		}
+		if !x.mayMatchBelow("p/q") {
+			t.Fatal(`p/q/keep is subscribed: mayMatchBelow("p/q") says no`)
+		}
+	}
+}
