@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"math/rand/v2"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -283,4 +284,36 @@ func TestStoreReservesForSiblings(t *testing.T) {
 			t.Fatalf("c/d/r%02d = %v %v", i, v, ok)
 		}
 	}
+}
+
+// TestStoreParentPinsNoValue: a parent node made by a row's put must not
+// keep that row's value alive once the row changes or goes (the parent's
+// topic shares the row's one string). 32 parents, each made by a 256 KiB
+// row that is then overwritten or deleted beside a small sibling: the
+// live heap grows by their small rows, not by 8 MiB of dead values.
+func TestStoreParentPinsNoValue(t *testing.T) {
+	var s Store
+	big := strings.Repeat("v", 256<<10)
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	for i := range 32 {
+		p := fmt.Sprintf("p%d/q", i)
+		s.Set(p+"/big", wire.Value{Kind: wire.String, Data: big + p}, 0) // a copy of its own
+		s.Set(p+"/small", wire.Value{Kind: wire.String, Data: "1"}, 0)
+		if i%2 == 0 {
+			s.Delete(p + "/big")
+		} else {
+			s.Set(p+"/big", wire.Value{Kind: wire.String, Data: "2"}, 0)
+		}
+	}
+	after := heap()
+	if grew := int64(after) - int64(before); grew > 1<<20 {
+		t.Fatalf("the store holds %d rows of a few bytes and %d KiB more heap", s.Len(), grew>>10)
+	}
+	runtime.KeepAlive(&s)
 }

@@ -271,7 +271,9 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int
 // node returns the node of topic, making it and its parents as needed.
 // When it makes the topic's own node (fresh), it gives it val as its
 // value: the topic and the value are copied into one string, one
-// allocation, that new nodes' paths and the value point into.
+// allocation, that new nodes' paths and the value point into (new parents
+// point into a copy of the topic alone when the value is longer than
+// parentPin).
 func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 	if p := s.last; p != nil && len(topic) > int(p.plen) && topic[p.plen] == '/' &&
 		strings.HasPrefix(topic, p.topic()) && strings.IndexByte(topic[p.plen+1:], '/') < 0 {
@@ -289,7 +291,8 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 	}
 	n = &s.root
 	parent := n
-	owned := "" // the topic and value copy that new nodes point into
+	owned := ""   // the topic and value copy that the row's new node points into
+	parents := "" // the topic copy that new parents point into: owned, unless val is long
 	for i := 0; i <= len(topic); {
 		if i > 0 {
 			s.last = n
@@ -302,9 +305,13 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 		if c == nil {
 			if owned == "" {
 				owned = joined(topic, val)
+				parents = owned
+				if i <= len(topic) && len(val) > parentPin { // c is a parent
+					parents = strings.Clone(topic)
+				}
 			}
 			c = s.newNode()
-			c.text, c.plen, c.off = owned[:start+len(name)], uint16(start+len(name)), uint16(start)
+			c.text, c.plen, c.off = parents[:start+len(name)], uint16(start+len(name)), uint16(start)
 			s.addChild(n, c)
 		}
 		n = c
@@ -316,6 +323,12 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 	s.reserve(parent, siblings-1)
 	return n, true
 }
+
+// parentPin is the longest value whose copy new parents share: a parent
+// outlives its first row's value, and keeps at most this many of its bytes
+// alive after the row changes or goes (a longer value is copied apart from
+// the parents' topic).
+const parentPin = 64
 
 // joined is a copy of topic followed by val, in one allocation.
 func joined(topic, val string) string {
