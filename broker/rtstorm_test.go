@@ -1,0 +1,102 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// TestTreePublishScratchNoAlias: tree publishes decode and explode into
+// scratch memory that the next publish reuses (wire.Scratch, the Parser's
+// pool). Many clients publish different JSON trees at once — escapes,
+// numbers, arrays, objects as row values ($tree/T/+) — and every row a
+// plain subscriber receives, and every row kept, must be byte for byte
+// the one its publish held, never a later publish's.
+func TestTreePublishScratchNoAlias(t *testing.T) {
+	b := start(t, Options{})
+	sub := dial3(t, b, "alias-sub", true)
+	sub.sub(t, "rs/#", 1)
+	const clients, pubs = 6, 40
+	// want[topic] is every payload a row of topic may carry; last[topic]
+	// the one it holds at the end.
+	var mu sync.Mutex
+	want := map[string]map[string]bool{}
+	last := map[string]string{}
+	note := func(topic, payload string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if want[topic] == nil {
+			want[topic] = map[string]bool{}
+		}
+		want[topic][payload] = true
+		last[topic] = payload
+	}
+	var wg sync.WaitGroup
+	for c := range clients {
+		pub := dial3(t, b, fmt.Sprintf("alias-pub-%d", c), true)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range pubs {
+				id := fmt.Sprintf("c%d-%d", c, j)
+				pad := strings.Repeat(string(rune('a'+c)), 1+(j*37)%300) // lengths vary, so reuse shows
+				str := `é"` + id + `\` + pad
+				num := fmt.Sprintf("%d.5", c*1000+j)
+				arr := fmt.Sprintf(`[1,"%s",{"x":%d}]`, id, j)
+				obj := fmt.Sprintf(`{"id":"%s","pad":"%s"}`, id, pad)
+				payload := fmt.Sprintf(`{"s":"\u00e9\"%s\\%s","n":{"deep":%s},"a":%s,"o":{"k":%s},"%s":true}`,
+					id, pad, num, arr, obj, "e"+id[:2])
+				top := fmt.Sprintf("rs/c%d", c)
+				note(top+"/s", str)
+				note(top+"/n/deep", num)
+				note(top+"/a", arr)
+				note(top+"/o/k/id", id)
+				note(top+"/o/k/pad", pad)
+				note(top+"/e"+id[:2], "true")
+				// Objects as row values: '+' levels end above them.
+				note("rs/obj/"+id[:2]+"/k", obj)
+				pub.pub(t, "$tree/"+top, 1, true, payload)
+				pub.pub(t, "$tree/rs/obj/+/+", 1, true, fmt.Sprintf(`{"%s":{"k":%s}}`, id[:2], obj))
+			}
+		}()
+	}
+	wg.Wait()
+	settle(t, b)
+	check := func(topic, payload string) {
+		t.Helper()
+		if strings.HasPrefix(topic, "rs/obj/") { // an object's JSON text: compare decoded
+			var got, w any
+			if err := json.Unmarshal([]byte(payload), &got); err != nil {
+				t.Fatalf("%s: %q is not JSON: %v", topic, payload, err)
+			}
+			for p := range want[topic] {
+				json.Unmarshal([]byte(p), &w)
+				if fmt.Sprint(w) == fmt.Sprint(got) {
+					return
+				}
+			}
+			t.Fatalf("%s: %q was never published there", topic, payload)
+		}
+		if !want[topic][payload] {
+			t.Fatalf("%s: %q was never published there", topic, payload)
+		}
+	}
+	total := clients * pubs * 7 // seven rows a client's two publishes
+	for _, m := range sub.wait(t, total) {
+		check(m.topic, m.payload)
+	}
+	fresh := dial3(t, b, "alias-fresh", true)
+	fresh.sub(t, "rs/#", 1)
+	got := fresh.wait(t, len(last))
+	for _, m := range got {
+		if !m.retained {
+			continue
+		}
+		check(m.topic, m.payload)
+		if !strings.HasPrefix(m.topic, "rs/obj/") && m.payload != last[m.topic] {
+			t.Fatalf("%s holds %q, want the last published %q", m.topic, m.payload, last[m.topic])
+		}
+	}
+}
