@@ -626,3 +626,39 @@ func TestMayMatchBelowConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestMayMatchBelowShapes: shared subscriptions, empty levels and '$'
+// levels below a tree publish's common levels are seen.
+func TestMayMatchBelowShapes(t *testing.T) {
+	for _, c := range []struct {
+		filter string
+		rows   []string
+	}{
+		{"$share/g/st/+/x", []string{"st/d1/x", "st/d1/y"}},
+		{"$share/g/#", []string{"st/d1/x", "st/d1/y"}},
+		{"+/+/+", []string{"st/d1/x", "st/d1/y"}},
+		{"+//+/x", []string{"a//b/x", "a//b/y"}},
+		{"a//#", []string{"a//b/x", "a//c/y"}},
+		{"/+/x", []string{"/d/x", "/d/y"}},
+		{"+/d/x", []string{"/d/x", "/d/y"}},
+		{"$x/+/k", []string{"$x/1/k", "$x/1/j"}},
+		{"$x/#", []string{"$x/1/k", "$x/2/j"}},
+		{"a/b/c/d/e/f", []string{"a/b/c/d/e/f", "a/b/c/d/e/g"}},
+		{"a/b/c/+/e/f", []string{"a/b/c/d/e/f", "a/b/c/d/e/g/h"}},
+	} {
+		var x subIndex
+		x.subscribe("c", packets.Subscription{Filter: c.filter})
+		var rows []tree.Row
+		matched := false
+		for _, tp := range c.rows {
+			rows = append(rows, tree.Row{Topic: tp})
+			matched = matched || wire.Match(strings.TrimPrefix(c.filter, "$share/g/"), tp)
+		}
+		if !matched {
+			t.Fatalf("%s matches none of %q: a bad case", c.filter, c.rows)
+		}
+		if p := commonLevels(rows); p != "" && !x.mayMatchBelow(p) {
+			t.Errorf("%s matches a row of %q; mayMatchBelow(%q) says no", c.filter, c.rows, p)
+		}
+	}
+}
