@@ -100,3 +100,48 @@ func TestTreePublishScratchNoAlias(t *testing.T) {
 		}
 	}
 }
+
+// TestTreeRowsReachEveryShape: a tree publish's rows skip the plain lookup
+// only when nothing can match below their common levels; subscribers of
+// every shape that matches a row get it (retained and not).
+func TestTreeRowsReachEveryShape(t *testing.T) {
+	b := start(t, Options{})
+	filters := []string{"+/+/+", "gs/#", "#", "$share/g/gs/d1/+", "gs/+/x", "+/d1/y", "gs/d1/x"}
+	subs := make([]*v3, len(filters))
+	for i, f := range filters {
+		subs[i] = dial3(t, b, "gate-"+string(rune('a'+i)), true)
+		subs[i].sub(t, f, 1)
+	}
+	pub := dial3(t, b, "gate-pub", true)
+	pub.pub(t, "$tree/gs/d1", 1, true, `{"x":1,"y":"two"}`)
+	pub.pub(t, "$tree/gs/d1", 1, false, `{"x":3}`)
+	settle(t, b)
+	want := map[string][]string{ // the rows each filter gets, in order
+		"+/+/+":            {"gs/d1/x=1", "gs/d1/y=two", "gs/d1/x=3"},
+		"gs/#":             {"gs/d1/x=1", "gs/d1/y=two", "gs/d1/x=3"},
+		"#":                {"gs/d1/x=1", "gs/d1/y=two", "gs/d1/x=3"},
+		"$share/g/gs/d1/+": {"gs/d1/x=1", "gs/d1/y=two", "gs/d1/x=3"},
+		"gs/+/x":           {"gs/d1/x=1", "gs/d1/x=3"},
+		"+/d1/y":           {"gs/d1/y=two"},
+		"gs/d1/x":          {"gs/d1/x=1", "gs/d1/x=3"},
+	}
+	for i, f := range filters {
+		got := subs[i].wait(t, len(want[f]))
+		var rows []string
+		for _, m := range got {
+			rows = append(rows, m.topic+"="+m.payload)
+		}
+		if len(rows) != len(want[f]) {
+			t.Fatalf("%s: %q, want %q", f, rows, want[f])
+		}
+		seen := map[string]bool{}
+		for _, r := range rows {
+			seen[r] = true
+		}
+		for _, w := range want[f] {
+			if !seen[w] {
+				t.Fatalf("%s: %q, want %q", f, rows, want[f])
+			}
+		}
+	}
+}
