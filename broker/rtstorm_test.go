@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/mote-mqtt/mote/clients/client"
 )
 
 // TestTreePublishScratchNoAlias: tree publishes decode and explode into
@@ -13,7 +15,8 @@ import (
 // pool). Many clients publish different JSON trees at once — escapes,
 // numbers, arrays, objects as row values ($tree/T/+) — and every row a
 // plain subscriber receives, and every row kept, must be byte for byte
-// the one its publish held, never a later publish's.
+// the one its publish held, never a later publish's. One publish in three
+// of $tree/rs/cN is CBOR, one MessagePack.
 func TestTreePublishScratchNoAlias(t *testing.T) {
 	b := start(t, Options{})
 	sub := dial3(t, b, "alias-sub", true)
@@ -44,7 +47,7 @@ func TestTreePublishScratchNoAlias(t *testing.T) {
 				pad := strings.Repeat(string(rune('a'+c)), 1+(j*37)%300) // lengths vary, so reuse shows
 				str := `é"` + id + `\` + pad
 				num := fmt.Sprintf("%d.5", c*1000+j)
-				arr := fmt.Sprintf(`[1,"%s",{"x":%d}]`, id, j)
+				arr := fmt.Sprintf(`["%s",{"x":"%d"},true]`, id, j)
 				obj := fmt.Sprintf(`{"id":"%s","pad":"%s"}`, id, pad)
 				payload := fmt.Sprintf(`{"s":"\u00e9\"%s\\%s","n":{"deep":%s},"a":%s,"o":{"k":%s},"%s":true}`,
 					id, pad, num, arr, obj, "e"+id[:2])
@@ -57,7 +60,21 @@ func TestTreePublishScratchNoAlias(t *testing.T) {
 				note(top+"/e"+id[:2], "true")
 				// Objects as row values: '+' levels end above them.
 				note("rs/obj/"+id[:2]+"/k", obj)
-				pub.pub(t, "$tree/"+top, 1, true, payload)
+				verb := "$tree/"
+				if codec := []client.Codec{client.JSON, client.CBOR, client.MsgPack}[j%3]; codec != client.JSON {
+					// The same tree in CBOR or MessagePack: the decode is
+					// not pooled, the explosion's buffers are.
+					var v any
+					if err := json.Unmarshal([]byte(payload), &v); err != nil {
+						panic(err)
+					}
+					b, err := client.Encode(codec, v)
+					if err != nil {
+						panic(err)
+					}
+					payload, verb = string(b), "$tree."+[]string{"", "cbor", "msgpack"}[j%3]+"/"
+				}
+				pub.pub(t, verb+top, 1, true, payload)
 				pub.pub(t, "$tree/rs/obj/+/+", 1, true, fmt.Sprintf(`{"%s":{"k":%s}}`, id[:2], obj))
 			}
 		}()
