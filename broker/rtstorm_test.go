@@ -6,8 +6,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // TestTreePublishScratchNoAlias: tree publishes decode and explode into
@@ -160,5 +163,36 @@ func TestTreeRowsReachEveryShape(t *testing.T) {
 				t.Fatalf("%s: %q, want %q", f, rows, want[f])
 			}
 		}
+	}
+}
+
+// TestMarkLogPinsNoPublish: a tree publish's row topics are pieces of one
+// string (tree.Explode), so a deletion marker that keeps its row's topic
+// as it is keeps every topic of that publish alive for the resume window,
+// while markLogBytes counts one: a publish of 10,000 rows and one null
+// pinned all 10,000 topics per marker. The marker holds a copy.
+func TestMarkLogPinsNoPublish(t *testing.T) {
+	var all strings.Builder
+	var ends []int
+	for i := range 10_000 {
+		fmt.Fprintf(&all, "pin/some/longer/level/row%05d", i)
+		ends = append(ends, all.Len())
+	}
+	s := all.String()
+	rows := make([]tree.Row, len(ends))
+	from := 0
+	for i, end := range ends {
+		rows[i] = tree.Row{Topic: s[from:end], Value: wire.Value{Kind: wire.JSON, Data: "1"}, Retain: true}
+		from = end
+	}
+	rows[0].Value = wire.Value{} // the one deletion
+	l := markLog{window: 1 << 40}
+	l.note(rows, 1)
+	if len(l.marks) != 1 || l.marks[0].topic != rows[0].Topic {
+		t.Fatalf("markers %+v, want one for %s", l.marks, rows[0].Topic)
+	}
+	p, base := uintptr(unsafe.Pointer(unsafe.StringData(l.marks[0].topic))), uintptr(unsafe.Pointer(unsafe.StringData(s)))
+	if p >= base && p < base+uintptr(len(s)) {
+		t.Fatalf("the marker's topic points into the publish's %d bytes of topics", len(s))
 	}
 }
