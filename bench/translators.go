@@ -42,9 +42,16 @@ func MoteTranslate(bin string) *Broker {
 // ratios against "mote" are what persisting retained rows to bbolt costs.
 const Memory = "mote-memory"
 
+// BaseMemory names the -baseline build run with nothing persisted, when
+// both -baseline and -memory are given: what a change did to mote-memory.
+const BaseMemory = "mote-base-memory"
+
 // MoteMemory is `mote broker --data off` from bin.
-func MoteMemory(bin string) *Broker {
-	b := MoteAs(Memory, bin)
+func MoteMemory(bin string) *Broker { return MoteMemoryAs(Memory, bin) }
+
+// MoteMemoryAs is `mote broker --data off` from bin under another name.
+func MoteMemoryAs(name, bin string) *Broker {
+	b := MoteAs(name, bin)
 	b.Cluster = false // a cluster node needs its data directory
 	args := b.args
 	b.args = func(l listeners, dir string) ([]string, error) {

@@ -3,9 +3,11 @@ package broker
 import (
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"unsafe"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // message is a plain publish on its way to subscribers: what they all
@@ -68,6 +70,29 @@ func (b *Broker) deliverRow(msg message) {
 		b.deliverTo(sc.out, m, pubWait{})
 	}
 	sc.release()
+}
+
+// commonLevels is the longest run of whole levels that every row's topic
+// continues below ("a/b" for a/b/c and a/b/d/e; "a" for a/b and a/b/c),
+// or "" when they share none.
+func commonLevels(rows []tree.Row) string {
+	if len(rows) == 0 {
+		return ""
+	}
+	p := rows[0].Topic
+	for _, r := range rows[1:] {
+		n := 0
+		for n < len(p) && n < len(r.Topic) && p[n] == r.Topic[n] {
+			n++
+		}
+		p = p[:n]
+	}
+	// Every topic has p's last '/' (it is their common prefix): the
+	// levels before it are below every topic.
+	if k := strings.LastIndexByte(p, '/'); k > 0 {
+		return p[:k]
+	}
+	return ""
 }
 
 // deliverTo delivers msg to subs, the subscribers of its topic (one per

@@ -379,8 +379,12 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 			if m.translated {
 				origin = ""
 			}
-			for _, row := range a.Rows {
-				b.deliverRow(message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: origin, qos: ops[i].QoS, retain: row.Retain})
+			// A tree publish's rows share a parent level: when no plain
+			// subscription can match below it, none of them is looked up.
+			if p := commonLevels(a.Rows); p == "" || b.plainIdx.mayMatchBelow(p) {
+				for _, row := range a.Rows {
+					b.deliverRow(message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: origin, qos: ops[i].QoS, retain: row.Retain})
+				}
 			}
 		}
 		if m.trans != nil {

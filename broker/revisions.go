@@ -55,7 +55,9 @@ func markCost(m mark) int { return len(m.topic) + 40 }
 func (l *markLog) note(rows []tree.Row, rev uint64) {
 	for _, r := range rows {
 		if r.Retain && !r.Same && r.Value.Kind == wire.None && !isSys(r.Topic) {
-			m := mark{rev: rev, topic: r.Topic}
+			// A copy: a tree publish's topics are pieces of one string, which
+			// the marker would keep whole for the resume window.
+			m := mark{rev: rev, topic: strings.Clone(r.Topic)}
 			l.marks = append(l.marks, m)
 			l.bytes += markCost(m)
 		}

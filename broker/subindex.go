@@ -266,6 +266,18 @@ func (n *snode) empty() bool {
 	return n.nkids == 0 && n.subs.Load().len() == 0 && n.shared.Load().len() == 0
 }
 
+// occupied reports whether n holds a subscription or a child; unlike
+// empty it reads only what readers may (nkids is under mu), so it serves
+// mayMatchBelow, which runs beside SUBSCRIBE and UNSUBSCRIBE.
+func (n *snode) occupied() bool {
+	if n.subs.Load().len() > 0 || n.shared.Load().len() > 0 {
+		return true
+	}
+	kids := false
+	n.kids.Range(func(_, _ any) bool { kids = true; return false })
+	return kids
+}
+
 // kid is n's child named level, or nil.
 func (n *snode) kid(level string) *snode {
 	if v, ok := n.kids.Load(level); ok {
@@ -328,6 +340,31 @@ func (x *subIndex) match(topic string) *subScratch {
 		k += n
 	}
 	return sc
+}
+
+// mayMatchBelow reports whether a subscription might match a topic
+// below prefix (prefix/…): false means none can, true that one may. It
+// walks prefix's levels as walk does, without collecting: a tree publish
+// asks it once for all its rows.
+func (x *subIndex) mayMatchBelow(prefix string) bool {
+	return x.mayWalk(&x.root, prefix, 0)
+}
+
+func (x *subIndex) mayWalk(n *snode, prefix string, i int) bool {
+	if i > len(prefix) {
+		return n.occupied() // conservative: anything left in the subtree
+	}
+	if n.kid("#") != nil {
+		return true
+	}
+	level, next := nextTopicLevel(prefix, i)
+	if p := n.kid("+"); p != nil && x.mayWalk(p, prefix, next) {
+		return true
+	}
+	if c := n.kid(level); c != nil && x.mayWalk(c, prefix, next) {
+		return true
+	}
+	return false
 }
 
 // walk collects the entries of n's subtree that match topic from offset

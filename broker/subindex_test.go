@@ -10,6 +10,7 @@ import (
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
+	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
 )
 
@@ -504,5 +505,160 @@ func TestSubIndexCrowded(t *testing.T) {
 	}
 	if !x.root.empty() {
 		t.Fatal("the trie is not pruned after unsubscribing everything")
+	}
+}
+
+// TestMayMatchBelow: whenever a subscription matches a topic below a
+// prefix, mayMatchBelow(prefix) says so; and it says no where nothing is
+// subscribed below (the boot storm's case). Random filters over a small
+// alphabet, their topics enumerated.
+func TestMayMatchBelow(t *testing.T) {
+	levels := []string{"a", "b", "$c"}
+	var topics []string // every topic of 1-4 levels
+	var grow func(prefix string, depth int)
+	grow = func(prefix string, depth int) {
+		for _, l := range levels {
+			tp := l
+			if prefix != "" {
+				tp = prefix + "/" + l
+			}
+			topics = append(topics, tp)
+			if depth < 4 {
+				grow(tp, depth+1)
+			}
+		}
+	}
+	grow("", 1)
+	r := rand.New(rand.NewPCG(7, 8))
+	filterLevels := append([]string{"+"}, levels...)
+	for round := range 300 {
+		var x subIndex
+		var filters []string
+		for range r.IntN(4) {
+			n := 1 + r.IntN(4)
+			var f []string
+			for range n {
+				f = append(f, filterLevels[r.IntN(len(filterLevels))])
+			}
+			if r.IntN(4) == 0 {
+				f = append(f, "#")
+			}
+			filters = append(filters, strings.Join(f, "/"))
+			x.subscribe("c", packets.Subscription{Filter: filters[len(filters)-1]})
+		}
+		for _, prefix := range topics {
+			want := false
+			for _, tp := range topics {
+				if strings.HasPrefix(tp, prefix+"/") && len(matchText(&x, tp)) > 0 {
+					want = true
+					break
+				}
+			}
+			if got := x.mayMatchBelow(prefix); want && !got {
+				t.Fatalf("round %d: filters %q match below %q, mayMatchBelow says no", round, filters, prefix)
+			}
+		}
+	}
+	var x subIndex
+	x.subscribe("c", packets.Subscription{Filter: "boot-marker"})
+	x.subscribe("c", packets.Subscription{Filter: "boot/x/+"})
+	x.subscribe("c", packets.Subscription{Filter: "$hist/boot/d00000/r00"})
+	for prefix, want := range map[string]bool{"boot/d00001": false, "boot": true, "boot/x": true, "other": false} {
+		if got := x.mayMatchBelow(prefix); got != want {
+			t.Errorf("mayMatchBelow(%q) = %v, want %v", prefix, got, want)
+		}
+	}
+}
+
+func TestCommonLevels(t *testing.T) {
+	for _, c := range []struct {
+		topics []string
+		want   string
+	}{
+		{[]string{"boot/d1/r00", "boot/d1/r01"}, "boot/d1"},
+		{[]string{"a/b/c", "a/b/d/e"}, "a/b"},
+		{[]string{"a/b", "a/b/c"}, "a"},
+		{[]string{"a/bc/x", "a/bd/y"}, "a"},
+		{[]string{"a/b/c"}, "a/b"},
+		{[]string{"a"}, ""},
+		{[]string{"a/x", "b/x"}, ""},
+		{[]string{"/x", "/y"}, ""},
+		{[]string{"a//x", "a//y"}, "a/"},
+		{nil, ""},
+	} {
+		var rows []tree.Row
+		for _, tp := range c.topics {
+			rows = append(rows, tree.Row{Topic: tp})
+		}
+		if got := commonLevels(rows); got != c.want {
+			t.Errorf("commonLevels(%q) = %q, want %q", c.topics, got, c.want)
+		}
+	}
+}
+
+// TestMayMatchBelowConcurrent: mayMatchBelow runs on the loop while
+// SUBSCRIBE and UNSUBSCRIBE change the trie (no lock on the reader's
+// side), so it must read only what readers may read (-race); and a
+// subscription filed before the walk and kept is always seen.
+func TestMayMatchBelowConcurrent(t *testing.T) {
+	var x subIndex
+	x.subscribe("keep", packets.Subscription{Filter: "p/q/keep"})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			f := fmt.Sprintf("p/q/r%d/s", i%7)
+			x.subscribe("c", packets.Subscription{Filter: f})
+			x.unsubscribe(f, "c")
+		}
+	}()
+	for n := 0; ; n++ {
+		select {
+		case <-done:
+			if n == 0 {
+				t.Fatal("no walk ran beside the writer")
+			}
+			return
+		default:
+		}
+		if !x.mayMatchBelow("p/q") {
+			t.Fatal(`p/q/keep is subscribed: mayMatchBelow("p/q") says no`)
+		}
+	}
+}
+
+// TestMayMatchBelowShapes: shared subscriptions, empty levels and '$'
+// levels below a tree publish's common levels are seen.
+func TestMayMatchBelowShapes(t *testing.T) {
+	for _, c := range []struct {
+		filter string
+		rows   []string
+	}{
+		{"$share/g/st/+/x", []string{"st/d1/x", "st/d1/y"}},
+		{"$share/g/#", []string{"st/d1/x", "st/d1/y"}},
+		{"+/+/+", []string{"st/d1/x", "st/d1/y"}},
+		{"+//+/x", []string{"a//b/x", "a//b/y"}},
+		{"a//#", []string{"a//b/x", "a//c/y"}},
+		{"/+/x", []string{"/d/x", "/d/y"}},
+		{"+/d/x", []string{"/d/x", "/d/y"}},
+		{"$x/+/k", []string{"$x/1/k", "$x/1/j"}},
+		{"$x/#", []string{"$x/1/k", "$x/2/j"}},
+		{"a/b/c/d/e/f", []string{"a/b/c/d/e/f", "a/b/c/d/e/g"}},
+		{"a/b/c/+/e/f", []string{"a/b/c/d/e/f", "a/b/c/d/e/g/h"}},
+	} {
+		var x subIndex
+		x.subscribe("c", packets.Subscription{Filter: c.filter})
+		var rows []tree.Row
+		matched := false
+		for _, tp := range c.rows {
+			rows = append(rows, tree.Row{Topic: tp})
+			matched = matched || wire.Match(strings.TrimPrefix(c.filter, "$share/g/"), tp)
+		}
+		if !matched {
+			t.Fatalf("%s matches none of %q: a bad case", c.filter, c.rows)
+		}
+		if p := commonLevels(rows); p != "" && !x.mayMatchBelow(p) {
+			t.Errorf("%s matches a row of %q; mayMatchBelow(%q) says no", c.filter, c.rows, p)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -54,12 +55,24 @@ func (l Limits) CheckTopic(t string) error {
 	return nil
 }
 
-// Parser turns Mote publishes into Ops. It holds no mutable state and is
-// safe for concurrent use, so publishes are decoded on their connections'
-// goroutines, not on the loop that owns the Tree.
+// Parser turns Mote publishes into Ops. It is safe for concurrent use, so
+// publishes are decoded on their connections' goroutines, not on the loop
+// that owns the Tree; its only mutable state is a pool of scratch memory
+// that a tree publish's decoding and explosion reuse.
 type Parser struct {
-	dec *wire.Decoder
-	lim Limits
+	dec     *wire.Decoder
+	lim     Limits
+	scratch sync.Pool // of *scratch
+}
+
+// scratch is the memory a tree publish needs only until its rows are
+// made: the decoded tree, and the topics before they are cut out of one
+// string.
+type scratch struct {
+	dec    wire.Scratch
+	topics []byte
+	ends   []int
+	keys   []string
 }
 
 // NewParser returns a Parser enforcing lim.
@@ -88,11 +101,17 @@ func (ps *Parser) TypePlain(payload []byte) wire.Value { return ps.dec.TypePlain
 func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op, error) {
 	switch p.Op {
 	case wire.PubTree:
-		root, err := ps.dec.Decode(p.Codec, payload)
+		sc, _ := ps.scratch.Get().(*scratch)
+		if sc == nil {
+			sc = &scratch{}
+		}
+		defer ps.scratch.Put(sc)
+		defer sc.dec.Release()
+		root, err := ps.dec.DecodeWith(p.Codec, payload, &sc.dec)
 		if err != nil {
 			return Op{}, err
 		}
-		return ps.TreeOp(p, &root, retain, qos)
+		return ps.treeOp(p, &root, retain, qos, sc)
 	case wire.PubSet:
 		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}
 		if len(payload) > 0 {
@@ -117,7 +136,11 @@ func (ps *Parser) Decode(c wire.Codec, payload []byte) (wire.Node, error) {
 // limits. Op calls it; a front end that rewrites a tree before it is
 // exploded (the original dialect's "/" flag) calls Decode and TreeOp.
 func (ps *Parser) TreeOp(p wire.Publish, root *wire.Node, retain bool, qos byte) (Op, error) {
-	rows, err := Explode(p.Topic, root, retain, ps.lim.MaxRows)
+	return ps.treeOp(p, root, retain, qos, nil)
+}
+
+func (ps *Parser) treeOp(p wire.Publish, root *wire.Node, retain bool, qos byte, sc *scratch) (Op, error) {
+	rows, err := explode(p.Topic, root, retain, ps.lim.MaxRows, sc)
 	if err != nil {
 		return Op{}, err
 	}
@@ -147,9 +170,28 @@ func (ps *Parser) TreeOp(p wire.Publish, root *wire.Node, retain bool, qos byte)
 // At most maxRows rows; an error names the path where the tree did not fit,
 // and then there are no rows.
 func Explode(t string, root *wire.Node, retain bool, maxRows int) ([]Row, error) {
+	return explode(t, root, retain, maxRows, nil)
+}
+
+// explode is Explode, its temporary buffers taken from sc when not nil
+// (and left there, grown, for the next publish).
+func explode(t string, root *wire.Node, retain bool, maxRows int, sc *scratch) ([]Row, error) {
 	x := exploder{levels: strings.Split(t, "/"), deep: !wire.HasWildcard(t), retain: retain, max: maxRows}
 	n := min(leaves(root, maxRows+1), maxRows+1)
-	x.rows, x.ends = make([]Row, 0, n), make([]int, 0, n)
+	x.rows = make([]Row, 0, n)
+	if sc != nil {
+		x.topics, x.ends, x.keys = sc.topics[:0], sc.ends[:0], sc.keys[:0]
+		defer func() {
+			if cap(x.topics) <= scratchMax*64 && cap(x.ends) <= scratchMax {
+				sc.topics, sc.ends = x.topics[:0], x.ends[:0]
+			}
+			clear(x.keys[:cap(x.keys)]) // pins no payload while pooled
+			sc.keys = x.keys[:0]
+		}()
+	}
+	if cap(x.ends) < n {
+		x.ends = make([]int, 0, n)
+	}
 	if err := x.walk(0, root, nil); err != nil {
 		return nil, err
 	}
@@ -162,6 +204,10 @@ func Explode(t string, root *wire.Node, retain bool, maxRows int) ([]Row, error)
 	}
 	return x.rows, nil
 }
+
+// scratchMax bounds the rows' buffers a Parser's scratch keeps between
+// publishes.
+const scratchMax = 1 << 16
 
 // leaves counts the values a tree holds, up to max: the rows it makes at
 // most (fewer when T's '+' levels end above a leaf).

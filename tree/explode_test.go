@@ -109,6 +109,21 @@ func FuzzPublish(f *testing.F) {
 				t.Fatalf("row topic %q: %v", r.Topic, err)
 			}
 		}
-		tr.Apply([]Op{op})
+		res := tr.Apply([]Op{op})
+		// The store holds what was applied: each row's last value.
+		last := map[string]wire.Value{}
+		for _, a := range res.Applied {
+			for _, r := range a.Rows {
+				if r.Retain {
+					last[r.Topic] = r.Value
+				}
+			}
+		}
+		for topic, v := range last {
+			got, ok := tr.store.Get(topic)
+			if ok != (v.Kind != wire.None) || got != v {
+				t.Fatalf("row %q: the store holds %v %v, applied %v", topic, got, ok, v)
+			}
+		}
 	})
 }

@@ -3,6 +3,7 @@ package tree
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -61,10 +62,14 @@ func (t *Tree) applyOp(op *Op) Applied {
 	if err != nil {
 		return Applied{Err: err}
 	}
+	run := 0 // rows[:run] are put or passed
 	for i := range rows {
 		r := &rows[i]
+		if i == run {
+			run = siblingRun(rows, i)
+		}
 		if r.Retain {
-			changed, value := t.store.put(r.Topic, r.Value, op.QoS, t.stamp)
+			changed, value := t.store.put(r.Topic, r.Value, op.QoS, t.stamp, run-i)
 			r.Same, r.QoSOnly = !changed, changed && !value
 			t.dirty = t.dirty || changed
 		}
@@ -80,6 +85,24 @@ func (t *Tree) applyOp(op *Op) Applied {
 		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, qos: op.QoS})
 	}
 	return Applied{Rows: rows}
+}
+
+// siblingRun returns the end of the run of rows from i that set retained
+// rows under the same parent (a tree publish's rows mostly come so), at
+// least i+1.
+func siblingRun(rows []Row, i int) int {
+	parent := func(t string) string {
+		if k := strings.LastIndexByte(t, '/'); k >= 0 {
+			return t[:k+1]
+		}
+		return ""
+	}
+	p := parent(rows[i].Topic)
+	j := i + 1
+	for j < len(rows) && rows[j].Retain && rows[j].Value.Kind != wire.None && parent(rows[j].Topic) == p {
+		j++
+	}
+	return j
 }
 
 // Plan expands and checks op as Apply would, against the rows the store

@@ -146,7 +146,7 @@ func (w *walker) leaf(n *node) {
 	w.e.EndObject()
 }
 
-func (w *walker) allowed(n *node) bool { return w.allow == nil || w.allow(n.path) }
+func (w *walker) allowed(n *node) bool { return w.allow == nil || w.allow(n.topic()) }
 
 // visibleKids reports whether a row below n passes allow (any row, when
 // allow is nil).
@@ -155,7 +155,7 @@ func (s *Store) visibleKids(n *node, allow func(string) bool) bool {
 		return n.hasKids()
 	}
 	for _, c := range n.kids {
-		if (c.kind != wire.None && allow(c.path)) || s.visibleKids(c, allow) {
+		if (c.kind != wire.None && allow(c.topic())) || s.visibleKids(c, allow) {
 			return true
 		}
 	}

@@ -2,6 +2,7 @@ package tree
 
 import (
 	"hash/maphash"
+	"slices"
 	"strings"
 
 	"github.com/mote-mqtt/mote/wire"
@@ -12,10 +13,11 @@ import (
 //
 // Children keep insertion order (a removal moves the last child into the
 // gap), so iteration is deterministic and cache-friendly; a node with many
-// children is also indexed by name. A node is 80 bytes (with the revision
-// and time of its row's last change, SPEC §8 and §9); with the index
-// entry of a parent that has many children, a row such as dev/d42/state
-// costs about 200 bytes beyond its topic and payload (BenchmarkStoreMemory).
+// children is also indexed by name. A node is 72 bytes (with the revision
+// and time of its row's last change, SPEC §8 and §9), allocated nodeChunk
+// at a time; a row's topic and value are one string. With the index entry
+// of a parent that has many children, a row such as dev/d42/state costs
+// about 185 bytes beyond its topic and payload (BenchmarkStoreMemory).
 //
 // A Store is not safe for concurrent use, and must not be copied.
 type Store struct {
@@ -29,31 +31,77 @@ type Store struct {
 	// is removed: the rows of one tree publish mostly share it, and a put
 	// under it skips the walk from the root.
 	last *node
+	// idxNode and idx are the last node whose index was looked up, and
+	// its index: a tree publish's rows look up the same parent's.
+	idxNode *node
+	idx     *names
+	// free is where new nodes are taken from: nodeChunk nodes allocated
+	// at once, so a tree publish's rows cost one allocation for every
+	// nodeChunk of them instead of one each, and the GC marks one object
+	// for them.
+	free []node
+}
+
+// nodeChunk is how many nodes are allocated together: 21 72-byte nodes and
+// the 8-byte header Go puts before an object of pointers that size fill
+// 1,520 bytes of its 1,536-byte size class (16 would take 1,280 of a
+// 1,408-byte one). A chunk stays in memory while any of its nodes is in
+// the store (or held by a Ref), so rows deleted one by one can leave at
+// most nodeChunk-1 dead nodes, their topics and values dropped, beside a
+// live one.
+const nodeChunk = 21
+
+// newNode returns a zero node from the current chunk.
+func (s *Store) newNode() *node {
+	if len(s.free) == 0 {
+		s.free = make([]node, nodeChunk)
+	}
+	n := &s.free[0]
+	s.free = s.free[1:]
+	return n
 }
 
 // node is one topic level. A row lives on a node whose kind is not None.
 type node struct {
-	path string  // the node's topic: a prefix of the topic that created the node, so free
-	val  string  // row payload, when kind != wire.None
+	// text is the node's topic (text[:plen]) and its row's value
+	// (text[plen:]): one string, so a node holds one pointer to text,
+	// not two. The topic is a prefix of the topic that created the node,
+	// so free; a new value copies the topic again.
+	text string
 	kids []*node // children, in insertion order
 	pos  int32   // index in the parent's kids
-	off  uint16  // where the node's own level starts in path
+	off  uint16  // where the node's own level starts in its topic
+	plen uint16  // the topic's length (wire.MaxTopicLen fits)
 	kind wire.Kind
 	qos  byte   // QoS the row was published with (retained delivery is capped by it)
 	rev  uint64 // revision of the row's last change (SPEC §8)
 	ms   int64  // broker time of the row's last change, Unix ms (0: unknown)
 }
 
+// topic is the node's topic.
+func (n *node) topic() string { return n.text[:n.plen] }
+
 // name is the node's level name.
-func (n *node) name() string { return n.path[n.off:] }
+func (n *node) name() string { return n.text[n.off:n.plen] }
+
+// val is the node's row's value (its data; "" without a row).
+func (n *node) val() string { return n.text[n.plen:] }
 
 // indexAt is the child count above which a name index is kept; below it a
 // linear scan is faster and costs no memory.
 const indexAt = 8
 
+// index returns the index of n's children (n has more than indexAt).
+func (s *Store) index(n *node) *names {
+	if n != s.idxNode {
+		s.idxNode, s.idx = n, s.big[n]
+	}
+	return s.idx
+}
+
 func (s *Store) child(n *node, name string) *node {
 	if len(n.kids) > indexAt {
-		return s.big[n].get(s.seed, name)
+		return s.index(n).get(s.seed, n.kids, name)
 	}
 	for _, c := range n.kids {
 		if c.name() == name {
@@ -73,36 +121,57 @@ func (s *Store) addChild(n, c *node) {
 			s.seed = maphash.MakeSeed()
 		}
 		idx := &names{}
-		for _, x := range n.kids {
-			idx.put(s.seed, x)
+		idx.grow(cap(n.kids)) // as many as reserve expects
+		for i := range n.kids {
+			idx.put(s.seed, n.kids, i)
 		}
 		s.big[n] = idx
+		s.idxNode, s.idx = n, idx
 	case len(n.kids) > indexAt+1:
-		s.big[n].put(s.seed, c)
+		s.index(n).put(s.seed, n.kids, int(c.pos))
+	}
+}
+
+// reserve makes room in n for more children, so that the siblings of a
+// tree publish do not grow n's list and index a few times each.
+func (s *Store) reserve(n *node, more int) {
+	want := len(n.kids) + more
+	if more <= 0 || want <= cap(n.kids) {
+		return
+	}
+	n.kids = slices.Grow(n.kids, more)
+	if len(n.kids) > indexAt {
+		s.index(n).grow(want)
 	}
 }
 
 func (s *Store) removeChild(n, c *node) {
 	s.last = nil // it may be c, or above it
 	last := len(n.kids) - 1
+	switch {
+	case last == indexAt:
+		delete(s.big, n)
+		s.idxNode, s.idx = nil, nil
+	case last > indexAt: // the index reads positions in kids as they are
+		idx := s.index(n)
+		idx.del(s.seed, n.kids, int(c.pos))
+		if int(c.pos) != last {
+			idx.move(s.seed, n.kids, last, int(c.pos))
+		}
+	}
 	moved := n.kids[last]
 	n.kids[c.pos] = moved
 	moved.pos = c.pos
 	n.kids[last] = nil
 	n.kids = n.kids[:last]
-	switch {
-	case len(n.kids) == indexAt:
-		delete(s.big, n)
-	case len(n.kids) > indexAt:
-		s.big[n].del(s.seed, c.name())
-	case len(n.kids) == 0:
+	if last == 0 {
 		n.kids = nil
 	}
 }
 
 func (n *node) hasKids() bool { return len(n.kids) > 0 }
 
-func (n *node) value() wire.Value { return wire.Value{Kind: n.kind, Data: n.val} }
+func (n *node) value() wire.Value { return wire.Value{Kind: n.kind, Data: n.val()} }
 
 // nextLevel splits the level starting at i off topic. It returns the level
 // and the index of the next level, len(topic)+1 after the last one.
@@ -161,13 +230,15 @@ func (s *Store) Set(topic string, v wire.Value, qos byte) bool {
 // Put is Set with the stamp of the change, kept with the row when the
 // store changes.
 func (s *Store) Put(topic string, v wire.Value, qos byte, at Stamp) bool {
-	changed, _ := s.put(topic, v, qos, at)
+	changed, _ := s.put(topic, v, qos, at, 0)
 	return changed
 }
 
 // put is Put, also reporting whether the value changed (not only the
-// QoS).
-func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, value bool) {
+// QoS). siblings is how many of the rows put next (this one first) are
+// under the same parent: when this one is a new child, room is made for
+// them all at once.
+func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int) (changed, value bool) {
 	if v.Kind == wire.None {
 		ok := s.Delete(topic)
 		return ok, ok
@@ -175,55 +246,96 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp) (changed, va
 	if len(topic) > wire.MaxTopicLen {
 		return false, false
 	}
-	n := s.node(topic)
+	n, fresh := s.node(topic, v.Data, siblings)
+	if fresh { // its value is already in place, beside its topic
+		s.rows++
+		s.gen++
+		n.kind, n.qos, n.rev, n.ms = v.Kind, qos, at.Rev, at.MS
+		return true, true
+	}
 	if n.kind == wire.None {
 		s.rows++
 		s.gen++
-	} else if n.kind == v.Kind && n.val == v.Data {
+	} else if n.kind == v.Kind && n.val() == v.Data {
 		if n.qos == qos {
 			return false, false
 		}
 		n.qos, n.rev, n.ms = qos, at.Rev, at.MS
 		return true, false
 	}
-	n.kind, n.val, n.qos = v.Kind, strings.Clone(v.Data), qos
+	n.kind, n.text, n.qos = v.Kind, joined(n.topic(), v.Data), qos
 	n.rev, n.ms = at.Rev, at.MS
 	return true, true
 }
 
 // node returns the node of topic, making it and its parents as needed.
-func (s *Store) node(topic string) *node {
-	if p := s.last; p != nil && len(topic) > len(p.path) && topic[len(p.path)] == '/' &&
-		strings.HasPrefix(topic, p.path) && strings.IndexByte(topic[len(p.path)+1:], '/') < 0 {
+// When it makes the topic's own node (fresh), it gives it val as its
+// value: the topic and the value are copied into one string, one
+// allocation, that new nodes' paths and the value point into (new parents
+// point into a copy of the topic alone when the value is longer than
+// parentPin).
+func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
+	if p := s.last; p != nil && len(topic) > int(p.plen) && topic[p.plen] == '/' &&
+		strings.HasPrefix(topic, p.topic()) && strings.IndexByte(topic[p.plen+1:], '/') < 0 {
 		// A sibling of the last row: one level below the same parent.
-		name := topic[len(p.path)+1:]
+		name := topic[p.plen+1:]
 		if c := s.child(p, name); c != nil {
-			return c
+			return c, false
 		}
-		c := &node{path: strings.Clone(topic), off: uint16(len(p.path) + 1)}
+		s.reserve(p, siblings)
+		owned := joined(topic, val)
+		c := s.newNode()
+		c.text, c.plen, c.off = owned, uint16(len(topic)), p.plen+1
 		s.addChild(p, c)
-		return c
+		return c, true
 	}
-	n := &s.root
-	owned := "" // the topic copy that new nodes' paths point into
+	n = &s.root
+	parent := n
+	owned := ""   // the topic and value copy that the row's new node points into
+	parents := "" // the topic copy that new parents point into: owned, unless val is long
 	for i := 0; i <= len(topic); {
 		if i > 0 {
 			s.last = n
 		}
+		parent = n
 		start := i
 		var name string
 		name, i = nextLevel(topic, i)
 		c := s.child(n, name)
 		if c == nil {
 			if owned == "" {
-				owned = strings.Clone(topic)
+				owned = joined(topic, val)
+				parents = owned
+				if i <= len(topic) && len(val) > parentPin { // c is a parent
+					parents = strings.Clone(topic)
+				}
 			}
-			c = &node{path: owned[:start+len(name)], off: uint16(start)}
+			c = s.newNode()
+			c.text, c.plen, c.off = parents[:start+len(name)], uint16(start+len(name)), uint16(start)
 			s.addChild(n, c)
 		}
 		n = c
 	}
-	return n
+	if owned == "" {
+		return n, false
+	}
+	n.text = owned // its value after its topic
+	s.reserve(parent, siblings-1)
+	return n, true
+}
+
+// parentPin is the longest value whose copy new parents share: a parent
+// outlives its first row's value, and keeps at most this many of its bytes
+// alive after the row changes or goes (a longer value is copied apart from
+// the parents' topic).
+const parentPin = 64
+
+// joined is a copy of topic followed by val, in one allocation.
+func joined(topic, val string) string {
+	if val == "" {
+		return strings.Clone(topic) // topic + "" would be topic itself, not a copy
+	}
+	return topic + val
 }
 
 // Delete removes a row and prunes the nodes left empty. It reports whether
@@ -243,7 +355,11 @@ func (s *Store) Delete(topic string) bool {
 	if n.kind == wire.None {
 		return false
 	}
-	n.kind, n.val, n.rev, n.ms = wire.None, "", 0, 0
+	n.kind, n.rev, n.ms = wire.None, 0, 0
+	if n.hasKids() && len(n.val()) > 0 {
+		n.text = strings.Clone(n.topic()) // it stays: let go of the value
+	}
+	n.text = n.text[:n.plen]
 	s.rows--
 	s.gen++
 	for j := len(path) - 1; j > 0; j-- {
@@ -252,6 +368,9 @@ func (s *Store) Delete(topic string) bool {
 			break
 		}
 		s.removeChild(path[j-1], c)
+		// Its chunk may outlive it: let go of its topic (a Ref reads
+		// kind None and stops there).
+		c.text, c.plen, c.off = "", 0, 0
 	}
 	return true
 }
@@ -260,7 +379,7 @@ func (s *Store) Delete(topic string) bool {
 // topic, until fn returns false. '+' and '#' at the first level do not match
 // topics starting with '$' [MQTT-4.7.2-1]. The filter must be valid.
 func (s *Store) Match(filter string, fn func(topic string, v wire.Value, qos byte) bool) {
-	m := matcher{s: s, filter: filter, fn: func(n *node) bool { return fn(n.path, n.value(), n.qos) }}
+	m := matcher{s: s, filter: filter, fn: func(n *node) bool { return fn(n.topic(), n.value(), n.qos) }}
 	m.walk(&s.root, 0)
 }
 
@@ -342,14 +461,14 @@ func (s *Store) Rows(filter string, since uint64, fn func(Entry) bool) {
 		if n.rev <= since && since > 0 {
 			return true
 		}
-		return fn(Entry{Topic: n.path, Value: n.value(), QoS: n.qos, Stamp: Stamp{Rev: n.rev, MS: n.ms}})
+		return fn(Entry{Topic: n.topic(), Value: n.value(), QoS: n.qos, Stamp: Stamp{Rev: n.rev, MS: n.ms}})
 	}}
 	m.walk(&s.root, 0)
 }
 
 // Range calls fn for every row, '$' topics included, until fn returns false.
 func (s *Store) Range(fn func(topic string, v wire.Value, qos byte) bool) {
-	m := matcher{s: s, fn: func(n *node) bool { return fn(n.path, n.value(), n.qos) }}
+	m := matcher{s: s, fn: func(n *node) bool { return fn(n.topic(), n.value(), n.qos) }}
 	m.all(&s.root, false)
 }
 
@@ -373,7 +492,7 @@ func (r Ref) Row() (topic string, v wire.Value, qos byte, ok bool) {
 	if r.n == nil || r.n.kind == wire.None {
 		return "", wire.Value{}, 0, false
 	}
-	return r.n.path, r.n.value(), r.n.qos, true
+	return r.n.topic(), r.n.value(), r.n.qos, true
 }
 
 // Rev is the revision of the last change of the row behind r (SPEC §8;

@@ -133,23 +133,76 @@ func (d *Decoder) Decode(c Codec, payload []byte) (Node, error) {
 	case CodecMsgPack:
 		return d.decodeMsgPack(payload)
 	}
-	return d.decodeJSON(payload)
+	return d.decodeJSON(payload, nil)
 }
 
-func (d *Decoder) decodeJSON(payload []byte) (Node, error) {
+// Scratch is memory that DecodeWith reuses from one payload to the next:
+// the members of a JSON payload's objects are carved out of it instead of
+// allocated object by object. A Scratch is not safe for concurrent use.
+type Scratch struct {
+	nodes  []Node
+	counts []uint32
+	tables [][]int32 // keyIndex tables
+}
+
+// scratchMax bounds the Nodes a Scratch keeps between payloads (~4.5 MiB).
+const scratchMax = 1 << 16
+
+// DecodeWith is Decode with the members of a JSON payload's objects taken
+// from sc (CBOR and MessagePack decode as Decode does). The tree returned
+// is valid until the next DecodeWith or Release on sc: read it, or copy what
+// is kept, before that. A nil sc is Decode.
+func (d *Decoder) DecodeWith(c Codec, payload []byte, sc *Scratch) (Node, error) {
+	if c != CodecJSON || sc == nil || len(payload) > d.lim.MaxSize {
+		return d.Decode(c, payload)
+	}
+	return d.decodeJSON(payload, sc)
+}
+
+// Release clears what sc holds of the last tree decoded with it, so that
+// it pins no payload while it waits for the next one.
+func (sc *Scratch) Release() {
+	clear(sc.nodes) // its length is what the last tree used
+	sc.nodes = sc.nodes[:0]
+}
+
+func (d *Decoder) decodeJSON(payload []byte, sc *Scratch) (Node, error) {
 	if len(payload) > math.MaxInt32 { // beyond what the member counts index
 		return Node{}, fmt.Errorf("%w: %d bytes of JSON, limit %d", ErrPayload, len(payload), math.MaxInt32)
 	}
 	s := string(payload)
 	// The member counts size each object's Kids exactly. Brackets in
 	// strings count too, but every object or array takes two bytes.
-	counts := make([]uint32, 0, min(strings.Count(s, "{")+strings.Count(s, "["), len(s)/2))
+	var counts []uint32
+	if sc != nil {
+		counts = sc.counts[:0]
+	}
+	if n := min(strings.Count(s, "{")+strings.Count(s, "["), len(s)/2); cap(counts) < n {
+		counts = make([]uint32, 0, n)
+	}
 	counts, bad := scanJSON(s, d.lim.MaxDepth, counts, true)
+	if sc != nil && cap(counts) <= 4*scratchMax {
+		sc.counts = counts[:0]
+	}
 	if bad.what != "" {
 		return Node{}, bad.err(d.lim.MaxDepth)
 	}
 	p := jsonDecoder{s: s, counts: counts, maxNodes: d.lim.MaxNodes}
-	return p.value()
+	if sc != nil {
+		sc.Release()
+		p.arena, p.tables = sc.nodes, sc.tables
+	}
+	root, err := p.value()
+	if sc == nil {
+		return root, err
+	}
+	sc.nodes, sc.tables = p.arena, p.tables
+	if p.nodes > cap(sc.nodes) && p.nodes <= scratchMax && err == nil {
+		// Too small for this payload: the next one like it finds room.
+		// The tree just decoded is not in it, so it needs no clearing.
+		sc.nodes = make([]Node, 0, p.nodes)
+	}
+	return root, err
 }
 
 // jsonDecoder builds a Node from JSON text that CheckJSON accepted, so it
@@ -162,9 +215,33 @@ type jsonDecoder struct {
 	next     int      // the count of the next object or array
 	nodes    int
 	maxNodes int
-	at       trail    // where i is, for errors
-	keys     []string // keys read so far of the open objects, innermost last
-	buf      []byte   // an unescaped string
+	at       trail     // where i is, for errors
+	keys     []string  // keys read so far of the open objects, innermost last
+	buf      []byte    // an unescaped string
+	arena    []Node    // where objects' members are carved from while it has room (Scratch)
+	tables   [][]int32 // keyIndex tables no object uses now, for the next ones (Scratch)
+}
+
+// index returns a keyIndex for an object, with a table to reuse if there
+// is one.
+func (p *jsonDecoder) index() keyIndex {
+	var x keyIndex
+	if k := len(p.tables) - 1; k >= 0 {
+		x.spare, p.tables = p.tables[k], p.tables[:k]
+	}
+	return x
+}
+
+// done takes back x's table for the next object: at most 16 tables of up
+// to 4,096 slots are kept.
+func (p *jsonDecoder) done(x *keyIndex) {
+	t := x.slots
+	if t == nil {
+		t = x.spare
+	}
+	if t != nil && cap(t) <= 1<<12 && len(p.tables) < 16 {
+		p.tables = append(p.tables, t)
+	}
 }
 
 func (p *jsonDecoder) value() (Node, error) {
@@ -200,11 +277,17 @@ func (p *jsonDecoder) value() (Node, error) {
 func (p *jsonDecoder) object() (Node, error) {
 	s, start := p.s, p.i
 	n := Node{Obj: true}
-	if c := p.counts[p.next]; c > 0 {
-		n.Kids = make([]Node, 0, c)
+	if c := int(p.counts[p.next]); c > 0 {
+		if k := len(p.arena); cap(p.arena)-k >= c {
+			p.arena = p.arena[:k+c]
+			n.Kids = p.arena[k : k : k+c]
+		} else {
+			n.Kids = make([]Node, 0, c)
+		}
 	}
 	p.next++
-	var index keyIndex
+	index := p.index()
+	defer p.done(&index)
 	keyAt := func(i int) string { return n.Kids[i].Key }
 	for p.i = skipSpace(s, p.i+1); s[p.i] != '}'; {
 		key := p.str()
@@ -235,7 +318,8 @@ func (p *jsonDecoder) skim() error {
 	s, open := p.s, p.s[p.i]
 	p.next++
 	base := len(p.keys)
-	var index keyIndex
+	index := p.index()
+	defer p.done(&index)
 	keyAt := func(i int) string { return p.keys[base+i] }
 	p.at = p.at.index(0) // its last step is set for each member
 	last := len(p.at) - 1
@@ -335,6 +419,7 @@ func (t trail) errorf(format string, args ...any) error {
 type keyIndex struct {
 	slots []int32 // a member's position + 1; 0 is free
 	seed  maphash.Seed
+	spare []int32 // a table to use, if big enough, instead of a new one
 }
 
 // dup reports whether key is among the n keys that keyAt gives; if not, it
@@ -378,7 +463,12 @@ func (x *keyIndex) grow(n int, keyAt func(int) string) {
 	for size < 4*(n+1) {
 		size *= 2
 	}
-	x.slots = make([]int32, size)
+	if t := x.spare; cap(t) >= size { // a power of two, as every table
+		x.slots, x.spare = t[:cap(t)], nil
+		clear(x.slots)
+	} else {
+		x.slots = make([]int32, size)
+	}
 	for i := range n {
 		x.put(i, keyAt, keyAt(i))
 	}

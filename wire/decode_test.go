@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"runtime"
 	"runtime/debug"
@@ -69,12 +70,62 @@ func FuzzDecodeJSON(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	d, old := mustDecoder(f), mustOldDecoder(f)
+	var sc Scratch // one for every input, as a Parser's pool reuses it
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkJSONDecode(t, d, old, b)
-		if n, err := d.Decode(CodecJSON, b); err == nil {
+		n, err := d.Decode(CodecJSON, b)
+		if err == nil {
 			checkReencode(t, d, &n)
 		}
+		checkScratch(t, d, &sc, b, n, err)
 	})
+}
+
+// checkScratch checks that DecodeWith on a used Scratch gives what Decode
+// gave (n, err), and that Release leaves nothing of the tree in it.
+func checkScratch(t *testing.T, d *Decoder, sc *Scratch, in []byte, n Node, err error) {
+	t.Helper()
+	got, gotErr := d.DecodeWith(CodecJSON, in, sc)
+	if (err == nil) != (gotErr == nil) || (err != nil && err.Error() != gotErr.Error()) {
+		t.Fatalf("DecodeWith(%.60q) = %v, Decode %v", in, gotErr, err)
+	}
+	if err == nil && !reflect.DeepEqual(got, n) {
+		t.Fatalf("DecodeWith(%.60q) = %+v, Decode %+v", in, got, n)
+	}
+	sc.Release()
+	for i, k := range sc.nodes[:cap(sc.nodes)] {
+		if !reflect.DeepEqual(k, Node{}) {
+			t.Fatalf("after Release, node %d of the scratch is %+v", i, k)
+		}
+	}
+}
+
+// TestDecodeWithScratch decodes the corpus twice through one Scratch: the
+// trees are Decode's, whatever the scratch held before.
+func TestDecodeWithScratch(t *testing.T) {
+	d := mustDecoder(t)
+	var sc Scratch
+	wide := func(n int, last string) string { // n keys, then last (a duplicate key or not)
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, `"k%d":%d,`, i, i)
+		}
+		return "{" + b.String() + last + "}"
+	}
+	in := append([]string{`{"a":{"b":1,"c":{"d":[1],"e":{}}},"f":2}`, `{"a":1}`,
+		`{"x":{"y":{"z":1,"w":2},"v":3},"u":{"t":4}}`, `{"a":{"a":{"a":1}}}`, `{"k":"\u0041"}`,
+		// Objects past keyIndex's scan, whose tables the next ones reuse.
+		wide(40, `"k7":0`), wide(40, `"x":0`), wide(20, `"k19":[{"a":1,"a":2}]`), wide(100, `"k99":0`),
+		wide(30, `"o":`+wide(30, `"k3":0`)), wide(30, `"o":`+wide(30, `"k30":0`))}, jsonCorpus...)
+	for range 2 {
+		for _, s := range in {
+			n, err := d.Decode(CodecJSON, []byte(s))
+			checkScratch(t, d, &sc, []byte(s), n, err)
+		}
+	}
+	if cap(sc.nodes) == 0 {
+		t.Fatal("the scratch kept no nodes")
+	}
 }
 
 // cborOracle is fxamacker/cbor as the old decoder used it, except that a

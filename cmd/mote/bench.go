@@ -29,9 +29,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	asJSON := fs.Bool("json", false, "print every run as JSON instead of the table")
 	baseline := fs.String("baseline", "", "another mote binary (an earlier build) to run beside this one, as "+bench.Baseline)
 	translators := fs.Bool("translators", false, "also run Mote with 100 translators that match no scenario's topics, as "+bench.Translate)
-	memory := fs.Bool("memory", false, "also run Mote with nothing persisted (--data off, as Mosquitto runs here), as "+bench.Memory)
+	memory := fs.Bool("memory", false, "also run Mote with nothing persisted (--data off, as Mosquitto runs here), as "+bench.Memory+"; with -baseline, that build too, as "+bench.BaseMemory)
 	dashboards := fs.Int("live-subs", 0, "live-dashboard subscribers (0: the default, 500): fewer show whether the bench's own clients keep up")
-	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", "+bench.Memory+", mosquitto, "+bench.FloorName+"); default all but "+bench.FloorName)
+	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", "+bench.Memory+", "+bench.BaseMemory+", mosquitto, "+bench.FloorName+"); default all but "+bench.FloorName)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario … | curves]\n       mote bench plot -in runs.json -out curves.svg\nscenarios: %v\n", bench.Names())
 		fs.PrintDefaults()
@@ -52,6 +52,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *memory {
 		brokers = append(brokers, bench.MoteMemory(self))
+		if *baseline != "" {
+			brokers = append(brokers, bench.MoteMemoryAs(bench.BaseMemory, *baseline))
+		}
 	}
 	if m := bench.Mosquitto(); m != nil {
 		brokers = append(brokers, m)
