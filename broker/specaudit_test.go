@@ -238,3 +238,42 @@ func TestSpecRetainHandling(t *testing.T) {
 		})
 	}
 }
+
+// TestSpecEmptyLeafNotReplayed: SPEC §1 gives a tree leaf "" to plain
+// subscribers as its bytes without quotes — zero bytes — and says they get
+// retained rows "exactly as MQTT says": MQTT never sends a zero-byte
+// retained message to a new subscriber [MQTT-3.3.1-11] (a plain client
+// reads one as the row's deletion). The row stays in the tree.
+func TestSpecEmptyLeafNotReplayed(t *testing.T) {
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "$tree/el", `{"e":"","f":"x"}`)
+	settle(t, b)
+
+	c := dialTree5(t, b, "plain")
+	s := &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "el/+", QoS: 1}}}
+	if _, err := c.Subscribe(testCtx(t), s); err != nil {
+		t.Fatal(err)
+	}
+	c.pub(t, "$tree/el", `{"mark":null}`)
+	var got []string
+	for {
+		p := c.next(t)
+		if p.Topic == "el/mark" {
+			break
+		}
+		got = append(got, fmt.Sprintf("%s=%q", p.Topic, p.Payload))
+	}
+	if len(got) != 1 || got[0] != `el/f="x"` {
+		t.Fatalf("retained replay %v, want only el/f=\"x\"", got)
+	}
+
+	ts := dialTree5(t, b, "tree")
+	s = &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "$sync/el/+", QoS: 1}}}
+	if _, err := ts.Subscribe(testCtx(t), s); err != nil {
+		t.Fatal(err)
+	}
+	if p := ts.next(t); string(p.Payload) != `{"e":"","f":"x"}` {
+		t.Fatalf("snapshot %s, want {\"e\":\"\",\"f\":\"x\"}", p.Payload)
+	}
+}

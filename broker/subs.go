@@ -425,6 +425,13 @@ func (b *Broker) replayRows(r *replayItem, out []replayRow, drops int64) ([]repl
 		if !ok || skipNewer && ref.Rev() > r.from {
 			continue
 		}
+		if len(v.Data) == 0 {
+			// A tree leaf "" (or an empty CBOR byte string) is a row whose
+			// plain payload has zero bytes: MQTT never replays such a
+			// retained message [MQTT-3.3.1-11], and a plain client would
+			// read it as the row's deletion. Tree subscribers still see "".
+			continue
+		}
 		// props are shared, not copied: a copy taken by address escaped to
 		// the heap for every row replayed (300 bytes each, half of what a
 		// retained replay storm allocated).
