@@ -279,8 +279,10 @@ func TestMoteUnsubscribeReportsClient(t *testing.T) {
 	}
 }
 
-// establishBarrier holds OnSessionEstablish until two connections are in
-// it, then lets both go: their takeovers of one client id race.
+// establishBarrier holds OnConnect until two connections are in it, then
+// lets both go: their takeovers of one client id race. (It held
+// OnSessionEstablish, which now runs under the id's takeover lock, change
+// 24: the second connection waits for the lock there.)
 type establishBarrier struct {
 	HookBase
 	mu      sync.Mutex
@@ -289,8 +291,8 @@ type establishBarrier struct {
 }
 
 func (*establishBarrier) ID() string           { return "establish-barrier" }
-func (*establishBarrier) Provides(b byte) bool { return b == OnSessionEstablish }
-func (h *establishBarrier) OnSessionEstablish(*Client, packets.Packet) {
+func (*establishBarrier) Provides(b byte) bool { return b == OnConnect }
+func (h *establishBarrier) OnConnect(*Client, packets.Packet) error {
 	h.mu.Lock()
 	h.n++
 	if h.n%2 == 0 {
@@ -299,6 +301,7 @@ func (h *establishBarrier) OnSessionEstablish(*Client, packets.Packet) {
 	release := h.release
 	h.mu.Unlock()
 	<-release
+	return nil
 }
 
 // TestMoteConcurrentTakeoversLeaveOne: two CONNECTs of one client id that
