@@ -714,6 +714,14 @@ func TestDropSessionSparesTakeover(t *testing.T) {
 	first, _, done := connectAsync(t, b, connectAs("shared", "alice", false))
 	waitConnack(t, done)
 	first.Write([]byte{0xe0, 0x00}) // alice leaves; her session stays
+	// Her client closed, not only her connection unfiled: the CONNACK is
+	// written before the connection is filed, so connByID alone could
+	// find nothing yet while she is connected (bob was then refused, and
+	// nothing dropped: 1 run in 30 or so).
+	waitFor(t, "alice's session offline", func() bool {
+		cl, ok := b.server.Clients.Get("shared")
+		return ok && cl.Closed()
+	})
 	waitConnGone(t, b, "shared")
 	_, _, bobDone := connectAsync(t, b, connectAs("shared", "bob", false))
 	select {
