@@ -190,7 +190,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // OnSessionEstablish runs before mochi moves the session of cl's client
-// id to cl (copies the old client's in-flight messages, files cl): from
+// id to cl (copies the old client's in-flight messages, files cl), under
+// the id's takeover lock and after takeoverCheck let cl take the id: from
 // now on what is held for the session waits for cl's connection
 // (arriving.register), and the connection the session had (live, or
 // handing its queued messages on) keeps them for cl's (conn.expect).
