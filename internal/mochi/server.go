@@ -637,9 +637,9 @@ type Takeover struct {
 	// Start: the old session is ended (unsubscribed, its in-flight
 	// messages dropped), nothing of it is copied.
 	Fresh bool
-	// Refuse: the CONNECT is answered with CONNACK Code (an MQTT 5 code,
-	// sent to a 3.1.1 client as V5CodesToV3 maps it) and closed; the old
-	// client is not touched.
+	// Refuse: the CONNECT is answered with CONNACK Code (an MQTT 5 error
+	// code, 0x80 or above, sent to a 3.1.1 client as V5CodesToV3 maps it)
+	// and closed; the old client is not touched.
 	Refuse bool
 	Code   packets.Code
 }
