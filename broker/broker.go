@@ -172,6 +172,7 @@ func New(opts Options) (*Broker, error) {
 		// The broker publishes $SYS itself (sys.go), through the door;
 		// mochi's own ticker would bypass it.
 		SysTopicResendInterval: math.MaxInt32,
+		TakeoverCheck:          b.takeoverCheck,
 	})
 	b.meter, b.healthWait = newMeters(b), healthWait
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {

@@ -219,6 +219,13 @@
 //     Delay Interval, without an ACL check, past Mote's prefixes.
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers.
+//     Whose session a client id is, is decided there too (the fast path)
+//     and again under the id's takeover lock (takeoverCheck, mochi's
+//     Options.TakeoverCheck), about the client the id has then: another
+//     user's live client is never cut off nor its session copied, and
+//     another user's offline session is refused, or dropped for an empty
+//     one (TakeoverFresh), also when that user's client took the id
+//     between the two checks (mochi change 24).
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
@@ -253,7 +260,10 @@
 //     racing with its client's takeover files or unfiles nothing behind
 //     it; every removal of a session by client id (its end, expiry, a
 //     panicked connection's, dropSession) runs under the id's takeover
-//     lock and spares a client that took the id over (RemoveSession); a
+//     lock and spares a client that took the id over (RemoveSession); the
+//     takeover asks the broker under that lock whether the id's client
+//     may be taken over, and how (Options.TakeoverCheck: a refusal answers
+//     the CONNECT and files nothing, OnSessionEstablish not called); a
 //     takeover bounds its DISCONNECT to a stalled old connection to half a
 //     second (netConn.SetWriteDeadline), not WriteTimeout; over
 //     WebSocket the deadlines reach gorilla's writes through

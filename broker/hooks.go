@@ -113,17 +113,47 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return refuse(code, "will refused: "+err.Error())
 		}
 	}
-	if old, ok := b.server.Clients.Get(cl.ID); ok && string(old.Properties.Username) != p.User {
+	if old, ok := b.server.Clients.Get(cl.ID); ok && userOf(old) != p.User {
 		// Another user's session: refused, or (TakeoverFresh) dropped if
 		// nobody is connected on it — a live connection of another user is
-		// never cut off.
-		if b.opts.Takeover == TakeoverRefuse || !old.Closed() {
+		// never cut off. The fast path: takeoverCheck decides again under
+		// the id's takeover lock, about the client the id has then.
+		if b.takeoverRefused(old) {
 			b.countRefusal(refusedClientID)
 			return refuse(packets.ErrClientIdentifierNotValid, "client id in use by another user's session")
 		}
 		b.dropSession(old)
 	}
 	return nil
+}
+
+// takeoverRefused reports whether a client of another user than old's
+// may not take old's client id: the policy refuses it, or old is
+// connected (a live connection of another user is never cut off).
+func (b *Broker) takeoverRefused(old *mqtt.Client) bool {
+	return b.opts.Takeover == TakeoverRefuse || !old.Closed()
+}
+
+// takeoverCheck is mochi's Options.TakeoverCheck: it decides, under the
+// client id's takeover lock, whether cl takes the id over from old, the
+// client filed for it now. OnConnect's check came before the lock: a
+// client of another user could file itself under the id between the two,
+// and the takeover then cut off that user's live connection and, for a
+// CONNECT resuming its session, copied that user's subscriptions and
+// in-flight messages to cl. Old's own user takes the id over as MQTT
+// says; another user is refused (CONNACK 0x85, 3.1.1 0x02) or, with
+// TakeoverFresh and old offline, starts a session of its own, old's
+// ended.
+func (b *Broker) takeoverCheck(old, cl *mqtt.Client, _ packets.Packet) mqtt.Takeover {
+	if userOf(old) == userOf(cl) {
+		return mqtt.Takeover{}
+	}
+	if b.takeoverRefused(old) {
+		b.countRefusal(refusedClientID)
+		b.log.Warn().Str("client", cl.ID).Str("user", userOf(cl)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
+		return mqtt.Takeover{Refuse: true, Code: packets.ErrClientIdentifierNotValid}
+	}
+	return mqtt.Takeover{Fresh: true}
 }
 
 // v3Connack is the MQTT 3.1.1 CONNACK return code for an MQTT 5 reason.
@@ -160,7 +190,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // OnSessionEstablish runs before mochi moves the session of cl's client
-// id to cl (copies the old client's in-flight messages, files cl): from
+// id to cl (copies the old client's in-flight messages, files cl), under
+// the id's takeover lock and after takeoverCheck let cl take the id: from
 // now on what is held for the session waits for cl's connection
 // (arriving.register), and the connection the session had (live, or
 // handing its queued messages on) keeps them for cl's (conn.expect).

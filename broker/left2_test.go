@@ -321,6 +321,26 @@ func waitConnack(t *testing.T, done <-chan error) {
 	}
 }
 
+// connackOrRefused waits for connectAsync's CONNACK and reports whether
+// it accepted the connection; a CONNACK 0x02 (Identifier rejected, 3.1.1)
+// reports false, anything else fails the test.
+func connackOrRefused(t *testing.T, done <-chan error) bool {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err == nil {
+			return true
+		}
+		if !strings.HasPrefix(err.Error(), "got 0x20 00 02,") {
+			t.Fatal(err)
+		}
+		return false
+	case <-time.After(testTimeout):
+		t.Fatal("no CONNACK")
+	}
+	return false
+}
+
 // rawCount is how many connections the broker serves (tracked).
 func rawCount(b *Broker) int {
 	b.rawMu.Lock()
@@ -676,6 +696,8 @@ func connectAs(id, user string, clean bool) []byte {
 // OnUnsubscribed) is not left connected under an id mochi no longer files
 // for it. dropSession deleted the id from mochi's Clients by id: both
 // users' connections stayed up on one id, one of them filed nowhere.
+// Since the ownership is checked under the id's lock (mochi change 24),
+// the one of the two CONNECTs that comes second is refused (0x02).
 func TestDropSessionSparesTakeover(t *testing.T) {
 	acl, err := auth.ParseACL("acl", []byte("user alice\ntopic readwrite #\nuser bob\ntopic readwrite #\n"))
 	if err != nil {
@@ -692,6 +714,14 @@ func TestDropSessionSparesTakeover(t *testing.T) {
 	first, _, done := connectAsync(t, b, connectAs("shared", "alice", false))
 	waitConnack(t, done)
 	first.Write([]byte{0xe0, 0x00}) // alice leaves; her session stays
+	// Her client closed, not only her connection unfiled: the CONNACK is
+	// written before the connection is filed, so connByID alone could
+	// find nothing yet while she is connected (bob was then refused, and
+	// nothing dropped: 1 run in 30 or so).
+	waitFor(t, "alice's session offline", func() bool {
+		cl, ok := b.server.Clients.Get("shared")
+		return ok && cl.Closed()
+	})
 	waitConnGone(t, b, "shared")
 	_, _, bobDone := connectAsync(t, b, connectAs("shared", "bob", false))
 	select {
@@ -700,12 +730,22 @@ func TestDropSessionSparesTakeover(t *testing.T) {
 		t.Fatal("alice's session was not dropped")
 	}
 	_, _, aliceDone := connectAsync(t, b, connectAs("shared", "alice", false))
-	got := connackOrWaiting(t, aliceDone)
-	close(gate.release)
-	if !got {
-		waitConnack(t, aliceDone)
+	if connackOrWaiting(t, aliceDone) {
+		t.Fatal("alice's CONNECT got past the id's lock held by the drop")
 	}
-	waitConnack(t, bobDone)
+	close(gate.release)
+	// Whichever of the two takes the id first keeps it: the other is
+	// another user, and the first's connection is live (change 24: the
+	// second cut it off before).
+	accepted := 0
+	for _, done := range []<-chan error{aliceDone, bobDone} {
+		if connackOrRefused(t, done) {
+			accepted++
+		}
+	}
+	if accepted != 1 {
+		t.Errorf("%d CONNECTs accepted, want 1", accepted)
+	}
 	waitFor(t, "one live connection of the id, the one mochi files", func() bool {
 		var live []*mqtt.Client
 		b.conns.Range(func(k, _ any) bool {

@@ -279,8 +279,10 @@ func TestMoteUnsubscribeReportsClient(t *testing.T) {
 	}
 }
 
-// establishBarrier holds OnSessionEstablish until two connections are in
-// it, then lets both go: their takeovers of one client id race.
+// establishBarrier holds OnConnect until two connections are in it, then
+// lets both go: their takeovers of one client id race. (It held
+// OnSessionEstablish, which now runs under the id's takeover lock, change
+// 24: the second connection waits for the lock there.)
 type establishBarrier struct {
 	HookBase
 	mu      sync.Mutex
@@ -289,8 +291,8 @@ type establishBarrier struct {
 }
 
 func (*establishBarrier) ID() string           { return "establish-barrier" }
-func (*establishBarrier) Provides(b byte) bool { return b == OnSessionEstablish }
-func (h *establishBarrier) OnSessionEstablish(*Client, packets.Packet) {
+func (*establishBarrier) Provides(b byte) bool { return b == OnConnect }
+func (h *establishBarrier) OnConnect(*Client, packets.Packet) error {
 	h.mu.Lock()
 	h.n++
 	if h.n%2 == 0 {
@@ -299,6 +301,7 @@ func (h *establishBarrier) OnSessionEstablish(*Client, packets.Packet) {
 	release := h.release
 	h.mu.Unlock()
 	<-release
+	return nil
 }
 
 // TestMoteConcurrentTakeoversLeaveOne: two CONNECTs of one client id that
@@ -532,5 +535,145 @@ func TestMoteSessionEndSparesTakeover(t *testing.T) {
 	case <-served2:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the second session did not end")
+	}
+}
+
+// establishCounter counts OnSessionEstablish calls.
+type establishCounter struct {
+	HookBase
+	n atomic.Int32
+}
+
+func (*establishCounter) ID() string                                   { return "establish-counter" }
+func (*establishCounter) Provides(b byte) bool                         { return b == OnSessionEstablish }
+func (h *establishCounter) OnSessionEstablish(*Client, packets.Packet) { h.n.Add(1) }
+
+// TestMoteTakeoverCheck: Options.TakeoverCheck (change 24), asked under
+// the id's lock about the client filed for the id, decides the takeover
+// of a CONNECT resuming its session (Clean Start 0): inherited (the old
+// client's subscription copied, session present), fresh (nothing copied,
+// the old session abandoned), or refused (CONNACK with the check's code,
+// mapped for 3.1.1; the old client untouched and still filed, the new
+// one filed nowhere, OnSessionEstablish not called).
+func TestMoteTakeoverCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		v         byte
+		d         Takeover
+		code      byte // CONNACK reason code
+		present   bool
+		copied    bool // the old client's subscription is the new one's
+		establish int32
+	}{
+		{"inherit v5", 5, Takeover{}, 0, true, true, 1},
+		{"fresh v5", 5, Takeover{Fresh: true}, 0, false, false, 1},
+		{"fresh v3", 4, Takeover{Fresh: true}, 0, false, false, 1},
+		{"refuse v5", 5, Takeover{Refuse: true, Code: packets.ErrClientIdentifierNotValid}, 0x85, false, false, 0},
+		{"refuse v3", 4, Takeover{Refuse: true, Code: packets.ErrClientIdentifierNotValid}, 0x02, false, false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer()
+			defer s.Close()
+			var asked atomic.Int32
+			var oldSeen *Client
+			s.Options.TakeoverCheck = func(old, cl *Client, _ packets.Packet) Takeover {
+				asked.Add(1)
+				oldSeen = old
+				return tc.d
+			}
+			h := new(establishCounter)
+			if err := s.AddHook(h, nil); err != nil {
+				t.Fatal(err)
+			}
+			old := s.NewClient(nil, "tcp", "dup", false)
+			old.Properties.ProtocolVersion = 5
+			old.Properties.Props.SessionExpiryInterval = 300
+			old.Stop(nil) // offline
+			s.Clients.Add(old)
+			old.State.Subscriptions.Add("t", packets.Subscription{Filter: "t", Qos: 1})
+			s.Topics.Subscribe("dup", packets.Subscription{Filter: "t", Qos: 1})
+
+			pk := packets.Packet{
+				FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+				ProtocolVersion: tc.v,
+				Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "dup"},
+			}
+			if tc.v == 5 {
+				pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+			}
+			var buf bytes.Buffer
+			if err := pk.ConnectEncode(&buf); err != nil {
+				t.Fatal(err)
+			}
+			r, w := net.Pipe()
+			defer w.Close()
+			cl := s.NewClient(r, "tcp", "", false)
+			type result struct {
+				serve func() error
+				err   error
+			}
+			done := make(chan result, 1)
+			go func() {
+				serve, err := s.establishClient(cl, "tcp")
+				done <- result{serve, err}
+			}()
+			if _, err := w.Write(buf.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			rd := bufio.NewReader(w)
+			hd, body, err := rtReadPacket(rd)
+			if err != nil || hd != 0x20 || len(body) < 2 {
+				t.Fatalf("got %#x % x %v, want a CONNACK", hd, body, err)
+			}
+			if body[1] != tc.code || (body[0]&1 == 1) != tc.present {
+				t.Errorf("CONNACK % x, want code %#x, session present %v", body, tc.code, tc.present)
+			}
+			var res result
+			select {
+			case res = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("establishClient did not return")
+			}
+			if asked.Load() != 1 || oldSeen != old {
+				t.Errorf("the check was asked %d times (old %v), want once about the old client", asked.Load(), oldSeen == old)
+			}
+			if n := h.n.Load(); n != tc.establish {
+				t.Errorf("OnSessionEstablish called %d times, want %d", n, tc.establish)
+			}
+			cur, _ := s.Clients.Get("dup")
+			if tc.d.Refuse {
+				if res.serve != nil || res.err == nil {
+					t.Errorf("serve %v, err %v: want refused", res.serve != nil, res.err)
+				}
+				if cur != old || old.IsTakenOver() || old.State.Subscriptions.Len() != 1 {
+					t.Errorf("the old client was touched: filed %v, taken over %v, %d subscriptions", cur == old, old.IsTakenOver(), old.State.Subscriptions.Len())
+				}
+				if subs := s.Topics.Subscribers("t"); len(subs.Subscriptions) != 1 {
+					t.Errorf("%d subscribers of t, want the old client's", len(subs.Subscriptions))
+				}
+				if !cl.Closed() {
+					t.Error("the refused client is not closed")
+				}
+				return
+			}
+			if res.err != nil || res.serve == nil {
+				t.Fatalf("serve %v, err %v: want established", res.serve != nil, res.err)
+			}
+			if cur != cl {
+				t.Error("the new client is not filed")
+			}
+			if got := cl.State.Subscriptions.Len() == 1; got != tc.copied {
+				t.Errorf("the old subscription copied: %v, want %v", got, tc.copied)
+			}
+			want := 0
+			if tc.copied {
+				want = 1
+			}
+			if subs := s.Topics.Subscribers("t"); len(subs.Subscriptions) != want {
+				t.Errorf("%d subscribers of t in the index, want %d", len(subs.Subscriptions), want)
+			}
+			w.Close()
+			res.serve() //nolint:errcheck // ends with the pipe
+		})
 	}
 }

@@ -130,6 +130,16 @@ type Options struct {
 	// Enable Inline client to allow direct subscribing and publishing from the parent codebase,
 	// with negligible performance difference (disabled by default to prevent confusion in statistics).
 	InlineClient bool `yaml:"inline_client" json:"inline_client"`
+
+	// mote: TakeoverCheck, if set, decides whether cl, whose CONNECT is
+	// establishing its session, takes its client id over from old, the
+	// client filed for the id now (connected or not), and how (change
+	// 24). It is called under the id's takeover lock, before
+	// OnSessionEstablish: no other CONNECT of the id, and no removal of
+	// its session, runs meanwhile, so old is the client a takeover would
+	// cut off and copy. It must not block, nor take the id's lock
+	// (RemoveSession).
+	TakeoverCheck func(old, cl *Client, pk packets.Packet) Takeover `yaml:"-" json:"-"`
 }
 
 // Server is an MQTT broker server. It should be created with server.New()
@@ -497,14 +507,20 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
 	connected = true // mote: serveClient (or the deferred call above) takes it back
 
-	s.hooks.OnSessionEstablish(cl, pk)
-
-	// mote: the takeover of the client id and the filing of cl, one
-	// CONNECT of an id at a time: two that both found the old client
-	// before either filed itself both took it over, and the second filed
-	// replaced the first in s.Clients, which nobody disconnected: it
-	// stayed connected under an id no longer its own [MQTT-3.1.4-3].
-	sessionPresent := s.takeOverAndFile(pk, cl)
+	// mote: OnSessionEstablish, the takeover of the client id and the
+	// filing of cl, one CONNECT of an id at a time: two that both found
+	// the old client before either filed itself both took it over, and the
+	// second filed replaced the first in s.Clients, which nobody
+	// disconnected: it stayed connected under an id no longer its own
+	// [MQTT-3.1.4-3]. Options.TakeoverCheck may refuse the takeover there
+	// (change 24): cl is answered with its code and closed, filed nowhere.
+	sessionPresent, refused := s.takeOverAndFile(pk, cl)
+	if refused != nil {
+		if err := s.SendConnack(cl, *refused, false, nil); err != nil {
+			return nil, fmt.Errorf("refused takeover send ack: %w", err)
+		}
+		return nil, *refused
+	}
 
 	// mote: from here on the client is filed in s.Clients and holds the
 	// session: a failure ends the session as the end of the read loop does
@@ -589,12 +605,43 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 // id's takeover lock: one CONNECT of an id at a time (change 14). The lock
 // is let go on a panic too (a hook's), or no CONNECT of the id would
 // ever get past it.
-func (s *Server) takeOverAndFile(pk packets.Packet, cl *Client) (sessionPresent bool) {
+//
+// The client holding the id is asked about under the lock
+// (Options.TakeoverCheck, change 24), before OnSessionEstablish: a
+// decision taken before the lock (in OnConnect) could be about a client
+// the id no longer has, and a client of another user filed meanwhile was
+// cut off and its session copied to cl. A refusal (its code returned)
+// leaves everything as it was: OnSessionEstablish is not called, the old
+// client is not touched and cl is not filed.
+func (s *Server) takeOverAndFile(pk packets.Packet, cl *Client) (sessionPresent bool, refused *packets.Code) {
 	k := s.takeovers.lock(cl.ID)
 	defer s.takeovers.unlock(cl.ID, k)
-	sessionPresent = s.inheritClientSession(pk, cl)
+	fresh := false
+	if old, ok := s.Clients.Get(cl.ID); ok && s.Options.TakeoverCheck != nil {
+		d := s.Options.TakeoverCheck(old, cl, pk)
+		if d.Refuse {
+			return false, &d.Code
+		}
+		fresh = d.Fresh
+	}
+	s.hooks.OnSessionEstablish(cl, pk)
+	sessionPresent = s.inheritSession(pk, cl, fresh)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
-	return sessionPresent
+	return sessionPresent, nil
+}
+
+// mote: Takeover is what Options.TakeoverCheck decides about a CONNECT
+// taking a client id over (change 24).
+type Takeover struct {
+	// Fresh: the new client starts a session of its own, as with Clean
+	// Start: the old session is ended (unsubscribed, its in-flight
+	// messages dropped), nothing of it is copied.
+	Fresh bool
+	// Refuse: the CONNECT is answered with CONNACK Code (an MQTT 5 error
+	// code, 0x80 or above, sent to a 3.1.1 client as V5CodesToV3 maps it)
+	// and closed; the old client is not touched.
+	Refuse bool
+	Code   packets.Code
 }
 
 // mote: RemoveSession ends cl's session: its in-flight messages dropped,
@@ -766,11 +813,17 @@ func (s *Server) disconnectTakenOver(cl *Client) {
 // connection ID. If clean is true, the state of any previously existing client
 // session is abandoned.
 func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
+	return s.inheritSession(pk, cl, false)
+}
+
+// mote: inheritSession is inheritClientSession; fresh (Takeover.Fresh)
+// abandons the old session as Clean Start does.
+func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool {
 	if existing, ok := s.Clients.Get(cl.ID); ok {
 		s.disconnectTakenOver(existing) // [MQTT-3.1.4-3]
 		// mote: no SUBSCRIBE of existing files after this point.
 		existing.settleSubscriptions()
-		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
+		if fresh || pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
 			existing.State.isTakenOver.Store(true) // only set isTakenOver after unsubscribe has occurred
