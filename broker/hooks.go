@@ -217,7 +217,8 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnSessionEstablished starts the connection's state, cancels a will its
-// client id left waiting, and re-registers the tree subscriptions of a
+// client id left waiting (publishes it, another user's: its session
+// ended), and re-registers the tree subscriptions of a
 // resumed session (with a fresh snapshot: deltas were missed while it was
 // away). The messages the session's previous connection did not write go
 // first (conn.succeed).
@@ -264,7 +265,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if old != nil {
 		old.succeed(c)
 	}
-	b.wills.cancel(cl.ID)
+	b.wills.cancel(cl.ID, p.User)
 	b.offline.forget(cl.ID)
 	for filter, s := range cl.State.Subscriptions.GetAll() {
 		c.levels += strings.Count(filter, "/") + 1

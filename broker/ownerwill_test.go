@@ -1,0 +1,80 @@
+package broker
+
+import (
+	"testing"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// TestFreshTakeoverPublishesDelayedWill: alice's persistent MQTT 5
+// session goes offline with a will waiting out its delay (an hour); bob,
+// another user, takes the client id with TakeoverFresh: alice's session
+// ends, so her will is published now — the delay runs until the Will
+// Delay Interval passes or the session ends, whichever is first
+// [MQTT-3.1.3-9]; bob's connection is not one to her session. Before, bob's
+// OnSessionEstablished cancelled it as if alice had come back: another
+// user could silence her will. Alice coming back herself still cancels it.
+func TestFreshTakeoverPublishesDelayedWill(t *testing.T) {
+	acl, err := auth.ParseACL("acl", []byte("user alice\ntopic readwrite #\nuser bob\ntopic readwrite #\nuser carol\ntopic readwrite #\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := auth.NewUsers()
+	u.Set("alice", "alice-pw", 10)
+	u.Set("bob", "bob-pw", 10)
+	u.Set("carol", "carol-pw", 10)
+	b := start(t, Options{Users: u, ACL: acl, Takeover: TakeoverFresh})
+	watcher := dial3With(t, b, paho.NewClientOptions().SetClientID("watcher").SetUsername("carol").SetPassword("carol-pw").SetCleanSession(true))
+	watcher.sub(t, "will/#", 1)
+
+	connectWill := func(id, user string) *ownerPeer {
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 5,
+			Connect: packets.ConnectParams{
+				ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id,
+				UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(user + "-pw"),
+				WillFlag: true, WillQos: 1, WillTopic: "will/" + id, WillPayload: []byte(user),
+			},
+		}
+		pk.Connect.WillProperties.WillDelayInterval = 3600
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
+		p := dialOwner(t, b)
+		p.c.Write(ownerPacket(t, pk))
+		if _, body := p.next(t, 2); len(body) < 2 || body[1] != 0 {
+			t.Fatalf("%s's CONNACK % x, want 0", user, body)
+		}
+		return p
+	}
+	delayed := func(id string) bool {
+		b.wills.mu.Lock()
+		defer b.wills.mu.Unlock()
+		return b.wills.delayed[id] != nil
+	}
+
+	// Alice comes back to her own session: the will is cancelled.
+	a := connectWill("own", "alice")
+	a.c.Close()
+	waitFor(t, "alice's will held for its delay", func() bool { return delayed("own") })
+	connectWill("own", "alice")
+	waitFor(t, "alice's will cancelled as she came back", func() bool { return !delayed("own") })
+	if got := len(watcher.wait(t, 0)); got != 0 {
+		t.Fatalf("%d wills published, want none: alice came back", got)
+	}
+
+	// Bob takes the id of alice's offline session: her will goes now.
+	a = connectWill("shared", "alice")
+	a.c.Close()
+	waitFor(t, "alice's will held for its delay", func() bool { return delayed("shared") })
+	connectWill("shared", "bob")
+	got := watcher.wait(t, 1)
+	if m := got[0]; m.topic != "will/shared" || m.payload != "alice" {
+		t.Fatalf("got %+v, want alice's will", got)
+	}
+	if delayed("shared") {
+		t.Error("a will still waits for the id")
+	}
+}
