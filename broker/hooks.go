@@ -169,8 +169,25 @@ func v3Connack(code packets.Code) packets.Code {
 // the id's takeover lock, and only while old is still the id's session
 // (mochi's RemoveSession): removed by id, a session that a CONNECT had
 // taken over meanwhile lost the new client's filing and subscriptions.
+// What mochi held for old (in flight) is counted as dropped.
 func (b *Broker) dropSession(old *mqtt.Client) {
-	b.server.RemoveSession(old)
+	n := heldPublishes(old)
+	if b.server.RemoveSession(old) {
+		b.drop(dropSessionEnded, n)
+	}
+}
+
+// heldPublishes counts the deliveries in flight on cl, a session's mochi
+// client: what a session that is replaced (a clean start, another user's
+// client) or dropped loses of them.
+func heldPublishes(cl *mqtt.Client) int64 {
+	n := int64(0)
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type == packets.Publish {
+			n++
+		}
+	}
+	return n
 }
 
 // OnConnectAuthenticate lets through what OnConnect accepted.
@@ -212,6 +229,11 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 			left = o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
 		}
+	}
+	if fresh && existing != nil {
+		// mochi drops what existing holds in flight (after register: no
+		// more is held for it), counted here.
+		h.b.drop(dropSessionEnded, heldPublishes(existing))
 	}
 	h.b.keptIn.handOver(existing, cl, fresh, left)
 }

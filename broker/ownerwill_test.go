@@ -78,3 +78,52 @@ func TestFreshTakeoverPublishesDelayedWill(t *testing.T) {
 		t.Error("a will still waits for the id")
 	}
 }
+
+// TestFreshTakeoverCountsHeld: messages held for alice's offline
+// persistent session (in her mochi client's in-flight state) are dropped
+// when bob, another user, takes the client id with TakeoverFresh — none
+// reaches bob — and counted as session_ended, as a replaced session's
+// queued messages are. Before, they went silently.
+func TestFreshTakeoverCountsHeld(t *testing.T) {
+	acl, err := auth.ParseACL("acl", []byte("user alice\ntopic readwrite #\nuser bob\ntopic readwrite #\nuser carol\ntopic readwrite #\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := auth.NewUsers()
+	u.Set("alice", "alice-pw", 10)
+	u.Set("bob", "bob-pw", 10)
+	u.Set("carol", "carol-pw", 10)
+	b := start(t, Options{Users: u, ACL: acl, Takeover: TakeoverFresh})
+	carol := dial3With(t, b, paho.NewClientOptions().SetClientID("carol").SetUsername("carol").SetPassword("carol-pw").SetCleanSession(true))
+
+	alice := dialOwner(t, b)
+	alice.c.Write(connectUser(t, 5, "shared", "alice", false))
+	if _, body := alice.next(t, 2); len(body) < 2 || body[1] != 0 {
+		t.Fatalf("alice's CONNACK % x, want 0", body)
+	}
+	alice.c.Write(ownerPacket(t, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5,
+		PacketID: 1, Filters: packets.Subscriptions{{Filter: "t", Qos: 1}},
+	}))
+	alice.next(t, 9) // SUBACK
+	alice.c.Write([]byte{0xe0, 0x00})
+	waitConnGone(t, b, "shared")
+	aliceCl, ok := b.server.Clients.Get("shared")
+	if !ok {
+		t.Fatal("alice's session is gone")
+	}
+	carol.pub(t, "t", 1, false, "one")
+	carol.pub(t, "t", 1, false, "two")
+	waitFor(t, "both held for alice", func() bool { return aliceCl.State.Inflight.Len() == 2 })
+
+	before := b.meter.dropped[dropSessionEnded].Load()
+	bob := dialOwner(t, b)
+	bob.c.Write(connectUser(t, 5, "shared", "bob", false))
+	if _, body := bob.next(t, 2); len(body) < 2 || body[1] != 0 || body[0]&1 != 0 {
+		t.Fatalf("bob's CONNACK % x, want 0, no session present", body)
+	}
+	bob.ping(t, "bob") // nothing of alice's
+	if got := b.meter.dropped[dropSessionEnded].Load() - before; got != 2 {
+		t.Errorf("session_ended grew by %d, want 2 (alice's held messages)", got)
+	}
+}
