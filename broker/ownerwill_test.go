@@ -1,11 +1,14 @@
 package broker
 
 import (
+	"sync/atomic"
 	"testing"
+	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/mote-mqtt/mote/broker/auth"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -126,4 +129,76 @@ func TestFreshTakeoverCountsHeld(t *testing.T) {
 	if got := b.meter.dropped[dropSessionEnded].Load() - before; got != 2 {
 		t.Errorf("session_ended grew by %d, want 2 (alice's held messages)", got)
 	}
+}
+
+// TestRefusedTakeoverLeavesNoWill: bob's CONNECT, with a will, passes
+// OnConnect while the client id is free and is held; alice takes the id
+// meanwhile; bob is refused under the id's lock (0x85). His will is never
+// published (his CONNECT was never accepted), nothing of his is filed,
+// and the broker's connection count is back to alice and the watcher.
+func TestRefusedTakeoverLeavesNoWill(t *testing.T) {
+	acl, err := auth.ParseACL("acl", []byte("user alice\ntopic readwrite #\nuser bob\ntopic readwrite #\nuser carol\ntopic readwrite #\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := auth.NewUsers()
+	u.Set("alice", "alice-pw", 10)
+	u.Set("bob", "bob-pw", 10)
+	u.Set("carol", "carol-pw", 10)
+	b := start(t, Options{Users: u, ACL: acl, Takeover: TakeoverRefuse})
+	carol := dial3With(t, b, paho.NewClientOptions().SetClientID("carol").SetUsername("carol").SetPassword("carol-pw").SetCleanSession(true))
+	carol.sub(t, "will/#", 1)
+	gate := &connectGate{user: "bob", entered: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	defer func() {
+		if !released {
+			close(gate.release)
+		}
+	}()
+
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "shared",
+			UsernameFlag: true, Username: []byte("bob"), PasswordFlag: true, Password: []byte("bob-pw"),
+			WillFlag: true, WillQos: 1, WillTopic: "will/bob", WillPayload: []byte("bob"),
+		},
+	}
+	bob := dialOwner(t, b)
+	bob.c.Write(ownerPacket(t, pk))
+	select {
+	case <-gate.entered:
+	case <-time.After(testTimeout):
+		t.Fatal("bob's CONNECT was not held")
+	}
+	alice := dialOwner(t, b)
+	alice.c.Write(connectUser(t, 5, "shared", "alice", true))
+	if _, body := alice.next(t, 2); len(body) < 2 || body[1] != 0 {
+		t.Fatalf("alice's CONNACK % x, want 0", body)
+	}
+	close(gate.release)
+	released = true
+	if h, body := bob.next(t, 2); h != 0x20 || len(body) < 2 || body[1] != 0x85 {
+		t.Fatalf("bob's CONNACK %#x % x, want 0x85", h, body)
+	}
+	if _, _, err := readPacketBody(bob.r); err == nil {
+		t.Fatal("bob's refused connection was not closed")
+	}
+	alice.ping(t, "alice")
+	carol.pub(t, "will/marker", 1, false, "marker")
+	got := carol.wait(t, 1)
+	if got[0].topic != "will/marker" {
+		t.Fatalf("got %+v first, want the marker only: bob's will was published", got)
+	}
+	waitFor(t, "bob's connection untracked", func() bool {
+		return atomic.LoadInt64(&b.server.Info.ClientsConnected) == 2
+	})
+	b.connWills.Range(func(k, _ any) bool {
+		t.Errorf("a will kept for %s", k.(*mqtt.Client).ID)
+		return true
+	})
 }
