@@ -225,7 +225,9 @@
 //     user's live client is never cut off nor its session copied, and
 //     another user's offline session is refused, or dropped for an empty
 //     one (TakeoverFresh), also when that user's client took the id
-//     between the two checks (mochi change 24).
+//     between the two checks (mochi change 24); the dropped session's
+//     delayed will is published then, and what mochi held in flight for
+//     it is counted as session_ended.
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and

@@ -169,8 +169,25 @@ func v3Connack(code packets.Code) packets.Code {
 // the id's takeover lock, and only while old is still the id's session
 // (mochi's RemoveSession): removed by id, a session that a CONNECT had
 // taken over meanwhile lost the new client's filing and subscriptions.
+// What mochi held for old (in flight) is counted as dropped.
 func (b *Broker) dropSession(old *mqtt.Client) {
-	b.server.RemoveSession(old)
+	n := heldPublishes(old)
+	if b.server.RemoveSession(old) {
+		b.drop(dropSessionEnded, n)
+	}
+}
+
+// heldPublishes counts the deliveries in flight on cl, a session's mochi
+// client: what a session that is replaced (a clean start, another user's
+// client) or dropped loses of them.
+func heldPublishes(cl *mqtt.Client) int64 {
+	n := int64(0)
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type == packets.Publish {
+			n++
+		}
+	}
+	return n
 }
 
 // OnConnectAuthenticate lets through what OnConnect accepted.
@@ -213,11 +230,17 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
 		}
 	}
+	if fresh && existing != nil {
+		// mochi drops what existing holds in flight (after register: no
+		// more is held for it), counted here.
+		h.b.drop(dropSessionEnded, heldPublishes(existing))
+	}
 	h.b.keptIn.handOver(existing, cl, fresh, left)
 }
 
 // OnSessionEstablished starts the connection's state, cancels a will its
-// client id left waiting, and re-registers the tree subscriptions of a
+// client id left waiting (publishes it, another user's: its session
+// ended), and re-registers the tree subscriptions of a
 // resumed session (with a fresh snapshot: deltas were missed while it was
 // away). The messages the session's previous connection did not write go
 // first (conn.succeed).
@@ -264,7 +287,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if old != nil {
 		old.succeed(c)
 	}
-	b.wills.cancel(cl.ID)
+	b.wills.cancel(cl.ID, p.User)
 	b.offline.forget(cl.ID)
 	for filter, s := range cl.State.Subscriptions.GetAll() {
 		c.levels += strings.Count(filter, "/") + 1

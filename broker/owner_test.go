@@ -211,6 +211,7 @@ func TestTakeoverChecksOwnerUnderLock(t *testing.T) {
 				waitConnGone(t, b, "shared")
 			}
 
+			dropped := b.meter.dropped[dropSessionEnded].Load()
 			close(gate.release)
 			released = true
 			h, body := bob.next(t, 2)
@@ -277,6 +278,9 @@ func TestTakeoverChecksOwnerUnderLock(t *testing.T) {
 					t.Errorf("bob's session has %d messages in flight (alice's), want none", n)
 				}
 				bob.ping(t, "bob") // nothing of alice's resent to bob
+				if got := b.meter.dropped[dropSessionEnded].Load() - dropped; got != 1 {
+					t.Errorf("session_ended grew by %d, want 1 (alice's delivery in flight)", got)
+				}
 				if n := aliceCl.State.Subscriptions.Len() + aliceCl.State.Inflight.Len(); n != 0 {
 					t.Errorf("alice's dropped session keeps %d subscriptions and messages", n)
 				}

@@ -103,13 +103,22 @@ func (ws *wills) publish(w *will) {
 	}
 }
 
-// cancel drops the delayed will of a client id that connected again.
-func (ws *wills) cancel(id string) {
+// cancel drops the delayed will of a client id that user connected
+// again. Another user's connection (TakeoverFresh) is not one to the
+// will's session, which it ended: the will is published now — its delay
+// runs until the Will Delay Interval passes or the session ends,
+// whichever is first [MQTT-3.1.3-9]. Dropping it let another user silence
+// it.
+func (ws *wills) cancel(id, user string) {
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	if w := ws.delayed[id]; w != nil {
+	w := ws.delayed[id]
+	if w != nil {
 		w.timer.Stop()
 		delete(ws.delayed, id)
+	}
+	ws.mu.Unlock()
+	if w != nil && w.p.User != user {
+		ws.publish(w)
 	}
 }
 
