@@ -524,6 +524,7 @@ func (o *mqttOut) flush() error {
 	if cl.Closed() || cl.Net.Conn == nil {
 		return mqtt.ErrConnectionClosed
 	}
+	cl.LetWritesFirst() // a PINGRESP or an ack mochi writes: before this flush, not behind the next ones
 	cl.Lock()
 	n, err := cl.Net.Conn.Write(o.buf.Bytes())
 	cl.Unlock()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -46,7 +47,19 @@ func TestPingrespNotBehindReplay(t *testing.T) {
 
 	waitWriterParked(ctx, t, b, "slow")
 	notsent := serverNotSent(t, b)
+	received := atomic.LoadInt64(&b.server.Info.PacketsReceived)
 	sub.write(t, []byte{0xc0, 0}) // PINGREQ
+	// Nothing is read until the broker has read the PINGREQ: read at once,
+	// the replay flowed on for as long as the broker's read goroutine
+	// waited for a core (under load, 100 KB and more ahead of the PINGRESP,
+	// one run in four on a busy 2-core machine), which measured the
+	// scheduler, not the bound.
+	for atomic.LoadInt64(&b.server.Info.PacketsReceived) == received {
+		if ctx.Err() != nil {
+			t.Fatal("the broker never read the PINGREQ")
+		}
+		runtime.Gosched()
+	}
 
 	before, publishes := 0, 0
 	for {
