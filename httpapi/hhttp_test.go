@@ -1,0 +1,99 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mote-mqtt/mote/broker"
+	"github.com/mote-mqtt/mote/retain"
+)
+
+// historyTooLarge is a broker whose row h/a has a history larger than its
+// maximum packet size: a $hist answer of it cannot be cut in parts (one
+// leaf is larger than a part may be).
+func historyTooLarge(t *testing.T) *env {
+	t.Helper()
+	st, err := retain.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := setup(t, broker.Options{AllowAnonymous: true, MaxPacketSize: 4096, Store: st,
+		Retain: retain.Options{History: []retain.HistoryRule{{Filter: "h/#", Keep: 100}}}}, Options{})
+	for i := range 50 {
+		e.publish(t, admin, "h/a", fmt.Sprintf("%d%s", i, strings.Repeat("x", 100)))
+	}
+	e.publish(t, admin, "plain/x", "1")
+	return e
+}
+
+// TestHistoryTooLargeAnswered: a history query whose answer the broker
+// cannot send (one row's history is larger than the maximum packet size)
+// is answered with an error and its reason — it hung until the client gave
+// up, holding one of the few slots GETs share (maxTreeReads), so that a
+// handful of them stopped every GET of every user.
+func TestHistoryTooLargeAnswered(t *testing.T) {
+	e := historyTooLarge(t)
+	var wg sync.WaitGroup
+	for range maxTreeReads + 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, body, err := e.try(t, "GET", "/api/tree/h/%2B?history=1")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			var eb errorBody
+			if resp.StatusCode < 400 || json.Unmarshal(body, &eb) != nil || !strings.Contains(eb.Error, "maximum packet size") {
+				t.Errorf("history too large: %d %s", resp.StatusCode, body)
+			}
+		}()
+	}
+	wg.Wait()
+	if resp, body := e.do(t, "GET", "/api/tree/plain/x", nil); resp.StatusCode != 200 {
+		t.Errorf("plain GET after them: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestStreamHistoryTooLarge: an event stream whose first message the
+// broker refuses (a history larger than the maximum packet size) says why
+// in an error event and ends; it stayed open with nothing in it.
+func TestStreamHistoryTooLarge(t *testing.T) {
+	e := historyTooLarge(t)
+	s, resp := e.openStream(t, "/api/tree/h/%2B?history=1")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s", resp.Status)
+	}
+	ev := s.next(t)
+	var eb errorBody
+	if ev.name != "error" || json.Unmarshal([]byte(ev.data), &eb) != nil || !strings.Contains(eb.Error, "maximum packet size") || eb.Code != "0x95" {
+		t.Fatalf("first event %+v: want an error event with the reason", ev)
+	}
+	if ev, ok := <-s.events; ok {
+		t.Fatalf("the stream went on after its error: %+v", ev)
+	}
+}
+
+// try makes a request without a body and returns its response with the
+// body read; unlike do, it may be called from any goroutine.
+func (e *env) try(t testing.TB, method, path string, hdr ...string) (*http.Response, []byte, error) {
+	req, err := http.NewRequestWithContext(testCtx(t), method, e.url+path, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp, b, err
+}
