@@ -91,7 +91,10 @@
 // and other large GETs get 503 meanwhile.
 //
 // A history answer larger than the broker's maximum
-// packet size (which the broker cuts in parts) is refused with 500. A
+// packet size (which the broker cuts in parts) is refused with 500, as is
+// one that cannot be cut (a row whose history alone is larger); an event
+// stream whose first message cannot be cut is an "error" event with the
+// reason (broker.Delivery.Err), and ends. A
 // request whose path has a malformed escape (%zz) is answered 400 by
 // net/http before it reaches the API, without a JSON body. A refusal is
 // answered in the response and logged, never reported on

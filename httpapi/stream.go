@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -65,6 +66,11 @@ func (s *Server) history(ctx context.Context, p broker.Principal, filter string,
 	for {
 		select {
 		case d := <-sub.msgs:
+			if d.Err != nil {
+				// A row's history alone is larger than a part may be.
+				return nil, 0, &httpError{status: http.StatusInternalServerError, code: d.Err.Code,
+					msg: fmt.Sprintf("the history answer cannot be sent, a row's history is larger than the broker's maximum packet size (%v): narrow the filter, or pass from, to or limit", d.Err.Err)}
+			}
 			if d.Seq() != 0 {
 				continue
 			}
@@ -238,6 +244,15 @@ func (st *streamState) deliver(d broker.Delivery) {
 			st.stop()
 		}
 	}()
+	if d.Err != nil {
+		// The broker refused the first message (a row larger than the
+		// maximum packet size): the stream says why, and ends.
+		st.log.Debug().Err(d.Err).Str("filter", st.filter).Msg("http: event stream refused")
+		b, _ := json.Marshal(errorBody{Error: fmt.Sprintf("the first message cannot be sent, a row is larger than the broker's maximum packet size (%v)", d.Err.Err), Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)}) // strings: cannot fail
+		st.ev.event("error", "", b) //nolint:errcheck // ending either way
+		st.stop()
+		return
+	}
 	seq := d.Seq()
 	part, n := parts(prop(&d, "mote-part"))
 	name := "delta"

@@ -211,7 +211,11 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if !errors.As(err, &ref) {
 		var he *httpError
 		if errors.As(err, &he) {
-			writeError(w, he.status, he.msg, "")
+			code := ""
+			if he.code.Code != 0 {
+				code = fmt.Sprintf("0x%02X", he.code.Code)
+			}
+			writeError(w, he.status, he.msg, code)
 			return
 		}
 		s.log.Error().Err(err).Str("method", r.Method).Str("path", r.URL.EscapedPath()).Msg("http: request failed")
@@ -240,6 +244,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 type httpError struct {
 	status int
 	msg    string
+	code   packets.Code // the broker's reason code, if it refused
 }
 
 func (e *httpError) Error() string { return e.msg }
