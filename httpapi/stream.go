@@ -249,7 +249,7 @@ func (st *streamState) deliver(d broker.Delivery) {
 		// maximum packet size): the stream says why, and ends.
 		st.log.Debug().Err(d.Err).Str("filter", st.filter).Msg("http: event stream refused")
 		b, _ := json.Marshal(errorBody{Error: fmt.Sprintf("the first message cannot be sent, a row is larger than the broker's maximum packet size (%v)", d.Err.Err), Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)}) // strings: cannot fail
-		st.ev.event("error", "", b) //nolint:errcheck // ending either way
+		st.ev.event("error", "", b)                                                                                                                                                                                  //nolint:errcheck // ending either way
 		st.stop()
 		return
 	}
