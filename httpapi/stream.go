@@ -248,8 +248,11 @@ func (st *streamState) deliver(d broker.Delivery) {
 		// The broker refused the first message (a row larger than the
 		// maximum packet size): the stream says why, and ends.
 		st.log.Debug().Err(d.Err).Str("filter", st.filter).Msg("http: event stream refused")
-		b, _ := json.Marshal(errorBody{Error: fmt.Sprintf("the first message cannot be sent, a row is larger than the broker's maximum packet size (%v)", d.Err.Err), Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)}) // strings: cannot fail
-		st.ev.event("error", "", b)                                                                                                                                                                                  //nolint:errcheck // ending either way
+		// (strings only: Marshal cannot fail; ending either way: a failed
+		// write needs no answer)
+		reason := fmt.Sprintf("the first message cannot be sent, a row is larger than the broker's maximum packet size (%v)", d.Err.Err)
+		b, _ := json.Marshal(errorBody{Error: reason, Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)})
+		st.ev.event("error", "", b) //nolint:errcheck
 		st.stop()
 		return
 	}
