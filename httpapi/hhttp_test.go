@@ -11,6 +11,7 @@ import (
 
 	"github.com/mote-mqtt/mote/broker"
 	"github.com/mote-mqtt/mote/retain"
+	"github.com/mote-mqtt/mote/translate"
 )
 
 // historyTooLarge is a broker whose row h/a has a history larger than its
@@ -96,4 +97,33 @@ func (e *env) try(t testing.TB, method, path string, hdr ...string) (*http.Respo
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp, b, err
+}
+
+// TestTranslationRefusalAnswered: a write whose translation the broker
+// refuses (the translated topic is past the topic limits; SPEC §11) is
+// applied, and the answer says what was refused — over MQTT it is
+// reported on $SYS/mote/errors/<client-id>, which an HTTP caller has not;
+// the API answered a bare 204, the refusal only logged.
+func TestTranslationRefusalAnswered(t *testing.T) {
+	set, err := translate.New([]translate.Rule{{From: "a/#", To: strings.Repeat("p/", 40) + "#"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := setup(t, broker.Options{AllowAnonymous: true, Translators: set}, Options{})
+	deep := strings.Repeat("l/", 30) + "x" // 31 levels under a; 71 translated, over the 64 allowed
+	resp, body := e.do(t, "PUT", "/api/tree/a/"+deep, strings.NewReader("1"))
+	if resp.StatusCode != 204 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if h := resp.Header.Get("Mote-Refused"); !strings.Contains(h, "translate[0]") || !strings.Contains(h, "limit 64") {
+		t.Errorf("Mote-Refused %q: want the translation's refusal", h)
+	}
+	if resp, body := e.do(t, "GET", "/api/tree/a/"+deep, nil); string(body) != "1" {
+		t.Errorf("the write itself: %d %s", resp.StatusCode, body)
+	}
+	// One that translates is answered without it.
+	resp, body = e.do(t, "PUT", "/api/tree/a/b", strings.NewReader("2"))
+	if resp.StatusCode != 204 || resp.Header.Get("Mote-Refused") != "" {
+		t.Errorf("%d %s %q", resp.StatusCode, body, resp.Header.Get("Mote-Refused"))
+	}
 }
