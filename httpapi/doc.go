@@ -17,7 +17,9 @@
 // F and T are MQTT filters and topics, each level path-escaped on its own
 // ('#' as %23). Errors are answered with a JSON body {"error": reason,
 // "code": "0x87"}, the code being the MQTT 5 reason code when the broker
-// refused.
+// refused. A write applied whose translation the broker refused
+// (broker.TranslationRefused) is answered 204 with the refusal in the
+// header Mote-Refused.
 //
 // # Access
 //

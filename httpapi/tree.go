@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
@@ -172,12 +173,32 @@ func (s *Server) set(w http.ResponseWriter, r *http.Request, p broker.Principal,
 
 // publish publishes m through the broker's door and answers 204 once it
 // is applied (with SyncRetain, committed).
+// A translation of it the broker refused (broker.TranslationRefused) is
+// said in the header Mote-Refused: the write stands.
 func (s *Server) publish(w http.ResponseWriter, r *http.Request, p broker.Principal, m broker.Message) {
-	if err := s.b.Publish(r.Context(), p, m); err != nil {
+	err := s.b.Publish(r.Context(), p, m)
+	var tr *broker.TranslationRefused
+	if errors.As(err, &tr) {
+		// ASCII, quoted: a header value carries no line break nor raw UTF-8.
+		w.Header().Set("Mote-Refused", strconv.QuoteToASCII(truncate(tr.Refusal.Error(), 1000)))
+		err = nil
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// truncate cuts s to at most n bytes, on a UTF-8 boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // body reads a request body of at most MaxBody bytes. A larger one is
