@@ -127,3 +127,32 @@ func TestTranslationRefusalAnswered(t *testing.T) {
 		t.Errorf("%d %s %q", resp.StatusCode, body, resp.Header.Get("Mote-Refused"))
 	}
 }
+
+// TestQueryStrict: every route reads its query the same way: a malformed
+// one is refused (PUT, POST and DELETE went on, with what of it parsed),
+// and so is a parameter given twice, whose meaning would be a guess
+// (?history=0&history=1 answered a tree, not its history).
+func TestQueryStrict(t *testing.T) {
+	e := setup(t, broker.Options{AllowAnonymous: true}, Options{})
+	e.publish(t, admin, "q/a", "1")
+	for _, tc := range []struct{ method, path, body, reason string }{
+		{"GET", "/api/tree/q/a?history=0&history=1", "", "history given twice"},
+		{"GET", "/api/tree/q/a?history=1&limit=1&limit=5", "", "limit given twice"},
+		{"GET", "/api/tree/q/a?history=1&from=1&from=2", "", "from given twice"},
+		{"PUT", "/api/tree/q/a?replace=1&replace=0", "2", "replace given twice"},
+		{"PUT", "/api/tree/q/a?replace=1&%zz", "2", "query"},
+		{"POST", "/api/set/q/a?x;y", "2", "query"},
+		{"DELETE", "/api/tree/q/a?%zz", "", "query"},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			resp, body := e.do(t, tc.method, tc.path, strings.NewReader(tc.body))
+			var eb errorBody
+			if resp.StatusCode != 400 || json.Unmarshal(body, &eb) != nil || !strings.Contains(eb.Error, tc.reason) {
+				t.Errorf("%d %s: want 400 saying %q", resp.StatusCode, body, tc.reason)
+			}
+		})
+	}
+	if _, body := e.do(t, "GET", "/api/tree/q/a", nil); string(body) != "1" {
+		t.Errorf("q/a is %s after the refused writes", body)
+	}
+}
