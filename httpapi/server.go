@@ -351,11 +351,16 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request, path string) {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
 		return
 	}
+	q, err := parseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error(), "")
+		return
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		s.get(w, r, p, t)
+		s.get(w, r, p, t, q)
 	case http.MethodPut:
-		s.put(w, r, p, t)
+		s.put(w, r, p, t, q)
 	case http.MethodDelete:
 		s.publish(w, r, p, broker.Message{Topic: "$tree.replace/" + t, Payload: []byte("{}"), QoS: 1, Retain: true})
 	case http.MethodPost:

@@ -20,12 +20,7 @@ import (
 
 // get answers GET /api/tree/F: the tree of a $sync/F snapshot, its
 // history ($hist/F, with history=1), or an event stream of it.
-func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("query: %v", err), "")
-		return
-	}
+func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string, q url.Values) {
 	hist, err := histOptions(q)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
@@ -72,6 +67,25 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	h.Set("Cache-Control", "no-store")
 	h.Set("Vary", "Accept")
 	w.Write(payload) //nolint:errcheck // a client that went away has nothing to be told
+}
+
+// params are the query parameters the API reads.
+var params = []string{"history", "from", "to", "limit", "replace"}
+
+// parseQuery reads a request's query: malformed, or with a parameter of
+// the API's given twice (which would be read as one of them), it is an
+// error.
+func parseQuery(raw string) (url.Values, error) {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return nil, fmt.Errorf("query: %w", err)
+	}
+	for _, k := range params {
+		if len(q[k]) > 1 {
+			return nil, fmt.Errorf("query: %s given twice", k)
+		}
+	}
+	return q, nil
 }
 
 // histOptions reads history=1 and its from, to and limit (SPEC §9); nil
@@ -133,8 +147,8 @@ func flag(q url.Values, key string) (bool, error) {
 // put answers PUT /api/tree/T: a retained tree publish at QoS 1 ($tree/T,
 // with replace=1 $tree.replace/T, a CBOR body $tree.cbor/T, a MessagePack
 // body $tree.msgpack/T).
-func (s *Server) put(w http.ResponseWriter, r *http.Request, p broker.Principal, topic string) {
-	replace, err := flag(r.URL.Query(), "replace")
+func (s *Server) put(w http.ResponseWriter, r *http.Request, p broker.Principal, topic string, q url.Values) {
+	replace, err := flag(q, "replace")
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
 		return
