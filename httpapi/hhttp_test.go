@@ -1,13 +1,16 @@
 package httpapi
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mote-mqtt/mote/broker"
 	"github.com/mote-mqtt/mote/retain"
@@ -154,5 +157,37 @@ func TestQueryStrict(t *testing.T) {
 	}
 	if _, body := e.do(t, "GET", "/api/tree/q/a", nil); string(body) != "1" {
 		t.Errorf("q/a is %s after the refused writes", body)
+	}
+}
+
+// TestStreamBodyUnread: an event stream lifts the server's read deadline;
+// a stream request that announced a body it never sends (a hostile GET)
+// had its connection held without end once the stream was over (net/http
+// reads what is left of a small body before the next request: with no
+// deadline, forever), past ReadTimeout and IdleTimeout.
+func TestStreamBodyUnread(t *testing.T) {
+	for _, body := range []string{"Content-Length: 10\r\n", "Transfer-Encoding: chunked\r\n"} {
+		e := setup(t, broker.Options{AllowAnonymous: true}, Options{ReadTimeout: time.Second, IdleTimeout: time.Second})
+		conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(testTimeout))
+		io.WriteString(conn, "GET /api/tree/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"+body+"\r\n")
+		r := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%q: %v %v", body, resp, err)
+		}
+		if line, err := r.ReadString('\n'); err != nil || line != "event: snapshot\n" {
+			t.Fatalf("%q: %q %v", body, line, err)
+		}
+		e.b.Close() // the stream's session ends: so does the stream
+		eventually(t, "the stream to end", func() bool { return e.s.streams.Load() == 0 })
+		// The server closes the connection once its read timeout has passed.
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Errorf("%q: the connection was still open after the stream ended: %v", body, err)
+		}
 	}
 }
