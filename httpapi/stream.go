@@ -133,6 +133,14 @@ func (s *Server) closeStream(key string) {
 // keep up and the broker dropped a delta) ends the stream: the client
 // reconnects with its Last-Event-ID and resumes.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string, hist *broker.SubscribeOptions) {
+	if r.ContentLength != 0 {
+		// net/http reads what is left of a small body before it writes
+		// the headers: with the read deadline lifted below, a body never
+		// sent would hold the stream before it starts, for ever.
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusBadRequest, "an event stream request has no body", "")
+		return
+	}
 	if n := s.streams.Add(1); n > int64(s.opts.MaxStreams) {
 		s.streams.Add(-1)
 		w.Header().Set("Retry-After", "5")
