@@ -191,3 +191,28 @@ func TestStreamWithBody(t *testing.T) {
 		t.Errorf("%d streams counted", n)
 	}
 }
+
+// TestEscapedSlashWithRawChars: a level holding an escaped '/' (%2F) is
+// refused however the rest of the path is written. With a character
+// net/http does not take as escaped already (a raw '|' or raw UTF-8, which
+// clients send), the API read the path re-escaped from its decoded form:
+// the %2F became a separator, and PUT /api/tree/a%2Fb/x| wrote a/b/x|.
+func TestEscapedSlashWithRawChars(t *testing.T) {
+	e := setup(t, broker.Options{AllowAnonymous: true}, Options{})
+	for _, level := range []string{"x|y", "\xc3\xbc", "x\"y"} {
+		resp := rawRequest(t, e, "PUT /api/tree/a%2Fb/"+level+" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\n1")
+		if resp.StatusCode != 400 {
+			t.Errorf("PUT a%%2Fb/%s: %s, want 400", level, resp.Status)
+		}
+	}
+	if _, body := e.do(t, "GET", "/api/tree/a/%23", nil); string(body) != "{}" {
+		t.Errorf("rows under a: %s", body)
+	}
+	// Raw characters alone are read as they are.
+	if resp := rawRequest(t, e, "PUT /api/tree/c/x|y HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\n1"); resp.StatusCode != 204 {
+		t.Errorf("PUT c/x|y: %s", resp.Status)
+	}
+	if _, body := e.do(t, "GET", "/api/tree/c/%2B", nil); string(body) != `{"x|y":1}` {
+		t.Errorf("c/+: %s", body)
+	}
+}
