@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -238,7 +239,7 @@ func (s *Server) Close() error {
 	return err
 }
 
-// ServeHTTP routes a request (SPEC §10). Routes match the escaped path, so
+// ServeHTTP routes a request (SPEC §10). Routes match the path as written (rawPath), so
 // that an escaped '/' inside a level stays inside it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
@@ -257,7 +258,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, reason, "")
 		return
 	}
-	path := r.URL.EscapedPath()
+	path := rawPath(r.URL)
 	switch {
 	case path == "/metrics":
 		if !allow(w, r, "GET, HEAD") {
@@ -286,6 +287,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.opts.Web.ServeHTTP(w, r)
 	}
+}
+
+// rawPath is u's path as the request wrote it, escapes as they were.
+// EscapedPath is not: when the path holds a character it would escape (raw
+// UTF-8, '"'), it escapes the decoded path afresh, and an escaped '/'
+// inside a level (%2F) comes back as a separator.
+func rawPath(u *url.URL) string {
+	if u.RawPath != "" {
+		return u.RawPath // set whenever the path as written differs from EscapedPath's own escaping
+	}
+	return u.EscapedPath()
 }
 
 // reachable says why r may not reach the broker at all ("" if it may).
