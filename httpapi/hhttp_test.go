@@ -216,3 +216,24 @@ func TestEscapedSlashWithRawChars(t *testing.T) {
 		t.Errorf("c/+: %s", body)
 	}
 }
+
+// TestStreamSnapshotTooLarge: a snapshot that cannot be cut in parts (one
+// row whose JSON, control characters escaped six times over, is larger
+// than the maximum packet size) ends its event stream with an error
+// event, as a history does; a GET of the same tree is answered whole.
+func TestStreamSnapshotTooLarge(t *testing.T) {
+	e := setup(t, broker.Options{AllowAnonymous: true, MaxPacketSize: 4096}, Options{})
+	e.publish(t, admin, "big/x", strings.Repeat("\x01", 3000))
+	s, resp := e.openStream(t, "/api/tree/big/%2B")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s", resp.Status)
+	}
+	ev := s.next(t)
+	var eb errorBody
+	if ev.name != "error" || json.Unmarshal([]byte(ev.data), &eb) != nil || !strings.Contains(eb.Error, "maximum packet size") {
+		t.Fatalf("first event %+v: want an error event with the reason", ev)
+	}
+	if resp, body := e.do(t, "GET", "/api/tree/big/%2B", nil); resp.StatusCode != 200 || len(body) < 18000 {
+		t.Errorf("GET: %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
