@@ -237,3 +237,49 @@ func TestStreamSnapshotTooLarge(t *testing.T) {
 		t.Errorf("GET: %d, %d bytes", resp.StatusCode, len(body))
 	}
 }
+
+// TestStreamAnswerBudget: the large events of event streams (a snapshot,
+// a large delta) count against MaxAnswerBytes while they are written, as
+// GET answers do: a stream whose large event does not fit is told so in an
+// error event and ends (its EventSource reconnects, and resumes). Streams
+// whose clients did not read held a copy each without bound (20 streams of
+// a 4 MB tree: 159 MiB of heap; one caller may open MaxStreamsPerUser,
+// 1,250).
+func TestStreamAnswerBudget(t *testing.T) {
+	e := setup(t, broker.Options{AllowAnonymous: true}, Options{MaxAnswerBytes: 1 << 20})
+	var sb strings.Builder
+	sb.WriteString("{")
+	for i := range 2000 {
+		if i > 0 {
+			sb.WriteString(",")
+		}
+		fmt.Fprintf(&sb, `"r%d":"%s"`, i, strings.Repeat("v", 4000)) // 8 MB: more than the socket buffers take
+	}
+	sb.WriteString("}")
+	e.publish(t, admin, "$tree/big/+", sb.String())
+	// A client that never reads: its snapshot is held while written.
+	stuck, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	stuck.(*net.TCPConn).SetReadBuffer(4096)
+	io.WriteString(stuck, "GET /api/tree/big/%2B HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+	eventually(t, "the stuck stream's snapshot to be held", func() bool { return e.s.answers.load() > 0 })
+	s, resp := e.openStream(t, "/api/tree/big/%2B")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s", resp.Status)
+	}
+	ev := s.next(t)
+	var eb errorBody
+	if ev.name != "error" || json.Unmarshal([]byte(ev.data), &eb) != nil || !strings.Contains(eb.Error, "busy") {
+		t.Fatalf("first event %.200s %.200s: want an error event saying the broker is busy", ev.name, ev.data)
+	}
+	// Once the stuck client is gone, its bytes are given back.
+	stuck.Close()
+	eventually(t, "the stuck stream's bytes to be given back", func() bool { return e.s.answers.load() == 0 })
+	s, _ = e.openStream(t, "/api/tree/big/%2B")
+	if ev := s.next(t); ev.name != "snapshot" || len(ev.data) < 8_000_000 {
+		t.Fatalf("after: %.200s, %d bytes", ev.name, len(ev.data))
+	}
+}
