@@ -49,9 +49,10 @@
 // One caller (a user of the password file; otherwise a remote host) has
 // at most MaxStreamsPerUser event streams open (429 past it), so one
 // cannot take all MaxStreams.
-// The GET answers being written hold at most MaxAnswerBytes in all
-// (answerBudget; 503 past it), so slow readers of large trees cannot hold
-// a copy each without end.
+// The GET answers being written, and the events of 64 KiB or more of
+// event streams (bigEvent), hold at most MaxAnswerBytes in all
+// (answerBudget; 503 past it, or an "error" event that ends the stream),
+// so slow readers of large trees cannot hold a copy each without end.
 // Serve keeps the connections within MaxConns, and MaxConnsPerHost per
 // remote host (not loopback): one past either is closed once accepted
 // (connLimit), so idle or slowly-sent connections cannot take memory

@@ -47,10 +47,11 @@ type Options struct {
 	// MaxStreams/8 (1,250), at least 1.
 	MaxStreamsPerUser int
 
-	// MaxAnswerBytes bounds the bytes of tree and history answers (GET)
-	// held at once while they are written to slow clients: past it an
-	// answer is refused with 503 and Retry-After (one answer is always let
-	// through, however large). Default 256 MiB.
+	// MaxAnswerBytes bounds the bytes of tree and history answers (GET),
+	// and of events of 64 KiB or more of event streams, held at once while
+	// they are written to slow clients: past it an answer is refused with
+	// 503 and Retry-After, a stream ends with an "error" event (one answer
+	// is always let through, however large). Default 256 MiB.
 	MaxAnswerBytes int64
 	// MaxConns bounds the connections open at once (each costs some 20
 	// KiB however little its client sends); past it a new connection is

@@ -167,7 +167,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 	}
 	rc := http.NewResponseController(w)
 	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}),
-		log: s.log, filter: filter, keepAlive: s.opts.KeepAlive}
+		log: s.log, filter: filter, keepAlive: s.opts.KeepAlive, answers: &s.answers, maxAnswer: s.opts.MaxAnswerBytes}
 	// The session's writer writes each event itself (deliver), under st.mu:
 	// until the headers are out, it waits.
 	st.mu.Lock()
@@ -234,7 +234,15 @@ type streamState struct {
 	keepAlive time.Duration
 	log       zerolog.Logger
 	filter    string
+	answers   *answerBudget // the Server's: large events count while written
+	maxAnswer int64
 }
+
+// bigEvent is the size from which an event's data counts against the
+// answer budget while it is written: a snapshot, or a large delta, that a
+// client not reading would have the broker hold (a copy per stream). The
+// many small deltas of a fan-out take no lock for it.
+const bigEvent = 64 << 10
 
 // deliver writes one message of the session as an event. It runs on the
 // session's writer goroutine, which waits meanwhile (the session's queue,
@@ -282,6 +290,19 @@ func (st *streamState) deliver(d broker.Delivery) {
 		st.ev.comment("fell behind: reconnect") //nolint:errcheck // ending either way
 		st.stop()
 		return
+	}
+	if len(d.Payload) >= bigEvent {
+		if !st.answers.take(len(d.Payload)) {
+			// As a GET's answer would get 503: the EventSource reconnects,
+			// and resumes from the last id it got.
+			st.log.Debug().Str("filter", st.filter).Int("bytes", len(d.Payload)).Msg("http: event stream ended: answer budget spent")
+			reason := fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", st.maxAnswer>>20)
+			b, _ := json.Marshal(errorBody{Error: reason}) // a string: cannot fail
+			st.ev.event("error", "", b)                    //nolint:errcheck // ending either way
+			st.stop()
+			return
+		}
+		defer st.answers.give(len(d.Payload))
 	}
 	id := ""
 	if part == n {
