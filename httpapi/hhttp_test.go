@@ -283,3 +283,15 @@ func TestStreamAnswerBudget(t *testing.T) {
 		t.Fatalf("after: %.200s, %d bytes", ev.name, len(ev.data))
 	}
 }
+
+// TestNegotiateNaN: a q that is not a number in 0..1 makes its range
+// ignored, NaN as any other: "q=NaN" read as a number compared false with
+// everything, so the range shadowed */* for its type and the answer was
+// CBOR where "q=x" gave JSON.
+func TestNegotiateNaN(t *testing.T) {
+	for _, accept := range []string{"application/json;q=NaN, */*", "application/json;q=x, */*", "application/json;q=Inf, */*", "application/json;q=-0.5, */*"} {
+		if got, err := negotiate(accept, true); err != nil || got != repJSON {
+			t.Errorf("%q: %v %v, want JSON", accept, got, err)
+		}
+	}
+}
