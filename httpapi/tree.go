@@ -347,7 +347,7 @@ func negotiate(accept string, streams bool) (rep, error) {
 			}
 			rq := 1.0
 			if v, ok := params["q"]; ok {
-				if rq, err = strconv.ParseFloat(v, 64); err != nil || rq < 0 || rq > 1 {
+				if rq, err = strconv.ParseFloat(v, 64); err != nil || !(rq >= 0 && rq <= 1) { // NaN too
 					continue
 				}
 			}
