@@ -240,8 +240,8 @@ func (s *Server) Close() error {
 	return err
 }
 
-// ServeHTTP routes a request (SPEC §10). Routes match the path as written (rawPath), so
-// that an escaped '/' inside a level stays inside it.
+// ServeHTTP routes a request (SPEC §10). Routes match the path as written
+// (rawPath), so that an escaped '/' inside a level stays inside it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		if v := recover(); v != nil {
