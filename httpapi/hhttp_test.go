@@ -15,6 +15,7 @@ import (
 	"github.com/mote-mqtt/mote/broker"
 	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/translate"
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // historyTooLarge is a broker whose row h/a has a history larger than its
@@ -293,5 +294,40 @@ func TestNegotiateNaN(t *testing.T) {
 		if got, err := negotiate(accept, true); err != nil || got != repJSON {
 			t.Errorf("%q: %v %v, want JSON", accept, got, err)
 		}
+	}
+}
+
+// TestSetBytesBounded: a $set writes its payload into every row it
+// matches; one that would write more bytes in all than a tree publish may
+// carry (the payload limit) is refused whole, as a tree publish of those
+// rows would be. A 1 MiB POST /api/set over 100 rows made a 100 MB delta
+// for each tree subscriber and 946 MiB of allocations; at the limits (16
+// MiB over 100,000 rows) 1.6 TB, from one request of any user who may
+// write the rows, over MQTT as over HTTP.
+func TestSetBytesBounded(t *testing.T) {
+	lim := tree.DefaultLimits()
+	lim.MaxPayload = 1 << 20
+	e := setup(t, broker.Options{AllowAnonymous: true, Limits: lim}, Options{})
+	var sb strings.Builder
+	sb.WriteString("{")
+	for i := range 100 {
+		if i > 0 {
+			sb.WriteString(",")
+		}
+		fmt.Fprintf(&sb, `"r%d":0`, i)
+	}
+	sb.WriteString("}")
+	e.publish(t, admin, "$tree/s/+", sb.String())
+	resp, body := e.do(t, "POST", "/api/set/s/%2B", strings.NewReader(strings.Repeat("x", 100<<10))) // 100 rows × 100 KiB: 10 MiB
+	var eb errorBody
+	if resp.StatusCode != 400 || json.Unmarshal(body, &eb) != nil || eb.Code != "0x99" || !strings.Contains(eb.Error, "bytes") {
+		t.Errorf("%d %s: want 400 0x99 saying how many bytes", resp.StatusCode, body)
+	}
+	if _, body := e.do(t, "GET", "/api/tree/s/r7", nil); string(body) != "0" {
+		t.Errorf("s/r7 after the refused $set: %.100s", body)
+	}
+	// Within the bound: applied.
+	if resp, body := e.do(t, "POST", "/api/set/s/%2B", strings.NewReader(strings.Repeat("y", 10<<10))); resp.StatusCode != 204 {
+		t.Errorf("100 rows × 10 KiB: %d %s", resp.StatusCode, body)
 	}
 }
