@@ -55,7 +55,9 @@ const (
 // gets: Mote's and $SYS prefixes, topic limits, the ACL (per row for
 // trees), payload decoding and limits. It returns once the publish is
 // applied (with Options.SyncRetain, once its rows are committed; a plain
-// event, once it is queued to its subscribers), or a *Refusal.
+// event, once it is queued to its subscribers), or a *Refusal. For an
+// Answered principal, a publish applied whose translation was partly
+// refused returns a *TranslationRefused.
 func (b *Broker) Publish(ctx context.Context, p Principal, m Message) error {
 	return b.publish(ctx, p, m, waitApplied)
 }
@@ -91,7 +93,27 @@ func (b *Broker) enter(ctx context.Context, p Principal, m Message, wait waitMod
 		b.meter.in[k].Add(1)
 	}
 	r.trans = b.translation(p, &m, &r) // SPEC §11 (translate.go)
-	return b.dispatch(ctx, p, m, r, wait, inline)
+	err = b.dispatch(ctx, p, m, r, wait, inline)
+	if err == nil && r.transRefused != nil && p.Answered {
+		// Reported to nobody (Answered): the caller is told.
+		return &TranslationRefused{Refusal: r.transRefused}
+	}
+	return err
+}
+
+// TranslationRefused is what Publish returns to a front end that answers
+// its caller (Principal.Answered) when the publish was applied but some of
+// its translated rows were refused (SPEC §11: a translated topic past the
+// topic limits, or one of the broker's): what an MQTT client would read in
+// its report on $SYS/mote/errors/<client-id>. The publish itself stands.
+type TranslationRefused struct {
+	Refusal *Refusal
+}
+
+// Error says that the publish was applied, and what of its translation was
+// refused.
+func (t *TranslationRefused) Error() string {
+	return "applied, but its translation was " + t.Refusal.Error()
 }
 
 // prepared is a publish that passed every check but those only the loop
@@ -104,6 +126,9 @@ type prepared struct {
 	// or .replace, the translators the loop translates its rows with.
 	trans     *tree.Op
 	loopTrans *translate.Set
+	// transRefused is the refusal of some of its translated rows (a
+	// translated topic past the limits), made at the door; nil if none.
+	transRefused *Refusal
 }
 
 // prepare checks a publish and decodes it into an op, on the caller's

@@ -38,6 +38,12 @@ type Delivery struct {
 	QoS        byte
 	Retain     bool
 	Properties packets.Properties
+	// Err, when set, is the refusal of a tree subscription's first
+	// message, made after SubscribeWith returned: its snapshot or history
+	// cannot be cut into parts of the broker's maximum packet size (a
+	// single row larger than a part). That first message never comes;
+	// Topic is the subscription's, and later deltas may follow.
+	Err *Refusal
 }
 
 // Seq is a tree message's mote-seq (0 for a snapshot), -1 for other
@@ -228,6 +234,14 @@ func (o *funcOut) send(c *conn, pk packets.Packet) error {
 	}
 	o.fn(Delivery{Topic: pk.TopicName, Payload: payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties})
 	return nil
+}
+
+// refused hands fn the refusal of a subscription's first message (the
+// writer's goroutine: in order with what it sends).
+func (o *funcOut) refused(c *conn, r *Refusal) {
+	if !c.q.isClosed() {
+		o.fn(Delivery{Topic: r.Topic, Err: r})
+	}
 }
 
 func (o *funcOut) maxPacket() uint32 { return 0 }

@@ -300,7 +300,12 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 		return nil, err
 	}
 	if err != nil {
-		b.refuse(c.p, "subscribe", ts.Topic, err)
+		code := b.refuse(c.p, "subscribe", ts.Topic, err)
+		if o, ok := c.out.(*funcOut); ok {
+			// A Session's front end answers its caller: an HTTP request
+			// waiting for this first message (Delivery.Err).
+			o.refused(c, &Refusal{Code: code, Topic: ts.Topic, Err: err})
+		}
 	}
 	if events != nil {
 		msgs = append(msgs, events)

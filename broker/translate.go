@@ -60,7 +60,7 @@ func (b *Broker) translation(p Principal, m *Message, r *prepared) *tree.Op {
 				out = b.translateRow(set, out, row, &bad)
 			}
 		}
-		bad.report(b, p)
+		r.transRefused = bad.report(b, p)
 		out = ownRowsWin(out, r.op.Rows)
 	} else if set.Match(m.Topic) {
 		row := tree.Row{Topic: m.Topic, Value: b.parser.TypePlain(m.Payload), Retain: m.Retain}
@@ -69,7 +69,7 @@ func (b *Broker) translation(p Principal, m *Message, r *prepared) *tree.Op {
 		}
 		var bad refusedRows
 		out = b.translateRow(set, nil, row, &bad)
-		bad.report(b, p)
+		r.transRefused = bad.report(b, p)
 		out = ownRowsWin(out, []tree.Row{row})
 	}
 	if len(out) == 0 {
@@ -95,15 +95,17 @@ func (r *refusedRows) add(to string, err error) {
 	r.n++
 }
 
-// report reports the refusals gathered, if any, to p.
-func (r *refusedRows) report(b *Broker, p Principal) {
+// report reports the refusals gathered, if any, to p, and returns the
+// refusal (nil if none).
+func (r *refusedRows) report(b *Broker, p Principal) *Refusal {
+	err := r.first
 	switch {
 	case r.n == 0:
-	case r.n == 1:
-		b.refuse(translatedBy(p), "publish", r.to, r.first)
-	default:
-		b.refuse(translatedBy(p), "publish", r.to, fmt.Errorf("%d translated rows refused, the first: %w", r.n, r.first))
+		return nil
+	case r.n > 1:
+		err = fmt.Errorf("%d translated rows refused, the first: %w", r.n, r.first)
 	}
+	return &Refusal{Code: b.refuse(translatedBy(p), "publish", r.to, err), Topic: r.to, Err: err}
 }
 
 // translateRow appends row's translation to out; a translated topic past

@@ -17,7 +17,9 @@
 // F and T are MQTT filters and topics, each level path-escaped on its own
 // ('#' as %23). Errors are answered with a JSON body {"error": reason,
 // "code": "0x87"}, the code being the MQTT 5 reason code when the broker
-// refused.
+// refused. A write applied whose translation the broker refused
+// (broker.TranslationRefused) is answered 204 with the refusal in the
+// header Mote-Refused.
 //
 // # Access
 //
@@ -47,9 +49,10 @@
 // One caller (a user of the password file; otherwise a remote host) has
 // at most MaxStreamsPerUser event streams open (429 past it), so one
 // cannot take all MaxStreams.
-// The GET answers being written hold at most MaxAnswerBytes in all
-// (answerBudget; 503 past it), so slow readers of large trees cannot hold
-// a copy each without end.
+// The GET answers being written, and the events of 64 KiB or more of
+// event streams (bigEvent), hold at most MaxAnswerBytes in all
+// (answerBudget; 503 past it, or an "error" event that ends the stream),
+// so slow readers of large trees cannot hold a copy each without end.
 // Serve keeps the connections within MaxConns, and MaxConnsPerHost per
 // remote host (not loopback): one past either is closed once accepted
 // (connLimit), so idle or slowly-sent connections cannot take memory
@@ -91,7 +94,10 @@
 // and other large GETs get 503 meanwhile.
 //
 // A history answer larger than the broker's maximum
-// packet size (which the broker cuts in parts) is refused with 500. A
+// packet size (which the broker cuts in parts) is refused with 500, as is
+// one that cannot be cut (a row whose history alone is larger); an event
+// stream whose first message cannot be cut is an "error" event with the
+// reason (broker.Delivery.Err), and ends. A
 // request whose path has a malformed escape (%zz) is answered 400 by
 // net/http before it reaches the API, without a JSON body. A refusal is
 // answered in the response and logged, never reported on

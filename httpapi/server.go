@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,10 +47,11 @@ type Options struct {
 	// MaxStreams/8 (1,250), at least 1.
 	MaxStreamsPerUser int
 
-	// MaxAnswerBytes bounds the bytes of tree and history answers (GET)
-	// held at once while they are written to slow clients: past it an
-	// answer is refused with 503 and Retry-After (one answer is always let
-	// through, however large). Default 256 MiB.
+	// MaxAnswerBytes bounds the bytes of tree and history answers (GET),
+	// and of events of 64 KiB or more of event streams, held at once while
+	// they are written to slow clients: past it an answer is refused with
+	// 503 and Retry-After, a stream ends with an "error" event (one answer
+	// is always let through, however large). Default 256 MiB.
 	MaxAnswerBytes int64
 	// MaxConns bounds the connections open at once (each costs some 20
 	// KiB however little its client sends); past it a new connection is
@@ -238,8 +240,8 @@ func (s *Server) Close() error {
 	return err
 }
 
-// ServeHTTP routes a request (SPEC §10). Routes match the escaped path, so
-// that an escaped '/' inside a level stays inside it.
+// ServeHTTP routes a request (SPEC §10). Routes match the path as written
+// (rawPath), so that an escaped '/' inside a level stays inside it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -257,7 +259,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, reason, "")
 		return
 	}
-	path := r.URL.EscapedPath()
+	path := rawPath(r.URL)
 	switch {
 	case path == "/metrics":
 		if !allow(w, r, "GET, HEAD") {
@@ -286,6 +288,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.opts.Web.ServeHTTP(w, r)
 	}
+}
+
+// rawPath is u's path as the request wrote it, escapes as they were.
+// EscapedPath is not: when the path holds a character it would escape (raw
+// UTF-8, '"'), it escapes the decoded path afresh, and an escaped '/'
+// inside a level (%2F) comes back as a separator.
+func rawPath(u *url.URL) string {
+	if u.RawPath != "" {
+		return u.RawPath // set whenever the path as written differs from EscapedPath's own escaping
+	}
+	return u.EscapedPath()
 }
 
 // reachable says why r may not reach the broker at all ("" if it may).
@@ -351,11 +364,16 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request, path string) {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
 		return
 	}
+	q, err := parseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error(), "")
+		return
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		s.get(w, r, p, t)
+		s.get(w, r, p, t, q)
 	case http.MethodPut:
-		s.put(w, r, p, t)
+		s.put(w, r, p, t, q)
 	case http.MethodDelete:
 		s.publish(w, r, p, broker.Message{Topic: "$tree.replace/" + t, Payload: []byte("{}"), QoS: 1, Retain: true})
 	case http.MethodPost:

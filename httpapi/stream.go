@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -65,6 +66,11 @@ func (s *Server) history(ctx context.Context, p broker.Principal, filter string,
 	for {
 		select {
 		case d := <-sub.msgs:
+			if d.Err != nil {
+				// A row's history alone is larger than a part may be.
+				return nil, 0, &httpError{status: http.StatusInternalServerError, code: d.Err.Code,
+					msg: fmt.Sprintf("the history answer cannot be sent, a row's history is larger than the broker's maximum packet size (%v): narrow the filter, or pass from, to or limit", d.Err.Err)}
+			}
 			if d.Seq() != 0 {
 				continue
 			}
@@ -127,6 +133,14 @@ func (s *Server) closeStream(key string) {
 // keep up and the broker dropped a delta) ends the stream: the client
 // reconnects with its Last-Event-ID and resumes.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string, hist *broker.SubscribeOptions) {
+	if r.ContentLength != 0 {
+		// net/http reads what is left of a small body before it writes
+		// the headers: with the read deadline lifted below, a body never
+		// sent would hold the stream before it starts, for ever.
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusBadRequest, "an event stream request has no body", "")
+		return
+	}
 	if n := s.streams.Add(1); n > int64(s.opts.MaxStreams) {
 		s.streams.Add(-1)
 		w.Header().Set("Retry-After", "5")
@@ -153,7 +167,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 	}
 	rc := http.NewResponseController(w)
 	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}),
-		log: s.log, filter: filter, keepAlive: s.opts.KeepAlive}
+		log: s.log, filter: filter, keepAlive: s.opts.KeepAlive, answers: &s.answers, maxAnswer: s.opts.MaxAnswerBytes}
 	// The session's writer writes each event itself (deliver), under st.mu:
 	// until the headers are out, it waits.
 	st.mu.Lock()
@@ -220,7 +234,15 @@ type streamState struct {
 	keepAlive time.Duration
 	log       zerolog.Logger
 	filter    string
+	answers   *answerBudget // the Server's: large events count while written
+	maxAnswer int64
 }
+
+// bigEvent is the size from which an event's data counts against the
+// answer budget while it is written: a snapshot, or a large delta, that a
+// client not reading would have the broker hold (a copy per stream). The
+// many small deltas of a fan-out take no lock for it.
+const bigEvent = 64 << 10
 
 // deliver writes one message of the session as an event. It runs on the
 // session's writer goroutine, which waits meanwhile (the session's queue,
@@ -238,6 +260,18 @@ func (st *streamState) deliver(d broker.Delivery) {
 			st.stop()
 		}
 	}()
+	if d.Err != nil {
+		// The broker refused the first message (a row larger than the
+		// maximum packet size): the stream says why, and ends.
+		st.log.Debug().Err(d.Err).Str("filter", st.filter).Msg("http: event stream refused")
+		// (strings only: Marshal cannot fail; ending either way: a failed
+		// write needs no answer)
+		reason := fmt.Sprintf("the first message cannot be sent, a row is larger than the broker's maximum packet size (%v)", d.Err.Err)
+		b, _ := json.Marshal(errorBody{Error: reason, Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)})
+		st.ev.event("error", "", b) //nolint:errcheck
+		st.stop()
+		return
+	}
 	seq := d.Seq()
 	part, n := parts(prop(&d, "mote-part"))
 	name := "delta"
@@ -256,6 +290,19 @@ func (st *streamState) deliver(d broker.Delivery) {
 		st.ev.comment("fell behind: reconnect") //nolint:errcheck // ending either way
 		st.stop()
 		return
+	}
+	if len(d.Payload) >= bigEvent {
+		if !st.answers.take(len(d.Payload)) {
+			// As a GET's answer would get 503: the EventSource reconnects,
+			// and resumes from the last id it got.
+			st.log.Debug().Str("filter", st.filter).Int("bytes", len(d.Payload)).Msg("http: event stream ended: answer budget spent")
+			reason := fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", st.maxAnswer>>20)
+			b, _ := json.Marshal(errorBody{Error: reason}) // a string: cannot fail
+			st.ev.event("error", "", b)                    //nolint:errcheck // ending either way
+			st.stop()
+			return
+		}
+		defer st.answers.give(len(d.Payload))
 	}
 	id := ""
 	if part == n {

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
@@ -19,12 +20,7 @@ import (
 
 // get answers GET /api/tree/F: the tree of a $sync/F snapshot, its
 // history ($hist/F, with history=1), or an event stream of it.
-func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("query: %v", err), "")
-		return
-	}
+func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string, q url.Values) {
 	hist, err := histOptions(q)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
@@ -71,6 +67,25 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	h.Set("Cache-Control", "no-store")
 	h.Set("Vary", "Accept")
 	w.Write(payload) //nolint:errcheck // a client that went away has nothing to be told
+}
+
+// params are the query parameters the API reads.
+var params = []string{"history", "from", "to", "limit", "replace"}
+
+// parseQuery reads a request's query: malformed, or with a parameter of
+// the API's given twice (which would be read as one of them), it is an
+// error.
+func parseQuery(raw string) (url.Values, error) {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return nil, fmt.Errorf("query: %w", err)
+	}
+	for _, k := range params {
+		if len(q[k]) > 1 {
+			return nil, fmt.Errorf("query: %s given twice", k)
+		}
+	}
+	return q, nil
 }
 
 // histOptions reads history=1 and its from, to and limit (SPEC §9); nil
@@ -132,8 +147,8 @@ func flag(q url.Values, key string) (bool, error) {
 // put answers PUT /api/tree/T: a retained tree publish at QoS 1 ($tree/T,
 // with replace=1 $tree.replace/T, a CBOR body $tree.cbor/T, a MessagePack
 // body $tree.msgpack/T).
-func (s *Server) put(w http.ResponseWriter, r *http.Request, p broker.Principal, topic string) {
-	replace, err := flag(r.URL.Query(), "replace")
+func (s *Server) put(w http.ResponseWriter, r *http.Request, p broker.Principal, topic string, q url.Values) {
+	replace, err := flag(q, "replace")
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
 		return
@@ -172,12 +187,32 @@ func (s *Server) set(w http.ResponseWriter, r *http.Request, p broker.Principal,
 
 // publish publishes m through the broker's door and answers 204 once it
 // is applied (with SyncRetain, committed).
+// A translation of it the broker refused (broker.TranslationRefused) is
+// said in the header Mote-Refused: the write stands.
 func (s *Server) publish(w http.ResponseWriter, r *http.Request, p broker.Principal, m broker.Message) {
-	if err := s.b.Publish(r.Context(), p, m); err != nil {
+	err := s.b.Publish(r.Context(), p, m)
+	var tr *broker.TranslationRefused
+	if errors.As(err, &tr) {
+		// ASCII, quoted: a header value carries no line break nor raw UTF-8.
+		w.Header().Set("Mote-Refused", strconv.QuoteToASCII(truncate(tr.Refusal.Error(), 1000)))
+		err = nil
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// truncate cuts s to at most n bytes, on a UTF-8 boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // body reads a request body of at most MaxBody bytes. A larger one is
@@ -211,7 +246,11 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if !errors.As(err, &ref) {
 		var he *httpError
 		if errors.As(err, &he) {
-			writeError(w, he.status, he.msg, "")
+			code := ""
+			if he.code.Code != 0 {
+				code = fmt.Sprintf("0x%02X", he.code.Code)
+			}
+			writeError(w, he.status, he.msg, code)
 			return
 		}
 		s.log.Error().Err(err).Str("method", r.Method).Str("path", r.URL.EscapedPath()).Msg("http: request failed")
@@ -240,6 +279,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 type httpError struct {
 	status int
 	msg    string
+	code   packets.Code // the broker's reason code, if it refused
 }
 
 func (e *httpError) Error() string { return e.msg }
@@ -307,7 +347,7 @@ func negotiate(accept string, streams bool) (rep, error) {
 			}
 			rq := 1.0
 			if v, ok := params["q"]; ok {
-				if rq, err = strconv.ParseFloat(v, 64); err != nil || rq < 0 || rq > 1 {
+				if rq, err = strconv.ParseFloat(v, 64); err != nil || !(rq >= 0 && rq <= 1) { // NaN too
 					continue
 				}
 			}

@@ -12,8 +12,8 @@
 //
 // # What New refuses
 //
-// Every problem is reported, each naming its rule ("translate[2] (from
-// "a/+" to "b/+")"):
+// Every problem is reported, up to 100 (then New says more are left
+// out), each naming its rule ("translate[2] (from "a/+" to "b/+")"):
 //   - a From or To that is not a valid MQTT filter, is a broker topic
 //     ($SYS, $mote, $hist or a Mote verb), or whose wildcards do not
 //     correspond to the other's in number and kind, in order;

@@ -18,6 +18,10 @@ var ErrRule = errors.New("translate: bad rule")
 // MaxRules bounds a rule set (the overlap checks compare every pair).
 const MaxRules = 4096
 
+// maxProblems bounds the problems New lists: a set of MaxRules rules may
+// hold millions of overlapping pairs.
+const maxProblems = 100
+
 // Rule is one translator of the configuration's translate: list.
 type Rule struct {
 	From   string // an MQTT filter
@@ -72,8 +76,16 @@ func New(rules []Rule) (*Set, error) {
 	}
 	s := &Set{rules: append([]Rule(nil), rules...)}
 	var errs []error
+	full := false // maxProblems are listed: look no further
+	note := func(err error) {
+		if len(errs) < maxProblems {
+			errs = append(errs, err)
+			return
+		}
+		full = true
+	}
 	bad := func(i int, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrRule, rules[i].name(i), fmt.Sprintf(format, args...)))
+		note(fmt.Errorf("%w: %s: %s", ErrRule, rules[i].name(i), fmt.Sprintf(format, args...)))
 	}
 	for i, r := range rules {
 		ok := true
@@ -112,7 +124,7 @@ func New(rules []Rule) (*Set, error) {
 			bad(a.rule, format, args...)
 			return
 		}
-		errs = append(errs, fmt.Errorf("%w: %s and %s: %s", ErrRule, rules[k[0]].name(k[0]), rules[k[1]].name(k[1]), fmt.Sprintf(format, args...)))
+		note(fmt.Errorf("%w: %s and %s: %s", ErrRule, rules[k[0]].name(k[0]), rules[k[1]].name(k[1]), fmt.Sprintf(format, args...)))
 	}
 	// Each direction asks an index of all sources which could match a
 	// topic its source matches (ambiguous): no comparison of every pair.
@@ -125,6 +137,9 @@ func New(rules []Rule) (*Set, error) {
 	}
 	var hits []int
 	for i, a := range s.dirs {
+		if full {
+			break
+		}
 		hits = idx.collect(a.src, true, hits[:0])
 		slices.Sort(hits)
 		for _, j := range hits {
@@ -139,6 +154,9 @@ func New(rules []Rule) (*Set, error) {
 				pair(a, b, "ambiguous: %q and %q could match the same topic (%s)", join(a.src), join(b.src), w)
 			}
 		}
+	}
+	if full {
+		errs = append(errs, fmt.Errorf("%w: more problems, not listed (%d at most are): fix these first", ErrRule, maxProblems))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

@@ -113,7 +113,7 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		}
 		return ps.treeOp(p, &root, retain, qos, sc)
 	case wire.PubSet:
-		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}
+		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, MaxBytes: ps.lim.MaxPayload, Protect: true}
 		if len(payload) > 0 {
 			op.SetValue = ps.dec.TypePlain(payload)
 		}

@@ -153,6 +153,9 @@ func (t *Tree) expand(op *Op) ([]Row, error) {
 	if op.MaxRows > 0 && len(rows) > op.MaxRows {
 		return nil, fmt.Errorf("%w: the publish would touch %d rows, more than %d", ErrLimit, len(rows), op.MaxRows)
 	}
+	if set, size := len(rows)-len(op.Rows), len(op.SetValue.Data); op.SetFilter != "" && op.MaxBytes > 0 && set*size > op.MaxBytes {
+		return nil, fmt.Errorf("%w: the $set would write %d rows of %d bytes, %d bytes in all, more than %d", ErrLimit, set, size, set*size, op.MaxBytes)
+	}
 	if op.Allow != nil {
 		for _, r := range rows {
 			if !op.Allow(r.Topic) {

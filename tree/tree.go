@@ -49,6 +49,12 @@ type Op struct {
 	// MaxRows, if positive, bounds the rows a $set or .replace touches
 	// (SPEC §5): past it the op is refused whole (ErrLimit).
 	MaxRows int
+	// MaxBytes, if positive, bounds the bytes a $set writes: its value's
+	// size times the rows it sets, no more than a tree publish writing
+	// those rows may carry (the payload limit). Past it the op is refused
+	// whole (ErrLimit): a small payload over many rows would otherwise be
+	// a delta and a disk write of their product.
+	MaxBytes int
 
 	// Visible, if not nil, is the publisher's read check. A row that a $set
 	// or .replace would touch and that the publisher may neither write nor
