@@ -490,3 +490,9 @@ func TestRefreshDeadlineCoalesced(t *testing.T) {
 		t.Fatalf("keep-alive 10 after 0: %d more deadlines set, last %v; want two, not zero", dc.sets-sets, dc.last)
 	}
 }
+
+// mote: pkp is a copy of pk for processPacket, processPublish and
+// receivePacket, which take the packet by pointer and change it in place
+// (change 25): the golden table's packets (packets.TPacketData) stay as
+// they are for the tests after.
+func pkp(pk packets.Packet) *packets.Packet { return &pk }
