@@ -108,7 +108,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if w := willOf(p, &pk); w != nil {
-		if _, err := b.prepare(p, w.m); err != nil {
+		if _, err := b.prepare(p, &w.m); err != nil {
 			code := b.refuse(p, "will", w.m.Topic, err)
 			return refuse(code, "will refused: "+err.Error())
 		}
@@ -413,7 +413,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 		if c.pubCtx == nil {
 			c.pubCtx = context.WithValue(context.Background(), heldAcksKey{}, &mqttPublisher{flush: func() { _ = cl.FlushHeld() }})
 		}
-		err = h.b.publishInline(c.pubCtx, c.p, m, wait)
+		err = h.b.publishInline(c.pubCtx, c.p, &m, wait)
 	}
 	if err == nil {
 		// Ignore tells mochi not to deliver or retain it, as
