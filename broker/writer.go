@@ -309,7 +309,8 @@ func (c *conn) replayPacket(r *replayItem, row *replayRow) (packets.Packet, bool
 // replayPacket): no endpoint reads it — at QoS 1 and 2 takeInflight sets
 // it to the packet id, the order in which mochi resends; QoS 0 is encoded
 // without it, and funcOut does not pass it on. Reading the clock was 2% of
-// a fan-in's CPU (bench/README.md, "Issue 15: packets by pointer").
+// a fan-in's CPU (bench/README.md, "Issue 15: packets by pointer on the
+// plain publish path").
 func (m *plainItem) packet() packets.Packet {
 	msg := m.msg
 	out := packets.Packet{

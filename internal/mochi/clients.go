@@ -469,10 +469,10 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 		// mote: wait for the next packet here, in this shallow frame, and
 		// read and handle it in readOne, under which processPacket holds
 		// an 800-byte Packet (two before change 25): a connection parked
-		// between packets then uses little
-		// of its stack, and the garbage collector halves a stack only when
-		// less than a quarter of it is in use (a reader parked inside
-		// readOne kept the 16 KiB the CONNECT path had grown).
+		// between packets then uses little of its stack, and the garbage
+		// collector halves a stack only when less than a quarter of it is
+		// in use (a reader parked inside readOne kept the 16 KiB the
+		// CONNECT path had grown).
 		//
 		// mote: the read deadline is refreshed only when the next packet
 		// is not already whole in the buffer (change 26): a packet that is
