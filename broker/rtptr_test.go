@@ -76,7 +76,7 @@ func TestPooledPacketsNotAliased(t *testing.T) {
 	}
 
 	want := map[string]got{} // by payload
-	var wg sync.WaitGroup // the publishers' goroutines
+	var wg sync.WaitGroup    // the publishers' goroutines
 	var conns []net.Conn
 	defer func() { // cleanups run after: keepAliveDial's close would come after wg.Wait
 		for _, c := range conns {
