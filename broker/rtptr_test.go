@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -239,5 +240,88 @@ func TestReadDeadlineAfterPipelinedPackets(t *testing.T) {
 				t.Fatalf("disconnected after %v, before keep-alive × 1.5", took)
 			}
 		})
+	}
+}
+
+// TestPooledPacketsKeepWills: the will of each of several MQTT 5
+// clients, read in their CONNECT through the pool, is published byte for
+// byte (topic, payload, User Properties) when the connection drops after
+// hundreds of pipelined publishes that reused the pooled packet.
+func TestPooledPacketsKeepWills(t *testing.T) {
+	const clients, per = 4, 200
+	b := start(t, Options{})
+	type got struct {
+		topic, payload string
+		user           []paho5.UserProperty
+	}
+	in := &inbox[got]{got: make(chan struct{}, 1)}
+	cfg := paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) {
+			g := got{topic: p.Packet.Topic, payload: string(p.Packet.Payload)}
+			if p.Packet.Properties != nil {
+				g.user = append(g.user, p.Packet.Properties.User...)
+			}
+			in.add(g)
+			return true, nil
+		},
+	}}
+	sub := dial5(t, b, "will-sub", cfg, nil)
+	if _, err := sub.Subscribe(testCtx(t), &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "will/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]got{}
+	for i := range clients {
+		topic := fmt.Sprintf("will/%d", i)
+		payload := fmt.Sprintf("gone %d %s", i, bytes.Repeat([]byte{'w'}, 10*i))
+		cp := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 5,
+			Connect: packets.ConnectParams{
+				ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: fmt.Sprintf("will-%d", i),
+				WillFlag: true, WillTopic: topic, WillPayload: []byte(payload), WillQos: 1,
+				WillProperties: packets.Properties{User: []packets.UserProperty{{Key: "who", Val: itoa(i)}}},
+			},
+		}
+		var buf bytes.Buffer
+		if err := cp.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		want[payload] = got{topic: topic, payload: payload, user: []paho5.UserProperty{{Key: "who", Value: itoa(i)}}}
+		aliased := map[uint16]bool{}
+		for j := range per {
+			pk, _ := ptrPublish(i, j, aliased)
+			pk.FixedHeader.Qos, pk.PacketID = 0, 0 // no acks to answer
+			if err := pk.PublishEncode(&buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+		if err := pk.PingreqEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(testTimeout))
+		r := bufio.NewReader(c)
+		for { // CONNACK, then PINGRESP: every publish before it was read
+			h, err := readPacket(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h == 0xd0 {
+				break
+			}
+		}
+		c.Close() // no DISCONNECT: the will is published
+	}
+	for _, m := range in.wait(t, clients) {
+		if w, ok := want[m.payload]; !ok || m.topic != w.topic || fmt.Sprint(m.user) != fmt.Sprint(w.user) {
+			t.Errorf("will received as %q %q %v; sent as %+v", m.topic, m.payload, m.user, w)
+		}
 	}
 }
