@@ -325,3 +325,81 @@ func TestPooledPacketsKeepWills(t *testing.T) {
 		}
 	}
 }
+
+// TestQueuedMessageExpiry: the broker's packets no longer carry Created
+// (h-ptr); a message queued for an offline MQTT 5 session still expires
+// by its Message Expiry Interval, counted from when the broker received
+// it [MQTT-3.3.2-5], and one delivered later carries the time it has
+// left [MQTT-3.3.2-6].
+func TestQueuedMessageExpiry(t *testing.T) {
+	b := start(t, Options{})
+	type got struct {
+		topic  string
+		expiry *uint32
+	}
+	in := &inbox[got]{got: make(chan struct{}, 1)}
+	expiry := uint32(300)
+	cfg := paho5.ClientConfig{OnPublishReceived: []func(paho5.PublishReceived) (bool, error){
+		func(p paho5.PublishReceived) (bool, error) {
+			g := got{topic: p.Packet.Topic}
+			if p.Packet.Properties != nil {
+				g.expiry = p.Packet.Properties.MessageExpiry
+			}
+			in.add(g)
+			return true, nil
+		},
+	}}
+	cp := &paho5.Connect{CleanStart: true, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}}
+	sub := dial5(t, b, "exp-sub", cfg, cp)
+	if _, err := sub.Subscribe(testCtx(t), &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "exp/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Disconnect(&paho5.Disconnect{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the subscriber gone", func() bool { c, ok := b.server.Clients.Get("exp-sub"); return ok && c.Closed() })
+
+	pub := dial5(t, b, "exp-pub", paho5.ClientConfig{}, nil)
+	one, long := uint32(1), uint32(1000)
+	for _, p := range []*paho5.Publish{
+		{Topic: "exp/short", QoS: 1, Payload: []byte("s"), Properties: &paho5.PublishProperties{MessageExpiry: &one}},
+		{Topic: "exp/long", QoS: 1, Payload: []byte("l"), Properties: &paho5.PublishProperties{MessageExpiry: &long}},
+		{Topic: "exp/none", QoS: 1, Payload: []byte("n")},
+	} {
+		if _, err := pub.Publish(testCtx(t), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle(t, b)
+	sent := time.Now()
+	// exp/short's second, counted in whole seconds, must be past.
+	waitFor(t, "2.1 s", func() bool { return time.Since(sent) > 2100*time.Millisecond })
+
+	cp = &paho5.Connect{CleanStart: false, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}}
+	dial5(t, b, "exp-sub", cfg, cp)
+	in.wait(t, 2)
+	// the last publish was exp/none: once it is in, anything before it is too
+	if _, err := pub.Publish(testCtx(t), &paho5.Publish{Topic: "exp/last", QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := in.wait(t, 3)
+	for _, m := range msgs {
+		switch m.topic {
+		case "exp/short":
+			t.Errorf("exp/short delivered after its expiry")
+		case "exp/long":
+			if m.expiry == nil || *m.expiry >= long || *m.expiry < long-testTimeoutSeconds {
+				t.Errorf("exp/long delivered with expiry %v, want what is left of %d", m.expiry, long)
+			}
+		case "exp/none", "exp/last":
+			if m.expiry != nil {
+				t.Errorf("%s delivered with expiry %d, want none", m.topic, *m.expiry)
+			}
+		}
+	}
+	if len(msgs) != 3 {
+		t.Errorf("got %+v, want exp/long, exp/none, exp/last", msgs)
+	}
+}
+
+const testTimeoutSeconds = uint32(testTimeout / time.Second)
