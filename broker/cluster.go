@@ -462,7 +462,7 @@ func (b *Broker) applyEntry(e cluster.Entry) {
 // (SPEC §7) stays on its node. An event too large for one NATS message is
 // ErrTooLarge, sent nowhere: the publish is refused, not delivered on
 // this node alone.
-func (b *Broker) shareEvent(p Principal, m Message, r *prepared) error {
+func (b *Broker) shareEvent(p Principal, m *Message, r *prepared) error {
 	if b.cl.opts.Events == nil {
 		return nil
 	}
@@ -528,7 +528,7 @@ func (b *Broker) publishRemote(origin string, e cluster.Event) {
 			return
 		}
 	}
-	r, err := b.prepare(clusterPrincipal, m)
+	r, err := b.prepare(clusterPrincipal, &m)
 	if err == nil && r.mote && r.op.SetFilter == "" {
 		r.op.Replace = "" // a .replace's events: its deletions come through the log
 	}
@@ -547,7 +547,7 @@ func (b *Broker) publishRemote(origin string, e cluster.Event) {
 	if r.plain != nil {
 		r.plain.origin = ""
 	}
-	if err := b.dispatch(b.cl.ctx, clusterPrincipal, m, r, waitNone, false); err != nil {
+	if err := b.dispatch(b.cl.ctx, clusterPrincipal, &m, &r, waitNone, false); err != nil {
 		b.log.Warn().Err(err).Str("node", origin).Msg("cluster: an event was not delivered")
 	}
 }

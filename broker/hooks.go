@@ -108,7 +108,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if w := willOf(p, &pk); w != nil {
-		if _, err := b.prepare(p, w.m); err != nil {
+		if _, err := b.prepare(p, &w.m); err != nil {
 			code := b.refuse(p, "will", w.m.Topic, err)
 			return refuse(code, "will refused: "+err.Error())
 		}
@@ -335,16 +335,18 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 //
 // It also keeps the client's packet ids apart from the deliveries'
 // (idSpaces), until OnPacketProcessed.
-func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+//
+// mochi lends pk for the call (its change 25): it changes in place.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 	c := h.conn(cl)
 	if c == nil {
-		return pk, nil
+		return nil
 	}
 	if o, ok := c.outOf(); ok {
-		o.ids.begin(cl, &pk)
+		o.ids.begin(cl, pk)
 	}
 	if pk.FixedHeader.Type != packets.Publish {
-		return pk, nil
+		return nil
 	}
 	c.pendingTopic = ""
 	if pk.Properties.TopicAliasFlag && len(pk.TopicName) > h.b.opts.MaxTopicLen {
@@ -361,7 +363,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		pk.TopicName = internalPublish
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}
-	return pk, nil
+	return nil
 }
 
 // levelsPerSubscription is the filter levels a client may have on average
@@ -380,14 +382,16 @@ const maxTopicAliases = 256
 const internalPublish = "$mote/publish"
 
 // OnPublish hands a publish to the door; mochi only acknowledges it (with
-// the door's reason code, for MQTT 5 at QoS 1 and 2).
-func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+// the door's reason code, for MQTT 5 at QoS 1 and 2). pk is lent for the
+// call and changed in place (mochi's change 25); on an error it is left
+// as it came.
+func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 	if cl.Net.Inline {
-		return pk, nil
+		return nil
 	}
 	c := h.conn(cl)
 	if c == nil {
-		return pk, packets.CodeSuccessIgnore
+		return packets.CodeSuccessIgnore
 	}
 	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties}
 	var err error
@@ -409,14 +413,14 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if c.pubCtx == nil {
 			c.pubCtx = context.WithValue(context.Background(), heldAcksKey{}, &mqttPublisher{flush: func() { _ = cl.FlushHeld() }})
 		}
-		err = h.b.publishInline(c.pubCtx, c.p, m, wait)
+		err = h.b.publishInline(c.pubCtx, c.p, &m, wait)
 	}
 	if err == nil {
 		// Ignore tells mochi not to deliver or retain it, as
 		// CodeSuccessIgnore would, without the two allocations a struct
 		// error costs each time mochi compares it (errors.Is), twice.
 		pk.Ignore = true
-		return pk, nil
+		return nil
 	}
 	return h.b.refusePublish(c, pk, err)
 }
@@ -425,10 +429,10 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 // 1 or 2 gets the reason code in its PUBACK or PUBREC, with a Reason
 // String unless it is 0x87; everyone else an ordinary ack (the report on
 // its error topic says why). Nothing is retained or delivered either way.
-func (b *Broker) refusePublish(c *conn, pk packets.Packet, err error) (packets.Packet, error) {
+func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 	r, _ := err.(*Refusal)
 	if r == nil || !c.v5 || pk.FixedHeader.Qos == 0 {
-		return pk, packets.CodeSuccessIgnore
+		return packets.CodeSuccessIgnore
 	}
 	ack := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Puback},
@@ -445,9 +449,9 @@ func (b *Broker) refusePublish(c *conn, pk packets.Packet, err error) (packets.P
 		ack.FixedHeader.Type = packets.Pubrec // a PUBREC >= 0x80 ends the QoS 2 flow
 	}
 	if werr := c.out.(*mqttOut).cl.WritePacket(ack); werr != nil {
-		return pk, werr
+		return werr
 	}
-	return pk, packets.ErrRejectPacket
+	return packets.ErrRejectPacket
 }
 
 // OnSubscribe checks each filter of a SUBSCRIBE before mochi files it: a
@@ -582,13 +586,13 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 }
 
 // OnPacketProcessed lets the writer go once mochi has written the SUBACK.
-func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
 	c := h.conn(cl)
 	if c == nil {
 		return
 	}
 	if o, ok := c.outOf(); ok {
-		o.ids.end(cl, &pk)
+		o.ids.end(cl, pk)
 	}
 	if pk.FixedHeader.Type == packets.Subscribe {
 		c.q.release()

@@ -123,7 +123,7 @@ var errOriginalWildcard = fmt.Errorf("%w: a publish to a topic with wildcards mu
 // prepareOriginal reads a publish of a dialect client (p.original) whose
 // topic makes it a tree publish or a $set, with every check prepare makes
 // (checkOp); handled is false for any other publish, which is plain.
-func (b *Broker) prepareOriginal(p Principal, m Message) (r prepared, handled bool, err error) {
+func (b *Broker) prepareOriginal(p Principal, m *Message) (r prepared, handled bool, err error) {
 	topic := m.Topic
 	switch {
 	case m.Retain && strings.HasSuffix(topic, "/"):
@@ -162,7 +162,7 @@ func (b *Broker) checkOriginalTopic(t string) error {
 // originalTree is a dialect tree publish to T: the JSON tree decoded
 // within the limits, its top-level "/" flag taken out, exploded as
 // $tree/T (or $tree.replace/T), each string leaf typed as a plain payload.
-func (b *Broker) originalTree(p Principal, m Message, t string) (prepared, error) {
+func (b *Broker) originalTree(p Principal, m *Message, t string) (prepared, error) {
 	if err := b.checkOriginalTopic(t); err != nil {
 		return prepared{}, err
 	}

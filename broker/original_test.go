@@ -568,7 +568,7 @@ func FuzzOriginalPublish(f *testing.F) {
 	b := startOriginal(f, Options{})
 	p := Principal{ClientID: "fuzz", original: true}
 	f.Fuzz(func(t *testing.T, topic string, payload []byte, retain bool) {
-		r, err := b.prepare(p, Message{Topic: topic, Payload: payload, QoS: 1, Retain: retain})
+		r, err := b.prepare(p, &Message{Topic: topic, Payload: payload, QoS: 1, Retain: retain})
 		if err != nil {
 			return
 		}

@@ -261,7 +261,7 @@ type publishedHook struct {
 
 func (h *publishedHook) ID() string           { return "test-published" }
 func (h *publishedHook) Provides(b byte) bool { return b == mqtt.OnPublished }
-func (h *publishedHook) OnPublished(cl *mqtt.Client, _ packets.Packet) {
+func (h *publishedHook) OnPublished(cl *mqtt.Client, _ *packets.Packet) {
 	if cl != h.cl {
 		return
 	}

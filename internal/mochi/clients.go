@@ -33,7 +33,39 @@ var (
 )
 
 // ReadFn is the function signature for the function used for reading and processing new packets.
-type ReadFn func(*Client, packets.Packet) error
+// mote: the packet by pointer (change 25), lent for the call: it goes back
+// to the server's packetPool when the function returns.
+type ReadFn func(*Client, *packets.Packet) error
+
+// mote: packetPool lends the read loop the packet it decodes each packet
+// into (change 25). The packet goes through mochi's handling and the hooks
+// by pointer, so it lives on the heap; pooled, a packet read allocates
+// nothing for it, and an idle connection holds none (a packet kept in
+// each Client would add 800 bytes to every connection). put clears the
+// packet: what it pointed to (its body, which its topic and payload
+// alias) is not kept alive by the pool, and the next packet is decoded
+// into a zero Packet, as upstream's were. A nil packetPool (a Client made
+// outside a Server, in tests) allocates.
+type packetPool struct{ p sync.Pool }
+
+// get returns a zero packet.
+func (pp *packetPool) get() *packets.Packet {
+	if pp != nil {
+		if pk, ok := pp.p.Get().(*packets.Packet); ok {
+			return pk
+		}
+	}
+	return new(packets.Packet)
+}
+
+// put clears pk and keeps it for the next get; pk must not be used after.
+func (pp *packetPool) put(pk *packets.Packet) {
+	if pp == nil {
+		return
+	}
+	*pk = packets.Packet{}
+	pp.p.Put(pk)
+}
 
 // Clients contains a map of the clients known by the broker.
 type Clients struct {
@@ -465,15 +497,23 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return nil
 		}
 
-		cl.refreshDeadline(cl.State.Keepalive)
 		// mote: wait for the next packet here, in this shallow frame, and
-		// read and handle it in readOne, whose frame holds two 800-byte
-		// Packets: a connection parked between packets then uses little
-		// of its stack, and the garbage collector halves a stack only when
-		// less than a quarter of it is in use (a reader parked inside
-		// readOne kept the 16 KiB the CONNECT path had grown).
+		// read and handle it in readOne, under which processPacket holds
+		// an 800-byte Packet (two before change 25): a connection parked
+		// between packets then uses little of its stack, and the garbage
+		// collector halves a stack only when less than a quarter of it is
+		// in use (a reader parked inside readOne kept the 16 KiB the
+		// CONNECT path had grown).
+		//
+		// mote: the read deadline is refreshed only when the next packet
+		// is not already whole in the buffer (change 26): a packet that is
+		// is read without touching the connection, so no deadline applies
+		// to it, and refreshDeadline's clock read (time.Now, 2% of a QoS 0
+		// fan-in's CPU) is spared; before any read that may wait, the
+		// deadline is refreshed as before [MQTT-3.1.2-22].
 		if cl.Net.bconn != nil {
 			if !cl.moreInput() {
+				cl.refreshDeadline(cl.State.Keepalive)
 				if err := cl.FlushHeld(); err != nil { // mote: before waiting (writeAck)
 					return err
 				}
@@ -481,6 +521,8 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			if _, err := cl.Net.bconn.Peek(1); err != nil {
 				return err
 			}
+		} else {
+			cl.refreshDeadline(cl.State.Keepalive)
 		}
 		if err := cl.readOne(packetHandler); err != nil {
 			_ = cl.FlushHeld() // mote: the acks held for packets handled before it, before the connection closes
@@ -501,12 +543,16 @@ func (cl *Client) readOne(packetHandler ReadFn) error {
 		return err
 	}
 
-	pk, err := cl.ReadPacket(fh)
-	if err != nil {
-		return err
+	// mote: the packet is lent from the server's pool and read, handled
+	// and returned by pointer: upstream copied its 800 bytes at each call
+	// on the way (change 25). A panic leaves it to the garbage collector.
+	pk := cl.ops.pool.get()
+	err = cl.readPacket(fh, pk)
+	if err == nil {
+		err = packetHandler(cl, pk) // Process inbound packet.
 	}
-
-	return packetHandler(cl, pk) // Process inbound packet.
+	cl.ops.pool.put(pk)
+	return err
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -592,7 +638,19 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 }
 
 // ReadPacket reads the remaining buffer into an MQTT packet.
-func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err error) {
+// mote: a copy of the packet readPacket reads into one of the pool's
+// (change 25); the read loop reads with readPacket itself.
+func (cl *Client) ReadPacket(fh *packets.FixedHeader) (packets.Packet, error) {
+	pk := cl.ops.pool.get()
+	err := cl.readPacket(fh, pk)
+	v := *pk
+	cl.ops.pool.put(pk)
+	return v, err
+}
+
+// mote: readPacket is ReadPacket reading into *pk, a zero Packet (change
+// 25). On an error *pk holds what was read of it.
+func (cl *Client) readPacket(fh *packets.FixedHeader, pk *packets.Packet) (err error) {
 	atomic.AddInt64(&cl.ops.info.PacketsReceived, 1)
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
@@ -600,7 +658,7 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 	p := make([]byte, pk.FixedHeader.Remaining)
 	n, err := io.ReadFull(cl.Net.bconn, p)
 	if err != nil {
-		return pk, err
+		return err
 	}
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
@@ -649,11 +707,10 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	if err != nil {
 		cl.disconnectMalformed(err) // mote
-		return pk, err
+		return err
 	}
 
-	pk, err = cl.ops.hooks.OnPacketRead(cl, pk)
-	return
+	return cl.ops.hooks.OnPacketRead(cl, pk) // mote: changes *pk in place
 }
 
 // mote: disconnectMalformed tells an MQTT 5 client why a packet it sent

@@ -34,6 +34,7 @@ func newTestClient() (cl *Client, r net.Conn, w net.Conn) {
 		info:  new(system.Info),
 		hooks: new(Hooks),
 		log:   logger,
+		pool:  new(packetPool), // mote: change 25
 		options: &Options{
 			Capabilities: &Capabilities{
 				ReceiveMaximum:             10,
@@ -532,8 +533,8 @@ func TestClientReadOK(t *testing.T) {
 	var pks []packets.Packet
 	o := make(chan error)
 	go func() {
-		o <- cl.Read(func(cl *Client, pk packets.Packet) error {
-			pks = append(pks, pk)
+		o <- cl.Read(func(cl *Client, pk *packets.Packet) error { // mote: by pointer (change 25)
+			pks = append(pks, *pk) // mote: a copy: pk is lent for the call
 			return nil
 		})
 	}()
@@ -573,7 +574,7 @@ func TestClientReadDone(t *testing.T) {
 
 	o := make(chan error)
 	go func() {
-		o <- cl.Read(func(cl *Client, pk packets.Packet) error {
+		o <- cl.Read(func(cl *Client, pk *packets.Packet) error { // mote: by pointer (change 25)
 			return nil
 		})
 	}()
@@ -636,7 +637,7 @@ func TestClientReadReadHandlerErr(t *testing.T) {
 		_ = r.Close()
 	}()
 
-	err := cl.Read(func(cl *Client, pk packets.Packet) error {
+	err := cl.Read(func(cl *Client, pk *packets.Packet) error { // mote: by pointer (change 25)
 		return errors.New("test")
 	})
 

@@ -87,17 +87,25 @@ type Hook interface {
 	OnSessionEstablished(cl *Client, pk packets.Packet)
 	OnDisconnect(cl *Client, err error, expire bool)
 	OnAuthPacket(cl *Client, pk packets.Packet) (packets.Packet, error)
-	OnPacketRead(cl *Client, pk packets.Packet) (packets.Packet, error) // triggers when a new packet is received by a client, but before packet validation
-	OnPacketEncode(cl *Client, pk packets.Packet) packets.Packet        // modify a packet before it is byte-encoded and written to the client
-	OnPacketSent(cl *Client, pk packets.Packet, b []byte)               // triggers when packet bytes have been written to the client
-	OnPacketProcessed(cl *Client, pk packets.Packet, err error)         // triggers after a packet from the client been processed (handled)
+	// mote: OnPacketRead, OnPacketProcessed, OnPublish and OnPublished
+	// take the packet by pointer (change 25): it is about 800 bytes, and
+	// upstream copied it into and out of every call, several times a
+	// PUBLISH. A hook that changes the packet changes *pk in place (it
+	// returned the changed copy); a hook that returns an error leaves *pk
+	// as it found it. pk is the read loop's, lent for the call: a hook
+	// must not keep it (it may keep its fields: the topic, payload and
+	// properties point into the packet's own body, which is not reused).
+	OnPacketRead(cl *Client, pk *packets.Packet) error           // triggers when a new packet is received by a client, but before packet validation
+	OnPacketEncode(cl *Client, pk packets.Packet) packets.Packet // modify a packet before it is byte-encoded and written to the client
+	OnPacketSent(cl *Client, pk packets.Packet, b []byte)        // triggers when packet bytes have been written to the client
+	OnPacketProcessed(cl *Client, pk *packets.Packet, err error) // triggers after a packet from the client been processed (handled); mote: by pointer
 	OnSubscribe(cl *Client, pk packets.Packet) packets.Packet
 	OnSubscribed(cl *Client, pk packets.Packet, reasonCodes []byte)
 	OnSelectSubscribers(subs *Subscribers, pk packets.Packet) *Subscribers
 	OnUnsubscribe(cl *Client, pk packets.Packet) packets.Packet
 	OnUnsubscribed(cl *Client, pk packets.Packet)
-	OnPublish(cl *Client, pk packets.Packet) (packets.Packet, error)
-	OnPublished(cl *Client, pk packets.Packet)
+	OnPublish(cl *Client, pk *packets.Packet) error // mote: by pointer, changed in place
+	OnPublished(cl *Client, pk *packets.Packet)     // mote: by pointer
 	OnPublishDropped(cl *Client, pk packets.Packet)
 	OnRetainMessage(cl *Client, pk packets.Packet, r int64)
 	OnRetainPublished(cl *Client, pk packets.Packet)
@@ -266,23 +274,53 @@ func (h *Hooks) OnDisconnect(cl *Client, err error, expire bool) {
 }
 
 // OnPacketRead is called when a packet is received from a client.
-func (h *Hooks) OnPacketRead(cl *Client, pk packets.Packet) (pkx packets.Packet, err error) {
-	pkx = pk
+// mote: each hook changes *pk in place (change 25). A hook's error other
+// than ErrRejectPacket is passed over, as upstream did (a hook that fails
+// leaves *pk as it found it); ErrRejectPacket ends the chain, and *pk is
+// then as it came, what the hooks before it changed undone (original).
+func (h *Hooks) OnPacketRead(cl *Client, pk *packets.Packet) error {
+	orig := h.original(OnPacketRead, pk)
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnPacketRead) {
-			npk, err := hook.OnPacketRead(cl, pkx)
+			err := hook.OnPacketRead(cl, pk)
 			if err != nil && errors.Is(err, packets.ErrRejectPacket) {
-				h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", pkx)
-				return pk, err
-			} else if err != nil {
-				continue
+				h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", *pk)
+				orig.restore(pk)
+				return err
 			}
-
-			pkx = npk
 		}
 	}
 
-	return
+	return nil
+}
+
+// mote: original is *pk as it came into a chain of hooks that change it in
+// place, kept to be restored when a hook refuses it: upstream's chains
+// returned the packet as it came then, the changes of the hooks before the
+// refusal discarded (change 25). It is kept only where more than one hook
+// provides method b: a single hook that fails leaves *pk as it found it,
+// and Mote's broker is a single hook, so nothing is copied on its path.
+type original struct{ pk *packets.Packet }
+
+func (h *Hooks) original(b byte, pk *packets.Packet) original {
+	n := 0
+	for _, hook := range h.GetAll() {
+		if hook.Provides(b) {
+			n++
+		}
+	}
+	if n < 2 {
+		return original{}
+	}
+	c := *pk
+	return original{pk: &c}
+}
+
+// restore puts the packet back as it came, if it was kept.
+func (o original) restore(pk *packets.Packet) {
+	if o.pk != nil {
+		*pk = *o.pk
+	}
 }
 
 // OnAuthPacket is called when an auth packet is received. It is intended to allow developers
@@ -315,7 +353,8 @@ func (h *Hooks) OnPacketEncode(cl *Client, pk packets.Packet) packets.Packet {
 }
 
 // OnPacketProcessed is called when a packet has been received and successfully handled by the broker.
-func (h *Hooks) OnPacketProcessed(cl *Client, pk packets.Packet, err error) {
+// mote: pk by pointer (change 25).
+func (h *Hooks) OnPacketProcessed(cl *Client, pk *packets.Packet, err error) {
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnPacketProcessed) {
 			hook.OnPacketProcessed(cl, pk, err)
@@ -393,36 +432,38 @@ func (h *Hooks) OnUnsubscribed(cl *Client, pk packets.Packet) {
 // OnPublish is called when a client publishes a message. This method differs from OnPublished
 // in that it allows you to modify you to modify the incoming packet before it is processed.
 // The return values of the hook methods are passed-through in the order the hooks were attached.
-func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, err error) {
-	pkx = pk
+// mote: each hook changes *pk in place (change 25). The first error ends
+// the chain, and *pk is then as it came, what the hooks before it changed
+// undone (original), as upstream returned the packet it was given.
+func (h *Hooks) OnPublish(cl *Client, pk *packets.Packet) error {
+	orig := h.original(OnPublish, pk)
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnPublish) {
-			npk, err := hook.OnPublish(cl, pkx)
+			err := hook.OnPublish(cl, pk)
 			if err != nil {
 				if errors.Is(err, packets.ErrRejectPacket) {
 					h.Log.Debug("publish packet rejected",
 						"error", err,
 						"hook", hook.ID(),
-						"packet", pkx)
-					return pk, err
-				} else if errors.Is(err, packets.CodeSuccessIgnore) {
-					return pk, err
+						"packet", *pk)
+				} else if !errors.Is(err, packets.CodeSuccessIgnore) {
+					h.Log.Error("publish packet error",
+						"error", err,
+						"hook", hook.ID(),
+						"packet", *pk)
 				}
-				h.Log.Error("publish packet error",
-					"error", err,
-					"hook", hook.ID(),
-					"packet", pkx)
-				return pk, err
+				orig.restore(pk)
+				return err
 			}
-			pkx = npk
 		}
 	}
 
-	return
+	return nil
 }
 
 // OnPublished is called when a client has published a message to subscribers.
-func (h *Hooks) OnPublished(cl *Client, pk packets.Packet) {
+// mote: pk by pointer (change 25).
+func (h *Hooks) OnPublished(cl *Client, pk *packets.Packet) {
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnPublished) {
 			hook.OnPublished(cl, pk)
@@ -758,8 +799,8 @@ func (h *HookBase) OnAuthPacket(cl *Client, pk packets.Packet) (packets.Packet, 
 }
 
 // OnPacketRead is called when a packet is received.
-func (h *HookBase) OnPacketRead(cl *Client, pk packets.Packet) (packets.Packet, error) {
-	return pk, nil
+func (h *HookBase) OnPacketRead(cl *Client, pk *packets.Packet) error { // mote: by pointer
+	return nil
 }
 
 // OnPacketEncode is called before a packet is byte-encoded and written to the client.
@@ -771,7 +812,7 @@ func (h *HookBase) OnPacketEncode(cl *Client, pk packets.Packet) packets.Packet 
 func (h *HookBase) OnPacketSent(cl *Client, pk packets.Packet, b []byte) {}
 
 // OnPacketProcessed is called immediately after a packet from a client is processed.
-func (h *HookBase) OnPacketProcessed(cl *Client, pk packets.Packet, err error) {}
+func (h *HookBase) OnPacketProcessed(cl *Client, pk *packets.Packet, err error) {} // mote: by pointer
 
 // OnSubscribe is called when a client subscribes to one or more filters.
 func (h *HookBase) OnSubscribe(cl *Client, pk packets.Packet) packets.Packet {
@@ -795,12 +836,12 @@ func (h *HookBase) OnUnsubscribe(cl *Client, pk packets.Packet) packets.Packet {
 func (h *HookBase) OnUnsubscribed(cl *Client, pk packets.Packet) {}
 
 // OnPublish is called when a client publishes a message.
-func (h *HookBase) OnPublish(cl *Client, pk packets.Packet) (packets.Packet, error) {
-	return pk, nil
+func (h *HookBase) OnPublish(cl *Client, pk *packets.Packet) error { // mote: by pointer
+	return nil
 }
 
 // OnPublished is called when a client has published a message to subscribers.
-func (h *HookBase) OnPublished(cl *Client, pk packets.Packet) {}
+func (h *HookBase) OnPublished(cl *Client, pk *packets.Packet) {} // mote: by pointer
 
 // OnPublishDropped is called when a message to a client is dropped instead of being delivered.
 func (h *HookBase) OnPublishDropped(cl *Client, pk packets.Packet) {}

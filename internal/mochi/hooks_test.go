@@ -66,28 +66,28 @@ func (h *modifiedHookBase) OnACLCheck(cl *Client, topic string, write bool) bool
 	return true
 }
 
-func (h *modifiedHookBase) OnPublish(cl *Client, pk packets.Packet) (packets.Packet, error) {
+func (h *modifiedHookBase) OnPublish(cl *Client, pk *packets.Packet) error { // mote: by pointer (change 25)
 	if h.fail {
 		if h.err != nil {
-			return pk, h.err
+			return h.err
 		}
 
-		return pk, errTestHook
+		return errTestHook
 	}
 
-	return pk, nil
+	return nil
 }
 
-func (h *modifiedHookBase) OnPacketRead(cl *Client, pk packets.Packet) (packets.Packet, error) {
+func (h *modifiedHookBase) OnPacketRead(cl *Client, pk *packets.Packet) error { // mote: by pointer (change 25)
 	if h.fail {
 		if h.err != nil {
-			return pk, h.err
+			return h.err
 		}
 
-		return pk, errTestHook
+		return errTestHook
 	}
 
-	return pk, nil
+	return nil
 }
 
 func (h *modifiedHookBase) OnAuthPacket(cl *Client, pk packets.Packet) (packets.Packet, error) {
@@ -240,10 +240,10 @@ func TestHooksNonReturns(t *testing.T) {
 			h.OnSessionEstablished(cl, packets.Packet{})
 			h.OnDisconnect(cl, nil, false)
 			h.OnPacketSent(cl, packets.Packet{}, []byte{})
-			h.OnPacketProcessed(cl, packets.Packet{}, nil)
+			h.OnPacketProcessed(cl, new(packets.Packet), nil) // mote: by pointer (change 25)
 			h.OnSubscribed(cl, packets.Packet{}, []byte{1})
 			h.OnUnsubscribed(cl, packets.Packet{})
-			h.OnPublished(cl, packets.Packet{})
+			h.OnPublished(cl, new(packets.Packet)) // mote: by pointer (change 25)
 			h.OnPublishDropped(cl, packets.Packet{})
 			h.OnRetainMessage(cl, packets.Packet{}, 0)
 			h.OnRetainPublished(cl, packets.Packet{})
@@ -340,19 +340,23 @@ func TestHooksOnPublish(t *testing.T) {
 	err := h.Add(hook, nil)
 	require.NoError(t, err)
 
-	pk, err := h.OnPublish(new(Client), packets.Packet{PacketID: 10})
+	// mote: the packet by pointer, changed in place (change 25).
+	pk := &packets.Packet{PacketID: 10}
+	err = h.OnPublish(new(Client), pk)
 	require.NoError(t, err)
 	require.Equal(t, uint16(10), pk.PacketID)
 
 	// coverage: failure
 	hook.fail = true
-	pk, err = h.OnPublish(new(Client), packets.Packet{PacketID: 10})
+	pk = &packets.Packet{PacketID: 10}
+	err = h.OnPublish(new(Client), pk)
 	require.Error(t, err)
 	require.Equal(t, uint16(10), pk.PacketID)
 
 	// coverage: reject packet
 	hook.err = packets.ErrRejectPacket
-	pk, err = h.OnPublish(new(Client), packets.Packet{PacketID: 10})
+	pk = &packets.Packet{PacketID: 10}
+	err = h.OnPublish(new(Client), pk)
 	require.Error(t, err)
 	require.ErrorIs(t, err, packets.ErrRejectPacket)
 	require.Equal(t, uint16(10), pk.PacketID)
@@ -366,19 +370,23 @@ func TestHooksOnPacketRead(t *testing.T) {
 	err := h.Add(hook, nil)
 	require.NoError(t, err)
 
-	pk, err := h.OnPacketRead(new(Client), packets.Packet{PacketID: 10})
+	// mote: the packet by pointer, changed in place (change 25).
+	pk := &packets.Packet{PacketID: 10}
+	err = h.OnPacketRead(new(Client), pk)
 	require.NoError(t, err)
 	require.Equal(t, uint16(10), pk.PacketID)
 
 	// coverage: failure
 	hook.fail = true
-	pk, err = h.OnPacketRead(new(Client), packets.Packet{PacketID: 10})
+	pk = &packets.Packet{PacketID: 10}
+	err = h.OnPacketRead(new(Client), pk)
 	require.NoError(t, err)
 	require.Equal(t, uint16(10), pk.PacketID)
 
 	// coverage: reject packet
 	hook.err = packets.ErrRejectPacket
-	pk, err = h.OnPacketRead(new(Client), packets.Packet{PacketID: 10})
+	pk = &packets.Packet{PacketID: 10}
+	err = h.OnPacketRead(new(Client), pk)
 	require.Error(t, err)
 	require.ErrorIs(t, err, packets.ErrRejectPacket)
 	require.Equal(t, uint16(10), pk.PacketID)
@@ -605,14 +613,16 @@ func TestHookBaseOnConnect(t *testing.T) {
 
 func TestHookBaseOnPublish(t *testing.T) {
 	h := new(HookBase)
-	pk, err := h.OnPublish(new(Client), packets.Packet{PacketID: 10})
+	pk := &packets.Packet{PacketID: 10} // mote: by pointer (change 25)
+	err := h.OnPublish(new(Client), pk)
 	require.NoError(t, err)
 	require.Equal(t, uint16(10), pk.PacketID)
 }
 
 func TestHookBaseOnPacketRead(t *testing.T) {
 	h := new(HookBase)
-	pk, err := h.OnPacketRead(new(Client), packets.Packet{PacketID: 10})
+	pk := &packets.Packet{PacketID: 10} // mote: by pointer (change 25)
+	err := h.OnPacketRead(new(Client), pk)
 	require.NoError(t, err)
 	require.Equal(t, uint16(10), pk.PacketID)
 }

@@ -490,3 +490,147 @@ func TestRefreshDeadlineCoalesced(t *testing.T) {
 		t.Fatalf("keep-alive 10 after 0: %d more deadlines set, last %v; want two, not zero", dc.sets-sets, dc.last)
 	}
 }
+
+// mote: pkp is a copy of pk for processPacket, processPublish and
+// receivePacket, which take the packet by pointer and change it in place
+// (change 25): the golden table's packets (packets.TPacketData) stay as
+// they are for the tests after.
+func pkp(pk packets.Packet) *packets.Packet { return &pk }
+
+// mote: ptrHook is a hook for change 25's tests: it renames a PUBLISH's
+// topic in OnPacketRead and OnPublish (in place), or refuses it with err,
+// and keeps a copy of what OnPacketProcessed and OnPublished see.
+type ptrHook struct {
+	HookBase
+	id        string
+	rename    string // set the topic to this, if not empty
+	err       error  // returned by OnPacketRead and OnPublish, if not nil
+	processed []packets.Packet
+	published []packets.Packet
+}
+
+func (h *ptrHook) ID() string { return h.id }
+func (h *ptrHook) Provides(b byte) bool {
+	switch b {
+	case OnPacketRead, OnPublish, OnPacketProcessed, OnPublished, OnACLCheck, OnConnectAuthenticate:
+		return true
+	}
+	return false
+}
+func (h *ptrHook) OnACLCheck(*Client, string, bool) bool              { return true }
+func (h *ptrHook) OnConnectAuthenticate(*Client, packets.Packet) bool { return true }
+func (h *ptrHook) OnPacketProcessed(_ *Client, pk *packets.Packet, _ error) {
+	h.processed = append(h.processed, *pk)
+}
+func (h *ptrHook) OnPublished(_ *Client, pk *packets.Packet) { h.published = append(h.published, *pk) }
+
+func (h *ptrHook) change(pk *packets.Packet) error {
+	if h.err != nil {
+		return h.err
+	}
+	if h.rename != "" {
+		pk.TopicName = h.rename
+	}
+	return nil
+}
+
+func (h *ptrHook) OnPacketRead(_ *Client, pk *packets.Packet) error { return h.change(pk) }
+func (h *ptrHook) OnPublish(_ *Client, pk *packets.Packet) error    { return h.change(pk) }
+
+// TestMoteHookChainsByPointer: the OnPacketRead and OnPublish chains, now
+// by pointer, end as upstream's by value did: each hook sees the changes of
+// those before it, the caller sees every change when none refuses, and the
+// packet as it came when one does (with two hooks: the first's change is
+// undone).
+func TestMoteHookChainsByPointer(t *testing.T) {
+	refuse := []error{packets.ErrRejectPacket, packets.CodeSuccessIgnore, errTestHook}
+	for _, tc := range []struct {
+		name      string
+		second    error
+		read      bool // the OnPacketRead chain, else OnPublish
+		wantErr   bool
+		wantTopic string
+	}{
+		{name: "read, none refuses", read: true, wantTopic: "second"},
+		{name: "read, second rejects", read: true, second: refuse[0], wantErr: true, wantTopic: "a/b"},
+		{name: "read, second fails (passed over)", read: true, second: refuse[2], wantTopic: "first"},
+		{name: "publish, none refuses", wantTopic: "second"},
+		{name: "publish, second rejects", second: refuse[0], wantErr: true, wantTopic: "a/b"},
+		{name: "publish, second ignores", second: refuse[1], wantErr: true, wantTopic: "a/b"},
+		{name: "publish, second fails", second: refuse[2], wantErr: true, wantTopic: "a/b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &Hooks{Log: logger}
+			if err := h.Add(&ptrHook{id: "first", rename: "first"}, nil); err != nil {
+				t.Fatal(err)
+			}
+			second := &ptrHook{id: "second", rename: "second", err: tc.second}
+			if err := h.Add(second, nil); err != nil {
+				t.Fatal(err)
+			}
+			pk := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/b"}
+			var err error
+			if tc.read {
+				err = h.OnPacketRead(new(Client), pk)
+			} else {
+				err = h.OnPublish(new(Client), pk)
+			}
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err %v, want an error: %v", err, tc.wantErr)
+			}
+			if pk.TopicName != tc.wantTopic {
+				t.Errorf("topic %q after the chain, want %q", pk.TopicName, tc.wantTopic)
+			}
+		})
+	}
+}
+
+// TestMotePacketsByPointerSeenAsBefore: through the read loop, what
+// processPublish changes in place reaches what follows it (OnPublished sees
+// the origin and time it set), while OnPacketProcessed sees the packet as
+// read, as upstream's copies did; and each packet is decoded into a zero
+// Packet, though the Packet is the pool's (change 25). Fails without
+// processPacket's copy or packetPool.put's clearing.
+func TestMotePacketsByPointerSeenAsBefore(t *testing.T) {
+	s := New(&Options{Logger: logger})
+	h := &ptrHook{id: "ptr"}
+	if err := s.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, w := net.Pipe()
+	defer r.Close()
+	cl := s.NewClient(r, "testing", "ptr-client", false)
+	cl.Properties.ProtocolVersion = 5
+	cl.State.Inflight.ResetReceiveQuota(10) // as an established session's
+	var raw bytes.Buffer
+	first := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/b", Payload: []byte("one"), ProtocolVersion: 5}
+	first.Properties.ContentType = "text/plain"
+	second := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "c/d", Payload: []byte("two"), ProtocolVersion: 5}
+	for _, pk := range []packets.Packet{first, second} {
+		if err := pk.PublishEncode(&raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() {
+		_, _ = w.Write(raw.Bytes())
+		_ = w.Close()
+	}()
+	if err := cl.Read(s.receivePacket); !errors.Is(err, io.EOF) {
+		t.Fatalf("Read: %v, want EOF", err)
+	}
+	if len(h.processed) != 2 || len(h.published) != 2 {
+		t.Fatalf("%d processed, %d published; want 2 and 2", len(h.processed), len(h.published))
+	}
+	for i, want := range []struct{ topic, payload, contentType string }{{"a/b", "one", "text/plain"}, {"c/d", "two", ""}} {
+		p, pub := h.processed[i], h.published[i]
+		if p.TopicName != want.topic || string(p.Payload) != want.payload || p.Origin != "" || p.Created != 0 {
+			t.Errorf("OnPacketProcessed %d saw topic %q payload %q origin %q created %d; want %q %q, no origin, no time", i, p.TopicName, p.Payload, p.Origin, p.Created, want.topic, want.payload)
+		}
+		if pub.TopicName != want.topic || pub.Origin != "ptr-client" || pub.Created == 0 {
+			t.Errorf("OnPublished %d saw topic %q origin %q created %d; want %q, ptr-client, a time", i, pub.TopicName, pub.Origin, pub.Created, want.topic)
+		}
+		if p.Properties.ContentType != want.contentType {
+			t.Errorf("packet %d: content type %q, want %q (a field of the packet before it?)", i, p.Properties.ContentType, want.contentType)
+		}
+	}
+}

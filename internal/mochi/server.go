@@ -156,6 +156,7 @@ type Server struct {
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
 	takeovers    idLocks              // mote: one CONNECT at a time takes its client id over and files itself (inheritClientSession, Clients.Add)
+	packetPool   packetPool           // mote: the packets the clients' read loops decode into (change 25)
 }
 
 // loop contains interval tickers for the system events loop.
@@ -174,6 +175,7 @@ type ops struct {
 	info    *system.Info // pointers to server system info
 	hooks   *Hooks       // pointer to the server hooks
 	log     *slog.Logger // a structured logger for the client
+	pool    *packetPool  // mote: the server's packetPool (change 25); nil allocates
 }
 
 // New returns a new instance of mochi mqtt broker. Optional parameters
@@ -257,6 +259,7 @@ func (s *Server) NewClient(c net.Conn, listener string, id string, inline bool) 
 		info:    s.Info,
 		hooks:   s.hooks,
 		log:     s.Log,
+		pool:    &s.packetPool, // mote: change 25
 	})
 
 	cl.ID = id
@@ -691,7 +694,8 @@ func (s *Server) readConnectionPacket(cl *Client) (pk packets.Packet, err error)
 
 // receivePacket processes an incoming packet for a client, and issues a disconnect to the client
 // if an error has occurred (if mqtt v5).
-func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
+// mote: pk by pointer (change 25).
+func (s *Server) receivePacket(cl *Client, pk *packets.Packet) error {
 	err := s.processPacket(cl, pk)
 	if err != nil {
 		if code, ok := err.(packets.Code); ok &&
@@ -700,7 +704,7 @@ func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 			_ = s.DisconnectClient(cl, code)
 		}
 
-		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", *pk)
 
 		return err
 	}
@@ -926,48 +930,56 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 
 // processPacket processes an inbound packet for a client. Since the method is
 // typically called as a goroutine, errors are primarily for test checking purposes.
-func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
+// mote: pk by pointer (change 25), and a PUBLISH handled through it; the
+// other packets are handled by value, as upstream (a copy each).
+func (s *Server) processPacket(cl *Client, pk *packets.Packet) error {
 	var err error
 
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
-		err = s.processConnect(cl, pk)
+		err = s.processConnect(cl, *pk)
 	case packets.Disconnect:
-		err = s.processDisconnect(cl, pk)
+		err = s.processDisconnect(cl, *pk)
 	case packets.Pingreq:
-		err = s.processPingreq(cl, pk)
+		err = s.processPingreq(cl, *pk)
 	case packets.Publish:
 		code := pk.PublishValidate(s.Options.Capabilities.TopicAliasMaximum)
 		if code != packets.CodeSuccess {
 			return code
 		}
+		// mote: processPublish changes *pk (its origin, times, topic
+		// alias, QoS, and what the OnPublish hooks change); upstream's
+		// had a copy, and OnPacketProcessed below saw the packet as read.
+		// So it still does: one copy here, on the stack, and back.
+		read := *pk
 		err = s.processPublish(cl, pk)
+		*pk = read
 	case packets.Puback:
-		err = s.processPuback(cl, pk)
+		err = s.processPuback(cl, *pk)
 	case packets.Pubrec:
-		err = s.processPubrec(cl, pk)
+		err = s.processPubrec(cl, *pk)
 	case packets.Pubrel:
-		err = s.processPubrel(cl, pk)
+		err = s.processPubrel(cl, *pk)
 	case packets.Pubcomp:
-		err = s.processPubcomp(cl, pk)
+		err = s.processPubcomp(cl, *pk)
 	case packets.Subscribe:
 		code := pk.SubscribeValidate()
 		if code != packets.CodeSuccess {
 			return code
 		}
-		err = s.processSubscribe(cl, pk)
+		err = s.processSubscribe(cl, *pk)
 	case packets.Unsubscribe:
 		code := pk.UnsubscribeValidate()
 		if code != packets.CodeSuccess {
 			return code
 		}
-		err = s.processUnsubscribe(cl, pk)
+		err = s.processUnsubscribe(cl, *pk)
 	case packets.Auth:
 		code := pk.AuthValidate()
 		if code != packets.CodeSuccess {
 			return code
 		}
-		err = s.processAuth(cl, pk)
+		err = s.processAuth(cl, *pk)
 	default:
 		return fmt.Errorf("no valid packet available; %v", pk.FixedHeader.Type)
 	}
@@ -1102,7 +1114,7 @@ func (s *Server) Unsubscribe(filter string, subscriptionId int) error {
 func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion
 
-	err := s.processPacket(cl, pk)
+	err := s.processPacket(cl, &pk) // mote: by pointer (change 25): pk is InjectPacket's copy
 	if err != nil {
 		return err
 	}
@@ -1116,7 +1128,10 @@ func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 }
 
 // processPublish processes a Publish packet.
-func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
+// mote: pk by pointer (change 25), changed in place: its origin, times,
+// topic and QoS are set here, then the OnPublish hooks change it, and the
+// delivery and OnPublished see it so, as upstream's copy.
+func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
 		return nil
 	}
@@ -1174,14 +1189,16 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9] Reduce qos based on server max qos capability
 	}
 
-	pkx, err := s.hooks.OnPublish(cl, pk)
-	if err == nil {
-		pk = pkx
-	} else if errors.Is(err, packets.ErrRejectPacket) {
+	// mote: OnPublish changes *pk in place (change 25); on an error *pk
+	// is as it came, as upstream kept its own copy then.
+	err := s.hooks.OnPublish(cl, pk)
+	switch {
+	case err == nil:
+	case errors.Is(err, packets.ErrRejectPacket):
 		return nil
-	} else if errors.Is(err, packets.CodeSuccessIgnore) {
+	case errors.Is(err, packets.CodeSuccessIgnore):
 		pk.Ignore = true
-	} else if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 && errors.As(err, new(packets.Code)) {
+	case cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 && errors.As(err, new(packets.Code)):
 		err = cl.writeAck(s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code))) // mote: writeAck
 		if err != nil {
 			return err
@@ -1190,14 +1207,16 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if pk.FixedHeader.Retain { // [MQTT-3.3.1-5] ![MQTT-3.3.1-8]
-		s.retainMessage(cl, pk)
+		s.retainMessage(cl, *pk)
 	}
 
 	// If it's inlineClient, it can't handle PUBREC and PUBREL.
 	// When it publishes a package with a qos > 0, the server treats
 	// the package as qos=0, and the client receives it as qos=1 or 2.
 	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
-		s.publishToSubscribers(pk)
+		if !pk.Ignore { // mote: publishToSubscribers does nothing with it; not copied for nothing
+			s.publishToSubscribers(*pk)
+		}
 		s.hooks.OnPublished(cl, pk)
 		return nil
 	}
@@ -1226,7 +1245,9 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		s.hooks.OnQosComplete(cl, ack)
 	}
 
-	s.publishToSubscribers(pk)
+	if !pk.Ignore { // mote: as above
+		s.publishToSubscribers(*pk)
+	}
 	s.hooks.OnPublished(cl, pk)
 
 	return nil

@@ -1289,7 +1289,7 @@ func TestServerUnsubscribeClient(t *testing.T) {
 func TestServerProcessPacketFailure(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
-	err := s.processPacket(cl, packets.Packet{})
+	err := s.processPacket(cl, pkp(packets.Packet{}))
 	require.Error(t, err)
 }
 
@@ -1297,7 +1297,7 @@ func TestServerProcessPacketConnect(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Connect].Get(packets.TConnectClean).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Connect].Get(packets.TConnectClean).Packet))
 	require.Error(t, err)
 }
 
@@ -1306,7 +1306,7 @@ func TestServerProcessPacketPingreq(t *testing.T) {
 	cl, r, w := newTestClient()
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Pingreq].Get(packets.TPingreq).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Pingreq].Get(packets.TPingreq).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -1321,7 +1321,7 @@ func TestServerProcessPacketPingreqError(t *testing.T) {
 	cl, _, _ := newTestClient()
 	cl.Stop(packets.CodeDisconnect)
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Pingreq].Get(packets.TPingreq).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Pingreq].Get(packets.TPingreq).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, cl.StopCause(), packets.CodeDisconnect)
 }
@@ -1330,7 +1330,7 @@ func TestServerProcessPacketPublishInvalid(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishInvalidQosMustPacketID).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishInvalidQosMustPacketID).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, err, packets.ErrProtocolViolationNoPacketID)
 }
@@ -1464,7 +1464,7 @@ func TestServerProcessPacketPublishAndReceive(t *testing.T) {
 	}()
 
 	go func() {
-		err := s.processPacket(sender, *packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
+		err := s.processPacket(sender, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet))
 		require.NoError(t, err)
 		// mote: wait until the queued packet is written; upstream slept 10 ms, which lost the race under load.
 		waitWritten(t, receiver)
@@ -1532,7 +1532,7 @@ func TestServerProcessPacketAndNextImmediate(t *testing.T) {
 	require.Equal(t, int32(5), cl.State.Inflight.sendQuota)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -1553,7 +1553,7 @@ func TestServerProcessPublishAckFailure(t *testing.T) {
 	s.Clients.Add(cl)
 
 	_ = w.Close()
-	err := s.processPublish(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet)
+	err := s.processPublish(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, err, io.ErrClosedPipe)
 }
@@ -1571,7 +1571,7 @@ func TestServerProcessPublishOnPublishAckErrorRWError(t *testing.T) {
 	s.Clients.Add(cl)
 	_ = w.Close()
 
-	err = s.processPublish(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet)
+	err = s.processPublish(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, err, io.ErrClosedPipe)
 }
@@ -1591,7 +1591,7 @@ func TestServerProcessPublishOnPublishAckErrorContinue(t *testing.T) {
 	s.Clients.Add(cl)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -1630,7 +1630,7 @@ func TestServerProcessPublishOnPublishPkIgnore(t *testing.T) {
 	}()
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 		_ = w2.Close()
@@ -1654,7 +1654,7 @@ func TestServerProcessPacketPublishMaximumReceive(t *testing.T) {
 	s.Clients.Add(cl)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet))
 		require.Error(t, err)
 		require.ErrorIs(t, err, packets.ErrReceiveMaximum)
 		_ = w.Close()
@@ -1670,7 +1670,7 @@ func TestServerProcessPublishInvalidTopic(t *testing.T) {
 	_ = s.Serve()
 	defer s.Close()
 	cl, _, _ := newTestClient()
-	err := s.processPublish(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishSpecDenySysTopic).Packet)
+	err := s.processPublish(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishSpecDenySysTopic).Packet))
 	require.NoError(t, err) // $SYS Topics should be ignored?
 }
 
@@ -1752,7 +1752,7 @@ func TestServerProcessPublishACLCheckDeny(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				err := s.processPublish(cl, tx.pk)
+				err := s.processPublish(cl, pkp(tx.pk))
 				require.ErrorIs(t, err, tx.expectErr)
 				_ = w.Close()
 			}()
@@ -1786,7 +1786,7 @@ func TestServerProcessPublishOnMessageRecvRejected(t *testing.T) {
 	_ = s.Serve()
 	defer s.Close()
 	cl, _, _ := newTestClient()
-	err = s.processPublish(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
+	err = s.processPublish(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet))
 	require.NoError(t, err) // packets rejected silently
 }
 
@@ -1795,7 +1795,7 @@ func TestServerProcessPacketPublishQos0(t *testing.T) {
 	cl, r, w := newTestClient()
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -1812,7 +1812,7 @@ func TestServerProcessPacketPublishQos1PacketIDInUse(t *testing.T) {
 	atomic.StoreInt64(&s.Info.Inflight, 1)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -1831,7 +1831,7 @@ func TestServerProcessPacketPublishQos2PacketIDInUse(t *testing.T) {
 	atomic.StoreInt64(&s.Info.Inflight, 1)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2Mqtt5).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos2Mqtt5).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -1847,7 +1847,7 @@ func TestServerProcessPacketPublishQos1(t *testing.T) {
 	cl, r, w := newTestClient()
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -1862,7 +1862,7 @@ func TestServerProcessPacketPublishQos2(t *testing.T) {
 	cl, r, w := newTestClient()
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -1878,7 +1878,7 @@ func TestServerProcessPacketPublishDowngradeQos(t *testing.T) {
 	cl, r, w := newTestClient()
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -2291,7 +2291,7 @@ func TestProcessPublishWithTopicAlias(t *testing.T) {
 		pkx.Properties.SubscriptionIdentifier = []int{} // must not contain from client to server
 		pkx.TopicName = ""
 		pkx.Properties.TopicAlias = 1
-		_ = s.processPacket(cl2, pkx)
+		_ = s.processPacket(cl2, pkp(pkx))
 		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
 		waitWritten(t, cl)
 		_ = w2.Close()
@@ -2469,7 +2469,7 @@ func TestServerProcessPacketPuback(t *testing.T) {
 			cl.State.Inflight.Set(packets.Packet{PacketID: pID})
 			atomic.AddInt64(&s.Info.Inflight, 1)
 
-			err := s.processPacket(cl, *tx.in.Packet)
+			err := s.processPacket(cl, pkp(*tx.in.Packet))
 			require.NoError(t, err)
 
 			require.Equal(t, int32(4), atomic.LoadInt32(&cl.State.Inflight.sendQuota))
@@ -2489,7 +2489,7 @@ func TestServerProcessPacketPubackNoPacketID(t *testing.T) {
 	cl.State.Inflight.receiveQuota = 3
 
 	pk := *packets.TPacketData[packets.Puback].Get(packets.TPuback).Packet
-	err := s.processPacket(cl, pk)
+	err := s.processPacket(cl, pkp(pk))
 	require.NoError(t, err)
 
 	require.Equal(t, int32(3), atomic.LoadInt32(&cl.State.Inflight.sendQuota))
@@ -2513,7 +2513,7 @@ func TestServerProcessPacketPubrec(t *testing.T) {
 		recv <- buf
 	}()
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Pubrec].Get(packets.TPubrec).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Pubrec].Get(packets.TPubrec).Packet))
 	require.NoError(t, err)
 	_ = w.Close()
 
@@ -2541,7 +2541,7 @@ func TestServerProcessPacketPubrecNoPacketID(t *testing.T) {
 	}()
 
 	pk := *packets.TPacketData[packets.Pubrec].Get(packets.TPubrec).Packet // not sending properties
-	err := s.processPacket(cl, pk)
+	err := s.processPacket(cl, pkp(pk))
 	require.NoError(t, err)
 	_ = w.Close()
 
@@ -2556,7 +2556,7 @@ func TestServerProcessPacketPubrecInvalidReason(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
 	cl.State.Inflight.Set(packets.Packet{PacketID: pID})
-	err := s.processPacket(cl, *packets.TPacketData[packets.Pubrec].Get(packets.TPubrecInvalidReason).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Pubrec].Get(packets.TPubrecInvalidReason).Packet))
 	require.NoError(t, err)
 	require.Equal(t, int64(-1), atomic.LoadInt64(&s.Info.Inflight))
 	_, ok := cl.State.Inflight.Get(pID)
@@ -2569,7 +2569,7 @@ func TestServerProcessPacketPubrecFailure(t *testing.T) {
 	cl, _, _ := newTestClient()
 	cl.State.Inflight.Set(packets.Packet{PacketID: pID})
 	cl.Stop(packets.CodeDisconnect)
-	err := s.processPacket(cl, *packets.TPacketData[packets.Pubrec].Get(packets.TPubrec).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Pubrec].Get(packets.TPubrec).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, cl.StopCause(), packets.CodeDisconnect)
 }
@@ -2591,7 +2591,7 @@ func TestServerProcessPacketPubrel(t *testing.T) {
 		recv <- buf
 	}()
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Pubrel].Get(packets.TPubrel).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Pubrel].Get(packets.TPubrel).Packet))
 	require.NoError(t, err)
 	_ = w.Close()
 
@@ -2620,7 +2620,7 @@ func TestServerProcessPacketPubrelNoPacketID(t *testing.T) {
 	}()
 
 	pk := *packets.TPacketData[packets.Pubrel].Get(packets.TPubrel).Packet // not sending properties
-	err := s.processPacket(cl, pk)
+	err := s.processPacket(cl, pkp(pk))
 	require.NoError(t, err)
 	_ = w.Close()
 
@@ -2636,7 +2636,7 @@ func TestServerProcessPacketPubrelFailure(t *testing.T) {
 	cl, _, _ := newTestClient()
 	cl.State.Inflight.Set(packets.Packet{PacketID: pID})
 	cl.Stop(packets.CodeDisconnect)
-	err := s.processPacket(cl, *packets.TPacketData[packets.Pubrel].Get(packets.TPubrel).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Pubrel].Get(packets.TPubrel).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, cl.StopCause(), packets.CodeDisconnect)
 }
@@ -2646,7 +2646,7 @@ func TestServerProcessPacketPubrelBadReason(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
 	cl.State.Inflight.Set(packets.Packet{PacketID: pID})
-	err := s.processPacket(cl, *packets.TPacketData[packets.Pubrel].Get(packets.TPubrelInvalidReason).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Pubrel].Get(packets.TPubrelInvalidReason).Packet))
 	require.NoError(t, err)
 	require.Equal(t, int64(-1), atomic.LoadInt64(&s.Info.Inflight))
 	_, ok := cl.State.Inflight.Get(pID)
@@ -2677,7 +2677,7 @@ func TestServerProcessPacketPubcomp(t *testing.T) {
 			cl.State.Inflight.Set(packets.Packet{PacketID: pID})
 			atomic.AddInt64(&s.Info.Inflight, 1)
 
-			err := s.processPacket(cl, *tx.in.Packet)
+			err := s.processPacket(cl, pkp(*tx.in.Packet))
 			require.NoError(t, err)
 			require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.Inflight))
 
@@ -2732,7 +2732,7 @@ func TestServerProcessInboundQos2Flow(t *testing.T) {
 				recv <- buf
 			}()
 
-			err := s.processPacket(cl, *tx.in.Packet)
+			err := s.processPacket(cl, pkp(*tx.in.Packet))
 			require.NoError(t, err)
 			_ = w.Close()
 
@@ -2810,7 +2810,7 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 			if i == 0 {
 				s.publishToSubscribers(*tx.in.Packet)
 			} else {
-				err := s.processPacket(cl, *tx.in.Packet)
+				err := s.processPacket(cl, pkp(*tx.in.Packet))
 				require.NoError(t, err)
 			}
 
@@ -2837,7 +2837,7 @@ func TestServerProcessPacketSubscribe(t *testing.T) {
 	cl, r, w := newTestClient()
 	cl.Properties.ProtocolVersion = 5
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMqtt5).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMqtt5).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -2856,7 +2856,7 @@ func TestServerProcessPacketSubscribePacketIDInUse(t *testing.T) {
 	pkx := *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMqtt5).Packet
 	pkx.PacketID = 15
 	go func() {
-		err := s.processPacket(cl, pkx)
+		err := s.processPacket(cl, pkp(pkx))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -2871,7 +2871,7 @@ func TestServerProcessPacketSubscribeInvalid(t *testing.T) {
 	cl, _, _ := newTestClient()
 	cl.Properties.ProtocolVersion = 5
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeSpecQosMustPacketID).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeSpecQosMustPacketID).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, err, packets.ErrProtocolViolationNoPacketID)
 }
@@ -2882,7 +2882,7 @@ func TestServerProcessPacketSubscribeInvalidFilter(t *testing.T) {
 	cl.Properties.ProtocolVersion = 5
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidFilter).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidFilter).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -2898,7 +2898,7 @@ func TestServerProcessPacketSubscribeInvalidSharedNoLocal(t *testing.T) {
 	cl.Properties.ProtocolVersion = 5
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -2916,7 +2916,7 @@ func TestServerProcessSubscribeWithRetain(t *testing.T) {
 	require.Equal(t, int64(1), retained)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribe).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribe).Packet))
 		require.NoError(t, err)
 
 		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
@@ -2938,7 +2938,7 @@ func TestServerProcessSubscribeDowngradeQos(t *testing.T) {
 	cl, r, w := newTestClient()
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMany).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMany).Packet))
 		require.NoError(t, err)
 
 		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
@@ -2961,7 +2961,7 @@ func TestServerProcessSubscribeWithRetainHandling1(t *testing.T) {
 	require.Equal(t, int64(1), retained)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling1).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling1).Packet))
 		require.NoError(t, err)
 
 		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
@@ -2983,7 +2983,7 @@ func TestServerProcessSubscribeWithRetainHandling2(t *testing.T) {
 	require.Equal(t, int64(1), retained)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling2).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling2).Packet))
 		require.NoError(t, err)
 
 		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
@@ -3005,7 +3005,7 @@ func TestServerProcessSubscribeWithNotRetainAsPublished(t *testing.T) {
 	require.Equal(t, int64(1), retained)
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainAsPublished).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainAsPublished).Packet))
 		require.NoError(t, err)
 
 		// mote: wait until the queued packet is written; upstream slept 1 ms, which lost the race under load.
@@ -3076,7 +3076,7 @@ func TestServerProcessSubscribeErrorDowngrade(t *testing.T) {
 	cl.State.packetID = 1 // just to match the same packet id (7) in the fixtures
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -3092,7 +3092,7 @@ func TestServerProcessPacketUnsubscribe(t *testing.T) {
 	cl.Properties.ProtocolVersion = 5
 	s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "a/b", Qos: 0})
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeMqtt5).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeMqtt5).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -3109,7 +3109,7 @@ func TestServerProcessPacketUnsubscribePackedIDInUse(t *testing.T) {
 	cl.Properties.ProtocolVersion = 5
 	cl.State.Inflight.Set(packets.Packet{PacketID: 15, FixedHeader: packets.FixedHeader{Type: packets.Publish}})
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeMqtt5).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeMqtt5).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -3123,7 +3123,7 @@ func TestServerProcessPacketUnsubscribePackedIDInUse(t *testing.T) {
 func TestServerProcessPacketUnsubscribeInvalid(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
-	err := s.processPacket(cl, *packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeSpecQosMustPacketID).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeSpecQosMustPacketID).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, err, packets.ErrProtocolViolationNoPacketID)
 }
@@ -3131,7 +3131,7 @@ func TestServerProcessPacketUnsubscribeInvalid(t *testing.T) {
 func TestServerReceivePacketError(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
-	err := s.receivePacket(cl, *packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeSpecQosMustPacketID).Packet)
+	err := s.receivePacket(cl, pkp(*packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeSpecQosMustPacketID).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, err, packets.ErrProtocolViolationNoPacketID)
 }
@@ -3144,7 +3144,7 @@ func TestServerRecievePacketDisconnectClientZeroNonZero(t *testing.T) {
 	cl.Properties.Props.RequestProblemInfo = 0
 	cl.Properties.Props.RequestProblemInfoFlag = true
 	go func() {
-		err := s.receivePacket(cl, *packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5).Packet)
+		err := s.receivePacket(cl, pkp(*packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5).Packet))
 		require.Error(t, err)
 		require.ErrorIs(t, err, packets.ErrProtocolViolationZeroNonZeroExpiry)
 		_ = w.Close()
@@ -3179,7 +3179,7 @@ func TestServerProcessPacketDisconnect(t *testing.T) {
 	s.loop.willDelayed.Add(cl.ID, packets.Packet{TopicName: "a/b/c", Payload: []byte("hello")})
 	require.Equal(t, 1, s.loop.willDelayed.Len())
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5).Packet))
 	require.NoError(t, err)
 
 	require.Equal(t, 0, s.loop.willDelayed.Len())
@@ -3195,7 +3195,7 @@ func TestServerProcessPacketDisconnectNonZeroExpiryViolation(t *testing.T) {
 	cl.Properties.Props.RequestProblemInfo = 0
 	cl.Properties.Props.RequestProblemInfoFlag = true
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5).Packet))
 	require.Error(t, err)
 	require.ErrorIs(t, err, packets.ErrProtocolViolationZeroNonZeroExpiry)
 }
@@ -3209,7 +3209,7 @@ func TestServerProcessPacketDisconnectDisconnectWithWillMessage(t *testing.T) {
 	s.loop.willDelayed.Add(cl.ID, packets.Packet{TopicName: "a/b/c", Payload: []byte("hello")})
 	require.Equal(t, 1, s.loop.willDelayed.Len())
 
-	err := s.processPacket(cl, *packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5DisconnectWithWillMessage).Packet)
+	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5DisconnectWithWillMessage).Packet))
 	require.Error(t, err)
 
 	require.Equal(t, 1, s.loop.willDelayed.Len())
@@ -3221,7 +3221,7 @@ func TestServerProcessPacketAuth(t *testing.T) {
 	cl, r, w := newTestClient()
 
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Auth].Get(packets.TAuth).Packet)
+		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Auth].Get(packets.TAuth).Packet))
 		require.NoError(t, err)
 		_ = w.Close()
 	}()
@@ -3236,7 +3236,7 @@ func TestServerProcessPacketAuthInvalidReason(t *testing.T) {
 	cl, _, _ := newTestClient()
 	pkx := *packets.TPacketData[packets.Auth].Get(packets.TAuth).Packet
 	pkx.ReasonCode = 99
-	err := s.processPacket(cl, pkx)
+	err := s.processPacket(cl, pkp(pkx))
 	require.Error(t, err)
 	require.ErrorIs(t, packets.ErrProtocolViolationInvalidReason, err)
 }
