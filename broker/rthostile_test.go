@@ -1,0 +1,156 @@
+package broker
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The hostile-client red team's raw-byte attacks (MQTT 5 unless noted):
+// each sends hand-made packets and checks what the broker answers, then
+// that a bystander was told nothing of a refused packet and that the
+// broker still serves.
+
+// Packet builders for raw attacks: a string with its length, a packet
+// from its first byte and body parts, a properties block, a two-byte
+// property, a packet id and a user property.
+func hxStr(s string) []byte { return append(binary.BigEndian.AppendUint16(nil, uint16(len(s))), s...) }
+
+func hxPacket(h byte, parts ...[]byte) []byte {
+	var body []byte
+	for _, p := range parts {
+		body = append(body, p...)
+	}
+	return append(append([]byte{h}, varint(len(body))...), body...)
+}
+
+func hxProps(ps ...[]byte) []byte {
+	var b []byte
+	for _, p := range ps {
+		b = append(b, p...)
+	}
+	return append(varint(len(b)), b...)
+}
+
+func hxU16(prop byte, v uint16) []byte { return binary.BigEndian.AppendUint16([]byte{prop}, v) }
+func hxID(v uint16) []byte             { return binary.BigEndian.AppendUint16(nil, v) }
+func hxUser(k, v string) []byte        { return append(append([]byte{0x26}, hxStr(k)...), hxStr(v)...) }
+
+// hxPublish is an MQTT 5 PUBLISH.
+func hxPublish(topic string, qos byte, id uint16, props []byte, payload string) []byte {
+	parts := [][]byte{hxStr(topic)}
+	if qos > 0 {
+		parts = append(parts, hxID(id))
+	}
+	return hxPacket(0x30|qos<<1, append(parts, props, []byte(payload))...)
+}
+
+// hxSubscribe is an MQTT 5 SUBSCRIBE of one filter.
+func hxSubscribe(id uint16, props []byte, filter string, opts byte) []byte {
+	return hxPacket(0x82, hxID(id), props, hxStr(filter), []byte{opts})
+}
+
+// hxExchange connects as id (version v), sends the packets and a
+// PINGREQ, and returns what the broker answered before its PINGRESP (the
+// barrier: packets are handled in order) or before it closed the
+// connection, as "type:body" hex strings ("closed" last when it closed).
+func hxExchange(t *testing.T, addr string, v byte, id string, send ...[]byte) []string {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	r := bufio.NewReader(nc)
+	if _, err := nc.Write(connectPacket(v, id)); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := readPacketBody(r); err != nil || h>>4 != 2 {
+		t.Fatalf("%s: no CONNACK: %#x %v", id, h, err)
+	}
+	for _, p := range send {
+		nc.Write(p) //nolint:errcheck // a closed connection shows in the reads
+	}
+	nc.Write([]byte{0xC0, 0}) //nolint:errcheck // as above
+	var got []string
+	for {
+		h, body, err := readPacketBody(r)
+		if err != nil {
+			return append(got, "closed")
+		}
+		if h == 0xD0 {
+			return got
+		}
+		got = append(got, fmt.Sprintf("%x:% x", h, body))
+	}
+}
+
+// hxMatch reports whether each answer starts with the one wanted.
+func hxMatch(got, want []string) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range got {
+		if !strings.HasPrefix(got[i], want[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestHostileProperties: MQTT 5 properties that the decoder took as they
+// came. A property other than User Property (and a server's Subscription
+// Identifiers) given twice is a Protocol Error (§2.2.2.2: "It is a
+// Protocol Error to include X more than once"), so is a Subscription
+// Identifier of 0 (§3.8.2.1.2), and a property that runs past the
+// properties' length is a Malformed Packet (§2.2.2.2, §1.5.5). Mochi kept
+// the last value, subscribed with identifier 0, and read a property's
+// value out of the payload. Each is answered DISCONNECT 0x82 (0x81) and
+// the connection closed, the packet not applied; a duplicate in CONNECT
+// gets CONNACK 0x82.
+func TestHostileProperties(t *testing.T) {
+	b := start(t, Options{})
+	watch := dial3(t, b, "watch", true)
+	watch.sub(t, "hx/#", 0)
+	disconnect := func(code byte) []string { return []string{fmt.Sprintf("e0:%02x", code), "closed"} }
+	cases := []struct {
+		name string
+		send []byte
+		want []string
+	}{
+		{"publish payload format twice", hxPublish("hx/a", 1, 1, hxProps([]byte{0x01, 0}, []byte{0x01, 0}), "x"), disconnect(0x82)},
+		{"publish message expiry twice", hxPublish("hx/a", 0, 0, hxProps([]byte{0x02, 0, 0, 0, 9}, []byte{0x02, 0, 0, 0, 9}), "x"), disconnect(0x82)},
+		{"publish content type twice", hxPublish("hx/a", 0, 0, hxProps(append([]byte{0x03}, hxStr("a")...), append([]byte{0x03}, hxStr("b")...)), "x"), disconnect(0x82)},
+		{"publish topic alias twice", hxPublish("hx/a", 0, 0, hxProps(hxU16(0x23, 1), hxU16(0x23, 2)), "x"), disconnect(0x82)},
+		{"publish property past its length", hxPacket(0x30, hxStr("hx/a"), []byte{1, 0x01}, []byte("\x01x")), disconnect(0x81)},
+		{"subscribe identifier twice", hxSubscribe(1, hxProps([]byte{0x0B, 1}, []byte{0x0B, 2}), "hx/s", 0), disconnect(0x82)},
+		{"subscribe identifier 0", hxSubscribe(1, hxProps([]byte{0x0B, 0}), "hx/s", 0), disconnect(0x82)},
+		{"subscribe identifier past its length", hxPacket(0x82, hxID(1), []byte{1, 0x0B}, []byte{0x81}, hxStr("hx/s"), []byte{0}), disconnect(0x81)},
+		{"puback reason string twice", hxPacket(0x40, hxID(9), []byte{0}, hxProps(append([]byte{0x1F}, hxStr("a")...), append([]byte{0x1F}, hxStr("b")...))), disconnect(0x82)},
+		{"user properties repeat freely", hxPublish("hx/u", 1, 1, hxProps(hxUser("k", "1"), hxUser("k", "2")), "x"), []string{"40:00 01"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := hxExchange(t, b.TCPAddr(), 5, "hx", c.send)
+			if !hxMatch(got, c.want) {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+	// Only the valid publish reached the bystander (QoS 1, acknowledged
+	// before the next exchange began, so delivered before this one).
+	watch.pub(t, "hx/end", 1, false, "end")
+	msgs := watch.wait(t, 2)
+	if len(msgs) != 2 || msgs[0].topic != "hx/u" || msgs[1].topic != "hx/end" {
+		t.Errorf("bystander got %+v, want hx/u then hx/end", msgs)
+	}
+	if n := b.stats.Panics.Load(); n != 0 {
+		t.Errorf("%d panics", n)
+	}
+	alive(t, b)
+}
