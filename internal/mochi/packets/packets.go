@@ -389,7 +389,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 		offset += n
 	}
@@ -543,7 +543,7 @@ func (pk *Packet) ConnackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		_, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 	}
 
@@ -584,7 +584,7 @@ func (pk *Packet) DisconnectDecode(buf []byte) error {
 		if pk.FixedHeader.Remaining > 2 {
 			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
-				return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+				return propertiesError(err) // mote: a Protocol Error kept
 			}
 		}
 	}
@@ -663,7 +663,7 @@ func (pk *Packet) PublishDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 
 		offset += n
@@ -750,7 +750,7 @@ func (pk *Packet) decodePubAckRelRecComp(buf []byte) error {
 		if pk.FixedHeader.Remaining > 3 {
 			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
-				return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+				return propertiesError(err) // mote: a Protocol Error kept
 			}
 		}
 	}
@@ -885,7 +885,7 @@ func (pk *Packet) SubackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 		offset += n
 	}
@@ -945,7 +945,7 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 		offset += n
 	}
@@ -1052,7 +1052,7 @@ func (pk *Packet) UnsubackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 
 		offset += n
@@ -1108,7 +1108,7 @@ func (pk *Packet) UnsubscribeDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 		offset += n
 	}
@@ -1168,7 +1168,7 @@ func (pk *Packet) AuthDecode(buf []byte) error {
 
 	_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 	if err != nil {
-		return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+		return propertiesError(err) // mote: a Protocol Error kept
 	}
 
 	return nil
@@ -1188,4 +1188,15 @@ func (pk *Packet) AuthValidate() Code {
 // FormatID returns the PacketID field as a decimal integer.
 func (pk *Packet) FormatID() string {
 	return strconv.FormatUint(uint64(pk.PacketID), 10)
+}
+
+// propertiesError wraps an error decoding a packet's properties as
+// ErrMalformedProperties (0x81). mote: a Protocol Error found there (a
+// property included twice, a Subscription Identifier of 0) stays the
+// code the packet is refused with (0x82).
+func propertiesError(err error) error {
+	if errors.Is(err, ErrProtocolViolationDuplicateProperty) || errors.Is(err, ErrProtocolViolationZeroSubID) {
+		return fmt.Errorf("%w: %w", err, ErrMalformedProperties)
+	}
+	return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 }

@@ -380,8 +380,15 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		return n + bu, nil
 	}
 
+	// mote: a property's value is read within the properties' length, not
+	// past it from the payload (§2.2.2.2: a Malformed Packet).
 	bt := b.Bytes()
+	if n > len(bt) {
+		return n + bu, ErrMalformedProperties
+	}
+	bt = bt[:n]
 	var k byte
+	var seen uint64 // mote: properties met so far, by identifier (all are below 64)
 	for offset := 0; offset < n; {
 		k, offset, err = decodeByte(bt, offset)
 		if err != nil {
@@ -390,6 +397,17 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 
 		if _, ok := validPacketProperties[k][pkt]; !ok {
 			return n + bu, fmt.Errorf("property type %v not valid for packet type %v: %w", k, pkt, ErrProtocolViolationUnsupportedProperty)
+		}
+
+		// mote: every property but User Property, and a server's
+		// Subscription Identifiers in a PUBLISH [MQTT-3.3.4-4], may come
+		// once ("It is a Protocol Error to include ... more than once",
+		// §3.1.2.11 and every packet's properties).
+		if k != PropUser && !(k == PropSubscriptionIdentifier && pkt == Publish) {
+			if seen&(1<<k) != 0 {
+				return n + bu, fmt.Errorf("property type %v more than once: %w", k, ErrProtocolViolationDuplicateProperty)
+			}
+			seen |= 1 << k
 		}
 
 		switch k {
@@ -409,12 +427,15 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 				p.SubscriptionIdentifier = []int{}
 			}
 
-			n, bu, err := DecodeLength(bytes.NewBuffer(bt[offset:]))
+			id, idn, err := DecodeLength(bytes.NewBuffer(bt[offset:]))
 			if err != nil {
-				return n + bu, err
+				return n + bu, ErrMalformedProperties // mote: past the properties' length, or not a variable byte integer
 			}
-			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, n)
-			offset += bu
+			if id == 0 { // mote: [MQTT-3.8.2.1.2] "a Protocol Error if the Subscription Identifier has a value of 0"
+				return n + bu, fmt.Errorf("subscription identifier 0: %w", ErrProtocolViolationZeroSubID)
+			}
+			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, id)
+			offset += idn
 		case PropSessionExpiryInterval:
 			p.SessionExpiryInterval, offset, err = decodeUint32(bt, offset)
 			p.SessionExpiryIntervalFlag = true
