@@ -154,3 +154,61 @@ func TestHostileProperties(t *testing.T) {
 	}
 	alive(t, b)
 }
+
+// TestHostileTopicAliases: a PUBLISH with an empty topic and a Topic
+// Alias the client never set is a Protocol Error (§3.3.4: "If the
+// receiver does not already have a mapping for this Topic Alias ... a
+// zero length Topic Name field ... is a Protocol Error"): DISCONNECT 0x82.
+// Mochi filed the alias as "" and the broker answered PUBACK 0x90 "empty
+// topic", the connection kept. An alias-only publish carrying the user
+// property mote=tree is a tree publish on the alias's (plain) topic; the
+// broker refused it 0x90 naming its internal topic "$mote/publish". An
+// alias set on a Mote topic stays refused (errAlias) and unset.
+func TestHostileTopicAliases(t *testing.T) {
+	b := start(t, Options{})
+	watch := dial3(t, b, "watch", true)
+	watch.sub(t, "hx/#", 0)
+	tree := hxProps(hxU16(0x23, 3), hxUser("mote", "tree"))
+	cases := []struct {
+		name string
+		send [][]byte
+		want []string
+	}{
+		{"unknown alias", [][]byte{hxPublish("", 1, 1, hxProps(hxU16(0x23, 3)), "x")}, []string{"e0:82", "closed"}},
+		{"unknown alias, QoS 0", [][]byte{hxPublish("", 0, 0, hxProps(hxU16(0x23, 4)), "x")}, []string{"e0:82", "closed"}},
+		{"unknown alias, mote=tree", [][]byte{hxPublish("", 1, 1, tree, `{"c":1}`)}, []string{"e0:82", "closed"}},
+		{"alias, then alias only", [][]byte{
+			hxPublish("hx/p", 1, 1, hxProps(hxU16(0x23, 3)), "1"),
+			hxPublish("", 1, 2, hxProps(hxU16(0x23, 3)), "2"),
+		}, []string{"40:00 01", "40:00 02"}},
+		{"alias, then tree publish on it", [][]byte{
+			hxPublish("hx/t", 1, 1, hxProps(hxU16(0x23, 3)), "1"),
+			hxPublish("", 1, 2, tree, `{"c":2}`),
+		}, []string{"40:00 01", "40:00 02"}},
+		{"alias on a Mote topic stays unset", [][]byte{
+			hxPublish("$tree/hx/m", 1, 1, hxProps(hxU16(0x23, 3)), `{"c":3}`),
+			hxPublish("", 1, 2, hxProps(hxU16(0x23, 3)), "x"),
+		}, []string{"40:00 01 90", "e0:82", "closed"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := hxExchange(t, b.TCPAddr(), 5, "hx", c.send...)
+			if !hxMatch(got, c.want) {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+	watch.pub(t, "hx/end", 1, false, "end")
+	msgs := watch.wait(t, 5)
+	var got []string
+	for _, m := range msgs {
+		got = append(got, m.topic+"="+m.payload)
+	}
+	if want := "hx/p=1 hx/p=2 hx/t=1 hx/t/c=2 hx/end=end"; strings.Join(got, " ") != want {
+		t.Errorf("bystander got %q, want %q", got, want)
+	}
+	if n := b.stats.Panics.Load(); n != 0 {
+		t.Errorf("%d panics", n)
+	}
+	alive(t, b)
+}
