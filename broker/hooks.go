@@ -352,12 +352,23 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}
 	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) || (c.p.original && wire.HasWildcard(pk.TopicName)) {
+		topic := pk.TopicName
+		if topic == "" && pk.Properties.TopicAliasFlag {
+			// Alias only (mote=tree on a plain topic: no alias names a
+			// Mote topic): the topic is the alias's. One never set is
+			// left to mochi, which refuses it (DISCONNECT 0x82).
+			t, ok := cl.State.TopicAliases.Inbound.Get(pk.Properties.TopicAlias)
+			if !ok {
+				return pk, nil
+			}
+			topic = t
+		}
 		if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
 			c.pendingErr = errAlias
 		} else {
 			c.pendingErr = nil
 		}
-		c.pendingTopic = pk.TopicName
+		c.pendingTopic = topic
 		pk.TopicName = internalPublish
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}

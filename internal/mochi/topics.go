@@ -46,6 +46,15 @@ type InboundTopicAliases struct {
 	maximum uint16
 }
 
+// Get returns the topic of an alias the client has set. mote: for a
+// publish the broker takes aside before mochi resolves its alias.
+func (a *InboundTopicAliases) Get(id uint16) (string, bool) {
+	a.RLock()
+	defer a.RUnlock()
+	t, ok := a.internal[id]
+	return t, ok
+}
+
 // Set sets a new alias for a specific topic.
 func (a *InboundTopicAliases) Set(id uint16, topic string) string {
 	a.Lock()
@@ -55,8 +64,8 @@ func (a *InboundTopicAliases) Set(id uint16, topic string) string {
 		return topic // ?
 	}
 
-	if existing, ok := a.internal[id]; ok && topic == "" {
-		return existing
+	if topic == "" { // mote: an alias never set is not filed as ""; "" tells the caller so
+		return a.internal[id]
 	}
 
 	// mote: file a copy: topic is a string over the PUBLISH's body, which
