@@ -2,12 +2,15 @@ package broker
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // The hostile-client red team's raw-byte attacks (MQTT 5 unless noted):
@@ -211,6 +214,48 @@ func TestHostileTopicAliases(t *testing.T) {
 	}
 	if n := b.stats.Panics.Load(); n != 0 {
 		t.Errorf("%d panics", n)
+	}
+	alive(t, b)
+}
+
+// TestHostileEnhancedAuth: Mote has no enhanced authentication (MQTT 5
+// §4.12). A CONNECT with an Authentication Method was accepted (CONNACK
+// 0x00, the method ignored); the server MUST close a connection whose
+// method it does not support [MQTT-4.12.0-1]: CONNACK 0x8C Bad
+// authentication method. So no client has a method, and an AUTH packet
+// from one is a Protocol Error (§4.12: a client without one MUST NOT send
+// AUTH): it was ignored, now DISCONNECT 0x82.
+func TestHostileEnhancedAuth(t *testing.T) {
+	b := start(t, Options{})
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "hx-auth"},
+		Properties: packets.Properties{AuthenticationMethod: "SCRAM-SHA-1", AuthenticationData: []byte("client-first")}}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	nc.Write(buf.Bytes()) //nolint:errcheck // the read says
+	r := bufio.NewReader(nc)
+	h, body, err := readPacketBody(r)
+	if err != nil || h != 0x20 || len(body) < 2 || body[1] != 0x8C {
+		t.Errorf("CONNECT with an authentication method: got %#x % x %v, want CONNACK 0x8C", h, body, err)
+	}
+	if _, _, err := readPacketBody(r); err == nil {
+		t.Errorf("connection not closed after the refused CONNECT")
+	}
+	for _, auth := range [][]byte{
+		hxPacket(0xF0, []byte{0x18}, hxProps()),                                              // continue
+		hxPacket(0xF0, []byte{0x19}, hxProps(append([]byte{0x15}, hxStr("SCRAM-SHA-1")...))), // re-authenticate
+	} {
+		if got, want := hxExchange(t, b.TCPAddr(), 5, "hx-auth", auth), []string{"e0:82*", "closed"}; !hxMatch(got, want) {
+			t.Errorf("AUTH % x: got %q, want %q", auth, got, want)
+		}
 	}
 	alive(t, b)
 }
