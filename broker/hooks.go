@@ -36,10 +36,19 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnUnsubscribed,
 		mqtt.OnWill, mqtt.OnPacketEncode, mqtt.OnRetainMessage,
-		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired:
+		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired, mqtt.OnAuthPacket:
 		return true
 	}
 	return false
+}
+
+// OnAuthPacket refuses every AUTH packet: Mote has no enhanced
+// authentication, so OnConnect refuses an Authentication Method and no
+// client has one, and a client without one MUST NOT send AUTH (§4.12): a
+// Protocol Error, DISCONNECT 0x82 (mochi ignored it).
+func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	h.b.log.Warn().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	return pk, packets.ErrProtocolViolation
 }
 
 // mqttPrincipal is who an MQTT client acts as.
@@ -82,6 +91,13 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// not expect: it belongs on the other listeners.
 		b.countRefusal(refusedOther)
 		return refuse(packets.ErrUnsupportedProtocolVersion, "MQTT 5 on the original-dialect listener (it speaks MQTT 3.1.1 only; use the MQTT listener)")
+	}
+	if v5 && pk.Properties.AuthenticationMethod != "" {
+		// Mote has no enhanced authentication (§4.12), only user names
+		// and passwords: a method it does not support is refused and
+		// the connection closed [MQTT-4.12.0-1].
+		b.countRefusal(refusedOther)
+		return refuse(packets.ErrBadAuthenticationMethod, fmt.Sprintf("authentication method %q not supported (user name and password only)", truncate(pk.Properties.AuthenticationMethod, 64)))
 	}
 	if err := b.login(cl.Net.Remote, p.User, pk.Connect.Password, pk.Connect.UsernameFlag); err != nil {
 		if errors.Is(err, ErrThrottled) {
