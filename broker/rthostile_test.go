@@ -259,3 +259,44 @@ func TestHostileEnhancedAuth(t *testing.T) {
 	}
 	alive(t, b)
 }
+
+// TestHostileSharedAndResponse: a shared subscription with No Local is a
+// Protocol Error [MQTT-3.8.3-4]; mochi answered it in the SUBACK with
+// 0x82, which is not a SUBACK reason code (§3.9.3): DISCONNECT 0x82 now.
+// A share name left empty ($share//f) is a malformed filter
+// [MQTT-4.8.2-1], 0x8F, not 0x87 Not authorized. A PUBLISH whose Response
+// Topic holds a wildcard breaks [MQTT-3.3.2-14]; it was delivered as it
+// came, the bad Response Topic and all: DISCONNECT 0x82, not delivered.
+func TestHostileSharedAndResponse(t *testing.T) {
+	b := start(t, Options{})
+	watch := dial3(t, b, "watch", true)
+	watch.sub(t, "hx/#", 0)
+	resp := func(topic string) []byte { return hxProps(append([]byte{0x08}, hxStr(topic)...)) }
+	cases := []struct {
+		name string
+		send []byte
+		want []string
+	}{
+		{"shared no local", hxSubscribe(1, hxProps(), "$share/g/hx/s", 1|4), []string{"e0:82*", "closed"}},
+		{"shared, empty share name", hxSubscribe(1, hxProps(), "$share//hx/s", 1), []string{"90:00 01 00 8f"}},
+		{"shared, no filter", hxSubscribe(1, hxProps(), "$share/g", 1), []string{"90:00 01 00 8f"}},
+		{"shared, wildcard share name", hxSubscribe(1, hxProps(), "$share/g+/hx/s", 1), []string{"90:00 01 00 8f"}},
+		{"shared", hxSubscribe(1, hxProps(), "$share/g/hx/s", 1), []string{"90:00 01 00 01"}},
+		{"response topic with #", hxPublish("hx/r", 1, 1, resp("r/#"), "x"), []string{"e0:82*", "closed"}},
+		{"response topic with +", hxPublish("hx/r", 0, 0, resp("r/+/x"), "x"), []string{"e0:82*", "closed"}},
+		{"response topic", hxPublish("hx/r", 1, 1, resp("r/x"), "ok"), []string{"40:00 01"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := hxExchange(t, b.TCPAddr(), 5, "hx", c.send); !hxMatch(got, c.want) {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+	watch.pub(t, "hx/end", 1, false, "end")
+	msgs := watch.wait(t, 2)
+	if len(msgs) != 2 || msgs[0].payload != "ok" || msgs[1].topic != "hx/end" {
+		t.Errorf("bystander got %+v, want hx/r=ok then hx/end", msgs)
+	}
+	alive(t, b)
+}
