@@ -859,8 +859,14 @@ func parseFilter(f string, prop wire.Subscription) (wire.Subscription, error) {
 		}
 		return wire.Subscription{Mode: prop.Mode, Codec: prop.Codec, Filter: f, Interval: prop.Interval}, nil
 	}
-	if _, rest, shared := cutShare(f); shared && wire.IsMote(rest) {
-		return wire.Subscription{}, wire.ErrPrefixf("%.200q: a tree subscription cannot be shared", f)
+	if group, rest, shared := cutShare(f); shared {
+		if wire.IsMote(rest) {
+			return wire.Subscription{}, wire.ErrPrefixf("%.200q: a tree subscription cannot be shared", f)
+		}
+		if group == "" || rest == "" || strings.ContainsAny(group, "+#") {
+			// [MQTT-4.8.2-1] [MQTT-4.8.2-2]: refused as malformed (0x8F), not by the ACL (0x87).
+			return wire.Subscription{}, fmt.Errorf("%w: %.200q: a shared subscription needs a share name without wildcards and a filter", wire.ErrFilter, f)
+		}
 	}
 	return wire.ParseSubscribe(f)
 }

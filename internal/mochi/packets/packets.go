@@ -704,6 +704,10 @@ func (pk *Packet) PublishValidate(topicAliasMaximum uint16) Code {
 		return ErrProtocolViolationSurplusSubID // [MQTT-3.3.4-6]
 	}
 
+	if strings.ContainsAny(pk.Properties.ResponseTopic, "+#") {
+		return ErrProtocolViolationResponseTopicWildcard // mote: [MQTT-3.3.2-14]
+	}
+
 	return CodeSuccess
 }
 
@@ -1012,6 +1016,12 @@ func (pk *Packet) SubscribeValidate() Code {
 	for _, v := range pk.Filters {
 		if v.Identifier > 268435455 { // 3.3.2.3.8 The Subscription Identifier can have the value of 1 to 268,435,455.
 			return ErrProtocolViolationOversizeSubID //
+		}
+		// mote: a Protocol Error, so the packet's (DISCONNECT 0x82): 0x82
+		// is no SUBACK reason code (§3.9.3), which mochi answered it with.
+		// Shared as mochi's IsSharedFilter reads it (any case).
+		if v.NoLocal && len(v.Filter) >= 7 && strings.EqualFold(v.Filter[:7], "$share/") {
+			return ErrProtocolViolationInvalidSharedNoLocal // [MQTT-3.8.3-4]
 		}
 	}
 
