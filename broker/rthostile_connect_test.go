@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -44,7 +45,27 @@ func TestHostileConnectChurn(t *testing.T) {
 	}
 	waitFor(t, "every connection gone", func() bool { return rawCount(b) == 0 })
 	waitFor(t, "every writer stopped", func() bool { return b.stats.Writers.Load() == 0 })
-	// Sessions kept up to 2 s expire (mochi's sweep runs each second).
+	// A 3.1.1 persistent session never expires: its owner, one of the
+	// two users (the other is refused), ends it with a clean start. MQTT 5
+	// sessions kept up to 2 s expire (mochi's sweep runs each second).
+	for _, user := range []string{"alice", "bob"} {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30,
+				ClientIdentifier: "hc", UsernameFlag: true, Username: []byte(user)}}
+		var buf bytes.Buffer
+		if err := pk.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		buf.Write([]byte{0xE0, 0})
+		nc, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.SetDeadline(time.Now().Add(testTimeout))
+		nc.Write(buf.Bytes()) //nolint:errcheck // the read says
+		io.Copy(io.Discard, nc) //nolint:errcheck // until the broker closes it
+		nc.Close()
+	}
 	waitFor(t, "sessions expired", func() bool { return b.server.Clients.Len() == 0 })
 	waitFor(t, "goroutines back", func() bool { return runtime.NumGoroutine() <= base })
 	alive(t, b)
