@@ -300,3 +300,50 @@ func TestHostileSharedAndResponse(t *testing.T) {
 	}
 	alive(t, b)
 }
+
+// TestHostileQoS2AndAfterDisconnect: a QoS 2 PUBLISH sent again with its
+// packet id before its PUBREL (with DUP or without) is delivered once
+// [MQTT-4.3.3-9 (3.1.1: 4.3.3 Method A)]; a PUBREL for an unknown id gets
+// PUBCOMP 0x92 (3.1.1: PUBCOMP); a PUBLISH after DISCONNECT in the same
+// segment is not delivered [MQTT-3.14.4-2]; a second CONNECT closes the
+// connection [MQTT-3.1.0-2].
+func TestHostileQoS2AndAfterDisconnect(t *testing.T) {
+	b := start(t, Options{})
+	watch := dial3(t, b, "watch", true)
+	watch.sub(t, "hx/#", 2)
+	dup := func(p []byte) []byte { q := append([]byte(nil), p...); q[0] |= 0x08; return q }
+	q2 := hxPublish("hx/q2", 2, 5, hxProps(), "once")
+	v3q2 := hxPacket(0x34, hxStr("hx/q3"), hxID(5), []byte("once"))
+	cases := []struct {
+		name string
+		v    byte
+		send [][]byte
+		want []string
+	}{
+		{"QoS 2 twice, then PUBREL twice", 5, [][]byte{q2, dup(q2), q2, hxPacket(0x62, hxID(5)), hxPacket(0x62, hxID(5))},
+			[]string{"50:00 05", "50:00 05", "50:00 05", "70:00 05", "70:00 05 92*"}},
+		{"3.1.1 QoS 2 twice, then PUBREL twice", 4, [][]byte{v3q2, dup(v3q2), hxPacket(0x62, hxID(5)), hxPacket(0x62, hxID(5))},
+			[]string{"50:00 05", "50:00 05", "70:00 05", "70:00 05"}},
+		{"PUBREL unknown", 5, [][]byte{hxPacket(0x62, hxID(77))}, []string{"70:00 4d 92*"}},
+		{"after DISCONNECT", 5, [][]byte{append(hxPacket(0xE0, []byte{0}, hxProps()), hxPublish("hx/after", 1, 1, hxProps(), "no")...)}, []string{"closed"}},
+		{"second CONNECT", 5, [][]byte{connectPacket(5, "hx"), hxPublish("hx/second", 1, 1, hxProps(), "no")}, []string{"e0:82*", "closed"}},
+		{"3.1.1 second CONNECT", 4, [][]byte{connectPacket(4, "hx"), hxPacket(0x32, hxStr("hx/second"), hxID(1), []byte("no"))}, []string{"closed"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := hxExchange(t, b.TCPAddr(), c.v, "hx", c.send...); !hxMatch(got, c.want) {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+	watch.pub(t, "hx/end", 1, false, "end")
+	msgs := watch.wait(t, 3)
+	var got []string
+	for _, m := range msgs {
+		got = append(got, m.topic+"="+m.payload)
+	}
+	if want := "hx/q2=once hx/q3=once hx/end=end"; strings.Join(got, " ") != want {
+		t.Errorf("bystander got %q, want %q", got, want)
+	}
+	alive(t, b)
+}
