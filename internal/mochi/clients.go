@@ -561,19 +561,51 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 	return nil
 }
 
+// mote: bodyStep is the largest packet body made whole before its bytes
+// arrive; a larger one grows from it as they do (readBody).
+const bodyStep = 64 << 10
+
+// mote: readBody reads a packet body of n bytes. A body up to bodyStep is
+// read into a buffer of its size, one allocation as upstream; a larger
+// one into a buffer that starts at bodyStep and doubles as the bytes
+// arrive, so a client holds memory in proportion to what it has sent
+// (twice that at most): upstream made the declared size at once, and a
+// client that declared a 64 MiB PUBLISH and sent 10 bytes of it held 64
+// MiB of the broker's memory until its connection ended.
+func readBody(r io.Reader, n int) ([]byte, error) {
+	if n <= bodyStep {
+		p := make([]byte, n)
+		_, err := io.ReadFull(r, p)
+		return p, err
+	}
+	p := make([]byte, 0, bodyStep)
+	for len(p) < n {
+		if len(p) == cap(p) { // double, up to n (slices.Grow would round past it)
+			q := make([]byte, len(p), min(2*cap(p), n))
+			copy(q, p)
+			p = q
+		}
+		k, err := io.ReadFull(r, p[len(p):min(cap(p), n)])
+		p = p[:len(p)+k]
+		if err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
 // ReadPacket reads the remaining buffer into an MQTT packet.
 func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err error) {
 	atomic.AddInt64(&cl.ops.info.PacketsReceived, 1)
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
-	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
+	p, err := readBody(cl.Net.bconn, pk.FixedHeader.Remaining) // mote: as it arrives
 	if err != nil {
 		return pk, err
 	}
 
-	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
+	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(len(p)))
 
 	// mote: decode p itself. Upstream decoded a second copy (px :=
 	// append([]byte{}, p...)) so that the next packet could not change this

@@ -935,3 +935,22 @@ var (
 		packets.TPacketData[packets.Auth].Get(packets.TAuth),
 	}
 )
+
+// mote: readBody reads bodies of every size whole, and one cut short
+// with what arrived and the error (change 29).
+func TestMoteReadBody(t *testing.T) {
+	for _, n := range []int{0, 1, bodyStep, bodyStep + 1, 2 * bodyStep, 3*bodyStep + 7, 1 << 20} {
+		src := make([]byte, n)
+		for i := range src {
+			src[i] = byte(i * 7)
+		}
+		got, err := readBody(bytes.NewReader(src), n)
+		require.NoError(t, err, n)
+		require.Equal(t, src, got, n)
+		require.LessOrEqual(t, cap(got), max(2*n, bodyStep), n)
+	}
+	got, err := readBody(bytes.NewReader(make([]byte, 3*bodyStep)), 10*bodyStep)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	require.Len(t, got, 3*bodyStep)
+	require.LessOrEqual(t, cap(got), 4*bodyStep)
+}
