@@ -347,3 +347,45 @@ func TestHostileQoS2AndAfterDisconnect(t *testing.T) {
 	}
 	alive(t, b)
 }
+
+// TestHostileConnectProperties: MQTT 5 CONNECT properties that MQTT calls
+// a Protocol Error — Receive Maximum 0 (§3.1.2.11.3), Maximum Packet Size
+// 0 (§3.1.2.11.4), Request Problem Information or Request Response
+// Information other than 0 or 1 (§3.1.2.11.6-7), a property twice — were
+// accepted (CONNACK 0x00; the zeros then read as "no limit"). The CONNECT
+// is refused: the connection closes (no CONNACK, as for any CONNECT that
+// does not decode, which MQTT allows [MQTT-4.13.1-1]).
+func TestHostileConnectProperties(t *testing.T) {
+	b := start(t, Options{})
+	connect := func(props []byte) []byte {
+		return hxPacket(0x10, hxStr("MQTT"), []byte{5, 0x02, 0, 30}, props, hxStr("hx-props"))
+	}
+	for _, c := range []struct {
+		name  string
+		props []byte
+		ok    bool
+	}{
+		{"receive maximum 0", hxProps(hxU16(0x21, 0)), false},
+		{"maximum packet size 0", hxProps([]byte{0x27, 0, 0, 0, 0}), false},
+		{"request problem information 2", hxProps([]byte{0x17, 2}), false},
+		{"request response information 2", hxProps([]byte{0x19, 2}), false},
+		{"session expiry twice", hxProps([]byte{0x11, 0, 0, 0, 1}, []byte{0x11, 0, 0, 0, 2}), false},
+		{"valid", hxProps(hxU16(0x21, 5), []byte{0x27, 0, 1, 0, 0}, []byte{0x17, 0}, []byte{0x19, 1}), true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			nc, err := net.Dial("tcp", b.TCPAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			nc.SetDeadline(time.Now().Add(testTimeout))
+			nc.Write(connect(c.props)) //nolint:errcheck // the read says
+			h, body, err := readPacketBody(bufio.NewReader(nc))
+			accepted := err == nil && h == 0x20 && len(body) >= 2 && body[1] == 0
+			if accepted != c.ok {
+				t.Errorf("got %#x % x %v, want accepted %v", h, body, err, c.ok)
+			}
+		})
+	}
+	alive(t, b)
+}
