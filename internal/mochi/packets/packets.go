@@ -1202,10 +1202,12 @@ func (pk *Packet) FormatID() string {
 
 // propertiesError wraps an error decoding a packet's properties as
 // ErrMalformedProperties (0x81). mote: a Protocol Error found there (a
-// property included twice, a Subscription Identifier of 0) stays the
+// property included twice, a Subscription Identifier of 0, a property
+// value MQTT calls a Protocol Error) stays the
 // code the packet is refused with (0x82).
 func propertiesError(err error) error {
-	if errors.Is(err, ErrProtocolViolationDuplicateProperty) || errors.Is(err, ErrProtocolViolationZeroSubID) {
+	if errors.Is(err, ErrProtocolViolationDuplicateProperty) || errors.Is(err, ErrProtocolViolationZeroSubID) ||
+		errors.Is(err, ErrProtocolViolationPropertyValue) {
 		return fmt.Errorf("%w: %w", err, ErrMalformedProperties)
 	}
 	return fmt.Errorf("%s: %w", err, ErrMalformedProperties)

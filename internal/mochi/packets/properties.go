@@ -451,10 +451,16 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		case PropRequestProblemInfo:
 			p.RequestProblemInfo, offset, err = decodeByte(bt, offset)
 			p.RequestProblemInfoFlag = true
+			if err == nil && p.RequestProblemInfo > 1 { // mote: §3.1.2.11.7
+				err = fmt.Errorf("request problem information %d: %w", p.RequestProblemInfo, ErrProtocolViolationPropertyValue)
+			}
 		case PropWillDelayInterval:
 			p.WillDelayInterval, offset, err = decodeUint32(bt, offset)
 		case PropRequestResponseInfo:
 			p.RequestResponseInfo, offset, err = decodeByte(bt, offset)
+			if err == nil && p.RequestResponseInfo > 1 { // mote: §3.1.2.11.6
+				err = fmt.Errorf("request response information %d: %w", p.RequestResponseInfo, ErrProtocolViolationPropertyValue)
+			}
 		case PropResponseInfo:
 			p.ResponseInfo, offset, err = decodeString(bt, offset)
 		case PropServerReference:
@@ -463,6 +469,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 			p.ReasonString, offset, err = decodeString(bt, offset)
 		case PropReceiveMaximum:
 			p.ReceiveMaximum, offset, err = decodeUint16(bt, offset)
+			if err == nil && p.ReceiveMaximum == 0 { // mote: §3.1.2.11.3, §3.2.2.3.3
+				err = fmt.Errorf("receive maximum 0: %w", ErrProtocolViolationPropertyValue)
+			}
 		case PropTopicAliasMaximum:
 			p.TopicAliasMaximum, offset, err = decodeUint16(bt, offset)
 		case PropTopicAlias:
@@ -484,6 +493,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 			p.User = append(p.User, UserProperty{Key: k, Val: v})
 		case PropMaximumPacketSize:
 			p.MaximumPacketSize, offset, err = decodeUint32(bt, offset)
+			if err == nil && p.MaximumPacketSize == 0 { // mote: §3.1.2.11.4, §3.2.2.3.6
+				err = fmt.Errorf("maximum packet size 0: %w", ErrProtocolViolationPropertyValue)
+			}
 		case PropWildcardSubAvailable:
 			p.WildcardSubAvailable, offset, err = decodeByte(bt, offset)
 			p.WildcardSubAvailableFlag = true
