@@ -389,3 +389,47 @@ func TestHostileConnectProperties(t *testing.T) {
 	}
 	alive(t, b)
 }
+
+// TestHostileDollarTopicsAnswered: mochi dropped a PUBLISH to a topic it
+// judged invalid for publishing — any topic starting "$SYS" in any case
+// ($SYSTEM/a, $sysfoo), and $share, $share/g — without a word: no PUBACK
+// or PUBREC at QoS 1/2 (the client waits for it for ever, its in-flight
+// slot taken), no report, no log line. A publish to $share/… is now
+// refused like the broker's other reserved topics (0x90, its report; a
+// tree publish's "$share" key too), and $SYSTEM/a, $sysfoo (not the
+// broker's $SYS level, which a tree publish may already write) are
+// ordinary topics.
+func TestHostileDollarTopicsAnswered(t *testing.T) {
+	b := start(t, Options{})
+	watch := dial3(t, b, "watch", true)
+	watch.sub(t, "$SYSTEM/#", 0)
+	watch.sub(t, "$sysfoo", 0)
+	for _, c := range []struct {
+		name string
+		send []byte
+		want []string
+	}{
+		{"$SYSTEM/a", hxPublish("$SYSTEM/a", 1, 1, hxProps(), "x"), []string{"40:00 01"}},
+		{"$sysfoo", hxPublish("$sysfoo", 2, 1, hxProps(), "y"), []string{"50:00 01", "70:00 01"}},
+		{"$share", hxPublish("$share", 1, 1, hxProps(), "x"), []string{"40:00 01 90*"}},
+		{"$share/g", hxPublish("$share/g", 1, 1, hxProps(), "x"), []string{"40:00 01 90*"}},
+		{"$share/g/a", hxPublish("$share/g/a", 1, 1, hxProps(), "x"), []string{"40:00 01 90*"}},
+		{"$SHARE/g", hxPublish("$SHARE/g", 2, 1, hxProps(), "x"), []string{"50:00 01 90*"}},
+		{"tree key $share", hxPublish("$tree/+/+", 1, 1, hxProps(), `{"$share":{"a":1}}`), []string{"40:00 01 99*"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			send := [][]byte{c.send}
+			if c.send[0]>>1&3 == 2 {
+				send = append(send, hxPacket(0x62, hxID(1))) // PUBREL
+			}
+			if g := hxExchange(t, b.TCPAddr(), 5, "hx", send...); !hxMatch(g, c.want) {
+				t.Errorf("got %q, want %q", g, c.want)
+			}
+		})
+	}
+	msgs := watch.wait(t, 2)
+	if len(msgs) != 2 || msgs[0].topic != "$SYSTEM/a" || msgs[1].topic != "$sysfoo" {
+		t.Errorf("subscriber got %+v, want $SYSTEM/a and $sysfoo", msgs)
+	}
+	alive(t, b)
+}
