@@ -62,7 +62,7 @@ func TestHostileConnectChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 		nc.SetDeadline(time.Now().Add(testTimeout))
-		nc.Write(buf.Bytes()) //nolint:errcheck // the read says
+		nc.Write(buf.Bytes())   //nolint:errcheck // the read says
 		io.Copy(io.Discard, nc) //nolint:errcheck // until the broker closes it
 		nc.Close()
 	}

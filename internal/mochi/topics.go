@@ -732,7 +732,10 @@ func IsValidFilter(filter string, forPublish bool) bool {
 	}
 
 	if forPublish {
-		if len(filter) >= len(SysPrefix) && strings.EqualFold(filter[0:len(SysPrefix)], SysPrefix) {
+		// mote: the $SYS level, not every topic that starts so ($SYSTEM/a,
+		// $sysfoo): mochi's processPublish drops a publish refused here
+		// without an ack, and Mote refuses $SYS/… itself (with an answer).
+		if first, _ := isolateParticle(filter, 0); strings.EqualFold(first, SysPrefix) {
 			// 4.7.2 Non-normative - The Server SHOULD prevent Clients from using such Topic Names [$SYS] to exchange messages with other Clients.
 			return false
 		}
