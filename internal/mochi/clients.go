@@ -562,23 +562,26 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 }
 
 // mote: bodyStep is the largest packet body made whole before its bytes
-// arrive; a larger one grows from it as they do (readBody).
-const bodyStep = 64 << 10
+// arrive (unless they have: readBody); a larger one grows from it as they
+// do. A connection's idle cost is a few KiB: a body step of that order
+// keeps a client that declares a packet and sends little of it at that.
+const bodyStep = 4 << 10
 
-// mote: readBody reads a packet body of n bytes. A body up to bodyStep is
-// read into a buffer of its size, one allocation as upstream; a larger
-// one into a buffer that starts at bodyStep and doubles as the bytes
-// arrive, so a client holds memory in proportion to what it has sent
-// (twice that at most): upstream made the declared size at once, and a
-// client that declared a 64 MiB PUBLISH and sent 10 bytes of it held 64
-// MiB of the broker's memory until its connection ended.
-func readBody(r io.Reader, n int) ([]byte, error) {
-	if n <= bodyStep {
+// mote: readBody reads a packet body of n bytes. A body up to bodyStep,
+// or already in r's buffer, is read into a buffer of its size, one
+// allocation as upstream; a larger one into a buffer that starts at
+// bodyStep (or what r holds) and doubles as the bytes arrive, so a
+// client holds memory in proportion to what it has sent (twice that at
+// most): upstream made the declared size at once, and a client that
+// declared a 64 MiB PUBLISH and sent 10 bytes of it held 64 MiB of the
+// broker's memory until its connection ended.
+func readBody(r *bufio.Reader, n int) ([]byte, error) {
+	if n <= bodyStep || n <= r.Buffered() {
 		p := make([]byte, n)
 		_, err := io.ReadFull(r, p)
 		return p, err
 	}
-	p := make([]byte, 0, bodyStep)
+	p := make([]byte, 0, max(bodyStep, r.Buffered()))
 	for len(p) < n {
 		if len(p) == cap(p) { // double, up to n (slices.Grow would round past it)
 			q := make([]byte, len(p), min(2*cap(p), n))
