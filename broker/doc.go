@@ -265,7 +265,8 @@
 //     arrives, not made at its declared size first; a publish to a topic
 //     mochi will not take ($SYS…) is no longer dropped without an ack; a
 //     CONNECT filed but not yet answered that another takes over is only
-//     closed, never sent DISCONNECT before its CONNACK; a CONNECT that fails after mochi filed its client (its
+//     closed, never sent DISCONNECT before its CONNACK; a CONNECT that
+//     fails after mochi filed its client (its
 //     CONNACK cannot be written) ends the session with OnDisconnect (and
 //     the will: the broker keeps a CONNECT's will from OnSessionEstablish,
 //     connWills, until its conn holds it), and a SUBSCRIBE or UNSUBSCRIBE
