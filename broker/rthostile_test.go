@@ -433,3 +433,20 @@ func TestHostileDollarTopicsAnswered(t *testing.T) {
 	}
 	alive(t, b)
 }
+
+// TestHostilePingreqWithBody: a PINGREQ has no variable header and no
+// payload (§3.12: Remaining Length 0). One that declares a body was
+// answered PINGRESP, its bytes ignored: now a Malformed Packet (MQTT 5
+// DISCONNECT 0x81; 3.1.1 closed).
+func TestHostilePingreqWithBody(t *testing.T) {
+	b := start(t, Options{})
+	for _, c := range []struct {
+		v    byte
+		want []string
+	}{{5, []string{"e0:81*", "closed"}}, {4, []string{"closed"}}} {
+		if got := hxExchange(t, b.TCPAddr(), c.v, "hx", []byte{0xC0, 2, 0, 0}); !hxMatch(got, c.want) {
+			t.Errorf("v%d: got %q, want %q", c.v, got, c.want)
+		}
+	}
+	alive(t, b)
+}
