@@ -644,8 +644,10 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 		err = pk.UnsubscribeDecode(px)
 	case packets.Unsuback:
 		err = pk.UnsubackDecode(px)
-	case packets.Pingreq:
-	case packets.Pingresp:
+	case packets.Pingreq, packets.Pingresp:
+		if len(px) != 0 { // mote: no variable header, no payload (§3.12, §3.13)
+			err = packets.ErrMalformedPacket
+		}
 	case packets.Auth:
 		err = pk.AuthDecode(px)
 	default:
