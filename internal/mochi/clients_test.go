@@ -938,7 +938,7 @@ var (
 
 // mote: readBody reads bodies of every size whole, and one cut short
 // with what arrived and the error, holding memory in proportion to what
-// arrived, not to what was declared (change 29).
+// arrived, not to what was declared (change 32).
 func TestMoteReadBody(t *testing.T) {
 	for _, n := range []int{0, 1, bodyStep, bodyStep + 1, 2 * bodyStep, 3*bodyStep + 7, 1 << 20} {
 		src := make([]byte, n)

@@ -2901,7 +2901,7 @@ func TestServerProcessPacketSubscribeInvalidSharedNoLocal(t *testing.T) {
 	go func() {
 		defer func() { _ = w.Close() }()
 		// mote: a Protocol Error refuses the packet (DISCONNECT 0x82), not
-		// a SUBACK code (0x82 is none); change 27.
+		// a SUBACK code (0x82 is none); change 30.
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet)
 		assert.ErrorIs(t, err, packets.ErrProtocolViolationInvalidSharedNoLocal)
 	}()
@@ -3078,7 +3078,7 @@ func TestServerProcessSubscribeErrorDowngrade(t *testing.T) {
 	cl.Properties.ProtocolVersion = 3
 	cl.State.packetID = 1 // just to match the same packet id (7) in the fixtures
 
-	// mote: a shared No Local now refuses the packet (change 27); an
+	// mote: a shared No Local now refuses the packet (change 30); an
 	// invalid filter is the SUBACK error downgraded here instead.
 	pk := *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet
 	pk.Filters = packets.Subscriptions{{Filter: "a/#/b", Identifier: 5}}
