@@ -218,7 +218,9 @@
 //   - Wills (OnWill): mochi publishes a will before it looks at the Will
 //     Delay Interval, without an ACL check, past Mote's prefixes.
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
-//     needs its own CONNACK reason code, decided before mochi answers.
+//     needs its own CONNACK reason code, decided before mochi answers;
+//     there is no enhanced authentication (an Authentication Method is
+//     refused 0x8C, an AUTH packet 0x82: OnAuthPacket).
 //     Whose session a client id is, is decided there too (the fast path)
 //     and again under the id's takeover lock (takeoverCheck, mochi's
 //     Options.TakeoverCheck), about the client the id has then: another
@@ -255,7 +257,16 @@
 //     decoder, a packet that does not decode gets DISCONNECT with its
 //     reason code (MQTT 5), and a CONNECT's Will QoS is checked as MQTT
 //     names it (3 is Malformed: CONNACK 0x81, a 3.1.1 connection closed
-//     without one); a CONNECT that fails after mochi filed its client (its
+//     without one); properties are checked as MQTT 5 counts them (one of
+//     each but User Property, no Subscription Identifier or Receive
+//     Maximum of 0, none past its length: 0x82 or 0x81), as are a shared
+//     No Local and a wildcard Response Topic (0x82) and an alias-only
+//     PUBLISH of an alias never set (0x82); a packet's body is read as it
+//     arrives, not made at its declared size first; a publish to a topic
+//     mochi will not take ($SYS…) is no longer dropped without an ack; a
+//     CONNECT filed but not yet answered that another takes over is only
+//     closed, never sent DISCONNECT before its CONNACK; a CONNECT that
+//     fails after mochi filed its client (its
 //     CONNACK cannot be written) ends the session with OnDisconnect (and
 //     the will: the broker keeps a CONNECT's will from OnSessionEstablish,
 //     connWills, until its conn holds it), and a SUBSCRIBE or UNSUBSCRIBE

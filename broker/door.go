@@ -150,6 +150,9 @@ func (b *Broker) prepare(p Principal, m *Message) (prepared, error) {
 		if err := b.opts.Limits.CheckTopic(pub.Topic); err != nil {
 			return prepared{}, err
 		}
+		if first, _, _ := strings.Cut(m.Topic, "/"); !isMote && strings.EqualFold(first, "$share") {
+			return prepared{}, wire.ErrReservedf("%.200q: a filter starting with $share is a shared subscription, so no topic may", m.Topic)
+		}
 		if !isMote && reserved(m.Topic) {
 			return prepared{}, wire.ErrReservedf("%.200q: topics starting with $SYS, $mote, $hist or a Mote verb are the broker's", m.Topic)
 		}

@@ -36,10 +36,19 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPacketProcessed,
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribe, mqtt.OnUnsubscribed,
 		mqtt.OnWill, mqtt.OnPacketEncode, mqtt.OnRetainMessage,
-		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired:
+		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired, mqtt.OnAuthPacket:
 		return true
 	}
 	return false
+}
+
+// OnAuthPacket refuses every AUTH packet: Mote has no enhanced
+// authentication, so OnConnect refuses an Authentication Method and no
+// client has one, and a client without one MUST NOT send AUTH (§4.12): a
+// Protocol Error, DISCONNECT 0x82 (mochi ignored it).
+func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	h.b.log.Warn().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	return pk, packets.ErrProtocolViolation
 }
 
 // mqttPrincipal is who an MQTT client acts as.
@@ -82,6 +91,13 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// not expect: it belongs on the other listeners.
 		b.countRefusal(refusedOther)
 		return refuse(packets.ErrUnsupportedProtocolVersion, "MQTT 5 on the original-dialect listener (it speaks MQTT 3.1.1 only; use the MQTT listener)")
+	}
+	if v5 && pk.Properties.AuthenticationMethod != "" {
+		// Mote has no enhanced authentication (§4.12), only user names
+		// and passwords: a method it does not support is refused and
+		// the connection closed [MQTT-4.12.0-1].
+		b.countRefusal(refusedOther)
+		return refuse(packets.ErrBadAuthenticationMethod, fmt.Sprintf("authentication method %q not supported (user name and password only)", truncate(pk.Properties.AuthenticationMethod, 64)))
 	}
 	if err := b.login(cl.Net.Remote, p.User, pk.Connect.Password, pk.Connect.UsernameFlag); err != nil {
 		if errors.Is(err, ErrThrottled) {
@@ -354,12 +370,23 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}
 	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) || (c.p.original && wire.HasWildcard(pk.TopicName)) {
+		topic := pk.TopicName
+		if topic == "" && pk.Properties.TopicAliasFlag {
+			// Alias only (mote=tree on a plain topic: no alias names a
+			// Mote topic): the topic is the alias's. One never set is
+			// left to mochi, which refuses it (DISCONNECT 0x82).
+			t, ok := cl.State.TopicAliases.Inbound.Get(pk.Properties.TopicAlias)
+			if !ok {
+				return nil
+			}
+			topic = t
+		}
 		if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
 			c.pendingErr = errAlias
 		} else {
 			c.pendingErr = nil
 		}
-		c.pendingTopic = pk.TopicName
+		c.pendingTopic = topic
 		pk.TopicName = internalPublish
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}
@@ -836,8 +863,14 @@ func parseFilter(f string, prop wire.Subscription) (wire.Subscription, error) {
 		}
 		return wire.Subscription{Mode: prop.Mode, Codec: prop.Codec, Filter: f, Interval: prop.Interval}, nil
 	}
-	if _, rest, shared := cutShare(f); shared && wire.IsMote(rest) {
-		return wire.Subscription{}, wire.ErrPrefixf("%.200q: a tree subscription cannot be shared", f)
+	if group, rest, shared := cutShare(f); shared {
+		if wire.IsMote(rest) {
+			return wire.Subscription{}, wire.ErrPrefixf("%.200q: a tree subscription cannot be shared", f)
+		}
+		if group == "" || rest == "" || strings.ContainsAny(group, "+#") {
+			// [MQTT-4.8.2-1] [MQTT-4.8.2-2]: refused as malformed (0x8F), not by the ACL (0x87).
+			return wire.Subscription{}, fmt.Errorf("%w: %.200q: a shared subscription needs a share name without wildcards and a filter", wire.ErrFilter, f)
+		}
 	}
 	return wire.ParseSubscribe(f)
 }

@@ -16,7 +16,7 @@ func TestHookProvides(t *testing.T) {
 		mqtt.OnPacketRead: true, mqtt.OnPublish: true, mqtt.OnPacketProcessed: true,
 		mqtt.OnSubscribe: true, mqtt.OnSubscribed: true, mqtt.OnUnsubscribe: true, mqtt.OnUnsubscribed: true,
 		mqtt.OnWill: true, mqtt.OnPacketEncode: true, mqtt.OnRetainMessage: true,
-		mqtt.OnQosComplete: true, mqtt.OnQosDropped: true, mqtt.OnClientExpired: true,
+		mqtt.OnQosComplete: true, mqtt.OnQosDropped: true, mqtt.OnClientExpired: true, mqtt.OnAuthPacket: true,
 	}
 	h := &hook{}
 	for b := range 256 {

@@ -335,10 +335,13 @@ func (x *exploder) checkKey(k string) error {
 }
 
 // Reserved reports whether a topic (or a filter) is the broker's own:
-// $SYS, $mote and $hist (SPEC §9) in any case, or one of Mote's verbs. No
+// $SYS, $mote and $hist (SPEC §9) in any case, $share (MQTT 5 §4.8.2: a
+// filter beginning so is a shared subscription, so such a row could never
+// be subscribed to), or one of Mote's verbs. No
 // client publish, plain, tree, $set or .replace, may set or delete such a
 // row.
 func Reserved(topic string) bool {
 	first, _, _ := strings.Cut(topic, "/")
-	return strings.EqualFold(first, "$SYS") || strings.EqualFold(first, "$mote") || strings.EqualFold(first, "$hist") || wire.IsMote(topic)
+	return strings.EqualFold(first, "$SYS") || strings.EqualFold(first, "$mote") || strings.EqualFold(first, "$hist") ||
+		strings.EqualFold(first, "$share") || wire.IsMote(topic)
 }

@@ -227,6 +227,7 @@ type ClientState struct {
 	writing         atomic.Bool          // mote: a WriteLoop was started for the client
 	acksHeld        bool                 // mote: writeAck held an ack in outbuf (read goroutine only)
 	subMu           sync.Mutex           // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
+	unanswered      atomic.Bool          // mote: filed by its CONNECT, its CONNACK not yet written (disconnectTakenOver)
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -637,6 +638,42 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 	return nil
 }
 
+// mote: bodyStep is the largest packet body made whole before its bytes
+// arrive (unless they have: readBody); a larger one grows from it as they
+// do. A connection's idle cost is a few KiB: a body step of that order
+// keeps a client that declares a packet and sends little of it at that.
+const bodyStep = 4 << 10
+
+// mote: readBody reads a packet body of n bytes. A body up to bodyStep,
+// or already in r's buffer, is read into a buffer of its size, one
+// allocation as upstream; a larger one into a buffer that starts at
+// bodyStep (or what r holds) and doubles as the bytes arrive, so a
+// client holds memory in proportion to what it has sent (twice that at
+// most): upstream made the declared size at once, and a client that
+// declared a 64 MiB PUBLISH and sent 10 bytes of it held 64 MiB of the
+// broker's memory until its connection ended.
+func readBody(r *bufio.Reader, n int) ([]byte, error) {
+	if n <= bodyStep || n <= r.Buffered() {
+		p := make([]byte, n)
+		_, err := io.ReadFull(r, p)
+		return p, err
+	}
+	p := make([]byte, 0, max(bodyStep, r.Buffered()))
+	for len(p) < n {
+		if len(p) == cap(p) { // double, up to n (slices.Grow would round past it)
+			q := make([]byte, len(p), min(2*cap(p), n))
+			copy(q, p)
+			p = q
+		}
+		k, err := io.ReadFull(r, p[len(p):min(cap(p), n)])
+		p = p[:len(p)+k]
+		if err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
 // ReadPacket reads the remaining buffer into an MQTT packet.
 // mote: a copy of the packet readPacket reads into one of the pool's
 // (change 25); the read loop reads with readPacket itself.
@@ -655,13 +692,12 @@ func (cl *Client) readPacket(fh *packets.FixedHeader, pk *packets.Packet) (err e
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
-	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
+	p, err := readBody(cl.Net.bconn, pk.FixedHeader.Remaining) // mote: as it arrives
 	if err != nil {
 		return err
 	}
 
-	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
+	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(len(p)))
 
 	// mote: decode p itself. Upstream decoded a second copy (px :=
 	// append([]byte{}, p...)) so that the next packet could not change this
@@ -697,8 +733,10 @@ func (cl *Client) readPacket(fh *packets.FixedHeader, pk *packets.Packet) (err e
 		err = pk.UnsubscribeDecode(px)
 	case packets.Unsuback:
 		err = pk.UnsubackDecode(px)
-	case packets.Pingreq:
-	case packets.Pingresp:
+	case packets.Pingreq, packets.Pingresp:
+		if len(px) != 0 { // mote: no variable header, no payload (§3.12, §3.13)
+			err = packets.ErrMalformedPacket
+		}
 	case packets.Auth:
 		err = pk.AuthDecode(px)
 	default:

@@ -936,3 +936,36 @@ var (
 		packets.TPacketData[packets.Auth].Get(packets.TAuth),
 	}
 )
+
+// mote: readBody reads bodies of every size whole, and one cut short
+// with what arrived and the error, holding memory in proportion to what
+// arrived, not to what was declared (change 32).
+func TestMoteReadBody(t *testing.T) {
+	for _, n := range []int{0, 1, bodyStep, bodyStep + 1, 2 * bodyStep, 3*bodyStep + 7, 1 << 20} {
+		src := make([]byte, n)
+		for i := range src {
+			src[i] = byte(i * 7)
+		}
+		got, err := readBody(bufio.NewReaderSize(bytes.NewReader(src), 16), n)
+		require.NoError(t, err, n)
+		require.Equal(t, src, got, n)
+		require.LessOrEqual(t, cap(got), max(2*n, bodyStep), n)
+	}
+	for _, declared := range []int{60 << 10, 60 << 20} {
+		got, err := readBody(bufio.NewReaderSize(bytes.NewReader(make([]byte, 10)), 16), declared)
+		require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+		require.Len(t, got, 10)
+		require.LessOrEqual(t, cap(got), bodyStep, declared)
+	}
+	got, err := readBody(bufio.NewReaderSize(bytes.NewReader(make([]byte, 3*bodyStep)), 16), 10*bodyStep)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	require.Len(t, got, 3*bodyStep)
+	require.LessOrEqual(t, cap(got), 4*bodyStep)
+	// A body already buffered whole is read in one allocation.
+	src := make([]byte, 3*bodyStep)
+	r := bufio.NewReaderSize(bytes.NewReader(src), 8*bodyStep)
+	_, _ = r.Peek(len(src))
+	got, err = readBody(r, len(src))
+	require.NoError(t, err)
+	require.Equal(t, len(src), cap(got))
+}

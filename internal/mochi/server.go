@@ -517,6 +517,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	// disconnected: it stayed connected under an id no longer its own
 	// [MQTT-3.1.4-3]. Options.TakeoverCheck may refuse the takeover there
 	// (change 24): cl is answered with its code and closed, filed nowhere.
+	cl.State.unanswered.Store(true) // mote: before it is filed; see disconnectTakenOver
 	sessionPresent, refused := s.takeOverAndFile(pk, cl)
 	if refused != nil {
 		if err := s.SendConnack(cl, *refused, false, nil); err != nil {
@@ -539,6 +540,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 		s.endSession(cl, listener, err)
 		return nil, err
 	}
+	cl.State.unanswered.Store(false) // mote: a takeover may send it DISCONNECT now
 
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
 
@@ -806,7 +808,18 @@ const takeoverWriteWait = 500 * time.Millisecond
 // and with it the CONNECT taking over, and now any CONNECT of the id.
 // What the bound cuts short is not written at all (the broker's connection
 // writes nothing after a failed write), and the connection closes.
+//
+// A client filed under the id whose CONNACK is not written yet (its
+// CONNECT took the id the moment before, and is writing it) gets no
+// DISCONNECT: the first packet from the server MUST be the CONNACK
+// [MQTT-3.2.0-1]; it is only closed (and its CONNACK, if written
+// meanwhile, comes before the close). Upstream sent it DISCONNECT 0x8E
+// first.
 func (s *Server) disconnectTakenOver(cl *Client) {
+	if cl.State.unanswered.Load() {
+		cl.Stop(packets.ErrSessionTakenOver)
+		return
+	}
 	if cl.Net.Conn != nil {
 		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(takeoverWriteWait))
 	}
@@ -1183,6 +1196,9 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 
 	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
 		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		if pk.TopicName == "" { // mote: an alias the client never set, with no topic [MQTT-3.3.4] (§3.3.4 3a)
+			return s.DisconnectClient(cl, packets.ErrProtocolViolationUnknownAlias)
+		}
 	}
 
 	if pk.FixedHeader.Qos > s.Options.Capabilities.MaximumQos {

@@ -21,6 +21,7 @@ import (
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/internal/mochi/system"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -2898,14 +2899,16 @@ func TestServerProcessPacketSubscribeInvalidSharedNoLocal(t *testing.T) {
 	cl.Properties.ProtocolVersion = 5
 
 	go func() {
+		defer func() { _ = w.Close() }()
+		// mote: a Protocol Error refuses the packet (DISCONNECT 0x82), not
+		// a SUBACK code (0x82 is none); change 30.
 		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet))
-		require.NoError(t, err)
-		_ = w.Close()
+		assert.ErrorIs(t, err, packets.ErrProtocolViolationInvalidSharedNoLocal)
 	}()
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
-	require.Equal(t, packets.TPacketData[packets.Suback].Get(packets.TSubackInvalidSharedNoLocal).RawBytes, buf)
+	require.Empty(t, buf)
 }
 
 func TestServerProcessSubscribeWithRetain(t *testing.T) {
@@ -3075,10 +3078,14 @@ func TestServerProcessSubscribeErrorDowngrade(t *testing.T) {
 	cl.Properties.ProtocolVersion = 3
 	cl.State.packetID = 1 // just to match the same packet id (7) in the fixtures
 
+	// mote: a shared No Local now refuses the packet (change 30); an
+	// invalid filter is the SUBACK error downgraded here instead.
+	pk := *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet
+	pk.Filters = packets.Subscriptions{{Filter: "a/#/b", Identifier: 5}}
 	go func() {
-		err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeInvalidSharedNoLocal).Packet))
-		require.NoError(t, err)
-		_ = w.Close()
+		defer func() { _ = w.Close() }()
+		err := s.processPacket(cl, &pk)
+		assert.NoError(t, err)
 	}()
 
 	buf, err := io.ReadAll(r)

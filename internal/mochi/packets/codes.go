@@ -91,6 +91,11 @@ var (
 	ErrProtocolViolationOversizeSubID         = Code{Code: 0x82, Reason: "protocol violation: oversize subscription id"}
 	ErrProtocolViolationDupNoQos              = Code{Code: 0x82, Reason: "protocol violation: dup true with no qos"}
 	ErrProtocolViolationUnsupportedProperty   = Code{Code: 0x82, Reason: "protocol violation: unsupported property"}
+	ErrProtocolViolationDuplicateProperty     = Code{Code: 0x82, Reason: "protocol violation: property included more than once"}  // mote: §2.2.2.2
+	ErrProtocolViolationUnknownAlias          = Code{Code: 0x82, Reason: "protocol violation: topic alias not set"}               // mote: §3.3.4
+	ErrProtocolViolationResponseTopicWildcard = Code{Code: 0x82, Reason: "protocol violation: response topic contains wildcards"} // mote: [MQTT-3.3.2-14]
+	ErrProtocolViolationPropertyValue         = Code{Code: 0x82, Reason: "protocol violation: property value out of range"}       // mote: §3.1.2.11
+	ErrProtocolViolationZeroSubID             = Code{Code: 0x82, Reason: "protocol violation: subscription identifier 0"}         // mote: [MQTT-3.8.2.1.2]
 	ErrProtocolViolationNoTopic               = Code{Code: 0x82, Reason: "protocol violation: no topic or alias"}
 	ErrImplementationSpecificError            = Code{Code: 0x83, Reason: "implementation specific error"}
 	ErrRejectPacket                           = Code{Code: 0x83, Reason: "packet rejected"}

@@ -389,7 +389,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 		offset += n
 	}
@@ -543,7 +543,7 @@ func (pk *Packet) ConnackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		_, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 	}
 
@@ -584,7 +584,7 @@ func (pk *Packet) DisconnectDecode(buf []byte) error {
 		if pk.FixedHeader.Remaining > 2 {
 			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
-				return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+				return propertiesError(err) // mote: a Protocol Error kept
 			}
 		}
 	}
@@ -663,7 +663,7 @@ func (pk *Packet) PublishDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 
 		offset += n
@@ -702,6 +702,10 @@ func (pk *Packet) PublishValidate(topicAliasMaximum uint16) Code {
 
 	if len(pk.Properties.SubscriptionIdentifier) > 0 {
 		return ErrProtocolViolationSurplusSubID // [MQTT-3.3.4-6]
+	}
+
+	if strings.ContainsAny(pk.Properties.ResponseTopic, "+#") {
+		return ErrProtocolViolationResponseTopicWildcard // mote: [MQTT-3.3.2-14]
 	}
 
 	return CodeSuccess
@@ -750,7 +754,7 @@ func (pk *Packet) decodePubAckRelRecComp(buf []byte) error {
 		if pk.FixedHeader.Remaining > 3 {
 			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
-				return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+				return propertiesError(err) // mote: a Protocol Error kept
 			}
 		}
 	}
@@ -885,7 +889,7 @@ func (pk *Packet) SubackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 		offset += n
 	}
@@ -945,7 +949,7 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 		offset += n
 	}
@@ -1013,6 +1017,12 @@ func (pk *Packet) SubscribeValidate() Code {
 		if v.Identifier > 268435455 { // 3.3.2.3.8 The Subscription Identifier can have the value of 1 to 268,435,455.
 			return ErrProtocolViolationOversizeSubID //
 		}
+		// mote: a Protocol Error, so the packet's (DISCONNECT 0x82): 0x82
+		// is no SUBACK reason code (§3.9.3), which mochi answered it with.
+		// Shared as mochi's IsSharedFilter reads it (any case).
+		if v.NoLocal && len(v.Filter) >= 7 && strings.EqualFold(v.Filter[:7], "$share/") {
+			return ErrProtocolViolationInvalidSharedNoLocal // [MQTT-3.8.3-4]
+		}
 	}
 
 	return CodeSuccess
@@ -1052,7 +1062,7 @@ func (pk *Packet) UnsubackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 
 		offset += n
@@ -1108,7 +1118,7 @@ func (pk *Packet) UnsubscribeDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err) // mote: a Protocol Error kept
 		}
 		offset += n
 	}
@@ -1168,7 +1178,7 @@ func (pk *Packet) AuthDecode(buf []byte) error {
 
 	_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 	if err != nil {
-		return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+		return propertiesError(err) // mote: a Protocol Error kept
 	}
 
 	return nil
@@ -1188,4 +1198,17 @@ func (pk *Packet) AuthValidate() Code {
 // FormatID returns the PacketID field as a decimal integer.
 func (pk *Packet) FormatID() string {
 	return strconv.FormatUint(uint64(pk.PacketID), 10)
+}
+
+// propertiesError wraps an error decoding a packet's properties as
+// ErrMalformedProperties (0x81). mote: a Protocol Error found there (a
+// property included twice, a Subscription Identifier of 0, a property
+// value MQTT calls a Protocol Error) stays the
+// code the packet is refused with (0x82).
+func propertiesError(err error) error {
+	if errors.Is(err, ErrProtocolViolationDuplicateProperty) || errors.Is(err, ErrProtocolViolationZeroSubID) ||
+		errors.Is(err, ErrProtocolViolationPropertyValue) {
+		return fmt.Errorf("%w: %w", err, ErrMalformedProperties)
+	}
+	return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 }

@@ -380,8 +380,15 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		return n + bu, nil
 	}
 
+	// mote: a property's value is read within the properties' length, not
+	// past it from the payload (§2.2.2.2: a Malformed Packet).
 	bt := b.Bytes()
+	if n > len(bt) {
+		return n + bu, ErrMalformedProperties
+	}
+	bt = bt[:n]
 	var k byte
+	var seen uint64 // mote: properties met so far, by identifier (all are below 64)
 	for offset := 0; offset < n; {
 		k, offset, err = decodeByte(bt, offset)
 		if err != nil {
@@ -390,6 +397,17 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 
 		if _, ok := validPacketProperties[k][pkt]; !ok {
 			return n + bu, fmt.Errorf("property type %v not valid for packet type %v: %w", k, pkt, ErrProtocolViolationUnsupportedProperty)
+		}
+
+		// mote: every property but User Property, and a server's
+		// Subscription Identifiers in a PUBLISH [MQTT-3.3.4-4], may come
+		// once ("It is a Protocol Error to include ... more than once",
+		// §3.1.2.11 and every packet's properties).
+		if k != PropUser && !(k == PropSubscriptionIdentifier && pkt == Publish) {
+			if seen&(1<<k) != 0 {
+				return n + bu, fmt.Errorf("property type %v more than once: %w", k, ErrProtocolViolationDuplicateProperty)
+			}
+			seen |= 1 << k
 		}
 
 		switch k {
@@ -409,12 +427,15 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 				p.SubscriptionIdentifier = []int{}
 			}
 
-			n, bu, err := DecodeLength(bytes.NewBuffer(bt[offset:]))
+			id, idn, err := DecodeLength(bytes.NewBuffer(bt[offset:]))
 			if err != nil {
-				return n + bu, err
+				return n + bu, ErrMalformedProperties // mote: past the properties' length, or not a variable byte integer
 			}
-			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, n)
-			offset += bu
+			if id == 0 { // mote: [MQTT-3.8.2.1.2] "a Protocol Error if the Subscription Identifier has a value of 0"
+				return n + bu, fmt.Errorf("subscription identifier 0: %w", ErrProtocolViolationZeroSubID)
+			}
+			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, id)
+			offset += idn
 		case PropSessionExpiryInterval:
 			p.SessionExpiryInterval, offset, err = decodeUint32(bt, offset)
 			p.SessionExpiryIntervalFlag = true
@@ -430,10 +451,16 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		case PropRequestProblemInfo:
 			p.RequestProblemInfo, offset, err = decodeByte(bt, offset)
 			p.RequestProblemInfoFlag = true
+			if err == nil && p.RequestProblemInfo > 1 { // mote: §3.1.2.11.7
+				err = fmt.Errorf("request problem information %d: %w", p.RequestProblemInfo, ErrProtocolViolationPropertyValue)
+			}
 		case PropWillDelayInterval:
 			p.WillDelayInterval, offset, err = decodeUint32(bt, offset)
 		case PropRequestResponseInfo:
 			p.RequestResponseInfo, offset, err = decodeByte(bt, offset)
+			if err == nil && p.RequestResponseInfo > 1 { // mote: §3.1.2.11.6
+				err = fmt.Errorf("request response information %d: %w", p.RequestResponseInfo, ErrProtocolViolationPropertyValue)
+			}
 		case PropResponseInfo:
 			p.ResponseInfo, offset, err = decodeString(bt, offset)
 		case PropServerReference:
@@ -442,6 +469,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 			p.ReasonString, offset, err = decodeString(bt, offset)
 		case PropReceiveMaximum:
 			p.ReceiveMaximum, offset, err = decodeUint16(bt, offset)
+			if err == nil && p.ReceiveMaximum == 0 { // mote: §3.1.2.11.3, §3.2.2.3.3
+				err = fmt.Errorf("receive maximum 0: %w", ErrProtocolViolationPropertyValue)
+			}
 		case PropTopicAliasMaximum:
 			p.TopicAliasMaximum, offset, err = decodeUint16(bt, offset)
 		case PropTopicAlias:
@@ -463,6 +493,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 			p.User = append(p.User, UserProperty{Key: k, Val: v})
 		case PropMaximumPacketSize:
 			p.MaximumPacketSize, offset, err = decodeUint32(bt, offset)
+			if err == nil && p.MaximumPacketSize == 0 { // mote: §3.1.2.11.4, §3.2.2.3.6
+				err = fmt.Errorf("maximum packet size 0: %w", ErrProtocolViolationPropertyValue)
+			}
 		case PropWildcardSubAvailable:
 			p.WildcardSubAvailable, offset, err = decodeByte(bt, offset)
 			p.WildcardSubAvailableFlag = true

@@ -288,7 +288,7 @@ func TestDecodePropertiesBadKeyByte(t *testing.T) {
 	props := new(Properties)
 	_, err := props.Decode(Reserved, b)
 	require.Error(t, err)
-	require.ErrorIs(t, err, ErrMalformedOffsetByteOutOfRange)
+	require.ErrorIs(t, err, ErrMalformedProperties) // mote: a length past the packet is refused before any property is read
 }
 
 func TestDecodePropertiesInvalidForPacket(t *testing.T) {
