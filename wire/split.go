@@ -76,8 +76,15 @@ func (s *splitter) collect(n *Node, path []string, ptr string) error {
 			s.frags = append(s.frags, frag{path: p, node: kid, size: cost})
 			continue
 		}
+		// The bound is loose: measured, the member may still fit a part
+		// of its own (one over the bound fills its part: see pack).
+		alone := len(s.encode([]frag{{path: p, node: kid}}))
+		if alone <= s.max {
+			s.frags = append(s.frags, frag{path: p, node: kid, size: s.max})
+			continue
+		}
 		if !kid.Obj || len(kid.Kids) == 0 {
-			return fmt.Errorf("%w: the value at %s alone takes %d bytes, limit %d", ErrTooLarge, Pointer(ptr, kid.Key), cost, s.max)
+			return fmt.Errorf("%w: the value at %s alone takes %d bytes, limit %d", ErrTooLarge, Pointer(ptr, kid.Key), alone, s.max)
 		}
 		if err := s.collect(kid, p, Pointer(ptr, kid.Key)); err != nil {
 			return err
@@ -86,12 +93,14 @@ func (s *splitter) collect(n *Node, path []string, ptr string) error {
 	return nil
 }
 
-// pack fills parts with fragments in order, each part up to max bytes.
+// pack fills parts with fragments in order, each part up to max bytes by
+// the fragments' bounds; a part takes at least one (collect made sure
+// each fits a part of its own).
 func (s *splitter) pack() ([][]byte, error) {
 	var parts [][]byte
 	for start := 0; start < len(s.frags); {
 		end, total := start, 16
-		for end < len(s.frags) && total+s.frags[end].size <= s.max {
+		for end < len(s.frags) && (end == start || total+s.frags[end].size <= s.max) {
 			total += s.frags[end].size
 			end++
 		}
