@@ -17,13 +17,14 @@ import (
 )
 
 // TestSyncMaxPacketSweep: MQTT 5 and 3.1.1 clients with every Maximum
-// Packet Size from 2 to 420 (HF_MPS=lo-hi narrows it) subscribe to
+// Packet Size from 2 to 720 (HF_MPS=lo-hi narrows it) subscribe to
 // $sync of a tree of 40 rows (one of them 120 bytes) with the longest
 // subscription identifier, one after the other.
 // No packet may exceed the client's limit; a snapshot that comes
 // (whole or in parts) must merge to the tree; a marker published after
 // the subscription must arrive after it (no hang, the connection kept);
-// from minSplit on, the snapshot must come.
+// from minSplit on, the snapshot must come; it comes in one message
+// exactly when that packet fits the limit (about 700 bytes here).
 func TestSyncMaxPacketSweep(t *testing.T) {
 	b := start(t, Options{})
 	w := dialTree5(t, b, "w")
@@ -40,12 +41,12 @@ func TestSyncMaxPacketSweep(t *testing.T) {
 	}
 	settle(t, b)
 	for _, v := range []byte{5, 4} {
-		for mps := 2; mps <= 420; mps++ {
+		for mps := 2; mps <= 720; mps++ {
 			if lo, hi, ok := hfRange(); ok && (mps < lo || mps > hi) || v == 4 && mps%50 != 0 {
 				continue // MQTT 3.1.1 has no Maximum Packet Size: a few rounds
 			}
 			id := fmt.Sprintf("m%d-%d", v, mps)
-			got, report := syncAt(t, b, w, v, id, mps)
+			got, report, parts, rev := syncAt(t, b, w, v, id, mps)
 			if v == 4 || mps >= minSplit {
 				want["zz"] = float64(mps)
 			}
@@ -55,16 +56,27 @@ func TestSyncMaxPacketSweep(t *testing.T) {
 			if got == nil && v == 5 && mps >= minSplit {
 				t.Errorf("v%d mps %d: no snapshot (report %q)", v, mps, report)
 			}
-			t.Logf("v%d mps %d: snapshot %v report %v", v, mps, got != nil, report != "")
+			// SPEC §2: only a snapshot over the limit is split. The
+			// whole one's packet, encoded from what it carries (the
+			// JSON's length does not depend on the order of its keys).
+			if got != nil && v == 5 {
+				whole, _ := json.Marshal(got)
+				size := treePacketAt(t, "$sync/mps/+", 0, rev, "", 268435455, whole)
+				if (size <= mps) != (parts == 1) {
+					t.Errorf("v%d mps %d: %d parts; the whole snapshot is a %d-byte packet", v, mps, parts, size)
+				}
+			}
+			t.Logf("v%d mps %d: snapshot %v (%d parts) report %v", v, mps, got != nil, parts, report != "")
 		}
 	}
 }
 
 // minSplit is the smallest Maximum Packet Size for which the sweep's
 // snapshot comes in parts: below it the broker refuses the subscription
-// (the value of 120 bytes cannot fit with the properties it reserves),
-// and a refused subscription has no delta to serve as a barrier.
-const minSplit = 330
+// (the value of 120 bytes cannot fit a part: 130 bytes of payload, and
+// 107 of header, properties and a mote-part counted at "999/999"), and
+// a refused subscription has no delta to serve as a barrier.
+const minSplit = 237
 
 func jsonEqualMaps(a, b map[string]any) bool {
 	x, _ := json.Marshal(a)
@@ -76,8 +88,9 @@ func jsonEqualMaps(a, b map[string]any) bool {
 // mps (v5; v3 has none: the broker's own is 300 for it via the option),
 // subscribes to $sync/mps/+ and its error topic, then has w publish a
 // marker to a topic it subscribed to; it reads until the marker and
-// returns the snapshot merged (nil if none completed) and any report.
-func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (map[string]any, string) {
+// returns the snapshot merged (nil if none completed), any report, the
+// number of messages the snapshot came in and its mote-rev.
+func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (doc map[string]any, report string, parts int, rev uint64) {
 	t.Helper()
 	nc, err := net.Dial("tcp", b.TCPAddr())
 	if err != nil {
@@ -105,7 +118,7 @@ func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (map[
 	h, body, err := readPacketBody(r)
 	if err != nil { // a CONNACK over the client's limit is not sent
 		t.Logf("%s: no CONNACK: %v", id, err)
-		return nil, "no connack"
+		return nil, "no connack", 0, 0
 	}
 	if h != 0x20 || body[1] != 0 {
 		t.Fatalf("%s: CONNACK %#x %x", id, h, body)
@@ -143,9 +156,7 @@ func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (map[
 	// which may overtake the snapshot.
 	deltaFits := v == 4 || mps >= minSplit
 	acks := 0
-	var doc map[string]any
-	var report string
-	parts, complete := 0, false
+	complete := false
 	for {
 		h, body, err := readPacketBody(r)
 		if err != nil {
@@ -179,13 +190,15 @@ func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (map[
 		if pk.FixedHeader.Qos > 0 {
 			nc.Write([]byte{0x40, 2, byte(pk.PacketID >> 8), byte(pk.PacketID)})
 		}
-		var part, seq string
+		var part, seq, prev string
 		for _, u := range pk.Properties.User {
 			switch u.Key {
 			case "mote-part":
 				part = u.Val
 			case "mote-seq":
 				seq = u.Val
+			case "mote-rev":
+				prev = u.Val
 			}
 		}
 		switch {
@@ -193,7 +206,7 @@ func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (map[
 			if !complete {
 				doc = nil
 			}
-			return doc, report
+			return doc, report, parts, rev
 		case pk.TopicName == ErrorTopic+id:
 			report = string(pk.Payload)
 		case pk.TopicName == "$sync/mps/+" && (seq == "0" || v == 4 && doc == nil):
@@ -201,6 +214,7 @@ func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (map[
 				t.Fatalf("%s: a second snapshot", id)
 			}
 			parts++
+			rev, _ = strconv.ParseUint(prev, 10, 64)
 			if doc == nil {
 				doc = map[string]any{}
 			}
@@ -215,7 +229,7 @@ func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (map[
 				complete = true
 			}
 			if complete && deltaFits && doc["zz"] == float64(mps) {
-				return doc, report // taken after the barrier's publish: no delta follows
+				return doc, report, parts, rev // taken after the barrier's publish: no delta follows
 			}
 		case pk.TopicName == "$sync/mps/+": // the delta
 			if parts > 0 && !complete {
@@ -224,7 +238,7 @@ func syncAt(t *testing.T, b *Broker, w *tree5, v byte, id string, mps int) (map[
 			if doc != nil {
 				merge1(t, doc, pk.Payload)
 			}
-			return doc, report
+			return doc, report, parts, rev
 		default:
 			t.Fatalf("%s: unexpected %s", id, pk.TopicName)
 		}
