@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bufio"
+	"encoding/json"
 	"net"
 	"strconv"
 	"strings"
@@ -253,6 +254,162 @@ func TestSnapshotFitsExactly(t *testing.T) {
 			}
 			if got := b.stats.TooLarge.Load() - tooLarge; got != 1 {
 				t.Errorf("%d messages counted too large, want 1 (the report)", got)
+			}
+		})
+	}
+}
+
+// plainPacketAt is the size of a plain PUBLISH (QoS 1) the broker sends
+// for a publish without properties.
+func plainPacketAt(t *testing.T, topic string, payload []byte) int {
+	t.Helper()
+	return len(ownerPacket(t, packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		ProtocolVersion: 5,
+		PacketID:        1,
+		TopicName:       topic,
+		Payload:         payload,
+	}))
+}
+
+// TestDeltaFitsExactly: deltas and plain messages are not split: one
+// whose packet is exactly the client's Maximum Packet Size is sent, one
+// byte more and it is discarded as if sent [MQTT-3.1.2-25] and counted;
+// a delta also reported, its mote-seq left as a gap. Row values are sized
+// so that the delta (then the plain message) is exactly the limit.
+func TestDeltaFitsExactly(t *testing.T) {
+	const limit, filter, subID = 500, "$sync/dx/+", 9
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "dx/a", "0")
+	settle(t, b)
+	c := dialRoom(t, b, "c", limit)
+	c.subscribe(t, ErrorTopic+"c", 0)
+	parts, _ := c.readSnapshot(t, filter, subID)
+	if len(parts) != 1 {
+		t.Fatalf("snapshot: %d parts", len(parts))
+	}
+	p := dialRoom(t, b, "p", limit)
+	p.subscribe(t, "dx/+", 0)
+	if pk, _ := p.next(t); pk.TopicName != "dx/a" || string(pk.Payload) != "0" {
+		t.Fatalf("p: %s %q, want the retained dx/a", pk.TopicName, pk.Payload)
+	}
+	// mote-rev is a store revision of 16 digits (microseconds): the next
+	// ones have as many.
+	const rev = 1_000_000_000_000_000
+	value := func(n int) []byte { return []byte(strconv.Quote(strings.Repeat("v", n))) }
+	fit := func(size func(n int) int) int {
+		for n := 0; n < limit; n++ {
+			if size(n) == limit {
+				return n
+			}
+		}
+		t.Fatalf("no value makes a %d-byte packet", limit)
+		return 0
+	}
+	deltaN := fit(func(n int) int {
+		return treePacketAt(t, filter, 1, rev, "", subID, append(append([]byte(`{"a":`), value(n)...), '}'))
+	})
+	plainN := fit(func(n int) int { return plainPacketAt(t, "dx/a", value(n)) })
+	tooLarge := b.stats.TooLarge.Load()
+
+	// c: what comes next on the tree subscription, or a report.
+	delta := func(wantSeq string, wantSize int) {
+		t.Helper()
+		pk, size := c.next(t)
+		switch {
+		case wantSeq == "":
+			if pk.TopicName != ErrorTopic+"c" || !strings.Contains(string(pk.Payload), "exceeds your Maximum Packet Size") {
+				t.Fatalf("c: %s %.80q, want the report of a skipped delta", pk.TopicName, pk.Payload)
+			}
+		case pk.TopicName != filter || propOf(pk, "mote-seq") != wantSeq:
+			t.Fatalf("c: %s %.80q seq %q, want the delta seq %s", pk.TopicName, pk.Payload, propOf(pk, "mote-seq"), wantSeq)
+		case wantSize > 0 && size != wantSize:
+			t.Fatalf("c: delta seq %s is %d bytes, want %d", wantSeq, size, wantSize)
+		}
+	}
+	// p: the next plain message.
+	plain := func(topic string, n int) {
+		t.Helper()
+		pk, size := p.next(t)
+		if pk.TopicName != topic || len(pk.Payload) != n {
+			t.Fatalf("p: %s of %d bytes (packet %d), want %s of %d", pk.TopicName, len(pk.Payload), size, topic, n)
+		}
+	}
+	w.pub(t, "dx/a", string(value(deltaN))) // the delta: exactly the limit
+	delta("1", limit)
+	plain("dx/a", deltaN+2)
+	w.pub(t, "dx/a", string(value(deltaN+1))) // one byte more: skipped
+	delta("", 0)
+	plain("dx/a", deltaN+3)
+	w.pub(t, "dx/a", string(value(plainN))) // the plain message: exactly the limit
+	delta("", 0)
+	if pk, size := p.next(t); pk.TopicName != "dx/a" || size != limit {
+		t.Fatalf("p: %s, a %d-byte packet, want dx/a of %d", pk.TopicName, size, limit)
+	}
+	w.pub(t, "dx/a", string(value(plainN+1))) // one byte more: dropped
+	delta("", 0)
+	w.pub(t, "dx/b", "1")
+	delta("5", 0) // 2, 3 and 4 skipped
+	plain("dx/b", 1)
+	if got := b.stats.TooLarge.Load() - tooLarge; got != 4 {
+		t.Errorf("%d messages counted too large, want 4 (3 deltas, 1 plain)", got)
+	}
+}
+
+// TestTooLargeReport: a snapshot that cannot be sent (a single value
+// over the client's Maximum Packet Size) is refused with a 0x95 report
+// (SPEC §5). The report is a plain message: where it fits the client's
+// limit it comes; where it does not, it is dropped and counted like any
+// message over the limit, never sent over it; the client stays
+// connected and its next subscription is served.
+func TestTooLargeReport(t *testing.T) {
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "tl/big", strconv.Quote(strings.Repeat("B", 600)))
+	settle(t, b)
+	for _, tc := range []struct {
+		limit  int
+		report bool
+	}{
+		{500, true},
+		{150, false},
+	} {
+		t.Run(strconv.Itoa(tc.limit), func(t *testing.T) {
+			refused, tooLarge := b.stats.Refused.Load(), b.stats.TooLarge.Load()
+			id := "c" + strconv.Itoa(tc.limit)
+			c := dialRoom(t, b, id, tc.limit) // next fails on a packet over the limit
+			c.subscribe(t, ErrorTopic+id, 0)
+			parts, reports := c.readSnapshot(t, "$sync/tl/+", 1)
+			if parts != nil {
+				t.Fatalf("a snapshot in %d parts", len(parts))
+			}
+			if got := b.stats.Refused.Load() - refused; got != 1 {
+				t.Errorf("%d refusals, want 1", got)
+			}
+			dropped := b.stats.TooLarge.Load() - tooLarge
+			if !tc.report {
+				if reports != nil || dropped != 1 {
+					t.Errorf("reports %q, %d dropped too large; want none, 1 (the report)", reports, dropped)
+				}
+				return
+			}
+			if reports == nil { // queued by the writer as it refused: after endFilter's snapshot
+				pk, _ := c.next(t)
+				if pk.TopicName != ErrorTopic+id {
+					t.Fatalf("%s %.80q, want the report", pk.TopicName, pk.Payload)
+				}
+				reports = append(reports, string(pk.Payload))
+			}
+			if len(reports) != 1 || dropped != 0 {
+				t.Fatalf("reports %q, %d dropped too large; want 1, none", reports, dropped)
+			}
+			var r Report
+			if err := json.Unmarshal([]byte(reports[0]), &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.Code != 0x95 || r.Op != "subscribe" || r.Topic != "$sync/tl/+" || !strings.Contains(r.Error, "/big") {
+				t.Errorf("report %+v", r)
 			}
 		})
 	}
