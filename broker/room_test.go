@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // roomClient is a raw MQTT 5 client with a Maximum Packet Size (0: none):
@@ -412,5 +413,19 @@ func TestTooLargeReport(t *testing.T) {
 				t.Errorf("report %+v", r)
 			}
 		})
+	}
+}
+
+// BenchmarkTreePacketSize: measuring a snapshot's packet (once per
+// snapshot, and per part when it is split).
+func BenchmarkTreePacketSize(bb *testing.B) {
+	b := start(bb, Options{})
+	c := newConn(b, Principal{}, "x", true, &funcOut{})
+	m := treeItem{topic: "$sync/fx/+", payload: make([]byte, 4096), qos: 1, seq: 0, rev: 1796333833831508, codec: wire.CodecJSON, subID: 7}
+	bb.ReportAllocs()
+	for bb.Loop() {
+		if c.treePacketSize(&m) < len(m.payload) {
+			bb.Fatal("too small")
+		}
 	}
 }

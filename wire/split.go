@@ -71,14 +71,19 @@ func (s *splitter) collect(n *Node, path []string, ptr string) error {
 	for i := range n.Kids {
 		kid := &n.Kids[i]
 		p := append(slices.Clip(path), kid.Key)
-		cost := s.size(kid) + keyCost(p)
+		size := s.size(kid)
+		cost := size + keyCost(p)
 		if cost+16 <= s.max {
 			s.frags = append(s.frags, frag{path: p, node: kid, size: cost})
 			continue
 		}
-		// The bound is loose: measured, the member may still fit a part
-		// of its own (one over the bound fills its part: see pack).
-		alone := len(s.encode([]frag{{path: p, node: kid}}))
+		// The bound is loose: measured, a member whose value fits may
+		// still fit a part of its own (one over the bound fills its part:
+		// see pack).
+		alone := cost
+		if size < s.max {
+			alone = len(s.encode([]frag{{path: p, node: kid}}))
+		}
 		if alone <= s.max {
 			s.frags = append(s.frags, frag{path: p, node: kid, size: s.max})
 			continue
