@@ -21,11 +21,18 @@ type roomClient struct {
 	limit int
 	nc    net.Conn
 	r     *bufio.Reader
+	alias map[uint16]string // the topics of the aliases the broker set
 }
 
 // dialRoom connects a clean MQTT 5 client id with Maximum Packet Size
 // limit (0: none) and no Topic Alias Maximum.
 func dialRoom(t *testing.T, b *Broker, id string, limit int) *roomClient {
+	t.Helper()
+	return dialRoomWith(t, b, id, limit, 0)
+}
+
+// dialRoomWith is dialRoom with a Topic Alias Maximum.
+func dialRoomWith(t *testing.T, b *Broker, id string, limit int, aliases uint16) *roomClient {
 	t.Helper()
 	nc, err := net.Dial("tcp", b.TCPAddr())
 	if err != nil {
@@ -37,12 +44,12 @@ func dialRoom(t *testing.T, b *Broker, id string, limit int) *roomClient {
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,
 		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id},
-		Properties:      packets.Properties{MaximumPacketSize: uint32(limit)},
+		Properties:      packets.Properties{MaximumPacketSize: uint32(limit), TopicAliasMaximum: aliases},
 	}
 	if _, err := nc.Write(ownerPacket(t, cp)); err != nil {
 		t.Fatal(err)
 	}
-	c := &roomClient{id: id, limit: limit, nc: nc, r: bufio.NewReader(nc)}
+	c := &roomClient{id: id, limit: limit, nc: nc, r: bufio.NewReader(nc), alias: map[uint16]string{}}
 	h, body, err := readPacketBody(c.r)
 	if err != nil || h != 0x20 || len(body) < 2 || body[1] != 0 {
 		t.Fatalf("%s: CONNACK %#x %x %v", id, h, body, err)
@@ -68,7 +75,8 @@ func (c *roomClient) subscribe(t *testing.T, filter string, subID int) {
 	}
 }
 
-// next reads up to the next PUBLISH and returns it with its size.
+// next reads up to the next PUBLISH and returns it with its size, its
+// topic resolved if it came as an alias.
 func (c *roomClient) next(t *testing.T) (packets.Packet, int) {
 	t.Helper()
 	for {
@@ -90,6 +98,11 @@ func (c *roomClient) next(t *testing.T) (packets.Packet, int) {
 		pk.FixedHeader.Remaining = len(body)
 		if err := pk.PublishDecode(body); err != nil {
 			t.Fatalf("%s: %v", c.id, err)
+		}
+		if a := pk.Properties.TopicAlias; a > 0 && pk.TopicName != "" {
+			c.alias[a] = pk.TopicName
+		} else if a > 0 {
+			pk.TopicName = c.alias[a]
 		}
 		if pk.FixedHeader.Qos > 0 {
 			if _, err := c.nc.Write([]byte{0x40, 2, byte(pk.PacketID >> 8), byte(pk.PacketID)}); err != nil {
@@ -196,15 +209,20 @@ func mergeParts(t *testing.T, parts [][]byte) map[string]any {
 // properties as sent, payload) gets it in ONE publish; one byte less gets
 // it in parts, or, when it cannot be split (a single value), no snapshot:
 // the refusal is counted and its report, which does not fit that limit
-// either, is dropped and counted, never sent over it.
+// either, is dropped and counted, never sent over it. A client that
+// allows Topic Aliases gets the first packet on a topic with both the
+// topic and its alias: that is the exact size then.
 func TestSnapshotFitsExactly(t *testing.T) {
+	rows := map[string]string{"a": "1", "b": `"bb"`, "c": `{"x":[1,2,3]}`, "d": `"dddddddd"`, "e": "true", "f": "2.5"}
 	for _, tc := range []struct {
-		name  string
-		rows  map[string]string
-		split bool // one byte less: parts (else refused)
+		name    string
+		rows    map[string]string
+		aliases uint16 // the clients' Topic Alias Maximum
+		split   bool   // one byte less: parts (else refused)
 	}{
-		{"rows", map[string]string{"a": "1", "b": `"bb"`, "c": `{"x":[1,2,3]}`, "d": `"dddddddd"`, "e": "true", "f": "2.5"}, true},
-		{"one 120-byte row", map[string]string{"big": strconv.Quote(strings.Repeat("B", 120))}, false},
+		{"rows", rows, 0, true},
+		{"rows, topic aliases", rows, 10, true},
+		{"one 120-byte row", map[string]string{"big": strconv.Quote(strings.Repeat("B", 120))}, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := start(t, Options{})
@@ -215,27 +233,36 @@ func TestSnapshotFitsExactly(t *testing.T) {
 			settle(t, b)
 			const filter, subID = "$sync/fx/+", 268435455 // the longest identifier
 
-			ref := dialRoom(t, b, "ref", 0)
+			ref := dialRoomWith(t, b, "ref", 0, tc.aliases)
 			ref.subscribe(t, filter, subID)
 			pk, size := ref.next(t)
 			if propOf(pk, "mote-seq") != "0" || propOf(pk, "mote-part") != "" {
 				t.Fatalf("ref: %s seq %q part %q, want the whole snapshot", pk.TopicName, propOf(pk, "mote-seq"), propOf(pk, "mote-part"))
 			}
 			rev, _ := strconv.ParseUint(propOf(pk, "mote-rev"), 10, 64)
+			if tc.aliases > 0 {
+				if pk.Properties.TopicAlias == 0 {
+					t.Fatal("ref: no topic alias")
+				}
+				size -= 3 // the alias property, added to what treePacketAt encodes
+			}
 			if want := treePacketAt(t, filter, 0, rev, "", subID, pk.Payload); size != want {
 				t.Fatalf("the snapshot is a %d-byte packet; encoded from what it carries it is %d", size, want)
 			}
 			whole := mergeParts(t, [][]byte{pk.Payload})
-			t.Logf("single-packet snapshot: %d bytes (payload %d)", size, len(pk.Payload))
 
-			exact := dialRoom(t, b, "exact", size)
+			if tc.aliases > 0 {
+				size += 3
+			}
+			t.Logf("single-packet snapshot: %d bytes (payload %d)", size, len(pk.Payload))
+			exact := dialRoomWith(t, b, "exact", size, tc.aliases)
 			exact.subscribe(t, ErrorTopic+"exact", 0)
 			if parts, reports := exact.readSnapshot(t, filter, subID); len(parts) != 1 {
 				t.Errorf("limit %d (the snapshot's size): %d parts, want 1 (reports %q)", size, len(parts), reports)
 			}
 
 			refused, tooLarge := b.stats.Refused.Load(), b.stats.TooLarge.Load()
-			less := dialRoom(t, b, "less", size-1)
+			less := dialRoomWith(t, b, "less", size-1, tc.aliases)
 			less.subscribe(t, ErrorTopic+"less", 0)
 			parts, reports := less.readSnapshot(t, filter, subID)
 			if tc.split {
