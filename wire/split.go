@@ -34,6 +34,9 @@ func Split(c Codec, tree []byte, max int) ([][]byte, error) {
 	if err := s.collect(&root, nil, ""); err != nil {
 		return nil, err
 	}
+	if len(s.frags) == 0 { // an empty tree: zero parts would carry nothing at all
+		return nil, fmt.Errorf("%w: an empty tree of %d bytes, limit %d", ErrTooLarge, len(tree), max)
+	}
 	return s.pack()
 }
 
