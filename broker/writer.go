@@ -369,10 +369,11 @@ func (c *conn) packetLimit() int {
 
 // treePacketSize is the size of the PUBLISH that carries tree message m
 // to this client: its header and properties encoded as the writer will
-// (treePacket, then the endpoint's send), its payload's length added. It
-// is exact, but for a client that allows Topic Aliases: send may give
-// the packet one (3 bytes) and, once the client knows it, leave the topic
-// name out; both are counted.
+// (treePacket, then the endpoint's send), its payload's length added. For
+// a client that allows Topic Aliases, send gives the packet one (3
+// bytes): a topic whose alias the client knows goes without its name
+// (an alias, once given, stays for the connection), one it does not know
+// is counted with both (send may find no free alias: then it is smaller).
 func (c *conn) treePacketSize(m *treeItem) int {
 	pk := c.treePacket(m)
 	n := len(pk.Payload)
@@ -383,6 +384,9 @@ func (c *conn) treePacketSize(m *treeItem) int {
 		pk.ProtocolVersion = 5
 		if o, ok := c.out.(*mqttOut); ok && o.cl.Properties.Props.TopicAliasMaximum > 0 {
 			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 1, true
+			if o.cl.State.TopicAliases.Outbound.Known(pk.TopicName) {
+				pk.TopicName = ""
+			}
 		}
 	}
 	if err := pk.PublishEncode(new(bytes.Buffer)); err != nil {
