@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"unicode/utf8"
 )
 
 // ErrTooLarge is a tree that cannot be split into parts of the size asked.
@@ -63,7 +64,28 @@ func (s *splitter) size(n *Node) int {
 func keyCost(path []string) int {
 	n := 0
 	for _, k := range path {
-		n += 2*len(k) + 16 // quotes, escapes, colon, comma, brace / CBOR or MessagePack heads
+		n += keyBound(k) + 16 // quotes, colon, comma, brace / CBOR or MessagePack heads
+	}
+	return n
+}
+
+// keyBound bounds the bytes of key k's text as written in any codec: 2 a
+// byte, as JSON escapes a quote or backslash, but 6 for a control
+// character (\u0001) and 3 for a byte that is not UTF-8 (written as
+// U+FFFD); CBOR and MessagePack write k as it is.
+func keyBound(k string) int {
+	n := 0
+	for i := 0; i < len(k); {
+		r, size := utf8.DecodeRuneInString(k[i:])
+		switch {
+		case r < 0x20:
+			n += 6
+		case r == utf8.RuneError && size == 1:
+			n += 3
+		default:
+			n += 2 * size
+		}
+		i += size
 	}
 	return n
 }
