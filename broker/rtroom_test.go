@@ -19,7 +19,7 @@ import (
 func TestEmptySnapshotOverLimit(t *testing.T) {
 	b := start(t, Options{})
 	filter := "$sync/" + strings.Repeat("l", 120) + "/+" // nothing matches
-	c := dialRoom(t, b, "c", 110)                           // endFilter's "{}" fits; filter's does not
+	c := dialRoom(t, b, "c", 110)                        // endFilter's "{}" fits; filter's does not
 	refused := b.stats.Refused.Load()
 	parts, _ := c.readSnapshot(t, filter, 0)
 	if parts != nil {
