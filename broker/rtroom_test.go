@@ -130,7 +130,7 @@ func TestSnapshotResendAfterReconnect(t *testing.T) {
 			c.subscribe(t, filter, 3)
 			// The parts, not acknowledged.
 			var sent []packets.Packet
-			for n := "0"; ; {
+			for done := false; !done; {
 				h, body, err := readPacketBody(c.r)
 				if err != nil {
 					t.Fatal(err)
@@ -149,11 +149,8 @@ func TestSnapshotResendAfterReconnect(t *testing.T) {
 				if part == "" {
 					t.Fatalf("a whole snapshot at limit 200: %d bytes of payload", len(pk.Payload))
 				}
-				if i, m, _ := strings.Cut(part, "/"); i == m {
-					n = m
-					break
-				}
-				_ = n
+				i, n, _ := strings.Cut(part, "/")
+				done = i == n
 			}
 			c.nc.Close()
 			waitTreeSubs(t, b, 1) // the session keeps its subscription
