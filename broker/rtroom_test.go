@@ -71,7 +71,7 @@ func TestSnapshotFitsWithKnownAlias(t *testing.T) {
 // Start 0, Session Expiry 300 s), Maximum Packet Size limit and, if
 // noProblemInfo, Request Problem Information 0; it returns the
 // connection after the CONNACK.
-func dialRoomSession(t *testing.T, b *Broker, id string, limit int, noProblemInfo bool) *roomClient {
+func dialRoomSession(t *testing.T, b *Broker, id string, limit int, noProblemInfo bool) (*roomClient, bool) {
 	t.Helper()
 	nc, err := net.Dial("tcp", b.TCPAddr())
 	if err != nil {
@@ -83,7 +83,7 @@ func dialRoomSession(t *testing.T, b *Broker, id string, limit int, noProblemInf
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,
 		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: false, Keepalive: 30, ClientIdentifier: id},
-		Properties:      packets.Properties{MaximumPacketSize: uint32(limit), SessionExpiryInterval: 300},
+		Properties:      packets.Properties{MaximumPacketSize: uint32(limit), SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true},
 	}
 	if noProblemInfo {
 		cp.Properties.RequestProblemInfo, cp.Properties.RequestProblemInfoFlag = 0, true
@@ -96,7 +96,7 @@ func dialRoomSession(t *testing.T, b *Broker, id string, limit int, noProblemInf
 	if err != nil || h != 0x20 || len(body) < 2 || body[1] != 0 {
 		t.Fatalf("%s: CONNACK %#x %x %v", id, h, body, err)
 	}
-	return c
+	return c, body[0]&1 == 1
 }
 
 // TestSnapshotResendAfterReconnect: a QoS 1 snapshot in parts that the
@@ -113,10 +113,13 @@ func TestSnapshotResendAfterReconnect(t *testing.T) {
 		name          string
 		again         int // the limit it resumes with
 		noProblemInfo bool
+		takeover      bool // it resumes while its first connection is open
 	}{
-		{"same limit", 200, false},
-		{"no problem information", 200, true},
-		{"smaller limit", 120, false},
+		{"same limit", 200, false, false},
+		{"no problem information", 200, true, false},
+		{"smaller limit", 120, false, false},
+		{"takeover", 200, false, true},
+		{"takeover, smaller limit", 120, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := start(t, Options{})
@@ -126,7 +129,7 @@ func TestSnapshotResendAfterReconnect(t *testing.T) {
 			}
 			settle(t, b)
 			id := "rs"
-			c := dialRoomSession(t, b, id, 200, false)
+			c, _ := dialRoomSession(t, b, id, 200, false)
 			c.subscribe(t, filter, 3)
 			// The parts, not acknowledged.
 			var sent []packets.Packet
@@ -152,10 +155,17 @@ func TestSnapshotResendAfterReconnect(t *testing.T) {
 				i, n, _ := strings.Cut(part, "/")
 				done = i == n
 			}
-			c.nc.Close()
-			waitTreeSubs(t, b, 1) // the session keeps its subscription
+			if tc.takeover {
+				defer c.nc.Close() // still connected: the next CONNECT takes it over
+			} else {
+				c.nc.Close()
+				waitConnGone(t, b, id) // a resumption, not a takeover
+			}
 
-			r := dialRoomSession(t, b, id, tc.again, tc.noProblemInfo)
+			r, present := dialRoomSession(t, b, id, tc.again, tc.noProblemInfo)
+			if !present {
+				t.Fatal("the session was not resumed")
+			}
 			r.subscribe(t, endFilter, 0)
 			got, again := 0, 0 // resent; a new snapshot of the resumed subscription
 			for {
