@@ -1,8 +1,10 @@
 package broker
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -358,46 +360,78 @@ func (c *conn) treePacket(m *treeItem) packets.Packet {
 	return pk
 }
 
-// payloadRoom is the largest payload of snapshot m (or of each of its
-// parts) that fits one packet to this client: the packet less its fixed
-// header (at most 5 bytes), topic, packet id and, on MQTT 5, the
-// properties treePacket gives it, counted as they are encoded: mote-seq
-// and mote-rev at their longest, as is a part's mote-part ("i/n": n is at
-// most the payload's length). SPEC §2: only a snapshot larger than the client's Maximum
-// Packet Size is split; a flat 200 bytes kept for the properties refused
-// every snapshot to a client whose limit is small.
-func (c *conn) payloadRoom(m *treeItem) int {
-	const maxUint64 = "18446744073709551615"
+// packetLimit is the largest packet the writer may send to this client:
+// the broker's max_packet_size, or the client's Maximum Packet Size if
+// smaller.
+func (c *conn) packetLimit() int {
 	max := c.b.opts.MaxPacketSize
 	if cm := c.out.maxPacket(); cm > 0 && cm < max {
 		max = cm
 	}
-	room := int(max) - 5 - 2 - len(m.topic) - 2
-	if !c.v5 {
-		return room
+	return int(max)
+}
+
+// treePacketSize is the size of the PUBLISH that carries tree message m
+// to this client: its header and properties encoded as the writer will
+// (treePacket, then the endpoint's send), its payload's length added. For
+// a client that allows Topic Aliases, send gives the packet one (3
+// bytes): a topic whose alias the client knows goes without its name
+// (an alias, once given, stays for the connection), one it does not know
+// is counted with both (send may find no free alias: then it is smaller).
+func (c *conn) treePacketSize(m *treeItem) int {
+	pk := c.treePacket(m)
+	n := len(pk.Payload)
+	pk.Payload = nil
+	pk.PacketID = 1 // send takes one at QoS 1 and 2; its value does not change the size
+	pk.ProtocolVersion = 4
+	if c.v5 {
+		pk.ProtocolVersion = 5
+		if o, ok := c.out.(*mqttOut); ok && o.cl.Properties.Props.TopicAliasMaximum > 0 {
+			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 1, true
+			if o.cl.State.TopicAliases.Outbound.Known(pk.TopicName) {
+				pk.TopicName = ""
+			}
+		}
 	}
-	user := func(k, v string) int { return 1 + 2 + len(k) + 2 + len(v) }
-	props := 1 + 2 + len(m.codec.ContentType()) +
-		user("mote-seq", maxUint64) + // at their longest: whatever is set later
-		user("mote-rev", maxUint64) +
-		user("mote-resume", "1") +
-		user("mote-part", strings.Repeat("9", 2*len(strconv.Itoa(len(m.payload)))+1)) +
-		1 + 4 // subscription identifier: a variable byte integer of up to 4 bytes
-	return room - 4 - props // properties length: a variable byte integer of up to 4 bytes
+	if err := pk.PublishEncode(new(bytes.Buffer)); err != nil {
+		return math.MaxInt // it cannot be encoded: it fits no client
+	}
+	n += pk.FixedHeader.Remaining
+	return 1 + varintLen(n) + n
+}
+
+// varintLen is the length of n as an MQTT variable byte integer.
+func varintLen(n int) int {
+	size := 1
+	for ; n >= 128; n >>= 7 {
+		size++
+	}
+	return size
 }
 
 // snapshotMessages cuts an encoded snapshot into the messages that carry
-// it: one if it fits, else (MQTT 5) parts split by subtree, each a valid
-// partial tree (mote-part i/n). A snapshot that does not fit an MQTT 3.1.1
-// client is reported instead.
+// it: one if that packet fits the client, else (MQTT 5) parts split by
+// subtree, each a valid partial tree (mote-part i/n). SPEC §2: only a
+// snapshot larger than the client's Maximum Packet Size is split, so the
+// packet is measured as it will be sent (treePacketSize). A snapshot
+// that does not fit an MQTT 3.1.1 client, or cannot be split into parts
+// that fit, is an error (reported: errTooLarge).
 func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
-	room := c.payloadRoom(&m)
-	if len(m.payload) <= room {
+	limit := c.packetLimit()
+	if c.treePacketSize(&m) <= limit {
 		return []*treeItem{&m}, nil
 	}
 	if !c.v5 {
 		return nil, fmt.Errorf("%w: snapshot of %d bytes does not fit the maximum packet size; MQTT 5 clients get it in parts", errTooLarge, len(m.payload))
 	}
+	// A part also carries mote-part "i/n", and n is known only once the
+	// snapshot is split: the room counts i and n with as many digits as
+	// the payload's length (there are fewer parts than bytes). The packet
+	// shrinks by at least as much as its payload does.
+	probe := m
+	digits := strings.Repeat("9", len(strconv.Itoa(len(m.payload))))
+	probe.part = digits + "/" + digits
+	room := len(m.payload) - (c.treePacketSize(&probe) - limit)
 	// Splitting decodes the whole snapshot (~17× its size): a few at a time
 	// broker-wide, whatever the number of clients asking.
 	select {
@@ -414,6 +448,9 @@ func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 	for i, p := range parts {
 		t := m
 		t.payload, t.part = p, strconv.Itoa(i+1)+"/"+strconv.Itoa(len(parts))
+		if size := c.treePacketSize(&t); size > limit { // not by the bound above: never sent over the limit
+			return nil, fmt.Errorf("%w: part %s of the snapshot is a %d-byte packet, over the maximum packet size %d", errTooLarge, t.part, size, limit)
+		}
 		out[i] = &t
 	}
 	return out, nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"unicode/utf8"
 )
 
 // ErrTooLarge is a tree that cannot be split into parts of the size asked.
@@ -34,6 +35,9 @@ func Split(c Codec, tree []byte, max int) ([][]byte, error) {
 	if err := s.collect(&root, nil, ""); err != nil {
 		return nil, err
 	}
+	if len(s.frags) == 0 { // an empty tree: zero parts would carry nothing at all
+		return nil, fmt.Errorf("%w: an empty tree of %d bytes, limit %d", ErrTooLarge, len(tree), max)
+	}
 	return s.pack()
 }
 
@@ -60,7 +64,28 @@ func (s *splitter) size(n *Node) int {
 func keyCost(path []string) int {
 	n := 0
 	for _, k := range path {
-		n += 2*len(k) + 16 // quotes, escapes, colon, comma, brace / CBOR or MessagePack heads
+		n += keyBound(k) + 16 // quotes, colon, comma, brace / CBOR or MessagePack heads
+	}
+	return n
+}
+
+// keyBound bounds the bytes of key k's text as written in any codec: 2 a
+// byte, as JSON escapes a quote or backslash, but 6 for a control
+// character (\u0001) and 3 for a byte that is not UTF-8 (written as
+// U+FFFD); CBOR and MessagePack write k as it is.
+func keyBound(k string) int {
+	n := 0
+	for i := 0; i < len(k); {
+		r, size := utf8.DecodeRuneInString(k[i:])
+		switch {
+		case r < 0x20:
+			n += 6
+		case r == utf8.RuneError && size == 1:
+			n += 3
+		default:
+			n += 2 * size
+		}
+		i += size
 	}
 	return n
 }
@@ -71,13 +96,25 @@ func (s *splitter) collect(n *Node, path []string, ptr string) error {
 	for i := range n.Kids {
 		kid := &n.Kids[i]
 		p := append(slices.Clip(path), kid.Key)
-		cost := s.size(kid) + keyCost(p)
+		size := s.size(kid)
+		cost := size + keyCost(p)
 		if cost+16 <= s.max {
 			s.frags = append(s.frags, frag{path: p, node: kid, size: cost})
 			continue
 		}
+		// The bound is loose: measured, a member whose value fits may
+		// still fit a part of its own (one over the bound fills its part:
+		// see pack).
+		alone := cost
+		if size < s.max {
+			alone = len(s.encode([]frag{{path: p, node: kid}}))
+		}
+		if alone <= s.max {
+			s.frags = append(s.frags, frag{path: p, node: kid, size: s.max})
+			continue
+		}
 		if !kid.Obj || len(kid.Kids) == 0 {
-			return fmt.Errorf("%w: the value at %s alone takes %d bytes, limit %d", ErrTooLarge, Pointer(ptr, kid.Key), cost, s.max)
+			return fmt.Errorf("%w: the value at %s alone takes %d bytes, limit %d", ErrTooLarge, Pointer(ptr, kid.Key), alone, s.max)
 		}
 		if err := s.collect(kid, p, Pointer(ptr, kid.Key)); err != nil {
 			return err
@@ -86,12 +123,14 @@ func (s *splitter) collect(n *Node, path []string, ptr string) error {
 	return nil
 }
 
-// pack fills parts with fragments in order, each part up to max bytes.
+// pack fills parts with fragments in order, each part up to max bytes by
+// the fragments' bounds; a part takes at least one (collect made sure
+// each fits a part of its own).
 func (s *splitter) pack() ([][]byte, error) {
 	var parts [][]byte
 	for start := 0; start < len(s.frags); {
 		end, total := start, 16
-		for end < len(s.frags) && total+s.frags[end].size <= s.max {
+		for end < len(s.frags) && (end == start || total+s.frags[end].size <= s.max) {
 			total += s.frags[end].size
 			end++
 		}

@@ -70,3 +70,40 @@ func TestSplit(t *testing.T) {
 		t.Errorf("unsplittable value: %v", err)
 	}
 }
+
+// TestSplitAlone: a member over the splitter's loose bound (keys count
+// 2×len+16 a level) that fits a part of its own, measured, is a part of
+// its own; one byte less, it cannot be split.
+func TestSplitAlone(t *testing.T) {
+	for _, tc := range []struct {
+		tree, alone string // alone: the largest member as a part of its own
+	}{
+		{`{"a":1,"c":{"x":[1,2,3]},"b":"bb"}`, `{"c":{"x":[1,2,3]}}`},
+		{`{"a":1,"big":"` + strings.Repeat("B", 120) + `","b":2}`, `{"big":"` + strings.Repeat("B", 120) + `"}`},
+	} {
+		max := len(tc.alone)
+		parts, err := Split(CodecJSON, []byte(tc.tree), max)
+		if err != nil {
+			t.Fatalf("%s max %d: %v", tc.tree, max, err)
+		}
+		merged := map[string]any{}
+		for _, p := range parts {
+			if len(p) > max {
+				t.Fatalf("max %d: part %s", max, p)
+			}
+			var m map[string]any
+			if err := json.Unmarshal(p, &m); err != nil {
+				t.Fatalf("part %s: %v", p, err)
+			}
+			deepMerge(merged, m)
+		}
+		var want map[string]any
+		json.Unmarshal([]byte(tc.tree), &want)
+		if !reflect.DeepEqual(merged, want) {
+			t.Errorf("max %d: parts %q merge to %v", max, parts, merged)
+		}
+		if _, err := Split(CodecJSON, []byte(tc.tree), max-1); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s max %d: %v, want ErrTooLarge", tc.tree, max-1, err)
+		}
+	}
+}

@@ -118,6 +118,18 @@ func (a *OutboundTopicAliases) Set(topic string) (uint16, bool) {
 	return uint16(i) + 1, false
 }
 
+// Known reports whether topic has an alias the client was told, which a
+// publish on it would carry instead of the topic name.
+//
+// mote: a lookup that assigns nothing (Set assigns a free alias), so the
+// broker can measure the packet it will send (broker treePacketSize).
+func (a *OutboundTopicAliases) Known(topic string) bool {
+	a.RLock()
+	defer a.RUnlock()
+	_, ok := a.internal[topic]
+	return ok
+}
+
 // SharedSubscriptions contains a map of subscriptions to a shared filter,
 // keyed on share group then client id.
 type SharedSubscriptions struct {
