@@ -299,7 +299,7 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	if errors.Is(err, errWriterStop) {
 		return nil, err
 	}
-	if err != nil {
+	if err != nil { // msgs may still carry it, without the values the error names
 		b.refuse(c.p, "subscribe", ts.Topic, err)
 	}
 	if events != nil {

@@ -108,7 +108,7 @@ func TestSplitAlone(t *testing.T) {
 	}
 }
 
-// TestSplitSkip: SplitSkip leaves out a value that alone cannot fit a
+// TestSplitSkip (JSON, CBOR, MessagePack): SplitSkip leaves out a value that alone cannot fit a
 // part, naming it by its JSON Pointer; the parts merge to the tree
 // without it. A tree of nothing but such values is one empty part.
 func TestSplitSkip(t *testing.T) {
@@ -121,7 +121,7 @@ func TestSplitSkip(t *testing.T) {
 		{`{"a~b":` + big + `}`, `{}`, []string{"/a~0b"}},
 		{`{"a":1,"b":2}`, `{"a":1,"b":2}`, nil},
 	} {
-		for _, c := range []Codec{CodecJSON, CodecCBOR} {
+		for _, c := range []Codec{CodecJSON, CodecCBOR, CodecMsgPack} {
 			d := mustDecoder(t)
 			n, err := d.Decode(CodecJSON, []byte(tc.tree))
 			if err != nil {
