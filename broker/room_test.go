@@ -207,9 +207,10 @@ func mergeParts(t *testing.T, parts [][]byte) map[string]any {
 // client's Maximum Packet Size. A client whose limit is the exact size of
 // the single-packet snapshot (fixed header, topic, packet id, the
 // properties as sent, payload) gets it in ONE publish; one byte less gets
-// it in parts, or, when it cannot be split (a single value), no snapshot:
-// the refusal is counted and its report, which does not fit that limit
-// either, is dropped and counted, never sent over it. A client that
+// it in parts, or, when it cannot be split (a single value), a snapshot
+// without that value ("{}"): the value left out is counted, and the
+// report naming it, which does not fit that limit either, is dropped and
+// counted, never sent over it. A client that
 // allows Topic Aliases gets the first packet on a topic with both the
 // topic and its alias: that is the exact size then.
 func TestSnapshotFitsExactly(t *testing.T) {
@@ -218,7 +219,7 @@ func TestSnapshotFitsExactly(t *testing.T) {
 		name    string
 		rows    map[string]string
 		aliases uint16 // the clients' Topic Alias Maximum
-		split   bool   // one byte less: parts (else refused)
+		split   bool   // one byte less: parts (else the row left out)
 	}{
 		{"rows", rows, 0, true},
 		{"rows, topic aliases", rows, 10, true},
@@ -274,14 +275,14 @@ func TestSnapshotFitsExactly(t *testing.T) {
 				}
 				return
 			}
-			if parts != nil || reports != nil {
-				t.Errorf("limit %d: snapshot %q, reports %q; want neither (the report does not fit)", size-1, parts, reports)
+			if len(parts) != 1 || string(parts[0]) != "{}" || reports != nil {
+				t.Errorf("limit %d: snapshot %q, reports %q; want {} and no report (it does not fit)", size-1, parts, reports)
 			}
 			if got := b.stats.Refused.Load() - refused; got != 1 {
-				t.Errorf("%d refusals, want 1 (the snapshot)", got)
+				t.Errorf("%d refusals, want 1 (the row left out)", got)
 			}
-			if got := b.stats.TooLarge.Load() - tooLarge; got != 1 {
-				t.Errorf("%d messages counted too large, want 1 (the report)", got)
+			if got := b.stats.TooLarge.Load() - tooLarge; got != 2 {
+				t.Errorf("%d counted too large, want 2 (the row left out, the report)", got)
 			}
 		})
 	}
@@ -385,11 +386,11 @@ func TestDeltaFitsExactly(t *testing.T) {
 	}
 }
 
-// TestTooLargeReport: a snapshot that cannot be sent (a single value
-// over the client's Maximum Packet Size) is refused with a 0x95 report
-// (SPEC §5). The report is a plain message: where it fits the client's
-// limit it comes; where it does not, it is dropped and counted like any
-// message over the limit, never sent over it; the client stays
+// TestTooLargeReport: a single value over the client's Maximum Packet
+// Size is left out of the snapshot ("{}" here, its only row) with a 0x95
+// report (SPEC §5). The report is a plain message: where it fits the
+// client's limit it comes; where it does not, it is dropped and counted
+// like any message over the limit, never sent over it; the client stays
 // connected and its next subscription is served.
 func TestTooLargeReport(t *testing.T) {
 	b := start(t, Options{})
@@ -409,13 +410,13 @@ func TestTooLargeReport(t *testing.T) {
 			c := dialRoom(t, b, id, tc.limit) // next fails on a packet over the limit
 			c.subscribe(t, ErrorTopic+id, 0)
 			parts, reports := c.readSnapshot(t, "$sync/tl/+", 1)
-			if parts != nil {
-				t.Fatalf("a snapshot in %d parts", len(parts))
+			if len(parts) != 1 || string(parts[0]) != "{}" {
+				t.Fatalf("a snapshot %q, want {}", parts)
 			}
 			if got := b.stats.Refused.Load() - refused; got != 1 {
 				t.Errorf("%d refusals, want 1", got)
 			}
-			dropped := b.stats.TooLarge.Load() - tooLarge
+			dropped := b.stats.TooLarge.Load() - tooLarge - 1 // the row left out
 			if !tc.report {
 				if reports != nil || dropped != 1 {
 					t.Errorf("reports %q, %d dropped too large; want none, 1 (the report)", reports, dropped)

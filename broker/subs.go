@@ -299,11 +299,12 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	if errors.Is(err, errWriterStop) {
 		return nil, err
 	}
-	if err != nil {
+	if err != nil { // msgs may still carry it (MQTT 5), without the values the error names
 		code := b.refuse(c.p, "subscribe", ts.Topic, err)
 		if o, ok := c.out.(*funcOut); ok {
 			// A Session's front end answers its caller: an HTTP request
-			// waiting for this first message (Delivery.Err).
+			// waiting for this first message (Delivery.Err): refused, even
+			// when parts without the values left out follow.
 			o.refused(c, &Refusal{Code: code, Topic: ts.Topic, Err: err})
 		}
 	}

@@ -415,7 +415,10 @@ func varintLen(n int) int {
 // snapshot larger than the client's Maximum Packet Size is split, so the
 // packet is measured as it will be sent (treePacketSize). A snapshot
 // that does not fit an MQTT 3.1.1 client, or cannot be split into parts
-// that fit, is an error (reported: errTooLarge).
+// that fit, is an error (reported: errTooLarge). A value that alone fits
+// no part is left out of the parts and counted in TooLarge: the parts
+// are returned with an errTooLarge naming the values left out (to be
+// reported), so one row too large does not take the whole snapshot away.
 func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 	limit := c.packetLimit()
 	if c.treePacketSize(&m) <= limit {
@@ -439,7 +442,7 @@ func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 	case <-c.q.done:
 		return nil, errWriterStop
 	}
-	parts, err := wire.Split(m.codec, m.payload, room)
+	parts, left, err := wire.SplitSkip(m.codec, m.payload, room)
 	<-c.b.splits
 	if err != nil {
 		return nil, fmt.Errorf("%w: snapshot: %w", errTooLarge, err)
@@ -453,5 +456,18 @@ func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 		}
 		out[i] = &t
 	}
+	if len(left) > 0 {
+		c.b.stats.TooLarge.Add(int64(len(left)))
+		return out, fmt.Errorf("%w: %s left out of the snapshot: each alone is over your Maximum Packet Size; the rest was sent", errTooLarge, namePointers(left))
+	}
 	return out, nil
+}
+
+// namePointers names the first few of ptrs, then how many more there are.
+func namePointers(ptrs []string) string {
+	const named = 3
+	if len(ptrs) <= named {
+		return strings.Join(ptrs, ", ")
+	}
+	return strings.Join(ptrs[:named], ", ") + " and " + strconv.Itoa(len(ptrs)-named) + " more"
 }

@@ -41,6 +41,37 @@ func Split(c Codec, tree []byte, max int) ([][]byte, error) {
 	return s.pack()
 }
 
+// SplitSkip is Split that leaves out, instead of failing on, each value
+// that alone cannot fit a part: it returns the parts of the rest, which
+// merge to the tree without those values, and the JSON Pointers of the
+// values left out, in tree order. A tree of nothing but such values is
+// one empty tree.
+func SplitSkip(c Codec, tree []byte, max int) (parts [][]byte, left []string, err error) {
+	if len(tree) <= max {
+		return [][]byte{tree}, nil, nil
+	}
+	d, err := NewDecoder(Limits{MaxSize: math.MaxInt32, MaxDepth: 1 << 16})
+	if err != nil {
+		return nil, nil, err
+	}
+	root, err := d.Decode(c, tree)
+	if err != nil {
+		return nil, nil, fmt.Errorf("wire: split: %w", err)
+	}
+	if !root.Obj {
+		return nil, nil, fmt.Errorf("%w: a bare value of %d bytes, limit %d", ErrTooLarge, len(tree), max)
+	}
+	s := splitter{codec: c, max: max, skip: true}
+	if err := s.collect(&root, nil, ""); err != nil {
+		return nil, nil, err
+	}
+	if len(s.frags) == 0 {
+		return [][]byte{s.encode(nil)}, s.left, nil
+	}
+	parts, err = s.pack()
+	return parts, s.left, err
+}
+
 // frag is one member placed at a path: a piece of one part.
 type frag struct {
 	path []string // keys from the root down to and including the member's own
@@ -52,6 +83,8 @@ type splitter struct {
 	codec Codec
 	max   int
 	frags []frag
+	skip  bool     // leave out a value that alone fits no part (SplitSkip)
+	left  []string // the pointers of the values left out
 }
 
 func (s *splitter) size(n *Node) int {
@@ -111,6 +144,10 @@ func (s *splitter) collect(n *Node, path []string, ptr string) error {
 		}
 		if alone <= s.max {
 			s.frags = append(s.frags, frag{path: p, node: kid, size: s.max})
+			continue
+		}
+		if (!kid.Obj || len(kid.Kids) == 0) && s.skip {
+			s.left = append(s.left, Pointer(ptr, kid.Key))
 			continue
 		}
 		if !kid.Obj || len(kid.Kids) == 0 {

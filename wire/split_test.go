@@ -107,3 +107,55 @@ func TestSplitAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitSkip (JSON, CBOR, MessagePack): SplitSkip leaves out a value that alone cannot fit a
+// part, naming it by its JSON Pointer; the parts merge to the tree
+// without it. A tree of nothing but such values is one empty part.
+func TestSplitSkip(t *testing.T) {
+	big := `"` + strings.Repeat("B", 300) + `"`
+	for _, tc := range []struct {
+		tree, want string
+		left       []string
+	}{
+		{`{"a":1,"big":` + big + `,"d":{"x":` + big + `,"y":2},"z":"zz"}`, `{"a":1,"d":{"y":2},"z":"zz"}`, []string{"/big", "/d/x"}},
+		{`{"a~b":` + big + `}`, `{}`, []string{"/a~0b"}},
+		{`{"a":1,"b":2}`, `{"a":1,"b":2}`, nil},
+	} {
+		for _, c := range []Codec{CodecJSON, CodecCBOR, CodecMsgPack} {
+			d := mustDecoder(t)
+			n, err := d.Decode(CodecJSON, []byte(tc.tree))
+			if err != nil {
+				t.Fatal(err)
+			}
+			const max = 100
+			parts, left, err := SplitSkip(c, encodeNode(c, &n), max)
+			if err != nil {
+				t.Fatalf("%s %s: %v", c, tc.tree, err)
+			}
+			if !reflect.DeepEqual(left, tc.left) {
+				t.Errorf("%s %s: left out %q, want %q", c, tc.tree, left, tc.left)
+			}
+			merged := map[string]any{}
+			for _, p := range parts {
+				if len(p) > max {
+					t.Fatalf("%s: part of %d bytes", c, len(p))
+				}
+				pn, err := d.Decode(c, p)
+				if err != nil {
+					t.Fatalf("%s: part invalid: %v", c, err)
+				}
+				var m map[string]any
+				json.Unmarshal(encodeNode(CodecJSON, &pn), &m)
+				deepMerge(merged, m)
+			}
+			var want map[string]any
+			json.Unmarshal([]byte(tc.want), &want)
+			if len(parts) == 0 || !reflect.DeepEqual(merged, want) {
+				t.Errorf("%s %s: %d parts merge to %v, want %s", c, tc.tree, len(parts), merged, tc.want)
+			}
+		}
+	}
+	if _, err := Split(CodecJSON, []byte(`{"a":`+big+`}`), 100); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Split: %v, want ErrTooLarge (it leaves nothing out)", err)
+	}
+}
