@@ -17,28 +17,8 @@ var ErrTooLarge = errors.New("wire: tree too large")
 // fits is returned as its only part. A single value larger than max
 // cannot be split: that is ErrTooLarge, naming its path.
 func Split(c Codec, tree []byte, max int) ([][]byte, error) {
-	if len(tree) <= max {
-		return [][]byte{tree}, nil
-	}
-	d, err := NewDecoder(Limits{MaxSize: math.MaxInt32, MaxDepth: 1 << 16})
-	if err != nil {
-		return nil, err
-	}
-	root, err := d.Decode(c, tree)
-	if err != nil {
-		return nil, fmt.Errorf("wire: split: %w", err)
-	}
-	if !root.Obj {
-		return nil, fmt.Errorf("%w: a bare value of %d bytes, limit %d", ErrTooLarge, len(tree), max)
-	}
-	s := splitter{codec: c, max: max}
-	if err := s.collect(&root, nil, ""); err != nil {
-		return nil, err
-	}
-	if len(s.frags) == 0 { // an empty tree: zero parts would carry nothing at all
-		return nil, fmt.Errorf("%w: an empty tree of %d bytes, limit %d", ErrTooLarge, len(tree), max)
-	}
-	return s.pack()
+	parts, _, err := split(c, tree, max, false)
+	return parts, err
 }
 
 // SplitSkip is Split that leaves out, instead of failing on, each value
@@ -47,6 +27,11 @@ func Split(c Codec, tree []byte, max int) ([][]byte, error) {
 // values left out, in tree order. A tree of nothing but such values is
 // one empty tree.
 func SplitSkip(c Codec, tree []byte, max int) (parts [][]byte, left []string, err error) {
+	return split(c, tree, max, true)
+}
+
+// split is Split, or with skip SplitSkip.
+func split(c Codec, tree []byte, max int, skip bool) ([][]byte, []string, error) {
 	if len(tree) <= max {
 		return [][]byte{tree}, nil, nil
 	}
@@ -61,14 +46,17 @@ func SplitSkip(c Codec, tree []byte, max int) (parts [][]byte, left []string, er
 	if !root.Obj {
 		return nil, nil, fmt.Errorf("%w: a bare value of %d bytes, limit %d", ErrTooLarge, len(tree), max)
 	}
-	s := splitter{codec: c, max: max, skip: true}
+	s := splitter{codec: c, max: max, skip: skip}
 	if err := s.collect(&root, nil, ""); err != nil {
 		return nil, nil, err
 	}
 	if len(s.frags) == 0 {
-		return [][]byte{s.encode(nil)}, s.left, nil
+		if !skip { // an empty tree: zero parts would carry nothing at all
+			return nil, nil, fmt.Errorf("%w: an empty tree of %d bytes, limit %d", ErrTooLarge, len(tree), max)
+		}
+		return [][]byte{s.encode(nil)}, s.left, nil // the caller measures it against its limit
 	}
-	parts, err = s.pack()
+	parts, err := s.pack()
 	return parts, s.left, err
 }
 
