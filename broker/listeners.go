@@ -168,10 +168,12 @@ type netConn struct {
 }
 
 // errConnectTooLarge and errPacketTooLarge end a connection whose packet
-// declares more than the broker accepts.
+// declares more than the broker accepts; errMalformedLength one whose
+// Remaining Length runs past four bytes.
 var (
 	errConnectTooLarge = errors.New("broker: CONNECT packet too large")
 	errPacketTooLarge  = errors.New("broker: packet too large")
+	errMalformedLength = errors.New("broker: remaining length over four bytes")
 )
 
 func (b *Broker) wrap(c net.Conn) *netConn {
@@ -237,6 +239,9 @@ func (c *netConn) Read(p []byte) (int, error) {
 		if errors.Is(perr, errPacketTooLarge) && c.level == 5 {
 			c.Write([]byte{0xE0, 0x02, 0x95, 0x00}) //nolint:errcheck // DISCONNECT 0x95 packet too large; closing either way
 		}
+		if errors.Is(perr, errMalformedLength) && c.level == 5 {
+			c.Write([]byte{0xE0, 0x02, 0x81, 0x00}) //nolint:errcheck // DISCONNECT 0x81 malformed packet; closing either way
+		}
 		return 0, perr
 	}
 	return n, err
@@ -256,7 +261,7 @@ func (c *netConn) scan(p []byte) error {
 			c.shift += 7
 			if v&0x80 != 0 {
 				if c.shift >= 28 {
-					return errPacketTooLarge // malformed: mochi would refuse it too
+					return errMalformedLength // a variable byte integer is at most 4 bytes (MQTT 5 §1.5.5, 3.1.1 §2.2.3)
 				}
 				continue
 			}

@@ -3,6 +3,7 @@ package packets
 // mote: tests of the changes Mote made to mochi's decoders.
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 )
@@ -54,4 +55,28 @@ func FuzzSubscribeDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMoteDecodeLengthFourBytes: a variable byte integer is at most four
+// bytes (§1.5.5); upstream took a fifth byte of 0 and read continuation
+// bytes without end.
+func TestMoteDecodeLengthFourBytes(t *testing.T) {
+	cases := []struct {
+		in      []byte
+		n, bu   int
+		wantErr error
+	}{
+		{[]byte{0x00}, 0, 1, nil},
+		{[]byte{0xFF, 0xFF, 0xFF, 0x7F}, 268435455, 4, nil},
+		{[]byte{0x80, 0x80, 0x80, 0x80, 0x00}, 0, 5, ErrMalformedVariableByteInteger},
+		{[]byte{0xFF, 0xFF, 0xFF, 0xFF, 0x00}, 0, 5, ErrMalformedVariableByteInteger},
+		{[]byte{0xFF, 0xFF, 0xFF, 0xFF, 0x7F}, 0, 5, ErrMalformedVariableByteInteger},
+		{[]byte{0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}, 0, 5, ErrMalformedVariableByteInteger},
+	}
+	for _, c := range cases {
+		n, bu, err := DecodeLength(bytes.NewReader(c.in))
+		if n != c.n || !errors.Is(err, c.wantErr) || (err == nil && bu != c.bu) {
+			t.Errorf("% x: got %d %d %v, want %d %d %v", c.in, n, bu, err, c.n, c.bu, c.wantErr)
+		}
+	}
 }
