@@ -752,11 +752,19 @@ func (pk *Packet) decodePubAckRelRecComp(buf []byte) error {
 		}
 
 		if pk.FixedHeader.Remaining > 3 {
-			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+			n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
 				return propertiesError(err) // mote: a Protocol Error kept
 			}
+			offset += n
 		}
+	}
+
+	// mote: nothing after the packet id (3.1.1: Remaining Length 2,
+	// §3.4.1-§3.7.1) or after the properties (MQTT 5 §3.4.2): upstream
+	// ignored the extra bytes; now a Malformed Packet.
+	if offset != len(buf) {
+		return ErrMalformedPacket
 	}
 
 	return nil
