@@ -1154,6 +1154,18 @@ func (pk *Packet) UnsubscribeValidate() Code {
 		return ErrProtocolViolationNoFilters // [MQTT-3.10.3-2]
 	}
 
+	// mote: a topic filter is at least one character [MQTT-4.7.3-1]. A
+	// 3.1.1 UNSUBACK has no per-filter code to say so: the packet is
+	// refused whole, the connection closed [MQTT-4.8.0-1]. MQTT 5 answers
+	// the filter 0x8F (Server.unfileUnsubscribe), as a SUBSCRIBE of "".
+	if pk.ProtocolVersion < 5 {
+		for _, f := range pk.Filters {
+			if f.Filter == "" {
+				return ErrTopicFilterInvalid
+			}
+		}
+	}
+
 	return CodeSuccess
 }
 
