@@ -126,7 +126,8 @@ func (b *Broker) closeConns() {
 // has not sent a whole CONNECT within ConnectTimeout is closed, a CONNECT
 // over MaxConnectSize is refused before mochi allocates it (nothing is
 // authenticated yet), and a later packet over the maximum packet size gets
-// DISCONNECT 0x95 (MQTT 5) before the connection closes. Every write has a
+// DISCONNECT 0x95 (MQTT 5) before the connection closes, one whose
+// Remaining Length runs past four bytes DISCONNECT 0x81. Every write has a
 // deadline, and writes never interleave.
 type netConn struct {
 	net.Conn
