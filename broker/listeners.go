@@ -126,7 +126,8 @@ func (b *Broker) closeConns() {
 // has not sent a whole CONNECT within ConnectTimeout is closed, a CONNECT
 // over MaxConnectSize is refused before mochi allocates it (nothing is
 // authenticated yet), and a later packet over the maximum packet size gets
-// DISCONNECT 0x95 (MQTT 5) before the connection closes. Every write has a
+// DISCONNECT 0x95 (MQTT 5) before the connection closes, one whose
+// Remaining Length runs past four bytes DISCONNECT 0x81. Every write has a
 // deadline, and writes never interleave.
 type netConn struct {
 	net.Conn
@@ -168,10 +169,12 @@ type netConn struct {
 }
 
 // errConnectTooLarge and errPacketTooLarge end a connection whose packet
-// declares more than the broker accepts.
+// declares more than the broker accepts; errMalformedLength one whose
+// Remaining Length runs past four bytes.
 var (
 	errConnectTooLarge = errors.New("broker: CONNECT packet too large")
 	errPacketTooLarge  = errors.New("broker: packet too large")
+	errMalformedLength = errors.New("broker: remaining length over four bytes")
 )
 
 func (b *Broker) wrap(c net.Conn) *netConn {
@@ -237,6 +240,9 @@ func (c *netConn) Read(p []byte) (int, error) {
 		if errors.Is(perr, errPacketTooLarge) && c.level == 5 {
 			c.Write([]byte{0xE0, 0x02, 0x95, 0x00}) //nolint:errcheck // DISCONNECT 0x95 packet too large; closing either way
 		}
+		if errors.Is(perr, errMalformedLength) && c.level == 5 {
+			c.Write([]byte{0xE0, 0x02, 0x81, 0x00}) //nolint:errcheck // DISCONNECT 0x81 malformed packet; closing either way
+		}
 		return 0, perr
 	}
 	return n, err
@@ -256,7 +262,7 @@ func (c *netConn) scan(p []byte) error {
 			c.shift += 7
 			if v&0x80 != 0 {
 				if c.shift >= 28 {
-					return errPacketTooLarge // malformed: mochi would refuse it too
+					return errMalformedLength // a variable byte integer is at most 4 bytes (MQTT 5 §1.5.5, 3.1.1 §2.2.3)
 				}
 				continue
 			}

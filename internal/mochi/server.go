@@ -1694,6 +1694,11 @@ func (s *Server) unfileUnsubscribe(cl *Client, pk packets.Packet, code packets.C
 			continue
 		}
 
+		if sub.Filter == "" { // mote: [MQTT-4.7.3-1], 0x8F as fileSubscribe answers it (3.1.1: UnsubscribeValidate)
+			reasonCodes[i] = packets.ErrTopicFilterInvalid.Code
+			continue
+		}
+
 		if q := s.Topics.Unsubscribe(sub.Filter, cl.ID); q {
 			atomic.AddInt64(&s.Info.Subscriptions, -1)
 			reasonCodes[i] = packets.CodeSuccess.Code

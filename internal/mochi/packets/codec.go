@@ -156,12 +156,16 @@ func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 		}
 
 		value |= uint32(eb&127) << multiplier
-		if value > 268435455 {
-			return 0, bu, ErrMalformedVariableByteInteger
-		}
-
 		if (eb & 128) == 0 {
 			break
+		}
+
+		// mote: at most four bytes (§1.5.5), which hold at most 268435455.
+		// Upstream refused only a value over that: a fifth byte of 0 was
+		// taken (80 80 80 80 00 read as 0), and continuation bytes were
+		// read without end.
+		if bu == 4 {
+			return 0, bu, ErrMalformedVariableByteInteger
 		}
 
 		multiplier += 7

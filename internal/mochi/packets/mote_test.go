@@ -3,6 +3,7 @@ package packets
 // mote: tests of the changes Mote made to mochi's decoders.
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 )
@@ -54,4 +55,64 @@ func FuzzSubscribeDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMoteDecodeLengthFourBytes: a variable byte integer is at most four
+// bytes (§1.5.5); upstream took a fifth byte of 0 and read continuation
+// bytes without end.
+func TestMoteDecodeLengthFourBytes(t *testing.T) {
+	cases := []struct {
+		in      []byte
+		n, bu   int
+		wantErr error
+	}{
+		{[]byte{0x00}, 0, 1, nil},
+		{[]byte{0xFF, 0xFF, 0xFF, 0x7F}, 268435455, 4, nil},
+		{[]byte{0x80, 0x80, 0x80, 0x80, 0x00}, 0, 5, ErrMalformedVariableByteInteger},
+		{[]byte{0xFF, 0xFF, 0xFF, 0xFF, 0x00}, 0, 5, ErrMalformedVariableByteInteger},
+		{[]byte{0xFF, 0xFF, 0xFF, 0xFF, 0x7F}, 0, 5, ErrMalformedVariableByteInteger},
+		{[]byte{0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}, 0, 5, ErrMalformedVariableByteInteger},
+	}
+	for _, c := range cases {
+		n, bu, err := DecodeLength(bytes.NewReader(c.in))
+		if n != c.n || !errors.Is(err, c.wantErr) || (err == nil && bu != c.bu) {
+			t.Errorf("% x: got %d %d %v, want %d %d %v", c.in, n, bu, err, c.n, c.bu, c.wantErr)
+		}
+	}
+}
+
+// TestMoteWillPropertiesProtocolError: a Will property given twice is a
+// Protocol Error (§3.1.3.2: "It is a Protocol Error to include ... more
+// than once"): 0x82, as in the CONNECT's own properties; upstream said
+// 0x81 for any error in the Will Properties. One past their length stays
+// malformed (0x81).
+func TestMoteWillPropertiesProtocolError(t *testing.T) {
+	connect := func(willProps ...byte) []byte {
+		b := []byte{0, 4, 'M', 'Q', 'T', 'T', 5, 0x06, 0, 30, 0, 0, 1, 'c'} // will flag, clean start; no properties; client id "c"
+		b = append(append(b, byte(len(willProps))), willProps...)
+		return append(b, 0, 1, 't', 0, 1, 'p') // will topic "t", payload "p"
+	}
+	cases := []struct {
+		name string
+		body []byte
+		want byte
+	}{
+		{"will delay twice", connect(0x18, 0, 0, 0, 1, 0x18, 0, 0, 0, 2), 0x82},
+		{"content type twice", connect(0x03, 0, 1, 'a', 0x03, 0, 1, 'b'), 0x82},
+		{"past the length", append(connect(0x18, 0, 0)[:14], 3, 0x18, 0, 0), 0x81},
+		{"ok", connect(0x18, 0, 0, 0, 1), 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			pk := Packet{FixedHeader: FixedHeader{Type: Connect}}
+			err := pk.ConnectDecode(c.body)
+			var code Code
+			if errors.As(err, &code) != (c.want != 0) || code.Code != c.want {
+				t.Errorf("got %v, want code %#x", err, c.want)
+			}
+			if c.want != 0 && !errors.Is(err, ErrMalformedWillProperties) {
+				t.Errorf("%v is not ErrMalformedWillProperties", err)
+			}
+		})
+	}
 }

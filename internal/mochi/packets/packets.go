@@ -403,7 +403,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 		if pk.ProtocolVersion == 5 {
 			n, err := pk.Connect.WillProperties.Decode(WillProperties, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
-				return ErrMalformedWillProperties
+				return propertiesErrorAs(err, ErrMalformedWillProperties) // mote: a Protocol Error kept
 			}
 			offset += n
 		}
@@ -494,6 +494,12 @@ func (pk *Packet) ConnectValidate() Code {
 	if pk.Connect.WillFlag {
 		if len(pk.Connect.WillPayload) == 0 || pk.Connect.WillTopic == "" {
 			return ErrProtocolViolationWillFlagNoPayload // [MQTT-3.1.2-9]
+		}
+		// mote: the Will's Response Topic is a Topic Name (§3.1.3.2.6),
+		// which holds no wildcard [MQTT-4.7.0-1]; the will would carry it
+		// to subscribers in a PUBLISH, where [MQTT-3.3.2-14] forbids it.
+		if strings.ContainsAny(pk.Connect.WillProperties.ResponseTopic, "+#") {
+			return ErrProtocolViolationResponseTopicWildcard
 		}
 	}
 
@@ -752,11 +758,19 @@ func (pk *Packet) decodePubAckRelRecComp(buf []byte) error {
 		}
 
 		if pk.FixedHeader.Remaining > 3 {
-			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+			n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
 				return propertiesError(err) // mote: a Protocol Error kept
 			}
+			offset += n
 		}
+	}
+
+	// mote: nothing after the packet id (3.1.1: Remaining Length 2,
+	// §3.4.1-§3.7.1) or after the properties (MQTT 5 §3.4.2): upstream
+	// ignored the extra bytes; now a Malformed Packet.
+	if offset != len(buf) {
+		return ErrMalformedPacket
 	}
 
 	return nil
@@ -1146,6 +1160,18 @@ func (pk *Packet) UnsubscribeValidate() Code {
 		return ErrProtocolViolationNoFilters // [MQTT-3.10.3-2]
 	}
 
+	// mote: a topic filter is at least one character [MQTT-4.7.3-1]. A
+	// 3.1.1 UNSUBACK has no per-filter code to say so: the packet is
+	// refused whole, the connection closed [MQTT-4.8.0-1]. MQTT 5 answers
+	// the filter 0x8F (Server.unfileUnsubscribe), as a SUBSCRIBE of "".
+	if pk.ProtocolVersion < 5 {
+		for _, f := range pk.Filters {
+			if f.Filter == "" {
+				return ErrTopicFilterInvalid
+			}
+		}
+	}
+
 	return CodeSuccess
 }
 
@@ -1206,9 +1232,16 @@ func (pk *Packet) FormatID() string {
 // value MQTT calls a Protocol Error) stays the
 // code the packet is refused with (0x82).
 func propertiesError(err error) error {
+	return propertiesErrorAs(err, ErrMalformedProperties)
+}
+
+// mote: propertiesErrorAs is propertiesError wrapping as malformed (a
+// CONNECT's Will Properties: ErrMalformedWillProperties, which upstream
+// returned for any error there, a property given twice too).
+func propertiesErrorAs(err error, malformed Code) error {
 	if errors.Is(err, ErrProtocolViolationDuplicateProperty) || errors.Is(err, ErrProtocolViolationZeroSubID) ||
 		errors.Is(err, ErrProtocolViolationPropertyValue) {
-		return fmt.Errorf("%w: %w", err, ErrMalformedProperties)
+		return fmt.Errorf("%w: %w", err, malformed)
 	}
-	return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+	return fmt.Errorf("%s: %w", err, malformed)
 }
