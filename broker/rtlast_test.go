@@ -172,3 +172,55 @@ func TestLastDollarTopics(t *testing.T) {
 	exact.mu.Unlock()
 	alive(t, b)
 }
+
+// TestLastAuthEdges: around the enhanced-authentication refusal. A CONNECT
+// with Authentication Data and no Authentication Method is a Protocol
+// Error (§3.1.2.11.10): CONNACK 0x82 and closed, or closed. An AUTH packet
+// first, before any CONNECT, or from an MQTT 3.1.1 client (where packet
+// type 15 is reserved) is answered by closing the connection, with no
+// CONNACK or DISCONNECT 0x82 an MQTT 3.1.1 client cannot read.
+func TestLastAuthEdges(t *testing.T) {
+	b := start(t, Options{})
+	roundTrip := func(t *testing.T, send ...[]byte) []string {
+		nc, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(testTimeout))
+		for _, p := range send {
+			nc.Write(p) //nolint:errcheck // the reads say
+		}
+		r := bufio.NewReader(nc)
+		var got []string
+		for {
+			h, body, err := readPacketBody(r)
+			if err != nil {
+				return append(got, "closed")
+			}
+			got = append(got, fmt.Sprintf("%x:% x", h, body))
+		}
+	}
+	connect5 := func(props []byte) []byte {
+		return hxPacket(0x10, hxStr("MQTT"), []byte{5, 0x02, 0, 60}, props, hxStr("hx-ad"))
+	}
+	for _, c := range []struct {
+		name string
+		send [][]byte
+		ok   func([]string) bool
+	}{
+		{"auth data without method", [][]byte{connect5(hxProps(append([]byte{0x16}, hxStr("data")...)))},
+			func(g []string) bool { return hxMatch(g, []string{"20:00 82*", "closed"}) || hxMatch(g, []string{"closed"}) }},
+		{"auth before connect", [][]byte{hxPacket(0xF0, []byte{0x18}, hxProps())},
+			func(g []string) bool { return hxMatch(g, []string{"closed"}) }},
+		{"auth from 3.1.1", [][]byte{connectPacket(4, "hx-v4"), {0xF0, 0}},
+			func(g []string) bool { return hxMatch(g, []string{"20:00 00", "closed"}) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if g := roundTrip(t, c.send...); !c.ok(g) {
+				t.Errorf("got %q", g)
+			}
+		})
+	}
+	alive(t, b)
+}
