@@ -224,3 +224,98 @@ func TestLastAuthEdges(t *testing.T) {
 	}
 	alive(t, b)
 }
+
+// TestLastAcksDuringReplay: mochi change 27 lets mochi's own writes (acks,
+// PINGRESP) take the client's lock before the writer's next flush. A
+// client that gets a QoS 1 replay of 1,500 retained rows (acknowledging
+// each) while it pipelines 300 QoS 1 publishes and a PINGREQ gets every
+// message, every PUBACK and its PINGRESP: no writer spins the others out,
+// nothing deadlocks on the client's lock. Two such clients at once.
+func TestLastAcksDuringReplay(t *testing.T) {
+	b := start(t, Options{})
+	ctx := testCtx(t)
+	var tree strings.Builder
+	tree.WriteString("{")
+	const rows, pubs = 1500, 300
+	for i := range rows {
+		if i > 0 {
+			tree.WriteString(",")
+		}
+		fmt.Fprintf(&tree, `"r%d":"%s"`, i, strings.Repeat("v", 300))
+	}
+	tree.WriteString("}")
+	if err := b.Publish(ctx, Principal{ClientID: "seed"}, Message{Topic: "$tree/lr/+", Payload: []byte(tree.String()), QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, b)
+	done := make(chan error, 2)
+	for k := range 2 {
+		go func() { done <- ackReplay(b.TCPAddr(), fmt.Sprint("ar", k), rows, pubs) }()
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	alive(t, b)
+}
+
+// ackReplay is one client of TestLastAcksDuringReplay.
+func ackReplay(addr, id string, rows, pubs int) error {
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	r := bufio.NewReader(nc)
+	if _, err := nc.Write(connectPacket(5, id)); err != nil {
+		return err
+	}
+	if h, _, err := readPacketBody(r); err != nil || h>>4 != 2 {
+		return fmt.Errorf("%s: no CONNACK: %#x %v", id, h, err)
+	}
+	acks := make(chan []byte, rows+pubs+2)
+	writerDone := make(chan error, 1)
+	go func() { // the only writer: the subscribe, the publishes, the PINGREQ, then the PUBACKs
+		var out bytes.Buffer
+		out.Write(hxSubscribe(1, hxProps(), "lr/#", 1))
+		for i := range pubs {
+			out.Write(hxPublish("lp/"+id, 1, uint16(100+i), hxProps(), "p"))
+		}
+		out.Write([]byte{0xC0, 0})
+		if _, err := nc.Write(out.Bytes()); err != nil {
+			writerDone <- err
+			return
+		}
+		for a := range acks {
+			if _, err := nc.Write(a); err != nil {
+				writerDone <- err
+				return
+			}
+		}
+		writerDone <- nil
+	}()
+	got, pubacks, pong := 0, 0, false
+	for got < rows || pubacks < pubs || !pong {
+		h, body, err := readPacketBody(r)
+		if err != nil {
+			close(acks)
+			return fmt.Errorf("%s: %d of %d rows, %d of %d PUBACKs, PINGRESP %v: %v", id, got, rows, pubacks, pubs, pong, err)
+		}
+		switch {
+		case h>>4 == 3:
+			got++
+			if h>>1&3 == 1 {
+				tl := int(body[0])<<8 | int(body[1])
+				acks <- hxPacket(0x40, body[2+tl:4+tl])
+			}
+		case h == 0x40:
+			pubacks++
+		case h == 0xD0:
+			pong = true
+		}
+	}
+	close(acks)
+	return <-writerDone
+}
