@@ -36,7 +36,7 @@ func TestLastLeftOutResumeAndHist(t *testing.T) {
 
 	for _, c := range []struct {
 		name, filter, since string
-		want               []string // keys the parts must hold
+		want                []string // keys the parts must hold
 	}{
 		{"resume", "$sync/lr/#", strconv.FormatUint(r0, 10), []string{"a", "c", "d"}},
 		{"hist", "$hist/lr/#", "", []string{"a", "b", "c", "d"}},

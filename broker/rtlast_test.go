@@ -210,7 +210,9 @@ func TestLastAuthEdges(t *testing.T) {
 		ok   func([]string) bool
 	}{
 		{"auth data without method", [][]byte{connect5(hxProps(append([]byte{0x16}, hxStr("data")...)))},
-			func(g []string) bool { return hxMatch(g, []string{"20:00 82*", "closed"}) || hxMatch(g, []string{"closed"}) }},
+			func(g []string) bool {
+				return hxMatch(g, []string{"20:00 82*", "closed"}) || hxMatch(g, []string{"closed"})
+			}},
 		{"auth before connect", [][]byte{hxPacket(0xF0, []byte{0x18}, hxProps())},
 			func(g []string) bool { return hxMatch(g, []string{"closed"}) }},
 		{"auth from 3.1.1", [][]byte{connectPacket(4, "hx-v4"), {0xF0, 0}},
