@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -54,18 +55,29 @@ func (s *wsStream) Read(p []byte) (int, error) {
 
 // TestLastBodiesDribbled: PUBLISH bodies of every size around the body
 // step (4 KiB) and the read buffer's, and well past them, sent in pieces
-// of 1, 7, 4095 and 4097 bytes over TCP and WebSocket (mochi change 29
+// of 1, 7, 4095 and 4097 bytes over TCP, TLS and WebSocket (mochi change 29
 // reads a body as it arrives into a buffer that doubles): each arrives
 // byte for byte at a subscriber and is acknowledged.
 func TestLastBodiesDribbled(t *testing.T) {
-	b := start(t, Options{})
+	certFile, keyFile, pool := testCert(t)
+	tc, err := LoadTLS(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{TLS: "127.0.0.1:0", TLSConfig: tc})
 	bodies := []int{1, 4094, 4095, 4096, 4097, 8191, 8192, 8193, 12289, 65535, 65536, 65537, 200003}
-	for _, transport := range []string{"tcp", "ws"} {
+	for _, transport := range []string{"tcp", "tls", "ws"} {
 		for _, piece := range []int{1, 7, 4095, 4097} {
 			t.Run(fmt.Sprint(transport, "/", piece), func(t *testing.T) {
 				var rw io.ReadWriter
-				if transport == "tcp" {
-					nc, err := net.Dial("tcp", b.TCPAddr())
+				if transport != "ws" {
+					var nc net.Conn
+					var err error
+					if transport == "tcp" {
+						nc, err = net.Dial("tcp", b.TCPAddr())
+					} else {
+						nc, err = tls.Dial("tcp", b.TLSAddr(), &tls.Config{RootCAs: pool})
+					}
 					if err != nil {
 						t.Fatal(err)
 					}
