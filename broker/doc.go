@@ -220,7 +220,8 @@
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
-//     refused 0x8C, an AUTH packet 0x82: OnAuthPacket).
+//     refused 0x8C, Authentication Data without one 0x82, an AUTH
+//     packet 0x82: OnAuthPacket).
 //     Whose session a client id is, is decided there too (the fast path)
 //     and again under the id's takeover lock (takeoverCheck, mochi's
 //     Options.TakeoverCheck), about the client the id has then: another

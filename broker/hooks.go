@@ -99,6 +99,11 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		b.countRefusal(refusedOther)
 		return refuse(packets.ErrBadAuthenticationMethod, fmt.Sprintf("authentication method %q not supported (user name and password only)", truncate(pk.Properties.AuthenticationMethod, 64)))
 	}
+	if v5 && len(pk.Properties.AuthenticationData) > 0 {
+		// Authentication Data without a method: a Protocol Error (§3.1.2.11.10).
+		b.countRefusal(refusedOther)
+		return refuse(packets.ErrProtocolViolation, "authentication data without an authentication method")
+	}
 	if err := b.login(cl.Net.Remote, p.User, pk.Connect.Password, pk.Connect.UsernameFlag); err != nil {
 		if errors.Is(err, ErrThrottled) {
 			b.log.Debug().Str("client", cl.ID).Str("user", p.User).Str("remote", cl.Net.Remote).Err(err).Msg("connection refused")

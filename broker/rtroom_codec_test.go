@@ -46,21 +46,34 @@ func mergeDeep(doc, part map[string]any) {
 	}
 }
 
-// subTree reports whether every leaf of part is in whole, with its value.
-func subTree(part, whole map[string]any) bool {
-	for k, v := range part {
-		if pm, ok := v.(map[string]any); ok {
+// subTree reports whether every value of got is in whole, at its place.
+func subTree(got, whole map[string]any) bool {
+	for k, v := range got {
+		if gm, ok := v.(map[string]any); ok {
 			wm, ok := whole[k].(map[string]any)
-			if !ok || !subTree(pm, wm) {
+			if !ok || !subTree(gm, wm) {
 				return false
 			}
 			continue
 		}
-		if !reflect.DeepEqual(v, whole[k]) {
+		if w, ok := whole[k]; !ok || !reflect.DeepEqual(v, w) {
 			return false
 		}
 	}
 	return true
+}
+
+// countLeaves counts the values of a decoded tree that are not objects.
+func countLeaves(m map[string]any) int {
+	n := 0
+	for _, v := range m {
+		if vm, ok := v.(map[string]any); ok {
+			n += countLeaves(vm)
+		} else {
+			n++
+		}
+	}
+	return n
 }
 
 // TestSnapshotSweepCodecs: a deep tree (a # filter, unicode keys, a
@@ -68,8 +81,9 @@ func subTree(part, whole map[string]any) bool {
 // Aliases and Maximum Packet Sizes from 90 up past the whole snapshot,
 // with the longest subscription identifier: no packet over the limit
 // (roomClient.next), parts that merge key by key to the whole snapshot
-// (less the values alone over the limit, left out),
-// and one message exactly when the whole one's packet fits.
+// less the values left out as too large (as many as TooLarge counted),
+// and, nothing left out, one message exactly when the whole one's packet
+// fits.
 func TestSnapshotSweepCodecs(t *testing.T) {
 	b := start(t, Options{})
 	w := dialTree5(t, b, "w")
@@ -101,6 +115,7 @@ func TestSnapshotSweepCodecs(t *testing.T) {
 			for limit := 90; limit <= size+3; limit += 4 {
 				id := fmt.Sprintf("c%s%d-%d", codec, aliases, limit)
 				c := dialRoomWith(t, b, id, limit, aliases)
+				tooLarge := b.stats.TooLarge.Load()
 				parts, _ := c.readSnapshot(t, filter, subID)
 				c.nc.Close()
 				if parts == nil {
@@ -110,17 +125,18 @@ func TestSnapshotSweepCodecs(t *testing.T) {
 				for _, p := range parts {
 					mergeDeep(got, decodeTree(t, filter, p))
 				}
-				// A value alone over the limit is left out (and reported):
-				// the parts are the whole snapshot less such values.
-				if !subTree(got, whole) {
-					t.Fatalf("%s: %d parts merge to %v, not part of %v", id, len(parts), got, whole)
+				// A value that alone fits no part is left out (SplitSkip),
+				// each counted in TooLarge: the parts merge to the whole
+				// without exactly as many values as were counted.
+				left := int(b.stats.TooLarge.Load() - tooLarge)
+				if !subTree(got, whole) || countLeaves(whole)-countLeaves(got) != left {
+					t.Fatalf("%s: %d parts merge to %v (%d values left out), want %v", id, len(parts), got, left, whole)
 				}
-				full := reflect.DeepEqual(got, whole)
-				if size <= limit && (len(parts) != 1 || !full) {
-					t.Errorf("%s: %d parts (whole: %v); the whole snapshot is a %d-byte packet", id, len(parts), full, size)
+				if left > 0 {
+					continue
 				}
-				if size > limit && len(parts) == 1 && full {
-					t.Errorf("%s: the whole snapshot in one %d-byte packet", id, size)
+				if (size <= limit) != (len(parts) == 1) {
+					t.Errorf("%s: %d parts; the whole snapshot is a %d-byte packet", id, len(parts), size)
 				}
 			}
 			t.Logf("%s aliases %d: whole snapshot %d bytes", filter, aliases, size)

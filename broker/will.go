@@ -26,12 +26,13 @@ func willOf(p Principal, pk *packets.Packet) *will {
 	m := Message{Topic: pk.Connect.WillTopic, Payload: pk.Connect.WillPayload, QoS: pk.Connect.WillQos, Retain: pk.Connect.WillRetain}
 	wp := pk.Connect.WillProperties
 	m.Properties = packets.Properties{
-		ContentType:       wp.ContentType,
-		PayloadFormat:     wp.PayloadFormat,
-		PayloadFormatFlag: wp.PayloadFormatFlag,
-		ResponseTopic:     wp.ResponseTopic,
-		CorrelationData:   wp.CorrelationData,
-		User:              wp.User,
+		ContentType:           wp.ContentType,
+		MessageExpiryInterval: wp.MessageExpiryInterval, // sent as the will's Publication Expiry Interval (§3.1.3.2.4)
+		PayloadFormat:         wp.PayloadFormat,
+		PayloadFormatFlag:     wp.PayloadFormatFlag,
+		ResponseTopic:         wp.ResponseTopic,
+		CorrelationData:       wp.CorrelationData,
+		User:                  wp.User,
 	}
 	return &will{p: p, m: m}
 }
