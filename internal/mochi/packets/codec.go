@@ -126,6 +126,34 @@ func encodeString(val string) []byte {
 	return append(buf, []byte(val)...)
 }
 
+// writeString writes val as encodeString encodes it, with no allocation
+// (mote).
+func writeString(b *bytes.Buffer, val string) {
+	writeUint16(b, uint16(len(val)))
+	b.WriteString(val)
+}
+
+// writeUint16 writes val big-endian (mote).
+func writeUint16(b *bytes.Buffer, val uint16) {
+	b.WriteByte(byte(val >> 8))
+	b.WriteByte(byte(val))
+}
+
+// writeUint32 writes val big-endian (mote).
+func writeUint32(b *bytes.Buffer, val uint32) {
+	writeUint16(b, uint16(val>>16))
+	writeUint16(b, uint16(val))
+}
+
+// lengthLen is the number of bytes encodeLength writes for n (mote).
+func lengthLen(n int) int {
+	l := 1
+	for ; n >= 128; n /= 128 {
+		l++
+	}
+	return l
+}
+
 // encodeLength writes length bits for the header.
 func encodeLength(b *bytes.Buffer, length int64) {
 	// 1.5.5 Variable Byte Integer encode non-normative

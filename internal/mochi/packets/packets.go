@@ -622,28 +622,35 @@ func (pk *Packet) PingrespDecode(buf []byte) error {
 
 // PublishEncode encodes a Publish packet.
 func (pk *Packet) PublishEncode(buf *bytes.Buffer) error {
-	nb := mempool.GetBuffer()
-	defer mempool.PutBuffer(nb)
+	// mote: written straight into buf, its lengths counted first: no
+	// scratch buffers from the pool, no map lookups per property
+	// (canEncode) — the bytes are those of Properties.Encode (Mote change
+	// 41; TestMotePublishEncodeBytes compares them).
+	if pk.FixedHeader.Qos > 0 && pk.PacketID == 0 {
+		return ErrProtocolViolationNoPacketID // [MQTT-2.2.1-2]
+	}
 
-	nb.Write(encodeString(pk.TopicName)) // [MQTT-3.3.2-1]
-
+	n := 2 + len(pk.TopicName) // [MQTT-3.3.2-1]
 	if pk.FixedHeader.Qos > 0 {
-		if pk.PacketID == 0 {
-			return ErrProtocolViolationNoPacketID // [MQTT-2.2.1-2]
-		}
-		nb.Write(encodeUint16(pk.PacketID))
+		n += 2
 	}
-
+	props := 0
 	if pk.ProtocolVersion == 5 {
-		pb := mempool.GetBuffer()
-		defer mempool.PutBuffer(pb)
-		pk.Properties.Encode(pk.FixedHeader.Type, pk.Mods, pb, nb.Len()+len(pk.Payload))
-		nb.Write(pb.Bytes())
+		props = pk.Properties.publishLen(pk.Mods)
+		n += lengthLen(props) + props
 	}
 
-	pk.FixedHeader.Remaining = nb.Len() + len(pk.Payload)
+	pk.FixedHeader.Remaining = n + len(pk.Payload)
+	buf.Grow(5 + pk.FixedHeader.Remaining)
 	pk.FixedHeader.Encode(buf)
-	buf.Write(nb.Bytes())
+	writeString(buf, pk.TopicName)
+	if pk.FixedHeader.Qos > 0 {
+		writeUint16(buf, pk.PacketID)
+	}
+	if pk.ProtocolVersion == 5 {
+		encodeLength(buf, int64(props))
+		pk.Properties.publishEncode(pk.Mods, buf)
+	}
 	buf.Write(pk.Payload)
 
 	return nil

@@ -364,6 +364,89 @@ func (p *Properties) Encode(pkt byte, mods Mods, b *bytes.Buffer, n int) {
 	b.Write(buf.Bytes()) // [MQTT-3.1.3-10]
 }
 
+// publishLen is the length of what publishEncode writes (mote).
+func (p *Properties) publishLen(mods Mods) int {
+	n := 0
+	if p.PayloadFormatFlag {
+		n += 2
+	}
+	if p.MessageExpiryInterval > 0 {
+		n += 5
+	}
+	if p.ContentType != "" {
+		n += 3 + len(p.ContentType)
+	}
+	if p.responseTopicSent(mods) {
+		n += 3 + len(p.ResponseTopic)
+	}
+	if mods.AllowResponseInfo && len(p.CorrelationData) > 0 {
+		n += 3 + len(p.CorrelationData)
+	}
+	for _, v := range p.SubscriptionIdentifier {
+		if v > 0 {
+			n += 1 + lengthLen(v)
+		}
+	}
+	if p.TopicAliasFlag && p.TopicAlias > 0 {
+		n += 3
+	}
+	if !mods.DisallowProblemInfo {
+		for _, u := range p.User {
+			n += 5 + len(u.Key) + len(u.Val)
+		}
+	}
+	return n
+}
+
+// responseTopicSent reports whether a PUBLISH carries its Response Topic.
+func (p *Properties) responseTopicSent(mods Mods) bool {
+	return mods.AllowResponseInfo && p.ResponseTopic != "" && !strings.ContainsAny(p.ResponseTopic, "+#") // [MQTT-3.3.2-14] [MQTT-3.1.2-28]
+}
+
+// publishEncode writes the properties of a PUBLISH, without their length,
+// as Encode(Publish, mods, …) does, in its order (mote: PublishEncode
+// counts them with publishLen and writes them straight into b).
+func (p *Properties) publishEncode(mods Mods, b *bytes.Buffer) {
+	if p.PayloadFormatFlag {
+		b.WriteByte(PropPayloadFormat)
+		b.WriteByte(p.PayloadFormat)
+	}
+	if p.MessageExpiryInterval > 0 {
+		b.WriteByte(PropMessageExpiryInterval)
+		writeUint32(b, p.MessageExpiryInterval)
+	}
+	if p.ContentType != "" {
+		b.WriteByte(PropContentType)
+		writeString(b, p.ContentType) // [MQTT-3.3.2-19]
+	}
+	if p.responseTopicSent(mods) {
+		b.WriteByte(PropResponseTopic)
+		writeString(b, p.ResponseTopic) // [MQTT-3.3.2-13]
+	}
+	if mods.AllowResponseInfo && len(p.CorrelationData) > 0 {
+		b.WriteByte(PropCorrelationData)
+		writeUint16(b, uint16(len(p.CorrelationData)))
+		b.Write(p.CorrelationData)
+	}
+	for _, v := range p.SubscriptionIdentifier {
+		if v > 0 {
+			b.WriteByte(PropSubscriptionIdentifier)
+			encodeLength(b, int64(v))
+		}
+	}
+	if p.TopicAliasFlag && p.TopicAlias > 0 { // [MQTT-3.3.2-8]
+		b.WriteByte(PropTopicAlias)
+		writeUint16(b, p.TopicAlias)
+	}
+	if !mods.DisallowProblemInfo {
+		for _, u := range p.User { // [MQTT-3.3.2-17]
+			b.WriteByte(PropUser)
+			writeString(b, u.Key)
+			writeString(b, u.Val)
+		}
+	}
+}
+
 // Decode decodes property bytes into a properties struct.
 func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 	if p == nil {

@@ -1,0 +1,146 @@
+package packets
+
+// mote: change 41, PUBLISH encoded straight into the buffer.
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// upstreamPublishEncode is mochi's PublishEncode as it was before change
+// 41, through the generic Properties.Encode: the reference of the bytes.
+func upstreamPublishEncode(pk *Packet, buf *bytes.Buffer) error {
+	nb := new(bytes.Buffer)
+	nb.Write(encodeString(pk.TopicName))
+	if pk.FixedHeader.Qos > 0 {
+		if pk.PacketID == 0 {
+			return ErrProtocolViolationNoPacketID
+		}
+		nb.Write(encodeUint16(pk.PacketID))
+	}
+	if pk.ProtocolVersion == 5 {
+		pb := new(bytes.Buffer)
+		pk.Properties.Encode(pk.FixedHeader.Type, pk.Mods, pb, nb.Len()+len(pk.Payload))
+		nb.Write(pb.Bytes())
+	}
+	pk.FixedHeader.Remaining = nb.Len() + len(pk.Payload)
+	pk.FixedHeader.Encode(buf)
+	buf.Write(nb.Bytes())
+	buf.Write(pk.Payload)
+	return nil
+}
+
+// TestMotePublishEncodeBytes: PublishEncode writes, byte for byte, what
+// upstream's wrote, for MQTT 3.1.1 and 5, with and without properties
+// (every one a PUBLISH carries, and some it must not), at every QoS,
+// with the Mods that drop some, and long lengths (a multi-byte remaining
+// length, property length and subscription identifier).
+func TestMotePublishEncodeBytes(t *testing.T) {
+	all := Properties{
+		PayloadFormat: 1, PayloadFormatFlag: true, MessageExpiryInterval: 3600,
+		ContentType: "application/json", ResponseTopic: "re/ply", CorrelationData: []byte{1, 2, 3},
+		SubscriptionIdentifier: []int{1, 0, 200, 268435455}, TopicAlias: 7, TopicAliasFlag: true,
+		User: []UserProperty{{Key: "k", Val: "v"}, {Key: "", Val: ""}, {Key: "mote-seq", Val: "42"}},
+		// not a PUBLISH's: never written
+		SessionExpiryInterval: 9, SessionExpiryIntervalFlag: true, ReasonString: "no", ReceiveMaximum: 5,
+		TopicAliasMaximum: 3, MaximumPacketSize: 100, AssignedClientID: "x", ServerKeepAlive: 3, ServerKeepAliveFlag: true,
+		MaximumQos: 1, MaximumQosFlag: true, RetainAvailable: 1, RetainAvailableFlag: true,
+	}
+	long := strings.Repeat("p", 20000)
+	cases := []struct {
+		name string
+		pk   Packet
+	}{
+		{"v3 qos0", Packet{TopicName: "a/b", Payload: []byte("hello")}},
+		{"v3 qos0 retain empty", Packet{FixedHeader: FixedHeader{Retain: true}, TopicName: "a/b"}},
+		{"v3 qos1 dup", Packet{FixedHeader: FixedHeader{Qos: 1, Dup: true}, PacketID: 0x1234, TopicName: "a", Payload: []byte("x")}},
+		{"v3 qos2 long", Packet{FixedHeader: FixedHeader{Qos: 2}, PacketID: 9, TopicName: "t/" + long[:300], Payload: []byte(long)}},
+		{"v3 props ignored", Packet{TopicName: "a", Payload: []byte("x"), Properties: all}},
+		{"v5 qos0 none", Packet{ProtocolVersion: 5, TopicName: "a/b", Payload: []byte("hello")}},
+		{"v5 qos0 alias only", Packet{ProtocolVersion: 5, Payload: []byte("x"),
+			Properties: Properties{TopicAlias: 3, TopicAliasFlag: true}}},
+		{"v5 alias without flag", Packet{ProtocolVersion: 5, TopicName: "a", Properties: Properties{TopicAlias: 3}}},
+		{"v5 subids", Packet{ProtocolVersion: 5, TopicName: "a", Properties: Properties{SubscriptionIdentifier: []int{5, 128, 16384}}}},
+		{"v5 all", Packet{ProtocolVersion: 5, FixedHeader: FixedHeader{Qos: 1}, PacketID: 2, TopicName: "a/b", Payload: []byte("{}"), Properties: all}},
+		{"v5 all response info", Packet{ProtocolVersion: 5, TopicName: "a/b", Payload: []byte("{}"), Properties: all, Mods: Mods{AllowResponseInfo: true}}},
+		{"v5 all no problem info", Packet{ProtocolVersion: 5, TopicName: "a/b", Properties: all, Mods: Mods{AllowResponseInfo: true, DisallowProblemInfo: true, MaxSize: 10}}},
+		{"v5 wildcard response topic", Packet{ProtocolVersion: 5, TopicName: "a", Properties: Properties{ResponseTopic: "r/#"}, Mods: Mods{AllowResponseInfo: true}}},
+		{"v5 long user property", Packet{ProtocolVersion: 5, FixedHeader: FixedHeader{Qos: 2}, PacketID: 65535, TopicName: "a",
+			Payload: []byte(long), Properties: Properties{User: []UserProperty{{Key: long[:200], Val: long[:300]}}}, Mods: Mods{MaxSize: 50}}},
+		{"v5 qos1 no packet id", Packet{ProtocolVersion: 5, FixedHeader: FixedHeader{Qos: 1}, TopicName: "a"}},
+		{"v3 qos2 no packet id", Packet{FixedHeader: FixedHeader{Qos: 2}, TopicName: "a"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.pk.FixedHeader.Type = Publish
+			want, got := new(bytes.Buffer), bytes.NewBufferString("before|")
+			wantPk, gotPk := tc.pk, tc.pk
+			wantErr := upstreamPublishEncode(&wantPk, want)
+			gotErr := gotPk.PublishEncode(got)
+			if wantErr != gotErr {
+				t.Fatalf("error %v, want %v", gotErr, wantErr)
+			}
+			if wantErr != nil {
+				if got.String() != "before|" {
+					t.Fatalf("wrote %q on an error", got.String())
+				}
+				return
+			}
+			if !bytes.Equal(got.Bytes()[len("before|"):], want.Bytes()) {
+				t.Fatalf("encoded\n%x\nwant\n%x", got.Bytes()[len("before|"):], want.Bytes())
+			}
+			if gotPk.FixedHeader.Remaining != wantPk.FixedHeader.Remaining {
+				t.Fatalf("Remaining %d, want %d", gotPk.FixedHeader.Remaining, wantPk.FixedHeader.Remaining)
+			}
+		})
+	}
+}
+
+// TestMotePublishEncodeAllocs: a PUBLISH, MQTT 3.1.1 or 5 with
+// properties, is encoded into a buffer with room without allocating
+// (upstream's took scratch buffers from a pool and allocated for long
+// strings).
+func TestMotePublishEncodeAllocs(t *testing.T) {
+	pk := Packet{FixedHeader: FixedHeader{Type: Publish}, ProtocolVersion: 5, TopicName: strings.Repeat("t", 100), Payload: []byte("x"),
+		Properties: Properties{ContentType: "application/json", User: []UserProperty{{Key: "mote-seq", Val: "1"}}, TopicAlias: 1, TopicAliasFlag: true}}
+	buf := bytes.NewBuffer(make([]byte, 0, 4096))
+	if n := testing.AllocsPerRun(100, func() {
+		buf.Reset()
+		if err := pk.PublishEncode(buf); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations an encode", n)
+	}
+}
+
+// BenchmarkMotePublishEncode: one PUBLISH encoded into a buffer with
+// room: a plain MQTT 3.1.1 forward, MQTT 5 with no properties (a topic
+// alias), MQTT 5 with a tree message's (content type, two user
+// properties, a subscription identifier).
+func BenchmarkMotePublishEncode(b *testing.B) {
+	payload := []byte(strings.Repeat("x", 64))
+	cases := []struct {
+		name string
+		pk   Packet
+	}{
+		{"v3", Packet{ProtocolVersion: 4, TopicName: "fan/12", Payload: payload}},
+		{"v5-alias", Packet{ProtocolVersion: 5, TopicName: "fan/12", Payload: payload, Properties: Properties{TopicAlias: 1, TopicAliasFlag: true}}},
+		{"v5-props", Packet{ProtocolVersion: 5, TopicName: "fan/12", Payload: payload, Properties: Properties{ContentType: "application/json",
+			User: []UserProperty{{Key: "mote-seq", Val: "12345"}, {Key: "mote-rev", Val: "678"}}, SubscriptionIdentifier: []int{3}}}},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			tc.pk.FixedHeader.Type = Publish
+			buf := bytes.NewBuffer(make([]byte, 0, 4096))
+			b.ReportAllocs()
+			for b.Loop() {
+				buf.Reset()
+				if err := tc.pk.PublishEncode(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
