@@ -72,8 +72,11 @@ type endpoint interface {
 	// waiting (on c.acked) while the client has as many in flight as it
 	// accepts. errTooLarge: the packet exceeds what the client accepts,
 	// and nothing of it was written. errSkipped: it was not sent, and
-	// the writer goes on (expired, or dropped and counted).
-	send(c *conn, pk packets.Packet) error
+	// the writer goes on (expired, or dropped and counted). send may
+	// change *pk (its expiry, topic alias, version), and keeps no
+	// pointer to it: conn.send calls it by type, so that the packet stays
+	// on its caller's stack.
+	send(c *conn, pk *packets.Packet) error
 	// flush writes what send has left buffered.
 	flush() error
 	// maxPacket is the largest packet the endpoint accepts (0: no limit
@@ -439,12 +442,12 @@ var errEncode = errors.New("broker: cannot encode")
 // flows and resends them to a resumed session; an outgoing topic alias
 // when the client allows them; the client's Maximum Packet Size. An error
 // means the publish was not taken in flight.
-func (o *mqttOut) send(c *conn, pk packets.Packet) error {
+func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 	cl := o.cl
 	// A publish that would take the buffer past flushAt goes after what
 	// it holds (before it is in flight: an error leaves it unsent), so
 	// buffers keep their size.
-	if o.buf != nil && o.buf.Len() > 0 && o.buf.Len()+encodedAtLeast(&pk) > flushAt {
+	if o.buf != nil && o.buf.Len() > 0 && o.buf.Len()+encodedAtLeast(pk) > flushAt {
 		if err := o.flush(); err != nil {
 			return err
 		}
@@ -468,7 +471,7 @@ func (o *mqttOut) send(c *conn, pk packets.Packet) error {
 		if cl.Closed() {
 			return errWriterStop
 		}
-		if err := o.b.takeInflight(&o.ids, cl, &pk); err != nil {
+		if err := o.b.takeInflight(&o.ids, cl, pk); err != nil {
 			c.slow(dropInflightFull) // every packet id in flight: the client does not acknowledge
 			return errSkipped
 		}

@@ -103,9 +103,11 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 	var err error
 	switch m := m.(type) {
 	case *plainItem:
-		err = c.send(m.packet(), outPlain)
+		pk := m.packet()
+		err = c.send(&pk, outPlain)
 	case *deltaItem:
-		err = c.send(c.treePacket(&m.treeItem), outDelta)
+		pk := c.treePacket(&m.treeItem)
+		err = c.send(&pk, outDelta)
 	default:
 		err = errors.New("broker: no direct write for this item")
 	}

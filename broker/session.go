@@ -220,7 +220,7 @@ type funcOut struct {
 	s  *Session
 }
 
-func (o *funcOut) send(c *conn, pk packets.Packet) error {
+func (o *funcOut) send(c *conn, pk *packets.Packet) error {
 	c.q.wrote(len(pk.Payload)+len(pk.TopicName), 1)
 	// A copy: the payload may be the store's own bytes, and fn may keep or
 	// change what it gets.

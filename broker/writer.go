@@ -167,9 +167,11 @@ func (c *conn) write(m item) error {
 	}
 	switch m := m.(type) {
 	case *plainItem:
-		return c.send(m.packet(), outPlain)
+		pk := m.packet()
+		return c.send(&pk, outPlain)
 	case *treeItem:
-		return c.send(c.treePacket(m), m.sentAs())
+		pk := c.treePacket(m)
+		return c.send(&pk, m.sentAs())
 	case *deltaItem:
 		if m.folded != nil {
 			ok, err := c.b.encodeFolded(c, m)
@@ -177,7 +179,8 @@ func (c *conn) write(m item) error {
 				return err
 			}
 		}
-		err := c.send(c.treePacket(&m.treeItem), outDelta)
+		pk := c.treePacket(&m.treeItem)
+		err := c.send(&pk, outDelta)
 		m.payload = nil // its subscription still points at it (to fold): let the payload go
 		return err
 	case *snapshotItem:
@@ -189,7 +192,8 @@ func (c *conn) write(m item) error {
 			return err
 		}
 		for _, t := range msgs {
-			if err := c.send(c.treePacket(t), t.sentAs()); err != nil {
+			pk := c.treePacket(t)
+			if err := c.send(&pk, t.sentAs()); err != nil {
 				return err
 			}
 		}
@@ -205,7 +209,7 @@ func (c *conn) write(m item) error {
 			}
 			for i := range rows {
 				if pk, ok := c.replayPacket(m, &rows[i]); ok {
-					if err := c.send(pk, outRetained); err != nil {
+					if err := c.send(&pk, outRetained); err != nil {
 						// The rest is the session's (handReplaysOn): from
 						// this row on, or the next if it cannot be encoded.
 						m.next = rows[i].at
@@ -263,8 +267,21 @@ func (c *conn) paceSnapshots() error {
 // counted, as MQTT 5 says [MQTT-3.1.2-25]; a tree message skipped this
 // way is also reported, and its mote-seq gap tells the client to
 // subscribe again (snapshots are split to fit).
-func (c *conn) send(pk packets.Packet, k outKind) error {
-	err := c.out.send(c, pk)
+//
+// pk is the caller's, by pointer (an outgoing packet is ~800 bytes: it
+// was copied at every call), and the endpoint may change it.
+func (c *conn) send(pk *packets.Packet, k outKind) error {
+	topic, size := pk.TopicName, len(pk.Payload) // before send may take the name away (a topic alias)
+	var err error
+	switch o := c.out.(type) { // by type: through the interface pk would escape
+	case *mqttOut:
+		err = o.send(c, pk)
+	case *funcOut:
+		err = o.send(c, pk)
+	default:
+		cp := *pk
+		err = c.out.send(c, &cp)
+	}
 	switch {
 	case err == nil:
 		c.b.meter.out[k].Add(1)
@@ -276,7 +293,7 @@ func (c *conn) send(pk packets.Packet, k outKind) error {
 	}
 	c.b.stats.TooLarge.Add(1)
 	if k != outPlain && k != outRetained {
-		c.b.refuse(c.p, "deliver", pk.TopicName, fmt.Errorf("%w: a %d-byte tree message exceeds your Maximum Packet Size; it was skipped (subscribe again for a snapshot in parts)", errTooLarge, len(pk.Payload)))
+		c.b.refuse(c.p, "deliver", topic, fmt.Errorf("%w: a %d-byte tree message exceeds your Maximum Packet Size; it was skipped (subscribe again for a snapshot in parts)", errTooLarge, size))
 	}
 	return nil
 }
