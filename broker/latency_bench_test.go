@@ -20,10 +20,12 @@ import (
 // through real TCP on 127.0.0.1, one message at a time (each op is a whole
 // round trip: the time per op is the latency of the path, the allocations
 // per op the broker's per message, the clients allocating none). plain:
-// a plain subscriber of a plain topic; tree: a $tree publish to a $sync
-// subscriber (a delta, through the message loop).
+// a plain subscriber of a plain topic; plain-v5: the same with MQTT 5
+// clients; plain-v5-props: and a content type and a user property on each
+// message; tree: a $tree publish to a $sync subscriber (a delta, through
+// the message loop).
 func BenchmarkRoundTrip(b *testing.B) {
-	for _, kind := range []string{"plain", "tree"} {
+	for _, kind := range []string{"plain", "plain-v5", "plain-v5-props", "tree"} {
 		b.Run(kind, func(b *testing.B) {
 			br := start(b, Options{})
 			roundTrip(b, br, br.TCPAddr(), kind)
@@ -38,13 +40,26 @@ func BenchmarkRoundTrip(b *testing.B) {
 // at a time; for Mote (br), also the share of messages written directly
 // (direct/op: no hand-off to the connection's writer).
 func roundTrip(b *testing.B, br *Broker, addr, kind string) {
-	sub := dialBench(b, addr, "rt-sub")
-	pub := dialBench(b, addr, "rt-pub")
+	version := byte(4)
+	if kind != "plain" && kind != "tree" {
+		version = 5
+	}
+	sub := dialBenchV(b, addr, "rt-sub", version)
+	pub := dialBenchV(b, addr, "rt-pub", version)
 	var pks [2][]byte
-	if kind == "plain" {
+	switch kind {
+	case "plain":
 		sub.subscribe(b, "rt/t")
 		pks[0], pks[1] = publish3("rt/t", "0123456789"), publish3("rt/t", "9876543210")
-	} else {
+	case "plain-v5", "plain-v5-props":
+		sub.subscribe(b, "rt/t")
+		var props []byte
+		if kind == "plain-v5-props" {
+			props = append(append([]byte{0x03}, 0, 16), "application/json"...)
+			props = append(append(append(props, 0x26, 0, 3), "seq"...), 0, 2, '4', '2')
+		}
+		pks[0], pks[1] = publish5("rt/t", props, "0123456789"), publish5("rt/t", props, "9876543210")
+	default:
 		pub.write(b, publish3("$tree/rt", `{"t":0}`))
 		sub.subscribe(b, "$sync/rt/+")
 		sub.readPublish(b) // the snapshot
@@ -108,9 +123,16 @@ type benchClient struct {
 	c   net.Conn
 	r   *bufio.Reader
 	buf []byte
+	v5  bool
 }
 
 func dialBench(b testing.TB, addr, id string) *benchClient {
+	b.Helper()
+	return dialBenchV(b, addr, id, 4)
+}
+
+// dialBenchV is dialBench for MQTT version v (4: 3.1.1, 5).
+func dialBenchV(b testing.TB, addr, id string, v byte) *benchClient {
 	b.Helper()
 	c, err := net.DialTimeout("tcp", addr, testTimeout)
 	if err != nil {
@@ -118,16 +140,22 @@ func dialBench(b testing.TB, addr, id string) *benchClient {
 	}
 	// One deadline for the whole benchmark: a hang fails it, not the
 	// whole test binary's timeout.
-	return newBenchClient(b, c, id, 5*time.Minute)
+	return newBenchClientV(b, c, id, 5*time.Minute, v)
 }
 
 // newBenchClient connects (MQTT 3.1.1) on c, which has deadline d.
 func newBenchClient(b testing.TB, c net.Conn, id string, d time.Duration) *benchClient {
 	b.Helper()
+	return newBenchClientV(b, c, id, d, 4)
+}
+
+// newBenchClientV is newBenchClient for MQTT version v.
+func newBenchClientV(b testing.TB, c net.Conn, id string, d time.Duration, v byte) *benchClient {
+	b.Helper()
 	b.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(d)) //nolint:errcheck // fails the reads if it fails
-	cl := &benchClient{c: c, r: bufio.NewReaderSize(c, 64<<10), buf: make([]byte, 0, 64<<10)}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+	cl := &benchClient{c: c, r: bufio.NewReaderSize(c, 64<<10), buf: make([]byte, 0, 64<<10), v5: v == 5}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: v,
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: id}}
 	var buf bytes.Buffer
 	if err := pk.ConnectEncode(&buf); err != nil {
@@ -183,6 +211,9 @@ func (c *benchClient) readPublish(b testing.TB) {
 // subscribe subscribes at QoS 0 and waits for the SUBACK.
 func (c *benchClient) subscribe(b testing.TB, filter string) {
 	body := binary.BigEndian.AppendUint16(nil, 1)
+	if c.v5 {
+		body = append(body, 0) // no properties
+	}
 	body = binary.BigEndian.AppendUint16(body, uint16(len(filter)))
 	body = append(append(body, filter...), 0)
 	c.write(b, append(append([]byte{0x82}, varint(len(body))...), body...))
@@ -195,6 +226,14 @@ func (c *benchClient) subscribe(b testing.TB, filter string) {
 			return
 		}
 	}
+}
+
+// publish5 is an MQTT 5 QoS 0 PUBLISH with the properties props.
+func publish5(topic string, props []byte, payload string) []byte {
+	body := binary.BigEndian.AppendUint16(nil, uint16(len(topic)))
+	body = append(append(body, topic...), varint(len(props))...)
+	body = append(append(body, props...), payload...)
+	return append(append([]byte{0x30}, varint(len(body))...), body...)
 }
 
 // publish3 is an MQTT 3.1.1 QoS 0 PUBLISH.

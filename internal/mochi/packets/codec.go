@@ -171,6 +171,34 @@ func encodeLength(b *bytes.Buffer, length int64) {
 	}
 }
 
+// decodeLengthBytes is DecodeLength reading from the start of b (mote):
+// the same value, byte count and errors (io.EOF where b ends).
+func decodeLengthBytes(b []byte) (n, bu int, err error) {
+	var multiplier uint32
+	var value uint32
+	bu = 1
+	for {
+		if bu > len(b) {
+			return 0, bu, io.EOF
+		}
+		eb := b[bu-1]
+
+		value |= uint32(eb&127) << multiplier
+		if (eb & 128) == 0 {
+			break
+		}
+
+		if bu == 4 {
+			return 0, bu, ErrMalformedVariableByteInteger // mote: at most four bytes (§1.5.5)
+		}
+
+		multiplier += 7
+		bu++
+	}
+
+	return int(value), bu, nil
+}
+
 func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 	// see 1.5.5 Variable Byte Integer decode non-normative
 	// https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901027

@@ -4,6 +4,7 @@ package packets
 
 import (
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -142,5 +143,49 @@ func BenchmarkMotePublishEncode(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestMoteDecodeBytesAsDecode: change 42's decodeBytes reads what Decode
+// reads from a bytes.Buffer: the same properties, byte count and error,
+// for well-formed properties, every malformed length (cut short, five
+// bytes, past the end), a property cut short, one not a PUBLISH's and one
+// given twice.
+func TestMoteDecodeBytesAsDecode(t *testing.T) {
+	var full bytes.Buffer
+	all := Properties{PayloadFormat: 1, PayloadFormatFlag: true, MessageExpiryInterval: 60, ContentType: "c",
+		ResponseTopic: "r", CorrelationData: []byte{1}, SubscriptionIdentifier: []int{3, 300}, TopicAlias: 2, TopicAliasFlag: true,
+		User: []UserProperty{{Key: "k", Val: "v"}, {Key: "k", Val: "w"}}}
+	all.Encode(Publish, Mods{AllowResponseInfo: true}, &full, 0)
+	inputs := [][]byte{
+		{}, {0}, {0, 'p', 'a', 'y'}, full.Bytes(), append(full.Bytes(), "payload"...),
+		{0x80}, {0x80, 0x80, 0x80, 0x80, 0x00}, {0xff, 0xff, 0xff, 0x7f}, {5, 0x01}, {2, 0x02, 0},
+		{2, 0x11, 0}, {4, 0x01, 1, 0x01, 1}, {3, 0x23, 0, 1}, {2, 0x0B, 0}, {1, 0xff}, {3, 0x26, 0, 1},
+	}
+	for _, in := range inputs {
+		var want, got Properties
+		wn, werr := want.Decode(Publish, bytes.NewBuffer(append([]byte(nil), in...)))
+		gn, gerr := got.decodeBytes(Publish, in)
+		if wn != gn || (werr == nil) != (gerr == nil) || (werr != nil && werr.Error() != gerr.Error()) {
+			t.Errorf("%x: decodeBytes %d, %v; Decode %d, %v", in, gn, gerr, wn, werr)
+		}
+		if werr == nil && !reflect.DeepEqual(want, got) {
+			t.Errorf("%x: decodeBytes %+v; Decode %+v", in, got, want)
+		}
+	}
+}
+
+// TestMotePublishDecodeAllocs: an MQTT 5 PUBLISH without properties is
+// decoded without allocating (a bytes.Buffer for its properties was one
+// allocation a packet before change 42).
+func TestMotePublishDecodeAllocs(t *testing.T) {
+	body := []byte{0, 3, 'a', '/', 'b', 0, 'x', 'y'}
+	pk := Packet{FixedHeader: FixedHeader{Type: Publish}, ProtocolVersion: 5}
+	if n := testing.AllocsPerRun(100, func() {
+		if err := pk.PublishDecode(body); err != nil || pk.TopicName != "a/b" || string(pk.Payload) != "xy" {
+			t.Fatalf("%v %+v", err, pk)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations a decode", n)
 	}
 }

@@ -674,7 +674,7 @@ func (pk *Packet) PublishDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:]) // mote change 42: no bytes.Buffer
 		if err != nil {
 			return propertiesError(err) // mote: a Protocol Error kept
 		}

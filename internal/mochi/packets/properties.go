@@ -458,14 +458,29 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 	if err != nil {
 		return n + bu, err
 	}
+	return p.decodeBody(pkt, n, bu, b.Bytes())
+}
 
+// decodeBytes is Decode of the properties at the start of buf, without a
+// bytes.Buffer (mote change 42: one allocation a packet, as the buffer
+// escapes through DecodeLength's io.ByteReader).
+func (p *Properties) decodeBytes(pkt byte, buf []byte) (int, error) {
+	n, bu, err := decodeLengthBytes(buf)
+	if err != nil {
+		return n + bu, err
+	}
+	return p.decodeBody(pkt, n, bu, buf[bu:])
+}
+
+// decodeBody decodes the n bytes of properties at the start of bt, which
+// followed their bu-byte length.
+func (p *Properties) decodeBody(pkt byte, n, bu int, bt []byte) (_ int, err error) {
 	if n == 0 {
 		return n + bu, nil
 	}
 
 	// mote: a property's value is read within the properties' length, not
 	// past it from the payload (§2.2.2.2: a Malformed Packet).
-	bt := b.Bytes()
 	if n > len(bt) {
 		return n + bu, ErrMalformedProperties
 	}
