@@ -31,6 +31,13 @@ type message struct {
 	firstUsed bool
 }
 
+// messageProps is a message with MQTT 5 properties, allocated together:
+// its message's props points at its own.
+type messageProps struct {
+	message
+	props packets.Properties
+}
+
 // propsSize is roughly what MQTT 5 properties hold in memory.
 func propsSize(p *packets.Properties) int {
 	n := len(p.ContentType) + len(p.ResponseTopic) + len(p.CorrelationData)

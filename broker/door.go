@@ -164,17 +164,22 @@ func (b *Broker) prepare(p Principal, m *Message) (prepared, error) {
 		if !b.access.canWrite(p, m.Topic) {
 			return prepared{}, fmt.Errorf("%w: write to %.200q", tree.ErrDenied, m.Topic)
 		}
-		msg := &message{topic: m.Topic, payload: m.Payload, origin: p.ClientID, qos: m.QoS, retain: m.Retain}
+		var msg *message
 		if hasProps(&m.Properties) || m.Properties.MessageExpiryInterval > 0 {
-			props := m.Properties
+			mp := &messageProps{props: m.Properties} // one allocation, not two
+			props := &mp.props
 			props.TopicAlias, props.TopicAliasFlag, props.SubscriptionIdentifier = 0, false, nil
 			if exp := props.MessageExpiryInterval; exp > 0 && !m.Retain {
-				msg.expiry = time.Now().Unix() + int64(exp) // an event held for an offline session expires [MQTT-3.3.2-5]
+				mp.expiry = time.Now().Unix() + int64(exp) // an event held for an offline session expires [MQTT-3.3.2-5]
 			} else {
 				props.MessageExpiryInterval = 0 // rows never expire (SPEC §1)
 			}
-			msg.props, msg.size = &props, propsSize(&props)
+			msg = &mp.message
+			msg.props, msg.size = props, propsSize(props)
+		} else {
+			msg = new(message)
 		}
+		msg.topic, msg.payload, msg.origin, msg.qos, msg.retain = m.Topic, m.Payload, p.ClientID, m.QoS, m.Retain
 		return prepared{plain: msg}, nil // its op is made when needed (dispatch)
 	}
 	if !p.system && reserved(pub.Topic) {

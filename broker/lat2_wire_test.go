@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"net"
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // rawPacket is one MQTT packet: its first byte, its remaining length and
@@ -112,6 +115,45 @@ func TestPlainForwardBytes(t *testing.T) {
 				if err != nil || !bytes.Equal(rawPacket(h, got), want5) {
 					t.Errorf("MQTT 5 subscriber (subscription identifier %d) got %x (%v), want %x", id, rawPacket(h, got), err, want5)
 				}
+			}
+		})
+	}
+}
+
+// TestPreparePlainAllocs: a plain publish is one allocation in the door,
+// with MQTT 5 properties or without (the message and its properties were
+// two), and the properties kept are the publisher's, less its topic
+// alias and subscription identifiers, with the expiry it gave.
+func TestPreparePlainAllocs(t *testing.T) {
+	b := start(t, Options{})
+	p := Principal{ClientID: "prep"}
+	withProps := packets.Properties{ContentType: "text/plain", User: []packets.UserProperty{{Key: "k", Val: "v"}},
+		TopicAlias: 3, TopicAliasFlag: true, SubscriptionIdentifier: []int{4}, MessageExpiryInterval: 60}
+	for _, tc := range []struct {
+		name  string
+		props packets.Properties
+	}{{"none", packets.Properties{}}, {"properties", withProps}} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := Message{Topic: "prep/a", Payload: []byte("x"), Properties: tc.props}
+			var r prepared
+			var err error
+			if n := testing.AllocsPerRun(100, func() { r, err = b.prepare(p, &m) }); err != nil || n != 1 {
+				t.Fatalf("%v allocations (%v), want 1", n, err)
+			}
+			msg := r.plain
+			if msg == nil || msg.topic != "prep/a" || string(msg.payload) != "x" || msg.origin != "prep" {
+				t.Fatalf("message %+v", msg)
+			}
+			if tc.props.ContentType == "" {
+				if msg.props != nil || msg.expiry != 0 {
+					t.Fatalf("properties %+v, expiry %d, want none", msg.props, msg.expiry)
+				}
+				return
+			}
+			want := withProps
+			want.TopicAlias, want.TopicAliasFlag, want.SubscriptionIdentifier = 0, false, nil
+			if !reflect.DeepEqual(*msg.props, want) || msg.expiry < time.Now().Unix()+59 || msg.size != propsSize(&want) {
+				t.Fatalf("properties %+v (expiry %d, size %d), want %+v", *msg.props, msg.expiry, msg.size, want)
 			}
 		})
 	}
