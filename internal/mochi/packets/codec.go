@@ -145,6 +145,18 @@ func writeUint32(b *bytes.Buffer, val uint32) {
 	writeUint16(b, uint16(val))
 }
 
+// hasWildcard is strings.ContainsAny(s, "+#") as a loop over the bytes
+// (mote change 43): both are ASCII, never part of another character in
+// UTF-8, valid or not; ContainsAny looked each rune up in the set.
+func hasWildcard(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '+' || s[i] == '#' {
+			return true
+		}
+	}
+	return false
+}
+
 // lengthLen is the number of bytes encodeLength writes for n (mote).
 func lengthLen(n int) int {
 	l := 1

@@ -189,3 +189,16 @@ func TestMotePublishDecodeAllocs(t *testing.T) {
 		t.Fatalf("%v allocations a decode", n)
 	}
 }
+
+// FuzzMoteHasWildcard: change 43's hasWildcard is strings.ContainsAny(s,
+// "+#"), invalid UTF-8 included.
+func FuzzMoteHasWildcard(f *testing.F) {
+	for _, s := range []string{"", "a/b", "a/+", "#", "\xc3+", "\xff#", "日本/x", "r/#/x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if hasWildcard(s) != strings.ContainsAny(s, "+#") {
+			t.Fatalf("hasWildcard(%q) = %v", s, hasWildcard(s))
+		}
+	})
+}

@@ -697,7 +697,7 @@ func (pk *Packet) PublishValidate(topicAliasMaximum uint16) Code {
 		return ErrProtocolViolationSurplusPacketID // [MQTT-2.2.1-2]
 	}
 
-	if strings.ContainsAny(pk.TopicName, "+#") {
+	if hasWildcard(pk.TopicName) {
 		return ErrProtocolViolationSurplusWildcard // [MQTT-3.3.2-2]
 	}
 
@@ -717,7 +717,7 @@ func (pk *Packet) PublishValidate(topicAliasMaximum uint16) Code {
 		return ErrProtocolViolationSurplusSubID // [MQTT-3.3.4-6]
 	}
 
-	if strings.ContainsAny(pk.Properties.ResponseTopic, "+#") {
+	if hasWildcard(pk.Properties.ResponseTopic) {
 		return ErrProtocolViolationResponseTopicWildcard // mote: [MQTT-3.3.2-14]
 	}
 

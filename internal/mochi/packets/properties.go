@@ -400,7 +400,7 @@ func (p *Properties) publishLen(mods Mods) int {
 
 // responseTopicSent reports whether a PUBLISH carries its Response Topic.
 func (p *Properties) responseTopicSent(mods Mods) bool {
-	return mods.AllowResponseInfo && p.ResponseTopic != "" && !strings.ContainsAny(p.ResponseTopic, "+#") // [MQTT-3.3.2-14] [MQTT-3.1.2-28]
+	return mods.AllowResponseInfo && p.ResponseTopic != "" && !hasWildcard(p.ResponseTopic) // [MQTT-3.3.2-14] [MQTT-3.1.2-28]
 }
 
 // publishEncode writes the properties of a PUBLISH, without their length,
