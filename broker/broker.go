@@ -173,6 +173,10 @@ func New(opts Options) (*Broker, error) {
 		// mochi's own ticker would bypass it.
 		SysTopicResendInterval: math.MaxInt32,
 		TakeoverCheck:          b.takeoverCheck,
+		// The hook reads no PUBLISH's Created time (it computes the
+		// expiry of what it delivers itself: prepare): mochi reads the
+		// clock only for what it retains or delivers itself.
+		CreatedOnDemand: true,
 	})
 	b.meter, b.healthWait = newMeters(b), healthWait
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {

@@ -634,3 +634,89 @@ func TestMotePacketsByPointerSeenAsBefore(t *testing.T) {
 		}
 	}
 }
+
+// createdHook records the Created and Expiry times OnPublish and
+// OnPublished see, and ignores what its ignore says.
+type createdHook struct {
+	HookBase
+	ignore            bool
+	onPublish, onDone []packets.Packet
+}
+
+func (h *createdHook) ID() string { return "created" }
+func (h *createdHook) Provides(b byte) bool {
+	return b == OnPublish || b == OnPublished || b == OnACLCheck
+}
+func (h *createdHook) OnACLCheck(*Client, string, bool) bool { return true }
+func (h *createdHook) OnPublish(_ *Client, pk *packets.Packet) error {
+	h.onPublish = append(h.onPublish, *pk)
+	if h.ignore {
+		pk.Ignore = true
+	}
+	return nil
+}
+func (h *createdHook) OnPublished(_ *Client, pk *packets.Packet) { h.onDone = append(h.onDone, *pk) }
+
+// TestMoteCreatedOnDemand: with Options.CreatedOnDemand (change 44), a
+// PUBLISH without an expiry reaches OnPublish without a Created time, and
+// gets one only if it goes on (retained, delivered: not ignored); one
+// with an expiry has both before OnPublish, as upstream. Without the
+// option every publish has its time before OnPublish, as upstream.
+func TestMoteCreatedOnDemand(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		onDemand, ignore       bool
+		expiry, maxExpiry      uint32 // the message's, the server's maximum
+		wantAtPublish, wantEnd bool   // a Created time seen by OnPublish, by OnPublished
+		wantRetained           bool
+	}{
+		{"upstream", false, false, 0, 0, true, true, true},
+		{"upstream ignored", false, true, 0, 0, true, true, false},
+		{"on demand ignored", true, true, 0, 0, false, false, false},
+		{"on demand delivered", true, false, 0, 0, false, true, true},
+		{"on demand with expiry", true, true, 60, 0, true, true, false},
+		{"on demand with the server's maximum", true, true, 0, 60, true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			caps := NewDefaultServerCapabilities()
+			caps.MaximumMessageExpiryInterval = int64(tc.maxExpiry) // Mote's is 0
+			s := New(&Options{Logger: logger, Capabilities: caps, CreatedOnDemand: tc.onDemand})
+			h := &createdHook{ignore: tc.ignore}
+			if err := s.AddHook(h, nil); err != nil {
+				t.Fatal(err)
+			}
+			r, w := net.Pipe()
+			defer r.Close()
+			defer w.Close()
+			cl := s.NewClient(r, "testing", "created-client", false)
+			cl.Properties.ProtocolVersion = 5
+			cl.State.Inflight.ResetReceiveQuota(10)
+			pk := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: "c/" + tc.name,
+				Payload: []byte("x"), ProtocolVersion: 5}
+			pk.Properties.MessageExpiryInterval = tc.expiry
+			before := time.Now().Unix()
+			if err := s.processPublish(cl, pk); err != nil {
+				t.Fatal(err)
+			}
+			if len(h.onPublish) != 1 || len(h.onDone) != 1 {
+				t.Fatalf("OnPublish %d, OnPublished %d times; want once each", len(h.onPublish), len(h.onDone))
+			}
+			for _, seen := range []struct {
+				what string
+				pk   packets.Packet
+				want bool
+			}{{"OnPublish", h.onPublish[0], tc.wantAtPublish}, {"OnPublished", h.onDone[0], tc.wantEnd}} {
+				if got := seen.pk.Created >= before; got != seen.want || (!seen.want && seen.pk.Created != 0) {
+					t.Errorf("%s saw Created %d (now %d); want a time: %v", seen.what, seen.pk.Created, before, seen.want)
+				}
+				if e := max(tc.expiry, tc.maxExpiry); e > 0 && seen.pk.Expiry != seen.pk.Created+int64(e) {
+					t.Errorf("%s saw Expiry %d, Created %d; want Created + %d", seen.what, seen.pk.Expiry, seen.pk.Created, e)
+				}
+			}
+			kept, ok := s.Topics.Retained.Get(pk.TopicName)
+			if ok != tc.wantRetained || (ok && kept.Created < before) {
+				t.Errorf("retained %v (Created %d); want retained %v, with a time", ok, kept.Created, tc.wantRetained)
+			}
+		})
+	}
+}
