@@ -202,3 +202,64 @@ func FuzzMoteHasWildcard(f *testing.F) {
 		}
 	})
 }
+
+// FuzzMotePublishEncode: change 41's PublishEncode writes, byte for byte,
+// what upstream's algorithm (upstreamPublishEncode) writes, with the same
+// error and Remaining, for any PUBLISH: MQTT 3.1.1 and 5, every QoS, DUP
+// and RETAIN, a packet id or none, an empty topic (a topic alias), every
+// PUBLISH property (strings and data up to 64 KiB, subscription
+// identifiers up to and past 268435455), properties a PUBLISH does not
+// carry, the Mods, and payloads up to past 2 MiB (a four-byte remaining
+// length).
+func FuzzMotePublishEncode(f *testing.F) {
+	f.Add(byte(0), uint16(0), "a/b", uint32(5), byte(0), uint32(0), "", "", []byte(nil), 0, uint16(0), "", "", byte(0))
+	f.Add(byte(0xff), uint16(1), "", uint32(2<<20+7), byte(1), uint32(3600), "application/json", "re/ply", []byte{1, 2}, 268435455, uint16(9), "k", "v", byte(7))
+	f.Add(byte(0x36), uint16(65535), "t/日本", uint32(0), byte(0), uint32(1), "c", "r/#", []byte{0}, 128, uint16(1), "", "", byte(2))
+	f.Add(byte(0x15), uint16(0), "x", uint32(127), byte(2), uint32(0), strings.Repeat("c", 70000), "", []byte(nil), -1, uint16(0), strings.Repeat("k", 65536), "", byte(5))
+	f.Fuzz(func(t *testing.T, flags byte, id uint16, topic string, payloadLen uint32, pf byte, expiry uint32,
+		contentType, responseTopic string, corr []byte, subID int, alias uint16, key, val string, mods byte) {
+		pk := Packet{
+			FixedHeader: FixedHeader{Type: Publish, Dup: flags&1 != 0, Retain: flags&2 != 0, Qos: (flags >> 2) % 3},
+			PacketID:    id, TopicName: topic, Payload: make([]byte, payloadLen%(3<<20)),
+			Properties: Properties{PayloadFormat: pf, PayloadFormatFlag: flags&0x10 != 0, MessageExpiryInterval: expiry,
+				ContentType: contentType, ResponseTopic: responseTopic, CorrelationData: corr,
+				TopicAlias: alias, TopicAliasFlag: flags&0x20 != 0,
+				ReasonString: key, SessionExpiryInterval: expiry, SessionExpiryIntervalFlag: true, ReceiveMaximum: alias},
+			Mods: Mods{AllowResponseInfo: mods&1 != 0, DisallowProblemInfo: mods&2 != 0, MaxSize: uint32(mods) * 3},
+		}
+		for i := range pk.Payload {
+			pk.Payload[i] = byte(i)
+		}
+		if flags&0x40 != 0 {
+			pk.ProtocolVersion = 5
+		} else if flags&0x80 != 0 {
+			pk.ProtocolVersion = 4
+		}
+		if subID != 0 {
+			pk.Properties.SubscriptionIdentifier = []int{subID, subID / 2, subID % 300}
+		}
+		if key != "" || val != "" || mods&4 != 0 {
+			pk.Properties.User = []UserProperty{{Key: key, Val: val}, {Key: val, Val: key}}
+		}
+		want, got := new(bytes.Buffer), bytes.NewBufferString("before|")
+		wantPk, gotPk := pk, pk
+		wantErr := upstreamPublishEncode(&wantPk, want)
+		gotErr := gotPk.PublishEncode(got)
+		if wantErr != gotErr {
+			t.Fatalf("error %v, want %v", gotErr, wantErr)
+		}
+		if wantErr != nil {
+			if got.String() != "before|" {
+				t.Fatalf("wrote %d bytes on an error", got.Len()-len("before|"))
+			}
+			return
+		}
+		if !bytes.Equal(got.Bytes()[len("before|"):], want.Bytes()) {
+			g, w := got.Bytes()[len("before|"):], want.Bytes()
+			t.Fatalf("encoded %d bytes, want %d: %x…, want %x…", len(g), len(w), g[:min(len(g), 64)], w[:min(len(w), 64)])
+		}
+		if gotPk.FixedHeader.Remaining != wantPk.FixedHeader.Remaining {
+			t.Fatalf("Remaining %d, want %d", gotPk.FixedHeader.Remaining, wantPk.FixedHeader.Remaining)
+		}
+	})
+}

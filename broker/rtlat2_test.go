@@ -1,0 +1,228 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// rtlat2Sub subscribes nc to filter at QoS 2 with a subscription
+// identifier (0: none).
+func rtlat2Sub(t *testing.T, nc net.Conn, r *bufio.Reader, filter string, subID byte) {
+	t.Helper()
+	props := []byte{0}
+	if subID > 0 {
+		props = []byte{2, 0x0B, subID}
+	}
+	body := append(append([]byte{0, 1}, props...), append(mqttStr(filter), 2)...)
+	if _, err := nc.Write(rawPacket(0x82, body)); err != nil {
+		t.Fatal(err)
+	}
+	if h, ack, err := readPacketBody(r); err != nil || h != 0x90 || ack[len(ack)-1] != 2 {
+		t.Fatalf("SUBACK: %#x %x %v", h, ack, err)
+	}
+}
+
+// rtlat2Read reads n PUBLISH packets (MQTT 5), acknowledging them (QoS 1
+// and 2 flows), and returns them decoded, by topic.
+func rtlat2Read(t *testing.T, nc net.Conn, r *bufio.Reader, n int) map[string]packets.Packet {
+	t.Helper()
+	got := make(map[string]packets.Packet)
+	for len(got) < n {
+		h, body, err := readPacketBody(r)
+		if err != nil {
+			t.Fatalf("after %d of %d publishes: %v", len(got), n, err)
+		}
+		switch h >> 4 {
+		case packets.Publish:
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: (h >> 1) & 3, Retain: h&1 != 0}, ProtocolVersion: 5}
+			if err := pk.PublishDecode(body); err != nil {
+				t.Fatalf("PUBLISH %x: %v", body, err)
+			}
+			if _, dup := got[pk.TopicName]; dup {
+				t.Fatalf("%s twice", pk.TopicName)
+			}
+			got[pk.TopicName] = pk
+			switch pk.FixedHeader.Qos {
+			case 1:
+				_, err = nc.Write([]byte{0x40, 2, byte(pk.PacketID >> 8), byte(pk.PacketID)})
+			case 2:
+				_, err = nc.Write([]byte{0x50, 2, byte(pk.PacketID >> 8), byte(pk.PacketID)})
+			}
+		case packets.Pubrel:
+			_, err = nc.Write([]byte{0x70, 2, body[0], body[1]})
+		default:
+			t.Fatalf("packet %#x %x", h, body)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got
+}
+
+// rtlat2Props are the distinct MQTT 5 properties of publisher c's i-th
+// publish: every property a PUBLISH forwards, several user properties.
+func rtlat2Props(c, i int) packets.Properties {
+	s := fmt.Sprintf("%d-%d", c, i)
+	return packets.Properties{
+		PayloadFormat: byte(i % 2), PayloadFormatFlag: true,
+		ContentType:     "ct/" + s,
+		ResponseTopic:   "rt/" + s,
+		CorrelationData: []byte("corr-" + s + "\x00\xff"),
+		User:            []packets.UserProperty{{Key: "k" + s, Val: "v" + s}, {Key: "seq", Val: s}, {Key: "k" + s, Val: ""}},
+	}
+}
+
+// TestPipelinedPropertiesIntact (h-rtlat2, attack on mochi change 42 and
+// messageProps): three MQTT 5 publishers pipeline 40 publishes each, in
+// one write, at QoS 0, 1 and 2 (some retained, some with a Message
+// Expiry), each with its own properties, decoded from the packet's bytes;
+// a slow subscriber that reads only when all are in, a persistent session
+// offline while they arrive, and a subscriber that comes after and gets
+// the retained ones must each get every property byte for byte — with
+// its own subscription identifier, the expiry counted down, none of one
+// subscriber's changes seen by another.
+func TestPipelinedPropertiesIntact(t *testing.T) {
+	const pubs, per = 3, 40
+	b := start(t, Options{})
+	slow, slowR, _ := rawConnect5(t, b, "pl-slow", true, 0)
+	rtlat2Sub(t, slow, slowR, "pl/#", 7)
+	off, offR, _ := rawConnect5(t, b, "pl-off", false, 0)
+	rtlat2Sub(t, off, offR, "pl/#", 0)
+	if _, err := off.Write([]byte{0xe0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := readPacketBody(offR); err == nil { // the broker closes it once it has the DISCONNECT
+		t.Fatal("a packet after DISCONNECT")
+	}
+
+	type sent struct {
+		qos    byte
+		retain bool
+		props  packets.Properties
+		pay    string
+	}
+	want := make(map[string]sent)
+	var wg sync.WaitGroup
+	for c := range pubs {
+		nc, r, _ := rawConnect5(t, b, fmt.Sprintf("pl-pub%d", c), true, 0)
+		var all []byte
+		acks := 0
+		for i := range per {
+			p := rtlat2Props(c, i)
+			s := sent{qos: byte(i % 3), retain: i%4 == 0, props: p, pay: fmt.Sprintf("payload %d-%d", c, i)}
+			if i%5 == 0 {
+				s.props.MessageExpiryInterval = 3600
+			}
+			topic := fmt.Sprintf("pl/%d/%d", c, i)
+			want[topic] = s
+			var pb bytes.Buffer
+			s.props.Encode(packets.Publish, packets.Mods{AllowResponseInfo: true}, &pb, 0)
+			body := mqttStr(topic)
+			h := byte(0x30) | s.qos<<1
+			if s.retain {
+				h |= 1
+			}
+			if s.qos > 0 {
+				body = append(body, 0, byte(i+1))
+				acks++
+			}
+			body = append(append(body, pb.Bytes()...), s.pay...)
+			all = append(all, rawPacket(h, body)...)
+		}
+		// a QoS 1 publish last: its PUBACK says the broker has taken all
+		all = append(all, rawPacket(0x32, append(append(mqttStr("pl-end"), 0, 200, 0), "x"...))...)
+		if _, err := nc.Write(all); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for acks >= 0 {
+				h, body, err := readPacketBody(r)
+				if err != nil {
+					t.Errorf("publisher %d: %v", c, err)
+					return
+				}
+				switch h >> 4 {
+				case packets.Puback, packets.Pubcomp:
+					acks--
+				case packets.Pubrec:
+					_, err = nc.Write([]byte{0x62, 2, body[0], body[1]})
+				}
+				if err != nil {
+					t.Errorf("publisher %d: %v", c, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+
+	check := func(t *testing.T, who string, got map[string]packets.Packet, subID []int, retained, qos0 bool) {
+		t.Helper()
+		for topic, w := range want {
+			if retained && !w.retain || !qos0 && w.qos == 0 {
+				continue
+			}
+			pk, ok := got[topic]
+			if !ok {
+				t.Errorf("%s: no %s", who, topic)
+				continue
+			}
+			wp := w.props
+			wp.SubscriptionIdentifier = subID
+			if gp := pk.Properties; wp.MessageExpiryInterval > 0 && !w.retain {
+				if gp.MessageExpiryInterval > 3600 || gp.MessageExpiryInterval < 3600-uint32(testTimeout/time.Second) {
+					t.Errorf("%s %s: expiry %d", who, topic, gp.MessageExpiryInterval)
+				}
+				wp.MessageExpiryInterval = gp.MessageExpiryInterval
+			} else if w.retain {
+				wp.MessageExpiryInterval = 0 // retained: rows never expire (SPEC §1)
+			}
+			if !reflect.DeepEqual(pk.Properties, wp) || string(pk.Payload) != w.pay || pk.FixedHeader.Retain != retained {
+				t.Errorf("%s %s: %q %+v retain %v\nwant %q %+v", who, topic, pk.Payload, pk.Properties, pk.FixedHeader.Retain, w.pay, wp)
+			}
+		}
+	}
+	cases := []struct {
+		name     string
+		read     func(t *testing.T) map[string]packets.Packet
+		subID    []int
+		retained bool
+		qos0     bool // QoS 0 publishes are delivered (not to an offline session)
+	}{
+		{"slow subscriber", func(t *testing.T) map[string]packets.Packet {
+			return rtlat2Read(t, slow, slowR, pubs*per)
+		}, []int{7}, false, true},
+		{"offline session", func(t *testing.T) map[string]packets.Packet {
+			nc, r, present := rawConnect5(t, b, "pl-off", false, 0)
+			if !present {
+				t.Fatal("session not present")
+			}
+			return rtlat2Read(t, nc, r, pubs*(per-(per+2)/3))
+		}, nil, false, false},
+		{"retained to a new subscriber", func(t *testing.T) map[string]packets.Packet {
+			nc, r, _ := rawConnect5(t, b, "pl-late", true, 0)
+			rtlat2Sub(t, nc, r, "pl/#", 9)
+			return rtlat2Read(t, nc, r, pubs*((per+3)/4))
+		}, []int{9}, true, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.read(t)
+			check(t, tc.name, got, tc.subID, tc.retained, tc.qos0)
+		})
+	}
+}
