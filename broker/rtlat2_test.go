@@ -226,3 +226,155 @@ func TestPipelinedPropertiesIntact(t *testing.T) {
 		})
 	}
 }
+
+// rtlat2Connect is rawConnect5 for a persistent session that asks, or
+// not, for problem information (Request Problem Information 0 or 1).
+func rtlat2Connect(t *testing.T, b *Broker, id string, problemInfo byte) (net.Conn, *bufio.Reader, bool) {
+	t.Helper()
+	nc, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id},
+		Properties: packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true,
+			RequestProblemInfo: problemInfo, RequestProblemInfoFlag: true},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(nc)
+	h, body, err := readPacketBody(r)
+	if err != nil || h != 0x20 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("CONNACK: %#x %x %v", h, body, err)
+	}
+	return nc, r, body[0]&1 == 1
+}
+
+// TestResentPublishKeepsUserProperties (h-rtlat2, PublishEncode's Mods):
+// a QoS 1 message held for a persistent session while it is away is
+// resent on its return (by mochi, WritePacket) with its User Properties,
+// whatever the session's Request Problem Information: 0 forbids them on
+// packets other than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29], and
+// a PUBLISH's are the application message's, forwarded unaltered
+// [MQTT-3.3.2-17] — and the live delivery (Mote's writer) keeps them.
+// Upstream's encoder dropped them, and change 41 kept that.
+func TestResentPublishKeepsUserProperties(t *testing.T) {
+	b := start(t, Options{})
+	pub, pubR, _ := rawConnect5(t, b, "rpi-pub", true, 0)
+	props := packets.Properties{ContentType: "text/plain", User: []packets.UserProperty{{Key: "k", Val: "v"}, {Key: "k2", Val: ""}}}
+	for i, tc := range []struct {
+		name        string
+		problemInfo byte
+	}{{"problem info 0", 0}, {"problem info 1", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, topic := fmt.Sprintf("rpi-%d", i), fmt.Sprintf("rpi/%d", i)
+			nc, r, _ := rtlat2Connect(t, b, id, tc.problemInfo)
+			rtlat2Sub(t, nc, r, topic, 0)
+			// live: from Mote's writer
+			var pb bytes.Buffer
+			props.Encode(packets.Publish, packets.Mods{}, &pb, 0)
+			body := append(append(mqttStr(topic), 0, 1), pb.Bytes()...)
+			if _, err := pub.Write(rawPacket(0x32, append(body, "live"...))); err != nil {
+				t.Fatal(err)
+			}
+			if h, ack, err := readPacketBody(pubR); err != nil || h != 0x40 {
+				t.Fatalf("PUBACK: %#x %x %v", h, ack, err)
+			}
+			live := rtlat2Read(t, nc, r, 1)[topic]
+			if _, err := nc.Write([]byte{0xe0, 0}); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := readPacketBody(r); err == nil {
+				t.Fatal("a packet after DISCONNECT")
+			}
+			// held while away, resent on return: by mochi
+			body = append(append(mqttStr(topic), 0, 2), pb.Bytes()...)
+			if _, err := pub.Write(rawPacket(0x32, append(body, "held"...))); err != nil {
+				t.Fatal(err)
+			}
+			if h, ack, err := readPacketBody(pubR); err != nil || h != 0x40 {
+				t.Fatalf("PUBACK: %#x %x %v", h, ack, err)
+			}
+			nc, r, present := rtlat2Connect(t, b, id, tc.problemInfo)
+			if !present {
+				t.Fatal("session not present")
+			}
+			held := rtlat2Read(t, nc, r, 1)[topic]
+			for _, got := range []packets.Packet{live, held} {
+				if !reflect.DeepEqual(got.Properties, props) {
+					t.Errorf("%q: properties %+v, want %+v", got.Payload, got.Properties, props)
+				}
+			}
+		})
+	}
+}
+
+// TestSessionChangesNoOtherDelivery (h-rtlat2, a message's properties
+// shared between subscribers): a Session's fn may change what it gets
+// (Open); changing a delivered plain message's User Properties or
+// Correlation Data, or appending to them, must not reach another
+// session's delivery, nor the retained row's properties a later MQTT
+// subscriber gets. The message's properties are one for all its
+// subscribers (messageProps), and the retained row keeps them.
+func TestSessionChangesNoOtherDelivery(t *testing.T) {
+	b := start(t, Options{})
+	props := packets.Properties{ContentType: "text/plain", CorrelationData: []byte("corr"),
+		User: []packets.UserProperty{{Key: "k", Val: "v"}, {Key: "k2", Val: "v2"}, {Key: "k3", Val: "v3"}}}
+	changed := make(chan struct{})
+	a := b.Open(Principal{ClientID: "chg-a"}, func(d Delivery) {
+		d.Properties.User[0].Val = "changed"
+		d.Properties.CorrelationData[0] = 'X'
+		d.Properties.User = append(d.Properties.User, packets.UserProperty{Key: "mine", Val: "a"})
+		close(changed)
+	})
+	defer a.Close()
+	got := make(chan Delivery, 1)
+	c := b.Open(Principal{ClientID: "chg-b"}, func(d Delivery) {
+		select {
+		case <-changed:
+		case <-time.After(testTimeout):
+		}
+		got <- d
+	})
+	defer c.Close()
+	for _, s := range []*Session{a, c} {
+		if err := s.Subscribe("chg/#", 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub, pubR, _ := rawConnect5(t, b, "chg-pub", true, 0)
+	var pb bytes.Buffer
+	props.Encode(packets.Publish, packets.Mods{AllowResponseInfo: true}, &pb, 0)
+	if _, err := pub.Write(rawPacket(0x33, append(append(append(mqttStr("chg/a"), 0, 1), pb.Bytes()...), "x"...))); err != nil {
+		t.Fatal(err)
+	}
+	if h, ack, err := readPacketBody(pubR); err != nil || h != 0x40 {
+		t.Fatalf("PUBACK: %#x %x %v", h, ack, err)
+	}
+	var d Delivery
+	select {
+	case d = <-got:
+	case <-time.After(testTimeout):
+		t.Fatal("no delivery")
+	}
+	late, lateR, _ := rawConnect5(t, b, "chg-late", true, 0)
+	rtlat2Sub(t, late, lateR, "chg/#", 0)
+	retained := rtlat2Read(t, late, lateR, 1)["chg/a"]
+	for _, tc := range []struct {
+		name string
+		got  packets.Properties
+	}{{"other session", d.Properties}, {"retained, to a later MQTT subscriber", retained.Properties}} {
+		if !reflect.DeepEqual(tc.got, props) {
+			t.Errorf("%s: properties %+v, want %+v", tc.name, tc.got, props)
+		}
+	}
+}

@@ -277,6 +277,11 @@ func (c *conn) send(pk *packets.Packet, k outKind) error {
 	case *mqttOut:
 		err = o.send(c, pk)
 	case *funcOut:
+		if k == outPlain || k == outRetained {
+			// The message's properties (or the retained row's), one for
+			// all its subscribers; fn may change what it gets (Open).
+			pk.Properties = pk.Properties.Copy(false)
+		}
 		err = o.send(c, pk)
 	default:
 		cp := *pk
