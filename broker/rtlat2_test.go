@@ -378,3 +378,69 @@ func TestSessionChangesNoOtherDelivery(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishAtMaximumPacketSize (h-rtlat2, change 41's lengths): an MQTT
+// 5 subscriber with a Maximum Packet Size gets a message whose PUBLISH is
+// exactly that size, byte for byte as the upstream encoder writes it, and
+// not one a byte over [MQTT-3.1.2-24], around every remaining-length
+// boundary (1→2, 2→3, 3→4 bytes: 2 MiB payloads), with properties and a
+// subscription identifier.
+func TestPublishAtMaximumPacketSize(t *testing.T) {
+	b := start(t, Options{})
+	pub, pubR, _ := rawConnect5(t, b, "mps-pub", true, 0)
+	props := packets.Properties{ContentType: "c", User: []packets.UserProperty{{Key: "k", Val: "v"}}, CorrelationData: []byte{0, 1}}
+	for i, max := range []int{127 + 2, 128 + 3, 16383 + 3, 16384 + 4, 2097151 + 4, 2097152 + 5} {
+		t.Run(fmt.Sprint(max), func(t *testing.T) {
+			topic := fmt.Sprintf("mps/%d", i)
+			nc, r, _ := rawConnect5(t, b, fmt.Sprintf("mps-sub%d", i), true, uint32(max))
+			rtlat2Sub(t, nc, r, topic, 3)
+			// the payload that makes the delivery exactly max bytes
+			out := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, TopicName: topic,
+				ProtocolVersion: 5, Properties: props, Mods: packets.Mods{AllowResponseInfo: true}}
+			out.Properties.SubscriptionIdentifier = []int{3}
+			n := max - 5
+			for {
+				out.Payload = make([]byte, n)
+				var buf bytes.Buffer
+				if err := out.PublishEncode(&buf); err != nil {
+					t.Fatal(err)
+				}
+				if buf.Len() == max {
+					break
+				}
+				n += max - buf.Len()
+			}
+			for j, extra := range []int{1, 0, -1} { // one over, exactly, one under
+				payload := bytes.Repeat([]byte{byte('a' + j)}, n+extra)
+				var pb bytes.Buffer
+				props.Encode(packets.Publish, packets.Mods{AllowResponseInfo: true}, &pb, 0)
+				body := append(append(append(mqttStr(topic), 0, byte(j+1)), pb.Bytes()...), payload...)
+				if _, err := pub.Write(rawPacket(0x32, body)); err != nil {
+					t.Fatal(err)
+				}
+				if h, ack, err := readPacketBody(pubR); err != nil || h != 0x40 {
+					t.Fatalf("PUBACK: %#x %x %v", h, ack, err)
+				}
+			}
+			for _, extra := range []int{0, -1} {
+				h, body, err := readPacketBody(r)
+				if err != nil || h != 0x32 {
+					t.Fatalf("%#x %v", h, err)
+				}
+				want := out
+				want.Payload = bytes.Repeat([]byte{byte('a' + 1 - extra)}, n+extra)
+				want.PacketID = uint16(body[len(topic)+2])<<8 | uint16(body[len(topic)+3])
+				var wb bytes.Buffer
+				if err := want.PublishEncode(&wb); err != nil {
+					t.Fatal(err)
+				}
+				if got := rawPacket(h, body); !bytes.Equal(got, wb.Bytes()) {
+					t.Errorf("%d bytes (%x…), want %d (%x…)", len(got), got[:min(len(got), 40)], wb.Len(), wb.Bytes()[:min(wb.Len(), 40)])
+				}
+				if _, err := nc.Write([]byte{0x40, 2, body[len(topic)+2], body[len(topic)+3]}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
