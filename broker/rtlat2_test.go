@@ -444,3 +444,58 @@ func TestPublishAtMaximumPacketSize(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishWildcardTopics (h-rtlat2, change 43's byte-by-byte wildcard
+// check): a PUBLISH whose Topic Name or Response Topic holds '+' or '#'
+// anywhere — alone, inside a level, next to multi-byte UTF-8 — is refused
+// with a DISCONNECT (Protocol Error) [MQTT-3.3.2-2] [MQTT-3.3.2-14], and
+// one with multi-byte characters whose bytes are not those is delivered.
+func TestPublishWildcardTopics(t *testing.T) {
+	b := start(t, Options{})
+	sub, subR, _ := rawConnect5(t, b, "wc-sub", true, 0)
+	rtlat2Sub(t, sub, subR, "#", 0)
+	for i, tc := range []struct {
+		topic, response string
+		ok              bool
+	}{
+		{"wc/日本/x", "", true},
+		{"wc/é+ü", "", false},
+		{"wc/日#", "", false},
+		{"+", "", false},
+		{"wc/#", "", false},
+		{"wc/a+b/c", "", false},
+		{"wc/\u00ab\u00bb\u2b2b\u2323", "", true}, // bytes 0xab, 0xbb, 0x2b-ish trails: not '+' (0x2b) as bytes
+		{"wc/r", "re/日本+", false},
+		{"wc/r", "re/#", false},
+		{"wc/r2", "re/日本", true},
+	} {
+		t.Run(fmt.Sprintf("%d %q %q", i, tc.topic, tc.response), func(t *testing.T) {
+			nc, r, _ := rawConnect5(t, b, fmt.Sprintf("wc-pub%d", i), true, 0)
+			var props []byte
+			if tc.response != "" {
+				props = append([]byte{0x08}, mqttStr(tc.response)...)
+			}
+			body := append(append(mqttStr(tc.topic), varint(len(props))...), props...)
+			if _, err := nc.Write(rawPacket(0x30, append(body, "x"...))); err != nil {
+				t.Fatal(err)
+			}
+			if tc.ok {
+				if _, err := nc.Write([]byte{0xc0, 0}); err != nil {
+					t.Fatal(err)
+				}
+				if h, _, err := readPacketBody(r); err != nil || h != 0xd0 {
+					t.Fatalf("%#x %v, want PINGRESP", h, err)
+				}
+				got := rtlat2Read(t, sub, subR, 1)
+				if pk, ok := got[tc.topic]; !ok || string(pk.Payload) != "x" || pk.Properties.ResponseTopic != tc.response {
+					t.Fatalf("got %+v", got)
+				}
+				return
+			}
+			h, body, err := readPacketBody(r)
+			if err != nil || h != 0xe0 || len(body) < 1 || (body[0] != 0x82 && body[0] != 0x90) {
+				t.Fatalf("%#x %x %v, want DISCONNECT 0x82 or 0x90", h, body, err)
+			}
+		})
+	}
+}
