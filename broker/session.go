@@ -31,7 +31,8 @@ type Session struct {
 
 // Delivery is one message to a Session: a plain publish (a retained row
 // replayed on subscribing has Retain set), or a tree message with its
-// MQTT 5 properties (mote-seq, mote-part, Content Type).
+// MQTT 5 properties (mote-seq, mote-part, Content Type). Its Payload and
+// Properties are the session's own: fn may keep or change them.
 type Delivery struct {
 	Topic      string
 	Payload    []byte
