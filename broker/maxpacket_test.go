@@ -19,6 +19,12 @@ import (
 // the connection, its reader and the CONNACK's Session Present flag.
 func rawConnect5(t *testing.T, b *Broker, id string, clean bool, maxPacket uint32) (net.Conn, *bufio.Reader, bool) {
 	t.Helper()
+	return rawConnect5With(t, b, id, clean, packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true, MaximumPacketSize: maxPacket})
+}
+
+// rawConnect5With is rawConnect5 with the CONNECT's properties.
+func rawConnect5With(t *testing.T, b *Broker, id string, clean bool, props packets.Properties) (net.Conn, *bufio.Reader, bool) {
+	t.Helper()
 	nc, err := net.Dial("tcp", b.TCPAddr())
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +35,7 @@ func rawConnect5(t *testing.T, b *Broker, id string, clean bool, maxPacket uint3
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,
 		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: clean, Keepalive: 30, ClientIdentifier: id},
-		Properties:      packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true, MaximumPacketSize: maxPacket},
+		Properties:      props,
 	}
 	var buf bytes.Buffer
 	if err := pk.ConnectEncode(&buf); err != nil {

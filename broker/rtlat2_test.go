@@ -231,32 +231,8 @@ func TestPipelinedPropertiesIntact(t *testing.T) {
 // not, for problem information (Request Problem Information 0 or 1).
 func rtlat2Connect(t *testing.T, b *Broker, id string, problemInfo byte) (net.Conn, *bufio.Reader, bool) {
 	t.Helper()
-	nc, err := net.Dial("tcp", b.TCPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(testTimeout))
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 5,
-		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id},
-		Properties: packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true,
-			RequestProblemInfo: problemInfo, RequestProblemInfoFlag: true},
-	}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nc.Write(buf.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	r := bufio.NewReader(nc)
-	h, body, err := readPacketBody(r)
-	if err != nil || h != 0x20 || len(body) < 2 || body[1] != 0 {
-		t.Fatalf("CONNACK: %#x %x %v", h, body, err)
-	}
-	return nc, r, body[0]&1 == 1
+	return rawConnect5With(t, b, id, false, packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true,
+		RequestProblemInfo: problemInfo, RequestProblemInfoFlag: true})
 }
 
 // TestResentPublishKeepsUserProperties (h-rtlat2, PublishEncode's Mods):

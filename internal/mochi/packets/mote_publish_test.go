@@ -32,6 +32,32 @@ func upstreamPublishEncode(pk *Packet, buf *bytes.Buffer) error {
 	return nil
 }
 
+// checkPublishEncode fails t unless PublishEncode writes, after what the
+// buffer holds, what upstreamPublishEncode writes (nothing on an error),
+// with the same error and Remaining.
+func checkPublishEncode(t *testing.T, pk Packet) {
+	t.Helper()
+	want, got := new(bytes.Buffer), bytes.NewBufferString("before|")
+	wantPk, gotPk := pk, pk
+	wantErr := upstreamPublishEncode(&wantPk, want)
+	gotErr := gotPk.PublishEncode(got)
+	if wantErr != gotErr {
+		t.Fatalf("error %v, want %v", gotErr, wantErr)
+	}
+	if wantErr != nil {
+		if got.String() != "before|" {
+			t.Fatalf("wrote %d bytes on an error", got.Len()-len("before|"))
+		}
+		return
+	}
+	if g, w := got.Bytes()[len("before|"):], want.Bytes(); !bytes.Equal(g, w) {
+		t.Fatalf("encoded %d bytes, want %d:\n%x…\nwant\n%x…", len(g), len(w), g[:min(len(g), 256)], w[:min(len(w), 256)])
+	}
+	if gotPk.FixedHeader.Remaining != wantPk.FixedHeader.Remaining {
+		t.Fatalf("Remaining %d, want %d", gotPk.FixedHeader.Remaining, wantPk.FixedHeader.Remaining)
+	}
+}
+
 // TestMotePublishEncodeBytes: PublishEncode writes, byte for byte, what
 // upstream's wrote, for MQTT 3.1.1 and 5, with and without properties
 // (every one a PUBLISH carries, and some it must not), at every QoS,
@@ -75,25 +101,7 @@ func TestMotePublishEncodeBytes(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.pk.FixedHeader.Type = Publish
-			want, got := new(bytes.Buffer), bytes.NewBufferString("before|")
-			wantPk, gotPk := tc.pk, tc.pk
-			wantErr := upstreamPublishEncode(&wantPk, want)
-			gotErr := gotPk.PublishEncode(got)
-			if wantErr != gotErr {
-				t.Fatalf("error %v, want %v", gotErr, wantErr)
-			}
-			if wantErr != nil {
-				if got.String() != "before|" {
-					t.Fatalf("wrote %q on an error", got.String())
-				}
-				return
-			}
-			if !bytes.Equal(got.Bytes()[len("before|"):], want.Bytes()) {
-				t.Fatalf("encoded\n%x\nwant\n%x", got.Bytes()[len("before|"):], want.Bytes())
-			}
-			if gotPk.FixedHeader.Remaining != wantPk.FixedHeader.Remaining {
-				t.Fatalf("Remaining %d, want %d", gotPk.FixedHeader.Remaining, wantPk.FixedHeader.Remaining)
-			}
+			checkPublishEncode(t, tc.pk)
 		})
 	}
 }
@@ -241,25 +249,6 @@ func FuzzMotePublishEncode(f *testing.F) {
 		if key != "" || val != "" || mods&4 != 0 {
 			pk.Properties.User = []UserProperty{{Key: key, Val: val}, {Key: val, Val: key}}
 		}
-		want, got := new(bytes.Buffer), bytes.NewBufferString("before|")
-		wantPk, gotPk := pk, pk
-		wantErr := upstreamPublishEncode(&wantPk, want)
-		gotErr := gotPk.PublishEncode(got)
-		if wantErr != gotErr {
-			t.Fatalf("error %v, want %v", gotErr, wantErr)
-		}
-		if wantErr != nil {
-			if got.String() != "before|" {
-				t.Fatalf("wrote %d bytes on an error", got.Len()-len("before|"))
-			}
-			return
-		}
-		if !bytes.Equal(got.Bytes()[len("before|"):], want.Bytes()) {
-			g, w := got.Bytes()[len("before|"):], want.Bytes()
-			t.Fatalf("encoded %d bytes, want %d: %x…, want %x…", len(g), len(w), g[:min(len(g), 64)], w[:min(len(w), 64)])
-		}
-		if gotPk.FixedHeader.Remaining != wantPk.FixedHeader.Remaining {
-			t.Fatalf("Remaining %d, want %d", gotPk.FixedHeader.Remaining, wantPk.FixedHeader.Remaining)
-		}
+		checkPublishEncode(t, pk)
 	})
 }
