@@ -375,6 +375,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 	if err != nil {
 		return n + bu, err
 	}
+	if err := CheckMinimal("property length", n, bu); err != nil { // mote: Properties are MQTT 5's alone
+		return n + bu, err
+	}
 
 	if n == 0 {
 		return n + bu, nil
@@ -430,6 +433,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 			id, idn, err := DecodeLength(bytes.NewBuffer(bt[offset:]))
 			if err != nil {
 				return n + bu, ErrMalformedProperties // mote: past the properties' length, or not a variable byte integer
+			}
+			if err := CheckMinimal("subscription identifier", id, idn); err != nil { // mote
+				return n + bu, err
 			}
 			if id == 0 { // mote: [MQTT-3.8.2.1.2] "a Protocol Error if the Subscription Identifier has a value of 0"
 				return n + bu, fmt.Errorf("subscription identifier 0: %w", ErrProtocolViolationZeroSubID)
