@@ -82,13 +82,7 @@ func TestHostileAckExtraBytes(t *testing.T) {
 // 3.1.1 client's connection is closed [MQTT-4.8.0-1], nothing unsubscribed.
 func TestHostileUnsubscribeEmptyFilter(t *testing.T) {
 	b := start(t, Options{})
-	unsub := func(props []byte, filters ...string) []byte {
-		parts := [][]byte{hxID(1), props}
-		for _, f := range filters {
-			parts = append(parts, hxStr(f))
-		}
-		return hxPacket(0xA2, parts...)
-	}
+	unsub := hxUnsubscribe
 	for _, c := range []struct {
 		name string
 		v    byte

@@ -2,10 +2,8 @@ package broker
 
 import (
 	"bufio"
-	"net"
 	"strings"
 	"testing"
-	"time"
 )
 
 // overlong is varint(n) one byte longer than it needs: "80 00" for 0,
@@ -31,12 +29,8 @@ func withOverlongLength(p []byte) []byte {
 // code, or -1 when the connection closed without one.
 func connackCode(t *testing.T, addr string, pk []byte) int {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := hxDial(t, addr)
 	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(testTimeout))
 	nc.Write(pk) //nolint:errcheck // the read says
 	h, body, err := readPacketBody(bufio.NewReader(nc))
 	if err != nil {
@@ -147,13 +141,7 @@ func TestHostileOverlongVarint(t *testing.T) {
 // DISCONNECT 0x81 (3.1.1: closed), as before.
 func TestHostileUnsubscribeInvalidFilter(t *testing.T) {
 	b := start(t, Options{})
-	unsub := func(props []byte, filters ...string) []byte {
-		parts := [][]byte{hxID(1), props}
-		for _, f := range filters {
-			parts = append(parts, hxStr(f))
-		}
-		return hxPacket(0xA2, parts...)
-	}
+	unsub := hxUnsubscribe
 	type tc struct {
 		name string
 		v    byte
