@@ -105,6 +105,7 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 	case *plainItem:
 		err = c.send(m.packet(), outPlain)
 	case *deltaItem:
+		m.rev = m.sub.moteRev(m.rev)
 		err = c.send(c.treePacket(&m.treeItem), outDelta)
 	default:
 		err = errors.New("broker: no direct write for this item")

@@ -177,6 +177,7 @@ func (c *conn) write(m item) error {
 				return err
 			}
 		}
+		m.rev = m.sub.moteRev(m.rev)
 		err := c.send(c.treePacket(&m.treeItem), outDelta)
 		m.payload = nil // its subscription still points at it (to fold): let the payload go
 		return err
@@ -464,6 +465,9 @@ func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 		out[i] = &t
 	}
 	if len(left) > 0 {
+		for _, t := range out {
+			t.rev = m.leftOutRev()
+		}
 		c.b.stats.TooLarge.Add(int64(len(left)))
 		what := "left out of the snapshot"
 		if m.resume {
