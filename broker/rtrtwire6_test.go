@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"bufio"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
@@ -111,4 +113,58 @@ func TestRtResumeAfterLeftOut(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestRtConnectAnswers: what a CONNECT that is refused before it is read
+// whole, or read but refused, gets: at most one CONNACK, in the form of
+// the client's version, carrying nothing taken from the packet, then the
+// connection closed. A protocol level the broker does not serve (6, 255
+// after "MQTT") got "20 02 00 82": a CONNACK with an MQTT 5 code and no
+// properties, valid in no version; MQTT 3.1.1 wants return code 0x01
+// [MQTT-3.1.2-2], MQTT 5 allows no answer or 0x84 in a form the client
+// reads, and Mosquitto answers such levels 0x01 in the 3.1.1 form: so
+// does Mote now.
+func TestRtConnectAnswers(t *testing.T) {
+	b := start(t, Options{})
+	props := hxProps()
+	const malformed = "20:00 81 *" // MQTT 5, with a Reason String only
+	for _, c := range []struct {
+		name string
+		send []byte
+		want []string
+	}{
+		{"MQTT 5 cut after the level", hxPacket(0x10, hxStr("MQTT"), []byte{5}), []string{malformed, "closed"}},
+		{"MQTT 5 cut in the properties", hxPacket(0x10, hxStr("MQTT"), []byte{5, 2, 0, 30}, []byte{5}), []string{malformed, "closed"}},
+		{"MQTT 5 bad Authentication Method", hxPacket(0x10, hxStr("MQTT"), []byte{5, 2, 0, 30}, hxProps(append([]byte{0x15}, hxStr("a\xff")...)), hxStr("c")),
+			[]string{"20:00 81 22 1f 00 1c 6d 61 6c 66 6f 72 6d 65 64 20 70 61 63 6b 65 74 3a 20 70 72 6f 70 65 72 74 69 65 73 21 04 00", "closed"}},
+		{"MQTT 5 Authentication Method twice", hxPacket(0x10, hxStr("MQTT"), []byte{5, 2, 0, 30}, hxProps(append([]byte{0x15}, hxStr("x")...), append([]byte{0x15}, hxStr("y")...)), hxStr("c")),
+			[]string{"20:00 82 *", "closed"}},
+		{"MQTT 6", hxPacket(0x10, hxStr("MQTT"), []byte{6, 2, 0, 30}, props, hxStr("c")), []string{"20:00 01", "closed"}},
+		{"MQTT 255", hxPacket(0x10, hxStr("MQTT"), []byte{255, 2, 0, 30}, props, hxStr("c")), []string{"20:00 01", "closed"}},
+		{"MQTT 7 cut after the level", hxPacket(0x10, hxStr("MQTT"), []byte{7}), []string{"closed"}},
+		{"MQTT 3", hxPacket(0x10, hxStr("MQTT"), []byte{3, 2, 0, 30}, hxStr("c")), []string{"20:00 01", "closed"}},
+		{"MQIsdp 3 cut after the level", hxPacket(0x10, hxStr("MQIsdp"), []byte{3}), []string{"closed"}},
+		{"MQTT 4 cut after the level", hxPacket(0x10, hxStr("MQTT"), []byte{4}), []string{"closed"}},
+		{"MQTT 4 reserved flag", hxPacket(0x10, hxStr("MQTT"), []byte{4, 3, 0, 30}, hxStr("c")), []string{"closed"}},
+		{"MQTT 5 fixed header flags", append([]byte{0x11}, hxPacket(0x10, hxStr("MQTT"), []byte{5, 2, 0, 30}, props, hxStr("c"))[1:]...), []string{"closed"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			nc := hxDial(t, b.TCPAddr())
+			nc.Write(c.send) //nolint:errcheck // the reads say
+			r := bufio.NewReader(nc)
+			var got []string
+			for {
+				h, body, err := readPacketBody(r)
+				if err != nil {
+					got = append(got, "closed")
+					break
+				}
+				got = append(got, fmt.Sprintf("%x:% x", h, body))
+			}
+			if !hxMatch(got, c.want) {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+	alive(t, b)
 }

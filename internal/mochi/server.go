@@ -914,7 +914,10 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 	}
 
 	if reason.Code >= packets.ErrUnspecifiedError.Code {
-		if cl.Properties.ProtocolVersion < 5 {
+		// mote: a level above 5 (6, 255) is answered as 3.1.1 is, 0x01
+		// [MQTT-3.1.2-2] (as Mosquitto does): it got 0x82 in a CONNACK
+		// without properties, valid in no version.
+		if cl.Properties.ProtocolVersion != 5 {
 			if v3reason, ok := packets.V5CodesToV3[reason]; ok { // NB v3 3.2.2.3 Connack return codes
 				reason = v3reason
 			}
