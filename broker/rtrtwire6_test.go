@@ -3,11 +3,14 @@ package broker
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/retain"
 )
@@ -167,4 +170,86 @@ func TestRtConnectAnswers(t *testing.T) {
 		})
 	}
 	alive(t, b)
+}
+
+// TestRtOverlongVarintInPieces: the MQTT 5 Variable Byte Integer checks
+// (mochi 41) hold when a packet comes a byte at a time, over TCP (one
+// write a byte) and WebSocket (one frame a byte), the CONNECT included,
+// and minimal encodings pass the same way.
+func TestRtOverlongVarintInPieces(t *testing.T) {
+	b := start(t, Options{})
+	connect5 := connectPacket(5, "hx-p")
+	for _, c := range []struct {
+		name    string
+		connect []byte // instead of connect5, then nothing else is sent
+		send    []byte
+		want    []string
+	}{
+		{"publish length in 2 bytes", nil, withOverlongLength(hxPublish("hx/p", 1, 1, hxProps(), "x")), []string{"e0:81*", "closed"}},
+		{"publish length 128, minimal", nil, hxPublish("hx/p", 1, 1, hxProps(), strings.Repeat("x", 128-9)), []string{"40:00 01"}},
+		{"subscription identifier 128 in 3 bytes", nil, hxSubscribe(1, hxProps([]byte{0x0B, 0x80, 0x81, 0x00}), "hx/s", 0), []string{"e0:81*", "closed"}},
+		{"subscription identifier 16384, minimal", nil, hxSubscribe(1, hxProps([]byte{0x0B, 0x80, 0x80, 0x01}), "hx/s", 0), []string{"90:00 01 00 00"}},
+		{"connect length in 2 bytes", withOverlongLength(connect5), nil, []string{"20:00 81*", "closed"}},
+	} {
+		for _, ws := range []bool{false, true} {
+			name := c.name + map[bool]string{false: " tcp", true: " ws"}[ws]
+			t.Run(name, func(t *testing.T) {
+				var write func([]byte)
+				var closeConn func() error
+				var r *bufio.Reader
+				if ws {
+					d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: testTimeout}
+					wc, _, err := d.Dial("ws://"+b.WSAddr()+"/mqtt", nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					closeConn = wc.Close
+					wc.SetReadDeadline(time.Now().Add(testTimeout))
+					write = func(p []byte) {
+						for i := range p {
+							wc.WriteMessage(websocket.BinaryMessage, p[i:i+1]) //nolint:errcheck // the reads say
+						}
+					}
+					r = bufio.NewReader(&wsStream{c: wc})
+				} else {
+					nc := hxDial(t, b.TCPAddr())
+					closeConn = nc.Close
+					nc.(*net.TCPConn).SetNoDelay(true)
+					write = func(p []byte) {
+						for i := range p {
+							nc.Write(p[i : i+1]) //nolint:errcheck // the reads say
+						}
+					}
+					r = bufio.NewReader(nc)
+				}
+				var got []string
+				if c.connect != nil {
+					write(c.connect)
+				} else {
+					write(connect5)
+					if h, _, err := readPacketBody(r); err != nil || h != 0x20 {
+						t.Fatalf("no CONNACK: %#x %v", h, err)
+					}
+					write(c.send)
+					write([]byte{0xC0, 0})
+				}
+				for {
+					h, body, err := readPacketBody(r)
+					if err != nil {
+						got = append(got, "closed")
+						break
+					}
+					if h == 0xD0 {
+						break
+					}
+					got = append(got, fmt.Sprintf("%x:% x", h, body))
+				}
+				if !hxMatch(got, c.want) {
+					t.Errorf("got %q, want %q", got, c.want)
+				}
+				closeConn()
+				waitConnGone(t, b, "hx-p")
+			})
+		}
+	}
 }
