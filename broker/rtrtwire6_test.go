@@ -55,6 +55,20 @@ func roomRev(t *testing.T, pk packets.Packet) uint64 {
 	return n
 }
 
+// withStore is opts with a row store on disk in a temporary directory,
+// when store.
+func withStore(t *testing.T, opts Options, store bool) Options {
+	t.Helper()
+	if store {
+		st, err := retain.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Store = st
+	}
+	return opts
+}
+
 // TestRtResumeAfterLeftOut: SPEC §8, mote-rev is "the revision that the
 // receiver's copy reflects". A row left out of a snapshot or resume delta
 // in parts (over an MQTT 5 client's Maximum Packet Size; a resume delta
@@ -67,15 +81,7 @@ func roomRev(t *testing.T, pk packets.Packet) uint64 {
 // copy ends equal to a fresh snapshot.
 func TestRtResumeAfterLeftOut(t *testing.T) {
 	for _, store := range []bool{false, true} {
-		opts := Options{MaxPacketSize: 100000}
-		if store {
-			st, err := retain.Open(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			opts.Store = st
-		}
-		b := start(t, opts)
+		b := start(t, withStore(t, Options{MaxPacketSize: 100000}, store))
 		w := dialTree5(t, b, "w")
 		for _, resume := range []bool{false, true} {
 			name := "snapshot"
