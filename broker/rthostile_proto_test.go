@@ -114,7 +114,7 @@ func TestHostileUnsubscribeEmptyFilter(t *testing.T) {
 // carry it to subscribers: CONNACK 0x82 now, the connection closed. A
 // Will property given twice is a Protocol Error too (0x82, was 0x81); a
 // CONNECT that does not decode was closed without a CONNACK, and is now
-// answered CONNACK with its code (internal/mochi change 41).
+// answered CONNACK with its code (internal/mochi change 45).
 func TestHostileWillResponseTopic(t *testing.T) {
 	b := start(t, Options{})
 	connect := func(resp string) []byte {

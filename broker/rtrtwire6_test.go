@@ -179,7 +179,7 @@ func TestRtConnectAnswers(t *testing.T) {
 }
 
 // TestRtOverlongVarintInPieces: the MQTT 5 Variable Byte Integer checks
-// (mochi 41) hold when a packet comes a byte at a time, over TCP (one
+// (mochi 45) hold when a packet comes a byte at a time, over TCP (one
 // write a byte) and WebSocket (one frame a byte), the CONNECT included,
 // and minimal encodings pass the same way.
 func TestRtOverlongVarintInPieces(t *testing.T) {

@@ -117,7 +117,7 @@ func TestMoteWillPropertiesProtocolError(t *testing.T) {
 	}
 }
 
-// TestCheckMinimalBoundaries (mote 41): at every boundary of the Variable
+// TestCheckMinimalBoundaries (mote change 45): at every boundary of the Variable
 // Byte Integer's lengths the minimal encoding passes CheckMinimal and the
 // same value in one byte more is refused; 5 bytes never decode.
 func TestCheckMinimalBoundaries(t *testing.T) {
