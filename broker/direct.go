@@ -106,6 +106,7 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 		pk := m.packet()
 		err = c.send(&pk, outPlain)
 	case *deltaItem:
+		m.rev = m.sub.moteRev(m.rev)
 		pk := c.treePacket(&m.treeItem)
 		err = c.send(&pk, outDelta)
 	default:

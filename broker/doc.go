@@ -262,7 +262,12 @@
 //     each but User Property, no Subscription Identifier or Receive
 //     Maximum of 0, none past its length: 0x82 or 0x81), as are a shared
 //     No Local and a wildcard Response Topic (0x82) and an alias-only
-//     PUBLISH of an alias never set (0x82); a packet's body is read as it
+//     PUBLISH of an alias never set (0x82); an MQTT 5 Variable Byte
+//     Integer in more bytes than it needs is Malformed (0x81; a 3.1.1
+//     Remaining Length so encoded is read as its value, as Mosquitto
+//     reads it), an MQTT 5 CONNECT that does not decode gets CONNACK
+//     with the code, and an UNSUBSCRIBE of a filter MQTT does not allow
+//     gets 0x8F for it (3.1.1: closed); a packet's body is read as it
 //     arrives, not made at its declared size first; a publish to a topic
 //     mochi will not take ($SYS…) is no longer dropped without an ack; a
 //     CONNECT filed but not yet answered that another takes over is only

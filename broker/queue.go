@@ -44,6 +44,7 @@ type treeItem struct {
 	seq     uint64 // mote-seq
 	rev     uint64 // mote-rev: the store revision the receiver's copy reflects once applied
 	resume  bool   // a resume delta (mote-resume = 1)
+	since   uint64 // with resume, the mote-since it answers
 	codec   wire.Codec
 	subID   int
 	part    string  // "i/n" for a part of a split snapshot
@@ -51,6 +52,22 @@ type treeItem struct {
 }
 
 func (m *treeItem) cost() int { return len(m.payload) + len(m.topic) + itemOverhead }
+
+// leftOutRev is the mote-rev of a first message (snapshot, resume delta,
+// $hist answer) sent in parts with values left out, and of the later
+// messages of its subscription. SPEC §8: mote-rev is the revision the
+// receiver's copy reflects, and a copy without a value that changed at
+// or before the store's revision reflects none at or after that change:
+// a client that later resumes from it must be sent the value again. A
+// resume delta's copy reflects its mote-since (a resume from there sends
+// again every row the delta held); any other copy reflects no revision,
+// 0, from which a resume is a full snapshot or every row.
+func (m *treeItem) leftOutRev() uint64 {
+	if m.resume {
+		return m.since
+	}
+	return 0
+}
 
 // sentAs is the kind of message m is, for the metrics.
 func (m *treeItem) sentAs() outKind {

@@ -82,13 +82,7 @@ func TestHostileAckExtraBytes(t *testing.T) {
 // 3.1.1 client's connection is closed [MQTT-4.8.0-1], nothing unsubscribed.
 func TestHostileUnsubscribeEmptyFilter(t *testing.T) {
 	b := start(t, Options{})
-	unsub := func(props []byte, filters ...string) []byte {
-		parts := [][]byte{hxID(1), props}
-		for _, f := range filters {
-			parts = append(parts, hxStr(f))
-		}
-		return hxPacket(0xA2, parts...)
-	}
+	unsub := hxUnsubscribe
 	for _, c := range []struct {
 		name string
 		v    byte
@@ -118,9 +112,9 @@ func TestHostileUnsubscribeEmptyFilter(t *testing.T) {
 // [MQTT-4.7.0-1] (a PUBLISH's Response Topic: [MQTT-3.3.2-14]). A CONNECT
 // whose Will Response Topic held + or # was accepted, and its will would
 // carry it to subscribers: CONNACK 0x82 now, the connection closed. A
-// Will property given twice is a Protocol Error too (0x82, was 0x81), but
-// a CONNECT that does not decode is closed without a CONNACK either way
-// (internal/mochi change 28), so the wire shows no difference.
+// Will property given twice is a Protocol Error too (0x82, was 0x81); a
+// CONNECT that does not decode was closed without a CONNACK, and is now
+// answered CONNACK with its code (internal/mochi change 45).
 func TestHostileWillResponseTopic(t *testing.T) {
 	b := start(t, Options{})
 	connect := func(resp string) []byte {
@@ -138,8 +132,12 @@ func TestHostileWillResponseTopic(t *testing.T) {
 		twice := hxProps([]byte{0x18, 0, 0, 0, 1}, []byte{0x18, 0, 0, 0, 2})
 		nc.Write(hxPacket(0x10, hxStr("MQTT"), []byte{5, 0x06, 0, 30}, hxProps(), hxStr("hx-will"), //nolint:errcheck // the read says
 			twice, hxStr("hx/will"), hxStr("gone")))
-		if h, body, err := readPacketBody(bufio.NewReader(nc)); err == nil {
-			t.Errorf("got %#x % x, want the connection closed", h, body)
+		r := bufio.NewReader(nc)
+		if h, body, err := readPacketBody(r); err != nil || h != 0x20 || len(body) < 2 || body[1] != 0x82 {
+			t.Errorf("got %#x % x %v, want CONNACK 0x82", h, body, err)
+		}
+		if h, body, err := readPacketBody(r); err == nil {
+			t.Errorf("got %#x % x after the CONNACK, want the connection closed", h, body)
 		}
 	})
 	for _, c := range []struct {

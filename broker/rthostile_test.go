@@ -52,6 +52,29 @@ func hxPublish(topic string, qos byte, id uint16, props []byte, payload string) 
 	return hxPacket(0x30|qos<<1, append(parts, props, []byte(payload))...)
 }
 
+// hxUnsubscribe is an UNSUBSCRIBE (packet id 1) of filters; props is
+// nil for MQTT 3.1.1.
+func hxUnsubscribe(props []byte, filters ...string) []byte {
+	parts := [][]byte{hxID(1), props}
+	for _, f := range filters {
+		parts = append(parts, hxStr(f))
+	}
+	return hxPacket(0xA2, parts...)
+}
+
+// hxDial opens a raw connection to addr, bounded by testTimeout and
+// closed when the test ends.
+func hxDial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	return nc
+}
+
 // hxSubscribe is an MQTT 5 SUBSCRIBE of one filter.
 func hxSubscribe(id uint16, props []byte, filter string, opts byte) []byte {
 	return hxPacket(0x82, hxID(id), props, hxStr(filter), []byte{opts})
@@ -63,12 +86,8 @@ func hxSubscribe(id uint16, props []byte, filter string, opts byte) []byte {
 // connection, as "type:body" hex strings ("closed" last when it closed).
 func hxExchange(t *testing.T, addr string, v byte, id string, send ...[]byte) []string {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := hxDial(t, addr)
 	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(testTimeout))
 	r := bufio.NewReader(nc)
 	if _, err := nc.Write(connectPacket(v, id)); err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
@@ -38,6 +39,12 @@ type treeSub struct {
 	lost   bool
 
 	last *deltaItem // the delta queued last: the next ones fold into it while it waits
+
+	// revCap is 1 + the highest mote-rev the subscription's messages may
+	// carry, 0 for no bound: set by the writer once a value was left out
+	// of its first message (snapshotMessages), read by whoever writes its
+	// deltas. See leftOutRev.
+	revCap atomic.Uint64
 
 	// Paced deltas (SPEC §2, .<N>ms): with interval > 0, once a message
 	// left (the snapshot taken, a delta queued), the changes that come
@@ -133,6 +140,16 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 		return
 	}
 	b.pushDelta(st, d.Payload, d.QoS, batch, batch.size)
+}
+
+// moteRev is the mote-rev a message of st made at store revision rev
+// carries: rev, or less once a value was left out of st's first message
+// (revCap).
+func (st *treeSub) moteRev(rev uint64) uint64 {
+	if c := st.revCap.Load(); c > 0 && rev >= c {
+		return c - 1
+	}
+	return rev
 }
 
 // pushDelta queues st's next delta, made from batch (pinned: the bytes it
@@ -299,6 +316,15 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	if errors.Is(err, errWriterStop) {
 		return nil, err
 	}
+	if err != nil && len(msgs) > 0 {
+		// Values were left out of the parts: their mote-rev, and that of
+		// every later message of st, is one a resume from still brings
+		// the values in (SPEC §8).
+		st.revCap.Store(first.leftOutRev() + 1)
+		if events != nil {
+			events.rev = st.moteRev(events.rev)
+		}
+	}
 	if err != nil { // msgs may still carry it (MQTT 5), without the values the error names
 		code := b.refuse(c.p, "subscribe", ts.Topic, err)
 		if o, ok := c.out.(*funcOut); ok {
@@ -332,6 +358,7 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, late
 		later.hist, first.kind = b.historyOf(st), outHistory
 	case st.resume:
 		first.payload, later.resume, first.resume = b.resumeOf(st)
+		first.since = st.since
 	}
 	if first.payload == nil && later.hist == nil && later.resume == nil {
 		first.payload = b.tree.Snapshot(st.ts.Filter, st.ts.Codec, st.ts.Allow)

@@ -179,6 +179,7 @@ func (c *conn) write(m item) error {
 				return err
 			}
 		}
+		m.rev = m.sub.moteRev(m.rev)
 		pk := c.treePacket(&m.treeItem)
 		err := c.send(&pk, outDelta)
 		m.payload = nil // its subscription still points at it (to fold): let the payload go
@@ -464,7 +465,14 @@ func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 	case <-c.q.done:
 		return nil, errWriterStop
 	}
-	parts, left, err := wire.SplitSkip(m.codec, m.payload, room)
+	split := wire.SplitSkip
+	if m.resume {
+		// A resume delta: a value left out is null in the parts, so the
+		// client drops the value it holds from before rather than keep it
+		// under this mote-rev (SPEC §8), as a snapshot would lack it.
+		split = wire.SplitDrop
+	}
+	parts, left, err := split(m.codec, m.payload, room)
 	<-c.b.splits
 	if err != nil {
 		return nil, fmt.Errorf("%w: snapshot: %w", errTooLarge, err)
@@ -479,8 +487,15 @@ func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 		out[i] = &t
 	}
 	if len(left) > 0 {
+		for _, t := range out {
+			t.rev = m.leftOutRev()
+		}
 		c.b.stats.TooLarge.Add(int64(len(left)))
-		return out, fmt.Errorf("%w: %s left out of the snapshot: each alone is over your Maximum Packet Size; the rest was sent", errTooLarge, namePointers(left))
+		what := "left out of the snapshot"
+		if m.resume {
+			what = "sent as null in the resume delta (dropped from your copy)"
+		}
+		return out, fmt.Errorf("%w: %s %s: each alone is over your Maximum Packet Size; the rest was sent", errTooLarge, namePointers(left), what)
 	}
 	return out, nil
 }

@@ -17,7 +17,7 @@ var ErrTooLarge = errors.New("wire: tree too large")
 // fits is returned as its only part. A single value larger than max
 // cannot be split: that is ErrTooLarge, naming its path.
 func Split(c Codec, tree []byte, max int) ([][]byte, error) {
-	parts, _, err := split(c, tree, max, false)
+	parts, _, err := split(c, tree, max, false, false)
 	return parts, err
 }
 
@@ -27,11 +27,20 @@ func Split(c Codec, tree []byte, max int) ([][]byte, error) {
 // values left out, in tree order. A tree of nothing but such values is
 // one empty tree.
 func SplitSkip(c Codec, tree []byte, max int) (parts [][]byte, left []string, err error) {
-	return split(c, tree, max, true)
+	return split(c, tree, max, true, false)
 }
 
-// split is Split, or with skip SplitSkip.
-func split(c Codec, tree []byte, max int, skip bool) ([][]byte, []string, error) {
+// SplitDrop is SplitSkip for a delta (a resume delta, SPEC §8): each
+// value left out is written as null in its place, so a receiver that
+// merges the parts drops its older copy of the value rather than keep it
+// as current; only a null whose path alone fits no part is left out
+// without one. The pointers of all the values left out are returned.
+func SplitDrop(c Codec, tree []byte, max int) (parts [][]byte, left []string, err error) {
+	return split(c, tree, max, true, true)
+}
+
+// split is Split, or with skip SplitSkip, or with drop as well SplitDrop.
+func split(c Codec, tree []byte, max int, skip, drop bool) ([][]byte, []string, error) {
 	if len(tree) <= max {
 		return [][]byte{tree}, nil, nil
 	}
@@ -46,7 +55,7 @@ func split(c Codec, tree []byte, max int, skip bool) ([][]byte, []string, error)
 	if !root.Obj {
 		return nil, nil, fmt.Errorf("%w: a bare value of %d bytes, limit %d", ErrTooLarge, len(tree), max)
 	}
-	s := splitter{codec: c, max: max, skip: skip}
+	s := splitter{codec: c, max: max, skip: skip, drop: drop}
 	if err := s.collect(&root, nil, ""); err != nil {
 		return nil, nil, err
 	}
@@ -72,6 +81,7 @@ type splitter struct {
 	max   int
 	frags []frag
 	skip  bool     // leave out a value that alone fits no part (SplitSkip)
+	drop  bool     // and write null in its place (SplitDrop)
 	left  []string // the pointers of the values left out
 }
 
@@ -136,6 +146,9 @@ func (s *splitter) collect(n *Node, path []string, ptr string) error {
 		}
 		if (!kid.Obj || len(kid.Kids) == 0) && s.skip {
 			s.left = append(s.left, Pointer(ptr, kid.Key))
+			if null := keyCost(p) + 16; s.drop && null+16 <= s.max {
+				s.frags = append(s.frags, frag{path: p, node: &Node{Key: kid.Key, Null: true}, size: null})
+			}
 			continue
 		}
 		if !kid.Obj || len(kid.Kids) == 0 {

@@ -111,47 +111,58 @@ func TestSplitAlone(t *testing.T) {
 // TestSplitSkip (JSON, CBOR, MessagePack): SplitSkip leaves out a value that alone cannot fit a
 // part, naming it by its JSON Pointer; the parts merge to the tree
 // without it. A tree of nothing but such values is one empty part.
+// SplitDrop (a resume delta) writes null in its place, unless the null
+// with its path fits no part either.
 func TestSplitSkip(t *testing.T) {
 	big := `"` + strings.Repeat("B", 300) + `"`
+	long := strings.Repeat("k", 60) // a key whose null, with the key's bound, fits no part
 	for _, tc := range []struct {
-		tree, want string
-		left       []string
+		tree, want, drop string
+		left             []string
 	}{
-		{`{"a":1,"big":` + big + `,"d":{"x":` + big + `,"y":2},"z":"zz"}`, `{"a":1,"d":{"y":2},"z":"zz"}`, []string{"/big", "/d/x"}},
-		{`{"a~b":` + big + `}`, `{}`, []string{"/a~0b"}},
-		{`{"a":1,"b":2}`, `{"a":1,"b":2}`, nil},
+		{`{"a":1,"big":` + big + `,"d":{"x":` + big + `,"y":2},"z":"zz"}`, `{"a":1,"d":{"y":2},"z":"zz"}`,
+			`{"a":1,"big":null,"d":{"x":null,"y":2},"z":"zz"}`, []string{"/big", "/d/x"}},
+		{`{"a~b":` + big + `}`, `{}`, `{"a~b":null}`, []string{"/a~0b"}},
+		{`{"` + long + `":` + big + `,"a":1}`, `{"a":1}`, `{"a":1}`, []string{"/" + long}},
+		{`{"a":1,"b":2}`, `{"a":1,"b":2}`, `{"a":1,"b":2}`, nil},
 	} {
 		for _, c := range []Codec{CodecJSON, CodecCBOR, CodecMsgPack} {
-			d := mustDecoder(t)
-			n, err := d.Decode(CodecJSON, []byte(tc.tree))
-			if err != nil {
-				t.Fatal(err)
-			}
-			const max = 100
-			parts, left, err := SplitSkip(c, encodeNode(c, &n), max)
-			if err != nil {
-				t.Fatalf("%s %s: %v", c, tc.tree, err)
-			}
-			if !reflect.DeepEqual(left, tc.left) {
-				t.Errorf("%s %s: left out %q, want %q", c, tc.tree, left, tc.left)
-			}
-			merged := map[string]any{}
-			for _, p := range parts {
-				if len(p) > max {
-					t.Fatalf("%s: part of %d bytes", c, len(p))
-				}
-				pn, err := d.Decode(c, p)
+			for _, sp := range []struct {
+				name  string
+				split func(Codec, []byte, int) ([][]byte, []string, error)
+				want  string
+			}{{"SplitSkip", SplitSkip, tc.want}, {"SplitDrop", SplitDrop, tc.drop}} {
+				d := mustDecoder(t)
+				n, err := d.Decode(CodecJSON, []byte(tc.tree))
 				if err != nil {
-					t.Fatalf("%s: part invalid: %v", c, err)
+					t.Fatal(err)
 				}
-				var m map[string]any
-				json.Unmarshal(encodeNode(CodecJSON, &pn), &m)
-				deepMerge(merged, m)
-			}
-			var want map[string]any
-			json.Unmarshal([]byte(tc.want), &want)
-			if len(parts) == 0 || !reflect.DeepEqual(merged, want) {
-				t.Errorf("%s %s: %d parts merge to %v, want %s", c, tc.tree, len(parts), merged, tc.want)
+				const max = 100
+				parts, left, err := sp.split(c, encodeNode(c, &n), max)
+				if err != nil {
+					t.Fatalf("%s %s %s: %v", sp.name, c, tc.tree, err)
+				}
+				if !reflect.DeepEqual(left, tc.left) {
+					t.Errorf("%s %s %s: left out %q, want %q", sp.name, c, tc.tree, left, tc.left)
+				}
+				merged := map[string]any{}
+				for _, p := range parts {
+					if len(p) > max {
+						t.Fatalf("%s %s: part of %d bytes", sp.name, c, len(p))
+					}
+					pn, err := d.Decode(c, p)
+					if err != nil {
+						t.Fatalf("%s %s: part invalid: %v", sp.name, c, err)
+					}
+					var m map[string]any
+					json.Unmarshal(encodeNode(CodecJSON, &pn), &m)
+					deepMerge(merged, m)
+				}
+				var want map[string]any
+				json.Unmarshal([]byte(sp.want), &want)
+				if len(parts) == 0 || !reflect.DeepEqual(merged, want) {
+					t.Errorf("%s %s %s: %d parts merge to %v, want %s", sp.name, c, tc.tree, len(parts), merged, sp.want)
+				}
 			}
 		}
 	}

@@ -609,33 +609,45 @@ func (cl *Client) IsTakenOver() bool {
 }
 
 // ReadFixedHeader reads in the values of the next packet's fixed header.
+// mote: an MQTT 5 client's Remaining Length in more bytes than it needs
+// is a Malformed Packet [MQTT-1.5.5-1]; a CONNECT's is checked once its
+// protocol level is read (Server.readConnectionPacket).
 func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
+	bu, err := cl.readFixedHeader(fh)
+	if err == nil && cl.Properties.ProtocolVersion == 5 {
+		err = packets.CheckMinimal("remaining length", fh.Remaining, bu)
+	}
+	return err
+}
+
+// mote: readFixedHeader is ReadFixedHeader without the check of the
+// Remaining Length's encoding, which took bu bytes.
+func (cl *Client) readFixedHeader(fh *packets.FixedHeader) (bu int, err error) {
 	if cl.Net.bconn == nil {
-		return ErrConnectionClosed
+		return 0, ErrConnectionClosed
 	}
 
 	b, err := cl.Net.bconn.ReadByte()
 	if err != nil {
-		return err
+		return 0, err
 	}
 
 	err = fh.Decode(b)
 	if err != nil {
-		return err
+		return 0, err
 	}
 
-	var bu int
 	fh.Remaining, bu, err = packets.DecodeLength(cl.Net.bconn)
 	if err != nil {
-		return err
+		return bu, err
 	}
 
 	if cl.ops.options.Capabilities.MaximumPacketSize > 0 && uint32(fh.Remaining+1) > cl.ops.options.Capabilities.MaximumPacketSize {
-		return packets.ErrPacketTooLarge // [MQTT-3.2.2-15]
+		return bu, packets.ErrPacketTooLarge // [MQTT-3.2.2-15]
 	}
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(bu+1))
-	return nil
+	return bu, nil
 }
 
 // mote: bodyStep is the largest packet body made whole before its bytes

@@ -478,6 +478,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
+		s.refuseUndecoded(cl, pk.ProtocolVersion, err)
 		return nil, fmt.Errorf("read connection: %w", err)
 	}
 
@@ -686,9 +687,11 @@ func (s *Server) RemoveSession(cl *Client) bool {
 
 // readConnectionPacket reads the first incoming header for a connection, and if
 // acceptable, returns the valid connection packet.
+// mote: an MQTT 5 CONNECT's Remaining Length is checked here, once its
+// protocol level is known, as ReadFixedHeader checks later packets'.
 func (s *Server) readConnectionPacket(cl *Client) (pk packets.Packet, err error) {
 	fh := new(packets.FixedHeader)
-	err = cl.ReadFixedHeader(fh)
+	bu, err := cl.readFixedHeader(fh)
 	if err != nil {
 		return
 	}
@@ -698,10 +701,9 @@ func (s *Server) readConnectionPacket(cl *Client) (pk packets.Packet, err error)
 	}
 
 	pk, err = cl.ReadPacket(fh)
-	if err != nil {
-		return
+	if err == nil && pk.ProtocolVersion == 5 {
+		err = packets.CheckMinimal("remaining length", fh.Remaining, bu)
 	}
-
 	return
 }
 
@@ -736,6 +738,22 @@ func connectUnanswered(version byte, code packets.Code) bool {
 		return false
 	}
 	return code.Code == packets.ErrMalformedPacket.Code || code.Code == packets.ErrProtocolViolation.Code
+}
+
+// mote: refuseUndecoded answers an MQTT 5 CONNECT that did not decode
+// (err: a Malformed Packet or Protocol Error, once its protocol level,
+// version, was read) with CONNACK and the error's reason code before the
+// connection closes, as §4.13.1 allows and validateConnect answers a
+// CONNECT that decoded but breaks a rule (Will QoS 3: 0x81). Upstream
+// closed it without a word. A 3.1.1 CONNECT has no code for it
+// [MQTT-3.1.4-1]; one whose level was never read gets nothing either.
+func (s *Server) refuseUndecoded(cl *Client, version byte, err error) {
+	var code packets.Code
+	if version != 5 || !errors.As(err, &code) || code.Code < packets.ErrUnspecifiedError.Code {
+		return
+	}
+	cl.Properties.ProtocolVersion = version
+	_ = s.SendConnack(cl, code, false, nil) // closing either way
 }
 
 // validateConnect validates that a connect packet is compliant.
@@ -907,7 +925,10 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 	}
 
 	if reason.Code >= packets.ErrUnspecifiedError.Code {
-		if cl.Properties.ProtocolVersion < 5 {
+		// mote: a level above 5 (6, 255) is answered as 3.1.1 is, 0x01
+		// [MQTT-3.1.2-2] (as Mosquitto does): it got 0x82 in a CONNACK
+		// without properties, valid in no version.
+		if cl.Properties.ProtocolVersion != 5 {
 			if v3reason, ok := packets.V5CodesToV3[reason]; ok { // NB v3 3.2.2.3 Connack return codes
 				reason = v3reason
 			}
@@ -1658,6 +1679,19 @@ func (s *Server) fileSubscribe(cl *Client, pk packets.Packet, code packets.Code)
 
 // processUnsubscribe processes an unsubscribe packet.
 func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
+	// mote: a filter that breaks the syntax of §4.7 ("a/#/b", "a+") is
+	// refused, as fileSubscribe refuses it: MQTT 5 per filter, 0x8F
+	// (unfileUnsubscribe); a 3.1.1 UNSUBACK has no per-filter code, so the
+	// packet is refused whole and the connection closed [MQTT-4.8.0-1],
+	// nothing unsubscribed (UnsubscribeValidate does so for "").
+	if cl.Properties.ProtocolVersion < 5 {
+		for _, f := range pk.Filters {
+			if !IsValidFilter(f.Filter, false) {
+				return fmt.Errorf("unsubscribe %q: %w", f.Filter, packets.ErrTopicFilterInvalid)
+			}
+		}
+	}
+
 	code := packets.CodeSuccess
 	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
 		code = packets.ErrPacketIdentifierInUse
@@ -1704,6 +1738,12 @@ func (s *Server) unfileUnsubscribe(cl *Client, pk packets.Packet, code packets.C
 		return pk, nil, ErrConnectionClosed
 	}
 
+	// mote: a filter's syntax is checked as the client sent it, before
+	// OnUnsubscribe may name it as it was filed ("" included: [MQTT-4.7.3-1]).
+	invalid := make([]bool, len(pk.Filters))
+	for i, sub := range pk.Filters {
+		invalid[i] = !IsValidFilter(sub.Filter, false)
+	}
 	pk = s.hooks.OnUnsubscribe(cl, pk)
 	reasonCodes := make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
@@ -1712,7 +1752,7 @@ func (s *Server) unfileUnsubscribe(cl *Client, pk packets.Packet, code packets.C
 			continue
 		}
 
-		if sub.Filter == "" { // mote: [MQTT-4.7.3-1], 0x8F as fileSubscribe answers it (3.1.1: UnsubscribeValidate)
+		if i < len(invalid) && invalid[i] { // mote: 0x8F as fileSubscribe answers it (3.1.1: processUnsubscribe)
 			reasonCodes[i] = packets.ErrTopicFilterInvalid.Code
 			continue
 		}

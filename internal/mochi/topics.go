@@ -762,6 +762,15 @@ func IsValidFilter(filter string, forPublish bool) bool {
 		return false
 	}
 
+	// mote: a wildcard occupies a whole level [MQTT-4.7.1-2]
+	// [MQTT-4.7.1-3]: "a#", "a+", "+a" and "a/+b" were taken.
+	for i := 0; i < len(filter); i++ {
+		if c := filter[i]; (c == '+' || c == '#') &&
+			(i > 0 && filter[i-1] != '/' || i+1 < len(filter) && filter[i+1] != '/') {
+			return false
+		}
+	}
+
 	prefix, hasNext := isolateParticle(filter, 0)
 	if !hasNext && strings.EqualFold(prefix, SharePrefix) {
 		return false // [MQTT-4.8.2-1]

@@ -767,6 +767,13 @@ func TestIsValid(t *testing.T) {
 	require.False(t, IsValidFilter(SharePrefix+"/#", false))
 	require.False(t, IsValidFilter(SharePrefix+"/#/", false))
 	require.False(t, IsValidFilter("a/#/c", false))
+	// mote: a wildcard is a whole level [MQTT-4.7.1-2] [MQTT-4.7.1-3]
+	for _, f := range []string{"+", "#", "+/+", "a/+", "+/a", "a/+/b", "/+/", "a//#", "/#", "$share/g/+/#"} {
+		require.True(t, IsValidFilter(f, false), f)
+	}
+	for _, f := range []string{"a+", "+a", "a/b+", "a/+b/c", "a#", "#a", "a/b#", "++", "+#", "$share/g/a+"} {
+		require.False(t, IsValidFilter(f, false), f)
+	}
 }
 
 func TestIsValidForPublish(t *testing.T) {

@@ -7,6 +7,7 @@ package packets
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"unicode/utf8"
 	"unsafe"
@@ -211,6 +212,8 @@ func decodeLengthBytes(b []byte) (n, bu int, err error) {
 	return int(value), bu, nil
 }
 
+// DecodeLength reads a Variable Byte Integer: its value n and the bytes bu
+// it took. An encoding longer than n needs is read as n (see Overlong).
 func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 	// see 1.5.5 Variable Byte Integer decode non-normative
 	// https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901027
@@ -241,4 +244,23 @@ func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 	}
 
 	return int(value), bu, nil
+}
+
+// mote: Overlong reports whether a Variable Byte Integer of value n read
+// in bu bytes took more bytes than n needs ("80 00" for 0, "FF 00" for
+// 127): MQTT 5 §1.5.5 "The encoded value MUST use the minimum number of
+// bytes necessary to represent the value" [MQTT-1.5.5-1]. Upstream read
+// such an encoding as its value. MQTT 3.1.1 has no such rule.
+func Overlong(n, bu int) bool {
+	return bu > 1 && n < 1<<(7*(bu-1))
+}
+
+// mote: CheckMinimal returns a Malformed Packet error (0x81) for an MQTT 5
+// Variable Byte Integer (what names it) of value n read in bu bytes
+// that is Overlong, else nil.
+func CheckMinimal(what string, n, bu int) error {
+	if Overlong(n, bu) {
+		return fmt.Errorf("%s %d in %d bytes, not the fewest [MQTT-1.5.5-1]: %w", what, n, bu, ErrMalformedVariableByteInteger)
+	}
+	return nil
 }

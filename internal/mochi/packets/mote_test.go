@@ -116,3 +116,30 @@ func TestMoteWillPropertiesProtocolError(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckMinimalBoundaries (mote change 45): at every boundary of the Variable
+// Byte Integer's lengths the minimal encoding passes CheckMinimal and the
+// same value in one byte more is refused; 5 bytes never decode.
+func TestCheckMinimalBoundaries(t *testing.T) {
+	for _, n := range []int64{0, 1, 127, 128, 16383, 16384, 2097151, 2097152, 268435455} {
+		var b bytes.Buffer
+		encodeLength(&b, n)
+		minimal := b.Bytes()
+		v, bu, err := DecodeLength(bytes.NewReader(minimal))
+		if err != nil || int64(v) != n || bu != len(minimal) || CheckMinimal("x", v, bu) != nil {
+			t.Errorf("%d as % x: %d in %d bytes, %v, CheckMinimal %v", n, minimal, v, bu, err, CheckMinimal("x", v, bu))
+		}
+		long := append(append([]byte{}, minimal...), 0)
+		long[len(long)-2] |= 0x80
+		v, bu, err = DecodeLength(bytes.NewReader(long))
+		if len(long) > 4 {
+			if err == nil {
+				t.Errorf("%d as % x: decoded, want an error", n, long)
+			}
+			continue
+		}
+		if err != nil || int64(v) != n || CheckMinimal("x", v, bu) == nil {
+			t.Errorf("%d as % x: %d in %d bytes, %v: CheckMinimal passed it", n, long, v, bu, err)
+		}
+	}
+}

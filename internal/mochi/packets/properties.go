@@ -458,6 +458,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 	if err != nil {
 		return n + bu, err
 	}
+	if err := CheckMinimal("property length", n, bu); err != nil { // mote: Properties are MQTT 5's alone
+		return n + bu, err
+	}
 	return p.decodeBody(pkt, n, bu, b.Bytes())
 }
 
@@ -467,6 +470,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 func (p *Properties) decodeBytes(pkt byte, buf []byte) (int, error) {
 	n, bu, err := decodeLengthBytes(buf)
 	if err != nil {
+		return n + bu, err
+	}
+	if err := CheckMinimal("property length", n, bu); err != nil { // mote change 45, as Decode
 		return n + bu, err
 	}
 	return p.decodeBody(pkt, n, bu, buf[bu:])
@@ -528,6 +534,9 @@ func (p *Properties) decodeBody(pkt byte, n, bu int, bt []byte) (_ int, err erro
 			id, idn, err := DecodeLength(bytes.NewBuffer(bt[offset:]))
 			if err != nil {
 				return n + bu, ErrMalformedProperties // mote: past the properties' length, or not a variable byte integer
+			}
+			if err := CheckMinimal("subscription identifier", id, idn); err != nil { // mote
+				return n + bu, err
 			}
 			if id == 0 { // mote: [MQTT-3.8.2.1.2] "a Protocol Error if the Subscription Identifier has a value of 0"
 				return n + bu, fmt.Errorf("subscription identifier 0: %w", ErrProtocolViolationZeroSubID)
