@@ -40,6 +40,11 @@ type Store struct {
 	// nodeChunk of them instead of one each, and the GC marks one object
 	// for them.
 	free []node
+	// slab is where new rows' short topics and values are copied
+	// (copyText): one allocation for slabSize bytes of them instead of
+	// one a row. A pointer, so that a copied Store shares it rather than
+	// tripping strings.Builder's copy check.
+	slab *strings.Builder
 }
 
 // nodeChunk is how many nodes are allocated together: 21 72-byte nodes and
@@ -283,7 +288,7 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 			return c, false
 		}
 		s.reserve(p, siblings)
-		owned := joined(topic, val)
+		owned := s.copyText(topic, val)
 		c := s.newNode()
 		c.text, c.plen, c.off = owned, uint16(len(topic)), p.plen+1
 		s.addChild(p, c)
@@ -304,7 +309,7 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 		c := s.child(n, name)
 		if c == nil {
 			if owned == "" {
-				owned = joined(topic, val)
+				owned = s.copyText(topic, val)
 				parents = owned
 				if i <= len(topic) && len(val) > parentPin { // c is a parent
 					parents = strings.Clone(topic)
@@ -329,6 +334,35 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 // alive after the row changes or goes (a longer value is copied apart from
 // the parents' topic).
 const parentPin = 64
+
+// slabSize is the size of a slab of new rows' texts (a size class), and
+// slabText the longest topic and value copied into one: a slab stays in
+// memory while any row or parent made from it keeps its first value, so a
+// live row pins at most slabSize bytes (the storm's rows, ~20 bytes, fill
+// a slab 25 at a time: 0.04 allocations a row instead of 1).
+const (
+	slabSize = 512
+	slabText = 64
+)
+
+// copyText is a copy of topic followed by val, as one string: a piece of
+// the current slab when it is at most slabText bytes, else its own
+// allocation (joined). The slab is a strings.Builder that is only ever
+// appended to, so the pieces it handed out never change.
+func (s *Store) copyText(topic, val string) string {
+	n := len(topic) + len(val)
+	if n > slabText {
+		return joined(topic, val)
+	}
+	if s.slab == nil || s.slab.Cap()-s.slab.Len() < n {
+		s.slab = new(strings.Builder)
+		s.slab.Grow(slabSize)
+	}
+	from := s.slab.Len()
+	s.slab.WriteString(topic)
+	s.slab.WriteString(val)
+	return s.slab.String()[from:]
+}
 
 // joined is a copy of topic followed by val, in one allocation.
 func joined(topic, val string) string {
