@@ -63,6 +63,59 @@ type Parser struct {
 	dec     *wire.Decoder
 	lim     Limits
 	scratch sync.Pool // of *scratch
+	rows    rowBufs   // tree publishes' row slices given back (Recycle)
+}
+
+// rowBufs holds row slices that nothing reads any more, for the next tree
+// publishes' rows: a boot storm's publishes would otherwise each allocate
+// (and the GC sweep) one of 50 rows, 2.7 KB. It keeps at most
+// rowBufsKept slices of at most rowBufRows rows, cleared (786 KB at most).
+type rowBufs struct {
+	mu   sync.Mutex // guards free: the publishers' goroutines take, the loop gives back
+	free [][]Row
+}
+
+const (
+	rowBufsKept = 64
+	rowBufRows  = 256
+)
+
+// take returns an empty slice with room for n rows: a recycled one if the
+// last few given back have room, else a new one.
+func (rb *rowBufs) take(n int) []Row {
+	if n <= rowBufRows {
+		rb.mu.Lock()
+		for k := len(rb.free) - 1; k >= max(0, len(rb.free)-4); k-- {
+			if buf := rb.free[k]; cap(buf) >= n {
+				last := len(rb.free) - 1
+				rb.free[k], rb.free[last] = rb.free[last], nil
+				rb.free = rb.free[:last]
+				rb.mu.Unlock()
+				return buf
+			}
+		}
+		rb.mu.Unlock()
+	}
+	return make([]Row, 0, n)
+}
+
+// Recycle gives back the rows of an Op that Op made (or that Apply made of
+// it), to be reused by the next tree publishes: the caller promises that
+// nothing reads them or their backing array any more (the strings they
+// hold stay valid: only the slice is reused). Slices of more than
+// rowBufRows rows, or beyond what the Parser keeps, are left to the GC.
+func (ps *Parser) Recycle(rows []Row) {
+	if cap(rows) == 0 || cap(rows) > rowBufRows {
+		return
+	}
+	rows = rows[:cap(rows)]
+	clear(rows) // pins no payload or topic while it waits
+	rb := &ps.rows
+	rb.mu.Lock()
+	if len(rb.free) < rowBufsKept {
+		rb.free = append(rb.free, rows[:0])
+	}
+	rb.mu.Unlock()
 }
 
 // scratch is the memory a tree publish needs only until its rows are
@@ -73,6 +126,7 @@ type scratch struct {
 	topics []byte
 	ends   []int
 	keys   []string
+	rows   *rowBufs // where the rows' slice is taken from (nil: a new one)
 }
 
 // NewParser returns a Parser enforcing lim.
@@ -111,6 +165,7 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		if err != nil {
 			return Op{}, err
 		}
+		sc.rows = &ps.rows
 		return ps.treeOp(p, &root, retain, qos, sc)
 	case wire.PubSet:
 		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, MaxBytes: ps.lim.MaxPayload, Protect: true}
@@ -178,7 +233,11 @@ func Explode(t string, root *wire.Node, retain bool, maxRows int) ([]Row, error)
 func explode(t string, root *wire.Node, retain bool, maxRows int, sc *scratch) ([]Row, error) {
 	x := exploder{levels: strings.Split(t, "/"), deep: !wire.HasWildcard(t), retain: retain, max: maxRows}
 	n := min(leaves(root, maxRows+1), maxRows+1)
-	x.rows = make([]Row, 0, n)
+	if sc != nil && sc.rows != nil {
+		x.rows = sc.rows.take(n)
+	} else {
+		x.rows = make([]Row, 0, n)
+	}
 	if sc != nil {
 		x.topics, x.ends, x.keys = sc.topics[:0], sc.ends[:0], sc.keys[:0]
 		defer func() {
