@@ -68,15 +68,18 @@ type Parser struct {
 
 // rowBufs holds row slices that nothing reads any more, for the next tree
 // publishes' rows: a boot storm's publishes would otherwise each allocate
-// (and the GC sweep) one of 50 rows, 2.7 KB. It keeps at most
-// rowBufsKept slices of at most rowBufRows rows, cleared (786 KB at most).
+// (and the GC sweep) one of 50 rows, 2.7 KB. A batch the loop applies
+// gives back hundreds at once while the publishers take them one by one,
+// so what it keeps is bounded in rows, not slices: at most rowBufsKept
+// rows in all (786 KB), in slices of at most rowBufRows, cleared.
 type rowBufs struct {
-	mu   sync.Mutex // guards free: the publishers' goroutines take, the loop gives back
+	mu   sync.Mutex // guards free and rows: the publishers' goroutines take, the loop gives back
 	free [][]Row
+	rows int // the capacity of free's slices, in all
 }
 
 const (
-	rowBufsKept = 64
+	rowBufsKept = 16_384
 	rowBufRows  = 256
 )
 
@@ -90,6 +93,7 @@ func (rb *rowBufs) take(n int) []Row {
 				last := len(rb.free) - 1
 				rb.free[k], rb.free[last] = rb.free[last], nil
 				rb.free = rb.free[:last]
+				rb.rows -= cap(buf)
 				rb.mu.Unlock()
 				return buf
 			}
@@ -112,8 +116,9 @@ func (ps *Parser) Recycle(rows []Row) {
 	clear(rows) // pins no payload or topic while it waits
 	rb := &ps.rows
 	rb.mu.Lock()
-	if len(rb.free) < rowBufsKept {
+	if rb.rows+cap(rows) <= rowBufsKept {
 		rb.free = append(rb.free, rows[:0])
+		rb.rows += cap(rows)
 	}
 	rb.mu.Unlock()
 }
