@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -14,6 +15,9 @@ import (
 // Rows longer than slabText still get their own copy, and every row reads
 // back as it was put.
 func TestStoreSlabAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates")
+	}
 	for _, c := range []struct {
 		name      string
 		val       string
@@ -89,6 +93,9 @@ func TestParserRecycle(t *testing.T) {
 		t.Fatalf("the recycled rows kept what they held: %+v", rest[0])
 	}
 	ps.Recycle(second.Rows)
+	if raceEnabled {
+		return // the race detector's instrumentation allocates
+	}
 	fresh := testing.AllocsPerRun(50, func() { ps.Recycle(op(3, 50).Rows) })
 	kept := testing.AllocsPerRun(50, func() { op(3, 50) })
 	if fresh >= kept {
@@ -99,5 +106,18 @@ func TestParserRecycle(t *testing.T) {
 	ps.Recycle(big.Rows)
 	if n := len(ps.rows.free); n != before {
 		t.Errorf("%d slices kept after a %d-row one was given back, want %d", n, rowBufRows+1, before)
+	}
+}
+
+// TestNodeSize: a store node is 56 bytes, its children behind a pointer
+// (most nodes are leaves), and nodeChunk of them with Go's 8-byte header
+// fill a 1,536-byte size class. It was 72 bytes, 21 a chunk, before
+// h-storm3.
+func TestNodeSize(t *testing.T) {
+	if got := unsafe.Sizeof(node{}); got != 56 {
+		t.Errorf("a node is %d bytes, want 56", got)
+	}
+	if got := nodeChunk*unsafe.Sizeof(node{}) + 8; got > 1536 || got+unsafe.Sizeof(node{}) <= 1536 {
+		t.Errorf("a chunk of %d nodes takes %d bytes: not the most that fit in 1,536", nodeChunk, got)
 	}
 }
