@@ -43,7 +43,7 @@ type Store struct {
 	// slab is where new rows' short topics and values are copied
 	// (copyText): one allocation for slabSize bytes of them instead of
 	// one a row. A pointer, so that a copied Store shares it rather than
-	// tripping strings.Builder's copy check.
+	// tripping strings.Builder's copy check; Reset for each new slab.
 	slab *strings.Builder
 }
 
@@ -383,8 +383,12 @@ func (s *Store) copyText(topic, val string) string {
 	if n > slabText {
 		return joined(topic, val)
 	}
-	if s.slab == nil || s.slab.Cap()-s.slab.Len() < n {
+	if s.slab == nil {
 		s.slab = new(strings.Builder)
+	}
+	if s.slab.Cap()-s.slab.Len() < n {
+		// A new buffer: the strings cut from the last one keep it.
+		s.slab.Reset()
 		s.slab.Grow(slabSize)
 	}
 	from := s.slab.Len()
