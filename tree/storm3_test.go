@@ -23,7 +23,7 @@ func TestStoreSlabAllocations(t *testing.T) {
 		val       string
 		maxAllocs float64
 	}{
-		{"short values", "21", 14},                                 // 3 node chunks, kids, index, ~3 slabs
+		{"short values", "21", 14},                                  // 3 node chunks, kids, index, ~3 slabs
 		{"values past slabText", strings.Repeat("v", slabText), 70}, // one copy each, as before
 	} {
 		t.Run(c.name, func(t *testing.T) {
