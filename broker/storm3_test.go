@@ -138,11 +138,7 @@ func rawSubscribe(ctx context.Context, addr, id, filter string) (net.Conn, error
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl) //nolint:errcheck // a failing deadline fails the reads
 	}
-	connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, byte(len(id))}, id...)
-	sub := append([]byte{0, 1, 0, byte(len(filter))}, filter...)
-	sub = append(sub, 0)
-	out := append(append([]byte{0x10, byte(len(connect))}, connect...), append([]byte{0x82, byte(len(sub))}, sub...)...)
-	if _, err := c.Write(out); err != nil {
+	if _, err := c.Write(connectSubscribe(id, filter)); err != nil {
 		c.Close()
 		return nil, err
 	}

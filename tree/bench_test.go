@@ -269,15 +269,7 @@ func BenchmarkStormCore(b *testing.B) {
 	payloads := make([][]byte, devices)
 	pubs := make([]wire.Publish, devices)
 	for d := range devices {
-		var p []byte
-		p = append(p, '{')
-		for i := range rows {
-			if i > 0 {
-				p = append(p, ',')
-			}
-			p = fmt.Appendf(p, `"r%02d":%d`, i, d+i)
-		}
-		payloads[d] = append(p, '}')
+		payloads[d] = stormTree(d, rows)
 		pubs[d] = wire.Publish{Op: wire.PubTree, Codec: wire.CodecJSON, Topic: fmt.Sprintf("boot/d%05d", d)}
 	}
 	ps, err := NewParser(DefaultLimits())
@@ -301,4 +293,17 @@ func BenchmarkStormCore(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*devices*rows), "ns/row")
+}
+
+// stormTree is the payload of device dev in BenchmarkBootStorm (package
+// broker): {"r00":dev,"r01":dev+1,…}, rows members.
+func stormTree(dev, rows int) []byte {
+	p := []byte{'{'}
+	for i := range rows {
+		if i > 0 {
+			p = append(p, ',')
+		}
+		p = fmt.Appendf(p, `"r%02d":%d`, i, dev+i)
+	}
+	return append(p, '}')
 }

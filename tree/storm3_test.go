@@ -60,19 +60,8 @@ func TestParserRecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	payload := func(dev, n int) []byte {
-		var b strings.Builder
-		b.WriteString("{")
-		for i := range n {
-			if i > 0 {
-				b.WriteString(",")
-			}
-			fmt.Fprintf(&b, `"r%02d":%d`, i, dev+i)
-		}
-		return []byte(b.String() + "}")
-	}
 	op := func(dev, n int) Op {
-		o, err := ps.Op(wire.Publish{Op: wire.PubTree, Topic: fmt.Sprintf("boot/d%05d", dev)}, payload(dev, n), true, 1)
+		o, err := ps.Op(wire.Publish{Op: wire.PubTree, Topic: fmt.Sprintf("boot/d%05d", dev)}, stormTree(dev, n), true, 1)
 		if err != nil || len(o.Rows) != n {
 			t.Fatalf("device %d: %d rows, %v", dev, len(o.Rows), err)
 		}
