@@ -132,6 +132,8 @@ type scratch struct {
 	ends   []int
 	keys   []string
 	rows   *rowBufs // where the rows' slice is taken from (nil: a new one)
+	levels []string // the levels of the publish's topic
+	prefix []byte   // room for a row's topic while it is walked to (256 bytes)
 }
 
 // NewParser returns a Parser enforcing lim.
@@ -236,7 +238,24 @@ func Explode(t string, root *wire.Node, retain bool, maxRows int) ([]Row, error)
 // explode is Explode, its temporary buffers taken from sc when not nil
 // (and left there, grown, for the next publish).
 func explode(t string, root *wire.Node, retain bool, maxRows int, sc *scratch) ([]Row, error) {
-	x := exploder{levels: strings.Split(t, "/"), deep: !wire.HasWildcard(t), retain: retain, max: maxRows}
+	x := exploder{deep: !wire.HasWildcard(t), retain: retain, max: maxRows}
+	var prefix []byte // the topic levels of the node being walked
+	if sc != nil {
+		for l := range strings.SplitSeq(t, "/") {
+			sc.levels = append(sc.levels, l)
+		}
+		x.levels = sc.levels
+		if cap(sc.prefix) == 0 {
+			sc.prefix = make([]byte, 0, 256)
+		}
+		prefix = sc.prefix[:0]
+		defer func() {
+			clear(sc.levels) // pins no topic while pooled
+			sc.levels = sc.levels[:0]
+		}()
+	} else {
+		x.levels = strings.Split(t, "/")
+	}
 	n := min(leaves(root, maxRows+1), maxRows+1)
 	if sc != nil && sc.rows != nil {
 		x.rows = sc.rows.take(n)
@@ -256,7 +275,7 @@ func explode(t string, root *wire.Node, retain bool, maxRows int, sc *scratch) (
 	if cap(x.ends) < n {
 		x.ends = make([]int, 0, n)
 	}
-	if err := x.walk(0, root, nil); err != nil {
+	if err := x.walk(0, root, prefix); err != nil {
 		return nil, err
 	}
 	// Every row's topic is a piece of one string: one allocation a publish,

@@ -17,7 +17,7 @@ import (
 // and time of its row's last change, SPEC §8 and §9), allocated nodeChunk
 // at a time; a row's topic and value are one string. With the index entry
 // of a parent that has many children, a row such as dev/d42/state costs
-// about 185 bytes beyond its topic and payload (BenchmarkStoreMemory).
+// about 172 bytes beyond its topic and payload (BenchmarkStoreMemory).
 //
 // A Store is not safe for concurrent use, and must not be copied.
 type Store struct {
