@@ -143,6 +143,7 @@ type Scratch struct {
 	nodes  []Node
 	counts []uint32
 	tables [][]int32 // keyIndex tables
+	trail  trail     // where the decoder is, emptied and cleared between payloads
 }
 
 // scratchMax bounds the Nodes a Scratch keeps between payloads (~4.5 MiB).
@@ -190,13 +191,17 @@ func (d *Decoder) decodeJSON(payload []byte, sc *Scratch) (Node, error) {
 	p := jsonDecoder{s: s, counts: counts, maxNodes: d.lim.MaxNodes}
 	if sc != nil {
 		sc.Release()
-		p.arena, p.tables = sc.nodes, sc.tables
+		p.arena, p.tables, p.at = sc.nodes, sc.tables, sc.trail[:0]
 	}
 	root, err := p.value()
 	if sc == nil {
 		return root, err
 	}
 	sc.nodes, sc.tables = p.arena, p.tables
+	if cap(p.at) <= 64 { // the depth limit's order; a deeper one is let go
+		clear(p.at[:cap(p.at)]) // pins no payload while it waits
+		sc.trail = p.at[:0]
+	}
 	if p.nodes > cap(sc.nodes) && p.nodes <= scratchMax && err == nil {
 		// Too small for this payload: the next one like it finds room.
 		// The tree just decoded is not in it, so it needs no clearing.
