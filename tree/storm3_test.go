@@ -136,3 +136,25 @@ func TestTreeOpAllocations(t *testing.T) {
 		t.Errorf("%.1f allocations a 50-row publish, want at most 2", got)
 	}
 }
+
+// TestNamesSizedToFit: the name index of a device's 50 rows, reserved
+// by its publish, has 72 slots (576 bytes, 69% full), not the 128 (1 KB)
+// a power of two needed before h-storm3; every child is found.
+func TestNamesSizedToFit(t *testing.T) {
+	var s Store
+	for i := range 50 {
+		s.put(fmt.Sprintf("boot/d00001/r%02d", i), wire.Value{Kind: wire.JSON, Data: "1"}, 1, Stamp{}, 50-i)
+	}
+	x := s.big[s.find("boot/d00001")]
+	if x == nil {
+		t.Fatal("50 children and no index")
+	}
+	if len(x.slots) != 72 {
+		t.Fatalf("the index of 50 children: %d slots, want 72", len(x.slots))
+	}
+	for i := range 50 {
+		if _, ok := s.Get(fmt.Sprintf("boot/d00001/r%02d", i)); !ok {
+			t.Fatalf("r%02d not found", i)
+		}
+	}
+}
