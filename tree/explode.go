@@ -252,6 +252,9 @@ func explode(t string, root *wire.Node, retain bool, maxRows int, sc *scratch) (
 		defer func() {
 			clear(sc.levels) // pins no topic while pooled
 			sc.levels = sc.levels[:0]
+			if cap(sc.levels) > 256 { // a topic of thousands of levels: not kept
+				sc.levels = nil
+			}
 		}()
 	} else {
 		x.levels = strings.Split(t, "/")
