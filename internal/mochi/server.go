@@ -867,7 +867,10 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		// Clean the state of the existing client to prevent sequential take-overs
 		// from increasing memory usage by inflights + subs * client-id.
 		s.UnsubscribeClient(existing)
-		existing.ClearInflights()
+		// mote: the messages cloned into cl are still in flight, counted
+		// once in Info.Inflight: only those that did not move leave the
+		// count (change 42).
+		existing.clearInflightsMovedTo(cl)
 
 		s.Log.Debug("session taken over", "client", cl.ID, "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
 
