@@ -625,6 +625,13 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
 	}
 	if o, ok := c.outOf(); ok {
 		o.ids.end(cl, pk)
+		if clientFlow(pk) && pk.PacketID != 0 {
+			// The client's own flow left mochi's in-flight map (a PUBREC
+			// its PUBREL completed, or that went on to wait apart), which
+			// the writer counts against the Receive Maximum: no delivery's
+			// acknowledgement may come to wake it.
+			c.wakeWriter()
+		}
 	}
 	if pk.FixedHeader.Type == packets.Subscribe {
 		c.q.release()
