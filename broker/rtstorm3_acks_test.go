@@ -303,18 +303,7 @@ func TestOwnPubrecFreesWriter(t *testing.T) {
 	b := start(t, Options{})
 	r := dialRaw(t, b, "rm1", 5, true, packets.Properties{ReceiveMaximum: 1})
 	r.subscribe(9, "q/#", 1)
-	h := &publishedHook{cl: b.connOf(t, "rm1").out.(*mqttOut).cl, blocked: make(chan struct{}), release: make(chan struct{})}
-	if err := b.server.AddHook(h, nil); err != nil {
-		t.Fatal(err)
-	}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(h.release)
-		}
-	}
-	t.Cleanup(release)
+	h, release := holdPublished(t, b, b.connOf(t, "rm1").out.(*mqttOut).cl)
 	r.write(publishBytes(2, false, 5, "other/x", "x", true)) // nobody's topic
 	waitClosed(t, "OnPublished", h.blocked)                  // its PUBREC in mochi's map
 	if err := b.Publish(testCtx(t), Principal{ClientID: "app"}, Message{Topic: "q/a", Payload: []byte("a"), QoS: 1}); err != nil {
