@@ -625,11 +625,12 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
 	}
 	if o, ok := c.outOf(); ok {
 		o.ids.end(cl, pk)
-		if clientFlow(pk) && pk.PacketID != 0 {
-			// The client's own flow left mochi's in-flight map (a PUBREC
-			// its PUBREL completed, or that went on to wait apart), which
-			// the writer counts against the Receive Maximum: no delivery's
-			// acknowledgement may come to wake it.
+		if t := pk.FixedHeader.Type; t == packets.Pubrel || (t == packets.Publish && pk.FixedHeader.Qos == 2) {
+			// The client's own QoS 2 flow left mochi's in-flight map (a
+			// PUBREC its PUBREL completed, or that went on to wait apart),
+			// which the writer counts against the Receive Maximum: no
+			// delivery's acknowledgement may come to wake it. (A QoS 1
+			// PUBACK never enters the map: mochi change 41.)
 			c.wakeWriter()
 		}
 	}
