@@ -630,7 +630,7 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
 			// PUBREC its PUBREL completed, or that went on to wait apart),
 			// which the writer counts against the Receive Maximum: no
 			// delivery's acknowledgement may come to wake it. (A QoS 1
-			// PUBACK never enters the map: mochi change 41.)
+			// PUBACK never enters the map: mochi change 48.)
 			c.wakeWriter()
 		}
 	}

@@ -20,7 +20,7 @@ import (
 // its own ack with its own id, each message comes back once (QoS 2's
 // resend is the same message), in order, and once all is acknowledged
 // nothing is left in flight: the $SYS in-flight count is back to 0.
-// h-storm3 (mochi change 41) took a QoS 1 PUBACK out of mochi's map and
+// h-storm3 (mochi change 48) took a QoS 1 PUBACK out of mochi's map and
 // made idSpaces.begin copy the delivery it displaces: main and h-storm3
 // pass the same.
 func TestOwnAcksAndDeliveriesShareIDs(t *testing.T) {

@@ -470,7 +470,7 @@ func (cl *Client) ClearInflights() {
 
 // clearInflightsMovedTo is ClearInflights for a session taken over by to,
 // which cloned cl's in-flight messages: those it holds are still in
-// flight, so only the others leave Info.Inflight (mote: change 42).
+// flight, so only the others leave Info.Inflight (mote: change 49).
 func (cl *Client) clearInflightsMovedTo(to *Client) {
 	for _, tk := range cl.State.Inflight.GetAll(false) {
 		if ok := cl.State.Inflight.Delete(tk.PacketID); ok {

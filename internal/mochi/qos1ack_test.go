@@ -30,7 +30,7 @@ func (h *qosWatch) OnQosPublish(cl *Client, pk packets.Packet, sent int64, resen
 
 func (h *qosWatch) OnQosComplete(cl *Client, pk packets.Packet) { h.completes++ }
 
-// TestQoS1AckNotInflight (mochi change 41): a client's QoS 1 publish is
+// TestQoS1AckNotInflight (mochi change 48): a client's QoS 1 publish is
 // acknowledged without its PUBACK passing through the in-flight map (a
 // ~900-byte entry allocated a publish, and two locks); the hooks are
 // called as before, the PUBACK written, the receive quota given back, the

@@ -869,7 +869,7 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		s.UnsubscribeClient(existing)
 		// mote: the messages cloned into cl are still in flight, counted
 		// once in Info.Inflight: only those that did not move leave the
-		// count (change 42).
+		// count (change 49).
 		existing.clearInflightsMovedTo(cl)
 
 		s.Log.Debug("session taken over", "client", cl.ID, "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
@@ -1251,7 +1251,7 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 	// around the write only cost a map entry, which Go allocates apart
 	// for a value this size (a ~900-byte Packet a publish), and two locks.
 	// The hooks are called as before; Info.Inflight went up and down
-	// around the write, and now stays (change 41).
+	// around the write, and now stays (change 48).
 	if pk.FixedHeader.Qos == 1 {
 		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 	} else if ok := cl.State.Inflight.Set(ack); ok {
