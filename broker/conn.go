@@ -393,6 +393,12 @@ func (c *conn) inflightFreed(id uint16) {
 	c.flightBytes -= c.flight[id]
 	delete(c.flight, id)
 	c.flightMu.Unlock()
+	c.wakeWriter()
+}
+
+// wakeWriter wakes the writer if it waits for room in flight
+// (waitInflight), without waiting itself.
+func (c *conn) wakeWriter() {
 	select {
 	case c.acked <- struct{}{}:
 	default:

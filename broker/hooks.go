@@ -625,6 +625,14 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
 	}
 	if o, ok := c.outOf(); ok {
 		o.ids.end(cl, pk)
+		if t := pk.FixedHeader.Type; t == packets.Pubrel || (t == packets.Publish && pk.FixedHeader.Qos == 2) {
+			// The client's own QoS 2 flow left mochi's in-flight map (a
+			// PUBREC its PUBREL completed, or that went on to wait apart),
+			// which the writer counts against the Receive Maximum: no
+			// delivery's acknowledgement may come to wake it. (A QoS 1
+			// PUBACK never enters the map: mochi change 48.)
+			c.wakeWriter()
+		}
 	}
 	if pk.FixedHeader.Type == packets.Subscribe {
 		c.q.release()

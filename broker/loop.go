@@ -410,6 +410,9 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	} else if res.Changed && b.ret != nil {
 		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
 	}
+	if at == nil && b.cl == nil && len(res.Deltas) == 0 {
+		b.recycleRows(res.Applied, meta)
+	}
 	b.retScratch = nil
 	if cap(changes) <= retScratchRows { // a storm's largest batch is not kept for good
 		clear(changes) // drop the rows' references for the GC
@@ -417,6 +420,22 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	}
 	b.apply(tops, tmeta) // never translated again: no deeper
 	return res.Changed
+}
+
+// recycleRows gives the row slices of a batch's tree publishes back to the
+// Parser for the next ones (tree.Parser.Recycle), once the batch is done
+// with them. Its caller checked that no delta holds them (batchRows keeps
+// the applied rows while a delta waits) and that no cluster log does; a
+// $set's or .replace's rows that the loop translates are left alone.
+// Everything else the batch made of them copied their strings: the
+// retainer's changes, the markers, the plain deliveries.
+func (b *Broker) recycleRows(applied []tree.Applied, meta []*pubMeta) {
+	for i := range applied {
+		if a := &applied[i]; meta[i].rows && meta[i].trans == nil && a.Err == nil {
+			b.parser.Recycle(a.Rows)
+			a.Rows = nil
+		}
+	}
 }
 
 // retScratchRows bounds the loop's slice of retainer changes kept from

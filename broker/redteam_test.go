@@ -63,28 +63,8 @@ func (r *raw) write(p []byte) {
 
 // read reads one packet: its type and body.
 func (r *raw) read() (byte, []byte) {
-	r.c.SetReadDeadline(time.Now().Add(testTimeout))
-	var h [1]byte
-	if _, err := io.ReadFull(r.c, h[:]); err != nil {
-		r.t.Fatal(err)
-	}
-	n, mult := 0, 1
-	for {
-		var b [1]byte
-		if _, err := io.ReadFull(r.c, b[:]); err != nil {
-			r.t.Fatal(err)
-		}
-		n += int(b[0]&0x7f) * mult
-		mult *= 128
-		if b[0]&0x80 == 0 {
-			break
-		}
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r.c, body); err != nil {
-		r.t.Fatal(err)
-	}
-	return h[0] >> 4, body
+	h, body := readRawPacket(r.t, r)
+	return h >> 4, body
 }
 
 // subscribe sends one SUBSCRIBE of filter at qos and reads its SUBACK

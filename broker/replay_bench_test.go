@@ -94,6 +94,16 @@ func replayStorm(b *testing.B, addr string, subs, rows int) (peak, allocated flo
 	return float64(top.Load()) - float64(base), float64(sample[1].Value.Uint64() - alloc0)
 }
 
+// connectSubscribe is an MQTT 3.1.1 CONNECT (clean session) of client id
+// followed by a SUBSCRIBE to filter at QoS 0 (id and filter under 100
+// bytes).
+func connectSubscribe(id, filter string) []byte {
+	connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, byte(len(id))}, id...)
+	sub := append([]byte{0, 1, 0, byte(len(filter))}, filter...)
+	sub = append(sub, 0)
+	return append(append([]byte{0x10, byte(len(connect))}, connect...), append([]byte{0x82, byte(len(sub))}, sub...)...)
+}
+
 // replayReader connects (MQTT 3.1.1, clean), subscribes filter at QoS 0
 // and reads until rows publishes came; connected, if not nil, is called
 // once, when the handshake is over (the CONNACK, or a failure).
@@ -112,11 +122,7 @@ func replayReader(ctx context.Context, addr, id, filter string, rows int, connec
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl) //nolint:errcheck // a failing deadline fails the reads
 	}
-	connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, byte(len(id))}, id...)
-	sub := append([]byte{0, 1, 0, byte(len(filter))}, filter...)
-	sub = append(sub, 0)
-	out := append(append([]byte{0x10, byte(len(connect))}, connect...), append([]byte{0x82, byte(len(sub))}, sub...)...)
-	if _, err := c.Write(out); err != nil {
+	if _, err := c.Write(connectSubscribe(id, filter)); err != nil {
 		return err
 	}
 	r := bufio.NewReaderSize(c, 4096)

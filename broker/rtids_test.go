@@ -259,6 +259,25 @@ type publishedHook struct {
 	once    sync.Once
 }
 
+// holdPublished adds a publishedHook for cl; release lets mochi go on
+// (at the latest when t ends).
+func holdPublished(t *testing.T, b *Broker, cl *mqtt.Client) (h *publishedHook, release func()) {
+	t.Helper()
+	h = &publishedHook{cl: cl, blocked: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release = func() {
+		if !released {
+			released = true
+			close(h.release)
+		}
+	}
+	t.Cleanup(release)
+	return h, release
+}
+
 func (h *publishedHook) ID() string           { return "test-published" }
 func (h *publishedHook) Provides(b byte) bool { return b == mqtt.OnPublished }
 func (h *publishedHook) OnPublished(cl *mqtt.Client, _ *packets.Packet) {
@@ -300,18 +319,7 @@ func TestDisplacedReceiveMaximum(t *testing.T) {
 	id := uint16(body[5])<<8 | uint16(body[6]) // after the topic q/1
 	c := b.connOf(t, "rm1")
 	cl := c.out.(*mqttOut).cl
-	h := &publishedHook{cl: cl, blocked: make(chan struct{}), release: make(chan struct{})}
-	if err := b.server.AddHook(h, nil); err != nil {
-		t.Fatal(err)
-	}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(h.release)
-		}
-	}
-	t.Cleanup(release)
+	h, release := holdPublished(t, b, cl)
 	// The client's own QoS 1 publish, with the delivery's id, to q/own:
 	// delivered to it while mochi is held in OnPublished.
 	s.publish(1, false, id, "q/own", "own")

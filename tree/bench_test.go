@@ -257,3 +257,53 @@ func BenchmarkCodecs(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStormCore is the boot storm's work in the tree package alone,
+// without sockets: 2,000 devices each publish their 50-row tree
+// ($tree/boot/dNNNNN, as BenchmarkBootStorm in package broker), decoded
+// and exploded by a Parser and applied one publish a batch to a fresh
+// Tree. Less noisy than the whole broker's storm: it guides the cuts of
+// h-storm3 (issue 15), BenchmarkBootStorm measures them.
+func BenchmarkStormCore(b *testing.B) {
+	const devices, rows = 2_000, 50
+	payloads := make([][]byte, devices)
+	pubs := make([]wire.Publish, devices)
+	for d := range devices {
+		payloads[d] = stormTree(d, rows)
+		pubs[d] = wire.Publish{Op: wire.PubTree, Codec: wire.CodecJSON, Topic: fmt.Sprintf("boot/d%05d", d)}
+	}
+	ps, err := NewParser(DefaultLimits())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		tr := New()
+		for d := range devices {
+			op, err := ps.Op(pubs[d], payloads[d], true, 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res := tr.Apply([]Op{op}); res.Applied[0].Err != nil || len(res.Applied[0].Rows) != rows {
+				b.Fatalf("device %d: %v", d, res.Applied[0].Err)
+			}
+		}
+		if tr.Store().Len() != devices*rows {
+			b.Fatalf("%d rows, want %d", tr.Store().Len(), devices*rows)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*devices*rows), "ns/row")
+}
+
+// stormTree is the payload of device dev in BenchmarkBootStorm (package
+// broker): {"r00":dev,"r01":dev+1,…}, rows members.
+func stormTree(dev, rows int) []byte {
+	p := []byte{'{'}
+	for i := range rows {
+		if i > 0 {
+			p = append(p, ',')
+		}
+		p = fmt.Appendf(p, `"r%02d":%d`, i, dev+i)
+	}
+	return append(p, '}')
+}

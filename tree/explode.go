@@ -63,6 +63,64 @@ type Parser struct {
 	dec     *wire.Decoder
 	lim     Limits
 	scratch sync.Pool // of *scratch
+	rows    rowBufs   // tree publishes' row slices given back (Recycle)
+}
+
+// rowBufs holds row slices that nothing reads any more, for the next tree
+// publishes' rows: a boot storm's publishes would otherwise each allocate
+// (and the GC sweep) one of 50 rows, 2.7 KB. A batch the loop applies
+// gives back hundreds at once while the publishers take them one by one,
+// so what it keeps is bounded in rows, not slices: at most rowBufsKept
+// rows in all (786 KB), in slices of at most rowBufRows, cleared.
+type rowBufs struct {
+	mu   sync.Mutex // guards free and rows: the publishers' goroutines take, the loop gives back
+	free [][]Row
+	rows int // the capacity of free's slices, in all
+}
+
+const (
+	rowBufsKept = 16_384
+	rowBufRows  = 256
+)
+
+// take returns an empty slice with room for n rows: a recycled one if the
+// last few given back have room, else a new one.
+func (rb *rowBufs) take(n int) []Row {
+	if n <= rowBufRows {
+		rb.mu.Lock()
+		for k := len(rb.free) - 1; k >= max(0, len(rb.free)-4); k-- {
+			if buf := rb.free[k]; cap(buf) >= n {
+				last := len(rb.free) - 1
+				rb.free[k], rb.free[last] = rb.free[last], nil
+				rb.free = rb.free[:last]
+				rb.rows -= cap(buf)
+				rb.mu.Unlock()
+				return buf
+			}
+		}
+		rb.mu.Unlock()
+	}
+	return make([]Row, 0, n)
+}
+
+// Recycle gives back the rows of an Op that Op made (or that Apply made of
+// it), to be reused by the next tree publishes: the caller promises that
+// nothing reads them or their backing array any more (the strings they
+// hold stay valid: only the slice is reused). Slices of more than
+// rowBufRows rows, or beyond what the Parser keeps, are left to the GC.
+func (ps *Parser) Recycle(rows []Row) {
+	if cap(rows) == 0 || cap(rows) > rowBufRows {
+		return
+	}
+	rows = rows[:cap(rows)]
+	clear(rows) // pins no payload or topic while it waits
+	rb := &ps.rows
+	rb.mu.Lock()
+	if rb.rows+cap(rows) <= rowBufsKept {
+		rb.free = append(rb.free, rows[:0])
+		rb.rows += cap(rows)
+	}
+	rb.mu.Unlock()
 }
 
 // scratch is the memory a tree publish needs only until its rows are
@@ -73,6 +131,9 @@ type scratch struct {
 	topics []byte
 	ends   []int
 	keys   []string
+	rows   *rowBufs // where the rows' slice is taken from (nil: a new one)
+	levels []string // the levels of the publish's topic
+	prefix []byte   // room for a row's topic while it is walked to (256 bytes)
 }
 
 // NewParser returns a Parser enforcing lim.
@@ -111,6 +172,7 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		if err != nil {
 			return Op{}, err
 		}
+		sc.rows = &ps.rows
 		return ps.treeOp(p, &root, retain, qos, sc)
 	case wire.PubSet:
 		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, MaxBytes: ps.lim.MaxPayload, Protect: true}
@@ -176,9 +238,33 @@ func Explode(t string, root *wire.Node, retain bool, maxRows int) ([]Row, error)
 // explode is Explode, its temporary buffers taken from sc when not nil
 // (and left there, grown, for the next publish).
 func explode(t string, root *wire.Node, retain bool, maxRows int, sc *scratch) ([]Row, error) {
-	x := exploder{levels: strings.Split(t, "/"), deep: !wire.HasWildcard(t), retain: retain, max: maxRows}
+	x := exploder{deep: !wire.HasWildcard(t), retain: retain, max: maxRows}
+	var prefix []byte // the topic levels of the node being walked
+	if sc != nil {
+		for l := range strings.SplitSeq(t, "/") {
+			sc.levels = append(sc.levels, l)
+		}
+		x.levels = sc.levels
+		if cap(sc.prefix) == 0 {
+			sc.prefix = make([]byte, 0, 256)
+		}
+		prefix = sc.prefix[:0]
+		defer func() {
+			clear(sc.levels) // pins no topic while pooled
+			sc.levels = sc.levels[:0]
+			if cap(sc.levels) > 256 { // a topic of thousands of levels: not kept
+				sc.levels = nil
+			}
+		}()
+	} else {
+		x.levels = strings.Split(t, "/")
+	}
 	n := min(leaves(root, maxRows+1), maxRows+1)
-	x.rows = make([]Row, 0, n)
+	if sc != nil && sc.rows != nil {
+		x.rows = sc.rows.take(n)
+	} else {
+		x.rows = make([]Row, 0, n)
+	}
 	if sc != nil {
 		x.topics, x.ends, x.keys = sc.topics[:0], sc.ends[:0], sc.keys[:0]
 		defer func() {
@@ -192,7 +278,7 @@ func explode(t string, root *wire.Node, retain bool, maxRows int, sc *scratch) (
 	if cap(x.ends) < n {
 		x.ends = make([]int, 0, n)
 	}
-	if err := x.walk(0, root, nil); err != nil {
+	if err := x.walk(0, root, prefix); err != nil {
 		return nil, err
 	}
 	// Every row's topic is a piece of one string: one allocation a publish,

@@ -312,7 +312,7 @@ func TestStoreMatchesReference(t *testing.T) {
 	for topic := range model {
 		s.Delete(topic)
 	}
-	if s.Len() != 0 || s.root.kids != nil || len(s.big) != 0 {
+	if s.Len() != 0 || s.root.sub != nil || len(s.big) != 0 {
 		t.Errorf("store not empty after deleting every row")
 	}
 }

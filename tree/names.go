@@ -8,7 +8,9 @@ import "hash/maphash"
 // the garbage collector does not scan them; the hash bits spare most
 // probes a look at a child's name, and growing the table a hash. A slot is
 // 8 bytes, so a million children cost 16 MiB where a map[string]*node
-// costs over 50.
+// costs over 50. The table's size is any multiple of 8, not a power of
+// two: a hash picks its home slot by multiplication (home), so 50
+// children take 72 slots (576 bytes), not 128 (1 KB).
 type names struct {
 	slots []uint64 // hash<<32 | position in kids + 1; 0 is empty
 	n     int
@@ -23,14 +25,26 @@ func nameHash(seed maphash.Seed, name string) uint32 {
 
 func namesEntry(h uint32, pos int) uint64 { return uint64(h)<<32 | uint64(pos+1) }
 
+// home is the first slot a hash h probes in a table of size slots: h
+// scaled to [0, size) (Lemire's multiply-shift, no power of two needed).
+func home(h uint32, size int) uint32 { return uint32(uint64(h) * uint64(size) >> 32) }
+
+// next is the slot after i, wrapping at size.
+func next(i uint32, size int) uint32 {
+	if i++; int(i) == size {
+		return 0
+	}
+	return i
+}
+
 // get returns the child of kids named name, or nil.
 func (x *names) get(seed maphash.Seed, kids []*node, name string) *node {
 	if len(x.slots) == 0 {
 		return nil
 	}
 	h := nameHash(seed, name)
-	mask := uint32(len(x.slots) - 1)
-	for i := h & mask; ; i = (i + 1) & mask {
+	size := len(x.slots)
+	for i := home(h, size); ; i = next(i, size) {
 		e := x.slots[i]
 		if e == 0 {
 			return nil
@@ -46,8 +60,9 @@ func (x *names) get(seed maphash.Seed, kids []*node, name string) *node {
 // grow makes room for n entries without growing again.
 func (x *names) grow(n int) {
 	size := max(16, len(x.slots))
-	for n*8 > size*namesLoad {
-		size *= 2
+	if n*8 > size*namesLoad {
+		size = (n*8 + namesLoad - 1) / namesLoad
+		size = (size + 7) &^ 7 // a multiple of 8
 	}
 	if size == len(x.slots) {
 		return
@@ -71,19 +86,19 @@ func (x *names) put(seed maphash.Seed, kids []*node, pos int) {
 }
 
 func (x *names) insert(e uint64) {
-	mask := uint32(len(x.slots) - 1)
-	i := uint32(e>>32) & mask
+	size := len(x.slots)
+	i := home(uint32(e>>32), size)
 	for x.slots[i] != 0 {
-		i = (i + 1) & mask
+		i = next(i, size)
 	}
 	x.slots[i] = e
 }
 
 // find returns the slot of kids[pos].
 func (x *names) find(seed maphash.Seed, kids []*node, pos int) uint32 {
-	mask := uint32(len(x.slots) - 1)
+	size := len(x.slots)
 	want := uint32(pos + 1)
-	for i := nameHash(seed, kids[pos].name()) & mask; ; i = (i + 1) & mask {
+	for i := home(nameHash(seed, kids[pos].name()), size); ; i = next(i, size) {
 		if uint32(x.slots[i]) == want {
 			return i
 		}
@@ -101,17 +116,17 @@ func (x *names) move(seed maphash.Seed, kids []*node, from, to int) {
 // probe run back so no tombstones are needed (Knuth, TAOCP 6.4, Algorithm
 // R).
 func (x *names) del(seed maphash.Seed, kids []*node, pos int) {
-	mask := uint32(len(x.slots) - 1)
+	size := len(x.slots)
 	i := x.find(seed, kids, pos)
 	x.n--
-	for j := (i + 1) & mask; ; j = (j + 1) & mask {
+	for j := next(i, size); ; j = next(j, size) {
 		e := x.slots[j]
 		if e == 0 {
 			break
 		}
-		home := uint32(e>>32) & mask
+		at := home(uint32(e>>32), size)
 		// Move e into the hole at i unless its home lies cyclically in (i, j].
-		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
+		if (j > i && (at <= i || at > j)) || (j < i && at <= i && at > j) {
 			x.slots[i] = e
 			i = j
 		}

@@ -81,7 +81,7 @@ func TestStoreWideNode(t *testing.T) {
 		for i := 0; i < 1000; i += 2 {
 			s.Delete(fmt.Sprintf("w/%d", i))
 		}
-		if s.Len() != 0 || len(s.big) != 0 || s.root.kids != nil {
+		if s.Len() != 0 || len(s.big) != 0 || s.root.sub != nil {
 			t.Fatalf("round %d: store not empty", round)
 		}
 	}
@@ -166,7 +166,7 @@ func TestStoreSiblingPuts(t *testing.T) {
 				}
 				s.Delete(topic)
 			}
-			if s.Len() != 0 || s.root.kids != nil || len(s.big) != 0 {
+			if s.Len() != 0 || s.root.sub != nil || len(s.big) != 0 {
 				t.Error("store not empty after deleting every row")
 			}
 		})
@@ -251,7 +251,7 @@ func TestStoreReservesForSiblings(t *testing.T) {
 		if n == nil {
 			t.Fatalf("no node %q", topic)
 		}
-		return len(n.kids), cap(n.kids)
+		return len(n.kids()), cap(n.kids())
 	}
 	var b strings.Builder
 	b.WriteString(`{"old":1`)
@@ -276,7 +276,7 @@ func TestStoreReservesForSiblings(t *testing.T) {
 	if l, c := kids("c/d"); l != 41 || c != before {
 		t.Errorf("after top-level rows, c/d has %d children in room for %d, was %d", l, c, before)
 	}
-	if l, c := len(s.root.kids), cap(s.root.kids); l != 5 || c > 8 {
+	if l, c := len(s.root.kids()), cap(s.root.kids()); l != 5 || c > 8 {
 		t.Errorf("the root has %d children in room for %d, want 5 in at most 8", l, c)
 	}
 	for i := range 40 {

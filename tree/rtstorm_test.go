@@ -105,7 +105,7 @@ func TestStoreManySiblings(t *testing.T) {
 			}
 		}
 	}
-	if tr.store.Len() != 0 || len(tr.store.root.kids) != 0 {
-		t.Fatalf("%d rows, %d nodes at the root after deleting all", tr.store.Len(), len(tr.store.root.kids))
+	if tr.store.Len() != 0 || len(tr.store.root.kids()) != 0 {
+		t.Fatalf("%d rows, %d nodes at the root after deleting all", tr.store.Len(), len(tr.store.root.kids()))
 	}
 }

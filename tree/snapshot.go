@@ -61,7 +61,7 @@ func (w *walker) emit(n *node, i int) bool {
 		start := w.e.Mark()
 		w.e.BeginObject()
 		wrote := false
-		for _, c := range n.kids {
+		for _, c := range n.kids() {
 			if i == 0 && strings.HasPrefix(c.name(), "$") {
 				continue
 			}
@@ -108,7 +108,7 @@ func (w *walker) subtree(n *node, skipDollar, root bool) bool {
 		w.e.Value(n.value())
 	}
 	kids := false
-	for _, c := range n.kids {
+	for _, c := range n.kids() {
 		if skipDollar && strings.HasPrefix(c.name(), "$") {
 			continue
 		}
@@ -154,7 +154,7 @@ func (s *Store) visibleKids(n *node, allow func(string) bool) bool {
 	if allow == nil {
 		return n.hasKids()
 	}
-	for _, c := range n.kids {
+	for _, c := range n.kids() {
 		if (c.kind != wire.None && allow(c.topic())) || s.visibleKids(c, allow) {
 			return true
 		}

@@ -13,11 +13,11 @@ import (
 //
 // Children keep insertion order (a removal moves the last child into the
 // gap), so iteration is deterministic and cache-friendly; a node with many
-// children is also indexed by name. A node is 72 bytes (with the revision
+// children is also indexed by name. A node is 56 bytes (with the revision
 // and time of its row's last change, SPEC §8 and §9), allocated nodeChunk
 // at a time; a row's topic and value are one string. With the index entry
 // of a parent that has many children, a row such as dev/d42/state costs
-// about 185 bytes beyond its topic and payload (BenchmarkStoreMemory).
+// about 172 bytes beyond its topic and payload (BenchmarkStoreMemory).
 //
 // A Store is not safe for concurrent use, and must not be copied.
 type Store struct {
@@ -40,16 +40,20 @@ type Store struct {
 	// nodeChunk of them instead of one each, and the GC marks one object
 	// for them.
 	free []node
+	// slab is where new rows' short topics and values are copied
+	// (copyText): one allocation for slabSize bytes of them instead of
+	// one a row. A pointer, so that a copied Store shares it rather than
+	// tripping strings.Builder's copy check; Reset for each new slab.
+	slab *strings.Builder
 }
 
-// nodeChunk is how many nodes are allocated together: 21 72-byte nodes and
+// nodeChunk is how many nodes are allocated together: 27 56-byte nodes and
 // the 8-byte header Go puts before an object of pointers that size fill
-// 1,520 bytes of its 1,536-byte size class (16 would take 1,280 of a
-// 1,408-byte one). A chunk stays in memory while any of its nodes is in
+// 1,520 bytes of its 1,536-byte size class. A chunk stays in memory while any of its nodes is in
 // the store (or held by a Ref), so rows deleted one by one can leave at
 // most nodeChunk-1 dead nodes, their topics and values dropped, beside a
 // live one.
-const nodeChunk = 21
+const nodeChunk = 27
 
 // newNode returns a zero node from the current chunk.
 func (s *Store) newNode() *node {
@@ -68,10 +72,13 @@ type node struct {
 	// not two. The topic is a prefix of the topic that created the node,
 	// so free; a new value copies the topic again.
 	text string
-	kids []*node // children, in insertion order
-	pos  int32   // index in the parent's kids
-	off  uint16  // where the node's own level starts in its topic
-	plen uint16  // the topic's length (wire.MaxTopicLen fits)
+	// sub is the node's children, in insertion order (kids), behind a
+	// pointer: most nodes are leaves, and 8 bytes instead of a slice's 24
+	// make a node 56 bytes, not 72.
+	sub  *[]*node
+	pos  int32  // index in the parent's kids
+	off  uint16 // where the node's own level starts in its topic
+	plen uint16 // the topic's length (wire.MaxTopicLen fits)
 	kind wire.Kind
 	qos  byte   // QoS the row was published with (retained delivery is capped by it)
 	rev  uint64 // revision of the row's last change (SPEC §8)
@@ -100,10 +107,11 @@ func (s *Store) index(n *node) *names {
 }
 
 func (s *Store) child(n *node, name string) *node {
-	if len(n.kids) > indexAt {
-		return s.index(n).get(s.seed, n.kids, name)
+	kids := n.kids()
+	if len(kids) > indexAt {
+		return s.index(n).get(s.seed, kids, name)
 	}
-	for _, c := range n.kids {
+	for _, c := range kids {
 		if c.name() == name {
 			return c
 		}
@@ -111,65 +119,91 @@ func (s *Store) child(n *node, name string) *node {
 	return nil
 }
 
-func (s *Store) addChild(n, c *node) {
-	c.pos = int32(len(n.kids))
-	n.kids = append(n.kids, c)
+// kids is n's children, in insertion order (nil: none).
+func (n *node) kids() []*node {
+	if n.sub == nil {
+		return nil
+	}
+	return *n.sub
+}
+
+// setKids makes kids n's children; nil lets go of the list.
+func (n *node) setKids(kids []*node) {
 	switch {
-	case len(n.kids) == indexAt+1:
+	case kids == nil:
+		n.sub = nil
+	case n.sub == nil:
+		n.sub = new([]*node) // not &kids: that would move kids to the heap at every call
+		*n.sub = kids
+	default:
+		*n.sub = kids
+	}
+}
+
+func (s *Store) addChild(n, c *node) {
+	kids := n.kids()
+	c.pos = int32(len(kids))
+	kids = append(kids, c)
+	n.setKids(kids)
+	switch {
+	case len(kids) == indexAt+1:
 		if s.big == nil {
 			s.big = map[*node]*names{}
 			s.seed = maphash.MakeSeed()
 		}
 		idx := &names{}
-		idx.grow(cap(n.kids)) // as many as reserve expects
-		for i := range n.kids {
-			idx.put(s.seed, n.kids, i)
+		idx.grow(cap(kids)) // as many as reserve expects
+		for i := range kids {
+			idx.put(s.seed, kids, i)
 		}
 		s.big[n] = idx
 		s.idxNode, s.idx = n, idx
-	case len(n.kids) > indexAt+1:
-		s.index(n).put(s.seed, n.kids, int(c.pos))
+	case len(kids) > indexAt+1:
+		s.index(n).put(s.seed, kids, int(c.pos))
 	}
 }
 
 // reserve makes room in n for more children, so that the siblings of a
 // tree publish do not grow n's list and index a few times each.
 func (s *Store) reserve(n *node, more int) {
-	want := len(n.kids) + more
-	if more <= 0 || want <= cap(n.kids) {
+	kids := n.kids()
+	want := len(kids) + more
+	if more <= 0 || want <= cap(kids) {
 		return
 	}
-	n.kids = slices.Grow(n.kids, more)
-	if len(n.kids) > indexAt {
+	n.setKids(slices.Grow(kids, more))
+	if len(kids) > indexAt {
 		s.index(n).grow(want)
 	}
 }
 
 func (s *Store) removeChild(n, c *node) {
 	s.last = nil // it may be c, or above it
-	last := len(n.kids) - 1
+	kids := n.kids()
+	last := len(kids) - 1
 	switch {
 	case last == indexAt:
 		delete(s.big, n)
 		s.idxNode, s.idx = nil, nil
 	case last > indexAt: // the index reads positions in kids as they are
 		idx := s.index(n)
-		idx.del(s.seed, n.kids, int(c.pos))
+		idx.del(s.seed, kids, int(c.pos))
 		if int(c.pos) != last {
-			idx.move(s.seed, n.kids, last, int(c.pos))
+			idx.move(s.seed, kids, last, int(c.pos))
 		}
 	}
-	moved := n.kids[last]
-	n.kids[c.pos] = moved
+	moved := kids[last]
+	kids[c.pos] = moved
 	moved.pos = c.pos
-	n.kids[last] = nil
-	n.kids = n.kids[:last]
+	kids[last] = nil
 	if last == 0 {
-		n.kids = nil
+		n.setKids(nil)
+		return
 	}
+	n.setKids(kids[:last])
 }
 
-func (n *node) hasKids() bool { return len(n.kids) > 0 }
+func (n *node) hasKids() bool { return n.sub != nil && len(*n.sub) > 0 }
 
 func (n *node) value() wire.Value { return wire.Value{Kind: n.kind, Data: n.val()} }
 
@@ -283,7 +317,7 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 			return c, false
 		}
 		s.reserve(p, siblings)
-		owned := joined(topic, val)
+		owned := s.copyText(topic, val)
 		c := s.newNode()
 		c.text, c.plen, c.off = owned, uint16(len(topic)), p.plen+1
 		s.addChild(p, c)
@@ -304,7 +338,7 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 		c := s.child(n, name)
 		if c == nil {
 			if owned == "" {
-				owned = joined(topic, val)
+				owned = s.copyText(topic, val)
 				parents = owned
 				if i <= len(topic) && len(val) > parentPin { // c is a parent
 					parents = strings.Clone(topic)
@@ -329,6 +363,39 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 // alive after the row changes or goes (a longer value is copied apart from
 // the parents' topic).
 const parentPin = 64
+
+// slabSize is the size of a slab of new rows' texts (a size class), and
+// slabText the longest topic and value copied into one: a slab stays in
+// memory while any row or parent made from it keeps its first value, so a
+// live row pins at most slabSize bytes (the storm's rows, ~20 bytes, fill
+// a slab 25 at a time: 0.04 allocations a row instead of 1).
+const (
+	slabSize = 512
+	slabText = 64
+)
+
+// copyText is a copy of topic followed by val, as one string: a piece of
+// the current slab when it is at most slabText bytes, else its own
+// allocation (joined). The slab is a strings.Builder that is only ever
+// appended to, so the pieces it handed out never change.
+func (s *Store) copyText(topic, val string) string {
+	n := len(topic) + len(val)
+	if n > slabText {
+		return joined(topic, val)
+	}
+	if s.slab == nil {
+		s.slab = new(strings.Builder)
+	}
+	if s.slab.Cap()-s.slab.Len() < n {
+		// A new buffer: the strings cut from the last one keep it.
+		s.slab.Reset()
+		s.slab.Grow(slabSize)
+	}
+	from := s.slab.Len()
+	s.slab.WriteString(topic)
+	s.slab.WriteString(val)
+	return s.slab.String()[from:]
+}
 
 // joined is a copy of topic followed by val, in one allocation.
 func joined(topic, val string) string {
@@ -412,7 +479,7 @@ func (m *matcher) walk(n *node, i int) {
 		}
 		m.all(n, i == 0)
 	case "+":
-		for _, c := range n.kids {
+		for _, c := range n.kids() {
 			if i == 0 && strings.HasPrefix(c.name(), "$") {
 				continue
 			}
@@ -430,7 +497,7 @@ func (m *matcher) walk(n *node, i int) {
 
 // all visits every row below n; skipDollar applies the '$' rule at the root.
 func (m *matcher) all(n *node, skipDollar bool) {
-	for _, c := range n.kids {
+	for _, c := range n.kids() {
 		if skipDollar && strings.HasPrefix(c.name(), "$") {
 			continue
 		}

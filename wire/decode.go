@@ -143,6 +143,7 @@ type Scratch struct {
 	nodes  []Node
 	counts []uint32
 	tables [][]int32 // keyIndex tables
+	trail  trail     // where the decoder is, emptied and cleared between payloads
 }
 
 // scratchMax bounds the Nodes a Scratch keeps between payloads (~4.5 MiB).
@@ -190,13 +191,17 @@ func (d *Decoder) decodeJSON(payload []byte, sc *Scratch) (Node, error) {
 	p := jsonDecoder{s: s, counts: counts, maxNodes: d.lim.MaxNodes}
 	if sc != nil {
 		sc.Release()
-		p.arena, p.tables = sc.nodes, sc.tables
+		p.arena, p.tables, p.at = sc.nodes, sc.tables, sc.trail[:0]
 	}
 	root, err := p.value()
 	if sc == nil {
 		return root, err
 	}
 	sc.nodes, sc.tables = p.arena, p.tables
+	if cap(p.at) <= 64 { // the depth limit's order; a deeper one is let go
+		clear(p.at[:cap(p.at)]) // pins no payload while it waits
+		sc.trail = p.at[:0]
+	}
 	if p.nodes > cap(sc.nodes) && p.nodes <= scratchMax && err == nil {
 		// Too small for this payload: the next one like it finds room.
 		// The tree just decoded is not in it, so it needs no clearing.
@@ -413,19 +418,32 @@ func (t trail) errorf(format string, args ...any) error {
 	return &PathError{Path: b.String(), Err: fmt.Errorf(format, args...)}
 }
 
-// keyIndex finds a duplicate key among an object's members: by a scan
-// while they are few, then in an open-addressing hash table of their
-// positions, 4 bytes a slot and at most half full. The zero value is ready.
+// keyIndex finds a duplicate key among an object's members: none while
+// the keys come in ascending order (as encoding/json writes a map's), then
+// by a scan while they are few, then in an open-addressing hash table of
+// their positions, 4 bytes a slot and at most half full. The zero value is
+// ready.
 type keyIndex struct {
 	slots []int32 // a member's position + 1; 0 is free
 	seed  maphash.Seed
 	spare []int32 // a table to use, if big enough, instead of a new one
+	// unsorted says a key came that was not above the one before it:
+	// until then each key is only compared with the one before (keys in
+	// strictly ascending order are all different), and nothing is indexed.
+	unsorted bool
 }
 
 // dup reports whether key is among the n keys that keyAt gives; if not, it
 // indexes key as key number n.
 func (x *keyIndex) dup(n int, keyAt func(int) string, key string) bool {
 	const scan = 16
+	if !x.unsorted {
+		if n == 0 || keyAt(n-1) < key {
+			return false
+		}
+		// The table, if one is needed, is made below from all n keys.
+		x.unsorted = true
+	}
 	if n < scan {
 		for i := range n {
 			if keyAt(i) == key {

@@ -468,6 +468,20 @@ func (cl *Client) ClearInflights() {
 	}
 }
 
+// clearInflightsMovedTo is ClearInflights for a session taken over by to,
+// which cloned cl's in-flight messages: those it holds are still in
+// flight, so only the others leave Info.Inflight (mote: change 49).
+func (cl *Client) clearInflightsMovedTo(to *Client) {
+	for _, tk := range cl.State.Inflight.GetAll(false) {
+		if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+			cl.ops.hooks.OnQosDropped(cl, tk)
+			if moved, ok := to.State.Inflight.Get(tk.PacketID); !ok || moved.FixedHeader.Type != tk.FixedHeader.Type {
+				atomic.AddInt64(&cl.ops.info.Inflight, -1)
+			}
+		}
+	}
+}
+
 // ClearExpiredInflights deletes any inflight messages which have expired.
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}

@@ -896,7 +896,10 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		// Clean the state of the existing client to prevent sequential take-overs
 		// from increasing memory usage by inflights + subs * client-id.
 		s.UnsubscribeClient(existing)
-		existing.ClearInflights()
+		// mote: the messages cloned into cl are still in flight, counted
+		// once in Info.Inflight: only those that did not move leave the
+		// count (change 49).
+		existing.clearInflightsMovedTo(cl)
 
 		s.Log.Debug("session taken over", "client", cl.ID, "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
 
@@ -1282,7 +1285,15 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 		ack = s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
 	}
 
-	if ok := cl.State.Inflight.Set(ack); ok {
+	// mote: a QoS 1 publish's PUBACK is not put in the in-flight map: it is
+	// written at once and never sent again, so upstream's Set and Delete
+	// around the write only cost a map entry, which Go allocates apart
+	// for a value this size (a ~900-byte Packet a publish), and two locks.
+	// The hooks are called as before; Info.Inflight went up and down
+	// around the write, and now stays (change 48).
+	if pk.FixedHeader.Qos == 1 {
+		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
+	} else if ok := cl.State.Inflight.Set(ack); ok {
 		atomic.AddInt64(&s.Info.Inflight, 1)
 		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 	}
@@ -1293,9 +1304,6 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 	}
 
 	if pk.FixedHeader.Qos == 1 {
-		if ok := cl.State.Inflight.Delete(ack.PacketID); ok {
-			atomic.AddInt64(&s.Info.Inflight, -1)
-		}
 		cl.State.Inflight.IncreaseReceiveQuota()
 		s.hooks.OnQosComplete(cl, ack)
 	}
