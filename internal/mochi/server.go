@@ -167,6 +167,7 @@ type loop struct {
 	retainedExpiry *time.Ticker     // interval ticker for cleaning retained messages
 	willDelaySend  *time.Ticker     // interval ticker for sending Will Messages with a delay
 	willDelayed    *packets.Packets // activate LWT packets which will be sent after a delay
+	willOwners     sync.Map         // mote: client id → the *Client whose will waits in willDelayed (change 41)
 }
 
 // ops contains server values which can be propagated to other structs.
@@ -542,7 +543,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	}
 	cl.State.unanswered.Store(false) // mote: a takeover may send it DISCONNECT now
 
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
+	s.deleteDelayedWill(cl.ID) // [MQTT-3.1.3-9]
 
 	if sessionPresent {
 		err = cl.ResendInflightMessages(true)
@@ -1762,8 +1763,8 @@ func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 		return packets.CodeDisconnectWillMessage
 	}
 
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9] [MQTT-3.1.2-8]
-	cl.Stop(packets.CodeDisconnect)  // [MQTT-3.14.4-2]
+	s.deleteDelayedWill(cl.ID)      // [MQTT-3.1.3-9] [MQTT-3.1.2-8]
+	cl.Stop(packets.CodeDisconnect) // [MQTT-3.14.4-2]
 
 	return nil
 }
@@ -1908,6 +1909,7 @@ func (s *Server) sendLWT(cl *Client) {
 		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
 		pk.Expiry = time.Now().Unix() + int64(pk.Connect.WillProperties.WillDelayInterval)
 		s.loop.willDelayed.Add(cl.ID, pk)
+		s.loop.willOwners.Store(cl.ID, cl) // mote: change 41
 		return
 	}
 
@@ -2125,20 +2127,35 @@ func (s *Server) clearExpiredInflights(now int64) {
 }
 
 // sendDelayedLWT sends any LWT messages which have reached their issue time.
+//
+// mote: the will is cleared on the client that left it (willOwners), not
+// on whichever client the id is filed for now: a client that reconnected
+// with the same id and a will of its own (filed, its CONNACK not yet
+// written, so its reconnect had not yet cancelled the delayed will; or the
+// old connection's will queued after the takeover) lost its will, and no
+// will was published when its connection ended (change 41).
 func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
 			s.publishToSubscribers(pk) // [MQTT-3.1.2-8]
-			if cl, ok := s.Clients.Get(id); ok {
+			if v, ok := s.loop.willOwners.Load(id); ok {
+				cl := v.(*Client)
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
 				}
 				cl.Properties.Will = Will{} // [MQTT-3.1.2-10]
 				s.hooks.OnWillSent(cl, pk)
 			}
-			s.loop.willDelayed.Delete(id)
+			s.deleteDelayedWill(id)
 		}
 	}
+}
+
+// mote: deleteDelayedWill drops the delayed will of a client id, and the
+// client it belongs to (change 41).
+func (s *Server) deleteDelayedWill(id string) {
+	s.loop.willDelayed.Delete(id)
+	s.loop.willOwners.Delete(id)
 }
 
 // Int64toa converts an int64 to a string.
