@@ -163,7 +163,7 @@ func New(opts Options) (*Broker, error) {
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)
 	b.trans.Store(opts.Translators)
-	b.wills = wills{b: b, delayed: map[string]*will{}}
+	b.wills = wills{b: b, delayed: map[string][]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities:            caps,

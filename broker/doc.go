@@ -216,7 +216,13 @@
 //   - Retained messages: rows live once, in the tree core; mochi's retained
 //     index is kept empty (OnRetainMessage).
 //   - Wills (OnWill): mochi publishes a will before it looks at the Will
-//     Delay Interval, without an ACL check, past Mote's prefixes.
+//     Delay Interval, without an ACL check, past Mote's prefixes. A
+//     delayed will waits until its delay passes or its session ends
+//     (wills.due): a CONNECT ending the session (Clean Start 1, another
+//     user) publishes it under the id's takeover lock (wills.end), or, for
+//     a connection it takes over live, as that connection's will comes
+//     due (conn.endedByTakeover); a reconnect to the session cancels it
+//     once its CONNACK is written (wills.cancel).
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -301,7 +307,7 @@
 //	                                                            finish), and Close waits for it (Broker.writers)
 //	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
 //	$SYS ticker                  Broker                         Close
-//	delayed will timers          wills                          fired, cancelled by a reconnect, or Close
+//	delayed will timers          wills                          fired, cancelled by a reconnect, ended with the session, or Close
 //	pacer timer (one per broker) the message loop (pacer)       the loop ends; it only pushes a call to the loop
 //	cluster follower             clusterNode                    Close, after the loop (its context); it applies through onLoop
 //	cluster appender (per batch) clusterNode                    its Append returns (bounded by the log's timeout, or Close)

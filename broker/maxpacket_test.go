@@ -86,7 +86,8 @@ func untilPong(t *testing.T, nc net.Conn, r *bufio.Reader) (topics []string, lar
 // reconnect while the session lasted: the client could never come back.
 // Nor does the resend strip a message's user properties to make it fit
 // (mochi drops them from any packet they would take past the limit; for a
-// PUBLISH they are the application message's).
+// PUBLISH they are the application message's). The discarded messages
+// are counted in $SYS/mote/toolarge.
 func TestHeldTooLargeForSession(t *testing.T) {
 	b := start(t, Options{})
 	const limit = 200
@@ -115,6 +116,7 @@ func TestHeldTooLargeForSession(t *testing.T) {
 	}
 
 	for round := range 2 { // the second: nothing is left to resend
+		before := b.stats.TooLarge.Load()
 		nc, r, present := rawConnect5(t, b, "away", false, limit)
 		if !present {
 			t.Fatalf("round %d: no session present", round)
@@ -129,6 +131,11 @@ func TestHeldTooLargeForSession(t *testing.T) {
 		}
 		if !slicesEqual(topics, want) || largest > limit {
 			t.Errorf("round %d: got %q (largest packet %d bytes), want %q", round, topics, largest, want)
+		}
+		// The two discarded are counted in $SYS/mote/toolarge (they were
+		// not, discarded by mochi's resend).
+		if got, want := b.stats.TooLarge.Load()-before, int64(2-2*round); got != want {
+			t.Errorf("round %d: toolarge grew by %d, want %d", round, got, want)
 		}
 		nc.Close()
 		waitConnGone(t, b, "away")

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -43,15 +44,17 @@ func willOf(p Principal, pk *packets.Packet) *will {
 type wills struct {
 	b       *Broker
 	mu      sync.Mutex
-	delayed map[string]*will // by client id
+	delayed map[string][]*will // by client id: one per connection that left one (a CONNECT whose CONNACK failed leaves its own beside its predecessor's)
 	closed  bool
 }
 
 // due handles the will of a connection that ended without a normal
 // DISCONNECT: published at once, or after its delay — the Will Delay
 // Interval or the session's expiry, whichever is first [MQTT-3.1.3-9] —
-// unless the client connects again first.
-func (ws *wills) due(w *will, cl *mqtt.Client) {
+// unless the client connects again to the session first. A session that
+// a clean start (or another user) took over meanwhile has ended
+// (ended): its will is published now.
+func (ws *wills) due(w *will, cl *mqtt.Client, ended func() bool) {
 	w.cl = cl
 	delay := time.Duration(cl.Properties.Will.WillDelayInterval) * time.Second
 	if cl.Properties.ProtocolVersion == 5 {
@@ -64,15 +67,20 @@ func (ws *wills) due(w *will, cl *mqtt.Client) {
 		return
 	}
 	ws.mu.Lock()
+	// ended is asked under ws.mu: a takeover marks the session ended
+	// (conn.expect) before it publishes the id's delayed wills (end), so
+	// the will is either published by end or here.
+	if ended() {
+		ws.mu.Unlock()
+		ws.publish(w)
+		return
+	}
 	defer ws.mu.Unlock()
 	if ws.closed || ws.reconnected(w) {
 		return
 	}
-	if old := ws.delayed[cl.ID]; old != nil {
-		old.timer.Stop()
-	}
 	w.timer = time.AfterFunc(delay, func() { ws.fire(w) })
-	ws.delayed[cl.ID] = w
+	ws.delayed[cl.ID] = append(ws.delayed[cl.ID], w)
 }
 
 // reconnected reports whether the will's client id is connected again on
@@ -85,16 +93,32 @@ func (ws *wills) reconnected(w *will) bool {
 // fire publishes a delayed will whose time has come.
 func (ws *wills) fire(w *will) {
 	ws.mu.Lock()
-	if ws.delayed[w.cl.ID] != w || ws.closed {
+	if ws.closed || !ws.takeLocked(w) {
 		ws.mu.Unlock()
 		return
 	}
-	delete(ws.delayed, w.cl.ID)
 	skip := ws.reconnected(w)
 	ws.mu.Unlock()
 	if !skip {
 		ws.publish(w)
 	}
+}
+
+// takeLocked removes w from the delayed wills, reporting whether it was
+// there. ws.mu is held.
+func (ws *wills) takeLocked(w *will) bool {
+	id := w.cl.ID
+	for i, d := range ws.delayed[id] {
+		if d == w {
+			if rest := slices.Delete(ws.delayed[id], i, i+1); len(rest) > 0 {
+				ws.delayed[id] = rest
+			} else {
+				delete(ws.delayed, id)
+			}
+			return true
+		}
+	}
+	return false
 }
 
 // publish makes the will's publish, as its client, through the door.
@@ -104,22 +128,40 @@ func (ws *wills) publish(w *will) {
 	}
 }
 
-// cancel drops the delayed will of a client id that user connected
-// again. Another user's connection (TakeoverFresh) is not one to the
-// will's session, which it ended: the will is published now — its delay
-// runs until the Will Delay Interval passes or the session ends,
-// whichever is first [MQTT-3.1.3-9]. Dropping it let another user silence
+// takeAll stops and removes the delayed wills of a client id.
+func (ws *wills) takeAll(id string) []*will {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	d := ws.delayed[id]
+	for _, w := range d {
+		w.timer.Stop()
+	}
+	delete(ws.delayed, id)
+	return d
+}
+
+// end publishes now the delayed wills of a client id whose session ended
+// (a CONNECT with Clean Start 1, or another user's, took the id over):
+// a will's delay runs until the Will Delay Interval passes or the session
+// ends, whichever is first [MQTT-3.1.3-9]. Called under the id's
+// takeover lock, before the CONNACK: the new session's CONNACK failing
+// does not bring the old session back.
+func (ws *wills) end(id string) {
+	for _, w := range ws.takeAll(id) {
+		ws.publish(w)
+	}
+}
+
+// cancel drops the delayed wills of a client id that user connected
+// again to (its CONNACK written) [MQTT-3.1.3-9]. Another user's
+// connection (TakeoverFresh) is not one to the will's session, which it
+// ended: the will is published now. Dropping it let another user silence
 // it.
 func (ws *wills) cancel(id, user string) {
-	ws.mu.Lock()
-	w := ws.delayed[id]
-	if w != nil {
-		w.timer.Stop()
-		delete(ws.delayed, id)
-	}
-	ws.mu.Unlock()
-	if w != nil && w.p.User != user {
-		ws.publish(w)
+	for _, w := range ws.takeAll(id) {
+		if w.p.User != user {
+			ws.publish(w)
+		}
 	}
 }
 
@@ -128,8 +170,10 @@ func (ws *wills) close() {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	ws.closed = true
-	for id, w := range ws.delayed {
-		w.timer.Stop()
+	for id, d := range ws.delayed {
+		for _, w := range d {
+			w.timer.Stop()
+		}
 		delete(ws.delayed, id)
 	}
 }

@@ -228,6 +228,7 @@ type ClientState struct {
 	acksHeld        bool                 // mote: writeAck held an ack in outbuf (read goroutine only)
 	subMu           sync.Mutex           // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
 	unanswered      atomic.Bool          // mote: filed by its CONNECT, its CONNACK not yet written (disconnectTakenOver)
+	TooLarge        atomic.Int64         // mote: publishes the resend discarded, too large for the client (change 43); the embedder takes them
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -291,6 +292,17 @@ func (cl *Client) startWriteLoop() {
 	if cl.State.writeOnDemand && cl.State.writing.CompareAndSwap(false, true) {
 		go cl.WriteLoop()
 	}
+}
+
+// mote: SessionEndsWithConnection reports whether cl's session lasts only
+// as long as its network connection: MQTT 3.1.1 CleanSession 1
+// [MQTT-3.1.2-6], MQTT 5 Session Expiry Interval 0 (§3.1.2.11.2; a
+// DISCONNECT cannot raise it from 0 [MQTT-3.14.2-2]) (change 42).
+func (cl *Client) SessionEndsWithConnection() bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval == 0
+	}
+	return cl.Properties.Clean
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -439,6 +451,7 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
 				cl.State.Inflight.IncreaseSendQuota()
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
+				cl.State.TooLarge.Add(1) // mote: counted for the embedder (change 43)
 				cl.ops.hooks.OnQosDropped(cl, tk)
 			}
 			continue

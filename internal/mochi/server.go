@@ -593,7 +593,7 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 	}
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
 
-	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	expire := cl.SessionEndsWithConnection()
 	s.hooks.OnDisconnect(cl, err, expire)
 
 	if expire {
@@ -841,7 +841,11 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		s.disconnectTakenOver(existing) // [MQTT-3.1.4-3]
 		// mote: no SUBSCRIBE of existing files after this point.
 		existing.settleSubscriptions()
-		if fresh || pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
+		// mote: an MQTT 5 session with a Session Expiry Interval of 0
+		// lasts only as long as its connection, as a 3.1.1 clean session
+		// does: a CONNECT taking over its live connection starts afresh
+		// (change 42).
+		if fresh || pk.Connect.Clean || existing.SessionEndsWithConnection() { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
 			existing.State.isTakenOver.Store(true) // only set isTakenOver after unsubscribe has occurred
