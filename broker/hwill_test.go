@@ -410,3 +410,49 @@ func TestConnackFailureKeepsDelayedWill(t *testing.T) {
 		}
 	}
 }
+
+// TestDisconnectReasonBeforeClose: the broker's DISCONNECT with a reason
+// (0x95 Packet too large, 0x81 Malformed Packet) reaches the client whole
+// before the connection closes, although the client goes on sending
+// (megabytes the broker does not read: a close with unread data resets
+// the connection, which must not come before the DISCONNECT is read).
+// netConn resets at once only after a write failed (the client stopped
+// reading: nothing it could read is lost); otherwise it shuts its side
+// for writing and drains. A check, passing before: no defect. Mosquitto
+// answers the same.
+func TestDisconnectReasonBeforeClose(t *testing.T) {
+	cases := []struct {
+		name   string
+		packet []byte // after CONNECT
+		code   byte
+	}{
+		{"packet too large", []byte{0x30, 0x80, 0x80, 0x80, 0x04}, 0x95},     // a PUBLISH of 8 MiB
+		{"malformed", []byte{0x36, 0x05, 0x00, 0x01, 'x', 0x00, 0x00}, 0x81}, // QoS 3
+	}
+	for _, rb := range refBrokers(t, Options{MaxPacketSize: 10_000}, "max_packet_size 10000") {
+		t.Run(rb.name, func(t *testing.T) {
+			for n, tc := range cases {
+				p, _, code := rawPeer(t, rb.addr, rawConnect(t, 5, "reason-"+string(rune('a'+n)), true, 0, nil))
+				if code != 0 {
+					t.Fatalf("%s: CONNACK %#x", tc.name, code)
+				}
+				sent := make(chan struct{})
+				go func() { // the client goes on sending, not reading
+					defer close(sent)
+					p.c.Write(tc.packet)
+					junk := make([]byte, 64<<10)
+					for range 64 { // 4 MiB, or until the connection fails
+						if _, err := p.c.Write(junk); err != nil {
+							return
+						}
+					}
+				}()
+				<-sent // then reads
+				h, body, err := readPacketBody(p.r)
+				if err != nil || h != 0xe0 || len(body) < 1 || body[0] != tc.code {
+					t.Errorf("%s: got %#x % x %v, want DISCONNECT %#x", tc.name, h, body, err, tc.code)
+				}
+			}
+		})
+	}
+}
