@@ -456,3 +456,72 @@ func TestDisconnectReasonBeforeClose(t *testing.T) {
 		})
 	}
 }
+
+// delayedWillGate holds the will of the client first (OnWill) until
+// another client of its id is established (its CONNACK written, mochi's
+// delayed will of the id dropped), and reports the clients mochi's
+// delayed wills were sent for (OnWillSent).
+type delayedWillGate struct {
+	mqtt.HookBase
+	first  atomic.Pointer[mqtt.Client]
+	thenUp chan struct{}
+	sent   chan *mqtt.Client
+}
+
+func (*delayedWillGate) ID() string { return "delayed-will-gate" }
+func (*delayedWillGate) Provides(b byte) bool {
+	return b == mqtt.OnWill || b == mqtt.OnSessionEstablished || b == mqtt.OnWillSent
+}
+func (g *delayedWillGate) OnWill(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error) {
+	if cl == g.first.Load() {
+		select {
+		case <-g.thenUp:
+		case <-time.After(testTimeout):
+		}
+	}
+	return w, nil
+}
+func (g *delayedWillGate) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if f := g.first.Load(); f != nil && cl != f && cl.ID == f.ID {
+		close(g.thenUp)
+	}
+}
+func (g *delayedWillGate) OnWillSent(cl *mqtt.Client, _ packets.Packet) { g.sent <- cl }
+
+// TestDelayedWillSparesTakingClient: a live connection with a delayed will
+// (1 s) is taken over by its client id with Clean Start 0 and a will of
+// its own; the old connection's will reaches mochi after the new CONNACK
+// (held there by a hook: the old connection's read loop may end that
+// late). When mochi's delayed will came due, it cleared the will of the
+// client then holding the id — the new one — and when the new connection
+// dropped, no will was published. Now the old client's is cleared (mochi
+// change 41) and the new one's will is published.
+func TestDelayedWillSparesTakingClient(t *testing.T) {
+	b := start(t, Options{})
+	g := &delayedWillGate{thenUp: make(chan struct{}), sent: make(chan *mqtt.Client, 4)}
+	if err := b.server.AddHook(g, nil); err != nil {
+		t.Fatal(err)
+	}
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "dw-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "will/#", 0)
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "dw", false, 3600, &rawWill{"will/dw-old", "old", 1}))
+	old, _ := b.server.Clients.Get("dw")
+	g.first.Store(old)
+	bp, present, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "dw", false, 3600, &rawWill{"will/dw-new", "new", 0}))
+	if !present {
+		t.Fatal("the session was not resumed")
+	}
+	a.waitClosed(t)
+	select { // mochi's delayed will of the old client, a second on
+	case cl := <-g.sent:
+		if cl != old {
+			t.Errorf("mochi's delayed will was sent for the new client, not the old one")
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("mochi sent no delayed will")
+	}
+	resetConn(bp.c) // no DISCONNECT: its will goes
+	if m := watcher.readPublish(t, 5); m.topic != "will/dw-new" {
+		t.Errorf("got %+v, want the new connection's will", m)
+	}
+}
