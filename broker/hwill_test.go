@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"os/exec"
 	"strings"
@@ -38,12 +39,13 @@ func refBrokers(t *testing.T, opts Options, conf ...string) []refBroker {
 type rawWill struct {
 	topic, payload string
 	delay          uint32
+	retain         bool
 }
 
 // rawConnect is a CONNECT of id: MQTT version v, Clean Start / Clean
-// Session clean, MQTT 5 Session Expiry Interval expiry, and a will (QoS 0)
-// if w is not nil.
-func rawConnect(t *testing.T, v byte, id string, clean bool, expiry uint32, w *rawWill) []byte {
+// Session clean, MQTT 5 Session Expiry Interval expiry, a will (QoS 0)
+// if w is not nil, and the user named, if any (password user+"-pw").
+func rawConnect(t *testing.T, v byte, id string, clean bool, expiry uint32, w *rawWill, user ...string) []byte {
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: v,
@@ -54,7 +56,11 @@ func rawConnect(t *testing.T, v byte, id string, clean bool, expiry uint32, w *r
 	}
 	if w != nil {
 		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, w.topic, []byte(w.payload)
-		pk.Connect.WillProperties.WillDelayInterval = w.delay
+		pk.Connect.WillProperties.WillDelayInterval, pk.Connect.WillRetain = w.delay, w.retain
+	}
+	for _, u := range user {
+		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte(u)
+		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(u+"-pw")
 	}
 	return ownerPacket(t, pk)
 }
@@ -218,7 +224,7 @@ func TestWillDelayEndsWithSession(t *testing.T) {
 					t.Logf("%s: not run against Mosquitto, which differs from the standard: %s", tc.name, tc.mosquitto)
 					continue
 				}
-				a, _, code := rawPeer(t, rb.addr, rawConnect(t, 5, id, false, tc.expiry, &rawWill{"will/" + id, "gone", 3600}))
+				a, _, code := rawPeer(t, rb.addr, rawConnect(t, 5, id, false, tc.expiry, &rawWill{"will/" + id, "gone", 3600, false}))
 				if code != 0 {
 					t.Fatalf("%s: CONNACK %#x", tc.name, code)
 				}
@@ -379,7 +385,7 @@ func TestConnackFailureKeepsDelayedWill(t *testing.T) {
 		{true, "new", true},
 	} {
 		id := "cf-" + map[bool]string{false: "resume", true: "clean"}[tc.clean]
-		a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, &rawWill{"will/" + id, "old", 3600}))
+		a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, &rawWill{"will/" + id, "old", 3600, false}))
 		a.c.Close()
 		waitFor(t, id+": the old will held", func() bool { return len(delayed(id)) == 1 })
 		gate.armed.Store(&id)
@@ -387,7 +393,7 @@ func TestConnackFailureKeepsDelayedWill(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Write(rawConnect(t, 5, id, tc.clean, 3600, &rawWill{"will/" + id, "new", 3600}))
+		c.Write(rawConnect(t, 5, id, tc.clean, 3600, &rawWill{"will/" + id, "new", 3600, false}))
 		select {
 		case <-gate.held:
 		case <-time.After(testTimeout):
@@ -504,10 +510,10 @@ func TestDelayedWillSparesTakingClient(t *testing.T) {
 	}
 	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "dw-watcher", true, 0, nil))
 	watcher.subscribe(t, 5, "will/#", 0)
-	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "dw", false, 3600, &rawWill{"will/dw-old", "old", 1}))
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "dw", false, 3600, &rawWill{"will/dw-old", "old", 1, false}))
 	old, _ := b.server.Clients.Get("dw")
 	g.first.Store(old)
-	bp, present, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "dw", false, 3600, &rawWill{"will/dw-new", "new", 0}))
+	bp, present, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "dw", false, 3600, &rawWill{"will/dw-new", "new", 0, false}))
 	if !present {
 		t.Fatal("the session was not resumed")
 	}
@@ -523,5 +529,43 @@ func TestDelayedWillSparesTakingClient(t *testing.T) {
 	resetConn(bp.c) // no DISCONNECT: its will goes
 	if m := watcher.readPublish(t, 5); m.topic != "will/dw-new" {
 		t.Errorf("got %+v, want the new connection's will", m)
+	}
+}
+
+// TestEndedSessionWillChecked: a delayed will published because a Clean
+// Start 1 CONNECT ended its session goes through the door with the rules
+// of that moment (an ACL reloaded since the will's CONNECT, as when it
+// fires: TestReloadWill): refused when its client may no longer write the
+// topic, published when it may.
+func TestEndedSessionWillChecked(t *testing.T) {
+	u := users(t)
+	b := start(t, Options{Users: u, ACL: parseACL(t, wideACL)})
+	for n, tc := range []struct {
+		acl string // when the session ends
+		set bool
+	}{{wideACL, true}, {narrowACL, false}} {
+		if err := b.Reload(Reload{Users: u, ACL: parseACL(t, wideACL)}); err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprint("bob-ended-", n)
+		topic := "house/bob/" + id
+		a, _, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, &rawWill{topic, "gone", 3600, true}, "bob"))
+		if code != 0 {
+			t.Fatalf("CONNACK %#x", code)
+		}
+		a.c.Close()
+		waitFor(t, "the will held", func() bool {
+			b.wills.mu.Lock()
+			defer b.wills.mu.Unlock()
+			return len(b.wills.delayed[id]) == 1
+		})
+		if err := b.Reload(Reload{Users: u, ACL: parseACL(t, tc.acl)}); err != nil {
+			t.Fatal(err)
+		}
+		rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil, "bob")) // ends the session
+		settle(t, b)
+		if s := string(b.snapshot(topic)); (s == "\"gone\"") != tc.set {
+			t.Errorf("will on %s, the ACL at the session's end allowing it %v: row %q", topic, tc.set, s)
+		}
 	}
 }
