@@ -183,6 +183,16 @@ func (p *ownerPeer) waitClosed(t *testing.T) {
 	}
 }
 
+// waitWillHeld waits until one will of id waits out its delay.
+func waitWillHeld(t *testing.T, b *Broker, id string) {
+	t.Helper()
+	waitFor(t, id+"'s will held", func() bool {
+		b.wills.mu.Lock()
+		defer b.wills.mu.Unlock()
+		return len(b.wills.delayed[id]) == 1
+	})
+}
+
 // TestWillDelayEndsWithSession: a delayed will (MQTT 5 Will Delay
 // Interval, an hour) waits "until the Will Delay Interval has passed or
 // the Session ends, whichever happens first" (§3.1.2.5, §3.1.3.2.2,
@@ -231,11 +241,7 @@ func TestWillDelayEndsWithSession(t *testing.T) {
 				if !tc.live {
 					a.c.Close() // no DISCONNECT
 					if rb.b != nil && tc.expiry > 0 {
-						waitFor(t, tc.name+": the will held", func() bool {
-							rb.b.wills.mu.Lock()
-							defer rb.b.wills.mu.Unlock()
-							return len(rb.b.wills.delayed[id]) == 1
-						})
+						waitWillHeld(t, rb.b, id)
 					}
 				}
 				marker := "will/marker-" + id
@@ -387,7 +393,7 @@ func TestConnackFailureKeepsDelayedWill(t *testing.T) {
 		id := "cf-" + map[bool]string{false: "resume", true: "clean"}[tc.clean]
 		a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, &rawWill{"will/" + id, "old", 3600, false}))
 		a.c.Close()
-		waitFor(t, id+": the old will held", func() bool { return len(delayed(id)) == 1 })
+		waitWillHeld(t, b, id)
 		gate.armed.Store(&id)
 		c, err := net.Dial("tcp", b.TCPAddr())
 		if err != nil {
@@ -554,11 +560,7 @@ func TestEndedSessionWillChecked(t *testing.T) {
 			t.Fatalf("CONNACK %#x", code)
 		}
 		a.c.Close()
-		waitFor(t, "the will held", func() bool {
-			b.wills.mu.Lock()
-			defer b.wills.mu.Unlock()
-			return len(b.wills.delayed[id]) == 1
-		})
+		waitWillHeld(t, b, id)
 		if err := b.Reload(Reload{Users: u, ACL: parseACL(t, tc.acl)}); err != nil {
 			t.Fatal(err)
 		}
