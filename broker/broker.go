@@ -505,11 +505,16 @@ func (b *Broker) connPanicked(nc net.Conn) {
 		}
 		return true
 	})
+	b.wills.ending.Range(func(k, _ any) bool {
+		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
+			b.wills.publishEnded(cl) // the session its CONNECT ended still ended
+		}
+		return true
+	})
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
 			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
-			p := &cl.Properties
-			expire := (p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0) || (p.ProtocolVersion < 5 && p.Clean)
+			expire := cl.SessionEndsWithConnection()
 			b.dropConn(cl, !expire)
 			if expire {
 				b.server.RemoveSession(cl)

@@ -219,10 +219,11 @@
 //     Delay Interval, without an ACL check, past Mote's prefixes. A
 //     delayed will waits until its delay passes or its session ends
 //     (wills.due): a CONNECT ending the session (Clean Start 1, another
-//     user) publishes it under the id's takeover lock (wills.end), or, for
-//     a connection it takes over live, as that connection's will comes
-//     due (conn.endedByTakeover); a reconnect to the session cancels it
-//     once its CONNACK is written (wills.cancel).
+//     user) takes it under the id's takeover lock (wills.end) and
+//     publishes it after (OnSessionEstablished, or OnDisconnect when its
+//     CONNACK fails), or, for a connection it takes over live, as that
+//     connection's will comes due (conn.endedByTakeover); a reconnect to
+//     the session cancels it once its CONNACK is written (wills.cancel).
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -326,6 +327,8 @@
 //	conn.will, pending publish topic    the connection's read goroutine
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it
+//	wills of a session a CONNECT ended  wills.ending (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
+//	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer

@@ -259,7 +259,9 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if ended {
 		// After expect: the old connection's will, not yet due, is
 		// published when it is (wills.due asks conn.endedByTakeover).
-		h.b.wills.end(cl.ID)
+		// Those waiting are published once the lock is let go:
+		// OnSessionEstablished, or OnDisconnect if the CONNACK fails.
+		h.b.wills.end(cl)
 	}
 	if fresh && existing != nil {
 		// mochi drops what existing holds in flight (after register: no
@@ -278,6 +280,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
+	b.wills.publishEnded(cl)
 	// What mochi's resend discarded, too large for the client
 	// [MQTT-3.1.2-25] (mochi change 43), is counted with what the writer
 	// discards for size ($SYS/mote/toolarge).
@@ -337,6 +340,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // A session that outlives the connection (expire false) keeps the QoS 1/2
 // messages the connection did not write.
 func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	h.b.wills.publishEnded(cl) // its CONNACK failed: see OnSessionEstablish
 	h.b.dropConn(cl, !expire)
 }
 

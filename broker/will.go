@@ -46,6 +46,11 @@ type wills struct {
 	mu      sync.Mutex
 	delayed map[string][]*will // by client id: one per connection that left one (a CONNECT whose CONNACK failed leaves its own beside its predecessor's)
 	closed  bool
+	// ending: *mqtt.Client → []*will, the delayed wills of the session
+	// that client's CONNECT ended (end), published once the id's takeover
+	// lock is let go (publishEnded): a publish may wait for a slow
+	// subscriber.
+	ending sync.Map
 }
 
 // due handles the will of a connection that ended without a normal
@@ -140,15 +145,25 @@ func (ws *wills) takeAll(id string) []*will {
 	return d
 }
 
-// end publishes now the delayed wills of a client id whose session ended
-// (a CONNECT with Clean Start 1, or another user's, took the id over):
-// a will's delay runs until the Will Delay Interval passes or the session
-// ends, whichever is first [MQTT-3.1.3-9]. Called under the id's
-// takeover lock, before the CONNACK: the new session's CONNACK failing
-// does not bring the old session back.
-func (ws *wills) end(id string) {
-	for _, w := range ws.takeAll(id) {
-		ws.publish(w)
+// end takes the delayed wills of cl's client id, whose session cl's
+// CONNECT ended (Clean Start 1, or another user's): a will's delay runs
+// until the Will Delay Interval passes or the session ends, whichever is
+// first [MQTT-3.1.3-9]. Called under the id's takeover lock, before the
+// CONNACK; publishEnded publishes them after it, whether the CONNACK was
+// written or not (the new session's failing does not bring the old one
+// back).
+func (ws *wills) end(cl *mqtt.Client) {
+	if d := ws.takeAll(cl.ID); len(d) > 0 {
+		ws.ending.Store(cl, d)
+	}
+}
+
+// publishEnded publishes the wills end took for cl.
+func (ws *wills) publishEnded(cl *mqtt.Client) {
+	if d, ok := ws.ending.LoadAndDelete(cl); ok {
+		for _, w := range d.([]*will) {
+			ws.publish(w)
+		}
 	}
 }
 
