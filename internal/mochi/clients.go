@@ -229,6 +229,8 @@ type ClientState struct {
 	subMu           sync.Mutex           // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
 	unanswered      atomic.Bool          // mote: filed by its CONNECT, its CONNACK not yet written (disconnectTakenOver)
 	TooLarge        atomic.Int64         // mote: publishes the resend discarded, too large for the client (change 43); the embedder takes them
+	expiryMu        sync.Mutex           // mote: guards Properties.Props.SessionExpiryInterval once filed, and claimed (change 44)
+	claimed         bool                 // mote: a takeover read the session's lifetime (claimSession): a DISCONNECT no longer changes it
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -298,11 +300,56 @@ func (cl *Client) startWriteLoop() {
 // as long as its network connection: MQTT 3.1.1 CleanSession 1
 // [MQTT-3.1.2-6], MQTT 5 Session Expiry Interval 0 (§3.1.2.11.2; a
 // DISCONNECT cannot raise it from 0 [MQTT-3.14.2-2]) (change 42).
+//
+// The Session Expiry Interval is read under cl.State.expiryMu: a
+// DISCONNECT (processDisconnect, cl's read goroutine) may rewrite it while
+// another goroutine asks (change 44).
 func (cl *Client) SessionEndsWithConnection() bool {
+	cl.State.expiryMu.Lock()
+	defer cl.State.expiryMu.Unlock()
+	return cl.sessionEndsLocked()
+}
+
+// mote: sessionEndsLocked is SessionEndsWithConnection, expiryMu held.
+func (cl *Client) sessionEndsLocked() bool {
 	if cl.Properties.ProtocolVersion == 5 {
 		return cl.Properties.Props.SessionExpiryInterval == 0
 	}
 	return cl.Properties.Clean
+}
+
+// mote: sessionExpiry returns cl's Session Expiry Interval and whether
+// it was set, read under expiryMu (change 44).
+func (cl *Client) sessionExpiry() (uint32, bool) {
+	cl.State.expiryMu.Lock()
+	defer cl.State.expiryMu.Unlock()
+	return cl.Properties.Props.SessionExpiryInterval, cl.Properties.Props.SessionExpiryIntervalFlag
+}
+
+// mote: claimSession is called by a CONNECT taking cl's client id over,
+// under the id's takeover lock: it reports whether cl's session lasts
+// only as long as its connection, and fixes that answer — a DISCONNECT of
+// cl read after it no longer changes its Session Expiry Interval (the
+// session is the new connection's now). The CONNECT's hooks
+// (OnSessionEstablish: SessionEndsWithConnection) and inheritSession all
+// get that one answer: read apart, a DISCONNECT between the reads split
+// them (change 44).
+func (cl *Client) claimSession() bool {
+	cl.State.expiryMu.Lock()
+	defer cl.State.expiryMu.Unlock()
+	cl.State.claimed = true
+	return cl.sessionEndsLocked()
+}
+
+// mote: setSessionExpiry is a DISCONNECT's Session Expiry Interval
+// [MQTT-3.14.2-2], unless a takeover claimed the session (change 44).
+func (cl *Client) setSessionExpiry(v uint32) {
+	cl.State.expiryMu.Lock()
+	defer cl.State.expiryMu.Unlock()
+	if !cl.State.claimed {
+		cl.Properties.Props.SessionExpiryInterval = v
+		cl.Properties.Props.SessionExpiryIntervalFlag = true
+	}
 }
 
 // ParseConnect parses the connect parameters and properties for a client.

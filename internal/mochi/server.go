@@ -630,6 +630,9 @@ func (s *Server) takeOverAndFile(pk packets.Packet, cl *Client) (sessionPresent 
 		}
 		fresh = d.Fresh
 	}
+	if old, ok := s.Clients.Get(cl.ID); ok {
+		old.claimSession() // mote: one answer for the takeover's hooks and inheritSession (change 44)
+	}
 	s.hooks.OnSessionEstablish(cl, pk)
 	sessionPresent = s.inheritSession(pk, cl, fresh)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
@@ -845,7 +848,7 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		// lasts only as long as its connection, as a 3.1.1 clean session
 		// does: a CONNECT taking over its live connection starts afresh
 		// (change 42).
-		if fresh || pk.Connect.Clean || existing.SessionEndsWithConnection() { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
+		if fresh || pk.Connect.Clean || existing.claimSession() { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
 			existing.State.isTakenOver.Store(true) // only set isTakenOver after unsubscribe has occurred
@@ -1759,8 +1762,7 @@ func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 			return packets.ErrProtocolViolationZeroNonZeroExpiry
 		}
 
-		cl.Properties.Props.SessionExpiryInterval = pk.Properties.SessionExpiryInterval
-		cl.Properties.Props.SessionExpiryIntervalFlag = true
+		cl.setSessionExpiry(pk.Properties.SessionExpiryInterval) // mote: under expiryMu (change 44)
 	}
 
 	if pk.ReasonCode == packets.CodeDisconnectWillMessage.Code { // [MQTT-3.1.2.5] Non-normative comment
@@ -2077,8 +2079,8 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		expire := s.Options.Capabilities.MaximumSessionExpiryInterval
-		if client.Properties.ProtocolVersion == 5 && client.Properties.Props.SessionExpiryIntervalFlag {
-			expire = client.Properties.Props.SessionExpiryInterval
+		if v, set := client.sessionExpiry(); client.Properties.ProtocolVersion == 5 && set { // mote: under expiryMu (change 44)
+			expire = v
 		}
 
 		if disconnected+int64(expire) < dt {

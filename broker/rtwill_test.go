@@ -1,0 +1,149 @@
+package broker
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// TestDisconnectExpiryRacesTakeover: a client (MQTT 5, Session Expiry
+// 300 s) sends DISCONNECT with Session Expiry 0 while a CONNECT of its id
+// (Clean Start 0) takes it over. The takeover asks whether the old
+// session lasts only as long as its connection while the old client's
+// read goroutine may be rewriting its Session Expiry: under -race, before
+// the fix, the detector reported the read (OnSessionEstablish, mochi's
+// inheritSession) against processDisconnect's write. Either order is
+// allowed by the standard; the new client always gets its CONNACK.
+func TestDisconnectExpiryRacesTakeover(t *testing.T) {
+	b := start(t, Options{})
+	disconnect0 := []byte{0xE0, 0x07, 0x00, 0x05, 0x11, 0, 0, 0, 0} // Session Expiry Interval 0
+	for i := range 300 {
+		id := fmt.Sprintf("dr-%d", i)
+		a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 300, nil))
+		a.subscribe(t, 5, "dr/"+id, 1)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.c.Write(disconnect0) //nolint:errcheck // the takeover may have closed it
+		}()
+		n, _, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 300, nil))
+		wg.Wait()
+		if code != 0 {
+			t.Fatalf("%s: CONNACK %#x", id, code)
+		}
+		n.c.Close()
+		a.c.Close()
+	}
+}
+
+// disconnectGate holds the CONNECT of one client id, once armed, in
+// OnSessionEstablish (after Mote's hook: the id's takeover lock held,
+// the old client not yet taken over) until the old client has read a
+// DISCONNECT the test sends it meanwhile (its StopTime set).
+type disconnectGate struct {
+	mqtt.HookBase
+	b     *Broker
+	armed atomic.Pointer[string]
+	held  chan struct{}
+	done  chan struct{}
+}
+
+func (*disconnectGate) ID() string           { return "disconnect-gate" }
+func (*disconnectGate) Provides(b byte) bool { return b == mqtt.OnSessionEstablish }
+func (g *disconnectGate) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if id := g.armed.Load(); id == nil || *id != cl.ID || !g.armed.CompareAndSwap(id, nil) {
+		return
+	}
+	defer close(g.done)
+	old, ok := g.b.server.Clients.Get(cl.ID)
+	g.held <- struct{}{}
+	for deadline := time.Now().Add(testTimeout); ok && old.StopTime() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestDisconnectDuringTakeoverOneAnswer: a persistent MQTT 5 session
+// (Session Expiry 300 s, one message in flight, one queued behind it) is
+// taken over by a CONNECT with Clean Start 0; while the takeover holds
+// the id (between Mote's OnSessionEstablish and mochi's inheritSession),
+// the old connection sends DISCONNECT with Session Expiry 0. The takeover
+// came first: the session is resumed (Session Present 1) with both
+// messages, and the DISCONNECT's expiry no longer applies (mochi change
+// 44: the takeover claims the session). Before, Mote's hook read the old
+// expiry (300: expect, not fresh) and mochi's inheritSession the new one
+// (0: Session Present 0, subscriptions and in-flight dropped) — two
+// answers to one takeover. The standard allows either order; the test
+// pins the one answer.
+func TestDisconnectDuringTakeoverOneAnswer(t *testing.T) {
+	b := start(t, Options{MaxInflight: 1})
+	gate := &disconnectGate{b: b, held: make(chan struct{}), done: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id, topic = "d1-a", "d1/a"
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "d1-pub", true, 0, nil))
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 300, nil))
+	a.subscribe(t, 5, topic, 1)
+	pub.publish1(t, 5, topic, "m1")
+	pub.publish1(t, 5, topic, "m1b")
+	if m := a.readPublish(t, 5); m.payload != "m1" { // not acknowledged: in flight; m1b waits
+		t.Fatalf("got %+v", m)
+	}
+	gate.armed.Store(&[]string{id}[0])
+	c, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(testTimeout))
+	n := &ownerPeer{c: c, r: bufio.NewReader(c)}
+	if _, err := c.Write(rawConnect(t, 5, id, false, 300, nil)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("the takeover never reached the gate")
+	}
+	a.c.Write([]byte{0xE0, 0x07, 0x00, 0x05, 0x11, 0, 0, 0, 0}) //nolint:errcheck // Session Expiry Interval 0
+	<-gate.done
+	h, body := n.next(t, 0)
+	if h != 0x20 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("got %#x % x, want CONNACK 0", h, body)
+	}
+	present := body[0]&1 == 1
+	n.c.Write(ownerPacket(t, packets.Packet{ //nolint:errcheck // read below
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5,
+		PacketID: 1, Filters: packets.Subscriptions{{Filter: "marker/d1", Qos: 0}},
+	}))
+	var got []string
+	for {
+		h, body := n.next(t, 0)
+		if h>>4 == 9 { // SUBACK: the marker comes after what the session held
+			pub.publish1(t, 5, "marker/d1", "")
+			continue
+		}
+		m, ok := decodeRawPublish(h, body, 5)
+		if !ok {
+			continue
+		}
+		if m.topic == "marker/d1" {
+			break
+		}
+		if m.qos > 0 {
+			n.c.Write([]byte{0x40, 0x02, byte(m.id >> 8), byte(m.id)}) //nolint:errcheck // the next may come
+		}
+		got = append(got, m.payload)
+	}
+	if !present || fmt.Sprint(got) != "[m1 m1b]" {
+		t.Errorf("Session Present %v, got %q from the old session; want Session Present 1 and [m1 m1b]", present, got)
+	}
+}
