@@ -222,7 +222,8 @@
 //     user) takes it under the id's takeover lock (wills.end) and
 //     publishes it after (OnSessionEstablished, or OnDisconnect when its
 //     CONNACK fails), or, for a connection it takes over live, as that
-//     connection's will comes due (conn.endedByTakeover); a reconnect to
+//     connection's will comes due (conn.endedByTakeover; will.ended for
+//     a will still its CONNECT's, the CONNACK unwritten); a reconnect to
 //     the session cancels it once its CONNACK is written (wills.cancel).
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;

@@ -261,7 +261,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		// published when it is (wills.due asks conn.endedByTakeover).
 		// Those waiting are published once the lock is let go:
 		// OnSessionEstablished, or OnDisconnect if the CONNACK fails.
-		h.b.wills.end(cl)
+		h.b.wills.end(cl, existing)
 	}
 	if fresh && existing != nil {
 		// mochi drops what existing holds in flight (after register: no

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,5 +146,90 @@ func TestDisconnectDuringTakeoverOneAnswer(t *testing.T) {
 	}
 	if !present || fmt.Sprint(got) != "[m1 m1b]" {
 		t.Errorf("Session Present %v, got %q from the old session; want Session Present 1 and [m1 m1b]", present, got)
+	}
+}
+
+// encodeGate holds the CONNACK of one client id, once armed, in
+// OnPacketEncode (the CONNECT took the id and was filed; the takeover
+// lock is free) until the test lets it go.
+type encodeGate struct {
+	mqtt.HookBase
+	armed   atomic.Pointer[string]
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (*encodeGate) ID() string           { return "encode-gate" }
+func (*encodeGate) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+func (g *encodeGate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Connack {
+		return pk
+	}
+	if id := g.armed.Load(); id == nil || *id != cl.ID || !g.armed.CompareAndSwap(id, nil) {
+		return pk
+	}
+	g.held <- struct{}{}
+	select {
+	case <-g.release:
+	case <-time.After(testTimeout):
+	}
+	return pk
+}
+
+// TestConnackFailureThenCleanStartPublishesWills: a session is offline
+// with a delayed will (A's); B resumes it (Clean Start 0, a delayed will
+// of its own) but its CONNACK is held, and C takes the id with Clean
+// Start 1 before B's CONNACK fails: C's CONNECT ended the session, so
+// both wills are published then [MQTT-3.1.3-9] — A's by C's takeover,
+// B's when B's connection ends (its will was still its CONNECT's when C
+// came). Before, B's will went to wait out its delay and was then
+// cancelled by C's CONNACK, or skipped as its id was connected again.
+func TestConnackFailureThenCleanStartPublishesWills(t *testing.T) {
+	b := start(t, Options{})
+	gate := &encodeGate{held: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id = "cfc-x"
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "cfc-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "will/#", 0)
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/a", payload: "a", delay: 3600}))
+	a.c.Close()
+	waitWillHeld(t, b, id)
+
+	gate.armed.Store(&[]string{id}[0])
+	bc, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	if _, err := bc.Write(rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/b", payload: "b", delay: 3600})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("B's CONNACK never reached the gate")
+	}
+	rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil)) // C: Clean Start 1; its CONNACK is written
+	close(gate.release)
+	waitFor(t, "B's connection ended", func() bool {
+		left := false
+		b.connWills.Range(func(k, _ any) bool {
+			left = left || k.(*mqtt.Client).ID == id
+			return true
+		})
+		return !left
+	})
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "cfc-pub", true, 0, nil))
+	pub.publish1(t, 5, "will/marker", "")
+	got := watcher.topicsUntil(t, "will/marker")
+	if slices.Sort(got); fmt.Sprint(got) != "[will/a will/b]" {
+		t.Errorf("wills published %q; want will/a and will/b (C ended the session)", got)
+	}
+	b.wills.mu.Lock()
+	defer b.wills.mu.Unlock()
+	if d := b.wills.delayed[id]; len(d) != 0 {
+		t.Errorf("%d wills of %s still wait", len(d), id)
 	}
 }

@@ -17,6 +17,10 @@ type will struct {
 	m     Message
 	cl    *mqtt.Client // the connection that set it
 	timer *time.Timer  // while it waits out its Will Delay Interval
+	// ended (wills.mu): a CONNECT ended its session while the will was
+	// still its CONNECT's (connWills: the CONNACK not yet written or
+	// failing): it is published when due (wills.end).
+	ended bool
 }
 
 // willOf is the will of a CONNECT packet, nil if it has none.
@@ -75,7 +79,7 @@ func (ws *wills) due(w *will, cl *mqtt.Client, ended func() bool) {
 	// ended is asked under ws.mu: a takeover marks the session ended
 	// (conn.expect) before it publishes the id's delayed wills (end), so
 	// the will is either published by end or here.
-	if ended() {
+	if ended() || w.ended {
 		ws.mu.Unlock()
 		ws.publish(w)
 		return
@@ -137,6 +141,11 @@ func (ws *wills) publish(w *will) {
 func (ws *wills) takeAll(id string) []*will {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	return ws.takeAllLocked(id)
+}
+
+// takeAllLocked is takeAll, ws.mu held.
+func (ws *wills) takeAllLocked(id string) []*will {
 	d := ws.delayed[id]
 	for _, w := range d {
 		w.timer.Stop()
@@ -152,8 +161,23 @@ func (ws *wills) takeAll(id string) []*will {
 // CONNACK; publishEnded publishes them after it, whether the CONNACK was
 // written or not (the new session's failing does not bring the old one
 // back).
-func (ws *wills) end(cl *mqtt.Client) {
-	if d := ws.takeAll(cl.ID); len(d) > 0 {
+//
+// existing, the client filed under the id (nil for none), may still hold
+// its will as its CONNECT's (connWills: its CONNACK not written, or
+// failing): that will is marked ended, and published when its
+// connection's end makes it due (due) — it was not among the delayed
+// wills to take, and waiting out its delay it was cancelled by cl's
+// CONNACK. Marked under ws.mu, as due reads it: one or the other.
+func (ws *wills) end(cl, existing *mqtt.Client) {
+	ws.mu.Lock()
+	d := ws.takeAllLocked(cl.ID)
+	if existing != nil {
+		if w, ok := ws.b.connWills.Load(existing); ok {
+			w.(*will).ended = true
+		}
+	}
+	ws.mu.Unlock()
+	if len(d) > 0 {
 		ws.ending.Store(cl, d)
 	}
 }
