@@ -555,7 +555,7 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 func (cl *Client) Read(packetHandler ReadFn) error {
 	for {
 		if cl.Closed() {
-			return nil
+			return cl.closedCause() // mote: change 45
 		}
 
 		// mote: wait for the next packet here, in this shallow frame, and
@@ -644,6 +644,22 @@ func (cl *Client) Stop(err error) {
 func (cl *Client) settleSubscriptions() {
 	cl.State.subMu.Lock()
 	cl.State.subMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
+}
+
+// mote: closedCause is what Read returns for a client found stopped
+// between packets: nil (no will) only if the client itself left with
+// DISCONNECT (processDisconnect); otherwise why it was stopped — taken
+// over (ErrSessionTakenOver), disconnected by the server, the server
+// shutting down — as Read returns when the stop breaks a read under way.
+// Upstream returned nil for any stop, and endSession then cleared the
+// will: a connection taken over (or shut down) between two packets lost
+// it, one blocked in a read did not (change 45) [MQTT-3.1.2-8].
+func (cl *Client) closedCause() error {
+	err := cl.StopCause()
+	if c, ok := err.(packets.Code); ok && c == packets.CodeDisconnect {
+		return nil
+	}
+	return err
 }
 
 // StopCause returns the reason the client connection was stopped, if any.

@@ -731,3 +731,32 @@ func TestMoteDelayedWillSparesNewClient(t *testing.T) {
 	c.Close()
 	waitServe(t, done)
 }
+
+// TestMoteReadStoppedBetweenPackets: a client stopped while its read loop
+// is between packets (change 45). Read returns nil — no will — only when
+// the client left with DISCONNECT; stopped by a takeover, by the server
+// or by its shutdown it returns why, as when the stop breaks a read under
+// way, and the will is sent. Before, Read returned nil for every stop: the
+// will of a connection taken over between two packets was lost.
+func TestMoteReadStoppedBetweenPackets(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cause error
+		want  error
+	}{
+		{"disconnect", packets.CodeDisconnect, nil},
+		{"taken over", packets.ErrSessionTakenOver, packets.ErrSessionTakenOver},
+		{"shutting down", packets.ErrServerShuttingDown, packets.ErrServerShuttingDown},
+		{"stopped without a cause", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl, r, _ := newTestClient()
+			defer r.Close()
+			cl.Stop(tc.cause)
+			err := cl.Read(func(*Client, *packets.Packet) error { return nil })
+			if !errors.Is(err, tc.want) {
+				t.Errorf("Read returned %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
