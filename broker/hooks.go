@@ -281,10 +281,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
 	b.wills.publishEnded(cl)
-	// What mochi's resend discarded, too large for the client
-	// [MQTT-3.1.2-25] (mochi change 43), is counted with what the writer
-	// discards for size ($SYS/mote/toolarge).
-	b.stats.TooLarge.Add(cl.State.TooLarge.Swap(0))
+	b.countResendDiscards(cl)
 	out := &mqttOut{b: b, cl: cl}
 	out.ids.adopt(cl, b.keptIn.take(cl))
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
@@ -336,11 +333,20 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
+// countResendDiscards counts what mochi's resend discarded, too large for
+// the client [MQTT-3.1.2-25] (mochi change 43), with what the writer
+// discards for size ($SYS/mote/toolarge): once, when the session is
+// established or, if the resend failed, when the connection ends.
+func (b *Broker) countResendDiscards(cl *mqtt.Client) {
+	b.stats.TooLarge.Add(cl.State.TooLarge.Swap(0))
+}
+
 // OnDisconnect ends the connection's deliveries and tree subscriptions.
 // A session that outlives the connection (expire false) keeps the QoS 1/2
 // messages the connection did not write.
 func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	h.b.wills.publishEnded(cl) // its CONNACK failed: see OnSessionEstablish
+	h.b.wills.publishEnded(cl)  // its CONNACK failed: see OnSessionEstablish
+	h.b.countResendDiscards(cl) // the resend failed after discarding some
 	h.b.dropConn(cl, !expire)
 }
 

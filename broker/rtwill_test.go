@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -344,5 +345,75 @@ func TestWillStorm(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// resendCutter closes a client's connection, once armed, as mochi's
+// resend of its session's in-flight messages reaches the fourth: the
+// resend fails there, and the connection ends before
+// OnSessionEstablished. It counts the resends before that of messages
+// too large for the client (topics large).
+type resendCutter struct {
+	mqtt.HookBase
+	armed   atomic.Bool
+	large   map[string]bool
+	seen    int
+	dropped int64
+}
+
+func (*resendCutter) ID() string           { return "resend-cutter" }
+func (*resendCutter) Provides(b byte) bool { return b == mqtt.OnQosPublish }
+func (h *resendCutter) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	if !h.armed.Load() || !pk.FixedHeader.Dup {
+		return
+	}
+	if h.seen++; h.seen == 4 {
+		h.armed.Store(false)
+		cl.Net.Conn.Close()
+		return
+	}
+	if h.large[pk.TopicName] {
+		h.dropped++
+	}
+}
+
+// TestHeldTooLargeResendFails: the resend discards the messages of a
+// session too large for the client, then fails (the connection breaks
+// before the last): the discards are still counted in $SYS/mote/toolarge.
+// Before, the count was taken in OnSessionEstablished only, which a
+// failed resend never reaches: they were lost from the count.
+func TestHeldTooLargeResendFails(t *testing.T) {
+	b := start(t, Options{})
+	cut := &resendCutter{large: map[string]bool{"h/big": true, "h/big2": true}}
+	if err := b.server.AddHook(cut, nil); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 200
+	nc, r, _ := rawConnect5(t, b, "away", true, limit)
+	sub := []byte{0, 1, 0, 0, 3, 'h', '/', '#', 1} // packet id 1, no properties, h/# at QoS 1
+	if _, err := nc.Write(append(append([]byte{0x82}, varint(len(sub))...), sub...)); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
+		t.Fatalf("SUBACK: %#x %v", h, err)
+	}
+	nc.Close()
+	waitConnGone(t, b, "away")
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "pub", true, 0, nil))
+	for _, m := range []struct{ topic, payload string }{{"h/big", strings.Repeat("x", 500)}, {"h/small", "1"}, {"h/big2", strings.Repeat("y", 500)}, {"h/last", "3"}} {
+		pub.publish1(t, 5, m.topic, m.payload) // held for "away" before the PUBACK
+	}
+	before := b.stats.TooLarge.Load()
+	cut.armed.Store(true)
+	nc, _, _ = rawConnect5(t, b, "away", false, limit)
+	defer nc.Close()
+	// The failed CONNECT's end (endSession, OnDisconnect) is over once
+	// mochi counts it gone: only "pub" is connected then.
+	waitFor(t, "the failed CONNECT's end", func() bool { return atomic.LoadInt64(&b.server.Info.ClientsConnected) == 1 })
+	if cut.seen != 4 || cut.dropped == 0 {
+		t.Fatalf("the resend was not cut as planned: %d resent, %d too large before the cut", cut.seen, cut.dropped)
+	}
+	if got := b.stats.TooLarge.Load() - before; got != cut.dropped {
+		t.Errorf("toolarge grew by %d, want %d (the resend's discards)", got, cut.dropped)
 	}
 }
