@@ -91,16 +91,7 @@ func untilPong(t *testing.T, nc net.Conn, r *bufio.Reader) (topics []string, lar
 func TestHeldTooLargeForSession(t *testing.T) {
 	b := start(t, Options{})
 	const limit = 200
-	nc, r, _ := rawConnect5(t, b, "away", true, limit)
-	sub := []byte{0, 1, 0, 0, 3, 'h', '/', '#', 1} // packet id 1, no properties, h/# at QoS 1
-	if _, err := nc.Write(append(append([]byte{0x82}, varint(len(sub))...), sub...)); err != nil {
-		t.Fatal(err)
-	}
-	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
-		t.Fatalf("SUBACK: %#x %v", h, err)
-	}
-	nc.Close()
-	waitConnGone(t, b, "away")
+	awayOnH(t, b, limit)
 
 	pub := dial5(t, b, "pub", paho5.ClientConfig{}, nil)
 	ctx := testCtx(t)
@@ -140,6 +131,22 @@ func TestHeldTooLargeForSession(t *testing.T) {
 		nc.Close()
 		waitConnGone(t, b, "away")
 	}
+}
+
+// awayOnH makes the persistent session "away" (Maximum Packet Size
+// limit) subscribed to h/# at QoS 1, offline.
+func awayOnH(t *testing.T, b *Broker, limit uint32) {
+	t.Helper()
+	nc, r, _ := rawConnect5(t, b, "away", true, limit)
+	sub := []byte{0, 1, 0, 0, 3, 'h', '/', '#', 1} // packet id 1, no properties, h/# at QoS 1
+	if _, err := nc.Write(append(append([]byte{0x82}, varint(len(sub))...), sub...)); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
+		t.Fatalf("SUBACK: %#x %v", h, err)
+	}
+	nc.Close()
+	waitConnGone(t, b, "away")
 }
 
 func slicesEqual(a, b []string) bool {

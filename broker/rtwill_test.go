@@ -389,23 +389,14 @@ func TestHeldTooLargeResendFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	const limit = 200
-	nc, r, _ := rawConnect5(t, b, "away", true, limit)
-	sub := []byte{0, 1, 0, 0, 3, 'h', '/', '#', 1} // packet id 1, no properties, h/# at QoS 1
-	if _, err := nc.Write(append(append([]byte{0x82}, varint(len(sub))...), sub...)); err != nil {
-		t.Fatal(err)
-	}
-	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
-		t.Fatalf("SUBACK: %#x %v", h, err)
-	}
-	nc.Close()
-	waitConnGone(t, b, "away")
+	awayOnH(t, b, limit)
 	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "pub", true, 0, nil))
 	for _, m := range []struct{ topic, payload string }{{"h/big", strings.Repeat("x", 500)}, {"h/small", "1"}, {"h/big2", strings.Repeat("y", 500)}, {"h/last", "3"}} {
 		pub.publish1(t, 5, m.topic, m.payload) // held for "away" before the PUBACK
 	}
 	before := b.stats.TooLarge.Load()
 	cut.armed.Store(true)
-	nc, _, _ = rawConnect5(t, b, "away", false, limit)
+	nc, _, _ := rawConnect5(t, b, "away", false, limit)
 	defer nc.Close()
 	// The failed CONNECT's end (endSession, OnDisconnect) is over once
 	// mochi counts it gone: only "pub" is connected then.
