@@ -246,7 +246,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// The session cl's CONNECT names ended: Clean Start [MQTT-3.1.2-4],
 	// another user's, or one that lasted only as long as its live
 	// connection, which cl cuts off (MQTT 3.1.1 CleanSession 1, MQTT 5
-	// Session Expiry 0: mochi change 42); cl starts afresh.
+	// Session Expiry 0: mochi change 51); cl starts afresh.
 	ended := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
 	fresh := ended || existing != nil && existing.SessionEndsWithConnection()
 	var left map[uint16]packets.Packet
@@ -334,7 +334,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // countResendDiscards counts what mochi's resend discarded, too large for
-// the client [MQTT-3.1.2-25] (mochi change 43), with what the writer
+// the client [MQTT-3.1.2-25] (mochi change 52), with what the writer
 // discards for size ($SYS/mote/toolarge): once, when the session is
 // established or, if the resend failed, when the connection ends.
 func (b *Broker) countResendDiscards(cl *mqtt.Client) {

@@ -513,7 +513,7 @@ func (g *delayedWillGate) OnWillSent(cl *mqtt.Client, _ packets.Packet) { g.sent
 // late). When mochi's delayed will came due, it cleared the will of the
 // client then holding the id — the new one — and when the new connection
 // dropped, no will was published. Now the old client's is cleared (mochi
-// change 41) and the new one's will is published.
+// change 50) and the new one's will is published.
 func TestDelayedWillSparesTakingClient(t *testing.T) {
 	b := start(t, Options{})
 	g := &delayedWillGate{thenUp: make(chan struct{}), sent: make(chan *mqtt.Client, 4)}

@@ -80,7 +80,7 @@ func (g *disconnectGate) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 // the old connection sends DISCONNECT with Session Expiry 0. The takeover
 // came first: the session is resumed (Session Present 1) with both
 // messages, and the DISCONNECT's expiry no longer applies (mochi change
-// 44: the takeover claims the session). Before, Mote's hook read the old
+// 53: the takeover claims the session). Before, Mote's hook read the old
 // expiry (300: expect, not fresh) and mochi's inheritSession the new one
 // (0: Session Present 0, subscriptions and in-flight dropped) — two
 // answers to one takeover. The standard allows either order; the test
@@ -242,7 +242,7 @@ func TestConnackFailureThenCleanStartPublishesWills(t *testing.T) {
 // has no Will Delay, and a connection the server closes without a
 // DISCONNECT (a takeover: [MQTT-3.1.4-3]) sends its will [MQTT-3.1.2-8];
 // the last leaves with DISCONNECT (no will). A subscriber counts them.
-// Before mochi change 45, a connection taken over between two packets
+// Before mochi change 54, a connection taken over between two packets
 // (its read loop saw it stopped before reading) lost its will: 1 to 3
 // of 40 per run. (With MQTT 5 delayed wills and session expiry mixed in,
 // more defects show: see the report of branch h-rtwill.)

@@ -134,7 +134,7 @@ func (c *conn) handReplaysOn() {
 }
 
 // sessionLasts reports whether cl's session outlives its connection
-// (read under mochi's lock: a DISCONNECT may be changing it, change 44).
+// (read under mochi's lock: a DISCONNECT may be changing it, change 53).
 func sessionLasts(cl *mqtt.Client) bool {
 	return !cl.SessionEndsWithConnection()
 }

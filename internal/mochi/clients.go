@@ -228,8 +228,8 @@ type ClientState struct {
 	acksHeld        bool                 // mote: writeAck held an ack in outbuf (read goroutine only)
 	subMu           sync.Mutex           // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
 	unanswered      atomic.Bool          // mote: filed by its CONNECT, its CONNACK not yet written (disconnectTakenOver)
-	TooLarge        atomic.Int64         // mote: publishes the resend discarded, too large for the client (change 43); the embedder takes them
-	expiryMu        sync.Mutex           // mote: guards Properties.Props.SessionExpiryInterval once filed, and claimed (change 44)
+	TooLarge        atomic.Int64         // mote: publishes the resend discarded, too large for the client (change 52); the embedder takes them
+	expiryMu        sync.Mutex           // mote: guards Properties.Props.SessionExpiryInterval once filed, and claimed (change 53)
 	claimed         bool                 // mote: a takeover read the session's lifetime (claimSession): a DISCONNECT no longer changes it
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
@@ -299,11 +299,11 @@ func (cl *Client) startWriteLoop() {
 // mote: SessionEndsWithConnection reports whether cl's session lasts only
 // as long as its network connection: MQTT 3.1.1 CleanSession 1
 // [MQTT-3.1.2-6], MQTT 5 Session Expiry Interval 0 (§3.1.2.11.2; a
-// DISCONNECT cannot raise it from 0 [MQTT-3.14.2-2]) (change 42).
+// DISCONNECT cannot raise it from 0 [MQTT-3.14.2-2]) (change 51).
 //
 // The Session Expiry Interval is read under cl.State.expiryMu: a
 // DISCONNECT (processDisconnect, cl's read goroutine) may rewrite it while
-// another goroutine asks (change 44).
+// another goroutine asks (change 53).
 func (cl *Client) SessionEndsWithConnection() bool {
 	cl.State.expiryMu.Lock()
 	defer cl.State.expiryMu.Unlock()
@@ -319,7 +319,7 @@ func (cl *Client) sessionEndsLocked() bool {
 }
 
 // mote: sessionExpiry returns cl's Session Expiry Interval and whether
-// it was set, read under expiryMu (change 44).
+// it was set, read under expiryMu (change 53).
 func (cl *Client) sessionExpiry() (uint32, bool) {
 	cl.State.expiryMu.Lock()
 	defer cl.State.expiryMu.Unlock()
@@ -333,7 +333,7 @@ func (cl *Client) sessionExpiry() (uint32, bool) {
 // session is the new connection's now). The CONNECT's hooks
 // (OnSessionEstablish: SessionEndsWithConnection) and inheritSession all
 // get that one answer: read apart, a DISCONNECT between the reads split
-// them (change 44).
+// them (change 53).
 func (cl *Client) claimSession() bool {
 	cl.State.expiryMu.Lock()
 	defer cl.State.expiryMu.Unlock()
@@ -342,7 +342,7 @@ func (cl *Client) claimSession() bool {
 }
 
 // mote: setSessionExpiry is a DISCONNECT's Session Expiry Interval
-// [MQTT-3.14.2-2], unless a takeover claimed the session (change 44).
+// [MQTT-3.14.2-2], unless a takeover claimed the session (change 53).
 func (cl *Client) setSessionExpiry(v uint32) {
 	cl.State.expiryMu.Lock()
 	defer cl.State.expiryMu.Unlock()
@@ -498,7 +498,7 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
 				cl.State.Inflight.IncreaseSendQuota()
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
-				cl.State.TooLarge.Add(1) // mote: counted for the embedder (change 43)
+				cl.State.TooLarge.Add(1) // mote: counted for the embedder (change 52)
 				cl.ops.hooks.OnQosDropped(cl, tk)
 			}
 			continue
@@ -555,7 +555,7 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 func (cl *Client) Read(packetHandler ReadFn) error {
 	for {
 		if cl.Closed() {
-			return cl.closedCause() // mote: change 45
+			return cl.closedCause() // mote: change 54
 		}
 
 		// mote: wait for the next packet here, in this shallow frame, and
@@ -653,7 +653,7 @@ func (cl *Client) settleSubscriptions() {
 // shutting down — as Read returns when the stop breaks a read under way.
 // Upstream returned nil for any stop, and endSession then cleared the
 // will: a connection taken over (or shut down) between two packets lost
-// it, one blocked in a read did not (change 45) [MQTT-3.1.2-8].
+// it, one blocked in a read did not (change 54) [MQTT-3.1.2-8].
 func (cl *Client) closedCause() error {
 	err := cl.StopCause()
 	if c, ok := err.(packets.Code); ok && c == packets.CodeDisconnect {

@@ -679,7 +679,7 @@ func (h *connackHook) OnPacketSent(cl *Client, pk packets.Packet, _ []byte) {
 // is connecting (filed, its CONNACK being written): sendDelayedLWT
 // cleared the will of the client filed under the id — the new one — and
 // when its connection ended no will was published. Now only the old
-// client's will is cleared (change 41).
+// client's will is cleared (change 50).
 func TestMoteDelayedWillSparesNewClient(t *testing.T) {
 	s := newServer()
 	defer s.Close()
@@ -733,7 +733,7 @@ func TestMoteDelayedWillSparesNewClient(t *testing.T) {
 }
 
 // TestMoteReadStoppedBetweenPackets: a client stopped while its read loop
-// is between packets (change 45). Read returns nil — no will — only when
+// is between packets (change 54). Read returns nil — no will — only when
 // the client left with DISCONNECT; stopped by a takeover, by the server
 // or by its shutdown it returns why, as when the stop breaks a read under
 // way, and the will is sent. Before, Read returned nil for every stop: the

@@ -167,7 +167,7 @@ type loop struct {
 	retainedExpiry *time.Ticker     // interval ticker for cleaning retained messages
 	willDelaySend  *time.Ticker     // interval ticker for sending Will Messages with a delay
 	willDelayed    *packets.Packets // activate LWT packets which will be sent after a delay
-	willOwners     sync.Map         // mote: client id → the *Client whose will waits in willDelayed (change 41)
+	willOwners     sync.Map         // mote: client id → the *Client whose will waits in willDelayed (change 50)
 }
 
 // ops contains server values which can be propagated to other structs.
@@ -631,7 +631,7 @@ func (s *Server) takeOverAndFile(pk packets.Packet, cl *Client) (sessionPresent 
 		fresh = d.Fresh
 	}
 	if old, ok := s.Clients.Get(cl.ID); ok {
-		old.claimSession() // mote: one answer for the takeover's hooks and inheritSession (change 44)
+		old.claimSession() // mote: one answer for the takeover's hooks and inheritSession (change 53)
 	}
 	s.hooks.OnSessionEstablish(cl, pk)
 	sessionPresent = s.inheritSession(pk, cl, fresh)
@@ -847,7 +847,7 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		// mote: an MQTT 5 session with a Session Expiry Interval of 0
 		// lasts only as long as its connection, as a 3.1.1 clean session
 		// does: a CONNECT taking over its live connection starts afresh
-		// (change 42).
+		// (change 51).
 		if fresh || pk.Connect.Clean || existing.claimSession() { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
@@ -1762,7 +1762,7 @@ func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 			return packets.ErrProtocolViolationZeroNonZeroExpiry
 		}
 
-		cl.setSessionExpiry(pk.Properties.SessionExpiryInterval) // mote: under expiryMu (change 44)
+		cl.setSessionExpiry(pk.Properties.SessionExpiryInterval) // mote: under expiryMu (change 53)
 	}
 
 	if pk.ReasonCode == packets.CodeDisconnectWillMessage.Code { // [MQTT-3.1.2.5] Non-normative comment
@@ -1915,7 +1915,7 @@ func (s *Server) sendLWT(cl *Client) {
 		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
 		pk.Expiry = time.Now().Unix() + int64(pk.Connect.WillProperties.WillDelayInterval)
 		s.loop.willDelayed.Add(cl.ID, pk)
-		s.loop.willOwners.Store(cl.ID, cl) // mote: change 41
+		s.loop.willOwners.Store(cl.ID, cl) // mote: change 50
 		return
 	}
 
@@ -2079,7 +2079,7 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		expire := s.Options.Capabilities.MaximumSessionExpiryInterval
-		if v, set := client.sessionExpiry(); client.Properties.ProtocolVersion == 5 && set { // mote: under expiryMu (change 44)
+		if v, set := client.sessionExpiry(); client.Properties.ProtocolVersion == 5 && set { // mote: under expiryMu (change 53)
 			expire = v
 		}
 
@@ -2139,7 +2139,7 @@ func (s *Server) clearExpiredInflights(now int64) {
 // with the same id and a will of its own (filed, its CONNACK not yet
 // written, so its reconnect had not yet cancelled the delayed will; or the
 // old connection's will queued after the takeover) lost its will, and no
-// will was published when its connection ended (change 41).
+// will was published when its connection ended (change 50).
 func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
@@ -2158,7 +2158,7 @@ func (s *Server) sendDelayedLWT(dt int64) {
 }
 
 // mote: deleteDelayedWill drops the delayed will of a client id, and the
-// client it belongs to (change 41).
+// client it belongs to (change 50).
 func (s *Server) deleteDelayedWill(id string) {
 	s.loop.willDelayed.Delete(id)
 	s.loop.willOwners.Delete(id)
