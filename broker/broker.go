@@ -163,7 +163,7 @@ func New(opts Options) (*Broker, error) {
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)
 	b.trans.Store(opts.Translators)
-	b.wills = wills{b: b, delayed: map[string]*will{}}
+	b.wills = wills{b: b, delayed: map[string][]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities:            caps,
@@ -509,11 +509,16 @@ func (b *Broker) connPanicked(nc net.Conn) {
 		}
 		return true
 	})
+	b.wills.ending.Range(func(k, _ any) bool {
+		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
+			b.wills.publishEnded(cl) // the session its CONNECT ended still ended
+		}
+		return true
+	})
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
 			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
-			p := &cl.Properties
-			expire := (p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0) || (p.ProtocolVersion < 5 && p.Clean)
+			expire := cl.SessionEndsWithConnection()
 			b.dropConn(cl, !expire)
 			if expire {
 				b.server.RemoveSession(cl)

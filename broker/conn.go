@@ -324,6 +324,14 @@ func (c *conn) expect(cl *mqtt.Client, fresh bool) {
 	c.handOffLocked()
 }
 
+// endedByTakeover reports whether a client that took c's client id over
+// started a new session (conn.expect with fresh): c's session ended.
+func (c *conn) endedByTakeover() bool {
+	c.endMu.Lock()
+	defer c.endMu.Unlock()
+	return c.fresh
+}
+
 // succeed makes n, the connection of the client that took c's session
 // over, its successor: c's leftovers go ahead of n's queue, which is held
 // until then (n.prev, set by the caller). c's deliveries end now (mochi

@@ -216,7 +216,15 @@
 //   - Retained messages: rows live once, in the tree core; mochi's retained
 //     index is kept empty (OnRetainMessage).
 //   - Wills (OnWill): mochi publishes a will before it looks at the Will
-//     Delay Interval, without an ACL check, past Mote's prefixes.
+//     Delay Interval, without an ACL check, past Mote's prefixes. A
+//     delayed will waits until its delay passes or its session ends
+//     (wills.due): a CONNECT ending the session (Clean Start 1, another
+//     user) takes it under the id's takeover lock (wills.end) and
+//     publishes it after (OnSessionEstablished, or OnDisconnect when its
+//     CONNACK fails), or, for a connection it takes over live, as that
+//     connection's will comes due (conn.endedByTakeover; will.ended for
+//     a will still its CONNECT's, the CONNACK unwritten); a reconnect to
+//     the session cancels it once its CONNACK is written (wills.cancel).
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -306,7 +314,7 @@
 //	                                                            finish), and Close waits for it (Broker.writers)
 //	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
 //	$SYS ticker                  Broker                         Close
-//	delayed will timers          wills                          fired, cancelled by a reconnect, or Close
+//	delayed will timers          wills                          fired, cancelled by a reconnect, ended with the session, or Close
 //	pacer timer (one per broker) the message loop (pacer)       the loop ends; it only pushes a call to the loop
 //	cluster follower             clusterNode                    Close, after the loop (its context); it applies through onLoop
 //	cluster appender (per batch) clusterNode                    its Append returns (bounded by the log's timeout, or Close)
@@ -325,6 +333,8 @@
 //	conn.will, pending publish topic    the connection's read goroutine
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it
+//	wills of a session a CONNECT ended  wills.ending (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
+//	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer

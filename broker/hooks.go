@@ -243,13 +243,25 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		h.b.connWills.Store(cl, w)
 	}
 	existing, _ := h.b.server.Clients.Get(cl.ID)
-	fresh := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
+	// The session cl's CONNECT names ended: Clean Start [MQTT-3.1.2-4],
+	// another user's, or one that lasted only as long as its live
+	// connection, which cl cuts off (MQTT 3.1.1 CleanSession 1, MQTT 5
+	// Session Expiry 0: mochi change 51); cl starts afresh.
+	ended := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
+	fresh := ended || existing != nil && existing.SessionEndsWithConnection()
 	var left map[uint16]packets.Packet
 	if old := h.b.arriving.register(h.b, cl, fresh); old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
 			left = o.ids.surrender(o.cl) // before mochi copies its in-flight map
-			old.expect(cl, pk.Connect.Clean || old.p.User != string(cl.Properties.Username))
+			old.expect(cl, fresh || old.p.User != string(cl.Properties.Username))
 		}
+	}
+	if ended {
+		// After expect: the old connection's will, not yet due, is
+		// published when it is (wills.due asks conn.endedByTakeover).
+		// Those waiting are published once the lock is let go:
+		// OnSessionEstablished, or OnDisconnect if the CONNACK fails.
+		h.b.wills.end(cl, existing)
 	}
 	if fresh && existing != nil {
 		// mochi drops what existing holds in flight (after register: no
@@ -268,6 +280,8 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
+	b.wills.publishEnded(cl)
+	b.countResendDiscards(cl)
 	out := &mqttOut{b: b, cl: cl}
 	out.ids.adopt(cl, b.keptIn.take(cl))
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
@@ -319,10 +333,20 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
+// countResendDiscards counts what mochi's resend discarded, too large for
+// the client [MQTT-3.1.2-25] (mochi change 52), with what the writer
+// discards for size ($SYS/mote/toolarge): once, when the session is
+// established or, if the resend failed, when the connection ends.
+func (b *Broker) countResendDiscards(cl *mqtt.Client) {
+	b.stats.TooLarge.Add(cl.State.TooLarge.Swap(0))
+}
+
 // OnDisconnect ends the connection's deliveries and tree subscriptions.
 // A session that outlives the connection (expire false) keeps the QoS 1/2
 // messages the connection did not write.
 func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	h.b.wills.publishEnded(cl)  // its CONNACK failed: see OnSessionEstablish
+	h.b.countResendDiscards(cl) // the resend failed after discarding some
 	h.b.dropConn(cl, !expire)
 }
 
@@ -698,10 +722,10 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // DISCONNECT [MQTT-3.1.2-7] [MQTT-3.1.2-8].
 func (h *hook) OnWill(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error) {
 	if c := h.conn(cl); c != nil && c.will != nil {
-		h.b.wills.due(c.will, cl)
+		h.b.wills.due(c.will, cl, c.endedByTakeover)
 		c.will = nil
 	} else if w, ok := h.b.connWills.LoadAndDelete(cl); ok {
-		h.b.wills.due(w.(*will), cl)
+		h.b.wills.due(w.(*will), cl, func() bool { return false })
 	}
 	return mqtt.Will{}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,8 +86,9 @@ func roundTrip(b *testing.B, br *Broker, addr, kind string) {
 }
 
 // startMosquitto runs mosquitto on a free loopback port for one benchmark
-// and returns its address; it skips without mosquitto.
-func startMosquitto(b *testing.B) string {
+// (or test), with the extra config lines conf, and returns its address;
+// it skips without mosquitto.
+func startMosquitto(b testing.TB, conf ...string) string {
 	path, err := exec.LookPath("mosquitto")
 	if err != nil {
 		b.Skip("mosquitto not installed")
@@ -98,11 +100,11 @@ func startMosquitto(b *testing.B) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	_, port, _ := net.SplitHostPort(addr)
-	conf := filepath.Join(b.TempDir(), "mosquitto.conf")
-	if err := os.WriteFile(conf, []byte("listener "+port+" 127.0.0.1\nallow_anonymous true\n"), 0o600); err != nil {
+	file := filepath.Join(b.TempDir(), "mosquitto.conf")
+	if err := os.WriteFile(file, []byte("listener "+port+" 127.0.0.1\nallow_anonymous true\n"+strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command(path, "-c", conf)
+	cmd := exec.Command(path, "-c", file)
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}

@@ -589,7 +589,9 @@ func TestWillOnConnackFailure(t *testing.T) {
 			waitFor(t, tc.name+": the will held for its delay", func() bool {
 				b.wills.mu.Lock()
 				defer b.wills.mu.Unlock()
-				w = b.wills.delayed[id]
+				if d := b.wills.delayed[id]; len(d) > 0 {
+					w = d[0]
+				}
 				return w != nil
 			})
 			if got := len(watcher.wait(t, n)); got != n {

@@ -92,20 +92,12 @@ func untilPong(t *testing.T, nc net.Conn, r *bufio.Reader) (topics []string, lar
 // reconnect while the session lasted: the client could never come back.
 // Nor does the resend strip a message's user properties to make it fit
 // (mochi drops them from any packet they would take past the limit; for a
-// PUBLISH they are the application message's).
+// PUBLISH they are the application message's). The discarded messages
+// are counted in $SYS/mote/toolarge.
 func TestHeldTooLargeForSession(t *testing.T) {
 	b := start(t, Options{})
 	const limit = 200
-	nc, r, _ := rawConnect5(t, b, "away", true, limit)
-	sub := []byte{0, 1, 0, 0, 3, 'h', '/', '#', 1} // packet id 1, no properties, h/# at QoS 1
-	if _, err := nc.Write(append(append([]byte{0x82}, varint(len(sub))...), sub...)); err != nil {
-		t.Fatal(err)
-	}
-	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
-		t.Fatalf("SUBACK: %#x %v", h, err)
-	}
-	nc.Close()
-	waitConnGone(t, b, "away")
+	awayOnH(t, b, limit)
 
 	pub := dial5(t, b, "pub", paho5.ClientConfig{}, nil)
 	ctx := testCtx(t)
@@ -121,6 +113,7 @@ func TestHeldTooLargeForSession(t *testing.T) {
 	}
 
 	for round := range 2 { // the second: nothing is left to resend
+		before := b.stats.TooLarge.Load()
 		nc, r, present := rawConnect5(t, b, "away", false, limit)
 		if !present {
 			t.Fatalf("round %d: no session present", round)
@@ -136,9 +129,30 @@ func TestHeldTooLargeForSession(t *testing.T) {
 		if !slicesEqual(topics, want) || largest > limit {
 			t.Errorf("round %d: got %q (largest packet %d bytes), want %q", round, topics, largest, want)
 		}
+		// The two discarded are counted in $SYS/mote/toolarge (they were
+		// not, discarded by mochi's resend).
+		if got, want := b.stats.TooLarge.Load()-before, int64(2-2*round); got != want {
+			t.Errorf("round %d: toolarge grew by %d, want %d", round, got, want)
+		}
 		nc.Close()
 		waitConnGone(t, b, "away")
 	}
+}
+
+// awayOnH makes the persistent session "away" (Maximum Packet Size
+// limit) subscribed to h/# at QoS 1, offline.
+func awayOnH(t *testing.T, b *Broker, limit uint32) {
+	t.Helper()
+	nc, r, _ := rawConnect5(t, b, "away", true, limit)
+	sub := []byte{0, 1, 0, 0, 3, 'h', '/', '#', 1} // packet id 1, no properties, h/# at QoS 1
+	if _, err := nc.Write(append(append([]byte{0x82}, varint(len(sub))...), sub...)); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
+		t.Fatalf("SUBACK: %#x %v", h, err)
+	}
+	nc.Close()
+	waitConnGone(t, b, "away")
 }
 
 func slicesEqual(a, b []string) bool {

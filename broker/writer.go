@@ -133,12 +133,10 @@ func (c *conn) handReplaysOn() {
 	}
 }
 
-// sessionLasts reports whether cl's session outlives its connection.
+// sessionLasts reports whether cl's session outlives its connection
+// (read under mochi's lock: a DISCONNECT may be changing it, change 53).
 func sessionLasts(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval > 0
-	}
-	return !cl.Properties.Clean
+	return !cl.SessionEndsWithConnection()
 }
 
 // fail ends a connection whose writer cannot go on. A write error (the

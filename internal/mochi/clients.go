@@ -228,6 +228,9 @@ type ClientState struct {
 	acksHeld        bool                 // mote: writeAck held an ack in outbuf (read goroutine only)
 	subMu           sync.Mutex           // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
 	unanswered      atomic.Bool          // mote: filed by its CONNECT, its CONNACK not yet written (disconnectTakenOver)
+	TooLarge        atomic.Int64         // mote: publishes the resend discarded, too large for the client (change 52); the embedder takes them
+	expiryMu        sync.Mutex           // mote: guards Properties.Props.SessionExpiryInterval once filed, and claimed (change 53)
+	claimed         bool                 // mote: a takeover read the session's lifetime (claimSession): a DISCONNECT no longer changes it
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -290,6 +293,62 @@ func (cl *Client) WriteLoop() {
 func (cl *Client) startWriteLoop() {
 	if cl.State.writeOnDemand && cl.State.writing.CompareAndSwap(false, true) {
 		go cl.WriteLoop()
+	}
+}
+
+// mote: SessionEndsWithConnection reports whether cl's session lasts only
+// as long as its network connection: MQTT 3.1.1 CleanSession 1
+// [MQTT-3.1.2-6], MQTT 5 Session Expiry Interval 0 (§3.1.2.11.2; a
+// DISCONNECT cannot raise it from 0 [MQTT-3.14.2-2]) (change 51).
+//
+// The Session Expiry Interval is read under cl.State.expiryMu: a
+// DISCONNECT (processDisconnect, cl's read goroutine) may rewrite it while
+// another goroutine asks (change 53).
+func (cl *Client) SessionEndsWithConnection() bool {
+	cl.State.expiryMu.Lock()
+	defer cl.State.expiryMu.Unlock()
+	return cl.sessionEndsLocked()
+}
+
+// mote: sessionEndsLocked is SessionEndsWithConnection, expiryMu held.
+func (cl *Client) sessionEndsLocked() bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval == 0
+	}
+	return cl.Properties.Clean
+}
+
+// mote: sessionExpiry returns cl's Session Expiry Interval and whether
+// it was set, read under expiryMu (change 53).
+func (cl *Client) sessionExpiry() (uint32, bool) {
+	cl.State.expiryMu.Lock()
+	defer cl.State.expiryMu.Unlock()
+	return cl.Properties.Props.SessionExpiryInterval, cl.Properties.Props.SessionExpiryIntervalFlag
+}
+
+// mote: claimSession is called by a CONNECT taking cl's client id over,
+// under the id's takeover lock: it reports whether cl's session lasts
+// only as long as its connection, and fixes that answer — a DISCONNECT of
+// cl read after it no longer changes its Session Expiry Interval (the
+// session is the new connection's now). The CONNECT's hooks
+// (OnSessionEstablish: SessionEndsWithConnection) and inheritSession all
+// get that one answer: read apart, a DISCONNECT between the reads split
+// them (change 53).
+func (cl *Client) claimSession() bool {
+	cl.State.expiryMu.Lock()
+	defer cl.State.expiryMu.Unlock()
+	cl.State.claimed = true
+	return cl.sessionEndsLocked()
+}
+
+// mote: setSessionExpiry is a DISCONNECT's Session Expiry Interval
+// [MQTT-3.14.2-2], unless a takeover claimed the session (change 53).
+func (cl *Client) setSessionExpiry(v uint32) {
+	cl.State.expiryMu.Lock()
+	defer cl.State.expiryMu.Unlock()
+	if !cl.State.claimed {
+		cl.Properties.Props.SessionExpiryInterval = v
+		cl.Properties.Props.SessionExpiryIntervalFlag = true
 	}
 }
 
@@ -439,6 +498,7 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
 				cl.State.Inflight.IncreaseSendQuota()
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
+				cl.State.TooLarge.Add(1) // mote: counted for the embedder (change 52)
 				cl.ops.hooks.OnQosDropped(cl, tk)
 			}
 			continue
@@ -509,7 +569,7 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 func (cl *Client) Read(packetHandler ReadFn) error {
 	for {
 		if cl.Closed() {
-			return nil
+			return cl.closedCause() // mote: change 54
 		}
 
 		// mote: wait for the next packet here, in this shallow frame, and
@@ -598,6 +658,22 @@ func (cl *Client) Stop(err error) {
 func (cl *Client) settleSubscriptions() {
 	cl.State.subMu.Lock()
 	cl.State.subMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
+}
+
+// mote: closedCause is what Read returns for a client found stopped
+// between packets: nil (no will) only if the client itself left with
+// DISCONNECT (processDisconnect); otherwise why it was stopped — taken
+// over (ErrSessionTakenOver), disconnected by the server, the server
+// shutting down — as Read returns when the stop breaks a read under way.
+// Upstream returned nil for any stop, and endSession then cleared the
+// will: a connection taken over (or shut down) between two packets lost
+// it, one blocked in a read did not (change 54) [MQTT-3.1.2-8].
+func (cl *Client) closedCause() error {
+	err := cl.StopCause()
+	if c, ok := err.(packets.Code); ok && c == packets.CodeDisconnect {
+		return nil
+	}
+	return err
 }
 
 // StopCause returns the reason the client connection was stopped, if any.

@@ -720,3 +720,129 @@ func TestMoteCreatedOnDemand(t *testing.T) {
 		})
 	}
 }
+
+// moteWillConnect is an MQTT 5 CONNECT of id with a will on will/<payload>
+// held for delay seconds, and a session that outlives the connection.
+func moteWillConnect(t *testing.T, id, payload string, delay uint32) []byte {
+	t.Helper()
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id,
+			WillFlag: true, WillTopic: "will/" + payload, WillPayload: []byte(payload),
+		},
+	}
+	pk.Connect.WillProperties.WillDelayInterval = delay
+	pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// connackHook runs fn as a CONNACK is written to a client: that client
+// is filed under its id and its CONNECT has not yet cancelled the id's
+// delayed will.
+type connackHook struct {
+	HookBase
+	fn func(cl *Client)
+}
+
+func (h *connackHook) ID() string { return "connack-hook" }
+func (h *connackHook) Provides(b byte) bool {
+	return b == OnPacketSent
+}
+func (h *connackHook) OnPacketSent(cl *Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type == packets.Connack {
+		h.fn(cl)
+	}
+}
+
+// TestMoteDelayedWillSparesNewClient: the delayed will of a client that
+// left comes due while a client of the same id, with a will of its own,
+// is connecting (filed, its CONNACK being written): sendDelayedLWT
+// cleared the will of the client filed under the id — the new one — and
+// when its connection ended no will was published. Now only the old
+// client's will is cleared (change 50).
+func TestMoteDelayedWillSparesNewClient(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	first := true
+	if err := s.AddHook(&connackHook{fn: func(cl *Client) {
+		if first { // the old client's CONNACK
+			first = false
+			return
+		}
+		s.sendDelayedLWT(time.Now().Unix() + 7200) // the old will is due now
+	}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c, r, serve, err := moteSession(t, s, moteWillConnect(t, "dev", "old", 3600))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := moteReadPacket(r); err != nil || h != 0x20 {
+		t.Fatalf("no CONNACK: %#x %v", h, err)
+	}
+	old, _ := s.Clients.Get("dev")
+	done := runServe(serve)
+	c.Close() // no DISCONNECT: the will waits out its delay
+	waitServe(t, done)
+	if _, ok := s.loop.willDelayed.Get("dev"); !ok {
+		t.Fatal("the old client's will is not delayed")
+	}
+	c, r, serve, err = moteSession(t, s, moteWillConnect(t, "dev", "new", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := moteReadPacket(r); err != nil || h != 0x20 {
+		t.Fatalf("no CONNACK: %#x %v", h, err)
+	}
+	cl, _ := s.Clients.Get("dev")
+	if cl == old {
+		t.Fatal("the new client is not filed")
+	}
+	if atomic.LoadUint32(&cl.Properties.Will.Flag) != 1 || cl.Properties.Will.TopicName != "will/new" {
+		t.Errorf("the new client's will is %+v, want its own (will/new)", cl.Properties.Will)
+	}
+	if atomic.LoadUint32(&old.Properties.Will.Flag) != 0 {
+		t.Error("the old client's will was not cleared as it was sent")
+	}
+	if _, ok := s.loop.willDelayed.Get("dev"); ok {
+		t.Error("the old will is still delayed")
+	}
+	done = runServe(serve)
+	c.Close()
+	waitServe(t, done)
+}
+
+// TestMoteReadStoppedBetweenPackets: a client stopped while its read loop
+// is between packets (change 54). Read returns nil — no will — only when
+// the client left with DISCONNECT; stopped by a takeover, by the server
+// or by its shutdown it returns why, as when the stop breaks a read under
+// way, and the will is sent. Before, Read returned nil for every stop: the
+// will of a connection taken over between two packets was lost.
+func TestMoteReadStoppedBetweenPackets(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cause error
+		want  error
+	}{
+		{"disconnect", packets.CodeDisconnect, nil},
+		{"taken over", packets.ErrSessionTakenOver, packets.ErrSessionTakenOver},
+		{"shutting down", packets.ErrServerShuttingDown, packets.ErrServerShuttingDown},
+		{"stopped without a cause", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl, r, _ := newTestClient()
+			defer r.Close()
+			cl.Stop(tc.cause)
+			err := cl.Read(func(*Client, *packets.Packet) error { return nil })
+			if !errors.Is(err, tc.want) {
+				t.Errorf("Read returned %v, want %v", err, tc.want)
+			}
+		})
+	}
+}

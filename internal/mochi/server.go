@@ -178,6 +178,7 @@ type loop struct {
 	retainedExpiry *time.Ticker     // interval ticker for cleaning retained messages
 	willDelaySend  *time.Ticker     // interval ticker for sending Will Messages with a delay
 	willDelayed    *packets.Packets // activate LWT packets which will be sent after a delay
+	willOwners     sync.Map         // mote: client id → the *Client whose will waits in willDelayed (change 50)
 }
 
 // ops contains server values which can be propagated to other structs.
@@ -554,7 +555,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	}
 	cl.State.unanswered.Store(false) // mote: a takeover may send it DISCONNECT now
 
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
+	s.deleteDelayedWill(cl.ID) // [MQTT-3.1.3-9]
 
 	if sessionPresent {
 		err = cl.ResendInflightMessages(true)
@@ -604,7 +605,7 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 	}
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
 
-	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	expire := cl.SessionEndsWithConnection()
 	s.hooks.OnDisconnect(cl, err, expire)
 
 	if expire {
@@ -640,6 +641,9 @@ func (s *Server) takeOverAndFile(pk packets.Packet, cl *Client) (sessionPresent 
 			return false, &d.Code
 		}
 		fresh = d.Fresh
+	}
+	if old, ok := s.Clients.Get(cl.ID); ok {
+		old.claimSession() // mote: one answer for the takeover's hooks and inheritSession (change 53)
 	}
 	s.hooks.OnSessionEstablish(cl, pk)
 	sessionPresent = s.inheritSession(pk, cl, fresh)
@@ -869,7 +873,11 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		s.disconnectTakenOver(existing) // [MQTT-3.1.4-3]
 		// mote: no SUBSCRIBE of existing files after this point.
 		existing.settleSubscriptions()
-		if fresh || pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
+		// mote: an MQTT 5 session with a Session Expiry Interval of 0
+		// lasts only as long as its connection, as a 3.1.1 clean session
+		// does: a CONNECT taking over its live connection starts afresh
+		// (change 51).
+		if fresh || pk.Connect.Clean || existing.claimSession() { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
 			existing.State.isTakenOver.Store(true) // only set isTakenOver after unsubscribe has occurred
@@ -1820,16 +1828,15 @@ func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 			return packets.ErrProtocolViolationZeroNonZeroExpiry
 		}
 
-		cl.Properties.Props.SessionExpiryInterval = pk.Properties.SessionExpiryInterval
-		cl.Properties.Props.SessionExpiryIntervalFlag = true
+		cl.setSessionExpiry(pk.Properties.SessionExpiryInterval) // mote: under expiryMu (change 53)
 	}
 
 	if pk.ReasonCode == packets.CodeDisconnectWillMessage.Code { // [MQTT-3.1.2.5] Non-normative comment
 		return packets.CodeDisconnectWillMessage
 	}
 
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9] [MQTT-3.1.2-8]
-	cl.Stop(packets.CodeDisconnect)  // [MQTT-3.14.4-2]
+	s.deleteDelayedWill(cl.ID)      // [MQTT-3.1.3-9] [MQTT-3.1.2-8]
+	cl.Stop(packets.CodeDisconnect) // [MQTT-3.14.4-2]
 
 	return nil
 }
@@ -1974,6 +1981,7 @@ func (s *Server) sendLWT(cl *Client) {
 		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
 		pk.Expiry = time.Now().Unix() + int64(pk.Connect.WillProperties.WillDelayInterval)
 		s.loop.willDelayed.Add(cl.ID, pk)
+		s.loop.willOwners.Store(cl.ID, cl) // mote: change 50
 		return
 	}
 
@@ -2137,8 +2145,8 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		expire := s.Options.Capabilities.MaximumSessionExpiryInterval
-		if client.Properties.ProtocolVersion == 5 && client.Properties.Props.SessionExpiryIntervalFlag {
-			expire = client.Properties.Props.SessionExpiryInterval
+		if v, set := client.sessionExpiry(); client.Properties.ProtocolVersion == 5 && set { // mote: under expiryMu (change 53)
+			expire = v
 		}
 
 		if disconnected+int64(expire) < dt {
@@ -2191,20 +2199,35 @@ func (s *Server) clearExpiredInflights(now int64) {
 }
 
 // sendDelayedLWT sends any LWT messages which have reached their issue time.
+//
+// mote: the will is cleared on the client that left it (willOwners), not
+// on whichever client the id is filed for now: a client that reconnected
+// with the same id and a will of its own (filed, its CONNACK not yet
+// written, so its reconnect had not yet cancelled the delayed will; or the
+// old connection's will queued after the takeover) lost its will, and no
+// will was published when its connection ended (change 50).
 func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
 			s.publishToSubscribers(pk) // [MQTT-3.1.2-8]
-			if cl, ok := s.Clients.Get(id); ok {
+			if v, ok := s.loop.willOwners.Load(id); ok {
+				cl := v.(*Client)
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
 				}
 				cl.Properties.Will = Will{} // [MQTT-3.1.2-10]
 				s.hooks.OnWillSent(cl, pk)
 			}
-			s.loop.willDelayed.Delete(id)
+			s.deleteDelayedWill(id)
 		}
 	}
+}
+
+// mote: deleteDelayedWill drops the delayed will of a client id, and the
+// client it belongs to (change 50).
+func (s *Server) deleteDelayedWill(id string) {
+	s.loop.willDelayed.Delete(id)
+	s.loop.willOwners.Delete(id)
 }
 
 // Int64toa converts an int64 to a string.

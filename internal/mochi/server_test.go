@@ -612,6 +612,7 @@ func TestEstablishConnectionInheritExisting(t *testing.T) {
 
 	cl, r0, _ := newTestClient()
 	cl.Properties.ProtocolVersion = 5
+	cl.Properties.Props.SessionExpiryInterval = 30 // mote: a session that outlives its connection (change 51)
 	cl.Properties.Username = []byte("mochi")
 	cl.ID = packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt311).Packet.Connect.ClientIdentifier
 	cl.State.Subscriptions.Add("a/b/c", packets.Subscription{Filter: "a/b/c", Qos: 1})
@@ -773,7 +774,9 @@ func TestEstablishConnectionInheritExistingTrueTakeover(t *testing.T) {
 	clp2, ok := s.Clients.Get("zen")
 	require.True(t, ok)
 	require.Equal(t, []byte(".ochi"), clp2.Properties.Username)
-	require.NotEmpty(t, clp2.State.Subscriptions.GetAll())
+	// mote: the first session (Session Expiry 0) ended with its connection:
+	// the second starts afresh, with none of its subscriptions (change 51).
+	require.Empty(t, clp2.State.Subscriptions.GetAll())
 	require.Empty(t, clp1.State.Subscriptions.GetAll())
 
 	_, _ = w2.Write(packets.TPacketData[packets.Disconnect].Get(packets.TDisconnect).RawBytes)
@@ -790,6 +793,7 @@ func TestEstablishConnectionResentPendingInflightsError(t *testing.T) {
 	n := time.Now().Unix()
 	cl, r0, _ := newTestClient()
 	cl.Properties.ProtocolVersion = 5
+	cl.Properties.Props.SessionExpiryInterval = 30 // mote: a session that outlives its connection (change 51)
 	cl.ID = packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt311).Packet.Connect.ClientIdentifier
 	cl.State.Inflight = NewInflights()
 	cl.State.Inflight.Set(packets.Packet{PacketID: 2, Created: n - 2}) // no packet type
