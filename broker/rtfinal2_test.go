@@ -1,113 +1,58 @@
 package broker
 
 import (
-	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
-// TestSubIndexFlapBounded: one client subscribing and unsubscribing one
-// filter 100,000 times while other clients hold the node keeps the node's
-// list and position map at the holders' size (no growth per flap), for a
-// plain and a shared filter; when the holders leave, the trie is pruned.
-func TestSubIndexFlapBounded(t *testing.T) {
-	for _, filter := range []string{"f/+/x", "$share/g/f/+/x"} {
-		t.Run(filter, func(t *testing.T) {
-			x := &subIndex{}
-			x.scratch.New = func() any { return &subScratch{x: x} }
-			const holders = 40 // past one leaf
-			for i := range holders {
-				x.subscribe(fmt.Sprint("h", i), packets.Subscription{Filter: filter})
-			}
-			for range 100_000 {
-				if !x.subscribe("flap", packets.Subscription{Filter: filter, Qos: 1}) {
-					t.Fatal("a flap's subscription was not new")
-				}
-				if !x.unsubscribe(filter, "flap") {
-					t.Fatal("a flap's unsubscription found nothing")
-				}
-			}
-			n := x.node(t, "f/+/x")
-			if l := n.subs.Load(); l.len() > 0 && (l.len() != holders || len(n.pos) != holders || l.depth != 1 || len(l.root.kids) != (holders+plistWidth-1)/plistWidth) {
-				t.Fatalf("after the flaps: %d entries (%d levels), %d positions; want %d entries", l.len(), l.depth+1, len(n.pos), holders)
-			}
-			if g := n.shared.Load(); g.len() > 1 || (g.len() == 1 && ((*g.at(0)).members.Load().len() != holders || len((*g.at(0)).pos) != holders)) {
-				t.Fatalf("after the flaps: %d shared groups", g.len())
-			}
-			if sc := x.match("f/a/x"); len(sc.out) != holders && len(sc.out) != 1 {
-				t.Fatalf("f/a/x matches %d", len(sc.out))
-			} else {
-				sc.release()
-			}
-			for i := range holders {
-				x.unsubscribe(filter, fmt.Sprint("h", i))
-			}
-			if !x.isEmpty() {
-				t.Fatalf("the index holds %q with no subscription left", x.dump())
-			}
-		})
+// TestDelayedWillExpiryFromPublish (h-rtfinal2 attack on mochi change 44,
+// CreatedOnDemand, with h-will's ended sessions): a will's Message Expiry
+// Interval counts from when the will is published [MQTT-3.1.3-9]
+// (§3.1.3.2.4: "the Publication Expiry Interval when the Server publishes
+// the Will Message"), not from its CONNECT: a will published after its
+// 2 s delay, or at once because a Clean Start 1 CONNECT ended its
+// session, reaches a subscriber with its 30 s nearly whole (29 or 30).
+func TestDelayedWillExpiryFromPublish(t *testing.T) {
+	cases := []struct {
+		name  string
+		delay uint32
+		clean bool // the id reconnects with Clean Start 1 after the close, ending the session
+	}{
+		{"after its delay", 2, false},
+		{"session ended by clean start", 3600, true},
 	}
-}
-
-// node is the trie node of path; it fails the test if there is none.
-func (x *subIndex) node(t *testing.T, path string) *snode {
-	t.Helper()
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	n := &x.root
-	for _, level := range strings.Split(path, "/") {
-		v, ok := n.kids.Load(level)
-		if !ok {
-			t.Fatalf("no node %q in %q", level, path)
+	b := start(t, Options{})
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "exp-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "will/#", 1)
+	for n, tc := range cases {
+		id := "exp-" + string(rune('a'+n))
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 5,
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id,
+				WillFlag: true, WillTopic: "will/" + id, WillPayload: []byte("gone"), WillQos: 1},
 		}
-		n = v.(*snode)
-	}
-	return n
-}
-
-// TestQuotaSubscribeUnsubscribeEmpties: MQTT clients each subscribing
-// distinct filters up to the quota (over the wire, 1,000 a SUBSCRIBE),
-// then unsubscribing them all, leave both indexes (the plain index and
-// mochi's) empty; one more filter past the quota is refused.
-func TestQuotaSubscribeUnsubscribeEmpties(t *testing.T) {
-	const quota = 2_000
-	b := start(t, Options{MaxSubscriptions: quota})
-	for c := range 3 {
-		cl := dial3(t, b, fmt.Sprint("q", c), true)
-		var all []string
-		for chunk := 0; chunk < quota; chunk += 1000 {
-			filters := map[string]byte{}
-			for i := chunk; i < chunk+1000; i++ {
-				f := fmt.Sprintf("q/%d/%d/+/l%d", c, i, i%7)
-				filters[f] = 1
-				all = append(all, f)
-			}
-			tok := cl.SubscribeMultiple(filters, nil)
-			if !waitTok(t, "subscribe", tok) || tok.Error() != nil {
-				t.Fatalf("subscribe: %v", tok.Error())
-			}
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
+		pk.Connect.WillProperties.WillDelayInterval = tc.delay
+		pk.Connect.WillProperties.MessageExpiryInterval = 30
+		a, _, code := rawPeer(t, b.TCPAddr(), ownerPacket(t, pk))
+		if code != 0 {
+			t.Fatalf("%s: CONNACK %#x", tc.name, code)
 		}
-		if code := cl.sub(t, fmt.Sprintf("q/%d/over", c), 0); code != 0x80 {
-			t.Fatalf("a filter past the quota of %d got %#x, want 0x80", quota, code)
+		a.c.Close()
+		waitWillHeld(t, b, id)
+		if tc.clean {
+			rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil))
 		}
-		if sc := b.plainIdx.match(fmt.Sprintf("q/%d/7/z/l0", c)); len(sc.out) != 1 {
-			t.Fatalf("matches %d, want 1", len(sc.out))
-		} else {
-			sc.release()
+		h, body := watcher.next(t, 3)
+		got := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: h >> 1 & 3}, ProtocolVersion: 5}
+		if err := got.PublishDecode(body); err != nil || got.TopicName != "will/"+id {
+			t.Fatalf("%s: %v %q, want the will", tc.name, err, got.TopicName)
 		}
-		for i := 0; i < len(all); i += 500 {
-			tok := cl.Unsubscribe(all[i : i+500]...)
-			if !waitTok(t, "unsubscribe", tok) || tok.Error() != nil {
-				t.Fatalf("unsubscribe: %v", tok.Error())
-			}
+		if e := got.Properties.MessageExpiryInterval; e < 29 || e > 30 {
+			t.Errorf("%s: the will's Message Expiry Interval is %d, want 29 or 30", tc.name, e)
 		}
-	}
-	if !b.plainIdx.isEmpty() {
-		t.Fatalf("the plain index holds %d filters with no subscription left", len(b.plainIdx.dump()))
-	}
-	if n := len(b.server.Topics.Subscribers("q/0/7/z/l0").Subscriptions); n != 0 {
-		t.Fatalf("mochi's index still matches %d", n)
+		watcher.c.Write([]byte{0x40, 2, byte(got.PacketID >> 8), byte(got.PacketID)})
 	}
 }
