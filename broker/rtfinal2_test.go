@@ -1,8 +1,11 @@
 package broker
 
 import (
+	"sync/atomic"
 	"testing"
+	"time"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -54,5 +57,78 @@ func TestDelayedWillExpiryFromPublish(t *testing.T) {
 			t.Errorf("%s: the will's Message Expiry Interval is %d, want 29 or 30", tc.name, e)
 		}
 		watcher.c.Write([]byte{0x40, 2, byte(got.PacketID >> 8), byte(got.PacketID)})
+	}
+}
+
+// publishGate holds, once armed, the PUBLISH of one client id in
+// OnPublish (after the receive quota's check, before the ack's entry in
+// flight) until released, and reports that client's end (OnDisconnect).
+type publishGate struct {
+	mqtt.HookBase
+	armed   atomic.Pointer[string]
+	held    chan *mqtt.Client
+	release chan struct{}
+	ended   chan *mqtt.Client // the connections ended (tests read every one)
+}
+
+func (*publishGate) ID() string { return "publish-gate" }
+func (*publishGate) Provides(b byte) bool {
+	return b == mqtt.OnPublish || b == mqtt.OnDisconnect
+}
+func (g *publishGate) OnPublish(cl *mqtt.Client, _ *packets.Packet) error {
+	if id := g.armed.Load(); id != nil && *id == cl.ID && g.armed.CompareAndSwap(id, nil) {
+		g.held <- cl
+		<-g.release
+	}
+	return nil
+}
+func (g *publishGate) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	g.ended <- cl
+}
+
+// TestTakeoverDuringQoSAck (h-rtfinal2 attack on changes 48, 49 and 53):
+// a client's QoS 1 or 2 PUBLISH is being acknowledged (held in OnPublish)
+// when a CONNECT of its id (Clean Start 0, the session resumed) takes it
+// over. Once both connections have ended, $SYS's in-flight count is back
+// to 0: an entry the old connection puts in flight after the takeover
+// cloned its messages must not stay counted. Before mochi change 55 the
+// QoS 2 case stayed at 1 (its PUBREC, set after the clone); QoS 1
+// (change 48: no entry) was 0.
+func TestTakeoverDuringQoSAck(t *testing.T) {
+	b := start(t, Options{})
+	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, qos := range []byte{1, 2} {
+		id := "ack-takeover-" + string(rune('0'+qos))
+		a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+		gate.armed.Store(&id)
+		a.c.Write(ownerPacket(t, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, ProtocolVersion: 5,
+			PacketID: 9, TopicName: "ack/" + id, Payload: []byte("x"),
+		}))
+		select {
+		case <-gate.held:
+		case <-time.After(testTimeout):
+			t.Fatalf("qos %d: PUBLISH not held", qos)
+		}
+		np, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+		if code != 0 || !present {
+			t.Fatalf("qos %d: CONNACK %#x, present %v", qos, code, present)
+		}
+		gate.release <- struct{}{}
+		np.c.Write([]byte{0xe0, 0x00})
+		np.waitClosed(t)
+		for ended := 0; ended < 2; ended++ { // the old connection's end and the new one's
+			select {
+			case <-gate.ended:
+			case <-time.After(testTimeout):
+				t.Fatalf("qos %d: %d of the 2 connections ended", qos, ended)
+			}
+		}
+		// Both ended (OnDisconnect); the old one's leftovers are cleared
+		// just after: the count comes back to 0, or never.
+		waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
 	}
 }

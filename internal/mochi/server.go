@@ -616,6 +616,23 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 		// would disconnect it.
 		s.RemoveSession(cl) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
+	s.clearTakenOverInflights(cl)
+}
+
+// mote: clearTakenOverInflights takes out of Info.Inflight what a client
+// taken over put in flight after the takeover had cleared (or cloned and
+// cleared) its in-flight messages: a QoS 2 PUBLISH read before the
+// takeover, whose PUBREC its reader set in flight after it (change 55).
+// No other client holds that entry, so it stayed counted for ever. Under
+// the id's takeover lock: a takeover marks the client taken over and
+// clears its messages under it, so what cl holds then is left over; cl's
+// reader has ended, so nothing is set after.
+func (s *Server) clearTakenOverInflights(cl *Client) {
+	k := s.takeovers.lock(cl.ID)
+	defer s.takeovers.unlock(cl.ID, k)
+	if cl.IsTakenOver() {
+		cl.ClearInflights()
+	}
 }
 
 // mote: takeOverAndFile takes cl's client id over from the client that
