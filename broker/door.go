@@ -315,12 +315,26 @@ func (b *Broker) toLoop(inline bool, req request, trans ...request) bool {
 // parsePublish reads a publish topic: a $tree/$set prefix, or (MQTT 5)
 // the user property mote=tree on a plain topic; isMote is false for a plain
 // publish (returned with Topic set).
+//
+// Mote's user properties are read once each: one given twice (mote=tree
+// and mote=sync, mote-replace 0 and 1) is refused, not read as its first
+// value, and so is a mote-replace other than 1, true, 0 or false, and a
+// mote-codec or mote-replace on a $tree/$set topic, whose options are in
+// the topic (mote-replace=1 on $tree/T was ignored: no replace).
 func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, error) {
 	if wire.IsMote(topic) {
+		for _, k := range []string{"mote-codec", "mote-replace"} {
+			if _, ok := userProp(props.User, k); ok {
+				return wire.Publish{}, true, wire.ErrPrefixf("user property %s on %.40q: give the options in the topic", k, topic)
+			}
+		}
 		p, err := wire.ParsePublish(topic)
 		return p, true, err
 	}
-	mode, ok := userProp(props.User, "mote")
+	mode, ok, err := moteProp(props.User, "mote")
+	if err != nil {
+		return wire.Publish{}, true, err
+	}
 	if !ok {
 		return wire.Publish{Topic: topic}, false, nil
 	}
@@ -328,17 +342,30 @@ func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, 
 		return wire.Publish{}, true, wire.ErrPrefixf("user property mote=%q on a PUBLISH: want tree", mode)
 	}
 	p := wire.Publish{Op: wire.PubTree, Topic: topic}
-	if v, ok := userProp(props.User, "mote-codec"); ok {
+	v, ok, err := moteProp(props.User, "mote-codec")
+	switch {
+	case err != nil:
+		return p, true, err
+	case ok:
 		c, err := wire.ParseCodec(v)
 		if err != nil {
 			return p, true, err
 		}
 		p.Codec = c
-	} else if c, ok := wire.ContentTypeCodec(props.ContentType); ok {
-		p.Codec = c
+	default:
+		if c, ok := wire.ContentTypeCodec(props.ContentType); ok {
+			p.Codec = c
+		}
 	}
-	if v, ok := userProp(props.User, "mote-replace"); ok {
-		p.Replace = v == "1" || v == "true"
+	v, ok, err = moteProp(props.User, "mote-replace")
+	switch {
+	case err != nil:
+		return p, true, err
+	case !ok:
+	case v == "1" || v == "true":
+		p.Replace = true
+	case v != "0" && v != "false":
+		return p, true, wire.ErrPrefixf("user property mote-replace=%.40q: want 1 or 0", v)
 	}
 	if err := wire.ValidateFilter(p.Topic); err != nil {
 		return p, true, err
@@ -367,6 +394,25 @@ func userProp(props []packets.UserProperty, key string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// moteProp is userProp for one of Mote's own user properties, which a
+// packet gives at most once: a second one is an error, not ignored.
+func moteProp(props []packets.UserProperty, key string) (string, bool, error) {
+	v, ok := userProp(props, key)
+	if !ok {
+		return "", false, nil
+	}
+	n := 0
+	for _, u := range props {
+		if u.Key == key {
+			n++
+		}
+	}
+	if n > 1 {
+		return "", false, wire.ErrPrefixf("user property %s given %d times", key, n)
+	}
+	return v, true, nil
 }
 
 // Sync returns once every publish handed to the broker before it has been

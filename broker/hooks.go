@@ -843,8 +843,14 @@ func isTreeFilter(f string) bool {
 // mote-interval of a SUBSCRIBE.
 func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
 	var s wire.Subscription
-	mode, ok := userProp(pk.Properties.User, "mote")
-	interval, paced := userProp(pk.Properties.User, "mote-interval")
+	mode, ok, err := moteProp(pk.Properties.User, "mote")
+	if err != nil {
+		return s, err
+	}
+	interval, paced, err := moteProp(pk.Properties.User, "mote-interval")
+	if err != nil {
+		return s, err
+	}
 	if !ok {
 		if paced {
 			return s, wire.ErrPrefixf("user property mote-interval without mote=sync or mote=tree")
@@ -861,7 +867,11 @@ func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
 	default:
 		return s, wire.ErrPrefixf("user property mote=%.40q: want sync, tree or hist", mode)
 	}
-	if v, ok := userProp(pk.Properties.User, "mote-codec"); ok {
+	v, ok, err := moteProp(pk.Properties.User, "mote-codec")
+	if err != nil {
+		return s, err
+	}
+	if ok {
 		c, err := wire.ParseCodec(v)
 		if err != nil {
 			return s, err
@@ -869,17 +879,8 @@ func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
 		s.Codec = c
 	}
 	if paced {
-		n := 0
-		for _, u := range pk.Properties.User {
-			if u.Key == "mote-interval" {
-				n++
-			}
-		}
 		d, err := wire.ParseInterval(interval)
-		switch {
-		case n > 1:
-			return s, wire.ErrPrefixf("user property mote-interval given %d times", n)
-		case err != nil:
+		if err != nil {
 			return s, fmt.Errorf("user property mote-interval: %w", err)
 		}
 		s.Interval = d

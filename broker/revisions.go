@@ -205,6 +205,11 @@ type treeOpts struct {
 // it (the SUBSCRIBE's tree filters are refused with it).
 func readTreeOpts(props []packets.UserProperty) (treeOpts, error) {
 	o := treeOpts{hist: histQuery{from: math.MinInt64, to: math.MaxInt64}}
+	for _, k := range []string{"mote-since", "mote-from", "mote-to", "mote-limit"} {
+		if _, _, err := moteProp(props, k); err != nil {
+			return o, err
+		}
+	}
 	if v, ok := userProp(props, "mote-since"); ok {
 		n, err := parseDecimal(v)
 		if err != nil {
