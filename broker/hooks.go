@@ -890,8 +890,25 @@ func subscribeProps(pk packets.Packet) (wire.Subscription, error) {
 
 // parseFilter reads a SUBSCRIBE filter: a Mote prefix, a plain filter made a
 // tree subscription by the packet's user properties, or a plain filter
-// (valid per MQTT; $share included).
+// (valid per MQTT; $share included). A tree subscription whose filter
+// begins with one of Mote's verbs or $share ($sync/$tree/x, or $sync/x
+// with mote=sync) is refused: no row has such a topic, so it was granted
+// an empty tree that never changed.
 func parseFilter(f string, prop wire.Subscription) (wire.Subscription, error) {
+	sf, err := parseFilterOnly(f, prop)
+	if err != nil || sf.Mode == wire.Plain {
+		return sf, err
+	}
+	first, _, _ := strings.Cut(sf.Filter, "/")
+	if wire.IsMote(sf.Filter) || strings.EqualFold(first, "$share") {
+		return wire.Subscription{}, wire.ErrPrefixf("%.200q: a tree subscription's filter cannot begin with %.40q, which no row does", f, first)
+	}
+	return sf, nil
+}
+
+// parseFilterOnly is parseFilter without the check of a tree
+// subscription's first level.
+func parseFilterOnly(f string, prop wire.Subscription) (wire.Subscription, error) {
 	if prop.Mode != wire.Plain {
 		if err := wire.ValidateFilter(f); err != nil {
 			return wire.Subscription{}, err

@@ -94,3 +94,37 @@ func TestMotePropsOnce(t *testing.T) {
 	}
 	alive(t, b)
 }
+
+// TestTreeFilterNamesNoRow: a tree subscription whose filter begins with
+// one of Mote's verbs or $share ($sync/$tree/x, or $tree/x with
+// mote=sync) can match no row (no client may write one, SPEC §5) and was
+// granted an empty tree that never changed; it is refused 0x8F with the
+// reason. Filters of rows that exist, $SYS's included, are granted.
+func TestTreeFilterNamesNoRow(t *testing.T) {
+	b := start(t, Options{})
+	c := dialTree5(t, b, "c")
+	cases := []struct {
+		filter string
+		props  []string
+		want   byte
+	}{
+		{"$sync/$tree/x", nil, 0x8F},
+		{"$sync/$sync/#", nil, 0x8F},
+		{"$tree.cbor/$set/x/+", nil, 0x8F},
+		{"$hist/$hist/x", nil, 0x8F},
+		{"$sync/$share/g/x", nil, 0x8F},
+		{"$tree/x/+", []string{"mote", "sync"}, 0x8F},
+		{"$sync.cbor/x", []string{"mote", "tree"}, 0x8F},
+		{"$SHARE/g/x", []string{"mote", "hist"}, 0x8F},
+		{"$sync/x/+", nil, 1},
+		{"$sync/$SYS/broker/#", nil, 1},
+		{"x/+", []string{"mote", "sync"}, 1},
+		{"$tree/x", []string{"mote", "tree"}, 0x8F},
+	}
+	for _, tc := range cases {
+		if got := c.subscribe(t, tc.filter, tc.props...); got != tc.want {
+			t.Errorf("SUBSCRIBE %s %q: %#x, want %#x", tc.filter, tc.props, got, tc.want)
+		}
+	}
+	alive(t, b)
+}
