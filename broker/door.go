@@ -318,17 +318,19 @@ func (b *Broker) toLoop(inline bool, req request, trans ...request) bool {
 //
 // Mote's user properties are read once each: one given twice (mote=tree
 // and mote=sync, mote-replace 0 and 1) is refused, not read as its first
-// value, and so is a mote-replace other than 1, true, 0 or false, and a
-// mote-codec or mote-replace on a $tree/$set topic, whose options are in
-// the topic (mote-replace=1 on $tree/T was ignored: no replace).
+// value, and so is a mote-replace other than 1, true, 0 or false. On a
+// $tree topic, mote-replace and mote-codec (SPEC §4's MQTT 5 forms of
+// .replace and the codec options) apply as its options would; one that
+// contradicts the topic's own option is refused, and on a $set topic,
+// which takes no options, both are (mote-replace=1 on $tree/T was
+// ignored: no replace).
 func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, error) {
 	if wire.IsMote(topic) {
-		for _, k := range []string{"mote-codec", "mote-replace"} {
-			if _, ok := userProp(props.User, k); ok {
-				return wire.Publish{}, true, wire.ErrPrefixf("user property %s on %.40q: give the options in the topic", k, topic)
-			}
-		}
 		p, err := wire.ParsePublish(topic)
+		if err != nil {
+			return p, true, err
+		}
+		err = treePublishProps(&p, topic, props.User)
 		return p, true, err
 	}
 	mode, ok, err := moteProp(props.User, "mote")
@@ -394,6 +396,51 @@ func userProp(props []packets.UserProperty, key string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// treePublishProps applies the user properties mote-replace and
+// mote-codec to a $tree or $set publish parsed from topic.
+func treePublishProps(p *wire.Publish, topic string, user []packets.UserProperty) error {
+	replace, hasReplace, err := moteProp(user, "mote-replace")
+	if err != nil {
+		return err
+	}
+	codec, hasCodec, err := moteProp(user, "mote-codec")
+	if err != nil {
+		return err
+	}
+	if !hasReplace && !hasCodec {
+		return nil
+	}
+	if p.Op != wire.PubTree {
+		return wire.ErrPrefixf("user property mote-replace or mote-codec on %.40q: $set takes no options", topic)
+	}
+	if hasReplace {
+		switch replace {
+		case "1", "true":
+			p.Replace = true
+		case "0", "false":
+			if p.Replace {
+				return wire.ErrPrefixf("user property mote-replace=%s on %.40q, whose topic says replace", replace, topic)
+			}
+		default:
+			return wire.ErrPrefixf("user property mote-replace=%.40q: want 1 or 0", replace)
+		}
+	}
+	if hasCodec {
+		c, err := wire.ParseCodec(codec)
+		if err != nil {
+			return err
+		}
+		first, _, _ := strings.Cut(topic, "/")
+		for _, o := range strings.Split(first, ".")[1:] {
+			if tc, err := wire.ParseCodec(o); err == nil && tc != c {
+				return wire.ErrPrefixf("user property mote-codec=%s on %.40q, whose topic says %s", codec, topic, o)
+			}
+		}
+		p.Codec = c
+	}
+	return nil
 }
 
 // moteProp is userProp for one of Mote's own user properties, which a
