@@ -930,3 +930,66 @@ func TestPublishBodies(t *testing.T) {
 		})
 	}
 }
+
+// TestIsValidFilterPublishFast (change 57): the one-pass check of a
+// publish topic not starting with '$' answers as the general checks.
+func TestIsValidFilterPublishFast(t *testing.T) {
+	tests := []struct {
+		topic string
+		valid bool
+	}{
+		{"", true},
+		{"a", true},
+		{"fan/17", true},
+		{"a/b/", true},
+		{"/", true},
+		{"a/+", false},
+		{"a/#", false},
+		{"a+b", false},
+		{"#", false},
+		{"$SYS/a", false},
+		{"$sys", false},
+		{"$SYSTEM/a", true},
+		{"$share/g/a", true},
+		{"$share/g", false},
+		{"$share", false},
+		{"$tree/a", true},
+	}
+	for _, tt := range tests {
+		if got, slow := IsValidFilter(tt.topic, true), isValidFilter(tt.topic, true); got != tt.valid || slow != tt.valid {
+			t.Errorf("%q: fast %v, general %v, want %v", tt.topic, got, slow, tt.valid)
+		}
+	}
+}
+
+// FuzzIsValidFilter: IsValidFilter answers as the general checks for any
+// publish topic and any filter.
+func FuzzIsValidFilter(f *testing.F) {
+	for _, s := range []string{"", "a/b", "fan/1", "a/+", "#", "$SYS/x", "$share/g/a", "a#", "+/+"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, pub := range []bool{true, false} {
+			if got, want := IsValidFilter(s, pub), isValidFilter(s, pub); got != want {
+				t.Errorf("%q (publish %v): %v, general checks %v", s, pub, got, want)
+			}
+		}
+	})
+}
+
+// BenchmarkIsValidFilterPublish (change 57): the check of a fan-in's
+// publish topic, one pass (IsValidFilter) against the general checks.
+func BenchmarkIsValidFilterPublish(b *testing.B) {
+	for _, bb := range []struct {
+		name string
+		fn   func(string, bool) bool
+	}{{"one pass", IsValidFilter}, {"general", isValidFilter}} {
+		b.Run(bb.name, func(b *testing.B) {
+			for b.Loop() {
+				if !bb.fn("fan/17", true) {
+					b.Fatal("refused")
+				}
+			}
+		})
+	}
+}
