@@ -14,7 +14,12 @@ import (
 // live and die together: a payload kept longer than its message (a
 // retained row, a history entry) keeps the message's bytes too, which is
 // why a retained PUBLISH is not given one. Only the connection's read
-// goroutine touches netConn.pre and preBody.
+// goroutine touches netConn.pre and preBody: mochi asks PublishBody there,
+// and calls OnPublish for a client's PUBLISH only from processPacket on
+// that goroutine (the broker injects no packets for MQTT clients). A
+// PUBLISH mochi drops before OnPublish (a wildcard in its topic, a
+// receive quota exceeded) leaves its message in pre until the next
+// PUBLISH's replaces it: at most 512 bytes a connection.
 
 // messageBody48 … messageBody368 are a message (144 bytes on 64-bit) and
 // the memory of a PUBLISH body of up to 48, 96, 176 and 368 bytes: 192,
