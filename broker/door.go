@@ -24,6 +24,10 @@ type Message struct {
 	// the user properties mote=tree, mote-codec and mote-replace make a
 	// plain topic a tree publish (SPEC §4).
 	Properties packets.Properties
+
+	// pre is the message a plain publish becomes, made with its body
+	// (netConn.PublishBody), or nil: prepare makes one.
+	pre *message
 }
 
 // Refusal is why the broker refused a publish or a subscription: an MQTT 5
@@ -176,7 +180,7 @@ func (b *Broker) prepare(p Principal, m *Message) (prepared, error) {
 			}
 			msg = &mp.message
 			msg.props, msg.size = props, propsSize(props)
-		} else {
+		} else if msg = m.pre; msg == nil {
 			msg = new(message)
 		}
 		msg.topic, msg.payload, msg.origin, msg.qos, msg.retain = m.Topic, m.Payload, p.ClientID, m.QoS, m.Retain

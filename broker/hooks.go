@@ -450,6 +450,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 		return packets.CodeSuccessIgnore
 	}
 	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties}
+	if nc, ok := cl.Net.Conn.(*netConn); ok {
+		m.pre = nc.takeMessage(pk.TopicName)
+	}
 	var err error
 	if pk.TopicName == internalPublish {
 		m.Topic, err = c.pendingTopic, c.pendingErr

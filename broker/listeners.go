@@ -143,11 +143,13 @@ type netConn struct {
 	connected bool // the CONNECT is complete
 	b         *Broker
 	host      string
-	counted   bool // counted in b.handshakes until the CONNECT is complete or the connection closes
-	level     byte // protocol level of the CONNECT (5: MQTT 5)
-	body      int  // bytes of the CONNECT body seen (to find the level)
-	original  bool // the original dialect's listener: its clients' CONNECT is rewritten (original.go)
-	moteName  bool // the CONNECT so far names protocol "mote" (original.go)
+	counted   bool     // counted in b.handshakes until the CONNECT is complete or the connection closes
+	level     byte     // protocol level of the CONNECT (5: MQTT 5)
+	body      int      // bytes of the CONNECT body seen (to find the level)
+	original  bool     // the original dialect's listener: its clients' CONNECT is rewritten (original.go)
+	moteName  bool     // the CONNECT so far names protocol "mote" (original.go)
+	pre       *message // made with the PUBLISH body PublishBody gave last, until OnPublish takes it (bodies.go)
+	preBody   *byte    // that body's first byte
 
 	wmu  sync.Mutex // one write at a time
 	raw  *rawIO     // plain TCP: non-blocking direct writes (direct.go); nil otherwise

@@ -52,6 +52,8 @@ type subIndex struct {
 // children by name.
 type snode struct {
 	kids   sync.Map                           // level → *snode
+	hash   atomic.Pointer[snode]              // kids["#"], or nil: walk asks at every level of a topic
+	plus   atomic.Pointer[snode]              // kids["+"], or nil
 	nkids  int                                // children; under mu
 	subs   atomic.Pointer[plist[subEntry]]    // plain subscriptions ending here; never changed once stored
 	pos    map[string]int                     // client → its index in subs; under mu
@@ -140,6 +142,7 @@ func (x *subIndex) subscribe(client string, sub packets.Subscription) bool {
 		if !ok {
 			v = new(snode)
 			n.kids.Store(strings.Clone(level), v)
+			n.setWild(level, v.(*snode))
 			n.nkids++
 		}
 		n = v.(*snode)
@@ -255,6 +258,7 @@ func (x *subIndex) unsubscribeUnless(filter, client string, kept func() bool) bo
 	for j := len(trail) - 1; j >= 0 && n.empty(); j-- { // prune
 		s := trail[j]
 		s.parent.kids.Delete(s.level)
+		s.parent.setWild(s.level, nil)
 		s.parent.nkids--
 		n = s.parent
 	}
@@ -280,10 +284,29 @@ func (n *snode) occupied() bool {
 
 // kid is n's child named level, or nil.
 func (n *snode) kid(level string) *snode {
+	switch level {
+	case "#":
+		return n.hash.Load()
+	case "+":
+		return n.plus.Load()
+	}
 	if v, ok := n.kids.Load(level); ok {
 		return v.(*snode)
 	}
 	return nil
+}
+
+// setWild keeps n's "#" and "+" children (hash, plus) with kids: k is
+// the child at level now, nil when it was deleted; under mu. A publish
+// asks n for both at every level of its topic (walk): two atomic loads,
+// not two sync.Map lookups.
+func (n *snode) setWild(level string, k *snode) {
+	switch level {
+	case "#":
+		n.hash.Store(k)
+	case "+":
+		n.plus.Store(k)
+	}
 }
 
 // nextTopicLevel is the level of s starting at i and where the next one

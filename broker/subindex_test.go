@@ -662,3 +662,38 @@ func TestMayMatchBelowShapes(t *testing.T) {
 		}
 	}
 }
+
+// TestSubIndexWildKids: a node's "#" and "+" children are kept in hash and
+// plus as well as kids (walk reads them there), set when the first
+// subscription files them and cleared when the last leaves.
+func TestSubIndexWildKids(t *testing.T) {
+	tests := []struct {
+		filter string
+		topic  string                   // one it matches
+		wild   func(x *subIndex) *snode // where the wildcard child is kept
+	}{
+		{"#", "a/b/c", func(x *subIndex) *snode { return x.root.hash.Load() }},
+		{"+", "z", func(x *subIndex) *snode { return x.root.plus.Load() }},
+		{"a/#", "a/b/c", func(x *subIndex) *snode { return x.root.kid("a").hash.Load() }},
+		{"a/+/c", "a/z/c", func(x *subIndex) *snode { return x.root.kid("a").plus.Load() }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.filter, func(t *testing.T) {
+			var x subIndex
+			x.subscribe("c1", packets.Subscription{Filter: tt.filter})
+			x.subscribe("c2", packets.Subscription{Filter: "a/b"}) // keeps a
+			if tt.wild(&x) == nil {
+				t.Fatal("no wildcard child after SUBSCRIBE")
+			}
+			sc := x.match(tt.topic)
+			if len(sc.out) == 0 {
+				t.Error("matched nothing")
+			}
+			sc.release()
+			x.unsubscribe(tt.filter, "c1")
+			if tt.wild(&x) != nil {
+				t.Error("the wildcard child stays after its last UNSUBSCRIBE")
+			}
+		})
+	}
+}

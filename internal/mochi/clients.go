@@ -187,6 +187,20 @@ type ClientConnection struct {
 	// (the reader's own: see refreshDeadline).
 	deadline    time.Time
 	deadlineSet bool
+
+	// mote: bodies is Conn as a PublishBodies, or nil (change 56): where
+	// the reader takes a small PUBLISH body from.
+	bodies PublishBodies
+}
+
+// PublishBodies is a net.Conn that provides the memory of the PUBLISH
+// bodies read from it (mote change 56), so that the body and what the
+// server makes of it can be one allocation. PublishBody is called on the
+// client's read goroutine, before a PUBLISH body of fh.Remaining bytes is
+// read; it returns a zeroed slice of exactly that length, not used for
+// anything else, or nil for mochi to make its own.
+type PublishBodies interface {
+	PublishBody(fh *packets.FixedHeader) []byte
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -261,6 +275,7 @@ func newClient(c net.Conn, o *ops) *Client {
 			bconn:  bufio.NewReaderSize(c, o.options.ClientNetReadBufferSize),
 			Remote: c.RemoteAddr().String(),
 		}
+		cl.Net.bodies, _ = c.(PublishBodies) // mote change 56
 	}
 
 	return cl
@@ -794,7 +809,15 @@ func (cl *Client) readPacket(fh *packets.FixedHeader, pk *packets.Packet) (err e
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
-	p, err := readBody(cl.Net.bconn, pk.FixedHeader.Remaining) // mote: as it arrives
+	var p []byte
+	if pk.FixedHeader.Type == packets.Publish && cl.Net.bodies != nil {
+		p = cl.Net.bodies.PublishBody(&pk.FixedHeader) // mote change 56
+	}
+	if p != nil && len(p) == pk.FixedHeader.Remaining {
+		_, err = io.ReadFull(cl.Net.bconn, p)
+	} else {
+		p, err = readBody(cl.Net.bconn, pk.FixedHeader.Remaining) // mote: as it arrives
+	}
 	if err != nil {
 		return err
 	}

@@ -11,8 +11,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/internal/mochi/system"
 )
 
 // moteSession accepts one TCP connection on 127.0.0.1 and runs
@@ -842,6 +844,151 @@ func TestMoteReadStoppedBetweenPackets(t *testing.T) {
 			err := cl.Read(func(*Client, *packets.Packet) error { return nil })
 			if !errors.Is(err, tc.want) {
 				t.Errorf("Read returned %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// moteBodies is a PublishBodies giving the bodies of its PUBLISHes from
+// its own memory (length off by wrong, to test that a wrong length is
+// not used).
+type moteBodies struct {
+	net.Conn
+	mem   [][]byte
+	wrong int
+}
+
+func (c *moteBodies) PublishBody(fh *packets.FixedHeader) []byte {
+	p := make([]byte, fh.Remaining+c.wrong)
+	c.mem = append(c.mem, p)
+	return p
+}
+
+// TestNewClientPublishBodies: newClient keeps a conn's PublishBodies.
+func TestNewClientPublishBodies(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	bc := &moteBodies{Conn: a}
+	cl := newClient(bc, &ops{options: &Options{Capabilities: NewDefaultServerCapabilities()}, info: new(system.Info), hooks: new(Hooks), log: logger, pool: new(packetPool)})
+	if cl.Net.bodies != PublishBodies(bc) {
+		t.Errorf("bodies %v, want the conn", cl.Net.bodies)
+	}
+}
+
+// TestPublishBodies (change 56): a PUBLISH read from a conn that is a
+// PublishBodies is read into the memory it gives, topic and payload
+// decoded from it; memory of the wrong length is not used (mochi makes
+// the body), and a packet other than a PUBLISH never asks for it.
+func TestPublishBodies(t *testing.T) {
+	tests := []struct {
+		name  string
+		wrong int
+		into  bool
+	}{
+		{"exact length", 0, true},
+		{"one byte short", -1, false},
+		{"one byte long", 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl, _, _ := newTestClient()
+			defer cl.Stop(errClientStop)
+			bc := &moteBodies{Conn: cl.Net.Conn, wrong: tt.wrong}
+			cl.Net.bodies = bc // as newClient sets it for a conn that is a PublishBodies
+			data := append(moteEncodePublish(t, "a/b", "payload"), 0xc0, 0x00) // and a PINGREQ
+			cl.Net.bconn = bufio.NewReader(bytes.NewReader(data))
+			var fh packets.FixedHeader
+			if err := cl.ReadFixedHeader(&fh); err != nil {
+				t.Fatal(err)
+			}
+			pk, err := cl.ReadPacket(&fh)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pk.TopicName != "a/b" || string(pk.Payload) != "payload" {
+				t.Fatalf("topic %q payload %q", pk.TopicName, pk.Payload)
+			}
+			if len(bc.mem) != 1 {
+				t.Fatalf("%d bodies asked for, want 1", len(bc.mem))
+			}
+			start := uintptr(unsafe.Pointer(unsafe.SliceData(bc.mem[0])))
+			at := uintptr(unsafe.Pointer(unsafe.SliceData(pk.Payload)))
+			if got := at >= start && at < start+uintptr(len(bc.mem[0])); got != tt.into {
+				t.Errorf("read into the memory given: %v, want %v", got, tt.into)
+			}
+			fh = packets.FixedHeader{}
+			if err := cl.ReadFixedHeader(&fh); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cl.ReadPacket(&fh); err != nil {
+				t.Fatal(err)
+			}
+			if len(bc.mem) != 1 {
+				t.Errorf("a PINGREQ asked for a body: %d asked for", len(bc.mem))
+			}
+		})
+	}
+}
+
+// TestIsValidFilterPublishFast (change 57): the one-pass check of a
+// publish topic not starting with '$' answers as the general checks.
+func TestIsValidFilterPublishFast(t *testing.T) {
+	tests := []struct {
+		topic string
+		valid bool
+	}{
+		{"", true},
+		{"a", true},
+		{"fan/17", true},
+		{"a/b/", true},
+		{"/", true},
+		{"a/+", false},
+		{"a/#", false},
+		{"a+b", false},
+		{"#", false},
+		{"$SYS/a", false},
+		{"$sys", false},
+		{"$SYSTEM/a", true},
+		{"$share/g/a", true},
+		{"$share/g", false},
+		{"$share", false},
+		{"$tree/a", true},
+	}
+	for _, tt := range tests {
+		if got, slow := IsValidFilter(tt.topic, true), isValidFilter(tt.topic, true); got != tt.valid || slow != tt.valid {
+			t.Errorf("%q: fast %v, general %v, want %v", tt.topic, got, slow, tt.valid)
+		}
+	}
+}
+
+// FuzzIsValidFilter: IsValidFilter answers as the general checks for any
+// publish topic and any filter.
+func FuzzIsValidFilter(f *testing.F) {
+	for _, s := range []string{"", "a/b", "fan/1", "a/+", "#", "$SYS/x", "$share/g/a", "a#", "+/+"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, pub := range []bool{true, false} {
+			if got, want := IsValidFilter(s, pub), isValidFilter(s, pub); got != want {
+				t.Errorf("%q (publish %v): %v, general checks %v", s, pub, got, want)
+			}
+		}
+	})
+}
+
+// BenchmarkIsValidFilterPublish (change 57): the check of a fan-in's
+// publish topic, one pass (IsValidFilter) against the general checks.
+func BenchmarkIsValidFilterPublish(b *testing.B) {
+	for _, bb := range []struct {
+		name string
+		fn   func(string, bool) bool
+	}{{"one pass", IsValidFilter}, {"general", isValidFilter}} {
+		b.Run(bb.name, func(b *testing.B) {
+			for b.Loop() {
+				if !bb.fn("fan/17", true) {
+					b.Fatal("refused")
+				}
 			}
 		})
 	}

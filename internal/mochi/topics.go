@@ -739,6 +739,23 @@ func IsSharedFilter(filter string) bool {
 
 // IsValidFilter returns true if the filter is valid.
 func IsValidFilter(filter string, forPublish bool) bool {
+	// mote change 57: a publish topic not starting with '$' is valid
+	// unless it holds a wildcard; one pass over it, not the general
+	// checks' five (isValidFilter gives the same answer: FuzzIsValidFilter).
+	if forPublish && (len(filter) == 0 || filter[0] != '$') {
+		for i := 0; i < len(filter); i++ {
+			if c := filter[i]; c == '+' || c == '#' {
+				return false // [MQTT-3.3.2-2]
+			}
+		}
+		return true
+	}
+	return isValidFilter(filter, forPublish)
+}
+
+// mote: isValidFilter is IsValidFilter's general checks (upstream's
+// IsValidFilter), for a filter and a publish topic starting with '$'.
+func isValidFilter(filter string, forPublish bool) bool {
 	if !forPublish && len(filter) == 0 { // publishing can accept zero-length topic filter if topic alias exists, so we don't enforce for publish.
 		return false // [MQTT-4.7.3-1]
 	}
