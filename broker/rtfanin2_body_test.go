@@ -7,7 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // publish5q1 is an MQTT 5 QoS 1 PUBLISH with packet id id and the
@@ -29,10 +32,17 @@ func publish5q1(topic string, id uint16, props []byte, payload string, retain bo
 // made with their messages (bodies.go); a stream of them, at each size
 // class's limit and one either side, with an MQTT 5 topic alias, a zero
 // length payload, a retained one and a large one, split into 7-byte
-// writes, reaches a live subscriber, a session away (its queue holds the
-// messages) and the retained store each with its own payload: no body's
-// memory is handed out twice or reused while a message holds it.
+// writes (TCP; WebSocket, a message each), reaches a live subscriber, a
+// session away (its queue holds the messages) and the retained store each
+// with its own payload: no body's memory is handed out twice or reused
+// while a message holds it.
 func TestPublishBodyNoAliasing(t *testing.T) {
+	for _, ws := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "ws"}[ws], func(t *testing.T) { testPublishBodyNoAliasing(t, ws) })
+	}
+}
+
+func testPublishBodyNoAliasing(t *testing.T, ws bool) {
 	br := start(t, Options{})
 	live := dial3(t, br, "rtfanin-live", true)
 	live.sub(t, "t/#", 1)
@@ -74,7 +84,17 @@ func TestPublishBodyNoAliasing(t *testing.T) {
 		add(topic, topic, nil, payload(40), false)
 	}
 
-	pub := dialBenchV(t, br.TCPAddr(), "rtfanin-pub", 5)
+	var pub *benchClient
+	if ws {
+		d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: testTimeout}
+		c, _, err := d.Dial("ws://"+br.WSAddr()+"/mqtt", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub = newBenchClientV(t, wsstream.New(c, true), "rtfanin-pub", testTimeout, 5)
+	} else {
+		pub = dialBenchV(t, br.TCPAddr(), "rtfanin-pub", 5)
+	}
 	for b := stream.Bytes(); len(b) > 0; {
 		n := min(7, len(b))
 		pub.write(t, b[:n])
