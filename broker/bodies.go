@@ -19,7 +19,11 @@ import (
 // that goroutine (the broker injects no packets for MQTT clients). A
 // PUBLISH mochi drops before OnPublish (a wildcard in its topic, a
 // receive quota exceeded) leaves its message in pre until the next
-// PUBLISH's replaces it: at most 512 bytes a connection.
+// PUBLISH clears it (any PUBLISH, given a body or not: a topic alias
+// may point its topic into the dropped one's body): at most 512 bytes a
+// connection. A topic alias's topic keeps its PUBLISH's allocation (at
+// most 512 bytes here) as long as the alias names it: maxTopicAliases of
+// them a connection, as the body mochi made itself was kept before.
 
 // messageBody48 … messageBody368 are a message (144 bytes on 64-bit) and
 // the memory of a PUBLISH body of up to 48, 96, 176 and 368 bytes: 192,
@@ -54,6 +58,10 @@ const maxPublishBody = 368
 // on the connection's read goroutine.
 func (c *netConn) PublishBody(fh *packets.FixedHeader) []byte {
 	n := fh.Remaining
+	// A body given earlier is not this PUBLISH's: its message must not be
+	// taken for this one (an MQTT 5 alias can point this PUBLISH's topic
+	// into that body when mochi dropped its PUBLISH before OnPublish).
+	c.pre, c.preBody = nil, nil
 	if fh.Retain || n < 3 || n > maxPublishBody {
 		return nil
 	}

@@ -272,7 +272,9 @@ func (c *netConn) scan(p []byte) error {
 			if c.packets == 1 && c.length > c.maxConnect {
 				return fmt.Errorf("%w: %d bytes declared, limit %d", errConnectTooLarge, c.length, c.maxConnect)
 			}
-			if c.maxPacket > 0 && c.length+1 > c.maxPacket {
+			// The whole packet: its type byte, its length's bytes (shift/7)
+			// and its body (MQTT 5 §3.1.2.11.4).
+			if c.maxPacket > 0 && c.length+1+int(c.shift/7) > c.maxPacket {
 				return fmt.Errorf("%w: %d bytes declared, limit %d", errPacketTooLarge, c.length, c.maxPacket)
 			}
 			c.state = 2

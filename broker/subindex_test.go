@@ -2,9 +2,11 @@ package broker
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
@@ -696,4 +698,90 @@ func TestSubIndexWildKids(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSubIndexWildConcurrent: workers subscribe and unsubscribe wildcard
+// filters at the same levels at once ("#", "+" and literal children of
+// the same nodes, shared groups), each with its own client, while
+// matching: once its SUBSCRIBE returns, every topic the filter matches
+// (wire.Match) finds the worker's client, and once its UNSUBSCRIBE
+// returns, none does; at the end the trie is empty, with no "#" or "+"
+// child kept in hash or plus (a pruned node) and hash and plus always
+// kids' "#" and "+". Run with -race.
+func TestSubIndexWildConcurrent(t *testing.T) {
+	filters := []string{"#", "+", "+/#", "+/+", "a/#", "a/+", "a/b", "a/+/c", "a/b/#", "+/b/#", "$SYS/#", "$share/G/a/#", "$share/G/+/+"}
+	topics := []string{"a", "b", "a/b", "a/c", "a/b/c", "x/b/y", "a/z/c", "$SYS/a", "a/b/c/d"}
+	const workers, rounds = 4, 600
+	var x subIndex
+	errs := make(chan string, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := fmt.Sprintf("w%d", w)
+			r := rand.New(rand.NewPCG(uint64(w), 57))
+			held := map[string]bool{}
+			// Each worker's shared groups are its own, so its client is
+			// the one member picked.
+			mine := func(f string) string { return strings.Replace(f, "$share/G/", "$share/g"+client+"/", 1) }
+			for range rounds {
+				f := mine(filters[r.IntN(len(filters))])
+				if held[f] {
+					x.unsubscribe(f, client)
+					delete(held, f)
+				} else {
+					x.subscribe(client, packets.Subscription{Filter: f})
+					held[f] = true
+				}
+				for _, topic := range topics {
+					want := false
+					for h := range held {
+						_, path, shared := splitShared(h)
+						if !shared {
+							path = h
+						}
+						want = want || wire.Match(path, topic)
+					}
+					sc := x.match(topic)
+					got := slices.ContainsFunc(sc.out, func(m subMatch) bool { return m.client == client })
+					sc.release()
+					if got != want {
+						errs <- fmt.Sprintf("%s holding %v: match(%q) has it %v, want %v", client, slices.Sorted(maps.Keys(held)), topic, got, want)
+						return
+					}
+				}
+			}
+			for f := range held {
+				x.unsubscribe(f, client)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if d := x.dump(); len(d) != 0 {
+		t.Errorf("left after every UNSUBSCRIBE: %v", d)
+	}
+	var check func(path string, n *snode)
+	check = func(path string, n *snode) {
+		if n.hash.Load() != n.kid2("#") || n.plus.Load() != n.kid2("+") {
+			t.Errorf("%q: hash %p plus %p, kids' # %p + %p", path, n.hash.Load(), n.plus.Load(), n.kid2("#"), n.kid2("+"))
+		}
+		n.kids.Range(func(k, v any) bool { check(path+"/"+k.(string), v.(*snode)); return true })
+	}
+	check("", &x.root)
+	if x.root.nkids != 0 {
+		t.Errorf("root keeps %d children", x.root.nkids)
+	}
+}
+
+// kid2 is n's child named level as kids holds it (not hash or plus).
+func (n *snode) kid2(level string) *snode {
+	if v, ok := n.kids.Load(level); ok {
+		return v.(*snode)
+	}
+	return nil
 }
