@@ -42,9 +42,9 @@ type idSpaces struct {
 	kind      byte            // that packet's type
 	displaced *packets.Packet // the delivery in flight under reserved, out of mochi's map meanwhile
 	inbound   map[uint16]packets.Packet
-	gone      bool // the session was taken over (surrender): mochi's map is left as mochi keeps it
-	resent    bool // the packet being processed is a QoS 2 PUBLISH whose id waits for its PUBREL: sent again
-	qos2      bool // the packet being processed is a QoS 2 PUBLISH
+	gone      bool                // the session was taken over (surrender): mochi's map is left as mochi keeps it
+	resent    bool                // the packet being processed is a QoS 2 PUBLISH whose id waits for its PUBREL: sent again
+	qos2      bool                // the packet being processed is a QoS 2 PUBLISH
 	mine      *lateRec            // the QoS 2 PUBLISH being processed when the session was taken over (surrender)
 	late      map[uint16]*lateRec // QoS 2 publishes a connection taken over was processing when it lost the session
 }
