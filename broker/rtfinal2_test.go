@@ -154,47 +154,67 @@ func TestTakeoverDuringQoSAck(t *testing.T) {
 // PUBREC not yet in flight) when a CONNECT of its id resumes the session
 // (Clean Start 0). The client, which never got the PUBREC, resends the
 // PUBLISH (DUP, same packet id) on the new connection: until the PUBREL
-// the server MUST NOT forward it again [MQTT-4.3.3-10]. Today it is
-// delivered twice: the PUBREC goes into the old client's in-flight map
-// after the takeover copied it (surrendered its inbound ids), and only
-// leaves Info.Inflight there (mochi change 55); the new session does not
-// know the id. Known defect (h-willstorm report): skipped until fixed.
+// the server MUST NOT forward it again [MQTT-4.3.3-10]. It was delivered
+// twice (h-willstorm report): the PUBREC went into the old client's
+// in-flight map after the takeover copied it, and only left Info.Inflight
+// there (mochi change 55). Now the old reader hands it to the session
+// (lateRec), and a resend read before that waits for it: the resend
+// is answered PUBREC (success) and not delivered, in either order.
 func TestQoS2ResendAfterTakeoverOnce(t *testing.T) {
-	b := start(t, Options{})
-	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-	if err := b.server.AddHook(gate, nil); err != nil {
-		t.Fatal(err)
-	}
-	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-watcher", true, 0, nil))
-	watcher.subscribe(t, 5, "q2/#", 0)
-	id := "q2-x"
-	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
-	publish := func(dup bool) []byte {
-		return ownerPacket(t, packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup}, ProtocolVersion: 5,
-			PacketID: 9, TopicName: "q2/x", Payload: []byte("x"),
+	for _, tc := range []struct {
+		name     string
+		afterEnd bool // the resend is written once the old connection ended, else while its PUBLISH is held
+	}{
+		{"resend after the old connection ended", true},
+		{"resend while the old connection holds the publish", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := start(t, Options{})
+			gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+			if err := b.server.AddHook(gate, nil); err != nil {
+				t.Fatal(err)
+			}
+			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-watcher", true, 0, nil))
+			watcher.subscribe(t, 5, "q2/#", 0)
+			id := "q2-x"
+			a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+			publish := func(dup bool) []byte {
+				return ownerPacket(t, packets.Packet{
+					FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup}, ProtocolVersion: 5,
+					PacketID: 9, TopicName: "q2/x", Payload: []byte("x"),
+				})
+			}
+			gate.armed.Store(&id)
+			a.c.Write(publish(false)) //nolint:errcheck // held below
+			select {
+			case <-gate.held:
+			case <-time.After(testTimeout):
+				t.Fatal("PUBLISH not held")
+			}
+			n, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+			if code != 0 || !present {
+				t.Fatalf("CONNACK %#x, present %v", code, present)
+			}
+			if !tc.afterEnd {
+				n.c.Write(publish(true)) //nolint:errcheck // its PUBREC read below
+			}
+			gate.release <- struct{}{}
+			<-gate.ended // the old connection's
+			if tc.afterEnd {
+				n.c.Write(publish(true)) //nolint:errcheck // its PUBREC read below
+			}
+			if _, body := n.next(t, 5); len(body) > 2 && body[2] != 0 {
+				t.Fatalf("PUBREC % x, want success", body)
+			}
+			n.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
+			if _, body := n.next(t, 7); len(body) > 2 && body[2] != 0 {
+				t.Fatalf("PUBCOMP % x, want success", body)
+			}
+			pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-pub", true, 0, nil))
+			pub.publish1(t, 5, "q2/marker", "")
+			if got := watcher.topicsUntil(t, "q2/marker"); fmt.Sprint(got) != "[q2/x]" {
+				t.Errorf("delivered %q, want q2/x once", got)
+			}
 		})
-	}
-	gate.armed.Store(&id)
-	a.c.Write(publish(false)) //nolint:errcheck // held below
-	select {
-	case <-gate.held:
-	case <-time.After(testTimeout):
-		t.Fatal("PUBLISH not held")
-	}
-	n, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
-	if code != 0 || !present {
-		t.Fatalf("CONNACK %#x, present %v", code, present)
-	}
-	gate.release <- struct{}{}
-	<-gate.ended                              // the old connection's
-	n.c.Write(publish(true))                  //nolint:errcheck // its PUBREC read below
-	n.next(t, 5)                              // PUBREC
-	n.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
-	n.next(t, 7)
-	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-pub", true, 0, nil))
-	pub.publish1(t, 5, "q2/marker", "")
-	if got := watcher.topicsUntil(t, "q2/marker"); fmt.Sprint(got) != "[q2/x]" {
-		t.Errorf("delivered %q, want q2/x once", got)
 	}
 }
