@@ -33,6 +33,8 @@ import (
 // map (surrender); the next connection takes them all into inbound
 // (adopt), each taking one of the receive quota. A QoS 2 PUBLISH sent
 // again before its PUBREL gets a PUBREC as the first did (resentAck).
+// A QoS 2 PUBLISH the old connection is processing at the takeover gets
+// its PUBREC after mochi's copy: the old reader hands it on (lateRec).
 //
 // Owner: the fields are guarded by mu; the read goroutine sets and clears
 // the reservation, the writer asks it.
