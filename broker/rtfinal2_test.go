@@ -218,3 +218,52 @@ func TestQoS2ResendAfterTakeoverOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestQoS2HeldAcrossCleanTakeover: as TestTakeoverDuringQoSAck's QoS 2
+// case, but the CONNECT starts clean (Clean Start 1): the session ends,
+// and the PUBREC the old connection sets after the takeover is no one's
+// (lateRec dropped, mochi change 55 clears it); once both connections
+// ended the in-flight count is 0, and a PUBLISH with the id on the new
+// connection is a new message.
+func TestQoS2HeldAcrossCleanTakeover(t *testing.T) {
+	b := start(t, Options{})
+	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2c-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "q2c/#", 0)
+	id := "q2c-x"
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+	publish := ownerPacket(t, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, ProtocolVersion: 5,
+		PacketID: 9, TopicName: "q2c/x", Payload: []byte("x"),
+	})
+	gate.armed.Store(&id)
+	a.c.Write(publish) //nolint:errcheck // held below
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("PUBLISH not held")
+	}
+	n, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 3600, nil))
+	if code != 0 || present {
+		t.Fatalf("CONNACK %#x, present %v", code, present)
+	}
+	gate.release <- struct{}{}
+	<-gate.ended       // the old connection's
+	n.c.Write(publish) //nolint:errcheck // a new message: its PUBREC read below
+	if _, body := n.next(t, 5); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("PUBREC % x, want success", body)
+	}
+	n.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
+	if _, body := n.next(t, 7); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("PUBCOMP % x, want success", body)
+	}
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2c-pub", true, 0, nil))
+	pub.publish1(t, 5, "q2c/marker", "")
+	if got := watcher.topicsUntil(t, "q2c/marker"); fmt.Sprint(got) != "[q2c/x q2c/x]" {
+		t.Errorf("delivered %q, want q2c/x twice (two messages)", got)
+	}
+	waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
+}
