@@ -147,8 +147,12 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 		return
 	}
 	id := pk.PacketID
-	s.waitLate(id)
 	s.mu.Lock()
+	if l := s.late[id]; l != nil {
+		s.mu.Unlock()
+		l.wait()
+		s.mu.Lock()
+	}
 	defer s.mu.Unlock()
 	if s.gone {
 		return
@@ -226,18 +230,12 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 	s.reserved, s.kind, s.resent, s.qos2 = 0, 0, false, false
 }
 
-// waitLate waits, at most lateWait, for the connection that lost the
-// session to finish the QoS 2 PUBLISH with id it was processing (a
-// lateRec), so a resend of it (or its PUBREL) finds its PUBREC. Past the
+// wait waits, at most lateWait, for the connection that lost the
+// session to finish the QoS 2 PUBLISH (resolve), so a resend of it (or
+// its PUBREL) on the session's connection finds its PUBREC. Past the
 // bound the packet goes on as if the publish had been refused (a resend
 // is delivered again): the old reader is held by a hook.
-func (s *idSpaces) waitLate(id uint16) {
-	s.mu.Lock()
-	l := s.late[id]
-	s.mu.Unlock()
-	if l == nil {
-		return
-	}
+func (l *lateRec) wait() {
 	t := time.NewTimer(lateWait)
 	defer t.Stop()
 	select {
