@@ -250,9 +250,10 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	ended := pk.Connect.Clean || existing != nil && string(existing.Properties.Username) != string(cl.Properties.Username)
 	fresh := ended || existing != nil && existing.SessionEndsWithConnection()
 	var left map[uint16]packets.Packet
+	var late []*lateRec
 	if old := h.b.arriving.register(h.b, cl, fresh); old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
-			left = o.ids.surrender(o.cl) // before mochi copies its in-flight map
+			left, late = o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, fresh || old.p.User != string(cl.Properties.Username))
 		}
 	}
@@ -268,7 +269,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		// more is held for it), counted here.
 		h.b.drop(dropSessionEnded, heldPublishes(existing))
 	}
-	h.b.keptIn.handOver(existing, cl, fresh, left)
+	h.b.keptIn.handOver(&h.b.server.Info.Inflight, existing, cl, fresh, left, late)
 }
 
 // OnSessionEstablished starts the connection's state, cancels a will its
@@ -283,7 +284,8 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b.wills.publishEnded(cl)
 	b.countResendDiscards(cl)
 	out := &mqttOut{b: b, cl: cl}
-	out.ids.adopt(cl, b.keptIn.take(cl))
+	kept, late := b.keptIn.take(cl)
+	out.ids.adopt(cl, kept, late)
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
 	if w, ok := b.connWills.LoadAndDelete(cl); ok {
@@ -360,9 +362,11 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		nc.filed.CompareAndSwap(c, nil)
 	}
 	if o, ok := c.outOf(); ok {
-		left := o.ids.close(cl) // before the session's messages are handed on
+		left, late := o.ids.close(cl) // before the session's messages are handed on
 		if keep {
-			b.keptIn.put(cl, left)
+			b.keptIn.put(cl, left, late)
+		} else {
+			dropLate(&b.server.Info.Inflight, late)
 		}
 	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)

@@ -2,6 +2,8 @@ package broker
 
 import (
 	"sync"
+	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
@@ -31,6 +33,8 @@ import (
 // map (surrender); the next connection takes them all into inbound
 // (adopt), each taking one of the receive quota. A QoS 2 PUBLISH sent
 // again before its PUBREL gets a PUBREC as the first did (resentAck).
+// A QoS 2 PUBLISH the old connection is processing at the takeover gets
+// its PUBREC after mochi's copy: the old reader hands it on (lateRec).
 //
 // Owner: the fields are guarded by mu; the read goroutine sets and clears
 // the reservation, the writer asks it.
@@ -40,8 +44,80 @@ type idSpaces struct {
 	kind      byte            // that packet's type
 	displaced *packets.Packet // the delivery in flight under reserved, out of mochi's map meanwhile
 	inbound   map[uint16]packets.Packet
-	gone      bool // the session was taken over (surrender): mochi's map is left as mochi keeps it
-	resent    bool // the packet being processed is a QoS 2 PUBLISH whose id waits for its PUBREL: sent again
+	gone      bool                // the session was taken over (surrender): mochi's map is left as mochi keeps it
+	resent    bool                // the packet being processed is a QoS 2 PUBLISH whose id waits for its PUBREL: sent again
+	qos2      bool                // the packet being processed is a QoS 2 PUBLISH
+	mine      *lateRec            // the QoS 2 PUBLISH being processed when the session was taken over (surrender)
+	late      map[uint16]*lateRec // QoS 2 publishes a connection taken over was processing when it lost the session
+}
+
+// lateWait bounds how long a client packet with the id of a lateRec waits
+// for the connection that lost the session to finish that publish.
+const lateWait = 5 * time.Second
+
+// lateRec is a client's QoS 2 PUBLISH that the connection's reader was
+// processing (delivering, in OnPublish) when another connection took the
+// session over: mochi puts its PUBREC in the old client's in-flight map
+// after the takeover copied that map, so the session's new connection
+// would take the client's resend (DUP, same id) for a new message and
+// deliver it again [MQTT-4.3.3-10]. The old reader resolves it when it
+// has processed the publish: rec is its PUBREC, taken out of the old
+// client's map (still counted in Info.Inflight, as an inbound PUBREC is),
+// or nil if the publish was refused (not delivered). The session's later
+// connections hold it (pending, then in inbound), or keptInbound between
+// them; a packet with its id waits for it (lateWait).
+//
+// Owner: mu guards resolved, rec and dropped; done is closed once resolved.
+type lateRec struct {
+	id   uint16
+	done chan struct{}
+
+	mu       sync.Mutex
+	resolved bool
+	rec      *packets.Packet
+	dropped  bool // the session ended: the old client's map keeps the PUBREC (mochi change 55 clears it)
+}
+
+func newLateRec(id uint16) *lateRec {
+	return &lateRec{id: id, done: make(chan struct{})}
+}
+
+// resolve runs on the old client's reader once the publish is processed.
+func (l *lateRec) resolve(old *mqtt.Client) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.resolved {
+		return
+	}
+	if !l.dropped {
+		if pk, ok := old.State.Inflight.Get(l.id); ok && pk.FixedHeader.Type == packets.Pubrec {
+			old.State.Inflight.Delete(l.id)
+			l.rec = &pk
+		}
+	}
+	l.resolved = true
+	close(l.done)
+}
+
+// drop says the session that would have taken the PUBREC ended. A PUBREC
+// already taken is returned: the caller disposes of it.
+func (l *lateRec) drop() *packets.Packet {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.dropped = true
+	rec := l.rec
+	l.rec = nil
+	return rec
+}
+
+// dropLate drops lates (see lateRec.drop): a PUBREC one took already is
+// still counted in Info.Inflight, where no client holds it any more.
+func dropLate(info *int64, lates []*lateRec) {
+	for _, l := range lates {
+		if l.drop() != nil && info != nil {
+			atomic.AddInt64(info, -1)
+		}
+	}
 }
 
 // clientFlow says whether a packet from the client carries an id of the
@@ -72,11 +148,18 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 	}
 	id := pk.PacketID
 	s.mu.Lock()
+	if l := s.late[id]; l != nil {
+		s.mu.Unlock()
+		l.wait()
+		s.mu.Lock()
+	}
 	defer s.mu.Unlock()
 	if s.gone {
 		return
 	}
+	s.absorbLocked(cl)
 	s.reserved, s.kind = id, pk.FixedHeader.Type
+	s.qos2 = pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2
 	if cur, ok := cl.State.Inflight.Get(id); ok && delivery(cur) {
 		cl.State.Inflight.Delete(id)
 		// A copy made here only: were cur's address taken, cur would be
@@ -114,6 +197,10 @@ func (s *idSpaces) end(cl *mqtt.Client, pk *packets.Packet) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gone {
+		if s.mine != nil {
+			s.mine.resolve(cl)
+			s.mine = nil
+		}
 		return
 	}
 	s.settleLocked(cl)
@@ -140,7 +227,55 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 	if s.resent {
 		cl.State.Inflight.DecreaseReceiveQuota()
 	}
-	s.reserved, s.kind, s.resent = 0, 0, false
+	s.reserved, s.kind, s.resent, s.qos2 = 0, 0, false, false
+}
+
+// wait waits, at most lateWait, for the connection that lost the
+// session to finish the QoS 2 PUBLISH (resolve), so a resend of it (or
+// its PUBREL) on the session's connection finds its PUBREC. Past the
+// bound the packet goes on as if the publish had been refused (a resend
+// is delivered again): the old reader is held by a hook.
+func (l *lateRec) wait() {
+	t := time.NewTimer(lateWait)
+	defer t.Stop()
+	select {
+	case <-l.done:
+	case <-t.C:
+	}
+}
+
+// absorbLocked takes the resolved lates' PUBRECs into inbound (mu held):
+// each takes one of the receive quota, as adopt's.
+func (s *idSpaces) absorbLocked(cl *mqtt.Client) {
+	for id, l := range s.late {
+		l.mu.Lock()
+		resolved, rec := l.resolved, l.rec
+		l.rec = nil
+		l.mu.Unlock()
+		if !resolved {
+			continue
+		}
+		delete(s.late, id)
+		if rec == nil {
+			continue
+		}
+		if s.inbound == nil {
+			s.inbound = map[uint16]packets.Packet{}
+		}
+		s.inbound[id] = *rec
+		cl.State.Inflight.DecreaseReceiveQuota()
+	}
+}
+
+// lateLocked returns the lates still unresolved (mu held), which are
+// handed on with the session.
+func (s *idSpaces) lateLocked() []*lateRec {
+	var out []*lateRec
+	for _, l := range s.late {
+		out = append(out, l)
+	}
+	s.late = nil
+	return out
 }
 
 // resentAck says whether a PUBREC with id answers a QoS 2 PUBLISH sent
@@ -162,14 +297,22 @@ func (s *idSpaces) resentAck(id uint16) bool {
 // the second for a new message (delivered twice) [MQTT-4.3.3-10]. From
 // then on cl's packets leave the map as mochi keeps it.
 // It returns the publishes whose id a delivery holds in the map (for
-// keptInbound).
-func (s *idSpaces) surrender(cl *mqtt.Client) map[uint16]packets.Packet {
+// keptInbound), and the lates the session's next connection waits for:
+// the QoS 2 PUBLISH being processed, if any (its PUBREC is set after
+// mochi copies the map: end resolves it), and those cl itself waited for.
+func (s *idSpaces) surrender(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.absorbLocked(cl)
 	left := s.restoreLocked(cl)
-	s.reserved, s.kind = 0, 0
+	late := s.lateLocked()
+	if s.qos2 && !s.resent && s.reserved != 0 {
+		s.mine = newLateRec(s.reserved)
+		late = append(late, s.mine)
+	}
+	s.reserved, s.kind, s.qos2, s.resent = 0, 0, false, false
 	s.gone = true
-	return left
+	return left, late
 }
 
 // restoreLocked puts the displaced delivery and the inbound publishes
@@ -207,10 +350,16 @@ func (s *idSpaces) restoreLocked(cl *mqtt.Client) map[uint16]packets.Packet {
 // resent there as PUBRECs) leave it for inbound: at rest the map holds
 // deliveries only, and the writer counts it against the client's Receive
 // Maximum.
-func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet) {
+func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet, late []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.inbound = kept
+	for _, l := range late {
+		if s.late == nil {
+			s.late = map[uint16]*lateRec{}
+		}
+		s.late[l.id] = l
+	}
 	for _, pk := range cl.State.Inflight.GetAll(false) {
 		if pk.FixedHeader.Type != packets.Pubrec {
 			continue
@@ -233,15 +382,23 @@ func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet) {
 // resumed session still knows them (where one does, the PUBREL is
 // answered 0x92 and the publish, already delivered, stays delivered).
 //
-// It returns the publishes whose id a delivery holds (for keptInbound).
-func (s *idSpaces) close(cl *mqtt.Client) map[uint16]packets.Packet {
+// It returns the publishes whose id a delivery holds (for keptInbound),
+// and the lates still unresolved (kept for the session too, or dropped).
+// A connection taken over resolves its own late (end, had mochi stopped
+// before it).
+func (s *idSpaces) close(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gone {
-		return nil
+		if s.mine != nil {
+			s.mine.resolve(cl)
+			s.mine = nil
+		}
+		return nil, nil
 	}
 	s.settleLocked(cl)
-	return s.restoreLocked(cl)
+	s.absorbLocked(cl)
+	return s.restoreLocked(cl), s.lateLocked()
 }
 
 // keptInbound keeps, by client id, a persistent session's client QoS 2
@@ -259,13 +416,14 @@ type keptInbound struct {
 }
 
 type keptIDs struct {
-	cl  *mqtt.Client // the session's client: the one that ended, then the one taking it
-	pks map[uint16]packets.Packet
+	cl   *mqtt.Client // the session's client: the one that ended, then the one taking it
+	pks  map[uint16]packets.Packet
+	late []*lateRec // publishes a connection taken over was processing (lateRec)
 }
 
-// put keeps pks for the session of cl, whose connection ended.
-func (k *keptInbound) put(cl *mqtt.Client, pks map[uint16]packets.Packet) {
-	if len(pks) == 0 {
+// put keeps pks and late for the session of cl, whose connection ended.
+func (k *keptInbound) put(cl *mqtt.Client, pks map[uint16]packets.Packet, late []*lateRec) {
+	if len(pks) == 0 && len(late) == 0 {
 		return
 	}
 	k.mu.Lock()
@@ -273,22 +431,26 @@ func (k *keptInbound) put(cl *mqtt.Client, pks map[uint16]packets.Packet) {
 	if k.by == nil {
 		k.by = map[string]keptIDs{}
 	}
-	k.by[cl.ID] = keptIDs{cl: cl, pks: pks}
+	k.by[cl.ID] = keptIDs{cl: cl, pks: pks, late: late}
 }
 
 // handOver runs when cl takes over the session of existing (before mochi
 // moves it, OnSessionEstablish); fresh: cl starts a session of its own.
 // What was kept for existing's session, or surrendered by its live
-// connection (left), is kept for cl.
-func (k *keptInbound) handOver(existing, cl *mqtt.Client, fresh bool, left map[uint16]packets.Packet) {
+// connection (left, late), is kept for cl. What is not kept, its lates
+// are dropped (info: Info.Inflight, for a PUBREC one took already).
+func (k *keptInbound) handOver(info *int64, existing, cl *mqtt.Client, fresh bool, left map[uint16]packets.Packet, late []*lateRec) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	e, ok := k.by[cl.ID]
 	delete(k.by, cl.ID)
 	if fresh || existing == nil {
+		dropLate(info, e.late)
+		dropLate(info, late)
 		return
 	}
 	if !ok || e.cl != existing {
+		dropLate(info, e.late)
 		e = keptIDs{}
 	}
 	for id, pk := range left {
@@ -297,33 +459,36 @@ func (k *keptInbound) handOver(existing, cl *mqtt.Client, fresh bool, left map[u
 		}
 		e.pks[id] = pk
 	}
-	if len(e.pks) > 0 {
+	e.late = append(e.late, late...)
+	if len(e.pks) > 0 || len(e.late) > 0 {
 		if k.by == nil {
 			k.by = map[string]keptIDs{}
 		}
-		k.by[cl.ID] = keptIDs{cl: cl, pks: e.pks}
+		k.by[cl.ID] = keptIDs{cl: cl, pks: e.pks, late: e.late}
 	}
 }
 
 // take returns what is kept for cl (its connection is being filed).
-func (k *keptInbound) take(cl *mqtt.Client) map[uint16]packets.Packet {
+func (k *keptInbound) take(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	e, ok := k.by[cl.ID]
 	if !ok || e.cl != cl {
-		return nil
+		return nil, nil
 	}
 	delete(k.by, cl.ID)
-	return e.pks
+	return e.pks, e.late
 }
 
 // prune discards what is kept for sessions that ended: cur reports the
-// session's client for a client id, if any.
-func (k *keptInbound) prune(cur func(id string) (*mqtt.Client, bool)) {
+// session's client for a client id, if any (info: Info.Inflight, for a
+// late's PUBREC, see dropLate).
+func (k *keptInbound) prune(info *int64, cur func(id string) (*mqtt.Client, bool)) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for id, e := range k.by {
 		if cl, ok := cur(id); !ok || (cl != e.cl && e.cl.Closed()) {
+			dropLate(info, e.late)
 			delete(k.by, id)
 		}
 	}

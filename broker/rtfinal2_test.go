@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -127,8 +128,142 @@ func TestTakeoverDuringQoSAck(t *testing.T) {
 				t.Fatalf("qos %d: %d of the 2 connections ended", qos, ended)
 			}
 		}
+		if qos == 2 {
+			// The PUBREC, set after the takeover's copy, is the resumed
+			// session's (it awaits the PUBREL, [MQTT-4.3.3-10]; before
+			// the fix it was cleared from the old client, lost to the
+			// session): counted once while the session keeps it, and its
+			// PUBREL on the next connection completes it.
+			if n := atomic.LoadInt64(&b.server.Info.Inflight); n != 1 {
+				t.Fatalf("qos 2: $SYS in-flight %d with the session keeping the PUBREC, want 1", n)
+			}
+			r, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+			r.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
+			if _, body := r.next(t, 7); len(body) > 2 && body[2] != 0 {
+				t.Fatalf("qos 2: PUBCOMP % x, want success", body)
+			}
+		}
 		// Both ended (OnDisconnect); the old one's leftovers are cleared
 		// just after: the count comes back to 0, or never.
 		waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
 	}
+}
+
+// TestQoS2ResendAfterTakeoverOnce: a client's QoS 2 PUBLISH is being
+// handled (held in OnPublish: already delivered by Mote's hook, its
+// PUBREC not yet in flight) when a CONNECT of its id resumes the session
+// (Clean Start 0). The client, which never got the PUBREC, resends the
+// PUBLISH (DUP, same packet id) on the new connection: until the PUBREL
+// the server MUST NOT forward it again [MQTT-4.3.3-10]. It was delivered
+// twice (h-willstorm report): the PUBREC went into the old client's
+// in-flight map after the takeover copied it, and only left Info.Inflight
+// there (mochi change 55). Now the old reader hands it to the session
+// (lateRec), and a resend read before that waits for it: the resend
+// is answered PUBREC (success) and not delivered, in either order.
+func TestQoS2ResendAfterTakeoverOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		afterEnd bool // the resend is written once the old connection ended, else while its PUBLISH is held
+	}{
+		{"resend after the old connection ended", true},
+		{"resend while the old connection holds the publish", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := start(t, Options{})
+			gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+			if err := b.server.AddHook(gate, nil); err != nil {
+				t.Fatal(err)
+			}
+			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-watcher", true, 0, nil))
+			watcher.subscribe(t, 5, "q2/#", 0)
+			id := "q2-x"
+			a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+			publish := func(dup bool) []byte {
+				return ownerPacket(t, packets.Packet{
+					FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup}, ProtocolVersion: 5,
+					PacketID: 9, TopicName: "q2/x", Payload: []byte("x"),
+				})
+			}
+			gate.armed.Store(&id)
+			a.c.Write(publish(false)) //nolint:errcheck // held below
+			select {
+			case <-gate.held:
+			case <-time.After(testTimeout):
+				t.Fatal("PUBLISH not held")
+			}
+			n, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+			if code != 0 || !present {
+				t.Fatalf("CONNACK %#x, present %v", code, present)
+			}
+			if !tc.afterEnd {
+				n.c.Write(publish(true)) //nolint:errcheck // its PUBREC read below
+			}
+			gate.release <- struct{}{}
+			<-gate.ended // the old connection's
+			if tc.afterEnd {
+				n.c.Write(publish(true)) //nolint:errcheck // its PUBREC read below
+			}
+			if _, body := n.next(t, 5); len(body) > 2 && body[2] != 0 {
+				t.Fatalf("PUBREC % x, want success", body)
+			}
+			n.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
+			if _, body := n.next(t, 7); len(body) > 2 && body[2] != 0 {
+				t.Fatalf("PUBCOMP % x, want success", body)
+			}
+			pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-pub", true, 0, nil))
+			pub.publish1(t, 5, "q2/marker", "")
+			if got := watcher.topicsUntil(t, "q2/marker"); fmt.Sprint(got) != "[q2/x]" {
+				t.Errorf("delivered %q, want q2/x once", got)
+			}
+		})
+	}
+}
+
+// TestQoS2HeldAcrossCleanTakeover: as TestTakeoverDuringQoSAck's QoS 2
+// case, but the CONNECT starts clean (Clean Start 1): the session ends,
+// and the PUBREC the old connection sets after the takeover is no one's
+// (lateRec dropped, mochi change 55 clears it); once both connections
+// ended the in-flight count is 0, and a PUBLISH with the id on the new
+// connection is a new message.
+func TestQoS2HeldAcrossCleanTakeover(t *testing.T) {
+	b := start(t, Options{})
+	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2c-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "q2c/#", 0)
+	id := "q2c-x"
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+	publish := ownerPacket(t, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, ProtocolVersion: 5,
+		PacketID: 9, TopicName: "q2c/x", Payload: []byte("x"),
+	})
+	gate.armed.Store(&id)
+	a.c.Write(publish) //nolint:errcheck // held below
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("PUBLISH not held")
+	}
+	n, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 3600, nil))
+	if code != 0 || present {
+		t.Fatalf("CONNACK %#x, present %v", code, present)
+	}
+	gate.release <- struct{}{}
+	<-gate.ended       // the old connection's
+	n.c.Write(publish) //nolint:errcheck // a new message: its PUBREC read below
+	if _, body := n.next(t, 5); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("PUBREC % x, want success", body)
+	}
+	n.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
+	if _, body := n.next(t, 7); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("PUBCOMP % x, want success", body)
+	}
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2c-pub", true, 0, nil))
+	pub.publish1(t, 5, "q2c/marker", "")
+	if got := watcher.topicsUntil(t, "q2c/marker"); fmt.Sprint(got) != "[q2c/x q2c/x]" {
+		t.Errorf("delivered %q, want q2c/x twice (two messages)", got)
+	}
+	waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
 }

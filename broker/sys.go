@@ -33,7 +33,7 @@ func (b *Broker) sysTicker(last map[string]string) {
 		}
 		b.offline.prune(func(id string) bool { _, ok := b.server.Clients.Get(id); return ok })
 		b.arriving.sweep(b)
-		b.keptIn.prune(b.server.Clients.Get)
+		b.keptIn.prune(&b.server.Info.Inflight, b.server.Clients.Get)
 		b.parked.Range(func(k, _ any) bool {
 			if k.(*conn).unpark() {
 				b.parked.Delete(k)
