@@ -157,10 +157,14 @@ func delivery(pk packets.Packet) bool {
 }
 
 // begin runs before mochi processes pk, a packet from cl, on its read
-// goroutine.
-func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
+// goroutine. It says whether pk must be refused: a QoS 2 PUBLISH read
+// once the session was taken over (surrender), possibly while it waited
+// for a late of its id, belongs to the session's new connection, where
+// the client, which gets no PUBREC here, sends it again; delivered here
+// too, it would be delivered twice [MQTT-4.3.3-10].
+func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 	if !clientFlow(pk) || pk.PacketID == 0 {
-		return
+		return false
 	}
 	id := pk.PacketID
 	s.mu.Lock()
@@ -176,7 +180,7 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 	}
 	defer s.mu.Unlock()
 	if s.gone {
-		return
+		return pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2
 	}
 	s.absorbLocked(cl)
 	s.reserved, s.kind = id, pk.FixedHeader.Type
@@ -206,6 +210,7 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 		delete(s.inbound, id)
 		cl.State.Inflight.Set(in)
 	}
+	return false
 }
 
 // end runs after mochi processed pk: a client QoS 2 publish now waiting

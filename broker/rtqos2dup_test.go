@@ -2,6 +2,8 @@ package broker
 
 import (
 	"fmt"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,4 +83,68 @@ func TestQoS2LateWaitTimesOut(t *testing.T) {
 	// The PUBREC the old reader set after the wait gave up is no one's
 	// (mochi change 55 clears it): nothing is left in flight.
 	waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
+}
+
+// TestQoS2ResendWaitingTakenOver (h-rtqos2dup): a QoS 2 PUBLISH is held
+// in OnPublish when a Clean Start 0 CONNECT (B) takes its session over;
+// the client resends it (DUP) on B, whose reader waits for the held one
+// (lateRec), and reconnects again (C, Clean Start 0) meanwhile. B's
+// reader, let go by the takeover, must not process the resend: the
+// client sends it again on C, where the PUBREC the old reader handed on
+// answers it. Before the fix B delivered it (B's map had no PUBREC for
+// the id, and B's own PUBREC was lost with B): delivered twice
+// [MQTT-4.3.3-10].
+func TestQoS2ResendWaitingTakenOver(t *testing.T) {
+	b := start(t, Options{})
+	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2w-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "q2w/#", 0)
+	id := "q2w-x"
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+	publish := func(dup bool) []byte {
+		return ownerPacket(t, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup}, ProtocolVersion: 5,
+			PacketID: 9, TopicName: "q2w/x", Payload: []byte("x"),
+		})
+	}
+	gate.armed.Store(&id)
+	a.c.Write(publish(false)) //nolint:errcheck // held below
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("PUBLISH not held")
+	}
+	bc, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+	if code != 0 || !present {
+		t.Fatalf("CONNACK %#x, present %v", code, present)
+	}
+	bc.c.Write(publish(true)) //nolint:errcheck // waits in B's reader for the held one
+	waitFor(t, "B's reader waiting for the held publish", func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "(*lateRec).wait")
+	})
+	cc, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+	if code != 0 || !present {
+		t.Fatalf("CONNACK %#x, present %v", code, present)
+	}
+	gate.release <- struct{}{}
+	for range 2 { // A's and B's connections
+		<-gate.ended
+	}
+	cc.c.Write(publish(true)) //nolint:errcheck // its PUBREC read below
+	if _, body := cc.next(t, 5); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("PUBREC % x, want success", body)
+	}
+	cc.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
+	if _, body := cc.next(t, 7); len(body) > 2 && body[2] != 0 {
+		t.Fatalf("PUBCOMP % x, want success", body)
+	}
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2w-pub", true, 0, nil))
+	pub.publish1(t, 5, "q2w/marker", "")
+	if got := watcher.topicsUntil(t, "q2w/marker"); fmt.Sprint(got) != "[q2w/x]" {
+		t.Errorf("delivered %q, want q2w/x once", got)
+	}
 }
