@@ -148,3 +148,66 @@ func TestQoS2ResendWaitingTakenOver(t *testing.T) {
 		t.Errorf("delivered %q, want q2w/x once", got)
 	}
 }
+
+// TestQoS2HeldAcrossTakeovers (h-rtqos2dup, a guard of h-qos2dup's
+// lateRec: passes with or without this branch's fixes, would deliver
+// twice on main): a QoS 2 PUBLISH is held in OnPublish while three Clean Start 0
+// CONNECTs in a row take its session over (MQTT 5 and 3.1.1). The lateRec
+// travels from connection to connection: the resend on the last one is
+// answered PUBREC, not delivered again, its PUBREL completes it, and
+// nothing is left in flight.
+func TestQoS2HeldAcrossTakeovers(t *testing.T) {
+	for _, v := range []byte{5, 4} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			b := start(t, Options{})
+			gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+			if err := b.server.AddHook(gate, nil); err != nil {
+				t.Fatal(err)
+			}
+			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2m-watcher", true, 0, nil))
+			watcher.subscribe(t, 5, "q2m/#", 0)
+			id := "q2m-x"
+			a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, v, id, false, 3600, nil))
+			publish := func(dup bool) []byte {
+				return ownerPacket(t, packets.Packet{
+					FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup}, ProtocolVersion: v,
+					PacketID: 9, TopicName: "q2m/x", Payload: []byte("x"),
+				})
+			}
+			gate.armed.Store(&id)
+			a.c.Write(publish(false)) //nolint:errcheck // held below
+			select {
+			case <-gate.held:
+			case <-time.After(testTimeout):
+				t.Fatal("PUBLISH not held")
+			}
+			n := a
+			for range 3 {
+				next, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, v, id, false, 3600, nil))
+				if code != 0 || !present {
+					t.Fatalf("CONNACK %#x, present %v", code, present)
+				}
+				n.c.Close() // taken over (else its connection lingers, lingerFor)
+				n = next
+			}
+			gate.release <- struct{}{}
+			for range 3 { // A's and the two taken over after it
+				<-gate.ended
+			}
+			n.c.Write(publish(true)) //nolint:errcheck // its PUBREC read below
+			if _, body := n.next(t, 5); v == 5 && len(body) > 2 && body[2] != 0 {
+				t.Fatalf("PUBREC % x, want success", body)
+			}
+			n.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
+			if _, body := n.next(t, 7); v == 5 && len(body) > 2 && body[2] != 0 {
+				t.Fatalf("PUBCOMP % x, want success", body)
+			}
+			pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2m-pub", true, 0, nil))
+			pub.publish1(t, 5, "q2m/marker", "")
+			if got := watcher.topicsUntil(t, "q2m/marker"); fmt.Sprint(got) != "[q2m/x]" {
+				t.Errorf("delivered %q, want q2m/x once", got)
+			}
+			waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
+		})
+	}
+}
