@@ -383,7 +383,8 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 // OnPublish, and mochi sees the internal topic.
 //
 // It also keeps the client's packet ids apart from the deliveries'
-// (idSpaces), until OnPacketProcessed.
+// (idSpaces), until OnPacketProcessed; a QoS 2 PUBLISH read by a
+// connection taken over is refused (idSpaces.begin), which ends it.
 //
 // mochi lends pk for the call (its change 25): it changes in place.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
@@ -391,8 +392,8 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 	if c == nil {
 		return nil
 	}
-	if o, ok := c.outOf(); ok {
-		o.ids.begin(cl, pk)
+	if o, ok := c.outOf(); ok && o.ids.begin(cl, pk) {
+		return packets.ErrRejectPacket // the connection was taken over: ends its read loop
 	}
 	if pk.FixedHeader.Type != packets.Publish {
 		return nil

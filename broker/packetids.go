@@ -99,6 +99,22 @@ func (l *lateRec) resolve(old *mqtt.Client) {
 	close(l.done)
 }
 
+// abandon gives up on l if it is still unresolved (a packet with its id
+// waited lateWait): the old reader then leaves its PUBREC to the old
+// client's map (as drop), so the client's packets with the id, answered
+// as if the publish had been refused, do not meet it later (the client,
+// told 0x92 for its PUBREL, may reuse the id for a new message). It says
+// whether l was abandoned; a resolved l is absorbed as usual.
+func (l *lateRec) abandon() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.resolved {
+		return false
+	}
+	l.dropped = true
+	return true
+}
+
 // drop says the session that would have taken the PUBREC ended. A PUBREC
 // already taken is returned: the caller disposes of it.
 func (l *lateRec) drop() *packets.Packet {
@@ -141,10 +157,14 @@ func delivery(pk packets.Packet) bool {
 }
 
 // begin runs before mochi processes pk, a packet from cl, on its read
-// goroutine.
-func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
+// goroutine. It says whether pk must be refused: a QoS 2 PUBLISH read
+// once the session was taken over (surrender), possibly while it waited
+// for a late of its id, belongs to the session's new connection, where
+// the client, which gets no PUBREC here, sends it again; delivered here
+// too, it would be delivered twice [MQTT-4.3.3-10].
+func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 	if !clientFlow(pk) || pk.PacketID == 0 {
-		return
+		return false
 	}
 	id := pk.PacketID
 	s.mu.Lock()
@@ -152,10 +172,15 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 		s.mu.Unlock()
 		l.wait()
 		s.mu.Lock()
+		if !s.gone && s.late[id] == l && l.abandon() {
+			// Given up on (lateWait): this packet goes on as if the
+			// publish had been refused, and so do the id's next ones.
+			delete(s.late, id)
+		}
 	}
 	defer s.mu.Unlock()
 	if s.gone {
-		return
+		return pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2
 	}
 	s.absorbLocked(cl)
 	s.reserved, s.kind = id, pk.FixedHeader.Type
@@ -185,6 +210,7 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) {
 		delete(s.inbound, id)
 		cl.State.Inflight.Set(in)
 	}
+	return false
 }
 
 // end runs after mochi processed pk: a client QoS 2 publish now waiting
@@ -234,7 +260,8 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 // session to finish the QoS 2 PUBLISH (resolve), so a resend of it (or
 // its PUBREL) on the session's connection finds its PUBREC. Past the
 // bound the packet goes on as if the publish had been refused (a resend
-// is delivered again): the old reader is held by a hook.
+// is delivered again): the old reader is held by a hook; begin then
+// abandons l, so no later packet waits for it again.
 func (l *lateRec) wait() {
 	t := time.NewTimer(lateWait)
 	defer t.Stop()
