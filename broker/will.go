@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
@@ -17,6 +18,14 @@ type will struct {
 	m     Message
 	cl    *mqtt.Client // the connection that set it
 	timer *time.Timer  // while it waits out its Will Delay Interval
+	// delay and v5, from its CONNECT: read by a takeover too, while the
+	// old client's reader may clear mochi's copy (a DISCONNECT).
+	delay uint32
+	v5    bool
+	// taken (under wills.mu): the will was made due, by its connection's
+	// end (OnWill) or by the CONNECT that cut its connection off
+	// (wills.takeover), whichever came first; the other leaves it.
+	taken atomic.Bool
 	// ended (wills.mu): a CONNECT ended its session while the will was
 	// still its CONNECT's (connWills: the CONNACK not yet written or
 	// failing): it is published when due (wills.end).
@@ -39,7 +48,7 @@ func willOf(p Principal, pk *packets.Packet) *will {
 		CorrelationData:       wp.CorrelationData,
 		User:                  wp.User,
 	}
-	return &will{p: p, m: m}
+	return &will{p: p, m: m, delay: wp.WillDelayInterval, v5: pk.ProtocolVersion == 5}
 }
 
 // wills holds the wills waiting out their delay. mochi's own will
@@ -55,6 +64,10 @@ type wills struct {
 	// lock is let go (publishEnded): a publish may wait for a slow
 	// subscriber.
 	ending sync.Map
+	// resuming: *mqtt.Client → []*will, the wills of the session that
+	// client's CONNECT resumed (takeover), cancelled once its CONNACK is
+	// written, or waiting again if it is not (settle).
+	resuming sync.Map
 }
 
 // due handles the will of a connection that ended without a normal
@@ -64,18 +77,17 @@ type wills struct {
 // a clean start (or another user) took over meanwhile has ended
 // (ended): its will is published now.
 func (ws *wills) due(w *will, cl *mqtt.Client, ended func() bool) {
-	w.cl = cl
-	delay := time.Duration(cl.Properties.Will.WillDelayInterval) * time.Second
-	if cl.Properties.ProtocolVersion == 5 {
-		delay = min(delay, time.Duration(cl.Properties.Props.SessionExpiryInterval)*time.Second)
-	} else {
-		delay = 0
+	ws.mu.Lock()
+	if w.taken.Swap(true) { // the CONNECT that took cl's id over has it
+		ws.mu.Unlock()
+		return
 	}
-	if delay <= 0 {
+	w.cl = cl
+	if ws.delayOf(w) <= 0 {
+		ws.mu.Unlock()
 		ws.publish(w)
 		return
 	}
-	ws.mu.Lock()
 	// ended is asked under ws.mu: a takeover marks the session ended
 	// (conn.expect) before it publishes the id's delayed wills (end), so
 	// the will is either published by end or here.
@@ -88,8 +100,23 @@ func (ws *wills) due(w *will, cl *mqtt.Client, ended func() bool) {
 	if ws.closed || ws.reconnected(w) {
 		return
 	}
-	w.timer = time.AfterFunc(delay, func() { ws.fire(w) })
-	ws.delayed[cl.ID] = append(ws.delayed[cl.ID], w)
+	ws.delayLocked(w)
+}
+
+// delayOf is how long w waits once due: its Will Delay Interval or its
+// session's expiry, whichever is shorter [MQTT-3.1.3-9]; MQTT 3.1.1 has
+// no delay.
+func (ws *wills) delayOf(w *will) time.Duration {
+	if !w.v5 {
+		return 0
+	}
+	return time.Duration(min(w.delay, w.cl.Properties.Props.SessionExpiryInterval)) * time.Second
+}
+
+// delayLocked starts w's wait (ws.mu held).
+func (ws *wills) delayLocked(w *will) {
+	w.timer = time.AfterFunc(ws.delayOf(w), func() { ws.fire(w) })
+	ws.delayed[w.cl.ID] = append(ws.delayed[w.cl.ID], w)
 }
 
 // reconnected reports whether the will's client id is connected again on
@@ -175,10 +202,92 @@ func (ws *wills) end(cl, existing *mqtt.Client) {
 		if w, ok := ws.b.connWills.Load(existing); ok {
 			w.(*will).ended = true
 		}
+		if d, ok := ws.resuming.Load(existing); ok { // its CONNACK still to be written, or failing
+			for _, w := range d.([]*will) {
+				w.ended = true
+			}
+		}
 	}
 	ws.mu.Unlock()
 	if len(d) > 0 {
 		ws.ending.Store(cl, d)
+	}
+}
+
+// takeover is called by cl's CONNECT, under the id's takeover lock, once
+// it has taken the id over from existing (nil for none). existing's
+// connection is cut off now (or is gone), so its will, ew (nil for none,
+// or if that connection's end made it due first), is due now
+// [MQTT-3.1.4-3]: it is published at once if it has no delay or cl's
+// CONNECT ended the session (ended; see end), else it waits with the
+// id's other delayed wills. A CONNECT that resumes the session (not
+// fresh) sets all of them aside (resuming) before its CONNACK is
+// written: a CONNECT of the id that came after that CONNACK had been
+// read and ended the session, its will not due yet or its resume not yet
+// through OnSessionEstablished (the CONNECT's goroutine may run late),
+// published a will that the resume had cancelled [MQTT-3.1.3-9]; and a
+// will that became due only after the resume (the old reader ran late)
+// waited out its delay. settle cancels them once the CONNACK is written,
+// or lets them wait again if it could not be.
+func (ws *wills) takeover(cl, existing *mqtt.Client, ew *will, ended, fresh bool) {
+	ws.mu.Lock()
+	if ew != nil && ew.taken.Swap(true) {
+		ew = nil
+	}
+	var now []*will
+	if ew != nil {
+		ew.cl = existing
+		if ended || ws.delayOf(ew) <= 0 {
+			now, ew = append(now, ew), nil
+		}
+	}
+	if !ended && !fresh && !ws.closed {
+		d := ws.takeAllLocked(cl.ID)
+		if ew != nil {
+			d = append(d, ew)
+		}
+		if len(d) > 0 {
+			ws.resuming.Store(cl, d)
+		}
+	} else if ew != nil && !ws.closed {
+		ws.delayLocked(ew)
+	}
+	ws.mu.Unlock()
+	if ended {
+		ws.end(cl, existing)
+	}
+	if len(now) > 0 {
+		if d, ok := ws.ending.Load(cl); ok {
+			now = append(d.([]*will), now...)
+		}
+		ws.ending.Store(cl, now)
+	}
+}
+
+// settle decides the wills cl's CONNECT set aside when it resumed the
+// session (takeover): cancelled if its CONNACK was written (connected),
+// as if waiting then [MQTT-3.1.3-9]; otherwise they wait out their delay
+// again, or are published if a later CONNECT ended the session (end marks
+// them).
+func (ws *wills) settle(cl *mqtt.Client, connected bool) {
+	d, ok := ws.resuming.LoadAndDelete(cl)
+	if !ok {
+		return
+	}
+	var now []*will
+	ws.mu.Lock()
+	for _, w := range d.([]*will) {
+		switch {
+		case connected && w.p.User == string(cl.Properties.Username):
+		case connected || w.ended:
+			now = append(now, w)
+		case !ws.closed:
+			ws.delayLocked(w)
+		}
+	}
+	ws.mu.Unlock()
+	for _, w := range now {
+		ws.publish(w)
 	}
 }
 
