@@ -424,3 +424,142 @@ func TestHeldTooLargeResendFails(t *testing.T) {
 		t.Errorf("toolarge grew by %d, want %d (the resend's discards)", got, cut.dropped)
 	}
 }
+
+// connackSentGate holds the CONNECT of one client id, once armed, just
+// after its CONNACK was written (OnPacketSent), before mochi goes on to
+// Mote's OnSessionEstablished: as a CONNECT's goroutine that the machine
+// runs late.
+type connackSentGate struct {
+	mqtt.HookBase
+	armed   atomic.Pointer[string]
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (*connackSentGate) ID() string           { return "connack-sent-gate" }
+func (*connackSentGate) Provides(b byte) bool { return b == mqtt.OnPacketSent }
+func (g *connackSentGate) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Connack {
+		return
+	}
+	if id := g.armed.Load(); id == nil || *id != cl.ID || !g.armed.CompareAndSwap(id, nil) {
+		return
+	}
+	g.held <- struct{}{}
+	select {
+	case <-g.release:
+	case <-time.After(testTimeout):
+	}
+}
+
+// dialHeld sends connect for id on a new connection whose CONNECT the
+// gate holds once its CONNACK is written, and reads that CONNACK.
+func (g *connackSentGate) dialHeld(t *testing.T, b *Broker, id string, connect []byte) *ownerPeer {
+	t.Helper()
+	g.armed.Store(&id)
+	c, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(testTimeout))
+	p := &ownerPeer{c: c, r: bufio.NewReader(c)}
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.held:
+	case <-time.After(testTimeout):
+		t.Fatalf("%s: CONNACK never written", id)
+	}
+	if h, body := p.next(t, 0); h != 0x20 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("%s: got %#x % x, want CONNACK 0", id, h, body)
+	}
+	return p
+}
+
+// willsSettled waits until nothing of id's wills is in hand: no
+// connection, CONNECT's will, ended or set-aside wills of id.
+func willsSettled(t *testing.T, b *Broker, id string) {
+	t.Helper()
+	waitFor(t, id+"'s wills settled", func() bool {
+		left := false
+		for _, m := range []*sync.Map{&b.conns, &b.connWills, &b.wills.ending, &b.wills.resuming} {
+			m.Range(func(k, _ any) bool {
+				left = left || k.(*mqtt.Client).ID == id
+				return true
+			})
+		}
+		return !left
+	})
+}
+
+// TestResumeCancelsWillBeforeLateEstablish: a session is offline with
+// A's will waiting out its delay; B resumes it (Clean Start 0), its
+// CONNACK is written, and its goroutine is held before Mote's
+// OnSessionEstablished (which cancelled the will); C then starts clean.
+// B's connection was made to the session before the delay passed, so A's
+// will MUST NOT be sent [MQTT-3.1.3-9]; B's own will is, as C ended its
+// session (§3.1.2.4, §3.1.3.2.2). Before, C's CONNECT took A's will,
+// still waiting, and published it.
+func TestResumeCancelsWillBeforeLateEstablish(t *testing.T) {
+	b := start(t, Options{})
+	gate := &connackSentGate{held: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id = "rl-x"
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rl-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "will/#", 0)
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/a", payload: "a", delay: 3600}))
+	a.c.Close()
+	waitWillHeld(t, b, id)
+	gate.dialHeld(t, b, id, rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/b", payload: "b", delay: 3600}))
+	c, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil)) // C: Clean Start 1
+	c.c.Write([]byte{0xE0, 0x00})                                          //nolint:errcheck // a normal DISCONNECT: no will
+	c.waitClosed(t)
+	close(gate.release)
+	willsSettled(t, b, id)
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rl-pub", true, 0, nil))
+	pub.publish1(t, 5, "will/marker", "")
+	if got := watcher.topicsUntil(t, "will/marker"); fmt.Sprint(got) != "[will/b]" {
+		t.Errorf("wills published %q; want will/b only (B's resume cancelled will/a)", got)
+	}
+	b.wills.mu.Lock()
+	defer b.wills.mu.Unlock()
+	if d := b.wills.delayed[id]; len(d) != 0 {
+		t.Errorf("%d wills of %s still wait", len(d), id)
+	}
+}
+
+// TestResumeCancelsWillOfSupersededConnect: B's CONNECT (Clean Start 0,
+// a delayed will) is answered and held before Mote's OnSessionEstablished,
+// so its will is still its CONNECT's; C resumes the session (Clean Start
+// 0), which cuts B off and cancels B's will [MQTT-3.1.3-9], and leaves
+// with DISCONNECT (the session stays). B's will is not sent, nor left
+// waiting. Before, B's end made its will due once no connection of the id
+// was filed: it waited out its delay (then was published).
+func TestResumeCancelsWillOfSupersededConnect(t *testing.T) {
+	b := start(t, Options{})
+	gate := &connackSentGate{held: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id = "rs-x"
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rs-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "will/#", 0)
+	gate.dialHeld(t, b, id, rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/b", payload: "b", delay: 3600}))
+	c, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 300, nil)) // C: Clean Start 0
+	c.c.Write([]byte{0xE0, 0x00})                                             //nolint:errcheck // a normal DISCONNECT
+	c.waitClosed(t)
+	close(gate.release)
+	willsSettled(t, b, id)
+	b.wills.mu.Lock()
+	d := len(b.wills.delayed[id])
+	b.wills.mu.Unlock()
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rs-pub", true, 0, nil))
+	pub.publish1(t, 5, "will/marker", "")
+	if got := watcher.topicsUntil(t, "will/marker"); len(got) != 0 || d != 0 {
+		t.Errorf("wills published %q, %d waiting; want none (C's resume cancelled will/b)", got, d)
+	}
+}
