@@ -515,6 +515,12 @@ func (b *Broker) connPanicked(nc net.Conn) {
 		}
 		return true
 	})
+	b.wills.resuming.Range(func(k, _ any) bool {
+		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
+			b.wills.settle(cl, cl.Answered()) // what its CONNECT set aside
+		}
+		return true
+	})
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
 			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")

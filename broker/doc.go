@@ -218,13 +218,17 @@
 //   - Wills (OnWill): mochi publishes a will before it looks at the Will
 //     Delay Interval, without an ACL check, past Mote's prefixes. A
 //     delayed will waits until its delay passes or its session ends
-//     (wills.due): a CONNECT ending the session (Clean Start 1, another
-//     user) takes it under the id's takeover lock (wills.end) and
-//     publishes it after (OnSessionEstablished, or OnDisconnect when its
-//     CONNACK fails), or, for a connection it takes over live, as that
-//     connection's will comes due (conn.endedByTakeover; will.ended for
-//     a will still its CONNECT's, the CONNACK unwritten); a reconnect to
-//     the session cancels it once its CONNACK is written (wills.cancel).
+//     (wills.due). A CONNECT taking the id over makes the old
+//     connection's will due itself, under the id's takeover lock
+//     (wills.takeover; will.taken decides between it and that
+//     connection's end, whichever is first): the old reader may run
+//     late. One ending the session (Clean Start 1, another user) takes
+//     the waiting wills (wills.end) and publishes them after the lock
+//     (OnSessionEstablished, or OnDisconnect when its CONNACK fails); one
+//     resuming it sets them aside before its CONNACK (wills.resuming)
+//     and cancels them once the CONNACK is written, or lets them wait
+//     again if it is not (wills.settle; mochi's Client.Answered): its
+//     OnSessionEstablished may come after a later CONNECT, or never.
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -330,11 +334,15 @@
 //	a connection's write role, its      the queue's mutex gives it (outQueue.role); its holder (writer,
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's
-//	conn.will, pending publish topic    the connection's read goroutine
+//	conn.will                           an atomic pointer: OnSessionEstablished stores; the read goroutine (OnWill)
+//	                                    or a takeover (takenWill) reads; will.taken (wills.mu) says who made it due
+//	pending publish topic               the connection's read goroutine
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it
 //	wills of a session a CONNECT ended  wills.ending (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes
+//	wills a resuming CONNECT set aside  wills.resuming (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
+//	                                    OnSessionEstablished, OnWill or OnDisconnect settles (will.ended under wills.mu)
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
