@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -130,5 +131,56 @@ func TestTakeoverDuringQoSAck(t *testing.T) {
 		// Both ended (OnDisconnect); the old one's leftovers are cleared
 		// just after: the count comes back to 0, or never.
 		waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
+	}
+}
+
+// TestQoS2ResendAfterTakeoverOnce: a client's QoS 2 PUBLISH is being
+// handled (held in OnPublish: already delivered by Mote's hook, its
+// PUBREC not yet in flight) when a CONNECT of its id resumes the session
+// (Clean Start 0). The client, which never got the PUBREC, resends the
+// PUBLISH (DUP, same packet id) on the new connection: until the PUBREL
+// the server MUST NOT forward it again [MQTT-4.3.3-10]. Today it is
+// delivered twice: the PUBREC goes into the old client's in-flight map
+// after the takeover copied it (surrendered its inbound ids), and only
+// leaves Info.Inflight there (mochi change 55); the new session does not
+// know the id. Known defect (h-willstorm report): skipped until fixed.
+func TestQoS2ResendAfterTakeoverOnce(t *testing.T) {
+	t.Skip("known defect: a QoS 2 PUBREC set after a takeover's copy is lost to the resumed session (duplicate delivery)")
+	b := start(t, Options{})
+	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "q2/#", 0)
+	id := "q2-x"
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+	publish := func(dup bool) []byte {
+		return ownerPacket(t, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup}, ProtocolVersion: 5,
+			PacketID: 9, TopicName: "q2/x", Payload: []byte("x"),
+		})
+	}
+	gate.armed.Store(&id)
+	a.c.Write(publish(false)) //nolint:errcheck // held below
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("PUBLISH not held")
+	}
+	n, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+	if code != 0 || !present {
+		t.Fatalf("CONNACK %#x, present %v", code, present)
+	}
+	gate.release <- struct{}{}
+	<-gate.ended                              // the old connection's
+	n.c.Write(publish(true))                  //nolint:errcheck // its PUBREC read below
+	n.next(t, 5)                              // PUBREC
+	n.c.Write([]byte{0x62, 0x02, 0x00, 0x09}) //nolint:errcheck // PUBREL; its PUBCOMP read below
+	n.next(t, 7)
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-pub", true, 0, nil))
+	pub.publish1(t, 5, "q2/marker", "")
+	if got := watcher.topicsUntil(t, "q2/marker"); fmt.Sprint(got) != "[q2/x]" {
+		t.Errorf("delivered %q, want q2/x once", got)
 	}
 }
