@@ -287,6 +287,12 @@ func TestWillStorm(t *testing.T) {
 				}
 			}
 			want := map[string]int{}
+			// late: the next CONNECT's CONNACK came 5 s or more after the
+			// round's connection was closed or taken over, so a 5 s delay
+			// may have passed first (a stalled machine; rounds take
+			// milliseconds): published or not, both are right.
+			late := map[string]bool{}
+			var roundStart time.Time
 			var prev *ownerPeer
 			for i, r := range rs {
 				topic := fmt.Sprintf("storm/%d", i)
@@ -297,6 +303,7 @@ func TestWillStorm(t *testing.T) {
 					if p.wait == 0 || !lasts || r.clean {
 						want[fmt.Sprintf("storm/%d", i-1)] = 1
 					}
+					roundStart = time.Now()
 					if !p.live {
 						prev.c.Close()
 					}
@@ -306,6 +313,9 @@ func TestWillStorm(t *testing.T) {
 					expiry = 0
 				}
 				p, _, code := rawPeer(t, b.TCPAddr(), rawConnect(t, r.v, id, r.clean, expiry, &rawWill{topic: topic, payload: "w", delay: r.wait}))
+				if i > 0 && time.Since(roundStart) >= 5*time.Second {
+					late[fmt.Sprintf("storm/%d", i-1)] = true
+				}
 				if code != 0 {
 					t.Fatalf("round %d: CONNACK %#x", i, code)
 				}
@@ -356,7 +366,7 @@ func TestWillStorm(t *testing.T) {
 			}
 			for i := range rs {
 				topic := fmt.Sprintf("storm/%d", i)
-				if got[topic] != want[topic] {
+				if got[topic] != want[topic] && !(late[topic] && got[topic] == 1) {
 					t.Errorf("%s (%+v, next %+v): published %d times, want %d", topic, rs[i], rs[min(i+1, n-1)], got[topic], want[topic])
 				}
 			}
