@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -163,7 +164,7 @@ func New(opts Options) (*Broker, error) {
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)
 	b.trans.Store(opts.Translators)
-	b.wills = wills{b: b, delayed: map[string][]*will{}}
+	b.wills = wills{b: b, delayed: map[string]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities:            caps,
@@ -407,6 +408,20 @@ func (b *Broker) Close() error {
 func (b *Broker) shutdown() error {
 	close(b.stop)
 	b.closeListeners() // no new connections
+	// Stopping ends every session (they live in memory only), so every
+	// delayed will is published [MQTT-3.1.3-9], through the door while
+	// the loop and the retainer still run (a retained will reaches its
+	// row, and the store): first those waiting now, while their
+	// subscribers are still connected; then, once the connections have
+	// ended (their wills due then are published at once: wills.closed),
+	// any left between the two. Each publish waits at most willsWait for
+	// a stalled subscriber's queue, in all.
+	if b.wills.publishAll(willsWait) > 0 {
+		// Into the queues of the subscribers before they are stopped.
+		ctx, cancel := context.WithTimeout(context.Background(), willsWait)
+		b.Sync(ctx) //nolint:errcheck // bounded; what is late still reaches the rows
+		cancel()
+	}
 	b.conns.Range(func(k, _ any) bool {
 		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown) // mochi then runs OnWill and OnDisconnect
 		return true
@@ -421,7 +436,7 @@ func (b *Broker) shutdown() error {
 	case <-time.After(5 * time.Second):
 		b.log.Warn().Msg("mochi did not stop within 5 s; going on")
 	}
-	b.wills.close()
+	b.wills.close(willsWait)
 	b.tickers.Wait()
 	b.reqs.close()
 	if b.started {
@@ -484,6 +499,10 @@ func (b *Broker) load() error {
 func (b *Broker) hasTreeSubs() bool {
 	return b.treeSubs.Load() > 0 || b.subsSent.Load() > 0
 }
+
+// willsWait bounds the time the delayed wills published at shutdown may
+// wait for subscribers' queues, all together, in each of its two rounds.
+const willsWait = 2 * time.Second
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	done := make(chan struct{})

@@ -231,8 +231,8 @@ func TestConnackFailureThenCleanStartPublishesWills(t *testing.T) {
 	}
 	b.wills.mu.Lock()
 	defer b.wills.mu.Unlock()
-	if d := b.wills.delayed[id]; len(d) != 0 {
-		t.Errorf("%d wills of %s still wait", len(d), id)
+	if w := b.wills.delayed[id]; w != nil {
+		t.Errorf("the will %s of %s still waits", w.m.Topic, id)
 	}
 }
 
@@ -322,7 +322,7 @@ func TestWillStorm(t *testing.T) {
 				})
 				b.wills.mu.Lock()
 				defer b.wills.mu.Unlock()
-				for _, w := range b.wills.delayed[id] {
+				if w := b.wills.delayed[id]; w != nil {
 					left = append(left, "delayed will "+w.m.Topic)
 				}
 				return fmt.Sprint(left)

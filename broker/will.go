@@ -2,8 +2,8 @@ package broker
 
 import (
 	"context"
-	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
@@ -17,6 +17,10 @@ type will struct {
 	m     Message
 	cl    *mqtt.Client // the connection that set it
 	timer *time.Timer  // while it waits out its Will Delay Interval
+	// seq orders the wills of a client id by their CONNECT's session
+	// establishment (OnSessionEstablish, under the id's takeover lock):
+	// of two wills of one session, the higher is the newer connection's.
+	seq uint64
 	// ended (wills.mu): a CONNECT ended its session while the will was
 	// still its CONNECT's (connWills: the CONNACK not yet written or
 	// failing): it is published when due (wills.end).
@@ -45,11 +49,28 @@ func willOf(p Principal, pk *packets.Packet) *will {
 // wills holds the wills waiting out their delay. mochi's own will
 // handling is bypassed (hook OnWill): it publishes a will before it looks
 // at the Will Delay Interval, with no ACL check and past Mote's prefixes.
+//
+// A client id has at most one will waiting: the will of its session
+// [MQTT-3.1.3-9]. Every way a session ends takes its waiting will and
+// publishes it (end, cancel for another user, the delay capped by the
+// session's expiry, close), so a second will of an id can only come from
+// a newer connection to the same session: one whose CONNACK was not
+// written (it failed, or the client reset the connection first), which
+// cancelled nothing (cancel). That connection was made to the session
+// before the older will's delay passed, so the older will is not sent
+// [MQTT-3.1.3-9] (Mosquitto drops it too, when the CONNECT takes the
+// session): the newer connection's replaces it (due). Before, each such
+// CONNECT left one more will and timer beside the others, without bound,
+// each found by a scan. The wills waiting are thus at most the sessions
+// mochi keeps (a will's delay ends no later than its session's expiry);
+// those are bounded by Options.MaxClients only while connected: there is
+// no bound on offline sessions.
 type wills struct {
 	b       *Broker
 	mu      sync.Mutex
-	delayed map[string][]*will // by client id: one per connection that left one (a CONNECT whose CONNACK failed leaves its own beside its predecessor's)
-	closed  bool
+	delayed map[string]*will // by client id: the will of its session, waiting out its delay (see below)
+	closed  bool             // the broker is stopping (close): a will due is published at once
+	seq     atomic.Uint64    // the last will.seq given (stamp)
 	// ending: *mqtt.Client → []*will, the delayed wills of the session
 	// that client's CONNECT ended (end), published once the id's takeover
 	// lock is let go (publishEnded): a publish may wait for a slow
@@ -78,18 +99,39 @@ func (ws *wills) due(w *will, cl *mqtt.Client, ended func() bool) {
 	ws.mu.Lock()
 	// ended is asked under ws.mu: a takeover marks the session ended
 	// (conn.expect) before it publishes the id's delayed wills (end), so
-	// the will is either published by end or here.
-	if ended() || w.ended {
+	// the will is either published by end or here. A broker stopping
+	// (closed) ends every session.
+	if ended() || w.ended || ws.closed {
 		ws.mu.Unlock()
 		ws.publish(w)
 		return
 	}
-	defer ws.mu.Unlock()
-	if ws.closed || ws.reconnected(w) {
+	if ws.reconnected(w) {
+		ws.mu.Unlock()
 		return
 	}
+	// One will waits per id (see wills): of two, the newer connection's.
+	old := ws.delayed[cl.ID]
+	if old != nil && old.seq > w.seq {
+		ws.mu.Unlock()
+		ws.b.log.Debug().Str("client", cl.ID).Msg("will dropped: a newer connection to its session left one")
+		return
+	}
+	if old != nil {
+		old.timer.Stop()
+	}
 	w.timer = time.AfterFunc(delay, func() { ws.fire(w) })
-	ws.delayed[cl.ID] = append(ws.delayed[cl.ID], w)
+	ws.delayed[cl.ID] = w
+	ws.mu.Unlock()
+	switch {
+	case old == nil:
+	case old.p.User != w.p.User:
+		// Not the same session (another user's CONNECT ends it, and
+		// end takes its will first): published, never lost.
+		ws.publish(old)
+	default:
+		ws.b.log.Debug().Str("client", cl.ID).Msg("will dropped: a newer connection to its session left one")
+	}
 }
 
 // reconnected reports whether the will's client id is connected again on
@@ -116,18 +158,11 @@ func (ws *wills) fire(w *will) {
 // takeLocked removes w from the delayed wills, reporting whether it was
 // there. ws.mu is held.
 func (ws *wills) takeLocked(w *will) bool {
-	id := w.cl.ID
-	for i, d := range ws.delayed[id] {
-		if d == w {
-			if rest := slices.Delete(ws.delayed[id], i, i+1); len(rest) > 0 {
-				ws.delayed[id] = rest
-			} else {
-				delete(ws.delayed, id)
-			}
-			return true
-		}
+	if ws.delayed[w.cl.ID] != w {
+		return false
 	}
-	return false
+	delete(ws.delayed, w.cl.ID)
+	return true
 }
 
 // publish makes the will's publish, as its client, through the door.
@@ -146,12 +181,13 @@ func (ws *wills) takeAll(id string) []*will {
 
 // takeAllLocked is takeAll, ws.mu held.
 func (ws *wills) takeAllLocked(id string) []*will {
-	d := ws.delayed[id]
-	for _, w := range d {
-		w.timer.Stop()
+	w := ws.delayed[id]
+	if w == nil {
+		return nil
 	}
+	w.timer.Stop()
 	delete(ws.delayed, id)
-	return d
+	return []*will{w}
 }
 
 // end takes the delayed wills of cl's client id, whose session cl's
@@ -204,15 +240,38 @@ func (ws *wills) cancel(id, user string) {
 	}
 }
 
-// close stops every delayed will: the broker is stopping.
-func (ws *wills) close() {
+// publishAll publishes every will waiting out its delay, now: the
+// broker is stopping, which ends every session (Mote keeps them in
+// memory only), and a will waits until its delay passes or its session
+// ends, whichever is first [MQTT-3.1.3-9] (Mosquitto: will_delay__send_all
+// at shutdown). wait bounds, for all of them, how long a publish waits
+// for a subscriber's queue room (waitNone: a stalled subscriber holds
+// each PublishWait at most).
+// It returns how many it published.
+func (ws *wills) publishAll(wait time.Duration) int {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	ws.closed = true
-	for id, d := range ws.delayed {
-		for _, w := range d {
-			w.timer.Stop()
-		}
+	var all []*will
+	for id, w := range ws.delayed {
+		w.timer.Stop()
 		delete(ws.delayed, id)
+		all = append(all, w)
 	}
+	ws.mu.Unlock()
+	for _, w := range all {
+		if err := ws.b.publish(ctx, w.p, w.m, waitNone); err != nil {
+			ws.b.log.Debug().Err(err).Str("client", w.p.ClientID).Msg("will refused")
+		}
+	}
+	return len(all)
+}
+
+// close publishes every will still waiting (publishAll), and from now on
+// every will as soon as it is due: the broker is stopping.
+func (ws *wills) close(wait time.Duration) {
+	ws.mu.Lock()
+	ws.closed = true
+	ws.mu.Unlock()
+	ws.publishAll(wait)
 }
