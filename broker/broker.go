@@ -395,7 +395,8 @@ func (b *Broker) closeListeners() {
 	}
 }
 
-// Close stops the broker: listeners close, clients are disconnected, the
+// Close stops the broker: listeners close, the delayed wills waiting are
+// published (stopping ends every session), clients are disconnected, the
 // message loop applies what is already queued and stops, the retainer
 // commits everything and the store closes. It waits for all of them, and
 // returns an error when rows could not be stored (the caller should exit
@@ -412,10 +413,13 @@ func (b *Broker) shutdown() error {
 	// delayed will is published [MQTT-3.1.3-9], through the door while
 	// the loop and the retainer still run (a retained will reaches its
 	// row, and the store): first those waiting now, while their
-	// subscribers are still connected; then, once the connections have
-	// ended (their wills due then are published at once: wills.closed),
-	// any left between the two. Each publish waits at most willsWait for
-	// a stalled subscriber's queue, in all.
+	// subscribers are still connected (a QoS 0 subscriber gets its will
+	// before its connection stops; QoS 1/2 ones may not be written in
+	// time); then, once the connections have ended, those their ends made
+	// wait (wills.close; any due after it is published at once). Each
+	// round waits at most willsWait in all for stalled subscribers'
+	// queues (a will is published waitNone: the loop never waits, a
+	// plain will's publisher waits PublishWait at most), and Sync too.
 	if b.wills.publishAll(willsWait) > 0 {
 		// Into the queues of the subscribers before they are stopped.
 		ctx, cancel := context.WithTimeout(context.Background(), willsWait)

@@ -225,6 +225,9 @@
 //     connection's will comes due (conn.endedByTakeover; will.ended for
 //     a will still its CONNECT's, the CONNACK unwritten); a reconnect to
 //     the session cancels it once its CONNACK is written (wills.cancel).
+//     One will waits per client id (a newer connection to the session
+//     whose CONNACK failed leaves its will in place of the older), and
+//     Close publishes those waiting: stopping ends every session.
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -314,7 +317,7 @@
 //	                                                            finish), and Close waits for it (Broker.writers)
 //	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
 //	$SYS ticker                  Broker                         Close
-//	delayed will timers          wills                          fired, cancelled by a reconnect, ended with the session, or Close
+//	delayed will timers          wills (one per client id)      fired, cancelled by a reconnect, ended with the session, or Close (which publishes the will)
 //	pacer timer (one per broker) the message loop (pacer)       the loop ends; it only pushes a call to the loop
 //	cluster follower             clusterNode                    Close, after the loop (its context); it applies through onLoop
 //	cluster appender (per batch) clusterNode                    its Append returns (bounded by the log's timeout, or Close)
@@ -364,6 +367,5 @@
 //
 // Retained rows never expire (SPEC §1): the MQTT 5 Message Expiry Interval
 // of a retained publish is not applied to the row. Topic aliases cannot
-// name a Mote topic. Delayed wills still waiting when the broker stops are
-// not published.
+// name a Mote topic.
 package broker
