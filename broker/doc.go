@@ -223,12 +223,17 @@
 //     (wills.takeover; will.taken decides between it and that
 //     connection's end, whichever is first): the old reader may run
 //     late. One ending the session (Clean Start 1, another user) takes
-//     the waiting wills (wills.end) and publishes them after the lock
+//     the waiting will and publishes it after the lock
 //     (OnSessionEstablished, or OnDisconnect when its CONNACK fails); one
-//     resuming it sets them aside before its CONNACK (wills.resuming)
-//     and cancels them once the CONNACK is written, or lets them wait
+//     resuming it sets it aside before its CONNACK (wills.resuming)
+//     and cancels it once the CONNACK is written, or lets it wait
 //     again if it is not (wills.settle; mochi's Client.Answered): its
-//     OnSessionEstablished may come after a later CONNECT, or never.
+//     OnSessionEstablished may come after a later CONNECT, or never
+//     (the later CONNECT settles it first). One will waits per client id
+//     (wills.delayLocked: a newer CONNECT to the session sets the
+//     session's will [MQTT-3.1.3-9], so the older is dropped; another
+//     user's is published), and Close publishes those waiting, set
+//     aside or ended: stopping ends every session.
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -318,7 +323,7 @@
 //	                                                            finish), and Close waits for it (Broker.writers)
 //	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
 //	$SYS ticker                  Broker                         Close
-//	delayed will timers          wills                          fired, cancelled by a reconnect, ended with the session, or Close
+//	delayed will timers          wills (one per client id)      fired, cancelled by a reconnect, ended with the session, or Close (which publishes the will)
 //	pacer timer (one per broker) the message loop (pacer)       the loop ends; it only pushes a call to the loop
 //	cluster follower             clusterNode                    Close, after the loop (its context); it applies through onLoop
 //	cluster appender (per batch) clusterNode                    its Append returns (bounded by the log's timeout, or Close)
@@ -340,9 +345,12 @@
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it
 //	wills of a session a CONNECT ended  wills.ending (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
-//	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes
-//	wills a resuming CONNECT set aside  wills.resuming (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
-//	                                    OnSessionEstablished, OnWill or OnDisconnect settles (will.ended under wills.mu)
+//	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes, or Close (wills.close)
+//	delayed wills, one per client id    wills.delayed, under wills.mu; entered only by wills.delayLocked (the newer CONNECT's
+//	                                    kept: will.seq, stamped in OnSessionEstablish under the id's takeover lock)
+//	the will a resuming CONNECT set     wills.resuming (wills.mu), one per id: OnSessionEstablish stores (wills.takeover, which
+//	  aside                               first settles the id's previous CONNECT's); its OnSessionEstablished, OnWill or
+//	                                    OnDisconnect settles it, or the next CONNECT of the id, or Close
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
@@ -372,6 +380,5 @@
 //
 // Retained rows never expire (SPEC §1): the MQTT 5 Message Expiry Interval
 // of a retained publish is not applied to the row. Topic aliases cannot
-// name a Mote topic. Delayed wills still waiting when the broker stops are
-// not published.
+// name a Mote topic.
 package broker

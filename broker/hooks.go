@@ -240,6 +240,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // as any connection closed without DISCONNECT [MQTT-3.1.2-8] (OnWill).
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if w := willOf(mqttPrincipal(cl), &pk); w != nil {
+		w.seq = h.b.wills.seq.Add(1) // under the id's takeover lock: in the order the session changes hands
 		h.b.connWills.Store(cl, w)
 	}
 	existing, _ := h.b.server.Clients.Get(cl.ID)
