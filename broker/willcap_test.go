@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/retain"
 )
 
@@ -124,5 +126,77 @@ func TestDelayedWillsPublishedAtShutdown(t *testing.T) {
 	}
 	if slices.Sort(rows); fmt.Sprint(rows) != "[will/sd-live stopped will/sd-x gone]" {
 		t.Errorf("after the restart, retained %q, want both wills", rows)
+	}
+}
+
+// connackEncodeGate holds the CONNECT of one client id, once armed, just
+// before its CONNACK is encoded and written (OnPacketEncode): its session
+// is established and filed, Mote's OnSessionEstablished has not run, and
+// the id's takeover lock is free.
+type connackEncodeGate struct {
+	mqtt.HookBase
+	armed   atomic.Pointer[string]
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (*connackEncodeGate) ID() string           { return "connack-encode-gate" }
+func (*connackEncodeGate) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+func (g *connackEncodeGate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Connack {
+		return pk
+	}
+	if id := g.armed.Load(); id == nil || *id != cl.ID || !g.armed.CompareAndSwap(id, nil) {
+		return pk
+	}
+	g.held <- struct{}{}
+	select {
+	case <-g.release:
+	case <-time.After(testTimeout):
+	}
+	return pk
+}
+
+// TestSupersededResumeDoesNotPutWillBack: A's will waits out its delay;
+// B resumes the session (Clean Start 0, no will), which sets A's will
+// aside, and is held before its CONNACK is written; C resumes it too
+// (cutting B off), its CONNACK written: the session's connection was made
+// before A's delay passed [MQTT-3.1.3-9]. B's CONNACK then fails, and its
+// end must not put A's will back to wait: C's cancel has already run.
+// Without the reconnected check in settle, A's will waited again (and
+// would be published once C left before its delay passed).
+func TestSupersededResumeDoesNotPutWillBack(t *testing.T) {
+	b := start(t, Options{})
+	gate := &connackEncodeGate{held: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id = "sr-x"
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, &rawWill{"will/a", "a", 3600, false}))
+	a.c.Close()
+	waitWillHeld(t, b, id)
+
+	gate.armed.Store(&[]string{id}[0])
+	bc, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	bc.Write(rawConnect(t, 5, id, false, 3600, nil)) //nolint:errcheck // B: held before its CONNACK
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("B's CONNECT not held")
+	}
+	rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil)) // C: answered
+	waitFor(t, "C's connection filed", func() bool { return b.connByID(id) != nil })
+	close(gate.release)
+	waitFor(t, "B's set-aside will settled", func() bool {
+		b.wills.mu.Lock()
+		defer b.wills.mu.Unlock()
+		return len(b.wills.resuming) == 0
+	})
+	if d := pendingWills(b, id); len(d) != 0 {
+		t.Errorf("the will %s waits again; want it cancelled by C's resume", d[0].m.Topic)
 	}
 }
