@@ -229,7 +229,8 @@
 //     and cancels it once the CONNACK is written, or lets it wait
 //     again if it is not (wills.settle; mochi's Client.Answered): its
 //     OnSessionEstablished may come after a later CONNECT, or never
-//     (the later CONNECT settles it first). One will waits per client id
+//     (a later CONNECT ending the session marks it ended; one resuming
+//     it and answered keeps it from being put back). One will waits per client id
 //     (wills.delayLocked: a newer CONNECT to the session sets the
 //     session's will [MQTT-3.1.3-9], so the older is dropped; another
 //     user's is published), and Close publishes those waiting, set
@@ -348,9 +349,9 @@
 //	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes, or Close (wills.close)
 //	delayed wills, one per client id    wills.delayed, under wills.mu; entered only by wills.delayLocked (the newer CONNECT's
 //	                                    kept: will.seq, stamped in OnSessionEstablish under the id's takeover lock)
-//	the will a resuming CONNECT set     wills.resuming (wills.mu), one per id: OnSessionEstablish stores (wills.takeover, which
-//	  aside                               first settles the id's previous CONNECT's); its OnSessionEstablished, OnWill or
-//	                                    OnDisconnect settles it, or the next CONNECT of the id, or Close
+//	the will a resuming CONNECT set     wills.resuming (wills.mu), one per CONNECT in its handshake: OnSessionEstablish
+//	  aside                               stores (wills.takeover); its OnSessionEstablished, OnWill or OnDisconnect settles
+//	                                    it (wills.settle, through delayLocked), or Close (a later CONNECT marks it ended)
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer

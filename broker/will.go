@@ -59,33 +59,38 @@ func willOf(p Principal, pk *packets.Packet) *will {
 // handling is bypassed (hook OnWill): it publishes a will before it looks
 // at the Will Delay Interval, with no ACL check and past Mote's prefixes.
 //
-// A client id has at most one will waiting: the will of its session,
-// either in delayed or, while a CONNECT resuming the session waits for
-// its CONNACK to be decided, set aside in resuming. The Will Message is
-// part of the session state, and every CONNECT sets it (§3.1.2.5,
-// §3.1.3.2), and a will's delay ends when a connection to its session is
-// made [MQTT-3.1.3-9]; so of two wills of one session only the newer
-// CONNECT's (will.seq) is the session's, and the older is dropped, never
-// published (a debug log; Mosquitto drops it too, when the CONNECT takes
-// the session). Two can meet only when a CONNECT resuming the session
-// had its CONNACK fail, or its client reset the connection first: it
-// cancelled nothing, so the older will is put back beside its own
-// (settle, then due). The will of another user's connection under the
-// same id is of a session that ended (that CONNECT started afresh): it is
-// published, never dropped. delayLocked is the one way into delayed and
-// applies this; takeover the one way into resuming, with at most one
-// will for each CONNECT, which only the id's delayed will (then no
-// longer in delayed) or the connection it cut off can give. An entry
+// A client id has at most one will waiting out its delay (delayed): the
+// will of its session. The Will Message is part of the session state and
+// every CONNECT sets it (§3.1.2.5, §3.1.3.2), and a will's delay ends
+// when a connection to its session is made [MQTT-3.1.3-9]; so of two
+// wills of one session only the newer CONNECT's (will.seq) is the
+// session's, and the older is dropped, never published (a debug log;
+// Mosquitto drops it too, when the CONNECT takes the session). Two meet
+// only when a CONNECT resuming the session had its CONNACK fail, or its
+// client reset the connection first: it cancelled nothing, so the will
+// it set aside is put back beside its own (settle, then due). The will
+// of another user's connection under the same id is of a session that
+// ended (that CONNECT started afresh): it is published, never dropped.
+// delayLocked is the one way into delayed and applies this.
+//
+// takeover is the one way into resuming: at most one will for each
+// CONNECT that resumes the session, the id's delayed will (taken out of
+// delayed) or, newer, the will of the connection it cut off. An entry
 // lasts from its CONNECT's OnSessionEstablish until that CONNECT's own
 // goroutine settles it (OnSessionEstablished, OnWill, OnDisconnect; a
-// later CONNECT cuts its connection off, so that is soon): resuming is
-// bounded by the connections open, not by the CONNECTs a client
-// repeats, and a will put back meets the one-per-id rule in delayLocked.
-// (Before the merge, one branch kept one will
-// per connection: a client repeating CONNECTs that reset before their
-// CONNACK piled up wills and timers without bound.) The wills waiting
-// are thus at most the sessions mochi keeps (a will's delay ends no
-// later than its session's expiry); those are bounded by
+// later CONNECT of the id cuts its connection off, so that is soon, and
+// marks it ended if it ends the session): resuming is bounded by the
+// connections in their handshake, not by the CONNECTs a client repeats,
+// and a will put back goes through delayLocked. A later CONNECT does
+// not settle the entry itself: whether the earlier one's CONNACK was
+// written is known (Client.Answered) only once mochi's SendConnack has
+// returned, on that CONNECT's goroutine.
+//
+// Before the merge of h-willstorm and h-willcap, one branch kept one
+// will per connection: a client repeating CONNECTs that reset before
+// their CONNACK piled up wills and timers without bound. The wills
+// waiting are now at most the sessions mochi keeps (a will's delay ends
+// no later than its session's expiry); those are bounded by
 // Options.MaxClients only while connected: there is no bound on offline
 // sessions.
 //
@@ -99,7 +104,7 @@ type wills struct {
 	delayed map[string]*will // by client id: the will of its session, waiting out its delay
 	// resuming (mu): the will of the session that client's CONNECT
 	// resumed (takeover), cancelled once its CONNACK is written, or
-	// waiting again if it is not (settle).
+	// waiting again if it is not (settle); see above for its bound.
 	resuming map[*mqtt.Client]*will
 	closed   bool          // the broker is stopping (close): a will due is published at once
 	seq      atomic.Uint64 // the last will.seq given
