@@ -63,6 +63,11 @@ func TestDelayedWillsOnePerID(t *testing.T) {
 	if d := pendingWills(b, id); len(d) != 1 {
 		t.Errorf("%d wills of %s wait, want 1 (the last connection's)", len(d), id)
 	}
+	b.wills.mu.Lock()
+	if n := len(b.wills.resuming); n != 0 {
+		t.Errorf("%d wills still set aside, want none (each CONNECT's end settled its own)", n)
+	}
+	b.wills.mu.Unlock()
 	other, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "cap-marker", true, 0, nil))
 	other.publish1(t, 5, "will/marker", "")
 	if got := watcher.topicsUntil(t, "will/marker"); len(got) > 0 {
