@@ -574,7 +574,10 @@ func TestEndedSessionWillChecked(t *testing.T) {
 		if err := b.Reload(Reload{Users: u, ACL: parseACL(t, tc.acl)}); err != nil {
 			t.Fatal(err)
 		}
-		rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil, "bob")) // ends the session
+		c, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil, "bob")) // ends the session
+		// mochi reads the PINGREQ only once OnSessionEstablished, which
+		// hands the ended will to the door, has returned.
+		c.ping(t, id)
 		settle(t, b)
 		if s := string(b.snapshot(topic)); (s == "\"gone\"") != tc.set {
 			t.Errorf("will on %s, the ACL at the session's end allowing it %v: row %q", topic, tc.set, s)
