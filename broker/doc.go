@@ -229,6 +229,10 @@
 //     and cancels them once the CONNACK is written, or lets them wait
 //     again if it is not (wills.settle; mochi's Client.Answered): its
 //     OnSessionEstablished may come after a later CONNECT, or never.
+//     The takeover takes the will before mochi cuts the old connection
+//     off: a normal DISCONNECT processed meanwhile (OnPacketProcessed)
+//     revokes it (wills.revoke; will.sent and will.revoked under
+//     wills.mu), unless it was published.
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -335,7 +339,8 @@
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will                           an atomic pointer: OnSessionEstablished stores; the read goroutine (OnWill)
-//	                                    or a takeover (takenWill) reads; will.taken (wills.mu) says who made it due
+//	                                    or a takeover (takenWill) reads; will.taken (wills.mu) says who made it due;
+//	                                    a normal DISCONNECT (the read goroutine) swaps it out and revokes it
 //	pending publish topic               the connection's read goroutine
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it

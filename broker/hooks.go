@@ -663,8 +663,10 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 }
 
-// OnPacketProcessed lets the writer go once mochi has written the SUBACK.
-func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
+// OnPacketProcessed lets the writer go once mochi has written the SUBACK,
+// and removes the will of a connection that left with a normal
+// DISCONNECT.
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, err error) {
 	c := h.conn(cl)
 	if c == nil {
 		return
@@ -682,6 +684,12 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
 	}
 	if pk.FixedHeader.Type == packets.Subscribe {
 		c.q.release()
+	}
+	if pk.FixedHeader.Type == packets.Disconnect && pk.ReasonCode == packets.CodeSuccess.Code && err == nil {
+		// A normal DISCONNECT, accepted: the connection's will is removed
+		// [MQTT-3.1.2-10], even if a CONNECT taking the id over took it as
+		// due before it cut the connection off (wills.revoke).
+		h.b.wills.revoke(c.will.Swap(nil))
 	}
 }
 

@@ -30,6 +30,10 @@ type will struct {
 	// still its CONNECT's (connWills: the CONNACK not yet written or
 	// failing): it is published when due (wills.end).
 	ended bool
+	// sent and revoked (wills.mu): the will was published (publish), or
+	// its connection left with a normal DISCONNECT first (revoke); a
+	// revoked will is neither published nor left waiting.
+	sent, revoked bool
 }
 
 // willOf is the will of a CONNECT packet, nil if it has none.
@@ -113,8 +117,11 @@ func (ws *wills) delayOf(w *will) time.Duration {
 	return time.Duration(min(w.delay, w.cl.Properties.Props.SessionExpiryInterval)) * time.Second
 }
 
-// delayLocked starts w's wait (ws.mu held).
+// delayLocked starts w's wait (ws.mu held), unless it was revoked.
 func (ws *wills) delayLocked(w *will) {
+	if w.revoked {
+		return
+	}
 	w.timer = time.AfterFunc(ws.delayOf(w), func() { ws.fire(w) })
 	ws.delayed[w.cl.ID] = append(ws.delayed[w.cl.ID], w)
 }
@@ -157,8 +164,16 @@ func (ws *wills) takeLocked(w *will) bool {
 	return false
 }
 
-// publish makes the will's publish, as its client, through the door.
+// publish makes the will's publish, as its client, through the door,
+// unless it was revoked. ws.mu is not held.
 func (ws *wills) publish(w *will) {
+	ws.mu.Lock()
+	revoked := w.revoked
+	w.sent = true
+	ws.mu.Unlock()
+	if revoked {
+		return
+	}
 	if err := ws.b.publish(context.Background(), w.p, w.m, waitNone); err != nil {
 		ws.b.log.Debug().Err(err).Str("client", w.p.ClientID).Msg("will refused")
 	}
@@ -288,6 +303,28 @@ func (ws *wills) settle(cl *mqtt.Client, connected bool) {
 	ws.mu.Unlock()
 	for _, w := range now {
 		ws.publish(w)
+	}
+}
+
+// revoke removes w (nil for none), the will of a connection whose normal
+// DISCONNECT (reason 0x00) was processed, unless it was published already
+// [MQTT-3.1.2-10] [MQTT-3.14.4-3]. A CONNECT taking the id over makes the
+// old connection's will due (takeover) in OnSessionEstablish, before mochi
+// cuts that connection off (inheritSession): a DISCONNECT processed in
+// between ended the connection normally, and its will, set aside, waiting
+// or about to be published after the takeover lock (ending), is dropped.
+func (ws *wills) revoke(w *will) {
+	if w == nil {
+		return
+	}
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if w.sent {
+		return
+	}
+	w.revoked = true
+	if w.timer != nil && ws.takeLocked(w) {
+		w.timer.Stop()
 	}
 }
 
