@@ -118,3 +118,84 @@ func TestNormalDisconnectBeforeTakeoverCutKeepsWillUnsent(t *testing.T) {
 		})
 	}
 }
+
+// connackEncodeGate holds the CONNACK of one client id before it is
+// encoded and written (OnPacketEncode): its CONNECT is past the takeover
+// lock, the client filed, its CONNACK not written.
+type connackEncodeGate struct {
+	mqtt.HookBase
+	armed   atomic.Pointer[string]
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (*connackEncodeGate) ID() string           { return "connack-encode-gate" }
+func (*connackEncodeGate) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+func (g *connackEncodeGate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Connack {
+		return pk
+	}
+	if id := g.armed.Load(); id == nil || *id != cl.ID || !g.armed.CompareAndSwap(id, nil) {
+		return pk
+	}
+	g.held <- struct{}{}
+	select {
+	case <-g.release:
+	case <-time.After(testTimeout):
+	}
+	return pk
+}
+
+// TestResumeCancelsWillSetAsideByFailedConnack: A's will waits out its
+// delay (the session offline); B resumes the session (Clean Start 0),
+// which sets A's will aside until its CONNACK is written; before it is, C
+// resumes the session too, cutting B off (B's CONNACK then fails), and C's
+// CONNACK is written. C connected to the session before A's Will Delay
+// Interval passed, so A's will is cancelled [MQTT-3.1.3-9]: it is neither
+// published nor left waiting once all of them have left with DISCONNECT,
+// and no will map holds anything of the id.
+func TestResumeCancelsWillSetAsideByFailedConnack(t *testing.T) {
+	b := start(t, Options{})
+	gate := &connackEncodeGate{held: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id = "rf-x"
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rf-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "will/#", 0)
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, &rawWill{topic: "will/a", payload: "a", delay: 3600}))
+	a.c.Close()
+	waitWillHeld(t, b, id)
+	// B: its CONNACK held before it is written.
+	idv := id
+	gate.armed.Store(&idv)
+	bc, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bc.Close() })
+	if _, err := bc.Write(rawConnect(t, 5, id, false, 3600, nil)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("B's CONNACK not held")
+	}
+	c, present, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil)) // C: Clean Start 0
+	if !present {
+		t.Error("C: session not present")
+	}
+	close(gate.release)           // B's CONNACK fails: C closed its connection
+	c.c.Write([]byte{0xE0, 0x00}) //nolint:errcheck // a normal DISCONNECT: the session stays
+	c.waitClosed(t)
+	willsSettled(t, b, id)
+	b.wills.mu.Lock()
+	d := len(b.wills.delayed[id])
+	b.wills.mu.Unlock()
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rf-pub", true, 0, nil))
+	pub.publish1(t, 5, "will/marker", "")
+	if got := watcher.topicsUntil(t, "will/marker"); len(got) != 0 || d != 0 {
+		t.Errorf("wills published %q, %d waiting; want none (C's resume cancelled will/a)", got, d)
+	}
+}

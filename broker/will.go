@@ -34,6 +34,13 @@ type will struct {
 	// its connection left with a normal DISCONNECT first (revoke); a
 	// revoked will is neither published nor left waiting.
 	sent, revoked bool
+	// holders and cancelled (wills.mu): how many resuming CONNECTs hold
+	// the will set aside (wills.resuming: a CONNECT taking the id over
+	// from one that holds it holds it too), and whether one of them was
+	// answered (settle): it is cancelled then, and waits again only if
+	// every holder failed.
+	holders   int
+	cancelled bool
 }
 
 // willOf is the will of a CONNECT packet, nil if it has none.
@@ -165,13 +172,14 @@ func (ws *wills) takeLocked(w *will) bool {
 }
 
 // publish makes the will's publish, as its client, through the door,
-// unless it was revoked. ws.mu is not held.
+// unless it was revoked or published already (two resuming CONNECTs may
+// hold it: settle). ws.mu is not held.
 func (ws *wills) publish(w *will) {
 	ws.mu.Lock()
-	revoked := w.revoked
+	skip := w.revoked || w.sent
 	w.sent = true
 	ws.mu.Unlock()
-	if revoked {
+	if skip {
 		return
 	}
 	if err := ws.b.publish(context.Background(), w.p, w.m, waitNone); err != nil {
@@ -261,6 +269,14 @@ func (ws *wills) takeover(cl, existing *mqtt.Client, ew *will, ended, fresh bool
 		if ew != nil {
 			d = append(d, ew)
 		}
+		if p, ok := ws.resuming.Load(existing); ok {
+			// existing resumed the session too, its CONNACK not settled:
+			// whichever of the two is answered cancels them.
+			d = append(d, p.([]*will)...)
+		}
+		for _, w := range d {
+			w.holders++
+		}
 		if len(d) > 0 {
 			ws.resuming.Store(cl, d)
 		}
@@ -283,18 +299,26 @@ func (ws *wills) takeover(cl, existing *mqtt.Client, ew *will, ended, fresh bool
 // session (takeover): cancelled if its CONNACK was written (connected),
 // as if waiting then [MQTT-3.1.3-9]; otherwise they wait out their delay
 // again, or are published if a later CONNECT ended the session (end marks
-// them).
+// them), once no other resuming CONNECT holds them (will.holders) and none
+// was answered. The entry is taken under ws.mu, as takeover reads it: a
+// later CONNECT either holds the wills too or finds them waiting again.
 func (ws *wills) settle(cl *mqtt.Client, connected bool) {
-	d, ok := ws.resuming.LoadAndDelete(cl)
-	if !ok {
-		return
-	}
 	var now []*will
 	ws.mu.Lock()
+	d, ok := ws.resuming.LoadAndDelete(cl)
+	if !ok {
+		ws.mu.Unlock()
+		return
+	}
 	for _, w := range d.([]*will) {
+		w.holders--
 		switch {
 		case connected && w.p.User == string(cl.Properties.Username):
-		case connected || w.ended:
+			w.cancelled = true
+		case connected:
+			now = append(now, w)
+		case w.holders > 0 || w.cancelled:
+		case w.ended:
 			now = append(now, w)
 		case !ws.closed:
 			ws.delayLocked(w)
