@@ -570,7 +570,10 @@ func TestEndedSessionWillChecked(t *testing.T) {
 		if err := b.Reload(Reload{Users: u, ACL: parseACL(t, tc.acl)}); err != nil {
 			t.Fatal(err)
 		}
-		rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil, "bob")) // ends the session
+		ender, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil, "bob")) // ends the session
+		// Its CONNACK comes before OnSessionEstablished, which publishes the
+		// ended session's will; its reader, answering PINGREQ, after.
+		ender.ping(t, id)
 		settle(t, b)
 		if s := string(b.snapshot(topic)); (s == "\"gone\"") != tc.set {
 			t.Errorf("will on %s, the ACL at the session's end allowing it %v: row %q", topic, tc.set, s)
