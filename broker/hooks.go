@@ -260,7 +260,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// id's delayed wills it is published (ended: once the lock is let go,
 	// OnSessionEstablished, or OnDisconnect if the CONNACK fails) or set
 	// aside until cl's CONNACK cancels it (wills.takeover).
-	h.b.wills.takeover(cl, existing, h.b.takenWill(existing), ended, fresh)
+	h.b.wills.takeover(cl, existing, func() *will { return h.b.takenWill(existing) }, ended, fresh)
 	if fresh && existing != nil {
 		// mochi drops what existing holds in flight (after register: no
 		// more is held for it), counted here.
@@ -752,10 +752,15 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // DISCONNECT [MQTT-3.1.2-7] [MQTT-3.1.2-8].
 func (h *hook) OnWill(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error) {
 	if c := h.conn(cl); c != nil && c.will.Load() != nil {
-		h.b.wills.due(c.will.Swap(nil), cl, c.endedByTakeover)
-	} else if w, ok := h.b.connWills.LoadAndDelete(cl); ok {
+		h.b.wills.due(func() *will { return c.will.Swap(nil) }, cl, c.endedByTakeover)
+	} else if _, ok := h.b.connWills.Load(cl); ok {
 		h.b.wills.settle(cl, cl.Answered()) // what its CONNECT set aside waits again first
-		h.b.wills.due(w.(*will), cl, func() bool { return false })
+		h.b.wills.due(func() *will {
+			if w, ok := h.b.connWills.LoadAndDelete(cl); ok {
+				return w.(*will)
+			}
+			return nil
+		}, cl, func() bool { return false })
 	}
 	return mqtt.Will{}, nil
 }

@@ -87,9 +87,17 @@ type wills struct {
 // unless the client connects again to the session first. A session that
 // a clean start (or another user) took over meanwhile has ended
 // (ended): its will is published now.
-func (ws *wills) due(w *will, cl *mqtt.Client, ended func() bool) {
+//
+// take gives the will (nil for none), called under ws.mu, as a takeover
+// looks for it (takeover): the takeover either finds it or comes after it
+// was delayed. Taken before the lock, a will between its connection and
+// wills was in neither when a Clean Start CONNECT took the delayed wills
+// (end); its connection, filed after that CONNECT looked for it (not
+// marked ended: conn.expect), dropped it as reconnected.
+func (ws *wills) due(take func() *will, cl *mqtt.Client, ended func() bool) {
 	ws.mu.Lock()
-	if w.taken.Swap(true) { // the CONNECT that took cl's id over has it
+	w := take()
+	if w == nil || w.taken.Swap(true) { // the CONNECT that took cl's id over has it
 		ws.mu.Unlock()
 		return
 	}
@@ -239,7 +247,7 @@ func (ws *wills) end(cl, existing *mqtt.Client) {
 
 // takeover is called by cl's CONNECT, under the id's takeover lock, once
 // it has taken the id over from existing (nil for none). existing's
-// connection is cut off now (or is gone), so its will, ew (nil for none,
+// connection is cut off now (or is gone), so its will, ew (taken: nil for none,
 // or if that connection's end made it due first), is due now
 // [MQTT-3.1.4-3]: it is published at once if it has no delay or cl's
 // CONNECT ended the session (ended; see end), else it waits with the
@@ -252,8 +260,9 @@ func (ws *wills) end(cl, existing *mqtt.Client) {
 // will that became due only after the resume (the old reader ran late)
 // waited out its delay. settle cancels them once the CONNACK is written,
 // or lets them wait again if it could not be.
-func (ws *wills) takeover(cl, existing *mqtt.Client, ew *will, ended, fresh bool) {
+func (ws *wills) takeover(cl, existing *mqtt.Client, taken func() *will, ended, fresh bool) {
 	ws.mu.Lock()
+	ew := taken() // under ws.mu: see due
 	if ew != nil && ew.taken.Swap(true) {
 		ew = nil
 	}
