@@ -339,7 +339,8 @@
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will                           an atomic pointer: OnSessionEstablished stores; the read goroutine (OnWill)
-//	                                    or a takeover (takenWill) reads; will.taken (wills.mu) says who made it due;
+//	                                    swaps it out, a takeover (takenWill) reads it, both under wills.mu;
+//	                                    will.taken (wills.mu) says who made it due;
 //	                                    a normal DISCONNECT (the read goroutine) swaps it out and revokes it
 //	pending publish topic               the connection's read goroutine
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
@@ -347,7 +348,8 @@
 //	wills of a session a CONNECT ended  wills.ending (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes
 //	wills a resuming CONNECT set aside  wills.resuming (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
-//	                                    OnSessionEstablished, OnWill or OnDisconnect settles (will.ended under wills.mu)
+//	                                    OnSessionEstablished, OnWill or OnDisconnect settles (will.ended under wills.mu);
+//	                                    a takeover from a client holding some holds them too (will.holders)
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer

@@ -346,6 +346,12 @@ func TestWillStorm(t *testing.T) {
 					}
 					return true
 				})
+				b.wills.resuming.Range(func(k, _ any) bool {
+					if k.(*mqtt.Client).ID == id {
+						left = append(left, "wills set aside")
+					}
+					return true
+				})
 				b.wills.mu.Lock()
 				defer b.wills.mu.Unlock()
 				for _, w := range b.wills.delayed[id] {
