@@ -164,7 +164,7 @@ func New(opts Options) (*Broker, error) {
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)
 	b.trans.Store(opts.Translators)
-	b.wills = wills{b: b, delayed: map[string]*will{}, resuming: map[*mqtt.Client]*will{}}
+	b.wills = wills{b: b, delayed: map[string]*will{}, resuming: map[*mqtt.Client][]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities:            caps,

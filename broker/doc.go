@@ -230,11 +230,16 @@
 //     again if it is not (wills.settle; mochi's Client.Answered): its
 //     OnSessionEstablished may come after a later CONNECT, or never
 //     (a later CONNECT ending the session marks it ended; one resuming
-//     it and answered keeps it from being put back). One will waits per client id
-//     (wills.delayLocked: a newer CONNECT to the session sets the
-//     session's will [MQTT-3.1.3-9], so the older is dropped; another
-//     user's is published), and Close publishes those waiting, set
-//     aside or ended: stopping ends every session.
+//     it holds it too, will.holders: whichever is answered cancels it,
+//     and it waits again only if every holder failed). One will waits
+//     per client id (wills.delayLocked: a newer CONNECT to the session
+//     sets the session's will [MQTT-3.1.3-9], so the older is dropped;
+//     another user's is published), and Close publishes those waiting,
+//     set aside or ended: stopping ends every session. The takeover
+//     takes the will before mochi cuts the old connection off: a normal
+//     DISCONNECT processed meanwhile (OnPacketProcessed) revokes it
+//     (wills.revoke; will.sent and will.revoked under wills.mu), unless
+//     it was published.
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -341,7 +346,9 @@
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will                           an atomic pointer: OnSessionEstablished stores; the read goroutine (OnWill)
-//	                                    or a takeover (takenWill) reads; will.taken (wills.mu) says who made it due
+//	                                    swaps it out, a takeover (takenWill) reads it, both under wills.mu;
+//	                                    will.taken (wills.mu) says who made it due;
+//	                                    a normal DISCONNECT (the read goroutine) swaps it out and revokes it
 //	pending publish topic               the connection's read goroutine
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it
@@ -349,9 +356,11 @@
 //	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes, or Close (wills.close)
 //	delayed wills, one per client id    wills.delayed, under wills.mu; entered only by wills.delayLocked (the newer CONNECT's
 //	                                    kept: will.seq, stamped in OnSessionEstablish under the id's takeover lock)
-//	the will a resuming CONNECT set     wills.resuming (wills.mu), one per CONNECT in its handshake: OnSessionEstablish
-//	  aside                               stores (wills.takeover); its OnSessionEstablished, OnWill or OnDisconnect settles
-//	                                    it (wills.settle, through delayLocked), or Close (a later CONNECT marks it ended)
+//	the wills a resuming CONNECT set    wills.resuming (wills.mu), one entry per CONNECT in its handshake: OnSessionEstablish
+//	  aside                               stores (wills.takeover; a takeover from a CONNECT holding some holds them too:
+//	                                    will.holders); its OnSessionEstablished, OnWill or OnDisconnect settles them
+//	                                    (wills.settle, through delayLocked), or Close (a later CONNECT marks them ended)
+//	will.sent, will.revoked             wills.mu: publish marks sent; a normal DISCONNECT (OnPacketProcessed) revokes
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer

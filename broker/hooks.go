@@ -261,7 +261,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// id's delayed wills it is published (ended: once the lock is let go,
 	// OnSessionEstablished, or OnDisconnect if the CONNACK fails) or set
 	// aside until cl's CONNACK cancels it (wills.takeover).
-	h.b.wills.takeover(cl, existing, h.b.takenWill(existing), ended, fresh)
+	h.b.wills.takeover(cl, existing, func() *will { return h.b.takenWill(existing) }, ended, fresh)
 	if fresh && existing != nil {
 		// mochi drops what existing holds in flight (after register: no
 		// more is held for it), counted here.
@@ -664,8 +664,10 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 }
 
-// OnPacketProcessed lets the writer go once mochi has written the SUBACK.
-func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
+// OnPacketProcessed lets the writer go once mochi has written the SUBACK,
+// and removes the will of a connection that left with a normal
+// DISCONNECT.
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, err error) {
 	c := h.conn(cl)
 	if c == nil {
 		return
@@ -683,6 +685,12 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
 	}
 	if pk.FixedHeader.Type == packets.Subscribe {
 		c.q.release()
+	}
+	if pk.FixedHeader.Type == packets.Disconnect && pk.ReasonCode == packets.CodeSuccess.Code && err == nil {
+		// A normal DISCONNECT, accepted: the connection's will is removed
+		// [MQTT-3.1.2-10], even if a CONNECT taking the id over took it as
+		// due before it cut the connection off (wills.revoke).
+		h.b.wills.revoke(c.will.Swap(nil))
 	}
 }
 
@@ -745,10 +753,15 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // DISCONNECT [MQTT-3.1.2-7] [MQTT-3.1.2-8].
 func (h *hook) OnWill(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error) {
 	if c := h.conn(cl); c != nil && c.will.Load() != nil {
-		h.b.wills.due(c.will.Swap(nil), cl, c.endedByTakeover)
-	} else if w, ok := h.b.connWills.LoadAndDelete(cl); ok {
+		h.b.wills.due(func() *will { return c.will.Swap(nil) }, cl, c.endedByTakeover)
+	} else if _, ok := h.b.connWills.Load(cl); ok {
 		h.b.wills.settle(cl, cl.Answered()) // what its CONNECT set aside waits again first
-		h.b.wills.due(w.(*will), cl, func() bool { return false })
+		h.b.wills.due(func() *will {
+			if w, ok := h.b.connWills.LoadAndDelete(cl); ok {
+				return w.(*will)
+			}
+			return nil
+		}, cl, func() bool { return false })
 	}
 	return mqtt.Will{}, nil
 }

@@ -351,9 +351,11 @@ func TestWillStorm(t *testing.T) {
 				if w := b.wills.delayed[id]; w != nil {
 					left = append(left, "delayed will "+w.m.Topic)
 				}
-				for cl, w := range b.wills.resuming {
-					if cl.ID == id {
-						left = append(left, "set-aside will "+w.m.Topic)
+				for cl, d := range b.wills.resuming {
+					for _, w := range d {
+						if cl.ID == id {
+							left = append(left, "set-aside will "+w.m.Topic)
+						}
 					}
 				}
 				return fmt.Sprint(left)

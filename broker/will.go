@@ -34,6 +34,17 @@ type will struct {
 	// still its CONNECT's (connWills: the CONNACK not yet written or
 	// failing): it is published when due (wills.end).
 	ended bool
+	// sent and revoked (wills.mu): the will was published (publish), or
+	// its connection left with a normal DISCONNECT first (revoke); a
+	// revoked will is neither published nor left waiting.
+	sent, revoked bool
+	// holders and cancelled (wills.mu): how many resuming CONNECTs hold
+	// the will set aside (wills.resuming: a CONNECT taking the id over
+	// from one that holds it holds it too), and whether one of them was
+	// answered (settle): it is cancelled then, and waits again only if
+	// every holder failed.
+	holders   int
+	cancelled bool
 }
 
 // willOf is the will of a CONNECT packet, nil if it has none.
@@ -102,10 +113,10 @@ type wills struct {
 	b       *Broker
 	mu      sync.Mutex
 	delayed map[string]*will // by client id: the will of its session, waiting out its delay
-	// resuming (mu): the will of the session that client's CONNECT
+	// resuming (mu): the wills of the session that client's CONNECT
 	// resumed (takeover), cancelled once its CONNACK is written, or
 	// waiting again if it is not (settle); see above for its bound.
-	resuming map[*mqtt.Client]*will
+	resuming map[*mqtt.Client][]*will
 	closed   bool          // the broker is stopping (close): a will due is published at once
 	seq      atomic.Uint64 // the last will.seq given
 	// ending: *mqtt.Client → []*will, the wills of the session that
@@ -122,9 +133,17 @@ type wills struct {
 // a clean start (or another user) took over meanwhile has ended
 // (ended): its will is published now; so has every session once the
 // broker is stopping (closed).
-func (ws *wills) due(w *will, cl *mqtt.Client, ended func() bool) {
+//
+// take gives the will (nil for none), called under ws.mu, as a takeover
+// looks for it (takeover): the takeover either finds it or comes after it
+// was delayed. Taken before the lock, a will between its connection and
+// wills was in neither when a Clean Start CONNECT took the delayed will;
+// its connection, filed after that CONNECT looked for it (not marked
+// ended: conn.expect), dropped it as reconnected.
+func (ws *wills) due(take func() *will, cl *mqtt.Client, ended func() bool) {
 	ws.mu.Lock()
-	if w.taken.Swap(true) { // the CONNECT that took cl's id over has it
+	w := take()
+	if w == nil || w.taken.Swap(true) { // the CONNECT that took cl's id over has it
 		ws.mu.Unlock()
 		return
 	}
@@ -167,8 +186,12 @@ func (ws *wills) delayOf(w *will) time.Duration {
 // wait (ws.mu held), unless the will waiting is a newer CONNECT's (see
 // wills). It returns a will for the caller to publish once ws.mu is let
 // go, nil for none: w itself if the broker is stopping (closed), or the
-// one of the two not kept if it is another user's.
+// one of the two not kept if it is another user's. A will revoked or
+// published already (revoke, publish) is left out.
 func (ws *wills) delayLocked(w *will) *will {
+	if w.revoked || w.sent {
+		return nil
+	}
 	if ws.closed {
 		return w
 	}
@@ -256,8 +279,16 @@ func (ws *wills) publish(w *will) {
 }
 
 // publishCtx is publish, waiting for subscribers' queues no longer than
-// ctx allows.
+// ctx allows. A will revoked or published already (two resuming CONNECTs
+// may hold it: settle) is skipped. ws.mu is not held.
 func (ws *wills) publishCtx(ctx context.Context, w *will) {
+	ws.mu.Lock()
+	skip := w.revoked || w.sent
+	w.sent = true
+	ws.mu.Unlock()
+	if skip {
+		return
+	}
 	if err := ws.b.publish(ctx, w.p, w.m, waitNone); err != nil {
 		ws.b.log.Debug().Err(err).Str("client", w.p.ClientID).Msg("will refused")
 	}
@@ -267,7 +298,8 @@ func (ws *wills) publishCtx(ctx context.Context, w *will) {
 // it has taken the id over from existing (nil for none).
 //
 // existing's connection is cut off now (or is gone), so its will, ew
-// (nil for none, or if that connection's end made it due first), is due
+// (taken, under ws.mu as in due: nil for none, or if that connection's
+// end made it due first), is due
 // now [MQTT-3.1.4-3]: it is published if it
 // has no delay or cl's CONNECT ended the session (ended: Clean Start 1,
 // or another user's), else it waits as the id's delayed will.
@@ -293,11 +325,14 @@ func (ws *wills) publishCtx(ctx context.Context, w *will) {
 // may run late), published a will that the resume had cancelled
 // [MQTT-3.1.3-9]; and a will that became due only after the resume (the
 // old reader ran late) waited out its delay. settle cancels it once the
-// CONNACK is written, or lets it wait again if it could not be.
-func (ws *wills) takeover(cl, existing *mqtt.Client, ew *will, ended, fresh bool) {
+// CONNACK is written, or lets it wait again if it could not be. If
+// existing resumed the session too, its CONNACK not yet settled, cl holds
+// what existing set aside as well (will.holders): whichever of the two is
+// answered cancels it; it waits again only if both fail.
+func (ws *wills) takeover(cl, existing *mqtt.Client, taken func() *will, ended, fresh bool) {
 	var now []*will
 	ws.mu.Lock()
-	if ew != nil && !ew.taken.Swap(true) {
+	if ew := taken(); ew != nil && !ew.taken.Swap(true) {
 		ew.cl = existing
 		if ended || ws.delayOf(ew) <= 0 {
 			now = append(now, ew)
@@ -314,13 +349,21 @@ func (ws *wills) takeover(cl, existing *mqtt.Client, ew *will, ended, fresh bool
 			if w, ok := ws.b.connWills.Load(existing); ok {
 				w.(*will).ended = true
 			}
-			if w, ok := ws.resuming[existing]; ok { // its CONNACK still to be written, or failing
+			for _, w := range ws.resuming[existing] { // its CONNACK still to be written, or failing
 				w.ended = true
 			}
 		}
 	case !fresh:
+		var d []*will
 		if w := ws.takeIDLocked(cl.ID); w != nil {
-			ws.resuming[cl] = w
+			d = append(d, w)
+		}
+		d = append(d, ws.resuming[existing]...) // nil existing: none
+		for _, w := range d {
+			w.holders++
+		}
+		if len(d) > 0 {
+			ws.resuming[cl] = d
 		}
 	}
 	ws.mu.Unlock()
@@ -329,14 +372,14 @@ func (ws *wills) takeover(cl, existing *mqtt.Client, ew *will, ended, fresh bool
 	}
 }
 
-// settle decides the will cl's CONNECT set aside when it resumed the
+// settle decides the wills cl's CONNECT set aside when it resumed the
 // session (takeover): cancelled if its CONNACK was written (connected),
-// as if waiting then [MQTT-3.1.3-9]. Otherwise it is published if a later
-// CONNECT ended the session (will.ended) or the broker is stopping;
-// cancelled if a later CONNECT resumed the session and was answered
-// (reconnected: its cancel ran, or runs, before this); else it waits out
-// its delay again, as the id's one delayed will (delayLocked): a newer
-// CONNECT's will, due meanwhile or later, replaces it.
+// as if waiting then [MQTT-3.1.3-9]. Otherwise, once no other resuming
+// CONNECT holds one (will.holders) and none of them was answered
+// (will.cancelled), it is published if a later CONNECT ended the session
+// (will.ended) or the broker is stopping; else it waits out its delay
+// again, as the id's one delayed will (delayLocked): a newer CONNECT's
+// will, due meanwhile or later, replaces it.
 func (ws *wills) settle(cl *mqtt.Client, connected bool) {
 	ws.mu.Lock()
 	now := ws.settleLocked(cl, connected, nil)
@@ -349,19 +392,25 @@ func (ws *wills) settle(cl *mqtt.Client, connected bool) {
 // settleLocked is settle, ws.mu held: it appends the wills to publish to
 // now.
 func (ws *wills) settleLocked(cl *mqtt.Client, connected bool, now []*will) []*will {
-	w, ok := ws.resuming[cl]
+	d, ok := ws.resuming[cl]
 	if !ok {
 		return now
 	}
 	delete(ws.resuming, cl)
-	switch {
-	case connected && w.p.User == string(cl.Properties.Username):
-	case connected || w.ended: // not cl's session, or a later CONNECT ended it
-		now = append(now, w)
-	case ws.reconnected(w): // a later CONNECT resumed the session, its CONNACK written
-	default:
-		if pub := ws.delayLocked(w); pub != nil {
-			now = append(now, pub)
+	for _, w := range d {
+		w.holders--
+		switch {
+		case connected && w.p.User == string(cl.Properties.Username):
+			w.cancelled = true
+		case connected: // not cl's session: it ended
+			now = append(now, w)
+		case w.holders > 0 || w.cancelled: // another holder decides, or did
+		case w.ended: // a later CONNECT ended the session
+			now = append(now, w)
+		default:
+			if pub := ws.delayLocked(w); pub != nil {
+				now = append(now, pub)
+			}
 		}
 	}
 	return now
@@ -380,6 +429,28 @@ func (ws *wills) settleOn(nc net.Conn) {
 	ws.mu.Unlock()
 	for _, w := range now {
 		ws.publish(w)
+	}
+}
+
+// revoke removes w (nil for none), the will of a connection whose normal
+// DISCONNECT (reason 0x00) was processed, unless it was published already
+// [MQTT-3.1.2-10] [MQTT-3.14.4-3]. A CONNECT taking the id over makes the
+// old connection's will due (takeover) in OnSessionEstablish, before mochi
+// cuts that connection off (inheritSession): a DISCONNECT processed in
+// between ended the connection normally, and its will, set aside, waiting
+// or about to be published after the takeover lock (ending), is dropped.
+func (ws *wills) revoke(w *will) {
+	if w == nil {
+		return
+	}
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if w.sent {
+		return
+	}
+	w.revoked = true
+	if w.timer != nil && ws.takeLocked(w) {
+		w.timer.Stop()
 	}
 }
 

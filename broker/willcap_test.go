@@ -168,8 +168,9 @@ func (g *connackEncodeGate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) p
 // (cutting B off), its CONNACK written: the session's connection was made
 // before A's delay passed [MQTT-3.1.3-9]. B's CONNACK then fails, and its
 // end must not put A's will back to wait: C's cancel has already run.
-// Without the reconnected check in settle, A's will waited again (and
-// would be published once C left before its delay passed).
+// Without will.holders and will.cancelled (C holds what B set aside too,
+// and C's answer cancels it), A's will waited again (and would be
+// published once C left before its delay passed).
 func TestSupersededResumeDoesNotPutWillBack(t *testing.T) {
 	b := start(t, Options{})
 	gate := &connackEncodeGate{held: make(chan struct{}), release: make(chan struct{})}
