@@ -128,7 +128,9 @@ func TestNormalDisconnectBeforeTakeoverCutKeepsWillUnsent(t *testing.T) {
 // CONNACK is written. C connected to the session before A's Will Delay
 // Interval passed, so A's will is cancelled [MQTT-3.1.3-9]: it is neither
 // published nor left waiting once all of them have left with DISCONNECT,
-// and no will map holds anything of the id.
+// and no will map holds anything of the id — even when C has left before
+// B's CONNACK fails (so B's end cannot tell that a connection was made to
+// the session: will.cancelled, set by C, which held A's will too).
 func TestResumeCancelsWillSetAsideByFailedConnack(t *testing.T) {
 	b := start(t, Options{})
 	gate := &connackEncodeGate{held: make(chan struct{}), release: make(chan struct{})}
@@ -161,9 +163,12 @@ func TestResumeCancelsWillSetAsideByFailedConnack(t *testing.T) {
 	if !present {
 		t.Error("C: session not present")
 	}
-	close(gate.release)           // B's CONNACK fails: C closed its connection
 	c.c.Write([]byte{0xE0, 0x00}) //nolint:errcheck // a normal DISCONNECT: the session stays
 	c.waitClosed(t)
+	// C has left before B's CONNACK fails: B's end must not find the
+	// session disconnected and put A's will back to wait.
+	waitFor(t, "C's connection ended", func() bool { return b.connByID(id) == nil })
+	close(gate.release) // B's CONNACK fails: C closed its connection
 	willsSettled(t, b, id)
 	b.wills.mu.Lock()
 	d := b.wills.delayed[id] != nil
