@@ -84,15 +84,23 @@ func willOf(p Principal, pk *packets.Packet) *will {
 // ended (that CONNECT started afresh): it is published, never dropped.
 // delayLocked is the one way into delayed and applies this.
 //
-// takeover is the one way into resuming: at most one will for each
-// CONNECT that resumes the session, the id's delayed will (taken out of
-// delayed) or, newer, the will of the connection it cut off. An entry
+// takeover is the one way into resuming: one entry for each CONNECT
+// that resumes the session, holding the id's delayed will (taken out of
+// delayed; newer, the will of the connection it cut off, goes through
+// delayed first) and what the CONNECT it took the id over from still
+// holds set aside (will.holders): each will that entries share is one
+// will, so the distinct wills set aside are at most one per CONNECT in
+// its handshake. An entry
 // lasts from its CONNECT's OnSessionEstablish until that CONNECT's own
 // goroutine settles it (OnSessionEstablished, OnWill, OnDisconnect; a
 // later CONNECT of the id cuts its connection off, so that is soon, and
 // marks it ended if it ends the session): resuming is bounded by the
 // connections in their handshake, not by the CONNECTs a client repeats,
-// and a will put back goes through delayLocked. A later CONNECT does
+// and a will put back goes through delayLocked. The first holder
+// answered cancels a shared will (will.cancelled); it waits again only
+// when the last holder fails, none answered: a holder failing after the
+// one answered has left cannot ask whether the session is connected. A
+// later CONNECT does
 // not settle the entry itself: whether the earlier one's CONNACK was
 // written is known (Client.Answered) only once mochi's SendConnack has
 // returned, on that CONNECT's goroutine.
