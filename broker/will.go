@@ -32,7 +32,7 @@ type will struct {
 	seq uint64
 	// ended (wills.mu): a CONNECT ended its session while the will was
 	// still its CONNECT's (connWills: the CONNACK not yet written or
-	// failing): it is published when due (wills.end).
+	// failing): it is published when due (wills.takeover marks it).
 	ended bool
 	// sent and revoked (wills.mu): the will was published (publish), or
 	// its connection left with a normal DISCONNECT first (revoke); a
