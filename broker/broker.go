@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -163,7 +164,7 @@ func New(opts Options) (*Broker, error) {
 	b.access.store(&access{users: opts.Users, acl: opts.ACL, anonymous: opts.AllowAnonymous})
 	b.tlsConf.Store(opts.TLSConfig)
 	b.trans.Store(opts.Translators)
-	b.wills = wills{b: b, delayed: map[string][]*will{}}
+	b.wills = wills{b: b, delayed: map[string]*will{}, resuming: map[*mqtt.Client][]*will{}}
 	b.pace.b = b
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities:            caps,
@@ -394,7 +395,8 @@ func (b *Broker) closeListeners() {
 	}
 }
 
-// Close stops the broker: listeners close, clients are disconnected, the
+// Close stops the broker: listeners close, the delayed wills waiting are
+// published (stopping ends every session), clients are disconnected, the
 // message loop applies what is already queued and stops, the retainer
 // commits everything and the store closes. It waits for all of them, and
 // returns an error when rows could not be stored (the caller should exit
@@ -407,6 +409,25 @@ func (b *Broker) Close() error {
 func (b *Broker) shutdown() error {
 	close(b.stop)
 	b.closeListeners() // no new connections
+	// Stopping ends every session (they live in memory only), so every
+	// delayed will is published [MQTT-3.1.3-9], through the door while
+	// the loop and the retainer still run (a retained will reaches its
+	// row, and the store): first those waiting now, while their
+	// subscribers are still connected (a QoS 0 subscriber gets its will
+	// before its connection stops; QoS 1/2 ones may not be written in
+	// time); then, once the connections have ended, those their ends made
+	// wait, those a resuming CONNECT still held set aside (unless its
+	// CONNACK was written: cancelled) and those a CONNECT ended and did
+	// not publish (wills.close; any due after it is published at once). Each
+	// round waits at most willsWait in all for stalled subscribers'
+	// queues (a will is published waitNone: the loop never waits, a
+	// plain will's publisher waits PublishWait at most), and Sync too.
+	if b.wills.publishAll(willsWait) > 0 {
+		// Into the queues of the subscribers before they are stopped.
+		ctx, cancel := context.WithTimeout(context.Background(), willsWait)
+		b.Sync(ctx) //nolint:errcheck // bounded; what is late still reaches the rows
+		cancel()
+	}
 	b.conns.Range(func(k, _ any) bool {
 		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown) // mochi then runs OnWill and OnDisconnect
 		return true
@@ -421,7 +442,7 @@ func (b *Broker) shutdown() error {
 	case <-time.After(5 * time.Second):
 		b.log.Warn().Msg("mochi did not stop within 5 s; going on")
 	}
-	b.wills.close()
+	b.wills.close(willsWait)
 	b.tickers.Wait()
 	b.reqs.close()
 	if b.started {
@@ -485,6 +506,10 @@ func (b *Broker) hasTreeSubs() bool {
 	return b.treeSubs.Load() > 0 || b.subsSent.Load() > 0
 }
 
+// willsWait bounds the time the delayed wills published at shutdown may
+// wait for subscribers' queues, all together, in each of its two rounds.
+const willsWait = 2 * time.Second
+
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -515,6 +540,7 @@ func (b *Broker) connPanicked(nc net.Conn) {
 		}
 		return true
 	})
+	b.wills.settleOn(nc) // what its CONNECT set aside
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
 			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")

@@ -55,9 +55,13 @@ type conn struct {
 	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id; nil until the first
 	flightBytes int
 
+	// will: armed at CONNECT (OnSessionEstablished); handed to wills when
+	// due, by the read goroutine (OnWill) or by a CONNECT taking the id
+	// over (takenWill), which may come first.
+	will atomic.Pointer[will]
+
 	// Touched only by an MQTT connection's read goroutine, where mochi runs
-	// the hooks of one packet in order and sends the will.
-	will         *will  // armed at CONNECT; handed to wills when due
+	// the hooks of one packet in order.
 	pendingTopic string // the topic of the publish OnPacketRead took aside
 	pendingErr   error
 	levels       int  // filter levels of the session's subscriptions, in all

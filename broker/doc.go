@@ -218,13 +218,28 @@
 //   - Wills (OnWill): mochi publishes a will before it looks at the Will
 //     Delay Interval, without an ACL check, past Mote's prefixes. A
 //     delayed will waits until its delay passes or its session ends
-//     (wills.due): a CONNECT ending the session (Clean Start 1, another
-//     user) takes it under the id's takeover lock (wills.end) and
-//     publishes it after (OnSessionEstablished, or OnDisconnect when its
-//     CONNACK fails), or, for a connection it takes over live, as that
-//     connection's will comes due (conn.endedByTakeover; will.ended for
-//     a will still its CONNECT's, the CONNACK unwritten); a reconnect to
-//     the session cancels it once its CONNACK is written (wills.cancel).
+//     (wills.due). A CONNECT taking the id over makes the old
+//     connection's will due itself, under the id's takeover lock
+//     (wills.takeover; will.taken decides between it and that
+//     connection's end, whichever is first): the old reader may run
+//     late. One ending the session (Clean Start 1, another user) takes
+//     the waiting will and publishes it after the lock
+//     (OnSessionEstablished, or OnDisconnect when its CONNACK fails); one
+//     resuming it sets it aside before its CONNACK (wills.resuming)
+//     and cancels it once the CONNACK is written, or lets it wait
+//     again if it is not (wills.settle; mochi's Client.Answered): its
+//     OnSessionEstablished may come after a later CONNECT, or never
+//     (a later CONNECT ending the session marks it ended; one resuming
+//     it holds it too, will.holders: whichever is answered cancels it,
+//     and it waits again only if every holder failed). One will waits
+//     per client id (wills.delayLocked: a newer CONNECT to the session
+//     sets the session's will [MQTT-3.1.3-9], so the older is dropped;
+//     another user's is published), and Close publishes those waiting,
+//     set aside or ended: stopping ends every session. The takeover
+//     takes the will before mochi cuts the old connection off: a normal
+//     DISCONNECT processed meanwhile (OnPacketProcessed) revokes it
+//     (wills.revoke; will.sent and will.revoked under wills.mu), unless
+//     it was published.
 //   - Authentication (OnConnect): a refused will, keep-alive or client id
 //     needs its own CONNACK reason code, decided before mochi answers;
 //     there is no enhanced authentication (an Authentication Method is
@@ -314,7 +329,7 @@
 //	                                                            finish), and Close waits for it (Broker.writers)
 //	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
 //	$SYS ticker                  Broker                         Close
-//	delayed will timers          wills                          fired, cancelled by a reconnect, ended with the session, or Close
+//	delayed will timers          wills (one per client id)      fired, cancelled by a reconnect, ended with the session, or Close (which publishes the will)
 //	pacer timer (one per broker) the message loop (pacer)       the loop ends; it only pushes a call to the loop
 //	cluster follower             clusterNode                    Close, after the loop (its context); it applies through onLoop
 //	cluster appender (per batch) clusterNode                    its Append returns (bounded by the log's timeout, or Close)
@@ -330,11 +345,22 @@
 //	a connection's write role, its      the queue's mutex gives it (outQueue.role); its holder (writer,
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's
-//	conn.will, pending publish topic    the connection's read goroutine
+//	conn.will                           an atomic pointer: OnSessionEstablished stores; the read goroutine (OnWill)
+//	                                    swaps it out, a takeover (takenWill) reads it, both under wills.mu;
+//	                                    will.taken (wills.mu) says who made it due;
+//	                                    a normal DISCONNECT (the read goroutine) swaps it out and revokes it
+//	pending publish topic               the connection's read goroutine
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it
 //	wills of a session a CONNECT ended  wills.ending (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
-//	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes
+//	                                    OnSessionEstablished or OnDisconnect (a CONNACK not written) publishes, or Close (wills.close)
+//	delayed wills, one per client id    wills.delayed, under wills.mu; entered only by wills.delayLocked (the newer CONNECT's
+//	                                    kept: will.seq, stamped in OnSessionEstablish under the id's takeover lock)
+//	the wills a resuming CONNECT set    wills.resuming (wills.mu), one entry per CONNECT in its handshake: OnSessionEstablish
+//	  aside                               stores (wills.takeover; a takeover from a CONNECT holding some holds them too:
+//	                                    will.holders); its OnSessionEstablished, OnWill or OnDisconnect settles them
+//	                                    (wills.settle, through delayLocked), or Close (a later CONNECT marks them ended)
+//	will.sent, will.revoked             wills.mu: publish marks sent; a normal DISCONNECT (OnPacketProcessed) revokes
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
@@ -364,6 +390,5 @@
 //
 // Retained rows never expire (SPEC §1): the MQTT 5 Message Expiry Interval
 // of a retained publish is not applied to the row. Topic aliases cannot
-// name a Mote topic. Delayed wills still waiting when the broker stops are
-// not published.
+// name a Mote topic.
 package broker

@@ -240,6 +240,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // as any connection closed without DISCONNECT [MQTT-3.1.2-8] (OnWill).
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if w := willOf(mqttPrincipal(cl), &pk); w != nil {
+		w.seq = h.b.wills.seq.Add(1) // under the id's takeover lock: in the order the session changes hands
 		h.b.connWills.Store(cl, w)
 	}
 	existing, _ := h.b.server.Clients.Get(cl.ID)
@@ -257,19 +258,38 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 			old.expect(cl, fresh || old.p.User != string(cl.Properties.Username))
 		}
 	}
-	if ended {
-		// After expect: the old connection's will, not yet due, is
-		// published when it is (wills.due asks conn.endedByTakeover).
-		// Those waiting are published once the lock is let go:
-		// OnSessionEstablished, or OnDisconnect if the CONNACK fails.
-		h.b.wills.end(cl, existing)
-	}
+	// existing's connection, cut off now, has its will due now; with the
+	// id's delayed wills it is published (ended: once the lock is let go,
+	// OnSessionEstablished, or OnDisconnect if the CONNACK fails) or set
+	// aside until cl's CONNACK cancels it (wills.takeover).
+	h.b.wills.takeover(cl, existing, func() *will { return h.b.takenWill(existing) }, ended, fresh)
 	if fresh && existing != nil {
 		// mochi drops what existing holds in flight (after register: no
 		// more is held for it), counted here.
 		h.b.drop(dropSessionEnded, heldPublishes(existing))
 	}
 	h.b.keptIn.handOver(&h.b.server.Info.Inflight, existing, cl, fresh, left, late)
+}
+
+// takenWill is the will of existing, a client whose id a CONNECT takes
+// over (its connection cut off now), nil if it has none or left with
+// DISCONNECT: its CONNECT's (connWills) or its connection's.
+// OnSessionEstablished puts it in the connection before it takes it out
+// of connWills, so one of the two holds it.
+func (b *Broker) takenWill(existing *mqtt.Client) *will {
+	if existing == nil {
+		return nil
+	}
+	if c, ok := existing.StopCause().(packets.Code); ok && c == packets.CodeDisconnect {
+		return nil // [MQTT-3.1.2-10]
+	}
+	if w, ok := b.connWills.Load(existing); ok {
+		return w.(*will)
+	}
+	if v, ok := b.conns.Load(existing); ok {
+		return v.(*conn).will.Load()
+	}
+	return nil
 }
 
 // OnSessionEstablished starts the connection's state, cancels a will its
@@ -282,14 +302,15 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
 	b.wills.publishEnded(cl)
+	b.wills.settle(cl, true) // its CONNACK was written
 	b.countResendDiscards(cl)
 	out := &mqttOut{b: b, cl: cl}
 	kept, late := b.keptIn.take(cl)
 	out.ids.adopt(cl, kept, late)
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
-	if w, ok := b.connWills.LoadAndDelete(cl); ok {
-		c.will = w.(*will)
+	if w, ok := b.connWills.Load(cl); ok {
+		c.will.Store(w.(*will)) // left in connWills until c is in conns: a takeover finds it (takenWill)
 	}
 	old := b.connByID(cl.ID)
 	if o, ok := old.outOf(); !ok || o.cl == cl {
@@ -300,6 +321,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.q.hold()
 	}
 	b.conns.Store(cl, c)
+	b.connWills.Delete(cl)
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.Store(c)
 	}
@@ -347,8 +369,9 @@ func (b *Broker) countResendDiscards(cl *mqtt.Client) {
 // A session that outlives the connection (expire false) keeps the QoS 1/2
 // messages the connection did not write.
 func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	h.b.wills.publishEnded(cl)  // its CONNACK failed: see OnSessionEstablish
-	h.b.countResendDiscards(cl) // the resend failed after discarding some
+	h.b.wills.publishEnded(cl)          // its CONNACK failed: see OnSessionEstablish
+	h.b.wills.settle(cl, cl.Answered()) // its CONNACK failed, or the resend after it
+	h.b.countResendDiscards(cl)         // the resend failed after discarding some
 	h.b.dropConn(cl, !expire)
 }
 
@@ -649,8 +672,10 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 }
 
-// OnPacketProcessed lets the writer go once mochi has written the SUBACK.
-func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
+// OnPacketProcessed lets the writer go once mochi has written the SUBACK,
+// and removes the will of a connection that left with a normal
+// DISCONNECT.
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, err error) {
 	c := h.conn(cl)
 	if c == nil {
 		return
@@ -668,6 +693,12 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk *packets.Packet, _ error) {
 	}
 	if pk.FixedHeader.Type == packets.Subscribe {
 		c.q.release()
+	}
+	if pk.FixedHeader.Type == packets.Disconnect && pk.ReasonCode == packets.CodeSuccess.Code && err == nil {
+		// A normal DISCONNECT, accepted: the connection's will is removed
+		// [MQTT-3.1.2-10], even if a CONNECT taking the id over took it as
+		// due before it cut the connection off (wills.revoke).
+		h.b.wills.revoke(c.will.Swap(nil))
 	}
 }
 
@@ -729,11 +760,16 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // other), so the will is due as for any connection that closed without
 // DISCONNECT [MQTT-3.1.2-7] [MQTT-3.1.2-8].
 func (h *hook) OnWill(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error) {
-	if c := h.conn(cl); c != nil && c.will != nil {
-		h.b.wills.due(c.will, cl, c.endedByTakeover)
-		c.will = nil
-	} else if w, ok := h.b.connWills.LoadAndDelete(cl); ok {
-		h.b.wills.due(w.(*will), cl, func() bool { return false })
+	if c := h.conn(cl); c != nil && c.will.Load() != nil {
+		h.b.wills.due(func() *will { return c.will.Swap(nil) }, cl, c.endedByTakeover)
+	} else if _, ok := h.b.connWills.Load(cl); ok {
+		h.b.wills.settle(cl, cl.Answered()) // what its CONNECT set aside waits again first
+		h.b.wills.due(func() *will {
+			if w, ok := h.b.connWills.LoadAndDelete(cl); ok {
+				return w.(*will)
+			}
+			return nil
+		}, cl, func() bool { return false })
 	}
 	return mqtt.Will{}, nil
 }

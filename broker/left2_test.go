@@ -589,9 +589,7 @@ func TestWillOnConnackFailure(t *testing.T) {
 			waitFor(t, tc.name+": the will held for its delay", func() bool {
 				b.wills.mu.Lock()
 				defer b.wills.mu.Unlock()
-				if d := b.wills.delayed[id]; len(d) > 0 {
-					w = d[0]
-				}
+				w = b.wills.delayed[id]
 				return w != nil
 			})
 			if got := len(watcher.wait(t, n)); got != n {

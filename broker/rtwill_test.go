@@ -231,23 +231,36 @@ func TestConnackFailureThenCleanStartPublishesWills(t *testing.T) {
 	}
 	b.wills.mu.Lock()
 	defer b.wills.mu.Unlock()
-	if d := b.wills.delayed[id]; len(d) != 0 {
-		t.Errorf("%d wills of %s still wait", len(d), id)
+	if w := b.wills.delayed[id]; w != nil {
+		t.Errorf("the will %s of %s still waits", w.m.Topic, id)
 	}
 }
 
 // TestWillStorm: takeovers of one client id, one after another, MQTT
-// 3.1.1 with CleanSession 0 and 1, the old connection taken over live or
-// gone first. Every connection's will is published exactly once: 3.1.1
-// has no Will Delay, and a connection the server closes without a
-// DISCONNECT (a takeover: [MQTT-3.1.4-3]) sends its will [MQTT-3.1.2-8];
-// the last leaves with DISCONNECT (no will). A subscriber counts them.
+// 3.1.1 with CleanSession 0 and 1 (seeds 1-3), and MQTT 3.1.1 and 5 mixed
+// (seeds 4-7: Clean Start 0/1, Session Expiry 0/300, Will Delay
+// 0/5/3600), the old connection taken over live or gone first. A
+// connection the server closes without a DISCONNECT (a takeover:
+// [MQTT-3.1.4-3]) or that closes sends its will [MQTT-3.1.2-8], after its
+// Will Delay or when its session ends, whichever is first (the delay is
+// at most the session's expiry; 3.1.1 has none) [MQTT-3.1.3-9]; the next
+// CONNECT, made before a delay of 5 s or more passes, cancels it if it
+// resumes the session (Clean Start 0 of a session that outlives its
+// connection) and ends the session otherwise (§3.1.2.4: Clean Start 1
+// publishes it). The last leaves with DISCONNECT (no will). A subscriber
+// counts them: each exactly once, or not at all when cancelled.
 // Before mochi change 54, a connection taken over between two packets
 // (its read loop saw it stopped before reading) lost its will: 1 to 3
-// of 40 per run. (With MQTT 5 delayed wills and session expiry mixed in,
-// more defects show: see the report of branch h-rtwill.)
+// of 40 per run. Before wills.takeover, with MQTT 5 rounds, 9 of 30 runs
+// of -count=5 failed: a cancelled will published (its connection's end
+// or its resume's OnSessionEstablished ran after the next CONNECT), one
+// left waiting, or one published after the marker.
 func TestWillStorm(t *testing.T) {
-	for _, seed := range []uint64{1, 2, 3} {
+	for _, tc := range []struct {
+		seed uint64
+		v5   bool // MQTT 5 rounds mixed in
+	}{{1, false}, {2, false}, {3, false}, {4, true}, {5, true}, {6, true}, {7, true}} {
+		seed := tc.seed
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			b := start(t, Options{})
 			rng := rand.New(rand.NewPCG(seed, 7))
@@ -266,11 +279,20 @@ func TestWillStorm(t *testing.T) {
 					v: 4, clean: rng.IntN(2) == 0, live: rng.IntN(2) == 0,
 					expiry: []uint32{0, 300}[rng.IntN(2)], wait: []uint32{0, 5, 3600}[rng.IntN(3)],
 				}
+				if tc.v5 && rng.IntN(2) == 0 {
+					rs[i].v = 5
+				}
 				if rs[i].v == 4 {
 					rs[i].expiry, rs[i].wait = 0, 0
 				}
 			}
 			want := map[string]int{}
+			// late: the next CONNECT's CONNACK came 5 s or more after the
+			// round's connection was closed or taken over, so a 5 s delay
+			// may have passed first (a stalled machine; rounds take
+			// milliseconds): published or not, both are right.
+			late := map[string]bool{}
+			var roundStart time.Time
 			var prev *ownerPeer
 			for i, r := range rs {
 				topic := fmt.Sprintf("storm/%d", i)
@@ -281,6 +303,7 @@ func TestWillStorm(t *testing.T) {
 					if p.wait == 0 || !lasts || r.clean {
 						want[fmt.Sprintf("storm/%d", i-1)] = 1
 					}
+					roundStart = time.Now()
 					if !p.live {
 						prev.c.Close()
 					}
@@ -290,6 +313,9 @@ func TestWillStorm(t *testing.T) {
 					expiry = 0
 				}
 				p, _, code := rawPeer(t, b.TCPAddr(), rawConnect(t, r.v, id, r.clean, expiry, &rawWill{topic: topic, payload: "w", delay: r.wait}))
+				if i > 0 && time.Since(roundStart) >= 5*time.Second {
+					late[fmt.Sprintf("storm/%d", i-1)] = true
+				}
 				if code != 0 {
 					t.Fatalf("round %d: CONNACK %#x", i, code)
 				}
@@ -322,8 +348,15 @@ func TestWillStorm(t *testing.T) {
 				})
 				b.wills.mu.Lock()
 				defer b.wills.mu.Unlock()
-				for _, w := range b.wills.delayed[id] {
+				if w := b.wills.delayed[id]; w != nil {
 					left = append(left, "delayed will "+w.m.Topic)
+				}
+				for cl, d := range b.wills.resuming {
+					for _, w := range d {
+						if cl.ID == id {
+							left = append(left, "set-aside will "+w.m.Topic)
+						}
+					}
 				}
 				return fmt.Sprint(left)
 			}
@@ -340,7 +373,7 @@ func TestWillStorm(t *testing.T) {
 			}
 			for i := range rs {
 				topic := fmt.Sprintf("storm/%d", i)
-				if got[topic] != want[topic] {
+				if got[topic] != want[topic] && !(late[topic] && got[topic] == 1) {
 					t.Errorf("%s (%+v, next %+v): published %d times, want %d", topic, rs[i], rs[min(i+1, n-1)], got[topic], want[topic])
 				}
 			}
@@ -406,5 +439,152 @@ func TestHeldTooLargeResendFails(t *testing.T) {
 	}
 	if got := b.stats.TooLarge.Load() - before; got != cut.dropped {
 		t.Errorf("toolarge grew by %d, want %d (the resend's discards)", got, cut.dropped)
+	}
+}
+
+// connackSentGate holds the CONNECT of one client id, once armed, just
+// after its CONNACK was written (OnPacketSent), before mochi goes on to
+// Mote's OnSessionEstablished: as a CONNECT's goroutine that the machine
+// runs late.
+type connackSentGate struct {
+	mqtt.HookBase
+	armed   atomic.Pointer[string]
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (*connackSentGate) ID() string           { return "connack-sent-gate" }
+func (*connackSentGate) Provides(b byte) bool { return b == mqtt.OnPacketSent }
+func (g *connackSentGate) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Connack {
+		return
+	}
+	if id := g.armed.Load(); id == nil || *id != cl.ID || !g.armed.CompareAndSwap(id, nil) {
+		return
+	}
+	g.held <- struct{}{}
+	select {
+	case <-g.release:
+	case <-time.After(testTimeout):
+	}
+}
+
+// dialHeld sends connect for id on a new connection whose CONNECT the
+// gate holds once its CONNACK is written, and reads that CONNACK.
+func (g *connackSentGate) dialHeld(t *testing.T, b *Broker, id string, connect []byte) *ownerPeer {
+	t.Helper()
+	g.armed.Store(&id)
+	c, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(testTimeout))
+	p := &ownerPeer{c: c, r: bufio.NewReader(c)}
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.held:
+	case <-time.After(testTimeout):
+		t.Fatalf("%s: CONNACK never written", id)
+	}
+	if h, body := p.next(t, 0); h != 0x20 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("%s: got %#x % x, want CONNACK 0", id, h, body)
+	}
+	return p
+}
+
+// willsSettled waits until nothing of id's wills is in hand: no
+// connection, CONNECT's will, ended or set-aside wills of id.
+func willsSettled(t *testing.T, b *Broker, id string) {
+	t.Helper()
+	waitFor(t, id+"'s wills settled", func() bool {
+		left := false
+		for _, m := range []*sync.Map{&b.conns, &b.connWills, &b.wills.ending} {
+			m.Range(func(k, _ any) bool {
+				left = left || k.(*mqtt.Client).ID == id
+				return true
+			})
+		}
+		b.wills.mu.Lock()
+		defer b.wills.mu.Unlock()
+		for cl := range b.wills.resuming {
+			left = left || cl.ID == id
+		}
+		return !left
+	})
+}
+
+// TestResumeCancelsWillBeforeLateEstablish: a session is offline with
+// A's will waiting out its delay; B resumes it (Clean Start 0), its
+// CONNACK is written, and its goroutine is held before Mote's
+// OnSessionEstablished (which cancelled the will); C then starts clean.
+// B's connection was made to the session before the delay passed, so A's
+// will MUST NOT be sent [MQTT-3.1.3-9]; B's own will is, as C ended its
+// session (§3.1.2.4, §3.1.3.2.2). Before, C's CONNECT took A's will,
+// still waiting, and published it.
+func TestResumeCancelsWillBeforeLateEstablish(t *testing.T) {
+	b := start(t, Options{})
+	gate := &connackSentGate{held: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id = "rl-x"
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rl-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "will/#", 0)
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/a", payload: "a", delay: 3600}))
+	a.c.Close()
+	waitWillHeld(t, b, id)
+	gate.dialHeld(t, b, id, rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/b", payload: "b", delay: 3600}))
+	c, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, true, 0, nil)) // C: Clean Start 1
+	c.c.Write([]byte{0xE0, 0x00})                                          //nolint:errcheck // a normal DISCONNECT: no will
+	c.waitClosed(t)
+	close(gate.release)
+	willsSettled(t, b, id)
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rl-pub", true, 0, nil))
+	pub.publish1(t, 5, "will/marker", "")
+	if got := watcher.topicsUntil(t, "will/marker"); fmt.Sprint(got) != "[will/b]" {
+		t.Errorf("wills published %q; want will/b only (B's resume cancelled will/a)", got)
+	}
+	b.wills.mu.Lock()
+	defer b.wills.mu.Unlock()
+	if w := b.wills.delayed[id]; w != nil {
+		t.Errorf("the will %s of %s still waits", w.m.Topic, id)
+	}
+}
+
+// TestResumeCancelsWillOfSupersededConnect: B's CONNECT (Clean Start 0,
+// a delayed will) is answered and held before Mote's OnSessionEstablished,
+// so its will is still its CONNECT's; C resumes the session (Clean Start
+// 0), which cuts B off and cancels B's will [MQTT-3.1.3-9], and leaves
+// with DISCONNECT (the session stays). B's will is not sent, nor left
+// waiting. Before, B's end made its will due once no connection of the id
+// was filed: it waited out its delay (then was published).
+func TestResumeCancelsWillOfSupersededConnect(t *testing.T) {
+	b := start(t, Options{})
+	gate := &connackSentGate{held: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id = "rs-x"
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rs-watcher", true, 0, nil))
+	watcher.subscribe(t, 5, "will/#", 0)
+	gate.dialHeld(t, b, id, rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/b", payload: "b", delay: 3600}))
+	c, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 300, nil)) // C: Clean Start 0
+	c.c.Write([]byte{0xE0, 0x00})                                             //nolint:errcheck // a normal DISCONNECT
+	c.waitClosed(t)
+	close(gate.release)
+	willsSettled(t, b, id)
+	b.wills.mu.Lock()
+	d := 0
+	if b.wills.delayed[id] != nil {
+		d = 1
+	}
+	b.wills.mu.Unlock()
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "rs-pub", true, 0, nil))
+	pub.publish1(t, 5, "will/marker", "")
+	if got := watcher.topicsUntil(t, "will/marker"); len(got) != 0 || d != 0 {
+		t.Errorf("wills published %q, %d waiting; want none (C's resume cancelled will/b)", got, d)
 	}
 }

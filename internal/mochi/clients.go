@@ -713,6 +713,14 @@ func (cl *Client) IsTakenOver() bool {
 	return cl.State.isTakenOver.Load()
 }
 
+// mote: Answered reports whether cl's CONNACK was written (change 56): a
+// client that ends before OnSessionEstablished (its resend failed) was
+// told its session is present if so, or never connected (its CONNACK
+// failed) if not.
+func (cl *Client) Answered() bool {
+	return !cl.State.unanswered.Load()
+}
+
 // ReadFixedHeader reads in the values of the next packet's fixed header.
 // mote: an MQTT 5 client's Remaining Length in more bytes than it needs
 // is a Malformed Packet [MQTT-1.5.5-1]; a CONNECT's is checked once its
