@@ -713,7 +713,7 @@ func (cl *Client) IsTakenOver() bool {
 	return cl.State.isTakenOver.Load()
 }
 
-// mote: Answered reports whether cl's CONNACK was written (change 56): a
+// mote: Answered reports whether cl's CONNACK was written (change 58): a
 // client that ends before OnSessionEstablished (its resend failed) was
 // told its session is present if so, or never connected (its CONNACK
 // failed) if not.
