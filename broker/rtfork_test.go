@@ -6,6 +6,7 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -242,5 +243,90 @@ func TestTakeoverV3NoDisconnectPacket(t *testing.T) {
 		case v == 5 && (err != nil || h != 0xe0 || len(body) < 1 || body[0] != 0x8e):
 			t.Errorf("5: the taken-over connection got %#x % x %v, want DISCONNECT 0x8e", h, body, err)
 		}
+	}
+}
+
+// answeredGate holds, once armed, the CONNECT of the round's client id in
+// OnPacketSent of its CONNACK: the CONNACK is written (its client can
+// read it), and mochi has not yet gone on from the write.
+type answeredGate struct {
+	mqtt.HookBase
+	armed atomic.Pointer[gateRound]
+}
+
+// gateRound is one CONNECT for answeredGate to hold: held is closed once
+// it is, and it is held until release is closed.
+type gateRound struct {
+	id            string
+	held, release chan struct{}
+}
+
+func (*answeredGate) ID() string           { return "answered-gate" }
+func (*answeredGate) Provides(b byte) bool { return b == mqtt.OnPacketSent }
+func (g *answeredGate) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Connack {
+		return
+	}
+	r := g.armed.Load()
+	if r == nil || r.id != cl.ID || !g.armed.CompareAndSwap(r, nil) {
+		return
+	}
+	close(r.held)
+	<-r.release
+}
+
+// TestTakeoverJustAnswered: a connection whose CONNACK is written (its
+// client has read it) is taken over before mochi has gone on from the
+// write. An MQTT 5 one gets DISCONNECT 0x8E before the close
+// [MQTT-3.1.4-3], a 3.1.1 one only the close. Before mochi change 59 the
+// client stayed "unanswered" until mochi had gone on from the CONNACK's
+// write, and a takeover meanwhile closed it without the DISCONNECT: the
+// race behind TestTakeoverV3NoDisconnectPacket's rare failures, here
+// made certain.
+func TestTakeoverJustAnswered(t *testing.T) {
+	b := start(t, Options{})
+	gate := new(answeredGate)
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		v        byte
+		wantDisc bool // DISCONNECT 0x8E before the close, else only the close
+	}{
+		{5, true},
+		{4, false},
+	} {
+		t.Run("v"+strconv.Itoa(int(tc.v)), func(t *testing.T) {
+			r := &gateRound{id: "answered" + strconv.Itoa(int(tc.v)), held: make(chan struct{}), release: make(chan struct{})}
+			defer close(r.release)
+			gate.armed.Store(r)
+			defer gate.armed.Store(nil)
+			dial := func() (net.Conn, *bufio.Reader) {
+				c, err := net.Dial("tcp", b.TCPAddr())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				c.SetDeadline(time.Now().Add(testTimeout))
+				c.Write(connectPacket(tc.v, r.id))
+				br := bufio.NewReader(c)
+				if h, _, err := readPacketBody(br); err != nil || h != 0x20 {
+					t.Fatalf("no CONNACK: %#x %v", h, err)
+				}
+				return c, br
+			}
+			_, first := dial()
+			select {
+			case <-r.held:
+			case <-time.After(testTimeout):
+				t.Fatal("CONNACK not held")
+			}
+			dial() // its CONNACK comes after the takeover
+			h, body, err := readPacketBody(first)
+			disc := err == nil && h == 0xe0 && len(body) >= 1 && body[0] == 0x8e
+			if disc != tc.wantDisc || !tc.wantDisc && err == nil {
+				t.Errorf("the taken-over connection got %#x % x %v; want DISCONNECT 0x8e: %v", h, body, err, tc.wantDisc)
+			}
+		})
 	}
 }

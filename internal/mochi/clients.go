@@ -241,7 +241,7 @@ type ClientState struct {
 	writing         atomic.Bool          // mote: a WriteLoop was started for the client
 	acksHeld        bool                 // mote: writeAck held an ack in outbuf (read goroutine only)
 	subMu           sync.Mutex           // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
-	unanswered      atomic.Bool          // mote: filed by its CONNECT, its CONNACK not yet written (disconnectTakenOver)
+	unanswered      atomic.Bool          // mote: filed by its CONNECT, its CONNACK not yet written; cleared under the client's lock with the write (disconnectTakenOver, change 59)
 	TooLarge        atomic.Int64         // mote: publishes the resend discarded, too large for the client (change 52); the embedder takes them
 	expiryMu        sync.Mutex           // mote: guards Properties.Props.SessionExpiryInterval once filed, and claimed (change 53)
 	claimed         bool                 // mote: a takeover read the session's lifetime (claimSession): a DISCONNECT no longer changes it
@@ -665,6 +665,21 @@ func (cl *Client) Stop(err error) {
 	})
 }
 
+// mote: stopIfUnanswered stops cl, taken over, if its CONNACK is not
+// written yet, and reports whether it did. Under cl's lock, which the
+// CONNACK's write holds while it writes and clears unanswered: a CONNACK
+// not written by then never is (its write finds the connection closed)
+// (disconnectTakenOver, change 59).
+func (cl *Client) stopIfUnanswered() bool {
+	cl.lockWrite()
+	defer cl.Unlock()
+	if !cl.State.unanswered.Load() {
+		return false
+	}
+	cl.Stop(packets.ErrSessionTakenOver)
+	return true
+}
+
 // mote: settleSubscriptions waits until a SUBSCRIBE that cl is filing
 // (fileSubscribe) has filed its filters and run OnSubscribed. Called once
 // cl is stopped, it is a barrier: cl files no SUBSCRIBE after it, so its
@@ -1044,9 +1059,16 @@ func (cl *Client) writePacket(pk packets.Packet, hold bool) error {
 		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
 	}
 
-	n, err := func() (int64, error) {
+	n, err := func() (written int64, err error) {
 		cl.lockWrite() // mote: change 27
 		defer cl.Unlock()
+		if pk.FixedHeader.Type == packets.Connack {
+			defer func() { // mote: before the Unlock (change 59)
+				if err == nil {
+					cl.State.unanswered.Store(false) // answered: a takeover may send it DISCONNECT now
+				}
+			}()
+		}
 		if hold && len(cl.State.outbound) == 0 {
 			// mote: writeAck's held ack: kept with any held before it,
 			// written once outbuf is full or by the next write or FlushHeld

@@ -895,7 +895,7 @@ func TestPublishBodies(t *testing.T) {
 			cl, _, _ := newTestClient()
 			defer cl.Stop(errClientStop)
 			bc := &moteBodies{Conn: cl.Net.Conn, wrong: tt.wrong}
-			cl.Net.bodies = bc // as newClient sets it for a conn that is a PublishBodies
+			cl.Net.bodies = bc                                                 // as newClient sets it for a conn that is a PublishBodies
 			data := append(moteEncodePublish(t, "a/b", "payload"), 0xc0, 0x00) // and a PINGREQ
 			cl.Net.bconn = bufio.NewReader(bytes.NewReader(data))
 			var fh packets.FixedHeader
@@ -991,5 +991,49 @@ func BenchmarkIsValidFilterPublish(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestMoteTakeoverOfStalledConnack: a client filed but unanswered, its
+// CONNACK's write blocked (its peer reads nothing) and holding the
+// client's lock, is taken over. disconnectTakenOver waits for that lock
+// (change 59) after bounding the connection's writes, so it returns once
+// takeoverWriteWait has cut the CONNACK short, not when the peer reads;
+// the client is closed, and neither the CONNACK nor a DISCONNECT is
+// written.
+func TestMoteTakeoverOfStalledConnack(t *testing.T) {
+	s := newServer()
+	cl, r, _ := newTestClient()
+	defer r.Close()
+	cl.Properties.ProtocolVersion = 5
+	cl.State.unanswered.Store(true)
+	acked := make(chan error, 1)
+	go func() { acked <- s.SendConnack(cl, packets.CodeSuccess, false, nil) }()
+	waitFor(t, "the CONNACK's write to hold the client's lock", func() bool {
+		if cl.TryLock() {
+			cl.Unlock()
+			return false
+		}
+		return true
+	})
+	took := make(chan struct{})
+	go func() {
+		s.disconnectTakenOver(cl)
+		close(took)
+	}()
+	select {
+	case <-took:
+	case <-time.After(waitDeadline):
+		t.Fatalf("the takeover waited %v for a stalled CONNACK", waitDeadline)
+	}
+	if err := <-acked; err == nil {
+		t.Error("the stalled CONNACK was written")
+	}
+	if !cl.Closed() {
+		t.Error("the client taken over is not closed")
+	}
+	r.SetReadDeadline(time.Now().Add(waitDeadline))
+	if n, err := r.Read(make([]byte, 16)); n > 0 || err == nil {
+		t.Errorf("the peer read %d bytes (%v), want only the close", n, err)
 	}
 }
