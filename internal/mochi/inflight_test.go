@@ -7,6 +7,7 @@ package mqtt
 import (
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/stretchr/testify/require"
@@ -196,4 +197,36 @@ func TestNextImmediate(t *testing.T) {
 
 	_, ok = cl.State.Inflight.NextImmediate()
 	require.False(t, ok)
+}
+
+// TestNextImmediateWithWriters: NextImmediate (mochi's read goroutine,
+// after an acknowledgement) while another goroutine sets and deletes
+// in-flight messages (Mote's writer). Its read lock was taken twice, the
+// second time behind a writer that came in between and waited for the
+// first: the client's reader, the writer and the event loop deadlocked
+// (broker TestTakeoverWhilePublishersWait, about 1 run in 150). Before
+// change 56 this hangs within a few hundred rounds.
+func TestNextImmediateWithWriters(t *testing.T) {
+	i := NewInflights()
+	i.Set(packets.Packet{PacketID: 1, Expiry: -1})
+	const rounds = 20000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range rounds {
+			i.NextImmediate()
+		}
+	}()
+	go func() {
+		for n := range rounds {
+			id := uint16(2 + n%100)
+			i.Set(packets.Packet{PacketID: id})
+			i.Delete(id)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("NextImmediate deadlocked with a writer of the in-flight map")
+	}
 }
