@@ -5,6 +5,7 @@
 package mqtt
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -199,34 +200,59 @@ func TestNextImmediate(t *testing.T) {
 	require.False(t, ok)
 }
 
-// TestNextImmediateWithWriters: NextImmediate (mochi's read goroutine,
-// after an acknowledgement) while another goroutine sets and deletes
-// in-flight messages (Mote's writer). Its read lock was taken twice, the
-// second time behind a writer that came in between and waited for the
-// first: the client's reader, the writer and the event loop deadlocked
-// (broker TestTakeoverWhilePublishersWait, about 1 run in 150). Before
-// change 56 this hangs within a few hundred rounds.
-func TestNextImmediateWithWriters(t *testing.T) {
-	i := NewInflights()
-	i.Set(packets.Packet{PacketID: 1, Expiry: -1})
-	const rounds = 20000
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for range rounds {
-			i.NextImmediate()
-		}
-	}()
-	go func() {
-		for n := range rounds {
+// TestReadLockedOnceWithWriters: a reader of the in-flight map (mochi's
+// read goroutine after an acknowledgement: NextImmediate) or of the
+// client map (a listener's close: GetByListener) while another goroutine
+// writes it (Mote's writer putting deliveries in flight; clients coming
+// and going). Each took its read lock twice, the second time behind a
+// writer that came in between and waited for the first: a deadlock
+// (broker TestTakeoverWhilePublishersWait, about 1 run in 150: the
+// client's reader, the writer and the event loop hung). Before change 56
+// each case hangs within a few hundred rounds.
+func TestReadLockedOnceWithWriters(t *testing.T) {
+	inflight := NewInflights()
+	inflight.Set(packets.Packet{PacketID: 1, Expiry: -1})
+	clients := NewClients()
+	clients.Add(&Client{ID: "c", State: ClientState{open: context.Background()}, Net: ClientConnection{Listener: "tcp1"}})
+	tests := []struct {
+		name  string
+		read  func()
+		write func(n int)
+	}{
+		{"Inflight.NextImmediate", func() { inflight.NextImmediate() }, func(n int) {
 			id := uint16(2 + n%100)
-			i.Set(packets.Packet{PacketID: id})
-			i.Delete(id)
-		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("NextImmediate deadlocked with a writer of the in-flight map")
+			inflight.Set(packets.Packet{PacketID: id})
+			inflight.Delete(id)
+		}},
+		{"Clients.GetByListener", func() { clients.GetByListener("tcp1") }, func(n int) {
+			clients.Add(&Client{ID: "w", Net: ClientConnection{Listener: "tcp1"}})
+			clients.Delete("w")
+		}},
+	}
+	const rounds = 20000
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for range rounds {
+					tt.read()
+				}
+			}()
+			wrote := make(chan struct{})
+			go func() {
+				defer close(wrote)
+				for n := range rounds {
+					tt.write(n)
+				}
+			}()
+			for _, ch := range []chan struct{}{done, wrote} {
+				select {
+				case <-ch:
+				case <-time.After(10 * time.Second):
+					t.Fatal("a reader deadlocked with a writer of the map")
+				}
+			}
+		})
 	}
 }
