@@ -512,10 +512,11 @@ func (l *tcpListener) Serve(listeners.EstablishFn) { // guard establishes (Serve
 	}
 }
 
-// Close stops accepting. It does not call mochi's closeClients: that
-// (GetByListener) read-locks mochi's client map twice, which deadlocks
-// against clients disconnecting at the same moment; the broker closes its
-// clients itself (Broker.Close).
+// Close stops accepting. It does not call mochi's closeClients: the
+// broker closes its clients itself (Broker.Close). (closeClients'
+// GetByListener read-locked mochi's client map twice, which deadlocked
+// against clients disconnecting at the same moment, until mochi change
+// 56.)
 func (l *tcpListener) Close(listeners.CloseFn) {
 	if l.ln != nil {
 		l.ln.Close()

@@ -91,11 +91,10 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 
 // NextImmediate returns the next inflight packet which is indicated to be sent immediately.
 // This typically occurs when the quota has been exhausted, and we need to wait until new quota
-// is free to continue sending.
+// is free to continue sending. It takes the read lock once, in GetAll
+// (Mote change 60): a read lock taken again while held blocks behind a
+// writer that came in between, which waits for the first: a deadlock.
 func (i *Inflight) NextImmediate() (packets.Packet, bool) {
-	i.RLock()
-	defer i.RUnlock()
-
 	m := i.GetAll(true)
 	if len(m) > 0 {
 		return m[0], true

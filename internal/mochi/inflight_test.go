@@ -5,8 +5,10 @@
 package mqtt
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/stretchr/testify/require"
@@ -196,4 +198,61 @@ func TestNextImmediate(t *testing.T) {
 
 	_, ok = cl.State.Inflight.NextImmediate()
 	require.False(t, ok)
+}
+
+// TestReadLockedOnceWithWriters: a reader of the in-flight map (mochi's
+// read goroutine after an acknowledgement: NextImmediate) or of the
+// client map (a listener's close: GetByListener) while another goroutine
+// writes it (Mote's writer putting deliveries in flight; clients coming
+// and going). Each took its read lock twice, the second time behind a
+// writer that came in between and waited for the first: a deadlock
+// (broker TestTakeoverWhilePublishersWait, about 1 run in 150: the
+// client's reader, the writer and the event loop hung). Before change 60
+// each case hangs within a few hundred rounds.
+func TestReadLockedOnceWithWriters(t *testing.T) {
+	inflight := NewInflights()
+	inflight.Set(packets.Packet{PacketID: 1, Expiry: -1})
+	clients := NewClients()
+	clients.Add(&Client{ID: "c", State: ClientState{open: context.Background()}, Net: ClientConnection{Listener: "tcp1"}})
+	tests := []struct {
+		name  string
+		read  func()
+		write func(n int)
+	}{
+		{"Inflight.NextImmediate", func() { inflight.NextImmediate() }, func(n int) {
+			id := uint16(2 + n%100)
+			inflight.Set(packets.Packet{PacketID: id})
+			inflight.Delete(id)
+		}},
+		{"Clients.GetByListener", func() { clients.GetByListener("tcp1") }, func(n int) {
+			clients.Add(&Client{ID: "w", Net: ClientConnection{Listener: "tcp1"}})
+			clients.Delete("w")
+		}},
+	}
+	const rounds = 20000
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for range rounds {
+					tt.read()
+				}
+			}()
+			wrote := make(chan struct{})
+			go func() {
+				defer close(wrote)
+				for n := range rounds {
+					tt.write(n)
+				}
+			}()
+			for _, ch := range []chan struct{}{done, wrote} {
+				select {
+				case <-ch:
+				case <-time.After(10 * time.Second):
+					t.Fatal("a reader deadlocked with a writer of the map")
+				}
+			}
+		})
+	}
 }
