@@ -40,7 +40,7 @@ func TestOrderRowsThenEvent(t *testing.T) {
 			go b.onLoop(ctx.Done(), func() { close(held); <-release }) // the loop is busy
 			<-held
 			pub.pub(t, tc.topic, 1, tc.retain, tc.first) // queued behind the call: acknowledged without waiting
-			tok := pub.Publish("ord/a", 1, false, "2") // a plain event
+			tok := pub.Publish("ord/a", 1, false, "2")   // a plain event
 			// Either the event is delivered at once (and acknowledged), or
 			// it waits behind the queued publish: then the loop's inbox
 			// holds both the publish and what the event waits on.
