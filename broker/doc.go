@@ -47,6 +47,16 @@
 // left to the connection's recovery, which would go on from a half-applied
 // batch (runInline, inlinePanicked).
 //
+// Delivery order (MQTT 4.6): one client's publishes reach each subscriber
+// in the order the client sent them, though a plain event is delivered on
+// the client's goroutine and what changes rows by the loop. Whatever the
+// loop runs, it runs in order; a publisher waiting for its answer
+// (pubMeta.done) gets it once the rows are delivered. An MQTT client
+// counts its publishes queued to the loop and not yet delivered
+// (mqttPublisher.queued): while there are any, its next plain event first
+// waits for a barrier on the loop (afterQueued), so it comes after them;
+// with none (a publish run inline, an idle loop) it goes at once.
+//
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted
 // against its connection's queue bound. The loop's pacer (pace.go) keeps

@@ -231,6 +231,9 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 		}
 	}
 	if !r.mote && !m.Retain {
+		if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok && mp.queued.Load() > 0 {
+			b.afterQueued(ctx, mp) // its earlier publishes wait in the loop: this one comes after them
+		}
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
 			req := request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}}
 			if r.trans != nil {
@@ -253,6 +256,11 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 		b.stats.Throttled.Add(1) // the disk is behind: the publisher waited
 	}
 	meta := &pubMeta{p: p, topic: m.Topic, rows: r.mote, trans: r.loopTrans}
+	if b.cl == nil { // (a cluster node delivers once its log took the write: not counted)
+		if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok {
+			meta.queued = &mp.queued // counted by toLoop if queued
+		}
+	}
 	if !r.mote {
 		meta.plain = r.plain
 	}
@@ -310,10 +318,32 @@ func (b *Broker) toLoop(inline bool, req request, trans ...request) bool {
 	if inline && b.runInline(batch[:n]) {
 		return true
 	}
-	if n == 2 {
-		return b.reqs.pushPair(batch[0], batch[1])
+	c := req.pub.queued
+	if c != nil {
+		c.Add(1) // before the loop can take it
 	}
-	return b.reqs.push(req)
+	var ok bool
+	if n == 2 {
+		ok = b.reqs.pushPair(batch[0], batch[1])
+	} else {
+		ok = b.reqs.push(req)
+	}
+	if !ok && c != nil {
+		c.Add(-1)
+	}
+	return ok
+}
+
+// afterQueued waits until the loop has delivered what it was handed
+// before (a barrier: the loop runs its inbox in order), so that an MQTT
+// client's plain event, delivered on its own goroutine, reaches
+// subscribers after the client's earlier publishes that the loop delivers
+// (mp.queued > 0): MQTT 3.1.1 [MQTT-4.6.0-6], MQTT 5 §4.6 [MQTT-4.6.0-5,6].
+// The acks mochi held for the client go out first. Nothing waits when the
+// client has nothing queued, the common case.
+func (b *Broker) afterQueued(ctx context.Context, mp *mqttPublisher) {
+	mp.flush()
+	b.onLoop(ctx.Done(), func() {}) // false only once the loop stopped: nothing is left to wait for
 }
 
 // parsePublish reads a publish topic: a $tree/$set prefix, or (MQTT 5)

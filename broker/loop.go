@@ -52,6 +52,10 @@ type pubMeta struct {
 	// for a $set or .replace, translates the rows it applied.
 	translated bool
 	trans      *translate.Set
+	// queued, if not nil, is its MQTT publisher's count of publishes
+	// queued and not yet delivered (mqttPublisher.queued): toLoop adds 1
+	// when it queues the publish, the loop takes 1 once it ran it.
+	queued *atomic.Int32
 }
 
 // batchRows is the rows one batch changed, listed (with their publishes'
@@ -215,6 +219,11 @@ func (b *Broker) loop() {
 		}
 		b.runBatch(items)
 		b.loopMu.Unlock()
+		for i := range items { // delivered: their publishers' events need not wait for them
+			if r := &items[i]; r.kind == reqPublish && r.pub.queued != nil {
+				r.pub.queued.Add(-1)
+			}
+		}
 		clear(items) // drop references for the GC
 		spare = items
 	}
@@ -359,17 +368,6 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 		} else if res.Changed {
 			b.marks.note(a.Rows, res.Rev)
 		}
-		switch {
-		case m.done != nil && m.commit && len(changes) > from:
-			// Its own Add, in order, so the answer is about its rows only.
-			if from > 0 {
-				b.ret.Add(changes[:from])
-			}
-			b.ret.Add(changes[from:], m.done)
-			changes = changes[:0]
-		case m.done != nil:
-			m.done <- nil
-		}
 		if m.plain != nil {
 			b.deliverPlain(m.plain, pubWait{})
 		}
@@ -386,6 +384,20 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 					b.deliverRow(message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: origin, qos: ops[i].QoS, retain: row.Retain})
 				}
 			}
+		}
+		// Answered once delivered: a publisher told its publish is applied
+		// may send the next on the same topic, which must come after it
+		// (MQTT 4.6).
+		switch {
+		case m.done != nil && m.commit && len(changes) > from:
+			// Its own Add, in order, so the answer is about its rows only.
+			if from > 0 {
+				b.ret.Add(changes[:from])
+			}
+			b.ret.Add(changes[from:], m.done)
+			changes = changes[:0]
+		case m.done != nil:
+			m.done <- nil
 		}
 		if m.trans != nil {
 			if op, tm, ok := b.translateApplied(m, a.Rows, ops[i].QoS); ok {

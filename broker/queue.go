@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mote-mqtt/mote/tree"
@@ -566,6 +567,12 @@ type heldAcksKey struct{}
 type mqttPublisher struct {
 	flush func()   // writes the acks mochi held for the client (mochi Client.FlushHeld)
 	clock pubClock // the wait of the publish being delivered
+	// queued counts the client's publishes that change rows and were
+	// queued to the loop (not run inline) and that the loop has not yet
+	// delivered: while it is not 0, the client's plain events wait for
+	// them (MQTT 4.6, dispatch). Added to by the read goroutine, taken
+	// from by the loop once it ran them (pubMeta.queued).
+	queued atomic.Int32
 }
 
 // stopped reports whether w's publisher gave up.
