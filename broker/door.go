@@ -394,14 +394,11 @@ func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, 
 		}
 	}
 	v, ok, err = moteProp(props.User, "mote-replace")
-	switch {
-	case err != nil:
+	if err == nil && ok {
+		p.Replace, err = replaceProp(v)
+	}
+	if err != nil {
 		return p, true, err
-	case !ok:
-	case v == "1" || v == "true":
-		p.Replace = true
-	case v != "0" && v != "false":
-		return p, true, wire.ErrPrefixf("user property mote-replace=%.40q: want 1 or 0", v)
 	}
 	if err := wire.ValidateFilter(p.Topic); err != nil {
 		return p, true, err
@@ -450,16 +447,14 @@ func treePublishProps(p *wire.Publish, topic string, user []packets.UserProperty
 		return wire.ErrPrefixf("user property mote-replace or mote-codec on %.40q: $set takes no options", topic)
 	}
 	if hasReplace {
-		switch replace {
-		case "1", "true":
-			p.Replace = true
-		case "0", "false":
-			if p.Replace {
-				return wire.ErrPrefixf("user property mote-replace=%s on %.40q, whose topic says replace", replace, topic)
-			}
-		default:
-			return wire.ErrPrefixf("user property mote-replace=%.40q: want 1 or 0", replace)
+		r, err := replaceProp(replace)
+		switch {
+		case err != nil:
+			return err
+		case !r && p.Replace:
+			return wire.ErrPrefixf("user property mote-replace=%s on %.40q, whose topic says replace", replace, topic)
 		}
+		p.Replace = p.Replace || r
 	}
 	if hasCodec {
 		c, err := wire.ParseCodec(codec)
@@ -477,23 +472,34 @@ func treePublishProps(p *wire.Publish, topic string, user []packets.UserProperty
 	return nil
 }
 
+// replaceProp reads the value of the user property mote-replace.
+func replaceProp(v string) (bool, error) {
+	switch v {
+	case "1", "true":
+		return true, nil
+	case "0", "false":
+		return false, nil
+	}
+	return false, wire.ErrPrefixf("user property mote-replace=%.40q: want 1 or 0", v)
+}
+
 // moteProp is userProp for one of Mote's own user properties, which a
 // packet gives at most once: a second one is an error, not ignored.
 func moteProp(props []packets.UserProperty, key string) (string, bool, error) {
-	v, ok := userProp(props, key)
-	if !ok {
-		return "", false, nil
-	}
+	var v string
 	n := 0
 	for _, u := range props {
 		if u.Key == key {
+			if n == 0 {
+				v = u.Val
+			}
 			n++
 		}
 	}
 	if n > 1 {
 		return "", false, wire.ErrPrefixf("user property %s given %d times", key, n)
 	}
-	return v, true, nil
+	return v, n == 1, nil
 }
 
 // Sync returns once every publish handed to the broker before it has been
