@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -75,6 +76,15 @@ func holdConnections(t *testing.T, subscribe bool) {
 	}
 	const n = 10_000
 	raiseFileLimit(t, n+1000)
+	// MOTE_HOLD_HEAPPROFILE=file writes a heap profile of every
+	// allocation (MemProfileRate 1) once the connections are idle: where
+	// an idle connection's memory goes (bench/README.md, "Idle
+	// connections").
+	profile := os.Getenv("MOTE_HOLD_HEAPPROFILE")
+	if profile != "" {
+		defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
 	b := start(t, Options{})
 	before, stacksBefore := heapAndStacks(), stackInuse()
 	child := exec.Command(os.Args[0], "-test.run=^TestHelperHoldConnections$", "-test.v")
@@ -138,6 +148,9 @@ func holdConnections(t *testing.T, subscribe bool) {
 	after, stacksAfter := heapAndStacks(), stackInuse()
 	t.Logf("%d idle connections (subscribed: %v): %.1f KiB each (broker heap + goroutine stacks; stacks %.1f KiB)", n, subscribe,
 		float64(after-before)/n/1024, float64(stacksAfter-stacksBefore)/n/1024)
+	if profile != "" {
+		writeHeapProfile(t, profile)
+	}
 	// One goroutine a connection, its reader parked with a 4 KiB stack:
 	// 8 KiB or more means a second goroutine (mochi's WriteLoop) or a
 	// reader parked too deep for the runtime to shrink its stack
@@ -146,6 +159,20 @@ func holdConnections(t *testing.T, subscribe bool) {
 		t.Errorf("goroutine stacks %.1f KiB a connection, want about 4", per/1024)
 	}
 	alive(t, b)
+}
+
+// writeHeapProfile writes the heap profile to path, after a GC.
+func writeHeapProfile(t *testing.T, path string) {
+	t.Helper()
+	runtime.GC()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestHelperHoldConnections is the child process of
