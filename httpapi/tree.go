@@ -197,6 +197,15 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request, p broker.Princi
 		w.Header().Set("Mote-Refused", strconv.QuoteToASCII(truncate(tr.Refusal.Error(), 1000)))
 		err = nil
 	}
+	var ref *broker.Refusal
+	if p.User == "" && errors.As(err, &ref) && ref.Code.Code == packets.ErrNotAuthorized.Code {
+		// SPEC §10: 401 without valid credentials. An anonymous caller
+		// the ACL refuses may log in (RFC 9110 §15.5.2): challenged, not
+		// 403, which tells a client that credentials will not help.
+		w.Header().Set("WWW-Authenticate", `Basic realm="mote", charset="UTF-8"`)
+		writeError(w, http.StatusUnauthorized, ref.Err.Error()+" (log in: HTTP Basic, a user of the password file)", fmt.Sprintf("0x%02X", ref.Code.Code))
+		return
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
