@@ -19,7 +19,9 @@
 // "code": "0x87"}, the code being the MQTT 5 reason code when the broker
 // refused. A write applied whose translation the broker refused
 // (broker.TranslationRefused) is answered 204 with the refusal in the
-// header Mote-Refused.
+// header Mote-Refused. A write the ACL forbids is answered 403 for a
+// user, 401 with the Basic challenge for an anonymous caller (logging in
+// may help).
 //
 // # Access
 //
