@@ -3,11 +3,15 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/fxamacker/cbor/v2"
+
 	"github.com/mote-mqtt/mote/broker"
 	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/clients/client"
 )
 
 // TestSpecAnonymousWriteRefused: SPEC §10, "401 without valid
@@ -59,5 +63,107 @@ func TestSpecAnonymousWriteRefused(t *testing.T) {
 	// Nothing of the refused writes was applied.
 	if _, b := e.do(t, "GET", "/api/tree/pub/%23", bytes.NewReader(nil)); string(b) != `{"a":1}` {
 		t.Errorf("pub/# after the refusals: %s", b)
+	}
+}
+
+// inbox collects the messages of an MQTT subscription.
+type inbox chan client.Message
+
+// take waits for n messages.
+func (in inbox) take(t *testing.T, n int) []client.Message {
+	t.Helper()
+	var got []client.Message
+	ctx := testCtx(t)
+	for len(got) < n {
+		select {
+		case m := <-in:
+			got = append(got, m)
+		case <-ctx.Done():
+			t.Fatalf("got %d messages, want %d: %+v", len(got), n, got)
+		}
+	}
+	return got
+}
+
+// TestSpecWritesOverMQTT: SPEC §10, PUT is "a retained $tree/T publish at
+// QoS 1", POST /api/set "$set/F", DELETE "as PUT of {} with ?replace=1";
+// SPEC §1 and §11, a tree leaf reaches plain subscribers as its bytes
+// (a CBOR or MessagePack byte string as the raw bytes, a string without
+// quotes), and a plain publish keeps its bytes whatever the codec of the
+// trees around it. Seen by real MQTT clients: a QoS 2 plain subscriber
+// gets each row at QoS 1, a late one gets them retained.
+func TestSpecWritesOverMQTT(t *testing.T) {
+	e := setup(t, broker.Options{AllowAnonymous: true}, Options{})
+	c := e.dial(t, "", "")
+	live := make(inbox, 64)
+	if err := c.Subscribe(testCtx(t), "dev/#", client.Plain, client.JSON, 2, func(m client.Message) { live <- m }); err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		topic, payload string
+		qos            byte
+	}
+	rows := func(ms []client.Message) map[string]row {
+		out := map[string]row{}
+		for _, m := range ms {
+			out[m.Topic] = row{m.Topic, string(m.Payload), m.QoS}
+		}
+		return out
+	}
+	cb, _ := cbor.Marshal(map[string]any{"a": "ON", "b": []byte{0, 0xff}, "n": 21.5})
+	mp, _ := client.Encode(client.MsgPack, map[string]any{"m": []byte{1, 0xfe}})
+	for _, tc := range []struct {
+		name, method, path, ctype string
+		body                      []byte
+		want                      []row
+	}{
+		{"put cbor", "PUT", "/api/tree/dev/%2B", "application/cbor", cb,
+			[]row{{"dev/a", "ON", 1}, {"dev/b", "\x00\xff", 1}, {"dev/n", "21.5", 1}}},
+		{"put msgpack", "PUT", "/api/tree/dev/%2B", "application/msgpack", mp, []row{{"dev/m", "\x01\xfe", 1}}},
+		{"put json", "PUT", "/api/tree/dev/j", "", []byte(`{"x":true}`), []row{{"dev/j/x", "true", 1}}},
+		{"set", "POST", "/api/set/dev/%2B", "", []byte("OFF"), []row{{"dev/a", "OFF", 1}, {"dev/b", "OFF", 1}, {"dev/n", "OFF", 1}, {"dev/m", "OFF", 1}}},
+		{"delete", "DELETE", "/api/tree/dev/m", "", nil, []row{{"dev/m", "", 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, b := e.do(t, tc.method, tc.path, bytes.NewReader(tc.body), "Content-Type", tc.ctype)
+			if resp.StatusCode != 204 {
+				t.Fatalf("%d %s", resp.StatusCode, b)
+			}
+			got := rows(live.take(t, len(tc.want)))
+			for _, w := range tc.want {
+				if got[w.topic] != w {
+					t.Errorf("%s: got %+v, want %+v", w.topic, got[w.topic], w)
+				}
+			}
+		})
+	}
+	// A plain publish keeps its bytes, JSON text with its spaces and CBOR
+	// bytes alike, while trees carry them typed.
+	for _, p := range []string{`{"a" : 1}`, "\xa1\x61\x61\x01"} {
+		if err := c.Publish(testCtx(t), "dev/p", []byte(p), client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+		if m := live.take(t, 1)[0]; string(m.Payload) != p {
+			t.Errorf("plain publish %q reached a plain subscriber as %q", p, m.Payload)
+		}
+	}
+	if _, b := e.do(t, "GET", "/api/tree/dev/p", nil); string(b) != `"oWFhAQ=="` {
+		t.Errorf("GET of the CBOR bytes published plain: %s, want the bytes as a JSON byte string", b)
+	}
+	// A late subscriber gets every row retained, with the bytes written.
+	late := make(inbox, 64)
+	c2 := e.dial(t, "", "")
+	if err := c2.Subscribe(testCtx(t), "dev/#", client.Plain, client.JSON, 1, func(m client.Message) { late <- m }); err != nil {
+		t.Fatal(err)
+	}
+	ms := late.take(t, 5)
+	for _, m := range ms {
+		if !m.Retained {
+			t.Errorf("late subscriber: %s not retained", m.Topic)
+		}
+	}
+	want := map[string]row{"dev/a": {"dev/a", "OFF", 1}, "dev/b": {"dev/b", "OFF", 1}, "dev/n": {"dev/n", "OFF", 1}, "dev/j/x": {"dev/j/x", "true", 1}, "dev/p": {"dev/p", "\xa1\x61\x61\x01", 1}}
+	if got := rows(ms); !reflect.DeepEqual(got, want) {
+		t.Errorf("late subscriber: %+v, want %+v", got, want)
 	}
 }
