@@ -167,3 +167,79 @@ func TestSpecWritesOverMQTT(t *testing.T) {
 		t.Errorf("late subscriber: %+v, want %+v", got, want)
 	}
 }
+
+// TestSpecHostileInput: SPEC §10 and §11 against what a picky client or
+// an attacker sends: paths with NUL, invalid UTF-8, '+' inside a level,
+// '..' and escaped dots; CBOR and MessagePack values that have no tree
+// form (NaN, infinities, tags, undefined, non-string keys); numbers at
+// the edge of 64 bits, which must come back exact in every codec. Each
+// bad request is 400 with the MQTT 5 reason code and applies nothing.
+func TestSpecHostileInput(t *testing.T) {
+	e := setup(t, broker.Options{AllowAnonymous: true}, Options{})
+	for _, tc := range []struct {
+		name, method, path, ctype, body string
+		status                          int
+		code                            string
+	}{
+		{"NUL in filter", "GET", "/api/tree/a%00b", "", "", 400, "0x8F"},
+		{"NUL in topic", "PUT", "/api/tree/a%00b", "", "1", 400, "0x90"},
+		{"invalid UTF-8 filter", "GET", "/api/tree/%FF", "", "", 400, "0x8F"},
+		{"invalid UTF-8 topic", "PUT", "/api/tree/%FF", "", "1", 400, "0x90"},
+		{"plus inside a level", "GET", "/api/tree/a+b", "", "", 400, "0x8F"},
+		{"plus inside a set filter", "POST", "/api/set/a+b", "", "1", 400, "0x90"},
+		{"hash not last", "POST", "/api/set/a/%23/b", "", "1", 400, "0x90"},
+		{"dot-dot is a level", "PUT", "/api/tree/dots/../x", "", "1", 204, ""},
+		{"escaped dot-dot is the same level", "GET", "/api/tree/dots/%2E%2E/x", "", "", 200, ""},
+		{"CBOR NaN", "PUT", "/api/tree/c/x", "application/cbor", "\xf9\x7e\x00", 400, "0x99"},
+		{"CBOR infinity", "PUT", "/api/tree/c/x", "application/cbor", "\xf9\x7c\x00", 400, "0x99"},
+		{"CBOR integer key", "PUT", "/api/tree/c", "application/cbor", "\xa1\x01\x02", 400, "0x99"},
+		{"CBOR bignum tag", "PUT", "/api/tree/c/x", "application/cbor", "\xc2\x49\x01\x00\x00\x00\x00\x00\x00\x00\x00", 400, "0x99"},
+		{"CBOR undefined", "PUT", "/api/tree/c/x", "application/cbor", "\xf7", 400, "0x99"},
+		{"MessagePack NaN", "PUT", "/api/tree/m/x", "application/msgpack", "\xcb\x7f\xf8\x00\x00\x00\x00\x00\x01", 400, "0x99"},
+		{"MessagePack integer key", "PUT", "/api/tree/m", "application/msgpack", "\x81\x01\x02", 400, "0x99"},
+		{"JSON number out of range", "PUT", "/api/tree/j/x", "", "1e400", 400, "0x99"},
+		{"CBOR max uint64", "PUT", "/api/tree/big/cu", "application/cbor", "\x1b\xff\xff\xff\xff\xff\xff\xff\xff", 204, ""},
+		{"CBOR -2^64", "PUT", "/api/tree/big/cn", "application/cbor", "\x3b\xff\xff\xff\xff\xff\xff\xff\xff", 204, ""},
+		{"MessagePack max uint64", "PUT", "/api/tree/big/mu", "application/msgpack", "\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 204, ""},
+		{"MessagePack min int64", "PUT", "/api/tree/big/mi", "application/msgpack", "\xd3\x80\x00\x00\x00\x00\x00\x00\x00", 204, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hdr := []string{"Content-Type", tc.ctype}
+			resp, b := e.do(t, tc.method, tc.path, strings.NewReader(tc.body), hdr...)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, b)
+			}
+			if tc.status != 400 {
+				return
+			}
+			var eb errorBody
+			if err := json.Unmarshal(b, &eb); err != nil || eb.Code != tc.code || eb.Error == "" {
+				t.Errorf("body %s: want code %s and a reason", b, tc.code)
+			}
+		})
+	}
+	if _, b := e.do(t, "GET", "/api/tree/dots/../x", nil); string(b) != "1" {
+		t.Errorf("dots/../x: %q", b)
+	}
+	const want = `{"cu":18446744073709551615,"cn":-18446744073709551616,"mu":18446744073709551615,"mi":-9223372036854775808}`
+	if _, b := e.do(t, "GET", "/api/tree/big/%2B", nil); !bytes.Equal(b, []byte(want)) {
+		t.Errorf("JSON: %s, want %s", b, want)
+	}
+	// CBOR: major types 0 and 1 carry all 64 bits (and -2^64) exactly.
+	_, b := e.do(t, "GET", "/api/tree/big/%2B", nil, "Accept", "Application/CBOR") // media types are case-insensitive
+	for _, enc := range []string{"\x1b\xff\xff\xff\xff\xff\xff\xff\xff", "\x3b\xff\xff\xff\xff\xff\xff\xff\xff", "\x3b\x7f\xff\xff\xff\xff\xff\xff\xff"} {
+		if !bytes.Contains(b, []byte(enc)) {
+			t.Errorf("CBOR answer %x lacks %x", b, enc)
+		}
+	}
+	_, b = e.do(t, "GET", "/api/tree/big/%2B", nil, "Accept", "application/msgpack")
+	for _, enc := range []string{"\xcf\xff\xff\xff\xff\xff\xff\xff\xff", "\xd3\x80\x00\x00\x00\x00\x00\x00\x00"} {
+		if !bytes.Contains(b, []byte(enc)) {
+			t.Errorf("MessagePack answer %x lacks %x", b, enc)
+		}
+	}
+	// Nothing of the refused writes was applied.
+	if _, b := e.do(t, "GET", "/api/tree/%23", nil); strings.Contains(string(b), `"c"`) || strings.Contains(string(b), `"m"`) || strings.Contains(string(b), `"j"`) {
+		t.Errorf("refused writes applied: %s", b)
+	}
+}
