@@ -285,6 +285,8 @@ func TestClusterNodes(t *testing.T) {
 		}
 	}
 
+	checkSessionsStay(t, tn)
+
 	// Node 2 killed (its broker and NATS node stop; nothing is flushed by
 	// the cluster: its copy is what it committed), writes go on with 2 of
 	// 3, node 2 restarts on its directories and catches up.
@@ -295,6 +297,11 @@ func TestClusterNodes(t *testing.T) {
 			t.Fatalf("write %d with 2 of 3 nodes: %v", k, err)
 		}
 	}
+	// A deletion it missed too (SPEC §12: "catches up with every change").
+	if err := w1.Publish(ctx, "dev/s/a", nil, client.PublishOptions{QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	delete(want["s"].(map[string]any), "a")
 	late := map[string]any{}
 	for k := range 20 {
 		late[fmt.Sprintf("k%d", k)] = k
