@@ -116,6 +116,10 @@ func openCluster(ctx context.Context, c clusterConfig, dir string, opts *broker.
 	if len(c.NATS) > 0 && (c.Listen != "" || len(c.Routes) > 0 || c.NATSListen != "") {
 		return nil, errors.New("--nats joins an external NATS cluster: --cluster-listen, --cluster-routes and --nats-listen are the embedded node's")
 	}
+	names, err := natsNames(c)
+	if err != nil {
+		return nil, err
+	}
 	if len(c.Routes) > 0 && c.Listen == "" {
 		return nil, errors.New("--cluster-routes needs --cluster-listen (the other nodes route to it)")
 	}
@@ -136,7 +140,6 @@ func openCluster(ctx context.Context, c clusterConfig, dir string, opts *broker.
 	}
 	n := &clusterNode{}
 	nlog := log.With().Str("component", "nats").Logger()
-	var err error
 	if len(c.NATS) > 0 {
 		n.nc, err = nats.Connect(strings.Join(c.NATS, ","), nats.Name("mote-"+c.Node), nats.MaxReconnects(-1))
 		if err != nil {
@@ -156,6 +159,8 @@ func openCluster(ctx context.Context, c clusterConfig, dir string, opts *broker.
 		}
 	}
 	lg, err := cluster.OpenLog(ctx, n.nc, cluster.LogOptions{
+		Stream:   names.stream,
+		Subject:  names.rows,
 		Replicas: c.Replicas,
 		Ready:    2 * time.Minute, // the other nodes may be starting too
 		OnRetry:  func(err error) { log.Warn().Err(err).Msg("cluster: following the log again") },
@@ -180,8 +185,30 @@ func openCluster(ctx context.Context, c clusterConfig, dir string, opts *broker.
 		return nil, err
 	}
 	opts.Store = store
-	opts.Cluster = &broker.Cluster{Log: lg, Events: cluster.NewEvents(n.nc, "", c.Node),
+	opts.Cluster = &broker.Cluster{Log: lg, Events: cluster.NewEvents(n.nc, names.events, c.Node),
 		CatchUp: c.CatchUp, AnswerWait: c.AnswerWait, MaxWaiting: c.MaxWaiting, MaxWaitingBytes: c.MaxWaitingBytes}
 	log.Info().Str("cluster", c.Name).Str("node", c.Node).Int("replicas", c.Replicas).Int("routes", len(c.Routes)).Msg("cluster: joined")
 	return n, nil
+}
+
+// clusterNames are the NATS names of a cluster's row log (JetStream
+// stream and subject) and event subject; "" is cluster's default.
+type clusterNames struct{ stream, rows, events string }
+
+// natsNames are the NATS names of cluster c. An embedded NATS node
+// serves one cluster (its NATS cluster has c's name): the defaults. An
+// external NATS may serve several Mote clusters, which must stay apart
+// (SPEC §12: the brokers of one cluster configuration are one broker, and
+// no other): their names carry c.Name, which must then be a NATS name
+// token.
+func natsNames(c clusterConfig) (clusterNames, error) {
+	if len(c.NATS) == 0 {
+		return clusterNames{}, nil
+	}
+	if c.Name == "" || len(c.Name) > 64 || strings.IndexFunc(c.Name, func(r rune) bool {
+		return !(r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	}) >= 0 {
+		return clusterNames{}, fmt.Errorf("cluster name %.80q: with --nats, 1 to 64 of A-Z, a-z, 0-9, '-' and '_' (it names the cluster's NATS stream and subjects)", c.Name)
+	}
+	return clusterNames{stream: "MOTE_ROWS_" + c.Name, rows: "mote." + c.Name + ".rows", events: "mote." + c.Name + ".pub"}, nil
 }
