@@ -243,3 +243,38 @@ func TestSpecHostileInput(t *testing.T) {
 		t.Errorf("refused writes applied: %s", b)
 	}
 }
+
+// TestSpecStreamResumeACL: SPEC §10, an event stream "is resumed as in
+// §8" with "ACLs per row, exactly as for MQTT": a resume delta after
+// Last-Event-ID carries only the changed rows the caller may read, and a
+// filter of rows it may not read resumes with an empty tree.
+func TestSpecStreamResumeACL(t *testing.T) {
+	users := auth.NewUsers()
+	users.Set("alice", "pw", 1)
+	acl, err := auth.ParseACL("acl", []byte("user alice\ntopic read pub/#\nuser admin\ntopic readwrite #\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := setup(t, broker.Options{Users: users, ACL: acl}, Options{})
+	e.publish(t, admin, "pub/a", "1")
+	e.publish(t, admin, "secret/a", "1")
+	s, _ := e.openStream(t, "/api/tree/%23", "auth", "alice:pw")
+	first := s.next(t)
+	if first.name != "snapshot" || first.data != `{"pub":{"a":1}}` {
+		t.Fatalf("snapshot %+v", first)
+	}
+	s.close()
+	e.publish(t, admin, "secret/a", "2")
+	e.publish(t, admin, "secret/c", "3")
+	e.publish(t, admin, "pub/a", "")
+	for _, tc := range []struct{ path, want string }{
+		{"/api/tree/%23", `{"pub":{"a":null}}`},
+		{"/api/tree/secret/%23", `{}`},
+	} {
+		s, _ := e.openStream(t, tc.path, "auth", "alice:pw", "Last-Event-ID", first.id)
+		if ev := s.next(t); ev.name != "resume" || ev.data != tc.want {
+			t.Errorf("%s: %+v, want a resume with %s", tc.path, ev, tc.want)
+		}
+		s.close()
+	}
+}
