@@ -470,7 +470,8 @@ func TestSpecATreePublishAsAlone(t *testing.T) {
 // matching filter F to the payload (whatever the packet's retain flag;
 // plain subscribers get each changed row as a retained publish)": a $set
 // sent with retain 0 changes the stored rows, and an MQTT 5 subscriber
-// with Retain As Published sees retain 1 on each.
+// with Retain As Published sees retain 1 on each (while snapshots and
+// deltas keep SPEC §2's "Retain flag 0").
 func TestSpecASetRetained(t *testing.T) {
 	b := start(t, Options{})
 	w := dialTree5(t, b, "w")
@@ -491,9 +492,74 @@ func TestSpecASetRetained(t *testing.T) {
 			t.Errorf("%s %q retain %v, want \"2\" retained", p.Topic, p.Payload, p.Retain)
 		}
 	}
+	// SPEC §2 "Retain flag 0" for snapshots and deltas, even to a
+	// subscription with Retain As Published.
 	snap := dialTree5(t, b, "snap")
-	snap.subscribe(t, "$sync/sr/+")
-	if p := snap.next(t); !jsonEqual(t, string(p.Payload), `{"a":2,"b":2}`) {
-		t.Errorf("snapshot after a $set with retain 0: %s", p.Payload)
+	if _, err := snap.Subscribe(testCtx(t), &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "$sync/sr/+", QoS: 1, RetainAsPublished: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	if p := snap.next(t); !jsonEqual(t, string(p.Payload), `{"a":2,"b":2}`) || p.Retain {
+		t.Errorf("snapshot after a $set with retain 0: %s retain %v", p.Payload, p.Retain)
+	}
+	w.pub(t, "$set/sr/a", "3")
+	if p := snap.next(t); string(p.Payload) != `{"a":3}` || p.Retain {
+		t.Errorf("delta %s retain %v, want {\"a\":3} retain 0", p.Payload, p.Retain)
+	}
+}
+
+// TestSpecATreeAtomic: SPEC §4 "atomic: a snapshot never shows half of a
+// tree publish", and SPEC §2 "All rows of one incoming publish are always
+// in one delta": while a writer keeps publishing {"a":i,"b":i,"c":i},
+// every snapshot taken meanwhile and every delta of a standing
+// subscription holds the three rows with one value.
+func TestSpecATreeAtomic(t *testing.T) {
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	w.pub(t, "$tree/at", `{"a":0,"b":0,"c":0}`)
+	settle(t, b)
+	standing := dialTree5(t, b, "standing")
+	standing.subscribe(t, "$sync/at/+")
+	standing.next(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // owned by this test: stopped by stop, waited for below
+		defer wg.Done()
+		for i := 1; i < 1_000_000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			p := &paho5.Publish{Topic: "$tree/at", QoS: 1, Retain: true, Payload: fmt.Appendf(nil, `{"a":%d,"b":%d,"c":%d}`, i, i, i)}
+			if _, err := w.Publish(testCtx(t), p); err != nil {
+				t.Errorf("publish %d: %v", i, err)
+				return
+			}
+		}
+	}()
+	whole := func(what string, payload []byte) {
+		t.Helper()
+		var doc map[string]int
+		if err := json.Unmarshal(payload, &doc); err != nil || len(doc) != 3 || doc["a"] != doc["b"] || doc["b"] != doc["c"] {
+			t.Fatalf("%s %s: not one whole tree publish", what, payload)
+		}
+	}
+	for i := range 50 {
+		r := dialTree5(t, b, fmt.Sprint("r", i))
+		r.subscribe(t, "$sync/at/+")
+		whole("snapshot", r.next(t).Payload)
+		r.Client.Disconnect(&paho5.Disconnect{})
+	}
+	close(stop)
+	waitGroup(t, "writer", &wg)
+	for {
+		select {
+		case p := <-standing.got:
+			whole("delta", p.Payload)
+			continue
+		default:
+		}
+		break
 	}
 }
