@@ -563,3 +563,28 @@ func TestSpecATreeAtomic(t *testing.T) {
 		break
 	}
 }
+
+// TestSpecAPacedQoS: SPEC §2 "for deltas the highest QoS among the folded
+// rows, capped by the granted QoS", for the rows a paced subscription
+// folds: a row set at QoS 2 and then at QoS 0 within one interval leaves
+// as one delta, its newest value at QoS 2 (at QoS 1 where 1 was granted).
+func TestSpecAPacedQoS(t *testing.T) {
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	for _, granted := range []byte{2, 1} {
+		t.Run(fmt.Sprint("granted=", granted), func(t *testing.T) {
+			topic := fmt.Sprintf("pq%d/a", granted)
+			r := dialTree5(t, b, fmt.Sprint("r", granted))
+			s := &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: fmt.Sprintf("$sync.1000ms/pq%d/+", granted), QoS: granted}}}
+			if _, err := r.Subscribe(testCtx(t), s); err != nil {
+				t.Fatal(err)
+			}
+			r.next(t) // the snapshot starts the interval
+			ack5(t, w, topic, 2, true, `"early"`)
+			ack5(t, w, topic, 0, true, `"late"`)
+			if p := r.next(t); string(p.Payload) != `{"a":"late"}` || p.QoS != granted {
+				t.Fatalf("paced delta %s at QoS %d, want {\"a\":\"late\"} at QoS %d", p.Payload, p.QoS, granted)
+			}
+		})
+	}
+}
