@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/clients/client"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/tree"
@@ -586,5 +587,50 @@ func TestSpecAPacedQoS(t *testing.T) {
 				t.Fatalf("paced delta %s at QoS %d, want {\"a\":\"late\"} at QoS %d", p.Payload, p.QoS, granted)
 			}
 		})
+	}
+}
+
+// TestSpecAPlainJSONATreeHolds: SPEC §1 "valid JSON text → that JSON
+// value", where the value nests in every codec's tree. A plain retained
+// publish of JSON text that no tree can hold — an object with a duplicate
+// key, a number beyond float64 inside an object or array — was typed as an
+// object or array: CBOR and MessagePack snapshots then carried a map with a
+// duplicate key (not valid CBOR, RFC 8949 §5.6) or an infinity, and the Go
+// client refused every MessagePack snapshot holding such a row whole, the
+// other rows with it. Such text is typed as the string it is (as a bare
+// 1e400 already was); the plain subscriber's bytes are unchanged.
+func TestSpecAPlainJSONATreeHolds(t *testing.T) {
+	b := start(t, Options{})
+	w := dialTree5(t, b, "w")
+	rows := map[string]string{
+		"pj/dup":     `{"a":1,"a":{"b":2}}`,
+		"pj/deepdup": `[{"x":{"k":1,"k":2}}]`,
+		"pj/big":     `{"x":1e400}`,
+		"pj/bigarr":  `[1,-1e999]`,
+		"pj/ok":      `{"a":1,"b":[1.5e300]}`,
+	}
+	for topic, payload := range rows {
+		w.pub(t, topic, payload)
+	}
+	settle(t, b)
+	want := `{"dup":"{\"a\":1,\"a\":{\"b\":2}}","deepdup":"[{\"x\":{\"k\":1,\"k\":2}}]","big":"{\"x\":1e400}","bigarr":"[1,-1e999]","ok":{"a":1,"b":[1.5e300]}}`
+	for _, c := range []struct {
+		filter string
+		codec  client.Codec
+	}{{"$sync/pj/+", client.JSON}, {"$sync.msgpack/pj/+", client.MsgPack}, {"$sync.cbor/pj/+", client.CBOR}} {
+		r := dialTree5(t, b, "r")
+		r.subscribe(t, c.filter)
+		p := r.next(t)
+		doc, err := client.Decode(c.codec, p.Payload)
+		if err != nil || !same(t, doc, want) {
+			t.Errorf("%s: %q (%v), want %s", c.filter, p.Payload, err, want)
+		}
+	}
+	plain := dial3(t, b, "plain", true)
+	plain.sub(t, "pj/+", 1)
+	for _, m := range plain.wait(t, len(rows)) {
+		if m.payload != rows[m.topic] {
+			t.Errorf("plain %s = %q, want %q", m.topic, m.payload, rows[m.topic])
+		}
 	}
 }
