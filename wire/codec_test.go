@@ -18,6 +18,9 @@ func TestTypePlain(t *testing.T) {
 	}{
 		{"ON", String}, {"", String}, {"21.5", JSON}, {"true", JSON}, {`"x"`, JSON}, {"[1]", JSON},
 		{`{"state":"ON"}`, Object}, {" {} ", Object}, {"null", String}, {"\xff", Bytes}, {"1 2", String},
+		// SPEC §1: text no tree can hold as a value is a string.
+		{`{"a":1,"a":2}`, String}, {`[{"x":{"k":1,"k":2}}]`, String}, {`{"x":1e400}`, String}, {`[1,-1e999]`, String},
+		{`{"a":{"k":1},"b":{"k":2}}`, Object}, {`{"\u0061":1,"a":2}`, String}, {`[1.5e300]`, JSON},
 	} {
 		if v := TypePlain([]byte(tt.in)); v.Kind != tt.kind || v.Data != tt.in {
 			t.Errorf("TypePlain(%q) = %v %q, want %v", tt.in, v.Kind, v.Data, tt.kind)
