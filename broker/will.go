@@ -269,6 +269,15 @@ func (ws *wills) takeLocked(w *will) bool {
 	return true
 }
 
+// takeEnded stops and removes the delayed will of a client id whose
+// session ends now (endAway, under the id's takeover lock), nil if it has
+// none: the caller publishes it once that lock is let go.
+func (ws *wills) takeEnded(id string) *will {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return ws.takeIDLocked(id)
+}
+
 // takeIDLocked stops and removes the delayed will of a client id, nil if
 // it has none. ws.mu is held.
 func (ws *wills) takeIDLocked(id string) *will {
