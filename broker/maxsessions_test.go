@@ -393,3 +393,28 @@ func leaveTimed(t *testing.T, b *Broker, h *leftHook, id string, filters []strin
 	h.wait(t, id, 1)
 	return time.Since(t0)
 }
+
+// BenchmarkAwaySessions: filing a session as away and taking the one away
+// longest out, with 1,000 and 100,000 away: the same cost (O(1)).
+func BenchmarkAwaySessions(b *testing.B) {
+	for _, n := range []int{1_000, 100_000} {
+		b.Run(fmt.Sprint("away=", n), func(b *testing.B) {
+			var a awaySessions
+			cls := make([]*mqtt.Client, n+1)
+			for i := range cls {
+				cls[i] = &mqtt.Client{ID: fmt.Sprint("c", i)}
+			}
+			for _, cl := range cls[:n] {
+				a.leftLocked(cl)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				a.leftLocked(cls[(i+n)%len(cls)])
+				if a.oldestOver(n) == nil {
+					b.Fatal("none over the bound")
+				}
+			}
+		})
+	}
+}
