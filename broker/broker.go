@@ -71,6 +71,7 @@ type Broker struct {
 	subsSent   atomic.Int64 // subscribe requests pushed, not yet handled by the loop
 	lastTick   atomic.Int64 // when the loop last took work (Unix ns)
 	offline    offlineHeld  // bytes held for offline persistent sessions
+	away       awaySessions // persistent sessions whose clients are away, longest away first (Options.MaxSessions)
 	handshakes handshakes   // connections before their CONNECT
 	guesses    *guesses     // failed logins per host (guesses.go)
 
@@ -117,6 +118,9 @@ type Stats struct {
 	Direct       atomic.Int64 // QoS 0 messages written by their deliverer, not handed to a writer (direct.go)
 	DirectRest   atomic.Int64 // of those, the ones the socket did not take whole: their writer wrote the rest
 	Writers      atomic.Int64 // writer goroutines running now: one runs only while its connection has something to write (writer.go)
+	// SessionsEnded counts the persistent sessions of clients away ended
+	// early: more than Options.MaxSessions were kept (endAway).
+	SessionsEnded atomic.Int64
 }
 
 // New builds a broker; Start loads its rows and binds its listeners.

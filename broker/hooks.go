@@ -193,7 +193,7 @@ func v3Connack(code packets.Code) packets.Code {
 // What mochi held for old (in flight) is counted as dropped.
 func (b *Broker) dropSession(old *mqtt.Client) {
 	n := heldPublishes(old)
-	if b.server.RemoveSession(old) {
+	if b.server.RemoveSessionWith(old, func() { b.away.goneLocked(old) }) {
 		b.drop(dropSessionEnded, n)
 	}
 }
@@ -244,6 +244,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		h.b.connWills.Store(cl, w)
 	}
 	existing, _ := h.b.server.Clients.Get(cl.ID)
+	h.b.away.backLocked(cl.ID) // cl takes the session, or ends it
 	// The session cl's CONNECT names ended: Clean Start [MQTT-3.1.2-4],
 	// another user's, or one that lasted only as long as its live
 	// connection, which cl cuts off (MQTT 3.1.1 CleanSession 1, MQTT 5
@@ -373,6 +374,9 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	h.b.wills.settle(cl, cl.Answered()) // its CONNACK failed, or the resend after it
 	h.b.countResendDiscards(cl)         // the resend failed after discarding some
 	h.b.dropConn(cl, !expire)
+	if !expire {
+		h.b.sessionLeft(cl) // after its connection let go of it
+	}
 }
 
 func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {

@@ -124,6 +124,18 @@ type Options struct {
 	// sessions whose clients are away (QoS 1/2 messages, resent when they
 	// come back; at most MaxInflight per session); default 256 MiB.
 	MaxOfflineBytes int
+	// MaxSessions bounds the persistent sessions kept for clients that
+	// are away (MQTT 3.1.1 Clean Session 0, MQTT 5 Session Expiry
+	// Interval above 0); default 100,000 (DefaultMaxSessions); negative:
+	// no bound. MaxClients bounds connected clients only: a client
+	// connecting with ever new client ids could leave sessions, and their
+	// subscriptions, without end. A disconnect that leaves more than
+	// MaxSessions away ends the session away longest at once, as if it
+	// had expired: its subscriptions are removed, the messages held for
+	// it dropped (counted session_ended), its delayed will published;
+	// a Warn log line names it, and $SYS/mote/sessions/ended and
+	// mote_sessions_ended_total count it.
+	MaxSessions int
 
 	// MaxSubscriptions bounds one client's subscriptions (default 10,000),
 	// and their filters' levels in all to 4 per subscription (each level
@@ -187,6 +199,7 @@ const (
 	DefaultPublishWait               = time.Second
 	DefaultMaxSubscriptions          = 10_000
 	DefaultMaxOfflineBytes           = 256 << 20
+	DefaultMaxSessions               = DefaultMaxClients
 	DefaultMaxSubscriptionsPerPacket = 1_000
 	DefaultResumeWindow              = 1_000_000
 	// MaxTopicLenLimit is the largest MaxTopicLen: the store's longest key.
@@ -245,6 +258,7 @@ func (o Options) withDefaults() (Options, error) {
 	def(&o.LoopQueue, DefaultLoopQueue)
 	def(&o.MaxSubscriptions, DefaultMaxSubscriptions)
 	def(&o.MaxOfflineBytes, DefaultMaxOfflineBytes)
+	def(&o.MaxSessions, DefaultMaxSessions)
 	def(&o.MaxSubscriptionsPerPacket, DefaultMaxSubscriptionsPerPacket)
 	if o.Takeover == "" {
 		o.Takeover = TakeoverRefuse

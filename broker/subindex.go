@@ -491,5 +491,6 @@ func (b *Broker) mirrorUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // meanwhile is left to its successor (mochi's IsTakenOver, and the newer
 // connection's filings are kept: mirrorUnsubscribed).
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	h.b.away.goneLocked(cl) // under the id's takeover lock (mochi's expireClient)
 	h.b.server.UnsubscribeClient(cl)
 }

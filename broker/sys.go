@@ -100,5 +100,7 @@ func (b *Broker) sysValues() map[string]string {
 		"$SYS/mote/tree/folded":           n(b.stats.Folded.Load()),
 		"$SYS/mote/tree/subscriptions":    n(b.treeSubs.Load()),
 		"$SYS/mote/rows":                  n(ld(&i.Retained)),
+		"$SYS/mote/sessions/away":         n(int64(b.away.len())),
+		"$SYS/mote/sessions/ended":        n(b.stats.SessionsEnded.Load()),
 	}
 }

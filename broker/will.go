@@ -110,8 +110,8 @@ func willOf(p Principal, pk *packets.Packet) *will {
 // their CONNACK piled up wills and timers without bound. The wills
 // waiting are now at most the sessions mochi keeps (a will's delay ends
 // no later than its session's expiry); those are bounded by
-// Options.MaxClients only while connected: there is no bound on offline
-// sessions.
+// Options.MaxClients while connected and Options.MaxSessions while away
+// (a session ended past it publishes its will: endAway).
 //
 // Stopping the broker ends every session (Mote keeps them in memory
 // only): publishAll publishes the wills waiting, and close publishes
@@ -267,6 +267,15 @@ func (ws *wills) takeLocked(w *will) bool {
 	}
 	delete(ws.delayed, w.cl.ID)
 	return true
+}
+
+// takeEnded stops and removes the delayed will of a client id whose
+// session ends now (endAway, under the id's takeover lock), nil if it has
+// none: the caller publishes it once that lock is let go.
+func (ws *wills) takeEnded(id string) *will {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return ws.takeIDLocked(id)
 }
 
 // takeIDLocked stops and removes the delayed will of a client id, nil if

@@ -63,6 +63,7 @@ type config struct {
 	GuessWindow               time.Duration `yaml:"guess_window"`
 	MaxSubscriptions          int           `yaml:"max_subscriptions"`
 	MaxOfflineBytes           int           `yaml:"max_offline_bytes"`
+	MaxSessions               int           `yaml:"max_sessions"`
 	MaxSubscriptionsPerPacket int           `yaml:"max_subscriptions_per_packet"`
 	ClientIDTakeover          string        `yaml:"client_id_takeover"`
 	AllowedOrigins            []string      `yaml:"allowed_origins"`
@@ -262,6 +263,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 
 		MaxSubscriptions:          cfg.MaxSubscriptions,
 		MaxOfflineBytes:           cfg.MaxOfflineBytes,
+		MaxSessions:               cfg.MaxSessions,
 		MaxSubscriptionsPerPacket: cfg.MaxSubscriptionsPerPacket,
 	}
 	if *maxKeepAlive > 0 {

@@ -695,14 +695,36 @@ type Takeover struct {
 // end (endSession) and Mote's own removals (a panicked connection's end,
 // another user's session dropped for a new one) call it.
 func (s *Server) RemoveSession(cl *Client) bool {
+	return s.RemoveSessionWith(cl, nil)
+}
+
+// mote: RemoveSessionWith is RemoveSession calling ending (if not nil)
+// under the lock, once the checks passed, before the session is removed
+// (change 61): what the caller keeps of the session goes with it, and a
+// CONNECT of the id finds either all of it or none.
+func (s *Server) RemoveSessionWith(cl *Client, ending func()) bool {
+	return s.WhileFiled(cl, func() {
+		if ending != nil {
+			ending()
+		}
+		cl.ClearInflights()
+		s.UnsubscribeClient(cl)
+		s.Clients.Delete(cl.ID)
+	})
+}
+
+// mote: WhileFiled runs fn under the client id's takeover lock if cl is
+// the client filed for its id and not taken over, and reports whether it
+// did (change 61): a CONNECT of the id comes wholly before fn (and fn is
+// not run) or wholly after it. fn must not take the id's lock again
+// (RemoveSession, a CONNECT's hooks).
+func (s *Server) WhileFiled(cl *Client, fn func()) bool {
 	k := s.takeovers.lock(cl.ID)
 	defer s.takeovers.unlock(cl.ID, k)
 	if cur, ok := s.Clients.Get(cl.ID); !ok || cur != cl || cl.IsTakenOver() {
 		return false
 	}
-	cl.ClearInflights()
-	s.UnsubscribeClient(cl)
-	s.Clients.Delete(cl.ID)
+	fn()
 	return true
 }
 
