@@ -42,3 +42,23 @@ func (p *bufPool) put(b *bytes.Buffer) {
 func encodedAtLeast(pk *packets.Packet) int {
 	return 2 + 2 + len(pk.TopicName) + len(pk.Payload)
 }
+
+// readBufPool lends plain TCP connections their read buffers, of
+// clientReadBuffer bytes, from the read that finds input to the reader
+// reading it all (netConn.ReadLent, mochi change 61): a connection
+// waiting for its next packet holds none. The zero value is ready.
+type readBufPool struct{ p sync.Pool }
+
+func (p *readBufPool) get() []byte {
+	if b, ok := p.p.Get().(*[clientReadBuffer]byte); ok {
+		return b[:]
+	}
+	return new([clientReadBuffer]byte)[:]
+}
+
+// put takes back a buffer get made (any other is left to the collector).
+func (p *readBufPool) put(b []byte) {
+	if cap(b) == clientReadBuffer {
+		p.p.Put((*[clientReadBuffer]byte)(b[:clientReadBuffer]))
+	}
+}
