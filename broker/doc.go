@@ -278,6 +278,10 @@
 //     what its client has not read waits in its queue, not unsent in the
 //     kernel, where an ack or a PINGRESP mochi writes would land behind
 //     it (issue 15: a 2 MB replay ahead of a slow client's PINGRESP).
+//     A plain TCP connection lends mochi's reader its read buffer only
+//     while it holds unread input (netConn.ReadLent, mochi change 61):
+//     mochi gave every client a bufio.Reader for its life, 0.6 KiB of an
+//     idle connection's 7 (bench/README.md, "Idle connections").
 //   - Mochi's connection handling, in the copy in internal/mochi (its
 //     README lists every change, each marked "mote:" in the code), because
 //     an idle connection cost 26 KiB, 4× a Go broker's floor, and the
