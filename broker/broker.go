@@ -40,6 +40,7 @@ type Broker struct {
 	props     map[string]*packets.Properties // MQTT 5 properties of plain retained rows (shared, never changed); owned by the loop
 	pace      pacer                          // paced deltas (pace.go); owned by the loop
 	bufs      bufPool                        // writers' encode buffers, lent from encode to flush (bufpool.go)
+	readBufs  readBufPool                    // plain TCP connections' read buffers, lent while they hold input (bufpool.go)
 	lists     replayLists                    // retained replays' row lists, shared by filter (replay.go); owned by the loop
 	applied   atomic.Uint64                  // the store's revision once a batch is applied, stored before it is delivered (replayRows)
 	// resumeFloor is the lowest revision a resume may start from: one past

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"sync"
+	"sync/atomic"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
@@ -41,4 +42,29 @@ func (p *bufPool) put(b *bytes.Buffer) {
 // and fixed header.
 func encodedAtLeast(pk *packets.Packet) int {
 	return 2 + 2 + len(pk.TopicName) + len(pk.Payload)
+}
+
+// readBufPool lends plain TCP connections their read buffers, of
+// clientReadBuffer bytes, from the read that finds input to the reader
+// reading it all (netConn.ReadLent, mochi change 62): a connection
+// waiting for its next packet holds none. The zero value is ready.
+type readBufPool struct {
+	p   sync.Pool
+	out atomic.Int64 // buffers lent and not yet given back
+}
+
+func (p *readBufPool) get() []byte {
+	p.out.Add(1)
+	if b, ok := p.p.Get().(*[clientReadBuffer]byte); ok {
+		return b[:]
+	}
+	return new([clientReadBuffer]byte)[:]
+}
+
+// put takes back a buffer get lent.
+func (p *readBufPool) put(b []byte) {
+	p.out.Add(-1)
+	if cap(b) == clientReadBuffer {
+		p.p.Put((*[clientReadBuffer]byte)(b[:clientReadBuffer]))
+	}
 }

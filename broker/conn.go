@@ -49,7 +49,7 @@ type conn struct {
 	copied     map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
 	prev       bool              // the previous connection's leftovers are still to come ahead of this one's (its queue is held)
 	over       bool              // the leftovers were handed on
-	handed     chan struct{}     // closed when over
+	handed     closeSignal       // closed when over
 
 	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
 	flight      map[uint16]int // bytes of each QoS 1/2 publish in flight, by packet id; nil until the first
@@ -96,15 +96,14 @@ var errTooLarge = errors.New("broker: too large")
 
 func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	c := &conn{
-		b:      b,
-		p:      p,
-		key:    p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
-		id:     id,
-		v5:     v5,
-		q:      newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
-		out:    out,
-		acked:  make(chan struct{}, 1),
-		handed: make(chan struct{}),
+		b:     b,
+		p:     p,
+		key:   p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
+		id:    id,
+		v5:    v5,
+		q:     newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
+		out:   out,
+		acked: make(chan struct{}, 1),
 	}
 	if c.id == "" {
 		c.id = c.key
@@ -254,7 +253,7 @@ func (c *conn) overLocked(lost int) {
 	c.over = true
 	c.b.byID.CompareAndDelete(c.id, c)
 	c.b.parked.Delete(c)
-	close(c.handed)
+	c.handed.close()
 	if n := c.next; n != nil {
 		n.endMu.Lock()
 		n.prev = false
@@ -578,7 +577,7 @@ func (o *mqttOut) waitInflight(c *conn) error {
 		}
 		select {
 		case <-c.acked:
-		case <-c.q.done:
+		case <-c.q.done.wait():
 			return errWriterStop
 		}
 	}
@@ -688,3 +687,43 @@ type takenBack struct{ id uint16 }
 
 func (e *takenBack) Error() string { return errWriterStop.Error() }
 func (e *takenBack) Unwrap() error { return errWriterStop }
+
+// closeSignal is a channel closed once (close), made only when somebody
+// waits for it (wait): most connections end with nobody waiting, and an
+// idle connection holds no channel for it (bench/README.md, "Idle
+// connections"). The zero value is open.
+type closeSignal struct {
+	mu     sync.Mutex
+	ch     chan struct{}
+	closed bool
+}
+
+// wait is a channel closed once close is called.
+func (s *closeSignal) wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+		if s.closed {
+			close(s.ch)
+		}
+	}
+	return s.ch
+}
+
+// isClosed reports whether close was called.
+func (s *closeSignal) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// close closes the signal; only once.
+func (s *closeSignal) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.ch != nil {
+		close(s.ch)
+	}
+}

@@ -158,6 +158,16 @@ func holdConnections(t *testing.T, subscribe bool) {
 	if per := float64(stacksAfter-stacksBefore) / n; per > 6<<10 {
 		t.Errorf("goroutine stacks %.1f KiB a connection, want about 4", per/1024)
 	}
+	// The heap an idle connection holds: 5.1 KiB with a read buffer of
+	// its own and the maps, channels and buffers it never used made up
+	// front, 4.3 once they are made or lent when used (mochi change 62;
+	// bench/README.md, "Idle connections").
+	if per := (float64(after-before) - float64(stacksAfter-stacksBefore)) / n; !subscribe && per > 4.7*1024 {
+		t.Errorf("heap %.2f KiB an idle connection, want at most 4.7", per/1024)
+	}
+	if out := b.readBufs.out.Load(); out != 0 {
+		t.Errorf("%d read buffers lent to idle connections, want 0", out)
+	}
 	alive(t, b)
 }
 

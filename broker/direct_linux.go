@@ -4,14 +4,18 @@ package broker
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
 	"time"
 	"unsafe"
+
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
-// rawIO is a plain TCP connection's non-blocking writes made straight on
+// rawIO is a plain TCP connection's reads into lent buffers (ReadLent)
+// and its non-blocking writes made straight on
 // its file descriptor by a function built once (no allocation per call).
 // The descriptor is non-blocking, so the call returns at once: it is made
 // as a raw system call, without telling the scheduler the thread may
@@ -23,6 +27,15 @@ import (
 // Under the netConn's wmu.
 type rawIO struct {
 	rc syscall.RawConn
+
+	// The read side, the connection's read goroutine's: read reads into a
+	// buffer of bufs taken once the socket has input (rbuf, rn bytes, or
+	// rerr), and gives it back when it has none, to wait bufferless.
+	bufs *readBufPool
+	read func(fd uintptr) bool
+	rbuf []byte
+	rn   int
+	rerr syscall.Errno
 
 	write func(fd uintptr) bool
 	wp    []byte
@@ -36,9 +49,10 @@ type rawIO struct {
 	rest []byte
 }
 
-// newRawIO is c's raw writer; nil for a connection that is not
-// plain TCP (TLS and WebSocket connections write through their layers).
-func newRawIO(c net.Conn) *rawIO {
+// newRawIO is c's raw reader and writer, its read buffers lent by bufs;
+// nil for a connection that is not plain TCP (TLS and WebSocket
+// connections read and write through their layers).
+func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return nil
@@ -47,7 +61,32 @@ func newRawIO(c net.Conn) *rawIO {
 	if err != nil {
 		return nil
 	}
-	w := &rawIO{rc: rc}
+	w := &rawIO{rc: rc, bufs: bufs}
+	w.read = func(fd uintptr) bool {
+		if w.rbuf == nil {
+			w.rbuf = w.bufs.get()
+		}
+		for {
+			n, err := syscall.Read(int(fd), w.rbuf)
+			switch err {
+			case nil:
+				w.rn = n
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				w.bufs.put(w.rbuf) // wait without it
+				w.rbuf = nil
+				return false
+			default:
+				e, ok := err.(syscall.Errno)
+				if !ok {
+					e = syscall.EIO
+				}
+				w.rerr = e
+			}
+			return true
+		}
+	}
 	w.write = func(fd uintptr) bool {
 		for {
 			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(w.wp))), uintptr(len(w.wp)))
@@ -64,6 +103,51 @@ func newRawIO(c net.Conn) *rawIO {
 		}
 	}
 	return w
+}
+
+// ReadLent implements mochi's BufferLender (change 62): a plain TCP
+// connection waits for input through the netpoller without a buffer
+// (its RawConn, which keeps the read deadline) and reads it into a
+// buffer of the broker's pool, lent to mochi's reader until it has read
+// it all (ReturnLent). One read(2) a wake-up, as the net package's Read;
+// what is read is scanned as Read scans it. A connection that is not
+// plain TCP answers ErrNoLending, and its reader keeps a buffer.
+func (c *netConn) ReadLent() ([]byte, int, error) {
+	w := c.raw
+	if w == nil || w.bufs == nil {
+		return nil, 0, mqtt.ErrNoLending
+	}
+	err := w.rc.Read(w.read)
+	buf, n, rerr := w.rbuf, w.rn, w.rerr
+	w.rbuf, w.rn, w.rerr = nil, 0, 0
+	if err == nil && rerr != 0 {
+		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	}
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
+	if err != nil {
+		if buf != nil {
+			w.bufs.put(buf)
+		}
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "raw-read" {
+			oe.Op = "read" // as the net package says it: a deadline, a closed connection
+		}
+		return nil, 0, err
+	}
+	if n, err = c.scanned(buf, n, nil); err != nil {
+		w.bufs.put(buf)
+		return nil, 0, err
+	}
+	return buf, n, nil
+}
+
+// ReturnLent takes back a buffer ReadLent lent.
+func (c *netConn) ReturnLent(buf []byte) {
+	if c.raw != nil && c.raw.bufs != nil {
+		c.raw.bufs.put(buf)
+	}
 }
 
 // tryWrite writes as much of p as the socket takes at once, without

@@ -2,13 +2,24 @@
 
 package broker
 
-import "net"
+import (
+	"net"
+
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+)
 
 // rawIO is Linux's (direct_linux.go): elsewhere connections read and write
 // through the net package only, and nothing is written directly.
 type rawIO struct{}
 
-func newRawIO(net.Conn) *rawIO { return nil }
+func newRawIO(net.Conn, *readBufPool) *rawIO { return nil }
+
+// ReadLent is mochi's BufferLender's (change 62): elsewhere than on Linux
+// a connection keeps a read buffer of its own.
+func (c *netConn) ReadLent() ([]byte, int, error) { return nil, 0, mqtt.ErrNoLending }
+
+// ReturnLent is never called: ReadLent lends nothing.
+func (c *netConn) ReturnLent([]byte) {}
 
 func (c *netConn) tryWrite([]byte) (int, bool, error) { return 0, false, nil }
 

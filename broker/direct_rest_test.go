@@ -36,7 +36,7 @@ func TestDirectRestFirst(t *testing.T) {
 	}
 	defer srv.Close()
 	srv.(*net.TCPConn).SetWriteBuffer(4096) //nolint:errcheck // smaller is only quicker
-	nc := &netConn{Conn: srv, raw: newRawIO(srv), writeTimeout: 10 * time.Second}
+	nc := &netConn{Conn: srv, raw: newRawIO(srv, nil), writeTimeout: 10 * time.Second}
 
 	p := make([]byte, 1<<20) // more than the socket takes at once
 	for i := range p {

@@ -291,6 +291,10 @@
 //     what its client has not read waits in its queue, not unsent in the
 //     kernel, where an ack or a PINGRESP mochi writes would land behind
 //     it (issue 15: a 2 MB replay ahead of a slow client's PINGRESP).
+//     A plain TCP connection lends mochi's reader its read buffer only
+//     while it holds unread input (netConn.ReadLent, mochi change 62):
+//     mochi gave every client a bufio.Reader for its life, 0.6 KiB of an
+//     idle connection's 7 (bench/README.md, "Idle connections").
 //   - Mochi's connection handling, in the copy in internal/mochi (its
 //     README lists every change, each marked "mote:" in the code), because
 //     an idle connection cost 26 KiB, 4× a Go broker's floor, and the
@@ -362,6 +366,7 @@
 //	                                    (runInline) (tree.Sub.Allow too: set at registration and by Reload)
 //	replay lists (replayLists)          the message loop; a list is immutable once made, read by replays on the loop
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
+//	read buffers (readBufPool)          a sync.Pool; a lent buffer is its connection's reader's until read to its end
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	whether a writer runs (running)     the queue's mutex: set by the wake-up that starts one, cleared by the writer stopping idle

@@ -74,7 +74,7 @@ func (b *Broker) readHistory(c *conn, h *histRead) ([]byte, error) {
 			if err != nil {
 				b.log.Warn().Err(err).Msg("history: the retainer could not commit; answering from what is stored")
 			}
-		case <-c.q.done:
+		case <-c.q.done.wait():
 			return nil, errWriterStop
 		}
 		now := time.Now().UnixMilli()

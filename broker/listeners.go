@@ -186,7 +186,7 @@ func (b *Broker) wrap(c net.Conn) *netConn {
 		b.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("TCP_NOTSENT_LOWAT not set: the kernel may buffer a replay ahead of PINGRESP")
 	}
 	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout,
-		raw: newRawIO(c), b: b, host: hostOf(c.RemoteAddr())}
+		raw: newRawIO(c, &b.readBufs), b: b, host: hostOf(c.RemoteAddr())}
 }
 
 func hostOf(a net.Addr) string {
@@ -238,6 +238,13 @@ func (h *handshakes) end(host string) {
 
 func (c *netConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	return c.scanned(p, n, err)
+}
+
+// scanned follows the packet boundaries in p[:n], just read (with err):
+// a packet over the limits ends the connection (MQTT 5: with a
+// DISCONNECT saying why) and the read fails.
+func (c *netConn) scanned(p []byte, n int, err error) (int, error) {
 	if perr := c.scan(p[:n]); perr != nil {
 		if errors.Is(perr, errPacketTooLarge) && c.level == 5 {
 			c.Write([]byte{0xE0, 0x02, 0x95, 0x00}) //nolint:errcheck // DISCONNECT 0x95 packet too large; closing either way

@@ -173,7 +173,7 @@ type outQueue struct {
 	lastWrote time.Time // when the client was last written something
 
 	wake chan struct{} // one slot: items, a release, a direct write's rest (sent with mu held: see idle)
-	done chan struct{} // closed by close
+	done closeSignal   // closed by close
 
 	// The writer goroutine runs only while there is something to write
 	// (writer.go): a wake-up starts it if it is not running (start), and
@@ -251,7 +251,7 @@ func answerLocked(w *waiter, r pushResult) {
 }
 
 func newOutQueue(max int, patience time.Duration) *outQueue {
-	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1)}
 }
 
 // spendLocked runs the credit down for the time publishers waited; out
@@ -747,7 +747,7 @@ func (q *outQueue) close() bool {
 	}
 	clear(q.items)
 	q.items, q.head, q.bytes = nil, 0, 0
-	close(q.done)
+	q.done.close()
 	// Waiting publishers' messages join the leftovers, in line order,
 	// while they fit; from the first QoS 1/2 one that does not, they go
 	// elsewhere once the leftovers are handed on (pushGone: to the
@@ -917,10 +917,5 @@ func (q *outQueue) pushFront(ms []*plainItem) int {
 
 // isClosed reports whether close has run.
 func (q *outQueue) isClosed() bool {
-	select {
-	case <-q.done:
-		return true
-	default:
-		return false
-	}
+	return q.done.isClosed()
 }

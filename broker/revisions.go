@@ -176,7 +176,7 @@ func (b *Broker) finishResume(c *conn, st *treeSub, rr *resumeRead, first *treeI
 	if err != nil {
 		b.log.Warn().Err(err).Msg("resume: deletion markers unreadable; sending a full snapshot")
 	}
-	if !b.onLoop(c.q.done, func() {
+	if !b.onLoop(c.q.done.wait(), func() {
 		if !ts.Active() {
 			return
 		}

@@ -30,7 +30,7 @@ func TestNoDirectWriteAfterFailedWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc := &netConn{Conn: sc, writeTimeout: time.Minute, raw: newRawIO(sc)}
+	nc := &netConn{Conn: sc, writeTimeout: time.Minute, raw: newRawIO(sc, nil)}
 	defer nc.Close()
 	if nc.raw == nil {
 		t.Fatal("no raw writer for a TCP connection")

@@ -110,22 +110,35 @@ func TestRecycledRowsHolders(t *testing.T) {
 	if err := br.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for w := range pubs {
-		for i := range rows {
-			topic := fmt.Sprintf("rt/w%d/r%02d", w, i)
-			v, ok := br.tree.Store().Get(topic)
-			if !ok {
-				t.Fatalf("%s: no row", topic)
+	// The store is the loop's (Get builds its index as it reads): read
+	// it there.
+	var bad error
+	if !br.onLoop(ctx.Done(), func() {
+		for w := range pubs {
+			for i := range rows {
+				topic := fmt.Sprintf("rt/w%d/r%02d", w, i)
+				v, ok := br.tree.Store().Get(topic)
+				if !ok {
+					bad = fmt.Errorf("%s: no row", topic)
+					return
+				}
+				if err := check(topic, v.Data); err != nil {
+					bad = fmt.Errorf("store: %w", err)
+					return
+				}
 			}
-			if err := check(topic, v.Data); err != nil {
-				t.Fatal("store: ", err)
+			for _, topic := range []string{fmt.Sprintf("rt/w%d/t", w), fmt.Sprintf("tr/w%d/t", w)} {
+				if v, ok := br.tree.Store().Get(topic); !ok || v.Data != fmt.Sprintf("%d-%d-t", w, rounds-1) {
+					bad = fmt.Errorf("store: %s = %q %v, want the last round's", topic, v.Data, ok)
+					return
+				}
 			}
 		}
-		for _, topic := range []string{fmt.Sprintf("rt/w%d/t", w), fmt.Sprintf("tr/w%d/t", w)} {
-			if v, ok := br.tree.Store().Get(topic); !ok || v.Data != fmt.Sprintf("%d-%d-t", w, rounds-1) {
-				t.Fatalf("store: %s = %q %v, want the last round's", topic, v.Data, ok)
-			}
-		}
+	}) {
+		t.Fatal("the loop did not run the check")
+	}
+	if bad != nil {
+		t.Fatal(bad)
 	}
 }
 

@@ -190,7 +190,7 @@ func (s *Session) unsubscribeLocked(filter string) {
 
 // Done is closed when the session ends: Close, the slow-client policy
 // (SlowDisconnect), or the broker's Close.
-func (s *Session) Done() <-chan struct{} { return s.c.q.done }
+func (s *Session) Done() <-chan struct{} { return s.c.q.done.wait() }
 
 // Publish publishes m as the session's principal (Broker.Publish).
 func (s *Session) Publish(ctx context.Context, m Message) error {

@@ -115,13 +115,24 @@ func TestStormRowsRecycled(t *testing.T) {
 			if err := br.Sync(ctx); err != nil {
 				t.Fatal(err)
 			}
-			for d := range devices {
-				for i := range rows {
-					topic := fmt.Sprintf("boot/d%05d/r%02d", d, i)
-					if v, ok := br.tree.Store().Get(topic); !ok || v.Data != strconv.Itoa(d+i) {
-						t.Fatalf("%s = %q %v, want %d", topic, v.Data, ok, d+i)
+			// The store is the loop's (Get builds its index as it reads):
+			// read it there.
+			var bad string
+			if !br.onLoop(ctx.Done(), func() {
+				for d := range devices {
+					for i := range rows {
+						topic := fmt.Sprintf("boot/d%05d/r%02d", d, i)
+						if v, ok := br.tree.Store().Get(topic); !ok || v.Data != strconv.Itoa(d+i) {
+							bad = fmt.Sprintf("%s = %q %v, want %d", topic, v.Data, ok, d+i)
+							return
+						}
 					}
 				}
+			}) {
+				t.Fatal("the loop did not run the check")
+			}
+			if bad != "" {
+				t.Fatal(bad)
 			}
 		})
 	}

@@ -259,7 +259,7 @@ func (d *deltaItem) add(s *tree.Sub, changes []tree.Change) int {
 // the client may read).
 func (b *Broker) encodeFolded(c *conn, d *deltaItem) (bool, error) {
 	ok := false
-	if !b.onLoop(c.q.done, func() {
+	if !b.onLoop(c.q.done.wait(), func() {
 		if d.sub.ts.Active() {
 			if payload, qos, enc := b.tree.Fold(d.sub.ts, d.folded); enc {
 				d.payload, d.qos, ok = payload, deltaQoS(d.sub.ts, qos), true
@@ -285,12 +285,12 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 		// history: a few at a time broker-wide, whoever asks.
 		select {
 		case b.histReads <- struct{}{}:
-		case <-c.q.done:
+		case <-c.q.done.wait():
 			return nil, errWriterStop
 		}
 		defer func() { <-b.histReads }()
 	}
-	if !b.onLoop(c.q.done, func() { first, events, later, active = b.snapshotOf(st) }) {
+	if !b.onLoop(c.q.done.wait(), func() { first, events, later, active = b.snapshotOf(st) }) {
 		return nil, errWriterStop
 	}
 	if !active {
@@ -421,7 +421,7 @@ type replayRow struct {
 func (b *Broker) replay(c *conn, r *replayItem, out []replayRow) ([]replayRow, bool, error) {
 	var rows []replayRow // written on the loop; read only once it answered
 	var done bool
-	if !b.onLoop(c.q.done, func() { rows, done = b.replayRows(r, out, c.dropped.Load()) }) {
+	if !b.onLoop(c.q.done.wait(), func() { rows, done = b.replayRows(r, out, c.dropped.Load()) }) {
 		return nil, true, errWriterStop
 	}
 	return rows, done, nil

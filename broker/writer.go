@@ -62,10 +62,11 @@ func (c *conn) writeUntilDone() bool {
 	defer idle.Stop()
 	busy := false // woken since the timer was last set
 	var batch []item
+	done := c.q.done.wait()
 	for {
 		select {
 		case <-c.q.wake:
-		case <-c.q.done:
+		case <-done:
 			return true
 		case <-idle.C:
 			if !busy && c.q.idle() {
@@ -252,7 +253,7 @@ func (c *conn) paceSnapshots() error {
 		defer t.Stop()
 		select {
 		case <-t.C:
-		case <-c.q.done:
+		case <-c.q.done.wait():
 			return errWriterStop
 		}
 		c.snapTokens, c.snapAt = 1, time.Now()
@@ -460,7 +461,7 @@ func (c *conn) snapshotMessages(m treeItem) ([]*treeItem, error) {
 	// broker-wide, whatever the number of clients asking.
 	select {
 	case c.b.splits <- struct{}{}:
-	case <-c.q.done:
+	case <-c.q.done.wait():
 		return nil, errWriterStop
 	}
 	split := wire.SplitSkip

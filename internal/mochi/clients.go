@@ -5,7 +5,6 @@
 package mqtt
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -177,7 +176,7 @@ func (cl *Client) LetWritesFirst() {
 // ClientConnection contains the connection transport and metadata for the client.
 type ClientConnection struct {
 	Conn     net.Conn      // the net.Conn used to establish the connection
-	bconn    *bufio.Reader // a buffered net.Conn for reading packets
+	bconn    *connReader   // a buffered net.Conn for reading packets (mote: change 62)
 	outbuf   *bytes.Buffer // a buffer for writing packets
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
@@ -272,7 +271,7 @@ func newClient(c net.Conn, o *ops) *Client {
 	if c != nil {
 		cl.Net = ClientConnection{
 			Conn:   c,
-			bconn:  bufio.NewReaderSize(c, o.options.ClientNetReadBufferSize),
+			bconn:  newConnReader(c, o.options.ClientNetReadBufferSize), // mote change 62
 			Remote: c.RemoteAddr().String(),
 		}
 		cl.Net.bodies, _ = c.(PublishBodies) // mote change 56
@@ -792,7 +791,7 @@ const bodyStep = 4 << 10
 // most): upstream made the declared size at once, and a client that
 // declared a 64 MiB PUBLISH and sent 10 bytes of it held 64 MiB of the
 // broker's memory until its connection ended.
-func readBody(r *bufio.Reader, n int) ([]byte, error) {
+func readBody(r *connReader, n int) ([]byte, error) {
 	if n <= bodyStep || n <= r.Buffered() {
 		p := make([]byte, n)
 		_, err := io.ReadFull(r, p)

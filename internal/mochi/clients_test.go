@@ -60,7 +60,7 @@ func newTestClient() (cl *Client, r net.Conn, w net.Conn) {
 }
 
 func TestNewInflights(t *testing.T) {
-	require.NotNil(t, NewInflights().internal)
+	require.NotNil(t, NewInflights()) // mote: its map is made by the first Set (change 62)
 }
 
 func TestNewClients(t *testing.T) {
@@ -136,7 +136,7 @@ func TestNewClient(t *testing.T) {
 	cl, _, _ := newTestClient()
 
 	require.NotNil(t, cl)
-	require.NotNil(t, cl.State.Inflight.internal)
+	require.NotNil(t, cl.State.Inflight) // mote change 62
 	require.NotNil(t, cl.State.Subscriptions)
 	require.NotNil(t, cl.State.TopicAliases)
 	require.Equal(t, defaultKeepalive, cl.State.Keepalive)
@@ -314,7 +314,7 @@ func TestClientNextPacketIDInUse(t *testing.T) {
 func TestClientNextPacketIDExhausted(t *testing.T) {
 	cl, _, _ := newTestClient()
 	for i := uint32(1); i <= cl.ops.options.Capabilities.maximumPacketID; i++ {
-		cl.State.Inflight.internal[uint16(i)] = packets.Packet{PacketID: uint16(i)}
+		cl.State.Inflight.Set(packets.Packet{PacketID: uint16(i)})
 	}
 
 	i, err := cl.NextPacketID()
@@ -326,14 +326,14 @@ func TestClientNextPacketIDExhausted(t *testing.T) {
 func TestClientNextPacketIDOverflow(t *testing.T) {
 	cl, _, _ := newTestClient()
 	for i := uint32(0); i < cl.ops.options.Capabilities.maximumPacketID; i++ {
-		cl.State.Inflight.internal[uint16(i)] = packets.Packet{}
+		cl.State.Inflight.Set(packets.Packet{PacketID: uint16(i)})
 	}
 
 	cl.State.packetID = cl.ops.options.Capabilities.maximumPacketID - 1
 	i, err := cl.NextPacketID()
 	require.NoError(t, err)
 	require.Equal(t, cl.ops.options.Capabilities.maximumPacketID, i)
-	cl.State.Inflight.internal[uint16(cl.ops.options.Capabilities.maximumPacketID)] = packets.Packet{}
+	cl.State.Inflight.Set(packets.Packet{PacketID: uint16(cl.ops.options.Capabilities.maximumPacketID)})
 
 	cl.State.packetID = cl.ops.options.Capabilities.maximumPacketID
 	_, err = cl.NextPacketID()
@@ -946,24 +946,24 @@ func TestMoteReadBody(t *testing.T) {
 		for i := range src {
 			src[i] = byte(i * 7)
 		}
-		got, err := readBody(bufio.NewReaderSize(bytes.NewReader(src), 16), n)
+		got, err := readBody(newConnReader(bytes.NewReader(src), 16), n)
 		require.NoError(t, err, n)
 		require.Equal(t, src, got, n)
 		require.LessOrEqual(t, cap(got), max(2*n, bodyStep), n)
 	}
 	for _, declared := range []int{60 << 10, 60 << 20} {
-		got, err := readBody(bufio.NewReaderSize(bytes.NewReader(make([]byte, 10)), 16), declared)
+		got, err := readBody(newConnReader(bytes.NewReader(make([]byte, 10)), 16), declared)
 		require.ErrorIs(t, err, io.ErrUnexpectedEOF)
 		require.Len(t, got, 10)
 		require.LessOrEqual(t, cap(got), bodyStep, declared)
 	}
-	got, err := readBody(bufio.NewReaderSize(bytes.NewReader(make([]byte, 3*bodyStep)), 16), 10*bodyStep)
+	got, err := readBody(newConnReader(bytes.NewReader(make([]byte, 3*bodyStep)), 16), 10*bodyStep)
 	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
 	require.Len(t, got, 3*bodyStep)
 	require.LessOrEqual(t, cap(got), 4*bodyStep)
 	// A body already buffered whole is read in one allocation.
 	src := make([]byte, 3*bodyStep)
-	r := bufio.NewReaderSize(bytes.NewReader(src), 8*bodyStep)
+	r := newConnReader(bytes.NewReader(src), 8*bodyStep)
 	_, _ = r.Peek(len(src))
 	got, err = readBody(r, len(src))
 	require.NoError(t, err)

@@ -194,7 +194,7 @@ func moteReadPublishes(t *testing.T, data []byte, n int) []packets.Packet {
 	t.Helper()
 	cl, _, _ := newTestClient()
 	defer cl.Stop(errClientStop)
-	cl.Net.bconn = bufio.NewReader(bytes.NewReader(data))
+	cl.Net.bconn = newConnReader(bytes.NewReader(data), 4096)
 	var pks []packets.Packet
 	for range n {
 		var fh packets.FixedHeader
@@ -257,7 +257,7 @@ func TestReadPacketPublishAllocs(t *testing.T) {
 	data := bytes.Repeat(one, tries*(runs+1))
 	cl, _, _ := newTestClient()
 	defer cl.Stop(errClientStop)
-	cl.Net.bconn = bufio.NewReaderSize(bytes.NewReader(data), len(data))
+	cl.Net.bconn = newConnReader(bytes.NewReader(data), len(data))
 	if _, err := cl.Net.bconn.Peek(len(data)); err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +296,7 @@ func BenchmarkReadPacketPublish(b *testing.B) {
 	defer cl.Stop(errClientStop)
 	src := bytes.NewReader(nil)
 	data := bytes.Repeat(one, 1024)
-	cl.Net.bconn = bufio.NewReaderSize(src, 4096)
+	cl.Net.bconn = newConnReader(src, 4096)
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
@@ -897,7 +897,7 @@ func TestPublishBodies(t *testing.T) {
 			bc := &moteBodies{Conn: cl.Net.Conn, wrong: tt.wrong}
 			cl.Net.bodies = bc                                                 // as newClient sets it for a conn that is a PublishBodies
 			data := append(moteEncodePublish(t, "a/b", "payload"), 0xc0, 0x00) // and a PINGREQ
-			cl.Net.bconn = bufio.NewReader(bytes.NewReader(data))
+			cl.Net.bconn = newConnReader(bytes.NewReader(data), 4096)
 			var fh packets.FixedHeader
 			if err := cl.ReadFixedHeader(&fh); err != nil {
 				t.Fatal(err)

@@ -33,10 +33,7 @@ func NewTopicAliases(topicAliasMaximum uint16) TopicAliases {
 
 // NewInboundTopicAliases returns a pointer to InboundTopicAliases.
 func NewInboundTopicAliases(topicAliasMaximum uint16) *InboundTopicAliases {
-	return &InboundTopicAliases{
-		maximum:  topicAliasMaximum,
-		internal: map[uint16]string{},
-	}
+	return &InboundTopicAliases{maximum: topicAliasMaximum} // mote: its map made by the first Set (change 62)
 }
 
 // InboundTopicAliases contains a map of topic aliases received from the client.
@@ -72,6 +69,9 @@ func (a *InboundTopicAliases) Set(id uint16, topic string) string {
 	// the alias would keep whole (payload and all) for the connection's
 	// life. Not copied again while the alias keeps its topic.
 	if existing, ok := a.internal[id]; !ok || existing != topic {
+		if a.internal == nil {
+			a.internal = map[uint16]string{}
+		}
 		a.internal[id] = strings.Clone(topic)
 	}
 	return topic
@@ -87,10 +87,7 @@ type OutboundTopicAliases struct {
 
 // NewOutboundTopicAliases returns a pointer to OutboundTopicAliases.
 func NewOutboundTopicAliases(topicAliasMaximum uint16) *OutboundTopicAliases {
-	return &OutboundTopicAliases{
-		maximum:  topicAliasMaximum,
-		internal: map[string]uint16{},
-	}
+	return &OutboundTopicAliases{maximum: topicAliasMaximum} // mote: its map made by the first Set (change 62)
 }
 
 // Set sets a new topic alias for a topic and returns the alias value, and a boolean
@@ -113,6 +110,9 @@ func (a *OutboundTopicAliases) Set(topic string) (uint16, bool) {
 		return 0, false
 	}
 
+	if a.internal == nil {
+		a.internal = map[string]uint16{}
+	}
 	a.internal[topic] = uint16(i) + 1
 	atomic.StoreUint32(&a.cursor, i+1)
 	return uint16(i) + 1, false
@@ -279,9 +279,7 @@ type Subscriptions struct {
 
 // NewSubscriptions returns a new instance of Subscriptions.
 func NewSubscriptions() *Subscriptions {
-	return &Subscriptions{
-		internal: map[string]packets.Subscription{},
-	}
+	return &Subscriptions{} // mote: its map made by the first Add (change 62)
 }
 
 // Add adds a new subscription for a client. ID can be a filter in the
@@ -289,6 +287,9 @@ func NewSubscriptions() *Subscriptions {
 func (s *Subscriptions) Add(id string, val packets.Subscription) {
 	s.Lock()
 	defer s.Unlock()
+	if s.internal == nil {
+		s.internal = map[string]packets.Subscription{}
+	}
 	s.internal[id] = val
 }
 
