@@ -30,12 +30,14 @@ type rawIO struct {
 
 	// The read side, the connection's read goroutine's: read reads into a
 	// buffer of bufs taken once the socket has input (rbuf, rn bytes, or
-	// rerr), and gives it back when it has none, to wait bufferless.
+	// rerr), and gives it back when it has none, to wait bufferless;
+	// lent is the buffer ReadLent lent and the reader has not given back.
 	bufs *readBufPool
 	read func(fd uintptr) bool
 	rbuf []byte
 	rn   int
 	rerr syscall.Errno
+	lent []byte
 
 	write func(fd uintptr) bool
 	wp    []byte
@@ -140,13 +142,25 @@ func (c *netConn) ReadLent() ([]byte, int, error) {
 		w.bufs.put(buf)
 		return nil, 0, err
 	}
+	w.lent = buf
 	return buf, n, nil
 }
 
 // ReturnLent takes back a buffer ReadLent lent.
 func (c *netConn) ReturnLent(buf []byte) {
 	if c.raw != nil && c.raw.bufs != nil {
+		c.raw.lent = nil
 		c.raw.bufs.put(buf)
+	}
+}
+
+// takeBackLent takes back the buffer ReadLent lent last if the reader
+// never gave it back: its connection ended (a DISCONNECT, a refused or
+// malformed packet, a panic) with input in it unread. Called on the
+// connection's read goroutine once mochi has read its last (connEnded).
+func (c *netConn) takeBackLent() {
+	if c.raw != nil && c.raw.lent != nil {
+		c.ReturnLent(c.raw.lent)
 	}
 }
 

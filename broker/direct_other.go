@@ -21,6 +21,9 @@ func (c *netConn) ReadLent() ([]byte, int, error) { return nil, 0, mqtt.ErrNoLen
 // ReturnLent is never called: ReadLent lends nothing.
 func (c *netConn) ReturnLent([]byte) {}
 
+// takeBackLent has nothing to take back: ReadLent lends nothing.
+func (c *netConn) takeBackLent() {}
+
 func (c *netConn) tryWrite([]byte) (int, bool, error) { return 0, false, nil }
 
 func (c *netConn) hasRest() bool { return false }

@@ -366,7 +366,7 @@
 //	                                    (runInline) (tree.Sub.Allow too: set at registration and by Reload)
 //	replay lists (replayLists)          the message loop; a list is immutable once made, read by replays on the loop
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
-//	read buffers (readBufPool)          a sync.Pool; a lent buffer is its connection's reader's until read to its end
+//	read buffers (readBufPool)          a sync.Pool; a lent buffer is its connection's reader's until read to its end or the connection ends (takeBackLent)
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	whether a writer runs (running)     the queue's mutex: set by the wake-up that starts one, cleared by the writer stopping idle

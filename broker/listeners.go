@@ -76,8 +76,10 @@ func (b *Broker) serve(id string, nc *netConn, serve func() error) {
 
 // connEnded does a connection's last duties: a panic r is logged and
 // counted and the connection closed; it is untracked and no longer counts
-// as a handshake.
+// as a handshake. Called on the connection's read goroutine once mochi
+// has read its last: a read buffer still lent goes back (takeBackLent).
 func (b *Broker) connEnded(id string, nc *netConn, r any, err error) {
+	nc.takeBackLent()
 	if r != nil {
 		b.log.Error().Str("listener", id).Str("remote", nc.RemoteAddr().String()).
 			Interface("panic", r).Bytes("stack", debug.Stack()).Msg("connection panicked; closed it")

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
@@ -76,6 +77,55 @@ func TestReadLent(t *testing.T) {
 			}
 			if out := pool.out.Load(); out != 0 {
 				t.Errorf("%d buffers still lent", out)
+			}
+		})
+	}
+}
+
+// TestReadBufsBackAtEnd: a connection that ends with input its reader
+// never read (a DISCONNECT, a refused or malformed packet with more
+// bytes behind it in the same read) gives back the read buffer that
+// input is in: the pool's count of buffers lent (readBufPool.out) is 0
+// once every connection has ended. The reader gave a buffer back only
+// once read to its end, so each of these left one lent for good.
+func TestReadBufsBackAtEnd(t *testing.T) {
+	connect := []byte{0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 30, 0, 1, 'a'}
+	ping := []byte{0xc0, 0x00}
+	tests := []struct {
+		name    string
+		connect bool   // send a CONNECT and wait for its CONNACK first
+		send    []byte // then these bytes, in one write
+	}{
+		{name: "DISCONNECT with a PINGREQ behind", connect: true, send: []byte{0xe0, 0x00, 0xc0, 0x00}},
+		{name: "malformed PUBLISH with a PINGREQ behind", connect: true, send: []byte{0x36, 0x00, 0xc0, 0x00}},
+		{name: "PINGREQ before CONNECT", send: append(append([]byte{}, ping...), ping...)},
+		{name: "refused protocol level with a PINGREQ behind", send: append([]byte{0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 9, 2, 0, 30, 0, 1, 'a'}, ping...)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := start(t, Options{})
+			c, err := net.Dial("tcp", b.TCPAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // a hang fails the test
+			r := bufio.NewReader(c)
+			if tt.connect {
+				if _, err := c.Write(connect); err != nil {
+					t.Fatal(err)
+				}
+				if h, body, err := readPacketBody(r); err != nil || h != 0x20 || len(body) != 2 || body[1] != 0 {
+					t.Fatalf("CONNACK %#x % x, %v; want 0x20 00 00", h, body, err)
+				}
+			}
+			if _, err := c.Write(tt.send); err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, r) //nolint:errcheck // until the broker closes the connection
+			waitFor(t, "the connection to end", func() bool { return rawCount(b) == 0 })
+			if out := b.readBufs.out.Load(); out != 0 {
+				t.Errorf("%d read buffers still lent once the connection ended, want 0", out)
 			}
 		})
 	}

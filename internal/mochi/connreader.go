@@ -17,7 +17,10 @@ type BufferLender interface {
 	// with ReturnLent. ErrNoLending: the connection cannot wait without
 	// a buffer (not asked again).
 	ReadLent() (buf []byte, n int, err error)
-	// ReturnLent gives back a buffer ReadLent lent, read to its end.
+	// ReturnLent gives back a buffer ReadLent lent, read to its end. A
+	// reader that stops reading with input unread (its client stopped)
+	// does not: the lender takes the buffer back once the connection's
+	// reads are over (Mote: netConn.takeBackLent).
 	ReturnLent(buf []byte)
 }
 
