@@ -561,7 +561,7 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 		return outcome{}, err
 	}
 	changes := int(s.LiveFor.Seconds() * float64(s.LiveRate))
-	var msgs, bytes, rows, dups, retained, arrived, dropped atomic.Int64
+	var msgs, bytes, rows, dups, retained, arrived, dropped, pingLost atomic.Int64
 	subs := make([]paho.Client, 0, s.Dashboards)
 	defer func() {
 		for _, c := range subs {
@@ -607,7 +607,15 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 				return
 			}
 			forLeaves(gjson.ParseBytes(m.Payload()), func(v gjson.Result) { row(v.Int()) })
-		}, func(error) { dropped.Add(1) })
+		}, func(err error) {
+			dropped.Add(1)
+			if strings.Contains(err.Error(), "pingresp not received") {
+				// The client closed the connection itself: its PINGRESP came
+				// behind more messages than it could read in Paho's
+				// PingTimeout (the bench's clients fall behind the broker).
+				pingLost.Add(1)
+			}
+		})
 		if err != nil {
 			return outcome{}, err
 		}
@@ -639,7 +647,7 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 	out := outcome{value: float64(msgs.Load()), msgs: msgs.Load(), bytes: bytes.Load(), sent: int64(changes), lost: want - got,
 		extra: map[string]float64{"rows-delivered": float64(got), "dups": float64(dups.Load()),
 			"retained": float64(retained.Load()), "drain-s": time.Since(end).Seconds(),
-			"disconnects": float64(dropped.Load())}}
+			"disconnects": float64(dropped.Load()), "ping-timeouts": float64(pingLost.Load())}}
 	if ctx.Err() != nil {
 		out.extra["timed-out"] = 1 // the run's deadline ended the wait: lost includes rows still on their way
 	}
