@@ -37,13 +37,14 @@ func (g *filingGate) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) 
 // TestConnGoneBeforeFiled: a client that read its CONNACK and sent a
 // normal DISCONNECT is not gone until the broker has read that DISCONNECT,
 // which it does only once the connection is filed. waitConnGone asked only
-// whether a connection was filed under the id, and said gone in between:
-// TestConnectWillQos then sent the next CONNECT of the id, which took the
-// session over before the DISCONNECT was read, and published the will of
-// the connection it cut off (an MQTT 5 one, case "v5 will qos 2", whose
-// will a later case's CONNECT published: about 1 run in 30 under -race).
-// Here the connection is held between its CONNACK and its filing; the
-// second CONNECT is sent only once the broker has let go of the first.
+// whether a connection was filed under the id, and said gone in between.
+// TestConnectWillQos then went on while case "v5 will qos 2"'s DISCONNECT
+// was unread: case "v3 will qos 1"'s CONNECT of the same id took the
+// session over (Clean Start: the session ended) and published the cut-off
+// connection's will in its OnSessionEstablished, after its own CONNACK
+// (2–5% of runs under -race). Here the connection is held between its
+// CONNACK and its filing; the next CONNECT of the id comes only once the
+// broker has let go of the first.
 func TestConnGoneBeforeFiled(t *testing.T) {
 	b := start(t, Options{})
 	gate := &filingGate{held: make(chan struct{}), release: make(chan struct{})}
