@@ -169,12 +169,30 @@ func TestWillsAreChecked(t *testing.T) {
 func waitConnGone(t *testing.T, b *Broker, id string) {
 	t.Helper()
 	deadline := time.Now().Add(testTimeout)
-	for b.connByID(id) != nil {
+	for !connGone(b, id) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s still connected", id)
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// connGone reports whether the broker has let go of the connection of a
+// client id: none is filed under it (connByID), and the client mochi holds
+// for the id, if any, is stopped. A client gets its CONNACK a moment before
+// the broker files its connection (OnSessionEstablished), and reads nothing
+// before: asked only about the filing, a test that read the CONNACK and sent
+// DISCONNECT was told the connection was gone before its DISCONNECT was
+// read, and the next CONNECT of the id took the session over and published
+// the will (TestConnGoneBeforeFiled). mochi holds the client from before
+// its CONNACK until its session ends, and stops it before OnDisconnect
+// unfiles the connection.
+func connGone(b *Broker, id string) bool {
+	if b.connByID(id) != nil {
+		return false
+	}
+	cl, ok := b.server.Clients.Get(id)
+	return !ok || cl.Closed()
 }
 
 // TestWillDelay: a will with an MQTT 5 Will Delay Interval waits it out,
