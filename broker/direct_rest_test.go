@@ -20,21 +20,7 @@ import (
 // after it: no packet is cut by another (red team: the rest was the
 // caller's, and an ack written in between landed inside a PUBLISH).
 func TestDirectRestFirst(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	srv, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	cli, srv := tcpPair(t)
 	srv.(*net.TCPConn).SetWriteBuffer(4096) //nolint:errcheck // smaller is only quicker
 	nc := &netConn{Conn: srv, raw: newRawIO(srv, nil), writeTimeout: 10 * time.Second}
 
@@ -129,4 +115,26 @@ func TestDirectRestThenAck(t *testing.T) {
 		}
 		nc.Close()
 	}
+}
+
+// tcpPair is a connected pair of loopback TCP connections, closed when
+// the test ends.
+func tcpPair(t *testing.T) (cli, srv net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	srv, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return cli, srv
 }

@@ -31,21 +31,7 @@ func TestReadLent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			cli, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cli.Close()
-			srv, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
+			cli, srv := tcpPair(t)
 			var pool readBufPool
 			nc := &netConn{Conn: srv, raw: newRawIO(srv, &pool), maxConnect: 1 << 20, maxPacket: 100, packets: 1, connected: true}
 			srv.SetReadDeadline(time.Now().Add(10 * time.Second)) //nolint:errcheck // a hang fails the test
