@@ -203,11 +203,16 @@ func dialWS(ctx context.Context, addr string) (net.Conn, *countConn, error) {
 			cc = c
 			return c, err
 		}}
-	ws, _, err := d.DialContext(ctx, "ws://"+addr+"/mqtt", nil)
+	ws, err := wsstream.Dial(ctx, d, "ws://"+addr+"/mqtt")
 	if err != nil {
 		return nil, nil, fmt.Errorf("bench: websocket %s: %w", addr, err)
 	}
-	return wsstream.New(ws, false), cc, nil
+	c, err := wsstream.New(ws, false)
+	if err != nil {
+		ws.Close()
+		return nil, nil, fmt.Errorf("bench: websocket %s: %w", addr, err)
+	}
+	return c, cc, nil
 }
 
 // sseClient is a raw event stream reader.

@@ -336,9 +336,14 @@
 //     takeover bounds its DISCONNECT to a stalled old connection to half a
 //     second (netConn.SetWriteDeadline), not WriteTimeout; over
 //     WebSocket the deadlines reach gorilla's writes through
-//     wsstream.Conn.SetWriteDeadline (gorilla resets the socket's own
-//     before each frame), and after a failed write nothing is written,
-//     directly (tryWrite) or not. `mote mochi`,
+//     wsstream.Conn.SetWriteDeadline, which sets them on the
+//     wsstream.Socket under gorilla (wsstream.Upgrade puts it there):
+//     gorilla sets the socket's write deadline to its own before each
+//     frame, and the Socket keeps that from being later than the
+//     stream's, so no order of the two undoes the bound (one did: the
+//     writer read the old deadline, the bound was set, gorilla set the
+//     old one again; TestBoundNotUndone); and after a failed write
+//     nothing is written, directly (tryWrite) or not. `mote mochi`,
 //     the bare broker `mote bench` compares with, keeps upstream mochi.
 //
 // # Goroutines and owners

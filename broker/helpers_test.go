@@ -3,15 +3,18 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"reflect"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
 	"github.com/mote-mqtt/mote/clients/client"
+	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // start runs a broker on random loopback ports for one test.
@@ -272,4 +275,24 @@ func waitTreeSubs(t testing.TB, b *Broker, n int64) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// dialWSStream opens url (subprotocol mqtt) as an MQTT byte stream, the
+// way the Go client does (wsstream.Dial), over raw when it is not nil.
+func dialWSStream(t testing.TB, url string, raw net.Conn) *wsstream.Conn {
+	t.Helper()
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: testTimeout}
+	if raw != nil {
+		d.NetDialContext = func(context.Context, string, string) (net.Conn, error) { return raw, nil }
+	}
+	ws, err := wsstream.Dial(testCtx(t), d, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := wsstream.New(ws, true)
+	if err != nil {
+		ws.Close()
+		t.Fatal(err)
+	}
+	return c
 }

@@ -586,13 +586,19 @@ func (b *Broker) upgrader() *websocket.Upgrader {
 // connection, as one of listener id's, until it ends: the one path of
 // every WebSocket client, whichever HTTP server accepted it.
 func (b *Broker) serveWS(id string, up *websocket.Upgrader, w http.ResponseWriter, r *http.Request) {
-	ws, err := up.Upgrade(w, r, nil)
+	ws, err := wsstream.Upgrade(up, w, r)
 	if err != nil {
 		b.log.Debug().Err(err).Str("remote", r.RemoteAddr).Str("origin", r.Header.Get("Origin")).Msg("websocket refused")
 		return // Upgrade has answered with an HTTP error
 	}
 	ws.SetReadLimit(int64(b.opts.MaxPacketSize) + 16) // one message: a packet, or a few small ones
-	b.guard(id, wsstream.New(ws, true))
+	c, err := wsstream.New(ws, true)
+	if err != nil {
+		b.log.Error().Err(err).Str("remote", r.RemoteAddr).Msg("websocket closed")
+		ws.Close()
+		return
+	}
+	b.guard(id, c)
 }
 
 // WSHandler serves MQTT over WebSocket (subprotocol "mqtt") on another

@@ -13,9 +13,6 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/gorilla/websocket"
-
-	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // The original dialect (SPEC §7, original.go) tested with a raw-socket
@@ -85,12 +82,7 @@ func dialOriginal(t *testing.T, b *Broker) *origClient {
 // subprotocol mqtt, each packet a binary message.
 func dialOriginalWS(t *testing.T, b *Broker) *origClient {
 	t.Helper()
-	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: testTimeout}
-	ws, _, err := d.Dial("ws://"+b.OriginalWSAddr()+"/mote/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc := wsstream.New(ws, true)
+	nc := dialWSStream(t, "ws://"+b.OriginalWSAddr()+"/mote/", nil)
 	nc.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // a hang fails the read
 	t.Cleanup(func() { nc.Close() })
 	return &origClient{t: t, nc: nc}

@@ -7,10 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
-	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // publish5q1 is an MQTT 5 QoS 1 PUBLISH with packet id id and the
@@ -86,12 +83,7 @@ func testPublishBodyNoAliasing(t *testing.T, ws bool) {
 
 	var pub *benchClient
 	if ws {
-		d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: testTimeout}
-		c, _, err := d.Dial("ws://"+br.WSAddr()+"/mqtt", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub = newBenchClientV(t, wsstream.New(c, true), "rtfanin-pub", testTimeout, 5)
+		pub = newBenchClientV(t, dialWSStream(t, "ws://"+br.WSAddr()+"/mqtt", nil), "rtfanin-pub", testTimeout, 5)
 	} else {
 		pub = dialBenchV(t, br.TCPAddr(), "rtfanin-pub", 5)
 	}

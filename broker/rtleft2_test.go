@@ -12,9 +12,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/gorilla/websocket"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
-	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
 // dialStalledWS connects a WebSocket MQTT client (MQTT 5, client id id)
@@ -30,16 +28,7 @@ func dialStalledWS(t *testing.T, b *Broker, id, filter string) *net.TCPConn {
 	t.Cleanup(func() { raw.Close() })
 	raw.SetReadBuffer(4096) //nolint:errcheck // smaller is faster to fill; any size fills
 	raw.SetDeadline(time.Now().Add(testTimeout))
-	d := websocket.Dialer{
-		Subprotocols:     []string{"mqtt"},
-		HandshakeTimeout: testTimeout,
-		NetDial:          func(string, string) (net.Conn, error) { return raw, nil },
-	}
-	ws, _, err := d.Dial("ws://"+b.WSAddr()+"/mqtt", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := wsstream.New(ws, true)
+	c := dialWSStream(t, "ws://"+b.WSAddr()+"/mqtt", raw)
 	c.Write(connectPacket(5, id))
 	r := bufio.NewReader(c)
 	if h, _, err := readPacketBody(r); err != nil || h != 0x20 {

@@ -15,9 +15,14 @@ import (
 // dialWebSocket opens MQTT over WebSocket (subprotocol "mqtt").
 func dialWebSocket(ctx context.Context, u *url.URL, timeout time.Duration, tc *tls.Config) (net.Conn, error) {
 	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: timeout, TLSClientConfig: tc}
-	ws, _, err := d.DialContext(ctx, u.String(), nil)
+	ws, err := wsstream.Dial(ctx, d, u.String())
 	if err != nil {
 		return nil, err
 	}
-	return wsstream.New(ws, false), nil
+	c, err := wsstream.New(ws, false)
+	if err != nil {
+		ws.Close()
+		return nil, err
+	}
+	return c, nil
 }
