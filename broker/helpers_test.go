@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"net"
 	"reflect"
@@ -278,10 +279,11 @@ func waitTreeSubs(t testing.TB, b *Broker, n int64) {
 }
 
 // dialWSStream opens url (subprotocol mqtt) as an MQTT byte stream, the
-// way the Go client does (wsstream.Dial), over raw when it is not nil.
-func dialWSStream(t testing.TB, url string, raw net.Conn) *wsstream.Conn {
+// way the Go client does (wsstream.Dial), over raw when it is not nil;
+// tc is a wss URL's TLS configuration.
+func dialWSStream(t testing.TB, url string, raw net.Conn, tc *tls.Config) *wsstream.Conn {
 	t.Helper()
-	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: testTimeout}
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: testTimeout, TLSClientConfig: tc}
 	if raw != nil {
 		d.NetDialContext = func(context.Context, string, string) (net.Conn, error) { return raw, nil }
 	}

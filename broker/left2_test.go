@@ -118,13 +118,14 @@ func TestTakeoverNotBehindStalledPeer(t *testing.T) {
 		"tcp",
 		"tls", // a TLS close writes close_notify: it must not wait either
 		"ws",
+		"wss", // the Socket over the TLS connection the upgrade hijacked
 	} {
 		t.Run(transport, func(t *testing.T) { takeoverStalled(t, transport) })
 	}
 }
 
 func takeoverStalled(t *testing.T, transport string) {
-	overTLS := transport == "tls"
+	overTLS := transport == "tls" || transport == "wss"
 	opts := Options{WriteTimeout: time.Hour, QueueBytes: 64 << 20}
 	var pool *x509.CertPool
 	if overTLS {
@@ -133,16 +134,10 @@ func takeoverStalled(t *testing.T, transport string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		opts.TLS, opts.TLSConfig, pool = "127.0.0.1:0", tc, p
+		opts.TLS, opts.WSS, opts.TLSConfig, pool = "127.0.0.1:0", "127.0.0.1:0", tc, p
 	}
 	b := start(t, opts)
-	addr := b.TCPAddr()
-	if overTLS {
-		addr = b.TLSAddr()
-	}
-	if transport == "ws" {
-		addr = b.WSAddr()
-	}
+	addr := map[string]string{"tcp": b.TCPAddr(), "tls": b.TLSAddr(), "ws": b.WSAddr(), "wss": b.WSSAddr()}[transport]
 	raw, err := net.DialTCP("tcp", nil, tcpAddr(t, addr))
 	if err != nil {
 		t.Fatal(err)
@@ -151,11 +146,14 @@ func takeoverStalled(t *testing.T, transport string) {
 	raw.SetReadBuffer(4096) //nolint:errcheck // smaller is faster to fill; any size fills
 	raw.SetDeadline(time.Now().Add(testTimeout))
 	var old net.Conn = raw
+	tc := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 	switch transport {
 	case "tls":
-		old = tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+		old = tls.Client(raw, tc)
 	case "ws":
-		old = dialWSStream(t, "ws://"+addr+"/mqtt", raw)
+		old = dialWSStream(t, "ws://"+addr+"/mqtt", raw, nil)
+	case "wss":
+		old = dialWSStream(t, "wss://"+addr+"/mqtt", raw, tc)
 	}
 	old.Write(connectPacket(5, "stall"))
 	r := bufio.NewReader(old)

@@ -82,7 +82,7 @@ func dialOriginal(t *testing.T, b *Broker) *origClient {
 // subprotocol mqtt, each packet a binary message.
 func dialOriginalWS(t *testing.T, b *Broker) *origClient {
 	t.Helper()
-	nc := dialWSStream(t, "ws://"+b.OriginalWSAddr()+"/mote/", nil)
+	nc := dialWSStream(t, "ws://"+b.OriginalWSAddr()+"/mote/", nil, nil)
 	nc.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // a hang fails the read
 	t.Cleanup(func() { nc.Close() })
 	return &origClient{t: t, nc: nc}

@@ -83,7 +83,7 @@ func testPublishBodyNoAliasing(t *testing.T, ws bool) {
 
 	var pub *benchClient
 	if ws {
-		pub = newBenchClientV(t, dialWSStream(t, "ws://"+br.WSAddr()+"/mqtt", nil), "rtfanin-pub", testTimeout, 5)
+		pub = newBenchClientV(t, dialWSStream(t, "ws://"+br.WSAddr()+"/mqtt", nil, nil), "rtfanin-pub", testTimeout, 5)
 	} else {
 		pub = dialBenchV(t, br.TCPAddr(), "rtfanin-pub", 5)
 	}

@@ -28,7 +28,7 @@ func dialStalledWS(t *testing.T, b *Broker, id, filter string) *net.TCPConn {
 	t.Cleanup(func() { raw.Close() })
 	raw.SetReadBuffer(4096) //nolint:errcheck // smaller is faster to fill; any size fills
 	raw.SetDeadline(time.Now().Add(testTimeout))
-	c := dialWSStream(t, "ws://"+b.WSAddr()+"/mqtt", raw)
+	c := dialWSStream(t, "ws://"+b.WSAddr()+"/mqtt", raw, nil)
 	c.Write(connectPacket(5, id))
 	r := bufio.NewReader(c)
 	if h, _, err := readPacketBody(r); err != nil || h != 0x20 {
