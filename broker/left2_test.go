@@ -169,7 +169,12 @@ func takeoverStalled(t *testing.T, transport string) {
 	// 16 MiB that the client never reads: a write to it waits (up to
 	// WriteTimeout) holding the client's lock, and so would any write after.
 	pub := dial3(t, b, "pub", true)
-	pub.pub(t, "stall/big", 0, false, string(make([]byte, 16<<20)))
+	// Bounded by testTimeout, not pub's 5 s: 16 MiB under -race on a busy
+	// machine (load 15 on 2 cores) took longer: tls failed so 1 run in 13,
+	// wss 1 in 8.
+	if !waitTok(t, "publish stall/big", pub.Publish("stall/big", 0, false, make([]byte, 16<<20))) {
+		t.FailNow()
+	}
 	waitFor(t, "a write to the stalled client under way", func() bool {
 		if oldCl.TryLock() {
 			oldCl.Unlock()
