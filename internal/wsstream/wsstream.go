@@ -6,17 +6,17 @@
 //
 // gorilla's websocket sets the socket's write deadline to its own recorded
 // one before every frame it writes. A deadline set on the socket from
-// another goroutine (a takeover bounding the write under way) could be
-// undone by that, whatever wsstream did above gorilla: the writer read
-// the old deadline, the bound was set, and gorilla then set the old one
-// again (an hour in TestTakeoverNotBehindStalledPeer/ws, WriteTimeout
-// by default), for a peer that stopped reading to hold the write that
-// long. So every WebSocket here runs over a Socket, which gorilla's
-// deadlines pass through and which never lets one be later than the
-// stream's (Conn.SetWriteDeadline): the stream's deadline and the
-// socket's are set together, under one lock, and no order of the calls
-// undoes a bound (TestBoundNotUndone). Upgrade and Dial put the Socket
-// there; New finds it.
+// another goroutine (a takeover bounding the write under way) was undone
+// by that when it came between Write reading the stream's deadline (to
+// give it to gorilla) and gorilla setting it: gorilla set the old one
+// again (an hour in TestTakeoverNotBehindStalledPeer/ws, WriteTimeout by
+// default), and a peer that stopped reading held the write that long.
+// So every WebSocket here runs over a Socket, which gorilla's deadlines
+// pass through and which never lets one be later than the stream's
+// (Conn.SetWriteDeadline): the stream's deadline and the socket's are
+// set together, under the lock gorilla's settings take, and no order of
+// the calls undoes a bound (TestBoundNotUndone). Upgrade and Dial put
+// the Socket there; New finds it.
 package wsstream
 
 import (
