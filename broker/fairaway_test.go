@@ -1,0 +1,310 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+)
+
+// awayLeave is one session left away in a test: its user ("" for an
+// anonymous client, no username sent) and its client id.
+type awayLeave struct{ user, id string }
+
+// leaveAs connects a persistent MQTT 5 session of id as user (Session
+// Expiry and Will Delay an hour, a will on will/<id>), subscribed to
+// f/<id>, ends its connection without DISCONNECT and returns once the
+// broker has seen the end (h): the session is filed as away and those
+// past MaxSessions ended.
+func leaveAs(t *testing.T, b *Broker, h *leftHook, l awayLeave) {
+	t.Helper()
+	var user []string
+	if l.user != "" {
+		user = []string{l.user}
+	}
+	p, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, l.id, false, 3600, &rawWill{topic: "will/" + l.id, payload: l.id, delay: 3600}, user...))
+	if code != 0 || present {
+		t.Fatalf("%s (%q): CONNACK code %#x, present %v", l.id, l.user, code, present)
+	}
+	p.subscribe(t, 5, "f/"+l.id, 1)
+	p.c.Close()
+	h.wait(t, l.id, 1)
+}
+
+// TestMaxSessionsPerUser: past MaxSessions the session ended is the one
+// away longest of the user with the most sessions away (ties: the user
+// whose oldest left first), so a user leaving ever new client ids ends
+// its own sessions, and another user's few survive: they resume with
+// Session Present 1 and the message held for them. An ended one's
+// delayed will is published, its held message dropped and counted, a
+// resume gets Session Present 0 and nothing, and a Warn line names its
+// user. The anonymous clients are one user; without a password file
+// every client is (usernames are taken as given). Each session has one
+// message held when the next leaves.
+//
+// Before the change the bound ended the session away longest of all:
+// "flooder ends its own" ended b0 b1 a0 a1 (bob's two, older than
+// alice's flood), "anonymous flood" ended a0 a1, "equal counts" c0
+// (carol's only session); 3 of 5 cases failed in 3 of 3 runs.
+func TestMaxSessionsPerUser(t *testing.T) {
+	seq := func(user, prefix string, n int) []awayLeave {
+		var out []awayLeave
+		for i := range n {
+			out = append(out, awayLeave{user, fmt.Sprint(prefix, i)})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name      string
+		passwords bool // a password file (alice, bob, carol); else usernames are taken as given
+		max       int
+		leave     []awayLeave
+		ended     []string // in the order they end
+	}{
+		{
+			name: "flooder ends its own", passwords: true, max: 4,
+			leave: append(seq("bob", "b", 2), seq("alice", "a", 6)...),
+			ended: []string{"a0", "a1", "a2", "a3"},
+		},
+		{
+			name: "anonymous flood", passwords: true, max: 4,
+			leave: append(seq("alice", "a", 2), seq("", "n", 6)...),
+			ended: []string{"n0", "n1", "n2", "n3"},
+		},
+		{
+			// alice and bob have two each, carol one: alice's oldest left
+			// before bob's.
+			name: "equal counts", passwords: true, max: 4,
+			leave: []awayLeave{{"carol", "c0"}, {"alice", "a0"}, {"bob", "b0"}, {"alice", "a1"}, {"bob", "b1"}},
+			ended: []string{"a0"},
+		},
+		{
+			name: "one each: away longest", passwords: true, max: 2,
+			leave: []awayLeave{{"carol", "c0"}, {"alice", "a0"}, {"bob", "b0"}, {"", "n0"}},
+			ended: []string{"c0", "a0"},
+		},
+		{
+			name: "no password file: one user", passwords: false, max: 4,
+			leave: append(seq("bob", "b", 2), seq("alice", "a", 6)...),
+			ended: []string{"b0", "b1", "a0", "a1"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := Options{MaxSessions: tc.max}
+			if tc.passwords {
+				u := users(t)
+				u.Set("carol", "carol-pw", 10)
+				opts.Users, opts.AllowAnonymous = u, true
+			}
+			b, log := startLogged(t, opts)
+			h := addLeftHook(t, b)
+			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "watcher", true, 0, nil, "alice"))
+			watcher.subscribe(t, 5, "will/#", 0)
+			pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "pub", true, 0, nil, "alice"))
+			for _, l := range tc.leave {
+				leaveAs(t, b, h, l)
+				pub.publish1(t, 5, "f/"+l.id, "held "+l.id) // held in flight for the session away
+				waitHeld(t, b, l.id, 1)
+			}
+			if got := b.away.len(); got != tc.max {
+				t.Errorf("sessions away: %d, want %d", got, tc.max)
+			}
+			if got := b.stats.SessionsEnded.Load(); got != int64(len(tc.ended)) {
+				t.Errorf("sessions ended: %d, want %d", got, len(tc.ended))
+			}
+			if got := b.meter.dropped[dropSessionEnded].Load(); got != int64(len(tc.ended)) {
+				t.Errorf("dropped session_ended: %d, want %d (one held message each)", got, len(tc.ended))
+			}
+			// The ended sessions' delayed wills, in the order they ended.
+			pub.publish1(t, 5, "will/marker", "m")
+			var wills []string
+			for _, topic := range watcher.topicsUntil(t, "will/marker") {
+				wills = append(wills, strings.TrimPrefix(topic, "will/"))
+			}
+			if !slices.Equal(wills, tc.ended) {
+				t.Errorf("sessions ended (their wills): %v, want %v", wills, tc.ended)
+			}
+			warned := endedInLog(t, log.String())
+			for _, l := range tc.leave {
+				ended := slices.Contains(tc.ended, l.id)
+				if ended && warned[l.id] != l.user {
+					t.Errorf("%s ended: the Warn line names user %q, want %q", l.id, warned[l.id], l.user)
+				}
+				var user []string
+				if l.user != "" {
+					user = []string{l.user}
+				}
+				p, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, l.id, false, 3600, nil, user...))
+				if code != 0 || present == ended {
+					t.Fatalf("%s of %q (ended %v) resumed: code %#x, Session Present %v", l.id, l.user, ended, code, present)
+				}
+				if ended {
+					p.pingNone(t, l.id+" resumed after its session ended")
+					continue
+				}
+				if m := p.readPublish(t, 5); m.topic != "f/"+l.id || m.payload != "held "+l.id {
+					t.Fatalf("%s resumed: got %q %q, want its held message", l.id, m.topic, m.payload)
+				}
+			}
+		})
+	}
+}
+
+// endedInLog reads the broker's JSON log lines of sessions ended past
+// MaxSessions: client id to the user they name.
+func endedInLog(t *testing.T, log string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for line := range strings.Lines(log) {
+		var l struct{ Level, Message, Client, User string }
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if l.Level == "warn" && strings.HasPrefix(l.Message, "session ended: more than max_sessions") {
+			out[l.Client] = l.User
+		}
+	}
+	return out
+}
+
+// TestAwaySessionsModel: random filings, resumes and removals of
+// sessions of a few users, each followed by ending those past a bound;
+// awaySessions ends the same session as a plain model that scans every
+// session away (the oldest of the user with the most, ties to the user
+// whose oldest is oldest) and keeps the same count. Before the change
+// the session away longest of all was ended: it differed from the model
+// at round 36, 41 and 233 of the three cases, in 3 of 3 runs.
+func TestAwaySessionsModel(t *testing.T) {
+	type session struct {
+		user string
+		seq  int
+	}
+	for _, tc := range []struct {
+		name        string
+		users, ids  int
+		max, rounds int
+	}{
+		{"2 users", 2, 20, 8, 5000},
+		{"5 users", 5, 60, 20, 5000},
+		{"50 users", 50, 400, 100, 5000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(1, uint64(tc.users)))
+			var a awaySessions
+			model := map[string]session{} // by client id
+			clients := map[string]*mqtt.Client{}
+			seq := 0
+			endModel := func() string { // the id it ends
+				count := map[string]int{}
+				oldest := map[string]string{} // by user: the id of its oldest session
+				for id, s := range model {
+					count[s.user]++
+					if o, ok := oldest[s.user]; !ok || s.seq < model[o].seq {
+						oldest[s.user] = id
+					}
+				}
+				best := ""
+				for u, n := range count {
+					if best == "" || n > count[best] || n == count[best] && model[oldest[u]].seq < model[oldest[best]].seq {
+						best = u
+					}
+				}
+				id := oldest[best]
+				delete(model, id)
+				return id
+			}
+			for round := range tc.rounds {
+				id := fmt.Sprint("c", rng.IntN(tc.ids))
+				switch op := rng.IntN(10); {
+				case op < 6: // leaves (again: a new client of the id)
+					user := fmt.Sprint("u", rng.IntN(tc.users))
+					if rng.IntN(4) == 0 {
+						user = "u0" // one user leaves more than the others
+					}
+					cl := &mqtt.Client{ID: id}
+					clients[id] = cl
+					seq++
+					model[id] = session{user: user, seq: seq}
+					a.leftLocked(cl, user)
+				case op < 8: // a CONNECT takes it
+					delete(model, id)
+					a.backLocked(id)
+				default: // expired or removed
+					if cl, ok := clients[id]; ok {
+						delete(model, id)
+						a.goneLocked(cl)
+					}
+				}
+				for len(model) > tc.max {
+					want := endModel()
+					got := "none"
+					if cl, _ := a.oldestOver(tc.max); cl != nil {
+						got = cl.ID
+					}
+					if got != want {
+						t.Fatalf("round %d: ended %s, want %s", round, got, want)
+					}
+				}
+				if cl, _ := a.oldestOver(tc.max); cl != nil {
+					t.Fatalf("round %d: ended %s with %d away, bound %d", round, cl.ID, len(model), tc.max)
+				}
+				if got := a.len(); got != len(model) {
+					t.Fatalf("round %d: %d away, want %d", round, got, len(model))
+				}
+			}
+			if len(a.users) != len(a.heap) || len(a.at) != a.n {
+				t.Fatalf("users %d, in the heap %d; ids %d, away %d", len(a.users), len(a.heap), len(a.at), a.n)
+			}
+		})
+	}
+}
+
+// BenchmarkAwaySessionsUsers: a disconnect past the bound (a session
+// filed away, one ended) and a CONNECT taking a session back then its
+// disconnect, with sessions of 1 to 10,000 users, 2 each (1 user: 20,000):
+// the cost grows with log(users) at most.
+func BenchmarkAwaySessionsUsers(b *testing.B) {
+	for _, users := range []int{1, 100, 10_000} {
+		n := 20_000
+		per := n / users
+		setup := func() (*awaySessions, []*mqtt.Client, []string) {
+			a := &awaySessions{}
+			cls := make([]*mqtt.Client, n+1)
+			names := make([]string, n+1)
+			for i := range cls {
+				cls[i] = &mqtt.Client{ID: fmt.Sprint("c", i)}
+				names[i] = fmt.Sprint("u", (i/per)%users)
+			}
+			for i, cl := range cls[:n] {
+				a.leftLocked(cl, names[i])
+			}
+			return a, cls, names
+		}
+		b.Run(fmt.Sprintf("users=%d/past-bound", users), func(b *testing.B) {
+			a, cls, names := setup()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				k := (i + n) % len(cls)
+				a.leftLocked(cls[k], names[k])
+				if cl, _ := a.oldestOver(n); cl == nil {
+					b.Fatal("none over the bound")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("users=%d/back-and-left", users), func(b *testing.B) {
+			a, cls, names := setup()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				k := i * 7919 % n // spread over the users
+				a.backLocked(cls[k].ID)
+				a.leftLocked(cls[k], names[k])
+			}
+		})
+	}
+}
