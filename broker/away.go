@@ -58,11 +58,9 @@ type awayEntry struct {
 type awayUser struct {
 	name     string
 	sessions list.List // of *awayEntry
+	oldest   uint64    // the first's seq: the heap compares it without reaching into the list
 	index    int       // in awaySessions.heap
 }
-
-// oldest is when u's session away longest was filed.
-func (u *awayUser) oldest() uint64 { return u.sessions.Front().Value.(*awayEntry).seq }
 
 // byCount is a heap (container/heap) of users, first the one with the
 // most sessions away; among as many, the one whose oldest left first.
@@ -71,7 +69,7 @@ type byCount []*awayUser
 func (h byCount) Len() int { return len(h) }
 func (h byCount) Less(i, j int) bool {
 	ni, nj := h[i].sessions.Len(), h[j].sessions.Len()
-	return ni > nj || ni == nj && h[i].oldest() < h[j].oldest()
+	return ni > nj || ni == nj && h[i].oldest < h[j].oldest
 }
 func (h byCount) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
@@ -103,17 +101,17 @@ func (a *awaySessions) leftLocked(cl *mqtt.Client, user string) {
 		a.removeLocked(e)
 	}
 	u, had := a.users[user]
+	a.seq++
 	if !had {
-		u = &awayUser{name: user}
+		u = &awayUser{name: user, oldest: a.seq}
 		a.users[user] = u
 	}
-	a.seq++
 	a.at[cl.ID] = u.sessions.PushBack(&awayEntry{cl: cl, seq: a.seq, u: u})
 	a.n++
 	if had {
 		heap.Fix(&a.heap, u.index)
 	} else {
-		heap.Push(&a.heap, u) // once it has the session: the order asks for its oldest
+		heap.Push(&a.heap, u)
 	}
 }
 
@@ -130,6 +128,7 @@ func (a *awaySessions) removeLocked(e *list.Element) {
 		delete(a.users, u.name)
 		return
 	}
+	u.oldest = u.sessions.Front().Value.(*awayEntry).seq
 	heap.Fix(&a.heap, u.index)
 }
 

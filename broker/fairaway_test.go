@@ -263,37 +263,44 @@ func TestAwaySessionsModel(t *testing.T) {
 	}
 }
 
-// BenchmarkAwaySessionsUsers: a disconnect past the bound (a session
-// filed away, one ended) and a CONNECT taking a session back then its
-// disconnect, with sessions of 1 to 10,000 users, 2 each (1 user: 20,000):
-// the cost grows with log(users) at most.
+// BenchmarkAwaySessionsUsers: with 1 to 10,000 users of 2 sessions away
+// each (1 user: 20,000), a disconnect past the bound (a session of a user
+// filed away, one ended: that user's oldest) and a CONNECT taking a
+// session back then its disconnect, the users taken in turn: the cost
+// grows with log(users) at most.
 func BenchmarkAwaySessionsUsers(b *testing.B) {
+	const n = 20_000
 	for _, users := range []int{1, 100, 10_000} {
-		n := 20_000
-		per := n / users
+		// Client i is user i%users's; clients n and up are one spare per
+		// user, filed past the bound.
 		setup := func() (*awaySessions, []*mqtt.Client, []string) {
 			a := &awaySessions{}
-			cls := make([]*mqtt.Client, n+1)
-			names := make([]string, n+1)
+			cls := make([]*mqtt.Client, n+users)
+			names := make([]string, users)
+			for i := range names {
+				names[i] = fmt.Sprint("u", i)
+			}
 			for i := range cls {
 				cls[i] = &mqtt.Client{ID: fmt.Sprint("c", i)}
-				names[i] = fmt.Sprint("u", (i/per)%users)
 			}
 			for i, cl := range cls[:n] {
-				a.leftLocked(cl, names[i])
+				a.leftLocked(cl, names[i%users])
 			}
 			return a, cls, names
 		}
 		b.Run(fmt.Sprintf("users=%d/past-bound", users), func(b *testing.B) {
 			a, cls, names := setup()
+			spare := cls[n:] // by user: its client not away
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
-				k := (i + n) % len(cls)
-				a.leftLocked(cls[k], names[k])
-				if cl, _ := a.oldestOver(n); cl == nil {
+				u := i * 7919 % users // spread over the users
+				a.leftLocked(spare[u], names[u])
+				cl, _ := a.oldestOver(n)
+				if cl == nil {
 					b.Fatal("none over the bound")
 				}
+				spare[u] = cl // the user's oldest: u had the most
 			}
 		})
 		b.Run(fmt.Sprintf("users=%d/back-and-left", users), func(b *testing.B) {
@@ -303,7 +310,7 @@ func BenchmarkAwaySessionsUsers(b *testing.B) {
 			for i := range b.N {
 				k := i * 7919 % n // spread over the users
 				a.backLocked(cls[k].ID)
-				a.leftLocked(cls[k], names[k])
+				a.leftLocked(cls[k], names[k%users])
 			}
 		})
 	}
