@@ -48,13 +48,22 @@ func leaveAs(t *testing.T, b *Broker, h *leftHook, l awayLeave) {
 //
 // Before the change the bound ended the session away longest of all:
 // "flooder ends its own" ended b0 b1 a0 a1 (bob's two, older than
-// alice's flood), "anonymous flood" ended a0 a1, "equal counts" c0
-// (carol's only session); 3 of 5 cases failed in 3 of 3 runs.
+// alice's flood), "flooder, 40 ids" b0-b2 and a0-a29, "even shares"
+// b0-b4, "anonymous flood" a0 a1 n0 n1, "equal counts" c0 (carol's only
+// session); 5 of 7 cases failed in 3 of 3 runs ("one each" and "no
+// password file" end the session away longest of all, as before).
 func TestMaxSessionsPerUser(t *testing.T) {
 	seq := func(user, prefix string, n int) []awayLeave {
 		var out []awayLeave
 		for i := range n {
 			out = append(out, awayLeave{user, fmt.Sprint(prefix, i)})
+		}
+		return out
+	}
+	ids := func(prefix string, n int) []string {
+		var out []string
+		for _, l := range seq("", prefix, n) {
+			out = append(out, l.id)
 		}
 		return out
 	}
@@ -69,6 +78,18 @@ func TestMaxSessionsPerUser(t *testing.T) {
 			name: "flooder ends its own", passwords: true, max: 4,
 			leave: append(seq("bob", "b", 2), seq("alice", "a", 6)...),
 			ended: []string{"a0", "a1", "a2", "a3"},
+		},
+		{
+			name: "flooder, 40 ids", passwords: true, max: 10,
+			leave: append(seq("bob", "b", 3), seq("alice", "a", 40)...),
+			ended: ids("a", 33),
+		},
+		{
+			// Bob held more than his share: his oldest go until alice
+			// has more, then hers.
+			name: "even shares", passwords: true, max: 6,
+			leave: append(seq("bob", "b", 5), seq("alice", "a", 6)...),
+			ended: []string{"b0", "b1", "a0", "a1", "a2"},
 		},
 		{
 			name: "anonymous flood", passwords: true, max: 4,
