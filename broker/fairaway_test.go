@@ -1,14 +1,21 @@
 package broker
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/mote-mqtt/mote/broker/auth"
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+	"github.com/rs/zerolog"
 )
 
 // awayLeave is one session left away in a test: its user ("" for an
@@ -340,4 +347,86 @@ func BenchmarkAwaySessionsUsers(b *testing.B) {
 			b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
 		})
 	}
+}
+
+// TestMaxSessionsUsersCost (MOTE_SESSIONS_USERS=1; MOTE_SESSIONS_N
+// sessions, default 20,000) measures, through real connections, what a
+// disconnect costs until the broker's OnDisconnect is through (the
+// session filed away, and past MaxSessions, n·9/10, one ended) with the
+// sessions of 1 user and of n/2 users (2 each), and what a CONNECT
+// resuming one of them costs until its CONNACK (the session taken back).
+// Every client logs in with a password (one iteration) in both; the
+// broker logs nothing.
+func TestMaxSessionsUsersCost(t *testing.T) {
+	if os.Getenv("MOTE_SESSIONS_USERS") == "" {
+		t.Skip("MOTE_SESSIONS_USERS=1 to measure")
+	}
+	n := 20_000
+	if s := os.Getenv("MOTE_SESSIONS_N"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	for _, users := range []int{1, n / 2} {
+		t.Run(fmt.Sprint("users=", users), func(t *testing.T) {
+			u := auth.NewUsers()
+			for i := range users {
+				if err := u.Set(fmt.Sprint("u", i), fmt.Sprint("u", i, "-pw"), 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, err := New(Options{TCP: "127.0.0.1:0", WS: "off", MaxSessions: n * 9 / 10, Users: u, Log: zerolog.Nop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			h := addLeftHook(t, b)
+			var early, late time.Duration // disconnects: the first tenth, the last tenth (past the bound)
+			for i := range n {
+				id, user := fmt.Sprint("cost", i), fmt.Sprint("u", i%users)
+				p, _ := dialTimed(t, b, id, user)
+				t0 := time.Now()
+				p.c.Close()
+				h.wait(t, id, 1)
+				switch d := time.Since(t0); {
+				case i < n/10:
+					early += d
+				case i >= n-n/10:
+					late += d
+				}
+			}
+			var resume time.Duration
+			const resumes = 1000
+			for k := range resumes {
+				i := n - 1 - k*7%(n/10) // kept: among the last tenth
+				p, d := dialTimed(t, b, fmt.Sprint("cost", i), fmt.Sprint("u", i%users))
+				resume += d
+				p.c.Close()
+			}
+			t.Logf("%d users, %d sessions left, %d ended, %d away: disconnect through OnDisconnect %v (first tenth), %v (last tenth, past the bound); a resume's CONNECT to CONNACK %v",
+				users, n, b.stats.SessionsEnded.Load(), b.away.len(), early/time.Duration(n/10), late/time.Duration(n/10), resume/resumes)
+		})
+	}
+}
+
+// dialTimed connects id as user (MQTT 5, Clean Start 0, Session Expiry
+// an hour) and returns the peer and the time from the dial to its
+// CONNACK (code 0). The connection is closed when the test ends.
+func dialTimed(t *testing.T, b *Broker, id, user string) (*ownerPeer, time.Duration) {
+	t.Helper()
+	connect := rawConnect(t, 5, id, false, 3600, nil, user)
+	t0 := time.Now()
+	c, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(testTimeout))
+	p := &ownerPeer{c: c, r: bufio.NewReader(c)}
+	c.Write(connect)
+	if _, body := p.next(t, 2); len(body) < 2 || body[1] != 0 {
+		t.Fatalf("%s: CONNACK % x", id, body)
+	}
+	return p, time.Since(t0)
 }
