@@ -1,106 +1,212 @@
 package broker
 
 import (
+	"container/heap"
 	"container/list"
 	"sync"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
-// awaySessions orders the persistent sessions whose clients are away,
-// longest away first, so that a disconnect that leaves more than
-// Options.MaxSessions of them ends the oldest (endAway) in O(1).
-// Options.MaxClients bounds connected clients only: without this bound a
-// client connecting with ever new ids, Clean Start 0 and a long expiry
-// left sessions (and their subscriptions in mochi's index) without end.
+// awaySessions keeps the persistent sessions whose clients are away, per
+// user in the order they left, so that a disconnect that leaves more than
+// Options.MaxSessions of them ends one (endAway): the one away longest of
+// the user with the most sessions away; among users with as many, of the
+// user whose oldest session left first. Options.MaxClients bounds
+// connected clients only: without this bound a client connecting with
+// ever new ids, Clean Start 0 and a long expiry left sessions (and their
+// subscriptions in mochi's index) without end. Before the bound was per
+// user, one user (one username, or the anonymous clients) leaving ever
+// new ids ended every other user's sessions away; now it ends its own
+// first, and another user's sessions are kept while it has fewer away.
+// With every user at one session it is the one away longest of all.
+//
+// A user is who the client authenticated as (Broker.awayUserOf): its
+// username when the broker has a password file; the anonymous clients
+// are one user, and so are all clients without a password file, whose
+// usernames are taken as given (a client could name a new user for each
+// id and have the sessions of a user with two away ended before its own).
+//
+// Filing, taking out and ending one is O(log users): each user's
+// sessions are a list, and the users a heap by how many they have away
+// (byCount).
 //
 // An entry is added and removed only under its client id's takeover lock
 // (mochi's WhileFiled, OnSessionEstablish, OnClientExpired,
 // RemoveSessionWith), so it names exactly the sessions mochi keeps whose
-// client is away: a CONNECT resuming one takes it out of the order before
-// its client is filed.
+// client is away: a CONNECT resuming one takes it out before its client
+// is filed.
 //
-// Owner: mu guards order and at; the connection hooks take it.
+// Owner: mu guards everything; the connection hooks take it.
 type awaySessions struct {
 	mu    sync.Mutex
-	order list.List                // of *mqtt.Client, longest away first
-	at    map[string]*list.Element // by client id: its entry in order
+	n     int                      // sessions away, all users
+	seq   uint64                   // stamps each filing: lower left earlier
+	at    map[string]*list.Element // by client id: its entry (*awayEntry) in its user's list
+	users map[string]*awayUser     // by user: those with a session away
+	heap  byCount                  // the users in users, the one to end a session of first
+}
+
+// awayEntry is one session away.
+type awayEntry struct {
+	cl  *mqtt.Client
+	seq uint64 // when it was filed (awaySessions.seq)
+	u   *awayUser
+}
+
+// awayUser is one user's sessions away, longest away first.
+type awayUser struct {
+	name     string
+	sessions list.List // of *awayEntry
+	oldest   uint64    // the first's seq: the heap compares it without reaching into the list
+	index    int       // in awaySessions.heap
+}
+
+// byCount is a heap (container/heap) of users, first the one with the
+// most sessions away; among as many, the one whose oldest left first.
+type byCount []*awayUser
+
+func (h byCount) Len() int { return len(h) }
+func (h byCount) Less(i, j int) bool {
+	ni, nj := h[i].sessions.Len(), h[j].sessions.Len()
+	return ni > nj || ni == nj && h[i].oldest < h[j].oldest
+}
+func (h byCount) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *byCount) Push(x any) {
+	u := x.(*awayUser)
+	u.index = len(*h)
+	*h = append(*h, u)
+}
+func (h *byCount) Pop() any {
+	old := *h
+	u := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return u
 }
 
 // leftLocked files cl, whose connection ended and whose session outlives
-// it, as the newest away (its id's takeover lock held).
-func (a *awaySessions) leftLocked(cl *mqtt.Client) {
+// it, as user's newest away (its id's takeover lock held).
+func (a *awaySessions) leftLocked(cl *mqtt.Client, user string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.at == nil {
 		a.at = map[string]*list.Element{}
+		a.users = map[string]*awayUser{}
 	}
 	if e, ok := a.at[cl.ID]; ok {
-		a.order.Remove(e)
+		a.removeLocked(e)
 	}
-	a.at[cl.ID] = a.order.PushBack(cl)
+	u, had := a.users[user]
+	a.seq++
+	if !had {
+		u = &awayUser{name: user, oldest: a.seq}
+		a.users[user] = u
+	}
+	a.at[cl.ID] = u.sessions.PushBack(&awayEntry{cl: cl, seq: a.seq, u: u})
+	a.n++
+	if had {
+		heap.Fix(&a.heap, u.index)
+	} else {
+		heap.Push(&a.heap, u)
+	}
 }
 
-// backLocked takes the session of id out of the order: a CONNECT takes
-// it (its id's takeover lock held).
+// removeLocked takes e out (a.mu held): of its user's list, of the
+// heap's order, and its user out of both if it has no session left.
+func (a *awaySessions) removeLocked(e *list.Element) {
+	en := e.Value.(*awayEntry)
+	u := en.u
+	u.sessions.Remove(e)
+	delete(a.at, en.cl.ID)
+	a.n--
+	if u.sessions.Len() == 0 {
+		heap.Remove(&a.heap, u.index)
+		delete(a.users, u.name)
+		return
+	}
+	u.oldest = u.sessions.Front().Value.(*awayEntry).seq
+	heap.Fix(&a.heap, u.index)
+}
+
+// backLocked takes the session of id out: a CONNECT takes it (its id's
+// takeover lock held).
 func (a *awaySessions) backLocked(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if e, ok := a.at[id]; ok {
-		a.order.Remove(e)
-		delete(a.at, id)
+		a.removeLocked(e)
 	}
 }
 
-// goneLocked takes cl's session out of the order if it is there: it
-// expired or was removed (its id's takeover lock held).
+// goneLocked takes cl's session out if it is there: it expired or was
+// removed (its id's takeover lock held).
 func (a *awaySessions) goneLocked(cl *mqtt.Client) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if e, ok := a.at[cl.ID]; ok && e.Value.(*mqtt.Client) == cl {
-		a.order.Remove(e)
-		delete(a.at, cl.ID)
+	if e, ok := a.at[cl.ID]; ok && e.Value.(*awayEntry).cl == cl {
+		a.removeLocked(e)
 	}
 }
 
-// oldestOver takes the longest-away session out of the order if more
-// than max are in it, nil if not.
-func (a *awaySessions) oldestOver(max int) *mqtt.Client {
+// oldestOver takes a session out if more than max are away, nil if not:
+// the one away longest of the user with the most away (the heap's
+// first), and how many that user had away.
+func (a *awaySessions) oldestOver(max int) (cl *mqtt.Client, had int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.order.Len() <= max {
-		return nil
+	if a.n <= max {
+		return nil, 0
 	}
-	e := a.order.Front()
-	a.order.Remove(e)
-	cl := e.Value.(*mqtt.Client)
-	delete(a.at, cl.ID)
-	return cl
+	u := a.heap[0]
+	had = u.sessions.Len()
+	e := u.sessions.Front()
+	cl = e.Value.(*awayEntry).cl
+	a.removeLocked(e)
+	return cl, had
 }
 
 // len is how many sessions are away.
 func (a *awaySessions) len() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.order.Len()
+	return a.n
+}
+
+// awayUserOf is the user whose sessions away cl's counts with
+// (awaySessions): its username if the broker checks usernames against a
+// password file, else "" (anonymous clients, and every client when
+// usernames are taken as given). Asked as the session is filed: after a
+// Reload that adds or removes the password file, sessions filed before
+// keep the user they were filed with.
+func (b *Broker) awayUserOf(cl *mqtt.Client) string {
+	if b.access.load().users == nil {
+		return ""
+	}
+	return userOf(cl)
 }
 
 // sessionLeft is called once cl's connection ended and its session
-// outlives it (OnDisconnect): the session is filed as away, and the
-// sessions longest away are ended while more than Options.MaxSessions
-// are (negative: no bound). Filed only while cl is still its id's
-// session: a CONNECT that took the id over meanwhile holds it.
+// outlives it (OnDisconnect): the session is filed as away, and while
+// more than Options.MaxSessions are (negative: no bound) one is ended:
+// the one away longest of the user with the most away (awaySessions).
+// Filed only while cl is still its id's session: a CONNECT that took the
+// id over meanwhile holds it.
 func (b *Broker) sessionLeft(cl *mqtt.Client) {
-	b.server.WhileFiled(cl, func() { b.away.leftLocked(cl) })
+	user := b.awayUserOf(cl)
+	b.server.WhileFiled(cl, func() { b.away.leftLocked(cl, user) })
 	if b.opts.MaxSessions < 0 {
 		return
 	}
 	for {
-		old := b.away.oldestOver(b.opts.MaxSessions)
+		old, had := b.away.oldestOver(b.opts.MaxSessions)
 		if old == nil {
 			return
 		}
-		b.endAway(old)
+		b.endAway(old, had)
 	}
 }
 
@@ -111,8 +217,9 @@ func (b *Broker) sessionLeft(cl *mqtt.Client) {
 // session ends, whichever is first [MQTT-3.1.3-9]). All of it under the
 // id's takeover lock (RemoveSessionWith): a CONNECT resuming the session
 // meanwhile either took it whole first (then nothing is ended) or comes
-// after and starts clean (Session Present 0).
-func (b *Broker) endAway(old *mqtt.Client) {
+// after and starts clean (Session Present 0). had is how many sessions
+// its user had away, old's included (the log line says it).
+func (b *Broker) endAway(old *mqtt.Client, had int) {
 	var w *will
 	var held int64
 	ended := b.server.RemoveSessionWith(old, func() {
@@ -125,9 +232,9 @@ func (b *Broker) endAway(old *mqtt.Client) {
 	}
 	b.stats.SessionsEnded.Add(1)
 	b.drop(dropSessionEnded, held)
-	b.log.Warn().Str("client", old.ID).Str("user", userOf(old)).Int("max_sessions", b.opts.MaxSessions).
-		Int64("dropped", held).Bool("will", w != nil).
-		Msg("session ended: more than max_sessions persistent sessions of clients away; this one was away longest")
+	b.log.Warn().Str("client", old.ID).Str("user", userOf(old)).Int("user_sessions_away", had).
+		Int("max_sessions", b.opts.MaxSessions).Int64("dropped", held).Bool("will", w != nil).
+		Msg("session ended: more than max_sessions persistent sessions of clients away; this one was away longest of the user with the most away")
 	if w != nil {
 		b.wills.publish(w)
 	}

@@ -72,7 +72,7 @@ type Broker struct {
 	subsSent   atomic.Int64 // subscribe requests pushed, not yet handled by the loop
 	lastTick   atomic.Int64 // when the loop last took work (Unix ns)
 	offline    offlineHeld  // bytes held for offline persistent sessions
-	away       awaySessions // persistent sessions whose clients are away, longest away first (Options.MaxSessions)
+	away       awaySessions // persistent sessions whose clients are away, per user, longest away first (Options.MaxSessions)
 	handshakes handshakes   // connections before their CONNECT
 	guesses    *guesses     // failed logins per host (guesses.go)
 

@@ -268,15 +268,21 @@
 //     away until it expires (a 3.1.1 session, never), with no bound on
 //     how many: a client connecting with ever new client ids left
 //     sessions, and their subscriptions in mochi's index, without end.
-//     Options.MaxSessions bounds them: the sessions away are kept in the
-//     order they left (awaySessions, O(1) a disconnect), filed and taken
-//     out under the id's takeover lock (mochi change 61: WhileFiled,
-//     RemoveSessionWith; OnSessionEstablish, OnClientExpired), and a
-//     disconnect past the bound ends the one away longest as if it had
-//     expired (endAway): its subscriptions, held messages (counted
-//     session_ended) and delayed will (published once the lock is let
-//     go, through wills.publish) go together, so a CONNECT resuming it
-//     gets all of it or a clean session.
+//     Options.MaxSessions bounds them: the sessions away are kept per
+//     user in the order they left, the users in a heap by how many they
+//     have away (awaySessions, O(log users) a disconnect), filed and
+//     taken out under the id's takeover lock (mochi change 61:
+//     WhileFiled, RemoveSessionWith; OnSessionEstablish,
+//     OnClientExpired), and a disconnect past the bound ends, as if it
+//     had expired (endAway), the one away longest of the user with the
+//     most away (a tie: the user whose oldest left first; a user is the
+//     username checked against the password file, the anonymous clients
+//     one, every client one without a password file), so one user
+//     leaving ever new ids ends its own sessions, not other users'. Its
+//     subscriptions, held messages (counted session_ended) and delayed
+//     will (published once the lock is let go, through wills.publish) go
+//     together, so a CONNECT resuming it gets all of it or a clean
+//     session.
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
@@ -395,7 +401,7 @@
 //	                                    (wills.settle, through delayLocked), or Close (a later CONNECT marks them ended)
 //	will.sent, will.revoked             wills.mu: publish marks sent; a normal DISCONNECT (OnPacketProcessed) revokes
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
-//	sessions away, in the order left    awaySessions' mutex; entries added and removed under the id's takeover lock
+//	sessions away, per user, in order   awaySessions' mutex; entries added and removed under the id's takeover lock
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
 //	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)

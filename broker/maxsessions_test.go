@@ -405,13 +405,13 @@ func BenchmarkAwaySessions(b *testing.B) {
 				cls[i] = &mqtt.Client{ID: fmt.Sprint("c", i)}
 			}
 			for _, cl := range cls[:n] {
-				a.leftLocked(cl)
+				a.leftLocked(cl, "")
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
-				a.leftLocked(cls[(i+n)%len(cls)])
-				if a.oldestOver(n) == nil {
+				a.leftLocked(cls[(i+n)%len(cls)], "")
+				if cl, _ := a.oldestOver(n); cl == nil {
 					b.Fatal("none over the bound")
 				}
 			}

@@ -130,11 +130,15 @@ type Options struct {
 	// no bound. MaxClients bounds connected clients only: a client
 	// connecting with ever new client ids could leave sessions, and their
 	// subscriptions, without end. A disconnect that leaves more than
-	// MaxSessions away ends the session away longest at once, as if it
-	// had expired: its subscriptions are removed, the messages held for
-	// it dropped (counted session_ended), its delayed will published;
-	// a Warn log line names it, and $SYS/mote/sessions/ended and
-	// mote_sessions_ended_total count it.
+	// MaxSessions away ends one at once, as if it had expired: the one
+	// away longest of the user with the most sessions away (a tie: the
+	// user whose oldest left first), so a user leaving ever new client
+	// ids ends its own sessions first. A user is the username checked
+	// against Users; the anonymous clients are one user, and without
+	// Users every client is one. Its subscriptions are removed, the
+	// messages held for it dropped (counted session_ended), its delayed
+	// will published; a Warn log line names it and its user, and
+	// $SYS/mote/sessions/ended and mote_sessions_ended_total count it.
 	MaxSessions int
 
 	// MaxSubscriptions bounds one client's subscriptions (default 10,000),
