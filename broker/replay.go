@@ -39,8 +39,8 @@ const sweepMin = 64
 // reads nil only once the garbage collector ran: a sweep at each new
 // filter past a fixed 64 looked at every list made since the last
 // collection, n²/2 for n devices subscribing to filters of their own
-// between two (BenchmarkReconnect, subs=10, fresh ids: half the broker's
-// CPU).
+// between two (BenchmarkReconnect subs=10/fresh-persistent: half the
+// cycle's CPU).
 func (ls *replayLists) list(s *tree.Store, filter string) *replayList {
 	gen := s.Gen()
 	if l := ls.byFilter[filter].Value(); l != nil && l.gen == gen {
