@@ -332,3 +332,26 @@ func TestReplayHandedToSession(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayListsSweepAmortized: listing n filters while every list is
+// still held (a storm of devices each subscribing to filters of its own,
+// faster than the garbage collector runs) looks at O(n) entries in all.
+// Each new filter swept every entry once 64 were filed: n²/2.
+func TestReplayListsSweepAmortized(t *testing.T) {
+	const n = 4096
+	var s tree.Store
+	for i := range n {
+		s.Set(fmt.Sprintf("dev/%d/cmd", i), wireString("on"), 1)
+	}
+	var ls replayLists
+	held := make([]*replayList, 0, n) // no list goes: no sweep forgets one
+	for i := range n {
+		held = append(held, ls.list(&s, fmt.Sprintf("dev/%d/+", i)))
+	}
+	if max := 4 * n; ls.visited > max {
+		t.Errorf("listing %d filters, their lists held, the sweeps looked at %d entries, want %d at most", n, ls.visited, max)
+	}
+	if len(held[n-1].refs) != 1 {
+		t.Errorf("the last list has %d rows, want 1", len(held[n-1].refs))
+	}
+}
