@@ -119,14 +119,25 @@ func (c *conn) writeUntilDone() bool {
 // being written, and those still queued) when its session outlives it:
 // they take the replays' places among the leftovers, which conn.finish
 // hands on. The writer calls it as it exits, before finish: the loop,
-// which reads the rows, never waits for a writer.
+// which reads the rows, never waits for a writer. A few writers do it at
+// once (handingAtOnce); the others wait their turn.
 func (c *conn) handReplaysOn() {
 	o, ok := c.out.(*mqttOut)
 	if !ok || !sessionLasts(o.cl) {
 		return
 	}
+	left := c.q.leftReplays()
+	if len(left) == 0 {
+		return
+	}
+	select {
+	case c.b.handing <- struct{}{}:
+	case <-c.b.stop:
+		return
+	}
+	defer func() { <-c.b.handing }()
 	var rows []replayRow
-	for _, r := range c.q.leftReplays() {
+	for _, r := range left {
 		var msgs []*plainItem
 		if msgs, rows, ok = c.replayLeft(r, c.q.leftRoom(r), rows); !ok {
 			return
@@ -150,15 +161,20 @@ func (c *conn) replayLeft(r *replayItem, room int, rows []replayRow) (out []*pla
 	if room <= 0 {
 		return nil, rows, true // not a row would be kept: none is read
 	}
+	if cap(rows) < replayRowsMax {
+		// Made here, not grown on the loop (two thirds of a trip's time
+		// went to growing it there).
+		rows = make([]replayRow, 0, replayRowsMax)
+	}
 	n := 0
 	for done := false; !done; {
 		var err error
 		if rows, done, err = c.b.replay(c.b.stop, c, r, rows[:0]); err != nil {
 			return nil, nil, false
 		}
+		msgs := make([]message, len(rows)) // each with its item (message.first): one allocation a trip
 		for i := range rows {
-			m, keep := c.leftMessage(r, &rows[i])
-			rows[i] = replayRow{}
+			m, keep := c.leftMessage(r, &rows[i], &msgs[i])
 			if !keep {
 				continue
 			}
@@ -168,27 +184,37 @@ func (c *conn) replayLeft(r *replayItem, room int, rows []replayRow) (out []*pla
 			}
 			out = append(out, m)
 		}
+		clear(rows)
 	}
 	r.list = nil // no trip reads r again (the last answered): let the list go
 	return out, rows, true
 }
 
-// leftMessage is the plain message for the session of a replayed row, by
-// the rules replayPacket applies: the reader's read check, QoS capped by
-// the row's and the subscription's (a row that comes down to QoS 0 is
-// not kept), the subscription identifier, the row's MQTT 5 properties.
-func (c *conn) leftMessage(r *replayItem, row *replayRow) (*plainItem, bool) {
+// leftMessage makes msg the message, for the session, of a replayed row
+// and returns its item, by the rules replayPacket applies: the reader's
+// read check, QoS capped by the row's and the subscription's (a row that
+// comes down to QoS 0 is not kept), the subscription identifier, the
+// row's MQTT 5 properties.
+func (c *conn) leftMessage(r *replayItem, row *replayRow, msg *message) (*plainItem, bool) {
 	qos := min(row.qos, r.qos)
 	if qos == 0 || !c.b.access.canRead(c.p, row.topic) {
 		return nil, false
 	}
-	m := &plainItem{msg: &message{topic: row.topic, payload: bytesOf(row.value.Data), props: row.props, qos: row.qos, retain: true},
-		qos: qos, retain: true}
+	*msg = message{topic: row.topic, payload: bytesOf(row.value.Data), props: row.props, qos: row.qos, retain: true, firstUsed: true}
+	m := &msg.first
+	*m = plainItem{msg: msg, qos: qos, retain: true}
 	if r.subID > 0 {
 		m.subIDs = []int{r.subID}
 	}
 	return m, true
 }
+
+// handingAtOnce is how many writers may read their replays' rest at once
+// (handReplaysOn): a few trips to the loop wait in its inbox at a time,
+// not one for each of thousands of sessions ending together, so a
+// publish made meanwhile waits behind a few, and the writers making
+// messages do not crowd the loop off the processors.
+const handingAtOnce = 4
 
 // sessionLasts reports whether cl's session outlives its connection
 // (read under mochi's lock: a DISCONNECT may be changing it, change 53).
