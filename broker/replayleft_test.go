@@ -31,7 +31,7 @@ func awayMidReplay(t *testing.T, b *Broker, id string) (*raw, *conn) {
 // must have been read no further than its first trip goes, and every
 // session, back, gets each row once (the one in flight resent).
 func TestReplayLeftTripsBounded(t *testing.T) {
-	const rows, sessions = 1000, 3 // past one trip (replayRowsMax); within what an away session holds (MaxInflight)
+	const rows, sessions = 1000, 3 // past one trip (replayRowsMax); within what an away session holds (MaxInflight); fewer than handingAtOnce
 	b := start(t, Options{})
 	loadRows(t, b, rows)
 	raws := make([]*raw, sessions)
@@ -60,14 +60,17 @@ func TestReplayLeftTripsBounded(t *testing.T) {
 		r.c.Close()
 		waitDropped(t, b, conns[i], cl)
 	}
-	// Each ended connection queues its detach and its writer's first trip.
-	waitFor(t, "the writers' first trips", func() bool { return b.reqs.len() >= 2*sessions })
+	// Each ended connection's writer queues its first trip (at most
+	// handingAtOnce writers at once: sessions is fewer).
+	waitFor(t, "the writers' first trips", func() bool { return queuedCalls(b) >= sessions })
 	var left [][]*replayItem
 	for _, c := range conns {
 		left = append(left, c.q.leftReplays())
 	}
 	read := make([][]int, sessions) // how far each replay was read once the first trips ran
+	marked := make(chan struct{})
 	b.reqs.push(request{kind: reqCall, call: func() {
+		defer close(marked)
 		for i, rs := range left {
 			for _, r := range rs {
 				read[i] = append(read[i], r.next)
@@ -75,6 +78,7 @@ func TestReplayLeftTripsBounded(t *testing.T) {
 		}
 	}})
 	release()
+	waitClosed(t, "the call after the first trips", marked)
 	for i, c := range conns {
 		waitClosed(t, "the hand-off", c.handed.wait())
 		if len(read[i]) != 1 {
@@ -98,4 +102,18 @@ func TestReplayLeftTripsBounded(t *testing.T) {
 			}
 		}
 	}
+}
+
+// queuedCalls is how many calls wait in the loop's inbox (reqCall: no
+// publish, detach or subscription).
+func queuedCalls(b *Broker) int {
+	b.reqs.mu.Lock()
+	defer b.reqs.mu.Unlock()
+	n := 0
+	for i := range b.reqs.items {
+		if b.reqs.items[i].kind == reqCall {
+			n++
+		}
+	}
+	return n
 }
