@@ -167,21 +167,29 @@ func (c *conn) replayLeft(r *replayItem, room int, rows []replayRow) (out []*pla
 		rows = make([]replayRow, 0, replayRowsMax)
 	}
 	n := 0
+	// Messages, each with its item (message.first), are made leftSlab at
+	// a time: one allocation for many, and a slab holds only messages
+	// kept (but for the last one's rest), however few rows of a trip are.
+	var slab []message
 	for done := false; !done; {
 		var err error
 		if rows, done, err = c.b.replay(c.b.stop, c, r, rows[:0]); err != nil {
 			return nil, nil, false
 		}
-		msgs := make([]message, len(rows)) // each with its item (message.first): one allocation a trip
 		for i := range rows {
-			m, keep := c.leftMessage(r, &rows[i], &msgs[i])
+			if len(slab) == 0 {
+				slab = make([]message, leftSlab)
+			}
+			m, keep := c.leftMessage(r, &rows[i], &slab[0])
 			if !keep {
 				continue
 			}
 			if n += m.cost(); n > room {
+				slab[0] = message{}
 				done = true
 				break
 			}
+			slab = slab[1:]
 			out = append(out, m)
 		}
 		clear(rows)
@@ -208,6 +216,9 @@ func (c *conn) leftMessage(r *replayItem, row *replayRow, msg *message) (*plainI
 	}
 	return m, true
 }
+
+// leftSlab is how many messages replayLeft allocates at once.
+const leftSlab = 64
 
 // handingAtOnce is how many writers may read their replays' rest at once
 // (handReplaysOn): a few trips to the loop wait in its inbox at a time,
