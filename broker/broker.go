@@ -89,6 +89,7 @@ type Broker struct {
 	loopDone chan struct{}
 	stop     chan struct{}  // closed by Close: stops the $SYS ticker
 	splits   chan struct{}  // snapshots being split, at most its capacity at once
+	handing  chan struct{}  // writers reading their replays' rest for the session (handReplaysOn), at most its capacity at once
 	writers  sync.WaitGroup // connections whose writer has not done its finishing duties
 	tickers  sync.WaitGroup // the $SYS ticker
 	started  bool
@@ -157,6 +158,7 @@ func New(opts Options) (*Broker, error) {
 		stop:      make(chan struct{}),
 		raw:       map[*netConn]struct{}{},
 		splits:    make(chan struct{}, 2),
+		handing:   make(chan struct{}, handingAtOnce),
 		histReads: make(chan struct{}, 2),
 		guesses:   newGuesses(opts.GuessLimit, opts.GuessWindow),
 	}

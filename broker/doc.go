@@ -149,8 +149,9 @@
 // writes meanwhile never lands inside a cut packet.
 // When a connection ends, the QoS 1/2 plain messages it did not write (still
 // queued, or taken by the writer and not sent: its leftovers; what is left
-// of its QoS 1/2 retained replays, which its writer reads off the loop as
-// it exits, in their places: handReplaysOn) go to its session if that
+// of its QoS 1/2 retained replays, which its writer reads as it exits, a
+// bounded trip to the loop at a time, and makes into messages off the
+// loop, in their places: handReplaysOn) go to its session if that
 // outlives it, in order (conn.finish): the connection
 // stays the session's route in byID until its writer has stopped and it
 // has handed them on — to the session's mochi client, held in flight for

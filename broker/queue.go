@@ -814,6 +814,14 @@ func (q *outQueue) leftReplays() []*replayItem {
 	return out
 }
 
+// leftRoom is how many bytes of plain messages r's place among the
+// leftovers may take within their bound (expand).
+func (q *outQueue) leftRoom(r *replayItem) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.max - q.leftBytes + r.cost()
+}
+
 // expand puts rows in r's place among the leftovers, within the queue's
 // bound (what does not fit is counted lost); gone, it does nothing.
 func (q *outQueue) expand(r *replayItem, rows []*plainItem) {

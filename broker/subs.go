@@ -417,11 +417,12 @@ type replayRow struct {
 }
 
 // replay reads the next retained rows of a plain subscription's replay,
-// on the loop; done once there are no more.
-func (b *Broker) replay(c *conn, r *replayItem, out []replayRow) ([]replayRow, bool, error) {
+// on the loop (one trip: replayRowsMax rows or replayBytes at most); done
+// once there are no more. It gives up once stop is closed.
+func (b *Broker) replay(stop <-chan struct{}, c *conn, r *replayItem, out []replayRow) ([]replayRow, bool, error) {
 	var rows []replayRow // written on the loop; read only once it answered
 	var done bool
-	if !b.onLoop(c.q.done.wait(), func() { rows, done = b.replayRows(r, out, c.dropped.Load()) }) {
+	if !b.onLoop(stop, func() { rows, done = b.replayRows(r, out, c.dropped.Load()) }) {
 		return nil, true, errWriterStop
 	}
 	return rows, done, nil
@@ -472,39 +473,6 @@ func (b *Broker) replayRows(r *replayItem, out []replayRow, drops int64) ([]repl
 		n += len(v.Data)
 	}
 	return out, r.next >= len(refs) // the writer lets the list go once it sent the rows
-}
-
-// replayLeft is what is left of a QoS 1/2 replay that a persistent
-// session's connection did not finish, as plain messages for the session
-// (up to max bytes, by their cost), read as replayRows reads them (loop
-// only).
-func (b *Broker) replayLeft(c *conn, r *replayItem, max int) []*plainItem {
-	var out []*plainItem
-	n := 0
-	for n < max {
-		rows, done := b.replayRows(r, nil, c.dropped.Load())
-		for i := range rows {
-			row := &rows[i]
-			if !b.access.canRead(c.p, row.topic) {
-				continue
-			}
-			m := &plainItem{msg: &message{topic: row.topic, payload: bytesOf(row.value.Data), props: row.props, qos: row.qos, retain: true},
-				qos: min(row.qos, r.qos), retain: true}
-			if m.qos == 0 {
-				continue
-			}
-			if r.subID > 0 {
-				m.subIDs = []int{r.subID}
-			}
-			out = append(out, m)
-			n += m.cost()
-		}
-		if done {
-			break
-		}
-	}
-	r.list = nil
-	return out
 }
 
 // replayRowsMax and replayBytes bound one read of a replay.
