@@ -61,7 +61,7 @@ func TestFreshTakeoverPublishesDelayedWill(t *testing.T) {
 	// Alice comes back to her own session: the will is cancelled.
 	a := connectWill("own", "alice")
 	a.c.Close()
-	waitFor(t, "alice's will held for its delay", func() bool { return delayed("own") })
+	waitWillHeld(t, b, "own")
 	connectWill("own", "alice")
 	waitFor(t, "alice's will cancelled as she came back", func() bool { return !delayed("own") })
 	if got := len(watcher.wait(t, 0)); got != 0 {
@@ -71,7 +71,7 @@ func TestFreshTakeoverPublishesDelayedWill(t *testing.T) {
 	// Bob takes the id of alice's offline session: her will goes now.
 	a = connectWill("shared", "alice")
 	a.c.Close()
-	waitFor(t, "alice's will held for its delay", func() bool { return delayed("shared") })
+	waitWillHeld(t, b, "shared") // her client stopped too: bob's CONNECT finds her offline
 	connectWill("shared", "bob")
 	got := watcher.wait(t, 1)
 	if m := got[0]; m.topic != "will/shared" || m.payload != "alice" {

@@ -55,9 +55,11 @@ func TestDelayedWillsOnePerID(t *testing.T) {
 		}
 		resetConn(c)
 		gate.gone <- struct{}{}
-		waitFor(t, fmt.Sprintf("will %d held", i), func() bool {
+		// Its client stopped too (connGone): the next CONNECT resumes the
+		// session offline, as waitWillHeld waits for.
+		waitFor(t, fmt.Sprintf("will %d held, its connection gone", i), func() bool {
 			d := pendingWills(b, id)
-			return len(d) > 0 && string(d[len(d)-1].m.Payload) == fmt.Sprint(i)
+			return len(d) > 0 && string(d[len(d)-1].m.Payload) == fmt.Sprint(i) && connGone(b, id)
 		})
 	}
 	if d := pendingWills(b, id); len(d) != 1 {
