@@ -349,7 +349,11 @@
 //     frame, and the Socket keeps that from being later than the
 //     stream's, so no order of the two undoes the bound (one did: the
 //     writer read the old deadline, the bound was set, gorilla set the
-//     old one again; TestBoundNotUndone); and after a failed write
+//     old one again; TestBoundNotUndone), except that a stream deadline
+//     already passed (the last write's, left set) does not cap the pong
+//     or close gorilla answers with (TestPongAfterDeadline: it failed
+//     the WebSocket of a client pinging after WriteTimeout idle); and
+//     after a failed write
 //     nothing is written, directly (tryWrite) or not. `mote mochi`,
 //     the bare broker `mote bench` compares with, keeps upstream mochi.
 //

@@ -16,7 +16,10 @@
 // (Conn.SetWriteDeadline): the stream's deadline and the socket's are
 // set together, under the lock gorilla's settings take, and no order of
 // the calls undoes a bound (TestBoundNotUndone). Upgrade and Dial put
-// the Socket there; New finds it.
+// the Socket there; New finds it. A stream's deadline already passed
+// (the last write's) does not cap the pong or close gorilla answers with:
+// it would fail the WebSocket of a client that pings after an idle while
+// (TestPongAfterDeadline).
 package wsstream
 
 import (
@@ -52,11 +55,18 @@ type Socket struct {
 
 // SetWriteDeadline sets the connection's write deadline to t, or to the
 // stream's if that is sooner: gorilla calls it before every frame, with
-// its own deadline (none for the stream's messages).
+// its own deadline (none for the stream's messages, a second for the
+// pong or close it answers a ping or close with). A control frame's own
+// deadline yields only to a stream's deadline still ahead: one passed is
+// that of a write that ended (the broker sets one before each write and
+// leaves it), and would fail the pong to a client idle that long, and
+// with it the WebSocket for good (TestPongAfterDeadline). A write it
+// failed failed the WebSocket already, and a bound set after the
+// control frame began bounds it too (setStream), so none is undone.
 func (s *Socket) SetWriteDeadline(t time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.wdl.IsZero() && (t.IsZero() || s.wdl.Before(t)) {
+	if !s.wdl.IsZero() && (t.IsZero() || s.wdl.Before(t) && time.Now().Before(s.wdl)) {
 		t = s.wdl
 	}
 	return s.Conn.SetWriteDeadline(t)

@@ -258,3 +258,97 @@ func boundNotUndone(t *testing.T, overTLS bool, frame int64) {
 		t.Errorf("the bound came in no frame's deadline setting: %d calls short", hc.n.Load())
 	}
 }
+
+// TestPongAfterDeadline: the stream's write deadline of a write that
+// ended long ago (the broker's WriteTimeout, set before each write and
+// left there) fails neither the pong gorilla answers a ping with nor,
+// through it, every later write: the peer's ping is answered and the
+// next write, with a deadline of its own, goes through. With the stream's
+// deadline capping the pong's (no test before this one) both cases
+// failed, 3 runs of 3: no pong, and the next write "i/o timeout".
+func TestPongAfterDeadline(t *testing.T) {
+	for _, overTLS := range []bool{false, true} {
+		name := map[bool]string{false: "ws", true: "wss"}[overTLS]
+		t.Run(name, func(t *testing.T) { pongAfterDeadline(t, overTLS) })
+	}
+}
+
+func pongAfterDeadline(t *testing.T, overTLS bool) {
+	var up websocket.Upgrader
+	pinged := make(chan struct{}) // the peer has its pong, or gave up
+	written := make(chan error, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := Upgrade(&up, w, r)
+		if err != nil {
+			written <- err
+			return
+		}
+		c, err := New(ws, true)
+		if err != nil {
+			ws.Close()
+			written <- err
+			return
+		}
+		defer c.Close()
+		c.SetWriteDeadline(time.Now()) // the last write's, passed
+		go func() {                    // the read loop: answers pings; ends with c
+			buf := make([]byte, 16)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+		<-pinged
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second)) // the next write's own
+		_, err = c.Write([]byte("after"))
+		written <- err
+	})
+	srv := httptest.NewUnstartedServer(h)
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	if overTLS {
+		srv.StartTLS()
+		d.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig
+	} else {
+		srv.Start()
+	}
+	defer srv.Close()
+	url := wsURL(srv)
+	if overTLS {
+		url = "wss" + strings.TrimPrefix(srv.URL, "https")
+	}
+	ws, err := Dial(context.Background(), d, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	pong := make(chan struct{}, 1)
+	ws.SetPongHandler(func(string) error { pong <- struct{}{}; return nil })
+	if err := ws.WriteControl(websocket.PingMessage, []byte("p"), time.Now().Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	msgs := make(chan string, 1)
+	go func() { // the peer's reader: ends at its read deadline, or with ws
+		defer close(msgs)
+		for {
+			_, p, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			msgs <- string(p)
+		}
+	}()
+	select {
+	case <-pong:
+	case <-time.After(3 * time.Second):
+		t.Error("no pong in 3 s: the ping was not answered")
+	}
+	close(pinged)
+	if err := <-written; err != nil {
+		t.Errorf("write after the ping: %v", err)
+	}
+	if m, ok := <-msgs; !ok || m != "after" {
+		t.Errorf("peer read %q, %v; want \"after\"", m, ok)
+	}
+}
