@@ -2,9 +2,11 @@ package retain
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -131,4 +133,75 @@ func TestCommitArena(t *testing.T) {
 			t.Errorf("%s = %q (%v), want %q", topic, r.Value.Data, ok, v)
 		}
 	}
+}
+
+// TestRowSetIndex: puts, overwrites, has and resets against a map, over
+// enough topics (120k, in a set made for few) that the index grows many
+// times, its probe runs are long, and topics whose 32-bit hashes are
+// equal (one or two expected) are told apart by their names.
+func TestRowSetIndex(t *testing.T) {
+	s := newRowSet(10)
+	for round := range 2 {
+		want := map[string]uint64{}
+		const n = 120_000
+		for i := range n {
+			topic := fmt.Sprintf("boot/d%05d/r%02d", i/50, i%50)
+			s.put(Change{Topic: topic, Rev: uint64(i)})
+			want[topic] = uint64(i)
+			if i%7 == 0 { // overwrite an older topic
+				old := fmt.Sprintf("boot/d%05d/r%02d", i/100, i%50)
+				s.put(Change{Topic: old, Rev: uint64(n + i)})
+				want[old] = uint64(n + i)
+			}
+		}
+		if s.len() != len(want) {
+			t.Fatalf("round %d: %d topics, want %d", round, s.len(), len(want))
+		}
+		seen := map[string]bool{}
+		s.each(func(c *Change) {
+			if seen[c.Topic] || want[c.Topic] != c.Rev {
+				t.Fatalf("round %d: %s at %d (seen %v), want once at %d", round, c.Topic, c.Rev, seen[c.Topic], want[c.Topic])
+			}
+			seen[c.Topic] = true
+		})
+		for _, topic := range []string{"boot/d99999/r00", "", "boot/d00001/r0", "boot/d00001/r000"} {
+			if s.has(topic) {
+				t.Errorf("round %d: has(%q) true", round, topic)
+			}
+		}
+		for topic := range want {
+			if !s.has(topic) {
+				t.Fatalf("round %d: has(%q) false", round, topic)
+			}
+		}
+		s.reset()
+		if s.len() != 0 || s.has("boot/d00000/r00") {
+			t.Fatalf("round %d: after reset %d topics", round, s.len())
+		}
+	}
+}
+
+// TestRowSetIndexBytes: a set made for 100k topics holds them in its
+// slice of changes (64 bytes each) and an index of at most 24 bytes a
+// topic (a Go map from topic to position took 35).
+func TestRowSetIndexBytes(t *testing.T) {
+	const n = 100_000
+	topics := make([]string, n)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("boot/d%05d/r%02d", i/50, i%50)
+	}
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.TotalAlloc
+	s := newRowSet(n)
+	for _, topic := range topics {
+		s.put(Change{Topic: topic})
+	}
+	runtime.ReadMemStats(&ms)
+	perTopic := float64(ms.TotalAlloc-before)/n - float64(unsafe.Sizeof(Change{}))
+	if perTopic > 24 {
+		t.Errorf("index takes %.1f bytes a topic, want at most 24", perTopic)
+	}
+	runtime.KeepAlive(s)
 }
