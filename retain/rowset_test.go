@@ -205,3 +205,68 @@ func TestRowSetIndexBytes(t *testing.T) {
 	}
 	runtime.KeepAlive(s)
 }
+
+// TestCommitReuse: commits one after another reuse the last one's arena
+// and sort slices when they fit (the values of a commit are bbolt's only
+// until its transaction ends), and every row reads back as its newest
+// change: rows overwritten with shorter and longer values, deleted,
+// refused, after a commit too large to keep its scratch.
+func TestCommitReuse(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.keep = 2500 // keepScratch, lowered for the test
+	want := map[string]string{}
+	rev := uint64(0)
+	for _, c := range []struct {
+		name        string
+		rows, from  int // topics r<from> to r<from+rows-1>
+		payload     int // bytes
+		deleteEvery int // every n-th row deleted instead (0: none)
+		reused      bool
+	}{
+		{"first", 2000, 0, 100, 0, false},
+		{"shorter values over half", 2000, 1000, 40, 0, true},
+		{"deletions among them", 1500, 500, 60, 3, true},
+		{"longer values: a larger arena", 2400, 0, 200, 0, false},
+		{"smaller again", 100, 2300, 10, 0, true},
+		{"too large to keep", 3000, 0, 1, 0, false},
+		{"after it", 50, 0, 30, 0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := unsafe.SliceData(s.arena)
+			var cs []Change
+			for i := c.from; i < c.from+c.rows; i++ {
+				rev++
+				topic := fmt.Sprintf("r%07d", i)
+				if c.deleteEvery > 0 && i%c.deleteEvery == 0 {
+					cs = append(cs, Change{Topic: topic, Rev: rev})
+					delete(want, topic)
+					continue
+				}
+				v := strings.Repeat(string(rune('a'+i%26)), c.payload) + fmt.Sprint(rev)
+				cs = append(cs, Change{Topic: topic, Value: val(v), Rev: rev})
+				want[topic] = v
+			}
+			// A refused row (QoS 3) among them leaves the others whole.
+			cs = append(cs, Change{Topic: "refused", Value: val("x"), QoS: 3, Rev: rev})
+			if rej, err := s.Commit(Batch{Changes: cs, Rev: rev}); err != nil || len(rej) != 1 {
+				t.Fatalf("commit: %v, %d refused", err, len(rej))
+			}
+			if got := before != nil && unsafe.SliceData(s.arena) == before; got != c.reused {
+				t.Errorf("arena reused %v, want %v", got, c.reused)
+			}
+			got := rowsOf(t, s)
+			if len(got) != len(want) {
+				t.Fatalf("%d rows stored, want %d", len(got), len(want))
+			}
+			for topic, v := range want {
+				if r := got[topic]; r.Value.Data != v {
+					t.Fatalf("%s = %q, want %q", topic, r.Value.Data, v)
+				}
+			}
+		})
+	}
+}
