@@ -537,7 +537,10 @@ func (r *Retainer) commit(closing bool) error {
 	r.mu.Lock()
 	batch, hist, waiters := r.pending, r.hist, r.waiters
 	next := r.spare
-	if next == nil { // the first commit, or one too large to keep: made for twice as many
+	if next == nil || next.size() < 2*batch.len() {
+		// The first commit, one too large to keep, or one that outgrew the
+		// spare: a set made for twice as many, rather than the spare grown
+		// (copied) as the rows come.
 		next = newRowSet(max(r.opts.MaxBatch, 2*batch.len()))
 	}
 	r.pending, r.hist, r.waiters, r.spare = next, nil, nil, nil

@@ -450,3 +450,44 @@ func TestRetainerHealth(t *testing.T) {
 		t.Error("a closed retainer is healthy")
 	}
 }
+
+// TestSpareOutgrown: when a commit holds more rows than half of what the
+// spare set was made for, the next changes wait in a set made for twice
+// the commit's rows, not in the spare grown (its slice copied) as they
+// come: storm commits that grow from one to the next copy nothing.
+func TestSpareOutgrown(t *testing.T) {
+	f := scripted()
+	const maxBatch, storm = 1000, 5000
+	r := must(New(f, Options{Interval: time.Millisecond, MaxBatch: maxBatch}, zerolog.Nop()))
+	rev := uint64(0)
+	pile := func() { // rows piling up behind a running commit
+		for i := range storm {
+			rev++
+			r.Add([]Change{{Topic: fmt.Sprintf("boot/d%06d", i), Value: val(fmt.Sprint(rev)), Rev: rev}})
+		}
+	}
+	done := make(chan error, 1)
+	r.Add([]Change{{Topic: "a", Value: val("1"), Rev: 1}}, done)
+	recv(t, f.calls, "first commit")
+	pile()
+	f.results <- nil
+	if err := recv(t, done, "first commit"); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(recv(t, f.calls, "storm commit")); got != storm {
+		t.Fatalf("storm commit of %d rows", got)
+	}
+	pile() // behind the storm's commit: in the set the commit made ready
+	r.mu.Lock()
+	made, held := r.pending.hint, r.pending.len()
+	r.mu.Unlock()
+	if made < held {
+		t.Errorf("the next rows wait in a set made for %d rows, grown to hold %d", made, held)
+	}
+	f.results <- nil
+	stop := f.answerAll(nil)
+	defer stop()
+	if err := closeWithin(t, r); err != nil {
+		t.Fatal(err)
+	}
+}
