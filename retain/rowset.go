@@ -9,8 +9,9 @@ import "hash/maphash"
 // rows: twice what the last commit took (Retainer.commit), as a boot
 // storm hands in hundreds of thousands of new rows between two commits,
 // and the commits of a storm are alike in size; past it the slice
-// doubles. A set made for no more than spareRows is kept, emptied, for
-// the next changes (Retainer.spare), and grows not at all.
+// doubles. A set made for no more than spareRows, or a storm's while
+// commits fill a quarter of it, is kept, emptied, for the next changes
+// (Retainer.spare, spareFits), and grows not at all.
 //
 // Against a map of whole changes it saves, per row, hashing and moving a
 // Change each time the map grows; against fixed-size chunks (no growth,
