@@ -156,7 +156,7 @@ type Retainer struct {
 
 	// spare is the set of the last commit, emptied, for the next changes
 	// to wait in (guarded by mu). Reusing it spares a boot storm an
-	// allocation and a map's growth per commit.
+	// allocation and its index's growth per commit.
 	spare *rowSet
 
 	markers    int    // deletion markers in the store (about); owned by the goroutine
