@@ -59,10 +59,21 @@ func (r *Retainer) committingLen() int {
 	return r.committing.len()
 }
 
-// spareRows bounds the set kept for the next commit: one made for or
-// grown to more rows (rowSet.size) is left to the GC rather than kept at
-// its largest (64k rows: 4 MiB of slice, and its map).
+// spareRows bounds the set kept for the next commit once the storm that
+// made it larger is over: one made for or grown to more rows
+// (rowSet.size) is kept only while commits fill at least a quarter of it
+// (a storm's, one after another: each would otherwise make a set of
+// hundreds of thousands of rows anew), and left to the GC at the first
+// commit that does not, or when the retainer has nothing to commit (64k
+// rows: 4 MiB of slice, and its index).
 const spareRows = 1 << 16
+
+// spareFits reports whether a spare set of size rows is kept for, or
+// used by, the changes after a commit of n rows: it has room for twice
+// n (as a set made anew would), and is not made for a storm that is over.
+func spareFits(size, n int) bool {
+	return size >= 2*n && (size <= spareRows || size <= 4*n)
+}
 
 // MaxBackoff bounds the wait between retries of a commit that failed
 // whole. The first retry waits Options.Interval, each next one twice as
@@ -145,7 +156,7 @@ type Retainer struct {
 
 	// spare is the set of the last commit, emptied, for the next changes
 	// to wait in (guarded by mu). Reusing it spares a boot storm an
-	// allocation and a map's growth per commit.
+	// allocation and its index's growth per commit.
 	spare *rowSet
 
 	markers    int    // deletion markers in the store (about); owned by the goroutine
@@ -407,6 +418,11 @@ func (r *Retainer) run() {
 			return
 		}
 		if n == 0 && !waiting {
+			r.mu.Lock()
+			if r.spare != nil && r.spare.size() > spareRows {
+				r.spare = nil // a storm's, and the storm is over
+			}
+			r.mu.Unlock()
 			<-r.wake
 			continue
 		}
@@ -537,7 +553,10 @@ func (r *Retainer) commit(closing bool) error {
 	r.mu.Lock()
 	batch, hist, waiters := r.pending, r.hist, r.waiters
 	next := r.spare
-	if next == nil { // the first commit, or one too large to keep: made for twice as many
+	if next == nil || !spareFits(next.size(), batch.len()) {
+		// The first commit, one that outgrew the spare or left a storm's
+		// spare too large: a set made for twice as many, rather than the
+		// spare grown (copied) as the rows come, or kept at a storm's size.
 		next = newRowSet(max(r.opts.MaxBatch, 2*batch.len()))
 	}
 	r.pending, r.hist, r.waiters, r.spare = next, nil, nil, nil
@@ -581,7 +600,7 @@ func (r *Retainer) commit(closing bool) error {
 	}
 	r.mu.Lock()
 	r.committing, r.commitSince, r.lastCommit = nil, time.Time{}, time.Now()
-	if batch.size() <= spareRows {
+	if size := batch.size(); size <= spareRows || size <= 4*batch.len() {
 		batch.reset()
 		r.spare = batch
 	}

@@ -450,3 +450,104 @@ func TestRetainerHealth(t *testing.T) {
 		t.Error("a closed retainer is healthy")
 	}
 }
+
+// TestSpareOutgrown: when a commit holds more rows than half of what the
+// spare set was made for, the next changes wait in a set made for twice
+// the commit's rows, not in the spare grown (its slice copied) as they
+// come: storm commits that grow from one to the next copy nothing.
+func TestSpareOutgrown(t *testing.T) {
+	f := scripted()
+	const maxBatch, storm = 1000, 5000
+	r := must(New(f, Options{Interval: time.Millisecond, MaxBatch: maxBatch}, zerolog.Nop()))
+	rev := uint64(0)
+	pile := func() { // rows piling up behind a running commit
+		for i := range storm {
+			rev++
+			r.Add([]Change{{Topic: fmt.Sprintf("boot/d%06d", i), Value: val(fmt.Sprint(rev)), Rev: rev}})
+		}
+	}
+	done := make(chan error, 1)
+	r.Add([]Change{{Topic: "a", Value: val("1"), Rev: 1}}, done)
+	recv(t, f.calls, "first commit")
+	pile()
+	f.results <- nil
+	if err := recv(t, done, "first commit"); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(recv(t, f.calls, "storm commit")); got != storm {
+		t.Fatalf("storm commit of %d rows", got)
+	}
+	pile() // behind the storm's commit: in the set the commit made ready
+	r.mu.Lock()
+	made, held := r.pending.hint, r.pending.len()
+	r.mu.Unlock()
+	if made < held {
+		t.Errorf("the next rows wait in a set made for %d rows, grown to hold %d", made, held)
+	}
+	f.results <- nil
+	stop := f.answerAll(nil)
+	defer stop()
+	if err := closeWithin(t, r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStormSetsReused: commits of a storm, one after another each of
+// more rows than a set kept after a storm may hold, reuse the two sets
+// made for them (a set made anew at every commit was hundreds of
+// thousands of rows of garbage each time); once the retainer has nothing
+// to commit, the spare is no longer kept.
+func TestStormSetsReused(t *testing.T) {
+	f := scripted()
+	const maxBatch, storm, commits = 1000, 40_000, 7
+	r := must(New(f, Options{Interval: time.Millisecond, MaxBatch: maxBatch}, zerolog.Nop()))
+	rev := uint64(0)
+	pile := func() { // rows piling up behind a running commit
+		for i := range storm {
+			rev++
+			r.Add([]Change{{Topic: fmt.Sprintf("boot/d%06d", i), Value: val(fmt.Sprint(rev)), Rev: rev}})
+		}
+	}
+	done := make(chan error, 1)
+	r.Add([]Change{{Topic: "a", Value: val("1"), Rev: 1}}, done)
+	recv(t, f.calls, "first commit")
+	sets := map[*rowSet]int{} // each set the rows waited in: the commit it first held
+	for k := range commits {
+		pile()
+		r.mu.Lock()
+		if _, ok := sets[r.pending]; !ok {
+			sets[r.pending] = k
+		}
+		r.mu.Unlock()
+		f.results <- nil
+		if got := len(recv(t, f.calls, "storm commit")); got != storm {
+			t.Fatalf("storm commit %d of %d rows", k, got)
+		}
+	}
+	for _, k := range sets {
+		if k > 3 {
+			t.Errorf("storm commit %d: the rows waited in a set made anew (%d sets for %d commits)", k, len(sets), commits)
+		}
+	}
+	f.results <- nil
+	if err := recv(t, done, "first commit"); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing left to commit: the storm's spare goes.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		r.mu.Lock()
+		spare := r.spare
+		r.mu.Unlock()
+		if spare == nil || spare.size() <= spareRows {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle: a spare set made for %d rows kept", spare.size())
+		}
+	}
+	stop := f.answerAll(nil)
+	defer stop()
+	if err := closeWithin(t, r); err != nil {
+		t.Fatal(err)
+	}
+}

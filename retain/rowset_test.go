@@ -2,9 +2,11 @@ package retain
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -130,5 +132,141 @@ func TestCommitArena(t *testing.T) {
 		if r, ok := got[topic]; !ok || r.Value.Data != v || r.Value.Kind != wire.String {
 			t.Errorf("%s = %q (%v), want %q", topic, r.Value.Data, ok, v)
 		}
+	}
+}
+
+// TestRowSetIndex: puts, overwrites, has and resets against a map, over
+// enough topics (120k, in a set made for few) that the index grows many
+// times, its probe runs are long, and topics whose 32-bit hashes are
+// equal (one or two expected) are told apart by their names.
+func TestRowSetIndex(t *testing.T) {
+	s := newRowSet(10)
+	for round := range 2 {
+		want := map[string]uint64{}
+		const n = 120_000
+		for i := range n {
+			topic := fmt.Sprintf("boot/d%05d/r%02d", i/50, i%50)
+			s.put(Change{Topic: topic, Rev: uint64(i)})
+			want[topic] = uint64(i)
+			if i%7 == 0 { // overwrite an older topic
+				old := fmt.Sprintf("boot/d%05d/r%02d", i/100, i%50)
+				s.put(Change{Topic: old, Rev: uint64(n + i)})
+				want[old] = uint64(n + i)
+			}
+		}
+		if s.len() != len(want) {
+			t.Fatalf("round %d: %d topics, want %d", round, s.len(), len(want))
+		}
+		seen := map[string]bool{}
+		s.each(func(c *Change) {
+			if seen[c.Topic] || want[c.Topic] != c.Rev {
+				t.Fatalf("round %d: %s at %d (seen %v), want once at %d", round, c.Topic, c.Rev, seen[c.Topic], want[c.Topic])
+			}
+			seen[c.Topic] = true
+		})
+		for _, topic := range []string{"boot/d99999/r00", "", "boot/d00001/r0", "boot/d00001/r000"} {
+			if s.has(topic) {
+				t.Errorf("round %d: has(%q) true", round, topic)
+			}
+		}
+		for topic := range want {
+			if !s.has(topic) {
+				t.Fatalf("round %d: has(%q) false", round, topic)
+			}
+		}
+		s.reset()
+		if s.len() != 0 || s.has("boot/d00000/r00") {
+			t.Fatalf("round %d: after reset %d topics", round, s.len())
+		}
+	}
+}
+
+// TestRowSetIndexBytes: a set made for 100k topics holds them in its
+// slice of changes (64 bytes each) and an index of at most 24 bytes a
+// topic (a Go map from topic to position took 35).
+func TestRowSetIndexBytes(t *testing.T) {
+	const n = 100_000
+	topics := make([]string, n)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("boot/d%05d/r%02d", i/50, i%50)
+	}
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.TotalAlloc
+	s := newRowSet(n)
+	for _, topic := range topics {
+		s.put(Change{Topic: topic})
+	}
+	runtime.ReadMemStats(&ms)
+	perTopic := float64(ms.TotalAlloc-before)/n - float64(unsafe.Sizeof(Change{}))
+	if perTopic > 24 {
+		t.Errorf("index takes %.1f bytes a topic, want at most 24", perTopic)
+	}
+	runtime.KeepAlive(s)
+}
+
+// TestCommitReuse: commits one after another reuse the last one's arena
+// and sort slices when they fit (the values of a commit are bbolt's only
+// until its transaction ends), and every row reads back as its newest
+// change: rows overwritten with shorter and longer values, deleted,
+// refused, after a commit too large to keep its scratch.
+func TestCommitReuse(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.keep = 2500 // keepScratch, lowered for the test
+	want := map[string]string{}
+	rev := uint64(0)
+	for _, c := range []struct {
+		name        string
+		rows, from  int // topics r<from> to r<from+rows-1>
+		payload     int // bytes
+		deleteEvery int // every n-th row deleted instead (0: none)
+		reused      bool
+	}{
+		{"first", 2000, 0, 100, 0, false},
+		{"shorter values over half", 2000, 1000, 40, 0, true},
+		{"deletions among them", 1500, 500, 60, 3, true},
+		{"longer values: a larger arena", 2400, 0, 200, 0, false},
+		{"smaller again", 100, 2300, 10, 0, true},
+		{"too large to keep", 3000, 0, 1, 0, false},
+		{"after it", 50, 0, 30, 0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := unsafe.SliceData(s.arena)
+			var cs []Change
+			for i := c.from; i < c.from+c.rows; i++ {
+				rev++
+				topic := fmt.Sprintf("r%07d", i)
+				if c.deleteEvery > 0 && i%c.deleteEvery == 0 {
+					cs = append(cs, Change{Topic: topic, Rev: rev})
+					delete(want, topic)
+					continue
+				}
+				v := strings.Repeat(string(rune('a'+i%26)), c.payload) + fmt.Sprint(rev)
+				cs = append(cs, Change{Topic: topic, Value: val(v), Rev: rev})
+				want[topic] = v
+			}
+			// A refused row (QoS 3) among them leaves the others whole.
+			cs = append(cs, Change{Topic: "refused", Value: val("x"), QoS: 3, Rev: rev})
+			if rej, err := s.Commit(Batch{Changes: cs, Rev: rev}); err != nil || len(rej) != 1 {
+				t.Fatalf("commit: %v, %d refused", err, len(rej))
+			}
+			if got := before != nil && unsafe.SliceData(s.arena) == before; got != c.reused {
+				t.Errorf("arena reused %v, want %v", got, c.reused)
+			}
+			got := rowsOf(t, s)
+			if len(got) != len(want) {
+				t.Fatalf("%d rows stored, want %d", len(got), len(want))
+			}
+			for topic, v := range want {
+				if r := got[topic]; r.Value.Data != v {
+					t.Fatalf("%s = %q, want %q", topic, r.Value.Data, v)
+				}
+			}
+		})
 	}
 }
