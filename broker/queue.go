@@ -784,8 +784,7 @@ func (q *outQueue) leaveLocked(m item) bool {
 		}
 	case *replayItem:
 		// Only its QoS is read here: a trip to the loop that its writer
-		// gave up on may still be reading rows into it (replayLeft, on
-		// the loop after it, finds what is left).
+		// gave up on (the broker stops) may still be reading rows into it.
 		if m.qos == 0 {
 			return true
 		}
