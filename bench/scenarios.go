@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -544,9 +545,6 @@ func stormDone(ctx context.Context, addr string, mote bool) error {
 	}
 }
 
-// live: Dashboards subscribers to dev/+/state (prefix "" plain, or a
-// $sync prefix, paced or not) while one publisher changes LiveRate rows a
-// second; value = the live messages they receive.
 // live is the live dashboard: s.Dashboards subscribers of dev/+/state
 // (plain, or a tree subscription with prefix) while s.LiveRate changes a
 // second come for s.LiveFor, each to its own device's row. Every change
@@ -555,6 +553,16 @@ func stormDone(ctx context.Context, addr string, mote bool) error {
 // its retained replay), and counts the rows delivered (plain: messages;
 // trees: the rows in its deltas; each change once per subscriber), the
 // duplicates, and lost = changes × subscribers − delivered.
+//
+// Its times: drain-s from the last publish to the end of the wait, and,
+// since a broker may replay the retained rows before it acknowledges the
+// next SUBSCRIBE (the subscribers subscribe one after another) or after,
+// so that the replays fall before or after the publishes, times from the
+// first subscriber's connect: subscribed-s (the last SUBACK), replayed-s
+// (the last retained row any subscriber got), done-s (the end of the
+// wait); publish-s: the publishes' own time. lag-*-s: each live row's
+// delay from its publish to a subscriber; bench-cpu-s: this process's CPU
+// (the subscribers' reading) over the run.
 func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, error) {
 	snap := prefix != ""
 	if err := loadRows(addr, s.LiveDevices, "live"); err != nil {
@@ -569,25 +577,30 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 		}
 	}()
 	filter := prefix + "dev/+/state"
+	start := time.Now()
+	cpu0, _, _ := procUsage(os.Getpid())
+	published := make([]atomic.Int64, changes) // change i's publish, ns after start
+	seen := make([]*liveSeen, s.Dashboards)
 	var ready atomic.Int64
 	for i := range s.Dashboards {
 		first := true
-		seen := make([]bool, changes) // change i arrived; guarded by mu
-		var mu sync.Mutex
+		sn := &liveSeen{seen: make([]bool, changes)}
+		seen[i] = sn
 		row := func(v int64) {
 			switch {
-			case v < 0 || v >= int64(len(seen)):
-			case seen[v]:
+			case v < 0 || v >= int64(len(sn.seen)):
+			case sn.seen[v]:
 				dups.Add(1)
 			default:
-				seen[v] = true
+				sn.seen[v] = true
+				sn.lags = append(sn.lags, time.Since(start)-time.Duration(published[v].Load()))
 				rows.Add(1)
 			}
 		}
 		c, err := dialWith(addr, fmt.Sprint("live-", i), func(_ paho.Client, m paho.Message) {
 			arrived.Add(1)
-			mu.Lock()
-			defer mu.Unlock()
+			sn.mu.Lock()
+			defer sn.mu.Unlock()
 			if first && snap { // the snapshot is not live traffic
 				first = false
 				ready.Add(1)
@@ -595,6 +608,7 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 			}
 			if m.Retained() {
 				retained.Add(1)
+				sn.lastRetained = time.Since(start)
 				return // the retained replay is not live traffic
 			}
 			msgs.Add(1)
@@ -624,6 +638,7 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 			return outcome{}, err
 		}
 	}
+	subscribed := time.Since(start)
 	if snap {
 		await(ctx, &ready, int64(s.Dashboards), 5*time.Second)
 	} else {
@@ -634,24 +649,55 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 		return outcome{}, err
 	}
 	defer pub.Disconnect(0)
-	tick := time.NewTicker(time.Second / time.Duration(s.LiveRate))
-	defer tick.Stop()
+	// Change i is due at i/LiveRate after the first: one that comes late
+	// (this process busy reading) is published at once, so the changes
+	// come at the scenario's rate whatever the broker makes the
+	// subscribers do (a ticker drops its ticks while no one reads them).
+	pubStart := time.Now()
 	for i := range changes {
-		<-tick.C
+		time.Sleep(time.Until(pubStart.Add(time.Duration(i) * time.Second / time.Duration(s.LiveRate))))
+		published[i].Store(int64(time.Since(start)))
 		pub.Publish(fmt.Sprintf("dev/d%06d/state", i%s.LiveDevices), 0, true, strconv.Itoa(i))
 	}
 	end := time.Now()
 	want := int64(changes * s.Dashboards)
 	awaitProgress(ctx, &rows, want, &arrived, liveIdle)
+	done := time.Since(start)
+	cpu1, _, _ := procUsage(os.Getpid())
 	got := rows.Load()
 	out := outcome{value: float64(msgs.Load()), msgs: msgs.Load(), bytes: bytes.Load(), sent: int64(changes), lost: want - got,
 		extra: map[string]float64{"rows-delivered": float64(got), "dups": float64(dups.Load()),
 			"retained": float64(retained.Load()), "drain-s": time.Since(end).Seconds(),
-			"disconnects": float64(dropped.Load()), "ping-timeouts": float64(pingLost.Load())}}
+			"disconnects": float64(dropped.Load()), "ping-timeouts": float64(pingLost.Load()),
+			"subscribed-s": subscribed.Seconds(), "publish-s": end.Sub(pubStart).Seconds(), "done-s": done.Seconds(), "bench-cpu-s": (cpu1 - cpu0).Seconds()}}
+	var lags []time.Duration
+	var replayed time.Duration
+	for _, sn := range seen {
+		sn.mu.Lock()
+		lags = append(lags, sn.lags...)
+		replayed = max(replayed, sn.lastRetained)
+		sn.mu.Unlock()
+	}
+	if !snap {
+		out.extra["replayed-s"] = replayed.Seconds()
+	}
+	if len(lags) > 0 {
+		slices.Sort(lags)
+		q := func(f float64) float64 { return lags[min(len(lags)-1, int(f*float64(len(lags))))].Seconds() }
+		out.extra["lag-p50-s"], out.extra["lag-p99-s"], out.extra["lag-max-s"] = q(0.5), q(0.99), lags[len(lags)-1].Seconds()
+	}
 	if ctx.Err() != nil {
 		out.extra["timed-out"] = 1 // the run's deadline ended the wait: lost includes rows still on their way
 	}
 	return out, nil
+}
+
+// liveSeen is what one live-dashboard subscriber has received.
+type liveSeen struct {
+	mu           sync.Mutex
+	seen         []bool          // change i arrived
+	lags         []time.Duration // each change's delay from its publish to its arrival
+	lastRetained time.Duration   // the last retained row's arrival, after the run's start
 }
 
 // liveIdle is how long the live dashboard waits for a message before it
