@@ -64,8 +64,9 @@ func (r *Retainer) committingLen() int {
 // (rowSet.size) is kept only while commits fill at least a quarter of it
 // (a storm's, one after another: each would otherwise make a set of
 // hundreds of thousands of rows anew), and left to the GC at the first
-// commit that does not, or when the retainer has nothing to commit (64k
-// rows: 4 MiB of slice, and its index).
+// commit that does not, or when the retainer has nothing to commit: then
+// the empty pending set, if a storm's, is made anew too (64k rows: 4 MiB
+// of slice, and its index).
 const spareRows = 1 << 16
 
 // spareFits reports whether a spare set of size rows is kept for, or
@@ -421,6 +422,12 @@ func (r *Retainer) run() {
 			r.mu.Lock()
 			if r.spare != nil && r.spare.size() > spareRows {
 				r.spare = nil // a storm's, and the storm is over
+			}
+			if r.pending.len() == 0 && r.pending.size() > spareRows {
+				// The storm's other set, emptied, that the changes after
+				// its last commit were to wait in: made anew (its slice
+				// and index only at the first put), not kept idle.
+				r.pending = newRowSet(r.opts.MaxBatch)
 			}
 			r.mu.Unlock()
 			<-r.wake

@@ -496,7 +496,7 @@ func TestSpareOutgrown(t *testing.T) {
 // more rows than a set kept after a storm may hold, reuse the two sets
 // made for them (a set made anew at every commit was hundreds of
 // thousands of rows of garbage each time); once the retainer has nothing
-// to commit, the spare is no longer kept.
+// to commit, neither set is kept.
 func TestStormSetsReused(t *testing.T) {
 	f := scripted()
 	const maxBatch, storm, commits = 1000, 40_000, 7
@@ -533,16 +533,19 @@ func TestStormSetsReused(t *testing.T) {
 	if err := recv(t, done, "first commit"); err != nil {
 		t.Fatal(err)
 	}
-	// Nothing left to commit: the storm's spare goes.
+	// Nothing left to commit: the storm's sets go, the spare and the
+	// emptied one the rows after the last commit were to wait in. (The
+	// spare alone is no sign: a running commit has taken it.)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		r.mu.Lock()
-		spare := r.spare
+		spare, pending, committing := r.spare, r.pending, r.committing
 		r.mu.Unlock()
-		if spare == nil || spare.size() <= spareRows {
+		spareKept := spare != nil && spare.size() > spareRows
+		if committing == nil && !spareKept && pending.size() <= spareRows {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("idle: a spare set made for %d rows kept", spare.size())
+			t.Fatalf("idle: spare kept %v, an empty pending set made for %d rows kept (%d slots)", spareKept, pending.size(), len(pending.slots))
 		}
 	}
 	stop := f.answerAll(nil)
