@@ -287,6 +287,11 @@ type Store struct {
 // the GC.
 const keepScratch = 1 << 18
 
+// keepArena bounds the bytes of values Commit's arena is kept for: one
+// commit of a few large payloads (16 MiB each by default) would otherwise
+// hold that much for ever, long after the rows are gone.
+const keepArena = 16 << 20
+
 // initialMmap is the address space bbolt maps at open (on 64-bit
 // platforms): a store smaller than it is never remapped as it grows. A
 // remap copies every key and value of the running transaction's changed
@@ -437,6 +442,9 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		a := arena(s.arena[:0])
 		if len(changes) > s.keep { // this transaction has them; the next gets its own
 			s.arena, s.sort = nil, sortBufs{}
+		}
+		if cap(s.arena) > keepArena { // a few large values: not held for ever
+			s.arena = nil
 		}
 		rows, dead, hist, meta := tx.Bucket(bucketRows), tx.Bucket(bucketDead), tx.Bucket(bucketHist), tx.Bucket(bucketMeta)
 		rows.FillPercent = fillFor(rows, changes, order)
