@@ -71,9 +71,10 @@ const spareRows = 1 << 16
 
 // spareFits reports whether a spare set of size rows is kept for, or
 // used by, the changes after a commit of n rows: it has room for twice
-// n (as a set made anew would), and is not made for a storm that is over.
+// n, or maxHint (as a set made anew would), and is not made for a storm
+// that is over.
 func spareFits(size, n int) bool {
-	return size >= 2*n && (size <= spareRows || size <= 4*n)
+	return size >= min(2*n, maxHint) && (size <= spareRows || size <= 4*n)
 }
 
 // MaxBackoff bounds the wait between retries of a commit that failed

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"unsafe"
@@ -305,6 +306,24 @@ func TestCommitArenaBytes(t *testing.T) {
 			if got[topic].Value.Data != v {
 				t.Errorf("%s: %s is %d bytes, want %d", c.name, topic, len(got[topic].Value.Data), len(v))
 			}
+		}
+	}
+}
+
+// TestStormSpareFits: in a storm whose commits are alike, the set made
+// for the changes after a commit of n rows, once it held the next n, is
+// a spare that fits the commit after (a set made anew would be made for
+// no more than maxHint rows): past maxHint/2 rows a commit, spareFits
+// wanted room for 2n, which no set made for maxHint had, and every storm
+// commit made a set of 256k rows anew and grew it.
+func TestStormSpareFits(t *testing.T) {
+	for _, n := range []int{1000, 40_000, maxHint / 2, maxHint/2 + 1, 200_000, 300_000} {
+		s := newRowSet(max(10_000, 2*n)) // as Retainer.commit makes it
+		for i := range n {
+			s.put(Change{Topic: "boot/d" + strconv.Itoa(i)})
+		}
+		if !spareFits(s.size(), n) {
+			t.Errorf("commits of %d rows: a set made for them (size %d) never reused", n, s.size())
 		}
 	}
 }
