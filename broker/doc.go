@@ -369,7 +369,9 @@
 //	message loop                 Broker                         Close closes its inbox, after the sessions end
 //	writer (per connection)      conn; started by a wake-up     idle for a second (the next wake-up starts another), or its queue
 //	                             when none runs (outQueue)      closes: then it does the finishing duties (handReplaysOn,
-//	                                                            finish), and Close waits for it (Broker.writers)
+//	                                                            finish), and Close waits for it (Broker.writers); in
+//	                                                            handReplaysOn it waits its turn (Broker.handing) and its
+//	                                                            trips to the loop, both given up on only at Close (stop)
 //	retainer                     Broker (retain.Retainer)       after the loop, with a final commit
 //	$SYS ticker                  Broker                         Close
 //	delayed will timers          wills (one per client id)      fired, cancelled by a reconnect, ended with the session, or Close (which publishes the will)
@@ -407,6 +409,9 @@
 //	will.sent, will.revoked             wills.mu: publish marks sent; a normal DISCONNECT (OnPacketProcessed) revokes
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	sessions away, per user, in order   awaySessions' mutex; entries added and removed under the id's takeover lock
+//	                                    (the users' heap, byCount, and each user's list and count with them)
+//	turns at reading leftover replays   Broker.handing, a channel of handingAtOnce places: a writer holds one through
+//	                                    handReplaysOn's trips and gives it back as it returns
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
 //	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)

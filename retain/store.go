@@ -64,9 +64,15 @@
 // waiting for a commit (a rowSet: the newest change per topic) belong to
 // the retainer and are guarded by its mutex: the message loop adds to
 // them (Add), the goroutine swaps them out for a commit and keeps the
-// emptied set of the previous commit for the next changes. Add copies the
+// emptied set of the previous commit for the next changes (a storm's
+// larger set only while commits fill it, spareFits; an idle retainer
+// drops it, and makes a storm's emptied pending set anew). Add copies the
 // caller's slice, and Store.Commit gives the batch's slices back when it
-// returns, so the loop and the goroutine each reuse their own.
+// returns, so the loop and the goroutine each reuse their own. The
+// Store's commit scratch (its values' arena and its sort's slices, kept
+// from one commit to the next within keepScratch rows and keepArena
+// bytes) is Commit's, touched only inside db.Update: bbolt's writer lock
+// orders the commits.
 package retain
 
 import (
