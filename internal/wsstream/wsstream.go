@@ -112,6 +112,7 @@ func socketOf(c net.Conn) *Socket {
 // hijacker puts a Socket over the connection a request is upgraded on.
 type hijacker struct{ http.ResponseWriter }
 
+// Hijack takes the connection over from the HTTP server, as a Socket.
 func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	if err != nil {
