@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/url"
 	"time"
@@ -22,7 +23,7 @@ func dialWebSocket(ctx context.Context, u *url.URL, timeout time.Duration, tc *t
 	c, err := wsstream.New(ws, false)
 	if err != nil {
 		ws.Close()
-		return nil, err
+		return nil, fmt.Errorf("websocket %s: %w", u.Redacted(), err)
 	}
 	return c, nil
 }
