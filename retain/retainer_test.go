@@ -460,12 +460,7 @@ func TestSpareOutgrown(t *testing.T) {
 	const maxBatch, storm = 1000, 5000
 	r := must(New(f, Options{Interval: time.Millisecond, MaxBatch: maxBatch}, zerolog.Nop()))
 	rev := uint64(0)
-	pile := func() { // rows piling up behind a running commit
-		for i := range storm {
-			rev++
-			r.Add([]Change{{Topic: fmt.Sprintf("boot/d%06d", i), Value: val(fmt.Sprint(rev)), Rev: rev}})
-		}
-	}
+	pile := func() { pileStorm(r, storm, &rev) } // rows piling up behind a running commit
 	done := make(chan error, 1)
 	r.Add([]Change{{Topic: "a", Value: val("1"), Rev: 1}}, done)
 	recv(t, f.calls, "first commit")
@@ -492,6 +487,15 @@ func TestSpareOutgrown(t *testing.T) {
 	}
 }
 
+// pileStorm adds n storm rows to r, one Add each, their revisions
+// counted on from rev.
+func pileStorm(r *Retainer, n int, rev *uint64) {
+	for i := range n {
+		*rev++
+		r.Add([]Change{{Topic: fmt.Sprintf("boot/d%06d", i), Value: val(fmt.Sprint(*rev)), Rev: *rev}})
+	}
+}
+
 // TestStormSetsReused: commits of a storm, one after another each of
 // more rows than a set kept after a storm may hold, reuse the two sets
 // made for them (a set made anew at every commit was hundreds of
@@ -502,12 +506,7 @@ func TestStormSetsReused(t *testing.T) {
 	const maxBatch, storm, commits = 1000, 40_000, 7
 	r := must(New(f, Options{Interval: time.Millisecond, MaxBatch: maxBatch}, zerolog.Nop()))
 	rev := uint64(0)
-	pile := func() { // rows piling up behind a running commit
-		for i := range storm {
-			rev++
-			r.Add([]Change{{Topic: fmt.Sprintf("boot/d%06d", i), Value: val(fmt.Sprint(rev)), Rev: rev}})
-		}
-	}
+	pile := func() { pileStorm(r, storm, &rev) } // rows piling up behind a running commit
 	done := make(chan error, 1)
 	r.Add([]Change{{Topic: "a", Value: val("1"), Rev: 1}}, done)
 	recv(t, f.calls, "first commit")

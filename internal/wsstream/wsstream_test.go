@@ -15,8 +15,23 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// wsURL is the WebSocket URL of srv.
+// wsURL is the WebSocket URL of srv (wss:// for an https:// server).
 func wsURL(srv *httptest.Server) string { return "ws" + strings.TrimPrefix(srv.URL, "http") }
+
+// serveWS starts h on a test server, over TLS if overTLS, closed when the
+// test ends, and a dialer for it.
+func serveWS(t *testing.T, h http.Handler, overTLS bool) (*httptest.Server, websocket.Dialer) {
+	srv := httptest.NewUnstartedServer(h)
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	if overTLS {
+		srv.StartTLS()
+		d.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	return srv, d
+}
 
 // TestStream: bytes written as several messages read back as one stream,
 // in any chunking; a text frame ends a binary-only stream.
@@ -185,15 +200,7 @@ func boundNotUndone(t *testing.T, overTLS bool, frame int64) {
 			peer <- ws // never read
 		}
 	})
-	srv := httptest.NewUnstartedServer(h)
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
-	if overTLS {
-		srv.StartTLS()
-		d.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig
-	} else {
-		srv.Start()
-	}
-	defer srv.Close()
+	srv, d := serveWS(t, h, overTLS)
 	var hc *hookConn
 	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := new(net.Dialer).DialContext(ctx, network, addr)
@@ -204,10 +211,7 @@ func boundNotUndone(t *testing.T, overTLS bool, frame int64) {
 		hc = &hookConn{Conn: &Socket{Conn: c}}    // gorilla, (TLS,) hook, Socket, TCP
 		return hc, nil
 	}
-	url := wsURL(srv)
-	if overTLS {
-		url = "wss" + strings.TrimPrefix(srv.URL, "https")
-	}
+	url := wsURL(srv) // wss:// for an https:// server
 	ws, _, err := d.Dial(url, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -304,19 +308,8 @@ func pongAfterDeadline(t *testing.T, overTLS bool) {
 		_, err = c.Write([]byte("after"))
 		written <- err
 	})
-	srv := httptest.NewUnstartedServer(h)
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
-	if overTLS {
-		srv.StartTLS()
-		d.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig
-	} else {
-		srv.Start()
-	}
-	defer srv.Close()
-	url := wsURL(srv)
-	if overTLS {
-		url = "wss" + strings.TrimPrefix(srv.URL, "https")
-	}
+	srv, d := serveWS(t, h, overTLS)
+	url := wsURL(srv) // wss:// for an https:// server
 	ws, err := Dial(context.Background(), d, url)
 	if err != nil {
 		t.Fatal(err)
