@@ -148,6 +148,13 @@ func (m *mqttClient) subscribe(filter string) error {
 
 // next reads a packet: its type (the first byte, flags cleared) and body.
 func (m *mqttClient) next() (byte, []byte, error) {
+	h, body, err := m.nextInto(nil)
+	return h & 0xf0, body, err
+}
+
+// nextInto reads a packet: its first byte (type and flags) and its body,
+// read into buf when it is large enough (else into a new slice).
+func (m *mqttClient) nextInto(buf []byte) (byte, []byte, error) {
 	h, err := m.r.ReadByte()
 	if err != nil {
 		return 0, nil, err
@@ -166,11 +173,14 @@ func (m *mqttClient) next() (byte, []byte, error) {
 			return 0, nil, errors.New("bench: malformed remaining length")
 		}
 	}
-	body := make([]byte, n)
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	body := buf[:n]
 	if _, err := io.ReadFull(m.r, body); err != nil {
 		return 0, nil, err
 	}
-	return h & 0xf0, body, nil
+	return h, body, nil
 }
 
 // publish reads packets until a PUBLISH (QoS 0) and returns its payload;

@@ -563,84 +563,42 @@ func stormDone(ctx context.Context, addr string, mote bool) error {
 // wait); publish-s: the publishes' own time. lag-*-s: each live row's
 // delay from its publish to a subscriber; bench-cpu-s: this process's CPU
 // (the subscribers' reading) over the run.
+//
+// The subscribers are liveSub clients (raw MQTT 3.1.1, keep-alive 0, one
+// goroutine each): they never end a connection for their own slowness, so
+// disconnects counts only connections the broker or the socket ended, and
+// the rows those subscribers missed are lost.
 func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, error) {
 	snap := prefix != ""
 	if err := loadRows(addr, s.LiveDevices, "live"); err != nil {
 		return outcome{}, err
 	}
 	changes := int(s.LiveFor.Seconds() * float64(s.LiveRate))
-	var msgs, bytes, rows, dups, retained, arrived, dropped, pingLost atomic.Int64
-	subs := make([]paho.Client, 0, s.Dashboards)
+	subs := make([]*liveSub, 0, s.Dashboards)
 	defer func() {
 		for _, c := range subs {
-			c.Disconnect(0)
+			c.close()
 		}
 	}()
 	filter := prefix + "dev/+/state"
 	start := time.Now()
 	cpu0, _, _ := procUsage(os.Getpid())
-	published := make([]atomic.Int64, changes) // change i's publish, ns after start
+	t := newLiveTally(changes, snap, start)
 	seen := make([]*liveSeen, s.Dashboards)
-	var ready atomic.Int64
 	for i := range s.Dashboards {
-		first := true
-		sn := &liveSeen{seen: make([]bool, changes)}
+		sn := t.subscriber()
 		seen[i] = sn
-		row := func(v int64) {
-			switch {
-			case v < 0 || v >= int64(len(sn.seen)):
-			case sn.seen[v]:
-				dups.Add(1)
-			default:
-				sn.seen[v] = true
-				sn.lags = append(sn.lags, time.Since(start)-time.Duration(published[v].Load()))
-				rows.Add(1)
-			}
-		}
-		c, err := dialWith(addr, fmt.Sprint("live-", i), func(_ paho.Client, m paho.Message) {
-			arrived.Add(1)
-			sn.mu.Lock()
-			defer sn.mu.Unlock()
-			if first && snap { // the snapshot is not live traffic
-				first = false
-				ready.Add(1)
-				return
-			}
-			if m.Retained() {
-				retained.Add(1)
-				sn.lastRetained = time.Since(start)
-				return // the retained replay is not live traffic
-			}
-			msgs.Add(1)
-			bytes.Add(int64(len(m.Payload())))
-			if !snap {
-				v, err := strconv.ParseInt(string(m.Payload()), 10, 64)
-				if err == nil {
-					row(v)
-				}
-				return
-			}
-			forLeaves(gjson.ParseBytes(m.Payload()), func(v gjson.Result) { row(v.Int()) })
-		}, func(err error) {
-			dropped.Add(1)
-			if strings.Contains(err.Error(), "pingresp not received") {
-				// The client closed the connection itself: its PINGRESP came
-				// behind more messages than it could read in Paho's
-				// PingTimeout (the bench's clients fall behind the broker).
-				pingLost.Add(1)
-			}
-		})
+		c, err := dialLive(addr, fmt.Sprint("live-", i), filter,
+			func(retained bool, payload []byte) { t.take(sn, retained, payload) },
+			func(error) { t.dropped.Add(1) })
 		if err != nil {
 			return outcome{}, err
 		}
 		subs = append(subs, c)
-		if err := wait(c.Subscribe(filter, 0, nil)); err != nil {
-			return outcome{}, err
-		}
 	}
 	subscribed := time.Since(start)
 	if snap {
-		await(ctx, &ready, int64(s.Dashboards), 5*time.Second)
+		await(ctx, &t.ready, int64(s.Dashboards), 5*time.Second)
 	} else {
 		time.Sleep(time.Second) // let the retained replays start
 	}
@@ -656,19 +614,18 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 	pubStart := time.Now()
 	for i := range changes {
 		time.Sleep(time.Until(pubStart.Add(time.Duration(i) * time.Second / time.Duration(s.LiveRate))))
-		published[i].Store(int64(time.Since(start)))
-		pub.Publish(fmt.Sprintf("dev/d%06d/state", i%s.LiveDevices), 0, true, strconv.Itoa(i))
+		t.published[i].Store(int64(time.Since(start)))
+		pub.Publish(fmt.Sprintf("dev/d%06d/state", i%s.LiveDevices), 0, true, strconv.Itoa(liveBase+i))
 	}
 	end := time.Now()
-	want := int64(changes * s.Dashboards)
-	awaitProgress(ctx, &rows, want, &arrived, liveIdle)
+	awaitProgress(ctx, &t.rows, int64(changes*s.Dashboards), &t.arrived, liveIdle)
 	done := time.Since(start)
 	cpu1, _, _ := procUsage(os.Getpid())
-	got := rows.Load()
-	out := outcome{value: float64(msgs.Load()), msgs: msgs.Load(), bytes: bytes.Load(), sent: int64(changes), lost: want - got,
-		extra: map[string]float64{"rows-delivered": float64(got), "dups": float64(dups.Load()),
-			"retained": float64(retained.Load()), "drain-s": time.Since(end).Seconds(),
-			"disconnects": float64(dropped.Load()), "ping-timeouts": float64(pingLost.Load()),
+	got := t.rows.Load()
+	out := outcome{value: float64(t.msgs.Load()), msgs: t.msgs.Load(), bytes: t.bytes.Load(), sent: int64(changes), lost: t.lost(s.Dashboards),
+		extra: map[string]float64{"rows-delivered": float64(got), "dups": float64(t.dups.Load()), "not-live": float64(t.notLive.Load()),
+			"retained": float64(t.retained.Load()), "drain-s": time.Since(end).Seconds(),
+			"disconnects":  float64(t.dropped.Load()),
 			"subscribed-s": subscribed.Seconds(), "publish-s": end.Sub(pubStart).Seconds(), "done-s": done.Seconds(), "bench-cpu-s": (cpu1 - cpu0).Seconds()}}
 	var lags []time.Duration
 	var replayed time.Duration
@@ -690,14 +647,6 @@ func live(ctx context.Context, addr string, s Sizes, prefix string) (outcome, er
 		out.extra["timed-out"] = 1 // the run's deadline ended the wait: lost includes rows still on their way
 	}
 	return out, nil
-}
-
-// liveSeen is what one live-dashboard subscriber has received.
-type liveSeen struct {
-	mu           sync.Mutex
-	seen         []bool          // change i arrived
-	lags         []time.Duration // each change's delay from its publish to its arrival
-	lastRetained time.Duration   // the last retained row's arrival, after the run's start
 }
 
 // liveIdle is how long the live dashboard waits for a message before it
