@@ -146,7 +146,7 @@ type liveTally struct {
 	msgs, bytes atomic.Int64 // live messages (not the replay, not the snapshot) and their payloads' bytes
 	rows, dups  atomic.Int64 // live rows delivered the first time, and again
 	retained    atomic.Int64 // replayed (retained) messages
-	notLive     atomic.Int64 // live values that are no change: the load's rows a broker applied after a SUBSCRIBE
+	notLive     atomic.Int64 // live values that are no change: a loaded row a broker applied after a SUBSCRIBE, not a number
 	arrived     atomic.Int64 // every message, to see progress
 	ready       atomic.Int64 // subscribers that have their snapshot
 	dropped     atomic.Int64 // connections ended but not by the bench
@@ -191,9 +191,12 @@ func (t *liveTally) take(sn *liveSeen, retained bool, payload []byte) {
 	t.msgs.Add(1)
 	t.bytes.Add(int64(len(payload)))
 	if !t.snap {
-		if v, err := strconv.ParseInt(string(payload), 10, 64); err == nil {
-			t.row(sn, v)
+		v, err := strconv.ParseInt(string(payload), 10, 64)
+		if err != nil {
+			t.notLive.Add(1)
+			return
 		}
+		t.row(sn, v)
 		return
 	}
 	forLeaves(gjson.ParseBytes(payload), func(v gjson.Result) { t.row(sn, v.Int()) })
