@@ -10,6 +10,7 @@ import (
 	"net"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,6 +84,7 @@ type cutProxy struct {
 	target  string
 	cut, at string
 	wg      sync.WaitGroup
+	closed  atomic.Bool // close was called: a read's error is the proxy's own
 
 	mu    sync.Mutex
 	conns map[string][]net.Conn // by client id: both sides
@@ -118,6 +120,7 @@ func (p *cutProxy) keepAlives() map[string]int {
 // close stops accepting, closes every connection and waits for the
 // proxy's goroutines.
 func (p *cutProxy) close() {
+	p.closed.Store(true)
 	p.ln.Close()
 	p.mu.Lock()
 	for _, c := range p.all {
@@ -159,7 +162,9 @@ func (p *cutProxy) serve(c net.Conn) {
 	r := bufio.NewReader(c)
 	connect, id, ka, err := readConnect(r)
 	if err != nil {
-		p.t.Errorf("proxy: CONNECT: %v", err)
+		if !p.closed.Load() {
+			p.t.Errorf("proxy: CONNECT: %v", err)
+		}
 		return
 	}
 	c.SetReadDeadline(time.Time{})
