@@ -87,6 +87,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -233,13 +234,19 @@ type Pair struct {
 type Rejected struct {
 	Change
 	Err error
+	// History: the change is a value of the row's history (Batch.History)
+	// that could not be kept; the row itself was stored, or refused on its
+	// own.
+	History bool
 }
 
 // RowStore is what the retainer writes to.
 type RowStore interface {
 	// Commit applies a batch in one transaction, except the changes it
 	// cannot store at all, which it returns with the reason. A non-nil err
-	// means the transaction failed and nothing was committed (retry).
+	// means the transaction failed and nothing was committed (retry),
+	// unless it wraps ErrCorrupt: the store is damaged and no commit will
+	// succeed (do not retry).
 	// The batch's slices are the caller's again once Commit returns (the
 	// retainer reuses them): keep copies, not the slices.
 	Commit(b Batch) (rejected []Rejected, err error)
@@ -279,10 +286,22 @@ type Store struct {
 	path string
 	meta Meta
 
+	// mu is held for every write transaction (update) and guards the
+	// fields below: the broken state, and Commit's scratch.
+	mu sync.Mutex
+	// broken is the error of a write that panicked inside bbolt (wrapping
+	// ErrCorrupt): every later write returns it untried. locked: that
+	// panic left bbolt's writer lock held, so Close (which takes it) would
+	// never return.
+	broken error
+	locked bool
+
 	// Commit's scratch, kept for the next commit: the values' arena and
-	// the sort's slices. Commit touches them only inside db.Update, whose
-	// writer lock orders commits; bbolt holds the values it is handed only
-	// until its transaction ends (it copies them into the pages it writes).
+	// the sort's slices, within keepScratch rows and keepArena bytes, and
+	// left to the GC after a commit much smaller than them or when the
+	// store is trimmed (shrinkScratchLocked). bbolt holds the values it is
+	// handed only until its transaction ends (it copies them into the
+	// pages it writes).
 	arena []byte
 	sort  sortBufs
 	keep  int // the most rows a commit keeps its scratch for: keepScratch
@@ -345,6 +364,11 @@ func Open(dir string) (s *Store, err error) {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
+		}
+		for _, k := range [][]byte{keyFormat, keyRev, keyFloor, keyClean} {
+			if meta.Bucket(k) != nil { // every commit would fail writing it
+				return fmt.Errorf("meta key %q is a nested bucket: a foreign file", k)
+			}
 		}
 		switch v := meta.Get(keyFormat); {
 		case v == nil:
@@ -426,6 +450,12 @@ func (s *Store) Path() string { return s.path }
 // Deletes are never refused (a key bbolt cannot hold is not stored). It
 // leaves the changes as they are. A deletion leaves a marker (SPEC §8); the
 // history values go in the same transaction, and so does the revision.
+//
+// A key of a foreign or damaged file that holds a nested bucket costs
+// only the change that meets it: it is returned as Rejected (an error
+// wrapping ErrUnstorable and bbolt's ErrIncompatibleValue), the rest of
+// the batch is committed. A panic inside bbolt is an error wrapping
+// ErrCorrupt, and no later write is tried (see update).
 func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	changes := b.Changes
 	var rejected []Rejected
@@ -439,7 +469,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			size += rowHead + len(c.Value.Data)
 		}
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		rejected = rejected[:0]
 		order := s.sort.sorted(changes)
 		if cap(s.arena) < size {
@@ -452,10 +482,18 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		if cap(s.arena) > keepArena { // a few large values: not held for ever
 			s.arena = nil
 		}
+		s.shrinkScratchLocked(len(changes), size) // a storm's, after it
 		rows, dead, hist, meta := tx.Bucket(bucketRows), tx.Bucket(bucketDead), tx.Bucket(bucketHist), tx.Bucket(bucketMeta)
 		rows.FillPercent = fillFor(rows, changes, order)
 		dead.FillPercent = appendFill // keys are revisions: always past the last
 		var refused map[string]bool
+		refuse := func(c *Change, err error) {
+			rejected = append(rejected, Rejected{Change: *c, Err: err})
+			if refused == nil {
+				refused = map[string]bool{}
+			}
+			refused[c.Topic] = true
+		}
 		for _, i := range order {
 			c := &changes[i]
 			key := keyOf(c.Topic)
@@ -464,43 +502,56 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 					continue
 				}
 				if err := rows.Delete(key); err != nil {
-					return err
+					if !nested(err) {
+						return err
+					}
+					refuse(c, nestedError("row", err))
+					continue
 				}
 				if err := dead.Put(deadKey(c.Rev, c.Topic), nil); err != nil {
-					return err
+					if !nested(err) {
+						return err
+					}
+					refuse(c, nestedError("deletion marker", err)) // the row is deleted all the same
 				}
 				continue
 			}
 			v, err := encodeRow(c, &a)
 			if err != nil {
-				rejected = append(rejected, Rejected{Change: *c, Err: err})
-				if refused == nil {
-					refused = map[string]bool{}
-				}
-				refused[c.Topic] = true
+				refuse(c, err)
+				// A nested bucket under the key holds no older value.
 				if keyError(len(c.Topic)) == nil {
-					if err := rows.Delete(key); err != nil {
+					if err := rows.Delete(key); err != nil && !nested(err) {
 						return err
 					}
 				}
 				continue
 			}
 			if err := rows.Put(key, v); err != nil {
-				return err
+				if !nested(err) {
+					return err
+				}
+				refuse(c, nestedError("row", err))
 			}
 		}
-		type kv struct{ k, v []byte }
+		type kv struct {
+			k, v []byte
+			i    int // in b.History
+		}
 		hs := make([]kv, 0, len(b.History))
-		for _, c := range b.History {
+		for i, c := range b.History {
 			if refused[c.Topic] || keyError(len(c.Topic)) != nil || int64(len(c.Value.Data)) > MaxPayload {
 				continue
 			}
-			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c)})
+			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c), i})
 		}
 		slices.SortFunc(hs, func(a, b kv) int { return bytes.Compare(a.k, b.k) }) // bbolt writes sorted keys fastest
 		for _, h := range hs {
 			if err := hist.Put(h.k, h.v); err != nil {
-				return err
+				if !nested(err) {
+					return err
+				}
+				rejected = append(rejected, Rejected{Change: b.History[h.i], Err: nestedError("history value", err), History: true})
 			}
 		}
 		if b.Rev > getUint(meta, keyRev) {
@@ -740,6 +791,9 @@ func (s *Store) Load(fn func(Row) error) (err error) {
 	}()
 	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRows).ForEach(func(k, v []byte) error {
+			if v == nil { // bbolt's value of a nested bucket
+				return fmt.Errorf("%w: %s: row %q is a nested bucket: a foreign or damaged file", ErrCorrupt, s.path, k)
+			}
 			r, err := decodeRow(k, v)
 			if err != nil {
 				return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.path, err)
@@ -806,8 +860,16 @@ func (s *Store) Stats() (Stats, error) {
 	return st, err
 }
 
-// Close closes the file.
+// Close closes the file. If a panic inside bbolt left its writer lock
+// held (see update), Close would wait for it for ever: it leaves the file
+// open instead, and says so.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	broken, locked := s.broken, s.locked
+	s.mu.Unlock()
+	if locked {
+		return fmt.Errorf("retain: close %s: left open, as bbolt's writer lock stayed held after it panicked (the process exit frees it): %w", s.path, broken)
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("retain: close %s: %w", s.path, err)
 	}
