@@ -453,3 +453,63 @@ func TestRetainerDamagedFile(t *testing.T) {
 		t.Errorf("store close: %v", err)
 	}
 }
+
+// setPageType writes flags as the page type of page id of the file at
+// path (the store may be open: bbolt reads the file through a shared
+// mapping, so it sees the change).
+func setPageType(t *testing.T, path string, size, id int, flags uint16) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(binary.LittleEndian.AppendUint16(nil, flags), int64(id*size+8)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPanicHoldsWriterLock: when the rollback after a panic panics too
+// (its freelist page damaged as well), bbolt's writer lock stays held:
+// a later write, or Close, would wait for it for ever. Neither waits: the
+// write is refused (the store broken), Close leaves the file open and
+// says why. The first panic took the process down.
+func TestPanicHoldsWriterLock(t *testing.T) {
+	dir := damagedStore(t, "rows")
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, freelist := s.db.Info().PageSize, -1
+	s.db.View(func(tx *bolt.Tx) error {
+		for id := 2; ; id++ {
+			p, err := tx.Page(id)
+			if err != nil || p == nil {
+				return err
+			}
+			if p.Type == "freelist" {
+				freelist = id
+			}
+		}
+	})
+	if freelist < 0 {
+		t.Fatal("no freelist page")
+	}
+	setPageType(t, filepath.Join(dir, FileName), size, freelist, 0x40)
+	done := make(chan error, 1)
+	go func() { // bounded: a hang fails the test, not the run
+		_, err := s.Commit(Batch{Changes: []Change{{Topic: "row/00001", Value: val("w"), Rev: 2001}}, Rev: 2001})
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "invalid freelist page") {
+			t.Errorf("the commit: %v", err)
+		}
+		_, err = s.Commit(Batch{Changes: []Change{{Topic: "zz", Value: val("1"), Rev: 2002}}, Rev: 2002})
+		if !errors.Is(err, ErrCorrupt) {
+			t.Errorf("a commit after it: %v", err)
+		}
+		done <- s.Close()
+	}()
+	if err := recv(t, done, "the commits and Close"); err == nil || !strings.Contains(err.Error(), "left open") || !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Close: %v", err)
+	}
+	// The file stays open, and locked, until the test process exits.
+}
