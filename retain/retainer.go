@@ -39,7 +39,9 @@ type Options struct {
 	Rev, Floor uint64
 
 	// OnReject, if set, is told of every row the store refuses (after it is
-	// logged and counted in Lost). It is called on the retainer's own
+	// logged and counted in Lost), of every history value it refuses
+	// (Rejected.History), and of every row and history value a damaged
+	// store could not take (see ErrCorrupt). It is called on the retainer's own
 	// goroutine, never the message loop's, also from within Close, and
 	// must return quickly: hand the report off, never wait on the broker.
 	OnReject func(Rejected)
@@ -179,7 +181,7 @@ type Retainer struct {
 	Committed atomic.Int64 // rows committed
 	Commits   atomic.Int64 // transactions committed
 	Failures  atomic.Int64 // failed commits (retried)
-	Lost      atomic.Int64 // rows the store refused (not retried)
+	Lost      atomic.Int64 // rows and history values the store refused, or a damaged store could not take (not retried)
 }
 
 // New starts a retainer writing to store, first recording opts.Rev and

@@ -34,9 +34,13 @@
 // 1 once it stopped cleanly (tools that only read leave it alone).
 //
 // bbolt cannot keep every row: a topic must be 1 to MaxTopic bytes and a
-// payload at most MaxPayload. Store.Commit stores the rows it can and
-// returns the others as Rejected (see ErrUnstorable); they are never
-// retried.
+// payload at most MaxPayload, and a key of the file that holds a nested
+// bucket (this package never makes one; a foreign or old file may hold
+// one) takes no value. Store.Commit stores the rows it can and returns the
+// others as Rejected (see ErrUnstorable), and so for a deletion marker or
+// a history value under such a key; they are never retried. Compaction
+// and pruning leave such a key alone, and Open refuses a file whose meta
+// keys are buckets.
 //
 // # Durability
 //
@@ -58,6 +62,17 @@
 // row was refused during the run or could not be committed at close, so
 // the broker can exit non-zero.
 //
+// bbolt panics on some damaged pages. Every transaction of the store
+// recovers such a panic as an error wrapping ErrCorrupt. After a write's,
+// the store is broken: bbolt promises nothing of its state after a panic,
+// and the damaged page would make the same write panic again, so no later
+// write is tried (and if the panic left bbolt's writer lock held, Close
+// leaves the file open rather than wait for it). The retainer then stops
+// committing: it logs the damage once, says so in Health, and from then
+// on answers each commit's rows at once as lost (Lost, OnReject, an error
+// for their waiters); Close reports ErrLost and leaves the store marked
+// unclean. A read's panic is its error only.
+//
 // # Concurrency
 //
 // The retainer's goroutine owns the store's transactions. The changes
@@ -71,8 +86,9 @@
 // returns, so the loop and the goroutine each reuse their own. The
 // Store's commit scratch (its values' arena and its sort's slices, kept
 // from one commit to the next within keepScratch rows and keepArena
-// bytes) is Commit's, touched only inside db.Update: bbolt's writer lock
-// orders the commits.
+// bytes, and given back after a commit much smaller than them or when
+// the idle retainer calls Store.Trim) is guarded by the Store's mutex,
+// which every write transaction holds.
 package retain
 
 import (
@@ -115,13 +131,17 @@ var (
 // revision, time.
 const rowHead = 1 + 8 + 8
 
-// ErrCorrupt is a store file that cannot be read.
+// ErrCorrupt is a store file that cannot be read, or is found damaged
+// while written: a write that made bbolt panic, after which the store
+// takes no more writes (see Store.Commit).
 var ErrCorrupt = errors.New("retain: store unreadable")
 
 // ErrUnstorable is a row the store cannot keep: its topic is empty or
-// longer than MaxTopic bytes, its payload longer than MaxPayload bytes, or
-// its type or QoS has no flags byte. For a size it also wraps bbolt's error
-// (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge).
+// longer than MaxTopic bytes, its payload longer than MaxPayload bytes, its
+// type or QoS has no flags byte, or the file holds a nested bucket under
+// its key (a foreign or damaged file's). For a size it also wraps bbolt's
+// error (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge), for
+// a nested bucket berrors.ErrIncompatibleValue.
 var ErrUnstorable = errors.New("retain: row cannot be stored")
 
 // MaxTopic is the longest topic the store keeps, in bytes: bbolt's key
