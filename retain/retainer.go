@@ -41,9 +41,10 @@ type Options struct {
 	// OnReject, if set, is told of every row the store refuses (after it is
 	// logged and counted in Lost), of every history value it refuses
 	// (Rejected.History), and of every row and history value a damaged
-	// store could not take (see ErrCorrupt). It is called on the retainer's own
-	// goroutine, never the message loop's, also from within Close, and
-	// must return quickly: hand the report off, never wait on the broker.
+	// store could not take (see ErrCorrupt). It is called on the
+	// retainer's own goroutine, never the message loop's, also from within
+	// Close, and must return quickly: hand the report off, never wait on
+	// the broker.
 	OnReject func(Rejected)
 	// OnCommit, if set, is told of every commit the retainer tries: how
 	// long the store took, how many rows it was handed (changes and
