@@ -49,8 +49,9 @@ type Options struct {
 	// OnCommit, if set, is told of every commit the retainer tries: how
 	// long the store took, how many rows it was handed (changes and
 	// history values), and the error of a commit that failed whole. It is
-	// called on the retainer's goroutine after the commit, also from
-	// within Close, and must return quickly (observe a metric, no more).
+	// called on the retainer's goroutine after the commit, once Health
+	// shows it, also from within Close, and must return quickly (observe
+	// a metric, no more).
 	OnCommit func(took time.Duration, rows int, err error)
 }
 
@@ -616,8 +617,8 @@ func (r *Retainer) commit(closing bool) error {
 	}
 	rejected, err := r.store.Commit(Batch{Changes: changes, History: hist, Rev: rev, Epoch: r.epoch})
 	took := time.Since(start)
-	if r.opts.OnCommit != nil {
-		r.opts.OnCommit(took, len(changes)+len(hist), err)
+	if r.opts.OnCommit != nil { // once the retainer's state (Health) shows the commit
+		defer r.opts.OnCommit(took, len(changes)+len(hist), err)
 	}
 	if errors.Is(err, ErrCorrupt) { // retrying cannot help: stop writing
 		r.log.Error().Err(err).Int("rows", batch.len()).
