@@ -127,7 +127,7 @@ func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pa
 		rows[topic] = append(rows[topic], p)
 		return nil
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHist).Cursor()
 		return epochs(c, prefix, func(start []byte) error {
 			for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, start); k, v = c.Next() {
@@ -166,7 +166,7 @@ func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pa
 // MaxAge), or of rows no rule names any more. more reports values left to
 // drop.
 func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		hist := tx.Bucket(bucketHist)
 		// A topic's values are spread over the epochs: count them first.
 		type row struct {
@@ -215,7 +215,7 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 			drop = append(drop, bytes.Clone(k))
 		}
 		for _, k := range drop {
-			if err := hist.Delete(k); err != nil {
+			if err := hist.Delete(k); err != nil && !nested(err) { // a foreign file's bucket stays
 				return err
 			}
 		}

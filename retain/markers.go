@@ -14,7 +14,7 @@ func (s *Store) Deleted(since, upto uint64, fn func(topic string, rev uint64) bo
 	if since >= upto {
 		return nil
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketDead).Cursor()
 		for k, _ := c.Seek(binary.BigEndian.AppendUint64(nil, since+1)); k != nil; k, _ = c.Next() {
 			if len(k) < 8 {
@@ -36,7 +36,7 @@ func (s *Store) Deleted(since, upto uint64, fn func(topic string, rev uint64) bo
 // Markers counts the deletion markers, and returns the revision of the
 // n-th oldest (0 if there are fewer).
 func (s *Store) Markers(n int) (count int, nth uint64, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDead)
 		count = b.Stats().KeyN
 		if n < 1 || n > count {
@@ -61,7 +61,7 @@ func (s *Store) Markers(n int) (count int, nth uint64, err error) {
 // Compact drops up to max markers at or below revision floor, in one
 // transaction that also records the floor; more reports markers left.
 func (s *Store) Compact(floor uint64, max int) (more bool, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if floor <= getUint(meta, keyFloor) {
 			return nil
@@ -83,7 +83,7 @@ func (s *Store) Compact(floor uint64, max int) (more bool, err error) {
 		}
 		dead := tx.Bucket(bucketDead)
 		for _, k := range keys {
-			if err := dead.Delete(k); err != nil {
+			if err := dead.Delete(k); err != nil && !nested(err) { // a foreign file's bucket stays
 				return err
 			}
 		}
@@ -98,7 +98,7 @@ func (s *Store) Compact(floor uint64, max int) (more bool, err error) {
 // MarkRunning records that a retainer runs on the store: until MarkClean,
 // revisions handed out may be lost in a crash.
 func (s *Store) MarkRunning() error {
-	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyClean, []byte{0}) })
+	err := s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyClean, []byte{0}) })
 	if err != nil {
 		return fmt.Errorf("retain: mark %s running: %w", s.path, err)
 	}
@@ -108,7 +108,7 @@ func (s *Store) MarkRunning() error {
 // MarkClean records the final revision and that the broker stopped
 // cleanly: every revision it handed out is committed.
 func (s *Store) MarkClean(rev uint64) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if rev > getUint(meta, keyRev) {
 			if err := putUint(meta, keyRev, rev); err != nil {

@@ -39,15 +39,19 @@ type Options struct {
 	Rev, Floor uint64
 
 	// OnReject, if set, is told of every row the store refuses (after it is
-	// logged and counted in Lost). It is called on the retainer's own
-	// goroutine, never the message loop's, also from within Close, and
-	// must return quickly: hand the report off, never wait on the broker.
+	// logged and counted in Lost), of every history value it refuses
+	// (Rejected.History), and of every row and history value a damaged
+	// store could not take (see ErrCorrupt). It is called on the
+	// retainer's own goroutine, never the message loop's, also from within
+	// Close, and must return quickly: hand the report off, never wait on
+	// the broker.
 	OnReject func(Rejected)
 	// OnCommit, if set, is told of every commit the retainer tries: how
 	// long the store took, how many rows it was handed (changes and
 	// history values), and the error of a commit that failed whole. It is
-	// called on the retainer's goroutine after the commit, also from
-	// within Close, and must return quickly (observe a metric, no more).
+	// called on the retainer's goroutine after the commit, once Health
+	// shows it, also from within Close, and must return quickly (observe
+	// a metric, no more).
 	OnCommit func(took time.Duration, rows int, err error)
 }
 
@@ -132,7 +136,7 @@ type Retainer struct {
 	opts  Options
 	log   zerolog.Logger
 
-	mu         sync.Mutex // guards pending, hist, rules, rulesSet, seqRev, seq, committing, waiters, closed, err, lastLost, and the times below
+	mu         sync.Mutex // guards pending, hist, rules, rulesSet, seqRev, seq, committing, waiters, closed, err, lastLost, broken, and the times below
 	pending    *rowSet
 	hist       []Change      // every change of rows under a history rule, in order
 	rules      []HistoryRule // the history rules now (Options.History, then SetHistory's); never changed in place
@@ -144,6 +148,7 @@ type Retainer struct {
 	closed     bool
 	err        error     // the last commit's error, nil once one succeeds
 	lastLost   error     // the last row the store refused, named
+	broken     error     // the store is damaged (a commit's error wrapping ErrCorrupt): nothing more is written to it
 	room       sync.Cond // signalled after a commit, for Wait
 
 	waitingSince time.Time // when rows or waiters came to an idle retainer; zero once a commit takes them
@@ -178,7 +183,7 @@ type Retainer struct {
 	Committed atomic.Int64 // rows committed
 	Commits   atomic.Int64 // transactions committed
 	Failures  atomic.Int64 // failed commits (retried)
-	Lost      atomic.Int64 // rows the store refused (not retried)
+	Lost      atomic.Int64 // rows and history values the store refused, or a damaged store could not take (not retried)
 }
 
 // New starts a retainer writing to store, first recording opts.Rev and
@@ -369,6 +374,8 @@ func (r *Retainer) Health(stuck time.Duration) error {
 		return ErrClosed
 	case !r.commitSince.IsZero() && now.Sub(r.commitSince) > stuck:
 		return fmt.Errorf("retain: a commit has been running for %v", now.Sub(r.commitSince).Round(time.Millisecond))
+	case r.broken != nil:
+		return fmt.Errorf("retain: the store is damaged, rows are not persisted: %w", r.broken)
 	case r.err != nil:
 		return fmt.Errorf("retain: last commit failed (%d rows pending, retried): %w", r.pending.len()+len(r.hist)+r.committingLen(), r.err)
 	case !r.waitingSince.IsZero() && now.Sub(r.waitingSince) > stuck+r.opts.Interval:
@@ -431,6 +438,9 @@ func (r *Retainer) run() {
 				r.pending = newRowSet(r.opts.MaxBatch)
 			}
 			r.mu.Unlock()
+			if t, ok := r.store.(trimmer); ok {
+				t.Trim() // the store's commit scratch, if a storm's
+			}
 			<-r.wake
 			continue
 		}
@@ -479,6 +489,10 @@ func (r *Retainer) run() {
 	}
 }
 
+// trimmer is a RowStore that keeps scratch from one commit to the next
+// (Store): Trim leaves a storm's to the GC once the retainer is idle.
+type trimmer interface{ Trim() }
+
 // EpochBytes is the history values an epoch takes before the next one
 // starts (see the store format): the most a commit's history rewrites of
 // its epoch, against one key range per epoch for a read to seek.
@@ -493,6 +507,12 @@ const maintainStep = 50_000
 // commit (on the retainer's goroutine: never the message loop's). set
 // says rules were handed in since the last commit: prune now.
 func (r *Retainer) maintain(set bool) {
+	r.mu.Lock()
+	broken := r.broken != nil
+	r.mu.Unlock()
+	if broken {
+		return
+	}
 	w := r.opts.ResumeWindow
 	target, over := r.floor.Load(), false
 	// The revision committed, not the newest handed in: a compaction up to
@@ -574,7 +594,12 @@ func (r *Retainer) commit(closing bool) error {
 	// Under the lock Add takes: rev is that of the batch's newest change,
 	// never one still pending (maintain compacts below what it commits).
 	rev := r.rev.Load()
+	broken := r.broken
 	r.mu.Unlock()
+	if broken != nil {
+		r.discard(batch, hist, waiters, broken)
+		return nil
+	}
 	if batch.len() == 0 && len(waiters) == 0 && !closing {
 		r.mu.Lock()
 		r.committing, r.commitSince = nil, time.Time{}
@@ -592,8 +617,17 @@ func (r *Retainer) commit(closing bool) error {
 	}
 	rejected, err := r.store.Commit(Batch{Changes: changes, History: hist, Rev: rev, Epoch: r.epoch})
 	took := time.Since(start)
-	if r.opts.OnCommit != nil {
-		r.opts.OnCommit(took, len(changes)+len(hist), err)
+	if r.opts.OnCommit != nil { // once the retainer's state (Health) shows the commit
+		defer r.opts.OnCommit(took, len(changes)+len(hist), err)
+	}
+	if errors.Is(err, ErrCorrupt) { // retrying cannot help: stop writing
+		r.log.Error().Err(err).Int("rows", batch.len()).
+			Msg("the store is damaged: no more commits are tried; rows live in memory only, until a restart on a repaired store")
+		r.mu.Lock()
+		r.broken = err
+		r.mu.Unlock()
+		r.discard(batch, hist, waiters, err)
+		return nil
 	}
 	if err != nil {
 		r.failed(batch, hist, waiters, err, closing)
@@ -622,12 +656,22 @@ func (r *Retainer) commit(closing bool) error {
 		r.log.Warn().Int("failures", r.streak).Msg("retainer commits again")
 		r.streak = 0
 	}
-	r.Committed.Add(int64(len(changes) - len(rejected)))
+	rows := len(rejected) // refused rows, not history values
+	for _, rej := range rejected {
+		if rej.History {
+			rows--
+		}
+	}
+	r.Committed.Add(int64(len(changes) - rows))
 	r.Commits.Add(1)
 	r.Lost.Add(int64(len(rejected)))
 	for _, rej := range rejected {
+		msg := "the store refused a row; it is not persisted"
+		if rej.History {
+			msg = "the store refused a history value of a row; it is not kept"
+		}
 		r.log.Error().Str("topic", shorten(rej.Topic)).Int("topic_bytes", len(rej.Topic)).
-			Int("payload_bytes", len(rej.Value.Data)).Err(rej.Err).Msg("the store refused a row; it is not persisted")
+			Int("payload_bytes", len(rej.Value.Data)).Err(rej.Err).Msg(msg)
 		if r.opts.OnReject != nil {
 			r.opts.OnReject(rej)
 		}
@@ -669,13 +713,50 @@ func (r *Retainer) failed(batch *rowSet, hist []Change, waiters []waiting, err e
 	}
 }
 
-// answer tells each waiter whether the store kept all its rows.
+// discard drops a batch for a damaged store (see ErrCorrupt): its rows
+// and history values are counted in Lost and reported to OnReject, its
+// waiters refused with an error wrapping ErrUnstorable and err; nothing
+// is retried, so nothing piles up and no loop spins on the store.
+func (r *Retainer) discard(batch *rowSet, hist []Change, waiters []waiting, err error) {
+	changes := batch.rows()
+	werr := fmt.Errorf("%w: the store is damaged, nothing more is persisted: %w", ErrUnstorable, err)
+	r.Lost.Add(int64(len(changes) + len(hist)))
+	if r.opts.OnReject != nil {
+		for _, c := range changes {
+			r.opts.OnReject(Rejected{Change: c, Err: werr})
+		}
+		for _, c := range hist {
+			r.opts.OnReject(Rejected{Change: c, Err: werr, History: true})
+		}
+	}
+	for _, w := range waiters {
+		for _, c := range w.chans {
+			c <- werr
+		}
+	}
+	r.mu.Lock()
+	if n := len(changes); n > 0 {
+		r.lastLost = fmt.Errorf("%s: %w", describe(changes[n-1].Topic), werr)
+	}
+	r.committing, r.commitSince = nil, time.Time{}
+	if size := batch.size(); size <= spareRows || size <= 4*batch.len() {
+		batch.reset()
+		r.spare = batch
+	}
+	r.room.Broadcast()
+	r.mu.Unlock()
+}
+
+// answer tells each waiter whether the store kept all its rows (a history
+// value refused is not its row refused).
 func answer(waiters []waiting, rejected []Rejected) {
 	var refused map[string]*Rejected
 	if len(rejected) > 0 && len(waiters) > 0 {
 		refused = make(map[string]*Rejected, len(rejected))
 		for i := range rejected {
-			refused[rejected[i].Topic] = &rejected[i]
+			if !rejected[i].History {
+				refused[rejected[i].Topic] = &rejected[i]
+			}
 		}
 	}
 	for _, w := range waiters {
@@ -735,10 +816,15 @@ func (r *Retainer) Close() error {
 	if n := r.Lost.Load(); n > 0 {
 		errs = append(errs, fmt.Errorf("%w: the store refused %d rows during the run, the last %w", ErrLost, n, r.lastLost))
 	}
-	if r.pending.len() > 0 {
+	switch {
+	case r.broken != nil: // not marked clean: the next start skips ahead
+		errs = append(errs, fmt.Errorf("%w: the store is damaged: %w", ErrLost, r.broken))
+	case r.pending.len() > 0:
 		errs = append(errs, fmt.Errorf("%w: %d rows not committed at close: %w", ErrLost, r.pending.len(), r.err))
-	} else if err := r.store.MarkClean(r.rev.Load()); err != nil {
-		errs = append(errs, err)
+	default:
+		if err := r.store.MarkClean(r.rev.Load()); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

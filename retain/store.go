@@ -34,9 +34,13 @@
 // 1 once it stopped cleanly (tools that only read leave it alone).
 //
 // bbolt cannot keep every row: a topic must be 1 to MaxTopic bytes and a
-// payload at most MaxPayload. Store.Commit stores the rows it can and
-// returns the others as Rejected (see ErrUnstorable); they are never
-// retried.
+// payload at most MaxPayload, and a key of the file that holds a nested
+// bucket (this package never makes one; a foreign or old file may hold
+// one) takes no value. Store.Commit stores the rows it can and returns the
+// others as Rejected (see ErrUnstorable), and so for a deletion marker or
+// a history value under such a key; they are never retried. Compaction
+// and pruning leave such a key alone, and Open refuses a file whose meta
+// keys are buckets.
 //
 // # Durability
 //
@@ -58,6 +62,17 @@
 // row was refused during the run or could not be committed at close, so
 // the broker can exit non-zero.
 //
+// bbolt panics on some damaged pages. Every transaction of the store
+// recovers such a panic as an error wrapping ErrCorrupt. After a write's,
+// the store is broken: bbolt promises nothing of its state after a panic,
+// and the damaged page would make the same write panic again, so no later
+// write is tried (and if the panic left bbolt's writer lock held, Close
+// leaves the file open rather than wait for it). The retainer then stops
+// committing: it logs the damage once, says so in Health, and from then
+// on answers each commit's rows at once as lost (Lost, OnReject, an error
+// for their waiters); Close reports ErrLost and leaves the store marked
+// unclean. A read's panic is its error only.
+//
 // # Concurrency
 //
 // The retainer's goroutine owns the store's transactions. The changes
@@ -71,13 +86,13 @@
 // returns, so the loop and the goroutine each reuse their own. The
 // Store's commit scratch (its values' arena and its sort's slices, kept
 // from one commit to the next within keepScratch rows and keepArena
-// bytes) is Commit's, touched only inside db.Update: bbolt's writer lock
-// orders the commits.
+// bytes, and given back after a commit much smaller than them or when
+// the idle retainer calls Store.Trim) is guarded by the Store's mutex,
+// which every write transaction holds.
 package retain
 
 import (
 	"bytes"
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -87,6 +102,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -114,13 +130,17 @@ var (
 // revision, time.
 const rowHead = 1 + 8 + 8
 
-// ErrCorrupt is a store file that cannot be read.
+// ErrCorrupt is a store file that cannot be read, or is found damaged
+// while written: a write that made bbolt panic, after which the store
+// takes no more writes (see Store.Commit).
 var ErrCorrupt = errors.New("retain: store unreadable")
 
 // ErrUnstorable is a row the store cannot keep: its topic is empty or
-// longer than MaxTopic bytes, its payload longer than MaxPayload bytes, or
-// its type or QoS has no flags byte. For a size it also wraps bbolt's error
-// (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge).
+// longer than MaxTopic bytes, its payload longer than MaxPayload bytes, its
+// type or QoS has no flags byte, or the file holds a nested bucket under
+// its key (a foreign or damaged file's). For a size it also wraps bbolt's
+// error (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge), for
+// a nested bucket berrors.ErrIncompatibleValue.
 var ErrUnstorable = errors.New("retain: row cannot be stored")
 
 // MaxTopic is the longest topic the store keeps, in bytes: bbolt's key
@@ -233,13 +253,19 @@ type Pair struct {
 type Rejected struct {
 	Change
 	Err error
+	// History: the change is a value of the row's history (Batch.History)
+	// that could not be kept; the row itself was stored, or refused on its
+	// own.
+	History bool
 }
 
 // RowStore is what the retainer writes to.
 type RowStore interface {
 	// Commit applies a batch in one transaction, except the changes it
 	// cannot store at all, which it returns with the reason. A non-nil err
-	// means the transaction failed and nothing was committed (retry).
+	// means the transaction failed and nothing was committed (retry),
+	// unless it wraps ErrCorrupt: the store is damaged and no commit will
+	// succeed (do not retry).
 	// The batch's slices are the caller's again once Commit returns (the
 	// retainer reuses them): keep copies, not the slices.
 	Commit(b Batch) (rejected []Rejected, err error)
@@ -279,10 +305,22 @@ type Store struct {
 	path string
 	meta Meta
 
+	// mu is held for every write transaction (update) and guards the
+	// fields below: the broken state, and Commit's scratch.
+	mu sync.Mutex
+	// broken is the error of a write that panicked inside bbolt (wrapping
+	// ErrCorrupt): every later write returns it untried. locked: that
+	// panic left bbolt's writer lock held, so Close (which takes it) would
+	// never return.
+	broken error
+	locked bool
+
 	// Commit's scratch, kept for the next commit: the values' arena and
-	// the sort's slices. Commit touches them only inside db.Update, whose
-	// writer lock orders commits; bbolt holds the values it is handed only
-	// until its transaction ends (it copies them into the pages it writes).
+	// the sort's slices, within keepScratch rows and keepArena bytes, and
+	// left to the GC after a commit much smaller than them or when the
+	// store is trimmed (shrinkScratchLocked). bbolt holds the values it is
+	// handed only until its transaction ends (it copies them into the
+	// pages it writes).
 	arena []byte
 	sort  sortBufs
 	keep  int // the most rows a commit keeps its scratch for: keepScratch
@@ -345,6 +383,11 @@ func Open(dir string) (s *Store, err error) {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
+		}
+		for _, k := range [][]byte{keyFormat, keyRev, keyFloor, keyClean} {
+			if meta.Bucket(k) != nil { // every commit would fail writing it
+				return fmt.Errorf("meta key %q is a nested bucket: a foreign file", k)
+			}
 		}
 		switch v := meta.Get(keyFormat); {
 		case v == nil:
@@ -426,6 +469,12 @@ func (s *Store) Path() string { return s.path }
 // Deletes are never refused (a key bbolt cannot hold is not stored). It
 // leaves the changes as they are. A deletion leaves a marker (SPEC §8); the
 // history values go in the same transaction, and so does the revision.
+//
+// A key of a foreign or damaged file that holds a nested bucket costs
+// only the change that meets it: it is returned as Rejected (an error
+// wrapping ErrUnstorable and bbolt's ErrIncompatibleValue), the rest of
+// the batch is committed. A panic inside bbolt is an error wrapping
+// ErrCorrupt, and no later write is tried (see update).
 func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	changes := b.Changes
 	var rejected []Rejected
@@ -439,7 +488,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			size += rowHead + len(c.Value.Data)
 		}
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		rejected = rejected[:0]
 		order := s.sort.sorted(changes)
 		if cap(s.arena) < size {
@@ -452,10 +501,18 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		if cap(s.arena) > keepArena { // a few large values: not held for ever
 			s.arena = nil
 		}
+		s.shrinkScratchLocked(len(changes), size) // a storm's, after it
 		rows, dead, hist, meta := tx.Bucket(bucketRows), tx.Bucket(bucketDead), tx.Bucket(bucketHist), tx.Bucket(bucketMeta)
 		rows.FillPercent = fillFor(rows, changes, order)
 		dead.FillPercent = appendFill // keys are revisions: always past the last
 		var refused map[string]bool
+		refuse := func(c *Change, err error) {
+			rejected = append(rejected, Rejected{Change: *c, Err: err})
+			if refused == nil {
+				refused = map[string]bool{}
+			}
+			refused[c.Topic] = true
+		}
 		for _, i := range order {
 			c := &changes[i]
 			key := keyOf(c.Topic)
@@ -464,43 +521,56 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 					continue
 				}
 				if err := rows.Delete(key); err != nil {
-					return err
+					if !nested(err) {
+						return err
+					}
+					refuse(c, nestedError("row", err))
+					continue
 				}
 				if err := dead.Put(deadKey(c.Rev, c.Topic), nil); err != nil {
-					return err
+					if !nested(err) {
+						return err
+					}
+					refuse(c, nestedError("deletion marker", err)) // the row is deleted all the same
 				}
 				continue
 			}
 			v, err := encodeRow(c, &a)
 			if err != nil {
-				rejected = append(rejected, Rejected{Change: *c, Err: err})
-				if refused == nil {
-					refused = map[string]bool{}
-				}
-				refused[c.Topic] = true
+				refuse(c, err)
+				// A nested bucket under the key holds no older value.
 				if keyError(len(c.Topic)) == nil {
-					if err := rows.Delete(key); err != nil {
+					if err := rows.Delete(key); err != nil && !nested(err) {
 						return err
 					}
 				}
 				continue
 			}
 			if err := rows.Put(key, v); err != nil {
-				return err
+				if !nested(err) {
+					return err
+				}
+				refuse(c, nestedError("row", err))
 			}
 		}
-		type kv struct{ k, v []byte }
+		type kv struct {
+			k, v []byte
+			i    int // in b.History
+		}
 		hs := make([]kv, 0, len(b.History))
-		for _, c := range b.History {
+		for i, c := range b.History {
 			if refused[c.Topic] || keyError(len(c.Topic)) != nil || int64(len(c.Value.Data)) > MaxPayload {
 				continue
 			}
-			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c)})
+			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c), i})
 		}
 		slices.SortFunc(hs, func(a, b kv) int { return bytes.Compare(a.k, b.k) }) // bbolt writes sorted keys fastest
 		for _, h := range hs {
 			if err := hist.Put(h.k, h.v); err != nil {
-				return err
+				if !nested(err) {
+					return err
+				}
+				rejected = append(rejected, Rejected{Change: b.History[h.i], Err: nestedError("history value", err), History: true})
 			}
 		}
 		if b.Rev > getUint(meta, keyRev) {
@@ -548,81 +618,6 @@ func fillFor(rows *bolt.Bucket, changes []Change, order []int32) float64 {
 		return appendFill
 	}
 	return bolt.DefaultFillPercent
-}
-
-// sortedOrder is the indexes of changes in topic order. It sorts
-// 16-byte entries without pointers (a sort of the 64-byte changes while
-// the GC marks pays a write barrier per move): each entry holds the 8
-// bytes of its topic after the prefix every topic of the batch shares
-// (a boot storm's "boot/d0"), so almost every comparison is one of two
-// integers, not of two strings read from all over the heap; the topics
-// are compared only where those 8 bytes are equal. Sorting a storm's
-// commits this way took a third of the time of sorting indexes by topic
-// (TestSortedOrder, BenchmarkSortedOrder).
-func sortedOrder(changes []Change) []int32 {
-	var b sortBufs
-	return b.sorted(changes)
-}
-
-// sortBufs are the slices sortedOrder works in, kept by a Store from one
-// commit to the next.
-type sortBufs struct {
-	es    []sortEntry
-	order []int32
-}
-
-// sortEntry is a change's index and the 8 bytes of its topic after the
-// prefix every topic of the batch shares, big-endian, zero-padded.
-type sortEntry struct {
-	head uint64
-	i    int32
-}
-
-// sorted is sortedOrder(changes), in b's slices: valid until the next
-// call.
-func (b *sortBufs) sorted(changes []Change) []int32 {
-	if len(changes) == 0 {
-		return nil
-	}
-	lcp := len(changes[0].Topic) // the prefix every topic shares
-	for i := 1; i < len(changes) && lcp > 0; i++ {
-		t, first := changes[i].Topic, changes[0].Topic
-		n := min(lcp, len(t))
-		j := 0
-		for j < n && t[j] == first[j] {
-			j++
-		}
-		lcp = j
-	}
-	es := slices.Grow(b.es[:0], len(changes))[:len(changes)]
-	for i := range changes {
-		es[i] = sortEntry{head8(changes[i].Topic[lcp:]), int32(i)}
-	}
-	// A topic's head is a monotone map of it (a shorter one pads with
-	// zeros, and is a prefix or compares lower at a byte before): equal
-	// heads leave the order to the whole topics.
-	slices.SortFunc(es, func(a, b sortEntry) int {
-		if a.head != b.head {
-			return cmp.Compare(a.head, b.head)
-		}
-		return strings.Compare(changes[a.i].Topic[lcp:], changes[b.i].Topic[lcp:])
-	})
-	order := slices.Grow(b.order[:0], len(es))[:len(es)]
-	for i, e := range es {
-		order[i] = e.i
-	}
-	b.es, b.order = es, order
-	return order
-}
-
-// head8 is the first 8 bytes of s as a big-endian integer, zero-padded.
-func head8(s string) uint64 {
-	if len(s) >= 8 {
-		return binary.BigEndian.Uint64(unsafe.Slice(unsafe.StringData(s), 8))
-	}
-	var b [8]byte
-	copy(b[:], s)
-	return binary.BigEndian.Uint64(b[:])
 }
 
 // keyOf is the bytes of topic as a bbolt key, without a copy: bbolt's
@@ -740,6 +735,9 @@ func (s *Store) Load(fn func(Row) error) (err error) {
 	}()
 	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRows).ForEach(func(k, v []byte) error {
+			if v == nil { // bbolt's value of a nested bucket
+				return fmt.Errorf("%w: %s: row %q is a nested bucket: a foreign or damaged file", ErrCorrupt, s.path, k)
+			}
 			r, err := decodeRow(k, v)
 			if err != nil {
 				return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.path, err)
@@ -806,8 +804,16 @@ func (s *Store) Stats() (Stats, error) {
 	return st, err
 }
 
-// Close closes the file.
+// Close closes the file. If a panic inside bbolt left its writer lock
+// held (see update), Close would wait for it for ever: it leaves the file
+// open instead, and says so.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	broken, locked := s.broken, s.locked
+	s.mu.Unlock()
+	if locked {
+		return fmt.Errorf("retain: close %s: left open, as bbolt's writer lock stayed held after it panicked (the process exit frees it): %w", s.path, broken)
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("retain: close %s: %w", s.path, err)
 	}
