@@ -154,7 +154,7 @@ func (b *Broker) prepare(p Principal, m *Message) (prepared, error) {
 		if err := b.opts.Limits.CheckTopic(pub.Topic); err != nil {
 			return prepared{}, err
 		}
-		if first, _, _ := strings.Cut(m.Topic, "/"); !isMote && strings.EqualFold(first, "$share") {
+		if first, _, _ := strings.Cut(m.Topic, "/"); !isMote && strings.HasPrefix(first, "$") && strings.EqualFold(first, "$share") { // ('$' first: no other rune folds to it)
 			return prepared{}, wire.ErrReservedf("%.200q: a filter starting with $share is a shared subscription, so no topic may", m.Topic)
 		}
 		if !isMote && reserved(m.Topic) {
