@@ -547,7 +547,7 @@ func (b *Broker) publishRemote(origin string, e cluster.Event) {
 	if r.plain != nil {
 		r.plain.origin = ""
 	}
-	if err := b.dispatch(b.cl.ctx, clusterPrincipal, &m, &r, waitNone, false); err != nil {
+	if err := b.dispatch(b.cl.ctx, clusterPrincipal, &m, &r, waitNone, false, nil); err != nil {
 		b.log.Warn().Err(err).Str("node", origin).Msg("cluster: an event was not delivered")
 	}
 }

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -30,8 +29,8 @@ type conn struct {
 	q   *outQueue
 	out endpoint
 
-	acked   chan struct{}   // one slot: an in-flight slot was freed
-	pubCtx  context.Context // OnPublish's (the read goroutine's only): carries its *mqttPublisher (heldAcksKey: the mochi client's FlushHeld, the publish's wait clock); nil until the first publish
+	acked   chan struct{}  // one slot: an in-flight slot was freed
+	pub     *mqttPublisher // OnPublish's (the read goroutine's only): the mochi client's FlushHeld, the publish's wait clock; nil until the first publish
 	dropped atomic.Int64
 
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)

@@ -69,22 +69,24 @@ func (b *Broker) Publish(ctx context.Context, p Principal, m Message) error {
 // publish is the door every publish takes: MQTT clients, wills, the
 // broker's own reports and counters, and the exported API.
 func (b *Broker) publish(ctx context.Context, p Principal, m Message, wait waitMode) error {
-	return b.enter(ctx, p, &m, wait, false)
+	return b.enter(ctx, p, &m, wait, false, nil)
 }
 
-// publishInline is publish for a caller that holds no lock the loop's
-// work takes (an MQTT client's read goroutine, in OnPublish): while the
-// loop is idle, the publish is applied and delivered on the caller's
-// goroutine (runInline), not handed to the loop. m is only read, and
-// not kept.
-func (b *Broker) publishInline(ctx context.Context, p Principal, m *Message, wait waitMode) error {
-	return b.enter(ctx, p, m, wait, b.cl == nil)
+// publishInline is publish for an MQTT client's read goroutine (in
+// OnPublish), which holds no lock the loop's work takes: while the loop
+// is idle, the publish is applied and delivered on the caller's
+// goroutine (runInline), not handed to the loop. m is only read, and not
+// kept; mp is the client's publisher. Its context is Background: an MQTT
+// publish waits by its clock, not by a context.
+func (b *Broker) publishInline(p Principal, m *Message, wait waitMode, mp *mqttPublisher) error {
+	return b.enter(context.Background(), p, m, wait, b.cl == nil, mp)
 }
 
-// enter is publish, and publishInline when inline is set. The message
+// enter is publish, and publishInline when inline is set or mp given
+// (an MQTT client's publisher, nil for every other). The message
 // and what prepare made of it go by pointer: a Message is 304 bytes, and
 // they were copied at each call of a plain publish's way, 1.5 KB in all.
-func (b *Broker) enter(ctx context.Context, p Principal, m *Message, wait waitMode, inline bool) error {
+func (b *Broker) enter(ctx context.Context, p Principal, m *Message, wait waitMode, inline bool, mp *mqttPublisher) error {
 	r, err := b.prepare(p, m)
 	if err != nil {
 		return b.refusal(p, "publish", m.Topic, err)
@@ -100,7 +102,7 @@ func (b *Broker) enter(ctx context.Context, p Principal, m *Message, wait waitMo
 		b.meter.in[k].Add(1)
 	}
 	r.trans = b.translation(p, m, &r) // SPEC §11 (translate.go)
-	err = b.dispatch(ctx, p, m, &r, wait, inline)
+	err = b.dispatch(ctx, p, m, &r, wait, inline, mp)
 	if err == nil && r.transRefused != nil && p.Answered {
 		// Reported to nobody (Answered): the caller is told.
 		return &TranslationRefused{Refusal: r.transRefused}
@@ -154,7 +156,7 @@ func (b *Broker) prepare(p Principal, m *Message) (prepared, error) {
 		if err := b.opts.Limits.CheckTopic(pub.Topic); err != nil {
 			return prepared{}, err
 		}
-		if first, _, _ := strings.Cut(m.Topic, "/"); !isMote && strings.EqualFold(first, "$share") {
+		if first, _, _ := strings.Cut(m.Topic, "/"); !isMote && strings.HasPrefix(first, "$") && strings.EqualFold(first, "$share") { // ('$' first: no other rune folds to it)
 			return prepared{}, wire.ErrReservedf("%.200q: a filter starting with $share is a shared subscription, so no topic may", m.Topic)
 		}
 		if !isMote && reserved(m.Topic) {
@@ -223,15 +225,16 @@ func (b *Broker) plainOp(m *Message) tree.Op {
 // dispatch hands a prepared publish on: a plain event is delivered on the
 // caller's goroutine (and folded into tree deltas when tree subscriptions
 // exist); anything that changes rows goes to the loop, which delivers it
-// (with inline, the caller stands in for an idle loop: runInline).
-func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepared, wait waitMode, inline bool) error {
+// (with inline, the caller stands in for an idle loop: runInline). mp is
+// an MQTT client's publisher, nil for every other.
+func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepared, wait waitMode, inline bool, mp *mqttPublisher) error {
 	if b.cl != nil && !m.Retain && !p.system {
 		if err := b.shareEvent(p, m, r); err != nil { // to the other nodes of a cluster (cluster.go)
 			return b.refusal(p, "publish", m.Topic, err)
 		}
 	}
 	if !r.mote && !m.Retain {
-		if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok && mp.queued.Load() > 0 {
+		if mp != nil && mp.queued.Load() > 0 {
 			b.afterQueued(ctx, mp) // its earlier publishes wait in the loop: this one comes after them
 		}
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
@@ -242,7 +245,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 				b.toLoop(inline, req)
 			}
 		}
-		w := b.publisherWait(ctx)
+		w := b.publisherWait(ctx, mp)
 		b.deliverPlain(r.plain, w)
 		if r.trans != nil {
 			b.deliverTranslatedEvent(*r.trans, w)
@@ -257,7 +260,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 	}
 	meta := &pubMeta{p: p, topic: m.Topic, rows: r.mote, trans: r.loopTrans}
 	if b.cl == nil { // (a cluster node delivers once its log took the write: not counted)
-		if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok {
+		if mp != nil {
 			meta.queued = &mp.queued // counted by toLoop if queued
 		}
 	}
@@ -285,7 +288,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 		return nil
 	}
 	if len(meta.done) == 0 { // the answer waits for the loop, the disk or the cluster's log
-		if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok {
+		if mp != nil {
 			mp.flush() // the acks mochi held for this client's earlier publishes do not wait with it
 		}
 	}

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -501,10 +500,10 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 		if m.QoS > 0 {
 			wait = waitAck
 		}
-		if c.pubCtx == nil {
-			c.pubCtx = context.WithValue(context.Background(), heldAcksKey{}, &mqttPublisher{flush: func() { _ = cl.FlushHeld() }})
+		if c.pub == nil {
+			c.pub = &mqttPublisher{flush: func() { _ = cl.FlushHeld() }}
 		}
-		err = h.b.publishInline(c.pubCtx, c.p, &m, wait)
+		err = h.b.publishInline(c.p, &m, wait, c.pub)
 	}
 	if err == nil {
 		// Ignore tells mochi not to deliver or retain it, as

@@ -555,15 +555,13 @@ func (w pubWait) from(now time.Time) pubWait {
 	return w
 }
 
-// heldAcksKey is the context key of an MQTT publisher (*mqttPublisher):
-// hooks.go OnPublish sets it, publisherWait puts its flush in
-// pubWait.idle, so an ack mochi held while this publish waited in its
-// read buffer does not wait with it for room in a subscriber's queue (up
-// to 5 × publish_wait), and its clock in pubWait.clock.
-type heldAcksKey struct{}
-
 // mqttPublisher is what an MQTT connection's read goroutine carries into
-// the door with each publish (conn.pubCtx).
+// the door with each publish (conn.pub, publishInline): publisherWait puts
+// its flush in pubWait.idle, so an ack mochi held while this publish
+// waited in its read buffer does not wait with it for room in a
+// subscriber's queue (up to 5 × publish_wait), and its clock in
+// pubWait.clock. It went in the publish's context (a context value) until
+// a lookup there, two a plain publish, showed in its profile (issue 15).
 type mqttPublisher struct {
 	flush func()   // writes the acks mochi held for the client (mochi Client.FlushHeld)
 	clock pubClock // the wait of the publish being delivered
@@ -593,9 +591,9 @@ const waitLimit = 5
 // publisherWait is the wait of a publish made now with ctx: it ends with
 // ctx too (a door publisher that gave up, an HTTP client gone). An MQTT
 // client's (its context has no deadline nor end) starts its clock only if
-// it waits (pubClock).
-func (b *Broker) publisherWait(ctx context.Context) pubWait {
-	if mp, ok := ctx.Value(heldAcksKey{}).(*mqttPublisher); ok {
+// it waits (pubClock); mp is its publisher, nil for any other.
+func (b *Broker) publisherWait(ctx context.Context, mp *mqttPublisher) pubWait {
+	if mp != nil {
 		mp.clock = pubClock{wait: b.opts.PublishWait}
 		return pubWait{stop: ctx.Done(), idle: mp.flush, clock: &mp.clock}
 	}

@@ -425,8 +425,13 @@ func (x *exploder) checkKey(k string) error {
 // filter beginning so is a shared subscription, so such a row could never
 // be subscribed to), or one of Mote's verbs. No
 // client publish, plain, tree, $set or .replace, may set or delete such a
-// row.
+// row. Every such name starts with '$', which no other rune folds to, so
+// a topic that does not is answered without looking further (most are:
+// this is asked of every publish).
 func Reserved(topic string) bool {
+	if !strings.HasPrefix(topic, "$") {
+		return false
+	}
 	first, _, _ := strings.Cut(topic, "/")
 	return strings.EqualFold(first, "$SYS") || strings.EqualFold(first, "$mote") || strings.EqualFold(first, "$hist") ||
 		strings.EqualFold(first, "$share") || wire.IsMote(topic)

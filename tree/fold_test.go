@@ -427,12 +427,12 @@ func TestReservedRows(t *testing.T) {
 			t.Errorf("%s %s was accepted", tc.topic, tc.payload)
 		}
 	}
-	for _, topic := range []string{"$SYS", "$sys/x", "$mote", "$mote/publish", "$hist/a", "$sync/a", "$tree.cbor/a"} {
+	for _, topic := range []string{"$SYS", "$sys/x", "$mote", "$mote/publish", "$hist/a", "$sync/a", "$tree.cbor/a", "$share/g/x", "$SHARE"} {
 		if !Reserved(topic) {
 			t.Errorf("%s is not reserved", topic)
 		}
 	}
-	for _, topic := range []string{"$mot", "$motel/x", "$SYSTEM/x", "sys/$SYS", "$histogram"} {
+	for _, topic := range []string{"$mot", "$motel/x", "$SYSTEM/x", "sys/$SYS", "$histogram", "", "SYS", "share/g/x", "sync/a", "/$SYS", " $SYS"} {
 		if Reserved(topic) {
 			t.Errorf("%s is reserved", topic)
 		}
@@ -528,5 +528,19 @@ func TestSetAllow(t *testing.T) {
 	}
 	if d := tr.Apply([]Op{{Rows: []Row{row("h/x", "1", true)}}}).Deltas; len(d) != 0 {
 		t.Errorf("deltas after unsubscribing: %v", d)
+	}
+}
+
+// BenchmarkReserved: the question the door asks of every publish, for a
+// plain topic (most are) and for one of the broker's.
+func BenchmarkReserved(b *testing.B) {
+	for _, topic := range []string{"sensors/room1/temp", "$SYS/broker/clients"} {
+		b.Run(topic, func(b *testing.B) {
+			for b.Loop() {
+				if Reserved(topic) != (topic[0] == '$') {
+					b.Fatal(topic)
+				}
+			}
+		})
 	}
 }

@@ -227,8 +227,12 @@ func splitVerb(topic string) (verb string, opts []string, rest string, hasRest, 
 }
 
 // IsMote reports whether a topic's first level is one of Mote's verbs
-// ($sync, $tree, $set, $hist, with or without options).
+// ($sync, $tree, $set, $hist, with or without options). Each starts with
+// '$': a topic that does not is answered at once.
 func IsMote(topic string) bool {
+	if !strings.HasPrefix(topic, "$") {
+		return false
+	}
 	_, _, _, _, ok := splitVerb(topic)
 	return ok
 }
