@@ -197,7 +197,10 @@ func (b *Broker) awayUserOf(cl *mqtt.Client) string {
 // id over meanwhile holds it.
 func (b *Broker) sessionLeft(cl *mqtt.Client) {
 	user := b.awayUserOf(cl)
-	b.server.WhileFiled(cl, func() { b.away.leftLocked(cl, user) })
+	b.server.WhileFiled(cl, func() {
+		b.away.leftLocked(cl, user)
+		b.countLeft(cl, user)
+	})
 	if b.opts.MaxSessions < 0 {
 		return
 	}
