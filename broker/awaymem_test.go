@@ -123,6 +123,16 @@ func TestAwayInflightBounded(t *testing.T) {
 	}
 }
 
+// heldPayload is the payload of alice's jth message held in
+// TestAwayHeldFair: the fourth (j 3) is 4 KiB, so the six of them fit only
+// once one of bob's sessions has its held messages dropped.
+func heldPayload(j int) string {
+	if j == 3 {
+		return "held 3 " + strings.Repeat("x", 4<<10)
+	}
+	return fmt.Sprint("held ", j)
+}
+
 // TestAwayHeldFair: bob (one user of a password file) leaves sessions
 // holding QoS 1 replays in flight until they hold past MaxOfflineBytes;
 // alice has six sessions away, each holding a few messages published
@@ -159,16 +169,35 @@ func TestAwayHeldFair(t *testing.T) {
 				alice = append(alice, id)
 				leaveAs(t, b, h, awayLeave{"alice", id})
 				for j := range 3 {
-					pub.publish1(t, 5, "f/"+id, fmt.Sprint("held ", j))
+					pub.publish1(t, 5, "f/"+id, heldPayload(j))
 				}
 				waitHeld(t, b, id, 3)
 			}
 			for i := range tc.bob {
 				leaveUnacked(t, b, h, 5, "bob", fmt.Sprint("bob", i), inflight)
 			}
+			holds := func(id string) int {
+				cl, _ := b.server.Clients.Get(id)
+				return cl.State.Inflight.Len()
+			}
+			for _, id := range alice {
+				if n := holds(id); n != 3 {
+					t.Errorf("%s holds %d messages after bob's flood, want its 3", id, n)
+				}
+			}
 			for _, id := range alice { // the bound is full: bob's held make room
-				pub.publish1(t, 5, "f/"+id, "held 3")
-				waitHeld(t, b, id, 4)
+				dropped := b.meter.dropped[dropOfflineFull].Load()
+				pub.publish1(t, 5, "f/"+id, heldPayload(3))
+				n := 0
+				waitFor(t, id+"'s fourth message held or dropped", func() bool {
+					b.arriving.mu.Lock() // holdOffline drops, or makes room and holds, under it
+					defer b.arriving.mu.Unlock()
+					n = holds(id)
+					return n != 3 || b.meter.dropped[dropOfflineFull].Load() > dropped
+				})
+				if n != 4 {
+					t.Fatalf("%s holds %d messages, want 4", id, n)
+				}
 			}
 			if held, _ := awayHeld(b); held > max {
 				t.Errorf("held for sessions away: %d bytes, over MaxOfflineBytes %d", held, max)
@@ -185,8 +214,8 @@ func TestAwayHeldFair(t *testing.T) {
 				}
 				for j := range 4 {
 					m := p.readPublish(t, 5)
-					if m.topic != "f/"+id || m.payload != fmt.Sprint("held ", j) {
-						t.Fatalf("%s resumed: message %d is %q %q, want %q", id, j, m.topic, m.payload, fmt.Sprint("held ", j))
+					if m.topic != "f/"+id || m.payload != heldPayload(j) {
+						t.Fatalf("%s resumed: message %d is %q %.20q, want %.20q", id, j, m.topic, m.payload, heldPayload(j))
 					}
 					p.c.Write(ownerPacket(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: 5, PacketID: m.id}))
 				}
