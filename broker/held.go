@@ -212,13 +212,10 @@ func (o *offlineHeld) prune(holds func(cl *mqtt.Client) bool) {
 // heldBytes is what cl, a session's mochi client, holds in flight: its
 // publishes' bytes at holdOffline's cost, and how many.
 func heldBytes(cl *mqtt.Client) (bytes, n int64) {
-	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type == packets.Publish {
-			bytes += int64(heldCost + len(pk.TopicName) + len(pk.Payload))
-			n++
-		}
-	}
-	return bytes, n
+	b, m := cl.State.Inflight.PublishBytes(func(pk *packets.Packet) int {
+		return heldCost + len(pk.TopicName) + len(pk.Payload)
+	})
+	return int64(b), int64(m)
 }
 
 // countLeft counts, once cl's connection ended and its session is filed
@@ -266,12 +263,10 @@ func (b *Broker) dropHeldLocked(s *heldSession, userBytes int64) {
 	if a := b.arriving.by[s.id]; a != nil && a.cl != s.cl {
 		return
 	}
-	var n int64
-	for _, pk := range s.cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type == packets.Publish {
-			b.dropInflight(s.cl, pk.PacketID)
-			n++
-		}
+	n := int64(s.cl.State.Inflight.DropPublishes()) // and the map's room for them (mochi change 63)
+	atomic.AddInt64(&b.server.Info.Inflight, -n)
+	for range n {
+		s.cl.State.Inflight.IncreaseSendQuota() // as dropInflight
 	}
 	b.drop(dropOfflineFull, n)
 	b.log.Warn().Str("client", s.id).Str("user", s.u.name).Int64("dropped", n).Int64("bytes", s.bytes).
