@@ -256,3 +256,40 @@ func TestReadLockedOnceWithWriters(t *testing.T) {
 		})
 	}
 }
+
+// TestInflightDropPublishes (change 63): PublishBytes sums a cost over the
+// PUBLISHes in flight and counts them; DropPublishes deletes them, keeps
+// the PUBREL and PUBREC entries, and reports how many it deleted.
+func TestInflightDropPublishes(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		types      []byte // one entry each, packet ids 1, 2, …
+		publishes  int
+		bytes      int
+		left       int
+		leftNilMap bool
+	}{
+		{name: "none", leftNilMap: true},
+		{name: "publishes only", types: []byte{packets.Publish, packets.Publish}, publishes: 2, bytes: 2 * 12, leftNilMap: true},
+		{name: "with a QoS 2 flow's", types: []byte{packets.Publish, packets.Pubrel, packets.Pubrec, packets.Publish}, publishes: 2, bytes: 2 * 12, left: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			i := NewInflights()
+			for k, typ := range tc.types {
+				i.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: uint16(k + 1), TopicName: "a/b", Payload: []byte("payload!!")})
+			}
+			bytes, n := i.PublishBytes(func(pk *packets.Packet) int { return len(pk.TopicName) + len(pk.Payload) })
+			require.Equal(t, tc.bytes, bytes)
+			require.Equal(t, tc.publishes, n)
+			require.Equal(t, tc.publishes, i.DropPublishes())
+			require.Equal(t, tc.left, i.Len())
+			for _, pk := range i.GetAll(false) {
+				require.NotEqual(t, packets.Publish, pk.FixedHeader.Type)
+			}
+			if tc.leftNilMap {
+				require.Nil(t, i.internal)
+			}
+			require.Equal(t, 0, i.DropPublishes())
+		})
+	}
+}
