@@ -35,6 +35,14 @@ func awayHeld(b *Broker) (bytes int64, msgs int64) {
 // handed on what it held (it left byID): the session is away.
 func leaveUnacked(t *testing.T, b *Broker, h *leftHook, v byte, user, id string, n int) {
 	t.Helper()
+	leaveUnackedQoS(t, b, h, v, 1, user, id, n)
+}
+
+// leaveUnackedQoS is leaveUnacked subscribing at qos; at QoS 2 each
+// PUBLISH gets its PUBREC (the broker then holds a PUBREL for it), and
+// no PUBCOMP follows.
+func leaveUnackedQoS(t *testing.T, b *Broker, h *leftHook, v, qos byte, user, id string, n int) {
+	t.Helper()
 	var u []string
 	if user != "" {
 		u = []string{user}
@@ -43,9 +51,19 @@ func leaveUnacked(t *testing.T, b *Broker, h *leftHook, v byte, user, id string,
 	if code != 0 || present {
 		t.Fatalf("%s (%q): CONNACK code %#x, present %v", id, user, code, present)
 	}
-	p.subscribe(t, v, "dev/+/state", 1)
-	for range n {
-		p.readPublish(t, v)
+	p.subscribe(t, v, "dev/+/state", qos)
+	for pubs, rels := 0, 0; pubs < n || qos == 2 && rels < n; { // at QoS 2, until the broker has every PUBREC
+		h, body := p.next(t, 0)
+		switch h >> 4 {
+		case packets.Pubrel:
+			rels++
+		case packets.Publish:
+			pubs++
+			if qos == 2 {
+				m, _ := decodeRawPublish(h, body, v)
+				p.c.Write([]byte{packets.Pubrec << 4, 2, byte(m.id >> 8), byte(m.id)})
+			}
+		}
 	}
 	p.c.Close()
 	h.wait(t, id, 1)
@@ -223,7 +241,7 @@ func TestAwayHeldFair(t *testing.T) {
 					if m.topic != "f/"+id || m.payload != heldPayload(j) {
 						t.Fatalf("%s resumed: message %d is %q %.20q, want %.20q", id, j, m.topic, m.payload, heldPayload(j))
 					}
-					p.c.Write(ownerPacket(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: 5, PacketID: m.id}))
+					p.c.Write([]byte{packets.Puback << 4, 2, byte(m.id >> 8), byte(m.id)})
 				}
 			}
 		})
@@ -231,7 +249,8 @@ func TestAwayHeldFair(t *testing.T) {
 }
 
 // TestAwayMemHostile (MOTE_AWAYMEM=1; MOTE_AWAYMEM_N ids, default 1,000;
-// MOTE_AWAYMEM_BYTES max_offline_bytes)
+// MOTE_AWAYMEM_BYTES max_offline_bytes; MOTE_AWAYMEM_QOS2=1: subscribed
+// at QoS 2, each PUBLISH answered with PUBREC, no PUBCOMP)
 // measures the hostile case with the default bounds (max_inflight 1,024,
 // max_offline_bytes 256 MiB): 2,000 retained rows, and N clients with
 // fresh ids and persistent sessions that subscribe to them at QoS 1, read
@@ -269,13 +288,24 @@ func TestAwayMemHostile(t *testing.T) {
 	loadRows(t, b, 2000)
 	report := func(what string) {
 		held, msgs := awayHeld(b)
-		t.Logf("%s: held %d MiB (%d messages) for %d sessions away, mote_offline_held_bytes %d MiB, dropped offline_full %d; heap %d MiB, RSS %d MiB",
-			what, held>>20, msgs, b.away.len(), b.offline.bytes.Load()>>20, b.meter.dropped[dropOfflineFull].Load(), liveHeap()>>20, processRSS(t)>>20)
+		other := 0 // PUBREL (and PUBREC) entries of the sessions away
+		for _, cl := range b.server.Clients.GetAll() {
+			if cl.Closed() {
+				other += cl.State.Inflight.Len()
+			}
+		}
+		other -= int(msgs)
+		t.Logf("%s: held %d MiB (%d messages, and %d other entries) for %d sessions away, mote_offline_held_bytes %d MiB, dropped offline_full %d; heap %d MiB, RSS %d MiB",
+			what, held>>20, msgs, other, b.away.len(), b.offline.bytes.Load()>>20, b.meter.dropped[dropOfflineFull].Load(), liveHeap()>>20, processRSS(t)>>20)
 	}
 	report("before")
 	t0 := time.Now()
+	qos := byte(1)
+	if os.Getenv("MOTE_AWAYMEM_QOS2") != "" {
+		qos = 2
+	}
 	for i := range n {
-		leaveUnacked(t, b, h, 5, "", fmt.Sprint("hostile", i), int(DefaultMaxInflight))
+		leaveUnackedQoS(t, b, h, 5, qos, "", fmt.Sprint("hostile", i), int(DefaultMaxInflight))
 	}
 	report(fmt.Sprintf("%d fresh ids in %v", n, time.Since(t0).Round(time.Millisecond)))
 }
