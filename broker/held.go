@@ -210,9 +210,12 @@ func (o *offlineHeld) prune(holds func(cl *mqtt.Client) bool) {
 }
 
 // heldBytes is what cl, a session's mochi client, holds in flight: its
-// publishes' bytes at holdOffline's cost, and how many.
+// deliveries' bytes at holdOffline's cost, and how many. A delivery is a
+// publish not acknowledged, or the PUBREL of a QoS 2 one the client
+// received (PUBREC) and did not complete (PUBCOMP): mochi keeps an
+// 800-byte packet for each.
 func heldBytes(cl *mqtt.Client) (bytes, n int64) {
-	b, m := cl.State.Inflight.PublishBytes(func(pk *packets.Packet) int {
+	b, m := cl.State.Inflight.DeliveryBytes(func(pk *packets.Packet) int {
 		return heldCost + len(pk.TopicName) + len(pk.Payload)
 	})
 	return int64(b), int64(m)
@@ -263,7 +266,7 @@ func (b *Broker) dropHeldLocked(s *heldSession, userBytes int64) {
 	if a := b.arriving.by[s.id]; a != nil && a.cl != s.cl {
 		return
 	}
-	n := int64(s.cl.State.Inflight.DropPublishes()) // and the map's room for them (mochi change 63)
+	n := int64(s.cl.State.Inflight.DropDeliveries()) // and the map's room for them (mochi change 63)
 	atomic.AddInt64(&b.server.Info.Inflight, -n)
 	for range n {
 		s.cl.State.Inflight.IncreaseSendQuota() // as dropInflight
