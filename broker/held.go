@@ -13,7 +13,8 @@ import (
 const heldCost = 1024
 
 // offlineHeld counts the bytes held for persistent sessions whose clients
-// are away: the QoS 1/2 publishes in their mochi clients' in-flight state,
+// are away: the QoS 1/2 deliveries in their mochi clients' in-flight
+// state (heldBytes: publishes, and PUBRELs of QoS 2 ones received),
 // what their connections left there (sent, not acknowledged: countLeft)
 // and what was held for them since (holdOffline), each heldCost plus its
 // topic and payload. It keeps them per session and per user, the users in
@@ -254,7 +255,9 @@ func (b *Broker) roomLocked(user string, n int64) bool {
 	return true
 }
 
-// dropHeldLocked drops the messages held for s, taken out of the count
+// dropHeldLocked drops the messages held for s (publishes, and PUBRELs:
+// a client that received a QoS 2 one and waits for its PUBREL may take a
+// later message with its packet id for a duplicate), taken out of the count
 // (arriving's mutex held; its user held userBytes with them), if its client still holds the session away: a
 // client registered to take the session over (arriving.register) gets
 // them, as mochi copies them, and they are no longer held for a session

@@ -132,6 +132,9 @@ type Options struct {
 	// would then hold as much; it is dropped otherwise. A dropped message
 	// is gone (the session resumes without it); it is counted
 	// (offline_full), and a Warn log line names each session and its user.
+	// A QoS 2 message the client received (PUBREC) and did not complete
+	// counts too (its PUBREL is held): dropped, the client may take a
+	// later message with its packet id for a duplicate of it.
 	MaxOfflineBytes int
 	// MaxSessions bounds the persistent sessions kept for clients that
 	// are away (MQTT 3.1.1 Clean Session 0, MQTT 5 Session Expiry
