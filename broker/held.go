@@ -255,13 +255,13 @@ func (b *Broker) roomLocked(user string, n int64) bool {
 	return true
 }
 
-// dropHeldLocked drops the messages held for s (publishes, and PUBRELs:
-// a client that received a QoS 2 one and waits for its PUBREL may take a
-// later message with its packet id for a duplicate), taken out of the count
-// (arriving's mutex held; its user held userBytes with them), if its client still holds the session away: a
-// client registered to take the session over (arriving.register) gets
-// them, as mochi copies them, and they are no longer held for a session
-// away.
+// dropHeldLocked drops the messages held for s, taken out of the count
+// (arriving's mutex held; its user held userBytes with them), if its
+// client still holds the session away: a client registered to take the
+// session over (arriving.register) gets them, as mochi copies them, and
+// they are no longer held for a session away. PUBRELs go too: a client
+// that received a QoS 2 message and waits for its PUBREL may take a later
+// message with its packet id for a duplicate.
 func (b *Broker) dropHeldLocked(s *heldSession, userBytes int64) {
 	if cur, ok := b.server.Clients.Get(s.id); !ok || cur != s.cl || !s.cl.Closed() {
 		return
