@@ -8,7 +8,8 @@ import (
 
 // arriving is the one point where the broker and mochi agree on which
 // mochi client holds a persistent session now, for every client id: the
-// broker puts a message into a session's mochi client (holdOffline), files
+// broker puts a message into a session's mochi client (holdOffline) or
+// drops what it holds there (roomLocked), files
 // a connection (adopt) and hands a connection's leftovers to the session
 // (handOn) only under its mutex, and OnSessionEstablish registers the
 // client mochi is about to move the session to (register) under it,

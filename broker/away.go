@@ -190,14 +190,19 @@ func (b *Broker) awayUserOf(cl *mqtt.Client) string {
 }
 
 // sessionLeft is called once cl's connection ended and its session
-// outlives it (OnDisconnect): the session is filed as away, and while
+// outlives it (OnDisconnect): the session is filed as away, what its
+// connection left in flight counted against MaxOfflineBytes with it
+// (countLeft, which drops held messages past the bound), and while
 // more than Options.MaxSessions are (negative: no bound) one is ended:
 // the one away longest of the user with the most away (awaySessions).
 // Filed only while cl is still its id's session: a CONNECT that took the
 // id over meanwhile holds it.
 func (b *Broker) sessionLeft(cl *mqtt.Client) {
 	user := b.awayUserOf(cl)
-	b.server.WhileFiled(cl, func() { b.away.leftLocked(cl, user) })
+	b.server.WhileFiled(cl, func() {
+		b.away.leftLocked(cl, user)
+		b.countLeft(cl, user)
+	})
 	if b.opts.MaxSessions < 0 {
 		return
 	}

@@ -615,64 +615,21 @@ func (b *Broker) dropInflight(cl *mqtt.Client, id uint16) {
 // away, in mochi's in-flight state, which resends it on reconnect: at most
 // MaxInflight of them per session, and MaxOfflineBytes for all sessions
 // (every held message is a copy of mochi's 800-byte packet: many sessions
-// subscribed to much could otherwise hold gigabytes). What does not fit is
-// dropped and counted.
+// subscribed to much could otherwise hold gigabytes), room made by
+// dropping what a user holding more holds (roomLocked). What does not fit
+// is dropped and counted. arriving's mutex is held.
 func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
 	if out.FixedHeader.Qos == 0 {
 		return
 	}
-	n := heldCost + len(out.Payload) + len(out.TopicName)
-	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) || b.offline.bytes.Load()+int64(n) > int64(b.opts.MaxOfflineBytes) {
+	n := int64(heldCost + len(out.Payload) + len(out.TopicName))
+	user := b.awayUserOf(cl)
+	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) || !b.roomLocked(user, n) {
 		b.drop(dropOfflineFull, 1)
 		return
 	}
 	if b.takeInflight(nil, cl, &out) == nil {
-		b.offline.add(cl.ID, n)
-	}
-}
-
-// heldCost is what a held message costs beyond its topic and payload.
-const heldCost = 1024
-
-// offlineHeld counts the bytes held for offline sessions, by client id.
-type offlineHeld struct {
-	mu    sync.Mutex
-	by    map[string]int64
-	bytes atomic.Int64
-}
-
-func (o *offlineHeld) add(id string, n int) {
-	o.mu.Lock()
-	if o.by == nil {
-		o.by = map[string]int64{}
-	}
-	o.by[id] += int64(n)
-	o.mu.Unlock()
-	o.bytes.Add(int64(n))
-}
-
-// forget lets go of what was held for id: the session came back (mochi
-// resends the messages), or is gone.
-func (o *offlineHeld) forget(id string) {
-	o.mu.Lock()
-	n := o.by[id]
-	delete(o.by, id)
-	o.mu.Unlock()
-	o.bytes.Add(-n)
-}
-
-// prune forgets the sessions mochi no longer has (expired).
-func (o *offlineHeld) prune(has func(string) bool) {
-	o.mu.Lock()
-	var gone []string
-	for id := range o.by {
-		if !has(id) {
-			gone = append(gone, id)
-		}
-	}
-	o.mu.Unlock()
-	for _, id := range gone {
-		o.forget(id)
+		b.offline.add(cl, user, n)
 	}
 }
 

@@ -283,7 +283,17 @@
 //     subscriptions, held messages (counted session_ended) and delayed
 //     will (published once the lock is let go, through wills.publish) go
 //     together, so a CONNECT resuming it gets all of it or a clean
-//     session.
+//     session. What the sessions away hold in mochi's in-flight state is
+//     bounded too (held.go, Options.MaxOfflineBytes): what a connection
+//     left sent and not acknowledged is counted when it ends, with the
+//     session's filing (countLeft), as what is held for it later is
+//     (holdOffline), per session and per user, the users in a heap by
+//     bytes; past the bound the session holding the most of the user
+//     holding the most has its held messages dropped (counted
+//     offline_full), under arriving's mutex, where they were held
+//     (roomLocked), so a user leaving ever new ids, or a few sessions
+//     holding much, loses its own (mochi change 63 counts them in place
+//     and drops them with their map's room).
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
@@ -416,7 +426,8 @@
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
 //	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
 //	messages for an arriving session,   arriving's mutex, from OnSessionEstablish until OnSessionEstablished
-//	  which client holds a session        files the connection; every hold in flight (holdOffline) under it
+//	  which client holds a session        files the connection; every hold in flight (holdOffline), and every drop of what is held (roomLocked), under it
+//	bytes held for sessions away        offlineHeld's mutex (per session, per user, the users' heap); added to and trimmed under arriving's mutex
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
 //	failed logins per host (guesses)    each shard's mutex (16 shards by host; login, for every front end)

@@ -192,7 +192,7 @@ func v3Connack(code packets.Code) packets.Code {
 // What mochi held for old (in flight) is counted as dropped.
 func (b *Broker) dropSession(old *mqtt.Client) {
 	n := heldPublishes(old)
-	if b.server.RemoveSessionWith(old, func() { b.away.goneLocked(old) }) {
+	if b.server.RemoveSessionWith(old, func() { b.away.goneLocked(old); b.offline.forget(old.ID) }) {
 		b.drop(dropSessionEnded, n)
 	}
 }

@@ -121,8 +121,20 @@ type Options struct {
 	LoopQueue   int        // publishes waiting for the message loop before publishers wait; default 100,000
 
 	// MaxOfflineBytes bounds what the broker holds, in all, for persistent
-	// sessions whose clients are away (QoS 1/2 messages, resent when they
-	// come back; at most MaxInflight per session); default 256 MiB.
+	// sessions whose clients are away: QoS 1/2 messages, resent when they
+	// come back, at most MaxInflight per session, each counted as 1 KiB
+	// plus its topic and payload; those a session's connection left sent
+	// and not acknowledged count from the moment it ends, as those held
+	// for it later do. Default 256 MiB. Past it the session holding the
+	// most of the user holding the most (a user as for MaxSessions) has
+	// every message it holds dropped, until the rest fit: a message for a
+	// session of another user is held by making room so, unless that user
+	// would then hold as much; it is dropped otherwise. A dropped message
+	// is gone (the session resumes without it); it is counted
+	// (offline_full), and a Warn log line names each session and its user.
+	// A QoS 2 message the client received (PUBREC) and did not complete
+	// counts too (its PUBREL is held): dropped, the client may take a
+	// later message with its packet id for a duplicate of it.
 	MaxOfflineBytes int
 	// MaxSessions bounds the persistent sessions kept for clients that
 	// are away (MQTT 3.1.1 Clean Session 0, MQTT 5 Session Expiry

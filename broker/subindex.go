@@ -492,5 +492,6 @@ func (b *Broker) mirrorUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // connection's filings are kept: mirrorUnsubscribed).
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.b.away.goneLocked(cl) // under the id's takeover lock (mochi's expireClient)
+	h.b.offline.forget(cl.ID)
 	h.b.server.UnsubscribeClient(cl)
 }

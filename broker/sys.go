@@ -31,7 +31,7 @@ func (b *Broker) sysTicker(last map[string]string) {
 		if b.publishSys(last, waitNone) != nil {
 			return // shutting down
 		}
-		b.offline.prune(func(id string) bool { _, ok := b.server.Clients.Get(id); return ok })
+		b.offline.prune(func(cl *mqtt.Client) bool { cur, ok := b.server.Clients.Get(cl.ID); return ok && cur == cl })
 		b.arriving.sweep(b)
 		b.keptIn.prune(&b.server.Info.Inflight, b.server.Clients.Get)
 		b.parked.Range(func(k, _ any) bool {

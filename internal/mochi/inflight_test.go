@@ -256,3 +256,41 @@ func TestReadLockedOnceWithWriters(t *testing.T) {
 		})
 	}
 }
+
+// TestInflightDropDeliveries (change 63): DeliveryBytes sums a cost over
+// the deliveries in flight (PUBLISH and PUBREL entries) and counts them;
+// DropDeliveries deletes them, keeps the PUBREC entries (the client's own
+// QoS 2 publishes), and reports how many it deleted.
+func TestInflightDropDeliveries(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		types      []byte // one entry each, packet ids 1, 2, …
+		publishes  int
+		bytes      int
+		left       int
+		leftNilMap bool
+	}{
+		{name: "none", leftNilMap: true},
+		{name: "publishes only", types: []byte{packets.Publish, packets.Publish}, publishes: 2, bytes: 2 * 12, leftNilMap: true},
+		{name: "with QoS 2 flows", types: []byte{packets.Publish, packets.Pubrel, packets.Pubrec, packets.Publish}, publishes: 3, bytes: 3 * 12, left: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			i := NewInflights()
+			for k, typ := range tc.types {
+				i.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: uint16(k + 1), TopicName: "a/b", Payload: []byte("payload!!")})
+			}
+			bytes, n := i.DeliveryBytes(func(pk *packets.Packet) int { return len(pk.TopicName) + len(pk.Payload) })
+			require.Equal(t, tc.bytes, bytes)
+			require.Equal(t, tc.publishes, n)
+			require.Equal(t, tc.publishes, i.DropDeliveries())
+			require.Equal(t, tc.left, i.Len())
+			for _, pk := range i.GetAll(false) {
+				require.Equal(t, packets.Pubrec, pk.FixedHeader.Type)
+			}
+			if tc.leftNilMap {
+				require.Nil(t, i.internal)
+			}
+			require.Equal(t, 0, i.DropDeliveries())
+		})
+	}
+}
