@@ -640,6 +640,11 @@ func (r *Retainer) commit(closing bool) error {
 			r.markers++
 		}
 	}
+	for i := range rejected {
+		if rej := &rejected[i]; !rej.History {
+			r.unmarked(&rej.Change)
+		}
+	}
 	r.mu.Lock()
 	r.committing, r.commitSince, r.lastCommit = nil, time.Time{}, time.Now()
 	if size := batch.size(); size <= spareRows || size <= 4*batch.len() {
@@ -719,6 +724,9 @@ func (r *Retainer) failed(batch *rowSet, hist []Change, waiters []waiting, err e
 // is retried, so nothing piles up and no loop spins on the store.
 func (r *Retainer) discard(batch *rowSet, hist []Change, waiters []waiting, err error) {
 	changes := batch.rows()
+	for i := range changes {
+		r.unmarked(&changes[i])
+	}
 	werr := fmt.Errorf("%w: the store is damaged, nothing more is persisted: %w", ErrUnstorable, err)
 	r.Lost.Add(int64(len(changes) + len(hist)))
 	if r.opts.OnReject != nil {
@@ -745,6 +753,18 @@ func (r *Retainer) discard(batch *rowSet, hist []Change, waiters []waiting, err 
 	}
 	r.room.Broadcast()
 	r.mu.Unlock()
+}
+
+// unmarked raises the floor to the revision of c if it is a deletion
+// whose marker is not on disk (the store refused it, or is damaged): a
+// resume from before it then gets a full snapshot (SPEC §8), never a
+// delta that leaves it out. Called while c is in r.committing, which
+// Deleted reads, so no resume misses both. The floor is the goroutine's
+// to write.
+func (r *Retainer) unmarked(c *Change) {
+	if c.Value.Kind == wire.None && c.Rev > r.floor.Load() {
+		r.floor.Store(c.Rev)
+	}
 }
 
 // answer tells each waiter whether the store kept all its rows (a history
