@@ -2,10 +2,14 @@ package retain
 
 import (
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // TestResumeOverUnpersistedDeletions: a deletion the retainer could not
@@ -70,6 +74,115 @@ func TestResumeOverUnpersistedDeletions(t *testing.T) {
 			if err := closeWithin(t, r); !errors.Is(err, ErrLost) {
 				t.Errorf("Close: %v", err)
 			}
+		})
+	}
+}
+
+// breakingStore is a bbolt store that a commit finds damaged once left
+// commits have succeeded: it fails as one that made bbolt panic does.
+type breakingStore struct {
+	*Store
+	left atomic.Int32
+}
+
+func (b *breakingStore) Commit(batch Batch) ([]Rejected, error) {
+	if b.left.Add(-1) < 0 {
+		return nil, fmt.Errorf("retain: commit %d rows: %w: bbolt panicked in a write (simulated)", len(batch.Changes), ErrCorrupt)
+	}
+	return b.Store.Commit(batch)
+}
+
+// TestDamageUnderLoad: publishers hand in rows (each its own topic, with a
+// waiter, and waiting for room as the broker's do) while the store turns
+// damaged and readers ask for health and markers. Every waiter is
+// answered; a row answered nil is on disk, one refused is not; every row
+// is counted committed or lost, once; no publisher is left waiting for
+// room; Close reports the loss and leaves the store unclean.
+func TestDamageUnderLoad(t *testing.T) {
+	const publishers, each = 8, 300
+	for _, after := range []int32{0, 3, 40} {
+		t.Run(fmt.Sprint("damaged after ", after, " commits"), func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bs := &breakingStore{Store: s}
+			bs.left.Store(after)
+			r := must(New(bs, Options{Interval: time.Millisecond, MaxPending: 16}, zerolog.Nop()))
+			stop, readerDone := make(chan struct{}), make(chan struct{})
+			go func() { // the readers, stopped by the test
+				defer close(readerDone)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					r.Health(time.Hour)
+					r.Deleted(0, ^uint64(0), func(string, uint64) bool { return true })
+					r.Floor()
+					r.Pending()
+				}
+			}()
+			type answer struct {
+				topic string
+				err   error
+			}
+			answers := make(chan answer, publishers*each)
+			var rev atomic.Uint64
+			for p := range publishers {
+				go func() { // each ends after its last Add (bounded by Wait, which the test checks)
+					for i := range each {
+						r.Wait()
+						w := make(chan error, 1)
+						topic := fmt.Sprintf("p%d/%04d", p, i)
+						c := Change{Topic: topic, Value: val("v"), Rev: rev.Add(1)}
+						if i%5 == 4 {
+							c.Value = wire.Value{} // a deletion
+						}
+						r.Add([]Change{c}, w)
+						go func() { answers <- answer{topic, <-w} }()
+					}
+				}()
+			}
+			ok := map[string]bool{}
+			for range publishers * each {
+				a := recv(t, answers, "a waiter's answer")
+				switch {
+				case a.err == nil:
+					ok[a.topic] = true
+				case !errors.Is(a.err, ErrUnstorable) || !errors.Is(a.err, ErrCorrupt):
+					t.Errorf("%s: %v", a.topic, a.err)
+				}
+			}
+			close(stop)
+			<-readerDone
+			if err := closeWithin(t, r); !errors.Is(err, ErrLost) || !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Close: %v", err)
+			}
+			if got := r.Committed.Load() + r.Lost.Load(); got != publishers*each || r.Committed.Load() != int64(len(ok)) {
+				t.Errorf("committed %d + lost %d = %d rows, want %d; %d answered nil", r.Committed.Load(), r.Lost.Load(), got, publishers*each, len(ok))
+			}
+			onDisk := map[string]bool{}
+			s.Load(func(row Row) error { onDisk[row.Topic] = true; return nil })
+			for p := range publishers {
+				for i := range each {
+					topic := fmt.Sprintf("p%d/%04d", p, i)
+					if want := ok[topic] && i%5 != 4; onDisk[topic] != want {
+						t.Errorf("%s on disk: %v, want %v", topic, onDisk[topic], want)
+					}
+				}
+			}
+			s.Close()
+			again, err := Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.Meta().Clean {
+				t.Error("marked clean")
+			}
+			again.Close()
 		})
 	}
 }
