@@ -356,8 +356,10 @@ func (r *Retainer) Pending() int {
 }
 
 // Health reports whether the retainer works: nil, or why not — it has
-// stopped, its last commit failed (the rows stay pending and are retried),
-// a commit has been running for longer than stuck, or rows have waited
+// stopped, the store is damaged (a commit, compaction or prune made bbolt
+// panic: nothing more is written to it, an error wrapping ErrCorrupt),
+// its last commit failed (the rows stay pending and are retried), a
+// commit has been running for longer than stuck, or rows have waited
 // longer than stuck (past Options.Interval) without a commit taking them.
 // It does not touch the store.
 func (r *Retainer) Health(stuck time.Duration) error {
@@ -532,6 +534,9 @@ func (r *Retainer) maintain(set bool) {
 		r.floor.Store(target) // first: a resume from below it is refused before its markers go
 		more, err := r.store.Compact(target, maintainStep)
 		switch {
+		case errors.Is(err, ErrCorrupt):
+			r.damaged(err, 0)
+			return
 		case err != nil:
 			r.log.Warn().Err(err).Msg("compacting deletion markers failed; retried later")
 		case !more:
@@ -552,7 +557,11 @@ func (r *Retainer) maintain(set bool) {
 		return
 	}
 	more, err := r.store.Prune(rules, time.Now().UnixMilli(), maintainStep)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrCorrupt):
+		r.damaged(err, 0)
+		return
+	case err != nil:
 		r.log.Warn().Err(err).Msg("pruning history failed; retried later")
 	}
 	r.pruneMore = more
@@ -621,11 +630,7 @@ func (r *Retainer) commit(closing bool) error {
 		defer r.opts.OnCommit(took, len(changes)+len(hist), err)
 	}
 	if errors.Is(err, ErrCorrupt) { // retrying cannot help: stop writing
-		r.log.Error().Err(err).Int("rows", batch.len()).
-			Msg("the store is damaged: no more commits are tried; rows live in memory only, until a restart on a repaired store")
-		r.mu.Lock()
-		r.broken = err
-		r.mu.Unlock()
+		r.damaged(err, batch.len())
 		r.discard(batch, hist, waiters, err)
 		return nil
 	}
@@ -684,6 +689,18 @@ func (r *Retainer) commit(closing bool) error {
 	answer(waiters, rejected)
 	r.log.Debug().Int("rows", len(changes)).Dur("took", took).Msg("retainer committed")
 	return nil
+}
+
+// damaged records that the store is damaged (err wraps ErrCorrupt: a
+// commit, compaction or prune made bbolt panic, rows the rows of the
+// commit that did): logged once, and from then on no commit is tried
+// (commit discards), Health and Close say so.
+func (r *Retainer) damaged(err error, rows int) {
+	r.mu.Lock()
+	r.broken = err
+	r.mu.Unlock()
+	r.log.Error().Err(err).Int("rows", rows).
+		Msg("the store is damaged: no more commits are tried; rows live in memory only, until a restart on a repaired store")
 }
 
 // failed puts a failed commit's changes back (unless newer ones came) and

@@ -1,8 +1,13 @@
 package retain
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -185,4 +190,119 @@ func TestDamageUnderLoad(t *testing.T) {
 			again.Close()
 		})
 	}
+}
+
+// damageOpen gives every leaf page of s's file that holds key no page
+// type while s is open: bbolt panics on the next read of it.
+func damageOpen(t *testing.T, s *Store, key []byte) {
+	t.Helper()
+	data, err := os.ReadFile(s.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, n := s.db.Info().PageSize, 0
+	for off := 0; off+size <= len(data); off += size {
+		if p := data[off : off+size]; binary.LittleEndian.Uint16(p[8:]) == 0x02 && bytes.Contains(p, key) {
+			setPageType(t, s.path, size, off/size, 0x40)
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatalf("no leaf page holds %q", key)
+	}
+}
+
+// lineSignal is a log sink that sends every line holding substr.
+type lineSignal struct {
+	substr string
+	lines  chan string
+}
+
+func (l lineSignal) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), l.substr) {
+		select {
+		case l.lines <- string(p):
+		default:
+		}
+	}
+	return len(p), nil
+}
+
+// TestMaintenanceFindsDamage: a compaction or prune after a commit that
+// makes bbolt panic leaves the store taking no writes; the retainer says
+// so at once (Health, one error in the log), as it does when a commit
+// finds the damage, and Close leaves the store unclean. Health said
+// nothing was wrong, and the log that it would be retried, until a row
+// came to be committed.
+func TestMaintenanceFindsDamage(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		seed Batch
+		key  []byte // on the page damaged
+		opts Options
+	}{
+		{"compaction", Batch{Changes: deletions(2000), Rev: 2000}, deadKey(1, "x/00001"),
+			Options{ResumeWindow: 100}},
+		{"pruning", Batch{History: histValues(2000), Rev: 2000, Epoch: 1}, histKey(1, "x/00001", 1, 1),
+			Options{History: []HistoryRule{{Filter: "x/#", Keep: 1}}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Commit(c.seed); err != nil {
+				t.Fatal(err)
+			}
+			log := lineSignal{substr: c.name[:5], lines: make(chan string, 1)} // "compa" / "pruni"
+			opts := c.opts
+			opts.Interval = time.Millisecond
+			r := must(New(s, opts, zerolog.New(io.MultiWriter(log, lineSignal{substr: "damaged", lines: log.lines}))))
+			r.SetHistory(opts.History) // prune after the next commit
+			damageOpen(t, s, c.key)
+			w := make(chan error, 1)
+			r.Add([]Change{{Topic: "y", Value: val("1"), Rev: 3000}}, w) // not on the damaged page
+			if err := recv(t, w, "the commit"); err != nil {
+				t.Fatalf("the commit: %v", err)
+			}
+			line := recv(t, log.lines, "a log line on the damage")
+			if !strings.Contains(line, "damaged") || strings.Contains(line, "retried") {
+				t.Errorf("log: %s", line)
+			}
+			if err := r.Health(time.Hour); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Health: %v", err)
+			}
+			if err := closeWithin(t, r); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Close: %v", err)
+			}
+			s.Close()
+			again, err := Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.Meta().Clean {
+				t.Error("marked clean")
+			}
+			again.Close()
+		})
+	}
+}
+
+// deletions is n deletion markers, of x/00001 at revision 1 onwards.
+func deletions(n int) []Change {
+	cs := make([]Change, n)
+	for i := range cs {
+		cs[i] = Change{Topic: fmt.Sprintf("x/%05d", i+1), Rev: uint64(i + 1)}
+	}
+	return cs
+}
+
+// histValues is n history values, of x/00001 at revision 1 onwards.
+func histValues(n int) []Change {
+	cs := make([]Change, n)
+	for i := range cs {
+		cs[i] = Change{Topic: fmt.Sprintf("x/%05d", i+1), Value: val("v"), Rev: uint64(i + 1), MS: time.Now().UnixMilli(), Seq: 1}
+	}
+	return cs
 }
