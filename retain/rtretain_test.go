@@ -306,3 +306,74 @@ func histValues(n int) []Change {
 	}
 	return cs
 }
+
+// TestMetaPagesDamaged: both meta pages of the open file damaged (bbolt
+// panics as a transaction begins, in a read holding its meta and mmap
+// locks, which stay held): every read and write after is an error
+// wrapping ErrCorrupt, none waits, and the retainer and the store close.
+// The second read after the damage, the next commit, the retainer's
+// Close and the store's Close waited for ever.
+func TestMetaPagesDamaged(t *testing.T) {
+	for _, first := range []string{"read", "write"} {
+		t.Run("a "+first+" first", func(t *testing.T) {
+			s, err := Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Commit(Batch{Changes: deletions(10), Rev: 10}); err != nil {
+				t.Fatal(err)
+			}
+			r := must(New(s, Options{Interval: time.Millisecond}, zerolog.Nop()))
+			size := s.db.Info().PageSize
+			f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, off := range []int{16, size + 16} { // each meta page's magic
+				if _, err := f.WriteAt([]byte{0, 0, 0, 0}, int64(off)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.Close()
+			done := make(chan string, 16)
+			go func() { // bounded by recv below; a hang fails the test
+				read := func(what string) {
+					err := r.Deleted(0, 10, func(string, uint64) bool { return true })
+					if !errors.Is(err, ErrCorrupt) {
+						t.Errorf("%s: %v", what, err)
+					}
+					done <- what
+				}
+				write := func(what string) {
+					w := make(chan error, 1)
+					r.Add([]Change{{Topic: "a", Value: val("1"), Rev: 11}}, w)
+					if err := <-w; !errors.Is(err, ErrCorrupt) {
+						t.Errorf("%s: %v", what, err)
+					}
+					done <- what
+				}
+				if first == "read" {
+					read("the first read")
+					read("the second read")
+					write("a commit")
+				} else {
+					write("a commit")
+					read("the first read")
+					read("the second read")
+				}
+				if err := r.Close(); !errors.Is(err, ErrLost) {
+					t.Errorf("the retainer's Close: %v", err)
+				}
+				done <- "the retainer's Close"
+				if err := s.Close(); err == nil {
+					t.Error("the store's Close: no error")
+				}
+				done <- "the store's Close"
+			}()
+			last := "the damage"
+			for range 5 {
+				last = recv(t, done, "the next step after "+last)
+			}
+		})
+	}
+}
