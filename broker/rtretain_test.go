@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -52,7 +53,8 @@ func damageLeaf(t *testing.T, dir, key string) {
 // --sync-retain publisher is refused with 0x83 naming the damage, plain
 // MQTT goes on (live and retained delivery from memory), health says the
 // store is damaged, a resume (SPEC §8) from before a deletion made after
-// the damage is a full snapshot or names the deletion, Close reports the
+// the damage is a full snapshot or names the deletion, history is the
+// stored values and the current one, Close reports the
 // loss, and a restart on the file refuses it clearly.
 func TestRetainerDamagedStoreServes(t *testing.T) {
 	dir := t.TempDir()
@@ -60,7 +62,7 @@ func TestRetainerDamagedStoreServes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := start(t, Options{Store: st, SyncRetain: true})
+	b := start(t, Options{Store: st, SyncRetain: true, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "k/a", Keep: 5}}}})
 	w := dialTree5(t, b, "w")
 	var rows strings.Builder
 	rows.WriteString(`{"a":1,"b":1`)
@@ -73,7 +75,7 @@ func TestRetainerDamagedStoreServes(t *testing.T) {
 	r0 := revOf(t, w.next(t))
 
 	damageLeaf(t, dir, "k/r00000")
-	for _, p := range []struct{ topic, payload string }{{"k/r00000", "2"}, {"k/b", ""}} {
+	for _, p := range []struct{ topic, payload string }{{"k/r00000", "2"}, {"k/b", ""}, {"k/a", "2"}} {
 		res, _ := w.Publish(testCtx(t), &paho5.Publish{Topic: p.topic, QoS: 1, Retain: true, Payload: []byte(p.payload)})
 		if res == nil || res.ReasonCode != 0x83 || res.Properties == nil || !strings.Contains(res.Properties.ReasonString, "damaged") {
 			t.Errorf("PUBLISH %s: %+v, want 0x83 saying the store is damaged", p.topic, res)
@@ -98,6 +100,17 @@ func TestRetainerDamagedStoreServes(t *testing.T) {
 
 	if err := b.Health(testCtx(t)); err == nil || !errors.Is(err, retain.ErrCorrupt) || !strings.Contains(err.Error(), "damaged") {
 		t.Errorf("Health: %v", err)
+	}
+
+	// History (SPEC §9): the stored value, then the current one, from memory.
+	h := dialTree5(t, b, "h")
+	h.subscribe(t, "$hist/k/+")
+	var hist map[string][]any
+	if err := json.Unmarshal([]byte(trimTimes(t, h.next(t).Payload)), &hist); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(hist["a"]); got != "[1 2]" {
+		t.Errorf("history of k/a: %s, want [1 2]", got)
 	}
 
 	// A client that saw r0 resumes: b's deletion must not be left out.
