@@ -356,8 +356,10 @@ func (r *Retainer) Pending() int {
 }
 
 // Health reports whether the retainer works: nil, or why not — it has
-// stopped, its last commit failed (the rows stay pending and are retried),
-// a commit has been running for longer than stuck, or rows have waited
+// stopped, the store is damaged (a commit, compaction or prune made bbolt
+// panic: nothing more is written to it, an error wrapping ErrCorrupt),
+// its last commit failed (the rows stay pending and are retried), a
+// commit has been running for longer than stuck, or rows have waited
 // longer than stuck (past Options.Interval) without a commit taking them.
 // It does not touch the store.
 func (r *Retainer) Health(stuck time.Duration) error {
@@ -532,6 +534,9 @@ func (r *Retainer) maintain(set bool) {
 		r.floor.Store(target) // first: a resume from below it is refused before its markers go
 		more, err := r.store.Compact(target, maintainStep)
 		switch {
+		case errors.Is(err, ErrCorrupt):
+			r.damaged(err, 0)
+			return
 		case err != nil:
 			r.log.Warn().Err(err).Msg("compacting deletion markers failed; retried later")
 		case !more:
@@ -552,7 +557,11 @@ func (r *Retainer) maintain(set bool) {
 		return
 	}
 	more, err := r.store.Prune(rules, time.Now().UnixMilli(), maintainStep)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrCorrupt):
+		r.damaged(err, 0)
+		return
+	case err != nil:
 		r.log.Warn().Err(err).Msg("pruning history failed; retried later")
 	}
 	r.pruneMore = more
@@ -621,11 +630,7 @@ func (r *Retainer) commit(closing bool) error {
 		defer r.opts.OnCommit(took, len(changes)+len(hist), err)
 	}
 	if errors.Is(err, ErrCorrupt) { // retrying cannot help: stop writing
-		r.log.Error().Err(err).Int("rows", batch.len()).
-			Msg("the store is damaged: no more commits are tried; rows live in memory only, until a restart on a repaired store")
-		r.mu.Lock()
-		r.broken = err
-		r.mu.Unlock()
+		r.damaged(err, batch.len())
 		r.discard(batch, hist, waiters, err)
 		return nil
 	}
@@ -638,6 +643,11 @@ func (r *Retainer) commit(closing bool) error {
 	for _, c := range changes {
 		if c.Value.Kind == wire.None {
 			r.markers++
+		}
+	}
+	for i := range rejected {
+		if rej := &rejected[i]; !rej.History {
+			r.unmarked(&rej.Change)
 		}
 	}
 	r.mu.Lock()
@@ -681,6 +691,18 @@ func (r *Retainer) commit(closing bool) error {
 	return nil
 }
 
+// damaged records that the store is damaged (err wraps ErrCorrupt: a
+// commit, compaction or prune made bbolt panic, rows the rows of the
+// commit that did): logged once, and from then on no commit is tried
+// (commit discards), Health and Close say so.
+func (r *Retainer) damaged(err error, rows int) {
+	r.mu.Lock()
+	r.broken = err
+	r.mu.Unlock()
+	r.log.Error().Err(err).Int("rows", rows).
+		Msg("the store is damaged: no more commits are tried; rows live in memory only, until a restart on a repaired store")
+}
+
 // failed puts a failed commit's changes back (unless newer ones came) and
 // refuses its waiters. It logs the first failure of a streak only.
 func (r *Retainer) failed(batch *rowSet, hist []Change, waiters []waiting, err error, closing bool) {
@@ -719,6 +741,9 @@ func (r *Retainer) failed(batch *rowSet, hist []Change, waiters []waiting, err e
 // is retried, so nothing piles up and no loop spins on the store.
 func (r *Retainer) discard(batch *rowSet, hist []Change, waiters []waiting, err error) {
 	changes := batch.rows()
+	for i := range changes {
+		r.unmarked(&changes[i])
+	}
 	werr := fmt.Errorf("%w: the store is damaged, nothing more is persisted: %w", ErrUnstorable, err)
 	r.Lost.Add(int64(len(changes) + len(hist)))
 	if r.opts.OnReject != nil {
@@ -745,6 +770,18 @@ func (r *Retainer) discard(batch *rowSet, hist []Change, waiters []waiting, err 
 	}
 	r.room.Broadcast()
 	r.mu.Unlock()
+}
+
+// unmarked raises the floor to the revision of c if it is a deletion
+// whose marker is not on disk (the store refused it, or is damaged): a
+// resume from before it then gets a full snapshot (SPEC §8), never a
+// delta that leaves it out. Called while c is in r.committing, which
+// Deleted reads, so no resume misses both. The floor is the goroutine's
+// to write.
+func (r *Retainer) unmarked(c *Change) {
+	if c.Value.Kind == wire.None && c.Rev > r.floor.Load() {
+		r.floor.Store(c.Rev)
+	}
 }
 
 // answer tells each waiter whether the store kept all its rows (a history

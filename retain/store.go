@@ -71,7 +71,10 @@
 // committing: it logs the damage once, says so in Health, and from then
 // on answers each commit's rows at once as lost (Lost, OnReject, an error
 // for their waiters); Close reports ErrLost and leaves the store marked
-// unclean. A read's panic is its error only.
+// unclean. A read's panic is its error only, unless it came as the read
+// began (both meta pages invalid): bbolt's meta lock then stays held and
+// every later transaction would wait for it, so none is tried (the
+// store is wedged) and Close leaves the file open.
 //
 // # Concurrency
 //
@@ -103,6 +106,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -314,6 +318,9 @@ type Store struct {
 	// never return.
 	broken error
 	locked bool
+	// wedged: a transaction panicked as it began, leaving bbolt's meta
+	// lock held (see view): no transaction is tried, nor closing the file.
+	wedged atomic.Bool
 
 	// Commit's scratch, kept for the next commit: the values' arena and
 	// the sort's slices, within keepScratch rows and keepArena bytes, and
@@ -727,13 +734,8 @@ func histValue(c Change) []byte {
 
 // Load calls fn for every row in topic order; an unreadable row is an
 // error naming the file and the topic.
-func (s *Store) Load(fn func(Row) error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, r)
-		}
-	}()
-	return s.db.View(func(tx *bolt.Tx) error {
+func (s *Store) Load(fn func(Row) error) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRows).ForEach(func(k, v []byte) error {
 			if v == nil { // bbolt's value of a nested bucket
 				return fmt.Errorf("%w: %s: row %q is a nested bucket: a foreign or damaged file", ErrCorrupt, s.path, k)
@@ -745,6 +747,10 @@ func (s *Store) Load(fn func(Row) error) (err error) {
 			return fn(r)
 		})
 	})
+	if errors.Is(err, ErrCorrupt) && !strings.Contains(err.Error(), s.path) { // a panic's
+		err = fmt.Errorf("%s: %w", s.path, err)
+	}
+	return err
 }
 
 func decodeRow(k, v []byte) (Row, error) {
@@ -808,6 +814,9 @@ func (s *Store) Stats() (Stats, error) {
 // held (see update), Close would wait for it for ever: it leaves the file
 // open instead, and says so.
 func (s *Store) Close() error {
+	if s.wedged.Load() {
+		return fmt.Errorf("retain: close %s: left open, as bbolt's meta lock stayed held after it panicked (the process exit frees it): %w", s.path, s.wedgedError())
+	}
 	s.mu.Lock()
 	broken, locked := s.broken, s.locked
 	s.mu.Unlock()

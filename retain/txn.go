@@ -16,16 +16,25 @@ import (
 // after a panic. Its Update rolls the transaction back (reloading the
 // freelist from the file) and releases the writer lock, unless the
 // rollback panics too; either way the damaged page is still there and the
-// same write would panic again, so retrying cannot help.
+// same write would panic again, so retrying cannot help. A panic as the
+// transaction began (its meta pages invalid) wedges the store too (see
+// view).
 func (s *Store) update(fn func(*bolt.Tx) error) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.broken != nil {
 		return s.broken
 	}
+	if s.wedged.Load() {
+		s.broken = s.wedgedError()
+		return s.broken
+	}
 	var tx *bolt.Tx
 	defer func() {
 		if r := recover(); r != nil {
+			if tx == nil { // bbolt's meta pages are invalid: no transaction can begin
+				s.wedged.Store(true)
+			}
 			// A transaction bbolt closed has no DB: its writer lock is free.
 			s.locked = tx == nil || tx.DB() != nil
 			s.broken = fmt.Errorf("%w: bbolt panicked in a write (%v): the file is damaged, no more writes are tried", ErrCorrupt, r)
@@ -43,13 +52,36 @@ func (s *Store) update(fn func(*bolt.Tx) error) (err error) {
 // behind, so the store still takes writes. A panic of fn (a caller's
 // callback) is reported the same way: it too must not take the broker
 // down.
+//
+// A panic as the transaction began is bbolt finding both meta pages
+// invalid, in a read holding its meta and mmap locks, which stay held:
+// every later transaction, and closing the file, would wait for them for
+// ever. The store is wedged then: no later read or write is tried, and
+// Close leaves the file open. (A write that began in the instant between
+// that panic and the store being marked can still wait: bbolt offers no
+// way to free its lock.)
 func (s *Store) view(fn func(*bolt.Tx) error) (err error) {
+	if s.wedged.Load() {
+		return s.wedgedError()
+	}
+	began := false
 	defer func() {
 		if r := recover(); r != nil {
+			if !began {
+				s.wedged.Store(true)
+			}
 			err = fmt.Errorf("%w: bbolt panicked in a read (%v)", ErrCorrupt, r)
 		}
 	}()
-	return s.db.View(fn)
+	return s.db.View(func(tx *bolt.Tx) error {
+		began = true
+		return fn(tx)
+	})
+}
+
+// wedgedError is the error of every transaction of a wedged store.
+func (s *Store) wedgedError() error {
+	return fmt.Errorf("%w: %s: bbolt panicked as a transaction began (its meta pages are invalid): no more reads or writes are tried", ErrCorrupt, s.path)
 }
 
 // nested reports whether err is bbolt's refusal to write or delete a key
