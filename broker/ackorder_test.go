@@ -38,7 +38,7 @@ func TestRetainAckedThenRead(t *testing.T) {
 	}
 	for _, v := range []byte{4, 5} {
 		for _, ld := range loads {
-			for _, rd := range []string{"replay", "sync", "tree"} {
+			for _, rd := range []string{"replay", "sync", "tree", "session"} {
 				t.Run(fmt.Sprintf("v%d/%s/%s", v, ld.name, rd), func(t *testing.T) {
 					ackedThenRead(t, v, ld.qos, ld.tree, rd)
 				})
@@ -50,16 +50,32 @@ func TestRetainAckedThenRead(t *testing.T) {
 // ackedRows is how many rows the loader publishes.
 const ackedRows = 50
 
+// readItem is what a reader got: its request answered (a SUBACK, a
+// Session's Subscribe returned, a tree read), or a message.
+type readItem struct {
+	answered bool
+	msg      peerPublish
+	retained bool
+	err      error // the reader failed: its connection ended, or Tree refused
+}
+
 func ackedThenRead(t *testing.T, v, qos byte, asTree bool, reader string) {
 	b := start(t, Options{})
 	loader := dialRaw(t, b, "loader", v, true, packets.Properties{})
-	var rd *raw
-	var in <-chan readPkt
-	if reader != "tree" {
-		rd = dialRaw(t, b, "reader", v, true, packets.Properties{})
-		in = rd.packets(t)
-	}
 	ctx := testCtx(t)
+	items := make(chan readItem, 4*ackedRows)
+	var rd *raw
+	var s *Session
+	switch reader {
+	case "replay", "sync":
+		rd = dialRaw(t, b, "reader", v, true, packets.Properties{})
+		rd.items(t, v, items)
+	case "session":
+		s = b.Open(Principal{ClientID: "reader"}, func(d Delivery) {
+			items <- readItem{msg: peerPublish{topic: d.Topic, payload: string(d.Payload)}, retained: d.Retain}
+		})
+		t.Cleanup(s.Close)
+	}
 	held, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
@@ -85,37 +101,50 @@ func ackedThenRead(t *testing.T, v, qos byte, asTree bool, reader string) {
 	}
 
 	// The reader asks, after every acknowledgement.
-	var tree []byte
-	var treeErr error
-	treeRead := make(chan struct{})
 	switch reader {
 	case "replay":
 		rd.write(subscribeBytes(1, "dev/+/state", v == 5))
 	case "sync":
 		rd.write(subscribeBytes(1, "$sync/dev/+/state", v == 5))
+	case "session":
+		go func() {
+			items <- readItem{answered: true, err: s.Subscribe("dev/+/state", 0)}
+		}()
 	case "tree":
 		go func() {
-			defer close(treeRead)
-			tree, _, treeErr = b.Tree(ctx, Principal{ClientID: "reader"}, "dev/+/state", wire.CodecJSON)
+			tree, _, err := b.Tree(ctx, Principal{ClientID: "reader"}, "dev/+/state", wire.CodecJSON)
+			items <- readItem{answered: true, msg: peerPublish{payload: string(tree)}, err: err}
 		}()
 	}
-	// Released once the request reached the broker: answered (a SUBACK
-	// written while the loop is held) or waiting on the loop.
-	var early []readPkt
+	// Released once the request reached the broker: answered (while the
+	// loop is held) or waiting on the loop.
+	var got []readItem
+	answered := false
+	take := func(it readItem) readItem {
+		t.Helper()
+		if it.err != nil {
+			t.Fatal(it.err)
+		}
+		got = append(got, it)
+		answered = answered || it.answered
+		return it
+	}
 	deadline := time.After(testTimeout)
-wait:
-	for {
+	next := func() readItem {
+		t.Helper()
 		select {
-		case p, ok := <-in:
-			if !ok {
-				t.Fatal("the reader's connection ended")
-			}
-			early = append(early, p)
-			if p.h>>4 == packets.Suback {
-				break wait
-			}
-		case <-treeRead:
-			break wait
+		case it := <-items:
+			return take(it)
+		case <-deadline:
+			t.Fatalf("no answer or no marker within %v; got %+v", testTimeout, got)
+		}
+		return readItem{}
+	}
+wait:
+	for !answered {
+		select {
+		case it := <-items:
+			take(it)
 		case <-deadline:
 			t.Fatal("the reader's request neither answered nor waiting on the loop")
 		case <-time.After(time.Millisecond):
@@ -125,78 +154,61 @@ wait:
 		}
 	}
 	free()
+	for !answered {
+		next()
+	}
 
 	if reader == "tree" {
-		select {
-		case <-treeRead:
-		case <-deadline:
-			t.Fatal("Broker.Tree did not answer")
-		}
-		if treeErr != nil {
-			t.Fatal(treeErr)
-		}
-		var got map[string]any
-		if err := json.Unmarshal(tree, &got); err != nil || len(got) != ackedRows {
-			t.Fatalf("the tree read after the acknowledgements holds %d rows, want %d (%v): %.200s", len(got), ackedRows, err, tree)
+		var tree map[string]any
+		if err := json.Unmarshal([]byte(got[0].msg.payload), &tree); err != nil || len(tree) != ackedRows {
+			t.Fatalf("the tree read after the acknowledgements holds %d rows, want %d (%v): %.200s", len(tree), ackedRows, err, got[0].msg.payload)
 		}
 		return
 	}
 
-	// A marker after the loaded rows: the loader's own event comes to the
-	// reader after them (MQTT 4.6), so whatever of them comes live comes
-	// before it.
+	// A marker after the loaded rows, once the reader is subscribed: the
+	// loader's own event comes to the reader after them (MQTT 4.6), so
+	// whatever of them comes live comes before it.
 	loader.write(publishBytes(1, false, ackedRows+1, "dev/end/state", "end", v == 5))
-	var pubs []peerPublish
-	var retained []bool
-	for i := 0; ; i++ {
-		var p readPkt
-		if i < len(early) {
-			p = early[i]
-		} else {
-			var ok bool
-			select {
-			case p, ok = <-in:
-				if !ok {
-					t.Fatal("the reader's connection ended")
-				}
-			case <-deadline:
-				t.Fatalf("no marker within %v; got %+v", testTimeout, pubs)
-			}
+	var pubs []readItem
+	for _, it := range got {
+		if !it.answered {
+			pubs = append(pubs, it)
 		}
-		if p.h>>4 != packets.Publish {
+	}
+	for {
+		it := next()
+		if it.answered {
 			continue
 		}
-		m, ok := decodeRawPublish(p.h, p.body, v)
-		if !ok {
-			t.Fatalf("PUBLISH %#x % x does not decode", p.h, p.body)
-		}
+		m := it.msg
 		if m.topic == "dev/end/state" || reader == "sync" && len(pubs) > 0 && m.payload == `{"end":"end"}` {
 			break
 		}
-		pubs, retained = append(pubs, m), append(retained, p.h&1 == 1)
+		pubs = append(pubs, it)
 	}
 
 	if reader == "sync" {
 		if len(pubs) != 1 {
 			t.Fatalf("got %d messages before the marker's delta, want the snapshot alone: %+v", len(pubs), pubs)
 		}
-		var got map[string]any
-		if err := json.Unmarshal([]byte(pubs[0].payload), &got); err != nil || len(got) != ackedRows {
-			t.Fatalf("the snapshot holds %d rows, want %d (%v): %.200s", len(got), ackedRows, err, pubs[0].payload)
+		var tree map[string]any
+		if err := json.Unmarshal([]byte(pubs[0].msg.payload), &tree); err != nil || len(tree) != ackedRows {
+			t.Fatalf("the snapshot holds %d rows, want %d (%v): %.200s", len(tree), ackedRows, err, pubs[0].msg.payload)
 		}
 		return
 	}
 	seen := map[string]bool{}
 	live := 0
-	for i, m := range pubs {
-		if !retained[i] {
+	for _, it := range pubs {
+		if !it.retained {
 			live++
 			continue
 		}
-		if seen[m.topic] {
-			t.Errorf("%s replayed twice", m.topic)
+		if seen[it.msg.topic] {
+			t.Errorf("%s replayed twice", it.msg.topic)
 		}
-		seen[m.topic] = true
+		seen[it.msg.topic] = true
 	}
 	if live > 0 || len(seen) != ackedRows {
 		t.Fatalf("%d rows in the retained replay, %d live after it; want all %d in the replay, none live", len(seen), live, ackedRows)
@@ -244,47 +256,64 @@ func subscribeBytes(id uint16, filter string, v5 bool) []byte {
 	return append(append([]byte{0x82}, varint(len(body))...), body...)
 }
 
-// readPkt is one packet read: its first byte and body.
-type readPkt struct {
-	h    byte
-	body []byte
-}
-
-// packets reads r's packets on a goroutine of the test's until the
-// connection ends (closed by the test's cleanup) or the test does.
-func (r *raw) packets(t *testing.T) <-chan readPkt {
-	out := make(chan readPkt, 64)
+// items reads r's packets (MQTT version v) on a goroutine of the test's
+// into out: a SUBACK as the request answered, a PUBLISH as a message,
+// until the connection ends (closed by the test's cleanup, or failed: an
+// item with err) or the test does.
+func (r *raw) items(t *testing.T, v byte, out chan<- readItem) {
 	done := t.Context().Done()
+	send := func(it readItem) bool {
+		select {
+		case out <- it:
+			return true
+		case <-done:
+			return false
+		}
+	}
 	go func() {
-		defer close(out)
 		br := bufio.NewReader(r.c)
 		for {
-			h, err := br.ReadByte()
+			h, body, err := readPacketFrom(br)
 			if err != nil {
+				send(readItem{err: fmt.Errorf("the reader's connection: %w", err)})
 				return
 			}
-			n, mult := 0, 1
-			for {
-				c, err := br.ReadByte()
-				if err != nil {
-					return
+			it := readItem{answered: h>>4 == packets.Suback}
+			if h>>4 == packets.Publish {
+				m, ok := decodeRawPublish(h, body, v)
+				if !ok {
+					it.err = fmt.Errorf("PUBLISH %#x % x does not decode", h, body)
 				}
-				n += int(c&0x7f) * mult
-				mult *= 128
-				if c&0x80 == 0 {
-					break
-				}
+				it.msg, it.retained = m, h&1 == 1
+			} else if !it.answered {
+				continue
 			}
-			body := make([]byte, n)
-			if _, err := io.ReadFull(br, body); err != nil {
-				return
-			}
-			select {
-			case out <- readPkt{h: h, body: body}:
-			case <-done:
+			if !send(it) {
 				return
 			}
 		}
 	}()
-	return out
+}
+
+// readPacketFrom reads one MQTT packet: its first byte and body.
+func readPacketFrom(br *bufio.Reader) (byte, []byte, error) {
+	h, err := br.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, mult := 0, 1
+	for {
+		c, err := br.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n += int(c&0x7f) * mult
+		mult *= 128
+		if c&0x80 == 0 {
+			break
+		}
+	}
+	body := make([]byte, n)
+	_, err = io.ReadFull(br, body)
+	return h, body, err
 }
