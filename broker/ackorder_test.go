@@ -16,8 +16,9 @@ import (
 
 // TestRetainAckedThenRead: once a client's QoS 1 or 2 retained publish is
 // acknowledged (PUBACK; PUBCOMP at QoS 2), a reader that asks after the
-// acknowledgement — a SUBSCRIBE's retained replay, a $sync snapshot, a
-// read of the tree (an HTTP GET's) — has the row, as Mosquitto gives: in
+// acknowledgement — a SUBSCRIBE's retained replay (an MQTT client's or a
+// Session's), a $sync snapshot, a read of the tree (an HTTP GET's) — has
+// the row, as Mosquitto gives: in
 // the replay with the retain flag set and never again live after it. The
 // loop is held by a call while the loader publishes, so its publishes are
 // queued, not run inline (the window a busy loop leaves), and released
@@ -25,7 +26,8 @@ import (
 // the request waiting on the loop). The bench's live-dashboard scenario
 // saw loaded rows come live after the replay (h-livebench, -smoke: 25 of
 // 1,000): a SUBSCRIBE read before the loop applied acknowledged rows
-// replayed from the revision then applied and left them to live delivery.
+// replayed from the revision then applied and left them to live delivery
+// (afterAcked now holds such a SUBSCRIBE until the loop has applied them).
 func TestRetainAckedThenRead(t *testing.T) {
 	loads := []struct {
 		name string
@@ -59,6 +61,8 @@ type readItem struct {
 	err      error // the reader failed: its connection ended, or Tree refused
 }
 
+// ackedThenRead is one case of TestRetainAckedThenRead: MQTT version v,
+// the loader's rows at qos (as $tree publishes if asTree), and the reader.
 func ackedThenRead(t *testing.T, v, qos byte, asTree bool, reader string) {
 	b := start(t, Options{})
 	loader := dialRaw(t, b, "loader", v, true, packets.Properties{})
