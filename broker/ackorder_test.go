@@ -161,6 +161,12 @@ wait:
 	for !answered {
 		next()
 	}
+	defer func() { // every acknowledged row applied: nothing left for a SUBSCRIBE to wait for
+		settle(t, b)
+		if n := b.ackedAhead.Load(); n != 0 {
+			t.Errorf("ackedAhead is %d once the loop ran everything, want 0", n)
+		}
+	}()
 
 	if reader == "tree" {
 		var tree map[string]any

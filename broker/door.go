@@ -271,8 +271,8 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 		// whether the ACL lets it through
 		meta.done = make(chan error, 1)
 	}
-	// Acknowledged once handed in: counted until applied (afterAcked).
-	meta.acked = wait == waitAck && meta.done == nil
+	// A row acknowledged once handed in: counted until applied (afterAcked).
+	meta.acked = wait == waitAck && meta.done == nil && m.Retain
 	req := request{kind: reqPublish, op: r.op, pub: meta}
 	var pushed bool
 	if r.trans != nil {
