@@ -43,6 +43,11 @@ type Broker struct {
 	readBufs  readBufPool                    // plain TCP connections' read buffers, lent while they hold input (bufpool.go)
 	lists     replayLists                    // retained replays' row lists, shared by filter (replay.go); owned by the loop
 	applied   atomic.Uint64                  // the store's revision once a batch is applied, stored before it is delivered (replayRows)
+	// ackedAhead counts the MQTT clients' QoS 1/2 publishes that change
+	// rows, acknowledged without waiting for the loop (queued to it, not
+	// run inline) and not yet run by it: a SUBSCRIBE waits for them
+	// (afterAcked). Added to by toLoop, taken from by the loop.
+	ackedAhead atomic.Int64
 	// resumeFloor is the lowest revision a resume may start from: one past
 	// the revision of the last Reload, whose copies were made under other
 	// read rules (owned by the loop).

@@ -57,6 +57,18 @@
 // waits for a barrier on the loop (afterQueued), so it comes after them;
 // with none (a publish run inline, an idle loop) it goes at once.
 //
+// A QoS 1/2 publish that changes rows and is queued is acknowledged once
+// handed in, before the loop applies it (publishers do not wait for the
+// loop); the broker counts those not yet run (Broker.ackedAhead). Every
+// read of rows but one goes through the loop's inbox behind them ($sync
+// and $tree registration, Broker.Tree, $set); the one that did not, a
+// plain SUBSCRIBE's retained replay, which starts from the revision
+// applied when the subscription is filed, waits for a barrier on the loop
+// before mochi files it while the count is not 0 (afterAcked, in
+// OnSubscribe and Session.Subscribe). So a row acknowledged before a
+// SUBSCRIBE came is in its replay, retained, as Mosquitto gives, never
+// live after it (it was: TestRetainAckedThenRead).
+//
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted
 // against its connection's queue bound. The loop's pacer (pace.go) keeps

@@ -274,6 +274,8 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 		// whether the ACL lets it through
 		meta.done = make(chan error, 1)
 	}
+	// A row acknowledged once handed in: counted until applied (afterAcked).
+	meta.acked = wait == waitAck && meta.done == nil && m.Retain
 	req := request{kind: reqPublish, op: r.op, pub: meta}
 	var pushed bool
 	if r.trans != nil {
@@ -325,6 +327,9 @@ func (b *Broker) toLoop(inline bool, req request, trans ...request) bool {
 	if c != nil {
 		c.Add(1) // before the loop can take it
 	}
+	if req.pub.acked {
+		b.ackedAhead.Add(1) // before its acknowledgement can be written
+	}
 	var ok bool
 	if n == 2 {
 		ok = b.reqs.pushPair(batch[0], batch[1])
@@ -334,7 +339,26 @@ func (b *Broker) toLoop(inline bool, req request, trans ...request) bool {
 	if !ok && c != nil {
 		c.Add(-1)
 	}
+	if !ok && req.pub.acked {
+		b.ackedAhead.Add(-1)
+	}
 	return ok
+}
+
+// afterAcked waits, when some client's QoS 1/2 publish was acknowledged
+// before the loop ran it (Broker.ackedAhead), until the loop has applied
+// and delivered what it was handed before (a barrier), or stop is closed.
+// A plain SUBSCRIBE calls it before its filters are filed: a row
+// acknowledged before the SUBSCRIBE came is then in its retained replay
+// and never comes live after it, as if the acknowledgement had waited for
+// the row (Mosquitto's order), without making publishers wait for the
+// loop. A $sync or $tree subscription needs none: the loop registers it
+// behind what it was handed. Nothing waits while no such publish is
+// queued, the common case.
+func (b *Broker) afterAcked(stop <-chan struct{}) {
+	if b.ackedAhead.Load() > 0 {
+		b.onLoop(stop, func() {}) // false only once stop is closed or the loop stopped: nothing is left to wait for
+	}
 }
 
 // afterQueued waits until the loop has delivered what it was handed

@@ -551,7 +551,9 @@ func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 // MQTT 5 user property mote=sync|tree turns every filter into a tree
 // subscription, filed under an internal filter (one no client can send);
 // Retain Handling 1 on an existing subscription becomes 2. The writer is
-// held until the SUBACK is out (OnPacketProcessed).
+// held until the SUBACK is out (OnPacketProcessed). A SUBSCRIBE with a
+// plain filter waits, before mochi files it, for the rows other clients
+// had acknowledged and the loop had not yet applied (afterAcked).
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	c := h.conn(cl)
 	if c == nil {
@@ -565,6 +567,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	copy(filters, pk.Filters)
 	count := cl.State.Subscriptions.Len()
 	maxLevels := levelsPerSubscription * b.opts.MaxSubscriptions
+	plain := false // a plain filter is filed: it waits for rows acknowledged before it
 	for i := range filters {
 		f := &filters[i]
 		asSent := f.Filter
@@ -617,8 +620,12 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 		if existed && f.RetainHandling == 1 {
 			f.RetainHandling = 2 // [MQTT-3.3.1-10]: no retained rows for an existing subscription
 		}
+		plain = plain || sf.Mode == wire.Plain
 	}
 	pk.Filters = filters
+	if plain {
+		b.afterAcked(c.q.done.wait())
+	}
 	return pk
 }
 

@@ -56,6 +56,9 @@ type pubMeta struct {
 	// queued and not yet delivered (mqttPublisher.queued): toLoop adds 1
 	// when it queues the publish, the loop takes 1 once it ran it.
 	queued *atomic.Int32
+	// acked marks an MQTT client's QoS 1/2 publish acknowledged without
+	// waiting for the loop: counted in Broker.ackedAhead while queued.
+	acked bool
 }
 
 // batchRows is the rows one batch changed, listed (with their publishes'
@@ -219,10 +222,19 @@ func (b *Broker) loop() {
 		}
 		b.runBatch(items)
 		b.loopMu.Unlock()
+		var acked int64
 		for i := range items { // delivered: their publishers' events need not wait for them
-			if r := &items[i]; r.kind == reqPublish && r.pub.queued != nil {
-				r.pub.queued.Add(-1)
+			if r := &items[i]; r.kind == reqPublish {
+				if r.pub.queued != nil {
+					r.pub.queued.Add(-1)
+				}
+				if r.pub.acked {
+					acked++
+				}
 			}
+		}
+		if acked > 0 { // applied and delivered: a SUBSCRIBE need not wait for them
+			b.ackedAhead.Add(-acked)
 		}
 		clear(items) // drop references for the GC
 		spare = items

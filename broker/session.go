@@ -157,6 +157,7 @@ func (s *Session) SubscribeWith(filter string, qos byte, o SubscribeOptions) err
 	if !b.access.canSubscribe(c.p, filter) {
 		return b.refusal(c.p, "subscribe", filter, fmt.Errorf("%w: subscribe to %.200q", tree.ErrDenied, filter))
 	}
+	b.afterAcked(b.stop) // rows acknowledged before it are in its replay, not live
 	if b.fileSub(c.id, packets.Subscription{Filter: filter, Qos: qos}) {
 		atomic.AddInt64(&b.server.Info.Subscriptions, 1)
 	}
