@@ -622,7 +622,7 @@ func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
 	if out.FixedHeader.Qos == 0 {
 		return
 	}
-	n := int64(heldCost + len(out.Payload) + len(out.TopicName))
+	n := heldCostOf(&out)
 	user := b.awayUserOf(cl)
 	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) || !b.roomLocked(user, n) {
 		b.drop(dropOfflineFull, 1)

@@ -131,6 +131,33 @@ func (o *offlineHeld) add(cl *mqtt.Client, user string, n int64) {
 	o.bytes.Add(n)
 }
 
+// deleted takes out of the count a delivery mochi deleted from cl's
+// in-flight state (OnQosDropped): a held message whose Message Expiry
+// Interval passed (clearExpiredInflights [MQTT-3.3.2-5]), or one taken
+// away with its session. Counted only if cl is the client the count is
+// for; never below zero.
+func (o *offlineHeld) deleted(cl *mqtt.Client, pk *packets.Packet) {
+	if !delivery(*pk) {
+		return // the client's own QoS 2 publish (PUBREC), or only an id
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := o.by[cl.ID]
+	if s == nil || s.cl != cl {
+		return
+	}
+	n := min(heldCostOf(pk), s.bytes)
+	s.bytes -= n
+	s.u.bytes -= n
+	o.bytes.Add(-n)
+	if s.bytes == 0 {
+		o.removeLocked(s)
+		return
+	}
+	heap.Fix(&s.u.sessions, s.index)
+	heap.Fix(&o.heap, s.u.index)
+}
+
 // set counts n bytes held in cl, for user, in place of what was counted
 // for its client id.
 func (o *offlineHeld) set(cl *mqtt.Client, user string, n int64) {
@@ -216,10 +243,14 @@ func (o *offlineHeld) prune(holds func(cl *mqtt.Client) bool) {
 // received (PUBREC) and did not complete (PUBCOMP): mochi keeps an
 // 800-byte packet for each.
 func heldBytes(cl *mqtt.Client) (bytes, n int64) {
-	b, m := cl.State.Inflight.DeliveryBytes(func(pk *packets.Packet) int {
-		return heldCost + len(pk.TopicName) + len(pk.Payload)
-	})
+	b, m := cl.State.Inflight.DeliveryBytes(func(pk *packets.Packet) int { return int(heldCostOf(pk)) })
 	return int64(b), int64(m)
+}
+
+// heldCostOf is what a delivery held in flight counts: heldCost, its topic
+// and its payload (a PUBREL has neither).
+func heldCostOf(pk *packets.Packet) int64 {
+	return int64(heldCost + len(pk.TopicName) + len(pk.Payload))
 }
 
 // countLeft counts, once cl's connection ended and its session is filed

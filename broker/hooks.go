@@ -824,8 +824,13 @@ func (h *hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// OnQosDropped: see OnQosComplete.
-func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.OnQosComplete(cl, pk) }
+// OnQosDropped: see OnQosComplete. A delivery held for a session away
+// that mochi deleted (its Message Expiry Interval passed) leaves the
+// count of what is held (offlineHeld.deleted).
+func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.b.offline.deleted(cl, &pk)
+	h.OnQosComplete(cl, pk)
+}
 
 // unfile removes a subscription mochi filed (one the broker refused after
 // all).
