@@ -122,8 +122,8 @@ type Options struct {
 
 	// MaxOfflineBytes bounds what the broker holds, in all, for persistent
 	// sessions whose clients are away: QoS 1/2 messages, resent when they
-	// come back, at most MaxInflight per session, each counted as 1 KiB
-	// plus its topic and payload; those a session's connection left sent
+	// come back, at most MaxInflight per session, each counted as 1.25 KiB
+	// plus its topic, payload and MQTT 5 properties; those a session's connection left sent
 	// and not acknowledged count from the moment it ends, as those held
 	// for it later do. Default 256 MiB. Past it the session holding the
 	// most of the user holding the most (a user as for MaxSessions) has

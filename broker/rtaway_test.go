@@ -90,3 +90,109 @@ func TestAwayHeldExpired(t *testing.T) {
 		})
 	}
 }
+
+// heldHeap drops every delivery held for the sessions away (as
+// dropHeldLocked does, their map made anew) and returns the live heap
+// that freed and the count of what was held (mote_offline_held_bytes),
+// both per message dropped.
+func heldHeap(t *testing.T, b *Broker) (heapPer, countedPer float64) {
+	t.Helper()
+	counted := b.offline.bytes.Load()
+	before := liveHeap()
+	b.arriving.mu.Lock()
+	n := 0
+	for _, cl := range b.server.Clients.GetAll() {
+		if cl.Closed() {
+			n += cl.State.Inflight.DropDeliveries()
+		}
+	}
+	b.arriving.mu.Unlock()
+	after := liveHeap()
+	if n == 0 {
+		t.Fatal("nothing held")
+	}
+	return float64(int64(before)-int64(after)) / float64(n), float64(counted) / float64(n)
+}
+
+// TestHeldCostHonest: what a message held for a session away costs the
+// heap, measured (the live heap freed when it is dropped, with its share
+// of mochi's in-flight map), is no more than what it counts against
+// MaxOfflineBytes (heldCostOf): a publish a connection left in flight
+// (a retained replay's row), a PUBREL held for a QoS 2 one the client
+// received (PUBREC) and did not complete, and a publish held while the
+// session is away, plain or with 16 KiB of MQTT 5 properties; each at a
+// few fills of the session's map (its room grows in steps: a first entry
+// makes it, 9 take the room of 16 slots, 449 of 1,024).
+//
+// Before the change (heldCost 1,024, properties not counted) a session
+// holding one message took 1,126 bytes of heap for a publish left in
+// flight counted 1,040, 1,146 for a PUBREL counted 1,024, 1,132 for a
+// publish held away counted 1,039, and one with 16 KiB of properties
+// 9,168 counted 1,038 (so MaxOfflineBytes could hold 9× its bound, and a
+// publisher with 64 KiB user properties far more); those 4 cases failed,
+// 3 runs of 3.
+func TestHeldCostHonest(t *testing.T) {
+	const rows = 1024
+	big := packets.Properties{CorrelationData: make([]byte, 8<<10), User: []packets.UserProperty{{Key: "k", Val: string(make([]byte, 8<<10))}}}
+	for _, tc := range []struct {
+		name     string
+		held     string // "left" (a replay left in flight), "away" (held while away)
+		qos      byte
+		sessions int
+		each     int
+		props    *packets.Properties // of each publish held away
+	}{
+		{"publish left in flight, 1,024 each", "left", 1, 12, 1024, nil},
+		{"publish left in flight, 449 each", "left", 1, 24, 449, nil},
+		{"publish left in flight, 1 each", "left", 1, 1000, 1, nil},
+		{"PUBREL, 1,024 each", "left", 2, 12, 1024, nil},
+		{"PUBREL, 449 each", "left", 2, 24, 449, nil},
+		{"PUBREL, 1 each", "left", 2, 1000, 1, nil},
+		{"publish held away, 1,024 each", "away", 1, 12, 1024, nil},
+		{"publish held away, 449 each", "away", 1, 24, 449, nil},
+		{"publish held away, 9 each", "away", 1, 1000, 9, nil},
+		{"publish held away, 1 each", "away", 1, 2000, 1, nil},
+		{"publish held away, 16 KiB of properties", "away", 1, 10, 100, &big},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := Options{MaxOfflineBytes: 1 << 30}
+			if tc.held == "left" {
+				opts.MaxInflight = uint16(tc.each) // the replay sends no more than the client reads
+			}
+			b := start(t, opts)
+			h := addLeftHook(t, b)
+			if tc.held == "left" {
+				loadRows(t, b, rows)
+			}
+			for i := range tc.sessions {
+				id := fmt.Sprint("cost", i)
+				if tc.held == "left" {
+					leaveUnackedQoS(t, b, h, 5, tc.qos, "", id, tc.each)
+					continue
+				}
+				leaveSubscribed(t, b, h, 5, id)
+				for j := range tc.each {
+					m := Message{Topic: "f/" + id, Payload: []byte(fmt.Sprint("held ", j)), QoS: 1}
+					if tc.props != nil {
+						m.Properties = tc.props.Copy(false)
+					}
+					if err := b.Publish(testCtx(t), systemPrincipal, m); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			want := int64(tc.sessions * tc.each)
+			waitFor(t, "every message held", func() bool {
+				b.arriving.mu.Lock()
+				defer b.arriving.mu.Unlock()
+				_, n := awayHeld(b)
+				return n == want
+			})
+			heapPer, countedPer := heldHeap(t, b)
+			t.Logf("%d messages held: heap %.0f bytes each, counted %.0f", want, heapPer, countedPer)
+			if heapPer > countedPer {
+				t.Errorf("a held message costs the heap %.0f bytes, counts %.0f against max_offline_bytes", heapPer, countedPer)
+			}
+		})
+	}
+}
