@@ -293,7 +293,9 @@
 //     offline_full), under arriving's mutex, where they were held
 //     (roomLocked), so a user leaving ever new ids, or a few sessions
 //     holding much, loses its own (mochi change 63 counts them in place
-//     and drops them with their map's room).
+//     and drops them with their map's room; change 64 keeps a dropped
+//     PUBREL's packet id in use, and the broker sends the PUBREL when the
+//     session resumes: releaseDropped).
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and

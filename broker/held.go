@@ -308,9 +308,9 @@ func (b *Broker) roomLocked(user string, n int64) bool {
 // (arriving's mutex held; its user held userBytes with them), if its
 // client still holds the session away: a client registered to take the
 // session over (arriving.register) gets them, as mochi copies them, and
-// they are no longer held for a session away. PUBRELs go too: a client
-// that received a QoS 2 message and waits for its PUBREL may take a later
-// message with its packet id for a duplicate.
+// they are no longer held for a session away. PUBRELs go too, their
+// packet ids kept (mochi change 64): no delivery takes one, and the client
+// gets a PUBREL for each when it resumes (releaseDropped).
 func (b *Broker) dropHeldLocked(s *heldSession, userBytes int64) {
 	if cur, ok := b.server.Clients.Get(s.id); !ok || cur != s.cl || !s.cl.Closed() {
 		return
@@ -327,4 +327,31 @@ func (b *Broker) dropHeldLocked(s *heldSession, userBytes int64) {
 	b.log.Warn().Str("client", s.id).Str("user", s.u.name).Int64("dropped", n).Int64("bytes", s.bytes).
 		Int64("user_bytes", userBytes).Int("max_offline_bytes", b.opts.MaxOfflineBytes).
 		Msg("held messages dropped: more than max_offline_bytes held for sessions away; this session held the most of the user holding the most")
+}
+
+// releaseDropped gives cl, a client that resumed its session (its CONNACK
+// and mochi's resend written), a PUBREL for each QoS 2 delivery whose
+// PUBREL was dropped while the session was away (dropHeldLocked; mochi
+// change 64 kept their packet ids): the client holds each id until then,
+// and would take a new PUBLISH with it for a duplicate. Each is in flight
+// again, as mochi's own PUBREL is (until PUBCOMP); one not written (the
+// connection ended) is resent with the session.
+func (b *Broker) releaseDropped(cl *mqtt.Client) {
+	ids := cl.State.Inflight.TakeReleased()
+	rels := make([]packets.Packet, 0, len(ids))
+	for _, id := range ids {
+		rel := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: id, Created: int64(id)}
+		if !cl.State.Inflight.Set(rel) {
+			continue // in flight already: NextPacketID skipped the id
+		}
+		atomic.AddInt64(&b.server.Info.Inflight, 1)
+		cl.State.Inflight.DecreaseSendQuota() // as the delivery had, and its PUBREC (mochi's processPubrec)
+		cl.State.Inflight.DecreaseReceiveQuota()
+		rels = append(rels, rel)
+	}
+	for _, rel := range rels {
+		if err := cl.WritePacket(rel); err != nil {
+			return // resent with the session
+		}
+	}
 }

@@ -304,6 +304,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b.wills.publishEnded(cl)
 	b.wills.settle(cl, true) // its CONNACK was written
 	b.countResendDiscards(cl)
+	b.releaseDropped(cl)
 	out := &mqttOut{b: b, cl: cl}
 	kept, late := b.keptIn.take(cl)
 	out.ids.adopt(cl, kept, late)

@@ -133,8 +133,9 @@ type Options struct {
 	// is gone (the session resumes without it); it is counted
 	// (offline_full), and a Warn log line names each session and its user.
 	// A QoS 2 message the client received (PUBREC) and did not complete
-	// counts too (its PUBREL is held): dropped, the client may take a
-	// later message with its packet id for a duplicate of it.
+	// counts too (its PUBREL is held): dropped, its packet id is kept (2
+	// bytes) and the client gets its PUBREL when it resumes, so it takes
+	// no later message for a duplicate of it.
 	MaxOfflineBytes int
 	// MaxSessions bounds the persistent sessions kept for clients that
 	// are away (MQTT 3.1.1 Clean Session 0, MQTT 5 Session Expiry

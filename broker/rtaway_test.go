@@ -196,3 +196,68 @@ func TestHeldCostHonest(t *testing.T) {
 		})
 	}
 }
+
+// TestAwayDroppedQoS2IdsReleased: a session away whose QoS 2 deliveries
+// are dropped past MaxOfflineBytes (the client answered each PUBLISH with
+// PUBREC, so the broker held a PUBREL for it) resumes with a PUBREL for
+// each of their packet ids, and no new PUBLISH takes one of them before
+// the client completes it (PUBCOMP): the client still holds each id,
+// waiting for its PUBREL, and takes a PUBLISH with it for a duplicate
+// [MQTT-4.3.3-10], dropping a message nobody counted.
+//
+// Before the change the resumed session got no PUBREL and the next
+// message took packet id 1, one of the 4 the client waited on (MQTT 5
+// and 3.1.1 alike, 3 runs of 3).
+func TestAwayDroppedQoS2IdsReleased(t *testing.T) {
+	const n = 4
+	for _, tc := range []struct {
+		name string
+		v    byte
+	}{
+		{"MQTT 5", 5},
+		{"MQTT 3.1.1", 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := start(t, Options{MaxInflight: n, MaxOfflineBytes: 1}) // every held message dropped
+			h := addLeftHook(t, b)
+			loadRows(t, b, n)
+			const id = "q2"
+			leaveUnackedQoS(t, b, h, tc.v, 2, "", id, n)
+			waitFor(t, "the held PUBRELs dropped", func() bool { return b.meter.dropped[dropOfflineFull].Load() == n })
+			p, present, code := rawPeer(t, b.TCPAddr(), rawConnect(t, tc.v, id, false, 3600, nil))
+			if code != 0 || !present {
+				t.Fatalf("resumed: code %#x, Session Present %v", code, present)
+			}
+			waiting := map[uint16]bool{} // ids the client answered with PUBREC: 1 to n, one each
+			for i := range n {
+				waiting[uint16(i+1)] = true
+			}
+			if err := b.Publish(testCtx(t), systemPrincipal, Message{Topic: "dev/new/state", Payload: []byte("new"), QoS: 2}); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				h, body := p.next(t, 0)
+				switch h >> 4 {
+				case packets.Pubrel:
+					rid := uint16(body[0])<<8 | uint16(body[1])
+					if !waiting[rid] {
+						t.Fatalf("PUBREL for packet id %d, not one the client waits on", rid)
+					}
+					delete(waiting, rid)
+					p.c.Write([]byte{packets.Pubcomp << 4, 2, body[0], body[1]})
+				case packets.Publish:
+					m, _ := decodeRawPublish(h, body, tc.v)
+					if waiting[m.id] {
+						t.Fatalf("PUBLISH %q took packet id %d, which waits for its PUBREL (waiting: %v)", m.payload, m.id, waiting)
+					}
+					if m.payload == "new" {
+						if len(waiting) != 0 {
+							t.Errorf("no PUBREL for packet ids %v", waiting)
+						}
+						return
+					}
+				}
+			}
+		})
+	}
+}
