@@ -623,7 +623,7 @@ func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
 		return
 	}
 	n := heldCostOf(&out)
-	user := b.awayUserOf(cl)
+	user := b.heldUserOf(cl)
 	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) || !b.roomLocked(user, n) {
 		b.drop(dropOfflineFull, 1)
 		return

@@ -421,7 +421,8 @@
 //	will.sent, will.revoked             wills.mu: publish marks sent; a normal DISCONNECT (OnPacketProcessed) revokes
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	sessions away, per user, in order   awaySessions' mutex; entries added and removed under the id's takeover lock
-//	                                    (the users' heap, byCount, and each user's list and count with them)
+//	                                    (the users' heap, byCount, and each user's list and count with them);
+//	                                    taken under arriving's mutex too (holdOffline asks a session's user: heldUserOf)
 //	turns at reading leftover replays   Broker.handing, a channel of handingAtOnce places: a writer holds one through
 //	                                    handReplaysOn's trips and gives it back as it returns
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
