@@ -295,7 +295,11 @@
 //     holding much, loses its own (mochi change 63 counts them in place
 //     and drops them with their map's room; change 64 keeps a dropped
 //     PUBREL's packet id in use, and the broker sends the PUBREL when the
-//     session resumes: releaseDropped).
+//     session resumes: releaseDropped). A held message mochi deletes
+//     when its Message Expiry Interval passes leaves the count
+//     (OnQosDropped), and what is held for a session counts for the user
+//     it was filed away with, whatever a Reload makes of users since
+//     (heldUserOf).
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
