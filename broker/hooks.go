@@ -252,7 +252,15 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	fresh := ended || existing != nil && existing.SessionEndsWithConnection()
 	var left map[uint16]packets.Packet
 	var late []*lateRec
-	if old := h.b.arriving.register(h.b, cl, fresh); old != nil {
+	old := h.b.arriving.register(h.b, cl, fresh)
+	// What was counted held for the session away goes: cl gets it (mochi
+	// copies it, and resends it) or it ends with the old session. Here,
+	// under the id's takeover lock and after register (nothing is held for
+	// the old client after it), not in OnSessionEstablished: that may come
+	// after a later CONNECT took the session over and left it away again,
+	// counted (countLeft), and forgot that count.
+	h.b.offline.forget(cl.ID)
+	if old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
 			left, late = o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, fresh || old.p.User != string(cl.Properties.Username))
@@ -348,7 +356,6 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		old.succeed(c)
 	}
 	b.wills.cancel(cl.ID, p.User)
-	b.offline.forget(cl.ID)
 	for filter, s := range cl.State.Subscriptions.GetAll() {
 		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {

@@ -3,10 +3,12 @@ package broker
 import (
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"testing"
 	"time"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -475,4 +477,88 @@ func awayHeldModel(t *testing.T, seed uint64) {
 		}
 	}
 	t.Logf("dropped offline_full %d, sessions ended %d", b.meter.dropped[dropOfflineFull].Load(), b.stats.SessionsEnded.Load())
+}
+
+// establishFunc runs f in mochi's OnSessionEstablish, after the broker's.
+type establishFunc struct {
+	mqtt.HookBase
+	f func(cl *mqtt.Client)
+}
+
+func (*establishFunc) ID() string                                             { return "establish-func" }
+func (*establishFunc) Provides(b byte) bool                                   { return b == mqtt.OnSessionEstablish }
+func (g *establishFunc) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) { g.f(cl) }
+
+// TestAwayHeldCountedAfterResumeRace: B resumes the session of A, a live
+// client holding 3 messages unacknowledged; after B's connection is filed
+// (adopt) and before its OnSessionEstablished ends, C takes the session
+// over from B, and C's CONNACK fails: C's session is away, holding the 3
+// messages, counted (countLeft). B's OnSessionEstablished, ending late,
+// does not forget what is counted for C: the count is what is held.
+//
+// Before the change B's OnSessionEstablished forgot the count of the id
+// (C's): 3 messages held for a session away, counted 0, 3 runs of 3.
+func TestAwayHeldCountedAfterResumeRace(t *testing.T) {
+	b := start(t, Options{})
+	h := addLeftHook(t, b)
+	const id = "race"
+	a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
+	a.subscribe(t, 5, "f/"+id, 1)
+	for j := range 3 {
+		if err := b.Publish(testCtx(t), systemPrincipal, Message{Topic: "f/" + id, Payload: []byte(fmt.Sprint("m", j)), QoS: 1}); err != nil {
+			t.Fatal(err)
+		}
+		a.readPublish(t, 5) // not acknowledged
+	}
+	aConn := b.connByID(id)
+	held, gone := make(chan *mqtt.Client), make(chan struct{})
+	n := 0 // CONNECTs of id so far (their OnSessionEstablish, under the id's takeover lock)
+	gate := &establishFunc{f: func(cl *mqtt.Client) {
+		n++
+		switch n {
+		case 1: // B, after its OnSessionEstablish's expect: its OnSessionEstablished waits in succeed, after adopt
+			aConn.endMu.Lock()
+		case 2: // C: its CONNACK fails
+			held <- cl
+			<-gone
+			nc := cl.Net.Conn.(*netConn).Conn
+			nc.SetReadDeadline(time.Now().Add(testTimeout))
+			var one [1]byte
+			nc.Read(one[:]) //nolint:errcheck // the reset is what it waits for
+		}
+	}}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	unlocked := false
+	defer func() {
+		if !unlocked {
+			aConn.endMu.Unlock()
+		}
+	}()
+	rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil)) // B
+	waitFor(t, "B's connection filed", func() bool { c := b.connByID(id); return c != nil && c != aConn })
+	cc, err := net.Dial("tcp", b.TCPAddr()) // C
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.Write(rawConnect(t, 5, id, false, 3600, nil))
+	select {
+	case <-held:
+	case <-time.After(testTimeout):
+		t.Fatal("C's CONNECT not held")
+	}
+	resetConn(cc)
+	gone <- struct{}{}
+	h.wait(t, id, 1) // C's end: A's waits for aConn's endMu, B's for its OnSessionEstablished
+	aConn.endMu.Unlock()
+	unlocked = true
+	h.wait(t, id, 3) // A's and B's
+	b.arriving.mu.Lock()
+	heldBytes, msgs := awayHeld(b)
+	counted := b.offline.bytes.Load()
+	b.arriving.mu.Unlock()
+	if msgs != 3 || counted != heldBytes {
+		t.Errorf("%d messages (%d bytes) held for C's session away, counted %d", msgs, heldBytes, counted)
+	}
 }
