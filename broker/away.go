@@ -169,6 +169,17 @@ func (a *awaySessions) oldestOver(max int) (cl *mqtt.Client, had int) {
 	return cl, had
 }
 
+// filedUser is the user cl's session was filed away with (leftLocked),
+// if it is filed.
+func (a *awaySessions) filedUser(cl *mqtt.Client) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e, ok := a.at[cl.ID]; ok && e.Value.(*awayEntry).cl == cl {
+		return e.Value.(*awayEntry).u.name, true
+	}
+	return "", false
+}
+
 // len is how many sessions are away.
 func (a *awaySessions) len() int {
 	a.mu.Lock()
@@ -187,6 +198,19 @@ func (b *Broker) awayUserOf(cl *mqtt.Client) string {
 		return ""
 	}
 	return userOf(cl)
+}
+
+// heldUserOf is the user what is held for cl, a session's client away,
+// counts for (offlineHeld): the user its session was filed away with,
+// else (not filed yet) awayUserOf. Asked per message, awayUserOf named,
+// after a Reload that adds or removes the password file, a user other
+// than the one the session's held messages count for, and a message for
+// it made room by dropping what its own session held.
+func (b *Broker) heldUserOf(cl *mqtt.Client) string {
+	if user, ok := b.away.filedUser(cl); ok {
+		return user
+	}
+	return b.awayUserOf(cl)
 }
 
 // sessionLeft is called once cl's connection ended and its session

@@ -251,8 +251,8 @@ func TestAwayHeldFair(t *testing.T) {
 				}
 			}
 			// Back, alice's sessions hold nothing away: the count is bob's
-			// once each resume is established (OnSessionEstablished
-			// forgets what was counted; mochi resends before it).
+			// once each resume is established (OnSessionEstablish
+			// forgets what was counted, before mochi copies and resends it).
 			waitFor(t, "the count of what is held back to bob's", func() bool {
 				b.arriving.mu.Lock()
 				defer b.arriving.mu.Unlock()

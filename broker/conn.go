@@ -622,8 +622,8 @@ func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
 	if out.FixedHeader.Qos == 0 {
 		return
 	}
-	n := int64(heldCost + len(out.Payload) + len(out.TopicName))
-	user := b.awayUserOf(cl)
+	n := heldCostOf(&out)
+	user := b.heldUserOf(cl)
 	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) || !b.roomLocked(user, n) {
 		b.drop(dropOfflineFull, 1)
 		return

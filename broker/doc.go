@@ -305,7 +305,13 @@
 //     offline_full), under arriving's mutex, where they were held
 //     (roomLocked), so a user leaving ever new ids, or a few sessions
 //     holding much, loses its own (mochi change 63 counts them in place
-//     and drops them with their map's room).
+//     and drops them with their map's room; change 64 keeps a dropped
+//     PUBREL's packet id in use, and the broker sends the PUBREL when the
+//     session resumes: releaseDropped). A held message mochi deletes
+//     when its Message Expiry Interval passes leaves the count
+//     (OnQosDropped), and what is held for a session counts for the user
+//     it was filed away with, whatever a Reload makes of users since
+//     (heldUserOf).
 //   - $SYS: mochi publishes it straight into its index and queues; the
 //     broker publishes the same counters and its own through the door.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
@@ -431,7 +437,8 @@
 //	will.sent, will.revoked             wills.mu: publish marks sent; a normal DISCONNECT (OnPacketProcessed) revokes
 //	sessions, subscriptions, in-flight  mochi (client state), written by the writer for deliveries
 //	sessions away, per user, in order   awaySessions' mutex; entries added and removed under the id's takeover lock
-//	                                    (the users' heap, byCount, and each user's list and count with them)
+//	                                    (the users' heap, byCount, and each user's list and count with them);
+//	                                    taken under arriving's mutex too (holdOffline asks a session's user: heldUserOf)
 //	turns at reading leftover replays   Broker.handing, a channel of handingAtOnce places: a writer holds one through
 //	                                    handReplaysOn's trips and gives it back as it returns
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks

@@ -252,7 +252,15 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	fresh := ended || existing != nil && existing.SessionEndsWithConnection()
 	var left map[uint16]packets.Packet
 	var late []*lateRec
-	if old := h.b.arriving.register(h.b, cl, fresh); old != nil {
+	old := h.b.arriving.register(h.b, cl, fresh)
+	// What was counted held for the session away goes: cl gets it (mochi
+	// copies it, and resends it) or it ends with the old session. Here,
+	// under the id's takeover lock and after register (nothing is held for
+	// the old client after it), not in OnSessionEstablished: that may come
+	// after a later CONNECT took the session over and left it away again,
+	// counted (countLeft), and forgot that count.
+	h.b.offline.forget(cl.ID)
+	if old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
 			left, late = o.ids.surrender(o.cl) // before mochi copies its in-flight map
 			old.expect(cl, fresh || old.p.User != string(cl.Properties.Username))
@@ -304,6 +312,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b.wills.publishEnded(cl)
 	b.wills.settle(cl, true) // its CONNACK was written
 	b.countResendDiscards(cl)
+	b.releaseDropped(cl)
 	out := &mqttOut{b: b, cl: cl}
 	kept, late := b.keptIn.take(cl)
 	out.ids.adopt(cl, kept, late)
@@ -347,7 +356,6 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		old.succeed(c)
 	}
 	b.wills.cancel(cl.ID, p.User)
-	b.offline.forget(cl.ID)
 	for filter, s := range cl.State.Subscriptions.GetAll() {
 		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
@@ -831,8 +839,13 @@ func (h *hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// OnQosDropped: see OnQosComplete.
-func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.OnQosComplete(cl, pk) }
+// OnQosDropped: see OnQosComplete. A delivery held for a session away
+// that mochi deleted (its Message Expiry Interval passed) leaves the
+// count of what is held (offlineHeld.deleted).
+func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.b.offline.deleted(cl, &pk)
+	h.OnQosComplete(cl, pk)
+}
 
 // unfile removes a subscription mochi filed (one the broker refused after
 // all).

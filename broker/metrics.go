@@ -233,7 +233,7 @@ func newMeters(b *Broker) *meters {
 		func() int64 { return atomic.LoadInt64(&info.Inflight) })
 	gauge("mote_sessions_away", "Persistent sessions kept for clients that are away (bounded by MaxSessions).", func() int64 { return int64(b.away.len()) })
 	counter("mote_sessions_ended_total", "Persistent sessions of clients away ended early: more than MaxSessions were kept.", func() int64 { return b.stats.SessionsEnded.Load() })
-	gauge("mote_offline_held_bytes", "Bytes held for offline persistent sessions: their messages in flight, each 1 KiB plus topic and payload.", func() int64 { return b.offline.bytes.Load() })
+	gauge("mote_offline_held_bytes", "Bytes held for offline persistent sessions: their messages in flight, each 1.25 KiB plus topic, payload and properties.", func() int64 { return b.offline.bytes.Load() })
 	gauge("mote_loop_queue_requests", "Requests waiting for the message loop.", func() int64 { return int64(b.reqs.len()) })
 	counter("mote_bytes_received_total", "Bytes read from MQTT connections.", func() int64 { return atomic.LoadInt64(&info.BytesReceived) })
 	counter("mote_bytes_sent_total", "Bytes written to MQTT connections.", func() int64 { return atomic.LoadInt64(&info.BytesSent) })

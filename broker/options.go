@@ -122,8 +122,8 @@ type Options struct {
 
 	// MaxOfflineBytes bounds what the broker holds, in all, for persistent
 	// sessions whose clients are away: QoS 1/2 messages, resent when they
-	// come back, at most MaxInflight per session, each counted as 1 KiB
-	// plus its topic and payload; those a session's connection left sent
+	// come back, at most MaxInflight per session, each counted as 1.25 KiB
+	// plus its topic, payload and MQTT 5 properties; those a session's connection left sent
 	// and not acknowledged count from the moment it ends, as those held
 	// for it later do. Default 256 MiB. Past it the session holding the
 	// most of the user holding the most (a user as for MaxSessions) has
@@ -133,8 +133,9 @@ type Options struct {
 	// is gone (the session resumes without it); it is counted
 	// (offline_full), and a Warn log line names each session and its user.
 	// A QoS 2 message the client received (PUBREC) and did not complete
-	// counts too (its PUBREL is held): dropped, the client may take a
-	// later message with its packet id for a duplicate of it.
+	// counts too (its PUBREL is held): dropped, its packet id is kept (2
+	// bytes) and the client gets its PUBREL when it resumes, so it takes
+	// no later message for a duplicate of it.
 	MaxOfflineBytes int
 	// MaxSessions bounds the persistent sessions kept for clients that
 	// are away (MQTT 3.1.1 Clean Session 0, MQTT 5 Session Expiry

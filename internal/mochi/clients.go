@@ -483,7 +483,7 @@ func (cl *Client) NextPacketID() (i uint32, err error) {
 
 		i++
 
-		if _, ok := cl.State.Inflight.Get(uint16(i)); !ok {
+		if !cl.State.Inflight.Used(uint16(i)) { // mote: a dropped QoS 2 delivery's id too (change 64)
 			atomic.StoreUint32(&cl.State.packetID, i)
 			return i, nil
 		}

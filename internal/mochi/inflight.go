@@ -5,6 +5,7 @@
 package mqtt
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ type Inflight struct {
 	sendQuota           int32                     // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                     // maximum allowed receive quota
 	maximumSendQuota    int32                     // maximum allowed send quota
+	released            []uint16                  // mote: ids of QoS 2 deliveries DropDeliveries dropped, to be released (change 64)
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -68,6 +70,7 @@ func (i *Inflight) Clone() *Inflight {
 	if len(i.internal) > 0 {
 		c.internal = make(map[uint16]packets.Packet, len(i.internal))
 	}
+	c.released = slices.Clone(i.released) // mote: the session's, as its messages (change 64)
 	for k, v := range i.internal {
 		c.internal[k] = v
 	}
@@ -120,7 +123,14 @@ func delivery(pk *packets.Packet) bool {
 // making the map anew for what is left (change 63): a Go map keeps the
 // room of the entries deleted from it, about 24 KiB for the 1,024 a
 // session away could hold, and the broker drops what a session away holds
-// to keep within its bound.
+// to keep within its bound. The packet ids of its PUBREL entries (QoS 2
+// deliveries the client received and answered with PUBREC) are kept, 2
+// bytes each, until TakeReleased: the client holds each id until it gets
+// its PUBREL, and takes a PUBLISH with it for a duplicate
+// [MQTT-4.3.3-10], so no new delivery takes one (Used) and the session's
+// client gets a PUBREL for each when it resumes (change 64). A PUBREL is
+// made only while the client is connected, so a session away keeps at
+// most as many ids as it had entries in flight.
 func (i *Inflight) DropDeliveries() int {
 	i.Lock()
 	defer i.Unlock()
@@ -129,6 +139,9 @@ func (i *Inflight) DropDeliveries() int {
 	for id, pk := range i.internal {
 		if delivery(&pk) {
 			n++
+			if pk.FixedHeader.Type == packets.Pubrel {
+				i.released = append(i.released, id)
+			}
 			continue
 		}
 		if kept == nil {
@@ -140,6 +153,37 @@ func (i *Inflight) DropDeliveries() int {
 		i.internal = kept
 	}
 	return n
+}
+
+// mote: TakeReleased returns the packet ids of the QoS 2 deliveries
+// DropDeliveries dropped, in the order dropped, and forgets them (change
+// 64): the session's client, back, is to get a PUBREL for each.
+func (i *Inflight) TakeReleased() []uint16 {
+	i.Lock()
+	defer i.Unlock()
+	r := i.released
+	i.released = nil
+	return r
+}
+
+// mote: Released is how many packet ids DropDeliveries kept to be
+// released (change 64).
+func (i *Inflight) Released() int {
+	i.RLock()
+	defer i.RUnlock()
+	return len(i.released)
+}
+
+// mote: Used reports whether packet id is in use: in flight, or a QoS 2
+// delivery's dropped and not yet released (change 64). NextPacketID skips
+// those.
+func (i *Inflight) Used(id uint16) bool {
+	i.RLock()
+	defer i.RUnlock()
+	if _, ok := i.internal[id]; ok {
+		return true
+	}
+	return slices.Contains(i.released, id)
 }
 
 // mote: DeliveryBytes sums cost over the deliveries in flight (PUBLISH

@@ -294,3 +294,24 @@ func TestInflightDropDeliveries(t *testing.T) {
 		})
 	}
 }
+
+// TestInflightDropDeliveriesReleased (change 64): the packet ids of the
+// PUBREL entries dropped are kept, in use (Used: NextPacketID skips them)
+// and moved with the session (Clone), until TakeReleased hands them out
+// once; a PUBLISH or PUBREC entry's id is not kept.
+func TestInflightDropDeliveriesReleased(t *testing.T) {
+	i := NewInflights()
+	for k, typ := range []byte{packets.Publish, packets.Pubrel, packets.Pubrec, packets.Pubrel} {
+		i.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ, Qos: 2}, PacketID: uint16(k + 1)})
+	}
+	require.Equal(t, 3, i.DropDeliveries())
+	require.Equal(t, 2, i.Released())
+	for id, used := range map[uint16]bool{1: false, 2: true, 3: true, 4: true, 5: false} {
+		require.Equal(t, used, i.Used(id), "id %d", id)
+	}
+	c := i.Clone()
+	require.ElementsMatch(t, []uint16{2, 4}, c.TakeReleased())
+	require.Empty(t, c.TakeReleased())
+	require.False(t, c.Used(2))
+	require.Equal(t, 2, i.Released()) // the clone's are its own
+}

@@ -932,7 +932,8 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		}
 
 		existing.State.isTakenOver.Store(true)
-		if existing.State.Inflight.Len() > 0 {
+		// mote: or only ids of dropped QoS 2 deliveries to release (change 64).
+		if existing.State.Inflight.Len() > 0 || existing.State.Inflight.Released() > 0 {
 			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
