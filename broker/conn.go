@@ -628,9 +628,11 @@ func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
 		b.drop(dropOfflineFull, 1)
 		return
 	}
-	if b.takeInflight(nil, cl, &out) == nil {
-		b.offline.add(cl, user, n)
+	if b.takeInflight(nil, cl, &out) != nil {
+		b.drop(dropOfflineFull, 1) // no packet id free: not held, so counted dropped
+		return
 	}
+	b.offline.add(cl, user, n)
 }
 
 // errWriterStop ends a writer quietly: its connection or the broker closed.
