@@ -60,6 +60,7 @@ func TestAckedSubscribeStorm(t *testing.T) {
 	var wg sync.WaitGroup
 	var sent atomic.Int64
 	var pubErr atomic.Pointer[error]
+	streamed := time.Now()
 	wg.Go(func() { // the stream: batches of 100 QoS 1 retained rows
 		var buf []byte
 		id := uint16(0)
@@ -160,6 +161,8 @@ func TestAckedSubscribeStorm(t *testing.T) {
 	if err := pubErr.Load(); err != nil {
 		t.Logf("the publisher stopped: %v", *err)
 	}
+	applied := b.stats.OpsApplied.Load()
+	t.Logf("%d rows applied in %v: %.0f a second", applied, time.Since(streamed).Round(time.Millisecond), float64(applied)/time.Since(streamed).Seconds())
 	slices.Sort(waits)
 	pc := func(p float64) time.Duration { return waits[int(p*float64(n-1))] }
 	t.Logf("%d readers; %d SUBSCRIBEs in %v while %d rows were streamed: SUBACK after p50 %v, p90 %v, p99 %v, max %v; inbox up to %d, ackedAhead up to %d",
