@@ -67,7 +67,10 @@
 // before mochi files it while the count is not 0 (afterAcked, in
 // OnSubscribe and Session.Subscribe). So a row acknowledged before a
 // SUBSCRIBE came is in its replay, retained, as Mosquitto gives, never
-// live after it (it was: TestRetainAckedThenRead).
+// live after it (it was: TestRetainAckedThenRead). At most maxAckedAhead
+// (1,000) are acknowledged ahead; past it a publisher's ack waits for the
+// loop, so a SUBSCRIBE waits for about that many rows, not for a whole
+// inbox (seconds behind a fast publisher: TestAckedAheadBounded).
 //
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted

@@ -276,6 +276,12 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 	}
 	// A row acknowledged once handed in: counted until applied (afterAcked).
 	meta.acked = wait == waitAck && meta.done == nil && m.Retain
+	if meta.acked && b.ackedAhead.Load() >= maxAckedAhead {
+		// The loop is that far behind: this one is acknowledged once
+		// applied, so a SUBSCRIBE waits for about maxAckedAhead rows at
+		// most, not for a whole inbox (LoopQueue).
+		meta.done, meta.acked = make(chan error, 1), false
+	}
 	req := request{kind: reqPublish, op: r.op, pub: meta}
 	var pushed bool
 	if r.trans != nil {
@@ -311,6 +317,15 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 }
 
 var errShutdown = errors.New("broker: shutting down")
+
+// maxAckedAhead bounds the QoS 1/2 retained publishes acknowledged before
+// the loop applied them (Broker.ackedAhead): past it, a publisher's ack
+// waits for the loop. A SUBSCRIBE waits for those rows (afterAcked);
+// unbounded, a loop behind a fast publisher made it wait for a whole
+// inbox, 100,000 rows, seconds (TestAckedAheadBounded). The loop still
+// gets batches of about this many rows, and a publisher that waits
+// finds the count low again once its row is applied.
+const maxAckedAhead = 1000
 
 // toLoop hands one publish (and its translation, as a second request) to
 // the loop: run at once by the caller when inline is set and the loop is
