@@ -297,7 +297,7 @@ func (m *meters) registerRetainer(ret *retain.Retainer) {
 	counter("mote_retainer_commits_total", "Store transactions committed.", &ret.Commits)
 	counter("mote_retainer_commit_failures_total", "Commits that failed whole (their rows are retried).", &ret.Failures)
 	counter("mote_retainer_rows_committed_total", "Row changes committed.", &ret.Committed)
-	counter("mote_retainer_rows_lost_total", "Rows the store refused (not persisted).", &ret.Lost)
+	counter("mote_retainer_rows_lost_total", "Rows (and history values) the store refused, or a damaged store could not take: not persisted.", &ret.Lost)
 	r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mote_retainer_pending_rows",
 		Help: "Row changes and history values waiting for a commit."}, func() float64 { return float64(ret.Pending()) }))
 	r.MustRegister(m.commitSeconds)
