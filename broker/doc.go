@@ -67,10 +67,15 @@
 // before mochi files it while the count is not 0 (afterAcked, in
 // OnSubscribe and Session.Subscribe). So a row acknowledged before a
 // SUBSCRIBE came is in its replay, retained, as Mosquitto gives, never
-// live after it (it was: TestRetainAckedThenRead). At most maxAckedAhead
-// (1,000) are acknowledged ahead; past it a publisher's ack waits for the
-// loop, so a SUBSCRIBE waits for about that many rows, not for a whole
-// inbox (seconds behind a fast publisher: TestAckedAheadBounded).
+// live after it (it was: TestRetainAckedThenRead). About maxAckedAhead
+// (1,000) rows are acknowledged ahead at most (the check and the count
+// are two steps: each client publishing at that moment may pass it by
+// one); past it a publisher's ack waits for the loop, so acknowledged rows
+// alone never make a SUBSCRIBE wait for a whole inbox (seconds behind a
+// fast publisher: TestAckedAheadBounded). The barrier still waits for
+// everything queued before it: while other work fills the inbox (QoS 0
+// rows, tree events), one acknowledged row makes a SUBSCRIBE wait for all
+// of that.
 //
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted
@@ -449,9 +454,10 @@
 //	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
 //	messages for an arriving session,   arriving's mutex, from OnSessionEstablish until OnSessionEstablished
 //	  which client holds a session        files the connection; every hold in flight (holdOffline), and every drop of what is held (roomLocked), under it
-//	bytes held for sessions away        offlineHeld's mutex (per session, per user, the users' heap); added to and trimmed under arriving's mutex
+//	bytes held for sessions away        offlineHeld's mutex (per session, per user, the users' heap); added to and trimmed under arriving's mutex; taken off without it by forget (a resume, an expiry, an ended session), prune ($SYS ticker) and deleted (OnQosDropped)
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
+//	rows acked ahead (ackedAhead)       an atomic: toLoop adds as it queues a QoS 1/2 retained publish acknowledged at once, the loop takes off once run; read by afterAcked (OnSubscribe, Session.SubscribeWith)
 //	failed logins per host (guesses)    each shard's mutex (16 shards by host; login, for every front end)
 //	cluster waiting writes, flight      the message loop (clusterNode); appender and follower hand results in as calls
 //

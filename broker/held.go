@@ -34,7 +34,8 @@ const heldCost = 1280
 // it (the gauge, holdOffline). Bytes are added, and messages dropped, only
 // under arriving's mutex (holdOffline, countLeft, roomLocked), the point
 // where the broker and mochi agree on which client holds a session:
-// forget may come from anywhere (a resume, an expiry, an ended session).
+// forget, prune and deleted take bytes off from anywhere (a resume, an
+// expiry, an ended session, an expired message).
 type offlineHeld struct {
 	mu    sync.Mutex
 	by    map[string]*heldSession // by client id
@@ -201,8 +202,8 @@ func (o *offlineHeld) forget(id string) {
 // victim takes out and returns the session holding the most of the user
 // holding the most, to make room for n bytes more of user's (n 0: to
 // bring the count back within the bound). Nil when nothing is held, or
-// when making room for user would take from user itself or from a user
-// who, with the n bytes, would hold no more than user: what does not fit
+// when making room for user would take from user itself, or from a user
+// holding no more than user would with the n bytes: what does not fit
 // then is user's own to lose.
 func (o *offlineHeld) victim(user string, n int64) (s *heldSession, userBytes int64) {
 	o.mu.Lock()

@@ -109,7 +109,14 @@ func TestAckedSubscribeStorm(t *testing.T) {
 		pub.c.Close()
 		wg.Wait()
 	}()
+	started := time.Now().Add(testTimeout)
 	for sent.Load() < 20_000 { // the stream is under way
+		if e := pubErr.Load(); e != nil {
+			t.Fatal(*e)
+		}
+		if time.Now().After(started) {
+			t.Fatal("the publisher's stream did not start")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	if s := os.Getenv("MOTE_ACKSTORM_DEPTH"); s != "" { // the loop that far behind

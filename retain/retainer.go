@@ -692,9 +692,9 @@ func (r *Retainer) commit(closing bool) error {
 }
 
 // damaged records that the store is damaged (err wraps ErrCorrupt: a
-// commit, compaction or prune made bbolt panic, rows the rows of the
-// commit that did): logged once, and from then on no commit is tried
-// (commit discards), Health and Close say so.
+// commit, compaction or prune made bbolt panic; rows is how many rows
+// that commit held, 0 for a compaction or prune): logged once, and from
+// then on no commit is tried (commit discards); Health and Close say so.
 func (r *Retainer) damaged(err error, rows int) {
 	r.mu.Lock()
 	r.broken = err
@@ -851,7 +851,7 @@ func (r *Retainer) Close() error {
 	defer r.mu.Unlock()
 	var errs []error
 	if n := r.Lost.Load(); n > 0 {
-		errs = append(errs, fmt.Errorf("%w: the store refused %d rows during the run, the last %w", ErrLost, n, r.lastLost))
+		errs = append(errs, fmt.Errorf("%w: %d rows and history values were not persisted during the run (refused, or the store damaged), the last %w", ErrLost, n, r.lastLost))
 	}
 	switch {
 	case r.broken != nil: // not marked clean: the next start skips ahead

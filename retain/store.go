@@ -91,7 +91,13 @@
 // from one commit to the next within keepScratch rows and keepArena
 // bytes, and given back after a commit much smaller than them or when
 // the idle retainer calls Store.Trim) is guarded by the Store's mutex,
-// which every write transaction holds.
+// which every write transaction holds. So is the store's broken state
+// (broken, locked). wedged is an atomic that any transaction's goroutine
+// may set, once; it is never cleared. The retainer's broken error is
+// guarded by its mutex and set by its goroutine (damaged). The marker
+// floor is an atomic only that goroutine writes (maintain, and unmarked
+// for a deletion not persisted), read by resumes and re-checked after
+// Deleted.
 package retain
 
 import (
