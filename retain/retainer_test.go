@@ -214,7 +214,7 @@ func TestRetainerIsolatesRefusedRows(t *testing.T) {
 	r.Add(set("g", long+"2", "h")) // no waiter: committed at close
 
 	err = closeWithin(t, r)
-	if !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "refused 3 rows") {
+	if !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "3 rows and history values were not persisted") {
 		t.Errorf("Close: %v", err)
 	}
 	if r.Lost.Load() != 3 || len(reported) != 3 || r.Committed.Load() != 8 {

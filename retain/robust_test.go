@@ -232,7 +232,7 @@ func TestRetainerPastNestedBucket(t *testing.T) {
 			if err := recv(t, w2, "waiter of the next batch"); err != nil {
 				t.Errorf("waiter of the next batch: %v", err)
 			}
-			if err := closeWithin(t, r); !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "refused 1 rows") {
+			if err := closeWithin(t, r); !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "1 rows and history values were not persisted") {
 				t.Errorf("Close: %v", err)
 			}
 			if r.Lost.Load() != 1 || r.Failures.Load() != 0 {
