@@ -558,6 +558,11 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	s.deleteDelayedWill(cl.ID) // [MQTT-3.1.3-9]
 
 	if sessionPresent {
+		// mote: a message held for the session whose Message Expiry
+		// Interval passed is deleted before the resend, not sent: the
+		// once-a-second sweep (clearExpiredInflights) may not have run
+		// since it expired [MQTT-3.3.2-5] (change 65).
+		cl.ClearExpiredInflights(time.Now().Unix(), s.Options.Capabilities.MaximumMessageExpiryInterval)
 		err = cl.ResendInflightMessages(true)
 		if err != nil {
 			err = fmt.Errorf("resend inflight: %w", err)
