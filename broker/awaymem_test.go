@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
@@ -71,23 +70,10 @@ func leaveUnackedQoS(t *testing.T, b *Broker, h *leftHook, v, qos byte, user, id
 }
 
 // trimmedInLog reads the broker's JSON log lines of held messages
-// dropped past MaxOfflineBytes: client id to the user they name.
+// dropped past MaxOfflineBytes: client id to the user they name; one
+// line a client.
 func trimmedInLog(t *testing.T, log string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for line := range strings.Lines(log) {
-		var l struct{ Level, Message, Client, User string }
-		if err := json.Unmarshal([]byte(line), &l); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		if l.Level == "warn" && strings.HasPrefix(l.Message, "held messages dropped: more than max_offline_bytes") {
-			if _, twice := out[l.Client]; twice {
-				t.Errorf("two Warn lines for %s's held messages", l.Client)
-			}
-			out[l.Client] = l.User
-		}
-	}
-	return out
+	return warnedInLog(t, log, "held messages dropped: more than max_offline_bytes", true)
 }
 
 // TestAwayInflightBounded: clients with persistent sessions, each with a

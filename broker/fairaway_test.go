@@ -185,6 +185,13 @@ func TestMaxSessionsPerUser(t *testing.T) {
 // endedInLog reads the broker's JSON log lines of sessions ended past
 // MaxSessions: client id to the user they name.
 func endedInLog(t *testing.T, log string) map[string]string {
+	return warnedInLog(t, log, "session ended: more than max_sessions", false)
+}
+
+// warnedInLog reads the broker's JSON log: of its Warn lines whose
+// message starts with prefix, the client id each names to its user; with
+// once, a second line for one client is an error.
+func warnedInLog(t *testing.T, log, prefix string, once bool) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for line := range strings.Lines(log) {
@@ -192,7 +199,10 @@ func endedInLog(t *testing.T, log string) map[string]string {
 		if err := json.Unmarshal([]byte(line), &l); err != nil {
 			t.Fatalf("log line %q: %v", line, err)
 		}
-		if l.Level == "warn" && strings.HasPrefix(l.Message, "session ended: more than max_sessions") {
+		if l.Level == "warn" && strings.HasPrefix(l.Message, prefix) {
+			if _, twice := out[l.Client]; twice && once {
+				t.Errorf("two Warn lines for %s: %s", l.Client, prefix)
+			}
 			out[l.Client] = l.User
 		}
 	}
