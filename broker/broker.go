@@ -157,7 +157,7 @@ func New(opts Options) (*Broker, error) {
 		log:       opts.Log,
 		parser:    parser,
 		tree:      tree.New(),
-		reqs:      newRequestQueue(opts.LoopQueue),
+		reqs:      newRequestQueue(opts.LoopQueue, opts.LoopBudget),
 		props:     map[string]*packets.Properties{},
 		loopDone:  make(chan struct{}),
 		stop:      make(chan struct{}),

@@ -75,7 +75,17 @@
 // fast publisher: TestAckedAheadBounded). The barrier still waits for
 // everything queued before it: while other work fills the inbox (QoS 0
 // rows, tree events), one acknowledged row makes a SUBSCRIBE wait for all
-// of that.
+// of that — about LoopBudget (100ms) of the loop's work at most.
+//
+// The inbox is bounded in the loop's time (requestQueue): the loop tells
+// it what each batch cost per request, and a publisher waits once the
+// requests waiting would take about LoopBudget to run (LoopQueue, 100,000
+// requests, at most; 64 at least). Counted in requests alone, one
+// publisher of retained QoS 0 rows to 260 away sessions subscribed to #
+// queued 72,000 of them in seconds, ~100 s of the loop's work, behind
+// which every other client's retained publish waited (TestLoopBudget).
+// The publisher waiting is its connection not being read: TCP pushes
+// back on it, as on a publisher waiting for a slow subscriber's room.
 //
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted

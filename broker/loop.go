@@ -105,28 +105,55 @@ func (r *batchRows) changes() []tree.Change {
 
 // requestQueue is the loop's inbox: a guarded slice, a condition to wake
 // the loop, and a bound past which publishers wait (back-pressure).
+//
+// The bound is counted in the loop's time, not only in requests: a
+// publish delivered to 300 subscribers costs the loop 300 times one
+// delivered to one, and a count alone let publishers queue minutes of
+// work (72,000 retained publishes to 260 away sessions subscribed to #:
+// the loop ran for 100 s after the flood, and every other publish waited
+// behind it). The loop tells the queue what each batch cost (ran); limit
+// is about budget's worth of requests at that cost, never more than max
+// and never fewer than minLoopLimit. A publisher waits while limit
+// requests wait, so the loop is never much more than budget behind, and a
+// publish from anyone else waits about that long.
 type requestQueue struct {
 	mu     sync.Mutex
 	ready  sync.Cond // signalled when items arrive or the queue closes
-	space  sync.Cond // signalled when the loop takes items
+	space  sync.Cond // signalled when the loop takes items, or limit grows
 	items  []request
-	max    int
+	max    int           // LoopQueue: the bound whatever the cost
+	limit  int           // publishers wait while this many requests wait
+	budget time.Duration // LoopBudget
+	cost   float64       // what a request costs the loop, in ns (a moving average); 0: not measured yet
 	closed bool
 }
 
-func newRequestQueue(max int) *requestQueue {
-	q := &requestQueue{max: max}
+// minLoopLimit is the fewest requests the inbox takes before publishers
+// wait, however costly they were: a batch of one costly request must not
+// make every publisher wait for the next.
+const minLoopLimit = 64
+
+// costWindow is how many requests the moving average of a request's cost
+// (requestQueue.cost) mostly reflects: a batch that size or larger sets
+// it anew, a smaller one moves it in proportion.
+const costWindow = 256
+
+func newRequestQueue(max int, budget time.Duration) *requestQueue {
+	q := &requestQueue{max: max, limit: max, budget: budget}
 	q.ready.L = &q.mu
 	q.space.L = &q.mu
 	return q
 }
+
+// full reports whether a publish must wait for room. Its caller holds mu.
+func (q *requestQueue) full() bool { return len(q.items) >= q.limit && !q.closed }
 
 // push queues r, a publish waiting while the queue is full; it reports
 // false once the queue is closed.
 func (q *requestQueue) push(r request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for len(q.items) >= q.max && !q.closed && r.kind == reqPublish {
+	for r.kind == reqPublish && q.full() {
 		q.space.Wait()
 	}
 	if q.closed {
@@ -137,6 +164,39 @@ func (q *requestQueue) push(r request) bool {
 		q.ready.Signal()
 	}
 	return true
+}
+
+// ran is the loop telling the queue that a batch of n requests took took
+// to run: it moves the average cost of a request, and the limit with it.
+func (q *requestQueue) ran(n int, took time.Duration) {
+	if n <= 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	c := float64(took) / float64(n)
+	if w := float64(n) / costWindow; q.cost == 0 || w >= 1 {
+		q.cost = c
+	} else {
+		q.cost += (c - q.cost) * w
+	}
+	limit := q.max
+	if q.cost > 0 {
+		if l := float64(q.budget) / q.cost; l < float64(limit) {
+			limit = min(max(int(l), minLoopLimit), q.max)
+		}
+	}
+	if limit > q.limit {
+		q.space.Broadcast() // room for those waiting
+	}
+	q.limit = limit
+}
+
+// limitNow is the number of requests past which publishers wait now.
+func (q *requestQueue) limitNow() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.limit
 }
 
 // wait waits until work is queued or the queue is closed.
@@ -220,8 +280,10 @@ func (b *Broker) loop() {
 			b.loopMu.Unlock()
 			return
 		}
+		start := time.Now()
 		b.runBatch(items)
 		b.loopMu.Unlock()
+		b.reqs.ran(len(items), time.Since(start))
 		var acked int64
 		for i := range items { // delivered: their publishers' events need not wait for them
 			if r := &items[i]; r.kind == reqPublish {

@@ -101,6 +101,7 @@ var families = map[string]string{
 	"mote_sessions_away":                    "gauge",
 	"mote_sessions_ended_total":             "counter",
 	"mote_loop_queue_requests":              "gauge",
+	"mote_loop_queue_limit":                 "gauge",
 	"mote_subscriptions":                    "gauge",
 	"mote_bytes_received_total":             "counter",
 	"mote_bytes_sent_total":                 "counter",
