@@ -118,12 +118,21 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 		if sub.noLocal && msg.origin == id { // [MQTT-3.8.3-3]
 			continue
 		}
+		qos := min(msg.qos, sub.qos)
+		v := b.arriving.stamp()
 		c := b.connByID(id)
 		var p Principal
 		var v5 bool
 		if c != nil {
 			p, v5 = c.p, c.v5
 		} else if cl, ok := b.server.Clients.Get(id); ok {
+			if qos == 0 && cl.Closed() && b.arriving.settled(v) {
+				// Away, and no client coming back to it: holdFor would
+				// come to holdOffline, which holds no QoS 0 message (nor
+				// counts it), or find the session another user's. Nothing
+				// is made for it, and its read check is not asked.
+				continue
+			}
 			p, v5 = mqttPrincipal(cl), cl.Properties.ProtocolVersion == 5
 		} else {
 			continue
@@ -138,7 +147,7 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 		msg.firstUsed = true
 		*m = plainItem{
 			msg:    msg,
-			qos:    min(msg.qos, sub.qos),
+			qos:    qos,
 			retain: msg.retain && v5 && sub.rap, // [MQTT-3.3.1-12]
 		}
 		if len(sub.ids) > 0 { // [MQTT-3.3.4-3]: positive, sorted
