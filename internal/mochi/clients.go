@@ -235,6 +235,7 @@ type ClientState struct {
 	packetID        uint32               // the current highest packetID
 	open            context.Context      // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc   // cancel function for open context
+	stopped         atomic.Bool          // mote: Stop cancelled open (change 66): Closed without open.Err's channel lock
 	outboundQty     int32                // number of messages currently in the outbound queue
 	writeOnDemand   bool                 // mote: WriteLoop starts on the first queued packet (set before the client is shared)
 	writing         atomic.Bool          // mote: a WriteLoop was started for the client
@@ -658,6 +659,7 @@ func (cl *Client) Stop(err error) {
 
 		if cl.State.cancelOpen != nil {
 			cl.State.cancelOpen()
+			cl.State.stopped.Store(true) // mote: change 66, after open is cancelled: Closed answers as before
 		}
 
 		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())
@@ -720,7 +722,10 @@ func (cl *Client) StopTime() int64 {
 
 // Closed returns true if client connection is closed.
 func (cl *Client) Closed() bool {
-	return cl.State.open == nil || cl.State.open.Err() != nil
+	// mote: change 66: a stopped client answers from an atomic; a closed
+	// context's Err takes its Done channel's lock, and the broker asks
+	// every away subscriber of a message.
+	return cl.State.stopped.Load() || cl.State.open == nil || cl.State.open.Err() != nil
 }
 
 func (cl *Client) IsTakenOver() bool {
