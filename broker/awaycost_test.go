@@ -9,44 +9,53 @@ import (
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
-// TestAwayDeliveryShortcut: deliverTo skips a QoS 0 message to a session
-// away before anything is made for it, when give would drop it; the
-// shortcut must not widen. A persistent session (MQTT 3.1.1 and 5)
-// subscribed to t/# is away, or its client is coming back (held in
-// OnSessionEstablish, after the broker registered it, before mochi files
-// it), while three messages are published to it (plain and retained):
-// held in flight (QoS 1 both ways, counted in the session's in-flight
-// state), held for the client coming back (QoS 0 too), or dropped
-// uncounted (QoS 0 to a session away, as before). Nothing is counted
-// dropped in any case; the client, once back, gets what was held, and
-// nothing else.
+// TestAwayDeliveryShortcut: deliverTo skips a message to a session away
+// before anything is made for it when give would drop it (QoS 0; QoS 1/2
+// to a session holding MaxInflight, counted offline_full); the shortcut
+// must not widen. A persistent session (MQTT 3.1.1 and 5) subscribed to
+// t/# is away, or its client is coming back (held in OnSessionEstablish,
+// after the broker registered it, before mochi files it), while three
+// messages are published to it (plain and retained): held in flight
+// (QoS 1/2 while away, up to MaxInflight), held for the client coming
+// back (QoS 0 too), or dropped uncounted (QoS 0 to a session away, as
+// before). The client, once back, gets what was held, and nothing else.
 func TestAwayDeliveryShortcut(t *testing.T) {
+	p3 := []string{"m0", "m1", "m2"}
 	for _, tc := range []struct {
-		name       string
-		v          byte
-		subQoS     byte
-		msgQoS     byte
-		retain     bool
-		comingBack bool
-		wantHeld   int // in flight while away
-		wantGot    int // PUBLISHes once back
+		name        string
+		v           byte
+		subQoS      byte
+		msgQoS      byte
+		retain      bool
+		comingBack  bool
+		maxInflight uint16 // 0: the default
+		prefill     int    // QoS 1 messages held before, payloads p0 …
+		wantHeld    int    // in flight while away, once published
+		wantDropped int64  // counted
+		wantGot     []string
+		unread      bool // what comes once back is not read (it waits for acknowledgements)
 	}{
-		{"v4/away/qos0", 4, 1, 0, false, false, 0, 0},
-		{"v4/away/qos0 retained", 4, 1, 0, true, false, 0, 0},
-		{"v4/away/qos1", 4, 1, 1, false, false, 3, 3},
-		{"v4/away/qos1 retained", 4, 1, 1, true, false, 3, 3},
-		{"v4/away/qos1 to a qos0 subscription", 4, 0, 1, false, false, 0, 0},
-		{"v5/away/qos0", 5, 1, 0, false, false, 0, 0},
-		{"v5/away/qos1", 5, 1, 1, false, false, 3, 3},
-		{"v5/away/qos2", 5, 2, 2, false, false, 3, 3},
-		{"v4/coming back/qos0", 4, 1, 0, false, true, 0, 3},
-		{"v4/coming back/qos0 retained", 4, 1, 0, true, true, 0, 3},
-		{"v4/coming back/qos1", 4, 1, 1, false, true, 0, 3},
-		{"v5/coming back/qos0", 5, 1, 0, false, true, 0, 3},
-		{"v5/coming back/qos1 to a qos0 subscription", 5, 0, 1, false, true, 0, 3},
+		{name: "v4/away/qos0", v: 4, subQoS: 1},
+		{name: "v4/away/qos0 retained", v: 4, subQoS: 1, retain: true},
+		{name: "v4/away/qos1", v: 4, subQoS: 1, msgQoS: 1, wantHeld: 3, wantGot: p3},
+		{name: "v4/away/qos1 retained", v: 4, subQoS: 1, msgQoS: 1, retain: true, wantHeld: 3, wantGot: p3},
+		{name: "v4/away/qos1 to a qos0 subscription", v: 4, msgQoS: 1},
+		{name: "v4/away/qos1 full", v: 4, subQoS: 1, msgQoS: 1, maxInflight: 2, wantHeld: 2, wantDropped: 1, wantGot: p3[:2]},
+		{name: "v5/away/qos0", v: 5, subQoS: 1},
+		{name: "v5/away/qos1", v: 5, subQoS: 1, msgQoS: 1, wantHeld: 3, wantGot: p3},
+		{name: "v5/away/qos2", v: 5, subQoS: 2, msgQoS: 2, wantHeld: 3, wantGot: p3},
+		{name: "v5/away/qos1 full", v: 5, subQoS: 1, msgQoS: 1, maxInflight: 3, prefill: 3, wantHeld: 3, wantDropped: 3, wantGot: []string{"p0", "p1", "p2"}},
+		{name: "v4/coming back/qos0", v: 4, subQoS: 1, comingBack: true, wantGot: p3},
+		{name: "v4/coming back/qos0 retained", v: 4, subQoS: 1, retain: true, comingBack: true, wantGot: p3},
+		{name: "v4/coming back/qos1", v: 4, subQoS: 1, msgQoS: 1, comingBack: true, wantGot: p3},
+		{name: "v5/coming back/qos0", v: 5, subQoS: 1, comingBack: true, wantGot: p3},
+		{name: "v5/coming back/qos1 to a qos0 subscription", v: 5, msgQoS: 1, comingBack: true, wantGot: p3},
+		// Its session holds MaxInflight: what waits for the client coming
+		// back is bounded by MaxInflight on its own (arriving.give).
+		{name: "v4/coming back/qos1 full", v: 4, subQoS: 1, msgQoS: 1, comingBack: true, maxInflight: 2, prefill: 2, wantDropped: 1, unread: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := start(t, Options{})
+			b := start(t, Options{MaxInflight: tc.maxInflight})
 			h := addLeftHook(t, b)
 			const id = "away"
 			arrived, release := make(chan struct{}), make(chan struct{})
@@ -65,6 +74,16 @@ func TestAwayDeliveryShortcut(t *testing.T) {
 			p.c.Close()
 			h.wait(t, id, 1)
 			waitFor(t, "the session's hand-off", func() bool { return b.connByID(id) == nil })
+			publish := func(payload string, qos byte) {
+				t.Helper()
+				m := Message{Topic: "t/" + payload, Payload: []byte(payload), QoS: qos, Retain: tc.retain}
+				if err := b.Publish(testCtx(t), systemPrincipal, m); err != nil { // returns once delivered
+					t.Fatal(err)
+				}
+			}
+			for j := range tc.prefill {
+				publish(fmt.Sprint("p", j), 1)
+			}
 
 			var back *ownerPeer
 			if tc.comingBack {
@@ -77,12 +96,14 @@ func TestAwayDeliveryShortcut(t *testing.T) {
 			}
 			dropped := b.stats.Dropped.Load()
 			for j := range 3 {
-				m := Message{Topic: "t/" + strconv.Itoa(j), Payload: []byte(fmt.Sprint("m", j)), QoS: tc.msgQoS, Retain: tc.retain}
-				if err := b.Publish(testCtx(t), systemPrincipal, m); err != nil { // returns once delivered
-					t.Fatal(err)
-				}
+				publish(fmt.Sprint("m", j), tc.msgQoS)
 			}
-			if !tc.comingBack {
+			if got := b.stats.Dropped.Load() - dropped; got != tc.wantDropped {
+				t.Errorf("%d messages counted dropped, want %d", got, tc.wantDropped)
+			}
+			if tc.comingBack {
+				release <- struct{}{}
+			} else {
 				cl, ok := b.server.Clients.Get(id)
 				if !ok {
 					t.Fatal("the session is gone")
@@ -97,18 +118,15 @@ func TestAwayDeliveryShortcut(t *testing.T) {
 				if _, err := back.c.Write(rawConnect(t, tc.v, id, false, 3600, nil)); err != nil {
 					t.Fatal(err)
 				}
-			} else {
-				release <- struct{}{}
-			}
-			if got := b.stats.Dropped.Load() - dropped; got != 0 {
-				t.Errorf("%d messages counted dropped, want none", got)
 			}
 			if h, body := back.next(t, 2); len(body) < 2 || body[1] != 0 {
 				t.Fatalf("CONNACK %#x % x", h, body)
 			}
-			for j := range tc.wantGot {
-				m := back.readPublish(t, tc.v)
-				if want := fmt.Sprint("m", j); m.payload != want {
+			if tc.unread {
+				return
+			}
+			for j, want := range tc.wantGot {
+				if m := back.readPublish(t, tc.v); m.payload != want {
 					t.Fatalf("publish %d once back: %q, want %q", j, m.payload, want)
 				}
 			}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unsafe"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/tree"
 )
@@ -119,25 +120,33 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 			continue
 		}
 		qos := min(msg.qos, sub.qos)
-		v := b.arriving.stamp()
+		v := b.arriving.stamp() // what is read from here to settled(v) is as give reads it
 		c := b.connByID(id)
 		var p Principal
 		var v5 bool
+		var away *mqtt.Client // the session's mochi client, closed
 		if c != nil {
 			p, v5 = c.p, c.v5
 		} else if cl, ok := b.server.Clients.Get(id); ok {
-			if qos == 0 && cl.Closed() && b.arriving.settled(v) {
-				// Away, and no client coming back to it: holdFor would
-				// come to holdOffline, which holds no QoS 0 message (nor
-				// counts it), or find the session another user's. Nothing
-				// is made for it, and its read check is not asked.
-				continue
+			if cl.Closed() {
+				if qos == 0 && b.arriving.settled(v) {
+					// Away, and no client coming back to it: holdFor
+					// would come to holdOffline, which holds no QoS 0
+					// message (nor counts it). Nothing is made for it,
+					// and its read check is not asked.
+					continue
+				}
+				away = cl
 			}
 			p, v5 = mqttPrincipal(cl), cl.Properties.ProtocolVersion == 5
 		} else {
 			continue
 		}
 		if !b.access.canRead(p, msg.topic) && !b.readsUsersReport(p, msg.topic) {
+			continue
+		}
+		if away != nil && qos > 0 && away.State.Inflight.Len() >= int(b.opts.MaxInflight) && b.arriving.settled(v) {
+			b.drop(dropOfflineFull, 1) // as holdOffline drops it, with nothing made for it
 			continue
 		}
 		m := &msg.first
