@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
@@ -25,10 +26,42 @@ import (
 // Owner: mu guards by, and orders every change of a session's holder the
 // broker makes or sees; a connection is filed under mu, so a publisher
 // either finds it or leaves its message here before adopt takes them.
-// Lock order: a connection's endMu, then mu (never the other way).
+// Lock order: a connection's endMu, then mu (never the other way). mu is
+// taken through lock and unlock only: they keep ver and waiting, which
+// let deliverTo see without mu that give would drop a QoS 0 message to a
+// session away (settled).
 type arriving struct {
 	mu sync.Mutex
 	by map[string]*arrivingSession
+
+	ver     atomic.Uint64 // bumped as mu is taken and as it is let go: odd while held
+	waiting atomic.Int64  // len(by) as mu was last let go: clients arriving
+}
+
+// lock takes a's mutex; every holder takes it so (see unlock).
+func (a *arriving) lock() {
+	a.mu.Lock()
+	a.ver.Add(1)
+}
+
+// unlock lets a's mutex go, with waiting and ver telling readers without
+// it (settled) what they may have missed.
+func (a *arriving) unlock() {
+	a.waiting.Store(int64(len(a.by)))
+	a.ver.Add(1)
+	a.mu.Unlock()
+}
+
+// stamp is the version of what a's mutex guards, for settled.
+func (a *arriving) stamp() uint64 { return a.ver.Load() }
+
+// settled reports whether nobody held a's mutex since stamp v was read,
+// and no client was arriving then (by was empty): what the caller read
+// in between without the mutex (the connection filed for an id, mochi's
+// client for it and whether it is closed) is what give would have read
+// under it, and give would have found no entry for the id in by.
+func (a *arriving) settled(v uint64) bool {
+	return v%2 == 0 && a.waiting.Load() == 0 && a.ver.Load() == v
 }
 
 type arrivingSession struct {
@@ -46,8 +79,8 @@ func userOf(cl *mqtt.Client) string { return string(cl.Properties.Username) }
 // dropped, and counted. It returns the connection the session has now, if
 // any, which is to hand its leftovers to cl's (conn.expect).
 func (a *arriving) register(b *Broker, cl *mqtt.Client, fresh bool) *conn {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.lock()
+	defer a.unlock()
 	s := a.by[cl.ID]
 	if s == nil {
 		s = &arrivingSession{}
@@ -71,8 +104,8 @@ func (a *arriving) register(b *Broker, cl *mqtt.Client, fresh bool) *conn {
 // away (held in flight: holdOffline). It reports false, keeping nothing,
 // when id has no session of user's (the subscriber list was older).
 func (a *arriving) give(b *Broker, id, user string, m *plainItem) (*conn, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.lock()
+	defer a.unlock()
 	if c := b.connByID(id); c != nil {
 		return c, c.p.User == user
 	}
@@ -94,7 +127,7 @@ func (a *arriving) give(b *Broker, id, user string, m *plainItem) (*conn, bool) 
 	case !cur.Closed(): // live, and its connection gone or not filed yet: sweep
 		a.by[id] = &arrivingSession{cl: cur, msgs: []*plainItem{m}}
 	default:
-		b.holdOffline(cur, m.packet())
+		b.holdOffline(cur, m)
 	}
 	return nil, true
 }
@@ -123,8 +156,8 @@ func (b *Broker) holdFor(id, user string, m *plainItem, w pubWait) {
 // returns how many it could not keep: the session was replaced by a new
 // one, or ended.
 func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.lock()
+	defer a.unlock()
 	b.byID.CompareAndDelete(c.id, c)
 	if len(left) == 0 {
 		return 0
@@ -150,7 +183,7 @@ func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 		a.by[c.id] = &arrivingSession{cl: cur, msgs: notCloned(left, inflightOf(cur))}
 	default:
 		for _, m := range notCloned(left, inflightOf(cur)) {
-			b.holdOffline(cur, m.packet())
+			b.holdOffline(cur, m)
 		}
 	}
 	return 0
@@ -163,8 +196,8 @@ func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 // session from c: c hands its leftovers to it (conn.expect, by the
 // caller, with fresh).
 func (a *arriving) adopt(b *Broker, cl *mqtt.Client, c *conn) (filed bool, expect *mqtt.Client, fresh bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.lock()
+	defer a.unlock()
 	if cur, ok := b.server.Clients.Get(cl.ID); ok && cur != cl || cl.IsTakenOver() {
 		return false, nil, false
 	}
@@ -212,8 +245,8 @@ func (a *arriving) rebind(b *Broker, s *arrivingSession, cl *mqtt.Client) {
 // sessions: to the connection filed for it, the client coming back to it,
 // or, away, its mochi client. The $SYS ticker calls it.
 func (a *arriving) sweep(b *Broker) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.lock()
+	defer a.unlock()
 	for id, s := range a.by {
 		if !s.cl.Closed() {
 			continue
@@ -250,6 +283,6 @@ func (a *arriving) away(b *Broker, id string, s *arrivingSession) {
 		return
 	}
 	for _, m := range s.msgs {
-		b.holdOffline(cur, m.packet())
+		b.holdOffline(cur, m)
 	}
 }

@@ -206,8 +206,8 @@ func TestAwayHeldFair(t *testing.T) {
 				pub.publish1(t, 5, "f/"+id, heldPayload(3))
 				n := 0
 				waitFor(t, id+"'s fourth message held or dropped", func() bool {
-					b.arriving.mu.Lock() // holdOffline drops, or makes room and holds, under it
-					defer b.arriving.mu.Unlock()
+					b.arriving.lock() // holdOffline drops, or makes room and holds, under it
+					defer b.arriving.unlock()
 					n = holds(id)
 					return n != 3 || b.meter.dropped[dropOfflineFull].Load() > dropped
 				})
@@ -240,8 +240,8 @@ func TestAwayHeldFair(t *testing.T) {
 			// once each resume is established (OnSessionEstablish
 			// forgets what was counted, before mochi copies and resends it).
 			waitFor(t, "the count of what is held back to bob's", func() bool {
-				b.arriving.mu.Lock()
-				defer b.arriving.mu.Unlock()
+				b.arriving.lock()
+				defer b.arriving.unlock()
 				held, _ := awayHeld(b)
 				return b.offline.bytes.Load() == held
 			})

@@ -617,14 +617,21 @@ func (b *Broker) dropInflight(cl *mqtt.Client, id uint16) {
 // (every held message is a copy of mochi's 800-byte packet: many sessions
 // subscribed to much could otherwise hold gigabytes), room made by
 // dropping what a user holding more holds (roomLocked). What does not fit
-// is dropped and counted. arriving's mutex is held.
-func (b *Broker) holdOffline(cl *mqtt.Client, out packets.Packet) {
-	if out.FixedHeader.Qos == 0 {
+// is dropped and counted. The packet is made only once the session has
+// room for it (a flood to sessions that hold MaxInflight makes none).
+// arriving's mutex is held.
+func (b *Broker) holdOffline(cl *mqtt.Client, m *plainItem) {
+	if m.qos == 0 {
 		return
 	}
+	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) {
+		b.drop(dropOfflineFull, 1)
+		return
+	}
+	out := m.packet()
 	n := heldCostOf(&out)
 	user := b.heldUserOf(cl)
-	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) || !b.roomLocked(user, n) {
+	if !b.roomLocked(user, n) {
 		b.drop(dropOfflineFull, 1)
 		return
 	}

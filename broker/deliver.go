@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unsafe"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/tree"
 )
@@ -118,17 +119,34 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 		if sub.noLocal && msg.origin == id { // [MQTT-3.8.3-3]
 			continue
 		}
+		qos := min(msg.qos, sub.qos)
+		v := b.arriving.stamp() // what is read from here to settled(v) is as give reads it
 		c := b.connByID(id)
 		var p Principal
 		var v5 bool
+		var away *mqtt.Client // the session's mochi client, closed
 		if c != nil {
 			p, v5 = c.p, c.v5
 		} else if cl, ok := b.server.Clients.Get(id); ok {
+			if cl.Closed() {
+				if qos == 0 && b.arriving.settled(v) {
+					// Away, and no client coming back to it: holdFor
+					// would come to holdOffline, which holds no QoS 0
+					// message (nor counts it). Nothing is made for it,
+					// and its read check is not asked.
+					continue
+				}
+				away = cl
+			}
 			p, v5 = mqttPrincipal(cl), cl.Properties.ProtocolVersion == 5
 		} else {
 			continue
 		}
 		if !b.access.canRead(p, msg.topic) && !b.readsUsersReport(p, msg.topic) {
+			continue
+		}
+		if away != nil && qos > 0 && away.State.Inflight.Len() >= int(b.opts.MaxInflight) && b.arriving.settled(v) {
+			b.drop(dropOfflineFull, 1) // as holdOffline drops it, with nothing made for it
 			continue
 		}
 		m := &msg.first
@@ -138,7 +156,7 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 		msg.firstUsed = true
 		*m = plainItem{
 			msg:    msg,
-			qos:    min(msg.qos, sub.qos),
+			qos:    qos,
 			retain: msg.retain && v5 && sub.rap, // [MQTT-3.3.1-12]
 		}
 		if len(sub.ids) > 0 { // [MQTT-3.3.4-3]: positive, sorted

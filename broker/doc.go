@@ -202,7 +202,13 @@
 // message always reaches the session's holder of the moment (a newer
 // client that took the session over without going through the old
 // connection too), or is dropped and counted when the session ended or
-// was replaced by a new one.
+// was replaced by a new one. A message that would only be dropped there
+// — QoS 0 to a session away, QoS 1/2 to one holding MaxInflight
+// (offline_full) — is not made at all: deliverTo tells so without the
+// mutex when nobody took it meanwhile and no client is arriving
+// (arriving.settled), so a flood to many sessions away costs each one a
+// few loads (and its read check at QoS 1/2), not a queue item, the packet
+// and the mutex.
 //
 // # Reload
 //
@@ -463,7 +469,9 @@
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
 //	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
 //	messages for an arriving session,   arriving's mutex, from OnSessionEstablish until OnSessionEstablished
-//	  which client holds a session        files the connection; every hold in flight (holdOffline), and every drop of what is held (roomLocked), under it
+//	  which client holds a session        files the connection; every hold in flight (holdOffline), and every drop of what is held (roomLocked), under it;
+//	                                    taken only by lock/unlock, which bump a version (odd while held) and keep len(by): deliverTo reads the
+//	                                    connection and mochi client of an away subscriber without it, valid if no one took it between (settled)
 //	bytes held for sessions away        offlineHeld's mutex (per session, per user, the users' heap); added to and trimmed under arriving's mutex; taken off without it by forget (a resume, an expiry, an ended session), prune ($SYS ticker) and deleted (OnQosDropped)
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)

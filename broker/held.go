@@ -280,8 +280,8 @@ func propsBytes(p *packets.Properties) int {
 // MaxOfflineBytes, held messages are dropped until the count is back
 // within it, from the user holding the most (roomLocked).
 func (b *Broker) countLeft(cl *mqtt.Client, user string) {
-	b.arriving.mu.Lock()
-	defer b.arriving.mu.Unlock()
+	b.arriving.lock()
+	defer b.arriving.unlock()
 	n, _ := heldBytes(cl)
 	b.offline.set(cl, user, n)
 	b.roomLocked(user, 0)

@@ -255,11 +255,11 @@ func TestTakeoverChecksOwnerUnderLock(t *testing.T) {
 					}
 					return true
 				})
-				b.arriving.mu.Lock()
+				b.arriving.lock()
 				if s := b.arriving.by["shared"]; s != nil && userOf(s.cl) == "bob" {
 					t.Error("bob registered as the session's arriving client")
 				}
-				b.arriving.mu.Unlock()
+				b.arriving.unlock()
 				if _, _, err := readPacketBody(bob.r); err == nil {
 					t.Error("bob's refused connection was not closed")
 				}

@@ -123,14 +123,14 @@ func heldHeap(t *testing.T, b *Broker) (heapPer, countedPer float64) {
 	t.Helper()
 	counted := b.offline.bytes.Load()
 	before := settledHeap(t)
-	b.arriving.mu.Lock()
+	b.arriving.lock()
 	n := 0
 	for _, cl := range b.server.Clients.GetAll() {
 		if cl.Closed() {
 			n += cl.State.Inflight.DropDeliveries()
 		}
 	}
-	b.arriving.mu.Unlock()
+	b.arriving.unlock()
 	after := settledHeap(t)
 	if n == 0 {
 		t.Fatal("nothing held")
@@ -207,8 +207,8 @@ func TestHeldCostHonest(t *testing.T) {
 			}
 			want := int64(tc.sessions * tc.each)
 			waitFor(t, "every message held", func() bool {
-				b.arriving.mu.Lock()
-				defer b.arriving.mu.Unlock()
+				b.arriving.lock()
+				defer b.arriving.unlock()
 				_, n := awayHeld(b)
 				return n == want
 			})
@@ -330,15 +330,15 @@ func TestAwayHeldUserAcrossReload(t *testing.T) {
 			publish(n)
 			dropped := func() int64 { return b.meter.dropped[dropOfflineFull].Load() }
 			waitFor(t, "the 7th message held or dropped", func() bool {
-				b.arriving.mu.Lock()
-				defer b.arriving.mu.Unlock()
+				b.arriving.lock()
+				defer b.arriving.unlock()
 				cl, _ := b.server.Clients.Get(id)
 				return cl.State.Inflight.Len() != n || dropped() > 0
 			})
-			b.arriving.mu.Lock()
+			b.arriving.lock()
 			cl, _ := b.server.Clients.Get(id)
 			holds := cl.State.Inflight.Len()
-			b.arriving.mu.Unlock()
+			b.arriving.unlock()
 			if holds != n || dropped() != 1 {
 				t.Errorf("the session holds %d messages, %d dropped; want its %d held and the 7th dropped", holds, dropped(), n)
 			}
@@ -379,8 +379,8 @@ func awayHeldModel(t *testing.T, seed uint64) {
 		t.Helper()
 		var held, counted int64
 		waitFor(t, "the count settled", func() bool {
-			b.arriving.mu.Lock()
-			defer b.arriving.mu.Unlock()
+			b.arriving.lock()
+			defer b.arriving.unlock()
 			held, _ = awayHeld(b)
 			counted = b.offline.bytes.Load()
 			return held == counted
@@ -554,10 +554,10 @@ func TestAwayHeldCountedAfterResumeRace(t *testing.T) {
 	aConn.endMu.Unlock()
 	unlocked = true
 	h.wait(t, id, 3) // A's and B's
-	b.arriving.mu.Lock()
+	b.arriving.lock()
 	heldBytes, msgs := awayHeld(b)
 	counted := b.offline.bytes.Load()
-	b.arriving.mu.Unlock()
+	b.arriving.unlock()
 	if msgs != 3 || counted != heldBytes {
 		t.Errorf("%d messages (%d bytes) held for C's session away, counted %d", msgs, heldBytes, counted)
 	}

@@ -412,10 +412,10 @@ func dumpConns(b *Broker) string {
 		c.endMu.Unlock()
 		return true
 	})
-	b.arriving.mu.Lock()
+	b.arriving.lock()
 	for id, s := range b.arriving.by {
 		fmt.Fprintf(&sb, "arriving %s cl=%s closed=%v msgs=%d\n", id, s.cl.Net.Remote, s.cl.Closed(), len(s.msgs))
 	}
-	b.arriving.mu.Unlock()
+	b.arriving.unlock()
 	return sb.String()
 }

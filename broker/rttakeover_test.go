@@ -282,19 +282,19 @@ func TestHeldForClientThatNeverConnects(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b.arriving.mu.Lock()
+	b.arriving.lock()
 	held := 0
 	if s := b.arriving.by[id]; s != nil {
 		held = len(s.msgs)
 	}
-	b.arriving.mu.Unlock()
+	b.arriving.unlock()
 	if dropped := b.meter.dropped[dropOfflineFull].Load() - full; held != 8 || dropped != 4 {
 		t.Fatalf("%d held for the arriving client and %d dropped (offline_full), want 8 and 4", held, dropped)
 	}
 	cl.Stop(nil) // its CONNACK could not be written
 	waitFor(t, "the sweep", func() bool {
-		b.arriving.mu.Lock()
-		defer b.arriving.mu.Unlock()
+		b.arriving.lock()
+		defer b.arriving.unlock()
 		return b.arriving.by[id] == nil
 	})
 	if n := cl.State.Inflight.Len(); n != 8 {

@@ -94,10 +94,11 @@ type subMatch struct {
 // subScratch is one match's working memory, pooled: out is what the
 // deliverer reads until it hands the scratch back (release).
 type subScratch struct {
-	raw []*subEntry
-	ids []int
-	out []subMatch
-	x   *subIndex
+	raw  []*subEntry
+	ids  []int
+	out  []subMatch
+	x    *subIndex
+	from int // lists raw's entries came from (a node's plain subscriptions, a shared group)
 }
 
 // release hands sc back for another match; out must not be read after.
@@ -109,6 +110,7 @@ func (sc *subScratch) release() {
 		sc.out[i] = subMatch{}
 	}
 	sc.out = sc.out[:0]
+	sc.from = 0
 	sc.x.scratch.Put(sc)
 }
 
@@ -332,7 +334,10 @@ func (x *subIndex) match(topic string) *subScratch {
 	if len(raw) == 0 {
 		return sc
 	}
-	if len(raw) > 1 {
+	// A client's entries are merged once sorted together. A list holds
+	// one entry a client: those from one list (a topic matched by # alone,
+	// say) are not sorted, which was most of a match's cost.
+	if len(raw) > 1 && sc.from > 1 {
 		slices.SortFunc(raw, func(a, b *subEntry) int { return cmp.Compare(a.client, b.client) })
 	}
 	for i := 0; i < len(raw); {
@@ -420,11 +425,15 @@ func (x *subIndex) walk(n *snode, topic string, i int, sc *subScratch) {
 // collect adds n's subscriptions and one member of each of its shared
 // groups.
 func (sc *subScratch) collect(n *snode) {
-	sc.raw = n.subs.Load().appendPtrs(sc.raw)
+	if subs := n.subs.Load(); subs.len() > 0 {
+		sc.raw = subs.appendPtrs(sc.raw)
+		sc.from++
+	}
 	if groups := n.shared.Load(); groups != nil {
 		for i := range groups.len() {
 			m := (*groups.at(i)).members.Load()
 			sc.raw = append(sc.raw, m.at(rand.IntN(m.len())))
+			sc.from++
 		}
 	}
 }

@@ -77,13 +77,13 @@ func TestHandOnToNewerClient(t *testing.T) {
 					got = append(got, pk.TopicName)
 				}
 			default:
-				b.arriving.mu.Lock()
+				b.arriving.lock()
 				if s := b.arriving.by["away"]; s != nil && s.cl == newer {
 					for _, m := range s.msgs {
 						got = append(got, m.msg.topic)
 					}
 				}
-				b.arriving.mu.Unlock()
+				b.arriving.unlock()
 			}
 			dropped := b.meter.dropped[dropSessionEnded].Load() - droppedBefore
 			want, wantDropped := []string{"q/2", "q/3"}, int64(0)
@@ -146,12 +146,12 @@ func TestAdoptWhenSuperseded(t *testing.T) {
 			c.q.mu.Lock()
 			queued := len(c.q.items) - c.q.head
 			c.q.mu.Unlock()
-			b.arriving.mu.Lock()
+			b.arriving.lock()
 			var waiting []*plainItem
 			if s := b.arriving.by[id]; s != nil {
 				waiting = s.msgs
 			}
-			b.arriving.mu.Unlock()
+			b.arriving.unlock()
 			switch {
 			case tc.registered && (queued != 0 || len(waiting) != 1 || waiting[0] != m):
 				t.Fatalf("%d queued and %d waiting, want the held message waiting for the newer client", queued, len(waiting))

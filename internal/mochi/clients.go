@@ -235,6 +235,7 @@ type ClientState struct {
 	packetID        uint32               // the current highest packetID
 	open            context.Context      // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc   // cancel function for open context
+	stopped         atomic.Bool          // mote: Stop cancelled open (change 66): Closed without open.Err's channel lock
 	outboundQty     int32                // number of messages currently in the outbound queue
 	writeOnDemand   bool                 // mote: WriteLoop starts on the first queued packet (set before the client is shared)
 	writing         atomic.Bool          // mote: a WriteLoop was started for the client
@@ -557,21 +558,18 @@ func (cl *Client) clearInflightsMovedTo(to *Client) {
 }
 
 // ClearExpiredInflights deletes any inflight messages which have expired.
+//
+// mote: change 67: only the expired messages are copied out (Inflight.expired),
+// not every one held (GetAll): the once-a-second sweep asks every client,
+// and sessions away holding MaxInflight each made it copy and sort 800
+// bytes a held message, a second.
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}
-	for _, tk := range cl.State.Inflight.GetAll(false) {
-		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
-
-		// If the maximum message expiry interval is set (greater than 0), and the message
-		// retention period exceeds the maximum expiry, the message will be forcibly removed.
-		enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
-
-		if expired || enforced {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
-				cl.ops.hooks.OnQosDropped(cl, tk)
-				atomic.AddInt64(&cl.ops.info.Inflight, -1)
-				deleted = append(deleted, tk.PacketID)
-			}
+	for _, tk := range cl.State.Inflight.expired(now, maximumExpiry) {
+		if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+			cl.ops.hooks.OnQosDropped(cl, tk)
+			atomic.AddInt64(&cl.ops.info.Inflight, -1)
+			deleted = append(deleted, tk.PacketID)
 		}
 	}
 
@@ -658,6 +656,7 @@ func (cl *Client) Stop(err error) {
 
 		if cl.State.cancelOpen != nil {
 			cl.State.cancelOpen()
+			cl.State.stopped.Store(true) // mote: change 66, after open is cancelled: Closed answers as before
 		}
 
 		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())
@@ -720,7 +719,10 @@ func (cl *Client) StopTime() int64 {
 
 // Closed returns true if client connection is closed.
 func (cl *Client) Closed() bool {
-	return cl.State.open == nil || cl.State.open.Err() != nil
+	// mote: change 66: a stopped client answers from an atomic; a closed
+	// context's Err takes its Done channel's lock, and the broker asks
+	// every away subscriber of a message.
+	return cl.State.stopped.Load() || cl.State.open == nil || cl.State.open.Err() != nil
 }
 
 func (cl *Client) IsTakenOver() bool {

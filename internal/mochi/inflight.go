@@ -96,6 +96,34 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	return m
 }
 
+// mote: expired returns, in GetAll's order, the messages
+// ClearExpiredInflights deletes (change 67), copying no other.
+func (i *Inflight) expired(now, maximumExpiry int64) []packets.Packet {
+	i.RLock()
+	defer i.RUnlock()
+
+	var m []packets.Packet
+	for _, tk := range i.internal {
+		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
+
+		// If the maximum message expiry interval is set (greater than 0), and the message
+		// retention period exceeds the maximum expiry, the message will be forcibly removed.
+		enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
+
+		if expired || enforced {
+			m = append(m, tk)
+		}
+	}
+
+	if len(m) > 1 {
+		sort.Slice(m, func(i, j int) bool {
+			return uint16(m[i].Created) < uint16(m[j].Created)
+		})
+	}
+
+	return m
+}
+
 // NextImmediate returns the next inflight packet which is indicated to be sent immediately.
 // This typically occurs when the quota has been exhausted, and we need to wait until new quota
 // is free to continue sending. It takes the read lock once, in GetAll
