@@ -86,6 +86,9 @@
 // which every other client's retained publish waited (TestLoopBudget).
 // The publisher waiting is its connection not being read: TCP pushes
 // back on it, as on a publisher waiting for a slow subscriber's room.
+// Publishers that wait are let in in the order they came (waiters): woken
+// all at once, a waiter lost the race for the inbox to a flooder that
+// never had to wait, batch after batch (TestLoopLimitFair).
 //
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted

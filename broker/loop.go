@@ -119,13 +119,21 @@ func (r *batchRows) changes() []tree.Change {
 type requestQueue struct {
 	mu     sync.Mutex
 	ready  sync.Cond // signalled when items arrive or the queue closes
-	space  sync.Cond // signalled when the loop takes items, or limit grows
 	items  []request
 	max    int           // LoopQueue: the bound whatever the cost
 	limit  int           // publishers wait while this many requests wait
 	budget time.Duration // LoopBudget
 	cost   float64       // what a request costs the loop, in ns (a moving average); 0: not measured yet
 	closed bool
+	// waiters are the publishers waiting for room, in the order they came:
+	// each is let in (its channel closed) in turn, once there is room
+	// (admit), and room is held for those let in until they queue
+	// (admitted). Woken all at once to race for mu, a waiter lost to
+	// publishers that never waited, again and again: a flooder's
+	// connection, read without pause, kept another client's publish out
+	// for many batches (TestLoopLimitFair).
+	waiters  []chan struct{}
+	admitted int
 }
 
 // minLoopLimit is the fewest requests the inbox takes before publishers
@@ -141,20 +149,50 @@ const costWindow = 256
 func newRequestQueue(max int, budget time.Duration) *requestQueue {
 	q := &requestQueue{max: max, limit: max, budget: budget}
 	q.ready.L = &q.mu
-	q.space.L = &q.mu
 	return q
 }
 
-// full reports whether a publish must wait for room. Its caller holds mu.
-func (q *requestQueue) full() bool { return len(q.items) >= q.limit && !q.closed }
+// full reports whether the inbox has no room for another publish, counting
+// the room held for publishers let in (admitted). Its caller holds mu.
+func (q *requestQueue) full() bool { return len(q.items)+q.admitted >= q.limit }
 
-// push queues r, a publish waiting while the queue is full; it reports
-// false once the queue is closed.
+// turn waits, for a publish, until the publishers that came before it are
+// in and there is room, in the order they came (waiters); it returns at
+// once if nobody waits and there is room. Its caller holds mu; it is let
+// go while waiting.
+func (q *requestQueue) turn() {
+	if q.closed || len(q.waiters) == 0 && !q.full() {
+		return
+	}
+	w := make(chan struct{})
+	q.waiters = append(q.waiters, w)
+	q.mu.Unlock()
+	<-w
+	q.mu.Lock()
+	if !q.closed {
+		q.admitted-- // its room is taken now
+	}
+}
+
+// admit lets waiting publishers in, first come first, while there is
+// room. Its caller holds mu.
+func (q *requestQueue) admit() {
+	n := 0
+	for ; n < len(q.waiters) && !q.full(); n++ {
+		close(q.waiters[n])
+		q.admitted++
+	}
+	clear(q.waiters[:n])
+	q.waiters = q.waiters[n:]
+}
+
+// push queues r, a publish waiting its turn while the queue is full
+// (turn); it reports false once the queue is closed.
 func (q *requestQueue) push(r request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for r.kind == reqPublish && q.full() {
-		q.space.Wait()
+	if r.kind == reqPublish {
+		q.turn()
 	}
 	if q.closed {
 		return false
@@ -186,10 +224,8 @@ func (q *requestQueue) ran(n int, took time.Duration) {
 			limit = min(max(int(l), minLoopLimit), q.max)
 		}
 	}
-	if limit > q.limit {
-		q.space.Broadcast() // room for those waiting
-	}
 	q.limit = limit
+	q.admit() // room for those waiting, if it grew
 }
 
 // limitNow is the number of requests past which publishers wait now.
@@ -214,7 +250,7 @@ func (q *requestQueue) swap(spare []request) (items []request, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	items, q.items = q.items, spare[:0]
-	q.space.Broadcast()
+	q.admit()
 	return items, len(items) > 0 || !q.closed
 }
 
@@ -235,9 +271,12 @@ func (q *requestQueue) len() int {
 func (q *requestQueue) close() {
 	q.mu.Lock()
 	q.closed = true
+	for _, w := range q.waiters {
+		close(w) // they find the queue closed
+	}
+	q.waiters, q.admitted = nil, 0
 	q.mu.Unlock()
 	q.ready.Broadcast()
-	q.space.Broadcast()
 }
 
 // onLoop runs fn on the message loop and waits for it to finish. It

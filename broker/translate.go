@@ -226,9 +226,7 @@ func (b *Broker) translateApplied(m *pubMeta, rows []tree.Row, qos byte) (tree.O
 func (q *requestQueue) pushPair(a, b request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for q.full() {
-		q.space.Wait()
-	}
+	q.turn()
 	if q.closed {
 		return false
 	}
