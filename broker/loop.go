@@ -134,6 +134,19 @@ type requestQueue struct {
 	// for many batches (TestLoopLimitFair).
 	waiters  []chan struct{}
 	admitted int
+	// busy is set from when the loop has work it did not finish: a batch
+	// it took (swap), run inline (runIdle), or requests queued while it
+	// was not running one; since is when that began, and started counts
+	// the publishes of the batch the loop has begun to deliver
+	// (applyBatch). What the loop took so far over the publishes it did is
+	// what they cost now (full): limit, from the batches before, lags
+	// behind, and publishes that came after cheap ones (limit up to
+	// LoopQueue) filled the inbox with thousands of costly ones before the
+	// first batch of them was measured (TestLoopBudgetSwitch).
+	busy    bool
+	running bool // busy with a batch (swap, runIdle), not only waited for
+	since   time.Time
+	started atomic.Int64
 }
 
 // minLoopLimit is the fewest requests the inbox takes before publishers
@@ -154,7 +167,25 @@ func newRequestQueue(max int, budget time.Duration) *requestQueue {
 
 // full reports whether the inbox has no room for another publish, counting
 // the room held for publishers let in (admitted). Its caller holds mu.
-func (q *requestQueue) full() bool { return len(q.items)+q.admitted >= q.limit }
+func (q *requestQueue) full() bool {
+	n := len(q.items) + q.admitted
+	if n >= q.limit {
+		return true
+	}
+	if n < minLoopLimit || !q.busy {
+		return false
+	}
+	// The loop took took so far for the publishes it did (one, while the
+	// first is under way): past budget's worth of requests at that cost,
+	// n is too many.
+	started := q.started.Load()
+	if q.running && started == 0 {
+		return false // a call (a snapshot, say): what it takes says nothing of what publishes cost
+	}
+	took := time.Since(q.since)
+	did := max(started-1, 1)
+	return float64(n)*float64(took) >= float64(q.budget)*float64(did)
+}
 
 // turn waits, for a publish, until the publishers that came before it are
 // in and there is room, in the order they came (waiters); it returns at
@@ -199,9 +230,36 @@ func (q *requestQueue) push(r request) bool {
 	}
 	q.items = append(q.items, r)
 	if len(q.items) == 1 {
+		if !q.busy {
+			q.begin(false) // it waits for the loop from now
+		}
 		q.ready.Signal()
 	}
 	return true
+}
+
+// begin starts the clock of the loop's work not done (busy). Its caller
+// holds mu.
+func (q *requestQueue) begin(running bool) {
+	q.busy, q.running, q.since = true, running, time.Now()
+	q.started.Store(0)
+}
+
+// end stops it once a batch ran: the requests queued meanwhile wait for
+// the loop from now. Its caller holds mu.
+func (q *requestQueue) end() {
+	q.busy = false
+	if len(q.items) > 0 {
+		q.begin(false)
+	}
+}
+
+// ranInline is ran for requests run inline (runIdle): their cost is not
+// counted, a publish run alone costing more than one in a batch.
+func (q *requestQueue) ranInline() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.end()
 }
 
 // ran is the loop telling the queue that a batch of n requests took took
@@ -212,6 +270,7 @@ func (q *requestQueue) ran(n int, took time.Duration) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.end()
 	c := float64(took) / float64(n)
 	if w := float64(n) / costWindow; q.cost == 0 || w >= 1 {
 		q.cost = c
@@ -250,15 +309,25 @@ func (q *requestQueue) swap(spare []request) (items []request, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	items, q.items = q.items, spare[:0]
+	if len(items) > 0 {
+		q.begin(true)
+	}
 	q.admit()
 	return items, len(items) > 0 || !q.closed
 }
 
-// idle reports whether nothing is queued and the queue is open.
-func (q *requestQueue) idle() bool {
+// runIdle reports whether nothing is queued and the queue is open, and if
+// so counts the requests run inline (runInline) as the batch running, as
+// swap does: publishes queued meanwhile are bounded by its cost (full).
+// Its caller holds loopMu, and tells ranInline once they ran.
+func (q *requestQueue) runIdle() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.items) == 0 && !q.closed
+	if len(q.items) > 0 || q.closed {
+		return false
+	}
+	q.begin(true)
+	return true
 }
 
 // len is the number of requests waiting.
@@ -354,12 +423,13 @@ func (b *Broker) runInline(reqs []request) bool {
 		return false
 	}
 	defer b.loopMu.Unlock()
-	if !b.reqs.idle() {
+	if !b.reqs.runIdle() {
 		return false // the loop has work to do first, and is awake for it
 	}
 	b.stats.Inline.Add(1)
 	defer b.inlinePanicked() // before loopMu is let go
 	b.runBatch(reqs)
+	b.reqs.ranInline()
 	return true
 }
 
@@ -462,6 +532,7 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	var tops []tree.Op // translations of $set and .replace, applied after
 	var tmeta []*pubMeta
 	for i, a := range res.Applied {
+		b.reqs.started.Add(1) // what the batch costs so far (requestQueue.full)
 		m := meta[i]
 		if a.Err != nil {
 			if m.done != nil {

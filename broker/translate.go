@@ -232,6 +232,9 @@ func (q *requestQueue) pushPair(a, b request) bool {
 	}
 	q.items = append(q.items, a, b)
 	if len(q.items) == 2 {
+		if !q.busy {
+			q.begin(false) // they wait for the loop from now
+		}
 		q.ready.Signal()
 	}
 	return true
