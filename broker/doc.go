@@ -86,6 +86,14 @@
 // which every other client's retained publish waited (TestLoopBudget).
 // The publisher waiting is its connection not being read: TCP pushes
 // back on it, as on a publisher waiting for a slow subscriber's room.
+// Publishers that wait are let in in the order they came (waiters): woken
+// all at once, a waiter lost the race for the inbox to a flooder that
+// never had to wait, batch after batch (TestLoopLimitFair).
+// The limit, from the batches before, lags behind a change of cost: while
+// the loop is behind (a batch or an inline publish running, or requests
+// waiting for it), what it took so far over the publishes it began bounds
+// the inbox too, so costly publishes after cheap ones do not fill a limit
+// measured on the cheap ones (TestLoopBudgetSwitch).
 //
 // A paced subscription ($sync.250ms/F, SPEC §2) holds the changes that
 // come within its interval after its last message in its treeSub, counted

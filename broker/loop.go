@@ -119,13 +119,34 @@ func (r *batchRows) changes() []tree.Change {
 type requestQueue struct {
 	mu     sync.Mutex
 	ready  sync.Cond // signalled when items arrive or the queue closes
-	space  sync.Cond // signalled when the loop takes items, or limit grows
 	items  []request
 	max    int           // LoopQueue: the bound whatever the cost
 	limit  int           // publishers wait while this many requests wait
 	budget time.Duration // LoopBudget
 	cost   float64       // what a request costs the loop, in ns (a moving average); 0: not measured yet
 	closed bool
+	// waiters are the publishers waiting for room, in the order they came:
+	// each is let in (its channel closed) in turn, once there is room
+	// (admit), and room is held for those let in until they queue
+	// (admitted). Woken all at once to race for mu, a waiter lost to
+	// publishers that never waited, again and again: a flooder's
+	// connection, read without pause, kept another client's publish out
+	// for many batches (TestLoopLimitFair).
+	waiters  []chan struct{}
+	admitted int
+	// busy is set from when the loop has work it did not finish: a batch
+	// it took (swap), run inline (runIdle), or requests queued while it
+	// was not running one; since is when that began, and started counts
+	// the publishes of the batch the loop has begun to deliver
+	// (applyBatch). What the loop took so far over the publishes it did is
+	// what they cost now (full): limit, from the batches before, lags
+	// behind, and publishes that came after cheap ones (limit up to
+	// LoopQueue) filled the inbox with thousands of costly ones before the
+	// first batch of them was measured (TestLoopBudgetSwitch).
+	busy    bool
+	running bool // busy with a batch (swap, runIdle), not only waited for
+	since   time.Time
+	started atomic.Int64
 }
 
 // minLoopLimit is the fewest requests the inbox takes before publishers
@@ -141,29 +162,104 @@ const costWindow = 256
 func newRequestQueue(max int, budget time.Duration) *requestQueue {
 	q := &requestQueue{max: max, limit: max, budget: budget}
 	q.ready.L = &q.mu
-	q.space.L = &q.mu
 	return q
 }
 
-// full reports whether a publish must wait for room. Its caller holds mu.
-func (q *requestQueue) full() bool { return len(q.items) >= q.limit && !q.closed }
+// full reports whether the inbox has no room for another publish, counting
+// the room held for publishers let in (admitted). Its caller holds mu.
+func (q *requestQueue) full() bool {
+	n := len(q.items) + q.admitted
+	if n >= q.limit {
+		return true
+	}
+	if n < minLoopLimit || !q.busy {
+		return false
+	}
+	// The loop took took so far for the publishes it did (one, while the
+	// first is under way): past budget's worth of requests at that cost,
+	// n is too many.
+	started := q.started.Load()
+	if q.running && started == 0 {
+		return false // a call (a snapshot, say): what it takes says nothing of what publishes cost
+	}
+	took := time.Since(q.since)
+	did := max(started-1, 1)
+	return float64(n)*float64(took) >= float64(q.budget)*float64(did)
+}
 
-// push queues r, a publish waiting while the queue is full; it reports
-// false once the queue is closed.
+// turn waits, for a publish, until the publishers that came before it are
+// in and there is room, in the order they came (waiters); it returns at
+// once if nobody waits and there is room. Its caller holds mu; it is let
+// go while waiting.
+func (q *requestQueue) turn() {
+	if q.closed || len(q.waiters) == 0 && !q.full() {
+		return
+	}
+	w := make(chan struct{})
+	q.waiters = append(q.waiters, w)
+	q.mu.Unlock()
+	<-w
+	q.mu.Lock()
+	if !q.closed {
+		q.admitted-- // its room is taken now
+	}
+}
+
+// admit lets waiting publishers in, first come first, while there is
+// room. Its caller holds mu.
+func (q *requestQueue) admit() {
+	n := 0
+	for ; n < len(q.waiters) && !q.full(); n++ {
+		close(q.waiters[n])
+		q.admitted++
+	}
+	clear(q.waiters[:n])
+	q.waiters = q.waiters[n:]
+}
+
+// push queues r, a publish waiting its turn while the queue is full
+// (turn); it reports false once the queue is closed.
 func (q *requestQueue) push(r request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for r.kind == reqPublish && q.full() {
-		q.space.Wait()
+	if r.kind == reqPublish {
+		q.turn()
 	}
 	if q.closed {
 		return false
 	}
 	q.items = append(q.items, r)
 	if len(q.items) == 1 {
+		if !q.busy {
+			q.begin(false) // it waits for the loop from now
+		}
 		q.ready.Signal()
 	}
 	return true
+}
+
+// begin starts the clock of the loop's work not done (busy). Its caller
+// holds mu.
+func (q *requestQueue) begin(running bool) {
+	q.busy, q.running, q.since = true, running, time.Now()
+	q.started.Store(0)
+}
+
+// end stops it once a batch ran: the requests queued meanwhile wait for
+// the loop from now. Its caller holds mu.
+func (q *requestQueue) end() {
+	q.busy = false
+	if len(q.items) > 0 {
+		q.begin(false)
+	}
+}
+
+// ranInline is ran for requests run inline (runIdle): their cost is not
+// counted, a publish run alone costing more than one in a batch.
+func (q *requestQueue) ranInline() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.end()
 }
 
 // ran is the loop telling the queue that a batch of n requests took took
@@ -174,6 +270,7 @@ func (q *requestQueue) ran(n int, took time.Duration) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.end()
 	c := float64(took) / float64(n)
 	if w := float64(n) / costWindow; q.cost == 0 || w >= 1 {
 		q.cost = c
@@ -186,10 +283,8 @@ func (q *requestQueue) ran(n int, took time.Duration) {
 			limit = min(max(int(l), minLoopLimit), q.max)
 		}
 	}
-	if limit > q.limit {
-		q.space.Broadcast() // room for those waiting
-	}
 	q.limit = limit
+	q.admit() // room for those waiting, if it grew
 }
 
 // limitNow is the number of requests past which publishers wait now.
@@ -214,15 +309,25 @@ func (q *requestQueue) swap(spare []request) (items []request, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	items, q.items = q.items, spare[:0]
-	q.space.Broadcast()
+	if len(items) > 0 {
+		q.begin(true)
+	}
+	q.admit()
 	return items, len(items) > 0 || !q.closed
 }
 
-// idle reports whether nothing is queued and the queue is open.
-func (q *requestQueue) idle() bool {
+// runIdle reports whether nothing is queued and the queue is open, and if
+// so counts the requests run inline (runInline) as the batch running, as
+// swap does: publishes queued meanwhile are bounded by its cost (full).
+// Its caller holds loopMu, and tells ranInline once they ran.
+func (q *requestQueue) runIdle() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.items) == 0 && !q.closed
+	if len(q.items) > 0 || q.closed {
+		return false
+	}
+	q.begin(true)
+	return true
 }
 
 // len is the number of requests waiting.
@@ -235,9 +340,12 @@ func (q *requestQueue) len() int {
 func (q *requestQueue) close() {
 	q.mu.Lock()
 	q.closed = true
+	for _, w := range q.waiters {
+		close(w) // they find the queue closed
+	}
+	q.waiters, q.admitted = nil, 0
 	q.mu.Unlock()
 	q.ready.Broadcast()
-	q.space.Broadcast()
 }
 
 // onLoop runs fn on the message loop and waits for it to finish. It
@@ -315,12 +423,13 @@ func (b *Broker) runInline(reqs []request) bool {
 		return false
 	}
 	defer b.loopMu.Unlock()
-	if !b.reqs.idle() {
+	if !b.reqs.runIdle() {
 		return false // the loop has work to do first, and is awake for it
 	}
 	b.stats.Inline.Add(1)
 	defer b.inlinePanicked() // before loopMu is let go
 	b.runBatch(reqs)
+	b.reqs.ranInline()
 	return true
 }
 
@@ -423,6 +532,7 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	var tops []tree.Op // translations of $set and .replace, applied after
 	var tmeta []*pubMeta
 	for i, a := range res.Applied {
+		b.reqs.started.Add(1) // what the batch costs so far (requestQueue.full)
 		m := meta[i]
 		if a.Err != nil {
 			if m.done != nil {

@@ -226,14 +226,15 @@ func (b *Broker) translateApplied(m *pubMeta, rows []tree.Row, qos byte) (tree.O
 func (q *requestQueue) pushPair(a, b request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for q.full() {
-		q.space.Wait()
-	}
+	q.turn()
 	if q.closed {
 		return false
 	}
 	q.items = append(q.items, a, b)
 	if len(q.items) == 2 {
+		if !q.busy {
+			q.begin(false) // they wait for the loop from now
+		}
 		q.ready.Signal()
 	}
 	return true
