@@ -92,66 +92,36 @@ func TestLoopLimitWaits(t *testing.T) {
 	q.close()
 }
 
-// TestLoopBudget: two clients flood retained QoS 0 publishes while 200
-// away persistent sessions are subscribed to #, so each publish costs the
-// loop 200 deliveries. The publishers are pushed back once about LoopBudget
-// of the loop's work waits (their connections are not read meanwhile): the
-// inbox never holds more than a few hundred publishes, and every publish
-// is applied. Counted in requests alone (LoopQueue, 100,000), the inbox
-// took the whole flood: 3,000 or more of the 4,000 publishes waited for
-// the loop at once.
-func TestLoopBudget(t *testing.T) {
-	const away, flood = 200, 4000
-	b := start(t, Options{LoopBudget: time.Millisecond})
-	h := addLeftHook(t, b)
-	for i := range away {
-		id := fmt.Sprint("away", i)
-		p, _, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 4, id, false, 0, nil))
-		if code != 0 {
-			t.Fatalf("%s: CONNACK %#x", id, code)
-		}
-		p.subscribe(t, 4, "#", 1)
-		p.c.Close()
-		h.wait(t, id, 1)
-	}
-	waitFor(t, "the sessions away", func() bool { return b.away.len() == away })
+// flooders are two raw publishers: one alone runs its publishes itself
+// while the loop is idle (runInline), one at a time; with two, the loop
+// is busy and they queue.
+type flooders []*ownerPeer
 
-	var peak atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // samples the inbox until stopped
-		defer wg.Done()
-		for {
-			if n := int64(b.reqs.len()); n > peak.Load() {
-				peak.Store(n)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Microsecond):
-			}
-		}
-	}()
-	// Two publishers: one alone runs its publishes itself while the loop
-	// is idle (runInline), one at a time; with two, the loop is busy and
-	// they queue.
-	var peers []*ownerPeer
+func newFlooders(t *testing.T, b *Broker) flooders {
+	var fs flooders
 	for k := range 2 {
 		p, _, code := rawPeer(t, b.TCPAddr(), rawConnect(t, 4, fmt.Sprint("flood", k), true, 0, nil))
 		if code != 0 {
 			t.Fatalf("flood%d: CONNACK %#x", k, code)
 		}
-		peers = append(peers, p)
+		fs = append(fs, p)
 	}
+	return fs
+}
+
+// send has the flooders publish n retained QoS 0 rows in all, under
+// prefix/<flooder>/, written at once, and returns once every one is
+// applied.
+func (fs flooders) send(t *testing.T, b *Broker, prefix string, n int) {
+	t.Helper()
 	var pubs sync.WaitGroup
-	for k, p := range peers {
+	for k, p := range fs {
 		pubs.Add(1)
 		go func() {
 			defer pubs.Done()
 			var out []byte
-			for i := range flood / 2 {
-				pk := rawPublish(fmt.Sprintf("f/%d/%d", k, i%50), fmt.Sprint(i))
+			for i := range n / len(fs) {
+				pk := rawPublish(fmt.Sprintf("%s/%d/%d", prefix, k, i%50), fmt.Sprint(i))
 				pk[0] |= 1 // retained
 				out = append(out, pk...)
 			}
@@ -169,14 +139,57 @@ func TestLoopBudget(t *testing.T) {
 	if err := b.Sync(testCtx(t)); err != nil { // every publish applied
 		t.Fatal(err)
 	}
-	close(stop)
-	wg.Wait()
+}
+
+// inboxPeak samples how many requests wait in b's inbox until the
+// function it returns is called, which returns the most it saw.
+func inboxPeak(b *Broker) func() int64 {
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			if n := int64(b.reqs.len()); n > peak.Load() {
+				peak.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Microsecond):
+			}
+		}
+	}()
+	return func() int64 {
+		close(stop)
+		wg.Wait()
+		return peak.Load()
+	}
+}
+
+// TestLoopBudget: two clients flood retained QoS 0 publishes while 200
+// away persistent sessions are subscribed to #, so each publish costs the
+// loop 200 deliveries. The publishers are pushed back once about LoopBudget
+// of the loop's work waits (their connections are not read meanwhile): the
+// inbox never holds more than a few hundred publishes, and every publish
+// is applied. Counted in requests alone (LoopQueue, 100,000), the inbox
+// took the whole flood: 3,000 or more of the 4,000 publishes waited for
+// the loop at once.
+func TestLoopBudget(t *testing.T) {
+	const away, flood = 200, 4000
+	b := start(t, Options{LoopBudget: time.Millisecond})
+	leaveAway(t, b, away, "#", 1)
+	fs := newFlooders(t, b)
+	peak := inboxPeak(b)
+	fs.send(t, b, "f", flood)
+	max := peak()
 	if got := b.stats.OpsApplied.Load(); got < flood {
 		t.Fatalf("%d publishes applied, want %d", got, flood)
 	}
 	limit := b.reqs.limitNow()
-	t.Logf("inbox peak %d publishes, limit now %d", peak.Load(), limit)
-	if peak.Load() > 1000 {
-		t.Fatalf("the inbox held %d publishes at once: not pushed back (limit now %d)", peak.Load(), limit)
+	t.Logf("inbox peak %d publishes, limit now %d", max, limit)
+	if max > 1000 {
+		t.Fatalf("the inbox held %d publishes at once: not pushed back (limit now %d)", max, limit)
 	}
 }
