@@ -293,3 +293,58 @@ func awayNow(b *Broker, h *leftHook, id string) error {
 		}
 	}
 }
+
+// TestArrivingSettled: settled tells, without arriving's mutex, that
+// nothing it guards changed since a stamp and no client is arriving: not
+// while the mutex is held (the stamp odd, or taken since), not once it
+// was taken and let go, not while by holds a client coming back, and yes
+// once by is empty again and no one took it since the stamp.
+func TestArrivingSettled(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		run  func(a *arriving) bool // settled, as a reader between stamp and re-check sees it
+		want bool
+	}{
+		{name: "quiet", want: true, run: func(a *arriving) bool {
+			return a.settled(a.stamp())
+		}},
+		{name: "stamped while held", run: func(a *arriving) bool {
+			a.lock() // a holder mid-change: what the reader read may be half of it
+			defer a.unlock()
+			return a.settled(a.stamp())
+		}},
+		{name: "held since the stamp", run: func(a *arriving) bool {
+			v := a.stamp()
+			a.lock()
+			defer a.unlock()
+			return a.settled(v)
+		}},
+		{name: "taken and let go since the stamp", run: func(a *arriving) bool {
+			v := a.stamp()
+			a.lock()
+			a.unlock()
+			return a.settled(v)
+		}},
+		{name: "a client arriving", run: func(a *arriving) bool {
+			a.lock()
+			a.by = map[string]*arrivingSession{"x": {}}
+			a.unlock()
+			return a.settled(a.stamp())
+		}},
+		{name: "the client arrived", want: true, run: func(a *arriving) bool {
+			a.lock()
+			a.by = map[string]*arrivingSession{"x": {}}
+			a.unlock()
+			a.lock()
+			delete(a.by, "x")
+			a.unlock()
+			return a.settled(a.stamp())
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.run(&arriving{}); got != tc.want {
+				t.Errorf("settled: %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
