@@ -348,3 +348,69 @@ func TestArrivingSettled(t *testing.T) {
 		})
 	}
 }
+
+// TestAwayShortcutCleanStartArriving: a session away, a client of its id
+// coming back with Clean Start (MQTT 5) or CleanSession (3.1.1), held in
+// OnSessionEstablish after the broker registered it: a message published
+// then was checked for the session that ends, and give drops it counted
+// (session ended), QoS 0 too. deliverTo's shortcut (settled) must not
+// skip it uncounted while a client is arriving; the new session gets none.
+func TestAwayShortcutCleanStartArriving(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		v    byte
+		qos  byte
+	}{
+		{name: "v5/qos0", v: 5},
+		{name: "v5/qos1", v: 5, qos: 1},
+		{name: "v4/qos0", v: 4},
+		{name: "v4/qos1", v: 4, qos: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := start(t, Options{Users: users(t)})
+			h := addLeftHook(t, b)
+			const id = "clean"
+			arrived, release := make(chan struct{}), make(chan struct{})
+			var gated atomic.Bool
+			gate := &establishFunc{f: func(cl *mqtt.Client) {
+				if gated.Load() && cl.ID == id {
+					arrived <- struct{}{}
+					<-release
+				}
+			}}
+			if err := b.server.AddHook(gate, nil); err != nil {
+				t.Fatal(err)
+			}
+			p, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, tc.v, id, false, 3600, nil, "alice"))
+			p.subscribe(t, tc.v, "t/#", 1)
+			p.c.Close()
+			h.wait(t, id, 1)
+			waitFor(t, "the session's hand-off", func() bool { return b.connByID(id) == nil })
+
+			gated.Store(true)
+			back := dialOwner(t, b)
+			connect := rawConnect(t, tc.v, id, true, 3600, nil, "alice")
+			if _, err := back.c.Write(connect); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-arrived:
+			case <-time.After(testTimeout):
+				t.Fatal("the CONNECT coming back never reached OnSessionEstablish")
+			}
+			ended := b.meter.dropped[dropSessionEnded].Load()
+			m := Message{Topic: "t/x", Payload: []byte("old"), QoS: tc.qos}
+			if err := b.Publish(testCtx(t), systemPrincipal, m); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.meter.dropped[dropSessionEnded].Load() - ended; got != 1 {
+				t.Errorf("%d messages counted dropped (session ended), want 1", got)
+			}
+			release <- struct{}{}
+			if h, body := back.next(t, 2); len(body) < 2 || body[1] != 0 {
+				t.Fatalf("CONNACK %#x % x", h, body)
+			}
+			back.pingNone(t, "the new session, after the old one's message")
+		})
+	}
+}
