@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -1068,5 +1070,58 @@ func TestClearExpiredInflightsCopiesNone(t *testing.T) {
 	}
 	if n := cl.State.Inflight.Len(); n != 1024 {
 		t.Errorf("%d messages held after the sweep, want 1024", n)
+	}
+}
+
+// TestClearExpiredInflightsAsUpstream: change 67 deletes what upstream's
+// sweep deleted (every held message, GetAll, filtered), in the same
+// order: v5 messages past their Message Expiry Interval, and with a
+// server maximum every kind held past it (PUBRELs and MQTT 3.1.1
+// messages too, as upstream), nothing else.
+func TestClearExpiredInflightsAsUpstream(t *testing.T) {
+	const now = int64(1_000_000)
+	upstream := func(held []packets.Packet, maximumExpiry int64) []uint16 {
+		var out []uint16
+		i := NewInflights()
+		for _, pk := range held {
+			i.Set(pk)
+		}
+		for _, tk := range i.GetAll(false) {
+			expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now
+			enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
+			if expired || enforced {
+				out = append(out, tk.PacketID)
+			}
+		}
+		return out
+	}
+	for seed := range uint64(50) {
+		r := rand.New(rand.NewPCG(seed, 67))
+		var held []packets.Packet
+		for id := uint16(1); id <= 200; id++ {
+			pk := packets.Packet{
+				FixedHeader:     packets.FixedHeader{Type: []byte{packets.Publish, packets.Pubrel, packets.Pubrec}[r.IntN(3)], Qos: 1 + byte(r.IntN(2))},
+				ProtocolVersion: []byte{3, 4, 5}[r.IntN(3)],
+				PacketID:        id,
+				Created:         now - int64(r.IntN(20))*65536 + int64(id), // distinct as uint16: one order
+				Expiry:          []int64{0, -1, now - 1, now, now + 1}[r.IntN(5)],
+			}
+			held = append(held, pk)
+		}
+		for _, maximumExpiry := range []int64{0, 10 * 65536} {
+			cl, _, _ := newTestClient()
+			for _, pk := range held {
+				cl.State.Inflight.Set(pk)
+			}
+			want := upstream(held, maximumExpiry)
+			got := cl.ClearExpiredInflights(now, maximumExpiry)
+			if !slices.Equal(got, want) {
+				t.Fatalf("seed %d, maximum %d: deleted %v, upstream %v", seed, maximumExpiry, got, want)
+			}
+			if n := cl.State.Inflight.Len(); n != len(held)-len(want) {
+				t.Fatalf("seed %d: %d held after, want %d", seed, n, len(held)-len(want))
+			}
+			cl.Stop(errClientStop)
+		}
 	}
 }
