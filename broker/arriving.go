@@ -35,7 +35,7 @@ type arriving struct {
 	by map[string]*arrivingSession
 
 	ver     atomic.Uint64 // bumped as mu is taken and as it is let go: odd while held
-	waiting atomic.Int64  // len(by) as mu was last let go: clients arriving
+	waiting atomic.Int64  // len(by) as mu was last let go: clients arriving, and live clients without a connection until the sweep; any one turns settled off for every id
 }
 
 // lock takes a's mutex; every holder takes it so (see unlock).
@@ -56,7 +56,8 @@ func (a *arriving) unlock() {
 func (a *arriving) stamp() uint64 { return a.ver.Load() }
 
 // settled reports whether nobody held a's mutex since stamp v was read,
-// and no client was arriving then (by was empty): what the caller read
+// and by was empty then (no client arriving, none live without its
+// connection filed: any entry, for any id, answers false): what the caller read
 // in between without the mutex (the connection filed for an id, mochi's
 // client for it and whether it is closed) is what give would have read
 // under it, and give would have found no entry for the id in by.

@@ -75,12 +75,15 @@
 // fast publisher: TestAckedAheadBounded). The barrier still waits for
 // everything queued before it: while other work fills the inbox (QoS 0
 // rows, tree events), one acknowledged row makes a SUBSCRIBE wait for all
-// of that — about LoopBudget (100ms) of the loop's work at most.
+// of that — about LoopBudget (100ms) of the loop's work (the inbox's
+// bound: 64 requests at least, whatever they cost).
 //
 // The inbox is bounded in the loop's time (requestQueue): the loop tells
-// it what each batch cost per request, and a publisher waits once the
-// requests waiting would take about LoopBudget to run (LoopQueue, 100,000
-// requests, at most; 64 at least). Counted in requests alone, one
+// it what each batch's publishes cost (the time of its other requests,
+// calls such as a snapshot's encoding, left out), and a publisher waits
+// once the requests waiting would take about LoopBudget to run
+// (LoopQueue, 100,000 requests, at most; 64 at least, or LoopQueue if
+// smaller). Counted in requests alone, one
 // publisher of retained QoS 0 rows to 260 away sessions subscribed to #
 // queued 72,000 of them in seconds, ~100 s of the loop's work, behind
 // which every other client's retained publish waited (TestLoopBudget).
@@ -90,8 +93,8 @@
 // all at once, a waiter lost the race for the inbox to a flooder that
 // never had to wait, batch after batch (TestLoopLimitFair).
 // The limit, from the batches before, lags behind a change of cost: while
-// the loop is behind (a batch or an inline publish running, or requests
-// waiting for it), what it took so far over the publishes it began bounds
+// a batch runs (the loop's, or a publish run inline), what the loop took
+// so far over the publishes it began bounds
 // the inbox too, so costly publishes after cheap ones do not fill a limit
 // measured on the cheap ones (TestLoopBudgetSwitch).
 //
@@ -483,6 +486,8 @@
 //	bytes held for sessions away        offlineHeld's mutex (per session, per user, the users' heap); added to and trimmed under arriving's mutex; taken off without it by forget (a resume, an expiry, an ended session), prune ($SYS ticker) and deleted (OnQosDropped)
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
+//	the loop's inbox (requestQueue)     its mutex: items, the limit and the cost, the waiters and the room held for them,
+//	                                    the running batch's clock; started (publishes begun) an atomic loopMu's holder adds to
 //	rows acked ahead (ackedAhead)       an atomic: toLoop adds as it queues a QoS 1/2 retained publish acknowledged at once, the loop takes off once run; read by afterAcked (OnSubscribe, Session.SubscribeWith)
 //	failed logins per host (guesses)    each shard's mutex (16 shards by host; login, for every front end)
 //	cluster waiting writes, flight      the message loop (clusterNode); appender and follower hand results in as calls

@@ -111,11 +111,18 @@ func (r *batchRows) changes() []tree.Change {
 // delivered to one, and a count alone let publishers queue minutes of
 // work (72,000 retained publishes to 260 away sessions subscribed to #:
 // the loop ran for 100 s after the flood, and every other publish waited
-// behind it). The loop tells the queue what each batch cost (ran); limit
-// is about budget's worth of requests at that cost, never more than max
-// and never fewer than minLoopLimit. A publisher waits while limit
-// requests wait, so the loop is never much more than budget behind, and a
-// publish from anyone else waits about that long.
+// behind it). The loop tells the queue what each batch's publishes cost
+// (ran); limit is about budget's worth of requests at that cost, never
+// more than max and never fewer than minLoopLimit (or max, if smaller).
+// A publisher waits while limit requests wait, or sooner while the batch
+// running costs more than that (full), so the loop is never much more
+// than budget behind (other requests never wait, and an admitted pair
+// may pass the bound by one), and a publish from anyone else waits about
+// that long.
+//
+// Owner: mu guards every field but started, which whoever holds the
+// broker's loopMu adds to as it applies publishes (applyBatch), and begin
+// sets to 0 under mu (the batch's start, under loopMu too).
 type requestQueue struct {
 	mu     sync.Mutex
 	ready  sync.Cond // signalled when items arrive or the queue closes
@@ -123,7 +130,7 @@ type requestQueue struct {
 	max    int           // LoopQueue: the bound whatever the cost
 	limit  int           // publishers wait while this many requests wait
 	budget time.Duration // LoopBudget
-	cost   float64       // what a request costs the loop, in ns (a moving average); 0: not measured yet
+	cost   float64       // what a publish costs the loop, in ns (a moving average); 0: not measured yet
 	closed bool
 	// waiters are the publishers waiting for room, in the order they came:
 	// each is let in (its channel closed) in turn, once there is room
@@ -134,17 +141,16 @@ type requestQueue struct {
 	// for many batches (TestLoopLimitFair).
 	waiters  []chan struct{}
 	admitted int
-	// busy is set from when the loop has work it did not finish: a batch
-	// it took (swap), run inline (runIdle), or requests queued while it
-	// was not running one; since is when that began, and started counts
-	// the publishes of the batch the loop has begun to deliver
-	// (applyBatch). What the loop took so far over the publishes it did is
-	// what they cost now (full): limit, from the batches before, lags
-	// behind, and publishes that came after cheap ones (limit up to
-	// LoopQueue) filled the inbox with thousands of costly ones before the
-	// first batch of them was measured (TestLoopBudgetSwitch).
-	busy    bool
-	running bool // busy with a batch (swap, runIdle), not only waited for
+	// running is set while a batch runs: one the loop took (swap), or
+	// one run inline (runIdle); since is when it began, and started
+	// counts the publishes of it begun (applyBatch). What the loop took so
+	// far over the publishes it did is what they cost now (full): limit,
+	// from the batches before, lags behind, and publishes that came after
+	// cheap ones (limit up to LoopQueue) filled the inbox with thousands
+	// of costly ones before the first batch of them was measured
+	// (TestLoopBudgetSwitch). The time the loop takes to start a batch is
+	// not counted: waking it is not what a publish costs.
+	running bool
 	since   time.Time
 	started atomic.Int64
 }
@@ -172,14 +178,14 @@ func (q *requestQueue) full() bool {
 	if n >= q.limit {
 		return true
 	}
-	if n < minLoopLimit || !q.busy {
+	if n < minLoopLimit || !q.running {
 		return false
 	}
 	// The loop took took so far for the publishes it did (one, while the
 	// first is under way): past budget's worth of requests at that cost,
 	// n is too many.
 	started := q.started.Load()
-	if q.running && started == 0 {
+	if started == 0 {
 		return false // a call (a snapshot, say): what it takes says nothing of what publishes cost
 	}
 	took := time.Since(q.since)
@@ -230,29 +236,20 @@ func (q *requestQueue) push(r request) bool {
 	}
 	q.items = append(q.items, r)
 	if len(q.items) == 1 {
-		if !q.busy {
-			q.begin(false) // it waits for the loop from now
-		}
 		q.ready.Signal()
 	}
 	return true
 }
 
-// begin starts the clock of the loop's work not done (busy). Its caller
-// holds mu.
-func (q *requestQueue) begin(running bool) {
-	q.busy, q.running, q.since = true, running, time.Now()
+// begin starts the clock of a batch running. Its caller holds mu, and
+// loopMu.
+func (q *requestQueue) begin() {
+	q.running, q.since = true, time.Now()
 	q.started.Store(0)
 }
 
-// end stops it once a batch ran: the requests queued meanwhile wait for
-// the loop from now. Its caller holds mu.
-func (q *requestQueue) end() {
-	q.busy = false
-	if len(q.items) > 0 {
-		q.begin(false)
-	}
-}
+// end stops it once the batch ran. Its caller holds mu.
+func (q *requestQueue) end() { q.running = false }
 
 // ranInline is ran for requests run inline (runIdle): their cost is not
 // counted, a publish run alone costing more than one in a batch.
@@ -260,17 +257,23 @@ func (q *requestQueue) ranInline() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.end()
+	q.admit() // room for those waiting, if the time rule held them (full)
 }
 
-// ran is the loop telling the queue that a batch of n requests took took
-// to run: it moves the average cost of a request, and the limit with it.
+// ran is the loop telling the queue that it ran a batch in which n
+// publishes took took (what the other requests took is not counted: a
+// call's time, a snapshot's say, says nothing of what publishes cost): it
+// moves the average cost of a publish, and the limit with it. The loop
+// calls it holding loopMu, so no publish run inline (runIdle) begins
+// before the batch is told ended.
 func (q *requestQueue) ran(n int, took time.Duration) {
-	if n <= 0 {
-		return
-	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.end()
+	defer q.admit() // room for those waiting, if it grew
+	if n <= 0 {
+		return
+	}
 	c := float64(took) / float64(n)
 	if w := float64(n) / costWindow; q.cost == 0 || w >= 1 {
 		q.cost = c
@@ -284,7 +287,6 @@ func (q *requestQueue) ran(n int, took time.Duration) {
 		}
 	}
 	q.limit = limit
-	q.admit() // room for those waiting, if it grew
 }
 
 // limitNow is the number of requests past which publishers wait now.
@@ -310,7 +312,7 @@ func (q *requestQueue) swap(spare []request) (items []request, ok bool) {
 	defer q.mu.Unlock()
 	items, q.items = q.items, spare[:0]
 	if len(items) > 0 {
-		q.begin(true)
+		q.begin()
 	}
 	q.admit()
 	return items, len(items) > 0 || !q.closed
@@ -326,7 +328,7 @@ func (q *requestQueue) runIdle() bool {
 	if len(q.items) > 0 || q.closed {
 		return false
 	}
-	q.begin(true)
+	q.begin()
 	return true
 }
 
@@ -389,9 +391,9 @@ func (b *Broker) loop() {
 			return
 		}
 		start := time.Now()
-		b.runBatch(items)
+		pubs, others := b.runBatch(items)
+		b.reqs.ran(pubs, time.Since(start)-others)
 		b.loopMu.Unlock()
-		b.reqs.ran(len(items), time.Since(start))
 		var acked int64
 		for i := range items { // delivered: their publishers' events need not wait for them
 			if r := &items[i]; r.kind == reqPublish {
@@ -464,8 +466,9 @@ func (p *loopPanic) Error() string {
 }
 
 // runBatch runs one batch of requests in order: consecutive publishes are
-// applied together. Its caller holds loopMu.
-func (b *Broker) runBatch(items []request) {
+// applied together. Its caller holds loopMu. It returns how many
+// publishes it ran and what the other requests took (requestQueue.ran).
+func (b *Broker) runBatch(items []request) (pubs int, others time.Duration) {
 	start := time.Now()
 	b.lastTick.Store(start.UnixNano())
 	ops, meta := b.loopOps[:0], b.loopMeta[:0]
@@ -474,11 +477,14 @@ func (b *Broker) runBatch(items []request) {
 		if r.kind == reqPublish {
 			ops = append(ops, r.op)
 			meta = append(meta, r.pub)
+			pubs++
 			continue
 		}
 		b.apply(ops, meta) // keep order: earlier publishes first
 		ops, meta = ops[:0], meta[:0]
+		t := time.Now()
 		b.handle(r)
+		others += time.Since(t)
 	}
 	b.apply(ops, meta)
 	clear(ops) // drop references for the GC
@@ -486,6 +492,7 @@ func (b *Broker) runBatch(items []request) {
 	b.loopOps, b.loopMeta = ops[:0], meta[:0]
 	b.meter.batchSize.Observe(float64(len(items)))
 	b.meter.batchSeconds.Observe(time.Since(start).Seconds())
+	return pubs, others
 }
 
 // apply applies a batch of publishes and delivers what it produced; on a

@@ -32,7 +32,8 @@ func TestLoopBudgetSwitch(t *testing.T) {
 		{"costly: 100 µs each, 100 fit, full", true, 11, time.Millisecond, 100, true},
 		{"the first publish under way counts as one", true, 1, 20 * time.Millisecond, minLoopLimit, true},
 		{"a call, no publish begun: not a publish's cost", true, 0, time.Second, 5000, false},
-		{"waiting for the loop that long", false, 0, 20 * time.Millisecond, minLoopLimit, true},
+		{"waiting for the loop to start: not a publish's cost", false, 0, 20 * time.Millisecond, minLoopLimit, false},
+		{"the first publish under way counts as one, with 1 done", true, 2, 20 * time.Millisecond, minLoopLimit, true},
 		{"the limit whatever the cost", true, 1001, time.Nanosecond, 10_000, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -41,12 +42,35 @@ func TestLoopBudgetSwitch(t *testing.T) {
 			q.mu.Lock()
 			defer q.mu.Unlock()
 			q.items = make([]request, tc.queued)
-			q.begin(tc.running)
+			if tc.running {
+				q.begin()
+			}
 			q.since = time.Now().Add(-tc.took)
 			q.started.Store(tc.started)
 			if got := q.full(); got != tc.full {
 				t.Fatalf("full %v, want %v (limit %d)", got, tc.full, q.limit)
 			}
 		})
+	}
+}
+
+// TestLoopCostLeavesCallsOut: a batch's calls (a snapshot's encoding, say)
+// are not counted in what its publishes cost: runBatch reports the
+// publishes it ran and what the rest took, and the loop tells the inbox
+// the difference (ran). Counted, one 20 ms call in a batch of one set the
+// cost to 20 ms a request, and the limit to its floor for many batches.
+func TestLoopCostLeavesCallsOut(t *testing.T) {
+	b := start(t, Options{})
+	call := request{kind: reqCall, call: func() { time.Sleep(20 * time.Millisecond) }}
+	b.loopMu.Lock()
+	pubs, others := b.runBatch([]request{call})
+	b.loopMu.Unlock()
+	if pubs != 0 || others < 20*time.Millisecond {
+		t.Fatalf("runBatch: %d publishes, others %v; want 0, 20ms or more", pubs, others)
+	}
+	q := newRequestQueue(100_000, 100*time.Millisecond)
+	q.ran(pubs, 20*time.Millisecond-others)
+	if got := q.limitNow(); got != 100_000 {
+		t.Fatalf("limit %d after a batch of a call alone, want LoopQueue", got)
 	}
 }

@@ -122,10 +122,10 @@ type Options struct {
 	// LoopBudget bounds how far the message loop may be behind, in its
 	// own time: publishers wait once the publishes waiting for it would
 	// take it about this long to run, at what the last ones cost
-	// (however few they are: 64 at least); default 100ms. A retained
-	// publish delivered to many subscribers costs many times one
-	// delivered to few, so one publisher cannot queue minutes of work
-	// ahead of everyone else's publishes.
+	// (however few they are: 64 at least, or LoopQueue if smaller);
+	// default 100ms. A retained publish delivered to many subscribers
+	// costs many times one delivered to few, so one publisher cannot
+	// queue minutes of work ahead of everyone else's publishes.
 	LoopBudget time.Duration
 
 	// MaxOfflineBytes bounds what the broker holds, in all, for persistent

@@ -230,11 +230,8 @@ func (q *requestQueue) pushPair(a, b request) bool {
 	if q.closed {
 		return false
 	}
-	q.items = append(q.items, a, b)
+	q.items = append(q.items, a, b) // (admitted, the pair held room for one: it may pass the bound by one)
 	if len(q.items) == 2 {
-		if !q.busy {
-			q.begin(false) // they wait for the loop from now
-		}
 		q.ready.Signal()
 	}
 	return true
