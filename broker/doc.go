@@ -89,6 +89,9 @@
 // which every other client's retained publish waited (TestLoopBudget).
 // The publisher waiting is its connection not being read: TCP pushes
 // back on it, as on a publisher waiting for a slow subscriber's room.
+// The broker's own $SYS rows never wait (a few dozen a second): their
+// ticker also sweeps arriving sessions and prunes held counts, and all of
+// it stalled ~10 s behind a flood, a turn per row.
 // Publishers that wait are let in in the order they came (waiters): woken
 // all at once, a waiter lost the race for the inbox to a flooder that
 // never had to wait, batch after batch (TestLoopLimitFair).

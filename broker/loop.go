@@ -228,7 +228,11 @@ func (q *requestQueue) admit() {
 func (q *requestQueue) push(r request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if r.kind == reqPublish {
+	if r.kind == reqPublish && (r.pub == nil || !r.pub.p.system) {
+		// The broker's own $SYS rows (a few dozen a second) never wait:
+		// their ticker also sweeps the sessions arriving and prunes what
+		// is held for those away, and all of it waited ~10 s behind a
+		// flood, a turn per row (sysTicker).
 		q.turn()
 	}
 	if q.closed {
