@@ -3,10 +3,7 @@ package broker
 import (
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"testing"
-
-	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
 // TestAwayDeliveryShortcut: deliverTo skips a message to a session away
@@ -58,17 +55,7 @@ func TestAwayDeliveryShortcut(t *testing.T) {
 			b := start(t, Options{MaxInflight: tc.maxInflight})
 			h := addLeftHook(t, b)
 			const id = "away"
-			arrived, release := make(chan struct{}), make(chan struct{})
-			var gated atomic.Bool // set before the CONNECT it gates
-			gate := &establishFunc{f: func(cl *mqtt.Client) {
-				if gated.Load() && cl.ID == id {
-					arrived <- struct{}{}
-					<-release
-				}
-			}}
-			if err := b.server.AddHook(gate, nil); err != nil {
-				t.Fatal(err)
-			}
+			gated, arrived, release := gateEstablish(t, b, id)
 			p, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, tc.v, id, false, 3600, nil))
 			p.subscribe(t, tc.v, "t/#", tc.subQoS)
 			p.c.Close()

@@ -228,11 +228,12 @@ func (q *requestQueue) admit() {
 func (q *requestQueue) push(r request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if r.kind == reqPublish && (r.pub == nil || !r.pub.p.system) {
-		// The broker's own $SYS rows (a few dozen a second) never wait:
+	if r.kind == reqPublish && (r.pub == nil || r.pub.p != systemPrincipal) {
+		// The broker's own $SYS rows (31 at most, a second) never wait:
 		// their ticker also sweeps the sessions arriving and prunes what
 		// is held for those away, and all of it waited ~10 s behind a
-		// flood, a turn per row (sysTicker).
+		// flood, a turn per row (sysTicker). Only they: other nodes'
+		// events (clusterPrincipal, system too) wait as any publish.
 		q.turn()
 	}
 	if q.closed {

@@ -77,7 +77,22 @@ func TestLoopLimitWaits(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("a $SYS row waited its turn")
 	}
+	peer := make(chan bool, 1)
+	go func() { peer <- q.push(request{kind: reqPublish, pub: &pubMeta{p: clusterPrincipal}}) }()
+	select { // another node's event waits its turn, as any publish
+	case <-peer:
+		t.Fatal("another node's event was queued past the limit")
+	case <-time.After(20 * time.Millisecond): // (a wait that should not end: nothing to synchronise on)
+	}
 	q.ran(256, 256*time.Microsecond) // 1 µs each: 1000 (LoopQueue)
+	select {
+	case ok := <-peer:
+		if !ok {
+			t.Fatal("another node's event was refused")
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("another node's event still waits once the limit grew")
+	}
 	for range 2 {
 		select {
 		case ok := <-in:
@@ -91,7 +106,7 @@ func TestLoopLimitWaits(t *testing.T) {
 	q.ran(100, time.Second) // the floor again: 68 wait, past it
 	go func() { in <- q.push(request{kind: reqPublish}) }()
 	items, _ := q.swap(nil)
-	if len(items) != minLoopLimit+5 {
+	if len(items) != minLoopLimit+6 {
 		t.Fatalf("swapped %d", len(items))
 	}
 	select {

@@ -370,17 +370,7 @@ func TestAwayShortcutCleanStartArriving(t *testing.T) {
 			b := start(t, Options{Users: users(t)})
 			h := addLeftHook(t, b)
 			const id = "clean"
-			arrived, release := make(chan struct{}), make(chan struct{})
-			var gated atomic.Bool
-			gate := &establishFunc{f: func(cl *mqtt.Client) {
-				if gated.Load() && cl.ID == id {
-					arrived <- struct{}{}
-					<-release
-				}
-			}}
-			if err := b.server.AddHook(gate, nil); err != nil {
-				t.Fatal(err)
-			}
+			gated, arrived, release := gateEstablish(t, b, id)
 			p, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, tc.v, id, false, 3600, nil, "alice"))
 			p.subscribe(t, tc.v, "t/#", 1)
 			p.c.Close()

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -483,6 +484,24 @@ func awayHeldModel(t *testing.T, seed uint64) {
 type establishFunc struct {
 	mqtt.HookBase
 	f func(cl *mqtt.Client)
+}
+
+// gateEstablish adds a hook that, once gated is set, stops the CONNECT of
+// id in OnSessionEstablish: it sends on arrived and waits for release.
+func gateEstablish(t *testing.T, b *Broker, id string) (gated *atomic.Bool, arrived, release chan struct{}) {
+	t.Helper()
+	gated = new(atomic.Bool) // set before the CONNECT it gates
+	arrived, release = make(chan struct{}), make(chan struct{})
+	gate := &establishFunc{f: func(cl *mqtt.Client) {
+		if gated.Load() && cl.ID == id {
+			arrived <- struct{}{}
+			<-release
+		}
+	}}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	return gated, arrived, release
 }
 
 func (*establishFunc) ID() string                                             { return "establish-func" }
