@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -300,45 +301,94 @@ func awayNow(b *Broker, h *leftHook, id string) error {
 // was taken and let go, not while by holds a client coming back, and yes
 // once by is empty again and no one took it since the stamp.
 func TestArrivingSettled(t *testing.T) {
+	// x and y: two ids of different shards; x2 shares x's.
+	var a0 arriving
+	x, y, x2 := "x", "", ""
+	for i := 0; y == "" || x2 == ""; i++ {
+		id := fmt.Sprint("id-", i)
+		switch a0.shardOf(id) {
+		case a0.shardOf(x):
+			x2 = cmp.Or(x2, id)
+		default:
+			y = cmp.Or(y, id)
+		}
+	}
 	for _, tc := range []struct {
 		name string
-		run  func(a *arriving) bool // settled, as a reader between stamp and re-check sees it
+		run  func(a *arriving) bool // settled for x, as a reader between stamp and re-check sees it
 		want bool
 	}{
 		{name: "quiet", want: true, run: func(a *arriving) bool {
-			return a.settled(a.stamp())
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
 		}},
-		{name: "stamped while held", run: func(a *arriving) bool {
+		{name: "stamped while held and marked", run: func(a *arriving) bool {
 			a.lock() // a holder mid-change: what the reader read may be half of it
 			defer a.unlock()
-			return a.settled(a.stamp())
+			a.mark(x)
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
 		}},
-		{name: "held since the stamp", run: func(a *arriving) bool {
-			v := a.stamp()
+		{name: "marked since the stamp", run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
 			a.lock()
 			defer a.unlock()
-			return a.settled(v)
+			a.mark(x)
+			return a.shardOf(x).settled(v)
 		}},
-		{name: "taken and let go since the stamp", run: func(a *arriving) bool {
-			v := a.stamp()
+		{name: "marked and let go since the stamp", run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
 			a.lock()
+			a.mark(x)
 			a.unlock()
-			return a.settled(v)
+			return a.shardOf(x).settled(v)
+		}},
+		{name: "an id of its shard marked since the stamp", run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
+			a.lock()
+			a.mark(x2)
+			a.unlock()
+			return a.shardOf(x).settled(v)
+		}},
+		{name: "held unmarked since the stamp", want: true, run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
+			a.lock()
+			defer a.unlock()
+			return a.shardOf(x).settled(v)
+		}},
+		{name: "another shard's id marked since the stamp", want: true, run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
+			a.lock()
+			defer a.unlock()
+			a.mark(y)
+			return a.shardOf(x).settled(v)
 		}},
 		{name: "a client arriving", run: func(a *arriving) bool {
 			a.lock()
-			a.by = map[string]*arrivingSession{"x": {}}
+			a.setBy(x, &arrivingSession{})
 			a.unlock()
-			return a.settled(a.stamp())
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
+		}},
+		{name: "a client of its shard arriving", run: func(a *arriving) bool {
+			a.lock()
+			a.setBy(x2, &arrivingSession{})
+			a.unlock()
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
+		}},
+		{name: "another shard's client arriving", want: true, run: func(a *arriving) bool {
+			a.lock()
+			a.setBy(y, &arrivingSession{})
+			a.unlock()
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
 		}},
 		{name: "the client arrived", want: true, run: func(a *arriving) bool {
 			a.lock()
-			a.by = map[string]*arrivingSession{"x": {}}
+			a.setBy(x, &arrivingSession{})
+			a.setBy(x, &arrivingSession{}) // again: counted once
 			a.unlock()
 			a.lock()
-			delete(a.by, "x")
+			a.deleteBy(x)
+			a.deleteBy(x) // again: nothing to take out
 			a.unlock()
-			return a.settled(a.stamp())
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
