@@ -27,16 +27,22 @@ func TestAwayResumeHammer(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		takeover bool // a new connection takes the session over instead of DISCONNECT
+		sessions int
+		rounds   int
 	}{
-		{name: "disconnect"},
-		{name: "takeover", takeover: true},
+		{name: "disconnect", sessions: 8, rounds: 30},
+		{name: "takeover", takeover: true, sessions: 8, rounds: 30},
+		// Many ids, over many of arriving's shards, some sharing one:
+		// settled is per shard (a client arriving for one id, or a holder
+		// marking it, turns the shortcut off for its shard only).
+		{name: "many ids", sessions: 40, rounds: 6},
+		{name: "many ids takeover", takeover: true, sessions: 40, rounds: 6},
 	} {
-		t.Run(tc.name, func(t *testing.T) { hammerAway(t, tc.takeover) })
+		t.Run(tc.name, func(t *testing.T) { hammerAway(t, tc.takeover, tc.sessions, tc.rounds) })
 	}
 }
 
-func hammerAway(t *testing.T, takeover bool) {
-	const sessions, rounds = 8, 30
+func hammerAway(t *testing.T, takeover bool, sessions, rounds int) {
 	var started, returned atomic.Int64 // seq of the next publish begun, and returned
 	b := start(t, Options{MaxInflight: 60000})
 	left := addLeftHook(t, b)
@@ -44,7 +50,7 @@ func hammerAway(t *testing.T, takeover bool) {
 	// coming back: arriving.register), a message reaches the client: the
 	// first publish begun then, per session, is where a connection's
 	// window opens (its CONNACK comes later).
-	var opened [sessions]atomic.Int64
+	opened := make([]atomic.Int64, sessions)
 	establish := &establishFunc{f: func(cl *mqtt.Client) {
 		var i int
 		if _, err := fmt.Sscanf(cl.ID, "ham-%d", &i); err == nil {
