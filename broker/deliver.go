@@ -108,9 +108,14 @@ func commonLevels(rows []tree.Row) string {
 // a random one, so that those written directly are not always the same.
 // A message is given to it once.
 func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
-	direct := 0        // messages written directly (at most directPerMessage)
-	var held holdBatch // messages for sessions without a connection, given under one hold of arriving's mutex
-	defer held.flush(b, w)
+	direct := 0         // messages written directly (at most directPerMessage)
+	var held *holdBatch // messages for sessions without a connection, given under one hold of arriving's mutex
+	defer func() {
+		if held != nil {
+			held.flush(b, w)
+			b.holds.Put(held)
+		}
+	}()
 	first := 0
 	if len(subs) > 1 {
 		first = rand.IntN(len(subs))
@@ -178,6 +183,12 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 		// Held for the session of the user it was checked for (another
 		// user's may have replaced it meanwhile: TakeoverFresh): for its
 		// client's connection if it is coming back, else in flight.
+		if held == nil {
+			held, _ = b.holds.Get().(*holdBatch)
+			if held == nil {
+				held = new(holdBatch)
+			}
+		}
 		held.add(b, heldItem{id: id, user: p.User, m: m}, w)
 	}
 }
