@@ -50,14 +50,14 @@ const arrivingShards = 256
 // mochi's client for it (Clients), whether it is closed, what it holds in
 // flight, and whether by holds an entry for it. ver and waiting change
 // only under the mutex; n and marked are the holder's. Padded to a cache
-// line: a holder marking one shard does not make readers of the next one
-// miss.
+// line's size (64 bytes: TestArrivingShardSize), so a holder marking one
+// shard makes readers of at most one neighbour miss.
 type arrivingShard struct {
 	ver     atomic.Uint64 // bumped as a holder marks the shard and as it lets the mutex go: odd while marked
 	waiting atomic.Int64  // n as the mutex was last let go after a mark: clients arriving, and live clients without a connection until the sweep, of the shard's ids
 	n       int           // by's entries of the shard's ids (mutex held)
 	marked  bool          // in arriving.marked (mutex held)
-	_       [40]byte
+	_       [39]byte
 }
 
 // shardOf is the shard of id.

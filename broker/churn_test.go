@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
+	"unsafe"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
@@ -187,5 +188,13 @@ func TestAwayShortcutSameIDArriving(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestArrivingShardSize checks that a shard is a cache line's size, as
+// its padding says (it was 72 bytes: found by a red team).
+func TestArrivingShardSize(t *testing.T) {
+	if n := unsafe.Sizeof(arrivingShard{}); n != 64 {
+		t.Fatalf("arrivingShard is %d bytes, want 64", n)
 	}
 }

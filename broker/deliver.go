@@ -127,9 +127,14 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 			continue
 		}
 		qos := min(msg.qos, sub.qos)
-		shard := b.arriving.shardOf(id)
-		v := shard.stamp() // what is read for id from here to settled(v) is as give reads it
 		c := b.connByID(id)
+		var shard *arrivingShard // id's, stamped (v) only for an id without a connection
+		var v uint64
+		if c == nil {
+			shard = b.arriving.shardOf(id)
+			v = shard.stamp() // what is read for id from here to settled(v) is as give reads it
+			c = b.connByID(id)
+		}
 		var p Principal
 		var v5 bool
 		var away *mqtt.Client // the session's mochi client, closed
