@@ -27,42 +27,125 @@ import (
 // broker makes or sees; a connection is filed under mu, so a publisher
 // either finds it or leaves its message here before adopt takes them.
 // Lock order: a connection's endMu, then mu (never the other way). mu is
-// taken through lock and unlock only: they keep ver and waiting, which
-// let deliverTo see without mu that give would drop a QoS 0 message to a
-// session away (settled).
+// taken through lock and unlock only; a holder marks (mark) every id for
+// which it changes what deliverTo reads without mu, and the shard of each
+// id marked keeps a version (ver) and how many entries by holds in it
+// (waiting), which let deliverTo see without mu that give would drop a
+// QoS 0 message to a session away (arrivingShard.settled). A client
+// arriving for one id, or a holder changing another's state, turns the
+// shortcut off only for the ids of its shard (1/arrivingShards of them).
 type arriving struct {
-	mu sync.Mutex
-	by map[string]*arrivingSession
+	mu     sync.Mutex
+	by     map[string]*arrivingSession
+	shards [arrivingShards]arrivingShard
+	marked []uint16 // shards marked by mu's holder now (mu held)
+}
 
-	ver     atomic.Uint64 // bumped as mu is taken and as it is let go: odd while held
-	waiting atomic.Int64  // len(by) as mu was last let go: clients arriving, and live clients without a connection until the sweep; any one turns settled off for every id
+// arrivingShards is how many shards arriving's ids are spread over; a
+// power of two (shardOf masks).
+const arrivingShards = 256
+
+// arrivingShard is the version of what deliverTo reads without arriving's
+// mutex for the ids of one shard: the connection filed for each (byID),
+// mochi's client for it (Clients), whether it is closed, what it holds in
+// flight, and whether by holds an entry for it. ver and waiting change
+// only under the mutex; n and marked are the holder's. Padded to a cache
+// line's size (64 bytes: TestArrivingShardSize), so a holder marking one
+// shard makes readers of at most one neighbour miss.
+type arrivingShard struct {
+	ver     atomic.Uint64 // bumped as a holder marks the shard and as it lets the mutex go: odd while marked
+	waiting atomic.Int64  // n as the mutex was last let go after a mark: clients arriving, and live clients without a connection until the sweep, of the shard's ids
+	n       int           // by's entries of the shard's ids (mutex held)
+	marked  bool          // in arriving.marked (mutex held)
+	_       [39]byte
+}
+
+// shardOf is the shard of id.
+func (a *arriving) shardOf(id string) *arrivingShard { return &a.shards[shardIndex(id)] }
+
+// shardIndex is the index of id's shard (FNV-1a).
+func shardIndex(id string) uint16 {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return uint16(h & (arrivingShards - 1))
 }
 
 // lock takes a's mutex; every holder takes it so (see unlock).
-func (a *arriving) lock() {
-	a.mu.Lock()
-	a.ver.Add(1)
+func (a *arriving) lock() { a.mu.Lock() }
+
+// mark tells readers without the mutex (settled) that the holder changes
+// what they read for id, and for the other ids of its shard: their
+// shard's version is odd until unlock. Every holder calls it, mutex held,
+// before it changes for id the connection filed (byID), by's entry, or
+// what the session's mochi client holds in flight (holdOffline,
+// dropHeldLocked); marking an id twice is free.
+func (a *arriving) mark(id string) {
+	i := shardIndex(id)
+	s := &a.shards[i]
+	if s.marked {
+		return
+	}
+	s.marked = true
+	s.ver.Add(1)
+	a.marked = append(a.marked, i)
 }
 
-// unlock lets a's mutex go, with waiting and ver telling readers without
-// it (settled) what they may have missed.
+// setBy files s as the arriving session of id (mutex held; marks id).
+func (a *arriving) setBy(id string, s *arrivingSession) {
+	a.mark(id)
+	if a.by == nil {
+		a.by = map[string]*arrivingSession{}
+	}
+	if _, ok := a.by[id]; !ok {
+		a.shardOf(id).n++
+	}
+	a.by[id] = s
+}
+
+// deleteBy takes id's arriving session out of by (mutex held; marks id).
+func (a *arriving) deleteBy(id string) {
+	a.mark(id)
+	if _, ok := a.by[id]; ok {
+		a.shardOf(id).n--
+		delete(a.by, id)
+	}
+}
+
+// unlock lets a's mutex go, with each shard marked telling readers
+// without it (settled) how many of its ids are in by, then that its
+// version changed.
 func (a *arriving) unlock() {
-	a.waiting.Store(int64(len(a.by)))
-	a.ver.Add(1)
+	for _, i := range a.marked {
+		s := &a.shards[i]
+		s.waiting.Store(int64(s.n))
+		s.marked = false
+		s.ver.Add(1)
+	}
+	a.marked = a.marked[:0]
 	a.mu.Unlock()
 }
 
-// stamp is the version of what a's mutex guards, for settled.
-func (a *arriving) stamp() uint64 { return a.ver.Load() }
+// stamp is the version of what the mutex guards for the ids of s, for
+// settled.
+func (s *arrivingShard) stamp() uint64 { return s.ver.Load() }
 
-// settled reports whether nobody held a's mutex since stamp v was read,
-// and by was empty then (no client arriving, none live without its
-// connection filed: any entry, for any id, answers false): what the caller read
-// in between without the mutex (the connection filed for an id, mochi's
-// client for it and whether it is closed) is what give would have read
-// under it, and give would have found no entry for the id in by.
-func (a *arriving) settled(v uint64) bool {
-	return v%2 == 0 && a.waiting.Load() == 0 && a.ver.Load() == v
+// settled reports whether no holder of arriving's mutex marked s since
+// stamp v was read, and by held no entry for any of s's ids then (no
+// client arriving, none live without its connection filed): what the
+// caller read in between without the mutex for an id of s (the connection
+// filed for it, mochi's client for it, whether it is closed, what it holds
+// in flight) is what give would have read under it, and give would have
+// found no entry for the id in by. It holds per id because every change
+// to those made under the mutex marks its id first (mark: register, give,
+// handOn, adopt, sweep and away through setBy, deleteBy and holdOffline;
+// roomLocked through dropHeldLocked), and as the mutex is let go the
+// shard's waiting is stored before its version is bumped even: a reader
+// that reads the new version reads the new waiting.
+func (s *arrivingShard) settled(v uint64) bool {
+	return v%2 == 0 && s.waiting.Load() == 0 && s.ver.Load() == v
 }
 
 type arrivingSession struct {
@@ -85,10 +168,7 @@ func (a *arriving) register(b *Broker, cl *mqtt.Client, fresh bool) *conn {
 	s := a.by[cl.ID]
 	if s == nil {
 		s = &arrivingSession{}
-		if a.by == nil {
-			a.by = map[string]*arrivingSession{}
-		}
-		a.by[cl.ID] = s
+		a.setBy(cl.ID, s)
 	}
 	if fresh || (s.cl != nil && userOf(s.cl) != userOf(cl)) {
 		b.drop(dropSessionEnded, int64(len(s.msgs)))
@@ -107,6 +187,11 @@ func (a *arriving) register(b *Broker, cl *mqtt.Client, fresh bool) *conn {
 func (a *arriving) give(b *Broker, id, user string, m *plainItem) (*conn, bool) {
 	a.lock()
 	defer a.unlock()
+	return a.giveLocked(b, id, user, m)
+}
+
+// giveLocked is give with a's mutex held.
+func (a *arriving) giveLocked(b *Broker, id, user string, m *plainItem) (*conn, bool) {
 	if c := b.connByID(id); c != nil {
 		return c, c.p.User == user
 	}
@@ -126,7 +211,7 @@ func (a *arriving) give(b *Broker, id, user string, m *plainItem) (*conn, bool) 
 	case !ok || userOf(cur) != user:
 		return nil, false
 	case !cur.Closed(): // live, and its connection gone or not filed yet: sweep
-		a.by[id] = &arrivingSession{cl: cur, msgs: []*plainItem{m}}
+		a.setBy(id, &arrivingSession{cl: cur, msgs: []*plainItem{m}})
 	default:
 		b.holdOffline(cur, m)
 	}
@@ -159,6 +244,7 @@ func (b *Broker) holdFor(id, user string, m *plainItem, w pubWait) {
 func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 	a.lock()
 	defer a.unlock()
+	a.mark(c.id)
 	b.byID.CompareAndDelete(c.id, c)
 	if len(left) == 0 {
 		return 0
@@ -181,7 +267,7 @@ func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 	case !ok || userOf(cur) != c.p.User:
 		return len(left)
 	case !cur.Closed():
-		a.by[c.id] = &arrivingSession{cl: cur, msgs: notCloned(left, inflightOf(cur))}
+		a.setBy(c.id, &arrivingSession{cl: cur, msgs: notCloned(left, inflightOf(cur))})
 	default:
 		for _, m := range notCloned(left, inflightOf(cur)) {
 			b.holdOffline(cur, m)
@@ -206,10 +292,11 @@ func (a *arriving) adopt(b *Broker, cl *mqtt.Client, c *conn) (filed bool, expec
 		if s.cl != cl { // registered after cl: the messages wait for it
 			expect, fresh = s.cl, s.fresh
 		} else {
-			delete(a.by, cl.ID)
+			a.deleteBy(cl.ID)
 			queueHeld(b, c, s.msgs)
 		}
 	}
+	a.mark(cl.ID)
 	b.byID.Store(cl.ID, c)
 	return true, expect, fresh
 }
@@ -260,7 +347,7 @@ func (a *arriving) sweep(b *Broker) {
 			a.rebind(b, s, cur)
 		}
 		if n := b.connByID(id); n != nil {
-			delete(a.by, id)
+			a.deleteBy(id)
 			if _, ok := n.outOf(); !ok || n.p.User != userOf(s.cl) {
 				b.drop(dropSessionEnded, int64(len(s.msgs)))
 				continue
@@ -271,7 +358,7 @@ func (a *arriving) sweep(b *Broker) {
 		if !s.cl.Closed() {
 			continue // another client is coming back to the session: its connection, not filed yet, takes them (adopt)
 		}
-		delete(a.by, id)
+		a.deleteBy(id)
 		a.away(b, id, s)
 	}
 }

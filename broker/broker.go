@@ -67,11 +67,12 @@ type Broker struct {
 
 	keptIn keptInbound // client QoS 2 publishes of persistent sessions that mochi's map could not keep
 
-	conns      sync.Map // *mqtt.Client → *conn
-	connWills  sync.Map // *mqtt.Client → *will: a CONNECT's will from OnSessionEstablish until its conn holds it (OnSessionEstablished) or it is due (OnWill)
-	byID       sync.Map // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
-	parked     sync.Map // *conn whose messages wait for a client taking its session over (conn.unpark)
-	arriving   arriving // messages for resumed sessions whose connection is not filed yet
+	conns      sync.Map  // *mqtt.Client → *conn
+	connWills  sync.Map  // *mqtt.Client → *will: a CONNECT's will from OnSessionEstablish until its conn holds it (OnSessionEstablished) or it is due (OnWill)
+	byID       sync.Map  // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
+	parked     sync.Map  // *conn whose messages wait for a client taking its session over (conn.unpark)
+	arriving   arriving  // messages for resumed sessions whose connection is not filed yet
+	holds      sync.Pool // *holdBatch, for deliverTo: a publish with no session away to hold for makes none
 	serial     atomic.Uint64
 	treeSubs   atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
 	subsSent   atomic.Int64 // subscribe requests pushed, not yet handled by the loop

@@ -628,18 +628,29 @@ func (b *Broker) holdOffline(cl *mqtt.Client, m *plainItem) {
 		b.drop(dropOfflineFull, 1)
 		return
 	}
-	out := m.packet()
-	n := heldCostOf(&out)
+	n := m.heldCost() // heldCostOf its packet, made only once it has room
 	user := b.heldUserOf(cl)
 	if !b.roomLocked(user, n) {
 		b.drop(dropOfflineFull, 1)
 		return
 	}
+	out := m.packet()
+	b.arriving.mark(cl.ID) // what cl holds in flight changes (arriving.settled)
 	if b.takeInflight(nil, cl, &out) != nil {
 		b.drop(dropOfflineFull, 1) // no packet id free: not held, so counted dropped
 		return
 	}
 	b.offline.add(cl, user, n)
+}
+
+// heldCost is heldCostOf(m.packet()), without making the packet: a flood
+// to sessions away past MaxOfflineBytes makes none for what is dropped.
+func (m *plainItem) heldCost() int64 {
+	n := heldCost + len(m.msg.topic) + len(m.msg.payload) + 8*len(m.subIDs)
+	if p := m.msg.props; p != nil {
+		n += propsBytes(p) - 8*len(p.SubscriptionIdentifier) // the packet's are m's
+	}
+	return int64(n)
 }
 
 // errWriterStop ends a writer quietly: its connection or the broker closed.

@@ -108,7 +108,14 @@ func commonLevels(rows []tree.Row) string {
 // a random one, so that those written directly are not always the same.
 // A message is given to it once.
 func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
-	direct := 0 // messages written directly (at most directPerMessage)
+	direct := 0         // messages written directly (at most directPerMessage)
+	var held *holdBatch // messages for sessions without a connection, given under one hold of arriving's mutex
+	defer func() {
+		if held != nil {
+			held.flush(b, w)
+			b.holds.Put(held)
+		}
+	}()
 	first := 0
 	if len(subs) > 1 {
 		first = rand.IntN(len(subs))
@@ -120,8 +127,14 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 			continue
 		}
 		qos := min(msg.qos, sub.qos)
-		v := b.arriving.stamp() // what is read from here to settled(v) is as give reads it
 		c := b.connByID(id)
+		var shard *arrivingShard // id's, stamped (v) only for an id without a connection
+		var v uint64
+		if c == nil {
+			shard = b.arriving.shardOf(id)
+			v = shard.stamp() // what is read for id from here to settled(v) is as give reads it
+			c = b.connByID(id)
+		}
 		var p Principal
 		var v5 bool
 		var away *mqtt.Client // the session's mochi client, closed
@@ -129,7 +142,7 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 			p, v5 = c.p, c.v5
 		} else if cl, ok := b.server.Clients.Get(id); ok {
 			if cl.Closed() {
-				if qos == 0 && b.arriving.settled(v) {
+				if qos == 0 && shard.settled(v) {
 					// Away, and no client coming back to it: holdFor
 					// would come to holdOffline, which holds no QoS 0
 					// message (nor counts it). Nothing is made for it,
@@ -145,7 +158,7 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 		if !b.access.canRead(p, msg.topic) && !b.readsUsersReport(p, msg.topic) {
 			continue
 		}
-		if away != nil && qos > 0 && away.State.Inflight.Len() >= int(b.opts.MaxInflight) && b.arriving.settled(v) {
+		if away != nil && qos > 0 && away.State.Inflight.Len() >= int(b.opts.MaxInflight) && shard.settled(v) {
 			b.drop(dropOfflineFull, 1) // as holdOffline drops it, with nothing made for it
 			continue
 		}
@@ -166,13 +179,83 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 			direct++
 			continue
 		}
-		if c != nil && b.queuePlain(id, c, m, w) {
+		if c != nil {
+			if !b.queuePlain(id, c, m, w) {
+				b.holdFor(id, p.User, m, w) // c handed its messages on meanwhile
+			}
 			continue
 		}
 		// Held for the session of the user it was checked for (another
 		// user's may have replaced it meanwhile: TakeoverFresh): for its
 		// client's connection if it is coming back, else in flight.
-		b.holdFor(id, p.User, m, w)
+		if held == nil {
+			held, _ = b.holds.Get().(*holdBatch)
+			if held == nil {
+				held = new(holdBatch)
+			}
+		}
+		held.add(b, heldItem{id: id, user: p.User, m: m}, w)
+	}
+}
+
+// holdBatch is what deliverTo holds for sessions that had no connection,
+// given under one hold of arriving's mutex (give) per holdBatchSize
+// messages: with clients arriving and leaving all the time, taking the
+// mutex once per session away made a message to 2,000 of them wait 2,000
+// times behind those clients' holders (bench/README.md, "Churning
+// clients and away sessions"). Each session has one message of a publish,
+// so holding them together orders nothing differently; a holder between
+// two batches waits for at most one.
+type holdBatch struct {
+	n     int
+	items [holdBatchSize]heldItem
+}
+
+// holdBatchSize bounds how many messages deliverTo gives under one hold
+// of arriving's mutex (a few microseconds each).
+const holdBatchSize = 64
+
+// heldItem is a message for the session of id, checked for user; c is
+// the connection give found for it meanwhile.
+type heldItem struct {
+	id, user string
+	m        *plainItem
+	c        *conn
+}
+
+// add adds it to h, giving h's items first if h is full.
+func (h *holdBatch) add(b *Broker, it heldItem, w pubWait) {
+	if h.n == len(h.items) {
+		h.flush(b, w)
+	}
+	h.items[h.n] = it
+	h.n++
+}
+
+// flush gives h's items (holdFor, with arriving's mutex taken once): those
+// for which a connection was filed meanwhile are queued to it after.
+func (h *holdBatch) flush(b *Broker, w pubWait) {
+	if h.n == 0 {
+		return
+	}
+	items := h.items[:h.n]
+	h.n = 0
+	b.arriving.lock()
+	for i := range items {
+		it := &items[i]
+		c, ok := b.arriving.giveLocked(b, it.id, it.user, it.m)
+		it.c = nil
+		if ok {
+			it.c = c
+		}
+	}
+	b.arriving.unlock()
+	for i := range items {
+		it := &items[i]
+		if it.c != nil && !b.queuePlain(it.id, it.c, it.m, w) {
+			b.holdFor(it.id, it.user, it.m, w) // it.c handed its messages on meanwhile: again
+		}
+		*it = heldItem{}
 	}
 }
 

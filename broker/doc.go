@@ -219,10 +219,28 @@
 // was replaced by a new one. A message that would only be dropped there
 // — QoS 0 to a session away, QoS 1/2 to one holding MaxInflight
 // (offline_full) — is not made at all: deliverTo tells so without the
-// mutex when nobody took it meanwhile and no client is arriving
-// (arriving.settled), so a flood to many sessions away costs each one a
-// few loads (and its read check at QoS 1/2), not a queue item, the packet
-// and the mutex.
+// mutex when no holder marked the session's id meanwhile and no client
+// is arriving for it (arriving.settled), so a flood to many sessions away
+// costs each one a few loads (and its read check at QoS 1/2), not a queue
+// item, the packet and the mutex. It is told per shard of ids (256, by
+// hash), not for the whole broker: clients connecting and leaving all the
+// time (each one registers, files, hands on and counts under the mutex)
+// turned it off for every session before. Exactness rests on one rule:
+// every holder marks (arriving.mark) each id for which it changes what
+// deliverTo reads without the mutex — the connection filed (adopt,
+// handOn), by's entry (register, give, handOn, adopt, sweep: setBy,
+// deleteBy) and what the session's mochi client holds in flight
+// (holdOffline, dropHeldLocked through roomLocked, whose victims are
+// other ids than the holder's) — before it changes it, and unlock stores
+// the shard's count of by's entries before its version goes even. give
+// and countLeft change nothing else deliverTo reads (dropped counts,
+// offlineHeld's bytes, a conn's queue); rebind changes only an entry's
+// client. What changes without the mutex (mochi filing a client, a client
+// closing, an expiry) is ordered as before: a client coming back is
+// registered, in by, before mochi moves the session to it. What deliverTo
+// holds for sessions without a connection it gives under one hold of
+// the mutex per 64 (holdBatch): each session has one message of a
+// publish, so nothing is ordered differently.
 //
 // # Reload
 //
@@ -484,8 +502,9 @@
 //	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
 //	messages for an arriving session,   arriving's mutex, from OnSessionEstablish until OnSessionEstablished
 //	  which client holds a session        files the connection; every hold in flight (holdOffline), and every drop of what is held (roomLocked), under it;
-//	                                    taken only by lock/unlock, which bump a version (odd while held) and keep len(by): deliverTo reads the
-//	                                    connection and mochi client of an away subscriber without it, valid if no one took it between (settled)
+//	                                    taken only by lock/unlock; a holder marks each id it changes (mark: its shard's version odd until unlock,
+//	                                    which stores the shard's count of by's entries): deliverTo reads the connection, mochi client and
+//	                                    in-flight count of an away subscriber without it, valid if no holder marked the id's shard between (settled)
 //	bytes held for sessions away        offlineHeld's mutex (per session, per user, the users' heap); added to and trimmed under arriving's mutex; taken off without it by forget (a resume, an expiry, an ended session), prune ($SYS ticker) and deleted (OnQosDropped)
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)

@@ -320,6 +320,7 @@ func (b *Broker) dropHeldLocked(s *heldSession, userBytes int64) {
 	if a := b.arriving.by[s.id]; a != nil && a.cl != s.cl {
 		return
 	}
+	b.arriving.mark(s.id)                            // what s.cl holds in flight changes (arriving.settled)
 	n := int64(s.cl.State.Inflight.DropDeliveries()) // and the map's room for them (mochi change 63)
 	atomic.AddInt64(&b.server.Info.Inflight, -n)
 	for range n {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -26,16 +27,22 @@ func TestAwayResumeHammer(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		takeover bool // a new connection takes the session over instead of DISCONNECT
+		sessions int
+		rounds   int
 	}{
-		{name: "disconnect"},
-		{name: "takeover", takeover: true},
+		{name: "disconnect", sessions: 8, rounds: 30},
+		{name: "takeover", takeover: true, sessions: 8, rounds: 30},
+		// Many ids, over many of arriving's shards, some sharing one:
+		// settled is per shard (a client arriving for one id, or a holder
+		// marking it, turns the shortcut off for its shard only).
+		{name: "many ids", sessions: 40, rounds: 6},
+		{name: "many ids takeover", takeover: true, sessions: 40, rounds: 6},
 	} {
-		t.Run(tc.name, func(t *testing.T) { hammerAway(t, tc.takeover) })
+		t.Run(tc.name, func(t *testing.T) { hammerAway(t, tc.takeover, tc.sessions, tc.rounds) })
 	}
 }
 
-func hammerAway(t *testing.T, takeover bool) {
-	const sessions, rounds = 8, 30
+func hammerAway(t *testing.T, takeover bool, sessions, rounds int) {
 	var started, returned atomic.Int64 // seq of the next publish begun, and returned
 	b := start(t, Options{MaxInflight: 60000})
 	left := addLeftHook(t, b)
@@ -43,7 +50,7 @@ func hammerAway(t *testing.T, takeover bool) {
 	// coming back: arriving.register), a message reaches the client: the
 	// first publish begun then, per session, is where a connection's
 	// window opens (its CONNACK comes later).
-	var opened [sessions]atomic.Int64
+	opened := make([]atomic.Int64, sessions)
 	establish := &establishFunc{f: func(cl *mqtt.Client) {
 		var i int
 		if _, err := fmt.Sscanf(cl.ID, "ham-%d", &i); err == nil {
@@ -300,45 +307,94 @@ func awayNow(b *Broker, h *leftHook, id string) error {
 // was taken and let go, not while by holds a client coming back, and yes
 // once by is empty again and no one took it since the stamp.
 func TestArrivingSettled(t *testing.T) {
+	// x and y: two ids of different shards; x2 shares x's.
+	var a0 arriving
+	x, y, x2 := "x", "", ""
+	for i := 0; y == "" || x2 == ""; i++ {
+		id := fmt.Sprint("id-", i)
+		switch a0.shardOf(id) {
+		case a0.shardOf(x):
+			x2 = cmp.Or(x2, id)
+		default:
+			y = cmp.Or(y, id)
+		}
+	}
 	for _, tc := range []struct {
 		name string
-		run  func(a *arriving) bool // settled, as a reader between stamp and re-check sees it
+		run  func(a *arriving) bool // settled for x, as a reader between stamp and re-check sees it
 		want bool
 	}{
 		{name: "quiet", want: true, run: func(a *arriving) bool {
-			return a.settled(a.stamp())
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
 		}},
-		{name: "stamped while held", run: func(a *arriving) bool {
+		{name: "stamped while held and marked", run: func(a *arriving) bool {
 			a.lock() // a holder mid-change: what the reader read may be half of it
 			defer a.unlock()
-			return a.settled(a.stamp())
+			a.mark(x)
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
 		}},
-		{name: "held since the stamp", run: func(a *arriving) bool {
-			v := a.stamp()
+		{name: "marked since the stamp", run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
 			a.lock()
 			defer a.unlock()
-			return a.settled(v)
+			a.mark(x)
+			return a.shardOf(x).settled(v)
 		}},
-		{name: "taken and let go since the stamp", run: func(a *arriving) bool {
-			v := a.stamp()
+		{name: "marked and let go since the stamp", run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
 			a.lock()
+			a.mark(x)
 			a.unlock()
-			return a.settled(v)
+			return a.shardOf(x).settled(v)
+		}},
+		{name: "an id of its shard marked since the stamp", run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
+			a.lock()
+			a.mark(x2)
+			a.unlock()
+			return a.shardOf(x).settled(v)
+		}},
+		{name: "held unmarked since the stamp", want: true, run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
+			a.lock()
+			defer a.unlock()
+			return a.shardOf(x).settled(v)
+		}},
+		{name: "another shard's id marked since the stamp", want: true, run: func(a *arriving) bool {
+			v := a.shardOf(x).stamp()
+			a.lock()
+			defer a.unlock()
+			a.mark(y)
+			return a.shardOf(x).settled(v)
 		}},
 		{name: "a client arriving", run: func(a *arriving) bool {
 			a.lock()
-			a.by = map[string]*arrivingSession{"x": {}}
+			a.setBy(x, &arrivingSession{})
 			a.unlock()
-			return a.settled(a.stamp())
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
+		}},
+		{name: "a client of its shard arriving", run: func(a *arriving) bool {
+			a.lock()
+			a.setBy(x2, &arrivingSession{})
+			a.unlock()
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
+		}},
+		{name: "another shard's client arriving", want: true, run: func(a *arriving) bool {
+			a.lock()
+			a.setBy(y, &arrivingSession{})
+			a.unlock()
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
 		}},
 		{name: "the client arrived", want: true, run: func(a *arriving) bool {
 			a.lock()
-			a.by = map[string]*arrivingSession{"x": {}}
+			a.setBy(x, &arrivingSession{})
+			a.setBy(x, &arrivingSession{}) // again: counted once
 			a.unlock()
 			a.lock()
-			delete(a.by, "x")
+			a.deleteBy(x)
+			a.deleteBy(x) // again: nothing to take out
 			a.unlock()
-			return a.settled(a.stamp())
+			return a.shardOf(x).settled(a.shardOf(x).stamp())
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
