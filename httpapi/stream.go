@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -166,16 +166,16 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 		}
 	}
 	rc := http.NewResponseController(w)
-	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}),
-		log: s.log, filter: filter, keepAlive: s.opts.KeepAlive, answers: &s.answers, maxAnswer: s.opts.MaxAnswerBytes}
-	// The session's writer writes each event itself (deliver), under st.mu:
-	// until the headers are out, it waits.
-	st.mu.Lock()
+	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}), wake: make(chan struct{}, 1),
+		log: s.log, filter: filter, answers: &s.answers, maxAnswer: s.opts.MaxAnswerBytes,
+		maxBacklog: s.opts.MaxStreamBacklog, total: &s.backlog, maxTotal: s.opts.MaxStreamsBacklog, behindCount: &s.behind}
+	// The session's writer queues each event (deliver); this goroutine
+	// writes them, once the headers are out.
 	sess := s.b.Open(p, st.deliver)
 	defer sess.Close()
+	defer st.finish() // nothing more is queued; what is queued is given back
 	if err := sess.SubscribeWith(topic, 0, o); err != nil {
-		st.ended = true
-		st.mu.Unlock()
+		st.finish()
 		s.fail(w, r, err)
 		return
 	}
@@ -190,25 +190,23 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
 	if err := st.ev.flush(); err != nil {
-		st.ended = true
-		st.mu.Unlock()
 		return
 	}
-	st.tick = time.NewTicker(s.opts.KeepAlive)
-	defer st.tick.Stop()
-	st.mu.Unlock()
-	defer func() { // nothing is written once the handler has returned
-		st.mu.Lock()
-		st.ended = true
-		st.mu.Unlock()
-	}()
+	tick := time.NewTicker(s.opts.KeepAlive)
+	defer tick.Stop()
 	for {
 		select {
-		case <-st.tick.C:
-			if !st.keepAliveComment() {
+		case <-st.wake:
+			if !st.writeQueued() {
+				return
+			}
+			tick.Reset(s.opts.KeepAlive)
+		case <-tick.C:
+			if err := st.ev.comment("keep-alive"); err != nil {
 				return
 			}
 		case <-st.end:
+			st.writeEnd()
 			return
 		case <-r.Context().Done():
 			return
@@ -220,34 +218,53 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 	}
 }
 
-// streamState is an event stream's state, guarded by mu: the session's
-// writer goroutine writes the events (deliver), the request's goroutine
-// the headers and the keep-alive comments, never both at once, and nobody
-// once ended is set.
+// streamState is an event stream's state. The session's writer goroutine
+// queues the events (deliver) and never waits for the client; the
+// request's goroutine writes them, the headers and the keep-alive
+// comments. The queue is bounded: past maxBacklog bytes of the stream, or
+// maxTotal of every stream together, the client has fallen behind and
+// the stream ends, with an "error" event saying so (if it can still be
+// written), a log line and a count (Server.behind). mu guards what is
+// below it.
 type streamState struct {
-	mu        sync.Mutex
-	ev        eventWriter
-	ended     bool          // the stream is over: write nothing more
-	next      uint64        // mote-seq of the next message after the first
-	end       chan struct{} // closed when deliver ends the stream
-	tick      *time.Ticker  // keep-alive comments; reset by each event
-	keepAlive time.Duration
-	log       zerolog.Logger
-	filter    string
-	answers   *answerBudget // the Server's: large events count while written
-	maxAnswer int64
+	ev          eventWriter   // the request's goroutine's only
+	end         chan struct{} // closed when the stream is to end (stop)
+	wake        chan struct{} // an event is queued
+	log         zerolog.Logger
+	filter      string
+	answers     *answerBudget // the Server's: large events count while held
+	maxAnswer   int64
+	maxBacklog  int64
+	total       *atomic.Int64 // the Server's: bytes queued over every stream
+	maxTotal    int64
+	behindCount *atomic.Int64 // the Server's: streams ended as fallen behind
+
+	mu       sync.Mutex
+	ended    bool     // queue nothing more
+	stopped  bool     // end is closed
+	next     uint64   // mote-seq of the next message after the first
+	queue    []queued // events not yet written
+	queued   int64    // bytes of queue and of the events being written, counted in total
+	last     []byte   // an event to write before ending (the reason), or nil
+	lastOnly bool     // end once queue is written (after an error event)
+}
+
+// queued is one event ready to be written, and how its bytes are counted:
+// in the answer budget (big), else in the streams' total.
+type queued struct {
+	b   []byte
+	big bool
 }
 
 // bigEvent is the size from which an event's data counts against the
-// answer budget while it is written: a snapshot, or a large delta, that a
-// client not reading would have the broker hold (a copy per stream). The
-// many small deltas of a fan-out take no lock for it.
+// answer budget while it is queued and written: a snapshot, or a large
+// delta, that a client not reading would have the broker hold (a copy per
+// stream). The many small deltas of a fan-out take no lock for it.
 const bigEvent = 64 << 10
 
-// deliver writes one message of the session as an event. It runs on the
-// session's writer goroutine, which waits meanwhile (the session's queue,
-// bounded by the broker's slow-client policy, holds what follows). A gap
-// in mote-seq, a failed write or a panic ends the stream.
+// deliver queues one message of the session as an event. It runs on the
+// session's writer goroutine, and does not wait for the client. A gap in
+// mote-seq, a queue past its bounds or a panic ends the stream.
 func (st *streamState) deliver(d broker.Delivery) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -257,19 +274,18 @@ func (st *streamState) deliver(d broker.Delivery) {
 	defer func() {
 		if v := recover(); v != nil {
 			st.log.Error().Interface("panic", v).Str("filter", st.filter).Msg("http: event stream panicked; ending it")
-			st.stop()
+			st.stop(nil)
 		}
 	}()
 	if d.Err != nil {
 		// The broker refused the first message (a row larger than the
 		// maximum packet size): the stream says why, and ends.
 		st.log.Debug().Err(d.Err).Str("filter", st.filter).Msg("http: event stream refused")
-		// (strings only: Marshal cannot fail; ending either way: a failed
-		// write needs no answer)
 		reason := fmt.Sprintf("the first message cannot be sent, a row is larger than the broker's maximum packet size (%v)", d.Err.Err)
-		b, _ := json.Marshal(errorBody{Error: reason, Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)})
-		st.ev.event("error", "", b) //nolint:errcheck
-		st.stop()
+		b, _ := json.Marshal(errorBody{Error: reason, Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)}) // strings only: cannot fail
+		st.ended, st.lastOnly = true, true
+		st.last = formatEvent(nil, "error", "", b)
+		st.signal()
 		return
 	}
 	seq := d.Seq()
@@ -286,57 +302,145 @@ func (st *streamState) deliver(d broker.Delivery) {
 		// The broker dropped a message for this slow client: the stream's
 		// tree is stale. The client reconnects and resumes from the last
 		// id it got.
-		st.log.Debug().Str("filter", st.filter).Int64("seq", seq).Uint64("want", st.next).Msg("http: event stream fell behind; ending it")
-		st.ev.comment("fell behind: reconnect") //nolint:errcheck // ending either way
-		st.stop()
+		st.behind(0, fmt.Sprintf("the client fell behind: the broker dropped a delta for it (mote-seq %d, want %d); reconnect (Last-Event-ID resumes)", seq, st.next))
 		return
-	}
-	if len(d.Payload) >= bigEvent {
-		if !st.answers.take(len(d.Payload)) {
-			// As a GET's answer would get 503: the EventSource reconnects,
-			// and resumes from the last id it got.
-			st.log.Debug().Str("filter", st.filter).Int("bytes", len(d.Payload)).Msg("http: event stream ended: answer budget spent")
-			reason := fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", st.maxAnswer>>20)
-			b, _ := json.Marshal(errorBody{Error: reason}) // a string: cannot fail
-			st.ev.event("error", "", b)                    //nolint:errcheck // ending either way
-			st.stop()
-			return
-		}
-		defer st.answers.give(len(d.Payload))
 	}
 	id := ""
 	if part == n {
 		id = prop(&d, "mote-rev")
 		st.next = uint64(seq) + 1
 	}
-	if err := st.ev.event(name, id, d.Payload); err != nil {
-		st.log.Debug().Err(err).Str("filter", st.filter).Msg("http: event stream ended")
-		st.stop()
+	ev := formatEvent(nil, name, id, d.Payload)
+	size := int64(len(ev))
+	big := len(d.Payload) >= bigEvent
+	switch {
+	case big && !st.answers.take(size, false):
+		// As a GET's answer would get 503: the EventSource reconnects,
+		// and resumes from the last id it got.
+		st.log.Debug().Str("filter", st.filter).Int64("bytes", size).Msg("http: event stream ended: answer budget spent")
+		st.stop(errorEvent(fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", st.maxAnswer>>20)))
+		return
+	case len(st.queue) > 0 && st.queued+size > st.maxBacklog:
+		st.behind(size, fmt.Sprintf("the client fell behind: more than %d KiB of events waiting for it; reconnect (Last-Event-ID resumes)", st.maxBacklog>>10))
+		return
+	case !big && st.total.Add(size) > st.maxTotal:
+		st.total.Add(-size)
+		st.behind(size, fmt.Sprintf("the client fell behind: event streams have %d MiB of events waiting for their clients; reconnect (Last-Event-ID resumes)", st.maxTotal>>20))
 		return
 	}
-	st.tick.Reset(st.keepAlive)
+	st.queue = append(st.queue, queued{b: ev, big: big})
+	st.queued += size
+	st.signal()
 }
 
-// keepAliveComment writes a keep-alive comment; false: the stream is over.
-func (st *streamState) keepAliveComment() bool {
+// behind ends a stream whose client does not keep up. st.mu is held.
+func (st *streamState) behind(size int64, reason string) {
+	st.behindCount.Add(1)
+	st.log.Info().Str("filter", st.filter).Int64("queued_bytes", st.queued).Int64("event_bytes", size).Msg("http: event stream ended: " + reason)
+	st.stop(errorEvent(reason))
+}
+
+// errorEvent is an "error" event giving reason.
+func errorEvent(reason string) []byte {
+	b, _ := json.Marshal(errorBody{Error: reason}) // a string: cannot fail
+	return formatEvent(nil, "error", "", b)
+}
+
+// signal wakes the request's goroutine. st.mu is held.
+func (st *streamState) signal() {
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the stream at once: what is queued is dropped, a write under
+// way is cut short, last (if not nil) is written if it can be. st.mu is
+// held.
+func (st *streamState) stop(last []byte) {
+	if st.stopped {
+		return
+	}
+	st.stopped, st.ended, st.lastOnly = true, true, false
+	st.last = last
+	st.dropQueue()
+	close(st.end)
+	// A write the client does not read would hold its bytes for up to
+	// WriteTimeout: it fails now (net.Conn deadlines may be moved from
+	// any goroutine).
+	st.ev.rc.SetWriteDeadline(time.Now()) //nolint:errcheck // not every ResponseWriter has deadlines
+}
+
+// dropQueue gives back the bytes of the events queued. st.mu is held.
+func (st *streamState) dropQueue() {
+	for _, q := range st.queue {
+		st.give(q)
+	}
+	st.queue = nil
+}
+
+// give uncounts one event.
+func (st *streamState) give(q queued) {
+	n := int64(len(q.b))
+	if q.big {
+		st.answers.give(n)
+	} else {
+		st.total.Add(-n)
+	}
+	st.queued -= n
+}
+
+// writeQueued writes the events queued; false: the stream is over.
+func (st *streamState) writeQueued() bool {
+	for {
+		st.mu.Lock()
+		if len(st.queue) == 0 {
+			done := st.lastOnly
+			last := st.last
+			st.mu.Unlock()
+			if done {
+				st.ev.raw(last) //nolint:errcheck // ending either way
+				return false
+			}
+			return true
+		}
+		q := st.queue[0]
+		st.queue[0] = queued{}
+		st.queue = st.queue[1:]
+		st.mu.Unlock()
+		err := st.ev.raw(q.b)
+		st.mu.Lock()
+		st.give(q)
+		st.mu.Unlock()
+		if err != nil {
+			st.log.Debug().Err(err).Str("filter", st.filter).Msg("http: event stream ended")
+			return false
+		}
+	}
+}
+
+// writeEnd writes the reason the stream ends, if there is one and the
+// client can still take it: within a second.
+func (st *streamState) writeEnd() {
+	st.mu.Lock()
+	last := st.last
+	st.mu.Unlock()
+	if last == nil {
+		return
+	}
+	st.ev.until = time.Time{}
+	st.ev.timeout = time.Second
+	st.ev.raw(last) //nolint:errcheck // ending either way
+}
+
+// finish ends the queueing: deliver queues nothing more, and what is
+// queued is given back.
+func (st *streamState) finish() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.ended {
-		return false
-	}
-	if err := st.ev.comment("keep-alive"); err != nil {
-		st.stop()
-		return false
-	}
-	return true
-}
-
-// stop ends the stream: the request returns. st.mu is held.
-func (st *streamState) stop() {
-	if !st.ended {
-		st.ended = true
-		close(st.end)
-	}
+	st.ended = true
+	st.lastOnly = false
+	st.dropQueue()
 }
 
 // parts reads mote-part "i/n"; a message not in parts is part 1 of 1.
@@ -369,36 +473,32 @@ type eventWriter struct {
 	rc      *http.ResponseController
 	timeout time.Duration
 	until   time.Time // the write deadline set last
-	buf     []byte
 }
 
-// event writes one event: data is a JSON tree, put on one line (JSON
-// text has raw line breaks only as whitespace between tokens).
-func (e *eventWriter) event(name, id string, data []byte) error {
-	e.deadline()
-	b := append(e.buf[:0], "event: "...)
+// formatEvent appends one event to b: data is a JSON tree, put on one
+// line (JSON text has raw line breaks only as whitespace between tokens).
+func formatEvent(b []byte, name, id string, data []byte) []byte {
+	b = append(b, "event: "...)
 	b = append(b, name...)
 	if id != "" {
 		b = append(b, "\nid: "...)
 		b = append(b, id...)
 	}
 	b = append(b, "\ndata: "...)
-	e.buf = b
-	if _, err := e.w.Write(b); err != nil {
-		return err
-	}
-	if bytes.IndexByte(data, '\n') >= 0 || bytes.IndexByte(data, '\r') >= 0 {
-		data = bytes.Clone(data)
-		for i, c := range data {
-			if c == '\r' || c == '\n' {
-				data[i] = ' '
-			}
+	start := len(b)
+	b = append(b, data...)
+	for i := start; i < len(b); i++ {
+		if b[i] == '\r' || b[i] == '\n' {
+			b[i] = ' '
 		}
 	}
-	if _, err := e.w.Write(data); err != nil {
-		return err
-	}
-	if _, err := e.w.Write([]byte("\n\n")); err != nil {
+	return append(b, "\n\n"...)
+}
+
+// raw writes a formatted event and flushes it.
+func (e *eventWriter) raw(b []byte) error {
+	e.deadline()
+	if _, err := e.w.Write(b); err != nil {
 		return err
 	}
 	return e.rc.Flush()
