@@ -195,6 +195,9 @@ func New(b *broker.Broker, o Options) *Server {
 		IdleTimeout:       o.IdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          log.New(logWriter{o.Log}, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
 	}
 	return s
 }
@@ -220,6 +223,32 @@ func (s *Server) registerMetrics() {
 	)
 	if err != nil {
 		s.log.Debug().Err(err).Msg("http: the API's metrics are another Server's")
+	}
+}
+
+// connKey is the context key of a request's connection (http.Server's
+// ConnContext).
+type connKey struct{}
+
+// streamSendBuffer is the kernel send buffer of an event stream's
+// connection: what a client that does not read holds in the kernel
+// before its stream's backlog (MaxStreamBacklog) starts to fill. The
+// kernel's own may grow to megabytes, which a stream nobody reads would
+// fill at the broker's expense before it is seen to be behind.
+const streamSendBuffer = 64 << 10
+
+// shrinkSendBuffer bounds the kernel send buffer of r's TCP connection
+// (streamSendBuffer); a connection of another kind is left as it is.
+func shrinkSendBuffer(r *http.Request) {
+	c, _ := r.Context().Value(connKey{}).(net.Conn)
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(streamSendBuffer) //nolint:errcheck // a bound only: the stream goes on without it
 	}
 }
 

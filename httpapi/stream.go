@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -165,6 +166,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 			s.log.Debug().Str("last_event_id", id).Msg("http: Last-Event-ID is not a revision; sending a snapshot")
 		}
 	}
+	shrinkSendBuffer(r)
 	rc := http.NewResponseController(w)
 	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}), wake: make(chan struct{}, 1),
 		log: s.log, filter: filter, answers: &s.answers, maxAnswer: s.opts.MaxAnswerBytes,
@@ -249,12 +251,17 @@ type streamState struct {
 	lastOnly bool     // end once queue is written (after an error event)
 }
 
-// queued is one event ready to be written, and how its bytes are counted:
-// in the answer budget (big), else in the streams' total.
+// queued is one event ready to be written: its head (event, id), its
+// data (the delivery's payload, the session's own: not copied), and how
+// its bytes are counted: in the answer budget (big), else in the
+// streams' total.
 type queued struct {
-	b   []byte
-	big bool
+	head, data []byte
+	big        bool
 }
+
+// size is the bytes an event counts for.
+func (q queued) size() int64 { return int64(len(q.head) + len(q.data) + 2) }
 
 // bigEvent is the size from which an event's data counts against the
 // answer budget while it is queued and written: a snapshot, or a large
@@ -310,9 +317,8 @@ func (st *streamState) deliver(d broker.Delivery) {
 		id = prop(&d, "mote-rev")
 		st.next = uint64(seq) + 1
 	}
-	ev := formatEvent(nil, name, id, d.Payload)
-	size := int64(len(ev))
-	big := len(d.Payload) >= bigEvent
+	ev := queued{head: eventHead(name, id), data: oneLine(d.Payload), big: len(d.Payload) >= bigEvent}
+	size, big := ev.size(), ev.big
 	switch {
 	case big && !st.answers.take(size, false):
 		// As a GET's answer would get 503: the EventSource reconnects,
@@ -328,7 +334,7 @@ func (st *streamState) deliver(d broker.Delivery) {
 		st.behind(size, fmt.Sprintf("the client fell behind: event streams have %d MiB of events waiting for their clients; reconnect (Last-Event-ID resumes)", st.maxTotal>>20))
 		return
 	}
-	st.queue = append(st.queue, queued{b: ev, big: big})
+	st.queue = append(st.queue, ev)
 	st.queued += size
 	st.signal()
 }
@@ -381,7 +387,7 @@ func (st *streamState) dropQueue() {
 
 // give uncounts one event.
 func (st *streamState) give(q queued) {
-	n := int64(len(q.b))
+	n := q.size()
 	if q.big {
 		st.answers.give(n)
 	} else {
@@ -408,7 +414,7 @@ func (st *streamState) writeQueued() bool {
 		st.queue[0] = queued{}
 		st.queue = st.queue[1:]
 		st.mu.Unlock()
-		err := st.ev.raw(q.b)
+		err := st.ev.event(q)
 		st.mu.Lock()
 		st.give(q)
 		st.mu.Unlock()
@@ -475,24 +481,49 @@ type eventWriter struct {
 	until   time.Time // the write deadline set last
 }
 
-// formatEvent appends one event to b: data is a JSON tree, put on one
-// line (JSON text has raw line breaks only as whitespace between tokens).
+// formatEvent is one event as it is written: data is a JSON tree, put on
+// one line.
 func formatEvent(b []byte, name, id string, data []byte) []byte {
-	b = append(b, "event: "...)
-	b = append(b, name...)
+	b = append(b, eventHead(name, id)...)
+	b = append(b, oneLine(data)...)
+	return append(b, "\n\n"...)
+}
+
+// eventHead is an event's lines before its data.
+func eventHead(name, id string) []byte {
+	b := append([]byte("event: "), name...)
 	if id != "" {
 		b = append(b, "\nid: "...)
 		b = append(b, id...)
 	}
-	b = append(b, "\ndata: "...)
-	start := len(b)
-	b = append(b, data...)
-	for i := start; i < len(b); i++ {
-		if b[i] == '\r' || b[i] == '\n' {
-			b[i] = ' '
+	return append(b, "\ndata: "...)
+}
+
+// oneLine puts data, a JSON tree, on one line (JSON text has raw line
+// breaks only as whitespace between tokens): data itself when it has
+// none, else a copy.
+func oneLine(data []byte) []byte {
+	if bytes.IndexByte(data, '\n') < 0 && bytes.IndexByte(data, '\r') < 0 {
+		return data
+	}
+	data = bytes.Clone(data)
+	for i, c := range data {
+		if c == '\r' || c == '\n' {
+			data[i] = ' '
 		}
 	}
-	return append(b, "\n\n"...)
+	return data
+}
+
+// event writes one queued event and flushes it.
+func (e *eventWriter) event(q queued) error {
+	e.deadline()
+	for _, b := range [][]byte{q.head, q.data, []byte("\n\n")} {
+		if _, err := e.w.Write(b); err != nil {
+			return err
+		}
+	}
+	return e.rc.Flush()
 }
 
 // raw writes a formatted event and flushes it.

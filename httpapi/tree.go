@@ -41,6 +41,9 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	// a tree. Small answers have slots of their own, so that they never
 	// wait for large ones being built.
 	est, err := s.b.AnswerSize(r.Context(), p, filter, hist)
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -69,13 +72,17 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 		payload, rev, err = s.b.Tree(r.Context(), p, filter, codec)
 	}
 	<-slots
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	// The answer is held until the client has read it (WriteTimeout at
-	// most): counted by its size from now on.
-	if n := int64(len(payload)); n > held {
+	// most): counted by its size from now on, the memory it holds (a
+	// buffer grown by appending holds more than its length).
+	if n := int64(cap(payload)); n > held {
 		if !s.answers.take(n-held, small) {
 			payload = nil
 			s.busy(w, r, filter, n)
