@@ -156,7 +156,7 @@ func TestStreamBehindEnds(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			c.o.WriteTimeout = time.Minute
+			c.o.WriteTimeout, c.o.StreamStall = time.Minute, 300*time.Millisecond
 			e := setup(t, broker.Options{AllowAnonymous: true}, c.o)
 			l, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {

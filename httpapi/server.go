@@ -55,12 +55,17 @@ type Options struct {
 	// is always let through, however large). Default 256 MiB.
 	MaxAnswerBytes int64
 	// MaxStreamBacklog bounds the bytes of events one event stream holds
-	// for its client while the client does not read them (events of 64
-	// KiB or more count against MaxAnswerBytes instead; one event always
-	// fits an empty backlog): past it the client has fallen behind, and
-	// its stream ends with an "error" event, a log line and a count
+	// for its client while the client does not read them (one event
+	// always fits an empty backlog): past it the stream's session waits
+	// (the broker folds its deltas meanwhile), and a client that makes no
+	// room within StreamStall has fallen behind: its stream ends with an
+	// "error" event, a log line and a count
 	// (mote_http_streams_behind_total). Default 256 KiB.
 	MaxStreamBacklog int64
+	// StreamStall is how long an event stream's full backlog may wait for
+	// its client to read before the stream ends as fallen behind; default
+	// 10s.
+	StreamStall time.Duration
 	// MaxStreamsBacklog bounds the bytes of events below 64 KiB held for
 	// every event stream together: an event past it ends its stream as
 	// fallen behind. Default 64 MiB.
@@ -106,6 +111,7 @@ const (
 	DefaultWriteTimeout      = 60 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultKeepAlive         = 20 * time.Second
+	DefaultStreamStall       = 10 * time.Second
 	DefaultHealthTimeout     = 2 * time.Second
 	// ClientID is the client id of every HTTP request in ACL patterns (%c).
 	ClientID = "http"
@@ -177,6 +183,7 @@ func New(b *broker.Broker, o Options) *Server {
 	def(&o.WriteTimeout, DefaultWriteTimeout)
 	def(&o.IdleTimeout, DefaultIdleTimeout)
 	def(&o.KeepAlive, DefaultKeepAlive)
+	def(&o.StreamStall, DefaultStreamStall)
 	def(&o.HealthTimeout, DefaultHealthTimeout)
 	if o.Web == nil {
 		o.Web = http.HandlerFunc(noWeb)

@@ -166,9 +166,26 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 			s.log.Debug().Str("last_event_id", id).Msg("http: Last-Event-ID is not a revision; sending a snapshot")
 		}
 	}
+	// A snapshot of 64 KiB or more counts against the answer budget by
+	// its estimate before the broker makes it, as a GET's answer: a
+	// stream refused for want of room costs no snapshot.
+	est, err := s.b.AnswerSize(r.Context(), p, filter, hist)
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if est < bigEvent {
+		est = 0
+	} else if !s.answers.take(est, false) {
+		s.busy(w, r, filter, est)
+		return
+	}
 	shrinkSendBuffer(r)
 	rc := http.NewResponseController(w)
-	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}), wake: make(chan struct{}, 1),
+	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}), wake: make(chan struct{}, 1), room: make(chan struct{}, 1), stall: s.opts.StreamStall, reserved: est,
 		log: s.log, filter: filter, answers: &s.answers, maxAnswer: s.opts.MaxAnswerBytes,
 		maxBacklog: s.opts.MaxStreamBacklog, total: &s.backlog, maxTotal: s.opts.MaxStreamsBacklog, behindCount: &s.behind}
 	// The session's writer queues each event (deliver); this goroutine
@@ -232,6 +249,8 @@ type streamState struct {
 	ev          eventWriter   // the request's goroutine's only
 	end         chan struct{} // closed when the stream is to end (stop)
 	wake        chan struct{} // an event is queued
+	room        chan struct{} // an event is written: a deliver waiting for room looks again
+	stall       time.Duration // how long a full backlog may make no room before the stream ends
 	log         zerolog.Logger
 	filter      string
 	answers     *answerBudget // the Server's: large events count while held
@@ -242,6 +261,7 @@ type streamState struct {
 	behindCount *atomic.Int64 // the Server's: streams ended as fallen behind
 
 	mu       sync.Mutex
+	reserved int64    // the first message's estimate, taken from answers until it comes
 	ended    bool     // queue nothing more
 	stopped  bool     // end is closed
 	next     uint64   // mote-seq of the next message after the first
@@ -277,6 +297,10 @@ func (st *streamState) deliver(d broker.Delivery) {
 	defer st.mu.Unlock()
 	if st.ended {
 		return
+	}
+	if st.reserved > 0 { // the first message counts by its size from now on
+		st.answers.give(st.reserved)
+		st.reserved = 0
 	}
 	defer func() {
 		if v := recover(); v != nil {
@@ -319,15 +343,15 @@ func (st *streamState) deliver(d broker.Delivery) {
 	}
 	ev := queued{head: eventHead(name, id), data: oneLine(d.Payload), big: len(d.Payload) >= bigEvent}
 	size, big := ev.size(), ev.big
+	if !st.waitRoom(size) {
+		return
+	}
 	switch {
 	case big && !st.answers.take(size, false):
 		// As a GET's answer would get 503: the EventSource reconnects,
 		// and resumes from the last id it got.
 		st.log.Debug().Str("filter", st.filter).Int64("bytes", size).Msg("http: event stream ended: answer budget spent")
 		st.stop(errorEvent(fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", st.maxAnswer>>20)))
-		return
-	case len(st.queue) > 0 && st.queued+size > st.maxBacklog:
-		st.behind(size, fmt.Sprintf("the client fell behind: more than %d KiB of events waiting for it; reconnect (Last-Event-ID resumes)", st.maxBacklog>>10))
 		return
 	case !big && st.total.Add(size) > st.maxTotal:
 		st.total.Add(-size)
@@ -337,6 +361,39 @@ func (st *streamState) deliver(d broker.Delivery) {
 	st.queue = append(st.queue, ev)
 	st.queued += size
 	st.signal()
+}
+
+// waitRoom waits, st.mu let go meanwhile, until an event of size bytes
+// fits the stream's backlog (MaxStreamBacklog; one event always fits an
+// empty one). The session's writer waits with it, and the broker folds
+// the deltas that come meanwhile into one (its slow-client policy bounds
+// the rest), so a client reading slowly gets fewer, larger deltas. One
+// that lets stall pass without making room has fallen behind: its stream
+// ends (false). st.mu is held.
+func (st *streamState) waitRoom(size int64) bool {
+	if len(st.queue) == 0 || st.queued+size <= st.maxBacklog {
+		return true
+	}
+	timer := time.NewTimer(st.stall)
+	defer timer.Stop()
+	for len(st.queue) > 0 && st.queued+size > st.maxBacklog {
+		st.mu.Unlock()
+		select {
+		case <-st.room:
+		case <-st.end:
+		case <-timer.C:
+		}
+		st.mu.Lock()
+		switch {
+		case st.ended:
+			return false
+		case len(st.queue) > 0 && st.queued+size > st.maxBacklog && !timer.Stop():
+			st.behind(size, fmt.Sprintf("the client fell behind: %d KiB of events waited %s for it; reconnect (Last-Event-ID resumes)", st.queued>>10, st.stall))
+			return false
+		}
+		timer.Reset(st.stall)
+	}
+	return true
 }
 
 // behind ends a stream whose client does not keep up. st.mu is held.
@@ -418,6 +475,10 @@ func (st *streamState) writeQueued() bool {
 		st.mu.Lock()
 		st.give(q)
 		st.mu.Unlock()
+		select { // a deliver waiting for room looks again
+		case st.room <- struct{}{}:
+		default:
+		}
 		if err != nil {
 			st.log.Debug().Err(err).Str("filter", st.filter).Msg("http: event stream ended")
 			return false
@@ -447,6 +508,8 @@ func (st *streamState) finish() {
 	st.ended = true
 	st.lastOnly = false
 	st.dropQueue()
+	st.answers.give(st.reserved)
+	st.reserved = 0
 }
 
 // parts reads mote-part "i/n"; a message not in parts is part 1 of 1.
