@@ -500,8 +500,8 @@ func (st *streamState) writeEnd() {
 	st.ev.raw(last) //nolint:errcheck // ending either way
 }
 
-// finish ends the queueing: deliver queues nothing more, and what is
-// queued is given back.
+// finish ends the queueing: deliver queues nothing more (one waiting for
+// room returns), and what is queued is given back.
 func (st *streamState) finish() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -510,6 +510,10 @@ func (st *streamState) finish() {
 	st.dropQueue()
 	st.answers.give(st.reserved)
 	st.reserved = 0
+	if !st.stopped { // a deliver waiting for room returns
+		st.stopped = true
+		close(st.end)
+	}
 }
 
 // parts reads mote-part "i/n"; a message not in parts is part 1 of 1.
