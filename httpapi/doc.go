@@ -58,10 +58,13 @@
 // GET's answer counts by its estimate (Broker.AnswerSize) before it is
 // built, so a refused one costs a walk of its rows, not a tree; small
 // answers (smallAnswer) are built in slots of their own. An event
-// stream's smaller events wait in a queue of its own, bounded by
-// MaxStreamBacklog, and all streams' together by MaxStreamsBacklog: past
-// either the client has fallen behind and its stream ends, with an
-// "error" event, a log line and mote_http_streams_behind_total.
+// stream's snapshot is estimated so too, before the broker makes it. Its
+// events wait in a queue of its own, bounded by MaxStreamBacklog (then
+// its session waits, the broker folding its deltas), and all streams'
+// together by MaxStreamsBacklog: a client that makes no room within
+// StreamStall, or an event past the total, has fallen behind and its
+// stream ends, with an "error" event, a log line and
+// mote_http_streams_behind_total.
 // Serve keeps the connections within MaxConns, and MaxConnsPerHost per
 // remote host (not loopback): one past either is closed once accepted
 // (connLimit), so idle or slowly-sent connections cannot take memory

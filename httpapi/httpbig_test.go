@@ -189,3 +189,4 @@ func TestStreamBehindEnds(t *testing.T) {
 		})
 	}
 }
+

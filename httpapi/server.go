@@ -225,7 +225,7 @@ func (s *Server) registerMetrics() {
 			func() int64 { _, _, r := s.answers.stats(); return r }),
 		gauge("mote_http_stream_backlog_bytes", "Bytes of events below 64 KiB queued for event stream clients (bounded by MaxStreamsBacklog).",
 			func() int64 { return s.backlog.Load() }),
-		counter("mote_http_streams_behind_total", "Event streams ended because their client fell behind (its backlog past MaxStreamBacklog, every stream's past MaxStreamsBacklog, or a delta dropped).",
+		counter("mote_http_streams_behind_total", "Event streams ended because their client fell behind (its backlog full for StreamStall, every stream's past MaxStreamsBacklog, or a delta dropped).",
 			func() int64 { return s.behind.Load() }),
 	)
 	if err != nil {
