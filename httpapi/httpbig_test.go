@@ -189,4 +189,3 @@ func TestStreamBehindEnds(t *testing.T) {
 		})
 	}
 }
-
