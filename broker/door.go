@@ -9,6 +9,7 @@ import (
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
+	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/translate"
 	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
@@ -584,4 +585,58 @@ func (b *Broker) Rev(ctx context.Context) (uint64, error) {
 		return 0, errShutdown
 	}
 	return rev, nil
+}
+
+// AnswerSize estimates, without building it, the bytes of the answer
+// Tree would give for filter (with hist, the $hist/filter answer with
+// those options, SPEC §9): an upper guess from the rows matching filter
+// now (p's ACL not applied), their topics and values, and for a history
+// the pairs each row's rule may keep, the stored part at most what one
+// $hist answer reads (histReadBytes) twice over. It walks the rows on the
+// loop and allocates nothing per row. A front end counts an answer
+// against its budget with it before the answer is built.
+func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, hist *SubscribeOptions) (int64, error) {
+	if err := wire.ValidateFilter(filter); err != nil {
+		return 0, b.refusal(p, "subscribe", filter, err)
+	}
+	if err := b.opts.Limits.CheckTopic(filter); err != nil {
+		return 0, b.refusal(p, "subscribe", filter, err)
+	}
+	var size, stored int64
+	ok := b.onLoop(ctx.Done(), func() {
+		var rules []retain.HistoryRule
+		if hist != nil && b.ret != nil {
+			rules = b.ret.HistoryRules()
+		}
+		b.tree.Store().Match(filter, func(topic string, v wire.Value, _ byte) bool {
+			row := rowGuess(topic, v)
+			size += row
+			if rule := retain.RuleFor(rules, topic); rule != nil {
+				n := rule.Keep
+				if hist.Limit > 0 {
+					n = min(n, hist.Limit)
+				}
+				stored += int64(n) * (int64(len(v.Data))*4/3 + 24) // [t, value],
+			}
+			return true
+		})
+	})
+	if !ok {
+		err := ctx.Err()
+		if err == nil {
+			err = errShutdown
+		}
+		return 0, b.refusal(p, "subscribe", filter, err)
+	}
+	if hist != nil {
+		size += size/2 + min(stored, 2*histReadBytes) // each leaf an array of pairs
+	}
+	return size, nil
+}
+
+// rowGuess is an upper guess of a row's bytes in a tree answer: its whole
+// topic (a tree carries one level of it per object key), its value as
+// base64 would grow it, and some for the codec's framing.
+func rowGuess(topic string, v wire.Value) int64 {
+	return int64(len(topic)) + int64(len(v.Data))*4/3 + 16
 }

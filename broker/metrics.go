@@ -407,3 +407,15 @@ func (b *Broker) healthErr(ctx context.Context, what string) error {
 }
 
 var errHealthWait = errors.New("broker: health deadline")
+
+// RegisterMetrics adds a front end's figures (the HTTP API's) to the
+// broker's registry, which Metrics serves. A family already registered
+// is an error (prometheus.AlreadyRegisteredError).
+func (b *Broker) RegisterMetrics(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := b.meter.reg.Register(c); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return nil
+}

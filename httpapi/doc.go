@@ -51,10 +51,20 @@
 // One caller (a user of the password file; otherwise a remote host) has
 // at most MaxStreamsPerUser event streams open (429 past it), so one
 // cannot take all MaxStreams.
-// The GET answers being written, and the events of 64 KiB or more of
-// event streams (bigEvent), hold at most MaxAnswerBytes in all
+// The GET answers being built and written, and the events of 64 KiB or
+// more of event streams (bigEvent), hold at most MaxAnswerBytes in all
 // (answerBudget; 503 past it, or an "error" event that ends the stream),
-// so slow readers of large trees cannot hold a copy each without end.
+// so slow readers of large trees cannot hold a copy each without end. A
+// GET's answer counts by its estimate (Broker.AnswerSize) before it is
+// built, so a refused one costs a walk of its rows, not a tree; small
+// answers (smallAnswer) are built in slots of their own. An event
+// stream's snapshot is estimated so too, before the broker makes it. Its
+// events wait in a queue of its own, bounded by MaxStreamBacklog (then
+// its session waits, the broker folding its deltas), and all streams'
+// together by MaxStreamsBacklog: a client that makes no room within
+// StreamStall, or an event past the total, has fallen behind and its
+// stream ends, with an "error" event, a log line and
+// mote_http_streams_behind_total.
 // Serve keeps the connections within MaxConns, and MaxConnsPerHost per
 // remote host (not loopback): one past either is closed once accepted
 // (connLimit), so idle or slowly-sent connections cannot take memory
@@ -70,18 +80,16 @@
 // message loop (publishes never queue behind many).
 // Each request runs on net/http's goroutine for it, which owns the
 // ResponseWriter. An event stream or a history query owns one broker
-// Session, which it closes before it returns; meanwhile the session's
-// queue (bounded in bytes, with the broker's slow-client policy) holds
-// what its writer goroutine has not written. A history query's session
+// Session, which it closes before it returns. A history query's session
 // writer hands its message over an unbuffered channel to the request's
-// goroutine. An event stream's session writer writes each event to the
-// ResponseWriter itself, with a write deadline, under the stream's mutex
-// (streamState): the request's goroutine takes it to write the headers
-// and the keep-alive comments, and a last time to mark the stream over
-// before it returns, so the ResponseWriter is never written by two
-// goroutines at once nor after its handler returned. (Handing each event
-// to the request's goroutine instead cost two goroutine switches per event
-// and stream: about 15% of a fan-out's CPU, BenchmarkStreamFanout.) Close
+// goroutine. An event stream's session writer formats each event and
+// queues it (streamState.deliver, under the stream's mutex), never
+// waiting for the client; the request's goroutine writes the headers,
+// the queued events and the keep-alive comments, each write bounded by a
+// deadline, so the ResponseWriter has one writer. Ending a stream (a
+// client behind, a gap, a panic) drops its queue, gives its bytes back
+// and moves the connection's write deadline to now, which cuts a write
+// under way. Close
 // ends every stream, then shuts the http.Server down.
 //
 // # Caveats

@@ -242,7 +242,9 @@ func TestStreamSnapshotTooLarge(t *testing.T) {
 // TestStreamAnswerBudget: the large events of event streams (a snapshot,
 // a large delta) count against MaxAnswerBytes while they are written, as
 // GET answers do: a stream whose large event does not fit is told so in an
-// error event and ends (its EventSource reconnects, and resumes). Streams
+// error event and ends (its EventSource reconnects, and resumes); one
+// whose snapshot's estimate does not fit is refused with 503 before the
+// broker makes it. Streams
 // whose clients did not read held a copy each without bound (20 streams of
 // a 4 MB tree: 159 MiB of heap; one caller may open MaxStreamsPerUser,
 // 1,250).
@@ -267,19 +269,22 @@ func TestStreamAnswerBudget(t *testing.T) {
 	stuck.(*net.TCPConn).SetReadBuffer(4096)
 	io.WriteString(stuck, "GET /api/tree/big/%2B HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
 	eventually(t, "the stuck stream's snapshot to be held", func() bool { return e.s.answers.load() > 0 })
-	s, resp := e.openStream(t, "/api/tree/big/%2B")
-	if resp.StatusCode != 200 {
-		t.Fatalf("%s", resp.Status)
+	// A second stream whose snapshot does not fit is refused before the
+	// broker makes it (503 with the reason; it used to be a 200 and an
+	// "error" event once the snapshot was made).
+	_, resp := e.openStream(t, "/api/tree/big/%2B")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a second stream: %s: want 503 with Retry-After", resp.Status)
 	}
-	ev := s.next(t)
+	body, _ := io.ReadAll(resp.Body)
 	var eb errorBody
-	if ev.name != "error" || json.Unmarshal([]byte(ev.data), &eb) != nil || !strings.Contains(eb.Error, "busy") {
-		t.Fatalf("first event %.200s %.200s: want an error event saying the broker is busy", ev.name, ev.data)
+	if json.Unmarshal(body, &eb) != nil || !strings.Contains(eb.Error, "busy") {
+		t.Fatalf("a second stream: %.200s: want the reason", body)
 	}
 	// Once the stuck client is gone, its bytes are given back.
 	stuck.Close()
 	eventually(t, "the stuck stream's bytes to be given back", func() bool { return e.s.answers.load() == 0 })
-	s, _ = e.openStream(t, "/api/tree/big/%2B")
+	s, _ := e.openStream(t, "/api/tree/big/%2B")
 	if ev := s.next(t); ev.name != "snapshot" || len(ev.data) < 12_000_000 {
 		t.Fatalf("after: %.200s, %d bytes", ev.name, len(ev.data))
 	}

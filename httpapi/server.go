@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/mote-mqtt/mote/broker"
@@ -53,6 +54,22 @@ type Options struct {
 	// 503 and Retry-After, a stream ends with an "error" event (one answer
 	// is always let through, however large). Default 256 MiB.
 	MaxAnswerBytes int64
+	// MaxStreamBacklog bounds the bytes of events one event stream holds
+	// for its client while the client does not read them (one event
+	// always fits an empty backlog): past it the stream's session waits
+	// (the broker folds its deltas meanwhile), and a client that makes no
+	// room within StreamStall has fallen behind: its stream ends with an
+	// "error" event, a log line and a count
+	// (mote_http_streams_behind_total). Default 256 KiB.
+	MaxStreamBacklog int64
+	// StreamStall is how long an event stream's full backlog may wait for
+	// its client to read before the stream ends as fallen behind; default
+	// 10s.
+	StreamStall time.Duration
+	// MaxStreamsBacklog bounds the bytes of events below 64 KiB held for
+	// every event stream together: an event past it ends its stream as
+	// fallen behind. Default 64 MiB.
+	MaxStreamsBacklog int64
 	// MaxConns bounds the connections open at once (each costs some 20
 	// KiB however little its client sends); past it a new connection is
 	// closed as soon as it is accepted. Default MaxStreams + 1,000 (11,000).
@@ -87,11 +104,14 @@ const (
 	DefaultAddr              = ":1885"
 	DefaultMaxStreams        = 10_000
 	DefaultMaxAnswerBytes    = 256 << 20
+	DefaultMaxStreamBacklog  = 256 << 10
+	DefaultMaxStreamsBacklog = 64 << 20
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultReadTimeout       = 60 * time.Second
 	DefaultWriteTimeout      = 60 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultKeepAlive         = 20 * time.Second
+	DefaultStreamStall       = 10 * time.Second
 	DefaultHealthTimeout     = 2 * time.Second
 	// ClientID is the client id of every HTTP request in ACL patterns (%c).
 	ClientID = "http"
@@ -116,11 +136,15 @@ type Server struct {
 	callers   map[string]int
 	// trees is a semaphore: trees being read off the message loop for
 	// GETs, a few at a time, so publishes are never queued behind many.
-	trees   chan struct{}
-	answers answerBudget  // bytes of GET answers being written
-	conns   *connCount    // connections open over every listener (MaxConns)
-	closing chan struct{} // closed by Close: event streams end
-	once    sync.Once
+	trees chan struct{}
+	// smallTrees is trees' twin for answers of at most smallAnswer bytes.
+	smallTrees chan struct{}
+	answers    answerBudget  // bytes of GET answers being built or written
+	backlog    atomic.Int64  // bytes of events below bigEvent queued over every stream
+	behind     atomic.Int64  // event streams ended as their client fell behind
+	conns      *connCount    // connections open over every listener (MaxConns)
+	closing    chan struct{} // closed by Close: event streams end
+	once       sync.Once
 }
 
 // New builds the HTTP API of b; Serve serves it, Handler is it.
@@ -142,6 +166,12 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.MaxAnswerBytes <= 0 {
 		o.MaxAnswerBytes = DefaultMaxAnswerBytes
 	}
+	if o.MaxStreamBacklog <= 0 {
+		o.MaxStreamBacklog = DefaultMaxStreamBacklog
+	}
+	if o.MaxStreamsBacklog <= 0 {
+		o.MaxStreamsBacklog = DefaultMaxStreamsBacklog
+	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = o.MaxStreams + 1_000
 	}
@@ -153,15 +183,17 @@ func New(b *broker.Broker, o Options) *Server {
 	def(&o.WriteTimeout, DefaultWriteTimeout)
 	def(&o.IdleTimeout, DefaultIdleTimeout)
 	def(&o.KeepAlive, DefaultKeepAlive)
+	def(&o.StreamStall, DefaultStreamStall)
 	def(&o.HealthTimeout, DefaultHealthTimeout)
 	if o.Web == nil {
 		o.Web = http.HandlerFunc(noWeb)
 	}
-	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), callers: map[string]int{}, answers: answerBudget{max: o.MaxAnswerBytes},
+	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), smallTrees: make(chan struct{}, maxTreeReads), callers: map[string]int{}, answers: answerBudget{max: o.MaxAnswerBytes},
 		conns: newConnCount(o.MaxConns, o.MaxConnsPerHost)}
 	if s.opts.Health == nil {
 		s.opts.Health = s.loopHealth
 	}
+	s.registerMetrics()
 	s.srv = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: o.ReadHeaderTimeout,
@@ -170,8 +202,61 @@ func New(b *broker.Broker, o Options) *Server {
 		IdleTimeout:       o.IdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          log.New(logWriter{o.Log}, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
 	}
 	return s
+}
+
+// registerMetrics adds the API's figures to the broker's (docs/metrics.md).
+// A second Server of one broker serves the first one's.
+func (s *Server) registerMetrics() {
+	gauge := func(name, help string, fn func() int64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(fn()) })
+	}
+	counter := func(name, help string, fn func() int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(fn()) })
+	}
+	err := s.b.RegisterMetrics(
+		gauge("mote_http_answer_bytes", "Bytes of HTTP tree and history answers (by their estimate until built) and of event stream events of 64 KiB or more held at once (bounded by the API's MaxAnswerBytes).",
+			func() int64 { h, _, _ := s.answers.stats(); return h }),
+		counter("mote_http_answers_refused_total", "HTTP answers refused (503), and event streams ended, because the answer budget (MaxAnswerBytes) was spent.",
+			func() int64 { _, _, r := s.answers.stats(); return r }),
+		gauge("mote_http_stream_backlog_bytes", "Bytes of events below 64 KiB queued for event stream clients (bounded by MaxStreamsBacklog).",
+			func() int64 { return s.backlog.Load() }),
+		counter("mote_http_streams_behind_total", "Event streams ended because their client fell behind (its backlog full for StreamStall, every stream's past MaxStreamsBacklog, or a delta dropped).",
+			func() int64 { return s.behind.Load() }),
+	)
+	if err != nil {
+		s.log.Debug().Err(err).Msg("http: the API's metrics are another Server's")
+	}
+}
+
+// connKey is the context key of a request's connection (http.Server's
+// ConnContext).
+type connKey struct{}
+
+// streamSendBuffer is the kernel send buffer of an event stream's
+// connection: what a client that does not read holds in the kernel
+// before its stream's backlog (MaxStreamBacklog) starts to fill. The
+// kernel's own may grow to megabytes, which a stream nobody reads would
+// fill at the broker's expense before it is seen to be behind.
+const streamSendBuffer = 64 << 10
+
+// shrinkSendBuffer bounds the kernel send buffer of r's TCP connection
+// (streamSendBuffer); a connection of another kind is left as it is.
+func shrinkSendBuffer(r *http.Request) {
+	c, _ := r.Context().Value(connKey{}).(net.Conn)
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(streamSendBuffer) //nolint:errcheck // a bound only: the stream goes on without it
+	}
 }
 
 // Handler is the API as an http.Handler, for a server of the caller's.

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -165,17 +166,35 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 			s.log.Debug().Str("last_event_id", id).Msg("http: Last-Event-ID is not a revision; sending a snapshot")
 		}
 	}
+	// A snapshot of 64 KiB or more counts against the answer budget by
+	// its estimate before the broker makes it, as a GET's answer: a
+	// stream refused for want of room costs no snapshot.
+	est, err := s.b.AnswerSize(r.Context(), p, filter, hist)
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if est < bigEvent {
+		est = 0
+	} else if !s.answers.take(est, false) {
+		s.busy(w, r, filter, est)
+		return
+	}
+	shrinkSendBuffer(r)
 	rc := http.NewResponseController(w)
-	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}),
-		log: s.log, filter: filter, keepAlive: s.opts.KeepAlive, answers: &s.answers, maxAnswer: s.opts.MaxAnswerBytes}
-	// The session's writer writes each event itself (deliver), under st.mu:
-	// until the headers are out, it waits.
-	st.mu.Lock()
+	st := &streamState{ev: eventWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}, end: make(chan struct{}), wake: make(chan struct{}, 1), room: make(chan struct{}, 1), stall: s.opts.StreamStall, reserved: est,
+		log: s.log, filter: filter, answers: &s.answers, maxAnswer: s.opts.MaxAnswerBytes,
+		maxBacklog: s.opts.MaxStreamBacklog, total: &s.backlog, maxTotal: s.opts.MaxStreamsBacklog, behindCount: &s.behind}
+	// The session's writer queues each event (deliver); this goroutine
+	// writes them, once the headers are out.
 	sess := s.b.Open(p, st.deliver)
 	defer sess.Close()
+	defer st.finish() // nothing more is queued; what is queued is given back
 	if err := sess.SubscribeWith(topic, 0, o); err != nil {
-		st.ended = true
-		st.mu.Unlock()
+		st.finish()
 		s.fail(w, r, err)
 		return
 	}
@@ -190,25 +209,23 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
 	if err := st.ev.flush(); err != nil {
-		st.ended = true
-		st.mu.Unlock()
 		return
 	}
-	st.tick = time.NewTicker(s.opts.KeepAlive)
-	defer st.tick.Stop()
-	st.mu.Unlock()
-	defer func() { // nothing is written once the handler has returned
-		st.mu.Lock()
-		st.ended = true
-		st.mu.Unlock()
-	}()
+	tick := time.NewTicker(s.opts.KeepAlive)
+	defer tick.Stop()
 	for {
 		select {
-		case <-st.tick.C:
-			if !st.keepAliveComment() {
+		case <-st.wake:
+			if !st.writeQueued() {
+				return
+			}
+			tick.Reset(s.opts.KeepAlive)
+		case <-tick.C:
+			if err := st.ev.comment("keep-alive"); err != nil {
 				return
 			}
 		case <-st.end:
+			st.writeEnd()
 			return
 		case <-r.Context().Done():
 			return
@@ -220,56 +237,86 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 	}
 }
 
-// streamState is an event stream's state, guarded by mu: the session's
-// writer goroutine writes the events (deliver), the request's goroutine
-// the headers and the keep-alive comments, never both at once, and nobody
-// once ended is set.
+// streamState is an event stream's state. The session's writer goroutine
+// queues the events (deliver) and never waits for the client; the
+// request's goroutine writes them, the headers and the keep-alive
+// comments. The queue is bounded: past maxBacklog bytes of the stream, or
+// maxTotal of every stream together, the client has fallen behind and
+// the stream ends, with an "error" event saying so (if it can still be
+// written), a log line and a count (Server.behind). mu guards what is
+// below it.
 type streamState struct {
-	mu        sync.Mutex
-	ev        eventWriter
-	ended     bool          // the stream is over: write nothing more
-	next      uint64        // mote-seq of the next message after the first
-	end       chan struct{} // closed when deliver ends the stream
-	tick      *time.Ticker  // keep-alive comments; reset by each event
-	keepAlive time.Duration
-	log       zerolog.Logger
-	filter    string
-	answers   *answerBudget // the Server's: large events count while written
-	maxAnswer int64
+	ev          eventWriter   // the request's goroutine's only
+	end         chan struct{} // closed when the stream is to end (stop)
+	wake        chan struct{} // an event is queued
+	room        chan struct{} // an event is written: a deliver waiting for room looks again
+	stall       time.Duration // how long a full backlog may make no room before the stream ends
+	log         zerolog.Logger
+	filter      string
+	answers     *answerBudget // the Server's: large events count while held
+	maxAnswer   int64
+	maxBacklog  int64
+	total       *atomic.Int64 // the Server's: bytes queued over every stream
+	maxTotal    int64
+	behindCount *atomic.Int64 // the Server's: streams ended as fallen behind
+
+	mu       sync.Mutex
+	reserved int64    // the first message's estimate, taken from answers until it comes
+	ended    bool     // queue nothing more
+	stopped  bool     // end is closed
+	next     uint64   // mote-seq of the next message after the first
+	queue    []queued // events not yet written
+	queued   int64    // bytes of queue and of the events being written, counted in total
+	last     []byte   // an event to write before ending (the reason), or nil
+	lastOnly bool     // end once queue is written (after an error event)
 }
 
+// queued is one event ready to be written: its head (event, id), its
+// data (the delivery's payload, the session's own: not copied), and how
+// its bytes are counted: in the answer budget (big), else in the
+// streams' total.
+type queued struct {
+	head, data []byte
+	big        bool
+}
+
+// size is the bytes an event counts for.
+func (q queued) size() int64 { return int64(len(q.head) + len(q.data) + 2) }
+
 // bigEvent is the size from which an event's data counts against the
-// answer budget while it is written: a snapshot, or a large delta, that a
-// client not reading would have the broker hold (a copy per stream). The
-// many small deltas of a fan-out take no lock for it.
+// answer budget while it is queued and written: a snapshot, or a large
+// delta, that a client not reading would have the broker hold (a copy per
+// stream). The many small deltas of a fan-out take no lock for it.
 const bigEvent = 64 << 10
 
-// deliver writes one message of the session as an event. It runs on the
-// session's writer goroutine, which waits meanwhile (the session's queue,
-// bounded by the broker's slow-client policy, holds what follows). A gap
-// in mote-seq, a failed write or a panic ends the stream.
+// deliver queues one message of the session as an event. It runs on the
+// session's writer goroutine, and does not wait for the client. A gap in
+// mote-seq, a queue past its bounds or a panic ends the stream.
 func (st *streamState) deliver(d broker.Delivery) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.ended {
 		return
 	}
+	if st.reserved > 0 { // the first message counts by its size from now on
+		st.answers.give(st.reserved)
+		st.reserved = 0
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			st.log.Error().Interface("panic", v).Str("filter", st.filter).Msg("http: event stream panicked; ending it")
-			st.stop()
+			st.stop(nil)
 		}
 	}()
 	if d.Err != nil {
 		// The broker refused the first message (a row larger than the
 		// maximum packet size): the stream says why, and ends.
 		st.log.Debug().Err(d.Err).Str("filter", st.filter).Msg("http: event stream refused")
-		// (strings only: Marshal cannot fail; ending either way: a failed
-		// write needs no answer)
 		reason := fmt.Sprintf("the first message cannot be sent, a row is larger than the broker's maximum packet size (%v)", d.Err.Err)
-		b, _ := json.Marshal(errorBody{Error: reason, Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)})
-		st.ev.event("error", "", b) //nolint:errcheck
-		st.stop()
+		b, _ := json.Marshal(errorBody{Error: reason, Code: fmt.Sprintf("0x%02X", d.Err.Code.Code)}) // strings only: cannot fail
+		st.ended, st.lastOnly = true, true
+		st.last = formatEvent(nil, "error", "", b)
+		st.signal()
 		return
 	}
 	seq := d.Seq()
@@ -286,55 +333,185 @@ func (st *streamState) deliver(d broker.Delivery) {
 		// The broker dropped a message for this slow client: the stream's
 		// tree is stale. The client reconnects and resumes from the last
 		// id it got.
-		st.log.Debug().Str("filter", st.filter).Int64("seq", seq).Uint64("want", st.next).Msg("http: event stream fell behind; ending it")
-		st.ev.comment("fell behind: reconnect") //nolint:errcheck // ending either way
-		st.stop()
+		st.behind(0, fmt.Sprintf("the client fell behind: the broker dropped a delta for it (mote-seq %d, want %d); reconnect (Last-Event-ID resumes)", seq, st.next))
 		return
-	}
-	if len(d.Payload) >= bigEvent {
-		if !st.answers.take(len(d.Payload)) {
-			// As a GET's answer would get 503: the EventSource reconnects,
-			// and resumes from the last id it got.
-			st.log.Debug().Str("filter", st.filter).Int("bytes", len(d.Payload)).Msg("http: event stream ended: answer budget spent")
-			reason := fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", st.maxAnswer>>20)
-			b, _ := json.Marshal(errorBody{Error: reason}) // a string: cannot fail
-			st.ev.event("error", "", b)                    //nolint:errcheck // ending either way
-			st.stop()
-			return
-		}
-		defer st.answers.give(len(d.Payload))
 	}
 	id := ""
 	if part == n {
 		id = prop(&d, "mote-rev")
 		st.next = uint64(seq) + 1
 	}
-	if err := st.ev.event(name, id, d.Payload); err != nil {
-		st.log.Debug().Err(err).Str("filter", st.filter).Msg("http: event stream ended")
-		st.stop()
+	ev := queued{head: eventHead(name, id), data: oneLine(d.Payload), big: len(d.Payload) >= bigEvent}
+	size, big := ev.size(), ev.big
+	if !st.waitRoom(size) {
 		return
 	}
-	st.tick.Reset(st.keepAlive)
+	switch {
+	case big && !st.answers.take(size, false):
+		// As a GET's answer would get 503: the EventSource reconnects,
+		// and resumes from the last id it got.
+		st.log.Debug().Str("filter", st.filter).Int64("bytes", size).Msg("http: event stream ended: answer budget spent")
+		st.stop(errorEvent(fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", st.maxAnswer>>20)))
+		return
+	case !big && st.total.Add(size) > st.maxTotal:
+		st.total.Add(-size)
+		st.behind(size, fmt.Sprintf("the client fell behind: event streams have %d MiB of events waiting for their clients; reconnect (Last-Event-ID resumes)", st.maxTotal>>20))
+		return
+	}
+	st.queue = append(st.queue, ev)
+	st.queued += size
+	st.signal()
 }
 
-// keepAliveComment writes a keep-alive comment; false: the stream is over.
-func (st *streamState) keepAliveComment() bool {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.ended {
-		return false
+// waitRoom waits, st.mu let go meanwhile, until an event of size bytes
+// fits the stream's backlog (MaxStreamBacklog; one event always fits an
+// empty one). The session's writer waits with it, and the broker folds
+// the deltas that come meanwhile into one (its slow-client policy bounds
+// the rest), so a client reading slowly gets fewer, larger deltas. One
+// that lets stall pass without making room has fallen behind: its stream
+// ends (false). st.mu is held.
+func (st *streamState) waitRoom(size int64) bool {
+	if len(st.queue) == 0 || st.queued+size <= st.maxBacklog {
+		return true
 	}
-	if err := st.ev.comment("keep-alive"); err != nil {
-		st.stop()
-		return false
+	timer := time.NewTimer(st.stall)
+	defer timer.Stop()
+	for len(st.queue) > 0 && st.queued+size > st.maxBacklog {
+		st.mu.Unlock()
+		select {
+		case <-st.room:
+		case <-st.end:
+		case <-timer.C:
+		}
+		st.mu.Lock()
+		switch {
+		case st.ended:
+			return false
+		case len(st.queue) > 0 && st.queued+size > st.maxBacklog && !timer.Stop():
+			st.behind(size, fmt.Sprintf("the client fell behind: %d KiB of events waited %s for it; reconnect (Last-Event-ID resumes)", st.queued>>10, st.stall))
+			return false
+		}
+		timer.Reset(st.stall)
 	}
 	return true
 }
 
-// stop ends the stream: the request returns. st.mu is held.
-func (st *streamState) stop() {
-	if !st.ended {
-		st.ended = true
+// behind ends a stream whose client does not keep up. st.mu is held.
+func (st *streamState) behind(size int64, reason string) {
+	st.behindCount.Add(1)
+	st.log.Info().Str("filter", st.filter).Int64("queued_bytes", st.queued).Int64("event_bytes", size).Msg("http: event stream ended: " + reason)
+	st.stop(errorEvent(reason))
+}
+
+// errorEvent is an "error" event giving reason.
+func errorEvent(reason string) []byte {
+	b, _ := json.Marshal(errorBody{Error: reason}) // a string: cannot fail
+	return formatEvent(nil, "error", "", b)
+}
+
+// signal wakes the request's goroutine. st.mu is held.
+func (st *streamState) signal() {
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the stream at once: what is queued is dropped, a write under
+// way is cut short, last (if not nil) is written if it can be. st.mu is
+// held.
+func (st *streamState) stop(last []byte) {
+	if st.stopped {
+		return
+	}
+	st.stopped, st.ended, st.lastOnly = true, true, false
+	st.last = last
+	st.dropQueue()
+	close(st.end)
+	// A write the client does not read would hold its bytes for up to
+	// WriteTimeout: it fails now (net.Conn deadlines may be moved from
+	// any goroutine).
+	st.ev.rc.SetWriteDeadline(time.Now()) //nolint:errcheck // not every ResponseWriter has deadlines
+}
+
+// dropQueue gives back the bytes of the events queued. st.mu is held.
+func (st *streamState) dropQueue() {
+	for _, q := range st.queue {
+		st.give(q)
+	}
+	st.queue = nil
+}
+
+// give uncounts one event.
+func (st *streamState) give(q queued) {
+	n := q.size()
+	if q.big {
+		st.answers.give(n)
+	} else {
+		st.total.Add(-n)
+	}
+	st.queued -= n
+}
+
+// writeQueued writes the events queued; false: the stream is over.
+func (st *streamState) writeQueued() bool {
+	for {
+		st.mu.Lock()
+		if len(st.queue) == 0 {
+			done := st.lastOnly
+			last := st.last
+			st.mu.Unlock()
+			if done {
+				st.ev.raw(last) //nolint:errcheck // ending either way
+				return false
+			}
+			return true
+		}
+		q := st.queue[0]
+		st.queue[0] = queued{}
+		st.queue = st.queue[1:]
+		st.mu.Unlock()
+		err := st.ev.event(q)
+		st.mu.Lock()
+		st.give(q)
+		st.mu.Unlock()
+		select { // a deliver waiting for room looks again
+		case st.room <- struct{}{}:
+		default:
+		}
+		if err != nil {
+			st.log.Debug().Err(err).Str("filter", st.filter).Msg("http: event stream ended")
+			return false
+		}
+	}
+}
+
+// writeEnd writes the reason the stream ends, if there is one and the
+// client can still take it: within a second.
+func (st *streamState) writeEnd() {
+	st.mu.Lock()
+	last := st.last
+	st.mu.Unlock()
+	if last == nil {
+		return
+	}
+	st.ev.until = time.Time{}
+	st.ev.timeout = time.Second
+	st.ev.raw(last) //nolint:errcheck // ending either way
+}
+
+// finish ends the queueing: deliver queues nothing more (one waiting for
+// room returns), and what is queued is given back.
+func (st *streamState) finish() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.ended = true
+	st.lastOnly = false
+	st.dropQueue()
+	st.answers.give(st.reserved)
+	st.reserved = 0
+	if !st.stopped { // a deliver waiting for room returns
+		st.stopped = true
 		close(st.end)
 	}
 }
@@ -369,36 +546,57 @@ type eventWriter struct {
 	rc      *http.ResponseController
 	timeout time.Duration
 	until   time.Time // the write deadline set last
-	buf     []byte
 }
 
-// event writes one event: data is a JSON tree, put on one line (JSON
-// text has raw line breaks only as whitespace between tokens).
-func (e *eventWriter) event(name, id string, data []byte) error {
-	e.deadline()
-	b := append(e.buf[:0], "event: "...)
-	b = append(b, name...)
+// formatEvent is one event as it is written: data is a JSON tree, put on
+// one line.
+func formatEvent(b []byte, name, id string, data []byte) []byte {
+	b = append(b, eventHead(name, id)...)
+	b = append(b, oneLine(data)...)
+	return append(b, "\n\n"...)
+}
+
+// eventHead is an event's lines before its data.
+func eventHead(name, id string) []byte {
+	b := append([]byte("event: "), name...)
 	if id != "" {
 		b = append(b, "\nid: "...)
 		b = append(b, id...)
 	}
-	b = append(b, "\ndata: "...)
-	e.buf = b
-	if _, err := e.w.Write(b); err != nil {
-		return err
+	return append(b, "\ndata: "...)
+}
+
+// oneLine puts data, a JSON tree, on one line (JSON text has raw line
+// breaks only as whitespace between tokens): data itself when it has
+// none, else a copy.
+func oneLine(data []byte) []byte {
+	if bytes.IndexByte(data, '\n') < 0 && bytes.IndexByte(data, '\r') < 0 {
+		return data
 	}
-	if bytes.IndexByte(data, '\n') >= 0 || bytes.IndexByte(data, '\r') >= 0 {
-		data = bytes.Clone(data)
-		for i, c := range data {
-			if c == '\r' || c == '\n' {
-				data[i] = ' '
-			}
+	data = bytes.Clone(data)
+	for i, c := range data {
+		if c == '\r' || c == '\n' {
+			data[i] = ' '
 		}
 	}
-	if _, err := e.w.Write(data); err != nil {
-		return err
+	return data
+}
+
+// event writes one queued event and flushes it.
+func (e *eventWriter) event(q queued) error {
+	e.deadline()
+	for _, b := range [][]byte{q.head, q.data, []byte("\n\n")} {
+		if _, err := e.w.Write(b); err != nil {
+			return err
+		}
 	}
-	if _, err := e.w.Write([]byte("\n\n")); err != nil {
+	return e.rc.Flush()
+}
+
+// raw writes a formatted event and flushes it.
+func (e *eventWriter) raw(b []byte) error {
+	e.deadline()
+	if _, err := e.w.Write(b); err != nil {
 		return err
 	}
 	return e.rc.Flush()

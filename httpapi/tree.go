@@ -36,10 +36,33 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 		return
 	}
 	codec := rep.codec()
+	// The answer counts against the budget by its estimate before it is
+	// built: a GET refused for want of room costs a walk of the rows, not
+	// a tree. Small answers have slots of their own, so that they never
+	// wait for large ones being built.
+	est, err := s.b.AnswerSize(r.Context(), p, filter, hist)
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	small := est <= smallAnswer
+	if !s.answers.take(est, small) {
+		s.busy(w, r, filter, est)
+		return
+	}
+	held := est
+	defer func() { s.answers.give(held) }()
+	slots := s.trees
+	if small {
+		slots = s.smallTrees
+	}
 	var payload []byte
 	var rev uint64
 	select {
-	case s.trees <- struct{}{}:
+	case slots <- struct{}{}:
 	case <-r.Context().Done():
 		return // the client went away
 	}
@@ -48,18 +71,28 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	} else {
 		payload, rev, err = s.b.Tree(r.Context(), p, filter, codec)
 	}
-	<-s.trees
+	<-slots
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	// The answer is held until the client has read it: bounded in all.
-	if !s.answers.take(len(payload)) {
-		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", s.opts.MaxAnswerBytes>>20), "")
-		return
+	// The answer is held until the client has read it (WriteTimeout at
+	// most): counted by its size from now on, the memory it holds (a
+	// buffer grown by appending holds more than its length).
+	if n := int64(cap(payload)); n > held {
+		if !s.answers.take(n-held, small) {
+			payload = nil
+			s.busy(w, r, filter, n)
+			return
+		}
+		held = n
+	} else {
+		s.answers.give(held - n)
+		held = n
 	}
-	defer s.answers.give(len(payload))
 	h := w.Header()
 	h.Set("Content-Type", codec.ContentType())
 	h.Set("Content-Length", strconv.Itoa(len(payload)))
@@ -67,6 +100,19 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	h.Set("Cache-Control", "no-store")
 	h.Set("Vary", "Accept")
 	w.Write(payload) //nolint:errcheck // a client that went away has nothing to be told
+}
+
+// smallAnswer is the estimate up to which a GET's answer is small: built
+// in slots of its own (Server.smallTrees), and let into the last part of
+// the answer budget.
+const smallAnswer = 1 << 20
+
+// busy answers 503 to a GET whose answer, of about n bytes, does not fit
+// the answer budget now.
+func (s *Server) busy(w http.ResponseWriter, r *http.Request, filter string, n int64) {
+	s.log.Debug().Str("filter", filter).Int64("bytes", n).Str("remote", r.RemoteAddr).Msg("http: answer refused: answer budget spent")
+	w.Header().Set("Retry-After", "5")
+	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once; this one about %d KiB): try again later, or narrow the filter", s.opts.MaxAnswerBytes>>20, n>>10), "")
 }
 
 // params are the query parameters the API reads.

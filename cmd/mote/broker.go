@@ -78,6 +78,8 @@ type config struct {
 		MaxStreams        int   `yaml:"max_streams"`
 		MaxStreamsPerUser int   `yaml:"max_streams_per_user"`
 		MaxAnswerBytes    int64 `yaml:"max_answer_bytes"`
+		MaxStreamBacklog  int64 `yaml:"max_stream_backlog"`
+		MaxStreamsBacklog int64 `yaml:"max_streams_backlog"`
 		MaxConns          int   `yaml:"max_conns"`
 		MaxConnsPerHost   int   `yaml:"max_conns_per_host"`
 	} `yaml:"http"`
@@ -142,7 +144,7 @@ func loadConfig(path string) (config, error) {
 		key string
 		n   int64
 	}{{"max_body", h.MaxBody}, {"max_streams", int64(h.MaxStreams)}, {"max_streams_per_user", int64(h.MaxStreamsPerUser)},
-		{"max_answer_bytes", h.MaxAnswerBytes}, {"max_conns", int64(h.MaxConns)}, {"max_conns_per_host", int64(h.MaxConnsPerHost)}} {
+		{"max_answer_bytes", h.MaxAnswerBytes}, {"max_stream_backlog", h.MaxStreamBacklog}, {"max_streams_backlog", h.MaxStreamsBacklog}, {"max_conns", int64(h.MaxConns)}, {"max_conns_per_host", int64(h.MaxConnsPerHost)}} {
 		if v.n < 0 {
 			return c, fmt.Errorf("config %s: http.%s %d: at least 1 (or left out for the default)", path, v.key, v.n)
 		}
@@ -379,6 +381,8 @@ func serveHTTP(b *broker.Broker, addr, tlsAddr string, cfg config, log zerolog.L
 		MaxStreams:        cfg.HTTP.MaxStreams,
 		MaxStreamsPerUser: cfg.HTTP.MaxStreamsPerUser,
 		MaxAnswerBytes:    cfg.HTTP.MaxAnswerBytes,
+		MaxStreamBacklog:  cfg.HTTP.MaxStreamBacklog,
+		MaxStreamsBacklog: cfg.HTTP.MaxStreamsBacklog,
 		MaxConns:          cfg.HTTP.MaxConns,
 		MaxConnsPerHost:   cfg.HTTP.MaxConnsPerHost,
 	})
