@@ -166,11 +166,24 @@ type outQueue struct {
 	// more, earns its waits and slows publishers to its pace; one that
 	// trickles (an acknowledgement now and then) cannot make publishers
 	// crawl at its pace.
+	//
+	// The credit is spent only while someone waits, and publishers
+	// deliver to their subscribers one after another: N clients that stop
+	// reading together would each cost a publisher PublishWait in turn,
+	// N × PublishWait in all. So the clock also runs in wall time
+	// (fullAt): a client whose queue has been full for a patience with
+	// nothing written to it is stalled at once, whoever waited, and
+	// clients stalling together cost publishers about one patience.
 	patience  time.Duration
 	credit    time.Duration
 	since     time.Time // since when credit runs down (waitq not empty)
 	stalled   bool      // credit ran out, and has not come back whole
 	lastWrote time.Time // when the client was last written something
+	// fullAt is when the queue was first found full (a put found no room
+	// for its message, or the message it queued left less room than it
+	// took) since the client was last written something; zero: not
+	// since then.
+	fullAt time.Time
 
 	wake chan struct{} // one slot: items, a release, a direct write's rest (sent with mu held: see idle)
 	done closeSignal   // closed by close
@@ -254,17 +267,39 @@ func newOutQueue(max int, patience time.Duration) *outQueue {
 	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1)}
 }
 
-// spendLocked runs the credit down for the time publishers waited; out
-// of credit, the client is stalled and every waiting publisher gives up
-// (mu held).
+// spendLocked runs the credit down for the time publishers waited, and
+// to nothing once the queue has been full for a patience with nothing
+// written (fullAt); out of credit, the client is stalled and every
+// waiting publisher gives up (mu held).
 func (q *outQueue) spendLocked(now time.Time) {
 	if len(q.waitq) > 0 {
 		q.credit -= now.Sub(q.since)
 		q.since = now
 	}
+	if at := q.stallAtLocked(); !at.IsZero() && !now.Before(at) {
+		q.credit = 0
+	}
 	if q.credit <= 0 && !q.stalled {
 		q.stalled = true
 		q.answerAllLocked(pushStalled)
+	}
+}
+
+// stallAtLocked is when the client is stalled in wall time, having been
+// full a patience with nothing written to it; zero: it is not full (mu
+// held).
+func (q *outQueue) stallAtLocked() time.Time {
+	if q.fullAt.IsZero() {
+		return time.Time{}
+	}
+	return q.fullAt.Add(q.patience)
+}
+
+// markFullLocked notes that the queue is full now, unless it was already
+// since the client was last written (mu held).
+func (q *outQueue) markFullLocked(now time.Time) {
+	if q.fullAt.IsZero() {
+		q.fullAt = now
 	}
 }
 
@@ -407,11 +442,19 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		// pass them: it takes room only when there is some).
 		q.items = append(q.items, m)
 		q.bytes += c
+		if q.bytes+c > q.max && q.fullAt.IsZero() {
+			// No room left for another like it: full from now
+			// (fullAt), as the client's next publisher will find it.
+			q.fullAt = time.Now()
+		}
 		q.unlockAndWake()
 		return pushed
 	}
 	now := time.Now()
 	w = w.from(now)
+	if !fits {
+		q.markFullLocked(now)
+	}
 	q.spendLocked(now)
 	switch {
 	case w.deadline.IsZero():
@@ -433,8 +476,8 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 	}
 	q.waitq = append(q.waitq, wt)
 	for {
-		// Wake when the credit would run out, or when the publish may
-		// give up, whichever comes first.
+		// Wake when the credit would run out (spent, or in wall time),
+		// or when the publish may give up, whichever comes first.
 		giveUp := w.deadline
 		if read := q.lastWrote.Add(q.patience); read.After(giveUp) {
 			giveUp = read
@@ -443,6 +486,9 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 			giveUp = w.limit
 		}
 		d := min(q.credit, giveUp.Sub(now))
+		if at := q.stallAtLocked(); !at.IsZero() {
+			d = min(d, at.Sub(now))
+		}
 		q.mu.Unlock()
 		if w.idle != nil {
 			w.idle() // the acks of the publishes before this one go out before it waits
@@ -702,6 +748,7 @@ func (q *outQueue) wrote(n, msgs int) {
 	now := time.Now()
 	q.spendLocked(now)
 	q.lastWrote = now
+	q.fullAt = time.Time{} // written: full only from the next time it is found so
 	earned := int64(max(n, msgs*creditMsg)) * int64(time.Second) / creditBytes
 	q.credit = min(q.credit+time.Duration(earned), q.patience)
 	if q.stalled && q.credit >= q.patience {
