@@ -303,6 +303,16 @@ func (q *outQueue) markFullLocked(now time.Time) {
 	}
 }
 
+// noteFullLocked marks the queue full (markFullLocked) if it has no room
+// left for another message like the one of cost c just queued: the
+// client's next publisher will find it so, maybe only once it is done
+// waiting for the subscribers before this one (mu held).
+func (q *outQueue) noteFullLocked(c int) {
+	if q.fullAt.IsZero() && q.bytes+c > q.max {
+		q.fullAt = time.Now()
+	}
+}
+
 // answerAllLocked ends every publisher's wait with r (mu held).
 func (q *outQueue) answerAllLocked(r pushResult) {
 	for _, w := range q.waitq {
@@ -338,6 +348,7 @@ func (q *outQueue) admitLocked() bool {
 	if n == 0 {
 		return false
 	}
+	q.noteFullLocked(q.waitq[n-1].cost)
 	k := copy(q.waitq, q.waitq[n:])
 	clear(q.waitq[k:])
 	q.waitq = q.waitq[:k]
@@ -442,11 +453,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		// pass them: it takes room only when there is some).
 		q.items = append(q.items, m)
 		q.bytes += c
-		if q.bytes+c > q.max && q.fullAt.IsZero() {
-			// No room left for another like it: full from now
-			// (fullAt), as the client's next publisher will find it.
-			q.fullAt = time.Now()
-		}
+		q.noteFullLocked(c)
 		q.unlockAndWake()
 		return pushed
 	}
