@@ -438,7 +438,8 @@ func (q *outQueue) push(m item, w pubWait) bool {
 // outQueue), or once w.deadline passed and the client was written nothing
 // for a patience (pushLate). So a subscriber that reads steadily slows its
 // publishers to its pace and loses nothing, one that stops reading holds
-// them at most a patience, and a publish to several subscribers that do
+// them at most a patience (and several that stop together about one
+// patience in all, not one each: fullAt), and a publish to several subscribers that do
 // not read waits at most until its deadline in all.
 func (q *outQueue) put(m item, w pubWait) pushResult {
 	c := m.cost()
