@@ -177,8 +177,16 @@
 // client may hold publishers back PublishWait in all, earning it back as
 // it is written (a second per 64 messages or 64 KiB); one out of credit
 // is stalled, every publisher waiting for it gives up at once and none
-// waits until its credit is whole. What gets no room meets the
-// slow-client policy.
+// waits until its credit is whole. The credit also runs out in wall
+// time: a client whose queue has been full for PublishWait with nothing
+// written to it is stalled for every publisher at once, whoever waited
+// (outQueue.fullAt). Spent only while someone waited, the credit of N
+// clients that stopped reading together was spent one after another, a
+// publisher's wait at each in turn: N × PublishWait in all (200
+// subscribers with Receive Maximum 1 that never acknowledged held a QoS 0
+// publish back up to 45 s; TestStalledTogether). Now they cost
+// publishers about one PublishWait, however many. What gets no room
+// meets the slow-client policy.
 //
 // The writer is the path's owner, not always its goroutine: a QoS 0 plain
 // message or delta for a plain TCP client whose writer is idle and whose

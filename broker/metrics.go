@@ -134,7 +134,7 @@ var dropReasonNames = [dropReasons]string{"queue_full", "inflight_full", "sessio
 // fullWhy is why a message found its client's queue full and was dropped
 // (a queue_full drop): the sender does not wait (the loop, the broker's
 // own messages), the client is stalled (it used up its credit of time,
-// outQueue), or the publisher's wait ended unanswered (pushLate).
+// or its queue was full a patience with nothing written: outQueue), or the publisher's wait ended unanswered (pushLate).
 type fullWhy uint8
 
 const (
@@ -262,7 +262,7 @@ func newMeters(b *Broker) *meters {
 	labelled("mote_dropped_messages_total", dropHelp, "reason", dropReasonNames[:], func(i int) int64 { return m.dropped[i].Load() })
 	r.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mote_dropped_messages_total", Help: dropHelp,
 		ConstLabels: prometheus.Labels{"reason": "too_large"}}, func() float64 { return float64(b.stats.TooLarge.Load()) }))
-	labelled("mote_queue_full_drops_total", "Messages dropped because their client's queue was full (the queue_full drops), by why: no_wait (a sender that never waits: the message loop, the broker's own), stalled (the client used up its credit of publish_wait), deadline (the publisher waited publish_wait and the client was written nothing meanwhile).",
+	labelled("mote_queue_full_drops_total", "Messages dropped because their client's queue was full (the queue_full drops), by why: no_wait (a sender that never waits: the message loop, the broker's own), stalled (the client used up its credit of publish_wait, or its queue was full publish_wait with nothing written), deadline (the publisher waited publish_wait and the client was written nothing meanwhile).",
 		"why", fullWhyNames[:], func(i int) int64 { return m.queueFull[i].Load() })
 	counter("mote_slow_client_drops_total", "Messages dropped for slow clients that stay connected (slow-client policy drop).",
 		func() int64 { return m.slowDrops.Load() })

@@ -113,7 +113,10 @@ type Options struct {
 	// PublishWait in all, earning it back as it is written (a second for
 	// every 64 messages or 64 KiB, whichever comes first); one that runs
 	// out is stalled: no publisher waits for it until its credit is whole
-	// again. A message that does not get room is dropped or disconnects
+	// again. A client whose queue has been full for PublishWait with
+	// nothing written to it is out of credit too, whoever waited: clients
+	// that stop reading together cost publishers about one PublishWait,
+	// not one each. A message that does not get room is dropped or disconnects
 	// the client: SlowClient.
 	QueueBytes  int
 	PublishWait time.Duration

@@ -166,11 +166,24 @@ type outQueue struct {
 	// more, earns its waits and slows publishers to its pace; one that
 	// trickles (an acknowledgement now and then) cannot make publishers
 	// crawl at its pace.
+	//
+	// The credit is spent only while someone waits, and publishers
+	// deliver to their subscribers one after another: N clients that stop
+	// reading together would each cost a publisher PublishWait in turn,
+	// N × PublishWait in all. So the clock also runs in wall time
+	// (fullAt): a client whose queue has been full for a patience with
+	// nothing written to it is stalled at once, whoever waited, and
+	// clients stalling together cost publishers about one patience.
 	patience  time.Duration
 	credit    time.Duration
 	since     time.Time // since when credit runs down (waitq not empty)
 	stalled   bool      // credit ran out, and has not come back whole
 	lastWrote time.Time // when the client was last written something
+	// fullAt is when the queue was first found full (a put found no room
+	// for its message, or the message it queued left less room than it
+	// took) since the client was last written something; zero: not
+	// since then.
+	fullAt time.Time
 
 	wake chan struct{} // one slot: items, a release, a direct write's rest (sent with mu held: see idle)
 	done closeSignal   // closed by close
@@ -254,17 +267,49 @@ func newOutQueue(max int, patience time.Duration) *outQueue {
 	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1)}
 }
 
-// spendLocked runs the credit down for the time publishers waited; out
-// of credit, the client is stalled and every waiting publisher gives up
-// (mu held).
+// spendLocked runs the credit down for the time publishers waited, and
+// to nothing once the queue has been full for a patience with nothing
+// written (fullAt); out of credit, the client is stalled and every
+// waiting publisher gives up (mu held).
 func (q *outQueue) spendLocked(now time.Time) {
 	if len(q.waitq) > 0 {
 		q.credit -= now.Sub(q.since)
 		q.since = now
 	}
+	if at := q.stallAtLocked(); !at.IsZero() && !now.Before(at) {
+		q.credit = 0
+	}
 	if q.credit <= 0 && !q.stalled {
 		q.stalled = true
 		q.answerAllLocked(pushStalled)
+	}
+}
+
+// stallAtLocked is when the client is stalled in wall time, having been
+// full a patience with nothing written to it; zero: it is not full (mu
+// held).
+func (q *outQueue) stallAtLocked() time.Time {
+	if q.fullAt.IsZero() {
+		return time.Time{}
+	}
+	return q.fullAt.Add(q.patience)
+}
+
+// markFullLocked notes that the queue is full now, unless it was already
+// since the client was last written (mu held).
+func (q *outQueue) markFullLocked(now time.Time) {
+	if q.fullAt.IsZero() {
+		q.fullAt = now
+	}
+}
+
+// noteFullLocked marks the queue full (markFullLocked) if it has no room
+// left for another message like the one of cost c just queued: the
+// client's next publisher will find it so, maybe only once it is done
+// waiting for the subscribers before this one (mu held).
+func (q *outQueue) noteFullLocked(c int) {
+	if q.fullAt.IsZero() && q.bytes+c > q.max {
+		q.fullAt = time.Now()
 	}
 }
 
@@ -303,6 +348,7 @@ func (q *outQueue) admitLocked() bool {
 	if n == 0 {
 		return false
 	}
+	q.noteFullLocked(q.waitq[n-1].cost)
 	k := copy(q.waitq, q.waitq[n:])
 	clear(q.waitq[k:])
 	q.waitq = q.waitq[:k]
@@ -392,7 +438,8 @@ func (q *outQueue) push(m item, w pubWait) bool {
 // outQueue), or once w.deadline passed and the client was written nothing
 // for a patience (pushLate). So a subscriber that reads steadily slows its
 // publishers to its pace and loses nothing, one that stops reading holds
-// them at most a patience, and a publish to several subscribers that do
+// them at most a patience (and several that stop together about one
+// patience in all, not one each: fullAt), and a publish to several subscribers that do
 // not read waits at most until its deadline in all.
 func (q *outQueue) put(m item, w pubWait) pushResult {
 	c := m.cost()
@@ -407,11 +454,15 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		// pass them: it takes room only when there is some).
 		q.items = append(q.items, m)
 		q.bytes += c
+		q.noteFullLocked(c)
 		q.unlockAndWake()
 		return pushed
 	}
 	now := time.Now()
 	w = w.from(now)
+	if !fits {
+		q.markFullLocked(now)
+	}
 	q.spendLocked(now)
 	switch {
 	case w.deadline.IsZero():
@@ -433,8 +484,8 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 	}
 	q.waitq = append(q.waitq, wt)
 	for {
-		// Wake when the credit would run out, or when the publish may
-		// give up, whichever comes first.
+		// Wake when the credit would run out (spent, or in wall time),
+		// or when the publish may give up, whichever comes first.
 		giveUp := w.deadline
 		if read := q.lastWrote.Add(q.patience); read.After(giveUp) {
 			giveUp = read
@@ -443,6 +494,9 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 			giveUp = w.limit
 		}
 		d := min(q.credit, giveUp.Sub(now))
+		if at := q.stallAtLocked(); !at.IsZero() {
+			d = min(d, at.Sub(now))
+		}
 		q.mu.Unlock()
 		if w.idle != nil {
 			w.idle() // the acks of the publishes before this one go out before it waits
@@ -702,6 +756,7 @@ func (q *outQueue) wrote(n, msgs int) {
 	now := time.Now()
 	q.spendLocked(now)
 	q.lastWrote = now
+	q.fullAt = time.Time{} // written: full only from the next time it is found so
 	earned := int64(max(n, msgs*creditMsg)) * int64(time.Second) / creditBytes
 	q.credit = min(q.credit+time.Duration(earned), q.patience)
 	if q.stalled && q.credit >= q.patience {
