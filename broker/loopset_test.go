@@ -1,0 +1,95 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestLoopSetFlood: clients flooding $sets that each write every row under
+// a filter (QoS 0, read without pause) while $sync subscribers watch them
+// do not hold the loop for everyone: a probe's retained publish is applied
+// once about LoopBudget of the loop's work ahead of it is done, so no more
+// than a few batches' worth of $sets are applied while it waits (each
+// $set weighs the rows the $sets before it wrote: requestQueue.weight).
+// Counted one a request, a $set weighed what a plain publish does, under
+// a limit measured on the cheap publishes before them (LoopQueue, here
+// 100,000 rows' worth): the probe waited behind thousands of $sets (see
+// the commit's message for the runs without the change).
+func TestLoopSetFlood(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		rows, flooders int
+		subs, probes   int
+	}{
+		{"200 rows, 8 flooders", 200, 8, 10, 10},
+		{"1,000 rows, 4 flooders", 1000, 4, 10, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := start(t, Options{})
+			ctx := testCtx(t)
+			for i := range tc.rows {
+				if err := b.Publish(ctx, Principal{ClientID: "seed"}, Message{Topic: fmt.Sprintf("s/%d/x", i), Payload: []byte("1"), Retain: true}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range tc.subs {
+				s := b.Open(Principal{ClientID: "sync" + strconv.Itoa(i)}, func(Delivery) {})
+				t.Cleanup(s.Close)
+				if err := s.Subscribe("$sync/s/+/x", 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer close(stop)
+			for k := range tc.flooders {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					p := Principal{ClientID: "flood" + strconv.Itoa(k)}
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						// As an MQTT client's QoS 0 publish: handed in, not awaited.
+						if b.publish(context.Background(), p, Message{Topic: "$set/s/+/x", Payload: []byte(strconv.Itoa(i))}, waitNone) != nil {
+							return
+						}
+					}
+				}()
+			}
+			// The flood is under way: 50 $sets a flooder were applied.
+			for b.stats.OpsApplied.Load() < int64(tc.rows+50*tc.flooders) {
+				if err := b.Sync(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			worst := int64(0)
+			for i := range tc.probes {
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				before := b.stats.OpsApplied.Load()
+				err := b.Publish(pctx, Principal{ClientID: "probe"}, Message{Topic: "probe/row", Payload: []byte(strconv.Itoa(i)), Retain: true})
+				cancel()
+				if err != nil {
+					t.Fatalf("probe %d: %v (the loop held it that long)", i, err)
+				}
+				worst = max(worst, b.stats.OpsApplied.Load()-before)
+			}
+			t.Logf("at most %d $sets applied while a probe waited (limit %d rows' worth)", worst, b.reqs.limitNow())
+			// A batch is LoopBudget's worth of rows, LoopQueue's at most: the
+			// probe waits for the batch running, the one queued when it came
+			// and its own (each may pass the bound by a $set a flooder), and
+			// one more for a probe's goroutine slow to run once let in.
+			if want := int64(4 * (DefaultLoopQueue/tc.rows + tc.flooders)); worst > want {
+				t.Fatalf("%d $sets applied while a probe waited, want %d at most: the inbox took more than the loop's budget of them", worst, want)
+			}
+		})
+	}
+}
