@@ -343,7 +343,7 @@ func (q *requestQueue) foldSets() {
 	if n <= 0 {
 		return
 	}
-	avg := float64(rows) / float64(n)
+	avg := max(float64(rows)/float64(n), 1) // (0 is none yet: weight)
 	if w := float64(n) / setWindow; q.setWeight == 0 || w >= 1 {
 		q.setWeight = avg
 	} else {

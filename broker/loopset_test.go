@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // TestLoopSetFlood: clients flooding $sets that each write every row under
@@ -89,6 +91,45 @@ func TestLoopSetFlood(t *testing.T) {
 			// one more for a probe's goroutine slow to run once let in.
 			if want := int64(4 * (DefaultLoopQueue/tc.rows + tc.flooders)); worst > want {
 				t.Fatalf("%d $sets applied while a probe waited, want %d at most: the inbox took more than the loop's budget of them", worst, want)
+			}
+		})
+	}
+}
+
+// TestLoopWeight: what a request weighs in the loop's inbox: a publish,
+// the rows it writes (one at least); a $set, what the $sets the loop ran
+// before it wrote (foldSets, a moving average over setWindow of them),
+// the whole limit before any ran, one after ones that wrote none; any
+// other request, nothing.
+func TestLoopWeight(t *testing.T) {
+	set := request{kind: reqPublish, op: tree.Op{SetFilter: "s/+/x"}}
+	for _, tc := range []struct {
+		name string
+		ran  [][2]int64 // batches of $sets: how many, the rows they wrote
+		r    request
+		want int
+	}{
+		{"a plain publish", nil, request{kind: reqPublish, op: tree.Op{Rows: make([]tree.Row, 1)}}, 1},
+		{"a tree publish of 300 rows", nil, request{kind: reqPublish, op: tree.Op{Rows: make([]tree.Row, 300)}}, 300},
+		{"a publish of no row (a test's)", nil, request{kind: reqPublish}, 1},
+		{"a call", nil, request{kind: reqCall}, 0},
+		{"a $set, none run yet: the limit", nil, set, 5000},
+		{"a $set after 8 of 1,000 rows", [][2]int64{{8, 8000}}, set, 1000},
+		{"a $set after 8 of 1,000 rows, then 2 of 200: 2/8 of the way", [][2]int64{{8, 8000}, {2, 400}}, set, 800},
+		{"a $set after ones that wrote no row", [][2]int64{{4, 0}}, set, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := newRequestQueue(100_000, 100*time.Millisecond)
+			q.ran(1000, 20*time.Millisecond) // 20 µs a row: limit 5,000
+			for _, b := range tc.ran {
+				q.sets.Add(b[0])
+				q.setRows.Add(b[1])
+				q.ranInline()
+			}
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if got := q.weight(&tc.r); got != tc.want {
+				t.Fatalf("weighs %d, want %d", got, tc.want)
 			}
 		})
 	}
