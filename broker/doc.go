@@ -82,8 +82,8 @@
 // it what each batch's rows cost (the time of its other requests, calls
 // such as a snapshot's encoding, left out), and a publisher waits once
 // the publishes waiting would take about LoopBudget to run (LoopQueue,
-// 100,000 rows' worth and requests, at most; 64 rows' worth at least, or
-// LoopQueue if smaller). A publish weighs the rows it writes: a tree
+// 100,000 requests, at most; 64 rows' worth at least, or LoopQueue if
+// smaller). A publish weighs the rows it writes: a tree
 // publish's are in its op; a $set's are known only once the loop matched
 // its filter, so it weighs what the $sets before it wrote (the first, the
 // whole limit). Counted one a request, 20 clients flooding $sets over

@@ -123,9 +123,10 @@ func (r *batchRows) changes() []tree.Change {
 // the loop's work under a limit measured on cheap ones (a probe's publish
 // waited 2.4 s at the median, 15 to 24 s in process: TestLoopSetFlood).
 // The loop tells the queue what each batch's rows cost (ran); limit is
-// about budget's worth of rows at that cost, never more than max and
-// never fewer than minLoopLimit (or max, if smaller). A publisher waits
-// while limit rows wait (or max requests), or sooner while the batch
+// about budget's worth of rows at that cost (max before any was
+// measured), never fewer than minLoopLimit (or max, if smaller). A
+// publisher waits while limit rows' worth of publishes wait (or max
+// requests), or sooner while the batch
 // running costs more than that (full), so the loop is never much more
 // than budget behind (other requests never wait, and an admitted
 // publish may pass the bound by its own weight), and a publish from
@@ -140,7 +141,7 @@ type requestQueue struct {
 	ready  sync.Cond // signalled when items arrive or the queue closes
 	items  []request
 	units  int           // the weight of the publishes in items
-	max    int           // LoopQueue: the bound in requests whatever the cost
+	max    int           // LoopQueue: the bound in requests whatever the cost (and the limit until measured)
 	limit  int           // publishers wait while this many rows' worth of publishes wait
 	budget time.Duration // LoopBudget
 	cost   float64       // what a row costs the loop, in ns (a moving average); 0: not measured yet
@@ -373,14 +374,16 @@ func (q *requestQueue) ran(n int, took time.Duration) {
 	} else {
 		q.cost += (c - q.cost) * w
 	}
-	limit := q.max
-	if q.cost > 0 {
-		if l := float64(q.budget) / q.cost; l < float64(limit) {
-			limit = min(max(int(l), minLoopLimit), q.max)
-		}
-	}
-	q.limit = limit
+	// LoopQueue bounds the requests (full), not their rows, which the
+	// budget bounds: capped at LoopQueue too, a batch of tree publishes of
+	// cheap rows was a third of the budget (the boot storm's, 0.65× main).
+	l := min(float64(q.budget)/q.cost, maxLoopRows) // (+Inf if it took no time)
+	q.limit = max(int(l), min(minLoopLimit, q.max))
 }
+
+// maxLoopRows bounds the limit however cheap rows were (a batch that took
+// no time): the int it is kept in.
+const maxLoopRows = 1 << 30
 
 // limitNow is the rows' worth of publishes past which publishers wait now.
 func (q *requestQueue) limitNow() int {

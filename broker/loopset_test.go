@@ -18,9 +18,9 @@ import (
 // than a few batches' worth of $sets are applied while it waits (each
 // $set weighs the rows the $sets before it wrote: requestQueue.weight).
 // Counted one a request, a $set weighed what a plain publish does, under
-// a limit measured on the cheap publishes before them (LoopQueue, here
-// 100,000 rows' worth): the probe waited behind thousands of $sets (see
-// the commit's message for the runs without the change).
+// a limit measured on the cheap publishes before them: the probe waited
+// behind thousands of $sets (see the commit's message for the runs
+// without the change).
 func TestLoopSetFlood(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
@@ -73,9 +73,10 @@ func TestLoopSetFlood(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			worst := int64(0)
+			worst, limit := int64(0), 0
 			for i := range tc.probes {
 				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				limit = max(limit, b.reqs.limitNow())
 				before := b.stats.OpsApplied.Load()
 				err := b.Publish(pctx, Principal{ClientID: "probe"}, Message{Topic: "probe/row", Payload: []byte(strconv.Itoa(i)), Retain: true})
 				cancel()
@@ -83,13 +84,14 @@ func TestLoopSetFlood(t *testing.T) {
 					t.Fatalf("probe %d: %v (the loop held it that long)", i, err)
 				}
 				worst = max(worst, b.stats.OpsApplied.Load()-before)
+				limit = max(limit, b.reqs.limitNow())
 			}
-			t.Logf("at most %d $sets applied while a probe waited (limit %d rows' worth)", worst, b.reqs.limitNow())
-			// A batch is LoopBudget's worth of rows, LoopQueue's at most: the
-			// probe waits for the batch running, the one queued when it came
-			// and its own (each may pass the bound by a $set a flooder), and
-			// one more for a probe's goroutine slow to run once let in.
-			if want := int64(4 * (DefaultLoopQueue/tc.rows + tc.flooders)); worst > want {
+			t.Logf("at most %d $sets applied while a probe waited (limit %d rows' worth at most)", worst, limit)
+			// A batch is LoopBudget's worth of rows (the limit): the probe
+			// waits for the batch running, the one queued when it came and
+			// its own (each may pass the bound by a $set a flooder), and one
+			// more for a probe's goroutine slow to run once let in.
+			if want := int64(4 * (limit/tc.rows + tc.flooders)); worst > want {
 				t.Fatalf("%d $sets applied while a probe waited, want %d at most: the inbox took more than the loop's budget of them", worst, want)
 			}
 		})

@@ -118,7 +118,7 @@ type Options struct {
 	QueueBytes  int
 	PublishWait time.Duration
 	SlowClient  SlowPolicy // default SlowDrop
-	LoopQueue   int        // publishes (and rows' worth of them) waiting for the message loop before publishers wait, at most (see LoopBudget); default 100,000
+	LoopQueue   int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000
 	// LoopBudget bounds how far the message loop may be behind, in its
 	// own time: publishers wait once the publishes waiting for it would
 	// take it about this long to run, at what the last ones' rows cost
