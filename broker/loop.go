@@ -156,9 +156,6 @@ type requestQueue struct {
 	waiters       []inboxWaiter
 	admitted      int
 	admittedUnits int
-	// owned is the weight queued by each client (ownerOf), for its share
-	// (underShare); cleared with the inbox.
-	owned map[string]int
 	// running is set while a batch runs: one the loop took (swap), or
 	// one run inline (runIdle); since is when it began, batch the weight
 	// of its publishes, and started the weight of its publishes begun
@@ -263,11 +260,10 @@ func (q *requestQueue) full() bool {
 
 // turn waits, for a publish weighing w, until the publishers that came
 // before it are in and there is room, in the order they came (waiters);
-// it returns at once if nobody waits and there is room, or if its client
-// (owner) has less than its share queued (underShare). Its caller holds
+// it returns at once if nobody waits and there is room. Its caller holds
 // mu; it is let go while waiting.
-func (q *requestQueue) turn(w int, owner string) {
-	if q.closed || len(q.waiters) == 0 && !q.full() || q.underShare(owner, w) {
+func (q *requestQueue) turn(w int) {
+	if q.closed || len(q.waiters) == 0 && !q.full() {
 		return
 	}
 	ch := make(chan struct{})
@@ -279,26 +275,6 @@ func (q *requestQueue) turn(w int, owner string) {
 		q.admitted-- // its room is taken now
 		q.admittedUnits -= w
 	}
-}
-
-// underShare reports whether owner's publishes queued, with one weighing
-// w, are within its share of the limit: the limit over the clients with
-// publishes queued. A client below it goes in ahead of the waiters, while
-// the inbox holds less than twice the limit: in turn alone, each client
-// got one publish a batch, the flooders' read goroutines back among the
-// waiters as soon as let in, and a probe publishing 20 times a second
-// into batches of 0.1–0.3 s backed up on its own socket (h31, $set flood;
-// TestLoopLimitShare). Its caller holds mu.
-func (q *requestQueue) underShare(owner string, w int) bool {
-	if owner == "" || len(q.items)+q.admitted >= q.max || q.units+q.admittedUnits >= 2*q.limit {
-		return false
-	}
-	had, ok := q.owned[owner]
-	n := len(q.owned)
-	if !ok {
-		n++
-	}
-	return had+w <= q.limit/n
 }
 
 // admit lets waiting publishers in, first come first, while there is
@@ -319,44 +295,24 @@ func (q *requestQueue) admit() {
 func (q *requestQueue) push(r request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	w, owner := q.weigh(&r), ownerOf(&r)
+	w := q.weigh(&r)
 	if r.kind == reqPublish && (r.pub == nil || r.pub.p != systemPrincipal) {
 		// The broker's own $SYS rows (31 at most, a second) never wait:
 		// their ticker also sweeps the sessions arriving and prunes what
 		// is held for those away, and all of it waited ~10 s behind a
 		// flood, a turn per row (sysTicker). Only they: other nodes'
 		// events (clusterPrincipal, system too) wait as any publish.
-		q.turn(w, owner)
+		q.turn(w)
 	}
 	if q.closed {
 		return false
 	}
 	q.items = append(q.items, r)
-	q.own(owner, w)
+	q.units += w
 	if len(q.items) == 1 {
 		q.ready.Signal()
 	}
 	return true
-}
-
-// ownerOf is the client whose share a publish takes (underShare): its
-// principal's client ID; "" (no share) for other requests.
-func ownerOf(r *request) string {
-	if r.kind != reqPublish || r.pub == nil {
-		return ""
-	}
-	return r.pub.p.ClientID
-}
-
-// own counts w queued, for owner's share too. Its caller holds mu.
-func (q *requestQueue) own(owner string, w int) {
-	q.units += w
-	if owner != "" {
-		if q.owned == nil {
-			q.owned = make(map[string]int)
-		}
-		q.owned[owner] += w
-	}
 }
 
 // begin starts the clock of a batch running, its publishes weighing
@@ -455,7 +411,6 @@ func (q *requestQueue) swap(spare []request) (items []request, ok bool) {
 		q.begin(q.units)
 	}
 	q.units = 0
-	clear(q.owned)
 	q.admit()
 	return items, len(items) > 0 || !q.closed
 }

@@ -227,13 +227,12 @@ func (q *requestQueue) pushPair(a, b request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	wa, wb := q.weigh(&a), q.weigh(&b)
-	owner := ownerOf(&a)
-	q.turn(wa+wb, owner)
+	q.turn(wa + wb)
 	if q.closed {
 		return false
 	}
 	q.items = append(q.items, a, b) // (admitted, the pair held room for one request: it may pass the bound in requests by one)
-	q.own(owner, wa+wb)
+	q.units += wa + wb
 	if len(q.items) == 2 {
 		q.ready.Signal()
 	}
