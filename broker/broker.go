@@ -57,11 +57,13 @@ type Broker struct {
 	retScratch []retain.Change
 	// loopMu is held by whoever runs the loop's work: the loop goroutine,
 	// or a publisher running its own publish while the loop is idle
-	// (runInline). loopOps and loopMeta are its scratch, owned by its holder.
+	// (runInline). loopOps and loopMeta are its scratch, and loopRows the
+	// rows its publishes wrote so far (runBatch), owned by its holder.
 	loopMu   sync.Mutex
 	loopLive atomic.Bool // the loop goroutine runs: runInline may stand in for it
 	loopOps  []tree.Op
 	loopMeta []*pubMeta
+	loopRows int
 
 	plainIdx subIndex // plain subscriptions, as delivery reads them (subindex.go)
 

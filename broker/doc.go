@@ -76,14 +76,19 @@
 // everything queued before it: while other work fills the inbox (QoS 0
 // rows, tree events), one acknowledged row makes a SUBSCRIBE wait for all
 // of that — about LoopBudget (100ms) of the loop's work (the inbox's
-// bound: 64 requests at least, whatever they cost).
+// bound: 64 rows' worth of publishes at least, whatever they cost).
 //
 // The inbox is bounded in the loop's time (requestQueue): the loop tells
-// it what each batch's publishes cost (the time of its other requests,
-// calls such as a snapshot's encoding, left out), and a publisher waits
-// once the requests waiting would take about LoopBudget to run
-// (LoopQueue, 100,000 requests, at most; 64 at least, or LoopQueue if
-// smaller). Counted in requests alone, one
+// it what each batch's rows cost (the time of its other requests, calls
+// such as a snapshot's encoding, left out), and a publisher waits once
+// the publishes waiting would take about LoopBudget to run (LoopQueue,
+// 100,000 requests, at most; 64 rows' worth at least, or LoopQueue if
+// smaller). A publish weighs the rows it writes: a tree
+// publish's are in its op; a $set's are known only once the loop matched
+// its filter, so it weighs what the $sets before it wrote (the first, the
+// whole limit). Counted one a request, 20 clients flooding $sets over
+// 1,000 rows each held a probe's publish 0.7 to 2.4 s at the median
+// (TestLoopSetFlood). Counted in requests alone, one
 // publisher of retained QoS 0 rows to 260 away sessions subscribed to #
 // queued 72,000 of them in seconds, ~100 s of the loop's work, behind
 // which every other client's retained publish waited (TestLoopBudget).
@@ -517,7 +522,8 @@
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)
 //	the loop's inbox (requestQueue)     its mutex: items, the limit and the cost, the waiters and the room held for them,
-//	                                    the running batch's clock; started (publishes begun) an atomic loopMu's holder adds to
+//	                                    the running batch's clock, what a $set weighs; started (the weight of the publishes begun),
+//	                                    sets and setRows ($sets run, rows they wrote) atomics loopMu's holder adds to
 //	rows acked ahead (ackedAhead)       an atomic: toLoop adds as it queues a QoS 1/2 retained publish acknowledged at once, the loop takes off once run; read by afterAcked (OnSubscribe, Session.SubscribeWith)
 //	failed logins per host (guesses)    each shard's mutex (16 shards by host; login, for every front end)
 //	cluster waiting writes, flight      the message loop (clusterNode); appender and follower hand results in as calls

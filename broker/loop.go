@@ -59,6 +59,10 @@ type pubMeta struct {
 	// acked marks an MQTT client's QoS 1/2 publish acknowledged without
 	// waiting for the loop: counted in Broker.ackedAhead while queued.
 	acked bool
+	// weight is what it weighed in the loop's inbox (requestQueue.weight),
+	// set when it is queued or run inline: the loop counts it begun
+	// (requestQueue.started).
+	weight int
 }
 
 // batchRows is the rows one batch changed, listed (with their publishes'
@@ -111,59 +115,89 @@ func (r *batchRows) changes() []tree.Change {
 // delivered to one, and a count alone let publishers queue minutes of
 // work (72,000 retained publishes to 260 away sessions subscribed to #:
 // the loop ran for 100 s after the flood, and every other publish waited
-// behind it). The loop tells the queue what each batch's publishes cost
-// (ran); limit is about budget's worth of requests at that cost, never
-// more than max and never fewer than minLoopLimit (or max, if smaller).
-// A publisher waits while limit requests wait, or sooner while the batch
+// behind it). A publish is weighed by the rows it will write (weight): a
+// tree publish's are in its op, a $set's are known only once the loop
+// matched its filter, so it weighs what the $sets before it wrote
+// (setWeight; the first weighs the limit). Counted one a request, a $set over 1,000 rows weighed what
+// a plain publish does, and 20 clients flooding them queued seconds of
+// the loop's work under a limit measured on cheap ones (a probe's publish
+// waited 2.4 s at the median, 15 to 24 s in process: TestLoopSetFlood).
+// The loop tells the queue what each batch's rows cost (ran); limit is
+// about budget's worth of rows at that cost (max before any was
+// measured), never fewer than minLoopLimit (or max, if smaller). A
+// publisher waits while limit rows' worth of publishes wait (or max
+// requests), or sooner while the batch
 // running costs more than that (full), so the loop is never much more
-// than budget behind (other requests never wait, and an admitted pair
-// may pass the bound by one), and a publish from anyone else waits about
-// that long.
+// than budget behind (other requests never wait, and an admitted
+// publish may pass the bound by its own weight), and a publish from
+// anyone else waits about that long.
 //
-// Owner: mu guards every field but started, which whoever holds the
-// broker's loopMu adds to as it applies publishes (applyBatch), and begin
-// sets to 0 under mu (the batch's start, under loopMu too).
+// Owner: mu guards every field but started, sets and setRows, which
+// whoever holds the broker's loopMu adds to as it applies publishes
+// (applyBatch), and begin sets started to 0 under mu (the batch's start,
+// under loopMu too); ran and ranInline take sets and setRows under mu.
 type requestQueue struct {
 	mu     sync.Mutex
 	ready  sync.Cond // signalled when items arrive or the queue closes
 	items  []request
-	max    int           // LoopQueue: the bound whatever the cost
-	limit  int           // publishers wait while this many requests wait
+	units  int           // the weight of the publishes in items
+	max    int           // LoopQueue: the bound in requests whatever the cost (and the limit until measured)
+	limit  int           // publishers wait while this many rows' worth of publishes wait
 	budget time.Duration // LoopBudget
-	cost   float64       // what a publish costs the loop, in ns (a moving average); 0: not measured yet
+	cost   float64       // what a row costs the loop, in ns (a moving average); 0: not measured yet
 	closed bool
 	// waiters are the publishers waiting for room, in the order they came:
 	// each is let in (its channel closed) in turn, once there is room
 	// (admit), and room is held for those let in until they queue
-	// (admitted). Woken all at once to race for mu, a waiter lost to
-	// publishers that never waited, again and again: a flooder's
-	// connection, read without pause, kept another client's publish out
-	// for many batches (TestLoopLimitFair).
-	waiters  []chan struct{}
-	admitted int
+	// (admitted requests, admittedUnits of weight). Woken all at once to
+	// race for mu, a waiter lost to publishers that never waited, again
+	// and again: a flooder's connection, read without pause, kept another
+	// client's publish out for many batches (TestLoopLimitFair).
+	waiters       []inboxWaiter
+	admitted      int
+	admittedUnits int
 	// running is set while a batch runs: one the loop took (swap), or
-	// one run inline (runIdle); since is when it began, and started
-	// counts the publishes of it begun (applyBatch). What the loop took so
-	// far over the publishes it did is what they cost now (full): limit,
-	// from the batches before, lags behind, and publishes that came after
-	// cheap ones (limit up to LoopQueue) filled the inbox with thousands
-	// of costly ones before the first batch of them was measured
-	// (TestLoopBudgetSwitch). The time the loop takes to start a batch is
-	// not counted: waking it is not what a publish costs.
+	// one run inline (runIdle); since is when it began, batch the weight
+	// of its publishes, and started the weight of its publishes begun
+	// (applyBatch). What the loop took so far over the rows it did is
+	// what they cost now (full), weighed as the queued ones are: the
+	// first $sets weigh 1 until the loop has run some: limit, from the batches before, lags
+	// behind, and publishes that came after cheap ones (limit up to
+	// LoopQueue) filled the inbox with thousands of costly ones before the
+	// first batch of them was measured (TestLoopBudgetSwitch). The time
+	// the loop takes to start a batch is not counted: waking it is not
+	// what a publish costs.
 	running bool
 	since   time.Time
+	batch   int
 	started atomic.Int64
+	// setWeight is what a $set weighs: the rows the $sets before it wrote,
+	// a moving average (0: none yet, it weighs the limit); sets and setRows are the
+	// $sets of the batches since it last moved and the rows they wrote.
+	setWeight float64
+	sets      atomic.Int64
+	setRows   atomic.Int64
 }
 
-// minLoopLimit is the fewest requests the inbox takes before publishers
-// wait, however costly they were: a batch of one costly request must not
-// make every publisher wait for the next.
+// inboxWaiter is a publisher waiting for room in the inbox, and its weight.
+type inboxWaiter struct {
+	ch chan struct{}
+	w  int
+}
+
+// minLoopLimit is the fewest rows' worth of publishes the inbox takes
+// before publishers wait, however costly they were: a batch of one costly
+// request must not make every publisher wait for the next.
 const minLoopLimit = 64
 
-// costWindow is how many requests the moving average of a request's cost
+// costWindow is how many rows the moving average of a row's cost
 // (requestQueue.cost) mostly reflects: a batch that size or larger sets
 // it anew, a smaller one moves it in proportion.
 const costWindow = 256
+
+// setWindow is how many $sets the moving average of a $set's rows
+// (requestQueue.setWeight) mostly reflects, as costWindow.
+const setWindow = 8
 
 func newRequestQueue(max int, budget time.Duration) *requestQueue {
 	q := &requestQueue{max: max, limit: max, budget: budget}
@@ -171,43 +205,75 @@ func newRequestQueue(max int, budget time.Duration) *requestQueue {
 	return q
 }
 
+// weight is what r weighs in the inbox: the rows a publish writes (one at
+// least; a $set's as the $sets before it, or the limit before any ran),
+// nothing for other requests.
+// Its caller holds mu.
+func (q *requestQueue) weight(r *request) int {
+	switch {
+	case r.kind != reqPublish:
+		return 0
+	case r.op.SetFilter != "" && q.setWeight == 0:
+		return max(q.limit, 1) // none run yet: it may cost a whole budget
+	case r.op.SetFilter != "":
+		return max(int(q.setWeight), 1)
+	}
+	return max(len(r.op.Rows), 1)
+}
+
+// weigh is weight, kept in r's pubMeta for the loop. Its caller holds mu.
+func (q *requestQueue) weigh(r *request) int {
+	w := q.weight(r)
+	if r.pub != nil {
+		r.pub.weight = w
+	}
+	return w
+}
+
 // full reports whether the inbox has no room for another publish, counting
 // the room held for publishers let in (admitted). Its caller holds mu.
 func (q *requestQueue) full() bool {
-	n := len(q.items) + q.admitted
+	if len(q.items)+q.admitted >= q.max {
+		return true
+	}
+	n := q.units + q.admittedUnits
 	if n >= q.limit {
 		return true
 	}
 	if n < minLoopLimit || !q.running {
 		return false
 	}
-	// The loop took took so far for the publishes it did (one, while the
-	// first is under way): past budget's worth of requests at that cost,
-	// n is too many.
-	started := q.started.Load()
-	if started == 0 {
+	// The loop took took so far for the rows it did: past budget's worth
+	// of rows at that cost, n is too many. Until a publish of the batch is
+	// begun, the tree is applying them all at once (or a call runs): its
+	// rows count as done, what they cost so far at the least.
+	did := q.started.Load()
+	if did == 0 {
+		did = int64(q.batch)
+	}
+	if did == 0 {
 		return false // a call (a snapshot, say): what it takes says nothing of what publishes cost
 	}
 	took := time.Since(q.since)
-	did := max(started-1, 1)
 	return float64(n)*float64(took) >= float64(q.budget)*float64(did)
 }
 
-// turn waits, for a publish, until the publishers that came before it are
-// in and there is room, in the order they came (waiters); it returns at
-// once if nobody waits and there is room. Its caller holds mu; it is let
-// go while waiting.
-func (q *requestQueue) turn() {
+// turn waits, for a publish weighing w, until the publishers that came
+// before it are in and there is room, in the order they came (waiters);
+// it returns at once if nobody waits and there is room. Its caller holds
+// mu; it is let go while waiting.
+func (q *requestQueue) turn(w int) {
 	if q.closed || len(q.waiters) == 0 && !q.full() {
 		return
 	}
-	w := make(chan struct{})
-	q.waiters = append(q.waiters, w)
+	ch := make(chan struct{})
+	q.waiters = append(q.waiters, inboxWaiter{ch: ch, w: w})
 	q.mu.Unlock()
-	<-w
+	<-ch
 	q.mu.Lock()
 	if !q.closed {
 		q.admitted-- // its room is taken now
+		q.admittedUnits -= w
 	}
 }
 
@@ -216,8 +282,9 @@ func (q *requestQueue) turn() {
 func (q *requestQueue) admit() {
 	n := 0
 	for ; n < len(q.waiters) && !q.full(); n++ {
-		close(q.waiters[n])
+		close(q.waiters[n].ch)
 		q.admitted++
+		q.admittedUnits += q.waiters[n].w
 	}
 	clear(q.waiters[:n])
 	q.waiters = q.waiters[n:]
@@ -228,28 +295,30 @@ func (q *requestQueue) admit() {
 func (q *requestQueue) push(r request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	w := q.weigh(&r)
 	if r.kind == reqPublish && (r.pub == nil || r.pub.p != systemPrincipal) {
 		// The broker's own $SYS rows (31 at most, a second) never wait:
 		// their ticker also sweeps the sessions arriving and prunes what
 		// is held for those away, and all of it waited ~10 s behind a
 		// flood, a turn per row (sysTicker). Only they: other nodes'
 		// events (clusterPrincipal, system too) wait as any publish.
-		q.turn()
+		q.turn(w)
 	}
 	if q.closed {
 		return false
 	}
 	q.items = append(q.items, r)
+	q.units += w
 	if len(q.items) == 1 {
 		q.ready.Signal()
 	}
 	return true
 }
 
-// begin starts the clock of a batch running. Its caller holds mu, and
-// loopMu.
-func (q *requestQueue) begin() {
-	q.running, q.since = true, time.Now()
+// begin starts the clock of a batch running, its publishes weighing
+// units. Its caller holds mu, and loopMu.
+func (q *requestQueue) begin(units int) {
+	q.running, q.since, q.batch = true, time.Now(), units
 	q.started.Store(0)
 }
 
@@ -257,24 +326,44 @@ func (q *requestQueue) begin() {
 func (q *requestQueue) end() { q.running = false }
 
 // ranInline is ran for requests run inline (runIdle): their cost is not
-// counted, a publish run alone costing more than one in a batch.
+// counted, a publish run alone costing more than one in a batch; the rows
+// their $sets wrote are (foldSets).
 func (q *requestQueue) ranInline() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.end()
+	q.foldSets()
 	q.admit() // room for those waiting, if the time rule held them (full)
 }
 
-// ran is the loop telling the queue that it ran a batch in which n
-// publishes took took (what the other requests took is not counted: a
-// call's time, a snapshot's say, says nothing of what publishes cost): it
-// moves the average cost of a publish, and the limit with it. The loop
-// calls it holding loopMu, so no publish run inline (runIdle) begins
-// before the batch is told ended.
+// foldSets moves what a $set weighs (setWeight) by the $sets run since it
+// last moved. Its caller holds mu.
+func (q *requestQueue) foldSets() {
+	n := q.sets.Swap(0)
+	rows := q.setRows.Swap(0)
+	if n <= 0 {
+		return
+	}
+	avg := max(float64(rows)/float64(n), 1) // (0 is none yet: weight)
+	if w := float64(n) / setWindow; q.setWeight == 0 || w >= 1 {
+		q.setWeight = avg
+	} else {
+		q.setWeight += (avg - q.setWeight) * w
+	}
+}
+
+// ran is the loop telling the queue that it ran a batch in which
+// publishes writing n rows took took (what the other requests took is
+// not counted: a call's time, a snapshot's say, says nothing of what
+// publishes cost): it moves the average cost of a row, and the limit with
+// it, and what a $set weighs (foldSets). The loop calls it holding
+// loopMu, so no publish run inline (runIdle) begins before the batch is
+// told ended.
 func (q *requestQueue) ran(n int, took time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.end()
+	q.foldSets()
 	defer q.admit() // room for those waiting, if it grew
 	if n <= 0 {
 		return
@@ -285,16 +374,18 @@ func (q *requestQueue) ran(n int, took time.Duration) {
 	} else {
 		q.cost += (c - q.cost) * w
 	}
-	limit := q.max
-	if q.cost > 0 {
-		if l := float64(q.budget) / q.cost; l < float64(limit) {
-			limit = min(max(int(l), minLoopLimit), q.max)
-		}
-	}
-	q.limit = limit
+	// LoopQueue bounds the requests (full), not their rows, which the
+	// budget bounds: capped at LoopQueue too, a batch of tree publishes of
+	// cheap rows was a third of the budget (the boot storm's, 0.65× main).
+	l := min(float64(q.budget)/q.cost, maxLoopRows) // (+Inf if it took no time)
+	q.limit = max(int(l), min(minLoopLimit, q.max))
 }
 
-// limitNow is the number of requests past which publishers wait now.
+// maxLoopRows bounds the limit however cheap rows were (a batch that took
+// no time): the int it is kept in.
+const maxLoopRows = 1 << 30
+
+// limitNow is the rows' worth of publishes past which publishers wait now.
 func (q *requestQueue) limitNow() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -317,23 +408,28 @@ func (q *requestQueue) swap(spare []request) (items []request, ok bool) {
 	defer q.mu.Unlock()
 	items, q.items = q.items, spare[:0]
 	if len(items) > 0 {
-		q.begin()
+		q.begin(q.units)
 	}
+	q.units = 0
 	q.admit()
 	return items, len(items) > 0 || !q.closed
 }
 
 // runIdle reports whether nothing is queued and the queue is open, and if
-// so counts the requests run inline (runInline) as the batch running, as
+// so counts reqs, to be run inline (runInline), as the batch running, as
 // swap does: publishes queued meanwhile are bounded by its cost (full).
 // Its caller holds loopMu, and tells ranInline once they ran.
-func (q *requestQueue) runIdle() bool {
+func (q *requestQueue) runIdle(reqs []request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.items) > 0 || q.closed {
 		return false
 	}
-	q.begin()
+	units := 0
+	for i := range reqs {
+		units += q.weigh(&reqs[i])
+	}
+	q.begin(units)
 	return true
 }
 
@@ -348,9 +444,9 @@ func (q *requestQueue) close() {
 	q.mu.Lock()
 	q.closed = true
 	for _, w := range q.waiters {
-		close(w) // they find the queue closed
+		close(w.ch) // they find the queue closed
 	}
-	q.waiters, q.admitted = nil, 0
+	q.waiters, q.admitted, q.admittedUnits = nil, 0, 0
 	q.mu.Unlock()
 	q.ready.Broadcast()
 }
@@ -396,8 +492,8 @@ func (b *Broker) loop() {
 			return
 		}
 		start := time.Now()
-		pubs, others := b.runBatch(items)
-		b.reqs.ran(pubs, time.Since(start)-others)
+		rows, others := b.runBatch(items)
+		b.reqs.ran(rows, time.Since(start)-others)
 		b.loopMu.Unlock()
 		var acked int64
 		for i := range items { // delivered: their publishers' events need not wait for them
@@ -430,7 +526,7 @@ func (b *Broker) runInline(reqs []request) bool {
 		return false
 	}
 	defer b.loopMu.Unlock()
-	if !b.reqs.runIdle() {
+	if !b.reqs.runIdle(reqs) {
 		return false // the loop has work to do first, and is awake for it
 	}
 	b.stats.Inline.Add(1)
@@ -471,10 +567,12 @@ func (p *loopPanic) Error() string {
 }
 
 // runBatch runs one batch of requests in order: consecutive publishes are
-// applied together. Its caller holds loopMu. It returns how many
-// publishes it ran and what the other requests took (requestQueue.ran).
-func (b *Broker) runBatch(items []request) (pubs int, others time.Duration) {
+// applied together. Its caller holds loopMu. It returns the rows its
+// publishes wrote (one at least each: what they weigh, requestQueue) and
+// what the other requests took (requestQueue.ran).
+func (b *Broker) runBatch(items []request) (rows int, others time.Duration) {
 	start := time.Now()
+	rows0 := b.loopRows
 	b.lastTick.Store(start.UnixNano())
 	ops, meta := b.loopOps[:0], b.loopMeta[:0]
 	for i := range items {
@@ -482,7 +580,6 @@ func (b *Broker) runBatch(items []request) (pubs int, others time.Duration) {
 		if r.kind == reqPublish {
 			ops = append(ops, r.op)
 			meta = append(meta, r.pub)
-			pubs++
 			continue
 		}
 		b.apply(ops, meta) // keep order: earlier publishes first
@@ -497,7 +594,7 @@ func (b *Broker) runBatch(items []request) (pubs int, others time.Duration) {
 	b.loopOps, b.loopMeta = ops[:0], meta[:0]
 	b.meter.batchSize.Observe(float64(len(items)))
 	b.meter.batchSeconds.Observe(time.Since(start).Seconds())
-	return pubs, others
+	return b.loopRows - rows0, others
 }
 
 // apply applies a batch of publishes and delivers what it produced; on a
@@ -544,8 +641,15 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	var tops []tree.Op // translations of $set and .replace, applied after
 	var tmeta []*pubMeta
 	for i, a := range res.Applied {
-		b.reqs.started.Add(1) // what the batch costs so far (requestQueue.full)
 		m := meta[i]
+		// What the batch's publishes begun weigh (requestQueue.full),
+		// the rows it wrote (ran), and what a $set weighs (weight).
+		b.reqs.started.Add(int64(max(m.weight, 1)))
+		b.loopRows += max(len(a.Rows), 1)
+		if ops[i].SetFilter != "" && a.Err == nil {
+			b.reqs.sets.Add(1)
+			b.reqs.setRows.Add(int64(len(a.Rows)))
+		}
 		if a.Err != nil {
 			if m.done != nil {
 				m.done <- a.Err // the publisher refuses it with the reason

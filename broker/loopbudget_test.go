@@ -23,6 +23,7 @@ func TestLoopLimit(t *testing.T) {
 	}{
 		{"not measured yet: LoopQueue", 100_000, 100 * time.Millisecond, nil, 100_000},
 		{"cheap requests: LoopQueue", 100_000, 100 * time.Millisecond, [][2]int64{{1000, 1_000_000}}, 100_000},
+		{"cheaper rows: the budget's, past LoopQueue (which bounds requests)", 100_000, 100 * time.Millisecond, [][2]int64{{1000, 100_000}}, 1_000_000},
 		{"1 µs each, 10ms budget", 100_000, 10 * time.Millisecond, [][2]int64{{1000, 1_000_000}}, 10_000},
 		{"500 µs each: 200", 100_000, 100 * time.Millisecond, [][2]int64{{400, 200_000_000}}, 200},
 		{"costly: at least minLoopLimit", 100_000, 100 * time.Millisecond, [][2]int64{{300, 3_000_000_000}}, minLoopLimit},

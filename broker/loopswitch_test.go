@@ -8,8 +8,9 @@ import (
 // TestLoopBudgetSwitch: publishes that cost more than the ones the limit
 // was measured on are bounded by what the loop takes over them now, not
 // once a batch of them was run and measured: while the loop is behind,
-// the time it has taken so far over the publishes it began (requestQueue
-// full) caps the inbox at budget's worth of requests at that cost. With
+// the time it has taken so far over the rows it began (requestQueue
+// full; before any, while the tree applies them all, over the batch's
+// rows) caps the inbox at budget's worth of rows at that cost. With
 // the limit from the batches before alone (cheap ones: 10,000 here), the
 // inbox took 2,000 to 3,975 of 4,000 costly publishes at once (h-inbox,
 // 8 of 8 runs of an end-to-end flood to 200 away sessions); a flood run
@@ -20,30 +21,32 @@ func TestLoopBudgetSwitch(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		running bool
-		started int64         // publishes of the batch the loop began
+		batch   int           // rows the publishes of the batch weigh
+		started int64         // rows of its publishes begun
 		took    time.Duration // since the loop began it
-		queued  int
+		queued  int           // rows' worth queued (a request a row)
 		full    bool
 	}{
-		{"below the floor", true, 2, time.Second, minLoopLimit - 1, false},
-		{"cheap as measured", true, 101, 100 * time.Microsecond, 5000, false}, // 1 µs each: 10,000
-		{"costly: 1 ms each, 10 fit", true, 11, 10 * time.Millisecond, minLoopLimit, true},
-		{"costly: 100 µs each, 100 fit", true, 11, time.Millisecond, 99, false},
-		{"costly: 100 µs each, 100 fit, full", true, 11, time.Millisecond, 100, true},
-		{"the first publish under way counts as one", true, 1, 20 * time.Millisecond, minLoopLimit, true},
-		{"a call, no publish begun: not a publish's cost", true, 0, time.Second, 5000, false},
-		{"waiting for the loop to start: not a publish's cost", false, 0, 20 * time.Millisecond, minLoopLimit, false},
-		{"the first publish under way counts as one, with 1 done", true, 2, 20 * time.Millisecond, minLoopLimit, true},
-		{"the limit whatever the cost", true, 1001, time.Nanosecond, 10_000, true},
+		{"below the floor", true, 10, 2, time.Second, minLoopLimit - 1, false},
+		{"cheap as measured", true, 1000, 100, 100 * time.Microsecond, 5000, false}, // 1 µs each: 10,000
+		{"costly: 1 ms each, 10 fit", true, 1000, 10, 10 * time.Millisecond, minLoopLimit, true},
+		{"costly: 100 µs each, 100 fit", true, 1000, 10, time.Millisecond, 99, false},
+		{"costly: 100 µs each, 100 fit, full", true, 1000, 10, time.Millisecond, 100, true},
+		{"none begun: the batch of one counts as done", true, 1, 0, 20 * time.Millisecond, minLoopLimit, true},
+		{"none begun: a batch of 1,000 rows the tree applies, 20 µs each so far", true, 1000, 0, 20 * time.Millisecond, 499, false},
+		{"none begun: a batch of 1,000 rows the tree applies, 20 µs each so far, full", true, 1000, 0, 20 * time.Millisecond, 500, true},
+		{"a call, no publish in the batch: not a publish's cost", true, 0, 0, time.Second, 5000, false},
+		{"waiting for the loop to start: not a publish's cost", false, 1, 0, 20 * time.Millisecond, minLoopLimit, false},
+		{"the limit whatever the cost", true, 1001, 1001, time.Nanosecond, 10_000, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := newRequestQueue(100_000, budget)
 			q.ran(1000, time.Millisecond) // 1 µs each: limit 10,000
 			q.mu.Lock()
 			defer q.mu.Unlock()
-			q.items = make([]request, tc.queued)
+			q.items, q.units = make([]request, tc.queued), tc.queued
 			if tc.running {
-				q.begin()
+				q.begin(tc.batch)
 			}
 			q.since = time.Now().Add(-tc.took)
 			q.started.Store(tc.started)
@@ -63,13 +66,13 @@ func TestLoopCostLeavesCallsOut(t *testing.T) {
 	b := start(t, Options{})
 	call := request{kind: reqCall, call: func() { time.Sleep(20 * time.Millisecond) }}
 	b.loopMu.Lock()
-	pubs, others := b.runBatch([]request{call})
+	rows, others := b.runBatch([]request{call})
 	b.loopMu.Unlock()
-	if pubs != 0 || others < 20*time.Millisecond {
-		t.Fatalf("runBatch: %d publishes, others %v; want 0, 20ms or more", pubs, others)
+	if rows != 0 || others < 20*time.Millisecond {
+		t.Fatalf("runBatch: %d rows, others %v; want 0, 20ms or more", rows, others)
 	}
 	q := newRequestQueue(100_000, 100*time.Millisecond)
-	q.ran(pubs, 20*time.Millisecond-others)
+	q.ran(rows, 20*time.Millisecond-others)
 	if got := q.limitNow(); got != 100_000 {
 		t.Fatalf("limit %d after a batch of a call alone, want LoopQueue", got)
 	}

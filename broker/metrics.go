@@ -235,7 +235,7 @@ func newMeters(b *Broker) *meters {
 	counter("mote_sessions_ended_total", "Persistent sessions of clients away ended early: more than MaxSessions were kept.", func() int64 { return b.stats.SessionsEnded.Load() })
 	gauge("mote_offline_held_bytes", "Bytes held for offline persistent sessions: their messages in flight, each 1.25 KiB plus topic, payload and properties.", func() int64 { return b.offline.bytes.Load() })
 	gauge("mote_loop_queue_requests", "Requests waiting for the message loop.", func() int64 { return int64(b.reqs.len()) })
-	gauge("mote_loop_queue_limit", "Requests waiting for the message loop past which publishers wait: about LoopBudget of its work, at what requests cost it lately.", func() int64 { return int64(b.reqs.limitNow()) })
+	gauge("mote_loop_queue_limit", "Rows' worth of publishes waiting for the message loop past which publishers wait: about LoopBudget of its work, at what rows cost it lately (a publish weighs the rows it writes; a $set, what the $sets before it wrote).", func() int64 { return int64(b.reqs.limitNow()) })
 	counter("mote_bytes_received_total", "Bytes read from MQTT connections.", func() int64 { return atomic.LoadInt64(&info.BytesReceived) })
 	counter("mote_bytes_sent_total", "Bytes written to MQTT connections.", func() int64 { return atomic.LoadInt64(&info.BytesSent) })
 

@@ -121,11 +121,12 @@ type Options struct {
 	QueueBytes  int
 	PublishWait time.Duration
 	SlowClient  SlowPolicy // default SlowDrop
-	LoopQueue   int        // publishes waiting for the message loop before publishers wait, at most (see LoopBudget); default 100,000
+	LoopQueue   int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000
 	// LoopBudget bounds how far the message loop may be behind, in its
 	// own time: publishers wait once the publishes waiting for it would
-	// take it about this long to run, at what the last ones cost
-	// (however few they are: 64 at least, or LoopQueue if smaller);
+	// take it about this long to run, at what the last ones' rows cost
+	// (a publish weighs the rows it writes; however few they are: 64
+	// rows' worth at least, or LoopQueue if smaller);
 	// default 100ms. A retained publish delivered to many subscribers
 	// costs many times one delivered to few, so one publisher cannot
 	// queue minutes of work ahead of everyone else's publishes.

@@ -226,11 +226,13 @@ func (b *Broker) translateApplied(m *pubMeta, rows []tree.Row, qos byte) (tree.O
 func (q *requestQueue) pushPair(a, b request) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.turn()
+	wa, wb := q.weigh(&a), q.weigh(&b)
+	q.turn(wa + wb)
 	if q.closed {
 		return false
 	}
-	q.items = append(q.items, a, b) // (admitted, the pair held room for one: it may pass the bound by one)
+	q.items = append(q.items, a, b) // (admitted, the pair held room for one request: it may pass the bound in requests by one)
+	q.units += wa + wb
 	if len(q.items) == 2 {
 		q.ready.Signal()
 	}
