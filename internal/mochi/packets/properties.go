@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/mote-mqtt/mote/internal/mochi/mempool"
@@ -516,7 +515,9 @@ func (p *Properties) decodeBody(pkt byte, n, bu int, bt []byte, mods Mods) (_ in
 		if mods.userOver(users, userBytes) {
 			p.UserOverLimit = true
 		} else {
-			p.User = slices.Grow(p.User, users)
+			kept := make([]UserProperty, len(p.User), len(p.User)+users) // not slices.Grow: under -race it allocated twice
+			copy(kept, p.User)
+			p.User = kept
 		}
 	}
 	for offset := 0; offset < n; {
