@@ -80,3 +80,32 @@ func TestDecodeUserPropertiesBounded(t *testing.T) {
 		})
 	}
 }
+
+// FuzzUserPropertiesBounded: bounds change only which User Properties
+// are kept, never whether properties decode: the same bytes decode with
+// and without bounds to the same error, and under the bounds to the same
+// User Properties; over them to none (change 68).
+func FuzzUserPropertiesBounded(f *testing.F) {
+	f.Add([]byte{PropUser, 0, 1, 'k', 0, 1, 'v', PropUser, 0, 0, 0, 0, PropUser, 0, 0, 0, 0})
+	f.Add([]byte{PropContentType, 0, 1, 'a', PropUser, 0, 0, 0, 0, PropSubscriptionIdentifier, 0x81, 0x01})
+	f.Add([]byte{PropUser, 0, 2, 'k'})
+	f.Fuzz(func(t *testing.T, props []byte) {
+		var free, bounded Properties
+		_, ferr := free.decodeBody(Publish, len(props), 1, props, Mods{})
+		_, berr := bounded.decodeBody(Publish, len(props), 1, props, Mods{MaxUserProperties: 2, MaxUserPropertyBytes: 20})
+		if (ferr == nil) != (berr == nil) {
+			t.Fatalf("unbounded: %v, bounded: %v", ferr, berr)
+		}
+		if ferr != nil || free.UserOverLimit {
+			return
+		}
+		switch {
+		case bounded.UserOverLimit && bounded.User != nil:
+			t.Fatalf("over the bounds, %d kept", len(bounded.User))
+		case !bounded.UserOverLimit && len(bounded.User) != len(free.User):
+			t.Fatalf("kept %d of %d", len(bounded.User), len(free.User))
+		case !bounded.UserOverLimit && len(free.User) > 2:
+			t.Fatalf("%d kept, past the bound of 2", len(free.User))
+		}
+	})
+}
