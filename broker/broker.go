@@ -146,6 +146,8 @@ func New(opts Options) (*Broker, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumMessageExpiryInterval = 0 // mochi's 86400 would delete retained rows after a day
 	caps.MaximumPacketSize = opts.MaxPacketSize
+	caps.MaximumUserProperties = max(opts.MaxUserProperties, 0) // negative: no bound (0 to mochi)
+	caps.MaximumUserPropertyBytes = max(opts.MaxUserPropertyBytes, 0)
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	caps.MaximumClients = opts.MaxClients
 	caps.MaximumInflight = opts.MaxInflight
@@ -558,7 +560,7 @@ func (b *Broker) connPanicked(nc net.Conn) {
 	b.wills.settleOn(nc) // what its CONNECT set aside
 	b.conns.Range(func(k, _ any) bool {
 		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
-			b.log.Error().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
+			b.log.Error().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
 			expire := cl.SessionEndsWithConnection()
 			b.dropConn(cl, !expire)
 			if expire {

@@ -46,7 +46,7 @@ func (h *hook) Provides(b byte) bool {
 // client has one, and a client without one MUST NOT send AUTH (§4.12): a
 // Protocol Error, DISCONNECT 0x82 (mochi ignored it).
 func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	h.b.log.Warn().Str("client", cl.ID).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	h.b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
 	return pk, packets.ErrProtocolViolation
 }
 
@@ -77,7 +77,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	p := mqttPrincipal(cl)
 	v5 := cl.Properties.ProtocolVersion == 5
 	refuse := func(code packets.Code, why string) error {
-		b.log.Warn().Str("client", cl.ID).Str("user", p.User).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
+		b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
 		if !v5 {
 			code = v3Connack(code)
 		}
@@ -105,7 +105,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if err := b.login(cl.Net.Remote, p.User, pk.Connect.Password, pk.Connect.UsernameFlag); err != nil {
 		if errors.Is(err, ErrThrottled) {
-			b.log.Debug().Str("client", cl.ID).Str("user", p.User).Str("remote", cl.Net.Remote).Err(err).Msg("connection refused")
+			b.log.Debug().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Err(err).Msg("connection refused")
 			code := packets.ErrConnectionRateExceeded
 			if !v5 {
 				code = v3Connack(code)
@@ -170,7 +170,7 @@ func (b *Broker) takeoverCheck(old, cl *mqtt.Client, _ packets.Packet) mqtt.Take
 	}
 	if b.takeoverRefused(old) {
 		b.countRefusal(refusedClientID)
-		b.log.Warn().Str("client", cl.ID).Str("user", userOf(cl)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
+		b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(userOf(cl), 200)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
 		return mqtt.Takeover{Refuse: true, Code: packets.ErrClientIdentifierNotValid}
 	}
 	return mqtt.Takeover{Fresh: true}

@@ -76,6 +76,16 @@ type Options struct {
 	// (at most 32,755, what the store can key) and 64 levels.
 	MaxTopicLen    int
 	MaxTopicLevels int
+	// MaxUserProperties and MaxUserPropertyBytes bound the MQTT 5 User
+	// Properties of one packet, in number and in bytes as sent (5 bytes
+	// and key and value each); default 1,024 and 64 KiB, negative: no
+	// bound. A PUBLISH or SUBSCRIBE past either is refused with reason
+	// 0x97 Quota exceeded (PUBACK, PUBREC, SUBACK; a QoS 0 PUBLISH is
+	// dropped), a CONNECT with CONNACK 0x97, any other packet with
+	// DISCONNECT 0x97; each with a Warn line. Their decoding then keeps
+	// none of them, so a packet costs the bound, not its size.
+	MaxUserProperties    int
+	MaxUserPropertyBytes int
 
 	MaxClients  int64  // connected clients at most; default 100,000
 	MaxInflight uint16 // QoS 1/2 messages in flight per client; default 1024
@@ -218,6 +228,8 @@ const (
 	DefaultMaxPacketSize             = 64 << 20
 	DefaultMaxTopicLen               = 4096
 	DefaultMaxTopicLevels            = 64
+	DefaultMaxUserProperties         = 1_024
+	DefaultMaxUserPropertyBytes      = 64 << 10
 	DefaultLoopQueue                 = 100_000
 	DefaultLoopBudget                = 100 * time.Millisecond
 	DefaultMaxClients                = 100_000
@@ -260,6 +272,8 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	def(&o.MaxTopicLen, DefaultMaxTopicLen)
 	def(&o.MaxTopicLevels, DefaultMaxTopicLevels)
+	def(&o.MaxUserProperties, DefaultMaxUserProperties)
+	def(&o.MaxUserPropertyBytes, DefaultMaxUserPropertyBytes)
 	if o.MaxClients == 0 {
 		o.MaxClients = DefaultMaxClients
 	}

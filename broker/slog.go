@@ -56,18 +56,29 @@ func addAttr(ev *zerolog.Event, group string, a slog.Attr) *zerolog.Event {
 	v := a.Value.Resolve()
 	switch v.Kind() {
 	case slog.KindString:
-		return ev.Str(key, v.String())
+		return ev.Str(key, truncate(v.String(), slogValueMax))
 	case slog.KindInt64:
 		return ev.Int64(key, v.Int64())
 	case slog.KindBool:
 		return ev.Bool(key, v.Bool())
+	case slog.KindGroup: // mochi's packet summary (mqtt.LogPacket): pk.type, pk.topic, …
+		for _, ga := range v.Group() {
+			ev = addAttr(ev, key, ga)
+		}
+		return ev
 	case slog.KindAny:
 		if err, ok := v.Any().(error); ok {
-			return ev.AnErr(key, err)
+			return ev.Str(key, truncate(err.Error(), slogValueMax))
 		}
 	}
-	return ev.Str(key, v.String())
+	return ev.Str(key, truncate(v.String(), slogValueMax))
 }
+
+// slogValueMax bounds each value of a mochi log line, in bytes: what a
+// client sends may reach it (an error quoting a filter, a client id), and
+// no line should cost in proportion to a packet. Mochi's own logs cut
+// topics and client ids shorter (mqtt.LogString) and never log a payload.
+const slogValueMax = 1024
 
 func (h *slogHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 	c := *h

@@ -234,7 +234,7 @@ func (ws *wills) newer(a, b *will) (keep, pub *will) {
 	if a.p.User != b.p.User {
 		return b, a
 	}
-	ws.b.log.Debug().Str("client", a.p.ClientID).Msg("will dropped: a newer CONNECT to its session set the session's will")
+	ws.b.log.Debug().Str("client", truncate(a.p.ClientID, 200)).Msg("will dropped: a newer CONNECT to its session set the session's will")
 	return b, nil
 }
 
@@ -307,7 +307,7 @@ func (ws *wills) publishCtx(ctx context.Context, w *will) {
 		return
 	}
 	if err := ws.b.publish(ctx, w.p, w.m, waitNone); err != nil {
-		ws.b.log.Debug().Err(err).Str("client", w.p.ClientID).Msg("will refused")
+		ws.b.log.Debug().Err(err).Str("client", truncate(w.p.ClientID, 200)).Msg("will refused")
 	}
 }
 

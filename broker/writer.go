@@ -241,7 +241,7 @@ func (c *conn) fail(err error) {
 		return
 	}
 	if !errors.Is(err, mqtt.ErrConnectionClosed) {
-		c.b.log.Debug().Err(err).Str("client", c.p.ClientID).Msg("write failed; closing the connection")
+		c.b.log.Debug().Err(err).Str("client", truncate(c.p.ClientID, 200)).Msg("write failed; closing the connection")
 	}
 	c.out.stop(err)
 }

@@ -52,6 +52,8 @@ type config struct {
 	MaxPacketSize             uint32        `yaml:"max_packet_size"`
 	MaxTopicLength            int           `yaml:"max_topic_length"`
 	MaxTopicLevels            int           `yaml:"max_topic_levels"`
+	MaxUserProperties         int           `yaml:"max_user_properties"`
+	MaxUserPropertyBytes      int           `yaml:"max_user_property_bytes"`
 	QueueBytes                int           `yaml:"queue_bytes"`
 	PublishWait               time.Duration `yaml:"publish_wait"`
 	MaxClients                int64         `yaml:"max_clients"`
@@ -267,6 +269,8 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxOfflineBytes:           cfg.MaxOfflineBytes,
 		MaxSessions:               cfg.MaxSessions,
 		MaxSubscriptionsPerPacket: cfg.MaxSubscriptionsPerPacket,
+		MaxUserProperties:         cfg.MaxUserProperties,
+		MaxUserPropertyBytes:      cfg.MaxUserPropertyBytes,
 	}
 	if *maxKeepAlive > 0 {
 		if *maxKeepAlive > 65535 {

@@ -288,7 +288,7 @@ func (cl *Client) WriteLoop() {
 		case pk := <-cl.State.outbound:
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				cl.ops.log.Debug("failed publishing packet", "error", err, "client", LogString(cl.ID), LogPacket(pk)) // mote change 68
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
 		case <-cl.State.open.Done():
@@ -383,7 +383,7 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	if pk.Connect.Keepalive <= minimumKeepalive {
 		cl.ops.log.Warn(
 			ErrMinimumKeepalive.Error(),
-			"client", cl.ID,
+			"client", LogString(cl.ID), // mote change 68
 			"keepalive", pk.Connect.Keepalive,
 			"recommended", minimumKeepalive,
 		)
@@ -833,6 +833,8 @@ func (cl *Client) readPacket(fh *packets.FixedHeader, pk *packets.Packet) (err e
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
+	pk.Mods.MaxUserProperties = cl.ops.options.Capabilities.MaximumUserProperties       // mote change 68
+	pk.Mods.MaxUserPropertyBytes = cl.ops.options.Capabilities.MaximumUserPropertyBytes // mote change 68
 	var p []byte
 	if pk.FixedHeader.Type == packets.Publish && cl.Net.bodies != nil {
 		p = cl.Net.bodies.PublishBody(&pk.FixedHeader) // mote change 56
@@ -892,12 +894,42 @@ func (cl *Client) readPacket(fh *packets.FixedHeader, pk *packets.Packet) (err e
 		err = fmt.Errorf("invalid packet type; %v", pk.FixedHeader.Type)
 	}
 
+	if err == nil {
+		err = cl.userOverLimit(pk)
+	}
 	if err != nil {
 		cl.disconnectMalformed(err) // mote
 		return err
 	}
 
 	return cl.ops.hooks.OnPacketRead(cl, pk) // mote: changes *pk in place
+}
+
+// mote: userOverLimit is ErrQuotaExceeded for a packet that carried more
+// User Properties than the server keeps (change 68), but for a CONNECT,
+// PUBLISH or SUBSCRIBE, which are refused by their own acknowledgement
+// (validateConnect, processPublish, processSubscribe) and lose nothing
+// else. Packets of other types have no acknowledgement that could say so:
+// the connection closes with DISCONNECT 0x97.
+func (cl *Client) userOverLimit(pk *packets.Packet) error {
+	if !pk.Properties.UserOverLimit {
+		return nil
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Connect, packets.Publish, packets.Subscribe:
+		return nil
+	}
+	cl.logUserOver(pk)
+	return packets.ErrQuotaExceeded
+}
+
+// mote: logUserOver logs a packet refused for its User Properties (change
+// 68), and the limits it passed.
+func (cl *Client) logUserOver(pk *packets.Packet) {
+	cl.ops.log.Warn("packet refused: too many user properties (0x97 quota exceeded)",
+		"client", LogString(cl.ID), LogPacket(pk),
+		"max_user_properties", cl.ops.options.Capabilities.MaximumUserProperties,
+		"max_user_property_bytes", cl.ops.options.Capabilities.MaximumUserPropertyBytes)
 }
 
 // mote: disconnectMalformed tells an MQTT 5 client why a packet it sent

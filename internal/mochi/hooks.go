@@ -284,7 +284,7 @@ func (h *Hooks) OnPacketRead(cl *Client, pk *packets.Packet) error {
 		if hook.Provides(OnPacketRead) {
 			err := hook.OnPacketRead(cl, pk)
 			if err != nil && errors.Is(err, packets.ErrRejectPacket) {
-				h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", *pk)
+				h.Log.Debug("packet rejected", "hook", hook.ID(), LogPacket(pk)) // mote change 68
 				orig.restore(pk)
 				return err
 			}
@@ -445,12 +445,12 @@ func (h *Hooks) OnPublish(cl *Client, pk *packets.Packet) error {
 					h.Log.Debug("publish packet rejected",
 						"error", err,
 						"hook", hook.ID(),
-						"packet", *pk)
+						LogPacket(pk)) // mote change 68
 				} else if !errors.Is(err, packets.CodeSuccessIgnore) {
 					h.Log.Error("publish packet error",
 						"error", err,
 						"hook", hook.ID(),
-						"packet", *pk)
+						LogPacket(pk)) // mote change 68
 				}
 				orig.restore(pk)
 				return err
@@ -554,7 +554,8 @@ func (h *Hooks) OnWill(cl *Client, will Will) Will {
 				h.Log.Error("parse will error",
 					"error", err,
 					"hook", hook.ID(),
-					"will", will)
+					"will_topic", LogString(will.TopicName), // mote change 68: not the payload
+					"will_payload", len(will.Payload))
 				continue
 			}
 			will = mlwt

@@ -1125,3 +1125,26 @@ func TestClearExpiredInflightsAsUpstream(t *testing.T) {
 		}
 	}
 }
+
+// withoutUserProps is the encoding of the golden packet of type typ and
+// case c without its User Properties: the SUBACK and UNSUBACK a server
+// sends, which no longer echo the request's (change 68).
+func withoutUserProps(t *testing.T, typ, c byte) []byte {
+	t.Helper()
+	pk := *packets.TPacketData[typ].Get(c).Packet
+	pk.Properties.User = nil
+	var b bytes.Buffer
+	var err error
+	switch typ {
+	case packets.Suback:
+		err = pk.SubackEncode(&b)
+	case packets.Unsuback:
+		err = pk.UnsubackEncode(&b)
+	default:
+		t.Fatalf("type %d", typ)
+	}
+	if err != nil {
+		t.Fatalf("encode: %v", err)
+	}
+	return b.Bytes()
+}

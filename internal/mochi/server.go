@@ -51,6 +51,8 @@ type Capabilities struct {
 	MaximumClientWritesPending   int32           `yaml:"maximum_client_writes_pending" json:"maximum_client_writes_pending"`     // maximum number of pending message writes for a client
 	MaximumSessionExpiryInterval uint32          `yaml:"maximum_session_expiry_interval" json:"maximum_session_expiry_interval"` // maximum number of seconds to keep disconnected sessions
 	MaximumPacketSize            uint32          `yaml:"maximum_packet_size" json:"maximum_packet_size"`                         // maximum packet size, no limit if 0
+	MaximumUserProperties        int             `yaml:"maximum_user_properties" json:"maximum_user_properties"`                 // mote change 68: user properties a packet may carry, no limit if 0
+	MaximumUserPropertyBytes     int             `yaml:"maximum_user_property_bytes" json:"maximum_user_property_bytes"`         // mote change 68: their bytes as sent, no limit if 0
 	maximumPacketID              uint32          // unexported, used for testing only
 	ReceiveMaximum               uint16          `yaml:"receive_maximum" json:"receive_maximum"`                   // maximum number of concurrent qos messages per client
 	MaximumInflight              uint16          `yaml:"maximum_inflight" json:"maximum_inflight"`                 // maximum number of qos > 0 messages can be stored, 0(=8192)-65535
@@ -608,7 +610,7 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 	} else {
 		cl.Properties.Will = Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
-	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
+	s.Log.Debug("client disconnected", "error", err, "client", LogString(cl.ID), "remote", cl.Net.Remote, "listener", listener)
 
 	expire := cl.SessionEndsWithConnection()
 	s.hooks.OnDisconnect(cl, err, expire)
@@ -767,7 +769,8 @@ func (s *Server) receivePacket(cl *Client, pk *packets.Packet) error {
 			_ = s.DisconnectClient(cl, code)
 		}
 
-		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", *pk)
+		// mote: what identifies the packet, never its payload (change 68)
+		s.Log.Warn("error processing packet", "error", err, "client", LogString(cl.ID), "listener", cl.Net.Listener, LogPacket(pk))
 
 		return err
 	}
@@ -809,6 +812,12 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 	code := pk.ConnectValidate() // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
 	if code != packets.CodeSuccess {
 		return code
+	}
+
+	// mote change 68: CONNACK 0x97 Quota exceeded
+	if pk.Properties.UserOverLimit || pk.Connect.WillProperties.UserOverLimit {
+		cl.logUserOver(&pk)
+		return packets.ErrQuotaExceeded
 	}
 
 	// mote: 0x02 Identifier rejected, then the connection closes
@@ -962,7 +971,7 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		// count (change 49).
 		existing.clearInflightsMovedTo(cl)
 
-		s.Log.Debug("session taken over", "client", cl.ID, "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
+		s.Log.Debug("session taken over", "client", LogString(cl.ID), "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
 
 		return true // [MQTT-3.2.2-3]
 	}
@@ -1245,6 +1254,10 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 		return nil
 	}
 
+	if pk.Properties.UserOverLimit { // mote change 68
+		return s.refuseUserOver(cl, pk)
+	}
+
 	if atomic.LoadInt32(&cl.State.Inflight.receiveQuota) == 0 {
 		return s.DisconnectClient(cl, packets.ErrReceiveMaximum) // ~[MQTT-3.3.4-7] ~[MQTT-3.3.4-8]
 	}
@@ -1424,7 +1437,7 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 		if cl, ok := s.Clients.Get(id); ok {
 			_, err := s.publishToClient(cl, subs, pk)
 			if err != nil {
-				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				s.Log.Debug("failed publishing packet", "error", err, "client", LogString(cl.ID), LogPacket(&pk)) // mote change 68
 			}
 		}
 	}
@@ -1474,7 +1487,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
 			// add hook?
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
-			s.Log.Warn("client store quota reached", "client", cl.ID, "listener", cl.Net.Listener)
+			s.Log.Warn("client store quota reached", "client", LogString(cl.ID), "listener", cl.Net.Listener)
 			return out, packets.ErrQuotaExceeded
 		}
 
@@ -1482,7 +1495,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		if err != nil {
 			s.hooks.OnPacketIDExhausted(cl, pk)
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
-			s.Log.Warn("packet ids exhausted", "error", err, "client", cl.ID, "listener", cl.Net.Listener)
+			s.Log.Warn("packet ids exhausted", "error", err, "client", LogString(cl.ID), "listener", cl.Net.Listener)
 			return out, packets.ErrQuotaExceeded
 		}
 
@@ -1536,7 +1549,7 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
 		_, err := s.publishToClient(cl, sub, pkv)
 		if err != nil {
-			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
+			s.Log.Debug("failed to publish retained message", "error", err, "client", LogString(cl.ID), "listener", cl.Net.Listener, LogPacket(&pkv)) // mote change 68
 			continue
 		}
 		s.hooks.OnRetainPublished(cl, pkv)
@@ -1649,6 +1662,9 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 
 // processSubscribe processes a Subscribe packet.
 func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
+	if pk.Properties.UserOverLimit { // mote change 68
+		return s.refuseUserOver(cl, &pk)
+	}
 	pk = s.hooks.OnSubscribe(cl, pk)
 	code := packets.CodeSuccess
 	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
@@ -1666,9 +1682,10 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		},
 		PacketID:    pk.PacketID, // [MQTT-2.2.1-6] [MQTT-3.8.4-2]
 		ReasonCodes: reasonCodes, // [MQTT-3.8.4-6]
-		Properties: packets.Properties{
-			User: pk.Properties.User,
-		},
+		// mote change 68: the SUBSCRIBE's User Properties are not echoed
+		// (MQTT 5 §3.9.2.1.3 allows them, within the client's Maximum
+		// Packet Size, and asks nothing of the kind): 16 MiB of them came
+		// back 16 MiB.
 	}
 
 	if code.Code >= packets.ErrUnspecifiedError.Code {
@@ -1777,9 +1794,8 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 		},
 		PacketID:    pk.PacketID, // [MQTT-2.2.1-6]  [MQTT-3.10.4-5]
 		ReasonCodes: reasonCodes, // [MQTT-3.11.3-2]
-		Properties: packets.Properties{
-			User: pk.Properties.User,
-		},
+		// mote change 68: the UNSUBSCRIBE's User Properties are not echoed,
+		// as a SUBACK (processSubscribe).
 	}
 
 	if code.Code >= packets.ErrUnspecifiedError.Code {
@@ -2303,4 +2319,34 @@ func minimum(a, b int64) (m int64) {
 		m = b
 	}
 	return
+}
+
+// mote: refuseUserOver refuses a PUBLISH or SUBSCRIBE that carried more
+// User Properties than the server keeps (change 68) with reason 0x97 Quota
+// exceeded, "an implementation or administratively imposed limit": a
+// PUBACK (PUBREC at QoS 2) or a SUBACK of 0x97 for every filter, nothing
+// published or subscribed, the connection kept. 0x95 Packet too large is
+// for a packet past Maximum Packet Size, and a DISCONNECT only; 0x83
+// Implementation specific error says less. A QoS 0 PUBLISH, which has no
+// acknowledgement, is dropped. Only MQTT 5 packets have properties.
+func (s *Server) refuseUserOver(cl *Client, pk *packets.Packet) error {
+	cl.logUserOver(pk)
+	switch {
+	case pk.FixedHeader.Type == packets.Subscribe:
+		codes := make([]byte, len(pk.Filters))
+		for i := range codes {
+			codes[i] = packets.ErrQuotaExceeded.Code
+		}
+		return cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Suback},
+			PacketID:    pk.PacketID,
+			ReasonCodes: codes,
+			Properties:  packets.Properties{ReasonString: packets.ErrQuotaExceeded.Reason},
+		})
+	case pk.FixedHeader.Qos == 0:
+		return nil
+	case pk.FixedHeader.Qos == 1:
+		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Puback, 0, packets.Properties{}, packets.ErrQuotaExceeded))
+	}
+	return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, packets.Properties{}, packets.ErrQuotaExceeded))
 }

@@ -173,7 +173,7 @@ func TestMoteDecodeBytesAsDecode(t *testing.T) {
 	for _, in := range inputs {
 		var want, got Properties
 		wn, werr := want.Decode(Publish, bytes.NewBuffer(append([]byte(nil), in...)))
-		gn, gerr := got.decodeBytes(Publish, in)
+		gn, gerr := got.decodeBytes(Publish, in, Mods{})
 		if wn != gn || (werr == nil) != (gerr == nil) || (werr != nil && werr.Error() != gerr.Error()) {
 			t.Errorf("%x: decodeBytes %d, %v; Decode %d, %v", in, gn, gerr, wn, werr)
 		}

@@ -145,6 +145,19 @@ type Mods struct {
 	MaxSize             uint32 // the maximum packet size specified by the client / server
 	DisallowProblemInfo bool   // if problem info is disallowed
 	AllowResponseInfo   bool   // if response info is disallowed
+
+	// mote: change 68. MaxUserProperties and MaxUserPropertyBytes bound
+	// the User Properties a decoded packet keeps, in number and in bytes
+	// as sent; past either, Properties.UserOverLimit is set. 0: no bound.
+	MaxUserProperties    int
+	MaxUserPropertyBytes int
+}
+
+// userOver reports whether users User Properties of userBytes bytes are
+// past m's bounds (change 68).
+func (m Mods) userOver(users, userBytes int) bool {
+	return (m.MaxUserProperties > 0 && users > m.MaxUserProperties) ||
+		(m.MaxUserPropertyBytes > 0 && userBytes > m.MaxUserPropertyBytes)
 }
 
 // ConnectParams contains packet values which are specifically related to connect packets.
@@ -387,7 +400,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 		if err != nil {
 			return propertiesError(err) // mote: a Protocol Error kept
 		}
@@ -401,7 +414,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 
 	if pk.Connect.WillFlag { // [MQTT-3.1.2-7]
 		if pk.ProtocolVersion == 5 {
-			n, err := pk.Connect.WillProperties.Decode(WillProperties, bytes.NewBuffer(buf[offset:]))
+			n, err := pk.Connect.WillProperties.decodeBytes(WillProperties, buf[offset:], pk.Mods)
 			if err != nil {
 				return propertiesErrorAs(err, ErrMalformedWillProperties) // mote: a Protocol Error kept
 			}
@@ -547,7 +560,7 @@ func (pk *Packet) ConnackDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		_, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		_, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 		if err != nil {
 			return propertiesError(err) // mote: a Protocol Error kept
 		}
@@ -588,7 +601,7 @@ func (pk *Packet) DisconnectDecode(buf []byte) error {
 		}
 
 		if pk.FixedHeader.Remaining > 2 {
-			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+			_, err = pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 			if err != nil {
 				return propertiesError(err) // mote: a Protocol Error kept
 			}
@@ -674,7 +687,7 @@ func (pk *Packet) PublishDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:]) // mote change 42: no bytes.Buffer
+		n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods) // mote change 42, 68: no bytes.Buffer
 		if err != nil {
 			return propertiesError(err) // mote: a Protocol Error kept
 		}
@@ -765,7 +778,7 @@ func (pk *Packet) decodePubAckRelRecComp(buf []byte) error {
 		}
 
 		if pk.FixedHeader.Remaining > 3 {
-			n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+			n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 			if err != nil {
 				return propertiesError(err) // mote: a Protocol Error kept
 			}
@@ -908,7 +921,7 @@ func (pk *Packet) SubackDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 		if err != nil {
 			return propertiesError(err) // mote: a Protocol Error kept
 		}
@@ -968,7 +981,7 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 		if err != nil {
 			return propertiesError(err) // mote: a Protocol Error kept
 		}
@@ -1081,7 +1094,7 @@ func (pk *Packet) UnsubackDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 		if err != nil {
 			return propertiesError(err) // mote: a Protocol Error kept
 		}
@@ -1137,7 +1150,7 @@ func (pk *Packet) UnsubscribeDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 		if err != nil {
 			return propertiesError(err) // mote: a Protocol Error kept
 		}
@@ -1209,7 +1222,7 @@ func (pk *Packet) AuthDecode(buf []byte) error {
 		return fmt.Errorf("%s: %w", err, ErrMalformedReasonCode)
 	}
 
-	_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+	_, err = pk.Properties.decodeBytes(pk.FixedHeader.Type, buf[offset:], pk.Mods)
 	if err != nil {
 		return propertiesError(err) // mote: a Protocol Error kept
 	}

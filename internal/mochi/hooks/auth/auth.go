@@ -82,7 +82,7 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 
 	h.Log.Info("client failed authentication check",
-		"username", string(pk.Connect.Username),
+		"username", mqtt.LogString(string(pk.Connect.Username)), // mote change 68
 		"remote", cl.Net.Remote)
 	return false
 }
@@ -95,9 +95,9 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 
 	h.Log.Debug("client failed allowed ACL check",
-		"client", cl.ID,
-		"username", string(cl.Properties.Username),
-		"topic", topic)
+		"client", mqtt.LogString(cl.ID), // mote change 68
+		"username", mqtt.LogString(string(cl.Properties.Username)),
+		"topic", mqtt.LogString(topic))
 
 	return false
 }
