@@ -42,6 +42,26 @@ func (a *answerBudget) take(n int64, small bool) bool {
 	return true
 }
 
+// resize counts an answer that held own bytes (its estimate) by n, its
+// size once built; false (own still counted): n is more than own and
+// does not fit beside the other answers held now. An answer alone fits
+// whatever its size, as take's.
+func (a *answerBudget) resize(own, n int64, small bool) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	limit := a.max
+	if !small {
+		limit -= a.reserve()
+	}
+	if others := a.held - own; n > own && others > 0 && others+n > limit {
+		a.refused++
+		return false
+	}
+	a.held += n - own
+	a.peak = max(a.peak, a.held)
+	return true
+}
+
 // give counts n bytes taken less: their answer is written, or was
 // smaller than guessed.
 func (a *answerBudget) give(n int64) {

@@ -48,7 +48,10 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 		s.fail(w, r, err)
 		return
 	}
-	small := est <= smallAnswer
+	// A history's estimate is a guess from the rows there now (earlier
+	// values may be larger, and deleted rows keep theirs): it is never
+	// small, so it takes neither the small slots nor the reserve.
+	small := est <= smallAnswer && hist == nil
 	if !s.answers.take(est, small) {
 		s.busy(w, r, filter, est)
 		return
@@ -82,17 +85,13 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	// The answer is held until the client has read it (WriteTimeout at
 	// most): counted by its size from now on, the memory it holds (a
 	// buffer grown by appending holds more than its length).
-	if n := int64(cap(payload)); n > held {
-		if !s.answers.take(n-held, small) {
-			payload = nil
-			s.busy(w, r, filter, n)
-			return
-		}
-		held = n
-	} else {
-		s.answers.give(held - n)
-		held = n
+	n := int64(cap(payload))
+	if !s.answers.resize(held, n, small) {
+		payload = nil
+		s.busy(w, r, filter, n)
+		return
 	}
+	held = n
 	h := w.Header()
 	h.Set("Content-Type", codec.ContentType())
 	h.Set("Content-Length", strconv.Itoa(len(payload)))
@@ -108,11 +107,13 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 const smallAnswer = 1 << 20
 
 // busy answers 503 to a GET whose answer, of about n bytes, does not fit
-// the answer budget now.
+// the answer budget now. The answer tells the client nothing of n: the
+// estimate is made before the client's read check, so it would tell the
+// size of rows it may not read (n is logged).
 func (s *Server) busy(w http.ResponseWriter, r *http.Request, filter string, n int64) {
 	s.log.Debug().Str("filter", filter).Int64("bytes", n).Str("remote", r.RemoteAddr).Msg("http: answer refused: answer budget spent")
 	w.Header().Set("Retry-After", "5")
-	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once; this one about %d KiB): try again later, or narrow the filter", s.opts.MaxAnswerBytes>>20, n>>10), "")
+	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("the broker is busy writing other large answers (%d MiB at most at once): try again later, or narrow the filter", s.opts.MaxAnswerBytes>>20), "")
 }
 
 // params are the query parameters the API reads.
