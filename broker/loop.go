@@ -652,7 +652,10 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 		// the rows it wrote (ran), and what a $set weighs (weight).
 		b.reqs.started.Add(int64(max(m.weight, 1)))
 		b.loopRows += max(len(a.Rows), 1)
-		if ops[i].SetFilter != "" && a.Err == nil {
+		if ops[i].SetFilter != "" {
+			// Refused ones too (no row written): a $set weighs the whole
+			// limit until one is counted, and a flood of refused ones ran
+			// one a batch (TestLoopRefusedSetWeight).
 			b.reqs.sets.Add(1)
 			b.reqs.setRows.Add(int64(len(a.Rows)))
 		}

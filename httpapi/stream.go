@@ -169,12 +169,8 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p broker.Princip
 	// A snapshot of 64 KiB or more counts against the answer budget by
 	// its estimate before the broker makes it, as a GET's answer: a
 	// stream refused for want of room costs no snapshot.
-	est, err := s.b.AnswerSize(r.Context(), p, filter, hist)
-	if r.Context().Err() != nil {
-		return // the client went away
-	}
-	if err != nil {
-		s.fail(w, r, err)
+	est, ok := s.estimate(w, r, p, filter, hist)
+	if !ok {
 		return
 	}
 	if est < bigEvent {

@@ -40,12 +40,8 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	// built: a GET refused for want of room costs a walk of the rows, not
 	// a tree. Small answers have slots of their own, so that they never
 	// wait for large ones being built.
-	est, err := s.b.AnswerSize(r.Context(), p, filter, hist)
-	if r.Context().Err() != nil {
-		return // the client went away
-	}
-	if err != nil {
-		s.fail(w, r, err)
+	est, ok := s.estimate(w, r, p, filter, hist)
+	if !ok {
 		return
 	}
 	// A history's estimate is a guess from the rows there now (earlier
@@ -99,6 +95,21 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	h.Set("Cache-Control", "no-store")
 	h.Set("Vary", "Accept")
 	w.Write(payload) //nolint:errcheck // a client that went away has nothing to be told
+}
+
+// estimate is what the answer to a GET of filter (hist: its history) is
+// guessed to weigh (Broker.AnswerSize); false: there is none to count,
+// the client went away or was answered the error.
+func (s *Server) estimate(w http.ResponseWriter, r *http.Request, p broker.Principal, filter string, hist *broker.SubscribeOptions) (int64, bool) {
+	est, err := s.b.AnswerSize(r.Context(), p, filter, hist)
+	if r.Context().Err() != nil {
+		return 0, false // the client went away
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return 0, false
+	}
+	return est, true
 }
 
 // smallAnswer is the estimate up to which a GET's answer is small: built
