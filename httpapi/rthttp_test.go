@@ -1,10 +1,12 @@
 package httpapi
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mote-mqtt/mote/broker"
 	"github.com/mote-mqtt/mote/broker/auth"
@@ -59,5 +61,36 @@ func TestBusyTellsNoSize(t *testing.T) {
 	}
 	if strings.Contains(string(body), "KiB") || strings.Contains(string(body), "about") {
 		t.Errorf("the 503 tells the size of rows alice may not read: %s", body)
+	}
+}
+
+// TestEstimatesBounded checks that a GET's estimate walk waits for one of
+// a few slots (Server.estimates) before it queues on the message loop:
+// with every slot held, a GET is not answered; once one is let go, it is
+// (found by a red team: refused GETs looped by 64 clients queued their
+// walks on the loop without bound).
+func TestEstimatesBounded(t *testing.T) {
+	e := setup(t, broker.Options{}, Options{})
+	e.publish(t, admin, "a/b", "1")
+	for range cap(e.s.estimates) {
+		e.s.estimates <- struct{}{}
+	}
+	ctx, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", e.url+"/api/tree/a/%23", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a GET answered %s while every estimate slot was held", resp.Status)
+	}
+	<-e.s.estimates
+	resp, body := e.do(t, "GET", "/api/tree/a/%23", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("with a slot free: %s %s", resp.Status, body)
+	}
+	for range cap(e.s.estimates) - 1 {
+		<-e.s.estimates
 	}
 }
