@@ -108,6 +108,12 @@ type Broker struct {
 	// (0: writerIdleFor, writer.go); tests shorten it.
 	writerIdle atomic.Int64
 
+	// adopting, if set, is called by OnSessionEstablished once a
+	// connection took its session's client QoS 2 state, before the
+	// connection is filed; tests hold a connection there
+	// (TestQoS2StateQuickTakeover).
+	adopting atomic.Pointer[func(cl *mqtt.Client)]
+
 	stats      Stats
 	meter      *meters       // Prometheus figures (metrics.go)
 	healthWait time.Duration // how long Health waits for the loop and the store

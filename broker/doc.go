@@ -399,6 +399,11 @@
 //     PUBLISH, PUBREL, SUBSCRIBE or UNSUBSCRIBE with the id of an
 //     unacknowledged delivery deleted the delivery, completed it or was
 //     refused 0x91; the read hooks keep the two spaces apart [MQTT-2.2.1-2].
+//     A client's QoS 2 publishes waiting for PUBREL are session state a
+//     takeover hands on from the connection filed for the session; a
+//     connection takes them and is filed in one step under the id's
+//     takeover lock (OnSessionEstablished), or a CONNECT coming between
+//     the two lost them, and the client's resend was delivered again.
 //   - Listeners (listeners.go): connections are wrapped before mochi reads
 //     them (CONNECT deadline and size cap, DISCONNECT 0x95, write deadlines,
 //     panic recovery, WebSocket origin check). A connection with
@@ -523,7 +528,8 @@
 //	                                    handReplaysOn's trips and gives it back as it returns
 //	plain subscription index (subIndex) its mutex for writers (the hooks of a SUBSCRIBE or UNSUBSCRIBE, Sessions); read without locks
 //	a client's own packet ids (idSpaces) its mutex; reserved by the read goroutine, asked by the writer
-//	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back)
+//	a kept session's inbound QoS 2 ids keptInbound's mutex (those mochi's map could not take back); a connection takes
+//	                                    them (keptInbound.take, idSpaces.adopt) and is filed under the id's takeover lock
 //	messages for an arriving session,   arriving's mutex, from OnSessionEstablish until OnSessionEstablished
 //	  which client holds a session        files the connection; every hold in flight (holdOffline), and every drop of what is held (roomLocked), under it;
 //	                                    taken only by lock/unlock; a holder marks each id it changes (mark: its shard's version odd until unlock,

@@ -305,7 +305,9 @@ func (b *Broker) takenWill(existing *mqtt.Client) *will {
 // ended), and re-registers the tree subscriptions of a
 // resumed session (with a fresh snapshot: deltas were missed while it was
 // away). The messages the session's previous connection did not write go
-// first (conn.succeed).
+// first (conn.succeed). The connection takes the client's QoS 2 state and
+// is filed under the id's takeover lock (mochi's WhileFiled), so it waits
+// for a CONNECT of its id that holds it.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	p := mqttPrincipal(cl)
@@ -314,8 +316,6 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	b.countResendDiscards(cl)
 	b.releaseDropped(cl)
 	out := &mqttOut{b: b, cl: cl}
-	kept, late := b.keptIn.take(cl)
-	out.ids.adopt(cl, kept, late)
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
 	if w, ok := b.connWills.Load(cl); ok {
@@ -334,7 +334,26 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.Store(c)
 	}
-	switch filed, next, fresh := b.arriving.adopt(b, cl, c); { // files c under cl.ID
+	// The session's client QoS 2 state (keptInbound, the PUBRECs in
+	// mochi's map) goes to c's idSpaces, and c is filed, in one step
+	// under the id's takeover lock: a takeover's surrender finds that
+	// state in the connection filed for the session. Taken before c was
+	// filed, a CONNECT that came between found the previous connection
+	// (or none), copied mochi's map without the PUBRECs, and the state
+	// ended with c: the client's resend was delivered again
+	// [MQTT-4.3.3-10] (TestQoS2StateQuickTakeover). Not filed (a CONNECT
+	// took the session over first), c takes nothing: that CONNECT has it.
+	var filed, fresh bool
+	var next *mqtt.Client
+	b.server.WhileFiled(cl, func() {
+		kept, late := b.keptIn.take(cl)
+		out.ids.adopt(cl, kept, late)
+		if f := b.adopting.Load(); f != nil {
+			(*f)(cl)
+		}
+		filed, next, fresh = b.arriving.adopt(b, cl, c) // files c under cl.ID
+	})
+	switch {
 	case !filed:
 		// mochi gave the session to a newer client meanwhile: c ends,
 		// and hands what reaches it to that client (arriving.handOn);

@@ -31,7 +31,10 @@ import (
 // mochi's map (session state), but for ids a delivery holds there, kept
 // by keptInbound; a takeover has them put back before mochi copies the
 // map (surrender); the next connection takes them all into inbound
-// (adopt), each taking one of the receive quota. A QoS 2 PUBLISH sent
+// (adopt), each taking one of the receive quota, as it is filed and in
+// the same step, under the id's takeover lock (OnSessionEstablished): a
+// takeover's surrender finds them in the connection filed for the
+// session, never in one not filed yet. A QoS 2 PUBLISH sent
 // again before its PUBREL gets a PUBREC as the first did (resentAck).
 // A QoS 2 PUBLISH the old connection is processing at the takeover gets
 // its PUBREC after mochi's copy: the old reader hands it on (lateRec).

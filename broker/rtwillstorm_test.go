@@ -87,6 +87,9 @@ func TestNormalDisconnectBeforeTakeoverCutKeepsWillUnsent(t *testing.T) {
 			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id+"-watcher", true, 0, nil))
 			watcher.subscribe(t, 5, "will/#", 0)
 			a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 300, &rawWill{topic: "will/a", payload: "a", delay: tc.delay}))
+			// A's connection is filed under the id's takeover lock
+			// (OnSessionEstablished), which B's held CONNECT holds.
+			waitFor(t, "A's connection filed", func() bool { return b.connByID(id) != nil })
 			bp := gate.dialHeld(t, b, id, rawConnect(t, 5, id, tc.clean, 300, nil))
 			a.c.Write([]byte{0xE0, 0x00}) //nolint:errcheck // a normal DISCONNECT
 			a.waitClosed(t)
