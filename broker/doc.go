@@ -394,6 +394,15 @@
 //     names a packet (mqtt.LogPacket) and cuts what a client sent
 //     (mqtt.LogString, truncate), and the slog bridge caps every value of
 //     mochi's lines at 1 KiB (slogValueMax).
+//   - Log lines of refused packets (mochi change 69): mochi wrote a Warn
+//     line for every packet refused for its User Properties, and the
+//     broker one for every refused request (Broker.refuse), so a client
+//     looping refused packets filled the disk through the log (48.8 MB in
+//     8 s). Each such line now asks a logBudget (loglimit.go; mochi through
+//     Options.LogRefusal): Options.RefusalLog lines per connection and for
+//     the broker in each interval, the first of each refusal reason kept,
+//     the rest counted in one suppressed=K line and in
+//     mote_log_lines_suppressed_total.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
 //     the broker's deliveries' in one in-flight map, so a client's QoS 1/2
 //     PUBLISH, PUBREL, SUBSCRIBE or UNSUBSCRIBE with the id of an

@@ -46,13 +46,24 @@ func (h *hook) Provides(b byte) bool {
 // client has one, and a client without one MUST NOT send AUTH (§4.12): a
 // Protocol Error, DISCONNECT 0x82 (mochi ignored it).
 func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	h.b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	if h.b.logs.allow(h.quota(cl), cl.ID, refusedOther) {
+		h.b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	}
 	return pk, packets.ErrProtocolViolation
 }
 
 // mqttPrincipal is who an MQTT client acts as.
 func mqttPrincipal(cl *mqtt.Client) Principal {
 	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: isOriginal(cl.Net.Listener)}
+}
+
+// quota is the log quota of cl's connection (logBudget), nil while it
+// has none.
+func (h *hook) quota(cl *mqtt.Client) *logQuota {
+	if c := h.conn(cl); c != nil {
+		return c.p.logs
+	}
+	return nil
 }
 
 // conn is cl's connection while it is filed (Broker.conns), else nil. The
@@ -77,7 +88,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	p := mqttPrincipal(cl)
 	v5 := cl.Properties.ProtocolVersion == 5
 	refuse := func(code packets.Code, why string) error {
-		b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
+		if b.logs.allow(nil, cl.ID, refusalReasonOf(code, nil)) {
+			b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
+		}
 		if !v5 {
 			code = v3Connack(code)
 		}
@@ -170,7 +183,9 @@ func (b *Broker) takeoverCheck(old, cl *mqtt.Client, _ packets.Packet) mqtt.Take
 	}
 	if b.takeoverRefused(old) {
 		b.countRefusal(refusedClientID)
-		b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(userOf(cl), 200)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
+		if b.logs.allow(nil, cl.ID, refusedClientID) {
+			b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(userOf(cl), 200)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
+		}
 		return mqtt.Takeover{Refuse: true, Code: packets.ErrClientIdentifierNotValid}
 	}
 	return mqtt.Takeover{Fresh: true}
@@ -392,6 +407,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		return
 	}
 	c := v.(*conn)
+	b.logs.closed(&c.logs, cl.ID) // the count of its log lines left out
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.CompareAndSwap(c, nil)
 	}
@@ -428,6 +444,9 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 	}
 	if o, ok := c.outOf(); ok && o.ids.begin(cl, pk) {
 		return packets.ErrRejectPacket // the connection was taken over: ends its read loop
+	}
+	if pk.Properties.UserOverLimit && (pk.FixedHeader.Type == packets.Publish || pk.FixedHeader.Type == packets.Subscribe) {
+		h.b.countRefusal(refusedQuota) // mochi refuses it (PUBACK, SUBACK 0x97): refuseUserOver
 	}
 	if pk.FixedHeader.Type != packets.Publish {
 		return nil

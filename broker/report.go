@@ -89,15 +89,18 @@ func (b *Broker) refusal(p Principal, op, topic string, err error) error {
 // client whose queue is full.
 func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	code := reasonCode(op, err)
-	b.countRefusal(refusalReasonOf(code, err))
+	reason := refusalReasonOf(code, err)
+	b.countRefusal(reason)
 	r := Report{Time: time.Now().UTC(), Client: p.ClientID, Op: op, Topic: truncate(topic, maxReason), Code: code.Code,
 		Reason: code.Reason, Error: truncate(err.Error(), maxReason)}
 	var pe *wire.PathError
 	if errors.As(err, &pe) {
 		r.Path = truncate(pe.Path, maxReason)
 	}
-	b.log.Warn().Str("op", op).Str("topic", truncate(topic, 200)).Uint8("code", code.Code).Str("client", truncate(p.ClientID, 200)).
-		Str("error", truncate(err.Error(), 500)).Msg("refused")
+	if b.logs.allow(p.logs, p.ClientID, reason) {
+		b.log.Warn().Str("op", op).Str("topic", truncate(topic, 200)).Uint8("code", code.Code).Str("client", truncate(p.ClientID, 200)).
+			Str("error", truncate(err.Error(), 500)).Msg("refused")
+	}
 	if p.system || p.Answered || p.ClientID == "" {
 		return code
 	}

@@ -143,6 +143,15 @@ type Options struct {
 	// (RemoveSession).
 	TakeoverCheck func(old, cl *Client, pk packets.Packet) Takeover `yaml:"-" json:"-"`
 
+	// mote: LogRefusal, if set, is asked before each log line that one
+	// packet of cl can cause (change 69): a packet refused for its User
+	// Properties, a packet whose error ends the connection ("error
+	// processing packet"), a CONNECT's keep-alive below the minimum; code
+	// is the packet's reason code (CodeSuccess for a notice). The line is
+	// written only if it answers true, so a client looping refused packets
+	// writes what the caller allows, not a line each. It must not block.
+	LogRefusal func(cl *Client, code packets.Code) bool `yaml:"-" json:"-"`
+
 	// mote: CreatedOnDemand, if set, has processPublish read the clock for
 	// a PUBLISH's Created time before OnPublish only when it has an
 	// expiry, its own or the server's MaximumMessageExpiryInterval
@@ -769,8 +778,12 @@ func (s *Server) receivePacket(cl *Client, pk *packets.Packet) error {
 			_ = s.DisconnectClient(cl, code)
 		}
 
-		// mote: what identifies the packet, never its payload (change 68)
-		s.Log.Warn("error processing packet", "error", err, "client", LogString(cl.ID), "listener", cl.Net.Listener, LogPacket(pk))
+		// mote: what identifies the packet, never its payload (change
+		// 68); if Options.LogRefusal allows it (change 69)
+		code, _ := err.(packets.Code)
+		if cl.logRefusal(code) {
+			s.Log.Warn("error processing packet", "error", err, "client", LogString(cl.ID), "listener", cl.Net.Listener, LogPacket(pk))
+		}
 
 		return err
 	}
