@@ -62,9 +62,8 @@ type conn struct {
 	// Touched only by an MQTT connection's read goroutine, where mochi runs
 	// the hooks of one packet in order.
 	pendingTopic string // the topic of the publish OnPacketRead took aside
-	pendingErr   error
-	levels       int  // filter levels of the session's subscriptions, in all
-	pacedProps   bool // a paced property-form tree subscription was filed: see propFiled
+	levels       int    // filter levels of the session's subscriptions, in all
+	pacedProps   bool   // a paced property-form tree subscription was filed: see propFiled
 
 	logs logQuota // its share of Broker.logs (c.p.logs points here): guarded by Broker.logs.mu
 }

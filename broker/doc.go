@@ -436,7 +436,10 @@
 //     each but User Property, no Subscription Identifier or Receive
 //     Maximum of 0, none past its length: 0x82 or 0x81), as are a shared
 //     No Local and a wildcard Response Topic (0x82) and an alias-only
-//     PUBLISH of an alias never set (0x82); an MQTT 5 Variable Byte
+//     PUBLISH of an alias never set (0x82); a Topic Alias is set by
+//     every PUBLISH that carries one with a topic, refused or not (change
+//     70; OnPacketRead sets it for the publishes it takes aside), so an
+//     alias-only PUBLISH is refused as its topic was; an MQTT 5 Variable Byte
 //     Integer in more bytes than it needs is Malformed (0x81; a 3.1.1
 //     Remaining Length so encoded is read as its value, as Mosquitto
 //     reads it), an MQTT 5 CONNECT that does not decode gets CONNACK
@@ -565,6 +568,5 @@
 // # Caveats
 //
 // Retained rows never expire (SPEC §1): the MQTT 5 Message Expiry Interval
-// of a retained publish is not applied to the row. Topic aliases cannot
-// name a Mote topic.
+// of a retained publish is not applied to the row.
 package broker

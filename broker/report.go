@@ -63,7 +63,7 @@ func reasonCode(op string, err error) packets.Code {
 		return packets.ErrUnspecifiedError
 	case op == "subscribe":
 		return packets.ErrTopicFilterInvalid // 0x8F
-	case errors.Is(err, wire.ErrReserved), errors.Is(err, wire.ErrPrefix), errors.Is(err, wire.ErrFilter), errors.Is(err, errAlias):
+	case errors.Is(err, wire.ErrReserved), errors.Is(err, wire.ErrPrefix), errors.Is(err, wire.ErrFilter):
 		return packets.ErrTopicNameInvalid // 0x90
 	}
 	return packets.ErrPayloadFormatInvalid // 0x99
@@ -71,9 +71,6 @@ func reasonCode(op string, err error) packets.Code {
 
 // errQuota is a subscription over the client's limits.
 var errQuota = errors.New("broker: quota exceeded")
-
-// errAlias is a topic alias set on a Mote topic.
-var errAlias = errors.New("broker: a topic alias cannot be set on a Mote topic")
 
 // refusal reports a refused request and returns it as a *Refusal.
 func (b *Broker) refusal(p Principal, op, topic string, err error) error {

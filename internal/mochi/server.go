@@ -1267,6 +1267,19 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 		return nil
 	}
 
+	// mote: the alias is set (or resolved) before the publish can be
+	// refused (change 70): the receiver records the mapping of every
+	// PUBLISH with a Topic Alias and a topic (§3.3.2.3.4), whatever
+	// becomes of it, so the client's next alias-only PUBLISH is refused
+	// the same way, not a Protocol Error. Upstream set it after the User
+	// Property and ACL refusals.
+	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		if pk.TopicName == "" { // mote: an alias the client never set, with no topic [MQTT-3.3.4] (§3.3.4 3a)
+			return s.DisconnectClient(cl, packets.ErrProtocolViolationUnknownAlias)
+		}
+	}
+
 	if pk.Properties.UserOverLimit { // mote change 68
 		return s.refuseUserOver(cl, pk)
 	}
@@ -1316,13 +1329,6 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 			if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
 				atomic.AddInt64(&s.Info.Inflight, -1)
 			}
-		}
-	}
-
-	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
-		if pk.TopicName == "" { // mote: an alias the client never set, with no topic [MQTT-3.3.4] (§3.3.4 3a)
-			return s.DisconnectClient(cl, packets.ErrProtocolViolationUnknownAlias)
 		}
 	}
 
