@@ -21,12 +21,12 @@ import (
 // reason) is kept: once a connection, past its own quota, and once an
 // interval broker-wide, past total. A line over the bounds is not
 // written but counted: a connection's count is written in one line
-// ("log lines suppressed", suppressed=K) at its first line after its
-// interval ended, or when it closes; that line takes from total too,
-// and past it its count joins the broker-wide one, written in one line
-// when the broker-wide interval ends (at the next line, or the broker's
-// close). So an interval writes at most total lines, one a kind and one
-// more.
+// ("log lines suppressed", suppressed=K) when its interval ends (the
+// broker's $SYS tick, each second, or its next line) or it closes; that
+// line takes from total too, and past it its count joins the
+// broker-wide one, written in one line when the broker-wide interval
+// ends (the tick, or the broker's close). So an interval writes at most
+// total lines, one a kind and one more.
 type logBudget struct {
 	log      zerolog.Logger
 	interval time.Duration
@@ -43,6 +43,9 @@ type logBudget struct {
 	kinds   uint32     // kinds written in it (a bit each)
 	dropped int64      // lines not written in it, or in connections' intervals that could not say so
 	from    int        // connections whose count is in dropped
+	// pending are the connections with a count not yet written, and
+	// their client ids: the tick writes those whose interval ended.
+	pending map[*logQuota]string
 }
 
 // logQuota is one connection's share of a logBudget: guarded by its mu.
@@ -61,7 +64,8 @@ type logKind = refusalReason
 // newLogBudget is a logBudget writing its counts to log. perConn or total
 // below 0: no bound.
 func newLogBudget(log zerolog.Logger, opts LogLimit) *logBudget {
-	return &logBudget{log: log, interval: opts.Interval, perConn: opts.PerClient, total: opts.Total, now: time.Now}
+	return &logBudget{log: log, interval: opts.Interval, perConn: opts.PerClient, total: opts.Total, now: time.Now,
+		pending: map[*logQuota]string{}}
 }
 
 // allow reports whether a line of kind may be written for the connection
@@ -85,16 +89,15 @@ func (lb *logBudget) allow(q *logQuota, client string, kind logKind) bool {
 	bit := uint32(1) << (kind % 32)
 	firstHere := q != nil && q.kinds&bit == 0
 	if q != nil && lb.perConn >= 0 && q.used >= lb.perConn && !firstHere {
-		q.suppressed++
-		lb.skipped.Add(1)
+		lb.suppressLocked(q, client)
 		return false
 	}
 	if !lb.takeLocked(bit) {
 		if q != nil {
-			q.suppressed++
-		} else {
-			lb.dropped++
+			lb.suppressLocked(q, client)
+			return false
 		}
+		lb.dropped++
 		lb.skipped.Add(1)
 		return false
 	}
@@ -103,6 +106,34 @@ func (lb *logBudget) allow(q *logQuota, client string, kind logKind) bool {
 		q.kinds |= bit
 	}
 	return true
+}
+
+// suppressLocked counts a line of q's connection not written.
+func (lb *logBudget) suppressLocked(q *logQuota, client string) {
+	if q.suppressed == 0 {
+		lb.pending[q] = client
+	}
+	q.suppressed++
+	lb.skipped.Add(1)
+}
+
+// tick writes the counts of the intervals that ended: the broker-wide
+// one's, and those of connections with lines left out. The broker's
+// $SYS ticker calls it each second.
+func (lb *logBudget) tick() {
+	if lb == nil {
+		return
+	}
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	now := lb.now()
+	lb.rollLocked(now)
+	for q, client := range lb.pending {
+		if now.Sub(q.start) >= lb.interval {
+			lb.countLocked(q, client)
+			q.start, q.used = now, 0
+		}
+	}
 }
 
 // closed writes the count of the connection whose quota is q, which
@@ -150,6 +181,7 @@ func (lb *logBudget) countLocked(q *logQuota, client string) {
 	}
 	n := q.suppressed
 	q.suppressed = 0
+	delete(lb.pending, q)
 	if lb.total >= 0 && lb.used >= lb.total {
 		lb.dropped += n
 		lb.from++

@@ -265,6 +265,7 @@ func TestRefusedLogBounded(t *testing.T) {
 			}
 			n, counts := suppressedIn(lines)
 			total := c.clients * c.each
+			t.Logf("%d refused packets: %d lines of refusals, %d counted in %d lines, %d log bytes in all", total, refusals, n, counts, len(logs.String()))
 			if refusals > c.maxLines || userOver == 0 || topic == 0 {
 				t.Errorf("%d lines of refusals (%d of user properties, %d of topics) for %d refused packets, want at most %d and one of each kind",
 					refusals, userOver, topic, total, c.maxLines)
@@ -282,5 +283,43 @@ func TestRefusedLogBounded(t *testing.T) {
 				t.Errorf("%d bytes of log, want at most 64 KiB", len(logs.String()))
 			}
 		})
+	}
+}
+
+// TestLogBudgetTick: when an interval ends, the tick writes the count of
+// a connection that asks no more and stays open, and the broker-wide
+// count, once each.
+func TestLogBudgetTick(t *testing.T) {
+	lb := &logBuf{}
+	now := time.Unix(1_000_000, 0)
+	budget := newLogBudget(zerolog.New(lb), LogLimit{PerClient: 2, Total: 3, Interval: 10 * time.Second})
+	budget.now = func() time.Time { return now }
+	var a logQuota
+	for range 5 {
+		budget.allow(&a, "a", refusedQuota) // 2 written, 3 left out
+	}
+	for range 4 {
+		budget.allow(nil, "", refusedQuota) // 1 written (the total), 3 left out
+	}
+	budget.tick()
+	if n, _ := suppressedIn(logLines(t, lb.String())); n != 0 {
+		t.Fatalf("counts written before the interval ended: %d", n)
+	}
+	now = now.Add(10 * time.Second)
+	budget.tick()
+	budget.tick()
+	lines := logLines(t, lb.String())
+	var byClient []string
+	for _, l := range lines {
+		if v, ok := l["suppressed"].(float64); ok {
+			byClient = append(byClient, fmt.Sprintf("%v=%v", l["client"], v))
+		}
+	}
+	if got := strings.Join(byClient, " "); got != "<nil>=3 a=3" {
+		t.Errorf("counts %q, want the broker-wide 3, then a's 3", got)
+	}
+	budget.closed(&a, "a")
+	if n, c := suppressedIn(logLines(t, lb.String())); n != 6 || c != 2 {
+		t.Errorf("after the close: %d counted in %d lines, want 6 in 2", n, c)
 	}
 }
