@@ -115,6 +115,7 @@ type Broker struct {
 	adopting atomic.Pointer[func(cl *mqtt.Client)]
 
 	stats      Stats
+	logs       *logBudget    // bounds the log lines of refused requests (loglimit.go)
 	meter      *meters       // Prometheus figures (metrics.go)
 	healthWait time.Duration // how long Health waits for the loop and the store
 }
@@ -177,6 +178,7 @@ func New(opts Options) (*Broker, error) {
 		handing:   make(chan struct{}, handingAtOnce),
 		histReads: make(chan struct{}, 2),
 		guesses:   newGuesses(opts.GuessLimit, opts.GuessWindow),
+		logs:      newLogBudget(opts.Log, opts.RefusalLog),
 	}
 	if opts.Cluster != nil {
 		if opts.Store == nil || opts.Cluster.Log == nil {
@@ -201,6 +203,7 @@ func New(opts Options) (*Broker, error) {
 		// expiry of what it delivers itself: prepare): mochi reads the
 		// clock only for what it retains or delivers itself.
 		CreatedOnDemand: true,
+		LogRefusal:      b.logRefusal,
 	})
 	b.meter, b.healthWait = newMeters(b), healthWait
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
@@ -500,6 +503,7 @@ func (b *Broker) shutdown() error {
 		return true
 	})
 	waitTimeout(&b.writers, 5*time.Second)
+	b.logs.flush() // the count of log lines left out lately
 	b.log.Info().Msg("mote broker stopped")
 	return errors.Join(errs...)
 }

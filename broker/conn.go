@@ -62,9 +62,10 @@ type conn struct {
 	// Touched only by an MQTT connection's read goroutine, where mochi runs
 	// the hooks of one packet in order.
 	pendingTopic string // the topic of the publish OnPacketRead took aside
-	pendingErr   error
-	levels       int  // filter levels of the session's subscriptions, in all
-	pacedProps   bool // a paced property-form tree subscription was filed: see propFiled
+	levels       int    // filter levels of the session's subscriptions, in all
+	pacedProps   bool   // a paced property-form tree subscription was filed: see propFiled
+
+	logs logQuota // its share of Broker.logs (c.p.logs points here): guarded by Broker.logs.mu
 }
 
 // endpoint is where a conn's writer writes: an MQTT client, or a door
@@ -107,6 +108,7 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	if c.id == "" {
 		c.id = c.key
 	}
+	c.p.logs = &c.logs
 	c.q.start = c.startWriter
 	b.writers.Add(1) // done by the writer that does the finishing duties
 	return c

@@ -394,6 +394,15 @@
 //     names a packet (mqtt.LogPacket) and cuts what a client sent
 //     (mqtt.LogString, truncate), and the slog bridge caps every value of
 //     mochi's lines at 1 KiB (slogValueMax).
+//   - Log lines of refused packets (mochi change 69): mochi wrote a Warn
+//     line for every packet refused for its User Properties, and the
+//     broker one for every refused request (Broker.refuse), so a client
+//     looping refused packets filled the disk through the log (48.8 MB in
+//     8 s). Each such line now asks a logBudget (loglimit.go; mochi through
+//     Options.LogRefusal): Options.RefusalLog lines per connection and for
+//     the broker in each interval, the first of each refusal reason kept,
+//     the rest counted in one suppressed=K line and in
+//     mote_log_lines_suppressed_total.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
 //     the broker's deliveries' in one in-flight map, so a client's QoS 1/2
 //     PUBLISH, PUBREL, SUBSCRIBE or UNSUBSCRIBE with the id of an
@@ -432,7 +441,10 @@
 //     each but User Property, no Subscription Identifier or Receive
 //     Maximum of 0, none past its length: 0x82 or 0x81), as are a shared
 //     No Local and a wildcard Response Topic (0x82) and an alias-only
-//     PUBLISH of an alias never set (0x82); an MQTT 5 Variable Byte
+//     PUBLISH of an alias never set (0x82); a Topic Alias is set by
+//     every PUBLISH that carries one with a topic, refused or not (change
+//     70; OnPacketRead sets it for the publishes it takes aside), so an
+//     alias-only PUBLISH is refused as its topic was; an MQTT 5 Variable Byte
 //     Integer in more bytes than it needs is Malformed (0x81; a 3.1.1
 //     Remaining Length so encoded is read as its value, as Mosquitto
 //     reads it), an MQTT 5 CONNECT that does not decode gets CONNACK
@@ -562,6 +574,5 @@
 // # Caveats
 //
 // Retained rows never expire (SPEC §1): the MQTT 5 Message Expiry Interval
-// of a retained publish is not applied to the row. Topic aliases cannot
-// name a Mote topic.
+// of a retained publish is not applied to the row.
 package broker

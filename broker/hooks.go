@@ -6,6 +6,7 @@ import (
 	"math"
 	"strings"
 	"sync/atomic"
+	"unicode/utf8"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
@@ -46,13 +47,24 @@ func (h *hook) Provides(b byte) bool {
 // client has one, and a client without one MUST NOT send AUTH (§4.12): a
 // Protocol Error, DISCONNECT 0x82 (mochi ignored it).
 func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	h.b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	if h.b.logs.allow(h.quota(cl), cl.ID, refusedOther) {
+		h.b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	}
 	return pk, packets.ErrProtocolViolation
 }
 
 // mqttPrincipal is who an MQTT client acts as.
 func mqttPrincipal(cl *mqtt.Client) Principal {
 	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: isOriginal(cl.Net.Listener)}
+}
+
+// quota is the log quota of cl's connection (logBudget), nil while it
+// has none.
+func (h *hook) quota(cl *mqtt.Client) *logQuota {
+	if c := h.conn(cl); c != nil {
+		return c.p.logs
+	}
+	return nil
 }
 
 // conn is cl's connection while it is filed (Broker.conns), else nil. The
@@ -77,7 +89,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	p := mqttPrincipal(cl)
 	v5 := cl.Properties.ProtocolVersion == 5
 	refuse := func(code packets.Code, why string) error {
-		b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
+		if b.logs.allow(nil, cl.ID, refusalReasonOf(code, nil)) {
+			b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
+		}
 		if !v5 {
 			code = v3Connack(code)
 		}
@@ -170,7 +184,9 @@ func (b *Broker) takeoverCheck(old, cl *mqtt.Client, _ packets.Packet) mqtt.Take
 	}
 	if b.takeoverRefused(old) {
 		b.countRefusal(refusedClientID)
-		b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(userOf(cl), 200)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
+		if b.logs.allow(nil, cl.ID, refusedClientID) {
+			b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(userOf(cl), 200)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
+		}
 		return mqtt.Takeover{Refuse: true, Code: packets.ErrClientIdentifierNotValid}
 	}
 	return mqtt.Takeover{Fresh: true}
@@ -411,6 +427,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		return
 	}
 	c := v.(*conn)
+	b.logs.closed(&c.logs, cl.ID) // the count of its log lines left out
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.CompareAndSwap(c, nil)
 	}
@@ -448,36 +465,70 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 	if o, ok := c.outOf(); ok && o.ids.begin(cl, pk) {
 		return packets.ErrRejectPacket // the connection was taken over: ends its read loop
 	}
+	if pk.Properties.UserOverLimit && (pk.FixedHeader.Type == packets.Publish || pk.FixedHeader.Type == packets.Subscribe) {
+		h.b.countRefusal(refusedQuota) // mochi refuses it (PUBACK, SUBACK 0x97): refuseUserOver
+	}
 	if pk.FixedHeader.Type != packets.Publish {
 		return nil
 	}
 	c.pendingTopic = ""
-	if pk.Properties.TopicAliasFlag && len(pk.TopicName) > h.b.opts.MaxTopicLen {
-		// Not kept as an alias: the door refuses the topic anyway.
+	alias, aliased := pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag && validAlias(pk.Properties.TopicAlias)
+	if aliased && len(pk.TopicName) > h.b.opts.MaxTopicLen+maxPrefixLen {
+		// The door refuses the topic; its alias is set all the same
+		// [MQTT-3.3.2-12], to a cut topic, refused so too (aliasTopic).
+		cl.State.TopicAliases.Inbound.Set(alias, aliasTopic(pk.TopicName, h.b.opts.MaxTopicLen))
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+		aliased = false
 	}
-	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) || (c.p.original && wire.HasWildcard(pk.TopicName)) {
-		topic := pk.TopicName
-		if topic == "" && pk.Properties.TopicAliasFlag {
-			// Alias only (mote=tree on a plain topic: no alias names a
-			// Mote topic): the topic is the alias's. One never set is
-			// left to mochi, which refuses it (DISCONNECT 0x82).
-			t, ok := cl.State.TopicAliases.Inbound.Get(pk.Properties.TopicAlias)
-			if !ok {
-				return nil
-			}
-			topic = t
+	topic := pk.TopicName
+	if topic == "" && aliased {
+		// Alias only: the topic is the alias's. One never set is left to
+		// mochi, which refuses it (DISCONNECT 0x82).
+		t, ok := cl.State.TopicAliases.Inbound.Get(alias)
+		if !ok {
+			return nil
 		}
-		if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
-			c.pendingErr = errAlias
-		} else {
-			c.pendingErr = nil
+		topic = t
+	}
+	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(topic) || (c.p.original && wire.HasWildcard(topic)) {
+		if aliased {
+			// Set here, as mochi would set it, whatever becomes of the
+			// publish: a topic the door refuses is refused again by its
+			// alias (§3.3.2.3.4: the receiver records the mapping of every
+			// PUBLISH with a Topic Alias and a topic).
+			if pk.TopicName != "" {
+				cl.State.TopicAliases.Inbound.Set(alias, topic)
+			}
+			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 		}
 		c.pendingTopic = topic
 		pk.TopicName = internalPublish
-		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}
 	return nil
+}
+
+// validAlias reports whether a PUBLISH's Topic Alias is one a client may
+// set (1 to maxTopicAliases); mochi refuses any other (DISCONNECT 0x94,
+// PublishValidate) after OnPacketRead.
+func validAlias(a uint16) bool { return a > 0 && a <= maxTopicAliases }
+
+// maxPrefixLen is more than the longest prefix of a Mote publish
+// ("$tree.msgpack.replace/"): the door bounds a Mote topic's length
+// without it.
+const maxPrefixLen = 64
+
+// aliasTopic is what an inbound topic alias keeps of a topic longer than
+// maxLen+maxPrefixLen bytes, which the door refuses (over
+// max_topic_length with any prefix): its first maxLen+maxPrefixLen+1
+// bytes, to the end of a rune, still refused for its length, and never
+// more than a topic the door accepts could hold (a topic may be as
+// long as a packet).
+func aliasTopic(topic string, maxLen int) string {
+	n := maxLen + maxPrefixLen + 1
+	for n < len(topic) && !utf8.RuneStart(topic[n]) {
+		n++
+	}
+	return topic[:n]
 }
 
 // levelsPerSubscription is the filter levels a client may have on average
@@ -513,9 +564,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 	}
 	var err error
 	if pk.TopicName == internalPublish {
-		m.Topic, err = c.pendingTopic, c.pendingErr
-		c.pendingTopic, c.pendingErr = "", nil
-		if m.Topic == "" && err == nil {
+		m.Topic = c.pendingTopic
+		c.pendingTopic = ""
+		if m.Topic == "" {
 			err = wire.ErrReservedf("%q is the broker's own topic", internalPublish)
 			m.Topic = internalPublish
 		}

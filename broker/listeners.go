@@ -38,7 +38,9 @@ func (b *Broker) guard(id string, c net.Conn) {
 	nc := b.wrap(c)
 	nc.original = isOriginal(id)
 	if !b.handshakes.begin(nc.host) {
-		b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
+		if b.logs.allow(nil, "", refusedRate) {
+			b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
+		}
 		c.Close()
 		return
 	}

@@ -271,6 +271,7 @@ func newMeters(b *Broker) *meters {
 	counter("mote_panics_recovered_total", "Connections closed after a recovered panic.", func() int64 { return b.stats.Panics.Load() })
 	counter("mote_publishes_applied_total", "Publishes applied by the message loop.", func() int64 { return b.stats.OpsApplied.Load() })
 	counter("mote_publishes_throttled_total", "Publishes that waited for the disk.", func() int64 { return b.stats.Throttled.Load() })
+	counter("mote_log_lines_suppressed_total", "Log lines of refused requests left out: past refusal_log's bounds.", b.logs.skipped.Load)
 	counter("mote_deltas_folded_total", "Deltas folded into one still waiting for its client.", func() int64 { return b.stats.Folded.Load() })
 
 	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mote_loop_batch_requests",

@@ -116,6 +116,7 @@ var families = map[string]string{
 	"mote_publishes_applied_total":          "counter",
 	"mote_publishes_throttled_total":        "counter",
 	"mote_deltas_folded_total":              "counter",
+	"mote_log_lines_suppressed_total":       "counter",
 	"mote_loop_batch_requests":              "histogram",
 	"mote_loop_batch_duration_seconds":      "histogram",
 	"mote_retainer_commits_total":           "counter",

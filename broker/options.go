@@ -82,7 +82,7 @@ type Options struct {
 	// bound. A PUBLISH or SUBSCRIBE past either is refused with reason
 	// 0x97 Quota exceeded (PUBACK, PUBREC, SUBACK; a QoS 0 PUBLISH is
 	// dropped), a CONNECT with CONNACK 0x97, any other packet with
-	// DISCONNECT 0x97; each with a Warn line. Their decoding then keeps
+	// DISCONNECT 0x97; each with a Warn line (within RefusalLog). Their decoding then keeps
 	// none of them, so a packet costs the bound, not its size.
 	MaxUserProperties    int
 	MaxUserPropertyBytes int
@@ -184,6 +184,16 @@ type Options struct {
 	MaxSubscriptions          int
 	MaxSubscriptionsPerPacket int
 
+	// RefusalLog bounds the log lines that requests refused one at a time
+	// write (a refused publish, subscription or CONNECT, a packet over the
+	// user property bounds, one that ends its connection), so that a
+	// client looping refused packets cannot fill the disk through the
+	// log: default 10 lines per connection and 100 for the broker in each
+	// 10 s; the first line of each reason is kept, and the lines left out
+	// are counted in one line (suppressed=K) and in
+	// mote_log_lines_suppressed_total.
+	RefusalLog LogLimit
+
 	// Takeover decides what a client gets that connects with the client
 	// id of a session another username made; default TakeoverRefuse.
 	Takeover TakeoverPolicy
@@ -244,9 +254,20 @@ const (
 	DefaultMaxSessions               = DefaultMaxClients
 	DefaultMaxSubscriptionsPerPacket = 1_000
 	DefaultResumeWindow              = 1_000_000
+	DefaultRefusalLogPerClient       = 10
+	DefaultRefusalLogTotal           = 100
+	DefaultRefusalLogInterval        = 10 * time.Second
 	// MaxTopicLenLimit is the largest MaxTopicLen: the store's longest key.
 	MaxTopicLenLimit = retain.MaxTopic
 )
+
+// LogLimit bounds log lines: PerClient for each connection and Total for
+// the broker in each Interval. Zero: the default; negative: no bound.
+type LogLimit struct {
+	PerClient int
+	Total     int
+	Interval  time.Duration
+}
 
 // withDefaults fills in defaults and checks values.
 func (o Options) withDefaults() (Options, error) {
@@ -307,6 +328,11 @@ func (o Options) withDefaults() (Options, error) {
 	def(&o.MaxOfflineBytes, DefaultMaxOfflineBytes)
 	def(&o.MaxSessions, DefaultMaxSessions)
 	def(&o.MaxSubscriptionsPerPacket, DefaultMaxSubscriptionsPerPacket)
+	def(&o.RefusalLog.PerClient, DefaultRefusalLogPerClient)
+	def(&o.RefusalLog.Total, DefaultRefusalLogTotal)
+	if o.RefusalLog.Interval <= 0 {
+		o.RefusalLog.Interval = DefaultRefusalLogInterval
+	}
 	if o.Takeover == "" {
 		o.Takeover = TakeoverRefuse
 	}

@@ -33,6 +33,7 @@ func (b *Broker) sysTicker(last map[string]string) {
 		}
 		b.offline.prune(func(cl *mqtt.Client) bool { cur, ok := b.server.Clients.Get(cl.ID); return ok && cur == cl })
 		b.arriving.sweep(b)
+		b.logs.tick() // the counts of log lines left out, of intervals that ended
 		b.keptIn.prune(&b.server.Info.Inflight, b.server.Clients.Get)
 		b.parked.Range(func(k, _ any) bool {
 			if k.(*conn).unpark() {

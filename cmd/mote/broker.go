@@ -73,6 +73,13 @@ type config struct {
 	SyncRetain                bool          `yaml:"sync_retain"`
 	PasswordFile              string        `yaml:"password_file"`
 	ACLFile                   string        `yaml:"acl_file"`
+	// RefusalLog bounds the log lines of refused requests
+	// (broker.Options.RefusalLog); zero values are the defaults.
+	RefusalLog struct {
+		PerClient int           `yaml:"per_client"`
+		Total     int           `yaml:"total"`
+		Interval  time.Duration `yaml:"interval"`
+	} `yaml:"refusal_log"`
 	// HTTP bounds the HTTP API's use of the machine (docs/http.md); zero
 	// values are httpapi's defaults.
 	HTTP struct {
@@ -271,6 +278,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxSubscriptionsPerPacket: cfg.MaxSubscriptionsPerPacket,
 		MaxUserProperties:         cfg.MaxUserProperties,
 		MaxUserPropertyBytes:      cfg.MaxUserPropertyBytes,
+		RefusalLog:                broker.LogLimit(cfg.RefusalLog),
 	}
 	if *maxKeepAlive > 0 {
 		if *maxKeepAlive > 65535 {
