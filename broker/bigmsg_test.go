@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -161,6 +162,74 @@ func TestSteadyBigReader(t *testing.T) {
 				}
 			}
 			t.Logf("read in %v", time.Since(start))
+		})
+	}
+}
+
+// TestQueueTakingWrite: the rule TestSteadyBigReader needs, on a queue on
+// its own. Nothing is taken from the queue and no write returns; the
+// client's TCP stack (acked) takes bytes of the write in progress at a
+// given pace. One taking them steadily keeps its publisher waiting, not
+// stalled, for many patiences, until room is made; one whose stack takes
+// nothing, or trickles (well under creditBytes a second), is stalled as
+// before. Without the look at its TCP stack the first was stalled after
+// one patience.
+func TestQueueTakingWrite(t *testing.T) {
+	const patience = 300 * time.Millisecond
+	cases := []struct {
+		name string
+		step uint64 // bytes the stack takes every 2 ms
+		want pushResult
+	}{
+		{"taking 2 MB/s", 4 << 10, pushed},
+		{"taking nothing", 0, pushStalled},
+		{"trickling 2 KB/s", 4, pushStalled},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			q := newOutQueue(1000, patience) // room for 4 items of 201 bytes
+			defer q.close()
+			var acked atomic.Uint64
+			q.acked = func() (uint64, bool) { return acked.Load(), true }
+			for range 4 {
+				if r := q.put(waitItem(), pubWait{}); r != pushed {
+					t.Fatalf("filling: %v", r)
+				}
+			}
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() { // the client's TCP stack
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(2 * time.Millisecond):
+						acked.Add(tc.step)
+					}
+				}
+			}()
+			res := make(chan pushResult, 1)
+			start := time.Now()
+			go func() { res <- q.put(waitItem(), pubWait{deadline: start.Add(testTimeout)}) }()
+			ctx := testCtx(t)
+			if tc.want == pushed {
+				select {
+				case r := <-res:
+					t.Fatalf("put: %v after %v, want it waiting while the client's stack takes bytes", r, time.Since(start))
+				case <-time.After(5 * patience):
+				}
+				if got := len(q.take(nil, 1)); got != 1 { // room: the waiting publisher's message is queued
+					t.Fatalf("took %d items, want 1", got)
+				}
+			}
+			select {
+			case r := <-res:
+				if r != tc.want {
+					t.Errorf("put: %v after %v, want %v", r, time.Since(start), tc.want)
+				}
+			case <-ctx.Done():
+				t.Fatal("the publisher still waits")
+			}
 		})
 	}
 }
