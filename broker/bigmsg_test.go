@@ -103,7 +103,7 @@ func TestSteadyBigReader(t *testing.T) {
 		{"QoS 1 at 3 MB/s, 8 MiB queue", 1, 3000 << 10, 16 << 10, 0, 8 << 20, 64, false},
 		{"QoS 0 at 3 MB/s, 1 MiB queue", 0, 3000 << 10, 16 << 10, 0, 1 << 20, 40, false},
 		{"QoS 0, stops after 2 MiB", 0, 3000 << 10, 16 << 10, 2 << 20, 1 << 20, 40, true},
-		{"QoS 0, trickles 2 KB/s", 0, 2 << 10, 64, 0, 1 << 20, 40, true},
+		{"QoS 0, trickles a byte a ms", 0, 1000, 1, 0, 1 << 20, 40, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -198,10 +198,10 @@ type outQueue struct {
 	// TCP on Linux, a queue on its own in tests). ackedAt is what it read
 	// at the last look, at lookedAt (lookLocked: when the queue is found
 	// full, when the client is written while publishers wait, and by
-	// takingLocked);
-	// early is what takingLocked counted as written that the writes
-	// themselves have not yet paid back (wrote): the acknowledged bytes
-	// were counted once already, as their writes returned, or will be.
+	// takingLocked); early is what takingLocked counted as written that
+	// the writes themselves have not yet paid back (wrote): the bytes
+	// acknowledged were counted once already, as their writes returned,
+	// or will be.
 	acked    func() (uint64, bool)
 	ackedAt  uint64
 	lookedAt time.Time
@@ -337,17 +337,17 @@ func (q *outQueue) dueLocked(now time.Time) bool {
 // though no write returned (the writer waits in one for the kernel's
 // room). Those bytes earn credit as written ones do, the client counts as
 // written now (lastWrote), and the wall-time clock starts again (the
-// queue is still full). It reports whether they did (mu held). Nothing
-// else changes: a client that stops reading is stalled a patience after
-// its TCP stack stopped taking bytes, and one that trickles earns what
-// its bytes earn, as before (creditBytes).
-func (q *outQueue) takingLocked(now time.Time) bool {
+// queue is still full) (mu held). Nothing else changes: a client that
+// stops reading is stalled a patience after its TCP stack stopped taking
+// bytes (two at most: lookLocked), and one that trickles earns what its
+// bytes earn, as before (creditBytes).
+func (q *outQueue) takingLocked(now time.Time) {
 	if q.acked == nil {
-		return false
+		return
 	}
 	a, ok := q.acked()
 	if !ok || a < q.ackedAt+creditMsg {
-		return false
+		return
 	}
 	d := int64(a - q.ackedAt)
 	q.ackedAt, q.lookedAt = a, now
@@ -356,7 +356,6 @@ func (q *outQueue) takingLocked(now time.Time) bool {
 	if !q.fullAt.IsZero() {
 		q.fullAt = now
 	}
-	return true
 }
 
 // lookLocked notes what the client's TCP stack has acknowledged so far,
