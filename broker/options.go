@@ -126,8 +126,11 @@ type Options struct {
 	// again. A client whose queue has been full for PublishWait with
 	// nothing written to it is out of credit too, whoever waited: clients
 	// that stop reading together cost publishers about one PublishWait,
-	// not one each. A message that does not get room is dropped or disconnects
-	// the client: SlowClient.
+	// not one each. For a plain TCP client on Linux, what its TCP stack
+	// acknowledged of a write still in progress counts as written (the
+	// kernel may hold one write longer than PublishWait while the client
+	// reads steadily). A message that does not get room is dropped or
+	// disconnects the client: SlowClient.
 	QueueBytes  int
 	PublishWait time.Duration
 	SlowClient  SlowPolicy // default SlowDrop
