@@ -407,6 +407,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		b.byID.CompareAndDelete(cl.ID, c)
 	}
 	c.close()
+	c.releaseSnapshots() // what its snapshots not yet written held of the budget
 	c.finish(true, keep)
 	b.reqs.push(request{kind: reqDetach, owner: c.key})
 }
@@ -676,9 +677,27 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			}
 			continue
 		}
+		var guess int64
+		if sf.Mode == wire.Sync {
+			// Its snapshot's room in the broker's budget, before the SUBACK
+			// grants it (snapBudget).
+			var ok bool
+			if guess, ok = h.b.snapshotGuess(c.q.done.wait(), sf.Filter, h.b.snaps.max); !ok || !c.b.snaps.take(guess) {
+				h.b.refuse(c.p, "subscribe", f.Filter, h.b.errSnapshotsFull(guess))
+				h.b.unfile(cl, f.Filter)
+				codes[i] = packets.ErrQuotaExceeded.Code
+				if !c.v5 {
+					codes[i] = packets.ErrUnspecifiedError.Code
+				}
+				continue
+			}
+		}
 		if sf.Mode != wire.Plain {
 			h.b.dropOtherForms(c, cl, f.Filter, sf)
-			h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier, topts)
+			st := h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier, topts)
+			if guess > 0 {
+				c.heldSnapshot(st, guess) // the writer is held: it cannot have taken the snapshot yet
+			}
 			continue
 		}
 		// Retained rows for a plain subscription [MQTT-3.3.1-9..11]: none for
@@ -878,7 +897,7 @@ func (b *Broker) dropOtherForms(c *conn, cl *mqtt.Client, internal string, sf wi
 }
 
 // subscribeTree hands a tree subscription mochi granted to the loop.
-func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) {
+func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) *treeSub {
 	st := &treeSub{c: c, mode: sf.Mode, id: id, await: sf.Mode == wire.Sync || sf.Mode == wire.Hist, interval: sf.Interval}
 	switch sf.Mode {
 	case wire.Sync:
@@ -897,6 +916,7 @@ func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos
 	if !b.reqs.push(request{kind: reqSubscribe, sub: st}) {
 		b.subsSent.Add(-1)
 	}
+	return st
 }
 
 // isTreeFilter reports whether a filter as mochi knows it is a tree

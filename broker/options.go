@@ -130,8 +130,15 @@ type Options struct {
 	// the client: SlowClient.
 	QueueBytes  int
 	PublishWait time.Duration
-	SlowClient  SlowPolicy // default SlowDrop
-	LoopQueue   int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000
+	// MaxSnapshotBytes bounds the bytes of $sync snapshots (and $hist
+	// answers, resume deltas) held for MQTT clients, all together, from
+	// the SUBSCRIBE (by an estimate from the rows matching) until they
+	// are written; a SUBSCRIBE whose snapshot does not fit is refused,
+	// SUBACK 0x97 (MQTT 3.1.1: 0x80), with a report. One snapshot fits
+	// when none is held, however large. Default 256 MiB.
+	MaxSnapshotBytes int64
+	SlowClient       SlowPolicy // default SlowDrop
+	LoopQueue        int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000
 	// LoopBudget bounds how far the message loop may be behind, in its
 	// own time: publishers wait once the publishes waiting for it would
 	// take it about this long to run, at what the last ones' rows cost
@@ -238,6 +245,7 @@ const (
 	DefaultMaxConnectSize            = 64 << 10
 	DefaultWriteTimeout              = 10 * time.Second
 	DefaultQueueBytes                = 8 << 20
+	DefaultMaxSnapshotBytes          = 256 << 20
 	DefaultPublishWait               = time.Second
 	DefaultMaxSubscriptions          = 10_000
 	DefaultMaxOfflineBytes           = 256 << 20
@@ -292,6 +300,9 @@ func (o Options) withDefaults() (Options, error) {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
 	def(&o.QueueBytes, DefaultQueueBytes)
+	if o.MaxSnapshotBytes <= 0 {
+		o.MaxSnapshotBytes = DefaultMaxSnapshotBytes
+	}
 	if o.PublishWait == 0 {
 		o.PublishWait = DefaultPublishWait
 	}
