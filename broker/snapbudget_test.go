@@ -1,0 +1,126 @@
+package broker
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// subscribeCode sends one SUBSCRIBE of filter and returns its SUBACK's
+// reason code, reading (and dropping) what comes before it.
+func (r *raw) subscribeCode(id uint16, filter string) byte {
+	body := binary.BigEndian.AppendUint16(nil, id)
+	if r.v5 {
+		body = append(body, 0)
+	}
+	body = binary.BigEndian.AppendUint16(body, uint16(len(filter)))
+	body = append(append(body, filter...), 0)
+	r.write(append(append([]byte{0x82}, varint(len(body))...), body...))
+	for {
+		if typ, b := r.read(); typ == packets.Suback {
+			return b[len(b)-1]
+		}
+	}
+}
+
+// waitSnapshotBytes waits, for testTimeout at most, until the broker
+// counts n bytes of snapshots held.
+func waitSnapshotBytes(t *testing.T, b *Broker, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for {
+		held, _, _ := b.snaps.stats()
+		if held == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("snapshot bytes held: %d, want %d", held, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestSnapshotBudget: $sync subscribers that never read hold their
+// snapshots until the write timeout; the broker counts them against
+// MaxSnapshotBytes and refuses the SUBSCRIBEs past it (MQTT 5 SUBACK
+// 0x97, 3.1.1 0x80). Once they went, a client that reads gets its
+// snapshot, and the budget is whole again once it is written. Without
+// the budget every subscriber held its snapshot (20 of them on a
+// 13 MB tree: 786 MB of RSS, h32 get-huge).
+func TestSnapshotBudget(t *testing.T) {
+	const (
+		rows  = 20_000 // a 20 MB snapshot: more than loopback's socket buffers take
+		limit = 64 << 20
+		n     = 8
+	)
+	for _, tc := range []struct {
+		v    byte
+		want byte
+	}{
+		{5, packets.ErrQuotaExceeded.Code},
+		{4, packets.ErrUnspecifiedError.Code},
+	} {
+		t.Run(fmt.Sprintf("v%d", tc.v), func(t *testing.T) {
+			b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
+			value := []byte(`"` + strings.Repeat("x", 1000) + `"`)
+			for i := range rows {
+				loadRow(b, fmt.Sprintf("snap/r%04d", i), string(value))
+			}
+			if err := b.Sync(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			var granted, refused int
+			var stalled []*raw
+			for i := range n {
+				r := dialRaw(t, b, fmt.Sprint("stall", i), tc.v, true, packets.Properties{})
+				r.c.(*net.TCPConn).SetReadBuffer(4096)
+				switch code := r.subscribeCode(1, "$sync/snap/#"); code {
+				case 0:
+					granted++
+				case tc.want:
+					refused++
+				default:
+					t.Errorf("subscriber %d: SUBACK %#x, want 0 or %#x", i, code, tc.want)
+				}
+				stalled = append(stalled, r) // and never read again
+				if held, _, _ := b.snaps.stats(); held > limit {
+					t.Errorf("after subscriber %d: %d snapshot bytes held, over the limit %d", i, held, limit)
+				}
+			}
+			_, peak, _ := b.snaps.stats()
+			t.Logf("%d granted, %d refused; at most %d KiB held", granted, refused, peak>>10)
+			if granted == 0 || refused == 0 || peak > limit {
+				t.Errorf("%d granted, %d refused, %d bytes held at most: want some of each, at most %d", granted, refused, peak, limit)
+			}
+
+			for _, r := range stalled {
+				r.c.Close()
+			}
+			waitSnapshotBytes(t, b, 0) // they went: what they held is given back
+			r := dialRaw(t, b, "reader", tc.v, true, packets.Properties{})
+			if code := r.subscribeCode(1, "$sync/snap/#"); code != 0 {
+				t.Fatalf("the reading client's SUBACK: %#x", code)
+			}
+			typ, body := r.read()
+			if typ != packets.Publish {
+				t.Fatalf("after SUBACK: packet type %d, want the snapshot", typ)
+			}
+			at := 2 + int(binary.BigEndian.Uint16(body)) // topic; QoS 0: no packet id
+			if tc.v == 5 {
+				props, k := binary.Uvarint(body[at:]) // lengths below 128 bytes per varint byte: as MQTT's
+				at += k + int(props)
+			}
+			var snap map[string]any
+			if err := json.Unmarshal(body[at:], &snap); err != nil || len(snap) != rows {
+				t.Fatalf("the snapshot: %d rows (%v), want %d", len(snap), err, rows)
+			}
+			waitSnapshotBytes(t, b, 0) // written: given back
+		})
+	}
+}
