@@ -300,7 +300,7 @@ func (o Options) withDefaults() (Options, error) {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
 	def(&o.QueueBytes, DefaultQueueBytes)
-	if o.MaxSnapshotBytes <= 0 {
+	if o.MaxSnapshotBytes == 0 {
 		o.MaxSnapshotBytes = DefaultMaxSnapshotBytes
 	}
 	if o.PublishWait == 0 {
@@ -331,7 +331,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: slow client policy %q: want drop or disconnect", o.SlowClient)
 	case o.Takeover != TakeoverRefuse && o.Takeover != TakeoverFresh:
 		return o, fmt.Errorf("broker: client id takeover policy %q: want refuse or fresh", o.Takeover)
-	case o.QueueBytes < 1 || o.LoopQueue < 1 || o.MaxClients < 1 || o.MaxSubscriptions < 1 || o.MaxSubscriptionsPerPacket < 1 || o.MaxConnectSize < 1:
+	case o.QueueBytes < 1 || o.MaxSnapshotBytes < 1 || o.LoopQueue < 1 || o.MaxClients < 1 || o.MaxSubscriptions < 1 || o.MaxSubscriptionsPerPacket < 1 || o.MaxConnectSize < 1:
 		return o, fmt.Errorf("broker: sizes and counts must be positive")
 	case o.PublishWait < 0 || o.ConnectTimeout < 0 || o.WriteTimeout < 0 || o.LoopBudget < 0:
 		return o, fmt.Errorf("broker: durations must not be negative")

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -295,6 +296,11 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	}
 	if !active {
 		return nil, nil // unsubscribed or replaced meanwhile
+	}
+	if n := len(first.payload); n > flushAt && cap(first.payload)-n > n/8 {
+		// The encoder grew it by doubling: held until the client has read
+		// it, its spare room would be up to as large again.
+		first.payload = bytes.Clone(first.payload)
 	}
 	ts := st.ts
 	switch {
