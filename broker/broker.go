@@ -98,6 +98,7 @@ type Broker struct {
 	stop        chan struct{}  // closed by Close: stops the $SYS ticker
 	splits      chan struct{}  // snapshots being split, at most its capacity at once
 	snaps       snapBudget     // bytes of snapshots held for MQTT clients (MaxSnapshotBytes)
+	shares      snapShares     // snapshots being written, shared by the subscriptions asking for the same
 	snapGuesses chan struct{}  // snapshot estimates walking the tree, at most its capacity at once
 	handing     chan struct{}  // writers reading their replays' rest for the session (handReplaysOn), at most its capacity at once
 	writers     sync.WaitGroup // connections whose writer has not done its finishing duties

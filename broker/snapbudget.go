@@ -1,8 +1,11 @@
 package broker
 
 import (
+	"bytes"
+	"strings"
 	"sync"
 
+	"github.com/mote-mqtt/mote/tree"
 	"github.com/mote-mqtt/mote/wire"
 )
 
@@ -80,9 +83,12 @@ func (c *conn) heldSnapshot(st *treeSub, n int64) {
 	h.held[st] += n
 }
 
-// resizeSnapshot counts st's first message by n, its size once built,
-// in place of what st held (its estimate, or nothing: a resumed
-// session's subscription, made without a SUBSCRIBE).
+// resizeSnapshot counts st's first message by n, its size once built
+// (its own bytes, not its shared snapshot's), in place of what st held
+// (its estimate, or nothing: a resumed session's subscription, made
+// without a SUBSCRIBE); and its shared snapshot, if no writer counted
+// it yet. In one step: the estimate and the snapshot built for it are
+// never both counted.
 func (c *conn) resizeSnapshot(st *treeSub, n int64) {
 	h := &c.snapHolds
 	h.mu.Lock()
@@ -93,8 +99,23 @@ func (c *conn) resizeSnapshot(st *treeSub, n int64) {
 	if h.held == nil {
 		h.held = make(map[*treeSub]int64)
 	}
-	c.b.snaps.add(n - h.held[st])
+	c.b.snaps.add(n - h.held[st] + c.b.shares.count(st.shared.Load()))
 	h.held[st] = n
+}
+
+// count is sh's size the first time it is asked, then 0: a shared
+// snapshot is counted once, until its last writer lets it go.
+func (s *snapShares) count(sh *sharedSnap) int64 {
+	if sh == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sh.counted {
+		return 0
+	}
+	sh.counted = true
+	return int64(len(sh.payload))
 }
 
 // releaseSnapshot gives back what st held: its first message was
@@ -151,4 +172,119 @@ func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) 
 // the budget (a quota refusal: 0x97).
 func (b *Broker) errSnapshotsFull(guess int64) error {
 	return errQuotaf("the broker is writing as many snapshots as it may hold (%d MiB at most at once; this one about %d KiB): subscribe again later, or to a narrower filter", b.snaps.max>>20, guess>>10)
+}
+
+// sharedSnap is one encoded snapshot written to every subscription that
+// asked for the same filter and codec, with no read check, while the
+// rows stayed the same: its bytes are never changed, held once whatever
+// the number of clients writing them, and counted once in the budget.
+type sharedSnap struct {
+	key     snapKey
+	rev     uint64 // the revision it was made at
+	gen     uint64 // the store's rows added and deleted then
+	payload []byte
+	refs    int  // guarded by snapShares.mu: the writers writing it
+	counted bool // guarded by snapShares.mu: in the budget (by the first writer to size its snapshot)
+}
+
+// snapKey names a snapshot: its filter and codec.
+type snapKey struct {
+	filter string
+	codec  wire.Codec
+}
+
+// snapShares are the shared snapshots being written. The loop makes and
+// finds them; the writers let go of them once written (release).
+type snapShares struct {
+	mu    sync.Mutex // guards byKey and every sharedSnap's refs
+	byKey map[snapKey]*sharedSnap
+}
+
+// sharedSnapshot is st's snapshot, shared with the other subscriptions
+// that asked for the same one while it is written, if none of the rows
+// it holds changed since it was made (loop only). The caller's writer
+// lets it go with releaseShared.
+func (b *Broker) sharedSnapshot(st *treeSub) *sharedSnap {
+	key := snapKey{filter: st.ts.Filter, codec: st.ts.Codec}
+	rev, gen := b.tree.Rev(), b.tree.Store().Gen()
+	s := &b.shares
+	s.mu.Lock()
+	sh := s.byKey[key]
+	s.mu.Unlock()
+	if sh != nil && b.sameRows(sh) {
+		s.mu.Lock()
+		sh.refs++
+		s.mu.Unlock()
+		return sh
+	}
+	payload := b.tree.Snapshot(st.ts.Filter, st.ts.Codec, nil)
+	if n := len(payload); n > flushAt && cap(payload)-n > n/8 {
+		// The encoder grew it by doubling: held until read, its spare
+		// room would be up to as large again.
+		payload = bytes.Clone(payload)
+	}
+	sh = &sharedSnap{key: key, rev: rev, gen: gen, payload: payload, refs: 1}
+	s.mu.Lock()
+	if s.byKey == nil {
+		s.byKey = make(map[snapKey]*sharedSnap)
+	}
+	s.byKey[key] = sh
+	s.mu.Unlock()
+	return sh
+}
+
+// releaseShared lets go of a shared snapshot once written (or not): the
+// last writer takes it out of the budget.
+func (b *Broker) releaseShared(sh *sharedSnap) {
+	if sh == nil {
+		return
+	}
+	s := &b.shares
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sh.refs--; sh.refs > 0 {
+		return
+	}
+	if s.byKey[sh.key] == sh {
+		delete(s.byKey, sh.key)
+	}
+	if sh.counted {
+		b.snaps.add(-int64(len(sh.payload)))
+	}
+}
+
+// takeShared takes st's shared snapshot away from it, for releaseShared:
+// nil if none (or taken already).
+func (st *treeSub) takeShared() *sharedSnap { return st.shared.Swap(nil) }
+
+// shares reports whether payload is st's shared snapshot.
+func (st *treeSub) shares(payload []byte) bool {
+	sh := st.shared.Load()
+	return sh != nil && len(payload) > 0 && len(sh.payload) > 0 && &payload[0] == &sh.payload[0]
+}
+
+// sharesSnapshots reports whether c may be given a shared snapshot: an
+// MQTT connection, which only reads it (a door session's callback might
+// keep or change what it gets).
+func (c *conn) sharesSnapshots() bool {
+	_, ok := c.out.(*mqttOut)
+	return ok
+}
+
+// sameRows reports whether sh still holds the rows its filter matches:
+// none was added or deleted (the store's Gen) and none matching changed
+// after sh's revision (a walk of the rows matching, which costs far less
+// than making the snapshot). A row changed without moving the revision
+// (a cluster node's own $SYS rows) could only be matched by a filter
+// beginning with $: those are never shared. Loop only.
+func (b *Broker) sameRows(sh *sharedSnap) bool {
+	if sh.gen != b.tree.Store().Gen() || sh.rev == 0 || strings.HasPrefix(sh.key.filter, "$") {
+		return false
+	}
+	same := true
+	b.tree.Store().Rows(sh.key.filter, sh.rev, func(tree.Entry) bool {
+		same = false
+		return false
+	})
+	return same
 }

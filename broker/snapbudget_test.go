@@ -75,12 +75,14 @@ func TestSnapshotBudget(t *testing.T) {
 			if err := b.Sync(testCtx(t)); err != nil {
 				t.Fatal(err)
 			}
+			// Snapshots of different filters or codecs: none shared.
+			filters := []string{"$sync/snap/#", "$sync/+/#", "$sync/#", "$sync/snap/+", "$sync.cbor/snap/#", "$sync.cbor/+/#", "$sync.cbor/#", "$sync.cbor/snap/+"}
 			var granted, refused int
 			var stalled []*raw
 			for i := range n {
 				r := dialRaw(t, b, fmt.Sprint("stall", i), tc.v, true, packets.Properties{})
 				r.c.(*net.TCPConn).SetReadBuffer(4096)
-				switch code := r.subscribeCode(1, "$sync/snap/#"); code {
+				switch code := r.subscribeCode(1, filters[i]); code {
 				case 0:
 					granted++
 				case tc.want:
@@ -122,5 +124,64 @@ func TestSnapshotBudget(t *testing.T) {
 			}
 			waitSnapshotBytes(t, b, 0) // written: given back
 		})
+	}
+}
+
+// sharedWriters waits, for testTimeout at most, until one shared
+// snapshot is being written to n clients; it returns its size.
+func sharedWriters(t *testing.T, b *Broker, n int) int64 {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for {
+		b.shares.mu.Lock()
+		refs, size := 0, int64(0)
+		for _, sh := range b.shares.byKey {
+			refs, size = sh.refs, int64(len(sh.payload))
+		}
+		entries := len(b.shares.byKey)
+		b.shares.mu.Unlock()
+		if entries == 1 && refs == n {
+			return size
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shared snapshots: %d, the last with %d writers; want 1 with %d", entries, refs, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestSnapshotShared: $sync subscribers that never read, asking for the
+// same snapshot while the rows stay the same, share one encoded copy,
+// counted once: all of them fit a budget that holds two copies and an
+// estimate (without sharing each counts its own ~20 MB copy: with
+// distinct filters TestSnapshotBudget gets 2 granted, 6 refused).
+func TestSnapshotShared(t *testing.T) {
+	const (
+		rows  = 20_000
+		limit = 64 << 20
+		n     = 8
+	)
+	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
+	value := `"` + strings.Repeat("x", 1000) + `"`
+	for i := range rows {
+		loadRow(b, fmt.Sprintf("snap/r%04d", i), value)
+	}
+	if err := b.Sync(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	var size int64
+	for i := range n {
+		r := dialRaw(t, b, fmt.Sprint("stall", i), 5, true, packets.Properties{})
+		r.c.(*net.TCPConn).SetReadBuffer(4096)
+		if code := r.subscribeCode(1, "$sync/snap/#"); code != 0 {
+			t.Fatalf("subscriber %d: SUBACK %#x, want 0", i, code)
+		}
+		size = sharedWriters(t, b, i+1) // its writer took the snapshot
+	}
+	waitSnapshotBytes(t, b, size) // counted once
+	_, peak, refused := b.snaps.stats()
+	t.Logf("one %d KiB snapshot for %d subscribers; at most %d KiB held", size>>10, n, peak>>10)
+	if refused != 0 || peak > limit {
+		t.Errorf("%d refused, %d bytes held at most: want none refused, at most %d", refused, peak, limit)
 	}
 }

@@ -279,7 +279,10 @@ func (c *conn) write(m item) error {
 	case *snapshotItem:
 		// What it holds of the snapshot budget goes once it is written
 		// (flushed), or will never be.
-		defer c.releaseSnapshot(m.sub)
+		defer func() {
+			c.b.releaseShared(m.sub.takeShared())
+			c.releaseSnapshot(m.sub)
+		}()
 		if err := c.paceSnapshots(); err != nil {
 			return err
 		}
@@ -290,7 +293,9 @@ func (c *conn) write(m item) error {
 		if _, ok := c.out.(*mqttOut); ok && len(msgs) > 0 {
 			var n int64
 			for _, t := range msgs {
-				n += int64(len(t.payload))
+				if !m.sub.shares(t.payload) { // a shared one counts once, by itself
+					n += int64(len(t.payload))
+				}
 			}
 			c.resizeSnapshot(m.sub, n)
 		}
