@@ -59,35 +59,58 @@ func (s *snapBudget) stats() (held, peak, refused int64) {
 }
 
 // snapHolds are what a connection's subscriptions hold of the budget
-// for their first messages: released when each is written, or dropped
-// before, and all of them when the connection goes.
+// for their first messages: the estimate of each until it is built, then
+// its size, until it is written, dropped before, or the connection goes.
+// Its writer makes one at a time, so the connection counts in the budget
+// the most one of them holds, not their sum: a client subscribing to
+// many $sync filters at once, reading or not, holds one snapshot.
 type snapHolds struct {
-	mu   sync.Mutex // guards held, gone
-	held map[*treeSub]int64
-	gone bool // the connection went: nothing more is held for it
+	mu      sync.Mutex // guards held, counted, gone
+	held    map[*treeSub]int64
+	counted int64 // in the budget for the connection: the most one of held holds
+	gone    bool  // the connection went: nothing more is held for it
 }
 
-// heldSnapshot files n bytes taken of the budget (take) as held by st's
-// first message; given back at once if the connection went meanwhile.
-func (c *conn) heldSnapshot(st *treeSub, n int64) {
+// holdSnapshot counts n bytes for st's first message, the estimate made
+// before its SUBACK; false: they do not fit beside what the broker holds
+// now, or the connection went.
+func (c *conn) holdSnapshot(st *treeSub, n int64) bool {
 	h := &c.snapHolds
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.gone {
-		c.b.snaps.add(-n)
-		return
+		return false
+	}
+	if n > h.counted {
+		if !c.b.snaps.take(n - h.counted) {
+			return false
+		}
+		h.counted = n
 	}
 	if h.held == nil {
 		h.held = make(map[*treeSub]int64)
 	}
-	h.held[st] += n
+	h.held[st] = n
+	return true
+}
+
+// settleLocked counts in the budget the most one of held holds, and
+// extra bytes more, in one step (h.mu held).
+func (c *conn) settleLocked(extra int64) {
+	h := &c.snapHolds
+	var most int64
+	for _, n := range h.held {
+		most = max(most, n)
+	}
+	c.b.snaps.add(most - h.counted + extra)
+	h.counted = most
 }
 
 // resizeSnapshot counts st's first message by n, its size once built
 // (its own bytes, not its shared snapshot's), in place of what st held
 // (its estimate, or nothing: a resumed session's subscription, made
-// without a SUBSCRIBE); and its shared snapshot, if no writer counted
-// it yet. In one step: the estimate and the snapshot built for it are
+// without a SUBSCRIBE); and its shared snapshot, if no writer counted it
+// yet. In one step: the estimate and the snapshot built for it are
 // never both counted.
 func (c *conn) resizeSnapshot(st *treeSub, n int64) {
 	h := &c.snapHolds
@@ -99,8 +122,8 @@ func (c *conn) resizeSnapshot(st *treeSub, n int64) {
 	if h.held == nil {
 		h.held = make(map[*treeSub]int64)
 	}
-	c.b.snaps.add(n - h.held[st] + c.b.shares.count(st.shared.Load()))
 	h.held[st] = n
+	c.settleLocked(c.b.shares.count(st.shared.Load()))
 }
 
 // count is sh's size the first time it is asked, then 0: a shared
@@ -124,25 +147,21 @@ func (c *conn) releaseSnapshot(st *treeSub) {
 	h := &c.snapHolds
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if n, ok := h.held[st]; ok {
+	if _, ok := h.held[st]; ok {
 		delete(h.held, st)
-		c.b.snaps.add(-n)
+		c.settleLocked(0)
 	}
 }
 
-// releaseSnapshots gives back what every subscription of the connection
-// held: it went.
+// releaseSnapshots gives back what the connection held: it went.
 func (c *conn) releaseSnapshots() {
 	h := &c.snapHolds
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.gone = true
-	var n int64
-	for _, v := range h.held {
-		n += v
-	}
 	h.held = nil
-	c.b.snaps.add(-n)
+	c.b.snaps.add(-h.counted)
+	h.counted = 0
 }
 
 // snapshotGuess is an upper guess of the snapshot of filter (as

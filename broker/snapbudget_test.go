@@ -185,3 +185,48 @@ func TestSnapshotShared(t *testing.T) {
 		t.Errorf("%d refused, %d bytes held at most: want none refused, at most %d", refused, peak, limit)
 	}
 }
+
+// TestSnapshotBudgetOneClient: a client's writer makes one snapshot at a
+// time, so one SUBSCRIBE of many $sync filters counts the largest, not
+// their sum: all granted, reading or not (summed, the third of these
+// would not fit).
+func TestSnapshotBudgetOneClient(t *testing.T) {
+	const (
+		rows  = 20_000
+		limit = 64 << 20
+	)
+	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
+	value := `"` + strings.Repeat("x", 1000) + `"`
+	for i := range rows {
+		loadRow(b, fmt.Sprintf("snap/r%04d", i), value)
+	}
+	if err := b.Sync(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	filters := []string{"$sync/snap/#", "$sync/+/#", "$sync/#", "$sync/snap/+", "$sync.cbor/snap/#", "$sync.cbor/+/#", "$sync.cbor/#", "$sync.cbor/snap/+"}
+	r := dialRaw(t, b, "many", 5, true, packets.Properties{})
+	r.c.(*net.TCPConn).SetReadBuffer(4096)
+	body := []byte{0, 1, 0}
+	for _, f := range filters {
+		body = binary.BigEndian.AppendUint16(body, uint16(len(f)))
+		body = append(append(body, f...), 0)
+	}
+	r.write(append(append([]byte{0x82}, varint(len(body))...), body...))
+	var codes []byte
+	for {
+		if typ, b := r.read(); typ == packets.Suback {
+			codes = b[len(b)-len(filters):]
+			break
+		}
+	}
+	for i, code := range codes {
+		if code != 0 {
+			t.Errorf("%s: SUBACK %#x, want 0", filters[i], code)
+		}
+	}
+	held, peak, _ := b.snaps.stats()
+	t.Logf("%d KiB held, at most %d KiB", held>>10, peak>>10)
+	if peak > limit {
+		t.Errorf("%d bytes held at most, over the limit %d", peak, limit)
+	}
+}
