@@ -134,8 +134,10 @@ type Options struct {
 	// answers, resume deltas) held for MQTT clients, all together, from
 	// the SUBSCRIBE (by an estimate from the rows matching) until they
 	// are written; a SUBSCRIBE whose snapshot does not fit is refused,
-	// SUBACK 0x97 (MQTT 3.1.1: 0x80), with a report. One snapshot fits
-	// when none is held, however large. Default 256 MiB.
+	// SUBACK 0x97 (MQTT 3.1.1: 0x80), with a report. A client counts the
+	// largest of its own (its writer makes one at a time); a snapshot
+	// shared by several clients counts once. One snapshot fits when none
+	// is held, however large. Default 256 MiB.
 	MaxSnapshotBytes int64
 	SlowClient       SlowPolicy // default SlowDrop
 	LoopQueue        int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000

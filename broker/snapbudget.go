@@ -17,9 +17,10 @@ import (
 // bound, clients that never read hold one copy each. A $sync
 // subscription takes its snapshot's estimate (snapshotGuess) before its
 // SUBACK, and one that does not fit is refused there (0x97, MQTT 3.1.1
-// 0x80); once encoded the snapshot counts by its size. One snapshot
-// always fits when none is held, however large, as an HTTP answer does
-// (httpapi answerBudget).
+// 0x80); once encoded the snapshot counts by its size (a shared one
+// once), and a connection counts the largest of its own (snapHolds). One
+// snapshot always fits when none is held, however large, as an HTTP
+// answer does (httpapi answerBudget).
 type snapBudget struct {
 	max int64
 
