@@ -35,6 +35,7 @@ type conn struct {
 
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)
 	snapAt     time.Time // when snapTokens was last topped up
+	snapHolds  snapHolds // what its subscriptions hold of the broker's snapshot budget
 
 	// The hand-off of the leftovers (see finish), guarded by endMu. A
 	// connection holds endMu while it hands them on, then its successor's.
@@ -429,6 +430,11 @@ type mqttOut struct {
 	q   *outQueue     // its connection's, told what was written
 	buf *bytes.Buffer // nil between flushes
 	n   int           // packets in buf
+	// tail is the payload of the last packet in buf when it is larger
+	// than flushAt (a snapshot, say): flush writes it after buf, from the
+	// payload's own bytes, so a payload of megabytes is not copied into
+	// the encode buffer (nor held twice while the client reads it).
+	tail []byte
 
 	ids idSpaces // the client's packet ids apart from the deliveries'
 }
@@ -465,7 +471,7 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 	// A publish that would take the buffer past flushAt goes after what
 	// it holds (before it is in flight: an error leaves it unsent), so
 	// buffers keep their size.
-	if o.buf != nil && o.buf.Len() > 0 && o.buf.Len()+encodedAtLeast(pk) > flushAt {
+	if o.buf != nil && o.buf.Len() > 0 && o.buf.Len()+len(o.tail)+encodedAtLeast(pk) > flushAt {
 		if err := o.flush(); err != nil {
 			return err
 		}
@@ -514,14 +520,20 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 		o.buf = o.b.bufs.get()
 	}
 	mark := o.buf.Len()
-	err := pk.PublishEncode(o.buf)
+	var err error
+	if len(pk.Payload) > flushAt {
+		err = o.encodeHead(pk)
+	} else {
+		err = pk.PublishEncode(o.buf)
+	}
 	if err == nil && c.v5 {
-		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && o.buf.Len()-mark > int(max) {
+		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && o.buf.Len()-mark+len(o.tail) > int(max) {
 			err = errTooLarge // [MQTT-3.1.2-24]
 		}
 	}
 	if err != nil {
 		o.buf.Truncate(mark)
+		o.tail = nil
 		if pk.FixedHeader.Qos > 0 {
 			o.b.dropInflight(cl, pk.PacketID)
 			c.inflightFreed(pk.PacketID)
@@ -548,7 +560,13 @@ func (o *mqttOut) flush() error {
 	cl.LetWritesFirst() // a PINGRESP or an ack mochi writes: before this flush, not behind the next ones
 	cl.Lock()
 	n, err := cl.Net.Conn.Write(o.buf.Bytes())
+	if err == nil && o.tail != nil {
+		var m int
+		m, err = cl.Net.Conn.Write(o.tail)
+		n += m
+	}
 	cl.Unlock()
+	o.tail = nil
 	o.q.wrote(n, o.n)
 	info := o.b.server.Info
 	atomic.AddInt64(&info.BytesSent, int64(n))
@@ -703,5 +721,50 @@ func (s *closeSignal) close() {
 	s.closed = true
 	if s.ch != nil {
 		close(s.ch)
+	}
+}
+
+// encodeHead encodes pk into buf without its payload, with the remaining
+// length that counts it, and leaves the payload to flush (tail): written
+// from its own bytes, not copied.
+func (o *mqttOut) encodeHead(pk *packets.Packet) error {
+	payload := pk.Payload
+	pk.Payload = nil
+	mark := o.buf.Len()
+	err := pk.PublishEncode(o.buf)
+	pk.Payload = payload
+	if err != nil {
+		return err
+	}
+	// The head as encoded: the fixed header's first byte, the remaining
+	// length (without the payload), then the topic, packet id and
+	// properties: a few bytes to KiB, copied to make room for the
+	// remaining length with the payload.
+	head := o.buf.Bytes()[mark:]
+	k := 1
+	for head[k]&0x80 != 0 {
+		k++
+	}
+	rest := bytes.Clone(head[k+1:])
+	o.buf.Truncate(mark + 1)
+	pk.FixedHeader.Remaining = len(rest) + len(payload)
+	appendVarint(o.buf, pk.FixedHeader.Remaining)
+	o.buf.Write(rest)
+	o.tail = payload
+	return nil
+}
+
+// appendVarint writes n as an MQTT variable byte integer.
+func appendVarint(buf *bytes.Buffer, n int) {
+	for {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		buf.WriteByte(b)
+		if n == 0 {
+			return
+		}
 	}
 }

@@ -157,7 +157,16 @@
 // skips what exceeds the client's Maximum Packet Size, and closes the
 // connection when a write fails or passes its deadline. A snapshot or a
 // retained replay is a token in the queue: the loop makes it when the
-// writer reaches it, so a client holds one at a time. A replay holds no
+// writer reaches it, so a client holds one at a time; all clients
+// together hold at most MaxSnapshotBytes of snapshots (snapbudget.go): a
+// $sync SUBSCRIBE takes its snapshot's estimate before its SUBACK, or is
+// refused with 0x97 (3.1.1: 0x80), and gives it back once the snapshot
+// is written or the client goes. Subscriptions without a read check
+// asking for the same filter and codec share one encoded snapshot while
+// it is written and none of its rows changed (sharedSnapshot), counted
+// once. A payload larger than the encode
+// buffer (a snapshot, say) is written after it from its own bytes
+// (mqttOut.tail), not copied into it. A replay holds no
 // copy of the rows: the loop lists a filter's rows once (8 bytes a row)
 // and every replay of that filter started while the store holds the same
 // rows shares the list (replay.go); the writer reads a few hundred rows

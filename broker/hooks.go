@@ -446,6 +446,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		b.byID.CompareAndDelete(cl.ID, c)
 	}
 	c.close()
+	c.releaseSnapshots() // what its snapshots not yet written held of the budget
 	c.finish(true, keep)
 	b.reqs.push(request{kind: reqDetach, owner: c.key})
 }
@@ -750,8 +751,23 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			continue
 		}
 		if sf.Mode != wire.Plain {
+			st := h.b.treeSubOf(c, f.Filter, sf, codes[i], f.Identifier, topts)
+			if sf.Mode == wire.Sync {
+				// Its snapshot's room in the broker's budget, before the
+				// SUBACK grants it (snapBudget).
+				guess, ok := h.b.snapshotGuess(c.q.done.wait(), sf.Filter, h.b.snaps.max)
+				if !ok || !c.holdSnapshot(st, guess) {
+					h.b.refuse(c.p, "subscribe", f.Filter, h.b.errSnapshotsFull(guess))
+					h.b.unfile(cl, f.Filter)
+					codes[i] = packets.ErrQuotaExceeded.Code
+					if !c.v5 {
+						codes[i] = packets.ErrUnspecifiedError.Code
+					}
+					continue
+				}
+			}
 			h.b.dropOtherForms(c, cl, f.Filter, sf)
-			h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier, topts)
+			h.b.registerTree(st)
 			continue
 		}
 		// Retained rows for a plain subscription [MQTT-3.3.1-9..11]: none for
@@ -952,6 +968,12 @@ func (b *Broker) dropOtherForms(c *conn, cl *mqtt.Client, internal string, sf wi
 
 // subscribeTree hands a tree subscription mochi granted to the loop.
 func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) {
+	b.registerTree(b.treeSubOf(c, filter, sf, qos, id, o))
+}
+
+// treeSubOf is the state of a tree subscription mochi granted, for
+// registerTree.
+func (b *Broker) treeSubOf(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) *treeSub {
 	st := &treeSub{c: c, mode: sf.Mode, id: id, await: sf.Mode == wire.Sync || sf.Mode == wire.Hist, interval: sf.Interval}
 	switch sf.Mode {
 	case wire.Sync:
@@ -966,9 +988,15 @@ func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos
 	// Its read check (Allow) is the loop's to set, from the rules current
 	// when it registers (handle).
 	st.ts = &tree.Sub{Owner: c.key, Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st}
+	return st
+}
+
+// registerTree hands a tree subscription to the loop.
+func (b *Broker) registerTree(st *treeSub) {
 	b.subsSent.Add(1)
 	if !b.reqs.push(request{kind: reqSubscribe, sub: st}) {
 		b.subsSent.Add(-1)
+		st.c.releaseSnapshot(st) // no snapshot follows
 	}
 }
 

@@ -98,6 +98,8 @@ var families = map[string]string{
 	"mote_rows":                             "gauge",
 	"mote_inflight_messages":                "gauge",
 	"mote_offline_held_bytes":               "gauge",
+	"mote_snapshot_bytes":                   "gauge",
+	"mote_snapshots_refused_total":          "counter",
 	"mote_sessions_away":                    "gauge",
 	"mote_sessions_ended_total":             "counter",
 	"mote_loop_queue_requests":              "gauge",

@@ -133,8 +133,17 @@ type Options struct {
 	// disconnects the client: SlowClient.
 	QueueBytes  int
 	PublishWait time.Duration
-	SlowClient  SlowPolicy // default SlowDrop
-	LoopQueue   int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000
+	// MaxSnapshotBytes bounds the bytes of $sync snapshots (and $hist
+	// answers, resume deltas) held for MQTT clients, all together, from
+	// the SUBSCRIBE (by an estimate from the rows matching) until they
+	// are written; a SUBSCRIBE whose snapshot does not fit is refused,
+	// SUBACK 0x97 (MQTT 3.1.1: 0x80), with a report. A client counts the
+	// largest of its own (its writer makes one at a time); a snapshot
+	// shared by several clients counts once. One snapshot fits when none
+	// is held, however large. Default 256 MiB.
+	MaxSnapshotBytes int64
+	SlowClient       SlowPolicy // default SlowDrop
+	LoopQueue        int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000
 	// LoopBudget bounds how far the message loop may be behind, in its
 	// own time: publishers wait once the publishes waiting for it would
 	// take it about this long to run, at what the last ones' rows cost
@@ -251,6 +260,7 @@ const (
 	DefaultMaxConnectSize            = 64 << 10
 	DefaultWriteTimeout              = 10 * time.Second
 	DefaultQueueBytes                = 8 << 20
+	DefaultMaxSnapshotBytes          = 256 << 20
 	DefaultPublishWait               = time.Second
 	DefaultMaxSubscriptions          = 10_000
 	DefaultMaxOfflineBytes           = 256 << 20
@@ -316,6 +326,9 @@ func (o Options) withDefaults() (Options, error) {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
 	def(&o.QueueBytes, DefaultQueueBytes)
+	if o.MaxSnapshotBytes == 0 {
+		o.MaxSnapshotBytes = DefaultMaxSnapshotBytes
+	}
 	if o.PublishWait == 0 {
 		o.PublishWait = DefaultPublishWait
 	}
@@ -349,7 +362,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: slow client policy %q: want drop or disconnect", o.SlowClient)
 	case o.Takeover != TakeoverRefuse && o.Takeover != TakeoverFresh:
 		return o, fmt.Errorf("broker: client id takeover policy %q: want refuse or fresh", o.Takeover)
-	case o.QueueBytes < 1 || o.LoopQueue < 1 || o.MaxClients < 1 || o.MaxSubscriptions < 1 || o.MaxSubscriptionsPerPacket < 1 || o.MaxConnectSize < 1:
+	case o.QueueBytes < 1 || o.MaxSnapshotBytes < 1 || o.LoopQueue < 1 || o.MaxClients < 1 || o.MaxSubscriptions < 1 || o.MaxSubscriptionsPerPacket < 1 || o.MaxConnectSize < 1:
 		return o, fmt.Errorf("broker: sizes and counts must be positive")
 	case o.PublishWait < 0 || o.ConnectTimeout < 0 || o.WriteTimeout < 0 || o.LoopBudget < 0:
 		return o, fmt.Errorf("broker: durations must not be negative")

@@ -55,6 +55,7 @@ type config struct {
 	MaxUserProperties         int           `yaml:"max_user_properties"`
 	MaxUserPropertyBytes      int           `yaml:"max_user_property_bytes"`
 	QueueBytes                int           `yaml:"queue_bytes"`
+	MaxSnapshotBytes          int64         `yaml:"max_snapshot_bytes"`
 	PublishWait               time.Duration `yaml:"publish_wait"`
 	MaxClients                int64         `yaml:"max_clients"`
 	MaxInflight               uint16        `yaml:"max_inflight"`
@@ -274,6 +275,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 
 		MaxSubscriptions:          cfg.MaxSubscriptions,
 		MaxOfflineBytes:           cfg.MaxOfflineBytes,
+		MaxSnapshotBytes:          cfg.MaxSnapshotBytes,
 		MaxSessions:               cfg.MaxSessions,
 		MaxSubscriptionsPerPacket: cfg.MaxSubscriptionsPerPacket,
 		MaxUserProperties:         cfg.MaxUserProperties,
