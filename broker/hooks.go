@@ -597,8 +597,13 @@ func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 	if pk.FixedHeader.Qos == 2 {
 		ack.FixedHeader.Type = packets.Pubrec // a PUBREC >= 0x80 ends the QoS 2 flow
 	}
-	if werr := c.out.(*mqttOut).cl.WritePacket(ack); werr != nil {
-		return werr
+	cl := c.out.(*mqttOut).cl
+	if err := cl.WritePacket(ack); err != nil {
+		// The connection is gone: its read loop ends at the next packet.
+		// The error, returned, had mochi log an Error line for each
+		// refused publish left in the read buffer, outside refusal_log,
+		// and go on with the publish as if it were taken.
+		cl.Stop(fmt.Errorf("broker: writing the ack of a refused publish: %w", err))
 	}
 	return packets.ErrRejectPacket
 }
