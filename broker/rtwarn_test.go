@@ -2,11 +2,16 @@ package broker
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mote-mqtt/mote/broker/auth"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // TestRefusedPublishReset: a client that sends a run of refused QoS 1 or 2
@@ -66,5 +71,139 @@ func TestRefusedPublishReset(t *testing.T) {
 				t.Errorf("%d log lines (%d \"publish packet error\"), want at most %d and none of mochi's", len(lines), errs, 100+int(refusalReasons)+conns+1)
 			}
 		})
+	}
+}
+
+// TestAliasACL: the ACL is checked on the topic an alias names, for plain,
+// mote=tree, $tree and $set publishes: a client that may write only a/#
+// publishes nothing to b through an alias, whether the alias was set by a
+// refused publish or moved there from an allowed topic, and an alias
+// moved from b to an allowed topic publishes there.
+func TestAliasACL(t *testing.T) {
+	acl, err := auth.ParseACL("acl", []byte("user alice\ntopic readwrite a/#\nuser bob\ntopic readwrite #\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Users: users(t), ACL: acl})
+	// A row under b for $set to touch; the publishes are retained, so a
+	// publish that got through shows in the tree.
+	if got := userExchange(t, b.TCPAddr(), "bob", retained(hxPublish("b/c", 1, 1, hxProps(), "orig"))); !hxMatch(got, []string{"40:00 01"}) {
+		t.Fatalf("bob's publish: %q", got)
+	}
+	settle(t, b)
+	before := treeOf(t, b, "b/#")
+	alias := func(a uint16, more ...[]byte) []byte { return hxProps(append([][]byte{hxU16(0x23, a)}, more...)...) }
+	tree := hxUser("mote", "tree")
+	cases := []struct {
+		name string
+		send [][]byte
+		want []string
+	}{
+		{"plain b, then alias only", [][]byte{
+			hxPublish("b", 1, 1, alias(1), "x"),
+			hxPublish("", 1, 2, alias(1), "y"),
+		}, []string{"40:00 01 87*", "40:00 02 87*"}},
+		{"mote=tree on b, then alias only with and without mote=tree", [][]byte{
+			hxPublish("b", 1, 1, alias(2, tree), `{"c":1}`),
+			hxPublish("", 1, 2, alias(2, tree), `{"c":2}`),
+			hxPublish("", 1, 3, alias(2), "plain"),
+		}, []string{"40:00 01 87*", "40:00 02 87*", "40:00 03 87*"}},
+		{"$tree/b, then alias only", [][]byte{
+			hxPublish("$tree/b", 1, 1, alias(3), `{"c":1}`),
+			hxPublish("", 1, 2, alias(3), `{"c":2}`),
+		}, []string{"40:00 01 87*", "40:00 02 87*"}},
+		// $set touches only the rows the client may read (none under b):
+		// acknowledged, nothing set, as without an alias.
+		{"$set/b/#, without an alias, then with one, then alias only", [][]byte{
+			hxPublish("$set/b/#", 1, 1, hxProps(), "0"),
+			hxPublish("$set/b/#", 1, 2, alias(4), "1"),
+			hxPublish("", 1, 3, alias(4), "2"),
+		}, []string{"40:00 01", "40:00 02", "40:00 03"}},
+		{"alias moved from a/x to b", [][]byte{
+			hxPublish("a/x", 1, 1, alias(5), "ok"),
+			hxPublish("b", 1, 2, alias(5), "x"),
+			hxPublish("", 1, 3, alias(5), "y"),
+		}, []string{"40:00 01", "40:00 02 87*", "40:00 03 87*"}},
+		{"alias moved from $tree/b to a/y", [][]byte{
+			hxPublish("$tree/b", 1, 1, alias(6), `{"c":1}`),
+			hxPublish("a/y", 1, 2, alias(6), "ok"),
+			hxPublish("", 1, 3, alias(6), "ok2"),
+		}, []string{"40:00 01 87*", "40:00 02", "40:00 03"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			send := make([][]byte, len(c.send))
+			for i, p := range c.send {
+				send[i] = retained(p)
+			}
+			got := userExchange(t, b.TCPAddr(), "alice", send...)
+			if !hxMatch(got, c.want) {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+	settle(t, b)
+	if after := treeOf(t, b, "b/#"); after != before {
+		t.Errorf("rows under b: %s, were %s: written through an alias", after, before)
+	}
+	if a := treeOf(t, b, "a/#"); a != `{"x":"ok","y":"ok2"}` {
+		t.Errorf("rows under a: %s", a)
+	}
+}
+
+// retained is an MQTT PUBLISH with its retain flag set.
+func retained(p []byte) []byte {
+	p = bytes.Clone(p)
+	p[0] |= 1
+	return p
+}
+
+// treeOf is the broker's tree of filter, all rows, as JSON.
+func treeOf(t *testing.T, b *Broker, filter string) string {
+	t.Helper()
+	got, _, err := b.Tree(testCtx(t), systemPrincipal, filter, wire.CodecJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(got)
+}
+
+// userExchange is hxExchange for an MQTT 5 client logged in as user (its
+// password user+"-pw").
+func userExchange(t *testing.T, addr, user string, send ...[]byte) []string {
+	t.Helper()
+	nc := hxDial(t, addr)
+	defer nc.Close()
+	r := bufio.NewReader(nc)
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: user + "-x",
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(user + "-pw")},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if h, body, err := readPacketBody(r); err != nil || h>>4 != 2 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("%s: no CONNACK 0: %#x % x %v", user, h, body, err)
+	}
+	for _, p := range send {
+		nc.Write(p) //nolint:errcheck // a closed connection shows in the reads
+	}
+	nc.Write([]byte{0xC0, 0}) //nolint:errcheck // as above
+	var got []string
+	for {
+		h, body, err := readPacketBody(r)
+		if err != nil {
+			return append(got, "closed")
+		}
+		if h == 0xD0 {
+			return got
+		}
+		got = append(got, fmt.Sprintf("%x:% x", h, body))
 	}
 }
