@@ -189,7 +189,7 @@ type Options struct {
 	// user property bounds, one that ends its connection), so that a
 	// client looping refused packets cannot fill the disk through the
 	// log: default 10 lines per connection and 100 for the broker in each
-	// 10 s; the first line of each reason is kept, and the lines left out
+	// 10 s; the first line of each reason code is kept, and the lines left out
 	// are counted in one line (suppressed=K) and in
 	// mote_log_lines_suppressed_total.
 	RefusalLog LogLimit

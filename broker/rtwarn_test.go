@@ -207,3 +207,68 @@ func userExchange(t *testing.T, addr, user string, send ...[]byte) []string {
 		got = append(got, fmt.Sprintf("%x:% x", h, body))
 	}
 }
+
+// TestLogKindsByCode: the first line of each refusal an operator needs is
+// kept after a flood of lines of other kinds. Kinds were refusal reasons,
+// which lump many codes into "other": 100 CONNECTs with keep-alive 0 (a
+// notice, not a refusal) spent the broker-wide bound and the kind, and
+// the next lines of "other" — a CONNECT refused for its authentication
+// method, an AUTH packet — were left out (red team h-rtwarn). Kinds are
+// now reason codes, and a notice is a kind of its own.
+func TestLogKindsByCode(t *testing.T) {
+	b, logs := startLogged(t, Options{RefusalLog: LogLimit{Interval: time.Hour}})
+	for i := range 110 {
+		nc := hxDial(t, b.TCPAddr())
+		if _, err := nc.Write(connectPacketKeepalive(4, fmt.Sprintf("ka%d", i), 0)); err != nil {
+			t.Fatal(err)
+		}
+		if h, _, err := readPacketBody(bufio.NewReader(nc)); err != nil || h>>4 != 2 {
+			t.Fatalf("ka%d: no CONNACK: %#x %v", i, h, err)
+		}
+		nc.Close()
+	}
+	cases := []struct {
+		name    string
+		connect packets.Properties
+		send    []byte
+		line    string // the message of the line wanted
+	}{
+		{"CONNECT with an authentication method", packets.Properties{AuthenticationMethod: "SCRAM-SHA-1"}, nil, "connection refused"},
+		{"AUTH packet", packets.Properties{}, []byte{0xF0, 2, 0x18, 0}, "AUTH packet refused: no enhanced authentication"},
+	}
+	for i, c := range cases {
+		id := fmt.Sprint("kc", i)
+		nc := hxDial(t, b.TCPAddr())
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 5,
+			Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id},
+			Properties:      c.connect,
+		}
+		var buf bytes.Buffer
+		if err := pk.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		nc.Write(append(buf.Bytes(), c.send...)) //nolint:errcheck // the broker closes it
+		r := bufio.NewReader(nc)
+		for {
+			if _, _, err := readPacketBody(r); err != nil {
+				break // closed: refused
+			}
+		}
+		nc.Close()
+		waitConnGone(t, b, id)
+	}
+	lines := logLines(t, logs.String())
+	for _, c := range cases {
+		found := false
+		for _, l := range lines {
+			if msg, _ := l["message"].(string); msg == c.line {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: no line %q after 110 keep-alive notices", c.name, c.line)
+		}
+	}
+}

@@ -18,8 +18,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,12 +34,14 @@ func main() {
 	pass := flag.String("pass", "", "its password")
 	dur := flag.Duration("d", 3*time.Second, "how long each way runs")
 	only := flag.String("only", "", "run only the ways whose name contains this")
+	pid := flag.Int("pid", 0, "the broker's process id, for its CPU time")
+	rate := flag.Int("rate", 100_000, "refused PUBLISHes a second of the probe's flood")
 	flag.Parse()
 	if *logPath == "" {
 		fmt.Fprintln(os.Stderr, "logflood: -log is required")
 		os.Exit(2)
 	}
-	f := flooder{addr: *tcp, http: *httpAddr, ws: *wsAddr, user: *user, pass: *pass}
+	f := flooder{addr: *tcp, http: *httpAddr, ws: *wsAddr, user: *user, pass: *pass, pid: *pid, rate: *rate}
 	ways := []struct {
 		name string
 		run  func(ctx context.Context) int
@@ -63,6 +67,7 @@ func main() {
 		{"http-bad-path", f.httpGets("/api/nothing/%ff", "", "")},
 		{"http-refused-tree", f.httpGets("/api/tree/$sync/x", "", "")},
 		{"ws-bad-upgrade", f.wsBad},
+		{"probe-under-8conn-flood", f.probe},
 	}
 	fmt.Printf("%-26s %8s %10s %8s %10s\n", "way", "attempts", "log_bytes", "lines", "bytes/s")
 	for _, w := range ways {
@@ -90,7 +95,11 @@ func size(path string) (int64, int) {
 	return int64(len(b)), bytes.Count(b, []byte{'\n'})
 }
 
-type flooder struct{ addr, http, ws, user, pass string }
+type flooder struct {
+	addr, http, ws, user, pass string
+	pid                        int // the broker's, for its CPU time
+	rate                       int // refused PUBLISHes a second in probe
+}
 
 func str(s string) []byte {
 	b := binary.BigEndian.AppendUint16(nil, uint16(len(s)))
@@ -282,7 +291,9 @@ func badProtocol(_ int) []byte {
 	return packet(0x10, body)
 }
 
-func (f flooder) badAuth(i int) []byte { return connect5(fmt.Sprintf("ba-%d", i), "nobody", "wrong", 60) }
+func (f flooder) badAuth(i int) []byte {
+	return connect5(fmt.Sprintf("ba-%d", i), "nobody", "wrong", 60)
+}
 
 func longClientID(i int) []byte { return connect5(strings.Repeat("x", 70000)[:65000], "", "", 60) }
 
@@ -471,4 +482,133 @@ func (f flooder) wsBad(ctx context.Context) int {
 		}
 	}
 	return n
+}
+
+// acks counts the packets of type t that c gets until it closes.
+func acks(c net.Conn, t byte, n *atomic.Int64) {
+	r := bufio.NewReaderSize(c, 64<<10)
+	for {
+		h, err := r.ReadByte()
+		if err != nil {
+			return
+		}
+		l, m := 0, 1
+		for {
+			d, err := r.ReadByte()
+			if err != nil {
+				return
+			}
+			l += int(d&127) * m
+			m *= 128
+			if d < 128 {
+				break
+			}
+		}
+		if _, err := r.Discard(l); err != nil {
+			return
+		}
+		if h>>4 == t {
+			n.Add(1)
+		}
+	}
+}
+
+// probe floods refused PUBLISHes from 8 connections, -rate a second in
+// all, while a ninth client times QoS 1 round trips of a publish it is
+// subscribed to; it prints the refusals answered a second, the probe's
+// latencies and the broker's CPU (from -pid, if given).
+func (f flooder) probe(ctx context.Context) int {
+	var answered atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			c, err := f.session(fmt.Sprintf("pf-%d-%d", i, time.Now().UnixNano()))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "probe flood:", err)
+				return
+			}
+			defer c.Close()
+			go acks(c, 4, &answered)
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			n := 0
+			for ctx.Err() == nil {
+				var buf []byte
+				for range f.rate / 800 { // 8 connections, each 10 ms
+					n++
+					buf = append(buf, publish("$sync/x", uint16(n%60000+1), nil)...)
+				}
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+				select {
+				case <-tick.C:
+				case <-ctx.Done():
+				}
+			}
+		})
+	}
+	c, err := f.session(fmt.Sprintf("probe-%d", time.Now().UnixNano()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "probe:", err)
+		return 0
+	}
+	defer c.Close()
+	sub := append([]byte{0, 1, 0}, str("probe/t")...)
+	c.Write(packet(0x82, append(sub, 0)))
+	r := bufio.NewReader(c)
+	var lat []time.Duration
+	cpu0 := cpuOf(f.pid)
+	t0 := time.Now()
+	for ctx.Err() == nil {
+		start := time.Now()
+		c.Write(publish("probe/t", 1, nil))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		got := false
+		for !got {
+			h, err := r.ReadByte()
+			if err != nil {
+				break
+			}
+			l, m := 0, 1
+			for {
+				d, _ := r.ReadByte()
+				l += int(d&127) * m
+				m *= 128
+				if d < 128 {
+					break
+				}
+			}
+			r.Discard(l)
+			got = h>>4 == 3 // the publish came back
+		}
+		lat = append(lat, time.Since(start))
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(t0)
+	cpu := cpuOf(f.pid) - cpu0
+	wg.Wait()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		fmt.Printf("probe: %d round trips p50 %v p99 %v max %v; refusals answered %.0f/s; broker CPU %.0f%%\n",
+			len(lat), lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1],
+			float64(answered.Load())/took.Seconds(), 100*cpu.Seconds()/took.Seconds())
+	}
+	return int(answered.Load())
+}
+
+// cpuOf is the CPU time process pid used so far (Linux; 0 without pid).
+func cpuOf(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	var ut, st int64
+	fmt.Sscan(fields[11], &ut)
+	fmt.Sscan(fields[12], &st)
+	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ 100
 }
