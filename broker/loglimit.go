@@ -13,7 +13,9 @@ import (
 
 // logBudget bounds the log lines that clients can cause once a packet (a
 // refused publish or subscription, a packet over the user property
-// bounds, a refused CONNECT), so that no client, nor all of them
+// bounds, a refused CONNECT) or once a connection or session (a slow
+// client's queue full, a session away ended past max_sessions, held
+// messages dropped past max_offline_bytes), so that no client, nor all of them
 // together, can fill the disk through the log. Each connection has a
 // logQuota of perConn lines an interval, and all lines together (those
 // of connections and of requests without one: HTTP, CONNECTs) take
@@ -63,6 +65,14 @@ type logQuota struct {
 // "other": a flood of one of them (or of notices) hid the first line of
 // all the others.
 type logKind uint8
+
+// The kinds of Mote's own lines that clients can cause one a connection
+// or a session, past the reason codes (0x00 to 0xA2).
+const (
+	kindSessionEnded logKind = 0xF0 + iota // a session away ended past max_sessions (away.go)
+	kindHeldDropped                        // held messages dropped past max_offline_bytes (held.go)
+	kindSlowClient                         // a slow client's queue full (conn.go)
+)
 
 // codeKind is the logKind of a line about a refusal with code.
 func codeKind(code packets.Code) logKind { return logKind(code.Code) }

@@ -272,3 +272,36 @@ func TestLogKindsByCode(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionEndedLogBounded: a client that leaves persistent sessions
+// past max_sessions, one connection after another, had the broker write a
+// Warn line for each session it ended, outside refusal_log: a line per
+// connection, without bound (red team h-rtwarn). The lines now take from
+// the broker-wide bound, the first one kept.
+func TestSessionEndedLogBounded(t *testing.T) {
+	const n = 300
+	b, logs := startLogged(t, Options{MaxSessions: 2, RefusalLog: LogLimit{Interval: time.Hour}})
+	h := addLeftHook(t, b)
+	for i := range n {
+		leave(t, b, h, 5, fmt.Sprint("se", i))
+	}
+	if got := b.stats.SessionsEnded.Load(); got != n-2 {
+		t.Fatalf("%d sessions ended, want %d", got, n-2)
+	}
+	b.Close() // the count of the lines left out is written
+	ended, counted := 0, int64(0)
+	for _, l := range logLines(t, logs.String()) {
+		msg, _ := l["message"].(string)
+		switch {
+		case strings.HasPrefix(msg, "session ended"):
+			ended++
+		case strings.HasPrefix(msg, "log lines suppressed"):
+			k, _ := l["suppressed"].(float64)
+			counted += int64(k)
+		}
+	}
+	t.Logf("%d sessions ended: %d lines, %d counted", n-2, ended, counted)
+	if ended == 0 || ended > 100 || int64(ended)+counted != n-2 {
+		t.Errorf("%d lines of sessions ended and %d counted, want 1 to 100 lines and %d in all", ended, counted, n-2)
+	}
+}

@@ -25,6 +25,10 @@ import (
 	"time"
 )
 
+// v311 has the clients speak MQTT 3.1.1 (the original dialect's
+// listener speaks nothing else).
+var v311 = flag.Bool("v311", false, "speak MQTT 3.1.1, not 5")
+
 func main() {
 	logPath := flag.String("log", "", "the broker's log file")
 	tcp := flag.String("tcp", "127.0.0.1:21883", "the broker's MQTT listener")
@@ -130,9 +134,15 @@ func connect5(id, user, pass string, keepalive uint16) []byte {
 	if user != "" {
 		flags |= 0x80 | 0x40
 	}
-	body := append(str("MQTT"), 5, flags)
+	version := byte(5)
+	if *v311 {
+		version = 4
+	}
+	body := append(str("MQTT"), version, flags)
 	body = binary.BigEndian.AppendUint16(body, keepalive)
-	body = append(body, 0)
+	if !*v311 {
+		body = append(body, 0)
+	}
 	body = append(body, str(id)...)
 	if user != "" {
 		body = append(append(body, str(user)...), str(pass)...)
@@ -173,7 +183,9 @@ func (f flooder) session(id string) (net.Conn, error) {
 func publish(topic string, id uint16, props []byte) []byte {
 	body := str(topic)
 	body = binary.BigEndian.AppendUint16(body, id)
-	body = append(append(body, varint(len(props))...), props...)
+	if !*v311 {
+		body = append(append(body, varint(len(props))...), props...)
+	}
 	body = append(body, 'x')
 	return packet(0x32, body)
 }
