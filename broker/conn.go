@@ -151,13 +151,15 @@ func (c *conn) slow(why dropReason) {
 	if c.b.opts.SlowClient == SlowDisconnect {
 		if c.q.close() {
 			c.b.meter.slowDisconnects.Add(1)
-			c.b.log.Warn().Str("client", truncate(c.p.ClientID, 200)).Msg("queue full; disconnecting slow client")
+			if c.b.logs.allow(c.p.logs, c.p.ClientID, kindSlowClient) { // a client can cause one a connection
+				c.b.log.Warn().Str("client", truncate(c.p.ClientID, 200)).Msg("queue full; disconnecting slow client")
+			}
 			c.out.stop(packets.ErrServerBusy)
 		}
 		return
 	}
 	c.b.meter.slowDrops.Add(1)
-	if n == 1 || n%1000 == 0 {
+	if (n == 1 || n%1000 == 0) && c.b.logs.allow(c.p.logs, c.p.ClientID, kindSlowClient) {
 		c.b.log.Warn().Str("client", truncate(c.p.ClientID, 200)).Int64("dropped", n).
 			Msg("queue full; dropping messages for slow client")
 	}

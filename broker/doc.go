@@ -416,7 +416,7 @@
 //     looping refused packets filled the disk through the log (48.8 MB in
 //     8 s). Each such line now asks a logBudget (loglimit.go; mochi through
 //     Options.LogRefusal): Options.RefusalLog lines per connection and for
-//     the broker in each interval, the first of each refusal reason kept,
+//     the broker in each interval, the first of each reason code kept,
 //     the rest counted in one suppressed=K line and in
 //     mote_log_lines_suppressed_total.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and

@@ -47,7 +47,7 @@ func (h *hook) Provides(b byte) bool {
 // client has one, and a client without one MUST NOT send AUTH (§4.12): a
 // Protocol Error, DISCONNECT 0x82 (mochi ignored it).
 func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if h.b.logs.allow(h.quota(cl), cl.ID, refusedOther) {
+	if h.b.logs.allow(h.quota(cl), cl.ID, codeKind(packets.ErrProtocolViolation)) {
 		h.b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
 	}
 	return pk, packets.ErrProtocolViolation
@@ -89,7 +89,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	p := mqttPrincipal(cl)
 	v5 := cl.Properties.ProtocolVersion == 5
 	refuse := func(code packets.Code, why string) error {
-		if b.logs.allow(nil, cl.ID, refusalReasonOf(code, nil)) {
+		if b.logs.allow(nil, cl.ID, codeKind(code)) {
 			b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
 		}
 		if !v5 {
@@ -184,7 +184,7 @@ func (b *Broker) takeoverCheck(old, cl *mqtt.Client, _ packets.Packet) mqtt.Take
 	}
 	if b.takeoverRefused(old) {
 		b.countRefusal(refusedClientID)
-		if b.logs.allow(nil, cl.ID, refusedClientID) {
+		if b.logs.allow(nil, cl.ID, codeKind(packets.ErrClientIdentifierNotValid)) {
 			b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(userOf(cl), 200)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
 		}
 		return mqtt.Takeover{Refuse: true, Code: packets.ErrClientIdentifierNotValid}
@@ -620,8 +620,13 @@ func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 	if pk.FixedHeader.Qos == 2 {
 		ack.FixedHeader.Type = packets.Pubrec // a PUBREC >= 0x80 ends the QoS 2 flow
 	}
-	if werr := c.out.(*mqttOut).cl.WritePacket(ack); werr != nil {
-		return werr
+	cl := c.out.(*mqttOut).cl
+	if err := cl.WritePacket(ack); err != nil {
+		// The connection is gone: its read loop ends at the next packet.
+		// The error, returned, had mochi log an Error line for each
+		// refused publish left in the read buffer, outside refusal_log,
+		// and go on with the publish as if it were taken.
+		cl.Stop(fmt.Errorf("broker: writing the ack of a refused publish: %w", err))
 	}
 	return packets.ErrRejectPacket
 }

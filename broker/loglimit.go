@@ -13,12 +13,14 @@ import (
 
 // logBudget bounds the log lines that clients can cause once a packet (a
 // refused publish or subscription, a packet over the user property
-// bounds, a refused CONNECT), so that no client, nor all of them
+// bounds, a refused CONNECT) or once a connection or session (a slow
+// client's queue full, a session away ended past max_sessions, held
+// messages dropped past max_offline_bytes), so that no client, nor all of them
 // together, can fill the disk through the log. Each connection has a
 // logQuota of perConn lines an interval, and all lines together (those
 // of connections and of requests without one: HTTP, CONNECTs) take
-// from total lines an interval. The first line of each kind (a refusal
-// reason) is kept: once a connection, past its own quota, and once an
+// from total lines an interval. The first line of each kind (a reason
+// code, logKind) is kept: once a connection, past its own quota, and once an
 // interval broker-wide, past total. A line over the bounds is not
 // written but counted: a connection's count is written in one line
 // ("log lines suppressed", suppressed=K) when its interval ends (the
@@ -40,7 +42,7 @@ type logBudget struct {
 	mu      sync.Mutex // guards the fields below and every logQuota's
 	start   time.Time  // the broker-wide interval's
 	used    int        // lines written in it
-	kinds   uint32     // kinds written in it (a bit each)
+	kinds   kindSet    // kinds written in it
 	dropped int64      // lines not written in it, or in connections' intervals that could not say so
 	from    int        // connections whose count is in dropped
 	// pending are the connections with a count not yet written, and
@@ -52,14 +54,37 @@ type logBudget struct {
 type logQuota struct {
 	start      time.Time // its interval's
 	used       int       // lines written in it
-	kinds      uint32    // kinds it ever wrote (a bit each)
+	kinds      kindSet   // kinds it ever wrote
 	suppressed int64     // lines not written since its last count
 	closed     bool      // its connection closed: only the broker-wide bound applies
 }
 
-// logKind is what a line is about: a refusalReason (refusedOther for
-// lines that are not refusals). The first line of each is kept.
-type logKind = refusalReason
+// logKind is what a line is about: the reason code of the refusal
+// (packets.Code's Code), 0 (CodeSuccess) for a notice. The first line of
+// each is kept. Not a refusalReason, which lumps many codes into
+// "other": a flood of one of them (or of notices) hid the first line of
+// all the others.
+type logKind uint8
+
+// The kinds of Mote's own lines that clients can cause one a connection
+// or a session, past the reason codes (0x00 to 0xA2).
+const (
+	kindSessionEnded logKind = 0xF0 + iota // a session away ended past max_sessions (away.go)
+	kindHeldDropped                        // held messages dropped past max_offline_bytes (held.go)
+	kindSlowClient                         // a slow client's queue full (conn.go)
+)
+
+// codeKind is the logKind of a line about a refusal with code.
+func codeKind(code packets.Code) logKind { return logKind(code.Code) }
+
+// kindSet is a set of logKinds.
+type kindSet [4]uint64
+
+// has reports whether k is in the set.
+func (s *kindSet) has(k logKind) bool { return s[k/64]&(1<<(k%64)) != 0 }
+
+// add puts k in the set.
+func (s *kindSet) add(k logKind) { s[k/64] |= 1 << (k % 64) }
 
 // newLogBudget is a logBudget writing its counts to log. perConn or total
 // below 0: no bound.
@@ -86,13 +111,12 @@ func (lb *logBudget) allow(q *logQuota, client string, kind logKind) bool {
 		lb.countLocked(q, client)
 		q.start, q.used = now, 0
 	}
-	bit := uint32(1) << (kind % 32)
-	firstHere := q != nil && q.kinds&bit == 0
+	firstHere := q != nil && !q.kinds.has(kind)
 	if q != nil && lb.perConn >= 0 && q.used >= lb.perConn && !firstHere {
 		lb.suppressLocked(q, client)
 		return false
 	}
-	if !lb.takeLocked(bit) {
+	if !lb.takeLocked(kind) {
 		if q != nil {
 			lb.suppressLocked(q, client)
 			return false
@@ -103,7 +127,7 @@ func (lb *logBudget) allow(q *logQuota, client string, kind logKind) bool {
 	}
 	if q != nil {
 		q.used++
-		q.kinds |= bit
+		q.kinds.add(kind)
 	}
 	return true
 }
@@ -162,13 +186,13 @@ func (lb *logBudget) flush() {
 }
 
 // takeLocked takes one line of the broker-wide bound for a line of the
-// kind bit: within total, or the first of its kind this interval.
-func (lb *logBudget) takeLocked(bit uint32) bool {
-	if lb.total >= 0 && lb.used >= lb.total && lb.kinds&bit != 0 {
+// kind: within total, or the first of its kind this interval.
+func (lb *logBudget) takeLocked(kind logKind) bool {
+	if lb.total >= 0 && lb.used >= lb.total && lb.kinds.has(kind) {
 		return false
 	}
 	lb.used++
-	lb.kinds |= bit
+	lb.kinds.add(kind)
 	return true
 }
 
@@ -202,11 +226,11 @@ func (lb *logBudget) rollLocked(now time.Time) {
 		lb.log.Warn().Int64("suppressed", lb.dropped).Int("clients", lb.from).Str("interval", lb.interval.String()).
 			Int("total", lb.total).Msg("log lines suppressed: refused requests of all clients passed refusal_log.total")
 	}
-	lb.start, lb.used, lb.kinds, lb.dropped, lb.from = now, 0, 0, 0, 0
+	lb.start, lb.used, lb.kinds, lb.dropped, lb.from = now, 0, kindSet{}, 0, 0
 }
 
 // logRefusal is mochi's Options.LogRefusal: a log line that one packet
 // of cl can cause takes from its connection's quota.
 func (b *Broker) logRefusal(cl *mqtt.Client, code packets.Code) bool {
-	return b.logs.allow((&hook{b: b}).quota(cl), cl.ID, refusalReasonOf(code, nil))
+	return b.logs.allow((&hook{b: b}).quota(cl), cl.ID, codeKind(code))
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // logLines are the JSON lines of a logBuf, decoded.
@@ -49,13 +51,13 @@ func TestLogBudget(t *testing.T) {
 		perConn  int
 		total    int
 		conns    int // connections asking
-		each     int // lines each asks for, of kind refusedQuota, then one refusedTopic
+		each     int // lines each asks for, of kind 0x97 quota, then one 0x90 topic
 		steps    int // intervals the asks are spread over
 		wantMax  int // lines written (counts excluded), at most
 		wantKept int // lines written, at least
 	}{
 		{"one connection", 10, 100, 1, 10_000, 1, 11, 11},
-		{"one connection, three intervals", 10, 100, 1, 9_000, 3, 31, 31}, // the first refusedTopic once
+		{"one connection, three intervals", 10, 100, 1, 9_000, 3, 31, 31}, // the first 0x90 once
 		{"many connections", 10, 100, 1_000, 50, 1, 100 + 2, 2},
 		{"no bound", -1, -1, 3, 50, 1, 153, 153},
 	}
@@ -72,12 +74,12 @@ func TestLogBudget(t *testing.T) {
 				for i := range quotas {
 					for k := 0; k < c.each/c.steps; k++ {
 						asked++
-						if budget.allow(&quotas[i], fmt.Sprint("c", i), refusedQuota) {
+						if budget.allow(&quotas[i], fmt.Sprint("c", i), codeKind(packets.ErrQuotaExceeded)) {
 							written++
 						}
 					}
 					asked++
-					if budget.allow(&quotas[i], fmt.Sprint("c", i), refusedTopic) {
+					if budget.allow(&quotas[i], fmt.Sprint("c", i), codeKind(packets.ErrTopicNameInvalid)) {
 						written++
 					}
 				}
@@ -113,17 +115,17 @@ func TestLogBudgetKinds(t *testing.T) {
 		kind logKind
 		want bool
 	}{
-		{&a, refusedQuota, true},
-		{&a, refusedQuota, true},
-		{&a, refusedQuota, false}, // a's quota spent
-		{&a, refusedTopic, true},  // a's first of its kind; the total is spent now
-		{&b, refusedQuota, false}, // not b's first, but the total's spent and quota was written
-		{&b, refusedPayload, true},
-		{&b, refusedPayload, false},
+		{&a, codeKind(packets.ErrQuotaExceeded), true},
+		{&a, codeKind(packets.ErrQuotaExceeded), true},
+		{&a, codeKind(packets.ErrQuotaExceeded), false},   // a's quota spent
+		{&a, codeKind(packets.ErrTopicNameInvalid), true}, // a's first of its kind; the total is spent now
+		{&b, codeKind(packets.ErrQuotaExceeded), false},   // not b's first, but the total's spent and quota was written
+		{&b, codeKind(packets.ErrPayloadFormatInvalid), true},
+		{&b, codeKind(packets.ErrPayloadFormatInvalid), false},
 	}
 	for i, s := range steps {
 		if got := budget.allow(s.q, "x", s.kind); got != s.want {
-			t.Errorf("step %d (%s): allow %v, want %v", i, refusalReasonNames[s.kind], got, s.want)
+			t.Errorf("step %d (%#x): allow %v, want %v", i, s.kind, got, s.want)
 		}
 	}
 }
@@ -142,7 +144,7 @@ func TestLogBudgetConcurrent(t *testing.T) {
 			var q logQuota
 			n := 0
 			for k := 0; k < 1_000; k++ {
-				if budget.allow(&q, "c", refusedQuota) {
+				if budget.allow(&q, "c", codeKind(packets.ErrQuotaExceeded)) {
 					n++
 				}
 			}
@@ -296,10 +298,10 @@ func TestLogBudgetTick(t *testing.T) {
 	budget.now = func() time.Time { return now }
 	var a logQuota
 	for range 5 {
-		budget.allow(&a, "a", refusedQuota) // 2 written, 3 left out
+		budget.allow(&a, "a", codeKind(packets.ErrQuotaExceeded)) // 2 written, 3 left out
 	}
 	for range 4 {
-		budget.allow(nil, "", refusedQuota) // 1 written (the total), 3 left out
+		budget.allow(nil, "", codeKind(packets.ErrQuotaExceeded)) // 1 written (the total), 3 left out
 	}
 	budget.tick()
 	if n, _ := suppressedIn(logLines(t, lb.String())); n != 0 {

@@ -198,10 +198,13 @@ type Options struct {
 
 	// RefusalLog bounds the log lines that requests refused one at a time
 	// write (a refused publish, subscription or CONNECT, a packet over the
-	// user property bounds, one that ends its connection), so that a
+	// user property bounds, one that ends its connection) and the lines
+	// a client can cause once a connection or session (a slow client, a
+	// session ended past MaxSessions, held messages dropped past
+	// MaxOfflineBytes), so that a
 	// client looping refused packets cannot fill the disk through the
 	// log: default 10 lines per connection and 100 for the broker in each
-	// 10 s; the first line of each reason is kept, and the lines left out
+	// 10 s; the first line of each reason code is kept, and the lines left out
 	// are counted in one line (suppressed=K) and in
 	// mote_log_lines_suppressed_total.
 	RefusalLog LogLimit

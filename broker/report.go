@@ -94,7 +94,7 @@ func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	if errors.As(err, &pe) {
 		r.Path = truncate(pe.Path, maxReason)
 	}
-	if b.logs.allow(p.logs, p.ClientID, reason) {
+	if b.logs.allow(p.logs, p.ClientID, codeKind(code)) {
 		b.log.Warn().Str("op", op).Str("topic", truncate(topic, 200)).Uint8("code", code.Code).Str("client", truncate(p.ClientID, 200)).
 			Str("error", truncate(err.Error(), 500)).Msg("refused")
 	}
