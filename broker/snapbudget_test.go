@@ -55,8 +55,8 @@ func waitSnapshotBytes(t *testing.T, b *Broker, n int64) {
 // 13 MB tree: 786 MB of RSS, h32 get-huge).
 func TestSnapshotBudget(t *testing.T) {
 	const (
-		rows  = 20_000 // a 20 MB snapshot: more than loopback's socket buffers take
-		limit = 64 << 20
+		rows  = 8_000 // an 8 MB snapshot: more than loopback's socket buffers take (4 MiB)
+		limit = 24 << 20
 		n     = 8
 	)
 	for _, tc := range []struct {
@@ -158,7 +158,7 @@ func sharedWriters(t *testing.T, b *Broker, n int) int64 {
 func TestSnapshotShared(t *testing.T) {
 	const (
 		rows  = 20_000
-		limit = 64 << 20
+		limit = 24 << 20
 		n     = 8
 	)
 	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
@@ -193,7 +193,7 @@ func TestSnapshotShared(t *testing.T) {
 func TestSnapshotBudgetOneClient(t *testing.T) {
 	const (
 		rows  = 20_000
-		limit = 64 << 20
+		limit = 24 << 20
 	)
 	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
 	value := `"` + strings.Repeat("x", 1000) + `"`
