@@ -1,0 +1,81 @@
+package broker
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// TestTricklersTogether: plain TCP subscribers that read a little now and
+// then (8 KiB a second, a 4 KiB receive buffer, segments of 1,000 bytes
+// as on a network, not loopback's 64 KiB), so that their TCP stacks take
+// bytes of a write that does not return for seconds, cost a QoS 1
+// publisher about one PublishWait in all, however many they are
+// (TestQueueTricklingTogether on a broker).
+func TestTricklersTogether(t *testing.T) {
+	const wait = 250 * time.Millisecond
+	for _, n := range []int{1, 32} {
+		t.Run(fmt.Sprintf("%d tricklers", n), func(t *testing.T) {
+			b := start(t, Options{QueueBytes: 8 << 10, PublishWait: wait})
+			stop := make(chan struct{})
+			t.Cleanup(func() { close(stop) }) // before the connections close (cleanups run last first)
+			for i := range n {
+				sub := connectRaw(t, dialSmall(t, b, 1000, 4<<10), fmt.Sprintf("trickler-%d", i), 4, true, packets.Properties{})
+				sub.subscribe(1, "tr/#", 0)
+				rc := &rateConn{Conn: sub.c, rate: 8 << 10, chunk: 1 << 10, stop: stop}
+				go io.Copy(io.Discard, rc) //nolint:errcheck // ends when the test closes the connection
+			}
+			pub := dial3(t, b, "pub", true)
+			payload := string(make([]byte, 8<<10))
+			const k = 1000 // 8 MiB a subscriber: its socket's buffers (megabytes on loopback) and queue over
+			start := time.Now()
+			for range k {
+				if tok := pub.Publish("tr/x", 1, false, payload); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+					t.Fatalf("publish: %v", tok.Error())
+				}
+			}
+			took := time.Since(start)
+			m := b.meter
+			t.Logf("%d publishes to %d tricklers took %v; dropped %d (no_wait %d, stalled %d, deadline %d)", k, n, took,
+				b.stats.Dropped.Load(), m.queueFull[fullNoWait].Load(), m.queueFull[fullStalled].Load(), m.queueFull[fullLate].Load())
+			if bound := 8 * wait; took > bound {
+				t.Errorf("%d publishes to %d tricklers took %v, want at most %v (about one PublishWait a trickler's credit allows, whatever their number)", k, n, took, bound)
+			}
+		})
+	}
+}
+
+// dialSmall connects to b's TCP listener with segments of at most mss
+// bytes and a receive buffer of rcvbuf bytes, set before the connection
+// is made: the window the client offers opens and the bytes it
+// acknowledges grow by a segment or two at a time, as on a network.
+func dialSmall(t *testing.T, b *Broker, mss, rcvbuf int) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG, mss)
+			if serr == nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
+			}
+		}); err != nil {
+			return fmt.Errorf("dial: control: %w", err)
+		}
+		if serr != nil {
+			return fmt.Errorf("dial: setsockopt: %w", serr)
+		}
+		return nil
+	}}
+	c, err := d.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
