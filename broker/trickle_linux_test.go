@@ -16,11 +16,12 @@ import (
 // TestTricklersTogether: plain TCP subscribers that read a little now and
 // then (8 KiB a second, a 4 KiB receive buffer, segments of 1,000 bytes
 // as on a network, not loopback's 64 KiB), so that their TCP stacks take
-// bytes of a write that does not return for seconds, cost a QoS 1
-// publisher about one PublishWait in all, however many they are
+// bytes of a write that does not return for seconds, hold a QoS 1
+// publish about one PublishWait, however many they are
 // (TestQueueTricklingTogether on a broker); so do subscribers that never
 // read and whose stacks take megabytes before they stop (8 MiB receive
-// buffers).
+// buffers). Before the fix a publish to 32 tricklers waited its limit,
+// 5 × PublishWait.
 func TestTricklersTogether(t *testing.T) {
 	const wait = 250 * time.Millisecond
 	cases := []struct {
@@ -29,10 +30,11 @@ func TestTricklersTogether(t *testing.T) {
 		rate   int // bytes a second each subscriber reads; 0: none
 		mss    int // 0: loopback's
 		rcvbuf int // SO_RCVBUF (the kernel doubles it)
+		k      int // publishes of 8 KiB: a subscriber's socket's buffers and queue over
 	}{
-		{"1 trickler", 1, 8 << 10, 1000, 4 << 10},
-		{"32 tricklers", 32, 8 << 10, 1000, 4 << 10},
-		{"8 never reading, 8 MiB buffers", 8, 0, 0, 4 << 20},
+		{"1 trickler", 1, 8 << 10, 1000, 4 << 10, 1000},
+		{"32 tricklers", 32, 8 << 10, 1000, 4 << 10, 1000},
+		{"8 never reading, 8 MiB buffers", 8, 0, 0, 4 << 20, 3000},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,7 +51,7 @@ func TestTricklersTogether(t *testing.T) {
 			}
 			pub := dial3(t, b, "pub", true)
 			payload := string(make([]byte, 8<<10))
-			const k = 1000         // 8 MiB a subscriber: its socket's buffers and queue over
+			k := tc.k
 			var held time.Duration // the longest publish
 			start := time.Now()
 			for range k {
@@ -63,8 +65,12 @@ func TestTricklersTogether(t *testing.T) {
 			m := b.meter
 			t.Logf("%d publishes to %d subscribers took %v, the longest %v; dropped %d (no_wait %d, stalled %d, deadline %d)", k, tc.n, took, held,
 				b.stats.Dropped.Load(), m.queueFull[fullNoWait].Load(), m.queueFull[fullStalled].Load(), m.queueFull[fullLate].Load())
-			if bound := 8 * wait; took > bound {
-				t.Errorf("%d publishes to %d subscribers took %v, want at most %v (about one PublishWait, whatever their number)", k, tc.n, took, bound)
+			// A publish waits PublishWait in all for room, and past it up
+			// to 5 × PublishWait while its subscribers are being written
+			// (pubWait): the subscribers' stalls, together, are to end its
+			// wait well before that.
+			if bound := 7 * wait / 2; held > bound {
+				t.Errorf("a publish to %d subscribers waited %v, want at most %v (about one PublishWait, two at most, whatever their number)", tc.n, held, bound)
 			}
 		})
 	}
