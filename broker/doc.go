@@ -207,7 +207,11 @@
 // stack acknowledged since it last looked (tcpi_bytes_acked), and bytes
 // taken count as written (outQueue.takingLocked): a subscriber reading
 // 256 KiB messages at 1.5 MB/s was stalled, losing 74–81% of them
-// (TestSteadyBigReader). What gets no room meets the slow-client policy.
+// (TestSteadyBigReader). They move the wall-time clock on by the credit
+// they earn, no more: a restart at any 1 KiB taken let clients that
+// trickle together hold publishers a PublishWait each again (200 at
+// 8 KiB/s held 200 QoS 1 publishes 32 s; TestTricklersTogether). What
+// gets no room meets the slow-client policy.
 //
 // The writer is the path's owner, not always its goroutine: a QoS 0 plain
 // message or delta for a plain TCP client whose writer is idle and whose
