@@ -65,6 +65,9 @@ type conn struct {
 	pendingErr   error
 	levels       int  // filter levels of the session's subscriptions, in all
 	pacedProps   bool // a paced property-form tree subscription was filed: see propFiled
+	// replaced is what the filters of the SUBSCRIBE being processed
+	// replace, from OnSubscribe to OnSubscribed (refuseFiled).
+	replaced []replacedSub
 }
 
 // endpoint is where a conn's writer writes: an MQTT client, or a door
