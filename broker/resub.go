@@ -37,7 +37,8 @@ func (c *conn) replacedAt(i int) (packets.Subscription, bool) {
 // The broker refuses a snapshot ($sync) or retained rows (a plain filter
 // not shared, Retain Handling not 2) to a client whose queue is full: it
 // does not read, and would hold them all. A shared subscription gets no
-// retained rows [MQTT-4.8.2-6]: it is not refused.
+// retained rows (MQTT 5 §4.8.2; OnSubscribed queues no replay): it is not
+// refused.
 func (b *Broker) refuseGranted(c *conn, cl *mqtt.Client, filters []packets.Subscription, codes []byte) {
 	for i := range filters {
 		if i >= len(codes) {

@@ -284,7 +284,7 @@ func TestResubscribeRefusedInPacket(t *testing.T) {
 }
 
 // TestSharedSubscribeQueueFull: a shared subscription gets no retained
-// rows [MQTT-4.8.2-6], so a client whose queue is full is not refused one
+// rows (MQTT 5 §4.8.2), so a client whose queue is full is not refused one
 // for that, new or replacing; before, it was refused 0x97 and the
 // subscription it replaced was removed.
 func TestSharedSubscribeQueueFull(t *testing.T) {
