@@ -40,6 +40,7 @@ func (c *conn) replacedAt(i int) (packets.Subscription, bool) {
 // retained rows (MQTT 5 §4.8.2; OnSubscribed queues no replay): it is not
 // refused.
 func (b *Broker) refuseGranted(c *conn, cl *mqtt.Client, filters []packets.Subscription, codes []byte) {
+	pass := filedPass{c: c, cl: cl, filters: filters, codes: codes}
 	for i := range filters {
 		if i >= len(codes) {
 			break
@@ -60,39 +61,65 @@ func (b *Broker) refuseGranted(c *conn, cl *mqtt.Client, filters []packets.Subsc
 			// A client that asks for snapshots or retained rows while it
 			// holds a full queue (it does not read) gets no more of them.
 			b.refuse(c.p, "subscribe", f.Filter, errQuotaf("the client's queue is full"))
-			b.refuseFiled(c, cl, filters, codes, i, packets.ErrQuotaExceeded)
+			b.refuseFiled(&pass, i, packets.ErrQuotaExceeded)
 		}
 	}
 }
 
-// refuseFiled refuses the filter at index i of a SUBSCRIBE, which mochi
-// granted and filed, with code (0x80 for MQTT 3.1.1): as when mochi
-// refuses a filter, the SUBSCRIBE changes nothing of it. The subscription
-// it replaced, if any, is filed again whole, in mochi's session and index
-// and in the broker's index; a tree subscription replaced is still the
-// loop's (no subscribeTree is asked); else the filter is unfiled. The
-// replaced one is what the client held before the SUBSCRIBE (OnSubscribe:
-// c.replaced) or what an earlier filter of it that stays granted filed; a
-// later one granted replaces it, and refuseFiled leaves it to that one.
-// It runs in OnSubscribed, under the client's subscription lock, before
-// any other goroutine may read mochi's state of the client.
-func (b *Broker) refuseFiled(c *conn, cl *mqtt.Client, filters []packets.Subscription, codes []byte, i int, code packets.Code) {
-	codes[i] = code.Code
+// filedPass is one pass, in order, over the filters of a SUBSCRIBE that
+// mochi filed (OnSubscribed), refusing some of them (refuseFiled). Its
+// maps are made at the first refusal, so that each refusal costs O(1)
+// whatever the number of filters (1,000 filters refused: 0.3 ms and 109 KB;
+// a scan of the packet for each refusal took 3-13 ms).
+type filedPass struct {
+	c       *conn
+	cl      *mqtt.Client
+	filters []packets.Subscription
+	codes   []byte
+	last    map[string]int // filter → the last index mochi granted it at, as the pass began
+	prev    map[string]int // filter → the last index before upTo granted it at, for good
+	upTo    int
+}
+
+// refuseFiled refuses the filter at index i of the pass's SUBSCRIBE, which
+// mochi granted and filed, with code (0x80 for MQTT 3.1.1); the filters
+// before i are decided, those after it not yet (the filters of one
+// SUBSCRIBE are taken as a sequence of SUBSCRIBEs [MQTT-3.8.4-5]). As when
+// mochi refuses a filter, the refused one changes nothing: the
+// subscription it replaced, if any, is filed again whole, in mochi's
+// session and index and in the broker's index, and a tree subscription
+// replaced is still the loop's (no subscribeTree is asked); else the
+// filter is unfiled. What it replaced is what the latest granted filter
+// before it filed, or what the client held before the SUBSCRIBE
+// (OnSubscribe: c.replaced). A filter mochi filed again after i decides
+// for itself. It runs in OnSubscribed, under the client's subscription
+// lock, before any other goroutine may read mochi's state of the client.
+func (b *Broker) refuseFiled(p *filedPass, i int, code packets.Code) {
+	c, cl := p.c, p.cl
+	p.codes[i] = code.Code
 	if !c.v5 {
-		codes[i] = packets.ErrUnspecifiedError.Code
+		p.codes[i] = packets.ErrUnspecifiedError.Code
 	}
-	f := filters[i].Filter
-	for k := i + 1; k < len(filters) && k < len(codes); k++ {
-		if filters[k].Filter == f && codes[k] < 0x80 {
-			return // mochi filed k after i: k's outcome decides
+	if p.last == nil {
+		p.last, p.prev = map[string]int{}, map[string]int{}
+		for k, f := range p.filters[:min(len(p.filters), len(p.codes))] {
+			if p.codes[k] < 0x80 {
+				p.last[f.Filter] = k
+			}
 		}
+	}
+	for ; p.upTo < i; p.upTo++ {
+		if p.codes[p.upTo] < 0x80 {
+			p.prev[p.filters[p.upTo].Filter] = p.upTo
+		}
+	}
+	f := p.filters[i].Filter
+	if k, ok := p.last[f]; ok && k > i {
+		return // mochi filed k after i: k's outcome decides
 	}
 	prior, ok := c.replacedAt(i)
-	for j := i - 1; j >= 0; j-- {
-		if filters[j].Filter == f && codes[j] < 0x80 {
-			prior, ok = filters[j], true
-			break
-		}
+	if j, granted := p.prev[f]; granted {
+		prior, ok = p.filters[j], true
 	}
 	if !ok {
 		b.unfile(cl, f)
