@@ -651,7 +651,6 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	c := h.conn(cl)
 	if c != nil {
 		h.b.refuseGranted(c, cl, pk.Filters, codes)
-		defer func() { c.replaced = nil }()
 	}
 	h.b.mirrorSubscribed(cl, pk, codes)
 	if c == nil {
@@ -687,6 +686,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			c.enqueueToken(&replayItem{filter: f.Filter, qos: codes[i], subID: f.Identifier, from: h.b.applied.Load(), drops: c.dropped.Load()})
 		}
 	}
+	c.replaced = nil // refuseFiled's, for this SUBSCRIBE only
 }
 
 // OnPacketProcessed lets the writer go once mochi has written the SUBACK,
