@@ -65,6 +65,9 @@ type conn struct {
 	pendingTopic string // the topic of the publish OnPacketRead took aside
 	levels       int    // filter levels of the session's subscriptions, in all
 	pacedProps   bool   // a paced property-form tree subscription was filed: see propFiled
+	// replaced is what the filters of the SUBSCRIBE being processed
+	// replace, from OnSubscribe to OnSubscribed (refuseFiled).
+	replaced []replacedSub
 
 	logs logQuota // its share of Broker.logs (c.p.logs points here): guarded by Broker.logs.mu
 }

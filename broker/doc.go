@@ -322,7 +322,11 @@
 //     builds maps on every match; the broker's own index, a copy-on-write
 //     trie read without locks or allocations, mirrors what mochi files
 //     (OnSubscribed, OnUnsubscribed, OnClientExpired, fileSub, unfileSub),
-//     and delivery reads only it. Mochi still writes its own index, which
+//     and delivery reads only it. A filter mochi granted that the broker
+//     refuses after all (refuseGranted) changes nothing, as one mochi
+//     refuses: the subscription it would have replaced is filed again
+//     whole in mochi's session and index (refuseFiled), and the loop's
+//     tree subscription is left as it was. Mochi still writes its own index, which
 //     nothing of the broker reads; mochi forgets an expired session
 //     without unsubscribing it, so OnClientExpired does.
 //   - Retained messages: rows live once, in the tree core; mochi's retained

@@ -655,6 +655,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	count := cl.State.Subscriptions.Len()
 	maxLevels := levelsPerSubscription * b.opts.MaxSubscriptions
 	plain := false // a plain filter is filed: it waits for rows acknowledged before it
+	c.replaced = nil
 	for i := range filters {
 		f := &filters[i]
 		asSent := f.Filter
@@ -686,7 +687,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			f.Filter = strings.Clone(internalFilter(f.Filter, sf, propMode.Mode != wire.Plain || c.p.original))
 			c.pacedProps = c.pacedProps || (propMode.Mode != wire.Plain && sf.Interval > 0)
 		}
-		_, existed := cl.State.Subscriptions.Get(f.Filter)
+		prior, existed := cl.State.Subscriptions.Get(f.Filter)
 		levels := strings.Count(f.Filter, "/") + 1
 		switch {
 		case err != nil || existed:
@@ -704,6 +705,9 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			count++
 			c.levels += levels
 		}
+		if existed {
+			c.replaced = append(c.replaced, replacedSub{at: i, sub: prior}) // for refuseFiled
+		}
 		if existed && f.RetainHandling == 1 {
 			f.RetainHandling = 2 // [MQTT-3.3.1-10]: no retained rows for an existing subscription
 		}
@@ -719,14 +723,20 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 // OnSubscribed registers the tree subscriptions mochi granted and queues
 // the retained replays of plain ones, both behind the SUBACK that mochi
 // writes next (the writer is held); a tree subscription is registered
-// before the SUBACK is out, so no publish made after it is missed.
+// before the SUBACK is out, so no publish made after it is missed. What
+// the broker refuses of what mochi granted is refused first (refuseGranted),
+// before the broker's index mirrors mochi's.
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
-	h.b.mirrorSubscribed(cl, pk, codes) // first: what follows may unfile
 	c := h.conn(cl)
+	if c != nil {
+		h.b.refuseGranted(c, cl, pk.Filters, codes)
+	}
+	h.b.mirrorSubscribed(cl, pk, codes)
 	if c == nil {
 		return
 	}
 	topts, _ := readTreeOpts(pk.Properties.User) // checked in OnSubscribe
+	pass := filedPass{c: c, cl: cl, filters: pk.Filters, codes: codes}
 	for i, f := range pk.Filters {
 		if i >= len(codes) {
 			break
@@ -744,17 +754,6 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 		if !ok {
 			continue
 		}
-		if (sf.Mode == wire.Sync || (sf.Mode == wire.Plain && f.RetainHandling != 2)) && c.q.full() {
-			// A client that asks for snapshots or retained rows while it
-			// holds a full queue (it does not read) gets no more of them.
-			h.b.refuse(c.p, "subscribe", f.Filter, errQuotaf("the client's queue is full"))
-			h.b.unfile(cl, f.Filter)
-			codes[i] = packets.ErrQuotaExceeded.Code
-			if !c.v5 {
-				codes[i] = packets.ErrUnspecifiedError.Code
-			}
-			continue
-		}
 		if sf.Mode != wire.Plain {
 			st := h.b.treeSubOf(c, f.Filter, sf, codes[i], f.Identifier, topts)
 			if sf.Mode == wire.Sync {
@@ -763,11 +762,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 				guess, ok := h.b.snapshotGuess(c.q.done.wait(), sf.Filter, h.b.snaps.max)
 				if !ok || !c.holdSnapshot(st, guess) {
 					h.b.refuse(c.p, "subscribe", f.Filter, h.b.errSnapshotsFull(guess))
-					h.b.unfile(cl, f.Filter)
-					codes[i] = packets.ErrQuotaExceeded.Code
-					if !c.v5 {
-						codes[i] = packets.ErrUnspecifiedError.Code
-					}
+					h.b.refuseFiled(&pass, i, packets.ErrQuotaExceeded) // what it replaced stays
 					continue
 				}
 			}
@@ -782,6 +777,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			c.enqueueToken(&replayItem{filter: f.Filter, qos: codes[i], subID: f.Identifier, from: h.b.applied.Load(), drops: c.dropped.Load()})
 		}
 	}
+	c.replaced = nil // refuseFiled's, for this SUBSCRIBE only
 }
 
 // OnPacketProcessed lets the writer go once mochi has written the SUBACK,

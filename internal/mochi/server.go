@@ -1848,7 +1848,13 @@ func (s *Server) unfileUnsubscribe(cl *Client, pk packets.Packet, code packets.C
 	for i, sub := range pk.Filters {
 		invalid[i] = !IsValidFilter(sub.Filter, false)
 	}
-	pk = s.hooks.OnUnsubscribe(cl, pk)
+	if code == packets.CodeSuccess {
+		// mote: change 71: the hooks are asked only of an UNSUBSCRIBE not
+		// refused whole (0x91): one that is unsubscribes nothing here,
+		// and a hook that acted on it (Mote's ends tree subscriptions in
+		// OnUnsubscribe) would disagree with the session kept.
+		pk = s.hooks.OnUnsubscribe(cl, pk)
+	}
 	reasonCodes := make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
 		if code != packets.CodeSuccess {
