@@ -158,7 +158,7 @@ func sharedWriters(t *testing.T, b *Broker, n int) int64 {
 func TestSnapshotShared(t *testing.T) {
 	const (
 		rows  = 20_000
-		limit = 24 << 20
+		limit = 64 << 20
 		n     = 8
 	)
 	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
@@ -193,7 +193,7 @@ func TestSnapshotShared(t *testing.T) {
 func TestSnapshotBudgetOneClient(t *testing.T) {
 	const (
 		rows  = 20_000
-		limit = 24 << 20
+		limit = 64 << 20
 	)
 	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
 	value := `"` + strings.Repeat("x", 1000) + `"`
