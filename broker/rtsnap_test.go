@@ -129,10 +129,14 @@ func readSyncTree(c net.Conn) (map[string]any, int, error) {
 // change. Every reader's snapshot plus its deltas must equal the final
 // tree (a fresh snapshot at the end, SPEC §2: the first publish holds
 // every matching row, the deltas fold exactly from it); once all went,
-// nothing is held of the budget, and no shared snapshot is left.
+// nothing is held of the budget, and no shared snapshot is left. Each
+// burst: a client that never reads holds an 8 MB shared snapshot, then a
+// row no other writer touches changes before each subscriber registers
+// (with sameRows answering true, 2 of 2 runs failed: the stale copy was
+// shared, down to the final snapshot).
 func TestSharedSnapshotStress(t *testing.T) {
 	const (
-		rows    = 200
+		rows    = 2000 // 2,000 rows of 4 KB: an 8 MB snapshot, more than loopback's socket buffers take
 		steps   = 3000
 		readers = 24
 		bursts  = 6
@@ -140,9 +144,14 @@ func TestSharedSnapshotStress(t *testing.T) {
 	// The clients that never read fill their queues with deltas: they
 	// go then (SlowDisconnect), rather than have every publish wait.
 	b := start(t, Options{WriteTimeout: 5 * testTimeout, PublishWait: time.Millisecond, SlowClient: SlowDisconnect})
-	big := strings.Repeat("x", 2000)
+	big := strings.Repeat("x", 4000)
 	for i := range rows {
 		loadRow(b, fmt.Sprintf("st/r%03d", i), big+"-0")
+	}
+	for k := range bursts {
+		for j := range readers / bursts {
+			loadRow(b, fmt.Sprintf("st/q%d-%d", k, j), "0")
+		}
 	}
 	settle(t, b)
 	ctx := testCtx(t)
@@ -189,7 +198,7 @@ func TestSharedSnapshotStress(t *testing.T) {
 		var m Message
 		switch {
 		case i%499 == 0:
-			m = Message{Topic: "$set/st/+", Payload: []byte(fmt.Sprintf("%s-set%d", big, i))}
+			m = Message{Topic: fmt.Sprintf("$set/st/r%03d", i%rows), Payload: []byte(fmt.Sprintf("%s-set%d", big, i))}
 		case i%11 == 0:
 			m = Message{Topic: "$tree/st/+", Payload: []byte(fmt.Sprintf(`{"r%03d":"%s-t%d","r%03d":null}`, (i*7)%rows, big, i, (i*13+1)%rows)), Retain: true}
 		case i%7 == 0:
@@ -203,9 +212,8 @@ func TestSharedSnapshotStress(t *testing.T) {
 		if i%(steps/bursts) != steps/bursts/2 {
 			continue
 		}
-		// A burst: clients subscribing together, their writers taking
-		// the snapshot one after the other while the first still writes
-		// it; one never reads.
+		// A burst: a client that never reads takes a snapshot and holds
+		// it, then others subscribe, a row changing before each.
 		k := i / (steps / bursts)
 		stalled := dialRaw(t, b, fmt.Sprint("stalled", k), 4, true, packets.Properties{})
 		stalled.c.(*net.TCPConn).SetReadBuffer(4096)
@@ -216,7 +224,24 @@ func TestSharedSnapshotStress(t *testing.T) {
 			conns, burst = append(conns, r), append(burst, r)
 		}
 		stalled.write(subscribeBytes(1, "$sync/st/+", false))
+		for deadline := time.Now().Add(testTimeout); ; time.Sleep(time.Millisecond) { // the client that does not read holds a shared snapshot
+			b.shares.mu.Lock()
+			held := len(b.shares.byKey) == 1
+			b.shares.mu.Unlock()
+			if held {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no shared snapshot held")
+			}
+		}
 		for j, r := range burst {
+			// A row changed after that snapshot was made, before this
+			// subscriber registers: the copy must not be shared with it.
+			m := Message{Topic: fmt.Sprintf("st/q%d-%d", k, j), Payload: []byte(fmt.Sprintf("b%d-%d", i, j)), Retain: true} // no other writer touches it
+			if err := b.Publish(testCtx(t), systemPrincipal, m); err != nil {
+				t.Fatalf("step %d, burst publish %d: %v", i, j, err)
+			}
 			filter := "$sync/st/+"
 			if j%2 == 1 {
 				filter = "$sync.250ms/st/+"
@@ -233,7 +258,7 @@ func TestSharedSnapshotStress(t *testing.T) {
 		}
 	}
 	<-besideDone
-	if err := b.Publish(ctx, systemPrincipal, Message{Topic: "st/zz", Payload: []byte("end"), Retain: true}); err != nil {
+	if err := b.Publish(testCtx(t), systemPrincipal, Message{Topic: "st/zz", Payload: []byte("end"), Retain: true}); err != nil {
 		t.Fatal(err)
 	}
 	close(stopSampling)
