@@ -228,14 +228,20 @@ func (b *Broker) sharedSnapshot(st *treeSub) *sharedSnap {
 	key := snapKey{filter: st.ts.Filter, codec: st.ts.Codec}
 	rev, gen := b.tree.Rev(), b.tree.Store().Gen()
 	s := &b.shares
+	// The reference is taken with the lookup, in one step: a writer
+	// letting go of the last one meanwhile (releaseShared) would give its
+	// bytes back, and this reference's release give them back again.
 	s.mu.Lock()
 	sh := s.byKey[key]
-	s.mu.Unlock()
-	if sh != nil && b.sameRows(sh) {
-		s.mu.Lock()
+	if sh != nil {
 		sh.refs++
-		s.mu.Unlock()
-		return sh
+	}
+	s.mu.Unlock()
+	if sh != nil {
+		if b.sameRows(sh) {
+			return sh
+		}
+		b.releaseShared(sh)
 	}
 	payload := b.tree.Snapshot(st.ts.Filter, st.ts.Codec, nil)
 	if n := len(payload); n > flushAt && cap(payload)-n > n/8 {
