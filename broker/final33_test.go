@@ -3,8 +3,8 @@ package broker
 import (
 	"bytes"
 	"encoding/binary"
-	"io"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime/pprof"
@@ -258,4 +258,70 @@ func (b *connByteReader) ReadByte() (byte, error) {
 	var p [1]byte
 	_, err := io.ReadFull(b.Reader, p[:])
 	return p[0], err
+}
+
+// TestResumedSnapshotsBudget: clients with persistent $sync sessions of
+// their own filters come back, after their rows changed, and never
+// read: what their resumed subscriptions hold is measured against
+// MaxSnapshotBytes (a resumed subscription has no SUBACK to refuse).
+//
+// A defect found by the final33 attack, not fixed: 6 clients held
+// 11.8 MiB against a 4 MiB budget, 12 held 23.7 MiB (one ~2 MB first
+// message each, counted whatever the room: resizeSnapshot). It fails
+// at integ, so it runs only with MOTE_KNOWN_DEFECTS=1.
+func TestResumedSnapshotsBudget(t *testing.T) {
+	if os.Getenv("MOTE_KNOWN_DEFECTS") == "" {
+		t.Skip("known defect, unfixed: a resumed $sync subscription's first message is not bounded by MaxSnapshotBytes (MOTE_KNOWN_DEFECTS=1 runs it)")
+	}
+	const (
+		n     = 6
+		rows  = 2_000
+		limit = 4 << 20
+	)
+	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
+	persist := packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}
+	value := `"` + strings.Repeat("z", 1000) + `"`
+	load := func(v string) {
+		for i := range n {
+			for j := range rows {
+				loadRow(b, fmt.Sprintf("p%d/r%04d", i, j), v)
+			}
+		}
+		if err := b.Sync(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load(value)
+	for i := range n {
+		r := dialRaw(t, b, fmt.Sprint("res", i), 5, false, persist)
+		if code := r.subscribeCode(1, fmt.Sprintf("$sync/p%d/#", i)); code != 0 {
+			t.Fatalf("client %d: SUBACK %#x", i, code)
+		}
+		if !r.snapshot(testTimeout) {
+			t.Fatalf("client %d: no snapshot", i)
+		}
+		r.c.Close()
+		waitSnapshotBytes(t, b, 0)
+	}
+	load(`"` + strings.Repeat("w", 1000) + `"`)
+	for i := range n {
+		c, err := dialSmallRcvbuf(b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		connectRaw(t, c, fmt.Sprint("res", i), 5, false, persist) // and never read
+	}
+	deadline := time.Now().Add(testTimeout)
+	for {
+		if _, peak, _ := b.snaps.stats(); peak > limit || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // the rest of the resumes (a figure, not a barrier)
+	held, peak, refused := b.snaps.stats()
+	t.Logf("%d resumed: %d KiB held, %d KiB at most, %d refused; limit %d KiB", n, held>>10, peak>>10, refused, limit>>10)
+	if peak > limit {
+		t.Errorf("resumed subscriptions held %d bytes at most, over MaxSnapshotBytes %d", peak, limit)
+	}
 }
