@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
@@ -323,5 +324,55 @@ func TestResumedSnapshotsBudget(t *testing.T) {
 	t.Logf("%d resumed: %d KiB held, %d KiB at most, %d refused; limit %d KiB", n, held>>10, peak>>10, refused, limit>>10)
 	if peak > limit {
 		t.Errorf("resumed subscriptions held %d bytes at most, over MaxSnapshotBytes %d", peak, limit)
+	}
+}
+
+// TestAliasAcrossTakeover: a Topic Alias a connection set on a $tree
+// topic (or mote=tree) is the connection's: the connection that takes
+// its client id over and sends the alias alone is disconnected with
+// 0x82 (MQTT 5 §3.3.2.3.4: aliases end with the network connection), and nothing
+// of it is applied.
+func TestAliasAcrossTakeover(t *testing.T) {
+	b := start(t, Options{})
+	watch := dial3(t, b, "watch", true)
+	watch.sub(t, "hy/#", 0)
+	alias := func(a uint16, more ...[]byte) []byte { return hxProps(append([][]byte{hxU16(0x23, a)}, more...)...) }
+	for _, c := range []struct {
+		name  string
+		first []byte
+	}{
+		{"$tree", hxPublish("$tree/hy/m", 1, 1, alias(3), `{"a":1}`)},
+		{"mote=tree", hxPublish("hy/t", 1, 1, alias(3, hxUser("mote", "tree")), `{"b":2}`)},
+		{"plain", hxPublish("hy/p", 1, 1, alias(3), "p")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			nc := hxDial(t, b.TCPAddr())
+			defer nc.Close()
+			r := bufio.NewReader(nc)
+			if _, err := nc.Write(connectPacket(5, "hy")); err != nil {
+				t.Fatal(err)
+			}
+			if h, _, err := readPacketBody(r); err != nil || h>>4 != 2 {
+				t.Fatalf("no CONNACK: %#x %v", h, err)
+			}
+			nc.Write(c.first) //nolint:errcheck // its PUBACK is read next
+			if h, body, err := readPacketBody(r); err != nil || h != 0x40 {
+				t.Fatalf("first publish: %#x % x %v", h, body, err)
+			}
+			got := hxExchange(t, b.TCPAddr(), 5, "hy", hxPublish("", 1, 2, alias(3), `{"z":9}`))
+			if !hxMatch(got, []string{"e0:82*", "closed"}) {
+				t.Errorf("alias-only publish after the takeover: %q, want DISCONNECT 0x82", got)
+			}
+		})
+	}
+	settle(t, b)
+	watch.pub(t, "hy/end", 1, false, "end")
+	want := []string{"hy/m/a=1", "hy/t/b=2", "hy/p=p", "hy/end=end"}
+	var got []string
+	for _, m := range watch.wait(t, len(want)) {
+		got = append(got, m.topic+"="+m.payload)
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("bystander got %q, want %q", got, want)
 	}
 }
