@@ -66,6 +66,15 @@ func TestResubscribeSyncBudgetFull(t *testing.T) {
 					t.Fatalf("re-SUBSCRIBE %d: %#x, want %#x", i, code, tc.want)
 				}
 			}
+			for i := range loops / 10 {
+				// A filter the client did not hold, refused: never filed.
+				if code := rd.subscribeCode(uint16(1000+i), "$sync/snap/+"); code != tc.want {
+					t.Fatalf("new filter %d: %#x, want %#x", i, code, tc.want)
+				}
+			}
+			if cl, ok := b.server.Clients.Get("resub"); !ok || cl.State.Subscriptions.Len() != 1 {
+				t.Errorf("mochi's subscriptions of the client: %v, want only $sync/snap/#", cl.State.Subscriptions.GetAll())
+			}
 			if h, _, _ := b.snaps.stats(); h > limit || h == 0 {
 				t.Errorf("after %d refusals: %d bytes held (first %d)", loops, h, held)
 			}
