@@ -599,8 +599,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 
 // refusePublish answers a refused publish: an MQTT 5 client sending at QoS
 // 1 or 2 gets the reason code in its PUBACK or PUBREC, with a Reason
-// String unless it is 0x87; everyone else an ordinary ack (the report on
-// its error topic says why). Nothing is retained or delivered either way.
+// String unless it is 0x87 for a plain publish; everyone else an
+// ordinary ack (the report on its error topic says why). Nothing is
+// retained or delivered either way.
 func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 	r, _ := err.(*Refusal)
 	if r == nil || !c.v5 || pk.FixedHeader.Qos == 0 {
@@ -611,10 +612,13 @@ func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 		PacketID:    pk.PacketID,
 		ReasonCode:  r.Code.Code,
 	}
-	if r.Code != packets.ErrNotAuthorized {
-		// Why a tree did not decode is worth saying; a refusal by the ACL is
-		// told by its code alone (as Mosquitto does; the report on the
-		// error topic has the rest).
+	if r.Code != packets.ErrNotAuthorized || isTreeWrite(r.Topic, &pk.Properties) {
+		// Why a tree did not decode, or which of its rows the client may
+		// not write, is worth saying (SPEC §5: 0x99 or 0x87 "with a Reason
+		// String"); a plain publish refused by the ACL is told by its code
+		// alone (as Mosquitto does; the Paho interop suite's client refuses
+		// such an ack with properties; the report on the error topic has
+		// the rest).
 		ack.Properties.ReasonString = truncate(r.Err.Error(), maxReason)
 	}
 	if pk.FixedHeader.Qos == 2 {
@@ -629,6 +633,13 @@ func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 		cl.Stop(fmt.Errorf("broker: writing the ack of a refused publish: %w", err))
 	}
 	return packets.ErrRejectPacket
+}
+
+// isTreeWrite reports whether a publish to topic with props is a tree
+// publish or a $set (SPEC §4), in either form.
+func isTreeWrite(topic string, props *packets.Properties) bool {
+	p, _, err := parsePublish(topic, props)
+	return err == nil && p.Op != wire.PubPlain
 }
 
 // OnSubscribe checks each filter of a SUBSCRIBE before mochi files it: a
