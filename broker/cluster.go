@@ -487,8 +487,9 @@ func (b *Broker) shareEvent(p Principal, m *Message, r *prepared) error {
 }
 
 // sharesEvents reports whether op, a publish without retain, is events
-// the other nodes deliver: a tree publish's rows, also with .replace
-// (whose deletions of retained rows go through the log).
+// the other nodes deliver: a tree publish's rows. (A .replace without
+// retain deletes nothing and has no Replace filter; one that has it
+// deletes through the log.)
 func sharesEvents(op *tree.Op) bool {
 	if op.Replace != "" && op.SetFilter == "" {
 		o := *op

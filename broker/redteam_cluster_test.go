@@ -131,7 +131,7 @@ func TestClusterRevSameState(t *testing.T) {
 }
 
 // TestClusterReplaceEvent: a tree publish with .replace and no retain
-// flag is events (and deletes the retained rows it does not mention): its
+// flag is events (it deletes no retained row: SPEC §4, h-spec): its
 // events reach plain subscribers on the other nodes too, as a plain tree
 // publish's do (red team, issue 16: they stayed on the publisher's node).
 func TestClusterReplaceEvent(t *testing.T) {

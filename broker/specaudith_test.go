@@ -69,3 +69,57 @@ func TestSpecHTreeDeniedReasonString(t *testing.T) {
 		t.Fatalf("rows after the refusals: %s, want nothing applied", p.Payload)
 	}
 }
+
+// TestSpecHReplaceWithoutRetain: SPEC §4 handles a tree publish's rows "as
+// if each had been published alone with the packet's QoS and retain flag",
+// and docs/protocol.md says of a non-retained tree publish "nothing is
+// stored". A .replace without the retain flag deleted the retained rows
+// its tree did not mention (while storing none of its own): the store
+// ended neither as it was nor as the tree said. Now it is events only:
+// its rows reach subscribers, and every retained row stays. With the
+// retain flag, .replace deletes as before.
+func TestSpecHReplaceWithoutRetain(t *testing.T) {
+	cases := []struct {
+		name, topic string
+		props       paho5.UserProperties
+	}{
+		{"option", "$tree.replace/r", nil},
+		{"mote-replace", "$tree/r", paho5.UserProperties{{Key: "mote-replace", Value: "1"}}},
+		{"mote=tree", "r", paho5.UserProperties{{Key: "mote", Value: "tree"}, {Key: "mote-replace", Value: "1"}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := start(t, Options{})
+			c := dialTree5(t, b, "pub")
+			c.pub(t, "r/a", "1")
+			c.pub(t, "r/b", "2")
+			plain := dial3(t, b, "plain", true)
+			plain.sub(t, "r/#", 1)
+			publish := func(retain bool, payload string) {
+				t.Helper()
+				pk := &paho5.Publish{Topic: tc.topic, QoS: 1, Retain: retain, Payload: []byte(payload), Properties: &paho5.PublishProperties{User: tc.props}}
+				if r, err := c.Publish(testCtx(t), pk); err != nil || r.ReasonCode != 0 {
+					t.Fatalf("publish %s: %v %v", tc.topic, r, err)
+				}
+				settle(t, b)
+			}
+			publish(false, `{"a":5}`)
+			if _, err := c.Publish(testCtx(t), &paho5.Publish{Topic: "r/end", QoS: 1, Payload: []byte("x")}); err != nil {
+				t.Fatal(err)
+			}
+			got := plain.wait(t, 4) // r/a and r/b retained, then what the publishes sent
+			if got[2].topic != "r/a" || got[2].payload != "5" || got[3].topic != "r/end" {
+				t.Fatalf("plain subscriber got %+v, want the event r/a = 5 and r/end", got[2:])
+			}
+			s := dialTree5(t, b, "sync")
+			s.subscribe(t, "$sync/r/#")
+			if p := s.next(t); !jsonEqual(t, string(p.Payload), `{"a":1,"b":2}`) {
+				t.Fatalf("after a .replace without retain: %s, want the rows unchanged", p.Payload)
+			}
+			publish(true, `{"a":5}`)
+			if p := s.next(t); !jsonEqual(t, string(p.Payload), `{"a":5,"b":null}`) {
+				t.Fatalf("retained .replace: delta %s", p.Payload)
+			}
+		})
+	}
+}

@@ -215,7 +215,11 @@ func (ps *Parser) treeOp(p wire.Publish, root *wire.Node, retain bool, qos byte,
 		}
 	}
 	op := Op{Rows: rows, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}
-	if p.Replace {
+	// A .replace deletes retained rows only when it is retained itself: its
+	// rows are handled "as if each had been published alone with the
+	// packet's … retain flag" (SPEC §4), and a publish without it stores
+	// nothing, deletes nothing (MQTT §3.3.1.3); it is events only.
+	if p.Replace && retain {
 		op.Replace = p.Topic
 		if !wire.HasWildcard(p.Topic) {
 			op.Replace += "/#"
