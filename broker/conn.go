@@ -25,7 +25,6 @@ type conn struct {
 	p   Principal
 	key string // owner of this connection's tree subscriptions: unique per connection
 	id  string // the id its plain subscriptions are filed under in mochi's index
-	v5  bool   // MQTT 5 properties (mote-seq, Content Type, …) go out
 	q   *outQueue
 	out endpoint
 
@@ -35,20 +34,28 @@ type conn struct {
 
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)
 	snapAt     time.Time // when snapTokens was last topped up
-	snapHolds  snapHolds // what its subscriptions hold of the broker's snapshot budget
+	// snapHolds is what its subscriptions hold of the broker's snapshot
+	// budget: nil until one holds a snapshot, or the connection went
+	// (holdsOf).
+	snapHolds atomic.Pointer[snapHolds]
 
 	// The hand-off of the leftovers (see finish), guarded by endMu. A
 	// connection holds endMu while it hands them on, then its successor's.
+	// Its flags sit together after endMu, with v5 and pacedProps (each
+	// with its own guard), so that they fill one word (an idle
+	// connection's conn is in a smaller size class).
 	endMu      sync.Mutex
 	writerDone bool              // the writer exited: the leftovers are all there
 	ended      bool              // the session's end (dropConn) said whether it outlives the connection
 	keep       bool              // it does
-	expecting  *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
 	fresh      bool              // the client that took the client id starts a new session: the leftovers go
-	next       *conn             // the connection that took the session over: the leftovers go ahead of its queue
-	copied     map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
 	prev       bool              // the previous connection's leftovers are still to come ahead of this one's (its queue is held)
 	over       bool              // the leftovers were handed on
+	v5         bool              // MQTT 5 properties (mote-seq, Content Type, …) go out; set once, by newConn
+	pacedProps bool              // the read goroutine's: a paced property-form tree subscription was filed (see propFiled)
+	expecting  *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
+	next       *conn             // the connection that took the session over: the leftovers go ahead of its queue
+	copied     map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
 	handed     closeSignal       // closed when over
 
 	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
@@ -64,12 +71,12 @@ type conn struct {
 	// the hooks of one packet in order.
 	pendingTopic string // the topic of the publish OnPacketRead took aside
 	levels       int    // filter levels of the session's subscriptions, in all
-	pacedProps   bool   // a paced property-form tree subscription was filed: see propFiled
 	// replaced is what the filters of the SUBSCRIBE being processed
-	// replace, from OnSubscribe to OnSubscribed (refuseFiled).
-	replaced []replacedSub
+	// replace, from OnSubscribe to OnSubscribed (refuseFiled); nil when
+	// none does.
+	replaced *[]replacedSub
 
-	logs logQuota // its share of Broker.logs (c.p.logs points here): guarded by Broker.logs.mu
+	logs logSlot // its share of Broker.logs (c.p.logs points here): guarded by Broker.logs.mu
 }
 
 // endpoint is where a conn's writer writes: an MQTT client, or a door
