@@ -28,7 +28,11 @@ type conn struct {
 	q   *outQueue
 	out endpoint
 
-	acked   chan struct{}  // one slot: an in-flight slot was freed
+	// acked is a one-slot channel: an in-flight slot was freed. Made by
+	// the writer's first wait for one (ackedOf): an idle connection, or
+	// one that never fills its in-flight window, carries a nil pointer in
+	// place of a channel (112 bytes).
+	acked   atomic.Pointer[chan struct{}]
 	pub     *mqttPublisher // OnPublish's (the read goroutine's only): the mochi client's FlushHeld, the publish's wait clock; nil until the first publish
 	dropped atomic.Int64
 
@@ -107,14 +111,13 @@ var errTooLarge = errors.New("broker: too large")
 
 func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	c := &conn{
-		b:     b,
-		p:     p,
-		key:   p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
-		id:    id,
-		v5:    v5,
-		q:     newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
-		out:   out,
-		acked: make(chan struct{}, 1),
+		b:   b,
+		p:   p,
+		key: p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
+		id:  id,
+		v5:  v5,
+		q:   newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
+		out: out,
 	}
 	if c.id == "" {
 		c.id = c.key
@@ -424,10 +427,29 @@ func (c *conn) inflightFreed(id uint16) {
 // wakeWriter wakes the writer if it waits for room in flight
 // (waitInflight), without waiting itself.
 func (c *conn) wakeWriter() {
+	p := c.acked.Load()
+	if p == nil {
+		// Nobody ever waited. A writer that does makes the channel
+		// before it looks at what is in flight (waitInflight), under
+		// the locks the acknowledgement released before it came here:
+		// it sees this acknowledgement, or this sees its channel.
+		return
+	}
 	select {
-	case c.acked <- struct{}{}:
+	case *p <- struct{}{}:
 	default:
 	}
+}
+
+// ackedOf is c.acked's channel, made at the first call (the writer's
+// waitInflight).
+func (c *conn) ackedOf() chan struct{} {
+	if p := c.acked.Load(); p != nil {
+		return *p
+	}
+	ch := make(chan struct{}, 1)
+	c.acked.CompareAndSwap(nil, &ch)
+	return *c.acked.Load()
 }
 
 // mqttOut is an MQTT client of mochi as an endpoint. Its writer encodes
@@ -602,12 +624,16 @@ func (o *mqttOut) waitInflight(c *conn) error {
 		limit = rm
 	}
 	inflight := func() int { return o.cl.State.Inflight.Len() + o.ids.displacedN() }
+	if n := inflight(); n < limit && (n == 0 || c.flightLoad() < c.q.max) {
+		return nil // not full: the common case, without the channel
+	}
+	acked := c.ackedOf() // before the next look (wakeWriter)
 	for n := inflight(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = inflight() {
 		if err := o.flush(); err != nil {
 			return err
 		}
 		select {
-		case <-c.acked:
+		case <-acked:
 		case <-c.q.done.wait():
 			return errWriterStop
 		}

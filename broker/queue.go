@@ -201,8 +201,12 @@ type outQueue struct {
 	acked func() (uint64, bool)
 	look  *tcpLook
 
-	wake chan struct{} // one slot: items, a release, a direct write's rest (sent with mu held: see idle)
-	done closeSignal   // closed by close
+	// wake is a one-slot channel: items, a release, a direct write's rest
+	// (sent with mu held: see idle). Made by the first wake-up after the
+	// writer last stopped, nil while none runs (wakeLocked, idle): an idle
+	// connection's queue carries no channel (112 bytes).
+	wake chan struct{}
+	done closeSignal // closed by close
 
 	// The writer goroutine runs only while there is something to write
 	// (writer.go): a wake-up starts it if it is not running (start), and
@@ -294,7 +298,7 @@ func answerLocked(w *waiter, r pushResult) {
 }
 
 func newOutQueue(max int, patience time.Duration) *outQueue {
-	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1)}
+	return &outQueue{max: max, patience: patience, credit: patience}
 }
 
 // spendLocked runs the credit down for the time publishers waited, and
@@ -495,10 +499,7 @@ func (q *outQueue) leaveWaitLocked(w *waiter) {
 // writer that finds none under mu (idle) may stop: whoever comes next
 // starts another.
 func (q *outQueue) unlockAndWake() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
+	q.wakeLocked()
 	start := !q.running && q.start != nil
 	if start {
 		q.running = true
@@ -507,6 +508,30 @@ func (q *outQueue) unlockAndWake() {
 	if start {
 		q.start()
 	}
+}
+
+// wakeLocked leaves a wake-up for the writer, making the channel if
+// none runs (mu held).
+func (q *outQueue) wakeLocked() {
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// wakeOf is the channel the writer waits on for wake-ups (made here if
+// no wake-up made it: a writer started by close, or a queue on its own
+// in tests).
+func (q *outQueue) wakeOf() chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	return q.wake
 }
 
 // idle reports whether the writer may stop, having found nothing to write
@@ -520,6 +545,7 @@ func (q *outQueue) idle() bool {
 		return false
 	}
 	q.running = false
+	q.wake = nil // the next wake-up makes another, for the writer it starts
 	return true
 }
 
@@ -860,10 +886,7 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 	if len(out) > 0 && q.admitLocked() {
 		// The writer's next take finds them; the wake-up is for a writer
 		// that stops before it (writeUntilDone takes until empty).
-		select {
-		case q.wake <- struct{}{}:
-		default:
-		}
+		q.wakeLocked()
 	}
 	q.role = roleNone
 	if len(out) > 0 {
