@@ -164,14 +164,14 @@ func holdConnections(t *testing.T, subscribe bool) {
 	// front, 4.3 once they are made or lent when used (mochi change 62;
 	// bench/README.md, "Idle connections"); 4.45–4.6, then 4.72–4.76 once
 	// the thirteenth session's per-connection state moved conn, outQueue
-	// and mqttOut up a size class each; 3.85–3.89 with that state and the
+	// and mqttOut up a size class each; 3.83–3.89 with that state and the
 	// channels idle connections never use made when first needed, and
-	// the per-connection types packed (8 runs; bench/README.md, "Idle
+	// the per-connection types packed (12 runs; bench/README.md, "Idle
 	// connections, cut again"). The bound is 4.1: 0.2 KiB (5%) over the
-	// most of 8 runs, about the spread of three runs of the code before
-	// (4.64–4.91, the highest with more stack too), so that a run like
-	// that does not fail; a type moving up one size class (16–64 bytes)
-	// is TestIdleSizeClasses's to catch.
+	// most of those runs, about the spread of three runs of the code
+	// before (4.64–4.91, the highest with more stack too), so that a run
+	// like that does not fail; a type moving up one size class (16–64
+	// bytes) is TestIdleSizeClasses's to catch.
 	if per := (float64(after-before) - float64(stacksAfter-stacksBefore)) / n; !subscribe && per > 4.1*1024 {
 		t.Errorf("heap %.2f KiB an idle connection, want at most 4.1", per/1024)
 	}

@@ -23,6 +23,7 @@ func TestIdleSizeClasses(t *testing.T) {
 		{"outQueue", unsafe.Sizeof(outQueue{}), 320},
 		{"mqttOut", unsafe.Sizeof(mqttOut{}), 112},
 		{"netConn", unsafe.Sizeof(netConn{}), 256},
+		{"rawIO", unsafe.Sizeof(rawIO{}), 160},
 		{"mochi Client (with its 8-byte malloc header)", unsafe.Sizeof(mqtt.Client{}) + 8, 704},
 	} {
 		if c.size > c.max {
