@@ -25,30 +25,41 @@ type conn struct {
 	p   Principal
 	key string // owner of this connection's tree subscriptions: unique per connection
 	id  string // the id its plain subscriptions are filed under in mochi's index
-	v5  bool   // MQTT 5 properties (mote-seq, Content Type, …) go out
 	q   *outQueue
 	out endpoint
 
-	acked   chan struct{}  // one slot: an in-flight slot was freed
+	// acked is a one-slot channel: an in-flight slot was freed. Made by
+	// the writer's first wait for one (ackedOf): an idle connection, or
+	// one that never fills its in-flight window, carries a nil pointer in
+	// place of a channel (112 bytes).
+	acked   atomic.Pointer[chan struct{}]
 	pub     *mqttPublisher // OnPublish's (the read goroutine's only): the mochi client's FlushHeld, the publish's wait clock; nil until the first publish
 	dropped atomic.Int64
 
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)
 	snapAt     time.Time // when snapTokens was last topped up
-	snapHolds  snapHolds // what its subscriptions hold of the broker's snapshot budget
+	// snapHolds is what its subscriptions hold of the broker's snapshot
+	// budget: nil until one holds a snapshot, or the connection went
+	// (holdsOf).
+	snapHolds atomic.Pointer[snapHolds]
 
 	// The hand-off of the leftovers (see finish), guarded by endMu. A
 	// connection holds endMu while it hands them on, then its successor's.
+	// Its flags sit together after endMu, with v5 and pacedProps (each
+	// with its own guard), so that they fill one word (an idle
+	// connection's conn is in a smaller size class).
 	endMu      sync.Mutex
 	writerDone bool              // the writer exited: the leftovers are all there
 	ended      bool              // the session's end (dropConn) said whether it outlives the connection
 	keep       bool              // it does
-	expecting  *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
 	fresh      bool              // the client that took the client id starts a new session: the leftovers go
-	next       *conn             // the connection that took the session over: the leftovers go ahead of its queue
-	copied     map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
 	prev       bool              // the previous connection's leftovers are still to come ahead of this one's (its queue is held)
 	over       bool              // the leftovers were handed on
+	v5         bool              // MQTT 5 properties (mote-seq, Content Type, …) go out; set once, by newConn
+	pacedProps bool              // the read goroutine's: a paced property-form tree subscription was filed (see propFiled)
+	expecting  *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
+	next       *conn             // the connection that took the session over: the leftovers go ahead of its queue
+	copied     map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
 	handed     closeSignal       // closed when over
 
 	flightMu    sync.Mutex     // guards flight and flightBytes: the writer adds, mochi's ack hooks remove
@@ -64,12 +75,12 @@ type conn struct {
 	// the hooks of one packet in order.
 	pendingTopic string // the topic of the publish OnPacketRead took aside
 	levels       int    // filter levels of the session's subscriptions, in all
-	pacedProps   bool   // a paced property-form tree subscription was filed: see propFiled
 	// replaced is what the filters of the SUBSCRIBE being processed
-	// replace, from OnSubscribe to OnSubscribed (refuseFiled).
-	replaced []replacedSub
+	// replace, from OnSubscribe to OnSubscribed (refuseFiled); nil when
+	// none does.
+	replaced *[]replacedSub
 
-	logs logQuota // its share of Broker.logs (c.p.logs points here): guarded by Broker.logs.mu
+	logs logSlot // its share of Broker.logs (c.p.logs points here): guarded by Broker.logs.mu
 }
 
 // endpoint is where a conn's writer writes: an MQTT client, or a door
@@ -100,14 +111,13 @@ var errTooLarge = errors.New("broker: too large")
 
 func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	c := &conn{
-		b:     b,
-		p:     p,
-		key:   p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
-		id:    id,
-		v5:    v5,
-		q:     newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
-		out:   out,
-		acked: make(chan struct{}, 1),
+		b:   b,
+		p:   p,
+		key: p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
+		id:  id,
+		v5:  v5,
+		q:   newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
+		out: out,
 	}
 	if c.id == "" {
 		c.id = c.key
@@ -417,10 +427,29 @@ func (c *conn) inflightFreed(id uint16) {
 // wakeWriter wakes the writer if it waits for room in flight
 // (waitInflight), without waiting itself.
 func (c *conn) wakeWriter() {
+	p := c.acked.Load()
+	if p == nil {
+		// Nobody ever waited. A writer that does makes the channel
+		// before it looks at what is in flight (waitInflight), under
+		// the locks the acknowledgement released before it came here:
+		// it sees this acknowledgement, or this sees its channel.
+		return
+	}
 	select {
-	case c.acked <- struct{}{}:
+	case *p <- struct{}{}:
 	default:
 	}
+}
+
+// ackedOf is c.acked's channel, made at the first call (the writer's
+// waitInflight).
+func (c *conn) ackedOf() chan struct{} {
+	if p := c.acked.Load(); p != nil {
+		return *p
+	}
+	ch := make(chan struct{}, 1)
+	c.acked.CompareAndSwap(nil, &ch)
+	return *c.acked.Load()
 }
 
 // mqttOut is an MQTT client of mochi as an endpoint. Its writer encodes
@@ -595,12 +624,16 @@ func (o *mqttOut) waitInflight(c *conn) error {
 		limit = rm
 	}
 	inflight := func() int { return o.cl.State.Inflight.Len() + o.ids.displacedN() }
+	if n := inflight(); n < limit && (n == 0 || c.flightLoad() < c.q.max) {
+		return nil // not full: the common case, without the channel
+	}
+	acked := c.ackedOf() // before the next look (wakeWriter)
 	for n := inflight(); n >= limit || (n > 0 && c.flightLoad() >= c.q.max); n = inflight() {
 		if err := o.flush(); err != nil {
 			return err
 		}
 		select {
-		case <-c.acked:
+		case <-acked:
 		case <-c.q.done.wait():
 			return errWriterStop
 		}

@@ -514,7 +514,8 @@
 //	                             EstablishSession)
 //	mochi read loop (per client) serve(), started by guard      connection closes; serve recovers a panic, untracks
 //	mochi writer (per client)    mochi (Client.WriteLoop),      connection closes; started only when mochi queues a packet
-//	                             started on demand              to its outbound channel, which Mote does not (deliveries are the writer's)
+//	                             started on demand              to its outbound channel, which Mote does not (deliveries are the writer's);
+//	                                                            the channel itself is made by that first packet (mochi change 72)
 //	message loop                 Broker                         Close closes its inbox, after the sessions end
 //	writer (per connection)      conn; started by a wake-up     idle for a second (the next wake-up starts another), or its queue
 //	                             when none runs (outQueue)      closes: then it does the finishing duties (handReplaysOn,

@@ -58,9 +58,9 @@ func mqttPrincipal(cl *mqtt.Client) Principal {
 	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: isOriginal(cl.Net.Listener)}
 }
 
-// quota is the log quota of cl's connection (logBudget), nil while it
+// quota is the log slot (quota) of cl's connection (logBudget), nil while it
 // has none.
-func (h *hook) quota(cl *mqtt.Client) *logQuota {
+func (h *hook) quota(cl *mqtt.Client) *logSlot {
 	if c := h.conn(cl); c != nil {
 		return c.p.logs
 	}
@@ -717,7 +717,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			c.levels += levels
 		}
 		if existed {
-			c.replaced = append(c.replaced, replacedSub{at: i, sub: prior}) // for refuseFiled
+			c.noteReplaced(i, prior) // for refuseFiled
 		}
 		if existed && f.RetainHandling == 1 {
 			f.RetainHandling = 2 // [MQTT-3.3.1-10]: no retained rows for an existing subscription

@@ -67,7 +67,7 @@ func TestLogBudget(t *testing.T) {
 			now := time.Unix(1_000_000, 0)
 			budget := newLogBudget(zerolog.New(lb), LogLimit{PerClient: c.perConn, Total: c.total, Interval: 10 * time.Second})
 			budget.now = func() time.Time { return now }
-			quotas := make([]logQuota, c.conns)
+			quotas := make([]logSlot, c.conns)
 			written := 0
 			asked := 0
 			for step := 0; step < c.steps; step++ {
@@ -109,9 +109,9 @@ func TestLogBudget(t *testing.T) {
 // each kind in the interval is.
 func TestLogBudgetKinds(t *testing.T) {
 	budget := newLogBudget(zerolog.Nop(), LogLimit{PerClient: 2, Total: 3, Interval: time.Hour})
-	var a, b logQuota
+	var a, b logSlot
 	steps := []struct {
-		q    *logQuota
+		q    *logSlot
 		kind logKind
 		want bool
 	}{
@@ -141,7 +141,7 @@ func TestLogBudgetConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var q logQuota
+			var q logSlot
 			n := 0
 			for k := 0; k < 1_000; k++ {
 				if budget.allow(&q, "c", codeKind(packets.ErrQuotaExceeded)) {
@@ -296,7 +296,7 @@ func TestLogBudgetTick(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	budget := newLogBudget(zerolog.New(lb), LogLimit{PerClient: 2, Total: 3, Interval: 10 * time.Second})
 	budget.now = func() time.Time { return now }
-	var a logQuota
+	var a logSlot
 	for range 5 {
 		budget.allow(&a, "a", codeKind(packets.ErrQuotaExceeded)) // 2 written, 3 left out
 	}

@@ -41,15 +41,18 @@ import (
 //
 // Owner: the fields are guarded by mu; the read goroutine sets and clears
 // the reservation, the writer asks it.
+//
+// Its small fields sit together after mu, so that they share a word:
+// mqttOut, which holds it, stays in the 112-byte size class.
 type idSpaces struct {
 	mu        sync.Mutex
 	reserved  uint16          // the id of the client packet being processed; 0: none
 	kind      byte            // that packet's type
+	gone      bool            // the session was taken over (surrender): mochi's map is left as mochi keeps it
+	resent    bool            // the packet being processed is a QoS 2 PUBLISH whose id waits for its PUBREL: sent again
+	qos2      bool            // the packet being processed is a QoS 2 PUBLISH
 	displaced *packets.Packet // the delivery in flight under reserved, out of mochi's map meanwhile
 	inbound   map[uint16]packets.Packet
-	gone      bool                // the session was taken over (surrender): mochi's map is left as mochi keeps it
-	resent    bool                // the packet being processed is a QoS 2 PUBLISH whose id waits for its PUBREL: sent again
-	qos2      bool                // the packet being processed is a QoS 2 PUBLISH
 	mine      *lateRec            // the QoS 2 PUBLISH being processed when the session was taken over (surrender)
 	late      map[uint16]*lateRec // QoS 2 publishes a connection taken over was processing when it lost the session
 }

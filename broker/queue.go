@@ -142,10 +142,12 @@ type outQueue struct {
 	role      writeRole // who writes to the client now (direct.go)
 	pending   bool      // a direct write left bytes for the writer (takeOver)
 	closed    bool      // no more items: the connection is gone
+	sealed    bool      // the leftovers were taken: a push answers pushGone
+	stalled   bool      // credit ran out, and has not come back whole (see patience)
+	running   bool      // a writer goroutine runs (mu held to change it; see start)
 	left      []item    // once closed: QoS 1/2 plain messages not written, for the session (see close), and QoS 1/2 replays not finished (expanded by the writer: handReplaysOn)
 	leftBytes int
-	leftLost  int  // QoS 1/2 plain messages close and unsent could not keep (over the bound)
-	sealed    bool // the leftovers were taken: a push answers pushGone
+	leftLost  int // QoS 1/2 plain messages close and unsent could not keep (over the bound)
 	// waitq is the publishers waiting for room, in the order they came:
 	// room goes to them in that order (admitLocked): whoever makes room
 	// queues the messages of those first in line that fit, and wakes
@@ -186,7 +188,6 @@ type outQueue struct {
 	patience  time.Duration
 	credit    time.Duration
 	since     time.Time // since when credit runs down (waitq not empty)
-	stalled   bool      // credit ran out, and has not come back whole
 	lastWrote time.Time // when the client was last written something
 	// fullAt is when the queue was first found full (a put found no room
 	// for its message, or the message it queued left less room than it
@@ -195,28 +196,39 @@ type outQueue struct {
 	fullAt time.Time
 	// acked reads how many bytes the client's TCP stack has acknowledged
 	// (netConn.acked); nil, or false, when that is not known (not plain
-	// TCP on Linux, a queue on its own in tests). ackedAt is what it read
-	// at the last look, at lookedAt (lookLocked: when the queue is found
-	// full, when the client is written while publishers wait, and by
-	// takingLocked); early is what takingLocked counted as written that
-	// the writes themselves have not yet paid back (wrote): the bytes
-	// acknowledged were counted once already, as their writes returned,
-	// or will be.
-	acked    func() (uint64, bool)
-	ackedAt  uint64
-	lookedAt time.Time
-	early    int64
+	// TCP on Linux, a queue on its own in tests). look is what the looks
+	// found: nil until the first (an idle connection's queue never looks).
+	acked func() (uint64, bool)
+	look  *tcpLook
 
-	wake chan struct{} // one slot: items, a release, a direct write's rest (sent with mu held: see idle)
-	done closeSignal   // closed by close
+	// wake is a one-slot channel: items, a release, a direct write's rest
+	// (sent with mu held: see idle). Made by the first wake-up after the
+	// writer last stopped, nil while none runs (wakeLocked, idle): an idle
+	// connection's queue carries no channel (112 bytes).
+	wake chan struct{}
+	done closeSignal // closed by close
 
 	// The writer goroutine runs only while there is something to write
 	// (writer.go): a wake-up starts it if it is not running (start), and
 	// it stops once it found nothing for a while (idle). Once the queue is
 	// closed a writer runs (close starts one if none does) and does its
 	// finishing duties; none starts after it.
-	running bool   // a writer goroutine runs (mu held to change it)
-	start   func() // starts the writer goroutine (the conn's); nil: none (a queue on its own, in tests)
+	start func() // starts the writer goroutine (the conn's); nil: none (a queue on its own, in tests)
+}
+
+// tcpLook is what an outQueue's looks at the client's TCP stack found
+// (lookLocked, takingLocked), guarded by its mu; made at the first look,
+// when the queue is first found full with a publisher waiting: an idle
+// connection's queue carries a nil pointer. ackedAt is what acked read at
+// the last look, at lookedAt (when the queue is found full, when the
+// client is written while publishers wait, and by takingLocked); early is
+// what takingLocked counted as written that the writes themselves have
+// not yet paid back (wrote): the bytes acknowledged were counted once
+// already, as their writes returned, or will be.
+type tcpLook struct {
+	ackedAt  uint64
+	lookedAt time.Time
+	early    int64
 }
 
 // creditBytes is what a client is written for each second of credit;
@@ -286,7 +298,7 @@ func answerLocked(w *waiter, r pushResult) {
 }
 
 func newOutQueue(max int, patience time.Duration) *outQueue {
-	return &outQueue{max: max, patience: patience, credit: patience, wake: make(chan struct{}, 1)}
+	return &outQueue{max: max, patience: patience, credit: patience}
 }
 
 // spendLocked runs the credit down for the time publishers waited, and
@@ -350,12 +362,16 @@ func (q *outQueue) takingLocked(now time.Time) {
 		return
 	}
 	a, ok := q.acked()
-	if !ok || a < q.ackedAt+creditMsg {
+	if !ok {
 		return
 	}
-	d := int64(a - q.ackedAt)
-	q.ackedAt, q.lookedAt = a, now
-	q.early += d
+	lk := q.lookOfLocked()
+	if a < lk.ackedAt+creditMsg {
+		return
+	}
+	d := int64(a - lk.ackedAt)
+	lk.ackedAt, lk.lookedAt = a, now
+	lk.early += d
 	earned := q.earnLocked(d, now)
 	if !q.fullAt.IsZero() {
 		q.fullAt = q.fullAt.Add(earned)
@@ -372,12 +388,21 @@ func (q *outQueue) takingLocked(now time.Time) {
 // again, a look each time. takingLocked may so count bytes the client
 // took up to a quarter of a patience before its queue was found full.
 func (q *outQueue) lookLocked(now time.Time) {
-	if q.acked == nil || now.Sub(q.lookedAt) < q.patience/4 {
+	if q.acked == nil || q.look != nil && now.Sub(q.look.lookedAt) < q.patience/4 {
 		return
 	}
 	if a, ok := q.acked(); ok {
-		q.ackedAt, q.lookedAt = a, now
+		lk := q.lookOfLocked()
+		lk.ackedAt, lk.lookedAt = a, now
 	}
+}
+
+// lookOfLocked is q.look, made at the first look (mu held).
+func (q *outQueue) lookOfLocked() *tcpLook {
+	if q.look == nil {
+		q.look = &tcpLook{}
+	}
+	return q.look
 }
 
 // earnLocked adds the credit n bytes written earn, up to patience, and
@@ -474,10 +499,7 @@ func (q *outQueue) leaveWaitLocked(w *waiter) {
 // writer that finds none under mu (idle) may stop: whoever comes next
 // starts another.
 func (q *outQueue) unlockAndWake() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
+	q.wakeLocked()
 	start := !q.running && q.start != nil
 	if start {
 		q.running = true
@@ -486,6 +508,30 @@ func (q *outQueue) unlockAndWake() {
 	if start {
 		q.start()
 	}
+}
+
+// wakeLocked leaves a wake-up for the writer, making the channel if
+// none runs (mu held).
+func (q *outQueue) wakeLocked() {
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// wakeOf is the channel the writer waits on for wake-ups (made here if
+// no wake-up made it: a writer started by close, or a queue on its own
+// in tests).
+func (q *outQueue) wakeOf() chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	return q.wake
 }
 
 // idle reports whether the writer may stop, having found nothing to write
@@ -499,6 +545,7 @@ func (q *outQueue) idle() bool {
 		return false
 	}
 	q.running = false
+	q.wake = nil // the next wake-up makes another, for the writer it starts
 	return true
 }
 
@@ -839,10 +886,7 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 	if len(out) > 0 && q.admitLocked() {
 		// The writer's next take finds them; the wake-up is for a writer
 		// that stops before it (writeUntilDone takes until empty).
-		select {
-		case q.wake <- struct{}{}:
-		default:
-		}
+		q.wakeLocked()
 	}
 	q.role = roleNone
 	if len(out) > 0 {
@@ -864,8 +908,11 @@ func (q *outQueue) wrote(n, msgs int) {
 	q.mu.Lock()
 	now := time.Now()
 	q.chargeLocked(now)
-	paid := min(int64(n), q.early)
-	q.early -= paid
+	var paid int64
+	if q.look != nil {
+		paid = min(int64(n), q.look.early)
+		q.look.early -= paid
+	}
 	q.earnLocked(max(int64(n)-paid, int64(msgs)*creditMsg), now)
 	q.fullAt = time.Time{} // written: full only from the next time it is found so
 	if len(q.waitq) > 0 {

@@ -21,11 +21,25 @@ type replacedSub struct {
 // replacedAt is the subscription the SUBSCRIBE's filter at index i would
 // replace, if the client held one (c.replaced, set by OnSubscribe).
 func (c *conn) replacedAt(i int) (packets.Subscription, bool) {
-	j, ok := slices.BinarySearchFunc(c.replaced, i, func(r replacedSub, i int) int { return cmp.Compare(r.at, i) })
+	if c.replaced == nil {
+		return packets.Subscription{}, false
+	}
+	j, ok := slices.BinarySearchFunc(*c.replaced, i, func(r replacedSub, i int) int { return cmp.Compare(r.at, i) })
 	if !ok {
 		return packets.Subscription{}, false
 	}
-	return c.replaced[j].sub, true
+	return (*c.replaced)[j].sub, true
+}
+
+// noteReplaced records that the SUBSCRIBE's filter at index i replaces
+// prior (filters in order: c.replaced stays sorted by index). The list is
+// made at a SUBSCRIBE's first replacement: a connection that never
+// subscribes again carries a nil pointer, not a slice.
+func (c *conn) noteReplaced(i int, prior packets.Subscription) {
+	if c.replaced == nil {
+		c.replaced = new([]replacedSub)
+	}
+	*c.replaced = append(*c.replaced, replacedSub{at: i, sub: prior})
 }
 
 // refuseGranted refuses, of the filters mochi granted (codes below 0x80),

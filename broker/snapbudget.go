@@ -72,11 +72,22 @@ type snapHolds struct {
 	gone    bool  // the connection went: nothing more is held for it
 }
 
+// holdsOf is c's snapHolds, made the first time a subscription of c
+// holds a snapshot (or c goes): an idle connection carries a pointer, not
+// the holds.
+func (c *conn) holdsOf() *snapHolds {
+	if h := c.snapHolds.Load(); h != nil {
+		return h
+	}
+	c.snapHolds.CompareAndSwap(nil, &snapHolds{})
+	return c.snapHolds.Load()
+}
+
 // holdSnapshot counts n bytes for st's first message, the estimate made
 // before its SUBACK; false: they do not fit beside what the broker holds
 // now, or the connection went.
 func (c *conn) holdSnapshot(st *treeSub, n int64) bool {
-	h := &c.snapHolds
+	h := c.holdsOf()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.gone {
@@ -97,8 +108,7 @@ func (c *conn) holdSnapshot(st *treeSub, n int64) bool {
 
 // settleLocked counts in the budget the most one of held holds, and
 // extra bytes more, in one step (h.mu held).
-func (c *conn) settleLocked(extra int64) {
-	h := &c.snapHolds
+func (c *conn) settleLocked(h *snapHolds, extra int64) {
 	var most int64
 	for _, n := range h.held {
 		most = max(most, n)
@@ -114,7 +124,7 @@ func (c *conn) settleLocked(extra int64) {
 // yet. In one step: the estimate and the snapshot built for it are
 // never both counted.
 func (c *conn) resizeSnapshot(st *treeSub, n int64) {
-	h := &c.snapHolds
+	h := c.holdsOf()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.gone {
@@ -124,7 +134,7 @@ func (c *conn) resizeSnapshot(st *treeSub, n int64) {
 		h.held = make(map[*treeSub]int64)
 	}
 	h.held[st] = n
-	c.settleLocked(c.b.shares.count(st.shared.Load()))
+	c.settleLocked(h, c.b.shares.count(st.shared.Load()))
 }
 
 // count is sh's size the first time it is asked, then 0: a shared
@@ -145,18 +155,21 @@ func (s *snapShares) count(sh *sharedSnap) int64 {
 // releaseSnapshot gives back what st held: its first message was
 // written, or will never be.
 func (c *conn) releaseSnapshot(st *treeSub) {
-	h := &c.snapHolds
+	h := c.snapHolds.Load()
+	if h == nil {
+		return // nothing was held
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.held[st]; ok {
 		delete(h.held, st)
-		c.settleLocked(0)
+		c.settleLocked(h, 0)
 	}
 }
 
 // releaseSnapshots gives back what the connection held: it went.
 func (c *conn) releaseSnapshots() {
-	h := &c.snapHolds
+	h := c.holdsOf()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.gone = true

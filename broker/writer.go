@@ -63,9 +63,10 @@ func (c *conn) writeUntilDone() bool {
 	busy := false // woken since the timer was last set
 	var batch []item
 	done := c.q.done.wait()
+	wake := c.q.wakeOf() // nil in the queue once this writer stops idle
 	for {
 		select {
-		case <-c.q.wake:
+		case <-wake:
 		case <-done:
 			return true
 		case <-idle.C:

@@ -1540,7 +1540,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 
 	cl.startWriteLoop() // mote: the writer starts with the first queued packet
 	select {
-	case cl.State.outbound <- &out:
+	case cl.outboundOf() <- &out: // mote: change 72
 		atomic.AddInt32(&cl.State.outboundQty, 1)
 	default:
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)

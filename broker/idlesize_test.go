@@ -1,0 +1,33 @@
+package broker
+
+import (
+	"testing"
+	"unsafe"
+
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+)
+
+// TestIdleSizeClasses bounds the types every MQTT connection allocates
+// for its life, idle or not, at the size classes they fit now
+// (runtime/sizeclasses.go; an object over 512 bytes with pointers also
+// takes an 8-byte malloc header): a field added to one of them that
+// moves it up a class costs every idle connection the step (bench/README.md,
+// "Idle connections, cut again"). State that idle connections never use
+// is made when first needed, behind a pointer.
+func TestIdleSizeClasses(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		size, max uintptr
+	}{
+		{"conn", unsafe.Sizeof(conn{}), 320},
+		{"outQueue", unsafe.Sizeof(outQueue{}), 320},
+		{"mqttOut", unsafe.Sizeof(mqttOut{}), 112},
+		{"netConn", unsafe.Sizeof(netConn{}), 256},
+		{"rawIO", unsafe.Sizeof(rawIO{}), 160},
+		{"mochi Client (with its 8-byte malloc header)", unsafe.Sizeof(mqtt.Client{}) + 8, 704},
+	} {
+		if c.size > c.max {
+			t.Errorf("%s is %d bytes, want at most %d (its size class)", c.name, c.size, c.max)
+		}
+	}
+}
