@@ -126,6 +126,7 @@ func (c *netConn) ReadLent() ([]byte, int, error) {
 	if w == nil || w.bufs == nil {
 		return nil, 0, mqtt.ErrNoLending
 	}
+	c.turn.next(c.turns())
 	err := w.rc.Read(w.read)
 	buf, n, rerr := w.rbuf, w.rn, w.rerr
 	w.rbuf, w.rn, w.rerr = nil, 0, 0
@@ -150,6 +151,7 @@ func (c *netConn) ReadLent() ([]byte, int, error) {
 		return nil, 0, err
 	}
 	w.lent = buf
+	c.turn.take(c.turns())
 	return buf, n, nil
 }
 
@@ -166,6 +168,7 @@ func (c *netConn) ReturnLent(buf []byte) {
 // malformed packet, a panic) with input in it unread. Called on the
 // connection's read goroutine once mochi has read its last (connEnded).
 func (c *netConn) takeBackLent() {
+	c.turn.next(c.turns()) // and its read turn
 	if c.raw != nil && c.raw.lent != nil {
 		c.ReturnLent(c.raw.lent)
 	}

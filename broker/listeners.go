@@ -155,6 +155,7 @@ type netConn struct {
 	moteName  bool     // the CONNECT so far names protocol "mote" (original.go)
 	pre       *message // made with the PUBLISH body PublishBody gave last, until OnPublish takes it (bodies.go)
 	preBody   *byte    // that body's first byte
+	turn      readTurn // its read turns, if it floods refused packets (turns.go)
 
 	wmu  sync.Mutex // one write at a time
 	raw  *rawIO     // plain TCP: non-blocking direct writes (direct.go); nil otherwise

@@ -57,6 +57,10 @@ type logQuota struct {
 	kinds      kindSet   // kinds it ever wrote
 	suppressed int64     // lines not written since its last count
 	closed     bool      // its connection closed: only the broker-wide bound applies
+
+	// refusals counts the connection's refused requests (atomic, not
+	// under mu): its read turns look at it (turns.go).
+	refusals atomic.Uint32
 }
 
 // logKind is what a line is about: the reason code of the refusal
