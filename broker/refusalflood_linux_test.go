@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
@@ -159,4 +160,61 @@ func qosPublishRetained(t *testing.T, v byte, topic string) []byte {
 	p := qosPublish(t, v, topic, 1, 1)
 	p[0] |= 1
 	return p
+}
+
+// TestFloodReadsInTurns: a connection that refused turnRefusals packets
+// or more of a read handles its next read's packets only in a read turn
+// (turns.go): with every turn taken, its next refused packets are
+// answered no sooner than turnWait; once turns are free it goes on, and
+// a read of nothing refused gives its turn back. Without the turns it
+// was answered at once, taking a core from every other client.
+func TestFloodReadsInTurns(t *testing.T) {
+	b := start(t, Options{})
+	for _, v := range []byte{4, 5} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			r := dialRaw(t, b, fmt.Sprintf("turns%d", v), v, true, packets.Properties{})
+			burst := func(from int) time.Duration {
+				var all []byte
+				for i := range 2 * turnRefusals {
+					all = append(all, qosPublish(t, v, "$SYS/flood", 1, uint16(from+i))...)
+				}
+				began := time.Now()
+				r.write(all)
+				for i := range 2 * turnRefusals {
+					if typ, body := r.read(); typ != packets.Puback || binary.BigEndian.Uint16(body) != uint16(from+i) {
+						t.Fatalf("answer %d: type %d % x", from+i, typ, body)
+					}
+				}
+				return time.Since(began)
+			}
+			ping := func() {
+				r.write([]byte{0xc0, 0})
+				if typ, _ := r.read(); typ != packets.Pingresp {
+					t.Fatalf("PINGRESP: type %d", typ)
+				}
+			}
+			burst(1) // refused: the next read is a flooder's
+			taken := 0
+			giveBack := func() {
+				for ; taken > 0; taken-- {
+					<-b.turns
+				}
+			}
+			t.Cleanup(giveBack) // a failure leaves none taken for the next case
+			for range cap(b.turns) {
+				b.turns <- struct{}{} // every turn someone else's
+				taken++
+			}
+			if d := burst(100); d < turnWait {
+				t.Fatalf("answered in %v with every turn taken, want at least %v", d, turnWait)
+			}
+			giveBack()
+			burst(200)
+			ping() // read in a turn: the burst before was refused
+			ping() // gives it back
+			if n := len(b.turns); n != 0 {
+				t.Fatalf("%d turns held after a read of nothing refused", n)
+			}
+		})
+	}
 }
