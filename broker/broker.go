@@ -119,6 +119,7 @@ type Broker struct {
 
 	stats      Stats
 	logs       *logBudget    // bounds the log lines of refused requests (loglimit.go)
+	turns      chan struct{} // read turns of connections flooding refused packets (turns.go)
 	meter      *meters       // Prometheus figures (metrics.go)
 	healthWait time.Duration // how long Health waits for the loop and the store
 }
@@ -184,6 +185,7 @@ func New(opts Options) (*Broker, error) {
 		histReads:   make(chan struct{}, 2),
 		guesses:     newGuesses(opts.GuessLimit, opts.GuessWindow),
 		logs:        newLogBudget(opts.Log, opts.RefusalLog),
+		turns:       newTurns(),
 	}
 	if opts.Cluster != nil {
 		if opts.Store == nil || opts.Cluster.Log == nil {

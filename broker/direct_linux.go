@@ -130,6 +130,7 @@ func (c *netConn) ReadLent() ([]byte, int, error) {
 	if w == nil || w.bufs == nil {
 		return nil, 0, mqtt.ErrNoLending
 	}
+	c.turn.next(c.turns())
 	err := w.rc.Read(w.read)
 	buf, n, rerr := w.rbuf, int(w.rn), w.rerr
 	w.rbuf, w.rn, w.rerr = nil, 0, 0
@@ -154,6 +155,7 @@ func (c *netConn) ReadLent() ([]byte, int, error) {
 		return nil, 0, err
 	}
 	w.lent = buf
+	c.turn.take(c.turns(), c.refusals())
 	return buf, n, nil
 }
 
@@ -170,6 +172,7 @@ func (c *netConn) ReturnLent(buf []byte) {
 // malformed packet, a panic) with input in it unread. Called on the
 // connection's read goroutine once mochi has read its last (connEnded).
 func (c *netConn) takeBackLent() {
+	c.turn.next(c.turns()) // and its read turn
 	if c.raw != nil && c.raw.lent != nil {
 		c.ReturnLent(c.raw.lent)
 	}

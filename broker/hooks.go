@@ -624,8 +624,11 @@ func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 	if pk.FixedHeader.Qos == 2 {
 		ack.FixedHeader.Type = packets.Pubrec // a PUBREC >= 0x80 ends the QoS 2 flow
 	}
+	// Held with the acks of the packets before it while more input waits
+	// (mochi change 73): a client flooding refused publishes gets their
+	// acks in one write per read, not a write each.
 	cl := c.out.(*mqttOut).cl
-	if err := cl.WritePacket(ack); err != nil {
+	if err := cl.WriteAck(ack); err != nil {
 		// The connection is gone: its read loop ends at the next packet.
 		// The error, returned, had mochi log an Error line for each
 		// refused publish left in the read buffer, outside refusal_log,
@@ -665,7 +668,8 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	copy(filters, pk.Filters)
 	count := cl.State.Subscriptions.Len()
 	maxLevels := levelsPerSubscription * b.opts.MaxSubscriptions
-	plain := false // a plain filter is filed: it waits for rows acknowledged before it
+	plain := false  // a plain filter is filed: it waits for rows acknowledged before it
+	filing := false // a filter may be filed
 	c.replaced = nil
 	for i := range filters {
 		f := &filters[i]
@@ -723,8 +727,16 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			f.RetainHandling = 2 // [MQTT-3.3.1-10]: no retained rows for an existing subscription
 		}
 		plain = plain || sf.Mode == wire.Plain
+		filing = true
 	}
 	pk.Filters = filters
+	if filing {
+		// The acks mochi holds for the packets before this one go out
+		// before anything here may wait (afterAcked, the loop registering
+		// a tree subscription); a SUBSCRIBE refused whole waits for
+		// nothing, and its SUBACK joins them (mochi change 73).
+		_ = cl.FlushHeld()
+	}
 	if plain {
 		b.afterAcked(c.q.done.wait())
 	}

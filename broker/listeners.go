@@ -141,13 +141,16 @@ type netConn struct {
 	writeTimeout time.Duration
 
 	// read side: touched only by the connection's read goroutine
-	length  int // remaining length being read (state 1), bytes of body left (state 2)
 	packets int // packets whose header was read
 	b       *Broker
 	host    string
-	body    int      // bytes of the CONNECT body seen (to find the level)
 	pre     *message // made with the PUBLISH body PublishBody gave last, until OnPublish takes it (bodies.go)
 	preBody *byte    // that body's first byte
+	// A Remaining Length is at most 268,435,455 (four bytes of seven
+	// bits), a CONNECT's body at most maxConnect: int32s, in one word.
+	length int32    // remaining length being read (state 1), bytes of body left (state 2)
+	body   int32    // bytes of the CONNECT body seen (to find the level)
+	turn   readTurn // its read turns, if it floods refused packets (turns.go)
 	// The read side's flags, together with the small fields of the rest
 	// (each with its own guard) at the end, so that none is padded to a
 	// word: 288 → 256 bytes, one size class down.
@@ -275,7 +278,7 @@ func (c *netConn) scan(p []byte) error {
 		case 1: // remaining length, 7 bits a byte
 			v := p[i]
 			i++
-			c.length |= int(v&0x7f) << c.shift
+			c.length |= int32(v&0x7f) << c.shift
 			c.shift += 7
 			if v&0x80 != 0 {
 				if c.shift >= 28 {
@@ -284,12 +287,12 @@ func (c *netConn) scan(p []byte) error {
 				continue
 			}
 			c.packets++
-			if c.packets == 1 && c.length > c.maxConnect {
+			if c.packets == 1 && int(c.length) > c.maxConnect {
 				return fmt.Errorf("%w: %d bytes declared, limit %d", errConnectTooLarge, c.length, c.maxConnect)
 			}
 			// The whole packet: its type byte, its length's bytes (shift/7)
 			// and its body (MQTT 5 §3.1.2.11.4).
-			if c.maxPacket > 0 && c.length+1+int(c.shift/7) > c.maxPacket {
+			if c.maxPacket > 0 && int(c.length)+1+int(c.shift/7) > c.maxPacket {
 				return fmt.Errorf("%w: %d bytes declared, limit %d", errPacketTooLarge, c.length, c.maxPacket)
 			}
 			c.state = 2
@@ -297,21 +300,22 @@ func (c *netConn) scan(p []byte) error {
 				c.endPacket()
 			}
 		case 2: // body
-			k := min(c.length, len(p)-i)
+			k := min(int(c.length), len(p)-i)
 			if c.packets == 1 && !c.connected {
+				body := int(c.body)
 				if c.original {
-					for at := c.body; at < c.body+k && at <= 6; at++ {
-						c.rewriteConnect(at, &p[i+at-c.body])
+					for at := body; at < body+k && at <= 6; at++ {
+						c.rewriteConnect(at, &p[i+at-body])
 					}
 				}
 				// The protocol level is the 7th byte of a CONNECT body
 				// (after the protocol name "MQTT" with its length).
-				if at := 6 - c.body; at >= 0 && at < k {
+				if at := 6 - body; at >= 0 && at < k {
 					c.level = p[i+at]
 				}
-				c.body += k
+				c.body += int32(k)
 			}
-			c.length -= k
+			c.length -= int32(k)
 			i += k
 			if c.length == 0 {
 				c.endPacket()

@@ -66,6 +66,10 @@ type logQuota struct {
 type logSlot struct {
 	q      *logQuota // nil until the connection's first line
 	closed bool      // its connection closed: only the broker-wide bound applies
+
+	// refusals counts the connection's refused requests (atomic, not
+	// under mu): its read turns look at it (turns.go).
+	refusals atomic.Uint32
 }
 
 // logKind is what a line is about: the reason code of the refusal

@@ -933,10 +933,17 @@ func (q *outQueue) hold() {
 	q.mu.Unlock()
 }
 
-// release undoes one hold and wakes the writer.
+// release undoes one hold and wakes the writer if it has something to
+// write now: a SUBSCRIBE refused whole held the writer and queued nothing,
+// and woke (or started) a writer goroutine for nothing, a wake-up for
+// each packet of a client flooding them.
 func (q *outQueue) release() {
 	q.mu.Lock()
 	q.held--
+	if q.held > 0 || (q.head == len(q.items) && !q.pending && !q.closed) {
+		q.mu.Unlock()
+		return
+	}
 	q.unlockAndWake()
 }
 

@@ -88,11 +88,8 @@ func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	code := reasonCode(op, err)
 	reason := refusalReasonOf(code, err)
 	b.countRefusal(reason)
-	r := Report{Time: time.Now().UTC(), Client: p.ClientID, Op: op, Topic: truncate(topic, maxReason), Code: code.Code,
-		Reason: code.Reason, Error: truncate(err.Error(), maxReason)}
-	var pe *wire.PathError
-	if errors.As(err, &pe) {
-		r.Path = truncate(pe.Path, maxReason)
+	if p.logs != nil {
+		p.logs.refusals.Add(1)
 	}
 	if b.logs.allow(p.logs, p.ClientID, codeKind(code)) {
 		b.log.Warn().Str("op", op).Str("topic", truncate(topic, 200)).Uint8("code", code.Code).Str("client", truncate(p.ClientID, 200)).
@@ -101,8 +98,22 @@ func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	if p.system || p.Answered || p.ClientID == "" {
 		return code
 	}
+	// The report is made only for a subscriber of the error topic: a
+	// client flooding refused packets, with none, had one encoded and
+	// dropped for each (json.Marshal, 14% of the broker's CPU).
+	sc := b.plainIdx.match(ErrorTopic + errorTopicID(p.ClientID))
+	defer sc.release()
+	if len(sc.out) == 0 {
+		return code
+	}
+	r := Report{Time: time.Now().UTC(), Client: p.ClientID, Op: op, Topic: truncate(topic, maxReason), Code: code.Code,
+		Reason: code.Reason, Error: truncate(err.Error(), maxReason)}
+	var pe *wire.PathError
+	if errors.As(err, &pe) {
+		r.Path = truncate(pe.Path, maxReason)
+	}
 	payload, _ := json.Marshal(r)
-	b.deliverPlain(&message{topic: ErrorTopic + errorTopicID(p.ClientID), payload: payload, props: &reportProps}, pubWait{})
+	b.deliverTo(sc.out, &message{topic: ErrorTopic + errorTopicID(p.ClientID), payload: payload, props: &reportProps}, pubWait{})
 	return code
 }
 

@@ -1009,11 +1009,23 @@ func (cl *Client) writeAck(pk packets.Packet) error {
 	return cl.writePacket(pk, hold)
 }
 
-// mote: moreInput reports whether a whole PUBLISH or PUBREL waits in the
-// read buffer (its fixed header and all its remaining length): a packet
-// that is itself answered with an ack through writeAck. Any other packet
-// (a DISCONNECT, a SUBSCRIBE, a malformed one) may close the connection or
-// wait in a hook, so Read writes the held acks before it handles it.
+// mote: WriteAck is writeAck for a hook on the read goroutine: the ack of
+// a packet the hook refused (Mote's PUBACK or PUBREC with a reason code
+// for a refused publish), held with the others while more input waits, so
+// a client flooding refused packets gets their acks in one write per read
+// instead of a write each (change 73).
+func (cl *Client) WriteAck(pk packets.Packet) error {
+	return cl.writeAck(pk)
+}
+
+// mote: moreInput reports whether a whole PUBLISH, PUBREL or SUBSCRIBE
+// waits in the read buffer (its fixed header and all its remaining
+// length): a packet that is itself answered with an ack through writeAck
+// (a SUBACK refusing every filter: change 73). Any other packet (a
+// DISCONNECT, an UNSUBSCRIBE, a malformed one) may close the connection
+// or wait in a hook, so Read writes the held acks before it handles it; a
+// SUBSCRIBE's hooks write them before they may wait (Mote's OnSubscribe),
+// and a SUBACK granting anything is written with them (WritePacket).
 // Read goroutine only.
 func (cl *Client) moreInput() bool {
 	r := cl.Net.bconn
@@ -1025,7 +1037,8 @@ func (cl *Client) moreInput() bool {
 		return false
 	}
 	b, _ := r.Peek(min(n, 5)) // buffered: never waits
-	if t := b[0] >> 4; t != packets.Publish && t != packets.Pubrel {
+	// mote: SUBSCRIBE too (change 73)
+	if t := b[0] >> 4; t != packets.Publish && t != packets.Pubrel && t != packets.Subscribe {
 		return false
 	}
 	length, mult := 0, 1

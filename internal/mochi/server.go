@@ -1711,7 +1711,16 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		ack.Properties.ReasonString = code.Reason
 	}
 
-	err = cl.WritePacket(ack)
+	// mote: a SUBACK refusing every filter is held with the acks while
+	// more input waits (writeAck), as a refused publish's: nothing was
+	// filed, so no retained message follows it and nothing it is written
+	// after can overtake what it answers. A client flooding refused
+	// SUBSCRIBEs got a write(2) each (change 73).
+	if refusesAll(reasonCodes) {
+		err = cl.writeAck(ack)
+	} else {
+		err = cl.WritePacket(ack)
+	}
 	if err != nil {
 		return err
 	}
@@ -1725,6 +1734,18 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	}
 
 	return nil
+}
+
+// mote: refusesAll reports whether every reason code of a SUBACK is a
+// failure (0x80 and above; none: a SUBSCRIBE without filters is refused
+// before it is processed) (change 73).
+func refusesAll(codes []byte) bool {
+	for _, c := range codes {
+		if c < packets.ErrUnspecifiedError.Code {
+			return false
+		}
+	}
+	return len(codes) > 0
 }
 
 // mote: fileSubscribe is processSubscribe's filing, up to OnSubscribed,
