@@ -398,7 +398,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
 			c.pacedProps = c.pacedProps || (sf.Interval > 0 && outgoingTopic(filter, sf) != filter)
-			b.subscribeTree(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
+			st := b.treeSubOf(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
+			st.resumed = sf.Mode == wire.Sync // no SUBACK: its writer waits for budget room (awaitSnapshotRoom)
+			b.registerTree(st)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"sync"
 
@@ -21,35 +22,138 @@ import (
 // once), and a connection counts the largest of its own (snapHolds). One
 // snapshot always fits when none is held, however large, as an HTTP
 // answer does (httpapi answerBudget).
+//
+// A resumed session's $sync subscription has no SUBSCRIBE to refuse: its
+// writer waits for room before its snapshot is built
+// (conn.awaitSnapshotRoom), in turn
+// with the others waiting, while its rows' changes are left to the
+// snapshot and its events held as for any snapshot not yet made. While
+// one waits, SUBSCRIBEs take no room before it (take refuses them), so
+// no stream of them keeps it waiting for good.
 type snapBudget struct {
 	max int64
 
-	mu      sync.Mutex // guards held, peak, refused
-	held    int64      // bytes of first messages estimated, built or being written
-	peak    int64      // the most held at once
-	refused int64      // subscriptions refused for want of room
+	mu      sync.Mutex  // guards held, peak, refused, waited, waiting, stuck
+	held    int64       // bytes of first messages estimated, built or being written
+	peak    int64       // the most held at once
+	refused int64       // subscriptions refused for want of room
+	waited  int64       // writers that waited for room
+	waiting []*snapWait // writers waiting for room, first come first
+	stuck   int64       // what the connections of waiting writers hold: their writers wait, so only their own turn frees it
 }
 
-// take counts n bytes; false (not counted): they do not fit now.
+// snapWait is one writer waiting for room in the budget.
+type snapWait struct {
+	n      int64         // the bytes it asks for
+	own    int64         // guarded by snapBudget.mu: what its connection holds meanwhile (in held, and in stuck while queued)
+	queued bool          // guarded by snapBudget.mu: in waiting
+	ready  chan struct{} // closed once n is counted for it
+}
+
+// fitsLocked reports whether n bytes fit now (s.mu held). Bytes held
+// only by connections whose writers wait for room (stuck) count as none
+// held: each of them waits for the others' to go, and would wait for good
+// (two resumed clients that each SUBSCRIBEd before their writer reached
+// its resumed snapshot).
+func (s *snapBudget) fitsLocked(n int64) bool {
+	return s.held <= s.stuck || s.held+n <= s.max
+}
+
+// take counts n bytes; false (not counted): they do not fit now, or a
+// writer waits for room before them.
 func (s *snapBudget) take(n int64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.held > 0 && s.held+n > s.max {
+	if len(s.waiting) > 0 || !s.fitsLocked(n) {
 		s.refused++
 		return false
 	}
-	s.held += n
-	s.peak = max(s.peak, s.held)
+	s.countLocked(n)
 	return true
 }
 
-// add counts n bytes more (or less, n < 0) whatever the room: a
-// snapshot already granted is sent, and counted by its size.
-func (s *snapBudget) add(n int64) {
+// queue counts n bytes if they fit now, in turn with the writers
+// waiting before them, and returns nil; else it returns the wait for
+// them, for await. own is what the caller's connection holds meanwhile
+// (stuck); settle keeps it up to date.
+func (s *snapBudget) queue(n, own int64) *snapWait {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.waiting) == 0 && s.fitsLocked(n) {
+		s.countLocked(n)
+		return nil
+	}
+	w := &snapWait{n: n, own: own, queued: true, ready: make(chan struct{})}
+	s.waiting = append(s.waiting, w)
+	s.waited++
+	s.stuck += own
+	s.grantLocked() // its connection's holds may be all that is held
+	return w
+}
+
+// await waits until w's bytes are counted; false: done closed first, and
+// nothing is counted for it.
+func (s *snapBudget) await(done <-chan struct{}, w *snapWait) bool {
+	select {
+	case <-w.ready:
+		return true
+	case <-done:
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w.queued {
+		s.waiting = slices.DeleteFunc(s.waiting, func(o *snapWait) bool { return o == w })
+		w.queued = false
+		s.stuck -= w.own
+	} else { // granted meanwhile: given back
+		s.held -= w.n
+	}
+	s.grantLocked() // the next may fit now
+	return false
+}
+
+// grantLocked counts the room of the first waiting writers that fit, in
+// order, and wakes them (s.mu held).
+func (s *snapBudget) grantLocked() {
+	for len(s.waiting) > 0 && s.fitsLocked(s.waiting[0].n) {
+		w := s.waiting[0]
+		s.waiting[0] = nil
+		s.waiting = s.waiting[1:]
+		w.queued = false
+		s.stuck -= w.own
+		s.countLocked(w.n)
+		close(w.ready)
+	}
+	if len(s.waiting) == 0 {
+		s.waiting = nil // let the array go
+	}
+}
+
+// countLocked counts n bytes more (s.mu held).
+func (s *snapBudget) countLocked(n int64) {
 	s.held += n
 	s.peak = max(s.peak, s.held)
+}
+
+// add counts n bytes more (or less, n < 0) whatever the room: a
+// snapshot already granted is sent, and counted by its size. Room given
+// back goes to the writers waiting for it.
+func (s *snapBudget) add(n int64) { s.settle(n, nil) }
+
+// settle counts n bytes more (or less) whatever the room, as add, for a
+// connection whose writer may wait for room (w, nil if it does not):
+// what it holds while w is queued is stuck.
+func (s *snapBudget) settle(n int64, w *snapWait) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w != nil && w.queued {
+		w.own += n
+		s.stuck += n
+	}
+	s.countLocked(n)
+	if n < 0 {
+		s.grantLocked()
+	}
 }
 
 // stats are the bytes held, the most held at once and the refusals.
@@ -59,6 +163,13 @@ func (s *snapBudget) stats() (held, peak, refused int64) {
 	return s.held, s.peak, s.refused
 }
 
+// waits are the writers waiting for room now, and all that waited.
+func (s *snapBudget) waits() (now int, all int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.waiting), s.waited
+}
+
 // snapHolds are what a connection's subscriptions hold of the budget
 // for their first messages: the estimate of each until it is built, then
 // its size, until it is written, dropped before, or the connection goes.
@@ -66,10 +177,11 @@ func (s *snapBudget) stats() (held, peak, refused int64) {
 // the most one of them holds, not their sum: a client subscribing to
 // many $sync filters at once, reading or not, holds one snapshot.
 type snapHolds struct {
-	mu      sync.Mutex // guards held, counted, gone
+	mu      sync.Mutex // guards held, counted, gone, wait
 	held    map[*treeSub]int64
-	counted int64 // in the budget for the connection: the most one of held holds
-	gone    bool  // the connection went: nothing more is held for it
+	counted int64     // in the budget for the connection: the most one of held holds
+	gone    bool      // the connection went: nothing more is held for it
+	wait    *snapWait // its writer's wait for room, while it waits (awaitSnapshotRoom)
 }
 
 // holdSnapshot counts n bytes for st's first message, the estimate made
@@ -103,8 +215,53 @@ func (c *conn) settleLocked(extra int64) {
 	for _, n := range h.held {
 		most = max(most, n)
 	}
-	c.b.snaps.add(most - h.counted + extra)
+	c.b.snaps.settle(most-h.counted+extra, h.wait)
 	h.counted = most
+}
+
+// awaitSnapshotRoom waits until st's first message fits the budget, by
+// its estimate, and counts it as holdSnapshot does; for a subscription
+// made without a SUBSCRIBE, a resumed session's, which has no SUBACK to
+// refuse. Its rows' changes meanwhile are the snapshot's, made after it
+// (its events are held as for any snapshot not yet made); the writer's
+// other messages wait behind it, as behind a snapshot being written. It
+// fails (errWriterStop) only once the connection is done.
+func (c *conn) awaitSnapshotRoom(st *treeSub) error {
+	done := c.q.done.wait()
+	guess, ok := c.b.snapshotGuess(done, st.ts.Filter, c.b.snaps.max)
+	if !ok {
+		return errWriterStop
+	}
+	h := &c.snapHolds
+	h.mu.Lock()
+	if h.gone {
+		h.mu.Unlock()
+		return errWriterStop
+	}
+	need := max(guess-h.counted, 0) // the connection counts the largest of its own
+	var w *snapWait
+	if need > 0 {
+		w = c.b.snaps.queue(need, h.counted)
+	}
+	h.wait = w
+	h.mu.Unlock()
+	granted := w == nil || c.b.snaps.await(done, w)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.wait = nil
+	switch {
+	case !granted:
+		return errWriterStop
+	case h.gone: // releaseSnapshots came between: need was not in counted
+		c.b.snaps.add(-need)
+		return errWriterStop
+	}
+	if h.held == nil {
+		h.held = make(map[*treeSub]int64)
+	}
+	h.held[st] = guess
+	c.settleLocked(-need) // need is counted already
+	return nil
 }
 
 // resizeSnapshot counts st's first message by n, its size once built
@@ -161,7 +318,7 @@ func (c *conn) releaseSnapshots() {
 	defer h.mu.Unlock()
 	h.gone = true
 	h.held = nil
-	c.b.snaps.add(-h.counted)
+	c.b.snaps.settle(-h.counted, h.wait)
 	h.counted = 0
 }
 
