@@ -342,7 +342,10 @@ func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) 
 			return size <= stop
 		})
 	})
-	return size, ok
+	if !ok {
+		return 0, false // the loop may still walk, later: size is its
+	}
+	return size, true
 }
 
 // errSnapshotsFull refuses a $sync SUBSCRIBE whose snapshot does not fit

@@ -1,0 +1,134 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// waitSnapshotWaiters waits, for testTimeout at most, until n resumed
+// snapshots wait for room in the budget.
+func waitSnapshotWaiters(t *testing.T, b *Broker, n int) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for {
+		now, _ := b.snaps.waits()
+		if now == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			held, peak, _ := b.snaps.stats()
+			t.Fatalf("resumed snapshots waiting for room: %d, want %d (%d bytes held, %d at most)", now, n, held, peak)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// readTreeMessage reads r's packets until a PUBLISH on topic and returns
+// its payload.
+func readTreeMessage(t *testing.T, r *raw, v byte, topic string) string {
+	t.Helper()
+	for {
+		typ, body := r.read()
+		if typ != packets.Publish {
+			continue
+		}
+		m, ok := decodeRawPublish(packets.Publish<<4, body, v)
+		if !ok {
+			t.Fatalf("PUBLISH % x does not decode", body[:min(len(body), 64)])
+		}
+		if m.topic == topic {
+			return m.payload
+		}
+	}
+}
+
+// TestResumedReaderGetsSnapshot: a client that reads resumes its
+// persistent $sync session while a client that never reads holds the
+// snapshot budget: its snapshot waits for room, then, once the other
+// client goes, comes whole, with the row changed while it waited, and
+// the event published meanwhile follows it as a delta. The budget is
+// never passed. Before the fix the snapshot came at once, past the
+// budget.
+func TestResumedReaderGetsSnapshot(t *testing.T) {
+	const (
+		hogRows = 3_000 // ~3 MB held by the client that never reads (estimate ~4 MB)
+		rows    = 1_000 // the reader's ~1 MB: its estimate (~1.35 MB) does not fit beside
+		limit   = 4 << 20
+	)
+	for _, v := range []byte{5, 4} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
+			value := `"` + strings.Repeat("x", 1000) + `"`
+			for i := range hogRows {
+				loadRow(b, fmt.Sprintf("hog/r%04d", i), value)
+			}
+			for i := range rows {
+				loadRow(b, fmt.Sprintf("rd/r%04d", i), value)
+			}
+			if err := b.Sync(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			var persist packets.Properties
+			if v == 5 {
+				persist = packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}
+			}
+			const filter = "$sync/rd/#"
+			r := dialRaw(t, b, "reader", v, false, persist)
+			if code := r.subscribeCode(1, filter); code != 0 {
+				t.Fatalf("SUBACK %#x", code)
+			}
+			readTreeMessage(t, r, v, filter)
+			r.c.Close()
+			waitSnapshotBytes(t, b, 0)
+
+			hc, err := dialSmallRcvbuf(b.TCPAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			hog := connectRaw(t, hc, "hog", 5, true, packets.Properties{})
+			if code := hog.subscribeCode(1, "$sync/hog/#"); code != 0 {
+				t.Fatalf("hog: SUBACK %#x", code)
+			}
+			// and never reads: its snapshot is held until it goes
+
+			r = dialRaw(t, b, "reader", v, false, persist)
+			waitSnapshotWaiters(t, b, 1)
+			loadRow(b, "rd/r0000", `"changed"`)
+			b.Publish(testCtx(t), systemPrincipal, Message{Topic: "rd/ev", Payload: []byte(`"e1"`)}) //nolint:errcheck // the broker's own publish
+			if err := b.Sync(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			if now, _ := b.snaps.waits(); now != 1 {
+				t.Fatalf("%d waiting after the changes, want 1", now)
+			}
+			hog.c.Close() // the budget frees
+
+			var snap map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(readTreeMessage(t, r, v, filter)), &snap); err != nil {
+				t.Fatal(err)
+			}
+			if len(snap) != rows || string(snap["r0000"]) != `"changed"` {
+				t.Errorf("resumed snapshot: %d rows, r0000 %.20s; want %d rows, r0000 \"changed\"", len(snap), snap["r0000"], rows)
+			}
+			if _, ok := snap["ev"]; ok {
+				t.Errorf("the event is in the snapshot")
+			}
+			if got := readTreeMessage(t, r, v, filter); got != `{"ev":"e1"}` {
+				t.Errorf("after the snapshot: %s, want the event's delta", got)
+			}
+			_, peak, _ := b.snaps.stats()
+			_, waited := b.snaps.waits()
+			t.Logf("%d bytes at most, limit %d; %d waited", peak, limit, waited)
+			if peak > limit {
+				t.Errorf("%d bytes of snapshots held at most, over MaxSnapshotBytes %d", peak, limit)
+			}
+			r.c.Close()
+			waitSnapshotBytes(t, b, 0)
+		})
+	}
+}
