@@ -100,6 +100,7 @@ type Broker struct {
 	snaps       snapBudget     // bytes of snapshots held for MQTT clients (MaxSnapshotBytes)
 	shares      snapShares     // snapshots being written, shared by the subscriptions asking for the same
 	snapGuesses chan struct{}  // snapshot estimates walking the tree, at most its capacity at once
+	guessed     atomic.Int64   // bytes of rows the snapshot estimates walked (snapshotGuess), in all
 	handing     chan struct{}  // writers reading their replays' rest for the session (handReplaysOn), at most its capacity at once
 	writers     sync.WaitGroup // connections whose writer has not done its finishing duties
 	tickers     sync.WaitGroup // the $SYS ticker

@@ -739,6 +739,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 	topts, _ := readTreeOpts(pk.Properties.User) // checked in OnSubscribe
 	pass := filedPass{c: c, cl: cl, filters: pk.Filters, codes: codes}
+	var walked int64 // by the estimates of this SUBSCRIBE's $sync filters, together
 	for i, f := range pk.Filters {
 		if i >= len(codes) {
 			break
@@ -761,7 +762,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			if sf.Mode == wire.Sync {
 				// Its snapshot's room in the broker's budget, before the
 				// SUBACK grants it (snapBudget).
-				guess, ok := h.b.snapshotGuess(c.q.done.wait(), sf.Filter, h.b.snaps.max)
+				guess, ok := h.b.sharedGuess(c.q.done.wait(), sf.Filter, &walked)
 				if !ok || !c.holdSnapshot(st, guess) {
 					h.b.refuse(c.p, "subscribe", f.Filter, h.b.errSnapshotsFull(guess))
 					h.b.refuseFiled(&pass, i, packets.ErrQuotaExceeded) // what it replaced stays

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -130,5 +131,60 @@ func TestResumedReaderGetsSnapshot(t *testing.T) {
 			r.c.Close()
 			waitSnapshotBytes(t, b, 0)
 		})
+	}
+}
+
+// TestSubscribeGuessesShareBudget: the snapshot estimates of one
+// SUBSCRIBE's $sync filters walk at most the budget's worth of rows
+// together, not the budget's worth each, and every filter is still
+// granted (the client counts the largest of its snapshots). Before, 40
+// filters of a 27 MB tree walked 40 times the tree on the loop.
+func TestSubscribeGuessesShareBudget(t *testing.T) {
+	const (
+		rows    = 20_000 // estimated ~27 MB
+		limit   = 32 << 20
+		filters = 40
+	)
+	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
+	value := `"` + strings.Repeat("x", 1000) + `"`
+	for i := range rows {
+		loadRow(b, fmt.Sprintf("snap/r%05d", i), value)
+	}
+	if err := b.Sync(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dialSmallRcvbuf(b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := connectRaw(t, c, "many", 5, true, packets.Properties{}) // and never reads its snapshots
+	body := []byte{0, 1, 0}
+	for i := range filters {
+		f := fmt.Sprintf("$sync.%dms/snap/#", i+1) // all alike, each its own subscription
+		body = binary.BigEndian.AppendUint16(body, uint16(len(f)))
+		body = append(append(body, f...), 0)
+	}
+	before := b.guessed.Load()
+	r.write(append(append([]byte{0x82}, varint(len(body))...), body...))
+	var codes []byte
+	for {
+		if typ, p := r.read(); typ == packets.Suback {
+			codes = p[len(p)-filters:]
+			break
+		}
+	}
+	for i, code := range codes {
+		if code != 0 {
+			t.Errorf("filter %d: SUBACK %#x, want 0", i+1, code)
+		}
+	}
+	walked := b.guessed.Load() - before
+	_, peak, _ := b.snaps.stats()
+	t.Logf("%d filters: estimates walked %d KiB of rows (limit %d KiB); %d KiB held at most", filters, walked>>10, limit>>10, peak>>10)
+	if walked > limit+64<<10 { // the budget, and the row that passed it
+		t.Errorf("the estimates of one SUBSCRIBE walked %d bytes of rows, past the budget %d", walked, limit)
+	}
+	if peak > limit+64<<10 {
+		t.Errorf("%d bytes held at most, over the budget %d", peak, limit)
 	}
 }

@@ -341,11 +341,34 @@ func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) 
 			size += rowGuess(topic, v)
 			return size <= stop
 		})
+		b.guessed.Add(size)
 	})
 	if !ok {
 		return 0, false // the loop may still walk, later: size is its
 	}
 	return size, true
+}
+
+// sharedGuess is snapshotGuess for one of the $sync filters of a
+// SUBSCRIBE, whose estimates walk at most the budget's worth of rows
+// together (walked, theirs so far): one SUBSCRIBE of a thousand $sync
+// filters made a thousand walks of up to the budget each, on the loop.
+// Once they walked past it, the filters left are not walked and count,
+// as one whose walk the budget cut, as large as the budget (the most an
+// estimate is): the connection counts the largest of its own, so that
+// holds the whole budget until they are written, and fits when the
+// connection holds the budget alone.
+func (b *Broker) sharedGuess(done <-chan struct{}, filter string, walked *int64) (int64, bool) {
+	left := b.snaps.max - *walked
+	if left <= 0 {
+		return b.snaps.max, true
+	}
+	guess, ok := b.snapshotGuess(done, filter, left)
+	*walked += guess
+	if guess > left {
+		guess = max(guess, b.snaps.max)
+	}
+	return guess, ok
 }
 
 // errSnapshotsFull refuses a $sync SUBSCRIBE whose snapshot does not fit
