@@ -761,7 +761,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			st := h.b.treeSubOf(c, f.Filter, sf, codes[i], f.Identifier, topts)
 			if sf.Mode == wire.Sync {
 				// Its snapshot's room in the broker's budget, before the
-				// SUBACK grants it (snapBudget).
+				// SUBACK grants it (Broker.snaps, snapbudget.go).
 				guess, ok := h.b.sharedGuess(c.q.done.wait(), sf.Filter, &walked)
 				if !ok || !c.holdSnapshot(st, guess) {
 					h.b.refuse(c.p, "subscribe", f.Filter, h.b.errSnapshotsFull(guess))

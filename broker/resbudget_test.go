@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -186,5 +187,41 @@ func TestSubscribeGuessesShareBudget(t *testing.T) {
 	}
 	if peak > limit+64<<10 {
 		t.Errorf("%d bytes held at most, over the budget %d", peak, limit)
+	}
+}
+
+// TestEstimateSlotsShared: the doors' estimates (AnswerSize) and the
+// $sync SUBSCRIBEs' take the same few slots: with every slot held, an
+// estimate waits (here until its context ends) and a $sync SUBSCRIBE is
+// not answered; one slot let go, both are. Before, HTTP estimates had
+// slots of their own (httpapi) and AnswerSize took none.
+func TestEstimateSlotsShared(t *testing.T) {
+	b := start(t, Options{})
+	loadRow(b, "es/a", "1")
+	if err := b.Sync(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	slots := b.EstimateSlots()
+	for range cap(slots) {
+		slots <- struct{}{}
+	}
+	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
+	defer cancel()
+	if n, err := b.AnswerSize(ctx, systemPrincipal, "es/#", nil); err == nil {
+		t.Fatalf("estimated %d bytes with every slot held", n)
+	}
+	r := dialRaw(t, b, "es", 5, true, packets.Properties{})
+	r.write(subscribeBytes(1, "$sync/es/#", true))
+	<-slots
+	if n, err := b.AnswerSize(testCtx(t), systemPrincipal, "es/#", nil); err != nil || n == 0 {
+		t.Fatalf("with a slot free: %d, %v", n, err)
+	}
+	for {
+		if typ, _ := r.read(); typ == packets.Suback {
+			break
+		}
+	}
+	for range cap(slots) - 1 {
+		<-slots
 	}
 }

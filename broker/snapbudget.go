@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"slices"
 	"strings"
 	"sync"
 
@@ -10,7 +9,7 @@ import (
 	"github.com/mote-mqtt/mote/wire"
 )
 
-// snapBudget bounds the bytes of first messages ($sync snapshots, and
+// The snapshot budget (Broker.snaps) is the Budget of first messages ($sync snapshots, and
 // the $hist answers and resume deltas written as they are) held for MQTT
 // clients broker-wide, from their SUBSCRIBE until they are written. A
 // `$sync/#` SUBSCRIBE is a few bytes that make the broker hold the whole
@@ -21,154 +20,13 @@ import (
 // 0x80); once encoded the snapshot counts by its size (a shared one
 // once), and a connection counts the largest of its own (snapHolds). One
 // snapshot always fits when none is held, however large, as an HTTP
-// answer does (httpapi answerBudget).
+// answer does (the HTTP API's Budget).
 //
 // A resumed session's $sync subscription has no SUBSCRIBE to refuse: its
 // writer waits for room before its snapshot is built
-// (conn.awaitSnapshotRoom), in turn
-// with the others waiting, while its rows' changes are left to the
-// snapshot and its events held as for any snapshot not yet made. While
-// one waits, SUBSCRIBEs take no room before it (take refuses them), so
-// no stream of them keeps it waiting for good.
-type snapBudget struct {
-	max int64
-
-	mu      sync.Mutex  // guards held, peak, refused, waited, waiting, stuck
-	held    int64       // bytes of first messages estimated, built or being written
-	peak    int64       // the most held at once
-	refused int64       // subscriptions refused for want of room
-	waited  int64       // writers that waited for room
-	waiting []*snapWait // writers waiting for room, first come first
-	stuck   int64       // what the connections of waiting writers hold: their writers wait, so only their own turn frees it
-}
-
-// snapWait is one writer waiting for room in the budget.
-type snapWait struct {
-	n      int64         // the bytes it asks for
-	own    int64         // guarded by snapBudget.mu: what its connection holds meanwhile (in held, and in stuck while queued)
-	queued bool          // guarded by snapBudget.mu: in waiting
-	ready  chan struct{} // closed once n is counted for it
-}
-
-// fitsLocked reports whether n bytes fit now (s.mu held). Bytes held
-// only by connections whose writers wait for room (stuck) count as none
-// held: each of them waits for the others' to go, and would wait for good
-// (two resumed clients that each SUBSCRIBEd before their writer reached
-// its resumed snapshot).
-func (s *snapBudget) fitsLocked(n int64) bool {
-	return s.held <= s.stuck || s.held+n <= s.max
-}
-
-// take counts n bytes; false (not counted): they do not fit now, or a
-// writer waits for room before them.
-func (s *snapBudget) take(n int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.waiting) > 0 || !s.fitsLocked(n) {
-		s.refused++
-		return false
-	}
-	s.countLocked(n)
-	return true
-}
-
-// queue counts n bytes if they fit now, in turn with the writers
-// waiting before them, and returns nil; else it returns the wait for
-// them, for await. own is what the caller's connection holds meanwhile
-// (stuck); settle keeps it up to date.
-func (s *snapBudget) queue(n, own int64) *snapWait {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.waiting) == 0 && s.fitsLocked(n) {
-		s.countLocked(n)
-		return nil
-	}
-	w := &snapWait{n: n, own: own, queued: true, ready: make(chan struct{})}
-	s.waiting = append(s.waiting, w)
-	s.waited++
-	s.stuck += own
-	s.grantLocked() // its connection's holds may be all that is held
-	return w
-}
-
-// await waits until w's bytes are counted; false: done closed first, and
-// nothing is counted for it.
-func (s *snapBudget) await(done <-chan struct{}, w *snapWait) bool {
-	select {
-	case <-w.ready:
-		return true
-	case <-done:
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if w.queued {
-		s.waiting = slices.DeleteFunc(s.waiting, func(o *snapWait) bool { return o == w })
-		w.queued = false
-		s.stuck -= w.own
-	} else { // granted meanwhile: given back
-		s.held -= w.n
-	}
-	s.grantLocked() // the next may fit now
-	return false
-}
-
-// grantLocked counts the room of the first waiting writers that fit, in
-// order, and wakes them (s.mu held).
-func (s *snapBudget) grantLocked() {
-	for len(s.waiting) > 0 && s.fitsLocked(s.waiting[0].n) {
-		w := s.waiting[0]
-		s.waiting[0] = nil
-		s.waiting = s.waiting[1:]
-		w.queued = false
-		s.stuck -= w.own
-		s.countLocked(w.n)
-		close(w.ready)
-	}
-	if len(s.waiting) == 0 {
-		s.waiting = nil // let the array go
-	}
-}
-
-// countLocked counts n bytes more (s.mu held).
-func (s *snapBudget) countLocked(n int64) {
-	s.held += n
-	s.peak = max(s.peak, s.held)
-}
-
-// add counts n bytes more (or less, n < 0) whatever the room: a
-// snapshot already granted is sent, and counted by its size. Room given
-// back goes to the writers waiting for it.
-func (s *snapBudget) add(n int64) { s.settle(n, nil) }
-
-// settle counts n bytes more (or less) whatever the room, as add, for a
-// connection whose writer may wait for room (w, nil if it does not):
-// what it holds while w is queued is stuck.
-func (s *snapBudget) settle(n int64, w *snapWait) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if w != nil && w.queued {
-		w.own += n
-		s.stuck += n
-	}
-	s.countLocked(n)
-	if n < 0 {
-		s.grantLocked()
-	}
-}
-
-// stats are the bytes held, the most held at once and the refusals.
-func (s *snapBudget) stats() (held, peak, refused int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.held, s.peak, s.refused
-}
-
-// waits are the writers waiting for room now, and all that waited.
-func (s *snapBudget) waits() (now int, all int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.waiting), s.waited
-}
+// (conn.awaitSnapshotRoom), in turn with the others waiting (Budget's
+// queue), while its rows' changes are left to the snapshot and its
+// events held as for any snapshot not yet made.
 
 // snapHolds are what a connection's subscriptions hold of the budget
 // for their first messages: the estimate of each until it is built, then
@@ -326,15 +184,16 @@ func (c *conn) releaseSnapshots() {
 // AnswerSize guesses an HTTP answer: every row matching, the ACL not
 // applied), walked on the loop, which it leaves once the guess passes
 // stop: a guess past the budget is refused whatever its rest. Guesses
-// take one of a few slots first, so SUBSCRIBEs of many clients do not
-// queue walks on the loop without bound. false: done closed first.
+// take one of a few slots first (Broker.estimates, shared with the
+// doors' AnswerSize), so SUBSCRIBEs of many clients do not queue walks
+// on the loop without bound. false: done closed first.
 func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) (int64, bool) {
 	select {
-	case b.snapGuesses <- struct{}{}:
+	case b.estimates <- struct{}{}:
 	case <-done:
 		return 0, false
 	}
-	defer func() { <-b.snapGuesses }()
+	defer func() { <-b.estimates }()
 	var size int64
 	ok := b.onLoop(done, func() {
 		b.tree.Store().Match(filter, func(topic string, v wire.Value, _ byte) bool {

@@ -22,20 +22,20 @@ func TestSnapBudgetWait(t *testing.T) {
 	close(closed)
 	for _, tc := range []struct {
 		name string
-		run  func(t *testing.T, s *snapBudget)
+		run  func(t *testing.T, s *Budget)
 		held int64 // at the end
 	}{
-		{"fits at once", func(t *testing.T, s *snapBudget) {
+		{"fits at once", func(t *testing.T, s *Budget) {
 			if w := s.queue(5, 0); w != nil {
 				t.Fatal("5 of 10 bytes waits with none held")
 			}
 		}, 5},
-		{"more than the budget fits when none is held", func(t *testing.T, s *snapBudget) {
+		{"more than the budget fits when none is held", func(t *testing.T, s *Budget) {
 			if w := s.queue(50, 0); w != nil {
 				t.Fatal("50 bytes wait with none held")
 			}
 		}, 50},
-		{"first come first, SUBSCRIBEs refused meanwhile", func(t *testing.T, s *snapBudget) {
+		{"first come first, SUBSCRIBEs refused meanwhile", func(t *testing.T, s *Budget) {
 			if !s.take(8) {
 				t.Fatal("take 8 of 10 refused")
 			}
@@ -54,7 +54,7 @@ func TestSnapBudgetWait(t *testing.T) {
 				t.Fatalf("waits: %d now, %d in all; want 0, 2", now, all)
 			}
 		}, 6},
-		{"one gives up: the next goes", func(t *testing.T, s *snapBudget) {
+		{"one gives up: the next goes", func(t *testing.T, s *Budget) {
 			s.take(8)
 			w1, w2 := s.queue(5, 0), s.queue(1, 0)
 			if s.await(closed, w1) {
@@ -65,7 +65,7 @@ func TestSnapBudgetWait(t *testing.T) {
 			}
 			s.add(-8)
 		}, 1},
-		{"two connections each holding what the other needs", func(t *testing.T, s *snapBudget) {
+		{"two connections each holding what the other needs", func(t *testing.T, s *Budget) {
 			s.take(4) // A's SUBSCRIBE estimate
 			s.take(4) // B's
 			wa := s.queue(5, 4)
@@ -82,7 +82,7 @@ func TestSnapBudgetWait(t *testing.T) {
 			}
 			s.settle(-9, wb)
 		}, 0},
-		{"a waiter's holds shrink while it waits", func(t *testing.T, s *snapBudget) {
+		{"a waiter's holds shrink while it waits", func(t *testing.T, s *Budget) {
 			s.take(4) // A's SUBSCRIBE estimate
 			s.take(4) // another client's snapshot being written
 			w := s.queue(7, 4)
@@ -97,7 +97,7 @@ func TestSnapBudgetWait(t *testing.T) {
 		}, 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &snapBudget{max: 10}
+			s := NewBudget(10, 0)
 			tc.run(t, s)
 			if held := s.stats0(); held != tc.held {
 				t.Errorf("held %d at the end, want %d", held, tc.held)
@@ -110,7 +110,7 @@ func TestSnapBudgetWait(t *testing.T) {
 }
 
 // stats0 is the bytes held.
-func (s *snapBudget) stats0() int64 {
+func (s *Budget) stats0() int64 {
 	held, _, _ := s.stats()
 	return held
 }
