@@ -94,18 +94,19 @@ type Broker struct {
 	rawClosed bool                  // Close has begun: no new connection is served
 	sessions  sync.WaitGroup        // connections being served
 
-	loopDone    chan struct{}
-	stop        chan struct{}  // closed by Close: stops the $SYS ticker
-	splits      chan struct{}  // snapshots being split, at most its capacity at once
-	snaps       snapBudget     // bytes of snapshots held for MQTT clients (MaxSnapshotBytes)
-	shares      snapShares     // snapshots being written, shared by the subscriptions asking for the same
-	snapGuesses chan struct{}  // snapshot estimates walking the tree, at most its capacity at once
-	handing     chan struct{}  // writers reading their replays' rest for the session (handReplaysOn), at most its capacity at once
-	writers     sync.WaitGroup // connections whose writer has not done its finishing duties
-	tickers     sync.WaitGroup // the $SYS ticker
-	started     bool
-	closing     sync.Once
-	closeErr    error
+	loopDone  chan struct{}
+	stop      chan struct{}  // closed by Close: stops the $SYS ticker
+	splits    chan struct{}  // snapshots being split, at most its capacity at once
+	snaps     Budget         // bytes of snapshots held for MQTT clients (MaxSnapshotBytes; snapbudget.go)
+	shares    snapShares     // snapshots being written, shared by the subscriptions asking for the same
+	estimates chan struct{}  // estimates walking the tree ($sync SUBSCRIBEs, AnswerSize), at most its capacity at once
+	guessed   atomic.Int64   // bytes of rows the snapshot estimates walked (snapshotGuess), in all
+	handing   chan struct{}  // writers reading their replays' rest for the session (handReplaysOn), at most its capacity at once
+	writers   sync.WaitGroup // connections whose writer has not done its finishing duties
+	tickers   sync.WaitGroup // the $SYS ticker
+	started   bool
+	closing   sync.Once
+	closeErr  error
 
 	// writerIdle is how long (ns) a writer waits for work before it exits
 	// (0: writerIdleFor, writer.go); tests shorten it.
@@ -169,23 +170,23 @@ func New(opts Options) (*Broker, error) {
 	// connection's writer), so it stays small.
 	caps.MaximumClientWritesPending = 16
 	b := &Broker{
-		opts:        opts,
-		log:         opts.Log,
-		parser:      parser,
-		tree:        tree.New(),
-		reqs:        newRequestQueue(opts.LoopQueue, opts.LoopBudget),
-		props:       map[string]*packets.Properties{},
-		loopDone:    make(chan struct{}),
-		stop:        make(chan struct{}),
-		raw:         map[*netConn]struct{}{},
-		splits:      make(chan struct{}, 2),
-		snaps:       snapBudget{max: opts.MaxSnapshotBytes},
-		snapGuesses: make(chan struct{}, 2),
-		handing:     make(chan struct{}, handingAtOnce),
-		histReads:   make(chan struct{}, 2),
-		guesses:     newGuesses(opts.GuessLimit, opts.GuessWindow),
-		logs:        newLogBudget(opts.Log, opts.RefusalLog),
-		turns:       newTurns(),
+		opts:      opts,
+		log:       opts.Log,
+		parser:    parser,
+		tree:      tree.New(),
+		reqs:      newRequestQueue(opts.LoopQueue, opts.LoopBudget),
+		props:     map[string]*packets.Properties{},
+		loopDone:  make(chan struct{}),
+		stop:      make(chan struct{}),
+		raw:       map[*netConn]struct{}{},
+		splits:    make(chan struct{}, 2),
+		snaps:     Budget{max: opts.MaxSnapshotBytes},
+		estimates: make(chan struct{}, estimatesAtOnce),
+		handing:   make(chan struct{}, handingAtOnce),
+		histReads: make(chan struct{}, 2),
+		guesses:   newGuesses(opts.GuessLimit, opts.GuessWindow),
+		logs:      newLogBudget(opts.Log, opts.RefusalLog),
+		turns:     newTurns(),
 	}
 	if opts.Cluster != nil {
 		if opts.Store == nil || opts.Cluster.Log == nil {

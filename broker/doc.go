@@ -161,7 +161,9 @@
 // together hold at most MaxSnapshotBytes of snapshots (snapbudget.go): a
 // $sync SUBSCRIBE takes its snapshot's estimate before its SUBACK, or is
 // refused with 0x97 (3.1.1: 0x80), and gives it back once the snapshot
-// is written or the client goes. Subscriptions without a read check
+// is written or the client goes; a resumed session's $sync subscription,
+// with no SUBSCRIBE to refuse, has its writer wait for room before the
+// snapshot is made (awaitSnapshotRoom). Subscriptions without a read check
 // asking for the same filter and codec share one encoded snapshot while
 // it is written and none of its rows changed (sharedSnapshot), counted
 // once. A payload larger than the encode

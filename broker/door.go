@@ -593,8 +593,12 @@ func (b *Broker) Rev(ctx context.Context) (uint64, error) {
 // now (p's ACL not applied), their topics and values, and for a history
 // the pairs each row's rule may keep, the stored part at most what one
 // $hist answer reads (histReadBytes) twice over. It walks the rows on the
-// loop and allocates nothing per row. A front end counts an answer
-// against its budget with it before the answer is built.
+// loop and allocates nothing per row, once it has one of the few slots
+// the broker's estimates take (EstimateSlots, shared with the $sync
+// SUBSCRIBEs' estimates), so that callers looping refused requests do
+// not queue walks on the loop without bound. A front end counts an
+// answer against its budget (a Budget) with it before the answer is
+// built.
 func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, hist *SubscribeOptions) (int64, error) {
 	if err := wire.ValidateFilter(filter); err != nil {
 		return 0, b.refusal(p, "subscribe", filter, err)
@@ -602,6 +606,12 @@ func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, his
 	if err := b.opts.Limits.CheckTopic(filter); err != nil {
 		return 0, b.refusal(p, "subscribe", filter, err)
 	}
+	select {
+	case b.estimates <- struct{}{}:
+	case <-ctx.Done():
+		return 0, b.refusal(p, "subscribe", filter, ctx.Err())
+	}
+	defer func() { <-b.estimates }()
 	var size, stored int64
 	ok := b.onLoop(ctx.Done(), func() {
 		var rules []retain.HistoryRule
@@ -633,6 +643,17 @@ func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, his
 	}
 	return size, nil
 }
+
+// estimatesAtOnce is how many estimates (AnswerSize, a $sync
+// SUBSCRIBE's) walk the tree at once, whichever door asks: a walk of a
+// large filter holds the loop, and 64 HTTP clients looping refused GETs
+// queued 47 ms of walks on it.
+const estimatesAtOnce = 4
+
+// EstimateSlots is the semaphore the estimates take (AnswerSize, a
+// $sync SUBSCRIBE's), estimatesAtOnce slots: a door holding a slot keeps
+// one walk out.
+func (b *Broker) EstimateSlots() chan struct{} { return b.estimates }
 
 // rowGuess is an upper guess of a row's bytes in a tree answer: its whole
 // topic (a tree carries one level of it per object key), its value as

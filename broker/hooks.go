@@ -398,7 +398,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
 			c.pacedProps = c.pacedProps || (sf.Interval > 0 && outgoingTopic(filter, sf) != filter)
-			b.subscribeTree(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
+			st := b.treeSubOf(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
+			st.resumed = sf.Mode == wire.Sync // no SUBACK: its writer waits for budget room (awaitSnapshotRoom)
+			b.registerTree(st)
 		}
 	}
 }
@@ -760,6 +762,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 	topts, _ := readTreeOpts(pk.Properties.User) // checked in OnSubscribe
 	pass := filedPass{c: c, cl: cl, filters: pk.Filters, codes: codes}
+	var walked int64 // by the estimates of this SUBSCRIBE's $sync filters, together
 	for i, f := range pk.Filters {
 		if i >= len(codes) {
 			break
@@ -781,8 +784,8 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			st := h.b.treeSubOf(c, f.Filter, sf, codes[i], f.Identifier, topts)
 			if sf.Mode == wire.Sync {
 				// Its snapshot's room in the broker's budget, before the
-				// SUBACK grants it (snapBudget).
-				guess, ok := h.b.snapshotGuess(c.q.done.wait(), sf.Filter, h.b.snaps.max)
+				// SUBACK grants it (Broker.snaps, snapbudget.go).
+				guess, ok := h.b.sharedGuess(c.q.done.wait(), sf.Filter, &walked)
 				if !ok || !c.holdSnapshot(st, guess) {
 					h.b.refuse(c.p, "subscribe", f.Filter, h.b.errSnapshotsFull(guess))
 					h.b.refuseFiled(&pass, i, packets.ErrQuotaExceeded) // what it replaced stays

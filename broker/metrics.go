@@ -236,6 +236,8 @@ func newMeters(b *Broker) *meters {
 	gauge("mote_offline_held_bytes", "Bytes held for offline persistent sessions: their messages in flight, each 1.25 KiB plus topic, payload and properties.", func() int64 { return b.offline.bytes.Load() })
 	gauge("mote_snapshot_bytes", "Bytes of $sync snapshots (by their estimate until built) held for MQTT clients until written (bounded by MaxSnapshotBytes).", func() int64 { held, _, _ := b.snaps.stats(); return held })
 	counter("mote_snapshots_refused_total", "$sync SUBSCRIBEs refused (SUBACK 0x97) because their snapshot did not fit MaxSnapshotBytes.", func() int64 { _, _, refused := b.snaps.stats(); return refused })
+	gauge("mote_snapshots_waiting", "$sync subscriptions of resumed sessions whose snapshot waits for room in MaxSnapshotBytes (they have no SUBACK to refuse).", func() int64 { now, _ := b.snaps.waits(); return int64(now) })
+	counter("mote_snapshots_waited_total", "$sync subscriptions of resumed sessions whose snapshot waited for room in MaxSnapshotBytes.", func() int64 { _, all := b.snaps.waits(); return all })
 	gauge("mote_loop_queue_requests", "Requests waiting for the message loop.", func() int64 { return int64(b.reqs.len()) })
 	gauge("mote_loop_queue_limit", "Rows' worth of publishes waiting for the message loop past which publishers wait: about LoopBudget of its work, at what rows cost it lately (a publish weighs the rows it writes; a $set, what the $sets before it wrote).", func() int64 { return int64(b.reqs.limitNow()) })
 	counter("mote_bytes_received_total", "Bytes read from MQTT connections.", func() int64 { return atomic.LoadInt64(&info.BytesReceived) })

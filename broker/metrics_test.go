@@ -100,6 +100,8 @@ var families = map[string]string{
 	"mote_offline_held_bytes":               "gauge",
 	"mote_snapshot_bytes":                   "gauge",
 	"mote_snapshots_refused_total":          "counter",
+	"mote_snapshots_waiting":                "gauge",
+	"mote_snapshots_waited_total":           "counter",
 	"mote_sessions_away":                    "gauge",
 	"mote_sessions_ended_total":             "counter",
 	"mote_loop_queue_requests":              "gauge",

@@ -140,7 +140,9 @@ type Options struct {
 	// SUBACK 0x97 (MQTT 3.1.1: 0x80), with a report. A client counts the
 	// largest of its own (its writer makes one at a time); a snapshot
 	// shared by several clients counts once. One snapshot fits when none
-	// is held, however large. Default 256 MiB.
+	// is held, however large. A resumed session's $sync subscription has
+	// no SUBSCRIBE to refuse: its snapshot waits for room, first come
+	// first, and SUBSCRIBEs are refused while one waits. Default 256 MiB.
 	MaxSnapshotBytes int64
 	SlowClient       SlowPolicy // default SlowDrop
 	LoopQueue        int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000

@@ -9,7 +9,7 @@ import (
 	"github.com/mote-mqtt/mote/wire"
 )
 
-// snapBudget bounds the bytes of first messages ($sync snapshots, and
+// The snapshot budget (Broker.snaps) is the Budget of first messages ($sync snapshots, and
 // the $hist answers and resume deltas written as they are) held for MQTT
 // clients broker-wide, from their SUBSCRIBE until they are written. A
 // `$sync/#` SUBSCRIBE is a few bytes that make the broker hold the whole
@@ -20,44 +20,13 @@ import (
 // 0x80); once encoded the snapshot counts by its size (a shared one
 // once), and a connection counts the largest of its own (snapHolds). One
 // snapshot always fits when none is held, however large, as an HTTP
-// answer does (httpapi answerBudget).
-type snapBudget struct {
-	max int64
-
-	mu      sync.Mutex // guards held, peak, refused
-	held    int64      // bytes of first messages estimated, built or being written
-	peak    int64      // the most held at once
-	refused int64      // subscriptions refused for want of room
-}
-
-// take counts n bytes; false (not counted): they do not fit now.
-func (s *snapBudget) take(n int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.held > 0 && s.held+n > s.max {
-		s.refused++
-		return false
-	}
-	s.held += n
-	s.peak = max(s.peak, s.held)
-	return true
-}
-
-// add counts n bytes more (or less, n < 0) whatever the room: a
-// snapshot already granted is sent, and counted by its size.
-func (s *snapBudget) add(n int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.held += n
-	s.peak = max(s.peak, s.held)
-}
-
-// stats are the bytes held, the most held at once and the refusals.
-func (s *snapBudget) stats() (held, peak, refused int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.held, s.peak, s.refused
-}
+// answer does (the HTTP API's Budget).
+//
+// A resumed session's $sync subscription has no SUBSCRIBE to refuse: its
+// writer waits for room before its snapshot is built
+// (conn.awaitSnapshotRoom), in turn with the others waiting (Budget's
+// queue), while its rows' changes are left to the snapshot and its
+// events held as for any snapshot not yet made.
 
 // snapHolds are what a connection's subscriptions hold of the budget
 // for their first messages: the estimate of each until it is built, then
@@ -66,10 +35,11 @@ func (s *snapBudget) stats() (held, peak, refused int64) {
 // the most one of them holds, not their sum: a client subscribing to
 // many $sync filters at once, reading or not, holds one snapshot.
 type snapHolds struct {
-	mu      sync.Mutex // guards held, counted, gone
+	mu      sync.Mutex // guards held, counted, gone, wait
 	held    map[*treeSub]int64
-	counted int64 // in the budget for the connection: the most one of held holds
-	gone    bool  // the connection went: nothing more is held for it
+	counted int64     // in the budget for the connection: the most one of held holds
+	gone    bool      // the connection went: nothing more is held for it
+	wait    *snapWait // its writer's wait for room, while it waits (awaitSnapshotRoom)
 }
 
 // holdsOf is c's snapHolds, made the first time a subscription of c
@@ -113,8 +83,53 @@ func (c *conn) settleLocked(h *snapHolds, extra int64) {
 	for _, n := range h.held {
 		most = max(most, n)
 	}
-	c.b.snaps.add(most - h.counted + extra)
+	c.b.snaps.settle(most-h.counted+extra, h.wait)
 	h.counted = most
+}
+
+// awaitSnapshotRoom waits until st's first message fits the budget, by
+// its estimate, and counts it as holdSnapshot does; for a subscription
+// made without a SUBSCRIBE, a resumed session's, which has no SUBACK to
+// refuse. Its rows' changes meanwhile are the snapshot's, made after it
+// (its events are held as for any snapshot not yet made); the writer's
+// other messages wait behind it, as behind a snapshot being written. It
+// fails (errWriterStop) only once the connection is done.
+func (c *conn) awaitSnapshotRoom(st *treeSub) error {
+	done := c.q.done.wait()
+	guess, ok := c.b.snapshotGuess(done, st.ts.Filter, c.b.snaps.max)
+	if !ok {
+		return errWriterStop
+	}
+	h := c.holdsOf()
+	h.mu.Lock()
+	if h.gone {
+		h.mu.Unlock()
+		return errWriterStop
+	}
+	need := max(guess-h.counted, 0) // the connection counts the largest of its own
+	var w *snapWait
+	if need > 0 {
+		w = c.b.snaps.queue(need, h.counted)
+	}
+	h.wait = w
+	h.mu.Unlock()
+	granted := w == nil || c.b.snaps.await(done, w)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.wait = nil
+	switch {
+	case !granted:
+		return errWriterStop
+	case h.gone: // releaseSnapshots came between: need was not in counted
+		c.b.snaps.add(-need)
+		return errWriterStop
+	}
+	if h.held == nil {
+		h.held = make(map[*treeSub]int64)
+	}
+	h.held[st] = guess
+	c.settleLocked(h, -need) // need is counted already
+	return nil
 }
 
 // resizeSnapshot counts st's first message by n, its size once built
@@ -174,7 +189,7 @@ func (c *conn) releaseSnapshots() {
 	defer h.mu.Unlock()
 	h.gone = true
 	h.held = nil
-	c.b.snaps.add(-h.counted)
+	c.b.snaps.settle(-h.counted, h.wait)
 	h.counted = 0
 }
 
@@ -182,23 +197,50 @@ func (c *conn) releaseSnapshots() {
 // AnswerSize guesses an HTTP answer: every row matching, the ACL not
 // applied), walked on the loop, which it leaves once the guess passes
 // stop: a guess past the budget is refused whatever its rest. Guesses
-// take one of a few slots first, so SUBSCRIBEs of many clients do not
-// queue walks on the loop without bound. false: done closed first.
+// take one of a few slots first (Broker.estimates, shared with the
+// doors' AnswerSize), so SUBSCRIBEs of many clients do not queue walks
+// on the loop without bound. false: done closed first.
 func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) (int64, bool) {
 	select {
-	case b.snapGuesses <- struct{}{}:
+	case b.estimates <- struct{}{}:
 	case <-done:
 		return 0, false
 	}
-	defer func() { <-b.snapGuesses }()
+	defer func() { <-b.estimates }()
 	var size int64
 	ok := b.onLoop(done, func() {
 		b.tree.Store().Match(filter, func(topic string, v wire.Value, _ byte) bool {
 			size += rowGuess(topic, v)
 			return size <= stop
 		})
+		b.guessed.Add(size)
 	})
-	return size, ok
+	if !ok {
+		return 0, false // the loop may still walk, later: size is its
+	}
+	return size, true
+}
+
+// sharedGuess is snapshotGuess for one of the $sync filters of a
+// SUBSCRIBE, whose estimates walk at most the budget's worth of rows
+// together (walked, theirs so far): one SUBSCRIBE of a thousand $sync
+// filters made a thousand walks of up to the budget each, on the loop.
+// Once they walked past it, the filters left are not walked and count,
+// as one whose walk the budget cut, as large as the budget (the most an
+// estimate is): the connection counts the largest of its own, so that
+// holds the whole budget until they are written, and fits when the
+// connection holds the budget alone.
+func (b *Broker) sharedGuess(done <-chan struct{}, filter string, walked *int64) (int64, bool) {
+	left := b.snaps.max - *walked
+	if left <= 0 {
+		return b.snaps.max, true
+	}
+	guess, ok := b.snapshotGuess(done, filter, left)
+	*walked += guess
+	if guess > left {
+		guess = max(guess, b.snaps.max)
+	}
+	return guess, ok
 }
 
 // errSnapshotsFull refuses a $sync SUBSCRIBE whose snapshot does not fit

@@ -28,6 +28,12 @@ type treeSub struct {
 	resume bool
 	hist   *histQuery
 
+	// resumed is set for a $sync subscription of a resumed session,
+	// registered without a SUBSCRIBE: it holds nothing of the snapshot
+	// budget until its writer finds room (awaitSnapshotRoom). Set before
+	// it is registered, read by the writer.
+	resumed bool
+
 	// A $sync subscription awaits its snapshot until the writer reaches
 	// it: the snapshot then holds every retained row as it is, and events
 	// (non-retained rows) that came meanwhile are kept here, newest per

@@ -287,6 +287,12 @@ func (c *conn) write(m item) error {
 		if err := c.paceSnapshots(); err != nil {
 			return err
 		}
+		if _, ok := c.out.(*mqttOut); ok && m.sub.resumed {
+			// A resumed session's: no SUBACK took its room.
+			if err := c.awaitSnapshotRoom(m.sub); err != nil {
+				return err
+			}
+		}
 		msgs, err := c.b.takeSnapshot(c, m.sub)
 		if err != nil {
 			return err

@@ -139,10 +139,12 @@ type Server struct {
 	trees chan struct{}
 	// smallTrees is trees' twin for answers of at most smallAnswer bytes.
 	smallTrees chan struct{}
-	// estimates is a semaphore for the estimate walks (Server.estimate):
-	// each walks the matching rows on the message loop before any slot
-	// above is taken, and clients looping refused GETs of a large filter
-	// queued walks there without bound (64 of them: 47 ms of loop latency).
+	// estimates is the broker's semaphore for the estimate walks
+	// (Broker.EstimateSlots), which AnswerSize takes for Server.estimate
+	// and the $sync SUBSCRIBEs' estimates for theirs: each walks the
+	// matching rows on the message loop before any slot above is taken,
+	// and clients looping refused GETs of a large filter queued walks
+	// there without bound (64 of them: 47 ms of loop latency).
 	estimates chan struct{}
 	answers   answerBudget  // bytes of GET answers being built or written
 	backlog   atomic.Int64  // bytes of events below bigEvent queued over every stream
@@ -193,7 +195,7 @@ func New(b *broker.Broker, o Options) *Server {
 	if o.Web == nil {
 		o.Web = http.HandlerFunc(noWeb)
 	}
-	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), smallTrees: make(chan struct{}, maxTreeReads), estimates: make(chan struct{}, maxTreeReads), callers: map[string]int{}, answers: answerBudget{max: o.MaxAnswerBytes},
+	s := &Server{b: b, opts: o, log: o.Log, closing: make(chan struct{}), trees: make(chan struct{}, maxTreeReads), smallTrees: make(chan struct{}, maxTreeReads), estimates: b.EstimateSlots(), callers: map[string]int{}, answers: answerBudget{broker.NewBudget(o.MaxAnswerBytes, o.MaxAnswerBytes/16)},
 		conns: newConnCount(o.MaxConns, o.MaxConnsPerHost)}
 	if s.opts.Health == nil {
 		s.opts.Health = s.loopHealth
