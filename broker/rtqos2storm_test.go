@@ -32,9 +32,9 @@ import (
 // Known failing (red team h-rtqos2, not fixed): on e1b32db, 20 runs of
 // close/v4 and close/v5 (every round closes the last connection first)
 // failed 18 of 40: 3 deliveries twice, 3 flows never completed, 15 with
-// $SYS in-flight left above 0; 30 runs of all four cases failed 9 of
-// 120 mostly on the in-flight count, one delivery twice (mixed). On
-// 5e84230 (before h-qos2dup) 26 of 40 mixed failed, most delivering twice.
+// $SYS in-flight left above 0; 30 runs of mixed/v4 and mixed/v5 failed
+// 10 of 60: 9 on the in-flight count, one delivery twice. On 5e84230
+// (before h-qos2dup) about 26 of 40 mixed failed, most delivering twice.
 // Run it with MOTE_QOS2_STORM=1 until the causes are fixed.
 func TestQoS2ReconnectStorm(t *testing.T) {
 	if os.Getenv("MOTE_QOS2_STORM") == "" {
