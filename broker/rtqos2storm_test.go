@@ -35,6 +35,14 @@ import (
 // $SYS in-flight left above 0; 30 runs of mixed/v4 and mixed/v5 failed
 // 10 of 60: 9 on the in-flight count, one delivery twice. On 5e84230
 // (before h-qos2dup) about 26 of 40 mixed failed, most delivering twice.
+// 8 more runs of close/v4 and close/v5 with the diagnostics below: 16 of
+// 16 left $SYS in-flight at 3 to 16 with no filed client holding
+// anything (a count that leaks), 5 delivered a message of the client's
+// twice or three times, and 3 ended with 59 of the 60 messages
+// published to the client delivered and nothing pending (a message the
+// publisher had PUBCOMP for, lost, or dropped by a bound not checked
+// here). A change that closed and kept a connection's ids under the
+// takeover lock (dropConn) did not help (20 runs: 5 twice, 17 in-flight).
 // Run it with MOTE_QOS2_STORM=1 until the causes are fixed.
 func TestQoS2ReconnectStorm(t *testing.T) {
 	if os.Getenv("MOTE_QOS2_STORM") == "" {
@@ -85,7 +93,16 @@ func TestQoS2ReconnectStorm(t *testing.T) {
 				t.Fatal("the publisher did not finish")
 			}
 			x.connect(t, b.TCPAddr(), false, false)
-			waitFor(t, "every flow completed", func() bool { return x.settled(inbound) })
+			settleBy := time.Now().Add(10 * time.Second)
+			for !x.settled(inbound) && time.Now().Before(settleBy) {
+				time.Sleep(time.Millisecond)
+			}
+			if !x.settled(inbound) {
+				x.mu.Lock()
+				msg := fmt.Sprintf("not settled: %d own publishes waiting, deliveries waiting for PUBREL %v, %d of %d delivered", len(x.out), x.in, len(x.got), inbound)
+				x.mu.Unlock()
+				t.Fatal(msg)
+			}
 			pub.publish1(t, 5, id+"/in/marker", "")
 			count := map[string]int{}
 			for _, topic := range watcher.topicsUntil(t, id+"/in/marker") {
@@ -106,7 +123,19 @@ func TestQoS2ReconnectStorm(t *testing.T) {
 				}
 			}
 			x.mu.Unlock()
-			waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
+			deadline := time.Now().Add(5 * time.Second)
+			for atomic.LoadInt64(&b.server.Info.Inflight) != 0 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			if n := atomic.LoadInt64(&b.server.Info.Inflight); n != 0 {
+				var held []string
+				for cid, cl := range b.server.Clients.GetAll() {
+					for _, pk := range cl.State.Inflight.GetAll(false) {
+						held = append(held, fmt.Sprintf("%s:%d:type%d", cid, pk.PacketID, pk.FixedHeader.Type))
+					}
+				}
+				t.Errorf("$SYS in-flight %d, held by filed clients: %v", n, held)
+			}
 		})
 	}
 }
