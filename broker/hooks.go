@@ -415,11 +415,27 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		nc.filed.CompareAndSwap(c, nil)
 	}
 	if o, ok := c.outOf(); ok {
-		left, late := o.ids.close(cl) // before the session's messages are handed on
-		if keep {
+		// Closed and kept in one step under the id's takeover lock while
+		// cl holds the session: a CONNECT that came between found the
+		// client's QoS 2 state in neither (surrender found it closed,
+		// handOver found nothing kept), and the state kept after it was
+		// kept for cl, not the session's new client: the client's resends
+		// were delivered again [MQTT-4.3.3-10] and their PUBRECs stayed
+		// counted in Info.Inflight. Taken over first, the takeover had it
+		// (surrender): close has nothing left to hand on.
+		var left map[uint16]packets.Packet
+		var late []*lateRec
+		kept := keep && b.server.WhileFiled(cl, func() {
+			left, late = o.ids.close(cl) // before the session's messages are handed on
 			b.keptIn.put(cl, left, late)
-		} else {
-			dropLate(&b.server.Info.Inflight, late)
+		})
+		if !kept {
+			left, late = o.ids.close(cl)
+			if keep {
+				b.keptIn.put(cl, left, late)
+			} else {
+				dropLate(&b.server.Info.Inflight, late)
+			}
 		}
 	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)

@@ -52,7 +52,14 @@ type idSpaces struct {
 	qos2      bool                // the packet being processed is a QoS 2 PUBLISH
 	mine      *lateRec            // the QoS 2 PUBLISH being processed when the session was taken over (surrender)
 	late      map[uint16]*lateRec // QoS 2 publishes a connection taken over was processing when it lost the session
+	settled   chan struct{}       // closed when the packet being processed is settled; made by a surrender waiting for it (waitRelLocked)
+	acking    bool                // an acknowledgement of a delivery is being processed
 }
+
+// relWait bounds how long a takeover waits for the PUBREL the old
+// connection's reader is processing (waitRelLocked): its PUBCOMP's write
+// is bounded by as much (a write deadline).
+const relWait = 500 * time.Millisecond
 
 // lateWait bounds how long a client packet with the id of a lateRec waits
 // for the connection that lost the session to finish that publish.
@@ -166,6 +173,18 @@ func delivery(pk packets.Packet) bool {
 // the client, which gets no PUBREC here, sends it again; delivered here
 // too, it would be delivered twice [MQTT-4.3.3-10].
 func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
+	if deliveryAck(pk) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.gone {
+			// The delivery it acknowledges was copied to the new
+			// client, which resends it: changed here after the copy, it
+			// was counted out of Info.Inflight twice.
+			return true
+		}
+		s.acking = true
+		return false
+	}
 	if !clientFlow(pk) || pk.PacketID == 0 {
 		return false
 	}
@@ -183,7 +202,14 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 	}
 	defer s.mu.Unlock()
 	if s.gone {
-		return pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2
+		// A PUBLISH (QoS 1 or 2) or PUBREL is refused too: mochi would
+		// look its id up in this client's map, which holds the session's
+		// deliveries (being copied to the new client, or copied already):
+		// it deleted the delivery of that id (a PUBLISH, as answered), or
+		// completed it (a PUBREL, with a PUBCOMP written here), and the
+		// client, which sends it again on its new connection, never got
+		// that delivery's PUBREL, or lost it.
+		return pk.FixedHeader.Type == packets.Publish || pk.FixedHeader.Type == packets.Pubrel
 	}
 	s.absorbLocked(cl)
 	s.reserved, s.kind = id, pk.FixedHeader.Type
@@ -220,6 +246,13 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 // for its PUBREL leaves mochi's map for inbound, and the displaced
 // delivery goes back.
 func (s *idSpaces) end(cl *mqtt.Client, pk *packets.Packet) {
+	if deliveryAck(pk) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.acking = false
+		s.settledLocked()
+		return
+	}
 	if !clientFlow(pk) || pk.PacketID == 0 {
 		return
 	}
@@ -238,11 +271,16 @@ func (s *idSpaces) end(cl *mqtt.Client, pk *packets.Packet) {
 func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 	id := s.reserved
 	if id == 0 {
+		s.settledLocked()
 		return
 	}
 	if cur, ok := cl.State.Inflight.Get(id); ok && !delivery(cur) {
 		cl.State.Inflight.Delete(id)
-		if cur.FixedHeader.Type == packets.Pubrec {
+		// A PUBCOMP left there is one mochi could not write (the
+		// connection ended): the flow is still open, counted in
+		// Info.Inflight, and the client sends its PUBREL again; it is
+		// kept as a PUBREC is, so the next connection answers it.
+		if cur.FixedHeader.Type == packets.Pubrec || cur.FixedHeader.Type == packets.Pubcomp {
 			if s.inbound == nil {
 				s.inbound = map[uint16]packets.Packet{}
 			}
@@ -257,6 +295,57 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 		cl.State.Inflight.DecreaseReceiveQuota()
 	}
 	s.reserved, s.kind, s.resent, s.qos2 = 0, 0, false, false
+	s.settledLocked()
+}
+
+// settledLocked tells a surrender waiting for the packet being processed
+// that it is settled (mu held).
+func (s *idSpaces) settledLocked() {
+	if s.settled != nil && !s.acking && s.reserved == 0 {
+		close(s.settled)
+		s.settled = nil
+	}
+}
+
+// deliveryAck says whether pk acknowledges one of the broker's
+// deliveries (PUBACK, PUBREC, PUBCOMP).
+func deliveryAck(pk *packets.Packet) bool {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubcomp:
+		return true
+	}
+	return false
+}
+
+// waitRelLocked waits (mu held, let go meanwhile), at most relWait and
+// lateWait, for the PUBREL cl's reader is processing, if any, to be
+// settled (end, or close if the connection ends). That PUBREL's PUBREC
+// is in cl's map (begin put it there): copied to the client taking the
+// session over, and completed by mochi on cl too, the flow was counted
+// out of Info.Inflight twice (once per client), or, when cl could not
+// write its PUBCOMP, the PUBCOMP left in cl's map was dropped uncounted
+// by settle. Settled, the PUBREC is gone (completed) or a PUBCOMP waits
+// in inbound, and goes to the session's next connection with the rest.
+func (s *idSpaces) waitRelLocked(cl *mqtt.Client) {
+	if !s.acking && (s.reserved == 0 || (s.qos2 && s.displaced == nil)) {
+		return
+	}
+	if cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(relWait))
+	}
+	ch := make(chan struct{})
+	s.settled = ch
+	s.mu.Unlock()
+	t := time.NewTimer(lateWait)
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+	t.Stop()
+	s.mu.Lock()
+	if s.settled == ch {
+		s.settled = nil
+	}
 }
 
 // wait waits, at most lateWait, for the connection that lost the
@@ -333,6 +422,7 @@ func (s *idSpaces) resentAck(id uint16) bool {
 func (s *idSpaces) surrender(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.waitRelLocked(cl)
 	s.absorbLocked(cl)
 	left := s.restoreLocked(cl)
 	late := s.lateLocked()
@@ -419,6 +509,7 @@ func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet, late [
 func (s *idSpaces) close(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.acking = false
 	if s.gone {
 		if s.mine != nil {
 			s.mine.resolve(cl)
