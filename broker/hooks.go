@@ -452,8 +452,9 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 // OnPublish, and mochi sees the internal topic.
 //
 // It also keeps the client's packet ids apart from the deliveries'
-// (idSpaces), until OnPacketProcessed; a QoS 2 PUBLISH read by a
-// connection taken over is refused (idSpaces.begin), which ends it.
+// (idSpaces), until OnPacketProcessed; a PUBLISH (QoS 1 or 2), PUBREL,
+// PUBACK, PUBREC or PUBCOMP read by a connection taken over is refused
+// (idSpaces.begin), which ends it.
 //
 // mochi lends pk for the call (its change 25): it changes in place.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {

@@ -171,7 +171,11 @@ func delivery(pk packets.Packet) bool {
 // once the session was taken over (surrender), possibly while it waited
 // for a late of its id, belongs to the session's new connection, where
 // the client, which gets no PUBREC here, sends it again; delivered here
-// too, it would be delivered twice [MQTT-4.3.3-10].
+// too, it would be delivered twice [MQTT-4.3.3-10]. So are a QoS 1
+// PUBLISH, a PUBREL and a delivery's acknowledgement (see below): the
+// client sends them again on its new connection, or answers the
+// delivery resent there. An acknowledgement being processed is marked
+// (acking) for a surrender to wait for (waitRelLocked).
 func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 	if deliveryAck(pk) {
 		s.mu.Lock()
