@@ -425,6 +425,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		// (surrender): close has nothing left to hand on.
 		var left map[uint16]packets.Packet
 		var late []*lateRec
+		o.ids.stop(cl)
 		kept := keep && b.server.WhileFiled(cl, func() {
 			left, late = o.ids.close(cl) // before the session's messages are handed on
 			b.keptIn.put(cl, left, late)

@@ -54,6 +54,7 @@ type idSpaces struct {
 	late      map[uint16]*lateRec // QoS 2 publishes a connection taken over was processing when it lost the session
 	settled   chan struct{}       // closed when the packet being processed is settled; made by a surrender waiting for it (waitRelLocked)
 	acking    bool                // an acknowledgement of a delivery is being processed
+	taking    bool                // a surrender began: packets are refused as once it is done (gone)
 }
 
 // relWait bounds how long a takeover waits for the PUBREL the old
@@ -180,7 +181,7 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 	if deliveryAck(pk) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.gone {
+		if s.gone || s.taking {
 			// The delivery it acknowledges was copied to the new
 			// client, which resends it: changed here after the copy, it
 			// was counted out of Info.Inflight twice.
@@ -205,7 +206,7 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 		}
 	}
 	defer s.mu.Unlock()
-	if s.gone {
+	if s.gone || s.taking {
 		// A PUBLISH (QoS 1 or 2) or PUBREL is refused too: mochi would
 		// look its id up in this client's map, which holds the session's
 		// deliveries (being copied to the new client, or copied already):
@@ -426,6 +427,7 @@ func (s *idSpaces) resentAck(id uint16) bool {
 func (s *idSpaces) surrender(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.taking = true // no packet begins while it waits
 	s.waitRelLocked(cl)
 	s.absorbLocked(cl)
 	left := s.restoreLocked(cl)
@@ -497,6 +499,20 @@ func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet, late [
 	for range s.inbound {
 		cl.State.Inflight.DecreaseReceiveQuota()
 	}
+}
+
+// stop settles the packet cl's reader was processing when the
+// connection ended (its reader has stopped), as end would have: a
+// surrender waiting for it goes on. dropConn calls it before it waits
+// for the id's takeover lock, which that surrender holds.
+func (s *idSpaces) stop(cl *mqtt.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.acking = false
+	if !s.gone {
+		s.settleLocked(cl)
+	}
+	s.settledLocked()
 }
 
 // close runs when cl's connection ends, before its session's messages
