@@ -43,7 +43,22 @@ import (
 // publisher had PUBCOMP for, lost, or dropped by a bound not checked
 // here). A change that closed and kept a connection's ids under the
 // takeover lock (dropConn) did not help (20 runs: 5 twice, 17 in-flight).
-// Run it with MOTE_QOS2_STORM=1 until the causes are fixed.
+//
+// h-qos2storm found four causes (tests: TestUnwrittenPubcompKept,
+// TestTakenOverRefuses, TestSurrenderWaitsForPacket) and fixed them: a
+// PUBCOMP mochi could not write, dropped uncounted (the in-flight leak);
+// the old reader's PUBREL, acknowledgements and displacing publishes
+// changing the old client's map after mochi copied it (counted out
+// twice, a delivery deleted: stuck or lost); the client's QoS 2 state
+// kept for the old client when a takeover came between dropConn's close
+// and keep (resends delivered twice). After them (-race, 20 runs of the
+// four cases): 5 of 80 failed (close 2 of 40, mixed 3 of 40), each a
+// delivery twice and no in-flight left; without -race 20 of 20 close
+// runs passed. Left: a QoS 2 PUBLISH the old reader is processing at the
+// takeover (lateRec) whose PUBREC mochi sets between copying the old
+// map and clearing it (clearInflightsMovedTo) is cleared there, so
+// lateRec.resolve finds no PUBREC and the resend is taken for a new
+// message. Run it with MOTE_QOS2_STORM=1 until that is fixed.
 func TestQoS2ReconnectStorm(t *testing.T) {
 	if os.Getenv("MOTE_QOS2_STORM") == "" {
 		t.Skip("known failing (red team h-rtqos2): set MOTE_QOS2_STORM=1")
