@@ -262,8 +262,9 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	h.b.offline.forget(cl.ID)
 	if old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
-			left, late = o.ids.surrender(o.cl) // before mochi copies its in-flight map
-			old.expect(cl, fresh || old.p.User != string(cl.Properties.Username))
+			afresh := fresh || old.p.User != string(cl.Properties.Username)
+			left, late = o.ids.surrender(o.cl, afresh) // before mochi copies its in-flight map
+			old.expect(cl, afresh)
 		}
 	}
 	// existing's connection, cut off now, has its will due now; with the
@@ -524,6 +525,11 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 	c := h.conn(cl)
 	if c == nil {
 		return packets.CodeSuccessIgnore
+	}
+	if o, ok := c.outOf(); ok {
+		// mochi has looked pk's id up: a takeover waits no more for it.
+		o.ids.publishing(cl, pk, true)
+		defer o.ids.publishing(cl, pk, false)
 	}
 	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties}
 	if nc, ok := cl.Net.Conn.(*netConn); ok {

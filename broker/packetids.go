@@ -52,14 +52,18 @@ type idSpaces struct {
 	qos2      bool                // the packet being processed is a QoS 2 PUBLISH
 	mine      *lateRec            // the QoS 2 PUBLISH being processed when the session was taken over (surrender)
 	late      map[uint16]*lateRec // QoS 2 publishes a connection taken over was processing when it lost the session
-	settled   chan struct{}       // closed when the packet being processed is settled; made by a surrender waiting for it (waitRelLocked)
+	settled   chan struct{}       // closed when the packet being processed no longer holds a surrender; made by a surrender waiting for it (waitBusyLocked)
 	acking    bool                // an acknowledgement of a delivery is being processed
-	taking    bool                // a surrender began: packets are refused as once it is done (gone)
+	ackKind   byte                // its type
+	phase     byte                // the PUBLISH being processed: before mochi's OnPublish (0), in it (1), after it (2)
+	bounded   bool                // a waiting surrender bounded the connection's writes (relWait)
+	taking    bool                // a surrender of the session to a client resuming it began: packets are refused as once it is done (gone)
 }
 
-// relWait bounds how long a takeover waits for the PUBREL the old
-// connection's reader is processing (waitRelLocked): its PUBCOMP's write
-// is bounded by as much (a write deadline).
+// relWait bounds the write a takeover waits for on the old connection
+// (waitBusyLocked): the PUBCOMP of the PUBREL being processed, the PUBREL
+// of a delivery's PUBREC, the PUBREC of a displacing QoS 2 PUBLISH (a
+// write deadline, lifted once the wait is over).
 const relWait = 500 * time.Millisecond
 
 // lateWait bounds how long a client packet with the id of a lateRec waits
@@ -176,18 +180,20 @@ func delivery(pk packets.Packet) bool {
 // PUBLISH, a PUBREL and a delivery's acknowledgement (see below): the
 // client sends them again on its new connection, or answers the
 // delivery resent there. An acknowledgement being processed is marked
-// (acking) for a surrender to wait for (waitRelLocked).
+// (acking) for a surrender to wait for (waitBusyLocked). A session taken
+// over by a client starting afresh (surrender with fresh) is not copied:
+// only a QoS 2 PUBLISH is refused then.
 func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 	if deliveryAck(pk) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.gone || s.taking {
+		if s.taking {
 			// The delivery it acknowledges was copied to the new
 			// client, which resends it: changed here after the copy, it
 			// was counted out of Info.Inflight twice.
 			return true
 		}
-		s.acking = true
+		s.acking, s.ackKind = !s.gone, pk.FixedHeader.Type
 		return false
 	}
 	if !clientFlow(pk) || pk.PacketID == 0 {
@@ -206,7 +212,7 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 		}
 	}
 	defer s.mu.Unlock()
-	if s.gone || s.taking {
+	if s.taking {
 		// A PUBLISH (QoS 1 or 2) or PUBREL is refused too: mochi would
 		// look its id up in this client's map, which holds the session's
 		// deliveries (being copied to the new client, or copied already):
@@ -216,8 +222,11 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 		// that delivery's PUBREL, or lost it.
 		return pk.FixedHeader.Type == packets.Publish || pk.FixedHeader.Type == packets.Pubrel
 	}
+	if s.gone {
+		return pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2
+	}
 	s.absorbLocked(cl)
-	s.reserved, s.kind = id, pk.FixedHeader.Type
+	s.reserved, s.kind, s.phase = id, pk.FixedHeader.Type, 0
 	s.qos2 = pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2
 	if cur, ok := cl.State.Inflight.Get(id); ok && delivery(cur) {
 		cl.State.Inflight.Delete(id)
@@ -299,17 +308,93 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 	if s.resent {
 		cl.State.Inflight.DecreaseReceiveQuota()
 	}
-	s.reserved, s.kind, s.resent, s.qos2 = 0, 0, false, false
+	s.reserved, s.kind, s.resent, s.qos2, s.phase = 0, 0, false, false, 0
 	s.settledLocked()
 }
 
 // settledLocked tells a surrender waiting for the packet being processed
-// that it is settled (mu held).
+// that it no longer holds it (busyLocked; mu held).
 func (s *idSpaces) settledLocked() {
-	if s.settled != nil && !s.acking && s.reserved == 0 {
+	if s.settled != nil && !s.busyLocked() {
 		close(s.settled)
 		s.settled = nil
 	}
+}
+
+// busyLocked says whether the packet cl's reader is processing changes
+// cl's map in a way mochi's copy to the client taking the session over
+// must not miss or overlap (mu held): a delivery's acknowledgement, a
+// PUBREL (mochi completes the flow of its PUBREC, which begin put in the
+// map), a QoS 1 PUBLISH until mochi's OnPublish (before it, mochi looks
+// its id up and deletes a delivery there: the displaced one, put back by
+// the surrender), a QoS 2 PUBLISH that displaced a delivery until it is
+// settled (mochi sets its PUBREC under the delivery's id after
+// OnPublish). A SUBSCRIBE or UNSUBSCRIBE only reads the map, a QoS 1
+// PUBLISH in or after OnPublish (blocked on a full subscriber queue, say)
+// leaves it alone, and a QoS 2 PUBLISH without a displaced delivery is
+// handed on (lateRec): none holds the takeover.
+func (s *idSpaces) busyLocked() bool {
+	switch {
+	case s.acking:
+		return true
+	case s.reserved == 0:
+		return false
+	case s.kind == packets.Pubrel:
+		return true
+	case s.kind != packets.Publish:
+		return false
+	case s.qos2:
+		return s.displaced != nil
+	}
+	return s.phase == 0
+}
+
+// writesLocked says whether the packet a surrender waits for has mochi
+// write to the client before it is settled (mu held): a PUBREL's
+// PUBCOMP, a delivery's PUBREC's PUBREL, a QoS 2 PUBLISH's PUBREC once
+// OnPublish returned. A client that stopped reading holds that write,
+// and the surrender, up to WriteTimeout: it is bounded by relWait.
+func (s *idSpaces) writesLocked() bool {
+	switch {
+	case s.acking:
+		return s.ackKind == packets.Pubrec
+	case s.kind == packets.Pubrel:
+		return true
+	}
+	return s.qos2 && s.phase == 2
+}
+
+// boundLocked bounds cl's writes by relWait for a waiting surrender
+// (mu held), once.
+func (s *idSpaces) boundLocked(cl *mqtt.Client) {
+	if s.bounded || cl.Net.Conn == nil {
+		return
+	}
+	s.bounded = true
+	_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(relWait))
+}
+
+// publishing runs as mochi hands pk, the PUBLISH being processed, to
+// OnPublish (in true) and once OnPublish returns (in false): mochi has
+// looked its id up, and a QoS 1 PUBLISH no longer holds a surrender; a
+// QoS 2 PUBLISH's PUBREC is written next, bounded if a surrender waits.
+func (s *idSpaces) publishing(cl *mqtt.Client, pk *packets.Packet, in bool) {
+	if pk.FixedHeader.Qos == 0 || pk.PacketID == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reserved != pk.PacketID || s.kind != packets.Publish {
+		return
+	}
+	s.phase = 2
+	if in {
+		s.phase = 1
+	}
+	if s.settled != nil && s.writesLocked() {
+		s.boundLocked(cl)
+	}
+	s.settledLocked()
 }
 
 // deliveryAck says whether pk acknowledges one of the broker's
@@ -322,21 +407,25 @@ func deliveryAck(pk *packets.Packet) bool {
 	return false
 }
 
-// waitRelLocked waits (mu held, let go meanwhile), at most relWait and
-// lateWait, for the PUBREL cl's reader is processing, if any, to be
-// settled (end, or close if the connection ends). That PUBREL's PUBREC
-// is in cl's map (begin put it there): copied to the client taking the
-// session over, and completed by mochi on cl too, the flow was counted
-// out of Info.Inflight twice (once per client), or, when cl could not
-// write its PUBCOMP, the PUBCOMP left in cl's map was dropped uncounted
-// by settle. Settled, the PUBREC is gone (completed) or a PUBCOMP waits
-// in inbound, and goes to the session's next connection with the rest.
-func (s *idSpaces) waitRelLocked(cl *mqtt.Client) {
-	if !s.acking && (s.reserved == 0 || (s.qos2 && s.displaced == nil)) {
+// waitBusyLocked waits (mu held, let go meanwhile), at most lateWait,
+// while the packet cl's reader is processing changes cl's map
+// (busyLocked): till end settles it (or stop, if the connection ends),
+// or a QoS 1 PUBLISH reaches OnPublish (publishing). A PUBREL's PUBREC,
+// say, is in cl's map (begin put it there): copied to the client taking
+// the session over, and completed by mochi on cl too, the flow was
+// counted out of Info.Inflight twice (once per client), or, when cl
+// could not write its PUBCOMP, the PUBCOMP left in cl's map was dropped
+// uncounted by settle. Settled, the PUBREC is gone (completed) or a
+// PUBCOMP waits in inbound, and goes to the session's next connection
+// with the rest. The write such a packet makes is bounded by relWait
+// (writesLocked), the bound lifted after the wait: writes after it, the
+// takeover's DISCONNECT too, have theirs.
+func (s *idSpaces) waitBusyLocked(cl *mqtt.Client) {
+	if !s.busyLocked() {
 		return
 	}
-	if cl.Net.Conn != nil {
-		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(relWait))
+	if s.writesLocked() {
+		s.boundLocked(cl)
 	}
 	ch := make(chan struct{})
 	s.settled = ch
@@ -351,6 +440,10 @@ func (s *idSpaces) waitRelLocked(cl *mqtt.Client) {
 	if s.settled == ch {
 		s.settled = nil
 	}
+	if s.bounded && cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Time{})
+	}
+	s.bounded = false
 }
 
 // wait waits, at most lateWait, for the connection that lost the
@@ -424,11 +517,17 @@ func (s *idSpaces) resentAck(id uint16) bool {
 // keptInbound), and the lates the session's next connection waits for:
 // the QoS 2 PUBLISH being processed, if any (its PUBREC is set after
 // mochi copies the map: end resolves it), and those cl itself waited for.
-func (s *idSpaces) surrender(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
+//
+// fresh: the client taking over starts afresh, and mochi copies nothing
+// (it clears cl's map): nothing is waited for, and cl's reader goes on
+// as before, but for QoS 2 publishes (begin).
+func (s *idSpaces) surrender(cl *mqtt.Client, fresh bool) (map[uint16]packets.Packet, []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.taking = true // no packet begins while it waits
-	s.waitRelLocked(cl)
+	if !fresh {
+		s.taking = true // no packet begins while it waits
+		s.waitBusyLocked(cl)
+	}
 	s.absorbLocked(cl)
 	left := s.restoreLocked(cl)
 	late := s.lateLocked()
@@ -436,7 +535,7 @@ func (s *idSpaces) surrender(cl *mqtt.Client) (map[uint16]packets.Packet, []*lat
 		s.mine = newLateRec(s.reserved)
 		late = append(late, s.mine)
 	}
-	s.reserved, s.kind, s.qos2, s.resent = 0, 0, false, false
+	s.reserved, s.kind, s.qos2, s.resent, s.phase = 0, 0, false, false, 0
 	s.gone = true
 	return left, late
 }

@@ -1,6 +1,10 @@
 package broker
 
 import (
+	"net"
+	"sync"
+	"time"
+
 	"testing"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
@@ -68,7 +72,7 @@ func TestTakenOverRefuses(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cl, s := stormIDs(5)
-			s.surrender(cl)
+			s.surrender(cl, false)
 			if got := s.begin(cl, c.pk); got != c.refuse {
 				t.Fatalf("begin refused %v, want %v", got, c.refuse)
 			}
@@ -103,7 +107,7 @@ func TestSurrenderWaitsForPacket(t *testing.T) {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				s.surrender(cl)
+				s.surrender(cl, false)
 			}()
 			waitFor(t, "the surrender to wait", func() bool {
 				s.mu.Lock()
@@ -121,6 +125,217 @@ func TestSurrenderWaitsForPacket(t *testing.T) {
 			got, ok := cl.State.Inflight.Get(c.pk.PacketID)
 			if c.after == nil && ok || c.after != nil && (!ok || got.FixedHeader.Type != c.after.FixedHeader.Type) {
 				t.Fatalf("map for the copy holds %v (%v), want %v", got, ok, c.after)
+			}
+		})
+	}
+}
+
+// surrenderWithin runs s.surrender(cl, fresh) and says whether it
+// returned within d (it returns by lateWait in any case: the test waits
+// for it).
+func surrenderWithin(s *idSpaces, cl *mqtt.Client, fresh bool, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.surrender(cl, fresh)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		<-done
+		return false
+	}
+}
+
+// TestSurrenderWaitsOnlyForMap: a takeover waits for the old reader's
+// packet only while it changes the map mochi copies: a QoS 1 PUBLISH
+// until mochi's OnPublish (mochi deletes a delivery of its id before),
+// not while it is in OnPublish (blocked on a full subscriber queue, up
+// to 5 publish_wait), nor a SUBSCRIBE. It waited for them to be settled,
+// lateWait (5 s) at most, under the id's takeover lock: the new client's
+// CONNACK waited as long.
+func TestSurrenderWaitsOnlyForMap(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		pk        *packets.Packet
+		inPublish bool // mochi's OnPublish began
+	}{
+		{"publish qos 1 in OnPublish", pkOf(packets.Publish, 1, 6), true},
+		{"publish qos 2 in OnPublish, nothing displaced", pkOf(packets.Publish, 2, 7), true},
+		{"subscribe", pkOf(packets.Subscribe, 1, 6), false},
+		{"unsubscribe", pkOf(packets.Unsubscribe, 1, 6), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl, s := stormIDs(5)
+			cl.State.Inflight.Set(*pkOf(packets.Publish, 1, 6)) // a delivery under 6
+			if s.begin(cl, c.pk) {
+				t.Fatal("refused")
+			}
+			if c.inPublish {
+				s.publishing(cl, c.pk, true)
+			}
+			if !surrenderWithin(s, cl, false, time.Second) {
+				t.Fatalf("the surrender waited for the %s (lateWait)", c.name)
+			}
+			if got, ok := cl.State.Inflight.Get(6); !ok || got.FixedHeader.Type != packets.Publish {
+				t.Fatalf("map for the copy holds %v (%v) under 6, want the delivery", got, ok)
+			}
+		})
+	}
+}
+
+// TestSurrenderWaitsForLookup: a QoS 1 PUBLISH that displaced a
+// delivery still holds a takeover until mochi has looked its id up
+// (OnPublish): put back before, the delivery was deleted by mochi.
+func TestSurrenderWaitsForLookup(t *testing.T) {
+	cl, s := stormIDs(5)
+	cl.State.Inflight.Set(*pkOf(packets.Publish, 1, 6))
+	pub := pkOf(packets.Publish, 1, 6)
+	if s.begin(cl, pub) {
+		t.Fatal("refused")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.surrender(cl, false)
+	}()
+	waitFor(t, "the surrender to wait", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.settled != nil
+	})
+	if _, ok := cl.State.Inflight.Get(6); ok {
+		t.Fatal("the delivery is back in the map before mochi looked the id up")
+	}
+	s.publishing(cl, pub, true)
+	<-done
+	if _, ok := cl.State.Inflight.Get(6); !ok {
+		t.Fatal("the delivery is not back in the map after the surrender")
+	}
+}
+
+// TestFreshSurrenderLetsQoS1Through: a takeover by a client starting
+// afresh (Clean Start, a 3.1.1 clean session, Session Expiry 0) copies
+// nothing: the old reader's packets go on as before the takeover
+// (QoS 1 publishes in its read buffer are delivered), but a QoS 2
+// PUBLISH; and nothing is waited for. The branch refused them all
+// (TestTakenOverRefuses is the resumed session's).
+func TestFreshSurrenderLetsQoS1Through(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		pk     *packets.Packet
+		refuse bool
+	}{
+		{"publish qos 1", pkOf(packets.Publish, 1, 9), false},
+		{"publish qos 2", pkOf(packets.Publish, 2, 9), true},
+		{"pubrel", pkOf(packets.Pubrel, 1, 9), false},
+		{"puback", pkOf(packets.Puback, 0, 9), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl, s := stormIDs(5)
+			rel := pkOf(packets.Pubrel, 1, 5) // being processed: a resumed session's takeover waits for it
+			if s.begin(cl, rel) {
+				t.Fatal("PUBREL refused")
+			}
+			if !surrenderWithin(s, cl, true, time.Second) {
+				t.Fatal("a fresh takeover waited for the PUBREL being processed")
+			}
+			if got := s.begin(cl, c.pk); got != c.refuse {
+				t.Fatalf("begin refused %v, want %v", got, c.refuse)
+			}
+		})
+	}
+}
+
+// deadlineConn records the write deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	mu  sync.Mutex
+	set []time.Time
+}
+
+func (d *deadlineConn) SetWriteDeadline(t time.Time) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.set = append(d.set, t)
+	return nil
+}
+
+func (d *deadlineConn) deadlines() []time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]time.Time(nil), d.set...)
+}
+
+// TestSurrenderBoundsOnlyItsWrite: a waiting takeover bounds the old
+// connection's writes (relWait) only for the write it waits for (a
+// PUBREL's PUBCOMP, a displacing QoS 2 PUBLISH's PUBREC once OnPublish
+// returned), and lifts the bound after: the branch set it as the wait
+// began and left it, so a wait longer than relWait failed every later
+// write (the publish's PUBACK, the takeover's DISCONNECT 0x8E): the
+// client got a reset.
+func TestSurrenderBoundsOnlyItsWrite(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		pk     *packets.Packet
+		steps  func(cl *mqtt.Client, s *idSpaces, pk *packets.Packet) // mochi processing pk while the surrender waits
+		bounds int                                                    // deadlines set while it waits
+	}{
+		{"publish qos 1 before OnPublish", pkOf(packets.Publish, 1, 6), func(cl *mqtt.Client, s *idSpaces, pk *packets.Packet) {
+			s.publishing(cl, pk, true)
+		}, 0},
+		{"publish qos 2 displacing", pkOf(packets.Publish, 2, 6), nil, 1}, // in OnPublish as the takeover comes: see below
+		{"pubrel", pkOf(packets.Pubrel, 1, 5), func(cl *mqtt.Client, s *idSpaces, pk *packets.Packet) {
+			cl.State.Inflight.Delete(5)
+			s.end(cl, pk)
+		}, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl, s := stormIDs(5)
+			dc := &deadlineConn{}
+			cl.Net.Conn = dc
+			cl.State.Inflight.Set(*pkOf(packets.Publish, 1, 6)) // a delivery under 6
+			if s.begin(cl, c.pk) {
+				t.Fatal("refused")
+			}
+			if c.pk.FixedHeader.Type == packets.Publish && c.pk.FixedHeader.Qos == 2 {
+				s.publishing(cl, c.pk, true) // in OnPublish as the takeover comes
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				s.surrender(cl, false)
+			}()
+			waitFor(t, "the surrender to wait", func() bool {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return s.settled != nil
+			})
+			if c.pk.FixedHeader.Type == packets.Publish && c.pk.FixedHeader.Qos == 2 {
+				if n := len(dc.deadlines()); n != 0 {
+					t.Fatalf("%d write deadlines set while the PUBLISH is in OnPublish, want none", n)
+				}
+				s.publishing(cl, c.pk, false)
+				s.end(cl, c.pk)
+			} else {
+				c.steps(cl, s, c.pk)
+			}
+			<-done
+			got := dc.deadlines()
+			var during []time.Time
+			for _, d := range got {
+				if !d.IsZero() {
+					during = append(during, d)
+				}
+			}
+			if len(during) != c.bounds {
+				t.Fatalf("write deadlines set %v, want %d bounds", got, c.bounds)
+			}
+			if c.bounds > 0 && !got[len(got)-1].IsZero() {
+				t.Fatalf("write deadlines set %v: the bound is not lifted after the wait", got)
 			}
 		})
 	}
