@@ -19,6 +19,9 @@ type Principal struct {
 	Answered bool
 	system   bool // the broker itself: reports, $SYS; never refused
 	original bool // a client of the original dialect's listener: its publishes are read in that dialect (original.go)
+	// logs is the log quota of the principal's connection (logBudget);
+	// nil for requests without one (HTTP, the broker's own).
+	logs *logQuota
 }
 
 // systemPrincipal is the broker's own.

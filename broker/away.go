@@ -261,9 +261,11 @@ func (b *Broker) endAway(old *mqtt.Client, had int) {
 	}
 	b.stats.SessionsEnded.Add(1)
 	b.drop(dropSessionEnded, held)
-	b.log.Warn().Str("client", truncate(old.ID, 200)).Str("user", truncate(userOf(old), 200)).Int("user_sessions_away", had).
-		Int("max_sessions", b.opts.MaxSessions).Int64("dropped", held).Bool("will", w != nil).
-		Msg("session ended: more than max_sessions persistent sessions of clients away; this one was away longest of the user with the most away")
+	if b.logs.allow(nil, old.ID, kindSessionEnded) { // a client can end one a connection
+		b.log.Warn().Str("client", truncate(old.ID, 200)).Str("user", truncate(userOf(old), 200)).Int("user_sessions_away", had).
+			Int("max_sessions", b.opts.MaxSessions).Int64("dropped", held).Bool("will", w != nil).
+			Msg("session ended: more than max_sessions persistent sessions of clients away; this one was away longest of the user with the most away")
+	}
 	if w != nil {
 		b.wills.publish(w)
 	}

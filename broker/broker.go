@@ -94,15 +94,18 @@ type Broker struct {
 	rawClosed bool                  // Close has begun: no new connection is served
 	sessions  sync.WaitGroup        // connections being served
 
-	loopDone chan struct{}
-	stop     chan struct{}  // closed by Close: stops the $SYS ticker
-	splits   chan struct{}  // snapshots being split, at most its capacity at once
-	handing  chan struct{}  // writers reading their replays' rest for the session (handReplaysOn), at most its capacity at once
-	writers  sync.WaitGroup // connections whose writer has not done its finishing duties
-	tickers  sync.WaitGroup // the $SYS ticker
-	started  bool
-	closing  sync.Once
-	closeErr error
+	loopDone    chan struct{}
+	stop        chan struct{}  // closed by Close: stops the $SYS ticker
+	splits      chan struct{}  // snapshots being split, at most its capacity at once
+	snaps       snapBudget     // bytes of snapshots held for MQTT clients (MaxSnapshotBytes)
+	shares      snapShares     // snapshots being written, shared by the subscriptions asking for the same
+	snapGuesses chan struct{}  // snapshot estimates walking the tree, at most its capacity at once
+	handing     chan struct{}  // writers reading their replays' rest for the session (handReplaysOn), at most its capacity at once
+	writers     sync.WaitGroup // connections whose writer has not done its finishing duties
+	tickers     sync.WaitGroup // the $SYS ticker
+	started     bool
+	closing     sync.Once
+	closeErr    error
 
 	// writerIdle is how long (ns) a writer waits for work before it exits
 	// (0: writerIdleFor, writer.go); tests shorten it.
@@ -115,6 +118,7 @@ type Broker struct {
 	adopting atomic.Pointer[func(cl *mqtt.Client)]
 
 	stats      Stats
+	logs       *logBudget    // bounds the log lines of refused requests (loglimit.go)
 	meter      *meters       // Prometheus figures (metrics.go)
 	healthWait time.Duration // how long Health waits for the loop and the store
 }
@@ -164,19 +168,22 @@ func New(opts Options) (*Broker, error) {
 	// connection's writer), so it stays small.
 	caps.MaximumClientWritesPending = 16
 	b := &Broker{
-		opts:      opts,
-		log:       opts.Log,
-		parser:    parser,
-		tree:      tree.New(),
-		reqs:      newRequestQueue(opts.LoopQueue, opts.LoopBudget),
-		props:     map[string]*packets.Properties{},
-		loopDone:  make(chan struct{}),
-		stop:      make(chan struct{}),
-		raw:       map[*netConn]struct{}{},
-		splits:    make(chan struct{}, 2),
-		handing:   make(chan struct{}, handingAtOnce),
-		histReads: make(chan struct{}, 2),
-		guesses:   newGuesses(opts.GuessLimit, opts.GuessWindow),
+		opts:        opts,
+		log:         opts.Log,
+		parser:      parser,
+		tree:        tree.New(),
+		reqs:        newRequestQueue(opts.LoopQueue, opts.LoopBudget),
+		props:       map[string]*packets.Properties{},
+		loopDone:    make(chan struct{}),
+		stop:        make(chan struct{}),
+		raw:         map[*netConn]struct{}{},
+		splits:      make(chan struct{}, 2),
+		snaps:       snapBudget{max: opts.MaxSnapshotBytes},
+		snapGuesses: make(chan struct{}, 2),
+		handing:     make(chan struct{}, handingAtOnce),
+		histReads:   make(chan struct{}, 2),
+		guesses:     newGuesses(opts.GuessLimit, opts.GuessWindow),
+		logs:        newLogBudget(opts.Log, opts.RefusalLog),
 	}
 	if opts.Cluster != nil {
 		if opts.Store == nil || opts.Cluster.Log == nil {
@@ -201,6 +208,7 @@ func New(opts Options) (*Broker, error) {
 		// expiry of what it delivers itself: prepare): mochi reads the
 		// clock only for what it retains or delivers itself.
 		CreatedOnDemand: true,
+		LogRefusal:      b.logRefusal,
 	})
 	b.meter, b.healthWait = newMeters(b), healthWait
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
@@ -500,6 +508,7 @@ func (b *Broker) shutdown() error {
 		return true
 	})
 	waitTimeout(&b.writers, 5*time.Second)
+	b.logs.flush() // the count of log lines left out lately
 	b.log.Info().Msg("mote broker stopped")
 	return errors.Join(errs...)
 }

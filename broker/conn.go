@@ -35,6 +35,7 @@ type conn struct {
 
 	snapTokens float64   // the writer's: snapshots it may take now (paceSnapshots)
 	snapAt     time.Time // when snapTokens was last topped up
+	snapHolds  snapHolds // what its subscriptions hold of the broker's snapshot budget
 
 	// The hand-off of the leftovers (see finish), guarded by endMu. A
 	// connection holds endMu while it hands them on, then its successor's.
@@ -62,9 +63,13 @@ type conn struct {
 	// Touched only by an MQTT connection's read goroutine, where mochi runs
 	// the hooks of one packet in order.
 	pendingTopic string // the topic of the publish OnPacketRead took aside
-	pendingErr   error
-	levels       int  // filter levels of the session's subscriptions, in all
-	pacedProps   bool // a paced property-form tree subscription was filed: see propFiled
+	levels       int    // filter levels of the session's subscriptions, in all
+	pacedProps   bool   // a paced property-form tree subscription was filed: see propFiled
+	// replaced is what the filters of the SUBSCRIBE being processed
+	// replace, from OnSubscribe to OnSubscribed (refuseFiled).
+	replaced []replacedSub
+
+	logs logQuota // its share of Broker.logs (c.p.logs points here): guarded by Broker.logs.mu
 }
 
 // endpoint is where a conn's writer writes: an MQTT client, or a door
@@ -107,6 +112,7 @@ func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	if c.id == "" {
 		c.id = c.key
 	}
+	c.p.logs = &c.logs
 	c.q.start = c.startWriter
 	b.writers.Add(1) // done by the writer that does the finishing duties
 	return c
@@ -148,13 +154,15 @@ func (c *conn) slow(why dropReason) {
 	if c.b.opts.SlowClient == SlowDisconnect {
 		if c.q.close() {
 			c.b.meter.slowDisconnects.Add(1)
-			c.b.log.Warn().Str("client", truncate(c.p.ClientID, 200)).Msg("queue full; disconnecting slow client")
+			if c.b.logs.allow(c.p.logs, c.p.ClientID, kindSlowClient) { // a client can cause one a connection
+				c.b.log.Warn().Str("client", truncate(c.p.ClientID, 200)).Msg("queue full; disconnecting slow client")
+			}
 			c.out.stop(packets.ErrServerBusy)
 		}
 		return
 	}
 	c.b.meter.slowDrops.Add(1)
-	if n == 1 || n%1000 == 0 {
+	if (n == 1 || n%1000 == 0) && c.b.logs.allow(c.p.logs, c.p.ClientID, kindSlowClient) {
 		c.b.log.Warn().Str("client", truncate(c.p.ClientID, 200)).Int64("dropped", n).
 			Msg("queue full; dropping messages for slow client")
 	}
@@ -427,6 +435,11 @@ type mqttOut struct {
 	q   *outQueue     // its connection's, told what was written
 	buf *bytes.Buffer // nil between flushes
 	n   int           // packets in buf
+	// tail is the payload of the last packet in buf when it is larger
+	// than flushAt (a snapshot, say): flush writes it after buf, from the
+	// payload's own bytes, so a payload of megabytes is not copied into
+	// the encode buffer (nor held twice while the client reads it).
+	tail []byte
 
 	ids idSpaces // the client's packet ids apart from the deliveries'
 }
@@ -463,7 +476,7 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 	// A publish that would take the buffer past flushAt goes after what
 	// it holds (before it is in flight: an error leaves it unsent), so
 	// buffers keep their size.
-	if o.buf != nil && o.buf.Len() > 0 && o.buf.Len()+encodedAtLeast(pk) > flushAt {
+	if o.buf != nil && o.buf.Len() > 0 && o.buf.Len()+len(o.tail)+encodedAtLeast(pk) > flushAt {
 		if err := o.flush(); err != nil {
 			return err
 		}
@@ -512,14 +525,20 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 		o.buf = o.b.bufs.get()
 	}
 	mark := o.buf.Len()
-	err := pk.PublishEncode(o.buf)
+	var err error
+	if len(pk.Payload) > flushAt {
+		err = o.encodeHead(pk)
+	} else {
+		err = pk.PublishEncode(o.buf)
+	}
 	if err == nil && c.v5 {
-		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && o.buf.Len()-mark > int(max) {
+		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && o.buf.Len()-mark+len(o.tail) > int(max) {
 			err = errTooLarge // [MQTT-3.1.2-24]
 		}
 	}
 	if err != nil {
 		o.buf.Truncate(mark)
+		o.tail = nil
 		if pk.FixedHeader.Qos > 0 {
 			o.b.dropInflight(cl, pk.PacketID)
 			c.inflightFreed(pk.PacketID)
@@ -546,7 +565,13 @@ func (o *mqttOut) flush() error {
 	cl.LetWritesFirst() // a PINGRESP or an ack mochi writes: before this flush, not behind the next ones
 	cl.Lock()
 	n, err := cl.Net.Conn.Write(o.buf.Bytes())
+	if err == nil && o.tail != nil {
+		var m int
+		m, err = cl.Net.Conn.Write(o.tail)
+		n += m
+	}
 	cl.Unlock()
+	o.tail = nil
 	o.q.wrote(n, o.n)
 	info := o.b.server.Info
 	atomic.AddInt64(&info.BytesSent, int64(n))
@@ -701,5 +726,50 @@ func (s *closeSignal) close() {
 	s.closed = true
 	if s.ch != nil {
 		close(s.ch)
+	}
+}
+
+// encodeHead encodes pk into buf without its payload, with the remaining
+// length that counts it, and leaves the payload to flush (tail): written
+// from its own bytes, not copied.
+func (o *mqttOut) encodeHead(pk *packets.Packet) error {
+	payload := pk.Payload
+	pk.Payload = nil
+	mark := o.buf.Len()
+	err := pk.PublishEncode(o.buf)
+	pk.Payload = payload
+	if err != nil {
+		return err
+	}
+	// The head as encoded: the fixed header's first byte, the remaining
+	// length (without the payload), then the topic, packet id and
+	// properties: a few bytes to KiB, copied to make room for the
+	// remaining length with the payload.
+	head := o.buf.Bytes()[mark:]
+	k := 1
+	for head[k]&0x80 != 0 {
+		k++
+	}
+	rest := bytes.Clone(head[k+1:])
+	o.buf.Truncate(mark + 1)
+	pk.FixedHeader.Remaining = len(rest) + len(payload)
+	appendVarint(o.buf, pk.FixedHeader.Remaining)
+	o.buf.Write(rest)
+	o.tail = payload
+	return nil
+}
+
+// appendVarint writes n as an MQTT variable byte integer.
+func appendVarint(buf *bytes.Buffer, n int) {
+	for {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		buf.WriteByte(b)
+		if n == 0 {
+			return
+		}
 	}
 }

@@ -161,9 +161,14 @@ func holdConnections(t *testing.T, subscribe bool) {
 	// The heap an idle connection holds: 5.1 KiB with a read buffer of
 	// its own and the maps, channels and buffers it never used made up
 	// front, 4.3 once they are made or lent when used (mochi change 62;
-	// bench/README.md, "Idle connections").
-	if per := (float64(after-before) - float64(stacksAfter-stacksBefore)) / n; !subscribe && per > 4.7*1024 {
-		t.Errorf("heap %.2f KiB an idle connection, want at most 4.7", per/1024)
+	// bench/README.md, "Idle connections"); 4.45–4.6 before, 4.72–4.76
+	// after the state the thirteenth session added to every connection
+	// (its refusal-log quota, 80 bytes; the queue's look at the TCP
+	// stack, 48; what a SUBSCRIBE replaced, 24; the writer's tail, 24:
+	// conn 328 → 456 bytes, outQueue 312 → 360, mqttOut 96 → 120, each
+	// rounded up to its size class).
+	if per := (float64(after-before) - float64(stacksAfter-stacksBefore)) / n; !subscribe && per > 4.9*1024 {
+		t.Errorf("heap %.2f KiB an idle connection, want at most 4.9", per/1024)
 	}
 	if out := b.readBufs.out.Load(); out != 0 {
 		t.Errorf("%d read buffers lent to idle connections, want 0", out)

@@ -136,7 +136,7 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 // anything else (netConn.writeRest). All of it stays in buf, for flush,
 // when mochi or the writer is writing. rest: the connection kept some.
 func (o *mqttOut) tryFlush() (rest bool, err error) {
-	if o.buf == nil || o.buf.Len() == 0 {
+	if o.buf == nil || o.buf.Len() == 0 || o.tail != nil { // a large payload apart (tail): the writer's flush writes it
 		return false, nil
 	}
 	cl := o.cl
@@ -180,6 +180,7 @@ func (o *mqttOut) drop() {
 		o.b.bufs.put(o.buf)
 		o.buf, o.n = nil, 0
 	}
+	o.tail = nil
 }
 
 // directPerMessage bounds the subscribers one plain message is written to

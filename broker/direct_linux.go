@@ -11,6 +11,8 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 )
 
@@ -245,4 +247,22 @@ func (c *netConn) writeRestLocked() (int, error) {
 	n, err := c.Conn.Write(c.raw.rest)
 	c.raw.rest = nil // short writes are rare: no buffer kept per connection (written, or the connection fails)
 	return n, err
+}
+
+// acked is how many bytes the client's TCP stack has acknowledged so far
+// (TCP_INFO's tcpi_bytes_acked, Linux 4.2 and later; 0 before): the
+// queue's look at a client that its writer waits on (outQueue.acked).
+// False for a connection that is not plain TCP, or once it is closed.
+func (c *netConn) acked() (uint64, bool) {
+	if c.raw == nil {
+		return 0, false
+	}
+	var info *unix.TCPInfo
+	var err error
+	if cerr := c.raw.rc.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); cerr != nil || err != nil {
+		return 0, false
+	}
+	return info.Bytes_acked, true
 }

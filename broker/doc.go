@@ -157,7 +157,16 @@
 // skips what exceeds the client's Maximum Packet Size, and closes the
 // connection when a write fails or passes its deadline. A snapshot or a
 // retained replay is a token in the queue: the loop makes it when the
-// writer reaches it, so a client holds one at a time. A replay holds no
+// writer reaches it, so a client holds one at a time; all clients
+// together hold at most MaxSnapshotBytes of snapshots (snapbudget.go): a
+// $sync SUBSCRIBE takes its snapshot's estimate before its SUBACK, or is
+// refused with 0x97 (3.1.1: 0x80), and gives it back once the snapshot
+// is written or the client goes. Subscriptions without a read check
+// asking for the same filter and codec share one encoded snapshot while
+// it is written and none of its rows changed (sharedSnapshot), counted
+// once. A payload larger than the encode
+// buffer (a snapshot, say) is written after it from its own bytes
+// (mqttOut.tail), not copied into it. A replay holds no
 // copy of the rows: the loop lists a filter's rows once (8 bytes a row)
 // and every replay of that filter started while the store holds the same
 // rows shares the list (replay.go); the writer reads a few hundred rows
@@ -190,8 +199,19 @@
 // publisher's wait at each in turn: N × PublishWait in all (200
 // subscribers with Receive Maximum 1 that never acknowledged held a QoS 0
 // publish back up to 45 s; TestStalledTogether). Now they cost
-// publishers about one PublishWait, however many. What gets no room
-// meets the slow-client policy.
+// publishers about one PublishWait, however many. A write counts once it
+// returns, and the kernel may hold one write longer than PublishWait
+// while the client reads steadily (it takes a send buffer's worth, up to
+// 4 MiB, at once, then waits until the client has read a third of it);
+// so before a plain TCP client is stalled the queue looks at what its TCP
+// stack acknowledged since it last looked (tcpi_bytes_acked), and bytes
+// taken count as written (outQueue.takingLocked): a subscriber reading
+// 256 KiB messages at 1.5 MB/s was stalled, losing 74–81% of them
+// (TestSteadyBigReader). They move the wall-time clock on by the credit
+// they earn, no more: a restart at any 1 KiB taken let clients that
+// trickle together hold publishers a PublishWait each again (200 at
+// 8 KiB/s held 200 QoS 1 publishes 32 s; TestTricklersTogether). What
+// gets no room meets the slow-client policy.
 //
 // The writer is the path's owner, not always its goroutine: a QoS 0 plain
 // message or delta for a plain TCP client whose writer is idle and whose
@@ -302,7 +322,11 @@
 //     builds maps on every match; the broker's own index, a copy-on-write
 //     trie read without locks or allocations, mirrors what mochi files
 //     (OnSubscribed, OnUnsubscribed, OnClientExpired, fileSub, unfileSub),
-//     and delivery reads only it. Mochi still writes its own index, which
+//     and delivery reads only it. A filter mochi granted that the broker
+//     refuses after all (refuseGranted) changes nothing, as one mochi
+//     refuses: the subscription it would have replaced is filed again
+//     whole in mochi's session and index (refuseFiled), and the loop's
+//     tree subscription is left as it was. Mochi still writes its own index, which
 //     nothing of the broker reads; mochi forgets an expired session
 //     without unsubscribing it, so OnClientExpired does.
 //   - Retained messages: rows live once, in the tree core; mochi's retained
@@ -394,6 +418,15 @@
 //     names a packet (mqtt.LogPacket) and cuts what a client sent
 //     (mqtt.LogString, truncate), and the slog bridge caps every value of
 //     mochi's lines at 1 KiB (slogValueMax).
+//   - Log lines of refused packets (mochi change 69): mochi wrote a Warn
+//     line for every packet refused for its User Properties, and the
+//     broker one for every refused request (Broker.refuse), so a client
+//     looping refused packets filled the disk through the log (48.8 MB in
+//     8 s). Each such line now asks a logBudget (loglimit.go; mochi through
+//     Options.LogRefusal): Options.RefusalLog lines per connection and for
+//     the broker in each interval, the first of each reason code kept,
+//     the rest counted in one suppressed=K line and in
+//     mote_log_lines_suppressed_total.
 //   - Packet ids (packetids.go): mochi keeps a client's own packet ids and
 //     the broker's deliveries' in one in-flight map, so a client's QoS 1/2
 //     PUBLISH, PUBREL, SUBSCRIBE or UNSUBSCRIBE with the id of an
@@ -432,7 +465,10 @@
 //     each but User Property, no Subscription Identifier or Receive
 //     Maximum of 0, none past its length: 0x82 or 0x81), as are a shared
 //     No Local and a wildcard Response Topic (0x82) and an alias-only
-//     PUBLISH of an alias never set (0x82); an MQTT 5 Variable Byte
+//     PUBLISH of an alias never set (0x82); a Topic Alias is set by
+//     every PUBLISH that carries one with a topic, refused or not (change
+//     70; OnPacketRead sets it for the publishes it takes aside), so an
+//     alias-only PUBLISH is refused as its topic was; an MQTT 5 Variable Byte
 //     Integer in more bytes than it needs is Malformed (0x81; a 3.1.1
 //     Remaining Length so encoded is read as its value, as Mosquitto
 //     reads it), an MQTT 5 CONNECT that does not decode gets CONNACK
@@ -562,6 +598,5 @@
 // # Caveats
 //
 // Retained rows never expire (SPEC §1): the MQTT 5 Message Expiry Interval
-// of a retained publish is not applied to the row. Topic aliases cannot
-// name a Mote topic.
+// of a retained publish is not applied to the row.
 package broker

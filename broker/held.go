@@ -327,9 +327,11 @@ func (b *Broker) dropHeldLocked(s *heldSession, userBytes int64) {
 		s.cl.State.Inflight.IncreaseSendQuota() // as dropInflight
 	}
 	b.drop(dropOfflineFull, n)
-	b.log.Warn().Str("client", s.id).Str("user", s.u.name).Int64("dropped", n).Int64("bytes", s.bytes).
-		Int64("user_bytes", userBytes).Int("max_offline_bytes", b.opts.MaxOfflineBytes).
-		Msg("held messages dropped: more than max_offline_bytes held for sessions away; this session held the most of the user holding the most")
+	if b.logs.allow(nil, s.id, kindHeldDropped) { // clients can cause one a session away
+		b.log.Warn().Str("client", s.id).Str("user", s.u.name).Int64("dropped", n).Int64("bytes", s.bytes).
+			Int64("user_bytes", userBytes).Int("max_offline_bytes", b.opts.MaxOfflineBytes).
+			Msg("held messages dropped: more than max_offline_bytes held for sessions away; this session held the most of the user holding the most")
+	}
 }
 
 // releaseDropped gives cl, a client that resumed its session (its CONNACK

@@ -6,6 +6,7 @@ import (
 	"math"
 	"strings"
 	"sync/atomic"
+	"unicode/utf8"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
@@ -46,13 +47,24 @@ func (h *hook) Provides(b byte) bool {
 // client has one, and a client without one MUST NOT send AUTH (§4.12): a
 // Protocol Error, DISCONNECT 0x82 (mochi ignored it).
 func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	h.b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	if h.b.logs.allow(h.quota(cl), cl.ID, codeKind(packets.ErrProtocolViolation)) {
+		h.b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("AUTH packet refused: no enhanced authentication")
+	}
 	return pk, packets.ErrProtocolViolation
 }
 
 // mqttPrincipal is who an MQTT client acts as.
 func mqttPrincipal(cl *mqtt.Client) Principal {
 	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: isOriginal(cl.Net.Listener)}
+}
+
+// quota is the log quota of cl's connection (logBudget), nil while it
+// has none.
+func (h *hook) quota(cl *mqtt.Client) *logQuota {
+	if c := h.conn(cl); c != nil {
+		return c.p.logs
+	}
+	return nil
 }
 
 // conn is cl's connection while it is filed (Broker.conns), else nil. The
@@ -77,7 +89,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	p := mqttPrincipal(cl)
 	v5 := cl.Properties.ProtocolVersion == 5
 	refuse := func(code packets.Code, why string) error {
-		b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
+		if b.logs.allow(nil, cl.ID, codeKind(code)) {
+			b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(p.User, 200)).Str("remote", cl.Net.Remote).Str("reason", why).Msg("connection refused")
+		}
 		if !v5 {
 			code = v3Connack(code)
 		}
@@ -170,7 +184,9 @@ func (b *Broker) takeoverCheck(old, cl *mqtt.Client, _ packets.Packet) mqtt.Take
 	}
 	if b.takeoverRefused(old) {
 		b.countRefusal(refusedClientID)
-		b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(userOf(cl), 200)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
+		if b.logs.allow(nil, cl.ID, codeKind(packets.ErrClientIdentifierNotValid)) {
+			b.log.Warn().Str("client", truncate(cl.ID, 200)).Str("user", truncate(userOf(cl), 200)).Str("remote", cl.Net.Remote).Str("reason", "client id in use by another user's session").Msg("connection refused")
+		}
 		return mqtt.Takeover{Refuse: true, Code: packets.ErrClientIdentifierNotValid}
 	}
 	return mqtt.Takeover{Fresh: true}
@@ -319,6 +335,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	out := &mqttOut{b: b, cl: cl}
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
+	if nc, ok := cl.Net.Conn.(*netConn); ok && nc.raw != nil {
+		c.q.acked = nc.acked // plain TCP: the queue may look at what the client's stack took (outQueue.takingLocked)
+	}
 	if w, ok := b.connWills.Load(cl); ok {
 		c.will.Store(w.(*will)) // left in connWills until c is in conns: a takeover finds it (takenWill)
 	}
@@ -412,6 +431,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		return
 	}
 	c := v.(*conn)
+	b.logs.closed(&c.logs, cl.ID) // the count of its log lines left out
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.CompareAndSwap(c, nil)
 	}
@@ -444,6 +464,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		b.byID.CompareAndDelete(cl.ID, c)
 	}
 	c.close()
+	c.releaseSnapshots() // what its snapshots not yet written held of the budget
 	c.finish(true, keep)
 	b.reqs.push(request{kind: reqDetach, owner: c.key})
 }
@@ -467,36 +488,70 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 	if o, ok := c.outOf(); ok && o.ids.begin(cl, pk) {
 		return packets.ErrRejectPacket // the connection was taken over: ends its read loop
 	}
+	if pk.Properties.UserOverLimit && (pk.FixedHeader.Type == packets.Publish || pk.FixedHeader.Type == packets.Subscribe) {
+		h.b.countRefusal(refusedQuota) // mochi refuses it (PUBACK, SUBACK 0x97): refuseUserOver
+	}
 	if pk.FixedHeader.Type != packets.Publish {
 		return nil
 	}
 	c.pendingTopic = ""
-	if pk.Properties.TopicAliasFlag && len(pk.TopicName) > h.b.opts.MaxTopicLen {
-		// Not kept as an alias: the door refuses the topic anyway.
+	alias, aliased := pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag && validAlias(pk.Properties.TopicAlias)
+	if aliased && len(pk.TopicName) > h.b.opts.MaxTopicLen+maxPrefixLen {
+		// The door refuses the topic; its alias is set all the same
+		// [MQTT-3.3.2-12], to a cut topic, refused so too (aliasTopic).
+		cl.State.TopicAliases.Inbound.Set(alias, aliasTopic(pk.TopicName, h.b.opts.MaxTopicLen))
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+		aliased = false
 	}
-	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(pk.TopicName) || (c.p.original && wire.HasWildcard(pk.TopicName)) {
-		topic := pk.TopicName
-		if topic == "" && pk.Properties.TopicAliasFlag {
-			// Alias only (mote=tree on a plain topic: no alias names a
-			// Mote topic): the topic is the alias's. One never set is
-			// left to mochi, which refuses it (DISCONNECT 0x82).
-			t, ok := cl.State.TopicAliases.Inbound.Get(pk.Properties.TopicAlias)
-			if !ok {
-				return nil
-			}
-			topic = t
+	topic := pk.TopicName
+	if topic == "" && aliased {
+		// Alias only: the topic is the alias's. One never set is left to
+		// mochi, which refuses it (DISCONNECT 0x82).
+		t, ok := cl.State.TopicAliases.Inbound.Get(alias)
+		if !ok {
+			return nil
 		}
-		if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
-			c.pendingErr = errAlias
-		} else {
-			c.pendingErr = nil
+		topic = t
+	}
+	if _, isMote := userProp(pk.Properties.User, "mote"); isMote || reserved(topic) || (c.p.original && wire.HasWildcard(topic)) {
+		if aliased {
+			// Set here, as mochi would set it, whatever becomes of the
+			// publish: a topic the door refuses is refused again by its
+			// alias (§3.3.2.3.4: the receiver records the mapping of every
+			// PUBLISH with a Topic Alias and a topic).
+			if pk.TopicName != "" {
+				cl.State.TopicAliases.Inbound.Set(alias, topic)
+			}
+			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 		}
 		c.pendingTopic = topic
 		pk.TopicName = internalPublish
-		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 	}
 	return nil
+}
+
+// validAlias reports whether a PUBLISH's Topic Alias is one a client may
+// set (1 to maxTopicAliases); mochi refuses any other (DISCONNECT 0x94,
+// PublishValidate) after OnPacketRead.
+func validAlias(a uint16) bool { return a > 0 && a <= maxTopicAliases }
+
+// maxPrefixLen is more than the longest prefix of a Mote publish
+// ("$tree.msgpack.replace/"): the door bounds a Mote topic's length
+// without it.
+const maxPrefixLen = 64
+
+// aliasTopic is what an inbound topic alias keeps of a topic longer than
+// maxLen+maxPrefixLen bytes, which the door refuses (over
+// max_topic_length with any prefix): its first maxLen+maxPrefixLen+1
+// bytes, to the end of a rune, still refused for its length, and never
+// more than a topic the door accepts could hold (a topic may be as
+// long as a packet).
+func aliasTopic(topic string, maxLen int) string {
+	n := maxLen + maxPrefixLen + 1
+	for n < len(topic) && !utf8.RuneStart(topic[n]) {
+		n++
+	}
+	return topic[:n]
 }
 
 // levelsPerSubscription is the filter levels a client may have on average
@@ -537,9 +592,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 	}
 	var err error
 	if pk.TopicName == internalPublish {
-		m.Topic, err = c.pendingTopic, c.pendingErr
-		c.pendingTopic, c.pendingErr = "", nil
-		if m.Topic == "" && err == nil {
+		m.Topic = c.pendingTopic
+		c.pendingTopic = ""
+		if m.Topic == "" {
 			err = wire.ErrReservedf("%q is the broker's own topic", internalPublish)
 			m.Topic = internalPublish
 		}
@@ -589,8 +644,13 @@ func (b *Broker) refusePublish(c *conn, pk *packets.Packet, err error) error {
 	if pk.FixedHeader.Qos == 2 {
 		ack.FixedHeader.Type = packets.Pubrec // a PUBREC >= 0x80 ends the QoS 2 flow
 	}
-	if werr := c.out.(*mqttOut).cl.WritePacket(ack); werr != nil {
-		return werr
+	cl := c.out.(*mqttOut).cl
+	if err := cl.WritePacket(ack); err != nil {
+		// The connection is gone: its read loop ends at the next packet.
+		// The error, returned, had mochi log an Error line for each
+		// refused publish left in the read buffer, outside refusal_log,
+		// and go on with the publish as if it were taken.
+		cl.Stop(fmt.Errorf("broker: writing the ack of a refused publish: %w", err))
 	}
 	return packets.ErrRejectPacket
 }
@@ -619,6 +679,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	count := cl.State.Subscriptions.Len()
 	maxLevels := levelsPerSubscription * b.opts.MaxSubscriptions
 	plain := false // a plain filter is filed: it waits for rows acknowledged before it
+	c.replaced = nil
 	for i := range filters {
 		f := &filters[i]
 		asSent := f.Filter
@@ -650,7 +711,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			f.Filter = strings.Clone(internalFilter(f.Filter, sf, propMode.Mode != wire.Plain || c.p.original))
 			c.pacedProps = c.pacedProps || (propMode.Mode != wire.Plain && sf.Interval > 0)
 		}
-		_, existed := cl.State.Subscriptions.Get(f.Filter)
+		prior, existed := cl.State.Subscriptions.Get(f.Filter)
 		levels := strings.Count(f.Filter, "/") + 1
 		switch {
 		case err != nil || existed:
@@ -668,6 +729,9 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			count++
 			c.levels += levels
 		}
+		if existed {
+			c.replaced = append(c.replaced, replacedSub{at: i, sub: prior}) // for refuseFiled
+		}
 		if existed && f.RetainHandling == 1 {
 			f.RetainHandling = 2 // [MQTT-3.3.1-10]: no retained rows for an existing subscription
 		}
@@ -683,14 +747,20 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 // OnSubscribed registers the tree subscriptions mochi granted and queues
 // the retained replays of plain ones, both behind the SUBACK that mochi
 // writes next (the writer is held); a tree subscription is registered
-// before the SUBACK is out, so no publish made after it is missed.
+// before the SUBACK is out, so no publish made after it is missed. What
+// the broker refuses of what mochi granted is refused first (refuseGranted),
+// before the broker's index mirrors mochi's.
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
-	h.b.mirrorSubscribed(cl, pk, codes) // first: what follows may unfile
 	c := h.conn(cl)
+	if c != nil {
+		h.b.refuseGranted(c, cl, pk.Filters, codes)
+	}
+	h.b.mirrorSubscribed(cl, pk, codes)
 	if c == nil {
 		return
 	}
 	topts, _ := readTreeOpts(pk.Properties.User) // checked in OnSubscribe
+	pass := filedPass{c: c, cl: cl, filters: pk.Filters, codes: codes}
 	for i, f := range pk.Filters {
 		if i >= len(codes) {
 			break
@@ -708,20 +778,20 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 		if !ok {
 			continue
 		}
-		if (sf.Mode == wire.Sync || (sf.Mode == wire.Plain && f.RetainHandling != 2)) && c.q.full() {
-			// A client that asks for snapshots or retained rows while it
-			// holds a full queue (it does not read) gets no more of them.
-			h.b.refuse(c.p, "subscribe", f.Filter, errQuotaf("the client's queue is full"))
-			h.b.unfile(cl, f.Filter)
-			codes[i] = packets.ErrQuotaExceeded.Code
-			if !c.v5 {
-				codes[i] = packets.ErrUnspecifiedError.Code
-			}
-			continue
-		}
 		if sf.Mode != wire.Plain {
+			st := h.b.treeSubOf(c, f.Filter, sf, codes[i], f.Identifier, topts)
+			if sf.Mode == wire.Sync {
+				// Its snapshot's room in the broker's budget, before the
+				// SUBACK grants it (snapBudget).
+				guess, ok := h.b.snapshotGuess(c.q.done.wait(), sf.Filter, h.b.snaps.max)
+				if !ok || !c.holdSnapshot(st, guess) {
+					h.b.refuse(c.p, "subscribe", f.Filter, h.b.errSnapshotsFull(guess))
+					h.b.refuseFiled(&pass, i, packets.ErrQuotaExceeded) // what it replaced stays
+					continue
+				}
+			}
 			h.b.dropOtherForms(c, cl, f.Filter, sf)
-			h.b.subscribeTree(c, f.Filter, sf, codes[i], f.Identifier, topts)
+			h.b.registerTree(st)
 			continue
 		}
 		// Retained rows for a plain subscription [MQTT-3.3.1-9..11]: none for
@@ -731,6 +801,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			c.enqueueToken(&replayItem{filter: f.Filter, qos: codes[i], subID: f.Identifier, from: h.b.applied.Load(), drops: c.dropped.Load()})
 		}
 	}
+	c.replaced = nil // refuseFiled's, for this SUBSCRIBE only
 }
 
 // OnPacketProcessed lets the writer go once mochi has written the SUBACK,
@@ -922,6 +993,12 @@ func (b *Broker) dropOtherForms(c *conn, cl *mqtt.Client, internal string, sf wi
 
 // subscribeTree hands a tree subscription mochi granted to the loop.
 func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) {
+	b.registerTree(b.treeSubOf(c, filter, sf, qos, id, o))
+}
+
+// treeSubOf is the state of a tree subscription mochi granted, for
+// registerTree.
+func (b *Broker) treeSubOf(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) *treeSub {
 	st := &treeSub{c: c, mode: sf.Mode, id: id, await: sf.Mode == wire.Sync || sf.Mode == wire.Hist, interval: sf.Interval}
 	switch sf.Mode {
 	case wire.Sync:
@@ -936,9 +1013,15 @@ func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos
 	// Its read check (Allow) is the loop's to set, from the rules current
 	// when it registers (handle).
 	st.ts = &tree.Sub{Owner: c.key, Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st}
+	return st
+}
+
+// registerTree hands a tree subscription to the loop.
+func (b *Broker) registerTree(st *treeSub) {
 	b.subsSent.Add(1)
 	if !b.reqs.push(request{kind: reqSubscribe, sub: st}) {
 		b.subsSent.Add(-1)
+		st.c.releaseSnapshot(st) // no snapshot follows
 	}
 }
 

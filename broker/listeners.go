@@ -18,6 +18,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mote-mqtt/mote/internal/mochi/listeners"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
 	"github.com/mote-mqtt/mote/internal/wsstream"
 )
@@ -38,7 +39,9 @@ func (b *Broker) guard(id string, c net.Conn) {
 	nc := b.wrap(c)
 	nc.original = isOriginal(id)
 	if !b.handshakes.begin(nc.host) {
-		b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
+		if b.logs.allow(nil, "", codeKind(packets.ErrConnectionRateExceeded)) {
+			b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
+		}
 		c.Close()
 		return
 	}

@@ -771,6 +771,7 @@ func (b *Broker) handle(r *request) {
 		st.ts.Allow = b.access.readCheck(st.c.p) // the rules now: a Reload sets every registered one
 		replaced, err := b.tree.Register(st.ts)
 		if err != nil {
+			st.c.releaseSnapshot(st) // no snapshot follows
 			b.refuse(st.c.p, "subscribe", st.ts.Topic, err)
 			break
 		}

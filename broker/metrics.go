@@ -234,6 +234,8 @@ func newMeters(b *Broker) *meters {
 	gauge("mote_sessions_away", "Persistent sessions kept for clients that are away (bounded by MaxSessions).", func() int64 { return int64(b.away.len()) })
 	counter("mote_sessions_ended_total", "Persistent sessions of clients away ended early: more than MaxSessions were kept.", func() int64 { return b.stats.SessionsEnded.Load() })
 	gauge("mote_offline_held_bytes", "Bytes held for offline persistent sessions: their messages in flight, each 1.25 KiB plus topic, payload and properties.", func() int64 { return b.offline.bytes.Load() })
+	gauge("mote_snapshot_bytes", "Bytes of $sync snapshots (by their estimate until built) held for MQTT clients until written (bounded by MaxSnapshotBytes).", func() int64 { held, _, _ := b.snaps.stats(); return held })
+	counter("mote_snapshots_refused_total", "$sync SUBSCRIBEs refused (SUBACK 0x97) because their snapshot did not fit MaxSnapshotBytes.", func() int64 { _, _, refused := b.snaps.stats(); return refused })
 	gauge("mote_loop_queue_requests", "Requests waiting for the message loop.", func() int64 { return int64(b.reqs.len()) })
 	gauge("mote_loop_queue_limit", "Rows' worth of publishes waiting for the message loop past which publishers wait: about LoopBudget of its work, at what rows cost it lately (a publish weighs the rows it writes; a $set, what the $sets before it wrote).", func() int64 { return int64(b.reqs.limitNow()) })
 	counter("mote_bytes_received_total", "Bytes read from MQTT connections.", func() int64 { return atomic.LoadInt64(&info.BytesReceived) })
@@ -271,6 +273,7 @@ func newMeters(b *Broker) *meters {
 	counter("mote_panics_recovered_total", "Connections closed after a recovered panic.", func() int64 { return b.stats.Panics.Load() })
 	counter("mote_publishes_applied_total", "Publishes applied by the message loop.", func() int64 { return b.stats.OpsApplied.Load() })
 	counter("mote_publishes_throttled_total", "Publishes that waited for the disk.", func() int64 { return b.stats.Throttled.Load() })
+	counter("mote_log_lines_suppressed_total", "Log lines of refused requests left out: past refusal_log's bounds.", b.logs.skipped.Load)
 	counter("mote_deltas_folded_total", "Deltas folded into one still waiting for its client.", func() int64 { return b.stats.Folded.Load() })
 
 	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mote_loop_batch_requests",

@@ -82,7 +82,7 @@ type Options struct {
 	// bound. A PUBLISH or SUBSCRIBE past either is refused with reason
 	// 0x97 Quota exceeded (PUBACK, PUBREC, SUBACK; a QoS 0 PUBLISH is
 	// dropped), a CONNECT with CONNACK 0x97, any other packet with
-	// DISCONNECT 0x97; each with a Warn line. Their decoding then keeps
+	// DISCONNECT 0x97; each with a Warn line (within RefusalLog). Their decoding then keeps
 	// none of them, so a packet costs the bound, not its size.
 	MaxUserProperties    int
 	MaxUserPropertyBytes int
@@ -126,12 +126,24 @@ type Options struct {
 	// again. A client whose queue has been full for PublishWait with
 	// nothing written to it is out of credit too, whoever waited: clients
 	// that stop reading together cost publishers about one PublishWait,
-	// not one each. A message that does not get room is dropped or disconnects
-	// the client: SlowClient.
+	// not one each. For a plain TCP client on Linux, what its TCP stack
+	// acknowledged of a write still in progress counts as written (the
+	// kernel may hold one write longer than PublishWait while the client
+	// reads steadily). A message that does not get room is dropped or
+	// disconnects the client: SlowClient.
 	QueueBytes  int
 	PublishWait time.Duration
-	SlowClient  SlowPolicy // default SlowDrop
-	LoopQueue   int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000
+	// MaxSnapshotBytes bounds the bytes of $sync snapshots (and $hist
+	// answers, resume deltas) held for MQTT clients, all together, from
+	// the SUBSCRIBE (by an estimate from the rows matching) until they
+	// are written; a SUBSCRIBE whose snapshot does not fit is refused,
+	// SUBACK 0x97 (MQTT 3.1.1: 0x80), with a report. A client counts the
+	// largest of its own (its writer makes one at a time); a snapshot
+	// shared by several clients counts once. One snapshot fits when none
+	// is held, however large. Default 256 MiB.
+	MaxSnapshotBytes int64
+	SlowClient       SlowPolicy // default SlowDrop
+	LoopQueue        int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000
 	// LoopBudget bounds how far the message loop may be behind, in its
 	// own time: publishers wait once the publishes waiting for it would
 	// take it about this long to run, at what the last ones' rows cost
@@ -183,6 +195,19 @@ type Options struct {
 	// 1,000); more are refused with reason 0x97 (quota exceeded).
 	MaxSubscriptions          int
 	MaxSubscriptionsPerPacket int
+
+	// RefusalLog bounds the log lines that requests refused one at a time
+	// write (a refused publish, subscription or CONNECT, a packet over the
+	// user property bounds, one that ends its connection) and the lines
+	// a client can cause once a connection or session (a slow client, a
+	// session ended past MaxSessions, held messages dropped past
+	// MaxOfflineBytes), so that a
+	// client looping refused packets cannot fill the disk through the
+	// log: default 10 lines per connection and 100 for the broker in each
+	// 10 s; the first line of each reason code is kept, and the lines left out
+	// are counted in one line (suppressed=K) and in
+	// mote_log_lines_suppressed_total.
+	RefusalLog LogLimit
 
 	// Takeover decides what a client gets that connects with the client
 	// id of a session another username made; default TakeoverRefuse.
@@ -238,15 +263,27 @@ const (
 	DefaultMaxConnectSize            = 64 << 10
 	DefaultWriteTimeout              = 10 * time.Second
 	DefaultQueueBytes                = 8 << 20
+	DefaultMaxSnapshotBytes          = 256 << 20
 	DefaultPublishWait               = time.Second
 	DefaultMaxSubscriptions          = 10_000
 	DefaultMaxOfflineBytes           = 256 << 20
 	DefaultMaxSessions               = DefaultMaxClients
 	DefaultMaxSubscriptionsPerPacket = 1_000
 	DefaultResumeWindow              = 1_000_000
+	DefaultRefusalLogPerClient       = 10
+	DefaultRefusalLogTotal           = 100
+	DefaultRefusalLogInterval        = 10 * time.Second
 	// MaxTopicLenLimit is the largest MaxTopicLen: the store's longest key.
 	MaxTopicLenLimit = retain.MaxTopic
 )
+
+// LogLimit bounds log lines: PerClient for each connection and Total for
+// the broker in each Interval. Zero: the default; negative: no bound.
+type LogLimit struct {
+	PerClient int
+	Total     int
+	Interval  time.Duration
+}
 
 // withDefaults fills in defaults and checks values.
 func (o Options) withDefaults() (Options, error) {
@@ -292,6 +329,9 @@ func (o Options) withDefaults() (Options, error) {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
 	def(&o.QueueBytes, DefaultQueueBytes)
+	if o.MaxSnapshotBytes == 0 {
+		o.MaxSnapshotBytes = DefaultMaxSnapshotBytes
+	}
 	if o.PublishWait == 0 {
 		o.PublishWait = DefaultPublishWait
 	}
@@ -307,6 +347,11 @@ func (o Options) withDefaults() (Options, error) {
 	def(&o.MaxOfflineBytes, DefaultMaxOfflineBytes)
 	def(&o.MaxSessions, DefaultMaxSessions)
 	def(&o.MaxSubscriptionsPerPacket, DefaultMaxSubscriptionsPerPacket)
+	def(&o.RefusalLog.PerClient, DefaultRefusalLogPerClient)
+	def(&o.RefusalLog.Total, DefaultRefusalLogTotal)
+	if o.RefusalLog.Interval <= 0 {
+		o.RefusalLog.Interval = DefaultRefusalLogInterval
+	}
 	if o.Takeover == "" {
 		o.Takeover = TakeoverRefuse
 	}
@@ -320,7 +365,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("broker: slow client policy %q: want drop or disconnect", o.SlowClient)
 	case o.Takeover != TakeoverRefuse && o.Takeover != TakeoverFresh:
 		return o, fmt.Errorf("broker: client id takeover policy %q: want refuse or fresh", o.Takeover)
-	case o.QueueBytes < 1 || o.LoopQueue < 1 || o.MaxClients < 1 || o.MaxSubscriptions < 1 || o.MaxSubscriptionsPerPacket < 1 || o.MaxConnectSize < 1:
+	case o.QueueBytes < 1 || o.MaxSnapshotBytes < 1 || o.LoopQueue < 1 || o.MaxClients < 1 || o.MaxSubscriptions < 1 || o.MaxSubscriptionsPerPacket < 1 || o.MaxConnectSize < 1:
 		return o, fmt.Errorf("broker: sizes and counts must be positive")
 	case o.PublishWait < 0 || o.ConnectTimeout < 0 || o.WriteTimeout < 0 || o.LoopBudget < 0:
 		return o, fmt.Errorf("broker: durations must not be negative")

@@ -174,6 +174,15 @@ type outQueue struct {
 	// (fullAt): a client whose queue has been full for a patience with
 	// nothing written to it is stalled at once, whoever waited, and
 	// clients stalling together cost publishers about one patience.
+	//
+	// A write counts once it returns, and one write may take longer than
+	// a patience while the client reads steadily: the kernel takes what
+	// fits in the socket's send buffer at once, then has the writer wait
+	// until the client has read about a third of it (the buffer grows to
+	// 4 MiB: one write of a 256 KiB message waited 0.9–1.04 s for a client
+	// reading 1.5 MB/s). So before it stalls a client, the queue looks at what
+	// the client's TCP stack acknowledged since it last looked (acked,
+	// takingLocked): bytes taken count as bytes written.
 	patience  time.Duration
 	credit    time.Duration
 	since     time.Time // since when credit runs down (waitq not empty)
@@ -184,6 +193,19 @@ type outQueue struct {
 	// took) since the client was last written something; zero: not
 	// since then.
 	fullAt time.Time
+	// acked reads how many bytes the client's TCP stack has acknowledged
+	// (netConn.acked); nil, or false, when that is not known (not plain
+	// TCP on Linux, a queue on its own in tests). ackedAt is what it read
+	// at the last look, at lookedAt (lookLocked: when the queue is found
+	// full, when the client is written while publishers wait, and by
+	// takingLocked); early is what takingLocked counted as written that
+	// the writes themselves have not yet paid back (wrote): the bytes
+	// acknowledged were counted once already, as their writes returned,
+	// or will be.
+	acked    func() (uint64, bool)
+	ackedAt  uint64
+	lookedAt time.Time
+	early    int64
 
 	wake chan struct{} // one slot: items, a release, a direct write's rest (sent with mu held: see idle)
 	done closeSignal   // closed by close
@@ -270,11 +292,29 @@ func newOutQueue(max int, patience time.Duration) *outQueue {
 // spendLocked runs the credit down for the time publishers waited, and
 // to nothing once the queue has been full for a patience with nothing
 // written (fullAt); out of credit, the client is stalled and every
-// waiting publisher gives up (mu held).
+// waiting publisher gives up (mu held). Before it stalls a client it
+// looks whether its TCP stack is taking a write still in progress
+// (takingLocked), which earns credit as written bytes do.
 func (q *outQueue) spendLocked(now time.Time) {
+	q.chargeLocked(now)
+	q.stallIfDueLocked(now)
+}
+
+// chargeLocked runs the credit down for the time publishers waited since
+// it last ran (mu held).
+func (q *outQueue) chargeLocked(now time.Time) {
 	if len(q.waitq) > 0 {
 		q.credit -= now.Sub(q.since)
 		q.since = now
+	}
+}
+
+// stallIfDueLocked stalls the client if it is out of credit, or its
+// queue has been full a patience with nothing written, and its TCP stack
+// took too little since the last look to earn more (mu held).
+func (q *outQueue) stallIfDueLocked(now time.Time) {
+	if !q.stalled && q.dueLocked(now) {
+		q.takingLocked(now)
 	}
 	if at := q.stallAtLocked(); !at.IsZero() && !now.Before(at) {
 		q.credit = 0
@@ -283,6 +323,71 @@ func (q *outQueue) spendLocked(now time.Time) {
 		q.stalled = true
 		q.answerAllLocked(pushStalled)
 	}
+}
+
+// dueLocked reports whether the client is to be stalled now, unless it
+// is taking a write (mu held).
+func (q *outQueue) dueLocked(now time.Time) bool {
+	at := q.stallAtLocked()
+	return q.credit <= 0 || (!at.IsZero() && !now.Before(at))
+}
+
+// takingLocked looks whether the client's TCP stack acknowledged at least
+// creditMsg bytes since the last look (ackedAt): the client is reading,
+// though no write returned (the writer waits in one for the kernel's
+// room). Those bytes earn credit as written ones do, the client counts as
+// written now (lastWrote), and they move the wall-time clock on by the
+// time they earn, up to now (the queue is still full) (mu held). Nothing
+// else changes: a client that stops reading is stalled a patience after
+// its TCP stack stopped taking bytes (two at most: lookLocked), and one
+// that trickles earns what its bytes earn, as before (creditBytes), in
+// credit and in wall time: clients that trickle together cost
+// publishers about one patience, not one each (a restart of the clock
+// at any 1 KiB taken let 32 of them at 8 KiB/s hold publishers 32
+// patiences: TestQueueTricklingTogether).
+func (q *outQueue) takingLocked(now time.Time) {
+	if q.acked == nil {
+		return
+	}
+	a, ok := q.acked()
+	if !ok || a < q.ackedAt+creditMsg {
+		return
+	}
+	d := int64(a - q.ackedAt)
+	q.ackedAt, q.lookedAt = a, now
+	q.early += d
+	earned := q.earnLocked(d, now)
+	if !q.fullAt.IsZero() {
+		q.fullAt = q.fullAt.Add(earned)
+		if q.fullAt.After(now) {
+			q.fullAt = now
+		}
+	}
+}
+
+// lookLocked notes what the client's TCP stack has acknowledged so far,
+// for takingLocked to count from, unless it looked less than a quarter
+// of a patience ago (mu held): a look is a system call (5 µs here), and a
+// queue that publishers wait for is found full and written again and
+// again, a look each time. takingLocked may so count bytes the client
+// took up to a quarter of a patience before its queue was found full.
+func (q *outQueue) lookLocked(now time.Time) {
+	if q.acked == nil || now.Sub(q.lookedAt) < q.patience/4 {
+		return
+	}
+	if a, ok := q.acked(); ok {
+		q.ackedAt, q.lookedAt = a, now
+	}
+}
+
+// earnLocked adds the credit n bytes written earn, up to patience, and
+// notes the client written now (mu held). It returns what they earned,
+// before the cap.
+func (q *outQueue) earnLocked(n int64, now time.Time) time.Duration {
+	q.lastWrote = now
+	earned := time.Duration(n * int64(time.Second) / creditBytes)
+	q.credit = min(q.credit+earned, q.patience)
+	return earned
 }
 
 // stallAtLocked is when the client is stalled in wall time, having been
@@ -300,6 +405,7 @@ func (q *outQueue) stallAtLocked() time.Time {
 func (q *outQueue) markFullLocked(now time.Time) {
 	if q.fullAt.IsZero() {
 		q.fullAt = now
+		q.lookLocked(now)
 	}
 }
 
@@ -310,6 +416,7 @@ func (q *outQueue) markFullLocked(now time.Time) {
 func (q *outQueue) noteFullLocked(c int) {
 	if q.fullAt.IsZero() && q.bytes+c > q.max {
 		q.fullAt = time.Now()
+		q.lookLocked(q.fullAt)
 	}
 }
 
@@ -745,20 +852,26 @@ func (q *outQueue) take(out []item, maxBytes int) []item {
 }
 
 // wrote tells the queue the client was written n bytes in msgs
-// messages, which earns credit back (creditBytes, creditMsg). Only what
-// was written counts: messages skipped (too large for the client) do not
-// make a subscriber that reads nothing look alive.
+// messages, which earns credit back (creditBytes, creditMsg), but for
+// the bytes takingLocked counted already (early). Only what was written
+// counts: messages skipped (too large for the client) do not make a
+// subscriber that reads nothing look alive. The credit is earned before
+// the stall is checked: a write that returns is the client reading.
 func (q *outQueue) wrote(n, msgs int) {
 	if n <= 0 {
 		return
 	}
 	q.mu.Lock()
 	now := time.Now()
-	q.spendLocked(now)
-	q.lastWrote = now
+	q.chargeLocked(now)
+	paid := min(int64(n), q.early)
+	q.early -= paid
+	q.earnLocked(max(int64(n)-paid, int64(msgs)*creditMsg), now)
 	q.fullAt = time.Time{} // written: full only from the next time it is found so
-	earned := int64(max(n, msgs*creditMsg)) * int64(time.Second) / creditBytes
-	q.credit = min(q.credit+time.Duration(earned), q.patience)
+	if len(q.waitq) > 0 {
+		q.lookLocked(now) // takingLocked counts from here
+	}
+	q.stallIfDueLocked(now)
 	if q.stalled && q.credit >= q.patience {
 		q.stalled = false
 	}

@@ -38,6 +38,13 @@ func dialRaw(t *testing.T, b *Broker, id string, v byte, clean bool, props packe
 	if err != nil {
 		t.Fatal(err)
 	}
+	return connectRaw(t, c, id, v, clean, props)
+}
+
+// connectRaw is dialRaw on a connection made already; it closes c at the
+// test's end.
+func connectRaw(t *testing.T, c net.Conn, id string, v byte, clean bool, props packets.Properties) *raw {
+	t.Helper()
 	t.Cleanup(func() { c.Close() })
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: v,
 		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: clean, Keepalive: 60, ClientIdentifier: id},

@@ -63,7 +63,7 @@ func reasonCode(op string, err error) packets.Code {
 		return packets.ErrUnspecifiedError
 	case op == "subscribe":
 		return packets.ErrTopicFilterInvalid // 0x8F
-	case errors.Is(err, wire.ErrReserved), errors.Is(err, wire.ErrPrefix), errors.Is(err, wire.ErrFilter), errors.Is(err, errAlias):
+	case errors.Is(err, wire.ErrReserved), errors.Is(err, wire.ErrPrefix), errors.Is(err, wire.ErrFilter):
 		return packets.ErrTopicNameInvalid // 0x90
 	}
 	return packets.ErrPayloadFormatInvalid // 0x99
@@ -71,9 +71,6 @@ func reasonCode(op string, err error) packets.Code {
 
 // errQuota is a subscription over the client's limits.
 var errQuota = errors.New("broker: quota exceeded")
-
-// errAlias is a topic alias set on a Mote topic.
-var errAlias = errors.New("broker: a topic alias cannot be set on a Mote topic")
 
 // refusal reports a refused request and returns it as a *Refusal.
 func (b *Broker) refusal(p Principal, op, topic string, err error) error {
@@ -89,15 +86,18 @@ func (b *Broker) refusal(p Principal, op, topic string, err error) error {
 // client whose queue is full.
 func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	code := reasonCode(op, err)
-	b.countRefusal(refusalReasonOf(code, err))
+	reason := refusalReasonOf(code, err)
+	b.countRefusal(reason)
 	r := Report{Time: time.Now().UTC(), Client: p.ClientID, Op: op, Topic: truncate(topic, maxReason), Code: code.Code,
 		Reason: code.Reason, Error: truncate(err.Error(), maxReason)}
 	var pe *wire.PathError
 	if errors.As(err, &pe) {
 		r.Path = truncate(pe.Path, maxReason)
 	}
-	b.log.Warn().Str("op", op).Str("topic", truncate(topic, 200)).Uint8("code", code.Code).Str("client", truncate(p.ClientID, 200)).
-		Str("error", truncate(err.Error(), 500)).Msg("refused")
+	if b.logs.allow(p.logs, p.ClientID, codeKind(code)) {
+		b.log.Warn().Str("op", op).Str("topic", truncate(topic, 200)).Uint8("code", code.Code).Str("client", truncate(p.ClientID, 200)).
+			Str("error", truncate(err.Error(), 500)).Msg("refused")
+	}
 	if p.system || p.Answered || p.ClientID == "" {
 		return code
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -127,6 +128,16 @@ func TestHostileWaitChurn(t *testing.T) {
 	waitFor(t, "every connection gone", func() bool { return rawCount(b) == 0 })
 	waitFor(t, "every writer stopped", func() bool { return b.stats.Writers.Load() == 0 })
 	waitFor(t, "goroutines back", func() bool { return runtime.NumGoroutine() <= base })
-	t.Logf("%d publishers waited in line at the takeover; dropped by reason %v, queue full by why %v, slow %d", waiting, &b.meter.dropped, &b.meter.queueFull, b.meter.slowDrops.Load())
+	t.Logf("%d publishers waited in line at the takeover; dropped by reason %v, queue full by why %v, slow %d", waiting, loads(b.meter.dropped[:]), loads(b.meter.queueFull[:]), b.meter.slowDrops.Load())
 	alive(t, b)
+}
+
+// loads reads counters one by one, atomically: formatting their array
+// with %v reads them plainly, a race with a connection still ending.
+func loads(cs []atomic.Int64) []int64 {
+	out := make([]int64, len(cs))
+	for i := range cs {
+		out[i] = cs[i].Load()
+	}
+	return out
 }

@@ -55,7 +55,11 @@ func TestWebSocketWriteTimeout(t *testing.T) {
 	waitFor(t, "the connection filed", func() bool { return b.connByID("wsstall") != nil })
 	cl := b.connByID("wsstall").out.(*mqttOut).cl
 	pub := dial3(t, b, "pub", true)
-	pub.pub(t, "wsstall/big", 0, false, string(make([]byte, 16<<20)))
+	// 16 MiB through -race on a loaded machine may take longer than pub's
+	// 5 s (a CI run: 7 s).
+	if tok := pub.Publish("wsstall/big", 0, false, string(make([]byte, 16<<20))); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+		t.Fatalf("publish wsstall/big: %v", tok.Error())
+	}
 	waitFor(t, "the stalled WebSocket client closed after WriteTimeout", cl.Closed)
 	alive(t, b)
 }

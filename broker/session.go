@@ -212,6 +212,7 @@ func (s *Session) Close() {
 	s.trees = map[string]bool{}
 	b := s.b
 	b.byID.CompareAndDelete(s.c.id, s.c)
+	b.logs.closed(&s.c.logs, s.c.p.ClientID)
 	s.c.close()
 	b.reqs.push(request{kind: reqDetach, owner: s.c.key})
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,11 @@ type treeSub struct {
 	lost   bool
 
 	last *deltaItem // the delta queued last: the next ones fold into it while it waits
+
+	// shared is the snapshot it shares with others while its writer
+	// writes it: set by the loop (snapshotOf), let go by the writer
+	// (takeShared), or by the loop if the writer gave up waiting.
+	shared atomic.Pointer[sharedSnap]
 
 	// revCap is 1 + the highest mote-rev the subscription's messages may
 	// carry, 0 for no bound: set by the writer once a value was left out
@@ -290,11 +296,28 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 		}
 		defer func() { <-b.histReads }()
 	}
-	if !b.onLoop(c.q.done.wait(), func() { first, events, later, active = b.snapshotOf(st) }) {
+	// A shared snapshot is the writer's to let go of, unless it gave up
+	// waiting for the loop (which may still run the call): then the
+	// loop's, or whoever of the two comes second.
+	var state atomic.Int32 // 0: the call runs; 1: it ran, the writer reads; 2: the writer gave up
+	if !b.onLoop(c.q.done.wait(), func() {
+		first, events, later, active = b.snapshotOf(st)
+		if !state.CompareAndSwap(0, 1) {
+			b.releaseShared(st.takeShared())
+		}
+	}) {
+		if !state.CompareAndSwap(0, 2) {
+			b.releaseShared(st.takeShared())
+		}
 		return nil, errWriterStop
 	}
 	if !active {
 		return nil, nil // unsubscribed or replaced meanwhile
+	}
+	if n := len(first.payload); n > flushAt && cap(first.payload)-n > n/8 {
+		// The encoder grew it by doubling: held until the client has read
+		// it, its spare room would be up to as large again.
+		first.payload = bytes.Clone(first.payload)
 	}
 	ts := st.ts
 	switch {
@@ -360,7 +383,13 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, late
 		first.payload, later.resume, first.resume = b.resumeOf(st)
 		first.since = st.since
 	}
-	if first.payload == nil && later.hist == nil && later.resume == nil {
+	switch {
+	case first.payload != nil || later.hist != nil || later.resume != nil:
+	case st.ts.Allow == nil && st.c.sharesSnapshots():
+		sh := b.sharedSnapshot(st)
+		first.payload = sh.payload
+		st.shared.Store(sh)
+	default:
 		first.payload = b.tree.Snapshot(st.ts.Filter, st.ts.Codec, st.ts.Allow)
 	}
 	held := st.events[:0]

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,7 @@ func (b *Broker) sysTicker(last map[string]string) {
 		}
 		b.offline.prune(func(cl *mqtt.Client) bool { cur, ok := b.server.Clients.Get(cl.ID); return ok && cur == cl })
 		b.arriving.sweep(b)
+		b.logs.tick() // the counts of log lines left out, of intervals that ended
 		b.keptIn.prune(&b.server.Info.Inflight, b.server.Clients.Get)
 		b.parked.Range(func(k, _ any) bool {
 			if k.(*conn).unpark() {
@@ -58,11 +60,29 @@ func (b *Broker) publishSys(last map[string]string, wait waitMode) error {
 	return nil
 }
 
+// heapInuse is the bytes of the heap's spans in use, runtime.MemStats'
+// HeapInuse, read through runtime/metrics (live and unswept objects plus
+// the unused rest of their spans). runtime.ReadMemStats stops the world
+// for it: once a second every goroutine waited for it, and under CPU
+// contention the pause took as long as the kernel kept a thread off its
+// core (issue 15: 0.1–0.9 ms a second in traces of `mote bench latency`
+// at load 7, once 32 ms, holding up every message in flight;
+// bench/README.md). metrics.Read stops nothing.
+func heapInuse() int64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/unused:bytes"}}
+	metrics.Read(s)
+	var n int64
+	for _, v := range s {
+		if v.Value.Kind() == metrics.KindUint64 {
+			n += int64(v.Value.Uint64())
+		}
+	}
+	return n
+}
+
 // sysValues are the $SYS rows now.
 func (b *Broker) sysValues() map[string]string {
 	i := b.server.Info
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
 	now := time.Now().Unix()
 	n := func(v int64) string { return strconv.FormatInt(v, 10) }
 	ld := atomic.LoadInt64
@@ -87,7 +107,7 @@ func (b *Broker) sysValues() map[string]string {
 		"$SYS/broker/messages/inflight":   n(ld(&i.Inflight)),
 		"$SYS/broker/retained":            n(ld(&i.Retained)),
 		"$SYS/broker/subscriptions":       n(ld(&i.Subscriptions)),
-		"$SYS/broker/system/memory":       n(int64(m.HeapInuse)),
+		"$SYS/broker/system/memory":       n(heapInuse()),
 		"$SYS/broker/system/threads":      n(int64(runtime.NumGoroutine())),
 		"$SYS/mote/dropped":               n(b.stats.Dropped.Load()),
 		"$SYS/mote/toolarge":              n(b.stats.TooLarge.Load()),

@@ -277,6 +277,12 @@ func (c *conn) write(m item) error {
 		m.payload = nil // its subscription still points at it (to fold): let the payload go
 		return err
 	case *snapshotItem:
+		// What it holds of the snapshot budget goes once it is written
+		// (flushed), or will never be.
+		defer func() {
+			c.b.releaseShared(m.sub.takeShared())
+			c.releaseSnapshot(m.sub)
+		}()
 		if err := c.paceSnapshots(); err != nil {
 			return err
 		}
@@ -284,13 +290,23 @@ func (c *conn) write(m item) error {
 		if err != nil {
 			return err
 		}
-		for _, t := range msgs {
+		if _, ok := c.out.(*mqttOut); ok && len(msgs) > 0 {
+			var n int64
+			for _, t := range msgs {
+				if !m.sub.shares(t.payload) { // a shared one counts once, by itself
+					n += int64(len(t.payload))
+				}
+			}
+			c.resizeSnapshot(m.sub, n)
+		}
+		for i, t := range msgs {
 			pk := c.treePacket(t)
 			if err := c.send(&pk, t.sentAs()); err != nil {
 				return err
 			}
+			msgs[i] = nil // sent: let its payload go once written
 		}
-		return nil
+		return c.out.flush()
 	case *replayItem:
 		var rows []replayRow
 		for {

@@ -26,7 +26,7 @@ echo "== go test -race"
 # TestRetainedReplayComplete; ./broker took 64-137 s instead of 40).
 pkgs=$(go list ./... | grep -v '/internal/interop$')
 log=$(mktemp)
-if ! go test -race -count=1 -timeout 8m $pkgs 2>&1 | tee "$log"; then
+if ! go test -race -count=1 -timeout 10m $pkgs 2>&1 | tee "$log"; then
 	# The end of a long log is what a CI page shows: repeat what matters
 	# there. For a timeout, that is the tests still running and where each
 	# goroutine of test code was waiting.

@@ -55,6 +55,7 @@ type config struct {
 	MaxUserProperties         int           `yaml:"max_user_properties"`
 	MaxUserPropertyBytes      int           `yaml:"max_user_property_bytes"`
 	QueueBytes                int           `yaml:"queue_bytes"`
+	MaxSnapshotBytes          int64         `yaml:"max_snapshot_bytes"`
 	PublishWait               time.Duration `yaml:"publish_wait"`
 	MaxClients                int64         `yaml:"max_clients"`
 	MaxInflight               uint16        `yaml:"max_inflight"`
@@ -73,6 +74,13 @@ type config struct {
 	SyncRetain                bool          `yaml:"sync_retain"`
 	PasswordFile              string        `yaml:"password_file"`
 	ACLFile                   string        `yaml:"acl_file"`
+	// RefusalLog bounds the log lines of refused requests
+	// (broker.Options.RefusalLog); zero values are the defaults.
+	RefusalLog struct {
+		PerClient int           `yaml:"per_client"`
+		Total     int           `yaml:"total"`
+		Interval  time.Duration `yaml:"interval"`
+	} `yaml:"refusal_log"`
 	// HTTP bounds the HTTP API's use of the machine (docs/http.md); zero
 	// values are httpapi's defaults.
 	HTTP struct {
@@ -267,10 +275,12 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 
 		MaxSubscriptions:          cfg.MaxSubscriptions,
 		MaxOfflineBytes:           cfg.MaxOfflineBytes,
+		MaxSnapshotBytes:          cfg.MaxSnapshotBytes,
 		MaxSessions:               cfg.MaxSessions,
 		MaxSubscriptionsPerPacket: cfg.MaxSubscriptionsPerPacket,
 		MaxUserProperties:         cfg.MaxUserProperties,
 		MaxUserPropertyBytes:      cfg.MaxUserPropertyBytes,
+		RefusalLog:                broker.LogLimit(cfg.RefusalLog),
 	}
 	if *maxKeepAlive > 0 {
 		if *maxKeepAlive > 65535 {

@@ -380,7 +380,7 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 		cl.Properties.Props.ReceiveMaximum = cl.ops.options.Capabilities.MaximumInflight
 	}
 
-	if pk.Connect.Keepalive <= minimumKeepalive {
+	if pk.Connect.Keepalive <= minimumKeepalive && cl.logRefusal(packets.CodeSuccess) { // mote change 69
 		cl.ops.log.Warn(
 			ErrMinimumKeepalive.Error(),
 			"client", LogString(cl.ID), // mote change 68
@@ -924,12 +924,24 @@ func (cl *Client) userOverLimit(pk *packets.Packet) error {
 }
 
 // mote: logUserOver logs a packet refused for its User Properties (change
-// 68), and the limits it passed.
+// 68), and the limits it passed, if Options.LogRefusal allows it (change
+// 69).
 func (cl *Client) logUserOver(pk *packets.Packet) {
+	if !cl.logRefusal(packets.ErrQuotaExceeded) {
+		return
+	}
 	cl.ops.log.Warn("packet refused: too many user properties (0x97 quota exceeded)",
 		"client", LogString(cl.ID), LogPacket(pk),
 		"max_user_properties", cl.ops.options.Capabilities.MaximumUserProperties,
 		"max_user_property_bytes", cl.ops.options.Capabilities.MaximumUserPropertyBytes)
+}
+
+// mote: logRefusal reports whether a log line about a packet of cl,
+// refused with code, may be written: Options.LogRefusal decides, if set
+// (change 69).
+func (cl *Client) logRefusal(code packets.Code) bool {
+	f := cl.ops.options.LogRefusal
+	return f == nil || f(cl, code)
 }
 
 // mote: disconnectMalformed tells an MQTT 5 client why a packet it sent

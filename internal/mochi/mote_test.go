@@ -1148,3 +1148,64 @@ func withoutUserProps(t *testing.T, typ, c byte) []byte {
 	}
 	return b.Bytes()
 }
+
+// unsubHook counts the OnUnsubscribe calls it sees.
+type unsubHook struct {
+	HookBase
+	calls int
+}
+
+func (h *unsubHook) ID() string           { return "unsub" }
+func (h *unsubHook) Provides(b byte) bool { return b == OnUnsubscribe }
+func (h *unsubHook) OnUnsubscribe(_ *Client, pk packets.Packet) packets.Packet {
+	h.calls++
+	return pk
+}
+
+// TestMoteUnsubscribeInUseNoHook (change 71): an UNSUBSCRIBE refused
+// whole, its packet id in use (0x91), unsubscribes nothing and is not
+// handed to OnUnsubscribe; one not refused is.
+func TestMoteUnsubscribeInUseNoHook(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		inUse     bool
+		wantCalls int
+		wantAck   []byte
+	}{
+		{"in use", true, 0, withoutUserProps(t, packets.Unsuback, packets.TUnsubackPacketIDInUse)},
+		{"free", false, 1, withoutUserProps(t, packets.Unsuback, packets.TUnsubackMqtt5)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer()
+			h := &unsubHook{}
+			if err := s.AddHook(h, nil); err != nil {
+				t.Fatal(err)
+			}
+			cl, r, w := newTestClient()
+			cl.Properties.ProtocolVersion = 5
+			s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "a/b", Qos: 0})
+			pk := *packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeMqtt5).Packet
+			if tc.inUse {
+				cl.State.Inflight.Set(packets.Packet{PacketID: pk.PacketID, FixedHeader: packets.FixedHeader{Type: packets.Publish}})
+			}
+			done := make(chan error, 1)
+			go func() {
+				done <- s.processPacket(cl, &pk)
+				_ = w.Close()
+			}()
+			buf, err := io.ReadAll(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf, tc.wantAck) {
+				t.Errorf("UNSUBACK %x, want %x", buf, tc.wantAck)
+			}
+			if h.calls != tc.wantCalls {
+				t.Errorf("OnUnsubscribe called %d times, want %d", h.calls, tc.wantCalls)
+			}
+		})
+	}
+}

@@ -143,6 +143,15 @@ type Options struct {
 	// (RemoveSession).
 	TakeoverCheck func(old, cl *Client, pk packets.Packet) Takeover `yaml:"-" json:"-"`
 
+	// mote: LogRefusal, if set, is asked before each log line that one
+	// packet of cl can cause (change 69): a packet refused for its User
+	// Properties, a packet whose error ends the connection ("error
+	// processing packet"), a CONNECT's keep-alive below the minimum; code
+	// is the packet's reason code (CodeSuccess for a notice). The line is
+	// written only if it answers true, so a client looping refused packets
+	// writes what the caller allows, not a line each. It must not block.
+	LogRefusal func(cl *Client, code packets.Code) bool `yaml:"-" json:"-"`
+
 	// mote: CreatedOnDemand, if set, has processPublish read the clock for
 	// a PUBLISH's Created time before OnPublish only when it has an
 	// expiry, its own or the server's MaximumMessageExpiryInterval
@@ -769,8 +778,12 @@ func (s *Server) receivePacket(cl *Client, pk *packets.Packet) error {
 			_ = s.DisconnectClient(cl, code)
 		}
 
-		// mote: what identifies the packet, never its payload (change 68)
-		s.Log.Warn("error processing packet", "error", err, "client", LogString(cl.ID), "listener", cl.Net.Listener, LogPacket(pk))
+		// mote: what identifies the packet, never its payload (change
+		// 68); if Options.LogRefusal allows it (change 69)
+		code, _ := err.(packets.Code)
+		if cl.logRefusal(code) {
+			s.Log.Warn("error processing packet", "error", err, "client", LogString(cl.ID), "listener", cl.Net.Listener, LogPacket(pk))
+		}
 
 		return err
 	}
@@ -1254,6 +1267,19 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 		return nil
 	}
 
+	// mote: the alias is set (or resolved) before the publish can be
+	// refused (change 70): the receiver records the mapping of every
+	// PUBLISH with a Topic Alias and a topic (§3.3.2.3.4), whatever
+	// becomes of it, so the client's next alias-only PUBLISH is refused
+	// the same way, not a Protocol Error. Upstream set it after the User
+	// Property and ACL refusals.
+	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		if pk.TopicName == "" { // mote: an alias the client never set, with no topic [MQTT-3.3.4] (§3.3.4 3a)
+			return s.DisconnectClient(cl, packets.ErrProtocolViolationUnknownAlias)
+		}
+	}
+
 	if pk.Properties.UserOverLimit { // mote change 68
 		return s.refuseUserOver(cl, pk)
 	}
@@ -1303,13 +1329,6 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 			if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
 				atomic.AddInt64(&s.Info.Inflight, -1)
 			}
-		}
-	}
-
-	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
-		if pk.TopicName == "" { // mote: an alias the client never set, with no topic [MQTT-3.3.4] (§3.3.4 3a)
-			return s.DisconnectClient(cl, packets.ErrProtocolViolationUnknownAlias)
 		}
 	}
 
@@ -1829,7 +1848,13 @@ func (s *Server) unfileUnsubscribe(cl *Client, pk packets.Packet, code packets.C
 	for i, sub := range pk.Filters {
 		invalid[i] = !IsValidFilter(sub.Filter, false)
 	}
-	pk = s.hooks.OnUnsubscribe(cl, pk)
+	if code == packets.CodeSuccess {
+		// mote: change 71: the hooks are asked only of an UNSUBSCRIBE not
+		// refused whole (0x91): one that is unsubscribes nothing here,
+		// and a hook that acted on it (Mote's ends tree subscriptions in
+		// OnUnsubscribe) would disagree with the session kept.
+		pk = s.hooks.OnUnsubscribe(cl, pk)
+	}
 	reasonCodes := make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
 		if code != packets.CodeSuccess {
