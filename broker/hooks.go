@@ -583,8 +583,16 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 	}
 	if o, ok := c.outOf(); ok {
 		// mochi has looked pk's id up: a takeover waits no more for it.
-		o.ids.publishing(cl, pk, true)
-		defer o.ids.publishing(cl, pk, false)
+		if refuse, _ := o.ids.publishing(cl, pk, true); refuse {
+			return packets.ErrRejectPacket // a resend the session's new connection answers
+		}
+		defer func() {
+			if _, wait := o.ids.publishing(cl, pk, false); wait {
+				// The id's takeover lock: the takeover that took the
+				// session holds it till it moved the map.
+				h.b.server.WhileFiled(cl, func() {})
+			}
+		}()
 	}
 	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties}
 	if nc, ok := cl.Net.Conn.(*netConn); ok {

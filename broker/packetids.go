@@ -73,7 +73,8 @@ const lateWait = 5 * time.Second
 // lateRec is a client's QoS 2 PUBLISH that the connection's reader was
 // processing (delivering, in OnPublish) when another connection took the
 // session over: mochi puts its PUBREC in the old client's in-flight map
-// after the takeover copied that map, so the session's new connection
+// after the takeover moved that map (mochi change 72; the old reader
+// waits for the move, publishing), so the session's new connection
 // would take the client's resend (DUP, same id) for a new message and
 // deliver it again [MQTT-4.3.3-10]. The old reader resolves it when it
 // has processed the publish: rec is its PUBREC, taken out of the old
@@ -332,7 +333,10 @@ func (s *idSpaces) settledLocked() {
 // OnPublish). A SUBSCRIBE or UNSUBSCRIBE only reads the map, a QoS 1
 // PUBLISH in or after OnPublish (blocked on a full subscriber queue, say)
 // leaves it alone, and a QoS 2 PUBLISH without a displaced delivery is
-// handed on (lateRec): none holds the takeover.
+// handed on (lateRec): none holds the takeover. Nor does a QoS 2 PUBLISH
+// that displaced a delivery while it is in OnPublish (blocked there as
+// well): mochi has looked its id up, the delivery goes back for the copy,
+// and its PUBREC waits for the copy to be made (publishing).
 func (s *idSpaces) busyLocked() bool {
 	switch {
 	case s.acking:
@@ -344,7 +348,7 @@ func (s *idSpaces) busyLocked() bool {
 	case s.kind != packets.Publish:
 		return false
 	case s.qos2:
-		return s.displaced != nil
+		return s.displaced != nil && s.phase != 1
 	}
 	return s.phase == 0
 }
@@ -378,14 +382,29 @@ func (s *idSpaces) boundLocked(cl *mqtt.Client) {
 // OnPublish (in true) and once OnPublish returns (in false): mochi has
 // looked its id up, and a QoS 1 PUBLISH no longer holds a surrender; a
 // QoS 2 PUBLISH's PUBREC is written next, bounded if a surrender waits.
-func (s *idSpaces) publishing(cl *mqtt.Client, pk *packets.Packet, in bool) {
+//
+// Once the session was taken over (gone) it says what the caller does:
+// refuse, in OnPublish, a QoS 2 PUBLISH other than the one the surrender
+// handed on (mine): it is a resend whose PUBREC moved with the session
+// (begin put it in the map for mochi's lookup, which came after mochi
+// moved it), sent again on the new connection and answered there;
+// delivered here, it was delivered twice [MQTT-4.3.3-10]. And wait, as
+// OnPublish returns mine, for the takeover to have moved the map (the
+// id's takeover lock, which it holds till then): mochi sets mine's PUBREC
+// next, and the delivery it displaced went back to the map for the move
+// (surrender); set before, the PUBREC replaced it there.
+func (s *idSpaces) publishing(cl *mqtt.Client, pk *packets.Packet, in bool) (refuse, wait bool) {
 	if pk.FixedHeader.Qos == 0 || pk.PacketID == 0 {
-		return
+		return false, false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gone && pk.FixedHeader.Qos == 2 {
+		mine := s.mine != nil && s.mine.id == pk.PacketID
+		return in && !mine, !in && mine
+	}
 	if s.reserved != pk.PacketID || s.kind != packets.Publish {
-		return
+		return false, false
 	}
 	s.phase = 2
 	if in {
@@ -395,6 +414,7 @@ func (s *idSpaces) publishing(cl *mqtt.Client, pk *packets.Packet, in bool) {
 		s.boundLocked(cl)
 	}
 	s.settledLocked()
+	return false, false
 }
 
 // deliveryAck says whether pk acknowledges one of the broker's
@@ -755,6 +775,13 @@ func (s *idSpaces) clientAck(id uint16) bool {
 	return id != 0 && id == s.reserved && (s.kind == packets.Publish || s.kind == packets.Pubrel)
 }
 
+// holdsLocked says whether the client's packet being processed holds id
+// (mu held): the one reserved, or the QoS 2 PUBLISH a surrender handed on
+// (mine), whose PUBREC mochi sets in the map under id after the takeover.
+func (s *idSpaces) holdsLocked(id uint16) bool {
+	return id == s.reserved || s.mine != nil && id == s.mine.id
+}
+
 // take gives pk a delivery packet id that is free in mochi's map and not
 // reserved (s nil: a session with no connection, nothing reserved), and
 // records pk in flight, with Created set to the id (see takeInflight). It
@@ -768,12 +795,12 @@ func (s *idSpaces) take(cl *mqtt.Client, pk *packets.Packet) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if s != nil && uint16(id) == s.reserved {
+	for tries := 0; s != nil && s.holdsLocked(uint16(id)); tries++ {
+		if tries == 2 { // the only ids left
+			return false, packets.ErrQuotaExceeded
+		}
 		if id, err = cl.NextPacketID(); err != nil {
 			return false, err
-		}
-		if uint16(id) == s.reserved { // the only id left
-			return false, packets.ErrQuotaExceeded
 		}
 	}
 	pk.PacketID = uint16(id)

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,46 +23,7 @@ func TestTakeoverNotHeldByBlockedPublish(t *testing.T) {
 
 func takeoverNotHeld(t *testing.T, v byte) {
 	b := start(t, Options{QueueBytes: 1000, PublishWait: time.Minute})
-	release := make(chan struct{})
-	released := false
-	free := func() {
-		if !released {
-			released = true
-			close(release)
-		}
-	}
-	defer free()
-	got := make(chan struct{}, 1)
-	s := b.Open(Principal{ClientID: "qf-sub"}, func(Delivery) {
-		select {
-		case got <- struct{}{}:
-		default:
-		}
-		<-release // the subscriber's reader is stuck: its queue fills
-	})
-	defer s.Close()
-	if err := s.Subscribe("rt/qf", 0); err != nil {
-		t.Fatal(err)
-	}
-	pub := Principal{ClientID: "qf-fill"}
-	ctx := testCtx(t)
-	if err := b.Publish(ctx, pub, Message{Topic: "rt/qf", Payload: []byte("first")}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-got:
-	case <-ctx.Done():
-		t.Fatal("first message not delivered")
-	}
-	for func() bool {
-		s.c.q.mu.Lock()
-		defer s.c.q.mu.Unlock()
-		return s.c.q.bytes+400 <= s.c.q.max
-	}() {
-		if err := b.Publish(ctx, pub, Message{Topic: "rt/qf", Payload: []byte("fill")}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	defer fullSubscriber(t, b, "qf-sub", "rt/qf", nil)()
 	props := packets.Properties{SessionExpiryInterval: 60, SessionExpiryIntervalFlag: true}
 	old := dialRaw(t, b, "qf-tk", v, false, props)
 	big := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: v,
@@ -89,4 +51,53 @@ func takeoverNotHeld(t *testing.T, v byte) {
 	if took := time.Since(began); took > lateWait/2 {
 		t.Fatalf("CONNACK of the takeover took %v, want well under lateWait (%v) and publish_wait", took, lateWait)
 	}
+}
+
+// fullSubscriber opens a session of id subscribed to topic whose reader
+// is stuck (its first delivery never returns) and fills its queue (b's
+// QueueBytes, a few hundred bytes of room left): a publish of more to
+// topic waits in OnPublish (publish_wait). seen, if not nil, is called
+// with each delivery. free lets the reader go; the session is closed at
+// the test's end.
+func fullSubscriber(t *testing.T, b *Broker, id, topic string, seen func(Delivery)) (free func()) {
+	t.Helper()
+	release := make(chan struct{})
+	var once sync.Once
+	free = func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	got := make(chan struct{}, 1)
+	s := b.Open(Principal{ClientID: id}, func(d Delivery) {
+		if seen != nil {
+			seen(d)
+		}
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		<-release // the subscriber's reader is stuck: its queue fills
+	})
+	t.Cleanup(func() { s.Close() })
+	if err := s.Subscribe(topic, 0); err != nil {
+		t.Fatal(err)
+	}
+	pub := Principal{ClientID: id + "-fill"}
+	ctx := testCtx(t)
+	if err := b.Publish(ctx, pub, Message{Topic: topic, Payload: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got:
+	case <-ctx.Done():
+		t.Fatal("first message not delivered")
+	}
+	for func() bool {
+		s.c.q.mu.Lock()
+		defer s.c.q.mu.Unlock()
+		return s.c.q.bytes+400 <= s.c.q.max
+	}() {
+		if err := b.Publish(ctx, pub, Message{Topic: topic, Payload: []byte("fill")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return free
 }
