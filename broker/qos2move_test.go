@@ -108,10 +108,11 @@ func displacingNotHeld(t *testing.T, v byte) {
 }
 
 // readGate holds a client's reader after the broker's OnPacketRead, at
-// the QoS 2 PUBLISH of the client id armed (once), and tells the
-// connections' ends.
+// the PUBLISH of QoS qos (2 if not set) of the client id armed (once),
+// and tells the connections' ends.
 type readGate struct {
 	mqtt.HookBase
+	qos     byte
 	armed   atomic.Pointer[string]
 	held    chan *mqtt.Client
 	release chan struct{}
@@ -123,7 +124,11 @@ func (*readGate) Provides(b byte) bool {
 	return b == mqtt.OnPacketRead || b == mqtt.OnDisconnect
 }
 func (g *readGate) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
-	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 2 {
+	qos := g.qos
+	if qos == 0 {
+		qos = 2
+	}
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != qos {
 		return nil
 	}
 	if id := g.armed.Load(); id != nil && *id == cl.ID && g.armed.CompareAndSwap(id, nil) {
@@ -197,6 +202,109 @@ func TestResentQoS2AtTakeoverOnce(t *testing.T) {
 				t.Errorf("delivered %q, want q2r/x once", got)
 			}
 			waitFor(t, "$SYS in-flight back to 0", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 0 })
+		})
+	}
+}
+
+// TestFreshTakeoverDeliversQoS1: a CONNECT that starts afresh (Clean
+// Start, a 3.1.1 clean session, or one resuming a session that lasted
+// only as long as its connection: MQTT 5 Session Expiry 0) takes over a
+// connection whose QoS 1 PUBLISH is in flight: read and not yet handed to
+// OnPublish (held after OnPacketRead), or blocked in OnPublish on a full
+// subscriber queue. Nothing is copied to the new client, so nothing
+// waits: the CONNACK comes at once, and the publish goes on and is
+// delivered once, as on main (the branch at 4ce7eed refused the old
+// reader's QoS 1 publishes once taken over).
+func TestFreshTakeoverDeliversQoS1(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		v           byte
+		oldClean    bool
+		oldExpiry   uint32
+		newClean    bool
+		newExpiry   uint32
+		inOnPublish bool // blocked in OnPublish; else held before it
+	}{
+		{"v5 clean start/read", 5, false, 3600, true, 0, false},
+		{"v5 clean start/in OnPublish", 5, false, 3600, true, 0, true},
+		{"v5 expiry 0 taken over/read", 5, false, 0, false, 3600, false},
+		{"v5 expiry 0 taken over/in OnPublish", 5, false, 0, false, 3600, true},
+		{"v4 clean session/read", 4, false, 0, true, 0, false},
+		{"v4 clean session/in OnPublish", 4, false, 0, true, 0, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := start(t, Options{QueueBytes: 1000, PublishWait: time.Minute})
+			gate := &readGate{qos: 1, held: make(chan *mqtt.Client, 1), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+			if err := b.server.AddHook(gate, nil); err != nil {
+				t.Fatal(err)
+			}
+			payload := "fresh-" + strings.Repeat("x", 440)
+			var mu sync.Mutex
+			delivered := 0
+			marker := make(chan struct{})
+			free := fullSubscriber(t, b, "qf1-sub", "qf1/q", func(d Delivery) {
+				switch string(d.Payload) {
+				case payload:
+					mu.Lock()
+					delivered++
+					mu.Unlock()
+				case "marker":
+					close(marker)
+				}
+			})
+			id := "qf1-tk"
+			old, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, c.v, id, c.oldClean, c.oldExpiry, nil))
+			if !c.inOnPublish {
+				gate.armed.Store(&id)
+			}
+			old.c.Write(publishBytes(1, false, 3, "qf1/q", payload, c.v == 5)) //nolint:errcheck // taken over before its PUBACK
+			if c.inOnPublish {
+				waitFor(t, "the PUBLISH to block in OnPublish", func() bool {
+					v, ok := b.byID.Load(id)
+					if !ok {
+						return false
+					}
+					o, ok := v.(*conn).outOf()
+					if !ok {
+						return false
+					}
+					o.ids.mu.Lock()
+					defer o.ids.mu.Unlock()
+					return o.ids.reserved == 3 && o.ids.phase == 1
+				})
+			} else {
+				select {
+				case <-gate.held:
+				case <-time.After(testTimeout):
+					t.Fatal("the PUBLISH not held")
+				}
+			}
+			began := time.Now()
+			rawPeer(t, b.TCPAddr(), rawConnect(t, c.v, id, c.newClean, c.newExpiry, nil))
+			if took := time.Since(began); took > lateWait/2 {
+				t.Errorf("CONNACK of the takeover took %v, want well under lateWait (%v)", took, lateWait)
+			}
+			free()
+			close(gate.release)
+			select {
+			case <-gate.ended: // the old connection's reader is done with the publish
+			case <-time.After(testTimeout):
+				t.Fatal("the old connection did not end")
+			}
+			ctx := testCtx(t)
+			if err := b.Publish(ctx, Principal{ClientID: "qf1-pub"}, Message{Topic: "qf1/q", Payload: []byte("marker")}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-marker:
+			case <-ctx.Done():
+				t.Fatal("marker not delivered")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if delivered != 1 {
+				t.Errorf("the old connection's QoS 1 message delivered %d times, want once", delivered)
+			}
 		})
 	}
 }
