@@ -335,8 +335,8 @@ func (s *idSpaces) settledLocked() {
 // leaves it alone, and a QoS 2 PUBLISH without a displaced delivery is
 // handed on (lateRec): none holds the takeover. Nor does a QoS 2 PUBLISH
 // that displaced a delivery while it is in OnPublish (blocked there as
-// well): mochi has looked its id up, the delivery goes back for the copy,
-// and its PUBREC waits for the copy to be made (publishing).
+// well): mochi has looked its id up, the delivery goes back to the map
+// mochi moves, and its PUBREC waits for the move (publishing).
 func (s *idSpaces) busyLocked() bool {
 	switch {
 	case s.acking:
