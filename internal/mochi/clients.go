@@ -549,6 +549,9 @@ func (cl *Client) ClearInflights() {
 // hooks are told (OnQosDropped) as ClearInflights tells them (mote:
 // changes 49 and 72).
 func (cl *Client) droppedMoved(moved *Inflight) {
+	if moved == nil {
+		return
+	}
 	for _, tk := range moved.GetAll(false) {
 		cl.ops.hooks.OnQosDropped(cl, tk)
 	}

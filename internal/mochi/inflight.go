@@ -83,11 +83,15 @@ func (i *Inflight) Clone() *Inflight {
 // connection's reader or writer sets or deletes afterwards is in (or
 // missing from) the old client's map alone. Upstream cloned the map and
 // cleared it later, and what the old connection did between was cleared
-// uncopied, or undone for a message the new client held.
+// uncopied, or undone for a message the new client held. Nil if i holds
+// nothing to move (no allocation for a session resumed empty).
 func (i *Inflight) moveOut() *Inflight {
-	c := NewInflights()
 	i.Lock()
 	defer i.Unlock()
+	if len(i.internal) == 0 && len(i.released) == 0 {
+		return nil
+	}
+	c := NewInflights()
 	c.internal, i.internal = i.internal, nil
 	c.released, i.released = i.released, nil
 	return c

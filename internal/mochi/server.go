@@ -965,7 +965,7 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		// its writer takes back) is no longer cl's message.
 		moved := existing.State.Inflight.moveOut()
 		// mote: or only ids of dropped QoS 2 deliveries to release (change 64).
-		if moved.Len() > 0 || moved.Released() > 0 {
+		if moved != nil {
 			cl.State.Inflight = moved // [MQTT-3.1.2-5]
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
