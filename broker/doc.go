@@ -439,6 +439,16 @@
 //     connection takes them and is filed in one step under the id's
 //     takeover lock (OnSessionEstablished), or a CONNECT coming between
 //     the two lost them, and the client's resend was delivered again.
+//     mochi cloned the old client's in-flight map at a takeover and
+//     cleared it later: a PUBREC the old reader set between was lost
+//     (the resend delivered again), a delivery its writer took back was
+//     counted out twice. It now moves the map in one step (mochi change
+//     74); the old reader refuses what would change the map after
+//     (idSpaces.begin), the takeover waits only for a packet changing it
+//     that is not blocked on subscribers (busyLocked, bounded), a QoS 2
+//     PUBLISH blocked in OnPublish is handed on (lateRec) and sets its
+//     PUBREC once the map moved, and a resend whose PUBREC moved with
+//     the session is refused there (idSpaces.publishing).
 //   - Listeners (listeners.go): connections are wrapped before mochi reads
 //     them (CONNECT deadline and size cap, DISCONNECT 0x95, write deadlines,
 //     panic recovery, WebSocket origin check). A connection with

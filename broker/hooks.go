@@ -278,8 +278,9 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	h.b.offline.forget(cl.ID)
 	if old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
-			left, late = o.ids.surrender(o.cl) // before mochi copies its in-flight map
-			old.expect(cl, fresh || old.p.User != string(cl.Properties.Username))
+			afresh := fresh || old.p.User != string(cl.Properties.Username)
+			left, late = o.ids.surrender(o.cl, afresh) // before mochi copies its in-flight map
+			old.expect(cl, afresh)
 		}
 	}
 	// existing's connection, cut off now, has its will due now; with the
@@ -437,11 +438,28 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		nc.filed.CompareAndSwap(c, nil)
 	}
 	if o, ok := c.outOf(); ok {
-		left, late := o.ids.close(cl) // before the session's messages are handed on
-		if keep {
+		// Closed and kept in one step under the id's takeover lock while
+		// cl holds the session: a CONNECT that came between found the
+		// client's QoS 2 state in neither (surrender found it closed,
+		// handOver found nothing kept), and the state kept after it was
+		// kept for cl, not the session's new client: the client's resends
+		// were delivered again [MQTT-4.3.3-10] and their PUBRECs stayed
+		// counted in Info.Inflight. Taken over first, the takeover had it
+		// (surrender): close has nothing left to hand on.
+		var left map[uint16]packets.Packet
+		var late []*lateRec
+		o.ids.stop(cl)
+		kept := keep && b.server.WhileFiled(cl, func() {
+			left, late = o.ids.close(cl) // before the session's messages are handed on
 			b.keptIn.put(cl, left, late)
-		} else {
-			dropLate(&b.server.Info.Inflight, late)
+		})
+		if !kept {
+			left, late = o.ids.close(cl)
+			if keep {
+				b.keptIn.put(cl, left, late)
+			} else {
+				dropLate(&b.server.Info.Inflight, late)
+			}
 		}
 	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)
@@ -459,8 +477,9 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 // OnPublish, and mochi sees the internal topic.
 //
 // It also keeps the client's packet ids apart from the deliveries'
-// (idSpaces), until OnPacketProcessed; a QoS 2 PUBLISH read by a
-// connection taken over is refused (idSpaces.begin), which ends it.
+// (idSpaces), until OnPacketProcessed; a PUBLISH (QoS 1 or 2), PUBREL,
+// PUBACK, PUBREC or PUBCOMP read by a connection taken over is refused
+// (idSpaces.begin), which ends it.
 //
 // mochi lends pk for the call (its change 25): it changes in place.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
@@ -563,6 +582,19 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 	c := h.conn(cl)
 	if c == nil {
 		return packets.CodeSuccessIgnore
+	}
+	if o, ok := c.outOf(); ok {
+		// mochi has looked pk's id up: a takeover waits no more for it.
+		if refuse, _ := o.ids.publishing(cl, pk, true); refuse {
+			return packets.ErrRejectPacket // a resend the session's new connection answers
+		}
+		defer func() {
+			if _, wait := o.ids.publishing(cl, pk, false); wait {
+				// The id's takeover lock: the takeover that took the
+				// session holds it till it moved the map.
+				h.b.server.WhileFiled(cl, func() {})
+			}
+		}()
 	}
 	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties}
 	if nc, ok := cl.Net.Conn.(*netConn); ok {

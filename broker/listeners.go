@@ -391,10 +391,16 @@ func (c *netConn) armWrite() {
 // it before the DISCONNECT it writes to a connection it takes over, so a
 // client that stopped reading holds the takeover (and the CONNECT taking
 // over) that long at most, not WriteTimeout (Server.disconnectTakenOver).
+//
+// A zero t lifts the bound: the write under way, if any, has its own
+// deadline back.
 func (c *netConn) SetWriteDeadline(t time.Time) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	c.bound = t
+	if t.IsZero() {
+		return c.Conn.SetWriteDeadline(c.last)
+	}
 	if !c.last.IsZero() && c.last.Before(t) {
 		return nil // the write under way, if any, ends sooner
 	}

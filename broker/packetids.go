@@ -55,7 +55,19 @@ type idSpaces struct {
 	inbound   map[uint16]packets.Packet
 	mine      *lateRec            // the QoS 2 PUBLISH being processed when the session was taken over (surrender)
 	late      map[uint16]*lateRec // QoS 2 publishes a connection taken over was processing when it lost the session
+	settled   chan struct{}       // closed when the packet being processed no longer holds a surrender; made by a surrender waiting for it (waitBusyLocked)
+	acking    bool                // an acknowledgement of a delivery is being processed
+	ackKind   byte                // its type
+	phase     byte                // the PUBLISH being processed: before mochi's OnPublish (0), in it (1), after it (2)
+	bounded   bool                // a waiting surrender bounded the connection's writes (relWait)
+	taking    bool                // a surrender of the session to a client resuming it began: packets are refused as once it is done (gone)
 }
+
+// relWait bounds the write a takeover waits for on the old connection
+// (waitBusyLocked): the PUBCOMP of the PUBREL being processed, the PUBREL
+// of a delivery's PUBREC, the PUBREC of a displacing QoS 2 PUBLISH (a
+// write deadline, lifted once the wait is over).
+const relWait = 500 * time.Millisecond
 
 // lateWait bounds how long a client packet with the id of a lateRec waits
 // for the connection that lost the session to finish that publish.
@@ -64,7 +76,8 @@ const lateWait = 5 * time.Second
 // lateRec is a client's QoS 2 PUBLISH that the connection's reader was
 // processing (delivering, in OnPublish) when another connection took the
 // session over: mochi puts its PUBREC in the old client's in-flight map
-// after the takeover copied that map, so the session's new connection
+// after the takeover moved that map (mochi change 74; the old reader
+// waits for the move, publishing), so the session's new connection
 // would take the client's resend (DUP, same id) for a new message and
 // deliver it again [MQTT-4.3.3-10]. The old reader resolves it when it
 // has processed the publish: rec is its PUBREC, taken out of the old
@@ -167,8 +180,26 @@ func delivery(pk packets.Packet) bool {
 // once the session was taken over (surrender), possibly while it waited
 // for a late of its id, belongs to the session's new connection, where
 // the client, which gets no PUBREC here, sends it again; delivered here
-// too, it would be delivered twice [MQTT-4.3.3-10].
+// too, it would be delivered twice [MQTT-4.3.3-10]. So are a QoS 1
+// PUBLISH, a PUBREL and a delivery's acknowledgement (see below): the
+// client sends them again on its new connection, or answers the
+// delivery resent there. An acknowledgement being processed is marked
+// (acking) for a surrender to wait for (waitBusyLocked). A session taken
+// over by a client starting afresh (surrender with fresh) is not copied:
+// only a QoS 2 PUBLISH is refused then.
 func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
+	if deliveryAck(pk) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.taking {
+			// The delivery it acknowledges was copied to the new
+			// client, which resends it: changed here after the copy, it
+			// was counted out of Info.Inflight twice.
+			return true
+		}
+		s.acking, s.ackKind = !s.gone, pk.FixedHeader.Type
+		return false
+	}
 	if !clientFlow(pk) || pk.PacketID == 0 {
 		return false
 	}
@@ -185,11 +216,21 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 		}
 	}
 	defer s.mu.Unlock()
+	if s.taking {
+		// A PUBLISH (QoS 1 or 2) or PUBREL is refused too: mochi would
+		// look its id up in this client's map, which holds the session's
+		// deliveries (being copied to the new client, or copied already):
+		// it deleted the delivery of that id (a PUBLISH, as answered), or
+		// completed it (a PUBREL, with a PUBCOMP written here), and the
+		// client, which sends it again on its new connection, never got
+		// that delivery's PUBREL, or lost it.
+		return pk.FixedHeader.Type == packets.Publish || pk.FixedHeader.Type == packets.Pubrel
+	}
 	if s.gone {
 		return pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2
 	}
 	s.absorbLocked(cl)
-	s.reserved, s.kind = id, pk.FixedHeader.Type
+	s.reserved, s.kind, s.phase = id, pk.FixedHeader.Type, 0
 	s.qos2 = pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2
 	if cur, ok := cl.State.Inflight.Get(id); ok && delivery(cur) {
 		cl.State.Inflight.Delete(id)
@@ -223,6 +264,13 @@ func (s *idSpaces) begin(cl *mqtt.Client, pk *packets.Packet) (refuse bool) {
 // for its PUBREL leaves mochi's map for inbound, and the displaced
 // delivery goes back.
 func (s *idSpaces) end(cl *mqtt.Client, pk *packets.Packet) {
+	if deliveryAck(pk) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.acking = false
+		s.settledLocked()
+		return
+	}
 	if !clientFlow(pk) || pk.PacketID == 0 {
 		return
 	}
@@ -241,11 +289,16 @@ func (s *idSpaces) end(cl *mqtt.Client, pk *packets.Packet) {
 func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 	id := s.reserved
 	if id == 0 {
+		s.settledLocked()
 		return
 	}
 	if cur, ok := cl.State.Inflight.Get(id); ok && !delivery(cur) {
 		cl.State.Inflight.Delete(id)
-		if cur.FixedHeader.Type == packets.Pubrec {
+		// A PUBCOMP left there is one mochi could not write (the
+		// connection ended): the flow is still open, counted in
+		// Info.Inflight, and the client sends its PUBREL again; it is
+		// kept as a PUBREC is, so the next connection answers it.
+		if cur.FixedHeader.Type == packets.Pubrec || cur.FixedHeader.Type == packets.Pubcomp {
 			if s.inbound == nil {
 				s.inbound = map[uint16]packets.Packet{}
 			}
@@ -259,7 +312,161 @@ func (s *idSpaces) settleLocked(cl *mqtt.Client) {
 	if s.resent {
 		cl.State.Inflight.DecreaseReceiveQuota()
 	}
-	s.reserved, s.kind, s.resent, s.qos2 = 0, 0, false, false
+	s.reserved, s.kind, s.resent, s.qos2, s.phase = 0, 0, false, false, 0
+	s.settledLocked()
+}
+
+// settledLocked tells a surrender waiting for the packet being processed
+// that it no longer holds it (busyLocked; mu held).
+func (s *idSpaces) settledLocked() {
+	if s.settled != nil && !s.busyLocked() {
+		close(s.settled)
+		s.settled = nil
+	}
+}
+
+// busyLocked says whether the packet cl's reader is processing changes
+// cl's map in a way mochi's copy to the client taking the session over
+// must not miss or overlap (mu held): a delivery's acknowledgement, a
+// PUBREL (mochi completes the flow of its PUBREC, which begin put in the
+// map), a QoS 1 PUBLISH until mochi's OnPublish (before it, mochi looks
+// its id up and deletes a delivery there: the displaced one, put back by
+// the surrender), a QoS 2 PUBLISH that displaced a delivery until it is
+// settled (mochi sets its PUBREC under the delivery's id after
+// OnPublish). A SUBSCRIBE or UNSUBSCRIBE only reads the map, a QoS 1
+// PUBLISH in or after OnPublish (blocked on a full subscriber queue, say)
+// leaves it alone, and a QoS 2 PUBLISH without a displaced delivery is
+// handed on (lateRec): none holds the takeover. Nor does a QoS 2 PUBLISH
+// that displaced a delivery while it is in OnPublish (blocked there as
+// well): mochi has looked its id up, the delivery goes back to the map
+// mochi moves, and its PUBREC waits for the move (publishing).
+func (s *idSpaces) busyLocked() bool {
+	switch {
+	case s.acking:
+		return true
+	case s.reserved == 0:
+		return false
+	case s.kind == packets.Pubrel:
+		return true
+	case s.kind != packets.Publish:
+		return false
+	case s.qos2:
+		return s.displaced != nil && s.phase != 1
+	}
+	return s.phase == 0
+}
+
+// writesLocked says whether the packet a surrender waits for has mochi
+// write to the client before it is settled (mu held): a PUBREL's
+// PUBCOMP, a delivery's PUBREC's PUBREL, a QoS 2 PUBLISH's PUBREC once
+// OnPublish returned. A client that stopped reading holds that write,
+// and the surrender, up to WriteTimeout: it is bounded by relWait.
+func (s *idSpaces) writesLocked() bool {
+	switch {
+	case s.acking:
+		return s.ackKind == packets.Pubrec
+	case s.kind == packets.Pubrel:
+		return true
+	}
+	return s.qos2 && s.phase == 2
+}
+
+// boundLocked bounds cl's writes by relWait for a waiting surrender
+// (mu held), once.
+func (s *idSpaces) boundLocked(cl *mqtt.Client) {
+	if s.bounded || cl.Net.Conn == nil {
+		return
+	}
+	s.bounded = true
+	_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(relWait))
+}
+
+// publishing runs as mochi hands pk, the PUBLISH being processed, to
+// OnPublish (in true) and once OnPublish returns (in false): mochi has
+// looked its id up, and a QoS 1 PUBLISH no longer holds a surrender; a
+// QoS 2 PUBLISH's PUBREC is written next, bounded if a surrender waits.
+//
+// Once the session was taken over (gone) it says what the caller does:
+// refuse, in OnPublish, a QoS 2 PUBLISH other than the one the surrender
+// handed on (mine): it is a resend whose PUBREC moved with the session
+// (begin put it in the map for mochi's lookup, which came after mochi
+// moved it), sent again on the new connection and answered there;
+// delivered here, it was delivered twice [MQTT-4.3.3-10]. And wait, as
+// OnPublish returns mine, for the takeover to have moved the map (the
+// id's takeover lock, which it holds till then): mochi sets mine's PUBREC
+// next, and the delivery it displaced went back to the map for the move
+// (surrender); set before, the PUBREC replaced it there.
+func (s *idSpaces) publishing(cl *mqtt.Client, pk *packets.Packet, in bool) (refuse, wait bool) {
+	if pk.FixedHeader.Qos == 0 || pk.PacketID == 0 {
+		return false, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gone && pk.FixedHeader.Qos == 2 {
+		mine := s.mine != nil && s.mine.id == pk.PacketID
+		return in && !mine, !in && mine
+	}
+	if s.reserved != pk.PacketID || s.kind != packets.Publish {
+		return false, false
+	}
+	s.phase = 2
+	if in {
+		s.phase = 1
+	}
+	if s.settled != nil && s.writesLocked() {
+		s.boundLocked(cl)
+	}
+	s.settledLocked()
+	return false, false
+}
+
+// deliveryAck says whether pk acknowledges one of the broker's
+// deliveries (PUBACK, PUBREC, PUBCOMP).
+func deliveryAck(pk *packets.Packet) bool {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubcomp:
+		return true
+	}
+	return false
+}
+
+// waitBusyLocked waits (mu held, let go meanwhile), at most lateWait,
+// while the packet cl's reader is processing changes cl's map
+// (busyLocked): till end settles it (or stop, if the connection ends),
+// or a QoS 1 PUBLISH reaches OnPublish (publishing). A PUBREL's PUBREC,
+// say, is in cl's map (begin put it there): copied to the client taking
+// the session over, and completed by mochi on cl too, the flow was
+// counted out of Info.Inflight twice (once per client), or, when cl
+// could not write its PUBCOMP, the PUBCOMP left in cl's map was dropped
+// uncounted by settle. Settled, the PUBREC is gone (completed) or a
+// PUBCOMP waits in inbound, and goes to the session's next connection
+// with the rest. The write such a packet makes is bounded by relWait
+// (writesLocked), the bound lifted after the wait: writes after it, the
+// takeover's DISCONNECT too, have theirs.
+func (s *idSpaces) waitBusyLocked(cl *mqtt.Client) {
+	if !s.busyLocked() {
+		return
+	}
+	if s.writesLocked() {
+		s.boundLocked(cl)
+	}
+	ch := make(chan struct{})
+	s.settled = ch
+	s.mu.Unlock()
+	t := time.NewTimer(lateWait)
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+	t.Stop()
+	s.mu.Lock()
+	if s.settled == ch {
+		s.settled = nil
+	}
+	if s.bounded && cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Time{})
+	}
+	s.bounded = false
 }
 
 // wait waits, at most lateWait, for the connection that lost the
@@ -333,9 +540,17 @@ func (s *idSpaces) resentAck(id uint16) bool {
 // keptInbound), and the lates the session's next connection waits for:
 // the QoS 2 PUBLISH being processed, if any (its PUBREC is set after
 // mochi copies the map: end resolves it), and those cl itself waited for.
-func (s *idSpaces) surrender(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
+//
+// fresh: the client taking over starts afresh, and mochi copies nothing
+// (it clears cl's map): nothing is waited for, and cl's reader goes on
+// as before, but for QoS 2 publishes (begin).
+func (s *idSpaces) surrender(cl *mqtt.Client, fresh bool) (map[uint16]packets.Packet, []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !fresh {
+		s.taking = true // no packet begins while it waits
+		s.waitBusyLocked(cl)
+	}
 	s.absorbLocked(cl)
 	left := s.restoreLocked(cl)
 	late := s.lateLocked()
@@ -343,7 +558,7 @@ func (s *idSpaces) surrender(cl *mqtt.Client) (map[uint16]packets.Packet, []*lat
 		s.mine = newLateRec(s.reserved)
 		late = append(late, s.mine)
 	}
-	s.reserved, s.kind, s.qos2, s.resent = 0, 0, false, false
+	s.reserved, s.kind, s.qos2, s.resent, s.phase = 0, 0, false, false, 0
 	s.gone = true
 	return left, late
 }
@@ -408,6 +623,20 @@ func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet, late [
 	}
 }
 
+// stop settles the packet cl's reader was processing when the
+// connection ended (its reader has stopped), as end would have: a
+// surrender waiting for it goes on. dropConn calls it before it waits
+// for the id's takeover lock, which that surrender holds.
+func (s *idSpaces) stop(cl *mqtt.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.acking = false
+	if !s.gone {
+		s.settleLocked(cl)
+	}
+	s.settledLocked()
+}
+
 // close runs when cl's connection ends, before its session's messages
 // are handed on: a delivery still displaced (mochi stopped in the middle
 // of a packet) goes back, and the client's QoS 2 publishes waiting for
@@ -422,6 +651,7 @@ func (s *idSpaces) adopt(cl *mqtt.Client, kept map[uint16]packets.Packet, late [
 func (s *idSpaces) close(cl *mqtt.Client) (map[uint16]packets.Packet, []*lateRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.acking = false
 	if s.gone {
 		if s.mine != nil {
 			s.mine.resolve(cl)
@@ -548,6 +778,13 @@ func (s *idSpaces) clientAck(id uint16) bool {
 	return id != 0 && id == s.reserved && (s.kind == packets.Publish || s.kind == packets.Pubrel)
 }
 
+// holdsLocked says whether the client's packet being processed holds id
+// (mu held): the one reserved, or the QoS 2 PUBLISH a surrender handed on
+// (mine), whose PUBREC mochi sets in the map under id after the takeover.
+func (s *idSpaces) holdsLocked(id uint16) bool {
+	return id == s.reserved || s.mine != nil && id == s.mine.id
+}
+
 // take gives pk a delivery packet id that is free in mochi's map and not
 // reserved (s nil: a session with no connection, nothing reserved), and
 // records pk in flight, with Created set to the id (see takeInflight). It
@@ -561,12 +798,12 @@ func (s *idSpaces) take(cl *mqtt.Client, pk *packets.Packet) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if s != nil && uint16(id) == s.reserved {
+	for tries := 0; s != nil && s.holdsLocked(uint16(id)); tries++ {
+		if tries == 2 { // the only ids left
+			return false, packets.ErrQuotaExceeded
+		}
 		if id, err = cl.NextPacketID(); err != nil {
 			return false, err
-		}
-		if uint16(id) == s.reserved { // the only id left
-			return false, packets.ErrQuotaExceeded
 		}
 	}
 	pk.PacketID = uint16(id)

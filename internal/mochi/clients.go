@@ -571,17 +571,17 @@ func (cl *Client) ClearInflights() {
 	}
 }
 
-// clearInflightsMovedTo is ClearInflights for a session taken over by to,
-// which cloned cl's in-flight messages: those it holds are still in
-// flight, so only the others leave Info.Inflight (mote: change 49).
-func (cl *Client) clearInflightsMovedTo(to *Client) {
-	for _, tk := range cl.State.Inflight.GetAll(false) {
-		if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
-			cl.ops.hooks.OnQosDropped(cl, tk)
-			if moved, ok := to.State.Inflight.Get(tk.PacketID); !ok || moved.FixedHeader.Type != tk.FixedHeader.Type {
-				atomic.AddInt64(&cl.ops.info.Inflight, -1)
-			}
-		}
+// droppedMoved is ClearInflights for a session taken over, whose
+// in-flight messages moved (Inflight.moveOut) to the new client: they are
+// still in flight, counted once in Info.Inflight, and gone from cl, whose
+// hooks are told (OnQosDropped) as ClearInflights tells them (mote:
+// changes 49 and 74).
+func (cl *Client) droppedMoved(moved *Inflight) {
+	if moved == nil {
+		return
+	}
+	for _, tk := range moved.GetAll(false) {
+		cl.ops.hooks.OnQosDropped(cl, tk)
 	}
 }
 

@@ -77,6 +77,26 @@ func (i *Inflight) Clone() *Inflight {
 	return c
 }
 
+// mote: moveOut returns i's messages (and ids to release, change 64) in
+// a new Inflight, and leaves i empty, in one step under i's lock (change
+// 74): a takeover moves the old client's messages, and what the old
+// connection's reader or writer sets or deletes afterwards is in (or
+// missing from) the old client's map alone. Upstream cloned the map and
+// cleared it later, and what the old connection did between was cleared
+// uncopied, or undone for a message the new client held. Nil if i holds
+// nothing to move (no allocation for a session resumed empty).
+func (i *Inflight) moveOut() *Inflight {
+	i.Lock()
+	defer i.Unlock()
+	if len(i.internal) == 0 && len(i.released) == 0 {
+		return nil
+	}
+	c := NewInflights()
+	c.internal, i.internal = i.internal, nil
+	c.released, i.released = i.released, nil
+	return c
+}
+
 // GetAll returns all the inflight messages.
 func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	i.RLock()

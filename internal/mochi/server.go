@@ -959,9 +959,14 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		}
 
 		existing.State.isTakenOver.Store(true)
+		// mote: moved, not cloned, in one step (change 74): what the old
+		// connection sets in its map after this (a QoS 2 PUBLISH's PUBREC
+		// it was processing) stays there, and what it deletes (a delivery
+		// its writer takes back) is no longer cl's message.
+		moved := existing.State.Inflight.moveOut()
 		// mote: or only ids of dropped QoS 2 deliveries to release (change 64).
-		if existing.State.Inflight.Len() > 0 || existing.State.Inflight.Released() > 0 {
-			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
+		if moved != nil {
+			cl.State.Inflight = moved // [MQTT-3.1.2-5]
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
 				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
@@ -979,10 +984,10 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		// Clean the state of the existing client to prevent sequential take-overs
 		// from increasing memory usage by inflights + subs * client-id.
 		s.UnsubscribeClient(existing)
-		// mote: the messages cloned into cl are still in flight, counted
-		// once in Info.Inflight: only those that did not move leave the
-		// count (change 49).
-		existing.clearInflightsMovedTo(cl)
+		// mote: the messages moved to cl are still in flight, counted
+		// once in Info.Inflight (change 49); the old client's hooks are
+		// told they left it (change 74).
+		existing.droppedMoved(moved)
 
 		s.Log.Debug("session taken over", "client", LogString(cl.ID), "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
 
