@@ -2,11 +2,14 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,7 +19,7 @@ import (
 // waitingBehindHog starts a broker with a 4 MiB snapshot budget, a
 // client that never reads holding most of it ($sync/hog/#), and the
 // persistent MQTT 5 session "reader" (on $sync/rd/#) resumed on r,
-// whose writer waits for room.
+// whose writer waits for room (the session also has pl/# at QoS 1).
 func waitingBehindHog(t *testing.T) (b *Broker, hog, r *raw) {
 	t.Helper()
 	b = start(t, Options{MaxSnapshotBytes: 4 << 20, WriteTimeout: 5 * testTimeout})
@@ -36,6 +39,7 @@ func waitingBehindHog(t *testing.T) (b *Broker, hog, r *raw) {
 		t.Fatalf("SUBACK %#x", code)
 	}
 	readTreeMessage(t, r, 5, "$sync/rd/#")
+	r.subscribe(2, "pl/#", 1) // a plain subscription of the session too
 	r.c.Close()
 	waitSnapshotBytes(t, b, 0)
 	hc, err := dialSmallRcvbuf(b.TCPAddr())
@@ -112,9 +116,11 @@ func TestResumedWaiterLeaves(t *testing.T) {
 				r.c.Close()
 			case "shutdown":
 				closed := make(chan error, 1)
+				t0 := time.Now()
 				go func() { closed <- b.Close() }()
 				select {
 				case <-closed:
+					t.Logf("Close took %v", time.Since(t0))
 				case <-time.After(10 * time.Second):
 					t.Fatal("Close did not end within 10 s with a writer waiting for snapshot room")
 				}
@@ -254,4 +260,77 @@ func takeOver(addr, id string) (net.Conn, error) {
 	}
 	ok = true
 	return c, nil
+}
+
+// TestEstimateFloodSubscribe: HTTP clients looping GETs of the whole
+// tree (AnswerSize, 16 at once) share the estimate slots with $sync
+// SUBSCRIBEs: a SUBSCRIBE of a small filter is still answered within
+// 2 s (its estimate waits its turn for a slot, first come first), and
+// the flood's estimates go on (neither door starves the other).
+func TestEstimateFloodSubscribe(t *testing.T) {
+	b := start(t, Options{})
+	value := `"` + strings.Repeat("x", 1000) + `"`
+	for i := range 20_000 {
+		loadRow(b, fmt.Sprintf("big/r%05d", i), value)
+	}
+	loadRow(b, "small/a", `"1"`)
+	if err := b.Sync(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(testCtx(t))
+	var wg sync.WaitGroup
+	var estimates atomic.Int64
+	for range 16 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if _, err := b.AnswerSize(ctx, systemPrincipal, "#", nil); err == nil {
+					estimates.Add(1)
+				}
+			}
+		})
+	}
+	defer wg.Wait()
+	defer cancel()
+	var worst time.Duration
+	for i := range 10 {
+		r := dialRaw(t, b, fmt.Sprintf("sub%d", i), 5, true, packets.Properties{})
+		t0 := time.Now()
+		code := r.subscribeCode(1, "$sync/small/#")
+		worst = max(worst, time.Since(t0))
+		r.c.Close()
+		if code != 0 {
+			t.Errorf("SUBACK %#x", code)
+		}
+	}
+	t.Logf("10 $sync SUBSCRIBEs under a flood of 16 estimate loops: slowest %v; %d estimates of the flood meanwhile", worst, estimates.Load())
+	if worst > 2*time.Second {
+		t.Errorf("a $sync SUBSCRIBE took %v under the estimate flood, want under 2 s", worst)
+	}
+}
+
+// TestResumedWaiterPlainHeld: a QoS 1 message of a plain subscription
+// of a session whose writer waits for snapshot room is held behind the
+// snapshot (the writer's order), not lost: it comes after the snapshot
+// once the room frees; meanwhile nothing is written.
+func TestResumedWaiterPlainHeld(t *testing.T) {
+	b, hog, r := waitingBehindHog(t)
+	if err := b.Publish(testCtx(t), systemPrincipal, Message{Topic: "pl/x", Payload: []byte("p"), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	r.c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	var h [1]byte
+	if n, _ := r.c.Read(h[:]); n > 0 {
+		t.Fatalf("a packet (%#x) came while the writer waits", h[0])
+	}
+	t0 := time.Now()
+	hog.c.Close()
+	readTreeMessage(t, r, 5, "$sync/rd/#")
+	got := readTreeMessage(t, r, 5, "pl/x")
+	t.Logf("after the hog went: snapshot, then pl/x %q, %v", got, time.Since(t0))
+	if !strings.HasSuffix(got, "p") { // after its packet identifier
+		t.Errorf("pl/x: %q, want p", got)
+	}
 }
