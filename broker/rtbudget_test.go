@@ -133,7 +133,7 @@ func TestResumedWaiterLeaves(t *testing.T) {
 }
 
 // TestWaiterRefusalAvailability (a finding, not fixed; run with
-// MOTE_RT_FINDINGS=1): two persistent sessions of one attacker on a
+// MOTE_KNOWN_DEFECTS=1): two persistent sessions of one attacker on a
 // large $sync filter, never reading, reconnecting in turn (each
 // reconnect a takeover of its own session), keep a resumed writer
 // waiting at nearly every moment; while one waits, every $sync
@@ -146,8 +146,8 @@ func TestResumedWaiterLeaves(t *testing.T) {
 // and every $sync SUBSCRIBE refused for the whole 15 s sampled: N
 // waiting non-readers refuse everyone for about N x WriteTimeout.
 func TestWaiterRefusalAvailability(t *testing.T) {
-	if os.Getenv("MOTE_RT_FINDINGS") == "" {
-		t.Skip("red-team finding h-rtbudget F1, not fixed: set MOTE_RT_FINDINGS=1")
+	if os.Getenv("MOTE_KNOWN_DEFECTS") == "" {
+		t.Skip("red-team finding h-rtbudget F1, not fixed: set MOTE_KNOWN_DEFECTS=1")
 	}
 	const limit = 16 << 20
 	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
