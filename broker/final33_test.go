@@ -116,7 +116,7 @@ func TestTakeoverSharedSnapshotChurn(t *testing.T) {
 	const (
 		rows   = 2_000
 		ids    = 4
-		rounds = 15
+		rounds = 8
 	)
 	for _, tc := range []struct {
 		v     byte
