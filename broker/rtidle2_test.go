@@ -26,8 +26,8 @@ func (cycleItem) cost() int { return 1 }
 // unlockAndWake), as writeUntilDone follows it, with the writer stopping
 // at the first moment it finds no wake-up: publishers push while writers
 // start and stop under them, each stop dropping the channel, each start
-// making another, about a million times (a tenth under -race),
-// each publisher letting the writer catch up between its pushes. Every item
+// making another, about a million times (a tenth under -race): each
+// publisher waits for its item to be taken before the next. Every item
 // pushed is taken; a wake-up left in a channel the writer no longer
 // watches, or a writer that stops with one waiting, leaves items in the
 // queue and no writer to take them.
@@ -78,6 +78,7 @@ func TestWakeChannelIdleCyclesLoseNothing(t *testing.T) {
 		go writer()
 	}
 	q.mu.Unlock()
+	deadline := time.Now().Add(testTimeout)
 	var wg sync.WaitGroup
 	for range pubs {
 		wg.Add(1)
@@ -89,9 +90,14 @@ func TestWakeChannelIdleCyclesLoseNothing(t *testing.T) {
 					t.Error("push refused")
 					return
 				}
-				// Let the writer catch up and stop, a while at most
-				// (a wake-up lost is found at the end, not here).
-				for i := 0; i < 100 && taken.Load() < n; i++ {
+				// The writer takes it (and all before it), then
+				// stops, before the next: a wake-up lost while all
+				// the publishers wait here is a stall.
+				for i := 0; taken.Load() < n; i++ {
+					if i%1024 == 0 && time.Now().After(deadline) {
+						t.Errorf("item %d not taken after %v", n, testTimeout)
+						return
+					}
 					runtime.Gosched()
 				}
 			}
@@ -100,7 +106,7 @@ func TestWakeChannelIdleCyclesLoseNothing(t *testing.T) {
 	wg.Wait()
 	select {
 	case <-all:
-	case <-time.After(testTimeout):
+	case <-time.After(time.Until(deadline)):
 		q.mu.Lock()
 		left, running, wake := len(q.items)-q.head, q.running, q.wake != nil
 		q.mu.Unlock()
@@ -221,9 +227,9 @@ func TestDoorWriterIdleWakeStormDelivers(t *testing.T) {
 func TestAckedChannelFirstWaitLosesNothing(t *testing.T) {
 	b := start(t, Options{MaxInflight: 1})
 	b.writerIdle.Store(int64(time.Microsecond))
-	conns, per := 20, 50
+	conns, per := 200, 4
 	if raceEnabled {
-		conns = 8
+		conns = 50
 	}
 	pub := dial3(t, b, "acked-pub", true)
 	defer pub.Disconnect(0)
