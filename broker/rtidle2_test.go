@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/rs/zerolog"
 )
 
 // Red team of h-idle's lazily made per-connection state (h-rtidle2): the
@@ -247,5 +250,40 @@ func TestAckedChannelFirstWaitLosesNothing(t *testing.T) {
 			}
 		}
 		sub.Disconnect(0)
+	}
+}
+
+// Refusal floods racing their connection's close (a takeover closes the
+// old connection while its read goroutine still writes refusal lines):
+// the slot's quota, made at the first counted line, is counted and let
+// go at the close, or never made; no closed connection's quota stays in
+// the budget's pending counts (memory for every connection that was
+// ever refused), and every line is written, counted, or dropped.
+func TestLogSlotFloodRacesClose(t *testing.T) {
+	budget := newLogBudget(zerolog.Nop(), LogLimit{PerClient: 2, Total: 1 << 30, Interval: time.Hour})
+	const conns, lines = 256, 200
+	var wg sync.WaitGroup
+	for i := range conns {
+		var s logSlot
+		wg.Add(2)
+		go func() { // the read goroutine: its refusals
+			defer wg.Done()
+			for range lines {
+				budget.allow(&s, fmt.Sprint("c", i), codeKind(packets.ErrQuotaExceeded))
+			}
+		}()
+		go func() { // the takeover: the connection closes meanwhile
+			defer wg.Done()
+			for range i % 50 {
+				runtime.Gosched()
+			}
+			budget.closed(&s, fmt.Sprint("c", i))
+		}()
+	}
+	waitGroup(t, "floods", &wg)
+	budget.mu.Lock()
+	defer budget.mu.Unlock()
+	if n := len(budget.pending); n != 0 {
+		t.Errorf("%d closed connections' quotas left pending, want 0", n)
 	}
 }
