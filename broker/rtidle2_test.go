@@ -287,3 +287,82 @@ func TestLogSlotFloodRacesClose(t *testing.T) {
 		t.Errorf("%d closed connections' quotas left pending, want 0", n)
 	}
 }
+
+// A re-SUBSCRIBE storm: a client subscribes again and again to the ten
+// filters it holds (each SUBSCRIBE replaces all ten: c.replaced, made at
+// a SUBSCRIBE's first replacement, holds them until its SUBACK), while
+// another client publishes to them. Then one publish to each filter
+// arrives once, not twice (a replaced subscription filed again beside
+// its replacement) nor never (one unfiled).
+func TestResubscribeStormKeepsOneEach(t *testing.T) {
+	b := start(t, Options{})
+	b.writerIdle.Store(int64(time.Microsecond))
+	rounds := 200
+	if raceEnabled {
+		rounds = 50
+	}
+	filters := map[string]byte{}
+	for i := range 10 {
+		filters[fmt.Sprint("resub/", i)] = 1
+	}
+	filters["resub/end"] = 1
+	sub := dial3(t, b, "resub-storm", true)
+	pub := dial3(t, b, "resub-pub", true)
+	noise := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // publishes meanwhile, each waited for
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-noise:
+				return
+			default:
+			}
+			tok := pub.Publish(fmt.Sprint("resub/", i%10), 1, false, "noise")
+			if !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+				t.Errorf("noise publish: %v", tok.Error())
+				return
+			}
+		}
+	}()
+	for range rounds {
+		tok := sub.SubscribeMultiple(filters, nil)
+		if !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
+			t.Fatalf("subscribe: %v", tok.Error())
+		}
+	}
+	close(noise)
+	waitGroup(t, "noise publisher", &wg)
+	for i := range 10 {
+		pub.pub(t, fmt.Sprint("resub/", i), 1, false, "final")
+	}
+	pub.pub(t, "resub/end", 1, false, "end") // after the finals, in order
+	deadline := time.After(testTimeout)
+	for {
+		sub.mu.Lock()
+		finals, ended := map[string]int{}, false
+		for _, m := range sub.msgs {
+			switch m.payload {
+			case "final":
+				finals[m.topic]++
+			case "end":
+				ended = true
+			}
+		}
+		sub.mu.Unlock()
+		if ended {
+			for i := range 10 {
+				if n := finals[fmt.Sprint("resub/", i)]; n != 1 {
+					t.Errorf("resub/%d: the final publish arrived %d times, want 1", i, n)
+				}
+			}
+			return
+		}
+		select {
+		case <-sub.got:
+		case <-deadline:
+			t.Fatalf("the end marker did not arrive (finals %v)", finals)
+		}
+	}
+}
