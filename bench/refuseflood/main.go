@@ -11,6 +11,8 @@
 // mix: invalid tree, $sync and $SYS publishes at QoS 1, a SUBSCRIBE of an
 // invalid filter), sys ($SYS/x at QoS 1), sys0 (at QoS 0), sub (the
 // SUBSCRIBE), ok0 and ok1 (accepted publishes to x/y, no subscriber).
+// -ws host:port: the flooders connect over WebSocket (read turns apply to
+// plain TCP only).
 package main
 
 import (
@@ -26,6 +28,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 func str(b []byte, s string) []byte {
@@ -95,8 +99,67 @@ func read(r *bufio.Reader) (byte, []byte, error) {
 	_, err = io.ReadFull(r, body)
 	return t, body, err
 }
+
+// wsConn is a WebSocket connection as a net.Conn: a binary message a
+// write, reads across messages.
+type wsConn struct {
+	*websocket.Conn
+	r io.Reader
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			_, r, err := c.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if err == io.EOF {
+			c.r = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+// dial connects to addr over TCP, or over WebSocket (ws://addr/mqtt) when
+// ws is set.
+func dial(addr string, ws bool) (net.Conn, error) {
+	if !ws {
+		return net.DialTimeout("tcp", addr, 5*time.Second)
+	}
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
+	c, _, err := d.Dial("ws://"+addr+"/mqtt", nil)
+	if err != nil {
+		return nil, err
+	}
+	return &wsConn{Conn: c}, nil
+}
+
 func connect(addr, id string, v byte) (net.Conn, *bufio.Reader) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return connectVia(addr, id, v, false)
+}
+
+func connectVia(addr, id string, v byte, ws bool) (net.Conn, *bufio.Reader) {
+	c, err := dial(addr, ws)
 	if err != nil {
 		die("dial:", err)
 	}
@@ -122,6 +185,7 @@ var (
 	noread  = flag.Bool("noread", false, "flooders never read their acks")
 	noprobe = flag.Bool("noprobe", false, "")
 	verbose = flag.Bool("vv", false, "print per-100ms progress")
+	wsAddr  = flag.String("ws", "", "flooders connect over WebSocket to this host:port (path /mqtt) instead of -addr")
 )
 
 // die reports a failure of the tool itself and exits.
@@ -236,7 +300,11 @@ func main() {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			c, r := connect(*addr, fmt.Sprintf("rf%d", w), v)
+			to := *addr
+			if *wsAddr != "" {
+				to = *wsAddr
+			}
+			c, r := connectVia(to, fmt.Sprintf("rf%d", w), v, *wsAddr != "")
 			defer c.Close()
 			if !*noread {
 				go func() {
