@@ -111,6 +111,10 @@ func TestRTRefusalAcksEveryEnd(t *testing.T) {
 			t.Run(fmt.Sprintf("v%d/%s", v, end.name), func(t *testing.T) {
 				r := dialRaw(t, b, fmt.Sprintf("rt-%d-%s", v, end.name), v, true, packets.Properties{})
 				all, want := rtMixed(t, v, 160)
+				for id := uint16(161); id <= 165; id++ { // held when the tail comes: a refused publish's ack
+					all = append(all, qosPublish(t, v, "$SYS/rt", 1, id)...)
+					want = append(want, rtAnswer{packets.Puback, id})
+				}
 				r.write(append(all, end.tail...))
 				if end.half {
 					if err := r.c.(*net.TCPConn).CloseWrite(); err != nil {
@@ -133,7 +137,8 @@ func TestRTRefusalAcksEveryEnd(t *testing.T) {
 }
 
 // TestRTRefusedBurstAnsweredPromptly: a client that sends refused QoS 1
-// publishes in one write and then waits gets every PUBACK within a bound,
+// publishes in one write (and a QoS 0 one last, which has no ack to
+// carry the held ones out) and then waits gets every PUBACK within a bound,
 // not at its next read, in the bursts of a 3.1.1 client publishing to a
 // refused topic (each burst past turnRefusals: its next read is a
 // flooder's); and with every read turn taken by someone else (a reader
@@ -164,6 +169,9 @@ func TestRTRefusedBurstAnsweredPromptly(t *testing.T) {
 						all = append(all, qosPublish(t, v, "$SYS/rt", 1, id)...)
 						id++
 					}
+					// and a QoS 0 one, answered with nothing: the acks
+					// held before it wait for no write of its own
+					all = append(all, qosPublish(t, v, "$SYS/rt", 0, 0)...)
 					began := time.Now()
 					r.write(all)
 					for want := first; want < id; want++ {
