@@ -185,6 +185,7 @@ var (
 	noread  = flag.Bool("noread", false, "flooders never read their acks")
 	noprobe = flag.Bool("noprobe", false, "")
 	verbose = flag.Bool("vv", false, "print per-100ms progress")
+	burst   = flag.Int("burst", 0, "the probe also runs a 3.1.1 client sending this many refused QoS 1 publishes every 50 ms, timed to its last PUBACK")
 	wsAddr  = flag.String("ws", "", "flooders connect over WebSocket to this host:port (path /mqtt) instead of -addr")
 )
 
@@ -266,9 +267,43 @@ func main() {
 			}
 		}()
 	}
+	bp := &probe{}
+	if !*noprobe && *burst > 0 {
+		bc, br := connect(*addr, "probe-burst", 4)
+		go func() {
+			var all []byte
+			for i := range *burst {
+				all = append(all, pubPkt(4, "$SYS/x", []byte("x"), 1, uint16(i+1))...)
+			}
+			tk := time.NewTicker(50 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-stopProbe:
+					return
+				case <-tk.C:
+				}
+				began := time.Now()
+				if _, err := bc.Write(all); err != nil {
+					return
+				}
+				for range *burst {
+					if _, _, err := read(br); err != nil {
+						return
+					}
+				}
+				bp.mu.Lock()
+				bp.lats = append(bp.lats, time.Since(began))
+				bp.mu.Unlock()
+			}
+		}()
+	}
 	time.Sleep(*pre)
 	base := p.take()
 	fmt.Printf("baseline: %s\n", q(base))
+	if *burst > 0 {
+		fmt.Printf("burst baseline: %s\n", q(bp.take()))
+	}
 
 	var bad [][]byte
 	switch *mix {
@@ -363,6 +398,9 @@ func main() {
 	}
 	fmt.Printf("flood: sent=%d acks=%d (%.0f/s) longest write stall per client (100ms units): %v\n", tot, ta, float64(tot)/dur.Seconds(), maxZero)
 	fmt.Printf("during: %s\n", q(during))
+	if *burst > 0 {
+		fmt.Printf("burst during: %s\n", q(bp.take()))
+	}
 	close(stopProbe)
 	os.Exit(0)
 }
