@@ -262,3 +262,66 @@ func TestRTDeliverRefusalsNoTurn(t *testing.T) {
 	}
 	t.Fatalf("PINGRESP after %v: the reader waited for a read turn for refusals it did not send", took)
 }
+
+// TestRTPacketsBeforeOversizeAnswered: the whole packets a client sent
+// before one over the limits (a PUBLISH declaring more than
+// MaxPacketSize, a Remaining Length of five bytes), in the same write,
+// are handled and answered before the connection ends (MQTT 5: then the
+// DISCONNECT saying why), as they are when they come in a read of their
+// own. The scan failed the whole read: its valid packets were dropped,
+// unanswered, accepted publishes never delivered.
+func TestRTPacketsBeforeOversizeAnswered(t *testing.T) {
+	b := start(t, Options{MaxPacketSize: 1000})
+	tails := []struct {
+		name string
+		tail []byte
+		code byte // the MQTT 5 DISCONNECT's
+	}{
+		{"too-large", []byte{0x32, 0xff, 0xff, 0x03, 0, 1, 'x'}, 0x95},
+		{"five-byte-length", []byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x01}, 0x81},
+	}
+	for _, v := range []byte{4, 5} {
+		for _, tail := range tails {
+			t.Run(fmt.Sprintf("v%d/%s", v, tail.name), func(t *testing.T) {
+				r := dialRaw(t, b, fmt.Sprintf("before-%d-%s", v, tail.name), v, true, packets.Properties{})
+				var all []byte
+				var want []rtAnswer
+				for id := uint16(1); id <= 6; id++ {
+					topic := "$SYS/rt" // refused
+					if id%2 == 0 {
+						topic = "rt/ok" // accepted
+					}
+					all = append(all, qosPublish(t, v, topic, 1, id)...)
+					want = append(want, rtAnswer{packets.Puback, id})
+				}
+				all = append(all, 0xc0, 0)
+				want = append(want, rtAnswer{packets.Pingresp, 0})
+				if v == 5 {
+					want = append(want, rtAnswer{packets.Disconnect, uint16(tail.code)})
+				}
+				r.write(append(all, tail.tail...))
+				for i, w := range want {
+					r.c.SetReadDeadline(time.Now().Add(testTimeout))
+					typ, body, err := rtReadPacket(r.c)
+					if err != nil {
+						t.Fatalf("answer %d (want type %d id %d): %v", i, w.typ, w.id, err)
+					}
+					var id uint16
+					switch {
+					case typ == packets.Disconnect && len(body) > 0:
+						id = uint16(body[0])
+					case typ != packets.Pingresp && len(body) >= 2:
+						id = binary.BigEndian.Uint16(body)
+					}
+					if typ != w.typ || id != w.id {
+						t.Fatalf("answer %d: type %d (% x), want type %d id %d", i, typ, body, w.typ, w.id)
+					}
+				}
+				r.c.SetReadDeadline(time.Now().Add(testTimeout))
+				if _, _, err := rtReadPacket(r.c); !errors.Is(err, io.EOF) {
+					t.Fatalf("after the answers: %v, want the connection closed", err)
+				}
+			})
+		}
+	}
+}
