@@ -325,3 +325,46 @@ func TestRTPacketsBeforeOversizeAnswered(t *testing.T) {
 		}
 	}
 }
+
+// TestRTTurnBackWhenConnectionEnds: a flooder whose read, handled in a
+// read turn, ends its connection (a malformed packet after its refused
+// publishes, or the client gone after them) gives the turn back: a turn
+// kept by an ended connection would be lost to every later flooder and,
+// once all were, have each of them wait turnWait at every read.
+func TestRTTurnBackWhenConnectionEnds(t *testing.T) {
+	b := start(t, Options{})
+	for _, end := range []struct {
+		name string
+		tail []byte
+	}{
+		{"malformed", []byte{0x36, 0x05, 0, 1, 'x', 0, 1}}, // QoS 3
+		{"disconnect", []byte{0xe0, 0}},
+	} {
+		for _, v := range []byte{4, 5} {
+			t.Run(fmt.Sprintf("v%d/%s", v, end.name), func(t *testing.T) {
+				r := dialRaw(t, b, fmt.Sprintf("ends-%d-%s", v, end.name), v, true, packets.Properties{})
+				burst := func(from uint16, tail []byte) {
+					var all []byte
+					for id := from; id < from+2*turnRefusals; id++ {
+						all = append(all, qosPublish(t, v, "$SYS/rt", 1, id)...)
+					}
+					r.write(append(all, tail...))
+					for id := from; id < from+2*turnRefusals; id++ {
+						if typ, body := r.read(); typ != packets.Puback || binary.BigEndian.Uint16(body) != id {
+							t.Fatalf("type %d % x, want PUBACK %d", typ, body, id)
+						}
+					}
+				}
+				burst(1, nil)                      // its next read is a flooder's
+				burst(1+2*turnRefusals, end.tail) // read in a turn, and the connection ends
+				r.c.SetReadDeadline(time.Now().Add(testTimeout))
+				for {
+					if _, _, err := rtReadPacket(r.c); err != nil {
+						break // closed (after the DISCONNECT, v5)
+					}
+				}
+				waitFor(t, "the read turn back", func() bool { return len(b.turns) == 0 })
+			})
+		}
+	}
+}
