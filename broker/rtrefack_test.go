@@ -355,7 +355,7 @@ func TestRTTurnBackWhenConnectionEnds(t *testing.T) {
 						}
 					}
 				}
-				burst(1, nil)                      // its next read is a flooder's
+				burst(1, nil)                     // its next read is a flooder's
 				burst(1+2*turnRefusals, end.tail) // read in a turn, and the connection ends
 				r.c.SetReadDeadline(time.Now().Add(testTimeout))
 				for {
