@@ -131,6 +131,10 @@ func (c *netConn) ReadLent() ([]byte, int, error) {
 		return nil, 0, mqtt.ErrNoLending
 	}
 	c.turn.next(c.turns())
+	if c.state >= stateFailed { // a packet over the limits ended the read before
+		_, err := c.scanned(nil, 0, nil)
+		return nil, 0, err
+	}
 	err := w.rc.Read(w.read)
 	buf, n, rerr := w.rbuf, int(w.rn), w.rerr
 	w.rbuf, w.rn, w.rerr = nil, 0, 0

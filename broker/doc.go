@@ -549,7 +549,8 @@
 //	read buffers (readBufPool)          a sync.Pool; a lent buffer is its connection's reader's until read to its end or the connection ends (takeBackLent)
 //	read turns (Broker.turns)           a reader that refused turnRefusals packets of its last read takes one for its next read's
 //	                                      packets (ReadLent, waiting at most turnWait) and gives it back at its next read or
-//	                                      when the connection ends (takeBackLent): flooders take turns on GOMAXPROCS-1 cores (turns.go)
+//	                                      when the connection ends (takeBackLent): flooders take turns on GOMAXPROCS-1 cores (turns.go);
+//	                                      plain TCP only: TLS and WebSocket readers never take one
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	whether a writer runs (running)     the queue's mutex: set by the wake-up that starts one, cleared by the writer stopping idle

@@ -154,7 +154,7 @@ type netConn struct {
 	// The read side's flags, together with the small fields of the rest
 	// (each with its own guard) at the end, so that none is padded to a
 	// word: 288 → 256 bytes, one size class down.
-	state     uint8 // 0: header byte, 1: length bytes, 2: body
+	state     uint8 // 0: header byte, 1: length bytes, 2: body; stateFailed, stateMalformed: the next read fails
 	shift     uint8 // the next length byte's shift (7 a byte)
 	connected bool  // the CONNECT is complete
 	counted   bool  // counted in b.handshakes until the CONNECT is complete or the connection closes
@@ -247,16 +247,39 @@ func (h *handshakes) end(host string) {
 	h.all--
 }
 
+// The scan's states after a read that ended at a packet over the limits
+// with whole packets before it: those were handed on, and the next read
+// fails at once, without reading (stateFailed + the error's kind).
+const (
+	stateFailed    = 3 // the packet declared more than maxPacket
+	stateMalformed = 4 // its Remaining Length ran past four bytes
+)
+
 func (c *netConn) Read(p []byte) (int, error) {
+	if c.state >= stateFailed {
+		return c.scanned(p, 0, nil)
+	}
 	n, err := c.Conn.Read(p)
 	return c.scanned(p, n, err)
 }
 
 // scanned follows the packet boundaries in p[:n], just read (with err):
 // a packet over the limits ends the connection (MQTT 5: with a
-// DISCONNECT saying why) and the read fails.
+// DISCONNECT saying why) and the read fails. The whole packets read
+// before it are handed on first, and the read after them fails: they are
+// handled and answered as if they had come in a read of their own (a
+// client's valid packets were dropped, unanswered, whenever the bad one
+// came in the same read(2)).
 func (c *netConn) scanned(p []byte, n int, err error) (int, error) {
-	if perr := c.scan(p[:n]); perr != nil {
+	whole, perr := c.scan(p[:n])
+	if perr != nil && whole > 0 {
+		c.state = stateFailed
+		if errors.Is(perr, errMalformedLength) {
+			c.state = stateMalformed
+		}
+		return whole, nil
+	}
+	if perr != nil {
 		if errors.Is(perr, errPacketTooLarge) && c.level == 5 {
 			c.Write([]byte{0xE0, 0x02, 0x95, 0x00}) //nolint:errcheck // DISCONNECT 0x95 packet too large; closing either way
 		}
@@ -268,12 +291,21 @@ func (c *netConn) scanned(p []byte, n int, err error) (int, error) {
 	return n, err
 }
 
-// scan follows the packet boundaries in bytes read.
-func (c *netConn) scan(p []byte) error {
+// scan follows the packet boundaries in bytes read; on an error, whole
+// is how many bytes of p the whole packets before the bad one take (0 if
+// it began in an earlier read).
+func (c *netConn) scan(p []byte) (whole int, err error) {
+	switch c.state {
+	case stateFailed:
+		return 0, fmt.Errorf("%w: %d bytes declared, limit %d", errPacketTooLarge, c.length, c.maxPacket)
+	case stateMalformed:
+		return 0, errMalformedLength
+	}
 	for i := 0; i < len(p); {
 		switch c.state {
 		case 0: // first byte of a fixed header
 			c.state, c.length, c.shift = 1, 0, 0
+			whole = i
 			i++
 		case 1: // remaining length, 7 bits a byte
 			v := p[i]
@@ -282,18 +314,18 @@ func (c *netConn) scan(p []byte) error {
 			c.shift += 7
 			if v&0x80 != 0 {
 				if c.shift >= 28 {
-					return errMalformedLength // a variable byte integer is at most 4 bytes (MQTT 5 §1.5.5, 3.1.1 §2.2.3)
+					return whole, errMalformedLength // a variable byte integer is at most 4 bytes (MQTT 5 §1.5.5, 3.1.1 §2.2.3)
 				}
 				continue
 			}
 			c.packets++
 			if c.packets == 1 && int(c.length) > c.maxConnect {
-				return fmt.Errorf("%w: %d bytes declared, limit %d", errConnectTooLarge, c.length, c.maxConnect)
+				return whole, fmt.Errorf("%w: %d bytes declared, limit %d", errConnectTooLarge, c.length, c.maxConnect)
 			}
 			// The whole packet: its type byte, its length's bytes (shift/7)
 			// and its body (MQTT 5 §3.1.2.11.4).
 			if c.maxPacket > 0 && int(c.length)+1+int(c.shift/7) > c.maxPacket {
-				return fmt.Errorf("%w: %d bytes declared, limit %d", errPacketTooLarge, c.length, c.maxPacket)
+				return whole, fmt.Errorf("%w: %d bytes declared, limit %d", errPacketTooLarge, c.length, c.maxPacket)
 			}
 			c.state = 2
 			if c.length == 0 {
@@ -322,7 +354,7 @@ func (c *netConn) scan(p []byte) error {
 			}
 		}
 	}
-	return nil
+	return 0, nil
 }
 
 func (c *netConn) endPacket() {

@@ -68,7 +68,8 @@ type logSlot struct {
 	closed bool      // its connection closed: only the broker-wide bound applies
 
 	// refusals counts the connection's refused requests (atomic, not
-	// under mu): its read turns look at it (turns.go).
+	// under mu), not the messages skipped for it: its read turns look at
+	// it (turns.go).
 	refusals atomic.Uint32
 }
 

@@ -88,7 +88,10 @@ func (b *Broker) refuse(p Principal, op, topic string, err error) packets.Code {
 	code := reasonCode(op, err)
 	reason := refusalReasonOf(code, err)
 	b.countRefusal(reason)
-	if p.logs != nil {
+	if p.logs != nil && op != "deliver" {
+		// Only what the client sent: a message skipped for it (writer.go,
+		// made for what others publish) would make its next read wait for
+		// a read turn as a flooder's (turns.go).
 		p.logs.refusals.Add(1)
 	}
 	if b.logs.allow(p.logs, p.ClientID, codeKind(code)) {

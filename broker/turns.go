@@ -23,6 +23,14 @@ import (
 // everyone else and polls the network. A turn is waited for at most
 // turnWait, so a turn that is never given back (a reader stuck in a hook)
 // only slows the flooders.
+//
+// Only plain TCP connections take turns (ReadLent): TLS and WebSocket
+// connections read through netConn.Read and never wait for one. Eight
+// WebSocket flooders of refused publishes cost a normal client's publish
+// the same at main and here (p50 27–44 ms; bench/README.md, "Refusal
+// floods, red team"). A WebSocket read returns one message, usually one
+// packet, so a count of one read's refusals would not tell a flooder
+// there anyway.
 
 // turnRefusals is how many refusals of one read make the next read's
 // packets wait for a turn. A client refused now and then never waits.

@@ -11,6 +11,8 @@
 // mix: invalid tree, $sync and $SYS publishes at QoS 1, a SUBSCRIBE of an
 // invalid filter), sys ($SYS/x at QoS 1), sys0 (at QoS 0), sub (the
 // SUBSCRIBE), ok0 and ok1 (accepted publishes to x/y, no subscriber).
+// -ws host:port: the flooders connect over WebSocket (read turns apply to
+// plain TCP only).
 package main
 
 import (
@@ -26,6 +28,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 func str(b []byte, s string) []byte {
@@ -95,8 +99,67 @@ func read(r *bufio.Reader) (byte, []byte, error) {
 	_, err = io.ReadFull(r, body)
 	return t, body, err
 }
+
+// wsConn is a WebSocket connection as a net.Conn: a binary message a
+// write, reads across messages.
+type wsConn struct {
+	*websocket.Conn
+	r io.Reader
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			_, r, err := c.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if err == io.EOF {
+			c.r = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+// dial connects to addr over TCP, or over WebSocket (ws://addr/mqtt) when
+// ws is set.
+func dial(addr string, ws bool) (net.Conn, error) {
+	if !ws {
+		return net.DialTimeout("tcp", addr, 5*time.Second)
+	}
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
+	c, _, err := d.Dial("ws://"+addr+"/mqtt", nil)
+	if err != nil {
+		return nil, err
+	}
+	return &wsConn{Conn: c}, nil
+}
+
 func connect(addr, id string, v byte) (net.Conn, *bufio.Reader) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return connectVia(addr, id, v, false)
+}
+
+func connectVia(addr, id string, v byte, ws bool) (net.Conn, *bufio.Reader) {
+	c, err := dial(addr, ws)
 	if err != nil {
 		die("dial:", err)
 	}
@@ -122,6 +185,8 @@ var (
 	noread  = flag.Bool("noread", false, "flooders never read their acks")
 	noprobe = flag.Bool("noprobe", false, "")
 	verbose = flag.Bool("vv", false, "print per-100ms progress")
+	burst   = flag.Int("burst", 0, "the probe also runs a 3.1.1 client sending this many refused QoS 1 publishes every 50 ms, timed to its last PUBACK")
+	wsAddr  = flag.String("ws", "", "flooders connect over WebSocket to this host:port (path /mqtt) instead of -addr")
 )
 
 // die reports a failure of the tool itself and exits.
@@ -202,9 +267,43 @@ func main() {
 			}
 		}()
 	}
+	bp := &probe{}
+	if !*noprobe && *burst > 0 {
+		bc, br := connect(*addr, "probe-burst", 4)
+		go func() {
+			var all []byte
+			for i := range *burst {
+				all = append(all, pubPkt(4, "$SYS/x", []byte("x"), 1, uint16(i+1))...)
+			}
+			tk := time.NewTicker(50 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-stopProbe:
+					return
+				case <-tk.C:
+				}
+				began := time.Now()
+				if _, err := bc.Write(all); err != nil {
+					return
+				}
+				for range *burst {
+					if _, _, err := read(br); err != nil {
+						return
+					}
+				}
+				bp.mu.Lock()
+				bp.lats = append(bp.lats, time.Since(began))
+				bp.mu.Unlock()
+			}
+		}()
+	}
 	time.Sleep(*pre)
 	base := p.take()
 	fmt.Printf("baseline: %s\n", q(base))
+	if *burst > 0 {
+		fmt.Printf("burst baseline: %s\n", q(bp.take()))
+	}
 
 	var bad [][]byte
 	switch *mix {
@@ -236,7 +335,11 @@ func main() {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			c, r := connect(*addr, fmt.Sprintf("rf%d", w), v)
+			to := *addr
+			if *wsAddr != "" {
+				to = *wsAddr
+			}
+			c, r := connectVia(to, fmt.Sprintf("rf%d", w), v, *wsAddr != "")
 			defer c.Close()
 			if !*noread {
 				go func() {
@@ -295,6 +398,9 @@ func main() {
 	}
 	fmt.Printf("flood: sent=%d acks=%d (%.0f/s) longest write stall per client (100ms units): %v\n", tot, ta, float64(tot)/dur.Seconds(), maxZero)
 	fmt.Printf("during: %s\n", q(during))
+	if *burst > 0 {
+		fmt.Printf("burst during: %s\n", q(bp.take()))
+	}
 	close(stopProbe)
 	os.Exit(0)
 }
