@@ -1,0 +1,83 @@
+package broker
+
+import (
+	"bufio"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
+)
+
+// TestTakeoverNotHeldByRefusedPublishWrite (red team h-rtstorm2): a
+// takeover's CONNACK is not held lateWait (5 s) by the old connection's
+// QoS 1 PUBLISH that mochi refuses before OnPublish (here: over
+// max_user_properties) while the refusal's PUBACK waits behind a write
+// to a client that stopped reading. The surrender waits for a QoS 1
+// PUBLISH until mochi's lookup (OnPublish), which a refused one never
+// reaches: it waited for the write, unbounded by relWait, which bounds
+// only the writes it knows of (writesLocked).
+func TestTakeoverNotHeldByRefusedPublishWrite(t *testing.T) {
+	b := start(t, Options{MaxUserProperties: 2})
+	raw, err := net.DialTCP("tcp", nil, tcpAddr(t, b.TCPAddr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadBuffer(4096) //nolint:errcheck // smaller is faster to fill; any size fills
+	raw.SetDeadline(time.Now().Add(testTimeout))
+	raw.Write(rawConnect(t, 5, "rfw", false, 3600, nil))
+	r := bufio.NewReader(raw)
+	if h, _, err := readPacketBody(r); err != nil || h != 0x20 {
+		t.Fatalf("no CONNACK: %#x %v", h, err)
+	}
+	raw.Write(subscribePacket(5, []string{"rfw/#"}))
+	if h, _, err := readPacketBody(r); err != nil || h != 0x90 {
+		t.Fatalf("no SUBACK: %#x %v", h, err)
+	}
+	waitFor(t, "the connection filed", func() bool { return b.connByID("rfw") != nil })
+	oldCl := b.connByID("rfw").out.(*mqttOut).cl
+	pub := dial3(t, b, "rfw-pub", true)
+	if !waitTok(t, "publish rfw/big", pub.Publish("rfw/big", 0, false, make([]byte, 16<<20))) {
+		t.FailNow()
+	}
+	waitFor(t, "a write to the stalled client under way", func() bool {
+		if oldCl.TryLock() {
+			oldCl.Unlock()
+			return false
+		}
+		return true
+	})
+	// A QoS 1 PUBLISH mochi refuses before OnPublish: its PUBACK 0x97
+	// waits behind the write under way.
+	over := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 5,
+		PacketID: 3, TopicName: "rfw/x", Payload: []byte("p"),
+	}
+	over.Properties.User = []packets.UserProperty{{Key: "a", Val: "1"}, {Key: "b", Val: "2"}, {Key: "c", Val: "3"}}
+	raw.Write(ownerPacket(t, over))
+	o := b.connByID("rfw").out.(*mqttOut)
+	waitFor(t, "the refused PUBLISH being processed", func() bool {
+		o.ids.mu.Lock()
+		defer o.ids.mu.Unlock()
+		return o.ids.reserved == 3
+	})
+
+	nc, err := net.Dial("tcp", b.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	began := time.Now()
+	nc.Write(rawConnect(t, 5, "rfw", false, 3600, nil))
+	h, body, err := readPacketBody(bufio.NewReader(nc))
+	took := time.Since(began)
+	if err != nil || h != 0x20 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("the taking-over client: %#x % x %v, want CONNACK 0", h, body, err)
+	}
+	t.Logf("CONNACK after %v", took)
+	if took > 3*relWait {
+		t.Errorf("CONNACK after %v, want within %v (relWait bounds the old connection's write)", took, 3*relWait)
+	}
+}
