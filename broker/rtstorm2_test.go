@@ -81,3 +81,22 @@ func TestTakeoverNotHeldByRefusedPublishWrite(t *testing.T) {
 		t.Errorf("CONNACK after %v, want within %v (relWait bounds the old connection's write)", took, 3*relWait)
 	}
 }
+
+// TestQoS2ReconnectStormVariants (red team h-rtstorm2): the storm of
+// TestQoS2ReconnectStorm with a client whose Receive Maximum is 1 (one
+// delivery in flight, the rest queued across takeovers), and with a
+// subscriber to the client's publishes stuck, its queue full, for the
+// first 40 rounds (the client's publishes wait in OnPublish, up to
+// publish_wait, as takeovers come): each message still delivered once
+// each way, $SYS in-flight back at 0.
+func TestQoS2ReconnectStormVariants(t *testing.T) {
+	for _, tc := range []qos2Storm{
+		{name: "recvmax1/mixed", v: 5, modes: 4, recvMax: 1},
+		{name: "recvmax1/close", v: 5, modes: 1, first: 3, recvMax: 1},
+		{name: "stuck/mixed/v5", v: 5, modes: 4, stuck: 40, opts: Options{PublishWait: 100 * time.Millisecond}},
+		{name: "stuck/mixed/v4", v: 4, modes: 4, stuck: 40, opts: Options{PublishWait: 100 * time.Millisecond}},
+		{name: "stuck/close/v5", v: 5, modes: 1, first: 3, stuck: 40, opts: Options{PublishWait: 100 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { runQoS2Storm(t, tc) })
+	}
+}
