@@ -172,6 +172,26 @@ func runQoS2Storm(t *testing.T, tc qos2Storm) {
 		}
 		t.Errorf("$SYS in-flight %d, held by filed clients: %v", n, held)
 	}
+	// The session is filed: nothing is kept for it apart (keptInbound),
+	// and its connection waits for no late publish of a connection gone
+	// (unresolved: the old reader still in OnPublish).
+	b.keptIn.mu.Lock()
+	kept := len(b.keptIn.by)
+	b.keptIn.mu.Unlock()
+	o := b.connByID(id).out.(*mqttOut)
+	o.ids.mu.Lock()
+	late := 0
+	for _, l := range o.ids.late {
+		select {
+		case <-l.done: // resolved: a PUBREC it holds is counted in flight, checked above
+		default:
+			late++
+		}
+	}
+	o.ids.mu.Unlock()
+	if kept != 0 || late != 0 {
+		t.Errorf("kept apart for %d sessions, %d late publishes unresolved, want none", kept, late)
+	}
 }
 
 // stormClient is a persistent session's client over raw connections: it

@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -88,7 +89,8 @@ func TestTakeoverNotHeldByRefusedPublishWrite(t *testing.T) {
 // subscriber to the client's publishes stuck, its queue full, for the
 // first 40 rounds (the client's publishes wait in OnPublish, up to
 // publish_wait, as takeovers come): each message still delivered once
-// each way, $SYS in-flight back at 0.
+// each way, $SYS in-flight back at 0, no goroutine left once the broker
+// stopped.
 func TestQoS2ReconnectStormVariants(t *testing.T) {
 	for _, tc := range []qos2Storm{
 		{name: "recvmax1/mixed", v: 5, modes: 4, recvMax: 1},
@@ -97,6 +99,16 @@ func TestQoS2ReconnectStormVariants(t *testing.T) {
 		{name: "stuck/mixed/v4", v: 4, modes: 4, stuck: 40, opts: Options{PublishWait: 100 * time.Millisecond}},
 		{name: "stuck/close/v5", v: 5, modes: 1, first: 3, stuck: 40, opts: Options{PublishWait: 100 * time.Millisecond}},
 	} {
+		before := runtime.NumGoroutine()
 		t.Run(tc.name, func(t *testing.T) { runQoS2Storm(t, tc) })
+		// The broker stopped and every connection closed (the subtest's
+		// cleanups): none of its goroutines is left.
+		by := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(by) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			t.Errorf("%s: %d goroutines after, %d before", tc.name, n, before)
+		}
 	}
 }
