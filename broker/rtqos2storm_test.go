@@ -81,6 +81,7 @@ type qos2Storm struct {
 	modes   int    // round r waits as mode r%modes says
 	first   int    // the first mode
 	recvMax uint16 // the storm client's Receive Maximum (MQTT 5); 0: none sent
+	ws      bool   // every other connection of the storm client is a WebSocket
 	stuck   int    // a subscriber to every publish of the test is stuck, its queue full, until round stuck (0: none): they wait in OnPublish
 	opts    Options
 }
@@ -98,6 +99,9 @@ func runQoS2Storm(t *testing.T, tc qos2Storm) {
 		free = fullSubscriberTo(t, b, id+"-stuck", id+"/#", id+"/fill", nil)
 	}
 	x := &stormClient{t: t, v: v, id: id, recvMax: tc.recvMax, out: map[uint16]*stormOut{}, in: map[uint16]bool{}, got: map[string]int{}}
+	if tc.ws {
+		x.wsAddr = b.WSAddr()
+	}
 	t.Cleanup(x.closeAll)
 	x.connect(t, b.TCPAddr(), true, false)
 	x.subscribe(t, id+"/out/#")
@@ -202,6 +206,7 @@ type stormClient struct {
 	v       byte
 	id      string
 	recvMax uint16 // Receive Maximum in its CONNECT (MQTT 5); 0: none
+	wsAddr  string // if set, every other connection is a WebSocket to it
 
 	mu      sync.Mutex
 	gen     int
@@ -233,8 +238,17 @@ func (x *stormClient) connect(t *testing.T, addr string, first, publish bool) ui
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetDeadline(time.Now().Add(testTimeout))
 	x.mu.Lock()
+	if x.wsAddr != "" && x.gen%2 == 1 {
+		c.Close()
+		raw, err := net.Dial("tcp", x.wsAddr)
+		if err != nil {
+			x.mu.Unlock()
+			t.Fatal(err)
+		}
+		c = dialWSStream(t, "ws://"+x.wsAddr+"/mqtt", raw, nil)
+	}
+	c.SetDeadline(time.Now().Add(testTimeout))
 	x.gen++
 	gen := x.gen
 	x.conns = append(x.conns, c)

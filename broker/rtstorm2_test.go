@@ -85,7 +85,9 @@ func TestTakeoverNotHeldByRefusedPublishWrite(t *testing.T) {
 
 // TestQoS2ReconnectStormVariants (red team h-rtstorm2): the storm of
 // TestQoS2ReconnectStorm with a client whose Receive Maximum is 1 (one
-// delivery in flight, the rest queued across takeovers), and with a
+// delivery in flight, the rest queued across takeovers), one whose
+// every other connection is a WebSocket (each takeover by the other
+// path), and with a
 // subscriber to the client's publishes stuck, its queue full, for the
 // first 40 rounds (the client's publishes wait in OnPublish, up to
 // publish_wait, as takeovers come): each message still delivered once
@@ -97,6 +99,8 @@ func TestQoS2ReconnectStormVariants(t *testing.T) {
 		{name: "recvmax1/close", v: 5, modes: 1, first: 3, recvMax: 1},
 		{name: "stuck/mixed/v5", v: 5, modes: 4, stuck: 40, opts: Options{PublishWait: 100 * time.Millisecond}},
 		{name: "stuck/mixed/v4", v: 4, modes: 4, stuck: 40, opts: Options{PublishWait: 100 * time.Millisecond}},
+		{name: "ws-tcp/mixed/v5", v: 5, modes: 4, ws: true},
+		{name: "ws-tcp/close/v4", v: 4, modes: 1, first: 3, ws: true},
 		{name: "stuck/close/v5", v: 5, modes: 1, first: 3, stuck: 40, opts: Options{PublishWait: 100 * time.Millisecond}},
 	} {
 		before := runtime.NumGoroutine()
