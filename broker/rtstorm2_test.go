@@ -116,3 +116,53 @@ func TestQoS2ReconnectStormVariants(t *testing.T) {
 		}
 	}
 }
+
+// TestSurrenderCutsLongWrite: a packet that still holds a takeover after
+// relWait has the old connection's writes bounded (now), though
+// writesLocked does not know of its write: mochi's refusal of a QoS 1
+// PUBLISH before OnPublish, or its PUBREC to a QoS 2 PUBLISH resent with
+// the id of a delivery it displaced, both written before OnPublish.
+// Without the bound the surrender waited lateWait (5 s) for that write.
+func TestSurrenderCutsLongWrite(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		pk   *packets.Packet
+	}{
+		{"publish qos 1 refused before OnPublish", pkOf(packets.Publish, 1, 6)},
+		{"publish qos 2 resent, displacing", pkOf(packets.Publish, 2, 5)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl, s := stormIDs(5) // the client's QoS 2 publish 5 waits for its PUBREL
+			dc := &deadlineConn{}
+			cl.Net.Conn = dc
+			cl.State.Inflight.Set(*pkOf(packets.Publish, 1, 6)) // deliveries under 5 and 6
+			cl.State.Inflight.Set(*pkOf(packets.Publish, 1, 5))
+			if s.begin(cl, c.pk) {
+				t.Fatal("refused")
+			}
+			began := time.Now()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				s.surrender(cl, false)
+			}()
+			cut := false
+			for !cut && time.Since(began) < 2*lateWait {
+				select {
+				case <-done:
+					t.Fatalf("the surrender ended after %v with its packet unsettled, deadlines %v", time.Since(began), dc.deadlines())
+				case <-time.After(5 * time.Millisecond):
+				}
+				for _, d := range dc.deadlines() {
+					cut = cut || !d.IsZero()
+				}
+			}
+			took := time.Since(began)
+			s.end(cl, c.pk) // the write failed: mochi goes on
+			<-done
+			if !cut || took > 2*relWait {
+				t.Fatalf("writes bounded %v after %v (deadlines %v), want after relWait", cut, took, dc.deadlines())
+			}
+		})
+	}
+}
