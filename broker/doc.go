@@ -445,7 +445,10 @@
 //     counted out twice. It now moves the map in one step (mochi change
 //     74); the old reader refuses what would change the map after
 //     (idSpaces.begin), the takeover waits only for a packet changing it
-//     that is not blocked on subscribers (busyLocked, bounded), a QoS 2
+//     that is not blocked on subscribers (busyLocked, bounded: a packet
+//     holding it past relWait, 500 ms, has the old connection's writes
+//     cut, so a refusal's ack behind a client that stopped reading holds
+//     the CONNACK no longer; a hook holds it up to lateWait, 5 s), a QoS 2
 //     PUBLISH blocked in OnPublish is handed on (lateRec) and sets its
 //     PUBREC once the map moved, and a resend whose PUBREC moved with
 //     the session is refused there (idSpaces.publishing).

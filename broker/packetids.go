@@ -374,11 +374,17 @@ func (s *idSpaces) writesLocked() bool {
 // boundLocked bounds cl's writes by relWait for a waiting surrender
 // (mu held), once.
 func (s *idSpaces) boundLocked(cl *mqtt.Client) {
+	s.boundAtLocked(cl, time.Now().Add(relWait))
+}
+
+// boundAtLocked bounds cl's writes at t for a waiting surrender (mu
+// held), unless they are bounded already.
+func (s *idSpaces) boundAtLocked(cl *mqtt.Client, t time.Time) {
 	if s.bounded || cl.Net.Conn == nil {
 		return
 	}
 	s.bounded = true
-	_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(relWait))
+	_ = cl.Net.Conn.SetWriteDeadline(t)
 }
 
 // publishing runs as mochi hands pk, the PUBLISH being processed, to
@@ -442,7 +448,12 @@ func deliveryAck(pk *packets.Packet) bool {
 // PUBCOMP waits in inbound, and goes to the session's next connection
 // with the rest. The write such a packet makes is bounded by relWait
 // (writesLocked), the bound lifted after the wait: writes after it, the
-// takeover's DISCONNECT too, have theirs.
+// takeover's DISCONNECT too, have theirs. A packet that still holds the
+// surrender after relWait has the connection's writes bounded then (now):
+// it may wait for a write writesLocked does not know of, mochi's refusal
+// of a PUBLISH before OnPublish (a PUBACK 0x97 over max_user_properties,
+// 0x87 by the ACL), behind a write to a client that stopped reading; the
+// CONNACK waited lateWait (TestTakeoverNotHeldByRefusedPublishWrite).
 func (s *idSpaces) waitBusyLocked(cl *mqtt.Client) {
 	if !s.busyLocked() {
 		return
@@ -453,11 +464,20 @@ func (s *idSpaces) waitBusyLocked(cl *mqtt.Client) {
 	ch := make(chan struct{})
 	s.settled = ch
 	s.mu.Unlock()
+	early := time.NewTimer(relWait)
 	t := time.NewTimer(lateWait)
 	select {
 	case <-ch:
-	case <-t.C:
+	case <-early.C:
+		s.mu.Lock()
+		s.boundAtLocked(cl, time.Now())
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-t.C:
+		}
 	}
+	early.Stop()
 	t.Stop()
 	s.mu.Lock()
 	if s.settled == ch {

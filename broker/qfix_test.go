@@ -61,6 +61,13 @@ func takeoverNotHeld(t *testing.T, v byte) {
 // the test's end.
 func fullSubscriber(t *testing.T, b *Broker, id, topic string, seen func(Delivery)) (free func()) {
 	t.Helper()
+	return fullSubscriberTo(t, b, id, topic, topic, seen)
+}
+
+// fullSubscriberTo is fullSubscriber subscribed to filter, its queue
+// filled by publishes to fill, a topic filter matches.
+func fullSubscriberTo(t *testing.T, b *Broker, id, filter, fill string, seen func(Delivery)) (free func()) {
+	t.Helper()
 	release := make(chan struct{})
 	var once sync.Once
 	free = func() { once.Do(func() { close(release) }) }
@@ -77,12 +84,12 @@ func fullSubscriber(t *testing.T, b *Broker, id, topic string, seen func(Deliver
 		<-release // the subscriber's reader is stuck: its queue fills
 	})
 	t.Cleanup(func() { s.Close() })
-	if err := s.Subscribe(topic, 0); err != nil {
+	if err := s.Subscribe(filter, 0); err != nil {
 		t.Fatal(err)
 	}
 	pub := Principal{ClientID: id + "-fill"}
 	ctx := testCtx(t)
-	if err := b.Publish(ctx, pub, Message{Topic: topic, Payload: []byte("first")}); err != nil {
+	if err := b.Publish(ctx, pub, Message{Topic: fill, Payload: []byte("first")}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -95,7 +102,7 @@ func fullSubscriber(t *testing.T, b *Broker, id, topic string, seen func(Deliver
 		defer s.c.q.mu.Unlock()
 		return s.c.q.bytes+400 <= s.c.q.max
 	}() {
-		if err := b.Publish(ctx, pub, Message{Topic: topic, Payload: []byte("fill")}); err != nil {
+		if err := b.Publish(ctx, pub, Message{Topic: fill, Payload: []byte("fill")}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // TestQoS2ReconnectStorm (red team h-rtqos2): a persistent session's
@@ -64,95 +66,135 @@ import (
 // (320 of 320), about 2 s a run of the four. Each wait is bounded
 // (testTimeout, the settling 10 s).
 func TestQoS2ReconnectStorm(t *testing.T) {
-	const rounds, inbound = 120, 60
-	for _, tc := range []struct {
-		name  string
-		v     byte
-		modes int // round r waits as mode r%modes says
-		first int // the first mode
-	}{
-		{"mixed/v5", 5, 4, 0}, {"mixed/v4", 4, 4, 0},
-		{"close/v5", 5, 1, 3}, {"close/v4", 4, 1, 3},
+	for _, tc := range []qos2Storm{
+		{name: "mixed/v5", v: 5, modes: 4}, {name: "mixed/v4", v: 4, modes: 4},
+		{name: "close/v5", v: 5, modes: 1, first: 3}, {name: "close/v4", v: 4, modes: 1, first: 3},
 	} {
-		v := tc.v
-		t.Run(tc.name, func(t *testing.T) {
-			b := start(t, Options{})
-			id := "st-" + strings.ReplaceAll(tc.name, "/", "-")
-			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id+"-watch", true, 0, nil))
-			watcher.subscribe(t, 5, id+"/in/#", 0)
-			x := &stormClient{t: t, v: v, id: id, out: map[uint16]*stormOut{}, in: map[uint16]bool{}, got: map[string]int{}}
-			t.Cleanup(x.closeAll)
-			x.connect(t, b.TCPAddr(), true, false)
-			x.subscribe(t, id+"/out/#")
-			pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id+"-pub", true, 0, nil))
-			pubDone := make(chan error, 1)
-			go func() { pubDone <- publishQoS2(pub, id+"/out/x", inbound) }()
-			for r := range rounds {
-				mode := tc.first + r%tc.modes
-				if mode == 3 {
-					x.closeCurrent() // the client closes its connection as it connects again
-				}
-				msg := x.connect(t, b.TCPAddr(), false, true)
-				switch mode {
-				case 1:
-					waitFor(t, "the round's PUBREC", func() bool { return x.received(msg) })
-				case 2:
-					waitFor(t, "the client's publishes completed", x.completed)
-				}
+		t.Run(tc.name, func(t *testing.T) { runQoS2Storm(t, tc) })
+	}
+}
+
+// qos2Storm is a variant of TestQoS2ReconnectStorm.
+type qos2Storm struct {
+	name    string
+	v       byte
+	modes   int    // round r waits as mode r%modes says
+	first   int    // the first mode
+	recvMax uint16 // the storm client's Receive Maximum (MQTT 5); 0: none sent
+	ws      bool   // every other connection of the storm client is a WebSocket
+	stuck   int    // a subscriber to every publish of the test is stuck, its queue full, until round stuck (0: none): they wait in OnPublish
+	opts    Options
+}
+
+// runQoS2Storm runs one variant of TestQoS2ReconnectStorm.
+func runQoS2Storm(t *testing.T, tc qos2Storm) {
+	const rounds, inbound = 120, 60
+	v := tc.v
+	b := start(t, tc.opts)
+	id := "st-" + strings.ReplaceAll(tc.name, "/", "-")
+	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id+"-watch", true, 0, nil))
+	watcher.subscribe(t, 5, id+"/in/#", 0)
+	free := func() {}
+	if tc.stuck > 0 {
+		free = fullSubscriberTo(t, b, id+"-stuck", id+"/#", id+"/fill", nil)
+	}
+	x := &stormClient{t: t, v: v, id: id, recvMax: tc.recvMax, out: map[uint16]*stormOut{}, in: map[uint16]bool{}, got: map[string]int{}}
+	if tc.ws {
+		x.wsAddr = b.WSAddr()
+	}
+	t.Cleanup(x.closeAll)
+	x.connect(t, b.TCPAddr(), true, false)
+	x.subscribe(t, id+"/out/#")
+	pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id+"-pub", true, 0, nil))
+	pubDone := make(chan error, 1)
+	go func() { pubDone <- publishQoS2(pub, id+"/out/x", inbound) }()
+	for r := range rounds {
+		if r == tc.stuck {
+			free()
+		}
+		mode := tc.first + r%tc.modes
+		if mode == 3 {
+			x.closeCurrent() // the client closes its connection as it connects again
+		}
+		msg := x.connect(t, b.TCPAddr(), false, true)
+		switch mode {
+		case 1:
+			waitFor(t, "the round's PUBREC", func() bool { return x.received(msg) })
+		case 2:
+			waitFor(t, "the client's publishes completed", x.completed)
+		}
+	}
+	select {
+	case err := <-pubDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the publisher did not finish")
+	}
+	x.connect(t, b.TCPAddr(), false, false)
+	settleBy := time.Now().Add(10 * time.Second)
+	for !x.settled(inbound) && time.Now().Before(settleBy) {
+		time.Sleep(time.Millisecond)
+	}
+	if !x.settled(inbound) {
+		x.mu.Lock()
+		msg := fmt.Sprintf("not settled: %d own publishes waiting, deliveries waiting for PUBREL %v, %d of %d delivered", len(x.out), x.in, len(x.got), inbound)
+		x.mu.Unlock()
+		t.Fatal(msg)
+	}
+	pub.publish1(t, 5, id+"/in/marker", "")
+	count := map[string]int{}
+	for _, topic := range watcher.topicsUntil(t, id+"/in/marker") {
+		count[topic]++
+	}
+	for i := range rounds {
+		if n := count[fmt.Sprintf("%s/in/%d", id, i)]; n != 1 {
+			t.Errorf("the client's message %d delivered %d times, want once", i, n)
+		}
+	}
+	if len(count) != rounds {
+		t.Errorf("%d topics delivered, want %d", len(count), rounds)
+	}
+	x.mu.Lock()
+	for i := range inbound {
+		if n := x.got[fmt.Sprint(i)]; n != 1 {
+			t.Errorf("message %d to the client delivered %d times, want once", i, n)
+		}
+	}
+	x.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for atomic.LoadInt64(&b.server.Info.Inflight) != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := atomic.LoadInt64(&b.server.Info.Inflight); n != 0 {
+		var held []string
+		for cid, cl := range b.server.Clients.GetAll() {
+			for _, pk := range cl.State.Inflight.GetAll(false) {
+				held = append(held, fmt.Sprintf("%s:%d:type%d", cid, pk.PacketID, pk.FixedHeader.Type))
 			}
-			select {
-			case err := <-pubDone:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(testTimeout):
-				t.Fatal("the publisher did not finish")
-			}
-			x.connect(t, b.TCPAddr(), false, false)
-			settleBy := time.Now().Add(10 * time.Second)
-			for !x.settled(inbound) && time.Now().Before(settleBy) {
-				time.Sleep(time.Millisecond)
-			}
-			if !x.settled(inbound) {
-				x.mu.Lock()
-				msg := fmt.Sprintf("not settled: %d own publishes waiting, deliveries waiting for PUBREL %v, %d of %d delivered", len(x.out), x.in, len(x.got), inbound)
-				x.mu.Unlock()
-				t.Fatal(msg)
-			}
-			pub.publish1(t, 5, id+"/in/marker", "")
-			count := map[string]int{}
-			for _, topic := range watcher.topicsUntil(t, id+"/in/marker") {
-				count[topic]++
-			}
-			for i := range rounds {
-				if n := count[fmt.Sprintf("%s/in/%d", id, i)]; n != 1 {
-					t.Errorf("the client's message %d delivered %d times, want once", i, n)
-				}
-			}
-			if len(count) != rounds {
-				t.Errorf("%d topics delivered, want %d", len(count), rounds)
-			}
-			x.mu.Lock()
-			for i := range inbound {
-				if n := x.got[fmt.Sprint(i)]; n != 1 {
-					t.Errorf("message %d to the client delivered %d times, want once", i, n)
-				}
-			}
-			x.mu.Unlock()
-			deadline := time.Now().Add(5 * time.Second)
-			for atomic.LoadInt64(&b.server.Info.Inflight) != 0 && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
-			if n := atomic.LoadInt64(&b.server.Info.Inflight); n != 0 {
-				var held []string
-				for cid, cl := range b.server.Clients.GetAll() {
-					for _, pk := range cl.State.Inflight.GetAll(false) {
-						held = append(held, fmt.Sprintf("%s:%d:type%d", cid, pk.PacketID, pk.FixedHeader.Type))
-					}
-				}
-				t.Errorf("$SYS in-flight %d, held by filed clients: %v", n, held)
-			}
-		})
+		}
+		t.Errorf("$SYS in-flight %d, held by filed clients: %v", n, held)
+	}
+	// The session is filed: nothing is kept for it apart (keptInbound),
+	// and its connection waits for no late publish of a connection gone
+	// (unresolved: the old reader still in OnPublish).
+	b.keptIn.mu.Lock()
+	kept := len(b.keptIn.by)
+	b.keptIn.mu.Unlock()
+	o := b.connByID(id).out.(*mqttOut)
+	o.ids.mu.Lock()
+	late := 0
+	for _, l := range o.ids.late {
+		select {
+		case <-l.done: // resolved: a PUBREC it holds is counted in flight, checked above
+		default:
+			late++
+		}
+	}
+	o.ids.mu.Unlock()
+	if kept != 0 || late != 0 {
+		t.Errorf("kept apart for %d sessions, %d late publishes unresolved, want none", kept, late)
 	}
 }
 
@@ -160,9 +202,11 @@ func TestQoS2ReconnectStorm(t *testing.T) {
 // keeps its QoS 2 state across them and acts only on what reaches the
 // latest (gen).
 type stormClient struct {
-	t  *testing.T
-	v  byte
-	id string
+	t       *testing.T
+	v       byte
+	id      string
+	recvMax uint16 // Receive Maximum in its CONNECT (MQTT 5); 0: none
+	wsAddr  string // if set, every other connection is a WebSocket to it
 
 	mu      sync.Mutex
 	gen     int
@@ -194,14 +238,30 @@ func (x *stormClient) connect(t *testing.T, addr string, first, publish bool) ui
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetDeadline(time.Now().Add(testTimeout))
 	x.mu.Lock()
+	if x.wsAddr != "" && x.gen%2 == 1 {
+		c.Close()
+		raw, err := net.Dial("tcp", x.wsAddr)
+		if err != nil {
+			x.mu.Unlock()
+			t.Fatal(err)
+		}
+		c = dialWSStream(t, "ws://"+x.wsAddr+"/mqtt", raw, nil)
+	}
+	c.SetDeadline(time.Now().Add(testTimeout))
 	x.gen++
 	gen := x.gen
 	x.conns = append(x.conns, c)
 	acked := make(chan struct{}, 1)
 	x.acked = acked
 	buf := rawConnect(t, x.v, x.id, false, 3600, nil)
+	if x.recvMax > 0 {
+		buf = ownerPacket(t, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+			Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: x.id},
+			Properties: packets.Properties{ReceiveMaximum: x.recvMax, SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true},
+		})
+	}
 	ids := make([]uint16, 0, len(x.out))
 	for id := range x.out {
 		ids = append(ids, id)
