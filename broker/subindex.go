@@ -499,8 +499,14 @@ func (b *Broker) mirrorUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // and, through OnUnsubscribed, from the broker's; a session taken over
 // meanwhile is left to its successor (mochi's IsTakenOver, and the newer
 // connection's filings are kept: mirrorUnsubscribed).
+//
+// What the session held in flight (deliveries held for it, inbound QoS 2
+// PUBRECs) leaves Info.Inflight with it: nothing holds it any more, and the
+// count ($SYS/broker/messages/inflight, mote_inflight_messages) kept it
+// for good (TestExpiredSessionInflightCounted).
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.b.away.goneLocked(cl) // under the id's takeover lock (mochi's expireClient)
 	h.b.offline.forget(cl.ID)
+	atomic.AddInt64(&h.b.server.Info.Inflight, -int64(cl.State.Inflight.Len()))
 	h.b.server.UnsubscribeClient(cl)
 }

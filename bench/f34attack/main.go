@@ -338,6 +338,37 @@ func churn(total int) error {
 			}
 		}
 	}()
+	// a publisher to a/x, so each churning connection's first deliveries race its end
+	apc, apr, err := dial(5, "churn-apub", true, 0)
+	if err != nil {
+		return err
+	}
+	apc.SetDeadline(time.Time{})
+	apDone := make(chan struct{})
+	go func() {
+		for {
+			if _, err := readPacket(apr); err != nil {
+				close(apDone)
+				return
+			}
+		}
+	}()
+	apStop := make(chan struct{})
+	go func() {
+		defer apc.Close()
+		var id uint16
+		for {
+			select {
+			case <-apStop:
+				return
+			default:
+			}
+			id = id%60000 + 1
+			apc.Write(publish(5, "a/x", make([]byte, 2000), byte(id%2), id, false))
+			time.Sleep(500 * time.Microsecond)
+		}
+	}()
+	defer func() { close(apStop); <-apDone }()
 	big := make([]byte, 60000)
 	var acked sync.Map
 	var next, ackedN, fails atomic.Int64
@@ -597,8 +628,11 @@ func qos2() error {
 				if p.h&8 != 0 {
 					dupFlag++
 				}
+				slow := len(deliv) < 3000
 				mu.Unlock()
-				time.Sleep(2 * time.Millisecond)
+				if slow {
+					time.Sleep(2 * time.Millisecond)
+				}
 				sc.Write(ack(0x50, id))
 			case 6:
 				sc.Write(ack(0x70, p.id()))
@@ -621,14 +655,18 @@ func qos2() error {
 		}
 		conns.Add(1)
 		var b []byte
+		resent := 0
 		for id, o := range own {
+			if resent++; resent > 150 {
+				break
+			}
 			if o.pubrec {
 				b = append(b, 0x62, 2, byte(id>>8), byte(id))
 			} else {
 				b = append(b, publish(5, "q2/t", []byte(strconv.Itoa(o.seq)), 2, id, true)...)
 			}
 		}
-		for k := 0; k < fresh; k++ {
+		for k := 0; k < fresh && len(own) < 150; k++ {
 			s := int(seqN.Add(1))
 			id := uint16(s%60000 + 1)
 			own[id] = &out{seq: s}
@@ -681,14 +719,14 @@ func qos2() error {
 		go func(g int) {
 			defer wg.Done()
 			rnd := rand.New(rand.NewSource(int64(g)))
-			for time.Now().Before(deadline) && seqN.Load() < 50000 {
+			for time.Now().Before(deadline) && seqN.Load() < 20000 {
 				runConn(owns[g], 1+rnd.Intn(8), rnd, time.Duration(rnd.Intn(15))*time.Millisecond)
 			}
 		}(g)
 	}
 	wg.Wait()
 	// finish every socket's outstanding flows, one at a time
-	for round := 0; round < 50; round++ {
+	for round := 0; round < 100; round++ {
 		left := 0
 		for g := 0; g < 3; g++ {
 			if len(owns[g]) > 0 {
@@ -702,7 +740,8 @@ func qos2() error {
 	}
 	left := len(owns[0]) + len(owns[1]) + len(owns[2])
 	var missing, dups []string
-	for end := time.Now().Add(30 * time.Second); ; {
+	lastN, lastChange := -1, time.Now()
+	for end := time.Now().Add(60 * time.Second); ; {
 		missing, dups = missing[:0], dups[:0]
 		mu.Lock()
 		cmu.Lock()
@@ -718,7 +757,10 @@ func qos2() error {
 		}
 		cmu.Unlock()
 		mu.Unlock()
-		if len(missing) == 0 || time.Now().After(end) {
+		if len(missing) != lastN {
+			lastN, lastChange = len(missing), time.Now()
+		}
+		if len(missing) == 0 || time.Now().After(end) || time.Since(lastChange) > 5*time.Second {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -730,6 +772,10 @@ func qos2() error {
 	sc.Close()
 	<-subDone
 	fmt.Println("qos2 after subscriber gone:", state())
+	if c, _, err := dial(5, "q2-pub", true, 0); err == nil { // end the publisher's session
+		c.Write([]byte{0xE0, 0})
+		c.Close()
+	}
 	if len(missing) > 0 || len(dups) > 0 || left > 0 {
 		return fmt.Errorf("qos2: missing %d duplicates %d left %d", len(missing), len(dups), left)
 	}
