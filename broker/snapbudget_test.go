@@ -174,7 +174,8 @@ func TestSnapshotShared(t *testing.T) {
 		r := dialRaw(t, b, fmt.Sprint("stall", i), 5, true, packets.Properties{})
 		r.c.(*net.TCPConn).SetReadBuffer(4096)
 		if code := r.subscribeCode(1, "$sync/snap/#"); code != 0 {
-			t.Fatalf("subscriber %d: SUBACK %#x, want 0", i, code)
+			held, _, _ := b.snaps.stats()
+			t.Fatalf("subscriber %d: SUBACK %#x, want 0 (%d KiB held)", i, code, held>>10)
 		}
 		size = sharedWriters(t, b, i+1) // its writer took the snapshot
 	}

@@ -76,17 +76,17 @@ func TestSnapBudgetWait(t *testing.T) {
 			if !granted(wa) || wb == nil || granted(wb) {
 				t.Fatalf("A granted %v, B waits %v", granted(wa), wb != nil && !granted(wb))
 			}
-			s.settle(-9, nil) // A wrote its snapshot and its SUBSCRIBE's
+			s.settle(-9, nil, false) // A wrote its snapshot and its SUBSCRIBE's
 			if !granted(wb) {
 				t.Fatal("B waits with only its own holds left")
 			}
-			s.settle(-9, wb)
+			s.settle(-9, wb, false)
 		}, 0},
 		{"a waiter's holds shrink while it waits", func(t *testing.T, s *Budget) {
 			s.take(4) // A's SUBSCRIBE estimate
 			s.take(4) // another client's snapshot being written
 			w := s.queue(7, 4)
-			s.settle(-4, w) // A's SUBSCRIBE refused by the loop: no longer A's to hold
+			s.settle(-4, w, false) // A's SUBSCRIBE refused by the loop: no longer A's to hold
 			if granted(w) {
 				t.Fatal("granted past the budget beside a writer that does not wait")
 			}
@@ -113,4 +113,10 @@ func TestSnapBudgetWait(t *testing.T) {
 func (s *Budget) stats0() int64 {
 	held, _, _ := s.stats()
 	return held
+}
+
+// take is a large take of n bytes by a connection holding none.
+func (s *Budget) take(n int64) bool {
+	_, ok := s.hold(n, 0, false, false)
+	return ok
 }
