@@ -180,7 +180,7 @@ func New(opts Options) (*Broker, error) {
 		stop:      make(chan struct{}),
 		raw:       map[*netConn]struct{}{},
 		splits:    make(chan struct{}, 2),
-		snaps:     Budget{max: opts.MaxSnapshotBytes},
+		snaps:     Budget{max: opts.MaxSnapshotBytes, reserve: opts.MaxSnapshotBytes / 16},
 		estimates: make(chan struct{}, estimatesAtOnce),
 		handing:   make(chan struct{}, handingAtOnce),
 		histReads: make(chan struct{}, 2),

@@ -19,18 +19,23 @@ import (
 // SUBACK) waits for room instead (queue, await), first come first; while
 // one waits, takes are refused (the first waiting does not fit, so
 // nothing would fit beside its room), so no stream of them keeps it
-// waiting for good.
+// waiting for good. The $sync door's small takes (hold) are the
+// exception: they are counted apart, in the reserve (inReserve), granted
+// while writers wait as long as the reserve has room, and the waiters'
+// room is what the others leave of max - reserve, so small takes never
+// push a waiter back.
 type Budget struct {
 	max     int64
 	reserve int64 // the part of max only small takes may have
 
-	mu      sync.Mutex  // guards held, peak, refused, waited, waiting, stuck
-	held    int64       // bytes of answers estimated, built or being written
-	peak    int64       // the most held at once
-	refused int64       // takes refused for want of room
-	waited  int64       // writers that waited for room
-	waiting []*snapWait // writers waiting for room, first come first
-	stuck   int64       // what the connections of waiting writers hold: their writers wait, so only their own turn frees it
+	mu        sync.Mutex  // guards held, inReserve, peak, refused, waited, waiting, stuck
+	held      int64       // bytes of answers estimated, built or being written
+	inReserve int64       // of held, those of the $sync door's small takes (hold), counted in the reserve
+	peak      int64       // the most held at once
+	refused   int64       // takes refused for want of room
+	waited    int64       // writers that waited for room
+	waiting   []*snapWait // writers waiting for room, first come first
+	stuck     int64       // what the connections of waiting writers hold: their writers wait, so only their own turn frees it
 }
 
 // NewBudget is a Budget of max bytes, whose last reserve bytes only
@@ -48,12 +53,14 @@ type snapWait struct {
 }
 
 // fitsLocked reports whether n bytes fit now (s.mu held), a small take
-// or not. Bytes held only by connections whose writers wait for room
-// (stuck) count as none held: each of them waits for the others' to go,
-// and would wait for good (two resumed clients that each SUBSCRIBEd
-// before their writer reached its resumed snapshot).
+// or not, beside what is held outside the reserve. Bytes held only by
+// connections whose writers wait for room (stuck) count as none held:
+// each of them waits for the others' to go, and would wait for good (two
+// resumed clients that each SUBSCRIBEd before their writer reached its
+// resumed snapshot).
 func (s *Budget) fitsLocked(n int64, small bool) bool {
-	return s.held <= s.stuck || s.held+n <= s.limit(small)
+	main := s.held - s.inReserve
+	return main <= s.stuck || main+n <= s.limit(small)
 }
 
 // Take counts n bytes; false (not counted): they do not fit now, or a
@@ -70,8 +77,36 @@ func (s *Budget) Take(n int64, small bool) bool {
 	return true
 }
 
-// take is Take of a snapshot (the snapshot budget has no reserve).
-func (s *Budget) take(n int64) bool { return s.Take(n, false) }
+// hold counts n bytes for a $sync connection in place of the own it
+// holds already (in the reserve if res), as Take of n-own; except that a
+// small n goes in the reserve, whether writers wait or not, if it fits
+// there beside the other small takes and own is not held outside it
+// (own never moves into the reserve: a waiting writer's own is stuck).
+// A large n held by a connection whose own was in the reserve moves it
+// out. inRes: where the connection's bytes are counted now; false (ok):
+// not counted, own stays where it was.
+func (s *Budget) hold(n, own int64, res, small bool) (inRes, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resOwn, mainOwn := int64(0), own
+	if res {
+		resOwn, mainOwn = own, 0
+	}
+	switch {
+	case small && (res || own == 0) && s.inReserve-resOwn+n <= s.reserve:
+		inRes = true
+	case len(s.waiting) > 0 || !s.fitsLocked(n-mainOwn, false):
+		s.refused++
+		return res, false
+	}
+	s.countLocked(n - own)
+	if inRes {
+		s.inReserve += n - resOwn
+	} else {
+		s.inReserve -= resOwn
+	}
+	return inRes, true
+}
 
 // Resize counts what held own bytes (its estimate) by n, its size once
 // built; false (own still counted): n is more than own and does not fit
@@ -147,7 +182,7 @@ func (s *Budget) await(done <-chan struct{}, w *snapWait) bool {
 		w.queued = false
 		s.stuck -= w.own
 	} else { // granted meanwhile: given back
-		s.held -= w.n
+		s.held -= w.n // never in the reserve
 	}
 	s.grantLocked() // the next may fit now
 	return false
@@ -179,15 +214,18 @@ func (s *Budget) countLocked(n int64) {
 // add counts n bytes more (or less, n < 0) whatever the room: a
 // snapshot already granted is sent, and counted by its size. Room given
 // back goes to the writers waiting for it.
-func (s *Budget) add(n int64) { s.settle(n, nil) }
+func (s *Budget) add(n int64) { s.settle(n, nil, false) }
 
-// settle counts n bytes more (or less) whatever the room, as add, for a
-// connection whose writer may wait for room (w, nil if it does not):
-// what it holds while w is queued is stuck.
-func (s *Budget) settle(n int64, w *snapWait) {
+// settle counts n bytes more (or less) whatever the room, as add, in the
+// reserve if res (a small take's, see hold), for a connection whose
+// writer may wait for room (w, nil if it does not): what it holds
+// outside the reserve while w is queued is stuck.
+func (s *Budget) settle(n int64, w *snapWait, res bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if w != nil && w.queued {
+	if res {
+		s.inReserve += n
+	} else if w != nil && w.queued {
 		w.own += n
 		s.stuck += n
 	}

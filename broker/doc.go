@@ -163,7 +163,8 @@
 // refused with 0x97 (3.1.1: 0x80), and gives it back once the snapshot
 // is written or the client goes; a resumed session's $sync subscription,
 // with no SUBSCRIBE to refuse, has its writer wait for room before the
-// snapshot is made (awaitSnapshotRoom). Subscriptions without a read check
+// snapshot is made (awaitSnapshotRoom), and meanwhile only small
+// snapshots are granted, in the budget's reserve (Budget.hold). Subscriptions without a read check
 // asking for the same filter and codec share one encoded snapshot while
 // it is written and none of its rows changed (sharedSnapshot), counted
 // once. A payload larger than the encode

@@ -142,7 +142,9 @@ type Options struct {
 	// shared by several clients counts once. One snapshot fits when none
 	// is held, however large. A resumed session's $sync subscription has
 	// no SUBSCRIBE to refuse: its snapshot waits for room, first come
-	// first, and SUBSCRIBEs are refused while one waits. Default 256 MiB.
+	// first, and SUBSCRIBEs are refused while one waits, but for small
+	// ones (an estimate of at most a 64th of it), which have the last
+	// 16th to themselves (large ones and waiters the rest). Default 256 MiB.
 	MaxSnapshotBytes int64
 	SlowClient       SlowPolicy // default SlowDrop
 	LoopQueue        int        // publishes waiting for the message loop before publishers wait, at most, whatever they weigh (see LoopBudget); default 100,000

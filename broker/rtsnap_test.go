@@ -41,7 +41,7 @@ func TestSharedSnapshotReleaseRace(t *testing.T) {
 		if !b.onLoop(done, func() { first = b.sharedSnapshot(mkSub()) }) {
 			t.Fatal("the loop stopped")
 		}
-		b.snaps.add(b.shares.count(first)) // its first writer counts it (resizeSnapshot)
+		b.snaps.add(b.shares.count(first, false)) // its first writer counts it (resizeSnapshot)
 		released := make(chan struct{})
 		if !b.onLoop(done, func() {
 			// The first writer finishes while the loop walks the rows.
@@ -51,7 +51,7 @@ func TestSharedSnapshotReleaseRace(t *testing.T) {
 			t.Fatal("the loop stopped")
 		}
 		<-released
-		b.snaps.add(b.shares.count(second)) // the second writer counts it
+		b.snaps.add(b.shares.count(second, false)) // the second writer counts it
 		b.releaseShared(second)
 		held, _, _ := b.snaps.stats()
 		b.shares.mu.Lock()

@@ -26,7 +26,15 @@ import (
 // writer waits for room before its snapshot is built
 // (conn.awaitSnapshotRoom), in turn with the others waiting (Budget's
 // queue), while its rows' changes are left to the snapshot and its
-// events held as for any snapshot not yet made.
+// events held as for any snapshot not yet made. While one waits, a
+// SUBSCRIBE's snapshot is still granted if small (an estimate of at most
+// a 64th of the budget) and the budget's reserve (a 16th) has room
+// beside the other small ones (Budget.hold): the waiters' room leaves
+// the reserve out, so small snapshots never keep them waiting, and N
+// resumed clients that never read no longer refuse every $sync
+// SUBSCRIBE. A small snapshot stays counted in the reserve once built,
+// whatever its size (its estimate is an upper guess: it grows past it
+// only by the rows added meanwhile), until written.
 
 // snapHolds are what a connection's subscriptions hold of the budget
 // for their first messages: the estimate of each until it is built, then
@@ -35,9 +43,10 @@ import (
 // the most one of them holds, not their sum: a client subscribing to
 // many $sync filters at once, reading or not, holds one snapshot.
 type snapHolds struct {
-	mu      sync.Mutex // guards held, counted, gone, wait
+	mu      sync.Mutex // guards held, counted, reserve, gone, wait
 	held    map[*treeSub]int64
 	counted int64     // in the budget for the connection: the most one of held holds
+	reserve bool      // counted is in the budget's reserve (Budget.hold)
 	gone    bool      // the connection went: nothing more is held for it
 	wait    *snapWait // its writer's wait for room, while it waits (awaitSnapshotRoom)
 }
@@ -64,10 +73,11 @@ func (c *conn) holdSnapshot(st *treeSub, n int64) bool {
 		return false
 	}
 	if n > h.counted {
-		if !c.b.snaps.take(n - h.counted) {
+		res, ok := c.b.snaps.hold(n, h.counted, h.reserve, n <= c.b.snaps.max/64)
+		if !ok {
 			return false
 		}
-		h.counted = n
+		h.counted, h.reserve = n, res
 	}
 	if h.held == nil {
 		h.held = make(map[*treeSub]int64)
@@ -83,7 +93,7 @@ func (c *conn) settleLocked(h *snapHolds, extra int64) {
 	for _, n := range h.held {
 		most = max(most, n)
 	}
-	c.b.snaps.settle(most-h.counted+extra, h.wait)
+	c.b.snaps.settle(most-h.counted+extra, h.wait, h.reserve)
 	h.counted = most
 }
 
@@ -106,10 +116,14 @@ func (c *conn) awaitSnapshotRoom(st *treeSub) error {
 		h.mu.Unlock()
 		return errWriterStop
 	}
-	need := max(guess-h.counted, 0) // the connection counts the largest of its own
+	own := h.counted // what the connection holds outside the reserve, stuck while it waits
+	if h.reserve {
+		own = 0
+	}
+	need := max(guess-own, 0) // the connection counts the largest of its own
 	var w *snapWait
 	if need > 0 {
-		w = c.b.snaps.queue(need, h.counted)
+		w = c.b.snaps.queue(need, own)
 	}
 	h.wait = w
 	h.mu.Unlock()
@@ -123,6 +137,10 @@ func (c *conn) awaitSnapshotRoom(st *treeSub) error {
 	case h.gone: // releaseSnapshots came between: need was not in counted
 		c.b.snaps.add(-need)
 		return errWriterStop
+	}
+	if need > 0 && h.reserve { // need is counted outside the reserve: the rest moves out of it
+		c.b.snaps.settle(-h.counted, nil, true)
+		h.counted, h.reserve = 0, false
 	}
 	if h.held == nil {
 		h.held = make(map[*treeSub]int64)
@@ -149,12 +167,13 @@ func (c *conn) resizeSnapshot(st *treeSub, n int64) {
 		h.held = make(map[*treeSub]int64)
 	}
 	h.held[st] = n
-	c.settleLocked(h, c.b.shares.count(st.shared.Load()))
+	c.settleLocked(h, c.b.shares.count(st.shared.Load(), h.reserve))
 }
 
 // count is sh's size the first time it is asked, then 0: a shared
-// snapshot is counted once, until its last writer lets it go.
-func (s *snapShares) count(sh *sharedSnap) int64 {
+// snapshot is counted once (in the reserve if res), until its last
+// writer lets it go.
+func (s *snapShares) count(sh *sharedSnap, res bool) int64 {
 	if sh == nil {
 		return 0
 	}
@@ -163,7 +182,7 @@ func (s *snapShares) count(sh *sharedSnap) int64 {
 	if sh.counted {
 		return 0
 	}
-	sh.counted = true
+	sh.counted, sh.reserve = true, res
 	return int64(len(sh.payload))
 }
 
@@ -189,8 +208,8 @@ func (c *conn) releaseSnapshots() {
 	defer h.mu.Unlock()
 	h.gone = true
 	h.held = nil
-	c.b.snaps.settle(-h.counted, h.wait)
-	h.counted = 0
+	c.b.snaps.settle(-h.counted, h.wait, h.reserve)
+	h.counted, h.reserve = 0, false
 }
 
 // snapshotGuess is an upper guess of the snapshot of filter (as
@@ -226,19 +245,19 @@ func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) 
 // together (walked, theirs so far): one SUBSCRIBE of a thousand $sync
 // filters made a thousand walks of up to the budget each, on the loop.
 // Once they walked past it, the filters left are not walked and count,
-// as one whose walk the budget cut, as large as the budget (the most an
-// estimate is): the connection counts the largest of its own, so that
-// holds the whole budget until they are written, and fits when the
-// connection holds the budget alone.
+// as one whose walk the budget cut, as large as the budget less its
+// reserve (the most a large snapshot holds): the connection counts the
+// largest of its own, so that holds the whole budget but the reserve
+// until they are written, and fits when the connection holds it alone.
 func (b *Broker) sharedGuess(done <-chan struct{}, filter string, walked *int64) (int64, bool) {
 	left := b.snaps.max - *walked
 	if left <= 0 {
-		return b.snaps.max, true
+		return b.snaps.limit(false), true
 	}
 	guess, ok := b.snapshotGuess(done, filter, left)
 	*walked += guess
 	if guess > left {
-		guess = max(guess, b.snaps.max)
+		guess = max(guess, b.snaps.limit(false))
 	}
 	return guess, ok
 }
@@ -260,6 +279,7 @@ type sharedSnap struct {
 	payload []byte
 	refs    int  // guarded by snapShares.mu: the writers writing it
 	counted bool // guarded by snapShares.mu: in the budget (by the first writer to size its snapshot)
+	reserve bool // guarded by snapShares.mu: counted in the budget's reserve (that writer's were)
 }
 
 // snapKey names a snapshot: its filter and codec.
@@ -330,7 +350,7 @@ func (b *Broker) releaseShared(sh *sharedSnap) {
 		delete(s.byKey, sh.key)
 	}
 	if sh.counted {
-		b.snaps.add(-int64(len(sh.payload)))
+		b.snaps.settle(-int64(len(sh.payload)), nil, sh.reserve)
 	}
 }
 
