@@ -784,25 +784,10 @@ func (o *mqttOut) encodeHead(pk *packets.Packet) error {
 		k++
 	}
 	rest := bytes.Clone(head[k+1:])
-	o.buf.Truncate(mark + 1)
+	o.buf.Truncate(mark)
 	pk.FixedHeader.Remaining = len(rest) + len(payload)
-	appendVarint(o.buf, pk.FixedHeader.Remaining)
+	pk.FixedHeader.Encode(o.buf) // the same first byte, the remaining length with the payload
 	o.buf.Write(rest)
 	o.tail = payload
 	return nil
-}
-
-// appendVarint writes n as an MQTT variable byte integer.
-func appendVarint(buf *bytes.Buffer, n int) {
-	for {
-		b := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			b |= 0x80
-		}
-		buf.WriteByte(b)
-		if n == 0 {
-			return
-		}
-	}
 }
