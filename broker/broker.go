@@ -93,6 +93,7 @@ type Broker struct {
 	raw       map[*netConn]struct{} // connections being served
 	rawClosed bool                  // Close has begun: no new connection is served
 	sessions  sync.WaitGroup        // connections being served
+	sleepers  *sleepers             // connections whose readers sleep (sleep_linux.go); nil: none do
 
 	loopDone  chan struct{}
 	stop      chan struct{}  // closed by Close: stops the $SYS ticker
@@ -280,6 +281,7 @@ func (b *Broker) Start() error {
 			return err
 		}
 	}
+	b.sleepers = newSleepers(b)
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
@@ -443,6 +445,7 @@ func (b *Broker) Close() error {
 func (b *Broker) shutdown() error {
 	close(b.stop)
 	b.closeListeners() // no new connections
+	b.sleepers.stop()  // every reader awake again, none sleeps after
 	// Stopping ends every session (they live in memory only), so every
 	// delayed will is published [MQTT-3.1.3-9], through the door while
 	// the loop and the retainer still run (a retained will reaches its

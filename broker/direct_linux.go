@@ -125,7 +125,10 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 // it all (ReturnLent). One read(2) a wake-up, as the net package's Read;
 // what is read is scanned as Read scans it. A connection that is not
 // plain TCP answers ErrNoLending, and its reader keeps a buffer.
-func (c *netConn) ReadLent() ([]byte, int, error) {
+//
+// next: the wait is between packets, where the reader may be let go
+// (sleep_linux.go): a wait the sweep cut short answers mochi.ErrAsleep.
+func (c *netConn) ReadLent(next bool) ([]byte, int, error) {
 	w := c.raw
 	if w == nil || w.bufs == nil {
 		return nil, 0, mqtt.ErrNoLending
@@ -135,9 +138,19 @@ func (c *netConn) ReadLent() ([]byte, int, error) {
 		_, err := c.scanned(nil, 0, nil)
 		return nil, 0, err
 	}
+	var e uint32
+	var watched bool
+	if next {
+		if e, watched = c.waiting(); e == expired {
+			return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.ErrDeadlineExceeded}
+		}
+	}
 	err := w.rc.Read(w.read)
 	buf, n, rerr := w.rbuf, int(w.rn), w.rerr
 	w.rbuf, w.rn, w.rerr = nil, 0, 0
+	if watched && c.woke(e) && buf == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, 0, mqtt.ErrAsleep
+	}
 	if err == nil && rerr != 0 {
 		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
 	}

@@ -16,7 +16,7 @@ func newRawIO(net.Conn, *readBufPool) *rawIO { return nil }
 
 // ReadLent is mochi's BufferLender's (change 62): elsewhere than on Linux
 // a connection keeps a read buffer of its own.
-func (c *netConn) ReadLent() ([]byte, int, error) { return nil, 0, mqtt.ErrNoLending }
+func (c *netConn) ReadLent(bool) ([]byte, int, error) { return nil, 0, mqtt.ErrNoLending }
 
 // ReturnLent is never called: ReadLent lends nothing.
 func (c *netConn) ReturnLent([]byte) {}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/listeners"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
@@ -70,11 +72,23 @@ func (b *Broker) establish(id string, nc *netConn) (serve func() error) {
 	return serve
 }
 
-// serve runs an established session's read loop until the connection ends.
+// serve runs an established session's read loop until the connection
+// ends, or until its reader goes to sleep (sleep_linux.go): then the
+// connection waits for input without a goroutine, and serve runs again on
+// a new one when it comes.
 func (b *Broker) serve(id string, nc *netConn, serve func() error) {
 	var err error
-	defer func() { b.connEnded(id, nc, recover(), err) }()
+	defer func() {
+		r := recover()
+		if r == nil && err == mqtt.ErrAsleep { //nolint:errorlint // mochi returns the sentinel itself
+			return
+		}
+		b.connEnded(id, nc, r, err)
+	}()
 	err = serve()
+	if err == mqtt.ErrAsleep { //nolint:errorlint // as above
+		b.sleepers.sleep(nc, id, serve)
+	}
 }
 
 // connEnded does a connection's last duties: a panic r is logged and
@@ -136,8 +150,8 @@ func (b *Broker) closeConns() {
 // deadline, and writes never interleave.
 type netConn struct {
 	net.Conn
-	maxConnect   int
-	maxPacket    int
+	maxConnect   int32 // Options.MaxConnectSize (at most MaxInt32)
+	maxPacket    int32 // Options.MaxPacketSize (at most MaxInt32; an MQTT packet is at most 268,435,460 bytes)
 	writeTimeout time.Duration
 
 	// read side: touched only by the connection's read goroutine
@@ -148,9 +162,10 @@ type netConn struct {
 	preBody *byte    // that body's first byte
 	// A Remaining Length is at most 268,435,455 (four bytes of seven
 	// bits), a CONNECT's body at most maxConnect: int32s, in one word.
-	length int32    // remaining length being read (state 1), bytes of body left (state 2)
-	body   int32    // bytes of the CONNECT body seen (to find the level)
-	turn   readTurn // its read turns, if it floods refused packets (turns.go)
+	length int32        // remaining length being read (state 1), bytes of body left (state 2)
+	body   int32        // bytes of the CONNECT body seen (to find the level)
+	turn   readTurn     // its read turns, if it floods refused packets (turns.go)
+	rdl    atomic.Int64 // the read deadline (Unix ns; 0: none), as mochi set it last (SetReadDeadline)
 	// The read side's flags, together with the small fields of the rest
 	// (each with its own guard) at the end, so that none is padded to a
 	// word: 288 → 256 bytes, one size class down.
@@ -162,9 +177,10 @@ type netConn struct {
 	original  bool  // the original dialect's listener: its clients' CONNECT is rewritten (original.go)
 	moteName  bool  // the CONNECT so far names protocol "mote" (original.go)
 
-	wmu  sync.Mutex // one write at a time
-	raw  *rawIO     // plain TCP: non-blocking direct writes (direct.go); nil otherwise
-	werr error      // under wmu: a write failed, perhaps in the middle of a packet: nothing is written after it
+	wmu   sync.Mutex    // one write at a time
+	sleep atomic.Uint32 // where the reader is: awake, waiting since an epoch, kicked, asleep, closing (sleep_linux.go)
+	raw   *rawIO        // plain TCP: non-blocking direct writes (direct.go); nil otherwise
+	werr  error         // under wmu: a write failed, perhaps in the middle of a packet: nothing is written after it
 
 	dmu   sync.Mutex // guards the write deadline's setting, last and bound
 	last  time.Time  // the write deadline last set (armWrite)
@@ -172,7 +188,7 @@ type netConn struct {
 
 	closeErr  error
 	closeOnce sync.Once
-	hsOnce    sync.Once
+	hsDone    atomic.Bool // handshakeDone ran
 	aborted   atomic.Bool // Close resets
 
 	// filed is the broker's conn of this connection's client while it is
@@ -196,7 +212,7 @@ func (b *Broker) wrap(c net.Conn) *netConn {
 	if err := setNotSentLowat(c); err != nil {
 		b.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("TCP_NOTSENT_LOWAT not set: the kernel may buffer a replay ahead of PINGRESP")
 	}
-	return &netConn{Conn: c, maxConnect: b.opts.MaxConnectSize, maxPacket: int(b.opts.MaxPacketSize), writeTimeout: b.opts.WriteTimeout,
+	return &netConn{Conn: c, maxConnect: int32(min(b.opts.MaxConnectSize, math.MaxInt32)), maxPacket: int32(min(b.opts.MaxPacketSize, math.MaxInt32)), writeTimeout: b.opts.WriteTimeout,
 		raw: newRawIO(c, &b.readBufs), b: b, host: hostOf(c.RemoteAddr())}
 }
 
@@ -319,12 +335,12 @@ func (c *netConn) scan(p []byte) (whole int, err error) {
 				continue
 			}
 			c.packets++
-			if c.packets == 1 && int(c.length) > c.maxConnect {
+			if c.packets == 1 && c.length > c.maxConnect {
 				return whole, fmt.Errorf("%w: %d bytes declared, limit %d", errConnectTooLarge, c.length, c.maxConnect)
 			}
 			// The whole packet: its type byte, its length's bytes (shift/7)
 			// and its body (MQTT 5 §3.1.2.11.4).
-			if c.maxPacket > 0 && int(c.length)+1+int(c.shift/7) > c.maxPacket {
+			if c.maxPacket > 0 && int(c.length)+1+int(c.shift/7) > int(c.maxPacket) {
 				return whole, fmt.Errorf("%w: %d bytes declared, limit %d", errPacketTooLarge, c.length, c.maxPacket)
 			}
 			c.state = 2
@@ -367,11 +383,9 @@ func (c *netConn) endPacket() {
 
 // handshakeDone stops counting the connection as one before its CONNECT.
 func (c *netConn) handshakeDone() {
-	c.hsOnce.Do(func() {
-		if c.counted {
-			c.b.handshakes.end(c.host)
-		}
-	})
+	if c.hsDone.CompareAndSwap(false, true) && c.counted {
+		c.b.handshakes.end(c.host)
+	}
 }
 
 // Write writes p with the connection's write deadline (WriteTimeout, or
@@ -441,7 +455,19 @@ func (c *netConn) SetWriteDeadline(t time.Time) error {
 
 // SetDeadline sets the read deadline (mochi's keep-alive): every write
 // has its own (armWrite), which a keep-alive must not stretch.
-func (c *netConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+func (c *netConn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
+
+// SetReadDeadline sets the read deadline (mochi's keep-alive), and keeps
+// it (rdl) for a reader that sleeps: its wake-up timer, and the deadline
+// set back after a kick (sleep_linux.go). The reader's only.
+func (c *netConn) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		c.rdl.Store(0)
+	} else {
+		c.rdl.Store(t.UnixNano())
+	}
+	return c.Conn.SetReadDeadline(t)
+}
 
 // Close ends the connection gently: the broker's side is shut for writing
 // (what was written, a DISCONNECT with its reason say, still reaches the
@@ -450,6 +476,9 @@ func (c *netConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline
 // (a client that stopped reading) is reset at once.
 func (c *netConn) Close() error {
 	c.handshakeDone()
+	if c.raw != nil {
+		c.b.sleepers.closing(c) // a reader asleep wakes to end the session
+	}
 	c.closeOnce.Do(func() {
 		if c.aborted.Load() {
 			if tc := tcpOf(c.Conn); tc != nil && tc != c.Conn {

@@ -108,6 +108,14 @@ type Options struct {
 	// WriteTimeout bounds one write to a client; past it the connection is
 	// closed (a client that stops reading does not linger). Default 10s.
 	WriteTimeout time.Duration
+	// ReaderSleep is how long a plain TCP client's connection waits
+	// between packets with a read goroutine of its own; past it (and at
+	// most half as long again) the goroutine is let go and the connection
+	// waits for input in one epoll set of the broker's, until a packet,
+	// its keep-alive deadline or its close comes, when a new goroutine
+	// reads on (Linux; sleep_linux.go). An idle connection then holds no
+	// goroutine stack. Default 1s; negative: never.
+	ReaderSleep time.Duration
 
 	// QueueBytes bounds what one client may have queued, in bytes
 	// (snapshots and retained replays are read as the client drains them,
@@ -266,6 +274,7 @@ const (
 	DefaultConnectTimeout            = 10 * time.Second
 	DefaultMaxConnectSize            = 64 << 10
 	DefaultWriteTimeout              = 10 * time.Second
+	DefaultReaderSleep               = time.Second
 	DefaultQueueBytes                = 8 << 20
 	DefaultMaxSnapshotBytes          = 256 << 20
 	DefaultPublishWait               = time.Second
@@ -331,6 +340,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = DefaultWriteTimeout
+	}
+	if o.ReaderSleep == 0 {
+		o.ReaderSleep = DefaultReaderSleep
 	}
 	def(&o.QueueBytes, DefaultQueueBytes)
 	if o.MaxSnapshotBytes == 0 {

@@ -44,7 +44,7 @@ func TestReadLent(t *testing.T) {
 			if tt.close {
 				cli.Close()
 			}
-			buf, n, err := nc.ReadLent()
+			buf, n, err := nc.ReadLent(false)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("error %v, want %v", err, tt.wantErr)
 			}

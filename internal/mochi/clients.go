@@ -633,8 +633,8 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 					return err
 				}
 			}
-			if _, err := cl.Net.bconn.Peek(1); err != nil {
-				return err
+			if err := cl.Net.bconn.waitPacket(); err != nil {
+				return err // mote: ErrAsleep too (change 75): nothing read, nothing held
 			}
 		} else {
 			cl.refreshDeadline(cl.State.Keepalive)

@@ -15,8 +15,10 @@ type BufferLender interface {
 	// connection's: buf[:n], n > 0, is the input, or err says why there
 	// is none (buf then nil). buf is the caller's until it gives it back
 	// with ReturnLent. ErrNoLending: the connection cannot wait without
-	// a buffer (not asked again).
-	ReadLent() (buf []byte, n int, err error)
+	// a buffer (not asked again). next: the reader waits between packets
+	// (Client.Read's wait for the next one), where the connection may
+	// answer ErrAsleep instead of waiting (mote change 75).
+	ReadLent(next bool) (buf []byte, n int, err error)
 	// ReturnLent gives back a buffer ReadLent lent, read to its end. A
 	// reader that stops reading with input unread (its client stopped)
 	// does not: the lender takes the buffer back once the connection's
@@ -26,6 +28,16 @@ type BufferLender interface {
 
 // ErrNoLending is ReadLent's answer when the connection cannot lend.
 var ErrNoLending = errors.New("connection lends no read buffers")
+
+// ErrAsleep is ReadLent's answer, between packets only, when the
+// connection lets its read goroutine go for a while (mote change 75): the
+// client was idle, and its connection waits for input without a goroutine
+// (Mote: broker/sleep_linux.go). Client.Read returns it with nothing
+// unread and nothing held; Server.serveClient then returns it without
+// ending the session, and whoever put it to sleep calls the serve
+// function again (a new goroutine) once input, the read deadline or a
+// close comes.
+var ErrAsleep = errors.New("connection's reader asleep")
 
 // mote: connReader is the client's buffered reader of its connection
 // (change 62), in place of upstream's bufio.Reader, with the methods mochi
@@ -41,6 +53,7 @@ type connReader struct {
 	buf  []byte
 	r, w int   // buf[r:w] is unread
 	lent bool  // buf is the lender's
+	next bool  // the read waits between packets (waitPacket)
 	err  error // a read's error that came with bytes, for the next read
 }
 
@@ -73,7 +86,7 @@ func (b *connReader) fill() error {
 		b.giveBack()
 		b.r, b.w = 0, 0
 		if b.lend != nil {
-			buf, n, err := b.lend.ReadLent()
+			buf, n, err := b.lend.ReadLent(b.next)
 			if n > 0 {
 				b.buf, b.w, b.lent = buf, n, true
 				b.err = err
@@ -127,6 +140,15 @@ func (b *connReader) Peek(n int) ([]byte, error) {
 		}
 	}
 	return b.buf[b.r : b.r+n], nil
+}
+
+// waitPacket waits for the next packet's first byte, as Peek(1): the one
+// read at which a BufferLender may let the reader go (ErrAsleep).
+func (b *connReader) waitPacket() error {
+	b.next = true
+	_, err := b.Peek(1)
+	b.next = false
+	return err
 }
 
 // ReadByte reads one byte.

@@ -33,7 +33,7 @@ func (l *lender) next() ([]byte, error) {
 	return c, nil
 }
 
-func (l *lender) ReadLent() ([]byte, int, error) {
+func (l *lender) ReadLent(bool) ([]byte, int, error) {
 	if l.noLend {
 		return nil, 0, ErrNoLending
 	}

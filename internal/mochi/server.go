@@ -595,9 +595,20 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 // rest is in functions called after the read loop, so the read loop parks
 // in a shallow stack: the garbage collector halves a goroutine's stack only
 // when less than a quarter of it is in use.
-func (s *Server) serveClient(cl *Client, listener string) error {
-	defer s.stopClient(cl)
-	err := cl.Read(s.receivePacket)
+//
+// mote: a reader asleep between packets (ErrAsleep, change 75) returns
+// ErrAsleep and leaves the session as it is: the connection is served
+// again by another call, on another goroutine, once it has input.
+func (s *Server) serveClient(cl *Client, listener string) (err error) {
+	defer func() {
+		if err != ErrAsleep { //nolint:errorlint // Read returns the sentinel itself
+			s.stopClient(cl)
+		}
+	}()
+	err = cl.Read(s.receivePacket)
+	if err == ErrAsleep { //nolint:errorlint // as above
+		return err
+	}
 	s.endSession(cl, listener, err)
 	return err
 }
