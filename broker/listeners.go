@@ -53,7 +53,11 @@ func (b *Broker) guard(id string, c net.Conn) {
 		c.Close() // the broker is closing
 		return
 	}
-	if serve := b.establish(id, nc); serve != nil {
+	if serve := b.establish(id, nc); serve == nil {
+		return
+	} else if nc.quiet() {
+		b.sleepers.sleep(nc, id, serve) // no reader until the client sends (sleep_linux.go)
+	} else {
 		go b.serve(id, nc, serve)
 	}
 }
@@ -476,7 +480,7 @@ func (c *netConn) SetReadDeadline(t time.Time) error {
 // (a client that stopped reading) is reset at once.
 func (c *netConn) Close() error {
 	c.handshakeDone()
-	if c.raw != nil {
+	if c.raw != nil && c.b != nil {
 		c.b.sleepers.closing(c) // a reader asleep wakes to end the session
 	}
 	c.closeOnce.Do(func() {

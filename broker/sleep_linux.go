@@ -203,10 +203,10 @@ func (c *netConn) kick() {
 // fails at once (mochi moved the deadline on before it, as before any
 // wait, which would have kept a silent client forever).
 func (c *netConn) waiting() (e uint32, ok bool) {
-	s := c.b.sleepers
-	if s == nil {
+	if c.b == nil || c.b.sleepers == nil {
 		return 0, false
 	}
+	s := c.b.sleepers
 	if c.sleep.CompareAndSwap(expired, awake) {
 		return expired, false
 	}
@@ -241,6 +241,10 @@ func (c *netConn) woke(e uint32) bool {
 // its read deadline. A connection closing, or one the set does not take,
 // is served on at once.
 func (s *sleepers) sleep(nc *netConn, id string, serve func() error) {
+	if s == nil {
+		go nc.b.serve(id, nc, serve)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped || !nc.sleep.CompareAndSwap(awake, asleep) {
@@ -354,6 +358,15 @@ func (s *sleepers) stop() {
 	s.mu.Unlock()
 	s.f.Close()
 	<-s.done
+}
+
+// quiet reports whether c's reader, between packets, has nothing read
+// and unhandled: no input in a lent buffer, no failed packet to report
+// (its next read would fail without reading). Such a connection can wait
+// asleep from the start: the guard puts it to sleep after its CONNECT.
+// The reader's.
+func (c *netConn) quiet() bool {
+	return c.raw != nil && c.raw.lent == nil && c.state < stateFailed
 }
 
 // fd is the connection's descriptor (plain TCP only).
