@@ -283,6 +283,7 @@ func (b *Broker) Start() error {
 	}
 	b.sleepers = newSleepers(b)
 	if err := b.server.Serve(); err != nil {
+		b.sleepers.stop()
 		return fmt.Errorf("broker: serve: %w", err)
 	}
 	for _, pk := range b.server.Topics.Retained.GetAll() { // mochi's first $SYS publish, before any hook ran

@@ -238,6 +238,7 @@ func newMeters(b *Broker) *meters {
 	counter("mote_snapshots_refused_total", "$sync SUBSCRIBEs refused (SUBACK 0x97) because their snapshot did not fit MaxSnapshotBytes.", func() int64 { _, _, refused := b.snaps.stats(); return refused })
 	gauge("mote_snapshots_waiting", "$sync subscriptions of resumed sessions whose snapshot waits for room in MaxSnapshotBytes (they have no SUBACK to refuse).", func() int64 { now, _ := b.snaps.waits(); return int64(now) })
 	counter("mote_snapshots_waited_total", "$sync subscriptions of resumed sessions whose snapshot waited for room in MaxSnapshotBytes.", func() int64 { _, all := b.snaps.waits(); return all })
+	gauge("mote_readers_asleep", "Connections (plain TCP, Linux) whose client is idle and whose reader sleeps: no goroutine until input comes (Options.ReaderSleep).", func() int64 { return int64(b.sleepers.asleepNow()) })
 	gauge("mote_loop_queue_requests", "Requests waiting for the message loop.", func() int64 { return int64(b.reqs.len()) })
 	gauge("mote_loop_queue_limit", "Rows' worth of publishes waiting for the message loop past which publishers wait: about LoopBudget of its work, at what rows cost it lately (a publish weighs the rows it writes; a $set, what the $sets before it wrote).", func() int64 { return int64(b.reqs.limitNow()) })
 	counter("mote_bytes_received_total", "Bytes read from MQTT connections.", func() int64 { return atomic.LoadInt64(&info.BytesReceived) })

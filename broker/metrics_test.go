@@ -104,6 +104,7 @@ var families = map[string]string{
 	"mote_snapshots_waited_total":           "counter",
 	"mote_sessions_away":                    "gauge",
 	"mote_sessions_ended_total":             "counter",
+	"mote_readers_asleep":                   "gauge",
 	"mote_loop_queue_requests":              "gauge",
 	"mote_loop_queue_limit":                 "gauge",
 	"mote_subscriptions":                    "gauge",
