@@ -464,6 +464,15 @@
 //     while it holds unread input (netConn.ReadLent, mochi change 62):
 //     mochi gave every client a bufio.Reader for its life, 0.6 KiB of an
 //     idle connection's 7 (bench/README.md, "Idle connections").
+//     Its reader sleeps once its client has sent nothing for ReaderSleep
+//     (sleep_linux.go, mochi change 75): mochi's read goroutine for the
+//     life of the connection (and its 4 KiB stack, most of an idle
+//     connection's cost) is replaced, between packets, by the descriptor
+//     waiting in one epoll set of the broker's; input, the keep-alive
+//     deadline, a Close or a takeover starts a new goroutine on mochi's
+//     same serve function. A fresh connection sleeps from its CONNACK
+//     until it sends. Linux, plain TCP; TLS and WebSocket readers wait
+//     as before.
 //   - Mochi's connection handling, in the copy in internal/mochi (its
 //     README lists every change, each marked "mote:" in the code), because
 //     an idle connection cost 26 KiB, 4× a Go broker's floor, and the
@@ -528,7 +537,10 @@
 //	CONNECT (per connection)     guard(), on the listener's     the session is established (then it starts the read
 //	                             goroutine (mochi's             loop) or the connection fails; guard recovers a panic
 //	                             EstablishSession)
-//	mochi read loop (per client) serve(), started by guard      connection closes; serve recovers a panic, untracks
+//	mochi read loop (per client) serve(), started by guard      connection closes; serve recovers a panic, untracks; or its reader
+//	                             (or a sleeper's wake-up)       sleeps (ErrAsleep): then the sleepers hold the connection until a wake-up
+//	sleepers (one per broker)    Broker (Start, newSleepers)    Close (sleepers.stop, after the listeners): waits on the epoll set,
+//	                                                            kicks the readers idle for ReaderSleep, wakes sleepers (sleep_linux.go)
 //	mochi writer (per client)    mochi (Client.WriteLoop),      connection closes; started only when mochi queues a packet
 //	                             started on demand              to its outbound channel, which Mote does not (deliveries are the writer's);
 //	                                                            the channel itself is made by that first packet (mochi change 72)

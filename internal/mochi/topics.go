@@ -273,7 +273,7 @@ func (s *InlineSubscriptions) Delete(id int) {
 
 // Subscriptions is a map of subscriptions keyed on client.
 type Subscriptions struct {
-	internal map[string]packets.Subscription
+	internal map[string]*packets.Subscription // mote: by pointer (change 76)
 	sync.RWMutex
 }
 
@@ -284,22 +284,28 @@ func NewSubscriptions() *Subscriptions {
 
 // Add adds a new subscription for a client. ID can be a filter in the
 // case this map is client state, or a client id if particle state.
+//
+// mote: the map holds a copy by pointer (change 76): a small map's slots
+// are made eight at a time, and a 64-byte Subscription in each made a
+// client's one-filter map (and a filter's one-client map) take 700 bytes
+// where pointers take 200 and the copy 64 (issue 15: 1.4 KiB of an idle
+// subscribed connection's 7.2).
 func (s *Subscriptions) Add(id string, val packets.Subscription) {
 	s.Lock()
 	defer s.Unlock()
 	if s.internal == nil {
-		s.internal = map[string]packets.Subscription{}
+		s.internal = map[string]*packets.Subscription{}
 	}
-	s.internal[id] = val
+	s.internal[id] = &val
 }
 
 // GetAll returns all subscriptions.
 func (s *Subscriptions) GetAll() map[string]packets.Subscription {
 	s.RLock()
 	defer s.RUnlock()
-	m := map[string]packets.Subscription{}
+	m := make(map[string]packets.Subscription, len(s.internal))
 	for k, v := range s.internal {
-		m[k] = v
+		m[k] = *v
 	}
 	return m
 }
@@ -308,8 +314,10 @@ func (s *Subscriptions) GetAll() map[string]packets.Subscription {
 func (s *Subscriptions) Get(id string) (val packets.Subscription, ok bool) {
 	s.RLock()
 	defer s.RUnlock()
-	val, ok = s.internal[id]
-	return val, ok
+	if v, ok := s.internal[id]; ok {
+		return *v, true
+	}
+	return val, false
 }
 
 // Len returns the number of subscriptions.
