@@ -146,11 +146,20 @@ func (c *netConn) ReadLent(next bool) ([]byte, int, error) {
 		}
 	}
 	err := w.rc.Read(w.read)
+	if watched {
+		switch c.woke(e) {
+		case wokeSleep:
+			if w.rbuf == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, 0, mqtt.ErrAsleep
+			}
+		case wokeClosed:
+			if w.rbuf == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				err = net.ErrClosed // the kick's timeout: the connection is closing
+			}
+		}
+	}
 	buf, n, rerr := w.rbuf, int(w.rn), w.rerr
 	w.rbuf, w.rn, w.rerr = nil, 0, 0
-	if watched && c.woke(e) && buf == nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		return nil, 0, mqtt.ErrAsleep
-	}
 	if err == nil && rerr != 0 {
 		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
 	}

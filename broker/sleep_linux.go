@@ -214,26 +214,38 @@ func (c *netConn) waiting() (e uint32, ok bool) {
 	return e, c.sleep.CompareAndSwap(awake, e)
 }
 
-// woke is the reader's, after a wait marked waiting at epoch e: true
+// What a reader does after a wait marked waiting (woke).
+const (
+	wokeOn     = iota // as after any wait
+	wokeSleep         // the sweep kicked it: it may sleep
+	wokeClosed        // kicked, but the connection began closing since
+)
+
+// woke is the reader's, after a wait marked waiting at epoch e: wokeSleep
 // when the sweep kicked it (and not the client's keep-alive deadline,
-// which has not passed), so that it may sleep; its read deadline is its
-// own again either way.
-func (c *netConn) woke(e uint32) bool {
+// which has not passed), its read deadline then its own again;
+// wokeClosed when it was kicked and the connection began closing since:
+// the deadline is Close's then (it bounds the drain of a gentle close),
+// and the kick's timeout is the close's error.
+func (c *netConn) woke(e uint32) int {
 	if c.sleep.CompareAndSwap(e, awake) {
-		return false
+		return wokeOn
 	}
 	c.dmu.Lock() // the kick's deadline is set
 	defer c.dmu.Unlock()
 	if !c.sleep.CompareAndSwap(kicked, awake) {
-		return false // closing
+		return wokeClosed
 	}
 	d := c.rdl.Load()
 	if d == 0 {
 		c.Conn.SetReadDeadline(time.Time{}) //nolint:errcheck // as mochi's own
-		return true
+		return wokeSleep
 	}
 	c.Conn.SetReadDeadline(time.Unix(0, d)) //nolint:errcheck // as mochi's own
-	return time.Now().UnixNano() < d
+	if time.Now().UnixNano() >= d {
+		return wokeOn // the keep-alive's deadline passed too
+	}
+	return wokeSleep
 }
 
 // sleep puts c, whose reader answered ErrAsleep, to sleep: its descriptor
