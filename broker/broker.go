@@ -284,6 +284,7 @@ func (b *Broker) Start() error {
 	b.sleepers = newSleepers(b)
 	if err := b.server.Serve(); err != nil {
 		b.sleepers.stop()
+		b.sleepers = nil // stopped once
 		return fmt.Errorf("broker: serve: %w", err)
 	}
 	for _, pk := range b.server.Topics.Retained.GetAll() { // mochi's first $SYS publish, before any hook ran

@@ -180,6 +180,7 @@ type netConn struct {
 	level     byte  // protocol level of the CONNECT (5: MQTT 5)
 	original  bool  // the original dialect's listener: its clients' CONNECT is rewritten (original.go)
 	moteName  bool  // the CONNECT so far names protocol "mote" (original.go)
+	inEpoll   bool  // in the sleepers' epoll set (sleep_linux.go; under its mu)
 
 	wmu   sync.Mutex    // one write at a time
 	sleep atomic.Uint32 // where the reader is: awake, waiting since an epoch, kicked, asleep, closing (sleep_linux.go)

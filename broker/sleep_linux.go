@@ -5,10 +5,8 @@ package broker
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -40,7 +38,7 @@ import (
 //	         between packets fails at once, as the wait would have
 //
 // Owners: the sleepers' goroutine (run) owns the epoll wait, the epoch
-// and the sweep's scratch; mu guards byFD, stopped and every change of
+// and the sweep's scratch (it blocks in epoll_wait: one thread); mu guards byFD, stopped and every change of
 // the epoll set; a netConn's reader owns its read deadline but while it
 // is kicked (the sweep's, under the netConn's dmu). The Broker starts the
 // goroutine (newSleepers, Start) and stops it (stop, in shutdown).
@@ -48,8 +46,7 @@ type sleepers struct {
 	b     *Broker
 	after time.Duration // Options.ReaderSleep
 	epfd  int
-	f     *os.File // epfd, waited on through the netpoller
-	rc    syscall.RawConn
+	efd   int // an eventfd in the set: stop's wake-up of run
 	epoch atomic.Uint32
 	evs   []unix.EpollEvent // run's
 	kicks []*netConn        // sweep's
@@ -103,33 +100,35 @@ func newSleepers(b *Broker) *sleepers {
 	return s
 }
 
+// The epoll set is waited on by a goroutine of its own, in epoll_wait (a
+// thread of the process blocked there), not through the netpoller: an
+// epoll set inside another (Go's) makes every EPOLL_CTL_ADD to it check
+// the nesting under a kernel-wide lock, 10 µs a descriptor (a kicked
+// reader's whole cost, measured).
 func openSleepers(b *Broker) (*sleepers, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("broker: epoll_create1: %w", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("broker: epoll set non-blocking: %w", err)
-	}
-	f := os.NewFile(uintptr(epfd), "sleepers")
-	if err := f.SetReadDeadline(time.Time{}); err != nil { // os.ErrNoDeadline: not in the netpoller
-		f.Close()
-		return nil, fmt.Errorf("broker: epoll set not pollable: %w", err)
-	}
-	rc, err := f.SyscallConn()
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("broker: epoll set: %w", err)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("broker: eventfd: %w", err)
 	}
-	s := &sleepers{b: b, after: b.opts.ReaderSleep, epfd: epfd, f: f, rc: rc,
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
+		unix.Close(efd)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("broker: epoll_ctl of the eventfd: %w", err)
+	}
+	s := &sleepers{b: b, after: b.opts.ReaderSleep, epfd: epfd, efd: efd,
 		evs: make([]unix.EpollEvent, 64), byFD: map[int32]*sleeper{}, done: make(chan struct{})}
 	s.epoch.Store(1)
 	return s, nil
 }
 
 // run waits for the epoll set's events and sweeps every half ReaderSleep,
-// until stop closes the set.
+// until stop writes to the eventfd.
 func (s *sleepers) run() {
 	defer close(s.done)
 	tick := max(s.after/sleepTicks, time.Millisecond)
@@ -139,28 +138,23 @@ func (s *sleepers) run() {
 			s.sweep()
 			next = now.Add(tick)
 		}
-		s.f.SetReadDeadline(next) //nolint:errcheck // pollable (openSleepers)
-		err := s.rc.Read(s.poll)
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			return // closed (stop)
+		wait := int(time.Until(next)/time.Millisecond) + 1
+		n, err := unix.EpollWait(s.epfd, s.evs, wait)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			s.b.log.Error().Err(err).Msg("epoll_wait of the sleeping readers failed; they are woken, and no reader sleeps again")
+			s.stopWaking()
+			return
+		}
+		for i := range s.evs[:n] {
+			if int(s.evs[i].Fd) == s.efd {
+				return // stop
+			}
+			s.wakeFD(s.evs[i].Fd)
 		}
 	}
-}
-
-// poll takes the events ready in the epoll set, without waiting, and
-// wakes their connections; false (wait for more) when there were none.
-func (s *sleepers) poll(fd uintptr) bool {
-	n, err := unix.EpollWait(int(fd), s.evs, 0)
-	if err != nil {
-		return !errors.Is(err, unix.EINTR) && !errors.Is(err, unix.EAGAIN) // closed: run's Read ends
-	}
-	if n == 0 {
-		return false
-	}
-	for i := range s.evs[:n] {
-		s.wakeFD(s.evs[i].Fd)
-	}
-	return true
 }
 
 // sweep moves the epoch on and kicks the readers that have waited
@@ -265,8 +259,7 @@ func (s *sleepers) sleep(nc *netConn, id string, serve func() error) {
 	}
 	fd, err := nc.fd()
 	if err == nil {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
-		err = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		err = s.arm(nc, fd)
 	}
 	if err != nil {
 		nc.sleep.Store(awake)
@@ -279,6 +272,28 @@ func (s *sleepers) sleep(nc *netConn, id string, serve func() error) {
 		sl.timer = time.AfterFunc(time.Until(time.Unix(0, d)), func() { s.wakeSleeper(sl, expired) })
 	}
 	s.byFD[fd] = sl
+}
+
+// arm has the epoll set report input (or the client's close) on nc's
+// descriptor fd once. A connection stays in the set from its first sleep
+// to its close (the kernel takes a descriptor out when it closes), armed
+// again at each sleep (EPOLL_CTL_MOD): adding and removing it at every
+// sleep and wake-up cost two system calls, 10 µs, a cycle. An event for
+// a descriptor not asleep (armed, then woken by its timer or a Close) is
+// dropped by wakeFD. mu held.
+func (s *sleepers) arm(nc *netConn, fd int32) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
+	if nc.inEpoll {
+		err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+		if !errors.Is(err, unix.ENOENT) {
+			return err
+		}
+	}
+	if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+		return err
+	}
+	nc.inEpoll = true
+	return nil
 }
 
 // wakeFD wakes the connection asleep on descriptor fd, if any.
@@ -303,8 +318,7 @@ func (s *sleepers) wakeSleeper(sl *sleeper, to uint32) {
 // a new goroutine, its state set to to (awake, closing or expired). mu
 // held.
 func (s *sleepers) wakeLocked(sl *sleeper, to uint32) {
-	delete(s.byFD, sl.fd)
-	unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, int(sl.fd), nil) //nolint:errcheck // one-shot: it reports nothing more either way
+	delete(s.byFD, sl.fd) // its descriptor stays in the set, disarmed or not (arm)
 	if sl.timer != nil {
 		sl.timer.Stop()
 	}
@@ -362,14 +376,22 @@ func (s *sleepers) stop() {
 	if s == nil {
 		return
 	}
+	s.stopWaking()
+	one := [8]byte{1}
+	unix.Write(s.efd, one[:]) //nolint:errcheck // a full counter wakes run too
+	<-s.done
+	unix.Close(s.efd)
+	unix.Close(s.epfd)
+}
+
+// stopWaking wakes every connection asleep; none sleeps after.
+func (s *sleepers) stopWaking() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.stopped = true
 	for _, sl := range s.byFD {
 		s.wakeLocked(sl, awake)
 	}
-	s.mu.Unlock()
-	s.f.Close()
-	<-s.done
 }
 
 // quiet reports whether c's reader, between packets, has nothing read
