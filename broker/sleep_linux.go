@@ -3,6 +3,7 @@
 package broker
 
 import (
+	"container/heap"
 	"errors"
 	"fmt"
 	"sync"
@@ -23,7 +24,8 @@ import (
 // ending the session, and Broker.serve hands the connection to sleep:
 // its descriptor goes into the sleepers' epoll set (one-shot), and the
 // goroutine ends. Input (or the client's close), the keep-alive deadline
-// (a timer) or the connection's Close wakes it: a new goroutine runs the
+// (kept in a heap the same goroutine waits on) or the connection's Close
+// wakes it: a new goroutine runs the
 // same serve function, and mochi reads on as if it had waited itself.
 //
 // netConn.sleep says where a connection's reader is, one word, changed
@@ -34,7 +36,7 @@ import (
 //	kicked   the sweep set its read deadline to the past (under dmu)
 //	asleep   no reader: the descriptor is in the epoll set (under mu)
 //	closing  Close began: the reader never sleeps again
-//	expired  woken by its read deadline's timer: the reader's next wait
+//	expired  woken by its read deadline: the reader's next wait
 //	         between packets fails at once, as the wait would have
 //
 // Owners: the sleepers' goroutine (run) owns the epoll wait, the epoch
@@ -46,13 +48,15 @@ type sleepers struct {
 	b     *Broker
 	after time.Duration // Options.ReaderSleep
 	epfd  int
-	efd   int // an eventfd in the set: stop's wake-up of run
+	efd   int // an eventfd in the set: wakes run (stop, or an earlier deadline)
 	epoch atomic.Uint32
 	evs   []unix.EpollEvent // run's
 	kicks []*netConn        // sweep's
 
 	mu      sync.Mutex
 	byFD    map[int32]*sleeper
+	dues    dueHeap // the sleepers with a read deadline
+	waitTo  int64   // when run's epoll_wait returns at the latest (Unix ns)
 	stopped bool
 	done    chan struct{}
 }
@@ -63,7 +67,32 @@ type sleeper struct {
 	fd    int32
 	id    string       // its listener's
 	serve func() error // mochi's serve function (Server.EstablishSession)
-	timer *time.Timer  // its keep-alive deadline, if any
+	due   int64        // its read deadline (Unix ns; 0: none)
+	at    int          // its place in sleepers.dues; -1: not there
+}
+
+// dueHeap is the sleepers with a read deadline, soonest first
+// (container/heap). Under sleepers.mu.
+type dueHeap []*sleeper
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due < h[j].due }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].at, h[j].at = i, j
+}
+func (h *dueHeap) Push(x any) {
+	sl := x.(*sleeper)
+	sl.at = len(*h)
+	*h = append(*h, sl)
+}
+func (h *dueHeap) Pop() any {
+	old := *h
+	sl := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	sl.at = -1
+	return sl
 }
 
 // The states of netConn.sleep other than the epochs (1 to maxEpoch).
@@ -127,19 +156,21 @@ func openSleepers(b *Broker) (*sleepers, error) {
 	return s, nil
 }
 
-// run waits for the epoll set's events and sweeps every half ReaderSleep,
-// until stop writes to the eventfd.
+// run waits for the epoll set's events until the next sweep (every half
+// ReaderSleep) or the soonest read deadline of a sleeper, whichever comes
+// first, until stop.
 func (s *sleepers) run() {
 	defer close(s.done)
 	tick := max(s.after/sleepTicks, time.Millisecond)
 	next := time.Now().Add(tick)
 	for {
-		if now := time.Now(); !now.Before(next) {
+		now := time.Now()
+		if !now.Before(next) {
 			s.sweep()
 			next = now.Add(tick)
 		}
-		wait := int(time.Until(next)/time.Millisecond) + 1
-		n, err := unix.EpollWait(s.epfd, s.evs, wait)
+		wait := s.expire(now.UnixNano(), next.UnixNano())
+		n, err := unix.EpollWait(s.epfd, s.evs, int(wait/int64(time.Millisecond))+1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -149,12 +180,38 @@ func (s *sleepers) run() {
 			return
 		}
 		for i := range s.evs[:n] {
-			if int(s.evs[i].Fd) == s.efd {
-				return // stop
+			if int(s.evs[i].Fd) != s.efd {
+				s.wakeFD(s.evs[i].Fd)
+				continue
 			}
-			s.wakeFD(s.evs[i].Fd)
+			var b [8]byte
+			unix.Read(s.efd, b[:]) //nolint:errcheck // drained: it only wakes run
+			if s.isStopped() {
+				return
+			}
 		}
 	}
+}
+
+// expire wakes the sleepers whose read deadline passed (now), and returns
+// how long run may wait: until the soonest deadline left, or sweep.
+func (s *sleepers) expire(now, sweep int64) (wait int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.dues) > 0 && s.dues[0].due <= now {
+		s.wakeLocked(s.dues[0], expired)
+	}
+	s.waitTo = sweep
+	if len(s.dues) > 0 && s.dues[0].due < sweep {
+		s.waitTo = s.dues[0].due
+	}
+	return max(s.waitTo-now, 0)
+}
+
+func (s *sleepers) isStopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped
 }
 
 // sweep moves the epoch on and kicks the readers that have waited
@@ -243,7 +300,7 @@ func (c *netConn) woke(e uint32) int {
 }
 
 // sleep puts c, whose reader answered ErrAsleep, to sleep: its descriptor
-// waits in the epoll set for input (or the client's close), a timer for
+// waits in the epoll set for input (or the client's close), the dues heap for
 // its read deadline. A connection closing, or one the set does not take,
 // is served on at once.
 func (s *sleepers) sleep(nc *netConn, id string, serve func() error) {
@@ -267,9 +324,13 @@ func (s *sleepers) sleep(nc *netConn, id string, serve func() error) {
 		go s.b.serve(id, nc, serve)
 		return
 	}
-	sl := &sleeper{nc: nc, fd: fd, id: id, serve: serve}
-	if d := nc.rdl.Load(); d != 0 {
-		sl.timer = time.AfterFunc(time.Until(time.Unix(0, d)), func() { s.wakeSleeper(sl, expired) })
+	sl := &sleeper{nc: nc, fd: fd, id: id, serve: serve, due: nc.rdl.Load(), at: -1}
+	if sl.due != 0 {
+		heap.Push(&s.dues, sl)
+		if sl.due < s.waitTo { // run waits past it: wake it to wait less
+			one := [8]byte{1}
+			unix.Write(s.efd, one[:]) //nolint:errcheck // a full counter wakes run too
+		}
 	}
 	s.byFD[fd] = sl
 }
@@ -279,7 +340,7 @@ func (s *sleepers) sleep(nc *netConn, id string, serve func() error) {
 // to its close (the kernel takes a descriptor out when it closes), armed
 // again at each sleep (EPOLL_CTL_MOD): adding and removing it at every
 // sleep and wake-up cost two system calls, 10 µs, a cycle. An event for
-// a descriptor not asleep (armed, then woken by its timer or a Close) is
+// a descriptor not asleep (armed, then woken by its deadline or a Close) is
 // dropped by wakeFD. mu held.
 func (s *sleepers) arm(nc *netConn, fd int32) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
@@ -305,22 +366,13 @@ func (s *sleepers) wakeFD(fd int32) {
 	}
 }
 
-// wakeSleeper wakes sl, if it still sleeps, to state to.
-func (s *sleepers) wakeSleeper(sl *sleeper, to uint32) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.byFD[sl.fd] == sl {
-		s.wakeLocked(sl, to)
-	}
-}
-
 // wakeLocked takes sl out of the set and serves its connection again, on
 // a new goroutine, its state set to to (awake, closing or expired). mu
 // held.
 func (s *sleepers) wakeLocked(sl *sleeper, to uint32) {
 	delete(s.byFD, sl.fd) // its descriptor stays in the set, disarmed or not (arm)
-	if sl.timer != nil {
-		sl.timer.Stop()
+	if sl.at >= 0 {
+		heap.Remove(&s.dues, sl.at)
 	}
 	sl.nc.sleep.Store(to)
 	go s.b.serve(sl.id, sl.nc, sl.serve)
