@@ -22,11 +22,12 @@ import (
 // past (kick), the reader, woken, answers mochi ErrAsleep (ReadLent, with
 // nothing read and nothing held), mochi's serveClient returns it without
 // ending the session, and Broker.serve hands the connection to sleep:
-// its descriptor goes into the sleepers' epoll set (one-shot), and the
-// goroutine ends. Input (or the client's close), the keep-alive deadline
-// (kept in a heap the same goroutine waits on) or the connection's Close
-// wakes it: a new goroutine runs the
-// same serve function, and mochi reads on as if it had waited itself.
+// its descriptor is armed in the sleepers' epoll set (one-shot), and the
+// goroutine ends. A fresh connection whose CONNECT left nothing unread
+// sleeps from its CONNACK on (guard). Input (or the client's close), the
+// keep-alive deadline (kept in a heap the epoll goroutine waits on) or
+// the connection's Close wakes it: a new goroutine runs the same serve
+// function, and mochi reads on as if it had waited itself.
 //
 // netConn.sleep says where a connection's reader is, one word, changed
 // by compare-and-swap:
@@ -34,16 +35,17 @@ import (
 //	awake    reading, or waiting inside a packet (never kicked there)
 //	epoch e  waiting between packets since the sweep's epoch e
 //	kicked   the sweep set its read deadline to the past (under dmu)
-//	asleep   no reader: the descriptor is in the epoll set (under mu)
+//	asleep   no reader: the descriptor is armed in the epoll set (under mu)
 //	closing  Close began: the reader never sleeps again
 //	expired  woken by its read deadline: the reader's next wait
 //	         between packets fails at once, as the wait would have
 //
-// Owners: the sleepers' goroutine (run) owns the epoll wait, the epoch
-// and the sweep's scratch (it blocks in epoll_wait: one thread); mu guards byFD, stopped and every change of
-// the epoll set; a netConn's reader owns its read deadline but while it
-// is kicked (the sweep's, under the netConn's dmu). The Broker starts the
-// goroutine (newSleepers, Start) and stops it (stop, in shutdown).
+// Owners: the sleepers' goroutine (run) owns the epoll wait (it blocks in
+// epoll_wait: one thread), the epoch and the sweep's scratch; mu guards
+// byFD, dues, waitTo, stopped, every change of the epoll set and each
+// netConn's inEpoll; a netConn's reader owns its read deadline but while
+// it is kicked (the sweep's, under the netConn's dmu). The Broker starts
+// the goroutine (newSleepers, Start) and stops it (stop, in shutdown).
 type sleepers struct {
 	b     *Broker
 	after time.Duration // Options.ReaderSleep
