@@ -446,7 +446,7 @@ func (b *Broker) Close() error {
 func (b *Broker) shutdown() error {
 	close(b.stop)
 	b.closeListeners() // no new connections
-	b.sleepers.stop()  // every reader awake again, none sleeps after
+	b.sleepers.halt()  // no reader sleeps after; those asleep wake as their connections close
 	// Stopping ends every session (they live in memory only), so every
 	// delayed will is published [MQTT-3.1.3-9], through the door while
 	// the loop and the retainer still run (a retained will reaches its
@@ -472,6 +472,7 @@ func (b *Broker) shutdown() error {
 	})
 	b.closeConns() // and those still in their handshake
 	waitTimeout(&b.sessions, 5*time.Second)
+	b.sleepers.stop() // none should be left asleep; any is woken
 	// Every session has ended: mochi's Close cannot race a new one.
 	closed := make(chan struct{})
 	go func() { b.server.Close(); close(closed) }()
