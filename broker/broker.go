@@ -93,6 +93,7 @@ type Broker struct {
 	raw       map[*netConn]struct{} // connections being served
 	rawClosed bool                  // Close has begun: no new connection is served
 	sessions  sync.WaitGroup        // connections being served
+	lingers   sync.WaitGroup        // closed connections still lingering (netConn.Close): Close waits for them
 	sleepers  *sleepers             // connections whose readers sleep (sleep_linux.go); nil: none do
 
 	loopDone  chan struct{}
@@ -473,6 +474,12 @@ func (b *Broker) shutdown() error {
 	b.closeConns() // and those still in their handshake
 	waitTimeout(&b.sessions, 5*time.Second)
 	b.sleepers.stop() // none should be left asleep; any is woken
+	// The closed connections linger (netConn.Close: a client reads what
+	// was written before its reset) for lingerFor at most: once their
+	// readers stopped waiting for the same deadline (sleepers.halt), Close
+	// returned with a drain goroutine and a descriptor left a connection
+	// (red team h-rtsleep, TestSleepingCloseBounded).
+	waitTimeout(&b.lingers, lingerFor+time.Second)
 	// Every session has ended: mochi's Close cannot race a new one.
 	closed := make(chan struct{})
 	go func() { b.server.Close(); close(closed) }()

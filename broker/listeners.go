@@ -510,9 +510,15 @@ func (c *netConn) Close() error {
 		c.lingering = true
 		tc.SetReadDeadline(time.Now().Add(lingerFor)) //nolint:errcheck // bounds the drain below, and the reader
 		c.dmu.Unlock()
+		if c.b != nil {
+			c.b.lingers.Add(1) // Broker.Close waits for it
+		}
 		go func() {
 			io.Copy(io.Discard, io.LimitReader(tc, lingerBytes)) //nolint:errcheck // dropped
 			tc.Close()
+			if c.b != nil {
+				c.b.lingers.Done()
+			}
 		}()
 	})
 	return c.closeErr

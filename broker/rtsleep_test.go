@@ -3,7 +3,9 @@
 package broker
 
 import (
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,19 +55,25 @@ func TestCloseLingerDeadlineStands(t *testing.T) {
 	}
 }
 
-// TestSleepingCloseBounded: Broker.Close ends sleeping connections whose
-// clients stay connected and silent (keep-alive 60) at once, round after
-// round: well within the Close's linger (lingerFor), which no reader
-// waits for.
+// TestSleepingCloseBounded: Broker.Close with connections asleep whose
+// clients stay connected and silent (keep-alive 60), round after round:
+// their sessions end at once (each Close wakes its reader, whose wait
+// fails), well within the Close's linger (lingerFor); Close returns once
+// the lingers ended, within lingerFor and a margin, and leaves none of
+// its sockets open.
 //
-// Failing at first (sleepers.stop where halt is now): 12 of 16 rounds in
-// 2 runs took 2.0 s: every reader was woken, awake, before the sessions
-// were stopped, and waited for its linger. (Before the linger's deadline
-// stood, TestReaderSleeps's Close took over 10 s in 2 of 15 runs:
-// TestCloseLingerDeadlineStands.)
+// Failing at first (sleepers.stop where halt is now): the sessions ended
+// after 2.0 s in 12 of 16 rounds (2 runs; 13 of 16 again with the
+// lingers waited for): every reader was woken, awake, before the
+// sessions were stopped, and waited for its linger. With halt but Close
+// not waiting for the lingers: 8 of 8 rounds left the connections'
+// sockets open, and their drain goroutines running, after Close. (Before
+// the linger's deadline stood, TestReaderSleeps's Close took over 10 s
+// in 2 of 15 runs: TestCloseLingerDeadlineStands.)
 func TestSleepingCloseBounded(t *testing.T) {
 	const rounds, clients = 8, 6
 	for r := range rounds {
+		base := sockets(t)
 		b := start(t, sleepOpts())
 		if b.sleepers == nil {
 			t.Skip("no epoll set here")
@@ -77,15 +85,35 @@ func TestSleepingCloseBounded(t *testing.T) {
 		began := time.Now()
 		closed := make(chan struct{})
 		go func() { b.Close(); close(closed) }()
+		waitFor(t, "every session ended", func() bool { return rawCount(b) == 0 })
+		if took := time.Since(began); took >= lingerFor/2 {
+			t.Errorf("round %d: the sessions of %d connections asleep ended after %v, want under %v (the linger is %v)", r, clients, took, lingerFor/2, lingerFor)
+		}
 		select {
 		case <-closed:
 		case <-time.After(lingerFor + 4*time.Second):
 			t.Fatalf("round %d: Close took over %v with %d connections asleep", r, lingerFor+4*time.Second, clients)
 		}
-		if took := time.Since(began); took >= lingerFor/2 {
-			t.Errorf("round %d: Close took %v with %d connections asleep, want under %v (the linger is %v)", r, took, clients, lingerFor/2, lingerFor)
+		if n := sockets(t) - base - clients; n != 0 { // the clients' ends are open
+			t.Errorf("round %d: %d of the broker's sockets still open after Close (lingering)", r, n)
 		}
 	}
+}
+
+// sockets is how many sockets the process has open.
+func sockets(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
 }
 
 // TestClosingReaderEndsAtOnce: a sleeping client taken over (the old
