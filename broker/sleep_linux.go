@@ -356,8 +356,8 @@ func (s *sleepers) asleepNow() int {
 // sweep kicks is served on at once. Those asleep stay so until woken:
 // the broker's Close of each wakes it, and its read fails at once
 // (closing). stop woke them all, awake, before the sessions were
-// stopped, and each then waited for its Close's linger (lingerFor):
-// Broker.Close took 2 s with any idle client asleep (red team
+// stopped, and each session then ended only after its Close's linger
+// (lingerFor, 2 s) with a client that stays connected (red team
 // h-rtsleep, TestSleepingCloseBounded).
 func (s *sleepers) halt() {
 	if s == nil {
