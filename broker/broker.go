@@ -93,6 +93,7 @@ type Broker struct {
 	raw       map[*netConn]struct{} // connections being served
 	rawClosed bool                  // Close has begun: no new connection is served
 	sessions  sync.WaitGroup        // connections being served
+	lingers   sync.WaitGroup        // closed connections still lingering (netConn.Close): Close waits for them
 	sleepers  *sleepers             // connections whose readers sleep (sleep_linux.go); nil: none do
 
 	loopDone  chan struct{}
@@ -447,7 +448,7 @@ func (b *Broker) Close() error {
 func (b *Broker) shutdown() error {
 	close(b.stop)
 	b.closeListeners() // no new connections
-	b.sleepers.stop()  // every reader awake again, none sleeps after
+	b.sleepers.halt()  // no reader sleeps after; those asleep wake as their connections close
 	// Stopping ends every session (they live in memory only), so every
 	// delayed will is published [MQTT-3.1.3-9], through the door while
 	// the loop and the retainer still run (a retained will reaches its
@@ -473,6 +474,13 @@ func (b *Broker) shutdown() error {
 	})
 	b.closeConns() // and those still in their handshake
 	waitTimeout(&b.sessions, 5*time.Second)
+	b.sleepers.stop() // none should be left asleep; any is woken
+	// The closed connections linger (netConn.Close: a client reads what
+	// was written before its reset) for lingerFor at most: once their
+	// readers stopped waiting for the same deadline (sleepers.halt), Close
+	// returned with a drain goroutine and a descriptor left a connection
+	// (red team h-rtsleep, TestSleepingCloseBounded).
+	waitTimeout(&b.lingers, lingerFor+time.Second)
 	// Every session has ended: mochi's Close cannot race a new one.
 	closed := make(chan struct{})
 	go func() { b.server.Close(); close(closed) }()

@@ -127,7 +127,8 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 // plain TCP answers ErrNoLending, and its reader keeps a buffer.
 //
 // next: the wait is between packets, where the reader may be let go
-// (sleep_linux.go): a wait the sweep cut short answers mochi.ErrAsleep.
+// (sleep_linux.go): a wait the sweep cut short answers mochi.ErrAsleep,
+// and one of a connection whose Close began fails at once (net.ErrClosed).
 func (c *netConn) ReadLent(next bool) ([]byte, int, error) {
 	w := c.raw
 	if w == nil || w.bufs == nil {
@@ -141,8 +142,11 @@ func (c *netConn) ReadLent(next bool) ([]byte, int, error) {
 	var e uint32
 	var watched bool
 	if next {
-		if e, watched = c.waiting(); e == expired {
+		switch e, watched = c.waiting(); e {
+		case expired:
 			return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.ErrDeadlineExceeded}
+		case closing:
+			return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: net.ErrClosed}
 		}
 	}
 	err := w.rc.Read(w.read)

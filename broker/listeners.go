@@ -182,12 +182,13 @@ type netConn struct {
 	moteName  bool  // the CONNECT so far names protocol "mote" (original.go)
 	inEpoll   bool  // in the sleepers' epoll set (sleep_linux.go; under its mu)
 
-	wmu   sync.Mutex    // one write at a time
-	sleep atomic.Uint32 // where the reader is: awake, waiting since an epoch, kicked, asleep, closing (sleep_linux.go)
-	raw   *rawIO        // plain TCP: non-blocking direct writes (direct.go); nil otherwise
-	werr  error         // under wmu: a write failed, perhaps in the middle of a packet: nothing is written after it
+	wmu       sync.Mutex    // one write at a time
+	sleep     atomic.Uint32 // where the reader is: awake, waiting since an epoch, kicked, asleep, closing (sleep_linux.go)
+	lingering bool          // under dmu: Close set the read deadline of its linger, which no later deadline moves
+	raw       *rawIO        // plain TCP: non-blocking direct writes (direct.go); nil otherwise
+	werr      error         // under wmu: a write failed, perhaps in the middle of a packet: nothing is written after it
 
-	dmu   sync.Mutex // guards the write deadline's setting, last and bound
+	dmu   sync.Mutex // guards the deadlines' settings: the write deadline's, last and bound; the read deadline's after a kick or a Close (lingering)
 	last  time.Time  // the write deadline last set (armWrite)
 	bound time.Time  // SetWriteDeadline's: no write goes on past it (the connection is being taken over)
 
@@ -464,8 +465,17 @@ func (c *netConn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
 
 // SetReadDeadline sets the read deadline (mochi's keep-alive), and keeps
 // it (rdl) for a reader that sleeps: its wake-up timer, and the deadline
-// set back after a kick (sleep_linux.go). The reader's only.
+// set back after a kick (sleep_linux.go). The reader's only. Once Close
+// has set the deadline of its linger it stands: a reader that refreshed
+// its keep-alive after the Close (one woken by the Close, say) kept the
+// connection, its session and Broker.Close waiting keep-alive × 1.5,
+// not lingerFor (red team h-rtsleep, TestCloseLingerDeadlineStands).
 func (c *netConn) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.lingering {
+		return nil
+	}
 	if t.IsZero() {
 		c.rdl.Store(0)
 	} else {
@@ -497,10 +507,19 @@ func (c *netConn) Close() error {
 			c.closeErr = c.Conn.Close()
 			return
 		}
-		tc.SetReadDeadline(time.Now().Add(lingerFor)) //nolint:errcheck // bounds the drain below
+		c.dmu.Lock()
+		c.lingering = true
+		tc.SetReadDeadline(time.Now().Add(lingerFor)) //nolint:errcheck // bounds the drain below, and the reader
+		c.dmu.Unlock()
+		if c.b != nil {
+			c.b.lingers.Add(1) // Broker.Close waits for it
+		}
 		go func() {
 			io.Copy(io.Discard, io.LimitReader(tc, lingerBytes)) //nolint:errcheck // dropped
 			tc.Close()
+			if c.b != nil {
+				c.b.lingers.Done()
+			}
 		}()
 	})
 	return c.closeErr

@@ -36,7 +36,8 @@ import (
 //	epoch e  waiting between packets since the sweep's epoch e
 //	kicked   the sweep set its read deadline to the past (under dmu)
 //	asleep   no reader: the descriptor is armed in the epoll set (under mu)
-//	closing  Close began: the reader never sleeps again
+//	closing  Close began: the reader never sleeps again, and its next
+//	         wait between packets fails at once
 //	expired  woken by its read deadline: the reader's next wait
 //	         between packets fails at once, as the wait would have
 //
@@ -45,7 +46,8 @@ import (
 // byFD, dues, waitTo, stopped, every change of the epoll set and each
 // netConn's inEpoll; a netConn's reader owns its read deadline but while
 // it is kicked (the sweep's, under the netConn's dmu). The Broker starts
-// the goroutine (newSleepers, Start) and stops it (stop, in shutdown).
+// the goroutine (newSleepers, Start), halts the sleeps (halt, as Close
+// begins) and stops it (stop, once the sessions ended).
 type sleepers struct {
 	b     *Broker
 	after time.Duration // Options.ReaderSleep
@@ -254,7 +256,11 @@ func (c *netConn) kick() {
 // it did (false: the connection is closing, or readers never sleep), and
 // e is expired when the reader was woken by its read deadline: its wait
 // fails at once (mochi moved the deadline on before it, as before any
-// wait, which would have kept a silent client forever).
+// wait, which would have kept a silent client forever); closing when
+// Close has begun: its wait fails at once too, and the session ends
+// (a reader woken asleep by the Close waited for the client's input or
+// the Close's linger, lingerFor, before: red team h-rtsleep,
+// TestClosingReaderEndsAtOnce).
 func (c *netConn) waiting() (e uint32, ok bool) {
 	if c.b == nil || c.b.sleepers == nil {
 		return 0, false
@@ -262,6 +268,9 @@ func (c *netConn) waiting() (e uint32, ok bool) {
 	s := c.b.sleepers
 	if c.sleep.CompareAndSwap(expired, awake) {
 		return expired, false
+	}
+	if c.sleep.Load() == closing {
+		return closing, false
 	}
 	e = s.epoch.Load()
 	return e, c.sleep.CompareAndSwap(awake, e)
@@ -422,6 +431,22 @@ func (s *sleepers) asleepNow() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.byFD)
+}
+
+// halt makes every reader stay awake from now on (Broker.Close): one the
+// sweep kicks is served on at once. Those asleep stay so until woken:
+// the broker's Close of each wakes it, and its read fails at once
+// (closing). stop woke them all, awake, before the sessions were
+// stopped, and each session then ended only after its Close's linger
+// (lingerFor, 2 s) with a client that stays connected (red team
+// h-rtsleep, TestSleepingCloseBounded).
+func (s *sleepers) halt() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 }
 
 // stop wakes every connection asleep, stops the sweep and closes the

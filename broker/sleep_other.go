@@ -12,4 +12,5 @@ func (s *sleepers) sleep(nc *netConn, id string, serve func() error) { go nc.b.s
 func (s *sleepers) closing(*netConn)                                 {}
 func (c *netConn) quiet() bool                                       { return false }
 func (s *sleepers) asleepNow() int                                   { return 0 }
+func (s *sleepers) halt()                                            {}
 func (s *sleepers) stop()                                            {}
