@@ -95,6 +95,7 @@ type Broker struct {
 	sessions  sync.WaitGroup        // connections being served
 	lingers   sync.WaitGroup        // closed connections still lingering (netConn.Close): Close waits for them
 	sleepers  *sleepers             // connections whose readers sleep (sleep_linux.go); nil: none do
+	born      time.Time             // New's time, with its monotonic clock: the sleepers' deadlines count from it (netConn.rdl)
 
 	loopDone  chan struct{}
 	stop      chan struct{}  // closed by Close: stops the $SYS ticker
@@ -189,6 +190,7 @@ func New(opts Options) (*Broker, error) {
 		guesses:   newGuesses(opts.GuessLimit, opts.GuessWindow),
 		logs:      newLogBudget(opts.Log, opts.RefusalLog),
 		turns:     newTurns(),
+		born:      time.Now(),
 	}
 	if opts.Cluster != nil {
 		if opts.Store == nil || opts.Cluster.Log == nil {

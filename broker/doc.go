@@ -466,8 +466,8 @@
 //     idle connection's 7 (bench/README.md, "Idle connections").
 //     Its reader sleeps once its client has sent nothing for ReaderSleep
 //     (sleep_linux.go, mochi change 75): mochi's read goroutine for the
-//     life of the connection (and its 4 KiB stack, most of an idle
-//     connection's cost) is replaced, between packets, by the descriptor
+//     life of the connection (and its 2–4 KiB stack, about a third of
+//     an idle connection's cost) is replaced, between packets, by the descriptor
 //     waiting in one epoll set of the broker's; input, the keep-alive
 //     deadline, a Close or a takeover starts a new goroutine on mochi's
 //     same serve function. A fresh connection sleeps from its CONNACK
@@ -539,7 +539,7 @@
 //	                             EstablishSession)
 //	mochi read loop (per client) serve(), started by guard      connection closes; serve recovers a panic, untracks; or its reader
 //	                             (or a sleeper's wake-up)       sleeps (ErrAsleep): then the sleepers hold the connection until a wake-up
-//	sleepers (one per broker)    Broker (Start, newSleepers)    Close (sleepers.stop, after the listeners): waits on the epoll set,
+//	sleepers (one per broker)    Broker (Start, newSleepers)    Close: sleepers.halt once the listeners closed (no new sleep), sleepers.stop once the sessions ended; it waits on the epoll set,
 //	                                                            kicks the readers idle for ReaderSleep, wakes sleepers (sleep_linux.go)
 //	mochi writer (per client)    mochi (Client.WriteLoop),      connection closes; started only when mochi queues a packet
 //	                             started on demand              to its outbound channel, which Mote does not (deliveries are the writer's);

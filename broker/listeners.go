@@ -169,7 +169,7 @@ type netConn struct {
 	length int32        // remaining length being read (state 1), bytes of body left (state 2)
 	body   int32        // bytes of the CONNECT body seen (to find the level)
 	turn   readTurn     // its read turns, if it floods refused packets (turns.go)
-	rdl    atomic.Int64 // the read deadline (Unix ns; 0: none), as mochi set it last (SetReadDeadline)
+	rdl    atomic.Int64 // the read deadline as mochi set it last (SetReadDeadline): ns since Broker.born by the monotonic clock; 0: none
 	// The read side's flags, together with the small fields of the rest
 	// (each with its own guard) at the end, so that none is padded to a
 	// word: 288 → 256 bytes, one size class down.
@@ -476,10 +476,14 @@ func (c *netConn) SetReadDeadline(t time.Time) error {
 	if c.lingering {
 		return nil
 	}
-	if t.IsZero() {
+	switch {
+	case t.IsZero() || c.b == nil:
 		c.rdl.Store(0)
-	} else {
-		c.rdl.Store(t.UnixNano())
+	default:
+		// By the monotonic clock, as the net package's deadlines go: a
+		// step of the wall clock (NTP, a VM resumed) neither expires a
+		// sleeper's deadline early nor stretches it (review).
+		c.rdl.Store(max(int64(t.Sub(c.b.born)), 1))
 	}
 	return c.Conn.SetReadDeadline(t)
 }

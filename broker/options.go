@@ -119,7 +119,7 @@ type Options struct {
 	// wake-up through the epoll goroutine (one hop, a new goroutine) and,
 	// ReaderSleep later, about 9 µs of CPU to sleep again. Default 10s;
 	// negative: never. A fresh connection whose CONNECT is followed by
-	// nothing sleeps from its CONNACK on, whatever ReaderSleep is.
+	// nothing sleeps from its CONNACK on, unless ReaderSleep is negative.
 	ReaderSleep time.Duration
 
 	// QueueBytes bounds what one client may have queued, in bytes

@@ -15,8 +15,8 @@ import (
 
 // Sleeping readers (issue 15, idle connections). Every connection has a
 // read goroutine while it is served (mochi's model), and a goroutine
-// waiting in the netpoller keeps its stack: 4 KiB, most of what an idle
-// connection costs. A plain TCP connection whose reader has waited
+// waiting in the netpoller keeps its stack: 2–4 KiB, about a third of
+// what an idle connection cost (bench/README.md). A plain TCP connection whose reader has waited
 // between packets for Options.ReaderSleep lets it go instead: the sweep
 // (every half ReaderSleep) sets the waiting reader's read deadline to the
 // past (kick), the reader, woken, answers mochi ErrAsleep (ReadLent, with
@@ -56,13 +56,13 @@ type sleepers struct {
 	epoch atomic.Uint32
 	evs   []unix.EpollEvent // run's
 	kicks []*netConn        // sweep's
+	done  chan struct{}     // closed when run returns
 
 	mu      sync.Mutex
 	byFD    map[int32]*sleeper
 	dues    dueHeap // the sleepers with a read deadline
-	waitTo  int64   // when run's epoll_wait returns at the latest (Unix ns)
+	waitTo  int64   // when run's epoll_wait returns at the latest (ns since Broker.born)
 	stopped bool
-	done    chan struct{}
 }
 
 // sleeper is a connection asleep: what wakes it needs to serve it again.
@@ -71,7 +71,7 @@ type sleeper struct {
 	fd    int32
 	id    string       // its listener's
 	serve func() error // mochi's serve function (Server.EstablishSession)
-	due   int64        // its read deadline (Unix ns; 0: none)
+	due   int64        // its read deadline (netConn.rdl: ns since Broker.born; 0: none)
 	at    int          // its place in sleepers.dues; -1: not there
 }
 
@@ -109,8 +109,9 @@ const (
 	maxEpoch uint32 = ^uint32(0) - 4
 )
 
-// sleepTicks is how many sweeps a reader waits through before it is
-// kicked: it has waited ReaderSleep at least, 1.5 × ReaderSleep at most.
+// sleepTicks is how many sweeps (ReaderSleep apart in all) a reader has
+// waited past the epoch it began waiting in when it is kicked, at the
+// next: it has waited more than ReaderSleep, 1.5 × ReaderSleep at most.
 const sleepTicks = 2
 
 // aLongTimeAgo is the read deadline of a kick: any past time wakes the
@@ -173,7 +174,7 @@ func (s *sleepers) run() {
 			s.sweep()
 			next = now.Add(tick)
 		}
-		wait := s.expire(now.UnixNano(), next.UnixNano())
+		wait := s.expire(int64(now.Sub(s.b.born)), int64(next.Sub(s.b.born)))
 		n, err := unix.EpollWait(s.epfd, s.evs, int(wait/int64(time.Millisecond))+1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
@@ -229,7 +230,7 @@ func (s *sleepers) sweep() {
 	s.epoch.Store(now)
 	s.b.rawMu.Lock()
 	for nc := range s.b.raw {
-		if e := nc.sleep.Load(); e != awake && e <= maxEpoch && now-e >= sleepTicks && now > e {
+		if e := nc.sleep.Load(); e != awake && e <= maxEpoch && now-e > sleepTicks && now > e {
 			s.kicks = append(s.kicks, nc)
 		}
 	}
@@ -303,8 +304,8 @@ func (c *netConn) woke(e uint32) int {
 		c.Conn.SetReadDeadline(time.Time{}) //nolint:errcheck // as mochi's own
 		return wokeSleep
 	}
-	c.Conn.SetReadDeadline(time.Unix(0, d)) //nolint:errcheck // as mochi's own
-	if time.Now().UnixNano() >= d {
+	c.Conn.SetReadDeadline(c.b.born.Add(time.Duration(d))) //nolint:errcheck // as mochi's own
+	if int64(time.Since(c.b.born)) >= d {
 		return wokeOn // the keep-alive's deadline passed too
 	}
 	return wokeSleep
@@ -327,7 +328,7 @@ func (s *sleepers) sleep(nc *netConn, id string, serve func() error) {
 	}
 	fd, err := nc.fd()
 	if err == nil {
-		err = s.arm(nc, fd)
+		err = s.armLocked(nc, fd)
 	}
 	if err != nil {
 		nc.sleep.Store(awake)
@@ -346,14 +347,14 @@ func (s *sleepers) sleep(nc *netConn, id string, serve func() error) {
 	s.byFD[fd] = sl
 }
 
-// arm has the epoll set report input (or the client's close) on nc's
+// armLocked has the epoll set report input (or the client's close) on nc's
 // descriptor fd once. A connection stays in the set from its first sleep
 // to its close (the kernel takes a descriptor out when it closes), armed
 // again at each sleep (EPOLL_CTL_MOD): adding and removing it at every
 // sleep and wake-up cost two system calls, 10 µs, a cycle. An event for
 // a descriptor not asleep (armed, then woken by its deadline or a Close) is
 // dropped by wakeFD. mu held.
-func (s *sleepers) arm(nc *netConn, fd int32) error {
+func (s *sleepers) armLocked(nc *netConn, fd int32) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
 	if nc.inEpoll {
 		err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
@@ -381,7 +382,7 @@ func (s *sleepers) wakeFD(fd int32) {
 // a new goroutine, its state set to to (awake, closing or expired). mu
 // held.
 func (s *sleepers) wakeLocked(sl *sleeper, to uint32) {
-	delete(s.byFD, sl.fd) // its descriptor stays in the set, disarmed or not (arm)
+	delete(s.byFD, sl.fd) // its descriptor stays in the set, disarmed or not (armLocked)
 	if sl.at >= 0 {
 		heap.Remove(&s.dues, sl.at)
 	}

@@ -185,3 +185,29 @@ func publishPacket(t *testing.T, v byte, topic, payload string, qos byte, id uin
 	}
 	return buf.Bytes()
 }
+
+// TestReaderSleepsNoSooner: a client that sends more often than
+// ReaderSleep never sleeps (a PINGREQ every 0.9 × ReaderSleep), and one
+// that stops sending sleeps within 1.5 × ReaderSleep and a sweep. The
+// sweep kicked a reader after 0.5–1 × ReaderSleep of waiting before
+// (review).
+func TestReaderSleepsNoSooner(t *testing.T) {
+	const after = 300 * time.Millisecond
+	b := start(t, Options{ReaderSleep: after})
+	if b.sleepers == nil {
+		t.Skip("no epoll set here")
+	}
+	c := dialRaw(t, b, "pinger", 4, true, packets.Properties{})
+	awaitAsleep(t, b, 1) // asleep from its CONNACK on
+	for i := range 8 {
+		c.write([]byte{0xC0, 0})
+		if typ, _ := c.read(); typ != packets.Pingresp {
+			t.Fatalf("got packet %d, want PINGRESP", typ)
+		}
+		time.Sleep(after * 9 / 10)
+		if n := b.sleepers.asleepNow(); n != 0 {
+			t.Fatalf("ping %d: asleep %v after its last packet, ReaderSleep %v", i, after*9/10, after)
+		}
+	}
+	awaitAsleep(t, b, 1)
+}

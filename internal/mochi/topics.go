@@ -288,8 +288,8 @@ func NewSubscriptions() *Subscriptions {
 // mote: the map holds a copy by pointer (change 76): a small map's slots
 // are made eight at a time, and a 64-byte Subscription in each made a
 // client's one-filter map (and a filter's one-client map) take 700 bytes
-// where pointers take 200 and the copy 64 (issue 15: 1.4 KiB of an idle
-// subscribed connection's 7.2).
+// where pointers take 200 and the copy 64 (issue 15: the two maps of a
+// subscribed idle connection, 1.4 KiB of its heap, 0.6 KiB now).
 func (s *Subscriptions) Add(id string, val packets.Subscription) {
 	s.Lock()
 	defer s.Unlock()
