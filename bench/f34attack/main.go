@@ -19,34 +19,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mote-mqtt/mote/bench/rawmqtt"
 )
 
 var addr = flag.String("addr", "127.0.0.1:29341", "broker TCP address")
 var httpAddr = flag.String("http", "127.0.0.1:29343", "broker HTTP address")
-
-func varint(n int) []byte {
-	var b []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
-}
-
-func str(s string) []byte {
-	b := []byte{byte(len(s) >> 8), byte(len(s))}
-	return append(b, s...)
-}
-
-func packet(h byte, body []byte) []byte {
-	return append(append([]byte{h}, varint(len(body))...), body...)
-}
 
 // connect builds a CONNECT; expiry < 0 means clean.
 func connect(v byte, id string, clean bool, expiry int) []byte {
@@ -54,19 +32,19 @@ func connect(v byte, id string, clean bool, expiry int) []byte {
 	if clean {
 		flags |= 2
 	}
-	b := append(str("MQTT"), v, flags, 0, 60)
+	b := append(rawmqtt.AppendString(nil, "MQTT"), v, flags, 0, 60)
 	if v == 5 {
 		if expiry > 0 {
 			p := []byte{0x11, 0, 0, 0, 0}
 			binary.BigEndian.PutUint32(p[1:], uint32(expiry))
-			b = append(b, varint(len(p))...)
+			b = append(b, rawmqtt.AppendVarint(nil, len(p))...)
 			b = append(b, p...)
 		} else {
 			b = append(b, 0)
 		}
 	}
-	b = append(b, str(id)...)
-	return packet(0x10, b)
+	b = append(b, rawmqtt.AppendString(nil, id)...)
+	return rawmqtt.Packet(0x10, b)
 }
 
 func publish(v byte, topic string, payload []byte, qos byte, id uint16, dup bool) []byte {
@@ -74,14 +52,14 @@ func publish(v byte, topic string, payload []byte, qos byte, id uint16, dup bool
 	if dup {
 		h |= 8
 	}
-	b := str(topic)
+	b := rawmqtt.AppendString(nil, topic)
 	if qos > 0 {
 		b = append(b, byte(id>>8), byte(id))
 	}
 	if v == 5 {
 		b = append(b, 0)
 	}
-	return packet(h, append(b, payload...))
+	return rawmqtt.Packet(h, append(b, payload...))
 }
 
 func subscribe(v byte, id uint16, filter string, qos byte) []byte {
@@ -89,9 +67,9 @@ func subscribe(v byte, id uint16, filter string, qos byte) []byte {
 	if v == 5 {
 		b = append(b, 0)
 	}
-	b = append(b, str(filter)...)
+	b = append(b, rawmqtt.AppendString(nil, filter)...)
 	b = append(b, qos)
-	return packet(0x82, b)
+	return rawmqtt.Packet(0x82, b)
 }
 
 func ack(h byte, id uint16) []byte { return []byte{h, 2, byte(id >> 8), byte(id)} }
@@ -102,27 +80,8 @@ type pkt struct {
 }
 
 func readPacket(r *bufio.Reader) (pkt, error) {
-	h, err := r.ReadByte()
-	if err != nil {
-		return pkt{}, err
-	}
-	n, mul := 0, 1
-	for i := 0; i < 4; i++ {
-		d, err := r.ReadByte()
-		if err != nil {
-			return pkt{}, err
-		}
-		n += int(d&0x7f) * mul
-		mul *= 128
-		if d&0x80 == 0 {
-			break
-		}
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return pkt{}, err
-	}
-	return pkt{h, body}, nil
+	h, body, err := rawmqtt.Read(r)
+	return pkt{h, body}, err
 }
 
 func (p pkt) id() uint16 { return binary.BigEndian.Uint16(p.body) }

@@ -23,6 +23,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mote-mqtt/mote/bench/rawmqtt"
 )
 
 // v311 has the clients speak MQTT 3.1.1 (the original dialect's
@@ -105,30 +107,6 @@ type flooder struct {
 	rate                       int // refused PUBLISHes a second in probe
 }
 
-func str(s string) []byte {
-	b := binary.BigEndian.AppendUint16(nil, uint16(len(s)))
-	return append(b, s...)
-}
-
-func varint(n int) []byte {
-	var b []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
-}
-
-func packet(first byte, body []byte) []byte {
-	return append(append([]byte{first}, varint(len(body))...), body...)
-}
-
 func connect5(id, user, pass string, keepalive uint16) []byte {
 	flags := byte(0x02)
 	if user != "" {
@@ -138,16 +116,16 @@ func connect5(id, user, pass string, keepalive uint16) []byte {
 	if *v311 {
 		version = 4
 	}
-	body := append(str("MQTT"), version, flags)
+	body := append(rawmqtt.AppendString(nil, "MQTT"), version, flags)
 	body = binary.BigEndian.AppendUint16(body, keepalive)
 	if !*v311 {
 		body = append(body, 0)
 	}
-	body = append(body, str(id)...)
+	body = append(body, rawmqtt.AppendString(nil, id)...)
 	if user != "" {
-		body = append(append(body, str(user)...), str(pass)...)
+		body = append(append(body, rawmqtt.AppendString(nil, user)...), rawmqtt.AppendString(nil, pass)...)
 	}
-	return packet(0x10, body)
+	return rawmqtt.Packet(0x10, body)
 }
 
 func (f flooder) dial() (net.Conn, error) {
@@ -181,13 +159,13 @@ func (f flooder) session(id string) (net.Conn, error) {
 }
 
 func publish(topic string, id uint16, props []byte) []byte {
-	body := str(topic)
+	body := rawmqtt.AppendString(nil, topic)
 	body = binary.BigEndian.AppendUint16(body, id)
 	if !*v311 {
-		body = append(append(body, varint(len(props))...), props...)
+		body = append(append(body, rawmqtt.AppendVarint(nil, len(props))...), props...)
 	}
 	body = append(body, 'x')
-	return packet(0x32, body)
+	return rawmqtt.Packet(0x32, body)
 }
 
 // drain reads and discards what c gets until it closes.
@@ -245,8 +223,8 @@ func (f flooder) refusedSubscribe(ctx context.Context) int {
 			n++
 			body := binary.BigEndian.AppendUint16(nil, uint16(n%60000+1))
 			body = append(body, 0)
-			body = append(append(body, str("$tree/a/#/b")...), 1)
-			w.Write(packet(0x82, body))
+			body = append(append(body, rawmqtt.AppendString(nil, "$tree/a/#/b")...), 1)
+			w.Write(rawmqtt.Packet(0x82, body))
 		}
 		if w.Flush() != nil {
 			break
@@ -298,9 +276,9 @@ func (f flooder) manyConns(n, each int) func(context.Context) int {
 }
 
 func badProtocol(_ int) []byte {
-	body := append(str("MQTT"), 9, 0x02, 0, 60)
-	body = append(body, str("bp")...)
-	return packet(0x10, body)
+	body := append(rawmqtt.AppendString(nil, "MQTT"), 9, 0x02, 0, 60)
+	body = append(body, rawmqtt.AppendString(nil, "bp")...)
+	return rawmqtt.Packet(0x10, body)
 }
 
 func (f flooder) badAuth(i int) []byte {
@@ -312,12 +290,12 @@ func longClientID(i int) []byte { return connect5(strings.Repeat("x", 70000)[:65
 func keepaliveZero(i int) []byte { return connect5(fmt.Sprintf("k0-%d", i), "", "", 0) }
 
 func badWill(i int) []byte {
-	body := append(str("MQTT"), 5, 0x02|0x04, 0, 60, 0)
-	body = append(body, str(fmt.Sprintf("bw-%d", i))...)
+	body := append(rawmqtt.AppendString(nil, "MQTT"), 5, 0x02|0x04, 0, 60, 0)
+	body = append(body, rawmqtt.AppendString(nil, fmt.Sprintf("bw-%d", i))...)
 	body = append(body, 0) // will properties
-	body = append(body, str("$sync/will")...)
-	body = append(body, str("x")...)
-	return packet(0x10, body)
+	body = append(body, rawmqtt.AppendString(nil, "$sync/will")...)
+	body = append(body, rawmqtt.AppendString(nil, "x")...)
+	return rawmqtt.Packet(0x10, body)
 }
 
 func garbage(_ int) []byte { return []byte{0x10, 0xff, 0xff, 0xff, 0xff, 0x7f, 1, 2, 3} }
@@ -355,10 +333,10 @@ func (f flooder) connects(mk func(i int) []byte) func(context.Context) int {
 
 func malformed(_ int) []byte { return []byte{0x30, 0x03, 0xff, 0xff, 0x00} }
 
-func authPacket(_ int) []byte { return packet(0xf0, []byte{0x18, 0}) }
+func authPacket(_ int) []byte { return rawmqtt.Packet(0xf0, []byte{0x18, 0}) }
 
 func pubrelUnknown(i int) []byte {
-	return packet(0x62, binary.BigEndian.AppendUint16(nil, uint16(i%60000+1)))
+	return rawmqtt.Packet(0x62, binary.BigEndian.AppendUint16(nil, uint16(i%60000+1)))
 }
 
 func aliasUnknown(_ int) []byte { return publish("", 1, []byte{0x23, 0, 9}) }
@@ -366,14 +344,14 @@ func aliasUnknown(_ int) []byte { return publish("", 1, []byte{0x23, 0, 9}) }
 // oversized is the fixed header of a PUBLISH over any maximum packet
 // size (300 MiB), and a little of its body.
 func oversized(_ int) []byte {
-	return append(append([]byte{0x32}, varint(300<<20)...), str("a/b")...)
+	return append(append([]byte{0x32}, rawmqtt.AppendVarint(nil, 300<<20)...), rawmqtt.AppendString(nil, "a/b")...)
 }
 
 func userPropsOver(_ int) []byte {
 	var props []byte
 	for i := range 200 {
 		props = append(props, 0x26)
-		props = append(append(props, str(fmt.Sprint("k", i))...), str("v")...)
+		props = append(append(props, rawmqtt.AppendString(nil, fmt.Sprint("k", i))...), rawmqtt.AppendString(nil, "v")...)
 	}
 	return publish("a/b", 1, props)
 }
@@ -431,12 +409,12 @@ func (f flooder) slowSubscriber(ctx context.Context) int {
 		if err != nil {
 			continue
 		}
-		body := append([]byte{0, 1, 0}, str("slow/t")...)
-		c.Write(packet(0x82, append(body, 0)))
+		body := append([]byte{0, 1, 0}, rawmqtt.AppendString(nil, "slow/t")...)
+		c.Write(rawmqtt.Packet(0x82, append(body, 0)))
 		n++
 		for range 200 {
-			body := append(str("slow/t"), 0)
-			pub.Write(packet(0x30, append(body, big...)))
+			body := append(rawmqtt.AppendString(nil, "slow/t"), 0)
+			pub.Write(rawmqtt.Packet(0x30, append(body, big...)))
 		}
 		defer c.Close()
 		if n >= 200 {
@@ -566,8 +544,8 @@ func (f flooder) probe(ctx context.Context) int {
 		return 0
 	}
 	defer c.Close()
-	sub := append([]byte{0, 1, 0}, str("probe/t")...)
-	c.Write(packet(0x82, append(sub, 0)))
+	sub := append([]byte{0, 1, 0}, rawmqtt.AppendString(nil, "probe/t")...)
+	c.Write(rawmqtt.Packet(0x82, append(sub, 0)))
 	r := bufio.NewReader(c)
 	var lat []time.Duration
 	cpu0 := cpuOf(f.pid)

@@ -30,74 +30,36 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/mote-mqtt/mote/bench/rawmqtt"
 )
 
-func str(b []byte, s string) []byte {
-	b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
-	return append(b, s...)
-}
-func vbi(b []byte, n int) []byte {
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 128
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
-}
-func pkt(typ byte, body []byte) []byte { return append(vbi([]byte{typ}, len(body)), body...) }
-
 func connectPkt(id string, v byte) []byte {
-	b := str(nil, "MQTT")
+	b := rawmqtt.AppendString(nil, "MQTT")
 	b = append(b, v, 2, 0, 60)
 	if v == 5 {
 		b = append(b, 0)
 	}
-	b = str(b, id)
-	return pkt(0x10, b)
+	b = rawmqtt.AppendString(b, id)
+	return rawmqtt.Packet(0x10, b)
 }
 func pubPkt(v byte, topic string, payload []byte, qos byte, id uint16) []byte {
-	b := str(nil, topic)
+	b := rawmqtt.AppendString(nil, topic)
 	if qos > 0 {
 		b = binary.BigEndian.AppendUint16(b, id)
 	}
 	if v == 5 {
 		b = append(b, 0)
 	}
-	return pkt(0x30|qos<<1, append(b, payload...))
+	return rawmqtt.Packet(0x30|qos<<1, append(b, payload...))
 }
 func subPkt(v byte, id uint16, f string) []byte {
 	b := binary.BigEndian.AppendUint16(nil, id)
 	if v == 5 {
 		b = append(b, 0)
 	}
-	b = str(b, f)
-	return pkt(0x82, append(b, 0))
-}
-func read(r *bufio.Reader) (byte, []byte, error) {
-	t, err := r.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, mul := 0, 1
-	for {
-		d, err := r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n += int(d&127) * mul
-		mul *= 128
-		if d&128 == 0 {
-			break
-		}
-	}
-	body := make([]byte, n)
-	_, err = io.ReadFull(r, body)
-	return t, body, err
+	b = rawmqtt.AppendString(b, f)
+	return rawmqtt.Packet(0x82, append(b, 0))
 }
 
 // wsConn is a WebSocket connection as a net.Conn: a binary message a
@@ -166,7 +128,7 @@ func connectVia(addr, id string, v byte, ws bool) (net.Conn, *bufio.Reader) {
 	c.Write(connectPkt(id, v))
 	r := bufio.NewReaderSize(c, 1<<16)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	t, _, err := read(r)
+	t, _, err := rawmqtt.Read(r)
 	if err != nil || t>>4 != 2 {
 		die("no CONNACK for", id, err)
 	}
@@ -230,13 +192,13 @@ func main() {
 	if !*noprobe {
 		sc, sr := connect(*addr, "probe-sub", 4)
 		sc.Write(subPkt(4, 1, "probe/#"))
-		if t, _, err := read(sr); err != nil || t>>4 != 9 {
+		if t, _, err := rawmqtt.Read(sr); err != nil || t>>4 != 9 {
 			die("probe: no SUBACK", err)
 		}
 		pc, _ := connect(*addr, "probe-pub", 4)
 		go func() {
 			for {
-				t, body, err := read(sr)
+				t, body, err := rawmqtt.Read(sr)
 				if err != nil {
 					return
 				}
@@ -288,7 +250,7 @@ func main() {
 					return
 				}
 				for range *burst {
-					if _, _, err := read(br); err != nil {
+					if _, _, err := rawmqtt.Read(br); err != nil {
 						return
 					}
 				}
@@ -344,7 +306,7 @@ func main() {
 			if !*noread {
 				go func() {
 					for {
-						if _, _, e := read(r); e != nil {
+						if _, _, e := rawmqtt.Read(r); e != nil {
 							return
 						}
 						acks[w].Add(1)
