@@ -682,6 +682,17 @@ func (b *Broker) holdOffline(cl *mqtt.Client, m *plainItem) {
 	if m.qos == 0 {
 		return
 	}
+	if cl.SessionEndsWithConnection() {
+		// Never resumed (MQTT 3.1.1 CleanSession 1, MQTT 5 Session
+		// Expiry 0): nothing held for it is ever sent. Closed, it stays
+		// filed and subscribed until mochi removes it (RemoveSession,
+		// which clears its in-flight map without arriving's mutex): a
+		// message held after that clear stayed in the map of a client
+		// nobody holds, and in Info.Inflight for good (D2,
+		// TestInflightHeldForEndingSession). Dropped as its end drops it.
+		b.drop(dropSessionEnded, 1)
+		return
+	}
 	if cl.State.Inflight.Len() >= int(b.opts.MaxInflight) {
 		b.drop(dropOfflineFull, 1)
 		return

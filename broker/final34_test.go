@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -66,5 +67,73 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %v", what, testTimeout)
 		}
+	}
+}
+
+// dropGate holds mochi's OnQosDropped of client id the first time, until
+// release: ClearInflights calls it while it clears the client's map.
+type dropGate struct {
+	mqtt.HookBase
+	id      string
+	once    atomic.Bool
+	blocked chan struct{}
+	release chan struct{}
+}
+
+func (*dropGate) ID() string           { return "drop-gate" }
+func (*dropGate) Provides(b byte) bool { return b == mqtt.OnQosDropped }
+func (g *dropGate) OnQosDropped(cl *mqtt.Client, _ packets.Packet) {
+	if cl.ID != g.id || !g.once.CompareAndSwap(false, true) {
+		return
+	}
+	close(g.blocked)
+	<-g.release
+}
+
+// TestInflightHeldForEndingSession: a QoS 1 message published while a
+// session that ends with its connection (MQTT 3.1.1 CleanSession 1) is
+// being removed is not held for it. Its connection gone, the client is
+// closed and still filed and subscribed while mochi's RemoveSession
+// clears its in-flight map (held here, in OnQosDropped, after the clear
+// took its list): the message was held in the map after the clear took
+// it, on a client nobody holds, and stayed in Info.Inflight for good
+// (D2). Without holdOffline's check: Info.Inflight 1 after the session
+// is gone, want 0, 3 of 3 runs.
+func TestInflightHeldForEndingSession(t *testing.T) {
+	b := start(t, Options{})
+	g := &dropGate{id: "d2-clean", blocked: make(chan struct{}), release: make(chan struct{})}
+	if err := b.server.AddHook(g, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		select {
+		case <-g.release:
+		default:
+			close(g.release)
+		}
+	}()
+	sub := dialRaw(t, b, "d2-clean", 4, true, packets.Properties{})
+	sub.subscribe(1, "d2/#", 1)
+	pub := dialRaw(t, b, "d2-pub", 4, true, packets.Properties{})
+	publish := func(topic string, id uint16) {
+		pub.write(churnPublish(4, topic, []byte("x"), 1, id))
+		for {
+			if typ, _ := pub.read(); typ == packets.Puback {
+				return
+			}
+		}
+	}
+	publish("d2/a", 1) // in flight to d2-clean, never acknowledged
+	waitUntil(t, "the delivery in flight", func() bool { return atomic.LoadInt64(&b.server.Info.Inflight) == 1 })
+	sub.c.Close()
+	waitClosed(t, "the session's in-flight map being cleared", g.blocked)
+	publish("d2/b", 2) // delivered (or not) before its PUBACK
+	close(g.release)
+	waitUntil(t, "the session removed", func() bool {
+		_, ok := b.server.Clients.Get("d2-clean")
+		return !ok
+	})
+	if n := atomic.LoadInt64(&b.server.Info.Inflight); n != 0 {
+		t.Fatalf("Info.Inflight %d once the session ended, want 0", n)
 	}
 }
