@@ -252,6 +252,7 @@ func (b *Broker) endAway(old *mqtt.Client, had int) {
 	var w *will
 	var held int64
 	ended := b.server.RemoveSessionWith(old, func() {
+		b.arriving.end(b, old) // nothing more held for it: held is final
 		w = b.wills.takeEnded(old.ID)
 		held = heldPublishes(old)
 		b.offline.forget(old.ID)

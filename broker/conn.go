@@ -689,7 +689,7 @@ func (b *Broker) holdOffline(cl *mqtt.Client, m *plainItem) {
 		// which clears its in-flight map without arriving's mutex): a
 		// message held after that clear stayed in the map of a client
 		// nobody holds, and in Info.Inflight for good (D2,
-		// TestInflightHeldForEndingSession). Dropped as its end drops it.
+		// TestInflightHeldForRemovedSession). Dropped as its end drops it.
 		b.drop(dropSessionEnded, 1)
 		return
 	}

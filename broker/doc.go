@@ -252,7 +252,13 @@
 // message always reaches the session's holder of the moment (a newer
 // client that took the session over without going through the old
 // connection too), or is dropped and counted when the session ended or
-// was replaced by a new one. A message that would only be dropped there
+// was replaced by a new one. mochi removes a session away (its expiry;
+// endAway, dropSession) under the id's takeover lock, not this mutex: the
+// removal first marks it ending here (arriving.end), after which nothing
+// is held for it, and a session that ends with its connection has nothing
+// held at all (holdOffline); held after the removal cleared the client's
+// map, a message stayed on a client nobody holds, counted in flight for
+// good. A message that would only be dropped there
 // — QoS 0 to a session away, QoS 1/2 to one holding MaxInflight
 // (offline_full) — is not made at all: deliverTo tells so without the
 // mutex when no holder marked the session's id meanwhile and no client

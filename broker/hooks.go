@@ -207,8 +207,13 @@ func v3Connack(code packets.Code) packets.Code {
 // taken over meanwhile lost the new client's filing and subscriptions.
 // What mochi held for old (in flight) is counted as dropped.
 func (b *Broker) dropSession(old *mqtt.Client) {
-	n := heldPublishes(old)
-	if b.server.RemoveSessionWith(old, func() { b.away.goneLocked(old); b.offline.forget(old.ID) }) {
+	var n int64
+	if b.server.RemoveSessionWith(old, func() {
+		b.arriving.end(b, old) // nothing more held for it: n is final
+		n = heldPublishes(old)
+		b.away.goneLocked(old)
+		b.offline.forget(old.ID)
+	}) {
 		b.drop(dropSessionEnded, n)
 	}
 }

@@ -264,7 +264,7 @@ func quiesce(t *testing.T, b *Broker) {
 // held nothing for sessions that end with their connection, rounds left
 // 1 to 4 more in the count than held, each in the map of a 3.1.1 clean
 // session's client mochi had removed (3 of 3 runs of 30 rounds failed by
-// round 5; TestInflightHeldForEndingSession is the deterministic case).
+// round 5; TestInflightHeldForRemovedSession is the deterministic case).
 func TestInflightAuditChurn(t *testing.T) {
 	rounds := 3
 	if s := os.Getenv("AUDIT_ROUNDS"); s != "" { // more, to hunt

@@ -503,10 +503,12 @@ func (b *Broker) mirrorUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // What the session held in flight (deliveries held for it, inbound QoS 2
 // PUBRECs) leaves Info.Inflight with it: nothing holds it any more, and the
 // count ($SYS/broker/messages/inflight, mote_inflight_messages) kept it
-// for good (TestExpiredSessionInflightCounted).
+// for good (TestExpiredSessionInflightCounted). Nothing more is held for
+// it (arriving.end) before its map is counted.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.b.away.goneLocked(cl) // under the id's takeover lock (mochi's expireClient)
 	h.b.offline.forget(cl.ID)
+	h.b.arriving.end(h.b, cl)
 	atomic.AddInt64(&h.b.server.Info.Inflight, -int64(cl.State.Inflight.Len()))
 	h.b.server.UnsubscribeClient(cl)
 }
