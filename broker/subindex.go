@@ -507,8 +507,8 @@ func (b *Broker) mirrorUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // it (arriving.end) before its map is counted.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.b.away.goneLocked(cl) // under the id's takeover lock (mochi's expireClient)
-	h.b.offline.forget(cl.ID)
 	h.b.arriving.end(h.b, cl)
+	h.b.offline.forget(cl.ID)
 	atomic.AddInt64(&h.b.server.Info.Inflight, -int64(cl.State.Inflight.Len()))
 	h.b.server.UnsubscribeClient(cl)
 }
