@@ -501,7 +501,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 	if aliased && len(pk.TopicName) > h.b.opts.MaxTopicLen+maxPrefixLen {
 		// The door refuses the topic; its alias is set all the same
 		// [MQTT-3.3.2-12], to a cut topic, refused so too (aliasTopic).
-		cl.State.TopicAliases.Inbound.Set(alias, aliasTopic(pk.TopicName, h.b.opts.MaxTopicLen))
+		cl.InboundAliases().Set(alias, aliasTopic(pk.TopicName, h.b.opts.MaxTopicLen))
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 		aliased = false
 	}
@@ -522,7 +522,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 			// alias (§3.3.2.3.4: the receiver records the mapping of every
 			// PUBLISH with a Topic Alias and a topic).
 			if pk.TopicName != "" {
-				cl.State.TopicAliases.Inbound.Set(alias, topic)
+				cl.InboundAliases().Set(alias, topic)
 			}
 			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 		}

@@ -6,7 +6,6 @@ package mqtt
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -233,16 +232,19 @@ type ClientState struct {
 	// packet queued (outboundOf): Mote's deliveries go through writers of
 	// its own, so most clients never queue one, and the channel and its
 	// 16 slots cost 240 bytes a connection. Change 72.
-	outbound    atomic.Pointer[chan *packets.Packet]
-	open        context.Context    // indicate that the client is open for packet exchange
-	cancelOpen  context.CancelFunc // cancel function for open context
-	TooLarge    atomic.Int64       // mote: publishes the resend discarded, too large for the client (change 52); the embedder takes them
-	endOnce     sync.Once          // only end once
-	isTakenOver atomic.Bool        // used to identify orphaned clients
-	packetID    uint32             // the current highest packetID
-	stopped     atomic.Bool        // mote: Stop cancelled open (change 66): Closed without open.Err's channel lock
-	outboundQty int32              // number of messages currently in the outbound queue
-	writing     atomic.Bool        // mote: a WriteLoop was started for the client
+	outbound atomic.Pointer[chan *packets.Packet]
+	// mote: done is closed once the client is stopped (cancelOpen), made
+	// by the first WriteLoop that waits on it (doneOf); upstream's open
+	// context and its cancel function cost every connection 96 bytes and
+	// 24 in the struct, and only a WriteLoop waits on them. Change 78.
+	done        atomic.Pointer[chan struct{}]
+	TooLarge    atomic.Int64 // mote: publishes the resend discarded, too large for the client (change 52); the embedder takes them
+	endOnce     sync.Once    // only end once
+	isTakenOver atomic.Bool  // used to identify orphaned clients
+	packetID    uint32       // the current highest packetID
+	stopped     atomic.Bool  // mote: Stop cancelled open (change 66): Closed without open.Err's channel lock
+	outboundQty int32        // number of messages currently in the outbound queue
+	writing     atomic.Bool  // mote: a WriteLoop was started for the client
 	// mote: how many of mochi's own writes (a PINGRESP, an ack, a
 	// CONNACK) wait for the client's lock; the broker's writer lets them
 	// go first (LetWritesFirst). Change 27; here since change 72.
@@ -255,20 +257,47 @@ type ClientState struct {
 	acksHeld        bool        // mote: writeAck held an ack in outbuf (read goroutine only)
 	claimed         bool        // mote: a takeover read the session's lifetime (claimSession): a DISCONNECT no longer changes it
 	ServerKeepalive bool        // keepalive was set by the server
+	opened          bool        // mote: made by newClient, open until stopped (upstream's open context; change 78)
+}
+
+// mote: cancelOpen stops the client's packet exchange: Closed answers
+// true from now on and a WriteLoop returns. Upstream cancelled the open
+// context; idempotent as that was (change 78).
+func (s *ClientState) cancelOpen() {
+	if !s.stopped.CompareAndSwap(false, true) {
+		return
+	}
+	if p := s.done.Load(); p != nil {
+		close(*p)
+	}
+}
+
+// mote: doneOf is the channel closed by cancelOpen, made the first time
+// it is asked for. A caller that made it after cancelOpen looked must
+// check stopped after doneOf returns: cancelOpen sets stopped before it
+// looks, so either it closes the channel or the caller sees stopped
+// (change 78).
+func (s *ClientState) doneOf() <-chan struct{} {
+	if p := s.done.Load(); p != nil {
+		return *p
+	}
+	ch := make(chan struct{})
+	s.done.CompareAndSwap(nil, &ch)
+	return *s.done.Load()
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
 // for creating new clients, but it lives here because it's not dependent.
 func newClient(c net.Conn, o *ops) *Client {
-	ctx, cancel := context.WithCancel(context.Background())
 	cl := &Client{
 		State: ClientState{
 			Inflight:      NewInflights(),
 			Subscriptions: NewSubscriptions(),
-			TopicAliases:  NewTopicAliases(o.options.Capabilities.TopicAliasMaximum),
-			open:          ctx,
-			cancelOpen:    cancel,
-			Keepalive:     defaultKeepalive,
+			// mote: no topic aliases until the client uses them: inbound
+			// made by the first alias the client sets (InboundAliases),
+			// outbound by a CONNECT allowing some (ParseConnect). Change 78.
+			opened:    true, // mote: change 78
+			Keepalive: defaultKeepalive,
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -290,6 +319,10 @@ func newClient(c net.Conn, o *ops) *Client {
 
 // WriteLoop ranges over pending outbound messages and writes them to the client connection.
 func (cl *Client) WriteLoop() {
+	done := cl.State.doneOf() // mote: change 78
+	if cl.State.stopped.Load() {
+		return
+	}
 	for {
 		select {
 		case pk := <-cl.outboundOf(): // mote: change 72
@@ -298,7 +331,7 @@ func (cl *Client) WriteLoop() {
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", LogString(cl.ID), LogPacket(pk)) // mote change 68
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
-		case <-cl.State.open.Done():
+		case <-done:
 			return
 		}
 	}
@@ -420,7 +453,10 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.State.Keepalive = pk.Connect.Keepalive                                              // [MQTT-3.2.2-22]
 	cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
 	cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
-	cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(cl.Properties.Props.TopicAliasMaximum)
+	cl.State.TopicAliases.Outbound = nil                                                   // mote: only for a client allowing aliases; nil is a maximum of 0 (change 78)
+	if cl.Properties.Props.TopicAliasMaximum > 0 {
+		cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(cl.Properties.Props.TopicAliasMaximum)
+	}
 
 	cl.ID = pk.Connect.ClientIdentifier
 	if cl.ID == "" {
@@ -682,9 +718,8 @@ func (cl *Client) Stop(err error) {
 			cl.State.stopCause.Store(err)
 		}
 
-		if cl.State.cancelOpen != nil {
+		if cl.State.opened { // mote: change 78 (upstream: a cancel function, made by newClient)
 			cl.State.cancelOpen()
-			cl.State.stopped.Store(true) // mote: change 66, after open is cancelled: Closed answers as before
 		}
 
 		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())
@@ -750,7 +785,9 @@ func (cl *Client) Closed() bool {
 	// mote: change 66: a stopped client answers from an atomic; a closed
 	// context's Err takes its Done channel's lock, and the broker asks
 	// every away subscriber of a message.
-	return cl.State.stopped.Load() || cl.State.open == nil || cl.State.open.Err() != nil
+	// mote: change 78: no open context; a client not made by newClient
+	// is closed, as one without that context was.
+	return cl.State.stopped.Load() || !cl.State.opened
 }
 
 func (cl *Client) IsTakenOver() bool {
