@@ -268,7 +268,7 @@ func (c *conn) parkedLocked() bool {
 func (c *conn) overLocked(lost int) {
 	c.b.drop(dropSessionEnded, int64(lost))
 	c.over = true
-	c.b.byID.CompareAndDelete(c.id, c)
+	c.b.byID.compareAndDelete(c.id, c)
 	c.b.parked.Delete(c)
 	c.handed.close()
 	if n := c.next; n != nil {

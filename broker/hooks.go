@@ -74,10 +74,8 @@ func (h *hook) conn(cl *mqtt.Client) *conn {
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		return nc.filed.Load()
 	}
-	if v, ok := h.b.conns.Load(cl); ok {
-		return v.(*conn)
-	}
-	return nil
+	c, _ := h.b.conns.load(cl)
+	return c
 }
 
 // OnConnect decides whether a client may connect, before mochi answers:
@@ -311,8 +309,8 @@ func (b *Broker) takenWill(existing *mqtt.Client) *will {
 	if w, ok := b.connWills.Load(existing); ok {
 		return w.(*will)
 	}
-	if v, ok := b.conns.Load(existing); ok {
-		return v.(*conn).will.Load()
+	if c, ok := b.conns.load(existing); ok {
+		return c.will.Load()
 	}
 	return nil
 }
@@ -349,7 +347,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.prev = true // not yet shared
 		c.q.hold()
 	}
-	b.conns.Store(cl, c)
+	b.conns.store(cl, c)
 	b.connWills.Delete(cl)
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.Store(c)
@@ -428,11 +426,10 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 }
 
 func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
-	v, ok := b.conns.LoadAndDelete(cl)
+	c, ok := b.conns.loadAndDelete(cl)
 	if !ok {
 		return
 	}
-	c := v.(*conn)
 	b.logs.closed(&c.logs, cl.ID) // the count of its log lines left out
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.CompareAndSwap(c, nil)
@@ -463,7 +460,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		}
 	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)
-		b.byID.CompareAndDelete(cl.ID, c)
+		b.byID.compareAndDelete(cl.ID, c)
 	}
 	c.close()
 	c.releaseSnapshots() // what its snapshots not yet written held of the budget
@@ -1003,8 +1000,8 @@ func (b *Broker) unfile(cl *mqtt.Client, filter string) {
 	}
 	if _, ok := cl.State.Subscriptions.Get(filter); ok {
 		cl.State.Subscriptions.Delete(filter)
-		if v, ok := b.conns.Load(cl); ok {
-			v.(*conn).levels -= strings.Count(filter, "/") + 1
+		if c, ok := b.conns.load(cl); ok {
+			c.levels -= strings.Count(filter, "/") + 1
 		}
 	}
 }
