@@ -409,7 +409,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // discards for size ($SYS/mote/toolarge): once, when the session is
 // established or, if the resend failed, when the connection ends.
 func (b *Broker) countResendDiscards(cl *mqtt.Client) {
-	b.stats.TooLarge.Add(cl.State.TooLarge.Swap(0))
+	b.stats.TooLarge.Add(int64(cl.State.TooLarge.Swap(0)))
 }
 
 // OnDisconnect ends the connection's deliveries and tree subscriptions.

@@ -585,7 +585,7 @@ func TestClientStop(t *testing.T) {
 	cl, _, _ := newTestClient()
 	require.Equal(t, int64(0), cl.StopTime())
 	cl.Stop(nil)
-	require.Equal(t, nil, cl.State.stopCause.Load())
+	require.Nil(t, cl.State.stopCause.Load())
 	require.InDelta(t, time.Now().Unix(), cl.State.disconnected, 1.0)
 	require.Equal(t, cl.State.disconnected, cl.StopTime())
 	require.True(t, cl.Closed())
@@ -602,7 +602,7 @@ func TestClientClosed(t *testing.T) {
 func TestClientIsTakenOver(t *testing.T) {
 	cl, _, _ := newTestClient()
 	require.False(t, cl.IsTakenOver())
-	cl.State.isTakenOver.Store(true)
+	cl.State.setFlag(flagTakenOver)
 	require.True(t, cl.IsTakenOver())
 }
 

@@ -555,7 +555,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	// disconnected: it stayed connected under an id no longer its own
 	// [MQTT-3.1.4-3]. Options.TakeoverCheck may refuse the takeover there
 	// (change 24): cl is answered with its code and closed, filed nowhere.
-	cl.State.unanswered.Store(true) // mote: before it is filed; see disconnectTakenOver
+	cl.State.setFlag(flagUnanswered) // mote: before it is filed; see disconnectTakenOver
 	sessionPresent, refused := s.takeOverAndFile(pk, cl)
 	if refused != nil {
 		if err := s.SendConnack(cl, *refused, false, nil); err != nil {
@@ -979,11 +979,11 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		if fresh || pk.Connect.Clean || existing.claimSession() { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
-			existing.State.isTakenOver.Store(true) // only set isTakenOver after unsubscribe has occurred
-			return false                           // [MQTT-3.2.2-3]
+			existing.State.setFlag(flagTakenOver) // only set isTakenOver after unsubscribe has occurred
+			return false                          // [MQTT-3.2.2-3]
 		}
 
-		existing.State.isTakenOver.Store(true)
+		existing.State.setFlag(flagTakenOver)
 		// mote: moved, not cloned, in one step (change 74): what the old
 		// connection sets in its map after this (a QoS 2 PUBLISH's PUBREC
 		// it was processing) stays there, and what it deletes (a delivery
