@@ -190,7 +190,7 @@ func holdConnections(t *testing.T, subscribe bool) {
 	// once readers slept. Then 2.91–2.93 (h-idle2: mochi changes 78 and
 	// 80, the connection maps under a mutex, conn, outQueue and netConn a
 	// size class down; bench/README.md, "Idle connections: mochi's client,
-	// the maps, the size classes"), against 3.51–3.53 before, in runs
+	// the maps, the size classes"), against 3.51–3.52 before, in runs
 	// alternated: the bounds are 0.2 KiB over the most measured, as
 	// before.
 	bound := 3.1

@@ -6,9 +6,9 @@ import "sync"
 // broker's conns (by mochi client) and byID (by client id). They were
 // sync.Maps, whose entry and share of trie nodes cost ~110 bytes a
 // connection each; a map's slot costs ~20–40 (bench/README.md, "Idle
-// connections: the maps and mochi's client"). The mutex is a leaf: held
-// only inside these methods, never while calling out. The zero value is
-// empty and ready.
+// connections: mochi's client, the maps, the size classes"). The mutex
+// is a leaf: held only inside these methods, never while calling out.
+// The zero value is empty and ready.
 type connTable[K comparable] struct {
 	mu   sync.RWMutex
 	m    map[K]*conn
