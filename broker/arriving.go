@@ -269,7 +269,7 @@ func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 	a.lock()
 	defer a.unlock()
 	a.mark(c.id)
-	b.byID.CompareAndDelete(c.id, c)
+	b.byID.compareAndDelete(c.id, c)
 	if len(left) == 0 {
 		return 0
 	}
@@ -321,7 +321,7 @@ func (a *arriving) adopt(b *Broker, cl *mqtt.Client, c *conn) (filed bool, expec
 		}
 	}
 	a.mark(cl.ID)
-	b.byID.Store(cl.ID, c)
+	b.byID.store(cl.ID, c)
 	return true, expect, fresh
 }
 

@@ -69,12 +69,12 @@ type Broker struct {
 
 	keptIn keptInbound // client QoS 2 publishes of persistent sessions that mochi's map could not keep
 
-	conns      sync.Map  // *mqtt.Client → *conn
-	connWills  sync.Map  // *mqtt.Client → *will: a CONNECT's will from OnSessionEstablish until its conn holds it (OnSessionEstablished) or it is due (OnWill)
-	byID       sync.Map  // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
-	parked     sync.Map  // *conn whose messages wait for a client taking its session over (conn.unpark)
-	arriving   arriving  // messages for resumed sessions whose connection is not filed yet
-	holds      sync.Pool // *holdBatch, for deliverTo: a publish with no session away to hold for makes none
+	conns      connTable[*mqtt.Client] // *mqtt.Client → *conn
+	connWills  sync.Map                // *mqtt.Client → *will: a CONNECT's will from OnSessionEstablish until its conn holds it (OnSessionEstablished) or it is due (OnWill)
+	byID       connTable[string]       // client id (or a door session's key) → *conn: where plain subscriptions deliver (a kept session's ended connection until it hands its messages on)
+	parked     sync.Map                // *conn whose messages wait for a client taking its session over (conn.unpark)
+	arriving   arriving                // messages for resumed sessions whose connection is not filed yet
+	holds      sync.Pool               // *holdBatch, for deliverTo: a publish with no session away to hold for makes none
 	serial     atomic.Uint64
 	treeSubs   atomic.Int64 // tree subscriptions registered; 0 lets plain events skip the loop
 	subsSent   atomic.Int64 // subscribe requests pushed, not yet handled by the loop
@@ -470,10 +470,9 @@ func (b *Broker) shutdown() error {
 		b.Sync(ctx) //nolint:errcheck // bounded; what is late still reaches the rows
 		cancel()
 	}
-	b.conns.Range(func(k, _ any) bool {
-		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown) // mochi then runs OnWill and OnDisconnect
-		return true
-	})
+	for _, cl := range b.conns.keys() {
+		cl.Stop(packets.ErrServerShuttingDown) // mochi then runs OnWill and OnDisconnect
+	}
 	b.closeConns() // and those still in their handshake
 	waitTimeout(&b.sessions, 5*time.Second)
 	b.sleepers.stop() // none should be left asleep; any is woken
@@ -517,14 +516,12 @@ func (b *Broker) shutdown() error {
 			errs = append(errs, err)
 		}
 	}
-	b.conns.Range(func(_, v any) bool {
-		v.(*conn).close()
-		return true
-	})
-	b.byID.Range(func(_, v any) bool {
-		v.(*conn).close()
-		return true
-	})
+	for _, c := range b.conns.conns() {
+		c.close()
+	}
+	for _, c := range b.byID.conns() {
+		c.close()
+	}
 	waitTimeout(&b.writers, 5*time.Second)
 	b.logs.flush() // the count of log lines left out lately
 	b.log.Info().Msg("mote broker stopped")
@@ -591,18 +588,17 @@ func (b *Broker) connPanicked(nc net.Conn) {
 		return true
 	})
 	b.wills.settleOn(nc) // what its CONNECT set aside
-	b.conns.Range(func(k, _ any) bool {
-		if cl := k.(*mqtt.Client); cl.Net.Conn == nc {
+	for _, cl := range b.conns.keys() {
+		if cl.Net.Conn == nc {
 			b.log.Error().Str("client", truncate(cl.ID, 200)).Str("remote", cl.Net.Remote).Msg("client connection closed after a panic")
 			expire := cl.SessionEndsWithConnection()
 			b.dropConn(cl, !expire)
 			if expire {
 				b.server.RemoveSession(cl)
 			}
-			return false
+			return
 		}
-		return true
-	})
+	}
 }
 
 // localOnly binds every listener to loopback when nobody is authenticated

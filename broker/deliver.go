@@ -305,8 +305,6 @@ func minPacketSize(msg *message, qos byte, v5 bool) int {
 
 // connByID is the live connection plain subscriptions are filed under id.
 func (b *Broker) connByID(id string) *conn {
-	if v, ok := b.byID.Load(id); ok {
-		return v.(*conn)
-	}
-	return nil
+	c, _ := b.byID.load(id)
+	return c
 }

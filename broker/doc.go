@@ -584,6 +584,9 @@
 //	                                    will.taken (wills.mu) says who made it due;
 //	                                    a normal DISCONNECT (the read goroutine) swaps it out and revokes it
 //	pending publish topic               the connection's read goroutine
+//	the connections, by mochi client    Broker.conns and byID (connTable): each its read-write mutex, a leaf (held
+//	  and by client id                    only inside its methods); OnSessionEstablished, adopt and Sessions file,
+//	                                    dropConn, a hand-off's end and Session.Close remove; any goroutine reads
 //	a CONNECT's will before its conn    connWills (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,
 //	                                    OnSessionEstablished or OnWill (a CONNACK not written) takes it
 //	wills of a session a CONNECT ended  wills.ending (sync.Map), the CONNECT's goroutine: OnSessionEstablish stores,

@@ -74,10 +74,8 @@ func (h *hook) conn(cl *mqtt.Client) *conn {
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		return nc.filed.Load()
 	}
-	if v, ok := h.b.conns.Load(cl); ok {
-		return v.(*conn)
-	}
-	return nil
+	c, _ := h.b.conns.load(cl)
+	return c
 }
 
 // OnConnect decides whether a client may connect, before mochi answers:
@@ -316,8 +314,8 @@ func (b *Broker) takenWill(existing *mqtt.Client) *will {
 	if w, ok := b.connWills.Load(existing); ok {
 		return w.(*will)
 	}
-	if v, ok := b.conns.Load(existing); ok {
-		return v.(*conn).will.Load()
+	if c, ok := b.conns.load(existing); ok {
+		return c.will.Load()
 	}
 	return nil
 }
@@ -354,7 +352,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.prev = true // not yet shared
 		c.q.hold()
 	}
-	b.conns.Store(cl, c)
+	b.conns.store(cl, c)
 	b.connWills.Delete(cl)
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.Store(c)
@@ -416,7 +414,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // discards for size ($SYS/mote/toolarge): once, when the session is
 // established or, if the resend failed, when the connection ends.
 func (b *Broker) countResendDiscards(cl *mqtt.Client) {
-	b.stats.TooLarge.Add(cl.State.TooLarge.Swap(0))
+	b.stats.TooLarge.Add(int64(cl.State.TooLarge.Swap(0)))
 }
 
 // OnDisconnect ends the connection's deliveries and tree subscriptions.
@@ -433,11 +431,10 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 }
 
 func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
-	v, ok := b.conns.LoadAndDelete(cl)
+	c, ok := b.conns.loadAndDelete(cl)
 	if !ok {
 		return
 	}
-	c := v.(*conn)
 	b.logs.closed(&c.logs, cl.ID) // the count of its log lines left out
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.CompareAndSwap(c, nil)
@@ -468,7 +465,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 		}
 	}
 	if !keep { // a kept session's connection stays its route until it hands its messages on (finish)
-		b.byID.CompareAndDelete(cl.ID, c)
+		b.byID.compareAndDelete(cl.ID, c)
 	}
 	c.close()
 	c.releaseSnapshots() // what its snapshots not yet written held of the budget
@@ -506,7 +503,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 	if aliased && len(pk.TopicName) > h.b.opts.MaxTopicLen+maxPrefixLen {
 		// The door refuses the topic; its alias is set all the same
 		// [MQTT-3.3.2-12], to a cut topic, refused so too (aliasTopic).
-		cl.State.TopicAliases.Inbound.Set(alias, aliasTopic(pk.TopicName, h.b.opts.MaxTopicLen))
+		cl.InboundAliases().Set(alias, aliasTopic(pk.TopicName, h.b.opts.MaxTopicLen))
 		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 		aliased = false
 	}
@@ -527,7 +524,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk *packets.Packet) error {
 			// alias (§3.3.2.3.4: the receiver records the mapping of every
 			// PUBLISH with a Topic Alias and a topic).
 			if pk.TopicName != "" {
-				cl.State.TopicAliases.Inbound.Set(alias, topic)
+				cl.InboundAliases().Set(alias, topic)
 			}
 			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
 		}
@@ -1008,8 +1005,8 @@ func (b *Broker) unfile(cl *mqtt.Client, filter string) {
 	}
 	if _, ok := cl.State.Subscriptions.Get(filter); ok {
 		cl.State.Subscriptions.Delete(filter)
-		if v, ok := b.conns.Load(cl); ok {
-			v.(*conn).levels -= strings.Count(filter, "/") + 1
+		if c, ok := b.conns.load(cl); ok {
+			c.levels -= strings.Count(filter, "/") + 1
 		}
 	}
 }

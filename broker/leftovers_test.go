@@ -219,7 +219,7 @@ func leftovers(b *Broker) string {
 			out = append(out, what+"="+strconv.Itoa(n))
 		}
 	}
-	count := func(m *sync.Map) (n int) {
+	count := func(m ranger) (n int) {
 		m.Range(func(_, _ any) bool { n++; return true })
 		return n
 	}

@@ -190,7 +190,7 @@ type netConn struct {
 
 	dmu   sync.Mutex // guards the deadlines' settings: the write deadline's, last and bound; the read deadline's after a kick or a Close (lingering)
 	last  time.Time  // the write deadline last set (armWrite)
-	bound time.Time  // SetWriteDeadline's: no write goes on past it (the connection is being taken over)
+	bound *time.Time // SetWriteDeadline's: no write goes on past it (the connection is being taken over); nil: none. A pointer: set only for a takeover, and a time.Time more moved netConn up a size class (240 → 256 bytes)
 
 	closeErr  error
 	closeOnce sync.Once
@@ -432,8 +432,8 @@ func (c *netConn) armWrite() {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	c.last = time.Now().Add(c.writeTimeout)
-	if !c.bound.IsZero() && c.bound.Before(c.last) {
-		c.last = c.bound
+	if c.bound != nil && c.bound.Before(c.last) {
+		c.last = *c.bound
 	}
 	c.Conn.SetWriteDeadline(c.last) //nolint:errcheck // a failing deadline fails the write too
 }
@@ -449,10 +449,11 @@ func (c *netConn) armWrite() {
 func (c *netConn) SetWriteDeadline(t time.Time) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
-	c.bound = t
+	c.bound = nil
 	if t.IsZero() {
 		return c.Conn.SetWriteDeadline(c.last)
 	}
+	c.bound = &t
 	if !c.last.IsZero() && c.last.Before(t) {
 		return nil // the write under way, if any, ends sooner
 	}

@@ -503,7 +503,7 @@ func willsSettled(t *testing.T, b *Broker, id string) {
 	t.Helper()
 	waitFor(t, id+"'s wills settled", func() bool {
 		left := false
-		for _, m := range []*sync.Map{&b.conns, &b.connWills, &b.wills.ending} {
+		for _, m := range []ranger{&b.conns, &b.connWills, &b.wills.ending} {
 			m.Range(func(k, _ any) bool {
 				left = left || k.(*mqtt.Client).ID == id
 				return true

@@ -76,7 +76,7 @@ func (b *Broker) Open(p Principal, fn func(Delivery)) *Session {
 	// "web#1", is a legal client id).
 	s.c.id = sessionIDMark + s.c.key
 	out.s = s
-	b.byID.Store(s.c.id, s.c)
+	b.byID.store(s.c.id, s.c)
 	return s
 }
 
@@ -211,7 +211,7 @@ func (s *Session) Close() {
 	}
 	s.trees = map[string]bool{}
 	b := s.b
-	b.byID.CompareAndDelete(s.c.id, s.c)
+	b.byID.compareAndDelete(s.c.id, s.c)
 	b.logs.closed(&s.c.logs, s.c.p.ClientID)
 	s.c.close()
 	b.reqs.push(request{kind: reqDetach, owner: s.c.key})

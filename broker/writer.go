@@ -363,13 +363,14 @@ const (
 // until it may take another (a token bucket, owned by the writer).
 func (c *conn) paceSnapshots() error {
 	now := time.Now()
-	if c.snapAt.IsZero() {
-		c.snapTokens, c.snapAt = snapshotBurst, now
+	if c.snapPace == nil {
+		c.snapPace = &snapPace{tokens: snapshotBurst, at: now}
 	}
-	c.snapTokens = min(snapshotBurst, c.snapTokens+now.Sub(c.snapAt).Seconds()*snapshotRate)
-	c.snapAt = now
-	if c.snapTokens < 1 {
-		wait := time.Duration((1 - c.snapTokens) / snapshotRate * float64(time.Second))
+	p := c.snapPace
+	p.tokens = min(snapshotBurst, p.tokens+now.Sub(p.at).Seconds()*snapshotRate)
+	p.at = now
+	if p.tokens < 1 {
+		wait := time.Duration((1 - p.tokens) / snapshotRate * float64(time.Second))
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {
@@ -377,10 +378,17 @@ func (c *conn) paceSnapshots() error {
 		case <-c.q.done.wait():
 			return errWriterStop
 		}
-		c.snapTokens, c.snapAt = 1, time.Now()
+		p.tokens, p.at = 1, time.Now()
 	}
-	c.snapTokens--
+	p.tokens--
 	return nil
+}
+
+// snapPace is a connection's snapshot token bucket (paceSnapshots): the
+// snapshots it may take now, and when they were last topped up.
+type snapPace struct {
+	tokens float64
+	at     time.Time
 }
 
 // send writes one packet, a message of kind k, and counts it. One the

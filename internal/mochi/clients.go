@@ -6,7 +6,6 @@ package mqtt
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -175,16 +174,19 @@ type ClientConnection struct {
 	outbuf   *bytes.Buffer // a buffer for writing packets
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
-	Inline   bool          // if true, the client is the built-in 'inline' embedded client
 
 	// mote: the deadline refreshDeadline last set, and whether it set one
 	// (the reader's own: see refreshDeadline).
-	deadline    time.Time
+	deadline time.Time
+
+	// mote: Inline after deadline, beside deadlineSet, so that the two
+	// bools share a word (change 80).
+	Inline      bool // if true, the client is the built-in 'inline' embedded client
 	deadlineSet bool
 
-	// mote: bodies is Conn as a PublishBodies, or nil (change 56): where
-	// the reader takes a small PUBLISH body from.
-	bodies PublishBodies
+	// mote: Conn as a PublishBodies (change 56), where the reader takes a
+	// small PUBLISH body from, is asked of Conn at each PUBLISH read
+	// (readPacket), not kept: 16 bytes a client (change 80).
 }
 
 // PublishBodies is a net.Conn that provides the memory of the PUBLISH
@@ -224,51 +226,103 @@ type Will struct {
 // puts before an object over 512 bytes with pointers, one size class
 // down (768 → 704 bytes a connection). Change 72.
 type ClientState struct {
-	TopicAliases  TopicAliases   // a map of topic aliases
-	stopCause     atomic.Value   // reason for stopping
-	Inflight      *Inflight      // a map of in-flight qos messages
-	Subscriptions *Subscriptions // a map of the subscription filters a client maintains
-	disconnected  int64          // the time the client disconnected in unix time, for calculating expiry
+	TopicAliases  TopicAliases          // a map of topic aliases
+	stopCause     atomic.Pointer[error] // reason for stopping (mote: a pointer, not an atomic.Value: 8 bytes less; change 80)
+	Inflight      *Inflight             // a map of in-flight qos messages
+	Subscriptions *Subscriptions        // a map of the subscription filters a client maintains
+	disconnected  int64                 // the time the client disconnected in unix time, for calculating expiry
 	// mote: the queue for pending outbound packets, made by the first
 	// packet queued (outboundOf): Mote's deliveries go through writers of
 	// its own, so most clients never queue one, and the channel and its
 	// 16 slots cost 240 bytes a connection. Change 72.
-	outbound    atomic.Pointer[chan *packets.Packet]
-	open        context.Context    // indicate that the client is open for packet exchange
-	cancelOpen  context.CancelFunc // cancel function for open context
-	TooLarge    atomic.Int64       // mote: publishes the resend discarded, too large for the client (change 52); the embedder takes them
-	endOnce     sync.Once          // only end once
-	isTakenOver atomic.Bool        // used to identify orphaned clients
-	packetID    uint32             // the current highest packetID
-	stopped     atomic.Bool        // mote: Stop cancelled open (change 66): Closed without open.Err's channel lock
-	outboundQty int32              // number of messages currently in the outbound queue
-	writing     atomic.Bool        // mote: a WriteLoop was started for the client
+	outbound atomic.Pointer[chan *packets.Packet]
+	// mote: done is closed once the client is stopped (cancelOpen), made
+	// by the first WriteLoop that waits on it (doneOf); upstream's open
+	// context and its cancel function cost every connection 96 bytes and
+	// 24 in the struct, and only a WriteLoop waits on them. Change 78.
+	done    atomic.Pointer[chan struct{}]
+	endOnce sync.Once // only end once
+	// mote: flags holds what were four atomic.Bools, 16 bytes, in one
+	// word (change 80): flagTakenOver (isTakenOver: used to identify
+	// orphaned clients), flagStopped (Stop cancelled open, change 66:
+	// Closed without a lock), flagWriting (a WriteLoop was started for the
+	// client) and flagUnanswered (filed by its CONNECT, its CONNACK not yet
+	// written; cleared under the client's lock with the write:
+	// disconnectTakenOver, change 59).
+	flags       atomic.Uint32
+	TooLarge    atomic.Int32 // mote: publishes the resend discarded, too large for the client (change 52); the embedder takes them (an Int32 among the 4-byte fields since change 80)
+	packetID    uint32       // the current highest packetID
+	outboundQty int32        // number of messages currently in the outbound queue
 	// mote: how many of mochi's own writes (a PINGRESP, an ack, a
 	// CONNACK) wait for the client's lock; the broker's writer lets them
 	// go first (LetWritesFirst). Change 27; here since change 72.
 	writesWaiting   atomic.Int32
-	unanswered      atomic.Bool // mote: filed by its CONNECT, its CONNACK not yet written; cleared under the client's lock with the write (disconnectTakenOver, change 59)
-	subMu           sync.Mutex  // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
-	expiryMu        sync.Mutex  // mote: guards Properties.Props.SessionExpiryInterval once filed, and claimed (change 53)
-	Keepalive       uint16      // the number of seconds the connection can wait
-	writeOnDemand   bool        // mote: WriteLoop starts on the first queued packet (set before the client is shared)
-	acksHeld        bool        // mote: writeAck held an ack in outbuf (read goroutine only)
-	claimed         bool        // mote: a takeover read the session's lifetime (claimSession): a DISCONNECT no longer changes it
-	ServerKeepalive bool        // keepalive was set by the server
+	subMu           sync.Mutex // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
+	expiryMu        sync.Mutex // mote: guards Properties.Props.SessionExpiryInterval once filed, and claimed (change 53)
+	Keepalive       uint16     // the number of seconds the connection can wait
+	writeOnDemand   bool       // mote: WriteLoop starts on the first queued packet (set before the client is shared)
+	acksHeld        bool       // mote: writeAck held an ack in outbuf (read goroutine only)
+	claimed         bool       // mote: a takeover read the session's lifetime (claimSession): a DISCONNECT no longer changes it
+	ServerKeepalive bool       // keepalive was set by the server
+	opened          bool       // mote: made by newClient, open until stopped (upstream's open context; change 78)
+}
+
+// mote: cancelOpen stops the client's packet exchange: Closed answers
+// true from now on and a WriteLoop returns. Upstream cancelled the open
+// context; idempotent as that was (change 78).
+func (s *ClientState) cancelOpen() {
+	if !s.setFlag(flagStopped) {
+		return
+	}
+	if p := s.done.Load(); p != nil {
+		close(*p)
+	}
+}
+
+// mote: a client's flags (ClientState.flags, change 80).
+const (
+	flagTakenOver uint32 = 1 << iota
+	flagStopped
+	flagWriting
+	flagUnanswered
+)
+
+// mote: flag reports whether f is set (change 80).
+func (s *ClientState) flag(f uint32) bool { return s.flags.Load()&f != 0 }
+
+// mote: setFlag sets f and reports whether it was clear: an atomic.Bool's
+// CompareAndSwap(false, true) (change 80).
+func (s *ClientState) setFlag(f uint32) bool { return s.flags.Or(f)&f == 0 }
+
+// mote: clearFlag clears f (change 80).
+func (s *ClientState) clearFlag(f uint32) { s.flags.And(^f) }
+
+// mote: doneOf is the channel closed by cancelOpen, made the first time
+// it is asked for. A caller that made it after cancelOpen looked must
+// check stopped after doneOf returns: cancelOpen sets stopped before it
+// looks, so either it closes the channel or the caller sees stopped
+// (change 78).
+func (s *ClientState) doneOf() <-chan struct{} {
+	if p := s.done.Load(); p != nil {
+		return *p
+	}
+	ch := make(chan struct{})
+	s.done.CompareAndSwap(nil, &ch)
+	return *s.done.Load()
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
 // for creating new clients, but it lives here because it's not dependent.
 func newClient(c net.Conn, o *ops) *Client {
-	ctx, cancel := context.WithCancel(context.Background())
 	cl := &Client{
 		State: ClientState{
 			Inflight:      NewInflights(),
 			Subscriptions: NewSubscriptions(),
-			TopicAliases:  NewTopicAliases(o.options.Capabilities.TopicAliasMaximum),
-			open:          ctx,
-			cancelOpen:    cancel,
-			Keepalive:     defaultKeepalive,
+			// mote: no topic aliases until the client uses them: inbound
+			// made by the first alias the client sets (InboundAliases),
+			// outbound by a CONNECT allowing some (ParseConnect). Change 78.
+			opened:    true, // mote: change 78
+			Keepalive: defaultKeepalive,
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -282,7 +336,6 @@ func newClient(c net.Conn, o *ops) *Client {
 			bconn:  newConnReader(c, o.options.ClientNetReadBufferSize), // mote change 62
 			Remote: c.RemoteAddr().String(),
 		}
-		cl.Net.bodies, _ = c.(PublishBodies) // mote change 56
 	}
 
 	return cl
@@ -290,6 +343,10 @@ func newClient(c net.Conn, o *ops) *Client {
 
 // WriteLoop ranges over pending outbound messages and writes them to the client connection.
 func (cl *Client) WriteLoop() {
+	done := cl.State.doneOf() // mote: change 78
+	if cl.State.flag(flagStopped) {
+		return
+	}
 	for {
 		select {
 		case pk := <-cl.outboundOf(): // mote: change 72
@@ -298,7 +355,7 @@ func (cl *Client) WriteLoop() {
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", LogString(cl.ID), LogPacket(pk)) // mote change 68
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
-		case <-cl.State.open.Done():
+		case <-done:
 			return
 		}
 	}
@@ -334,7 +391,7 @@ func (cl *Client) outboundLen() int {
 // carried in the tree (issue 15)"). The loop stops as before, when the
 // client's open context is cancelled.
 func (cl *Client) startWriteLoop() {
-	if cl.State.writeOnDemand && cl.State.writing.CompareAndSwap(false, true) {
+	if cl.State.writeOnDemand && cl.State.setFlag(flagWriting) {
 		go cl.WriteLoop()
 	}
 }
@@ -420,7 +477,10 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.State.Keepalive = pk.Connect.Keepalive                                              // [MQTT-3.2.2-22]
 	cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
 	cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
-	cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(cl.Properties.Props.TopicAliasMaximum)
+	cl.State.TopicAliases.Outbound = nil                                                   // mote: only for a client allowing aliases; nil is a maximum of 0 (change 78)
+	if cl.Properties.Props.TopicAliasMaximum > 0 {
+		cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(cl.Properties.Props.TopicAliasMaximum)
+	}
 
 	cl.ID = pk.Connect.ClientIdentifier
 	if cl.ID == "" {
@@ -679,12 +739,11 @@ func (cl *Client) Stop(err error) {
 		}
 
 		if err != nil {
-			cl.State.stopCause.Store(err)
+			cl.State.stopCause.Store(&err) // mote change 80
 		}
 
-		if cl.State.cancelOpen != nil {
+		if cl.State.opened { // mote: change 78 (upstream: a cancel function, made by newClient)
 			cl.State.cancelOpen()
-			cl.State.stopped.Store(true) // mote: change 66, after open is cancelled: Closed answers as before
 		}
 
 		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())
@@ -699,7 +758,7 @@ func (cl *Client) Stop(err error) {
 func (cl *Client) stopIfUnanswered() bool {
 	cl.lockWrite()
 	defer cl.Unlock()
-	if !cl.State.unanswered.Load() {
+	if !cl.State.flag(flagUnanswered) {
 		return false
 	}
 	cl.Stop(packets.ErrSessionTakenOver)
@@ -734,10 +793,10 @@ func (cl *Client) closedCause() error {
 
 // StopCause returns the reason the client connection was stopped, if any.
 func (cl *Client) StopCause() error {
-	if cl.State.stopCause.Load() == nil {
-		return nil
+	if p := cl.State.stopCause.Load(); p != nil { // mote change 80
+		return *p
 	}
-	return cl.State.stopCause.Load().(error)
+	return nil
 }
 
 // StopTime returns the the time the client disconnected in unix time, else zero.
@@ -750,11 +809,13 @@ func (cl *Client) Closed() bool {
 	// mote: change 66: a stopped client answers from an atomic; a closed
 	// context's Err takes its Done channel's lock, and the broker asks
 	// every away subscriber of a message.
-	return cl.State.stopped.Load() || cl.State.open == nil || cl.State.open.Err() != nil
+	// mote: change 78: no open context; a client not made by newClient
+	// is closed, as one without that context was.
+	return cl.State.flag(flagStopped) || !cl.State.opened
 }
 
 func (cl *Client) IsTakenOver() bool {
-	return cl.State.isTakenOver.Load()
+	return cl.State.flag(flagTakenOver)
 }
 
 // mote: Answered reports whether cl's CONNACK was written (change 58): a
@@ -762,7 +823,7 @@ func (cl *Client) IsTakenOver() bool {
 // told its session is present if so, or never connected (its CONNACK
 // failed) if not.
 func (cl *Client) Answered() bool {
-	return !cl.State.unanswered.Load()
+	return !cl.State.flag(flagUnanswered)
 }
 
 // ReadFixedHeader reads in the values of the next packet's fixed header.
@@ -864,8 +925,10 @@ func (cl *Client) readPacket(fh *packets.FixedHeader, pk *packets.Packet) (err e
 	pk.Mods.MaxUserProperties = cl.ops.options.Capabilities.MaximumUserProperties       // mote change 68
 	pk.Mods.MaxUserPropertyBytes = cl.ops.options.Capabilities.MaximumUserPropertyBytes // mote change 68
 	var p []byte
-	if pk.FixedHeader.Type == packets.Publish && cl.Net.bodies != nil {
-		p = cl.Net.bodies.PublishBody(&pk.FixedHeader) // mote change 56
+	if pk.FixedHeader.Type == packets.Publish {
+		if bodies, ok := cl.Net.Conn.(PublishBodies); ok { // mote changes 56, 80
+			p = bodies.PublishBody(&pk.FixedHeader)
+		}
 	}
 	if p != nil && len(p) == pk.FixedHeader.Remaining {
 		_, err = io.ReadFull(cl.Net.bconn, p)
@@ -1151,7 +1214,7 @@ func (cl *Client) writePacket(pk packets.Packet, hold bool) error {
 		if pk.FixedHeader.Type == packets.Connack {
 			defer func() { // mote: before the Unlock (change 59)
 				if err == nil {
-					cl.State.unanswered.Store(false) // answered: a takeover may send it DISCONNECT now
+					cl.State.clearFlag(flagUnanswered) // answered: a takeover may send it DISCONNECT now
 				}
 			}()
 		}

@@ -5,7 +5,6 @@
 package mqtt
 
 import (
-	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -213,7 +212,7 @@ func TestReadLockedOnceWithWriters(t *testing.T) {
 	inflight := NewInflights()
 	inflight.Set(packets.Packet{PacketID: 1, Expiry: -1})
 	clients := NewClients()
-	clients.Add(&Client{ID: "c", State: ClientState{open: context.Background()}, Net: ClientConnection{Listener: "tcp1"}})
+	clients.Add(&Client{ID: "c", State: ClientState{opened: true}, Net: ClientConnection{Listener: "tcp1"}})
 	tests := []struct {
 		name  string
 		read  func()

@@ -122,7 +122,7 @@ func TestMoteWriteLoopOnDemand(t *testing.T) {
 		t.Fatalf("client %q not attached", id)
 	}
 	done := runServe(serve)
-	if cl.State.writing.Load() {
+	if cl.State.flag(flagWriting) {
 		t.Fatal("a WriteLoop runs before anything was queued")
 	}
 	if !s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "a/b"}) {
@@ -133,7 +133,7 @@ func TestMoteWriteLoopOnDemand(t *testing.T) {
 	if err != nil || h&0xf0 != 0x30 || string(body[len(body)-1:]) != "x" {
 		t.Fatalf("got %#x % x %v, want the PUBLISH", h, body, err)
 	}
-	if !cl.State.writing.Load() {
+	if !cl.State.flag(flagWriting) {
 		t.Error("the PUBLISH was written but no WriteLoop is marked started")
 	}
 	c.Close()
@@ -873,8 +873,8 @@ func TestNewClientPublishBodies(t *testing.T) {
 	defer b.Close()
 	bc := &moteBodies{Conn: a}
 	cl := newClient(bc, &ops{options: &Options{Capabilities: NewDefaultServerCapabilities()}, info: new(system.Info), hooks: new(Hooks), log: logger, pool: new(packetPool)})
-	if cl.Net.bodies != PublishBodies(bc) {
-		t.Errorf("bodies %v, want the conn", cl.Net.bodies)
+	if _, ok := cl.Net.Conn.(PublishBodies); !ok {
+		t.Errorf("conn %T, want the PublishBodies given", cl.Net.Conn)
 	}
 }
 
@@ -897,7 +897,7 @@ func TestPublishBodies(t *testing.T) {
 			cl, _, _ := newTestClient()
 			defer cl.Stop(errClientStop)
 			bc := &moteBodies{Conn: cl.Net.Conn, wrong: tt.wrong}
-			cl.Net.bodies = bc                                                 // as newClient sets it for a conn that is a PublishBodies
+			cl.Net.Conn = bc                                                   // a conn that is a PublishBodies (change 80: asked of Conn)
 			data := append(moteEncodePublish(t, "a/b", "payload"), 0xc0, 0x00) // and a PINGREQ
 			cl.Net.bconn = newConnReader(bytes.NewReader(data), 4096)
 			var fh packets.FixedHeader
@@ -1008,7 +1008,7 @@ func TestMoteTakeoverOfStalledConnack(t *testing.T) {
 	cl, r, _ := newTestClient()
 	defer r.Close()
 	cl.Properties.ProtocolVersion = 5
-	cl.State.unanswered.Store(true)
+	cl.State.setFlag(flagUnanswered)
 	acked := make(chan error, 1)
 	go func() { acked <- s.SendConnack(cl, packets.CodeSuccess, false, nil) }()
 	waitFor(t, "the CONNACK's write to hold the client's lock", func() bool {

@@ -179,6 +179,7 @@ type Server struct {
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
 	takeovers    idLocks              // mote: one CONNECT at a time takes its client id over and files itself (inheritClientSession, Clients.Add)
 	packetPool   packetPool           // mote: the packets the clients' read loops decode into (change 25)
+	clientOps    atomic.Pointer[ops]  // mote: the ops NewClient's clients share while the server's fields stay as they were (clientOpsOf, change 78)
 }
 
 // loop contains interval tickers for the system events loop.
@@ -272,18 +273,31 @@ func (o *Options) ensureDefaults() {
 	}
 }
 
+// mote: clientOpsOf is the ops of a new client: one for every client
+// made while the server's options, info, hooks and logger stay the
+// fields they were, a new one once one of them is changed. Upstream made
+// one for each client (48 bytes a connection). Change 78.
+func (s *Server) clientOpsOf() *ops {
+	o := s.clientOps.Load()
+	if o == nil || o.options != s.Options || o.info != s.Info || o.hooks != s.hooks || o.log != s.Log {
+		o = &ops{
+			options: s.Options,
+			info:    s.Info,
+			hooks:   s.hooks,
+			log:     s.Log,
+			pool:    &s.packetPool, // mote: change 25
+		}
+		s.clientOps.Store(o)
+	}
+	return o
+}
+
 // NewClient returns a new Client instance, populated with all the required values and
 // references to be used with the server. If you are using this client to directly publish
 // messages from the embedding application, set the inline flag to true to bypass ACL and
 // topic validation checks.
 func (s *Server) NewClient(c net.Conn, listener string, id string, inline bool) *Client {
-	cl := newClient(c, &ops{ // [MQTT-3.1.2-6] implicit
-		options: s.Options,
-		info:    s.Info,
-		hooks:   s.hooks,
-		log:     s.Log,
-		pool:    &s.packetPool, // mote: change 25
-	})
+	cl := newClient(c, s.clientOpsOf()) // [MQTT-3.1.2-6] implicit
 
 	cl.ID = id
 	cl.Net.Listener = listener
@@ -541,7 +555,7 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 	// disconnected: it stayed connected under an id no longer its own
 	// [MQTT-3.1.4-3]. Options.TakeoverCheck may refuse the takeover there
 	// (change 24): cl is answered with its code and closed, filed nowhere.
-	cl.State.unanswered.Store(true) // mote: before it is filed; see disconnectTakenOver
+	cl.State.setFlag(flagUnanswered) // mote: before it is filed; see disconnectTakenOver
 	sessionPresent, refused := s.takeOverAndFile(pk, cl)
 	if refused != nil {
 		if err := s.SendConnack(cl, *refused, false, nil); err != nil {
@@ -965,11 +979,11 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 		if fresh || pk.Connect.Clean || existing.claimSession() { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
-			existing.State.isTakenOver.Store(true) // only set isTakenOver after unsubscribe has occurred
-			return false                           // [MQTT-3.2.2-3]
+			existing.State.setFlag(flagTakenOver) // only set isTakenOver after unsubscribe has occurred
+			return false                          // [MQTT-3.2.2-3]
 		}
 
-		existing.State.isTakenOver.Store(true)
+		existing.State.setFlag(flagTakenOver)
 		// mote: moved, not cloned, in one step (change 74): what the old
 		// connection sets in its map after this (a QoS 2 PUBLISH's PUBREC
 		// it was processing) stays there, and what it deletes (a delivery
@@ -1290,8 +1304,8 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 	// the same way, not a Protocol Error. Upstream set it after the User
 	// Property and ACL refusals.
 	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
-		if pk.TopicName == "" { // mote: an alias the client never set, with no topic [MQTT-3.3.4] (§3.3.4 3a)
+		pk.TopicName = cl.InboundAliases().Set(pk.Properties.TopicAlias, pk.TopicName) // mote change 78
+		if pk.TopicName == "" {                                                        // mote: an alias the client never set, with no topic [MQTT-3.3.4] (§3.3.4 3a)
 			return s.DisconnectClient(cl, packets.ErrProtocolViolationUnknownAlias)
 		}
 	}
@@ -2235,6 +2249,9 @@ func (s *Server) loadClients(v []storage.Client) {
 			MaximumPacketSize:         c.Properties.MaximumPacketSize,
 		}
 		cl.Properties.Will = Will(c.Will)
+		if cl.Properties.Props.TopicAliasMaximum > 0 { // mote: as newClient made them before change 78
+			cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(s.Options.Capabilities.TopicAliasMaximum)
+		}
 
 		// cancel the context, update cl.State such as disconnected time and stopCause.
 		cl.Stop(packets.ErrServerShuttingDown)

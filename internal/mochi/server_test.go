@@ -2176,6 +2176,7 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 	cl, r, w := newTestClient()
 	cl.Properties.ProtocolVersion = 5
 	cl.Properties.Props.TopicAliasMaximum = 5
+	cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(5) // mote: as its CONNECT would have made them (ParseConnect, change 78)
 	s.Clients.Add(cl)
 
 	go func() {
@@ -2289,7 +2290,7 @@ func TestProcessPublishWithTopicAlias(t *testing.T) {
 
 	cl2, _, w2 := newTestClient()
 	cl2.Properties.ProtocolVersion = 5
-	cl2.State.TopicAliases.Inbound.Set(1, "a/b/c")
+	cl2.InboundAliases().Set(1, "a/b/c")
 
 	go func() {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishMqtt5).Packet

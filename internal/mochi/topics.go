@@ -44,12 +44,27 @@ type InboundTopicAliases struct {
 }
 
 // Get returns the topic of an alias the client has set. mote: for a
-// publish the broker takes aside before mochi resolves its alias.
+// publish the broker takes aside before mochi resolves its alias. A nil
+// a holds none (change 78).
 func (a *InboundTopicAliases) Get(id uint16) (string, bool) {
+	if a == nil {
+		return "", false
+	}
 	a.RLock()
 	defer a.RUnlock()
 	t, ok := a.internal[id]
 	return t, ok
+}
+
+// InboundAliases is the topic aliases the client has set, made by the
+// first call. mote: a client's aliases are made when it first uses one,
+// not for every connection (96 bytes each, with the outbound ones; change
+// 78). Called only by the client's reader, as every use of them is.
+func (cl *Client) InboundAliases() *InboundTopicAliases {
+	if cl.State.TopicAliases.Inbound == nil {
+		cl.State.TopicAliases.Inbound = NewInboundTopicAliases(cl.ops.options.Capabilities.TopicAliasMaximum)
+	}
+	return cl.State.TopicAliases.Inbound
 }
 
 // Set sets a new alias for a specific topic.
@@ -91,8 +106,12 @@ func NewOutboundTopicAliases(topicAliasMaximum uint16) *OutboundTopicAliases {
 }
 
 // Set sets a new topic alias for a topic and returns the alias value, and a boolean
-// indicating if the alias already existed.
+// indicating if the alias already existed. mote: a nil a has a maximum
+// of 0 (change 78).
 func (a *OutboundTopicAliases) Set(topic string) (uint16, bool) {
+	if a == nil {
+		return 0, false
+	}
 	a.Lock()
 	defer a.Unlock()
 
@@ -124,6 +143,9 @@ func (a *OutboundTopicAliases) Set(topic string) (uint16, bool) {
 // mote: a lookup that assigns nothing (Set assigns a free alias), so the
 // broker can measure the packet it will send (broker treePacketSize).
 func (a *OutboundTopicAliases) Known(topic string) bool {
+	if a == nil {
+		return false
+	}
 	a.RLock()
 	defer a.RUnlock()
 	_, ok := a.internal[topic]
