@@ -17,16 +17,20 @@ import (
 )
 
 // rawIO is a plain TCP connection's reads into lent buffers (ReadLent)
-// and its non-blocking writes made straight on
-// its file descriptor by a function built once (no allocation per call).
-// The descriptor is non-blocking, so the call returns at once: it is made
-// as a raw system call, without telling the scheduler the thread may
-// block (entersyscall, which wakes the runtime's monitor thread when the
-// process was idle). Reads stay the net package's: raw reads too saved
-// that wake-up on every message, but the monitor thread then stayed
-// parked while the broker only read and wrote sockets, and a stress test
-// of 10,000 connections under CPU contention failed (bench/README.md).
-// Under the netConn's wmu.
+// and its non-blocking writes made straight on its file descriptor by
+// functions built once (no allocation per call). The descriptor is
+// non-blocking, so a call returns at once: writes are made as raw system
+// calls, without telling the scheduler the thread may block
+// (entersyscall, which wakes the runtime's monitor thread, sysmon, when
+// the process was idle: a futex wake-up and a run of 20-µs sleeps on
+// every message to an idle broker, a quarter of its CPU in the latency
+// scenario). Reads are raw too but one in syscallEvery of the broker's
+// (readBufPool.syscallDue), which goes through entersyscall: sysmon must
+// not stay parked while the broker only reads and writes sockets, for it
+// is what polls the network when every P has work (a stress test of
+// 10,000 connections under CPU contention lost connections when every
+// read was raw: bench/README.md, "Latency: hops, wake-ups and
+// allocations"). Under the netConn's wmu.
 type rawIO struct {
 	rc syscall.RawConn
 
@@ -75,7 +79,13 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 			w.rbuf = w.bufs.get()
 		}
 		for {
-			n, err := syscall.Read(int(fd), w.rbuf)
+			var n int
+			var err error
+			if w.bufs.syscallDue() {
+				n, err = syscall.Read(int(fd), w.rbuf) // mote: wakes sysmon if parked
+			} else {
+				n, err = rawRead(fd, w.rbuf)
+			}
 			if err == nil {
 				w.rn = int32(n)
 				return true
@@ -116,6 +126,16 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 		}
 	}
 	return w
+}
+
+// rawRead is read(2) on the non-blocking descriptor fd as a raw system
+// call (no entersyscall), with syscall.Read's results.
+func rawRead(fd uintptr, p []byte) (int, error) {
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
 
 // ReadLent implements mochi's BufferLender (change 62): a plain TCP
