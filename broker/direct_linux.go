@@ -24,7 +24,8 @@ import (
 // (entersyscall, which wakes the runtime's monitor thread, sysmon, when
 // the process was idle: a futex wake-up and a run of 20-µs sleeps on
 // every message to an idle broker, a quarter of its CPU in the latency
-// scenario). Reads are raw too but one in syscallEvery of the broker's
+// scenario). Reads of a connection whose reader waits between packets
+// are raw too (rawNext), but one in syscallEvery of the broker's
 // (readBufPool.syscallDue), which goes through entersyscall: sysmon must
 // not stay parked while the broker only reads and writes sockets, for it
 // is what polls the network when every P has work (a stress test of
@@ -49,10 +50,13 @@ type rawIO struct {
 	werr  syscall.Errno
 
 	// The bytes the last read and write took (a read at most a lent
-	// buffer, a write(2) at most 0x7ffff000 bytes on Linux), in one word:
-	// rawIO is 160 bytes, a size class below 176.
-	rn int32
-	wn int32
+	// buffer of clientReadBuffer bytes, a write(2) at most 0x7ffff000
+	// bytes on Linux) and drained, in one word: rawIO is 160 bytes, a
+	// size class below 176. drained is the reads' history, a bit a read,
+	// the last in bit 0: 1 if it found the socket empty (EAGAIN).
+	rn      int16
+	drained uint8
+	wn      int32
 
 	// rest is what a non-blocking write left of the packets it began:
 	// whatever is written next to the connection, by anyone (the writer,
@@ -81,13 +85,14 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 		for {
 			var n int
 			var err error
-			if w.bufs.syscallDue() {
-				n, err = syscall.Read(int(fd), w.rbuf) // mote: wakes sysmon if parked
+			if w.bufs.syscallDue() || !w.rawNext() {
+				n, err = syscall.Read(int(fd), w.rbuf) // wakes sysmon if parked
 			} else {
 				n, err = rawRead(fd, w.rbuf)
 			}
+			w.drained <<= 1
 			if err == nil {
-				w.rn = int32(n)
+				w.rn = int16(n)
 				return true
 			}
 			// The error as an Errno, then compared: comparing the error
@@ -101,6 +106,7 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 			case e == syscall.EINTR:
 				continue
 			case e == syscall.EAGAIN:
+				w.drained |= 1
 				w.bufs.put(w.rbuf) // wait without it
 				w.rbuf = nil
 				return false
@@ -127,6 +133,16 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 	}
 	return w
 }
+
+// rawNext reports whether the next read is to be raw: one of the last two
+// found the socket empty. So a connection whose reader waits between
+// packets (a read that drains, the netpoller's wake-up, a read that
+// brings the next) reads raw, and the monitor thread is not woken for
+// each of its packets when the broker was idle; one whose input never
+// runs dry (a flood, a busy publisher) reads through the scheduler, as
+// the net package reads, and a busy broker keeps its monitor thread
+// awake (fan-in QoS 0 lost throughput when those reads were raw too).
+func (w *rawIO) rawNext() bool { return w.drained&3 != 0 }
 
 // rawRead is read(2) on the non-blocking descriptor fd as a raw system
 // call (no entersyscall), with syscall.Read's results.

@@ -157,3 +157,36 @@ func TestReadsRawButOneInSyscallEvery(t *testing.T) {
 		t.Errorf("%d reads counted, want at least %d", got, 3*syscallEvery)
 	}
 }
+
+// TestRawNext: a read is raw when one of the connection's last two reads
+// found its socket empty (a reader that waits between packets); reads
+// of input that never runs dry go through the scheduler, as the net
+// package's do.
+func TestRawNext(t *testing.T) {
+	tests := []struct {
+		name    string
+		drained []bool // the reads before, oldest first: found the socket empty
+		raw     bool
+	}{
+		{"first read", nil, false},
+		{"after a drained read", []bool{true}, true},
+		{"data after a drained read", []bool{true, false}, true},
+		{"two reads of data", []bool{true, false, false}, false},
+		{"a flood", []bool{false, false, false, false}, false},
+		{"waits between packets", []bool{true, false, true, false, true, false}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var w rawIO
+			for _, d := range tt.drained {
+				w.drained <<= 1
+				if d {
+					w.drained |= 1
+				}
+			}
+			if got := w.rawNext(); got != tt.raw {
+				t.Errorf("rawNext %v, want %v", got, tt.raw)
+			}
+		})
+	}
+}
