@@ -50,8 +50,9 @@ func encodedAtLeast(pk *packets.Packet) int {
 // waiting for its next packet holds none. The zero value is ready.
 //
 // It also counts the reads of those connections (syscallDue): every
-// syscallEvery-th is made through the scheduler's entersyscall, the
-// others as raw system calls (rawIO).
+// syscallEvery-th is made through the scheduler's entersyscall; the
+// others are raw system calls where the connection's reader waits
+// between packets (rawIO.rawNext).
 type readBufPool struct {
 	p     sync.Pool
 	out   atomic.Int64  // buffers lent and not yet given back
