@@ -28,10 +28,11 @@ import (
 // are raw too (rawNext), but one in syscallEvery of the broker's
 // (readBufPool.syscallDue), which goes through entersyscall: sysmon must
 // not stay parked while the broker only reads and writes sockets, for it
-// is what polls the network when every P has work (a stress test of
-// 10,000 connections under CPU contention lost connections when every
-// read was raw: bench/README.md, "Latency: hops, wake-ups and
-// allocations"). Under the netConn's wmu.
+// is what polls the network when every P has work (on 2026-12-03 a
+// stress test of 10,000 connections under CPU contention lost
+// connections when every read was raw: bench/README.md, "Latency: hops,
+// wake-ups and allocations"; not reproduced since). Under the netConn's
+// wmu.
 type rawIO struct {
 	rc syscall.RawConn
 
@@ -141,7 +142,8 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 // each of its packets when the broker was idle; one whose input never
 // runs dry (a flood, a busy publisher) reads through the scheduler, as
 // the net package reads, and a busy broker keeps its monitor thread
-// awake (fan-in QoS 0 lost throughput when those reads were raw too).
+// awake (with those reads raw too, fan-in QoS 0 read 0.65–0.92× main
+// in runs at load 5–10, a loss this machine could not confirm).
 func (w *rawIO) rawNext() bool { return w.drained&3 != 0 }
 
 // rawRead is read(2) on the non-blocking descriptor fd as a raw system
