@@ -48,9 +48,28 @@ func encodedAtLeast(pk *packets.Packet) int {
 // clientReadBuffer bytes, from the read that finds input to the reader
 // reading it all (netConn.ReadLent, mochi change 62): a connection
 // waiting for its next packet holds none. The zero value is ready.
+//
+// It also counts the reads of those connections (syscallDue): every
+// syscallEvery-th is made through the scheduler's entersyscall; the
+// others are raw system calls where the connection's reader waits
+// between packets (rawIO.rawNext).
 type readBufPool struct {
-	p   sync.Pool
-	out atomic.Int64 // buffers lent and not yet given back
+	p     sync.Pool
+	out   atomic.Int64  // buffers lent and not yet given back
+	reads atomic.Uint32 // reads of the broker's plain TCP connections
+}
+
+// syscallEvery is how many reads of the broker's plain TCP connections
+// make one through entersyscall: a read so wakes the runtime's monitor
+// thread if it is parked, as every read did before they were raw. A
+// power of two.
+const syscallEvery = 16
+
+// syscallDue reports whether this read is to be made through the
+// scheduler (syscall.Read), which wakes the runtime's monitor thread if
+// it is parked: one read in syscallEvery of the broker's.
+func (p *readBufPool) syscallDue() bool {
+	return p.reads.Add(1)&(syscallEvery-1) == 0
 }
 
 func (p *readBufPool) get() []byte {

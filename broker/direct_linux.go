@@ -17,16 +17,22 @@ import (
 )
 
 // rawIO is a plain TCP connection's reads into lent buffers (ReadLent)
-// and its non-blocking writes made straight on
-// its file descriptor by a function built once (no allocation per call).
-// The descriptor is non-blocking, so the call returns at once: it is made
-// as a raw system call, without telling the scheduler the thread may
-// block (entersyscall, which wakes the runtime's monitor thread when the
-// process was idle). Reads stay the net package's: raw reads too saved
-// that wake-up on every message, but the monitor thread then stayed
-// parked while the broker only read and wrote sockets, and a stress test
-// of 10,000 connections under CPU contention failed (bench/README.md).
-// Under the netConn's wmu.
+// and its non-blocking writes made straight on its file descriptor by
+// functions built once (no allocation per call). The descriptor is
+// non-blocking, so a call returns at once: writes are made as raw system
+// calls, without telling the scheduler the thread may block
+// (entersyscall, which wakes the runtime's monitor thread, sysmon, when
+// the process was idle: a futex wake-up and a run of 20-µs sleeps on
+// every message to an idle broker, a quarter of its CPU in the latency
+// scenario). Reads of a connection whose reader waits between packets
+// are raw too (rawNext), but one in syscallEvery of the broker's
+// (readBufPool.syscallDue), which goes through entersyscall: sysmon must
+// not stay parked while the broker only reads and writes sockets, for it
+// is what polls the network when every P has work (on 2026-12-03 a
+// stress test of 10,000 connections under CPU contention lost
+// connections when every read was raw: bench/README.md, "Latency: hops,
+// wake-ups and allocations"; not reproduced since). Under the netConn's
+// wmu.
 type rawIO struct {
 	rc syscall.RawConn
 
@@ -45,10 +51,13 @@ type rawIO struct {
 	werr  syscall.Errno
 
 	// The bytes the last read and write took (a read at most a lent
-	// buffer, a write(2) at most 0x7ffff000 bytes on Linux), in one word:
-	// rawIO is 160 bytes, a size class below 176.
-	rn int32
-	wn int32
+	// buffer of clientReadBuffer bytes, a write(2) at most 0x7ffff000
+	// bytes on Linux) and drained, in one word: rawIO is 160 bytes, a
+	// size class below 176. drained is the reads' history, a bit a read,
+	// the last in bit 0: 1 if it found the socket empty (EAGAIN).
+	rn      int16
+	drained uint8
+	wn      int32
 
 	// rest is what a non-blocking write left of the packets it began:
 	// whatever is written next to the connection, by anyone (the writer,
@@ -75,9 +84,16 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 			w.rbuf = w.bufs.get()
 		}
 		for {
-			n, err := syscall.Read(int(fd), w.rbuf)
+			var n int
+			var err error
+			if w.bufs.syscallDue() || !w.rawNext() {
+				n, err = syscall.Read(int(fd), w.rbuf) // wakes sysmon if parked
+			} else {
+				n, err = rawRead(fd, w.rbuf)
+			}
+			w.drained <<= 1
 			if err == nil {
-				w.rn = int32(n)
+				w.rn = int16(n)
 				return true
 			}
 			// The error as an Errno, then compared: comparing the error
@@ -91,6 +107,7 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 			case e == syscall.EINTR:
 				continue
 			case e == syscall.EAGAIN:
+				w.drained |= 1
 				w.bufs.put(w.rbuf) // wait without it
 				w.rbuf = nil
 				return false
@@ -116,6 +133,27 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 		}
 	}
 	return w
+}
+
+// rawNext reports whether the next read is to be raw: one of the last two
+// found the socket empty. So a connection whose reader waits between
+// packets (a read that drains, the netpoller's wake-up, a read that
+// brings the next) reads raw, and the monitor thread is not woken for
+// each of its packets when the broker was idle; one whose input never
+// runs dry (a flood, a busy publisher) reads through the scheduler, as
+// the net package reads, and a busy broker keeps its monitor thread
+// awake (with those reads raw too, fan-in QoS 0 read 0.65–0.92× main
+// in runs at load 5–10, a loss this machine could not confirm).
+func (w *rawIO) rawNext() bool { return w.drained&3 != 0 }
+
+// rawRead is read(2) on the non-blocking descriptor fd as a raw system
+// call (no entersyscall), with syscall.Read's results.
+func rawRead(fd uintptr, p []byte) (int, error) {
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
 
 // ReadLent implements mochi's BufferLender (change 62): a plain TCP

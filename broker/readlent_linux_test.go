@@ -116,3 +116,77 @@ func TestReadBufsBackAtEnd(t *testing.T) {
 		})
 	}
 }
+
+// TestReadsRawButOneInSyscallEvery: the broker's plain TCP reads are raw
+// system calls but one in syscallEvery, made through the scheduler
+// (syscall.Read) so that it wakes the runtime's monitor thread if parked
+// (readBufPool.syscallDue); both kinds read the same bytes. 3 ×
+// syscallEvery PINGREQs, each read in its own ReadLent, come back whole
+// and in order, and the pool counted every read(2) (at least one a
+// ReadLent).
+func TestReadsRawButOneInSyscallEvery(t *testing.T) {
+	var due int
+	var p readBufPool
+	for range 4 * syscallEvery {
+		if p.syscallDue() {
+			due++
+		}
+	}
+	if due != 4 {
+		t.Fatalf("%d reads of %d through the scheduler, want 4", due, 4*syscallEvery)
+	}
+
+	cli, srv := tcpPair(t)
+	var pool readBufPool
+	nc := &netConn{Conn: srv, raw: newRawIO(srv, &pool), maxConnect: 1 << 20, maxPacket: 100, packets: 1, connected: true}
+	srv.SetReadDeadline(time.Now().Add(10 * time.Second)) //nolint:errcheck // a hang fails the test
+	for i := range 3 * syscallEvery {
+		if _, err := cli.Write([]byte{0xc0, 0x00}); err != nil {
+			t.Fatal(err)
+		}
+		buf, n, err := nc.ReadLent(false)
+		if err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if string(buf[:n]) != "\xc0\x00" {
+			t.Fatalf("read %d: % x, want c0 00", i, buf[:n])
+		}
+		nc.ReturnLent(buf)
+	}
+	if got := pool.reads.Load(); got < 3*syscallEvery {
+		t.Errorf("%d reads counted, want at least %d", got, 3*syscallEvery)
+	}
+}
+
+// TestRawNext: a read is raw when one of the connection's last two reads
+// found its socket empty (a reader that waits between packets); reads
+// of input that never runs dry go through the scheduler, as the net
+// package's do.
+func TestRawNext(t *testing.T) {
+	tests := []struct {
+		name    string
+		drained []bool // the reads before, oldest first: found the socket empty
+		raw     bool
+	}{
+		{"first read", nil, false},
+		{"after a drained read", []bool{true}, true},
+		{"data after a drained read", []bool{true, false}, true},
+		{"two reads of data", []bool{true, false, false}, false},
+		{"a flood", []bool{false, false, false, false}, false},
+		{"waits between packets", []bool{true, false, true, false, true, false}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var w rawIO
+			for _, d := range tt.drained {
+				w.drained <<= 1
+				if d {
+					w.drained |= 1
+				}
+			}
+			if got := w.rawNext(); got != tt.raw {
+				t.Errorf("rawNext %v, want %v", got, tt.raw)
+			}
+		})
+	}
+}
