@@ -62,6 +62,9 @@ func TestHandOnToNewerClient(t *testing.T) {
 			newer := b.server.NewClient(nil, "test", "away", false)
 			newer.Properties.Username = []byte(tc.user)
 			newer.Properties.ProtocolVersion = 5
+			// it resumes the session: a session that ends with its
+			// connection holds nothing while away (holdOffline, D2)
+			newer.Properties.Props.SessionExpiryInterval, newer.Properties.Props.SessionExpiryIntervalFlag = 300, true
 			if tc.closed {
 				newer.Stop(nil)
 			}
