@@ -166,17 +166,24 @@ func userOf(cl *mqtt.Client) string { return string(cl.Properties.Username) }
 func (a *arriving) register(b *Broker, cl *mqtt.Client, fresh bool) *conn {
 	a.lock()
 	defer a.unlock()
-	s := a.by[cl.ID]
-	if s == nil {
-		s = &arrivingSession{}
-		a.setBy(cl.ID, s)
-	}
+	s := a.entryLocked(cl.ID)
 	if fresh || (s.cl != nil && userOf(s.cl) != userOf(cl)) {
 		b.drop(dropSessionEnded, int64(len(s.msgs)))
 		s.msgs = nil
 	}
 	s.cl, s.fresh, s.ending = cl, fresh, false
 	return b.connByID(cl.ID)
+}
+
+// entryLocked returns the entry of id, made if there is none (a's mutex
+// held).
+func (a *arriving) entryLocked(id string) *arrivingSession {
+	s := a.by[id]
+	if s == nil {
+		s = &arrivingSession{}
+		a.setBy(id, s)
+	}
+	return s
 }
 
 // end marks the session of cl, away, as being removed: its expiry or
@@ -192,11 +199,7 @@ func (a *arriving) register(b *Broker, cl *mqtt.Client, fresh bool) *conn {
 func (a *arriving) end(b *Broker, cl *mqtt.Client) {
 	a.lock()
 	defer a.unlock()
-	s := a.by[cl.ID]
-	if s == nil {
-		s = &arrivingSession{}
-		a.setBy(cl.ID, s)
-	}
+	s := a.entryLocked(cl.ID)
 	b.drop(dropSessionEnded, int64(len(s.msgs)))
 	s.msgs = nil
 	s.cl, s.fresh, s.ending = cl, true, true
