@@ -294,10 +294,18 @@ func (st *streamState) deliver(d broker.Delivery) {
 	if st.ended {
 		return
 	}
-	if st.reserved > 0 { // the first message counts by its size from now on
-		st.answers.give(st.reserved)
-		st.reserved = 0
-	}
+	// The first message counts by its size from now on, its snapshot's
+	// estimate until then: given back only once the size is counted (or
+	// the message is not one that counts), so no other answer finds the
+	// budget empty in between (it did: a second large stream got 200 while
+	// the first still held its snapshot, TestStreamAnswerBudget under load).
+	own := st.reserved
+	st.reserved = 0
+	defer func() {
+		if own > 0 {
+			st.answers.give(own)
+		}
+	}()
 	defer func() {
 		if v := recover(); v != nil {
 			st.log.Error().Interface("panic", v).Str("filter", st.filter).Msg("http: event stream panicked; ending it")
@@ -342,8 +350,16 @@ func (st *streamState) deliver(d broker.Delivery) {
 	if !st.waitRoom(size) {
 		return
 	}
+	counted := false
+	if big && own > 0 {
+		counted = st.answers.resize(own, size, false)
+		if !counted { // own still counted: given back, and the size asked for as any event's
+			st.answers.give(own)
+		}
+		own = 0
+	}
 	switch {
-	case big && !st.answers.take(size, false):
+	case big && !counted && !st.answers.take(size, false):
 		// As a GET's answer would get 503: the EventSource reconnects,
 		// and resumes from the last id it got.
 		st.log.Debug().Str("filter", st.filter).Int64("bytes", size).Msg("http: event stream ended: answer budget spent")
