@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/mote-mqtt/mote/clients/client"
 	"github.com/mote-mqtt/mote/cluster"
+	"github.com/mote-mqtt/mote/internal/freeport"
 )
 
 // testNodes is n brokers, each with an embedded NATS node, routed to each
@@ -28,22 +28,15 @@ type testNodes struct {
 	b      []*Broker
 }
 
+// freeRoutes are n free 127.0.0.1 addresses for NATS routes (the nodes
+// must know each other's before they start).
 func freeRoutes(t *testing.T, n int) []string {
 	t.Helper()
-	var ls []net.Listener
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().String())
+	addrs, err := freeport.Loopback(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return out
+	return addrs
 }
 
 // startNodes starts n cluster nodes (together: JetStream waits for its

@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
+	"github.com/mote-mqtt/mote/internal/freeport"
 	"github.com/mote-mqtt/mote/retain"
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -22,18 +24,9 @@ import (
 // must know each other's before they start).
 func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	var ls []net.Listener
-	var addrs []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
-	}
-	for _, l := range ls {
-		l.Close()
+	addrs, err := freeport.Loopback(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return addrs
 }
@@ -372,6 +365,36 @@ func TestNodeOptions(t *testing.T) {
 	} {
 		if _, err := StartNode(o, zerolog.Nop()); !errors.Is(err, ErrNode) {
 			t.Errorf("%+v: %v, want ErrNode", o, err)
+		}
+	}
+}
+
+// TestNodePortInUse: a node whose cluster or client port is taken fails
+// to start at once, saying why, not after its whole Ready bound (NATS
+// logs the listener's error as fatal and goes on without it).
+func TestNodePortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	taken := l.Addr().String()
+	for _, o := range []NodeOptions{
+		{Name: "a", Dir: t.TempDir(), ClusterListen: taken, Routes: []string{taken}},
+		{Name: "b", Dir: t.TempDir(), Listen: taken},
+	} {
+		o.Ready = time.Minute
+		start := time.Now()
+		n, err := StartNode(o, zerolog.Nop())
+		if err == nil {
+			n.Close()
+			t.Fatalf("%s: started on a port in use", o.Name)
+		}
+		if !errors.Is(err, ErrNode) || !strings.Contains(err.Error(), "address already in use") {
+			t.Errorf("%s: %v, want ErrNode saying the address is in use", o.Name, err)
+		}
+		if took := time.Since(start); took > o.Ready/2 {
+			t.Errorf("%s: failed after %v, want well within Ready (%v)", o.Name, took, o.Ready)
 		}
 	}
 }

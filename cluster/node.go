@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -65,19 +66,38 @@ func StartNode(o NodeOptions, log zerolog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("%w %q: %w", ErrNode, o.Name, err)
 	}
 	n := &Node{srv: srv, log: log}
-	srv.SetLoggerV2(natsLogger{log}, false, false, false)
+	fatal := new(atomic.Pointer[string])
+	srv.SetLoggerV2(natsLogger{log: log, fatal: fatal}, false, false, false)
 	srv.Start()
 	ready := o.Ready
 	if ready <= 0 {
 		ready = 10 * time.Second
 	}
-	if !srv.ReadyForConnections(ready) {
+	// NATS logs a listener it cannot open (a port in use) as fatal and
+	// goes on without it; ReadyForConnections would then wait its whole
+	// bound and not say why. So wait in short steps and give up at the
+	// first fatal line, with it.
+	for end := time.Now().Add(ready); ; {
+		if srv.ReadyForConnections(readyStep) {
+			return n, nil
+		}
+		msg := fatal.Load()
+		if msg == nil && time.Now().Before(end) {
+			continue
+		}
 		srv.Shutdown()
 		srv.WaitForShutdown()
-		return nil, fmt.Errorf("%w %q: not listening after %v (client %s, cluster %s)", ErrNode, o.Name, ready, so.Host+":"+strconv.Itoa(so.Port), o.ClusterListen)
+		why := fmt.Sprintf("not listening after %v", ready)
+		if msg != nil {
+			why = *msg
+		}
+		return nil, fmt.Errorf("%w %q: %s (client %s, cluster %s)", ErrNode, o.Name, why, so.Host+":"+strconv.Itoa(so.Port), o.ClusterListen)
 	}
-	return n, nil
 }
+
+// readyStep is how long StartNode waits for the node at a time, between
+// looks for a fatal log line.
+const readyStep = 50 * time.Millisecond
 
 func (o NodeOptions) serverOptions() (*server.Options, error) {
 	if o.Name == "" || strings.ContainsAny(o.Name, " \t\n") {
@@ -179,12 +199,20 @@ func (n *Node) Close() {
 	n.srv.WaitForShutdown()
 }
 
-// natsLogger writes NATS' log lines to zerolog.
-type natsLogger struct{ log zerolog.Logger }
+// natsLogger writes NATS' log lines to zerolog, and keeps the first
+// fatal one in fatal (NATS logs it and goes on: StartNode reports it).
+type natsLogger struct {
+	log   zerolog.Logger
+	fatal *atomic.Pointer[string]
+}
 
 func (l natsLogger) Noticef(f string, v ...any) { l.log.Debug().Msgf(f, v...) }
 func (l natsLogger) Warnf(f string, v ...any)   { l.log.Warn().Msgf(f, v...) }
-func (l natsLogger) Fatalf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
-func (l natsLogger) Errorf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
-func (l natsLogger) Debugf(f string, v ...any)  { l.log.Debug().Msgf(f, v...) }
-func (l natsLogger) Tracef(f string, v ...any)  { l.log.Trace().Msgf(f, v...) }
+func (l natsLogger) Fatalf(f string, v ...any) {
+	msg := fmt.Sprintf(f, v...)
+	l.log.Error().Msg(msg)
+	l.fatal.CompareAndSwap(nil, &msg)
+}
+func (l natsLogger) Errorf(f string, v ...any) { l.log.Error().Msgf(f, v...) }
+func (l natsLogger) Debugf(f string, v ...any) { l.log.Debug().Msgf(f, v...) }
+func (l natsLogger) Tracef(f string, v ...any) { l.log.Trace().Msgf(f, v...) }

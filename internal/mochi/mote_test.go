@@ -5,11 +5,14 @@ package mqtt
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -1207,5 +1210,47 @@ func TestMoteUnsubscribeInUseNoHook(t *testing.T) {
 				t.Errorf("OnUnsubscribe called %d times, want %d", h.calls, tc.wantCalls)
 			}
 		})
+	}
+}
+
+// slowHaltHandler is a slog handler that records messages and takes its
+// time over the event loop's last line, as a busy test logger might.
+type slowHaltHandler struct {
+	mu   *sync.Mutex
+	msgs *[]string
+}
+
+func (h slowHaltHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h slowHaltHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h slowHaltHandler) WithGroup(string) slog.Handler            { return h }
+func (h slowHaltHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "system event loop halted" {
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.mu.Lock()
+	*h.msgs = append(*h.msgs, r.Message)
+	h.mu.Unlock()
+	return nil
+}
+
+// TestCloseWaitsForEventLoop (change 81): once Close returns, the event
+// loop Serve started has returned and logged its last line; a test
+// logger used after its test ended panics. Before, the loop logged
+// "system event loop halted" whenever it next ran.
+func TestCloseWaitsForEventLoop(t *testing.T) {
+	var mu sync.Mutex
+	var msgs []string
+	s := New(&Options{Logger: slog.New(slowHaltHandler{mu: &mu, msgs: &msgs})})
+	_ = s.AddHook(new(AllowHook), nil)
+	if err := s.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(msgs, "system event loop halted") {
+		t.Fatalf("Close returned before the event loop ended; logged: %q", msgs)
 	}
 }

@@ -174,6 +174,7 @@ type Server struct {
 	Info         *system.Info         // values about the server commonly known as $SYS topics
 	loop         *loop                // loop contains tickers for the system event loop
 	done         chan bool            // indicate that the server is ending
+	loopDone     chan struct{}        // mote: closed once the event loop Serve started has returned; nil: none started (change 81)
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
@@ -415,9 +416,11 @@ func (s *Server) Serve() error {
 		}
 	}
 
-	go s.eventLoop()                            // spin up event loop for issuing $SYS values and closing server.
-	s.Listeners.ServeAll(s.EstablishConnection) // start listening on all listeners.
-	s.publishSysTopics()                        // begin publishing $SYS system values.
+	loopDone := make(chan struct{})
+	s.loopDone = loopDone
+	go func() { s.eventLoop(); close(loopDone) }() // spin up event loop for issuing $SYS values and closing server.
+	s.Listeners.ServeAll(s.EstablishConnection)    // start listening on all listeners.
+	s.publishSysTopics()                           // begin publishing $SYS system values.
 	s.hooks.OnStarted()
 
 	return nil
@@ -2082,6 +2085,9 @@ func (s *Server) publishSysTopics() {
 // Close attempts to gracefully shut down the server, all listeners, clients, and stores.
 func (s *Server) Close() error {
 	close(s.done)
+	if s.loopDone != nil {
+		<-s.loopDone // mote: nothing of the loop runs, or logs, after Close returns (change 81)
+	}
 	s.Log.Info("gracefully stopping server")
 	s.Listeners.CloseAll(s.closeListenerClients)
 	s.hooks.OnStopped()
