@@ -5,11 +5,11 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/mote-mqtt/mote/bench/rawmqtt"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -306,24 +306,4 @@ func (r *raw) items(t *testing.T, v byte, out chan<- readItem) {
 }
 
 // readPacketFrom reads one MQTT packet: its first byte and body.
-func readPacketFrom(br *bufio.Reader) (byte, []byte, error) {
-	h, err := br.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, mult := 0, 1
-	for {
-		c, err := br.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n += int(c&0x7f) * mult
-		mult *= 128
-		if c&0x80 == 0 {
-			break
-		}
-	}
-	body := make([]byte, n)
-	_, err = io.ReadFull(br, body)
-	return h, body, err
-}
+func readPacketFrom(br *bufio.Reader) (byte, []byte, error) { return rawmqtt.Read(br) }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mote-mqtt/mote/bench/rawmqtt"
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
@@ -122,31 +123,23 @@ func churnConnect(v byte, id string, clean bool, expiry uint32) []byte {
 	if clean {
 		flags |= 2
 	}
-	b := append(churnString(nil, "MQTT"), v, flags, 0, 60)
+	b := append(rawmqtt.AppendString(nil, "MQTT"), v, flags, 0, 60)
 	if v == 5 {
 		b = append(b, 5, 0x11)
 		b = binary.BigEndian.AppendUint32(b, expiry)
 	}
-	return churnPacket(0x10, churnString(b, id))
-}
-
-func churnString(b []byte, s string) []byte {
-	return append(binary.BigEndian.AppendUint16(b, uint16(len(s))), s...)
-}
-
-func churnPacket(h byte, body []byte) []byte {
-	return append(append([]byte{h}, varint(len(body))...), body...)
+	return rawmqtt.Packet(0x10, rawmqtt.AppendString(b, id))
 }
 
 func churnPublish(v byte, topic string, payload []byte, qos byte, id uint16) []byte {
-	b := churnString(nil, topic)
+	b := rawmqtt.AppendString(nil, topic)
 	if qos > 0 {
 		b = binary.BigEndian.AppendUint16(b, id)
 	}
 	if v == 5 {
 		b = append(b, 0)
 	}
-	return churnPacket(0x30|qos<<1, append(b, payload...))
+	return rawmqtt.Packet(0x30|qos<<1, append(b, payload...))
 }
 
 func churnSubscribe(v byte, id uint16, filter string, qos byte) []byte {
@@ -154,7 +147,7 @@ func churnSubscribe(v byte, id uint16, filter string, qos byte) []byte {
 	if v == 5 {
 		b = append(b, 0)
 	}
-	return churnPacket(0x82, append(churnString(b, filter), qos))
+	return rawmqtt.Packet(0x82, append(rawmqtt.AppendString(b, filter), qos))
 }
 
 // churnOnce runs a scaled-down bench/f34attack churn: workers connect as

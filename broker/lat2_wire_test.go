@@ -8,17 +8,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mote-mqtt/mote/bench/rawmqtt"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // rawPacket is one MQTT packet: its first byte, its remaining length and
 // body.
-func rawPacket(h byte, body []byte) []byte {
-	return append(append([]byte{h}, varint(len(body))...), body...)
-}
+func rawPacket(h byte, body []byte) []byte { return rawmqtt.Packet(h, body) }
 
 // mqttStr is an MQTT UTF-8 string: two bytes of length, then s.
-func mqttStr(s string) []byte { return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...) }
+func mqttStr(s string) []byte { return rawmqtt.AppendString(nil, s) }
 
 // TestPlainForwardBytes: the bytes a plain QoS 0 PUBLISH reaches its
 // subscribers with, written out by hand, for an MQTT 3.1.1 subscriber, an

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mote-mqtt/mote/bench/rawmqtt"
 )
 
 // The original dialect (SPEC §7, original.go) tested with a raw-socket
@@ -109,7 +111,7 @@ func TestOriginalKeepalive(t *testing.T) {
 	}
 }
 
-func str(s string) []byte { return append(binary.BigEndian.AppendUint16(nil, uint16(len(s))), s...) }
+func str(s string) []byte { return rawmqtt.AppendString(nil, s) }
 
 func (c *origClient) send(head byte, body ...[]byte) {
 	c.t.Helper()

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mote-mqtt/mote/bench/rawmqtt"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -225,20 +226,8 @@ func splitFrame(p []byte) (byte, []byte, bool) {
 	return 0, nil, false
 }
 
-func varint(n int) []byte {
-	var out []byte
-	for {
-		b := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			b |= 0x80
-		}
-		out = append(out, b)
-		if n == 0 {
-			return out
-		}
-	}
-}
+// varint is n as an MQTT Variable Byte Integer.
+func varint(n int) []byte { return rawmqtt.AppendVarint(nil, n) }
 
 func mutateBytes(r *rand.Rand, p []byte) []byte {
 	p = append([]byte(nil), p...)
