@@ -341,9 +341,6 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	// Before the listeners open: the heap's first cycle faulted in now,
-	// not by the first clients' messages (warmheap.go).
-	warmHeap()
 	if err := b.Start(); err != nil {
 		b.Close() //nolint:errcheck // Start's error says more
 		return err
