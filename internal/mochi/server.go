@@ -997,7 +997,7 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 			cl.State.Inflight = moved // [MQTT-3.1.2-5]
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
-				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
+				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.ReceiveMaximum()))                // client receive max
 			}
 		}
 
@@ -1070,15 +1070,17 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 		properties.MaximumQosFlag = true
 	}
 
-	if cl.Properties.Props.AssignedClientID != "" {
-		properties.AssignedClientID = cl.Properties.Props.AssignedClientID // [MQTT-3.1.3-7] [MQTT-3.2.2-16]
+	// mote: Props nil is the zero properties (change 82); an interval
+	// over the maximum means they are there.
+	if p := cl.Properties.Props; p != nil && p.AssignedClientID != "" {
+		properties.AssignedClientID = p.AssignedClientID // [MQTT-3.1.3-7] [MQTT-3.2.2-16]
 	}
 
-	if cl.Properties.Props.SessionExpiryInterval > s.Options.Capabilities.MaximumSessionExpiryInterval {
+	if p := cl.Properties.Props; p != nil && p.SessionExpiryInterval > s.Options.Capabilities.MaximumSessionExpiryInterval {
 		properties.SessionExpiryInterval = s.Options.Capabilities.MaximumSessionExpiryInterval
 		properties.SessionExpiryIntervalFlag = true
-		cl.Properties.Props.SessionExpiryInterval = properties.SessionExpiryInterval
-		cl.Properties.Props.SessionExpiryIntervalFlag = true
+		p.SessionExpiryInterval = properties.SessionExpiryInterval
+		p.SessionExpiryIntervalFlag = true
 	}
 
 	ack := packets.Packet{
@@ -1524,7 +1526,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		out.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9]
 	}
 
-	if cl.Properties.Props.TopicAliasMaximum > 0 {
+	if cl.Properties.TopicAliasMaximum() > 0 { // mote change 82
 		var aliasExists bool
 		out.Properties.TopicAlias, aliasExists = cl.State.TopicAliases.Outbound.Set(pk.TopicName)
 		if out.Properties.TopicAlias > 0 {
@@ -1972,7 +1974,7 @@ func (s *Server) processAuth(cl *Client, pk packets.Packet) error {
 // processDisconnect processes a Disconnect packet.
 func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 	if pk.Properties.SessionExpiryIntervalFlag {
-		if pk.Properties.SessionExpiryInterval > 0 && cl.Properties.Props.SessionExpiryInterval == 0 {
+		if pk.Properties.SessionExpiryInterval > 0 && cl.Properties.SessionExpiryInterval() == 0 { // mote change 82
 			return packets.ErrProtocolViolationZeroNonZeroExpiry
 		}
 
@@ -2241,7 +2243,7 @@ func (s *Server) loadClients(v []storage.Client) {
 		cl.Properties.Username = c.Username
 		cl.Properties.Clean = c.Clean
 		cl.Properties.ProtocolVersion = c.ProtocolVersion
-		cl.Properties.Props = packets.Properties{
+		cl.Properties.Props = &packets.Properties{ // mote: a pointer (change 82)
 			SessionExpiryInterval:     c.Properties.SessionExpiryInterval,
 			SessionExpiryIntervalFlag: c.Properties.SessionExpiryIntervalFlag,
 			AuthenticationMethod:      c.Properties.AuthenticationMethod,
@@ -2255,14 +2257,14 @@ func (s *Server) loadClients(v []storage.Client) {
 			MaximumPacketSize:         c.Properties.MaximumPacketSize,
 		}
 		cl.Properties.Will = Will(c.Will)
-		if cl.Properties.Props.TopicAliasMaximum > 0 { // mote: as newClient made them before change 78
+		if cl.Properties.TopicAliasMaximum() > 0 { // mote: as newClient made them before change 78
 			cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(s.Options.Capabilities.TopicAliasMaximum)
 		}
 
 		// cancel the context, update cl.State such as disconnected time and stopCause.
 		cl.Stop(packets.ErrServerShuttingDown)
 
-		expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+		expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.SessionExpiryInterval() == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 		s.hooks.OnDisconnect(cl, packets.ErrServerShuttingDown, expire)
 		if expire {
 			cl.ClearInflights()
