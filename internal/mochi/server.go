@@ -645,7 +645,7 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 		s.sendLWT(cl)
 		cl.Stop(err)
 	} else {
-		cl.Properties.Will = Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
+		cl.Properties.Will = nil // [MQTT-3.14.4-3] [MQTT-3.1.2-10] (mote: nil is none, change 83)
 	}
 	s.Log.Debug("client disconnected", "error", err, "client", LogString(cl.ID), "remote", cl.Net.Remote, "listener", listener)
 
@@ -870,9 +870,9 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 
 	if cl.Properties.ProtocolVersion < s.Options.Capabilities.MinimumProtocolVersion {
 		return packets.ErrUnsupportedProtocolVersion // [MQTT-3.1.2-2]
-	} else if cl.Properties.Will.Qos > s.Options.Capabilities.MaximumQos {
+	} else if w := cl.Properties.Will; w != nil && w.Qos > s.Options.Capabilities.MaximumQos { // mote: nil is no will (change 83)
 		return packets.ErrQosNotSupported // [MQTT-3.2.2-12]
-	} else if cl.Properties.Will.Retain && s.Options.Capabilities.RetainAvailable == 0x00 {
+	} else if w != nil && w.Retain && s.Options.Capabilities.RetainAvailable == 0x00 {
 		return packets.ErrRetainNotSupported // [MQTT-3.2.2-13]
 	}
 
@@ -2109,11 +2109,12 @@ func (s *Server) closeListenerClients(listener string) {
 
 // sendLWT issues an LWT message to a topic when a client disconnects.
 func (s *Server) sendLWT(cl *Client) {
-	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
+	w := cl.Properties.Will // mote: nil is no will (change 83)
+	if w == nil || atomic.LoadUint32(&w.Flag) == 0 {
 		return
 	}
 
-	modifiedLWT := s.hooks.OnWill(cl, cl.Properties.Will)
+	modifiedLWT := s.hooks.OnWill(cl, *w)
 
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{
@@ -2130,8 +2131,8 @@ func (s *Server) sendLWT(cl *Client) {
 		Created: time.Now().Unix(),
 	}
 
-	if cl.Properties.Will.WillDelayInterval > 0 {
-		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
+	if w.WillDelayInterval > 0 {
+		pk.Connect.WillProperties.WillDelayInterval = w.WillDelayInterval
 		pk.Expiry = time.Now().Unix() + int64(pk.Connect.WillProperties.WillDelayInterval)
 		s.loop.willDelayed.Add(cl.ID, pk)
 		s.loop.willOwners.Store(cl.ID, cl) // mote: change 50
@@ -2142,8 +2143,8 @@ func (s *Server) sendLWT(cl *Client) {
 		s.retainMessage(cl, pk)
 	}
 
-	s.publishToSubscribers(pk)                      // [MQTT-3.1.2-8]
-	atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10]
+	s.publishToSubscribers(pk)     // [MQTT-3.1.2-8]
+	atomic.StoreUint32(&w.Flag, 0) // [MQTT-3.1.2-10]
 	s.hooks.OnWillSent(cl, pk)
 }
 
@@ -2256,7 +2257,8 @@ func (s *Server) loadClients(v []storage.Client) {
 			User:                      c.Properties.User,
 			MaximumPacketSize:         c.Properties.MaximumPacketSize,
 		}
-		cl.Properties.Will = Will(c.Will)
+		will := Will(c.Will)
+		cl.Properties.Will = &will                 // mote: a pointer (change 83)
 		if cl.Properties.TopicAliasMaximum() > 0 { // mote: as newClient made them before change 78
 			cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(s.Options.Capabilities.TopicAliasMaximum)
 		}
@@ -2371,7 +2373,7 @@ func (s *Server) sendDelayedLWT(dt int64) {
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
 				}
-				cl.Properties.Will = Will{} // [MQTT-3.1.2-10]
+				cl.Properties.Will = nil // [MQTT-3.1.2-10] (mote: nil is none, change 83)
 				s.hooks.OnWillSent(cl, pk)
 			}
 			s.deleteDelayedWill(id)

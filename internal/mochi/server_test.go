@@ -1186,21 +1186,21 @@ func TestServerValidateConnect(t *testing.T) {
 		},
 		{
 			desc:         "will qos not supported",
-			client:       &Client{Properties: ClientProperties{Will: Will{Qos: 2}}},
+			client:       &Client{Properties: ClientProperties{Will: &Will{Qos: 2}}},
 			capabilities: Capabilities{MaximumQos: 1},
 			packet:       packet,
 			expect:       packets.ErrQosNotSupported,
 		},
 		{
 			desc:         "retain not supported",
-			client:       &Client{Properties: ClientProperties{Will: Will{Retain: true}}},
+			client:       &Client{Properties: ClientProperties{Will: &Will{Retain: true}}},
 			capabilities: Capabilities{RetainAvailable: 0},
 			packet:       packet,
 			expect:       packets.ErrRetainNotSupported,
 		},
 		{
 			desc:         "invalid packet validate",
-			client:       &Client{Properties: ClientProperties{Will: Will{Retain: true}}},
+			client:       &Client{Properties: ClientProperties{Will: &Will{Retain: true}}},
 			capabilities: Capabilities{RetainAvailable: 0},
 			packet:       invalidBitPacket,
 			expect:       packets.ErrProtocolViolationReservedBit,
@@ -3274,7 +3274,7 @@ func TestServerSendLWT(t *testing.T) {
 
 	sender, _, w1 := newTestClient()
 	sender.ID = "sender"
-	sender.Properties.Will = Will{
+	sender.Properties.Will = &Will{
 		Flag:      1,
 		TopicName: "a/b/c",
 		Payload:   []byte("hello mochi"),
@@ -3314,7 +3314,7 @@ func TestServerSendLWTRetain(t *testing.T) {
 
 	sender, _, w1 := newTestClient()
 	sender.ID = "sender"
-	sender.Properties.Will = Will{
+	sender.Properties.Will = &Will{
 		Flag:      1,
 		TopicName: "a/b/c",
 		Payload:   []byte("hello mochi"),
@@ -3352,7 +3352,7 @@ func TestServerSendLWTDelayed(t *testing.T) {
 	s := newServer()
 	cl1, _, _ := newTestClient()
 	cl1.ID = "cl1"
-	cl1.Properties.Will = Will{
+	cl1.Properties.Will = &Will{
 		Flag:              1,
 		TopicName:         "a/b/c",
 		Payload:           []byte("hello mochi"),
