@@ -20,7 +20,7 @@ func TestIdleSizeClasses(t *testing.T) {
 		size, max uintptr
 	}{
 		{"conn", unsafe.Sizeof(conn{}), 288},         // 320 before its flight and snapshot pace went behind pointers
-		{"outQueue", unsafe.Sizeof(outQueue{}), 288}, // 320 before its leftovers went behind a pointer (queueLeft)
+		{"outQueue", unsafe.Sizeof(outQueue{}), 208}, // 288 before its waits went behind a pointer (queueWaits), 320 before its leftovers did (queueLeft)
 		{"mqttOut", unsafe.Sizeof(mqttOut{}), 128},   // 112 before h-storm2 added its takeover state to idSpaces
 		{"netConn", unsafe.Sizeof(netConn{}), 240},   // 256 before SetWriteDeadline's bound went behind a pointer
 		{"rawIO", unsafe.Sizeof(rawIO{}), 160},
