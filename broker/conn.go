@@ -487,7 +487,7 @@ type mqttOut struct {
 
 func (o *mqttOut) maxPacket() uint32 {
 	if o.cl.Properties.ProtocolVersion == 5 {
-		return o.cl.Properties.Props.MaximumPacketSize
+		return o.cl.Properties.MaximumPacketSize()
 	}
 	return 0
 }
@@ -551,7 +551,7 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 		}
 		c.inFlight(pk.PacketID, len(pk.Payload)+len(pk.TopicName)+messageCost)
 	}
-	if max := cl.Properties.Props.TopicAliasMaximum; c.v5 && max > 0 && pk.TopicName != "" {
+	if max := cl.Properties.TopicAliasMaximum(); c.v5 && max > 0 && pk.TopicName != "" {
 		alias, known := cl.State.TopicAliases.Outbound.Set(pk.TopicName)
 		if alias > 0 {
 			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = alias, true
@@ -573,7 +573,7 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 		err = pk.PublishEncode(o.buf)
 	}
 	if err == nil && c.v5 {
-		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && o.buf.Len()-mark+len(o.tail) > int(max) {
+		if max := cl.Properties.MaximumPacketSize(); max > 0 && o.buf.Len()-mark+len(o.tail) > int(max) {
 			err = errTooLarge // [MQTT-3.1.2-24]
 		}
 	}
@@ -632,7 +632,7 @@ func (o *mqttOut) flush() error {
 // encoded goes out first, or the client could not acknowledge it.
 func (o *mqttOut) waitInflight(c *conn) error {
 	limit := int(o.b.opts.MaxInflight)
-	if rm := int(o.cl.Properties.Props.ReceiveMaximum); c.v5 && rm > 0 && rm < limit {
+	if rm := int(o.cl.Properties.ReceiveMaximum()); c.v5 && rm > 0 && rm < limit {
 		limit = rm
 	}
 	inflight := func() int { return o.cl.State.Inflight.Len() + o.ids.displacedN() }

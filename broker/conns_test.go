@@ -192,10 +192,15 @@ func holdConnections(t *testing.T, subscribe bool) {
 	// size class down; bench/README.md, "Idle connections: mochi's client,
 	// the maps, the size classes"), against 3.51–3.52 before, in runs
 	// alternated: the bounds are 0.2 KiB over the most measured, as
-	// before.
-	bound := 3.1
+	// before. Then 2.48–2.51 (h-props: mochi's Client keeps its CONNECT
+	// properties and its will behind pointers, changes 82 and 83, and
+	// outQueue its publishers' waits; bench/README.md, "Idle
+	// connections: mochi's client without its CONNECT properties"),
+	// against 2.90–2.91 at main, in runs alternated: 2.7 asleep, 2.6
+	// awake, so that main's build fails.
+	bound := 2.6
 	if b.sleepers != nil {
-		bound = 3.2
+		bound = 2.7
 	}
 	if per := all - stacks; !subscribe && per > bound*1024 {
 		t.Errorf("heap %.2f KiB an idle connection, want at most %.1f", per/1024, bound)

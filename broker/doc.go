@@ -576,6 +576,7 @@
 //	access rules, TLS config, translators  Reload stores them whole (atomic pointers; Reload's mutex serialises it); read-only values
 //	outQueue items and byte count       the queue's mutex; a taken item is its writer's
 //	whether a writer runs (running)     the queue's mutex: set by the wake-up that starts one, cleared by the writer stopping idle
+//	publishers waiting for room         the queue's mutex (outQueue.waits: made by the first publisher that waits, kept)
 //	a connection's write role, its      the queue's mutex gives it (outQueue.role); its holder (writer,
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
 //	a connection's hand-off (leftovers) its endMu; then its successor's

@@ -146,16 +146,10 @@ type outQueue struct {
 	stalled bool       // credit ran out, and has not come back whole (see patience)
 	running bool       // a writer goroutine runs (mu held to change it; see start)
 	left    *queueLeft // once closed, the leftovers; made by their first use (lefts): a queue never closed holds none
-	// waitq is the publishers waiting for room, in the order they came:
-	// room goes to them in that order (admitLocked): whoever makes room
-	// queues the messages of those first in line that fit, and wakes
-	// each of them once, its message queued.
-	waitq []*waiter
-	// spare is waiters done with, for the next waits: a fan-in's
-	// publishers wait for one subscriber's room again and again (about
-	// one message in four in mote bench's fan-in), each wait a waiter,
-	// its channel and its timer otherwise.
-	spare []*waiter
+	// waits is its publishers' waits for room (queueWaits), made by the
+	// first publisher that waits: an idle connection's queue has had
+	// none (72 bytes: the 288-byte size class → 208).
+	waits *queueWaits
 
 	// How long this client may hold publishers back (a token bucket of
 	// time): while any publisher waits for room, credit runs down; what
@@ -185,7 +179,6 @@ type outQueue struct {
 	// takingLocked): bytes taken count as bytes written.
 	patience  time.Duration
 	credit    time.Duration
-	since     time.Time // since when credit runs down (waitq not empty)
 	lastWrote time.Time // when the client was last written something
 	// fullAt is when the queue was first found full (a put found no room
 	// for its message, or the message it queued left less room than it
@@ -239,7 +232,7 @@ const (
 	creditMsg   = 1 << 10
 )
 
-// waiter is a publisher waiting for room (outQueue.waitq): its message;
+// waiter is a publisher waiting for room (queueWaits.waitq): its message;
 // turn, a one-slot wake-up once it is answered (or, first in line, when
 // its message may fit); and, once answered, what became of it (queued by
 // admitLocked, stalled, or the queue closed). m, res and answered are guarded by the
@@ -254,6 +247,38 @@ type waiter struct {
 	timer    *time.Timer // its wait's; made at its first wait, stopped after each
 }
 
+// queueWaits is an outQueue's publishers waiting for room (guarded by its
+// mu), made by the first that waits (waitsLocked).
+type queueWaits struct {
+	// waitq is the publishers waiting for room, in the order they came:
+	// room goes to them in that order (admitLocked): whoever makes room
+	// queues the messages of those first in line that fit, and wakes
+	// each of them once, its message queued.
+	waitq []*waiter
+	// spare is waiters done with, for the next waits: a fan-in's
+	// publishers wait for one subscriber's room again and again (about
+	// one message in four in mote bench's fan-in), each wait a waiter,
+	// its channel and its timer otherwise.
+	spare []*waiter
+	since time.Time // since when credit runs down (waitq not empty)
+}
+
+// waitsLocked is q's waits, made if none waited yet (mu held).
+func (q *outQueue) waitsLocked() *queueWaits {
+	if q.waits == nil {
+		q.waits = new(queueWaits)
+	}
+	return q.waits
+}
+
+// waitingLocked is how many publishers wait for room (mu held).
+func (q *outQueue) waitingLocked() int {
+	if q.waits == nil {
+		return 0
+	}
+	return len(q.waits.waitq)
+}
+
 // maxSpareWaiters bounds the waiters a queue keeps for the next waits.
 const maxSpareWaiters = 128
 
@@ -261,10 +286,11 @@ const maxSpareWaiters = 128
 // (mu held).
 func (q *outQueue) newWaiterLocked(m item, cost int) *waiter {
 	var w *waiter
-	if n := len(q.spare); n > 0 {
-		w = q.spare[n-1]
-		q.spare[n-1] = nil
-		q.spare = q.spare[:n-1]
+	if ws := q.waitsLocked(); len(ws.spare) > 0 {
+		n := len(ws.spare)
+		w = ws.spare[n-1]
+		ws.spare[n-1] = nil
+		ws.spare = ws.spare[:n-1]
 	} else {
 		w = &waiter{turn: make(chan struct{}, 1)}
 	}
@@ -281,8 +307,8 @@ func (q *outQueue) spareLocked(w *waiter) {
 	default:
 	}
 	w.m, w.res, w.answered = nil, 0, false
-	if len(q.spare) < maxSpareWaiters {
-		q.spare = append(q.spare, w)
+	if ws := q.waitsLocked(); len(ws.spare) < maxSpareWaiters {
+		ws.spare = append(ws.spare, w)
 	}
 }
 
@@ -313,9 +339,9 @@ func (q *outQueue) spendLocked(now time.Time) {
 // chargeLocked runs the credit down for the time publishers waited since
 // it last ran (mu held).
 func (q *outQueue) chargeLocked(now time.Time) {
-	if len(q.waitq) > 0 {
-		q.credit -= now.Sub(q.since)
-		q.since = now
+	if q.waitingLocked() > 0 {
+		q.credit -= now.Sub(q.waits.since)
+		q.waits.since = now
 	}
 }
 
@@ -445,11 +471,14 @@ func (q *outQueue) noteFullLocked(c int) {
 
 // answerAllLocked ends every publisher's wait with r (mu held).
 func (q *outQueue) answerAllLocked(r pushResult) {
-	for _, w := range q.waitq {
+	if q.waits == nil {
+		return
+	}
+	for _, w := range q.waits.waitq {
 		answerLocked(w, r)
 	}
-	clear(q.waitq)
-	q.waitq = q.waitq[:0]
+	clear(q.waits.waitq)
+	q.waits.waitq = q.waits.waitq[:0]
 }
 
 // admitLocked queues the messages of the publishers first in line, in
@@ -462,12 +491,13 @@ func (q *outQueue) answerAllLocked(r pushResult) {
 // for one subscriber's room in turn, that chain was what refilled the
 // queue).
 func (q *outQueue) admitLocked() bool {
-	if q.closed {
+	if q.closed || q.waits == nil {
 		return false
 	}
+	ws := q.waits
 	n := 0
-	for ; n < len(q.waitq); n++ {
-		w := q.waitq[n]
+	for ; n < len(ws.waitq); n++ {
+		w := ws.waitq[n]
 		if q.bytes > 0 && q.bytes+w.cost > q.max {
 			break
 		}
@@ -478,17 +508,20 @@ func (q *outQueue) admitLocked() bool {
 	if n == 0 {
 		return false
 	}
-	q.noteFullLocked(q.waitq[n-1].cost)
-	k := copy(q.waitq, q.waitq[n:])
-	clear(q.waitq[k:])
-	q.waitq = q.waitq[:k]
+	q.noteFullLocked(ws.waitq[n-1].cost)
+	k := copy(ws.waitq, ws.waitq[n:])
+	clear(ws.waitq[k:])
+	ws.waitq = ws.waitq[:k]
 	return true
 }
 
 // leaveWaitLocked takes w out of the line (mu held).
 func (q *outQueue) leaveWaitLocked(w *waiter) {
-	if i := slices.Index(q.waitq, w); i >= 0 {
-		q.waitq = slices.Delete(q.waitq, i, i+1)
+	if q.waits == nil {
+		return
+	}
+	if i := slices.Index(q.waits.waitq, w); i >= 0 {
+		q.waits.waitq = slices.Delete(q.waits.waitq, i, i+1)
 	}
 }
 
@@ -601,7 +634,7 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		return q.closedPutLocked(m)
 	}
 	fits := q.bytes == 0 || q.bytes+c <= q.max
-	if fits && (len(q.waitq) == 0 || w.never()) {
+	if fits && (q.waitingLocked() == 0 || w.never()) {
 		// Room, and nobody waiting ahead (a sender that never waits may
 		// pass them: it takes room only when there is some).
 		q.items = append(q.items, m)
@@ -631,10 +664,11 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 		return pushLate
 	}
 	wt := q.newWaiterLocked(m, c)
-	if len(q.waitq) == 0 {
-		q.since = now
+	ws := q.waits // made by newWaiterLocked
+	if len(ws.waitq) == 0 {
+		ws.since = now
 	}
-	q.waitq = append(q.waitq, wt)
+	ws.waitq = append(ws.waitq, wt)
 	for {
 		// Wake when the credit would run out (spent, or in wall time),
 		// or when the publish may give up, whichever comes first.
@@ -676,8 +710,8 @@ func (q *outQueue) put(m item, w pubWait) pushResult {
 			q.mu.Unlock()
 			return res
 		}
-		if q.waitq[0] == wt && (q.bytes == 0 || q.bytes+c <= q.max) { // its turn, and room
-			q.waitq = slices.Delete(q.waitq, 0, 1)
+		if ws.waitq[0] == wt && (q.bytes == 0 || q.bytes+c <= q.max) { // its turn, and room
+			ws.waitq = slices.Delete(ws.waitq, 0, 1)
 			q.items = append(q.items, m)
 			q.bytes += c
 			q.spareLocked(wt)
@@ -913,7 +947,7 @@ func (q *outQueue) wrote(n, msgs int) {
 	}
 	q.earnLocked(max(int64(n)-paid, int64(msgs)*creditMsg), now)
 	q.fullAt = time.Time{} // written: full only from the next time it is found so
-	if len(q.waitq) > 0 {
+	if q.waitingLocked() > 0 {
 		q.lookLocked(now) // takingLocked counts from here
 	}
 	q.stallIfDueLocked(now)
@@ -973,7 +1007,10 @@ func (q *outQueue) close() bool {
 	// queue was full when they came, and a session that lives on must not
 	// lose them for that.
 	gone := false
-	for _, w := range q.waitq {
+	if q.waits == nil {
+		return true
+	}
+	for _, w := range q.waits.waitq {
 		if p, ok := w.m.(*plainItem); ok && p.qos > 0 && q.lefts().bytes > 0 && q.lefts().bytes+w.cost > q.max {
 			gone = true
 		}
@@ -983,7 +1020,7 @@ func (q *outQueue) close() bool {
 			answerLocked(w, q.closedPutLocked(w.m))
 		}
 	}
-	q.waitq = nil
+	q.waits.waitq = nil
 	return true
 }
 

@@ -11,7 +11,7 @@ import (
 func queueWaiting(q *outQueue) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.waitq)
+	return q.waitingLocked()
 }
 
 // awaitWaiting waits until n publishers wait in q, failing the test at
@@ -101,7 +101,7 @@ func TestQueueRoomAtOnce(t *testing.T) {
 		}
 		q.mu.Lock()
 		queued := slices.Clone(q.items[q.head:])
-		waiting := len(q.waitq)
+		waiting := q.waitingLocked()
 		q.mu.Unlock()
 		if len(queued) != round.to-round.from || waiting != n-round.to {
 			t.Fatalf("after a take: %d queued, %d waiting; want %d, %d", len(queued), waiting, round.to-round.from, n-round.to)

@@ -125,7 +125,7 @@ func TestQueueWaitStress(t *testing.T) {
 			}
 			t.Logf("results %v; taken %d, left %d, lost %d", byResult, len(taken), len(left), lost)
 			q.mu.Lock()
-			waiting := len(q.waitq)
+			waiting := q.waitingLocked()
 			q.mu.Unlock()
 			if waiting != 0 {
 				t.Fatalf("%d waiters left in line", waiting)

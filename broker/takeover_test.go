@@ -64,7 +64,7 @@ func TestHandOnToNewerClient(t *testing.T) {
 			newer.Properties.ProtocolVersion = 5
 			// it resumes the session: a session that ends with its
 			// connection holds nothing while away (holdOffline, D2)
-			newer.Properties.Props.SessionExpiryInterval, newer.Properties.Props.SessionExpiryIntervalFlag = 300, true
+			newer.Properties.EditProps().SessionExpiryInterval, newer.Properties.EditProps().SessionExpiryIntervalFlag = 300, true
 			if tc.closed {
 				newer.Stop(nil)
 			}

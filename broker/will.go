@@ -187,7 +187,7 @@ func (ws *wills) delayOf(w *will) time.Duration {
 	if !w.v5 {
 		return 0
 	}
-	return time.Duration(min(w.delay, w.cl.Properties.Props.SessionExpiryInterval)) * time.Second
+	return time.Duration(min(w.delay, w.cl.Properties.SessionExpiryInterval())) * time.Second
 }
 
 // delayLocked makes w its client id's one delayed will and starts its

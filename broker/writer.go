@@ -537,7 +537,7 @@ func (c *conn) treePacketSize(m *treeItem) int {
 	pk.ProtocolVersion = 4
 	if c.v5 {
 		pk.ProtocolVersion = 5
-		if o, ok := c.out.(*mqttOut); ok && o.cl.Properties.Props.TopicAliasMaximum > 0 {
+		if o, ok := c.out.(*mqttOut); ok && o.cl.Properties.TopicAliasMaximum() > 0 {
 			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 1, true
 			if o.cl.State.TopicAliases.Outbound.Known(pk.TopicName) {
 				pk.TopicName = ""

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"reflect"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -200,12 +201,72 @@ type PublishBodies interface {
 }
 
 // ClientProperties contains the properties which define the client behaviour.
+// mote: Props is a pointer, nil while the client has no CONNECT
+// properties to keep: every MQTT 3.1.1 client, and an MQTT 5 one that
+// sent none. Read them through ReceiveMaximum, TopicAliasMaximum,
+// MaximumPacketSize and SessionExpiryInterval (or a nil check), which
+// read nil as the zero properties; change them through EditProps, which
+// makes them. 256 bytes a client less: Client falls from the 640-byte
+// size class to 384 (change 82).
 type ClientProperties struct {
-	Props           packets.Properties
-	Will            Will
+	Props *packets.Properties
+	// mote: Will is nil while the client has no will: its CONNECT had
+	// none, or it was cleared (a DISCONNECT, a will sent after its
+	// delay). 80 bytes a client without a will less: Client falls from
+	// the 384-byte size class to 320 (change 83).
+	Will            *Will
 	Username        []byte
 	ProtocolVersion byte
 	Clean           bool
+}
+
+// EditProps returns the client's CONNECT properties to change, made (the
+// zero properties) if it had none (mote change 82). Only while the client
+// is not shared, or under the lock that guards the field written: other
+// goroutines read Props without one.
+func (p *ClientProperties) EditProps() *packets.Properties {
+	if p.Props == nil {
+		p.Props = new(packets.Properties)
+	}
+	return p.Props
+}
+
+// ReceiveMaximum is the client's Receive Maximum property, 0 if it sent
+// none (mote change 82).
+func (p *ClientProperties) ReceiveMaximum() uint16 {
+	if p.Props == nil {
+		return 0
+	}
+	return p.Props.ReceiveMaximum
+}
+
+// TopicAliasMaximum is the client's Topic Alias Maximum property, 0 if it
+// sent none (mote change 82).
+func (p *ClientProperties) TopicAliasMaximum() uint16 {
+	if p.Props == nil {
+		return 0
+	}
+	return p.Props.TopicAliasMaximum
+}
+
+// MaximumPacketSize is the client's Maximum Packet Size property, 0 if it
+// sent none (mote change 82).
+func (p *ClientProperties) MaximumPacketSize() uint32 {
+	if p.Props == nil {
+		return 0
+	}
+	return p.Props.MaximumPacketSize
+}
+
+// SessionExpiryInterval is the client's Session Expiry Interval, 0 if it
+// has none (mote change 82). Once the client is filed, it changes under
+// the client's expiryMu (change 53): read it there, or through
+// SessionEndsWithConnection.
+func (p *ClientProperties) SessionExpiryInterval() uint32 {
+	if p.Props == nil {
+		return 0
+	}
+	return p.Props.SessionExpiryInterval
 }
 
 // Will contains the last will and testament details for a client connection.
@@ -258,13 +319,14 @@ type ClientState struct {
 	// go first (LetWritesFirst). Change 27; here since change 72.
 	writesWaiting   atomic.Int32
 	subMu           sync.Mutex // mote: held while a SUBSCRIBE files its filters (processSubscribe); see settleSubscriptions
-	expiryMu        sync.Mutex // mote: guards Properties.Props.SessionExpiryInterval once filed, and claimed (change 53)
+	expiryMu        sync.Mutex // mote: guards Properties.Props.SessionExpiryInterval once filed, claimed and expiryFlag (change 53)
 	Keepalive       uint16     // the number of seconds the connection can wait
 	writeOnDemand   bool       // mote: WriteLoop starts on the first queued packet (set before the client is shared)
 	acksHeld        bool       // mote: writeAck held an ack in outbuf (read goroutine only)
 	claimed         bool       // mote: a takeover read the session's lifetime (claimSession): a DISCONNECT no longer changes it
 	ServerKeepalive bool       // keepalive was set by the server
 	opened          bool       // mote: made by newClient, open until stopped (upstream's open context; change 78)
+	expiryFlag      bool       // mote: a DISCONNECT set the Session Expiry Interval (0) of a client without CONNECT properties: Props.SessionExpiryIntervalFlag for a nil Props (change 82)
 }
 
 // mote: cancelOpen stops the client's packet exchange: Closed answers
@@ -413,7 +475,7 @@ func (cl *Client) SessionEndsWithConnection() bool {
 // mote: sessionEndsLocked is SessionEndsWithConnection, expiryMu held.
 func (cl *Client) sessionEndsLocked() bool {
 	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval == 0
+		return cl.Properties.SessionExpiryInterval() == 0 // mote change 82
 	}
 	return cl.Properties.Clean
 }
@@ -423,7 +485,10 @@ func (cl *Client) sessionEndsLocked() bool {
 func (cl *Client) sessionExpiry() (uint32, bool) {
 	cl.State.expiryMu.Lock()
 	defer cl.State.expiryMu.Unlock()
-	return cl.Properties.Props.SessionExpiryInterval, cl.Properties.Props.SessionExpiryIntervalFlag
+	if p := cl.Properties.Props; p != nil { // mote change 82
+		return p.SessionExpiryInterval, p.SessionExpiryIntervalFlag
+	}
+	return 0, cl.State.expiryFlag
 }
 
 // mote: claimSession is called by a CONNECT taking cl's client id over,
@@ -446,9 +511,18 @@ func (cl *Client) claimSession() bool {
 func (cl *Client) setSessionExpiry(v uint32) {
 	cl.State.expiryMu.Lock()
 	defer cl.State.expiryMu.Unlock()
-	if !cl.State.claimed {
-		cl.Properties.Props.SessionExpiryInterval = v
-		cl.Properties.Props.SessionExpiryIntervalFlag = true
+	if cl.State.claimed {
+		return
+	}
+	// mote: a client without CONNECT properties (interval 0) can only
+	// be set 0 (processDisconnect); its flag goes to State.expiryFlag, not
+	// into properties made here: the broker's writer reads Props without
+	// expiryMu (change 82).
+	if p := cl.Properties.Props; p != nil {
+		p.SessionExpiryInterval = v
+		p.SessionExpiryIntervalFlag = true
+	} else if v == 0 {
+		cl.State.expiryFlag = true
 	}
 }
 
@@ -459,10 +533,12 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.Properties.ProtocolVersion = pk.ProtocolVersion
 	cl.Properties.Username = pk.Connect.Username
 	cl.Properties.Clean = pk.Connect.Clean
-	cl.Properties.Props = pk.Properties.Copy(false)
-
-	if cl.Properties.Props.ReceiveMaximum > cl.ops.options.Capabilities.MaximumInflight { // 3.3.4 Non-normative
-		cl.Properties.Props.ReceiveMaximum = cl.ops.options.Capabilities.MaximumInflight
+	cl.Properties.Props, cl.State.expiryFlag = nil, false // mote: kept only when the CONNECT had some (change 82)
+	if props := pk.Properties.Copy(false); !reflect.ValueOf(&props).Elem().IsZero() {
+		cl.Properties.Props = &props
+		if props.ReceiveMaximum > cl.ops.options.Capabilities.MaximumInflight { // 3.3.4 Non-normative
+			props.ReceiveMaximum = cl.ops.options.Capabilities.MaximumInflight
+		}
 	}
 
 	if pk.Connect.Keepalive <= minimumKeepalive && cl.logRefusal(packets.CodeSuccess) { // mote change 69
@@ -476,20 +552,20 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 
 	cl.State.Keepalive = pk.Connect.Keepalive                                              // [MQTT-3.2.2-22]
 	cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
-	cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
+	cl.State.Inflight.ResetSendQuota(int32(cl.Properties.ReceiveMaximum()))                // client receive max
 	cl.State.TopicAliases.Outbound = nil                                                   // mote: only for a client allowing aliases; nil is a maximum of 0 (change 78)
-	if cl.Properties.Props.TopicAliasMaximum > 0 {
-		cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(cl.Properties.Props.TopicAliasMaximum)
+	if max := cl.Properties.TopicAliasMaximum(); max > 0 {
+		cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(max)
 	}
 
 	cl.ID = pk.Connect.ClientIdentifier
 	if cl.ID == "" {
-		cl.ID = xid.New().String() // [MQTT-3.1.3-6] [MQTT-3.1.3-7]
-		cl.Properties.Props.AssignedClientID = cl.ID
+		cl.ID = xid.New().String()                         // [MQTT-3.1.3-6] [MQTT-3.1.3-7]
+		cl.Properties.EditProps().AssignedClientID = cl.ID // mote change 82
 	}
 
 	if pk.Connect.WillFlag {
-		cl.Properties.Will = Will{
+		cl.Properties.Will = &Will{ // mote: a pointer (change 83)
 			Qos:               pk.Connect.WillQos,
 			Retain:            pk.Connect.WillRetain,
 			Payload:           pk.Connect.WillPayload,
@@ -1151,14 +1227,15 @@ func (cl *Client) writePacket(pk packets.Packet, hold bool) error {
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion
 	if pk.Mods.MaxSize == 0 { // NB we use this statement to embed client packet sizes in tests
-		pk.Mods.MaxSize = cl.Properties.Props.MaximumPacketSize
+		pk.Mods.MaxSize = cl.Properties.MaximumPacketSize() // mote: nil is none (change 82)
 	}
 
-	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 {
+	props := cl.Properties.Props // mote: nil is the zero properties (change 82)
+	if props != nil && props.RequestProblemInfoFlag && props.RequestProblemInfo == 0x0 {
 		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29] strict, no problem info on any packet if set
 	}
 
-	if pk.FixedHeader.Type != packets.Connack || cl.Properties.Props.RequestResponseInfo == 0x1 || cl.ops.options.Capabilities.Compatibilities.AlwaysReturnResponseInfo {
+	if pk.FixedHeader.Type != packets.Connack || (props != nil && props.RequestResponseInfo == 0x1) || cl.ops.options.Capabilities.Compatibilities.AlwaysReturnResponseInfo {
 		pk.Mods.AllowResponseInfo = true // [MQTT-3.1.2-28] we need to know which properties we can encode
 	}
 

@@ -50,8 +50,8 @@ func newTestClient() (cl *Client, r net.Conn, w net.Conn) {
 	cl.State.Inflight.sendQuota = 5
 	cl.State.Inflight.maximumReceiveQuota = 10
 	cl.State.Inflight.receiveQuota = 10
-	cl.Properties.Props.TopicAliasMaximum = 0
-	cl.Properties.Props.RequestResponseInfo = 0x1
+	cl.Properties.EditProps().TopicAliasMaximum = 0
+	cl.Properties.EditProps().RequestResponseInfo = 0x1
 
 	go cl.WriteLoop()
 
@@ -780,8 +780,8 @@ func TestClientWritePacketBuffer(t *testing.T) {
 	cl.State.Inflight.sendQuota = 5
 	cl.State.Inflight.maximumReceiveQuota = 10
 	cl.State.Inflight.receiveQuota = 10
-	cl.Properties.Props.TopicAliasMaximum = 0
-	cl.Properties.Props.RequestResponseInfo = 0x1
+	cl.Properties.EditProps().TopicAliasMaximum = 0
+	cl.Properties.EditProps().RequestResponseInfo = 0x1
 
 	cl.ops.options.ClientNetWriteBufferSize = 10
 	defer cl.Stop(errClientStop)
@@ -840,7 +840,7 @@ func TestClientWritePacketBuffer(t *testing.T) {
 
 func TestWriteClientOversizePacket(t *testing.T) {
 	cl, _, _ := newTestClient()
-	cl.Properties.Props.MaximumPacketSize = 2
+	cl.Properties.EditProps().MaximumPacketSize = 2
 	pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishDropOversize).Packet
 	err := cl.WritePacket(pk)
 	require.Error(t, err)

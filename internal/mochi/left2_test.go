@@ -48,7 +48,7 @@ func TestMoteExpirySparesTakeover(t *testing.T) {
 	defer w0.Close()
 	old := s.NewClient(r0, "tcp", "exp", false)
 	old.Properties.ProtocolVersion = 5
-	old.Properties.Props.SessionExpiryInterval, old.Properties.Props.SessionExpiryIntervalFlag = 1, true
+	old.Properties.EditProps().SessionExpiryInterval, old.Properties.EditProps().SessionExpiryIntervalFlag = 1, true
 	old.Stop(nil) // away since now
 	s.Clients.Add(old)
 	expired := make(chan struct{})

@@ -814,7 +814,7 @@ func TestMoteDelayedWillSparesNewClient(t *testing.T) {
 	if atomic.LoadUint32(&cl.Properties.Will.Flag) != 1 || cl.Properties.Will.TopicName != "will/new" {
 		t.Errorf("the new client's will is %+v, want its own (will/new)", cl.Properties.Will)
 	}
-	if atomic.LoadUint32(&old.Properties.Will.Flag) != 0 {
+	if w := old.Properties.Will; w != nil && atomic.LoadUint32(&w.Flag) != 0 { // nil: cleared (change 83)
 		t.Error("the old client's will was not cleared as it was sent")
 	}
 	if _, ok := s.loop.willDelayed.Get("dev"); ok {

@@ -23,7 +23,7 @@ func TestMoteTakeoverMovesInflight(t *testing.T) {
 	s := newServer()
 	old := s.NewClient(nil, "t", "mv", false)
 	old.Properties.ProtocolVersion = 5
-	old.Properties.Props.SessionExpiryInterval = 300
+	old.Properties.EditProps().SessionExpiryInterval = 300
 	old.State.Subscriptions.Add("a/b", packets.Subscription{Filter: "a/b", Qos: 2})
 	delivery := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: 1, TopicName: "a/b"}
 	old.State.Inflight.Set(delivery)
@@ -32,7 +32,7 @@ func TestMoteTakeoverMovesInflight(t *testing.T) {
 
 	cl := s.NewClient(nil, "t", "mv", false)
 	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = 300
+	cl.Properties.EditProps().SessionExpiryInterval = 300
 	cl.State.Subscriptions.Lock() // the takeover stops where it files the old client's filters for cl
 	done := make(chan bool)
 	go func() {

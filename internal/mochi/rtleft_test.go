@@ -53,7 +53,7 @@ func TestMoteConnackFailKeepsInflight(t *testing.T) {
 
 	old := s.NewClient(nil, "tcp", "zen", false)
 	old.Properties.ProtocolVersion = 5
-	old.Properties.Props.SessionExpiryInterval = 120
+	old.Properties.EditProps().SessionExpiryInterval = 120
 	old.Stop(nil)
 	sub := packets.Subscription{Filter: "a/#", Qos: 1}
 	s.Topics.Subscribe("zen", sub)
@@ -587,7 +587,7 @@ func TestMoteTakeoverCheck(t *testing.T) {
 			}
 			old := s.NewClient(nil, "tcp", "dup", false)
 			old.Properties.ProtocolVersion = 5
-			old.Properties.Props.SessionExpiryInterval = 300
+			old.Properties.EditProps().SessionExpiryInterval = 300
 			old.Stop(nil) // offline
 			s.Clients.Add(old)
 			old.State.Subscriptions.Add("t", packets.Subscription{Filter: "t", Qos: 1})

@@ -645,7 +645,7 @@ func (s *Server) endSession(cl *Client, listener string, err error) {
 		s.sendLWT(cl)
 		cl.Stop(err)
 	} else {
-		cl.Properties.Will = Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
+		cl.Properties.Will = nil // [MQTT-3.14.4-3] [MQTT-3.1.2-10] (mote: nil is none, change 83)
 	}
 	s.Log.Debug("client disconnected", "error", err, "client", LogString(cl.ID), "remote", cl.Net.Remote, "listener", listener)
 
@@ -870,9 +870,9 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 
 	if cl.Properties.ProtocolVersion < s.Options.Capabilities.MinimumProtocolVersion {
 		return packets.ErrUnsupportedProtocolVersion // [MQTT-3.1.2-2]
-	} else if cl.Properties.Will.Qos > s.Options.Capabilities.MaximumQos {
+	} else if w := cl.Properties.Will; w != nil && w.Qos > s.Options.Capabilities.MaximumQos { // mote: nil is no will (change 83)
 		return packets.ErrQosNotSupported // [MQTT-3.2.2-12]
-	} else if cl.Properties.Will.Retain && s.Options.Capabilities.RetainAvailable == 0x00 {
+	} else if w != nil && w.Retain && s.Options.Capabilities.RetainAvailable == 0x00 {
 		return packets.ErrRetainNotSupported // [MQTT-3.2.2-13]
 	}
 
@@ -997,7 +997,7 @@ func (s *Server) inheritSession(pk packets.Packet, cl *Client, fresh bool) bool 
 			cl.State.Inflight = moved // [MQTT-3.1.2-5]
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
-				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
+				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.ReceiveMaximum()))                // client receive max
 			}
 		}
 
@@ -1070,15 +1070,17 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 		properties.MaximumQosFlag = true
 	}
 
-	if cl.Properties.Props.AssignedClientID != "" {
-		properties.AssignedClientID = cl.Properties.Props.AssignedClientID // [MQTT-3.1.3-7] [MQTT-3.2.2-16]
+	// mote: Props nil is the zero properties (change 82); an interval
+	// over the maximum means they are there.
+	if p := cl.Properties.Props; p != nil && p.AssignedClientID != "" {
+		properties.AssignedClientID = p.AssignedClientID // [MQTT-3.1.3-7] [MQTT-3.2.2-16]
 	}
 
-	if cl.Properties.Props.SessionExpiryInterval > s.Options.Capabilities.MaximumSessionExpiryInterval {
+	if p := cl.Properties.Props; p != nil && p.SessionExpiryInterval > s.Options.Capabilities.MaximumSessionExpiryInterval {
 		properties.SessionExpiryInterval = s.Options.Capabilities.MaximumSessionExpiryInterval
 		properties.SessionExpiryIntervalFlag = true
-		cl.Properties.Props.SessionExpiryInterval = properties.SessionExpiryInterval
-		cl.Properties.Props.SessionExpiryIntervalFlag = true
+		p.SessionExpiryInterval = properties.SessionExpiryInterval
+		p.SessionExpiryIntervalFlag = true
 	}
 
 	ack := packets.Packet{
@@ -1524,7 +1526,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		out.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9]
 	}
 
-	if cl.Properties.Props.TopicAliasMaximum > 0 {
+	if cl.Properties.TopicAliasMaximum() > 0 { // mote change 82
 		var aliasExists bool
 		out.Properties.TopicAlias, aliasExists = cl.State.TopicAliases.Outbound.Set(pk.TopicName)
 		if out.Properties.TopicAlias > 0 {
@@ -1972,7 +1974,7 @@ func (s *Server) processAuth(cl *Client, pk packets.Packet) error {
 // processDisconnect processes a Disconnect packet.
 func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 	if pk.Properties.SessionExpiryIntervalFlag {
-		if pk.Properties.SessionExpiryInterval > 0 && cl.Properties.Props.SessionExpiryInterval == 0 {
+		if pk.Properties.SessionExpiryInterval > 0 && cl.Properties.SessionExpiryInterval() == 0 { // mote change 82
 			return packets.ErrProtocolViolationZeroNonZeroExpiry
 		}
 
@@ -2107,11 +2109,12 @@ func (s *Server) closeListenerClients(listener string) {
 
 // sendLWT issues an LWT message to a topic when a client disconnects.
 func (s *Server) sendLWT(cl *Client) {
-	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
+	w := cl.Properties.Will // mote: nil is no will (change 83)
+	if w == nil || atomic.LoadUint32(&w.Flag) == 0 {
 		return
 	}
 
-	modifiedLWT := s.hooks.OnWill(cl, cl.Properties.Will)
+	modifiedLWT := s.hooks.OnWill(cl, *w)
 
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{
@@ -2128,8 +2131,8 @@ func (s *Server) sendLWT(cl *Client) {
 		Created: time.Now().Unix(),
 	}
 
-	if cl.Properties.Will.WillDelayInterval > 0 {
-		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
+	if w.WillDelayInterval > 0 {
+		pk.Connect.WillProperties.WillDelayInterval = w.WillDelayInterval
 		pk.Expiry = time.Now().Unix() + int64(pk.Connect.WillProperties.WillDelayInterval)
 		s.loop.willDelayed.Add(cl.ID, pk)
 		s.loop.willOwners.Store(cl.ID, cl) // mote: change 50
@@ -2140,8 +2143,8 @@ func (s *Server) sendLWT(cl *Client) {
 		s.retainMessage(cl, pk)
 	}
 
-	s.publishToSubscribers(pk)                      // [MQTT-3.1.2-8]
-	atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10]
+	s.publishToSubscribers(pk)     // [MQTT-3.1.2-8]
+	atomic.StoreUint32(&w.Flag, 0) // [MQTT-3.1.2-10]
 	s.hooks.OnWillSent(cl, pk)
 }
 
@@ -2241,7 +2244,7 @@ func (s *Server) loadClients(v []storage.Client) {
 		cl.Properties.Username = c.Username
 		cl.Properties.Clean = c.Clean
 		cl.Properties.ProtocolVersion = c.ProtocolVersion
-		cl.Properties.Props = packets.Properties{
+		cl.Properties.Props = &packets.Properties{ // mote: a pointer (change 82)
 			SessionExpiryInterval:     c.Properties.SessionExpiryInterval,
 			SessionExpiryIntervalFlag: c.Properties.SessionExpiryIntervalFlag,
 			AuthenticationMethod:      c.Properties.AuthenticationMethod,
@@ -2254,15 +2257,16 @@ func (s *Server) loadClients(v []storage.Client) {
 			User:                      c.Properties.User,
 			MaximumPacketSize:         c.Properties.MaximumPacketSize,
 		}
-		cl.Properties.Will = Will(c.Will)
-		if cl.Properties.Props.TopicAliasMaximum > 0 { // mote: as newClient made them before change 78
+		will := Will(c.Will)
+		cl.Properties.Will = &will                 // mote: a pointer (change 83)
+		if cl.Properties.TopicAliasMaximum() > 0 { // mote: as newClient made them before change 78
 			cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(s.Options.Capabilities.TopicAliasMaximum)
 		}
 
 		// cancel the context, update cl.State such as disconnected time and stopCause.
 		cl.Stop(packets.ErrServerShuttingDown)
 
-		expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+		expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.SessionExpiryInterval() == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 		s.hooks.OnDisconnect(cl, packets.ErrServerShuttingDown, expire)
 		if expire {
 			cl.ClearInflights()
@@ -2369,7 +2373,7 @@ func (s *Server) sendDelayedLWT(dt int64) {
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
 				}
-				cl.Properties.Will = Will{} // [MQTT-3.1.2-10]
+				cl.Properties.Will = nil // [MQTT-3.1.2-10] (mote: nil is none, change 83)
 				s.hooks.OnWillSent(cl, pk)
 			}
 			s.deleteDelayedWill(id)

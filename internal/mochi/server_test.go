@@ -612,7 +612,7 @@ func TestEstablishConnectionInheritExisting(t *testing.T) {
 
 	cl, r0, _ := newTestClient()
 	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = 30 // mote: a session that outlives its connection (change 51)
+	cl.Properties.EditProps().SessionExpiryInterval = 30 // mote: a session that outlives its connection (change 51)
 	cl.Properties.Username = []byte("mochi")
 	cl.ID = packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt311).Packet.Connect.ClientIdentifier
 	cl.State.Subscriptions.Add("a/b/c", packets.Subscription{Filter: "a/b/c", Qos: 1})
@@ -793,7 +793,7 @@ func TestEstablishConnectionResentPendingInflightsError(t *testing.T) {
 	n := time.Now().Unix()
 	cl, r0, _ := newTestClient()
 	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = 30 // mote: a session that outlives its connection (change 51)
+	cl.Properties.EditProps().SessionExpiryInterval = 30 // mote: a session that outlives its connection (change 51)
 	cl.ID = packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt311).Packet.Connect.ClientIdentifier
 	cl.State.Inflight = NewInflights()
 	cl.State.Inflight.Set(packets.Packet{PacketID: 2, Created: n - 2}) // no packet type
@@ -1117,7 +1117,7 @@ func TestServerSendConnack(t *testing.T) {
 	cl, r, w := newTestClient()
 	cl.Properties.ProtocolVersion = 5
 	s.Options.Capabilities.MaximumQos = 1
-	cl.Properties.Props = packets.Properties{
+	cl.Properties.Props = &packets.Properties{
 		AssignedClientID: "mochi",
 	}
 	go func() {
@@ -1186,21 +1186,21 @@ func TestServerValidateConnect(t *testing.T) {
 		},
 		{
 			desc:         "will qos not supported",
-			client:       &Client{Properties: ClientProperties{Will: Will{Qos: 2}}},
+			client:       &Client{Properties: ClientProperties{Will: &Will{Qos: 2}}},
 			capabilities: Capabilities{MaximumQos: 1},
 			packet:       packet,
 			expect:       packets.ErrQosNotSupported,
 		},
 		{
 			desc:         "retain not supported",
-			client:       &Client{Properties: ClientProperties{Will: Will{Retain: true}}},
+			client:       &Client{Properties: ClientProperties{Will: &Will{Retain: true}}},
 			capabilities: Capabilities{RetainAvailable: 0},
 			packet:       packet,
 			expect:       packets.ErrRetainNotSupported,
 		},
 		{
 			desc:         "invalid packet validate",
-			client:       &Client{Properties: ClientProperties{Will: Will{Retain: true}}},
+			client:       &Client{Properties: ClientProperties{Will: &Will{Retain: true}}},
 			capabilities: Capabilities{RetainAvailable: 0},
 			packet:       invalidBitPacket,
 			expect:       packets.ErrProtocolViolationReservedBit,
@@ -1229,7 +1229,7 @@ func TestServerSendConnackAdjustedExpiryInterval(t *testing.T) {
 	s := newServer()
 	cl, r, w := newTestClient()
 	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = uint32(300)
+	cl.Properties.EditProps().SessionExpiryInterval = uint32(300)
 	s.Options.Capabilities.MaximumSessionExpiryInterval = 120
 	go func() {
 		err := s.SendConnack(cl, packets.CodeSuccess, false, nil)
@@ -2145,7 +2145,7 @@ func TestPublishToClientExceedClientWritesPending(t *testing.T) {
 			},
 		},
 	})
-	cl.Properties.Props.ReceiveMaximum = sendQuota
+	cl.Properties.EditProps().ReceiveMaximum = sendQuota
 	cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))
 
 	s.Clients.Add(cl)
@@ -2175,7 +2175,7 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 	s := newServer()
 	cl, r, w := newTestClient()
 	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.TopicAliasMaximum = 5
+	cl.Properties.EditProps().TopicAliasMaximum = 5
 	cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(5) // mote: as its CONNECT would have made them (ParseConnect, change 78)
 	s.Clients.Add(cl)
 
@@ -3151,10 +3151,10 @@ func TestServerReceivePacketError(t *testing.T) {
 func TestServerRecievePacketDisconnectClientZeroNonZero(t *testing.T) {
 	s := newServer()
 	cl, r, w := newTestClient()
-	cl.Properties.Props.SessionExpiryInterval = 0
+	cl.Properties.EditProps().SessionExpiryInterval = 0
 	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.RequestProblemInfo = 0
-	cl.Properties.Props.RequestProblemInfoFlag = true
+	cl.Properties.EditProps().RequestProblemInfo = 0
+	cl.Properties.EditProps().RequestProblemInfoFlag = true
 	go func() {
 		err := s.receivePacket(cl, pkp(*packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5).Packet))
 		require.Error(t, err)
@@ -3185,7 +3185,7 @@ func TestServerRecievePacketDisconnectClient(t *testing.T) {
 func TestServerProcessPacketDisconnect(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
-	cl.Properties.Props.SessionExpiryInterval = 30
+	cl.Properties.EditProps().SessionExpiryInterval = 30
 	cl.Properties.ProtocolVersion = 5
 
 	s.loop.willDelayed.Add(cl.ID, packets.Packet{TopicName: "a/b/c", Payload: []byte("hello")})
@@ -3202,10 +3202,10 @@ func TestServerProcessPacketDisconnect(t *testing.T) {
 func TestServerProcessPacketDisconnectNonZeroExpiryViolation(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
-	cl.Properties.Props.SessionExpiryInterval = 0
+	cl.Properties.EditProps().SessionExpiryInterval = 0
 	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.RequestProblemInfo = 0
-	cl.Properties.Props.RequestProblemInfoFlag = true
+	cl.Properties.EditProps().RequestProblemInfo = 0
+	cl.Properties.EditProps().RequestProblemInfoFlag = true
 
 	err := s.processPacket(cl, pkp(*packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectMqtt5).Packet))
 	require.Error(t, err)
@@ -3215,7 +3215,7 @@ func TestServerProcessPacketDisconnectNonZeroExpiryViolation(t *testing.T) {
 func TestServerProcessPacketDisconnectDisconnectWithWillMessage(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()
-	cl.Properties.Props.SessionExpiryInterval = 30
+	cl.Properties.EditProps().SessionExpiryInterval = 30
 	cl.Properties.ProtocolVersion = 5
 
 	s.loop.willDelayed.Add(cl.ID, packets.Packet{TopicName: "a/b/c", Payload: []byte("hello")})
@@ -3274,7 +3274,7 @@ func TestServerSendLWT(t *testing.T) {
 
 	sender, _, w1 := newTestClient()
 	sender.ID = "sender"
-	sender.Properties.Will = Will{
+	sender.Properties.Will = &Will{
 		Flag:      1,
 		TopicName: "a/b/c",
 		Payload:   []byte("hello mochi"),
@@ -3314,7 +3314,7 @@ func TestServerSendLWTRetain(t *testing.T) {
 
 	sender, _, w1 := newTestClient()
 	sender.ID = "sender"
-	sender.Properties.Will = Will{
+	sender.Properties.Will = &Will{
 		Flag:      1,
 		TopicName: "a/b/c",
 		Payload:   []byte("hello mochi"),
@@ -3352,7 +3352,7 @@ func TestServerSendLWTDelayed(t *testing.T) {
 	s := newServer()
 	cl1, _, _ := newTestClient()
 	cl1.ID = "cl1"
-	cl1.Properties.Will = Will{
+	cl1.Properties.Will = &Will{
 		Flag:              1,
 		TopicName:         "a/b/c",
 		Payload:           []byte("hello mochi"),
@@ -3641,8 +3641,8 @@ func TestServerClearExpiredClients(t *testing.T) {
 	cl0.State.disconnected = n - 10
 	cl0.State.cancelOpen()
 	cl0.Properties.ProtocolVersion = 5
-	cl0.Properties.Props.SessionExpiryInterval = 12
-	cl0.Properties.Props.SessionExpiryIntervalFlag = true
+	cl0.Properties.EditProps().SessionExpiryInterval = 12
+	cl0.Properties.EditProps().SessionExpiryIntervalFlag = true
 	s.Clients.Add(cl0)
 
 	// Normal Expiry
@@ -3651,8 +3651,8 @@ func TestServerClearExpiredClients(t *testing.T) {
 	cl1.State.disconnected = n - 10
 	cl1.State.cancelOpen()
 	cl1.Properties.ProtocolVersion = 5
-	cl1.Properties.Props.SessionExpiryInterval = 8
-	cl1.Properties.Props.SessionExpiryIntervalFlag = true
+	cl1.Properties.EditProps().SessionExpiryInterval = 8
+	cl1.Properties.EditProps().SessionExpiryIntervalFlag = true
 	s.Clients.Add(cl1)
 
 	// No Expiry, indefinite session
@@ -3661,8 +3661,8 @@ func TestServerClearExpiredClients(t *testing.T) {
 	cl2.State.disconnected = n - 10
 	cl2.State.cancelOpen()
 	cl2.Properties.ProtocolVersion = 5
-	cl2.Properties.Props.SessionExpiryInterval = 0
-	cl2.Properties.Props.SessionExpiryIntervalFlag = true
+	cl2.Properties.EditProps().SessionExpiryInterval = 0
+	cl2.Properties.EditProps().SessionExpiryIntervalFlag = true
 	s.Clients.Add(cl2)
 
 	require.Equal(t, 4, s.Clients.Len())
