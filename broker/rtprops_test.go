@@ -128,7 +128,9 @@ func TestRTPropsWillEnds(t *testing.T) {
 		RequestProblemInfo: 0, RequestProblemInfoFlag: true,
 		User: []packets.UserProperty{{Key: "who", Val: "rt"}},
 	}
-	full := func(qos byte, retain bool) *rtWill { return &rtWill{qos: qos, retain: retain, payload: "gone", props: true} }
+	full := func(qos byte, retain bool) *rtWill {
+		return &rtWill{qos: qos, retain: retain, payload: "gone", props: true}
+	}
 	plain := func(qos byte, retain bool) *rtWill { return &rtWill{qos: qos, retain: retain, payload: "gone"} }
 	cases := []struct {
 		name    string
