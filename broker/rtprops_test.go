@@ -223,3 +223,118 @@ func TestRTPropsWillEnds(t *testing.T) {
 		})
 	}
 }
+
+// TestRTPropsResume: a session resumed, or a live connection taken over,
+// by a CONNECT whose properties differ from the old one's: an MQTT 5
+// client with properties (Topic Alias Maximum, Receive Maximum 1) resumed
+// by one with none and the reverse, an MQTT 3.1.1 session resumed by
+// MQTT 5 with aliases, an MQTT 5 client's id taken over live by MQTT
+// 3.1.1 and the reverse. The session is present or not as the old
+// CONNECT's Session Expiry Interval says, the old live connection's will
+// goes, the messages reach the new connection with its own properties
+// (topic aliases only when it allows them), and the session outlives the
+// new connection as the new CONNECT says. The properties are per client
+// (change 82: nil when a CONNECT had none): none of the old client's may
+// reach the new one.
+func TestRTPropsResume(t *testing.T) {
+	persist := packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}
+	aliases := persist
+	aliases.TopicAliasMaximum, aliases.ReceiveMaximum = 5, 1
+	none := packets.Properties{}
+	cases := []struct {
+		name           string
+		oldV           byte
+		oldProps       packets.Properties
+		live           bool // the old connection is up: taken over, its will goes
+		newV           byte
+		newProps       packets.Properties
+		present        bool // the new CONNECT finds the session
+		aliases        bool // its deliveries may carry topic aliases (up to 5)
+		presentAfterwd bool // the session outlives the new connection
+	}{
+		{"5 aliases, then 5 none", 5, aliases, false, 5, none, true, false, false},
+		{"5 none, then 5 aliases", 5, none, false, 5, aliases, false, true, true},
+		{"3.1.1, then 5 aliases", 4, none, false, 5, aliases, true, true, true},
+		{"5 aliases, then 3.1.1", 5, aliases, false, 4, none, true, false, true},
+		{"5 aliases taken over live by 3.1.1", 5, aliases, true, 4, none, true, false, true},
+		{"5 none taken over live by 3.1.1", 5, none, true, 4, none, false, false, true},
+		{"3.1.1 taken over live by 5 aliases", 4, none, true, 5, aliases, true, true, true},
+		{"3.1.1 taken over live by 5 none", 4, none, true, 5, none, true, false, false},
+	}
+	b := start(t, Options{})
+	for n, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id := fmt.Sprint("rtres-", n)
+			willTopic, msgTopic := fmt.Sprint("rtres/", n, "/will"), fmt.Sprint("rtres/", n, "/msg")
+			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id+"-watch", true, 0, nil))
+			watcher.subscribe(t, 5, willTopic, 1)
+			pub, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id+"-pub", true, 0, nil))
+			publish := func() {
+				for i := range 3 {
+					pub.publish1(t, 5, msgTopic, fmt.Sprint(i))
+				}
+			}
+
+			old, _, code := rawPeer(t, b.TCPAddr(), rtConnect(t, tc.oldV, id, false, tc.oldProps, &rtWill{qos: 1, payload: "old"}, willTopic))
+			if code != 0 {
+				t.Fatalf("old CONNACK %#x", code)
+			}
+			old.subscribe(t, tc.oldV, msgTopic, 1)
+			if !tc.live {
+				old.c.Write([]byte{0xe0, 0x00}) // no will
+				old.waitClosed(t)
+				waitFor(t, "the old connection gone", func() bool { return connGone(b, id) })
+				if tc.present {
+					publish()
+				}
+			}
+			nw, present, code := rawPeer(t, b.TCPAddr(), rtConnect(t, tc.newV, id, false, tc.newProps, nil, ""))
+			if code != 0 || present != tc.present {
+				t.Fatalf("new CONNACK %#x, session present %v; want present %v", code, present, tc.present)
+			}
+			if tc.live {
+				old.waitClosed(t)
+				h, body := watcher.next(t, 3)
+				if m := rtDecodePublish(t, h, body); m.TopicName != willTopic || string(m.Payload) != "old" {
+					t.Fatalf("the watcher got %q %q, want the old connection's will", m.TopicName, m.Payload)
+				}
+			}
+			if !tc.present {
+				nw.subscribe(t, tc.newV, msgTopic, 1)
+			}
+			if tc.live || !tc.present {
+				publish()
+			}
+			names := map[uint16]string{}
+			for i := range 3 {
+				h, body := nw.next(t, 3)
+				m := packets.Packet{FixedHeader: packets.FixedHeader{Qos: h >> 1 & 3}, TopicName: "?"}
+				if tc.newV == 5 {
+					m = rtDecodePublish(t, h, body)
+				} else if p, ok := decodeRawPublish(h, body, 4); ok {
+					m.TopicName, m.Payload, m.PacketID = p.topic, []byte(p.payload), p.id
+				}
+				if a := m.Properties.TopicAlias; a > 0 {
+					if m.TopicName != "" {
+						names[a] = m.TopicName
+					}
+					m.TopicName = names[a]
+				}
+				if m.TopicName != msgTopic || string(m.Payload) != fmt.Sprint(i) || m.Properties.TopicAlias > 0 && !tc.aliases || m.Properties.TopicAlias > 5 {
+					t.Errorf("message %d: %q %q alias %d; want %q %q, aliases allowed %v", i, m.TopicName, m.Payload, m.Properties.TopicAlias, msgTopic, fmt.Sprint(i), tc.aliases)
+				}
+				nw.c.Write([]byte{0x40, 0x02, byte(m.PacketID >> 8), byte(m.PacketID)})
+			}
+			nw.c.Write([]byte{0xe0, 0x00})
+			nw.waitClosed(t)
+			waitFor(t, "the new connection gone", func() bool { return connGone(b, id) })
+			again, present, code := rawPeer(t, b.TCPAddr(), rtConnect(t, 5, id, false, persist, nil, ""))
+			if code != 0 || present != tc.presentAfterwd {
+				t.Errorf("afterwards CONNACK %#x, session present %v; want present %v", code, present, tc.presentAfterwd)
+			}
+			again.c.Write(rtDisconnect(0x00, 0))
+			watcher.c.Close()
+			pub.c.Close()
+		})
+	}
+}
