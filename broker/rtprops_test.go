@@ -160,6 +160,10 @@ func TestRTPropsWillEnds(t *testing.T) {
 		{"5 some, 0x00 expiry 0", 5, some, full(1, false), "disconnect", rtDisconnect(0x00, 0), false, false},
 		{"5 some, 0x00 expiry 120", 5, some, full(1, false), "disconnect", rtDisconnect(0x00, 120), false, true},
 		{"5 some, second connect", 5, some, full(1, false), "second-connect", nil, true, true},
+		// A will's payload may be empty (mochi refused it: change 85).
+		{"3.1.1 empty will dropped", 4, packets.Properties{}, &rtWill{qos: 1}, "drop", nil, true, true},
+		{"5 none, empty will with props, 0x04", 5, packets.Properties{}, &rtWill{qos: 2, props: true}, "disconnect", rtDisconnect(0x04, -1), true, false},
+		{"5 some, empty will dropped", 5, some, &rtWill{}, "drop", nil, true, true},
 	}
 	b := start(t, Options{})
 	for n, tc := range cases {

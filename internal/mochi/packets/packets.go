@@ -505,7 +505,11 @@ func (pk *Packet) ConnectValidate() Code {
 	}
 
 	if pk.Connect.WillFlag {
-		if len(pk.Connect.WillPayload) == 0 || pk.Connect.WillTopic == "" {
+		// mote: a will's payload may be empty (§3.1.3.4 in 3.1.1: "zero
+		// or more bytes"; §3.1.3.4 in 5.0, Binary Data); only its topic
+		// must be there and a Topic Name [MQTT-3.1.2-9] [MQTT-4.7.3-1].
+		// mochi refused an empty payload (change 85).
+		if pk.Connect.WillTopic == "" {
 			return ErrProtocolViolationWillFlagNoPayload // [MQTT-3.1.2-9]
 		}
 		// mote: the Will's Response Topic is a Topic Name (§3.1.3.2.6),

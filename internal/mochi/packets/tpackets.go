@@ -922,7 +922,7 @@ var TPacketData = map[byte]TPacketCases{
 		},
 		{
 			Case:   TConnectInvalidWillFlagNoPayload,
-			Desc:   "will flag no payload",
+			Desc:   "will flag without a will topic", // mote: an empty payload is allowed (change 85)
 			Group:  "validate",
 			Expect: ErrProtocolViolationWillFlagNoPayload,
 			Packet: &Packet{
