@@ -579,9 +579,7 @@
 //	publishers waiting for room         the queue's mutex (outQueue.waits: made by the first publisher that waits, kept)
 //	a connection's write role, its      the queue's mutex gives it (outQueue.role); its holder (writer,
 //	  encode buffer and socket writes     or a deliverer writing directly) writes, in order
-//	a connection's hand-off (leftovers) its endMu; then its successor's (the takeover's state, conn.hand: an
-//	                                    atomic pointer made by the first that needs it, never changed after; its
-//	                                    expecting, next and copied under endMu, its handed signal its own mutex)
+//	a connection's hand-off (leftovers) its endMu; then its successor's
 //	conn.will                           an atomic pointer: OnSessionEstablished stores; the read goroutine (OnWill)
 //	                                    swaps it out, a takeover (takenWill) reads it, both under wills.mu;
 //	                                    will.taken (wills.mu) says who made it due;
