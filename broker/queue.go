@@ -938,7 +938,7 @@ func (q *outQueue) wrote(n, msgs int) {
 		return
 	}
 	q.mu.Lock()
-	now := time.Now()
+	now := q.nowLocked()
 	q.chargeLocked(now)
 	var paid int64
 	if q.look != nil {
@@ -955,6 +955,20 @@ func (q *outQueue) wrote(n, msgs int) {
 		q.stalled = false
 	}
 	q.mu.Unlock()
+}
+
+// nowLocked is the time now, for wrote, which a direct write pays on
+// the read goroutine's step: from lastWrote by the monotonic clock
+// (time.Since reads it once, time.Now reads it and the wall clock; 57 ns
+// a read on this kvm-clock VM). The queue's times are compared with each
+// other only, which goes by the monotonic clock, so its wall reading,
+// lastWrote's plus the time since, serves. The first write has no
+// lastWrote: time.Now (mu held).
+func (q *outQueue) nowLocked() time.Time {
+	if q.lastWrote.IsZero() {
+		return time.Now()
+	}
+	return q.lastWrote.Add(time.Since(q.lastWrote))
 }
 
 // hold makes the writer wait until release: what is queued while mochi

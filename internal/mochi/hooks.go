@@ -137,6 +137,40 @@ type Hooks struct {
 	wg         sync.WaitGroup // a waitgroup for syncing hook shutdown
 	qty        int64          // the number of hooks in use
 	sync.Mutex                // a mutex for locking when adding hooks
+
+	// mote change 86: which methods one hook and more than one provide,
+	// counted once in Add, so a chain on the publish path asks no hook.
+	prov atomic.Pointer[providers]
+}
+
+// providers marks, bit b of each set, the methods (byte b) that at least
+// one hook (any) and at least two hooks (many) provide (mote change 86).
+type providers struct{ any, many [4]uint64 }
+
+// countProviders is the providers of hooks (mote change 86).
+func countProviders(hooks []Hook) *providers {
+	p := &providers{}
+	for b := range 256 {
+		n := 0
+		for _, hook := range hooks {
+			if hook.Provides(byte(b)) {
+				n++
+			}
+		}
+		if n > 0 {
+			p.any[b/64] |= 1 << (b % 64)
+		}
+		if n > 1 {
+			p.many[b/64] |= 1 << (b % 64)
+		}
+	}
+	return p
+}
+
+// provided reports whether any hook provides method b (mote change 86).
+func (h *Hooks) provided(b byte) bool {
+	p := h.prov.Load()
+	return p != nil && p.any[b/64]&(1<<(b%64)) != 0
 }
 
 // Len returns the number of hooks added.
@@ -173,6 +207,7 @@ func (h *Hooks) Add(hook Hook, config any) error {
 	}
 
 	i = append(i, hook)
+	h.prov.Store(countProviders(i)) // mote change 86: before the hook is called
 	h.internal.Store(i)
 	atomic.AddInt64(&h.qty, 1)
 	h.wg.Add(1)
@@ -304,13 +339,8 @@ func (h *Hooks) OnPacketRead(cl *Client, pk *packets.Packet) error {
 type original struct{ pk *packets.Packet }
 
 func (h *Hooks) original(b byte, pk *packets.Packet) original {
-	n := 0
-	for _, hook := range h.GetAll() {
-		if hook.Provides(b) {
-			n++
-		}
-	}
-	if n < 2 {
+	p := h.prov.Load() // mote change 86: counted in Add
+	if p == nil || p.many[b/64]&(1<<(b%64)) == 0 {
 		return original{}
 	}
 	c := *pk
@@ -470,6 +500,9 @@ func (h *Hooks) OnPublish(cl *Client, pk *packets.Packet) error {
 // OnPublished is called when a client has published a message to subscribers.
 // mote: pk by pointer (change 25).
 func (h *Hooks) OnPublished(cl *Client, pk *packets.Packet) {
+	if !h.provided(OnPublished) { // mote change 86: Mote's hook does not
+		return
+	}
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnPublished) {
 			hook.OnPublished(cl, pk)

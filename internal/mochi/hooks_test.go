@@ -5,6 +5,7 @@
 package mqtt
 
 import (
+	"bytes"
 	"errors"
 	"strconv"
 	"sync/atomic"
@@ -674,4 +675,79 @@ func TestHookBaseStoreSysInfo(t *testing.T) {
 	v, err := h.StoredSysInfo()
 	require.NoError(t, err)
 	require.Equal(t, "", v.Version)
+}
+
+// askedHook provides the methods in its set and counts the questions.
+type askedHook struct {
+	HookBase
+	set   []byte
+	asked int
+}
+
+func (h *askedHook) Provides(b byte) bool {
+	h.asked++
+	return bytes.Contains(h.set, []byte{b})
+}
+
+// TestHooksProvidersCounted (mote change 86): which methods one hook and
+// more than one provide is counted in Add, so OnPublished and original
+// ask no hook on the publish path, and original still keeps the packet
+// only where two hooks provide the method.
+func TestHooksProvidersCounted(t *testing.T) {
+	tests := []struct {
+		name     string
+		sets     [][]byte
+		kept     bool // original kept a copy for OnPublish
+		provided bool // OnPublished provided
+	}{
+		{"one hook, OnPublish", [][]byte{{OnPublish}}, false, false},
+		{"two hooks, one OnPublish", [][]byte{{OnPublish}, {OnPublished}}, false, true},
+		{"two hooks, both OnPublish", [][]byte{{OnPublish}, {OnPublish}}, true, false},
+		{"no hook", nil, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := new(Hooks)
+			h.Log = logger
+			var hooks []*askedHook
+			for _, set := range tt.sets {
+				hk := &askedHook{set: set}
+				require.NoError(t, h.Add(hk, nil))
+				hooks = append(hooks, hk)
+			}
+			for _, hk := range hooks {
+				hk.asked = 0
+			}
+			pk := &packets.Packet{PacketID: 7}
+			require.Equal(t, tt.kept, h.original(OnPublish, pk).pk != nil)
+			require.Equal(t, tt.provided, h.provided(OnPublished))
+			h.OnPublished(new(Client), pk)
+			for i, hk := range hooks {
+				if tt.provided {
+					continue // OnPublished asks each hook, as upstream does
+				}
+				require.Zero(t, hk.asked, "hook %d asked", i)
+			}
+		})
+	}
+}
+
+// BenchmarkHooksPublishChain: mochi's hook chains of one plain publish
+// (OnPublish, its original, OnPublished) with one hook that provides
+// OnPublish only, as Mote's does.
+func BenchmarkHooksPublishChain(b *testing.B) {
+	h := new(Hooks)
+	h.Log = logger
+	if err := h.Add(&askedHook{set: []byte{OnPublish, OnPacketRead}}, nil); err != nil {
+		b.Fatal(err)
+	}
+	cl := new(Client)
+	pk := &packets.Packet{PacketID: 7}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := h.OnPublish(cl, pk); err != nil {
+			b.Fatal(err)
+		}
+		h.OnPublished(cl, pk)
+	}
 }
