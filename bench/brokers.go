@@ -33,7 +33,10 @@ type Broker struct {
 	// Floor says the broker serves only the scenarios marked floor
 	// (plain QoS 0 delivery, no retained messages, no sessions): go-floor.
 	Floor bool
-	bin   string
+	// Hold says the broker only holds connections after their CONNACK and
+	// serves only the scenarios marked hold (curve-idle): go-hold.
+	Hold bool
+	bin  string
 	// args returns the command line for the listeners l, with dir for data.
 	args func(l listeners, dir string) ([]string, error)
 
@@ -94,6 +97,19 @@ const FloorName = "go-floor"
 func GoFloor(bin string) *Broker {
 	return &Broker{Name: FloorName, Floor: true, args: func(l listeners, _ string) ([]string, error) {
 		return []string{bin, "floor", "--tcp", l.TCP}, nil
+	}}
+}
+
+// HoldName is the name of the Go hold floor (GoHold).
+const HoldName = "go-hold"
+
+// GoHold is `mote floor --hold` from the binary bin: a Go program that
+// answers each CONNECT and then only holds the connection, the least any
+// Go broker that keeps its connections as net.Conn pays for an idle one;
+// run only in curve-idle.
+func GoHold(bin string) *Broker {
+	return &Broker{Name: HoldName, Hold: true, args: func(l listeners, _ string) ([]string, error) {
+		return []string{bin, "floor", "--hold", "--tcp", l.TCP}, nil
 	}}
 }
 

@@ -78,7 +78,7 @@ func curveScenarios() []scenario {
 		{name: "curve-fan-in", variant: "qos0", unit: "points", everywhere: true, noRatio: true, floor: true, files: 4000, probed: fanInCurve},
 		{name: "curve-snapshot", variant: "sync-or-plain", unit: "points", everywhere: true, noRatio: true, timeout: 10 * time.Minute, probed: snapshotCurve},
 		{name: "curve-rows", variant: "plain", unit: "points", everywhere: true, noRatio: true, timeout: 10 * time.Minute, probed: rowsCurve},
-		{name: "curve-idle", variant: "mqtt", unit: "points", everywhere: true, noRatio: true, floor: true, files: 12_000, probed: idleCurve},
+		{name: "curve-idle", variant: "mqtt", unit: "points", everywhere: true, noRatio: true, floor: true, hold: true, files: 12_000, probed: idleCurve},
 	}
 }
 

@@ -88,6 +88,9 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 					if b.Floor && !sc.floor {
 						continue // needs what go-floor leaves out (retained messages, sessions, QoS 1 delivery)
 					}
+					if b.Hold && !sc.hold {
+						continue // go-hold reads nothing after CONNECT
+					}
 					if ctx.Err() != nil {
 						return runs, ctx.Err()
 					}

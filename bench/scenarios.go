@@ -93,6 +93,7 @@ type scenario struct {
 	everywhere          bool // plain MQTT: every broker runs it
 	noRatio             bool // no ratio line (a variant measured for itself)
 	floor               bool // go-floor can serve it (Broker.Floor)
+	hold                bool // go-hold can serve it (Broker.Hold): connections that send nothing after CONNECT
 	// versus names the variant of the same scenario this one is compared
 	// with on the same broker (HTTP against MQTT): its ratio lines.
 	versus string

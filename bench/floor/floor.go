@@ -26,6 +26,17 @@
 // protocol level other than 4 (refused with CONNACK 0x01 first), a topic
 // with wildcards, an invalid filter.
 //
+// Held (Hold, `mote floor --hold`, the go-hold broker of `mote bench`):
+// a connection's goroutine answers the CONNECT, drops its read buffer and
+// ends, and the server keeps the net.Conn until Close, reading nothing
+// more from it. That is not a broker: it is what any Go broker that keeps
+// its connections as net.Conn pays for an idle one at the least (the
+// net package's objects for the socket, the collector's headroom over
+// them), without the goroutine or the epoll entry a broker needs to
+// learn of the connection's next packet. `mote bench` runs it only in
+// curve-idle. A held connection's DISCONNECT or close goes unnoticed
+// until Close.
+//
 // State and owners: a Server owns its listener, its connections' set and
 // the subscription table (subs, under Server.mu); each connection's
 // goroutine owns its reader and scratch buffers; a connection's socket
@@ -74,6 +85,8 @@ type Server struct {
 	wild  []wildSub          // filters with '+' or '#'
 	conns map[*conn]struct{}
 	done  bool
+	hold  bool // Hold: connections are held after their CONNACK
+	held  int  // connections held (Hold)
 
 	wg sync.WaitGroup
 }
@@ -101,6 +114,16 @@ type conn struct {
 // refused or broken connection.
 func Serve(ln net.Listener, log *slog.Logger) *Server {
 	s := &Server{ln: ln, log: log, exact: map[string][]*conn{}, conns: map[*conn]struct{}{}}
+	s.wg.Add(1)
+	go s.accept()
+	return s
+}
+
+// Hold accepts MQTT connections on ln until Close, answers each one's
+// CONNECT and then holds it, reading nothing more (the package doc's
+// "Held").
+func Hold(ln net.Listener, log *slog.Logger) *Server {
+	s := &Server{ln: ln, log: log, exact: map[string][]*conn{}, conns: map[*conn]struct{}{}, hold: true}
 	s.wg.Add(1)
 	go s.accept()
 	return s
@@ -154,6 +177,9 @@ func (s *Server) accept() {
 func (s *Server) serve(c *conn) {
 	defer s.wg.Done()
 	err := s.session(c)
+	if errors.Is(err, errHeld) {
+		return // in s.conns until Close closes it
+	}
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.unsubscribe(c, c.filters)
@@ -166,6 +192,10 @@ func (s *Server) serve(c *conn) {
 
 // errDisconnect ends a session that the client ended with DISCONNECT.
 var errDisconnect = errors.New("disconnect")
+
+// errHeld ends a held connection's goroutine (Hold): the server keeps the
+// connection.
+var errHeld = errors.New("held")
 
 func (s *Server) session(c *conn) error {
 	c.nc.SetReadDeadline(time.Now().Add(connectWait)) //nolint:errcheck // a read fails instead
@@ -182,6 +212,13 @@ func (s *Server) session(c *conn) error {
 		return err
 	}
 	c.nc.SetReadDeadline(time.Time{}) //nolint:errcheck // idle from now on (no keep-alive enforcement)
+	if s.hold {
+		c.r = nil // the connection keeps no buffer
+		s.mu.Lock()
+		s.held++
+		s.mu.Unlock()
+		return errHeld
+	}
 	for {
 		typ, body, err := c.next()
 		if err != nil {
@@ -497,11 +534,20 @@ func match(filter string, topic []byte) bool {
 
 // ListenAndServe serves addr until ctx ends.
 func ListenAndServe(ctx context.Context, addr string, log *slog.Logger) error {
+	return listenAnd(ctx, addr, log, Serve)
+}
+
+// ListenAndHold is ListenAndServe with Hold.
+func ListenAndHold(ctx context.Context, addr string, log *slog.Logger) error {
+	return listenAnd(ctx, addr, log, Hold)
+}
+
+func listenAnd(ctx context.Context, addr string, log *slog.Logger, serve func(net.Listener, *slog.Logger) *Server) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("floor: listen: %w", err)
 	}
-	s := Serve(ln, log)
+	s := serve(ln, log)
 	<-ctx.Done()
 	return s.Close()
 }

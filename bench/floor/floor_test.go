@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -277,4 +279,45 @@ func FuzzSession(f *testing.F) {
 			t.Fatal("session did not end with its input")
 		}
 	})
+}
+
+// TestHold: a held connection gets its CONNACK and then nothing is read
+// from it (its goroutine ended), and Close closes it.
+func TestHold(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Hold(ln, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	const n = 20
+	var cls []*client
+	for i := range n {
+		cls = append(cls, dialMQTT(t, s, fmt.Sprint("held-", i)))
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		s.mu.Lock()
+		held, conns := s.held, len(s.conns)
+		s.mu.Unlock()
+		if held == n && conns == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d held, %d connections, want %d each", held, conns, n)
+		}
+	}
+	// A DISCONNECT is not read: the connection stays, and Close closes
+	// it with the DISCONNECT unread, which resets it (a server that read
+	// it would have closed it cleanly: EOF).
+	cls[0].send(0xe0, nil)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cls[0].r.ReadByte(); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client 0 (DISCONNECT sent) after Close: %v, want a reset", err)
+	}
+	for i, cl := range cls[1:] {
+		if _, err := cl.r.ReadByte(); !errors.Is(err, io.EOF) {
+			t.Errorf("client %d after Close: %v, want EOF", i+1, err)
+		}
+	}
 }
