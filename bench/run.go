@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -22,19 +23,26 @@ type Config struct {
 
 // Run is one scenario run on one broker.
 type Run struct {
-	Scenario string             `json:"scenario"`
-	Variant  string             `json:"variant"`
-	Broker   string             `json:"broker"`
-	Round    int                `json:"round"`
-	Value    float64            `json:"value"`
-	Unit     string             `json:"unit"`
-	CPU      float64            `json:"cpu_s"`
-	PeakRSS  int64              `json:"peak_rss_bytes"`
-	Msgs     int64              `json:"msgs_received"`
-	Bytes    int64              `json:"bytes_received"`
-	Sent     int64              `json:"publishes_sent"`
-	Lost     int64              `json:"lost"`
-	Extra    map[string]float64 `json:"extra,omitempty"`
+	Scenario string  `json:"scenario"`
+	Variant  string  `json:"variant"`
+	Broker   string  `json:"broker"`
+	Round    int     `json:"round"`
+	Value    float64 `json:"value"`
+	Unit     string  `json:"unit"`
+	CPU      float64 `json:"cpu_s"`
+	// LoadCPU is this process's CPU time during the run (the load
+	// generators: the bench's clients), Wall the run's wall-clock time,
+	// both from the broker's start to the scenario's end: where the
+	// broker's and the clients' CPU add up to the machine's cores over
+	// Wall, the clients set the pace as much as the broker.
+	LoadCPU float64            `json:"load_cpu_s"`
+	Wall    float64            `json:"wall_s"`
+	PeakRSS int64              `json:"peak_rss_bytes"`
+	Msgs    int64              `json:"msgs_received"`
+	Bytes   int64              `json:"bytes_received"`
+	Sent    int64              `json:"publishes_sent"`
+	Lost    int64              `json:"lost"`
+	Extra   map[string]float64 `json:"extra,omitempty"`
 	// Points are a curve scenario's measurements, one per rung climbed.
 	Points []Point `json:"points,omitempty"`
 	Err    string  `json:"error,omitempty"`
@@ -144,6 +152,8 @@ func runOne(ctx context.Context, sc scenario, b *Broker, s Sizes, round int) Run
 	}
 	defer b.Stop()
 	cpu0, _, _ := b.Usage()
+	self0, _, _ := procUsage(os.Getpid())
+	wall0 := time.Now()
 	timeout := sc.timeout
 	if timeout == 0 {
 		timeout = 3 * time.Minute
@@ -161,6 +171,8 @@ func runOne(ctx context.Context, sc scenario, b *Broker, s Sizes, round int) Run
 		o, err = sc.run(ctx, b.Addr(), s)
 	}
 	cpu1, rss, _ := b.Usage()
+	self1, _, _ := procUsage(os.Getpid())
+	r.LoadCPU, r.Wall = (self1 - self0).Seconds(), time.Since(wall0).Seconds()
 	if err != nil {
 		r.Err = err.Error()
 	}
