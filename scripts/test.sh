@@ -79,5 +79,5 @@ echo "== mote bench -smoke (every scenario, tiny sizes, one round)"
 go build -o "${TMPDIR:-/tmp}/mote-bench-bin" ./cmd/mote
 "${TMPDIR:-/tmp}/mote-bench-bin" bench -smoke -rounds 1
 
-echo "== benchmarks (smoke: one iteration each)"
-go test -run '^$' -bench . -benchtime 1x ./... | grep -E '^(Benchmark|ok|FAIL|---)' || true
+echo "== benchmarks (smoke: one iteration each; -short: wire's large inputs 256 KiB, not 16 MiB)"
+go test -short -run '^$' -bench . -benchtime 1x ./... | grep -E '^(Benchmark|ok|FAIL|---)' || true

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"testing"
@@ -16,6 +17,24 @@ import (
 
 const benchSize = 16 << 20
 
+// benchBytes is the large inputs' size: benchSize, or 256 KiB with -short
+// (scripts/test.sh runs every benchmark once with -short, so that none
+// rots: at 16 MiB this package's took a minute of CI).
+func benchBytes() int {
+	if testing.Short() {
+		return 256 << 10
+	}
+	return benchSize
+}
+
+// sizeName names n bytes in an input's name: "16MiB", "256KiB".
+func sizeName(n int) string {
+	if n >= 1<<20 {
+		return fmt.Sprintf("%dMiB", n>>20)
+	}
+	return fmt.Sprintf("%dKiB", n>>10)
+}
+
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -26,7 +45,7 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 func BenchmarkTypePlain(b *testing.B) {
-	inputs := typePlainInputs(benchSize)
+	inputs := typePlainInputs(benchBytes())
 	inputs["small-json"] = `{"state":"ON","brightness":55,"color":{"x":0.3127,"y":0.329}}`
 	inputs["small-text"] = "ON"
 	for _, name := range sortedKeys(inputs) {
@@ -52,13 +71,15 @@ func BenchmarkTypePlain(b *testing.B) {
 }
 
 func BenchmarkAppendCBORJSON(b *testing.B) {
+	n, size := benchBytes(), sizeName(benchBytes())
+	deepest := "deep-" + size
 	inputs := map[string]string{
-		"row":           `{"state":"ON","brightness":55,"color":{"x":0.3127,"y":0.329},"name":"lamp \u00e9"}`,
-		"deep-60KB":     strings.Repeat("[", 30000) + strings.Repeat("]", 30000),
-		"deep-16MiB":    strings.Repeat("[", benchSize/2) + strings.Repeat("]", benchSize/2),
-		"numbers-16MiB": "[" + strings.Repeat("-12.5e-3,123456,", benchSize/16) + "1]",
-		"objects-16MiB": "[" + strings.Repeat(`{"a":true,"b":"x"},`, benchSize/19) + "1]",
-		"escapes-16MiB": `"` + strings.Repeat(`\u00e9\n\ud83d\ude00`, benchSize/20) + `"`,
+		"row":             `{"state":"ON","brightness":55,"color":{"x":0.3127,"y":0.329},"name":"lamp \u00e9"}`,
+		"deep-60KB":       strings.Repeat("[", 30000) + strings.Repeat("]", 30000),
+		deepest:           strings.Repeat("[", n/2) + strings.Repeat("]", n/2),
+		"numbers-" + size: "[" + strings.Repeat("-12.5e-3,123456,", n/16) + "1]",
+		"objects-" + size: "[" + strings.Repeat(`{"a":true,"b":"x"},`, n/19) + "1]",
+		"escapes-" + size: `"` + strings.Repeat(`\u00e9\n\ud83d\ude00`, n/20) + `"`,
 	}
 	for _, name := range sortedKeys(inputs) {
 		text := inputs[name]
@@ -70,8 +91,8 @@ func BenchmarkAppendCBORJSON(b *testing.B) {
 				out = appendCBORJSON(out[:0], text)
 			}
 		})
-		if name == "deep-16MiB" {
-			continue // recursion of 8M levels: fatal error: stack overflow
+		if name == deepest {
+			continue // recursion of 8M levels (at 16 MiB): fatal error: stack overflow
 		}
 		b.Run("old/"+name, func(b *testing.B) {
 			b.SetBytes(int64(len(text)))
@@ -84,7 +105,7 @@ func BenchmarkAppendCBORJSON(b *testing.B) {
 }
 
 func BenchmarkDecode(b *testing.B) {
-	lim := Limits{MaxSize: 2 * benchSize, MaxDepth: 32}
+	lim := Limits{MaxSize: 2 * benchBytes(), MaxDepth: 32}
 	d, err := NewDecoder(lim)
 	if err != nil {
 		b.Fatal(err)
@@ -93,7 +114,7 @@ func BenchmarkDecode(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, in := range memoryInputs(benchSize) {
+	for _, in := range memoryInputs(benchBytes()) {
 		for _, impl := range []struct {
 			name   string
 			decode func(Codec, []byte) (Node, error)
