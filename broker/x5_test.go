@@ -238,7 +238,6 @@ func (p *x5Peer) row(t *testing.T, topic, payload string) {
 	}
 }
 
-
 // x5Sub is a subscription of filter at QoS 1 with options.
 func x5Sub(filter string, opts ...func(*packets.Subscription)) packets.Subscription {
 	s := packets.Subscription{Filter: filter, Qos: 1}
