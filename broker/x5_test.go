@@ -786,3 +786,143 @@ func TestX5Shared(t *testing.T) {
 		c.row(t, "sh/a", "1")
 	}
 }
+
+// TestX5ProblemInfo: Request Problem Information 0 (MQTT 5
+// §3.1.2.11.7): the server must not send a Reason String or User
+// Properties on any packet but PUBLISH, CONNACK and DISCONNECT
+// [MQTT-3.1.2-29]. A refused tree publish's PUBACK (SPEC §5: 0x99 "with
+// a Reason String") comes bare; Mote's own publishes keep their user
+// properties (mote-seq, mote-rev), which a PUBLISH may carry; so does a
+// delta in flight when the connection ended, sent again to the session's
+// next connection [MQTT-4.4.0-1].
+func TestX5ProblemInfo(t *testing.T) {
+	b := start(t, Options{})
+	w := x5Writer(t, b, "w")
+	w.row(t, "pi/a", "1")
+	settle(t, b)
+	props := packets.Properties{RequestProblemInfo: 0, RequestProblemInfoFlag: true, SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
+	c, _ := x5Dial(t, b, 5, "pi", true, props)
+	if rc := c.sub(t, packets.Properties{}, x5Sub("$sync/pi/+")); rc[0] != 1 {
+		t.Fatalf("SUBACK %x", rc)
+	}
+	if p := c.publish(t, true); user(p, "mote-seq") != "0" || user(p, "mote-rev") == "" {
+		t.Fatalf("snapshot %s user properties %v", p.Payload, p.Properties.User)
+	}
+	c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 7, TopicName: "$tree/pi", Payload: []byte("{")})
+	if ack := c.until(t, packets.Puback); ack.ReasonCode != 0x99 || ack.Properties.ReasonString != "" || len(ack.Properties.User) > 0 {
+		t.Fatalf("PUBACK %#x reason %q user %v, want 0x99 bare", ack.ReasonCode, ack.Properties.ReasonString, ack.Properties.User)
+	}
+	w.row(t, "pi/a", "2")
+	held := c.publish(t, false) // not acknowledged: in flight
+	if user(held, "mote-seq") != "1" {
+		t.Fatalf("delta %s user properties %v", held.Payload, held.Properties.User)
+	}
+	c.c.Write([]byte{0xe0, 0})
+	waitFor(t, "the connection gone", func() bool { return connGone(b, "pi") })
+	c, present := x5Dial(t, b, 5, "pi", false, props)
+	if !present {
+		t.Fatal("session not present")
+	}
+	for {
+		p := c.publish(t, true)
+		if p.PacketID == held.PacketID && p.FixedHeader.Dup {
+			if user(p, "mote-seq") != "1" || user(p, "mote-rev") != user(held, "mote-rev") || p.Properties.ContentType != "application/json" {
+				t.Fatalf("the delta sent again: %s user properties %v content type %q, want those it had", p.Payload, p.Properties.User, p.Properties.ContentType)
+			}
+			return
+		}
+		if user(p, "mote-seq") == "0" {
+			t.Logf("the snapshot came before the delta sent again: %s", p.Payload)
+		}
+	}
+}
+
+// TestX5WillTree: a will is a publish the broker makes for a client
+// (MQTT 5 §3.1.3.2); to $tree/T, or to T with the will's user property
+// mote=tree, it is a tree publish (SPEC §4): a $sync subscriber gets one
+// delta of its rows, a plain subscriber each row as if published alone,
+// with the will's QoS and retain flag and without the will's properties
+// (Content Type, Payload Format Indicator, User Properties name the tree,
+// not the row).
+func TestX5WillTree(t *testing.T) {
+	b := start(t, Options{})
+	s, _ := x5Dial(t, b, 5, "s", true, packets.Properties{})
+	s.sub(t, packets.Properties{}, x5Sub("$sync/wt/+"), x5Sub("wt/+", func(f *packets.Subscription) { f.Qos = 2 }))
+	s.publish(t, true)
+	cases := []struct {
+		topic string
+		user  []packets.UserProperty
+	}{
+		{"$tree/wt", nil},
+		{"wt", []packets.UserProperty{{Key: "mote", Val: "tree"}}},
+	}
+	for i, tc := range cases {
+		id := fmt.Sprint("will", i)
+		nc, err := net.Dial("tcp", b.TCPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pk := packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id,
+				WillFlag: true, WillTopic: tc.topic, WillPayload: []byte(fmt.Sprintf(`{"a":%d,"b":"x"}`, i)), WillQos: 1, WillRetain: true,
+				WillProperties: packets.Properties{ContentType: "application/json", PayloadFormat: 1, PayloadFormatFlag: true, User: append(tc.user, packets.UserProperty{Key: "k", Val: "v"})}},
+		}
+		nc.Write(ownerPacket(t, pk))
+		if h, body, err := readPacketBody(bufio.NewReader(nc)); err != nil || h != 0x20 || body[1] != 0 {
+			t.Fatalf("%s: CONNACK %#x % x %v", tc.topic, h, body, err)
+		}
+		nc.Close() // no DISCONNECT: the will goes
+		got := map[string]packets.Packet{}
+		for len(got) < 3 {
+			p := s.publish(t, true)
+			got[p.TopicName] = p
+		}
+		if d := got["$sync/wt/+"]; !jsonEqual(t, string(d.Payload), fmt.Sprintf(`{"a":%d,"b":"x"}`, i)) {
+			t.Fatalf("%s: delta %s", tc.topic, d.Payload)
+		}
+		for topic, want := range map[string]string{"wt/a": fmt.Sprint(i), "wt/b": "x"} {
+			p, ok := got[topic]
+			if !ok || string(p.Payload) != want || p.FixedHeader.Qos != 1 || p.Properties.ContentType != "" || p.Properties.PayloadFormatFlag || len(p.Properties.User) > 0 {
+				t.Fatalf("%s: %s %q QoS %d properties %+v, want %q at QoS 1 with none", tc.topic, topic, p.Payload, p.FixedHeader.Qos, p.Properties, want)
+			}
+		}
+	}
+}
+
+// TestX5ReceiveMaximumParts: a snapshot in parts (SPEC §2, over the
+// client's Maximum Packet Size) at QoS 1 to a client with Receive
+// Maximum 1: one part in flight at a time [MQTT-3.3.4-9], every part
+// comes, then the deltas.
+func TestX5ReceiveMaximumParts(t *testing.T) {
+	b := start(t, Options{})
+	w := x5Writer(t, b, "w")
+	for i := range 8 {
+		w.row(t, fmt.Sprint("rp/k", i), strconv.Quote(strings.Repeat("v", 40)))
+	}
+	settle(t, b)
+	c, _ := x5Dial(t, b, 5, "rp", true, packets.Properties{ReceiveMaximum: 1, MaximumPacketSize: 200})
+	c.sub(t, packets.Properties{}, x5Sub("$sync/rp/+"))
+	doc := map[string]any{}
+	for {
+		p := c.publish(t, false)
+		settle(t, b)
+		c.c.Write([]byte{0xc0, 0})
+		if pk := c.next(t); pk.FixedHeader.Type != packets.Pingresp {
+			t.Fatalf("%s %s %q while a part is unacknowledged", packets.PacketNames[pk.FixedHeader.Type], pk.TopicName, pk.Payload)
+		}
+		merge1(t, doc, p.Payload)
+		c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: p.PacketID})
+		part := user(p, "mote-part")
+		if i, n, _ := strings.Cut(part, "/"); part == "" || i == n {
+			break
+		}
+	}
+	if len(doc) != 8 {
+		t.Fatalf("%d rows in the parts, want 8", len(doc))
+	}
+	w.row(t, "rp/k0", "0")
+	if p := c.publish(t, true); !jsonEqual(t, string(p.Payload), `{"k0":0}`) || user(p, "mote-seq") != "1" {
+		t.Fatalf("delta %s seq %s", p.Payload, user(p, "mote-seq"))
+	}
+}
