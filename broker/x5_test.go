@@ -926,3 +926,56 @@ func TestX5ReceiveMaximumParts(t *testing.T) {
 		t.Fatalf("delta %s seq %s", p.Payload, user(p, "mote-seq"))
 	}
 }
+
+// TestX5TreeEventExpiry: Message Expiry Interval (MQTT 5 §3.3.2.3.3) on a
+// tree publish. A retained one's rows never expire (SPEC §1, the caveat
+// of broker/doc.go). A non-retained one's rows are events, each handled
+// "as if published alone" (SPEC §4), so as a plain event with that expiry
+// is: sent with the interval left [MQTT-3.3.2-6], and not sent once it
+// passed [MQTT-3.3.2-5] — here to a session away when it resumes. (The
+// test waits out the one-second interval on the clock: the expiry is the
+// clock.)
+func TestX5TreeEventExpiry(t *testing.T) {
+	b := start(t, Options{})
+	on, _ := x5Dial(t, b, 5, "on", true, packets.Properties{})
+	on.sub(t, packets.Properties{}, x5Sub("me/+"))
+	away, _ := x5Dial(t, b, 5, "away", true, packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true})
+	away.sub(t, packets.Properties{}, x5Sub("me/+"))
+	away.c.Write([]byte{0xe0, 0})
+	waitFor(t, "the connection gone", func() bool { return connGone(b, "away") })
+	w := x5Writer(t, b, "w")
+	expiring := packets.Properties{MessageExpiryInterval: 1}
+	for _, pk := range []packets.Packet{
+		{TopicName: "$tree/me", Payload: []byte(`{"a":1}`), Properties: expiring},
+		{TopicName: "me/b", Payload: []byte(`2`), Properties: expiring}, // a plain event, for comparison
+		{FixedHeader: packets.FixedHeader{Retain: true}, TopicName: "$tree/me", Payload: []byte(`{"r":4}`), Properties: expiring},
+	} {
+		if rc := w.pub(t, pk); rc != 0 {
+			t.Fatalf("%s: %#x", pk.TopicName, rc)
+		}
+	}
+	for range 3 {
+		p := on.publish(t, true)
+		want := uint32(1)
+		if p.TopicName == "me/r" {
+			want = 0 // a row: it never expires
+		}
+		if p.Properties.MessageExpiryInterval != want {
+			t.Errorf("%s: Message Expiry Interval %d, want %d", p.TopicName, p.Properties.MessageExpiryInterval, want)
+		}
+	}
+	time.Sleep(2100 * time.Millisecond) // the interval passes
+	w.pub(t, packets.Packet{TopicName: "$tree/me", Payload: []byte(`{"c":3}`)})
+	away, _ = x5Dial(t, b, 5, "away", false, packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true})
+	var got []string
+	for {
+		p := away.publish(t, true)
+		got = append(got, p.TopicName)
+		if p.TopicName == "me/c" {
+			break
+		}
+	}
+	if fmt.Sprint(got) != "[me/r me/c]" {
+		t.Fatalf("the session away got %v, want [me/r me/c] (me/a and me/b expired)", got)
+	}
+}
