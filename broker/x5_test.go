@@ -1063,3 +1063,40 @@ func TestX5TreeContentType(t *testing.T) {
 		t.Fatalf("rows %s (%v)", got, err)
 	}
 }
+
+// TestX5FoldWithinMaxPacket: deltas waiting in a client's queue fold
+// (SPEC §2), but a fold the client's Maximum Packet Size cannot take
+// would be skipped whole [MQTT-3.1.2-24] though each delta alone fits:
+// the delta stays as it is and the next one queues behind it. A client
+// with Receive Maximum 1 holds its snapshot unacknowledged while rows
+// that each fit its limit change: the first's delta is the writer's,
+// waiting for room; the second's and third's would fold past the limit:
+// the client gets each (mote-seq 1, 2, 3, no gap), and a fourth small row
+// still folds into the third's.
+func TestX5FoldWithinMaxPacket(t *testing.T) {
+	b := start(t, Options{})
+	w := x5Writer(t, b, "w")
+	w.row(t, "fw/a", "0")
+	settle(t, b)
+	const limit = 300
+	c, _ := x5Dial(t, b, 5, "fw", true, packets.Properties{MaximumPacketSize: limit, ReceiveMaximum: 1})
+	c.sub(t, packets.Properties{}, x5Sub("$sync/fw/+"))
+	snap := c.publish(t, false) // in flight: the deltas wait in the queue
+	long := strconv.Quote(strings.Repeat("v", 120))
+	w.row(t, "fw/b", long) // its delta is the writer's, waiting for room in flight
+	w.row(t, "fw/c", long) // queued behind it
+	w.row(t, "fw/d", long) // would fold into c's, past the limit
+	w.row(t, "fw/e", "5")  // folds into d's
+	settle(t, b)
+	c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: snap.PacketID})
+	doc := map[string]any{}
+	merge1(t, doc, snap.Payload)
+	for i := 1; len(doc) < 5; i++ {
+		p := c.publish(t, true)
+		p.ProtocolVersion = 5
+		if n := len(ownerPacket(t, p)); n > limit || user(p, "mote-seq") != strconv.Itoa(i) {
+			t.Fatalf("%d bytes %s seq %s, want seq %d within %d bytes", n, p.Payload, user(p, "mote-seq"), i, limit)
+		}
+		merge1(t, doc, p.Payload)
+	}
+}
