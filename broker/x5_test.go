@@ -1100,3 +1100,33 @@ func TestX5FoldWithinMaxPacket(t *testing.T) {
 		merge1(t, doc, p.Payload)
 	}
 }
+
+// TestX5PacedResubscribe: a SUBSCRIBE again of a paced $sync filter
+// (SPEC §2) while it holds changes: the new snapshot holds them, mote-seq
+// starts again at 0, and what was held is not sent after it as a delta
+// of the old count (a client would read a gap and subscribe again, for
+// ever). The next change is delta 1.
+func TestX5PacedResubscribe(t *testing.T) {
+	b := start(t, Options{})
+	w := x5Writer(t, b, "w")
+	w.row(t, "pz/a", "0")
+	settle(t, b)
+	c, _ := x5Dial(t, b, 5, "c", true, packets.Properties{})
+	const filter = "$sync.500ms/pz/+"
+	c.sub(t, packets.Properties{}, x5Sub(filter))
+	c.publish(t, true)
+	w.row(t, "pz/a", "1") // idle: at once
+	if p := c.publish(t, true); user(p, "mote-seq") != "1" {
+		t.Fatalf("%s seq %s, want delta 1", p.Payload, user(p, "mote-seq"))
+	}
+	w.row(t, "pz/b", "2") // held
+	settle(t, b)
+	c.sub(t, packets.Properties{}, x5Sub(filter))
+	if p := c.publish(t, true); user(p, "mote-seq") != "0" || !jsonEqual(t, string(p.Payload), `{"a":1,"b":2}`) {
+		t.Fatalf("%s seq %s, want the snapshot with b", p.Payload, user(p, "mote-seq"))
+	}
+	w.row(t, "pz/c", "3")
+	if p := c.publish(t, true); user(p, "mote-seq") != "1" || !jsonEqual(t, string(p.Payload), `{"c":3}`) {
+		t.Fatalf("%s seq %s, want delta 1 {\"c\":3}", p.Payload, user(p, "mote-seq"))
+	}
+}
