@@ -198,9 +198,11 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 // skipped whole [MQTT-3.1.2-24], though each delta alone fits: the next
 // delta queues behind d instead. Called by the loop.
 func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit int) bool {
-	bound := d.bound + foldBound(s, batch.changes())
+	bound := d.bound + 6*batch.size // above foldBound's (size counts 32 bytes a row or more): no pass over the rows
 	if bound+len(d.topic)+packetOverhead > limit {
-		return false
+		if bound = d.bound + foldBound(s, batch.changes()); bound+len(d.topic)+packetOverhead > limit {
+			return false
+		}
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
