@@ -35,8 +35,9 @@ import (
 // Retain As Published if any has it, every subscription identifier; No
 // Local only if every one has it, and if only some do, the client's own
 // publishes get the merge of the others alone (subMatch.own; mochi's No
-// Local if any had it hid them from every subscription [MQTT-3.3.4-2]); a shared subscription group ($share/G/F,
-// grouped by the whole filter) contributes one member, picked at random.
+// Local if any had it hid them from every subscription [MQTT-3.3.4-2]);
+// a shared subscription group ($share/G/F, grouped by the whole filter)
+// contributes one member, picked at random.
 //
 // Concurrency: writers (subscribe, unsubscribe) take mu and replace what
 // they change copy-on-write: a node's plain subscriptions, its shared

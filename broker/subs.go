@@ -233,9 +233,10 @@ func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit int) 
 	return true
 }
 
-// foldBound is at most how many bytes the changes s matches add to a
-// delta's encoded payload: each row's topic (its keys) and value, escaped
-// in JSON (six bytes a byte at worst: \u00XX), and 16 bytes of syntax.
+// foldBound bounds from above the bytes the changes s matches add to a
+// delta's encoded payload: each row's topic (its keys, five bytes of
+// syntax a level at most) and value, escaped in JSON (six bytes a byte at
+// worst: \u00XX; raw bytes in base64 take 4/3), and 16 bytes of syntax.
 func foldBound(s *tree.Sub, changes []tree.Change) int {
 	n := 0
 	for i := range changes {
