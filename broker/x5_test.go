@@ -1130,3 +1130,50 @@ func TestX5PacedResubscribe(t *testing.T) {
 		t.Fatalf("%s seq %s, want delta 1 {\"c\":3}", p.Payload, user(p, "mote-seq"))
 	}
 }
+
+// TestX5TreeSessionAway: a $tree subscription (deltas only, SPEC §2) at
+// QoS 1 in a session that outlives its connection. MQTT keeps, for a
+// session away, the QoS 1 and 2 messages its subscriptions match and
+// sends them when it resumes (§4.1, [MQTT-3.1.2-5]); a plain
+// subscription of the same rows gets them. The $tree subscription's
+// client must learn of the rows changed while it was away (a delta
+// holding them, or a mote-seq gap to tell it to look).
+func TestX5TreeSessionAway(t *testing.T) {
+	t.Skip("known: a $tree subscription gets nothing of the time its session was away, and mote-seq starts again at 1: no gap (docs/spec-audit-x5.md X5)")
+	b := start(t, Options{})
+	w := x5Writer(t, b, "w")
+	props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
+	c, _ := x5Dial(t, b, 5, "ta", false, props)
+	c.sub(t, packets.Properties{}, x5Sub("$tree/tw/+"), x5Sub("tw/+"))
+	w.row(t, "tw/x", "0")
+	seq := ""
+	for seq == "" {
+		if p := c.publish(t, true); p.TopicName == "$tree/tw/+" {
+			seq = user(p, "mote-seq")
+		}
+	}
+	c.c.Write([]byte{0xe0, 0})
+	waitFor(t, "the connection gone", func() bool { return connGone(b, "ta") })
+	w.row(t, "tw/a", "1") // while away
+	settle(t, b)
+	c, present := x5Dial(t, b, 5, "ta", false, props)
+	if !present {
+		t.Fatal("session not present")
+	}
+	w.row(t, "tw/m", "3")
+	plain, tree := false, false
+	for !tree {
+		p := c.publish(t, true)
+		switch p.TopicName {
+		case "tw/a":
+			plain = true
+		case "$tree/tw/+":
+			next, _ := strconv.Atoi(seq)
+			if got := user(p, "mote-seq"); strings.Contains(string(p.Payload), `"a"`) || got != "1" && got != strconv.Itoa(next+1) {
+				return // the row, or a gap
+			}
+			tree = true
+		}
+	}
+	t.Fatalf("the plain subscription got tw/a: %v; the $tree subscription neither it nor a gap", plain)
+}
