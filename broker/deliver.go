@@ -123,8 +123,13 @@ func (b *Broker) deliverTo(subs []subMatch, msg *message, w pubWait) {
 	for k := range subs {
 		sub := &subs[(first+k)%len(subs)]
 		id := sub.client
-		if sub.noLocal && msg.origin == id { // [MQTT-3.8.3-3]
-			continue
+		if msg.origin == id { // [MQTT-3.8.3-3]
+			if sub.noLocal {
+				continue
+			}
+			if sub.own != nil {
+				sub = sub.own // only its subscriptions without No Local
+			}
 		}
 		qos := min(msg.qos, sub.qos)
 		c := b.connByID(id)

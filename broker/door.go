@@ -260,6 +260,9 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 		b.stats.Throttled.Add(1) // the disk is behind: the publisher waited
 	}
 	meta := &pubMeta{p: p, topic: m.Topic, rows: r.mote, trans: r.loopTrans}
+	if exp := m.Properties.MessageExpiryInterval; r.mote && !m.Retain && exp > 0 {
+		meta.expiry = time.Now().Unix() + int64(exp) // its rows are events [MQTT-3.3.2-5]
+	}
 	if b.cl == nil { // (a cluster node delivers once its log took the write: not counted)
 		if mp != nil {
 			meta.queued = &mp.queued // counted by toLoop if queued

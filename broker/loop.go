@@ -42,6 +42,10 @@ type pubMeta struct {
 	topic string   // as sent, for refusal reports
 	plain *message // a plain retained publish: delivered to plain subscribers once its row is applied
 	rows  bool     // deliver each applied row to plain subscribers (a tree publish, $set)
+	// expiry is when a non-retained tree publish's rows expire (Unix
+	// seconds; 0: never), from its Message Expiry Interval: each is an
+	// event as if published alone [MQTT-3.3.2-5] (SPEC §4).
+	expiry int64
 	// done, if not nil, is answered once the publish is applied (with
 	// commit, once its rows are committed), or with why it was refused;
 	// without it the loop reports a refusal itself.
@@ -690,7 +694,11 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 			// subscription can match below it, none of them is looked up.
 			if p := commonLevels(a.Rows); p == "" || b.plainIdx.mayMatchBelow(p) {
 				for _, row := range a.Rows {
-					b.deliverRow(message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: origin, qos: ops[i].QoS, retain: row.Retain})
+					msg := message{topic: row.Topic, payload: bytesOf(row.Value.Data), origin: origin, qos: ops[i].QoS, retain: row.Retain}
+					if !row.Retain {
+						msg.expiry = m.expiry // a row never expires (SPEC §1)
+					}
+					b.deliverRow(msg)
 				}
 			}
 		}

@@ -153,7 +153,7 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 	}
 	st.sent = now
 	batch := &batchRows{list: held, size: n, rev: b.tree.Rev()} // the held rows reflect every batch so far
-	if st.last != nil && c.q.fold(st.last, st.ts, batch) {
+	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit()) {
 		b.stats.Folded.Add(1)
 		return
 	}

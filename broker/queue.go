@@ -93,6 +93,7 @@ type deltaItem struct {
 	from   *batchRows     // the batch the item was made from, to list its rows on the first fold
 	rowQoS byte           // highest QoS among folded rows
 	extra  int            // bytes the folded rows added to the queue
+	bound  int            // at least the size of its payload once encoded again (foldBound); the loop's
 }
 
 func (d *deltaItem) cost() int { return d.treeItem.cost() + d.extra }

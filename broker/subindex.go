@@ -32,9 +32,12 @@ import (
 // '#' also matching its parent, '$' topics not matched by a leading
 // wildcard, in shared filters too); the result per client merges its
 // overlapping subscriptions as mochi's Subscribers did: the highest QoS,
-// No Local if any has it, Retain As Published if any has it, every
-// subscription identifier; a shared subscription group ($share/G/F,
-// grouped by the whole filter) contributes one member, picked at random.
+// Retain As Published if any has it, every subscription identifier; No
+// Local only if every one has it, and if only some do, the client's own
+// publishes get the merge of the others alone (subMatch.own; mochi's No
+// Local if any had it hid them from every subscription [MQTT-3.3.4-2]);
+// a shared subscription group ($share/G/F, grouped by the whole filter)
+// contributes one member, picked at random.
 //
 // Concurrency: writers (subscribe, unsubscribe) take mu and replace what
 // they change copy-on-write: a node's plain subscriptions, its shared
@@ -86,9 +89,13 @@ type shareGroup struct {
 type subMatch struct {
 	client  string
 	qos     byte
-	noLocal bool
+	noLocal bool // every matching subscription has No Local
 	rap     bool
 	ids     []int // positive subscription identifiers, sorted; shared scratch: read only
+	// own is, when some but not all matching subscriptions have No Local,
+	// the merge of those without it: the delivery of the client's own
+	// publish [MQTT-3.8.3-3]. Allocated, rare; nil otherwise.
+	own *subMatch
 }
 
 // subScratch is one match's working memory, pooled: out is what the
@@ -99,6 +106,24 @@ type subScratch struct {
 	out  []subMatch
 	x    *subIndex
 	from int // lists raw's entries came from (a node's plain subscriptions, a shared group)
+}
+
+// ownMatch merges a client's matching subscriptions without No Local:
+// what its own publish is delivered with.
+func ownMatch(entries []*subEntry) *subMatch {
+	own := &subMatch{client: entries[0].client}
+	for _, r := range entries {
+		if r.noLocal {
+			continue
+		}
+		own.qos = max(own.qos, r.qos)
+		own.rap = own.rap || r.rap
+		if r.id > 0 {
+			own.ids = append(own.ids, r.id)
+		}
+	}
+	slices.Sort(own.ids)
+	return own
 }
 
 // release hands sc back for another match; out must not be read after.
@@ -342,16 +367,21 @@ func (x *subIndex) match(topic string) *subScratch {
 	}
 	for i := 0; i < len(raw); {
 		e := raw[i]
-		m := subMatch{client: e.client}
-		start := len(sc.ids)
+		m := subMatch{client: e.client, noLocal: true}
+		start, some := len(sc.ids), false
+		j := i
 		for ; i < len(raw) && raw[i].client == e.client; i++ {
 			r := raw[i]
 			m.qos = max(m.qos, r.qos)
-			m.noLocal = m.noLocal || r.noLocal
+			m.noLocal = m.noLocal && r.noLocal
+			some = some || r.noLocal
 			m.rap = m.rap || r.rap
 			if r.id > 0 {
 				sc.ids = append(sc.ids, r.id)
 			}
+		}
+		if some && !m.noLocal {
+			m.own = ownMatch(raw[j:i])
 		}
 		if len(sc.ids)-start > 1 {
 			slices.Sort(sc.ids[start:])

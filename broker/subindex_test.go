@@ -21,10 +21,19 @@ import (
 func (sc *subScratch) text() []string {
 	var out []string
 	for _, m := range sc.out {
-		out = append(out, fmt.Sprintf("%s q%d nl=%v rap=%v %v", m.client, m.qos, m.noLocal, m.rap, m.ids))
+		out = append(out, fmt.Sprintf("%s q%d nl=%v rap=%v %v", m.client, m.qos, m.noLocal, m.rap, m.ids)+m.own.text())
 	}
 	slices.Sort(out)
 	return out
+}
+
+// text is the merge a client's own publish gets, when only some of its
+// matching subscriptions have No Local: " own=q<qos> rap ids…"; "" for nil.
+func (m *subMatch) text() string {
+	if m == nil {
+		return ""
+	}
+	return fmt.Sprintf(" own=q%d rap=%v %v", m.qos, m.rap, m.ids)
 }
 
 func matchText(x *subIndex, topic string) []string {
@@ -67,7 +76,10 @@ func TestSubIndexTable(t *testing.T) {
 		{"shared case", []sub{s("a", "$SHARE/g/x/+", 1, 0)}, "x/y", []string{"a q1 nl=false rap=false []"}},
 		{"shared and plain merged", []sub{s("a", "$share/g/x/y", 1, 7), s("a", "x/#", 0, 0)}, "x/y", []string{"a q1 nl=false rap=false [7]"}},
 		{"shared groups by filter", []sub{s("a", "$share/g/x/y", 1, 1), s("a", "$share/g/x/+", 0, 2)}, "x/y", []string{"a q1 nl=false rap=false [1 2]"}},
-		{"no local", []sub{{"a", packets.Subscription{Filter: "x", NoLocal: true}}, s("a", "#", 1, 0)}, "x", []string{"a q1 nl=true rap=false []"}},
+		{"no local", []sub{{"a", packets.Subscription{Filter: "x", NoLocal: true, Identifier: 4, Qos: 2}}, s("a", "#", 1, 3)}, "x",
+			[]string{"a q2 nl=false rap=false [3 4] own=q1 rap=false [3]"}}, // [MQTT-3.3.4-2]: # still gets a's own publish
+		{"no local every one", []sub{{"a", packets.Subscription{Filter: "x", NoLocal: true}}, {"a", packets.Subscription{Filter: "#", NoLocal: true}}}, "x",
+			[]string{"a q0 nl=true rap=false []"}},
 		{"retain as published", []sub{{"a", packets.Subscription{Filter: "x", RetainAsPublished: true}}}, "x", []string{"a q0 nl=false rap=true []"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -138,21 +150,29 @@ type indexModel map[[2]string]packets.Subscription // {client, filter}
 
 func (m indexModel) match(topic string) (plain []string, groups map[string][]string) {
 	type agg struct {
-		qos     byte
-		nl, rap bool
-		ids     []int
+		qos      byte
+		nl, some bool // every one has No Local; some has
+		rap      bool
+		ids      []int
+		own      *subMatch // the merge of those without No Local
 	}
 	per := map[string]*agg{}
 	add := func(client string, s packets.Subscription) {
 		a := per[client]
 		if a == nil {
-			a = &agg{}
+			a = &agg{nl: true, own: &subMatch{}}
 			per[client] = a
 		}
 		a.qos = max(a.qos, s.Qos)
-		a.nl, a.rap = a.nl || s.NoLocal, a.rap || s.RetainAsPublished
+		a.nl, a.some, a.rap = a.nl && s.NoLocal, a.some || s.NoLocal, a.rap || s.RetainAsPublished
 		if s.Identifier > 0 {
 			a.ids = append(a.ids, s.Identifier)
+		}
+		if !s.NoLocal {
+			a.own.qos, a.own.rap = max(a.own.qos, s.Qos), a.own.rap || s.RetainAsPublished
+			if s.Identifier > 0 {
+				a.own.ids = append(a.own.ids, s.Identifier)
+			}
 		}
 	}
 	groups = map[string][]string{}
@@ -169,7 +189,11 @@ func (m indexModel) match(topic string) (plain []string, groups map[string][]str
 	}
 	for k, a := range per {
 		slices.Sort(a.ids)
-		plain = append(plain, fmt.Sprintf("%s q%d nl=%v rap=%v %v", k, a.qos, a.nl, a.rap, a.ids))
+		slices.Sort(a.own.ids)
+		if !a.some || a.nl {
+			a.own = nil
+		}
+		plain = append(plain, fmt.Sprintf("%s q%d nl=%v rap=%v %v", k, a.qos, a.nl, a.rap, a.ids)+a.own.text())
 	}
 	slices.Sort(plain)
 	return plain, groups
@@ -358,13 +382,15 @@ func TestSubIndexAgainstMochi(t *testing.T) {
 					}
 				}
 				slices.Sort(ids)
-				want = append(want, fmt.Sprintf("%s q%d nl=%v %v", client, s.Qos, s.NoLocal, ids))
+				// No Local is left out: mochi merged it as "any has
+				// it", the index as "every one has it" (subMatch.own).
+				want = append(want, fmt.Sprintf("%s q%d %v", client, s.Qos, ids))
 			}
 			slices.Sort(want)
 			sc := x.match(topic)
 			var got []string
 			for _, m := range sc.out {
-				got = append(got, fmt.Sprintf("%s q%d nl=%v %v", m.client, m.qos, m.noLocal, m.ids))
+				got = append(got, fmt.Sprintf("%s q%d %v", m.client, m.qos, m.ids))
 			}
 			sc.release()
 			slices.Sort(got)

@@ -144,7 +144,7 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 		st.holdPaced(batch.changes())
 		return
 	}
-	if st.last != nil && c.q.fold(st.last, st.ts, batch) {
+	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit()) {
 		b.stats.Folded.Add(1)
 		return
 	}
@@ -174,6 +174,7 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 		sub:      st,
 		from:     batch,
 		extra:    pinned,
+		bound:    len(payload),
 	}
 	if batch.takeDirect() && st.c.tryDirect(it, it.qos) {
 		st.last = nil // written: nothing folds into it
@@ -190,15 +191,25 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 }
 
 // fold adds the rows of batch that s matches to delta d, if the writer has
-// not taken d yet and they fit the queue's bound; it reports whether it
-// did. d keeps its place and its mote-seq; the loop encodes it again when
-// the writer takes it (encodeFolded). Called by the loop.
-func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows) bool {
+// not taken d yet, they fit the queue's bound and the folded delta may
+// still fit limit, the largest packet the client takes; it reports whether
+// it did. d keeps its place and its mote-seq; the loop encodes it again
+// when the writer takes it (encodeFolded). A fold past limit would be
+// skipped whole [MQTT-3.1.2-24], though each delta alone fits: the next
+// delta queues behind d instead. Called by the loop.
+func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit int) bool {
+	bound := d.bound + 6*batch.size // above foldBound's (size counts 32 bytes a row or more): no pass over the rows
+	if bound+len(d.topic)+packetOverhead > limit {
+		if bound = d.bound + foldBound(s, batch.changes()); bound+len(d.topic)+packetOverhead > limit {
+			return false
+		}
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if d.taken || q.closed {
 		return false
 	}
+	d.bound = bound
 	var first []tree.Change
 	pinned := 0
 	if d.from != nil { // the first fold: the delta's own rows, from the batch it pins
@@ -221,6 +232,25 @@ func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows) bool {
 	d.rev = batch.rev
 	return true
 }
+
+// foldBound bounds from above the bytes the changes s matches add to a
+// delta's encoded payload: each row's topic (its keys, five bytes of
+// syntax a level at most) and value, escaped in JSON (six bytes a byte at
+// worst: \u00XX; raw bytes in base64 take 4/3), and 16 bytes of syntax.
+func foldBound(s *tree.Sub, changes []tree.Change) int {
+	n := 0
+	for i := range changes {
+		if ch := &changes[i]; s.Matches(ch.Topic) {
+			n += 6*(len(ch.Topic)+len(ch.Value.Data)) + 16
+		}
+	}
+	return n
+}
+
+// packetOverhead bounds what a tree message's PUBLISH holds besides its
+// topic and payload: fixed header, packet id and properties (Content
+// Type, mote-seq, mote-rev, a subscription identifier, a topic alias).
+const packetOverhead = 160
 
 // growth is how many bytes adding changes would add to d's folded rows
 // (mu held). Topics seen twice in changes are counted twice: an upper bound.
