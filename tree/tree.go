@@ -83,7 +83,8 @@ type Delta struct {
 	Subs    []*Sub // a copy: the receivers of Payload
 }
 
-// Result is the outcome of Apply.
+// Result is the outcome of Apply. Its lists (Applied, Deltas and each
+// Delta's Subs) are the caller's, until it hands them back (Release).
 type Result struct {
 	Applied []Applied // one per op, in order
 	Deltas  []Delta   // one per touched group (and per touched private subscription)
@@ -116,7 +117,19 @@ type Tree struct {
 	matched []*group
 	enc     wire.Encoder
 	paths   []rowPath
+	keys    []string // the paths' keys, cut from it (addPath)
+
+	// subs holds the Subs of the last Result's deltas, cut from it
+	// (subsOf); spare and spareSubs hold the lists of the Result last
+	// released, for the next one (Release).
+	subs      []*Sub
+	spare     Result
+	spareSubs []*Sub
 }
+
+// keepMax bounds the room a Tree keeps in its scratch lists from one
+// batch to the next (a storm's largest batch is not kept for good).
+const keepMax = 4096
 
 // change is one changed topic in a batch.
 type change struct {
