@@ -284,7 +284,7 @@ func (g *group) appendKeys(keys []string, topic string) []string {
 // It reports false when allow hides every row.
 func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, bool) {
 	e := &t.enc
-	e.Reset(g.codec, nil)
+	e.Reset(g.codec, t.encBuf[:0])
 	var qos byte
 	wrote := false
 	if g.plus == 0 && !g.hash { // no wildcard: a bare value
@@ -293,11 +293,9 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 			return nil, 0, false
 		}
 		e.Value(c.val) // kind None writes null
-		out := e.Bytes()
-		e.Reset(g.codec, nil)
-		return out, c.qos, true
+		return t.encoded(), c.qos, true
 	}
-	var open []string // keys of the objects open below the root
+	open := t.open[:0] // keys of the objects open below the root
 	e.BeginObject()
 	for pi, p := range t.paths {
 		c := &t.changed[p.row]
@@ -327,10 +325,28 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 		e.EndObject()
 	}
 	e.EndObject()
-	out := e.Bytes()
-	e.Reset(g.codec, nil)
-	return out, qos, wrote
+	clear(open)
+	t.open = open[:0]
+	return t.encoded(), qos, wrote
 }
+
+// encoded returns a copy of what t.enc encoded into t.encBuf, the one
+// allocation of a delta's payload (its buffer grew by doubling: 3 of a
+// 20-byte delta's 4), and keeps the buffer for the next one, up to
+// encBufMax bytes.
+func (t *Tree) encoded() []byte {
+	buf := t.enc.Bytes()
+	out := slices.Clone(buf)
+	t.enc.Reset(wire.CodecJSON, nil)
+	t.encBuf = nil
+	if cap(buf) <= encBufMax {
+		t.encBuf = buf[:0]
+	}
+	return out
+}
+
+// encBufMax bounds the delta buffer a Tree keeps (encoded).
+const encBufMax = 64 << 10
 
 // objectForm reports whether the node of t.paths[pi] is written as an
 // object with its own value under "/" (SPEC §3): it is the '#' node, or an

@@ -116,6 +116,8 @@ type Tree struct {
 	touched []*group
 	matched []*group
 	enc     wire.Encoder
+	encBuf  []byte   // a delta's encoding, copied out (encoded)
+	open    []string // the keys of the objects a delta has open (encodeDelta)
 	paths   []rowPath
 	keys    []string // the paths' keys, cut from it (addPath)
 
