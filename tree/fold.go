@@ -25,7 +25,6 @@ func (t *Tree) Apply(ops []Op) Result {
 func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 	t.gen++
 	t.changed = t.changed[:0]
-	clear(t.byTopic)
 	// The lists of the Result last released, if any (Release).
 	res := Result{Applied: t.spare.Applied, Deltas: t.spare.Deltas}
 	t.subs = t.spareSubs
@@ -40,6 +39,12 @@ func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 	t.track = len(t.index.byKey) > 0
 	for i := range ops {
 		res.Applied[i] = t.applyOp(&ops[i])
+	}
+	// Emptied key by key: clear() swept every slot the map ever grew to
+	// (a storm's batch, say), for a batch of one row too (115 ns once it
+	// had held 1,000 rows).
+	for i := range t.changed {
+		delete(t.byTopic, t.changed[i].topic)
 	}
 	if t.dirty {
 		t.rev = max(t.rev, at.Rev)

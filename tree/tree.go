@@ -112,7 +112,7 @@ type Tree struct {
 	dirty   bool             // the batch changed a row
 	track   bool             // the batch lists its changed rows (there are subscriptions to match them)
 	changed []change         // this batch's changed rows, newest value per topic
-	byTopic map[string]int32 // topic → index in changed
+	byTopic map[string]int32 // topic → index in changed, while a batch is applied (empty between)
 	touched []*group
 	matched []*group
 	enc     wire.Encoder
