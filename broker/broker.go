@@ -71,6 +71,9 @@ type Broker struct {
 	// neither; owned by loopMu's holder.
 	loopBatch batchRows
 	loopDelta deltaItem
+	// loopPub is the pubMeta of a publish run inline (runInline), while
+	// its batch runs; owned by loopMu's holder.
+	loopPub pubMeta
 
 	plainIdx subIndex // plain subscriptions, as delivery reads them (subindex.go)
 

@@ -557,12 +557,25 @@ func (b *Broker) loop() {
 // loop is busy or not running, and the caller then queues reqs. Its
 // callers hold no lock the loop's work takes (the door, for a client's
 // publish).
-func (b *Broker) runInline(reqs []request) bool {
+//
+// meta is the pubMeta of reqs[0], which has none yet: run, it lives in
+// the loop's own (loopPub) while the batch runs, as nothing keeps it past
+// the batch but a cluster's log (then it gets its own).
+func (b *Broker) runInline(reqs []request, meta pubMeta) bool {
 	if !b.loopLive.Load() || !b.loopMu.TryLock() {
 		return false
 	}
 	defer b.loopMu.Unlock()
+	if b.cl != nil {
+		reqs[0].pub = new(pubMeta) // a cluster's log holds it
+		*reqs[0].pub = meta
+	} else {
+		b.loopPub = meta
+		reqs[0].pub = &b.loopPub
+		defer func() { b.loopPub = pubMeta{} }() // pins nothing after
+	}
 	if !b.reqs.runIdle(reqs) {
+		reqs[0].pub = nil
 		return false // the loop has work to do first, and is awake for it
 	}
 	b.stats.Inline.Add(1)
