@@ -64,6 +64,16 @@ type Broker struct {
 	loopOps  []tree.Op
 	loopMeta []*pubMeta
 	loopRows int
+	// loopBatch and loopDelta are the loop's scratch for a batch's rows
+	// and for a delta written directly (applyBatch, pushDelta): a delta
+	// that waits in a queue gets its own copies (batchRows.kept), so a
+	// tree publish whose deltas are all written at once allocates
+	// neither; owned by loopMu's holder.
+	loopBatch batchRows
+	loopDelta deltaItem
+	// loopPub is the pubMeta of a publish run inline (runInline), while
+	// its batch runs; owned by loopMu's holder.
+	loopPub pubMeta
 
 	plainIdx subIndex // plain subscriptions, as delivery reads them (subindex.go)
 

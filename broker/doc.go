@@ -569,6 +569,9 @@
 //	tree.Tree, treeSub, props, pacer    the message loop: loopMu's holder, the loop goroutine or a publisher inline
 //	                                    (runInline) (tree.Sub.Allow too: set at registration and by Reload)
 //	replay lists (replayLists)          the message loop; a list is immutable once made, read by replays on the loop
+//	the loop's scratch (loopOps,        loopMu's holder, for one batch: a delta that waits in a queue gets its own
+//	  loopMeta, loopBatch, loopDelta,     deltaItem and a copy of the batch's rows (batchRows.keep), a queued publish
+//	  loopPub), tree.Result's lists       its own pubMeta (toLoop); the loop hands the Result back (tree.Release)
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
 //	read buffers (readBufPool)          a sync.Pool; a lent buffer is its connection's reader's until read to its end or the connection ends (takeBackLent)
 //	read turns (Broker.turns)           a reader that refused turnRefusals packets of its last read takes one for its next read's

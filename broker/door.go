@@ -239,11 +239,11 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 			b.afterQueued(ctx, mp) // its earlier publishes wait in the loop: this one comes after them
 		}
 		if b.hasTreeSubs() { // an event reaches tree subscribers in deltas
-			req := request{kind: reqPublish, op: b.plainOp(m), pub: &pubMeta{p: p, topic: m.Topic}}
+			req, meta := request{kind: reqPublish, op: b.plainOp(m)}, pubMeta{p: p, topic: m.Topic}
 			if r.trans != nil {
-				b.toLoop(inline, req, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, false)})
+				b.toLoop(inline, req, meta, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, false)})
 			} else {
-				b.toLoop(inline, req)
+				b.toLoop(inline, req, meta)
 			}
 		}
 		w := b.publisherWait(ctx, mp)
@@ -259,7 +259,9 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 	if b.ret != nil && !p.system && b.ret.Wait() {
 		b.stats.Throttled.Add(1) // the disk is behind: the publisher waited
 	}
-	meta := &pubMeta{p: p, topic: m.Topic, rows: r.mote, trans: r.loopTrans}
+	// A value: toLoop puts it on the heap only if the publish is queued
+	// (a publish run inline uses the loop's: Broker.loopPub).
+	meta := pubMeta{p: p, topic: m.Topic, rows: r.mote, trans: r.loopTrans}
 	if exp := m.Properties.MessageExpiryInterval; r.mote && !m.Retain && exp > 0 {
 		meta.expiry = time.Now().Unix() + int64(exp) // its rows are events [MQTT-3.3.2-5]
 	}
@@ -286,12 +288,12 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 		// most, not for a whole inbox (LoopQueue).
 		meta.done, meta.acked = make(chan error, 1), false
 	}
-	req := request{kind: reqPublish, op: r.op, pub: meta}
+	req := request{kind: reqPublish, op: r.op}
 	var pushed bool
 	if r.trans != nil {
-		pushed = b.toLoop(inline, req, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, true)})
+		pushed = b.toLoop(inline, req, meta, request{kind: reqPublish, op: *r.trans, pub: translatedMeta(p, *r.trans, true)})
 	} else {
-		pushed = b.toLoop(inline, req)
+		pushed = b.toLoop(inline, req, meta)
 	}
 	if !pushed {
 		return b.refusal(p, "publish", m.Topic, errShutdown)
@@ -331,17 +333,21 @@ var errShutdown = errors.New("broker: shutting down")
 // finds the count low again once its row is applied.
 const maxAckedAhead = 1000
 
-// toLoop hands one publish (and its translation, as a second request) to
-// the loop: run at once by the caller when inline is set and the loop is
-// idle (runInline), queued otherwise. It reports false once the loop has
-// stopped.
-func (b *Broker) toLoop(inline bool, req request, trans ...request) bool {
+// toLoop hands one publish, req with its pubMeta meta (and its
+// translation, as a second request), to the loop: run at once by the
+// caller when inline is set and the loop is idle (runInline), queued
+// otherwise, with a copy of meta on the heap. It reports false once the
+// loop has stopped.
+func (b *Broker) toLoop(inline bool, req request, meta pubMeta, trans ...request) bool {
 	var batch [2]request // on the stack: runInline keeps no reference
 	batch[0] = req
 	n := 1 + copy(batch[1:], trans)
-	if inline && b.runInline(batch[:n]) {
+	if inline && b.runInline(batch[:n], meta) {
 		return true
 	}
+	req.pub = new(pubMeta)
+	*req.pub = meta
+	batch[0].pub = req.pub
 	c := req.pub.queued
 	if c != nil {
 		c.Add(1) // before the loop can take it

@@ -156,7 +156,7 @@ func TestInlineNotWhileClosing(t *testing.T) {
 		default:
 			t.Fatal("loop still running after Close")
 		}
-		if b.runInline([]request{{kind: reqCall, call: func() { t.Error("ran after Close") }}}) {
+		if b.runInline([]request{{kind: reqCall, call: func() { t.Error("ran after Close") }}}, pubMeta{}) {
 			t.Fatal("runInline ran after Close")
 		}
 	}

@@ -79,12 +79,20 @@ type batchRows struct {
 	size    int    // bytes of its rows: what a queued delta that holds it pins
 	rev     uint64 // the store's revision after the batch (mote-rev)
 	direct  int    // deltas of the batch written directly (direct.go)
+
+	// scratch marks the loop's own batchRows (Broker.loopBatch), reused
+	// by the next batch; kept is its copy that queued deltas hold, made
+	// by the first of them (kept).
+	scratch bool
+	kept    *batchRows
 }
 
-func newBatchRows(applied []tree.Applied, ops []tree.Op, rev uint64) *batchRows {
-	r := &batchRows{applied: applied, qos: make([]byte, len(ops)), rev: rev}
+// resetBatchRows makes r, the loop's scratch, the rows of the batch just
+// applied (loop only).
+func resetBatchRows(r *batchRows, applied []tree.Applied, ops []tree.Op, rev uint64) *batchRows {
+	*r = batchRows{applied: applied, qos: r.qos[:0], list: r.list[:0], rev: rev, scratch: true}
 	for i := range ops {
-		r.qos[i] = ops[i].QoS
+		r.qos = append(r.qos, ops[i].QoS)
 	}
 	for _, a := range applied {
 		for _, row := range a.Rows {
@@ -92,6 +100,34 @@ func newBatchRows(applied []tree.Applied, ops []tree.Op, rev uint64) *batchRows 
 		}
 	}
 	return r
+}
+
+// done lets go of what the loop's scratch holds of the batch: it pins
+// nothing past it, and keeps no more room than retScratchRows rows.
+func (r *batchRows) done() {
+	clear(r.list)
+	if cap(r.list) > retScratchRows || cap(r.qos) > retScratchRows {
+		*r = batchRows{}
+		return
+	}
+	*r = batchRows{qos: r.qos[:0], list: r.list[:0]}
+}
+
+// keep returns the batch's rows as a delta waiting in a queue may hold
+// them once the batch is done: r itself, or for the loop's scratch a copy
+// of its own (made once a batch, shared by the batch's queued deltas).
+// A batch nothing kept lends its row slices back to the Parser
+// (recycleRows). Loop only.
+func (r *batchRows) keep() *batchRows {
+	if !r.scratch {
+		return r
+	}
+	if r.kept == nil {
+		// Both lists are scratch: the Tree's Result (applied) and the
+		// loop's (list, once listed).
+		r.kept = &batchRows{applied: slices.Clone(r.applied), qos: slices.Clone(r.qos), list: slices.Clone(r.list), size: r.size, rev: r.rev}
+	}
+	return r.kept
 }
 
 // changes lists the rows, the first time it is asked.
@@ -525,12 +561,25 @@ func (b *Broker) loop() {
 // loop is busy or not running, and the caller then queues reqs. Its
 // callers hold no lock the loop's work takes (the door, for a client's
 // publish).
-func (b *Broker) runInline(reqs []request) bool {
+//
+// meta is the pubMeta of reqs[0], which has none yet: run, it lives in
+// the loop's own (loopPub) while the batch runs, as nothing keeps it past
+// the batch but a cluster's log (then it gets its own).
+func (b *Broker) runInline(reqs []request, meta pubMeta) bool {
 	if !b.loopLive.Load() || !b.loopMu.TryLock() {
 		return false
 	}
 	defer b.loopMu.Unlock()
+	if b.cl != nil {
+		reqs[0].pub = new(pubMeta) // a cluster's log holds it
+		*reqs[0].pub = meta
+	} else {
+		b.loopPub = meta
+		reqs[0].pub = &b.loopPub
+		defer func() { b.loopPub = pubMeta{} }() // pins nothing after
+	}
 	if !b.reqs.runIdle(reqs) {
+		reqs[0].pub = nil
 		return false // the loop has work to do first, and is awake for it
 	}
 	b.stats.Inline.Add(1)
@@ -726,11 +775,15 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	for i := range res.Deltas {
 		d := &res.Deltas[i]
 		if batch == nil {
-			batch = newBatchRows(res.Applied, ops, res.Rev)
+			batch = resetBatchRows(&b.loopBatch, res.Applied, ops, res.Rev)
 		}
 		for _, s := range d.Subs {
 			b.queueDelta(s.Data.(*treeSub), d, batch)
 		}
+	}
+	kept := batch != nil && batch.kept != nil // a queued delta holds the batch's rows
+	if batch != nil {
+		batch.done()
 	}
 	// The retainer gets the rows once the deltas are out: waking it is
 	// not on their way (issue 15).
@@ -739,22 +792,26 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	} else if res.Changed && b.ret != nil {
 		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
 	}
-	if at == nil && b.cl == nil && len(res.Deltas) == 0 {
+	if at == nil && b.cl == nil && !kept {
 		b.recycleRows(res.Applied, meta)
 	}
+	changed := res.Changed
+	b.tree.Release(&res) // what a queued delta holds of it was copied (batchRows.keep)
 	b.retScratch = nil
 	if cap(changes) <= retScratchRows { // a storm's largest batch is not kept for good
 		clear(changes) // drop the rows' references for the GC
 		b.retScratch = changes[:0]
 	}
 	b.apply(tops, tmeta) // never translated again: no deeper
-	return res.Changed
+	return changed
 }
 
 // recycleRows gives the row slices of a batch's tree publishes back to the
 // Parser for the next ones (tree.Parser.Recycle), once the batch is done
-// with them. Its caller checked that no delta holds them (batchRows keeps
-// the applied rows while a delta waits) and that no cluster log does; a
+// with them. Its caller checked that no queued delta holds them (a
+// batchRows kept keeps the applied rows while a delta waits; the deltas
+// written at once, held events and folded rows copied what they read)
+// and that no cluster log does; a
 // $set's or .replace's rows that the loop translates are left alone.
 // Everything else the batch made of them copied their strings: the
 // retainer's changes, the markers, the plain deliveries.

@@ -169,18 +169,26 @@ func (st *treeSub) moteRev(rev uint64) uint64 {
 // (loop only).
 func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRows, pinned int) {
 	st.seq++
-	it := &deltaItem{
+	d := deltaItem{
 		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: deltaQoS(st.ts, qos), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id, kind: outDelta},
 		sub:      st,
-		from:     batch,
 		extra:    pinned,
 		bound:    len(payload),
 	}
-	if batch.takeDirect() && st.c.tryDirect(it, it.qos) {
-		st.last = nil // written: nothing folds into it
-		b.stats.DeltasQueued.Add(1)
-		return
+	if batch.takeDirect() {
+		// Tried in the loop's scratch item: written, it is not kept.
+		b.loopDelta = d
+		ok := st.c.tryDirect(&b.loopDelta, d.qos)
+		b.loopDelta = deltaItem{}
+		if ok {
+			st.last = nil // written: nothing folds into it
+			b.stats.DeltasQueued.Add(1)
+			return
+		}
 	}
+	it := new(deltaItem)
+	*it = d
+	it.from = batch.keep() // its rows, for a fold, as long as it waits
 	if st.c.q.push(it, pubWait{}) {
 		st.last = it
 		b.stats.DeltasQueued.Add(1)

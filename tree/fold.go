@@ -25,14 +25,26 @@ func (t *Tree) Apply(ops []Op) Result {
 func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 	t.gen++
 	t.changed = t.changed[:0]
-	clear(t.byTopic)
-	res := Result{Applied: make([]Applied, len(ops))}
+	// The lists of the Result last released, if any (Release).
+	res := Result{Applied: t.spare.Applied, Deltas: t.spare.Deltas}
+	t.subs = t.spareSubs
+	t.spare, t.spareSubs = Result{}, nil
+	if cap(res.Applied) < len(ops) {
+		res.Applied = make([]Applied, len(ops))
+	}
+	res.Applied = res.Applied[:len(ops)]
 	t.stamp, t.dirty = at, false
 	// Without a tree subscription no delta is made: the changed rows need
 	// not be listed (a boot storm before any dashboard is up).
 	t.track = len(t.index.byKey) > 0
 	for i := range ops {
 		res.Applied[i] = t.applyOp(&ops[i])
+	}
+	// Emptied key by key: clear() swept every slot the map ever grew to
+	// (a storm's batch, say), for a batch of one row too (115 ns once it
+	// had held 1,000 rows).
+	for i := range t.changed {
+		delete(t.byTopic, t.changed[i].topic)
 	}
 	if t.dirty {
 		t.rev = max(t.rev, at.Rev)
@@ -54,6 +66,32 @@ func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 		res.Deltas = t.fold(g, res.Deltas)
 	}
 	return res
+}
+
+// Release hands the lists of res, the Result the last Apply or ApplyAt
+// returned, back to the Tree for the next one: its caller reads none of
+// them after (the rows and payloads they held are still the caller's).
+// A Result not released is left to the GC; one released lets a batch
+// allocate none of its lists (issue 15: a tree publish's round trip).
+func (t *Tree) Release(res *Result) {
+	clear(res.Applied) // neither rows nor payloads pinned meanwhile
+	clear(res.Deltas)
+	clear(t.subs)
+	if cap(res.Applied) <= keepMax && cap(res.Deltas) <= keepMax && cap(t.subs) <= keepMax {
+		t.spare = Result{Applied: res.Applied[:0], Deltas: res.Deltas[:0]}
+		t.spareSubs = t.subs[:0]
+	}
+	t.subs = nil
+	*res = Result{}
+}
+
+// subsOf is subs as a Delta's Subs: a copy, so a later change of the
+// group's subscriptions does not change it, cut from the Result's list
+// of them (t.subs).
+func (t *Tree) subsOf(subs ...*Sub) []*Sub {
+	from := len(t.subs)
+	t.subs = append(t.subs, subs...)
+	return t.subs[from:len(t.subs):len(t.subs)]
 }
 
 // applyOp expands, checks and applies one op; it changes nothing if refused.
@@ -167,36 +205,64 @@ func (t *Tree) expand(op *Op) ([]Row, error) {
 }
 
 // rowPath is one changed row placed in a group's tree: its keys (the levels
-// the filter's wildcards matched) and its index in t.changed.
+// the filter's wildcards matched; t.keys[from:to]) and its index in
+// t.changed.
 type rowPath struct {
-	keys []string
-	row  int32
+	keys     []string
+	row      int32
+	from, to int32
+}
+
+// startPaths empties t.paths and the keys they are cut from.
+func (t *Tree) startPaths() {
+	clear(t.keys) // the last paths' levels: not pinned
+	t.paths, t.keys = t.paths[:0], t.keys[:0]
+	if cap(t.keys) > keepMax {
+		t.keys = nil
+	}
+}
+
+// addPath places the changed row row, of topic, in g's tree (t.paths);
+// sortPaths then cuts its keys and sorts.
+func (t *Tree) addPath(g *group, topic string, row int32) {
+	from := len(t.keys)
+	t.keys = g.appendKeys(t.keys, topic)
+	t.paths = append(t.paths, rowPath{row: row, from: int32(from), to: int32(len(t.keys))})
+}
+
+// sortPaths cuts each path's keys out of t.keys (which no longer grows)
+// and sorts the paths by them.
+func (t *Tree) sortPaths() {
+	for i := range t.paths {
+		p := &t.paths[i]
+		p.keys = t.keys[p.from:p.to:p.to]
+	}
+	slices.SortFunc(t.paths, func(a, b rowPath) int { return slices.Compare(a.keys, b.keys) })
 }
 
 // fold encodes the delta of one touched group and appends it to out: once
 // for the shared subscriptions, once per private one that can read a row.
 func (t *Tree) fold(g *group, out []Delta) []Delta {
-	t.paths = t.paths[:0]
+	t.startPaths()
 	for _, ci := range g.rows {
-		t.paths = append(t.paths, rowPath{keys: g.keys(t.changed[ci].topic), row: ci})
+		t.addPath(g, t.changed[ci].topic, ci)
 	}
-	slices.SortFunc(t.paths, func(a, b rowPath) int { return slices.Compare(a.keys, b.keys) })
+	t.sortPaths()
 	if len(g.subs) > 0 {
 		payload, qos, _ := t.encodeDelta(g, nil)
-		out = append(out, Delta{Payload: payload, QoS: qos, Subs: slices.Clone(g.subs)})
+		out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(g.subs...)})
 	}
 	for _, s := range g.private {
 		if payload, qos, ok := t.encodeDelta(g, s.Allow); ok {
-			out = append(out, Delta{Payload: payload, QoS: qos, Subs: []*Sub{s}})
+			out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s)})
 		}
 	}
 	return out
 }
 
-// keys returns the tree keys of a matching topic: one per '+' level, and
-// every level from the '#' on.
-func (g *group) keys(topic string) []string {
-	keys := make([]string, 0, g.plus+2)
+// appendKeys appends the tree keys of a matching topic to keys: one per
+// '+' level, and every level from the '#' on.
+func (g *group) appendKeys(keys []string, topic string) []string {
 	i := 0
 	for _, l := range g.levels {
 		if l == "#" {
@@ -223,7 +289,7 @@ func (g *group) keys(topic string) []string {
 // It reports false when allow hides every row.
 func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, bool) {
 	e := &t.enc
-	e.Reset(g.codec, nil)
+	e.Reset(g.codec, t.encBuf[:0])
 	var qos byte
 	wrote := false
 	if g.plus == 0 && !g.hash { // no wildcard: a bare value
@@ -232,11 +298,9 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 			return nil, 0, false
 		}
 		e.Value(c.val) // kind None writes null
-		out := e.Bytes()
-		e.Reset(g.codec, nil)
-		return out, c.qos, true
+		return t.encoded(), c.qos, true
 	}
-	var open []string // keys of the objects open below the root
+	open := t.open[:0] // keys of the objects open below the root
 	e.BeginObject()
 	for pi, p := range t.paths {
 		c := &t.changed[p.row]
@@ -266,10 +330,28 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 		e.EndObject()
 	}
 	e.EndObject()
-	out := e.Bytes()
-	e.Reset(g.codec, nil)
-	return out, qos, wrote
+	clear(open)
+	t.open = open[:0]
+	return t.encoded(), qos, wrote
 }
+
+// encoded returns a copy of what t.enc encoded into t.encBuf, the one
+// allocation of a delta's payload (its buffer grew by doubling: 3 of a
+// 20-byte delta's 4), and keeps the buffer for the next one, up to
+// encBufMax bytes.
+func (t *Tree) encoded() []byte {
+	buf := t.enc.Bytes()
+	out := slices.Clone(buf)
+	t.enc.Reset(wire.CodecJSON, nil)
+	t.encBuf = nil
+	if cap(buf) <= encBufMax {
+		t.encBuf = buf[:0]
+	}
+	return out
+}
+
+// encBufMax bounds the delta buffer a Tree keeps (encoded).
+const encBufMax = 64 << 10
 
 // objectForm reports whether the node of t.paths[pi] is written as an
 // object with its own value under "/" (SPEC §3): it is the '#' node, or an
@@ -325,11 +407,11 @@ func (t *Tree) Fold(s *Sub, changes []Change) ([]byte, byte, bool) {
 		return nil, 0, false
 	}
 	t.changed = t.changed[:0]
-	t.paths = t.paths[:0]
+	t.startPaths()
 	for i, c := range changes {
 		t.changed = append(t.changed, change{topic: c.Topic, val: c.Value, qos: c.QoS})
-		t.paths = append(t.paths, rowPath{keys: g.keys(c.Topic), row: int32(i)})
+		t.addPath(g, c.Topic, int32(i))
 	}
-	slices.SortFunc(t.paths, func(a, b rowPath) int { return slices.Compare(a.keys, b.keys) })
+	t.sortPaths()
 	return t.encodeDelta(g, s.Allow)
 }

@@ -83,7 +83,8 @@ type Delta struct {
 	Subs    []*Sub // a copy: the receivers of Payload
 }
 
-// Result is the outcome of Apply.
+// Result is the outcome of Apply. Its lists (Applied, Deltas and each
+// Delta's Subs) are the caller's, until it hands them back (Release).
 type Result struct {
 	Applied []Applied // one per op, in order
 	Deltas  []Delta   // one per touched group (and per touched private subscription)
@@ -111,12 +112,26 @@ type Tree struct {
 	dirty   bool             // the batch changed a row
 	track   bool             // the batch lists its changed rows (there are subscriptions to match them)
 	changed []change         // this batch's changed rows, newest value per topic
-	byTopic map[string]int32 // topic → index in changed
+	byTopic map[string]int32 // topic → index in changed, while a batch is applied (empty between)
 	touched []*group
 	matched []*group
 	enc     wire.Encoder
+	encBuf  []byte   // a delta's encoding, copied out (encoded)
+	open    []string // the keys of the objects a delta has open (encodeDelta)
 	paths   []rowPath
+	keys    []string // the paths' keys, cut from it (addPath)
+
+	// subs holds the Subs of the last Result's deltas, cut from it
+	// (subsOf); spare and spareSubs hold the lists of the Result last
+	// released, for the next one (Release).
+	subs      []*Sub
+	spare     Result
+	spareSubs []*Sub
 }
+
+// keepMax bounds the room a Tree keeps in its scratch lists from one
+// batch to the next (a storm's largest batch is not kept for good).
+const keepMax = 4096
 
 // change is one changed topic in a batch.
 type change struct {
