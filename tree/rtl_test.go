@@ -202,3 +202,69 @@ func TestRTLApplyAfterLargeBatch(t *testing.T) {
 		t.Fatalf("deltas %+v", res.Deltas)
 	}
 }
+
+// FuzzRTLReleased: batches the fuzzer spells (a row a 2 bytes: topic and
+// value, the top bit retain; 0xff ends an op, 0xfe a batch) give the same
+// deltas on a tree that releases its Results as on one that never does,
+// and no payload handed out changes after.
+func FuzzRTLReleased(f *testing.F) {
+	f.Add([]byte{0, 0, 1, 1, 0xff, 2, 3, 0xfe, 5, 0x84, 0xfe, 3, 5, 4, 6, 0xff, 8, 1})
+	f.Add([]byte{1, 2, 2, 3, 0xfe, 1, 5, 0xfe, 2, 0x83, 5, 0x81})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rel, fresh := New(), New()
+		relSubs, freshSubs := rtlSubs(), rtlSubs()
+		for i := range relSubs {
+			if _, err := rel.Subscribe(relSubs[i]); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := fresh.Subscribe(freshSubs[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var out []handed
+		var ops []Op
+		var rows []Row
+		flush := func() {
+			if len(rows) > 0 {
+				ops = append(ops, Op{Rows: rows})
+				rows = nil
+			}
+		}
+		apply := func() {
+			flush()
+			if len(ops) == 0 {
+				return
+			}
+			a, b := rel.Apply(cloneOps(ops)), fresh.Apply(cloneOps(ops))
+			ops = nil
+			if len(a.Deltas) != len(b.Deltas) {
+				t.Fatalf("%d deltas, fresh %d", len(a.Deltas), len(b.Deltas))
+			}
+			for i := range a.Deltas {
+				if ka, kb := deltaKey(a.Deltas[i]), deltaKey(b.Deltas[i]); ka != kb {
+					t.Fatalf("delta %d: released tree %s, fresh %s", i, ka, kb)
+				}
+				out = append(out, handed{a.Deltas[i].Payload, string(a.Deltas[i].Payload)})
+			}
+			rel.Release(&a)
+		}
+		for i := 0; i < len(data); i++ {
+			switch c := data[i]; {
+			case c == 0xff:
+				flush()
+			case c == 0xfe:
+				apply()
+			case i+1 < len(data):
+				v := data[i+1]
+				rows = append(rows, row(rtlTopics[int(c&0x7f)%len(rtlTopics)], rtlValues[int(v&0x7f)%len(rtlValues)], c&0x80 != 0 || v&0x80 != 0))
+				i++
+			}
+		}
+		apply()
+		for i, h := range out {
+			if string(h.p) != h.then {
+				t.Fatalf("payload %d changed after it was handed out: %x, was %x", i, h.p, h.then)
+			}
+		}
+	})
+}
