@@ -254,16 +254,17 @@ func TestRTLDeltasMatchModel(t *testing.T) {
 		opts    func(t *testing.T) Options
 		replace bool   // .replace publishes among the others
 		known   string // a known defect: skipped
+		hist    bool   // rows keep history: check a $hist answer
 	}{
-		{"plain", func(*testing.T) Options { return Options{} }, true, ""},
+		{"plain", func(*testing.T) Options { return Options{} }, true, "", false},
 		{"retainer, sync-retain, history", func(t *testing.T) Options {
 			st, err := retain.Open(t.TempDir())
 			if err != nil {
 				t.Fatal(err)
 			}
 			return Options{Store: st, SyncRetain: true, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "rtl/+/+", Keep: 20}}}}
-		}, true, ""},
-		{"translated", rtlTranslated, false, ""},
+		}, true, "", true},
+		{"translated", rtlTranslated, false, "", false},
 		// A .replace's translation is made once the loop applied it
 		// (translateApplied) and applied at the end of its batch, after
 		// the translations of the publishes that came after it in the
@@ -271,7 +272,7 @@ func TestRTLDeltasMatchModel(t *testing.T) {
 		// after it. The store under rtx ends with keys and values
 		// missing that rtl has (main 882e7c2 too: not h-treelat's).
 		{"translated with .replace", rtlTranslated, true,
-			"known: a .replace's translation is applied at the end of its batch, after later publishes' translations (main too)"},
+			"known: a .replace's translation is applied at the end of its batch, after later publishes' translations (main too)", false},
 	} {
 		t.Run(o.name, func(t *testing.T) {
 			if o.known != "" {
@@ -348,9 +349,56 @@ func TestRTLDeltasMatchModel(t *testing.T) {
 			for _, c := range raw {
 				c.readUntil(t, model)
 			}
+			if o.hist {
+				rtlCheckHist(t, b, model)
+			}
 			t.Logf("messages: fast %d, stalled %d; folded %d, direct %d", fast[0].copy.n, raw[0].copy.n, b.stats.Folded.Load(), b.stats.Direct.Load())
 		})
 	}
+}
+
+// rtlCheckHist checks a $hist answer (SPEC §9) under rtl/+/+: each
+// key's values name it, in the order published, the last the model's
+// (null once deleted).
+func rtlCheckHist(t *testing.T, b *Broker, model map[string]any) {
+	t.Helper()
+	h := dial3(t, b, "hist", true)
+	h.sub(t, "$hist/rtl/+/+", 0)
+	h.wait(t, 1)
+	h.mu.Lock()
+	payload := h.msgs[0].payload
+	h.mu.Unlock()
+	var doc map[string]map[string][][2]any
+	if err := json.Unmarshal([]byte(payload), &doc); err != nil {
+		t.Fatalf("$hist answer %q: %v", payload, err)
+	}
+	n := 0
+	for p, kids := range doc {
+		for k, pairs := range kids {
+			n += len(pairs)
+			last := -1
+			for i, pair := range pairs {
+				if pair[1] == nil {
+					continue
+				}
+				s, _ := pair[1].(string)
+				name, num, _ := strings.Cut(s, ":")
+				seq, err := strconv.Atoi(num)
+				if name != p+"/"+k || err != nil || seq < last {
+					t.Fatalf("$hist of %s/%s: pair %d is %v after publish %d: %v", p, k, i, pair[1], last, pairs)
+				}
+				last = seq
+			}
+			var want any
+			if m, ok := model[p].(map[string]any); ok {
+				want = m[k]
+			}
+			if got := pairs[len(pairs)-1][1]; got != want {
+				t.Fatalf("$hist of %s/%s ends with %v, the model %v: %v", p, k, got, want, pairs)
+			}
+		}
+	}
+	t.Logf("$hist: %d pairs", n)
 }
 
 // rtlTranslated translates rtl/+/+ to rtx/+/+.
