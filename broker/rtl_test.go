@@ -251,10 +251,10 @@ func (c *rtlPaho) checkUntil(t *testing.T, model map[string]any) {
 func TestRTLDeltasMatchModel(t *testing.T) {
 	for _, o := range []struct {
 		name    string
-		opts    func(t *testing.T) Options
-		replace bool   // .replace publishes among the others
-		known   string // a known defect: skipped
-		hist    bool   // rows keep history: check a $hist answer
+		opts    func(t *testing.T) Options // nil: a cluster of two nodes
+		replace bool                       // .replace publishes among the others
+		known   string                     // a known defect: skipped
+		hist    bool                       // rows keep history: check a $hist answer
 	}{
 		{"plain", func(*testing.T) Options { return Options{} }, true, "", false},
 		{"retainer, sync-retain, history", func(t *testing.T) Options {
@@ -265,6 +265,7 @@ func TestRTLDeltasMatchModel(t *testing.T) {
 			return Options{Store: st, SyncRetain: true, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "rtl/+/+", Keep: 20}}}}
 		}, true, "", true},
 		{"translated", rtlTranslated, false, "", false},
+		{"cluster of 2", nil, true, "", false}, // (opts nil: startNodes')
 		// A .replace's translation is made once the loop applied it
 		// (translateApplied) and applied at the end of its batch, after
 		// the translations of the publishes that came after it in the
@@ -282,23 +283,31 @@ func TestRTLDeltasMatchModel(t *testing.T) {
 			t.Logf("seed %d", seed)
 			const pubs, n, keys = 6, 400, 6
 			scripts, model := rtlScripts(t, seed, pubs, n, keys, o.replace)
-			b := start(t, o.opts(t))
+			var nodes []*Broker // publishers on the first, subscribers on each in turn
+			if o.opts == nil {
+				tn := startNodes(t, 2, 10*time.Second)
+				nodes = tn.b
+			} else {
+				nodes = []*Broker{start(t, o.opts(t))}
+			}
+			b := nodes[0]
 			roots := []string{"rtl"}
-			if o.opts(t).Translators != nil {
+			if o.opts != nil && o.opts(t).Translators != nil {
 				roots = append(roots, "rtx")
 			}
+			at := func(i int) *Broker { return nodes[i%len(nodes)] }
 			var fast []*rtlPaho
 			var raw []*rtlRaw
 			for _, root := range roots {
 				fast = append(fast,
-					dialRTLPaho(t, b, root+"fast", "$sync/"+root+"/+/+", false),
-					dialRTLPaho(t, b, root+"pausing-hash", "$sync/"+root+"/#", true),
-					dialRTLPaho(t, b, root+"paced", "$sync.250ms/"+root+"/+/+", false),
-					dialRTLPaho(t, b, root+"paced-cbor", "$sync.cbor.250ms/"+root+"/#", true))
+					dialRTLPaho(t, at(1), root+"fast", "$sync/"+root+"/+/+", false),
+					dialRTLPaho(t, at(0), root+"pausing-hash", "$sync/"+root+"/#", true),
+					dialRTLPaho(t, at(1), root+"paced", "$sync.250ms/"+root+"/+/+", false),
+					dialRTLPaho(t, at(0), root+"paced-cbor", "$sync.cbor.250ms/"+root+"/#", true))
 				raw = append(raw,
-					dialRTLRaw(t, b, root+"stalled3", "$sync/"+root+"/+/+", 4),
-					dialRTLRaw(t, b, root+"stalled5-cbor", "$sync.cbor/"+root+"/#", 5),
-					dialRTLRaw(t, b, root+"stalled3-msgpack", "$sync.msgpack/"+root+"/+/+", 4))
+					dialRTLRaw(t, at(1), root+"stalled3", "$sync/"+root+"/+/+", 4),
+					dialRTLRaw(t, at(0), root+"stalled5-cbor", "$sync.cbor/"+root+"/#", 5),
+					dialRTLRaw(t, at(1), root+"stalled3-msgpack", "$sync.msgpack/"+root+"/+/+", 4))
 			}
 			var wg sync.WaitGroup
 			half := make(chan struct{})
@@ -327,20 +336,22 @@ func TestRTLDeltasMatchModel(t *testing.T) {
 			<-half // a snapshot taken while deltas queue
 			for _, root := range roots {
 				fast = append(fast,
-					dialRTLPaho(t, b, root+"midway", "$sync/"+root+"/+/+", false),
-					dialRTLPaho(t, b, root+"midway-msgpack", "$sync.msgpack/"+root+"/#", true))
+					dialRTLPaho(t, at(1), root+"midway", "$sync/"+root+"/+/+", false),
+					dialRTLPaho(t, at(0), root+"midway-msgpack", "$sync.msgpack/"+root+"/#", true))
 			}
 			wg.Wait()
 			// The publishers' last rows are in once a system publish
 			// after them is: each connection's packets are read in order,
 			// but not all before this; wait on the store instead.
 			deadline := time.Now().Add(testTimeout)
-			for _, root := range roots {
-				for !reflect.DeepEqual(treeNow2(t, b, root), model) {
-					if time.Now().After(deadline) {
-						t.Fatalf("the store holds %v under %s, the model %v", treeNow2(t, b, root), root, model)
+			for _, b := range nodes {
+				for _, root := range roots {
+					for !reflect.DeepEqual(treeNow2(t, b, root), model) {
+						if time.Now().After(deadline) {
+							t.Fatalf("the store holds %v under %s, the model %v", treeNow2(t, b, root), root, model)
+						}
+						time.Sleep(10 * time.Millisecond)
 					}
-					time.Sleep(10 * time.Millisecond)
 				}
 			}
 			for _, c := range fast {
