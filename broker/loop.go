@@ -633,6 +633,14 @@ func (b *Broker) runBatch(items []request) (rows int, others time.Duration) {
 		if r.kind == reqPublish {
 			ops = append(ops, r.op)
 			meta = append(meta, r.pub)
+			if r.pub != nil && r.pub.trans != nil {
+				// Translated once applied (a $set, a .replace): its
+				// translation, applied at the end of its batch, must
+				// land before the translations of the publishes after
+				// it, so the batch ends with it.
+				b.apply(ops, meta)
+				ops, meta = ops[:0], meta[:0]
+			}
 			continue
 		}
 		b.apply(ops, meta) // keep order: earlier publishes first
