@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/wire"
@@ -34,12 +33,7 @@ func dialRoom(t *testing.T, b *Broker, id string, limit int) *roomClient {
 // dialRoomWith is dialRoom with a Topic Alias Maximum.
 func dialRoomWith(t *testing.T, b *Broker, id string, limit int, aliases uint16) *roomClient {
 	t.Helper()
-	nc, err := net.Dial("tcp", b.TCPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(testTimeout))
+	nc := dialTCP(t, b.TCPAddr())
 	cp := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,

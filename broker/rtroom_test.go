@@ -2,10 +2,8 @@ package broker
 
 import (
 	"bufio"
-	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
@@ -73,12 +71,7 @@ func TestSnapshotFitsWithKnownAlias(t *testing.T) {
 // connection after the CONNACK.
 func dialRoomSession(t *testing.T, b *Broker, id string, limit int, noProblemInfo bool) (*roomClient, bool) {
 	t.Helper()
-	nc, err := net.Dial("tcp", b.TCPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(testTimeout))
+	nc := dialTCP(t, b.TCPAddr())
 	cp := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,
