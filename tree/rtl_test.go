@@ -82,20 +82,28 @@ type handed struct {
 	then string
 }
 
+// rtlTrees makes the two trees the RTL tests compare (one releases every
+// Result, the other never does), each with its own copy of rtlSubs.
+func rtlTrees(t testing.TB) (rel, fresh *Tree, relSubs, freshSubs []*Sub) {
+	t.Helper()
+	rel, fresh = New(), New()
+	relSubs, freshSubs = rtlSubs(), rtlSubs()
+	for i := range relSubs {
+		if _, err := rel.Subscribe(relSubs[i]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fresh.Subscribe(freshSubs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return rel, fresh, relSubs, freshSubs
+}
+
 func TestRTLReleasedMatchesFresh(t *testing.T) {
 	for seed := range uint64(20) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 89))
-			rel, fresh := New(), New()
-			relSubs, freshSubs := rtlSubs(), rtlSubs()
-			for i := range relSubs {
-				if _, err := rel.Subscribe(relSubs[i]); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := fresh.Subscribe(freshSubs[i]); err != nil {
-					t.Fatal(err)
-				}
-			}
+			rel, fresh, relSubs, freshSubs := rtlTrees(t)
 			var out []handed
 			var lastRel []Delta // a released Result's deltas, as copied before
 			for batch := range 300 {
@@ -211,16 +219,7 @@ func FuzzRTLReleased(f *testing.F) {
 	f.Add([]byte{0, 0, 1, 1, 0xff, 2, 3, 0xfe, 5, 0x84, 0xfe, 3, 5, 4, 6, 0xff, 8, 1})
 	f.Add([]byte{1, 2, 2, 3, 0xfe, 1, 5, 0xfe, 2, 0x83, 5, 0x81})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		rel, fresh := New(), New()
-		relSubs, freshSubs := rtlSubs(), rtlSubs()
-		for i := range relSubs {
-			if _, err := rel.Subscribe(relSubs[i]); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := fresh.Subscribe(freshSubs[i]); err != nil {
-				t.Fatal(err)
-			}
-		}
+		rel, fresh, _, _ := rtlTrees(t)
 		var out []handed
 		var ops []Op
 		var rows []Row
