@@ -18,19 +18,6 @@ import (
 	"github.com/mote-mqtt/mote/internal/wsstream"
 )
 
-// dialTCP connects to addr for the test's duration, every read and write
-// bounded by testTimeout: a hang fails the test.
-func dialTCP(t testing.TB, addr string) net.Conn {
-	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(testTimeout))
-	return nc
-}
-
 // start runs a broker on random loopback ports for one test.
 func start(t testing.TB, opts Options) *Broker {
 	t.Helper()

@@ -25,7 +25,7 @@ func rawConnect5(t *testing.T, b *Broker, id string, clean bool, maxPacket uint3
 // rawConnect5With is rawConnect5 with the CONNECT's properties.
 func rawConnect5With(t *testing.T, b *Broker, id string, clean bool, props packets.Properties) (net.Conn, *bufio.Reader, bool) {
 	t.Helper()
-	nc := dialTCP(t, b.TCPAddr())
+	nc := hxDial(t, b.TCPAddr())
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,

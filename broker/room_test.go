@@ -33,7 +33,7 @@ func dialRoom(t *testing.T, b *Broker, id string, limit int) *roomClient {
 // dialRoomWith is dialRoom with a Topic Alias Maximum.
 func dialRoomWith(t *testing.T, b *Broker, id string, limit int, aliases uint16) *roomClient {
 	t.Helper()
-	nc := dialTCP(t, b.TCPAddr())
+	nc := hxDial(t, b.TCPAddr())
 	cp := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,

@@ -71,7 +71,7 @@ func TestSnapshotFitsWithKnownAlias(t *testing.T) {
 // connection after the CONNACK.
 func dialRoomSession(t *testing.T, b *Broker, id string, limit int, noProblemInfo bool) (*roomClient, bool) {
 	t.Helper()
-	nc := dialTCP(t, b.TCPAddr())
+	nc := hxDial(t, b.TCPAddr())
 	cp := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,

@@ -35,7 +35,7 @@ type x5Peer struct {
 // It returns the peer and the CONNACK's Session Present flag.
 func x5Dial(t *testing.T, b *Broker, v byte, id string, clean bool, props packets.Properties) (*x5Peer, bool) {
 	t.Helper()
-	nc := dialTCP(t, b.TCPAddr())
+	nc := hxDial(t, b.TCPAddr())
 	p := &x5Peer{c: nc, v: v, in: make(chan packets.Packet, 1000), aliases: map[uint16]string{}}
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
