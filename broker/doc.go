@@ -180,7 +180,8 @@
 // the replay, so a row's values arrive in order. A delta waiting in
 // the queue takes in the next ones of its subscription (folding), while
 // an upper bound of its size still fits the client's Maximum Packet Size
-// (foldBound): past it the fold would be skipped whole. A full
+// (deltaBound, from each folded delta's own payload and row count: no
+// pass over the batch's rows): past it the fold would be skipped whole. A full
 // queue makes a publisher wait, never the loop: publishers wait in line
 // and get room in the order they came: as the writer takes items it
 // queues the messages of those first in line that now fit, in order, and

@@ -153,7 +153,7 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 	}
 	st.sent = now
 	batch := &batchRows{list: held, size: n, rev: b.tree.Rev()} // the held rows reflect every batch so far
-	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit()) {
+	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit(), foldBound(st.ts, held)) {
 		b.stats.Folded.Add(1)
 		return
 	}
@@ -161,7 +161,7 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 	if !ok {
 		return // nothing the client may read
 	}
-	b.pushDelta(st, payload, qos, batch, n) // it pins the held rows while it waits
+	b.pushDelta(st, payload, qos, batch, n, deltaBound(payload, len(held))) // it pins the held rows while it waits
 }
 
 // paceHeap is a min-heap of treeSubs by due time (container/heap); each

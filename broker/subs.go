@@ -144,14 +144,27 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 		st.holdPaced(batch.changes())
 		return
 	}
-	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit()) {
+	add := deltaBound(d.Payload, d.Rows)
+	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit(), add) {
 		b.stats.Folded.Add(1)
 		return
 	}
 	if st.interval > 0 && b.pace.hold(st, batch) {
 		return
 	}
-	b.pushDelta(st, d.Payload, d.QoS, batch, batch.size)
+	b.pushDelta(st, d.Payload, d.QoS, batch, batch.size, add)
+}
+
+// deltaBound bounds from above the bytes a delta of rows rows, payload
+// once encoded, adds to the payload of the delta it folds into, once that
+// is encoded again (encodeFolded): its own bytes (a row's key and value
+// are encoded as they were; a node both hold is counted twice, its key
+// once in the fold), and per row 16 bytes for what the fold may add at its
+// node, the object form ({"/": value, children}) or a longer map header.
+// It takes no pass over the rows: a delta that matched one row of a
+// batch of thousands costs its fold a constant, not the batch.
+func deltaBound(payload []byte, rows int) int {
+	return len(payload) + 16*rows + 16
 }
 
 // moteRev is the mote-rev a message of st made at store revision rev
@@ -167,13 +180,13 @@ func (st *treeSub) moteRev(rev uint64) uint64 {
 // pushDelta queues st's next delta, made from batch (pinned: the bytes it
 // holds of it while it waits, counted), as the one later deltas fold into
 // (loop only).
-func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRows, pinned int) {
+func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRows, pinned, bound int) {
 	st.seq++
 	d := deltaItem{
 		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: deltaQoS(st.ts, qos), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id, kind: outDelta},
 		sub:      st,
 		extra:    pinned,
-		bound:    len(payload),
+		bound:    bound,
 	}
 	if batch.takeDirect() {
 		// Tried in the loop's scratch item: written, it is not kept.
@@ -201,23 +214,24 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 // fold adds the rows of batch that s matches to delta d, if the writer has
 // not taken d yet, they fit the queue's bound and the folded delta may
 // still fit limit, the largest packet the client takes; it reports whether
-// it did. d keeps its place and its mote-seq; the loop encodes it again
-// when the writer takes it (encodeFolded). A fold past limit would be
-// skipped whole [MQTT-3.1.2-24], though each delta alone fits: the next
-// delta queues behind d instead. Called by the loop.
-func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit int) bool {
-	bound := d.bound + 6*batch.size // above foldBound's (size counts 32 bytes a row or more): no pass over the rows
+// it did. add bounds from above the bytes they add to d's payload
+// (deltaBound, foldBound). d keeps its place and its mote-seq; the loop
+// encodes it again when the writer takes it (encodeFolded). A fold past
+// limit would be skipped whole [MQTT-3.1.2-24], though each delta alone
+// fits: the next delta queues behind d instead. Called by the loop.
+//
+// Neither refusal costs a pass over the batch's rows: a delta already
+// taken, or one the bound says would not fit, is left as it is.
+func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit, add int) bool {
+	bound := d.bound + add
 	if bound+len(d.topic)+packetOverhead > limit {
-		if bound = d.bound + foldBound(s, batch.changes()); bound+len(d.topic)+packetOverhead > limit {
-			return false
-		}
+		return false
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if d.taken || q.closed {
 		return false
 	}
-	d.bound = bound
 	var first []tree.Change
 	pinned := 0
 	if d.from != nil { // the first fold: the delta's own rows, from the batch it pins
@@ -227,6 +241,7 @@ func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit int) 
 	if grow := d.growth(s, first) + d.growth(s, next) - pinned; q.bytes+grow > q.max {
 		return false
 	}
+	d.bound = bound
 	if d.from != nil {
 		q.bytes -= pinned
 		d.extra, d.from = 0, nil

@@ -250,11 +250,11 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 	t.sortPaths()
 	if len(g.subs) > 0 {
 		payload, qos, _ := t.encodeDelta(g, nil)
-		out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(g.subs...)})
+		out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(g.subs...), Rows: len(g.rows)})
 	}
 	for _, s := range g.private {
 		if payload, qos, ok := t.encodeDelta(g, s.Allow); ok {
-			out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s)})
+			out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s), Rows: len(g.rows)})
 		}
 	}
 	return out

@@ -81,6 +81,7 @@ type Delta struct {
 	Payload []byte
 	QoS     byte   // highest QoS among the folded rows; cap it by each Sub.QoS
 	Subs    []*Sub // a copy: the receivers of Payload
+	Rows    int    // rows Payload holds at most: the changed rows its filter matches
 }
 
 // Result is the outcome of Apply. Its lists (Applied, Deltas and each
