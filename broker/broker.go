@@ -66,7 +66,7 @@ type Broker struct {
 	loopRows int
 	// loopBatch and loopDelta are the loop's scratch for a batch's rows
 	// and for a delta written directly (applyBatch, pushDelta): a delta
-	// that waits in a queue gets its own copies (batchRows.kept), so a
+	// that waits in a queue gets its own copies (batchRows.keep), so a
 	// tree publish whose deltas are all written at once allocates
 	// neither; owned by loopMu's holder.
 	loopBatch batchRows

@@ -62,7 +62,7 @@ func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)
 // waits), then the slow-client policy applies. A persistent session that
 // is offline keeps QoS 1/2 messages in flight, resent when it comes back.
 func (b *Broker) deliverPlain(msg *message, w pubWait) {
-	sc := b.plainIdx.match(msg.topic)
+	sc := b.plainIdx.match(msg.topic, msg.origin)
 	b.deliverTo(sc.out, msg, w)
 	sc.release()
 }
@@ -71,7 +71,7 @@ func (b *Broker) deliverPlain(msg *message, w pubWait) {
 // put on the heap only when the topic has a subscriber (a boot storm's
 // rows have none: one allocation a row less).
 func (b *Broker) deliverRow(msg message) {
-	sc := b.plainIdx.match(msg.topic)
+	sc := b.plainIdx.match(msg.topic, msg.origin)
 	if len(sc.out) > 0 {
 		m := new(message)
 		*m = msg

@@ -180,8 +180,12 @@
 // the replay, so a row's values arrive in order. A delta waiting in
 // the queue takes in the next ones of its subscription (folding), while
 // an upper bound of its size still fits the client's Maximum Packet Size
-// (deltaBound, from each folded delta's own payload and row count: no
-// pass over the batch's rows): past it the fold would be skipped whole. A full
+// (deltaBound, from each folded delta's own payload and row count): past
+// it the fold would be skipped whole. A fold, a paced hold and an
+// awaiting snapshot's hold read the rows of the subscription's delta,
+// listed by the tree once for all its receivers (tree.AppendChanges), not
+// the batch's: a subscription that matched one row of a batch of
+// thousands costs that row. A full
 // queue makes a publisher wait, never the loop: publishers wait in line
 // and get room in the order they came: as the writer takes items it
 // queues the messages of those first in line that now fit, in order, and
@@ -571,7 +575,7 @@
 //	                                    (runInline) (tree.Sub.Allow too: set at registration and by Reload)
 //	replay lists (replayLists)          the message loop; a list is immutable once made, read by replays on the loop
 //	the loop's scratch (loopOps,        loopMu's holder, for one batch: a delta that waits in a queue gets its own
-//	  loopMeta, loopBatch, loopDelta,     deltaItem and a copy of the batch's rows (batchRows.keep), a queued publish
+//	  loopMeta, loopBatch, loopDelta,     deltaItem and a copy of its delta's rows (batchRows.keep), a queued publish
 //	  loopPub), tree.Result's lists       its own pubMeta (toLoop); the loop hands the Result back (tree.Release)
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
 //	read buffers (readBufPool)          a sync.Pool; a lent buffer is its connection's reader's until read to its end or the connection ends (takeBackLent)

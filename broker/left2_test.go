@@ -501,7 +501,7 @@ func TestUnsubscribeDuringTakeover(t *testing.T) {
 			_, listed := cl.State.Subscriptions.Get("race/x")
 			_, inMochi := b.server.Topics.Subscribers("race/x").Subscriptions["unsub"]
 			inBroker := false
-			sc := b.plainIdx.match("race/x")
+			sc := b.plainIdx.match("race/x", "")
 			for _, m := range sc.out {
 				inBroker = inBroker || m.client == "unsub"
 			}

@@ -164,7 +164,7 @@ func TestShareGroupGrowth(t *testing.T) {
 	if per := resub / resubs; per > 16<<10 {
 		t.Errorf("%d B a re-subscription to a group of 20k, want under 16 KiB", per)
 	}
-	if sc := x.match("t"); len(sc.out) != 1 {
+	if sc := x.match("t", ""); len(sc.out) != 1 {
 		t.Errorf("t matches %d clients, want 1 (one member of the group)", len(sc.out))
 	} else {
 		sc.release()
@@ -488,7 +488,7 @@ func TestSubscribeDuringTakeover(t *testing.T) {
 			if n := len(b.server.Topics.Subscribers("race/x").Subscriptions); n != 0 {
 				t.Errorf("race/x has %d subscribers in mochi's index with the new client connected, want none", n)
 			}
-			if sc := b.plainIdx.match("race/x"); len(sc.out) != 0 {
+			if sc := b.plainIdx.match("race/x", ""); len(sc.out) != 0 {
 				t.Errorf("race/x matches %d clients in the broker's index, want none", len(sc.out))
 			} else {
 				sc.release()

@@ -69,37 +69,56 @@ type pubMeta struct {
 	weight int
 }
 
-// batchRows is the rows one batch changed, listed (with their publishes'
-// QoS) only when a subscription needs them one by one — a delta that folds,
-// a snapshot that waits: most never do. Only the loop reads it.
+// batchRows is what the deltas of one batch share: its revision, the
+// deltas written directly so far, and the rows of the delta being
+// delivered (at), listed only when a subscription needs them one by one —
+// a delta that folds, a paced or awaiting subscription: most never do.
+// They are listed from the tree (Tree.AppendChanges): what the delta
+// holds, not the batch, once for every subscription of the delta. Only
+// the loop reads it.
 type batchRows struct {
-	applied []tree.Applied
-	qos     []byte // each op's
-	list    []tree.Change
-	size    int    // bytes of its rows: what a queued delta that holds it pins
-	rev     uint64 // the store's revision after the batch (mote-rev)
-	direct  int    // deltas of the batch written directly (direct.go)
+	rev    uint64 // the store's revision after the batch (mote-rev)
+	direct int    // deltas of the batch written directly (direct.go)
 
-	// scratch marks the loop's own batchRows (Broker.loopBatch), reused
-	// by the next batch; kept is its copy that queued deltas hold, made
-	// by the first of them (kept).
-	scratch bool
-	kept    *batchRows
+	tree    *tree.Tree
+	applied []tree.Applied // the batch's ops: rows listed without the tree (never, but safe)
+	qos     []byte         // each op's
+	at      *tree.Delta    // the delta being delivered
+
+	list   []tree.Change // at's rows, once listed: the loop's scratch, or owned
+	listed bool
+	owned  bool     // list is not scratch: a queued delta may keep it as it is
+	own    *ownRows // at's rows as queued deltas keep them (own), made once
 }
 
-// resetBatchRows makes r, the loop's scratch, the rows of the batch just
-// applied (loop only).
-func resetBatchRows(r *batchRows, applied []tree.Applied, ops []tree.Op, rev uint64) *batchRows {
-	*r = batchRows{applied: applied, qos: r.qos[:0], list: r.list[:0], rev: rev, scratch: true}
+// ownRows is a queued delta's own rows, read on its first fold: a copy
+// shared by the deltas of its subscriptions that wait, and cost, what it
+// counts against each queue while it waits.
+type ownRows struct {
+	list []tree.Change
+	cost int
+}
+
+// resetBatchRows makes r, the loop's scratch, the batch just applied
+// (loop only).
+func resetBatchRows(r *batchRows, t *tree.Tree, applied []tree.Applied, ops []tree.Op, rev uint64) *batchRows {
+	*r = batchRows{rev: rev, tree: t, applied: applied, qos: r.qos[:0], list: r.list[:0]}
 	for i := range ops {
 		r.qos = append(r.qos, ops[i].QoS)
 	}
-	for _, a := range applied {
-		for _, row := range a.Rows {
-			r.size += len(row.Topic) + len(row.Value.Data) + 48
-		}
-	}
 	return r
+}
+
+// heldRows is a batch of rows a subscription held (a paced flush): listed
+// already, and the delta's own to keep.
+func heldRows(held []tree.Change, rev uint64) *batchRows {
+	return &batchRows{rev: rev, list: held, listed: true, owned: true}
+}
+
+// deliver makes d the delta whose rows r lists (loop only).
+func (r *batchRows) deliver(d *tree.Delta) {
+	clear(r.list)
+	r.at, r.list, r.listed, r.own = d, r.list[:0], false, nil
 }
 
 // done lets go of what the loop's scratch holds of the batch: it pins
@@ -113,38 +132,50 @@ func (r *batchRows) done() {
 	*r = batchRows{qos: r.qos[:0], list: r.list[:0]}
 }
 
-// keep returns the batch's rows as a delta waiting in a queue may hold
-// them once the batch is done: r itself, or for the loop's scratch a copy
-// of its own (made once a batch, shared by the batch's queued deltas).
-// A batch nothing kept lends its row slices back to the Parser
-// (recycleRows). Loop only.
-func (r *batchRows) keep() *batchRows {
-	if !r.scratch {
-		return r
-	}
-	if r.kept == nil {
-		// Both lists are scratch: the Tree's Result (applied) and the
-		// loop's (list, once listed).
-		r.kept = &batchRows{applied: slices.Clone(r.applied), qos: slices.Clone(r.qos), list: slices.Clone(r.list), size: r.size, rev: r.rev}
-	}
-	return r.kept
-}
-
-// changes lists the rows, the first time it is asked.
-func (r *batchRows) changes() []tree.Change {
-	if r.applied == nil {
+// rows lists the delta's rows, the first time it is asked: those the
+// tree gave it, the newest value of each topic.
+func (r *batchRows) rows() []tree.Change {
+	if r.listed {
 		return r.list
 	}
+	r.listed = true
+	var ok bool
+	if r.list, ok = r.tree.AppendChanges(r.list[:0], r.at); ok {
+		return r.list
+	}
+	// Not the tree's last batch (never: the loop lists a batch's deltas
+	// before it applies the next). The batch's rows its receivers match,
+	// newest last (a fold and a hold keep the newest).
+	s := r.at.Subs[0]
 	for i, a := range r.applied {
 		if a.Err != nil {
 			continue
 		}
 		for _, row := range a.Rows {
-			r.list = append(r.list, tree.Change{Topic: row.Topic, Value: row.Value, QoS: r.qos[i], Retain: row.Retain})
+			if s.Matches(row.Topic) {
+				r.list = append(r.list, tree.Change{Topic: row.Topic, Value: row.Value, QoS: r.qos[i], Retain: row.Retain})
+			}
 		}
 	}
-	r.applied = nil
 	return r.list
+}
+
+// keep returns the delta's rows as a delta waiting in a queue keeps them
+// for its first fold: a copy made once for all the delta's receivers
+// (the list itself when owned). Loop only.
+func (r *batchRows) keep() *ownRows {
+	if r.own == nil {
+		list := r.rows()
+		if !r.owned {
+			list = slices.Clone(list)
+		}
+		cost := 0
+		for i := range list {
+			cost += changeCost(&list[i])
+		}
+		r.own = &ownRows{list: list, cost: cost}
+	}
+	return r.own
 }
 
 // requestQueue is the loop's inbox: a guarded slice, a condition to wake
@@ -783,13 +814,13 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	for i := range res.Deltas {
 		d := &res.Deltas[i]
 		if batch == nil {
-			batch = resetBatchRows(&b.loopBatch, res.Applied, ops, res.Rev)
+			batch = resetBatchRows(&b.loopBatch, b.tree, res.Applied, ops, res.Rev)
 		}
+		batch.deliver(d)
 		for _, s := range d.Subs {
 			b.queueDelta(s.Data.(*treeSub), d, batch)
 		}
 	}
-	kept := batch != nil && batch.kept != nil // a queued delta holds the batch's rows
 	if batch != nil {
 		batch.done()
 	}
@@ -800,7 +831,7 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	} else if res.Changed && b.ret != nil {
 		b.ret.SetRev(res.Rev) // only $SYS changed: the revision is kept all the same
 	}
-	if at == nil && b.cl == nil && !kept {
+	if at == nil && b.cl == nil {
 		b.recycleRows(res.Applied, meta)
 	}
 	changed := res.Changed
@@ -816,10 +847,9 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 
 // recycleRows gives the row slices of a batch's tree publishes back to the
 // Parser for the next ones (tree.Parser.Recycle), once the batch is done
-// with them. Its caller checked that no queued delta holds them (a
-// batchRows kept keeps the applied rows while a delta waits; the deltas
-// written at once, held events and folded rows copied what they read)
-// and that no cluster log does; a
+// with them: the deltas (written at once, queued with their own rows:
+// batchRows.keep), held events and folded rows copied what they read.
+// Its caller checked that no cluster log holds them; a
 // $set's or .replace's rows that the loop translates are left alone.
 // Everything else the batch made of them copied their strings: the
 // retainer's changes, the markers, the plain deliveries.

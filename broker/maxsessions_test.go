@@ -133,7 +133,7 @@ func waitHeld(t *testing.T, b *Broker, id string, n int) {
 // indexed reports whether client id is subscribed to topic in the
 // broker's index (delivery's) or mochi's.
 func indexed(b *Broker, topic, id string) (broker, mochi bool) {
-	sc := b.plainIdx.match(topic)
+	sc := b.plainIdx.match(topic, "")
 	for _, m := range sc.out {
 		broker = broker || m.client == id
 	}

@@ -37,16 +37,15 @@ func (p *pacer) hold(st *treeSub, batch *batchRows) bool {
 		return false
 	}
 	p.add(st, st.sent.Add(st.interval), now)
-	st.holdPaced(batch.changes())
+	st.holdPaced(batch.rows())
 	return true
 }
 
-// holdPaced holds the changes st matches, with those it holds already.
+// holdPaced holds changes (rows of st's delta: st matches each), with
+// those it holds already.
 func (st *treeSub) holdPaced(changes []tree.Change) {
 	for _, ch := range changes {
-		if st.ts.Matches(ch.Topic) {
-			st.hold(ch)
-		}
+		st.hold(ch)
 	}
 }
 
@@ -152,8 +151,8 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 		return
 	}
 	st.sent = now
-	batch := &batchRows{list: held, size: n, rev: b.tree.Rev()} // the held rows reflect every batch so far
-	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit(), foldBound(st.ts, held)) {
+	batch := heldRows(held, b.tree.Rev()) // the held rows reflect every batch so far
+	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit(), foldBound(held)) {
 		b.stats.Folded.Add(1)
 		return
 	}
@@ -161,7 +160,7 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 	if !ok {
 		return // nothing the client may read
 	}
-	b.pushDelta(st, payload, qos, batch, n, deltaBound(payload, len(held))) // it pins the held rows while it waits
+	b.pushDelta(st, payload, qos, batch, deltaBound(payload, len(held))) // it keeps the held rows while it waits
 }
 
 // paceHeap is a min-heap of treeSubs by due time (container/heap); each

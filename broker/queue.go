@@ -90,7 +90,7 @@ type deltaItem struct {
 	taken  bool
 	folded []tree.Change  // every row it holds, once something folded in; nil before
 	at     map[string]int // topic → index in folded
-	from   *batchRows     // the batch the item was made from, to list its rows on the first fold
+	from   *ownRows       // its own rows, kept to list them on the first fold (batchRows.keep)
 	rowQoS byte           // highest QoS among folded rows
 	extra  int            // bytes the folded rows added to the queue
 	bound  int            // at least the size of its payload once encoded again (foldBound); the loop's

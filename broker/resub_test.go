@@ -189,7 +189,7 @@ func TestResubscribeRefusedKeeps(t *testing.T) {
 					t.Errorf("%s: $SYS/broker/subscriptions %d, want 2", when, n)
 				}
 				if plain {
-					sc := b.plainIdx.match("a/x")
+					sc := b.plainIdx.match("a/x", "")
 					if len(sc.out) != 1 || sc.out[0].qos != 1 {
 						t.Errorf("%s: the broker's index matches a/x for %v, want re at QoS 1", when, sc.out)
 					}
@@ -271,7 +271,7 @@ func TestResubscribeRefusedInPacket(t *testing.T) {
 			if sub, ok := cl.State.Subscriptions.Get("a/#"); !ok || sub.Qos != tc.qos {
 				t.Errorf("mochi's session holds a/#: %v (QoS %d), want QoS %d", ok, sub.Qos, tc.qos)
 			}
-			sc := b.plainIdx.match("a/x")
+			sc := b.plainIdx.match("a/x", "")
 			defer sc.release()
 			if len(sc.out) != 1 || sc.out[0].qos != tc.qos {
 				t.Errorf("the broker's index matches a/x for %v, want in at QoS %d", sc.out, tc.qos)

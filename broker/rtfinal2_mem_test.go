@@ -69,7 +69,7 @@ func TestSubscriptionDoesNotPinPacket(t *testing.T) {
 		}
 	}
 	grown := int64(heap()) - int64(before)
-	if sc := b.plainIdx.match("pin/3"); len(sc.out) != 1 {
+	if sc := b.plainIdx.match("pin/3", ""); len(sc.out) != 1 {
 		t.Fatalf("pin/3 matches %d clients, want 1", len(sc.out))
 	} else {
 		sc.release()

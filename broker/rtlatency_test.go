@@ -28,7 +28,7 @@ func TestSubIndexSessionExpiry(t *testing.T) {
 	if _, err := away.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "exp/#", QoS: 1}, {Topic: "$share/g/exp/+", QoS: 1}}}); err != nil {
 		t.Fatal(err)
 	}
-	if sc := b.plainIdx.match("exp/x"); len(sc.out) != 1 {
+	if sc := b.plainIdx.match("exp/x", ""); len(sc.out) != 1 {
 		t.Fatalf("exp/x matches %q, want the subscriber", sc.text())
 	} else {
 		sc.release()
@@ -37,7 +37,7 @@ func TestSubIndexSessionExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the session to expire", func() bool { _, ok := b.server.Clients.Get("expiring"); return !ok })
-	if sc := b.plainIdx.match("exp/x"); len(sc.out) != 0 {
+	if sc := b.plainIdx.match("exp/x", ""); len(sc.out) != 0 {
 		t.Fatalf("exp/x matches %q after the only subscriber's session expired", sc.text())
 	}
 	if !b.plainIdx.isEmpty() {
@@ -88,7 +88,7 @@ func TestSubIndexConcurrent(t *testing.T) {
 		x.subscribe(fmt.Sprintf("s%02d", i), steadySub)
 	}
 	check := func(when string) {
-		sc := x.match("a/b")
+		sc := x.match("a/b", "")
 		defer sc.release()
 		seen := map[string]bool{}
 		n := 0
@@ -160,7 +160,7 @@ func TestSubIndexConcurrent(t *testing.T) {
 			}
 		}
 	}
-	if sc := x.match("a/b"); len(sc.out) != steady {
+	if sc := x.match("a/b", ""); len(sc.out) != steady {
 		t.Fatalf("a/b matches %d clients after the writers left, want the %d steady ones", len(sc.out), steady)
 	} else {
 		sc.release()
@@ -198,7 +198,7 @@ func TestSubIndexChurnLeavesNothing(t *testing.T) {
 		if code := subCode(t, c, over); code != 0x80 {
 			t.Fatalf("round %d: subscribe %s over the quota: code %#x, want 0x80", i, over, code)
 		}
-		if sc := b.plainIdx.match(over); len(sc.out) != 0 {
+		if sc := b.plainIdx.match(over, ""); len(sc.out) != 0 {
 			t.Fatalf("round %d: %s refused but filed: %q", i, over, sc.text())
 		} else {
 			sc.release()
@@ -304,7 +304,7 @@ func TestSubIndexResubscribeOptions(t *testing.T) {
 	_ = c2
 	// A takeover with Clean Start 1: the subscription goes.
 	dial5(t, b, "ro", paho5.ClientConfig{}, &paho5.Connect{CleanStart: true})
-	if sc := b.plainIdx.match("ro/x"); len(sc.out) != 0 {
+	if sc := b.plainIdx.match("ro/x", ""); len(sc.out) != 0 {
 		t.Fatalf("ro/x matches %q after a clean start", sc.text())
 	}
 }
@@ -372,7 +372,7 @@ func TestDoorSessionIDCollision(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	sc := b.plainIdx.match("col/x")
+	sc := b.plainIdx.match("col/x", "")
 	defer sc.release()
 	if len(sc.out) != 1 || sc.out[0].client != taken {
 		t.Fatalf("col/x matches %q after the Session closed, want the MQTT client %q", sc.text(), taken)

@@ -35,7 +35,11 @@ func stalled(t *testing.T, b *Broker, id string, filters ...string) net.Conn {
 // subscriptions keeps one queued delta, into which the next ones fold;
 // its plain subscription gets every row, and past QueueBytes its queue
 // drops or, by policy, it is disconnected. The fast client's one delta
-// (150 rows of 8 KiB at most) always fits.
+// (150 rows of 8 KiB at most) always fits. QueueBytes holds the first
+// delta of each subscription (150 of 16 KiB, with their rows) and the
+// plain rows with them: the next values fold into them before the queue
+// is full. (The writer is stuck from the first delta on: the socket took
+// part of it, and holds the rest.)
 func TestSlowTreeClient(t *testing.T) {
 	const keys = 150
 	var filters []string
@@ -45,7 +49,7 @@ func TestSlowTreeClient(t *testing.T) {
 	filters = append(filters, "s/#")
 	for _, policy := range []SlowPolicy{SlowDrop, SlowDisconnect} {
 		t.Run(string(policy), func(t *testing.T) {
-			b := start(t, Options{QueueBytes: 2 << 20, SlowClient: policy})
+			b := start(t, Options{QueueBytes: 4 << 20, SlowClient: policy})
 			stalled(t, b, "slow", filters...)
 			waitTreeSubs(t, b, keys)
 			b.connOf(t, "slow")

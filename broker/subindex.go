@@ -92,9 +92,10 @@ type subMatch struct {
 	noLocal bool // every matching subscription has No Local
 	rap     bool
 	ids     []int // positive subscription identifiers, sorted; shared scratch: read only
-	// own is, when some but not all matching subscriptions have No Local,
-	// the merge of those without it: the delivery of the client's own
-	// publish [MQTT-3.8.3-3]. Allocated, rare; nil otherwise.
+	// own is, for the publishing client when some but not all of its
+	// matching subscriptions have No Local, the merge of those without
+	// it: the delivery of its own publish [MQTT-3.8.3-3]. Allocated,
+	// rare; nil otherwise.
 	own *subMatch
 }
 
@@ -347,9 +348,10 @@ func nextTopicLevel(s string, i int) (string, int) {
 
 // match returns the clients whose plain subscriptions match topic, one
 // subMatch each, in the scratch's out; the caller reads it, then calls
-// release. It allocates nothing once the pool holds a scratch as large as
-// the match needs.
-func (x *subIndex) match(topic string) *subScratch {
+// release. origin is the publishing client's id ("" for none): only its
+// match may need own. It allocates nothing once the pool holds a scratch
+// as large as the match needs.
+func (x *subIndex) match(topic, origin string) *subScratch {
 	sc, _ := x.scratch.Get().(*subScratch)
 	if sc == nil {
 		sc = &subScratch{x: x}
@@ -380,7 +382,7 @@ func (x *subIndex) match(topic string) *subScratch {
 				sc.ids = append(sc.ids, r.id)
 			}
 		}
-		if some && !m.noLocal {
+		if some && !m.noLocal && e.client == origin {
 			m.own = ownMatch(raw[j:i])
 		}
 		if len(sc.ids)-start > 1 {

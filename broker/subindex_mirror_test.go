@@ -19,7 +19,7 @@ func mirrorDiff(b *Broker, topics ...string) string {
 		for client, s := range subs.Subscriptions {
 			want = append(want, fmt.Sprintf("%s q%d", client, s.Qos))
 		}
-		sc := b.plainIdx.match(topic)
+		sc := b.plainIdx.match(topic, "")
 		for _, m := range sc.out {
 			got = append(got, fmt.Sprintf("%s q%d", m.client, m.qos))
 		}
@@ -59,7 +59,7 @@ func TestSubIndexMirrorsMochi(t *testing.T) {
 	c.sub(t, "m/#", 2)
 	c.sub(t, "#", 0)
 	check("subscribed")
-	if sc := b.plainIdx.match("m/a"); len(sc.out) != 2 {
+	if sc := b.plainIdx.match("m/a", ""); len(sc.out) != 2 {
 		t.Fatalf("m/a matches %d clients, want 2", len(sc.out))
 	} else {
 		sc.release()
@@ -73,14 +73,14 @@ func TestSubIndexMirrorsMochi(t *testing.T) {
 	c.Disconnect(0) // a clean session ends: mochi unsubscribes it
 	gone("clean")
 	check("clean session ended")
-	if sc := b.plainIdx.match("x/y"); len(sc.out) != 0 {
+	if sc := b.plainIdx.match("x/y", ""); len(sc.out) != 0 {
 		t.Fatalf("x/y still matches %q after its only subscriber's clean session ended", sc.text())
 	}
 
 	p.Disconnect(0)
 	p2 := dial3(t, b, "persist", false) // resumes: the subscriptions stay
 	check("persistent session resumed")
-	if sc := b.plainIdx.match("m/a"); len(sc.out) != 1 {
+	if sc := b.plainIdx.match("m/a", ""); len(sc.out) != 1 {
 		t.Fatalf("m/a matches %d clients after the resumption, want 1", len(sc.out))
 	} else {
 		sc.release()
@@ -88,7 +88,7 @@ func TestSubIndexMirrorsMochi(t *testing.T) {
 	p2.Disconnect(0)
 	dial3(t, b, "persist", true) // a clean start drops them
 	check("clean start")
-	if sc := b.plainIdx.match("m/a"); len(sc.out) != 0 {
+	if sc := b.plainIdx.match("m/a", ""); len(sc.out) != 0 {
 		t.Fatalf("m/a matches %q after a clean start", sc.text())
 	}
 
@@ -116,7 +116,7 @@ func TestMirrorUnsubscribedLate(t *testing.T) {
 
 	b.plainIdx.subscribe("late", sub) // the old connection's filing
 	b.mirrorUnsubscribed(old, gone)   // its session ends, no newer connection
-	if sc := b.plainIdx.match("late/x"); len(sc.out) != 0 {
+	if sc := b.plainIdx.match("late/x", ""); len(sc.out) != 0 {
 		t.Fatalf("late/x matches %q after the only session ended", sc.text())
 	}
 
@@ -126,7 +126,7 @@ func TestMirrorUnsubscribedLate(t *testing.T) {
 	cur.State.Subscriptions.Add(sub.Filter, sub)
 	b.plainIdx.subscribe("late", sub) // the newer connection's SUBSCRIBE
 	b.mirrorUnsubscribed(old, gone)   // the old session's end, late
-	sc := b.plainIdx.match("late/x")
+	sc := b.plainIdx.match("late/x", "")
 	defer sc.release()
 	if len(sc.out) != 1 {
 		t.Fatalf("late/x matches %q, want the newer connection's subscription", sc.text())

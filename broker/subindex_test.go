@@ -36,8 +36,9 @@ func (m *subMatch) text() string {
 	return fmt.Sprintf(" own=q%d rap=%v %v", m.qos, m.rap, m.ids)
 }
 
-func matchText(x *subIndex, topic string) []string {
-	sc := x.match(topic)
+// matchText is x's match of topic published by client origin, as text.
+func matchText(x *subIndex, topic, origin string) []string {
+	sc := x.match(topic, origin)
 	defer sc.release()
 	return sc.text()
 }
@@ -78,6 +79,8 @@ func TestSubIndexTable(t *testing.T) {
 		{"shared groups by filter", []sub{s("a", "$share/g/x/y", 1, 1), s("a", "$share/g/x/+", 0, 2)}, "x/y", []string{"a q1 nl=false rap=false [1 2]"}},
 		{"no local", []sub{{"a", packets.Subscription{Filter: "x", NoLocal: true, Identifier: 4, Qos: 2}}, s("a", "#", 1, 3)}, "x",
 			[]string{"a q2 nl=false rap=false [3 4] own=q1 rap=false [3]"}}, // [MQTT-3.3.4-2]: # still gets a's own publish
+		{"no local, b's publish", []sub{{"b", packets.Subscription{Filter: "x", NoLocal: true, Identifier: 4, Qos: 2}}, s("b", "#", 1, 3)}, "x",
+			[]string{"b q2 nl=false rap=false [3 4]"}}, // the merge without No Local is made for the publisher only (a)
 		{"no local every one", []sub{{"a", packets.Subscription{Filter: "x", NoLocal: true}}, {"a", packets.Subscription{Filter: "#", NoLocal: true}}}, "x",
 			[]string{"a q0 nl=true rap=false []"}},
 		{"retain as published", []sub{{"a", packets.Subscription{Filter: "x", RetainAsPublished: true}}}, "x", []string{"a q0 nl=false rap=true []"}},
@@ -87,13 +90,13 @@ func TestSubIndexTable(t *testing.T) {
 			for _, s := range tc.subs {
 				x.subscribe(s.client, s.Subscription)
 			}
-			if got := matchText(&x, tc.topic); !slices.Equal(got, tc.want) {
+			if got := matchText(&x, tc.topic, "a"); !slices.Equal(got, tc.want) {
 				t.Errorf("match %q = %q, want %q", tc.topic, got, tc.want)
 			}
 			for _, s := range tc.subs {
 				x.unsubscribe(s.Filter, s.client)
 			}
-			if got := matchText(&x, tc.topic); got != nil {
+			if got := matchText(&x, tc.topic, "a"); got != nil {
 				t.Errorf("after unsubscribing all, match %q = %q", tc.topic, got)
 			}
 			if !x.root.empty() {
@@ -111,7 +114,7 @@ func TestSubIndexSharedPicksOne(t *testing.T) {
 	x.subscribe("z", packets.Subscription{Filter: "$share/h/t/#"})
 	seen := map[string]bool{}
 	for range 300 {
-		got := matchText(&x, "t/1")
+		got := matchText(&x, "t/1", "")
 		if len(got) != 2 || got[1] != "z q0 nl=false rap=false []" {
 			t.Fatalf("match = %q, want one of a, b, c and z", got)
 		}
@@ -131,9 +134,9 @@ func TestSubIndexMatchAllocs(t *testing.T) {
 	x.subscribe("a", packets.Subscription{Filter: "dev/#", Identifier: 2})
 	x.subscribe("b", packets.Subscription{Filter: "$share/g/dev/#"})
 	x.subscribe("c", packets.Subscription{Filter: "dev/7/temp"})
-	x.match("dev/7/temp").release() // the pool's first scratch
+	x.match("dev/7/temp", "").release() // the pool's first scratch
 	n := testing.AllocsPerRun(1000, func() {
-		sc := x.match("dev/7/temp")
+		sc := x.match("dev/7/temp", "")
 		if len(sc.out) != 3 {
 			t.Fatalf("%d matches, want 3", len(sc.out))
 		}
@@ -148,7 +151,7 @@ func TestSubIndexMatchAllocs(t *testing.T) {
 // over every filed subscription.
 type indexModel map[[2]string]packets.Subscription // {client, filter}
 
-func (m indexModel) match(topic string) (plain []string, groups map[string][]string) {
+func (m indexModel) match(topic, origin string) (plain []string, groups map[string][]string) {
 	type agg struct {
 		qos      byte
 		nl, some bool // every one has No Local; some has
@@ -190,7 +193,7 @@ func (m indexModel) match(topic string) (plain []string, groups map[string][]str
 	for k, a := range per {
 		slices.Sort(a.ids)
 		slices.Sort(a.own.ids)
-		if !a.some || a.nl {
+		if !a.some || a.nl || k != origin {
 			a.own = nil
 		}
 		plain = append(plain, fmt.Sprintf("%s q%d nl=%v rap=%v %v", k, a.qos, a.nl, a.rap, a.ids)+a.own.text())
@@ -275,8 +278,9 @@ func checkAgainstModel(t *testing.T, r *rand.Rand, ops, topics int) {
 	}
 	for range topics {
 		topic := randomTopic(r)
-		plain, groups := m.match(topic)
-		sc := x.match(topic)
+		origin := "c" + fmt.Sprint(r.IntN(5)) // c4 subscribes to nothing
+		plain, groups := m.match(topic, origin)
+		sc := x.match(topic, origin)
 		got := map[string]subMatch{}
 		for _, mt := range sc.out {
 			if _, dup := got[mt.client]; dup {
@@ -387,7 +391,7 @@ func TestSubIndexAgainstMochi(t *testing.T) {
 				want = append(want, fmt.Sprintf("%s q%d %v", client, s.Qos, ids))
 			}
 			slices.Sort(want)
-			sc := x.match(topic)
+			sc := x.match(topic, "")
 			var got []string
 			for _, m := range sc.out {
 				got = append(got, fmt.Sprintf("%s q%d %v", m.client, m.qos, m.ids))
@@ -435,7 +439,7 @@ func BenchmarkSubIndex(b *testing.B) {
 	b.Run("mote", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			sc := x.match("dev/500/temp")
+			sc := x.match("dev/500/temp", "")
 			if len(sc.out) != 2 {
 				b.Fatal(len(sc.out))
 			}
@@ -521,8 +525,8 @@ func TestSubIndexCrowded(t *testing.T) {
 		}
 		if op%50 == 0 {
 			for _, topic := range []string{"a/b", "a", "x/b"} {
-				want, _ := m.match(topic)
-				if got := matchText(&x, topic); !slices.Equal(got, want) {
+				want, _ := m.match(topic, "")
+				if got := matchText(&x, topic, ""); !slices.Equal(got, want) {
 					t.Fatalf("op %d: match %q: %d clients, want %d\n got %q\nwant %q", op, topic, len(got), len(want), got, want)
 				}
 			}
@@ -577,7 +581,7 @@ func TestMayMatchBelow(t *testing.T) {
 		for _, prefix := range topics {
 			want := false
 			for _, tp := range topics {
-				if strings.HasPrefix(tp, prefix+"/") && len(matchText(&x, tp)) > 0 {
+				if strings.HasPrefix(tp, prefix+"/") && len(matchText(&x, tp, "")) > 0 {
 					want = true
 					break
 				}
@@ -713,7 +717,7 @@ func TestSubIndexWildKids(t *testing.T) {
 			if tt.wild(&x) == nil {
 				t.Fatal("no wildcard child after SUBSCRIBE")
 			}
-			sc := x.match(tt.topic)
+			sc := x.match(tt.topic, "")
 			if len(sc.out) == 0 {
 				t.Error("matched nothing")
 			}
@@ -769,7 +773,7 @@ func TestSubIndexWildConcurrent(t *testing.T) {
 						}
 						want = want || wire.Match(path, topic)
 					}
-					sc := x.match(topic)
+					sc := x.match(topic, "")
 					got := slices.ContainsFunc(sc.out, func(m subMatch) bool { return m.client == client })
 					sc.release()
 					if got != want {

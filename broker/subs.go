@@ -72,16 +72,14 @@ type treeSub struct {
 // changeCost is what a held or folded row counts against a queue's bound.
 func changeCost(ch *tree.Change) int { return len(ch.Topic) + len(ch.Value.Data) + 32 }
 
-// holdEvents keeps the events among changes that st matches while it
-// awaits its snapshot; a retained change of a topic drops its held event
-// (the snapshot has it). What it holds counts against the connection's
-// queue bound; past it the events are dropped and lost is set.
+// holdEvents keeps the events among changes (rows of st's delta: st
+// matches each) while st awaits its snapshot; a retained change of a
+// topic drops its held event (the snapshot has it). What it holds counts
+// against the connection's queue bound; past it the events are dropped
+// and lost is set.
 func (st *treeSub) holdEvents(changes []tree.Change) {
 	q := st.c.q
 	for _, ch := range changes {
-		if !st.ts.Matches(ch.Topic) {
-			continue
-		}
 		i, ok := st.at[ch.Topic]
 		switch {
 		case ch.Retain && ok:
@@ -137,11 +135,11 @@ func (st *treeSub) dropEvents() {
 func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 	c := st.c
 	if st.await {
-		st.holdEvents(batch.changes())
+		st.holdEvents(batch.rows())
 		return
 	}
 	if st.slot > 0 { // paced, and holding changes: these join them, after them
-		st.holdPaced(batch.changes())
+		st.holdPaced(batch.rows())
 		return
 	}
 	add := deltaBound(d.Payload, d.Rows)
@@ -152,7 +150,7 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 	if st.interval > 0 && b.pace.hold(st, batch) {
 		return
 	}
-	b.pushDelta(st, d.Payload, d.QoS, batch, batch.size, add)
+	b.pushDelta(st, d.Payload, d.QoS, batch, add)
 }
 
 // deltaBound bounds from above the bytes a delta of rows rows, payload
@@ -177,15 +175,15 @@ func (st *treeSub) moteRev(rev uint64) uint64 {
 	return rev
 }
 
-// pushDelta queues st's next delta, made from batch (pinned: the bytes it
-// holds of it while it waits, counted), as the one later deltas fold into
-// (loop only).
-func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRows, pinned, bound int) {
+// pushDelta queues st's next delta, of batch's delivered rows (which a
+// queued one keeps while it waits, counted: batchRows.keep) and payload
+// at most bound bytes once folded (deltaBound), as the one later deltas
+// fold into (loop only).
+func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRows, bound int) {
 	st.seq++
 	d := deltaItem{
 		treeItem: treeItem{topic: st.ts.Topic, payload: payload, qos: deltaQoS(st.ts, qos), seq: st.seq, rev: batch.rev, codec: st.ts.Codec, subID: st.id, kind: outDelta},
 		sub:      st,
-		extra:    pinned,
 		bound:    bound,
 	}
 	if batch.takeDirect() {
@@ -202,6 +200,7 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 	it := new(deltaItem)
 	*it = d
 	it.from = batch.keep() // its rows, for a fold, as long as it waits
+	it.extra = it.from.cost
 	if st.c.q.push(it, pubWait{}) {
 		st.last = it
 		b.stats.DeltasQueued.Add(1)
@@ -211,17 +210,21 @@ func (b *Broker) pushDelta(st *treeSub, payload []byte, qos byte, batch *batchRo
 	st.c.slowFull(fullNoWait) // the seq is spent: the gap tells an MQTT 5 client
 }
 
-// fold adds the rows of batch that s matches to delta d, if the writer has
-// not taken d yet, they fit the queue's bound and the folded delta may
-// still fit limit, the largest packet the client takes; it reports whether
-// it did. add bounds from above the bytes they add to d's payload
+// fold adds the rows of batch's delivered delta to delta d, if the writer
+// has not taken d yet, they fit the queue's bound and the folded delta
+// may still fit limit, the largest packet the client takes; it reports
+// whether it did. add bounds from above the bytes they add to d's payload
 // (deltaBound, foldBound). d keeps its place and its mote-seq; the loop
-// encodes it again when the writer takes it (encodeFolded). A fold past
-// limit would be skipped whole [MQTT-3.1.2-24], though each delta alone
-// fits: the next delta queues behind d instead. Called by the loop.
+// encodes it again for s when the writer takes it (encodeFolded). A fold
+// past limit would be skipped whole [MQTT-3.1.2-24], though each delta
+// alone fits: the next delta queues behind d instead. Called by the loop.
 //
-// Neither refusal costs a pass over the batch's rows: a delta already
-// taken, or one the bound says would not fit, is left as it is.
+// It costs the rows it folds, not the batch: they are the delta's, listed
+// by the tree once for all its subscriptions (batchRows.rows), and d's own
+// were kept with it (batchRows.keep). Neither refusal lists a row: a
+// delta already taken, or one the bound says would not fit. A new value
+// of a row d holds counts only what it adds: a queue full of a stalled
+// client's deltas still takes in their next values.
 func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit, add int) bool {
 	bound := d.bound + add
 	if bound+len(d.topic)+packetOverhead > limit {
@@ -232,23 +235,19 @@ func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit, add 
 	if d.taken || q.closed {
 		return false
 	}
-	var first []tree.Change
-	pinned := 0
-	if d.from != nil { // the first fold: the delta's own rows, from the batch it pins
-		first, pinned = d.from.changes(), d.extra
+	if d.from != nil {
+		// The first fold: d's own rows become its folded rows, which
+		// count what they pinned.
+		q.bytes -= d.extra
+		d.extra = d.add(s, d.from.list)
+		q.bytes += d.extra
+		d.from = nil
 	}
-	next := batch.changes()
-	if grow := d.growth(s, first) + d.growth(s, next) - pinned; q.bytes+grow > q.max {
+	next := batch.rows()
+	if q.bytes+d.growth(next) > q.max {
 		return false
 	}
 	d.bound = bound
-	if d.from != nil {
-		q.bytes -= pinned
-		d.extra, d.from = 0, nil
-		n := d.add(s, first)
-		d.extra += n
-		q.bytes += n
-	}
 	n := d.add(s, next)
 	d.extra += n
 	q.bytes += n
@@ -256,16 +255,16 @@ func (q *outQueue) fold(d *deltaItem, s *tree.Sub, batch *batchRows, limit, add 
 	return true
 }
 
-// foldBound bounds from above the bytes the changes s matches add to a
-// delta's encoded payload: each row's topic (its keys, five bytes of
-// syntax a level at most) and value, escaped in JSON (six bytes a byte at
-// worst: \u00XX; raw bytes in base64 take 4/3), and 16 bytes of syntax.
-func foldBound(s *tree.Sub, changes []tree.Change) int {
+// foldBound bounds from above the bytes changes (rows a subscription
+// held) add to a delta's encoded payload: each row's topic (its keys,
+// five bytes of syntax a level at most) and value, escaped in JSON (six
+// bytes a byte at worst: \u00XX; raw bytes in base64 take 4/3), and 16
+// bytes of syntax.
+func foldBound(changes []tree.Change) int {
 	n := 0
 	for i := range changes {
-		if ch := &changes[i]; s.Matches(ch.Topic) {
-			n += 6*(len(ch.Topic)+len(ch.Value.Data)) + 16
-		}
+		ch := &changes[i]
+		n += 6*(len(ch.Topic)+len(ch.Value.Data)) + 16
 	}
 	return n
 }
@@ -277,13 +276,10 @@ const packetOverhead = 160
 
 // growth is how many bytes adding changes would add to d's folded rows
 // (mu held). Topics seen twice in changes are counted twice: an upper bound.
-func (d *deltaItem) growth(s *tree.Sub, changes []tree.Change) int {
+func (d *deltaItem) growth(changes []tree.Change) int {
 	n := 0
 	for i := range changes {
 		ch := &changes[i]
-		if !s.Matches(ch.Topic) {
-			continue
-		}
 		if j, ok := d.at[ch.Topic]; ok {
 			n += len(ch.Value.Data) - len(d.folded[j].Value.Data)
 		} else {
@@ -293,17 +289,14 @@ func (d *deltaItem) growth(s *tree.Sub, changes []tree.Change) int {
 	return n
 }
 
-// add folds the changes s matches into d, newest value of each topic, and
-// returns the bytes they added (mu held).
+// add folds changes (rows of s's deltas: s matches each) into d, newest
+// value of each topic, and returns the bytes they added (mu held).
 func (d *deltaItem) add(s *tree.Sub, changes []tree.Change) int {
 	if d.at == nil {
 		d.at = map[string]int{}
 	}
 	n := 0
 	for _, ch := range changes {
-		if !s.Matches(ch.Topic) {
-			continue
-		}
 		d.rowQoS = max(d.rowQoS, ch.QoS)
 		if i, ok := d.at[ch.Topic]; ok {
 			n += len(ch.Value.Data) - len(d.folded[i].Value.Data)

@@ -24,7 +24,7 @@ func (t *Tree) Apply(ops []Op) Result {
 // cluster node's own $SYS rows, which are not in the cluster's log).
 func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 	t.gen++
-	t.changed = t.changed[:0]
+	t.resetChanged()
 	// The lists of the Result last released, if any (Release).
 	res := Result{Applied: t.spare.Applied, Deltas: t.spare.Deltas}
 	t.subs = t.spareSubs
@@ -116,11 +116,11 @@ func (t *Tree) applyOp(op *Op) Applied {
 		}
 		if i, ok := t.byTopic[r.Topic]; ok {
 			c := &t.changed[i]
-			c.val, c.qos = r.Value, max(c.qos, op.QoS)
+			c.val, c.qos, c.retain = r.Value, max(c.qos, op.QoS), r.Retain
 			continue
 		}
 		t.byTopic[r.Topic] = int32(len(t.changed))
-		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, qos: op.QoS})
+		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, qos: op.QoS, retain: r.Retain})
 	}
 	return Applied{Rows: rows}
 }
@@ -213,12 +213,26 @@ type rowPath struct {
 	from, to int32
 }
 
+// resetChanged empties t.changed: the last batch's values are not pinned
+// (a huge batch's past the length of the next one), nor its room.
+func (t *Tree) resetChanged() {
+	clear(t.changed)
+	t.changed = t.changed[:0]
+	if cap(t.changed) > keepMax {
+		t.changed = nil
+	}
+}
+
 // startPaths empties t.paths and the keys they are cut from.
 func (t *Tree) startPaths() {
 	clear(t.keys) // the last paths' levels: not pinned
+	clear(t.paths)
 	t.paths, t.keys = t.paths[:0], t.keys[:0]
 	if cap(t.keys) > keepMax {
 		t.keys = nil
+	}
+	if cap(t.paths) > keepMax {
+		t.paths = nil
 	}
 }
 
@@ -250,11 +264,11 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 	t.sortPaths()
 	if len(g.subs) > 0 {
 		payload, qos, _ := t.encodeDelta(g, nil)
-		out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(g.subs...), Rows: len(g.rows)})
+		out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(g.subs...), Rows: len(g.rows), g: g, gen: t.gen})
 	}
 	for _, s := range g.private {
 		if payload, qos, ok := t.encodeDelta(g, s.Allow); ok {
-			out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s), Rows: len(g.rows)})
+			out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s), Rows: len(g.rows), g: g, allow: s.Allow, gen: t.gen})
 		}
 	}
 	return out
@@ -395,6 +409,26 @@ func (s *Sub) Matches(topic string) bool {
 	return wire.Match(s.Filter, topic) && (s.Allow == nil || s.Allow(topic))
 }
 
+// AppendChanges appends to dst the changed rows d's payload holds, the
+// newest value of each topic with the highest QoS its batch gave it: the
+// rows of the group d was made for, those its read check allows. It
+// costs what they are, not the batch (issue 15: a subscription that
+// matched one row of a batch of thousands). It reads the batch's lists,
+// so it lists only a Delta of the last Apply or ApplyAt, before a Fold;
+// for any other it appends nothing and reports false.
+func (t *Tree) AppendChanges(dst []Change, d *Delta) ([]Change, bool) {
+	if d.g == nil || d.gen != t.gen || d.g.gen != t.gen {
+		return dst, false
+	}
+	for _, ci := range d.g.rows {
+		c := &t.changed[ci]
+		if d.allow == nil || d.allow(c.topic) {
+			dst = append(dst, Change{Topic: c.topic, Value: c.val, QoS: c.qos, Retain: c.retain})
+		}
+	}
+	return dst, true
+}
+
 // Fold encodes one delta for s holding changes, as Apply would have if they
 // had all come in one batch: it is how a delta still waiting to be written
 // takes in the next ones for the same subscription. Each topic must appear
@@ -406,7 +440,8 @@ func (t *Tree) Fold(s *Sub, changes []Change) ([]byte, byte, bool) {
 	if g == nil || len(changes) == 0 {
 		return nil, 0, false
 	}
-	t.changed = t.changed[:0]
+	t.gen++ // the batch's lists are gone: AppendChanges lists no Delta of it
+	t.resetChanged()
 	t.startPaths()
 	for i, c := range changes {
 		t.changed = append(t.changed, change{topic: c.Topic, val: c.Value, qos: c.QoS})

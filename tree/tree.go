@@ -82,6 +82,12 @@ type Delta struct {
 	QoS     byte   // highest QoS among the folded rows; cap it by each Sub.QoS
 	Subs    []*Sub // a copy: the receivers of Payload
 	Rows    int    // rows Payload holds at most: the changed rows its filter matches
+
+	// What AppendChanges lists: the group whose rows it holds, the read
+	// check of a private subscription's delta, and the batch (Tree.gen).
+	g     *group
+	allow func(string) bool
+	gen   uint64
 }
 
 // Result is the outcome of Apply. Its lists (Applied, Deltas and each
@@ -136,9 +142,10 @@ const keepMax = 4096
 
 // change is one changed topic in a batch.
 type change struct {
-	topic string
-	val   wire.Value
-	qos   byte
+	topic  string
+	val    wire.Value
+	qos    byte
+	retain bool // the newest row's
 }
 
 // New returns an empty Tree at revision 0, stamping changes with the
