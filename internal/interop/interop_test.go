@@ -281,7 +281,7 @@ func TestPaho(t *testing.T) {
 	if flags == "" {
 		flags = "no --max-keepalive"
 	}
-	t.Logf("Paho interoperability suite: %d tests run in %s (%d at once, %d retries; broker build %s; %s)\n%s",
+	t.Logf("Paho interoperability suite: %d tests run in %s (%d at once, %d retries, 5 for the racy two; broker build %s; %s)\n%s",
 		len(results), time.Since(started).Round(time.Second), parallel, retries, built.Sub(started).Round(100*time.Millisecond),
 		flags, strings.Join(lines, "\n"))
 
