@@ -455,14 +455,15 @@ func treeNow2(t *testing.T, b *Broker, root string) map[string]any {
 	return c.doc
 }
 
-// rtlDiff lists the keys where copy and model differ: "p/k: got, want".
-func rtlDiff(copy, model map[string]any) []string {
+// rtlDiff lists the keys where a copy (have) and the model differ:
+// "p/k: got, want want".
+func rtlDiff(have, model map[string]any) []string {
 	var out []string
-	for _, doc := range []map[string]any{copy, model} {
+	for _, doc := range []map[string]any{have, model} {
 		for p, v := range doc {
 			for k := range v.(map[string]any) {
 				var got, want any
-				if m, ok := copy[p].(map[string]any); ok {
+				if m, ok := have[p].(map[string]any); ok {
 					got = m[k]
 				}
 				if m, ok := model[p].(map[string]any); ok {
