@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,10 +123,12 @@ type rtlCopy struct {
 	doc    map[string]any
 	seen   map[string]int // key → the newest publish seen for it
 	n      int
+	hidden string         // a key the subscriber may not read (ACL): never in a message
+	gone   map[string]int // key → the message that deleted it (seen before)
 }
 
 func newRTLCopy(filter string) *rtlCopy {
-	return &rtlCopy{filter: filter, doc: map[string]any{}, seen: map[string]int{}}
+	return &rtlCopy{filter: filter, doc: map[string]any{}, seen: map[string]int{}, gone: map[string]int{}}
 }
 
 // merge checks one message and merges it: every value sits at the key it
@@ -145,7 +148,13 @@ func (c *rtlCopy) merge(t *testing.T, payload []byte) {
 			c.doc[p] = own
 		}
 		for k, v := range kids {
+			if k == c.hidden && c.hidden != "" {
+				t.Fatalf("%s message %d: %s/%s, a key its ACL hides: %q", c.filter, c.n, p, k, payload)
+			}
 			if v == nil {
+				if _, ok := own[k]; ok {
+					c.gone[p+"/"+k] = c.n
+				}
 				delete(own, k)
 				continue
 			}
@@ -158,6 +167,10 @@ func (c *rtlCopy) merge(t *testing.T, payload []byte) {
 			if last, ok := c.seen[name]; ok && seq < last {
 				t.Fatalf("%s message %d: %s went back from publish %d to %d: %q", c.filter, c.n, name, last, seq, payload)
 			}
+			if at, ok := c.gone[name]; ok && seq <= c.seen[name] {
+				t.Fatalf("%s message %d: %s deleted in message %d, back at publish %d, seen before it: %q", c.filter, c.n, name, at, seq, payload)
+			}
+			delete(c.gone, name)
 			c.seen[name] = seq
 			own[k] = s
 		}
@@ -242,7 +255,18 @@ func (c *rtlPaho) checkUntil(t *testing.T, model map[string]any) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: copy %v after %d messages, want %v", c.copy.filter, c.copy.doc, done, model)
+			for _, d := range rtlDiff(c.copy.doc, model) {
+				pk, _, _ := strings.Cut(d, ":")
+				pp, kk, _ := strings.Cut(pk, "/")
+				c.mu.Lock()
+				for i, m := range c.msgs {
+					if strings.Contains(m.payload, `"`+pp+`"`) && strings.Contains(m.payload, `"`+kk+`"`) {
+						t.Logf("message %d: %s", i+1, m.payload)
+					}
+				}
+				c.mu.Unlock()
+			}
+			t.Fatalf("%s %s: copy %v after %d messages, want %v; differs at %v", c.copy.filter, func() string { r := c.OptionsReader(); return r.ClientID() }(), c.copy.doc, done, model, rtlDiff(c.copy.doc, model))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -429,4 +453,27 @@ func treeNow2(t *testing.T, b *Broker, root string) map[string]any {
 	c := newRTLCopy("$sync/rtl/+/+")
 	c.merge(t, raw)
 	return c.doc
+}
+
+// rtlDiff lists the keys where a copy (have) and the model differ:
+// "p/k: got, want want".
+func rtlDiff(have, model map[string]any) []string {
+	var out []string
+	for _, doc := range []map[string]any{have, model} {
+		for p, v := range doc {
+			for k := range v.(map[string]any) {
+				var got, want any
+				if m, ok := have[p].(map[string]any); ok {
+					got = m[k]
+				}
+				if m, ok := model[p].(map[string]any); ok {
+					want = m[k]
+				}
+				if d := fmt.Sprintf("%s/%s: %v, want %v", p, k, got, want); got != want && !slices.Contains(out, d) {
+					out = append(out, d)
+				}
+			}
+		}
+	}
+	return out
 }
