@@ -240,9 +240,6 @@ func (b *Broker) awayFirst(st *treeSub, rr *resumeRead, first *treeItem, known b
 	if !st.ts.Active() {
 		return
 	}
-	if st.interval > 0 {
-		st.sent = time.Now() // deltas follow an interval after it
-	}
 	var changes []tree.Change
 	if known {
 		for _, ch := range rr.changes {
@@ -266,10 +263,13 @@ func (b *Broker) awayFirst(st *treeSub, rr *resumeRead, first *treeItem, known b
 	}
 	payload, qos, enc := b.tree.Fold(st.ts, changes)
 	if !enc {
-		return
+		return // nothing sent: a paced subscription is idle
 	}
 	st.seq++
 	first.payload, first.qos, first.seq = payload, deltaQoS(st.ts, qos), st.seq
+	if st.interval > 0 {
+		st.sent = time.Now() // deltas follow an interval after it
+	}
 }
 
 // treeOpts are the MQTT 5 user properties of a SUBSCRIBE that shape a

@@ -531,8 +531,11 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, late
 			held = append(held, ch)
 		}
 	}
-	if st.interval > 0 {
-		st.sent = time.Now() // the snapshot left: deltas follow an interval after it
+	if st.interval > 0 && (!st.away || len(held) > 0) {
+		// The snapshot left (a $tree subscription resumed with a gap sends
+		// none: idle, unless it holds events): deltas follow an interval
+		// after it.
+		st.sent = time.Now()
 	}
 	switch {
 	case st.lost:
