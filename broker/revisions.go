@@ -266,7 +266,10 @@ func (b *Broker) awayFirst(st *treeSub, rr *resumeRead, first *treeItem, known b
 		return // nothing sent: a paced subscription is idle
 	}
 	st.seq++
-	first.payload, first.qos, first.seq = payload, deltaQoS(st.ts, qos), st.seq
+	first.payload, first.seq = payload, st.seq
+	if !first.resume {
+		first.qos = deltaQoS(st.ts, qos) // a delta's; a resume's is the subscription's, as a $sync resume's (a deletion's QoS is not kept)
+	}
 	if st.interval > 0 {
 		st.sent = time.Now() // deltas follow an interval after it
 	}

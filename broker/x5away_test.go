@@ -289,6 +289,34 @@ func TestX5TreeAwayPaced(t *testing.T) {
 	}
 }
 
+// TestX5TreeAwayBare: a $tree subscription of one row (no wildcard)
+// resumes with the row's value, or null once deleted, at the
+// subscription's QoS.
+func TestX5TreeAwayBare(t *testing.T) {
+	b := start(t, Options{})
+	w := x5Writer(t, b, "w")
+	props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
+	c, _ := x5Dial(t, b, 5, "bb", false, props)
+	c.sub(t, packets.Properties{}, x5Sub("$tree/bb/x"))
+	w.row(t, "bb/x", "1")
+	if p := c.publish(t, true); string(p.Payload) != "1" || user(p, "mote-seq") != "1" {
+		t.Fatalf("%s seq %s, want 1 seq 1", p.Payload, user(p, "mote-seq"))
+	}
+	for i, value := range []string{"2", ""} {
+		x5Away(t, b, c, "bb")
+		w.row(t, "bb/x", value)
+		settle(t, b)
+		c, _ = x5Dial(t, b, 5, "bb", false, props)
+		want, seq := value, strconv.Itoa(i+2)
+		if value == "" {
+			want = "null"
+		}
+		if p := c.publish(t, true); string(p.Payload) != want || user(p, "mote-seq") != seq || user(p, "mote-resume") != "1" || p.FixedHeader.Qos != 1 {
+			t.Fatalf("%s seq %s resume %q QoS %d, want %s seq %s resume 1 QoS 1", p.Payload, user(p, "mote-seq"), user(p, "mote-resume"), p.FixedHeader.Qos, want, seq)
+		}
+	}
+}
+
 // TestX5TreeAwayForgotten: what the broker keeps of a session's $tree
 // subscriptions while it is away (one mark each) goes when the session
 // expires, and when it resumes.
