@@ -13,6 +13,7 @@ import (
 
 	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/retain"
 )
 
 // X5 (docs/spec-audit-x5.md): a $tree subscription in a session that
@@ -286,6 +287,35 @@ func TestX5TreeAwayPaced(t *testing.T) {
 	w.row(t, "tq/x", "4")
 	if p := c.publish(t, true); user(p, "mote-seq") != "3" || !jsonEqual(t, string(p.Payload), `{"x":4}`) && !jsonEqual(t, string(p.Payload), `{"x":3}`) {
 		t.Fatalf("%s seq %s, want x's delta, seq 3", p.Payload, user(p, "mote-seq"))
+	}
+}
+
+// TestX5TreeAwayStore: with a data directory the deletion markers are
+// read from disk (the retainer's), as for a $sync resume: a row changed
+// and a row deleted while away come in the resume delta.
+func TestX5TreeAwayStore(t *testing.T) {
+	st, err := retain.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, Options{Store: st})
+	w := x5Writer(t, b, "w")
+	w.row(t, "ts/x", "0")
+	w.row(t, "ts/y", "1")
+	props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
+	c, _ := x5Dial(t, b, 5, "ts", false, props)
+	c.sub(t, packets.Properties{}, x5Sub("$tree/ts/+"))
+	w.row(t, "ts/x", "10")
+	if p := c.publish(t, true); user(p, "mote-seq") != "1" {
+		t.Fatalf("%s seq %s, want 1", p.Payload, user(p, "mote-seq"))
+	}
+	x5Away(t, b, c, "ts")
+	w.row(t, "ts/y", "")
+	w.row(t, "ts/z", "3")
+	settle(t, b)
+	c, _ = x5Dial(t, b, 5, "ts", false, props)
+	if p := c.publish(t, true); user(p, "mote-seq") != "2" || user(p, "mote-resume") != "1" || !jsonEqual(t, string(p.Payload), `{"y":null,"z":3}`) {
+		t.Fatalf("%s seq %s resume %q, want {\"y\":null,\"z\":3} seq 2 resume 1", p.Payload, user(p, "mote-seq"), user(p, "mote-resume"))
 	}
 }
 
