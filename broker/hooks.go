@@ -329,8 +329,8 @@ func (b *Broker) takenWill(existing *mqtt.Client) *will {
 // ended), and re-registers the tree subscriptions of a
 // resumed session: a $sync one with a fresh snapshot (deltas were missed
 // while it was away), a $tree one with a resume delta of what changed
-// since its client was last written (resumeTrees). The messages the session's previous connection did not write go
-// first (conn.succeed). The connection takes the client's QoS 2 state and
+// since its client was last written (resumeTrees). The messages the
+// session's previous connection did not write go first (conn.succeed). The connection takes the client's QoS 2 state and
 // is filed under the id's takeover lock (mochi's WhileFiled), so it waits
 // for a CONNECT of its id that holds it.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {

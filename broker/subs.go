@@ -35,10 +35,10 @@ type treeSub struct {
 	// (awayFirst). prior is the key of the session's connection before
 	// this one, whose subscription may still be filed (a takeover);
 	// handed marks a subscription whose mark a resumed one took over, so
-	// that its detach does not keep it again (loop only).
-	// holdAll is set while its resume delta is being made (after
-	// snapshotOf listed the rows, until awayFirst encodes it): every
-	// change is held, retained or not, to go in it.
+	// that its detach does not keep it again. holdAll is set while its
+	// resume delta is being made (after snapshotOf listed the rows, until
+	// awayFirst encodes it): every change is held, retained or not, to go
+	// in it. All four the loop's.
 	away    bool
 	prior   string
 	handed  bool
