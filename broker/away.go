@@ -294,10 +294,12 @@ func (b *Broker) endAway(old *mqtt.Client, had int) {
 // the session: bounded by what the session may subscribe to.
 //
 // Owner: the message loop (the connection hooks hand it calls); n, the
-// marks kept, is an atomic, read at scrape and by forgetTrees.
+// marks kept, and pending, the detaches that may keep some and that the
+// loop has not run yet, are atomics, read at scrape and by forgetTrees.
 type awayTrees struct {
-	byID map[string]map[string]*treeMark // client id → outgoing topic → mark
-	n    atomic.Int64
+	byID    map[string]map[string]*treeMark // client id → outgoing topic → mark
+	n       atomic.Int64
+	pending atomic.Int64
 }
 
 // set makes marks id's entry (none: id has none) (loop only).
@@ -351,16 +353,17 @@ func (b *Broker) keepTrees(owner string) {
 		}
 		marks[s.Topic] = st.mark
 	}
-	if marks == nil && handed {
-		return // a takeover's: the connection that took them over keeps them
+	if marks != nil || !handed { // all handed: a takeover's, the connection that took them over keeps them
+		b.awayTrees.set(ownerID(owner), marks)
 	}
-	b.awayTrees.set(ownerID(owner), marks)
+	b.awayTrees.pending.Add(-1) // after set: forgetTrees sees one or the other
 }
 
 // forgetTrees drops what is kept of id's $tree subscriptions: its session
-// ended. A call to the loop, made only while something is kept.
+// ended. A call to the loop, made only while something is kept, or may
+// be by a detach not run yet (the session's own, pushed before its end).
 func (b *Broker) forgetTrees(id string) {
-	if b.awayTrees.n.Load() == 0 {
+	if b.awayTrees.n.Load() == 0 && b.awayTrees.pending.Load() == 0 {
 		return
 	}
 	b.reqs.push(request{kind: reqCall, call: func() { b.awayTrees.take(id) }})

@@ -280,7 +280,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// after a later CONNECT took the session over and left it away again,
 	// counted (countLeft), and forgot that count.
 	h.b.offline.forget(cl.ID)
-	if fresh {
+	if fresh && existing != nil {
 		h.b.forgetTrees(cl.ID) // the $tree subscriptions of the session it replaces
 	}
 	if old != nil {
@@ -499,7 +499,13 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 	// files its $tree subscriptions after the detach kept their marks
 	// (keepTrees, resumeTrees). A session replaced by a clean start keeps
 	// none.
-	b.reqs.push(request{kind: reqDetach, owner: c.key, keep: keep && !c.endedByTakeover()})
+	det := request{kind: reqDetach, owner: c.key, keep: keep && !c.endedByTakeover()}
+	if det.keep {
+		b.awayTrees.pending.Add(1) // before the session can end: see forgetTrees
+	}
+	if !b.reqs.push(det) && det.keep {
+		b.awayTrees.pending.Add(-1)
+	}
 	c.finish(true, keep)
 }
 

@@ -380,4 +380,23 @@ func TestX5TreeAwayForgotten(t *testing.T) {
 	waitFor(t, "a mark kept", func() bool { return kept() == 1 })
 	x5Dial(t, b, 5, "tc", true, long)
 	waitFor(t, "the mark dropped", func() bool { return kept() == 0 })
+
+	// A session ended past MaxSessions (endAway): its marks go, the
+	// newer session's stay.
+	b = start(t, Options{MaxSessions: 1})
+	kept = func() int64 { return b.awayTrees.n.Load() }
+	for _, id := range []string{"te1", "te2"} {
+		c, _ = x5Dial(t, b, 5, id, false, long)
+		c.sub(t, packets.Properties{}, x5Sub("$tree/te/+"), x5Sub("$tree/tf/+"))
+		x5Away(t, b, c, id)
+		waitFor(t, "the marks kept", func() bool { return kept() >= 2 })
+	}
+	waitFor(t, "te1 ended", func() bool {
+		_, ok := b.server.Clients.Get("te1")
+		return !ok
+	})
+	settle(t, b) // after the end's call to the loop
+	if n := kept(); n != 2 {
+		t.Fatalf("%d marks kept, want 2 (the newer session's)", n)
+	}
 }
