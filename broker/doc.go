@@ -650,7 +650,8 @@
 //	                                    in-flight count of an away subscriber without it, valid if no holder marked the id's shard between (settled)
 //	what $tree subscriptions of         awayTrees (by client id): the message loop — kept by a detach (keepTrees), taken by a
 //	  sessions away were last written     resume (resumeTrees), dropped by a call of the hooks when the session ends (forgetTrees:
-//	                                      expiry, endAway, dropSession, a clean start); a mark (treeMark) is noted by the holder of its
+//	                                      expiry, endAway, dropSession, a clean start; pushed while marks are kept or a detach that may
+//	                                      keep some is pending: atomics n and pending); a mark (treeMark) is noted by the holder of its
 //	                                      connection's write role (atomics), read by the loop once that connection's writer exited
 //	bytes held for sessions away        offlineHeld's mutex (per session, per user, the users' heap); added to and trimmed under arriving's mutex; taken off without it by forget (a resume, an expiry, an ended session), prune ($SYS ticker) and deleted (OnQosDropped)
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
