@@ -47,12 +47,17 @@ func x5Rows(t *testing.T, filter string, payload []byte) map[string]string {
 }
 
 // awayFirstDone reports whether every tree subscription of the
-// connection that holds id's session has made its first message (none
-// awaits it), as the loop sees it.
+// connection of id's client (mochi's, the newest: not a connection taken
+// over that is still handing on) has made its first message (none awaits
+// it), as the loop sees it.
 func awayFirstDone(t *testing.T, b *Broker, id string) bool {
 	t.Helper()
-	c := b.connByID(id)
-	if c == nil {
+	cl, ok := b.server.Clients.Get(id)
+	if !ok {
+		return false
+	}
+	c, ok := b.conns.load(cl)
+	if !ok {
 		return false
 	}
 	done := false
