@@ -3,9 +3,13 @@ package broker
 import (
 	"container/heap"
 	"container/list"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+
+	"github.com/mote-mqtt/mote/tree"
 )
 
 // awaySessions keeps the persistent sessions whose clients are away, per
@@ -256,6 +260,7 @@ func (b *Broker) endAway(old *mqtt.Client, had int) {
 		w = b.wills.takeEnded(old.ID)
 		held = heldPublishes(old)
 		b.offline.forget(old.ID)
+		b.forgetTrees(old.ID)
 	})
 	if !ended {
 		return // a CONNECT took the session meanwhile
@@ -269,5 +274,130 @@ func (b *Broker) endAway(old *mqtt.Client, had int) {
 	}
 	if w != nil {
 		b.wills.publish(w)
+	}
+}
+
+// awayTrees keeps, for each session whose connection ended and which
+// stays (MQTT 5 Session Expiry, 3.1.1 Clean Session 0), the mark of each
+// of its $tree subscriptions (treeMark: the mote-seq and mote-rev of the
+// last message its client was written), by the subscription's outgoing
+// topic. When the session resumes, each $tree subscription filed again
+// takes its mark (resumeTrees) and starts with a resume delta since it
+// (SPEC §8), its mote-seq going on from the mark's.
+//
+// An entry is made by the detach of a connection whose session stays
+// (reqDetach with keep, keepTrees: it replaces what the id had), taken
+// whole when the session resumes, and dropped when it ends: expired
+// (OnClientExpired), ended for a newer one (endAway), replaced by a clean
+// start or another user's (OnSessionEstablish), removed (dropSession).
+// It holds one mark, 16 bytes and a map entry, per $tree subscription of
+// the session: bounded by what the session may subscribe to.
+//
+// Owner: the message loop (the connection hooks hand it calls); n, the
+// marks kept, and pending, the detaches that may keep some and that the
+// loop has not run yet, are atomics, read at scrape and by forgetTrees.
+type awayTrees struct {
+	byID    map[string]map[string]*treeMark // client id → outgoing topic → mark
+	n       atomic.Int64
+	pending atomic.Int64
+}
+
+// set makes marks id's entry (none: id has none) (loop only).
+func (a *awayTrees) set(id string, marks map[string]*treeMark) {
+	a.take(id)
+	if len(marks) == 0 {
+		return
+	}
+	if a.byID == nil {
+		a.byID = map[string]map[string]*treeMark{}
+	}
+	a.byID[id] = marks
+	a.n.Add(int64(len(marks)))
+}
+
+// take takes id's entry out (loop only).
+func (a *awayTrees) take(id string) map[string]*treeMark {
+	marks, ok := a.byID[id]
+	if !ok {
+		return nil
+	}
+	delete(a.byID, id)
+	a.n.Add(-int64(len(marks)))
+	return marks
+}
+
+// ownerID is the client id of a connection's key (newConn: the id, '#',
+// a serial number).
+func ownerID(owner string) string {
+	if i := strings.LastIndexByte(owner, '#'); i >= 0 {
+		return owner[:i]
+	}
+	return owner
+}
+
+// keepTrees keeps the marks of owner's $tree subscriptions, but those a
+// resumed subscription took over already (handed), for the session of its
+// client id, which stays after owner's connection ended: as it is
+// detached (loop only).
+func (b *Broker) keepTrees(owner string) {
+	var marks map[string]*treeMark
+	handed := false
+	for _, s := range b.tree.Owned(owner) {
+		st := s.Data.(*treeSub)
+		handed = handed || st.handed
+		if st.mark == nil || st.handed {
+			continue
+		}
+		if marks == nil {
+			marks = map[string]*treeMark{}
+		}
+		marks[s.Topic] = st.mark
+	}
+	if marks != nil || !handed { // all handed: a takeover's, the connection that took them over keeps them
+		b.awayTrees.set(ownerID(owner), marks)
+	}
+	b.awayTrees.pending.Add(-1) // after set: forgetTrees sees one or the other
+}
+
+// forgetTrees drops what is kept of id's $tree subscriptions: its session
+// ended. A call to the loop, made only while something is kept, or may
+// be by a detach not run yet (the session's own, pushed before its end).
+func (b *Broker) forgetTrees(id string) {
+	if b.awayTrees.n.Load() == 0 && b.awayTrees.pending.Load() == 0 {
+		return
+	}
+	b.reqs.push(request{kind: reqCall, call: func() { b.awayTrees.take(id) }})
+}
+
+// resumeTrees files again sts, the $tree subscriptions of a session that
+// resumed (OnSessionEstablished), on the loop: each takes the mark its
+// session kept for it, or that of the subscription of the connection
+// before (prior, the key of the session's connection it succeeds, if
+// any), if that is still filed (a takeover: it is detached later, and
+// keeps nothing then). Its first message is a resume delta since the
+// mark's revision, its mote-seq the mark's + 1 (snapshotOf, awayFirst);
+// without a mark (none was kept: its count is not known), a mote-seq
+// gap from 0. What the session kept goes (loop only).
+func (b *Broker) resumeTrees(id, prior string, sts []*treeSub) {
+	kept := b.awayTrees.take(id)
+	var live []*tree.Sub
+	if prior != "" {
+		live = b.tree.Owned(prior)
+	}
+	for _, st := range sts {
+		m := kept[st.ts.Topic]
+		for _, s := range live {
+			if o := s.Data.(*treeSub); m == nil && s.Topic == st.ts.Topic && o.mark != nil && !o.handed {
+				m, o.handed = o.mark, true
+			}
+		}
+		if m == nil {
+			st.mark = newTreeMark(0, 0) // its client's copy reflects no revision
+		} else {
+			// Read when its first message is made (snapshotOf): the writer of
+			// the connection before may still note in it until then.
+			st.mark, st.resume = m, true
+		}
+		b.handle(&request{kind: reqSubscribe, sub: st})
 	}
 }

@@ -91,6 +91,7 @@ type Broker struct {
 	lastTick   atomic.Int64 // when the loop last took work (Unix ns)
 	offline    offlineHeld  // bytes held for offline persistent sessions
 	away       awaySessions // persistent sessions whose clients are away, per user, longest away first (Options.MaxSessions)
+	awayTrees  awayTrees    // what the $tree subscriptions of sessions away were last written (away.go); owned by the loop
 	handshakes handshakes   // connections before their CONNECT
 	guesses    *guesses     // failed logins per host (guesses.go)
 

@@ -101,6 +101,7 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 	}
 	c.q.mu.Unlock()
 	var err error
+	var delta *deltaItem
 	switch m := m.(type) {
 	case *plainItem:
 		pk := m.packet()
@@ -108,13 +109,19 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 	case *deltaItem:
 		m.rev = m.sub.moteRev(m.rev)
 		pk := c.treePacket(&m.treeItem)
-		err = c.send(&pk, outDelta)
+		var sent bool
+		if sent, err = c.sendOut(&pk, outDelta); sent {
+			delta = m
+		}
 	default:
 		err = errors.New("broker: no direct write for this item")
 	}
 	rest := false
 	if err == nil {
 		rest, err = o.tryFlush()
+	}
+	if err == nil && delta != nil {
+		delta.sub.wrote(delta.seq, delta.rev) // written, or its rest kept for the writer to write first
 	}
 	if err != nil {
 		o.drop()

@@ -120,6 +120,30 @@
 // loop copies the current rows and hands the retainer a flush; the
 // connection's writer waits for the flush and reads the history from disk.
 //
+// A $tree subscription of a session that outlives its connection (MQTT 5
+// Session Expiry, 3.1.1 Clean Session 0) resumes with the session (X5,
+// docs/spec-audit-x5.md). Each $tree subscription of an MQTT connection
+// has a mark (treeMark): the mote-seq and mote-rev of the last message
+// its client was written — noted by whoever holds the write role as the
+// message goes out (sendTree, and tryDirect for a delta written by the
+// loop), never for one queued or taken and lost with the connection. The
+// detach of a connection whose session stays hands its marks to
+// awayTrees (keepTrees), by client id; a CONNECT resuming the session
+// files its $tree subscriptions again through one call to the loop
+// (resumeTrees), each taking its mark from there, or, in a takeover, from
+// the old connection's subscription still filed (handed: its later detach
+// keeps nothing). The mark is read once the subscription's writer reaches
+// its first message, when the old connection's writer has exited (the new
+// queue is held until then, conn.prev): its first message is one delta
+// of the rows changed since the mark's revision (SPEC §8's resume: rows
+// listed on the loop, deletion markers read on the writer, every change
+// meanwhile held for it, awayFirst), with mote-resume 1 and mote-seq the
+// mark's + 1; none if nothing it may read changed; a mote-seq skipped
+// when the broker no longer knows every change since (the resume window,
+// a Reload, no mark kept). dropConn detaches before its hand-off takes
+// the connection off byID, so a CONNECT that finds none there comes after
+// the detach kept the marks.
+//
 // # Clusters
 //
 // With Options.Cluster (cluster.go, SPEC §12, docs/cluster.md) the broker
@@ -624,6 +648,11 @@
 //	                                    taken only by lock/unlock; a holder marks each id it changes (mark: its shard's version odd until unlock,
 //	                                    which stores the shard's count of by's entries): deliverTo reads the connection, mochi client and
 //	                                    in-flight count of an away subscriber without it, valid if no holder marked the id's shard between (settled)
+//	what $tree subscriptions of         awayTrees (by client id): the message loop — kept by a detach (keepTrees), taken by a
+//	  sessions away were last written     resume (resumeTrees), dropped by a call of the hooks when the session ends (forgetTrees:
+//	                                      expiry, endAway, dropSession, a clean start; pushed while marks are kept or a detach that may
+//	                                      keep some is pending: atomics n and pending); a mark (treeMark) is noted by the holder of its
+//	                                      connection's write role (atomics), read by the loop once that connection's writer exited
 //	bytes held for sessions away        offlineHeld's mutex (per session, per user, the users' heap); added to and trimmed under arriving's mutex; taken off without it by forget (a resume, an expiry, an ended session), prune ($SYS ticker) and deleted (OnQosDropped)
 //	meters: counters, histograms        atomics: added to by the goroutine that sees the event, read at scrape
 //	meters.subs (by mode)               the message loop (atomics, read at scrape)

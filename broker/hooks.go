@@ -211,6 +211,7 @@ func (b *Broker) dropSession(old *mqtt.Client) {
 		n = heldPublishes(old)
 		b.away.goneLocked(old)
 		b.offline.forget(old.ID)
+		b.forgetTrees(old.ID)
 	}) {
 		b.drop(dropSessionEnded, n)
 	}
@@ -279,6 +280,9 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// after a later CONNECT took the session over and left it away again,
 	// counted (countLeft), and forgot that count.
 	h.b.offline.forget(cl.ID)
+	if fresh && existing != nil {
+		h.b.forgetTrees(cl.ID) // the $tree subscriptions of the session it replaces
+	}
 	if old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
 			afresh := fresh || old.p.User != string(cl.Properties.Username)
@@ -323,9 +327,10 @@ func (b *Broker) takenWill(existing *mqtt.Client) *will {
 // OnSessionEstablished starts the connection's state, cancels a will its
 // client id left waiting (publishes it, another user's: its session
 // ended), and re-registers the tree subscriptions of a
-// resumed session (with a fresh snapshot: deltas were missed while it was
-// away). The messages the session's previous connection did not write go
-// first (conn.succeed). The connection takes the client's QoS 2 state and
+// resumed session: a $sync one with a fresh snapshot (deltas were missed
+// while it was away), a $tree one with a resume delta of what changed
+// since its client was last written (resumeTrees). The messages the
+// session's previous connection did not write go first (conn.succeed). The connection takes the client's QoS 2 state and
 // is filed under the id's takeover lock (mochi's WhileFiled), so it waits
 // for a CONNECT of its id that holds it.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
@@ -398,13 +403,33 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		old.succeed(c)
 	}
 	b.wills.cancel(cl.ID, p.User)
+	var trees []*treeSub
 	for filter, s := range cl.State.Subscriptions.GetAll() {
 		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
 			c.pacedProps = c.pacedProps || (sf.Interval > 0 && outgoingTopic(filter, sf) != filter)
 			st := b.treeSubOf(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
 			st.resumed = sf.Mode == wire.Sync // no SUBACK: its writer waits for budget room (awaitSnapshotRoom)
+			if sf.Mode == wire.Tree {
+				// Its first message is what changed while the session was
+				// away (resumeTrees).
+				st.away, st.await, st.mark = true, true, nil
+				if old != nil {
+					st.prior = old.key
+				}
+				trees = append(trees, st)
+				continue
+			}
 			b.registerTree(st)
+		}
+	}
+	if len(trees) > 0 {
+		b.subsSent.Add(int64(len(trees)))
+		if !b.reqs.push(request{kind: reqCall, call: func() { b.resumeTrees(cl.ID, trees[0].prior, trees) }}) {
+			b.subsSent.Add(-int64(len(trees)))
+			for _, st := range trees {
+				c.releaseSnapshot(st)
+			}
 		}
 	}
 }
@@ -469,8 +494,19 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 	}
 	c.close()
 	c.releaseSnapshots() // what its snapshots not yet written held of the budget
+	// Detached before the hand-off ends (finish) takes the connection off
+	// byID: a CONNECT resuming the session that finds no connection there
+	// files its $tree subscriptions after the detach kept their marks
+	// (keepTrees, resumeTrees). A session replaced by a clean start keeps
+	// none.
+	det := request{kind: reqDetach, owner: c.key, keep: keep && !c.endedByTakeover()}
+	if det.keep {
+		b.awayTrees.pending.Add(1) // before the session can end: see forgetTrees
+	}
+	if !b.reqs.push(det) && det.keep {
+		b.awayTrees.pending.Add(-1)
+	}
 	c.finish(true, keep)
-	b.reqs.push(request{kind: reqDetach, owner: c.key})
 }
 
 // OnPacketRead takes a Mote publish (or one to a reserved topic) out of
@@ -1036,6 +1072,9 @@ func (b *Broker) subscribeTree(c *conn, filter string, sf wire.Subscription, qos
 // registerTree.
 func (b *Broker) treeSubOf(c *conn, filter string, sf wire.Subscription, qos byte, id int, o treeOpts) *treeSub {
 	st := &treeSub{c: c, mode: sf.Mode, id: id, await: sf.Mode == wire.Sync || sf.Mode == wire.Hist, interval: sf.Interval}
+	if _, ok := c.out.(*mqttOut); ok && sf.Mode == wire.Tree {
+		st.mark = new(treeMark) // its revision is set as it is registered
+	}
 	switch sf.Mode {
 	case wire.Sync:
 		st.since, st.resume = o.since, o.resume

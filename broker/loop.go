@@ -28,6 +28,7 @@ const (
 // request is one unit of work for the message loop.
 type request struct {
 	kind   reqKind
+	keep   bool // reqDetach: the connection's session stays (keepTrees)
 	op     tree.Op
 	pub    *pubMeta // reqPublish
 	sub    *treeSub // reqSubscribe
@@ -882,6 +883,9 @@ func (b *Broker) handle(r *request) {
 		if replaced != nil {
 			b.countSub(replaced.Data.(*treeSub), -1)
 		}
+		if st.mark != nil && !st.away {
+			st.mark.rev.Store(b.tree.Rev()) // every change after it comes in its deltas
+		}
 		if st.await {
 			st.c.enqueueToken(&snapshotItem{sub: st})
 		}
@@ -893,6 +897,9 @@ func (b *Broker) handle(r *request) {
 		}
 		b.pace.forget(r.owner)
 	case reqDetach:
+		if r.keep {
+			b.keepTrees(r.owner)
+		}
 		b.uncountSubs(r.owner, nil, true)
 		b.tree.RemoveOwner(r.owner)
 		b.pace.forget(r.owner)

@@ -232,6 +232,7 @@ func newMeters(b *Broker) *meters {
 	gauge("mote_inflight_messages", "QoS 1/2 messages sent and not yet acknowledged, or held for offline sessions.",
 		func() int64 { return atomic.LoadInt64(&info.Inflight) })
 	gauge("mote_sessions_away", "Persistent sessions kept for clients that are away (bounded by MaxSessions).", func() int64 { return int64(b.away.len()) })
+	gauge("mote_sessions_away_tree_subscriptions", "$tree subscriptions of sessions away whose last message written is kept, for a resume delta when the session resumes.", func() int64 { return b.awayTrees.n.Load() })
 	counter("mote_sessions_ended_total", "Persistent sessions of clients away ended early: more than MaxSessions were kept.", func() int64 { return b.stats.SessionsEnded.Load() })
 	gauge("mote_offline_held_bytes", "Bytes held for offline persistent sessions: their messages in flight, each 1.25 KiB plus topic, payload and properties.", func() int64 { return b.offline.bytes.Load() })
 	gauge("mote_snapshot_bytes", "Bytes of $sync snapshots (by their estimate until built) held for MQTT clients until written (bounded by MaxSnapshotBytes).", func() int64 { held, _, _ := b.snaps.stats(); return held })

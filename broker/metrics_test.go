@@ -103,6 +103,7 @@ var families = map[string]string{
 	"mote_snapshots_waiting":                "gauge",
 	"mote_snapshots_waited_total":           "counter",
 	"mote_sessions_away":                    "gauge",
+	"mote_sessions_away_tree_subscriptions": "gauge",
 	"mote_sessions_ended_total":             "counter",
 	"mote_readers_asleep":                   "gauge",
 	"mote_loop_queue_requests":              "gauge",

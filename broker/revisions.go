@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
@@ -114,7 +115,31 @@ func (b *Broker) resumeOf(st *treeSub) (payload []byte, rr *resumeRead, ok bool)
 	if !wire.HasWildcard(ts.Filter) { // a bare value: the delta is the value itself
 		return b.tree.Snapshot(ts.Filter, ts.Codec, ts.Allow), nil, true
 	}
-	rr = &resumeRead{since: since, rev: rev, seen: map[string]bool{}}
+	return nil, b.changedSince(ts, since, rev), true
+}
+
+// awayResumeOf starts the resume delta of st, a $tree subscription of a
+// resumed session, since its mark (the last message its client was
+// written), whose mote-seq it goes on from: nil when the broker does not
+// know every change since then (SPEC §8: outside the resume window, or
+// no mark was kept) (loop only).
+func (b *Broker) awayResumeOf(st *treeSub) *resumeRead {
+	if !st.resume {
+		return nil
+	}
+	st.seq, st.since = st.mark.seq.Load(), st.mark.rev.Load()
+	since, rev := st.since, b.tree.Rev()
+	if since < b.markerFloor() || since < b.resumeFloor || since > rev {
+		return nil
+	}
+	return b.changedSince(st.ts, since, rev)
+}
+
+// changedSince lists the rows matching ts's filter, and its read check,
+// changed after since, for a resume delta; the writer adds the deleted
+// ones (finishResume) (loop only).
+func (b *Broker) changedSince(ts *tree.Sub, since, rev uint64) *resumeRead {
+	rr := &resumeRead{since: since, rev: rev, seen: map[string]bool{}}
 	b.tree.Store().Rows(ts.Filter, since, func(e tree.Entry) bool {
 		if ts.Allow == nil || ts.Allow(e.Topic) {
 			rr.changes = append(rr.changes, tree.Change{Topic: e.Topic, Value: e.Value, QoS: e.QoS})
@@ -125,7 +150,7 @@ func (b *Broker) resumeOf(st *treeSub) (payload []byte, rr *resumeRead, ok bool)
 	if b.ret == nil {
 		rr.marks = b.marks.marks
 	}
-	return nil, rr, true
+	return rr
 }
 
 // add adds a deleted topic to the resume delta, once, if s's filter
@@ -177,6 +202,10 @@ func (b *Broker) finishResume(c *conn, st *treeSub, rr *resumeRead, first *treeI
 		b.log.Warn().Err(err).Msg("resume: deletion markers unreadable; sending a full snapshot")
 	}
 	if !b.onLoop(c.q.done.wait(), func() {
+		if st.away {
+			b.awayFirst(st, rr, first, err == nil && rr.since >= b.markerFloor() && rr.since >= b.resumeFloor)
+			return
+		}
 		if !ts.Active() {
 			return
 		}
@@ -189,6 +218,61 @@ func (b *Broker) finishResume(c *conn, st *treeSub, rr *resumeRead, first *treeI
 		return errWriterStop
 	}
 	return nil
+}
+
+// awayFirst makes into first the first message of st, a $tree
+// subscription of a resumed session, once the writer read the deletion
+// markers since its mark (loop only): one delta of every row matching its
+// filter changed after the mark's revision (rr: listed by snapshotOf,
+// deleted ones as null) and of every change held since (newest wins),
+// with mote-resume 1 and mote-seq the mark's + 1; none when nothing the
+// client may read changed (the count goes on). known is false when the
+// markers were compacted (or the read rules reloaded) meanwhile: then a
+// mote-seq is skipped, and what was held since goes as a delta after the
+// gap. Held changes dropped past the queue's bound skip one too. The
+// subscription is live from here: its deltas follow.
+func (b *Broker) awayFirst(st *treeSub, rr *resumeRead, first *treeItem, known bool) {
+	held, at, lost := st.events, st.at, st.lost
+	st.c.q.reserve(-st.held)
+	st.events, st.at, st.held, st.lost = nil, nil, 0, false
+	st.await, st.holdAll = false, false
+	first.payload = nil
+	if !st.ts.Active() {
+		return
+	}
+	var changes []tree.Change
+	if known {
+		for _, ch := range rr.changes {
+			if _, ok := at[ch.Topic]; !ok {
+				changes = append(changes, ch)
+			}
+		}
+	}
+	for _, ch := range held {
+		if ch.Topic != "" { // an event a retained change of its row dropped before the listing, which has the row
+			changes = append(changes, ch)
+		}
+	}
+	first.rev = b.tree.Rev()
+	if !known || lost {
+		st.seq++ // a gap: the client's copy misses what was not known, or dropped
+		first.resume = first.resume && known
+		if lost {
+			first.rev = rr.rev // what was held after the listing is not in it
+		}
+	}
+	payload, qos, enc := b.tree.Fold(st.ts, changes)
+	if !enc {
+		return // nothing sent: a paced subscription is idle
+	}
+	st.seq++
+	first.payload, first.seq = payload, st.seq
+	if !first.resume {
+		first.qos = deltaQoS(st.ts, qos) // a delta's; a resume's is the subscription's, as a $sync resume's (a deletion's QoS is not kept)
+	}
+	if st.interval > 0 {
+		st.sent = time.Now() // deltas follow an interval after it
+	}
 }
 
 // treeOpts are the MQTT 5 user properties of a SUBSCRIBE that shape a

@@ -541,6 +541,7 @@ func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.b.away.goneLocked(cl) // under the id's takeover lock (mochi's expireClient)
 	h.b.arriving.end(h.b, cl)
 	h.b.offline.forget(cl.ID)
+	h.b.forgetTrees(cl.ID)
 	atomic.AddInt64(&h.b.server.Info.Inflight, -int64(cl.State.Inflight.Len()))
 	h.b.server.UnsubscribeClient(cl)
 }

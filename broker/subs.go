@@ -28,6 +28,30 @@ type treeSub struct {
 	resume bool
 	hist   *histQuery
 
+	// away is set for a $tree subscription of a resumed session (filed
+	// again without a SUBSCRIBE): its first message is a resume delta
+	// since what its client was last written (mark, resumeTrees), or a
+	// mote-seq gap when the broker cannot tell what changed since then
+	// (awayFirst). prior is the key of the session's connection before
+	// this one, whose subscription may still be filed (a takeover);
+	// handed marks a subscription whose mark a resumed one took over, so
+	// that its detach does not keep it again. holdAll is set while its
+	// resume delta is being made (after snapshotOf listed the rows, until
+	// awayFirst encodes it): every change is held, retained or not, to go
+	// in it. All four the loop's.
+	away    bool
+	prior   string
+	handed  bool
+	holdAll bool
+
+	// mark is what the client of a $tree subscription of an MQTT
+	// connection was last written (treeMark): kept, when the connection
+	// ends and its session stays, for the session's return (awayTrees).
+	// Set before the subscription is registered (or, resumed, by the loop
+	// as it registers it); the writer, or the loop writing directly,
+	// notes each message written in it.
+	mark *treeMark
+
 	// resumed is set for a $sync subscription of a resumed session,
 	// registered without a SUBSCRIBE: it holds nothing of the snapshot
 	// budget until its writer finds room (awaitSnapshotRoom). Set before
@@ -69,6 +93,39 @@ type treeSub struct {
 	slot     int       // 1 + its index in the pacer's heap; 0 while it holds nothing
 }
 
+// treeMark is the mote-seq and mote-rev of the last message a $tree
+// subscription's client was written: rev is the revision its copy is
+// known to reflect (SPEC §8), seq the count its next message continues
+// from. Only a message written counts, not one queued: what a connection
+// queued or took and never wrote is lost with it. A QoS 1 message written
+// and not acknowledged is sent again to the resumed session (DUP), so it
+// counts. It outlives its subscription while the session is away
+// (awayTrees), and a subscription resumed from it notes into the same
+// mark. Written by whoever holds the connection's write role (one at a
+// time), read by the loop once that connection's writer is done (a new
+// connection of the session writes only after its predecessor's writer
+// exited: conn.prev); atomics, for the race detector's sake.
+type treeMark struct {
+	seq, rev atomic.Uint64
+}
+
+// newTreeMark is a mark of seq and rev.
+func newTreeMark(seq, rev uint64) *treeMark {
+	m := new(treeMark)
+	m.seq.Store(seq)
+	m.rev.Store(rev)
+	return m
+}
+
+// wrote notes that st's message of mote-seq seq and mote-rev rev was
+// written to its client; a subscription without a mark notes nothing.
+func (st *treeSub) wrote(seq, rev uint64) {
+	if m := st.mark; m != nil {
+		m.seq.Store(seq)
+		m.rev.Store(rev)
+	}
+}
+
 // changeCost is what a held or folded row counts against a queue's bound.
 func changeCost(ch *tree.Change) int { return len(ch.Topic) + len(ch.Value.Data) + 32 }
 
@@ -78,6 +135,12 @@ func changeCost(ch *tree.Change) int { return len(ch.Topic) + len(ch.Value.Data)
 // against the connection's queue bound; past it the events are dropped
 // and lost is set.
 func (st *treeSub) holdEvents(changes []tree.Change) {
+	if st.holdAll {
+		for i := 0; i < len(changes) && !st.lost; i++ {
+			st.hold(changes[i])
+		}
+		return
+	}
 	q := st.c.q
 	for _, ch := range changes {
 		i, ok := st.at[ch.Topic]
@@ -366,6 +429,14 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	if !active {
 		return nil, nil // unsubscribed or replaced meanwhile
 	}
+	if first.payload == nil && later.hist == nil && later.resume == nil {
+		// A resumed session's $tree subscription whose mote-seq shows a
+		// gap: no first message, its held events follow.
+		if events != nil {
+			return []*treeItem{events}, nil
+		}
+		return nil, nil
+	}
 	if n := len(first.payload); n > flushAt && cap(first.payload)-n > n/8 {
 		// The encoder grew it by doubling: held until the client has read
 		// it, its spare room would be up to as large again.
@@ -431,11 +502,21 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, late
 	switch {
 	case st.hist != nil:
 		later.hist, first.kind = b.historyOf(st), outHistory
+	case st.away:
+		if rr := b.awayResumeOf(st); rr != nil {
+			// The delta is made once the writer read the deletion markers
+			// (awayFirst); every change until then is held for it.
+			st.await, st.holdAll = true, true
+			later.resume, first.resume, first.since, first.kind = rr, true, st.since, outDelta
+			return first, nil, later, true
+		}
+		st.seq++ // what changed is not known: a mote-seq gap (SPEC §2), and no first message
 	case st.resume:
 		first.payload, later.resume, first.resume = b.resumeOf(st)
 		first.since = st.since
 	}
 	switch {
+	case st.away:
 	case first.payload != nil || later.hist != nil || later.resume != nil:
 	case st.ts.Allow == nil && st.c.sharesSnapshots():
 		sh := b.sharedSnapshot(st)
@@ -450,8 +531,11 @@ func (b *Broker) snapshotOf(st *treeSub) (first treeItem, events *treeItem, late
 			held = append(held, ch)
 		}
 	}
-	if st.interval > 0 {
-		st.sent = time.Now() // the snapshot left: deltas follow an interval after it
+	if st.interval > 0 && (!st.away || len(held) > 0) {
+		// The snapshot left (a $tree subscription resumed with a gap sends
+		// none: idle, unless it holds events): deltas follow an interval
+		// after it.
+		st.sent = time.Now()
 	}
 	switch {
 	case st.lost:

@@ -273,8 +273,7 @@ func (c *conn) write(m item) error {
 			}
 		}
 		m.rev = m.sub.moteRev(m.rev)
-		pk := c.treePacket(&m.treeItem)
-		err := c.send(&pk, outDelta)
+		err := c.sendTree(m.sub, &m.treeItem, outDelta)
 		m.payload = nil // its subscription still points at it (to fold): let the payload go
 		return err
 	case *snapshotItem:
@@ -307,8 +306,7 @@ func (c *conn) write(m item) error {
 			c.resizeSnapshot(m.sub, n)
 		}
 		for i, t := range msgs {
-			pk := c.treePacket(t)
-			if err := c.send(&pk, t.sentAs()); err != nil {
+			if err := c.sendTree(m.sub, t, t.sentAs()); err != nil {
 				return err
 			}
 			msgs[i] = nil // sent: let its payload go once written
@@ -400,6 +398,13 @@ type snapPace struct {
 // pk is the caller's, by pointer (an outgoing packet is ~800 bytes: it
 // was copied at every call), and the endpoint may change it.
 func (c *conn) send(pk *packets.Packet, k outKind) error {
+	_, err := c.sendOut(pk, k)
+	return err
+}
+
+// sendOut is send, and reports whether the packet went to the client
+// (false for one skipped: too large, expired).
+func (c *conn) sendOut(pk *packets.Packet, k outKind) (bool, error) {
 	topic, size := pk.TopicName, len(pk.Payload) // before send may take the name away (a topic alias)
 	var err error
 	switch o := c.out.(type) { // by type: through the interface pk would escape
@@ -419,17 +424,36 @@ func (c *conn) send(pk *packets.Packet, k outKind) error {
 	switch {
 	case err == nil:
 		c.b.meter.out[k].Add(1)
-		return nil
+		return true, nil
 	case errors.Is(err, errSkipped):
-		return nil
+		return false, nil
 	case !errors.Is(err, errTooLarge):
-		return err
+		return false, err
 	}
 	c.b.stats.TooLarge.Add(1)
 	if k != outPlain && k != outRetained {
 		c.b.refuse(c.p, "deliver", topic, fmt.Errorf("%w: a %d-byte tree message exceeds your Maximum Packet Size; it was skipped (subscribe again for a snapshot in parts)", errTooLarge, size))
 	}
-	return nil
+	return false, nil
+}
+
+// sendTree sends st's tree message m and, once it went to the client,
+// notes it in st's mark (treeSub.wrote): a part but the last of a message
+// in parts notes nothing, the message is not whole yet.
+func (c *conn) sendTree(st *treeSub, m *treeItem, k outKind) error {
+	pk := c.treePacket(m)
+	sent, err := c.sendOut(&pk, k)
+	if sent && st.mark != nil && lastPart(m.part) {
+		st.wrote(m.seq, m.rev)
+	}
+	return err
+}
+
+// lastPart reports whether part ("i/n", or "" for a message whole) is
+// the last of its message.
+func lastPart(part string) bool {
+	i, n, _ := strings.Cut(part, "/")
+	return i == n
 }
 
 // replayPacket is the retained publish of a replayed row for this
