@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -224,30 +223,7 @@ func TestRTFPrivateDeltasWithEventsMatchModel(t *testing.T) {
 			stalled("k2", "$sync/rtl/+/+", 4)
 			stalled("rtlstalled5cbor", "$sync.cbor/rtl/#", 5)
 			stalled("rtlstalled3msgpack", "$sync.msgpack/rtl/+/+", 4)
-			var wg sync.WaitGroup
-			half := make(chan struct{})
-			var once sync.Once
-			for p := range scripts {
-				sc := &scripts[p]
-				v := byte(4)
-				if sc.v5 {
-					v = 5
-				}
-				c := dialBenchV(t, b.TCPAddr(), fmt.Sprintf("pub%d", p), v)
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for i, pk := range sc.packets {
-						if i == len(sc.packets)/2 {
-							once.Do(func() { close(half) })
-						}
-						if _, err := c.c.Write(pk); err != nil {
-							t.Errorf("publisher %d: %v", p, err)
-							return
-						}
-					}
-				}()
-			}
+			wg, half := runRTLScripts(t, b.TCPAddr(), scripts)
 			<-half // snapshots taken while deltas queue
 			paho("k3", "$sync/rtl/+/+", false)
 			paho("k4", "$sync.msgpack/rtl/#", true)

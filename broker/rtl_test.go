@@ -331,30 +331,7 @@ func TestRTLDeltasMatchModel(t *testing.T) {
 					dialRTLRaw(t, at(0), root+"stalled5-cbor", "$sync.cbor/"+root+"/#", 5),
 					dialRTLRaw(t, at(1), root+"stalled3-msgpack", "$sync.msgpack/"+root+"/+/+", 4))
 			}
-			var wg sync.WaitGroup
-			half := make(chan struct{})
-			var once sync.Once
-			for p := range scripts {
-				sc := &scripts[p]
-				v := byte(4)
-				if sc.v5 {
-					v = 5
-				}
-				c := dialBenchV(t, b.TCPAddr(), fmt.Sprintf("pub%d", p), v)
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for i, pk := range sc.packets {
-						if i == len(sc.packets)/2 {
-							once.Do(func() { close(half) })
-						}
-						if _, err := c.c.Write(pk); err != nil {
-							t.Errorf("publisher %d: %v", p, err)
-							return
-						}
-					}
-				}()
-			}
+			wg, half := runRTLScripts(t, b.TCPAddr(), scripts)
 			<-half // a snapshot taken while deltas queue
 			for _, root := range roots {
 				fast = append(fast,
@@ -476,4 +453,35 @@ func rtlDiff(have, model map[string]any) []string {
 		}
 	}
 	return out
+}
+
+// runRTLScripts starts one publisher for each script, writing its packets
+// on a connection of its own; half is closed once the first of them is
+// halfway through. The caller waits on wg for them all.
+func runRTLScripts(t *testing.T, addr string, scripts []rtlScript) (wg *sync.WaitGroup, half chan struct{}) {
+	t.Helper()
+	wg, half = new(sync.WaitGroup), make(chan struct{})
+	var once sync.Once
+	for p := range scripts {
+		sc := &scripts[p]
+		v := byte(4)
+		if sc.v5 {
+			v = 5
+		}
+		c := dialBenchV(t, addr, fmt.Sprintf("pub%d", p), v)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, pk := range sc.packets {
+				if i == len(sc.packets)/2 {
+					once.Do(func() { close(half) })
+				}
+				if _, err := c.c.Write(pk); err != nil {
+					t.Errorf("publisher %d: %v", p, err)
+					return
+				}
+			}
+		}()
+	}
+	return wg, half
 }

@@ -12,17 +12,18 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// decodeTree decodes a tree payload of the codec a filter names into
-// Go maps.
+// decodeTree decodes a tree payload of the codec a filter's first level
+// names ($sync.cbor/…, $tree.msgpack/…) into Go maps.
 func decodeTree(t *testing.T, filter string, payload []byte) map[string]any {
 	t.Helper()
 	var doc map[string]any
 	var err error
+	prefix, _, _ := strings.Cut(filter, "/") // $sync.cbor, $tree.msgpack.250ms, …
 	switch {
-	case strings.HasPrefix(filter, "$sync.cbor"):
+	case strings.Contains(prefix, ".cbor"):
 		dm, _ := cbor.DecOptions{DefaultMapType: reflect.TypeOf(map[string]any{})}.DecMode()
 		err = dm.Unmarshal(payload, &doc)
-	case strings.HasPrefix(filter, "$sync.msgpack"):
+	case strings.Contains(prefix, ".msgpack"):
 		err = msgpack.Unmarshal(payload, &doc)
 	default:
 		err = json.Unmarshal(payload, &doc)

@@ -1,15 +1,11 @@
 package broker
 
 import (
-	"encoding/json"
 	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/fxamacker/cbor/v2"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/mote-mqtt/mote/broker/auth"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
@@ -25,20 +21,7 @@ import (
 // codec's numbers.
 func x5Rows(t *testing.T, filter string, payload []byte) map[string]string {
 	t.Helper()
-	var doc map[string]any
-	var err error
-	switch {
-	case strings.Contains(filter, ".cbor"):
-		dm, _ := cbor.DecOptions{DefaultMapType: reflect.TypeOf(map[string]any{})}.DecMode()
-		err = dm.Unmarshal(payload, &doc)
-	case strings.Contains(filter, ".msgpack"):
-		err = msgpack.Unmarshal(payload, &doc)
-	default:
-		err = json.Unmarshal(payload, &doc)
-	}
-	if err != nil {
-		t.Fatalf("%s: %q: %v", filter, payload, err)
-	}
+	doc := decodeTree(t, filter, payload)
 	rows := map[string]string{}
 	for k, v := range doc {
 		rows[k] = fmt.Sprint(v)
