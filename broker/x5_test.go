@@ -1027,19 +1027,7 @@ func TestX5ResumeParts(t *testing.T) {
 	}
 	settle(t, b)
 	c.sub(t, packets.Properties{User: []packets.UserProperty{{Key: "mote-since", Val: rev}}}, x5Sub("$sync/rz/+"))
-	doc := map[string]any{}
-	for {
-		p := c.publish(t, true)
-		p.ProtocolVersion = 5
-		if n := len(ownerPacket(t, p)); n > limit || user(p, "mote-seq") != "0" || user(p, "mote-resume") != "1" {
-			t.Fatalf("%d bytes %s seq %q resume %q, want a resume part within %d", n, p.Payload, user(p, "mote-seq"), user(p, "mote-resume"), limit)
-		}
-		merge1(t, doc, p.Payload)
-		part := user(p, "mote-part")
-		if i, n, _ := strings.Cut(part, "/"); part == "" || i == n {
-			break
-		}
-	}
+	doc := c.resumeParts(t, limit, "0")
 	if len(doc) != 6 || doc["x"] != nil {
 		t.Fatalf("the resume: %v, want the 6 rows changed since %s alone", doc, rev)
 	}
@@ -1205,5 +1193,25 @@ func TestX5TreeSessionAway(t *testing.T) {
 	}
 	if !plain {
 		t.Fatal("the plain subscription did not get tw/a")
+	}
+}
+
+// resumeParts reads the parts of a resume delta (mote-resume 1, mote-seq
+// seq, each packet within limit bytes) up to its last, acknowledging
+// each, and returns them merged.
+func (p *x5Peer) resumeParts(t *testing.T, limit int, seq string) map[string]any {
+	t.Helper()
+	doc := map[string]any{}
+	for {
+		pk := p.publish(t, true)
+		pk.ProtocolVersion = 5
+		if n := len(ownerPacket(t, pk)); n > limit || user(pk, "mote-seq") != seq || user(pk, "mote-resume") != "1" {
+			t.Fatalf("%d bytes %s seq %q resume %q, want a part of the resume delta, seq %s, within %d", n, pk.Payload, user(pk, "mote-seq"), user(pk, "mote-resume"), seq, limit)
+		}
+		merge1(t, doc, pk.Payload)
+		part := user(pk, "mote-part")
+		if i, n, _ := strings.Cut(part, "/"); part == "" || i == n {
+			return doc
+		}
 	}
 }

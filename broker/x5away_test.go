@@ -229,19 +229,7 @@ func TestX5TreeAwayParts(t *testing.T) {
 	}
 	settle(t, b)
 	c, _ = x5Dial(t, b, 5, "tp", false, props)
-	doc := map[string]any{}
-	for {
-		p := c.publish(t, true)
-		p.ProtocolVersion = 5
-		if n := len(ownerPacket(t, p)); n > limit || user(p, "mote-seq") != "2" || user(p, "mote-resume") != "1" {
-			t.Fatalf("%d bytes %s seq %q resume %q, want a part of the resume delta within %d", n, p.Payload, user(p, "mote-seq"), user(p, "mote-resume"), limit)
-		}
-		merge1(t, doc, p.Payload)
-		part := user(p, "mote-part")
-		if i, n, _ := strings.Cut(part, "/"); part == "" || i == n {
-			break
-		}
-	}
+	doc := c.resumeParts(t, limit, "2")
 	if len(doc) != 6 || doc["x"] != nil {
 		t.Fatalf("the resume: %v, want the 6 rows changed while away", doc)
 	}
