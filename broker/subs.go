@@ -38,7 +38,8 @@ type treeSub struct {
 	// that its detach does not keep it again. holdAll is set while its
 	// resume delta is being made (after snapshotOf listed the rows, until
 	// awayFirst encodes it): every change is held, retained or not, to go
-	// in it. All four the loop's.
+	// in it. All four the loop's; away is set before the subscription is
+	// registered and never changes (the writer reads it: takeSnapshot).
 	away    bool
 	prior   string
 	handed  bool
@@ -429,9 +430,11 @@ func (b *Broker) takeSnapshot(c *conn, st *treeSub) ([]*treeItem, error) {
 	if !active {
 		return nil, nil // unsubscribed or replaced meanwhile
 	}
-	if first.payload == nil && later.hist == nil && later.resume == nil {
+	if st.away && first.payload == nil && later.hist == nil && later.resume == nil {
 		// A resumed session's $tree subscription whose mote-seq shows a
-		// gap: no first message, its held events follow.
+		// gap: no first message, its held events follow. (Any other
+		// subscription's first message is sent, empty too: the original
+		// dialect's snapshot of a row that does not exist.)
 		if events != nil {
 			return []*treeItem{events}, nil
 		}
