@@ -296,3 +296,60 @@ func TestRTX5ChurnBounded(t *testing.T) {
 		return b.awayTrees.n.Load() == sessions/2*filters
 	})
 }
+
+// TestRTX5ResumeLoop: a client that resumes its session and disconnects
+// again and again, rows of its $tree subscriptions changing between: the
+// marks kept stay one per subscription, under one id, and the live heap
+// does not grow with the cycles.
+func TestRTX5ResumeLoop(t *testing.T) {
+	var grown [2]int64
+	for i, prefix := range []string{"$tree/", ""} {
+		t.Run(fmt.Sprint(i), func(t *testing.T) { grown[i] = rtx5ResumeLoop(t, prefix) })
+	}
+	if grown[0] > grown[1]+256<<10 {
+		t.Fatalf("over 249 cycles the live heap grew %d bytes with $tree subscriptions, %d with plain ones", grown[0], grown[1])
+	}
+}
+
+// rtx5ResumeLoop is TestRTX5ResumeLoop with filters of prefix ("" for
+// plain ones: the heap the loop takes without marks); it returns how much
+// the live heap grew from cycle 50 to 299.
+func rtx5ResumeLoop(t *testing.T, prefix string) int64 {
+	b := start(t, Options{})
+	w := x5Writer(t, b, "w")
+	long := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
+	const filters = 8
+	var subs []packets.Subscription
+	for i := range filters {
+		subs = append(subs, x5Sub(fmt.Sprintf("%srl/%d/+", prefix, i)))
+	}
+	c, _ := x5Dial(t, b, 5, "rl", false, long)
+	c.sub(t, packets.Properties{}, subs...)
+	x5Away(t, b, c, "rl")
+	var heap [2]uint64
+	for cycle := range 300 {
+		if cycle == 50 || cycle == 299 {
+			heap[cycle/299] = settledHeap(t)
+		}
+		w.row(t, fmt.Sprintf("rl/%d/k%d", cycle%filters, cycle%5), strconv.Itoa(cycle))
+		c, present := x5Dial(t, b, 5, "rl", false, long)
+		if !present {
+			t.Fatal("session not present")
+		}
+		if prefix != "" {
+			waitFor(t, "the resume made", func() bool { return awayFirstDone(t, b, "rl") })
+		}
+		x5Away(t, b, c, "rl")
+		settle(t, b)
+		waitFor(t, "one mark per subscription", func() bool {
+			n := -1
+			b.onLoop(nil, func() { n = len(b.awayTrees.byID) })
+			if prefix == "" {
+				return n == 0
+			}
+			return b.awayTrees.n.Load() == filters && n == 1
+		})
+	}
+	t.Logf("live heap %d at cycle 50, %d at cycle 299", heap[0], heap[1])
+	return int64(heap[1]) - int64(heap[0])
+}
