@@ -353,3 +353,37 @@ func rtx5ResumeLoop(t *testing.T, prefix string) int64 {
 	t.Logf("live heap %d at cycle 50, %d at cycle 299", heap[0], heap[1])
 	return int64(heap[1]) - int64(heap[0])
 }
+
+// TestRTX5SessionsEnd: many sessions away, each with several $tree
+// subscriptions, ended past MaxSessions or expired: the marks kept are
+// counted, at most those of the sessions that stay, and none once every
+// session ended.
+func TestRTX5SessionsEnd(t *testing.T) {
+	const sessions, filters, max = 30, 6, 5
+	var subs []packets.Subscription
+	for i := range filters {
+		subs = append(subs, x5Sub(fmt.Sprintf("$tree/se/%d/#", i)))
+	}
+	b := start(t, Options{MaxSessions: max})
+	short := packets.Properties{SessionExpiryInterval: 1, SessionExpiryIntervalFlag: true}
+	for s := range sessions {
+		id := fmt.Sprint("se", s)
+		c, _ := x5Dial(t, b, 5, id, false, short)
+		c.sub(t, packets.Properties{}, subs...)
+		x5Away(t, b, c, id)
+	}
+	settle(t, b)
+	kept := func() (int64, int) {
+		n := -1
+		b.onLoop(nil, func() { n = len(b.awayTrees.byID) })
+		return b.awayTrees.n.Load(), n
+	}
+	waitFor(t, "the marks of the sessions left", func() bool {
+		n, ids := kept()
+		return n == int64(ids*filters) && ids <= max
+	})
+	waitFor(t, "every session expired, its marks gone", func() bool {
+		n, ids := kept()
+		return n == 0 && ids == 0
+	})
+}
