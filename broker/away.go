@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
-
-	"github.com/mote-mqtt/mote/tree"
 )
 
 // awaySessions keeps the persistent sessions whose clients are away, per
@@ -380,16 +378,24 @@ func (b *Broker) forgetTrees(id string) {
 // gap from 0. What the session kept goes (loop only).
 func (b *Broker) resumeTrees(id, prior string, sts []*treeSub) {
 	kept := b.awayTrees.take(id)
-	var live []*tree.Sub
+	// The marks of the connection before, by topic: one pass, not one a
+	// resumed subscription (10,000 of them made a takeover 10^8 steps on
+	// the loop).
+	var live map[string]*treeSub
 	if prior != "" {
-		live = b.tree.Owned(prior)
+		for _, s := range b.tree.Owned(prior) {
+			if o := s.Data.(*treeSub); o.mark != nil && !o.handed {
+				if live == nil {
+					live = map[string]*treeSub{}
+				}
+				live[s.Topic] = o
+			}
+		}
 	}
 	for _, st := range sts {
 		m := kept[st.ts.Topic]
-		for _, s := range live {
-			if o := s.Data.(*treeSub); m == nil && s.Topic == st.ts.Topic && o.mark != nil && !o.handed {
-				m, o.handed = o.mark, true
-			}
+		if o := live[st.ts.Topic]; m == nil && o != nil {
+			m, o.handed = o.mark, true
 		}
 		if m == nil {
 			st.mark = newTreeMark(0, 0) // its client's copy reflects no revision

@@ -409,7 +409,10 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
 			c.pacedProps = c.pacedProps || (sf.Interval > 0 && outgoingTopic(filter, sf) != filter)
 			st := b.treeSubOf(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
-			st.resumed = sf.Mode == wire.Sync // no SUBACK: its writer waits for budget room (awaitSnapshotRoom)
+			// No SUBACK took budget room for its first message (a $sync
+			// snapshot, a $tree resume delta): its writer waits for room
+			// (awaitSnapshotRoom).
+			st.resumed = sf.Mode == wire.Sync || sf.Mode == wire.Tree
 			if sf.Mode == wire.Tree {
 				// Its first message is what changed while the session was
 				// away (resumeTrees).

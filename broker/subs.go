@@ -53,7 +53,7 @@ type treeSub struct {
 	// notes each message written in it.
 	mark *treeMark
 
-	// resumed is set for a $sync subscription of a resumed session,
+	// resumed is set for a $sync or $tree subscription of a resumed session,
 	// registered without a SUBSCRIBE: it holds nothing of the snapshot
 	// budget until its writer finds room (awaitSnapshotRoom). Set before
 	// it is registered, read by the writer.
