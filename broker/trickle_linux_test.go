@@ -68,8 +68,9 @@ func TestTricklersTogether(t *testing.T) {
 			// A publish waits PublishWait in all for room, and past it up
 			// to 5 × PublishWait while its subscribers are being written
 			// (pubWait): the subscribers' stalls, together, are to end its
-			// wait well before that.
-			if bound := 7 * wait / 2; held > bound {
+			// wait well before that. Measured 250–500 ms; a loaded machine
+			// (load 4–7) took it to 1.05 s once in two full -race runs.
+			if bound := 4 * wait; held > bound {
 				t.Errorf("a publish to %d subscribers waited %v, want at most %v (about one PublishWait, two at most, whatever their number)", tc.n, held, bound)
 			}
 		})
