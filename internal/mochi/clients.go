@@ -184,6 +184,9 @@ type ClientConnection struct {
 	// bools share a word (change 80).
 	Inline      bool // if true, the client is the built-in 'inline' embedded client
 	deadlineSet bool
+	// mote: the reader went to sleep (ErrAsleep) and gave bconn up, to be
+	// made again when it is served again (change 84). The reader's own.
+	bconnSlept bool
 
 	// mote: Conn as a PublishBodies (change 56), where the reader takes a
 	// small PUBLISH body from, is asked of Conn at each PUBLISH read
@@ -743,6 +746,10 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
 func (cl *Client) Read(packetHandler ReadFn) error {
+	if cl.Net.bconnSlept { // mote: served again after a sleep (change 84)
+		cl.Net.bconn = newConnReader(cl.Net.Conn, cl.ops.options.ClientNetReadBufferSize)
+		cl.Net.bconnSlept = false
+	}
 	for {
 		if cl.Closed() {
 			return cl.closedCause() // mote: change 54
@@ -770,6 +777,11 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 				}
 			}
 			if err := cl.Net.bconn.waitPacket(); err != nil {
+				if err == ErrAsleep && cl.Net.bconn.fresh() { //nolint:errorlint // ReadLent returns the sentinel itself
+					// mote: a reader asleep holds no connReader (change
+					// 84): it holds nothing newConnReader's would not.
+					cl.Net.bconn, cl.Net.bconnSlept = nil, true
+				}
 				return err // mote: ErrAsleep too (change 75): nothing read, nothing held
 			}
 		} else {
