@@ -601,6 +601,11 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 
 	s.hooks.OnSessionEstablished(cl, pk)
 
+	// mote: a CONNECT read to its end leaves the reader holding nothing:
+	// it is given up until the client is served (change 84), so that a
+	// connection Mote puts to sleep from its CONNACK on holds none.
+	cl.dropReader()
+
 	// mote: the listener is read back from the client (ParseConnect set
 	// it to listener, and nothing sets it after), so that the function,
 	// kept by Mote for each connection asleep, holds two words, not four:
