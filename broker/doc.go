@@ -228,7 +228,7 @@
 // waits until its credit is whole. The credit also runs out in wall
 // time: a client whose queue has been full for PublishWait with nothing
 // written to it is stalled for every publisher at once, whoever waited
-// (outQueue.fullAt). Spent only while someone waited, the credit of N
+// (queueWaits.fullAt). Spent only while someone waited, the credit of N
 // clients that stopped reading together was spent one after another, a
 // publisher's wait at each in turn: N × PublishWait in all (200
 // subscribers with Receive Maximum 1 that never acknowledged held a QoS 0

@@ -344,7 +344,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
 	if nc, ok := cl.Net.Conn.(*netConn); ok && nc.raw != nil {
-		c.q.acked = nc.acked // plain TCP: the queue may look at what the client's stack took (outQueue.takingLocked)
+		c.q.acked = nc // plain TCP: the queue may look at what the client's stack took (outQueue.takingLocked)
 	}
 	if w, ok := b.connWills.Load(cl); ok {
 		c.will.Store(w.(*will)) // left in connWills until c is in conns: a takeover finds it (takenWill)

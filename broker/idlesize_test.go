@@ -20,7 +20,7 @@ func TestIdleSizeClasses(t *testing.T) {
 		size, max uintptr
 	}{
 		{"conn", unsafe.Sizeof(conn{}), 240},         // 256 with its key a string, 288 before its takeover state went behind a pointer (handOff), 320 before its flight and snapshot pace did
-		{"outQueue", unsafe.Sizeof(outQueue{}), 208}, // 288 before its waits went behind a pointer (queueWaits), 320 before its leftovers did (queueLeft)
+		{"outQueue", unsafe.Sizeof(outQueue{}), 192}, // 208 before its fullAt went with its waits (queueWaits), 288 before its waits went behind a pointer, 320 before its leftovers did (queueLeft)
 		{"mqttOut", unsafe.Sizeof(mqttOut{}), 128},   // 112 before h-storm2 added its takeover state to idSpaces
 		{"netConn", unsafe.Sizeof(netConn{}), 224},   // 240 before its host was found again at the handshake's end (host), 256 before SetWriteDeadline's bound went behind a pointer
 		{"rawIO", unsafe.Sizeof(rawIO{}), 160},
