@@ -201,7 +201,7 @@ func TestQueueTakingWrite(t *testing.T) {
 			q := newOutQueue(1000, patience) // room for 4 items of 201 bytes
 			defer q.close()
 			var acked atomic.Uint64
-			q.acked = func() (uint64, bool) { return acked.Load(), true }
+			q.acked = ackedFunc(func() (uint64, bool) { return acked.Load(), true })
 			for range 4 {
 				if r := q.put(waitItem(), pubWait{}); r != pushed {
 					t.Fatalf("filling: %v", r)

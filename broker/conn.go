@@ -21,12 +21,15 @@ import (
 // else: tree subscription state is the loop's (treeSub), plain
 // subscriptions are in mochi's topic index under id.
 type conn struct {
-	b   *Broker
-	p   Principal
-	key string // owner of this connection's tree subscriptions: unique per connection
-	id  string // the id its plain subscriptions are filed under in mochi's index
-	q   *outQueue
-	out endpoint
+	b *Broker
+	p Principal
+	// serial makes the connection's key (key) with its client id: a
+	// number, not the key's string, so that an idle connection keeps no
+	// string and conn is 240 bytes, not 248.
+	serial uint64
+	id     string // the id its plain subscriptions are filed under in mochi's index
+	q      *outQueue
+	out    endpoint
 
 	// acked is a one-slot channel: an in-flight slot was freed. Made by
 	// the writer's first wait for one (ackedOf): an idle connection, or
@@ -48,18 +51,19 @@ type conn struct {
 	// with its own guard), so that they fill one word (an idle
 	// connection's conn is in a smaller size class).
 	endMu      sync.Mutex
-	writerDone bool              // the writer exited: the leftovers are all there
-	ended      bool              // the session's end (dropConn) said whether it outlives the connection
-	keep       bool              // it does
-	fresh      bool              // the client that took the client id starts a new session: the leftovers go
-	prev       bool              // the previous connection's leftovers are still to come ahead of this one's (its queue is held)
-	over       bool              // the leftovers were handed on
-	v5         bool              // MQTT 5 properties (mote-seq, Content Type, …) go out; set once, by newConn
-	pacedProps bool              // the read goroutine's: a paced property-form tree subscription was filed (see propFiled)
-	expecting  *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
-	next       *conn             // the connection that took the session over: the leftovers go ahead of its queue
-	copied     map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
-	handed     closeSignal       // closed when over
+	writerDone bool // the writer exited: the leftovers are all there
+	ended      bool // the session's end (dropConn) said whether it outlives the connection
+	keep       bool // it does
+	fresh      bool // the client that took the client id starts a new session: the leftovers go
+	prev       bool // the previous connection's leftovers are still to come ahead of this one's (its queue is held)
+	over       bool // the leftovers were handed on
+	v5         bool // MQTT 5 properties (mote-seq, Content Type, …) go out; set once, by newConn
+	pacedProps bool // the read goroutine's: a paced property-form tree subscription was filed (see propFiled)
+	// hand is the hand-off's takeover state and its end's signal: nil
+	// until a takeover (expect, succeed), the hand-off's end
+	// (overLocked) or a publisher waiting for it needs it (handOf), so
+	// that an idle connection's conn is 248 bytes, not 288.
+	hand atomic.Pointer[handOff]
 
 	flightMu sync.Mutex  // guards flight: the writer adds, mochi's ack hooks remove
 	flight   *connFlight // the QoS 1/2 publishes in flight; nil until the first (most connections never have one)
@@ -109,21 +113,29 @@ var errTooLarge = errors.New("broker: too large")
 
 func newConn(b *Broker, p Principal, id string, v5 bool, out endpoint) *conn {
 	c := &conn{
-		b:   b,
-		p:   p,
-		key: p.ClientID + "#" + strconv.FormatUint(b.serial.Add(1), 10),
-		id:  id,
-		v5:  v5,
-		q:   newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
-		out: out,
+		b:      b,
+		p:      p,
+		serial: b.serial.Add(1),
+		id:     id,
+		v5:     v5,
+		q:      newOutQueue(b.opts.QueueBytes, b.opts.PublishWait),
+		out:    out,
 	}
 	if c.id == "" {
-		c.id = c.key
+		c.id = c.key()
 	}
 	c.p.logs = &c.logs
 	c.q.start = c.startWriter
 	b.writers.Add(1) // done by the writer that does the finishing duties
 	return c
+}
+
+// key is the owner of the connection's tree subscriptions, unique per
+// connection: its client id and serial. Made when asked (a tree
+// subscription, an unsubscribe, the detach at its end), never on a
+// publish's path.
+func (c *conn) key() string {
+	return c.p.ClientID + "#" + strconv.FormatUint(c.serial, 10)
 }
 
 // enqueue queues a message the broker itself sends (the loop, a replay):
@@ -227,7 +239,8 @@ func (c *conn) handOffLocked() {
 	}
 	left, lost := []*plainItem(nil), 0
 	_, isMQTT := c.out.(*mqttOut)
-	switch n := c.next; {
+	h := c.hand.Load()
+	switch n := h.successor(); {
 	case !isMQTT:
 		c.q.leftovers() // a door session's: they go with it
 	case c.fresh:
@@ -238,9 +251,9 @@ func (c *conn) handOffLocked() {
 		left = nil
 	case n != nil:
 		left, lost = c.q.leftovers()
-		lost += n.q.pushFront(notCloned(left, c.copied))
-		c.copied = nil
-	case c.expecting != nil:
+		lost += n.q.pushFront(notCloned(left, h.copied))
+		h.copied = nil
+	case h.expected() != nil:
 		c.b.parked.Store(c, struct{}{}) // see unpark
 		return
 	case !c.ended:
@@ -257,7 +270,8 @@ func (c *conn) handOffLocked() {
 // parkedLocked reports whether the leftovers wait for the connection of a
 // client taking the session over (endMu held).
 func (c *conn) parkedLocked() bool {
-	return c.writerDone && !c.prev && !c.over && !c.fresh && c.next == nil && c.expecting != nil
+	h := c.hand.Load()
+	return c.writerDone && !c.prev && !c.over && !c.fresh && h.successor() == nil && h.expected() != nil
 }
 
 // overLocked ends the hand-off (endMu held): lost messages are counted,
@@ -268,8 +282,9 @@ func (c *conn) overLocked(lost int) {
 	c.over = true
 	c.b.byID.compareAndDelete(c.id, c)
 	c.b.parked.Delete(c)
-	c.handed.close()
-	if n := c.next; n != nil {
+	h := c.handOf() // made here if nobody needed it before: a publisher may wait for it next
+	h.handed.close()
+	if n := h.next; n != nil {
 		n.endMu.Lock()
 		n.prev = false
 		n.q.release()
@@ -338,7 +353,7 @@ func (c *conn) expect(cl *mqtt.Client, fresh bool) {
 	if c.over {
 		return
 	}
-	c.expecting, c.fresh = cl, c.fresh || fresh
+	c.handOf().expecting, c.fresh = cl, c.fresh || fresh
 	c.handOffLocked()
 }
 
@@ -359,7 +374,8 @@ func (c *conn) succeed(n *conn) {
 	if !c.over && !c.fresh {
 		// What mochi copied, before n's client acknowledges any of it:
 		// mochi reads from it once the session is established.
-		c.next, c.copied = n, inflightOf(n.out.(*mqttOut).cl)
+		h := c.handOf()
+		h.next, h.copied = n, inflightOf(n.out.(*mqttOut).cl)
 		c.handOffLocked()
 		c.endMu.Unlock()
 		c.close()
@@ -383,13 +399,49 @@ func (c *conn) unpark() bool {
 	if !c.parkedLocked() {
 		return true
 	}
-	if !c.expecting.Closed() {
+	if !c.hand.Load().expecting.Closed() { // parked: expecting is set
 		return false // on its way, or established: succeed unparks
 	}
 	left, lost := c.q.leftovers()
 	lost += c.b.arriving.handOn(c.b, c, left)
 	c.overLocked(lost)
 	return true
+}
+
+// handOff is a connection's takeover state, and the signal that its
+// leftovers were handed on. expecting, next and copied are guarded by
+// the connection's endMu, as they were in conn; handed by its own mutex.
+type handOff struct {
+	expecting *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
+	next      *conn             // the connection that took the session over: the leftovers go ahead of its queue
+	copied    map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
+	handed    closeSignal       // closed when over
+}
+
+// handOf is c's hand-off state, made by the first that needs it (any
+// goroutine: the pointer is swapped in once, never changed after).
+func (c *conn) handOf() *handOff {
+	if h := c.hand.Load(); h != nil {
+		return h
+	}
+	c.hand.CompareAndSwap(nil, new(handOff))
+	return c.hand.Load()
+}
+
+// successor is h's next, nil for no hand-off state (endMu held).
+func (h *handOff) successor() *conn {
+	if h == nil {
+		return nil
+	}
+	return h.next
+}
+
+// expected is h's expecting, nil for no hand-off state (endMu held).
+func (h *handOff) expected() *mqtt.Client {
+	if h == nil {
+		return nil
+	}
+	return h.expecting
 }
 
 // connFlight is a connection's QoS 1/2 publishes in flight: the bytes

@@ -197,10 +197,18 @@ func holdConnections(t *testing.T, subscribe bool) {
 	// outQueue its publishers' waits; bench/README.md, "Idle
 	// connections: mochi's client without its CONNECT properties"),
 	// against 2.90–2.91 at main, in runs alternated: 2.7 asleep, 2.6
-	// awake, so that main's build fails.
+	// awake, so that main's build fails. Then 2.18–2.19 asleep (h-idle:
+	// no connReader asleep, mochi changes 84, 87, 88; conn, netConn,
+	// outQueue and the sleeper a size class down; the sleepers in a
+	// slice; bench/README.md, "Idle connections: what a sleeping
+	// connection still held"), against 2.48–2.63 at main in runs
+	// alternated: 2.4 asleep, so that main's build fails. Awake (no
+	// sleepers: not Linux) was not measured then: it keeps its
+	// connReader (0.11 KiB) and has no sleeper (0.06), and its bound
+	// stays 2.6.
 	bound := 2.6
 	if b.sleepers != nil {
-		bound = 2.7
+		bound = 2.4
 	}
 	if per := all - stacks; !subscribe && per > bound*1024 {
 		t.Errorf("heap %.2f KiB an idle connection, want at most %.1f", per/1024, bound)

@@ -281,7 +281,7 @@ func (b *Broker) queuePlain(id string, c *conn, m *plainItem, w pubWait) bool {
 		if r == pushed {
 			return true
 		}
-		<-c.handed.wait() // pushGone: c is handing its messages on; m comes after them
+		<-c.handOf().handed.wait() // pushGone: c is handing its messages on; m comes after them
 		next := b.connByID(id)
 		switch {
 		case next == c:

@@ -228,7 +228,7 @@
 // waits until its credit is whole. The credit also runs out in wall
 // time: a client whose queue has been full for PublishWait with nothing
 // written to it is stalled for every publisher at once, whoever waited
-// (outQueue.fullAt). Spent only while someone waited, the credit of N
+// (queueWaits.fullAt). Spent only while someone waited, the credit of N
 // clients that stopped reading together was spent one after another, a
 // publisher's wait at each in turn: N × PublishWait in all (200
 // subscribers with Receive Maximum 1 that never acknowledged held a QoS 0
@@ -509,7 +509,9 @@
 //     deadline, a Close or a takeover starts a new goroutine on mochi's
 //     same serve function. A fresh connection sleeps from its CONNACK
 //     until it sends. Linux, plain TCP; TLS and WebSocket readers wait
-//     as before.
+//     as before. A reader asleep holds no mochi connReader either (mochi
+//     change 84: made again when it is served), and the sleepers are
+//     filed in a slice by descriptor (fdTable), not a map.
 //   - Mochi's connection handling, in the copy in internal/mochi (its
 //     README lists every change, each marked "mote:" in the code), because
 //     an idle connection cost 26 KiB, 4× a Go broker's floor, and the

@@ -187,7 +187,7 @@ func TestQueuedHandoffOrderOffline(t *testing.T) {
 	waitDropped(t, b, c, cl)
 	publishQ(t, pub, 4)
 	unlock()
-	waitClosed(t, "the hand-off", c.handed.wait())
+	waitClosed(t, "the hand-off", c.handOf().handed.wait())
 	in := resume(t, b, "away")
 	wantOrder(t, in, 4)
 }
@@ -360,7 +360,7 @@ func TestQueuedHandoffUnpark(t *testing.T) {
 	waitFor(t, "the end of the connection", func() bool { _, ok := b.conns.Load(old); return !ok })
 	unlock()
 	waitFor(t, "the hand-off to wait", func() bool { return parkedFor(b, c) || handedOff(c) })
-	waitClosed(t, "the ticker's unpark", c.handed.wait())
+	waitClosed(t, "the ticker's unpark", c.handOf().handed.wait())
 	in := resume(t, b, "away")
 	wantOrder(t, in, 3)
 }
@@ -415,7 +415,7 @@ func TestQueuedHandoffOtherUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	unlock()
-	waitClosed(t, "the hand-off", c.handed.wait())
+	waitClosed(t, "the hand-off", c.handOf().handed.wait())
 	publishQ(t, pub, 4) // alice's, and bob is not subscribed
 	bobPub := dial5(t, b, "bob-pub", paho5.ClientConfig{}, &paho5.Connect{CleanStart: true, UsernameFlag: true, Username: "bob", PasswordFlag: true, Password: []byte("bob-pw")})
 	if _, err := bobPub.Publish(testCtx(t), &paho5.Publish{Topic: "bob/x", QoS: 1}); err != nil {
@@ -429,7 +429,7 @@ func TestQueuedHandoffOtherUser(t *testing.T) {
 // handedOff reports whether c's hand-off is over.
 func handedOff(c *conn) bool {
 	select {
-	case <-c.handed.wait():
+	case <-c.handOf().handed.wait():
 		return true
 	default:
 		return false

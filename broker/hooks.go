@@ -344,7 +344,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	c := newConn(b, p, cl.ID, cl.Properties.ProtocolVersion == 5, out)
 	out.q = c.q
 	if nc, ok := cl.Net.Conn.(*netConn); ok && nc.raw != nil {
-		c.q.acked = nc.acked // plain TCP: the queue may look at what the client's stack took (outQueue.takingLocked)
+		c.q.acked = nc // plain TCP: the queue may look at what the client's stack took (outQueue.takingLocked)
 	}
 	if w, ok := b.connWills.Load(cl); ok {
 		c.will.Store(w.(*will)) // left in connWills until c is in conns: a takeover finds it (takenWill)
@@ -418,7 +418,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 				// away (resumeTrees).
 				st.away, st.await, st.mark = true, true, nil
 				if old != nil {
-					st.prior = old.key
+					st.prior = old.key()
 				}
 				trees = append(trees, st)
 				continue
@@ -502,7 +502,7 @@ func (b *Broker) dropConn(cl *mqtt.Client, keep bool) {
 	// files its $tree subscriptions after the detach kept their marks
 	// (keepTrees, resumeTrees). A session replaced by a clean start keeps
 	// none.
-	det := request{kind: reqDetach, owner: c.key, keep: keep && !c.endedByTakeover()}
+	det := request{kind: reqDetach, owner: c.key(), keep: keep && !c.endedByTakeover()}
 	if det.keep {
 		b.awayTrees.pending.Add(1) // before the session can end: see forgetTrees
 	}
@@ -948,7 +948,7 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 	}
 	pk.Filters = filters
 	if len(topics) > 0 {
-		h.b.reqs.push(request{kind: reqUnsubscribe, owner: c.key, topics: topics})
+		h.b.reqs.push(request{kind: reqUnsubscribe, owner: c.key(), topics: topics})
 	}
 	return pk
 }
@@ -1090,7 +1090,7 @@ func (b *Broker) treeSubOf(c *conn, filter string, sf wire.Subscription, qos byt
 	}
 	// Its read check (Allow) is the loop's to set, from the rules current
 	// when it registers (handle).
-	st.ts = &tree.Sub{Owner: c.key, Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st}
+	st.ts = &tree.Sub{Owner: c.key(), Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st}
 	return st
 }
 

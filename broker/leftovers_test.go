@@ -240,6 +240,7 @@ func leftovers(b *Broker) string {
 	b.offline.mu.Unlock()
 	b.handshakes.mu.Lock()
 	note("handshakes", b.handshakes.all)
+	note("handshake hosts", len(b.handshakes.byHost)) // begin and end found the same host
 	b.handshakes.mu.Unlock()
 	b.rawMu.Lock()
 	note("raw", len(b.raw))

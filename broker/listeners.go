@@ -40,7 +40,7 @@ import (
 func (b *Broker) guard(id string, c net.Conn) {
 	nc := b.wrap(c)
 	nc.original = isOriginal(id)
-	if !b.handshakes.begin(nc.host) {
+	if !b.handshakes.begin(nc.host()) {
 		if b.logs.allow(nil, "", codeKind(packets.ErrConnectionRateExceeded)) {
 			b.log.Warn().Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("too many connections before CONNECT; closed")
 		}
@@ -161,7 +161,6 @@ type netConn struct {
 	// read side: touched only by the connection's read goroutine
 	packets int // packets whose header was read
 	b       *Broker
-	host    string
 	pre     *message // made with the PUBLISH body PublishBody gave last, until OnPublish takes it (bodies.go)
 	preBody *byte    // that body's first byte
 	// A Remaining Length is at most 268,435,455 (four bytes of seven
@@ -219,10 +218,18 @@ func (b *Broker) wrap(c net.Conn) *netConn {
 		b.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("TCP_NOTSENT_LOWAT not set: the kernel may buffer a replay ahead of PINGRESP")
 	}
 	return &netConn{Conn: c, maxConnect: int32(min(b.opts.MaxConnectSize, math.MaxInt32)), maxPacket: int32(min(b.opts.MaxPacketSize, math.MaxInt32)), writeTimeout: b.opts.WriteTimeout,
-		raw: newRawIO(c, &b.readBufs), b: b, host: hostOf(c.RemoteAddr())}
+		raw: newRawIO(c, &b.readBufs), b: b}
 }
 
+// host is the client's host, as counted in Broker.handshakes: found again
+// from its address at the handshake's end, not kept (netConn is 224 bytes
+// without it, not 240, and holds no string).
+func (c *netConn) host() string { return hostOf(c.Conn.RemoteAddr()) }
+
 func hostOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
 	if ta, ok := a.(*net.TCPAddr); ok {
 		return ta.IP.String()
 	}
@@ -390,7 +397,7 @@ func (c *netConn) endPacket() {
 // handshakeDone stops counting the connection as one before its CONNECT.
 func (c *netConn) handshakeDone() {
 	if c.hsDone.CompareAndSwap(false, true) && c.counted {
-		c.b.handshakes.end(c.host)
+		c.b.handshakes.end(c.host())
 	}
 }
 

@@ -181,16 +181,13 @@ type outQueue struct {
 	patience  time.Duration
 	credit    time.Duration
 	lastWrote time.Time // when the client was last written something
-	// fullAt is when the queue was first found full (a put found no room
-	// for its message, or the message it queued left less room than it
-	// took) since the client was last written something; zero: not
-	// since then.
-	fullAt time.Time
 	// acked reads how many bytes the client's TCP stack has acknowledged
 	// (netConn.acked); nil, or false, when that is not known (not plain
 	// TCP on Linux, a queue on its own in tests). look is what the looks
 	// found: nil until the first (an idle connection's queue never looks).
-	acked func() (uint64, bool)
+	// An interface holding the netConn itself, not its method value: a
+	// method value is a 16-byte closure a connection.
+	acked tcpAcker
 	look  *tcpLook
 
 	// wake is a one-slot channel: items, a release, a direct write's rest
@@ -248,6 +245,17 @@ type waiter struct {
 	timer    *time.Timer // its wait's; made at its first wait, stopped after each
 }
 
+// tcpAcker reads how many bytes a client's TCP stack has acknowledged
+// (netConn.acked); false when that is not known.
+type tcpAcker interface {
+	acked() (uint64, bool)
+}
+
+// ackedFunc is a function as a tcpAcker (tests).
+type ackedFunc func() (uint64, bool)
+
+func (f ackedFunc) acked() (uint64, bool) { return f() }
+
 // queueWaits is an outQueue's publishers waiting for room (guarded by its
 // mu), made by the first that waits (waitsLocked).
 type queueWaits struct {
@@ -262,6 +270,22 @@ type queueWaits struct {
 	// its channel and its timer otherwise.
 	spare []*waiter
 	since time.Time // since when credit runs down (waitq not empty)
+	// fullAt is when the queue was first found full (a put found no room
+	// for its message, or the message it queued left less room than it
+	// took) since the client was last written something; zero: not
+	// since then. Here, made with the waits by the first that needs
+	// either (fullAtLocked), not in outQueue: an idle connection's queue
+	// is 184 bytes, the 192 class, not 208.
+	fullAt time.Time
+}
+
+// fullAtLocked is q's fullAt (queueWaits), zero while its waits are not
+// made (mu held).
+func (q *outQueue) fullAtLocked() time.Time {
+	if q.waits == nil {
+		return time.Time{}
+	}
+	return q.waits.fullAt
 }
 
 // waitsLocked is q's waits, made if none waited yet (mu held).
@@ -386,7 +410,7 @@ func (q *outQueue) takingLocked(now time.Time) {
 	if q.acked == nil {
 		return
 	}
-	a, ok := q.acked()
+	a, ok := q.acked.acked()
 	if !ok {
 		return
 	}
@@ -398,10 +422,10 @@ func (q *outQueue) takingLocked(now time.Time) {
 	lk.ackedAt, lk.lookedAt = a, now
 	lk.early += d
 	earned := q.earnLocked(d, now)
-	if !q.fullAt.IsZero() {
-		q.fullAt = q.fullAt.Add(earned)
-		if q.fullAt.After(now) {
-			q.fullAt = now
+	if ws := q.waits; ws != nil && !ws.fullAt.IsZero() {
+		ws.fullAt = ws.fullAt.Add(earned)
+		if ws.fullAt.After(now) {
+			ws.fullAt = now
 		}
 	}
 }
@@ -416,7 +440,7 @@ func (q *outQueue) lookLocked(now time.Time) {
 	if q.acked == nil || q.look != nil && now.Sub(q.look.lookedAt) < q.patience/4 {
 		return
 	}
-	if a, ok := q.acked(); ok {
+	if a, ok := q.acked.acked(); ok {
 		lk := q.lookOfLocked()
 		lk.ackedAt, lk.lookedAt = a, now
 	}
@@ -444,17 +468,18 @@ func (q *outQueue) earnLocked(n int64, now time.Time) time.Duration {
 // full a patience with nothing written to it; zero: it is not full (mu
 // held).
 func (q *outQueue) stallAtLocked() time.Time {
-	if q.fullAt.IsZero() {
+	at := q.fullAtLocked()
+	if at.IsZero() {
 		return time.Time{}
 	}
-	return q.fullAt.Add(q.patience)
+	return at.Add(q.patience)
 }
 
 // markFullLocked notes that the queue is full now, unless it was already
 // since the client was last written (mu held).
 func (q *outQueue) markFullLocked(now time.Time) {
-	if q.fullAt.IsZero() {
-		q.fullAt = now
+	if q.fullAtLocked().IsZero() {
+		q.waitsLocked().fullAt = now
 		q.lookLocked(now)
 	}
 }
@@ -464,9 +489,10 @@ func (q *outQueue) markFullLocked(now time.Time) {
 // client's next publisher will find it so, maybe only once it is done
 // waiting for the subscribers before this one (mu held).
 func (q *outQueue) noteFullLocked(c int) {
-	if q.fullAt.IsZero() && q.bytes+c > q.max {
-		q.fullAt = time.Now()
-		q.lookLocked(q.fullAt)
+	if q.bytes+c > q.max && q.fullAtLocked().IsZero() {
+		now := time.Now()
+		q.waitsLocked().fullAt = now
+		q.lookLocked(now)
 	}
 }
 
@@ -947,7 +973,9 @@ func (q *outQueue) wrote(n, msgs int) {
 		q.look.early -= paid
 	}
 	q.earnLocked(max(int64(n)-paid, int64(msgs)*creditMsg), now)
-	q.fullAt = time.Time{} // written: full only from the next time it is found so
+	if q.waits != nil {
+		q.waits.fullAt = time.Time{} // written: full only from the next time it is found so
+	}
 	if q.waitingLocked() > 0 {
 		q.lookLocked(now) // takingLocked counts from here
 	}

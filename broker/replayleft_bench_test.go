@@ -83,7 +83,7 @@ func replayLeftovers(b *testing.B, sessions, rows int) (handed, wait time.Durati
 	}
 	for i, c := range conns {
 		select {
-		case <-c.handed.wait():
+		case <-c.handOf().handed.wait():
 		case <-ctx.Done():
 			b.Fatalf("away-%d: not handed on after %v", i, time.Since(t0))
 		}

@@ -80,7 +80,7 @@ func TestReplayLeftTripsBounded(t *testing.T) {
 	release()
 	waitClosed(t, "the call after the first trips", marked)
 	for i, c := range conns {
-		waitClosed(t, "the hand-off", c.handed.wait())
+		waitClosed(t, "the hand-off", c.handOf().handed.wait())
 		if len(read[i]) != 1 {
 			t.Fatalf("away-%d: %d replays left, want 1", i, len(read[i]))
 		}

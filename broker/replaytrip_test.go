@@ -46,7 +46,7 @@ func TestReplayTripNotGivenUp(t *testing.T) {
 	r.c.Close()
 	waitDropped(t, b, c, cl)
 	release()
-	waitClosed(t, "the hand-off", c.handed.wait())
+	waitClosed(t, "the hand-off", c.handOf().handed.wait())
 	in := resume(t, b, "ab")
 	got := map[string]int{}
 	for _, topic := range in.wait(t, rows) {

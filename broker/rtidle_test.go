@@ -218,14 +218,14 @@ func TestIdleWriterDoorCallbacks(t *testing.T) {
 			}
 		}
 		select {
-		case <-s.c.handed.wait():
+		case <-s.c.handOf().handed.wait():
 		case <-ctx.Done():
 			mu.Lock()
 			t.Fatalf("iteration %d: the session that closed itself never ended (got %v)", it, got)
 		}
 		relay.Close()
 		select {
-		case <-relay.c.handed.wait():
+		case <-relay.c.handOf().handed.wait():
 		case <-ctx.Done():
 			t.Fatalf("iteration %d: the relay never ended", it)
 		}

@@ -365,7 +365,7 @@ func (x *subIndex) isEmpty() bool {
 func TestDoorSessionIDCollision(t *testing.T) {
 	b := start(t, Options{})
 	s := b.Open(Principal{ClientID: "web"}, func(Delivery) {})
-	taken := s.c.key // "web#N": a legal MQTT client id
+	taken := s.c.key() // "web#N": a legal MQTT client id
 	m := dial3(t, b, taken, true)
 	m.sub(t, "col/#", 1)
 	if err := s.Subscribe("col/#", 1); err != nil {

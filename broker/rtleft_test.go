@@ -407,7 +407,7 @@ func dumpConns(b *Broker) string {
 		cur, _ := b.server.Clients.Get(cl.ID)
 		by, _ := b.byID.Load(cl.ID)
 		fmt.Fprintf(&sb, "%s %s closed=%v cur=%v byID=%v prev=%v over=%v next=%v expecting=%v writerDone=%v held=%d items=%d qclosed=%v\n",
-			cl.ID, cl.Net.Remote, cl.Closed(), cur == cl, by == c, c.prev, c.over, c.next != nil, c.expecting != nil, c.writerDone, c.q.held, len(c.q.items), c.q.closed)
+			cl.ID, cl.Net.Remote, cl.Closed(), cur == cl, by == c, c.prev, c.over, c.hand.Load().successor() != nil, c.hand.Load().expected() != nil, c.writerDone, c.q.held, len(c.q.items), c.q.closed)
 		c.q.mu.Unlock()
 		c.endMu.Unlock()
 		return true

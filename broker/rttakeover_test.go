@@ -29,7 +29,7 @@ func TestCleanStartTakeoverCountsQueued(t *testing.T) {
 	_, c, _, _ := awayQueued(t, b, "clean") // q/1 in flight, q/2 and q/3 queued
 	before := b.meter.dropped[dropSessionEnded].Load()
 	dial5(t, b, "clean", paho5.ClientConfig{}, &paho5.Connect{ClientID: "clean", KeepAlive: 30, CleanStart: true})
-	waitClosed(t, "the hand-off", c.handed.wait())
+	waitClosed(t, "the hand-off", c.handOf().handed.wait())
 	if got := b.meter.dropped[dropSessionEnded].Load() - before; got < 2 {
 		t.Fatalf("session_ended grew by %d, want at least 2 (q/2 and q/3, queued on the replaced session)", got)
 	}

@@ -74,7 +74,7 @@ func (b *Broker) Open(p Principal, fn func(Delivery)) *Session {
 	// Its id keys its filings (subIndex) and byID, which MQTT clients'
 	// ids key too: one no client can take [MQTT-1.5.4-2] (its key alone,
 	// "web#1", is a legal client id).
-	s.c.id = sessionIDMark + s.c.key
+	s.c.id = sessionIDMark + s.c.key()
 	out.s = s
 	b.byID.store(s.c.id, s.c)
 	return s
@@ -185,7 +185,7 @@ func (s *Session) unsubscribeLocked(filter string) {
 	}
 	if s.trees[filter] {
 		delete(s.trees, filter)
-		b.reqs.push(request{kind: reqUnsubscribe, owner: s.c.key, topics: []string{filter}})
+		b.reqs.push(request{kind: reqUnsubscribe, owner: s.c.key(), topics: []string{filter}})
 	}
 }
 
@@ -214,7 +214,7 @@ func (s *Session) Close() {
 	b.byID.compareAndDelete(s.c.id, s.c)
 	b.logs.closed(&s.c.logs, s.c.p.ClientID)
 	s.c.close()
-	b.reqs.push(request{kind: reqDetach, owner: s.c.key})
+	b.reqs.push(request{kind: reqDetach, owner: s.c.key()})
 }
 
 // funcOut is a session's endpoint: its callback.

@@ -6,9 +6,11 @@ import (
 	"bytes"
 	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
@@ -210,4 +212,71 @@ func TestReaderSleepsNoSooner(t *testing.T) {
 		}
 	}
 	awaitAsleep(t, b, 1)
+}
+
+// TestSleeperSizeClass: a connection asleep keeps its sleeper, in the
+// 48-byte class (56 bytes, the 64 class, with its place in the heap an
+// int apart from its descriptor; bench/README.md, "Idle connections").
+func TestSleeperSizeClass(t *testing.T) {
+	if n := unsafe.Sizeof(sleeper{}); n > 48 {
+		t.Errorf("sleeper is %d bytes, want at most 48", n)
+	}
+}
+
+// TestFDTable: the sleepers by descriptor, as the map they were: set, get,
+// del and each in any order of descriptors, a descriptor filed again, and
+// the count.
+func TestFDTable(t *testing.T) {
+	type op struct {
+		kind byte  // 's' set, 'd' del
+		fd   int32 // its descriptor
+	}
+	tests := []struct {
+		name string
+		ops  []op
+		want []int32 // the descriptors filed at the end, in order
+	}{
+		{"none", nil, nil},
+		{"one", []op{{'s', 7}}, []int32{7}},
+		{"out of order", []op{{'s', 9}, {'s', 3}, {'s', 100}, {'s', 0}}, []int32{0, 3, 9, 100}},
+		{"deleted", []op{{'s', 4}, {'s', 5}, {'d', 4}, {'d', 6}, {'d', -1}, {'d', 1000}}, []int32{5}},
+		{"filed again", []op{{'s', 4}, {'s', 4}, {'d', 4}, {'s', 4}}, []int32{4}},
+		{"all deleted", []op{{'s', 1}, {'s', 2}, {'d', 2}, {'d', 1}, {'d', 1}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var tb fdTable
+			ref := map[int32]*sleeper{}
+			for _, o := range tt.ops {
+				switch o.kind {
+				case 's':
+					sl := &sleeper{fd: o.fd}
+					tb.set(sl)
+					ref[o.fd] = sl
+				case 'd':
+					tb.del(o.fd)
+					delete(ref, o.fd)
+				}
+			}
+			if tb.n != len(ref) {
+				t.Errorf("n = %d, want %d", tb.n, len(ref))
+			}
+			for _, fd := range []int32{-1, 0, 1, 2, 3, 4, 5, 6, 7, 9, 100, 101, 1000} {
+				if got := tb.get(fd); got != ref[fd] {
+					t.Errorf("get(%d) = %p, want %p", fd, got, ref[fd])
+				}
+			}
+			var got []int32
+			tb.each(func(sl *sleeper) bool { got = append(got, sl.fd); return true })
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("each: %v, want %v", got, tt.want)
+			}
+			// each stops when f says so, and f may delete the one it is given.
+			n := 0
+			tb.each(func(sl *sleeper) bool { tb.del(sl.fd); n++; return false })
+			if want := min(1, len(tt.want)); n != want || tb.n != len(ref)-want {
+				t.Errorf("each, stopped at once: %d calls, %d left; want %d, %d", n, tb.n, want, len(ref)-want)
+			}
+		})
+	}
 }

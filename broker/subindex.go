@@ -59,7 +59,7 @@ type snode struct {
 	plus   atomic.Pointer[snode]              // kids["+"], or nil
 	nkids  int                                // children; under mu
 	subs   atomic.Pointer[plist[subEntry]]    // plain subscriptions ending here; never changed once stored
-	pos    map[string]int                     // client → its index in subs; under mu
+	pos    map[string]int                     // client → its index in subs, from posAt entries (nil: scanned); under mu
 	shared atomic.Pointer[plist[*shareGroup]] // shared groups whose filter ends here; never changed once stored
 	gpos   map[string]int                     // group filter ($share/G/F) → its index in shared; under mu
 }
@@ -81,7 +81,7 @@ type subEntry struct {
 type shareGroup struct {
 	filter  string                          // $share/G/F
 	members atomic.Pointer[plist[subEntry]] // never changed once stored
-	pos     map[string]int                  // client → its index in members; under mu
+	pos     map[string]int                  // client → its index in members, from posAt entries (nil: scanned); under mu
 }
 
 // subMatch is one client's delivery of a topic: its subscriptions that
@@ -193,42 +193,76 @@ func (x *subIndex) subscribe(client string, sub packets.Subscription) bool {
 	return true
 }
 
-// fileEntry files e in the list *list, whose positions are *pos, replacing
-// the entry of its client if there is one; it reports whether it was new.
-// Under mu.
+// posAt is the length from which a list's positions are kept in a map
+// (snode.pos, shareGroup.pos); a shorter list is scanned for a client. A
+// map costs 256 bytes at least (its header and a group of eight slots),
+// and most filters have one subscriber: a subscribed idle connection with
+// a filter of its own paid it.
+const posAt = 8
+
+// indexOf is client's index in l, whose positions are pos (nil: l is
+// scanned). Under mu.
+func indexOf(l *plist[subEntry], pos map[string]int, client string) (int, bool) {
+	if pos != nil {
+		i, ok := pos[client]
+		return i, ok
+	}
+	for i := range l.len() {
+		if l.at(i).client == client {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// fileEntry files e in the list *list, whose positions are *pos (a map
+// made once the list has posAt entries), replacing the entry of its
+// client if there is one; it reports whether it was new. Under mu.
 func fileEntry(list *atomic.Pointer[plist[subEntry]], pos *map[string]int, client string, e subEntry) bool {
 	l := list.Load()
-	if i, ok := (*pos)[client]; ok {
+	if i, ok := indexOf(l, *pos, client); ok {
 		list.Store(l.set(i, e))
 		return false
 	}
-	if *pos == nil {
-		*pos = map[string]int{}
+	n := l.len()
+	if *pos == nil && n+1 >= posAt {
+		*pos = make(map[string]int, n+1)
+		for i := range n {
+			(*pos)[l.at(i).client] = i
+		}
 	}
-	(*pos)[client] = l.len()
+	if *pos != nil {
+		(*pos)[client] = n
+	}
 	list.Store(l.with(e))
 	return true
 }
 
 // unfileEntry removes client's entry from the list *list, whose positions
-// are pos, moving the last entry into its place; it reports whether there
-// was one. An entry left alone is not removed when keepLast: the caller
-// drops the whole list. Under mu.
-func unfileEntry(list *atomic.Pointer[plist[subEntry]], pos map[string]int, client string, keepLast bool) bool {
-	i, ok := pos[client]
-	if !ok {
-		return false
-	}
+// are *pos, moving the last entry into its place; found reports whether
+// there was one, and last whether it was the list's only one. An entry
+// left alone is not removed when keepLast: the caller drops the whole
+// list. The positions' map goes once the list is empty. Under mu.
+func unfileEntry(list *atomic.Pointer[plist[subEntry]], pos *map[string]int, client string, keepLast bool) (found, last bool) {
 	l := list.Load()
-	delete(pos, client)
-	if l.len() == 1 && keepLast {
-		return true
+	i, ok := indexOf(l, *pos, client)
+	if !ok {
+		return false, false
 	}
-	if last := l.len() - 1; i != last {
-		pos[l.at(last).client] = i
+	if *pos != nil {
+		delete(*pos, client)
+	}
+	if l.len() == 1 {
+		*pos = nil
+		if keepLast {
+			return true, true
+		}
+	}
+	if end := l.len() - 1; i != end && *pos != nil {
+		(*pos)[l.at(end).client] = i
 	}
 	list.Store(l.without(i))
-	return true
+	return true, l.len() == 1
 }
 
 // unsubscribe removes client's subscription to filter; it reports whether
@@ -268,14 +302,15 @@ func (x *subIndex) unsubscribeUnless(filter, client string, kept func() bool) bo
 	}
 	found := false
 	if !shared {
-		found = unfileEntry(&n.subs, n.pos, client, false)
+		found, _ = unfileEntry(&n.subs, &n.pos, client, false)
 	} else if g, ok := n.gpos[filter]; ok {
 		groups := n.shared.Load()
 		grp := *groups.at(g)
 		// A group's members list is never emptied (readers pick one of
 		// them): a group losing its last member leaves the node's list.
-		found = unfileEntry(&grp.members, grp.pos, client, true)
-		if found && len(grp.pos) == 0 {
+		var last bool
+		found, last = unfileEntry(&grp.members, &grp.pos, client, true)
+		if found && last {
 			delete(n.gpos, filter)
 			if last := groups.len() - 1; g != last {
 				n.gpos[(*groups.at(last)).filter] = g

@@ -815,3 +815,85 @@ func (n *snode) kid2(level string) *snode {
 	}
 	return nil
 }
+
+// TestSubIndexPositionsFew: a filter's list (plain, and a shared group's)
+// holds no positions' map while it has fewer than posAt entries, one
+// (consistent with the list) from posAt on, and none once empty; the
+// lists hold what was filed through subscribes and unsubscribes that
+// cross posAt both ways.
+func TestSubIndexPositionsFew(t *testing.T) {
+	tests := []struct {
+		name    string
+		clients int  // clients c0… subscribed
+		drop    int  // then unsubscribed, from c0 on
+		withMap bool // a positions' map at the end
+	}{
+		{"one", 1, 0, false},
+		{"below posAt", posAt - 1, 0, false},
+		{"at posAt", posAt, 0, true},
+		{"above, then below", posAt + 3, 6, true}, // made, kept while the list holds entries
+		{"all gone", posAt + 3, posAt + 3, false},
+		{"one, gone", 1, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var x subIndex
+			for i := range tt.clients {
+				for _, f := range []string{"few/a", "$share/g/few/a"} {
+					if !x.subscribe(fmt.Sprint("c", i), packets.Subscription{Filter: f, Qos: 1}) {
+						t.Fatalf("c%d %s: not new", i, f)
+					}
+					if x.subscribe(fmt.Sprint("c", i), packets.Subscription{Filter: f, Qos: 2}) {
+						t.Fatalf("c%d %s: again, new", i, f)
+					}
+				}
+			}
+			for i := range tt.drop {
+				for _, f := range []string{"few/a", "$share/g/few/a"} {
+					if !x.unsubscribe(f, fmt.Sprint("c", i)) || x.unsubscribe(f, fmt.Sprint("c", i)) {
+						t.Fatalf("c%d %s: unsubscribe found nothing, or found it twice", i, f)
+					}
+				}
+			}
+			want := map[string]bool{}
+			for i := tt.drop; i < tt.clients; i++ {
+				want[fmt.Sprint("c", i)] = true
+			}
+			check := func(what string, l *plist[subEntry], pos map[string]int) {
+				got := map[string]bool{}
+				for i := range l.len() {
+					e := l.at(i)
+					got[e.client] = true
+					if e.qos != 2 {
+						t.Errorf("%s: %s at QoS %d, want its second subscription's 2", what, e.client, e.qos)
+					}
+					if j, ok := pos[e.client]; pos != nil && (!ok || j != i) {
+						t.Errorf("%s: %s at %d, its position says %d (%v)", what, e.client, i, j, ok)
+					}
+				}
+				if !maps.Equal(got, want) {
+					t.Errorf("%s: %v, want %v", what, got, want)
+				}
+				if (pos != nil) != tt.withMap || pos != nil && len(pos) != l.len() {
+					t.Errorf("%s: positions %v for %d entries, want a map: %v", what, pos, l.len(), tt.withMap)
+				}
+			}
+			v, ok := x.root.kids.Load("few")
+			if !ok {
+				if len(want) != 0 {
+					t.Fatal("no node for few")
+				}
+				return
+			}
+			v, _ = v.(*snode).kids.Load("a")
+			n := v.(*snode)
+			check("plain", n.subs.Load(), n.pos)
+			if groups := n.shared.Load(); groups.len() == 1 {
+				g := *groups.at(0)
+				check("group", g.members.Load(), g.pos)
+			} else if len(want) != 0 {
+				t.Errorf("%d groups, want 1", groups.len())
+			}
+		})
+	}
+}

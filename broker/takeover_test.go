@@ -27,7 +27,7 @@ func TestHeldAfterInflightCopy(t *testing.T) {
 	b := start(t, Options{})
 	raw, c, old, pub := awayQueued(t, b, "away")
 	raw.Close()
-	waitClosed(t, "the hand-off", c.handed.wait())                                                                  // away: q/1..q/3 held in old's in-flight state
+	waitClosed(t, "the hand-off", c.handOf().handed.wait())                                                         // away: q/1..q/3 held in old's in-flight state
 	h := addBlockHook(t, b, mqtt.OnQosDropped, func(cl *mqtt.Client) bool { return cl == old && cl.IsTakenOver() }) // ClearInflights, after the copy
 	in, cfg, cp := resumeConfig("away")
 	dialed := dialAsync(t, b, "away", cfg, cp)
@@ -71,7 +71,7 @@ func TestHandOnToNewerClient(t *testing.T) {
 			b.server.Clients.Add(newer) // mochi's takeover, unknown to c
 			droppedBefore := b.meter.dropped[dropSessionEnded].Load()
 			raw.Close()
-			waitClosed(t, "the hand-off", c.handed.wait())
+			waitClosed(t, "the hand-off", c.handOf().handed.wait())
 			var got []string
 			switch {
 			case tc.user != "":

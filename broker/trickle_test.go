@@ -37,9 +37,9 @@ func TestQueueTricklingTogether(t *testing.T) {
 				defer qs[i].close()
 				// The client's TCP stack, taking rate bytes a second of a
 				// write that never returns.
-				qs[i].acked = func() (uint64, bool) {
+				qs[i].acked = ackedFunc(func() (uint64, bool) {
 					return uint64(time.Since(start) * time.Duration(tc.rate) / time.Second), true
-				}
+				})
 				for range 4 {
 					if r := qs[i].put(waitItem(), pubWait{}); r != pushed {
 						t.Fatalf("filling: %v", r)

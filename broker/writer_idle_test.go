@@ -146,7 +146,7 @@ func TestWriterCloseWhileStartingOrStopping(t *testing.T) {
 		}
 		s.Close()
 		select {
-		case <-s.c.handed.wait():
+		case <-s.c.handOf().handed.wait():
 		case <-ctx.Done():
 			t.Fatalf("iteration %d: the session's writer never did its finishing duties", it)
 		}

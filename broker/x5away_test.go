@@ -45,8 +45,8 @@ func awayFirstDone(t *testing.T, b *Broker, id string) bool {
 	}
 	done := false
 	if !b.onLoop(nil, func() {
-		done = len(b.tree.Owned(c.key)) > 0
-		for _, s := range b.tree.Owned(c.key) {
+		done = len(b.tree.Owned(c.key())) > 0
+		for _, s := range b.tree.Owned(c.key()) {
 			done = done && !s.Data.(*treeSub).await
 		}
 	}) {

@@ -184,6 +184,9 @@ type ClientConnection struct {
 	// bools share a word (change 80).
 	Inline      bool // if true, the client is the built-in 'inline' embedded client
 	deadlineSet bool
+	// mote: bconn was given up while it held nothing (dropReader), to be
+	// made again when Read next runs (change 84). The reader's own.
+	bconnDropped bool
 
 	// mote: Conn as a PublishBodies (change 56), where the reader takes a
 	// small PUBLISH body from, is asked of Conn at each PUBLISH read
@@ -743,6 +746,10 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
 func (cl *Client) Read(packetHandler ReadFn) error {
+	if cl.Net.bconnDropped { // mote: served after a sleep, or for the first time (change 84)
+		cl.Net.bconn = newConnReader(cl.Net.Conn, cl.ops.options.ClientNetReadBufferSize)
+		cl.Net.bconnDropped = false
+	}
 	for {
 		if cl.Closed() {
 			return cl.closedCause() // mote: change 54
@@ -770,6 +777,9 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 				}
 			}
 			if err := cl.Net.bconn.waitPacket(); err != nil {
+				if err == ErrAsleep { //nolint:errorlint // ReadLent returns the sentinel itself
+					cl.dropReader() // mote: a reader asleep holds no connReader (change 84)
+				}
 				return err // mote: ErrAsleep too (change 75): nothing read, nothing held
 			}
 		} else {
@@ -779,6 +789,18 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			_ = cl.FlushHeld() // mote: the acks held for packets handled before it, before the connection closes
 			return err
 		}
+	}
+}
+
+// mote: dropReader gives the client's connReader up while it is as
+// newConnReader made it, holding no buffer and nothing unread, for Read
+// to make again when it next runs (change 84): a connection whose reader
+// sleeps (ErrAsleep), or that Mote puts to sleep from its CONNACK on
+// (establishClient), holds none. The read goroutine's, or
+// establishClient's before the client is served.
+func (cl *Client) dropReader() {
+	if r := cl.Net.bconn; r != nil && r.fresh() {
+		cl.Net.bconn, cl.Net.bconnDropped = nil, true
 	}
 }
 

@@ -142,6 +142,14 @@ func (b *connReader) Peek(n int) ([]byte, error) {
 	return b.buf[b.r : b.r+n], nil
 }
 
+// fresh reports whether b is as newConnReader made it, for a connection
+// that lends: no buffer, nothing unread, no error kept (mote change 84: a
+// reader that went to sleep gives it up, and makes a new one when served
+// again).
+func (b *connReader) fresh() bool {
+	return b.lend != nil && b.buf == nil && !b.lent && b.r == b.w && b.err == nil && !b.next
+}
+
 // waitPacket waits for the next packet's first byte, as Peek(1): the one
 // read at which a BufferLender may let the reader go (ErrAsleep).
 func (b *connReader) waitPacket() error {

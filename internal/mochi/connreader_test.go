@@ -5,7 +5,10 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"testing"
+
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 
 	"github.com/stretchr/testify/require"
 )
@@ -156,4 +159,66 @@ type iotestHalfReader struct{ r io.Reader }
 
 func (h iotestHalfReader) Read(p []byte) (int, error) {
 	return h.r.Read(p[:(len(p)+1)/2])
+}
+
+// sleepyConn is a net.Conn that lends its reads (a BufferLender over a
+// list of reads, as lender) and answers ErrAsleep to the next wait
+// between packets once asleep is set.
+type sleepyConn struct {
+	net.Conn
+	lender
+	asleep bool
+}
+
+func (c *sleepyConn) Read(p []byte) (int, error) { return c.lender.Read(p) }
+
+func (c *sleepyConn) ReadLent(next bool) ([]byte, int, error) {
+	if next && c.asleep {
+		c.asleep = false
+		return nil, 0, ErrAsleep
+	}
+	return c.lender.ReadLent(next)
+}
+
+// TestReaderAsleepHoldsNoConnReader: a reader that answers ErrAsleep
+// between packets gives its connReader up, and the next Read (the
+// connection served again) makes a new one and reads on as before
+// (change 84).
+func TestReaderAsleepHoldsNoConnReader(t *testing.T) {
+	tests := []struct {
+		name   string
+		chunks [][]byte // what the connection gives after the sleep
+		want   []byte   // the packet types read after it
+	}{
+		{"a packet", [][]byte{{packets.Pingreq << 4, 0}}, []byte{packets.Pingreq}},
+		{"two packets in one read", [][]byte{{packets.Pingreq << 4, 0, packets.Pingreq << 4, 0}}, []byte{packets.Pingreq, packets.Pingreq}},
+		{"a packet split across reads", [][]byte{{packets.Pingreq << 4}, {0}}, []byte{packets.Pingreq}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl, _, w := newTestClient()
+			defer cl.Stop(errClientStop)
+			c := &sleepyConn{Conn: w, asleep: true}
+			c.lender = lender{t: t, chunks: [][]byte{{packets.Pingreq << 4, 0}}, end: ErrAsleep}
+			cl.Net.Conn, cl.Net.bconn = c, newConnReader(c, 8)
+
+			var got []byte
+			read := func(cl *Client, pk *packets.Packet) error {
+				got = append(got, pk.FixedHeader.Type)
+				return nil
+			}
+			require.ErrorIs(t, cl.Read(read), ErrAsleep) // asleep before its first packet
+			require.Nil(t, cl.Net.bconn, "a reader asleep holds a connReader")
+			require.ErrorIs(t, cl.Read(read), ErrAsleep) // woken: one packet, then asleep again (the lender's end)
+			require.Nil(t, cl.Net.bconn, "a reader asleep holds a connReader")
+			require.Equal(t, []byte{packets.Pingreq}, got)
+
+			got = nil
+			c.lender.chunks, c.lender.end = tt.chunks, io.EOF
+			require.ErrorIs(t, cl.Read(read), io.EOF)
+			require.Equal(t, tt.want, got)
+			require.NotNil(t, cl.Net.bconn, "a reader that ended without sleeping gave its connReader up")
+			require.Zero(t, c.lender.out, "buffers still lent at the end")
+		})
+	}
 }

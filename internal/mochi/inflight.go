@@ -21,7 +21,19 @@ type Inflight struct {
 	sendQuota           int32                     // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                     // maximum allowed receive quota
 	maximumSendQuota    int32                     // maximum allowed send quota
-	released            []uint16                  // mote: ids of QoS 2 deliveries DropDeliveries dropped, to be released (change 64)
+	// mote: ids of QoS 2 deliveries DropDeliveries dropped, to be
+	// released (change 64); nil while there are none, read through rel: a
+	// pointer, not a slice, so that every client's Inflight is 64 bytes,
+	// not 80 (change 88).
+	released *[]uint16
+}
+
+// mote: rel is the ids to be released (change 88). Under i's lock.
+func (i *Inflight) rel() []uint16 {
+	if i.released == nil {
+		return nil
+	}
+	return *i.released
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -70,7 +82,10 @@ func (i *Inflight) Clone() *Inflight {
 	if len(i.internal) > 0 {
 		c.internal = make(map[uint16]packets.Packet, len(i.internal))
 	}
-	c.released = slices.Clone(i.released) // mote: the session's, as its messages (change 64)
+	if r := i.rel(); len(r) > 0 { // mote: the session's, as its messages (change 64)
+		r = slices.Clone(r)
+		c.released = &r
+	}
 	for k, v := range i.internal {
 		c.internal[k] = v
 	}
@@ -88,7 +103,7 @@ func (i *Inflight) Clone() *Inflight {
 func (i *Inflight) moveOut() *Inflight {
 	i.Lock()
 	defer i.Unlock()
-	if len(i.internal) == 0 && len(i.released) == 0 {
+	if len(i.internal) == 0 && len(i.rel()) == 0 {
 		return nil
 	}
 	c := NewInflights()
@@ -188,7 +203,10 @@ func (i *Inflight) DropDeliveries() int {
 		if delivery(&pk) {
 			n++
 			if pk.FixedHeader.Type == packets.Pubrel {
-				i.released = append(i.released, id)
+				if i.released == nil {
+					i.released = new([]uint16)
+				}
+				*i.released = append(*i.released, id)
 			}
 			continue
 		}
@@ -209,7 +227,7 @@ func (i *Inflight) DropDeliveries() int {
 func (i *Inflight) TakeReleased() []uint16 {
 	i.Lock()
 	defer i.Unlock()
-	r := i.released
+	r := i.rel()
 	i.released = nil
 	return r
 }
@@ -219,7 +237,7 @@ func (i *Inflight) TakeReleased() []uint16 {
 func (i *Inflight) Released() int {
 	i.RLock()
 	defer i.RUnlock()
-	return len(i.released)
+	return len(i.rel())
 }
 
 // mote: Used reports whether packet id is in use: in flight, or a QoS 2
@@ -231,7 +249,7 @@ func (i *Inflight) Used(id uint16) bool {
 	if _, ok := i.internal[id]; ok {
 		return true
 	}
-	return slices.Contains(i.released, id)
+	return slices.Contains(i.rel(), id)
 }
 
 // mote: DeliveryBytes sums cost over the deliveries in flight (PUBLISH

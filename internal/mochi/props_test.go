@@ -67,7 +67,16 @@ func TestConnectPropsKeptWhenSent(t *testing.T) {
 // inline, Client fits the 320-byte size class, under 512 bytes so without
 // a malloc header (640 with both, 384 with the will; mote changes 82, 83).
 func TestClientSizeClass(t *testing.T) {
-	if n := unsafe.Sizeof(Client{}); n > 320 {
-		t.Errorf("Client is %d bytes, want at most 320", n)
+	for _, c := range []struct {
+		name      string
+		size, max uintptr
+	}{
+		{"Client", unsafe.Sizeof(Client{}), 320},
+		{"Inflight", unsafe.Sizeof(Inflight{}), 64},           // 72, the 80 class, with its released ids a slice (change 88)
+		{"Subscriptions", unsafe.Sizeof(Subscriptions{}), 48}, // 32 before its only subscription was held without a map (change 89)
+	} {
+		if c.size > c.max {
+			t.Errorf("%s is %d bytes, want at most %d", c.name, c.size, c.max)
+		}
 	}
 }

@@ -601,7 +601,16 @@ func (s *Server) establishClient(cl *Client, listener string) (serve func() erro
 
 	s.hooks.OnSessionEstablished(cl, pk)
 
-	return func() error { return s.serveClient(cl, listener) }, nil
+	// mote: a CONNECT read to its end leaves the reader holding nothing:
+	// it is given up until the client is served (change 84), so that a
+	// connection Mote puts to sleep from its CONNACK on holds none.
+	cl.dropReader()
+
+	// mote: the listener is read back from the client (ParseConnect set
+	// it to listener, and nothing sets it after), so that the function,
+	// kept by Mote for each connection asleep, holds two words, not four:
+	// 24 bytes, not 48 (change 87).
+	return func() error { return s.serveClient(cl, cl.Net.Listener) }, nil
 }
 
 // mote: serveClient is the second half of attachClient (establishClient):

@@ -294,14 +294,28 @@ func (s *InlineSubscriptions) Delete(id int) {
 }
 
 // Subscriptions is a map of subscriptions keyed on client.
+//
+// mote: a single subscription is held in one, without a map (change
+// 89): a Go map's slots are made eight at a time, so a one-entry map cost
+// 256 bytes (its header and a group of eight slots) besides the
+// subscription, and most are one-entry: a client's with one filter, a
+// filter's with one client (each subscribed idle connection had two).
+// The map is made by a second subscription and dropped once empty.
 type Subscriptions struct {
+	one      *subEntry                        // the only subscription while internal is nil; nil: none
 	internal map[string]*packets.Subscription // mote: by pointer (change 76)
 	sync.RWMutex
 }
 
+// subEntry is a Subscriptions' only subscription, under its id (change 89).
+type subEntry struct {
+	id  string
+	sub packets.Subscription
+}
+
 // NewSubscriptions returns a new instance of Subscriptions.
 func NewSubscriptions() *Subscriptions {
-	return &Subscriptions{} // mote: its map made by the first Add (change 62)
+	return &Subscriptions{} // mote: its map made by the second Add (changes 62, 89)
 }
 
 // Add adds a new subscription for a client. ID can be a filter in the
@@ -311,12 +325,19 @@ func NewSubscriptions() *Subscriptions {
 // are made eight at a time, and a 64-byte Subscription in each made a
 // client's one-filter map (and a filter's one-client map) take 700 bytes
 // where pointers take 200 and the copy 64 (issue 15: the two maps of a
-// subscribed idle connection, 1.4 KiB of its heap, 0.6 KiB now).
+// subscribed idle connection, 1.4 KiB of its heap, 0.6 KiB now); a
+// single one is held without a map (change 89).
 func (s *Subscriptions) Add(id string, val packets.Subscription) {
 	s.Lock()
 	defer s.Unlock()
 	if s.internal == nil {
-		s.internal = map[string]*packets.Subscription{}
+		if s.one == nil || s.one.id == id {
+			s.one = &subEntry{id: id, sub: val}
+			return
+		}
+		s.internal = make(map[string]*packets.Subscription, 2)
+		s.internal[s.one.id] = &s.one.sub
+		s.one = nil
 	}
 	s.internal[id] = &val
 }
@@ -325,6 +346,9 @@ func (s *Subscriptions) Add(id string, val packets.Subscription) {
 func (s *Subscriptions) GetAll() map[string]packets.Subscription {
 	s.RLock()
 	defer s.RUnlock()
+	if s.one != nil {
+		return map[string]packets.Subscription{s.one.id: s.one.sub}
+	}
 	m := make(map[string]packets.Subscription, len(s.internal))
 	for k, v := range s.internal {
 		m[k] = *v
@@ -336,6 +360,12 @@ func (s *Subscriptions) GetAll() map[string]packets.Subscription {
 func (s *Subscriptions) Get(id string) (val packets.Subscription, ok bool) {
 	s.RLock()
 	defer s.RUnlock()
+	if s.one != nil {
+		if s.one.id == id {
+			return s.one.sub, true
+		}
+		return val, false
+	}
 	if v, ok := s.internal[id]; ok {
 		return *v, true
 	}
@@ -346,6 +376,9 @@ func (s *Subscriptions) Get(id string) (val packets.Subscription, ok bool) {
 func (s *Subscriptions) Len() int {
 	s.RLock()
 	defer s.RUnlock()
+	if s.one != nil {
+		return 1
+	}
 	val := len(s.internal)
 	return val
 }
@@ -354,7 +387,16 @@ func (s *Subscriptions) Len() int {
 func (s *Subscriptions) Delete(id string) {
 	s.Lock()
 	defer s.Unlock()
+	if s.one != nil {
+		if s.one.id == id {
+			s.one = nil
+		}
+		return
+	}
 	delete(s.internal, id)
+	if len(s.internal) == 0 {
+		s.internal = nil // mote: the next single subscription is held without a map (change 89)
+	}
 }
 
 // ClientSubscriptions is a map of aggregated subscriptions for a client.

@@ -108,7 +108,8 @@ func TestNewSubscriptions(t *testing.T) {
 func TestSubscriptionsAdd(t *testing.T) {
 	s := NewSubscriptions()
 	s.Add("cl1", packets.Subscription{})
-	require.Contains(t, s.internal, "cl1")
+	_, ok := s.Get("cl1") // mote: held without a map while it is the only one (change 89)
+	require.True(t, ok)
 }
 
 func TestSubscriptionsGet(t *testing.T) {
@@ -148,11 +149,64 @@ func TestSubscriptionsLen(t *testing.T) {
 func TestSubscriptionsDelete(t *testing.T) {
 	s := NewSubscriptions()
 	s.Add("cl1", packets.Subscription{Qos: 1})
-	require.Contains(t, s.internal, "cl1")
+	_, ok := s.Get("cl1") // mote: held without a map while it is the only one (change 89)
+	require.True(t, ok)
 
 	s.Delete("cl1")
-	_, ok := s.Get("cl1")
+	_, ok = s.Get("cl1")
 	require.False(t, ok)
+}
+
+// TestSubscriptionsOneWithoutMap: a single subscription is held without a
+// map, a second makes the map, and an empty map goes (change 89); Add,
+// Get, GetAll, Len and Delete answer as a map's would at each step.
+func TestSubscriptionsOneWithoutMap(t *testing.T) {
+	type op struct {
+		del bool
+		id  string
+		qos byte
+	}
+	tests := []struct {
+		name    string
+		ops     []op
+		withMap bool // a map is held at the end
+	}{
+		{"none", nil, false},
+		{"one", []op{{false, "a", 1}}, false},
+		{"one replaced", []op{{false, "a", 1}, {false, "a", 2}}, false},
+		{"two", []op{{false, "a", 1}, {false, "b", 2}}, true},
+		{"two, one deleted", []op{{false, "a", 1}, {false, "b", 2}, {true, "a", 0}}, true},
+		{"two, both deleted", []op{{false, "a", 1}, {false, "b", 2}, {true, "a", 0}, {true, "b", 0}}, false},
+		{"one deleted", []op{{false, "a", 1}, {true, "a", 0}}, false},
+		{"another deleted", []op{{false, "a", 1}, {true, "b", 0}}, false},
+		{"none deleted", []op{{true, "a", 0}}, false},
+		{"again after empty", []op{{false, "a", 1}, {false, "b", 2}, {true, "a", 0}, {true, "b", 0}, {false, "c", 0}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := NewSubscriptions()
+			ref := map[string]packets.Subscription{}
+			for _, o := range tt.ops {
+				if o.del {
+					s.Delete(o.id)
+					delete(ref, o.id)
+					continue
+				}
+				sub := packets.Subscription{Filter: "f/" + o.id, Qos: o.qos}
+				s.Add(o.id, sub)
+				ref[o.id] = sub
+			}
+			require.Equal(t, tt.withMap, s.internal != nil, "a map held")
+			require.Equal(t, len(ref), s.Len())
+			require.Equal(t, ref, s.GetAll())
+			for _, id := range []string{"a", "b", "c", "d"} {
+				got, ok := s.Get(id)
+				want, wok := ref[id]
+				require.Equal(t, wok, ok, id)
+				require.Equal(t, want, got, id)
+			}
+		})
+	}
 }
 
 func TestNewTopicsIndex(t *testing.T) {
