@@ -717,6 +717,13 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 	if len(ops) == 0 {
 		return false
 	}
+	for i, m := range meta {
+		// Whose rows they are, for No Local on tree subscriptions (as
+		// deliverTo's msg.origin): a translation is the broker's.
+		if !m.translated {
+			ops[i].Origin = m.p.ClientID
+		}
+	}
 	var res tree.Result
 	if at != nil {
 		res = b.tree.ApplyAt(ops, *at)

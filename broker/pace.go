@@ -154,11 +154,12 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 	batch := heldRows(held, b.tree.Rev()) // the held rows reflect every batch so far
 	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit(), foldBound(held)) {
 		b.stats.Folded.Add(1)
+		st.folded()
 		return
 	}
 	payload, qos, ok := b.tree.Fold(st.ts, held)
 	if !ok {
-		return // nothing the client may read
+		return // nothing the client may read, or only its own rows (No Local): no mote-seq taken
 	}
 	b.pushDelta(st, payload, qos, batch, deltaBound(payload, len(held))) // it keeps the held rows while it waits
 }
