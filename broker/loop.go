@@ -146,7 +146,8 @@ func (r *batchRows) rows() []tree.Change {
 	}
 	// Not the tree's last batch (never: the loop lists a batch's deltas
 	// before it applies the next). The batch's rows its receivers match,
-	// newest last (a fold and a hold keep the newest).
+	// newest last (a fold and a hold keep the newest), without their
+	// origins (No Local would then not leave its own rows out).
 	s := r.at.Subs[0]
 	for i, a := range r.applied {
 		if a.Err != nil {
