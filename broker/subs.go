@@ -175,8 +175,9 @@ func (st *treeSub) own(ch *tree.Change) bool {
 
 // hold keeps ch among st's held changes, the newest value of each topic
 // (and its origin: a paced flush leaves a row out whose newest change is
-// the client's own, No Local) with the highest QoS, counted against the connection's queue bound;
-// past it every held change is dropped and lost is set.
+// the client's own, No Local) with the highest QoS, counted against the
+// connection's queue bound; past it every held change is dropped and lost
+// is set.
 func (st *treeSub) hold(ch tree.Change) {
 	q := st.c.q
 	if i, ok := st.at[ch.Topic]; ok {
