@@ -11,13 +11,6 @@ import (
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
-// nlDelta is a tree message a No Local test expects: its mote-seq and its
-// payload as JSON (CBOR ones are compared decoded).
-type nlDelta struct {
-	seq  int
-	json string
-}
-
 // TestNoLocalTree: MQTT 5 No Local [MQTT-3.8.3-3] on $sync and $tree
 // subscriptions (docs/spec-audit-x5.md X2). A delta leaves out every row
 // whose newest change came from the subscriber's own client (a plain
@@ -38,7 +31,8 @@ func TestNoLocalTree(t *testing.T) {
 		paced  bool
 		recv   uint16 // c's Receive Maximum (0: the default)
 		run    func(t *testing.T, e env)
-		deltas []nlDelta // after the snapshot ($sync) or from the first ($tree)
+		seq    int      // the mote-seq of the first delta of deltas
+		deltas []string // the deltas that follow (as JSON): consecutive ones may come folded into one
 	}{
 		{
 			name: "plain publish",
@@ -47,7 +41,7 @@ func TestNoLocalTree(t *testing.T) {
 				settle(t, e.b)
 				e.w.row(t, "nl/b", "2")
 			},
-			deltas: []nlDelta{{1, `{"b":2}`}},
+			seq: 1, deltas: []string{`{"b":2}`},
 		},
 		{
 			name: "tree publish",
@@ -59,7 +53,7 @@ func TestNoLocalTree(t *testing.T) {
 				settle(t, e.b)
 				e.w.row(t, "$tree/nl", `{"c":3}`)
 			},
-			deltas: []nlDelta{{1, `{"b":2}`}, {2, `{"c":3}`}},
+			seq: 1, deltas: []string{`{"b":2}`, `{"c":3}`},
 		},
 		{
 			name: "mixed batch",
@@ -77,7 +71,7 @@ func TestNoLocalTree(t *testing.T) {
 				settle(t, e.b)
 				e.w.row(t, "nl/end", "9")
 			},
-			deltas: []nlDelta{{1, `{"x":3,"z":6}`}, {2, `{"end":9}`}},
+			seq: 1, deltas: []string{`{"x":3,"z":6}`, `{"end":9}`},
 		},
 		{
 			name:  "paced",
@@ -100,37 +94,49 @@ func TestNoLocalTree(t *testing.T) {
 				settle(t, e.b)
 				e.w.row(t, "nl/f", "2")
 			},
-			deltas: []nlDelta{{3, `{"f":2}`}},
+			seq: 3, deltas: []string{`{"f":2}`},
 		},
 		{
 			name: "queued fold",
 			recv: 1,
 			run: func(t *testing.T, e env) {
+				q := e.b.connByID(e.id).q
+				taken := func(what string) { // the writer took every queued item
+					t.Helper()
+					waitFor(t, what, func() bool {
+						q.mu.Lock()
+						defer q.mu.Unlock()
+						return q.head == len(q.items)
+					})
+				}
 				e.w.row(t, "nl/a", "1")
 				first := e.c.publish(t, false) // in flight: what follows waits in the queue
 				if user(first, "mote-seq") != "1" {
 					t.Fatalf("%q seq %s, want delta 1", first.Payload, user(first, "mote-seq"))
 				}
 				e.w.row(t, "nl/b", "2")
-				q := e.b.connByID(e.id).q
-				waitFor(t, "delta 2 taken by the writer", func() bool {
-					q.mu.Lock()
-					defer q.mu.Unlock()
-					return q.head == len(q.items)
-				})
-				e.c.row(t, "nl/x", `"own1"`) // delta 2 is taken: nothing to fold into, nothing sent
+				taken("delta 2 taken by the writer, waiting for room")
+				e.c.row(t, "nl/x", `"own1"`) // nothing to fold into: nothing sent
 				e.w.row(t, "nl/y", "3")      // delta 3, queued
 				settle(t, e.b)
 				e.c.row(t, "nl/y", `"own4"`) // folds into it: nothing of it left, its mote-seq given back
 				settle(t, e.b)
-				e.w.row(t, "nl/z", "5") // delta 3 again
-				e.w.row(t, "nl/u", "6") // folds into it
-				e.c.row(t, "nl/u", `"own7"`)
-				e.w.row(t, "nl/w", "8")
-				settle(t, e.b)
 				e.c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: first.PacketID})
+				second := e.c.publish(t, false)
+				if user(second, "mote-seq") != "2" || !nlEqual(t, second, `{"b":2}`) {
+					t.Fatalf("%q seq %s, want delta 2 {\"b\":2}", nlJSON(t, second), user(second, "mote-seq"))
+				}
+				taken("the emptied delta taken (and skipped)")
+				e.w.row(t, "nl/z", "5") // delta 3 after all, no gap
+				taken("delta 3 taken")
+				e.w.row(t, "nl/u", "6") // delta 4, queued
+				settle(t, e.b)
+				e.c.row(t, "nl/u", `"own7"`) // empties it: mote-seq 4 given back
+				e.w.row(t, "nl/w", "8")      // delta 4 again
+				settle(t, e.b)
+				e.c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: second.PacketID})
 			},
-			deltas: []nlDelta{{2, `{"b":2}`}, {3, `{"z":5,"w":8}`}},
+			seq: 3, deltas: []string{`{"z":5}`, `{"w":8}`},
 		},
 	}
 	for _, mode := range []string{"$sync", "$tree"} {
@@ -158,11 +164,17 @@ func TestNoLocalTree(t *testing.T) {
 						}
 					}
 					tc.run(t, env{b: b, c: c, w: w, id: id})
-					for _, want := range tc.deltas {
+					for i, seq := 0, tc.seq; i < len(tc.deltas); seq++ {
+						// The next message is delta seq: the next expected
+						// delta, or it and those after it folded (SPEC §2:
+						// the writer had not taken the first yet).
 						p := c.publish(t, true)
-						if p.TopicName != filter || user(p, "mote-seq") != strconv.Itoa(want.seq) || !nlEqual(t, p, want.json) {
-							t.Fatalf("%s %q seq %s, want seq %d %s", p.TopicName, nlJSON(t, p), user(p, "mote-seq"), want.seq, want.json)
+						got := nlJSON(t, p)
+						j := nlFolded(t, got, tc.deltas[i:])
+						if p.TopicName != filter || user(p, "mote-seq") != strconv.Itoa(seq) || j == 0 {
+							t.Fatalf("%s %s seq %s, want seq %d %s (or it folded with those after it: %v)", p.TopicName, got, user(p, "mote-seq"), seq, tc.deltas[i], tc.deltas[i:])
 						}
+						i += j
 					}
 					if mode == "$sync" {
 						// A SUBSCRIBE again: a snapshot of the store, every own row in it.
@@ -185,6 +197,24 @@ func TestNoLocalTree(t *testing.T) {
 			}
 		}
 	}
+}
+
+// nlFolded returns how many of the deltas want (JSON, one '+' level),
+// folded in order, make got; 0 if none.
+func nlFolded(t *testing.T, got string, want []string) int {
+	t.Helper()
+	doc := map[string]any{}
+	for j, w := range want {
+		merge1(t, doc, []byte(w))
+		js, err := json.Marshal(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if jsonEqual(t, got, string(js)) {
+			return j + 1
+		}
+	}
+	return 0
 }
 
 // nlJSON is a tree message's payload as JSON, CBOR decoded.
