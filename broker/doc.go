@@ -113,6 +113,19 @@
 // for the whole broker: when it fires it only hands a flush to the loop
 // (a call, as a writer's), which sends what is due as one delta each.
 //
+// No Local on a tree subscription (MQTT 5, [MQTT-3.8.3-3]; X2 of
+// docs/spec-audit-x5.md): applyBatch gives each op its publisher's client
+// id as its origin (tree.Op.Origin; none for a translation), and a
+// subscription with No Local has its client id as tree.Sub.Local. The
+// tree leaves out of its delta every row whose newest change in the batch
+// came from it, encoding privately only for such a subscription whose
+// client changed a row of the batch (an empty Delta, Payload nil, when
+// nothing is left: not queued, no mote-seq, but a fold or a hold still
+// takes in the row's newest origin). Held changes and queued folds keep
+// each row's newest origin and Fold leaves own rows out; a fold that
+// leaves a queued delta nothing gives its mote-seq back (treeSub.folded).
+// Snapshots, resumes and $hist answers are the store, own rows included.
+//
 // The loop also owns the store's revision (SPEC §8, in the tree core) and,
 // without a store, the deletion markers (markLog); with one the retainer
 // owns them on disk, and the loop reads them there for a resume, under the

@@ -408,7 +408,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		c.levels += strings.Count(filter, "/") + 1
 		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
 			c.pacedProps = c.pacedProps || (sf.Interval > 0 && outgoingTopic(filter, sf) != filter)
-			st := b.treeSubOf(c, filter, sf, s.Qos, s.Identifier, treeOpts{})
+			st := b.treeSubOf(c, filter, sf, s.Qos, s.Identifier, treeOpts{noLocal: s.NoLocal})
 			// No SUBACK took budget room for its first message (a $sync
 			// snapshot, a $tree resume delta): its writer waits for room
 			// (awaitSnapshotRoom).
@@ -854,7 +854,9 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 			continue
 		}
 		if sf.Mode != wire.Plain {
-			st := h.b.treeSubOf(c, f.Filter, sf, codes[i], f.Identifier, topts)
+			o := topts
+			o.noLocal = f.NoLocal
+			st := h.b.treeSubOf(c, f.Filter, sf, codes[i], f.Identifier, o)
 			if sf.Mode == wire.Sync {
 				// Its snapshot's room in the broker's budget, before the
 				// SUBACK grants it (Broker.snaps, snapbudget.go).
@@ -1091,6 +1093,9 @@ func (b *Broker) treeSubOf(c *conn, filter string, sf wire.Subscription, qos byt
 	// Its read check (Allow) is the loop's to set, from the rules current
 	// when it registers (handle).
 	st.ts = &tree.Sub{Owner: c.key(), Topic: outgoingTopic(filter, sf), Filter: sf.Filter, Codec: sf.Codec, QoS: qos, Data: st}
+	if o.noLocal { // [MQTT-3.8.3-3]: "own" as for plain subscriptions (deliverTo), the client id
+		st.ts.Local = c.p.ClientID
+	}
 	return st
 }
 

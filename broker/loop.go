@@ -146,7 +146,8 @@ func (r *batchRows) rows() []tree.Change {
 	}
 	// Not the tree's last batch (never: the loop lists a batch's deltas
 	// before it applies the next). The batch's rows its receivers match,
-	// newest last (a fold and a hold keep the newest).
+	// newest last (a fold and a hold keep the newest), without their
+	// origins (No Local would then not leave its own rows out).
 	s := r.at.Subs[0]
 	for i, a := range r.applied {
 		if a.Err != nil {
@@ -716,6 +717,13 @@ func (b *Broker) apply(ops []tree.Op, meta []*pubMeta) {
 func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool {
 	if len(ops) == 0 {
 		return false
+	}
+	for i, m := range meta {
+		// Whose rows they are, for No Local on tree subscriptions (as
+		// deliverTo's msg.origin): a translation is the broker's.
+		if !m.translated {
+			ops[i].Origin = m.p.ClientID
+		}
 	}
 	var res tree.Result
 	if at != nil {

@@ -150,15 +150,21 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 	if len(held) == 0 || !st.ts.Active() {
 		return
 	}
+	prev := st.sent
 	st.sent = now
 	batch := heldRows(held, b.tree.Rev()) // the held rows reflect every batch so far
 	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit(), foldBound(held)) {
 		b.stats.Folded.Add(1)
+		st.folded()
 		return
 	}
 	payload, qos, ok := b.tree.Fold(st.ts, held)
 	if !ok {
-		return // nothing the client may read
+		// Nothing the client may read, or only its own rows (No Local):
+		// nothing left, no mote-seq taken, and the interval still counts
+		// from the message before.
+		st.sent = prev
+		return
 	}
 	b.pushDelta(st, payload, qos, batch, deltaBound(payload, len(held))) // it keeps the held rows while it waits
 }

@@ -94,6 +94,7 @@ type deltaItem struct {
 	rowQoS byte           // highest QoS among folded rows
 	extra  int            // bytes the folded rows added to the queue
 	bound  int            // at least the size of its payload once encoded again (foldBound); the loop's
+	shown  int            // folded rows whose newest change is not its client's own (No Local: deltaItem.add)
 }
 
 func (d *deltaItem) cost() int { return d.treeItem.cost() + d.extra }

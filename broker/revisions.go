@@ -283,6 +283,9 @@ type treeOpts struct {
 	resume  bool
 	hist    histQuery
 	histSet bool // any of mote-from, mote-to, mote-limit was given
+	// noLocal is the subscription's MQTT 5 No Local option (not a user
+	// property): its deltas leave out its own client's rows (tree.Sub.Local).
+	noLocal bool
 }
 
 // readTreeOpts reads them; a value that does not parse is an error naming

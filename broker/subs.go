@@ -135,33 +135,49 @@ func changeCost(ch *tree.Change) int { return len(ch.Topic) + len(ch.Value.Data)
 // topic drops its held event (the snapshot has it). What it holds counts
 // against the connection's queue bound; past it the events are dropped
 // and lost is set.
+//
+// No Local (tree.Sub.Local): a change of the client's own is not held,
+// and drops the event held for its topic (the newest change of the row is
+// the client's, which it has). Held for a resume delta (holdAll), every
+// change is kept, its own too: the resume is the store's state (SPEC §8).
 func (st *treeSub) holdEvents(changes []tree.Change) {
 	if st.holdAll {
 		for i := 0; i < len(changes) && !st.lost; i++ {
-			st.hold(changes[i])
+			ch := changes[i]
+			ch.Origin = "" // a state, not a forwarded message: its own rows too
+			st.hold(ch)
 		}
 		return
 	}
 	q := st.c.q
 	for _, ch := range changes {
 		i, ok := st.at[ch.Topic]
+		own := st.own(&ch)
 		switch {
-		case ch.Retain && ok:
+		case (ch.Retain || own) && ok:
 			n := changeCost(&st.events[i])
 			st.held -= n
 			q.reserve(-n)
 			st.events[i] = tree.Change{} // dropped (its value with it); skipped at the snapshot
 			delete(st.at, ch.Topic)
-		case ch.Retain || st.lost:
+		case ch.Retain || own || st.lost:
 		default:
 			st.hold(ch)
 		}
 	}
 }
 
+// own reports whether ch's newest change came from st's own client and st
+// has No Local [MQTT-3.8.3-3]: such a row is not forwarded to it.
+func (st *treeSub) own(ch *tree.Change) bool {
+	return st.ts.Local != "" && ch.Origin == st.ts.Local
+}
+
 // hold keeps ch among st's held changes, the newest value of each topic
-// with the highest QoS, counted against the connection's queue bound;
-// past it every held change is dropped and lost is set.
+// (and its origin: a paced flush leaves a row out whose newest change is
+// the client's own, No Local) with the highest QoS, counted against the
+// connection's queue bound; past it every held change is dropped and lost
+// is set.
 func (st *treeSub) hold(ch tree.Change) {
 	q := st.c.q
 	if i, ok := st.at[ch.Topic]; ok {
@@ -171,7 +187,7 @@ func (st *treeSub) hold(ch tree.Change) {
 			return
 		}
 		st.held += n
-		st.events[i].Value, st.events[i].QoS = ch.Value, max(st.events[i].QoS, ch.QoS)
+		st.events[i].Value, st.events[i].QoS, st.events[i].Origin = ch.Value, max(st.events[i].QoS, ch.QoS), ch.Origin
 		return
 	}
 	n := changeCost(&ch)
@@ -209,12 +225,31 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 	add := deltaBound(d.Payload, d.Rows)
 	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit(), add) {
 		b.stats.Folded.Add(1)
+		st.folded()
+		return
+	}
+	if d.Payload == nil {
+		// No Local: every row of it was the client's own (tree.Sub.Local).
+		// Nothing held or queued needed to take them in: nothing is sent,
+		// no mote-seq taken.
 		return
 	}
 	if st.interval > 0 && b.pace.hold(st, batch) {
 		return
 	}
 	b.pushDelta(st, d.Payload, d.QoS, batch, add)
+}
+
+// folded follows a fold into st's queued delta (st.last): when No Local
+// left it nothing to send (the newest change of every row it holds is
+// the client's own), it gives its mote-seq back, if no other was taken
+// since, and is done with (its writer skips it: encodeFolded), so the
+// count goes on without a gap (loop only).
+func (st *treeSub) folded() {
+	if d := st.last; st.ts.Local != "" && d.shown == 0 && st.seq == d.seq {
+		st.seq--
+		st.last = nil
+	}
 }
 
 // deltaBound bounds from above the bytes a delta of rows rows, payload
@@ -354,21 +389,32 @@ func (d *deltaItem) growth(changes []tree.Change) int {
 }
 
 // add folds changes (rows of s's deltas: s matches each) into d, newest
-// value of each topic, and returns the bytes they added (mu held).
+// value of each topic with its origin, and returns the bytes they added
+// (mu held). It counts the rows whose newest change is not s's own
+// client's (shown; No Local leaves the others out: tree.Sub.Local).
 func (d *deltaItem) add(s *tree.Sub, changes []tree.Change) int {
 	if d.at == nil {
 		d.at = map[string]int{}
+	}
+	shown := func(ch *tree.Change) int {
+		if s.Local != "" && ch.Origin == s.Local {
+			return 0
+		}
+		return 1
 	}
 	n := 0
 	for _, ch := range changes {
 		d.rowQoS = max(d.rowQoS, ch.QoS)
 		if i, ok := d.at[ch.Topic]; ok {
-			n += len(ch.Value.Data) - len(d.folded[i].Value.Data)
-			d.folded[i].Value, d.folded[i].QoS = ch.Value, max(d.folded[i].QoS, ch.QoS)
+			f := &d.folded[i]
+			n += len(ch.Value.Data) - len(f.Value.Data)
+			d.shown += shown(&ch) - shown(f)
+			f.Value, f.QoS, f.Origin = ch.Value, max(f.QoS, ch.QoS), ch.Origin
 			continue
 		}
 		d.at[ch.Topic] = len(d.folded)
 		d.folded = append(d.folded, ch)
+		d.shown += shown(&ch)
 		n += changeCost(&ch)
 	}
 	d.qos = deltaQoS(s, d.rowQoS)

@@ -585,9 +585,8 @@ func TestX5NoLocalPlain(t *testing.T) {
 // TestX5NoLocalTree: No Local [MQTT-3.8.3-3] on a $sync or $tree
 // subscription: the client's own publish is not forwarded to it, so a
 // delta holds only other clients' rows (and none is sent when only its
-// own changed).
+// own changed). Fixed (X2); the cases are in TestNoLocalTree.
 func TestX5NoLocalTree(t *testing.T) {
-	t.Skip("known: tree subscriptions ignore No Local; a client's own rows are in its deltas (docs/spec-audit-x5.md X2)")
 	b := start(t, Options{})
 	for _, filter := range []string{"$sync/nt/+", "$tree/nt/+"} {
 		t.Run(filter, func(t *testing.T) {

@@ -116,11 +116,11 @@ func (t *Tree) applyOp(op *Op) Applied {
 		}
 		if i, ok := t.byTopic[r.Topic]; ok {
 			c := &t.changed[i]
-			c.val, c.qos, c.retain = r.Value, max(c.qos, op.QoS), r.Retain
+			c.val, c.origin, c.qos, c.retain = r.Value, op.Origin, max(c.qos, op.QoS), r.Retain
 			continue
 		}
 		t.byTopic[r.Topic] = int32(len(t.changed))
-		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, qos: op.QoS, retain: r.Retain})
+		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, origin: op.Origin, qos: op.QoS, retain: r.Retain})
 	}
 	return Applied{Rows: rows}
 }
@@ -255,7 +255,12 @@ func (t *Tree) sortPaths() {
 }
 
 // fold encodes the delta of one touched group and appends it to out: once
-// for the shared subscriptions, once per private one that can read a row.
+// for the shared subscriptions, once per private one that can read a row,
+// and once per subscription with Local whose origin changed one of the
+// group's rows (No Local: its own rows left out). Those get a Delta even
+// when nothing is left (Payload nil): the broker folds and holds their
+// rows. A group none of whose subscriptions has Local takes the shared
+// path alone, as before.
 func (t *Tree) fold(g *group, out []Delta) []Delta {
 	t.startPaths()
 	for _, ci := range g.rows {
@@ -263,15 +268,58 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 	}
 	t.sortPaths()
 	if len(g.subs) > 0 {
-		payload, qos, _ := t.encodeDelta(g, nil)
-		out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(g.subs...), Rows: len(g.rows), g: g, gen: t.gen})
+		from := len(t.subs)
+		if g.local == 0 {
+			t.subs = append(t.subs, g.subs...)
+		} else {
+			for _, s := range g.subs {
+				if !t.changedBy(g, s.Local) {
+					t.subs = append(t.subs, s)
+				}
+			}
+		}
+		if shared := t.subs[from:len(t.subs):len(t.subs)]; len(shared) > 0 {
+			payload, qos, _ := t.encodeDelta(g, nil, "")
+			out = append(out, Delta{Payload: payload, QoS: qos, Subs: shared, Rows: len(g.rows), g: g, gen: t.gen})
+		}
+		if len(t.subs)-from < len(g.subs) {
+			for _, s := range g.subs {
+				if t.changedBy(g, s.Local) {
+					out = t.foldOwn(g, s, out)
+				}
+			}
+		}
 	}
 	for _, s := range g.private {
-		if payload, qos, ok := t.encodeDelta(g, s.Allow); ok {
+		if t.changedBy(g, s.Local) {
+			out = t.foldOwn(g, s, out)
+		} else if payload, qos, ok := t.encodeDelta(g, s.Allow, ""); ok {
 			out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s), Rows: len(g.rows), g: g, allow: s.Allow, gen: t.gen})
 		}
 	}
 	return out
+}
+
+// foldOwn appends the delta of s, a subscription with Local whose origin
+// changed some of g's rows: its own encoding without them (Payload nil
+// when none is left), listed by AppendChanges with them.
+func (t *Tree) foldOwn(g *group, s *Sub, out []Delta) []Delta {
+	payload, qos, _ := t.encodeDelta(g, s.Allow, s.Local)
+	return append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s), Rows: len(g.rows), g: g, allow: s.Allow, gen: t.gen})
+}
+
+// changedBy reports whether origin (not empty) made the newest change of
+// one of g's rows of this batch.
+func (t *Tree) changedBy(g *group, origin string) bool {
+	if origin == "" {
+		return false
+	}
+	for _, ci := range g.rows {
+		if t.changed[ci].origin == origin {
+			return true
+		}
+	}
+	return false
 }
 
 // appendKeys appends the tree keys of a matching topic to keys: one per
@@ -300,15 +348,17 @@ func (g *group) appendKeys(keys []string, topic string) []string {
 // a node takes the object form ({"/": own value, children…}) when the delta
 // or the store holds children under it or its value is an object, so a
 // client merges a delta into its copy with the same rules as a snapshot.
-// It reports false when allow hides every row.
-func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, bool) {
+// A row whose newest change came from skip (not empty: a subscription's
+// Local) is left out as if allow hid it. It reports false when allow and
+// skip leave no row.
+func (t *Tree) encodeDelta(g *group, allow func(string) bool, skip string) ([]byte, byte, bool) {
 	e := &t.enc
 	e.Reset(g.codec, t.encBuf[:0])
 	var qos byte
 	wrote := false
 	if g.plus == 0 && !g.hash { // no wildcard: a bare value
 		c := &t.changed[t.paths[0].row]
-		if allow != nil && !allow(c.topic) {
+		if !t.shown(c, allow, skip) {
 			return nil, 0, false
 		}
 		e.Value(c.val) // kind None writes null
@@ -318,7 +368,7 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 	e.BeginObject()
 	for pi, p := range t.paths {
 		c := &t.changed[p.row]
-		if allow != nil && !allow(c.topic) {
+		if !t.shown(c, allow, skip) {
 			continue
 		}
 		wrote = true
@@ -330,7 +380,7 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 		}
 		open = e.Descend(open, p.keys[:len(p.keys)-1])
 		e.Key(p.keys[len(p.keys)-1])
-		if !t.objectForm(g, pi, c, allow) {
+		if !t.objectForm(g, pi, c, allow, skip) {
 			e.Value(c.val)
 			continue
 		}
@@ -346,7 +396,16 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool) ([]byte, byte, boo
 	e.EndObject()
 	clear(open)
 	t.open = open[:0]
-	return t.encoded(), qos, wrote
+	if !wrote {
+		return nil, 0, false // the buffer stays t.encBuf's (the next Reset)
+	}
+	return t.encoded(), qos, true
+}
+
+// shown reports whether changed row c goes in a delta encoded with allow
+// and skip (encodeDelta).
+func (t *Tree) shown(c *change, allow func(string) bool, skip string) bool {
+	return (skip == "" || c.origin != skip) && (allow == nil || allow(c.topic))
 }
 
 // encoded returns a copy of what t.enc encoded into t.encBuf, the one
@@ -371,7 +430,7 @@ const encBufMax = 64 << 10
 // object with its own value under "/" (SPEC §3): it is the '#' node, or an
 // object value, or has children in the delta or in the store — children
 // that allow lets through, so the shape never reveals hidden rows.
-func (t *Tree) objectForm(g *group, pi int, c *change, allow func(string) bool) bool {
+func (t *Tree) objectForm(g *group, pi int, c *change, allow func(string) bool, skip string) bool {
 	p := t.paths[pi]
 	if !g.hash {
 		return false // every row sits at the same depth, as is
@@ -386,7 +445,7 @@ func (t *Tree) objectForm(g *group, pi int, c *change, allow func(string) bool) 
 		if len(next.keys) <= len(p.keys) || !slices.Equal(next.keys[:len(p.keys)], p.keys) {
 			break // sorted: no later path is below this one
 		}
-		if allow == nil || allow(t.changed[next.row].topic) {
+		if t.shown(&t.changed[next.row], allow, skip) {
 			return true
 		}
 	}
@@ -401,6 +460,9 @@ type Change struct {
 	Value  wire.Value
 	QoS    byte
 	Retain bool // a retained row changed (else an event); Fold does not read it
+	// Origin is the Op.Origin of the newest change: Fold leaves the row
+	// out for a subscription whose Local it is.
+	Origin string
 }
 
 // Matches reports whether a changed topic belongs in s's deltas: its filter
@@ -423,7 +485,7 @@ func (t *Tree) AppendChanges(dst []Change, d *Delta) ([]Change, bool) {
 	for _, ci := range d.g.rows {
 		c := &t.changed[ci]
 		if d.allow == nil || d.allow(c.topic) {
-			dst = append(dst, Change{Topic: c.topic, Value: c.val, QoS: c.qos, Retain: c.retain})
+			dst = append(dst, Change{Topic: c.topic, Value: c.val, QoS: c.qos, Retain: c.retain, Origin: c.origin})
 		}
 	}
 	return dst, true
@@ -432,8 +494,8 @@ func (t *Tree) AppendChanges(dst []Change, d *Delta) ([]Change, bool) {
 // Fold encodes one delta for s holding changes, as Apply would have if they
 // had all come in one batch: it is how a delta still waiting to be written
 // takes in the next ones for the same subscription. Each topic must appear
-// once, and s must match it (Sub.Matches). It reports false when there is
-// nothing to write, and must not run while an Apply result is being built
+// once, and s must match it (Sub.Matches); a change whose Origin is s's
+// Local is left out. It reports false when there is nothing to write, and must not run while an Apply result is being built
 // (it shares Apply's scratch space; Apply's results are independent of it).
 func (t *Tree) Fold(s *Sub, changes []Change) ([]byte, byte, bool) {
 	g := s.group
@@ -444,9 +506,9 @@ func (t *Tree) Fold(s *Sub, changes []Change) ([]byte, byte, bool) {
 	t.resetChanged()
 	t.startPaths()
 	for i, c := range changes {
-		t.changed = append(t.changed, change{topic: c.Topic, val: c.Value, qos: c.QoS})
+		t.changed = append(t.changed, change{topic: c.Topic, val: c.Value, origin: c.Origin, qos: c.QoS})
 		t.addPath(g, c.Topic, int32(i))
 	}
 	t.sortPaths()
-	return t.encodeDelta(g, s.Allow)
+	return t.encodeDelta(g, s.Allow, s.Local)
 }

@@ -17,6 +17,13 @@ type Sub struct {
 	// subscription, not even as keys. A subscription with Allow gets its own
 	// encoding instead of sharing its group's.
 	Allow func(topic string) bool
+	// Local, if not empty, is an origin (Op.Origin) whose changes this
+	// subscription is not sent (MQTT 5 No Local): a row whose newest
+	// change in a batch, or among the changes Fold is given, came from it
+	// is left out of its delta. Its group shares one encoding with it
+	// unless its origin changed a row of the batch. Set before it is
+	// registered; never changed after.
+	Local string
 	// Data is the owner's own state for this subscription; tree never reads it.
 	Data any
 
@@ -33,6 +40,7 @@ type group struct {
 	codec   wire.Codec
 	subs    []*Sub // Allow == nil: share one encoding
 	private []*Sub // Allow != nil: encoded one by one
+	local   int    // how many of subs and private have Local
 
 	gen  uint64  // batch that last touched the group
 	rows []int32 // this batch's changed rows that match, as indexes
@@ -107,6 +115,9 @@ func (x *index) add(s *Sub) (replaced *Sub) {
 	} else {
 		g.private = append(g.private, s)
 	}
+	if s.Local != "" {
+		g.local++
+	}
 	s.group = g
 	x.byKey[subKey{s.Owner, s.Topic}] = s
 	x.byOwner[s.Owner] = append(x.byOwner[s.Owner], s)
@@ -128,6 +139,9 @@ func (x *index) remove(owner, topic string) bool {
 	}
 	g := s.group
 	s.group = nil
+	if s.Local != "" {
+		g.local--
+	}
 	if s.Allow == nil {
 		g.subs = deleteSub(g.subs, s)
 	} else {

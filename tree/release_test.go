@@ -14,17 +14,20 @@ func TestApplyReleasedAllocs(t *testing.T) {
 		name    string
 		subs    []*Sub
 		rows    []Row
+		origin  string
 		release bool
 		want    float64 // allocations an Apply
 	}{
 		{"one $tree subscriber, one row", []*Sub{{Owner: "a", Topic: "$tree/lat/+", Filter: "lat/+"}},
-			[]Row{row("lat/t", "1", false)}, true, 1},
+			[]Row{row("lat/t", "1", false)}, "", true, 1},
 		{"two subscribers share a payload", []*Sub{{Owner: "a", Topic: "$sync/lat/+", Filter: "lat/+"}, {Owner: "b", Topic: "$sync/lat/+", Filter: "lat/+"}},
-			[]Row{row("lat/t", "1", true), row("lat/u", "2", true)}, true, 1},
+			[]Row{row("lat/t", "1", true), row("lat/u", "2", true)}, "", true, 1},
+		{"one with No Local shares it, another client published", []*Sub{{Owner: "a", Topic: "$sync/lat/+", Filter: "lat/+", Local: "a"}, {Owner: "b", Topic: "$sync/lat/+", Filter: "lat/+"}},
+			[]Row{row("lat/t", "1", true), row("lat/u", "2", true)}, "w", true, 1},
 		{"a private subscriber and '#'", []*Sub{{Owner: "a", Topic: "$sync/d/#", Filter: "d/#", Allow: func(string) bool { return true }}},
-			[]Row{row("d/x/y", "1", true), row("d/x/z", "2", true)}, true, 1},
+			[]Row{row("d/x/y", "1", true), row("d/x/z", "2", true)}, "", true, 1},
 		{"not released", []*Sub{{Owner: "a", Topic: "$tree/lat/+", Filter: "lat/+"}},
-			[]Row{row("lat/t", "1", false)}, false, 4},
+			[]Row{row("lat/t", "1", false)}, "", false, 4},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tr := New()
@@ -33,7 +36,7 @@ func TestApplyReleasedAllocs(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			ops := []Op{{Rows: c.rows}}
+			ops := []Op{{Rows: c.rows, Origin: c.origin}}
 			var res Result
 			apply := func() {
 				res = tr.Apply(ops)

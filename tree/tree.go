@@ -30,6 +30,12 @@ type Op struct {
 	Rows []Row
 	QoS  byte
 
+	// Origin is who published the op, opaque to the tree (the broker
+	// gives its publisher's client id; "" for none). A subscription whose
+	// Local it is gets no row whose newest change in a batch came from it
+	// (MQTT 5 No Local).
+	Origin string
+
 	// SetFilter, when not empty, is a $set: every existing retained row
 	// matching it takes SetValue (kind None deletes them all).
 	SetFilter string
@@ -82,6 +88,10 @@ type Delta struct {
 	QoS     byte   // highest QoS among the folded rows; cap it by each Sub.QoS
 	Subs    []*Sub // a copy: the receivers of Payload
 	Rows    int    // rows Payload holds at most: the changed rows its filter matches
+	// A Delta of one subscription with Local whose origin changed some of
+	// its rows leaves those out; Payload is nil when they were all it had
+	// (nothing to send, but AppendChanges lists them: a delta that folds,
+	// or changes held, must take in that their newest change is its own).
 
 	// What AppendChanges lists: the group whose rows it holds, the read
 	// check of a private subscription's delta, and the batch (Tree.gen).
@@ -144,6 +154,7 @@ const keepMax = 4096
 type change struct {
 	topic  string
 	val    wire.Value
+	origin string // the newest row's (Op.Origin)
 	qos    byte
 	retain bool // the newest row's
 }

@@ -1,0 +1,87 @@
+package tree
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestNoLocal: a subscription with Local (MQTT 5 No Local) gets no row
+// whose newest change in the batch came from its origin. Its group's
+// shared encoding serves it while its origin changed none of the group's
+// rows; otherwise it gets its own Delta, Payload nil when nothing is left
+// (AppendChanges still lists every row, with its origin). Fold leaves out
+// the changes whose Origin is the subscription's Local.
+func TestNoLocal(t *testing.T) {
+	cases := []struct {
+		name   string
+		ops    []Op
+		deltas []string // each Delta as "receivers=payload", in order; payload "nil" for none
+		listed string   // what AppendChanges lists for the last Delta: topic:origin, by ','
+	}{
+		{"another's rows: one shared encoding",
+			[]Op{{Origin: "w", Rows: []Row{row("nl/a", "1", true)}}},
+			[]string{"c,d=" + `{"a":1}`, "p=" + `{"a":1}`}, "nl/a:w"},
+		{"only its own: an empty Delta of its own",
+			[]Op{{Origin: "c", Rows: []Row{row("nl/a", "1", true)}}},
+			[]string{"d=" + `{"a":1}`, "c=nil", "p=nil"}, "nl/a:c"},
+		{"newest change wins, per row",
+			[]Op{
+				{Origin: "c", Rows: []Row{row("nl/a", "1", true), row("nl/b", "2", true)}},
+				{Origin: "w", Rows: []Row{row("nl/a", "3", true), row("nl/c", "4", true)}},
+				{Origin: "c", Rows: []Row{row("nl/c", "5", true)}},
+			},
+			[]string{"d=" + `{"a":3,"b":2,"c":5}`, "c=" + `{"a":3}`, "p=" + `{"a":3}`}, "nl/a:w,nl/b:c,nl/c:c"},
+		{"no origin (the broker's): shared",
+			[]Op{{Rows: []Row{row("nl/a", "1", true)}}},
+			[]string{"c,d=" + `{"a":1}`, "p=" + `{"a":1}`}, "nl/a:"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := New()
+			for _, s := range []*Sub{
+				{Owner: "c", Topic: "$sync/nl/+", Filter: "nl/+", Local: "c"},
+				{Owner: "d", Topic: "$sync/nl/+", Filter: "nl/+"},
+				{Owner: "p", Topic: "$sync/nl/+", Filter: "nl/+", Local: "c", Allow: func(string) bool { return true }},
+			} {
+				if _, err := tr.Subscribe(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res := tr.Apply(tc.ops)
+			var got []string
+			for _, d := range res.Deltas {
+				var who []string
+				for _, s := range d.Subs {
+					who = append(who, s.Owner)
+				}
+				p := string(d.Payload)
+				if d.Payload == nil {
+					p = "nil"
+				}
+				got = append(got, strings.Join(who, ",")+"="+p)
+			}
+			if strings.Join(got, " ") != strings.Join(tc.deltas, " ") {
+				t.Fatalf("deltas %v, want %v", got, tc.deltas)
+			}
+			list, ok := tr.AppendChanges(nil, &res.Deltas[len(res.Deltas)-1])
+			var listed []string
+			for _, c := range list {
+				listed = append(listed, c.Topic+":"+c.Origin)
+			}
+			if !ok || strings.Join(listed, ",") != tc.listed {
+				t.Fatalf("listed %v %v, want %s", listed, ok, tc.listed)
+			}
+			// Fold of those changes for c: what its Delta holds (nothing: false).
+			payload, _, ok := tr.Fold(tr.Owned("c")[0], list)
+			want := ""
+			for _, d := range tc.deltas {
+				if w, found := strings.CutPrefix(d, "p="); found && w != "nil" {
+					want = w
+				}
+			}
+			if string(payload) != want || ok != (want != "") {
+				t.Fatalf("Fold %q %v, want %q", payload, ok, want)
+			}
+		})
+	}
+}
