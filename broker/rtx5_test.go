@@ -7,9 +7,11 @@ import (
 	"reflect"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -398,4 +400,122 @@ func TestRTX5SessionsEnd(t *testing.T) {
 		n, ids := kept()
 		return n == 0 && ids == 0
 	})
+}
+
+// rtx5Hold holds, once armed, the connection of client id in
+// OnSessionEstablished (Broker.establishing) just before it is filed
+// (filed false) or just after (true), until released.
+type rtx5Hold struct {
+	armed   atomic.Bool
+	paused  chan *mqtt.Client
+	release chan struct{}
+}
+
+// rtx5Holding arms a hold of id's next connection at the step filed says.
+func rtx5Holding(b *Broker, id string, filed bool) *rtx5Hold {
+	h := &rtx5Hold{paused: make(chan *mqtt.Client, 1), release: make(chan struct{})}
+	h.armed.Store(true)
+	fn := func(cl *mqtt.Client, at bool) {
+		if cl.ID == id && at == filed && h.armed.CompareAndSwap(true, false) {
+			h.paused <- cl
+			<-h.release
+		}
+	}
+	b.establishing.Store(&fn)
+	return h
+}
+
+// wait waits until the connection is held.
+func (h *rtx5Hold) wait(t *testing.T) *mqtt.Client {
+	t.Helper()
+	select {
+	case cl := <-h.paused:
+		return cl
+	case <-time.After(testTimeout):
+		t.Fatal("the connection was not held")
+		return nil
+	}
+}
+
+// rtx5Expect reads p's next publish, acknowledging it, and fails the
+// test unless it has mote-seq seq and payload payload.
+func rtx5Expect(t *testing.T, p *x5Peer, seq, payload string) {
+	t.Helper()
+	pk := p.publish(t, true)
+	if user(pk, "mote-seq") != seq || !jsonEqual(t, string(pk.Payload), payload) {
+		t.Fatalf("%s mote-seq %s resume %q dup %v, want %s mote-seq %s", pk.Payload, user(pk, "mote-seq"), user(pk, "mote-resume"), pk.FixedHeader.Dup, payload, seq)
+	}
+}
+
+// rtx5Filed waits until the $tree subscriptions of the connection of
+// id's client (mochi's newest) are filed on the loop.
+func rtx5Filed(t *testing.T, b *Broker, id string) {
+	t.Helper()
+	waitFor(t, "the subscriptions filed", func() bool {
+		cl, ok := b.server.Clients.Get(id)
+		if !ok {
+			return false
+		}
+		c, ok := b.conns.load(cl)
+		if !ok {
+			return false
+		}
+		n := 0
+		b.onLoop(nil, func() { n = len(b.tree.Owned(c.key)) })
+		return n > 0
+	})
+}
+
+// TestRTX5TakeoverOrder: the interleaving behind TestRTX5TakeoverUnderLoad's
+// failures, made every time. A's $tree subscription has written mote-seq
+// 3; B resumes the session (takes A over) and is held just after it is
+// filed, before it goes on; C takes B over meanwhile. A's read goroutine
+// is held too (a PUBLISH in OnPublish), so its detach, which would keep
+// its marks for the id, waits. C's subscription must go on from A's mark
+// (through B's, which took it): the next delta is mote-seq 4. Before the
+// fix B handed its $tree subscriptions to the loop after the id's
+// takeover lock was let go, C's came first, found B's not filed and no
+// mark kept, and counted from 0 again: mote-seq 2 (after a skipped 1),
+// which the client had seen with other rows.
+func TestRTX5TakeoverOrder(t *testing.T) {
+	b := start(t, Options{})
+	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	const id = "rto"
+	props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
+	w := x5Writer(t, b, "w")
+	a, _ := x5Dial(t, b, 5, id, false, props)
+	a.sub(t, packets.Properties{}, x5Sub("$tree/rto/+"))
+	for i := 1; i <= 3; i++ {
+		w.row(t, "rto/x", strconv.Itoa(i))
+		rtx5Expect(t, a, strconv.Itoa(i), fmt.Sprintf(`{"x":%d}`, i))
+	}
+	gated := id
+	gate.armed.Store(&gated)
+	if _, err := a.c.Write(ownerPacket(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		ProtocolVersion: 5, PacketID: 3, TopicName: "rto-plain", Payload: []byte("x")})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gate.held:
+	case <-time.After(testTimeout):
+		t.Fatal("A's PUBLISH not held")
+	}
+	hold := rtx5Holding(b, id, true)
+	if _, present := x5Dial(t, b, 5, id, false, props); !present {
+		t.Fatal("B: session not present")
+	}
+	hold.wait(t)
+	c, present := x5Dial(t, b, 5, id, false, props)
+	if !present {
+		t.Fatal("C: session not present")
+	}
+	rtx5Filed(t, b, id) // C's, with B held
+	close(hold.release)
+	gate.release <- struct{}{}
+	waitFor(t, "C's first message made", func() bool { return awayFirstDone(t, b, id) })
+	w.row(t, "rto/x", "4")
+	rtx5Expect(t, c, "4", `{"x":4}`)
 }
