@@ -280,15 +280,19 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// after a later CONNECT took the session over and left it away again,
 	// counted (countLeft), and forgot that count.
 	h.b.offline.forget(cl.ID)
-	if fresh && existing != nil {
-		h.b.forgetTrees(cl.ID) // the $tree subscriptions of the session it replaces
-	}
 	if old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
 			afresh := fresh || old.p.User != string(cl.Properties.Username)
 			left, late = o.ids.surrender(o.cl, afresh) // before mochi copies its in-flight map
 			old.expect(cl, afresh)
 		}
+	}
+	if fresh {
+		// The marks of the $tree subscriptions of the session cl replaces,
+		// if any, and any left behind: after expect, so that a detach of
+		// its connection that the loop runs after this keeps none
+		// (keepTrees).
+		h.b.forgetTrees(cl.ID)
 	}
 	// existing's connection, cut off now, has its will due now; with the
 	// id's delayed wills it is published (ended: once the lock is let go,

@@ -519,3 +519,52 @@ func TestRTX5TakeoverOrder(t *testing.T) {
 	w.row(t, "rto/x", "4")
 	rtx5Expect(t, c, "4", `{"x":4}`)
 }
+
+// TestRTX5LateDetachKeeps: a connection that ends only after its
+// successor ended must not drop the marks the successor kept. B's
+// CONNECT resumes the session, and B is held before it is filed; C takes
+// the session over (from A) and B is never filed. C writes mote-seq 2
+// and leaves, its session kept with its mark; then B ends (its detach
+// keeps the session's marks). C's next connection goes on from C's mark:
+// the next delta is mote-seq 3. Before the fix B's detach, with no $tree
+// subscription filed, replaced what the id kept with nothing: the next
+// connection counted from 0 again (mote-seq 2, seen with other rows).
+func TestRTX5LateDetachKeeps(t *testing.T) {
+	b := start(t, Options{})
+	const id = "rtl"
+	props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
+	w := x5Writer(t, b, "w")
+	a, _ := x5Dial(t, b, 5, id, false, props)
+	a.sub(t, packets.Properties{}, x5Sub("$tree/rtl/+"))
+	w.row(t, "rtl/x", "1")
+	rtx5Expect(t, a, "1", `{"x":1}`)
+	hold := rtx5Holding(b, id, false)
+	if _, present := x5Dial(t, b, 5, id, false, props); !present {
+		t.Fatal("B: session not present")
+	}
+	clB := hold.wait(t)
+	c, present := x5Dial(t, b, 5, id, false, props)
+	if !present {
+		t.Fatal("C: session not present")
+	}
+	waitFor(t, "C's first message made", func() bool { return awayFirstDone(t, b, id) })
+	w.row(t, "rtl/x", "2")
+	rtx5Expect(t, c, "2", `{"x":2}`)
+	x5Away(t, b, c, id)
+	settle(t, b)
+	close(hold.release)
+	waitFor(t, "B ended", func() bool {
+		_, ok := b.conns.load(clB)
+		return !ok
+	})
+	settle(t, b)
+	n := -1
+	b.onLoop(nil, func() { n = len(b.awayTrees.byID[id]) })
+	if n != 1 {
+		t.Fatalf("%d marks kept for the session, want 1", n)
+	}
+	d, _ := x5Dial(t, b, 5, id, false, props)
+	waitFor(t, "D's first message made", func() bool { return awayFirstDone(t, b, id) })
+	w.row(t, "rtl/x", "3")
+	rtx5Expect(t, d, "3", `{"x":3}`)
+}
