@@ -283,10 +283,12 @@ func (b *Broker) endAway(old *mqtt.Client, had int) {
 // (SPEC §8), its mote-seq going on from the mark's.
 //
 // An entry is made by the detach of a connection whose session stays
-// (reqDetach with keep, keepTrees: it replaces what the id had), taken
-// whole when the session resumes, and dropped when it ends: expired
-// (OnClientExpired), ended for a newer one (endAway), replaced by a clean
-// start or another user's (OnSessionEstablish), removed (dropSession).
+// (reqDetach with keep, keepTrees: it replaces what the id had, but a
+// connection taken over keeps nothing), taken whole when the session
+// resumes, and dropped when it ends: expired (OnClientExpired), ended for
+// a newer one (endAway), replaced by a clean start or another user's
+// (OnSessionEstablish: any fresh start, after the connection it replaces
+// knows it, conn.expect), removed (dropSession).
 // It holds one mark, 16 bytes and a map entry, per $tree subscription of
 // the session: bounded by what the session may subscribe to.
 //
@@ -383,6 +385,13 @@ func (b *Broker) forgetTrees(id string) {
 // mark's revision, its mote-seq the mark's + 1 (snapshotOf, awayFirst);
 // without a mark (none was kept: its count is not known), a mote-seq
 // gap from 0. What the session kept goes (loop only).
+//
+// The calls of a session's connections come in the order the connections
+// took the session (pushResumeTrees pushes each under the id's takeover
+// lock as its connection is filed), so the connection before is filed
+// here already, unless its detach ran first, which kept its marks for
+// this one. Pushed after the lock, a quick takeover's call came first,
+// found neither, and counted from 0 again (TestRTX5TakeoverOrder).
 func (b *Broker) resumeTrees(id, prior string, sts []*treeSub) {
 	kept := b.awayTrees.take(id)
 	// The marks of the connection before, by topic: one pass, not one a
