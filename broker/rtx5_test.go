@@ -436,11 +436,28 @@ type rtx5Hold struct {
 	armed   atomic.Bool
 	paused  chan *mqtt.Client
 	release chan struct{}
+	once    sync.Once
 }
 
-// rtx5Holding arms a hold of id's next connection at the step filed says.
-func rtx5Holding(b *Broker, id string, filed bool) *rtx5Hold {
+// free lets the held connection go on.
+func (h *rtx5Hold) free() { h.once.Do(func() { close(h.release) }) }
+
+// rtx5Acked waits until the broker read the client's acknowledgement of
+// every QoS 1 publish to id's client: a takeover before it sends them
+// again (DUP), ahead of what the test waits for.
+func rtx5Acked(t *testing.T, b *Broker, id string) {
+	t.Helper()
+	waitFor(t, "every publish acknowledged", func() bool {
+		cl, ok := b.server.Clients.Get(id)
+		return ok && cl.State.Inflight.Len() == 0
+	})
+}
+
+// rtx5Holding arms a hold of id's next connection at the step filed says;
+// the test's end lets it go if the test did not (free).
+func rtx5Holding(t *testing.T, b *Broker, id string, filed bool) *rtx5Hold {
 	h := &rtx5Hold{paused: make(chan *mqtt.Client, 1), release: make(chan struct{})}
+	t.Cleanup(h.free)
 	h.armed.Store(true)
 	fn := func(cl *mqtt.Client, at bool) {
 		if cl.ID == id && at == filed && h.armed.CompareAndSwap(true, false) {
@@ -519,6 +536,7 @@ func TestRTX5TakeoverOrder(t *testing.T) {
 		w.row(t, "rto/x", strconv.Itoa(i))
 		rtx5Expect(t, a, strconv.Itoa(i), fmt.Sprintf(`{"x":%d}`, i))
 	}
+	rtx5Acked(t, b, id)
 	gated := id
 	gate.armed.Store(&gated)
 	if _, err := a.c.Write(ownerPacket(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
@@ -530,7 +548,7 @@ func TestRTX5TakeoverOrder(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("A's PUBLISH not held")
 	}
-	hold := rtx5Holding(b, id, true)
+	hold := rtx5Holding(t, b, id, true)
 	if _, present := x5Dial(t, b, 5, id, false, props); !present {
 		t.Fatal("B: session not present")
 	}
@@ -540,7 +558,7 @@ func TestRTX5TakeoverOrder(t *testing.T) {
 		t.Fatal("C: session not present")
 	}
 	rtx5Filed(t, b, id) // C's, with B held
-	close(hold.release)
+	hold.free()
 	gate.release <- struct{}{}
 	waitFor(t, "C's first message made", func() bool { return awayFirstDone(t, b, id) })
 	w.row(t, "rto/x", "4")
@@ -565,7 +583,8 @@ func TestRTX5LateDetachKeeps(t *testing.T) {
 	a.sub(t, packets.Properties{}, x5Sub("$tree/rtl/+"))
 	w.row(t, "rtl/x", "1")
 	rtx5Expect(t, a, "1", `{"x":1}`)
-	hold := rtx5Holding(b, id, false)
+	rtx5Acked(t, b, id)
+	hold := rtx5Holding(t, b, id, false)
 	if _, present := x5Dial(t, b, 5, id, false, props); !present {
 		t.Fatal("B: session not present")
 	}
@@ -577,9 +596,10 @@ func TestRTX5LateDetachKeeps(t *testing.T) {
 	waitFor(t, "C's first message made", func() bool { return awayFirstDone(t, b, id) })
 	w.row(t, "rtl/x", "2")
 	rtx5Expect(t, c, "2", `{"x":2}`)
+	rtx5Acked(t, b, id)
 	x5Away(t, b, c, id)
 	settle(t, b)
-	close(hold.release)
+	hold.free()
 	waitFor(t, "B ended", func() bool {
 		_, ok := b.conns.load(clB)
 		return !ok
