@@ -3,7 +3,6 @@ package broker
 import (
 	"container/heap"
 	"container/list"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -284,10 +283,12 @@ func (b *Broker) endAway(old *mqtt.Client, had int) {
 // (SPEC §8), its mote-seq going on from the mark's.
 //
 // An entry is made by the detach of a connection whose session stays
-// (reqDetach with keep, keepTrees: it replaces what the id had), taken
-// whole when the session resumes, and dropped when it ends: expired
-// (OnClientExpired), ended for a newer one (endAway), replaced by a clean
-// start or another user's (OnSessionEstablish), removed (dropSession).
+// (reqDetach with keep, keepTrees: it replaces what the id had, but a
+// connection taken over keeps nothing), taken whole when the session
+// resumes, and dropped when it ends: expired (OnClientExpired), ended for
+// a newer one (endAway), replaced by a clean start or another user's
+// (OnSessionEstablish: any fresh start, after the connection it replaces
+// knows it, conn.expect), removed (dropSession).
 // It holds one mark, 16 bytes and a map entry, per $tree subscription of
 // the session: bounded by what the session may subscribe to.
 //
@@ -324,37 +325,45 @@ func (a *awayTrees) take(id string) map[string]*treeMark {
 	return marks
 }
 
-// ownerID is the client id of a connection's key (newConn: the id, '#',
-// a serial number).
-func ownerID(owner string) string {
-	if i := strings.LastIndexByte(owner, '#'); i >= 0 {
-		return owner[:i]
-	}
-	return owner
-}
-
-// keepTrees keeps the marks of owner's $tree subscriptions, but those a
-// resumed subscription took over already (handed), for the session of its
-// client id, which stays after owner's connection ended: as it is
-// detached (loop only).
+// keepTrees keeps the marks of owner's $tree subscriptions for the
+// session of its client id, which stays after owner's connection ended:
+// as it is detached (loop only). What the id kept before goes. It keeps
+// nothing, and leaves what the id kept as it is, when the connection
+//
+//   - has no tree subscription filed: it was never filed (a CONNECT took
+//     the session over first) or filed none; what the session's other
+//     connections kept, before or since, stays;
+//   - was taken over by a connection of the session that took its marks
+//     (handed): that one keeps them when it ends, maybe already;
+//   - was taken over by a CONNECT that started a new session (a clean
+//     start, another user's): asked here, on the loop, not as the
+//     detach was pushed, since the takeover's forgetTrees, pushed after
+//     it marked the connection (conn.expect), may run before the detach.
 func (b *Broker) keepTrees(owner string) {
+	defer b.awayTrees.pending.Add(-1) // after set: forgetTrees sees one or the other
+	subs := b.tree.Owned(owner)
+	if len(subs) == 0 {
+		return
+	}
+	c := subs[0].Data.(*treeSub).c
+	if c.endedByTakeover() {
+		return
+	}
 	var marks map[string]*treeMark
-	handed := false
-	for _, s := range b.tree.Owned(owner) {
+	for _, s := range subs {
 		st := s.Data.(*treeSub)
-		handed = handed || st.handed
-		if st.mark == nil || st.handed {
+		if st.handed {
+			return
+		}
+		if st.mark == nil {
 			continue
 		}
 		if marks == nil {
-			marks = map[string]*treeMark{}
+			marks = make(map[string]*treeMark, len(subs))
 		}
 		marks[s.Topic] = st.mark
 	}
-	if marks != nil || !handed { // all handed: a takeover's, the connection that took them over keeps them
-		b.awayTrees.set(ownerID(owner), marks)
-	}
-	b.awayTrees.pending.Add(-1) // after set: forgetTrees sees one or the other
+	b.awayTrees.set(c.id, marks)
 }
 
 // forgetTrees drops what is kept of id's $tree subscriptions: its session
@@ -376,6 +385,13 @@ func (b *Broker) forgetTrees(id string) {
 // mark's revision, its mote-seq the mark's + 1 (snapshotOf, awayFirst);
 // without a mark (none was kept: its count is not known), a mote-seq
 // gap from 0. What the session kept goes (loop only).
+//
+// The calls of a session's connections come in the order the connections
+// took the session (pushResumeTrees pushes each under the id's takeover
+// lock as its connection is filed), so the connection before is filed
+// here already, unless its detach ran first, which kept its marks for
+// this one. Pushed after the lock, a quick takeover's call came first,
+// found neither, and counted from 0 again (TestRTX5TakeoverOrder).
 func (b *Broker) resumeTrees(id, prior string, sts []*treeSub) {
 	kept := b.awayTrees.take(id)
 	// The marks of the connection before, by topic: one pass, not one a

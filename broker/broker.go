@@ -131,6 +131,10 @@ type Broker struct {
 	// connection is filed; tests hold a connection there
 	// (TestQoS2StateQuickTakeover).
 	adopting atomic.Pointer[func(cl *mqtt.Client)]
+	// establishing, if set, is called by OnSessionEstablished just
+	// before the connection is filed (filed false) and just after (true);
+	// tests hold a connection there (TestRTX5TakeoverOrder).
+	establishing atomic.Pointer[func(cl *mqtt.Client, filed bool)]
 
 	stats      Stats
 	logs       *logBudget    // bounds the log lines of refused requests (loglimit.go)

@@ -598,8 +598,10 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 			return errSkipped
 		}
 		if cl.Closed() {
-			o.b.dropInflight(cl, pk.PacketID)
-			return &takenBack{id: pk.PacketID}
+			// Gone from the map, it was moved to the client that took the
+			// session over (mochi's moveOut, one step): that one sends it.
+			moved := !o.b.dropInflight(cl, pk.PacketID)
+			return &takenBack{id: pk.PacketID, moved: moved}
 		}
 		c.inFlight(pk.PacketID, len(pk.Payload)+len(pk.TopicName)+messageCost)
 	}
@@ -725,12 +727,15 @@ func (b *Broker) takeInflight(ids *idSpaces, cl *mqtt.Client, pk *packets.Packet
 	return nil
 }
 
-// dropInflight undoes takeInflight for a publish that was not written.
-func (b *Broker) dropInflight(cl *mqtt.Client, id uint16) {
-	if cl.State.Inflight.Delete(id) {
-		atomic.AddInt64(&b.server.Info.Inflight, -1)
-		cl.State.Inflight.IncreaseSendQuota()
+// dropInflight undoes takeInflight for a publish that was not written;
+// false if it was no longer in cl's map (a takeover moved it).
+func (b *Broker) dropInflight(cl *mqtt.Client, id uint16) bool {
+	if !cl.State.Inflight.Delete(id) {
+		return false
 	}
+	atomic.AddInt64(&b.server.Info.Inflight, -1)
+	cl.State.Inflight.IncreaseSendQuota()
+	return true
 }
 
 // holdOffline keeps a QoS 1/2 message for a persistent session that is
@@ -791,8 +796,12 @@ var errWriterStop = errors.New("broker: writer stopped")
 
 // takenBack is errWriterStop for a publish the writer took in flight, as
 // packet id, on a client that stopped meanwhile, and took back: mochi may
-// have copied it to a client taking the session over.
-type takenBack struct{ id uint16 }
+// have copied it to a client taking the session over; moved: it did (the
+// client's map no longer held it), and that client sends it (DUP).
+type takenBack struct {
+	id    uint16
+	moved bool
+}
 
 func (e *takenBack) Error() string { return errWriterStop.Error() }
 func (e *takenBack) Unwrap() error { return errWriterStop }

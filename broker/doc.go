@@ -139,13 +139,18 @@
 // has a mark (treeMark): the mote-seq and mote-rev of the last message
 // its client was written — noted by whoever holds the write role as the
 // message goes out (sendTree, and tryDirect for a delta written by the
-// loop), never for one queued or taken and lost with the connection. The
-// detach of a connection whose session stays hands its marks to
-// awayTrees (keepTrees), by client id; a CONNECT resuming the session
-// files its $tree subscriptions again through one call to the loop
-// (resumeTrees), each taking its mark from there, or, in a takeover, from
-// the old connection's subscription still filed (handed: its later detach
-// keeps nothing). The mark is read once the subscription's writer reaches
+// loop), never for one queued or taken and lost with the connection (but
+// one taken in flight and back that a takeover moved to the new client,
+// which sends it again: takenBack.moved). The detach of a connection whose
+// session stays hands its marks to awayTrees (keepTrees), by client id —
+// unless a successor took them, it filed none (never filed), or a new
+// session took its id over; a CONNECT resuming the session files its
+// $tree subscriptions again through one call to the loop (resumeTrees),
+// pushed under the id's takeover lock as the connection is filed, so the
+// loop runs those of a chain of takeovers in the order of the chain; each
+// takes its mark from awayTrees, or, in a takeover, from the old
+// connection's subscription still filed (handed: its later detach keeps
+// nothing). The mark is read once the subscription's writer reaches
 // its first message, when the old connection's writer has exited (the new
 // queue is held until then, conn.prev): its first message is one delta
 // of the rows changed since the mark's revision (SPEC §8's resume: rows

@@ -280,15 +280,19 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// after a later CONNECT took the session over and left it away again,
 	// counted (countLeft), and forgot that count.
 	h.b.offline.forget(cl.ID)
-	if fresh && existing != nil {
-		h.b.forgetTrees(cl.ID) // the $tree subscriptions of the session it replaces
-	}
 	if old != nil {
 		if o, ok := old.outOf(); ok && o.cl != cl {
 			afresh := fresh || old.p.User != string(cl.Properties.Username)
 			left, late = o.ids.surrender(o.cl, afresh) // before mochi copies its in-flight map
 			old.expect(cl, afresh)
 		}
+	}
+	if fresh {
+		// The marks of the $tree subscriptions of the session cl replaces,
+		// if any, and any left behind: after expect, so that a detach of
+		// its connection that the loop runs after this keeps none
+		// (keepTrees).
+		h.b.forgetTrees(cl.ID)
 	}
 	// existing's connection, cut off now, has its will due now; with the
 	// id's delayed wills it is published (ended: once the lock is let go,
@@ -362,6 +366,15 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		nc.filed.Store(c)
 	}
+	// The session's tree subscriptions, filed again once c is (below).
+	syncs, trees := b.resumedTrees(cl, c)
+	prior := ""
+	if old != nil {
+		prior = old.key()
+	}
+	if f := b.establishing.Load(); f != nil {
+		(*f)(cl, false)
+	}
 	// The session's client QoS 2 state (keptInbound, the PUBRECs in
 	// mochi's map) goes to c's idSpaces, and c is filed, in one step
 	// under the id's takeover lock: a takeover's surrender finds that
@@ -371,6 +384,12 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	// ended with c: the client's resend was delivered again
 	// [MQTT-4.3.3-10] (TestQoS2StateQuickTakeover). Not filed (a CONNECT
 	// took the session over first), c takes nothing: that CONNECT has it.
+	//
+	// The $tree subscriptions go to the loop in the same step, so the
+	// loop files those of the connections of a session in the order the
+	// connections took it (resumeTrees): each finds its predecessor's
+	// filed, and its marks. Handed over after the lock, a quick
+	// takeover's came first, found none, and counted from 0 again.
 	var filed, fresh bool
 	var next *mqtt.Client
 	b.server.WhileFiled(cl, func() {
@@ -380,7 +399,13 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 			(*f)(cl)
 		}
 		filed, next, fresh = b.arriving.adopt(b, cl, c) // files c under cl.ID
+		if filed {
+			b.pushResumeTrees(c, cl.ID, prior, trees)
+		}
 	})
+	if f := b.establishing.Load(); f != nil {
+		(*f)(cl, true)
+	}
 	switch {
 	case !filed:
 		// mochi gave the session to a newer client meanwhile: c ends,
@@ -403,36 +428,52 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		old.succeed(c)
 	}
 	b.wills.cancel(cl.ID, p.User)
-	var trees []*treeSub
+	for _, st := range syncs {
+		b.registerTree(st)
+	}
+}
+
+// resumedTrees makes the state of the tree subscriptions of cl's session
+// for c, its new connection, and counts their filter levels: the $sync
+// and $hist ones (syncs) are registered as any; the $tree ones (trees)
+// resume (resumeTrees). A $sync or $tree one holds no budget room for
+// its first message (no SUBACK took it): its writer waits for room
+// (awaitSnapshotRoom).
+func (b *Broker) resumedTrees(cl *mqtt.Client, c *conn) (syncs, trees []*treeSub) {
 	for filter, s := range cl.State.Subscriptions.GetAll() {
 		c.levels += strings.Count(filter, "/") + 1
-		if sf, ok := parseInternal(filter); ok && sf.Mode != wire.Plain {
-			c.pacedProps = c.pacedProps || (sf.Interval > 0 && outgoingTopic(filter, sf) != filter)
-			st := b.treeSubOf(c, filter, sf, s.Qos, s.Identifier, treeOpts{noLocal: s.NoLocal})
-			// No SUBACK took budget room for its first message (a $sync
-			// snapshot, a $tree resume delta): its writer waits for room
-			// (awaitSnapshotRoom).
-			st.resumed = sf.Mode == wire.Sync || sf.Mode == wire.Tree
-			if sf.Mode == wire.Tree {
-				// Its first message is what changed while the session was
-				// away (resumeTrees).
-				st.away, st.await, st.mark = true, true, nil
-				if old != nil {
-					st.prior = old.key()
-				}
-				trees = append(trees, st)
-				continue
-			}
-			b.registerTree(st)
+		sf, ok := parseInternal(filter)
+		if !ok || sf.Mode == wire.Plain {
+			continue
 		}
+		c.pacedProps = c.pacedProps || (sf.Interval > 0 && outgoingTopic(filter, sf) != filter)
+		st := b.treeSubOf(c, filter, sf, s.Qos, s.Identifier, treeOpts{noLocal: s.NoLocal})
+		st.resumed = sf.Mode == wire.Sync || sf.Mode == wire.Tree
+		if sf.Mode != wire.Tree {
+			syncs = append(syncs, st)
+			continue
+		}
+		// Its first message is what changed while the session was away
+		// (resumeTrees).
+		st.away, st.await, st.mark = true, true, nil
+		trees = append(trees, st)
 	}
-	if len(trees) > 0 {
-		b.subsSent.Add(int64(len(trees)))
-		if !b.reqs.push(request{kind: reqCall, call: func() { b.resumeTrees(cl.ID, trees[0].prior, trees) }}) {
-			b.subsSent.Add(-int64(len(trees)))
-			for _, st := range trees {
-				c.releaseSnapshot(st)
-			}
+	return syncs, trees
+}
+
+// pushResumeTrees hands trees, the $tree subscriptions of c, the
+// connection of a session that resumed, to the loop (resumeTrees): under
+// id's takeover lock, as c is filed. prior is the key of the session's
+// connection before c, if one is still filed.
+func (b *Broker) pushResumeTrees(c *conn, id, prior string, trees []*treeSub) {
+	if len(trees) == 0 {
+		return
+	}
+	b.subsSent.Add(int64(len(trees)))
+	if !b.reqs.push(request{kind: reqCall, call: func() { b.resumeTrees(id, prior, trees) }}) {
+		b.subsSent.Add(-int64(len(trees)))
+		for _, st := range trees {
+			c.releaseSnapshot(st)
 		}
 	}
 }

@@ -32,16 +32,14 @@ type treeSub struct {
 	// again without a SUBSCRIBE): its first message is a resume delta
 	// since what its client was last written (mark, resumeTrees), or a
 	// mote-seq gap when the broker cannot tell what changed since then
-	// (awayFirst). prior is the key of the session's connection before
-	// this one, whose subscription may still be filed (a takeover);
-	// handed marks a subscription whose mark a resumed one took over, so
-	// that its detach does not keep it again. holdAll is set while its
-	// resume delta is being made (after snapshotOf listed the rows, until
-	// awayFirst encodes it): every change is held, retained or not, to go
-	// in it. All four the loop's; away is set before the subscription is
-	// registered and never changes (the writer reads it: takeSnapshot).
+	// (awayFirst). handed marks a subscription whose mark a resumed one
+	// took over, so that its detach does not keep it again. holdAll is
+	// set while its resume delta is being made (after snapshotOf listed
+	// the rows, until awayFirst encodes it): every change is held,
+	// retained or not, to go in it. All three the loop's; away is set
+	// before the subscription is registered and never changes (the
+	// writer reads it: takeSnapshot).
 	away    bool
-	prior   string
 	handed  bool
 	holdAll bool
 
