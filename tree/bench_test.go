@@ -307,3 +307,37 @@ func stormTree(dev, rows int) []byte {
 	}
 	return append(p, '}')
 }
+
+// BenchmarkApplyNoLocal: one group of 1,000 subscribers, with No Local
+// (Sub.Local, each its own client) or without, and a batch of rows
+// another client published: every subscriber shares one encoding either
+// way, so the cost should not depend on how many have Local.
+func BenchmarkApplyNoLocal(b *testing.B) {
+	const subs = 1000
+	for _, rows := range []int{10, 1000} {
+		for _, local := range []bool{false, true} {
+			b.Run(fmt.Sprintf("rows=%d/local=%v", rows, local), func(b *testing.B) {
+				tr := New()
+				for i := range subs {
+					s := &Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/dev/+", Filter: "dev/+"}
+					if local {
+						s.Local = fmt.Sprint("client", i)
+					}
+					if _, err := tr.Subscribe(s); err != nil {
+						b.Fatal(err)
+					}
+				}
+				op := Op{Origin: "writer"}
+				for i := range rows {
+					op.Rows = append(op.Rows, Row{Topic: fmt.Sprintf("dev/d%05d", i), Value: wire.Value{Kind: wire.JSON, Data: fmt.Sprint(i)}, Retain: true})
+				}
+				ops := []Op{op}
+				b.ReportAllocs()
+				for b.Loop() {
+					res := tr.Apply(ops)
+					tr.Release(&res)
+				}
+			})
+		}
+	}
+}

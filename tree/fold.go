@@ -267,13 +267,16 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 		t.addPath(g, t.changed[ci].topic, ci)
 	}
 	t.sortPaths()
+	if g.local > 0 {
+		t.listOrigins(g) // for changedBy
+	}
 	if len(g.subs) > 0 {
 		from := len(t.subs)
 		if g.local == 0 {
 			t.subs = append(t.subs, g.subs...)
 		} else {
 			for _, s := range g.subs {
-				if !t.changedBy(g, s.Local) {
+				if !t.changedBy(s.Local) {
 					t.subs = append(t.subs, s)
 				}
 			}
@@ -284,14 +287,14 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 		}
 		if len(t.subs)-from < len(g.subs) {
 			for _, s := range g.subs {
-				if t.changedBy(g, s.Local) {
+				if t.changedBy(s.Local) {
 					out = t.foldOwn(g, s, out)
 				}
 			}
 		}
 	}
 	for _, s := range g.private {
-		if t.changedBy(g, s.Local) {
+		if t.changedBy(s.Local) {
 			out = t.foldOwn(g, s, out)
 		} else if payload, qos, ok := t.encodeDelta(g, s.Allow, ""); ok {
 			out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s), Rows: len(g.rows), g: g, allow: s.Allow, gen: t.gen})
@@ -309,17 +312,45 @@ func (t *Tree) foldOwn(g *group, s *Sub, out []Delta) []Delta {
 }
 
 // changedBy reports whether origin (not empty) made the newest change of
-// one of g's rows of this batch.
-func (t *Tree) changedBy(g *group, origin string) bool {
+// one of the rows of the group being folded: one of the distinct origins
+// listOrigins listed once for the group, so that each of a group's many
+// subscriptions with Local looks at a short list, not at the batch's rows.
+func (t *Tree) changedBy(origin string) bool {
 	if origin == "" {
 		return false
 	}
-	for _, ci := range g.rows {
-		if t.changed[ci].origin == origin {
-			return true
-		}
+	if slices.Contains(t.origins, origin) {
+		return true
 	}
-	return false
+	_, ok := t.originSet[origin]
+	return ok
+}
+
+// originsMax is how many distinct origins t.origins lists; more go in
+// t.originSet (a batch of many publishers' rows for one group).
+const originsMax = 8
+
+// listOrigins lists the distinct non-empty origins of g's rows of this
+// batch, for changedBy: most batches have one or a few.
+func (t *Tree) listOrigins(g *group) {
+	t.origins = t.origins[:0]
+	if len(t.originSet) > 0 {
+		t.originSet = nil
+	}
+	for _, ci := range g.rows {
+		o := t.changed[ci].origin
+		if o == "" || t.changedBy(o) {
+			continue
+		}
+		if len(t.origins) < originsMax {
+			t.origins = append(t.origins, o)
+			continue
+		}
+		if t.originSet == nil {
+			t.originSet = map[string]struct{}{}
+		}
+		t.originSet[o] = struct{}{}
+	}
 }
 
 // appendKeys appends the tree keys of a matching topic to keys: one per

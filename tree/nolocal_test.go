@@ -1,6 +1,7 @@
 package tree
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -83,5 +84,49 @@ func TestNoLocal(t *testing.T) {
 				t.Fatalf("Fold %q %v, want %q", payload, ok, want)
 			}
 		})
+	}
+}
+
+// TestNoLocalManyOrigins: a batch whose rows for one group came from more
+// publishers than changedBy's short list holds (originsMax): each
+// subscription with Local still loses its own row, and only it.
+func TestNoLocalManyOrigins(t *testing.T) {
+	const n = originsMax + 4
+	cases := []struct {
+		local string
+		want  string // its delta; "shared" when it shares the group's
+	}{
+		{"o1", `{"r0":0,"r10":10,"r11":11,"r2":2,"r3":3,"r4":4,"r5":5,"r6":6,"r7":7,"r8":8,"r9":9}`},
+		{"o10", `{"r0":0,"r1":1,"r11":11,"r2":2,"r3":3,"r4":4,"r5":5,"r6":6,"r7":7,"r8":8,"r9":9}`},
+		{"other", "shared"},
+	}
+	tr := New()
+	for i, tc := range cases {
+		if _, err := tr.Subscribe(&Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/m/+", Filter: "m/+", Local: tc.local}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ops []Op
+	for i := range n {
+		ops = append(ops, Op{Origin: fmt.Sprint("o", i), Rows: []Row{row(fmt.Sprint("m/r", i), fmt.Sprint(i), true)}})
+	}
+	for round := range 2 { // the second batch reuses the scratch lists
+		res := tr.Apply(ops)
+		got := map[string]string{}
+		for _, d := range res.Deltas {
+			for _, s := range d.Subs {
+				if len(d.Subs) > 1 || s.Local == "other" {
+					got[s.Local] = "shared"
+				} else {
+					got[s.Local] = string(d.Payload)
+				}
+			}
+		}
+		for _, tc := range cases {
+			if got[tc.local] != tc.want {
+				t.Errorf("round %d, Local %s: %s, want %s", round, tc.local, got[tc.local], tc.want)
+			}
+		}
+		tr.Release(&res)
 	}
 }
