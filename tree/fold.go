@@ -267,9 +267,7 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 		t.addPath(g, t.changed[ci].topic, ci)
 	}
 	t.sortPaths()
-	if g.local > 0 {
-		t.listOrigins(g) // for changedBy
-	}
+	t.listOrigins(g) // for changedBy
 	if len(g.subs) > 0 {
 		from := len(t.subs)
 		if g.local == 0 {
@@ -331,11 +329,15 @@ func (t *Tree) changedBy(origin string) bool {
 const originsMax = 8
 
 // listOrigins lists the distinct non-empty origins of g's rows of this
-// batch, for changedBy: most batches have one or a few.
+// batch, for changedBy: most batches have one or a few. None when no
+// subscription of g has Local: changedBy is then never asked.
 func (t *Tree) listOrigins(g *group) {
 	t.origins = t.origins[:0]
 	if len(t.originSet) > 0 {
 		t.originSet = nil
+	}
+	if g.local == 0 {
+		return
 	}
 	for _, ci := range g.rows {
 		o := t.changed[ci].origin
