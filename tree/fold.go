@@ -274,7 +274,7 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 			t.subs = append(t.subs, g.subs...)
 		} else {
 			for _, s := range g.subs {
-				if !t.changedBy(s.Local) {
+				if !t.changedBy(g, s.Local) {
 					t.subs = append(t.subs, s)
 				}
 			}
@@ -285,14 +285,14 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 		}
 		if len(t.subs)-from < len(g.subs) {
 			for _, s := range g.subs {
-				if t.changedBy(s.Local) {
+				if t.changedBy(g, s.Local) {
 					out = t.foldOwn(g, s, out)
 				}
 			}
 		}
 	}
 	for _, s := range g.private {
-		if t.changedBy(s.Local) {
+		if t.changedBy(g, s.Local) {
 			out = t.foldOwn(g, s, out)
 		} else if payload, qos, ok := t.encodeDelta(g, s.Allow, ""); ok {
 			out = append(out, Delta{Payload: payload, QoS: qos, Subs: t.subsOf(s), Rows: len(g.rows), g: g, allow: s.Allow, gen: t.gen})
@@ -310,48 +310,73 @@ func (t *Tree) foldOwn(g *group, s *Sub, out []Delta) []Delta {
 }
 
 // changedBy reports whether origin (not empty) made the newest change of
-// one of the rows of the group being folded: one of the distinct origins
-// listOrigins listed once for the group, so that each of a group's many
-// subscriptions with Local looks at a short list, not at the batch's rows.
-func (t *Tree) changedBy(origin string) bool {
-	if origin == "" {
+// one of g's rows of this batch. A group with few subscriptions with
+// Local or few rows (scanLocal, scanRows) has its rows looked at; else the distinct
+// origins listOrigins listed once for it (fold), so that each of its
+// subscriptions looks at a short list or a set, not at the batch's rows.
+func (t *Tree) changedBy(g *group, origin string) bool {
+	switch {
+	case origin == "":
 		return false
+	case t.originSet != nil && len(t.origins) > originsMax:
+		_, ok := t.originSet[origin]
+		return ok
+	case !t.scanRows:
+		return slices.Contains(t.origins, origin)
 	}
-	if slices.Contains(t.origins, origin) {
-		return true
+	for _, ci := range g.rows {
+		if t.changed[ci].origin == origin {
+			return true
+		}
 	}
-	_, ok := t.originSet[origin]
-	return ok
+	return false
 }
 
-// originsMax is how many distinct origins t.origins lists; more go in
-// t.originSet (a batch of many publishers' rows for one group).
-const originsMax = 8
+const (
+	// scanLocal and scanRows: a group with at most scanLocal
+	// subscriptions with Local, or scanRows rows in the batch, has
+	// changedBy look at its rows for each (no fewer to look at in a list).
+	scanLocal = 4
+	scanRows  = 16
+	// originsMax is how many distinct origins changedBy looks for in the
+	// list; past it, in a set (t.originSet, kept from one fold to the next).
+	originsMax = 8
+)
 
 // listOrigins lists the distinct non-empty origins of g's rows of this
-// batch, for changedBy: most batches have one or a few. None when no
-// subscription of g has Local: changedBy is then never asked.
+// batch for changedBy, when g has more than scanLocal subscriptions with
+// Local and more than scanRows rows (else changedBy looks at the rows;
+// with no Local, it is never asked).
 func (t *Tree) listOrigins(g *group) {
-	t.origins = t.origins[:0]
-	if len(t.originSet) > 0 {
-		t.originSet = nil
+	if t.originSet != nil {
+		for _, o := range t.origins { // key by key: clear would sweep every slot it ever grew to
+			delete(t.originSet, o)
+		}
+		if len(t.origins) > keepMax {
+			t.originSet = nil // a storm's set is not kept for good
+		}
 	}
-	if g.local == 0 {
+	clear(t.origins)
+	t.origins, t.scanRows = t.origins[:0], g.local <= scanLocal || len(g.rows) <= scanRows
+	if g.local == 0 || t.scanRows {
 		return
 	}
 	for _, ci := range g.rows {
-		o := t.changed[ci].origin
-		if o == "" || t.changedBy(o) {
-			continue
-		}
-		if len(t.origins) < originsMax {
+		if o := t.changed[ci].origin; o != "" && !t.changedBy(g, o) {
 			t.origins = append(t.origins, o)
-			continue
+			if len(t.origins) <= originsMax {
+				continue
+			}
+			if t.originSet == nil {
+				t.originSet = map[string]struct{}{}
+			}
+			if len(t.originSet) == 0 { // the list's, now past originsMax
+				for _, o := range t.origins {
+					t.originSet[o] = struct{}{}
+				}
+			}
+			t.originSet[o] = struct{}{}
 		}
-		if t.originSet == nil {
-			t.originSet = map[string]struct{}{}
-		}
-		t.originSet[o] = struct{}{}
 	}
 }
 
