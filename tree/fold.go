@@ -357,6 +357,9 @@ func (t *Tree) listOrigins(g *group) {
 		}
 	}
 	clear(t.origins)
+	if cap(t.origins) > keepMax {
+		t.origins = nil // nor its list
+	}
 	t.origins, t.scanRows = t.origins[:0], g.local <= scanLocal || len(g.rows) <= scanRows
 	if g.local == 0 || t.scanRows {
 		return
