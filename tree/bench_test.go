@@ -307,3 +307,41 @@ func stormTree(dev, rows int) []byte {
 	}
 	return append(p, '}')
 }
+
+// BenchmarkApplyNoLocal: one group of 1,000 subscribers, with No Local
+// (Sub.Local, each its own client) or without, and a batch of rows other
+// clients published (one, or one a row): every subscriber shares one
+// encoding either way.
+func BenchmarkApplyNoLocal(b *testing.B) {
+	const subs = 1000
+	for _, rows := range []int{10, 1000} {
+		for _, c := range []struct{ local, many bool }{{false, false}, {true, false}, {true, true}} {
+			local, many := c.local, c.many
+			b.Run(fmt.Sprintf("rows=%d/local=%v/publishers=%v", rows, local, map[bool]string{false: "1", true: "rows"}[many]), func(b *testing.B) {
+				tr := New()
+				for i := range subs {
+					s := &Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/dev/+", Filter: "dev/+"}
+					if local {
+						s.Local = fmt.Sprint("client", i)
+					}
+					if _, err := tr.Subscribe(s); err != nil {
+						b.Fatal(err)
+					}
+				}
+				var ops []Op // one publisher's rows; with many, one each
+				for i := range rows {
+					if i == 0 || many {
+						ops = append(ops, Op{Origin: fmt.Sprint("writer", i)})
+					}
+					op := &ops[len(ops)-1]
+					op.Rows = append(op.Rows, Row{Topic: fmt.Sprintf("dev/d%05d", i), Value: wire.Value{Kind: wire.JSON, Data: fmt.Sprint(i)}, Retain: true})
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					res := tr.Apply(ops)
+					tr.Release(&res)
+				}
+			})
+		}
+	}
+}

@@ -267,6 +267,7 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 		t.addPath(g, t.changed[ci].topic, ci)
 	}
 	t.sortPaths()
+	t.listOrigins(g) // for changedBy
 	if len(g.subs) > 0 {
 		from := len(t.subs)
 		if g.local == 0 {
@@ -309,10 +310,19 @@ func (t *Tree) foldOwn(g *group, s *Sub, out []Delta) []Delta {
 }
 
 // changedBy reports whether origin (not empty) made the newest change of
-// one of g's rows of this batch.
+// one of g's rows of this batch. A group with few subscriptions with
+// Local or few rows (scanLocal, scanRows) has its rows looked at; else the distinct
+// origins listOrigins listed once for it (fold), so that each of its
+// subscriptions looks at a short list or a set, not at the batch's rows.
 func (t *Tree) changedBy(g *group, origin string) bool {
-	if origin == "" {
+	switch {
+	case origin == "":
 		return false
+	case t.originSet != nil && len(t.origins) > originsMax:
+		_, ok := t.originSet[origin]
+		return ok
+	case !t.scanRows:
+		return slices.Contains(t.origins, origin)
 	}
 	for _, ci := range g.rows {
 		if t.changed[ci].origin == origin {
@@ -320,6 +330,57 @@ func (t *Tree) changedBy(g *group, origin string) bool {
 		}
 	}
 	return false
+}
+
+const (
+	// scanLocal and scanRows: a group with at most scanLocal
+	// subscriptions with Local, or scanRows rows in the batch, has
+	// changedBy look at its rows for each (no fewer to look at in a list).
+	scanLocal = 4
+	scanRows  = 16
+	// originsMax is how many distinct origins changedBy looks for in the
+	// list; past it, in a set (t.originSet, kept from one fold to the next).
+	originsMax = 8
+)
+
+// listOrigins lists the distinct non-empty origins of g's rows of this
+// batch for changedBy, when g has more than scanLocal subscriptions with
+// Local and more than scanRows rows (else changedBy looks at the rows;
+// with no Local, it is never asked).
+func (t *Tree) listOrigins(g *group) {
+	if t.originSet != nil {
+		for _, o := range t.origins { // key by key: clear would sweep every slot it ever grew to
+			delete(t.originSet, o)
+		}
+		if len(t.origins) > keepMax {
+			t.originSet = nil // a storm's set is not kept for good
+		}
+	}
+	clear(t.origins)
+	if cap(t.origins) > keepMax {
+		t.origins = nil // nor its list
+	}
+	t.origins, t.scanRows = t.origins[:0], g.local <= scanLocal || len(g.rows) <= scanRows
+	if g.local == 0 || t.scanRows {
+		return
+	}
+	for _, ci := range g.rows {
+		if o := t.changed[ci].origin; o != "" && !t.changedBy(g, o) {
+			t.origins = append(t.origins, o)
+			if len(t.origins) <= originsMax {
+				continue
+			}
+			if t.originSet == nil {
+				t.originSet = map[string]struct{}{}
+			}
+			if len(t.originSet) == 0 { // the list's, now past originsMax
+				for _, o := range t.origins {
+					t.originSet[o] = struct{}{}
+				}
+			}
+			t.originSet[o] = struct{}{}
+		}
+	}
 }
 
 // appendKeys appends the tree keys of a matching topic to keys: one per

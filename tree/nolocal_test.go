@@ -1,6 +1,8 @@
 package tree
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -81,6 +83,93 @@ func TestNoLocal(t *testing.T) {
 			}
 			if string(payload) != want || ok != (want != "") {
 				t.Fatalf("Fold %q %v, want %q", payload, ok, want)
+			}
+		})
+	}
+}
+
+// TestNoLocalManyOrigins: a batch whose rows for one group came from more
+// publishers than changedBy's list holds (originsMax), with few
+// subscriptions with Local (changedBy looks at the rows) and more than
+// scanLocal (it looks at the origins listed, then at their set): each
+// loses its own row, and only it; the others share the group's delta.
+func TestNoLocalManyOrigins(t *testing.T) {
+	const n = scanRows + originsMax // rows, each from its own publisher
+	// except is the delta of every row r0… but r<k> (-1: all).
+	except := func(k int) string {
+		var keys []string
+		for i := range n {
+			if i != k {
+				keys = append(keys, fmt.Sprintf(`"r%d":%d`, i, i))
+			}
+		}
+		slices.Sort(keys) // the delta's order: its paths', sorted
+		return "{" + strings.Join(keys, ",") + "}"
+	}
+	cases := []struct {
+		local string
+		want  string // its delta; "shared" when it shares the group's
+	}{
+		{"o1", except(1)},                     // in the list
+		{fmt.Sprint("o", n-1), except(n - 1)}, // in the set
+		{"other", "shared"},
+	}
+	ops := func(prefix string) []Op {
+		var ops []Op
+		for i := range n {
+			ops = append(ops, Op{Origin: fmt.Sprint(prefix, i), Rows: []Row{row(fmt.Sprint("m/r", i), fmt.Sprint(i), true)}})
+		}
+		return ops
+	}
+	few := []Op{{Origin: "o1", Rows: []Row{row("m/r1", "1", true)}}, {Origin: "o2", Rows: []Row{row("m/r2", "2", true)}}}
+	for _, extra := range []int{0, scanLocal} { // more subscriptions with Local, that published nothing
+		t.Run(fmt.Sprint("extra=", extra), func(t *testing.T) {
+			tr := New()
+			for i, tc := range cases {
+				if _, err := tr.Subscribe(&Sub{Owner: fmt.Sprint("c", i), Topic: "$sync/m/+", Filter: "m/+", Local: tc.local}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range extra {
+				if _, err := tr.Subscribe(&Sub{Owner: fmt.Sprint("x", i), Topic: "$sync/m/+", Filter: "m/+", Local: fmt.Sprint("x", i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Many origins, few (the set emptied for the list), many
+			// again, many others (nothing left of the first).
+			for round, batch := range [][]Op{ops("o"), few, ops("o"), ops("p")} {
+				res := tr.Apply(batch)
+				got := map[string]string{}
+				for _, d := range res.Deltas {
+					for _, s := range d.Subs {
+						if len(d.Subs) > 1 || s.Local == "other" {
+							got[s.Local] = "shared"
+						} else {
+							got[s.Local] = string(d.Payload)
+						}
+					}
+				}
+				for _, tc := range cases {
+					want := tc.want
+					switch round {
+					case 1:
+						want = map[string]string{"o1": `{"r2":2}`}[tc.local]
+						if want == "" {
+							want = "shared"
+						}
+					case 3:
+						want = "shared"
+					}
+					if got[tc.local] != want {
+						t.Errorf("round %d, Local %s: %s, want %s", round, tc.local, got[tc.local], want)
+					}
+				}
+				for i := range extra {
+					if got[fmt.Sprint("x", i)] != "shared" {
+						t.Errorf("round %d, Local x%d: %s, want the shared delta", round, i, got[fmt.Sprint("x", i)])
+					}
+				}
+				tr.Release(&res)
 			}
 		})
 	}

@@ -137,6 +137,13 @@ type Tree struct {
 	open    []string // the keys of the objects a delta has open (encodeDelta)
 	paths   []rowPath
 	keys    []string // the paths' keys, cut from it (addPath)
+	// origins is the distinct origins of the rows of the group being
+	// folded, when it has more than scanLocal subscriptions with Local
+	// (listOrigins); past originsMax of them, also in originSet (kept,
+	// emptied key by key). scanRows: changedBy looks at the rows instead.
+	origins   []string
+	originSet map[string]struct{}
+	scanRows  bool
 
 	// subs holds the Subs of the last Result's deltas, cut from it
 	// (subsOf); spare and spareSubs hold the lists of the Result last
