@@ -155,7 +155,9 @@ func (b *Broker) flushPaced(st *treeSub, now time.Time) {
 	batch := heldRows(held, b.tree.Rev()) // the held rows reflect every batch so far
 	if st.last != nil && c.q.fold(st.last, st.ts, batch, c.packetLimit(), foldBound(held)) {
 		b.stats.Folded.Add(1)
-		st.folded()
+		if st.folded() {
+			st.sent = prev // nothing left to send: as when Fold leaves nothing, below
+		}
 		return
 	}
 	payload, qos, ok := b.tree.Fold(st.ts, held)

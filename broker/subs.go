@@ -242,12 +242,14 @@ func (b *Broker) queueDelta(st *treeSub, d *tree.Delta, batch *batchRows) {
 // left it nothing to send (the newest change of every row it holds is
 // the client's own), it gives its mote-seq back, if no other was taken
 // since, and is done with (its writer skips it: encodeFolded), so the
-// count goes on without a gap (loop only).
-func (st *treeSub) folded() {
+// count goes on without a gap (loop only). It reports whether it did.
+func (st *treeSub) folded() bool {
 	if d := st.last; st.ts.Local != "" && d.shown == 0 && st.seq == d.seq {
 		st.seq--
 		st.last = nil
+		return true
 	}
+	return false
 }
 
 // deltaBound bounds from above the bytes a delta of rows rows, payload
