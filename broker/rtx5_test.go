@@ -496,11 +496,7 @@ func rtx5Expect(t *testing.T, p *x5Peer, seq, payload string) {
 func rtx5Filed(t *testing.T, b *Broker, id string) {
 	t.Helper()
 	waitFor(t, "the subscriptions filed", func() bool {
-		cl, ok := b.server.Clients.Get(id)
-		if !ok {
-			return false
-		}
-		c, ok := b.conns.load(cl)
+		c, ok := newestConn(b, id)
 		if !ok {
 			return false
 		}

@@ -35,11 +35,7 @@ func x5Rows(t *testing.T, filter string, payload []byte) map[string]string {
 // it), as the loop sees it.
 func awayFirstDone(t *testing.T, b *Broker, id string) bool {
 	t.Helper()
-	cl, ok := b.server.Clients.Get(id)
-	if !ok {
-		return false
-	}
-	c, ok := b.conns.load(cl)
+	c, ok := newestConn(b, id)
 	if !ok {
 		return false
 	}
@@ -53,6 +49,16 @@ func awayFirstDone(t *testing.T, b *Broker, id string) bool {
 		t.Fatal("the loop stopped")
 	}
 	return done
+}
+
+// newestConn is the connection of id's client (mochi's newest), if it
+// has one filed.
+func newestConn(b *Broker, id string) (*conn, bool) {
+	cl, ok := b.server.Clients.Get(id)
+	if !ok {
+		return nil, false
+	}
+	return b.conns.load(cl)
 }
 
 // x5Away ends p's connection with a DISCONNECT (its session stays) and
