@@ -18,10 +18,23 @@ type Principal struct {
 	// id would read the reports of every caller.
 	Answered bool
 	system   bool // the broker itself: reports, $SYS; never refused
+	mqtt     bool // an MQTT client's (mqttPrincipal): its client id is its publishes' origin (origin)
 	original bool // a client of the original dialect's listener: its publishes are read in that dialect (original.go)
 	// logs is the log slot (quota) of the principal's connection (logBudget);
 	// nil for requests without one (HTTP, the broker's own).
 	logs *logSlot
+}
+
+// origin is whose publishes p's are for No Local [MQTT-3.8.3-3]: an MQTT
+// client's own client id, "" for everyone else. A front end's name (the
+// HTTP API's "http") or the broker's ("$mote") is not an MQTT client's: an
+// MQTT client that chose that id as its own would otherwise miss those
+// publishes on a No Local subscription.
+func (p Principal) origin() string {
+	if p.mqtt {
+		return p.ClientID
+	}
+	return ""
 }
 
 // systemPrincipal is the broker's own.

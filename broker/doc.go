@@ -115,7 +115,9 @@
 //
 // No Local on a tree subscription (MQTT 5, [MQTT-3.8.3-3]; X2 of
 // docs/spec-audit-x5.md): applyBatch gives each op its publisher's client
-// id as its origin (tree.Op.Origin; none for a translation), and a
+// id as its origin (tree.Op.Origin, Principal.origin; none for a
+// translation, the HTTP API or the broker itself: a front end's name is no
+// MQTT client's, though a client may choose it as its id), and a
 // subscription with No Local has its client id as tree.Sub.Local. The
 // tree leaves out of its delta every row whose newest change in the batch
 // came from it, encoding privately only for such a subscription whose

@@ -186,7 +186,7 @@ func (b *Broker) prepare(p Principal, m *Message) (prepared, error) {
 		} else if msg = m.pre; msg == nil {
 			msg = new(message)
 		}
-		msg.topic, msg.payload, msg.origin, msg.qos, msg.retain = m.Topic, m.Payload, p.ClientID, m.QoS, m.Retain
+		msg.topic, msg.payload, msg.origin, msg.qos, msg.retain = m.Topic, m.Payload, p.origin(), m.QoS, m.Retain
 		return prepared{plain: msg}, nil // its op is made when needed (dispatch)
 	}
 	if !p.system && reserved(pub.Topic) {

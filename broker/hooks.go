@@ -55,7 +55,7 @@ func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 
 // mqttPrincipal is who an MQTT client acts as.
 func mqttPrincipal(cl *mqtt.Client) Principal {
-	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, original: isOriginal(cl.Net.Listener)}
+	return Principal{User: string(cl.Properties.Username), ClientID: cl.ID, mqtt: true, original: isOriginal(cl.Net.Listener)}
 }
 
 // quota is the log slot (quota) of cl's connection (logBudget), nil while it

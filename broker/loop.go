@@ -722,7 +722,7 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 		// Whose rows they are, for No Local on tree subscriptions (as
 		// deliverTo's msg.origin): a translation is the broker's.
 		if !m.translated {
-			ops[i].Origin = m.p.ClientID
+			ops[i].Origin = m.p.origin()
 		}
 	}
 	var res tree.Result
@@ -783,7 +783,7 @@ func (b *Broker) applyBatch(ops []tree.Op, meta []*pubMeta, at *tree.Stamp) bool
 		}
 		b.keepProps(m.plain, a.Rows)
 		if m.rows {
-			origin := m.p.ClientID
+			origin := m.p.origin()
 			if m.translated {
 				origin = ""
 			}

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -251,4 +252,56 @@ func stringKeys(v any) any {
 func nlEqual(t *testing.T, p packets.Packet, want string) bool {
 	t.Helper()
 	return jsonEqual(t, nlJSON(t, p), want)
+}
+
+// TestNoLocalFrontEndNames: a front end's name is not an MQTT client's
+// [MQTT-3.8.3-3]. An MQTT client that chose the id "http" (the HTTP API's
+// name in ACL patterns, SPEC §10) or "$mote" (the broker's) gets the
+// publishes of that front end on its No Local subscriptions, plain and
+// tree, as any other client's: they are not its own.
+func TestNoLocalFrontEndNames(t *testing.T) {
+	b := start(t, Options{})
+	for _, tc := range []struct {
+		id string
+		p  Principal
+	}{
+		{"http", Principal{ClientID: "http", Answered: true}}, // as httpapi makes it
+		{"$mote", systemPrincipal},
+	} {
+		t.Run(tc.id, func(t *testing.T) {
+			c, _ := x5Dial(t, b, 5, tc.id, true, packets.Properties{})
+			nl := func(s *packets.Subscription) { s.NoLocal = true }
+			c.sub(t, packets.Properties{}, x5Sub("fe/+", nl), x5Sub("$sync/fe/+", nl))
+			if p := c.publish(t, true); p.TopicName != "$sync/fe/+" || user(p, "mote-seq") != "0" {
+				t.Fatalf("%s %q, want the snapshot", p.TopicName, p.Payload)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			if err := b.Publish(ctx, tc.p, Message{Topic: "$tree/fe", Payload: []byte(`{"a":1}`), QoS: 1, Retain: true}); err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for range 2 {
+				p := c.publish(t, true)
+				got[p.TopicName] = string(p.Payload)
+			}
+			if got["fe/a"] != "1" || got["$sync/fe/+"] != `{"a":1}` {
+				t.Fatalf("got %v, want fe/a 1 and the delta {\"a\":1}", got)
+			}
+			// A publish of its own is still its own.
+			c.row(t, "fe/b", "2")
+			if err := b.Publish(ctx, tc.p, Message{Topic: "fe/c", Payload: []byte("3"), QoS: 1, Retain: true}); err != nil {
+				t.Fatal(err)
+			}
+			got = map[string]string{}
+			for range 2 {
+				p := c.publish(t, true)
+				got[p.TopicName] = string(p.Payload)
+			}
+			if len(got) != 2 || got["fe/c"] != "3" || got["$sync/fe/+"] != `{"c":3}` {
+				t.Fatalf("got %v, want fe/c 3 and the delta {\"c\":3} (fe/b is its own)", got)
+			}
+			c.row(t, "$tree/fe", `{"a":null,"b":null,"c":null}`)
+		})
+	}
 }
