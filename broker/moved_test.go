@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,4 +136,64 @@ func TestRTX5TakenBackCleared(t *testing.T) {
 	w.row(t, "rtc/x", "3")
 	rtx5Expect(t, bp, "2", `{"x":2}`)
 	rtx5Expect(t, bp, "3", `{"x":3}`)
+}
+
+// TestX5TreeAwayPartsTakeover: a resume delta in parts (mote-seq 2, the
+// client's Receive Maximum 1) whose first part was written, unacknowledged,
+// when its connection B is taken over (or leaves, its session kept); a
+// row changes meanwhile. The next connection C gets that part again (DUP,
+// mote-seq 2, the same rows), then its own resume delta as mote-seq 3,
+// every row changed since the last whole message (the parts B never
+// wrote, and the row changed after), then delta 4. Before the fix only a
+// whole message was noted: C's resume took mote-seq 2 again, with the
+// changed row, other content under a number the client had seen.
+func TestX5TreeAwayPartsTakeover(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		takeover bool // C takes B over; else B leaves first
+	}{
+		{name: "takeover", takeover: true},
+		{name: "away"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := start(t, Options{})
+			w := x5Writer(t, b, "w")
+			const id, limit = "tpt", 200
+			props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true, MaximumPacketSize: limit, ReceiveMaximum: 1}
+			a, _ := x5Dial(t, b, 5, id, false, props)
+			a.sub(t, packets.Properties{}, x5Sub("$tree/tpt/+"))
+			w.row(t, "tpt/x", "0")
+			rtx5Expect(t, a, "1", `{"x":0}`)
+			x5Away(t, b, a, id)
+			long := strconv.Quote(strings.Repeat("v", 40))
+			for i := range 6 {
+				w.row(t, fmt.Sprint("tpt/k", i), long)
+			}
+			settle(t, b)
+			bp, _ := x5Dial(t, b, 5, id, false, props)
+			first := bp.publish(t, false) // unacknowledged: the next part waits
+			if user(first, "mote-seq") != "2" || user(first, "mote-part") == "" || user(first, "mote-part") == "1/1" {
+				t.Fatalf("%s seq %s part %q, want the first of the resume's parts, seq 2", first.Payload, user(first, "mote-seq"), user(first, "mote-part"))
+			}
+			if !tc.takeover {
+				x5Away(t, b, bp, id)
+			}
+			w.row(t, "tpt/k0", `"new"`)
+			settle(t, b)
+			c, present := x5Dial(t, b, 5, id, false, props)
+			if !present {
+				t.Fatal("C: session not present")
+			}
+			again := c.publish(t, true)
+			if !again.FixedHeader.Dup || user(again, "mote-seq") != "2" || user(again, "mote-part") != user(first, "mote-part") || string(again.Payload) != string(first.Payload) {
+				t.Fatalf("%s seq %s part %q dup %v, want B's first part again: %s", again.Payload, user(again, "mote-seq"), user(again, "mote-part"), again.FixedHeader.Dup, first.Payload)
+			}
+			doc := c.resumeParts(t, limit, "3")
+			if len(doc) != 6 || doc["k0"] != "new" || doc["k5"] != strings.Repeat("v", 40) {
+				t.Fatalf("C's resume: %v, want the 6 rows, k0 new", doc)
+			}
+			w.row(t, "tpt/x", "1")
+			rtx5Expect(t, c, "4", `{"x":1}`)
+		})
+	}
 }
