@@ -585,11 +585,12 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 		if err := o.waitInflight(c); err != nil {
 			return err
 		}
-		// A client taken over (mochi stops it, copies its in-flight
-		// messages to the new client, then clears them, which wakes
-		// waitInflight) must not take more: they would be lost. It stays
-		// unsent, for the session (finish). Closed after Set, it may or
-		// may not have been copied: the hand-off looks (notCloned).
+		// A client taken over (mochi stops it, moves its in-flight
+		// messages to the new client, which wakes waitInflight) must not
+		// take more: they would be lost. It stays unsent, for the session
+		// (finish). Closed after Set, it may or may not have been moved:
+		// takeBack asks mochi (takenBack.moved, for the $tree mark), and
+		// the hand-off of a plain message looks (notCloned).
 		if cl.Closed() {
 			return errWriterStop
 		}
