@@ -585,23 +585,27 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 		if err := o.waitInflight(c); err != nil {
 			return err
 		}
-		// A client taken over (mochi stops it, copies its in-flight
-		// messages to the new client, then clears them, which wakes
-		// waitInflight) must not take more: they would be lost. It stays
-		// unsent, for the session (finish). Closed after Set, it may or
-		// may not have been copied: the hand-off looks (notCloned).
+		// A client taken over (mochi stops it, moves its in-flight
+		// messages to the new client, which wakes waitInflight) must not
+		// take more: they would be lost. It stays unsent, for the session
+		// (finish). Closed after Set, it may or may not have been moved:
+		// takeBack asks mochi (takenBack.moved, for the $tree mark), and
+		// the hand-off of a plain message looks (notCloned).
 		if cl.Closed() {
 			return errWriterStop
+		}
+		if f := o.b.takingInflight.Load(); f != nil { // a test's (one load, nil)
+			(*f)(cl, false)
 		}
 		if err := o.b.takeInflight(&o.ids, cl, pk); err != nil {
 			c.slow(dropInflightFull) // every packet id in flight: the client does not acknowledge
 			return errSkipped
 		}
 		if cl.Closed() {
-			// Gone from the map, it was moved to the client that took the
-			// session over (mochi's moveOut, one step): that one sends it.
-			moved := !o.b.dropInflight(cl, pk.PacketID)
-			return &takenBack{id: pk.PacketID, moved: moved}
+			if f := o.b.takingInflight.Load(); f != nil {
+				(*f)(cl, true)
+			}
+			return o.b.takeBack(cl, pk.PacketID)
 		}
 		c.inFlight(pk.PacketID, len(pk.Payload)+len(pk.TopicName)+messageCost)
 	}
@@ -727,6 +731,23 @@ func (b *Broker) takeInflight(ids *idSpaces, cl *mqtt.Client, pk *packets.Packet
 	return nil
 }
 
+// takeBack undoes takeInflight for publish id on cl, stopped before it
+// was written. Still in cl's map, it was never sent; gone, mochi's moveOut
+// may have moved it to the client that took the session over, which
+// sends it: moved, if mochi says it did (the ids moveOut moved, mochi
+// change 90). Gone but not moved, clearTakenOverInflights deleted it
+// after the move (the writer set it in the emptied map): nobody has it.
+// Reading "gone" as "moved" noted in the $tree mark a message the client
+// never got (a mote-seq gap, TestRTX5TakenBackCleared).
+func (b *Broker) takeBack(cl *mqtt.Client, id uint16) *takenBack {
+	deleted, moved := cl.State.Inflight.TakeBack(id)
+	if deleted {
+		atomic.AddInt64(&b.server.Info.Inflight, -1)
+		cl.State.Inflight.IncreaseSendQuota()
+	}
+	return &takenBack{id: id, moved: moved}
+}
+
 // dropInflight undoes takeInflight for a publish that was not written;
 // false if it was no longer in cl's map (a takeover moved it).
 func (b *Broker) dropInflight(cl *mqtt.Client, id uint16) bool {
@@ -796,8 +817,8 @@ var errWriterStop = errors.New("broker: writer stopped")
 
 // takenBack is errWriterStop for a publish the writer took in flight, as
 // packet id, on a client that stopped meanwhile, and took back: mochi may
-// have copied it to a client taking the session over; moved: it did (the
-// client's map no longer held it), and that client sends it (DUP).
+// have moved it to a client taking the session over; moved: it did (its
+// moveOut says so, mochi change 90), and that client sends it (DUP).
 type takenBack struct {
 	id    uint16
 	moved bool

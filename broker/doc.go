@@ -143,8 +143,14 @@
 // message goes out (sendTree, and tryDirect for a delta written by the
 // loop), never for one queued or taken and lost with the connection (but
 // one taken in flight and back that a takeover moved to the new client,
-// which sends it again: takenBack.moved). The detach of a connection whose
-// session stays hands its marks to awayTrees (keepTrees), by client id —
+// which sends it again: takenBack.moved, asked of mochi, whose moveOut
+// keeps the ids it moved, change 90 — "gone from the old map" is not
+// "moved", clearTakenOverInflights deletes too). A part of a message in
+// parts, not the last, notes its mote-seq alone (wrotePart): the next
+// connection's resume goes on from it with every row since the last whole
+// message, never the same mote-seq with other rows. The detach of a
+// connection whose session stays hands its marks to awayTrees
+// (keepTrees), by client id —
 // unless a successor took them, it filed none (never filed), or a new
 // session took its id over; a CONNECT resuming the session files its
 // $tree subscriptions again through one call to the loop (resumeTrees),
@@ -501,7 +507,10 @@
 //     cleared it later: a PUBREC the old reader set between was lost
 //     (the resend delivered again), a delivery its writer took back was
 //     counted out twice. It now moves the map in one step (mochi change
-//     74); the old reader refuses what would change the map after
+//     74), and keeps the ids it moved on the old client (change 90: the
+//     writer asks whether a delivery it takes back went with them,
+//     Inflight.TakeBack; the old client takes none of them again); the
+//     old reader refuses what would change the map after
 //     (idSpaces.begin), the takeover waits only for a packet changing it
 //     that is not blocked on subscribers (busyLocked, bounded: a packet
 //     holding it past relWait, 500 ms, has the old connection's writes

@@ -407,7 +407,8 @@ func TestRTX5SessionsEnd(t *testing.T) {
 
 // rtx5Drained reports whether the connection of id's client (mochi's
 // newest) has written every message its $tree subscriptions made (each
-// noted in its mark) and its client acknowledged every QoS 1 publish.
+// noted in its mark; a message in parts from its first part on, and the
+// tests asking send none) and its client acknowledged every QoS 1 publish.
 func rtx5Drained(b *Broker, id string) bool {
 	cl, ok := b.server.Clients.Get(id)
 	if !ok {

@@ -125,6 +125,21 @@ func (st *treeSub) wrote(seq, rev uint64) {
 	}
 }
 
+// wrotePart notes that a part, not the last, of st's message of
+// mote-seq seq was written to its client (or moved to a client taking the
+// session over, which sends it again): the count goes on from seq, and
+// the revision stays the last whole message's. A next connection's resume
+// then takes seq+1 and holds every row changed since that revision, the
+// parts never written among them: the client never sees seq again with
+// other rows, nor a gap (its copy misses nothing). Noted from the whole
+// message alone, the resume took seq again, with rows changed meanwhile
+// (TestX5TreeAwayPartsTakeover).
+func (st *treeSub) wrotePart(seq uint64) {
+	if m := st.mark; m != nil {
+		m.seq.Store(seq)
+	}
+}
+
 // changeCost is what a held or folded row counts against a queue's bound.
 func changeCost(ch *tree.Change) int { return len(ch.Topic) + len(ch.Value.Data) + 32 }
 

@@ -439,11 +439,12 @@ func (c *conn) sendOut(pk *packets.Packet, k outKind) (bool, error) {
 
 // sendTree sends st's tree message m and, once it went to the client,
 // notes it in st's mark (treeSub.wrote): a part but the last of a message
-// in parts notes nothing, the message is not whole yet. So is one taken
-// in flight and back as the client was taken over that mochi moved to
-// the client that took the session (takenBack.moved): that client sends
-// it (DUP), and the resume delta of its connection, unnoted, took the
-// same mote-seq with more rows.
+// in parts notes its mote-seq alone (wrotePart), the message is not whole
+// yet. So is one taken in flight and back as the client was taken over
+// that mochi moved to the client that took the session (takenBack.moved,
+// from mochi's moved ids: one deleted after the move is not): that client
+// sends it (DUP), and the resume delta of its connection, unnoted, took
+// the same mote-seq with more rows.
 func (c *conn) sendTree(st *treeSub, m *treeItem, k outKind) error {
 	pk := c.treePacket(m)
 	sent, err := c.sendOut(&pk, k)
@@ -451,8 +452,12 @@ func (c *conn) sendTree(st *treeSub, m *treeItem, k outKind) error {
 		var tb *takenBack
 		sent = errors.As(err, &tb) && tb.moved
 	}
-	if sent && st.mark != nil && lastPart(m.part) {
-		st.wrote(m.seq, m.rev)
+	if sent && st.mark != nil {
+		if lastPart(m.part) {
+			st.wrote(m.seq, m.rev)
+		} else {
+			st.wrotePart(m.seq)
+		}
 	}
 	return err
 }

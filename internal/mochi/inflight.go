@@ -21,19 +21,49 @@ type Inflight struct {
 	sendQuota           int32                     // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                     // maximum allowed receive quota
 	maximumSendQuota    int32                     // maximum allowed send quota
-	// mote: ids of QoS 2 deliveries DropDeliveries dropped, to be
-	// released (change 64); nil while there are none, read through rel: a
-	// pointer, not a slice, so that every client's Inflight is 64 bytes,
-	// not 80 (change 88).
-	released *[]uint16
+	// mote: the packet ids i keeps beside its map, nil while there are
+	// none: a pointer, not two slices, so that every client's Inflight is
+	// 64 bytes, not 80 (changes 88, 90), and Used asks one nil pointer
+	// for both.
+	ids *inflightIDs
+}
+
+// mote: inflightIDs is what an Inflight keeps beside its map (changes 64,
+// 88, 90), made only for a client that has some.
+type inflightIDs struct {
+	// released: ids of QoS 2 deliveries DropDeliveries dropped, to be
+	// released (change 64).
+	released []uint16
+	// moved: the ids of the entries moveOut moved to the client that
+	// took the session over, sorted (change 90): the old connection's
+	// writer asks (TakeBack) whether a delivery it took in flight just as
+	// its client stopped went with them. At most what the map held (the
+	// client's Receive Maximum of deliveries, and its own QoS 2 publishes
+	// waiting for PUBREL), 2 bytes each, made at the takeover only; the
+	// old client is dropped with them.
+	moved []uint16
 }
 
 // mote: rel is the ids to be released (change 88). Under i's lock.
 func (i *Inflight) rel() []uint16 {
-	if i.released == nil {
+	if i.ids == nil {
 		return nil
 	}
-	return *i.released
+	return i.ids.released
+}
+
+// mote: setReleased sets the ids to be released (change 90: beside the
+// moved ids, in ids). Under i's lock.
+func (i *Inflight) setReleased(r []uint16) {
+	switch {
+	case i.ids != nil:
+		i.ids.released = r
+		if r == nil && i.ids.moved == nil {
+			i.ids = nil
+		}
+	case r != nil:
+		i.ids = &inflightIDs{released: r}
+	}
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -83,8 +113,7 @@ func (i *Inflight) Clone() *Inflight {
 		c.internal = make(map[uint16]packets.Packet, len(i.internal))
 	}
 	if r := i.rel(); len(r) > 0 { // mote: the session's, as its messages (change 64)
-		r = slices.Clone(r)
-		c.released = &r
+		c.setReleased(slices.Clone(r))
 	}
 	for k, v := range i.internal {
 		c.internal[k] = v
@@ -100,6 +129,11 @@ func (i *Inflight) Clone() *Inflight {
 // cleared it later, and what the old connection did between was cleared
 // uncopied, or undone for a message the new client held. Nil if i holds
 // nothing to move (no allocation for a session resumed empty).
+//
+// mote: i keeps the ids of the entries it moved (change 90), for TakeBack:
+// "gone from i's map" is not "moved", as clearTakenOverInflights deletes
+// what the old connection set in i's map after the move. Used counts them
+// in use, so the old connection takes none of them again.
 func (i *Inflight) moveOut() *Inflight {
 	i.Lock()
 	defer i.Unlock()
@@ -108,8 +142,40 @@ func (i *Inflight) moveOut() *Inflight {
 	}
 	c := NewInflights()
 	c.internal, i.internal = i.internal, nil
-	c.released, i.released = i.released, nil
+	c.setReleased(i.rel())
+	var moved []uint16
+	if len(c.internal) > 0 {
+		moved = make([]uint16, 0, len(c.internal))
+		for id := range c.internal {
+			moved = append(moved, id)
+		}
+		slices.Sort(moved)
+	}
+	i.ids = nil
+	if moved != nil {
+		i.ids = &inflightIDs{moved: moved}
+	}
 	return c
+}
+
+// mote: TakeBack deletes the entry of packet id, which the caller set,
+// from i's map, in one step under i's lock (change 90): deleted, it was
+// there (not moved); not, moved reports whether a takeover's moveOut took
+// it to the client that took the session over (that client has it, and
+// sends it again), rather than somebody deleting it after (nobody has
+// it).
+func (i *Inflight) TakeBack(id uint16) (deleted, moved bool) {
+	i.Lock()
+	defer i.Unlock()
+	if _, ok := i.internal[id]; ok {
+		delete(i.internal, id)
+		return true, false
+	}
+	if i.ids == nil {
+		return false, false
+	}
+	_, moved = slices.BinarySearch(i.ids.moved, id)
+	return false, moved
 }
 
 // GetAll returns all the inflight messages.
@@ -203,10 +269,7 @@ func (i *Inflight) DropDeliveries() int {
 		if delivery(&pk) {
 			n++
 			if pk.FixedHeader.Type == packets.Pubrel {
-				if i.released == nil {
-					i.released = new([]uint16)
-				}
-				*i.released = append(*i.released, id)
+				i.setReleased(append(i.rel(), id))
 			}
 			continue
 		}
@@ -228,7 +291,7 @@ func (i *Inflight) TakeReleased() []uint16 {
 	i.Lock()
 	defer i.Unlock()
 	r := i.rel()
-	i.released = nil
+	i.setReleased(nil)
 	return r
 }
 
@@ -241,15 +304,24 @@ func (i *Inflight) Released() int {
 }
 
 // mote: Used reports whether packet id is in use: in flight, or a QoS 2
-// delivery's dropped and not yet released (change 64). NextPacketID skips
-// those.
+// delivery's dropped and not yet released (change 64), or, on a client
+// taken over, one of the entries moveOut moved to the client that took
+// the session (change 90: a delivery the old connection took in flight
+// after the move never has a moved one's id, so TakeBack tells them
+// apart). NextPacketID skips those.
 func (i *Inflight) Used(id uint16) bool {
 	i.RLock()
 	defer i.RUnlock()
 	if _, ok := i.internal[id]; ok {
 		return true
 	}
-	return slices.Contains(i.rel(), id)
+	if i.ids == nil {
+		return false
+	}
+	if _, moved := slices.BinarySearch(i.ids.moved, id); moved { // mote: the new client's (change 90)
+		return true
+	}
+	return slices.Contains(i.ids.released, id)
 }
 
 // mote: DeliveryBytes sums cost over the deliveries in flight (PUBLISH

@@ -314,3 +314,68 @@ func TestInflightDropDeliveriesReleased(t *testing.T) {
 	require.False(t, c.Used(2))
 	require.Equal(t, 2, i.Released()) // the clone's are its own
 }
+
+// TestInflightTakeBack (change 90): moveOut keeps the ids it moved on the
+// old Inflight. A delivery the old connection set in its emptied map
+// after the move is not moved, whether it is still there (TakeBack
+// deletes it) or clearTakenOverInflights (ClearInflights) deleted it
+// first; the moved ones are, and the old client takes none of their ids
+// again (Used). Before, "gone from the old map" was read as "moved": the
+// cleared delivery was taken for one the new client sends.
+func TestInflightTakeBack(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		clear   bool   // the old client's map cleared after the new Set
+		id      uint16 // taken back
+		deleted bool
+		moved   bool
+	}{
+		{name: "set after the move, still there", id: 4, deleted: true},
+		{name: "set after the move, cleared", clear: true, id: 4},
+		{name: "moved", id: 2, moved: true},
+		{name: "moved, the old map cleared", clear: true, id: 3, moved: true},
+		{name: "never set", id: 9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old, _, _ := newTestClient()
+			for id := uint16(1); id <= 3; id++ {
+				old.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id})
+			}
+			moved := old.State.Inflight.moveOut()
+			require.Equal(t, 3, moved.Len())
+			require.Nil(t, moved.ids, "the new client keeps no moved ids")
+			id, err := old.NextPacketID()
+			require.NoError(t, err)
+			require.Equal(t, uint32(4), id, "the moved ids are the new client's")
+			old.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(id)})
+			if tc.clear {
+				old.ClearInflights()
+			}
+			deleted, mv := old.State.Inflight.TakeBack(tc.id)
+			require.Equal(t, tc.deleted, deleted, "deleted")
+			require.Equal(t, tc.moved, mv, "moved")
+			require.Equal(t, 3, moved.Len(), "the new client's map is its own")
+		})
+	}
+}
+
+// TestInflightMoveOutReleased: moveOut moves the ids to release with the
+// messages (change 64) and keeps only the moved entries' ids (change 90);
+// an Inflight with nothing moves nothing and keeps nothing.
+func TestInflightMoveOutReleased(t *testing.T) {
+	i := NewInflights()
+	require.Nil(t, i.moveOut())
+	require.Nil(t, i.ids)
+	for k, typ := range []byte{packets.Pubrel, packets.Publish} {
+		i.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ, Qos: 2}, PacketID: uint16(k + 1)})
+	}
+	require.Equal(t, 2, i.DropDeliveries())
+	i.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec, Qos: 2}, PacketID: 7})
+	c := i.moveOut()
+	require.Equal(t, []uint16{1}, c.TakeReleased())
+	require.Equal(t, 0, i.Released())
+	require.True(t, i.Used(7))
+	require.False(t, i.Used(1))
+	_, moved := i.TakeBack(7)
+	require.True(t, moved)
+}
