@@ -125,7 +125,7 @@ func TestPlainForwardBytes(t *testing.T) {
 // alias and subscription identifiers, with the expiry it gave.
 func TestPreparePlainAllocs(t *testing.T) {
 	b := start(t, Options{})
-	p := Principal{ClientID: "prep"}
+	p := Principal{ClientID: "prep", mqtt: true} // an MQTT client's: its id is the origin
 	withProps := packets.Properties{ContentType: "text/plain", User: []packets.UserProperty{{Key: "k", Val: "v"}},
 		TopicAlias: 3, TopicAliasFlag: true, SubscriptionIdentifier: []int{4}, MessageExpiryInterval: 60}
 	for _, tc := range []struct {
