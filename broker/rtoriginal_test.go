@@ -1,7 +1,12 @@
 package broker
 
 import (
+	"encoding/binary"
 	"fmt"
+	"maps"
+	"math/rand"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -67,5 +72,52 @@ func TestRTOriginalBothFormsInOnePacket(t *testing.T) {
 	c.subscribe(12, 1, "/x0")
 	if p := c.next(); p.topic != "x0" || p.payload != "2" {
 		t.Errorf("got %+v, want the snapshot of /x0 (2), nothing of the subscriptions ended", p)
+	}
+}
+
+// TestRTOriginalSubscriptionsAgree: random SUBSCRIBEs (one to three
+// filters, both forms of one filter among them) and UNSUBSCRIBEs of a
+// dialect client; after each, the tree subscriptions the loop holds are
+// the ones mochi files (what UNSUBSCRIBE, the quota and a resumed session
+// go by). Before TestRTOriginalBothFormsInOnePacket's fix the loop held
+// one more by the 13th packet.
+func TestRTOriginalSubscriptionsAgree(t *testing.T) {
+	b := startOriginal(t, Options{MaxSubscriptions: 4})
+	c := dialOriginal(t, b)
+	c.mustConnect("agree")
+	r := rand.New(rand.NewSource(1))
+	filters := []string{"/a", "a", "/b", "b", "/a/#", "a/#", "$SYS/x", "/$SYS/x"}
+	for id := uint16(1); id <= 400; id++ {
+		if r.Intn(3) == 0 {
+			c.send(0xa2, id16(id), str(strings.TrimPrefix(filters[r.Intn(len(filters))], "/")))
+		} else {
+			body := [][]byte{id16(id)}
+			for range 1 + r.Intn(3) {
+				body = append(body, str(filters[r.Intn(len(filters))]), []byte{1})
+			}
+			c.send(0x82, body...)
+		}
+		for { // up to the SUBACK or UNSUBACK, acknowledging snapshots and deltas
+			p := c.read()
+			if p.kind() == 3 {
+				c.pending = append(c.pending, p)
+				c.next()
+				continue
+			}
+			if binary.BigEndian.Uint16(p.body) == id {
+				break
+			}
+		}
+		settle(t, b)
+		cl, _ := b.server.Clients.Get("agree")
+		filed := 0
+		for f := range cl.State.Subscriptions.GetAll() {
+			if isTreeFilter(f) {
+				filed++
+			}
+		}
+		if n := b.treeSubs.Load(); n != int64(filed) {
+			t.Fatalf("packet %d: mochi files %d tree subscriptions (%v), the loop holds %d", id, filed, slices.Collect(maps.Keys(cl.State.Subscriptions.GetAll())), n)
+		}
 	}
 }
