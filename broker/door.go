@@ -568,10 +568,7 @@ func (b *Broker) Sync(ctx context.Context) error {
 // codec c: only the rows p may read; and the revision it reflects (its
 // mote-rev, SPEC §8), taken with it on the loop.
 func (b *Broker) Tree(ctx context.Context, p Principal, filter string, c wire.Codec) ([]byte, uint64, error) {
-	if err := wire.ValidateFilter(filter); err != nil {
-		return nil, 0, b.refusal(p, "subscribe", filter, err)
-	}
-	if err := b.opts.Limits.CheckTopic(filter); err != nil {
+	if err := b.checkAnswerFilter(filter); err != nil {
 		return nil, 0, b.refusal(p, "subscribe", filter, err)
 	}
 	var out []byte
@@ -584,6 +581,18 @@ func (b *Broker) Tree(ctx context.Context, p Principal, filter string, c wire.Co
 		return nil, 0, b.refusal(p, "subscribe", filter, err)
 	}
 	return out, rev, nil
+}
+
+// checkAnswerFilter checks the filter of a front end's tree or history
+// answer (Tree, AnswerSize) as a $sync SUBSCRIBE's is checked
+// (parseFilter): valid, within the topic limits, and not beginning with
+// a level no row has ($sync, $share, …), which the SUBSCRIBE and the
+// event stream refuse where a GET answered 200 with an empty tree.
+func (b *Broker) checkAnswerFilter(filter string) error {
+	if _, err := parseFilter(filter, wire.Subscription{Mode: wire.Sync}); err != nil {
+		return err
+	}
+	return b.opts.Limits.CheckTopic(filter)
 }
 
 // Rev returns the store's revision (SPEC §8): what a snapshot taken now
@@ -609,10 +618,7 @@ func (b *Broker) Rev(ctx context.Context) (uint64, error) {
 // answer against its budget (a Budget) with it before the answer is
 // built.
 func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, hist *SubscribeOptions) (int64, error) {
-	if err := wire.ValidateFilter(filter); err != nil {
-		return 0, b.refusal(p, "subscribe", filter, err)
-	}
-	if err := b.opts.Limits.CheckTopic(filter); err != nil {
+	if err := b.checkAnswerFilter(filter); err != nil {
 		return 0, b.refusal(p, "subscribe", filter, err)
 	}
 	select {

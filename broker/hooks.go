@@ -908,7 +908,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 					continue
 				}
 			}
-			h.b.dropOtherForms(c, cl, f.Filter, sf)
+			h.b.dropOtherForms(c, cl, f.Filter, sf, pk.Filters[i+1:], codes[i+1:])
 			h.b.registerTree(st)
 			continue
 		}
@@ -1097,16 +1097,32 @@ func (b *Broker) unfile(cl *mqtt.Client, filter string) {
 // subscriptions to the same filter: their messages go to the same topic,
 // so the tree core keeps one subscription per topic, and the newest
 // replaces the others — in mochi too, or a resumed session would bring
-// them back.
-func (b *Broker) dropOtherForms(c *conn, cl *mqtt.Client, internal string, sf wire.Subscription) {
+// them back. A form granted later in the same SUBSCRIBE (later, with its
+// codes: a dialect client's "/F" then "F", original.go) stays: it is the
+// newer, and drops this one when its turn comes. Dropped here, both
+// forms left mochi while the loop kept the newest: UNSUBSCRIBE F ended
+// nothing, and the subscription quota, counted from mochi's filters,
+// never counted it (TestRTOriginalBothFormsInOnePacket).
+func (b *Broker) dropOtherForms(c *conn, cl *mqtt.Client, internal string, sf wire.Subscription, later []packets.Subscription, codes []byte) {
 	if outgoingTopic(internal, sf) == internal {
 		return // prefix form: its own topic
 	}
 	for _, other := range c.propFiled(cl, sf.Filter) {
-		if other != internal {
+		if other != internal && !grantedIn(other, later, codes) {
 			b.unfile(cl, other)
 		}
 	}
+}
+
+// grantedIn reports whether filters (with their SUBACK codes) grant
+// filter.
+func grantedIn(filter string, filters []packets.Subscription, codes []byte) bool {
+	for k := range min(len(filters), len(codes)) {
+		if codes[k] < 0x80 && filters[k].Filter == filter {
+			return true
+		}
+	}
+	return false
 }
 
 // subscribeTree hands a tree subscription mochi granted to the loop.
