@@ -111,7 +111,8 @@ func TestHeldCostWithoutPacket(t *testing.T) {
 		{name: "props and sub ids", m: plainItem{msg: &message{topic: "a", props: props}, qos: 1, subIDs: []int{4}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pk := tc.m.packet()
+			var pk packets.Packet
+			tc.m.packet(&pk)
 			if got, want := tc.m.heldCost(), heldCostOf(&pk); got != want {
 				t.Errorf("heldCost %d, heldCostOf its packet %d", got, want)
 			}

@@ -793,7 +793,8 @@ func (b *Broker) holdOffline(cl *mqtt.Client, m *plainItem) {
 		b.drop(dropOfflineFull, 1)
 		return
 	}
-	out := m.packet()
+	var out packets.Packet
+	m.packet(&out)
 	b.arriving.mark(cl.ID) // what cl holds in flight changes (arriving.settled)
 	if b.takeInflight(nil, cl, &out) != nil {
 		b.drop(dropOfflineFull, 1) // no packet id free: not held, so counted dropped
@@ -802,7 +803,7 @@ func (b *Broker) holdOffline(cl *mqtt.Client, m *plainItem) {
 	b.offline.add(cl, user, n)
 }
 
-// heldCost is heldCostOf(m.packet()), without making the packet: a flood
+// heldCost is heldCostOf of m's packet, without making the packet: a flood
 // to sessions away past MaxOfflineBytes makes none for what is dropped.
 func (m *plainItem) heldCost() int64 {
 	n := heldCost + len(m.msg.topic) + len(m.msg.payload) + 8*len(m.subIDs)

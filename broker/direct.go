@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	mqtt "github.com/mote-mqtt/mote/internal/mochi"
+	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
 // Direct writes. A QoS 0 message for a connection whose writer is idle and
@@ -104,7 +105,8 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 	var delta *deltaItem
 	switch m := m.(type) {
 	case *plainItem:
-		pk := m.packet()
+		var pk packets.Packet
+		m.packet(&pk)
 		err = c.send(&pk, outPlain)
 	case *deltaItem:
 		m.rev = m.sub.moteRev(m.rev)

@@ -377,7 +377,8 @@ func TestQueuedHandoffNotCloned(t *testing.T) {
 	}
 	copied, other, never := mk("q/a", "a", 7001), mk("q/b", "b", 7002), mk("q/c", "c", 0)
 	for _, m := range []*plainItem{copied, other} {
-		pk := m.packet()
+		var pk packets.Packet
+		m.packet(&pk)
 		pk.PacketID = m.pid
 		if m == other {
 			pk.Payload = []byte("b") // the same bytes, another message

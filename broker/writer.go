@@ -260,7 +260,8 @@ func (c *conn) write(m item) error {
 	}
 	switch m := m.(type) {
 	case *plainItem:
-		pk := m.packet()
+		var pk packets.Packet
+		m.packet(&pk)
 		return c.send(&pk, outPlain)
 	case *treeItem:
 		pk := c.treePacket(m)
@@ -494,30 +495,29 @@ func (c *conn) replayPacket(r *replayItem, row *replayRow) (packets.Packet, bool
 	return pk, true
 }
 
-// packet is the publish of a plain item for its subscriber. It has no
-// Created time, nor has any packet a conn sends (treePacket,
-// replayPacket): no endpoint reads it — at QoS 1 and 2 takeInflight sets
-// it to the packet id, the order in which mochi resends; QoS 0 is encoded
-// without it, and funcOut does not pass it on. Reading the clock was 2% of
-// a fan-in's CPU (bench/README.md, "Issue 15: packets by pointer on the
-// plain publish path").
-func (m *plainItem) packet() packets.Packet {
+// packet fills out, a zero Packet, with the publish of a plain item for
+// its subscriber: filled in place, not returned, so a send builds the
+// 816-byte Packet once, in its own frame (returned, it was built and then
+// copied: 2% of a plain message's instructions and 13 L1 data misses
+// under callgrind; bench/README.md, branch h-lat2). It has no Created
+// time, nor has any packet a conn sends (treePacket, replayPacket): no
+// endpoint reads it — at QoS 1 and 2 takeInflight sets it to the packet
+// id, the order in which mochi resends; QoS 0 is encoded without it, and
+// funcOut does not pass it on. Reading the clock was 2% of a fan-in's CPU
+// (bench/README.md, "Issue 15: packets by pointer on the plain publish
+// path").
+func (m *plainItem) packet(out *packets.Packet) {
 	msg := m.msg
-	out := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.qos, Retain: m.retain},
-		TopicName:   msg.topic,
-		Payload:     msg.payload,
-		Origin:      msg.origin,
-		Expiry:      msg.expiry,
-		// mochi expires held messages of version 5 only [MQTT-3.3.2-5];
-		// the writer encodes for the client's version.
-		ProtocolVersion: 5,
-	}
+	out.FixedHeader = packets.FixedHeader{Type: packets.Publish, Qos: m.qos, Retain: m.retain}
+	out.TopicName, out.Payload = msg.topic, msg.payload
+	out.Origin, out.Expiry = msg.origin, msg.expiry
+	// mochi expires held messages of version 5 only [MQTT-3.3.2-5];
+	// the writer encodes for the client's version.
+	out.ProtocolVersion = 5
 	if msg.props != nil {
 		out.Properties = *msg.props
 	}
 	out.Properties.SubscriptionIdentifier = m.subIDs
-	return out
 }
 
 // treePacket is the publish of a tree message: on MQTT 5 with mote-seq,
