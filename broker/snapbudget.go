@@ -226,10 +226,10 @@ func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) 
 		return 0, false
 	}
 	defer func() { <-b.estimates }()
-	var size int64
+	size := int64(tree.SnapshotFraming)
 	ok := b.onLoop(done, func() {
-		b.tree.Store().Match(filter, func(topic string, v wire.Value, _ byte) bool {
-			size += rowGuess(topic, v)
+		b.tree.Store().MatchSizes(filter, func(_ string, _ wire.Value, row int64) bool {
+			size += row
 			return size <= stop
 		})
 		b.guessed.Add(size)
