@@ -94,6 +94,33 @@ func TestSizeBoundHostile(t *testing.T) {
 			checkBound(t, tr, "k", fmt.Sprintf("value %d as %s", i, k))
 		}
 	}
+	// A row alone under a deep topic: every level a key of an object of
+	// its own, of one byte, or one escaped in JSON.
+	for _, name := range []string{"a", "\x01", `"`, "\xff", ""} {
+		for _, p := range []string{"", "\x01"} {
+			tr := New()
+			topic := strings.Repeat(name+"/", 3000) + name
+			tr.Store().Set(topic, wire.TypePlain([]byte(p)), 0)
+			checkBound(t, tr, "#", fmt.Sprintf("%q/… 3,001 levels, value %q", name, p))
+		}
+	}
+	// Combs: every level of a deep topic a row, with a row below it and a
+	// sibling (every level's object holds a "/" and two members), of
+	// one-byte names, or names of control characters escaped in JSON.
+	for _, name := range []string{"a", "\x01", strings.Repeat("\x01", 40), ""} {
+		for _, p := range []string{"", "0.1", "\x01"} {
+			tr := New()
+			topic := name
+			for range 300 {
+				tr.Store().Set(topic, wire.TypePlain([]byte(p)), 0)
+				tr.Store().Set(topic+"/"+name+"x", wire.TypePlain([]byte(p)), 0)
+				topic += "/" + name
+			}
+			for _, f := range []string{"#", "+/#", name + "/#"} {
+				checkBound(t, tr, f, fmt.Sprintf("comb of %q, value %q", name, p))
+			}
+		}
+	}
 	for _, k := range []wire.Kind{wire.String, wire.Bytes, wire.JSON, wire.Object} {
 		if kinds[k] == 0 {
 			t.Errorf("no hostile value typed %s", k)
