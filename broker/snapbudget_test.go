@@ -291,10 +291,10 @@ func TestSnapshotBudgetEscapedRows(t *testing.T) {
 func TestAnswerSizeBoundsAnswer(t *testing.T) {
 	b := start(t, Options{})
 	rows := map[string]string{
-		"h/ctrl":            strings.Repeat("\x01", 5000),
-		"h/quote":           strings.Repeat(`"`, 5000),
-		"h/bytes":           strings.Repeat("\xff", 5000),
-		"h/floats":          "[" + strings.Repeat("0.1,", 2000) + "0.1]",
+		"h/ctrl":           strings.Repeat("\x01", 5000),
+		"h/quote":          strings.Repeat(`"`, 5000),
+		"h/bytes":          strings.Repeat("\xff", 5000),
+		"h/floats":         "[" + strings.Repeat("0.1,", 2000) + "0.1]",
 		"h/\x01/\x02/\x03": "x",
 	}
 	for topic, payload := range rows {

@@ -230,3 +230,61 @@ func TestSizeBoundTypical(t *testing.T) {
 	}
 	checkBound(t, tr, "#", "typical tree")
 }
+
+// typicalStore is a store of rows rows under home/dNNNNN/…: short
+// strings, numbers and small objects.
+func typicalStore(rows int) *Store {
+	s := &New().store
+	for i := range rows {
+		var p string
+		switch i % 4 {
+		case 0:
+			p = "ON"
+		case 1:
+			p = fmt.Sprintf("%.1f", float64(i%300)/10)
+		case 2:
+			p = fmt.Sprintf(`{"battery":%d,"linkquality":%d}`, i%100, i%255)
+		default:
+			p = "Lamp " + fmt.Sprint(i)
+		}
+		s.Set(fmt.Sprintf("home/d%05d/%d", i/4, i%4), wire.TypePlain([]byte(p)), 0)
+	}
+	return s
+}
+
+// forget drops every row's counted size, as a change of every value
+// would.
+func forget(n *node) {
+	n.grow = 0
+	for _, c := range n.kids() {
+		forget(c)
+	}
+}
+
+// BenchmarkEstimateWalk: an estimate's walk of 100,000 typical rows on
+// the loop: as before (topic + value × 4/3 + 16, from Match), with the
+// sizes counted already (MatchSizes, warm), and counting them (cold: the
+// first walk after every value changed).
+func BenchmarkEstimateWalk(b *testing.B) {
+	s := typicalStore(100_000)
+	b.Run("before", func(b *testing.B) {
+		for range b.N {
+			oldGuess(s, "#")
+		}
+	})
+	b.Run("warm", func(b *testing.B) {
+		estimate(s, "#")
+		b.ResetTimer()
+		for range b.N {
+			estimate(s, "#")
+		}
+	})
+	b.Run("cold", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			forget(&s.root)
+			b.StartTimer()
+			estimate(s, "#")
+		}
+	})
+}

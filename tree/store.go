@@ -81,7 +81,7 @@ type node struct {
 	off  uint16 // where the node's own level starts in its topic
 	plen uint16 // the topic's length (wire.MaxTopicLen fits)
 	kind wire.Kind
-	qos  byte   // QoS the row was published with (retained delivery is capped by it)
+	qos  byte // QoS the row was published with (retained delivery is capped by it)
 	// grow is 1 + what the row may take in a snapshot beyond its topic
 	// and value (rowGrowth), counted the first time an estimate asks
 	// (Store.MatchSizes) and kept until the value changes; 0: not

@@ -12,6 +12,10 @@ func EscapeGrowth(s string) int {
 	g := 0
 	for i := 0; i < len(s); {
 		c := s[i]
+		if c >= 0x20 && c < utf8.RuneSelf && c != '"' && c != '\\' { // most bytes
+			i++
+			continue
+		}
 		if c < utf8.RuneSelf {
 			switch {
 			case c == '\n' || c == '\r' || c == '\t' || c == '"' || c == '\\':
