@@ -608,7 +608,8 @@ func (b *Broker) Rev(ctx context.Context) (uint64, error) {
 // AnswerSize estimates, without building it, the bytes of the answer
 // Tree would give for filter (with hist, the $hist/filter answer with
 // those options, SPEC §9): an upper guess from the rows matching filter
-// now (p's ACL not applied), their topics and values, and for a history
+// now (p's ACL not applied), each row's tree.SizeBound (an upper bound of
+// its bytes in a tree of any codec, keys included), and for a history
 // the pairs each row's rule may keep, the stored part at most what one
 // $hist answer reads (histReadBytes) twice over. It walks the rows on the
 // loop and allocates nothing per row, once it has one of the few slots
