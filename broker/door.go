@@ -608,7 +608,8 @@ func (b *Broker) Rev(ctx context.Context) (uint64, error) {
 // AnswerSize estimates, without building it, the bytes of the answer
 // Tree would give for filter (with hist, the $hist/filter answer with
 // those options, SPEC §9): an upper guess from the rows matching filter
-// now (p's ACL not applied), their topics and values, and for a history
+// now (p's ACL not applied), each row's tree.SizeBound (an upper bound of
+// its bytes in a tree of any codec, keys included), and for a history
 // the pairs each row's rule may keep, the stored part at most what one
 // $hist answer reads (histReadBytes) twice over. It walks the rows on the
 // loop and allocates nothing per row, once it has one of the few slots
@@ -627,14 +628,13 @@ func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, his
 		return 0, b.refusal(p, "subscribe", filter, ctx.Err())
 	}
 	defer func() { <-b.estimates }()
-	var size, stored int64
+	size, stored := int64(tree.SnapshotFraming), int64(0)
 	ok := b.onLoop(ctx.Done(), func() {
 		var rules []retain.HistoryRule
 		if hist != nil && b.ret != nil {
 			rules = b.ret.HistoryRules()
 		}
-		b.tree.Store().Match(filter, func(topic string, v wire.Value, _ byte) bool {
-			row := rowGuess(topic, v)
+		b.tree.Store().MatchSizes(filter, func(topic string, v wire.Value, row int64) bool {
 			size += row
 			if rule := retain.RuleFor(rules, topic); rule != nil {
 				n := rule.Keep
@@ -669,10 +669,3 @@ const estimatesAtOnce = 4
 // $sync SUBSCRIBE's), estimatesAtOnce slots: a door holding a slot keeps
 // one walk out.
 func (b *Broker) EstimateSlots() chan struct{} { return b.estimates }
-
-// rowGuess is an upper guess of a row's bytes in a tree answer: its whole
-// topic (a tree carries one level of it per object key), its value as
-// base64 would grow it, and some for the codec's framing.
-func rowGuess(topic string, v wire.Value) int64 {
-	return int64(len(topic)) + int64(len(v.Data))*4/3 + 16
-}

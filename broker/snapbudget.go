@@ -33,8 +33,16 @@ import (
 // the reserve out, so small snapshots never keep them waiting, and N
 // resumed clients that never read no longer refuse every $sync
 // SUBSCRIBE. A small snapshot stays counted in the reserve once built,
-// whatever its size (its estimate is an upper guess: it grows past it
-// only by the rows added meanwhile), until written.
+// whatever its size (its estimate is an upper bound, tree.SizeBound: it
+// grows past it only by the rows added meanwhile), until written.
+//
+// An estimate must bound the snapshot built for it, or snapshots
+// admitted by their estimates and then counted by their sizes pass the
+// budget: the estimate before (topic + value × 4/3 + 16 a row) was 6
+// times short of a JSON string of control characters (\u0001), and the
+// red team held 60 MiB against 24 (R3, docs/redteam-rt.md). A row's size
+// (Store.MatchSizes) counts its keys and its value as the codec that
+// grows them most writes them, read once per value and kept in its node.
 
 // snapHolds are what a connection's subscriptions hold of the budget
 // for their first messages: the estimate of each until it is built, then
@@ -212,13 +220,17 @@ func (c *conn) releaseSnapshots() {
 	h.counted, h.reserve = 0, false
 }
 
-// snapshotGuess is an upper guess of the snapshot of filter (as
-// AnswerSize guesses an HTTP answer: every row matching, the ACL not
-// applied), walked on the loop, which it leaves once the guess passes
-// stop: a guess past the budget is refused whatever its rest. Guesses
-// take one of a few slots first (Broker.estimates, shared with the
-// doors' AnswerSize), so SUBSCRIBEs of many clients do not queue walks
-// on the loop without bound. false: done closed first.
+// snapshotGuess is an upper bound of the snapshot of filter in any
+// codec (as AnswerSize bounds an HTTP answer: every row matching, the
+// ACL not applied, each row's tree.SizeBound), walked on the loop, which
+// it leaves once the guess passes stop: a guess past the budget is
+// refused whatever its rest. A row's size reads its topic and value only
+// the first time it is asked for since the value changed, so a walk
+// reads at most stop bytes of them (and one row more), each once per
+// change whatever the number of walks. Guesses take one of a few slots
+// first (Broker.estimates, shared with the doors' AnswerSize), so
+// SUBSCRIBEs of many clients do not queue walks on the loop without
+// bound. false: done closed first.
 func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) (int64, bool) {
 	select {
 	case b.estimates <- struct{}{}:
@@ -226,10 +238,10 @@ func (b *Broker) snapshotGuess(done <-chan struct{}, filter string, stop int64) 
 		return 0, false
 	}
 	defer func() { <-b.estimates }()
-	var size int64
+	size := int64(tree.SnapshotFraming)
 	ok := b.onLoop(done, func() {
-		b.tree.Store().Match(filter, func(topic string, v wire.Value, _ byte) bool {
-			size += rowGuess(topic, v)
+		b.tree.Store().MatchSizes(filter, func(_ string, _ wire.Value, row int64) bool {
+			size += row
 			return size <= stop
 		})
 		b.guessed.Add(size)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // subscribeCode sends one SUBSCRIBE of filter and returns its SUBACK's
@@ -232,5 +233,91 @@ func TestSnapshotBudgetOneClient(t *testing.T) {
 	t.Logf("%d KiB held, at most %d KiB", held>>10, peak>>10)
 	if peak > limit {
 		t.Errorf("%d bytes held at most, over the limit %d", peak, limit)
+	}
+}
+
+// TestSnapshotBudgetEscapedRows is red team R3 in small: rows of control
+// characters, which JSON writes 6 times their size (\u0001), $sync'd by
+// clients that never read. The estimate that admits a SUBSCRIBE must
+// bound the snapshot built for it, or the snapshots held pass the budget:
+// with the estimate before (topic + value × 4/3 + 16 a row), 1.3 MiB
+// each, two of the eight were admitted and held 6 MiB each, 12 MiB
+// against a budget of 8 (the red team's: 60 MiB against 24).
+func TestSnapshotBudgetEscapedRows(t *testing.T) {
+	const (
+		limit = 8 << 20
+		n     = 8
+		size  = 1 << 20 // a row's bytes; 6 MiB in JSON, more than loopback's socket buffers take
+	)
+	b := start(t, Options{MaxSnapshotBytes: limit, WriteTimeout: 5 * testTimeout})
+	row := strings.Repeat("\x01", size) // typed a String (SPEC §1): not JSON, valid UTF-8
+	for i := range n {
+		loadRow(b, fmt.Sprintf("esc/r%d", i), row)
+	}
+	if err := b.Sync(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	var granted int
+	for i := range n {
+		r := dialRaw(t, b, fmt.Sprint("stall", i), 5, true, packets.Properties{})
+		r.c.(*net.TCPConn).SetReadBuffer(4096)
+		switch code := r.subscribeCode(1, fmt.Sprintf("$sync/esc/r%d/#", i)); code { // one row each: none shared
+		case 0:
+			granted++
+		case packets.ErrQuotaExceeded.Code:
+		default:
+			t.Errorf("subscriber %d: SUBACK %#x", i, code)
+		}
+		// and never read again
+	}
+	one, _, err := b.Tree(testCtx(t), systemPrincipal, "esc/r0/#", wire.CodecJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSnapshotBytes(t, b, int64(granted*len(one))) // every snapshot granted built, none written
+	held, peak, _ := b.snaps.stats()
+	t.Logf("%d of %d granted; %d KiB held, at most %d KiB", granted, n, held>>10, peak>>10)
+	if granted == 0 || peak > limit {
+		t.Errorf("%d granted, %d bytes held at most: want some granted, at most the budget, %d", granted, peak, limit)
+	}
+}
+
+// TestAnswerSizeBoundsAnswer: an HTTP answer's estimate (AnswerSize) is
+// at least the answer built (Tree), in every codec, for rows that grow
+// most when encoded: control characters and quotes (JSON escapes),
+// invalid UTF-8 (bytes: base64), short floats (9 bytes each in CBOR and
+// MessagePack), topics of escaped levels. Before, each of these but the
+// quotes was estimated short.
+func TestAnswerSizeBoundsAnswer(t *testing.T) {
+	b := start(t, Options{})
+	rows := map[string]string{
+		"h/ctrl":           strings.Repeat("\x01", 5000),
+		"h/quote":          strings.Repeat(`"`, 5000),
+		"h/bytes":          strings.Repeat("\xff", 5000),
+		"h/floats":         "[" + strings.Repeat("0.1,", 2000) + "0.1]",
+		"h/\x01/\x02/\x03": "x",
+	}
+	for topic, payload := range rows {
+		loadRow(b, topic, payload)
+	}
+	if err := b.Sync(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	for topic := range rows {
+		for _, filter := range []string{topic, topic + "/#", "h/#", "#"} {
+			est, err := b.AnswerSize(testCtx(t), systemPrincipal, filter, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []wire.Codec{wire.CodecJSON, wire.CodecCBOR, wire.CodecMsgPack} {
+				answer, _, err := b.Tree(testCtx(t), systemPrincipal, filter, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if int64(len(answer)) > est {
+					t.Errorf("%s answer of %q: %d bytes, estimate %d", c, filter, len(answer), est)
+				}
+			}
+		}
 	}
 }

@@ -2,6 +2,7 @@ package tree
 
 import (
 	"hash/maphash"
+	"math"
 	"slices"
 	"strings"
 
@@ -80,7 +81,12 @@ type node struct {
 	off  uint16 // where the node's own level starts in its topic
 	plen uint16 // the topic's length (wire.MaxTopicLen fits)
 	kind wire.Kind
-	qos  byte   // QoS the row was published with (retained delivery is capped by it)
+	qos  byte // QoS the row was published with (retained delivery is capped by it)
+	// grow is 1 + what the row may take in a snapshot beyond its topic
+	// and value (rowGrowth), counted the first time an estimate asks
+	// (Store.MatchSizes) and kept until the value changes; 0: not
+	// counted. In the node's padding: it costs no memory.
+	grow uint32
 	rev  uint64 // revision of the row's last change (SPEC §8)
 	ms   int64  // broker time of the row's last change, Unix ms (0: unknown)
 }
@@ -297,7 +303,7 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int
 		n.qos, n.rev, n.ms = qos, at.Rev, at.MS
 		return true, false
 	}
-	n.kind, n.text, n.qos = v.Kind, joined(n.topic(), v.Data), qos
+	n.kind, n.text, n.qos, n.grow = v.Kind, joined(n.topic(), v.Data), qos, 0
 	n.rev, n.ms = at.Rev, at.MS
 	return true, true
 }
@@ -448,6 +454,53 @@ func (s *Store) Delete(topic string) bool {
 func (s *Store) Match(filter string, fn func(topic string, v wire.Value, qos byte) bool) {
 	m := matcher{s: s, filter: filter, fn: func(n *node) bool { return fn(n.topic(), n.value(), n.qos) }}
 	m.walk(&s.root, 0)
+}
+
+// MatchSizes is Match, giving each row's size instead of its QoS: an
+// upper bound of the bytes the row takes in any snapshot (Tree.Snapshot)
+// of any filter, in any codec, its keys included (SizeBound). Counting a
+// row reads its topic and value once; the count is kept in its node
+// until its value changes, so estimates walking the same rows again
+// read neither.
+func (s *Store) MatchSizes(filter string, fn func(topic string, v wire.Value, size int64) bool) {
+	m := matcher{s: s, filter: filter, fn: func(n *node) bool { return fn(n.topic(), n.value(), n.size()) }}
+	m.walk(&s.root, 0)
+}
+
+// SizeBound is what MatchSizes gives for a row: an upper bound of its
+// bytes in a snapshot.
+func SizeBound(topic string, v wire.Value) int64 {
+	return int64(len(topic)) + int64(len(v.Data)) + rowGrowth(topic, v)
+}
+
+// SnapshotFraming is what a snapshot may take beyond its rows' SizeBound:
+// its root object's head and end.
+const SnapshotFraming = 16
+
+// size is SizeBound of n's row, counted once per value (n.grow).
+func (n *node) size() int64 {
+	if n.grow == 0 {
+		g := rowGrowth(n.topic(), n.value())
+		if g >= math.MaxUint32 { // no payload is that large: not kept
+			return int64(n.plen) + int64(len(n.val())) + g
+		}
+		n.grow = uint32(g + 1)
+	}
+	return int64(n.plen) + int64(len(n.val())) + int64(n.grow) - 1
+}
+
+// rowGrowth is an upper bound of the bytes a row takes in a snapshot
+// beyond its topic and value. Each level of its topic is a key (escaped
+// in JSON: wire.EscapeGrowth) of an object that the row may open alone:
+// in JSON `"name":{` and `}` and a comma, 5 more than the name and its
+// slash, and the last level `"name":` and a comma; a row with rows below
+// it is `{"/":value}` (6 more). CBOR and MessagePack take less: a key's
+// head (3 bytes at most) and a map's (1 byte, and a few more only for a
+// map of 16 members or more, a fraction of a byte each). The value takes
+// wire.LeafGrowth more than its bytes.
+func rowGrowth(topic string, v wire.Value) int64 {
+	levels := int64(strings.Count(topic, "/") + 1)
+	return int64(wire.EscapeGrowth(topic)) + 5*levels + 8 + int64(wire.LeafGrowth(v))
 }
 
 type matcher struct {
