@@ -1100,7 +1100,8 @@ func (b *Broker) unfile(cl *mqtt.Client, filter string) {
 // replaces the others — in mochi too, or a resumed session would bring
 // them back. A form granted later in the same SUBSCRIBE (later, with its
 // codes: a dialect client's "/F" then "F", original.go) stays: it is the
-// newer, and drops this one when its turn comes. Dropped here, both
+// newer, and drops this one when its turn comes (refused then, after
+// mochi filed it, it is unfiled: dropRefusedForm). Dropped here, both
 // forms left mochi while the loop kept the newest: UNSUBSCRIBE F ended
 // nothing, and the subscription quota, counted from mochi's filters,
 // never counted it (TestRTOriginalBothFormsInOnePacket).
