@@ -905,6 +905,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 				if !ok || !c.holdSnapshot(st, guess) {
 					h.b.refuse(c.p, "subscribe", f.Filter, h.b.errSnapshotsFull(guess))
 					h.b.refuseFiled(&pass, i, packets.ErrQuotaExceeded) // what it replaced stays
+					h.b.dropRefusedForm(cl, f.Filter, sf, pk.Filters, codes, i)
 					continue
 				}
 			}
@@ -1099,7 +1100,8 @@ func (b *Broker) unfile(cl *mqtt.Client, filter string) {
 // replaces the others — in mochi too, or a resumed session would bring
 // them back. A form granted later in the same SUBSCRIBE (later, with its
 // codes: a dialect client's "/F" then "F", original.go) stays: it is the
-// newer, and drops this one when its turn comes. Dropped here, both
+// newer, and drops this one when its turn comes (refused then, after
+// mochi filed it, it is unfiled: dropRefusedForm). Dropped here, both
 // forms left mochi while the loop kept the newest: UNSUBSCRIBE F ended
 // nothing, and the subscription quota, counted from mochi's filters,
 // never counted it (TestRTOriginalBothFormsInOnePacket).
@@ -1111,6 +1113,42 @@ func (b *Broker) dropOtherForms(c *conn, cl *mqtt.Client, internal string, sf wi
 		if other != internal && !grantedIn(other, later, codes) {
 			b.unfile(cl, other)
 		}
+	}
+}
+
+// dropRefusedForm unfiles internal, the property-form tree subscription
+// at index i of a SUBSCRIBE that mochi filed and the broker refused after
+// all (refuseFiled put back the subscription it replaced), when another
+// form of the same filter was granted earlier in the packet, and none of
+// its own since: the filters of a SUBSCRIBE are a sequence of SUBSCRIBEs
+// [MQTT-3.8.4-5], so that form replaced the one put back — in the loop
+// it did (registerTree), and dropOtherForms left this one filed as
+// granted later (grantedIn). Kept, mochi held a form the loop did not: a
+// dialect client holding /F that sent F and /F, the snapshot of /F over
+// the budget, kept both in mochi, one in the loop. A grant of internal
+// later in the packet decides for itself (refuseFiled).
+func (b *Broker) dropRefusedForm(cl *mqtt.Client, internal string, sf wire.Subscription, filters []packets.Subscription, codes []byte, i int) {
+	if outgoingTopic(internal, sf) == internal {
+		return // prefix form: its own topic
+	}
+	n := min(len(filters), len(codes))
+	for k := i + 1; k < n; k++ {
+		if codes[k] < 0x80 && filters[k].Filter == internal {
+			return
+		}
+	}
+	for k := min(i, n) - 1; k >= 0; k-- {
+		if codes[k] >= 0x80 {
+			continue
+		}
+		o, ok := parseInternal(filters[k].Filter)
+		if !ok || o.Mode == wire.Plain || o.Filter != sf.Filter || outgoingTopic(filters[k].Filter, o) == filters[k].Filter {
+			continue
+		}
+		if filters[k].Filter != internal {
+			b.unfile(cl, internal)
+		}
+		return
 	}
 }
 
