@@ -86,10 +86,7 @@ func holdWriter(t *testing.T, b *Broker, cl *mqtt.Client) (take, back *movedStep
 // for nothing lost).
 func TestRTX5TakenBackCleared(t *testing.T) {
 	b := start(t, Options{})
-	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-	if err := b.server.AddHook(gate, nil); err != nil {
-		t.Fatal(err)
-	}
+	gate := addPublishGate(t, b)
 	const id = "rtc"
 	props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
 	w := x5Writer(t, b, "w")

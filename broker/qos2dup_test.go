@@ -40,10 +40,7 @@ func TestQoS2StateQuickTakeover(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := start(t, Options{})
-			gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-			if err := b.server.AddHook(gate, nil); err != nil {
-				t.Fatal(err)
-			}
+			gate := addPublishGate(t, b)
 			id := "q2q-x"
 			var armed atomic.Bool
 			paused, resume := make(chan *mqtt.Client), make(chan struct{})

@@ -72,6 +72,16 @@ type publishGate struct {
 	ended   chan *mqtt.Client // the connections ended (tests read every one)
 }
 
+// addPublishGate adds a publishGate, not armed, to b's hooks.
+func addPublishGate(t *testing.T, b *Broker) *publishGate {
+	t.Helper()
+	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
+	if err := b.server.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	return gate
+}
+
 func (*publishGate) ID() string { return "publish-gate" }
 func (*publishGate) Provides(b byte) bool {
 	return b == mqtt.OnPublish || b == mqtt.OnDisconnect
@@ -97,10 +107,7 @@ func (g *publishGate) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 // (change 48: no entry) was 0.
 func TestTakeoverDuringQoSAck(t *testing.T) {
 	b := start(t, Options{})
-	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-	if err := b.server.AddHook(gate, nil); err != nil {
-		t.Fatal(err)
-	}
+	gate := addPublishGate(t, b)
 	for _, qos := range []byte{1, 2} {
 		id := "ack-takeover-" + string(rune('0'+qos))
 		a, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, id, false, 3600, nil))
@@ -170,10 +177,7 @@ func TestQoS2ResendAfterTakeoverOnce(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := start(t, Options{})
-			gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-			if err := b.server.AddHook(gate, nil); err != nil {
-				t.Fatal(err)
-			}
+			gate := addPublishGate(t, b)
 			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2-watcher", true, 0, nil))
 			watcher.subscribe(t, 5, "q2/#", 0)
 			id := "q2-x"
@@ -227,10 +231,7 @@ func TestQoS2ResendAfterTakeoverOnce(t *testing.T) {
 // connection is a new message.
 func TestQoS2HeldAcrossCleanTakeover(t *testing.T) {
 	b := start(t, Options{})
-	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-	if err := b.server.AddHook(gate, nil); err != nil {
-		t.Fatal(err)
-	}
+	gate := addPublishGate(t, b)
 	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2c-watcher", true, 0, nil))
 	watcher.subscribe(t, 5, "q2c/#", 0)
 	id := "q2c-x"

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/mote-mqtt/mote/internal/mochi"
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 )
 
@@ -24,10 +23,7 @@ import (
 // with the id waited lateWait again (the reader held 5 s a packet).
 func TestQoS2LateWaitTimesOut(t *testing.T) {
 	b := start(t, Options{})
-	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-	if err := b.server.AddHook(gate, nil); err != nil {
-		t.Fatal(err)
-	}
+	gate := addPublishGate(t, b)
 	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2t-watcher", true, 0, nil))
 	watcher.subscribe(t, 5, "q2t/#", 0)
 	id := "q2t-x"
@@ -96,10 +92,7 @@ func TestQoS2LateWaitTimesOut(t *testing.T) {
 // [MQTT-4.3.3-10].
 func TestQoS2ResendWaitingTakenOver(t *testing.T) {
 	b := start(t, Options{})
-	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-	if err := b.server.AddHook(gate, nil); err != nil {
-		t.Fatal(err)
-	}
+	gate := addPublishGate(t, b)
 	watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2w-watcher", true, 0, nil))
 	watcher.subscribe(t, 5, "q2w/#", 0)
 	id := "q2w-x"
@@ -160,10 +153,7 @@ func TestQoS2HeldAcrossTakeovers(t *testing.T) {
 	for _, v := range []byte{5, 4} {
 		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
 			b := start(t, Options{})
-			gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-			if err := b.server.AddHook(gate, nil); err != nil {
-				t.Fatal(err)
-			}
+			gate := addPublishGate(t, b)
 			watcher, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "q2m-watcher", true, 0, nil))
 			watcher.subscribe(t, 5, "q2m/#", 0)
 			id := "q2m-x"

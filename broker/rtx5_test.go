@@ -520,10 +520,7 @@ func rtx5Filed(t *testing.T, b *Broker, id string) {
 // which the client had seen with other rows.
 func TestRTX5TakeoverOrder(t *testing.T) {
 	b := start(t, Options{})
-	gate := &publishGate{held: make(chan *mqtt.Client), release: make(chan struct{}), ended: make(chan *mqtt.Client, 16)}
-	if err := b.server.AddHook(gate, nil); err != nil {
-		t.Fatal(err)
-	}
+	gate := addPublishGate(t, b)
 	const id = "rto"
 	props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
 	w := x5Writer(t, b, "w")
