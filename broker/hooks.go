@@ -1131,13 +1131,10 @@ func (b *Broker) dropRefusedForm(cl *mqtt.Client, internal string, sf wire.Subsc
 	if outgoingTopic(internal, sf) == internal {
 		return // prefix form: its own topic
 	}
-	n := min(len(filters), len(codes))
-	for k := i + 1; k < n; k++ {
-		if codes[k] < 0x80 && filters[k].Filter == internal {
-			return
-		}
+	if grantedIn(internal, filters[i+1:], codes[i+1:]) {
+		return
 	}
-	for k := min(i, n) - 1; k >= 0; k-- {
+	for k := min(i, len(filters), len(codes)) - 1; k >= 0; k-- {
 		if codes[k] >= 0x80 {
 			continue
 		}

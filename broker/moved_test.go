@@ -100,17 +100,7 @@ func TestRTX5TakenBackCleared(t *testing.T) {
 		t.Fatal("A not filed")
 	}
 	// A's session ends only once its read goroutine is let go.
-	gated := id
-	gate.armed.Store(&gated)
-	if _, err := a.c.Write(ownerPacket(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
-		ProtocolVersion: 5, PacketID: 3, TopicName: "rtc-plain", Payload: []byte("x")})); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-gate.held:
-	case <-time.After(testTimeout):
-		t.Fatal("A's PUBLISH not held")
-	}
+	gate.holdPublish(t, a, id, "rtc-plain")
 	take, back := holdWriter(t, b, clA)
 	w.row(t, "rtc/x", "2")
 	take.wait(t, "before it took delta 2")

@@ -82,6 +82,23 @@ func addPublishGate(t *testing.T, b *Broker) *publishGate {
 	return gate
 }
 
+// holdPublish arms g for client id and sends a QoS 1 PUBLISH to topic on
+// its connection p, and returns once g holds it in OnPublish: p's read
+// goroutine waits there until g.release.
+func (g *publishGate) holdPublish(t *testing.T, p *x5Peer, id, topic string) {
+	t.Helper()
+	g.armed.Store(&id)
+	if _, err := p.c.Write(ownerPacket(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		ProtocolVersion: 5, PacketID: 3, TopicName: topic, Payload: []byte("x")})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.held:
+	case <-time.After(testTimeout):
+		t.Fatalf("%s's PUBLISH not held", id)
+	}
+}
+
 func (*publishGate) ID() string { return "publish-gate" }
 func (*publishGate) Provides(b byte) bool {
 	return b == mqtt.OnPublish || b == mqtt.OnDisconnect

@@ -531,17 +531,7 @@ func TestRTX5TakeoverOrder(t *testing.T) {
 		rtx5Expect(t, a, strconv.Itoa(i), fmt.Sprintf(`{"x":%d}`, i))
 	}
 	rtx5Acked(t, b, id)
-	gated := id
-	gate.armed.Store(&gated)
-	if _, err := a.c.Write(ownerPacket(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
-		ProtocolVersion: 5, PacketID: 3, TopicName: "rto-plain", Payload: []byte("x")})); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-gate.held:
-	case <-time.After(testTimeout):
-		t.Fatal("A's PUBLISH not held")
-	}
+	gate.holdPublish(t, a, id, "rto-plain")
 	hold := rtx5Holding(t, b, id, true)
 	if _, present := x5Dial(t, b, 5, id, false, props); !present {
 		t.Fatal("B: session not present")

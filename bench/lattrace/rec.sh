@@ -1,7 +1,11 @@
 #!/bin/bash
-# rec.sh BROKER TAG: perf record -a during one round of latency on BROKER.
+# rec.sh BROKER TAG [sched]: perf record -a during one round of latency on BROKER: system calls
+# and the scheduler's switch and wake-up events, or with "sched" the scheduler's events only
+# (no system call traced, so every broker is slowed alike).
 B=$1; T=$2; cd "${OUT:-.}"
-perf record -a -m 2048 -o $T.data -e raw_syscalls:sys_enter,raw_syscalls:sys_exit,sched:sched_switch,sched:sched_wakeup 2>$T.perf.err &
+EVENTS=raw_syscalls:sys_enter,raw_syscalls:sys_exit,sched:sched_switch,sched:sched_wakeup PAGES=2048
+if [ "$3" = sched ]; then EVENTS=sched:sched_switch,sched:sched_wakeup PAGES=1024; fi
+perf record -a -m $PAGES -o $T.data -e $EVENTS 2>$T.perf.err &
 P=$!
 sleep 1
 "${MOTE:-mote}" bench -rounds 1 -json -brokers $B latency > $T.json 2> $T.err &
