@@ -265,8 +265,8 @@ func (b *Broker) holdFor(id, user string, m *plainItem, w pubWait) {
 // or its mochi client, away (held in flight). A client that took the
 // session over without going through c (c was not filed when it came, or
 // mochi filed it before OnSessionEstablished told c) gets them as well.
-// What mochi copied to that client is not given twice (notCloned). It
-// returns how many it could not keep: the session was replaced by a new
+// (What mochi moved to that client is not among them: the writer left
+// it out, takenBack.moved.) It returns how many it could not keep: the session was replaced by a new
 // one, or ended.
 func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 	a.lock()
@@ -277,8 +277,8 @@ func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 		return 0
 	}
 	if n := b.connByID(c.id); n != nil {
-		if o, ok := n.outOf(); ok && n.p.User == c.p.User {
-			return n.q.pushFront(notCloned(left, inflightOf(o.cl)))
+		if _, ok := n.outOf(); ok && n.p.User == c.p.User {
+			return n.q.pushFront(left)
 		}
 		return len(left)
 	}
@@ -286,7 +286,7 @@ func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 		if s.fresh || userOf(s.cl) != c.p.User {
 			return len(left)
 		}
-		s.msgs = append(notCloned(left, inflightOf(s.cl)), s.msgs...)
+		s.msgs = append(left, s.msgs...)
 		return 0
 	}
 	cur, ok := b.server.Clients.Get(c.id)
@@ -294,9 +294,9 @@ func (a *arriving) handOn(b *Broker, c *conn, left []*plainItem) int {
 	case !ok || userOf(cur) != c.p.User:
 		return len(left)
 	case !cur.Closed():
-		a.setBy(c.id, &arrivingSession{cl: cur, msgs: notCloned(left, inflightOf(cur))})
+		a.setBy(c.id, &arrivingSession{cl: cur, msgs: left})
 	default:
-		for _, m := range notCloned(left, inflightOf(cur)) {
+		for _, m := range left {
 			b.holdOffline(cur, m)
 		}
 	}

@@ -135,13 +135,11 @@ type Broker struct {
 	// before the connection is filed (filed false) and just after (true);
 	// tests hold a connection there (TestRTX5TakeoverOrder).
 	establishing atomic.Pointer[func(cl *mqtt.Client, filed bool)]
-	// takingInflight, if set, is called by a writer about to take a QoS
-	// 1/2 publish in flight for cl, once it found cl not stopped (stopped
-	// false), and, having taken it, found cl stopped, just before it
-	// takes it back (true, takeBack); tests hold a writer there
-	// (TestRTX5TakenBackCleared). Unset, one atomic load a QoS 1/2
-	// publish written.
-	takingInflight atomic.Pointer[func(cl *mqtt.Client, stopped bool)]
+	// takingInflight, if set, is called by a writer taking a QoS 1/2
+	// publish in flight for cl at each takeStep; tests hold a writer
+	// there (TestRTX5TakenBackCleared, TestMovedPlainNotHandedOn).
+	// Unset, one atomic load a QoS 1/2 publish written.
+	takingInflight atomic.Pointer[func(cl *mqtt.Client, step takeStep)]
 
 	stats      Stats
 	logs       *logBudget    // bounds the log lines of refused requests (loglimit.go)

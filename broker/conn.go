@@ -215,8 +215,9 @@ func (c *conn) finish(ended, keep bool) {
 // held), in the session's order:
 //
 //   - a client taking the session over has a connection (next): ahead of
-//     its queue, held until then (less what mochi copied: a message the
-//     writer took back is not given twice);
+//     its queue, held until then (a message the writer took in flight and
+//     back that mochi moved to that client is not among them: the writer
+//     leaves it out, takenBack.moved);
 //   - a client is taking it over but has no connection yet (expecting):
 //     they wait here (parked), and the connection stays the session's
 //     route in byID (new messages join them) until the new one adopts them
@@ -251,8 +252,7 @@ func (c *conn) handOffLocked() {
 		left = nil
 	case n != nil:
 		left, lost = c.q.leftovers()
-		lost += n.q.pushFront(notCloned(left, h.copied))
-		h.copied = nil
+		lost += n.q.pushFront(left)
 	case h.expected() != nil:
 		c.b.parked.Store(c, struct{}{}) // see unpark
 		return
@@ -302,47 +302,6 @@ func (c *conn) outOf() (*mqttOut, bool) {
 	return o, ok
 }
 
-// msgRef names the message of an in-flight publish: its topic, and its
-// payload's bytes (shared with the message, not copied).
-type msgRef struct {
-	topic   string
-	payload []byte
-}
-
-// notCloned leaves out of left what mochi copied to a client taking the
-// session over (copied, by packet id): a message the writer took in
-// flight and back (takenBack) just as its client stopped may have been
-// copied.
-func notCloned(left []*plainItem, copied map[uint16]msgRef) []*plainItem {
-	out := left[:0]
-	for _, m := range left {
-		if m.pid != 0 {
-			if r, ok := copied[m.pid]; ok && r.topic == m.msg.topic && samePayload(r.payload, m.msg.payload) {
-				continue
-			}
-			m.pid = 0 // the successor's writer owns it now
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
-// inflightOf names cl's in-flight publishes' messages, by packet id.
-func inflightOf(cl *mqtt.Client) map[uint16]msgRef {
-	all := cl.State.Inflight.GetAll(false)
-	m := make(map[uint16]msgRef, len(all))
-	for _, pk := range all {
-		if pk.FixedHeader.Type == packets.Publish {
-			m[pk.PacketID] = msgRef{pk.TopicName, pk.Payload}
-		}
-	}
-	return m
-}
-
-func samePayload(a, b []byte) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
-}
-
 // expect tells a connection that cl is taking its session over (mochi is
 // about to move the session to it): the leftovers wait for cl's
 // connection (succeed) instead of going to the old client. fresh: cl
@@ -372,10 +331,8 @@ func (c *conn) endedByTakeover() bool {
 func (c *conn) succeed(n *conn) {
 	c.endMu.Lock()
 	if !c.over && !c.fresh {
-		// What mochi copied, before n's client acknowledges any of it:
-		// mochi reads from it once the session is established.
 		h := c.handOf()
-		h.next, h.copied = n, inflightOf(n.out.(*mqttOut).cl)
+		h.next = n
 		c.handOffLocked()
 		c.endMu.Unlock()
 		c.close()
@@ -409,12 +366,11 @@ func (c *conn) unpark() bool {
 }
 
 // handOff is a connection's takeover state, and the signal that its
-// leftovers were handed on. expecting, next and copied are guarded by
+// leftovers were handed on. expecting and next are guarded by
 // the connection's endMu, as they were in conn; handed by its own mutex.
 type handOff struct {
 	expecting *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
 	next      *conn             // the connection that took the session over: the leftovers go ahead of its queue
-	copied    map[uint16]msgRef // next's in-flight messages when it was made: what mochi copied (see notCloned)
 	handed    closeSignal       // closed when over
 }
 
@@ -589,21 +545,26 @@ func (o *mqttOut) send(c *conn, pk *packets.Packet) error {
 		// messages to the new client, which wakes waitInflight) must not
 		// take more: they would be lost. It stays unsent, for the session
 		// (finish). Closed after Set, it may or may not have been moved:
-		// takeBack asks mochi (takenBack.moved, for the $tree mark), and
-		// the hand-off of a plain message looks (notCloned).
+		// takeBack asks mochi (takenBack.moved): the $tree mark notes
+		// a moved message, the writer leaves a moved plain one out of
+		// the session's leftovers.
 		if cl.Closed() {
 			return errWriterStop
 		}
-		if f := o.b.takingInflight.Load(); f != nil { // a test's (one load, nil)
-			(*f)(cl, false)
+		seam := o.b.takingInflight.Load() // a test's (one load, nil)
+		if seam != nil {
+			(*seam)(cl, takeAbout)
 		}
 		if err := o.b.takeInflight(&o.ids, cl, pk); err != nil {
 			c.slow(dropInflightFull) // every packet id in flight: the client does not acknowledge
 			return errSkipped
 		}
+		if seam != nil {
+			(*seam)(cl, takeTaken)
+		}
 		if cl.Closed() {
-			if f := o.b.takingInflight.Load(); f != nil {
-				(*f)(cl, true)
+			if seam != nil {
+				(*seam)(cl, takeBackNow)
 			}
 			return o.b.takeBack(cl, pk.PacketID)
 		}
@@ -815,6 +776,16 @@ func (m *plainItem) heldCost() int64 {
 
 // errWriterStop ends a writer quietly: its connection or the broker closed.
 var errWriterStop = errors.New("broker: writer stopped")
+
+// takeStep is where a writer taking a QoS 1/2 publish in flight calls a
+// test's Broker.takingInflight.
+type takeStep int
+
+const (
+	takeAbout   takeStep = iota // the client found not stopped, the publish about to be taken in flight
+	takeTaken                   // taken in flight, before it looks whether the client stopped meanwhile
+	takeBackNow                 // taken, the client found stopped: about to take it back (takeBack)
+)
 
 // takenBack is errWriterStop for a publish the writer took in flight, as
 // packet id, on a client that stopped meanwhile, and took back: mochi may

@@ -365,33 +365,6 @@ func TestQueuedHandoffUnpark(t *testing.T) {
 	wantOrder(t, in, 3)
 }
 
-// TestQueuedHandoffNotCloned: a message the writer took in flight and
-// back (its client stopped meanwhile) is not handed to the client taking
-// the session over when mochi copied it there: at QoS 2 the client would
-// get it twice, under two packet ids.
-func TestQueuedHandoffNotCloned(t *testing.T) {
-	b := start(t, Options{})
-	_, _, old, _ := awayQueued(t, b, "away")
-	mk := func(topic, payload string, pid uint16) *plainItem {
-		return &plainItem{msg: &message{topic: topic, payload: []byte(payload)}, qos: 2, pid: pid}
-	}
-	copied, other, never := mk("q/a", "a", 7001), mk("q/b", "b", 7002), mk("q/c", "c", 0)
-	for _, m := range []*plainItem{copied, other} {
-		var pk packets.Packet
-		m.packet(&pk)
-		pk.PacketID = m.pid
-		if m == other {
-			pk.Payload = []byte("b") // the same bytes, another message
-		}
-		old.State.Inflight.Set(pk)
-	}
-	t.Cleanup(func() { old.State.Inflight.Delete(7001); old.State.Inflight.Delete(7002) })
-	got := notCloned([]*plainItem{copied, other, never}, inflightOf(old))
-	if len(got) != 2 || got[0] != other || got[1] != never {
-		t.Fatalf("notCloned kept %d messages, want q/b and q/c", len(got))
-	}
-}
-
 // TestQueuedHandoffOtherUser: alice's session ends with messages queued,
 // and before they are handed on bob connects with the same client id
 // (TakeoverFresh: he gets a new, empty session). Alice's messages are not

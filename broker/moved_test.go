@@ -55,22 +55,33 @@ func (s *movedStep) wait(t *testing.T, what string) {
 	}
 }
 
-// holdWriter arms Broker.takingInflight for cl's writer: take and back
-// hold it at each step once.
+// holdWriter arms Broker.takingInflight for cl's writer: take holds it
+// once at takeAbout, back once at takeBackNow.
 func holdWriter(t *testing.T, b *Broker, cl *mqtt.Client) (take, back *movedStep) {
-	take, back = newMovedStep(t), newMovedStep(t)
-	fn := func(c *mqtt.Client, stopped bool) {
-		switch {
-		case c != cl:
-		case stopped:
-			back.hold()
-		default:
-			take.hold()
+	steps := holdWriterAt(t, b, cl, takeAbout, takeBackNow)
+	return steps[0], steps[1]
+}
+
+// holdWriterAt arms Broker.takingInflight for cl's writer: the i-th step
+// returned holds it once at at[i].
+func holdWriterAt(t *testing.T, b *Broker, cl *mqtt.Client, at ...takeStep) []*movedStep {
+	steps := make([]*movedStep, len(at))
+	for i := range at {
+		steps[i] = newMovedStep(t)
+	}
+	fn := func(c *mqtt.Client, step takeStep) {
+		if c != cl {
+			return
+		}
+		for i, s := range at {
+			if s == step {
+				steps[i].hold()
+			}
 		}
 	}
 	b.takingInflight.Store(&fn)
 	t.Cleanup(func() { b.takingInflight.Store(nil) })
-	return take, back
+	return steps
 }
 
 // TestRTX5TakenBackCleared: A's writer checks that A is not stopped and
@@ -182,5 +193,63 @@ func TestX5TreeAwayPartsTakeover(t *testing.T) {
 			w.row(t, "tpt/x", "1")
 			rtx5Expect(t, c, "4", `{"x":1}`)
 		})
+	}
+}
+
+// TestMovedPlainNotHandedOn: A's writer takes plain QoS 1 message m1 in
+// flight and, before it looks whether A stopped, B's CONNECT takes A's
+// session over: mochi moves m1 to B, which gets it again (DUP) and
+// acknowledges it. A's writer then finds A stopped and takes m1 back;
+// mochi moved it (takenBack.moved), so the writer leaves it out of the
+// session's leftovers. B's next message is m2. Without the writer's
+// check, m1 is handed on and B gets it a second time, under another
+// packet id, before m2 (before, the hand-off compared the leftovers with
+// B's in-flight messages, which B's acknowledgement could have emptied
+// first).
+func TestMovedPlainNotHandedOn(t *testing.T) {
+	b := start(t, Options{})
+	const id = "mvp"
+	props := packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}
+	w := x5Writer(t, b, "w")
+	a, _ := x5Dial(t, b, 5, id, false, props)
+	if rc := a.sub(t, packets.Properties{}, x5Sub("mvp/#")); rc[0] != 1 {
+		t.Fatalf("SUBACK %#x", rc)
+	}
+	clA, ok := b.server.Clients.Get(id)
+	if !ok {
+		t.Fatal("A not filed")
+	}
+	taken := holdWriterAt(t, b, clA, takeTaken)[0]
+	// Not w.pub: its PUBACK may wait for the delivery that is held.
+	w.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 7,
+		TopicName: "mvp/1", Payload: []byte("m1")})
+	taken.wait(t, "with m1 taken in flight")
+	if n := clA.State.Inflight.Len(); n != 1 {
+		t.Fatalf("A's map holds %d, want m1", n)
+	}
+	bp, present := x5Dial(t, b, 5, id, false, props)
+	if !present {
+		t.Fatal("B: session not present")
+	}
+	if !clA.Closed() || !clA.IsTakenOver() {
+		t.Fatal("A not taken over")
+	}
+	m1 := bp.publish(t, true)
+	if m1.TopicName != "mvp/1" || string(m1.Payload) != "m1" || !m1.FixedHeader.Dup {
+		t.Fatalf("B's first message: %s %q dup %v, want m1 again (DUP)", m1.TopicName, m1.Payload, m1.FixedHeader.Dup)
+	}
+	waitFor(t, "B acknowledged m1", func() bool {
+		clB, ok := b.server.Clients.Get(id)
+		return ok && clB != clA && clB.State.Inflight.Len() == 0
+	})
+	taken.free()
+	if rc := w.until(t, packets.Puback).ReasonCode; rc != 0 {
+		t.Fatalf("m1's PUBACK %#x", rc)
+	}
+	if rc := w.pub(t, packets.Packet{TopicName: "mvp/2", Payload: []byte("m2")}); rc != 0 {
+		t.Fatalf("m2's PUBACK %#x", rc)
+	}
+	if m := bp.publish(t, true); string(m.Payload) != "m2" {
+		t.Fatalf("B's next message: %s %q dup %v, want m2 (m1 given twice)", m.TopicName, m.Payload, m.FixedHeader.Dup)
 	}
 }

@@ -25,7 +25,6 @@ type plainItem struct {
 	qos    byte
 	retain bool
 	subIDs []int
-	pid    uint16 // the packet id it was taken back with (takenBack); 0: none
 }
 
 // messageCost is what a message costs beyond its topic and payload (the

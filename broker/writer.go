@@ -95,11 +95,15 @@ func (c *conn) writeUntilDone() bool {
 					// What was not written stays the session's (a failed
 					// item was not taken in flight; one that cannot be
 					// encoded never will be).
+					// A plain message taken in flight and back that
+					// mochi moved to the client taking the session
+					// over is that client's (it sends it again): not
+					// left, or the session would get it twice.
 					var tb *takenBack
 					if errors.Is(err, errEncode) {
 						i++
-					} else if p, ok := m.(*plainItem); ok && errors.As(err, &tb) {
-						p.pid = tb.id
+					} else if _, ok := m.(*plainItem); ok && errors.As(err, &tb) && tb.moved {
+						i++
 					}
 					c.q.unsent(batch[i:])
 					clear(batch)
