@@ -369,9 +369,9 @@ func (c *conn) unpark() bool {
 // leftovers were handed on. expecting and next are guarded by
 // the connection's endMu, as they were in conn; handed by its own mutex.
 type handOff struct {
-	expecting *mqtt.Client      // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
-	next      *conn             // the connection that took the session over: the leftovers go ahead of its queue
-	handed    closeSignal       // closed when over
+	expecting *mqtt.Client // a client taking the session over (OnSessionEstablish): its connection adopts the leftovers
+	next      *conn        // the connection that took the session over: the leftovers go ahead of its queue
+	handed    closeSignal  // closed when over
 }
 
 // handOf is c's hand-off state, made by the first that needs it (any
