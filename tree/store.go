@@ -298,7 +298,7 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int
 		s.rows++
 		s.gen++
 		n.kind, n.qos, n.rev, n.ms = v.Kind, qos, at.Rev, at.MS
-		n.grow = leafGrow(n, v)
+		n.grow = leafGrow(n.tgrow, v)
 		return true, true
 	}
 	if n.kind == wire.None {
@@ -311,7 +311,7 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int
 		n.qos, n.rev, n.ms = qos, at.Rev, at.MS
 		return true, false
 	}
-	n.kind, n.text, n.qos, n.grow = v.Kind, joined(n.topic(), v.Data), qos, leafGrow(n, v)
+	n.kind, n.text, n.qos, n.grow = v.Kind, joined(n.topic(), v.Data), qos, leafGrow(n.tgrow, v)
 	n.rev, n.ms = at.Rev, at.MS
 	return true, true
 }
@@ -525,7 +525,11 @@ func (s *Store) childGrowth(p *node, name string) uint16 {
 	if p.tgrow == 0 && p != &s.root {
 		return 0
 	}
-	g := int(p.tgrow) + wire.EscapeGrowth(name) + 5
+	esc, ok := wire.EscapeGrowthASCII(name) // most names: inlined
+	if !ok {
+		esc = wire.EscapeGrowth(name)
+	}
+	g := int(p.tgrow) + esc + 5
 	if g > math.MaxUint16 {
 		return 0
 	}
@@ -547,13 +551,14 @@ func topicGrowth(topic string) int64 {
 // ten times faster.
 const eagerLeaf = 64
 
-// leafGrow is n.grow for n's new value v (n.tgrow set): counted if v is
-// at most eagerLeaf bytes, else 0 (counted when asked).
-func leafGrow(n *node, v wire.Value) uint32 {
-	if n.tgrow == 0 || len(v.Data) > eagerLeaf {
+// leafGrow is the grow of a node of topic growth tgrow for its new value
+// v: counted if v is at most eagerLeaf bytes, else 0 (counted when
+// asked). Small enough to be inlined in put.
+func leafGrow(tgrow uint16, v wire.Value) uint32 {
+	if tgrow == 0 || len(v.Data) > eagerLeaf {
 		return 0
 	}
-	return uint32(n.tgrow) + 9 + uint32(wire.LeafGrowth(v))
+	return uint32(tgrow) + 9 + uint32(wire.LeafGrowth(v))
 }
 
 type matcher struct {

@@ -2,18 +2,39 @@ package wire
 
 import "unicode/utf8"
 
-// escGrowth is what each ASCII byte takes in a JSON string beyond itself
-// (EscapeGrowth): a control character 5 (\u00XX), \t, \n and \r 1, a
-// quote and a backslash 1, any other byte 0. A constant: read only.
-const escGrowth = "" +
+// byteClass is what each byte is to EscapeGrowth and jsonGrowth: its low
+// bits (classEsc) what an ASCII byte takes in a JSON string beyond
+// itself (a control character 5, \u00XX; \t, \n and \r 1; a quote and
+// a backslash 1; any other 0), and flags: part of a number, a float's
+// mark, a number's start, a quote, not ASCII. A constant: read only,
+// and a byte indexes it without a bounds check.
+const byteClass = "" +
 	"\x05\x05\x05\x05\x05\x05\x05\x05\x05\x01\x01\x05\x05\x01\x05\x05" + // 0x00
 	"\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05" + // 0x10
-	"\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + // 0x20 "
-	"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + // 0x30
-	"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + // 0x40
+	"\x00\x00\x41\x00\x00\x00\x00\x00\x00\x00\x00\x08\x00\x28\x18\x00" + // 0x20 " + - .
+	"\x28\x28\x28\x28\x28\x28\x28\x28\x28\x28\x00\x00\x00\x00\x00\x00" + // 0x30 digits
+	"\x00\x00\x00\x00\x00\x18\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + // 0x40 E
 	"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00" + // 0x50 \
-	"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + // 0x60
-	"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" //   0x70
+	"\x00\x00\x00\x00\x00\x18\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + // 0x60 e
+	"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + // 0x70
+	"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80" + // 0x80
+	"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80" + // 0x90
+	"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80" + // 0xa0
+	"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80" + // 0xb0
+	"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80" + // 0xc0
+	"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80" + // 0xd0
+	"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80" + // 0xe0
+	"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80" //   0xf0
+
+// The parts of a byteClass.
+const (
+	classEsc   = 0x07 // the growth of an ASCII byte in a JSON string
+	classNum   = 0x08 // part of a number: - + 0-9 . e E
+	classFloat = 0x10 // makes a number a float: . e E
+	classStart = 0x20 // starts a number: - 0-9
+	classQuote = 0x40 // "
+	classHigh  = 0x80 // not ASCII: a rune's first byte, or invalid
+)
 
 // EscapeGrowth is how many bytes a JSON string or key of s takes beyond
 // len(s) and its two quotes, as every encoder here writes it: a control
@@ -24,10 +45,45 @@ const escGrowth = "" +
 // pieces cut at an ASCII byte (no UTF-8 sequence holds one): a topic's
 // is the sum of its levels'.
 func EscapeGrowth(s string) int {
+	if g, ok := EscapeGrowthASCII(s); ok {
+		return g
+	}
+	return escapeGrowthRunes(s, 0)
+}
+
+// EscapeGrowthASCII is EscapeGrowth of s if s is ASCII (ok), as most
+// keys are: a table read a byte, small enough to be inlined where a
+// level's bytes are at hand. Not ok: s holds a byte from 0x80
+// (EscapeGrowth counts it).
+func EscapeGrowthASCII(s string) (int, bool) {
+	g, k := 0, byte(0)
+	for i := 0; i < len(s); i++ {
+		c := byteClass[s[i]]
+		g += int(c & classEsc)
+		k |= c
+	}
+	return g, k&classHigh == 0
+}
+
+// escapeGrowthNoFloat is EscapeGrowth of s if s is ASCII and holds no
+// float's mark (., e, E: then no number of it is a float), ok; an
+// integer's text, a word without an e. Inlined: one table read a byte.
+func escapeGrowthNoFloat(s string) (int, bool) {
+	g, k := 0, byte(0)
+	for i := 0; i < len(s); i++ {
+		c := byteClass[s[i]]
+		g += int(c & classEsc)
+		k |= c
+	}
+	return g, k&(classHigh|classFloat) == 0
+}
+
+// escapeGrowthRunes is EscapeGrowth of s[i:], i at a rune's start.
+func escapeGrowthRunes(s string, i int) int {
 	g := 0
-	for i := 0; i < len(s); {
-		if c := s[i]; c < utf8.RuneSelf { // most bytes: a table, no branch
-			g += int(escGrowth[c])
+	for i < len(s) {
+		if k := byteClass[s[i]]; k&classHigh == 0 {
+			g += int(k & classEsc)
 			i++
 			continue
 		}
@@ -70,8 +126,10 @@ func LeafGrowth(v Value) int {
 		// more, whose head takes 1 to 3 bytes more than its quotes. Every
 		// head of an object or array fits its brackets and separators;
 		// whitespace takes nothing.
-		g, floats := jsonGrowth(v.Data)
-		return max(g+2, 6*floats+n/64+1)
+		if g, ok := escapeGrowthNoFloat(v.Data); ok { // most: integers, no floats
+			return max(g+2, n/64+1)
+		}
+		return jsonGrowth(v.Data)
 	default: // None: null; Raw is written as it is
 		return max(EscapeGrowth(v.Data)+2, 4)
 	}
@@ -104,58 +162,61 @@ func mpBinHeadLen(n int) int {
 	return 5
 }
 
-// jsonGrowth is EscapeGrowth of s and the numbers of JSON text s written
-// as floats in CBOR and MessagePack, at most: those with a fraction or an
-// exponent (an integer beyond 64 bits is a float too, but its text is
-// longer than any float's 9 bytes), in one pass. Strings are skipped for
+// jsonGrowth is LeafGrowth of JSON text s: the most of a JSON string of
+// it (its EscapeGrowth + 2) and of it converted (6 × its floats, and
+// n/64 + 1 for heads), counted in one pass. Its floats are the numbers
+// written as floats in CBOR and MessagePack, at most: those with a
+// fraction or an exponent (an integer beyond 64 bits is a float too, but
+// its text is longer than any float's 9 bytes). Strings are skipped for
 // the numbers (a backslash skips the byte after it); s need not be valid
 // JSON.
-func jsonGrowth(s string) (g, floats int) {
+func jsonGrowth(s string) int {
+	g, floats := 0, 0
 	for i := 0; i < len(s); {
-		c := s[i]
+		k := byteClass[s[i]]
 		switch {
-		case c >= utf8.RuneSelf:
-			g, i = runeGrowth(s, i, g)
-		case c == '-' || c >= '0' && c <= '9':
+		case k&(classStart|classQuote|classHigh) == 0: // most bytes
+			g += int(k & classEsc)
+			i++
+		case k&classStart != 0:
 			// A number: its bytes take nothing more in a JSON string.
-			float := false
+			marks := k
 			for i++; i < len(s); i++ {
-				c := s[i]
-				if c == '.' || c == 'e' || c == 'E' {
-					float = true
-				} else if c != '-' && c != '+' && (c < '0' || c > '9') {
+				k := byteClass[s[i]]
+				if k&classNum == 0 {
 					break
 				}
+				marks |= k
 			}
-			if float {
+			if marks&classFloat != 0 {
 				floats++
 			}
-		case c == '"':
+		case k&classHigh != 0:
+			g, i = runeGrowth(s, i, g)
+		default: // a quote: a string, its bytes escaped, not numbers
 			g++
 			for i++; i < len(s); {
 				c := s[i]
-				if c >= utf8.RuneSelf {
+				k := byteClass[c]
+				if k&classHigh != 0 {
 					g, i = runeGrowth(s, i, g)
 					continue
 				}
-				g += int(escGrowth[c])
+				g += int(k & classEsc)
 				i++
 				if c == '"' {
 					break
 				}
 				if c == '\\' && i < len(s) { // the byte after it is not a quote that ends
-					if c := s[i]; c < utf8.RuneSelf {
-						g += int(escGrowth[c])
+					if k := byteClass[s[i]]; k&classHigh == 0 {
+						g += int(k & classEsc)
 						i++
 					} else {
 						g, i = runeGrowth(s, i, g)
 					}
 				}
 			}
-		default:
-			g += int(escGrowth[c])
-			i++
 		}
 	}
-	return g, floats
+	return max(g+2, 6*floats+len(s)/64+1)
 }
