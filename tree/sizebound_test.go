@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -339,6 +340,7 @@ func BenchmarkEstimateWalk(b *testing.B) {
 		for range b.N {
 			b.StopTimer()
 			change()
+			runtime.GC() // the changes' garbage: not the walk's cost
 			b.StartTimer()
 			estimate(s, "#")
 		}
@@ -347,6 +349,7 @@ func BenchmarkEstimateWalk(b *testing.B) {
 		for range b.N {
 			b.StopTimer()
 			change()
+			runtime.GC()
 			evict()
 			b.StartTimer()
 			estimate(s, "#")
