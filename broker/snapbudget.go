@@ -42,7 +42,9 @@ import (
 // times short of a JSON string of control characters (\u0001), and the
 // red team held 60 MiB against 24 (R3, docs/redteam-rt.md). A row's size
 // (Store.MatchSizes) counts its keys and its value as the codec that
-// grows them most writes them, read once per value and kept in its node.
+// grows them most writes them, kept in its node: counted when the row
+// is put (or, for a value longer than 64 bytes, once by the first
+// estimate after it changed).
 
 // snapHolds are what a connection's subscriptions hold of the budget
 // for their first messages: the estimate of each until it is built, then
@@ -224,10 +226,11 @@ func (c *conn) releaseSnapshots() {
 // codec (as AnswerSize bounds an HTTP answer: every row matching, the
 // ACL not applied, each row's tree.SizeBound), walked on the loop, which
 // it leaves once the guess passes stop: a guess past the budget is
-// refused whatever its rest. A row's size reads its topic and value only
-// the first time it is asked for since the value changed, so a walk
-// reads at most stop bytes of them (and one row more), each once per
-// change whatever the number of walks. Guesses take one of a few slots
+// refused whatever its rest. A row's size is kept in its store node,
+// counted when it was put; only a value longer than 64 bytes is read,
+// by the first walk that asks for it since it changed, so a walk reads
+// at most stop bytes of values (and one row more), each once per change
+// whatever the number of walks. Guesses take one of a few slots
 // first (Broker.estimates, shared with the doors' AnswerSize), so
 // SUBSCRIBEs of many clients do not queue walks on the loop without
 // bound. false: done closed first.

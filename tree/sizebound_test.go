@@ -2,7 +2,9 @@ package tree
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -263,12 +265,50 @@ func forget(n *node) {
 
 // BenchmarkEstimateWalk: an estimate's walk of 100,000 typical rows on
 // the loop: as before (topic + value × 4/3 + 16, from Match), with the
-// sizes counted already (MatchSizes, warm), and counting them (cold: the
-// first walk after every value changed).
+// sizes counted already (MatchSizes, warm), counting them (cold: as
+// after every value changed in R3, each row's text read once), and the
+// first walk after every row's value changed by a put (changed: since
+// h-snap counted at the put, R3's cold). The -evicted walks run after
+// 64 MiB were written (the L3 cache is 32), so that no row's node or
+// text is in a cache, as in a broker that did other work meanwhile.
 func BenchmarkEstimateWalk(b *testing.B) {
 	s := typicalStore(100_000)
+	flush := make([]byte, 64<<20)
+	evict := func() {
+		for i := 0; i < len(flush); i += 64 {
+			flush[i]++
+		}
+	}
+	// change gives every row another value of the same shape (as a
+	// device reporting again), through Store.Set.
+	round := 0
+	change := func() {
+		round++
+		for i := range 100_000 {
+			var p string
+			switch i % 4 {
+			case 0:
+				p = []string{"ON", "OFF"}[round%2]
+			case 1:
+				p = fmt.Sprintf("%.1f", float64((i+round)%300)/10)
+			case 2:
+				p = fmt.Sprintf(`{"battery":%d,"linkquality":%d}`, (i+round)%100, (i+round)%255)
+			default:
+				p = "Lamp " + fmt.Sprint(i+round)
+			}
+			s.Set(fmt.Sprintf("home/d%05d/%d", i/4, i%4), wire.TypePlain([]byte(p)), 0)
+		}
+	}
 	b.Run("before", func(b *testing.B) {
 		for range b.N {
+			oldGuess(s, "#")
+		}
+	})
+	b.Run("before-evicted", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			evict()
+			b.StartTimer()
 			oldGuess(s, "#")
 		}
 	})
@@ -287,4 +327,102 @@ func BenchmarkEstimateWalk(b *testing.B) {
 			estimate(s, "#")
 		}
 	})
+	b.Run("cold-evicted", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			forget(&s.root)
+			evict()
+			b.StartTimer()
+			estimate(s, "#")
+		}
+	})
+	b.Run("changed", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			change()
+			runtime.GC() // the changes' garbage: not the walk's cost
+			b.StartTimer()
+			estimate(s, "#")
+		}
+	})
+	b.Run("changed-evicted", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			change()
+			runtime.GC()
+			evict()
+			b.StartTimer()
+			estimate(s, "#")
+		}
+	})
+}
+
+// checkSizes fails the test unless every row of s gives MatchSizes
+// exactly SizeBound of its topic and value (the counts kept in its node
+// are the ones counted from its text), and every node's tgrow is its
+// topic's growth, or 0 where that does not fit.
+func checkSizes(t *testing.T, s *Store, what string) {
+	t.Helper()
+	s.MatchSizes("#", func(topic string, v wire.Value, size int64) bool {
+		if want := SizeBound(topic, v); size != want {
+			t.Errorf("%s: %.30q (%s, %d bytes): size %d, SizeBound %d", what, topic, v.Kind, len(v.Data), size, want)
+		}
+		return true
+	})
+	var walk func(n *node, fits bool)
+	walk = func(n *node, fits bool) {
+		for _, c := range n.kids() {
+			want := topicGrowth(c.topic())
+			ok := fits && want <= math.MaxUint16
+			if ok && int64(c.tgrow) != want || !ok && c.tgrow != 0 {
+				t.Errorf("%s: %.30q: tgrow %d, topic growth %d", what, c.topic(), c.tgrow, want)
+			}
+			walk(c, ok)
+		}
+	}
+	walk(&s.root, true)
+}
+
+// TestSizeCountedAtPut: a short value's size is counted when it is put
+// (the first estimate after a storm of changes reads no row's text), a
+// long one's when an estimate first asks; either way the size is exactly
+// SizeBound's, for hostile topics and values, for rows made fresh, over
+// parents, changed, deleted and put again, and under topics whose growth
+// does not fit a node (counted from the text).
+func TestSizeCountedAtPut(t *testing.T) {
+	huge := strings.Repeat("\x01", 14_000) // one level past tgrow
+	mid := strings.Repeat("\x01", 3_000)   // levels crossing it
+	topics := []string{"a", "a/b", "\x01/\x01/\x01", `"\/"`, "/x/", "é/\xff/\xc3", "", "a/", huge, huge + "/a", strings.Repeat(mid+"/", 6) + "z"}
+	tr := New()
+	s := tr.Store()
+	values := hostileValues()
+	for i, topic := range topics {
+		for j, p := range values {
+			if len(topic)+len(p) > 70_000 {
+				continue
+			}
+			v := wire.TypePlain([]byte(p))
+			if (i+j)%3 == 0 {
+				v.Kind = wire.String
+			}
+			s.Set(topic, v, 0)
+			n := s.find(topic)
+			counted := n.tgrow != 0 && len(p) <= eagerLeaf
+			if got := n.grow != 0; got != counted {
+				t.Errorf("%.30q value %d (%d bytes): counted at put %v, want %v", topic, j, len(p), got, counted)
+			}
+			if counted && int64(n.grow)-1 != rowGrowth(topic, v) {
+				t.Errorf("%.30q value %d: counted %d at put, rowGrowth %d", topic, j, n.grow-1, rowGrowth(topic, v))
+			}
+			s.Set(topic+"/sub", v, 0) // a row below: topic's node is a parent too
+			checkSizes(t, s, fmt.Sprintf("%.30q value %d", topic, j))
+		}
+		s.Delete(topic)
+		s.Set(topic, wire.TypePlain([]byte("1.5")), 0) // put again after a delete
+		checkSizes(t, s, fmt.Sprintf("%.30q put again", topic))
+	}
+	if s.find(huge).tgrow != 0 || s.find(huge+"/a").tgrow != 0 {
+		t.Errorf("a topic whose growth does not fit: tgrow %d, %d, want 0 (counted from the text)", s.find(huge).tgrow, s.find(huge+"/a").tgrow)
+	}
+	checkSizes(t, typicalStore(5_000), "typical")
 }

@@ -82,10 +82,17 @@ type node struct {
 	plen uint16 // the topic's length (wire.MaxTopicLen fits)
 	kind wire.Kind
 	qos  byte // QoS the row was published with (retained delivery is capped by it)
+	// tgrow is what the node's topic takes in a snapshot beyond its
+	// bytes (topicGrowth), counted when the node is made, from its
+	// parent's and its own level, whose bytes are at hand there: a
+	// node's topic never changes. 0: not known (past 65,535: counted
+	// from the topic when asked). In the node's padding.
+	tgrow uint16
 	// grow is 1 + what the row may take in a snapshot beyond its topic
-	// and value (rowGrowth), counted the first time an estimate asks
-	// (Store.MatchSizes) and kept until the value changes; 0: not
-	// counted. In the node's padding: it costs no memory.
+	// and value (rowGrowth): counted when the value is put if it is at
+	// most eagerLeaf bytes (its bytes are at hand there), else the first
+	// time an estimate asks (Store.MatchSizes), and kept until the value
+	// changes; 0: not counted. In the node's padding: it costs no memory.
 	grow uint32
 	rev  uint64 // revision of the row's last change (SPEC §8)
 	ms   int64  // broker time of the row's last change, Unix ms (0: unknown)
@@ -291,6 +298,7 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int
 		s.rows++
 		s.gen++
 		n.kind, n.qos, n.rev, n.ms = v.Kind, qos, at.Rev, at.MS
+		n.grow = leafGrow(n.tgrow, v)
 		return true, true
 	}
 	if n.kind == wire.None {
@@ -303,7 +311,7 @@ func (s *Store) put(topic string, v wire.Value, qos byte, at Stamp, siblings int
 		n.qos, n.rev, n.ms = qos, at.Rev, at.MS
 		return true, false
 	}
-	n.kind, n.text, n.qos, n.grow = v.Kind, joined(n.topic(), v.Data), qos, 0
+	n.kind, n.text, n.qos, n.grow = v.Kind, joined(n.topic(), v.Data), qos, leafGrow(n.tgrow, v)
 	n.rev, n.ms = at.Rev, at.MS
 	return true, true
 }
@@ -326,6 +334,7 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 		owned := s.copyText(topic, val)
 		c := s.newNode()
 		c.text, c.plen, c.off = owned, uint16(len(topic)), p.plen+1
+		c.tgrow = s.childGrowth(p, name)
 		s.addChild(p, c)
 		return c, true
 	}
@@ -352,6 +361,7 @@ func (s *Store) node(topic, val string, siblings int) (n *node, fresh bool) {
 			}
 			c = s.newNode()
 			c.text, c.plen, c.off = parents[:start+len(name)], uint16(start+len(name)), uint16(start)
+			c.tgrow = s.childGrowth(n, name)
 			s.addChild(n, c)
 		}
 		n = c
@@ -458,10 +468,12 @@ func (s *Store) Match(filter string, fn func(topic string, v wire.Value, qos byt
 
 // MatchSizes is Match, giving each row's size instead of its QoS: an
 // upper bound of the bytes the row takes in any snapshot (Tree.Snapshot)
-// of any filter, in any codec, its keys included (SizeBound). Counting a
-// row reads its topic and value once; the count is kept in its node
-// until its value changes, so estimates walking the same rows again
-// read neither.
+// of any filter, in any codec, its keys included (SizeBound). A row's
+// count is kept in its node until its value changes: its topic's part
+// counted when the node was made, its value's when the value was put
+// (a value of at most eagerLeaf bytes) or else by the first walk that
+// asks, which reads the value once; so a walk reads no row's text but
+// long values' after they changed.
 func (s *Store) MatchSizes(filter string, fn func(topic string, v wire.Value, size int64) bool) {
 	m := matcher{s: s, filter: filter, fn: func(n *node) bool { return fn(n.topic(), n.value(), n.size()) }}
 	m.walk(&s.root, 0)
@@ -480,7 +492,12 @@ const SnapshotFraming = 16
 // size is SizeBound of n's row, counted once per value (n.grow).
 func (n *node) size() int64 {
 	if n.grow == 0 {
-		g := rowGrowth(n.topic(), n.value())
+		var g int64
+		if n.tgrow != 0 {
+			g = int64(n.tgrow) + 8 + int64(wire.LeafGrowth(n.value()))
+		} else {
+			g = rowGrowth(n.topic(), n.value())
+		}
 		if g >= math.MaxUint32 { // no payload is that large: not kept
 			return int64(n.plen) + int64(len(n.val())) + g
 		}
@@ -499,8 +516,49 @@ func (n *node) size() int64 {
 // map of 16 members or more, a fraction of a byte each). The value takes
 // wire.LeafGrowth more than its bytes.
 func rowGrowth(topic string, v wire.Value) int64 {
-	levels := int64(strings.Count(topic, "/") + 1)
-	return int64(wire.EscapeGrowth(topic)) + 5*levels + 8 + int64(wire.LeafGrowth(v))
+	return topicGrowth(topic) + 8 + int64(wire.LeafGrowth(v))
+}
+
+// childGrowth is topicGrowth of a new child of p named name: p's, and
+// its own level's (0: not known, or past what tgrow holds).
+func (s *Store) childGrowth(p *node, name string) uint16 {
+	if p.tgrow == 0 && p != &s.root {
+		return 0
+	}
+	esc, ok := wire.EscapeGrowthASCII(name) // most names: inlined
+	if !ok {
+		esc = wire.EscapeGrowth(name)
+	}
+	g := int(p.tgrow) + esc + 5
+	if g > math.MaxUint16 {
+		return 0
+	}
+	return uint16(g)
+}
+
+// topicGrowth is what a topic takes in a snapshot beyond its bytes, the
+// part of rowGrowth that depends on the topic alone but its 8: each
+// level's escapes and 5.
+func topicGrowth(topic string) int64 {
+	return int64(wire.EscapeGrowth(topic)) + 5*int64(strings.Count(topic, "/")+1)
+}
+
+// eagerLeaf is the longest value whose growth put counts while its bytes
+// are at hand (a few ns for the short values of most rows), so that the
+// first estimate after a storm of changes reads no row's text. A longer
+// one is counted by the first estimate that asks: counting it at put
+// would add about a ns a byte to every change of it, beside a copy
+// ten times faster.
+const eagerLeaf = 64
+
+// leafGrow is the grow of a node of topic growth tgrow for its new value
+// v: counted if v is at most eagerLeaf bytes, else 0 (counted when
+// asked). Small enough to be inlined in put.
+func leafGrow(tgrow uint16, v wire.Value) uint32 {
+	if tgrow == 0 || len(v.Data) > eagerLeaf {
+		return 0
+	}
+	return uint32(tgrow) + 9 + uint32(wire.LeafGrowth(v))
 }
 
 type matcher struct {
