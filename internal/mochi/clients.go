@@ -102,7 +102,7 @@ func (cl *Clients) GetAll() map[string]*Client {
 // clearExpiredInflights) take them into one slice they reuse: GetAll
 // copied the map at each, twice a second, and that was 58% of an idle
 // broker's CPU at 5,000 connections, with a GC cycle every 10 s
-// (bench/README.md, branch h-tail; change 91).
+// (bench/README.md, branch h-tail; change 94).
 func (cl *Clients) AppendAll(buf []*Client) []*Client {
 	cl.RLock()
 	defer cl.RUnlock()

@@ -11,7 +11,7 @@ import (
 // mote: TestScanClientsAllocatesNothing: the event loop's scans of every
 // client (session expiry, in-flight expiry) reuse one slice; each copied
 // the client map, twice a second, 58% of an idle broker's CPU at 5,000
-// connections (change 91). They still expire what they did.
+// connections (change 94). They still expire what they did.
 func TestScanClientsAllocatesNothing(t *testing.T) {
 	s := New(nil)
 	s.Options.Capabilities.MaximumMessageExpiryInterval = 4
@@ -65,7 +65,7 @@ func TestScanClientsAllocatesNothing(t *testing.T) {
 }
 
 // mote: TestScanClientsDropsABurst: a scan's slice grown by a burst of
-// clients is not kept once most of them are gone (change 91).
+// clients is not kept once most of them are gone (change 94).
 func TestScanClientsDropsABurst(t *testing.T) {
 	s := New(nil)
 	for i := range 5000 {

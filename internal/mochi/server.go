@@ -431,7 +431,7 @@ func (s *Server) eventLoop() {
 	s.Log.Debug("system event loop started")
 	defer s.Log.Debug("system event loop halted")
 
-	var all []*Client // mote: the clients, scanned in turn (Clients.AppendAll, change 91)
+	var all []*Client // mote: the clients, scanned in turn (Clients.AppendAll, change 94)
 	expire, inflights := s.expireClientsOf, s.clearExpiredInflightsOf
 	for {
 		select {
@@ -455,7 +455,7 @@ func (s *Server) eventLoop() {
 // mote: scanClients runs scan over the clients filed now, taken into
 // all (Clients.AppendAll), and returns all for the next scan: cleared,
 // so that it holds no client until then, and kept unless it is mostly
-// unused (a burst of clients long gone does not stay in it) (change 91).
+// unused (a burst of clients long gone does not stay in it) (change 94).
 func (s *Server) scanClients(all []*Client, now int64, scan func([]*Client, int64)) []*Client {
 	all = s.Clients.AppendAll(all[:0])
 	scan(all, now)
@@ -2325,7 +2325,7 @@ func (s *Server) clearExpiredClients(dt int64) {
 }
 
 // mote: expireClientsOf is clearExpiredClients over the clients all,
-// taken from Clients at once, keyed by their ID there (change 91).
+// taken from Clients at once, keyed by their ID there (change 94).
 func (s *Server) expireClientsOf(all []*Client, dt int64) {
 	for _, client := range all {
 		id := client.ID
@@ -2383,7 +2383,7 @@ func (s *Server) clearExpiredInflights(now int64) {
 }
 
 // mote: clearExpiredInflightsOf is clearExpiredInflights over the
-// clients all, taken from Clients at once (change 91).
+// clients all, taken from Clients at once (change 94).
 func (s *Server) clearExpiredInflightsOf(all []*Client, now int64) {
 	for _, client := range all {
 		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
