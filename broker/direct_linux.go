@@ -25,7 +25,8 @@ import (
 // the process was idle: a futex wake-up and a run of 20-µs sleeps on
 // every message to an idle broker, a quarter of its CPU in the latency
 // scenario). Reads of a connection whose reader waits between packets
-// are raw too (rawNext), but one in syscallEvery of the broker's
+// are raw too (rawNext), but one in syscallEvery of a broker that reads
+// often and one every syscallGap of one that reads
 // (readBufPool.syscallDue), which goes through entersyscall: sysmon must
 // not stay parked while the broker only reads and writes sockets, for it
 // is what polls the network when every P has work (on 2026-12-03 a

@@ -431,6 +431,8 @@ func (s *Server) eventLoop() {
 	s.Log.Debug("system event loop started")
 	defer s.Log.Debug("system event loop halted")
 
+	var all []*Client // mote: the clients, scanned in turn (Clients.AppendAll, change 94)
+	expire, inflights := s.expireClientsOf, s.clearExpiredInflightsOf
 	for {
 		select {
 		case <-s.done:
@@ -439,15 +441,29 @@ func (s *Server) eventLoop() {
 		case <-s.loop.sysTopics.C:
 			s.publishSysTopics()
 		case <-s.loop.clientExpiry.C:
-			s.clearExpiredClients(time.Now().Unix())
+			all = s.scanClients(all, time.Now().Unix(), expire)
 		case <-s.loop.retainedExpiry.C:
 			s.clearExpiredRetainedMessages(time.Now().Unix())
 		case <-s.loop.willDelaySend.C:
 			s.sendDelayedLWT(time.Now().Unix())
 		case <-s.loop.inflightExpiry.C:
-			s.clearExpiredInflights(time.Now().Unix())
+			all = s.scanClients(all, time.Now().Unix(), inflights)
 		}
 	}
+}
+
+// mote: scanClients runs scan over the clients filed now, taken into
+// all (Clients.AppendAll), and returns all for the next scan: cleared,
+// so that it holds no client until then, and kept unless it is mostly
+// unused (a burst of clients long gone does not stay in it) (change 94).
+func (s *Server) scanClients(all []*Client, now int64, scan func([]*Client, int64)) []*Client {
+	all = s.Clients.AppendAll(all[:0])
+	scan(all, now)
+	clear(all)
+	if cap(all) > 1024 && cap(all) > 4*len(all) {
+		return nil
+	}
+	return all[:0]
 }
 
 // EstablishConnection establishes a new client when a listener accepts a new connection.
@@ -2305,7 +2321,14 @@ func (s *Server) loadRetained(v []storage.Message) {
 // clearExpiredClients deletes all clients which have been disconnected for longer
 // than their given expiry intervals.
 func (s *Server) clearExpiredClients(dt int64) {
-	for id, client := range s.Clients.GetAll() {
+	s.expireClientsOf(s.Clients.AppendAll(nil), dt)
+}
+
+// mote: expireClientsOf is clearExpiredClients over the clients all,
+// taken from Clients at once, keyed by their ID there (change 94).
+func (s *Server) expireClientsOf(all []*Client, dt int64) {
+	for _, client := range all {
+		id := client.ID
 		disconnected := client.StopTime()
 		if disconnected == 0 {
 			continue
@@ -2356,7 +2379,13 @@ func (s *Server) clearExpiredRetainedMessages(now int64) {
 
 // clearExpiredInflights deletes any inflight messages which have expired.
 func (s *Server) clearExpiredInflights(now int64) {
-	for _, client := range s.Clients.GetAll() {
+	s.clearExpiredInflightsOf(s.Clients.AppendAll(nil), now)
+}
+
+// mote: clearExpiredInflightsOf is clearExpiredInflights over the
+// clients all, taken from Clients at once (change 94).
+func (s *Server) clearExpiredInflightsOf(all []*Client, now int64) {
+	for _, client := range all {
 		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
