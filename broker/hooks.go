@@ -923,6 +923,11 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	c.replaced = nil // refuseFiled's, for this SUBSCRIBE only
 }
 
+// ProcessedHeaderOnly tells mochi that OnPacketProcessed reads only a
+// packet's FixedHeader, PacketID and ReasonCode (mochi change 92): mochi
+// keeps those of a PUBLISH as read, not a copy of the whole packet.
+func (h *hook) ProcessedHeaderOnly() {}
+
 // OnPacketProcessed lets the writer go once mochi has written the SUBACK,
 // and removes the will of a connection that left with a normal
 // DISCONNECT.
