@@ -2,10 +2,13 @@ package broker
 
 import (
 	"bytes"
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // TestSendPlain0Bytes: the QoS 0 PUBLISH sendPlain0 writes without a
@@ -59,4 +62,112 @@ func TestSendPlain0Bytes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSubIndexFewKids: a node's children, listed in few up to fewKids
+// and in its kids map past it (for the node's life), are found by every
+// publish as they are added and removed across the edge, wildcards and
+// the empty level among them; the trie is pruned at the end.
+func TestSubIndexFewKids(t *testing.T) {
+	levels := []string{"k0", "+", "", "k3", "#", "k5", "k6"}
+	filter := func(l string) string {
+		if l == "#" {
+			return "a/#"
+		}
+		return "a/" + l + "/x"
+	}
+	var x subIndex
+	check := func(step string, filed map[string]bool) {
+		t.Helper()
+		for _, l := range levels {
+			if l == "+" || l == "#" {
+				continue
+			}
+			want := 0
+			for f := range filed {
+				if wire.Match(f, "a/"+l+"/x") {
+					want++
+				}
+			}
+			if got := len(matchText(&x, "a/"+l+"/x", "")); got != want {
+				t.Fatalf("%s: a/%s/x matched %d, want %d", step, l, got, want)
+			}
+		}
+	}
+	a := func() *snode { k, _ := x.root.child("a"); return k }
+	filed := map[string]bool{}
+	for i, l := range levels {
+		x.subscribe("c"+l, packets.Subscription{Filter: filter(l)})
+		filed[filter(l)] = true
+		check("add "+l, filed)
+		s := a().few.Load()
+		if many := i+1 > fewKids; s.many != many || (!many && len(s.kids) != i+1) {
+			t.Fatalf("after %d children: few %+v", i+1, s)
+		}
+	}
+	for i := len(levels) - 1; i >= 0; i-- {
+		l := levels[i]
+		if !x.unsubscribe(filter(l), "c"+l) {
+			t.Fatalf("unsubscribe %s: not filed", filter(l))
+		}
+		delete(filed, filter(l))
+		check("remove "+l, filed)
+		if i > 0 && !a().few.Load().many {
+			t.Fatalf("after going back to %d children: few left the map", i)
+		}
+	}
+	if !x.root.empty() || x.root.few.Load() != nil {
+		t.Fatal("the trie is not pruned")
+	}
+	// A node that never had more than fewKids lists them only.
+	x.subscribe("c", packets.Subscription{Filter: "b/1"})
+	x.subscribe("c", packets.Subscription{Filter: "b/2"})
+	x.unsubscribe("b/1", "c")
+	b, _ := x.root.child("b")
+	if s := b.few.Load(); s == nil || s.many || len(s.kids) != 1 || s.kids[0].level != "2" {
+		t.Fatalf("b's children: %+v", s)
+	}
+	n := 0
+	b.kids.Range(func(_, _ any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("b's kids map holds %d", n)
+	}
+	check("b", filed)
+}
+
+// TestSubIndexMemory: the index's heap a subscription, each client with a
+// filter of its own: dev/N/state/on (N has one child, state one), a/b/c/
+// d/N/e/f and home/N (N a leaf). A node's few children are a short list,
+// not a sync.Map's trie: main (c2bc329) held 1,085, 1,078 and 404 bytes
+// (this test run there), this 752, 741 and 404.
+func TestSubIndexMemory(t *testing.T) {
+	for _, tc := range []struct {
+		form string
+		max  uint64
+	}{
+		{"dev/%d/state/on", 900},
+		{"a/b/c/d/%d/e/f", 900},
+		{"home/%d", 420}, // N a leaf of a node with many: its kids map, as before
+	} {
+		const n = 10000
+		var x subIndex
+		x.subscribe("warm", packets.Subscription{Filter: fmt.Sprintf(tc.form, -1)})
+		before := heapInUse()
+		for i := range n {
+			x.subscribe(fmt.Sprintf("c%d", i), packets.Subscription{Filter: fmt.Sprintf(tc.form, i)})
+		}
+		per := (heapInUse() - before) / n
+		t.Logf("%s: %d bytes a subscription", tc.form, per)
+		if per > tc.max {
+			t.Errorf("%s: %d bytes a subscription, more than %d", tc.form, per, tc.max)
+		}
+		runtime.KeepAlive(&x)
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
