@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
 	"github.com/mote-mqtt/mote/wire"
@@ -170,4 +171,60 @@ func heapInUse() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// TestWroteSteady: wrote's short way (steadyLocked: nothing but the
+// time of the last write changes) is taken only where the long way would
+// change nothing else: a queue marked full is unmarked, a waiter's time
+// is charged against the credit, a stalled client with its credit whole
+// is let go.
+func TestWroteSteady(t *testing.T) {
+	const patience = time.Minute
+	for _, tc := range []struct {
+		name  string
+		setup func(q *outQueue)
+		check func(q *outQueue) string
+	}{
+		{"fresh", func(*outQueue) {}, func(q *outQueue) string {
+			if q.credit != patience || q.stalled || q.lastWrote.IsZero() {
+				return fmt.Sprintf("credit %v stalled %v lastWrote %v", q.credit, q.stalled, q.lastWrote)
+			}
+			return ""
+		}},
+		{"marked full", func(q *outQueue) { q.waitsLocked().fullAt = time.Now().Add(-time.Second) }, func(q *outQueue) string {
+			if !q.fullAtLocked().IsZero() {
+				return "still marked full after a write"
+			}
+			return ""
+		}},
+		{"a publisher waits", func(q *outQueue) {
+			ws := q.waitsLocked()
+			ws.waitq = append(ws.waitq, &waiter{turn: make(chan struct{}, 1)})
+			ws.since = time.Now().Add(-10 * time.Second)
+		}, func(q *outQueue) string {
+			if q.credit > patience-9*time.Second {
+				return fmt.Sprintf("credit %v: the wait was not charged", q.credit)
+			}
+			return ""
+		}},
+		{"stalled", func(q *outQueue) { q.stalled = true }, func(q *outQueue) string {
+			if q.stalled {
+				return "a stalled client with its credit whole is still stalled after a write"
+			}
+			return ""
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := newOutQueue(1000, patience)
+			q.mu.Lock()
+			tc.setup(q)
+			q.mu.Unlock()
+			q.wrote(1, 1)
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if msg := tc.check(q); msg != "" {
+				t.Error(msg)
+			}
+		})
+	}
 }
