@@ -228,3 +228,123 @@ func TestWroteSteady(t *testing.T) {
 		})
 	}
 }
+
+// TestPlainQoS0Delivery: a plain QoS 0 message written straight into a
+// subscriber's buffer (sendPlain0) and one that needs send (properties,
+// a subscription identifier, an outgoing topic alias, the client's
+// Maximum Packet Size, an expiry) reach MQTT 3.1.1 and 5 subscribers as
+// MQTT says, retained or not, with Retain As Published.
+func TestPlainQoS0Delivery(t *testing.T) {
+	b := start(t, Options{})
+	w := x5Writer(t, b, "fw")
+	qos0 := func(s *packets.Subscription) { s.Qos = 0 }
+	for _, tc := range []struct {
+		name  string
+		v     byte
+		conn  packets.Properties // the subscriber's CONNECT
+		opts  func(*packets.Subscription)
+		subP  packets.Properties // the SUBSCRIBE's
+		pub   []packets.Packet   // published in turn (QoS 0)
+		check func(got []packets.Packet) string
+		skips int64 // messages skipped for the client's Maximum Packet Size
+	}{
+		{name: "3.1.1", v: 4, pub: []packets.Packet{{Payload: []byte("p1")}},
+			check: func(got []packets.Packet) string {
+				if p := got[0]; string(p.Payload) != "p1" || p.FixedHeader.Retain || p.FixedHeader.Qos != 0 {
+					return fmt.Sprintf("%q retain %v qos %d", p.Payload, p.FixedHeader.Retain, p.FixedHeader.Qos)
+				}
+				return ""
+			}},
+		{name: "5, nothing more", v: 5, pub: []packets.Packet{{Payload: []byte("p2")}},
+			check: func(got []packets.Packet) string {
+				if p := got[0]; string(p.Payload) != "p2" || fmt.Sprint(p.Properties) != fmt.Sprint(packets.Properties{}) {
+					return fmt.Sprintf("%q props %+v", p.Payload, p.Properties)
+				}
+				return ""
+			}},
+		{name: "5, subscription identifier", v: 5, subP: packets.Properties{SubscriptionIdentifier: []int{7}},
+			pub: []packets.Packet{{Payload: []byte("p3")}},
+			check: func(got []packets.Packet) string {
+				if ids := got[0].Properties.SubscriptionIdentifier; fmt.Sprint(ids) != "[7]" {
+					return fmt.Sprintf("subscription identifiers %v, want [7]", ids)
+				}
+				return ""
+			}},
+		{name: "5, topic aliases", v: 5, conn: packets.Properties{TopicAliasMaximum: 2},
+			pub: []packets.Packet{{Payload: []byte("a1")}, {Payload: []byte("a2")}},
+			check: func(got []packets.Packet) string {
+				for _, p := range got {
+					if p.Properties.TopicAlias == 0 || !p.Properties.TopicAliasFlag {
+						return fmt.Sprintf("%q without a topic alias", p.Payload)
+					}
+				}
+				return ""
+			}},
+		{name: "5, user properties", v: 5,
+			pub: []packets.Packet{{Payload: []byte("p4"), Properties: packets.Properties{User: []packets.UserProperty{{Key: "k", Val: "v"}}, ContentType: "text/plain"}}},
+			check: func(got []packets.Packet) string {
+				if p := got[0].Properties; len(p.User) != 1 || p.User[0].Key != "k" || p.ContentType != "text/plain" {
+					return fmt.Sprintf("props %+v", p)
+				}
+				return ""
+			}},
+		{name: "5, message expiry", v: 5,
+			pub: []packets.Packet{{Payload: []byte("p5"), Properties: packets.Properties{MessageExpiryInterval: 100}}},
+			check: func(got []packets.Packet) string {
+				if e := got[0].Properties.MessageExpiryInterval; e == 0 || e > 100 {
+					return fmt.Sprintf("expiry interval %d", e)
+				}
+				return ""
+			}},
+		{name: "5, Maximum Packet Size", v: 5, conn: packets.Properties{MaximumPacketSize: 64}, skips: 1,
+			pub: []packets.Packet{{Payload: bytes.Repeat([]byte("x"), 100)}, {Payload: []byte("small")}},
+			check: func(got []packets.Packet) string {
+				if string(got[0].Payload) != "small" {
+					return fmt.Sprintf("got %d bytes first, want the small one (the large one skipped)", len(got[0].Payload))
+				}
+				return ""
+			}},
+		{name: "5, retained, Retain As Published", v: 5, opts: func(s *packets.Subscription) { s.RetainAsPublished = true },
+			pub: []packets.Packet{{FixedHeader: packets.FixedHeader{Retain: true}, Payload: []byte("r1")}},
+			check: func(got []packets.Packet) string {
+				if !got[0].FixedHeader.Retain {
+					return "a retained publish live without its retain flag, to a Retain As Published subscription"
+				}
+				return ""
+			}},
+		{name: "3.1.1, retained", v: 4,
+			pub: []packets.Packet{{FixedHeader: packets.FixedHeader{Retain: true}, Payload: []byte("r2")}},
+			check: func(got []packets.Packet) string {
+				if got[0].FixedHeader.Retain {
+					return "a retained publish live with its retain flag [MQTT-3.3.1-9]"
+				}
+				return ""
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "fs" + strings.ReplaceAll(tc.name, " ", "")
+			topic := "fq/" + id
+			s, _ := x5Dial(t, b, tc.v, id, true, tc.conn)
+			opts := qos0
+			if tc.opts != nil {
+				opts = func(x *packets.Subscription) { qos0(x); tc.opts(x) }
+			}
+			s.sub(t, tc.subP, x5Sub(topic, opts))
+			before := b.stats.TooLarge.Load()
+			for _, pk := range tc.pub {
+				pk.FixedHeader.Type, pk.TopicName = packets.Publish, topic
+				w.write(t, pk)
+			}
+			var got []packets.Packet
+			for range int64(len(tc.pub)) - tc.skips {
+				got = append(got, s.publish(t, true))
+			}
+			if msg := tc.check(got); msg != "" {
+				t.Error(msg)
+			}
+			if n := b.stats.TooLarge.Load() - before; n != tc.skips {
+				t.Errorf("%d skipped as too large, want %d", n, tc.skips)
+			}
+		})
+	}
+}
