@@ -144,25 +144,32 @@ func TestSubIndexFewKids(t *testing.T) {
 func TestSubIndexMemory(t *testing.T) {
 	for _, tc := range []struct {
 		form string
-		max  uint64
+		max  int64
 	}{
 		{"dev/%d/state/on", 900},
 		{"a/b/c/d/%d/e/f", 900},
 		{"home/%d", 420}, // N a leaf of a node with many: its kids map, as before
 	} {
 		const n = 10000
-		var x subIndex
-		x.subscribe("warm", packets.Subscription{Filter: fmt.Sprintf(tc.form, -1)})
-		before := heapInUse()
-		for i := range n {
-			x.subscribe(fmt.Sprintf("c%d", i), packets.Subscription{Filter: fmt.Sprintf(tc.form, i)})
+		// Other tests' goroutines may free or allocate meanwhile: the
+		// least of a few measurements that is not negative.
+		var per int64 = -1
+		for range 5 {
+			var x subIndex
+			x.subscribe("warm", packets.Subscription{Filter: fmt.Sprintf(tc.form, -1)})
+			before := heapInUse()
+			for i := range n {
+				x.subscribe(fmt.Sprintf("c%d", i), packets.Subscription{Filter: fmt.Sprintf(tc.form, i)})
+			}
+			if d := (int64(heapInUse()) - int64(before)) / n; d > 0 && (per < 0 || d < per) {
+				per = d
+			}
+			runtime.KeepAlive(&x)
 		}
-		per := (heapInUse() - before) / n
 		t.Logf("%s: %d bytes a subscription", tc.form, per)
-		if per > tc.max {
-			t.Errorf("%s: %d bytes a subscription, more than %d", tc.form, per, tc.max)
+		if per < 0 || per > tc.max {
+			t.Errorf("%s: %d bytes a subscription, want at most %d", tc.form, per, tc.max)
 		}
-		runtime.KeepAlive(&x)
 	}
 }
 
