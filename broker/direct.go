@@ -234,7 +234,8 @@ func (o *mqttOut) flushRest() error {
 	return err
 }
 
-// sendPlain0 encodes m, a QoS 0 plain message, straight into the encode
+// sendPlain0 encodes m, a QoS 0 plain message written directly
+// (tryDirect) or by the writer (conn.write), straight into the encode
 // buffer, the fixed header, topic and payload written as they are, if it
 // needs nothing of send's: no MQTT 5 properties (its own or a
 // subscription identifier), no expiry, no outgoing topic alias (an MQTT
@@ -248,7 +249,8 @@ func (o *mqttOut) flushRest() error {
 // code a message runs, bench/README.md, branch h-fast).
 func (o *mqttOut) sendPlain0(c *conn, m *plainItem) bool {
 	msg := m.msg
-	if msg.props != nil || len(m.subIDs) > 0 || msg.expiry > 0 || len(msg.topic) == 0 || len(msg.topic) > 0xffff {
+	if msg.props != nil || len(m.subIDs) > 0 || msg.expiry > 0 || len(msg.topic) == 0 || len(msg.topic) > 0xffff ||
+		len(msg.payload) > flushAt { // send leaves a large payload apart (encodeHead)
 		return false
 	}
 	cl := o.cl

@@ -355,3 +355,80 @@ func TestPlainQoS0Delivery(t *testing.T) {
 		})
 	}
 }
+
+// TestPlainQoS0Writers: a plain QoS 0 message to many subscribers, most
+// of them written by their writers, not directly (directPerMessage):
+// each kind gets what MQTT says, whoever encodes it (sendPlain0 or
+// send).
+func TestPlainQoS0Writers(t *testing.T) {
+	b := start(t, Options{})
+	w := x5Writer(t, b, "ww")
+	type kind struct {
+		name  string
+		v     byte
+		conn  packets.Properties
+		subP  packets.Properties
+		check func(p packets.Packet) string
+	}
+	kinds := []kind{
+		{"3.1.1", 4, packets.Properties{}, packets.Properties{}, func(p packets.Packet) string {
+			if p.FixedHeader.Retain || p.FixedHeader.Qos != 0 {
+				return "retain or QoS"
+			}
+			return ""
+		}},
+		{"identifier", 5, packets.Properties{}, packets.Properties{SubscriptionIdentifier: []int{9}}, func(p packets.Packet) string {
+			if fmt.Sprint(p.Properties.SubscriptionIdentifier) != "[9]" {
+				return fmt.Sprintf("subscription identifiers %v", p.Properties.SubscriptionIdentifier)
+			}
+			return ""
+		}},
+		{"alias", 5, packets.Properties{TopicAliasMaximum: 3}, packets.Properties{}, func(p packets.Packet) string {
+			if p.Properties.TopicAlias == 0 {
+				return "no topic alias"
+			}
+			return ""
+		}},
+		{"small", 5, packets.Properties{MaximumPacketSize: 64}, packets.Properties{}, func(p packets.Packet) string {
+			if len(p.Payload) > 10 {
+				return fmt.Sprintf("a %d-byte payload past the Maximum Packet Size", len(p.Payload))
+			}
+			return ""
+		}},
+	}
+	const each = 6
+	type peer struct {
+		k kind
+		p *x5Peer
+	}
+	var peers []peer
+	for _, k := range kinds {
+		for i := range each {
+			p, _ := x5Dial(t, b, k.v, fmt.Sprintf("ws-%s-%d", k.name, i), true, k.conn)
+			p.sub(t, k.subP, x5Sub("wq/t", func(s *packets.Subscription) { s.Qos = 0 }))
+			peers = append(peers, peer{k, p})
+		}
+	}
+	before := b.stats.TooLarge.Load()
+	payloads := []string{"one", strings.Repeat("x", 100), "two", "three"}
+	for _, pl := range payloads {
+		w.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "wq/t", Payload: []byte(pl)})
+	}
+	for _, pr := range peers {
+		for _, pl := range payloads {
+			if pr.k.name == "small" && len(pl) > 10 {
+				continue // skipped for its Maximum Packet Size
+			}
+			p := pr.p.publish(t, true)
+			if string(p.Payload) != pl || p.TopicName != "wq/t" {
+				t.Fatalf("%s: got %q on %q, want %q", pr.k.name, p.Payload, p.TopicName, pl)
+			}
+			if msg := pr.k.check(p); msg != "" {
+				t.Errorf("%s: %s", pr.k.name, msg)
+			}
+		}
+	}
+	if n := b.stats.TooLarge.Load() - before; n != each {
+		t.Errorf("%d skipped as too large, want %d", n, each)
+	}
+}
