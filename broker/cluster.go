@@ -471,7 +471,7 @@ func (b *Broker) shareEvent(p Principal, m *Message, r *prepared) error {
 	case !r.mote:
 		err = b.publishEvent(r.plain)
 	case sharesEvents(&r.op) && !p.original:
-		props := m.Properties
+		props := *m.properties()
 		props.TopicAlias, props.TopicAliasFlag, props.SubscriptionIdentifier = 0, false, nil
 		err = b.publishEvent(&message{topic: m.Topic, payload: m.Payload, qos: m.QoS, props: &props})
 	}

@@ -105,9 +105,11 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 	var delta *deltaItem
 	switch m := m.(type) {
 	case *plainItem:
-		var pk packets.Packet
-		m.packet(&pk)
-		err = c.send(&pk, outPlain)
+		if !o.sendPlain0(c, m) {
+			var pk packets.Packet
+			m.packet(&pk)
+			err = c.send(&pk, outPlain)
+		}
 	case *deltaItem:
 		m.rev = m.sub.moteRev(m.rev)
 		pk := c.treePacket(&m.treeItem)
@@ -230,4 +232,82 @@ func (o *mqttOut) flushRest() error {
 	o.q.wrote(n, 0) // its messages were counted with their first bytes (tryFlush)
 	atomic.AddInt64(&o.b.server.Info.BytesSent, int64(n))
 	return err
+}
+
+// sendPlain0 encodes m, a QoS 0 plain message written directly
+// (tryDirect) or by the writer (conn.write), straight into the encode
+// buffer, the fixed header, topic and payload written as they are, if it
+// needs nothing of send's: no MQTT 5 properties (its own or a
+// subscription identifier), no expiry, no outgoing topic alias (an MQTT
+// 3.1.1 client, or one of MQTT 5 that allows none), under the client's
+// Maximum Packet Size and fitting the buffer. It reports whether it did
+// (counted as send and sendOut count it); false: send encodes it,
+// through a packets.Packet, as before. The bytes are PublishEncode's
+// (TestSendPlain0Bytes). A plain QoS 0 message's one delivery path
+// stays the same (tryDirect, then the queue); this only skips building
+// the 816-byte Packet and mochi's general encoder for it (issue 15: the
+// code a message runs, bench/README.md, branch h-fast).
+func (o *mqttOut) sendPlain0(c *conn, m *plainItem) bool {
+	msg := m.msg
+	if msg.props != nil || len(m.subIDs) > 0 || msg.expiry > 0 || len(msg.topic) == 0 || len(msg.topic) > 0xffff ||
+		len(msg.payload) > flushAt { // send leaves a large payload apart (encodeHead)
+		return false
+	}
+	cl := o.cl
+	v5 := cl.Properties.ProtocolVersion == 5
+	rem := 2 + len(msg.topic) + len(msg.payload)
+	if v5 {
+		if cl.Properties.TopicAliasMaximum() > 0 {
+			return false // send sets or uses an alias
+		}
+		rem++ // a property length of 0
+	}
+	n := 1 + varIntLen(rem) + rem
+	if v5 {
+		if max := cl.Properties.MaximumPacketSize(); max > 0 && n > int(max) {
+			return false // send skips and counts it [MQTT-3.1.2-24]
+		}
+	}
+	if o.buf == nil {
+		o.buf = o.b.bufs.get()
+	} else if o.buf.Len() > 0 && o.buf.Len()+len(o.tail)+n > flushAt {
+		return false // send flushes first
+	}
+	b := appendPlain0(o.buf.AvailableBuffer(), rem, msg.topic, msg.payload, m.retain, v5)
+	o.buf.Write(b)
+	o.n++
+	c.b.meter.out[outPlain].Add(1)
+	return true
+}
+
+// appendPlain0 appends to b a QoS 0 PUBLISH of topic and payload whose
+// Remaining Length is rem, with an empty property list if v5.
+func appendPlain0(b []byte, rem int, topic string, payload []byte, retain, v5 bool) []byte {
+	first := byte(packets.Publish << 4)
+	if retain {
+		first |= 1
+	}
+	b = append(b, first)
+	for x := rem; ; x >>= 7 { // the Remaining Length, a Variable Byte Integer
+		if x < 0x80 {
+			b = append(b, byte(x))
+			break
+		}
+		b = append(b, byte(x&0x7f)|0x80)
+	}
+	b = append(b, byte(len(topic)>>8), byte(len(topic)))
+	b = append(b, topic...)
+	if v5 {
+		b = append(b, 0)
+	}
+	return append(b, payload...)
+}
+
+// varIntLen is the bytes of x as an MQTT Variable Byte Integer.
+func varIntLen(x int) int {
+	n := 1
+	for ; x >= 0x80; x >>= 7 {
+		n++
+	}
+	return n
 }

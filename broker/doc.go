@@ -384,6 +384,21 @@
 //     no byte bound, replays from its own retained index (which copies
 //     itself every second to expire rows) and cannot send trees. Mochi's
 //     client state keeps sessions, subscriptions and in-flight messages.
+//   - Encoding a plain QoS 0 PUBLISH written directly (direct.go,
+//     sendPlain0): the fixed header, topic and payload go straight into
+//     the connection's out buffer, for a message with nothing of send's
+//     to do (no MQTT 5 properties or subscription identifier, no expiry,
+//     no outgoing topic alias, under the client's Maximum Packet Size):
+//     send with mochi's PublishEncode was 558 of a plain message's 6,200
+//     instructions from the read to the write, sendPlain0 is 311, the
+//     816-byte packets.Packet no longer built (bench/README.md, branch
+//     h-fast). Every other publish is encoded by mochi as before; the
+//     delivery path is the same (tryDirect, then the queue). Mochi's read
+//     path for a PUBLISH is shortened inside mochi
+//     (changes 91-93: one hook's chains called directly, the packet's
+//     header kept for OnPacketProcessed instead of a whole copy, since
+//     the broker's hook declares it reads no more, and validUTF8 in one
+//     pass); no second door: every publish still goes through OnPublish.
 //   - Matching plain subscriptions (subindex.go): mochi's TopicsIndex
 //     builds maps on every match; the broker's own index, a copy-on-write
 //     trie read without locks or allocations, mirrors what mochi files

@@ -29,6 +29,19 @@ type Message struct {
 	// pre is the message a plain publish becomes, made with its body
 	// (netConn.PublishBody), or nil: prepare makes one.
 	pre *message
+	// props, if not nil, are its properties in place of Properties: an
+	// MQTT client's PUBLISH lends its own (OnPublish) for the call, not
+	// copied into the Message (256 bytes) for every publish.
+	props *packets.Properties
+}
+
+// properties are m's MQTT 5 properties: props if set, else Properties.
+// Only read.
+func (m *Message) properties() *packets.Properties {
+	if m.props != nil {
+		return m.props
+	}
+	return &m.Properties
 }
 
 // Refusal is why the broker refused a publish or a subscription: an MQTT 5
@@ -88,8 +101,8 @@ func (b *Broker) publishInline(p Principal, m *Message, wait waitMode, mp *mqttP
 // and what prepare made of it go by pointer: a Message is 304 bytes, and
 // they were copied at each call of a plain publish's way, 1.5 KB in all.
 func (b *Broker) enter(ctx context.Context, p Principal, m *Message, wait waitMode, inline bool, mp *mqttPublisher) error {
-	r, err := b.prepare(p, m)
-	if err != nil {
+	var r prepared
+	if err := b.prepareInto(p, m, &r); err != nil {
 		return b.refusal(p, "publish", m.Topic, err)
 	}
 	if !p.system {
@@ -103,7 +116,7 @@ func (b *Broker) enter(ctx context.Context, p Principal, m *Message, wait waitMo
 		b.meter.in[k].Add(1)
 	}
 	r.trans = b.translation(p, m, &r) // SPEC §11 (translate.go)
-	err = b.dispatch(ctx, p, m, &r, wait, inline, mp)
+	err := b.dispatch(ctx, p, m, &r, wait, inline, mp)
 	if err == nil && r.transRefused != nil && p.Answered {
 		// Reported to nobody (Answered): the caller is told.
 		return &TranslationRefused{Refusal: r.transRefused}
@@ -144,36 +157,52 @@ type prepared struct {
 // prepare checks a publish and decodes it into an op, on the caller's
 // goroutine: the loop never decodes.
 func (b *Broker) prepare(p Principal, m *Message) (prepared, error) {
+	var r prepared
+	err := b.prepareInto(p, m, &r)
+	return r, err
+}
+
+// prepareInto is prepare filling *r, a zero prepared, in the caller's
+// frame (the door's: a 184-byte prepared was built, returned and copied
+// for every publish). On an error *r is not to be used.
+func (b *Broker) prepareInto(p Principal, m *Message, r *prepared) error {
 	if p.original {
-		if r, handled, err := b.prepareOriginal(p, m); handled {
-			return r, err
+		if x, handled, err := b.prepareOriginal(p, m); handled {
+			*r = x
+			return err
 		}
 	}
-	pub, isMote, err := parsePublish(m.Topic, &m.Properties)
+	props := m.properties()
+	pub, isMote, err := parsePublish(m.Topic, props)
 	if err != nil {
-		return prepared{}, err
+		return err
 	}
 	if !p.system {
 		if err := b.opts.Limits.CheckTopic(pub.Topic); err != nil {
-			return prepared{}, err
+			return err
 		}
-		if first, _, _ := strings.Cut(m.Topic, "/"); !isMote && strings.HasPrefix(first, "$") && strings.EqualFold(first, "$share") { // ('$' first: no other rune folds to it)
-			return prepared{}, wire.ErrReservedf("%.200q: a filter starting with $share is a shared subscription, so no topic may", m.Topic)
-		}
-		if !isMote && reserved(m.Topic) {
-			return prepared{}, wire.ErrReservedf("%.200q: topics starting with $SYS, $mote, $hist or a Mote verb are the broker's", m.Topic)
+		// Only a topic starting with '$' may be refused here: asked first,
+		// strings.Cut and the calls were 10 L1 instruction misses of a
+		// plain publish (bench/README.md, branch h-fast).
+		if dollar := len(m.Topic) > 0 && m.Topic[0] == '$'; dollar && !isMote {
+			if first, _, _ := strings.Cut(m.Topic, "/"); strings.EqualFold(first, "$share") { // ('$' first: no other rune folds to it)
+				return wire.ErrReservedf("%.200q: a filter starting with $share is a shared subscription, so no topic may", m.Topic)
+			}
+			if reserved(m.Topic) {
+				return wire.ErrReservedf("%.200q: topics starting with $SYS, $mote, $hist or a Mote verb are the broker's", m.Topic)
+			}
 		}
 	}
 	if !isMote {
 		if err := wire.ValidateTopic(m.Topic); err != nil {
-			return prepared{}, err
+			return err
 		}
 		if !b.access.canWrite(p, m.Topic) {
-			return prepared{}, fmt.Errorf("%w: write to %.200q", tree.ErrDenied, m.Topic)
+			return fmt.Errorf("%w: write to %.200q", tree.ErrDenied, m.Topic)
 		}
 		var msg *message
-		if hasProps(&m.Properties) || m.Properties.MessageExpiryInterval > 0 {
-			mp := &messageProps{props: m.Properties} // one allocation, not two
+		if hasProps(props) || props.MessageExpiryInterval > 0 {
+			mp := &messageProps{props: *props} // one allocation, not two
 			props := &mp.props
 			props.TopicAlias, props.TopicAliasFlag, props.SubscriptionIdentifier = 0, false, nil
 			if exp := props.MessageExpiryInterval; exp > 0 && !m.Retain {
@@ -187,16 +216,18 @@ func (b *Broker) prepare(p Principal, m *Message) (prepared, error) {
 			msg = new(message)
 		}
 		msg.topic, msg.payload, msg.origin, msg.qos, msg.retain = m.Topic, m.Payload, p.origin(), m.QoS, m.Retain
-		return prepared{plain: msg}, nil // its op is made when needed (dispatch)
+		r.plain = msg // its op is made when needed (dispatch)
+		return nil
 	}
 	if !p.system && reserved(pub.Topic) {
-		return prepared{}, wire.ErrReservedf("%.200q: $set and tree publishes cannot reach the broker's topics", m.Topic)
+		return wire.ErrReservedf("%.200q: $set and tree publishes cannot reach the broker's topics", m.Topic)
 	}
 	op, err := b.parser.Op(pub, m.Payload, m.Retain, m.QoS)
 	if err != nil {
-		return prepared{}, err
+		return err
 	}
-	return b.checkOp(p, op)
+	*r, err = b.checkOp(p, op)
+	return err
 }
 
 // checkOp is the ACL check of a tree publish or $set decoded into op.
@@ -262,7 +293,7 @@ func (b *Broker) dispatch(ctx context.Context, p Principal, m *Message, r *prepa
 	// A value: toLoop puts it on the heap only if the publish is queued
 	// (a publish run inline uses the loop's: Broker.loopPub).
 	meta := pubMeta{p: p, topic: m.Topic, rows: r.mote, trans: r.loopTrans}
-	if exp := m.Properties.MessageExpiryInterval; r.mote && !m.Retain && exp > 0 {
+	if exp := m.properties().MessageExpiryInterval; r.mote && !m.Retain && exp > 0 {
 		meta.expiry = time.Now().Unix() + int64(exp) // its rows are events [MQTT-3.3.2-5]
 	}
 	if b.cl == nil { // (a cluster node delivers once its log took the write: not counted)
@@ -411,6 +442,9 @@ func (b *Broker) afterQueued(ctx context.Context, mp *mqttPublisher) {
 // which takes no options, both are (mote-replace=1 on $tree/T was
 // ignored: no replace).
 func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, error) {
+	if len(props.User) == 0 && (len(topic) == 0 || topic[0] != '$') {
+		return wire.Publish{Topic: topic}, false, nil // a plain publish: neither a prefix nor mote=tree
+	}
 	if wire.IsMote(topic) {
 		p, err := wire.ParsePublish(topic)
 		if err != nil {

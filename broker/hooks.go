@@ -665,7 +665,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 	if c == nil {
 		return packets.CodeSuccessIgnore
 	}
-	if o, ok := c.outOf(); ok {
+	if o, ok := c.outOf(); ok && pk.FixedHeader.Qos > 0 && pk.PacketID != 0 { // (publishing does nothing else)
 		// mochi has looked pk's id up: a takeover waits no more for it.
 		if refuse, _ := o.ids.publishing(cl, pk, true); refuse {
 			return packets.ErrRejectPacket // a resend the session's new connection answers
@@ -678,7 +678,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 			}
 		}()
 	}
-	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Properties: pk.Properties}
+	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, props: &pk.Properties}
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		m.pre = nc.takeMessage(pk.TopicName)
 	}
@@ -922,6 +922,11 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 	c.replaced = nil // refuseFiled's, for this SUBSCRIBE only
 }
+
+// ProcessedHeaderOnly tells mochi that OnPacketProcessed reads only a
+// packet's FixedHeader, PacketID and ReasonCode (mochi change 92): mochi
+// keeps those of a PUBLISH as read, not a copy of the whole packet.
+func (h *hook) ProcessedHeaderOnly() {}
 
 // OnPacketProcessed lets the writer go once mochi has written the SUBACK,
 // and removes the will of a connection that left with a normal

@@ -251,9 +251,8 @@ func TestSubIndexChurnBounded(t *testing.T) {
 	if after > before+4<<20 {
 		t.Errorf("heap grew %d KiB over %d subscribe/unsubscribe rounds", (after-before)>>10, n)
 	}
-	v, _ := x.root.kids.Load("churn")
-	node, _ := v.(*snode).kids.Load("a")
-	sn := node.(*snode)
+	v, _ := x.root.child("churn")
+	sn, _ := v.child("a")
 	if len(sn.pos) != standing || sn.subs.Load().len() != standing {
 		t.Errorf("plain: %d positions, %d subscriptions, want %d", len(sn.pos), sn.subs.Load().len(), standing)
 	}

@@ -54,7 +54,16 @@ type subIndex struct {
 // snode is one level of the trie; literal levels, "+" and "#" are
 // children by name.
 type snode struct {
-	kids   sync.Map                           // level → *snode
+	// few holds the literal and wildcard children while there are at
+	// most fewKids of them (nil: none); past that it is manyKids for
+	// the node's life, and kids holds them (level → *snode). A node
+	// with few children holds a small list, not a sync.Map's trie (210
+	// bytes for one child), and a publish finds a child with a scan of
+	// it: two sync.Map loads were 1,000 instructions and 46 L1
+	// instruction misses of a plain message (bench/README.md, branch
+	// h-fast).
+	few    atomic.Pointer[kidSet]
+	kids   sync.Map                           // level → *snode, once few is manyKids
 	hash   atomic.Pointer[snode]              // kids["#"], or nil: walk asks at every level of a topic
 	plus   atomic.Pointer[snode]              // kids["+"], or nil
 	nkids  int                                // children; under mu
@@ -166,14 +175,14 @@ func (x *subIndex) subscribe(client string, sub packets.Subscription) bool {
 	for i := 0; i <= len(path); {
 		var level string
 		level, i = nextTopicLevel(path, i)
-		v, ok := n.kids.Load(level)
+		k, ok := n.child(level)
 		if !ok {
-			v = new(snode)
-			n.kids.Store(strings.Clone(level), v)
-			n.setWild(level, v.(*snode))
+			k = new(snode)
+			n.addChild(strings.Clone(level), k)
+			n.setWild(level, k)
 			n.nkids++
 		}
-		n = v.(*snode)
+		n = k
 	}
 	if !shared {
 		return fileEntry(&n.subs, &n.pos, client, e)
@@ -293,12 +302,12 @@ func (x *subIndex) unsubscribeUnless(filter, client string, kept func() bool) bo
 	for i := 0; i <= len(path); {
 		var level string
 		level, i = nextTopicLevel(path, i)
-		v, ok := n.kids.Load(level)
+		k, ok := n.child(level)
 		if !ok {
 			return false
 		}
 		trail = append(trail, step{n, level})
-		n = v.(*snode)
+		n = k
 	}
 	found := false
 	if !shared {
@@ -320,7 +329,7 @@ func (x *subIndex) unsubscribeUnless(filter, client string, kept func() bool) bo
 	}
 	for j := len(trail) - 1; j >= 0 && n.empty(); j-- { // prune
 		s := trail[j]
-		s.parent.kids.Delete(s.level)
+		s.parent.delChild(s.level)
 		s.parent.setWild(s.level, nil)
 		s.parent.nkids--
 		n = s.parent
@@ -340,9 +349,108 @@ func (n *snode) occupied() bool {
 	if n.subs.Load().len() > 0 || n.shared.Load().len() > 0 {
 		return true
 	}
+	switch s := n.few.Load(); {
+	case s == nil:
+		return false
+	case !s.many:
+		return len(s.kids) > 0
+	}
 	kids := false
 	n.kids.Range(func(_, _ any) bool { kids = true; return false })
 	return kids
+}
+
+// fewKids is how many children a node lists in few before its kids map
+// holds them.
+const fewKids = 4
+
+// kidSet is a node's children while they are few (snode.few): never
+// changed once stored; a writer stores a new one.
+type kidSet struct {
+	many bool // manyKids: the node's kids map holds its children
+	kids []kidEntry
+}
+
+// kidEntry is a child and its level.
+type kidEntry struct {
+	level string
+	n     *snode
+}
+
+// manyKids is the few of a node whose children are in its kids map.
+// Never changed.
+var manyKids = &kidSet{many: true}
+
+// child is n's child named level, and whether it has one. Readers (a
+// publish's walk) and writers (under mu) alike.
+func (n *snode) child(level string) (*snode, bool) {
+	s := n.few.Load()
+	if s == nil {
+		return nil, false
+	}
+	if !s.many {
+		for i := range s.kids {
+			if s.kids[i].level == level {
+				return s.kids[i].n, true
+			}
+		}
+		return nil, false
+	}
+	v, ok := n.kids.Load(level)
+	if !ok {
+		return nil, false
+	}
+	return v.(*snode), true
+}
+
+// addChild makes k n's child named level, which n has not; under mu. A
+// child past fewKids moves them all to the kids map first, then sends
+// readers there (manyKids): a reader that loaded the list before finds
+// what it held, as it would have a moment before.
+func (n *snode) addChild(level string, k *snode) {
+	s := n.few.Load()
+	switch {
+	case s != nil && s.many:
+		n.kids.Store(level, k)
+	case s == nil || len(s.kids) < fewKids:
+		var kids []kidEntry
+		if s != nil {
+			kids = make([]kidEntry, len(s.kids), len(s.kids)+1)
+			copy(kids, s.kids)
+		}
+		n.few.Store(&kidSet{kids: append(kids, kidEntry{level, k})})
+	default:
+		for _, e := range s.kids {
+			n.kids.Store(e.level, e.n)
+		}
+		n.kids.Store(level, k)
+		n.few.Store(manyKids)
+	}
+}
+
+// delChild removes n's child named level; under mu. A node whose
+// children went to its kids map keeps them there: one that went back to
+// a list would have to empty the map, and a reader sent there before
+// would miss children that never left.
+func (n *snode) delChild(level string) {
+	s := n.few.Load()
+	switch {
+	case s == nil:
+	case s.many:
+		n.kids.Delete(level)
+	default:
+		kids := make([]kidEntry, 0, len(s.kids))
+		for _, e := range s.kids {
+			if e.level != level {
+				kids = append(kids, e)
+			}
+		}
+		if len(kids) == 0 {
+			n.few.Store(nil)
+		} else {
+			n.few.Store(&kidSet{kids: kids})
+		}
+	}
 }
 
 // kid is n's child named level, or nil.
@@ -353,10 +461,8 @@ func (n *snode) kid(level string) *snode {
 	case "+":
 		return n.plus.Load()
 	}
-	if v, ok := n.kids.Load(level); ok {
-		return v.(*snode)
-	}
-	return nil
+	k, _ := n.child(level)
+	return k
 }
 
 // setWild keeps n's "#" and "+" children (hash, plus) with kids: k is

@@ -492,7 +492,7 @@ func (x *subIndex) dump() map[string]string {
 				out[e.filter] += fmt.Sprintf(" %s(id %d)", e.client, e.id)
 			}
 		}
-		n.kids.Range(func(_, v any) bool { walk(v.(*snode)); return true })
+		n.eachKid(func(_ string, k *snode) { walk(k) })
 	}
 	walk(&x.root)
 	return out
@@ -800,7 +800,7 @@ func TestSubIndexWildConcurrent(t *testing.T) {
 		if n.hash.Load() != n.kid2("#") || n.plus.Load() != n.kid2("+") {
 			t.Errorf("%q: hash %p plus %p, kids' # %p + %p", path, n.hash.Load(), n.plus.Load(), n.kid2("#"), n.kid2("+"))
 		}
-		n.kids.Range(func(k, v any) bool { check(path+"/"+k.(string), v.(*snode)); return true })
+		n.eachKid(func(level string, k *snode) { check(path+"/"+level, k) })
 	}
 	check("", &x.root)
 	if x.root.nkids != 0 {
@@ -808,12 +808,11 @@ func TestSubIndexWildConcurrent(t *testing.T) {
 	}
 }
 
-// kid2 is n's child named level as kids holds it (not hash or plus).
+// kid2 is n's child named level as its list or map holds it (not hash
+// or plus).
 func (n *snode) kid2(level string) *snode {
-	if v, ok := n.kids.Load(level); ok {
-		return v.(*snode)
-	}
-	return nil
+	k, _ := n.child(level)
+	return k
 }
 
 // TestSubIndexPositionsFew: a filter's list (plain, and a shared group's)
@@ -878,15 +877,14 @@ func TestSubIndexPositionsFew(t *testing.T) {
 					t.Errorf("%s: positions %v for %d entries, want a map: %v", what, pos, l.len(), tt.withMap)
 				}
 			}
-			v, ok := x.root.kids.Load("few")
+			v, ok := x.root.child("few")
 			if !ok {
 				if len(want) != 0 {
 					t.Fatal("no node for few")
 				}
 				return
 			}
-			v, _ = v.(*snode).kids.Load("a")
-			n := v.(*snode)
+			n, _ := v.child("a")
 			check("plain", n.subs.Load(), n.pos)
 			if groups := n.shared.Load(); groups.len() == 1 {
 				g := *groups.at(0)
@@ -896,4 +894,16 @@ func TestSubIndexPositionsFew(t *testing.T) {
 			}
 		})
 	}
+}
+
+// eachKid calls f with each of n's children and its level, from its list
+// or its map.
+func (n *snode) eachKid(f func(string, *snode)) {
+	if s := n.few.Load(); s != nil && !s.many {
+		for _, e := range s.kids {
+			f(e.level, e.n)
+		}
+		return
+	}
+	n.kids.Range(func(k, v any) bool { f(k.(string), v.(*snode)); return true })
 }

@@ -264,6 +264,9 @@ func (c *conn) write(m item) error {
 	}
 	switch m := m.(type) {
 	case *plainItem:
+		if o, ok := c.out.(*mqttOut); ok && m.qos == 0 && o.sendPlain0(c, m) {
+			return nil
+		}
 		var pk packets.Packet
 		m.packet(&pk)
 		return c.send(&pk, outPlain)

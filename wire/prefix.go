@@ -378,6 +378,22 @@ func validateString(s string) error {
 		return fmt.Errorf("%w: empty", ErrFilter) // [MQTT-4.7.3-1]
 	case len(s) > MaxTopicLen:
 		return fmt.Errorf("%w: %d bytes, more than %d", ErrFilter, len(s), MaxTopicLen)
+	}
+	// ASCII without NUL, as topics mostly are, in one pass over the bytes
+	// (two calls, utf8.ValidString and strings.IndexByte, cost a plain
+	// publish more than the check: bench/README.md, branch h-fast).
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == 0 || c >= utf8.RuneSelf {
+			return validRest(s[i:])
+		}
+	}
+	return nil
+}
+
+// validRest is validateString's check of UTF-8 and NUL from the first
+// byte that is not ASCII or is NUL.
+func validRest(s string) error {
+	switch {
 	case !utf8.ValidString(s):
 		return fmt.Errorf("%w: not valid UTF-8", ErrFilter) // [MQTT-1.5.3-1]
 	case strings.IndexByte(s, 0) >= 0:

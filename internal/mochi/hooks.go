@@ -145,7 +145,27 @@ type Hooks struct {
 
 // providers marks, bit b of each set, the methods (byte b) that at least
 // one hook (any) and at least two hooks (many) provide (mote change 86).
-type providers struct{ any, many [4]uint64 }
+//
+// mote change 91: sole is, for each method one hook alone provides, that
+// hook, so the chains on the publish path call it without asking every
+// hook's Provides (GetAll, an interface call a hook); nil for a method no
+// hook or several provide. change 92: readAll is whether some hook
+// providing OnPacketProcessed does not declare (ProcessedHeaderOnly) that
+// it reads only what processPacket keeps of the packet as read.
+type providers struct {
+	any, many [4]uint64
+	sole      [256]Hook
+	readAll   bool
+}
+
+// mote: ProcessedHeaderOnly is a hook whose OnPacketProcessed reads only
+// a packet's FixedHeader, PacketID and ReasonCode (change 92). With no
+// other hook providing OnPacketProcessed, processPacket keeps those of a
+// PUBLISH as read, not a copy of the whole 816-byte packet
+// (ProcessedPacketFull).
+type ProcessedHeaderOnly interface {
+	ProcessedHeaderOnly()
+}
 
 // countProviders is the providers of hooks (mote change 86).
 func countProviders(hooks []Hook) *providers {
@@ -163,8 +183,41 @@ func countProviders(hooks []Hook) *providers {
 		if n > 1 {
 			p.many[b/64] |= 1 << (b % 64)
 		}
+		if n == 1 {
+			for _, hook := range hooks {
+				if hook.Provides(byte(b)) {
+					p.sole[b] = hook
+				}
+			}
+		}
+	}
+	for _, hook := range hooks {
+		if _, ok := hook.(ProcessedHeaderOnly); hook.Provides(OnPacketProcessed) && !ok {
+			p.readAll = true
+		}
 	}
 	return p
+}
+
+// one is the hook that alone provides method b, and whether one does;
+// ok false: none or several do, the chain asks each (mote change 91).
+func (h *Hooks) one(b byte) (hook Hook, none bool) {
+	p := h.prov.Load()
+	if p == nil {
+		return nil, len(h.GetAll()) == 0
+	}
+	if p.any[b/64]&(1<<(b%64)) == 0 {
+		return nil, true
+	}
+	return p.sole[b], false
+}
+
+// mote: ProcessedPacketFull reports whether processPacket must keep a
+// whole PUBLISH as read for OnPacketProcessed (change 92): some hook
+// providing it is not ProcessedHeaderOnly.
+func (h *Hooks) ProcessedPacketFull() bool {
+	p := h.prov.Load()
+	return p == nil || p.readAll
 }
 
 // provided reports whether any hook provides method b (mote change 86).
@@ -315,6 +368,16 @@ func (h *Hooks) OnDisconnect(cl *Client, err error, expire bool) {
 // leaves *pk as it found it); ErrRejectPacket ends the chain, and *pk is
 // then as it came, what the hooks before it changed undone (original).
 func (h *Hooks) OnPacketRead(cl *Client, pk *packets.Packet) error {
+	if one, none := h.one(OnPacketRead); none { // mote change 91
+		return nil
+	} else if one != nil {
+		err := one.OnPacketRead(cl, pk)
+		if err != nil && errors.Is(err, packets.ErrRejectPacket) {
+			h.Log.Debug("packet rejected", "hook", one.ID(), LogPacket(pk)) // mote change 68
+			return err
+		}
+		return nil
+	}
 	orig := h.original(OnPacketRead, pk)
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnPacketRead) {
@@ -386,6 +449,12 @@ func (h *Hooks) OnPacketEncode(cl *Client, pk packets.Packet) packets.Packet {
 // OnPacketProcessed is called when a packet has been received and successfully handled by the broker.
 // mote: pk by pointer (change 25).
 func (h *Hooks) OnPacketProcessed(cl *Client, pk *packets.Packet, err error) {
+	if one, none := h.one(OnPacketProcessed); none { // mote change 91
+		return
+	} else if one != nil {
+		one.OnPacketProcessed(cl, pk, err)
+		return
+	}
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnPacketProcessed) {
 			hook.OnPacketProcessed(cl, pk, err)
@@ -467,27 +536,23 @@ func (h *Hooks) OnUnsubscribed(cl *Client, pk packets.Packet) {
 // the chain, and *pk is then as it came, what the hooks before it changed
 // undone (original), as upstream returned the packet it was given.
 func (h *Hooks) OnPublish(cl *Client, pk *packets.Packet) error {
+	one, none := h.one(OnPublish) // mote change 91
+	if none {
+		return nil
+	}
+	if one != nil {
+		if err := one.OnPublish(cl, pk); err != nil {
+			h.publishRefused(one, pk, err)
+			return err
+		}
+		return nil
+	}
 	orig := h.original(OnPublish, pk)
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnPublish) {
 			err := hook.OnPublish(cl, pk)
 			if err != nil {
-				// mote: the Debug line's attributes are made only when it
-				// is written: each refused publish built and dropped them,
-				// 10% of the broker's CPU under a flood of them (change 73)
-				if errors.Is(err, packets.ErrRejectPacket) {
-					if h.Log.Enabled(context.Background(), slog.LevelDebug) {
-						h.Log.Debug("publish packet rejected",
-							"error", err,
-							"hook", hook.ID(),
-							LogPacket(pk)) // mote change 68
-					}
-				} else if !errors.Is(err, packets.CodeSuccessIgnore) {
-					h.Log.Error("publish packet error",
-						"error", err,
-						"hook", hook.ID(),
-						LogPacket(pk)) // mote change 68
-				}
+				h.publishRefused(hook, pk, err)
 				orig.restore(pk)
 				return err
 			}
@@ -495,6 +560,26 @@ func (h *Hooks) OnPublish(cl *Client, pk *packets.Packet) error {
 	}
 
 	return nil
+}
+
+// mote: publishRefused logs a publish hook's error: the Debug line's
+// attributes are made only when it is written: each refused publish
+// built and dropped them, 10% of the broker's CPU under a flood of them
+// (change 73).
+func (h *Hooks) publishRefused(hook Hook, pk *packets.Packet, err error) {
+	if errors.Is(err, packets.ErrRejectPacket) {
+		if h.Log.Enabled(context.Background(), slog.LevelDebug) {
+			h.Log.Debug("publish packet rejected",
+				"error", err,
+				"hook", hook.ID(),
+				LogPacket(pk)) // mote change 68
+		}
+	} else if !errors.Is(err, packets.CodeSuccessIgnore) {
+		h.Log.Error("publish packet error",
+			"error", err,
+			"hook", hook.ID(),
+			LogPacket(pk)) // mote change 68
+	}
 }
 
 // OnPublished is called when a client has published a message to subscribers.
@@ -751,6 +836,11 @@ func (h *Hooks) OnConnectAuthenticate(cl *Client, pk packets.Packet) bool {
 // (see hooks/auth/allow_all or basic). It can be used in custom hooks to
 // check publishing and subscribing users against an existing permissions or roles database.
 func (h *Hooks) OnACLCheck(cl *Client, topic string, write bool) bool {
+	if one, none := h.one(OnACLCheck); none { // mote change 91
+		return false
+	} else if one != nil {
+		return one.OnACLCheck(cl, topic, write)
+	}
 	for _, hook := range h.GetAll() {
 		if hook.Provides(OnACLCheck) {
 			if ok := hook.OnACLCheck(cl, topic, write); ok {

@@ -1142,9 +1142,18 @@ func (s *Server) processPacket(cl *Client, pk *packets.Packet) error {
 		// alias, QoS, and what the OnPublish hooks change); upstream's
 		// had a copy, and OnPacketProcessed below saw the packet as read.
 		// So it still does: one copy here, on the stack, and back.
-		read := *pk
-		err = s.processPublish(cl, pk)
-		*pk = read
+		// mote change 92: unless every hook providing OnPacketProcessed
+		// reads only the packet's FixedHeader, PacketID and ReasonCode
+		// (ProcessedHeaderOnly: Mote's), which are kept alone.
+		if s.hooks.ProcessedPacketFull() {
+			read := *pk
+			err = s.processPublish(cl, pk)
+			*pk = read
+		} else {
+			fh, id, rc := pk.FixedHeader, pk.PacketID, pk.ReasonCode
+			err = s.processPublish(cl, pk)
+			pk.FixedHeader, pk.PacketID, pk.ReasonCode = fh, id, rc
+		}
 	case packets.Puback:
 		err = s.processPuback(cl, *pk)
 	case packets.Pubrec:
