@@ -85,3 +85,66 @@ func TestScanClientsDropsABurst(t *testing.T) {
 		t.Errorf("cap %d kept for %d clients", cap(all), s.Clients.Len())
 	}
 }
+
+// mote: TestScanClientsRacesRemoval (review h-rv4): a scan works on the
+// clients as AppendAll took them. A session expired in that list whose
+// id a new client took meanwhile is not removed (the new client stays
+// filed); clients added and removed by other goroutines during scans
+// race with nothing (-race), and the scans' slice holds none after.
+func TestScanClientsRacesRemoval(t *testing.T) {
+	s := New(nil)
+	s.Options.Capabilities.MaximumSessionExpiryInterval = 5
+	n := time.Now().Unix()
+	old, _, _ := newTestClient()
+	old.ID = "x"
+	old.State.disconnected = n - 10
+	old.State.cancelOpen()
+	s.Clients.Add(old)
+	fresh, _, _ := newTestClient()
+	fresh.ID = "x"
+	all := s.scanClients(nil, n, func(all []*Client, now int64) {
+		s.Clients.Add(fresh) // the id taken over between AppendAll and the scan
+		s.expireClientsOf(all, now)
+	})
+	if cur, ok := s.Clients.Get("x"); !ok || cur != fresh {
+		t.Fatalf("the client that took the id over is gone (filed %v)", ok)
+	}
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cl, _, _ := newTestClient()
+			cl.ID = fmt.Sprint("r", i%50)
+			cl.ops.info = s.Info
+			if i%3 == 0 {
+				cl.State.disconnected = n - 10
+				cl.State.cancelOpen()
+			}
+			s.Clients.Add(cl)
+			if i%2 == 0 {
+				s.Clients.Delete(fmt.Sprint("r", (i+25)%50))
+			}
+		}
+	}()
+	for range 300 {
+		all = s.scanClients(all, n, s.expireClientsOf)
+		all = s.scanClients(all, n, s.clearExpiredInflightsOf)
+	}
+	close(stop)
+	<-done
+	for i, c := range all[:cap(all)] {
+		if c != nil {
+			t.Fatalf("the scan's slice still holds client %d (%s)", i, c.ID)
+		}
+	}
+	if cur, ok := s.Clients.Get("x"); !ok || cur != fresh {
+		t.Fatal("the client that took the id over is gone after the scans")
+	}
+}
