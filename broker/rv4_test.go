@@ -22,7 +22,7 @@ type rv4Raw struct {
 // rv4RawDial connects client id at MQTT version v with CONNECT
 // properties props, subscribes to filter at QoS 0 (opts: its option
 // byte's RAP and the rest) and then reads every packet raw.
-func rv4RawDial(t *testing.T, b *Broker, v byte, id string, props packets.Properties, filter string, rap bool) *rv4Raw {
+func rv4RawDial(t *testing.T, b *Broker, v byte, id string, props packets.Properties, filter string, rap bool, subID int) *rv4Raw {
 	t.Helper()
 	nc := hxDial(t, b.TCPAddr())
 	con := packets.Packet{
@@ -40,6 +40,9 @@ func rv4RawDial(t *testing.T, b *Broker, v byte, id string, props packets.Proper
 		ProtocolVersion: v,
 		PacketID:        3,
 		Filters:         packets.Subscriptions{{Filter: filter, RetainAsPublished: rap}},
+	}
+	if subID > 0 {
+		sub.Properties.SubscriptionIdentifier = []int{subID}
 	}
 	if err := sub.SubscribeEncode(&buf); err != nil {
 		t.Fatal(err)
@@ -111,6 +114,7 @@ func TestRV4PlainQoS0Wire(t *testing.T) {
 		v     byte
 		props packets.Properties
 		rap   bool
+		subID int
 		p     *rv4Raw
 	}
 	const maxSize = 200
@@ -119,19 +123,28 @@ func TestRV4PlainQoS0Wire(t *testing.T) {
 		{name: "5", v: 5},
 		{name: "5 rap", v: 5, rap: true},
 		{name: "5 max", v: 5, props: packets.Properties{MaximumPacketSize: maxSize}},
+		{name: "5 subid", v: 5, subID: 7},
 	}
 	for i, s := range subs {
-		s.p = rv4RawDial(t, b, s.v, fmt.Sprintf("rv4s%d", i), s.props, "rb/#", s.rap)
+		s.p = rv4RawDial(t, b, s.v, fmt.Sprintf("rv4s%d", i), s.props, "rb/#", s.rap, s.subID)
 	}
 	type msg struct {
 		topic   string
 		payload []byte
 		retain  bool
+		qos     byte
+		props   packets.Properties
 	}
 	var msgs []msg
 	add := func(topic string, n int, retain bool) {
-		msgs = append(msgs, msg{topic, bytes.Repeat([]byte{byte('a' + len(msgs)%26)}, n), retain})
+		msgs = append(msgs, msg{topic: topic, payload: bytes.Repeat([]byte{byte('a' + len(msgs)%26)}, n), retain: retain})
 	}
+	// QoS 1 published, QoS 0 subscribed: downgraded; with properties.
+	add("rb/q1", 9, false)
+	msgs[len(msgs)-1].qos = 1
+	add("rb/props", 12, true)
+	msgs[len(msgs)-1].props = packets.Properties{User: []packets.UserProperty{{Key: "k", Val: "v"}}, ContentType: "text/plain",
+		ResponseTopic: "rb/resp", CorrelationData: []byte("cd"), PayloadFormat: 1, PayloadFormatFlag: true}
 	add("rb/a", 0, false)
 	add("rb/é/ü/日本", 1, false)
 	add("rb/r", 5, true)
@@ -151,7 +164,14 @@ func TestRV4PlainQoS0Wire(t *testing.T) {
 	add("rb/m", maxSize-9, false)
 	add("rb/" + strings.Repeat("L", 3000), 10, true)
 	for _, m := range msgs {
-		w.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: m.retain}, TopicName: m.topic, Payload: m.payload})
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: m.retain, Qos: m.qos}, TopicName: m.topic, Payload: m.payload, Properties: m.props}
+		if m.qos > 0 {
+			if rc := w.pub(t, pk); rc != 0 {
+				t.Fatalf("publish %s: %#x", m.topic, rc)
+			}
+			continue
+		}
+		w.write(t, pk)
 	}
 	for _, s := range subs {
 		for i, m := range msgs {
@@ -160,6 +180,10 @@ func TestRV4PlainQoS0Wire(t *testing.T) {
 				TopicName:       m.topic,
 				Payload:         m.payload,
 				ProtocolVersion: s.v,
+				Properties:      m.props,
+			}
+			if s.subID > 0 {
+				pk.Properties.SubscriptionIdentifier = []int{s.subID}
 			}
 			pk.Mods.AllowResponseInfo = true
 			var want bytes.Buffer
@@ -263,4 +287,52 @@ func TestRV4LentPropsKept(t *testing.T) {
 	if string(pk.Payload) != "zero" || !pk.FixedHeader.Retain || !same(pk.Properties, props(0)) || pk.Properties.TopicAlias != 0 {
 		t.Fatalf("the retained message: %q retain %v props %+v, want zero with %+v", pk.Payload, pk.FixedHeader.Retain, pk.Properties, props(0))
 	}
+}
+
+// TestRV4SubIndexFewKidsConcurrent (review h-rv4): publishes walking the
+// trie while other subscriptions come and go beside theirs, across the
+// edge where a node's children move from its few list to its kids map
+// (and a level pruned and made again, its list rebuilt each time), never
+// miss a subscription that stayed filed.
+func TestRV4SubIndexFewKidsConcurrent(t *testing.T) {
+	var x subIndex
+	const perm = "c/k0/x"
+	x.subscribe("perm", packets.Subscription{Filter: perm})
+	x.subscribe("perm2", packets.Subscription{Filter: "d/+/y"})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for round := 0; ; round++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// Siblings of k0 under c (crossing fewKids), and a whole
+			// subtree under d made and pruned, beside d/+.
+			for i := 1; i <= 2*fewKids; i++ {
+				x.subscribe("w", packets.Subscription{Filter: fmt.Sprintf("c/k%d/x", i)})
+				x.subscribe("w", packets.Subscription{Filter: fmt.Sprintf("d/k%d/y", i)})
+			}
+			for i := 1; i <= 2*fewKids; i++ {
+				x.unsubscribe(fmt.Sprintf("c/k%d/x", i), "w")
+				x.unsubscribe(fmt.Sprintf("d/k%d/y", i), "w")
+			}
+		}
+	}()
+	for i := 0; i < 20000; i++ {
+		if got := matchText(&x, perm, ""); len(got) != 1 {
+			close(stop)
+			<-done
+			t.Fatalf("publish %d: %s matched %v, want perm alone", i, perm, got)
+		}
+		if got := matchText(&x, "d/k1/y", ""); len(got) < 1 {
+			close(stop)
+			<-done
+			t.Fatalf("publish %d: d/k1/y matched %v, want perm2 (d/+/y) at least", i, got)
+		}
+	}
+	close(stop)
+	<-done
 }
