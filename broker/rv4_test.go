@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/mote-mqtt/mote/internal/mochi/packets"
+	"github.com/mote-mqtt/mote/tree"
+	"github.com/mote-mqtt/mote/wire"
 )
 
 // rv4Raw is a subscriber read byte for byte: each packet as it came off
@@ -335,4 +337,76 @@ func TestRV4SubIndexFewKidsConcurrent(t *testing.T) {
 	}
 	close(stop)
 	<-done
+}
+
+// TestRV4SizeBoundAfterRestart (review h-rv4): rows loaded from the
+// retainer at boot are counted as rows put live are (tgrow at node
+// creation, grow at put for values up to 64 bytes): each row's size in
+// the estimate walk is exactly tree.SizeBound's, and bounds what it
+// takes in a snapshot, for hostile levels (control characters, quotes,
+// backslashes, invalid UTF-8 bytes are not MQTT: runes), values just at
+// and past 64 bytes, rows deleted and put again before the restart.
+func TestRV4SizeBoundAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	b := startOn(t, dir, Options{})
+	w := x5Writer(t, b, "rv4sb")
+	levels := []string{"a", "\x01", `"`, `\`, "é", "\x7f", "\u2028", strings.Repeat("\x1f", 200), ""}
+	values := []string{"", "1.5", strings.Repeat(`"`, 63), strings.Repeat("\x01", 64), strings.Repeat(`\`, 65),
+		`{"a":[1.5,"` + strings.Repeat("\x02", 40) + `"]}`, strings.Repeat("9", 64), "[" + strings.Repeat("0.1,", 15) + "0.1]"}
+	var topics []string
+	kept := 0 // rows left: an empty value deletes
+	for i, l1 := range levels {
+		for j, l2 := range levels {
+			topics = append(topics, "sb/"+l1+"/"+l2+fmt.Sprint(i*len(levels)+j))
+		}
+	}
+	for i, topic := range topics {
+		v := values[i%len(values)]
+		if i%5 == 0 { // deleted and put again
+			w.row(t, topic, "gone")
+			w.row(t, topic, "")
+		}
+		w.row(t, topic, v)
+		if v != "" {
+			kept++
+		}
+	}
+	settle(t, b)
+	before := string(b.snapshot("sb/#"))
+	b.Close()
+
+	b2 := startOn(t, dir, Options{})
+	if after := string(b2.snapshot("sb/#")); !jsonEqual(t, after, before) { // (keys in the order the rows were loaded)
+		t.Fatalf("the snapshot after the restart differs:\n%.300s\nbefore\n%.300s", after, before)
+	}
+	var bad []string
+	rows := 0
+	ok := b2.onLoop(testCtx(t).Done(), func() {
+		b2.tree.Store().MatchSizes("sb/#", func(topic string, v wire.Value, size int64) bool {
+			rows++
+			if want := tree.SizeBound(topic, v); size != want {
+				bad = append(bad, fmt.Sprintf("%.40q: size %d, SizeBound %d", topic, size, want))
+			}
+			return true
+		})
+	})
+	if !ok {
+		t.Fatal("the loop did not run the walk")
+	}
+	if rows != kept {
+		t.Errorf("%d rows after the restart, want %d", rows, kept)
+	}
+	for _, s := range bad {
+		t.Error(s)
+	}
+	for _, topic := range topics[:20] {
+		snap := b2.snapshot(topic)
+		var bound int64
+		b2.onLoop(testCtx(t).Done(), func() {
+			b2.tree.Store().MatchSizes(topic, func(_ string, _ wire.Value, size int64) bool { bound += size; return true })
+		})
+		if int64(len(snap)) > bound+tree.SnapshotFraming {
+			t.Errorf("%.40q: snapshot %d bytes, bound %d", topic, len(snap), bound+tree.SnapshotFraming)
+		}
+	}
 }
