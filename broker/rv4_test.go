@@ -105,11 +105,11 @@ func rv4ReadRaw(r *bufio.Reader) ([]byte, error) {
 // writer, or send), is byte for byte what mochi's PublishEncode writes
 // for it: MQTT 3.1.1 and 5, an empty payload, UTF-8 topics, Remaining
 // Lengths at each Variable Byte Integer edge, payloads around flushAt
-// in a burst that crosses it, retained with and without Retain As
+// in a burst that crosses it, the longest topics (32,747 bytes: Options.MaxTopicLen at most), retained with and without Retain As
 // Published, and an MQTT 5 client's Maximum Packet Size at its edge (a
 // PUBLISH of exactly that size is sent, one byte more is not).
 func TestRV4PlainQoS0Wire(t *testing.T) {
-	b := start(t, Options{})
+	b := start(t, Options{MaxTopicLen: 32747})
 	w := x5Writer(t, b, "rv4w")
 	type sub struct {
 		name  string
@@ -151,7 +151,8 @@ func TestRV4PlainQoS0Wire(t *testing.T) {
 	add("rb/é/ü/日本", 1, false)
 	add("rb/r", 5, true)
 	add("rb/r", 0, true) // clears it (still delivered live, empty)
-	for _, n := range []int{116, 117, 118, 119, 120, 121} { // Remaining Length 127/128 for either version
+	// Remaining Length 127/128 for either version.
+	for _, n := range []int{116, 117, 118, 119, 120, 121} {
 		add("rb/edge", n, false)
 	}
 	for _, n := range []int{16366, 16367, 16368, 16369, 16370} { // 16383/16384
@@ -164,7 +165,9 @@ func TestRV4PlainQoS0Wire(t *testing.T) {
 	// of p payload bytes (Remaining Length 7+p, two bytes of it) is 10+p.
 	add("rb/m", maxSize-10, false)
 	add("rb/m", maxSize-9, false)
-	add("rb/" + strings.Repeat("L", 3000), 10, true)
+	add("rb/"+strings.Repeat("L", 3000), 10, true)
+	add("rb/"+strings.Repeat("M", 32747-3), 1, false) // the longest topic the broker takes
+	add("rb/"+strings.Repeat("M", 32747-3), flushAt-100, true)
 	for _, m := range msgs {
 		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: m.retain, Qos: m.qos}, TopicName: m.topic, Payload: m.payload, Properties: m.props}
 		if m.qos > 0 {
