@@ -530,7 +530,9 @@
 //     that is not blocked on subscribers (busyLocked, bounded: a packet
 //     holding it past relWait, 500 ms, has the old connection's writes
 //     cut, so a refusal's ack behind a client that stopped reading holds
-//     the CONNACK no longer; a hook holds it up to lateWait, 5 s), a QoS 2
+//     the CONNACK no longer; a hook holds it up to lateWait, 5 s; woken,
+//     it asks again, as a displacing QoS 2 PUBLISH that left OnPublish
+//     meanwhile is busy again with its PUBREC in the map), a QoS 2
 //     PUBLISH blocked in OnPublish is handed on (lateRec) and sets its
 //     PUBREC once the map moved, and a resend whose PUBREC moved with
 //     the session is refused there (idSpaces.publishing).

@@ -340,3 +340,77 @@ func TestSurrenderBoundsOnlyItsWrite(t *testing.T) {
 		})
 	}
 }
+
+// TestSurrenderWaitsAgainForPubrec: a takeover waiting for a QoS 2
+// PUBLISH that displaced a delivery (waitBusyLocked) is woken as mochi
+// hands the publish to OnPublish (publishing: the id looked up, not
+// busy); if OnPublish returns and mochi sets the PUBREC under the
+// delivery's id before the woken surrender has the lock again, the
+// publish is busy again (its PUBREC in the map, the delivery out of it)
+// and the surrender must wait for it to be settled. It went on: it put the
+// displaced delivery back over the PUBREC (lost: the old reader's lateRec
+// found none, the client's resend on the new connection was delivered a
+// second time, and the PUBREC stayed counted in Info.Inflight) —
+// TestQoS2ReconnectStorm's "delivered 2 times" with $SYS in-flight 1,
+// about 1 run in 50 under -race. The reader's steps are made under the
+// lock in one go, so the surrender sees them all as one (deterministic).
+func TestSurrenderWaitsAgainForPubrec(t *testing.T) {
+	cl, s := stormIDs(5)
+	delivery := *pkOf(packets.Publish, 2, 6)
+	cl.State.Inflight.Set(delivery) // a delivery under 6
+	pub := pkOf(packets.Publish, 2, 6)
+	if s.begin(cl, pub) {
+		t.Fatal("refused")
+	}
+	done := make(chan struct{})
+	var left map[uint16]packets.Packet
+	var late []*lateRec
+	go func() {
+		defer close(done)
+		left, late = s.surrender(cl, false)
+	}()
+	waitFor(t, "the surrender to wait", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.settled != nil
+	})
+	s.mu.Lock()
+	ch := s.settled
+	s.publishingLocked(cl, pub, true) // OnPublish begins: wakes the surrender
+	s.publishingLocked(cl, pub, false)
+	cl.State.Inflight.Set(*pkOf(packets.Pubrec, 0, 6)) // mochi's, once OnPublish returned
+	s.mu.Unlock()
+	select {
+	case <-ch:
+	default:
+		t.Fatal("OnPublish did not wake the surrender")
+	}
+	returned := false
+	waitFor(t, "the surrender to wait again or return", func() bool {
+		select {
+		case <-done:
+			returned = true
+			return true
+		default:
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.settled != nil
+	})
+	s.end(cl, pub)
+	<-done
+	if returned {
+		t.Error("the surrender went on while the PUBLISH it waited for was busy again (its PUBREC set)")
+	}
+	if got, ok := cl.State.Inflight.Get(6); !ok || got.FixedHeader.Type != packets.Publish {
+		t.Errorf("map for the move holds %v (%v) under 6, want the delivery", got, ok)
+	}
+	if rec, ok := left[6]; !ok || rec.FixedHeader.Type != packets.Pubrec {
+		t.Errorf("kept apart for the session %v, want the PUBREC of 6 (late %d)", left, len(late))
+	}
+	for _, l := range late {
+		if l.id == 6 {
+			t.Errorf("the publish of 6 handed on as late: its PUBREC, set before, is not the old reader's to hand on")
+		}
+	}
+}

@@ -65,6 +65,16 @@ import (
 // (TestResentQoS2AtTakeoverOnce): 80 -race runs of each case passed
 // (320 of 320), about 2 s a run of the four. Each wait is bounded
 // (testTimeout, the settling 10 s).
+//
+// h-q2: still 3 of 150 -race runs on c2bc329 (close/v5, mixed/v4,
+// close/v4), each a message of the client's delivered twice with $SYS
+// in-flight 1; traced on 4bd7298, 5 of 84 runs, all 7 duplicates one
+// cause: a takeover waiting for a displacing QoS 2 PUBLISH was woken at
+// OnPublish, the publish left OnPublish and mochi set its PUBREC before
+// the takeover ran again, and the takeover put the displaced delivery
+// back over the PUBREC (lost). Fixed in idSpaces.waitBusyLocked (it asks
+// again once woken; TestSurrenderWaitsAgainForPubrec). After: traced
+// 0 of 200 runs; plain builds alternated, main 4 of 260, this 0 of 260.
 func TestQoS2ReconnectStorm(t *testing.T) {
 	for _, tc := range []qos2Storm{
 		{name: "mixed/v5", v: 5, modes: 4}, {name: "mixed/v4", v: 4, modes: 4},
