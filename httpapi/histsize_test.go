@@ -1,0 +1,137 @@
+package httpapi
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/mote-mqtt/mote/broker"
+	"github.com/mote-mqtt/mote/retain"
+)
+
+// hostileHistories are rows whose past values an encoder grows most
+// (R3-hist, docs/redteam-rt.md), each ending with a short current value:
+// an estimate from the current value (× 4/3) is many times short.
+var hostileHistories = map[string][]string{
+	"h/ctrl":   {strings.Repeat("\x01", 3000), strings.Repeat("\x1f", 3000), "x"},
+	"h/quote":  {strings.Repeat(`"`, 3000), strings.Repeat(`\`, 3000), "x"},
+	"h/bytes":  {strings.Repeat("\xff", 3000), strings.Repeat("\xfe\x00", 1500), "x"},
+	"h/floats": {"[" + strings.Repeat("0.1,", 1000) + "0.1]", "[" + strings.Repeat("1e9,", 1000) + "1]", "1"},
+	"h/gone":   {strings.Repeat("\x02", 3000), ""}, // deleted: no current row
+	"h/" + strings.Repeat("\x01", 200) + "/" + strings.Repeat(`"`, 200): {"a", "b", "c"},
+}
+
+// historyGETs checks that every history answer of filters, in every
+// codec, is at most AnswerSize's estimate for it.
+func historyGETs(t *testing.T, e *env, filters []string) {
+	t.Helper()
+	for _, filter := range filters {
+		for _, limit := range []int{0, 1, 2} {
+			est, err := e.b.AnswerSize(testCtx(t), admin, filter, &broker.SubscribeOptions{Limit: limit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, accept := range []string{"application/json", "application/cbor", "application/msgpack"} {
+				path := "/api/tree/" + escapeFilter(filter) + "?history=1"
+				if limit > 0 {
+					path += fmt.Sprintf("&limit=%d", limit)
+				}
+				resp, body := e.do(t, "GET", path, nil, "Accept", accept)
+				if resp.StatusCode != 200 {
+					t.Fatalf("%s %s: %d %.200s", accept, path, resp.StatusCode, body)
+				}
+				if int64(len(body)) > est {
+					t.Errorf("%s history of %q (limit %d): %d bytes, estimate %d (%.2f×)", accept, filter, limit, len(body), est, float64(len(body))/float64(est))
+				}
+			}
+		}
+	}
+}
+
+// escapeFilter path-escapes each level of a filter (SPEC §10).
+func escapeFilter(filter string) string {
+	levels := strings.Split(filter, "/")
+	for i, l := range levels {
+		levels[i] = pathEscape(l)
+	}
+	return strings.Join(levels, "/")
+}
+
+// pathEscape escapes every byte but unreserved ones.
+func pathEscape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
+}
+
+// TestHistoryAnswerSizeBound: a history answer (GET ?history=1) is at
+// most AnswerSize's estimate, whatever its stored values (R3-hist): past
+// values an encoder grows six times, deleted rows, values stored before
+// a restart, values not yet committed, limits.
+func TestHistoryAnswerSizeBound(t *testing.T) {
+	rules := retain.Options{History: []retain.HistoryRule{{Filter: "h/#", Keep: 10}}}
+	filters := []string{"h/#", "#", "h/+"}
+	for topic := range hostileHistories {
+		filters = append(filters, topic)
+	}
+	publishAll := func(t *testing.T, e *env) {
+		for topic, values := range hostileHistories {
+			for _, v := range values {
+				e.publish(t, admin, topic, v)
+			}
+		}
+	}
+	t.Run("committed", func(t *testing.T) {
+		st, err := retain.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := setup(t, broker.Options{Store: st, SyncRetain: true, Retain: rules}, Options{})
+		publishAll(t, e)
+		historyGETs(t, e, filters)
+	})
+	t.Run("pending", func(t *testing.T) {
+		// Not committed when estimated (a commit every 10 s): the answer
+		// waits for the commit, the estimate does not.
+		st, err := retain.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := rules
+		r.Interval = 10_000_000_000
+		e := setup(t, broker.Options{Store: st, Retain: r}, Options{})
+		publishAll(t, e)
+		historyGETs(t, e, filters)
+	})
+	t.Run("restart", func(t *testing.T) {
+		dir := t.TempDir()
+		st, err := retain.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := setup(t, broker.Options{Store: st, SyncRetain: true, Retain: rules}, Options{})
+		publishAll(t, first)
+		first.s.Close()
+		if err := first.b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		st, err = retain.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := setup(t, broker.Options{Store: st, Retain: rules}, Options{})
+		for topic, values := range hostileHistories { // short current values now
+			if values[len(values)-1] != "" {
+				e.publish(t, admin, topic, "y")
+			}
+		}
+		historyGETs(t, e, filters)
+	})
+}
