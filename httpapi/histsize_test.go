@@ -135,3 +135,48 @@ func TestHistoryAnswerSizeBound(t *testing.T) {
 		historyGETs(t, e, filters)
 	})
 }
+
+// TestHistoryAnswerSizeTypical: the estimate of an ordinary history (a
+// home's sensors: numbers, words and small objects, 25 values a row, a
+// rule keeping 20 or 100) is not many times its answer.
+func TestHistoryAnswerSizeTypical(t *testing.T) {
+	for _, keep := range []int{20, 100} {
+		t.Run(fmt.Sprint("keep ", keep), func(t *testing.T) {
+			st, err := retain.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := setup(t, broker.Options{Store: st, SyncRetain: true, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "home/#", Keep: keep}}}}, Options{})
+			for i := range 25 {
+				for room := range 12 {
+					r := fmt.Sprintf("home/room%d/", room)
+					e.publish(t, admin, r+"temperature", fmt.Sprintf("%d.%d", 18+i%5, i%10))
+					e.publish(t, admin, r+"humidity", fmt.Sprint(40+i))
+					e.publish(t, admin, r+"light", fmt.Sprintf(`{"state":"ON","brightness":%d}`, 100+i))
+					e.publish(t, admin, r+"status", []string{"online", "offline"}[i%2])
+				}
+			}
+			for _, limit := range []int{0, 5} {
+				est, err := e.b.AnswerSize(testCtx(t), admin, "home/#", &broker.SubscribeOptions{Limit: limit})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, accept := range []string{"application/json", "application/cbor"} {
+					path := "/api/tree/home/%23?history=1"
+					if limit > 0 {
+						path += fmt.Sprintf("&limit=%d", limit)
+					}
+					resp, body := e.do(t, "GET", path, nil, "Accept", accept)
+					if resp.StatusCode != 200 {
+						t.Fatalf("%d %.200s", resp.StatusCode, body)
+					}
+					ratio := float64(est) / float64(len(body))
+					t.Logf("RATIO keep %d %s limit %d: answer %d bytes, estimate %d: %.2f×", keep, accept, limit, len(body), est, ratio)
+					if ratio < 1 || ratio > 4 {
+						t.Errorf("%s limit %d: estimate %.2f× the answer, want 1 to 4", accept, limit, ratio)
+					}
+				}
+			}
+		})
+	}
+}

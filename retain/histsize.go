@@ -1,0 +1,145 @@
+package retain
+
+import (
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// The sizes of the stored history (R3-hist, docs/redteam-rt.md). An HTTP
+// history answer is counted against its budget by an estimate before it
+// is read from disk (broker.AnswerSize), and the estimate must bound it:
+// a past value of control characters is written six times its size in
+// JSON, a float of a JSON array nine bytes in CBOR, and past values may
+// be larger than the row's value now, or belong to rows deleted since.
+// So the store keeps, for each row with stored history values, how many
+// it holds and an upper bound of their bytes as any codec writes them,
+// counted where the values' bytes are at hand: when a commit writes them,
+// when a prune drops them, and once at Open for what the file held. An
+// estimate reads these figures (a map entry a row), never a value.
+
+// HistSize is what the history values of one row take, as an answer in
+// any codec writes them (RowStore.HistorySizes).
+type HistSize struct {
+	Values int   // how many
+	Bytes  int64 // the sum of their ValueBound
+	Most   int64 // at least the largest ValueBound of any of them
+}
+
+// ValueBound is an upper bound of v's bytes as any codec writes it: its
+// own and what the codec that grows it most adds (wire.LeafGrowth: JSON
+// escapes, base64, CBOR and MessagePack heads, floats). null for a
+// deletion fits it too.
+func ValueBound(v wire.Value) int64 { return int64(len(v.Data)) + int64(wire.LeafGrowth(v)) }
+
+// histSizes is the HistSize of every row with history values in the
+// store. Its writers are the store's writes (Commit, Prune: one at a time,
+// under Store.mu) and Open; its readers are the estimates
+// (Store.HistorySizes).
+type histSizes struct {
+	mu   sync.Mutex // guards rows
+	rows map[string]*HistSize
+}
+
+// add counts a value of bound n stored for topic (h.mu held).
+func (h *histSizes) addLocked(topic string, n int64) {
+	s := h.rows[topic]
+	if s == nil {
+		if h.rows == nil {
+			h.rows = map[string]*HistSize{}
+		}
+		s = &HistSize{}
+		h.rows[topic] = s
+	}
+	s.Values++
+	s.Bytes += n
+	s.Most = max(s.Most, n)
+}
+
+// dropLocked counts a value of bound n of topic dropped (h.mu held). Most
+// stays: it bounds the values left all the same.
+func (h *histSizes) dropLocked(topic string, n int64) {
+	s := h.rows[topic]
+	if s == nil {
+		return
+	}
+	s.Values--
+	s.Bytes -= n
+	if s.Values <= 0 {
+		delete(h.rows, topic)
+	}
+}
+
+// sized is a history value written or dropped: its topic and ValueBound.
+type sized struct {
+	topic string
+	n     int64
+}
+
+// HistorySizes calls fn with the HistSize of every row matching filter
+// that has history values in the store, until fn returns false; fn must
+// not call the store. The figures are those of the committed values.
+func (s *Store) HistorySizes(filter string, fn func(topic string, size HistSize) bool) {
+	h := &s.hsizes
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for topic, size := range h.rows {
+		if wire.Match(filter, topic) && !fn(topic, *size) {
+			return
+		}
+	}
+}
+
+// HistorySizes calls fn with the HistSize of the history values of
+// every row matching filter (see RowStore.HistorySizes), those committed
+// and those handed in since (Add): an answer read after the estimate
+// waits for the latter to be committed. A row may come more than once
+// (its committed values, then each one handed in since), and a value
+// being committed may be counted twice: the figures add up to at least
+// what the store holds. It reads the values handed in but not committed
+// (wire.LeafGrowth), a few milliseconds' worth of changes while the
+// store keeps up.
+func (r *Retainer) HistorySizes(filter string, fn func(topic string, size HistSize) bool) {
+	r.mu.Lock()
+	// Add and failed only append to these slices, past the lengths taken
+	// here, and nothing writes a change once appended: their first
+	// elements are read without the lock.
+	pending, committing := r.hist, r.committingHist
+	r.mu.Unlock()
+	more := true
+	r.store.HistorySizes(filter, func(topic string, size HistSize) bool {
+		more = fn(topic, size)
+		return more
+	})
+	for _, hist := range [][]Change{committing, pending} {
+		for i := range hist {
+			c := &hist[i]
+			if !more {
+				return
+			}
+			if wire.Match(filter, c.Topic) {
+				n := ValueBound(c.Value)
+				more = fn(c.Topic, HistSize{Values: 1, Bytes: n, Most: n})
+			}
+		}
+	}
+}
+
+// histSizesOf counts the history values hist holds (Open): every value's
+// bytes are read once per start, in the transaction that opens the store.
+func histSizesOf(hist *bolt.Bucket) map[string]*HistSize {
+	h := histSizes{rows: map[string]*HistSize{}}
+	c := hist.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		_, topic, rev, _, ok := splitHistKey(k)
+		if !ok {
+			continue
+		}
+		if p, ok := decodePair(rev, v); ok {
+			h.addLocked(topic, ValueBound(p.Value))
+		}
+	}
+	return h.rows
+}
