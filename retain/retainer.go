@@ -144,15 +144,16 @@ type Retainer struct {
 	seqRev     uint64        // the revision of the last history value, and its Seq
 	seq        uint32
 	committing *rowSet   // the batch being committed, until it is
-	// committingHist is the history values being committed, until they
-	// are (read by HistorySizes).
-	committingHist []Change
 	waiters    []waiting // answered by the commit holding what was pending when they came
 	closed     bool
 	err        error     // the last commit's error, nil once one succeeds
 	lastLost   error     // the last row the store refused, named
 	broken     error     // the store is damaged (a commit's error wrapping ErrCorrupt): nothing more is written to it
 	room       sync.Cond // signalled after a commit, for Wait
+
+	// committingHist is the history values being committed, until they
+	// are (guarded by mu; read by HistorySizes).
+	committingHist []Change
 
 	waitingSince time.Time // when rows or waiters came to an idle retainer; zero once a commit takes them
 	commitSince  time.Time // when the running commit started; zero between commits
