@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"fmt"
+	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -178,5 +180,45 @@ func TestHistoryAnswerSizeTypical(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHistoryRefusedByEstimate: a history GET whose stored values do not
+// fit the answer budget beside the answers held is refused as before
+// (503, Retry-After, the reason) before it is read or built: its estimate
+// counts its past values as the encoder writes them. Before, an estimate
+// from the short current values let it in, and the answer was built (12
+// MB of JSON) before its size was found not to fit.
+func TestHistoryRefusedByEstimate(t *testing.T) {
+	st, err := retain.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := setup(t, broker.Options{Store: st, SyncRetain: true, Retain: retain.Options{History: []retain.HistoryRule{{Filter: "h/#", Keep: 10}}}}, Options{MaxAnswerBytes: 4 << 20})
+	for i := range 4 {
+		topic := fmt.Sprint("h/", i)
+		for j := range 5 {
+			e.publish(t, admin, topic, strings.Repeat(string(rune(1+j)), 100_000))
+		}
+		e.publish(t, admin, topic, "x")
+	}
+	resp, body := e.do(t, "GET", "/api/tree/h/%23?history=1", nil)
+	if resp.StatusCode != 200 || len(body) < 12_000_000 {
+		t.Fatalf("alone: %s, %d bytes", resp.Status, len(body))
+	}
+	half := e.s.opts.MaxAnswerBytes / 2
+	if !e.s.answers.take(half, false) { // answers being written
+		t.Fatal("the budget is not empty")
+	}
+	defer e.s.answers.give(half)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	resp, body = e.do(t, "GET", "/api/tree/h/%23?history=1", nil)
+	runtime.ReadMemStats(&after)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "large answers") {
+		t.Fatalf("with the budget taken: %s %.200s", resp.Status, body)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Errorf("a refused GET allocated %d bytes: its answer was read and built", n)
 	}
 }
