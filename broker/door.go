@@ -712,7 +712,7 @@ func (b *Broker) histSize(filter string, limit int) int64 {
 		return 0 // readHistory reads none
 	}
 	var size int64
-	b.ret.HistorySizes(filter, func(topic string, s retain.HistSize) bool {
+	known := b.ret.HistorySizes(filter, func(topic string, s retain.HistSize) bool {
 		n := int64(s.Values)
 		if rule := retain.RuleFor(rules, topic); rule != nil {
 			n = min(n, int64(rule.Keep)+1) // keepPairs
@@ -726,6 +726,14 @@ func (b *Broker) histSize(filter string, limit int) int64 {
 		size += min(s.Bytes+int64(s.Values)*histPairBytes, n*(s.Most+histPairBytes))
 		return true
 	})
+	if !known {
+		// The store's history was unreadable at its start (a damaged
+		// page): what one answer reads at most, each byte and each
+		// value's 48 counted (retain.Store.History) as the most an
+		// encoder grows them, 6 times. An answer this large is let in
+		// only when no other is held.
+		return 6 * histReadBytes
+	}
 	return size
 }
 

@@ -41,6 +41,9 @@ func ValueBound(v wire.Value) int64 { return int64(len(v.Data)) + int64(wire.Lea
 type histSizes struct {
 	mu   sync.Mutex // guards rows
 	rows map[string]*HistSize
+	// unknown: the history could not be read at Open (a damaged page):
+	// the sizes of the values stored then are not known.
+	unknown bool
 }
 
 // add counts a value of bound n stored for topic (h.mu held).
@@ -81,15 +84,20 @@ type sized struct {
 // HistorySizes calls fn with the HistSize of every row matching filter
 // that has history values in the store, until fn returns false; fn must
 // not call the store. The figures are those of the committed values.
-func (s *Store) HistorySizes(filter string, fn func(topic string, size HistSize) bool) {
+// false: they are not known (countHistory).
+func (s *Store) HistorySizes(filter string, fn func(topic string, size HistSize) bool) bool {
 	h := &s.hsizes
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.unknown {
+		return false
+	}
 	for topic, size := range h.rows {
 		if wire.Match(filter, topic) && !fn(topic, *size) {
-			return
+			break
 		}
 	}
+	return true
 }
 
 // HistorySizes calls fn with the HistSize of the history values of
@@ -100,8 +108,8 @@ func (s *Store) HistorySizes(filter string, fn func(topic string, size HistSize)
 // being committed may be counted twice: the figures add up to at least
 // what the store holds. It reads the values handed in but not committed
 // (wire.LeafGrowth), a few milliseconds' worth of changes while the
-// store keeps up.
-func (r *Retainer) HistorySizes(filter string, fn func(topic string, size HistSize) bool) {
+// store keeps up. false: the sizes are not known (RowStore.HistorySizes).
+func (r *Retainer) HistorySizes(filter string, fn func(topic string, size HistSize) bool) bool {
 	r.mu.Lock()
 	// Add and failed only append to these slices, past the lengths taken
 	// here, and nothing writes a change once appended: their first
@@ -109,15 +117,17 @@ func (r *Retainer) HistorySizes(filter string, fn func(topic string, size HistSi
 	pending, committing := r.hist, r.committingHist
 	r.mu.Unlock()
 	more := true
-	r.store.HistorySizes(filter, func(topic string, size HistSize) bool {
+	if !r.store.HistorySizes(filter, func(topic string, size HistSize) bool {
 		more = fn(topic, size)
 		return more
-	})
+	}) {
+		return false
+	}
 	for _, hist := range [][]Change{committing, pending} {
 		for i := range hist {
 			c := &hist[i]
 			if !more {
-				return
+				return true
 			}
 			if wire.Match(filter, c.Topic) {
 				n := ValueBound(c.Value)
@@ -125,21 +135,30 @@ func (r *Retainer) HistorySizes(filter string, fn func(topic string, size HistSi
 			}
 		}
 	}
+	return true
 }
 
-// histSizesOf counts the history values hist holds (Open): every value's
-// bytes are read once per start, in the transaction that opens the store.
-func histSizesOf(hist *bolt.Bucket) map[string]*HistSize {
+// countHistory counts the history values the store holds (Open): every
+// value's bytes are read once per start. A damaged page leaves the sizes
+// unknown (histSizes.unknown), not the store unopened: its rows, and the
+// history of other pages, are still read as before.
+func (s *Store) countHistory() {
 	h := histSizes{rows: map[string]*HistSize{}}
-	c := hist.Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		_, topic, rev, _, ok := splitHistKey(k)
-		if !ok {
-			continue
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketHist).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			_, topic, rev, _, ok := splitHistKey(k)
+			if !ok {
+				continue
+			}
+			if p, ok := decodePair(rev, v); ok {
+				h.addLocked(topic, ValueBound(p.Value))
+			}
 		}
-		if p, ok := decodePair(rev, v); ok {
-			h.addLocked(topic, ValueBound(p.Value))
-		}
+		return nil
+	})
+	if err != nil {
+		h.rows, h.unknown = nil, true
 	}
-	return h.rows
+	s.hsizes.rows, s.hsizes.unknown = h.rows, h.unknown
 }

@@ -302,8 +302,9 @@ type RowStore interface {
 	Prune(rules []HistoryRule, now int64, max int) (more bool, err error)
 	// HistorySizes calls fn with the HistSize of the stored history
 	// values of every topic matching filter, until fn returns false,
-	// without reading them (kept as they are written and dropped).
-	HistorySizes(filter string, fn func(topic string, size HistSize) bool)
+	// without reading them (kept as they are written and dropped). false:
+	// the sizes are not known (the history was unreadable at open).
+	HistorySizes(filter string, fn func(topic string, size HistSize) bool) bool
 	// MarkRunning records that revisions are being handed out: until
 	// MarkClean, a crash may lose some.
 	MarkRunning() error
@@ -395,7 +396,6 @@ func Open(dir string) (s *Store, err error) {
 		return nil, fmt.Errorf("%w: open %s: %w", ErrCorrupt, path, err)
 	}
 	var m Meta
-	var sizes map[string]*HistSize
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bucketRows, bucketDead, bucketHist} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -431,14 +431,15 @@ func Open(dir string) (s *Store, err error) {
 		if k, _ := tx.Bucket(bucketHist).Cursor().Last(); len(k) >= 8 {
 			m.Epoch = binary.BigEndian.Uint64(k)
 		}
-		sizes = histSizesOf(tx.Bucket(bucketHist))
 		return nil
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, path, err)
 	}
-	return &Store{db: db, path: path, meta: m, keep: keepScratch, hsizes: histSizes{rows: sizes}}, nil
+	s = &Store{db: db, path: path, meta: m, keep: keepScratch}
+	s.countHistory()
+	return s, nil
 }
 
 // migrate1 rewrites format 1 rows (flags byte, payload) as format 2, with
