@@ -590,7 +590,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c), i})
 		}
 		slices.SortFunc(hs, func(a, b kv) int { return bytes.Compare(a.k, b.k) }) // bbolt writes sorted keys fastest
-		written = written[:0]
+		written = slices.Grow(written[:0], len(hs))
 		for _, h := range hs {
 			if err := hist.Put(h.k, h.v); err != nil {
 				if !nested(err) {
