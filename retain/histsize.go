@@ -2,6 +2,7 @@ package retain
 
 import (
 	"sync"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -147,13 +148,33 @@ func (s *Store) countHistory() {
 	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHist).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			_, topic, rev, _, ok := splitHistKey(k)
-			if !ok {
+			// splitHistKey and decodePair without their copies: the
+			// value is read in place (LeafGrowth keeps nothing of it),
+			// the topic copied once a row.
+			if len(k) < 22 || k[len(k)-13] != 0 || len(v) < 9 {
 				continue
 			}
-			if p, ok := decodePair(rev, v); ok {
-				h.addLocked(topic, ValueBound(p.Value))
+			var val wire.Value
+			if v[0] != 0 {
+				kind, ok := kindOf(v[0] & 0x0f)
+				if !ok {
+					continue
+				}
+				val = wire.Value{Kind: kind}
+				if len(v) > 9 {
+					val.Data = unsafe.String(&v[9], len(v)-9)
+				}
 			}
+			topic := k[8 : len(k)-13]
+			size := h.rows[string(topic)]
+			if size == nil {
+				size = &HistSize{}
+				h.rows[string(topic)] = size
+			}
+			n := ValueBound(val)
+			size.Values++
+			size.Bytes += n
+			size.Most = max(size.Most, n)
 		}
 		return nil
 	})
