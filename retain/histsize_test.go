@@ -175,3 +175,44 @@ func TestHistorySizesDamaged(t *testing.T) {
 		t.Errorf("rows %v", rows)
 	}
 }
+
+// TestRetainerHistorySizesConcurrent: sizes read while changes are
+// handed in and committed (run with -race: the values not committed
+// are read without the retainer's lock), never fewer than committed.
+func TestRetainerHistorySizesConcurrent(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := must(New(s, Options{Interval: time.Millisecond, History: []HistoryRule{{Filter: "h/+", Keep: 1000}}}, zerolog.Nop()))
+	defer r.Close()
+	const n = 2000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= n; i++ {
+			r.Add([]Change{{Topic: fmt.Sprint("h/", i%7), Value: val(fmt.Sprint(i)), Rev: uint64(i)}})
+		}
+	}()
+	for reading := true; reading; {
+		select {
+		case <-done:
+			reading = false
+		default:
+		}
+		sizesOf(r, "#")
+	}
+	w := make(chan error, 1)
+	r.Add(nil, w)
+	if err := <-w; err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, size := range sizesOf(r, "#") {
+		total += size.Values
+	}
+	if total != n {
+		t.Errorf("%d values counted, %d handed in", total, n)
+	}
+}
