@@ -134,6 +134,9 @@
 // retainer's floor. A $hist answer (SPEC §9) is taken in two steps: the
 // loop copies the current rows and hands the retainer a flush; the
 // connection's writer waits for the flush and reads the history from disk.
+// An HTTP history answer's estimate (AnswerSize) reads no stored value:
+// the store keeps each row's count and bound of its history values
+// (retain.HistSize), and the retainer adds those not committed yet.
 //
 // A $tree subscription of a session that outlives its connection (MQTT 5
 // Session Expiry, 3.1.1 Clean Session 0) resumes with the session (X5,

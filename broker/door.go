@@ -641,17 +641,18 @@ func (b *Broker) Rev(ctx context.Context) (uint64, error) {
 
 // AnswerSize estimates, without building it, the bytes of the answer
 // Tree would give for filter (with hist, the $hist/filter answer with
-// those options, SPEC §9): an upper guess from the rows matching filter
+// those options, SPEC §9): an upper bound from the rows matching filter
 // now (p's ACL not applied), each row's tree.SizeBound (an upper bound of
 // its bytes in a tree of any codec, keys included), and for a history
-// the pairs each row's rule may keep, the stored part at most what one
-// $hist answer reads (histReadBytes) twice over. It walks the rows on the
-// loop and allocates nothing per row, once it has one of the few slots
-// the broker's estimates take (EstimateSlots, shared with the $sync
+// each row's pair and the history values stored for the rows matching
+// filter, deleted ones too (histSize). It walks the rows on the loop and
+// allocates nothing per row, once it has one of the few slots the
+// broker's estimates take (EstimateSlots, shared with the $sync
 // SUBSCRIBEs' estimates), so that callers looping refused requests do
 // not queue walks on the loop without bound. A front end counts an
 // answer against its budget (a Budget) with it before the answer is
-// built.
+// built. (Rows and history values added after the estimate are not in
+// it.)
 func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, hist *SubscribeOptions) (int64, error) {
 	if err := b.checkAnswerFilter(filter); err != nil {
 		return 0, b.refusal(p, "subscribe", filter, err)
@@ -662,20 +663,12 @@ func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, his
 		return 0, b.refusal(p, "subscribe", filter, ctx.Err())
 	}
 	defer func() { <-b.estimates }()
-	size, stored := int64(tree.SnapshotFraming), int64(0)
+	size := int64(tree.SnapshotFraming)
 	ok := b.onLoop(ctx.Done(), func() {
-		var rules []retain.HistoryRule
-		if hist != nil && b.ret != nil {
-			rules = b.ret.HistoryRules()
-		}
-		b.tree.Store().MatchSizes(filter, func(topic string, v wire.Value, row int64) bool {
+		b.tree.Store().MatchSizes(filter, func(_ string, _ wire.Value, row int64) bool {
 			size += row
-			if rule := retain.RuleFor(rules, topic); rule != nil {
-				n := rule.Keep
-				if hist.Limit > 0 {
-					n = min(n, hist.Limit)
-				}
-				stored += int64(n) * (int64(len(v.Data))*4/3 + 24) // [t, value],
+			if hist != nil {
+				size += histLeafBytes + histPairBytes // the current value's pair: [[t, value]]
 			}
 			return true
 		})
@@ -688,9 +681,60 @@ func (b *Broker) AnswerSize(ctx context.Context, p Principal, filter string, his
 		return 0, b.refusal(p, "subscribe", filter, err)
 	}
 	if hist != nil {
-		size += size/2 + min(stored, 2*histReadBytes) // each leaf an array of pairs
+		size += b.histSize(filter, hist.Limit)
 	}
 	return size, nil
+}
+
+// histLeafBytes bounds what a history leaf, an array of [t, value] pairs
+// (readHistory), takes beyond its pairs: JSON's brackets, a CBOR or
+// MessagePack array's head (at most 9 bytes). histPairBytes bounds what a
+// pair takes beyond its value's bytes as written: `[t,` `]` and a comma
+// in JSON, t at most 20 digits; a head and t of at most 9 bytes in CBOR
+// and MessagePack.
+const (
+	histLeafBytes = 9
+	histPairBytes = 24
+)
+
+// histSize is an upper bound of what the stored history values of the
+// rows matching filter take in a $hist answer (readHistory), keys
+// included, in any codec: from each row's retain.HistSize, the values
+// stored (each as wire.LeafGrowth grows it), at most its rule's keep and
+// the newest, or limit (0: none), of the largest. It reads no value but
+// those handed to the retainer and not committed yet (Retainer.HistorySizes).
+func (b *Broker) histSize(filter string, limit int) int64 {
+	if b.ret == nil {
+		return 0
+	}
+	rules := b.ret.HistoryRules()
+	if len(rules) == 0 {
+		return 0 // readHistory reads none
+	}
+	var size int64
+	known := b.ret.HistorySizes(filter, func(topic string, s retain.HistSize) bool {
+		n := int64(s.Values)
+		if rule := retain.RuleFor(rules, topic); rule != nil {
+			n = min(n, int64(rule.Keep)+1) // keepPairs
+		}
+		if limit > 0 {
+			n = min(n, int64(limit))
+		}
+		// The row's key and leaf, as if it had no current row (a deleted
+		// one): tree.SizeBound of an empty value.
+		size += tree.SizeBound(topic, wire.Value{}) + histLeafBytes
+		size += min(s.Bytes+int64(s.Values)*histPairBytes, n*(s.Most+histPairBytes))
+		return true
+	})
+	if !known {
+		// The store's history was unreadable at its start (a damaged
+		// page): what one answer reads at most, each byte and each
+		// value's 48 counted (retain.Store.History) as the most an
+		// encoder grows them, 6 times. An answer this large is let in
+		// only when no other is held.
+		return 6 * histReadBytes
+	}
+	return size
 }
 
 // estimatesAtOnce is how many estimates (AnswerSize, a $sync

@@ -125,7 +125,8 @@ func BenchmarkHistoryRead(b *testing.B) {
 
 // BenchmarkHistoryHeap: the broker's heap after 1,000,000 history values
 // (10,000 rows × 100), beside the same writes without history: history
-// lives on disk, so the two should match.
+// lives on disk, so the two should match but for the store's sizes of
+// each row's history (retain.HistSize, R3-hist: about 100 bytes a row).
 func BenchmarkHistoryHeap(b *testing.B) {
 	for _, keep := range []int{0, 1000} {
 		b.Run(fmt.Sprint("history=", keep > 0), func(b *testing.B) {
@@ -141,4 +142,21 @@ func BenchmarkHistoryHeap(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkHistoryEstimate: AnswerSize of a history answer of 10,000 rows
+// with 20 values each (R3-hist: the stored values' sizes read from the
+// store's figures, a map entry a row, beside the walk of the rows).
+func BenchmarkHistoryEstimate(b *testing.B) {
+	br := histBroker(b, 100)
+	writeHistory(b, br, 10_000, 20)
+	opts := &SubscribeOptions{}
+	var est int64
+	for b.Loop() {
+		var err error
+		if est, err = br.AnswerSize(context.Background(), Principal{ClientID: "reader"}, "hist/#", opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(est), "bytes/estimate")
 }

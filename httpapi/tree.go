@@ -44,9 +44,10 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, p broker.Principal,
 	if !ok {
 		return
 	}
-	// A history's estimate is a guess from the rows there now (earlier
-	// values may be larger, and deleted rows keep theirs): it is never
-	// small, so it takes neither the small slots nor the reserve.
+	// A history's answer is read from disk, two at a time broker-wide:
+	// it is never small, so that small answers never wait behind it, and
+	// takes neither the small slots nor the reserve. (Its estimate
+	// bounds it, stored values and deleted rows included: R3-hist.)
 	small := est <= smallAnswer && hist == nil
 	if !s.answers.take(est, small) {
 		s.busy(w, r, filter, est)

@@ -166,6 +166,7 @@ func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pa
 // MaxAge), or of rows no rule names any more. more reports values left to
 // drop.
 func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err error) {
+	var dropped []sized // the values dropped, once committed (histSizes)
 	err = s.update(func(tx *bolt.Tx) error {
 		hist := tx.Bucket(bucketHist)
 		// A topic's values are spread over the epochs: count them first.
@@ -187,12 +188,13 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 			}
 		}
 		var drop [][]byte
+		dropped = dropped[:0]
 		for k, v := c.First(); k != nil; k, v = c.Next() { // oldest first within each topic
 			if len(drop) == max {
 				more = true
 				break
 			}
-			_, topic, _, _, ok := splitHistKey(k)
+			_, topic, rev, _, ok := splitHistKey(k)
 			if !ok {
 				drop = append(drop, bytes.Clone(k))
 				continue
@@ -213,6 +215,9 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 				continue
 			}
 			drop = append(drop, bytes.Clone(k))
+			if p, ok := decodePair(rev, v); ok { // as Open counted it, or Commit
+				dropped = append(dropped, sized{topic, ValueBound(p.Value)})
+			}
 		}
 		for _, k := range drop {
 			if err := hist.Delete(k); err != nil && !nested(err) { // a foreign file's bucket stays
@@ -224,5 +229,10 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 	if err != nil {
 		return false, fmt.Errorf("retain: prune history of %s: %w", s.path, err)
 	}
+	s.hsizes.mu.Lock()
+	for _, d := range dropped {
+		s.hsizes.dropLocked(d.topic, d.n)
+	}
+	s.hsizes.mu.Unlock()
 	return more, nil
 }

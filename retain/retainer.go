@@ -136,7 +136,7 @@ type Retainer struct {
 	opts  Options
 	log   zerolog.Logger
 
-	mu         sync.Mutex // guards pending, hist, rules, rulesSet, seqRev, seq, committing, waiters, closed, err, lastLost, broken, and the times below
+	mu         sync.Mutex // guards pending, hist, rules, rulesSet, seqRev, seq, committing, committingHist, waiters, closed, err, lastLost, broken, and the times below
 	pending    *rowSet
 	hist       []Change      // every change of rows under a history rule, in order
 	rules      []HistoryRule // the history rules now (Options.History, then SetHistory's); never changed in place
@@ -150,6 +150,10 @@ type Retainer struct {
 	lastLost   error     // the last row the store refused, named
 	broken     error     // the store is damaged (a commit's error wrapping ErrCorrupt): nothing more is written to it
 	room       sync.Cond // signalled after a commit, for Wait
+
+	// committingHist is the history values being committed, until they
+	// are (guarded by mu; read by HistorySizes).
+	committingHist []Change
 
 	waitingSince time.Time // when rows or waiters came to an idle retainer; zero once a commit takes them
 	commitSince  time.Time // when the running commit started; zero between commits
@@ -597,7 +601,7 @@ func (r *Retainer) commit(closing bool) error {
 		next = newRowSet(max(r.opts.MaxBatch, 2*batch.len()))
 	}
 	r.pending, r.hist, r.waiters, r.spare = next, nil, nil, nil
-	r.committing = batch
+	r.committing, r.committingHist = batch, hist
 	start := time.Now()
 	r.waitingSince, r.commitSince = time.Time{}, start
 	// Under the lock Add takes: rev is that of the batch's newest change,
@@ -611,7 +615,7 @@ func (r *Retainer) commit(closing bool) error {
 	}
 	if batch.len() == 0 && len(waiters) == 0 && !closing {
 		r.mu.Lock()
-		r.committing, r.commitSince = nil, time.Time{}
+		r.committing, r.committingHist, r.commitSince = nil, nil, time.Time{}
 		r.mu.Unlock()
 		return nil
 	}
@@ -651,7 +655,7 @@ func (r *Retainer) commit(closing bool) error {
 		}
 	}
 	r.mu.Lock()
-	r.committing, r.commitSince, r.lastCommit = nil, time.Time{}, time.Now()
+	r.committing, r.committingHist, r.commitSince, r.lastCommit = nil, nil, time.Time{}, time.Now()
 	if size := batch.size(); size <= spareRows || size <= 4*batch.len() {
 		batch.reset()
 		r.spare = batch
@@ -714,7 +718,7 @@ func (r *Retainer) failed(batch *rowSet, hist []Change, waiters []waiting, err e
 		}
 	})
 	r.hist = append(hist, r.hist...)
-	r.committing, r.commitSince = nil, time.Time{}
+	r.committing, r.committingHist, r.commitSince = nil, nil, time.Time{}
 	if r.waitingSince.IsZero() {
 		r.waitingSince = time.Now() // its rows wait again
 	}
@@ -763,7 +767,7 @@ func (r *Retainer) discard(batch *rowSet, hist []Change, waiters []waiting, err 
 	if n := len(changes); n > 0 {
 		r.lastLost = fmt.Errorf("%s: %w", describe(changes[n-1].Topic), werr)
 	}
-	r.committing, r.commitSince = nil, time.Time{}
+	r.committing, r.committingHist, r.commitSince = nil, nil, time.Time{}
 	if size := batch.size(); size <= spareRows || size <= 4*batch.len() {
 		batch.reset()
 		r.spare = batch

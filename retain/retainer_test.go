@@ -69,6 +69,8 @@ func (f *fakeStore) History(string, int, func(string, []Pair) bool) error { retu
 
 func (f *fakeStore) Prune([]HistoryRule, int64, int) (bool, error) { return false, nil }
 
+func (f *fakeStore) HistorySizes(string, func(string, HistSize) bool) bool { return true }
+
 func (f *fakeStore) MarkClean(uint64) error { return nil }
 
 func (f *fakeStore) MarkRunning() error { return nil }

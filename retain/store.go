@@ -300,6 +300,11 @@ type RowStore interface {
 	// Prune drops up to max history values that rules no longer keep at
 	// time now (Unix ms); more reports values left to drop.
 	Prune(rules []HistoryRule, now int64, max int) (more bool, err error)
+	// HistorySizes calls fn with the HistSize of the stored history
+	// values of every topic matching filter, until fn returns false,
+	// without reading them (kept as they are written and dropped). false:
+	// the sizes are not known (the history was unreadable at open).
+	HistorySizes(filter string, fn func(topic string, size HistSize) bool) bool
 	// MarkRunning records that revisions are being handed out: until
 	// MarkClean, a crash may lose some.
 	MarkRunning() error
@@ -337,6 +342,10 @@ type Store struct {
 	arena []byte
 	sort  sortBufs
 	keep  int // the most rows a commit keeps its scratch for: keepScratch
+
+	// hsizes are the sizes of the history values stored, a row at a
+	// time (histsize.go).
+	hsizes histSizes
 }
 
 // keepScratch bounds the rows Commit's scratch is kept for: a larger
@@ -428,7 +437,9 @@ func Open(dir string) (s *Store, err error) {
 		db.Close()
 		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, path, err)
 	}
-	return &Store{db: db, path: path, meta: m, keep: keepScratch}, nil
+	s = &Store{db: db, path: path, meta: m, keep: keepScratch}
+	s.countHistory()
+	return s, nil
 }
 
 // migrate1 rewrites format 1 rows (flags byte, payload) as format 2, with
@@ -491,6 +502,7 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	changes := b.Changes
 	var rejected []Rejected
+	var written []sized // the history values written, once committed
 	// Every value of the rows lives in one arena (bbolt keeps them until
 	// the transaction ends), the last commit's if it is large enough: a
 	// boot storm's commit of 10,000 rows makes no allocation here instead
@@ -578,13 +590,17 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c), i})
 		}
 		slices.SortFunc(hs, func(a, b kv) int { return bytes.Compare(a.k, b.k) }) // bbolt writes sorted keys fastest
+		written = slices.Grow(written[:0], len(hs))
 		for _, h := range hs {
 			if err := hist.Put(h.k, h.v); err != nil {
 				if !nested(err) {
 					return err
 				}
 				rejected = append(rejected, Rejected{Change: b.History[h.i], Err: nestedError("history value", err), History: true})
+				continue
 			}
+			c := &b.History[h.i]
+			written = append(written, sized{c.Topic, ValueBound(c.Value)})
 		}
 		if b.Rev > getUint(meta, keyRev) {
 			return putUint(meta, keyRev, b.Rev)
@@ -593,6 +609,13 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("retain: commit %d rows to %s: %w", len(changes), s.path, err)
+	}
+	if len(written) > 0 {
+		s.hsizes.mu.Lock()
+		for _, w := range written {
+			s.hsizes.addLocked(w.topic, w.n)
+		}
+		s.hsizes.mu.Unlock()
 	}
 	return rejected, nil
 }

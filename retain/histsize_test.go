@@ -1,0 +1,218 @@
+package retain
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// sizesOf is what s.HistorySizes gives for filter, a row at a time.
+func sizesOf(s interface {
+	HistorySizes(string, func(string, HistSize) bool) bool
+}, filter string) map[string]HistSize {
+	out := map[string]HistSize{}
+	s.HistorySizes(filter, func(topic string, size HistSize) bool {
+		o := out[topic]
+		o.Values += size.Values
+		o.Bytes += size.Bytes
+		o.Most = max(o.Most, size.Most)
+		out[topic] = o
+		return true
+	})
+	return out
+}
+
+// checkSizes compares the store's HistorySizes with its values read.
+func checkSizes(t *testing.T, s *Store, when string) {
+	t.Helper()
+	want := map[string]HistSize{}
+	if err := s.History("#", 0, func(topic string, pairs []Pair) bool {
+		var w HistSize
+		for _, p := range pairs {
+			n := ValueBound(p.Value)
+			w.Values++
+			w.Bytes += n
+			w.Most = max(w.Most, n)
+		}
+		want[topic] = w
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := sizesOf(s, "#")
+	for topic, w := range want {
+		g := got[topic]
+		if g.Values != w.Values || g.Bytes != w.Bytes || g.Most < w.Most {
+			t.Errorf("%s: %q: sizes %+v, stored %+v", when, topic, g, w)
+		}
+	}
+	for topic, g := range got {
+		if _, ok := want[topic]; !ok {
+			t.Errorf("%s: %q: sizes %+v, nothing stored", when, topic, g)
+		}
+	}
+}
+
+// TestHistorySizes: the sizes the store keeps of its history values
+// (HistSize) are those of the values it holds, as commits write them,
+// prunes drop them, and a reopened store counts them.
+func TestHistorySizes(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UnixMilli()
+	hour := time.Hour.Milliseconds()
+	values := []wire.Value{
+		{Kind: wire.String, Data: strings.Repeat("\x01", 500)},
+		{Kind: wire.String, Data: strings.Repeat(`"`, 300)},
+		{Kind: wire.Bytes, Data: strings.Repeat("\xff", 200)},
+		{Kind: wire.JSON, Data: "[" + strings.Repeat("0.1,", 100) + "1]"},
+		{Kind: wire.JSON, Data: "21"},
+		{},
+	}
+	rev := uint64(0)
+	for epoch := uint64(1); epoch <= 3; epoch++ {
+		var hist []Change
+		for i, v := range values {
+			for _, topic := range []string{"s/a", "s/b", fmt.Sprint("s/c", i), "t/x"} {
+				rev++
+				hist = append(hist, Change{Topic: topic, Value: v, Rev: rev, MS: now - int64(4-epoch)*hour})
+			}
+		}
+		if _, err := s.Commit(Batch{History: hist, Rev: rev, Epoch: epoch}); err != nil {
+			t.Fatal(err)
+		}
+		checkSizes(t, s, fmt.Sprint("epoch ", epoch))
+	}
+	if got := sizesOf(s, "s/+"); len(got) != 2+len(values) || got["t/x"].Values != 0 {
+		t.Errorf("filter s/+: %v", got)
+	}
+	rules := []HistoryRule{{Filter: "s/#", Keep: 4, MaxAge: 150 * time.Minute}}
+	for more := true; more; {
+		if more, err = s.Prune(rules, now, 7); err != nil {
+			t.Fatal(err)
+		}
+		checkSizes(t, s, "pruned")
+	}
+	if got := sizesOf(s, "#"); got["s/a"].Values != 5 || got["t/x"].Values != 0 {
+		t.Errorf("after prune: %v", got)
+	}
+	before := sizesOf(s, "#")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	checkSizes(t, s, "reopened")
+	for topic, b := range before {
+		if g := sizesOf(s, "#")[topic]; g.Values != b.Values || g.Bytes != b.Bytes {
+			t.Errorf("reopened: %q: %+v, before %+v", topic, g, b)
+		}
+	}
+}
+
+// TestRetainerHistorySizes: the retainer's sizes count the history
+// values handed in and not committed yet too.
+func TestRetainerHistorySizes(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := must(New(s, Options{Interval: time.Hour, History: []HistoryRule{{Filter: "h/+", Keep: 10}}}, zerolog.Nop()))
+	defer r.Close()
+	v := wire.Value{Kind: wire.String, Data: strings.Repeat("\x01", 100)}
+	r.Add([]Change{{Topic: "h/a", Value: v, Rev: 1}, {Topic: "n/a", Value: v, Rev: 1}})
+	r.Add([]Change{{Topic: "h/a", Value: v, Rev: 2}})
+	want := HistSize{Values: 2, Bytes: 2 * ValueBound(v), Most: ValueBound(v)}
+	if got := sizesOf(r, "#"); got["h/a"] != want || len(got) != 1 {
+		t.Errorf("pending: %v, want h/a %+v", got, want)
+	}
+	done := make(chan error, 1)
+	r.Add(nil, done)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := sizesOf(r, "#"); got["h/a"] != want || len(got) != 1 {
+		t.Errorf("committed: %v, want h/a %+v", got, want)
+	}
+}
+
+// TestHistorySizesDamaged: a store whose history has a damaged page
+// opens as before (its rows load), its history sizes unknown: Open does
+// not fail on what only history reads would meet.
+func TestHistorySizesDamaged(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Commit(Batch{Changes: []Change{{Topic: "row", Value: val("1"), Rev: 1}}, History: histValues(2000), Rev: 2000, Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.HistorySizes("#", func(string, HistSize) bool { return true }) {
+		t.Fatal("sizes unknown before the damage")
+	}
+	damageOpen(t, s, histKey(1, "x/00001", 1, 1))
+	s.Close()
+	if s, err = Open(dir); err != nil {
+		t.Fatalf("a damaged history page: Open: %v", err)
+	}
+	defer s.Close()
+	if s.HistorySizes("#", func(string, HistSize) bool { return true }) {
+		t.Error("sizes known over a damaged page")
+	}
+	if rows := rowsOf(t, s); len(rows) != 1 {
+		t.Errorf("rows %v", rows)
+	}
+}
+
+// TestRetainerHistorySizesConcurrent: sizes read while changes are
+// handed in and committed (run with -race: the values not committed
+// are read without the retainer's lock), never fewer than committed.
+func TestRetainerHistorySizesConcurrent(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := must(New(s, Options{Interval: time.Millisecond, History: []HistoryRule{{Filter: "h/+", Keep: 1000}}}, zerolog.Nop()))
+	defer r.Close()
+	const n = 2000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= n; i++ {
+			r.Add([]Change{{Topic: fmt.Sprint("h/", i%7), Value: val(fmt.Sprint(i)), Rev: uint64(i)}})
+		}
+	}()
+	for reading := true; reading; {
+		select {
+		case <-done:
+			reading = false
+		default:
+		}
+		sizesOf(r, "#")
+	}
+	w := make(chan error, 1)
+	r.Add(nil, w)
+	if err := <-w; err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, size := range sizesOf(r, "#") {
+		total += size.Values
+	}
+	if total != n {
+		t.Errorf("%d values counted, %d handed in", total, n)
+	}
+}
