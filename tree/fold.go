@@ -282,6 +282,9 @@ func (t *Tree) sortPaths() {
 		p := &t.paths[i]
 		p.keys = t.keys[p.from:p.to:p.to]
 	}
+	if len(t.paths) < 2 {
+		return
+	}
 	slices.SortFunc(t.paths, func(a, b rowPath) int { return slices.Compare(a.keys, b.keys) })
 }
 
