@@ -112,6 +112,10 @@ func (c *conn) tryDirect(m item, qos byte) bool {
 		}
 	case *deltaItem:
 		m.rev = m.sub.moteRev(m.rev)
+		if o.sendTree0(c, &m.treeItem, outDelta) {
+			delta = m
+			break
+		}
 		pk := c.treePacket(&m.treeItem)
 		var sent bool
 		if sent, err = c.sendOut(&pk, outDelta); sent {
@@ -277,6 +281,30 @@ func (o *mqttOut) sendPlain0(c *conn, m *plainItem) bool {
 	o.buf.Write(b)
 	o.n++
 	c.b.meter.out[outPlain].Add(1)
+	return true
+}
+
+// sendTree0 is sendPlain0 for a tree message m at QoS 0 to an MQTT 3.1.1
+// (or 3.1) client, counted as k: such a client's tree message has no
+// properties (treePacket gives them to MQTT 5 only) and no retain flag
+// (SPEC §2), so its PUBLISH is a plain QoS 0 one, encoded straight into
+// the out buffer without the 816-byte Packet and mochi's encoder. It
+// reports false, having done nothing, for anything else (send's way).
+func (o *mqttOut) sendTree0(c *conn, m *treeItem, k outKind) bool {
+	if c.v5 || o.cl.Properties.ProtocolVersion == 5 || m.qos != 0 || len(m.topic) == 0 || len(m.topic) > 0xffff ||
+		len(m.payload) > flushAt { // send leaves a large payload apart (encodeHead)
+		return false
+	}
+	rem := 2 + len(m.topic) + len(m.payload)
+	n := 1 + varIntLen(rem) + rem
+	if o.buf == nil {
+		o.buf = o.b.bufs.get()
+	} else if o.buf.Len() > 0 && o.buf.Len()+len(o.tail)+n > flushAt {
+		return false // send flushes first
+	}
+	o.buf.Write(appendPlain0(o.buf.AvailableBuffer(), rem, m.topic, m.payload, false, false))
+	o.n++
+	c.b.meter.out[k].Add(1)
 	return true
 }
 

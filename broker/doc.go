@@ -395,7 +395,12 @@
 //     send with mochi's PublishEncode was 558 of a plain message's 6,200
 //     instructions from the read to the write, sendPlain0 is 311, the
 //     816-byte packets.Packet no longer built (bench/README.md, branch
-//     h-fast). Every other publish is encoded by mochi as before; the
+//     h-fast). A tree message (snapshot, delta) at QoS 0 to an MQTT
+//     3.1.1 client has none of that either (no properties: treePacket
+//     gives them to MQTT 5 only; retain 0), so sendTree0 encodes it so
+//     too, written directly or by the writer: a `$tree` delta's encoding
+//     and send 967 instructions to 296 (branch h-tlat). Every other
+//     publish is encoded by mochi as before; the
 //     delivery path is the same (tryDirect, then the queue). Mochi's read
 //     path for a PUBLISH is shortened inside mochi
 //     (changes 91-93: one hook's chains called directly, the packet's

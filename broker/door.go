@@ -445,12 +445,12 @@ func parsePublish(topic string, props *packets.Properties) (wire.Publish, bool, 
 	if len(props.User) == 0 && (len(topic) == 0 || topic[0] != '$') {
 		return wire.Publish{Topic: topic}, false, nil // a plain publish: neither a prefix nor mote=tree
 	}
-	if wire.IsMote(topic) {
-		p, err := wire.ParsePublish(topic)
-		if err != nil {
-			return p, true, err
+	// One parse: a topic without a Mote verb comes back plain (its first
+	// level was split twice more, IsMote's and ParsePublish's).
+	if p, err := wire.ParsePublish(topic); err != nil || p.Op != wire.PubPlain {
+		if err == nil {
+			err = treePublishProps(&p, topic, props.User)
 		}
-		err = treePublishProps(&p, topic, props.User)
 		return p, true, err
 	}
 	mode, ok, err := moteProp(props.User, "mote")

@@ -454,8 +454,14 @@ func (c *conn) sendOut(pk *packets.Packet, k outKind) (bool, error) {
 // sends it (DUP), and the resume delta of its connection, unnoted, took
 // the same mote-seq with more rows.
 func (c *conn) sendTree(st *treeSub, m *treeItem, k outKind) error {
-	pk := c.treePacket(m)
-	sent, err := c.sendOut(&pk, k)
+	var sent bool
+	var err error
+	if o, ok := c.out.(*mqttOut); ok && o.sendTree0(c, m, k) {
+		sent = true // an MQTT 3.1.1 client's QoS 0 message, encoded as is
+	} else {
+		pk := c.treePacket(m)
+		sent, err = c.sendOut(&pk, k)
+	}
 	if !sent && err != nil {
 		var tb *takenBack
 		sent = errors.As(err, &tb) && tb.moved

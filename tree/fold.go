@@ -42,9 +42,11 @@ func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 	}
 	// Emptied key by key: clear() swept every slot the map ever grew to
 	// (a storm's batch, say), for a batch of one row too (115 ns once it
-	// had held 1,000 rows).
-	for i := range t.changed {
-		delete(t.byTopic, t.changed[i].topic)
+	// had held 1,000 rows). A batch of few changed rows never filled it.
+	if len(t.changed) > changedScan {
+		for i := range t.changed {
+			delete(t.byTopic, t.changed[i].topic)
+		}
 	}
 	if t.dirty {
 		t.rev = max(t.rev, at.Rev)
@@ -114,15 +116,44 @@ func (t *Tree) applyOp(op *Op) Applied {
 		if !t.track {
 			continue
 		}
-		if i, ok := t.byTopic[r.Topic]; ok {
+		if i, ok := t.changedAt(r.Topic); ok {
 			c := &t.changed[i]
 			c.val, c.origin, c.qos, c.retain = r.Value, op.Origin, max(c.qos, op.QoS), r.Retain
 			continue
 		}
-		t.byTopic[r.Topic] = int32(len(t.changed))
 		t.changed = append(t.changed, change{topic: r.Topic, val: r.Value, origin: op.Origin, qos: op.QoS, retain: r.Retain})
+		switch n := len(t.changed); {
+		case n == changedScan+1: // past the scan: every row into the map
+			for i := range t.changed {
+				t.byTopic[t.changed[i].topic] = int32(i)
+			}
+		case n > changedScan+1:
+			t.byTopic[r.Topic] = int32(n - 1)
+		}
 	}
 	return Applied{Rows: rows}
+}
+
+// changedScan is how many changed rows of a batch are found by a scan of
+// t.changed; past it, t.byTopic holds them all. A publish of a row or a
+// few (most are) then neither fills the map nor empties it: that was 600
+// instructions of a one-row `$tree` publish's 4,400 in ApplyAt
+// (bench/README.md, branch h-tlat).
+const changedScan = 8
+
+// changedAt returns the index in t.changed of topic's change, if this
+// batch has one.
+func (t *Tree) changedAt(topic string) (int32, bool) {
+	if len(t.changed) <= changedScan {
+		for i := range t.changed {
+			if t.changed[i].topic == topic {
+				return int32(i), true
+			}
+		}
+		return 0, false
+	}
+	i, ok := t.byTopic[topic]
+	return i, ok
 }
 
 // siblingRun returns the end of the run of rows from i that set retained
@@ -250,6 +281,9 @@ func (t *Tree) sortPaths() {
 	for i := range t.paths {
 		p := &t.paths[i]
 		p.keys = t.keys[p.from:p.to:p.to]
+	}
+	if len(t.paths) < 2 {
+		return
 	}
 	slices.SortFunc(t.paths, func(a, b rowPath) int { return slices.Compare(a.keys, b.keys) })
 }

@@ -178,8 +178,12 @@ func (d *Decoder) decodeJSON(payload []byte, sc *Scratch) (Node, error) {
 	if sc != nil {
 		counts = sc.counts[:0]
 	}
-	if n := min(strings.Count(s, "{")+strings.Count(s, "["), len(s)/2); cap(counts) < n {
-		counts = make([]uint32, 0, n)
+	// Counted only when the scratch's room might not do: a payload of n
+	// bytes holds at most n/2 objects and arrays.
+	if cap(counts) < len(s)/2 {
+		if n := min(strings.Count(s, "{")+strings.Count(s, "["), len(s)/2); cap(counts) < n {
+			counts = make([]uint32, 0, max(n, min(len(s)/2, 16)))
+		}
 	}
 	counts, bad := scanJSON(s, d.lim.MaxDepth, counts, true)
 	if sc != nil && cap(counts) <= 4*scratchMax {

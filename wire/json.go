@@ -366,6 +366,12 @@ const maxFloatHalfway = "1797693134862315807937289714053034150799341327100378269
 // a float64: whether strconv.ParseFloat(num, 64) gives ±Inf. It reads num
 // once and does not allocate, however long num is.
 func floatOverflows(num string) bool {
+	if len(num) < len(maxFloatHalfway) && strings.IndexByte(num, 'e') < 0 && strings.IndexByte(num, 'E') < 0 {
+		// No exponent, fewer digits than 10^308 has (most numbers): two
+		// vector scans, not the loop below (a 19-digit number's 260
+		// instructions, bench/README.md, branch h-tlat).
+		return false
+	}
 	num = strings.TrimPrefix(num, "-")
 	mant, exp, point := num, 0, -1
 	for j := 0; j < len(num); j++ {

@@ -2,6 +2,8 @@ package wire
 
 import (
 	"errors"
+	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 )
@@ -227,6 +229,31 @@ func TestCovers(t *testing.T) {
 	} {
 		if got := Covers(tc.f, tc.s); got != tc.want {
 			t.Errorf("Covers(%q, %q) = %v", tc.f, tc.s, got)
+		}
+	}
+}
+
+// TestIsMoteSplitVerb: IsMote, which finds the verb without splitVerb's
+// cuts, answers as splitVerb does for every short topic of the letters
+// the verbs are made of, '.', '/', and a multi-byte rune.
+func TestIsMoteSplitVerb(t *testing.T) {
+	alphabet := []string{"$", "s", "y", "n", "c", "t", "r", "e", "h", "i", ".", "/", "T", "ſ"}
+	r := rand.New(rand.NewPCG(7, 8))
+	topics := []string{"", "$", "$sync", "$tree", "$set", "$hist", "$tree.cbor/a", "$set/a", "$sync.json.250ms/x/+",
+		"$tree/", "$tree.", "$tree./a", "$treex/a", "$tre/a", "$Tree/a", "$set.x", "x/$tree", "$hist/$tree"}
+	for range 100000 {
+		var b strings.Builder
+		b.WriteString("$")
+		for range r.IntN(9) {
+			b.WriteString(alphabet[r.IntN(len(alphabet))])
+		}
+		topics = append(topics, b.String())
+	}
+	for _, topic := range topics {
+		_, _, _, _, want := splitVerb(topic)
+		want = want && strings.HasPrefix(topic, "$")
+		if got := IsMote(topic); got != want {
+			t.Fatalf("IsMote(%q) = %v, splitVerb says %v", topic, got, want)
 		}
 	}
 }

@@ -2,7 +2,9 @@
 // subscriber on the topic the `latency` scenario uses ("lat/t", MQTT
 // 3.1.1, a 19-digit payload), for counting the broker's per-message work
 // under valgrind's callgrind (see run.sh); -subs more subscribers make it
-// a fan-out. It warms up, runs the -on
+// a fan-out. -tree drives the `$tree` variant instead, as the bench's
+// `latency` tree does: it publishes `$tree/lat` with `{"t":N}` and
+// subscribes `$tree/lat/+`. It warms up, runs the -on
 // command (e.g. `callgrind_control -i on PID`), publishes -count messages
 // at -rate a second, waits until the subscriber has them all, then runs
 // the -off command. It prints how many arrived and their p50 latency.
@@ -18,6 +20,7 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mote-mqtt/mote/bench/rawmqtt"
@@ -32,15 +35,48 @@ func main() {
 	off := flag.String("off", "", "shell command run after the counted messages arrived")
 	idle := flag.Bool("idle", false, "publish nothing between -on and -off, only wait as long: the idle cost")
 	subs := flag.Int("subs", 1, "subscribers (lat-sub, lat-sub-1, ...), each getting every message")
+	tree := flag.Bool("tree", false, "publish `$tree/lat` {\"t\":N} and subscribe `$tree/lat/+`, as the bench's latency tree")
 	flag.Parse()
 	if *rate < 1 || *subs < 1 {
 		fmt.Fprintln(os.Stderr, "latgrind: -rate and -subs must be at least 1")
 		os.Exit(2)
 	}
-	if err := run(*addr, *warm, *count, *rate, *subs, *on, *off, *idle); err != nil {
+	sh := shape{pub: "lat/t", filter: "lat/t"}
+	if *tree {
+		sh = shape{pub: "$tree/lat", filter: "$tree/lat/+", tree: true}
+	}
+	if err := run(*addr, sh, *warm, *count, *rate, *subs, *on, *off, *idle); err != nil {
 		fmt.Fprintln(os.Stderr, "latgrind:", err)
 		os.Exit(1)
 	}
+}
+
+// shape is what latgrind publishes and subscribes: the plain topic, or the
+// `$tree` variant's JSON object to a row subscriber.
+type shape struct {
+	pub, filter string
+	tree        bool
+}
+
+// payload is the message for the publish time ns.
+func (s shape) payload(ns int64) []byte {
+	if s.tree {
+		return fmt.Appendf(nil, `{"t":%d}`, ns)
+	}
+	return strconv.AppendInt(nil, ns, 10)
+}
+
+// sent reads the publish time back from a delivered PUBLISH body (3.1.1,
+// QoS 0: topic, then payload).
+func sent(b []byte) (int64, error) {
+	if len(b) < 2 {
+		return 0, fmt.Errorf("short publish %x", b)
+	}
+	n := 2 + (int(b[0])<<8 | int(b[1]))
+	if len(b) < n {
+		return 0, fmt.Errorf("short publish %x", b)
+	}
+	return strconv.ParseInt(strings.Trim(string(b[n:]), `{}"t:`), 10, 64)
 }
 
 func connect(addr, id string) (net.Conn, *bufio.Reader, error) {
@@ -75,7 +111,7 @@ func shell(cmd string) error {
 	return nil
 }
 
-func run(addr string, warm, count, rate, nsubs int, on, off string, idle bool) error {
+func run(addr string, sh shape, warm, count, rate, nsubs int, on, off string, idle bool) error {
 	type subscriber struct {
 		c net.Conn
 		r *bufio.Reader
@@ -96,7 +132,7 @@ func run(addr string, warm, count, rate, nsubs int, on, off string, idle bool) e
 			return err
 		}
 		subs = append(subs, subscriber{sub, sr})
-		body := append([]byte{0, 1}, rawmqtt.AppendString(nil, "lat/t")...)
+		body := append([]byte{0, 1}, rawmqtt.AppendString(nil, sh.filter)...)
 		if _, err := sub.Write(rawmqtt.Packet(0x82, append(body, 0))); err != nil {
 			return err
 		}
@@ -111,7 +147,11 @@ func run(addr string, warm, count, rate, nsubs int, on, off string, idle bool) e
 	}
 	defer pub.Close()
 
-	got := make(chan time.Duration, (warm+count)*nsubs)
+	type arrival struct {
+		sent int64 // the publish's time, from its payload
+		lat  time.Duration
+	}
+	got := make(chan arrival, (warm+count)*nsubs)
 	readErr := make(chan error, nsubs)
 	for _, s := range subs {
 		go func() { // owned by run: ends when its connection is closed
@@ -121,26 +161,38 @@ func run(addr string, warm, count, rate, nsubs int, on, off string, idle bool) e
 					readErr <- err
 					return
 				}
-				ns, _ := strconv.ParseInt(string(b[2+len("lat/t"):]), 10, 64)
-				got <- time.Since(time.Unix(0, ns))
+				ns, err := sent(b)
+				if err != nil {
+					readErr <- err
+					return
+				}
+				got <- arrival{ns, time.Since(time.Unix(0, ns))}
 			}
 		}()
 	}
 	phase := func(n int) ([]time.Duration, error) {
 		tick := time.NewTicker(time.Second / time.Duration(rate))
 		defer tick.Stop()
+		var last int64
 		for range n {
 			<-tick.C
-			p := rawmqtt.Packet(0x30, append(rawmqtt.AppendString(nil, "lat/t"), strconv.FormatInt(time.Now().UnixNano(), 10)...))
+			last = time.Now().UnixNano()
+			p := rawmqtt.Packet(0x30, append(rawmqtt.AppendString(nil, sh.pub), sh.payload(last)...))
 			if _, err := pub.Write(p); err != nil {
 				return nil, err
 			}
 		}
+		// Done once every subscriber has the last publish: `$tree`
+		// deltas of publishes waiting together are folded into one (SPEC
+		// §2), so fewer than n may arrive when the broker falls behind.
 		var lat []time.Duration
-		for len(lat) < n*nsubs {
+		for ends := 0; ends < nsubs; {
 			select {
-			case d := <-got:
-				lat = append(lat, d)
+			case a := <-got:
+				lat = append(lat, a.lat)
+				if a.sent == last {
+					ends++
+				}
 			case err := <-readErr:
 				return lat, err
 			case <-time.After(30 * time.Second):
@@ -167,6 +219,9 @@ func run(addr string, warm, count, rate, nsubs int, on, off string, idle bool) e
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		fmt.Printf("messages %d p50 %v p99 %v\n", len(lat), lat[len(lat)/2], lat[len(lat)*99/100])
+		if want := count * nsubs; len(lat) != want {
+			fmt.Printf("folded: %d deliveries of %d publishes to %d subscribers (per-message counts are off)\n", len(lat), count, nsubs)
+		}
 	} else {
 		fmt.Println("idle")
 	}

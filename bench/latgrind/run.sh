@@ -6,6 +6,7 @@
 # its 1 MiB L2 as the last level (the L3 is shared with other processes).
 # GODEBUG=asyncpreemptoff=1: callgrind asserts on the runtime's preemption
 # signals (valgrind 3.19). IDLE=1 counts an idle window of the same length instead.
+# TREE=1 in the environment drives the `$tree` variant (latgrind -tree).
 set -eu
 bin=$1 out=$2 rate=${3:-100} count=${4:-1000} idle=${5:-0} subs=${6:-1}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,6 +20,7 @@ GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --cache-sim=yes --instr-atst
 	"$bin" broker --tcp 127.0.0.1:$port --ws off --http off --data "$data" --log-level warn \
 	>"$out.log" 2>&1 &
 vg=$!
+trap 'kill $vg 2>/dev/null || true' EXIT
 i=0
 until grep -q 'listening\|warn' "$out.log" 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do
 	i=$((i + 1)); [ $i -lt 600 ] || { kill $vg; echo "never listened" >&2; exit 1; }
@@ -26,6 +28,7 @@ until grep -q 'listening\|warn' "$out.log" 2>/dev/null && (exec 3<>/dev/tcp/127.
 done
 flag=
 [ "$idle" = 1 ] && flag=-idle
+[ "${TREE:-0}" = 1 ] && flag="$flag -tree"
 "$drv" -addr 127.0.0.1:$port -rate "$rate" -count "$count" -subs "$subs" -warm 300 $flag \
 	-on "callgrind_control -i on $vg >/dev/null" \
 	-off "callgrind_control -d $vg >/dev/null; callgrind_control -i off $vg >/dev/null"
