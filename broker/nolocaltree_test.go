@@ -116,6 +116,7 @@ func TestNoLocalTree(t *testing.T) {
 					t.Fatalf("%q seq %s, want delta 1", first.Payload, user(first, "mote-seq"))
 				}
 				e.w.row(t, "nl/b", "2")
+				settle(t, e.b) // queued first: taken must not see the queue empty before it
 				taken("delta 2 taken by the writer, waiting for room")
 				e.c.row(t, "nl/x", `"own1"`) // nothing to fold into: nothing sent
 				e.w.row(t, "nl/y", "3")      // delta 3, queued
@@ -129,6 +130,7 @@ func TestNoLocalTree(t *testing.T) {
 				}
 				taken("the emptied delta taken (and skipped)")
 				e.w.row(t, "nl/z", "5") // delta 3 after all, no gap
+				settle(t, e.b)          // queued (the PUBACK may come before the loop applies it)
 				taken("delta 3 taken")
 				e.w.row(t, "nl/u", "6") // delta 4, queued
 				settle(t, e.b)
