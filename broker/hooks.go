@@ -679,6 +679,15 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk *packets.Packet) error {
 		}()
 	}
 	m := Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, props: &pk.Properties}
+	// The topic as read is a valid topic name: mochi decoded it as a
+	// UTF-8 string with no NUL (decodeString: DISCONNECT 0x81 if not),
+	// of at most 65,535 bytes (its length is two bytes), and refused it
+	// empty without an alias, or with a wildcard (PublishValidate:
+	// DISCONNECT 0x82), before OnPublish; the door need not check it
+	// again. Not so a topic an alias gave (the alias may have been set
+	// by a publish OnPacketRead took aside, whose topic mochi never saw)
+	// nor one taken aside (internalPublish): the door checks those.
+	m.topicValid = pk.TopicName != internalPublish && !pk.Properties.TopicAliasFlag
 	if nc, ok := cl.Net.Conn.(*netConn); ok {
 		m.pre = nc.takeMessage(pk.TopicName)
 	}

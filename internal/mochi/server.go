@@ -1332,7 +1332,12 @@ func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 // topic and QoS are set here, then the OnPublish hooks change it, and the
 // delivery and OnPublished see it so, as upstream's copy.
 func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
-	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
+	// mote change 95: only a topic starting with '$' is asked here. For
+	// any other IsValidFilter checks wildcards alone, and processPacket,
+	// processPublish's one caller, has refused a topic with one already
+	// (PublishValidate, DISCONNECT 0x82): the same topic, before its
+	// alias is resolved, so the loop over it was run twice a publish.
+	if !cl.Net.Inline && len(pk.TopicName) > 0 && pk.TopicName[0] == '$' && !isValidFilter(pk.TopicName, true) {
 		return nil
 	}
 
