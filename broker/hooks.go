@@ -237,6 +237,7 @@ func (h *hook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return
 // (per row for trees), so mochi lets them through; subscriptions to plain
 // filters are checked here, tree filters per row by the tree core.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	// (mochi asks no more of a publish: PublishesChecked)
 	if write || cl.Net.Inline {
 		return true
 	}
@@ -931,6 +932,11 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 	c.replaced = nil // refuseFiled's, for this SUBSCRIBE only
 }
+
+// PublishesChecked tells mochi that OnACLCheck lets every publish
+// through, the door checking it (mochi change 96): processPublish does not
+// ask it.
+func (h *hook) PublishesChecked() {}
 
 // ProcessedHeaderOnly tells mochi that OnPacketProcessed reads only a
 // packet's FixedHeader, PacketID and ReasonCode (mochi change 92): mochi
