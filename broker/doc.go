@@ -401,10 +401,11 @@
 //     (changes 91-93: one hook's chains called directly, the packet's
 //     header kept for OnPacketProcessed instead of a whole copy, since
 //     the broker's hook declares it reads no more, and validUTF8 in one
-//     pass; changes 95-96: processPublish asks IsValidFilter only of a
+//     pass; changes 95-97: processPublish asks IsValidFilter only of a
 //     topic starting with '$', PublishValidate having refused a wildcard,
 //     and not the OnACLCheck chain, which the broker's hook declares lets
-//     every publish through, the door checking it: PublishesChecked); no
+//     every publish through, the door checking it: PublishesChecked;
+//     refreshDeadline tests the read deadline by the monotonic clock); no
 //     second door: every publish still goes through OnPublish, and the
 //     door no longer checks again the form of an MQTT PUBLISH's topic
 //     that mochi checked (bench/README.md, branch h-lat3).
