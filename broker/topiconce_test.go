@@ -22,11 +22,11 @@ import (
 // and 1, retained or not, and nothing of it reaches a subscriber.
 //
 // Each row fails when the check that stays is taken out: PublishValidate's
-// wildcard test (the rows "+" and "#" are then answered as the door
-// answers, PUBACK 0x90 or nothing, not a DISCONNECT), the decoder's
-// UTF-8 and NUL test (the door never sees such a topic now), and the
-// door's check of an aliased topic (the last row's second publish is
-// then delivered to "tv/+" and acknowledged).
+// wildcard test (the rows "+" and "#" are then taken and delivered, not a
+// DISCONNECT: the door no longer checks them), the decoder's UTF-8 and
+// NUL test (taken and delivered too), and the door's check of an aliased
+// topic (the alias row's second publish is then acknowledged and
+// delivered to "tv/+").
 func TestPlainTopicRefusedOnce(t *testing.T) {
 	b := start(t, Options{MaxTopicLen: 32})
 	watch := dial3(t, b, "watch", true)
