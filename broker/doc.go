@@ -14,7 +14,10 @@
 // and Broker.Publish. There, and only there, a publish is checked: Mote's,
 // $SYS and $mote prefixes, topic length and levels, the ACL (access.go; per
 // row for trees, SPEC §6), and decoded into a tree.Op on the caller's
-// goroutine. A plain event is then delivered at once; anything that
+// goroutine. (A topic name's form, a UTF-8 string with no NUL and no
+// wildcard, is checked there too, but for an MQTT PUBLISH's own topic,
+// which mochi refused before the door with the protocol's DISCONNECT
+// if it was not: Message.topicValid.) A plain event is then delivered at once; anything that
 // changes rows goes to the message loop. A publish that matches a
 // translator (SPEC §11, translate.go) is translated there too, and its
 // translation handed in with it. Subscriptions enter through the
@@ -406,7 +409,14 @@
 //     (changes 91-93: one hook's chains called directly, the packet's
 //     header kept for OnPacketProcessed instead of a whole copy, since
 //     the broker's hook declares it reads no more, and validUTF8 in one
-//     pass); no second door: every publish still goes through OnPublish.
+//     pass; changes 95-97: processPublish asks IsValidFilter only of a
+//     topic starting with '$', PublishValidate having refused a wildcard,
+//     and not the OnACLCheck chain, which the broker's hook declares lets
+//     every publish through, the door checking it: PublishesChecked;
+//     refreshDeadline tests the read deadline by the monotonic clock); no
+//     second door: every publish still goes through OnPublish, and the
+//     door no longer checks again the form of an MQTT PUBLISH's topic
+//     that mochi checked (bench/README.md, branch h-lat3).
 //   - Matching plain subscriptions (subindex.go): mochi's TopicsIndex
 //     builds maps on every match; the broker's own index, a copy-on-write
 //     trie read without locks or allocations, mirrors what mochi files

@@ -33,6 +33,14 @@ type Message struct {
 	// MQTT client's PUBLISH lends its own (OnPublish) for the call, not
 	// copied into the Message (256 bytes) for every publish.
 	props *packets.Properties
+	// topicValid says Topic is known to be a valid topic name, checked
+	// by the front end that read it: a UTF-8 string of 1 to 65,535 bytes
+	// with no NUL and no wildcard (what wire.ValidateTopic checks), so
+	// the door does not check it again. Only an MQTT client's OnPublish
+	// sets it: mochi's decoding and PublishValidate refused any other
+	// topic, with the protocol's answer, before the door (hooks.go).
+	// Every other front end's topic is checked here.
+	topicValid bool
 }
 
 // properties are m's MQTT 5 properties: props if set, else Properties.
@@ -194,8 +202,10 @@ func (b *Broker) prepareInto(p Principal, m *Message, r *prepared) error {
 		}
 	}
 	if !isMote {
-		if err := wire.ValidateTopic(m.Topic); err != nil {
-			return err
+		if !m.topicValid { // (an MQTT PUBLISH's was checked as it was read)
+			if err := wire.ValidateTopic(m.Topic); err != nil {
+				return err
+			}
 		}
 		if !b.access.canWrite(p, m.Topic) {
 			return fmt.Errorf("%w: write to %.200q", tree.ErrDenied, m.Topic)

@@ -156,3 +156,76 @@ func TestMoteProcessedHeaderOnly(t *testing.T) {
 		t.Error("a hook not ProcessedHeaderOnly: the whole packet not kept")
 	}
 }
+
+// checkedHook is a countHook that declares it checks publishes itself
+// (PublishesChecked), as Mote's hook does.
+type checkedHook struct {
+	countHook
+}
+
+func (h *checkedHook) PublishesChecked() {}
+
+// TestMotePublishesChecked: processPublish does not ask the OnACLCheck
+// chain about a publish when a hook providing it is PublishesChecked
+// (change 96: the chain would answer true); it asks as before when none
+// is, or when the one that is does not provide OnACLCheck, and a refusal
+// still drops the publish before OnPublish. Each row fails with the
+// change's condition dropped (the first: "acl" 1), or made to ignore
+// Provides (the third: the publish goes through).
+func TestMotePublishesChecked(t *testing.T) {
+	pubACL := []byte{OnPublish, OnACLCheck}
+	for _, tc := range []struct {
+		name    string
+		hooks   func() []Hook
+		checked bool
+		want    []map[string]int
+	}{
+		{"checked hook providing OnACLCheck: not asked", func() []Hook {
+			return []Hook{&checkedHook{countHook{id: "a", prov: pubACL, calls: map[string]int{}}}}
+		}, true, []map[string]int{{"publish": 1}}},
+		{"plain hook refusing: asked, dropped", func() []Hook {
+			return []Hook{&countHook{id: "a", prov: pubACL, calls: map[string]int{}}}
+		}, false, []map[string]int{{"acl": 1}}},
+		{"checked hook without OnACLCheck, another refusing: asked, dropped", func() []Hook {
+			return []Hook{
+				&checkedHook{countHook{id: "a", prov: []byte{OnPublish}, calls: map[string]int{}}},
+				&countHook{id: "b", prov: []byte{OnACLCheck}, calls: map[string]int{}},
+			}
+		}, false, []map[string]int{{}, {"acl": 1}}},
+		{"plain hook allowing: asked, published", func() []Hook {
+			return []Hook{&countHook{id: "a", prov: pubACL, calls: map[string]int{}, acl: true}}
+		}, false, []map[string]int{{"acl": 1, "publish": 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(&Options{Logger: logger})
+			hooks := tc.hooks()
+			for _, h := range hooks {
+				if err := s.AddHook(h, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := s.hooks.PublishesChecked(); got != tc.checked {
+				t.Errorf("PublishesChecked %v, want %v", got, tc.checked)
+			}
+			cl, _, _ := newTestClient()
+			cl.State.Inflight.ResetReceiveQuota(10)
+			pk := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/b", Payload: []byte("x")}
+			if err := s.processPublish(cl, pk); err != nil {
+				t.Fatal(err)
+			}
+			for i, h := range hooks {
+				calls := h.(interface{ counted() map[string]int }).counted()
+				if len(calls) != len(tc.want[i]) {
+					t.Errorf("hook %d: calls %v, want %v", i, calls, tc.want[i])
+				}
+				for k, n := range tc.want[i] {
+					if calls[k] != n {
+						t.Errorf("hook %d: calls %v, want %v", i, calls, tc.want[i])
+					}
+				}
+			}
+		})
+	}
+}
+
+func (h *countHook) counted() map[string]int { return h.calls }

@@ -156,6 +156,18 @@ type providers struct {
 	any, many [4]uint64
 	sole      [256]Hook
 	readAll   bool
+	// writesChecked (change 96): some hook providing OnACLCheck is
+	// PublishesChecked, so the chain answers every publish true.
+	writesChecked bool
+}
+
+// mote: PublishesChecked is a hook whose OnACLCheck answers true for
+// every publish (write) because it checks publishes itself, elsewhere
+// (Mote's door: one ACL check a publish). With one such hook, the
+// OnACLCheck chain, which answers true when a hook does, would let every
+// publish through: processPublish does not ask it (change 96).
+type PublishesChecked interface {
+	PublishesChecked()
 }
 
 // mote: ProcessedHeaderOnly is a hook whose OnPacketProcessed reads only
@@ -195,6 +207,9 @@ func countProviders(hooks []Hook) *providers {
 		if _, ok := hook.(ProcessedHeaderOnly); hook.Provides(OnPacketProcessed) && !ok {
 			p.readAll = true
 		}
+		if _, ok := hook.(PublishesChecked); ok && hook.Provides(OnACLCheck) {
+			p.writesChecked = true
+		}
 	}
 	return p
 }
@@ -218,6 +233,13 @@ func (h *Hooks) one(b byte) (hook Hook, none bool) {
 func (h *Hooks) ProcessedPacketFull() bool {
 	p := h.prov.Load()
 	return p == nil || p.readAll
+}
+
+// mote: PublishesChecked reports whether the OnACLCheck chain answers
+// every publish true, a PublishesChecked hook providing it (change 96).
+func (h *Hooks) PublishesChecked() bool {
+	p := h.prov.Load()
+	return p != nil && p.writesChecked
 }
 
 // provided reports whether any hook provides method b (mote change 86).

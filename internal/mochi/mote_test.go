@@ -486,7 +486,22 @@ func TestRefreshDeadlineCoalesced(t *testing.T) {
 		t.Fatalf("%d deadlines set for 1000 packets, want 1", dc.sets)
 	}
 
+	// Once it is nearer than keepalive × 1.5 (as if the time had passed:
+	// change 97's test by the monotonic clock), it is moved again.
 	sets := dc.sets
+	cl.Net.deadline = time.Now().Add(15*time.Second - time.Millisecond)
+	before := time.Now()
+	cl.refreshDeadline(10)
+	if dc.sets != sets+1 || dc.last.Before(before.Add(15*time.Second)) {
+		t.Fatalf("deadline nearer than keep-alive × 1.5: %d more set, last %v from now; want one, at least 15s", dc.sets-sets, time.Until(dc.last))
+	}
+	cl.Net.deadline = time.Now().Add(15*time.Second + 500*time.Millisecond)
+	cl.refreshDeadline(10)
+	if dc.sets != sets+1 {
+		t.Fatalf("deadline past keep-alive × 1.5 moved again: %d more set, want none", dc.sets-sets-1)
+	}
+
+	sets = dc.sets
 	cl.refreshDeadline(0)
 	cl.refreshDeadline(0)
 	if dc.sets != sets+1 || !dc.last.IsZero() {

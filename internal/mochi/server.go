@@ -1332,7 +1332,12 @@ func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 // topic and QoS are set here, then the OnPublish hooks change it, and the
 // delivery and OnPublished see it so, as upstream's copy.
 func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
-	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
+	// mote change 95: only a topic starting with '$' is asked here. For
+	// any other IsValidFilter checks wildcards alone, and processPacket,
+	// processPublish's one caller, has refused a topic with one already
+	// (PublishValidate, DISCONNECT 0x82): the same topic, before its
+	// alias is resolved, so the loop over it was run twice a publish.
+	if !cl.Net.Inline && len(pk.TopicName) > 0 && pk.TopicName[0] == '$' && !isValidFilter(pk.TopicName, true) {
 		return nil
 	}
 
@@ -1357,7 +1362,9 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 		return s.DisconnectClient(cl, packets.ErrReceiveMaximum) // ~[MQTT-3.3.4-7] ~[MQTT-3.3.4-8]
 	}
 
-	if !cl.Net.Inline && !s.hooks.OnACLCheck(cl, pk.TopicName, true) {
+	// mote change 96: not asked when a hook declares it lets every
+	// publish through (PublishesChecked: Mote's, whose door checks it).
+	if !cl.Net.Inline && !s.hooks.PublishesChecked() && !s.hooks.OnACLCheck(cl, pk.TopicName, true) {
 		if pk.FixedHeader.Qos == 0 {
 			return nil
 		}
