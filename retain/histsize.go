@@ -37,8 +37,9 @@ type HistSize struct {
 func ValueBound(v wire.Value) int64 { return int64(len(v.Data)) + int64(wire.LeafGrowth(v)) }
 
 // histSizes is the HistSize of every row with history values in the
-// store. Its writers are the store's writes (Commit, Prune: one at a time,
-// under Store.mu) and Open; its readers are the estimates
+// store. Its writers are the store's writes (Commit, Prune: each once its
+// transaction committed, still under Store.mu, so in the order of the
+// writes: updateThen) and Open; its readers are the estimates
 // (Store.HistorySizes).
 type histSizes struct {
 	mu   sync.Mutex // guards rows
@@ -48,7 +49,7 @@ type histSizes struct {
 	unknown bool
 }
 
-// add counts a value of bound n stored for topic (h.mu held).
+// addLocked counts a value of bound n stored for topic (h.mu held).
 func (h *histSizes) addLocked(topic string, n int64) {
 	s := h.rows[topic]
 	if s == nil {
@@ -74,6 +75,22 @@ func (h *histSizes) dropLocked(topic string, n int64) {
 	s.Bytes -= n
 	if s.Values <= 0 {
 		delete(h.rows, topic)
+	}
+}
+
+// count counts the values vs written (add) or dropped.
+func (h *histSizes) count(vs []sized, add bool) {
+	if len(vs) == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, v := range vs {
+		if add {
+			h.addLocked(v.topic, v.n)
+		} else {
+			h.dropLocked(v.topic, v.n)
+		}
 	}
 }
 
