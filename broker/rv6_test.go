@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,5 +148,29 @@ func exchangeAs(t *testing.T, nc interface {
 			return got
 		}
 		got = append(got, fmt.Sprintf("%x:% x", h, body))
+	}
+}
+
+// TestRV6LongAliasedTopic: a topic longer than max_topic_length plus the
+// longest prefix, with a Topic Alias: OnPacketRead sets the alias to the
+// topic cut and clears the packet's alias, so the door sees an MQTT
+// PUBLISH's own topic (Message.topicValid) and still refuses it by its
+// length (CheckTopic), then the alias alone the same way. Review h-rv6.
+func TestRV6LongAliasedTopic(t *testing.T) {
+	b := start(t, Options{MaxTopicLen: 32})
+	watch := dial3(t, b, "watch", true)
+	watch.sub(t, "#", 0)
+	long := "lt/" + strings.Repeat("é", 100) // 203 bytes: past 32 + 64
+	got := topicExchange(t, hxDial(t, b.TCPAddr()), 5, "lt",
+		hxPublish(long, 1, 1, hxProps(hxU16(0x23, 1)), "x"),
+		hxPublish("", 1, 2, hxProps(hxU16(0x23, 1)), "x"),
+		hxPublish("", 0, 0, hxProps(hxU16(0x23, 1)), "x"))
+	if want := []string{"40:00 01 90*", "40:00 02 90*"}; !hxMatch(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	settle(t, b)
+	watch.pub(t, "lt/end", 0, false, "end")
+	if msgs := watch.wait(t, 1); len(msgs) != 1 || msgs[0].topic != "lt/end" {
+		t.Errorf("delivered: %+v, want only lt/end", msgs)
 	}
 }
