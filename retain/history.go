@@ -167,7 +167,7 @@ func (s *Store) History(filter string, max int, fn func(topic string, pairs []Pa
 // drop.
 func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err error) {
 	var dropped []sized // the values dropped, once committed (histSizes)
-	err = s.update(func(tx *bolt.Tx) error {
+	err = s.updateThen(func(tx *bolt.Tx) error {
 		hist := tx.Bucket(bucketHist)
 		// A topic's values are spread over the epochs: count them first.
 		type row struct {
@@ -225,14 +225,9 @@ func (s *Store) Prune(rules []HistoryRule, now int64, max int) (more bool, err e
 			}
 		}
 		return nil
-	})
+	}, func() { s.hsizes.count(dropped, false) })
 	if err != nil {
 		return false, fmt.Errorf("retain: prune history of %s: %w", s.path, err)
 	}
-	s.hsizes.mu.Lock()
-	for _, d := range dropped {
-		s.hsizes.dropLocked(d.topic, d.n)
-	}
-	s.hsizes.mu.Unlock()
 	return more, nil
 }

@@ -513,7 +513,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			size += rowHead + len(c.Value.Data)
 		}
 	}
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.updateThen(func(tx *bolt.Tx) error {
 		rejected = rejected[:0]
 		order := s.sort.sorted(changes)
 		if cap(s.arena) < size {
@@ -606,16 +606,9 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			return putUint(meta, keyRev, b.Rev)
 		}
 		return nil
-	})
+	}, func() { s.hsizes.count(written, true) })
 	if err != nil {
 		return nil, fmt.Errorf("retain: commit %d rows to %s: %w", len(changes), s.path, err)
-	}
-	if len(written) > 0 {
-		s.hsizes.mu.Lock()
-		for _, w := range written {
-			s.hsizes.addLocked(w.topic, w.n)
-		}
-		s.hsizes.mu.Unlock()
 	}
 	return rejected, nil
 }

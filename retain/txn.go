@@ -20,6 +20,14 @@ import (
 // transaction began (its meta pages invalid) wedges the store too (see
 // view).
 func (s *Store) update(fn func(*bolt.Tx) error) (err error) {
+	return s.updateThen(fn, nil)
+}
+
+// updateThen is update, and runs then, if not nil, once fn's transaction
+// committed, still holding s.mu: what it records of the write (the
+// history sizes, histsize.go) is in step with the writes, in their order,
+// however many goroutines write.
+func (s *Store) updateThen(fn func(*bolt.Tx) error, then func()) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.broken != nil {
@@ -41,10 +49,14 @@ func (s *Store) update(fn func(*bolt.Tx) error) (err error) {
 			err = s.broken
 		}
 	}()
-	return s.db.Update(func(t *bolt.Tx) error {
+	err = s.db.Update(func(t *bolt.Tx) error {
 		tx = t
 		return fn(t)
 	})
+	if err == nil && then != nil {
+		then()
+	}
+	return err
 }
 
 // view runs fn in a read transaction (bbolt's View). A panic inside it

@@ -129,7 +129,7 @@ type Tree struct {
 	dirty   bool             // the batch changed a row
 	track   bool             // the batch lists its changed rows (there are subscriptions to match them)
 	changed []change         // this batch's changed rows, newest value per topic
-	byTopic map[string]int32 // topic → index in changed, while a batch is applied (empty between)
+	byTopic map[string]int32 // topic → index in changed, once a batch changed more than changedScan rows (empty between batches)
 	touched []*group
 	matched []*group
 	enc     wire.Encoder

@@ -364,7 +364,8 @@ const maxFloatHalfway = "1797693134862315807937289714053034150799341327100378269
 
 // floatOverflows reports whether the valid JSON number num is too large for
 // a float64: whether strconv.ParseFloat(num, 64) gives ±Inf. It reads num
-// once and does not allocate, however long num is.
+// at most three times (two scans for an exponent, then the loop) and does
+// not allocate, however long num is.
 func floatOverflows(num string) bool {
 	if len(num) < len(maxFloatHalfway) && strings.IndexByte(num, 'e') < 0 && strings.IndexByte(num, 'E') < 0 {
 		// No exponent, fewer digits than 10^308 has (most numbers): two
