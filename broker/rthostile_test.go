@@ -86,30 +86,7 @@ func hxSubscribe(id uint16, props []byte, filter string, opts byte) []byte {
 // connection, as "type:body" hex strings ("closed" last when it closed).
 func hxExchange(t *testing.T, addr string, v byte, id string, send ...[]byte) []string {
 	t.Helper()
-	nc := hxDial(t, addr)
-	defer nc.Close()
-	r := bufio.NewReader(nc)
-	if _, err := nc.Write(connectPacket(v, id)); err != nil {
-		t.Fatal(err)
-	}
-	if h, _, err := readPacketBody(r); err != nil || h>>4 != 2 {
-		t.Fatalf("%s: no CONNACK: %#x %v", id, h, err)
-	}
-	for _, p := range send {
-		nc.Write(p) //nolint:errcheck // a closed connection shows in the reads
-	}
-	nc.Write([]byte{0xC0, 0}) //nolint:errcheck // as above
-	var got []string
-	for {
-		h, body, err := readPacketBody(r)
-		if err != nil {
-			return append(got, "closed")
-		}
-		if h == 0xD0 {
-			return got
-		}
-		got = append(got, fmt.Sprintf("%x:% x", h, body))
-	}
+	return exchangeAs(t, hxDial(t, addr), connectPacket(v, id), send...)
 }
 
 // hxMatch reports whether each answer is the one wanted, or starts with

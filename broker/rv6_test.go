@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -115,15 +116,11 @@ func TestRV6PublishACLOnce(t *testing.T) {
 // retainedPk sets a PUBLISH's retain flag.
 func retainedPk(p []byte) []byte { p[0] |= 1; return p }
 
-// exchangeAs is topicExchange with the CONNECT given: what the broker
-// answered the packets before its PINGRESP, or before it closed the
-// connection ("closed" last).
-func exchangeAs(t *testing.T, nc interface {
-	Read([]byte) (int, error)
-	Write([]byte) (int, error)
-	Close() error
-	SetDeadline(time.Time) error
-}, connect []byte, send ...[]byte) []string {
+// exchangeAs sends connect over nc, a connection of any front end, and
+// then send and a PINGREQ: what the broker answered the packets before
+// its PINGRESP, or before it closed the connection ("closed" last), as
+// "type:body" hex strings. The CONNECT must be accepted. It closes nc.
+func exchangeAs(t *testing.T, nc net.Conn, connect []byte, send ...[]byte) []string {
 	t.Helper()
 	defer nc.Close()
 	nc.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // a late answer fails the reads

@@ -1,12 +1,9 @@
 package broker
 
 import (
-	"bufio"
-	"fmt"
 	"net"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestPlainTopicRefusedOnce: a plain publish's topic is checked once on
@@ -102,28 +99,5 @@ func TestPlainTopicRefusedOnce(t *testing.T) {
 // PINGRESP, or before it closed the connection ("closed" last).
 func topicExchange(t *testing.T, nc net.Conn, v byte, id string, send ...[]byte) []string {
 	t.Helper()
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // a late answer fails the reads
-	r := bufio.NewReader(nc)
-	if _, err := nc.Write(connectPacket(v, id)); err != nil {
-		t.Fatal(err)
-	}
-	if h, _, err := readPacketBody(r); err != nil || h>>4 != 2 {
-		t.Fatalf("%s: no CONNACK: %#x %v", id, h, err)
-	}
-	for _, p := range send {
-		nc.Write(p) //nolint:errcheck // a closed connection shows in the reads
-	}
-	nc.Write([]byte{0xC0, 0}) //nolint:errcheck // as above
-	var got []string
-	for {
-		h, body, err := readPacketBody(r)
-		if err != nil {
-			return append(got, "closed")
-		}
-		if h == 0xD0 {
-			return got
-		}
-		got = append(got, fmt.Sprintf("%x:% x", h, body))
-	}
+	return exchangeAs(t, nc, connectPacket(v, id), send...)
 }
