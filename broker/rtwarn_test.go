@@ -172,40 +172,7 @@ func treeOf(t *testing.T, b *Broker, filter string) string {
 // password user+"-pw").
 func userExchange(t *testing.T, addr, user string, send ...[]byte) []string {
 	t.Helper()
-	nc := hxDial(t, addr)
-	defer nc.Close()
-	r := bufio.NewReader(nc)
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 5,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: user + "-x",
-			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(user + "-pw")},
-	}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nc.Write(buf.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	if h, body, err := readPacketBody(r); err != nil || h>>4 != 2 || len(body) < 2 || body[1] != 0 {
-		t.Fatalf("%s: no CONNACK 0: %#x % x %v", user, h, body, err)
-	}
-	for _, p := range send {
-		nc.Write(p) //nolint:errcheck // a closed connection shows in the reads
-	}
-	nc.Write([]byte{0xC0, 0}) //nolint:errcheck // as above
-	var got []string
-	for {
-		h, body, err := readPacketBody(r)
-		if err != nil {
-			return append(got, "closed")
-		}
-		if h == 0xD0 {
-			return got
-		}
-		got = append(got, fmt.Sprintf("%x:% x", h, body))
-	}
+	return exchangeAs(t, hxDial(t, addr), rv6Connect(5, user+"-x", user), send...)
 }
 
 // TestLogKindsByCode: the first line of each refusal an operator needs is

@@ -16,7 +16,7 @@ import (
 )
 
 // rv6Connect is an MQTT CONNECT (version v) of client id as user, whose
-// password is user + "-pw" (users).
+// password is user + "-pw" (users; userExchange's too).
 func rv6Connect(v byte, id, user string) []byte {
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
