@@ -410,7 +410,8 @@
 //     header kept for OnPacketProcessed instead of a whole copy, since
 //     the broker's hook declares it reads no more, and validUTF8 in one
 //     pass; changes 95-97: processPublish asks IsValidFilter only of a
-//     topic starting with '$', PublishValidate having refused a wildcard,
+//     topic starting with '$', PublishValidate having refused a wildcard
+//     (change 98: in one pass, isValidDollarTopic, branch h-tlat2),
 //     and not the OnACLCheck chain, which the broker's hook declares lets
 //     every publish through, the door checking it: PublishesChecked;
 //     refreshDeadline tests the read deadline by the monotonic clock); no

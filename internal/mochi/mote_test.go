@@ -985,7 +985,9 @@ func TestIsValidFilterPublishFast(t *testing.T) {
 // FuzzIsValidFilter: IsValidFilter answers as the general checks for any
 // publish topic and any filter.
 func FuzzIsValidFilter(f *testing.F) {
-	for _, s := range []string{"", "a/b", "fan/1", "a/+", "#", "$SYS/x", "$share/g/a", "a#", "+/+"} {
+	for _, s := range []string{"", "a/b", "fan/1", "a/+", "#", "$SYS/x", "$share/g/a", "a#", "+/+",
+		"$mote/publish", "$tree/a/b", "$SYS", "$sys/", "$share", "$share/", "$share/g", "$SHARE/g/",
+		"$ſhare/g", "$ſhare/g/t", "$ſys/a", "$tree/+", "$tree/#", "$", "$/", "$//"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -995,6 +997,35 @@ func FuzzIsValidFilter(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestIsValidDollarTopic (change 98): the one pass answers as the general
+// checks for '$' publish topics, by every case of $SYS and $share, with
+// and without levels after them, the long s that folds to s, wildcards
+// anywhere; and refuses those that must be refused.
+func TestIsValidDollarTopic(t *testing.T) {
+	var topics []string
+	for _, first := range []string{"$SYS", "$sys", "$Sys", "$ſys", "$SYSx", "$SY", "$SHARE", "$share",
+		"$Share", "$ſhare", "$sharex", "$shar", "$mote", "$tree", "$", "$+", "$#"} {
+		for _, rest := range []string{"", "/", "//", "/g", "/g/", "/g/t", "/g/t/u", "/+", "/g/#", "/g/+/t", "/a#"} {
+			topics = append(topics, first+rest)
+		}
+	}
+	for _, s := range topics {
+		if got, want := isValidDollarTopic(s), isValidFilter(s, true); got != want {
+			t.Errorf("%q: %v, general checks %v", s, got, want)
+		}
+	}
+	for _, s := range []string{"$SYS/x", "$sys", "$share/g", "$SHARE", "$tree/+", "$tree/a/#"} {
+		if isValidDollarTopic(s) {
+			t.Errorf("%q taken", s)
+		}
+	}
+	for _, s := range []string{"$mote/publish", "$tree/lat", "$share/g/t", "$SYSTEM/a"} {
+		if !isValidDollarTopic(s) {
+			t.Errorf("%q refused", s)
+		}
+	}
 }
 
 // BenchmarkIsValidFilterPublish (change 57): the check of a fan-in's

@@ -1337,7 +1337,9 @@ func (s *Server) processPublish(cl *Client, pk *packets.Packet) error {
 	// processPublish's one caller, has refused a topic with one already
 	// (PublishValidate, DISCONNECT 0x82): the same topic, before its
 	// alias is resolved, so the loop over it was run twice a publish.
-	if !cl.Net.Inline && len(pk.TopicName) > 0 && pk.TopicName[0] == '$' && !isValidFilter(pk.TopicName, true) {
+	// mote change 98: that check in one pass (isValidDollarTopic), not
+	// the general checks' five.
+	if !cl.Net.Inline && len(pk.TopicName) > 0 && pk.TopicName[0] == '$' && !isValidDollarTopic(pk.TopicName) {
 		return nil
 	}
 
