@@ -272,15 +272,22 @@ func (o *mqttOut) sendPlain0(c *conn, m *plainItem) bool {
 			return false // send skips and counts it [MQTT-3.1.2-24]
 		}
 	}
+	return o.put0(c, n, rem, msg.topic, msg.payload, m.retain, v5, outPlain)
+}
+
+// put0 writes a QoS 0 PUBLISH of n bytes (Remaining Length rem) into the
+// encode buffer, counted as k, unless the buffer holds others and this
+// one would take it past flushAt (false: send flushes first).
+// sendPlain0's and sendTree0's end.
+func (o *mqttOut) put0(c *conn, n, rem int, topic string, payload []byte, retain, v5 bool, k outKind) bool {
 	if o.buf == nil {
 		o.buf = o.b.bufs.get()
 	} else if o.buf.Len() > 0 && o.buf.Len()+len(o.tail)+n > flushAt {
 		return false // send flushes first
 	}
-	b := appendPlain0(o.buf.AvailableBuffer(), rem, msg.topic, msg.payload, m.retain, v5)
-	o.buf.Write(b)
+	o.buf.Write(appendPlain0(o.buf.AvailableBuffer(), rem, topic, payload, retain, v5))
 	o.n++
-	c.b.meter.out[outPlain].Add(1)
+	c.b.meter.out[k].Add(1)
 	return true
 }
 
@@ -296,16 +303,7 @@ func (o *mqttOut) sendTree0(c *conn, m *treeItem, k outKind) bool {
 		return false
 	}
 	rem := 2 + len(m.topic) + len(m.payload)
-	n := 1 + varIntLen(rem) + rem
-	if o.buf == nil {
-		o.buf = o.b.bufs.get()
-	} else if o.buf.Len() > 0 && o.buf.Len()+len(o.tail)+n > flushAt {
-		return false // send flushes first
-	}
-	o.buf.Write(appendPlain0(o.buf.AvailableBuffer(), rem, m.topic, m.payload, false, false))
-	o.n++
-	c.b.meter.out[k].Add(1)
-	return true
+	return o.put0(c, 1+varIntLen(rem)+rem, rem, m.topic, m.payload, false, false, k)
 }
 
 // appendPlain0 appends to b a QoS 0 PUBLISH of topic and payload whose
