@@ -71,10 +71,19 @@ func literalPrefix(filter string) string {
 // splitHistKey splits a history key into epoch, topic, revision and
 // sequence.
 func splitHistKey(k []byte) (epoch uint64, topic string, rev uint64, seq uint32, ok bool) {
-	if len(k) < 22 || k[len(k)-13] != 0 {
+	t, ok := histKeyTopic(k)
+	if !ok {
 		return 0, "", 0, 0, false
 	}
-	return binary.BigEndian.Uint64(k), string(k[8 : len(k)-13]), binary.BigEndian.Uint64(k[len(k)-12:]), binary.BigEndian.Uint32(k[len(k)-4:]), true
+	return binary.BigEndian.Uint64(k), string(t), binary.BigEndian.Uint64(k[len(k)-12:]), binary.BigEndian.Uint32(k[len(k)-4:]), true
+}
+
+// histKeyTopic is the topic of a history key (histKey), in place.
+func histKeyTopic(k []byte) ([]byte, bool) {
+	if len(k) < 22 || k[len(k)-13] != 0 {
+		return nil, false
+	}
+	return k[8 : len(k)-13], true
 }
 
 // epochs calls fn with the cursor at the first key of each epoch whose
@@ -94,18 +103,28 @@ func epochs(c *bolt.Cursor, prefix []byte, fn func(start []byte) error) error {
 }
 
 func decodePair(rev uint64, v []byte) (Pair, bool) {
-	if len(v) < 9 {
+	kind, set, data, ok := splitPairValue(v)
+	if !ok {
 		return Pair{}, false
 	}
 	p := Pair{Rev: rev, MS: int64(binary.BigEndian.Uint64(v[1:]))}
-	if v[0] != 0 {
-		kind, ok := kindOf(v[0] & 0x0f)
-		if !ok {
-			return Pair{}, false
-		}
-		p.Value = wire.Value{Kind: kind, Data: string(v[9:])}
+	if set {
+		p.Value = wire.Value{Kind: kind, Data: string(data)}
 	}
 	return p, true
+}
+
+// splitPairValue is a stored history value (histValue), in place: its
+// kind and bytes, set false for a deletion (no value).
+func splitPairValue(v []byte) (kind wire.Kind, set bool, data []byte, ok bool) {
+	if len(v) < 9 {
+		return 0, false, nil, false
+	}
+	if v[0] == 0 {
+		return 0, false, nil, true
+	}
+	kind, ok = kindOf(v[0] & 0x0f)
+	return kind, ok, v[9:], ok
 }
 
 // History calls fn with the stored values of every topic matching

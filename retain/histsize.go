@@ -177,24 +177,20 @@ func (s *Store) countHistory() {
 	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHist).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			// splitHistKey and decodePair without their copies: the
-			// value is read in place (LeafGrowth keeps nothing of it),
-			// the topic copied once a row.
-			if len(k) < 22 || k[len(k)-13] != 0 || len(v) < 9 {
+			// The key and value read in place (LeafGrowth keeps nothing
+			// of the value), the topic copied once a row.
+			topic, ok := histKeyTopic(k)
+			if !ok {
+				continue
+			}
+			kind, set, data, ok := splitPairValue(v)
+			if !ok {
 				continue
 			}
 			var val wire.Value
-			if v[0] != 0 {
-				kind, ok := kindOf(v[0] & 0x0f)
-				if !ok {
-					continue
-				}
-				val = wire.Value{Kind: kind}
-				if len(v) > 9 {
-					val.Data = unsafe.String(&v[9], len(v)-9)
-				}
+			if set {
+				val = wire.Value{Kind: kind, Data: unsafe.String(unsafe.SliceData(data), len(data))}
 			}
-			topic := k[8 : len(k)-13]
 			size := h.rows[string(topic)]
 			if size == nil {
 				size = &HistSize{}
