@@ -57,7 +57,11 @@ func (h *histSizes) addLocked(topic string, n int64) {
 			h.rows = map[string]*HistSize{}
 		}
 		s = &HistSize{}
-		h.rows[topic] = s
+		// A copy: the entry lives as long as the row's history, and the
+		// topic handed in may be cut from a larger string (a packet's
+		// body, payload and all; a tree's slab), which it would keep
+		// (TestHistorySizesOwnTopics).
+		h.rows[strings.Clone(topic)] = s
 	}
 	s.Values++
 	s.Bytes += n

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/rs/zerolog"
 
@@ -308,4 +309,35 @@ func TestHistorySizesConcurrentWriters(t *testing.T) {
 		}
 	}
 	checkSizes(t, s, "after concurrent commits and prunes")
+}
+
+// TestHistorySizesOwnTopics: the sizes kept for a row's history do not
+// hold the string its first value came with. A Change's topic may be cut
+// from a much larger one (a packet's body, read afresh for each packet,
+// its payload behind the topic; a tree's slab of topics and values): the
+// entry lives as long as the row's history does, so as its key that
+// string kept the whole body alive, one a row, after the row had moved
+// on or was deleted.
+func TestHistorySizesOwnTopics(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	body := "h/a" + strings.Repeat("\x01", 1<<20) // a topic followed by its payload, as read
+	v := wire.Value{Kind: wire.String, Data: "1"}
+	if _, err := s.Commit(Batch{History: []Change{{Topic: body[:3], Value: v, Rev: 1}}, Rev: 1, Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	from := uintptr(unsafe.Pointer(unsafe.StringData(body)))
+	s.hsizes.mu.Lock()
+	defer s.hsizes.mu.Unlock()
+	if len(s.hsizes.rows) != 1 {
+		t.Fatalf("rows %v, want h/a", s.hsizes.rows)
+	}
+	for topic := range s.hsizes.rows {
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(topic))); p >= from && p < from+uintptr(len(body)) {
+			t.Errorf("the sizes of %q keep the %d-byte string the topic was cut from", topic, len(body))
+		}
+	}
 }
