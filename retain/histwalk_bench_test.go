@@ -1,0 +1,152 @@
+package retain
+
+import (
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// millionRows is how many rows with history the estimate benchmarks
+// keep sizes for: site/S/dev/D/temp, S = D/1000, so site/7/# matches
+// 1,000 rows (and site/7 itself none) and site/+/dev/1/temp one.
+const millionRows = 1_000_000
+
+// fillSizes counts one value of each of n rows in s's history sizes, as
+// commits would (the sizes, not the file: the estimate reads only them).
+func fillSizes(s *Store, n int) {
+	h := &s.hsizes
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for d := range n {
+		h.addLocked(fmt.Sprintf("site/%d/dev/%d/temp", d/1000, d), 8)
+	}
+}
+
+// estimateFilters are the wildcard filters of the open item (RV7):
+// none matching, one row behind a literal prefix, 1,000 rows, all rows.
+var estimateFilters = []string{"+/zz", "site/+/dev/1/temp", "site/7/#", "#"}
+
+// lockProbe takes and lets go of the history sizes' lock in a loop, as a
+// commit does (updateThen), until stop is closed, and records the
+// longest it waited for it.
+func lockProbe(h *histSizes, stop <-chan struct{}, longest *atomic.Int64, done *sync.WaitGroup) {
+	defer done.Done()
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		t := time.Now()
+		h.mu.Lock()
+		w := time.Since(t)
+		h.mu.Unlock()
+		if int64(w) > longest.Load() {
+			longest.Store(int64(w))
+		}
+		time.Sleep(20 * time.Microsecond) // a commit's pace, not a spin
+	}
+}
+
+// BenchmarkHistorySizesMillion: wildcard estimates over the sizes of
+// 1,000,000 rows with history (RV7's open item): ns/op is a whole
+// estimate, max-wait-µs the longest a goroutine taking the sizes' lock
+// as a commit does waited for it meanwhile, heap-B/row what the sizes
+// take a row.
+func BenchmarkHistorySizesMillion(b *testing.B) {
+	s, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	fillSizes(s, millionRows)
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	perRow := float64(m1.HeapAlloc-m0.HeapAlloc) / millionRows
+	for _, f := range estimateFilters {
+		b.Run(f, func(b *testing.B) {
+			var longest atomic.Int64
+			var probes sync.WaitGroup
+			stop := make(chan struct{})
+			probes.Add(1)
+			go lockProbe(&s.hsizes, stop, &longest, &probes)
+			rows := 0
+			for b.Loop() {
+				rows = 0
+				s.HistorySizes(f, func(string, HistSize) bool { rows++; return true })
+			}
+			close(stop)
+			probes.Wait()
+			b.ReportMetric(float64(longest.Load())/1e3, "max-wait-µs")
+			b.ReportMetric(float64(rows), "rows")
+			b.ReportMetric(perRow, "heap-B/row")
+		})
+	}
+}
+
+// BenchmarkCommitWhileEstimating: the latency of a commit of 100 history
+// values into a store with sizes for 1,000,000 rows, with no estimate
+// running and while 4 goroutines loop wildcard estimates (the 4 estimate
+// slots of HTTP clients looping GET ...?history=1 on wildcards).
+func BenchmarkCommitWhileEstimating(b *testing.B) {
+	s, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	s.db.NoSync = true // the lock, not the disk
+	fillSizes(s, millionRows)
+	var rev uint64
+	batch := func() Batch {
+		hist := make([]Change, 100)
+		for i := range hist {
+			rev++
+			hist[i] = Change{Topic: fmt.Sprintf("c/%d", i), Value: wire.Value{Kind: wire.JSON, Data: "1"}, Rev: rev, MS: 1}
+		}
+		return Batch{History: hist, Rev: rev, Epoch: 1}
+	}
+	for _, estimators := range []int{0, 4} {
+		b.Run(fmt.Sprint(estimators, "-estimating"), func(b *testing.B) {
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for i := range estimators {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for j := i; ; j++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						s.HistorySizes(estimateFilters[j%len(estimateFilters)], func(string, HistSize) bool { return true })
+					}
+				}()
+			}
+			var lat []time.Duration
+			for b.Loop() {
+				bt := batch()
+				t := time.Now()
+				if _, err := s.Commit(bt); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t))
+			}
+			close(stop)
+			wg.Wait()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2])/1e3, "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100])/1e3, "p99-µs")
+			b.ReportMetric(float64(lat[len(lat)-1])/1e3, "max-µs")
+		})
+	}
+}
