@@ -5,7 +5,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,9 +32,9 @@ func fillSizes(s *Store, n int) {
 var estimateFilters = []string{"+/zz", "site/+/dev/1/temp", "site/7/#", "#"}
 
 // lockProbe counts a change of the history sizes in a loop, as a commit
-// does (updateThen), until stop is closed, and records the
-// longest it waited for it.
-func lockProbe(h *histSizes, stop <-chan struct{}, longest *atomic.Int64, done *sync.WaitGroup) {
+// does (updateThen), until stop is closed, and records how long it
+// waited each time in waits.
+func lockProbe(h *histSizes, stop <-chan struct{}, waits *[]time.Duration, done *sync.WaitGroup) {
 	defer done.Done()
 	probe := []sized{{topic: "probe"}}
 	for {
@@ -46,21 +45,31 @@ func lockProbe(h *histSizes, stop <-chan struct{}, longest *atomic.Int64, done *
 		}
 		t := time.Now()
 		h.count(probe, false) // a drop of a row without history: the lock and a lookup
-		w := time.Since(t)
-		if int64(w) > longest.Load() {
-			longest.Store(int64(w))
-		}
+		*waits = append(*waits, time.Since(t))
 		time.Sleep(20 * time.Microsecond) // a commit's pace, not a spin
 	}
 }
 
+// reportSpread reports the median, 99th percentile and largest of ds,
+// in µs, as name's metrics.
+func reportSpread(b *testing.B, name string, ds []time.Duration) {
+	if len(ds) == 0 {
+		return
+	}
+	slices.Sort(ds)
+	b.ReportMetric(float64(ds[len(ds)/2])/1e3, "p50-"+name+"-µs")
+	b.ReportMetric(float64(ds[len(ds)*99/100])/1e3, "p99-"+name+"-µs")
+	b.ReportMetric(float64(ds[len(ds)-1])/1e3, "max-"+name+"-µs")
+}
+
 // BenchmarkHistorySizesMillion: wildcard estimates over the sizes of
 // 1,000,000 rows with history (RV7's open item): ns/op is a whole
-// estimate, max-wait-µs the longest a goroutine taking the sizes' lock
-// as a commit does waited for it meanwhile (the scheduler's delays
-// included), max-hold-µs the longest the walk held it (a build with the
-// walk's hook), heap-B/row what the sizes
-// take a row.
+// estimate; wait: how long a goroutine counting a change of the sizes as
+// a commit does (every 20 µs) waited for their lock meanwhile, the
+// scheduler's delays on a shared machine included; hold: how long the
+// walk held it each time (a build with the walk's hook; a build without
+// holds it for the whole estimate); heap-B/row: what the sizes take a
+// row, its topic's bytes included.
 func BenchmarkHistorySizesMillion(b *testing.B) {
 	s, err := Open(b.TempDir())
 	if err != nil {
@@ -76,17 +85,12 @@ func BenchmarkHistorySizesMillion(b *testing.B) {
 	perRow := float64(m1.HeapAlloc-m0.HeapAlloc) / millionRows
 	for _, f := range estimateFilters {
 		b.Run(f, func(b *testing.B) {
-			var longest atomic.Int64
+			var waits, holds []time.Duration
 			var probes sync.WaitGroup
 			stop := make(chan struct{})
 			probes.Add(1)
-			go lockProbe(&s.hsizes, stop, &longest, &probes)
-			var held atomic.Int64 // the longest hold of the lock by the walk
-			setWalkHook(&s.hsizes, func(d time.Duration) {
-				if int64(d) > held.Load() {
-					held.Store(int64(d))
-				}
-			})
+			go lockProbe(&s.hsizes, stop, &waits, &probes)
+			setWalkHook(&s.hsizes, func(d time.Duration) { holds = append(holds, d) })
 			defer setWalkHook(&s.hsizes, nil)
 			rows := 0
 			for b.Loop() {
@@ -95,10 +99,8 @@ func BenchmarkHistorySizesMillion(b *testing.B) {
 			}
 			close(stop)
 			probes.Wait()
-			b.ReportMetric(float64(longest.Load())/1e3, "max-wait-µs")
-			if held.Load() > 0 {
-				b.ReportMetric(float64(held.Load())/1e3, "max-hold-µs")
-			}
+			reportSpread(b, "wait", waits)
+			reportSpread(b, "hold", holds)
 			b.ReportMetric(float64(rows), "rows")
 			b.ReportMetric(perRow, "heap-B/row")
 		})
