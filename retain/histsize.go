@@ -194,8 +194,15 @@ func (s *Store) HistorySizes(filter string, fn func(topic string, size HistSize)
 	from, past := prefix, false // resume at from; past: from was seen
 	for {
 		chunk = chunk[:0]
-		for past && h.writers.Load() > 0 {
-			runtime.Gosched() // a write first (histSizes.writers)
+		if past {
+			// Other goroutines first, a write waiting for mu above all
+			// (histSizes.writers): a walk is a loop on the CPU, and the
+			// retainer's goroutine, woken, would wait behind it for the
+			// scheduler's 10 ms slice (BenchmarkCommitWhileEstimating).
+			runtime.Gosched()
+			for h.writers.Load() > 0 {
+				runtime.Gosched()
+			}
 		}
 		h.mu.Lock()
 		var took time.Time
