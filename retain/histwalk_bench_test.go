@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,6 +162,40 @@ func BenchmarkCommitWhileEstimating(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2])/1e3, "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100])/1e3, "p99-µs")
 			b.ReportMetric(float64(lat[len(lat)-1])/1e3, "max-µs")
+		})
+	}
+}
+
+// BenchmarkCountMillion: what counting a commit's 100 history values
+// (and a prune's drop of them) costs under the sizes' lock, the store
+// holding sizes for 1,000,000 rows: the commit's part of keeping them.
+func BenchmarkCountMillion(b *testing.B) {
+	s, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	fillSizes(s, millionRows)
+	for _, c := range []struct {
+		name  string
+		topic func(i int) string
+	}{
+		{"new-rows", func(i int) string { return fmt.Sprintf("c/%03d", i) }}, // rows first written, then gone
+		{"site-rows", func(i int) string { // rows among the million, spread
+			s := i * 7 % 1000
+			return fmt.Sprintf("site/%d/dev/%d/temp", s, s*1000)
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			vs := make([]sized, 100)
+			for i := range vs {
+				vs[i] = sized{topic: c.topic(i), n: 8}
+			}
+			slices.SortFunc(vs, func(a, b sized) int { return strings.Compare(a.topic, b.topic) })
+			for b.Loop() {
+				s.hsizes.count(vs, true)
+				s.hsizes.count(vs, false)
+			}
 		})
 	}
 }
