@@ -169,8 +169,10 @@ func TestHistorySizesDamaged(t *testing.T) {
 		t.Fatalf("a damaged history page: Open: %v", err)
 	}
 	defer s.Close()
-	if s.HistorySizes("#", func(string, HistSize) bool { return true }) {
-		t.Error("sizes known over a damaged page")
+	for _, f := range []string{"#", "x/#", "x/+", "+/00001", "x/00001", "x"} { // a walk, a lookup
+		if s.HistorySizes(f, func(string, HistSize) bool { return true }) {
+			t.Errorf("%q: sizes known over a damaged page", f)
+		}
 	}
 	if rows := rowsOf(t, s); len(rows) != 1 {
 		t.Errorf("rows %v", rows)
@@ -332,10 +334,11 @@ func TestHistorySizesOwnTopics(t *testing.T) {
 	from := uintptr(unsafe.Pointer(unsafe.StringData(body)))
 	s.hsizes.mu.Lock()
 	defer s.hsizes.mu.Unlock()
-	if len(s.hsizes.rows) != 1 {
-		t.Fatalf("rows %v, want h/a", s.hsizes.rows)
+	if s.hsizes.rows.Len() != 1 {
+		t.Fatalf("%d rows, want h/a", s.hsizes.rows.Len())
 	}
-	for topic := range s.hsizes.rows {
+	for _, r := range s.hsizes.rows.Items() {
+		topic := r.topic
 		if p := uintptr(unsafe.Pointer(unsafe.StringData(topic))); p >= from && p < from+uintptr(len(body)) {
 			t.Errorf("the sizes of %q keep the %d-byte string the topic was cut from", topic, len(body))
 		}

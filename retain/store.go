@@ -98,6 +98,27 @@
 // floor is an atomic only that goroutine writes (maintain, and unmarked
 // for a deletion not persisted), read by resumes and re-checked after
 // Deleted.
+//
+// The sizes of the stored history (histSizes, for the HTTP answers'
+// estimates, R3-hist) are written under the Store's mutex as each write
+// transaction commits, and read by estimates from other goroutines. They
+// are kept in topic order (a B-tree, github.com/tidwall/btree: ordered
+// rows, by value, cheap to resume a walk from a key and to range over a
+// literal prefix), so an estimate of a wildcard filter walks only the
+// rows under its literal prefix, histChunk rows per hold of their lock,
+// resuming past the last topic it saw, and calls back without the lock;
+// between chunks it yields, and a write waiting for the lock has it
+// before the walk takes it again. So no commit waits for more than one
+// chunk of a walk (a median 8-20 µs, 99% under 75 µs), whatever the
+// filter or the number of rows: with one walk under the lock, 1,000,000
+// rows held commits 70-290 ms an estimate (review h-rv7).
+// A per-level index with per-subtree totals would answer `+/zz` without
+// visiting every row, but costs a node a level a row and its upkeep on
+// every commit and prune; the chunked walk bounds the lock hold, which
+// is what commits need, and leaves an estimate's own time to the
+// estimate slots (broker.EstimateSlots). The walk's figures are of one
+// chunk's instant each, not of one instant: Store.HistorySizes says why
+// they still bound an answer.
 package retain
 
 import (
