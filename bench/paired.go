@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,14 +21,18 @@ import (
 // plain lat/t, or on a broker that speaks the extension also $tree/lat
 // to $tree/lat/+, each with its own Paho publisher and subscriber) gets
 // one message a tick. Within a tick the lanes take their message in turn,
-// the order rotating one place a tick, and the next lane's message is
-// sent only once the last one arrived (or was given up as lost after
-// lostAfter): each message crosses a machine where the other brokers are
-// idle, and every broker sees the same machine over the run. A round's
-// p50 moves by 20–30% with the machine's state (latency, one broker at a
-// time); here the machine's state is common to the lanes, and the ratio
-// of two lanes' p50s, block by block (the run cut into pairedBlocks
-// blocks of messages), shows how much of a difference is the brokers'.
+// in an order drawn anew each tick (from a fixed seed), and the next
+// lane's message is sent only once the last one arrived (or was given up
+// as lost after lostAfter): each message crosses a machine where the
+// other brokers are idle, and every broker sees the same machine over the
+// run. A round's p50 moves by 20–30% with the machine's state (latency,
+// one broker at a time); here the machine's state is common to the
+// lanes, and the ratio of two lanes' p50s, block by block (the run cut
+// into pairedBlocks blocks of messages), shows how much of a difference
+// is the brokers'. The order is shuffled, not rotated: a lane's time
+// depends on the lane just before it, which rotation keeps the same
+// (the same build as mote and mote-base read 0.82–0.86 rotated, 1.00
+// shuffled: bench/README.md, branch h-pair).
 
 // pairedName is the paired latency scenario's name.
 const pairedName = "latency-paired"
@@ -35,11 +41,14 @@ const pairedName = "latency-paired"
 // ratios' count), how long a message may take before it is counted lost,
 // and after how many lost messages in a row a lane is given up (its
 // broker gone: the run goes on without it, the rest of its messages
-// counted lost).
+// counted lost); each tick's order shuffled (not rotated), from a seed
+// that makes it the same in every run.
 const (
 	pairedBlocks    = 9
 	pairedLostAfter = 500 * time.Millisecond
 	pairedDeadAfter = 20
+	pairedShuffle   = true
+	pairedSeed      = 15
 )
 
 // PairRatio is one lane's latency against another lane's of the same
@@ -65,6 +74,7 @@ func (l pairLane) name() string { return l.broker + "/" + l.variant }
 // pairedOpts are the paired run's bounds (the defaults above; tests
 // shorten them).
 type pairedOpts struct {
+	shuffle   bool // each tick's order drawn at random, not rotated
 	blocks    int
 	lostAfter time.Duration
 	deadAfter int
@@ -100,6 +110,20 @@ func (r laneResult) all() []time.Duration {
 type arrival struct {
 	sent int64
 	lat  time.Duration
+}
+
+// tickOrder fills order (one place a lane) with the order of the lanes
+// in tick i: a new permutation from rng each tick with shuffle, else the
+// lanes in turn from lane i mod n (rotating).
+func tickOrder(order []int, i int, rng *rand.Rand, shuffle bool) []int {
+	n := len(order)
+	for k := range order {
+		order[k] = (i + k) % n
+	}
+	if shuffle {
+		rng.Shuffle(n, func(a, b int) { order[a], order[b] = order[b], order[a] })
+	}
+	return order
 }
 
 // blockOf is the block of message i of count, cut into blocks.
@@ -208,6 +232,8 @@ func latencyPaired(ctx context.Context, lanes []pairLane, s Sizes, o pairedOpts)
 	for j := range res {
 		res[j].blocks = make([][]time.Duration, blocks)
 	}
+	order := make([]int, len(lanes))
+	rng := rand.New(rand.NewPCG(pairedSeed, 0))
 	timer := time.NewTimer(o.lostAfter)
 	defer timer.Stop()
 	tick := time.NewTicker(time.Second / time.Duration(s.LatRate))
@@ -219,8 +245,7 @@ func latencyPaired(ctx context.Context, lanes []pairLane, s Sizes, o pairedOpts)
 			return nil, fmt.Errorf("bench: %s: %w after %d of %d ticks", pairedName, ctx.Err(), i, s.LatCount)
 		}
 		blk := blockOf(i, s.LatCount, blocks)
-		for k := range lanes {
-			j := (i + k) % len(lanes)
+		for _, j := range tickOrder(order, i, rng, o.shuffle) {
 			if res[j].dead {
 				continue
 			}
@@ -306,9 +331,10 @@ func runPaired(ctx context.Context, sc scenario, brokers []*Broker, s Sizes, rou
 	for i := range lanes {
 		lanes[i].addr = laneBroker[i].Addr()
 	}
-	cpu0 := map[*Broker]time.Duration{}
+	cpu0, sw0 := map[*Broker]time.Duration{}, map[*Broker]int64{}
 	for _, b := range brokers {
 		cpu0[b], _, _ = b.Usage()
+		sw0[b] = ctxSwitches(b.cmd.Process.Pid)
 	}
 	self0, _, _ := procUsage(os.Getpid())
 	wall0 := time.Now()
@@ -324,10 +350,10 @@ func runPaired(ctx context.Context, sc scenario, brokers []*Broker, s Sizes, rou
 	if err != nil {
 		return fail(err)
 	}
-	cpu, rss, msgs := map[*Broker]time.Duration{}, map[*Broker]int64{}, map[*Broker]int64{}
+	cpu, rss, msgs, sw := map[*Broker]time.Duration{}, map[*Broker]int64{}, map[*Broker]int64{}, map[*Broker]int64{}
 	for _, b := range brokers {
 		c, r, _ := b.Usage()
-		cpu[b], rss[b] = c-cpu0[b], r
+		cpu[b], rss[b], sw[b] = c-cpu0[b], r, ctxSwitches(b.cmd.Process.Pid)-sw0[b]
 	}
 	for i, r := range res {
 		msgs[laneBroker[i]] += r.delivered()
@@ -343,6 +369,7 @@ func runPaired(ctx context.Context, sc scenario, brokers []*Broker, s Sizes, rou
 			"late": float64(r.late), "lanes": float64(len(lanes))}
 		if msgs[b] > 0 {
 			run.Extra["cpu-µs/msg"] = cpu[b].Seconds() * 1e6 / float64(msgs[b])
+			run.Extra["switches/msg"] = float64(sw[b]) / float64(msgs[b])
 		}
 		if r.dead {
 			run.Extra["dead"] = 1
@@ -356,6 +383,30 @@ func runPaired(ctx context.Context, sc scenario, brokers []*Broker, s Sizes, rou
 		}
 	}
 	return runs
+}
+
+// ctxSwitches is how often the threads of process pid alive now have
+// been switched off a CPU, waiting or preempted (/proc/PID/task/*/status:
+// voluntary and nonvoluntary); 0 if it cannot be read.
+func ctxSwitches(pid int) int64 {
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/status")
+	var n int64
+	for _, t := range tasks {
+		status, err := os.ReadFile(t)
+		if err != nil {
+			continue // a thread that ended
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if rest, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				v, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+				n += v
+			} else if rest, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				v, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+				n += v
+			}
+		}
+	}
+	return n
 }
 
 // pairedRatios pools a paired scenario's block ratios over the rounds:

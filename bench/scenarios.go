@@ -153,7 +153,7 @@ func scenarios() []scenario {
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, true) }},
 		{name: pairedName, variant: "plain", unit: "p50-µs", everywhere: true, noRatio: true, floor: true,
 			paired: func(ctx context.Context, lanes []pairLane, s Sizes) ([]laneResult, error) {
-				return latencyPaired(ctx, lanes, s, pairedOpts{blocks: pairedBlocks, lostAfter: pairedLostAfter, deadAfter: pairedDeadAfter})
+				return latencyPaired(ctx, lanes, s, pairedOpts{shuffle: pairedShuffle, blocks: pairedBlocks, lostAfter: pairedLostAfter, deadAfter: pairedDeadAfter})
 			}},
 		{name: "stalled-sub", variant: "healthy", unit: "pubs/s", higherBetter: true, everywhere: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return stalledSub(ctx, a, s, false) }},
