@@ -261,7 +261,7 @@ func TestLatencyPairedBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err := latencyPaired(ctx, lanes, Sizes{LatRate: 1000, LatCount: 1000}, pairedOpts{blocks: 9, lostAfter: time.Second, deadAfter: 1000})
+	_, err := latencyPaired(ctx, lanes, Sizes{LatRate: 1000, LatCount: 1000}, pairedOpts{blocks: 9, lostAfter: 30 * time.Second, deadAfter: 1000})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err %v, want the context's deadline", err)
 	}
