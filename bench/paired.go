@@ -18,8 +18,8 @@ import (
 // measures, the publish→receive time of a QoS 0 message at s.LatRate a
 // second, s.LatCount messages, but on every broker at once: each broker
 // is started once for the run, and each lane (a broker and a variant:
-// plain lat/t, or on a broker that speaks the extension also $tree/lat
-// to $tree/lat/+, each with its own Paho publisher and subscriber) gets
+// plain lat/t, or on a broker that speaks the extension also $tree/tlat
+// to $tree/tlat/+, each with its own Paho publisher and subscriber) gets
 // one message a tick. Within a tick the lanes take their message in turn,
 // in an order drawn anew each tick (from a fixed seed), and the next
 // lane's message is sent only once the last one arrived (or was given up
@@ -36,6 +36,11 @@ import (
 
 // pairedName is the paired latency scenario's name.
 const pairedName = "latency-paired"
+
+// pairedTreeRoot is the tree lane's root: latency's is lat, whose row
+// lat/t is the plain lane's topic; on one broker each lane's subscriber
+// would get the other's messages too.
+const pairedTreeRoot = "tlat"
 
 // Defaults of the paired scenario: the blocks a run is cut into (its
 // ratios' count), how long a message may take before it is counted lost,
@@ -215,7 +220,7 @@ func latencyPaired(ctx context.Context, lanes []pairLane, s Sizes, o pairedOpts)
 		clients = append(clients, sub)
 		filter := "lat/t"
 		if l.variant == "tree" {
-			filter = "$tree/lat/+"
+			filter = "$tree/" + pairedTreeRoot + "/+"
 		}
 		if err := wait(sub.Subscribe(filter, 0, nil)); err != nil {
 			return nil, fmt.Errorf("bench: lane %s: subscribe: %w", l.name(), err)
@@ -253,7 +258,7 @@ func latencyPaired(ctx context.Context, lanes []pairLane, s Sizes, o pairedOpts)
 			sent := time.Now().UnixNano()
 			now := strconv.FormatInt(sent, 10)
 			if c.tree {
-				c.pub.Publish("$tree/lat", 0, false, `{"t":`+now+`}`)
+				c.pub.Publish("$tree/"+pairedTreeRoot, 0, false, `{"t":`+now+`}`)
 			} else {
 				c.pub.Publish("lat/t", 0, false, now)
 			}

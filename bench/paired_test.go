@@ -273,7 +273,8 @@ func TestLatencyPairedBounded(t *testing.T) {
 // TestPairedSmoke runs latency-paired as `mote bench -smoke` does, on
 // mote, the Go floor and (where installed) Mosquitto, child processes
 // of a mote built for the test: a run for each lane, nothing lost, mote's
-// tree lane compared with the others block by block, and every broker
+// tree lane compared with the others block by block, no lane getting
+// another's messages (mote's two share its broker), and every broker
 // stopped at the end; and once more with a broker that cannot start
 // after the others did: every lane reports the error and the brokers
 // started are stopped.
@@ -333,6 +334,10 @@ func TestPairedSmoke(t *testing.T) {
 				}
 				if r.Err != "" || r.Sent != int64(SmokeSizes().LatCount) || r.Lost != 0 || r.Value <= 0 || len(r.Blocks) != pairedBlocks {
 					t.Errorf("%s/%s: err %q, sent %d, lost %d, p50 %v µs, %d blocks", r.Broker, r.Variant, r.Err, r.Sent, r.Lost, r.Value, len(r.Blocks))
+				}
+				if r.Extra["late"] != 0 {
+					// Nothing is lost, so a late arrival is another lane's message.
+					t.Errorf("%s/%s: %v arrivals not its own", r.Broker, r.Variant, r.Extra["late"])
 				}
 				if r.Broker == "mote" && r.Variant == "tree" {
 					for _, p := range r.Pairs {
