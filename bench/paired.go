@@ -31,8 +31,9 @@ import (
 // into pairedBlocks blocks of messages), shows how much of a difference
 // is the brokers'. The order is shuffled, not rotated: a lane's time
 // depends on the lane just before it, which rotation keeps the same
-// (the same build as mote and mote-base read 0.82–0.86 rotated, 1.00
-// shuffled: bench/README.md, branch h-pair).
+// (one binary run as both mote and mote-base read 0.89 for $tree and
+// 0.92 for plain against itself rotated, 1.00 and 0.98 shuffled:
+// bench/README.md, branch h-pair).
 
 // pairedName is the paired latency scenario's name.
 const pairedName = "latency-paired"
