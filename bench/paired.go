@@ -303,14 +303,17 @@ func latencyPaired(ctx context.Context, lanes []pairLane, s Sizes, o pairedOpts)
 // its lanes delivered).
 func runPaired(ctx context.Context, sc scenario, brokers []*Broker, s Sizes, round int) []Run {
 	var lanes []pairLane
-	laneBroker := map[int]*Broker{}
+	var laneBroker []*Broker // each lane's
 	for _, b := range brokers {
 		if b.Tree {
-			laneBroker[len(lanes)] = b
+			laneBroker = append(laneBroker, b)
 			lanes = append(lanes, pairLane{broker: b.Name, variant: "tree", ext: true})
 		}
-		laneBroker[len(lanes)] = b
+		laneBroker = append(laneBroker, b)
 		lanes = append(lanes, pairLane{broker: b.Name, variant: "plain", ext: b.Tree})
+	}
+	if len(lanes) == 0 {
+		return nil
 	}
 	runs := make([]Run, len(lanes))
 	for i, l := range lanes {
