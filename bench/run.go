@@ -43,6 +43,11 @@ type Run struct {
 	Sent    int64              `json:"publishes_sent"`
 	Lost    int64              `json:"lost"`
 	Extra   map[string]float64 `json:"extra,omitempty"`
+	// Blocks are a paired scenario's p50 (µs) of each block of messages,
+	// Pairs its block-by-block ratios against the lanes it is compared
+	// with (paired.go).
+	Blocks []float64   `json:"block_p50_us,omitempty"`
+	Pairs  []PairRatio `json:"pairs,omitempty"`
 	// Points are a curve scenario's measurements, one per rung climbed.
 	Points []Point `json:"points,omitempty"`
 	Err    string  `json:"error,omitempty"`
@@ -79,8 +84,31 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 			continue
 		}
 		for round := 1; round <= cfg.Rounds; round++ {
+			record := func(r Run) {
+				runs = append(runs, r)
+				if cfg.Progress != nil {
+					status := fmt.Sprintf("%.4g %s", r.Value, r.Unit)
+					if r.Err != "" {
+						status = "error: " + r.Err
+					}
+					fmt.Fprintf(cfg.Progress, "[%s] %s/%s round %d on %s: %s (cpu %.2fs, rss %d MiB, lost %d)\n",
+						time.Now().Format(time.TimeOnly), r.Scenario, r.Variant, round, r.Broker, status, r.CPU, r.PeakRSS>>20, r.Lost)
+				}
+			}
 			for _, sc := range scenarios() {
 				if sc.name != name {
+					continue
+				}
+				if sc.paired != nil {
+					// Every broker at once, but go-hold (no broker) and
+					// go-floor where the scenario needs more.
+					bs := slices.DeleteFunc(slices.Clone(cfg.Brokers), func(b *Broker) bool { return b.Hold || (b.Floor && !sc.floor) })
+					if ctx.Err() != nil {
+						return runs, ctx.Err()
+					}
+					for _, r := range runPaired(ctx, sc, bs, cfg.Sizes, round) {
+						record(r)
+					}
 					continue
 				}
 				for _, b := range cfg.Brokers {
@@ -103,15 +131,7 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 						return runs, ctx.Err()
 					}
 					for _, r := range runScenario(ctx, sc, b, cfg.Sizes, round) {
-						runs = append(runs, r)
-						if cfg.Progress != nil {
-							status := fmt.Sprintf("%.4g %s", r.Value, r.Unit)
-							if r.Err != "" {
-								status = "error: " + r.Err
-							}
-							fmt.Fprintf(cfg.Progress, "[%s] %s/%s round %d on %s: %s (cpu %.2fs, rss %d MiB, lost %d)\n",
-								time.Now().Format(time.TimeOnly), r.Scenario, r.Variant, round, b.Name, status, r.CPU, r.PeakRSS>>20, r.Lost)
-						}
+						record(r)
 					}
 				}
 			}
@@ -330,6 +350,10 @@ func Ratios(runs []Run) []Ratio {
 					}
 				}
 			}
+		}
+		if sc.paired != nil {
+			out = append(out, pairedRatios(runs, sc.name)...) // block by block, within each run
+			continue
 		}
 		if sc.noRatio {
 			continue

@@ -110,6 +110,10 @@ type scenario struct {
 	// open files this process and the broker need (0: the default).
 	timeout time.Duration
 	files   uint64
+	// paired, instead of run, is a scenario of every broker at once
+	// (paired.go): one run a round starts them all and measures each of
+	// its lanes, a Run for each.
+	paired func(ctx context.Context, lanes []pairLane, s Sizes) ([]laneResult, error)
 	// cluster, instead of run, is the cluster scenario (cluster.go): one
 	// run on a cluster of the broker's nodes measures every variant, the
 	// first entry's; clusterPart marks the others.
@@ -147,6 +151,10 @@ func scenarios() []scenario {
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, false) }},
 		{name: "latency", variant: "tree", unit: "p50-µs",
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return latency(ctx, a, s, true) }},
+		{name: pairedName, variant: "plain", unit: "p50-µs", everywhere: true, noRatio: true, floor: true,
+			paired: func(ctx context.Context, lanes []pairLane, s Sizes) ([]laneResult, error) {
+				return latencyPaired(ctx, lanes, s, pairedOpts{shuffle: pairedShuffle, blocks: pairedBlocks, lostAfter: pairedLostAfter, deadAfter: pairedDeadAfter})
+			}},
 		{name: "stalled-sub", variant: "healthy", unit: "pubs/s", higherBetter: true, everywhere: true,
 			run: func(ctx context.Context, a string, s Sizes) (outcome, error) { return stalledSub(ctx, a, s, false) }},
 		{name: "stalled-sub", variant: "stalled", unit: "pubs/s", higherBetter: true, everywhere: true,
