@@ -334,7 +334,7 @@ func Ratios(runs []Run) []Ratio {
 		if sc.noRatio {
 			continue
 		}
-		for _, other := range []string{"mochi", "mosquitto", Baseline, Translate, Memory} {
+		for _, other := range []string{"mochi", MosquittoName, MosquittoPersistName, Baseline, Translate, Memory} {
 			otherVariant := sc.variant
 			if !sc.everywhere && other != Baseline && other != Translate && other != Memory {
 				otherVariant = "plain"
