@@ -37,6 +37,9 @@ type Broker struct {
 	// serves only the scenarios marked hold (curve-idle): go-hold.
 	Hold bool
 	bin  string
+	// saves is how a broker that saves its whole state now and then
+	// (mosquitto-persist) shows its saves; nil for the others.
+	saves *saver
 	// args returns the command line for the listeners l, with dir for data.
 	args func(l listeners, dir string) ([]string, error)
 
@@ -113,25 +116,70 @@ func GoHold(bin string) *Broker {
 	}}
 }
 
-// Mosquitto is Debian's mosquitto with a generated config; nil if it is
-// not installed.
+// MosquittoName and MosquittoPersistName are the names of Mosquitto run
+// as the bench always ran it (persistence false: retained messages in
+// memory only) and of Mosquitto saving them to disk (persistence true).
+const (
+	MosquittoName        = "mosquitto"
+	MosquittoPersistName = "mosquitto-persist"
+)
+
+// Mosquitto is Debian's mosquitto with a generated config, persistence
+// false; nil if it is not installed.
 func Mosquitto() *Broker {
-	path, err := exec.LookPath("mosquitto")
-	if err != nil {
-		if _, err := os.Stat("/usr/sbin/mosquitto"); err != nil {
-			return nil
-		}
-		path = "/usr/sbin/mosquitto"
+	path := mosquittoPath()
+	if path == "" {
+		return nil
 	}
-	return &Broker{Name: "mosquitto", args: func(l listeners, dir string) ([]string, error) {
-		host, port, _ := net.SplitHostPort(l.TCP)
-		conf := filepath.Join(dir, "mosquitto.conf")
-		text := fmt.Sprintf("user root\nlistener %s %s\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n", port, host)
-		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
-			return nil, err
-		}
-		return []string{path, "-c", conf}, nil
+	return &Broker{Name: MosquittoName, args: func(l listeners, dir string) ([]string, error) {
+		return mosquittoArgs(path, l, dir, "persistence false\n")
 	}}
+}
+
+// MosquittoPersist is Mosquitto as Mosquitto, but persisting: its
+// in-memory database (retained messages, sessions) saved to
+// mosquitto.db in the run's directory every autosave_interval 1, the
+// shortest period it takes (whole seconds), whether anything changed or
+// not (autosave_on_changes false, the default); mosquitto.conf(5). Each
+// save writes the whole database to mosquitto.db.new and renames it, and
+// logs a line first (to mosquitto.log here, read by saver). Mote's
+// retainer commits a row within 50 ms (retain.interval), 20× sooner:
+// this Mosquitto is the less durable of the two. nil if it is not
+// installed.
+func MosquittoPersist() *Broker {
+	path := mosquittoPath()
+	if path == "" {
+		return nil
+	}
+	return &Broker{Name: MosquittoPersistName, saves: &mosquittoSaver, args: func(l listeners, dir string) ([]string, error) {
+		extra := fmt.Sprintf("persistence true\npersistence_location %s/\nautosave_interval 1\nautosave_on_changes false\n"+
+			"log_dest file %s\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+			dir, filepath.Join(dir, mosquittoSaver.log))
+		return mosquittoArgs(path, l, dir, extra)
+	}}
+}
+
+// mosquittoPath is where mosquitto is installed; "" if it is not.
+func mosquittoPath() string {
+	if path, err := exec.LookPath("mosquitto"); err == nil {
+		return path
+	}
+	if _, err := os.Stat("/usr/sbin/mosquitto"); err == nil {
+		return "/usr/sbin/mosquitto"
+	}
+	return ""
+}
+
+// mosquittoArgs writes a config for the listener l, with the lines extra
+// (persistence), into dir and returns the command line that runs it.
+func mosquittoArgs(path string, l listeners, dir, extra string) ([]string, error) {
+	host, port, _ := net.SplitHostPort(l.TCP)
+	conf := filepath.Join(dir, "mosquitto.conf")
+	text := fmt.Sprintf("user root\nlistener %s %s\nallow_anonymous true\n%smax_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\n", port, host, extra)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		return nil, fmt.Errorf("bench: mosquitto config: %w", err)
+	}
+	return []string{path, "-c", conf}, nil
 }
 
 // freePort is a 127.0.0.1 address with a port free at the moment.

@@ -104,10 +104,10 @@ func chartsOf(cps []CurvePoint) []*chart {
 
 // brokerColors are the lines' colors, the same broker the same color on
 // every chart.
-var brokerColors = map[string]string{"mote": "#1f77b4", "mochi": "#ff7f0e", "mosquitto": "#2ca02c",
+var brokerColors = map[string]string{"mote": "#1f77b4", "mochi": "#ff7f0e", MosquittoName: "#2ca02c", MosquittoPersistName: "#98df8a",
 	Baseline: "#9467bd", Translate: "#8c564b", Memory: "#bcbd22", FloorName: "#d62728", HoldName: "#7f7f7f"}
 
-var otherColors = []string{"#e377c2", "#17becf", "#aec7e8", "#98df8a"}
+var otherColors = []string{"#e377c2", "#17becf", "#aec7e8", "#ff9896"}
 
 func colorOf(broker string, i int) string {
 	if c, ok := brokerColors[broker]; ok {

@@ -112,20 +112,11 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 					continue
 				}
 				for _, b := range cfg.Brokers {
-					if !sc.everywhere && !b.Tree {
-						continue // tree and sync variants are Mote's
-					}
-					if sc.web != nil && !b.Web {
-						continue // a build without the HTTP API
-					}
-					if sc.cluster && !b.Cluster {
-						continue // a cluster of this broker's nodes: Mote's
-					}
-					if b.Floor && !sc.floor {
-						continue // needs what go-floor leaves out (retained messages, sessions, QoS 1 delivery)
-					}
-					if b.Hold && !sc.hold {
-						continue // go-hold reads nothing after CONNECT
+					if why := skip(sc, b); why != "" {
+						if round == 1 && cfg.Progress != nil {
+							fmt.Fprintf(cfg.Progress, "[%s] %s/%s: not run on %s: %s\n", time.Now().Format(time.TimeOnly), sc.name, sc.variant, b.Name, why)
+						}
+						continue
 					}
 					if ctx.Err() != nil {
 						return runs, ctx.Err()
@@ -138,6 +129,23 @@ func Suite(ctx context.Context, cfg Config) ([]Run, error) {
 		}
 	}
 	return runs, nil
+}
+
+// skip says why the scenario sc does not run on the broker b; "" if it does.
+func skip(sc scenario, b *Broker) string {
+	switch {
+	case sc.web != nil && !b.Web:
+		return "Mote's HTTP API (a build that has it)"
+	case (sc.cluster || sc.clusterPart) && !b.Cluster:
+		return "a cluster of `mote broker --cluster` nodes"
+	case !sc.everywhere && !b.Tree:
+		return "a Mote variant (trees, $sync), compared with this broker's plain one"
+	case b.Floor && !sc.floor:
+		return "needs what go-floor leaves out (retained messages, sessions, QoS 1 delivery)"
+	case b.Hold && !sc.hold:
+		return "go-hold reads nothing after CONNECT"
+	}
+	return ""
 }
 
 // expandCurves replaces "curves" in names with every curve scenario.
@@ -358,7 +366,7 @@ func Ratios(runs []Run) []Ratio {
 		if sc.noRatio {
 			continue
 		}
-		for _, other := range []string{"mochi", "mosquitto", Baseline, Translate, Memory} {
+		for _, other := range []string{"mochi", MosquittoName, MosquittoPersistName, Baseline, Translate, Memory} {
 			otherVariant := sc.variant
 			if !sc.everywhere && other != Baseline && other != Translate && other != Memory {
 				otherVariant = "plain"

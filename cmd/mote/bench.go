@@ -31,7 +31,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	translators := fs.Bool("translators", false, "also run Mote with 100 translators that match no scenario's topics, as "+bench.Translate)
 	memory := fs.Bool("memory", false, "also run Mote with nothing persisted (--data off, as Mosquitto runs here), as "+bench.Memory+"; with -baseline, that build too, as "+bench.BaseMemory)
 	dashboards := fs.Int("live-subs", 0, "live-dashboard subscribers (0: the default, 500): fewer show whether the bench's own clients keep up")
-	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", "+bench.Memory+", "+bench.BaseMemory+", mosquitto, "+bench.FloorName+", "+bench.HoldName+"); default all but "+bench.FloorName+" and "+bench.HoldName)
+	only := fs.String("brokers", "", "comma-separated brokers to run (mote, mochi, "+bench.Baseline+", "+bench.Translate+", "+bench.Memory+", "+bench.BaseMemory+", "+bench.MosquittoName+", "+bench.MosquittoPersistName+", "+bench.FloorName+", "+bench.HoldName+"); default all but "+bench.MosquittoPersistName+", "+bench.FloorName+" and "+bench.HoldName)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mote bench [-smoke] [-rounds N] [-json] [scenario … | curves]\n       mote bench plot -in runs.json -out curves.svg\nscenarios: %v\n", bench.Names())
 		fs.PrintDefaults()
@@ -63,6 +63,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *only != "" {
 		brokers = append(brokers, bench.GoFloor(self), bench.GoHold(self)) // only when named
+		if m := bench.MosquittoPersist(); m != nil {
+			brokers = append(brokers, m) // only when named: Mosquitto saving to disk every second
+		}
 		keep := strings.Split(*only, ",")
 		brokers = slices.DeleteFunc(brokers, func(b *bench.Broker) bool { return !slices.Contains(keep, b.Name) })
 		if len(brokers) == 0 {
