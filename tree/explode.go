@@ -162,18 +162,10 @@ func (ps *Parser) TypePlain(payload []byte) wire.Value { return ps.dec.TypePlain
 func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op, error) {
 	switch p.Op {
 	case wire.PubTree:
-		sc, _ := ps.scratch.Get().(*scratch)
-		if sc == nil {
-			sc = &scratch{}
+		if op, ok := ps.flatOp(p, payload, retain, qos); ok {
+			return op, nil
 		}
-		defer ps.scratch.Put(sc)
-		defer sc.dec.Release()
-		root, err := ps.dec.DecodeWith(p.Codec, payload, &sc.dec)
-		if err != nil {
-			return Op{}, err
-		}
-		sc.rows = &ps.rows
-		return ps.treeOp(p, &root, retain, qos, sc)
+		return ps.decodeOp(p, payload, retain, qos)
 	case wire.PubSet:
 		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, MaxBytes: ps.lim.MaxPayload, Protect: true}
 		if len(payload) > 0 {
@@ -186,6 +178,24 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		v = wire.Value{}
 	}
 	return Op{Rows: []Row{{Topic: p.Topic, Value: v, Retain: retain}}, QoS: qos}, nil
+}
+
+// decodeOp is Op for a tree publish, by the general path: the payload
+// decoded into a tree of nodes, then exploded into rows. flatOp answers
+// the common shape without it, and only when this would give the same Op.
+func (ps *Parser) decodeOp(p wire.Publish, payload []byte, retain bool, qos byte) (Op, error) {
+	sc, _ := ps.scratch.Get().(*scratch)
+	if sc == nil {
+		sc = &scratch{}
+	}
+	defer ps.scratch.Put(sc)
+	defer sc.dec.Release()
+	root, err := ps.dec.DecodeWith(p.Codec, payload, &sc.dec)
+	if err != nil {
+		return Op{}, err
+	}
+	sc.rows = &ps.rows
+	return ps.treeOp(p, &root, retain, qos, sc)
 }
 
 // Decode decodes a tree payload in codec c within the Parser's limits.
