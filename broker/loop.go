@@ -689,8 +689,8 @@ func (b *Broker) runBatch(items []request) (rows int, others time.Duration) {
 		}
 	}
 	b.apply(ops, meta)
-	clear(ops) // drop references for the GC
-	clear(meta)
+	clearSmall(ops) // drop references for the GC
+	clearSmall(meta)
 	b.loopOps, b.loopMeta = ops[:0], meta[:0]
 	b.meter.batchSize.Observe(float64(len(items)))
 	b.meter.batchSeconds.Observe(time.Since(start).Seconds())

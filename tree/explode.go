@@ -113,7 +113,7 @@ func (ps *Parser) Recycle(rows []Row) {
 		return
 	}
 	rows = rows[:cap(rows)]
-	clear(rows) // pins no payload or topic while it waits
+	clearSmall(rows) // pins no payload or topic while it waits
 	rb := &ps.rows
 	rb.mu.Lock()
 	if rb.rows+cap(rows) <= rowBufsKept {

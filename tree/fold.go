@@ -76,9 +76,9 @@ func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 // A Result not released is left to the GC; one released lets a batch
 // allocate none of its lists (issue 15: a tree publish's round trip).
 func (t *Tree) Release(res *Result) {
-	clear(res.Applied) // neither rows nor payloads pinned meanwhile
-	clear(res.Deltas)
-	clear(t.subs)
+	clearSmall(res.Applied) // neither rows nor payloads pinned meanwhile
+	clearSmall(res.Deltas)
+	clearSmall(t.subs)
 	if cap(res.Applied) <= keepMax && cap(res.Deltas) <= keepMax && cap(t.subs) <= keepMax {
 		t.spare = Result{Applied: res.Applied[:0], Deltas: res.Deltas[:0]}
 		t.spareSubs = t.subs[:0]
@@ -247,7 +247,7 @@ type rowPath struct {
 // resetChanged empties t.changed: the last batch's values are not pinned
 // (a huge batch's past the length of the next one), nor its room.
 func (t *Tree) resetChanged() {
-	clear(t.changed)
+	clearSmall(t.changed)
 	t.changed = t.changed[:0]
 	if cap(t.changed) > keepMax {
 		t.changed = nil
@@ -256,8 +256,8 @@ func (t *Tree) resetChanged() {
 
 // startPaths empties t.paths and the keys they are cut from.
 func (t *Tree) startPaths() {
-	clear(t.keys) // the last paths' levels: not pinned
-	clear(t.paths)
+	clearSmall(t.keys) // the last paths' levels: not pinned
+	clearSmall(t.paths)
 	t.paths, t.keys = t.paths[:0], t.keys[:0]
 	if cap(t.keys) > keepMax {
 		t.keys = nil

@@ -93,9 +93,12 @@ func (d *Decoder) FlatJSON(payload []byte, into []FlatMember) ([]FlatMember, boo
 			}
 			i += len(lit)
 		case c == '-' || isDigit(c):
-			end, bad := scanNumber(s, i)
-			if bad.what != "" || floatOverflows(s[i:end]) {
-				return into[:base], false
+			end := flatInteger(s, i)
+			if end < 0 { // not a short integer: the general checks
+				var bad badJSON
+				if end, bad = scanNumber(s, i); bad.what != "" || floatOverflows(s[i:end]) {
+					return into[:base], false
+				}
 			}
 			m.Kind, m.ValStart, m.ValEnd = JSON, int32(i), int32(end)
 			i = end
@@ -132,3 +135,26 @@ func flatKeyByte(c byte) bool {
 func flatStringByte(c byte) bool {
 	return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'
 }
+
+// flatInteger returns the end of the number at i if it is an integer of
+// fewer digits than any beyond float64's range (floatOverflows), written
+// as JSON writes one (no leading zero), and not followed by a fraction or
+// an exponent; else -1.
+func flatInteger(s string, i int) int {
+	j := i
+	if s[j] == '-' {
+		j++
+	}
+	k := digits(s, j)
+	switch {
+	case k == j, s[j] == '0' && k > j+1, k-i >= flatIntegerMax:
+		return -1
+	case k < len(s) && (s[k] == '.' || s[k] == 'e' || s[k] == 'E'):
+		return -1
+	}
+	return k
+}
+
+// flatIntegerMax bounds flatInteger's numbers, sign included: 10^299 is
+// far below float64's largest.
+const flatIntegerMax = 300
