@@ -40,11 +40,7 @@ func DefaultLimits() Limits {
 // CheckTopic refuses a topic or filter longer than MaxTopicLen bytes or of
 // more than MaxTopicLevels levels (ErrLimit and wire.ErrFilter).
 func (l Limits) CheckTopic(t string) error {
-	maxLen := l.MaxTopicLen
-	if maxLen <= 0 || maxLen > wire.MaxTopicLen {
-		maxLen = wire.MaxTopicLen
-	}
-	if len(t) > maxLen {
+	if maxLen := l.maxTopicLen(); len(t) > maxLen {
 		return fmt.Errorf("%w: %w: topic of %d bytes, limit %d", ErrLimit, wire.ErrFilter, len(t), maxLen)
 	}
 	if l.MaxTopicLevels > 0 {
@@ -53,6 +49,15 @@ func (l Limits) CheckTopic(t string) error {
 		}
 	}
 	return nil
+}
+
+// maxTopicLen is the longest topic CheckTopic takes: MaxTopicLen, or
+// wire.MaxTopicLen when it is 0 or beyond it.
+func (l Limits) maxTopicLen() int {
+	if l.MaxTopicLen <= 0 || l.MaxTopicLen > wire.MaxTopicLen {
+		return wire.MaxTopicLen
+	}
+	return l.MaxTopicLen
 }
 
 // Parser turns Mote publishes into Ops. It is safe for concurrent use, so

@@ -29,46 +29,40 @@ func (ps *Parser) flatOp(p wire.Publish, payload []byte, retain bool, qos byte) 
 	if !ok || len(ms) > ps.lim.MaxRows {
 		return Op{}, false
 	}
+	// A row's topic is T/k, k holding no '/': one level more than T, and
+	// at most the limit CheckTopic and explode's row keep.
+	if ps.lim.MaxTopicLevels > 0 && strings.Count(t, "/")+2 > ps.lim.MaxTopicLevels {
+		return Op{}, false
+	}
+	maxLen := ps.lim.maxTopicLen()
 	size := 0
 	for _, m := range ms {
-		n := len(t) + 1 + int(m.KeyEnd-m.KeyStart)
-		if n > wire.MaxTopicLen {
+		k := int(m.KeyEnd - m.KeyStart)
+		if len(t)+1+k > maxLen {
 			return Op{}, false
 		}
-		size += n + int(m.ValEnd-m.ValStart)
+		size += len(t) + 1 + k + int(m.ValEnd-m.ValStart)
 	}
+	// Each row's topic, then its value.
 	var b strings.Builder
 	b.Grow(size)
 	for _, m := range ms {
 		b.WriteString(t)
 		b.WriteByte('/')
 		b.Write(payload[m.KeyStart:m.KeyEnd])
-	}
-	for _, m := range ms {
 		b.Write(payload[m.ValStart:m.ValEnd])
 	}
 	all := b.String()
-	check := ps.lim.MaxTopicLen > 0 || ps.lim.MaxTopicLevels > 0
 	rows := ps.rows.take(len(ms))
-	from, at := 0, 0
+	at := 0
 	for _, m := range ms {
-		at += len(t) + 1 + int(m.KeyEnd-m.KeyStart)
-	}
-	for _, m := range ms {
-		end := from + len(t) + 1 + int(m.KeyEnd-m.KeyStart)
-		topic := all[from:end]
-		from = end
-		if check && ps.lim.CheckTopic(topic) != nil {
-			ps.Recycle(rows)
-			return Op{}, false
-		}
-		var v wire.Value
+		end := at + len(t) + 1 + int(m.KeyEnd-m.KeyStart)
+		r := Row{Topic: all[at:end], Retain: retain}
+		at = end + int(m.ValEnd-m.ValStart)
 		if m.Kind != wire.None {
-			n := int(m.ValEnd - m.ValStart)
-			v = wire.Value{Kind: m.Kind, Data: all[at : at+n]}
-			at += n
+			r.Value = wire.Value{Kind: m.Kind, Data: all[end:at]}
 		}
-		rows = append(rows, Row{Topic: topic, Value: v, Retain: retain})
+		rows = append(rows, r)
 	}
 	return Op{Rows: rows, QoS: qos, MaxRows: ps.lim.MaxRows, Protect: true}, true
 }

@@ -430,6 +430,10 @@ func (g *group) appendKeys(keys []string, topic string) []string {
 			}
 			break
 		}
+		if l != "+" && len(topic)-i >= len(l) && topic[i:i+len(l)] == l && (i+len(l) == len(topic) || topic[i+len(l)] == '/') {
+			i += len(l) + 1 // a fixed level, as the topic has it: no search for its end
+			continue
+		}
 		var name string
 		name, i = nextLevel(topic, i)
 		if l == "+" {
@@ -459,8 +463,25 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool, skip string) ([]by
 		e.Value(c.val) // kind None writes null
 		return t.encoded(), c.qos, true
 	}
-	open := t.open[:0] // keys of the objects open below the root
 	e.BeginObject()
+	if g.plus == 1 && !g.hash { // every path one key: no object opens below the root
+		for _, p := range t.paths {
+			c := &t.changed[p.row]
+			if !t.shown(c, allow, skip) {
+				continue
+			}
+			wrote = true
+			qos = max(qos, c.qos)
+			e.Key(p.keys[0])
+			e.Value(c.val)
+		}
+		e.EndObject()
+		if !wrote {
+			return nil, 0, false
+		}
+		return t.encoded(), qos, true
+	}
+	open := t.open[:0] // keys of the objects open below the root
 	for pi, p := range t.paths {
 		c := &t.changed[p.row]
 		if !t.shown(c, allow, skip) {
@@ -509,7 +530,8 @@ func (t *Tree) shown(c *change, allow func(string) bool, skip string) bool {
 // encBufMax bytes.
 func (t *Tree) encoded() []byte {
 	buf := t.enc.Bytes()
-	out := slices.Clone(buf)
+	out := make([]byte, len(buf)) // not slices.Clone: growslice's way costs more
+	copy(out, buf)
 	t.enc.Reset(wire.CodecJSON, nil)
 	t.encBuf = nil
 	if cap(buf) <= encBufMax {
