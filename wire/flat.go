@@ -145,7 +145,7 @@ func flatInteger(s string, i int) int {
 	if s[j] == '-' {
 		j++
 	}
-	k := digits(s, j)
+	k := digits8(s, j)
 	switch {
 	case k == j, s[j] == '0' && k > j+1, k-i >= flatIntegerMax:
 		return -1
@@ -158,3 +158,19 @@ func flatInteger(s string, i int) int {
 // flatIntegerMax bounds flatInteger's numbers, sign included: 10^299 is
 // far below float64's largest.
 const flatIntegerMax = 300
+
+// digits8 is digits, eight bytes at a time while eight are digits: a
+// nanosecond clock's 19 digits cost a third of the instructions.
+func digits8(s string, i int) int {
+	const high, digit, carry = 0xf0f0f0f0f0f0f0f0, 0x3030303030303030, 0x0606060606060606
+	for len(s)-i >= 8 {
+		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		// Every byte 0x30–0x3f, and still so with 6 added: 0x30–0x39.
+		if x&high != digit || (x+carry)&high != digit {
+			break
+		}
+		i += 8
+	}
+	return digits(s, i)
+}

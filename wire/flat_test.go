@@ -97,6 +97,21 @@ func TestFlatJSON(t *testing.T) {
 	}
 }
 
+// TestDigits8: digits8 ends where digits does, whatever byte ends the
+// run (those next to '0' and '9' included) and wherever it falls in a word.
+func TestDigits8(t *testing.T) {
+	for n := 0; n <= 34; n++ {
+		for _, end := range []string{"", "/", ":", ".", " ", "}", "\x00", "\xff", "e"} {
+			for lead := 0; lead < 3; lead++ {
+				s := strings.Repeat("x", lead) + strings.Repeat("0123456789", 4)[:n] + end + "99999999"
+				if got, want := digits8(s, lead), digits(s, lead); got != want {
+					t.Fatalf("%q from %d: digits8 %d, digits %d", s, lead, got, want)
+				}
+			}
+		}
+	}
+}
+
 // FuzzFlatJSON is the differential check of FlatJSON against Decode.
 func FuzzFlatJSON(f *testing.F) {
 	for _, s := range []string{
