@@ -164,8 +164,9 @@ const flatIntegerMax = 300
 func digits8(s string, i int) int {
 	const high, digit, carry = 0xf0f0f0f0f0f0f0f0, 0x3030303030303030, 0x0606060606060606
 	for len(s)-i >= 8 {
-		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		w := s[i : i+8] // one bounds check, and one load for the eight
+		x := uint64(w[0]) | uint64(w[1])<<8 | uint64(w[2])<<16 | uint64(w[3])<<24 |
+			uint64(w[4])<<32 | uint64(w[5])<<40 | uint64(w[6])<<48 | uint64(w[7])<<56
 		// Every byte 0x30–0x3f, and still so with 6 added: 0x30–0x39.
 		if x&high != digit || (x+carry)&high != digit {
 			break
