@@ -46,7 +46,7 @@ func TestLoopBudgetSwitch(t *testing.T) {
 			defer q.mu.Unlock()
 			q.items, q.units = make([]request, tc.queued), tc.queued
 			if tc.running {
-				q.begin(tc.batch)
+				q.begin(tc.batch, time.Now())
 			}
 			q.since = time.Now().Add(-tc.took)
 			q.started.Store(tc.started)
@@ -66,7 +66,7 @@ func TestLoopCostLeavesCallsOut(t *testing.T) {
 	b := start(t, Options{})
 	call := request{kind: reqCall, call: func() { time.Sleep(20 * time.Millisecond) }}
 	b.loopMu.Lock()
-	rows, others := b.runBatch([]request{call})
+	rows, others := b.runBatch([]request{call}, time.Now())
 	b.loopMu.Unlock()
 	if rows != 0 || others < 20*time.Millisecond {
 		t.Fatalf("runBatch: %d rows, others %v; want 0, 20ms or more", rows, others)

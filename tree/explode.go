@@ -40,11 +40,7 @@ func DefaultLimits() Limits {
 // CheckTopic refuses a topic or filter longer than MaxTopicLen bytes or of
 // more than MaxTopicLevels levels (ErrLimit and wire.ErrFilter).
 func (l Limits) CheckTopic(t string) error {
-	maxLen := l.MaxTopicLen
-	if maxLen <= 0 || maxLen > wire.MaxTopicLen {
-		maxLen = wire.MaxTopicLen
-	}
-	if len(t) > maxLen {
+	if maxLen := l.maxTopicLen(); len(t) > maxLen {
 		return fmt.Errorf("%w: %w: topic of %d bytes, limit %d", ErrLimit, wire.ErrFilter, len(t), maxLen)
 	}
 	if l.MaxTopicLevels > 0 {
@@ -53,6 +49,15 @@ func (l Limits) CheckTopic(t string) error {
 		}
 	}
 	return nil
+}
+
+// maxTopicLen is the longest topic CheckTopic takes: MaxTopicLen, or
+// wire.MaxTopicLen when it is 0 or beyond it.
+func (l Limits) maxTopicLen() int {
+	if l.MaxTopicLen <= 0 || l.MaxTopicLen > wire.MaxTopicLen {
+		return wire.MaxTopicLen
+	}
+	return l.MaxTopicLen
 }
 
 // Parser turns Mote publishes into Ops. It is safe for concurrent use, so
@@ -113,7 +118,7 @@ func (ps *Parser) Recycle(rows []Row) {
 		return
 	}
 	rows = rows[:cap(rows)]
-	clear(rows) // pins no payload or topic while it waits
+	clearSmall(rows) // pins no payload or topic while it waits
 	rb := &ps.rows
 	rb.mu.Lock()
 	if rb.rows+cap(rows) <= rowBufsKept {
@@ -162,18 +167,10 @@ func (ps *Parser) TypePlain(payload []byte) wire.Value { return ps.dec.TypePlain
 func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op, error) {
 	switch p.Op {
 	case wire.PubTree:
-		sc, _ := ps.scratch.Get().(*scratch)
-		if sc == nil {
-			sc = &scratch{}
+		if op, ok := ps.flatOp(p, payload, retain, qos); ok {
+			return op, nil
 		}
-		defer ps.scratch.Put(sc)
-		defer sc.dec.Release()
-		root, err := ps.dec.DecodeWith(p.Codec, payload, &sc.dec)
-		if err != nil {
-			return Op{}, err
-		}
-		sc.rows = &ps.rows
-		return ps.treeOp(p, &root, retain, qos, sc)
+		return ps.decodeOp(p, payload, retain, qos)
 	case wire.PubSet:
 		op := Op{SetFilter: p.Topic, QoS: qos, MaxRows: ps.lim.MaxRows, MaxBytes: ps.lim.MaxPayload, Protect: true}
 		if len(payload) > 0 {
@@ -186,6 +183,24 @@ func (ps *Parser) Op(p wire.Publish, payload []byte, retain bool, qos byte) (Op,
 		v = wire.Value{}
 	}
 	return Op{Rows: []Row{{Topic: p.Topic, Value: v, Retain: retain}}, QoS: qos}, nil
+}
+
+// decodeOp is Op for a tree publish, by the general path: the payload
+// decoded into a tree of nodes, then exploded into rows. flatOp answers
+// the common shape without it, and only when this would give the same Op.
+func (ps *Parser) decodeOp(p wire.Publish, payload []byte, retain bool, qos byte) (Op, error) {
+	sc, _ := ps.scratch.Get().(*scratch)
+	if sc == nil {
+		sc = &scratch{}
+	}
+	defer ps.scratch.Put(sc)
+	defer sc.dec.Release()
+	root, err := ps.dec.DecodeWith(p.Codec, payload, &sc.dec)
+	if err != nil {
+		return Op{}, err
+	}
+	sc.rows = &ps.rows
+	return ps.treeOp(p, &root, retain, qos, sc)
 }
 
 // Decode decodes a tree payload in codec c within the Parser's limits.
@@ -436,29 +451,30 @@ func Reserved(topic string) bool {
 	if !strings.HasPrefix(topic, "$") {
 		return false
 	}
+	// The verbs first: most '$' topics a client publishes to are tree
+	// publishes, and the case folds below are for the other names (a
+	// tree publish's check was 248 instructions, bench/README.md, branch
+	// h-tlat4).
+	if wire.IsMote(topic) {
+		return true
+	}
 	first, _, _ := strings.Cut(topic, "/")
 	if !asciiOnly(first) { // a rune of more than a byte may fold to an ASCII one (ſ to s)
 		return strings.EqualFold(first, "$SYS") || strings.EqualFold(first, "$mote") || strings.EqualFold(first, "$hist") ||
-			strings.EqualFold(first, "$share") || wire.IsMote(topic)
+			strings.EqualFold(first, "$share")
 	}
 	// ASCII folds byte for byte: only a name of the same length can match
 	// (four EqualFold calls were a third of a tree publish's Reserved,
 	// bench/README.md, branch h-tlat; TestReservedASCII).
 	switch len(first) {
 	case len("$SYS"):
-		if asciiFold(first, "$sys") {
-			return true
-		}
+		return asciiFold(first, "$sys")
 	case len("$mote"):
-		if asciiFold(first, "$mote") || asciiFold(first, "$hist") {
-			return true
-		}
+		return asciiFold(first, "$mote") || asciiFold(first, "$hist")
 	case len("$share"):
-		if asciiFold(first, "$share") {
-			return true
-		}
+		return asciiFold(first, "$share")
 	}
-	return wire.IsMote(topic)
+	return false
 }
 
 // asciiOnly reports whether s holds no byte past ASCII.

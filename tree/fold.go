@@ -76,9 +76,9 @@ func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 // A Result not released is left to the GC; one released lets a batch
 // allocate none of its lists (issue 15: a tree publish's round trip).
 func (t *Tree) Release(res *Result) {
-	clear(res.Applied) // neither rows nor payloads pinned meanwhile
-	clear(res.Deltas)
-	clear(t.subs)
+	clearSmall(res.Applied) // neither rows nor payloads pinned meanwhile
+	clearSmall(res.Deltas)
+	clearSmall(t.subs)
 	if cap(res.Applied) <= keepMax && cap(res.Deltas) <= keepMax && cap(t.subs) <= keepMax {
 		t.spare = Result{Applied: res.Applied[:0], Deltas: res.Deltas[:0]}
 		t.spareSubs = t.subs[:0]
@@ -247,7 +247,7 @@ type rowPath struct {
 // resetChanged empties t.changed: the last batch's values are not pinned
 // (a huge batch's past the length of the next one), nor its room.
 func (t *Tree) resetChanged() {
-	clear(t.changed)
+	clearSmall(t.changed)
 	t.changed = t.changed[:0]
 	if cap(t.changed) > keepMax {
 		t.changed = nil
@@ -256,8 +256,8 @@ func (t *Tree) resetChanged() {
 
 // startPaths empties t.paths and the keys they are cut from.
 func (t *Tree) startPaths() {
-	clear(t.keys) // the last paths' levels: not pinned
-	clear(t.paths)
+	clearSmall(t.keys) // the last paths' levels: not pinned
+	clearSmall(t.paths)
 	t.paths, t.keys = t.paths[:0], t.keys[:0]
 	if cap(t.keys) > keepMax {
 		t.keys = nil
@@ -430,6 +430,10 @@ func (g *group) appendKeys(keys []string, topic string) []string {
 			}
 			break
 		}
+		if l != "+" && len(topic)-i >= len(l) && topic[i:i+len(l)] == l && (i+len(l) == len(topic) || topic[i+len(l)] == '/') {
+			i += len(l) + 1 // a fixed level, as the topic has it: no search for its end
+			continue
+		}
 		var name string
 		name, i = nextLevel(topic, i)
 		if l == "+" {
@@ -459,8 +463,25 @@ func (t *Tree) encodeDelta(g *group, allow func(string) bool, skip string) ([]by
 		e.Value(c.val) // kind None writes null
 		return t.encoded(), c.qos, true
 	}
-	open := t.open[:0] // keys of the objects open below the root
 	e.BeginObject()
+	if g.plus == 1 && !g.hash { // every path one key: no object opens below the root
+		for _, p := range t.paths {
+			c := &t.changed[p.row]
+			if !t.shown(c, allow, skip) {
+				continue
+			}
+			wrote = true
+			qos = max(qos, c.qos)
+			e.Key(p.keys[0])
+			e.Value(c.val)
+		}
+		e.EndObject()
+		if !wrote {
+			return nil, 0, false
+		}
+		return t.encoded(), qos, true
+	}
+	open := t.open[:0] // keys of the objects open below the root
 	for pi, p := range t.paths {
 		c := &t.changed[p.row]
 		if !t.shown(c, allow, skip) {
@@ -509,7 +530,8 @@ func (t *Tree) shown(c *change, allow func(string) bool, skip string) bool {
 // encBufMax bytes.
 func (t *Tree) encoded() []byte {
 	buf := t.enc.Bytes()
-	out := slices.Clone(buf)
+	out := make([]byte, len(buf)) // not slices.Clone: growslice's way costs more
+	copy(out, buf)
 	t.enc.Reset(wire.CodecJSON, nil)
 	t.encBuf = nil
 	if cap(buf) <= encBufMax {
