@@ -213,12 +213,15 @@ func (b *Broker) Start(web bool) error {
 	}
 	args, err := b.args(b.l, b.dir)
 	if err != nil {
+		os.RemoveAll(b.dir) // no process: Stop would leave it (RV8-1)
 		return err
 	}
 	b.logs.Reset()
 	b.cmd = exec.Command(args[0], args[1:]...)
 	b.cmd.Stdout, b.cmd.Stderr = &b.logs, &b.logs
 	if err := b.cmd.Start(); err != nil {
+		b.cmd = nil
+		os.RemoveAll(b.dir)
 		return fmt.Errorf("bench: start %s: %w", b.Name, err)
 	}
 	for _, addr := range []string{b.l.TCP, b.l.WS, b.l.HTTP} {

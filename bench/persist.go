@@ -38,12 +38,25 @@ func (s *saver) begun(dir string) (int, error) {
 // saveAfter waits until a save begun after the first n of dir's has
 // ended, and returns the size of the database it wrote: the first save
 // that holds everything the broker held when begun returned n. A save's
-// log line comes just before it opens its temporary file, so once the
-// line is there and, saverSettle later, that file is not, the save is
-// done. At most a minute.
+// log line comes just before it opens its temporary file, and it ends
+// renaming that file to the database: so the save is done once the line
+// is there, the temporary file is not, and the database is another file
+// than the one there before the line (RV8-2: the temporary file's absence
+// alone, saverSettle after the line, took the save before for this one
+// when the broker was held up between its line and its file, as a loaded
+// machine does). At most a minute.
 func (s *saver) saveAfter(ctx context.Context, dir string, n int) (int64, error) {
 	end := time.Now().Add(time.Minute)
-	for {
+	// before is the database as it was before the last read of the log
+	// that found no new line (or, if the first found one, before that
+	// read): a database renamed later is another file. Read before the
+	// log, never the new save's, even one begun and ended between polls.
+	var before os.FileInfo // nil: none
+	for first := true; ; first = false {
+		now, _ := os.Stat(filepath.Join(dir, s.db))
+		if first {
+			before = now
+		}
 		m, err := s.begun(dir)
 		if err != nil {
 			return 0, err
@@ -51,24 +64,35 @@ func (s *saver) saveAfter(ctx context.Context, dir string, n int) (int64, error)
 		if m > n {
 			break
 		}
+		before = now
 		if err := pause(ctx, end, "a save to begin"); err != nil {
 			return 0, err
 		}
 	}
 	time.Sleep(saverSettle)
 	for {
-		if _, err := os.Stat(filepath.Join(dir, s.tmp)); errors.Is(err, os.ErrNotExist) {
-			break
+		fi, err := os.Stat(filepath.Join(dir, s.db))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return 0, fmt.Errorf("bench: saved database: %w", err)
+		}
+		if _, tmpErr := os.Stat(filepath.Join(dir, s.tmp)); errors.Is(tmpErr, os.ErrNotExist) && replaced(before, fi) {
+			return fi.Size(), nil
 		}
 		if err := pause(ctx, end, "a save to end"); err != nil {
 			return 0, err
 		}
 	}
-	fi, err := os.Stat(filepath.Join(dir, s.db))
-	if err != nil {
-		return 0, fmt.Errorf("bench: saved database: %w", err)
+}
+
+// replaced reports whether the database now is another one than before
+// (nil: none): another file, or, its number taken again by a file made
+// since the one before was replaced, written at another time or of
+// another size.
+func replaced(before, now os.FileInfo) bool {
+	if now == nil {
+		return false
 	}
-	return fi.Size(), nil
+	return before == nil || !os.SameFile(before, now) || !now.ModTime().Equal(before.ModTime()) || now.Size() != before.Size()
 }
 
 // saverSettle is longer than a save's log line takes to become its

@@ -56,6 +56,19 @@ func TestSaveAfter(t *testing.T) {
 			save(t, sv, dir, 30, false)
 			save(t, sv, dir, 70, true)
 		}, 70},
+		// RV8-2: the broker held up (a loaded machine) between its line
+		// and its temporary file for longer than saverSettle.
+		{"a save slow to open its file", 2, false, func(dir string) {
+			f, err := os.OpenFile(filepath.Join(dir, sv.log), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			f.WriteString("2: " + string(sv.line) + "x/mosquitto.db.\n")
+			f.Close()
+			time.Sleep(5 * saverSettle)
+			save(t, sv, dir, 90, false)
+		}, 90},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -174,6 +174,22 @@ func FuzzFlatOp(f *testing.F) {
 	}
 	f.Add("a//b", []byte(`{"k":0}`), true)
 	f.Add("lat/+", []byte(`{"k":0}`), true)
+	// RV8's edges: numbers, whitespace, escapes, bytes outside ASCII and
+	// keys a level cannot be (FuzzFlatJSON has more), and topics: empty
+	// levels, a trailing '/', '$' and wildcards inside a level, 0xff,
+	// NUL, a Mote verb, many levels.
+	for _, s := range []string{
+		`{"t":-0}`, `{"t":1e308}`, `{"t":1e309}`, `{"t":-01}`, `{"t":1E+2}`, " \t\r\n{\"t\"\n:\r1\t}\n",
+		`{"t":"\u0041"}`, "{\"t\":\"\xff\"}", "{\"t\":\"\x00\"}", `{"$set":1}`, `{"$":1}`, `{"+":1}`, `{"#":1}`,
+		`{"":1}`, `{"/":1}`, `{"t":1,"T":2}`, `{"t":{"u":{"v":1}}}`,
+		`{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17}`,
+	} {
+		f.Add("lat", []byte(s), true)
+	}
+	for _, topic := range []string{"a/", "/a", "/", "a/$set", "a$/b", "a+b", "a#", "\xff/\x00", "$tree/x", "x/.replace",
+		strings.Repeat("a/", 40) + "a", strings.Repeat("x", 65530)} {
+		f.Add(topic, []byte(`{"t":1,"u":"v"}`), false)
+	}
 	parsers := flatParsers(f)
 	f.Fuzz(func(t *testing.T, topic string, payload []byte, retain bool) {
 		for _, ps := range parsers {
