@@ -47,8 +47,9 @@ func encodedAtLeast(pk *packets.Packet) int {
 
 // readBufPool lends plain TCP connections their read buffers, of
 // clientReadBuffer bytes, from the read that finds input to the reader
-// reading it all (netConn.ReadLent, mochi change 62): a connection
-// waiting for its next packet holds none. The zero value is ready.
+// reading it all (netConn.ReadLent, mochi change 62), kept then for the
+// reader's next read (netConn.ReturnLent): a connection waiting for its
+// next packet holds none. The zero value is ready.
 //
 // It also counts the reads of those connections (syscallDue): of a
 // broker that reads often, every syscallEvery-th is made through the

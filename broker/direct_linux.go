@@ -40,7 +40,9 @@ type rawIO struct {
 	// The read side, the connection's read goroutine's: read reads into a
 	// buffer of bufs taken once the socket has input (rbuf, rn bytes, or
 	// rerr), and gives it back when it has none, to wait bufferless;
-	// lent is the buffer ReadLent lent and the reader has not given back.
+	// lent is the buffer ReadLent lent and the reader has not given back,
+	// or, with spare set, the one it gave back last, kept for the read
+	// that follows (ReturnLent).
 	bufs *readBufPool
 	read func(fd uintptr) bool
 	rbuf []byte
@@ -58,6 +60,7 @@ type rawIO struct {
 	// the last in bit 0: 1 if it found the socket empty (EAGAIN).
 	rn      int16
 	drained uint8
+	spare   bool // lent was given back (ReturnLent) and is kept for the next read
 	wn      int32
 
 	// rest is what a non-blocking write left of the packets it began:
@@ -82,7 +85,11 @@ func newRawIO(c net.Conn, bufs *readBufPool) *rawIO {
 	w := &rawIO{rc: rc, bufs: bufs}
 	w.read = func(fd uintptr) bool {
 		if w.rbuf == nil {
-			w.rbuf = w.bufs.get()
+			if w.spare { // the buffer the reader gave back last
+				w.rbuf, w.lent, w.spare = w.lent, nil, false
+			} else {
+				w.rbuf = w.bufs.get()
+			}
 		}
 		for {
 			var n int
@@ -175,6 +182,7 @@ func (c *netConn) ReadLent(next bool) ([]byte, int, error) {
 	}
 	c.turn.next(c.turns())
 	if c.state >= stateFailed { // a packet over the limits ended the read before
+		c.releaseSpare()
 		_, err := c.scanned(nil, 0, nil)
 		return nil, 0, err
 	}
@@ -183,12 +191,15 @@ func (c *netConn) ReadLent(next bool) ([]byte, int, error) {
 	if next {
 		switch e, watched = c.waiting(); e {
 		case expired:
+			c.releaseSpare()
 			return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.ErrDeadlineExceeded}
 		case closing:
+			c.releaseSpare()
 			return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: net.ErrClosed}
 		}
 	}
 	err := w.rc.Read(w.read)
+	c.releaseSpare() // (read never ran: a deadline, a closed connection)
 	if watched {
 		switch c.woke(e) {
 		case wokeSleep:
@@ -228,23 +239,48 @@ func (c *netConn) ReadLent(next bool) ([]byte, int, error) {
 	return buf, n, nil
 }
 
-// ReturnLent takes back a buffer ReadLent lent.
+// ReturnLent takes back a buffer ReadLent lent. It is kept (rawIO.spare)
+// for the connection's next read, which mochi's reader makes once it has
+// handled the packet: the read that finds the socket drained, between
+// two packets, then reads into it and gives it to the pool before it
+// waits (rawIO.read), instead of taking one from the pool and giving it
+// back, a sync.Pool Get and Put a message (bench/README.md, branch
+// h-plat). So a reader holds one buffer while it handles a packet, and
+// none while it waits; a connection that ends or goes to sleep without
+// reading again gives it back then (takeBackLent, releaseSpare).
 func (c *netConn) ReturnLent(buf []byte) {
-	if c.raw != nil && c.raw.bufs != nil {
-		c.raw.lent = nil
-		c.raw.bufs.put(buf)
+	if w := c.raw; w != nil && w.bufs != nil {
+		if w.spare { // (not from ReadLent: never two kept)
+			w.bufs.put(w.lent)
+		}
+		w.lent, w.spare = buf, cap(buf) == clientReadBuffer
+		if !w.spare {
+			w.lent = nil
+			w.bufs.put(buf)
+		}
+	}
+}
+
+// releaseSpare gives back the buffer ReturnLent kept, if any. The
+// reader's.
+func (c *netConn) releaseSpare() {
+	if w := c.raw; w != nil && w.spare {
+		w.bufs.put(w.lent)
+		w.lent, w.spare = nil, false
 	}
 }
 
 // takeBackLent takes back the buffer ReadLent lent last if the reader
 // never gave it back: its connection ended (a DISCONNECT, a refused or
-// malformed packet, a panic) with input in it unread. Called on the
-// connection's read goroutine once mochi has read its last (connEnded).
+// malformed packet, a panic) with input in it unread; and the one
+// ReturnLent kept. Called on the connection's read goroutine once mochi
+// has read its last (connEnded).
 func (c *netConn) takeBackLent() {
 	c.turn.next(c.turns()) // and its read turn
-	if c.raw != nil && c.raw.lent != nil {
+	if c.raw != nil && c.raw.lent != nil && !c.raw.spare {
 		c.ReturnLent(c.raw.lent)
 	}
+	c.releaseSpare()
 }
 
 // tryWrite writes as much of p as the socket takes at once, without

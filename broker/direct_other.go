@@ -21,6 +21,9 @@ func (c *netConn) ReadLent(bool) ([]byte, int, error) { return nil, 0, mqtt.ErrN
 // ReturnLent is never called: ReadLent lends nothing.
 func (c *netConn) ReturnLent([]byte) {}
 
+// releaseSpare has nothing to give back: ReadLent lends nothing.
+func (c *netConn) releaseSpare() {}
+
 // takeBackLent has nothing to take back: ReadLent lends nothing.
 func (c *netConn) takeBackLent() {}
 

@@ -669,7 +669,9 @@
 //	  loopMeta, loopBatch, loopDelta,     deltaItem and a copy of its delta's rows (batchRows.keep), a queued publish
 //	  loopPub), tree.Result's lists       its own pubMeta (toLoop); the loop hands the Result back (tree.Release)
 //	encode buffers (bufPool)            a sync.Pool; a lent buffer is its writer's until its flush
-//	read buffers (readBufPool)          a sync.Pool; a lent buffer is its connection's reader's until read to its end or the connection ends (takeBackLent)
+//	read buffers (readBufPool)          a sync.Pool; a lent buffer is its connection's reader's until read to its end, then kept
+//	                                      (ReturnLent) till its next read, which reads into it or gives it back before it waits,
+//	                                      or till it sleeps (releaseSpare) or the connection ends (takeBackLent)
 //	read turns (Broker.turns)           a reader that refused turnRefusals packets of its last read takes one for its next read's
 //	                                      packets (ReadLent, waiting at most turnWait) and gives it back at its next read or
 //	                                      when the connection ends (takeBackLent): flooders take turns on GOMAXPROCS-1 cores (turns.go);

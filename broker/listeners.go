@@ -56,6 +56,7 @@ func (b *Broker) guard(id string, c net.Conn) {
 	if serve := b.establish(id, nc); serve == nil {
 		return
 	} else if nc.quiet() {
+		nc.releaseSpare()               // a sleeping connection holds no read buffer
 		b.sleepers.sleep(nc, id, serve) // no reader until the client sends (sleep_linux.go)
 	} else {
 		go b.serve(id, nc, serve)

@@ -61,8 +61,65 @@ func TestReadLent(t *testing.T) {
 				}
 				nc.ReturnLent(buf)
 			}
+			nc.takeBackLent() // the connection's end: the buffer ReturnLent kept goes back
 			if out := pool.out.Load(); out != 0 {
 				t.Errorf("%d buffers still lent", out)
+			}
+		})
+	}
+}
+
+// TestReadLentKeepsSpare: the buffer the reader gives back (ReturnLent)
+// is kept for its next read, not given to the pool and taken again
+// (branch h-plat: a sync.Pool Put and Get a message). That read reads
+// into it: the next packet comes in the same buffer; a read that finds
+// the socket drained gives it to the pool before it waits, so a waiting
+// connection holds none; so does one put to sleep (releaseSpare) or
+// ended (takeBackLent). Without the spare, ReturnLent leaves 0 buffers
+// lent and the second packet may come in another buffer.
+func TestReadLentKeepsSpare(t *testing.T) {
+	ping := []byte{0xc0, 0x00}
+	tests := []struct {
+		name string
+		end  func(nc *netConn) // after the second packet was given back
+	}{
+		{name: "drained read", end: func(nc *netConn) {
+			nc.SetReadDeadline(time.Now().Add(20 * time.Millisecond)) //nolint:errcheck
+			if _, _, err := nc.ReadLent(true); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("drained read: %v, want a deadline", err)
+			}
+		}},
+		{name: "asleep", end: func(nc *netConn) { nc.releaseSpare() }},
+		{name: "ended", end: func(nc *netConn) { nc.takeBackLent() }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cli, srv := tcpPair(t)
+			var pool readBufPool
+			nc := &netConn{Conn: srv, raw: newRawIO(srv, &pool), maxConnect: 1 << 20, maxPacket: 100, packets: 1, connected: true}
+			srv.SetReadDeadline(time.Now().Add(10 * time.Second)) //nolint:errcheck // a hang fails the test
+			var first *byte
+			for i := range 2 {
+				if _, err := cli.Write(ping); err != nil {
+					t.Fatal(err)
+				}
+				buf, n, err := nc.ReadLent(false)
+				if err != nil || string(buf[:n]) != string(ping) {
+					t.Fatalf("read %d: % x, %v; want % x", i, buf[:n], err, ping)
+				}
+				if i == 0 {
+					first = &buf[0]
+				} else if &buf[0] != first {
+					t.Errorf("the second packet came in another buffer, want the one given back")
+				}
+				nc.ReturnLent(buf)
+				if out := pool.out.Load(); out != 1 {
+					t.Fatalf("%d buffers lent once given back, want 1 (kept for the next read)", out)
+				}
+			}
+			tt.end(nc)
+			if out := pool.out.Load(); out != 0 {
+				t.Errorf("%d buffers lent, want 0", out)
 			}
 		})
 	}

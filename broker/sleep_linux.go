@@ -530,10 +530,11 @@ func (s *sleepers) stopWaking() {
 // quiet reports whether c's reader, between packets, has nothing read
 // and unhandled: no input in a lent buffer, no failed packet to report
 // (its next read would fail without reading). Such a connection can wait
-// asleep from the start: the guard puts it to sleep after its CONNECT.
+// asleep from the start: the guard puts it to sleep after its CONNECT,
+// once it gave back the read buffer ReturnLent kept (releaseSpare).
 // The reader's.
 func (c *netConn) quiet() bool {
-	return c.raw != nil && c.raw.lent == nil && c.state < stateFailed
+	return c.raw != nil && (c.raw.lent == nil || c.raw.spare) && c.state < stateFailed
 }
 
 // fd is the connection's descriptor (plain TCP only).
