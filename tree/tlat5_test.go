@@ -1,0 +1,132 @@
+package tree
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mote-mqtt/mote/wire"
+)
+
+// TestNextLevel: walking a topic with nextLevel gives its levels as
+// strings.Split does, for levels shorter than, as long as and longer
+// than levelScan (the loop's part, IndexByte's part, and the edge).
+func TestNextLevel(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("x", n) }
+	topics := []string{"", "/", "//", "a", "a/", "/a", "a/b/c", "lat/t", "$tree/lat",
+		long(levelScan - 1), long(levelScan), long(levelScan + 1), long(3 * levelScan),
+		long(levelScan-1) + "/b", long(levelScan) + "/b", long(levelScan+1) + "/b",
+		"a/" + long(levelScan) + "/" + long(levelScan+1) + "/c", long(40) + "/" + long(2) + "/",
+		"a/" + long(levelScan-2) + "/" + long(levelScan+5)}
+	for _, topic := range topics {
+		var got []string
+		for i := 0; i <= len(topic); {
+			var name string
+			name, i = nextLevel(topic, i)
+			got = append(got, name)
+		}
+		if want := strings.Split(topic, "/"); !slices.Equal(got, want) {
+			t.Errorf("%q: levels %q, want %q", topic, got, want)
+		}
+	}
+}
+
+// TestIndexLitsAcrossScan: an fnode finds its literal kids by a scan of
+// lits up to litScan of them and by the map past it. Subscriptions come
+// and go under one parent across the edge, in random order; after each
+// change every topic's match is the groups whose filters wire.Match says
+// match it, no more and no fewer.
+func TestIndexLitsAcrossScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 15))
+	for _, n := range []int{1, litScan - 1, litScan, litScan + 1, 3 * litScan} {
+		t.Run(fmt.Sprint(n, " kids"), func(t *testing.T) {
+			var filters []string
+			for k := range n {
+				filters = append(filters, fmt.Sprintf("p/k%d/+", k), fmt.Sprintf("k%d", k))
+			}
+			filters = append(filters, "p/+/x", "+/k1/+", "#")
+			var topics []string
+			for k := range n + 2 {
+				topics = append(topics, fmt.Sprintf("p/k%d/x", k), fmt.Sprintf("k%d", k), fmt.Sprintf("p/k%d", k))
+			}
+			tr := New()
+			on := map[string]bool{}
+			check := func(step string) {
+				t.Helper()
+				if err := litsInStep(&tr.index.root, ""); err != nil {
+					t.Fatalf("%s: %v", step, err)
+				}
+				for _, topic := range topics {
+					var got []string
+					for _, g := range tr.index.match(topic, nil) {
+						got = append(got, g.filter)
+					}
+					var want []string
+					for f := range on {
+						if wire.Match(f, topic) {
+							want = append(want, f)
+						}
+					}
+					slices.Sort(got)
+					slices.Sort(want)
+					if !slices.Equal(got, want) {
+						t.Fatalf("%s: %q matched %q, want %q", step, topic, got, want)
+					}
+				}
+			}
+			for round := range 3 {
+				for _, i := range rng.Perm(len(filters)) {
+					f := filters[i]
+					if _, err := tr.Register(&Sub{Owner: "o", Topic: "$tree/" + f, Filter: f}); err != nil {
+						t.Fatal(err)
+					}
+					on[f] = true
+					check(fmt.Sprint("round ", round, " add ", f))
+				}
+				for _, i := range rng.Perm(len(filters)) {
+					f := filters[i]
+					if !tr.Unsubscribe("o", "$tree/"+f) {
+						t.Fatalf("unsubscribe %q: none", f)
+					}
+					delete(on, f)
+					check(fmt.Sprint("round ", round, " remove ", f))
+				}
+			}
+		})
+	}
+}
+
+// litsInStep checks that every fnode from n down that scans lits holds in
+// them exactly its literal kids, and no more than litScan.
+func litsInStep(n *fnode, path string) error {
+	if !n.many {
+		lits := map[string]*fnode{}
+		for _, k := range n.lits {
+			lits[k.name] = k.node
+		}
+		want := map[string]*fnode{}
+		for name, c := range n.kids {
+			if name != "+" && name != "#" {
+				want[name] = c
+			}
+		}
+		if len(n.lits) > litScan || len(lits) != len(n.lits) || len(lits) != len(want) {
+			return fmt.Errorf("node %q: %d lits (%d names), %d literal kids", path, len(n.lits), len(lits), len(want))
+		}
+		for name, c := range want {
+			if lits[name] != c {
+				return fmt.Errorf("node %q: lit %q not its kid", path, name)
+			}
+		}
+	} else if n.lits != nil {
+		return fmt.Errorf("node %q: many, with %d lits", path, len(n.lits))
+	}
+	for name, c := range n.kids {
+		if err := litsInStep(c, path+"/"+name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
