@@ -130,3 +130,55 @@ func litsInStep(n *fnode, path string) error {
 	}
 	return nil
 }
+
+// TestSiblingRunAfterUnretained: a run of retained siblings is reserved
+// for at once (one growth of the parent's children, TestStoreReserve)
+// when rows not retained come before it or between runs in the same op:
+// applyOp looks for a run at retained rows only.
+func TestSiblingRunAfterUnretained(t *testing.T) {
+	row := func(topic string, retain bool) Row {
+		return Row{Topic: topic, Value: wire.Value{Kind: wire.JSON, Data: "1"}, Retain: retain}
+	}
+	run := func(parent string, n int) []Row {
+		var rows []Row
+		for i := range n {
+			rows = append(rows, row(fmt.Sprintf("%s/r%02d", parent, i), true))
+		}
+		return rows
+	}
+	for _, tc := range []struct {
+		name string
+		rows []Row
+	}{
+		{"unretained first", append([]Row{row("x/y", false)}, run("a/b", 41)...)},
+		{"unretained sibling first", append([]Row{row("a/b/zz", false)}, run("a/b", 41)...)},
+		{"unretained between", append(append(run("c/d", 3), row("q", false), row("q/w", false)), run("a/b", 41)...)},
+		{"retained only", run("a/b", 41)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := New()
+			if _, err := tr.Subscribe(&Sub{Owner: "s", Topic: "$tree/#", Filter: "#"}); err != nil {
+				t.Fatal(err)
+			}
+			res := tr.Apply([]Op{{Rows: tc.rows}})
+			if err := res.Applied[0].Err; err != nil {
+				t.Fatal(err)
+			}
+			n := tr.Store().find("a/b")
+			if n == nil {
+				t.Fatal("no node a/b")
+			}
+			if l, c := len(n.kids()), cap(n.kids()); l != 41 || c > 48 { // 48: the size class of 41 pointers
+				t.Errorf("a/b has %d children in room for %d, want 41 in at most 48", l, c)
+			}
+			for _, r := range tc.rows {
+				if _, ok := tr.Store().Get(r.Topic); ok != r.Retain {
+					t.Errorf("%q stored %v, retained %v", r.Topic, ok, r.Retain)
+				}
+			}
+			if len(res.Deltas) != 1 || res.Deltas[0].Rows != len(tc.rows) {
+				t.Errorf("deltas %+v, want one of %d rows", res.Deltas, len(tc.rows))
+			}
+		})
+	}
+}
