@@ -70,9 +70,9 @@ type fnode struct {
 	plus, hash *fnode
 	// lits are the literal kids (not "+" or "#") while there are at most
 	// litScan of them, found by a scan: a map lookup was ~135
-	// instructions a level of a `$tree` publish's match, a level a scan
-	// of a few names ~15 (bench/README.md, branch h-tlat5). many: there
-	// were once more; kids alone holds them from then on.
+	// instructions a level of a `$tree` publish's match, which went from
+	// 681 to 417 (bench/README.md, branch h-tlat5). many: there were
+	// once more; kids alone holds them from then on.
 	lits []fkid
 	many bool
 }
