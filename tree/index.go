@@ -286,9 +286,9 @@ func (x *index) match(topic string, out []*group) []*group {
 // matchFrom matches topic from offset i (len(topic)+1 once used up) at n.
 func (x *index) matchFrom(n *fnode, topic string, i int, out []*group) []*group {
 	if i > len(topic) {
-		out = append(out, n.groups...)
+		out = appendAll(out, n.groups)
 		if h := n.hash; h != nil { // "a/#" matches "a" itself
-			out = append(out, h.groups...)
+			out = appendAll(out, h.groups)
 		}
 		return out
 	}
@@ -297,7 +297,7 @@ func (x *index) matchFrom(n *fnode, topic string, i int, out []*group) []*group 
 	}
 	dollar := i == 0 && strings.HasPrefix(topic, "$")
 	if h := n.hash; h != nil && !dollar {
-		out = append(out, h.groups...)
+		out = appendAll(out, h.groups)
 	}
 	level, next := nextLevel(topic, i)
 	if p := n.plus; p != nil && !dollar {

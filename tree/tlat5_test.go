@@ -182,3 +182,21 @@ func TestSiblingRunAfterUnretained(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendAll: appendAll is append(dst, src...) for lists of every
+// length, the one-element one included, and leaves src as it was.
+func TestAppendAll(t *testing.T) {
+	a, b, c := &Sub{Owner: "a"}, &Sub{Owner: "b"}, &Sub{Owner: "c"}
+	for _, src := range [][]*Sub{nil, {}, {a}, {a, b}, {a, b, c}} {
+		for _, dst := range [][]*Sub{nil, {c}, make([]*Sub, 1, 4)} {
+			want := append(slices.Clone(dst), src...)
+			before := slices.Clone(src)
+			if got := appendAll(slices.Clone(dst), src); !slices.Equal(got, want) {
+				t.Errorf("appendAll(%v, %v) = %v, want %v", dst, src, got, want)
+			}
+			if !slices.Equal(src, before) {
+				t.Errorf("appendAll changed src %v to %v", before, src)
+			}
+		}
+	}
+}
