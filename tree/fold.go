@@ -92,7 +92,7 @@ func (t *Tree) Release(res *Result) {
 // of them (t.subs).
 func (t *Tree) subsOf(subs ...*Sub) []*Sub {
 	from := len(t.subs)
-	t.subs = append(t.subs, subs...)
+	t.subs = appendAll(t.subs, subs)
 	return t.subs[from:len(t.subs):len(t.subs)]
 }
 
@@ -102,13 +102,18 @@ func (t *Tree) applyOp(op *Op) Applied {
 	if err != nil {
 		return Applied{Err: err}
 	}
-	run := 0 // rows[:run] are put or passed
+	// rows[:run] are put or passed. Looked for at a retained row only: a
+	// row not retained is not put, and a run from a row not retained is
+	// the run from the retained row after it (siblingRun extends over
+	// retained siblings only). A one-row `$tree` publish not retained
+	// paid ~50 instructions for it (bench/README.md, branch h-tlat5).
+	run := 0
 	for i := range rows {
 		r := &rows[i]
-		if i == run {
-			run = siblingRun(rows, i)
-		}
 		if r.Retain {
+			if i >= run {
+				run = siblingRun(rows, i)
+			}
 			changed, value := t.store.put(r.Topic, r.Value, op.QoS, t.stamp, run-i)
 			r.Same, r.QoSOnly = !changed, changed && !value
 			t.dirty = t.dirty || changed
@@ -154,6 +159,18 @@ func (t *Tree) changedAt(topic string) (int32, bool) {
 	}
 	i, ok := t.byTopic[topic]
 	return i, ok
+}
+
+// appendAll is append(dst, src...), which copies through the runtime
+// (typedslicecopy, ~39 instructions with its write barrier check) for a
+// list of pointers of one, as a group's subscriptions and a level's groups
+// mostly are: one is appended as an element (bench/README.md, branch
+// h-tlat5).
+func appendAll[T any](dst, src []T) []T {
+	if len(src) == 1 {
+		return append(dst, src[0])
+	}
+	return append(dst, src...)
 }
 
 // siblingRun returns the end of the run of rows from i that set retained
@@ -305,7 +322,7 @@ func (t *Tree) fold(g *group, out []Delta) []Delta {
 	if len(g.subs) > 0 {
 		from := len(t.subs)
 		if g.local == 0 {
-			t.subs = append(t.subs, g.subs...)
+			t.subs = appendAll(t.subs, g.subs)
 		} else {
 			for _, s := range g.subs {
 				if !t.changedBy(g, s.Local) {

@@ -68,6 +68,64 @@ type fnode struct {
 	// match looks them up at every level, and two map lookups were a
 	// third of matching a one-row publish (bench/README.md, branch h-tlat).
 	plus, hash *fnode
+	// lits are the literal kids (not "+" or "#") while there are at most
+	// litScan of them, found by a scan: a map lookup was ~135
+	// instructions a level of a `$tree` publish's match, which went from
+	// 681 to 417 (bench/README.md, branch h-tlat5). many: there were
+	// once more; kids alone holds them from then on.
+	lits []fkid
+	many bool
+}
+
+// fkid is one literal kid of an fnode, by name.
+type fkid struct {
+	name string
+	node *fnode
+}
+
+// litScan is how many literal kids an fnode finds by a scan of lits.
+const litScan = 8
+
+// lit returns n's literal kid named level, or nil.
+func (n *fnode) lit(level string) *fnode {
+	if n.many {
+		return n.kids[level]
+	}
+	for i := range n.lits {
+		if n.lits[i].name == level {
+			return n.lits[i].node
+		}
+	}
+	return nil
+}
+
+// setLit keeps lits in step with kids for the literal level.
+func (n *fnode) setLit(level string, c *fnode) {
+	if n.many {
+		return
+	}
+	for i := range n.lits {
+		if n.lits[i].name != level {
+			continue
+		}
+		if c != nil {
+			n.lits[i].node = c
+			return
+		}
+		last := len(n.lits) - 1
+		n.lits[i] = n.lits[last]
+		n.lits[last] = fkid{}
+		n.lits = n.lits[:last]
+		return
+	}
+	if c == nil {
+		return
+	}
+	if len(n.lits) == litScan {
+		n.lits, n.many = nil, true
+		return
+	}
+	n.lits = append(n.lits, fkid{name: level, node: c})
 }
 
 // setKid sets n's child named level to c (nil: none), keeping plus and
@@ -78,6 +136,8 @@ func (n *fnode) setKid(level string, c *fnode) {
 		n.plus = c
 	case "#":
 		n.hash = c
+	default:
+		n.setLit(level, c)
 	}
 	if c == nil {
 		delete(n.kids, level)
@@ -226,9 +286,9 @@ func (x *index) match(topic string, out []*group) []*group {
 // matchFrom matches topic from offset i (len(topic)+1 once used up) at n.
 func (x *index) matchFrom(n *fnode, topic string, i int, out []*group) []*group {
 	if i > len(topic) {
-		out = append(out, n.groups...)
+		out = appendAll(out, n.groups)
 		if h := n.hash; h != nil { // "a/#" matches "a" itself
-			out = append(out, h.groups...)
+			out = appendAll(out, h.groups)
 		}
 		return out
 	}
@@ -237,13 +297,13 @@ func (x *index) matchFrom(n *fnode, topic string, i int, out []*group) []*group 
 	}
 	dollar := i == 0 && strings.HasPrefix(topic, "$")
 	if h := n.hash; h != nil && !dollar {
-		out = append(out, h.groups...)
+		out = appendAll(out, h.groups)
 	}
 	level, next := nextLevel(topic, i)
 	if p := n.plus; p != nil && !dollar {
 		out = x.matchFrom(p, topic, next, out)
 	}
-	if c := n.kids[level]; c != nil {
+	if c := n.lit(level); c != nil {
 		out = x.matchFrom(c, topic, next, out)
 	}
 	return out
