@@ -693,8 +693,8 @@ func (b *Broker) runBatch(items []request, start time.Time) (rows int, others ti
 		}
 	}
 	b.apply(ops, meta)
-	clearSmall(ops) // drop references for the GC
-	clearSmall(meta)
+	tree.ClearSmall(ops) // drop references for the GC
+	tree.ClearSmall(meta)
 	b.loopOps, b.loopMeta = ops[:0], meta[:0]
 	b.meter.batchSize.Observe(float64(len(items)))
 	b.meter.batchSeconds.Observe(time.Since(start).Seconds())

@@ -11,7 +11,7 @@ func TestClearSmall(t *testing.T) {
 		for i := range full {
 			full[i] = Row{Topic: "t", Retain: true}
 		}
-		clearSmall(rows)
+		ClearSmall(rows)
 		for i, r := range full {
 			if cleared := r == (Row{}); cleared != (i < n) {
 				t.Fatalf("length %d: row %d is %+v", n, i, r)

@@ -118,7 +118,7 @@ func (ps *Parser) Recycle(rows []Row) {
 		return
 	}
 	rows = rows[:cap(rows)]
-	clearSmall(rows) // pins no payload or topic while it waits
+	ClearSmall(rows) // pins no payload or topic while it waits
 	rb := &ps.rows
 	rb.mu.Lock()
 	if rb.rows+cap(rows) <= rowBufsKept {

@@ -76,9 +76,9 @@ func (t *Tree) ApplyAt(ops []Op, at Stamp) Result {
 // A Result not released is left to the GC; one released lets a batch
 // allocate none of its lists (issue 15: a tree publish's round trip).
 func (t *Tree) Release(res *Result) {
-	clearSmall(res.Applied) // neither rows nor payloads pinned meanwhile
-	clearSmall(res.Deltas)
-	clearSmall(t.subs)
+	ClearSmall(res.Applied) // neither rows nor payloads pinned meanwhile
+	ClearSmall(res.Deltas)
+	ClearSmall(t.subs)
 	if cap(res.Applied) <= keepMax && cap(res.Deltas) <= keepMax && cap(t.subs) <= keepMax {
 		t.spare = Result{Applied: res.Applied[:0], Deltas: res.Deltas[:0]}
 		t.spareSubs = t.subs[:0]
@@ -264,7 +264,7 @@ type rowPath struct {
 // resetChanged empties t.changed: the last batch's values are not pinned
 // (a huge batch's past the length of the next one), nor its room.
 func (t *Tree) resetChanged() {
-	clearSmall(t.changed)
+	ClearSmall(t.changed)
 	t.changed = t.changed[:0]
 	if cap(t.changed) > keepMax {
 		t.changed = nil
@@ -273,8 +273,8 @@ func (t *Tree) resetChanged() {
 
 // startPaths empties t.paths and the keys they are cut from.
 func (t *Tree) startPaths() {
-	clearSmall(t.keys) // the last paths' levels: not pinned
-	clearSmall(t.paths)
+	ClearSmall(t.keys) // the last paths' levels: not pinned
+	ClearSmall(t.paths)
 	t.paths, t.keys = t.paths[:0], t.keys[:0]
 	if cap(t.keys) > keepMax {
 		t.keys = nil
