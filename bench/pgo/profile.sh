@@ -7,7 +7,7 @@
 # workloads: QoS 0/1 fan-in, fan-out, boot storm (plain and `$tree`),
 # latency (plain and `$tree` with deltas), dashboard (plain and `$sync`
 # snapshots) and the live dashboard; then merges the slices into one profile.
-# ROUNDS (default 1) and SCENARIOS override what is run. Takes ~10 min.
+# ROUNDS (default 1) and SCENARIOS override what is run. Takes ~1.5 min.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
