@@ -71,8 +71,10 @@ type fnode struct {
 	// lits are the literal kids (not "+" or "#") while there are at most
 	// litScan of them, found by a scan: a map lookup was ~135
 	// instructions a level of a `$tree` publish's match, which went from
-	// 681 to 417 (bench/README.md, branch h-tlat5). many: there were
-	// once more; kids alone holds them from then on.
+	// 681 to 417 (bench/README.md, branch h-tlat5). many: there are
+	// more; kids alone holds them until they are litScan/2 again
+	// (rescan), so a node that once had many (the root, never pruned)
+	// scans again once they went (review h-rv9, RV9-1).
 	lits []fkid
 	many bool
 }
@@ -141,12 +143,40 @@ func (n *fnode) setKid(level string, c *fnode) {
 	}
 	if c == nil {
 		delete(n.kids, level)
+		if n.many && n.literals() <= litScan/2 {
+			n.rescan()
+		}
 		return
 	}
 	if n.kids == nil {
 		n.kids = map[string]*fnode{}
 	}
 	n.kids[level] = c
+}
+
+// literals is how many literal kids n has.
+func (n *fnode) literals() int {
+	k := len(n.kids)
+	if n.plus != nil {
+		k--
+	}
+	if n.hash != nil {
+		k--
+	}
+	return k
+}
+
+// rescan makes lits of the literal kids of a node that had many: from
+// then on they are found by a scan again. At litScan/2, not litScan, so a
+// node whose kids come and go around litScan does not copy its map at
+// every change.
+func (n *fnode) rescan() {
+	n.lits, n.many = make([]fkid, 0, litScan), false
+	for name, c := range n.kids {
+		if name != "+" && name != "#" {
+			n.lits = append(n.lits, fkid{name: name, node: c})
+		}
+	}
 }
 
 // index is the subscription index: every tree subscription, in a filter
