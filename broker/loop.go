@@ -656,6 +656,18 @@ func (p *loopPanic) Error() string {
 	return fmt.Sprintf("broker: the message loop's work panicked on a publisher's goroutine (runInline): %v\n\n%s", p.val, p.stack)
 }
 
+// applyPart applies the publishes of a batch gathered so far and empties
+// ops and meta for the next, their elements cleared for the GC: each
+// part's, not only the last one's (review h-rv9, RV9-3: the parts before
+// a request of another kind, or a translated publish, kept their rows,
+// payloads and messages pinned past the slices' ends).
+func (b *Broker) applyPart(ops []tree.Op, meta []*pubMeta) ([]tree.Op, []*pubMeta) {
+	b.apply(ops, meta)
+	tree.ClearSmall(ops)
+	tree.ClearSmall(meta)
+	return ops[:0], meta[:0]
+}
+
 // runBatch runs one batch of requests in order: consecutive publishes are
 // applied together. Its caller holds loopMu. It returns the rows its
 // publishes wrote (one at least each: what they weigh, requestQueue) and
@@ -675,13 +687,11 @@ func (b *Broker) runBatch(items []request, start time.Time) (rows int, others ti
 				// translation, applied at the end of its batch, must
 				// land before the translations of the publishes after
 				// it, so the batch ends with it.
-				b.apply(ops, meta)
-				ops, meta = ops[:0], meta[:0]
+				ops, meta = b.applyPart(ops, meta)
 			}
 			continue
 		}
-		b.apply(ops, meta) // keep order: earlier publishes first
-		ops, meta = ops[:0], meta[:0]
+		ops, meta = b.applyPart(ops, meta) // keep order: earlier publishes first
 		t, n := time.Now(), b.loopRows
 		b.handle(r)
 		if b.loopRows == n {
@@ -692,10 +702,7 @@ func (b *Broker) runBatch(items []request, start time.Time) (rows int, others ti
 			others += time.Since(t)
 		}
 	}
-	b.apply(ops, meta)
-	tree.ClearSmall(ops) // drop references for the GC
-	tree.ClearSmall(meta)
-	b.loopOps, b.loopMeta = ops[:0], meta[:0]
+	b.loopOps, b.loopMeta = b.applyPart(ops, meta)
 	b.meter.batchSize.Observe(float64(len(items)))
 	b.meter.batchSeconds.Observe(time.Since(start).Seconds())
 	return b.loopRows - rows0, others

@@ -10,13 +10,11 @@ cd "$(dirname "$0")/.."
 
 fuzztime=${FUZZTIME:-8s}
 
-# cmd/mote/default.pgo (profile-guided optimisation, bench/README.md, h-pgo)
-# applies to every build of cmd/mote, its test binary and the binaries tests
-# build included: that would compile what it imports twice more (race and
-# plain, with the profile; about 2-3 min more on 2 cores). PGO changes the
-# code the compiler emits, not what it does, so these tests build without
-# it; PGO=auto tests the PGO build instead.
-export GOFLAGS="${GOFLAGS:+$GOFLAGS }-pgo=${PGO:-off}"
+# Tests build without PGO unless asked (PGO=auto, or a -pgo in GOFLAGS):
+# scripts/goflags.sh says why.
+. scripts/goflags.sh
+GOFLAGS=$(pgo_goflags)
+export GOFLAGS
 
 echo "== go vet"
 go vet ./...

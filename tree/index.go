@@ -59,20 +59,26 @@ func newGroup(filter string, codec wire.Codec) *group {
 
 func (g *group) empty() bool { return len(g.subs) == 0 && len(g.private) == 0 }
 
-// fnode is one level of the filter trie. Literal levels, "+" and "#" are
-// all children by name.
+// fnode is one level of the filter trie. Its kids are "+" (plus), "#"
+// (hash) and the literal levels: in lits while there are at most litScan
+// of them, found by a scan, else in kids (many).
 type fnode struct {
+	// kids are the literal kids while there are many (nil otherwise): a
+	// node with a few holds no map, which doubled the trie's memory
+	// (review h-rv9, RV9-4: a map and lits both, 100,000 filters kN/a/b
+	// 96 -> 111 MB).
 	kids   map[string]*fnode
 	groups []*group // groups whose filter ends here
-	// plus and hash are kids["+"] and kids["#"] (nil when absent): a
-	// match looks them up at every level, and two map lookups were a
-	// third of matching a one-row publish (bench/README.md, branch h-tlat).
+	// plus and hash are the "+" and "#" kids (nil when absent): a match
+	// looks them up at every level, and two map lookups were a third of
+	// matching a one-row publish (bench/README.md, branch h-tlat).
 	plus, hash *fnode
-	// lits are the literal kids (not "+" or "#") while there are at most
-	// litScan of them, found by a scan: a map lookup was ~135
-	// instructions a level of a `$tree` publish's match, which went from
-	// 681 to 417 (bench/README.md, branch h-tlat5). many: there were
-	// once more; kids alone holds them from then on.
+	// lits are the literal kids while there are at most litScan of them,
+	// found by a scan: a map lookup was ~135 instructions a level of a
+	// `$tree` publish's match, which went from 681 to 417 (bench/README.md,
+	// branch h-tlat5). many: there are more, and kids holds them until
+	// they are litScan/2 again (rescan), so a node that once had many (the
+	// root, never pruned) scans again once they went (review h-rv9, RV9-1).
 	lits []fkid
 	many bool
 }
@@ -99,9 +105,57 @@ func (n *fnode) lit(level string) *fnode {
 	return nil
 }
 
-// setLit keeps lits in step with kids for the literal level.
-func (n *fnode) setLit(level string, c *fnode) {
+// kid returns n's child named level ("+", "#" or a literal), or nil.
+func (n *fnode) kid(level string) *fnode {
+	switch level {
+	case "+":
+		return n.plus
+	case "#":
+		return n.hash
+	}
+	return n.lit(level)
+}
+
+// leaf reports whether n has no kids.
+func (n *fnode) leaf() bool {
+	return n.plus == nil && n.hash == nil && len(n.lits) == 0 && len(n.kids) == 0
+}
+
+// eachKid calls fn with each of n's kids and its name.
+func (n *fnode) eachKid(fn func(name string, c *fnode)) {
+	if n.plus != nil {
+		fn("+", n.plus)
+	}
+	if n.hash != nil {
+		fn("#", n.hash)
+	}
+	for _, k := range n.lits {
+		fn(k.name, k.node)
+	}
+	for name, c := range n.kids {
+		fn(name, c)
+	}
+}
+
+// setKid sets n's child named level to c (nil: none).
+func (n *fnode) setKid(level string, c *fnode) {
+	switch level {
+	case "+":
+		n.plus = c
+		return
+	case "#":
+		n.hash = c
+		return
+	}
 	if n.many {
+		if c != nil {
+			n.kids[level] = c
+			return
+		}
+		delete(n.kids, level)
+		if len(n.kids) <= litScan/2 {
+			n.rescan()
+		}
 		return
 	}
 	for i := range n.lits {
@@ -121,32 +175,28 @@ func (n *fnode) setLit(level string, c *fnode) {
 	if c == nil {
 		return
 	}
-	if len(n.lits) == litScan {
-		n.lits, n.many = nil, true
+	if len(n.lits) < litScan {
+		n.lits = append(n.lits, fkid{name: level, node: c})
 		return
 	}
-	n.lits = append(n.lits, fkid{name: level, node: c})
-}
-
-// setKid sets n's child named level to c (nil: none), keeping plus and
-// hash in step with kids.
-func (n *fnode) setKid(level string, c *fnode) {
-	switch level {
-	case "+":
-		n.plus = c
-	case "#":
-		n.hash = c
-	default:
-		n.setLit(level, c)
-	}
-	if c == nil {
-		delete(n.kids, level)
-		return
-	}
-	if n.kids == nil {
-		n.kids = map[string]*fnode{}
+	n.kids = make(map[string]*fnode, litScan+1)
+	for _, k := range n.lits {
+		n.kids[k.name] = k.node
 	}
 	n.kids[level] = c
+	n.lits, n.many = nil, true
+}
+
+// rescan moves the literal kids of a node that had many from kids to
+// lits: from then on they are found by a scan again. At litScan/2, not
+// litScan, so a node whose kids come and go around litScan does not copy
+// them at every change.
+func (n *fnode) rescan() {
+	n.lits = make([]fkid, 0, len(n.kids))
+	for name, c := range n.kids {
+		n.lits = append(n.lits, fkid{name: name, node: c})
+	}
+	n.kids, n.many = nil, false
 }
 
 // index is the subscription index: every tree subscription, in a filter
@@ -172,7 +222,7 @@ func (x *index) add(s *Sub) (replaced *Sub) {
 	for i := 0; i <= len(s.Filter); {
 		var level string
 		level, i = nextLevel(s.Filter, i)
-		c := n.kids[level]
+		c := n.kid(level)
 		if c == nil {
 			c = &fnode{}
 			n.setKid(level, c)
@@ -247,7 +297,7 @@ func (x *index) dropGroup(g *group) {
 	path := []*fnode{&x.root}
 	n := &x.root
 	for _, l := range g.levels {
-		n = n.kids[l]
+		n = n.kid(l)
 		path = append(path, n)
 	}
 	for i, y := range n.groups {
@@ -258,7 +308,7 @@ func (x *index) dropGroup(g *group) {
 	}
 	for j := len(path) - 1; j > 0; j-- {
 		c := path[j]
-		if len(c.groups) > 0 || len(c.kids) > 0 {
+		if len(c.groups) > 0 || !c.leaf() {
 			break
 		}
 		path[j-1].setKid(g.levels[j-1], nil)
@@ -292,7 +342,7 @@ func (x *index) matchFrom(n *fnode, topic string, i int, out []*group) []*group 
 		}
 		return out
 	}
-	if len(n.kids) == 0 {
+	if n.leaf() {
 		return out
 	}
 	dollar := i == 0 && strings.HasPrefix(topic, "$")
@@ -364,7 +414,5 @@ func (n *fnode) eachGroup(fn func(*group)) {
 	for _, g := range n.groups {
 		fn(g)
 	}
-	for _, kid := range n.kids {
-		kid.eachGroup(fn)
-	}
+	n.eachKid(func(_ string, c *fnode) { c.eachGroup(fn) })
 }

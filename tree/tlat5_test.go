@@ -98,37 +98,32 @@ func TestIndexLitsAcrossScan(t *testing.T) {
 	}
 }
 
-// litsInStep checks that every fnode from n down that scans lits holds in
-// them exactly its literal kids, and no more than litScan.
+// litsInStep checks every fnode from n down: one that scans lits holds
+// its literal kids there, each once, no more than litScan, and no map;
+// one with many holds them in the map only, more than litScan/2 of them
+// (RV9-1, RV9-4); "+" and "#" are in neither.
 func litsInStep(n *fnode, path string) error {
 	if !n.many {
-		lits := map[string]*fnode{}
+		names := map[string]bool{}
 		for _, k := range n.lits {
-			lits[k.name] = k.node
-		}
-		want := map[string]*fnode{}
-		for name, c := range n.kids {
-			if name != "+" && name != "#" {
-				want[name] = c
+			if names[k.name] || k.name == "+" || k.name == "#" || k.node == nil {
+				return fmt.Errorf("node %q: lit %q twice, a wildcard or nil", path, k.name)
 			}
+			names[k.name] = true
 		}
-		if len(n.lits) > litScan || len(lits) != len(n.lits) || len(lits) != len(want) {
-			return fmt.Errorf("node %q: %d lits (%d names), %d literal kids", path, len(n.lits), len(lits), len(want))
+		if len(n.lits) > litScan || n.kids != nil {
+			return fmt.Errorf("node %q: %d lits, a map of %d", path, len(n.lits), len(n.kids))
 		}
-		for name, c := range want {
-			if lits[name] != c {
-				return fmt.Errorf("node %q: lit %q not its kid", path, name)
-			}
-		}
-	} else if n.lits != nil {
-		return fmt.Errorf("node %q: many, with %d lits", path, len(n.lits))
+	} else if n.lits != nil || len(n.kids) <= litScan/2 || n.kids["+"] != nil || n.kids["#"] != nil {
+		return fmt.Errorf("node %q: many, with %d lits and %d in the map", path, len(n.lits), len(n.kids))
 	}
-	for name, c := range n.kids {
-		if err := litsInStep(c, path+"/"+name); err != nil {
-			return err
+	var err error
+	n.eachKid(func(name string, c *fnode) {
+		if err == nil {
+			err = litsInStep(c, path+"/"+name)
 		}
-	}
-	return nil
+	})
+	return err
 }
 
 // TestSiblingRunAfterUnretained: a run of retained siblings is reserved
