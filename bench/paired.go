@@ -347,11 +347,7 @@ func runPaired(ctx context.Context, sc scenario, brokers []*Broker, s Sizes, rou
 	}
 	self0, _, _ := procUsage(os.Getpid())
 	wall0 := time.Now()
-	timeout := sc.timeout
-	if timeout == 0 {
-		timeout = 3 * time.Minute
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := sc.bound(ctx)
 	defer cancel()
 	res, err := sc.paired(ctx, lanes, s)
 	self1, _, _ := procUsage(os.Getpid())

@@ -182,11 +182,7 @@ func runOne(ctx context.Context, sc scenario, b *Broker, s Sizes, round int) Run
 	cpu0, _, _ := b.Usage()
 	self0, _, _ := procUsage(os.Getpid())
 	wall0 := time.Now()
-	timeout := sc.timeout
-	if timeout == 0 {
-		timeout = 3 * time.Minute
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := sc.bound(ctx)
 	defer cancel()
 	var o outcome
 	var err error
@@ -428,4 +424,14 @@ func RatioTable(w io.Writer, rs []Ratio) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f\t(%.2f–%.2f)\n", r.Scenario, r.MoteVariant, r.Other, r.What, r.Median, r.Min, r.Max)
 	}
 	tw.Flush()
+}
+
+// bound is ctx limited to the scenario's own timeout, 3 minutes when it
+// sets none: a round that hangs ends instead of eating the run's budget.
+func (sc scenario) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	timeout := sc.timeout
+	if timeout == 0 {
+		timeout = 3 * time.Minute
+	}
+	return context.WithTimeout(ctx, timeout)
 }
