@@ -4,7 +4,10 @@
 # loop saves that broker's CPU profile in 1 s slices into $PGO_DIR; asked to
 # stop, it lets the slice under way finish before it interrupts the broker,
 # so a scenario's last second is not lost. Only the broker's own process is sampled, never the bench's
-# clients. Used by profile.sh; MOTE_BIN is the real binary.
+# clients. If the wrapper itself is killed (SIGKILL, which no trap sees:
+# the bench's round timeout), the loop sees it gone and interrupts the
+# broker, so no broker outlives the bench. Used by profile.sh; MOTE_BIN is
+# the real binary.
 set -u
 bin=${MOTE_BIN:?MOTE_BIN unset}
 [ "${1:-}" = broker ] || exec "$bin" "$@"
@@ -16,7 +19,12 @@ stopf=$PGO_DIR/.stop.$$
 trap 'touch "$stopf"; wait $loop; kill -INT $child 2>/dev/null' INT TERM
 (
 	n=0
+	wrapper=$$ # the subshell's $$ is still the wrapper's pid
 	while [ ! -e "$stopf" ] && kill -0 $child 2>/dev/null; do
+		if ! kill -0 $wrapper 2>/dev/null; then
+			kill -INT $child 2>/dev/null
+			break
+		fi
 		n=$((n + 1))
 		curl -sf -o "$PGO_DIR/$child.$n.pb.gz" "http://127.0.0.1:$port/debug/pprof/profile?seconds=1" ||
 			{ rm -f "$PGO_DIR/$child.$n.pb.gz"; sleep 0.05; }
