@@ -5,7 +5,6 @@ import (
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
@@ -42,7 +41,7 @@ func TestPasswordAuth(t *testing.T) {
 		o := paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID("c-" + user).SetUsername(user).SetPassword(pw).SetAutoReconnect(false)
 		c := paho.NewClient(o)
 		tok := c.Connect()
-		tok.WaitTimeout(5 * time.Second)
+		tok.WaitTimeout(testTimeout)
 		if tok.Error() == nil {
 			c.Disconnect(0)
 		}

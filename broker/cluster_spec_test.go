@@ -2,7 +2,6 @@ package broker
 
 import (
 	"testing"
-	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
@@ -24,7 +23,7 @@ func checkSessionsStay(t *testing.T, tn *testNodes) {
 			SetAutoReconnect(false).SetOrderMatters(true).SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { c.record(m) })
 		c.Client = paho.NewClient(o)
 		tok := c.Connect()
-		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		if !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
 			t.Fatalf("connect roamer: %v", tok.Error())
 		}
 		t.Cleanup(func() { c.Disconnect(0) })

@@ -10,11 +10,11 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// waitCount waits until got reaches want or stops moving for five seconds
-// (a loaded CI machine can pause that long before the first message).
+// waitCount waits until got reaches want or stops moving for testTimeout
+// (a loaded CI machine can pause for seconds before the first message).
 func waitCount(got *atomic.Int64, want int64) int64 {
 	last, lastAt := int64(-1), time.Now()
-	for got.Load() < want && time.Since(lastAt) < 5*time.Second {
+	for got.Load() < want && time.Since(lastAt) < testTimeout {
 		if n := got.Load(); n != last {
 			last, lastAt = n, time.Now()
 		}
@@ -30,7 +30,7 @@ func TestFanInQoS0NoDrops(t *testing.T) {
 	b := start(t, Options{})
 	var got atomic.Int64
 	sub := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID("sink"))
-	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := sub.Connect(); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
 	defer sub.Disconnect(0)
@@ -74,7 +74,7 @@ func TestRetainedReplayComplete(t *testing.T) {
 	settle(t, b)
 	var got atomic.Int64
 	sub := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.TCPAddr()).SetClientID("dash"))
-	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := sub.Connect(); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
 	defer sub.Disconnect(0)

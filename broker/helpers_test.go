@@ -138,7 +138,7 @@ func dial3With(t testing.TB, b *Broker, o *paho.ClientOptions) *v3 {
 	o.AddBroker("tcp://" + b.TCPAddr()).SetAutoReconnect(false).SetOrderMatters(true).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { c.record(m) })
 	c.Client = paho.NewClient(o)
-	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := c.Connect(); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
 		t.Fatalf("connect %s: %v", o.ClientID, tok.Error())
 	}
 	t.Cleanup(func() { c.Disconnect(0) })
@@ -163,7 +163,7 @@ func (c *v3) quiet(t testing.TB, n int) {
 func (c *v3) sub(t testing.TB, filter string, qos byte) byte {
 	t.Helper()
 	tok := c.Subscribe(filter, qos, nil)
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
 		t.Fatalf("subscribe %s: %v", filter, tok.Error())
 	}
 	return tok.(*paho.SubscribeToken).Result()[filter]
@@ -172,7 +172,7 @@ func (c *v3) sub(t testing.TB, filter string, qos byte) byte {
 func (c *v3) pub(t testing.TB, topic string, qos byte, retain bool, payload string) {
 	t.Helper()
 	tok := c.Publish(topic, qos, retain, payload)
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
 		t.Fatalf("publish %s: %v", topic, tok.Error())
 	}
 }

@@ -797,8 +797,8 @@ func TestStartFailureCloses(t *testing.T) {
 	go func() { done <- b.Close() }()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close after a failed Start took more than 5 s")
+	case <-time.After(testTimeout):
+		t.Fatal("Close after a failed Start took more than testTimeout")
 	}
 	again, err := retain.Open(dir) // bbolt's lock is free again
 	if err != nil {

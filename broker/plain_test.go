@@ -133,7 +133,7 @@ func TestPlain5(t *testing.T) {
 			if p.QoS != q || string(p.Payload) != string(rune('0'+q)) || p.Properties.ContentType != "text/plain" || p.Properties.User.Get("k") != "v" {
 				t.Errorf("message %d: %+v %+v", q, p, p.Properties)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(testTimeout):
 			t.Fatal("timed out")
 		}
 	}
@@ -159,7 +159,7 @@ func TestPlain5(t *testing.T) {
 		if !p.Retain || p.Properties.ContentType != "text/plain" || p.Properties.User.Get("k") != "v" {
 			t.Errorf("retained %+v %+v", p, p.Properties)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testTimeout):
 		t.Fatal("no retained message")
 	}
 }

@@ -166,7 +166,7 @@ func TestTreeQoS1Resend(t *testing.T) {
 		if p.Topic != "$tree/k/+" || p.PacketID != first.PacketID || !jsonEqual(t, string(p.Payload), `{"a":1}`) {
 			t.Fatalf("resent %+v", p)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testTimeout):
 		t.Fatal("unacknowledged delta not resent")
 	}
 	// The resumed session still has its tree subscription, registered again
@@ -181,7 +181,7 @@ func TestTreeQoS1Resend(t *testing.T) {
 		if !jsonEqual(t, string(p.Payload), `{"b":2}`) {
 			t.Fatalf("delta after resume %s", p.Payload)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testTimeout):
 		t.Fatal("no delta after resume")
 	}
 }
@@ -222,7 +222,7 @@ func TestSnapshotParts(t *testing.T) {
 			for k, v := range part {
 				merged[k] = v
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(testTimeout):
 			t.Fatal("parts missing")
 		}
 	}
@@ -262,7 +262,7 @@ func TestPublishAfterSuback(t *testing.T) {
 			if p.Topic != filter || !jsonEqual(t, string(p.Payload), `{"x":1}`) {
 				t.Fatalf("round %d: got %s %s", i, p.Topic, p.Payload)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(testTimeout):
 			t.Fatalf("round %d (event %v): the publish after the SUBACK never arrived", i, event)
 		}
 		if _, err := sub.Unsubscribe(ctx, &paho5.Unsubscribe{Topics: []string{filter}}); err != nil {

@@ -115,7 +115,7 @@ func TestUserPropertyForms(t *testing.T) {
 		select {
 		case p := <-got:
 			return p
-		case <-time.After(5 * time.Second):
+		case <-time.After(testTimeout):
 			t.Fatal("nothing received")
 		}
 		return nil

@@ -141,7 +141,7 @@ func TestSyncRetainAcksAfterCommit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testTimeout):
 		t.Fatal("never acked")
 	}
 	if b.ret.Committed.Load() != 1 {

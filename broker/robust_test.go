@@ -323,12 +323,11 @@ func TestMutatedPackets(t *testing.T) {
 	alive(t, b)
 	settle(t, b)
 	var got int
-	for range 100 {
+	for deadline := time.Now().Add(testTimeout); ; time.Sleep(50 * time.Millisecond) {
 		runtime.GC()
-		if got = runtime.NumGoroutine(); got <= baseGoroutines+10 {
+		if got = runtime.NumGoroutine(); got <= baseGoroutines+10 || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 	if got > baseGoroutines+10 {
 		buf := make([]byte, 1<<20)
@@ -338,7 +337,7 @@ func TestMutatedPackets(t *testing.T) {
 	// their buffers a moment longer on a loaded machine: what counts is
 	// that the memory comes back.
 	mem := heapAndStacks()
-	for i := 0; i < 100 && mem > baseMem+32<<20; i++ {
+	for deadline := time.Now().Add(testTimeout); mem > baseMem+32<<20 && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 		mem = heapAndStacks()
 	}

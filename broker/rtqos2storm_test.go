@@ -173,7 +173,7 @@ func runQoS2Storm(t *testing.T, tc qos2Storm) {
 		}
 	}
 	x.mu.Unlock()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testTimeout)
 	for atomic.LoadInt64(&b.server.Info.Inflight) != 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}

@@ -107,7 +107,7 @@ func TestQoS2ReconnectStormVariants(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) { runQoS2Storm(t, tc) })
 		// The broker stopped and every connection closed (the subtest's
 		// cleanups): none of its goroutines is left.
-		by := time.Now().Add(5 * time.Second)
+		by := time.Now().Add(testTimeout)
 		for runtime.NumGoroutine() > before && time.Now().Before(by) {
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -84,7 +84,7 @@ func TestSlowTreeClient(t *testing.T) {
 				t.Error("nothing dropped for the stalled client")
 			}
 			if policy == SlowDisconnect {
-				deadline := time.Now().Add(5 * time.Second)
+				deadline := time.Now().Add(testTimeout)
 				for b.connCount() > 2 && time.Now().Before(deadline) {
 					time.Sleep(20 * time.Millisecond)
 				}

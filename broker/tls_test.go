@@ -63,11 +63,11 @@ func TestTLS(t *testing.T) {
 	// A plain MQTT 3.1.1 client over TLS publishes a tree...
 	o := paho.NewClientOptions().AddBroker("ssl://" + b.TLSAddr()).SetClientID("tls3").SetTLSConfig(&tls.Config{RootCAs: pool})
 	p := paho.NewClient(o)
-	if tok := p.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := p.Connect(); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
 		t.Fatalf("paho over TLS: %v", tok.Error())
 	}
 	defer p.Disconnect(0)
-	if tok := p.Publish("$tree/secure", 1, true, `{"a":1}`); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := p.Publish("$tree/secure", 1, true, `{"a":1}`); !tok.WaitTimeout(testTimeout) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
 	// ...that a WebSocket-over-TLS client mirrors.
