@@ -173,12 +173,15 @@ func TestRedTeam12bConformance(t *testing.T) {
 		w.pub(t, "pr/b", "2")
 		settle(t, b)
 		r2 := reader(t)
+		// The pace runs from the resume's sending, which this clock
+		// precedes: read from after the resume came, a reader slow to be
+		// scheduled (a loaded -race run) would have seen less of it.
+		start := time.Now()
 		r2.subscribe(t, "$sync.300ms/pr/+", "mote-since", strconv.FormatUint(r0, 10))
 		p := r2.next(t)
 		if p.Properties.User.Get("mote-resume") != "1" || string(p.Payload) != `{"b":2}` {
 			t.Fatalf("paced resume %s %v", p.Payload, p.Properties.User)
 		}
-		start := time.Now()
 		w.pub(t, "pr/c", "3")
 		d := r2.next(t)
 		if time.Since(start) < 200*time.Millisecond || string(d.Payload) != `{"c":3}` || d.Properties.User.Get("mote-seq") != "1" {
