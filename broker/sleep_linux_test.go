@@ -201,15 +201,27 @@ func TestReaderSleepsNoSooner(t *testing.T) {
 	}
 	c := dialRaw(t, b, "pinger", 4, true, packets.Properties{})
 	awaitAsleep(t, b, 1) // asleep from its CONNACK on
+	// The reader's last packet is the PINGREQ, read after sent: a reader
+	// asleep less than ReaderSleep after sent slept too soon. A ping whose
+	// check came ReaderSleep or more after it (a loaded machine's timer
+	// late by a tenth) proves nothing either way, and is only counted.
+	late := 0
 	for i := range 8 {
+		sent := time.Now()
 		c.write([]byte{0xC0, 0})
 		if typ, _ := c.read(); typ != packets.Pingresp {
 			t.Fatalf("got packet %d, want PINGRESP", typ)
 		}
 		time.Sleep(after * 9 / 10)
-		if n := b.sleepers.asleepNow(); n != 0 {
-			t.Fatalf("ping %d: asleep %v after its last packet, ReaderSleep %v", i, after*9/10, after)
+		n := b.sleepers.asleepNow()
+		if idle := time.Since(sent); idle >= after {
+			late++
+		} else if n != 0 {
+			t.Fatalf("ping %d: asleep at most %v after its last packet, ReaderSleep %v", i, idle, after)
 		}
+	}
+	if late > 0 {
+		t.Logf("%d of 8 pings checked ReaderSleep or more after they were sent (a loaded machine): not counted", late)
 	}
 	awaitAsleep(t, b, 1)
 }
