@@ -285,7 +285,7 @@ func TestStreamAnswerBudget(t *testing.T) {
 	stuck.Close()
 	eventually(t, "the stuck stream's bytes to be given back", func() bool { return e.s.answers.load() == 0 })
 	s, _ := e.openStream(t, "/api/tree/big/%2B")
-	if ev := s.nextWithin(t, 3*testTimeout); ev.name != "snapshot" || len(ev.data) < 12_000_000 {
+	if ev := s.nextWithin(t, testTimeout); ev.name != "snapshot" || len(ev.data) < 12_000_000 {
 		t.Fatalf("after: %.200s, %d bytes", ev.name, len(ev.data))
 	}
 }
