@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,13 +13,50 @@ import (
 	"github.com/mote-mqtt/mote/retain"
 )
 
-// storeBroker runs a broker on dir's store at addr.
-func storeBroker(t *testing.T, dir, addr string) *broker.Broker {
+// seenStore is a store that tells which topics its commits held
+// (committed): a test's barrier for "the retainer committed this change".
+type seenStore struct {
+	*retain.Store
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (s *seenStore) Commit(b retain.Batch) ([]retain.Rejected, error) {
+	rejected, err := s.Store.Commit(b)
+	if err == nil {
+		s.mu.Lock()
+		for _, c := range b.Changes {
+			s.seen[c.Topic] = true
+		}
+		s.mu.Unlock()
+	}
+	return rejected, err
+}
+
+// committed waits until a commit of s held a change of topic.
+func (s *seenStore) committed(t *testing.T, topic string) {
 	t.Helper()
-	st, err := retain.Open(dir)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		s.mu.Lock()
+		ok := s.seen[topic]
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no commit of %s", topic)
+		}
+	}
+}
+
+// storeBroker runs a broker on dir's store at addr.
+func storeBroker(t *testing.T, dir, addr string) (*broker.Broker, *seenStore) {
+	t.Helper()
+	opened, err := retain.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	st := &seenStore{Store: opened, seen: map[string]bool{}}
 	var b *broker.Broker
 	for i := 0; ; i++ { // the old listener's port may take a moment
 		b, err = broker.New(broker.Options{TCP: addr, WS: "off", Store: st})
@@ -34,7 +72,7 @@ func storeBroker(t *testing.T, dir, addr string) *broker.Broker {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Cleanup(func() { b.Close(); st.Close() })
-	return b
+	return b, st
 }
 
 func copyFile(t *testing.T, from, to string) {
@@ -63,7 +101,7 @@ func copyFile(t *testing.T, from, to string) {
 // had rows the restarted broker no longer has).
 func TestRedTeam12bMirrorRestart(t *testing.T) {
 	dir := t.TempDir()
-	b := storeBroker(t, dir, "127.0.0.1:0")
+	b, _ := storeBroker(t, dir, "127.0.0.1:0")
 	addr := b.TCPAddr()
 	ctx := testCtx(t)
 	opts := client.PublishOptions{QoS: 1, Retain: true}
@@ -80,7 +118,7 @@ func TestRedTeam12bMirrorRestart(t *testing.T) {
 
 	// Clean restart; rows change before the mirror is back.
 	b.Close()
-	b = storeBroker(t, dir, addr)
+	b, st := storeBroker(t, dir, addr)
 	w := dial(t, addr, "w", client.Options{})
 	if err := w.PublishTree(ctx, "m", map[string]any{"a": 10, "b": nil}, opts); err != nil {
 		t.Fatal(err)
@@ -93,10 +131,10 @@ func TestRedTeam12bMirrorRestart(t *testing.T) {
 
 	// A crash: the file as it was committed (running, not clean) before
 	// the last change, which the mirror saw.
-	if err := b.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond) // committed
+	// Committed: the only change of m/b since this broker started (a
+	// wait of 300 ms for it, six commit intervals, could copy the file
+	// before the commit on a loaded machine, and the crash then lost it).
+	st.committed(t, "m/b")
 	crash := t.TempDir()
 	copyFile(t, filepath.Join(dir, retain.FileName), filepath.Join(crash, retain.FileName))
 	if err := seed.PublishTree(ctx, "m", map[string]any{"c": nil, "d": 4}, opts); err != nil {

@@ -165,13 +165,14 @@ func (m *Mirror) is(t *testing.T, want string) {
 	})
 }
 
+// waitFor waits until ok holds, up to 30 s (only a hang: 200 tries 5 ms
+// apart, a second, is short for a loaded -race run).
 func waitFor(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	for i := 0; !ok(); i++ {
-		if i > 200 {
+	for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
