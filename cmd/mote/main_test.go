@@ -47,16 +47,15 @@ func TestSIGTERM(t *testing.T) {
 	defer cmd.Process.Kill()
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	for _, a := range []string{addr, httpAddr} { // the HTTP listener opens after the broker's
-		for i := 0; ; i++ {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 			c, err := net.Dial("tcp", a)
 			if err == nil {
 				c.Close()
 				break
 			}
-			if i > 100 {
+			if time.Now().After(deadline) {
 				t.Fatalf("broker never listened on %s: %s", a, logs.String())
 			}
-			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -111,7 +110,7 @@ func TestPubSubCommands(t *testing.T) {
 	}
 	defer b.Close()
 	_, port, _ := net.SplitHostPort(b.TCPAddr())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // eight commands, each a connection
 	defer cancel()
 	var errs bytes.Buffer
 	cmd := func(stdin string, args ...string) string {
@@ -127,7 +126,9 @@ func TestPubSubCommands(t *testing.T) {
 	cmd("l/x 1\n", "pub", "-t", "lines", "-l", "-q", "1", "-r")
 	cmd("", "pub", "-t", "light/+/is_on", "--set", "-m", "1", "-q", "1")
 	cmd("", "pub", "-t", "c", "--tree", "--codec", "cbor", "-m", `{"v":[1,2]}`, "-r", "-q", "1")
-	time.Sleep(100 * time.Millisecond)
+	if err := b.Sync(ctx); err != nil { // the $set applied: the loop's barrier, not a sleep
+		t.Fatal(err)
+	}
 	out := cmd("", "sub", "-t", "light/+/is_on", "--sync", "-C", "1")
 	if !strings.Contains(out, "snapshot seq 0") || !strings.Contains(out, `"bedroom": 1`) || !strings.Contains(out, `"livingroom": 1`) {
 		t.Errorf("sub --sync printed:\n%s", out)
@@ -251,7 +252,7 @@ func TestPasswdWithMosquitto(t *testing.T) {
 	defer func() { m.Process.Kill(); m.Wait() }()
 	try := func(p int, user, pw string) error {
 		var last error
-		for range 50 {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 			out, err := exec.CommandContext(ctx, pub, "-h", "127.0.0.1", "-p", strconv.Itoa(p), "-u", user, "-P", pw, "-t", "x", "-m", "1").CombinedOutput()
 			if err == nil {
 				return nil
@@ -260,7 +261,6 @@ func TestPasswdWithMosquitto(t *testing.T) {
 			if strings.Contains(string(out), "not authori") || strings.Contains(string(out), "Connection Refused") {
 				return last
 			}
-			time.Sleep(50 * time.Millisecond)
 		}
 		return last
 	}

@@ -35,15 +35,14 @@ func TestOriginalListenerConfig(t *testing.T) {
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }() //nolint:errcheck // ends the test's broker
 	var nc net.Conn
-	for i := 0; ; i++ {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		var err error
 		if nc, err = net.Dial("tcp", orig); err == nil {
 			break
 		}
-		if i > 100 {
+		if time.Now().After(deadline) {
 			t.Fatalf("no original listener on %s: %s", orig, logs.String())
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 	defer nc.Close()
 	nc.SetDeadline(time.Now().Add(20 * time.Second)) //nolint:errcheck // a hang fails the read
