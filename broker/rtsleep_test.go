@@ -86,8 +86,10 @@ func TestSleepingCloseBounded(t *testing.T) {
 		closed := make(chan struct{})
 		go func() { b.Close(); close(closed) }()
 		waitFor(t, "every session ended", func() bool { return rawCount(b) == 0 })
-		if took := time.Since(began); took >= lingerFor/2 {
-			t.Errorf("round %d: the sessions of %d connections asleep ended after %v, want under %v (the linger is %v)", r, clients, took, lingerFor/2, lingerFor)
+		// Held by the linger, they end after lingerFor (2.0 s) or more;
+		// the bound below it leaves a loaded -race run room.
+		if took := time.Since(began); took >= lingerFor*3/4 {
+			t.Errorf("round %d: the sessions of %d connections asleep ended after %v, want under %v (the linger is %v)", r, clients, took, lingerFor*3/4, lingerFor)
 		}
 		select {
 		case <-closed:
@@ -141,8 +143,10 @@ func TestClosingReaderEndsAtOnce(t *testing.T) {
 				began := time.Now()
 				dialRaw(t, b, "taken", v, true, packets.Properties{})
 				waitFor(t, "the old connection untracked", func() bool { return rawCount(b) == 1 })
-				if took := time.Since(began); took >= lingerFor/2 {
-					t.Errorf("round %d: the taken-over connection ended after %v, want under %v (the linger is %v)", r, took, lingerFor/2, lingerFor)
+				// Held by the linger, it ends after lingerFor (2.0 s):
+				// the bound below it leaves a loaded -race run room.
+				if took := time.Since(began); took >= lingerFor*3/4 {
+					t.Errorf("round %d: the taken-over connection ended after %v, want under %v (the linger is %v)", r, took, lingerFor*3/4, lingerFor)
 				}
 			}
 		})
