@@ -94,7 +94,11 @@ func (c *testCluster) start(i int) error {
 	}
 	ctx, cancel := context.WithTimeout(c.t.Context(), time.Minute)
 	defer cancel()
-	lo := LogOptions{Replicas: min(3, len(c.routes)), Timeout: 3 * time.Second,
+	// Appends wait up to 20 s for a quorum: a stream that lost its leader
+	// (a node stopped) elects another meanwhile, which on a loaded -race
+	// run can take more than the 3 s this once allowed. The test that
+	// wants a refusal bounds its own Append ("alone refuses").
+	lo := LogOptions{Replicas: min(3, len(c.routes)), Timeout: 20 * time.Second,
 		OnRetry: func(err error) { c.log.Info().Err(err).Str("node", name).Msg("follow again") }}
 	if tn.log, err = OpenLog(ctx, tn.nc, lo); err != nil {
 		return err
@@ -300,7 +304,9 @@ func TestCluster(t *testing.T) {
 		c.stop(1)
 		c.stop(2)
 		start := time.Now()
-		_, err := c.nodes[0].log.Append(t.Context(), []retain.Change{{Topic: "lonely", Value: str("x")}})
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second) // no quorum comes: refused at its end
+		defer cancel()
+		_, err := c.nodes[0].log.Append(ctx, []retain.Change{{Topic: "lonely", Value: str("x")}})
 		if !errors.Is(err, ErrUnreplicated) {
 			t.Fatalf("append alone: %v, want ErrUnreplicated", err)
 		}
