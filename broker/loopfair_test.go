@@ -76,7 +76,12 @@ func TestLoopLimitFair(t *testing.T) {
 	wg.Wait()
 	t.Logf("the probe's publish waited %d batches at most, %.1f on average", worst, float64(waits)/probes)
 	avg := float64(waits) / probes
-	if avg > 2.5 || worst > 6 { // in turn: 2 (and one for a probe's goroutine slow to queue once let in)
+	// In turn: 2 on average (and one for a probe's goroutine slow to queue
+	// once let in). The worst is a tail of 200 probes: a probe's thread
+	// descheduled a few milliseconds on a loaded machine, while this one
+	// takes batches of 200 µs, adds a dozen; 12 still finds a probe left
+	// behind, and the average finds the unfair inbox (3.8 to 5.1, above).
+	if avg > 2.5 || worst > 12 {
 		t.Fatalf("the probe's publish waited %.1f batches on average, %d at most (others' publishes let in before it): want 2", avg, worst)
 	}
 }
