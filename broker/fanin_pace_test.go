@@ -99,7 +99,7 @@ func TestFanInPacedSubscriber(t *testing.T) {
 }
 
 // readPaced reads PUBLISH packets off sub until want came or none comes
-// for five seconds, acknowledging QoS 1 ones, at about 500 a second at
+// for testTimeout, acknowledging QoS 1 ones, at about 500 a second at
 // most (a pause of 10 ms every 5): a subscriber that reads steadily, and
 // slower than the publishers. It returns how many came.
 func readPaced(t *testing.T, sub *raw, want int64, qos byte) int64 {
@@ -107,7 +107,7 @@ func readPaced(t *testing.T, sub *raw, want int64, qos byte) int64 {
 	r := bufio.NewReader(sub.c)
 	var got int64
 	for got < want {
-		sub.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		sub.c.SetReadDeadline(time.Now().Add(testTimeout))
 		h, err := r.ReadByte()
 		if err != nil {
 			break

@@ -607,8 +607,8 @@ func FuzzOriginalListener(f *testing.F) {
 				t.Fatalf("broker down: %v", err)
 			}
 			defer p.Close()
-			p.SetDeadline(time.Now().Add(5 * time.Second)) //nolint:errcheck // a hang fails the read
-			p.Write(connect("probe"))                      //nolint:errcheck // the read says
+			p.SetDeadline(time.Now().Add(testTimeout)) //nolint:errcheck // a hang fails the read
+			p.Write(connect("probe"))                  //nolint:errcheck // the read says
 			if _, err := p.Read(buf); err != nil || buf[0] != 0x20 || buf[3] != 0 {
 				t.Fatalf("broker does not accept a fresh dialect client: %v % x", err, buf[:4])
 			}

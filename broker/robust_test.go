@@ -70,7 +70,7 @@ func TestSubscribeDecodeMalformed(t *testing.T) {
 	}
 	defer c.Close()
 	c.Write(connectPacket(5, "evil"))
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.SetReadDeadline(time.Now().Add(testTimeout))
 	r := bufio.NewReader(c)
 	if h, err := readPacket(r); err != nil || h != 0x20 {
 		t.Fatalf("no CONNACK: %#x %v", h, err)
@@ -388,7 +388,7 @@ func FuzzBroker(f *testing.F) {
 			if err != nil {
 				t.Fatalf("broker down: %v", err)
 			}
-			p.SetDeadline(time.Now().Add(5 * time.Second))
+			p.SetDeadline(time.Now().Add(testTimeout))
 			p.Write(connectPacket(4, "probe"))
 			if _, err := p.Read(buf); err != nil || buf[0] != 0x20 {
 				t.Fatalf("broker does not answer a fresh client: %v", err)

@@ -36,14 +36,14 @@ func TestHostileBytewiseHalfClose(t *testing.T) {
 	if err := tc.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	tc.SetReadDeadline(time.Now().Add(5 * time.Second)) //nolint:errcheck
+	tc.SetReadDeadline(time.Now().Add(testTimeout)) //nolint:errcheck
 	r := bufio.NewReader(tc)
 	var got []string
 	for {
 		h, _, err := readPacketBody(r)
 		if err != nil {
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				t.Fatalf("got %q, then no EOF in 5 s: the half-closed connection was not ended", got)
+				t.Fatalf("got %q, then no EOF in %v: the half-closed connection was not ended", got, testTimeout)
 			}
 			break
 		}

@@ -115,7 +115,7 @@ func TestOwnAcksAndDeliveriesShareIDs(t *testing.T) {
 					r.write([]byte{0x70, 2, byte(id >> 8), byte(id)}) // PUBCOMP
 					continue
 				}
-				r.c.SetReadDeadline(time.Now().Add(5 * time.Second)) // a delivery stuck fails fast
+				r.c.SetReadDeadline(time.Now().Add(testTimeout)) // a delivery stuck fails the read
 				var hb [1]byte
 				if _, err := io.ReadFull(r.c, hb[:]); err != nil {
 					t.Fatalf("delivered %q, want %q: %v (writer parked: %v)", got, want, err, writerParked())
@@ -311,7 +311,7 @@ func TestOwnPubrecFreesWriter(t *testing.T) {
 	}
 	waitFor(t, "the writer to wait for room in flight", writerParked)
 	release()
-	r.c.SetReadDeadline(time.Now().Add(5 * time.Second)) // a writer stuck fails fast
+	r.c.SetReadDeadline(time.Now().Add(testTimeout)) // a writer stuck fails the read
 	for {
 		var hb [1]byte
 		if _, err := io.ReadFull(r.c, hb[:]); err != nil {

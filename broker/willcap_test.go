@@ -125,7 +125,7 @@ func TestDelayedWillsPublishedAtShutdown(t *testing.T) {
 	b = start(t, Options{Store: st})
 	p, _, _ := rawPeer(t, b.TCPAddr(), rawConnect(t, 5, "sd-reader", true, 0, nil))
 	p.subscribe(t, 5, "will/#", 0)
-	p.c.SetDeadline(time.Now().Add(5 * time.Second)) // a replay is at once; none fails sooner
+	p.c.SetDeadline(time.Now().Add(testTimeout)) // a replay is at once; none fails the read
 	var rows []string
 	for range 2 {
 		m := p.readPublish(t, 5)
