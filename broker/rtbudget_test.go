@@ -57,13 +57,15 @@ func waitingBehindHog(t *testing.T) (b *Broker, hog, r *raw) {
 // TestResumedWaiterAnswered: while a resumed session's writer waits for
 // snapshot room, its client's PINGREQ and QoS 1 PUBLISH are still
 // answered (PINGRESP, PUBACK: the read goroutine writes them, not the
-// waiting writer), within a second.
+// waiting writer). Written by the waiting writer, they would come only
+// once the hog (which never reads) let the room go: never, so the read's
+// deadline is testTimeout's, not a second (a loaded -race run's margin).
 func TestResumedWaiterAnswered(t *testing.T) {
 	b, _, r := waitingBehindHog(t)
 	r.write([]byte{packets.Pingreq << 4, 0})
 	r.write(publishBytes(1, false, 7, "rd/p", `"1"`, true))
 	start := time.Now()
-	r.c.SetReadDeadline(start.Add(time.Second))
+	r.c.SetReadDeadline(start.Add(testTimeout))
 	var ping, ack bool
 	for !ping || !ack {
 		typ, _ := readRawPacketDeadline(t, r)
