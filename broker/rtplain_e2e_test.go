@@ -72,7 +72,17 @@ func TestPlainFanInStress(t *testing.T) {
 				last[i] = -1
 			}
 			for {
-				c.SetReadDeadline(time.Now().Add(2 * time.Second)) // the end: nothing more comes
+				// The end: nothing more comes for 2 s once the publishers
+				// are done. Before, a pause that long (a loaded -race run)
+				// is not the end: the main goroutine shortens the deadline
+				// of a read under way as it closes pubsDone.
+				quiet := testTimeout
+				select {
+				case <-pubsDone:
+					quiet = 2 * time.Second
+				default:
+				}
+				c.SetReadDeadline(time.Now().Add(quiet))
 				h, body, err := readPacketBody(r)
 				if err != nil {
 					return
@@ -131,6 +141,9 @@ func TestPlainFanInStress(t *testing.T) {
 	}
 	waitGroup(t, "publishers", &pwg)
 	close(pubsDone)
+	for _, s := range subs {
+		s.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	}
 	dropped := map[string]int64{}
 	for _, s := range subs {
 		if c := b.connByID(s.name); c != nil {
