@@ -136,7 +136,16 @@ func TestPreparePlainAllocs(t *testing.T) {
 			m := Message{Topic: "prep/a", Payload: []byte("x"), Properties: tc.props}
 			var r prepared
 			var err error
-			if n := testing.AllocsPerRun(100, func() { r, err = b.prepare(p, &m) }); err != nil || n != 1 {
+			// The fewest of three measurements: AllocsPerRun counts the
+			// running broker's other goroutines' allocations too (its
+			// $SYS tick), which only add.
+			n := float64(-1)
+			for i := 0; i < 3 && n != 1; i++ {
+				if a := testing.AllocsPerRun(100, func() { r, err = b.prepare(p, &m) }); n < 0 || a < n {
+					n = a
+				}
+			}
+			if err != nil || n != 1 {
 				t.Fatalf("%v allocations (%v), want 1", n, err)
 			}
 			msg := r.plain
