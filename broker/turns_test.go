@@ -120,7 +120,14 @@ func TestRefuseWithoutSubscriberCheap(t *testing.T) {
 		t.Fatal("not a reserved-topic error")
 	}
 	b.refuse(p, "publish", "$SYS/x", err) // the log line of its kind, once
-	allocs := testing.AllocsPerRun(200, func() { b.refuse(p, "publish", "$SYS/x", err) })
+	// The fewest of three: the running broker's other goroutines' (its
+	// $SYS tick) count too, and only add.
+	allocs := float64(-1)
+	for range 3 {
+		if a := testing.AllocsPerRun(200, func() { b.refuse(p, "publish", "$SYS/x", err) }); allocs < 0 || a < allocs {
+			allocs = a
+		}
+	}
 	t.Logf("%.1f allocations a refusal", allocs)
 	if allocs > 3 {
 		t.Fatalf("%.1f allocations a refusal without a subscriber, want at most 3", allocs)
