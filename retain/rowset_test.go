@@ -2,6 +2,7 @@ package retain
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"strconv"
@@ -191,20 +192,26 @@ func TestRowSetIndexBytes(t *testing.T) {
 	for i := range topics {
 		topics[i] = fmt.Sprintf("boot/d%05d/r%02d", i/50, i%50)
 	}
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	before := ms.TotalAlloc
-	s := newRowSet(n)
-	for _, topic := range topics {
-		s.put(Change{Topic: topic})
+	// TotalAlloc counts the whole process: another test's goroutines
+	// still ending (a retainer closing) only add to it, so the fewest of
+	// three runs is the set's own (a full run read over 24 once).
+	perTopic := math.Inf(1)
+	for range 3 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		before := ms.TotalAlloc
+		s := newRowSet(n)
+		for _, topic := range topics {
+			s.put(Change{Topic: topic})
+		}
+		runtime.ReadMemStats(&ms)
+		perTopic = min(perTopic, float64(ms.TotalAlloc-before)/n-float64(unsafe.Sizeof(Change{})))
+		runtime.KeepAlive(s)
 	}
-	runtime.ReadMemStats(&ms)
-	perTopic := float64(ms.TotalAlloc-before)/n - float64(unsafe.Sizeof(Change{}))
 	if perTopic > 24 {
 		t.Errorf("index takes %.1f bytes a topic, want at most 24", perTopic)
 	}
-	runtime.KeepAlive(s)
 }
 
 // TestCommitReuse: commits one after another reuse the last one's arena
