@@ -35,8 +35,9 @@ var writerPath = []string{"writeLoop", "writeUntilDone", "write", "sendTree"}
 // checks the PGO build, as `go build` makes it): PGO inlined
 // replayPacket's 816-byte Packet into write, whose frame grew from 4,264
 // to 5,096 bytes, 7,240 on the path, and every busy $sync writer's stack
-// doubled to 16 KiB: +3.6 MiB of stacks and the live dashboard's $sync
-// peak RSS +5 MiB (bench/README.md, "PGO and the live dashboard's peak
+// doubled to 16 KiB: the live dashboard's $sync run held 12.0 MiB of
+// stacks, against 7.9 with the cold cases out of write, and its peak RSS
+// was ~5 MiB higher (bench/README.md, "PGO and the live dashboard's peak
 // RSS", branch h-pgorss). The frames are read from each function's
 // prologue (SUBQ $n, SP), so the test runs on amd64 only.
 func TestWriterStackFrames(t *testing.T) {
