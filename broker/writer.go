@@ -253,6 +253,15 @@ func (c *conn) fail(err error) {
 
 // write sends one item. Before it waits on the loop, what is encoded goes
 // out.
+//
+// It is not inlined into writeUntilDone (PGO inlined it there once its
+// cold cases were out): a writer waiting for items then holds only
+// writeLoop's and writeUntilDone's small frames, so the GC shrinks an idle
+// writer's stack back to 2–4 KiB; with write's frame in writeUntilDone's
+// (2.8 KiB), a waiting writer stayed at 8 KiB, +2.5 MiB of the live
+// dashboard's plain peak RSS (500 writers).
+//
+//go:noinline
 func (c *conn) write(m item) error {
 	switch m.(type) {
 	case *snapshotItem, *replayItem, *deltaItem:
@@ -285,76 +294,101 @@ func (c *conn) write(m item) error {
 		m.payload = nil // its subscription still points at it (to fold): let the payload go
 		return err
 	case *snapshotItem:
-		// What it holds of the snapshot budget goes once it is written
-		// (flushed), or will never be.
-		defer func() {
-			c.b.releaseShared(m.sub.takeShared())
-			c.releaseSnapshot(m.sub)
-		}()
-		if err := c.paceSnapshots(); err != nil {
+		return c.writeSnapshot(m)
+	case *replayItem:
+		return c.writeReplay(m)
+	}
+	return fmt.Errorf("broker: unknown queue item %T", m)
+}
+
+// writeSnapshot sends a snapshot item: the loop takes the snapshot now,
+// and its messages go out, flushed.
+//
+// It and writeReplay are write's cold cases, kept out of its frame
+// (go:noinline: PGO inlined replayPacket's 816-byte Packet into write):
+// every delta a writer sends passes through write's frame, and with those
+// cases in it the delta path (write, sendTree, the send under it) passed
+// the 8 KiB a goroutine's stack starts doubling at, so every busy writer's
+// stack grew to 16 KiB, and grew again after each GC shrank it: +4 MiB
+// for the live dashboard's 500 $sync writers (bench/README.md, "PGO and
+// the live dashboard's peak RSS").
+//
+//go:noinline
+func (c *conn) writeSnapshot(m *snapshotItem) error {
+	// What it holds of the snapshot budget goes once it is written
+	// (flushed), or will never be.
+	defer func() {
+		c.b.releaseShared(m.sub.takeShared())
+		c.releaseSnapshot(m.sub)
+	}()
+	if err := c.paceSnapshots(); err != nil {
+		return err
+	}
+	if _, ok := c.out.(*mqttOut); ok && m.sub.resumed {
+		// A resumed session's: no SUBACK took its room.
+		if err := c.awaitSnapshotRoom(m.sub); err != nil {
 			return err
 		}
-		if _, ok := c.out.(*mqttOut); ok && m.sub.resumed {
-			// A resumed session's: no SUBACK took its room.
-			if err := c.awaitSnapshotRoom(m.sub); err != nil {
-				return err
+	}
+	msgs, err := c.b.takeSnapshot(c, m.sub)
+	if err != nil {
+		return err
+	}
+	if _, ok := c.out.(*mqttOut); ok && len(msgs) > 0 {
+		var n int64
+		for _, t := range msgs {
+			if !m.sub.shares(t.payload) { // a shared one counts once, by itself
+				n += int64(len(t.payload))
 			}
 		}
-		msgs, err := c.b.takeSnapshot(c, m.sub)
+		c.resizeSnapshot(m.sub, n)
+	}
+	for i, t := range msgs {
+		if err := c.sendTree(m.sub, t, t.sentAs()); err != nil {
+			return err
+		}
+		msgs[i] = nil // sent: let its payload go once written
+	}
+	return c.out.flush()
+}
+
+// writeReplay sends a retained replay item, a few hundred rows at a time
+// read off the loop (write's other cold case: see writeSnapshot).
+//
+//go:noinline
+func (c *conn) writeReplay(m *replayItem) error {
+	var rows []replayRow
+	for {
+		var done bool
+		var err error
+		// The trip is waited for even if the connection ends
+		// meanwhile (only the broker's stop gives up on it): a trip
+		// given up on still ran, later, and moved the replay past rows
+		// nobody sent — up to replayRowsMax of them lost to the session
+		// (TestReplayTripNotGivenUp).
+		rows, done, err = c.b.replay(c.b.stop, c, m, rows[:0])
 		if err != nil {
 			return err
 		}
-		if _, ok := c.out.(*mqttOut); ok && len(msgs) > 0 {
-			var n int64
-			for _, t := range msgs {
-				if !m.sub.shares(t.payload) { // a shared one counts once, by itself
-					n += int64(len(t.payload))
-				}
-			}
-			c.resizeSnapshot(m.sub, n)
-		}
-		for i, t := range msgs {
-			if err := c.sendTree(m.sub, t, t.sentAs()); err != nil {
-				return err
-			}
-			msgs[i] = nil // sent: let its payload go once written
-		}
-		return c.out.flush()
-	case *replayItem:
-		var rows []replayRow
-		for {
-			var done bool
-			var err error
-			// The trip is waited for even if the connection ends
-			// meanwhile (only the broker's stop gives up on it): a trip
-			// given up on still ran, later, and moved the replay past rows
-			// nobody sent — up to replayRowsMax of them lost to the session
-			// (TestReplayTripNotGivenUp).
-			rows, done, err = c.b.replay(c.b.stop, c, m, rows[:0])
-			if err != nil {
-				return err
-			}
-			for i := range rows {
-				if pk, ok := c.replayPacket(m, &rows[i]); ok {
-					if err := c.send(&pk, outRetained); err != nil {
-						// The rest is the session's (handReplaysOn): from
-						// this row on, or the next if it cannot be encoded.
-						m.next = rows[i].at
-						if errors.Is(err, errEncode) {
-							m.next++
-						}
-						return err
+		for i := range rows {
+			if pk, ok := c.replayPacket(m, &rows[i]); ok {
+				if err := c.send(&pk, outRetained); err != nil {
+					// The rest is the session's (handReplaysOn): from
+					// this row on, or the next if it cannot be encoded.
+					m.next = rows[i].at
+					if errors.Is(err, errEncode) {
+						m.next++
 					}
+					return err
 				}
-				rows[i] = replayRow{}
 			}
-			if done {
-				m.list = nil // let the list go
-				return nil
-			}
+			rows[i] = replayRow{}
+		}
+		if done {
+			m.list = nil // let the list go
+			return nil
 		}
 	}
-	return fmt.Errorf("broker: unknown queue item %T", m)
 }
 
 // Snapshots are made on the loop, at a cost the client does not pay when
