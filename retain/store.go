@@ -144,7 +144,7 @@ import (
 )
 
 // Format is the store format this package writes.
-const Format = 2
+const Format = 3
 
 var (
 	bucketRows = []byte("rows")
@@ -362,6 +362,10 @@ type Store struct {
 	// pages it writes).
 	arena []byte
 	sort  sortBufs
+	// entries and keyBuf are commitParent's: a group's merged rows, and
+	// the key it seeks.
+	entries []groupEntry
+	keyBuf  []byte
 	keep  int // the most rows a commit keeps its scratch for: keepScratch
 
 	// hsizes are the sizes of the history values stored, a row at a
@@ -442,7 +446,15 @@ func Open(dir string) (s *Store, err error) {
 			if err := migrate1(tx); err != nil {
 				return fmt.Errorf("migrating format 1: %w", err)
 			}
+			if err := migrate2(tx); err != nil {
+				return fmt.Errorf("migrating format 2: %w", err)
+			}
 			m.Clean = true // format 1 had no revisions to lose
+		case len(v) == 1 && v[0] == 2:
+			if err := migrate2(tx); err != nil {
+				return fmt.Errorf("migrating format 2: %w", err)
+			}
+			m.Clean = bytes.Equal(meta.Get(keyClean), []byte{1})
 		case len(v) != 1 || v[0] != Format:
 			return fmt.Errorf("format %v, this build reads %d", v, Format)
 		default:
@@ -464,7 +476,7 @@ func Open(dir string) (s *Store, err error) {
 }
 
 // migrate1 rewrites format 1 rows (flags byte, payload) as format 2, with
-// revision and time 0 (unknown).
+// revision and time 0 (unknown); migrate2 follows.
 func migrate1(tx *bolt.Tx) error {
 	rows := tx.Bucket(bucketRows)
 	var keys, vals [][]byte
@@ -486,7 +498,7 @@ func migrate1(tx *bolt.Tx) error {
 			return err
 		}
 	}
-	return tx.Bucket(bucketMeta).Put(keyFormat, []byte{Format})
+	return tx.Bucket(bucketMeta).Put(keyFormat, []byte{2})
 }
 
 func getUint(b *bolt.Bucket, k []byte) uint64 {
@@ -559,45 +571,22 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			}
 			refused[c.Topic] = true
 		}
-		for _, i := range order {
-			c := &changes[i]
-			key := keyOf(c.Topic)
-			if c.Value.Kind == wire.None {
-				if keyError(len(c.Topic)) != nil {
-					continue
+		cur := rows.Cursor()
+		for i := 0; i < len(order); {
+			t := changes[order[i]].Topic
+			parent := t[:parentLen(t)]
+			j := i + 1
+			for j < len(order) {
+				u := changes[order[j]].Topic
+				if parentLen(u) != len(parent) || u[:len(parent)] != parent {
+					break
 				}
-				if err := rows.Delete(key); err != nil {
-					if !nested(err) {
-						return err
-					}
-					refuse(c, nestedError("row", err))
-					continue
-				}
-				if err := dead.Put(deadKey(c.Rev, c.Topic), nil); err != nil {
-					if !nested(err) {
-						return err
-					}
-					refuse(c, nestedError("deletion marker", err)) // the row is deleted all the same
-				}
-				continue
+				j++
 			}
-			v, err := encodeRow(c, &a)
-			if err != nil {
-				refuse(c, err)
-				// A nested bucket under the key holds no older value.
-				if keyError(len(c.Topic)) == nil {
-					if err := rows.Delete(key); err != nil && !nested(err) {
-						return err
-					}
-				}
-				continue
+			if err := s.commitParent(rows, dead, cur, changes, order[i:j], parent, &a, refuse); err != nil {
+				return err
 			}
-			if err := rows.Put(key, v); err != nil {
-				if !nested(err) {
-					return err
-				}
-				refuse(c, nestedError("row", err))
-			}
+			i = j
 		}
 		type kv struct {
 			k, v []byte
@@ -605,7 +594,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		}
 		hs := make([]kv, 0, len(b.History))
 		for i, c := range b.History {
-			if refused[c.Topic] || keyError(len(c.Topic)) != nil || int64(len(c.Value.Data)) > MaxPayload {
+			if refused[c.Topic] || topicError(c.Topic) != nil || int64(len(c.Value.Data)) > MaxPayload {
 				continue
 			}
 			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c), i})
@@ -721,6 +710,9 @@ func encodeRow(c *Change, a *arena) ([]byte, error) {
 	if err := sizeError(len(c.Topic), len(c.Value.Data)); err != nil {
 		return nil, err
 	}
+	if err := topicError(c.Topic); err != nil {
+		return nil, err
+	}
 	return appendRow(a.take(rowHead + len(c.Value.Data))[:0], *c, false)
 }
 
@@ -779,16 +771,18 @@ func histValue(c Change) []byte {
 // error naming the file and the topic.
 func (s *Store) Load(fn func(Row) error) error {
 	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRows).ForEach(func(k, v []byte) error {
-			if v == nil { // bbolt's value of a nested bucket
-				return fmt.Errorf("%w: %s: row %q is a nested bucket: a foreign or damaged file", ErrCorrupt, s.path, k)
-			}
-			r, err := decodeRow(k, v)
-			if err != nil {
-				return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.path, err)
-			}
-			return fn(r)
+		var fnErr error // fn's, returned as it is
+		err := loadRows(tx.Bucket(bucketRows), func(r Row) error {
+			fnErr = fn(r)
+			return fnErr
 		})
+		if err != nil {
+			if fnErr != nil {
+				return err
+			}
+			return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.path, err)
+		}
+		return nil
 	})
 	if errors.Is(err, ErrCorrupt) && !strings.Contains(err.Error(), s.path) { // a panic's
 		err = fmt.Errorf("%s: %w", s.path, err)
@@ -797,7 +791,12 @@ func (s *Store) Load(fn func(Row) error) error {
 }
 
 func decodeRow(k, v []byte) (Row, error) {
-	c, err := readRow(string(k), v, false)
+	return rowOf(string(k), v)
+}
+
+// rowOf decodes the row value v of topic.
+func rowOf(topic string, v []byte) (Row, error) {
+	c, err := readRow(topic, v, false)
 	if err != nil {
 		return Row{}, err
 	}
