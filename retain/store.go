@@ -366,7 +366,7 @@ type Store struct {
 	// the key it seeks.
 	entries []groupEntry
 	keyBuf  []byte
-	keep  int // the most rows a commit keeps its scratch for: keepScratch
+	keep    int // the most rows a commit keeps its scratch for: keepScratch
 
 	// hsizes are the sizes of the history values stored, a row at a
 	// time (histsize.go).
