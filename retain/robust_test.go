@@ -63,7 +63,7 @@ func storeWithBucket(t *testing.T, parent, key []byte) *Store {
 }
 
 // storedTopics is the topics of the rows stored in s, grouped or not,
-// past nested buckets (which Load refuses).
+// past nested buckets and damaged groups (which Load refuses).
 func storedTopics(t *testing.T, s *Store) map[string]bool {
 	t.Helper()
 	out := map[string]bool{}
@@ -73,11 +73,10 @@ func storedTopics(t *testing.T, s *Store) map[string]bool {
 			switch {
 			case v == nil || (own && !group):
 			case own:
-				rows, err := decodeGroup(parent, v)
+				rows, _ := decodeGroup(parent, v)
 				for _, r := range rows {
 					out[r.Topic] = true
 				}
-				return err
 			default:
 				out[string(k)] = true
 			}

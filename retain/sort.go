@@ -149,3 +149,15 @@ func head8(s string) uint64 {
 	copy(b[:], s)
 	return binary.BigEndian.Uint64(b[:])
 }
+
+// compareKeyBytes compares the sort key of topic (parent of pl bytes)
+// with k, byte by byte.
+func compareKeyBytes(topic string, pl int, k []byte) int {
+	n := len(topic) + 1
+	for i := 0; i < n && i < len(k); i++ {
+		if x, y := keyByte(topic, pl, i), k[i]; x != y {
+			return cmp.Compare(x, y)
+		}
+	}
+	return cmp.Compare(n, len(k))
+}

@@ -366,6 +366,9 @@ type Store struct {
 	// the key it seeks.
 	entries []groupEntry
 	keyBuf  []byte
+	// failRows, set by tests only, fails a commit's transaction after
+	// its rows are written (before history and revision): an I/O error.
+	failRows func() error
 	keep    int // the most rows a commit keeps its scratch for: keepScratch
 
 	// hsizes are the sizes of the history values stored, a row at a
@@ -588,6 +591,11 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			}
 			i = j
 		}
+		if s.failRows != nil {
+			if err := s.failRows(); err != nil {
+				return err
+			}
+		}
 		type kv struct {
 			k, v []byte
 			i    int // in b.History
@@ -634,9 +642,11 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 const appendFill = 1.0
 
 // fillFor is the FillPercent for the rows bucket in a commit of changes
-// (order: their indexes in topic order): appendFill when at least half of
-// them come after the bucket's last key, else bbolt's default. It is not
-// part of the format: a page filled either way reads the same.
+// (order: their indexes in sort-key order, sortedOrder): appendFill when
+// at least half of them come after the bucket's last key (a group key is
+// parent, 0, 'g': compared with sort keys, parent, 0, leaf, byte by
+// byte), else bbolt's default. It is not part of the format: a page
+// filled either way reads the same.
 func fillFor(rows *bolt.Bucket, changes []Change, order []int32) float64 {
 	if len(order) == 0 {
 		return appendFill
@@ -645,10 +655,9 @@ func fillFor(rows *bolt.Bucket, changes []Change, order []int32) float64 {
 	if last == nil {
 		return appendFill
 	}
-	lastTopic := string(last)
 	// The first change past the last key, by binary search over order.
-	i, _ := slices.BinarySearchFunc(order, lastTopic, func(j int32, t string) int {
-		if changes[j].Topic <= t {
+	i, _ := slices.BinarySearchFunc(order, last, func(j int32, k []byte) int {
+		if t := changes[j].Topic; compareKeyBytes(t, parentLen(t), k) <= 0 {
 			return -1
 		}
 		return 1
