@@ -369,7 +369,7 @@ type Store struct {
 	// failRows, set by tests only, fails a commit's transaction after
 	// its rows are written (before history and revision): an I/O error.
 	failRows func() error
-	keep    int // the most rows a commit keeps its scratch for: keepScratch
+	keep     int // the most rows a commit keeps its scratch for: keepScratch
 
 	// hsizes are the sizes of the history values stored, a row at a
 	// time (histsize.go).
