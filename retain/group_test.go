@@ -598,6 +598,8 @@ func FuzzGroupValue(f *testing.F) {
 	f.Add([]byte(""), good("", "x"))
 	f.Add([]byte("p/"), []byte{})
 	f.Add([]byte("p/"), []byte{0x80})
+	f.Add([]byte("p/"), []byte{5, 'a', 'b'})
+	f.Add([]byte("p/"), []byte{1, 'a', 40, 1, 2})
 	f.Add([]byte("p/"), []byte{1, 'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Add([]byte("p/"), append(good("b"), good("a")...))
 	f.Fuzz(func(t *testing.T, parent, v []byte) {
