@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -111,36 +112,49 @@ func (g *groupReader) next() (e groupEntry, ok bool, err error) {
 	if len(g.v) == 0 {
 		return groupEntry{}, false, nil
 	}
-	fail := func(why string) (groupEntry, bool, error) {
-		return groupEntry{}, false, fmt.Errorf("the group of rows under %q: entry %d: %s", g.parent, g.n, why)
-	}
 	if g.n >= groupMaxRows {
-		return fail(fmt.Sprintf("more than %d rows", groupMaxRows))
+		return g.fail(fmt.Sprintf("more than %d rows", groupMaxRows))
 	}
 	ll, n := binary.Uvarint(g.v)
 	if n <= 0 || ll > uint64(len(g.v)-n) {
-		return fail("leaf length past the end")
+		return g.fail("leaf length past the end")
 	}
 	leaf := g.v[n : n+int(ll)]
 	rest := g.v[n+int(ll):]
 	vl, m := binary.Uvarint(rest)
 	if m <= 0 || vl > uint64(len(rest)-m) {
-		return fail("value length past the end")
+		return g.fail("value length past the end")
 	}
 	val := rest[m : m+int(vl)]
 	switch {
 	case g.n > 0 && bytes.Compare(leaf, g.prev) <= 0:
-		return fail(fmt.Sprintf("leaf %q not after %q", leaf, g.prev))
+		return g.fail(fmt.Sprintf("leaf %q not after %q", leaf, g.prev))
 	case bytes.IndexByte(leaf, '/') >= 0 || bytes.IndexByte(leaf, 0) >= 0:
-		return fail(fmt.Sprintf("leaf %q holds '/' or a 0 byte", leaf))
+		return g.fail(fmt.Sprintf("leaf %q holds '/' or a 0 byte", leaf))
 	case len(g.parent)+len(leaf) == 0 || len(g.parent)+len(leaf) > MaxTopic:
-		return fail(fmt.Sprintf("topic of %d bytes", len(g.parent)+len(leaf)))
+		return g.fail(fmt.Sprintf("topic of %d bytes", len(g.parent)+len(leaf)))
 	case len(val) < rowHead:
-		return fail(fmt.Sprintf("row value of %d bytes, less than its %d-byte head", len(val), rowHead))
+		return g.fail(fmt.Sprintf("row value of %d bytes, less than its %d-byte head", len(val), rowHead))
 	}
 	g.v, g.prev = rest[m+int(vl):], leaf
 	g.n++
 	return groupEntry{leaf, val}, true, nil
+}
+
+// fail is next's error: why entry g.n does not decode.
+func (g *groupReader) fail(why string) (groupEntry, bool, error) {
+	return groupEntry{}, false, fmt.Errorf("the group of rows under %q: entry %d: %s", g.parent, g.n, why)
+}
+
+// topicOf is parent + leaf, in one allocation.
+func topicOf(parent, leaf []byte) string {
+	n := len(parent) + len(leaf)
+	if n == 0 {
+		return ""
+	}
+	b := make([]byte, n)
+	copy(b[copy(b, parent):], leaf)
+	return unsafe.String(&b[0], n)
 }
 
 // decodeGroup decodes a whole group value of parent into rows; the rows
@@ -156,7 +170,7 @@ func decodeGroup(parent, v []byte) ([]Row, error) {
 		if !ok {
 			return rows, nil
 		}
-		r, err := rowOf(string(parent)+string(e.leaf), e.val)
+		r, err := rowOf(topicOf(parent, e.leaf), e.val)
 		if err != nil {
 			return nil, fmt.Errorf("the group of rows under %q: %w", parent, err)
 		}
@@ -417,10 +431,11 @@ type pendingGroup struct {
 }
 
 // loadRows calls fn for every row of the rows bucket, in topic order: the
-// rows of each group are merged with the keys that follow it (the rows
-// of parents under it) as the walk goes.
+// rows of a group are handed out at once if the next key is not under
+// its parent (a parent with no parents under it), else merged with the
+// keys that follow it as the walk goes.
 func loadRows(rows *bolt.Bucket, fn func(Row) error) error {
-	var pending []*pendingGroup // at most one a level of the topic above the cursor
+	var pending []pendingGroup // at most one a level of the topic above the cursor
 	// emit hands out the pending rows whose topics come before bound
 	// (all of them if !bounded).
 	emit := func(bound []byte, bounded bool) error {
@@ -431,7 +446,7 @@ func loadRows(rows *bolt.Bucket, fn func(Row) error) error {
 					lo = j
 				}
 			}
-			p := pending[lo]
+			p := &pending[lo]
 			if bounded && p.topic >= string(bound) {
 				return nil
 			}
@@ -450,11 +465,13 @@ func loadRows(rows *bolt.Bucket, fn func(Row) error) error {
 				pending = slices.Delete(pending, lo, lo+1)
 				continue
 			}
-			p.next, p.topic = e, string(p.g.parent)+string(e.leaf)
+			p.next, p.topic = e, topicOf(p.g.parent, e.leaf)
 		}
 		return nil
 	}
-	err := rows.ForEach(func(k, v []byte) error {
+	c := rows.Cursor()
+	k, v := c.First()
+	for k != nil {
 		if v == nil { // bbolt's value of a nested bucket
 			return fmt.Errorf("row %q is a nested bucket: a foreign or damaged file", k)
 		}
@@ -467,31 +484,48 @@ func loadRows(rows *bolt.Bucket, fn func(Row) error) error {
 			if err != nil {
 				return err
 			}
-			return fn(r)
+			if err := fn(r); err != nil {
+				return err
+			}
+			k, v = c.Next()
+			continue
 		}
 		if !group {
 			if len(k) != len(parent)+2 || k[len(k)-1] != suffixFlag || len(v) != 0 {
 				return fmt.Errorf("key %q of the rows bucket is neither a topic, a group nor a flag", k)
 			}
-			return nil
+			k, v = c.Next()
+			continue
 		}
 		if err := emit(parent, true); err != nil {
 			return err
 		}
-		p := &pendingGroup{g: groupReader{parent: parent, v: v}}
-		e, ok, err := p.g.next()
+		g := groupReader{parent: parent, v: v}
+		e, ok, err := g.next()
 		if err != nil {
 			return err
 		}
 		if !ok {
 			return fmt.Errorf("the group of rows under %q is empty", parent)
 		}
-		p.next, p.topic = e, string(parent)+string(e.leaf)
-		pending = append(pending, p)
-		return nil
-	})
-	if err != nil {
-		return err
+		k, v = c.Next()
+		if len(pending) == 0 && !bytes.HasPrefix(k, parent) {
+			// Nothing comes between this group's rows: hand them out.
+			for ok {
+				r, err := rowOf(topicOf(parent, e.leaf), e.val)
+				if err != nil {
+					return fmt.Errorf("the group of rows under %q: %w", parent, err)
+				}
+				if err := fn(r); err != nil {
+					return err
+				}
+				if e, ok, err = g.next(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		pending = append(pending, pendingGroup{g: g, next: e, topic: topicOf(parent, e.leaf)})
 	}
 	return emit(nil, false)
 }
