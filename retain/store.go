@@ -4,15 +4,39 @@
 //
 // # Format
 //
-// One bbolt file, four buckets. "rows": key = topic (UTF-8 bytes, so a
-// topic prefix is a key range), value = one flags byte, the row's revision
-// (8 bytes, big-endian), the time of its last change (Unix ms, 8 bytes,
-// big-endian), then the payload, byte for byte. The flags byte's low 4 bits
-// are the row's type: 1 string, 2 bytes, 3 JSON (number, boolean, JSON
-// string or array), 4 object (0: deleted, in "hist" only); bits 4–5 its QoS
-// (0–2); bits 6–7 are zero. These numbers are the format, named by this
-// package's type constants and mapped to wire.Kind both ways, never stored
-// as a wire.Kind.
+// One bbolt file, four buckets. A row value is one flags byte, the row's
+// revision (8 bytes, big-endian), the time of its last change (Unix ms, 8
+// bytes, big-endian), then the payload, byte for byte. The flags byte's
+// low 4 bits are the row's type: 1 string, 2 bytes, 3 JSON (number,
+// boolean, JSON string or array), 4 object (0: deleted, in "hist" only);
+// bits 4–5 its QoS (0–2); bits 6–7 are zero. These numbers are the format,
+// named by this package's type constants and mapped to wire.Kind both
+// ways, never stored as a wire.Kind.
+//
+// "rows" holds the rows by parent. A row's parent is its topic up to and
+// including its last '/' ("a/b/c" → "a/b/", "x" → ""); its leaf is the
+// rest. No topic holds a 0 byte (MQTT forbids U+0000, and Commit refuses
+// one), so the keys that hold one are the store's own. The rows of a
+// parent are in one of two modes, known from one cursor seek:
+//   - grouped: one key, the parent, a 0 byte and 'g', whose value is the
+//     parent's rows sorted by leaf, each as the leaf's length (uvarint),
+//     the leaf, the row value's length (uvarint) and the row value;
+//   - single: a flag key, the parent, a 0 byte and 's' (empty value), and
+//     one key a row: key = topic, value = the row value.
+//
+// A parent with rows has exactly one of its two keys. A new parent is
+// grouped. A group holds at most groupMaxRows (64) rows and groupMaxBytes
+// (2 KiB) of value: a commit that would take it past either turns the
+// parent single for good (the group key deleted, its rows written as
+// keys, the flag set, in that commit). A single parent never goes back to
+// a group, and keeps its flag once its rows are gone (a key of a few
+// bytes for each parent that once held more than a group's worth); a
+// group whose rows are all deleted is deleted. A commit visits each
+// parent it changes once: one seek for the group or flag, then one Put of
+// the merged group (the updates, inserts and deletions of its rows) or,
+// for a single parent, one Put or Delete a row. Load hands the rows out
+// in topic order, merging a group's rows with the keys under its parent
+// that follow its key.
 //
 // "dead": the deletion markers of SPEC §8, key = revision (8 bytes,
 // big-endian) then the topic, empty value: a range of revisions is a key
@@ -27,20 +51,25 @@
 // pages it changes do not grow with the history kept; a topic's values
 // are one key range per epoch, oldest epoch first.
 //
-// "meta": "format" = the format version (2; a format 1 file, whose row
-// values were the flags byte and the payload, is migrated on open), "rev"
+// "meta": "format" = the format version, 3. Older files are migrated in
+// the transaction that opens them: format 1 (row values were the flags
+// byte and the payload) gets revision and time 0, then is format 2;
+// format 2 (one key a row, no groups) gets the flag key of every parent
+// with rows, which leaves its rows where they are, single (one Put a
+// parent). An unknown format is refused. "rev"
 // = the store revision (8 bytes), "floor" = the revision at or below which
 // markers were compacted, "clean" = 0 while a retainer runs on the store,
 // 1 once it stopped cleanly (tools that only read leave it alone).
 //
-// bbolt cannot keep every row: a topic must be 1 to MaxTopic bytes and a
-// payload at most MaxPayload, and a key of the file that holds a nested
+// bbolt cannot keep every row: a topic must be 1 to MaxTopic bytes (and
+// hold no 0 byte) and a payload at most MaxPayload, and a key of the file that holds a nested
 // bucket (this package never makes one; a foreign or old file may hold
 // one) takes no value. Store.Commit stores the rows it can and returns the
 // others as Rejected (see ErrUnstorable), and so for a deletion marker or
-// a history value under such a key; they are never retried. Compaction
-// and pruning leave such a key alone, and Open refuses a file whose meta
-// keys are buckets.
+// a history value under such a key, and for every row of a parent whose
+// group or flag key is a nested bucket or whose group value does not
+// decode; they are never retried. Compaction and pruning leave such a
+// key alone, and Open refuses a file whose meta keys are buckets.
 //
 // # Durability
 //
@@ -166,11 +195,12 @@ const rowHead = 1 + 8 + 8
 // takes no more writes (see Store.Commit).
 var ErrCorrupt = errors.New("retain: store unreadable")
 
-// ErrUnstorable is a row the store cannot keep: its topic is empty or
-// longer than MaxTopic bytes, its payload longer than MaxPayload bytes, its
-// type or QoS has no flags byte, or the file holds a nested bucket under
-// its key (a foreign or damaged file's). For a size it also wraps bbolt's
-// error (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge), for
+// ErrUnstorable is a row the store cannot keep: its topic is empty,
+// longer than MaxTopic bytes or holds a 0 byte, its payload is longer
+// than MaxPayload bytes, its type or QoS has no flags byte, or the file
+// holds a nested bucket under its key or its parent's group or flag key,
+// or a group value that does not decode (a foreign or damaged file's).
+// For a size it also wraps bbolt's error (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge), for
 // a nested bucket berrors.ErrIncompatibleValue.
 var ErrUnstorable = errors.New("retain: row cannot be stored")
 
@@ -521,8 +551,10 @@ func (s *Store) Meta() Meta { return s.meta }
 // Path is the store file.
 func (s *Store) Path() string { return s.path }
 
-// Commit applies changes in one fsynced transaction, keys in order (bbolt
-// writes sorted keys fastest). It checks every set against bbolt's limits
+// Commit applies changes in one fsynced transaction, parent by parent in
+// the order of their keys (bbolt writes sorted keys fastest): a grouped
+// parent's changes merged into its group, one Put (see the package doc's
+// Format). It checks every set against bbolt's limits
 // first and leaves out, returning them, the ones that cannot be stored; a
 // refused row whose topic is a valid key is deleted in the same
 // transaction, so a restart does not bring back an older value as current.
@@ -531,7 +563,8 @@ func (s *Store) Path() string { return s.path }
 // history values go in the same transaction, and so does the revision.
 //
 // A key of a foreign or damaged file that holds a nested bucket costs
-// only the change that meets it: it is returned as Rejected (an error
+// only the change that meets it (a group or flag key: the changes of its
+// parent; so does a group value that does not decode): it is returned as Rejected (an error
 // wrapping ErrUnstorable and bbolt's ErrIncompatibleValue), the rest of
 // the batch is committed. A panic inside bbolt is an error wrapping
 // ErrCorrupt, and no later write is tried (see update).
