@@ -33,13 +33,19 @@ func writtenBytes() int64 {
 }
 
 // BenchmarkSteadyState: the steady state after a storm, one changed row
-// per device per commit: 1,000 parents of 50 rows stored, then commits
-// of 1,000 changes, one row of each parent. It reports the process's CPU
-// per row, the bytes written per row (write calls) and the file's growth
-// per commit. Written against the public API only, so that it runs on a
-// store of any format.
+// per device per commit: 1,000 parents of 50 rows stored (100: past a
+// group's 2 KiB, so single), then commits of 1,000 changes, one row of
+// each parent. It reports the process's CPU per row, the bytes written
+// per row (write calls) and the file's growth per commit. Written against
+// the public API only, so that it runs on a store of any format.
 func BenchmarkSteadyState(b *testing.B) {
-	const parents, rows = 1_000, 50
+	for _, rows := range []int{50, 100} {
+		b.Run(fmt.Sprintf("%d-rows", rows), func(b *testing.B) { steadyState(b, rows) })
+	}
+}
+
+func steadyState(b *testing.B, rows int) {
+	const parents = 1_000
 	dir := b.TempDir()
 	s, err := Open(dir)
 	if err != nil {
