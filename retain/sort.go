@@ -50,15 +50,15 @@ func (b *sortBufs) sorted(changes []Change) []int32 {
 		return nil
 	}
 	es := slices.Grow(b.es[:0], len(changes))[:len(changes)]
+	// A prefix every sort key shares: the topics' common prefix, cut at
+	// the shortest parent (before it, a sort key's bytes are its topic's).
 	first := changes[0].Topic
-	fpl := parentLen(first)
-	lcp := len(first) + 1 // the prefix every sort key shares
+	lcp := parentLen(first)
 	for i := 1; i < len(changes) && lcp > 0; i++ {
 		t := changes[i].Topic
-		pl := parentLen(t)
-		n := min(lcp, len(t)+1)
+		n := min(lcp, parentLen(t))
 		j := 0
-		for j < n && keyByte(t, pl, j) == keyByte(first, fpl, j) {
+		for j < n && t[j] == first[j] {
 			j++
 		}
 		lcp = j
@@ -110,10 +110,10 @@ func keyHead12(topic string, pl, from int) (uint64, uint32) {
 		copy(b[:], topic[from-1:])
 	case from+12 <= pl:
 		copy(b[:], topic[from:])
-	default:
-		n := min(12, len(topic)+1-from)
-		for j := range n {
-			b[j] = keyByte(topic, pl, from+j)
+	default: // the parent's end, its 0 byte, the leaf
+		n := copy(b[:], topic[from:pl])
+		if n < len(b) {
+			copy(b[n+1:], topic[pl:]) // b[n] is the 0 byte
 		}
 	}
 	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint32(b[8:])
