@@ -608,6 +608,10 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			refused[c.Topic] = true
 		}
 		cur := rows.Cursor()
+		// commitParent's entries point into this commit's arena and its
+		// pages: not kept past it (a large value's arena would stay
+		// pinned, review h-rv10 RV10-1).
+		defer func() { clear(s.entries[:cap(s.entries)]) }()
 		for i := 0; i < len(order); {
 			t := changes[order[i]].Topic
 			parent := t[:parentLen(t)]
