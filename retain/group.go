@@ -481,6 +481,9 @@ func loadRows(rows *bolt.Bucket, fn func(Row) error) error {
 			return fmt.Errorf("row %q is a nested bucket: a foreign or damaged file", k)
 		}
 		parent, group, own := ownKey(k)
+		if own && len(parent) > 0 && parent[len(parent)-1] != '/' { // its rows would be another parent's (review h-rv10 RV10-2)
+			return fmt.Errorf("key %q of the rows bucket is of %q, not a parent (no trailing '/')", k, parent)
+		}
 		if !own {
 			if err := emit(k, true); err != nil {
 				return err
