@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/mote-mqtt/mote/wire"
 )
@@ -162,5 +163,43 @@ func TestRV10_2b(t *testing.T) {
 	err = s.Load(func(r Row) error { got = append(got, r.Topic+"="+r.Value.Data); return nil })
 	if err == nil {
 		t.Errorf("Load after deleting a/b: %q, no error; want an error naming the file (a row key without its parent's flag)", got)
+	}
+}
+
+// TestRV10_4: RV10-4. A format 2 file (foreign or old) holding a nested
+// bucket under the key "n/x", with no row under "n/": migrate2 gave
+// flags only to parents of keys holding values, so "n/" came out with
+// neither flag nor group, and a commit of "n/x" went into a new group
+// "n/\x00g" without meeting the bucket: accepted (its waiter told it is
+// stored) though the key is still a bucket and Load refuses the file. On
+// main, and as the package doc says ("a key of the file that holds a
+// nested bucket takes no value"), it is Rejected (ErrUnstorable wrapping
+// ErrIncompatibleValue). h-group's nestBucket test helper adds the
+// parent's flag key beside the bucket, which hid this.
+func TestRV10_4(t *testing.T) {
+	dir := t.TempDir()
+	format2File(t, dir, []Row{{Topic: "ok", Value: val("1"), Rev: 1}}, 1, 2)
+	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.Bucket(bucketRows).CreateBucket([]byte("n/x"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rej, err := s.Commit(Batch{Changes: []Change{{Topic: "n/x", Value: val("v"), Rev: 2}, {Topic: "n/y", Value: val("w"), Rev: 2}}, Rev: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rej) != 1 || rej[0].Topic != "n/x" || !errors.Is(rej[0].Err, ErrUnstorable) || !errors.Is(rej[0].Err, berrors.ErrIncompatibleValue) {
+		t.Errorf("rejected %+v; want n/x alone, ErrUnstorable and ErrIncompatibleValue", rej)
 	}
 }
