@@ -407,3 +407,41 @@ func TestRV10Held(t *testing.T) {
 		s.Close()
 	}
 }
+
+// TestRV10_7: RV10-7. A parent that once held more than a group's worth
+// keeps its flag key for ever, rows or none (the package doc says so):
+// a workload of unique parents each with one row past 2 KiB, later
+// cleared ("jobs/<id>/result" of 3 KB, retained then deleted), leaves one
+// key per parent the store never drops: the file and every boot's Load
+// walk grow without bound while the store holds no row. On main the
+// deletion removed the row's only key. Input: 5,000 parents "jobs/N/",
+// each one row "jobs/N/result" of 3,000 bytes, then all deleted; the
+// test wants no key left in "rows".
+func TestRV10_7(t *testing.T) {
+	unfixed(t)
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 5000
+	var sets, dels []Change
+	for i := range n {
+		tp := fmt.Sprintf("jobs/%d/result", i)
+		sets = append(sets, Change{Topic: tp, Value: val(strings.Repeat("r", 3000)), Rev: 1})
+		dels = append(dels, Change{Topic: tp, Rev: 2})
+	}
+	for i, b := range []Batch{{Changes: sets, Rev: 1}, {Changes: dels, Rev: 2}} {
+		if rej, err := s.Commit(b); err != nil || len(rej) > 0 {
+			t.Fatalf("commit %d: %v %v", i, rej, err)
+		}
+	}
+	if rows := loadAll(t, s); len(rows) != 0 {
+		t.Fatalf("%d rows left", len(rows))
+	}
+	keys := 0
+	s.db.View(func(tx *bolt.Tx) error { keys = tx.Bucket(bucketRows).Stats().KeyN; return nil })
+	if keys != 0 {
+		t.Errorf("no row stored, and the rows bucket holds %d keys (one flag a parent once single)", keys)
+	}
+}
