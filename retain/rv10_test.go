@@ -445,3 +445,26 @@ func TestRV10_7(t *testing.T) {
 		t.Errorf("no row stored, and the rows bucket holds %d keys (one flag a parent once single)", keys)
 	}
 }
+
+// TestRV10_8: RV10-8. Format 1 stores were written when MaxTopic was
+// bbolt's whole key limit (32,768 bytes, dfc4d03); format 2's is 21 bytes
+// less. migrate2 puts a flag key of parent+2 bytes: a format 1 row whose
+// parent is 32,767 bytes or more ("a"×32,766 + "/x", 32,768 bytes) makes
+// that Put fail with ErrKeyTooLarge, the migration fails and the whole
+// store is refused at open (main migrated it to format 2 and loaded the
+// row). Format 1 lived a few hours of 2026-12-02, so this is a
+// development store's only; the test wants it opened, the row loaded.
+func TestRV10_8(t *testing.T) {
+	unfixed(t)
+	dir := t.TempDir()
+	long := strings.Repeat("a", bolt.MaxKeySize-2) + "/x"
+	format2File(t, dir, []Row{{Topic: long, Value: val("1")}, {Topic: "ok", Value: val("2")}}, 0, 1)
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatalf("open of a format 1 store with a %d-byte topic: %v", len(long), err)
+	}
+	defer s.Close()
+	if n := len(loadAll(t, s)); n != 2 {
+		t.Errorf("%d rows, want 2", n)
+	}
+}
