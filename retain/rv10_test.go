@@ -468,3 +468,48 @@ func TestRV10_8(t *testing.T) {
 		t.Errorf("%d rows, want 2", n)
 	}
 }
+
+// TestRV10HeldMarkers: deletion markers and history of grouped rows
+// (review h-rv10, held): deleting a row of a group, and a delete of a row
+// of a group that turns single in the same commit, leave markers at
+// their revisions; history values of grouped rows are kept and read
+// back; a revision goes with every row.
+func TestRV10HeldMarkers(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b1 := Batch{Changes: []Change{{Topic: "a/x", Value: val("1"), Rev: 1}, {Topic: "a/y", Value: val("2"), Rev: 1}}, Rev: 1, Epoch: 1}
+	b1.History = []Change{{Topic: "a/x", Value: val("1"), Rev: 1, MS: 10}}
+	b2 := Batch{Changes: []Change{{Topic: "a/x", Rev: 2}, {Topic: "a/z", Value: val(strings.Repeat("z", 3000)), Rev: 2}}, Rev: 2, Epoch: 1}
+	b2.History = []Change{{Topic: "a/x", Rev: 2, MS: 20}}
+	b3 := Batch{Changes: []Change{{Topic: "a/y", Rev: 3}}, Rev: 3, Epoch: 1}
+	for _, b := range []Batch{b1, b2, b3} {
+		if rej, err := s.Commit(b); err != nil || len(rej) > 0 {
+			t.Fatal(rej, err)
+		}
+	}
+	var marks []string
+	if err := s.Deleted(0, 10, func(tp string, rev uint64) bool { marks = append(marks, fmt.Sprint(tp, rev)); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(marks) != "[a/x2 a/y3]" {
+		t.Errorf("markers %v", marks)
+	}
+	var hist []string
+	if err := s.History("a/#", 0, func(tp string, ps []Pair) bool {
+		for _, p := range ps {
+			hist = append(hist, fmt.Sprint(tp, p.Rev, p.Value.Kind))
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(hist) != "[a/x1 string a/x2 none]" {
+		t.Errorf("history %v", hist)
+	}
+	if rows := loadAll(t, s); len(rows) != 1 || rows[0].Topic != "a/z" || rows[0].Rev != 2 {
+		t.Errorf("rows %+v", rows)
+	}
+}
