@@ -575,11 +575,13 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	// Every value of the rows lives in one arena (bbolt keeps them until
 	// the transaction ends), the last commit's if it is large enough: a
 	// boot storm's commit of 10,000 rows makes no allocation here instead
-	// of 10,000. The keys are the topics' own bytes (keyOf).
+	// of 10,000. The keys are the topics' own bytes (keyOf). A row of a
+	// group is in it twice: its value, then the group's (leaf and two
+	// lengths); a group's other rows, already stored, are not counted.
 	size := 0
 	for i := range changes {
 		if c := &changes[i]; sizeError(len(c.Topic), len(c.Value.Data)) == nil {
-			size += rowHead + len(c.Value.Data)
+			size += 2*(rowHead+len(c.Value.Data)) + len(c.Topic) - parentLen(c.Topic) + 2*binary.MaxVarintLen16
 		}
 	}
 	err := s.updateThen(func(tx *bolt.Tx) error {
