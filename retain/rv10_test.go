@@ -513,3 +513,30 @@ func TestRV10HeldMarkers(t *testing.T) {
 		t.Errorf("rows %+v", rows)
 	}
 }
+
+// TestRV10_9: RV10-9 (h-group 991eb9a). Commit sizes its arena for every
+// row twice (its value, then its group's copy), but a row of more than
+// groupMaxBytes can never be in a group: a commit of large payloads
+// allocated three times their size (main, and h-group before 991eb9a:
+// twice, the arena and bbolt's page buffer). Input: one row "p/big" of
+// 20 MiB: 60 MiB allocated; the test wants less than 2.5× the payload.
+func TestRV10_9(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const size = 20 << 20
+	big := strings.Repeat("x", size)
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	rej, err := s.Commit(Batch{Changes: []Change{{Topic: "p/big", Value: wire.Value{Kind: wire.String, Data: big}, Rev: 1}}, Rev: 1})
+	runtime.ReadMemStats(&m1)
+	if err != nil || len(rej) > 0 {
+		t.Fatal(rej, err)
+	}
+	if alloc := m1.TotalAlloc - m0.TotalAlloc; alloc > size*5/2 {
+		t.Errorf("a commit of one %d MiB row allocated %d MiB", size>>20, alloc>>20)
+	}
+}

@@ -581,7 +581,10 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	size := 0
 	for i := range changes {
 		if c := &changes[i]; sizeError(len(c.Topic), len(c.Value.Data)) == nil {
-			size += 2*(rowHead+len(c.Value.Data)) + len(c.Topic) - parentLen(c.Topic) + 2*binary.MaxVarintLen16
+			size += rowHead + len(c.Value.Data)
+			if rowHead+len(c.Value.Data) <= groupMaxBytes { // else never in a group (review h-rv10 RV10-9)
+				size += rowHead + len(c.Value.Data) + len(c.Topic) - parentLen(c.Topic) + 2*binary.MaxVarintLen16
+			}
 		}
 	}
 	err := s.updateThen(func(tx *bolt.Tx) error {
