@@ -55,8 +55,8 @@
 // the transaction that opens them: format 1 (row values were the flags
 // byte and the payload) gets revision and time 0, then is format 2;
 // format 2 (one key a row, no groups) gets the flag key of every parent
-// with rows, which leaves its rows where they are, single (one Put a
-// parent). An unknown format is refused. "rev"
+// with rows (or a foreign file's nested buckets), which leaves its rows
+// where they are, single (one Put a parent). An unknown format is refused. "rev"
 // = the store revision (8 bytes), "floor" = the revision at or below which
 // markers were compacted, "clean" = 0 while a retainer runs on the store,
 // 1 once it stopped cleanly (tools that only read leave it alone).
