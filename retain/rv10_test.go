@@ -540,3 +540,29 @@ func TestRV10_9(t *testing.T) {
 		t.Errorf("a commit of one %d MiB row allocated %d MiB", size>>20, alloc>>20)
 	}
 }
+
+// TestRV10HeldSplitRun: a topic holding a 0 byte ("a/\x00/x", refused)
+// sorts between two rows of parent "a/" ("a/!" and "a/z"), so the commit
+// visits "a/" twice; the second visit merges into the group the first
+// wrote (review h-rv10, held).
+func TestRV10HeldSplitRun(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cs := []Change{{Topic: "a/z", Value: val("2"), Rev: 1}, {Topic: "a/\x00/x", Value: val("x"), Rev: 1}, {Topic: "a/!", Value: val("1"), Rev: 1}}
+	if order := sortedOrder(cs); cs[order[1]].Topic != "a/\x00/x" {
+		t.Fatalf("the 0-byte topic does not sort between: %v", order)
+	}
+	rej, err := s.Commit(Batch{Changes: cs, Rev: 1})
+	if err != nil || len(rej) != 1 || rej[0].Topic != "a/\x00/x" {
+		t.Fatal(rej, err)
+	}
+	if rows := loadAll(t, s); len(rows) != 2 || rows[0].Topic != "a/!" || rows[1].Topic != "a/z" {
+		t.Errorf("rows %+v", rows)
+	}
+	if k := layoutOf(t, s)["a/"]; !k.group || k.groupRows != 2 {
+		t.Errorf("a/: %+v", *k)
+	}
+}
