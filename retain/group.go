@@ -229,10 +229,16 @@ func (s *Store) commitParent(rows, dead *bolt.Bucket, cur *bolt.Cursor, changes 
 		return nil
 	}
 	if single {
+		deleted := false
 		for _, i := range run {
-			if err := s.commitSingle(rows, dead, &changes[i], a, refuse); err != nil {
+			c := &changes[i]
+			if err := s.commitSingle(rows, dead, c, a, refuse); err != nil {
 				return err
 			}
+			deleted = deleted || c.Value.Kind == wire.None
+		}
+		if deleted {
+			return dropFlag(rows, cur, parent)
 		}
 		return nil
 	}
@@ -342,6 +348,37 @@ func (s *Store) commitParent(rows, dead *bolt.Bucket, cur *bolt.Cursor, changes 
 	return nil
 }
 
+// flagScan is the most keys under a single parent dropFlag reads looking
+// for a row of the parent's own.
+const flagScan = 64
+
+// dropFlag deletes the flag key of parent (single, some of its rows just
+// deleted) if it has no row left (review h-rv10 RV10-7): it reads the
+// keys from the parent on, at most flagScan of them under the parent's
+// prefix, skipping its own flag and the keys of deeper parents (their
+// rows, groups and flags). Past the prefix with no row of the parent's,
+// the flag goes: the parent is new again, and a later commit groups it.
+// After flagScan keys undecided (a parent with many deeper rows), the
+// flag stays, until a later deletion under it decides.
+func dropFlag(rows *bolt.Bucket, cur *bolt.Cursor, parent string) error {
+	p := keyOf(parent)
+	n := 0
+	for k, _ := cur.Seek(p); ; k, _ = cur.Next() {
+		if k == nil || !bytes.HasPrefix(k, p) {
+			return rows.Delete(flagKey(nil, parent))
+		}
+		if n++; n > flagScan {
+			return nil
+		}
+		if _, _, own := ownKey(k); own {
+			continue // its own flag, or a deeper parent's key
+		}
+		if bytes.IndexByte(k[len(p):], '/') < 0 {
+			return nil // a row of the parent's
+		}
+	}
+}
+
 // changeOf is the change of run whose leaf is leaf, or nil.
 func changeOf(changes []Change, run []int32, parent string, leaf []byte) *Change {
 	for _, i := range run {
@@ -394,99 +431,66 @@ func (s *Store) commitSingle(rows, dead *bolt.Bucket, c *Change, a *arena, refus
 	return nil
 }
 
-// migrate2 brings a format 2 rows bucket (one key a row) to format 3:
-// every parent with rows (or nested buckets, a foreign file's) gets its
-// flag key, so its rows stay where they are, single. A key holding a 0
-// byte (no topic does) is refused: it would read as the store's own.
-func migrate2(tx *bolt.Tx) error {
-	rows := tx.Bucket(bucketRows)
-	parents := map[string]struct{}{}
-	err := rows.ForEach(func(k, v []byte) error {
-		if bytes.IndexByte(k, 0) >= 0 {
-			return fmt.Errorf("row %q holds a 0 byte, which no topic does", k)
+// loadRows calls fn for every row of the rows bucket, in the bucket's key
+// order: a group's rows at once, at its group key (so "a/b/c" of a
+// grouped "a/b/" may come before "a/b" of a grouped "a/"), a single row
+// at its key; no topic twice. Nothing is held from one key to the next
+// but the stack of the parents whose group or flag key is a prefix of the
+// key (review h-rv10 RV10-6: the topic-order merge of pending groups was
+// cubic in the nesting's depth); each key costs its length and a binary
+// search of the stack. grouped false: a format 2 bucket, every key a row.
+//
+// A damaged or foreign file is an error: a nested bucket, an own key that
+// is neither a group nor a flag or whose parent has no trailing '/', a
+// parent with both, a group value that does not decode or is empty, and
+// a row key whose parent is grouped or has no flag (review h-rv10
+// RV10-2b: a stray key beside a group would hand a topic out twice, and
+// come back after a deletion that only the group saw).
+func loadRows(rows *bolt.Bucket, grouped bool, fn func(Row) error) error {
+	type known struct {
+		parent []byte
+		group  bool
+	}
+	var stack []known // each parent a prefix of the next and of the key
+	c := rows.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v == nil { // bbolt's value of a nested bucket
+			return fmt.Errorf("row %q is a nested bucket: a foreign or damaged file", k)
 		}
-		// A nested bucket's parent too (review h-rv10 RV10-4): grouped,
-		// a commit of its key would never meet the bucket.
-		parents[string(k[:parentLen(string(k))])] = struct{}{}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	keys := make([]string, 0, len(parents))
-	for p := range parents {
-		keys = append(keys, p)
-	}
-	slices.Sort(keys)
-	for _, p := range keys {
-		if err := rows.Put(flagKey(nil, p), []byte{}); err != nil {
-			return err
-		}
-	}
-	return tx.Bucket(bucketMeta).Put(keyFormat, []byte{Format})
-}
-
-// pendingGroup is a group met by Load whose rows are not all handed out:
-// a later key (of a parent under it) may come before some of them.
-type pendingGroup struct {
-	g    groupReader
-	next groupEntry // the next row to hand out
-	// topic is next's topic.
-	topic string
-}
-
-// loadRows calls fn for every row of the rows bucket, in topic order: the
-// rows of a group are handed out at once if the next key is not under
-// its parent (a parent with no parents under it), else merged with the
-// keys that follow it as the walk goes.
-func loadRows(rows *bolt.Bucket, fn func(Row) error) error {
-	var pending []pendingGroup // at most one a level of the topic above the cursor
-	// emit hands out the pending rows whose topics come before bound
-	// (all of them if !bounded).
-	emit := func(bound []byte, bounded bool) error {
-		for len(pending) > 0 {
-			lo := 0
-			for j := 1; j < len(pending); j++ {
-				if pending[j].topic < pending[lo].topic {
-					lo = j
-				}
-			}
-			p := &pending[lo]
-			if bounded && p.topic >= string(bound) {
-				return nil
-			}
-			r, err := rowOf(p.topic, p.next.val)
+		if !grouped {
+			r, err := decodeRow(k, v)
 			if err != nil {
-				return fmt.Errorf("the group of rows under %q: %w", p.g.parent, err)
+				return err
 			}
 			if err := fn(r); err != nil {
 				return err
 			}
-			e, ok, err := p.g.next()
-			if err != nil {
-				return err
-			}
-			if !ok {
-				pending = slices.Delete(pending, lo, lo+1)
-				continue
-			}
-			p.next, p.topic = e, topicOf(p.g.parent, e.leaf)
+			continue
 		}
-		return nil
-	}
-	c := rows.Cursor()
-	k, v := c.First()
-	for k != nil {
-		if v == nil { // bbolt's value of a nested bucket
-			return fmt.Errorf("row %q is a nested bucket: a foreign or damaged file", k)
+		for len(stack) > 0 && !bytes.HasPrefix(k, stack[len(stack)-1].parent) {
+			stack = stack[:len(stack)-1]
 		}
 		parent, group, own := ownKey(k)
 		if own && len(parent) > 0 && parent[len(parent)-1] != '/' { // its rows would be another parent's (review h-rv10 RV10-2)
 			return fmt.Errorf("key %q of the rows bucket is of %q, not a parent (no trailing '/')", k, parent)
 		}
 		if !own {
-			if err := emit(k, true); err != nil {
-				return err
+			pl := parentLen(string(k))
+			var isGroup, found bool
+			if pl == len(k) { // leaf "": the parent's own key comes after it
+				isGroup, found = parentKey(rows, k)
+			} else {
+				// The parent's key is one of the stack (a prefix of k):
+				// the one as long as k's parent.
+				var i int
+				i, found = slices.BinarySearchFunc(stack, pl, func(e known, n int) int { return len(e.parent) - n })
+				isGroup = found && stack[i].group
+			}
+			switch {
+			case isGroup:
+				return fmt.Errorf("row %q beside the group of its parent %q: a damaged file", k, k[:pl])
+			case !found:
+				return fmt.Errorf("row %q without the flag key of its parent %q: a damaged file", k, k[:pl])
 			}
 			r, err := decodeRow(k, v)
 			if err != nil {
@@ -495,45 +499,50 @@ func loadRows(rows *bolt.Bucket, fn func(Row) error) error {
 			if err := fn(r); err != nil {
 				return err
 			}
-			k, v = c.Next()
 			continue
 		}
+		if n := len(stack); n > 0 && len(stack[n-1].parent) == len(parent) {
+			return fmt.Errorf("parent %q has both a group and a flag key: a damaged file", parent)
+		}
+		stack = append(stack, known{slices.Clone(parent), group})
 		if !group {
 			if len(k) != len(parent)+2 || k[len(k)-1] != suffixFlag || len(v) != 0 {
 				return fmt.Errorf("key %q of the rows bucket is neither a topic, a group nor a flag", k)
 			}
-			k, v = c.Next()
 			continue
-		}
-		if err := emit(parent, true); err != nil {
-			return err
 		}
 		g := groupReader{parent: parent, v: v}
-		e, ok, err := g.next()
-		if err != nil {
-			return err
+		n := 0
+		for {
+			e, ok, err := g.next()
+			if err != nil {
+				return err
+			}
+			if !ok {
+				break
+			}
+			r, err := rowOf(topicOf(parent, e.leaf), e.val)
+			if err != nil {
+				return fmt.Errorf("the group of rows under %q: %w", parent, err)
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+			n++
 		}
-		if !ok {
+		if n == 0 {
 			return fmt.Errorf("the group of rows under %q is empty", parent)
 		}
-		k, v = c.Next()
-		if len(pending) == 0 && !bytes.HasPrefix(k, parent) {
-			// Nothing comes between this group's rows: hand them out.
-			for ok {
-				r, err := rowOf(topicOf(parent, e.leaf), e.val)
-				if err != nil {
-					return fmt.Errorf("the group of rows under %q: %w", parent, err)
-				}
-				if err := fn(r); err != nil {
-					return err
-				}
-				if e, ok, err = g.next(); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		pending = append(pending, pendingGroup{g: g, next: e, topic: topicOf(parent, e.leaf)})
 	}
-	return emit(nil, false)
+	return nil
+}
+
+// parentKey looks up the group or flag key of parent (with its own
+// cursor): found, and whether it is the group.
+func parentKey(rows *bolt.Bucket, parent []byte) (group, found bool) {
+	k, _ := rows.Cursor().Seek(groupKey(nil, string(parent)))
+	if bytes.Equal(k, groupKey(nil, string(parent))) {
+		return true, true
+	}
+	return false, bytes.Equal(k, flagKey(nil, string(parent)))
 }

@@ -16,17 +16,18 @@ import (
 	"github.com/mote-mqtt/mote/wire"
 )
 
-// loadAll is every row of s, in the order Load gives them; it fails the
-// test if that is not strictly topic order.
+// loadAll is every row of s, sorted by topic; it fails the test if Load
+// hands out a topic twice.
 func loadAll(t *testing.T, s *Store) []Row {
 	t.Helper()
 	var rows []Row
 	if err := s.Load(func(r Row) error { rows = append(rows, r); return nil }); err != nil {
 		t.Fatal(err)
 	}
+	slices.SortStableFunc(rows, func(a, b Row) int { return strings.Compare(a.Topic, b.Topic) })
 	for i := 1; i < len(rows); i++ {
-		if rows[i-1].Topic >= rows[i].Topic {
-			t.Fatalf("Load out of topic order: %q then %q", rows[i-1].Topic, rows[i].Topic)
+		if rows[i-1].Topic == rows[i].Topic {
+			t.Fatalf("Load handed out %q twice", rows[i].Topic)
 		}
 	}
 	return rows
@@ -116,10 +117,11 @@ func layoutOf(t *testing.T, s *Store) layout {
 // checkLayout fails the test unless every parent keeps the invariant: a
 // parent with rows has exactly one of its group and flag keys, a group is
 // within the cap and not empty, single rows come with their flag; and a
-// parent once single (in wasSingle) stays single.
+// parent once single (in wasSingle) stays single while it has a key.
 func checkLayout(t *testing.T, s *Store, wasSingle map[string]bool) {
 	t.Helper()
-	for p, k := range layoutOf(t, s) {
+	l := layoutOf(t, s)
+	for p, k := range l {
 		switch {
 		case k.group && k.flag:
 			t.Fatalf("parent %q has both a group and a flag", p)
@@ -134,6 +136,11 @@ func checkLayout(t *testing.T, s *Store, wasSingle map[string]bool) {
 		}
 		if k.flag {
 			wasSingle[p] = true
+		}
+	}
+	for p := range wasSingle {
+		if l[p] == nil { // no key left: new again (review h-rv10 RV10-7)
+			delete(wasSingle, p)
 		}
 	}
 }
@@ -252,8 +259,10 @@ func TestGroupsAgainstModel(t *testing.T) {
 
 // TestGroupLayout: how rows are stored, case by case: a new parent's
 // rows fit and are grouped; past 64 rows or 2 KiB of value the parent
-// turns single, in the commit that takes it there; deleting its rows
-// leaves it single (never back); a group emptied is gone.
+// turns single, in the commit that takes it there; deleting some of its
+// rows leaves it single (never back); deleting all drops its flag (review
+// h-rv10 RV10-7), unless 64 keys of deeper parents follow it, and it can
+// be grouped again; a group emptied is gone.
 func TestGroupLayout(t *testing.T) {
 	set := func(topic, v string) Change { return Change{Topic: topic, Value: val(v), Rev: 1} }
 	del := func(topic string) Change { return Change{Topic: topic, Rev: 1} }
@@ -261,6 +270,20 @@ func TestGroupLayout(t *testing.T) {
 		cs := make([]Change, n)
 		for i := range cs {
 			cs[i] = set(fmt.Sprintf("%s%03d", parent, i), strings.Repeat("v", size))
+		}
+		return cs
+	}
+	dels := func(cs []Change) []Change {
+		var ds []Change
+		for _, c := range cs {
+			ds = append(ds, del(c.Topic))
+		}
+		return ds
+	}
+	deeper := func(n int) []Change { // n parents under p/ (after its rows), a row each: a group key each
+		var cs []Change
+		for i := range n {
+			cs = append(cs, set(fmt.Sprintf("p/x%03d/r", i), "1"))
 		}
 		return cs
 	}
@@ -278,13 +301,13 @@ func TestGroupLayout(t *testing.T) {
 		{"past 2 KiB", [][]Change{rows("p/", 2, 1000), rows("p/", 3, 1000)[2:]}, "p/", want{flag: true}},
 		{"one row past 2 KiB", [][]Change{{set("p/big", strings.Repeat("v", 2100))}}, "p/", want{flag: true}},
 		{"never back", [][]Change{rows("p/", 65, 1), {del("p/000"), del("p/001")}}, "p/", want{flag: true}},
-		{"single, all deleted: the flag stays", [][]Change{rows("p/", 65, 1), func() []Change {
-			var cs []Change
-			for _, r := range rows("p/", 65, 1) {
-				cs = append(cs, del(r.Topic))
-			}
-			return cs
-		}()}, "p/", want{flag: true}},
+		{"single, all deleted: the flag goes", [][]Change{rows("p/", 65, 1), dels(rows("p/", 65, 1))}, "p/", want{}},
+		{"single, emptied in two commits", [][]Change{rows("p/", 65, 1), dels(rows("p/", 60, 1)), dels(rows("p/", 65, 1)[60:])}, "p/", want{}},
+		{"single, emptied, then grouped again", [][]Change{rows("p/", 65, 1), dels(rows("p/", 65, 1)), rows("p/", 3, 1)}, "p/", want{group: true}},
+		{"single, one row left: the flag stays", [][]Change{append(rows("p/", 65, 1), deeper(100)...), dels(rows("p/", 65, 1)[:64])}, "p/", want{flag: true}},
+		{"single, emptied, 63 deeper keys after: the flag goes", [][]Change{append(rows("p/", 65, 1), deeper(63)...), dels(rows("p/", 65, 1))}, "p/", want{}},
+		{"single, emptied, 64 deeper keys after: the flag stays", [][]Change{append(rows("p/", 65, 1), deeper(64)...), dels(rows("p/", 65, 1))}, "p/", want{flag: true}},
+		{"the flag kept, decided by a later deletion", [][]Change{append(rows("p/", 65, 1), deeper(64)...), dels(rows("p/", 65, 1)), dels(deeper(64)[:1]), {set("p/new", "1")}, {del("p/new")}}, "p/", want{}},
 		{"a group emptied is gone", [][]Change{rows("p/", 3, 1), {del("p/000"), del("p/001"), del("p/002")}}, "p/", want{}},
 		{"the root parent", [][]Change{{set("x", "1"), set("y", "2")}}, "", want{group: true}},
 	} {
@@ -316,8 +339,14 @@ func TestGroupLayout(t *testing.T) {
 			if got := (want{k.group, k.flag}); got != c.want {
 				t.Errorf("parent %q: group %v, flag %v; want %+v", c.parent, got.group, got.flag, c.want)
 			}
-			if k.flag && k.singles != len(model) {
-				t.Errorf("single parent: %d keys, want %d rows", k.singles, len(model))
+			own := 0
+			for tp := range model {
+				if tp[:parentLen(tp)] == c.parent {
+					own++
+				}
+			}
+			if k.flag && k.singles != own {
+				t.Errorf("single parent: %d keys, want %d rows", k.singles, own)
 			}
 			sameRows(t, "load", loadAll(t, s), model)
 		})
@@ -372,13 +401,36 @@ func format2File(t *testing.T, dir string, rows []Row, rev uint64, format byte) 
 	}
 }
 
-// TestMigrateFormat2: a format 2 file (and a format 1 one, through 2)
-// opens as format 3 with the same rows, every parent single (rows where
-// they were, a flag each); it takes new commits (an existing parent's
-// rows stay single keys, a new parent is grouped) and reopens with them.
-// A format it does not know, and a format 2 key holding a 0 byte, are
-// refused at open, naming the file.
-func TestMigrateFormat2(t *testing.T) {
+// fileFormat is the format byte of the (open) store's file.
+func fileFormat(t *testing.T, s *Store) []byte {
+	t.Helper()
+	var f []byte
+	if err := s.db.View(func(tx *bolt.Tx) error { f = slices.Clone(tx.Bucket(bucketMeta).Get(keyFormat)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// rowKeys is every key of the rows bucket.
+func rowKeys(t *testing.T, s *Store) []string {
+	t.Helper()
+	var keys []string
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRows).ForEach(func(k, _ []byte) error { keys = append(keys, string(k)); return nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+// TestFormat2Stays: a format 2 file (and a format 1 one, migrated to 2 as
+// main did) opens as format 2 with the same rows, and stays so (review
+// h-rv10 RV10-5, -3, -8: no migration to format 3): opening it writes no
+// key; it takes commits (updates, inserts, deletions, a new parent, a
+// parent of 100 rows) one key a row, with no group or flag key, and
+// reopens format 2 with them. A format it does not know is refused at
+// open, naming the file.
+func TestFormat2Stays(t *testing.T) {
 	old := []Row{
 		{Topic: "x", Value: val("1"), QoS: 1, Rev: 3, MS: 30},
 		{Topic: "/x", Value: val("2"), Rev: 4, MS: 40},
@@ -399,27 +451,39 @@ func TestMigrateFormat2(t *testing.T) {
 				}
 				model[r.Topic] = r
 			}
+			// The keys as one a row: the model's topics, sorted.
+			keysOf := func() []string {
+				var ks []string
+				for tp := range model {
+					ks = append(ks, tp)
+				}
+				slices.Sort(ks)
+				return ks
+			}
 			s, err := Open(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if m := s.Meta(); !m.Clean || (format == 2 && m.Rev != 9) {
+			if m := s.Meta(); !m.Clean || m.Format != 2 || (format == 2 && m.Rev != 9) {
 				t.Errorf("meta %+v", m)
 			}
-			sameRows(t, "migrated", loadAll(t, s), model)
-			wasSingle := map[string]bool{}
-			checkLayout(t, s, wasSingle)
-			for _, p := range []string{"", "/", "a/", "a//", "a/b/"} {
-				if !wasSingle[p] {
-					t.Errorf("parent %q is not single after the migration", p)
-				}
+			if f := fileFormat(t, s); !bytes.Equal(f, []byte{2}) {
+				t.Errorf("opened: the file is format %v, want 2", f)
 			}
+			if ks := rowKeys(t, s); !slices.Equal(ks, keysOf()) {
+				t.Errorf("opened: keys %q, want the rows' %q", ks, keysOf())
+			}
+			sameRows(t, "opened", loadAll(t, s), model)
 			cs := []Change{
 				{Topic: "a/b", Value: val("new"), Rev: 10, MS: 100},
 				{Topic: "a/d", Value: val("added"), Rev: 10, MS: 100},
 				{Topic: "a/c", Rev: 10},
+				{Topic: "x", Rev: 10},
 				{Topic: "new/1", Value: val("g1"), Rev: 10, MS: 100},
 				{Topic: "new/2", Value: val("g2"), Rev: 10, MS: 100},
+			}
+			for i := range 100 { // past a group's cap
+				cs = append(cs, Change{Topic: fmt.Sprintf("many/%03d", i), Value: val("m"), Rev: 10, MS: 100})
 			}
 			if rej, err := s.Commit(Batch{Changes: cs, Rev: 10}); err != nil || len(rej) > 0 {
 				t.Fatalf("commit: %v %v", rej, err)
@@ -432,9 +496,12 @@ func TestMigrateFormat2(t *testing.T) {
 				}
 			}
 			sameRows(t, "after a commit", loadAll(t, s), model)
-			checkLayout(t, s, wasSingle)
-			if l := layoutOf(t, s); !l["new/"].group || l["a/"].singles != 3 {
-				t.Errorf("new/ %+v, a/ %+v: want new/ grouped, a/ three single rows", *l["new/"], *l["a/"])
+			if ks := rowKeys(t, s); !slices.Equal(ks, keysOf()) {
+				t.Errorf("after a commit: keys %q, want the rows' %q", ks, keysOf())
+			}
+			var marks []string
+			if err := s.Deleted(9, 10, func(tp string, rev uint64) bool { marks = append(marks, tp); return true }); err != nil || fmt.Sprint(marks) != "[a/c x]" {
+				t.Errorf("markers %v %v", marks, err)
 			}
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
@@ -444,33 +511,42 @@ func TestMigrateFormat2(t *testing.T) {
 			}
 			defer s.Close()
 			sameRows(t, "reopened", loadAll(t, s), model)
-			if m := s.Meta(); m.Rev != 10 {
-				t.Errorf("revision %d, want 10", m.Rev)
+			if m := s.Meta(); m.Rev != 10 || m.Format != 2 {
+				t.Errorf("reopened: meta %+v, want revision 10, format 2", m)
+			}
+			if f := fileFormat(t, s); !bytes.Equal(f, []byte{2}) {
+				t.Errorf("reopened: the file is format %v, want 2", f)
+			}
+			if ks := rowKeys(t, s); !slices.Equal(ks, keysOf()) {
+				t.Errorf("reopened: keys %q", ks)
 			}
 		})
 	}
-	for _, c := range []struct {
-		name   string
-		rows   []Row
-		format byte
-		want   string
-	}{
-		{"an unknown format", old, 4, "format [4], this build reads 3"},
-		{"a key holding a 0 byte", []Row{{Topic: "a/\x00g", Value: val("1")}}, 2, `holds a 0 byte`},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			format2File(t, dir, c.rows, 1, c.format)
-			s, err := Open(dir)
-			if err == nil {
-				s.Close()
-				t.Fatal("opened")
-			}
-			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), FileName) || !strings.Contains(err.Error(), c.want) {
-				t.Errorf("open: %v", err)
-			}
-		})
-	}
+	t.Run("a fresh store", func(t *testing.T) {
+		s, err := Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if m := s.Meta(); m.Format != Format || !m.Fresh {
+			t.Errorf("meta %+v", m)
+		}
+		if f := fileFormat(t, s); !bytes.Equal(f, []byte{Format}) {
+			t.Errorf("the file is format %v", f)
+		}
+	})
+	t.Run("an unknown format", func(t *testing.T) {
+		dir := t.TempDir()
+		format2File(t, dir, old, 1, 4)
+		s, err := Open(dir)
+		if err == nil {
+			s.Close()
+			t.Fatal("opened")
+		}
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), FileName) || !strings.Contains(err.Error(), "format [4], this build reads 1, 2 and 3") {
+			t.Errorf("open: %v", err)
+		}
+	})
 }
 
 // TestFailedCommitLeavesState: a commit that fails whole (an I/O error
@@ -558,9 +634,11 @@ func TestFailedCommitLeavesState(t *testing.T) {
 	}
 }
 
-// TestLoadTopicOrder: rows of a group and of the parents under it, some
-// grouped and some single, come out of Load merged in topic order.
-func TestLoadTopicOrder(t *testing.T) {
+// TestLoadKeyOrder: rows of a group and of the parents under it, some
+// grouped and some single, come out of Load each once, in the rows
+// bucket's key order: a group's rows together at its group key (review
+// h-rv10 RV10-6: Load no longer merges them into topic order).
+func TestLoadKeyOrder(t *testing.T) {
 	s, err := Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -577,8 +655,39 @@ func TestLoadTopicOrder(t *testing.T) {
 	if _, err := s.Commit(Batch{Changes: cs}); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(loadAll(t, s)); n != len(cs) { // loadAll checks the order
+	var got []string
+	if err := s.Load(func(r Row) error { got = append(got, r.Topic); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// The key order, from the bucket itself.
+	var want []string
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRows).ForEach(func(k, v []byte) error {
+			parent, group, own := ownKey(k)
+			switch {
+			case !own:
+				want = append(want, string(k))
+			case group:
+				rows, err := decodeGroup(parent, v)
+				for _, r := range rows {
+					want = append(want, r.Topic)
+				}
+				return err
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Load: %q\nwant the key order %q", got, want)
+	}
+	if n := len(loadAll(t, s)); n != len(cs) { // each once
 		t.Fatalf("%d rows, want %d", n, len(cs))
+	}
+	if i, j := slices.Index(got, "a/b/c"), slices.Index(got, "a/c"); i < 0 || j < 0 || i < j {
+		t.Errorf("a/b/c at %d, a/c at %d: want the group of a/ (a/c) first, at its key", i, j)
 	}
 }
 
@@ -631,10 +740,10 @@ func FuzzGroupValue(f *testing.F) {
 	})
 }
 
-// BenchmarkMigrate2: opening a format 2 store of 1M rows, each its own
-// parent (the worst case: one flag key a row), which migrates it to
-// format 3; once per store.
-func BenchmarkMigrate2(b *testing.B) {
+// BenchmarkOpenFormat2: opening a format 2 store of 1M rows, each its own
+// parent, which stays format 2 (no migration: review h-rv10 RV10-5);
+// once per store.
+func BenchmarkOpenFormat2(b *testing.B) {
 	const n = 1_000_000
 	for b.Loop() {
 		b.StopTimer()

@@ -299,6 +299,10 @@ type Meta struct {
 	Clean bool
 	Fresh bool   // the file was created by this Open
 	Epoch uint64 // the newest epoch of history values
+	// Format is the file's format: Format (3) for a store this build
+	// made, 2 for an older one (format 1 is migrated to 2), which keeps
+	// its layout, one key a row (see the package doc's Format).
+	Format byte
 }
 
 // Pair is one value of a row's history: the revision and time of the
@@ -471,7 +475,7 @@ func Open(dir string) (s *Store, err error) {
 		}
 		switch v := meta.Get(keyFormat); {
 		case v == nil:
-			m.Fresh = true
+			m.Fresh, m.Format = true, Format
 			if err := meta.Put(keyFormat, []byte{Format}); err != nil {
 				return err
 			}
@@ -479,18 +483,15 @@ func Open(dir string) (s *Store, err error) {
 			if err := migrate1(tx); err != nil {
 				return fmt.Errorf("migrating format 1: %w", err)
 			}
-			if err := migrate2(tx); err != nil {
-				return fmt.Errorf("migrating format 2: %w", err)
-			}
+			m.Format = 2   // and stays 2 (review h-rv10 RV10-5, -8)
 			m.Clean = true // format 1 had no revisions to lose
 		case len(v) == 1 && v[0] == 2:
-			if err := migrate2(tx); err != nil {
-				return fmt.Errorf("migrating format 2: %w", err)
-			}
+			m.Format = 2 // kept as it is: no migration (review h-rv10 RV10-5, -3)
 			m.Clean = bytes.Equal(meta.Get(keyClean), []byte{1})
 		case len(v) != 1 || v[0] != Format:
-			return fmt.Errorf("format %v, this build reads %d", v, Format)
+			return fmt.Errorf("format %v, this build reads 1, 2 and %d", v, Format)
 		default:
+			m.Format = Format
 			m.Clean = bytes.Equal(meta.Get(keyClean), []byte{1})
 		}
 		m.Rev, m.Floor = getUint(meta, keyRev), getUint(meta, keyFloor)
@@ -509,7 +510,8 @@ func Open(dir string) (s *Store, err error) {
 }
 
 // migrate1 rewrites format 1 rows (flags byte, payload) as format 2, with
-// revision and time 0 (unknown); migrate2 follows.
+// revision and time 0 (unknown), as main did; the store then stays
+// format 2.
 func migrate1(tx *bolt.Tx) error {
 	rows := tx.Bucket(bucketRows)
 	var keys, vals [][]byte
@@ -554,7 +556,7 @@ func (s *Store) Path() string { return s.path }
 // Commit applies changes in one fsynced transaction, parent by parent in
 // the order of their keys (bbolt writes sorted keys fastest): a grouped
 // parent's changes merged into its group, one Put (see the package doc's
-// Format). It checks every set against bbolt's limits
+// Format); in a format 2 store, one Put or Delete a change. It checks every set against bbolt's limits
 // first and leaves out, returning them, the ones that cannot be stored; a
 // refused row whose topic is a valid key is deleted in the same
 // transaction, so a restart does not bring back an older value as current.
@@ -579,10 +581,11 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	// group is in it twice: its value, then the group's (leaf and two
 	// lengths); a group's other rows, already stored, are not counted.
 	size := 0
+	grouped := s.meta.Format == Format // a format 2 store keeps one key a row
 	for i := range changes {
 		if c := &changes[i]; sizeError(len(c.Topic), len(c.Value.Data)) == nil {
 			size += rowHead + len(c.Value.Data)
-			if rowHead+len(c.Value.Data) <= groupMaxBytes { // else never in a group (review h-rv10 RV10-9)
+			if grouped && rowHead+len(c.Value.Data) <= groupMaxBytes { // else never in a group (review h-rv10 RV10-9)
 				size += rowHead + len(c.Value.Data) + len(c.Topic) - parentLen(c.Topic) + 2*binary.MaxVarintLen16
 			}
 		}
@@ -617,7 +620,12 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		// pages: not kept past it (a large value's arena would stay
 		// pinned, review h-rv10 RV10-1).
 		defer func() { clear(s.entries[:cap(s.entries)]) }()
-		for i := 0; i < len(order); {
+		for i := 0; i < len(order) && !grouped; i++ { // format 2: one key a row, as main wrote it
+			if err := s.commitSingle(rows, dead, &changes[order[i]], &a, refuse); err != nil {
+				return err
+			}
+		}
+		for i := 0; i < len(order) && grouped; {
 			t := changes[order[i]].Topic
 			parent := t[:parentLen(t)]
 			j := i + 1
@@ -823,7 +831,7 @@ func histValue(c Change) []byte {
 func (s *Store) Load(fn func(Row) error) error {
 	err := s.view(func(tx *bolt.Tx) error {
 		var fnErr error // fn's, returned as it is
-		err := loadRows(tx.Bucket(bucketRows), func(r Row) error {
+		err := loadRows(tx.Bucket(bucketRows), s.meta.Format == Format, func(r Row) error {
 			fnErr = fn(r)
 			return fnErr
 		})

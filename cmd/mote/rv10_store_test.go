@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,9 +22,6 @@ import (
 // format 2 file of one row "a/b" (written with bbolt, as main writes it),
 // then `mote store stats -data DIR`.
 func TestRV10_3(t *testing.T) {
-	if os.Getenv("RV10_UNFIXED") == "" {
-		t.Skip("a finding of review h-rv10 not fixed here; RV10_UNFIXED=1 runs it (it fails)")
-	}
 	for _, cmd := range []string{"stats", "dump"} {
 		t.Run(cmd, func(t *testing.T) {
 			dir := t.TempDir()
