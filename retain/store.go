@@ -27,16 +27,20 @@
 // A parent with rows has exactly one of its two keys. A new parent is
 // grouped. A group holds at most groupMaxRows (64) rows and groupMaxBytes
 // (2 KiB) of value: a commit that would take it past either turns the
-// parent single for good (the group key deleted, its rows written as
-// keys, the flag set, in that commit). A single parent never goes back to
-// a group, and keeps its flag once its rows are gone (a key of a few
-// bytes for each parent that once held more than a group's worth); a
-// group whose rows are all deleted is deleted. A commit visits each
-// parent it changes once: one seek for the group or flag, then one Put of
-// the merged group (the updates, inserts and deletions of its rows) or,
-// for a single parent, one Put or Delete a row. Load hands the rows out
-// in topic order, merging a group's rows with the keys under its parent
-// that follow its key.
+// parent single (the group key deleted, its rows written as keys, the
+// flag set, in that commit). A single parent stays single while it has
+// rows; a commit that deletes rows of a single parent then looks for a
+// row left (reading at most 64 keys under the parent, its flag among
+// them, past the keys of parents under it) and deletes the flag if it
+// finds none: the parent is new again. Only a parent with many keys of
+// deeper parents after its flag can so keep an empty flag, until a later
+// deletion of a row of its own decides. A group whose rows are all
+// deleted is deleted. A commit visits each parent it changes once: one
+// seek for the group or flag, then one Put of the merged group (the
+// updates, inserts and deletions of its rows) or, for a single parent,
+// one Put or Delete a row. Load hands the rows out in key order: a
+// group's rows at once, at its group key (so not in topic order). A row
+// key whose parent is grouped or has no flag is a damaged file's.
 //
 // "dead": the deletion markers of SPEC §8, key = revision (8 bytes,
 // big-endian) then the topic, empty value: a range of revisions is a key
@@ -51,12 +55,17 @@
 // pages it changes do not grow with the history kept; a topic's values
 // are one key range per epoch, oldest epoch first.
 //
-// "meta": "format" = the format version, 3. Older files are migrated in
-// the transaction that opens them: format 1 (row values were the flags
-// byte and the payload) gets revision and time 0, then is format 2;
-// format 2 (one key a row, no groups) gets the flag key of every parent
-// with rows (or a foreign file's nested buckets), which leaves its rows
-// where they are, single (one Put a parent). An unknown format is refused. "rev"
+// "meta": "format" = the format version: 3 for a store made by this
+// build. A format 2 store (one key a row, no groups, no flag keys: main's
+// before format 3) keeps its layout: Open writes nothing into it, Commit
+// writes one key a row and Load reads every key as a row, as main did, so
+// main's build still opens it after this one used it (Meta.Format says
+// which; review h-rv10 RV10-5, -3, -8: migrating it rewrote every page of
+// the rows at open). Format 1 (row values were the flags byte and the
+// payload) is migrated to 2 in the transaction that opens it (revision and
+// time 0), as main did, and stays 2. To get groups, dump the rows and load
+// them into a new store: not offered as a command. An unknown format is
+// refused. "rev"
 // = the store revision (8 bytes), "floor" = the revision at or below which
 // markers were compacted, "clean" = 0 while a retainer runs on the store,
 // 1 once it stopped cleanly (tools that only read leave it alone).
@@ -172,7 +181,8 @@ import (
 	"github.com/mote-mqtt/mote/wire"
 )
 
-// Format is the store format this package writes.
+// Format is the format of a store this package makes; it also reads and
+// writes format 2 stores, in their own layout (see the package doc).
 const Format = 3
 
 var (
@@ -334,7 +344,8 @@ type RowStore interface {
 	// The batch's slices are the caller's again once Commit returns (the
 	// retainer reuses them): keep copies, not the slices.
 	Commit(b Batch) (rejected []Rejected, err error)
-	// Load calls fn for every stored row, in topic order.
+	// Load calls fn for every stored row once, in the store's key order
+	// (see Store.Load): not topic order.
 	Load(fn func(Row) error) error
 	// Meta is what the store knew when it was opened.
 	Meta() Meta
@@ -826,8 +837,13 @@ func histValue(c Change) []byte {
 	return v
 }
 
-// Load calls fn for every row in topic order; an unreadable row is an
-// error naming the file and the topic.
+// Load calls fn for every row once, in the store's key order: sorted by
+// topic, except that a grouped parent's rows come together at its group
+// key (after its parent's own key, before the rows of the parents under
+// it and its rows' topics in between); a format 2 store's in topic order.
+// It holds nothing from one key to the next but the parents above the key
+// (review h-rv10 RV10-6). An unreadable row, or a file that breaks the
+// format's layout, is an error naming the file.
 func (s *Store) Load(fn func(Row) error) error {
 	err := s.view(func(tx *bolt.Tx) error {
 		var fnErr error // fn's, returned as it is

@@ -58,7 +58,7 @@ func TestRV10_3(t *testing.T) {
 			var out bytes.Buffer
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if err := run(ctx, []string{"store", cmd, "-data", dir}, nil, &out, &out); err != nil || !strings.Contains(out.String(), "a/b") && cmd == "dump" {
+			if err := run(ctx, []string{"store", cmd, "-data", dir}, nil, &out, &out); err != nil || !strings.Contains(out.String(), "a/b") && cmd == "dump" || !strings.Contains(out.String(), "format    2\n") && cmd == "stats" {
 				t.Fatalf("%v\n%s", err, out.String())
 			}
 			db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
