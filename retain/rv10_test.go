@@ -131,7 +131,7 @@ func TestRV10_2(t *testing.T) {
 // holds an older value): Load hands out "a/b" twice, and a deletion of
 // "a/b" deletes it from the group only, so the stray key brings the old
 // value back at the next Load. Load should refuse a row key whose parent
-// has no flag.
+// has no flag. Fixed (h-group2): it does, and one whose parent is grouped.
 func TestRV10_2b(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir)
@@ -293,6 +293,7 @@ func loadTime(t *testing.T, s *Store) time.Duration {
 // publish retained messages can make the store's Load at a restart take
 // as long as they like (n³: 16,000 such rows, 128 MB, ~2.5 min). The test
 // wants Load of 3,000 such rows within 20× of 3,000 rows of one level.
+// Fixed (h-group2): Load hands rows in key order, with no merge.
 func TestRV10_6(t *testing.T) {
 	const n = 3000
 	var deep, flat []Change
@@ -411,7 +412,8 @@ func TestRV10Held(t *testing.T) {
 // walk grow without bound while the store holds no row. On main the
 // deletion removed the row's only key. Input: 5,000 parents "jobs/N/",
 // each one row "jobs/N/result" of 3,000 bytes, then all deleted; the
-// test wants no key left in "rows".
+// test wants no key left in "rows". Fixed (h-group2): a commit deleting
+// rows of a single parent drops its flag when no row is left (dropFlag).
 func TestRV10_7(t *testing.T) {
 	s, err := Open(t.TempDir())
 	if err != nil {
@@ -448,6 +450,7 @@ func TestRV10_7(t *testing.T) {
 // store is refused at open (main migrated it to format 2 and loaded the
 // row). Format 1 lived a few hours of 2026-12-02, so this is a
 // development store's only; the test wants it opened, the row loaded.
+// Fixed (h-group2): no migration past format 2, so no flag key.
 func TestRV10_8(t *testing.T) {
 	dir := t.TempDir()
 	long := strings.Repeat("a", bolt.MaxKeySize-2) + "/x"

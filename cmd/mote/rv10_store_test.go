@@ -20,7 +20,8 @@ import (
 // look at a store before an upgrade, or with a newer binary beside an
 // older broker, is an upgrade nobody asked for and cannot undo. Input: a
 // format 2 file of one row "a/b" (written with bbolt, as main writes it),
-// then `mote store stats -data DIR`.
+// then `mote store stats -data DIR`. Fixed (h-group2): a format 2 store is
+// no longer migrated; stats prints the file's format.
 func TestRV10_3(t *testing.T) {
 	for _, cmd := range []string{"stats", "dump"} {
 		t.Run(cmd, func(t *testing.T) {
