@@ -54,7 +54,7 @@ func (f *flakyStore) Commit(b Batch) ([]Rejected, error) {
 
 // storable is whether the store keeps a set of topic (else it refuses
 // it, and deletes the row).
-func storable(topic string) bool { return keyError(len(topic)) == nil }
+func storable(topic string) bool { return topicError(topic) == nil }
 
 // adversarial topics: empty, too long for a key, exactly the longest,
 // non-ASCII, prefixes that are whole topics, equal 8-byte heads past

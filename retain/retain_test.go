@@ -230,7 +230,7 @@ func TestTypeBytes(t *testing.T) {
 }
 
 // TestLoadsFormat1: a store written byte for byte as format 1 stores rows
-// (before revisions) loads, migrated to format 2.
+// (before revisions) loads, migrated to format 3 (through 2).
 func TestLoadsFormat1(t *testing.T) {
 	dir := t.TempDir()
 	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, nil)
@@ -281,8 +281,8 @@ func TestLoadsFormat1(t *testing.T) {
 	if m := s.Meta(); !m.Clean || m.Fresh || m.Rev != 0 {
 		t.Errorf("migrated store meta %+v", m)
 	}
-	err = s.db.View(func(tx *bolt.Tx) error { // migrated to format 2
-		if v := tx.Bucket(bucketMeta).Get(keyFormat); len(v) != 1 || v[0] != Format {
+	err = s.db.View(func(tx *bolt.Tx) error { // migrated to format 2, which it stays (review h-rv10 RV10-5)
+		if v := tx.Bucket(bucketMeta).Get(keyFormat); len(v) != 1 || v[0] != 2 {
 			t.Errorf("format after migration %v", v)
 		}
 		return nil

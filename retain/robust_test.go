@@ -20,7 +20,9 @@ import (
 
 // nestBucket makes the store file in dir hold a nested bucket under key
 // in bucket parent, as a foreign or old file may (this package never
-// makes one). The store must be closed.
+// makes one). The store must be closed. A row's key (in "rows", a topic)
+// comes with its parent's flag key: the parent is single, its rows one
+// key each, and a commit meets the bucket.
 func nestBucket(t *testing.T, dir string, parent, key []byte) {
 	t.Helper()
 	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, &bolt.Options{Timeout: time.Second})
@@ -29,6 +31,11 @@ func nestBucket(t *testing.T, dir string, parent, key []byte) {
 	}
 	defer db.Close()
 	err = db.Update(func(tx *bolt.Tx) error {
+		if bytes.Equal(parent, bucketRows) && bytes.IndexByte(key, 0) < 0 {
+			if err := tx.Bucket(parent).Put(flagKey(nil, string(key[:parentLen(string(key))])), []byte{}); err != nil {
+				return err
+			}
+		}
 		_, err := tx.Bucket(parent).CreateBucket(key)
 		return err
 	})
@@ -53,6 +60,33 @@ func storeWithBucket(t *testing.T, parent, key []byte) *Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// storedTopics is the topics of the rows stored in s, grouped or not,
+// past nested buckets and damaged groups (which Load refuses).
+func storedTopics(t *testing.T, s *Store) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRows).ForEach(func(k, v []byte) error {
+			parent, group, own := ownKey(k)
+			switch {
+			case v == nil || (own && !group):
+			case own:
+				rows, _ := decodeGroup(parent, v)
+				for _, r := range rows {
+					out[r.Topic] = true
+				}
+			default:
+				out[string(k)] = true
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // keysOf is the keys of bucket that hold values (Load refuses a rows
@@ -91,6 +125,12 @@ func TestCommitPastNestedBuckets(t *testing.T) {
 	}{
 		{name: "a row's key", parent: bucketRows, key: []byte("bad"),
 			change: Change{Topic: "bad", Value: val("v"), Rev: 2}, nestedErr: true},
+		{name: "a group's key", parent: bucketRows, key: groupKey(nil, ""),
+			change: Change{Topic: "bad", Value: val("v"), Rev: 2}, nestedErr: true},
+		{name: "a flag's key", parent: bucketRows, key: flagKey(nil, ""),
+			change: Change{Topic: "bad", Value: val("v"), Rev: 2}, nestedErr: true},
+		{name: "a deleted grouped row's key", parent: bucketRows, key: groupKey(nil, ""),
+			change: Change{Topic: "bad", Rev: 2}, nestedErr: true},
 		{name: "a deleted row's key", parent: bucketRows, key: []byte("bad"),
 			change: Change{Topic: "bad", Rev: 2}, nestedErr: true},
 		{name: "a refused row's key", parent: bucketRows, key: []byte("bad"),
@@ -125,7 +165,7 @@ func TestCommitPastNestedBuckets(t *testing.T) {
 			if _, err := s.Commit(Batch{Changes: []Change{{Topic: "m/ok", Value: val("1"), Rev: 3}}, Rev: 3}); err != nil {
 				t.Fatalf("the next commit: %v", err)
 			}
-			rows := keysOf(t, s, bucketRows)
+			rows := storedTopics(t, s)
 			for _, tp := range []string{"a/ok", "z/ok", "m/ok"} {
 				if !rows[tp] {
 					t.Errorf("row %s is not stored", tp)
@@ -217,6 +257,7 @@ func TestRetainerPastNestedBucket(t *testing.T) {
 		change      Change
 	}{
 		{"a row's key", bucketRows, []byte("bad"), Change{Topic: "bad", Value: val("v"), Rev: 5}},
+		{"a group's key", bucketRows, groupKey(nil, ""), Change{Topic: "bad", Value: val("v"), Rev: 5}},
 		{"a deletion marker's key", bucketDead, deadKey(5, "gone"), Change{Topic: "gone", Rev: 5}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -241,7 +282,7 @@ func TestRetainerPastNestedBucket(t *testing.T) {
 			if l := logs.lines("refused a row"); len(l) != 1 || !strings.Contains(l[0], `"topic":"`+c.change.Topic+`"`) {
 				t.Errorf("log lines %q", l)
 			}
-			rows := keysOf(t, s, bucketRows)
+			rows := storedTopics(t, s)
 			for _, tp := range []string{"a/ok", "z/ok", "m/ok"} {
 				if !rows[tp] {
 					t.Errorf("row %s is not on disk", tp)

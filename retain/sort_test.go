@@ -9,13 +9,18 @@ import (
 	"unsafe"
 )
 
-// byTopic is sortedOrder's answer the plain way: indexes sorted by topic.
+// byTopic is sortedOrder's answer the plain way: indexes sorted by
+// their sort keys, parent + "\x00" + leaf, built whole.
 func byTopic(changes []Change) []int32 {
 	order := make([]int32, len(changes))
+	keys := make([]string, len(changes))
 	for i := range order {
 		order[i] = int32(i)
+		t := changes[i].Topic
+		p := strings.LastIndexByte(t, '/') + 1
+		keys[i] = t[:p] + "\x00" + t[p:]
 	}
-	slices.SortFunc(order, func(a, b int32) int { return strings.Compare(changes[a].Topic, changes[b].Topic) })
+	slices.SortFunc(order, func(a, b int32) int { return strings.Compare(keys[a], keys[b]) })
 	return order
 }
 

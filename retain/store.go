@@ -4,15 +4,43 @@
 //
 // # Format
 //
-// One bbolt file, four buckets. "rows": key = topic (UTF-8 bytes, so a
-// topic prefix is a key range), value = one flags byte, the row's revision
-// (8 bytes, big-endian), the time of its last change (Unix ms, 8 bytes,
-// big-endian), then the payload, byte for byte. The flags byte's low 4 bits
-// are the row's type: 1 string, 2 bytes, 3 JSON (number, boolean, JSON
-// string or array), 4 object (0: deleted, in "hist" only); bits 4–5 its QoS
-// (0–2); bits 6–7 are zero. These numbers are the format, named by this
-// package's type constants and mapped to wire.Kind both ways, never stored
-// as a wire.Kind.
+// One bbolt file, four buckets. A row value is one flags byte, the row's
+// revision (8 bytes, big-endian), the time of its last change (Unix ms, 8
+// bytes, big-endian), then the payload, byte for byte. The flags byte's
+// low 4 bits are the row's type: 1 string, 2 bytes, 3 JSON (number,
+// boolean, JSON string or array), 4 object (0: deleted, in "hist" only);
+// bits 4–5 its QoS (0–2); bits 6–7 are zero. These numbers are the format,
+// named by this package's type constants and mapped to wire.Kind both
+// ways, never stored as a wire.Kind.
+//
+// "rows" holds the rows by parent. A row's parent is its topic up to and
+// including its last '/' ("a/b/c" → "a/b/", "x" → ""); its leaf is the
+// rest. No topic holds a 0 byte (MQTT forbids U+0000, and Commit refuses
+// one), so the keys that hold one are the store's own. The rows of a
+// parent are in one of two modes, known from one cursor seek:
+//   - grouped: one key, the parent, a 0 byte and 'g', whose value is the
+//     parent's rows sorted by leaf, each as the leaf's length (uvarint),
+//     the leaf, the row value's length (uvarint) and the row value;
+//   - single: a flag key, the parent, a 0 byte and 's' (empty value), and
+//     one key a row: key = topic, value = the row value.
+//
+// A parent with rows has exactly one of its two keys. A new parent is
+// grouped. A group holds at most groupMaxRows (64) rows and groupMaxBytes
+// (2 KiB) of value: a commit that would take it past either turns the
+// parent single (the group key deleted, its rows written as keys, the
+// flag set, in that commit). A single parent stays single while it has
+// rows; a commit that deletes rows of a single parent then looks for a
+// row left (reading at most 64 keys under the parent, its flag among
+// them, past the keys of parents under it) and deletes the flag if it
+// finds none: the parent is new again. Only a parent with many keys of
+// deeper parents after its flag can so keep an empty flag, until a later
+// deletion of a row of its own decides. A group whose rows are all
+// deleted is deleted. A commit visits each parent it changes once: one
+// seek for the group or flag, then one Put of the merged group (the
+// updates, inserts and deletions of its rows) or, for a single parent,
+// one Put or Delete a row. Load hands the rows out in key order: a
+// group's rows at once, at its group key (so not in topic order). A row
+// key whose parent is grouped or has no flag is a damaged file's.
 //
 // "dead": the deletion markers of SPEC §8, key = revision (8 bytes,
 // big-endian) then the topic, empty value: a range of revisions is a key
@@ -27,20 +55,30 @@
 // pages it changes do not grow with the history kept; a topic's values
 // are one key range per epoch, oldest epoch first.
 //
-// "meta": "format" = the format version (2; a format 1 file, whose row
-// values were the flags byte and the payload, is migrated on open), "rev"
+// "meta": "format" = the format version: 3 for a store made by this
+// build. A format 2 store (one key a row, no groups, no flag keys: main's
+// before format 3) keeps its layout: Open writes nothing into it, Commit
+// writes one key a row and Load reads every key as a row, as main did, so
+// main's build still opens it after this one used it (Meta.Format says
+// which; review h-rv10 RV10-5, -3, -8: migrating it rewrote every page of
+// the rows at open). Format 1 (row values were the flags byte and the
+// payload) is migrated to 2 in the transaction that opens it (revision and
+// time 0), as main did, and stays 2. To get groups, dump the rows and load
+// them into a new store: not offered as a command. An unknown format is
+// refused. "rev"
 // = the store revision (8 bytes), "floor" = the revision at or below which
 // markers were compacted, "clean" = 0 while a retainer runs on the store,
 // 1 once it stopped cleanly (tools that only read leave it alone).
 //
-// bbolt cannot keep every row: a topic must be 1 to MaxTopic bytes and a
-// payload at most MaxPayload, and a key of the file that holds a nested
+// bbolt cannot keep every row: a topic must be 1 to MaxTopic bytes (and
+// hold no 0 byte) and a payload at most MaxPayload, and a key of the file that holds a nested
 // bucket (this package never makes one; a foreign or old file may hold
 // one) takes no value. Store.Commit stores the rows it can and returns the
 // others as Rejected (see ErrUnstorable), and so for a deletion marker or
-// a history value under such a key; they are never retried. Compaction
-// and pruning leave such a key alone, and Open refuses a file whose meta
-// keys are buckets.
+// a history value under such a key, and for every row of a parent whose
+// group or flag key is a nested bucket or whose group value does not
+// decode; they are never retried. Compaction and pruning leave such a
+// key alone, and Open refuses a file whose meta keys are buckets.
 //
 // # Durability
 //
@@ -143,8 +181,9 @@ import (
 	"github.com/mote-mqtt/mote/wire"
 )
 
-// Format is the store format this package writes.
-const Format = 2
+// Format is the format of a store this package makes; it also reads and
+// writes format 2 stores, in their own layout (see the package doc).
+const Format = 3
 
 var (
 	bucketRows = []byte("rows")
@@ -166,11 +205,12 @@ const rowHead = 1 + 8 + 8
 // takes no more writes (see Store.Commit).
 var ErrCorrupt = errors.New("retain: store unreadable")
 
-// ErrUnstorable is a row the store cannot keep: its topic is empty or
-// longer than MaxTopic bytes, its payload longer than MaxPayload bytes, its
-// type or QoS has no flags byte, or the file holds a nested bucket under
-// its key (a foreign or damaged file's). For a size it also wraps bbolt's
-// error (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge), for
+// ErrUnstorable is a row the store cannot keep: its topic is empty,
+// longer than MaxTopic bytes or holds a 0 byte, its payload is longer
+// than MaxPayload bytes, its type or QoS has no flags byte, or the file
+// holds a nested bucket under its key or its parent's group or flag key,
+// or a group value that does not decode (a foreign or damaged file's).
+// For a size it also wraps bbolt's error (berrors.ErrKeyRequired, ErrKeyTooLarge or ErrValueTooLarge), for
 // a nested bucket berrors.ErrIncompatibleValue.
 var ErrUnstorable = errors.New("retain: row cannot be stored")
 
@@ -269,6 +309,10 @@ type Meta struct {
 	Clean bool
 	Fresh bool   // the file was created by this Open
 	Epoch uint64 // the newest epoch of history values
+	// Format is the file's format: Format (3) for a store this build
+	// made, 2 for an older one (format 1 is migrated to 2), which keeps
+	// its layout, one key a row (see the package doc's Format).
+	Format byte
 }
 
 // Pair is one value of a row's history: the revision and time of the
@@ -300,7 +344,8 @@ type RowStore interface {
 	// The batch's slices are the caller's again once Commit returns (the
 	// retainer reuses them): keep copies, not the slices.
 	Commit(b Batch) (rejected []Rejected, err error)
-	// Load calls fn for every stored row, in topic order.
+	// Load calls fn for every stored row once, in the store's key order
+	// (see Store.Load): not topic order.
 	Load(fn func(Row) error) error
 	// Meta is what the store knew when it was opened.
 	Meta() Meta
@@ -362,7 +407,14 @@ type Store struct {
 	// pages it writes).
 	arena []byte
 	sort  sortBufs
-	keep  int // the most rows a commit keeps its scratch for: keepScratch
+	// entries and keyBuf are commitParent's: a group's merged rows, and
+	// the key it seeks.
+	entries []groupEntry
+	keyBuf  []byte
+	// failRows, set by tests only, fails a commit's transaction after
+	// its rows are written (before history and revision): an I/O error.
+	failRows func() error
+	keep     int // the most rows a commit keeps its scratch for: keepScratch
 
 	// hsizes are the sizes of the history values stored, a row at a
 	// time (histsize.go).
@@ -434,7 +486,7 @@ func Open(dir string) (s *Store, err error) {
 		}
 		switch v := meta.Get(keyFormat); {
 		case v == nil:
-			m.Fresh = true
+			m.Fresh, m.Format = true, Format
 			if err := meta.Put(keyFormat, []byte{Format}); err != nil {
 				return err
 			}
@@ -442,10 +494,15 @@ func Open(dir string) (s *Store, err error) {
 			if err := migrate1(tx); err != nil {
 				return fmt.Errorf("migrating format 1: %w", err)
 			}
+			m.Format = 2   // and stays 2 (review h-rv10 RV10-5, -8)
 			m.Clean = true // format 1 had no revisions to lose
+		case len(v) == 1 && v[0] == 2:
+			m.Format = 2 // kept as it is: no migration (review h-rv10 RV10-5, -3)
+			m.Clean = bytes.Equal(meta.Get(keyClean), []byte{1})
 		case len(v) != 1 || v[0] != Format:
-			return fmt.Errorf("format %v, this build reads %d", v, Format)
+			return fmt.Errorf("format %v, this build reads 1, 2 and %d", v, Format)
 		default:
+			m.Format = Format
 			m.Clean = bytes.Equal(meta.Get(keyClean), []byte{1})
 		}
 		m.Rev, m.Floor = getUint(meta, keyRev), getUint(meta, keyFloor)
@@ -464,7 +521,8 @@ func Open(dir string) (s *Store, err error) {
 }
 
 // migrate1 rewrites format 1 rows (flags byte, payload) as format 2, with
-// revision and time 0 (unknown).
+// revision and time 0 (unknown), as main did; the store then stays
+// format 2.
 func migrate1(tx *bolt.Tx) error {
 	rows := tx.Bucket(bucketRows)
 	var keys, vals [][]byte
@@ -486,7 +544,7 @@ func migrate1(tx *bolt.Tx) error {
 			return err
 		}
 	}
-	return tx.Bucket(bucketMeta).Put(keyFormat, []byte{Format})
+	return tx.Bucket(bucketMeta).Put(keyFormat, []byte{2})
 }
 
 func getUint(b *bolt.Bucket, k []byte) uint64 {
@@ -506,8 +564,10 @@ func (s *Store) Meta() Meta { return s.meta }
 // Path is the store file.
 func (s *Store) Path() string { return s.path }
 
-// Commit applies changes in one fsynced transaction, keys in order (bbolt
-// writes sorted keys fastest). It checks every set against bbolt's limits
+// Commit applies changes in one fsynced transaction, parent by parent in
+// the order of their keys (bbolt writes sorted keys fastest): a grouped
+// parent's changes merged into its group, one Put (see the package doc's
+// Format); in a format 2 store, one Put or Delete a change. It checks every set against bbolt's limits
 // first and leaves out, returning them, the ones that cannot be stored; a
 // refused row whose topic is a valid key is deleted in the same
 // transaction, so a restart does not bring back an older value as current.
@@ -516,7 +576,8 @@ func (s *Store) Path() string { return s.path }
 // history values go in the same transaction, and so does the revision.
 //
 // A key of a foreign or damaged file that holds a nested bucket costs
-// only the change that meets it: it is returned as Rejected (an error
+// only the change that meets it (a group or flag key: the changes of its
+// parent; so does a group value that does not decode): it is returned as Rejected (an error
 // wrapping ErrUnstorable and bbolt's ErrIncompatibleValue), the rest of
 // the batch is committed. A panic inside bbolt is an error wrapping
 // ErrCorrupt, and no later write is tried (see update).
@@ -527,11 +588,17 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 	// Every value of the rows lives in one arena (bbolt keeps them until
 	// the transaction ends), the last commit's if it is large enough: a
 	// boot storm's commit of 10,000 rows makes no allocation here instead
-	// of 10,000. The keys are the topics' own bytes (keyOf).
+	// of 10,000. The keys are the topics' own bytes (keyOf). A row of a
+	// group is in it twice: its value, then the group's (leaf and two
+	// lengths); a group's other rows, already stored, are not counted.
 	size := 0
+	grouped := s.meta.Format == Format // a format 2 store keeps one key a row
 	for i := range changes {
 		if c := &changes[i]; sizeError(len(c.Topic), len(c.Value.Data)) == nil {
 			size += rowHead + len(c.Value.Data)
+			if grouped && rowHead+len(c.Value.Data) <= groupMaxBytes { // else never in a group (review h-rv10 RV10-9)
+				size += rowHead + len(c.Value.Data) + len(c.Topic) - parentLen(c.Topic) + 2*binary.MaxVarintLen16
+			}
 		}
 	}
 	err := s.updateThen(func(tx *bolt.Tx) error {
@@ -559,44 +626,35 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 			}
 			refused[c.Topic] = true
 		}
-		for _, i := range order {
-			c := &changes[i]
-			key := keyOf(c.Topic)
-			if c.Value.Kind == wire.None {
-				if keyError(len(c.Topic)) != nil {
-					continue
-				}
-				if err := rows.Delete(key); err != nil {
-					if !nested(err) {
-						return err
-					}
-					refuse(c, nestedError("row", err))
-					continue
-				}
-				if err := dead.Put(deadKey(c.Rev, c.Topic), nil); err != nil {
-					if !nested(err) {
-						return err
-					}
-					refuse(c, nestedError("deletion marker", err)) // the row is deleted all the same
-				}
-				continue
+		cur := rows.Cursor()
+		// commitParent's entries point into this commit's arena and its
+		// pages: not kept past it (a large value's arena would stay
+		// pinned, review h-rv10 RV10-1).
+		defer func() { clear(s.entries[:cap(s.entries)]) }()
+		for i := 0; i < len(order) && !grouped; i++ { // format 2: one key a row, as main wrote it
+			if err := s.commitSingle(rows, dead, &changes[order[i]], &a, refuse); err != nil {
+				return err
 			}
-			v, err := encodeRow(c, &a)
-			if err != nil {
-				refuse(c, err)
-				// A nested bucket under the key holds no older value.
-				if keyError(len(c.Topic)) == nil {
-					if err := rows.Delete(key); err != nil && !nested(err) {
-						return err
-					}
+		}
+		for i := 0; i < len(order) && grouped; {
+			t := changes[order[i]].Topic
+			parent := t[:parentLen(t)]
+			j := i + 1
+			for j < len(order) {
+				u := changes[order[j]].Topic
+				if parentLen(u) != len(parent) || u[:len(parent)] != parent {
+					break
 				}
-				continue
+				j++
 			}
-			if err := rows.Put(key, v); err != nil {
-				if !nested(err) {
-					return err
-				}
-				refuse(c, nestedError("row", err))
+			if err := s.commitParent(rows, dead, cur, changes, order[i:j], parent, &a, refuse); err != nil {
+				return err
+			}
+			i = j
+		}
+		if s.failRows != nil {
+			if err := s.failRows(); err != nil {
+				return err
 			}
 		}
 		type kv struct {
@@ -605,7 +663,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		}
 		hs := make([]kv, 0, len(b.History))
 		for i, c := range b.History {
-			if refused[c.Topic] || keyError(len(c.Topic)) != nil || int64(len(c.Value.Data)) > MaxPayload {
+			if refused[c.Topic] || topicError(c.Topic) != nil || int64(len(c.Value.Data)) > MaxPayload {
 				continue
 			}
 			hs = append(hs, kv{histKey(b.Epoch, c.Topic, c.Rev, c.Seq), histValue(c), i})
@@ -645,9 +703,11 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 const appendFill = 1.0
 
 // fillFor is the FillPercent for the rows bucket in a commit of changes
-// (order: their indexes in topic order): appendFill when at least half of
-// them come after the bucket's last key, else bbolt's default. It is not
-// part of the format: a page filled either way reads the same.
+// (order: their indexes in sort-key order, sortedOrder): appendFill when
+// at least half of them come after the bucket's last key (a group key is
+// parent, 0, 'g': compared with sort keys, parent, 0, leaf, byte by
+// byte), else bbolt's default. It is not part of the format: a page
+// filled either way reads the same.
 func fillFor(rows *bolt.Bucket, changes []Change, order []int32) float64 {
 	if len(order) == 0 {
 		return appendFill
@@ -656,10 +716,9 @@ func fillFor(rows *bolt.Bucket, changes []Change, order []int32) float64 {
 	if last == nil {
 		return appendFill
 	}
-	lastTopic := string(last)
 	// The first change past the last key, by binary search over order.
-	i, _ := slices.BinarySearchFunc(order, lastTopic, func(j int32, t string) int {
-		if changes[j].Topic <= t {
+	i, _ := slices.BinarySearchFunc(order, last, func(j int32, k []byte) int {
+		if t := changes[j].Topic; compareKeyBytes(t, parentLen(t), k) <= 0 {
 			return -1
 		}
 		return 1
@@ -721,6 +780,9 @@ func encodeRow(c *Change, a *arena) ([]byte, error) {
 	if err := sizeError(len(c.Topic), len(c.Value.Data)); err != nil {
 		return nil, err
 	}
+	if err := topicError(c.Topic); err != nil {
+		return nil, err
+	}
 	return appendRow(a.take(rowHead + len(c.Value.Data))[:0], *c, false)
 }
 
@@ -775,20 +837,27 @@ func histValue(c Change) []byte {
 	return v
 }
 
-// Load calls fn for every row in topic order; an unreadable row is an
-// error naming the file and the topic.
+// Load calls fn for every row once, in the store's key order: sorted by
+// topic, except that a grouped parent's rows come together at its group
+// key (after its parent's own key, before the rows of the parents under
+// it and its rows' topics in between); a format 2 store's in topic order.
+// It holds nothing from one key to the next but the parents above the key
+// (review h-rv10 RV10-6). An unreadable row, or a file that breaks the
+// format's layout, is an error naming the file.
 func (s *Store) Load(fn func(Row) error) error {
 	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRows).ForEach(func(k, v []byte) error {
-			if v == nil { // bbolt's value of a nested bucket
-				return fmt.Errorf("%w: %s: row %q is a nested bucket: a foreign or damaged file", ErrCorrupt, s.path, k)
-			}
-			r, err := decodeRow(k, v)
-			if err != nil {
-				return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.path, err)
-			}
-			return fn(r)
+		var fnErr error // fn's, returned as it is
+		err := loadRows(tx.Bucket(bucketRows), s.meta.Format == Format, func(r Row) error {
+			fnErr = fn(r)
+			return fnErr
 		})
+		if err != nil {
+			if fnErr != nil {
+				return err
+			}
+			return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.path, err)
+		}
+		return nil
 	})
 	if errors.Is(err, ErrCorrupt) && !strings.Contains(err.Error(), s.path) { // a panic's
 		err = fmt.Errorf("%s: %w", s.path, err)
@@ -797,7 +866,12 @@ func (s *Store) Load(fn func(Row) error) error {
 }
 
 func decodeRow(k, v []byte) (Row, error) {
-	c, err := readRow(string(k), v, false)
+	return rowOf(string(k), v)
+}
+
+// rowOf decodes the row value v of topic.
+func rowOf(topic string, v []byte) (Row, error) {
+	c, err := readRow(topic, v, false)
 	if err != nil {
 		return Row{}, err
 	}

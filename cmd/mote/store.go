@@ -16,7 +16,7 @@ import (
 
 func runStore(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "dump" && args[0] != "stats") {
-		fmt.Fprintln(stderr, "usage: mote store stats|dump [-data DIR] [-t FILTER] [--history]")
+		fmt.Fprintln(stderr, "usage: mote store stats|dump [-data DIR] [-t FILTER] [--history]\n  dump: one JSON line a row, sorted by topic, except that a parent's grouped rows come together")
 		return errUsage
 	}
 	fs := flag.NewFlagSet("mote store "+args[0], flag.ContinueOnError)
@@ -42,7 +42,7 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 		}
 		m := st.Meta()
 		fmt.Fprintf(stdout, "store     %s\nformat    %d\nrevision  %d (markers kept above %d; last stop clean: %v)\nrows      %d\nbytes     %d (topics and payloads)\nfile      %d bytes\n",
-			s.Path, retain.Format, m.Rev, m.Floor, m.Clean || m.Fresh, s.Rows, s.Bytes, s.FileSize)
+			s.Path, m.Format, m.Rev, m.Floor, m.Clean || m.Fresh, s.Rows, s.Bytes, s.FileSize)
 		levels := make([]string, 0, len(s.TopLevel))
 		for l := range s.TopLevel {
 			levels = append(levels, l)
