@@ -91,6 +91,17 @@ func rv11Batch(rnd *rand.Rand, model map[string]Row, rev uint64, dups bool, maxL
 			}
 			add(parent+leaf, rnd.IntN(6) > 0)
 		}
+	case 2: // a parent's direct rows around more than 64 keys of deeper parents
+		parent := rv11Topic(rnd, 3)
+		if !strings.HasSuffix(parent, "/") {
+			parent += "/"
+		}
+		add(parent+"\x01", true)
+		for i := range 60 + rnd.IntN(20) {
+			add(parent+"\x01/"+strconv.Itoa(i), true)
+		}
+		add(parent+"b", rnd.IntN(2) == 0)
+		add(parent+strings.Repeat("B", 2100), true) // past a group's bytes: single
 	case 1: // every modelled row under a prefix deleted, one re-added
 		prefix := rv11Topic(rnd, 2)
 		var last string
@@ -390,4 +401,77 @@ func TestRV11_1(t *testing.T) {
 	if keys := rowKeys(t, s); len(keys) != 1 {
 		t.Errorf("keys %q, want one", keys)
 	}
+}
+
+// FuzzRV11Commits: a byte string is a sequence of commits on a fresh
+// format 3 store (fsync off): each change a topic over {a, b, /, 0x01,
+// 0xff} of 1-6 bytes, a set (small, 300 B or 2,100 B) or a deletion, a
+// change with bit 7 set ends its batch. After every commit Load succeeds
+// and is the model, and the layout keeps its invariant.
+func FuzzRV11Commits(f *testing.F) {
+	f.Add([]byte("\x01\x02\x03\x84\x05\x06\x87"))
+	f.Add([]byte{0x10, 0x21, 0x32, 0x43, 0x54, 0xe5, 0x10, 0x22, 0xb3})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) > 600 {
+			return
+		}
+		s, err := Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		s.db.NoSync = true
+		const alpha = "ab/\x01\xff"
+		model, wasSingle := map[string]Row{}, map[string]bool{}
+		var cs []Change
+		seen := map[string]bool{}
+		rev := uint64(1)
+		for len(in) > 0 {
+			op := in[0]
+			n := 1 + int(op&3)%3 + int(op>>2&1)*3 // 1-6 topic bytes
+			in = in[1:]
+			if len(in) < n {
+				n = len(in)
+			}
+			if n == 0 {
+				break
+			}
+			tb := make([]byte, n)
+			for i := range tb {
+				tb[i] = alpha[int(in[i])%len(alpha)]
+			}
+			in = in[n:]
+			tp := string(tb)
+			if !seen[tp] {
+				seen[tp] = true
+				c := Change{Topic: tp, Rev: rev, MS: 1}
+				switch op >> 3 & 7 {
+				case 0, 1:
+				case 2:
+					c.Value = val(strings.Repeat("m", 300))
+				case 3:
+					c.Value = val(strings.Repeat("B", 2100))
+				default:
+					c.Value = val("v")
+				}
+				cs = append(cs, c)
+			}
+			if op&0x80 != 0 || len(in) == 0 {
+				if _, err := s.Commit(Batch{Changes: cs, Rev: rev}); err != nil {
+					t.Fatal(err)
+				}
+				for _, c := range cs {
+					if c.Value.Kind == wire.None {
+						delete(model, c.Topic)
+					} else {
+						model[c.Topic] = Row{Topic: c.Topic, Value: c.Value, Rev: c.Rev, MS: c.MS}
+					}
+				}
+				sameRows(t, fmt.Sprintf("commit %d", rev), loadAll(t, s), model)
+				checkLayout(t, s, wasSingle)
+				cs, seen = cs[:0], map[string]bool{}
+				rev++
+			}
+		}
+	})
 }
