@@ -232,7 +232,7 @@ func (s *Store) commitParent(rows, dead *bolt.Bucket, cur *bolt.Cursor, changes 
 		deleted := false
 		for _, i := range run {
 			c := &changes[i]
-			if err := s.commitSingle(rows, dead, c, a, refuse); err != nil {
+			if err := s.commitSingle(rows, dead, c, a, refuse, false); err != nil {
 				return err
 			}
 			deleted = deleted || c.Value.Kind == wire.None
@@ -389,11 +389,20 @@ func changeOf(changes []Change, run []int32, parent string, leaf []byte) *Change
 	return nil
 }
 
-// commitSingle writes one change of a single parent: its row's own key.
-func (s *Store) commitSingle(rows, dead *bolt.Bucket, c *Change, a *arena, refuse func(*Change, error)) error {
+// commitSingle writes one change of a single parent, or of a format 2
+// store (format2): its row's own key. A topic with a 0 byte is refused
+// (a set) or not written (a deletion) in format 3, where such a key would
+// be the store's own; a format 2 store has none, and may hold such a row
+// from main (review h-rv11 RV11-1): its deletion deletes the key, and a
+// refused set of it the old value, as for any key bbolt holds.
+func (s *Store) commitSingle(rows, dead *bolt.Bucket, c *Change, a *arena, refuse func(*Change, error), format2 bool) error {
 	key := keyOf(c.Topic)
+	keyErr := topicError(c.Topic)
+	if format2 {
+		keyErr = keyError(len(c.Topic))
+	}
 	if c.Value.Kind == wire.None {
-		if topicError(c.Topic) != nil {
+		if keyErr != nil {
 			return nil
 		}
 		if err := rows.Delete(key); err != nil {
@@ -415,7 +424,7 @@ func (s *Store) commitSingle(rows, dead *bolt.Bucket, c *Change, a *arena, refus
 	if err != nil {
 		refuse(c, err)
 		// A nested bucket under the key holds no older value.
-		if topicError(c.Topic) == nil {
+		if keyErr == nil {
 			if err := rows.Delete(key); err != nil && !nested(err) {
 				return err
 			}

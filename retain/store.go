@@ -61,7 +61,9 @@
 // writes one key a row and Load reads every key as a row, as main did, so
 // main's build still opens it after this one used it (Meta.Format says
 // which; review h-rv10 RV10-5, -3, -8: migrating it rewrote every page of
-// the rows at open). Format 1 (row values were the flags byte and the
+// the rows at open). A format 2 row whose topic holds a 0 byte (main
+// checked only bbolt's key limits) loads, and a deletion of it, or a set
+// of it (refused), deletes its key, as on main (review h-rv11 RV11-1). Format 1 (row values were the flags byte and the
 // payload) is migrated to 2 in the transaction that opens it (revision and
 // time 0), as main did, and stays 2. To get groups, dump the rows and load
 // them into a new store: not offered as a command. An unknown format is
@@ -632,7 +634,7 @@ func (s *Store) Commit(b Batch) ([]Rejected, error) {
 		// pinned, review h-rv10 RV10-1).
 		defer func() { clear(s.entries[:cap(s.entries)]) }()
 		for i := 0; i < len(order) && !grouped; i++ { // format 2: one key a row, as main wrote it
-			if err := s.commitSingle(rows, dead, &changes[order[i]], &a, refuse); err != nil {
+			if err := s.commitSingle(rows, dead, &changes[order[i]], &a, refuse, true); err != nil {
 				return err
 			}
 		}
