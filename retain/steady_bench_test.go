@@ -39,7 +39,7 @@ func writtenBytes() int64 {
 // per row (write calls) and the file's growth per commit. Written against
 // the public API only, so that it runs on a store of any format.
 func BenchmarkSteadyState(b *testing.B) {
-	for _, rows := range []int{50, 100} {
+	for _, rows := range []int{1, 50, 100} {
 		b.Run(fmt.Sprintf("%d-rows", rows), func(b *testing.B) { steadyState(b, rows) })
 	}
 }
